@@ -1,0 +1,1 @@
+"""fffc: conditional-computation FFNs compiled with TVM, run in ONNX Runtime."""

@@ -1,0 +1,62 @@
+"""Compile options and the ``FFFC_*`` environment knobs, read in this one place."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DEFAULT_TOLERANCE = 1e-4  # relative, fp32; see fffc.verify for the table
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Everything that changes what ``fffc compile`` produces."""
+
+    target: str = "x86"
+    mcpu: str | None = None  # None: the host CPU for x86
+    rtol: float = DEFAULT_TOLERANCE
+    probe_batch: int = 2
+    probe_seq: int = 8
+    seed: int = 0
+    dump_dir: Path | None = None
+    force: bool = False
+    sites: tuple[str, ...] = field(default=())  # empty: all sites
+
+    def hash(self) -> str:
+        d = asdict(self)
+        d.pop("dump_dir")
+        d.pop("force")
+        return hashlib.sha256(repr(sorted(d.items())).encode()).hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    """Where downloaded headers and built objects are cached (``FFFC_CACHE_DIR``)."""
+    env = os.environ.get("FFFC_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "fffc"
+
+
+def ort_include_dir_override() -> Path | None:
+    """``ORT_INCLUDE_DIR``: a directory holding ``onnxruntime_c_api.h``, used as is."""
+    env = os.environ.get("ORT_INCLUDE_DIR")
+    return Path(env) if env else None
+
+
+def num_threads() -> int | None:
+    """``FFFC_NUM_THREADS``: threads of the shim's kernel pool (None: all cores)."""
+    env = os.environ.get("FFFC_NUM_THREADS")
+    return int(env) if env else None
+
+
+def dump_dir_from_env() -> Path | None:
+    env = os.environ.get("FFFC_DUMP")
+    return Path(env) if env else None
+
+
+def cxx() -> str:
+    """The C++ compiler used to build the shim (``CXX``, default g++)."""
+    return os.environ.get("CXX", "g++")

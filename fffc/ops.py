@@ -1,0 +1,128 @@
+"""Contracts of the ``ai.fffc`` operators: the one source of truth.
+
+Passes emit nodes from these specs, verification and the NumPy reference read them,
+codegen derives kernel signatures from them and packaging writes the C registration
+table from them. Leaf module: standard library only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DOMAIN = "ai.fffc"
+OPSET_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorArg:
+    """One positional input or output of an operator."""
+
+    name: str
+    doc: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One attribute of an operator; ``choices`` empty means free-form."""
+
+    name: str
+    type: str  # "string" | "int" | "float"
+    default: str | int | float
+    choices: tuple[str, ...] = ()
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """Domain, name, version, inputs, outputs, attributes and element types of an op."""
+
+    name: str
+    inputs: tuple[TensorArg, ...]
+    outputs: tuple[TensorArg, ...]
+    attributes: tuple[Attribute, ...]
+    dtypes: tuple[str, ...] = ("float32",)
+    domain: str = DOMAIN
+    version: int = OPSET_VERSION
+    doc: str = ""
+
+    def input_index(self, name: str) -> int:
+        return [a.name for a in self.inputs].index(name)
+
+    def attribute(self, name: str) -> Attribute:
+        for a in self.attributes:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
+UP_ACTIVATIONS = ("none", "relu")
+SPARSE_MODES = ("exact",)
+
+SPARSE_FFN = OpSpec(
+    name="SparseFFN",
+    doc=(
+        "Dense or gated FFN with input-dependent neuron skipping. Dense: "
+        "Y = act(X·W1 + B1)·W2 + B2. Gated: Y = (act(X·W1 + B1) ⊙ up_act(X·WU^T))·W2 + B2. "
+        "mode=exact skips neuron i exactly when its activation is zero (ReLU, ReGLU, dReLU)."
+    ),
+    inputs=(
+        TensorArg("X", "activations [..., d_in]; all leading dims are tokens"),
+        TensorArg("W1", "first projection [d_in, d_ff] (the gate for gated FFNs)"),
+        TensorArg("B1", "bias of the first projection [d_ff]", optional=True),
+        TensorArg("W2", "down projection [d_ff, d_out]: row i holds neuron i's output weights"),
+        TensorArg("B2", "bias of the down projection [d_out]", optional=True),
+        TensorArg("WU", "gated FFNs: up projection transposed [d_ff, d_in], row i = neuron i",
+                  optional=True),
+    ),
+    outputs=(TensorArg("Y", "[..., d_out]"),),
+    attributes=(
+        Attribute("activation", "string", "relu", ACTIVATIONS, "activation of the first projection"),
+        Attribute("up_activation", "string", "none", UP_ACTIVATIONS,
+                  "gated FFNs: activation of the up projection (relu = dReLU)"),
+        Attribute("mode", "string", "exact", SPARSE_MODES, "how neurons are skipped"),
+    ),
+)
+
+OPS: dict[str, OpSpec] = {SPARSE_FFN.name: SPARSE_FFN}
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """Everything codegen needs to build one kernel family for one FFN shape.
+
+    Sites with equal KernelSpecs share kernels. ``key`` is content-derived, so
+    symbol names (and with them the artifact) are deterministic.
+    """
+
+    op: str
+    activation: str
+    up_activation: str
+    mode: str
+    d_in: int
+    d_ff: int
+    d_out: int
+    has_b1: bool
+    has_b2: bool
+    gated: bool
+    dtype: str = "float32"
+    extra: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def key(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:10]
+
+    def arg_names(self) -> list[str]:
+        """Kernel argument order: present inputs in OpSpec order, then the output."""
+        names = ["X", "W1"]
+        if self.has_b1:
+            names.append("B1")
+        names.append("W2")
+        if self.has_b2:
+            names.append("B2")
+        if self.gated:
+            names.append("WU")
+        return [*names, "Y"]

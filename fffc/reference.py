@@ -1,0 +1,61 @@
+"""NumPy reference implementations of the ``ai.fffc`` ops: they document the math.
+
+Kernels are tested against these; they compute in float64 so that a kernel's error is
+measured against the exact value, not against another float32 rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def activation(name: str, x: np.ndarray) -> np.ndarray:
+    """Elementwise activation by its ``ai.fffc`` attribute name."""
+    x = np.asarray(x, dtype=np.float64)
+    if name == "none":
+        return x
+    if name == "relu":
+        return np.maximum(x, 0.0)
+    if name == "gelu":
+        return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)).astype(np.float64))
+    if name == "gelu_tanh":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    if name == "silu":
+        return x / (1.0 + np.exp(-x))
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def sparse_ffn(
+    x: np.ndarray,
+    w1: np.ndarray,
+    b1: np.ndarray | None,
+    w2: np.ndarray,
+    b2: np.ndarray | None,
+    wu: np.ndarray | None = None,
+    *,
+    activation_name: str = "relu",
+    up_activation: str = "none",
+    mode: str = "exact",
+) -> np.ndarray:
+    """``ai.fffc::SparseFFN``: ``act(x·W1+b1) [⊙ up_act(x·WUᵀ)] · W2 + b2`` over the last axis.
+
+    mode=exact skips only neurons whose value is exactly zero, so it equals the dense
+    computation; the reference therefore is the dense computation.
+    """
+    if mode != "exact":
+        raise ValueError(f"unknown mode {mode!r}")
+    xd = np.asarray(x, dtype=np.float64)
+    h = xd @ np.asarray(w1, dtype=np.float64)
+    if b1 is not None:
+        h = h + b1
+    a = activation(activation_name, h)
+    if wu is not None:
+        a = a * activation(up_activation, xd @ np.asarray(wu, dtype=np.float64).T)
+    y = a @ np.asarray(w2, dtype=np.float64)
+    if b2 is not None:
+        y = y + b2
+    return y

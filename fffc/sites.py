@@ -1,0 +1,58 @@
+"""What fffc found in a model: FFN sites and FFN-like regions it did not match. Leaf module."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Site:
+    """One FFN matched by a rewrite rule and replaced by an ``ai.fffc`` node."""
+
+    name: str  # the ai.fffc node's name (content-derived, stable across runs)
+    rule: str  # the rule that matched it
+    kind: str  # "dense" | "gated"
+    activation: str  # "relu" | "gelu" | "gelu_tanh" | "silu"
+    up_activation: str  # gated only: "none" | "relu" (dReLU)
+    d_model: int
+    d_ff: int
+    d_out: int
+    has_b1: bool
+    has_b2: bool
+    dtype: str
+    matched_nodes: list[str] = field(default_factory=list)
+    decision: str = "pending"  # "exact" | "dense" (left as it was)
+    reason: str = ""  # why that decision
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+
+    @property
+    def bias(self) -> bool:
+        return self.has_b1 or self.has_b2
+
+    @property
+    def family(self) -> str:
+        """Human name: relu FFN, gelu FFN, SwiGLU, ReGLU, dReLU, ..."""
+        if self.kind == "dense":
+            return f"{self.activation} FFN"
+        if self.activation == "relu":
+            return "dReLU" if self.up_activation == "relu" else "ReGLU"
+        return {"silu": "SwiGLU", "gelu": "GeGLU", "gelu_tanh": "GeGLU(tanh)"}.get(
+            self.activation, f"gated {self.activation}"
+        )
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["family"] = self.family
+        return d
+
+
+@dataclass
+class NearMiss:
+    """An FFN-like region (projection → activation → projection) that no rule matched."""
+
+    nodes: list[str]
+    reason: str
+
+    def to_json(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,9 @@
+"""ONNX graph passes (imported as ``fffc.passes``): canonicalize → detect → lower.
+
+Pure IR → IR over onnx_ir with onnxscript rewrite rules; no TVM, no file I/O.
+"""
+
+from .detect import canonicalize, detect, near_misses
+from .lower import legalize, lower
+
+__all__ = ["canonicalize", "detect", "legalize", "lower", "near_misses"]

@@ -1,0 +1,71 @@
+"""Helpers shared by the rule families: constant inspection and domain names."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from fffc.ops import DOMAIN
+
+FFFC = DOMAIN
+# Private domain for canonical forms that exist only between canonicalize and legalize.
+CANON = "ai.fffc.canon"
+MS = "com.microsoft"
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The constant behind a value (initializer or Constant node), else None."""
+    if value is None:
+        return None
+    tensor = value.const_value
+    if tensor is None:
+        producer = value.producer()
+        if producer is not None and producer.op_type == "Constant" and producer.domain == "":
+            attr = producer.attributes.get("value")
+            tensor = attr.as_tensor() if attr is not None else None
+    if tensor is None:
+        return None
+    return tensor.numpy()
+
+
+def is_scalar_close(value: ir.Value | None, expected: float, rtol: float = 1e-3) -> bool:
+    """True when the value is a constant whose every element is ``expected`` (within rtol)."""
+    arr = const_array(value)
+    if arr is None or arr.size != 1:
+        return False
+    return bool(np.isclose(float(arr.reshape(-1)[0]), expected, rtol=rtol, atol=0.0))
+
+
+def require_scalar(result: pattern.MatchResult, value: ir.Value | None, expected: float,
+                   what: str) -> pattern.MatchResult:
+    """``result`` unchanged when ``value`` is the scalar constant ``expected``, else a failure."""
+    if not is_scalar_close(value, expected):
+        arr = const_array(value)
+        got = "a non-constant" if arr is None else f"{arr.reshape(-1)[:4].tolist()}"
+        return result.fail(f"{what}: expected constant {expected:g}, got {got}", value)
+    return result
+
+
+def weight_error(value: ir.Value | None, rank: int, what: str) -> str | None:
+    """None when ``value`` is a constant of the given rank, else why not."""
+    arr = const_array(value)
+    if arr is None:
+        return f"{what}: expected a constant initializer, got a computed tensor"
+    if arr.ndim != rank:
+        return f"{what}: expected rank {rank}, got shape {list(arr.shape)}"
+    return None
+
+
+def dtype_name(value: ir.Value) -> str:
+    arr = const_array(value)
+    return str(arr.dtype) if arr is not None else "unknown"
+
+
+def node_names(*values: ir.Value | None) -> list[str]:
+    """Names of the nodes producing the given values, in order, skipping None."""
+    out = []
+    for v in values:
+        if v is not None and v.producer() is not None:
+            out.append(v.producer().name or v.producer().op_type)
+    return out

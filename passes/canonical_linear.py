@@ -1,0 +1,137 @@
+"""Canonical linear layers: every projection becomes ``MatMul(x, W[in, out]) (+ Add(b))``.
+
+Exporters write linears as ``MatMul`` with a pre-transposed weight, as ``Gemm`` (with or
+without ``transB``), as GPT-2's Conv1D ``Reshape → Gemm → Reshape``, or, with dynamo
+``optimize=False``, as ``MatMul(x, Transpose(W))``. One form lets one FFN rule match them all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from ._common import const_array, weight_error
+
+
+def _attr_int(value: ir.Value, name: str, default: int) -> int:
+    return value.producer().attributes.get_int(name, default)
+
+
+def _attr_float(value: ir.Value, name: str, default: float) -> float:
+    return value.producer().attributes.get_float(name, default)
+
+
+def _check_gemm(r: pattern.MatchResult, y: ir.Value, w: ir.Value) -> pattern.MatchResult:
+    if _attr_int(y, "transA", 0) != 0:
+        return r.fail("Gemm transA: expected 0, got 1", y.producer())
+    for name in ("alpha", "beta"):
+        got = _attr_float(y, name, 1.0)
+        if got != 1.0:
+            return r.fail(f"Gemm {name}: expected 1.0, got {got}", y.producer())
+    err = weight_error(w, 2, "Gemm weight")
+    if err:
+        return r.fail(err, w)
+    return r
+
+
+def _weight_in_out(op, y: ir.Value, w: ir.Value) -> ir.Value:
+    """The weight as [in, out]: transB=1 weights get a transposed initializer."""
+    if _attr_int(y, "transB", 0) == 0:
+        return w
+    arr = np.ascontiguousarray(const_array(w).T)
+    return op.initializer(ir.tensor(arr), name=f"{w.name}__T_{y.producer().name}")
+
+
+class GemmToMatMul(pattern.RewriteRuleClassBase):
+    """Replaces ``Gemm(x, W, b)`` (alpha=beta=1, transA=0, any transB) with ``MatMul`` + ``Add``.
+
+    Matches: nn.Linear on 2-D inputs from the TorchScript exporter; GPT-2 Conv1D pieces.
+    """
+
+    def __init__(self, name: str, has_bias: bool):
+        super().__init__(name)
+        self._has_bias = has_bias
+
+    def pattern(self, op, x, w, b):
+        if self._has_bias:
+            return op.Gemm(x, w, b, _outputs=["y"])
+        return op.Gemm(x, w, _outputs=["y"])
+
+    def check(self, context, x, w, y, b=None, **_):
+        return _check_gemm(pattern.MatchResult(), y, w)
+
+    def rewrite(self, op, x, w, y, b=None, **_):
+        mm = op.MatMul(x, _weight_in_out(op, y, w))
+        return op.Add(mm, b) if self._has_bias else mm
+
+
+class Conv1DReshapeGemm(pattern.RewriteRuleClassBase):
+    """Replaces GPT-2 Conv1D ``Reshape(x,[-1,in]) → Gemm(W,b) → Reshape`` with ``MatMul`` + ``Add``.
+
+    Matches: transformers GPT2MLP (Conv1D c_fc/c_proj) from both exporters; the second
+    Reshape restores x's leading dims (checked where its target shape is constant).
+    """
+
+    def __init__(self, name: str, has_bias: bool):
+        super().__init__(name)
+        self._has_bias = has_bias
+
+    def pattern(self, op, x, s1, w, b, s2):
+        flat = op.Reshape(x, s1)
+        g = op.Gemm(flat, w, b, _outputs=["y"]) if self._has_bias else op.Gemm(flat, w, _outputs=["y"])
+        return op.Reshape(g, s2)
+
+    def check(self, context, x, s1, w, y, s2, b=None, **_):
+        r = _check_gemm(pattern.MatchResult(), y, w)
+        if not r:
+            return r
+        shape1 = const_array(s1)
+        d_in = const_array(w).shape[1 if _attr_int(y, "transB", 0) else 0]
+        if shape1 is None or shape1.tolist() != [-1, d_in]:
+            got = "a computed shape" if shape1 is None else shape1.tolist()
+            return r.fail(f"Conv1D flatten: expected Reshape to [-1, {d_in}], got {got}", s1)
+        shape2 = const_array(s2)
+        d_out = const_array(w).shape[0 if _attr_int(y, "transB", 0) else 1]
+        if shape2 is not None and int(shape2.reshape(-1)[-1]) not in (d_out, -1):
+            return r.fail(f"Conv1D unflatten: expected last dim {d_out}, got {shape2.tolist()}", s2)
+        return r
+
+    def rewrite(self, op, x, w, y, b=None, **_):
+        mm = op.MatMul(x, _weight_in_out(op, y, w))
+        return op.Add(mm, b) if self._has_bias else mm
+
+
+class FoldWeightTranspose(pattern.RewriteRuleClassBase):
+    """Replaces ``Transpose(W)`` of a 2-D initializer with the transposed initializer.
+
+    Matches: torch.onnx dynamo with ``optimize=False`` (nn.Linear weights stay [out, in]).
+    """
+
+    def pattern(self, op, w):
+        return op.Transpose(w, _outputs=["t"])
+
+    def check(self, context, w, t, **_):
+        r = pattern.MatchResult()
+        err = weight_error(w, 2, "transposed weight")
+        if err:
+            return r.fail(err, w)
+        perm = t.producer().attributes.get_ints("perm", [1, 0])
+        if list(perm) != [1, 0]:
+            return r.fail(f"Transpose perm: expected [1, 0], got {list(perm)}", t.producer())
+        return r
+
+    def rewrite(self, op, w, t, **_):
+        arr = np.ascontiguousarray(const_array(w).T)
+        return op.initializer(ir.tensor(arr), name=f"{w.name}__T_{t.producer().name}")
+
+
+rules = pattern.RewriteRuleSet(
+    [
+        Conv1DReshapeGemm.rule("Conv1DBias", has_bias=True),
+        Conv1DReshapeGemm.rule("Conv1D", has_bias=False),
+        GemmToMatMul.rule("GemmBias", has_bias=True),
+        GemmToMatMul.rule("Gemm", has_bias=False),
+        FoldWeightTranspose.rule("FoldWeightTranspose"),
+    ]
+)

@@ -1,0 +1,138 @@
+"""Run the rule families in order and report what they found.
+
+``canonicalize`` folds constants and rewrites exporter variants into one form;
+``detect`` replaces every FFN with a marker and returns its Site; ``near_misses``
+explains FFN-shaped regions no rule took.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from onnxscript.optimizer import _constant_folding
+from onnxscript.rewriter import pattern
+
+from fffc.sites import NearMiss, Site
+
+from . import canonical_gelu, canonical_linear, canonical_silu, ffn_dense, ffn_gated
+from ._common import CANON, const_array
+from .lower import markers
+
+CANONICAL_FAMILIES = {
+    "linear": canonical_linear.rules,
+    "gelu": canonical_gelu.rules,
+    "silu": canonical_silu.rules,
+}
+FFN_PASSES = [ffn_gated.rules_with_b2, ffn_gated.rules, ffn_dense.rules_with_b2, ffn_dense.rules]
+ACTIVATION_OPS = {"Relu", "Gelu", "Silu", "Sigmoid", "Tanh", "Erf", "Mul", "QuickGelu",
+                  "FastGelu", "BiasGelu", "LeakyRelu", "Elu", "Selu", "HardSigmoid",
+                  "HardSwish", "Softplus", "Mish", "Swish"}
+
+
+def _cleanup(model: ir.Model) -> None:
+    common_passes.RemoveUnusedNodesPass()(model)
+
+
+def canonicalize(model: ir.Model) -> dict[str, int]:
+    """Fold constants, drop dead nodes, rewrite GELU/SiLU/linear variants; counts per family."""
+    common_passes.IdentityEliminationPass()(model)
+    _constant_folding.FoldConstantsPass(shape_inference=False, input_size_limit=8192,
+                                        output_size_limit=8192)(model)
+    _cleanup(model)
+    counts = dict.fromkeys(CANONICAL_FAMILIES, 0)
+    for _ in range(4):  # to a fixpoint: one rewrite can expose another
+        changed = 0
+        for family, rules in CANONICAL_FAMILIES.items():
+            n = rules.apply_to_model(model)
+            counts[family] += n
+            changed += n
+            _cleanup(model)
+        if not changed:
+            break
+    return counts
+
+
+def detect(model: ir.Model) -> list[Site]:
+    """Replace each FFN with a canonical marker (longest patterns first); return the sites."""
+    for rules in FFN_PASSES:
+        rules.apply_to_model(model)
+        _cleanup(model)
+    sites = []
+    for i, node in enumerate(markers(model.graph)):
+        node.name = f"fffc_ffn_{i}"
+        sites.append(_site(node))
+    return sites
+
+
+def _site(node: ir.Node) -> Site:
+    get = node.attributes.get_string
+    _x, w1, b1, w2, b2 = (*node.inputs, None, None)[:5]
+    w1a, w2a = const_array(w1), const_array(w2)
+    return Site(
+        name=node.name, rule=get("rule", ""), kind=get("kind", ""),
+        activation=get("activation", ""), up_activation=get("up_activation", "none"),
+        d_model=int(w1a.shape[0]), d_ff=int(w1a.shape[1]), d_out=int(w2a.shape[1]),
+        has_b1=b1 is not None, has_b2=b2 is not None, dtype=str(w1a.dtype),
+        matched_nodes=[n for n in get("matched_nodes", "").split(",") if n],
+    )
+
+
+def _projection(node: ir.Node) -> bool:
+    return (node.op_type in ("MatMul", "Gemm") and node.domain == ""
+            and len(node.inputs) > 1 and const_array(node.inputs[1]) is not None)
+
+
+def _upstream_projection(value: ir.Value, depth: int = 8) -> ir.Node | None:
+    """The nearest projection above ``value`` through activation-like nodes."""
+    frontier = [value]
+    for _ in range(depth):
+        nxt = []
+        for v in frontier:
+            p = v.producer() if v is not None else None
+            if p is None:
+                continue
+            if _projection(p):
+                return p
+            if p.op_type in ACTIVATION_OPS or p.op_type in ("Add", "Div", "Pow", "Reshape", "Cast"):
+                nxt.extend(p.inputs)
+        frontier = nxt
+    return None
+
+
+def near_misses(model: ir.Model) -> list[NearMiss]:
+    """FFN-shaped regions (projection → activation → projection) not replaced by a marker.
+
+    The reason is the best partial match of the FFN rules at the region's last node, as
+    reported by onnxscript's MatchingTracer.
+    """
+    out = []
+    for node in model.graph:
+        if not _projection(node) or node.domain == CANON:
+            continue
+        act = node.inputs[0].producer() if node.inputs[0] is not None else None
+        if act is None or act.op_type not in ACTIVATION_OPS:
+            continue
+        first = _upstream_projection(act.inputs[0]) if act.inputs else None
+        if first is None:
+            continue
+        reason = _best_failure(model, node)
+        out.append(NearMiss(nodes=[first.name or "?", act.name or act.op_type, node.name or "?"],
+                            reason=reason))
+    return out
+
+
+def _best_failure(model: ir.Model, root: ir.Node) -> str:
+    tracer = pattern.MatchingTracer()
+    candidates = [root, *[u for u, _ in root.outputs[0].uses()]]
+    for rules in FFN_PASSES:
+        for rule in rules.rules:
+            for node in candidates:
+                rule.try_rewrite(model, model.graph, node, tracer=tracer)
+    best, best_size = "no FFN rule matches this activation/projection structure", -1
+    for infos in tracer.best_matches_map.values():
+        for info in infos:
+            reason = info.match.reason if info.match is not None else ""
+            size = len(info.match.nodes) if info.match is not None else 0
+            if reason and size > best_size:
+                best, best_size = reason, size
+    return best

@@ -1,0 +1,71 @@
+"""Gated FFN: ``(act(x·Wg) ⊙ up_act(x·Wu))·Wd (+b)``: SwiGLU, GeGLU, ReGLU and dReLU.
+
+LLaMA/Mistral MLPs (SiLU gate), ReLU-LLaMA/ProSparse (ReGLU) and TurboSparse (dReLU,
+ReLU on both gate and up). Runs after canonicalization (SiLU is one node).
+"""
+
+from __future__ import annotations
+
+from onnxscript.rewriter import pattern
+
+from ._common import const_array, node_names
+from ._ffn_common import act_name, apply_act, as_vector, check_bias, check_projection, emit_marker
+
+
+class GatedFFN(pattern.RewriteRuleClassBase):
+    """Replaces ``MatMul(Mul(act(MatMul(x,Wg)), [Relu](MatMul(x,Wu))), Wd) (+Add)`` with a marker.
+
+    Matches: transformers LlamaMLP (SwiGLU; ReGLU with hidden_act=relu) and dReLU MLPs from
+    torch.onnx dynamo and TorchScript exports, and after ORT_ENABLE_EXTENDED (QuickGelu).
+    """
+
+    def __init__(self, name: str, act: str, up_relu: bool, has_b2: bool):
+        super().__init__(name)
+        self._act, self._up_relu, self._has_b2 = act, up_relu, has_b2
+
+    def pattern(self, op, x, wg, wu, wd, b2):
+        g = apply_act(op, self._act, op.MatMul(x, wg, _outputs=["mmg"]), "act")
+        u = op.MatMul(x, wu, _outputs=["mmu"])
+        if self._up_relu:
+            u = op.Relu(u, _outputs=["up_act"])
+        y = op.MatMul(op.Mul(g, u, _outputs=["mul"]), wd, _outputs=["mmd"])
+        if self._has_b2:
+            y = op.Add(y, b2, _outputs=["add2"])
+        return y
+
+    def check(self, context, x, wg, wu, wd, b2=None, **_):
+        r = pattern.MatchResult()
+        r = check_projection(r, wg, "W_gate")
+        r = r and check_projection(r, wu, "W_up")
+        r = r and check_projection(r, wd, "W_down")
+        if not r:
+            return r
+        if const_array(wg).shape != const_array(wu).shape:
+            return r.fail(f"W_up shape: expected {list(const_array(wg).shape)} like W_gate, "
+                          f"got {list(const_array(wu).shape)}", wu)
+        d_ff = const_array(wg).shape[1]
+        if const_array(wd).shape[0] != d_ff:
+            return r.fail(f"W_down rows: expected d_ff={d_ff}, got {list(const_array(wd).shape)}", wd)
+        return check_bias(r, b2, const_array(wd).shape[1], "b_down")
+
+    def rewrite(self, op, x, wg, wu, wd, act, mmg, mmu, mul, mmd, b2=None, up_act=None,
+                add2=None, **_):
+        return emit_marker(
+            op, x, wg, None, wd, as_vector(op, b2), wu,
+            rule=self.name, kind="gated", activation=act_name(self._act, act),
+            up_activation="relu" if self._up_relu else "none",
+            matched=node_names(mmg, act, mmu, up_act, mul, mmd, add2),
+        )
+
+
+def _rules(has_b2: bool) -> list[pattern.RewriteRule]:
+    out = []
+    for up_relu in (True, False):  # dReLU before ReGLU: the longer pattern first
+        for act in ("relu", "silu", "gelu"):
+            name = f"GatedFFN_{act}{'_uprelu' if up_relu else ''}{'_b2' if has_b2 else ''}"
+            out.extend(GatedFFN.rule(name, act=act, up_relu=up_relu, has_b2=has_b2).commute())
+    return out
+
+
+rules_with_b2 = pattern.RewriteRuleSet(_rules(has_b2=True))
+rules = pattern.RewriteRuleSet(_rules(has_b2=False))

@@ -1,0 +1,133 @@
+"""Lowering: FFN markers become ``ai.fffc`` nodes with fallback functions, or standard ops.
+
+A site planned ``exact`` becomes one ``ai.fffc::SparseFFN`` node whose weights are laid
+out for the kernel (the gated up projection stored row-per-neuron) plus a model-local
+function with the same (domain, op_type) and an overload per configuration, so the model
+still runs in a stock ONNX Runtime. Any other site goes back to standard ops. Finally
+every canonical node left is legalized for the model's opset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from fffc.ops import DOMAIN, OPSET_VERSION, SPARSE_FFN
+
+from . import standard_forms
+from ._common import CANON, const_array
+
+INPUT_NAMES = [a.name for a in SPARSE_FFN.inputs]
+
+
+def default_opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 17))
+
+
+def markers(graph: ir.Graph) -> list[ir.Node]:
+    return [n for n in graph if n.domain == CANON and n.op_type == "FFN"]
+
+
+def _attrs(node: ir.Node) -> dict[str, str]:
+    return {k: node.attributes.get_string(k, "") for k in
+            ("kind", "activation", "up_activation", "rule", "matched_nodes")}
+
+
+def overload_for(activation: str, up_activation: str, present: list[bool]) -> str:
+    """Deterministic overload name: one fallback function per op configuration."""
+    optional = [(a.name, p) for a, p in zip(SPARSE_FFN.inputs, present, strict=True) if a.optional]
+    flags = "".join(name.lower() for name, p in optional if p)
+    return f"{activation}_{up_activation}_{flags or 'nobias'}"
+
+
+def _fallback_function(overload: str, present: list[bool], act: str, up_act: str,
+                       opset: int) -> ir.Function:
+    formals = [ir.Value(name=n) for n in INPUT_NAMES]
+    tape = ir.tape.Tape()
+    x, w1, b1, w2, b2, wu = (f if p else None for f, p in zip(formals, present, strict=True))
+    y = standard_forms.ffn(tape, x, w1, b1, w2, b2, wu, activation_name=act,
+                           up_activation=up_act, opset=opset, wu_rows=True)
+    y.name = "Y"
+    graph = ir.Graph(formals, [y], nodes=tape.nodes, opset_imports={"": opset},
+                     name=f"{SPARSE_FFN.name}_{overload}")
+    attrs = [ir.Attr(a.name, ir.AttributeType.STRING, a.default) for a in SPARSE_FFN.attributes]
+    return ir.Function(DOMAIN, SPARSE_FFN.name, overload, graph=graph, attributes=attrs)
+
+
+def _row_major_up(graph: ir.Graph, wu: ir.Value) -> ir.Value:
+    """The up projection as [d_ff, d_in] (row i = neuron i), shared between sites."""
+    name = f"{wu.name}__rows"
+    if name in graph.initializers:
+        return graph.initializers[name]
+    value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(const_array(wu).T),
+                                                       name=name))
+    value.shape = ir.Shape(value.const_value.shape)
+    value.type = ir.TensorType(value.const_value.dtype)
+    graph.register_initializer(value)
+    return value
+
+
+def lower(model: ir.Model, decisions: Mapping[str, str]) -> None:
+    """Replace every marker: ``decisions[name] == "exact"`` → SparseFFN, else standard ops."""
+    graph = model.graph
+    opset = default_opset(model)
+    for node in markers(graph):
+        a = _attrs(node)
+        x, w1, b1, w2, b2, wu = (node.inputs + (None,) * 6)[:6]
+        tape = ir.tape.Tape()
+        if decisions.get(node.name) == "exact":
+            wu_rows = _row_major_up(graph, wu) if wu is not None else None
+            inputs = [x, w1, b1, w2, b2, wu_rows]
+            present = [v is not None for v in inputs]
+            overload = overload_for(a["activation"], a["up_activation"], present)
+            while inputs and inputs[-1] is None:
+                inputs.pop()
+            new_out = tape.op(
+                SPARSE_FFN.name, inputs,
+                {"activation": a["activation"], "up_activation": a["up_activation"], "mode": "exact"},
+                domain=DOMAIN, overload=overload, name=node.name,
+                metadata_props={"fffc.rule": a["rule"], "fffc.matched_nodes": a["matched_nodes"]},
+            )
+            key = (DOMAIN, SPARSE_FFN.name, overload)
+            if key not in model.functions:
+                model.functions[key] = _fallback_function(
+                    overload, present, a["activation"], a["up_activation"], opset)
+            model.opset_imports[DOMAIN] = OPSET_VERSION
+        else:
+            new_out = standard_forms.ffn(
+                tape, x, w1, b1, w2, b2, wu, activation_name=a["activation"],
+                up_activation=a["up_activation"], opset=opset, wu_rows=False)
+        _replace(graph, node, tape, new_out)
+    legalize(model)
+    common_passes.RemoveUnusedNodesPass()(model)
+
+
+def _replace(graph: ir.Graph, node: ir.Node, tape: ir.tape.Tape, new_out: ir.Value) -> None:
+    old_out = node.outputs[0]
+    name = old_out.name
+    ir.convenience.replace_nodes_and_values(graph, node, [node], tape.nodes, [old_out], [new_out])
+    if new_out.name != name and not any(o is new_out for o in graph.outputs):
+        new_out.name = name
+
+
+def legalize(model: ir.Model) -> None:
+    """Canonical Gelu/Silu nodes outside FFN sites go back to opset-correct standard ops."""
+    graph = model.graph
+    opset = default_opset(model)
+    for node in [n for n in graph if n.domain == CANON]:
+        if node.op_type == "FFN":
+            raise ValueError(f"FFN marker {node.name!r} was not lowered")
+        tape = ir.tape.Tape()
+        if node.op_type == "Gelu":
+            approx = node.attributes.get_string("approximate", "none")
+            name = "gelu_tanh" if approx == "tanh" else "gelu"
+        elif node.op_type == "Silu":
+            name = "silu"
+        else:
+            raise ValueError(f"unknown canonical op {node.op_type}")
+        out = standard_forms.activation(tape, name, node.inputs[0], opset)
+        _replace(graph, node, tape, out)
+    model.opset_imports.pop(CANON, None)

@@ -1,0 +1,1 @@
+"""Runtime shim (imported as fffc.runtime)."""
