@@ -60,3 +60,8 @@ def dump_dir_from_env() -> Path | None:
 def cxx() -> str:
     """The C++ compiler used to build the shim (``CXX``, default g++)."""
     return os.environ.get("CXX", "g++")
+
+
+def debug() -> bool:
+    """``FFFC_DEBUG=1``: the CLI shows tracebacks instead of one-line errors."""
+    return os.environ.get("FFFC_DEBUG", "") not in ("", "0")

@@ -4,6 +4,7 @@ Pure IR → IR over onnx_ir with onnxscript rewrite rules; no TVM, no file I/O.
 """
 
 from .detect import canonicalize, detect, near_misses
-from .lower import legalize, lower
+from .lower import expose, legalize, lower, site_io, site_weights
 
-__all__ = ["canonicalize", "detect", "legalize", "lower", "near_misses"]
+__all__ = ["canonicalize", "detect", "expose", "legalize", "lower", "near_misses", "site_io",
+           "site_weights"]

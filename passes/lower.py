@@ -131,3 +131,30 @@ def legalize(model: ir.Model) -> None:
         out = standard_forms.activation(tape, name, node.inputs[0], opset)
         _replace(graph, node, tape, out)
     model.opset_imports.pop(CANON, None)
+
+
+def site_io(model: ir.Model) -> dict[str, tuple[str, str]]:
+    """Marker name → (input value name, output value name), for capturing site activations."""
+    return {n.name: (n.inputs[0].name, n.outputs[0].name) for n in markers(model.graph)}
+
+
+def site_weights(model: ir.Model, name: str) -> dict[str, np.ndarray | None]:
+    """The tensors an ``exact`` SparseFFN node of this marker gets, in the op's layout."""
+    node = next(n for n in markers(model.graph) if n.name == name)
+    arrays = [const_array(v) if v is not None else None for v in (node.inputs + (None,) * 6)[:6]]
+    out = dict(zip(INPUT_NAMES, arrays, strict=True))
+    out.pop("X")
+    if out["WU"] is not None:
+        out["WU"] = np.ascontiguousarray(out["WU"].T)
+    return out
+
+
+def expose(model: ir.Model, names: list[str]) -> None:
+    """Add the named intermediate values as graph outputs (for activation capture)."""
+    values = {v.name: v for n in model.graph for v in n.outputs}
+    values.update({v.name: v for v in model.graph.inputs})
+    present = {v.name for v in model.graph.outputs}
+    for name in names:
+        if name not in present:
+            model.graph.outputs.append(values[name])
+            present.add(name)

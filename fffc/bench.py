@@ -1,0 +1,106 @@
+"""Side-by-side timing of an artifact against its original model in ONNX Runtime.
+
+Both sessions get the same options and thread count; runs are interleaved (original,
+compiled, original, ...) so that a noisy shared machine slows both alike, and the
+ratio of medians is reported. Outputs are compared on the same feeds.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from . import verify
+from .errors import UsageError
+
+
+@dataclass
+class BenchRow:
+    tokens: int
+    original_ms: float
+    fffc_ms: float
+    speedup: float
+    max_rel_err: float
+
+
+def _symbolic_dims(proto: onnx.ModelProto) -> int:
+    inits = {i.name for i in proto.graph.initializer}
+    for vi in proto.graph.input:
+        if vi.name not in inits:
+            return sum(not d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)
+    return 0
+
+
+def feeds_for_tokens(proto: onnx.ModelProto, tokens: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """One feed with ``tokens`` tokens: batch 1 × sequence ``tokens`` (or a flat token dim)."""
+    if _symbolic_dims(proto) >= 2:
+        return verify.probe_inputs(proto, 1, tokens, seed, count=1)[0]
+    return verify.probe_inputs(proto, tokens, tokens, seed, count=1)[0]
+
+
+def _time(sess: ort.InferenceSession, feed: dict) -> float:
+    t0 = time.perf_counter()
+    sess.run(None, feed)
+    return time.perf_counter() - t0
+
+
+def source_model(artifact: Path, manifest: dict, original: Path | None) -> Path:
+    """The original model the artifact was compiled from, checked against its hash."""
+    if original is not None:
+        return original
+    src = Path(manifest["source"]["path"])
+    if not src.exists():
+        raise UsageError(f"original model {src} not found; pass --original PATH", path=artifact)
+    return src
+
+
+def bench(artifact: str | Path, tokens: Sequence[int] = (1, 8, 128), threads: int = 2,
+          repeat: int = 30, warmup: int = 3, original: str | Path | None = None) -> list[BenchRow]:
+    """Time original vs compiled model at each token count; one row per count."""
+    from . import runtime
+
+    artifact = Path(artifact)
+    manifest_path = artifact / "manifest.json"
+    if not manifest_path.exists():
+        raise UsageError("not an fffc artifact (no manifest.json)", path=artifact)
+    manifest = json.loads(manifest_path.read_text())
+    src = source_model(artifact, manifest, Path(original) if original else None)
+    proto = onnx.load(str(src), load_external_data=False)
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    base = ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    so2 = ort.SessionOptions()
+    so2.intra_op_num_threads = threads
+    so2.log_severity_level = 3
+    compiled = runtime.InferenceSession(artifact, so2, providers=["CPUExecutionProvider"])
+
+    rows = []
+    for n in tokens:
+        feed = feeds_for_tokens(proto, n)
+        want = base.run(None, feed)
+        got = compiled.run(None, feed)
+        err = verify.compare_runs([got], [want], float("inf")).max_rel
+        for _ in range(warmup):
+            _time(base, feed)
+            _time(compiled, feed)
+        t_base, t_comp = [], []
+        for _ in range(repeat):
+            t_base.append(_time(base, feed))
+            t_comp.append(_time(compiled, feed))
+        mb, mc = statistics.median(t_base), statistics.median(t_comp)
+        rows.append(BenchRow(n, mb * 1e3, mc * 1e3, mb / mc, err))
+    return rows
+
+
+def rows_to_json(rows: Sequence[BenchRow]) -> list[dict]:
+    return [asdict(r) for r in rows]

@@ -1,0 +1,171 @@
+"""``fffc`` command line: parse, call the library, print. Nothing else lives here.
+
+Exit codes: 0 success; 1 internal error; 2 usage (bad flag, unknown target, output
+exists without --force); 3 model cannot be read; 4 unsupported opset or dtype; 5 no FFN
+found; 6 rewrite failed; 7 verification failed; 8 target not supported yet; 9 codegen
+failed; 10 packaging failed (compiler, headers, disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from . import config
+from .errors import FffcError, UsageError
+
+err_console = Console(stderr=True, soft_wrap=True)
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+@contextlib.contextmanager
+def _stage(name: str) -> Iterator[None]:
+    """Spinner while a stage runs, then one line with its duration (stderr)."""
+    t0 = time.perf_counter()
+    with err_console.status(f"{name}…"):
+        yield
+    err_console.print(f"[green]✓[/] {name} [dim]({time.perf_counter() - t0:.1f}s)[/]")
+
+
+def _sites_table(sites, title: str) -> Table:
+    t = Table(title=title)
+    for col in ("site", "kind", "activation", "d_model", "d_ff", "bias", "decision", "rel err",
+                "nodes"):
+        t.add_column(col)
+    for s in sites:
+        err = "" if s.max_rel_err is None else f"{s.max_rel_err:.1e}"
+        t.add_row(s.name, f"{s.kind} ({s.family})", s.activation, str(s.d_model), str(s.d_ff),
+                  "yes" if s.bias else "no", s.decision, err, ", ".join(s.matched_nodes))
+    return t
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .pipeline import analyze
+
+    from .plan import plan
+
+    a = analyze(args.model, _stage if not args.json else contextlib.nullcontext)
+    plan(a.sites)
+    if args.json:
+        print(json.dumps({"model": str(a.path), "sites": [s.to_json() for s in a.sites],
+                          "near_misses": [m.to_json() for m in a.near_misses],
+                          "canonical_rewrites": a.canonical_rewrites}, indent=2))
+        return 0
+    console.print(_sites_table(a.sites, f"{len(a.sites)} FFN site(s) in {a.path}"))
+    if a.near_misses:
+        t = Table(title=f"{len(a.near_misses)} FFN-like region(s) not matched")
+        t.add_column("nodes")
+        t.add_column("reason")
+        for m in a.near_misses:
+            t.add_row(" → ".join(m.nodes), m.reason)
+        console.print(t)
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .config import CompileOptions
+    from .pipeline import compile_model
+
+    options = CompileOptions(
+        target=args.target, mcpu=args.mcpu, rtol=args.rtol, force=args.force,
+        dump_dir=Path(args.dump) if args.dump else config.dump_dir_from_env(),
+        sites=tuple(args.sites or ()),
+    )
+    result = compile_model(args.model, args.output, options, _stage)
+    console.print(_sites_table(result.sites, f"{len(result.sites)} FFN site(s)"))
+    v = result.manifest.get("verification", {})
+    for key in ("model_with_shim", "model_without_shim"):
+        if key in v:
+            console.print(f"{key.replace('_', ' ')}: max rel err {v[key]['max_rel']:.2e} "
+                          f"(rtol {v['rtol']:g}) {'[green]ok[/]' if v[key]['ok'] else '[red]FAIL[/]'}")
+    console.print(f"artifact: [bold]{result.artifact}[/]")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench, rows_to_json
+
+    try:
+        tokens = [int(t) for t in args.tokens.split(",") if t]
+    except ValueError as e:
+        raise UsageError(f"--tokens: expected comma-separated integers, got {args.tokens!r}") from e
+    with _stage("bench") if not args.json else contextlib.nullcontext():
+        rows = bench(args.artifact, tokens, threads=args.threads, repeat=args.repeat,
+                     original=args.original)
+    if args.json:
+        print(json.dumps(rows_to_json(rows), indent=2))
+        return 0
+    t = Table(title=f"{args.artifact}: original vs fffc, ONNX Runtime, {args.threads} threads")
+    for col in ("tokens", "original ms", "fffc ms", "speed-up", "max rel err"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(str(r.tokens), f"{r.original_ms:.3f}", f"{r.fffc_ms:.3f}", f"{r.speedup:.2f}x",
+                  f"{r.max_rel_err:.1e}")
+    console.print(t)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fffc", description=__doc__.split("\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="rewrite FFNs, build kernels and the shim into an artifact")
+    c.add_argument("model", type=Path)
+    c.add_argument("--target", default="x86", help="x86 (default), arm, cuda")
+    c.add_argument("-o", "--output", type=Path, help="artifact directory (default MODEL.fffc/)")
+    c.add_argument("--force", action="store_true", help="overwrite an existing artifact")
+    c.add_argument("--mcpu", help="CPU to compile for (default: this machine's)")
+    c.add_argument("--rtol", type=float, default=config.DEFAULT_TOLERANCE,
+                   help="relative tolerance of every verification (default %(default)g)")
+    c.add_argument("--sites", nargs="*", help="only lower these sites (names or node names)")
+    c.add_argument("--dump", help="write every stage's artifact into this directory")
+    c.set_defaults(func=cmd_compile)
+
+    i = sub.add_parser("inspect", help="list FFN sites and unmatched FFN-like regions")
+    i.add_argument("model", type=Path)
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_inspect)
+
+    b = sub.add_parser("bench", help="time an artifact against its original model")
+    b.add_argument("artifact", type=Path)
+    b.add_argument("--tokens", default="1,8,128", help="token counts (default %(default)s)")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--repeat", type=int, default=30)
+    b.add_argument("--original", type=Path, help="original model, if it moved")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FffcError as e:
+        if config.debug():
+            raise
+        err_console.print(f"fffc: error: {e.one_line()}", markup=False, highlight=False)
+        return e.exit_code
+    except KeyboardInterrupt:
+        err_console.print("fffc: interrupted")
+        return 130
+    except Exception as e:  # last resort: one line, not a traceback dump
+        if config.debug():
+            raise
+        err_console.print(f"fffc: internal error: {type(e).__name__}: {e} "
+                          "(set FFFC_DEBUG=1 for the traceback)", markup=False, highlight=False)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Load: read an ONNX file into onnx_ir with every way it can be wrong turned into one error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from .errors import ModelLoadError, UnsupportedModelError
+
+MIN_OPSET = 13  # MatMul/Add/Gemm semantics fffc relies on are stable from here
+FLOAT_TYPES = {"FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE"}
+
+
+def load_proto(path: str | Path) -> onnx.ModelProto:
+    """The checked ModelProto; ModelLoadError/UnsupportedModelError say what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError("no such file", path=path)
+    if path.is_dir():
+        raise ModelLoadError("is a directory, expected an .onnx file", path=path)
+    if path.stat().st_size == 0:
+        raise ModelLoadError("empty file, expected an ONNX model", path=path)
+    try:
+        proto = onnx.load(str(path))
+    except DecodeError as e:
+        raise ModelLoadError(f"not an ONNX model or truncated (protobuf: {e})", path=path) from e
+    except (OSError, ValueError, onnx.onnx_cpp2py_export.checker.ValidationError) as e:
+        raise ModelLoadError(f"cannot read model: {e}", path=path) from e
+    if not proto.graph.node:
+        raise ModelLoadError("not an ONNX model or truncated: the graph has no nodes", path=path)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "validation failed"
+        raise ModelLoadError(f"invalid ONNX model: {first}", path=path) from e
+    _check_opset(proto, path)
+    return proto
+
+
+def _check_opset(proto: onnx.ModelProto, path: Path) -> None:
+    opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
+    version = opsets.get("ai.onnx")
+    newest = onnx.defs.onnx_opset_version()
+    if version is None:
+        raise UnsupportedModelError("model imports no ai.onnx opset", path=path)
+    if version < MIN_OPSET or version > newest:
+        raise UnsupportedModelError(
+            f"unsupported opset {version}: fffc handles ai.onnx opsets {MIN_OPSET}..{newest}",
+            path=path)
+
+
+def to_ir(proto: onnx.ModelProto) -> ir.Model:
+    return ir.serde.deserialize_model(proto)
+
+
+def load(path: str | Path) -> ir.Model:
+    """Load and check; the IR model the pipeline works on."""
+    return to_ir(load_proto(path))

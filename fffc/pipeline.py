@@ -1,0 +1,296 @@
+"""The compile pipeline: the one module that runs every stage, in order.
+
+load → canonicalize → detect → plan → probe + verify sites → lower → codegen →
+package (shim) → check the artifact → manifest. Each stage takes the previous
+stage's output; with a dump directory each writes a numbered artifact so a failure can
+be reproduced from the stage that broke. Nothing lands in the output directory unless
+every check passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from . import frontend, passes, plan, verify
+from .config import CompileOptions
+from .errors import NoSitesError, RewriteError, UsageError, VerificationError
+from .sites import NearMiss, Site
+from .targets import normalize
+
+Reporter = Callable[[str], contextlib.AbstractContextManager]
+MAX_ROUNDS = 2  # a site whose kernel fails the artifact check is dropped and the rest rebuilt
+
+
+@contextlib.contextmanager
+def _quiet(_: str) -> Iterator[None]:
+    yield
+
+
+@dataclass
+class Analysis:
+    """What ``inspect`` reports and ``compile`` starts from."""
+
+    path: Path
+    proto: onnx.ModelProto
+    working: ir.Model  # canonicalized, FFNs replaced by markers
+    sites: list[Site]
+    near_misses: list[NearMiss]
+    canonical_rewrites: dict[str, int]
+
+
+@dataclass
+class CompileResult:
+    artifact: Path
+    sites: list[Site]
+    near_misses: list[NearMiss]
+    manifest: dict = field(default_factory=dict)
+
+
+def analyze(path: str | Path, stage: Reporter = _quiet) -> Analysis:
+    """Load, canonicalize and detect: every FFN site and every near miss."""
+    with stage("load"):
+        proto = frontend.load_proto(path)
+        working = frontend.to_ir(proto)
+    with stage("canonicalize + detect"):
+        counts = passes.canonicalize(working)
+        sites = passes.detect(working)
+        misses = passes.near_misses(working)
+    return Analysis(Path(path), proto, working, sites, misses, counts)
+
+
+def _copy(model: ir.Model) -> ir.Model:
+    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _prepare_output(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise UsageError("output exists; pass --force to overwrite it", path=out)
+    if out.exists() and not (out / "manifest.json").exists() and any(out.iterdir()):
+        raise UsageError("output exists and is not an fffc artifact; refusing to overwrite it "
+                         "even with --force", path=out)
+
+
+def default_output(model_path: Path) -> Path:
+    return model_path.with_name(model_path.stem + ".fffc")
+
+
+def compile_model(path: str | Path, out: str | Path | None = None,
+                  options: CompileOptions | None = None, stage: Reporter = _quiet) -> CompileResult:
+    """``fffc compile``: write a verified artifact directory for ``options.target``."""
+    from .codegen.build import build_kernel_library, check_target
+    from .native import build_shim
+
+    options = options or CompileOptions()
+    path = Path(path)
+    out = Path(out) if out is not None else default_output(path)
+    try:
+        request = normalize(options.target, options.mcpu)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    _prepare_output(out, options.force)
+    check_target(request.family)  # unsupported targets fail before any slow stage
+
+    a = analyze(path, stage)
+    dump = _Dumper(options.dump_dir)
+    dump.model("00-loaded.onnx", a.proto)
+    dump.ir("01-canonical.onnx", a.working)
+    if not a.sites:
+        why = "; ".join(f"{m.nodes[-1]}: {m.reason}" for m in a.near_misses[:3])
+        raise NoSitesError("no FFN found" + (f" (near misses: {why})" if why else ""), path=path)
+    plan.plan(a.sites, options.sites)
+
+    with stage("verify sites"):
+        feeds = verify.probe_inputs(a.proto, options.probe_batch, options.probe_seq, options.seed)
+        captured = _capture(a, feeds, options.rtol)
+        for site in a.sites:
+            if site.decision != "exact":
+                continue
+            xs, ys = captured[site.name]
+            c = verify.verify_site(site, xs, ys, passes.site_weights(a.working, site.name), options.rtol)
+            site.max_abs_err, site.max_rel_err = c.max_abs, c.max_rel
+            if not c.ok:
+                site.decision = "dense"
+                site.reason = f"verification failed: rel err {c.max_rel:.2e} > {options.rtol:g}"
+    dump.json("03-verify.json", {"sites": [s.to_json() for s in a.sites]})
+
+    want = verify.run(verify.session(a.proto), feeds)
+    staging = Path(tempfile.mkdtemp(prefix=".fffc-", dir=out.parent if out.parent.exists() else None))
+    try:
+        for _ in range(MAX_ROUNDS):
+            final = _copy(a.working)
+            passes.lower(final, {s.name: s.decision for s in a.sites})
+            final_proto = ir.serde.serialize_model(final)
+            dump.model("02-rewritten.onnx", final_proto)
+            exact = [s for s in a.sites if s.decision == "exact"]
+            _clear(staging)
+            model_file = staging / "model.onnx"
+            onnx.save(final_proto, str(model_file))
+            library = shim = None
+            if exact:
+                specs = sorted({plan.kernel_spec(s) for s in exact}, key=lambda k: k.key)
+                with stage(f"codegen ({len(specs)} kernel families, {request.family})"):
+                    library = build_kernel_library(specs, request.family,
+                                                   staging / "kernels" / request.family,
+                                                   mcpu=request.mcpu)
+                with stage("build shim"):
+                    shim = build_shim(library, staging)
+            with stage("check artifact"):
+                report, failed = _check_artifact(a, final_proto, model_file, shim, feeds, want,
+                                                 captured, options.rtol)
+            if not failed:
+                break
+            for s in a.sites:
+                if s.name in failed:
+                    s.decision = "dense"
+                    s.reason = f"kernel check failed: {failed[s.name]}"
+        else:
+            raise VerificationError("artifact check still failing after dropping failed sites",
+                                    path=path)
+        manifest = _manifest(a, options, request, library, shim, staging, report, feeds)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CompileResult(out, a.sites, a.near_misses, manifest)
+
+
+def _clear(d: Path) -> None:
+    for p in d.iterdir():
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _capture(a: Analysis, feeds, rtol: float) -> dict[str, tuple[list, list]]:
+    """Check 1 and the site activations: the all-dense lowering must equal the original."""
+    dense = _copy(a.working)
+    io = passes.site_io(dense)
+    passes.lower(dense, {})
+    n_out = len(a.proto.graph.output)
+    names = [n for pair in io.values() for n in pair]
+    passes.expose(dense, names)
+    got = verify.run(verify.session(ir.serde.serialize_model(dense)), feeds)
+    want = verify.run(verify.session(a.proto), feeds)
+    c = verify.compare_runs([g[:n_out] for g in got], want, rtol)
+    if not c.ok:
+        raise RewriteError(f"canonicalization changed the model's outputs (rel err {c.max_rel:.2e});"
+                           " please report this model", path=a.path)
+    out_names = [o.name for o in dense.graph.outputs]
+    captured = {}
+    for site, (x_name, y_name) in io.items():
+        xi, yi = out_names.index(x_name), out_names.index(y_name)
+        captured[site] = ([g[xi] for g in got], [g[yi] for g in got])
+    return captured
+
+
+def _check_artifact(a: Analysis, final_proto, model_file: Path, shim: Path | None, feeds, want,
+                    captured, rtol: float) -> tuple[dict, dict[str, str]]:
+    """Check 3: kernels alone vs captured site outputs; whole model with and without shim."""
+    failed: dict[str, str] = {}
+    report: dict = {"rtol": rtol}
+    fallback = verify.compare_runs(verify.run(verify.session(str(model_file)), feeds), want, rtol)
+    report["model_without_shim"] = fallback.__dict__
+    if shim is None:
+        return report, failed
+    kernels = {}
+    for site in a.sites:
+        if site.decision != "exact":
+            continue
+        sess = verify.session(verify.single_node_model(final_proto, site.name), register=str(shim))
+        xs, ys = captured[site.name]
+        c = verify.compare_runs([sess.run(None, {"X": x}) for x in xs], [[y] for y in ys], rtol)
+        kernels[site.name] = c.__dict__
+        site.max_abs_err = max(site.max_abs_err or 0.0, c.max_abs)
+        site.max_rel_err = max(site.max_rel_err or 0.0, c.max_rel)
+        if not c.ok:
+            failed[site.name] = f"rel err {c.max_rel:.2e} > {rtol:g}"
+    report["kernels"] = kernels
+    with_shim = verify.compare_runs(
+        verify.run(verify.session(str(model_file), register=str(shim)), feeds), want, rtol)
+    report["model_with_shim"] = with_shim.__dict__
+    if not with_shim.ok and not failed:
+        raise VerificationError(f"compiled model differs from the original (rel err "
+                                f"{with_shim.max_rel:.2e}) although every kernel matched", path=a.path)
+    if not fallback.ok:
+        raise VerificationError(f"fallback functions differ from the original (rel err "
+                                f"{fallback.max_rel:.2e})", path=a.path)
+    return report, failed
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for dist in ("fffc", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "apache-tvm",
+                 "apache-tvm-ffi", "numpy"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _manifest(a: Analysis, options: CompileOptions, request, library, shim, staging: Path,
+              report: dict, feeds) -> dict:
+    opts = replace(options, dump_dir=None)
+    return {
+        "format": 1,
+        "versions": _versions(),
+        "source": {"path": str(a.path.resolve()), "sha256": _sha256(a.path)},
+        "target": {"family": request.family, "mcpu": request.mcpu,
+                   "tvm": library.target if library else None},
+        "model": "model.onnx",
+        "shim": shim.name if shim else None,
+        "kernels": None if library is None else {
+            "object": str(library.object_path.relative_to(staging)),
+            "entries": [{"symbol": k.c_symbol, "variant": k.variant, "min_tokens": k.min_tokens,
+                         "max_tokens": k.max_tokens, "args": k.arg_names,
+                         "spec": k.spec.__dict__ | {"key": k.spec.key}} for k in library.kernels],
+        },
+        "options": {k: (list(v) if isinstance(v, tuple) else v)
+                    for k, v in opts.__dict__.items() if k != "dump_dir"},
+        "canonical_rewrites": a.canonical_rewrites,
+        "sites": [s.to_json() for s in a.sites],
+        "near_misses": [m.to_json() for m in a.near_misses],
+        "verification": report | {"probes": [{k: list(v.shape) for k, v in f.items()} for f in feeds]},
+    }
+
+
+class _Dumper:
+    """Writes numbered stage artifacts when a dump directory is set."""
+
+    def __init__(self, root: Path | None):
+        self.root = root
+        if root:
+            root.mkdir(parents=True, exist_ok=True)
+
+    def model(self, name: str, proto: onnx.ModelProto) -> None:
+        if self.root:
+            onnx.save(proto, str(self.root / name))
+
+    def ir(self, name: str, model: ir.Model) -> None:
+        if self.root:
+            ir.save(model, str(self.root / name))
+
+    def json(self, name: str, data: dict) -> None:
+        if self.root:
+            (self.root / name).write_text(json.dumps(data, indent=2))

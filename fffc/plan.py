@@ -1,0 +1,39 @@
+"""Plan: choose, per site, how it is lowered, and say why.
+
+Exact skipping is only exact where the activation produces true zeros: ReLU FFNs and
+ReLU-gated FFNs (ReGLU, dReLU). GELU/SiLU sites are reported and left dense until the
+threshold/predictor modes exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .ops import KernelSpec
+from .sites import Site
+
+
+def plan(sites: Sequence[Site], only: Sequence[str] = ()) -> None:
+    """Set ``decision`` and ``reason`` on every site in place."""
+    for site in sites:
+        if only and site.name not in only and not set(site.matched_nodes) & set(only):
+            site.decision, site.reason = "dense", "not selected with --sites"
+        elif site.dtype != "float32":
+            site.decision, site.reason = "dense", f"{site.dtype} weights: float32 only for now"
+        elif site.activation == "relu":
+            site.decision = "exact"
+            site.reason = ("ReLU zeros are exact: skip down-projection rows" if site.kind == "dense"
+                           else "gate-first: up and down rows only where the ReLU gate is > 0")
+        else:
+            site.decision = "dense"
+            site.reason = (f"{site.activation} is never exactly zero: no exact skipping "
+                           "(threshold modes are not available yet); left as it was")
+
+
+def kernel_spec(site: Site) -> KernelSpec:
+    """What codegen builds for an ``exact`` site."""
+    return KernelSpec(
+        op="SparseFFN", activation=site.activation, up_activation=site.up_activation,
+        mode="exact", d_in=site.d_model, d_ff=site.d_ff, d_out=site.d_out,
+        has_b1=site.has_b1, has_b2=site.has_b2, gated=site.kind == "gated", dtype=site.dtype,
+    )

@@ -1,0 +1,183 @@
+"""Verify: prove each rewrite equal to what it replaces before anything is kept.
+
+Three checks, all in ONNX Runtime on probe inputs:
+1. the canonicalized model with every site left dense equals the original model
+   (canonicalization and detection changed nothing);
+2. per site, the NumPy reference of the planned op on the site's captured input equals
+   the original subgraph's captured output (the rewrite's math and weight layout);
+3. after codegen, the artifact run with the shim (compiled kernels) and without it
+   (fallback functions) equals the original model, and every kernel alone equals its
+   captured site output.
+
+Error metric everywhere: max|got − want| / max(max|want|, 1e-6) ≤ rtol (fp32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from . import reference
+from .sites import Site
+
+# Default relative tolerances per element type; one table, used by every check.
+TOLERANCES = {"float32": 1e-4}
+
+
+@dataclass
+class Comparison:
+    max_abs: float
+    max_rel: float
+    ok: bool
+
+
+def compare(got: np.ndarray, want: np.ndarray, rtol: float) -> Comparison:
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        return Comparison(float("inf"), float("inf"), False)
+    if want.size == 0:
+        return Comparison(0.0, 0.0, True)
+    max_abs = float(np.max(np.abs(got - want)))
+    max_rel = max_abs / max(float(np.max(np.abs(want))), 1e-6)
+    return Comparison(max_abs, max_rel, bool(np.isfinite(max_rel) and max_rel <= rtol))
+
+
+def _vocab_sizes(proto: onnx.ModelProto) -> dict[str, int]:
+    """Inputs consumed as Gather indices into an initializer table → that table's rows."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    out: dict[str, int] = {}
+    for node in proto.graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in inits:
+            rows = inits[node.input[0]].dims[0]
+            out[node.input[1]] = min(out.get(node.input[1], rows), rows)
+    return out
+
+
+_NP_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+def probe_inputs(proto: onnx.ModelProto, batch: int, seq: int, seed: int,
+                 count: int = 2) -> list[dict[str, np.ndarray]]:
+    """Feeds for the model's inputs: random floats, in-vocabulary token ids, all-ones masks.
+
+    Symbolic dims: the first one is the batch, the others the sequence.
+    """
+    rng = np.random.default_rng(seed)
+    vocab = _vocab_sizes(proto)
+    inits = {i.name for i in proto.graph.initializer}
+    feeds = []
+    for k in range(count):
+        feed = {}
+        for vi in proto.graph.input:
+            if vi.name in inits:
+                continue
+            tt = vi.type.tensor_type
+            dims, seen_symbolic = [], False
+            for d in tt.shape.dim:
+                if d.HasField("dim_value") and d.dim_value > 0:
+                    dims.append(d.dim_value)
+                else:
+                    dims.append(batch if not seen_symbolic else seq + k)
+                    seen_symbolic = True
+            dtype = _NP_TYPES.get(tt.elem_type)
+            if dtype is None:
+                raise ValueError(f"input {vi.name!r} has element type {tt.elem_type}, "
+                                 "which fffc cannot probe")
+            name = vi.name.lower()
+            if dtype == np.bool_ or "mask" in name:
+                arr = np.ones(dims, dtype=dtype)
+            elif np.issubdtype(dtype, np.integer):
+                if "token_type" in name or "segment" in name:
+                    arr = np.zeros(dims, dtype=dtype)
+                elif "position" in name:
+                    arr = np.broadcast_to(np.arange(dims[-1], dtype=dtype), dims).copy()
+                else:
+                    arr = rng.integers(0, vocab.get(vi.name, 100), size=dims).astype(dtype)
+            else:
+                arr = rng.standard_normal(dims).astype(dtype)
+            feed[vi.name] = arr
+        feeds.append(feed)
+    return feeds
+
+
+def session(model: onnx.ModelProto | str, threads: int = 0,
+            register: str | None = None) -> ort.InferenceSession:
+    """A CPU session; ``register`` is a custom-op library to load first."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    if register:
+        so.register_custom_ops_library(register)
+    src = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def run(sess: ort.InferenceSession, feeds: Sequence[dict[str, np.ndarray]],
+        outputs: Sequence[str] | None = None) -> list[list[np.ndarray]]:
+    return [sess.run(list(outputs) if outputs else None, f) for f in feeds]
+
+
+def compare_runs(got: list[list[np.ndarray]], want: list[list[np.ndarray]],
+                 rtol: float) -> Comparison:
+    """The worst comparison over every feed and every output."""
+    worst = Comparison(0.0, 0.0, True)
+    for g_outs, w_outs in zip(got, want, strict=True):
+        for g, w in zip(g_outs, w_outs, strict=True):
+            c = compare(g, w, rtol)
+            if not c.ok or c.max_rel > worst.max_rel:
+                worst = Comparison(max(c.max_abs, worst.max_abs), max(c.max_rel, worst.max_rel),
+                                   worst.ok and c.ok)
+    return worst
+
+
+def site_reference(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | None]) -> np.ndarray:
+    """The planned op on a captured input, with the weights as the artifact stores them."""
+    return reference.sparse_ffn(
+        x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"), weights.get("WU"),
+        activation_name=site.activation, up_activation=site.up_activation,
+    )
+
+
+def verify_site(site: Site, xs: list[np.ndarray], ys: list[np.ndarray],
+                weights: dict[str, np.ndarray | None], rtol: float) -> Comparison:
+    """Check 2: reference op vs the original subgraph's outputs, worst over the probes."""
+    worst = Comparison(0.0, 0.0, True)
+    for x, y in zip(xs, ys, strict=True):
+        c = compare(site_reference(site, x, weights), y, rtol)
+        worst = Comparison(max(worst.max_abs, c.max_abs), max(worst.max_rel, c.max_rel),
+                           worst.ok and c.ok)
+    return worst
+
+
+def single_node_model(model: onnx.ModelProto, node_name: str) -> onnx.ModelProto:
+    """The named ``ai.fffc`` node alone, with its initializers, input ``X``, output ``Y``.
+
+    Used to compare one compiled kernel with the activations captured for its site.
+    """
+    node = next(n for n in model.graph.node if n.name == node_name)
+    inits = {i.name: i for i in model.graph.initializer}
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    new.input[0] = "X"
+    del new.output[:]
+    new.output.append("Y")
+    graph = onnx.helper.make_graph(
+        [new], f"check_{node_name}",
+        [onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, None)],
+        [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)],
+        [inits[n] for n in node.input[1:] if n],
+    )
+    out = onnx.helper.make_model(graph, opset_imports=list(model.opset_import),
+                                 functions=list(model.functions))
+    out.ir_version = model.ir_version
+    return out
