@@ -1,1 +1,52 @@
-"""fffc: conditional-computation FFNs compiled with TVM, run in ONNX Runtime."""
+"""fffc: conditional-computation FFNs in ONNX models, compiled with TVM, run in ONNX Runtime.
+
+Python API (the CLI is a thin layer over these)::
+
+    import fffc
+    found = fffc.inspect("model.onnx")                  # sites + near misses
+    result = fffc.compile("model.onnx", "model.fffc", fffc.CompileOptions(target="x86"))
+    rows = fffc.bench("model.fffc", tokens=[1, 8, 128])
+    import fffc.runtime; sess = fffc.runtime.InferenceSession("model.fffc")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import CompileOptions
+from .errors import FffcError
+
+if TYPE_CHECKING:
+    from .bench import BenchRow
+    from .pipeline import Analysis, CompileResult
+
+__version__ = "0.1.0"
+
+
+def inspect(model: str | Path) -> Analysis:
+    """Find every FFN site (with the lowering fffc would choose) and every near miss."""
+    from .pipeline import analyze
+    from .plan import plan
+
+    a = analyze(model)
+    plan(a.sites)
+    return a
+
+
+def compile(model: str | Path, output: str | Path | None = None,  # noqa: A001
+            options: CompileOptions | None = None) -> CompileResult:
+    """Compile ``model`` into a verified artifact directory (see ``fffc compile``)."""
+    from .pipeline import compile_model
+
+    return compile_model(model, output, options)
+
+
+def bench(artifact: str | Path, tokens=(1, 8, 128), threads: int = 2) -> list[BenchRow]:
+    """Original vs compiled model, side by side in ONNX Runtime."""
+    from .bench import bench as _bench
+
+    return _bench(artifact, tokens, threads=threads)
+
+
+__all__ = ["CompileOptions", "FffcError", "__version__", "bench", "compile", "inspect"]

@@ -126,10 +126,16 @@ class FoldWeightTranspose(pattern.RewriteRuleClassBase):
         return op.initializer(ir.tensor(arr), name=f"{w.name}__T_{t.producer().name}")
 
 
-rules = pattern.RewriteRuleSet(
+# Conv1D first, as its own pass: its root (the last Reshape) comes after the Gemm that the
+# plain Gemm rule would otherwise take first.
+conv1d_rules = pattern.RewriteRuleSet(
     [
         Conv1DReshapeGemm.rule("Conv1DBias", has_bias=True),
         Conv1DReshapeGemm.rule("Conv1D", has_bias=False),
+    ]
+)
+rules = pattern.RewriteRuleSet(
+    [
         GemmToMatMul.rule("GemmBias", has_bias=True),
         GemmToMatMul.rule("Gemm", has_bias=False),
         FoldWeightTranspose.rule("FoldWeightTranspose"),

@@ -19,6 +19,7 @@ from ._common import CANON, const_array
 from .lower import markers
 
 CANONICAL_FAMILIES = {
+    "conv1d": canonical_linear.conv1d_rules,
     "linear": canonical_linear.rules,
     "gelu": canonical_gelu.rules,
     "silu": canonical_silu.rules,
@@ -128,11 +129,10 @@ def _best_failure(model: ir.Model, root: ir.Node) -> str:
         for rule in rules.rules:
             for node in candidates:
                 rule.try_rewrite(model, model.graph, node, tracer=tracer)
-    best, best_size = "no FFN rule matches this activation/projection structure", -1
+    best, best_score = "no FFN rule matches this activation/projection structure", -1
     for infos in tracer.best_matches_map.values():
         for info in infos:
-            reason = info.match.reason if info.match is not None else ""
-            size = len(info.match.nodes) if info.match is not None else 0
-            if reason and size > best_size:
-                best, best_size = reason, size
+            reason = info.match_result.reason
+            if reason and info.score() > best_score:
+                best, best_score = reason, info.score()
     return best
