@@ -34,7 +34,7 @@ def inspect(model: str | Path) -> Analysis:
     return a
 
 
-def compile(model: str | Path, output: str | Path | None = None,  # noqa: A001
+def compile(model: str | Path, output: str | Path | None = None,
             options: CompileOptions | None = None) -> CompileResult:
     """Compile ``model`` into a verified artifact directory (see ``fffc compile``)."""
     from .pipeline import compile_model

@@ -49,7 +49,6 @@ def _sites_table(sites, title: str) -> Table:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .pipeline import analyze
-
     from .plan import plan
 
     a = analyze(args.model, _stage if not args.json else contextlib.nullcontext)
