@@ -95,9 +95,6 @@ def default_output(model_path: Path) -> Path:
 def compile_model(path: str | Path, out: str | Path | None = None,
                   options: CompileOptions | None = None, stage: Reporter = _quiet) -> CompileResult:
     """``fffc compile``: write a verified artifact directory for ``options.target``."""
-    from .codegen.build import build_kernel_library, check_target
-    from .native import build_shim
-
     options = options or CompileOptions()
     path = Path(path)
     out = Path(out) if out is not None else default_output(path)
@@ -106,9 +103,12 @@ def compile_model(path: str | Path, out: str | Path | None = None,
     except ValueError as e:
         raise UsageError(str(e)) from e
     _prepare_output(out, options.force)
-    check_target(request.family)  # unsupported targets fail before any slow stage
-
     a = analyze(path, stage)
+
+    from .codegen.build import build_kernel_library, check_target
+    from .native import build_shim
+
+    check_target(request.family)  # unsupported targets fail before the slow stages
     dump = _Dumper(options.dump_dir)
     dump.model("00-loaded.onnx", a.proto)
     dump.ir("01-canonical.onnx", a.working)

@@ -1,0 +1,114 @@
+"""Bad input: one clear line (file, node, reason), a documented exit code, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from fffc.cli import main
+from fffc.errors import EXIT_CODES
+from tests.passes.graphs import G, rand
+from tests.passes.test_detect_and_lower import dense_ffn
+
+
+def _run(capsys, *argv: str) -> tuple[int, list[str]]:
+    rc = main(list(argv))
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("fffc: error")]
+    assert "Traceback" not in err
+    return rc, lines
+
+
+def _save(m: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(m, str(path))
+    return path
+
+
+def test_not_onnx(tmp_path, capsys):
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("this is not a model")
+    rc, lines = _run(capsys, "compile", str(bad), "-o", str(tmp_path / "out"))
+    assert rc == EXIT_CODES["ModelLoadError"] and len(lines) == 1
+    assert str(bad) in lines[0] and "not an ONNX model" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_file(tmp_path, capsys):
+    good = _save(dense_ffn("relu"), tmp_path / "good.onnx")
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    rc, lines = _run(capsys, "inspect", str(cut))
+    assert rc == EXIT_CODES["ModelLoadError"] and len(lines) == 1
+    assert "cut.onnx" in lines[0]
+
+
+def test_missing_file(tmp_path, capsys):
+    rc, lines = _run(capsys, "inspect", str(tmp_path / "nope.onnx"))
+    assert rc == EXIT_CODES["ModelLoadError"] and "no such file" in lines[0]
+
+
+def test_unsupported_opset(tmp_path, capsys):
+    m = dense_ffn("relu")
+    m.opset_import[0].version = 9
+    path = _save(m, tmp_path / "old.onnx")
+    rc, lines = _run(capsys, "compile", str(path), "-o", str(tmp_path / "out"))
+    assert rc == EXIT_CODES["UnsupportedModelError"] and "unsupported opset 9" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_target(tmp_path, capsys):
+    path = _save(dense_ffn("relu"), tmp_path / "m.onnx")
+    rc, lines = _run(capsys, "compile", str(path), "--target", "tpu", "-o", str(tmp_path / "out"))
+    assert rc == EXIT_CODES["UsageError"] and "unknown target 'tpu'" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", ["arm", "cuda"])
+def test_targets_without_backend_yet(tmp_path, capsys, target):
+    path = _save(dense_ffn("relu"), tmp_path / "m.onnx")
+    rc, lines = _run(capsys, "compile", str(path), "--target", target, "-o", str(tmp_path / "out"))
+    assert rc == EXIT_CODES["UnsupportedTargetError"] and "not yet supported" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_force(tmp_path, capsys):
+    path = _save(dense_ffn("relu"), tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("user data")
+    rc, lines = _run(capsys, "compile", str(path), "-o", str(out))
+    assert rc == EXIT_CODES["UsageError"] and "--force" in lines[0]
+    assert (out / "mine.txt").read_text() == "user data"
+    rc, lines = _run(capsys, "compile", str(path), "-o", str(out), "--force")
+    assert rc == EXIT_CODES["UsageError"] and "not an fffc artifact" in lines[0]
+    assert (out / "mine.txt").read_text() == "user data"
+
+
+def test_no_ffn(tmp_path, capsys):
+    g = G()
+    path = _save(g.model(g.op("Add", "x", g.init("b", rand(16)))), tmp_path / "add.onnx")
+    rc, lines = _run(capsys, "compile", str(path), "-o", str(tmp_path / "out"))
+    assert rc == EXIT_CODES["NoSitesError"] and "no FFN found" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_fp16_model_is_rejected_clearly(tmp_path, capsys):
+    w1 = numpy_helper.from_array(np.ones((16, 48), np.float16), "W1")
+    w2 = numpy_helper.from_array(np.ones((48, 16), np.float16), "W2")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+         helper.make_node("Relu", ["h"], ["a"], name="act"),
+         helper.make_node("MatMul", ["a", "W2"], ["y"], name="fc2")],
+        "fp16", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["T", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["T", 16])], [w1, w2])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = _save(m, tmp_path / "half.onnx")
+    rc, lines = _run(capsys, "compile", str(path), "-o", str(tmp_path / "out"))
+    assert rc == EXIT_CODES["NoSitesError"]
+    assert "fc2" in lines[0] and "float16" in lines[0]
+    assert not (tmp_path / "out").exists()
