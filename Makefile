@@ -19,7 +19,6 @@ demo: install
 
 lint: install
 	$(PY) -m ruff check .
-	$(VENV)/bin/lint-imports
 
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider

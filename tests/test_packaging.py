@@ -1,0 +1,42 @@
+"""The wheel maps passes/ and runtime/ to fffc.passes and fffc.runtime, and nothing bare.
+
+The editable install used by the test suite imports them too (setuptools' package-dir
+mapping is known to break editable installs in some versions: pypa/setuptools#4248).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_editable_install_imports_mapped_packages():
+    import fffc.passes
+    import fffc.runtime
+
+    assert Path(fffc.passes.__file__).parent == ROOT / "passes"
+    assert Path(fffc.runtime.__file__).parent == ROOT / "runtime"
+
+
+def test_wheel_has_only_fffc_and_imports_from_it(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
+                    "--no-build-isolation", "-q", "-w", str(tmp_path / "dist")], check=True)
+    wheel = next((tmp_path / "dist").glob("fffc-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"fffc"}
+    assert "fffc/passes/__init__.py" in names and "fffc/runtime/__init__.py" in names
+    assert any(n.startswith("fffc/runtime/src/") and n.endswith(".cc") for n in names)
+
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                    str(site), str(wheel)], check=True)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import fffc.passes, fffc.runtime; "
+            "print(fffc.passes.__file__); print(fffc.runtime.__file__)")
+    out = subprocess.run([sys.executable, "-c", code, str(site)], check=True,
+                         capture_output=True, text=True, cwd=tmp_path).stdout.split()
+    assert all(p.startswith(str(site)) for p in out), out
