@@ -3,15 +3,43 @@
 from __future__ import annotations
 
 import tvm
+import tvm.script
 from tvm.script import tirx as T
 
 Target = tvm.target.Target
 IRModule = tvm.IRModule
 
 
-def compile_module(mod: IRModule, target: Target):
-    """``tvm.compile`` for a module of hand-written tirx PrimFuncs."""
-    return tvm.compile(mod, target=target)
+def from_source(source: str):
+    """Parse TVMScript text (``@T.prim_func def ...``) into a PrimFunc."""
+    return tvm.script.from_source(source, extra_vars={"T": T})
 
 
-__all__ = ["IRModule", "T", "Target", "compile_module", "tvm"]
+def compile_module(funcs: dict, target: dict):
+    """``tvm.compile`` of hand-written tirx PrimFuncs for a target given as a dict."""
+    return tvm.compile(IRModule(funcs), target=Target(target))
+
+
+def host_cpu() -> str:
+    """LLVM's name for this machine's CPU (``-mcpu``)."""
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def is_valid_cpu(triple: str, cpu: str) -> bool:
+    return bool(tvm.target.codegen.llvm_is_valid_cpu(cpu, triple))
+
+
+def cpu_has_features(cpu: str, features: list[str], triple: str = "x86_64-linux-gnu") -> bool:
+    target = Target({"kind": "llvm", "mtriple": triple, "mcpu": cpu})
+    return bool(tvm.target.codegen.llvm_cpu_has_features(features, target))
+
+
+def tensor(arr):
+    return tvm.runtime.tensor(arr)
+
+
+def empty(shape, dtype: str = "float32"):
+    return tvm.runtime.empty(shape, dtype, tvm.cpu())
+
+
+__all__ = ["IRModule", "T", "Target", "compile_module", "from_source", "host_cpu", "tvm"]

@@ -7,10 +7,20 @@ C symbol ``__tvm_ffi_<symbol>``, arguments ``spec.arg_names()`` as DLTensors (X 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
+
+from . import _tvm
+from .kernels.sparse_ffn import sparse_ffn_primfunc
+from .schedules import family
+
+MAX_TOKENS = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -19,7 +29,7 @@ class CompiledKernel:
     variant: str
     symbol: str  # the PrimFunc's global_symbol; the C entry is __tvm_ffi_<symbol>
     min_tokens: int
-    max_tokens: int  # inclusive; 2**31-1 for "no upper bound"
+    max_tokens: int  # inclusive
 
     @property
     def c_symbol(self) -> str:
@@ -36,3 +46,62 @@ class KernelLibrary:
     kernels: tuple[CompiledKernel, ...]
     target: dict  # the TVM target as JSON dict, recorded in the manifest
     family: str  # "x86" | "arm" | "cuda"
+
+
+def check_target(name: str) -> None:
+    """Raise UnsupportedTargetError for families without a backend, before slow stages."""
+    family(name).target(None)
+
+
+def _symbol(spec: KernelSpec, variant: str) -> str:
+    return f"fffc_sparse_ffn_{spec.key}_{variant}"
+
+
+def _funcs(specs: Sequence[KernelSpec], fam) -> tuple[dict, list[CompiledKernel]]:
+    funcs, table = {}, []
+    for spec in specs:
+        variant = "exact"
+        symbol = _symbol(spec, variant)
+        funcs[symbol] = sparse_ffn_primfunc(spec, fam.tiling(spec), symbol)
+        table.append(CompiledKernel(spec, variant, symbol, 0, MAX_TOKENS))
+    return funcs, table
+
+
+def build_kernel_library(specs: Sequence[KernelSpec], target: str, out_dir: Path,
+                         mcpu: str | None = None) -> KernelLibrary:
+    """Compile every spec's kernels into ``out_dir/fffc_kernels.o``."""
+    fam = family(target)
+    tgt = fam.target(mcpu)
+    funcs, table = _funcs(specs, fam)
+    try:
+        ex = _tvm.compile_module(funcs, tgt)
+    except Exception as e:
+        raise CodegenError(f"TVM compile for {tgt} failed: {e}") from e
+    out_dir.mkdir(parents=True, exist_ok=True)
+    obj = out_dir / "fffc_kernels.o"
+    ex.mod.write_to_file(str(obj))
+    return KernelLibrary(obj, tuple(table), tgt, target)
+
+
+def compile_for_test(spec: KernelSpec, target: str = "x86",
+                     mcpu: str | None = None) -> Callable[..., np.ndarray]:
+    """In-process kernel through the TVM runtime: ``fn(X, W1, [B1], W2, [B2], [WU]) -> Y``."""
+    fam = family(target)
+    funcs, table = _funcs([spec], fam)
+    ex = _tvm.compile_module(funcs, fam.target(mcpu))
+    fn = ex[table[0].symbol]
+
+    def run(*arrays: np.ndarray) -> np.ndarray:
+        x = arrays[0]
+        y = _tvm.empty((x.shape[0], spec.d_out))
+        fn(*[_tvm.tensor(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays], y)
+        return y.numpy()
+
+    return run
+
+
+def assembly(spec: KernelSpec, target: dict) -> str:
+    """The kernel's assembly for a target (codegen inspection; nothing is run)."""
+    fam = family("x86")
+    funcs, _ = _funcs([spec], fam)
+    return _tvm.compile_module(funcs, target).mod.inspect_source("asm")
