@@ -57,12 +57,12 @@ def _symbol(spec: KernelSpec, variant: str) -> str:
     return f"fffc_sparse_ffn_{spec.key}_{variant}"
 
 
-def _funcs(specs: Sequence[KernelSpec], fam) -> tuple[dict, list[CompiledKernel]]:
+def _funcs(specs: Sequence[KernelSpec], fam, target: dict) -> tuple[dict, list[CompiledKernel]]:
     funcs, table = {}, []
     for spec in specs:
         variant = "exact"
         symbol = _symbol(spec, variant)
-        funcs[symbol] = sparse_ffn_primfunc(spec, fam.tiling(spec), symbol)
+        funcs[symbol] = sparse_ffn_primfunc(spec, fam.tiling(spec, target), symbol)
         table.append(CompiledKernel(spec, variant, symbol, 0, MAX_TOKENS))
     return funcs, table
 
@@ -72,7 +72,7 @@ def build_kernel_library(specs: Sequence[KernelSpec], target: str, out_dir: Path
     """Compile every spec's kernels into ``out_dir/fffc_kernels.o``."""
     fam = family(target)
     tgt = fam.target(mcpu)
-    funcs, table = _funcs(specs, fam)
+    funcs, table = _funcs(specs, fam, tgt)
     try:
         ex = _tvm.compile_module(funcs, tgt)
     except Exception as e:
@@ -87,8 +87,9 @@ def compile_for_test(spec: KernelSpec, target: str = "x86",
                      mcpu: str | None = None) -> Callable[..., np.ndarray]:
     """In-process kernel through the TVM runtime: ``fn(X, W1, [B1], W2, [B2], [WU]) -> Y``."""
     fam = family(target)
-    funcs, table = _funcs([spec], fam)
-    ex = _tvm.compile_module(funcs, fam.target(mcpu))
+    tgt = fam.target(mcpu)
+    funcs, table = _funcs([spec], fam, tgt)
+    ex = _tvm.compile_module(funcs, tgt)
     fn = ex[table[0].symbol]
 
     def run(*arrays: np.ndarray) -> np.ndarray:
@@ -103,5 +104,5 @@ def compile_for_test(spec: KernelSpec, target: str = "x86",
 def assembly(spec: KernelSpec, target: dict) -> str:
     """The kernel's assembly for a target (codegen inspection; nothing is run)."""
     fam = family("x86")
-    funcs, _ = _funcs([spec], fam)
+    funcs, _ = _funcs([spec], fam, target)
     return _tvm.compile_module(funcs, target).mod.inspect_source("asm")

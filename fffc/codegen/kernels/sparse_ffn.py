@@ -37,6 +37,7 @@ class Tiling:
     nb: int  # neurons per parallel task in phase 1 (multiple of nr, divides d_ff)
     dc: int  # output columns per task in phase 3 (divides d_out)
     vl: int  # vector lanes for dot products (divides d_in)
+    tasks: int = 64  # parallel work items of phases 2 and 3 (each allocates its scratch once)
 
 
 def check_spec(spec: KernelSpec) -> None:
@@ -81,35 +82,51 @@ def kernel({params}):
         for t in range(N // {MR} * {MR}, N):
             for fs in range({NB} // {NR}):
                 for fi in T.vectorized({NR}):
-                    acc[0, fi] = {init1_tail}
+                    acc[0, fi] = {init1}
                 for k in range({D}):
                     for fi in T.vectorized({NR}):
                         acc[0, fi] = acc[0, fi] + X[t, k] * W1[k, fb * {NB} + fs * {NR} + fi]
                 for fi in T.vectorized({NR}):
                     H[t, fb * {NB} + fs * {NR} + fi] = T.max(acc[0, fi], T.float32(0))
 {gated_block}
-    # phase 2: compaction of the non-zero activations, parallel over tokens
-    for t in T.parallel(N):
+    # phase 2: compaction of the non-zero activations, parallel over chunks of tokens
+    for w in T.parallel(T.min(N, {TASKS})):
         c = T.alloc_buffer((1,), "int32", scope="local")
-        c[0] = 0
-        for i in range({F}):
-            if H[t, i] != T.float32(0):
-                IDX[t, c[0]] = i
-                VAL[t, c[0]] = H[t, i]
-                c[0] = c[0] + 1
-        CNT[t] = c[0]
-    # phase 3: down projection over each token's list, chunk-major for cache reuse of W2
-    for p in T.parallel({NDC} * N):
-        out = T.alloc_buffer(({DC},), "float32", scope="local")
-        dc = p // N
-        t = p % N
-        for j in T.vectorized({DC}):
-            out[j] = {init2}
-        for c in range(CNT[t]):
+        for t in range(w * ((N + {TASKS} - 1) // {TASKS}), T.min(N, (w + 1) * ((N + {TASKS} - 1) // {TASKS}))):
+            c[0] = 0
+            for i in range({F}):
+                if H[t, i] != T.float32(0):
+                    IDX[t, c[0]] = i
+                    VAL[t, c[0]] = H[t, i]
+                    c[0] = c[0] + 1
+            CNT[t] = c[0]
+    # phase 3: down projection over each token's list; work items are (column chunk, token),
+    # chunk-major so a thread keeps its chunk of W2 in cache across tokens
+    for w in T.parallel(T.min(N * {NDC}, {TASKS})):
+        o0 = T.alloc_buffer(({DC},), "float32", scope="local")
+        o1 = T.alloc_buffer(({DC},), "float32", scope="local")
+        o2 = T.alloc_buffer(({DC},), "float32", scope="local")
+        o3 = T.alloc_buffer(({DC},), "float32", scope="local")
+        n = T.alloc_buffer((1,), "int32", scope="local")
+        for p in range(w * ((N * {NDC} + {TASKS} - 1) // {TASKS}), T.min(N * {NDC}, (w + 1) * ((N * {NDC} + {TASKS} - 1) // {TASKS}))):
             for j in T.vectorized({DC}):
-                out[j] = out[j] + VAL[t, c] * W2[IDX[t, c], dc * {DC} + j]
-        for j in T.vectorized({DC}):
-            Y[t, dc * {DC} + j] = out[j]
+                o0[j] = {init2}
+                o1[j] = T.float32(0)
+                o2[j] = T.float32(0)
+                o3[j] = T.float32(0)
+            # four independent accumulator chains hide the FMA latency
+            n[0] = CNT[p % N]
+            for q4 in range(n[0] // 4):
+                for j in T.vectorized({DC}):
+                    o0[j] = o0[j] + VAL[p % N, q4 * 4] * W2[IDX[p % N, q4 * 4], p // N * {DC} + j]
+                    o1[j] = o1[j] + VAL[p % N, q4 * 4 + 1] * W2[IDX[p % N, q4 * 4 + 1], p // N * {DC} + j]
+                    o2[j] = o2[j] + VAL[p % N, q4 * 4 + 2] * W2[IDX[p % N, q4 * 4 + 2], p // N * {DC} + j]
+                    o3[j] = o3[j] + VAL[p % N, q4 * 4 + 3] * W2[IDX[p % N, q4 * 4 + 3], p // N * {DC} + j]
+            for q in range(n[0] // 4 * 4, n[0]):
+                for j in T.vectorized({DC}):
+                    o0[j] = o0[j] + VAL[p % N, q] * W2[IDX[p % N, q], p // N * {DC} + j]
+            for j in T.vectorized({DC}):
+                Y[p % N, p // N * {DC} + j] = (o0[j] + o1[j]) + (o2[j] + o3[j])
 '''
 
 # Gated: inside phase 1's parallel block, after the gate: up projection for active neurons.
@@ -150,10 +167,10 @@ def sparse_ffn_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str):
     b1 = "B1[fb * {NB} + fs * {NR} + fi]" if spec.has_b1 else "T.float32(0)"
     up = "T.max(u[0], T.float32(0))" if spec.up_activation == "relu" else "u[0]"
     fmt = {"D": d, "F": f, "DO": do, "MR": t.mr, "NR": t.nr, "NB": t.nb, "NFB": f // t.nb,
-           "DC": t.dc, "NDC": do // t.dc, "VL": t.vl, "symbol": symbol, "up": up}
+           "DC": t.dc, "NDC": do // t.dc, "VL": t.vl, "TASKS": t.tasks, "symbol": symbol,
+           "up": up}
     fmt["init1"] = b1.format(**fmt)
-    fmt["init1_tail"] = fmt["init1"]
-    fmt["init2"] = "B2[dc * {DC} + j]".format(**fmt) if spec.has_b2 else "T.float32(0)"
+    fmt["init2"] = "B2[p // N * {DC} + j]".format(**fmt) if spec.has_b2 else "T.float32(0)"
     fmt["params"] = params
     fmt["gated_block"] = _GATED.format(**fmt) if spec.gated else ""
     source = _TEMPLATE.format(**fmt)

@@ -16,7 +16,7 @@ class Family:
     def target(self, mcpu: str | None) -> dict:
         raise NotImplementedError
 
-    def tiling(self, spec: KernelSpec) -> Tiling:
+    def tiling(self, spec: KernelSpec, target: dict | None = None) -> Tiling:
         raise NotImplementedError
 
 
@@ -34,7 +34,7 @@ class NotYetSupported(Family):
     def target(self, mcpu: str | None) -> dict:
         raise self._refuse()
 
-    def tiling(self, spec: KernelSpec) -> Tiling:
+    def tiling(self, spec: KernelSpec, target: dict | None = None) -> Tiling:
         raise self._refuse()
 
 
