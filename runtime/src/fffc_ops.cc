@@ -1,0 +1,27 @@
+// The shim's only entry point: ONNX Runtime calls RegisterCustomOps when the library is
+// registered on a session (SessionOptions.register_custom_ops_library in Python).
+#include <exception>
+#include <mutex>
+
+#include "cpu/sparse_ffn.h"
+#include "ort_api.h"
+#include "tvm_backend.h"
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
+  const OrtApi* api = base->GetApi(fffc::kOrtApiVersion);
+  if (api == nullptr) return nullptr;  // runtime older than the shim's API version: nothing to report through
+  try {
+    fffc::InstallTvmBackend();
+    static std::mutex m;
+    static OrtCustomOpDomain* domain = nullptr;  // shared by every session, never released
+    std::lock_guard<std::mutex> lock(m);
+    if (domain == nullptr) {
+      if (OrtStatus* st = api->CreateCustomOpDomain("ai.fffc", &domain)) return st;
+      if (OrtStatus* st = fffc::cpu::RegisterOps(api, domain)) return st;
+    }
+    return api->AddCustomOpDomain(options, domain);
+  } catch (const std::exception& e) {
+    return api->CreateStatus(ORT_FAIL, e.what());
+  }
+}
