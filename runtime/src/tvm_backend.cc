@@ -49,9 +49,12 @@ int ConfiguredThreads() {
   return hw == 0 ? 1 : static_cast<int>(hw);
 }
 
-// One launch at a time; every worker checks in for every launch, so a job's fields are
-// never read after the launch returned. A launch that finds the pool busy (a concurrent
-// session.run, or a nested launch) runs its tasks on the calling thread instead.
+// One launch at a time. Tasks are claimed from one atomic word holding
+// (generation, task count, next task), so a worker that wakes late for a finished launch
+// can never claim work: its claim fails on the generation. The launching thread runs
+// tasks too and only waits for tasks that were claimed, never for a worker that has not
+// woken (on a busy machine it may simply do all the work itself). A launch that finds the
+// pool busy (a concurrent session.run, or a nested launch) runs inline on its caller.
 class Pool {
  public:
   explicit Pool(int threads) : threads_(std::max(1, threads)) {
@@ -70,24 +73,23 @@ class Pool {
   int Launch(FTVMParallelLambda f, void* cdata, int num_task) {
     if (num_task <= 0) num_task = threads_;
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
-    if (!busy.owns_lock() || g_in_pool_task || workers_.empty() || num_task == 1) {
+    if (!busy.owns_lock() || g_in_pool_task || workers_.empty() || num_task == 1 ||
+        num_task >= kMaxTasks) {
       return RunInline(f, cdata, num_task);
     }
     f_ = f;
     cdata_ = cdata;
-    num_task_ = num_task;
-    next_.store(0, std::memory_order_relaxed);
     failed_.store(0, std::memory_order_relaxed);
-    finished_.store(0, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    generation_ = (generation_ + 1) & kGenMask;
     {
       std::lock_guard<std::mutex> lk(m_);
-      generation_.fetch_add(1, std::memory_order_release);
+      state_.store(Pack(generation_, num_task, 0), std::memory_order_release);
     }
     cv_.notify_all();
-    RunTasks();
-    const int workers = static_cast<int>(workers_.size());
-    for (int spin = 0; finished_.load(std::memory_order_acquire) < workers; ++spin) {
-      if (spin < 100000) {
+    RunTasks(generation_);
+    for (int spin = 0; done_.load(std::memory_order_acquire) < num_task; ++spin) {
+      if (spin < 4096) {
         FFFC_PAUSE();
       } else {
         std::this_thread::yield();
@@ -97,6 +99,15 @@ class Pool {
   }
 
  private:
+  static constexpr uint64_t kGenMask = (1ull << 24) - 1;
+  static constexpr int kMaxTasks = 1 << 20;
+  static uint64_t Pack(uint64_t gen, uint64_t n, uint64_t next) {
+    return (gen << 40) | (n << 20) | next;
+  }
+  static uint64_t Gen(uint64_t s) { return s >> 40; }
+  static int Count(uint64_t s) { return static_cast<int>((s >> 20) & (kMaxTasks - 1)); }
+  static int Next(uint64_t s) { return static_cast<int>(s & (kMaxTasks - 1)); }
+
   static int RunInline(FTVMParallelLambda f, void* cdata, int num_task) {
     TVMParallelGroupEnv env{nullptr, num_task};
     for (int i = 0; i < num_task; ++i) {
@@ -105,32 +116,36 @@ class Pool {
     return 0;
   }
 
-  void RunTasks() {
-    TVMParallelGroupEnv env{nullptr, num_task_};
+  // Claims and runs tasks of generation `gen` until none is left.
+  void RunTasks(uint64_t gen) {
     const bool outer = g_in_pool_task;
     g_in_pool_task = true;
-    for (int t = next_.fetch_add(1); t < num_task_; t = next_.fetch_add(1)) {
-      if (f_(t, &env, cdata_) != 0) failed_.store(-1, std::memory_order_relaxed);
+    uint64_t s = state_.load(std::memory_order_acquire);
+    while (Gen(s) == gen && Next(s) < Count(s)) {
+      if (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) continue;
+      TVMParallelGroupEnv env{nullptr, Count(s)};
+      if (f_(Next(s), &env, cdata_) != 0) failed_.store(-1, std::memory_order_relaxed);
+      done_.fetch_add(1, std::memory_order_release);
+      s = state_.load(std::memory_order_acquire);
     }
     g_in_pool_task = outer;
   }
 
   void WorkerLoop() {
-    uint64_t seen = 0;
+    uint64_t seen = Gen(state_.load());
     for (;;) {
-      for (int spin = 0; spin < 20000 && generation_.load(std::memory_order_acquire) == seen &&
+      for (int spin = 0; spin < 2048 && Gen(state_.load(std::memory_order_acquire)) == seen &&
                          !stop_.load(std::memory_order_relaxed);
            ++spin) {
         FFFC_PAUSE();
       }
-      if (generation_.load(std::memory_order_acquire) == seen) {
+      if (Gen(state_.load(std::memory_order_acquire)) == seen) {
         std::unique_lock<std::mutex> lk(m_);
-        cv_.wait(lk, [&] { return stop_.load() || generation_.load() != seen; });
+        cv_.wait(lk, [&] { return stop_.load() || Gen(state_.load()) != seen; });
       }
       if (stop_.load()) return;
-      seen = generation_.load(std::memory_order_acquire);
-      RunTasks();
-      finished_.fetch_add(1, std::memory_order_release);
+      seen = Gen(state_.load(std::memory_order_acquire));
+      RunTasks(seen);
     }
   }
 
@@ -140,13 +155,12 @@ class Pool {
   std::mutex m_;
   std::condition_variable cv_;
   std::atomic<bool> stop_{false};
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<int> next_{0};
-  std::atomic<int> finished_{0};
+  std::atomic<uint64_t> state_{0};
+  std::atomic<int> done_{0};
   std::atomic<int> failed_{0};
+  uint64_t generation_ = 0;  // written only by the launching thread (under busy_)
   FTVMParallelLambda f_ = nullptr;
   void* cdata_ = nullptr;
-  int num_task_ = 0;
 };
 
 Pool& GetPool() {
