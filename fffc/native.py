@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import importlib.util
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -60,7 +61,7 @@ def kernel_table_source(library: KernelLibrary) -> str:
         "#include <fffc/kernel_table.h>",
         'extern "C" {',
         *decls,
-        f"const fffc_kernel_entry fffc_kernels[] = {{\n" + "\n".join(rows) + "\n};",
+        "const fffc_kernel_entry fffc_kernels[] = {\n" + "\n".join(rows) + "\n};",
         f"const int32_t fffc_num_kernels = {len(rows)};",
         "}",
         "",
@@ -92,7 +93,7 @@ def _fixed_objects(compiler: str, includes: list[str]) -> list[Path]:
         return objs
     out.mkdir(parents=True, exist_ok=True)
     for s, o in zip(sources, objs, strict=True):
-        tmp = o.with_suffix(".tmp.o")
+        tmp = o.with_suffix(f".{os.getpid()}.tmp.o")  # concurrent builds never share a file
         _run([compiler, *CXXFLAGS, *includes, "-c", str(s), "-o", str(tmp)], f"compiling {s.name}")
         tmp.replace(o)
     return objs
@@ -114,5 +115,8 @@ def build_shim(library: KernelLibrary, out_dir: Path) -> Path:
         _run([compiler, "-shared", "-o", str(out), *map(str, objs), str(table_obj),
               str(library.object_path), f"-Wl,--version-script={_runtime_dir() / 'exports.lds'}",
               "-static-libstdc++", "-static-libgcc", "-Wl,--exclude-libs,ALL", "-Wl,--as-needed",
+              # an unresolved symbol (a TVM runtime hook the kernels grew) fails here,
+              # not at dlopen inside a user's session
+              "-Wl,-z,defs",
               "-pthread", "-lm"], "linking the shim")
     return out

@@ -69,3 +69,34 @@ def node_names(*values: ir.Value | None) -> list[str]:
         if v is not None and v.producer() is not None:
             out.append(v.producer().name or v.producer().op_type)
     return out
+
+
+_NORMS = {"LayerNormalization": 1, "SimplifiedLayerNormalization": 1,
+          "SkipLayerNormalization": 2, "SkipSimplifiedLayerNormalization": 2,
+          "RMSNormalization": 1}
+_SAME_SHAPE = {"Relu", "Gelu", "Sigmoid", "Tanh", "Erf", "Neg", "Identity", "Cast", "Silu",
+               "FastGelu", "BiasGelu", "QuickGelu"}
+
+
+def last_dim(value: ir.Value | None, depth: int = 16) -> int | None:
+    """The static size of a value's last axis, from its shape or, where shape inference
+    stopped (e.g. after com.microsoft ops), from the normalization or op producing it."""
+    if value is None or depth == 0:
+        return None
+    if value.shape is not None and value.shape.rank():
+        last = value.shape[-1]
+        if isinstance(last, int):
+            return last
+    node = value.producer()
+    if node is None:
+        return None
+    if node.op_type in _NORMS and len(node.inputs) > _NORMS[node.op_type]:
+        scale = const_array(node.inputs[_NORMS[node.op_type]])
+        if scale is not None and scale.ndim >= 1:
+            return int(scale.shape[-1])
+    if node.op_type in _SAME_SHAPE:
+        return last_dim(node.inputs[0], depth - 1)
+    if node.op_type in ("Add", "Mul", "Sub", "Div"):
+        dims = {d for d in (last_dim(i, depth - 1) for i in node.inputs) if d not in (None, 1)}
+        return dims.pop() if len(dims) == 1 else None
+    return None

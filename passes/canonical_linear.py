@@ -11,7 +11,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from ._common import const_array, weight_error
+from ._common import const_array, last_dim, weight_error
 
 
 def _attr_int(value: ir.Value, name: str, default: int) -> int:
@@ -86,15 +86,26 @@ class Conv1DReshapeGemm(pattern.RewriteRuleClassBase):
         r = _check_gemm(pattern.MatchResult(), y, w)
         if not r:
             return r
+        trans_b = _attr_int(y, "transB", 0)
+        d_in, d_out = const_array(w).shape[::-1] if trans_b else const_array(w).shape
+        last = last_dim(x)
+        if last != d_in:
+            return r.fail(f"Conv1D input: expected last dim {d_in}, got shape {x.shape}", x)
+        # Any reshape of a row-major [..., d_in] tensor to [n, d_in] keeps its rows: it is
+        # the flatten, whether the target shape is a constant [-1, d_in] or computed.
+        flat = y.producer().inputs[0]
         shape1 = const_array(s1)
-        d_in = const_array(w).shape[1 if _attr_int(y, "transB", 0) else 0]
-        if shape1 is None or shape1.tolist() != [-1, d_in]:
-            got = "a computed shape" if shape1 is None else shape1.tolist()
-            return r.fail(f"Conv1D flatten: expected Reshape to [-1, {d_in}], got {got}", s1)
+        if shape1 is not None and shape1.tolist() not in ([-1, d_in], [0, d_in]):
+            return r.fail(f"Conv1D flatten: expected Reshape to [-1, {d_in}], got {shape1.tolist()}", s1)
+        if shape1 is None and flat.shape is not None and flat.shape.rank() not in (None, 2):
+            return r.fail(f"Conv1D flatten: expected a 2-D Reshape, got {flat.shape}", s1)
+        out = y.uses()[0][0].outputs[0] if y.uses() else None
         shape2 = const_array(s2)
-        d_out = const_array(w).shape[0 if _attr_int(y, "transB", 0) else 1]
         if shape2 is not None and int(shape2.reshape(-1)[-1]) not in (d_out, -1):
             return r.fail(f"Conv1D unflatten: expected last dim {d_out}, got {shape2.tolist()}", s2)
+        if (out is not None and out.shape is not None and x.shape is not None
+                and out.shape.rank() != x.shape.rank()):
+            return r.fail(f"Conv1D unflatten: expected rank {x.shape.rank()}, got {out.shape}", s2)
         return r
 
     def rewrite(self, op, x, w, y, b=None, **_):

@@ -37,6 +37,7 @@ def _cleanup(model: ir.Model) -> None:
 def canonicalize(model: ir.Model) -> dict[str, int]:
     """Fold constants, drop dead nodes, rewrite GELU/SiLU/linear variants; counts per family."""
     common_passes.IdentityEliminationPass()(model)
+    common_passes.ShapeInferencePass()(model)  # TorchScript exports carry few shapes
     _constant_folding.FoldConstantsPass(shape_inference=False, input_size_limit=8192,
                                         output_size_limit=8192)(model)
     _cleanup(model)

@@ -16,23 +16,59 @@ import onnxruntime as ort
 
 __all__ = ["InferenceSession", "model_path", "register", "shim_path"]
 
+DEFAULT_MODEL = "model.onnx"
+DEFAULT_SHIM = "libfffc_ops.so"
+# Session config entry recording the shim registered on a SessionOptions: registering the
+# same custom-op domain twice fails session creation ("Domain already set in registry"),
+# and ORT cannot be asked which libraries an options object already holds.
+_REGISTERED_KEY = "fffc.shim_library"
+
+
+def _artifact_dir(artifact: str | Path) -> Path:
+    path = Path(artifact)
+    if not path.is_dir():
+        what = "is a file" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"{path}: expected an fffc artifact directory, but it {what}")
+    return path
+
 
 def _manifest(artifact: Path) -> dict:
+    """``manifest.json`` of the artifact; {} when there is none (defaults apply)."""
     path = artifact / "manifest.json"
     if not path.exists():
-        raise FileNotFoundError(f"{artifact}: not an fffc artifact (no manifest.json)")
-    return json.loads(path.read_text())
+        if not (artifact / DEFAULT_MODEL).exists():
+            raise FileNotFoundError(
+                f"{artifact}: not an fffc artifact (no manifest.json and no {DEFAULT_MODEL})")
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return manifest
 
 
 def model_path(artifact: str | Path) -> Path:
-    artifact = Path(artifact)
-    return artifact / _manifest(artifact).get("model", "model.onnx")
+    """The artifact's ONNX model (manifest key ``model``, default ``model.onnx``)."""
+    artifact = _artifact_dir(artifact)
+    path = artifact / _manifest(artifact).get("model", DEFAULT_MODEL)
+    if not path.exists():
+        raise FileNotFoundError(f"{artifact}: model {path.name} is missing")
+    return path
 
 
 def shim_path(artifact: str | Path) -> Path | None:
-    """The artifact's custom-op library, or None when no site was lowered."""
-    artifact = Path(artifact)
-    name = _manifest(artifact).get("shim")
+    """The artifact's custom-op library, or None when it has none (no site was lowered).
+
+    Manifest key ``shim`` (null: no shim); without the key, ``libfffc_ops.so`` if present.
+    """
+    artifact = _artifact_dir(artifact)
+    manifest = _manifest(artifact)
+    if "shim" not in manifest:
+        default = artifact / DEFAULT_SHIM
+        return default if default.exists() else None
+    name = manifest["shim"]
     if name is None:
         return None
     path = artifact / name
@@ -42,10 +78,26 @@ def shim_path(artifact: str | Path) -> Path | None:
 
 
 def register(sess_options: ort.SessionOptions, artifact: str | Path) -> ort.SessionOptions:
-    """Register the artifact's shim on ``sess_options`` (returned for chaining)."""
+    """Register the artifact's shim on ``sess_options`` (returned for chaining).
+
+    Idempotent: options that already carry this shim are left as they are, so one
+    SessionOptions can open several sessions of the same artifact.
+    """
     shim = shim_path(artifact)
-    if shim is not None:
-        sess_options.register_custom_ops_library(str(shim))
+    if shim is None:
+        return sess_options
+    shim = shim.resolve()
+    try:
+        registered = sess_options.get_session_config_entry(_REGISTERED_KEY)
+    except RuntimeError:  # ORT raises for an absent key
+        registered = None
+    if registered == str(shim):
+        return sess_options
+    if registered is not None:
+        raise ValueError(f"these SessionOptions already hold another fffc shim ({registered}); "
+                         "use a fresh SessionOptions per artifact")
+    sess_options.register_custom_ops_library(str(shim))
+    sess_options.add_session_config_entry(_REGISTERED_KEY, str(shim))
     return sess_options
 
 
@@ -54,9 +106,7 @@ class InferenceSession(ort.InferenceSession):
 
     def __init__(self, artifact: str | Path, sess_options: ort.SessionOptions | None = None,
                  providers: list[Any] | None = None, **kwargs: Any) -> None:
-        artifact = Path(artifact)
-        if not artifact.is_dir():
-            raise FileNotFoundError(f"{artifact}: expected an fffc artifact directory")
+        artifact = _artifact_dir(artifact)
         options = sess_options if sess_options is not None else ort.SessionOptions()
         register(options, artifact)
         self.artifact = artifact

@@ -10,7 +10,13 @@
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
   const OrtApi* api = base->GetApi(fffc::kOrtApiVersion);
-  if (api == nullptr) return nullptr;  // runtime older than the shim's API version: nothing to report through
+  if (api == nullptr) {
+    // A runtime older than the shim's API version. Every version's OrtApi starts with
+    // CreateStatus, so version 1 can still say why instead of failing later, unexplained.
+    const OrtApi* v1 = base->GetApi(1);
+    if (v1 == nullptr) return nullptr;
+    return v1->CreateStatus(ORT_FAIL, "fffc: this shim needs ONNX Runtime 1.16 or newer");
+  }
   try {
     fffc::InstallTvmBackend();
     static std::mutex m;

@@ -140,7 +140,7 @@ OrtStatus* Compute(Kernel* k, OrtKernelContext* ctx) {
   }
   if (entry == nullptr)
     return Fail(api, "no compiled kernel for " + Describe(k->attrs, d_in, d_ff, d_out, b1, b2, gated) +
-                         " in this artifact");
+                         " in this artifact (" + std::to_string(tokens) + " tokens)");
 
   const int64_t x2[2] = {tokens, d_in}, y2[2] = {tokens, d_out};
   DLTensor t[kNumInputs + 1];

@@ -1,0 +1,14 @@
+"""Shared fixtures: exported HF-style models (need the optional torch extra)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def export_model():
+    pytest.importorskip("torch", reason="the torch extra is needed to export test models")
+    pytest.importorskip("transformers", reason="transformers is needed to build test models")
+    from tests.fixtures.models import export_model as _export
+
+    return _export

@@ -1,0 +1,244 @@
+"""The native shim in ONNX Runtime: real kernels, linked into ``libfffc_ops.so``.
+
+One kernel library and one shim are built per test session (the fixed C++ objects are
+cached across sessions); every test then opens small one-node models against it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import fffc.runtime
+from fffc.ops import DOMAIN, OPSET_VERSION, KernelSpec
+from fffc.reference import sparse_ffn
+
+D_IN, D_FF, D_OUT = 32, 128, 48
+RTOL, ATOL = 1e-4, 1e-4
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    up_activation: str  # "none": dense ReLU; "relu": gated dReLU
+    biases: bool
+
+    @property
+    def gated(self) -> bool:
+        return self.up_activation != "none"
+
+    def spec(self, d_ff: int = D_FF) -> KernelSpec:
+        return KernelSpec("SparseFFN", "relu", self.up_activation, "exact", D_IN, d_ff, D_OUT,
+                          self.biases, self.biases, self.gated)
+
+
+VARIANTS = [
+    Variant("relu-bias", "none", True),
+    Variant("relu-nobias", "none", False),
+    Variant("drelu-nobias", "relu", False),
+    Variant("drelu-bias", "relu", True),
+]
+
+
+def weights(v: Variant, d_ff: int = D_FF, seed: int = 0) -> dict[str, np.ndarray | None]:
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    return {
+        "W1": (rng.standard_normal((D_IN, d_ff)) / np.sqrt(D_IN)).astype(f32),
+        # Negative-leaning bias: about half the neurons are zero, so skipping is exercised.
+        "B1": (rng.standard_normal(d_ff) * 0.5 - 0.2).astype(f32) if v.biases else None,
+        "W2": (rng.standard_normal((d_ff, D_OUT)) / np.sqrt(d_ff)).astype(f32),
+        "B2": rng.standard_normal(D_OUT).astype(f32) if v.biases else None,
+        "WU": (rng.standard_normal((d_ff, D_IN)) / np.sqrt(D_IN)).astype(f32) if v.gated else None,
+    }
+
+
+def make_model(v: Variant, w: dict[str, np.ndarray | None],
+               b1_shape: tuple[int, ...] | None = None,
+               lead: tuple[str, ...] = ("batch", "seq")) -> onnx.ModelProto:
+    """One ``ai.fffc::SparseFFN`` node, weights as initializers, X [*lead, d_in]."""
+    names = ["X", "W1", "B1", "W2", "B2", "WU"]
+    inputs = ["X"] + [n if w.get(n) is not None else "" for n in names[1:]]
+    while inputs[-1] == "":  # trailing optional inputs are omitted, inner ones left empty
+        inputs.pop()
+    inits = []
+    for n in names[1:]:
+        if w.get(n) is not None:
+            arr = w[n].reshape(b1_shape) if n == "B1" and b1_shape else w[n]
+            inits.append(numpy_helper.from_array(arr, n))
+    node = helper.make_node("SparseFFN", inputs, ["Y"], domain=DOMAIN, activation="relu",
+                            up_activation=v.up_activation, mode="exact")
+    graph = helper.make_graph(
+        [node], "sparse_ffn",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [*lead, D_IN])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [*lead, D_OUT])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(DOMAIN, OPSET_VERSION)])
+    model.ir_version = 8  # loadable by older runtimes too
+    return model
+
+
+def reference(v: Variant, w: dict[str, np.ndarray | None], x: np.ndarray) -> np.ndarray:
+    return sparse_ffn(x, w["W1"], w["B1"], w["W2"], w["B2"], w["WU"], activation_name="relu",
+                      up_activation=v.up_activation)
+
+
+@pytest.fixture(scope="session")
+def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fffc.codegen.build import build_kernel_library
+    from fffc.native import build_shim
+
+    out = tmp_path_factory.mktemp("shim")
+    library = build_kernel_library([v.spec() for v in VARIANTS], "x86", out / "kernels")
+    return build_shim(library, out)
+
+
+def session(shim: Path, model: onnx.ModelProto) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(str(shim))
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+TOKEN_SHAPES = {0: (0, 4), 1: (1, 1), 3: (1, 3), 130: (2, 65)}
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_matches_reference(shim: Path, variant: Variant) -> None:
+    w = weights(variant)
+    sess = session(shim, make_model(variant, w))
+    rng = np.random.default_rng(1)
+    for tokens, (batch, seq) in TOKEN_SHAPES.items():
+        x = rng.standard_normal((batch, seq, D_IN)).astype(np.float32)
+        (y,) = sess.run(None, {"X": x})
+        assert y.shape == (batch, seq, D_OUT), tokens
+        assert y.dtype == np.float32
+        np.testing.assert_allclose(y, reference(variant, w, x), rtol=RTOL, atol=ATOL,
+                                   err_msg=f"T={tokens}")
+
+
+
+@pytest.mark.parametrize("shape", [(D_IN,), (5, D_IN), (2, 1, 3, D_IN)], ids=len)
+def test_any_rank(shim: Path, shape: tuple[int, ...]) -> None:
+    """Leading dims of X are tokens, whatever their number; Y keeps them."""
+    v = VARIANTS[0]
+    w = weights(v)
+    sess = session(shim, make_model(v, w, lead=tuple(f"d{i}" for i in range(len(shape) - 1))))
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    (y,) = sess.run(None, {"X": x})
+    assert y.shape == (*shape[:-1], D_OUT)
+    np.testing.assert_allclose(y, reference(v, w, x), rtol=RTOL, atol=ATOL)
+
+def test_concurrent_runs(shim: Path) -> None:
+    """One session, four Python threads: ORT runs Compute concurrently; results stay exact."""
+    v = VARIANTS[3]
+    w = weights(v)
+    sess = session(shim, make_model(v, w))
+    errors: list[str] = []
+
+    def worker(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for i in range(25):
+            seq = int(rng.integers(1, 70))
+            x = rng.standard_normal((2, seq, D_IN)).astype(np.float32)
+            (y,) = sess.run(None, {"X": x})
+            if not np.allclose(y, reference(v, w, x), rtol=RTOL, atol=ATOL):
+                errors.append(f"thread {seed} run {i} seq {seq}")
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_no_compiled_kernel(shim: Path) -> None:
+    v = VARIANTS[0]
+    sess = session(shim, make_model(v, weights(v, d_ff=64)))
+    with pytest.raises(Exception, match=r"no compiled kernel for SparseFFN\(activation=relu.*"
+                                        r"d_in=32, d_ff=64, d_out=48.*in this artifact"):
+        sess.run(None, {"X": np.ones((1, 2, D_IN), np.float32)})
+
+
+def test_kernel_error_reaches_ort(shim: Path) -> None:
+    """A kernel's own argument check fails (B1 is 2-D): its message comes back as the error."""
+    v = VARIANTS[0]
+    sess = session(shim, make_model(v, weights(v), b1_shape=(1, D_FF)))
+    with pytest.raises(Exception, match=r"fffc_sparse_ffn_\w+.*ndim"):
+        sess.run(None, {"X": np.ones((1, 2, D_IN), np.float32)})
+
+
+def test_exports_only_entry_points(shim: Path) -> None:
+    out = subprocess.run(["nm", "-D", "--defined-only", str(shim)], capture_output=True,
+                         text=True, check=True).stdout
+    names = {line.split()[-1] for line in out.splitlines() if line.strip()}
+    assert "RegisterCustomOps" in names
+    assert not {n for n in names if n != "RegisterCustomOps" and not n.startswith("fffc_")}
+
+
+def test_no_tvm_or_libstdcxx_dependency(shim: Path) -> None:
+    out = subprocess.run(["readelf", "-d", str(shim)], capture_output=True, text=True,
+                         check=True).stdout
+    needed = [ln for ln in out.splitlines() if "(NEEDED)" in ln]
+    assert needed, out
+    assert not [ln for ln in needed if "libtvm" in ln or "libstdc++" in ln], needed
+
+
+def _artifact(tmp_path: Path, shim: Path, manifest: bool) -> Path:
+    v = VARIANTS[2]
+    art = tmp_path / "model.fffc"
+    art.mkdir()
+    shutil.copy(shim, art / "libfffc_ops.so")
+    onnx.save(make_model(v, weights(v)), str(art / ("ffn.onnx" if manifest else "model.onnx")))
+    if manifest:
+        (art / "manifest.json").write_text(json.dumps({"model": "ffn.onnx",
+                                                       "shim": "libfffc_ops.so"}))
+    return art
+
+
+@pytest.mark.parametrize("manifest", [True, False], ids=["manifest", "defaults"])
+def test_runtime_inference_session(shim: Path, tmp_path: Path, manifest: bool) -> None:
+    v = VARIANTS[2]
+    art = _artifact(tmp_path, shim, manifest)
+    sess = fffc.runtime.InferenceSession(art)
+    assert isinstance(sess, ort.InferenceSession)
+    x = np.random.default_rng(3).standard_normal((3, 5, D_IN)).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"X": x})[0], reference(v, weights(v), x),
+                               rtol=RTOL, atol=ATOL)
+    assert fffc.runtime.shim_path(art) == art / "libfffc_ops.so"
+    # Caller-owned options: registering is idempotent, so one SessionOptions opens
+    # several sessions (ORT refuses a custom-op domain registered twice).
+    so = ort.SessionOptions()
+    fffc.runtime.register(so, art)
+    fffc.runtime.InferenceSession(art, so)
+    fffc.runtime.InferenceSession(art, so)
+    assert fffc.runtime.model_path(art).name == ("ffn.onnx" if manifest else "model.onnx")
+
+
+def test_runtime_bad_path(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing"):
+        fffc.runtime.InferenceSession(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty"):
+        fffc.runtime.InferenceSession(tmp_path / "empty")
+
+
+def test_float32_only(shim: Path) -> None:
+    """The op declares float32 inputs, so ORT refuses other types when the session is made."""
+    v = VARIANTS[1]
+    model = make_model(v, weights(v))
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.DOUBLE
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.DOUBLE
+    with pytest.raises(Exception, match=r"(?i)type"):
+        session(shim, model)
