@@ -18,7 +18,7 @@ import fffc.runtime
 from fffc.bench import bench
 
 sys.path.insert(0, str(Path(__file__).parent))
-from build_example_model import build_example_model  # noqa: E402
+from build_example_model import build_example_model
 
 OUT = Path(__file__).resolve().parent.parent / "build" / "demo"
 
