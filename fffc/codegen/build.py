@@ -2,7 +2,8 @@
 
 Contract with packaging/the shim: every compiled kernel is a TVM packed function with
 C symbol ``__tvm_ffi_<symbol>``, arguments ``spec.arg_names()`` as DLTensors (X and Y
-2-D [tokens, d]), and is valid for ``min_tokens <= tokens <= max_tokens``.
+2-D [tokens, d], any 4-byte alignment), and is valid for ``min_tokens <= tokens <=
+max_tokens``; a spec's kernels cover 1..2**31-1 without gaps or overlaps.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from fffc.ops import KernelSpec
 
 from . import _tvm
 from .kernels.sparse_ffn import sparse_ffn_primfunc
-from .schedules import family
+from .schedules import MAX_TOKENS, family
 
-MAX_TOKENS = 2**31 - 1
+OBJECT_NAME = "fffc_kernels.o"
 
 
 @dataclass(frozen=True)
@@ -53,56 +54,117 @@ def check_target(name: str) -> None:
     family(name).target(None)
 
 
-def _symbol(spec: KernelSpec, variant: str) -> str:
+def symbol_of(spec: KernelSpec, variant: str) -> str:
     return f"fffc_sparse_ffn_{spec.key}_{variant}"
 
 
-def _funcs(specs: Sequence[KernelSpec], fam, target: dict) -> tuple[dict, list[CompiledKernel]]:
+def _check_cover(spec: KernelSpec, table: list[CompiledKernel]) -> None:
+    """A schedule bug must not reach the shim as a token count without a kernel."""
+    expect = 1
+    for k in sorted(table, key=lambda k: k.min_tokens):
+        if k.min_tokens != expect or k.max_tokens < k.min_tokens:
+            raise CodegenError(f"variants of {spec} do not cover tokens from {expect}")
+        expect = k.max_tokens + 1
+    if expect != MAX_TOKENS + 1:
+        raise CodegenError(f"variants of {spec} stop at {expect - 1} tokens")
+
+
+def _funcs(specs: Sequence[KernelSpec], target_name: str, target: dict,
+           only: str | None = None) -> tuple[dict, list[CompiledKernel]]:
+    fam = family(target_name)
     funcs, table = {}, []
     for spec in specs:
-        variant = "exact"
-        symbol = _symbol(spec, variant)
-        funcs[symbol] = sparse_ffn_primfunc(spec, fam.tiling(spec, target), symbol)
-        table.append(CompiledKernel(spec, variant, symbol, 0, MAX_TOKENS))
+        kernels = []
+        for v in fam.variants(spec, target):
+            kernels.append(CompiledKernel(spec, v.name, symbol_of(spec, v.name),
+                                          v.min_tokens, v.max_tokens))
+            if only is None or v.name == only:
+                funcs[kernels[-1].symbol] = sparse_ffn_primfunc(spec, v.tiling, kernels[-1].symbol)
+        _check_cover(spec, kernels)
+        if only is not None and not any(k.variant == only for k in kernels):
+            raise CodegenError(f"no variant {only!r}; have {[k.variant for k in kernels]}")
+        table += kernels
     return funcs, table
 
 
-def build_kernel_library(specs: Sequence[KernelSpec], target: str, out_dir: Path,
-                         mcpu: str | None = None) -> KernelLibrary:
-    """Compile every spec's kernels into ``out_dir/fffc_kernels.o``."""
-    fam = family(target)
-    tgt = fam.target(mcpu)
-    funcs, table = _funcs(specs, fam, tgt)
+def _compile(funcs: dict, target: dict):
     try:
-        ex = _tvm.compile_module(funcs, tgt)
-    except Exception as e:
-        raise CodegenError(f"TVM compile for {tgt} failed: {e}") from e
-    out_dir.mkdir(parents=True, exist_ok=True)
-    obj = out_dir / "fffc_kernels.o"
-    ex.mod.write_to_file(str(obj))
-    return KernelLibrary(obj, tuple(table), tgt, target)
+        return _tvm.compile_module(funcs, target)
+    except Exception as e:  # TVM raises many error types; surface them as one typed error
+        raise CodegenError(f"TVM compile for {target} failed: {e}") from e
 
 
-def compile_for_test(spec: KernelSpec, target: str = "x86",
-                     mcpu: str | None = None) -> Callable[..., np.ndarray]:
-    """In-process kernel through the TVM runtime: ``fn(X, W1, [B1], W2, [B2], [WU]) -> Y``."""
+def build_kernel_library(specs: Sequence[KernelSpec], target: str = "x86",
+                         out_dir: Path | None = None, mcpu: str | None = None) -> KernelLibrary:
+    """Compile every variant of every spec into one object ``out_dir/fffc_kernels.o``."""
+    if out_dir is None:
+        raise CodegenError("build_kernel_library needs an output directory")
     fam = family(target)
     tgt = fam.target(mcpu)
-    funcs, table = _funcs([spec], fam, tgt)
-    ex = _tvm.compile_module(funcs, tgt)
-    fn = ex[table[0].symbol]
-
-    def run(*arrays: np.ndarray) -> np.ndarray:
-        x = arrays[0]
-        y = _tvm.empty((x.shape[0], spec.d_out))
-        fn(*[_tvm.tensor(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays], y)
-        return y.numpy()
-
-    return run
+    unique = list(dict.fromkeys(specs))  # equal specs share kernels
+    funcs, table = _funcs(unique, target, tgt)
+    ex = _compile(funcs, tgt)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    obj = out_dir / OBJECT_NAME
+    ex.mod.write_to_file(str(obj))
+    return KernelLibrary(obj, tuple(table), tgt, fam.name)
 
 
-def assembly(spec: KernelSpec, target: dict) -> str:
-    """The kernel's assembly for a target (codegen inspection; nothing is run)."""
-    fam = family("x86")
-    funcs, _ = _funcs([spec], fam, target)
-    return _tvm.compile_module(funcs, target).mod.inspect_source("asm")
+class KernelRunner:
+    """A spec's kernels compiled in-process (TVM runtime): for tests and benchmarks."""
+
+    def __init__(self, spec: KernelSpec, variant: str | None = None, target: str = "x86",
+                 mcpu: str | None = None):
+        self.spec = spec
+        tgt = family(target).target(mcpu)
+        funcs, self.kernels = _funcs([spec], target, tgt, only=variant)
+        if variant is not None:
+            self.kernels = [k for k in self.kernels if k.variant == variant]
+        self._ex = _compile(funcs, tgt)
+
+    def kernel_for(self, tokens: int) -> CompiledKernel:
+        for k in self.kernels:
+            if k.min_tokens <= tokens <= k.max_tokens:
+                return k
+        return self.kernels[0]  # a pinned variant runs any token count
+
+    def _args(self, arrays: Sequence[np.ndarray]) -> list:
+        if len(arrays) != len(self.spec.arg_names()) - 1:
+            raise ValueError(f"expected inputs {self.spec.arg_names()[:-1]}, got {len(arrays)}")
+        args = [_tvm.tensor(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays]
+        return [*args, _tvm.empty((arrays[0].shape[0], self.spec.d_out))]
+
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
+        """``fn(X, W1, [B1], W2, [B2], [WU]) -> Y`` through the variant for X's tokens."""
+        args = self._args(arrays)
+        self._ex[self.kernel_for(arrays[0].shape[0]).symbol](*args)
+        return args[-1].numpy()
+
+    def time(self, *arrays: np.ndarray, number: int = 20, repeat: int = 5) -> list[float]:
+        """Seconds per call (one entry per repeat), timed in C++ by TVM's time_evaluator."""
+        k = self.kernel_for(arrays[0].shape[0])
+        return _tvm.time_function(self._ex, k.symbol, self._args(arrays), number, repeat)
+
+
+def compile_for_test(spec: KernelSpec, variant: str | None = None, target: str = "x86",
+                     mcpu: str | None = None) -> Callable[..., np.ndarray]:
+    """In-process kernel: ``fn(X, W1, [B1], W2, [B2], [WU]) -> Y`` (variant by token count)."""
+    return KernelRunner(spec, variant, target, mcpu)
+
+
+def assembly(spec: KernelSpec, target: dict, variant: str | None = None) -> str:
+    """The kernels' assembly for a target dict (codegen inspection; nothing is run)."""
+    funcs, _ = _funcs([spec], "x86", target, only=variant)
+    return _compile(funcs, target).mod.inspect_source("asm")
+
+
+def source(spec: KernelSpec, variant: str, target: str = "x86", mcpu: str | None = None) -> str:
+    """The TVMScript of one variant (for --dump and debugging)."""
+    from .kernels.sparse_ffn import sparse_ffn_source
+
+    fam = family(target)
+    for v in fam.variants(spec, fam.target(mcpu)):
+        if v.name == variant:
+            return sparse_ffn_source(spec, v.tiling, symbol_of(spec, variant))
+    raise CodegenError(f"no variant {variant!r}")

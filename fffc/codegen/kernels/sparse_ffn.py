@@ -1,21 +1,26 @@
 """``ai.fffc::SparseFFN`` mode=exact as hand-written TVMScript (tirx), target-neutral.
 
-Three phases, each one parallel region:
+Tokens are processed in tiles of ``mr`` (the last tile is padded: padded rows read the
+last real token and are never stored, so there is no remainder code path). Two phases,
+each one parallel region (or a serial loop for small shapes, where waking threads costs
+more than the work):
 
-1. **projection** (parallel over blocks of neurons): ``h = X·W1 + B1`` for all tokens with a
-   register-tiled micro-kernel (MR tokens × NR neurons, vectorized over the contiguous
-   neuron dimension of ``W1 [d_in, d_ff]``), then the activation. Gated FFNs compute the
-   up projection here too, but only for neurons whose ReLU gate is positive: a dot product
-   with the contiguous row ``WU[i, :]``.
-2. **compaction** (parallel over tokens): the non-zero activations of each token become a
-   list of (neuron, value) pairs.
-3. **down projection** (parallel over column chunks of ``Y``, chunk-major so that a
-   chunk of ``W2`` stays in cache across tokens): ``Y[t] = B2 + Σ value · W2[neuron]`` over
-   each token's list, accumulated in registers.
+1. **projection + compaction** (parallel over blocks of ``nb`` neurons): per token tile,
+   ``h = X·W1 + B1`` with a register-tiled micro-kernel (``mr`` tokens × ``nr1`` neurons,
+   vectorized over the contiguous neuron dimension of ``W1 [d_in, d_ff]``), then ReLU.
+   Gated FFNs then compute the up projection ``u = X·WU[i]`` only for neurons whose gate is
+   positive for some token of the tile (``mr`` dot products sharing one read of the
+   contiguous row ``WU[i, :]``), and ``z = h · up_act(u)``. The neurons of the block that
+   are non-zero for some token of the tile are appended to the tile's list segment
+   (neuron index + ``mr`` values, contiguous for the next phase).
+2. **down projection** (parallel over (column block, token tile), column-block-major so a
+   thread keeps its columns of ``W2`` in cache): ``Y = B2 + Σ_list values ⊗ W2[neuron]``,
+   an ``mr × nr3`` register tile — a gather-GEMM that reads only listed rows of ``W2``.
 
-Skipped neurons cost nothing in phase 3 (and, gated, nothing in the up projection): the
-output equals the dense computation up to float reassociation. The schedule numbers
-(MR, NR, NB, DC) come from the target family's ``Config``; the token count is dynamic.
+With ``mr = 1`` this is the decode kernel (exact per-token skipping); with larger ``mr``
+it is a blocked GEMM that still skips rows of ``W2`` that are zero for a whole tile.
+Skipped neurons cost nothing in phase 2 (nor in the up projection): the result equals the
+dense computation up to float reassociation.
 """
 
 from __future__ import annotations
@@ -30,151 +35,250 @@ from .._tvm import from_source
 
 @dataclass(frozen=True)
 class Tiling:
-    """Loop tiling of one kernel: chosen per target family by its schedule."""
+    """Loop tiling of one kernel variant, chosen per target family by its schedule."""
 
-    mr: int  # tokens per micro-tile in phase 1
-    nr: int  # neurons per micro-tile in phase 1 (vector width multiple)
-    nb: int  # neurons per parallel task in phase 1 (multiple of nr, divides d_ff)
-    dc: int  # output columns per task in phase 3 (divides d_out)
-    vl: int  # vector lanes for dot products (divides d_in)
-    tasks: int = 64  # parallel work items of phases 2 and 3 (each allocates its scratch once)
+    mr: int  # tokens per tile (register rows of both micro-kernels)
+    nr1: int  # neurons per projection micro-tile (divides nb)
+    nb: int  # neurons per phase-1 task (divides d_ff)
+    nr3: int  # output columns per down-projection micro-tile (divides d_out)
+    vl: int  # lanes of the up-projection dot product (power of two, divides d_in)
+    parallel: bool = True  # False: serial loops (tiny shapes, thread wake-up > work)
+    packed: bool = False  # phase 1: packed panels + register micro-kernel (many tokens);
+    # False: row streaming into L1 accumulators, gate-first up projection (few tokens)
 
 
 def check_spec(spec: KernelSpec) -> None:
     """Raise CodegenError for specs this kernel family cannot compute exactly."""
+    if spec.op != "SparseFFN":
+        raise CodegenError(f"no kernels for op {spec.op!r}")
     if spec.mode != "exact":
         raise CodegenError(f"SparseFFN mode {spec.mode!r}: only 'exact' has kernels")
     if spec.activation != "relu":
-        raise CodegenError(f"SparseFFN exact needs activation 'relu' (true zeros), got "
-                           f"{spec.activation!r}")
+        raise CodegenError(f"SparseFFN exact needs activation 'relu' (exact zeros to skip), "
+                           f"got {spec.activation!r}")
     if spec.up_activation not in ("none", "relu"):
         raise CodegenError(f"SparseFFN up_activation {spec.up_activation!r} is not supported")
+    if spec.up_activation != "none" and not spec.gated:
+        raise CodegenError("SparseFFN up_activation needs a gated FFN (input WU)")
     if spec.dtype != "float32":
-        raise CodegenError(f"SparseFFN kernels are float32 only, got {spec.dtype}")
+        raise CodegenError(f"SparseFFN kernels are float32 only, got {spec.dtype!r}")
+    if min(spec.d_in, spec.d_ff, spec.d_out) < 1:
+        raise CodegenError(f"SparseFFN dims must be positive, got {spec}")
 
 
-_TEMPLATE = '''
+def check_tiling(spec: KernelSpec, t: Tiling) -> None:
+    for name, whole, part in (("nb", spec.d_ff, t.nb), ("nr1", t.nb, t.nr1),
+                              ("nr3", spec.d_out, t.nr3), ("vl", spec.d_in, t.vl)):
+        if part < 1 or whole % part:
+            raise CodegenError(f"tiling {name}={part} does not divide {whole}")
+    if t.vl & (t.vl - 1):
+        raise CodegenError(f"tiling vl={t.vl} must be a power of two")
+
+
+_HEAD = '''
 @T.prim_func
 def kernel({params}):
     T.func_attr({{"global_symbol": "{symbol}", "tirx.noalias": True}})
     N = T.int32()
     X = T.match_buffer(x, (N, {D}), "float32", align=4)
     Y = T.match_buffer(y, (N, {DO}), "float32", align=4)
-    H = T.alloc_buffer((N, {F}), "float32")
-    IDX = T.alloc_buffer((N, {F}), "int32")
-    VAL = T.alloc_buffer((N, {F}), "float32")
-    CNT = T.alloc_buffer((N,), "int32")
-    # phase 1: projection + activation (+ gated up projection), parallel over neuron blocks
-    for fb in T.parallel({NFB}):
-        acc = T.alloc_buffer(({MR}, {NR}), "float32", scope="local")
-        for tb in range(N // {MR}):
-            for fs in range({NB} // {NR}):
-                for ti in T.unroll({MR}):
-                    for fi in T.vectorized({NR}):
-                        acc[ti, fi] = {init1}
-                for k in range({D}):
-                    for ti in T.unroll({MR}):
-                        for fi in T.vectorized({NR}):
-                            acc[ti, fi] = acc[ti, fi] + X[tb * {MR} + ti, k] * W1[k, fb * {NB} + fs * {NR} + fi]
-                for ti in T.unroll({MR}):
-                    for fi in T.vectorized({NR}):
-                        H[tb * {MR} + ti, fb * {NB} + fs * {NR} + fi] = T.max(acc[ti, fi], T.float32(0))
-        for t in range(N // {MR} * {MR}, N):
-            for fs in range({NB} // {NR}):
-                for fi in T.vectorized({NR}):
-                    acc[0, fi] = {init1}
-                for k in range({D}):
-                    for fi in T.vectorized({NR}):
-                        acc[0, fi] = acc[0, fi] + X[t, k] * W1[k, fb * {NB} + fs * {NR} + fi]
-                for fi in T.vectorized({NR}):
-                    H[t, fb * {NB} + fs * {NR} + fi] = T.max(acc[0, fi], T.float32(0))
-{gated_block}
-    # phase 2: compaction of the non-zero activations, parallel over chunks of tokens
-    for w in T.parallel(T.min(N, {TASKS})):
-        c = T.alloc_buffer((1,), "int32", scope="local")
-        for t in range(w * ((N + {TASKS} - 1) // {TASKS}), T.min(N, (w + 1) * ((N + {TASKS} - 1) // {TASKS}))):
-            c[0] = 0
-            for i in range({F}):
-                if H[t, i] != T.float32(0):
-                    IDX[t, c[0]] = i
-                    VAL[t, c[0]] = H[t, i]
-                    c[0] = c[0] + 1
-            CNT[t] = c[0]
-    # phase 3: down projection over each token's list; work items are (column chunk, token),
-    # chunk-major so a thread keeps its chunk of W2 in cache across tokens
-    for w in T.parallel(T.min(N * {NDC}, {TASKS})):
-        o0 = T.alloc_buffer(({DC},), "float32", scope="local")
-        o1 = T.alloc_buffer(({DC},), "float32", scope="local")
-        o2 = T.alloc_buffer(({DC},), "float32", scope="local")
-        o3 = T.alloc_buffer(({DC},), "float32", scope="local")
-        n = T.alloc_buffer((1,), "int32", scope="local")
-        for p in range(w * ((N * {NDC} + {TASKS} - 1) // {TASKS}), T.min(N * {NDC}, (w + 1) * ((N * {NDC} + {TASKS} - 1) // {TASKS}))):
-            for j in T.vectorized({DC}):
-                o0[j] = {init2}
-                o1[j] = T.float32(0)
-                o2[j] = T.float32(0)
-                o3[j] = T.float32(0)
-            # four independent accumulator chains hide the FMA latency
-            n[0] = CNT[p % N]
-            for q4 in range(n[0] // 4):
-                for j in T.vectorized({DC}):
-                    o0[j] = o0[j] + VAL[p % N, q4 * 4] * W2[IDX[p % N, q4 * 4], p // N * {DC} + j]
-                    o1[j] = o1[j] + VAL[p % N, q4 * 4 + 1] * W2[IDX[p % N, q4 * 4 + 1], p // N * {DC} + j]
-                    o2[j] = o2[j] + VAL[p % N, q4 * 4 + 2] * W2[IDX[p % N, q4 * 4 + 2], p // N * {DC} + j]
-                    o3[j] = o3[j] + VAL[p % N, q4 * 4 + 3] * W2[IDX[p % N, q4 * 4 + 3], p // N * {DC} + j]
-            for q in range(n[0] // 4 * 4, n[0]):
-                for j in T.vectorized({DC}):
-                    o0[j] = o0[j] + VAL[p % N, q] * W2[IDX[p % N, q], p // N * {DC} + j]
-            for j in T.vectorized({DC}):
-                Y[p % N, p // N * {DC} + j] = (o0[j] + o1[j]) + (o2[j] + o3[j])
+    H = T.alloc_buffer(((N + {MR} - 1) // {MR} * {MR}, {F}), "float32")
+    IDX = T.alloc_buffer(((N + {MR} - 1) // {MR}, {F}), "int32")
+    VAL = T.alloc_buffer(((N + {MR} - 1) // {MR}, {F}, {MR}), "float32")
+    CNT = T.alloc_buffer(((N + {MR} - 1) // {MR}, {NFB}), "int32")
 '''
 
-# Gated: inside phase 1's parallel block, after the gate: up projection for active neurons.
-_GATED = '''
-        part = T.alloc_buffer(({VL},), "float32", scope="local")
-        u = T.alloc_buffer((1,), "float32", scope="local")
-        for t in range(N):
+# Phase 1: per neuron block, per token tile: projection, (gated: up projection),
+# compaction of the block's non-zero neurons into the tile's list segment.
+_PHASE1 = '''
+    for fb in {loop}({NFB}):
+        n = T.alloc_buffer((1,), "int32", scope="local")
+        nz = T.alloc_buffer((1,), "int32", scope="local")
+{proj_alloc}
+{gated_alloc}
+        for tb in range((N + {MR} - 1) // {MR}):
+{proj}
+            n[0] = 0
             for fl in range({NB}):
-                if H[t, fb * {NB} + fl] > T.float32(0):
-                    for v in T.vectorized({VL}):
-                        part[v] = T.float32(0)
-                    for kb in range({D} // {VL}):
-                        for v in T.vectorized({VL}):
-                            part[v] = part[v] + X[t, kb * {VL} + v] * WU[fb * {NB} + fl, kb * {VL} + v]
-                    u[0] = T.float32(0)
-                    for v in range({VL}):
-                        u[0] = u[0] + part[v]
-                    H[t, fb * {NB} + fl] = H[t, fb * {NB} + fl] * {up}
+{gated_block}
+                nz[0] = 0
+                for ti in T.unroll({MR}):
+                    if H[tb * {MR} + ti, fb * {NB} + fl] != T.float32(0):
+                        nz[0] = 1
+                if nz[0] != 0:
+                    IDX[tb, fb * {NB} + n[0]] = fb * {NB} + fl
+                    for ti in T.unroll({MR}):
+                        VAL[tb, fb * {NB} + n[0], ti] = H[tb * {MR} + ti, fb * {NB} + fl]
+                    n[0] = n[0] + 1
+            CNT[tb, fb] = n[0]
 '''
+
+# Few tokens: stream whole rows of the block's W1 columns (long contiguous reads the
+# prefetcher follows) into accumulators in L1; each W1 element is read once per tile.
+_PROJ_STREAM_ALLOC = '''
+        hb = T.alloc_buffer(({MR}, {NB}), "float32", scope="local")
+'''
+_PROJ_STREAM = '''
+            for fs in range({NB} // {NR1}):
+                for ti in T.unroll({MR}):
+                    for fi in T.vectorized({NR1}):
+                        hb[ti, fs * {NR1} + fi] = {b1}
+            for k in range({D}):
+                for fs in range({NB} // {NR1}):
+                    for ti in T.unroll({MR}):
+                        for fi in T.vectorized({NR1}):
+                            hb[ti, fs * {NR1} + fi] = hb[ti, fs * {NR1} + fi] + X[T.min(tb * {MR} + ti, N - 1), k] * W1[k, fb * {NB} + fs * {NR1} + fi]
+            for fs in range({NB} // {NR1}):
+                for ti in T.unroll({MR}):
+                    for fi in T.vectorized({NR1}):
+                        H[tb * {MR} + ti, fb * {NB} + fs * {NR1} + fi] = T.if_then_else(tb * {MR} + ti < N, T.max(hb[ti, fs * {NR1} + fi], T.float32(0)), T.float32(0))
+'''
+
+# Many tokens: pack the block's W1 columns (and, gated, WU rows transposed) into
+# contiguous panels once — W1's row stride (d_ff floats, often a multiple of 4 KiB) would
+# otherwise alias in L1/L2 — then a register-tiled micro-kernel (mr × nr1) per tile.
+_PROJ_PACKED_ALLOC = '''
+        acc = T.alloc_buffer(({MR}, {NR1}), "float32", scope="local")
+        pk = T.alloc_buffer(({NB} // {NR1}, {D}, {NR1}), "float32", scope="local")
+        for fs in range({NB} // {NR1}):
+            for k in range({D}):
+                for fi in T.vectorized({NR1}):
+                    pk[fs, k, fi] = W1[k, fb * {NB} + fs * {NR1} + fi]
+{pack_up}
+'''
+_PACK_UP = '''
+        pu = T.alloc_buffer(({NB} // {NR1}, {D}, {NR1}), "float32", scope="local")
+        for fs in range({NB} // {NR1}):
+            for fi in range({NR1}):
+                for k in range({D}):
+                    pu[fs, k, fi] = WU[fb * {NB} + fs * {NR1} + fi, k]
+'''
+_PROJ_PACKED = '''
+            for fs in range({NB} // {NR1}):
+                for ti in T.unroll({MR}):
+                    for fi in T.vectorized({NR1}):
+                        acc[ti, fi] = {b1}
+                for k in range({D}):
+                    for ti in T.unroll({MR}):
+                        for fi in T.vectorized({NR1}):
+                            acc[ti, fi] = acc[ti, fi] + X[T.min(tb * {MR} + ti, N - 1), k] * pk[fs, k, fi]
+                for ti in T.unroll({MR}):
+                    for fi in T.vectorized({NR1}):
+                        H[tb * {MR} + ti, fb * {NB} + fs * {NR1} + fi] = T.if_then_else(tb * {MR} + ti < N, T.max(acc[ti, fi], T.float32(0)), T.float32(0))
+{up_tile}
+'''
+_UP_TILE = '''
+                for ti in T.unroll({MR}):
+                    for fi in T.vectorized({NR1}):
+                        acc[ti, fi] = T.float32(0)
+                for k in range({D}):
+                    for ti in T.unroll({MR}):
+                        for fi in T.vectorized({NR1}):
+                            acc[ti, fi] = acc[ti, fi] + X[T.min(tb * {MR} + ti, N - 1), k] * pu[fs, k, fi]
+                for ti in T.unroll({MR}):
+                    for fi in T.vectorized({NR1}):
+                        H[tb * {MR} + ti, fb * {NB} + fs * {NR1} + fi] = H[tb * {MR} + ti, fb * {NB} + fs * {NR1} + fi] * {up_acc}
+'''
+
+# Gated: the up projection of one neuron for the tile, only if its gate is positive for
+# some token; mr dot products share each read of the contiguous row WU[i, :].
+_GATED_ALLOC = '''
+        part = T.alloc_buffer(({MR}, {VL}), "float32", scope="local")
+        gz = T.alloc_buffer((1,), "int32", scope="local")
+'''
+_GATED = '''
+                gz[0] = 0
+                for ti in T.unroll({MR}):
+                    if H[tb * {MR} + ti, fb * {NB} + fl] > T.float32(0):
+                        gz[0] = 1
+                if gz[0] != 0:
+                    for ti in T.unroll({MR}):
+                        for v in T.vectorized({VL}):
+                            part[ti, v] = T.float32(0)
+                    for kb in range({D} // {VL}):
+                        for ti in T.unroll({MR}):
+                            for v in T.vectorized({VL}):
+                                part[ti, v] = part[ti, v] + X[T.min(tb * {MR} + ti, N - 1), kb * {VL} + v] * WU[fb * {NB} + fl, kb * {VL} + v]
+{fold}
+                    for ti in T.unroll({MR}):
+                        H[tb * {MR} + ti, fb * {NB} + fl] = H[tb * {MR} + ti, fb * {NB} + fl] * {up}
+'''
+_FOLD = '''
+                    for ti in T.unroll({MR}):
+                        for v in T.vectorized({half}):
+                            part[ti, v] = part[ti, v] + part[ti, v + {half}]
+'''
+
+# Phase 2: gather-GEMM over each tile's lists, one (column block, tile) per work item.
+_PHASE2 = '''
+    for p in {loop}({NCB} * ((N + {MR} - 1) // {MR})):
+        o = T.alloc_buffer(({MR}, {NR3}), "float32", scope="local")
+        cb = p // ((N + {MR} - 1) // {MR})
+        tb = p % ((N + {MR} - 1) // {MR})
+        for ti in T.unroll({MR}):
+            for j in T.vectorized({NR3}):
+                o[ti, j] = {b2}
+        for fb in range({NFB}):
+            for q in range(CNT[tb, fb]):
+                for ti in T.unroll({MR}):
+                    for j in T.vectorized({NR3}):
+                        o[ti, j] = o[ti, j] + VAL[tb, fb * {NB} + q, ti] * W2[IDX[tb, fb * {NB} + q], cb * {NR3} + j]
+        for ti in T.unroll({MR}):
+            if tb * {MR} + ti < N:
+                for j in T.vectorized({NR3}):
+                    Y[tb * {MR} + ti, cb * {NR3} + j] = o[ti, j]
+'''
+
+
+def _params(spec: KernelSpec) -> str:
+    d, f, do = spec.d_in, spec.d_ff, spec.d_out
+    shapes = {"X": "x: T.handle", "W1": f'W1: T.Buffer(({d}, {f}), "float32", align=4)',
+              "B1": f'B1: T.Buffer(({f},), "float32", align=4)',
+              "W2": f'W2: T.Buffer(({f}, {do}), "float32", align=4)',
+              "B2": f'B2: T.Buffer(({do},), "float32", align=4)',
+              "WU": f'WU: T.Buffer(({f}, {d}), "float32", align=4)', "Y": "y: T.handle"}
+    return ", ".join(shapes[a] for a in spec.arg_names())
+
+
+def sparse_ffn_source(spec: KernelSpec, tiling: Tiling, symbol: str) -> str:
+    """TVMScript of one SparseFFN kernel variant (kept as text: readable, dumpable)."""
+    check_spec(spec)
+    t = tiling
+    check_tiling(spec, t)
+    fmt: dict[str, object] = {
+        "D": spec.d_in, "F": spec.d_ff, "DO": spec.d_out, "MR": t.mr, "NR1": t.nr1,
+        "NB": t.nb, "NFB": spec.d_ff // t.nb, "NR3": t.nr3, "NCB": spec.d_out // t.nr3,
+        "VL": t.vl, "symbol": symbol, "params": _params(spec),
+        "loop": "T.parallel" if t.parallel else "range",
+        "up": "T.max(part[ti, 0], T.float32(0))" if spec.up_activation == "relu" else "part[ti, 0]",
+    }
+    fmt["b1"] = f"B1[fb * {t.nb} + fs * {t.nr1} + fi]" if spec.has_b1 else "T.float32(0)"
+    fmt["b2"] = f"B2[cb * {t.nr3} + j]" if spec.has_b2 else "T.float32(0)"
+    folds, half = [], t.vl // 2
+    while half >= 1:
+        folds.append(_FOLD.format(MR=t.mr, half=half).rstrip("\n"))
+        half //= 2
+    fmt["fold"] = "\n".join(folds)
+    fmt["up_acc"] = ("T.max(acc[ti, fi], T.float32(0))" if spec.up_activation == "relu"
+                     else "acc[ti, fi]")
+    if t.packed:  # dense up projection on packed WU panels: every neuron, GEMM speed
+        fmt["pack_up"] = _PACK_UP.format(**fmt).rstrip("\n") if spec.gated else ""
+        fmt["up_tile"] = _UP_TILE.format(**fmt).rstrip("\n") if spec.gated else ""
+        fmt["proj_alloc"] = _PROJ_PACKED_ALLOC.format(**fmt).rstrip("\n")
+        fmt["proj"] = _PROJ_PACKED.format(**fmt).rstrip("\n")
+        fmt["gated_alloc"] = fmt["gated_block"] = ""
+    else:  # gate first: WU rows are read only for neurons some token of the tile needs
+        fmt["proj_alloc"] = _PROJ_STREAM_ALLOC.format(**fmt).rstrip("\n")
+        fmt["proj"] = _PROJ_STREAM.format(**fmt).rstrip("\n")
+        fmt["gated_alloc"] = _GATED_ALLOC.format(**fmt).rstrip("\n") if spec.gated else ""
+        fmt["gated_block"] = _GATED.format(**fmt).rstrip("\n") if spec.gated else ""
+    return (_HEAD + _PHASE1 + _PHASE2).format(**fmt)
 
 
 def sparse_ffn_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str):
-    """The PrimFunc of one SparseFFN kernel; arguments in ``spec.arg_names()`` order."""
-    check_spec(spec)
-    t = tiling
-    d, f, do = spec.d_in, spec.d_ff, spec.d_out
-    for name, whole, part in (("nb", f, t.nb), ("dc", do, t.dc), ("vl", d, t.vl)):
-        if whole % part:
-            raise CodegenError(f"tiling {name}={part} does not divide {whole}")
-    if t.nb % t.nr:
-        raise CodegenError(f"tiling nr={t.nr} does not divide nb={t.nb}")
-    shapes = {"X": "x: T.handle", "W1": f"W1: T.Buffer(({d}, {f}), \"float32\")",
-              "B1": f"B1: T.Buffer(({f},), \"float32\")",
-              "W2": f"W2: T.Buffer(({f}, {do}), \"float32\")",
-              "B2": f"B2: T.Buffer(({do},), \"float32\")",
-              "WU": f"WU: T.Buffer(({f}, {d}), \"float32\")", "Y": "y: T.handle"}
-    params = ", ".join(shapes[a] for a in spec.arg_names())
-    b1 = "B1[fb * {NB} + fs * {NR} + fi]" if spec.has_b1 else "T.float32(0)"
-    up = "T.max(u[0], T.float32(0))" if spec.up_activation == "relu" else "u[0]"
-    fmt = {"D": d, "F": f, "DO": do, "MR": t.mr, "NR": t.nr, "NB": t.nb, "NFB": f // t.nb,
-           "DC": t.dc, "NDC": do // t.dc, "VL": t.vl, "TASKS": t.tasks, "symbol": symbol,
-           "up": up}
-    fmt["init1"] = b1.format(**fmt)
-    fmt["init2"] = "B2[p // N * {DC} + j]".format(**fmt) if spec.has_b2 else "T.float32(0)"
-    fmt["params"] = params
-    fmt["gated_block"] = _GATED.format(**fmt) if spec.gated else ""
-    source = _TEMPLATE.format(**fmt)
+    """The PrimFunc of one SparseFFN kernel variant; arguments in ``spec.arg_names()`` order."""
+    source = sparse_ffn_source(spec, tiling, symbol)
     try:
         return from_source(source)
-    except Exception as e:  # TVMScript parse errors carry the offending line
+    except Exception as e:  # TVMScript errors carry the offending line; keep it typed
         raise CodegenError(f"TVMScript generation failed for {symbol}: {e}") from e

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from .base import Family, NotYetSupported
+from fffc.errors import UnsupportedTargetError
+from fffc.targets import normalize
+
+from .base import MAX_TOKENS, Family, NotYetSupported, Variant
 from .x86 import X86
+
+_REGISTRY: dict[str, Family] = {
+    "x86": X86(),
+    "arm": NotYetSupported("arm", "aarch64 kernels and the cross-built shim are planned"),
+    "cuda": NotYetSupported("cuda", "CUDA kernels launched on ORT's stream are planned"),
+}
 
 
 def family(name: str) -> Family:
-    """The family for a normalized target name (``fffc.targets.normalize``)."""
-    registry: dict[str, Family] = {
-        "x86": X86(),
-        "arm": NotYetSupported("arm", "aarch64 kernels and the cross-built shim are planned"),
-        "cuda": NotYetSupported("cuda", "CUDA kernels launched on ORT's stream are planned"),
-    }
-    if name not in registry:
-        raise KeyError(name)
-    return registry[name]
+    """The family for a target name or alias (``fffc.targets``); unknown names are refused."""
+    try:
+        return _REGISTRY[normalize(name).family]
+    except ValueError as e:
+        raise UnsupportedTargetError(str(e)) from e
 
 
-__all__ = ["Family", "family"]
+__all__ = ["MAX_TOKENS", "Family", "Variant", "family"]

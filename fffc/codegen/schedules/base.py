@@ -1,22 +1,37 @@
-"""Target families: each maps a KernelSpec to tilings and a TVM target; one registry."""
+"""Target families: each maps a KernelSpec to its kernel variants and a TVM target."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from fffc.errors import UnsupportedTargetError
 from fffc.ops import KernelSpec
 
 from ..kernels.sparse_ffn import Tiling
 
+MAX_TOKENS = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One kernel of a spec: its name, the token range it serves (inclusive), its tiling."""
+
+    name: str
+    min_tokens: int
+    max_tokens: int
+    tiling: Tiling
+
 
 class Family:
-    """One target family (x86, arm, cuda): its TVM target and its kernel tilings."""
+    """One target family (x86, arm, cuda): its TVM target and its kernel variants."""
 
     name = ""
 
     def target(self, mcpu: str | None) -> dict:
         raise NotImplementedError
 
-    def tiling(self, spec: KernelSpec, target: dict | None = None) -> Tiling:
+    def variants(self, spec: KernelSpec, target: dict) -> list[Variant]:
+        """Variants covering tokens 1..MAX_TOKENS without gaps or overlaps."""
         raise NotImplementedError
 
 
@@ -34,7 +49,7 @@ class NotYetSupported(Family):
     def target(self, mcpu: str | None) -> dict:
         raise self._refuse()
 
-    def tiling(self, spec: KernelSpec, target: dict | None = None) -> Tiling:
+    def variants(self, spec: KernelSpec, target: dict) -> list[Variant]:
         raise self._refuse()
 
 

@@ -1,4 +1,4 @@
-"""x86 schedule family: tunables and the LLVM target for x86-64 CPUs."""
+"""x86 schedule family: tunables, the variant table and the LLVM target for x86-64 CPUs."""
 
 from __future__ import annotations
 
@@ -8,19 +8,28 @@ from fffc.ops import KernelSpec
 
 from .. import _tvm
 from ..kernels.sparse_ffn import Tiling
-from .base import Family, largest_divisor
+from .base import MAX_TOKENS, Family, Variant, largest_divisor
 
 
 @dataclass(frozen=True)
 class Config:
-    """Tunables of the x86 SparseFFN kernel (see kernels/sparse_ffn.py for the loops)."""
+    """Tunables of the x86 SparseFFN kernels (kernels/sparse_ffn.py has the loops).
 
-    mr: int = 6  # tokens per micro-tile: mr × 2 vector accumulators stay in registers
-    nr_vectors: int = 2  # vectors per micro-tile row (nr = nr_vectors × lanes): 12 of 16 ymm
-    nr_vectors_avx512: int = 4  # with 32 zmm registers: 24 accumulators
-    nb: int = 64  # neurons per parallel task
-    dc: int = 32  # output columns per task in the down projection
-    vl: int = 16  # lanes of the up-projection dot product
+    Register budget: AVX2 has 16 ymm, AVX-512 32 zmm; a micro-tile of mr × vectors
+    accumulators plus a few loads must fit. Measured on a 2-core AVX2 VM (bench_kernels.py).
+    """
+
+    gemv_max_tokens: int = 2  # variants gemv1..gemvN: exactly that many tokens
+    gemv_nr1_vectors: int = 8  # 8 independent FMA chains over one token
+    gemv_nr3_vectors: int = 8
+    gemv_tasks: int = 4  # neuron blocks of phase 1: long contiguous W1 row segments
+    gemm_mr: int = 6  # tokens per tile in the blocked GEMM kernel
+    gemm_nr_vectors: int = 2  # 6 × 2 = 12 of 16 ymm accumulators
+    gemm_nr_vectors_avx512: int = 4  # 6 × 4 = 24 of 32 zmm
+    gemm_nb: int = 64  # neurons per phase-1 task (packed panel ≤ pack_bytes)
+    pack_bytes: int = 256 << 10  # on the stack, and in L2
+    vl_vectors: int = 4  # up-projection dot: 4 independent chains per token
+    serial_max_macs: int = 1 << 16  # d_in·d_ff below this: no threads (wake-up > work)
 
 
 class X86(Family):
@@ -34,12 +43,21 @@ class X86(Family):
         cpu = mcpu or _tvm.host_cpu()
         return {"kind": "llvm", "mtriple": self.triple, "mcpu": cpu}
 
-    def tiling(self, spec: KernelSpec, target: dict | None = None) -> Tiling:
+    def variants(self, spec: KernelSpec, target: dict) -> list[Variant]:
         c = self.config
-        wide = target is not None and _tvm.cpu_has_features(target["mcpu"], ["avx512f"])
+        wide = _tvm.cpu_has_features(target.get("mcpu") or _tvm.host_cpu(), ["avx512f"], self.triple)
         lanes = 16 if wide else 8
-        vectors = c.nr_vectors_avx512 if wide else c.nr_vectors
-        nb = largest_divisor(spec.d_ff, max(c.nb, 2 * lanes * vectors))
-        nr = largest_divisor(nb, vectors * lanes)
-        return Tiling(mr=c.mr, nr=nr, nb=nb, dc=largest_divisor(spec.d_out, c.dc),
-                      vl=largest_divisor(spec.d_in, c.vl))
+        parallel = spec.d_in * spec.d_ff >= c.serial_max_macs
+        vl = largest_divisor(spec.d_in, lanes * c.vl_vectors)
+        gemv_nb = largest_divisor(spec.d_ff, max(lanes, spec.d_ff // c.gemv_tasks))
+        nr1 = largest_divisor(gemv_nb, lanes * c.gemv_nr1_vectors)
+        nr3 = largest_divisor(spec.d_out, lanes * c.gemv_nr3_vectors)
+        # one kernel per decode token count: W1 is streamed once for all tokens of a tile
+        gemv = [Variant(f"gemv{m}", m, m, Tiling(mr=m, nr1=nr1, nb=gemv_nb, nr3=nr3, vl=vl,
+                                                  parallel=parallel))
+                for m in range(1, c.gemv_max_tokens + 1)]
+        nr = lanes * (c.gemm_nr_vectors_avx512 if wide else c.gemm_nr_vectors)
+        gemm_nb = largest_divisor(spec.d_ff, max(nr, min(c.gemm_nb, c.pack_bytes // (4 * spec.d_in))))
+        gemm = Tiling(mr=c.gemm_mr, nr1=largest_divisor(gemm_nb, nr), nb=gemm_nb,
+                      nr3=largest_divisor(spec.d_out, nr), vl=vl, parallel=parallel, packed=True)
+        return [*gemv, Variant("gemm", c.gemv_max_tokens + 1, MAX_TOKENS, gemm)]

@@ -1,0 +1,83 @@
+"""SparseFFN exact kernels vs the NumPy reference: every variant, shape family and edge."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fffc.errors import CodegenError
+from fffc.ops import KernelSpec
+
+from .conftest import ATOL, RTOL, TOKENS, args, inputs, kernels, reference, spec, weights
+
+SPECS = {
+    "relu": spec(),
+    "relu-nobias": spec(bias=False),
+    "relu-parallel": spec(64, 1024, 80),  # above the serial threshold: threads
+    "relu-odd": spec(20, 52, 12),  # no dim a multiple of 8: narrow vectors
+    "reglu": spec(up="none"),
+    "reglu-nobias": spec(bias=False, up="none"),
+    "drelu": spec(up="relu"),
+    "drelu-nobias-parallel": spec(64, 1024, 64, bias=False, up="relu"),
+    "drelu-odd": spec(20, 52, 12, up="relu"),
+}
+
+
+@pytest.mark.parametrize("variant", ["gemv1", "gemv2", "gemm"])
+@pytest.mark.parametrize("name", list(SPECS))
+def test_variant_matches_reference(name: str, variant: str) -> None:
+    s = SPECS[name]
+    w = weights(s)
+    fn = kernels(s, variant)
+    for t in TOKENS:
+        x = inputs(s, t, seed=t)
+        y = fn(x, *args(s, w))
+        assert y.shape == (t, s.d_out)
+        np.testing.assert_allclose(y, reference(s, w, x), rtol=RTOL, atol=ATOL,
+                                   err_msg=f"{name} {variant} T={t}")
+
+
+@pytest.mark.parametrize("name", ["relu", "drelu"])
+def test_dispatch_by_tokens(name: str) -> None:
+    """Without a pinned variant the token count picks the kernel (as the shim does)."""
+    s = SPECS[name]
+    w = weights(s)
+    fn = kernels(s)
+    assert [k.variant for k in fn.kernels] == ["gemv1", "gemv2", "gemm"]
+    for t in TOKENS:
+        x = inputs(s, t)
+        np.testing.assert_allclose(fn(x, *args(s, w)), reference(s, w, x), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("name", ["relu", "relu-nobias", "drelu", "reglu-nobias"])
+def test_all_neurons_inactive(name: str) -> None:
+    """Every activation zero: the lists are empty and Y is B2 (or 0)."""
+    s = SPECS[name]
+    w = weights(s, shift=-1e4)
+    for variant in ("gemv1", "gemv2", "gemm"):
+        x = inputs(s, 7)
+        y = kernels(s, variant)(x, *args(s, w))
+        want = np.broadcast_to(w["B2"] if s.has_b2 else 0.0, y.shape)
+        np.testing.assert_allclose(y, want, rtol=RTOL, atol=ATOL)
+
+
+def test_sparsity_is_real() -> None:
+    """The test data does exercise skipping: a good share of neurons is zero, not all."""
+    s = SPECS["relu-parallel"]
+    w = weights(s)
+    x = inputs(s, 64)
+    h = x @ w["W1"] + w["B1"]
+    assert 0.3 < float(np.mean(h <= 0)) < 0.95
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"activation": "gelu"}, "activation 'relu'"),
+    ({"activation": "silu"}, "activation 'relu'"),
+    ({"dtype": "float16"}, "float32 only"),
+    ({"mode": "threshold"}, "only 'exact'"),
+    ({"up_activation": "relu", "gated": False}, "needs a gated FFN"),
+])
+def test_rejects_what_exact_cannot_compute(change: dict, match: str) -> None:
+    fields = {**spec().__dict__, **change}
+    with pytest.raises(CodegenError, match=match):
+        kernels(KernelSpec(**fields))
