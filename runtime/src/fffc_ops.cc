@@ -15,7 +15,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
     // CreateStatus, so version 1 can still say why instead of failing later, unexplained.
     const OrtApi* v1 = base->GetApi(1);
     if (v1 == nullptr) return nullptr;
-    return v1->CreateStatus(ORT_FAIL, "fffc: this shim needs ONNX Runtime 1.16 or newer");
+    return v1->CreateStatus(ORT_FAIL, "fffc: this shim needs ONNX Runtime 1.17 or newer");
   }
   try {
     fffc::InstallTvmBackend();

@@ -7,8 +7,9 @@
 
 namespace fffc {
 
-// 16: OrtCustomOp::CreateKernelV2/KernelComputeV2 (errors as OrtStatus), ORT >= 1.16.
-constexpr uint32_t kOrtApiVersion = 16;
+// 17: OrtCustomOp::CreateKernelV2/KernelComputeV2 (errors as OrtStatus, 16) and
+// KernelContext_ParallelFor (kernels run on ORT's intra-op pool, 17): ORT >= 1.17.
+constexpr uint32_t kOrtApiVersion = 17;
 
 }  // namespace fffc
 

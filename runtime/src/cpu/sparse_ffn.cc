@@ -162,6 +162,7 @@ OrtStatus* Compute(Kernel* k, OrtKernelContext* ctx) {
   std::memset(&ret, 0, sizeof(ret));
   ret.type_index = kTVMFFINone;
   InstallTvmBackend();
+  ParallelScope scope(api, ctx);
   if (entry->fn(nullptr, args, n, &ret) != 0)
     return Fail(api, std::string(entry->symbol) + ": " + TakeLastKernelError());
   return nullptr;
