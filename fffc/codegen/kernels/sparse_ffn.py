@@ -45,6 +45,8 @@ class Tiling:
     parallel: bool = True  # False: serial loops (tiny shapes, thread wake-up > work)
     packed: bool = False  # phase 1: packed panels + register micro-kernel (many tokens);
     # False: row streaming into L1 accumulators, gate-first up projection (few tokens)
+    pack_w2: bool = False  # phase 2: each task packs its W2 column panel once and reuses it
+    # for every token tile (many tokens, where most rows of W2 are read anyway)
 
 
 def check_spec(spec: KernelSpec) -> None:
@@ -240,6 +242,33 @@ def _params(spec: KernelSpec) -> str:
     return ", ".join(shapes[a] for a in spec.arg_names())
 
 
+# Phase 2 for many tokens: one task per column block packs that block of W2 into a
+# contiguous panel once, then runs the gather-GEMM of every token tile from the panel.
+_PHASE2_PACKED = '''
+    for cb in {loop}({NCB}):
+        o = T.alloc_buffer(({MR}, {NR3}), "float32", scope="local")
+        pw = T.alloc_buffer(({F}, {NR3}), "float32", scope="local")
+        cnt = T.alloc_buffer((1,), "int32", scope="local")
+        for i in range({F}):
+            for j in T.vectorized({NR3}):
+                pw[i, j] = W2[i, cb * {NR3} + j]
+        for tb in range((N + {MR} - 1) // {MR}):
+            for ti in T.unroll({MR}):
+                for j in T.vectorized({NR3}):
+                    o[ti, j] = {b2}
+            for fb in range({NFB}):
+                cnt[0] = CNT[tb, fb]
+                for q in range(cnt[0]):
+                    for ti in T.unroll({MR}):
+                        for j in T.vectorized({NR3}):
+                            o[ti, j] = o[ti, j] + VAL[tb, fb * {NB} + q, ti] * pw[IDX[tb, fb * {NB} + q], j]
+            for ti in T.unroll({MR}):
+                if tb * {MR} + ti < N:
+                    for j in T.vectorized({NR3}):
+                        Y[tb * {MR} + ti, cb * {NR3} + j] = o[ti, j]
+'''
+
+
 def sparse_ffn_source(spec: KernelSpec, tiling: Tiling, symbol: str) -> str:
     """TVMScript of one SparseFFN kernel variant (kept as text: readable, dumpable)."""
     check_spec(spec)
@@ -272,7 +301,7 @@ def sparse_ffn_source(spec: KernelSpec, tiling: Tiling, symbol: str) -> str:
         fmt["proj"] = _PROJ_STREAM.format(**fmt).rstrip("\n")
         fmt["gated_alloc"] = _GATED_ALLOC.format(**fmt).rstrip("\n") if spec.gated else ""
         fmt["gated_block"] = _GATED.format(**fmt).rstrip("\n") if spec.gated else ""
-    return (_HEAD + _PHASE1 + _PHASE2).format(**fmt)
+    return (_HEAD + _PHASE1 + (_PHASE2_PACKED if t.pack_w2 else _PHASE2)).format(**fmt)
 
 
 def sparse_ffn_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str):

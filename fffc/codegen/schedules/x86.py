@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fffc.ops import KernelSpec
 
@@ -29,6 +29,7 @@ class Config:
     gemm_nb: int = 64  # neurons per phase-1 task (packed panel ≤ pack_bytes)
     pack_bytes: int = 256 << 10  # on the stack, and in L2
     vl_vectors: int = 4  # up-projection dot: 4 independent chains per token
+    pack_w2_min_tokens: int = 48  # from here most W2 rows are read anyway: pack panels once
     serial_max_macs: int = 1 << 16  # d_in·d_ff below this: no threads (wake-up > work)
 
 
@@ -60,4 +61,6 @@ class X86(Family):
         gemm_nb = largest_divisor(spec.d_ff, max(nr, min(c.gemm_nb, c.pack_bytes // (4 * spec.d_in))))
         gemm = Tiling(mr=c.gemm_mr, nr1=largest_divisor(gemm_nb, nr), nb=gemm_nb,
                       nr3=largest_divisor(spec.d_out, nr), vl=vl, parallel=parallel, packed=True)
-        return [*gemv, Variant("gemm", c.gemv_max_tokens + 1, MAX_TOKENS, gemm)]
+        gemm_packed = replace(gemm, pack_w2=True)
+        return [*gemv, Variant("gemm", c.gemv_max_tokens + 1, c.pack_w2_min_tokens - 1, gemm),
+                Variant("gemm_packed", c.pack_w2_min_tokens, MAX_TOKENS, gemm_packed)]
