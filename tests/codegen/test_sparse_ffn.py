@@ -43,7 +43,8 @@ def test_dispatch_by_tokens(name: str) -> None:
     s = SPECS[name]
     w = weights(s)
     fn = kernels(s)
-    assert [k.variant for k in fn.kernels] == ["gemv1", "gemv2", "gemm", "gemm_packed"]
+    expected = ["gemv1", "gemv2", *(["gemm_stream"] if s.gated else []), "gemm", "gemm_packed"]
+    assert [k.variant for k in fn.kernels] == expected
     for t in TOKENS:
         x = inputs(s, t)
         np.testing.assert_allclose(fn(x, *args(s, w)), reference(s, w, x), rtol=RTOL, atol=ATOL)

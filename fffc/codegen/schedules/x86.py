@@ -29,6 +29,8 @@ class Config:
     gemm_nb: int = 64  # neurons per phase-1 task (packed panel ≤ pack_bytes)
     pack_bytes: int = 256 << 10  # on the stack, and in L2
     vl_vectors: int = 4  # up-projection dot: 4 independent chains per token
+    gated_stream_max_tokens: int = 24  # gated, up to here: gate-first up projection (measured
+    # crossover with the packed dense up projection on a 2-core AVX-512 VM, d 1024 / d_ff 4096)
     pack_w2_min_tokens: int = 48  # from here most W2 rows are read anyway: pack panels once
     serial_max_macs: int = 1 << 16  # d_in·d_ff below this: no threads (wake-up > work)
 
@@ -62,5 +64,13 @@ class X86(Family):
         gemm = Tiling(mr=c.gemm_mr, nr1=largest_divisor(gemm_nb, nr), nb=gemm_nb,
                       nr3=largest_divisor(spec.d_out, nr), vl=vl, parallel=parallel, packed=True)
         gemm_packed = replace(gemm, pack_w2=True)
-        return [*gemv, Variant("gemm", c.gemv_max_tokens + 1, c.pack_w2_min_tokens - 1, gemm),
+        first = c.gemv_max_tokens + 1
+        variants = list(gemv)
+        if spec.gated:
+            # few tokens: gate first, WU rows read only for neurons some token of a tile needs
+            stream = Tiling(mr=c.gemm_mr, nr1=nr1, nb=gemv_nb, nr3=gemm.nr3, vl=vl,
+                            parallel=parallel)
+            variants.append(Variant("gemm_stream", first, c.gated_stream_max_tokens, stream))
+            first = c.gated_stream_max_tokens + 1
+        return [*variants, Variant("gemm", first, c.pack_w2_min_tokens - 1, gemm),
                 Variant("gemm_packed", c.pack_w2_min_tokens, MAX_TOKENS, gemm_packed)]
