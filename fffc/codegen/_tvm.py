@@ -50,3 +50,9 @@ def time_function(executable, name: str, args: list, number: int, repeat: int) -
     """Seconds per call of ``executable[name](*args)``, timed by TVM in C++ (no Python loop)."""
     f = executable.mod.time_evaluator(name, tvm.cpu(), number=number, repeat=repeat)
     return [float(r) for r in f(*args).results]
+
+
+def cpu_features(cpu: str, triple: str = "x86_64-linux-gnu") -> set[str]:
+    """LLVM's feature names of a CPU (e.g. {"avx2", "fma", ...})."""
+    target = Target({"kind": "llvm", "mtriple": triple, "mcpu": cpu})
+    return set(tvm.target.codegen.llvm_get_cpu_features(target))

@@ -49,6 +49,22 @@ class KernelLibrary:
     family: str  # "x86" | "arm" | "cuda"
 
 
+def host_can_run(target: dict) -> bool:
+    """Whether kernels built for ``target`` run on this machine (so the artifact check can)."""
+    if not target.get("mtriple", "x86_64").startswith("x86_64"):
+        return False
+    host = _tvm.host_cpu()
+    cpu = target.get("mcpu") or host
+    if cpu == host:
+        return True
+    isa = ("avx", "fma", "sse", "bmi", "f16c", "amx", "vpclmul", "gfni")
+
+    def needed(name: str) -> set[str]:
+        return {f for f in _tvm.cpu_features(name) if f.startswith(isa)}
+
+    return needed(cpu) <= needed(host)
+
+
 def check_target(name: str) -> None:
     """Raise UnsupportedTargetError for families without a backend, before slow stages."""
     family(name).target(None)

@@ -72,3 +72,24 @@ def test_example_model_compiles_deterministically(tmp_path):
     assert (a / "model.onnx").read_bytes() == (b / "model.onnx").read_bytes()
     sites = json.loads((a / "manifest.json").read_text())["sites"]
     assert [s["decision"] for s in sites] == ["exact"] * len(sites) and len(sites) == 3
+
+
+@pytest.mark.slow
+def test_cross_cpu_artifact_is_checked_with_a_host_build(tmp_path):
+    """Kernels for a CPU this host cannot run are compared through a host build of them."""
+    from fffc.codegen.build import host_can_run
+    from tests.passes.test_detect_and_lower import dense_ffn
+
+    candidates = ("znver5", "znver3", "sapphirerapids", "skylake-avx512")
+    foreign = [c for c in candidates
+               if not host_can_run({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": c})]
+    if not foreign:
+        pytest.skip("this host runs code for every candidate CPU")
+    path = tmp_path / "m.onnx"
+    onnx.save(dense_ffn("relu"), str(path))
+    art = fffc.compile(path, tmp_path / "x.fffc", fffc.CompileOptions(mcpu=foreign[0])).artifact
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["target"]["tvm"]["mcpu"] == foreign[0]
+    assert "host build" in manifest["verification"]["kernels_checked_on"]
+    assert manifest["verification"]["kernels"] and all(
+        k["ok"] for k in manifest["verification"]["kernels"].values())
