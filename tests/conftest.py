@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
 
 @pytest.fixture(scope="session")
-def export_model():
+def export_model() -> Callable[..., Path]:
+    """``tests.fixtures.models.export_model``; skips the test when torch/transformers are absent."""
     pytest.importorskip("torch", reason="the torch extra is needed to export test models")
     pytest.importorskip("transformers", reason="transformers is needed to build test models")
     from tests.fixtures.models import export_model as _export
