@@ -182,7 +182,8 @@ def compile_model(path: str | Path, out: str | Path | None = None,
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if out.exists():
             shutil.rmtree(out)
-        staging.rename(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), str(out))  # a rename when staging sits next to out
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -93,3 +93,14 @@ def test_cross_cpu_artifact_is_checked_with_a_host_build(tmp_path):
     assert "host build" in manifest["verification"]["kernels_checked_on"]
     assert manifest["verification"]["kernels"] and all(
         k["ok"] for k in manifest["verification"]["kernels"].values())
+
+
+def test_output_in_a_new_directory(tmp_path):
+    from tests.passes.test_detect_and_lower import dense_ffn
+
+    path = tmp_path / "m.onnx"
+    onnx.save(dense_ffn("relu"), str(path))
+    out = tmp_path / "new" / "dir" / "m.fffc"
+    art = fffc.compile(path, out).artifact
+    assert art == out and (out / "manifest.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fffc-")]
