@@ -119,7 +119,8 @@ def compile_model(path: str | Path, out: str | Path | None = None,
 
     with stage("verify sites"):
         feeds = verify.probe_inputs(a.proto, options.probe_batch, options.probe_seq, options.seed)
-        captured = _capture(a, feeds, options.rtol)
+        want = verify.run(verify.session(a.proto), feeds)
+        captured = _capture(a, feeds, want, options.rtol)
         for site in a.sites:
             if site.decision != "exact":
                 continue
@@ -131,7 +132,6 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                 site.reason = f"verification failed: rel err {c.max_rel:.2e} > {options.rtol:g}"
     dump.json("03-verify.json", {"sites": [s.to_json() for s in a.sites]})
 
-    want = verify.run(verify.session(a.proto), feeds)
     staging = Path(tempfile.mkdtemp(prefix=".fffc-", dir=out.parent if out.parent.exists() else None))
     try:
         for _ in range(MAX_ROUNDS):
@@ -195,7 +195,7 @@ def _clear(d: Path) -> None:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def _capture(a: Analysis, feeds, rtol: float) -> dict[str, tuple[list, list]]:
+def _capture(a: Analysis, feeds, want, rtol: float) -> dict[str, tuple[list, list]]:
     """Check 1 and the site activations: the all-dense lowering must equal the original."""
     dense = _copy(a.working)
     io = passes.site_io(dense)
@@ -204,7 +204,6 @@ def _capture(a: Analysis, feeds, rtol: float) -> dict[str, tuple[list, list]]:
     names = [n for pair in io.values() for n in pair]
     passes.expose(dense, names)
     got = verify.run(verify.session(ir.serde.serialize_model(dense)), feeds)
-    want = verify.run(verify.session(a.proto), feeds)
     c = verify.compare_runs([g[:n_out] for g in got], want, rtol)
     if not c.ok:
         raise RewriteError(f"canonicalization changed the model's outputs (rel err {c.max_rel:.2e});"

@@ -35,6 +35,9 @@ def test_every_ffn_is_found(case, export_model):
             want["kind"], want["activation"], want["up_activation"], want["d_model"], want["d_ff"])
         assert s.has_b1 == want["bias"]
     assert a.near_misses == []
+    from fffc.verify import run, session
+
     feeds = probe_inputs(a.proto, 2, 7, seed=0)
-    captured = _capture(a, feeds, rtol=1e-4)  # raises if canonicalization changed outputs
+    want = run(session(a.proto), feeds)
+    captured = _capture(a, feeds, want, rtol=1e-4)  # raises if canonicalization changed outputs
     assert set(captured) == {s.name for s in a.sites}
