@@ -35,6 +35,11 @@ class Comparison:
     ok: bool
 
 
+def _worse(a: Comparison, b: Comparison) -> Comparison:
+    """The combined verdict of two comparisons: largest errors, ok only if both are."""
+    return Comparison(max(a.max_abs, b.max_abs), max(a.max_rel, b.max_rel), a.ok and b.ok)
+
+
 def compare(got: np.ndarray, want: np.ndarray, rtol: float) -> Comparison:
     got = np.asarray(got, dtype=np.float64)
     want = np.asarray(want, dtype=np.float64)
@@ -133,10 +138,7 @@ def compare_runs(got: list[list[np.ndarray]], want: list[list[np.ndarray]],
     worst = Comparison(0.0, 0.0, True)
     for g_outs, w_outs in zip(got, want, strict=True):
         for g, w in zip(g_outs, w_outs, strict=True):
-            c = compare(g, w, rtol)
-            if not c.ok or c.max_rel > worst.max_rel:
-                worst = Comparison(max(c.max_abs, worst.max_abs), max(c.max_rel, worst.max_rel),
-                                   worst.ok and c.ok)
+            worst = _worse(worst, compare(g, w, rtol))
     return worst
 
 
@@ -151,12 +153,7 @@ def site_reference(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | No
 def verify_site(site: Site, xs: list[np.ndarray], ys: list[np.ndarray],
                 weights: dict[str, np.ndarray | None], rtol: float) -> Comparison:
     """Check 2: reference op vs the original subgraph's outputs, worst over the probes."""
-    worst = Comparison(0.0, 0.0, True)
-    for x, y in zip(xs, ys, strict=True):
-        c = compare(site_reference(site, x, weights), y, rtol)
-        worst = Comparison(max(worst.max_abs, c.max_abs), max(worst.max_rel, c.max_rel),
-                           worst.ok and c.ok)
-    return worst
+    return compare_runs([[site_reference(site, x, weights)] for x in xs], [[y] for y in ys], rtol)
 
 
 def single_node_model(model: onnx.ModelProto, node_name: str) -> onnx.ModelProto:

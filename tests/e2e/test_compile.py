@@ -104,3 +104,21 @@ def test_output_in_a_new_directory(tmp_path):
     art = fffc.compile(path, out).artifact
     assert art == out and (out / "manifest.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fffc-")]
+
+
+def test_site_failing_verification_is_left_as_it_was(tmp_path):
+    """rtol 0: the fp32 original cannot equal the float64 reference, so no site is kept."""
+    from tests.passes.test_detect_and_lower import dense_ffn
+
+    path = tmp_path / "m.onnx"
+    onnx.save(dense_ffn("relu"), str(path))
+    result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(rtol=0.0))
+    (site,) = result.sites
+    assert site.decision == "dense" and site.reason.startswith("verification failed")
+    model = onnx.load(str(result.artifact / "model.onnx"))
+    assert not any(n.domain == DOMAIN for n in model.graph.node)
+    assert result.manifest["shim"] is None
+    x = np.random.default_rng(0).standard_normal((2, 3, 16)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = fffc.runtime.InferenceSession(result.artifact).run(None, {"x": x})
+    np.testing.assert_array_equal(got[0], want[0])
