@@ -105,7 +105,7 @@ def compile_model(path: str | Path, out: str | Path | None = None,
     _prepare_output(out, options.force)
     a = analyze(path, stage)
 
-    from .codegen.build import build_kernel_library, check_target, host_can_run
+    from .codegen.build import build_kernel_library, check_target, host_can_run, source
     from .native import build_shim
 
     check_target(request.family)  # unsupported targets fail before the slow stages
@@ -150,6 +150,9 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                     library = build_kernel_library(specs, request.family,
                                                    staging / "kernels" / request.family,
                                                    mcpu=request.mcpu)
+                for k in library.kernels:
+                    dump.text(f"04-kernels/{k.symbol}.py",
+                              source(k.spec, k.variant, request.family, request.mcpu))
                 with stage("build shim"):
                     shim = build_shim(library, staging)
             check_shim = shim
@@ -310,6 +313,11 @@ class _Dumper:
     def ir(self, name: str, model: ir.Model) -> None:
         if self.root:
             ir.save(model, str(self.root / name))
+
+    def text(self, name: str, text: str) -> None:
+        if self.root:
+            (self.root / name).parent.mkdir(parents=True, exist_ok=True)
+            (self.root / name).write_text(text)
 
     def json(self, name: str, data: dict) -> None:
         if self.root:

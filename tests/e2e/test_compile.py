@@ -122,3 +122,18 @@ def test_site_failing_verification_is_left_as_it_was(tmp_path):
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     got = fffc.runtime.InferenceSession(result.artifact).run(None, {"x": x})
     np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_dump_writes_every_stage(tmp_path):
+    from tests.passes.test_detect_and_lower import gated_ffn
+
+    path = tmp_path / "m.onnx"
+    onnx.save(gated_ffn("relu", True), str(path))
+    dump = tmp_path / "dump"
+    fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(dump_dir=dump))
+    names = {p.name for p in dump.iterdir()}
+    assert {"00-loaded.onnx", "01-canonical.onnx", "02-rewritten.onnx", "03-verify.json",
+            "04-kernels"} <= names
+    kernels = list((dump / "04-kernels").glob("fffc_sparse_ffn_*.py"))
+    assert kernels and all("@T.prim_func" in k.read_text() for k in kernels)
+    onnx.checker.check_model(onnx.load(str(dump / "02-rewritten.onnx")))
