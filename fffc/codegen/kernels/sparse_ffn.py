@@ -157,26 +157,24 @@ _PACK_UP = '''
 '''
 _PROJ_PACKED = '''
             for fs in range({NB} // {NR1}):
-                for ti in T.unroll({MR}):
-                    for fi in T.vectorized({NR1}):
-                        acc[ti, fi] = {b1}
-                for k in range({D}):
-                    for ti in T.unroll({MR}):
-                        for fi in T.vectorized({NR1}):
-                            acc[ti, fi] = acc[ti, fi] + X[T.min(tb * {MR} + ti, N - 1), k] * pk[fs, k, fi]
+{micro_gate}
                 for ti in T.unroll({MR}):
                     for fi in T.vectorized({NR1}):
                         H[tb * {MR} + ti, fb * {NB} + fs * {NR1} + fi] = T.if_then_else(tb * {MR} + ti < N, T.max(acc[ti, fi], T.float32(0)), T.float32(0))
 {up_tile}
 '''
-_UP_TILE = '''
+# The register micro-kernel of both packed projections: acc[mr, nr1] = init + X_tile · panel.
+_MICRO = '''
                 for ti in T.unroll({MR}):
                     for fi in T.vectorized({NR1}):
-                        acc[ti, fi] = T.float32(0)
+                        acc[ti, fi] = {init}
                 for k in range({D}):
                     for ti in T.unroll({MR}):
                         for fi in T.vectorized({NR1}):
-                            acc[ti, fi] = acc[ti, fi] + X[T.min(tb * {MR} + ti, N - 1), k] * pu[fs, k, fi]
+                            acc[ti, fi] = acc[ti, fi] + X[T.min(tb * {MR} + ti, N - 1), k] * {panel}[fs, k, fi]
+'''
+_UP_TILE = '''
+{micro_up}
                 for ti in T.unroll({MR}):
                     for fi in T.vectorized({NR1}):
                         H[tb * {MR} + ti, fb * {NB} + fs * {NR1} + fi] = H[tb * {MR} + ti, fb * {NB} + fs * {NR1} + fi] * {up_acc}
@@ -291,6 +289,8 @@ def sparse_ffn_source(spec: KernelSpec, tiling: Tiling, symbol: str) -> str:
     fmt["up_acc"] = ("T.max(acc[ti, fi], T.float32(0))" if spec.up_activation == "relu"
                      else "acc[ti, fi]")
     if t.packed:  # dense up projection on packed WU panels: every neuron, GEMM speed
+        fmt["micro_gate"] = _MICRO.format(**fmt, init=fmt["b1"], panel="pk").strip("\n")
+        fmt["micro_up"] = _MICRO.format(**fmt, init="T.float32(0)", panel="pu").strip("\n")
         fmt["pack_up"] = _PACK_UP.format(**fmt).rstrip("\n") if spec.gated else ""
         fmt["up_tile"] = _UP_TILE.format(**fmt).rstrip("\n") if spec.gated else ""
         fmt["proj_alloc"] = _PROJ_PACKED_ALLOC.format(**fmt).rstrip("\n")
