@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -69,6 +70,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _archs(text: str) -> tuple[str, ...]:
+    archs = tuple(a.strip() for a in text.split(",") if a.strip())
+    bad = [a for a in archs if not re.fullmatch(r"sm_\d+a?", a)]
+    if bad or not archs:
+        raise UsageError(f"--arch: expected e.g. sm_80,sm_90, got {text!r}")
+    return archs
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from .config import CompileOptions
     from .pipeline import compile_model
@@ -77,6 +86,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         target=args.target, mcpu=args.mcpu, rtol=args.rtol, force=args.force,
         dump_dir=Path(args.dump) if args.dump else config.dump_dir_from_env(),
         sites=tuple(args.sites or ()),
+        **({"cuda_archs": _archs(args.arch)} if args.arch else {}),
     )
     result = compile_model(args.model, args.output, options, _stage)
     console.print(_sites_table(result.sites, f"{len(result.sites)} FFN site(s)"))
@@ -123,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target", default="x86", help="x86 (default), arm, cuda")
     c.add_argument("-o", "--output", type=Path, help="artifact directory (default MODEL.fffc/)")
     c.add_argument("--force", action="store_true", help="overwrite an existing artifact")
-    c.add_argument("--mcpu", help="CPU to compile for (default: this machine's)")
+    c.add_argument("--mcpu", help="CPU to compile for (default: this machine's; for cuda "
+                   "artifacts, whose CPU kernels serve the CPU EP, x86-64-v3)")
+    c.add_argument("--arch", help="cuda: GPU architectures, e.g. sm_80,sm_90 (default); a cubin "
+                   "for each plus PTX of the newest")
     c.add_argument("--rtol", type=float, default=config.DEFAULT_TOLERANCE,
                    help="relative tolerance of every verification (default %(default)g)")
     c.add_argument("--sites", nargs="*", help="only lower these sites (names or node names)")

@@ -23,6 +23,7 @@ class CompileOptions:
     dump_dir: Path | None = None
     force: bool = False
     sites: tuple[str, ...] = field(default=())  # empty: all sites
+    cuda_archs: tuple[str, ...] = ("sm_80", "sm_90")  # --target cuda: cubins (+ PTX of the last)
 
     def hash(self) -> str:
         d = asdict(self)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -149,10 +150,11 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                 with stage(f"codegen ({len(specs)} kernel families, {request.family})"):
                     library = build_kernel_library(specs, request.family,
                                                    staging / "kernels" / request.family,
-                                                   mcpu=request.mcpu)
+                                                   mcpu=request.mcpu, archs=options.cuda_archs)
+                cpu_family = "x86" if request.family == "cuda" else request.family
                 for k in library.kernels:
                     dump.text(f"04-kernels/{k.symbol}.py",
-                              source(k.spec, k.variant, request.family, request.mcpu))
+                              source(k.spec, k.variant, cpu_family, library.target.get("mcpu")))
                 with stage("build shim"):
                     shim = build_shim(library, staging)
             check_shim = shim
@@ -172,6 +174,9 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                     shutil.rmtree(check_shim.parent, ignore_errors=True)
             if check_shim is not shim:
                 report["kernels_checked_on"] = f"a host build of the same kernels ({_host()})"
+            if library is not None and library.cuda is not None:
+                with stage("check CUDA kernels (CPU emulation)"):
+                    report["cuda_kernels"] = _check_cuda(a, library, captured, options.rtol, failed)
             if not failed:
                 break
             for s in a.sites:
@@ -253,6 +258,39 @@ def _check_artifact(a: Analysis, final_proto, model_file: Path, shim: Path | Non
     return report, failed
 
 
+def _check_cuda(a: Analysis, library, captured, rtol: float, failed: dict[str, str]) -> dict:
+    """Every CUDA variant of every exact site, run by the CPU emulator of the generated CUDA
+    source, against the captured site outputs (no GPU here; a GPU run is in bench_cuda.py)."""
+    from .codegen.cuda_emu import Emulator
+
+    emu = Emulator(library.cuda.source_path.read_text(), library.cuda.variants)
+    out: dict = {"checked_on": "CPU emulation of the emitted CUDA source (one host thread per "
+                               "CUDA thread, barriers for __syncthreads)"}
+    for site in a.sites:
+        if site.decision != "exact":
+            continue
+        spec = plan.kernel_spec(site)
+        weights = {k: v for k, v in passes.site_weights(a.working, site.name).items()
+                   if v is not None}
+        xs, ys = captured[site.name]
+        x = np.concatenate([v.reshape(-1, spec.d_in) for v in xs])
+        y = np.concatenate([v.reshape(-1, spec.d_out) for v in ys])
+        results = {}
+        for v in library.cuda.variants:
+            if v.spec != spec:
+                continue
+            n = min(v.max_tokens, len(x))  # every variant runs, also below its range
+            got = emu.run(v, {"X": x[:n], **weights}, any_tokens=True)
+            c = verify.compare_runs([[got]], [[y[:n]]], rtol)
+            results[v.variant] = c.__dict__ | {"tokens": n}
+            site.max_abs_err = max(site.max_abs_err or 0.0, c.max_abs)
+            site.max_rel_err = max(site.max_rel_err or 0.0, c.max_rel)
+            if not c.ok:
+                failed[site.name] = f"CUDA {v.variant}: rel err {c.max_rel:.2e} > {rtol:g}"
+        out[site.name] = results
+    return out
+
+
 def _host() -> str:
     from .codegen._tvm import host_cpu
 
@@ -283,6 +321,8 @@ def _manifest(a: Analysis, options: CompileOptions, request, library, shim, stag
                    "tvm": library.target if library else None},
         "model": "model.onnx",
         "shim": shim.name if shim else None,
+        "cuda": None if library is None or library.cuda is None else _cuda_manifest(library.cuda,
+                                                                                     staging),
         "kernels": None if library is None else {
             "object": str(library.object_path.relative_to(staging)),
             "entries": [{"symbol": k.c_symbol, "variant": k.variant, "min_tokens": k.min_tokens,
@@ -295,6 +335,25 @@ def _manifest(a: Analysis, options: CompileOptions, request, library, shim, stag
         "sites": [s.to_json() for s in a.sites],
         "near_misses": [m.to_json() for m in a.near_misses],
         "verification": report | {"probes": [{k: list(v.shape) for k, v in f.items()} for f in feeds]},
+    }
+
+
+def _cuda_manifest(cuda, staging: Path) -> dict:
+    """Where the GPU code is and how each variant is launched (the shim's table, readable)."""
+    from .codegen.cuda_build import fatbin_entries
+
+    return {
+        "archs": list(cuda.archs),
+        "fatbin_contents": [f"{kind} {arch}" for kind, arch in fatbin_entries(cuda.fatbin_path)],
+        "fatbin": str(cuda.fatbin_path.relative_to(staging)),
+        "source": str(cuda.source_path.relative_to(staging)),
+        "variants": [{
+            "spec_key": v.spec.key, "variant": v.variant, "min_tokens": v.min_tokens,
+            "max_tokens": v.max_tokens, "workspace_floats_per_token": dict(v.workspace),
+            "launches": [{"kernel": ln.kernel, "params": list(ln.params),
+                          "grid": [f"({g.a}*N+{g.b})//{g.c}" for g in ln.grid],
+                          "block": list(ln.block)} for ln in v.launches],
+        } for v in cuda.variants],
     }
 
 

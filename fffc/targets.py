@@ -1,7 +1,7 @@
 """Target names the user may give, and what each resolves to. Leaf module.
 
-One dispatch for every target: x86 has a backend; arm and cuda go through the same
-path and are refused with UnsupportedTargetError until their backends land.
+One dispatch for every target: x86 and cuda have backends; arm goes through the same
+path and is refused with UnsupportedTargetError until its backend lands.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ ALIASES = {
     "arm": "arm", "aarch64": "arm", "arm64": "arm",
     "cuda": "cuda", "gpu": "cuda",
 }
-SUPPORTED = ("x86",)
+SUPPORTED = ("x86", "cuda")
 
 
 @dataclass(frozen=True)

@@ -67,11 +67,20 @@ def test_unknown_target(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("target", ["arm", "cuda"])
+@pytest.mark.parametrize("target", ["arm"])
 def test_targets_without_backend_yet(tmp_path, capsys, target):
     path = _save(dense_ffn("relu"), tmp_path / "m.onnx")
     rc, lines = _run(capsys, "compile", str(path), "--target", target, "-o", str(tmp_path / "out"))
     assert rc == EXIT_CODES["UnsupportedTargetError"] and "not yet supported" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("arch", ["sm90", "compute_90", ","])
+def test_bad_cuda_arch(tmp_path, capsys, arch):
+    path = _save(dense_ffn("relu"), tmp_path / "m.onnx")
+    rc, lines = _run(capsys, "compile", str(path), "--target", "cuda", "--arch", arch,
+                     "-o", str(tmp_path / "out"))
+    assert rc == EXIT_CODES["UsageError"] and "--arch" in lines[0]
     assert not (tmp_path / "out").exists()
 
 

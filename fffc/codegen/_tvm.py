@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tvm
 import tvm.script
+from tvm import te
 from tvm.script import tirx as T
 
 Target = tvm.target.Target
@@ -42,8 +43,17 @@ def empty(shape, dtype: str = "float32"):
     return tvm.runtime.empty(shape, dtype, tvm.cpu())
 
 
-__all__ = ["IRModule", "T", "Target", "compile_module", "from_source", "host_cpu", "time_function",
-           "tvm"]
+__all__ = [
+    "IRModule",
+    "T",
+    "Target",
+    "compile_module",
+    "from_source",
+    "host_cpu",
+    "te",
+    "time_function",
+    "tvm",
+]
 
 
 def time_function(executable, name: str, args: list, number: int, repeat: int) -> list[float]:
@@ -56,3 +66,61 @@ def cpu_features(cpu: str, triple: str = "x86_64-linux-gnu") -> set[str]:
     """LLVM's feature names of a CPU (e.g. {"avx2", "fma", ...})."""
     target = Target({"kind": "llvm", "mtriple": triple, "mcpu": cpu})
     return set(tvm.target.codegen.llvm_get_cpu_features(target))
+
+
+def cuda_target(arch: str) -> Target:
+    """A CUDA target for ``arch`` (e.g. sm_90) with an LLVM host (for the host stubs)."""
+    return Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
+
+
+def dlight_matmul(func, target: Target, config: dict | None = None):
+    """Schedule a TE matmul PrimFunc with dlight's GPU Matmul rule (Fallback if it declines).
+
+    ``config`` overrides fields of the rule's CUDA config (block/micro tile sizes).
+    """
+    import dataclasses
+
+    from tvm.s_tir import dlight as dl
+
+    class Tuned(dl.gpu.Matmul):
+        def get_configs(self, target):
+            return dataclasses.replace(super().get_configs(target), **(config or {}))
+
+    mod = IRModule({"main": func})
+    with target:
+        mod = dl.ApplyDefaultSchedule(Tuned(), dl.gpu.Fallback())(mod)
+    return mod["main"]
+
+
+def thread_extents(func) -> dict[str, object]:
+    """``{thread tag: extent PrimExpr}`` of every thread-bound loop of a scheduled PrimFunc."""
+    out: dict[str, object] = {}
+
+    def visit(node):
+        if isinstance(node, tvm.tirx.For) and node.thread_binding is not None:
+            out[str(node.thread_binding.thread_tag)] = node.extent
+
+    tvm.tirx.stmt_functor.post_order_visit(func.body, visit)
+    return out
+
+
+def eval_extent(expr, var_name: str, value: int) -> int:
+    """An extent expression with its one size variable set to ``value``."""
+    names = {}
+
+    def visit(node):
+        if isinstance(node, tvm.tirx.Var):
+            names[node.name] = node
+
+    tvm.tirx.stmt_functor.post_order_visit(expr, visit)
+    if set(names) - {var_name}:
+        raise ValueError(f"extent {expr} depends on {sorted(set(names) - {var_name})}")
+    binding = {names[var_name]: tvm.tirx.const(value, "int32")} if var_name in names else {}
+    simplified = tvm.arith.Analyzer().simplify(tvm.tirx.stmt_functor.substitute(expr, binding))
+    return int(simplified)
+
+
+def cuda_source(funcs: dict, target: Target) -> str:
+    """The CUDA C++ TVM emits for ``funcs`` (it compiles nothing: nvcc does that later)."""
+    ex = tvm.compile(IRModule(funcs), target=target)
+    return ex.mod.imports[0].inspect_source()

@@ -9,7 +9,7 @@ max_tokens``; a spec's kernels cover 1..2**31-1 without gaps or overlaps.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +18,13 @@ from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
 from . import _tvm
+from .cuda_build import DEFAULT_ARCHS, CudaLibrary, build_cuda_library
 from .kernels.sparse_ffn import sparse_ffn_primfunc
 from .schedules import MAX_TOKENS, family
 
 OBJECT_NAME = "fffc_kernels.o"
+# CPU kernels of a CUDA artifact run wherever its GPU server is: any x86-64 with AVX2/FMA
+PORTABLE_X86 = "x86-64-v3"
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,11 @@ class CompiledKernel:
 
 @dataclass(frozen=True)
 class KernelLibrary:
-    object_path: Path  # one relocatable object holding every kernel
+    object_path: Path  # one relocatable object holding every CPU kernel
     kernels: tuple[CompiledKernel, ...]
-    target: dict  # the TVM target as JSON dict, recorded in the manifest
+    target: dict  # the CPU kernels' TVM target as JSON dict, recorded in the manifest
     family: str  # "x86" | "arm" | "cuda"
+    cuda: CudaLibrary | None = None  # --target cuda: the GPU kernels (CPU ones stay for CPU EP)
 
 
 def host_can_run(target: dict) -> bool:
@@ -111,11 +115,15 @@ def _compile(funcs: dict, target: dict):
 
 
 def build_kernel_library(specs: Sequence[KernelSpec], target: str = "x86",
-                         out_dir: Path | None = None, mcpu: str | None = None) -> KernelLibrary:
-    """Compile every variant of every spec into one object ``out_dir/fffc_kernels.o``."""
+                         out_dir: Path | None = None, mcpu: str | None = None,
+                         archs: Sequence[str] = DEFAULT_ARCHS) -> KernelLibrary:
+    """Compile every variant of every spec into ``out_dir`` (CPU object; cuda: + fatbin)."""
     if out_dir is None:
         raise CodegenError("build_kernel_library needs an output directory")
     fam = family(target)
+    if fam.name == "cuda":
+        cpu = build_kernel_library(specs, "x86", Path(out_dir), mcpu or PORTABLE_X86)
+        return replace(cpu, family="cuda", cuda=build_cuda_library(specs, Path(out_dir), archs))
     tgt = fam.target(mcpu)
     unique = list(dict.fromkeys(specs))  # equal specs share kernels
     funcs, table = _funcs(unique, target, tgt)

@@ -4,6 +4,7 @@
 #include <mutex>
 
 #include "cpu/sparse_ffn.h"
+#include "cuda/sparse_ffn.h"
 #include "ort_api.h"
 #include "tvm_backend.h"
 
@@ -25,6 +26,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
     if (domain == nullptr) {
       if (OrtStatus* st = api->CreateCustomOpDomain("ai.fffc", &domain)) return st;
       if (OrtStatus* st = fffc::cpu::RegisterOps(api, domain)) return st;
+      if (OrtStatus* st = fffc::cuda::RegisterOps(api, domain)) return st;
     }
     return api->AddCustomOpDomain(options, domain);
   } catch (const std::exception& e) {

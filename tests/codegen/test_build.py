@@ -53,7 +53,7 @@ def test_explicit_mcpu_is_recorded(tmp_path: Path) -> None:
     assert lib.target["mcpu"] == "haswell"
 
 
-@pytest.mark.parametrize("target", ["arm", "aarch64", "cuda"])
+@pytest.mark.parametrize("target", ["arm", "aarch64"])
 def test_unsupported_targets_are_refused(target: str, tmp_path: Path) -> None:
     with pytest.raises(UnsupportedTargetError, match="not yet supported"):
         check_target(target)

@@ -6,12 +6,13 @@ from fffc.errors import UnsupportedTargetError
 from fffc.targets import normalize
 
 from .base import MAX_TOKENS, Family, NotYetSupported, Variant
+from .cuda import Cuda
 from .x86 import X86
 
 _REGISTRY: dict[str, Family] = {
     "x86": X86(),
     "arm": NotYetSupported("arm", "aarch64 kernels and the cross-built shim are planned"),
-    "cuda": NotYetSupported("cuda", "CUDA kernels launched on ORT's stream are planned"),
+    "cuda": Cuda(),
 }
 
 

@@ -1,0 +1,244 @@
+"""Build the CUDA kernels of an artifact: TVM emits CUDA C++, nvcc compiles it to a fatbin.
+
+TVM 0.27 only emits source for a cuda target, and its CUDA runtime would tie the artifact
+to a CUDA-13 driver and Python-registered callbacks; the shim instead loads the fatbin
+with the driver API and launches each kernel itself. So everything a launch needs is
+recorded here, read off the scheduled TIR and the emitted source: the kernel name, its
+parameter order (TVM sorts parameters by name), grid and block. Grid dimensions are
+``(a·N + b) // c`` of the token count N; the shim evaluates them per call.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fffc.errors import CodegenError
+from fffc.ops import KernelSpec
+
+from . import _tvm
+from .kernels.sparse_ffn_cuda import CudaTiling, decode_sources, gemm_funcs, workspace
+from .schedules import family
+
+DEFAULT_ARCHS = ("sm_80", "sm_90")
+FATBIN_NAME = "fffc_kernels.fatbin"
+SOURCE_NAME = "fffc_kernels.cu"
+TOKEN_VAR = "N"
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One launch dimension: ``(a * N + b) // c`` for N tokens."""
+
+    a: int
+    b: int
+    c: int = 1
+
+    def __call__(self, n: int) -> int:
+        return (self.a * n + self.b) // self.c
+
+
+@dataclass(frozen=True)
+class Launch:
+    kernel: str  # the __global__ function's name in the fatbin
+    params: tuple[str, ...]  # in the kernel's parameter order: buffer names, then "N"
+    grid: tuple[Dim, Dim, Dim]
+    block: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class CudaVariant:
+    """One token range of a spec: launches in order, over the listed workspace buffers."""
+
+    spec: KernelSpec
+    variant: str
+    min_tokens: int
+    max_tokens: int
+    launches: tuple[Launch, ...]
+    workspace: tuple[tuple[str, int], ...]  # (buffer, float32 elements per token)
+
+    @property
+    def symbol(self) -> str:
+        return f"fffc_sparse_ffn_{self.spec.key}_{self.variant}"
+
+
+@dataclass(frozen=True)
+class CudaLibrary:
+    fatbin_path: Path
+    source_path: Path
+    archs: tuple[str, ...]
+    variants: tuple[CudaVariant, ...]
+
+
+_DIM_FORMS = (
+    (re.compile(r"^(\d+)$"), lambda m: Dim(0, int(m[1]), 1)),
+    (re.compile(r"^\(N \+ (\d+)\) // (\d+)$"), lambda m: Dim(1, int(m[1]), int(m[2]))),
+    (re.compile(r"^\(N \* (\d+) \+ (\d+)\) // (\d+)$"),
+     lambda m: Dim(int(m[1]), int(m[2]), int(m[3]))),
+    (re.compile(r"^N$"), lambda m: Dim(1, 0, 1)),
+)
+_BINDING = re.compile(r'thread_binding\((.*?), thread="([^"]+)"\)')
+_KERNEL = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(([^)]*)\)\s*\{')
+
+
+def _dim(text: str) -> Dim:
+    for pattern, make in _DIM_FORMS:
+        m = pattern.match(text.strip())
+        if m:
+            dim = make(m)
+            for n in (1, 2, 7, 64, 1000, 4097):  # the parsed form must be the expression
+                if dim(n) != _tvm_eval(text, n):
+                    break
+            else:
+                return dim
+    raise CodegenError(f"launch extent {text!r} is not of the form (a*N + b) // c")
+
+
+def _tvm_eval(text: str, n: int) -> int:
+    return int(eval(text, {"__builtins__": {}}, {TOKEN_VAR: n}))  # digits, N, + * // only
+
+
+def _geometry(func) -> tuple[tuple[Dim, Dim, Dim], tuple[int, int, int]]:
+    """Grid and block of a scheduled single-kernel PrimFunc, from its thread bindings."""
+    found: dict[str, Dim] = {}
+    for extent, tag in _BINDING.findall(func.script()):
+        dim = _dim(extent)
+        if tag.startswith("vthread"):
+            if dim != Dim(0, 1, 1):
+                raise CodegenError(f"virtual threads ({tag}={extent}) are not supported")
+            continue
+        if found.setdefault(tag, dim) != dim:
+            raise CodegenError(f"{tag} bound with two extents ({found[tag]}, {dim})")
+    grid = tuple(found.get(f"blockIdx.{a}", Dim(0, 1, 1)) for a in "xyz")
+    block = []
+    for a in "xyz":
+        d = found.get(f"threadIdx.{a}", Dim(0, 1, 1))
+        if d.a != 0:
+            raise CodegenError(f"threadIdx.{a} extent depends on the token count")
+        block.append(d(0))
+    return grid, tuple(block)  # type: ignore[return-value]
+
+
+def _signatures(source: str) -> dict[str, tuple[str, ...]]:
+    """Kernel name → parameter names (``X_ptr`` → ``X``) in the emitted order."""
+    out = {}
+    for name, params in _KERNEL.findall(source):
+        names = []
+        for p in params.split(","):
+            ident = p.strip().split()[-1]
+            names.append(ident[:-4] if ident.endswith("_ptr") else ident)
+        out[name] = tuple(names)
+    return out
+
+
+def _variant_funcs(spec: KernelSpec, tiling: CudaTiling, prefix: str, target) -> dict:
+    if tiling.gemm:
+        return {name: _tvm.dlight_matmul(f, target, dict(tiling.gemm_config))
+                for name, f in gemm_funcs(spec, prefix).items()}
+    try:
+        return {name: _tvm.from_source(src) for name, src in decode_sources(spec, tiling, prefix).items()}
+    except Exception as e:  # TVMScript errors carry the offending line; keep it typed
+        raise CodegenError(f"TVMScript generation failed for {prefix}: {e}") from e
+
+
+def emit(specs: Sequence[KernelSpec], arch: str = "sm_90") -> tuple[str, list[CudaVariant]]:
+    """CUDA source of every variant of every spec, and how to launch each."""
+    fam = family("cuda")
+    target = _tvm.cuda_target(arch)
+    funcs: dict = {}
+    pending = []
+    for spec in dict.fromkeys(specs):
+        for v in fam.variants(spec, fam.target(arch)):
+            prefix = f"fffc_sparse_ffn_{spec.key}_{v.name}"
+            vf = _variant_funcs(spec, v.tiling, prefix, target)
+            funcs.update(vf)
+            pending.append((spec, v, [(name, _geometry(f)) for name, f in vf.items()]))
+    try:
+        source = _tvm.cuda_source(funcs, target)
+    except Exception as e:
+        raise CodegenError(f"TVM CUDA codegen for {arch} failed: {e}") from e
+    sigs = _signatures(source)
+    variants = []
+    for spec, v, geoms in pending:
+        launches = []
+        for name, (grid, block) in geoms:
+            kernel = f"{name}_kernel"
+            if kernel not in sigs or any(k.startswith(kernel + "_") for k in sigs):
+                raise CodegenError(f"{name}: expected exactly one CUDA kernel {kernel}")
+            unknown = set(sigs[kernel]) - set(spec.arg_names()) - set(workspace(spec, v.tiling)) - {TOKEN_VAR}
+            if unknown:  # e.g. a host-computed expression TVM hoisted into a parameter
+                raise CodegenError(f"{kernel}: parameters {sorted(unknown)} cannot be launched")
+            launches.append(Launch(kernel, sigs[kernel], grid, block))
+        variants.append(CudaVariant(spec, v.name, v.min_tokens, v.max_tokens, tuple(launches),
+                                    tuple(workspace(spec, v.tiling).items())))
+    return source, variants
+
+
+def fatbin_entries(path: Path) -> list[tuple[str, str]]:
+    """``[("elf" | "ptx", "sm_XX"), ...]``: what a fatbin holds (for the manifest and tests)."""
+    import struct
+
+    data = Path(path).read_bytes()
+    magic, _, header, size = struct.unpack_from("<IHHQ", data, 0)
+    if magic != 0xBA55ED50:
+        raise CodegenError(f"{path} is not a CUDA fatbin")
+    out, off = [], header
+    while off < header + size:
+        kind, _, entry_header, payload = struct.unpack_from("<HHIQ", data, off)
+        arch = struct.unpack_from("<I", data, off + 28)[0]
+        out.append(({1: "ptx", 2: "elf"}.get(kind, f"kind{kind}"), f"sm_{arch}"))
+        off += entry_header + payload
+    return out
+
+
+def nvcc() -> str:
+    path = shutil.which("nvcc")
+    if path is None:
+        raise CodegenError("nvcc not found: install the CUDA toolkit (12 or newer) and put nvcc "
+                           "on PATH to build --target cuda")
+    return path
+
+
+def compile_fatbin(source_path: Path, out: Path, archs: Sequence[str]) -> None:
+    """nvcc: one cubin per arch plus PTX of the newest arch (forward compatibility)."""
+    gencode = []
+    for arch in archs:
+        num = arch.removeprefix("sm_")
+        gencode += ["-gencode", f"arch=compute_{num},code=sm_{num}"]
+    newest = max(archs, key=lambda a: int(a.removeprefix("sm_").rstrip("a")))
+    num = newest.removeprefix("sm_")
+    gencode += ["-gencode", f"arch=compute_{num},code=compute_{num}"]
+    # TVM's CSE leaves unused temporaries: silence that one warning (#177), keep the rest
+    cmd = [nvcc(), "-fatbin", "-O3", "-diag-suppress", "177", *gencode, str(source_path),
+           "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "error" in ln.lower()] or lines
+        raise CodegenError("nvcc failed: " + " | ".join(errors[:6]))
+
+
+def build_cuda_library(specs: Sequence[KernelSpec], out_dir: Path,
+                       archs: Sequence[str] = DEFAULT_ARCHS) -> CudaLibrary:
+    """Emit, check and compile the CUDA kernels of ``specs`` into ``out_dir``."""
+    archs = tuple(archs)
+    for arch in archs:
+        if not re.fullmatch(r"sm_\d+a?", arch):
+            raise CodegenError(f"CUDA arch {arch!r}: expected sm_XX (e.g. sm_80, sm_90)")
+    # One source for every arch: the fp32 schedules do not depend on it, which is checked.
+    source, variants = emit(specs, archs[0])
+    for arch in archs[1:]:
+        other, _ = emit(specs, arch)
+        if other != source:
+            raise CodegenError(f"TVM emits different CUDA for {archs[0]} and {arch}; build them "
+                               "as separate artifacts")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src = out_dir / SOURCE_NAME
+    src.write_text(source)
+    fatbin = out_dir / FATBIN_NAME
+    compile_fatbin(src, fatbin, archs)
+    return CudaLibrary(fatbin, src, archs, tuple(variants))

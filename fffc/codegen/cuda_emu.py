@@ -1,0 +1,169 @@
+"""Run TVM's generated CUDA kernels on the CPU: the kernel logic checked without a GPU.
+
+The emitted ``.cu`` is compiled unchanged as C++ after a small prelude: each CUDA thread of
+a block is a host thread, ``__syncthreads()`` is a barrier, ``__shared__`` memory is one
+static array per kernel (blocks run one after another), and the vector types TVM emits
+(``float2``, ``int2``, ...) are plain structs. Every block of the grid is executed, so the
+result is the kernel's result, bit for bit up to the host's float rounding of the same
+operations (``fmaf`` contraction may differ from the GPU's). Used by the tests and by
+``fffc compile --target cuda`` to compare each kernel with the captured site outputs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import subprocess
+from collections.abc import Mapping
+
+import numpy as np
+
+from fffc.config import cache_dir, cxx
+from fffc.errors import CodegenError
+
+from .cuda_build import TOKEN_VAR, CudaVariant
+
+_GUARD = 256  # floats after each output buffer
+_SENTINEL = np.float32(-1.2345e-33)
+
+_PRELUDE = r"""
+#include <pthread.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+using std::max; using std::min;
+struct fffc_dim3 { unsigned x, y, z; };
+static thread_local fffc_dim3 threadIdx, blockIdx;
+static fffc_dim3 blockDim, gridDim;
+static pthread_barrier_t fffc_barrier;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+#define __syncthreads() pthread_barrier_wait(&fffc_barrier)
+#define uint unsigned int
+#define uchar unsigned char
+#define ushort unsigned short
+#define FFFC_VEC(T, N2, N4)                                                     \
+  struct N2 { T x, y; };                                                      \
+  struct N4 { T x, y, z, w; };                                                \
+  static inline N2 make_##N2(T x, T y) { return N2{x, y}; }                   \
+  static inline N4 make_##N4(T x, T y, T z, T w) { return N4{x, y, z, w}; }
+FFFC_VEC(float, float2, float4)
+FFFC_VEC(int, int2, int4)
+"""
+
+_LAUNCHER = r"""
+struct fffc_job { void (*body)(void**); void** args; fffc_dim3 tid; };
+static void* fffc_thread(void* p) {
+  fffc_job* job = static_cast<fffc_job*>(p);
+  threadIdx = job->tid;
+  for (unsigned z = 0; z < gridDim.z; ++z)
+    for (unsigned y = 0; y < gridDim.y; ++y)
+      for (unsigned x = 0; x < gridDim.x; ++x) {
+        blockIdx = fffc_dim3{x, y, z};
+        job->body(job->args);
+        pthread_barrier_wait(&fffc_barrier);  // the next block reuses shared memory
+      }
+  return nullptr;
+}
+static int fffc_launch(void (*body)(void**), void** args, const unsigned* dims) {
+  gridDim = fffc_dim3{dims[0], dims[1], dims[2]};
+  blockDim = fffc_dim3{dims[3], dims[4], dims[5]};
+  unsigned n = blockDim.x * blockDim.y * blockDim.z;
+  pthread_barrier_init(&fffc_barrier, nullptr, n);
+  std::vector<pthread_t> threads(n);
+  std::vector<fffc_job> jobs(n);
+  for (unsigned i = 0; i < n; ++i) {
+    jobs[i] = fffc_job{body, args, fffc_dim3{i % blockDim.x, (i / blockDim.x) % blockDim.y,
+                                             i / (blockDim.x * blockDim.y)}};
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 1 << 20);
+    if (pthread_create(&threads[i], &attr, fffc_thread, &jobs[i]) != 0) return 1;
+    pthread_attr_destroy(&attr);
+  }
+  for (unsigned i = 0; i < n; ++i) pthread_join(threads[i], nullptr);
+  pthread_barrier_destroy(&fffc_barrier);
+  return 0;
+}
+"""
+
+
+def _kernels_part(source: str) -> str:
+    """The emitted source from its first kernel on (TVM's CUDA prelude is replaced)."""
+    start = source.find('extern "C" __global__')
+    if start < 0:
+        raise CodegenError("no __global__ kernel in the CUDA source")
+    # `__shared__ alignas(64) float a[..]` → `alignas(64) static float a[..]` (C++ order)
+    return re.sub(r"__shared__ (alignas\(\d+\) )?", r"\1static ", source[start:])
+
+
+def _wrapper(kernel: str, params: tuple[str, ...]) -> str:
+    args = ", ".join(f"*static_cast<int*>(a[{i}])" if p == TOKEN_VAR else f"static_cast<float*>(a[{i}])"
+                     for i, p in enumerate(params))
+    return (f"static void body_{kernel}(void** a) {{ {kernel}({args}); }}\n"
+            f'extern "C" int emu_{kernel}(void** a, const unsigned* d) '
+            f"{{ return fffc_launch(body_{kernel}, a, d); }}\n")
+
+
+class Emulator:
+    """The kernels of one CUDA source, compiled for the host; ``run`` executes a variant."""
+
+    def __init__(self, source: str, variants: list[CudaVariant] | tuple[CudaVariant, ...]):
+        self.variants = {(v.spec, v.variant): v for v in variants}
+        kernels = {ln.kernel: ln.params for v in variants for ln in v.launches}
+        text = (_PRELUDE + _kernels_part(source) + _LAUNCHER
+                + "".join(_wrapper(k, p) for k, p in kernels.items()))
+        digest = hashlib.sha256((text + cxx()).encode()).hexdigest()[:16]
+        lib = cache_dir() / "cuda-emu" / f"{digest}.so"
+        if not lib.exists():
+            lib.parent.mkdir(parents=True, exist_ok=True)
+            src = lib.with_suffix(".cc")
+            src.write_text(text)
+            tmp = lib.with_suffix(f".{os.getpid()}.so")
+            proc = subprocess.run([cxx(), "-std=c++17", "-O1", "-shared", "-fPIC", "-pthread",
+                                   "-w", str(src), "-o", str(tmp)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise CodegenError("emulating the CUDA kernels: " + proc.stderr[:800])
+            tmp.replace(lib)
+        self._lib = ctypes.CDLL(str(lib))
+
+    def run(self, variant: CudaVariant, inputs: Mapping[str, np.ndarray],
+            any_tokens: bool = False) -> np.ndarray:
+        """Y for ``inputs`` (X [tokens, d_in] and the weights by name) through every launch.
+
+        The token range of a variant is where the shim dispatches to it; its kernels are
+        correct for any count, which ``any_tokens`` lets a check exercise.
+        """
+        x = np.ascontiguousarray(inputs["X"], dtype=np.float32)
+        n = x.shape[0]
+        if not any_tokens and not variant.min_tokens <= n <= variant.max_tokens:
+            raise ValueError(f"variant {variant.variant} serves {variant.min_tokens}.."
+                             f"{variant.max_tokens} tokens, got {n}")
+        bufs = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
+        bufs["X"] = x
+        # outputs get a guard band: a write past the end is an error, not heap corruption;
+        # NaN fill makes a read of anything unwritten show in Y
+        sizes = {name: n * per_token for name, per_token in variant.workspace}
+        sizes["Y"] = n * variant.spec.d_out
+        guarded = {name: np.full(size + _GUARD, np.nan, np.float32) for name, size in sizes.items()}
+        for name, arr in guarded.items():
+            arr[sizes[name]:] = _SENTINEL
+            bufs[name] = arr
+        count = ctypes.c_int(n)
+        for launch in variant.launches:
+            ptrs = [ctypes.cast(ctypes.pointer(count), ctypes.c_void_p) if p == TOKEN_VAR
+                    else bufs[p].ctypes.data_as(ctypes.c_void_p) for p in launch.params]
+            argv = (ctypes.c_void_p * len(ptrs))(*ptrs)
+            dims = (ctypes.c_uint * 6)(*[d(n) for d in launch.grid], *launch.block)
+            if getattr(self._lib, f"emu_{launch.kernel}")(argv, dims) != 0:
+                raise CodegenError(f"emulating {launch.kernel}: could not start threads")
+        for name, arr in guarded.items():
+            if not (arr[sizes[name]:] == _SENTINEL).all():
+                raise CodegenError(f"{variant.symbol}: a kernel wrote past the end of {name}")
+        return guarded["Y"][: sizes["Y"]].reshape(n, variant.spec.d_out)

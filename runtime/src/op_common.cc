@@ -1,0 +1,181 @@
+#include "op_common.h"
+
+#include <cstring>
+#include <exception>
+
+namespace fffc {
+namespace {
+
+std::string StringAttr(const OrtApi* api, const OrtKernelInfo* info, const char* name,
+                       const char* fallback) {
+  size_t size = 0;
+  OrtStatus* st = api->KernelInfoGetAttribute_string(info, name, nullptr, &size);
+  if (st != nullptr) {
+    api->ReleaseStatus(st);
+    return fallback;
+  }
+  std::string out(size, '\0');
+  st = api->KernelInfoGetAttribute_string(info, name, out.data(), &size);
+  if (st != nullptr) {
+    api->ReleaseStatus(st);
+    return fallback;
+  }
+  out.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
+  return out;
+}
+
+OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const char* name) {
+  out->value = v;
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  if (OrtStatus* st = api->GetTensorTypeAndShape(v, &info)) return st;
+  ONNXTensorElementDataType type;
+  size_t rank = 0;
+  OrtStatus* st = api->GetTensorElementType(info, &type);
+  if (st == nullptr) st = api->GetDimensionsCount(info, &rank);
+  if (st == nullptr) {
+    out->dims.resize(rank);
+    st = api->GetDimensions(info, out->dims.data(), rank);
+  }
+  api->ReleaseTensorTypeAndShapeInfo(info);
+  if (st != nullptr) return st;
+  if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+    return Fail(api, std::string("input ") + name + " must be float32");
+  return api->GetTensorMutableData(const_cast<OrtValue*>(v), &out->data);
+}
+
+// The OrtCustomOp with what CreateKernelV2 needs to build this EP's kernel.
+struct OpWithFactory {
+  OrtCustomOp op;  // first member: the OrtCustomOp* ORT passes back points here
+  const char* ep;
+  KernelFactory factory;
+};
+
+const OrtApi* g_api = nullptr;
+
+const char* GetName(const OrtCustomOp*) { return "SparseFFN"; }
+const char* GetEp(const OrtCustomOp* op) { return reinterpret_cast<const OpWithFactory*>(op)->ep; }
+ONNXTensorElementDataType FloatType(const OrtCustomOp*, size_t) {
+  return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+size_t InputCount(const OrtCustomOp*) { return kNumInputs; }
+size_t OutputCount(const OrtCustomOp*) { return 1; }
+OrtCustomOpInputOutputCharacteristic InputChar(const OrtCustomOp*, size_t i) {
+  return (i == kB1 || i == kB2 || i == kWU) ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+}
+OrtCustomOpInputOutputCharacteristic OutputChar(const OrtCustomOp*, size_t) {
+  return INPUT_OUTPUT_REQUIRED;
+}
+OrtMemType InputMem(const OrtCustomOp*, size_t) { return OrtMemTypeDefault; }
+int MinArity(const OrtCustomOp*) { return 1; }
+int Homogeneous(const OrtCustomOp*) { return 1; }
+
+OrtStatusPtr CreateKernelV2(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
+                            void** kernel) {
+  const OrtApi* a = api ? api : g_api;
+  try {
+    Attrs attrs{StringAttr(a, info, "activation", "relu"),
+                StringAttr(a, info, "up_activation", "none"),
+                StringAttr(a, info, "mode", "exact")};
+    *kernel = reinterpret_cast<const OpWithFactory*>(op)->factory(a, attrs);
+    return nullptr;
+  } catch (const std::exception& e) {
+    return a->CreateStatus(ORT_FAIL, e.what());
+  }
+}
+
+OrtStatusPtr ComputeV2(void* kernel, OrtKernelContext* ctx) {
+  auto* k = static_cast<KernelBase*>(kernel);
+  try {
+    return k->Compute(ctx);
+  } catch (const std::exception& e) {
+    return Fail(k->api, e.what());
+  }
+}
+
+void Destroy(void* kernel) { delete static_cast<KernelBase*>(kernel); }
+
+}  // namespace
+
+OrtStatus* Fail(const OrtApi* api, const std::string& msg) {
+  return api->CreateStatus(ORT_FAIL, ("fffc SparseFFN: " + msg).c_str());
+}
+
+OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c) {
+  size_t count = 0;
+  if (OrtStatus* st = api->KernelContext_GetInputCount(ctx, &count)) return st;
+  static const char* kNames[kNumInputs] = {"X", "W1", "B1", "W2", "B2", "WU"};
+  for (size_t i = 0; i < count && i < kNumInputs; ++i) {
+    const OrtValue* v = nullptr;
+    if (OrtStatus* st = api->KernelContext_GetInput(ctx, i, &v)) return st;
+    if (v == nullptr) continue;  // an omitted optional input
+    if (OrtStatus* st = View(api, v, &c->in[i], kNames[i])) return st;
+    c->present[i] = true;
+  }
+  if (!c->present[kX] || !c->present[kW1] || !c->present[kW2])
+    return Fail(api, "X, W1 and W2 are required");
+  const auto& xd = c->in[kX].dims;
+  if (xd.empty() || c->in[kW1].dims.size() != 2 || c->in[kW2].dims.size() != 2)
+    return Fail(api, "expected X [..., d_in], W1 [d_in, d_ff], W2 [d_ff, d_out]");
+  c->d_in = xd.back();
+  c->d_ff = c->in[kW1].dims[1];
+  c->d_out = c->in[kW2].dims[1];
+  if (c->in[kW1].dims[0] != c->d_in || c->in[kW2].dims[0] != c->d_ff)
+    return Fail(api, "weight shapes do not chain: X [..., " + std::to_string(c->d_in) + "], W1 [" +
+                         std::to_string(c->in[kW1].dims[0]) + ", " + std::to_string(c->d_ff) +
+                         "], W2 [" + std::to_string(c->in[kW2].dims[0]) + ", " +
+                         std::to_string(c->d_out) + "]");
+  c->tokens = 1;
+  for (size_t i = 0; i + 1 < xd.size(); ++i) c->tokens *= xd[i];
+  std::vector<int64_t> ydims(xd.begin(), xd.end());
+  ydims.back() = c->d_out;
+  OrtValue* y = nullptr;
+  if (OrtStatus* st = api->KernelContext_GetOutput(ctx, 0, ydims.data(), ydims.size(), &y)) return st;
+  if (c->tokens == 0) return nullptr;
+  return api->GetTensorMutableData(y, &c->y);
+}
+
+std::string Describe(const Attrs& a, const FfnCall& c) {
+  return "SparseFFN(activation=" + a.activation + ", up_activation=" + a.up_activation +
+         ", mode=" + a.mode + ", d_in=" + std::to_string(c.d_in) + ", d_ff=" +
+         std::to_string(c.d_ff) + ", d_out=" + std::to_string(c.d_out) +
+         ", B1=" + (c.present[kB1] ? "yes" : "no") + ", B2=" + (c.present[kB2] ? "yes" : "no") +
+         ", WU=" + (c.present[kWU] ? "yes" : "no") + ")";
+}
+
+bool Matches(const Attrs& a, const FfnCall& c, const char* activation, const char* up_activation,
+             const char* mode, int32_t has_b1, int32_t has_b2, int32_t gated, int64_t d_in,
+             int64_t d_ff, int64_t d_out, int64_t min_tokens, int64_t max_tokens) {
+  return a.activation == activation && a.up_activation == up_activation && a.mode == mode &&
+         has_b1 == c.present[kB1] && has_b2 == c.present[kB2] && gated == c.present[kWU] &&
+         d_in == c.d_in && d_ff == c.d_ff && d_out == c.d_out && min_tokens <= c.tokens &&
+         c.tokens <= max_tokens;
+}
+
+OrtCustomOp* NewSparseFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
+  g_api = api;
+  auto* holder = new OpWithFactory;  // must outlive every session: never freed
+  OrtCustomOp& op = holder->op;
+  std::memset(&op, 0, sizeof(op));
+  holder->ep = ep;
+  holder->factory = factory;
+  op.version = kOrtApiVersion;
+  op.GetName = GetName;
+  op.GetExecutionProviderType = GetEp;
+  op.GetInputType = FloatType;
+  op.GetInputTypeCount = InputCount;
+  op.GetOutputType = FloatType;
+  op.GetOutputTypeCount = OutputCount;
+  op.KernelDestroy = Destroy;
+  op.GetInputCharacteristic = InputChar;
+  op.GetOutputCharacteristic = OutputChar;
+  op.GetInputMemoryType = InputMem;
+  op.GetVariadicInputMinArity = MinArity;
+  op.GetVariadicInputHomogeneity = Homogeneous;
+  op.GetVariadicOutputMinArity = MinArity;
+  op.GetVariadicOutputHomogeneity = Homogeneous;
+  op.CreateKernelV2 = CreateKernelV2;
+  op.KernelComputeV2 = ComputeV2;
+  return &holder->op;
+}
+
+}  // namespace fffc

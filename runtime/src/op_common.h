@@ -1,0 +1,62 @@
+// What every execution provider's SparseFFN shares: attributes, input checks, output
+// allocation, and the OrtCustomOp boilerplate. Kernels differ only in how they run.
+#ifndef FFFC_OP_COMMON_H_
+#define FFFC_OP_COMMON_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ort_api.h"
+
+namespace fffc {
+
+constexpr int kNumInputs = 6;  // X, W1, B1?, W2, B2?, WU?  (fffc/ops.py SPARSE_FFN)
+enum Input { kX = 0, kW1, kB1, kW2, kB2, kWU };
+
+struct Attrs {
+  std::string activation, up_activation, mode;
+};
+
+struct TensorView {
+  const OrtValue* value = nullptr;
+  std::vector<int64_t> dims;
+  void* data = nullptr;
+};
+
+// One SparseFFN call: inputs by position, the shape it resolves to, and its output.
+struct FfnCall {
+  TensorView in[kNumInputs];
+  bool present[kNumInputs] = {false};
+  int64_t d_in = 0, d_ff = 0, d_out = 0, tokens = 0;
+  void* y = nullptr;  // output data (tokens × d_out), allocated by Prepare
+};
+
+OrtStatus* Fail(const OrtApi* api, const std::string& msg);
+
+// Reads and checks the inputs, allocates Y; on tokens == 0 leaves y null.
+OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* call);
+
+// "SparseFFN(activation=..., d_in=..., ...)" for error messages.
+std::string Describe(const Attrs& a, const FfnCall& c);
+
+// True when a kernel table row (spec fields) serves this call.
+bool Matches(const Attrs& a, const FfnCall& c, const char* activation, const char* up_activation,
+             const char* mode, int32_t has_b1, int32_t has_b2, int32_t gated, int64_t d_in,
+             int64_t d_ff, int64_t d_out, int64_t min_tokens, int64_t max_tokens);
+
+// A SparseFFN kernel instance of one execution provider (thread-safe Compute).
+struct KernelBase {
+  const OrtApi* api;
+  Attrs attrs;
+  virtual ~KernelBase() = default;
+  virtual OrtStatus* Compute(OrtKernelContext* ctx) = 0;
+};
+using KernelFactory = KernelBase* (*)(const OrtApi* api, Attrs attrs);
+
+// The OrtCustomOp of SparseFFN for execution provider `ep` (lives for the process).
+OrtCustomOp* NewSparseFfnOp(const OrtApi* api, const char* ep, KernelFactory factory);
+
+}  // namespace fffc
+
+#endif  // FFFC_OP_COMMON_H_
