@@ -215,7 +215,7 @@ def _measure(cp, np, torch, mod, m: dict, w: dict, tw: dict, n: int, repeat: int
 
 
 def run(root: Path, tokens, repeat: int, shim: bool = True, profile: bool = False,
-        all_variants: bool = False) -> list[dict]:
+        also: tuple[str, ...] = ()) -> list[dict]:
     import cupy as cp
     import numpy as np
     import torch
@@ -231,8 +231,8 @@ def run(root: Path, tokens, repeat: int, shim: bool = True, profile: bool = Fals
         w = _weights(cp, m["d"], m["f"], m["gated"], m["sparsity"])
         tw = {k: torch.from_dlpack(v) for k, v in w.items()}
         for n in tokens:
-            # the variant the shim picks; with all_variants also every other one (crossovers)
-            for forced in [None, *([v["name"] for v in m["variants"]] if all_variants else [])]:
+            # the variant the shim picks, then each of `also` (crossovers)
+            for forced in [None, *[v["name"] for v in m["variants"] if v["name"] in also]]:
                 variant, zeros, err, td, tf = _measure(cp, np, torch, mod, m, w, tw, n, repeat,
                                                        harness, profile, forced)
                 row = {"case": name, "tokens": n, "variant": variant, "picked": forced is None,
@@ -254,14 +254,14 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--no-shim", action="store_true", help="skip the shim launcher check")
     p.add_argument("--profile", action="store_true", help="time each launch alone")
-    p.add_argument("--all-variants", action="store_true",
-                   help="also time every variant at every token count (crossovers)")
+    p.add_argument("--also", default="", help="comma-separated variants to time at every "
+                   "token count besides the one picked (crossovers), e.g. decode16,gemm")
     a = p.parse_args()
     if a.step == "build":
         build(a.dir)
         return 0
     rows = run(a.dir, [int(t) for t in a.tokens.split(",")], a.repeat, not a.no_shim, a.profile,
-               a.all_variants)
+               tuple(v for v in a.also.split(",") if v))
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     return 1 if any(r["rel_err"] > 1e-4 for r in rows) else 0

@@ -86,6 +86,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         target=args.target, mcpu=args.mcpu, rtol=args.rtol, force=args.force,
         dump_dir=Path(args.dump) if args.dump else config.dump_dir_from_env(),
         sites=tuple(args.sites or ()),
+        max_sparse_tokens=args.max_sparse_tokens,
         **({"cuda_archs": _archs(args.arch)} if args.arch else {}),
     )
     result = compile_model(args.model, args.output, options, _stage)
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "artifacts, whose CPU kernels serve the CPU EP, x86-64-v3)")
     c.add_argument("--arch", help="cuda: GPU architectures, e.g. sm_80,sm_90 (default); a cubin "
                    "for each plus PTX of the newest")
+    c.add_argument("--max-sparse-tokens", type=int, metavar="N",
+                   help="run fffc's kernels up to N tokens per call and the original dense "
+                   "FFN beyond (default: the target's measured crossover; 0: always fffc)")
     c.add_argument("--rtol", type=float, default=config.DEFAULT_TOLERANCE,
                    help="relative tolerance of every verification (default %(default)g)")
     c.add_argument("--sites", nargs="*", help="only lower these sites (names or node names)")

@@ -24,6 +24,7 @@ class CompileOptions:
     force: bool = False
     sites: tuple[str, ...] = field(default=())  # empty: all sites
     cuda_archs: tuple[str, ...] = ("sm_80", "sm_90")  # --target cuda: cubins (+ PTX of the last)
+    max_sparse_tokens: int | None = None  # None: the target's measured crossover; 0: always
 
     def hash(self) -> str:
         d = asdict(self)

@@ -119,7 +119,9 @@ def compile_model(path: str | Path, out: str | Path | None = None,
     plan.plan(a.sites, options.sites)
 
     with stage("verify sites"):
-        feeds = verify.probe_inputs(a.proto, options.probe_batch, options.probe_seq, options.seed)
+        # many-token probes plus a one-token one: both sides of a token dispatch run
+        feeds = (verify.probe_inputs(a.proto, options.probe_batch, options.probe_seq, options.seed)
+                 + verify.probe_inputs(a.proto, 1, 1, options.seed + 1, count=1))
         want = verify.run(verify.session(a.proto), feeds)
         captured = _capture(a, feeds, want, options.rtol)
         for site in a.sites:
@@ -133,11 +135,12 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                 site.reason = f"verification failed: rel err {c.max_rel:.2e} > {options.rtol:g}"
     dump.json("03-verify.json", {"sites": [s.to_json() for s in a.sites]})
 
+    limits = _sparse_limits(a.sites, request.family, options)
     staging = Path(tempfile.mkdtemp(prefix=".fffc-", dir=out.parent if out.parent.exists() else None))
     try:
         for _ in range(MAX_ROUNDS):
             final = _copy(a.working)
-            passes.lower(final, {s.name: s.decision for s in a.sites})
+            passes.lower(final, {s.name: s.decision for s in a.sites}, limits)
             final_proto = ir.serde.serialize_model(final)
             dump.model("02-rewritten.onnx", final_proto)
             exact = [s for s in a.sites if s.decision == "exact"]
@@ -186,7 +189,7 @@ def compile_model(path: str | Path, out: str | Path | None = None,
         else:
             raise VerificationError("artifact check still failing after dropping failed sites",
                                     path=path)
-        manifest = _manifest(a, options, request, library, shim, staging, report, feeds)
+        manifest = _manifest(a, options, request, library, shim, staging, report, feeds, limits)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if out.exists():
             shutil.rmtree(out)
@@ -196,6 +199,19 @@ def compile_model(path: str | Path, out: str | Path | None = None,
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return CompileResult(out, a.sites, a.near_misses, manifest)
+
+
+def _sparse_limits(sites: list[Site], target: str, options: CompileOptions) -> dict[str, int]:
+    """Per exact site, the token count up to which its kernel runs (0: every call)."""
+    from .codegen.schedules import family
+
+    fam = family(target)
+    out = {}
+    for s in sites:
+        if s.decision == "exact":
+            out[s.name] = (options.max_sparse_tokens if options.max_sparse_tokens is not None
+                           else fam.sparse_max_tokens(plan.kernel_spec(s)))
+    return out
 
 
 def _clear(d: Path) -> None:
@@ -311,7 +327,7 @@ def _versions() -> dict[str, str]:
 
 
 def _manifest(a: Analysis, options: CompileOptions, request, library, shim, staging: Path,
-              report: dict, feeds) -> dict:
+              report: dict, feeds, limits: dict[str, int]) -> dict:
     opts = replace(options, dump_dir=None)
     return {
         "format": 1,
@@ -332,6 +348,8 @@ def _manifest(a: Analysis, options: CompileOptions, request, library, shim, stag
         "options": {k: (list(v) if isinstance(v, tuple) else v)
                     for k, v in opts.__dict__.items() if k != "dump_dir"},
         "canonical_rewrites": a.canonical_rewrites,
+        "max_sparse_tokens": {s.name: limits.get(s.name) for s in a.sites
+                              if s.decision == "exact"},
         "sites": [s.to_json() for s in a.sites],
         "near_misses": [m.to_json() for m in a.near_misses],
         "verification": report | {"probes": [{k: list(v.shape) for k, v in f.items()} for f in feeds]},

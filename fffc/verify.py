@@ -156,12 +156,21 @@ def verify_site(site: Site, xs: list[np.ndarray], ys: list[np.ndarray],
     return compare_runs([[site_reference(site, x, weights)] for x in xs], [[y] for y in ys], rtol)
 
 
+def _all_nodes(graph: onnx.GraphProto):
+    """Nodes of a graph and of its subgraphs (If branches), depth first."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+
+
 def single_node_model(model: onnx.ModelProto, node_name: str) -> onnx.ModelProto:
     """The named ``ai.fffc`` node alone, with its initializers, input ``X``, output ``Y``.
 
     Used to compare one compiled kernel with the activations captured for its site.
     """
-    node = next(n for n in model.graph.node if n.name == node_name)
+    node = next(n for n in _all_nodes(model.graph) if n.name == node_name)
     inits = {i.name: i for i in model.graph.initializer}
     new = onnx.NodeProto()
     new.CopyFrom(node)

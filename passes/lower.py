@@ -70,8 +70,15 @@ def _row_major_up(graph: ir.Graph, wu: ir.Value) -> ir.Value:
     return value
 
 
-def lower(model: ir.Model, decisions: Mapping[str, str]) -> None:
-    """Replace every marker: ``decisions[name] == "exact"`` → SparseFFN, else standard ops."""
+def lower(model: ir.Model, decisions: Mapping[str, str],
+          max_tokens: Mapping[str, int] | None = None) -> None:
+    """Replace every marker: ``decisions[name] == "exact"`` → SparseFFN, else standard ops.
+
+    ``max_tokens[name] > 0`` bounds the token count the SparseFFN kernel serves: the site
+    becomes ``If(Size(X) <= max_tokens·d_in)`` with SparseFFN in the then-branch and the
+    original dense FFN in the else-branch, so calls past the kernel's measured crossover run
+    ONNX Runtime's own GEMMs and the artifact is never slower there than the original.
+    """
     graph = model.graph
     opset = default_opset(model)
     for node in markers(graph):
@@ -79,23 +86,11 @@ def lower(model: ir.Model, decisions: Mapping[str, str]) -> None:
         x, w1, b1, w2, b2, wu = (node.inputs + (None,) * 6)[:6]
         tape = ir.tape.Tape()
         if decisions.get(node.name) == "exact":
-            wu_rows = _row_major_up(graph, wu) if wu is not None else None
-            inputs = [x, w1, b1, w2, b2, wu_rows]
-            present = [v is not None for v in inputs]
-            overload = overload_for(a["activation"], a["up_activation"], present)
-            while inputs and inputs[-1] is None:
-                inputs.pop()
-            new_out = tape.op(
-                SPARSE_FFN.name, inputs,
-                {"activation": a["activation"], "up_activation": a["up_activation"], "mode": "exact"},
-                domain=DOMAIN, overload=overload, name=node.name,
-                metadata_props={"fffc.rule": a["rule"], "fffc.matched_nodes": a["matched_nodes"]},
-            )
-            key = (DOMAIN, SPARSE_FFN.name, overload)
-            if key not in model.functions:
-                model.functions[key] = _fallback_function(
-                    overload, present, a["activation"], a["up_activation"], opset)
-            model.opset_imports[DOMAIN] = OPSET_VERSION
+            limit = (max_tokens or {}).get(node.name, 0)
+            branch = ir.tape.Tape() if limit > 0 else tape
+            new_out = _sparse_ffn(model, node, branch, a, opset)
+            if limit > 0:
+                new_out = _token_dispatch(tape, node, branch, new_out, a, opset, limit)
         else:
             new_out = standard_forms.ffn(
                 tape, x, w1, b1, w2, b2, wu, activation_name=a["activation"],
@@ -103,6 +98,57 @@ def lower(model: ir.Model, decisions: Mapping[str, str]) -> None:
         _replace(graph, node, tape, new_out)
     legalize(model)
     common_passes.RemoveUnusedNodesPass()(model)
+
+
+def _sparse_ffn(model: ir.Model, node: ir.Node, tape: ir.tape.Tape, a: dict[str, str],
+                opset: int) -> ir.Value:
+    """The SparseFFN node of a marker (and its fallback function, once per overload)."""
+    x, w1, b1, w2, b2, wu = (node.inputs + (None,) * 6)[:6]
+    wu_rows = _row_major_up(model.graph, wu) if wu is not None else None
+    inputs = [x, w1, b1, w2, b2, wu_rows]
+    present = [v is not None for v in inputs]
+    overload = overload_for(a["activation"], a["up_activation"], present)
+    while inputs and inputs[-1] is None:
+        inputs.pop()
+    out = tape.op(
+        SPARSE_FFN.name, inputs,
+        {"activation": a["activation"], "up_activation": a["up_activation"], "mode": "exact"},
+        domain=DOMAIN, overload=overload, name=node.name,
+        metadata_props={"fffc.rule": a["rule"], "fffc.matched_nodes": a["matched_nodes"]},
+    )
+    key = (DOMAIN, SPARSE_FFN.name, overload)
+    if key not in model.functions:
+        model.functions[key] = _fallback_function(
+            overload, present, a["activation"], a["up_activation"], opset)
+    model.opset_imports[DOMAIN] = OPSET_VERSION
+    return out
+
+
+def _token_dispatch(tape: ir.tape.Tape, node: ir.Node, sparse: ir.tape.Tape,
+                    sparse_out: ir.Value, a: dict[str, str], opset: int, limit: int) -> ir.Value:
+    """``If(Size(X) <= limit·d_in, SparseFFN, dense FFN)`` for a marker."""
+    x, w1, b1, w2, b2, wu = (node.inputs + (None,) * 6)[:6]
+    d_in = const_array(w1).shape[0]
+    dense = ir.tape.Tape()
+    dense_out = standard_forms.ffn(
+        dense, x, w1, b1, w2, b2, wu, activation_name=a["activation"],
+        up_activation=a["up_activation"], opset=opset, wu_rows=False)
+    for i, n in enumerate(dense.nodes):  # unique beside the outer graph's names
+        n.name = f"{node.name}/dense/{i}_{n.op_type}"
+        for j, v in enumerate(n.outputs):
+            v.name = f"{node.name}__dense_{i}_{j}"
+    sparse_out.name = f"{node.name}__sparse_y"
+    dense_out.name = f"{node.name}__dense_y"
+    then_graph = ir.Graph([], [sparse_out], nodes=sparse.nodes, name=f"{node.name}_sparse")
+    else_graph = ir.Graph([], [dense_out], nodes=dense.nodes, name=f"{node.name}_dense")
+    size = tape.op("Size", [x], name=f"{node.name}/tokens")
+    bound = tape.op("Constant", [], {"value": ir.tensor(np.array(limit * d_in, dtype=np.int64))},
+                    name=f"{node.name}/max_tokens")
+    cond = tape.op("LessOrEqual", [size, bound], name=f"{node.name}/few_tokens")
+    for v, suffix in ((size, "size"), (bound, "limit"), (cond, "few")):
+        v.name = f"{node.name}__{suffix}"
+    return tape.op("If", [cond], {"then_branch": then_graph, "else_branch": else_graph},
+                   name=f"{node.name}/dispatch")
 
 
 def _replace(graph: ir.Graph, node: ir.Node, tape: ir.tape.Tape, new_out: ir.Value) -> None:

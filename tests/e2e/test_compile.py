@@ -27,6 +27,18 @@ CASES = [
 ]
 
 
+def _fffc_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """ai.fffc nodes of a graph and its If branches (sites behind a token dispatch)."""
+    out = []
+    for n in graph.node:
+        if n.domain == DOMAIN:
+            out.append(n)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                out += _fffc_nodes(a.g)
+    return out
+
+
 def _feed(path, batch: int, seq: int, seed: int) -> dict:
     from fffc.verify import probe_inputs
 
@@ -45,7 +57,10 @@ def test_compiled_export_matches_original(case, export_model, tmp_path):
     assert manifest["verification"]["model_with_shim"]["ok"]
     assert (art / manifest["shim"]).exists() and (art / manifest["kernels"]["object"]).exists()
     model = onnx.load(str(art / "model.onnx"))
-    assert sum(n.domain == DOMAIN for n in model.graph.node) == 2
+    assert len(_fffc_nodes(model.graph)) == 2
+    limits = manifest["max_sparse_tokens"]
+    assert len(limits) == 2 and all(v > 0 for v in limits.values())
+    assert sum(n.op_type == "If" for n in model.graph.node) == 2  # token dispatch per site
 
     original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with_shim = fffc.runtime.InferenceSession(art)
@@ -116,7 +131,7 @@ def test_site_failing_verification_is_left_as_it_was(tmp_path):
     (site,) = result.sites
     assert site.decision == "dense" and site.reason.startswith("verification failed")
     model = onnx.load(str(result.artifact / "model.onnx"))
-    assert not any(n.domain == DOMAIN for n in model.graph.node)
+    assert not _fffc_nodes(model.graph)
     assert result.manifest["shim"] is None
     x = np.random.default_rng(0).standard_normal((2, 3, 16)).astype(np.float32)
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
@@ -137,3 +152,23 @@ def test_dump_writes_every_stage(tmp_path):
     kernels = list((dump / "04-kernels").glob("fffc_sparse_ffn_*.py"))
     assert kernels and all("@T.prim_func" in k.read_text() for k in kernels)
     onnx.checker.check_model(onnx.load(str(dump / "02-rewritten.onnx")))
+
+
+@pytest.mark.parametrize("limit", [0, 3])
+def test_max_sparse_tokens_sets_the_dispatch(tmp_path, limit):
+    """0: the kernel serves every call (no If); N: If(tokens <= N) { SparseFFN } else { dense }."""
+    from tests.passes.test_detect_and_lower import dense_ffn
+
+    path = tmp_path / "m.onnx"
+    onnx.save(dense_ffn("relu"), str(path))
+    result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(max_sparse_tokens=limit))
+    model = onnx.load(str(result.artifact / "model.onnx"))
+    assert result.manifest["max_sparse_tokens"] == {result.sites[0].name: limit}
+    ifs = [n for n in model.graph.node if n.op_type == "If"]
+    assert len(ifs) == (1 if limit else 0) and len(_fffc_nodes(model.graph)) == 1
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = fffc.runtime.InferenceSession(result.artifact)
+    for tokens in (1, 3, 4, 9):
+        x = np.random.default_rng(tokens).standard_normal((1, tokens, 16)).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], original.run(None, {"x": x})[0],
+                                   rtol=1e-4, atol=1e-5)

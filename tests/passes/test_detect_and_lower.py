@@ -90,6 +90,24 @@ def test_exact_lowering_emits_sparse_ffn_with_fallback_function(model):
     assert not any(o.domain.startswith("ai.fffc.canon") for o in out.opset_import)
 
 
+@pytest.mark.parametrize("model", [dense_ffn("relu"), gated_ffn("relu", True)])
+def test_token_dispatch_runs_sparse_up_to_the_limit_and_dense_beyond(model):
+    """``max_tokens``: If(Size(X) <= limit·d) { SparseFFN } else { the dense FFN }."""
+    lowered, sites = _detect(model)
+    passes.lower(lowered, {s.name: "exact" for s in sites}, {s.name: 4 for s in sites})
+    out = ir.serde.serialize_model(lowered)
+    onnx.checker.check_model(out)
+    (dispatch,) = [n for n in out.graph.node if n.op_type == "If"]
+    then_g, else_g = (onnx.helper.get_attribute_value(a) for a in dispatch.attribute)
+    assert [n.op_type for n in then_g.node] == ["SparseFFN"] and then_g.node[0].domain == DOMAIN
+    assert all(n.domain == "" for n in else_g.node) and "MatMul" in {n.op_type for n in else_g.node}
+    limit = next(n for n in out.graph.node if n.op_type == "Constant")
+    assert onnx.numpy_helper.to_array(limit.attribute[0].t) == 4 * D
+    for tokens in (1, 4, 5, 12):  # both branches, in stock ORT (fallback function)
+        x = rand(1, tokens, D)
+        np.testing.assert_allclose(run(out, x), run(model, x), rtol=1e-5, atol=1e-5)
+
+
 def test_gated_lowering_stores_up_projection_row_per_neuron():
     out = _lower_and_check(gated_ffn("relu", True), exact=True)
     node = next(n for n in out.graph.node if n.domain == DOMAIN)

@@ -34,6 +34,11 @@ class Family:
         """Variants covering tokens 1..MAX_TOKENS without gaps or overlaps."""
         raise NotImplementedError
 
+    def sparse_max_tokens(self, spec: KernelSpec) -> int:
+        """Token count up to which the kernels beat the runtime's dense GEMMs (0: always);
+        past it the artifact runs the dense FFN (an If on the token count)."""
+        return 0
+
 
 class NotYetSupported(Family):
     """A family the dispatch knows about but that has no backend yet."""

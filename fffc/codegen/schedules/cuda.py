@@ -16,6 +16,10 @@ class Config:
 
     decode_tokens: tuple[int, ...] = (1, 4, 8, 16)  # decode variants: up to this many tokens
     decode_max_tokens: int = 256  # the last decode variant (16-token tiles) serves up to here
+    # (bench_cuda.py --also decode16,gemm on an H100: dlight GEMMs win from 512 tokens)
+    sparse_max_tokens: int = 16  # past this cuBLAS (ORT's dense FFN) wins: H100, fp32, ReLU
+    sparse_max_tokens_gated: int = 8  # 768/3072 1.13x at 16 tokens, 0.88x at 32; dReLU
+    # 4096/11008 1.18x at 8, 0.88x at 16
     proj_threads: int = 256  # neurons × d_in slices per proj block
     down_threads: int = 256  # output columns per down block
     target_blocks: int = 528  # about 4 blocks per SM of a 132-SM H100: enough to hide latency
@@ -54,6 +58,10 @@ class Cuda(Family):
                                            c.shared_bytes // (2 * 4 * 8 * mr * 32)))
         return CudaTiling(mr=mr, nt=nt, ks=ks, kb=kb, vn=vn, wpb=8, npw=npw, no=no,
                           splits=splits)
+
+    def sparse_max_tokens(self, spec: KernelSpec) -> int:
+        c = self.config
+        return c.sparse_max_tokens_gated if spec.gated else c.sparse_max_tokens
 
     def variants(self, spec: KernelSpec, target: dict) -> list[Variant]:
         out, first = [], 1

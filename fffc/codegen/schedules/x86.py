@@ -33,6 +33,9 @@ class Config:
     # crossover with the packed dense up projection on a 2-core AVX-512 VM, d 1024 / d_ff 4096)
     pack_w2_min_tokens: int = 48  # from here most W2 rows are read anyway: pack panels once
     serial_max_macs: int = 1 << 16  # d_in·d_ff below this: no threads (wake-up > work)
+    sparse_max_tokens: int = 64  # past this ONNX Runtime's dense FFN runs (bench_sparse_ffn.py:
+    sparse_max_tokens_gated: int = 4  # ReLU 768/3072 ≈ parity at 128 tokens, dReLU 1024/4096
+    # 0.66x at 8 tokens, on a 2-core AVX-512 VM)
 
 
 class X86(Family):
@@ -45,6 +48,10 @@ class X86(Family):
     def target(self, mcpu: str | None) -> dict:
         cpu = mcpu or _tvm.host_cpu()
         return {"kind": "llvm", "mtriple": self.triple, "mcpu": cpu}
+
+    def sparse_max_tokens(self, spec: KernelSpec) -> int:
+        c = self.config
+        return c.sparse_max_tokens_gated if spec.gated else c.sparse_max_tokens
 
     def variants(self, spec: KernelSpec, target: dict) -> list[Variant]:
         c = self.config
