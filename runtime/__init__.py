@@ -111,4 +111,13 @@ class InferenceSession(ort.InferenceSession):
         register(options, artifact)
         self.artifact = artifact
         super().__init__(str(model_path(artifact)), options,
-                         providers=providers or ["CPUExecutionProvider"], **kwargs)
+                         providers=providers or default_providers(artifact), **kwargs)
+
+
+def default_providers(artifact: str | Path) -> list[str]:
+    """CUDA first for a ``--target cuda`` artifact when this onnxruntime has the CUDA EP
+    (its fffc kernels run there; the CPU kernels serve whatever stays on the CPU)."""
+    family = (_manifest(_artifact_dir(artifact)).get("target") or {}).get("family")
+    if family == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]

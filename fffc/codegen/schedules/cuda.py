@@ -16,7 +16,8 @@ class Config:
 
     decode_tokens: tuple[int, ...] = (1, 4, 8, 16)  # decode variants: up to this many tokens
     decode_max_tokens: int = 256  # the last decode variant (16-token tiles) serves up to here
-    # (bench_cuda.py --also decode16,gemm on an H100: dlight GEMMs win from 512 tokens)
+    decode_max_tokens_gated: int = 48  # (bench_cuda.py --also decode16,gemm on an H100: the
+    # dlight GEMMs win from 512 tokens for ReLU 768/3072, from 64 for dReLU 4096/11008)
     sparse_max_tokens: int = 16  # past this cuBLAS (ORT's dense FFN) wins: H100, fp32, ReLU
     sparse_max_tokens_gated: int = 8  # 768/3072 1.13x at 16 tokens, 0.88x at 32; dReLU
     # 4096/11008 1.18x at 8, 0.88x at 16
@@ -67,7 +68,9 @@ class Cuda(Family):
         out, first = [], 1
         tiles = self.config.decode_tokens
         for m in tiles:
-            last = self.config.decode_max_tokens if m == tiles[-1] else m
+            top = (self.config.decode_max_tokens_gated if spec.gated
+                   else self.config.decode_max_tokens)
+            last = max(m, top) if m == tiles[-1] else m
             out.append(Variant(f"decode{m}", first, last, self.tiling(spec, m)))
             first = last + 1
         return [*out, Variant("gemm", first, MAX_TOKENS,

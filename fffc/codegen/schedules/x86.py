@@ -33,9 +33,9 @@ class Config:
     # crossover with the packed dense up projection on a 2-core AVX-512 VM, d 1024 / d_ff 4096)
     pack_w2_min_tokens: int = 48  # from here most W2 rows are read anyway: pack panels once
     serial_max_macs: int = 1 << 16  # d_in·d_ff below this: no threads (wake-up > work)
-    sparse_max_tokens: int = 64  # past this ONNX Runtime's dense FFN runs (bench_sparse_ffn.py:
-    sparse_max_tokens_gated: int = 4  # ReLU 768/3072 ≈ parity at 128 tokens, dReLU 1024/4096
-    # 0.66x at 8 tokens, on a 2-core AVX-512 VM)
+    sparse_max_tokens: int = 2  # past this ONNX Runtime's dense FFN runs: bench_kernels.py,
+    sparse_max_tokens_gated: int = 2  # 90% zeros, 2-core AVX-512 VM: gemv1/gemv2 1.3x–2.7x
+    # faster than ORT (ReLU 768/3072, dReLU 1024/4096), the 3+-token variants 0.35x–0.6x
 
 
 class X86(Family):
