@@ -59,8 +59,11 @@ def dump_dir_from_env() -> Path | None:
     return Path(env) if env else None
 
 
-def cxx() -> str:
-    """The C++ compiler used to build the shim (``CXX``, default g++)."""
+def cxx(triple: str = "x86_64-linux-gnu") -> str:
+    """The C++ compiler that builds the shim for ``triple``: ``CXX`` (default g++) for this
+    x86-64 machine, ``CXX_AARCH64`` (default aarch64-linux-gnu-g++) for aarch64."""
+    if triple.startswith("aarch64"):
+        return os.environ.get("CXX_AARCH64", "aarch64-linux-gnu-g++")
     return os.environ.get("CXX", "g++")
 
 

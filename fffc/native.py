@@ -115,7 +115,9 @@ def _compiler_id(compiler: str) -> str:
     try:
         return subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     except FileNotFoundError as e:
-        raise PackagingError(f"C++ compiler {compiler!r} not found: install g++ or set CXX") from e
+        hint = ("apt-get install g++-aarch64-linux-gnu, or set CXX_AARCH64"
+                if "aarch64" in compiler else "install g++ or set CXX")
+        raise PackagingError(f"C++ compiler {compiler!r} not found: {hint}") from e
 
 
 def _fixed_objects(compiler: str, includes: list[str]) -> list[Path]:
@@ -142,13 +144,27 @@ def _fixed_objects(compiler: str, includes: list[str]) -> list[Path]:
     return objs
 
 
+def glibc_requirement(shim: Path) -> str:
+    """The newest glibc symbol version the shim references (the target's minimum glibc).
+
+    Read from the version-needed strings; static libstdc++ from the build machine's GCC
+    pulls in its glibc's newest symbols (Debian 12: arc4random@GLIBC_2.36)."""
+    import re
+
+    found = re.findall(rb"GLIBC_(\d+)\.(\d+)", Path(shim).read_bytes())
+    if not found:
+        return "none"
+    major, minor = max((int(a), int(b)) for a, b in found)
+    return f"{major}.{minor}"
+
+
 def build_shim(library: KernelLibrary, out_dir: Path, extra_sources: tuple[Path, ...] = (),
                name: str = SHIM_NAME) -> Path:
     """Link ``out_dir/libfffc_ops.so`` from the shim sources, the tables and the kernels.
 
     ``extra_sources`` (tests only) are compiled in and keep their own exported symbols.
     """
-    compiler = cxx()
+    compiler = cxx(library.target.get("mtriple", "x86_64-linux-gnu"))
     includes = [f"-I{ensure_ort_headers()}", f"-I{_ffi_include()}",
                 f"-I{_runtime_dir() / 'include'}", f"-I{_runtime_dir() / 'src'}"]
     objs = _fixed_objects(compiler, includes)

@@ -166,7 +166,8 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                 # this host instead (same TIR, only the instruction selection differs).
                 with stage("build host twin for the check"):
                     twin = staging.parent / f"{staging.name}-twin"
-                    twin_lib = build_kernel_library(specs, request.family, twin / "kernels")
+                    twin_lib = build_kernel_library(specs, request.family, twin / "kernels",
+                                                    mcpu=request.mcpu, host_twin=True)
                     check_shim = build_shim(twin_lib, twin)
             try:
                 with stage("check artifact"):
@@ -313,6 +314,15 @@ def _host() -> str:
     return host_cpu()
 
 
+ORT_API_VERSION = 17  # runtime/src/ort_api.h kOrtApiVersion
+
+
+def _nvcc_version() -> str:
+    from .codegen.cuda_build import nvcc_version
+
+    return nvcc_version()
+
+
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -326,6 +336,12 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def glibc_requirement(shim: Path) -> str:
+    from .native import glibc_requirement as read
+
+    return read(shim)
+
+
 def _manifest(a: Analysis, options: CompileOptions, request, library, shim, staging: Path,
               report: dict, feeds, limits: dict[str, int]) -> dict:
     opts = replace(options, dump_dir=None)
@@ -337,6 +353,15 @@ def _manifest(a: Analysis, options: CompileOptions, request, library, shim, stag
                    "tvm": library.target if library else None},
         "model": "model.onnx",
         "shim": shim.name if shim else None,
+        "requires": None if shim is None else {
+            "os": "linux", "arch": (library.target.get("mtriple") or "x86_64").split("-")[0],
+            "glibc": glibc_requirement(shim),
+            "onnxruntime": f">= 1.17 (C API {ORT_API_VERSION}); built and checked with "
+                           f"{_versions()['onnxruntime']}",
+            "cuda": None if library.cuda is None else
+            f"NVIDIA driver for CUDA {_nvcc_version()}+ (cubins {', '.join(library.cuda.archs)}"
+            f", PTX {max(library.cuda.archs)})",
+        },
         "cuda": None if library is None or library.cuda is None else _cuda_manifest(library.cuda,
                                                                                      staging),
         "kernels": None if library is None else {

@@ -13,7 +13,7 @@ ALIASES = {
     "arm": "arm", "aarch64": "arm", "arm64": "arm",
     "cuda": "cuda", "gpu": "cuda",
 }
-SUPPORTED = ("x86", "cuda")
+SUPPORTED = ("x86", "arm", "cuda")
 
 
 @dataclass(frozen=True)

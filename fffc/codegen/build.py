@@ -114,19 +114,31 @@ def _compile(funcs: dict, target: dict):
         raise CodegenError(f"TVM compile for {target} failed: {e}") from e
 
 
+def host_target() -> dict:
+    return {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": _tvm.host_cpu()}
+
+
 def build_kernel_library(specs: Sequence[KernelSpec], target: str = "x86",
                          out_dir: Path | None = None, mcpu: str | None = None,
-                         archs: Sequence[str] = DEFAULT_ARCHS) -> KernelLibrary:
-    """Compile every variant of every spec into ``out_dir`` (CPU object; cuda: + fatbin)."""
+                         archs: Sequence[str] = DEFAULT_ARCHS,
+                         host_twin: bool = False) -> KernelLibrary:
+    """Compile every variant of every spec into ``out_dir`` (CPU object; cuda: + fatbin).
+
+    ``host_twin``: the same kernels (same variants and tilings, hence the same TIR) compiled
+    for this machine instead, so an artifact for another CPU can be checked here.
+    """
     if out_dir is None:
         raise CodegenError("build_kernel_library needs an output directory")
     fam = family(target)
     if fam.name == "cuda":
-        cpu = build_kernel_library(specs, "x86", Path(out_dir), mcpu or PORTABLE_X86)
+        cpu = build_kernel_library(specs, "x86", Path(out_dir), mcpu or PORTABLE_X86,
+                                   host_twin=host_twin)
         return replace(cpu, family="cuda", cuda=build_cuda_library(specs, Path(out_dir), archs))
     tgt = fam.target(mcpu)
     unique = list(dict.fromkeys(specs))  # equal specs share kernels
     funcs, table = _funcs(unique, target, tgt)
+    if host_twin:
+        tgt = host_target()
     ex = _compile(funcs, tgt)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,9 +189,10 @@ def compile_for_test(spec: KernelSpec, variant: str | None = None, target: str =
     return KernelRunner(spec, variant, target, mcpu)
 
 
-def assembly(spec: KernelSpec, target: dict, variant: str | None = None) -> str:
+def assembly(spec: KernelSpec, target: dict, variant: str | None = None,
+             family_name: str = "x86") -> str:
     """The kernels' assembly for a target dict (codegen inspection; nothing is run)."""
-    funcs, _ = _funcs([spec], "x86", target, only=variant)
+    funcs, _ = _funcs([spec], family_name, target, only=variant)
     return _compile(funcs, target).mod.inspect_source("asm")
 
 

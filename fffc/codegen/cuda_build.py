@@ -203,6 +203,13 @@ def nvcc() -> str:
     return path
 
 
+def nvcc_version() -> str:
+    """``13.0`` for nvcc 13.0: a driver of that CUDA version or newer loads the cubins."""
+    proc = subprocess.run([nvcc(), "--version"], capture_output=True, text=True)
+    m = re.search(r"release (\d+\.\d+)", proc.stdout)
+    return m.group(1) if m else "unknown"
+
+
 def compile_fatbin(source_path: Path, out: Path, archs: Sequence[str]) -> None:
     """nvcc: one cubin per arch plus PTX of the newest arch (forward compatibility)."""
     gencode = []

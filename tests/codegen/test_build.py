@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from fffc.codegen.build import MAX_TOKENS, assembly, build_kernel_library, check_target
+from fffc.codegen.build import (
+    MAX_TOKENS,
+    assembly,
+    build_kernel_library,
+    symbol_of,
+)
 from fffc.errors import UnsupportedTargetError
 
 from .conftest import spec
@@ -53,12 +58,10 @@ def test_explicit_mcpu_is_recorded(tmp_path: Path) -> None:
     assert lib.target["mcpu"] == "haswell"
 
 
-@pytest.mark.parametrize("target", ["arm", "aarch64"])
-def test_unsupported_targets_are_refused(target: str, tmp_path: Path) -> None:
-    with pytest.raises(UnsupportedTargetError, match="not yet supported"):
-        check_target(target)
-    with pytest.raises(UnsupportedTargetError, match="not yet supported"):
-        build_kernel_library([spec()], target, tmp_path)
+@pytest.mark.parametrize("mcpu", ["pentium4", "not-a-cpu"])
+def test_arm_refuses_cpus_that_are_not_aarch64(mcpu: str, tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedTargetError, match="not an aarch64 CPU"):
+        build_kernel_library([spec()], "arm", tmp_path, mcpu=mcpu)
 
 
 def test_unknown_target_is_refused(tmp_path: Path) -> None:
@@ -67,6 +70,20 @@ def test_unknown_target_is_refused(tmp_path: Path) -> None:
 
 
 BIG = spec(64, 256, 64)
+
+
+@pytest.mark.parametrize("mcpu", [None, "cortex-a72", "neoverse-n1"])
+@pytest.mark.parametrize("s", [BIG, spec(64, 256, 64, up="relu")], ids=["relu", "drelu"])
+def test_arm_kernels_use_neon_fmla(s, mcpu) -> None:
+    """Every aarch64 kernel variant's loops (its ``_compute_`` function; these shapes are
+    below the threading threshold, so no parallel lambdas) use fmla on 4-lane vectors."""
+    from fffc.codegen.schedules import family
+
+    asm = assembly(s, family("arm").target(mcpu), family_name="arm")
+    bodies = dict(re.findall(r"^(\w+_compute_):\n(.*?)(?=^\w+:\n|\Z)", asm, re.M | re.S))
+    for v in family("arm").variants(s, family("arm").target(mcpu)):
+        body = bodies[symbol_of(s, v.name) + "_compute_"]
+        assert len(re.findall(r"fmla\s+v\d+\.4s", body)) >= 4, v.name
 
 
 @pytest.mark.parametrize("mcpu, reg", [("haswell", "ymm"), ("znver3", "ymm"),

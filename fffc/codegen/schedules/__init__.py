@@ -5,13 +5,14 @@ from __future__ import annotations
 from fffc.errors import UnsupportedTargetError
 from fffc.targets import normalize
 
-from .base import MAX_TOKENS, Family, NotYetSupported, Variant
+from .arm import Arm
+from .base import MAX_TOKENS, Family, Variant
 from .cuda import Cuda
 from .x86 import X86
 
 _REGISTRY: dict[str, Family] = {
     "x86": X86(),
-    "arm": NotYetSupported("arm", "aarch64 kernels and the cross-built shim are planned"),
+    "arm": Arm(),
     "cuda": Cuda(),
 }
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fffc.errors import UnsupportedTargetError
 from fffc.ops import KernelSpec
 
 from ..kernels.sparse_ffn import Tiling
@@ -38,24 +37,6 @@ class Family:
         """Token count up to which the kernels beat the runtime's dense GEMMs (0: always);
         past it the artifact runs the dense FFN (an If on the token count)."""
         return 0
-
-
-class NotYetSupported(Family):
-    """A family the dispatch knows about but that has no backend yet."""
-
-    def __init__(self, name: str, plan: str):
-        self.name = name
-        self._plan = plan
-
-    def _refuse(self) -> UnsupportedTargetError:
-        return UnsupportedTargetError(f"target {self.name!r} is not yet supported ({self._plan}); "
-                                      "use --target x86")
-
-    def target(self, mcpu: str | None) -> dict:
-        raise self._refuse()
-
-    def variants(self, spec: KernelSpec, target: dict) -> list[Variant]:
-        raise self._refuse()
 
 
 def largest_divisor(n: int, cap: int) -> int:

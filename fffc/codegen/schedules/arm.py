@@ -1,0 +1,61 @@
+"""arm schedule family: aarch64 (NEON, 4 fp32 lanes, 32 vector registers), cross-compiled.
+
+The kernels are the same TVMScript as on x86 (kernels/sparse_ffn.py); only the vector
+width and the register tiling differ. LLVM emits NEON ``fmla v.4s`` for the vectorized
+loops (a test reads the disassembly). No ARM hardware was available: the tunables are
+x86's, scaled to 128-bit vectors, and the crossover is not measured on ARM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fffc.errors import UnsupportedTargetError
+from fffc.ops import KernelSpec
+
+from .. import _tvm
+from .base import Family, Variant
+from .cpu import CpuConfig, cpu_variants
+
+PRESETS = {  # --mcpu value → LLVM CPU
+    "generic": "generic", "cortex-a55": "cortex-a55", "cortex-a72": "cortex-a72",
+    "cortex-a76": "cortex-a76", "neoverse-n1": "neoverse-n1", "neoverse-v1": "neoverse-v1",
+    "neoverse-v2": "neoverse-v2", "apple-m1": "apple-m1",
+}
+
+
+@dataclass(frozen=True)
+class Config(CpuConfig):
+    lanes: int = 4  # 128-bit NEON
+    gemm_nr_vectors: int = 4  # 6 × 4 = 24 of 32 v-register accumulators
+    gemv_nr1_vectors: int = 8  # 8 independent fmla chains
+    base_mattr: tuple[str, ...] = ("+v8.2a", "+neon")  # generic ARMv8.2-A (Pi 5, Jetson Orin,
+    # Graviton 2+); --mcpu cortex-a72 (Pi 4) etc. for older or specific cores
+    sparse_max_tokens: int = 2  # x86's measured crossover; not measured on ARM hardware
+    sparse_max_tokens_gated: int = 2
+
+
+class Arm(Family):
+    name = "arm"
+    triple = "aarch64-linux-gnu"
+
+    def __init__(self, config: Config | None = None):
+        self.config = config or Config()
+
+    def target(self, mcpu: str | None) -> dict:
+        cpu = PRESETS.get(mcpu or "generic", mcpu or "generic")
+        if not _tvm.is_valid_cpu(self.triple, cpu):
+            raise UnsupportedTargetError(f"--mcpu {mcpu!r} is not an aarch64 CPU LLVM knows "
+                                         f"(e.g. {', '.join(sorted(PRESETS))})")
+        target = {"kind": "llvm", "mtriple": self.triple, "mcpu": cpu}
+        if cpu == "generic":
+            target["mattr"] = list(self.config.base_mattr)
+        return target
+
+    def sparse_max_tokens(self, spec: KernelSpec) -> int:
+        c = self.config
+        return c.sparse_max_tokens_gated if spec.gated else c.sparse_max_tokens
+
+    def variants(self, spec: KernelSpec, target: dict) -> list[Variant]:
+        return cpu_variants(spec, self.config, lanes=self.config.lanes,
+                            gemm_nr_vectors=self.config.gemm_nr_vectors)
