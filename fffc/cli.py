@@ -70,6 +70,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mattr(text: str | None) -> tuple[str, ...]:
+    features = tuple(f.strip() for f in (text or "").split(",") if f.strip())
+    bad = [f for f in features if not re.fullmatch(r"[+-][\w.-]+", f)]
+    if bad:
+        raise UsageError(f"--mattr: expected e.g. +dotprod,+fullfp16, got {text!r}")
+    return features
+
+
 def _archs(text: str) -> tuple[str, ...]:
     archs = tuple(a.strip() for a in text.split(",") if a.strip())
     bad = [a for a in archs if not re.fullmatch(r"sm_\d+a?", a)]
@@ -86,7 +94,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         target=args.target, mcpu=args.mcpu, rtol=args.rtol, force=args.force,
         dump_dir=Path(args.dump) if args.dump else config.dump_dir_from_env(),
         sites=tuple(args.sites or ()),
-        max_sparse_tokens=args.max_sparse_tokens,
+        max_sparse_tokens=args.max_sparse_tokens, mattr=_mattr(args.mattr),
         **({"cuda_archs": _archs(args.arch)} if args.arch else {}),
     )
     result = compile_model(args.model, args.output, options, _stage)
@@ -136,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="overwrite an existing artifact")
     c.add_argument("--mcpu", help="CPU to compile for (default: this machine's; for cuda "
                    "artifacts, whose CPU kernels serve the CPU EP, x86-64-v3)")
+    c.add_argument("--mattr", help="extra LLVM CPU features for the CPU kernels, e.g. "
+                   "+dotprod,+fullfp16 (arm) or +avx512f (x86)")
     c.add_argument("--arch", help="cuda: GPU architectures, e.g. sm_80,sm_90 (default); a cubin "
                    "for each plus PTX of the newest")
     c.add_argument("--max-sparse-tokens", type=int, metavar="N",

@@ -16,6 +16,7 @@ class CompileOptions:
 
     target: str = "x86"
     mcpu: str | None = None  # None: the host CPU for x86
+    mattr: tuple[str, ...] = ()  # extra LLVM CPU features, e.g. ("+dotprod",)
     rtol: float = DEFAULT_TOLERANCE
     probe_batch: int = 2
     probe_seq: int = 8

@@ -111,16 +111,16 @@ def cuda_table_source(library: KernelLibrary) -> str:
     return "\n".join(lines)
 
 
-def _compiler_id(compiler: str) -> str:
+def _compiler_id(compiler: str, triple: str = "x86_64-linux-gnu") -> str:
     try:
         return subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     except FileNotFoundError as e:
         hint = ("apt-get install g++-aarch64-linux-gnu, or set CXX_AARCH64"
-                if "aarch64" in compiler else "install g++ or set CXX")
+                if triple.startswith("aarch64") else "install g++ or set CXX")
         raise PackagingError(f"C++ compiler {compiler!r} not found: {hint}") from e
 
 
-def _fixed_objects(compiler: str, includes: list[str]) -> list[Path]:
+def _fixed_objects(compiler: str, includes: list[str], triple: str) -> list[Path]:
     """The shim's own sources compiled once and cached by content."""
     src = _runtime_dir() / "src"
     sources = sorted(src.rglob("*.cc"))
@@ -128,7 +128,7 @@ def _fixed_objects(compiler: str, includes: list[str]) -> list[Path]:
     for p in sorted(_runtime_dir().rglob("*")):
         if p.is_file() and p.suffix in (".cc", ".h", ".lds"):
             h.update(p.name.encode() + p.read_bytes())
-    h.update(" ".join([*CXXFLAGS, *includes, _compiler_id(compiler)]).encode())
+    h.update(" ".join([*CXXFLAGS, *includes, _compiler_id(compiler, triple)]).encode())
     for inc in includes:
         for hdr in sorted(Path(inc[2:]).rglob("*.h"))[:64]:
             h.update(hdr.name.encode())
@@ -164,10 +164,11 @@ def build_shim(library: KernelLibrary, out_dir: Path, extra_sources: tuple[Path,
 
     ``extra_sources`` (tests only) are compiled in and keep their own exported symbols.
     """
-    compiler = cxx(library.target.get("mtriple", "x86_64-linux-gnu"))
+    triple = library.target.get("mtriple", "x86_64-linux-gnu")
+    compiler = cxx(triple)
     includes = [f"-I{ensure_ort_headers()}", f"-I{_ffi_include()}",
                 f"-I{_runtime_dir() / 'include'}", f"-I{_runtime_dir() / 'src'}"]
-    objs = _fixed_objects(compiler, includes)
+    objs = _fixed_objects(compiler, includes, triple)
     out = out_dir / name
     with tempfile.TemporaryDirectory() as tmp:
         generated = {"kernel_table.cc": kernel_table_source(library),

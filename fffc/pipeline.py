@@ -153,7 +153,8 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                 with stage(f"codegen ({len(specs)} kernel families, {request.family})"):
                     library = build_kernel_library(specs, request.family,
                                                    staging / "kernels" / request.family,
-                                                   mcpu=request.mcpu, archs=options.cuda_archs)
+                                                   mcpu=request.mcpu, archs=options.cuda_archs,
+                                                   mattr=options.mattr)
                 cpu_family = "x86" if request.family == "cuda" else request.family
                 for k in library.kernels:
                     dump.text(f"04-kernels/{k.symbol}.py",
@@ -167,7 +168,8 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                 with stage("build host twin for the check"):
                     twin = staging.parent / f"{staging.name}-twin"
                     twin_lib = build_kernel_library(specs, request.family, twin / "kernels",
-                                                    mcpu=request.mcpu, host_twin=True)
+                                                    mcpu=request.mcpu, host_twin=True,
+                                                    mattr=options.mattr)
                     check_shim = build_shim(twin_lib, twin)
             try:
                 with stage("check artifact"):

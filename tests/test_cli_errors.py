@@ -121,3 +121,18 @@ def test_fp16_model_is_rejected_clearly(tmp_path, capsys):
     assert rc == EXIT_CODES["NoSitesError"]
     assert "fc2" in lines[0] and "float16" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_mattr(tmp_path, capsys):
+    path = _save(dense_ffn("relu"), tmp_path / "m.onnx")
+    rc, lines = _run(capsys, "compile", str(path), "--target", "arm", "--mattr", "dotprod",
+                     "-o", str(tmp_path / "out"))
+    assert rc == EXIT_CODES["UsageError"] and "--mattr" in lines[0]
+
+
+def test_missing_cross_compiler_says_how_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CXX_AARCH64", str(tmp_path / "no-such-g++"))
+    path = _save(dense_ffn("relu"), tmp_path / "m.onnx")
+    rc, lines = _run(capsys, "compile", str(path), "--target", "arm", "-o", str(tmp_path / "out"))
+    assert rc == EXIT_CODES["PackagingError"] and "g++-aarch64-linux-gnu" in lines[0]
+    assert not (tmp_path / "out").exists()

@@ -121,7 +121,7 @@ def host_target() -> dict:
 def build_kernel_library(specs: Sequence[KernelSpec], target: str = "x86",
                          out_dir: Path | None = None, mcpu: str | None = None,
                          archs: Sequence[str] = DEFAULT_ARCHS,
-                         host_twin: bool = False) -> KernelLibrary:
+                         host_twin: bool = False, mattr: Sequence[str] = ()) -> KernelLibrary:
     """Compile every variant of every spec into ``out_dir`` (CPU object; cuda: + fatbin).
 
     ``host_twin``: the same kernels (same variants and tilings, hence the same TIR) compiled
@@ -132,9 +132,9 @@ def build_kernel_library(specs: Sequence[KernelSpec], target: str = "x86",
     fam = family(target)
     if fam.name == "cuda":
         cpu = build_kernel_library(specs, "x86", Path(out_dir), mcpu or PORTABLE_X86,
-                                   host_twin=host_twin)
+                                   host_twin=host_twin, mattr=mattr)
         return replace(cpu, family="cuda", cuda=build_cuda_library(specs, Path(out_dir), archs))
-    tgt = fam.target(mcpu)
+    tgt = fam.target(mcpu, tuple(mattr))
     unique = list(dict.fromkeys(specs))  # equal specs share kernels
     funcs, table = _funcs(unique, target, tgt)
     if host_twin:

@@ -92,3 +92,12 @@ def test_fma_vector_width(mcpu: str, reg: str) -> None:
     """Compiled only (this CPU may lack AVX-512): the micro-kernels use the wide registers."""
     asm = assembly(BIG, {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
     assert re.search(rf"vfmadd\w+\s+%{reg}", asm), f"no {reg} FMA for {mcpu}"
+
+
+def test_mattr_reaches_the_llvm_target() -> None:
+    from fffc.codegen.schedules import family
+
+    assert family("arm").target(None, ("+dotprod",))["mattr"] == ["+v8.2a", "+neon", "+dotprod"]
+    assert family("arm").target("cortex-a72")["mcpu"] == "cortex-a72"
+    assert "mattr" not in family("arm").target("cortex-a72")
+    assert family("x86").target("haswell", ("-fma",))["mattr"] == ["-fma"]

@@ -42,14 +42,15 @@ class Arm(Family):
     def __init__(self, config: Config | None = None):
         self.config = config or Config()
 
-    def target(self, mcpu: str | None) -> dict:
+    def target(self, mcpu: str | None, mattr: tuple[str, ...] = ()) -> dict:
         cpu = PRESETS.get(mcpu or "generic", mcpu or "generic")
         if not _tvm.is_valid_cpu(self.triple, cpu):
             raise UnsupportedTargetError(f"--mcpu {mcpu!r} is not an aarch64 CPU LLVM knows "
                                          f"(e.g. {', '.join(sorted(PRESETS))})")
         target = {"kind": "llvm", "mtriple": self.triple, "mcpu": cpu}
-        if cpu == "generic":
-            target["mattr"] = list(self.config.base_mattr)
+        features = [*(self.config.base_mattr if cpu == "generic" else ()), *mattr]
+        if features:
+            target["mattr"] = features
         return target
 
     def sparse_max_tokens(self, spec: KernelSpec) -> int:

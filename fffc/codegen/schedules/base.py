@@ -26,7 +26,7 @@ class Family:
 
     name = ""
 
-    def target(self, mcpu: str | None) -> dict:
+    def target(self, mcpu: str | None, mattr: tuple[str, ...] = ()) -> dict:
         raise NotImplementedError
 
     def variants(self, spec: KernelSpec, target: dict) -> list[Variant]:

@@ -39,7 +39,7 @@ class Cuda(Family):
     def __init__(self, config: Config | None = None):
         self.config = config or Config()
 
-    def target(self, mcpu: str | None) -> dict:
+    def target(self, mcpu: str | None, mattr: tuple[str, ...] = ()) -> dict:
         return {"kind": "cuda", "arch": mcpu or self.config.default_arch}
 
     def tiling(self, spec: KernelSpec, mr: int) -> CudaTiling:

@@ -30,9 +30,12 @@ class X86(Family):
     def __init__(self, config: Config | None = None):
         self.config = config or Config()
 
-    def target(self, mcpu: str | None) -> dict:
+    def target(self, mcpu: str | None, mattr: tuple[str, ...] = ()) -> dict:
         cpu = mcpu or _tvm.host_cpu()
-        return {"kind": "llvm", "mtriple": self.triple, "mcpu": cpu}
+        target = {"kind": "llvm", "mtriple": self.triple, "mcpu": cpu}
+        if mattr:
+            target["mattr"] = list(mattr)
+        return target
 
     def sparse_max_tokens(self, spec: KernelSpec) -> int:
         c = self.config
