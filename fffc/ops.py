@@ -85,7 +85,28 @@ SPARSE_FFN = OpSpec(
     ),
 )
 
-OPS: dict[str, OpSpec] = {SPARSE_FFN.name: SPARSE_FFN}
+FAST_FEED_FORWARD = OpSpec(
+    name="FastFeedForward",
+    doc=(
+        "UltraFastBERT's Fast Feedforward tree (conditional matrix multiplication). K trees "
+        "of depth D, n = 2^(D+1) - 1 nodes each in heap order. Per token x and tree k: j = 0; "
+        "D+1 times: z = W_in[k·n+j]·x + B_in[k·n+j]; y += GELU(z)·W_out[k·n+j]; "
+        "j = 2j + 1 + [z > 0]. Every visited node contributes; GELU is the exact erf form."
+    ),
+    inputs=(
+        TensorArg("X", "activations [..., d_in]; all leading dims are tokens"),
+        TensorArg("W_in", "node weights [K·n, d_in] (nn.Linear layout: row = node)"),
+        TensorArg("B_in", "node biases [K·n]"),
+        TensorArg("W_out", "output weights transposed [K·n, d_out]: row = node"),
+    ),
+    outputs=(TensorArg("Y", "[..., d_out]"),),
+    attributes=(
+        Attribute("trees", "int", 1, doc="K"),
+        Attribute("depth", "int", 11, doc="D: each tree visits D+1 nodes per token"),
+    ),
+)
+
+OPS: dict[str, OpSpec] = {SPARSE_FFN.name: SPARSE_FFN, FAST_FEED_FORWARD.name: FAST_FEED_FORWARD}
 
 
 @dataclass(frozen=True)

@@ -59,3 +59,26 @@ def sparse_ffn(
     if b2 is not None:
         y = y + b2
     return y
+
+
+def fast_feed_forward(x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, w_out: np.ndarray,
+                      *, trees: int, depth: int) -> np.ndarray:
+    """``ai.fffc::FastFeedForward`` (UltraFastBERT hard walk), float64, over the last axis.
+
+    ``w_out`` is stored row per node ([K·n, d_out]). Strictly ``z > 0`` goes right.
+    """
+    n = 2 ** (depth + 1) - 1
+    if w_in.shape[0] != trees * n:
+        raise ValueError(f"W_in has {w_in.shape[0]} rows, expected trees·(2^(depth+1)-1) = "
+                         f"{trees * n}")
+    xd = np.asarray(x, dtype=np.float64).reshape(-1, w_in.shape[1])
+    y = np.zeros((xd.shape[0], w_out.shape[1]))
+    rows = np.arange(xd.shape[0])
+    for k in range(trees):
+        node = np.zeros(xd.shape[0], dtype=np.int64)
+        for _ in range(depth + 1):
+            r = k * n + node
+            z = np.einsum("td,td->t", xd, w_in[r].astype(np.float64)) + b_in[r]
+            y[rows] += activation("gelu", z)[:, None] * w_out[r].astype(np.float64)
+            node = 2 * node + 1 + (z > 0)
+    return y.reshape(*np.shape(x)[:-1], w_out.shape[1])

@@ -145,6 +145,23 @@ def _variant_funcs(spec: KernelSpec, tiling: CudaTiling, prefix: str, target) ->
         raise CodegenError(f"TVMScript generation failed for {prefix}: {e}") from e
 
 
+def emit_kernels(funcs: dict, arch: str = "sm_90") -> tuple[str, dict[str, Launch]]:
+    """CUDA source of scheduled single-kernel PrimFuncs and each one's launch, by name."""
+    geoms = {name: _geometry(f) for name, f in funcs.items()}
+    try:
+        source = _tvm.cuda_source(funcs, _tvm.cuda_target(arch))
+    except Exception as e:
+        raise CodegenError(f"TVM CUDA codegen for {arch} failed: {e}") from e
+    sigs = _signatures(source)
+    launches = {}
+    for name, (grid, block) in geoms.items():
+        kernel = f"{name}_kernel"
+        if kernel not in sigs or any(k.startswith(kernel + "_") for k in sigs):
+            raise CodegenError(f"{name}: expected exactly one CUDA kernel {kernel}")
+        launches[name] = Launch(kernel, sigs[kernel], grid, block)
+    return source, launches
+
+
 def emit(specs: Sequence[KernelSpec], arch: str = "sm_90") -> tuple[str, list[CudaVariant]]:
     """CUDA source of every variant of every spec, and how to launch each."""
     fam = family("cuda")
@@ -156,25 +173,18 @@ def emit(specs: Sequence[KernelSpec], arch: str = "sm_90") -> tuple[str, list[Cu
             prefix = f"fffc_sparse_ffn_{spec.key}_{v.name}"
             vf = _variant_funcs(spec, v.tiling, prefix, target)
             funcs.update(vf)
-            pending.append((spec, v, [(name, _geometry(f)) for name, f in vf.items()]))
-    try:
-        source = _tvm.cuda_source(funcs, target)
-    except Exception as e:
-        raise CodegenError(f"TVM CUDA codegen for {arch} failed: {e}") from e
-    sigs = _signatures(source)
+            pending.append((spec, v, list(vf)))
+    source, launches = emit_kernels(funcs, arch)
     variants = []
-    for spec, v, geoms in pending:
-        launches = []
-        for name, (grid, block) in geoms:
-            kernel = f"{name}_kernel"
-            if kernel not in sigs or any(k.startswith(kernel + "_") for k in sigs):
-                raise CodegenError(f"{name}: expected exactly one CUDA kernel {kernel}")
-            unknown = set(sigs[kernel]) - set(spec.arg_names()) - set(workspace(spec, v.tiling)) - {TOKEN_VAR}
+    for spec, v, names in pending:
+        ws = workspace(spec, v.tiling)
+        for name in names:
+            unknown = set(launches[name].params) - set(spec.arg_names()) - set(ws) - {TOKEN_VAR}
             if unknown:  # e.g. a host-computed expression TVM hoisted into a parameter
-                raise CodegenError(f"{kernel}: parameters {sorted(unknown)} cannot be launched")
-            launches.append(Launch(kernel, sigs[kernel], grid, block))
-        variants.append(CudaVariant(spec, v.name, v.min_tokens, v.max_tokens, tuple(launches),
-                                    tuple(workspace(spec, v.tiling).items())))
+                raise CodegenError(f"{launches[name].kernel}: parameters {sorted(unknown)} "
+                                   "cannot be launched")
+        variants.append(CudaVariant(spec, v.name, v.min_tokens, v.max_tokens,
+                                    tuple(launches[n] for n in names), tuple(ws.items())))
     return source, variants
 
 

@@ -2,8 +2,9 @@
 
 The emitted ``.cu`` is compiled unchanged as C++ after a small prelude: each CUDA thread of
 a block is a host thread, ``__syncthreads()`` is a barrier, ``__shared__`` memory is one
-static array per kernel (blocks run one after another), and the vector types TVM emits
-(``float2``, ``int2``, ...) are plain structs. Every block of the grid is executed, so the
+static array per kernel (blocks run one after another), the vector types TVM emits
+(``float2``, ``int2``, ...) are plain structs, and ``__shfl_xor_sync`` exchanges values
+through memory between two barriers (valid where the whole block reaches it together). Every block of the grid is executed, so the
 result is the kernel's result, bit for bit up to the host's float rounding of the same
 operations (``fmaf`` contraction may differ from the GPU's). Used by the tests and by
 ``fffc compile --target cuda`` to compare each kernel with the captured site outputs.
@@ -55,6 +56,21 @@ static pthread_barrier_t fffc_barrier;
   static inline N4 make_##N4(T x, T y, T z, T w) { return N4{x, y, z, w}; }
 FFFC_VEC(float, float2, float4)
 FFFC_VEC(int, int2, int4)
+// Warp shuffles: every thread of the block must reach the call (the kernels call them in
+// block-uniform control flow); partners are exchanged through memory between two barriers.
+static float fffc_xchg[1024];
+static inline unsigned fffc_tid() {
+  return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+}
+static inline float __shfl_xor_sync(unsigned, float v, int lane_mask, int width = 32) {
+  unsigned tid = fffc_tid();
+  fffc_xchg[tid] = v;
+  pthread_barrier_wait(&fffc_barrier);
+  unsigned w = static_cast<unsigned>(width);
+  float r = fffc_xchg[(tid / w) * w + ((tid % w) ^ static_cast<unsigned>(lane_mask))];
+  pthread_barrier_wait(&fffc_barrier);
+  return r;
+}
 """
 
 _LAUNCHER = r"""

@@ -1,0 +1,135 @@
+"""``ai.fffc::FastFeedForward`` for CUDA: one thread block per token walks every tree.
+
+The token's row of X stays in registers (``per`` values per thread, coalesced with the
+node rows of ``W_in``). The rows of both children are loaded while a level reduces, so the
+next level starts from registers (twice the row reads, the load latency off the chain of
+D+1 dependent levels). Per level: a block-wide dot product (per-thread partials, then a
+shared-memory tree reduction), exact GELU, an axpy of the node's row of ``W_out`` into the
+per-thread output registers, and the branch ``j = 2j + 1 + [z > 0]``. Only the D+1 visited
+rows of ``W_in`` and ``W_out`` are read per tree: the conditional matrix multiplication.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fffc.errors import CodegenError
+from fffc.ops import KernelSpec
+
+from .sparse_ffn_cuda import ceil_div
+
+
+@dataclass(frozen=True)
+class FffTiling:
+    threads: int = 128  # per block (power of two, ≥ 32)
+    prefetch: bool = False  # load both children's rows during a level (2x row reads)
+
+
+def fff_params(spec: KernelSpec) -> tuple[int, int]:
+    """(trees, depth) of a FastFeedForward spec (carried in ``spec.extra``)."""
+    extra = dict(spec.extra)
+    trees, depth = int(extra["trees"]), int(extra["depth"])
+    if spec.d_ff != trees * (2 ** (depth + 1) - 1):
+        raise CodegenError(f"FastFeedForward: d_ff {spec.d_ff} != trees·(2^(depth+1)-1)")
+    return trees, depth
+
+
+def fff_spec(d_in: int, d_out: int, trees: int, depth: int) -> KernelSpec:
+    return KernelSpec("FastFeedForward", "gelu", "none", "tree", d_in,
+                      trees * (2 ** (depth + 1) - 1), d_out, True, False, False,
+                      extra=(("depth", str(depth)), ("trees", str(trees))))
+
+
+# Prefetch: the children's rows are known at the start of a level; loading both overlaps
+# their latency with this level's reduction, and the next level starts from registers.
+_PREFETCH = '''                    if lvl < {DEPTH}:
+                        for i in T.unroll({PER}):
+                            lw[i] = T.if_then_else(i * {TX} + tx < {D}, W_in[k * {NN} + node[0] * 2 + 1, T.min(i * {TX} + tx, {D} - 1)], T.float32(0))
+                            rw[i] = T.if_then_else(i * {TX} + tx < {D}, W_in[k * {NN} + node[0] * 2 + 2, T.min(i * {TX} + tx, {D} - 1)], T.float32(0))'''
+_PICK = '''                    for i in T.unroll({PER}):
+                        cw[i] = T.Select(h[0] > T.float32(0), rw[i], lw[i])'''
+# Without prefetch: the current node's row, loaded when the node is known.
+_LOAD = '''                    for i in T.unroll({PER}):
+                        cw[i] = T.if_then_else(i * {TX} + tx < {D}, W_in[k * {NN} + node[0], T.min(i * {TX} + tx, {D} - 1)], T.float32(0))'''
+
+_ROOT = '''                for i in T.unroll({PER}):
+                    cw[i] = T.if_then_else(i * {TX} + tx < {D}, W_in[k * {NN}, T.min(i * {TX} + tx, {D} - 1)], T.float32(0))'''
+
+_FFF = '''
+@T.prim_func
+def kernel(x: T.handle, W_in: T.Buffer(({R}, {D}), "float32"), B_in: T.Buffer(({R},), "float32"),
+           W_out: T.Buffer(({R}, {DO}), "float32"), y: T.handle):
+    T.func_attr({{"global_symbol": "{symbol}", "tirx.noalias": True}})
+    N = T.int32()
+    X = T.match_buffer(x, (N, {D}), "float32")
+    Y = T.match_buffer(y, (N, {DO}), "float32")
+    for b in T.thread_binding(N, thread="blockIdx.x"):
+        for tx in T.thread_binding({TX}, thread="threadIdx.x"):
+            xr = T.alloc_buffer(({PER},), "float32", scope="local")
+            yr = T.alloc_buffer(({PERO},), "float32", scope="local")
+            node = T.alloc_buffer((1,), "int32", scope="local")
+            part = T.alloc_buffer((1,), "float32", scope="local")
+            h = T.alloc_buffer((1,), "float32", scope="local")
+            pg = T.alloc_buffer((1,), "float32", scope="local")
+            pnode = T.alloc_buffer((1,), "int32", scope="local")
+            red = T.alloc_buffer((2, {NW}), "float32", scope="shared")
+            cw = T.alloc_buffer(({PER},), "float32", scope="local")
+            lw = T.alloc_buffer(({PER},), "float32", scope="local")
+            rw = T.alloc_buffer(({PER},), "float32", scope="local")
+            for i in T.unroll({PER}):
+                xr[i] = T.if_then_else(i * {TX} + tx < {D}, X[b, T.min(i * {TX} + tx, {D} - 1)], T.float32(0))
+            for i in T.unroll({PERO}):
+                yr[i] = T.float32(0)
+            for k in range({K}):
+                node[0] = 0
+{root_load}
+                pg[0] = T.float32(0)
+                pnode[0] = 0
+                for lvl in range({LEVELS}):
+{load_next}
+                    # the previous level's axpy, deferred so that its W_out row load is in
+                    # flight together with this level's W_in row instead of after it
+                    if lvl > 0:
+                        for i in T.unroll({PERO}):
+                            if i * {TX} + tx < {DO}:
+                                yr[i] = yr[i] + pg[0] * W_out[k * {NN} + pnode[0], i * {TX} + tx]
+                    part[0] = T.float32(0)
+                    for i in T.unroll({PER}):
+                        part[0] = part[0] + xr[i] * cw[i]
+                    # warp sums by shuffles, then one barrier for the warps' partial sums
+                    # (double-buffered by level parity: no second barrier before reuse)
+                    for s in T.unroll(5):
+                        part[0] = part[0] + T.tvm_warp_shuffle_xor(T.uint32(4294967295), part[0], T.shift_left(1, s), 32, 32)
+                    if tx % 32 == 0:
+                        red[lvl % 2, tx // 32] = part[0]
+                    T.tvm_storage_sync("shared")
+                    h[0] = B_in[k * {NN} + node[0]]
+                    for w in T.unroll({NW}):
+                        h[0] = h[0] + red[lvl % 2, w]
+                    pg[0] = T.float32(0.5) * h[0] * (T.float32(1) + T.erf(h[0] * T.float32(0.7071067811865476)))
+                    pnode[0] = node[0]
+                    node[0] = node[0] * 2 + 1 + T.Select(h[0] > T.float32(0), 1, 0)
+{pick_next}
+                for i in T.unroll({PERO}):
+                    if i * {TX} + tx < {DO}:
+                        yr[i] = yr[i] + pg[0] * W_out[k * {NN} + pnode[0], i * {TX} + tx]
+            for i in T.unroll({PERO}):
+                if i * {TX} + tx < {DO}:
+                    Y[b, i * {TX} + tx] = yr[i]
+'''
+
+
+def fff_source(spec: KernelSpec, t: FffTiling, symbol: str) -> str:
+    """TVMScript of the FFF kernel for one shape."""
+    trees, depth = fff_params(spec)
+    tx = t.threads
+    if tx < 32 or tx & (tx - 1):
+        raise CodegenError(f"FFF threads {tx}: a power of two ≥ 32")
+    fmt = dict(D=spec.d_in, K=trees, NN=spec.d_ff // trees, DEPTH=depth, TX=tx,
+               PER=ceil_div(spec.d_in, tx))
+    load_next = _PREFETCH.format(**fmt) if t.prefetch else _LOAD.format(**fmt)
+    pick_next = _PICK.format(**fmt) if t.prefetch else ""
+    root_load = _ROOT.format(**fmt) if t.prefetch else ""
+    return _FFF.format(load_next=load_next, pick_next=pick_next, root_load=root_load, R=spec.d_ff, D=spec.d_in, DO=spec.d_out, K=trees, NN=spec.d_ff // trees,
+                       LEVELS=depth + 1, DEPTH=depth, TX=tx, NW=tx // 32,
+                       PER=ceil_div(spec.d_in, tx), PERO=ceil_div(spec.d_out, tx), symbol=symbol)
