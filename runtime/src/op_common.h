@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ort_api.h"
@@ -53,6 +54,15 @@ struct KernelBase {
   virtual OrtStatus* Compute(OrtKernelContext* ctx) = 0;
 };
 using KernelFactory = KernelBase* (*)(const OrtApi* api, Attrs attrs);
+
+// The KernelFactory of a KernelBase subclass.
+template <class Kernel>
+KernelBase* MakeKernel(const OrtApi* api, Attrs attrs) {
+  auto* k = new Kernel;
+  k->api = api;
+  k->attrs = std::move(attrs);
+  return k;
+}
 
 // The OrtCustomOp of SparseFFN for execution provider `ep` (lives for the process).
 OrtCustomOp* NewSparseFfnOp(const OrtApi* api, const char* ep, KernelFactory factory);

@@ -63,17 +63,10 @@ struct CpuKernel : KernelBase {
   }
 };
 
-KernelBase* Make(const OrtApi* api, Attrs attrs) {
-  auto* k = new CpuKernel;
-  k->api = api;
-  k->attrs = std::move(attrs);
-  return k;
-}
-
 }  // namespace
 
 OrtStatus* RegisterOps(const OrtApi* api, OrtCustomOpDomain* domain) {
-  static OrtCustomOp* op = NewSparseFfnOp(api, "CPUExecutionProvider", Make);
+  static OrtCustomOp* op = NewSparseFfnOp(api, "CPUExecutionProvider", MakeKernel<CpuKernel>);
   return api->CustomOpDomain_Add(domain, op);
 }
 

@@ -147,18 +147,11 @@ struct CudaKernel : KernelBase {
   }
 };
 
-KernelBase* Make(const OrtApi* api, Attrs attrs) {
-  auto* k = new CudaKernel;
-  k->api = api;
-  k->attrs = std::move(attrs);
-  return k;
-}
-
 }  // namespace
 
 OrtStatus* RegisterOps(const OrtApi* api, OrtCustomOpDomain* domain) {
   if (fffc_num_cuda_kernels == 0) return nullptr;
-  static OrtCustomOp* op = NewSparseFfnOp(api, "CUDAExecutionProvider", Make);
+  static OrtCustomOp* op = NewSparseFfnOp(api, "CUDAExecutionProvider", MakeKernel<CudaKernel>);
   return api->CustomOpDomain_Add(domain, op);
 }
 
