@@ -125,7 +125,7 @@ def compile_model(path: str | Path, out: str | Path | None = None,
         want = verify.run(verify.session(a.proto), feeds)
         captured = _capture(a, feeds, want, options.rtol)
         for site in a.sites:
-            if site.decision != "exact":
+            if site.decision not in ("exact", "walk"):
                 continue
             xs, ys = captured[site.name]
             c = verify.verify_site(site, xs, ys, passes.site_weights(a.working, site.name), options.rtol)

@@ -20,6 +20,11 @@ def plan(sites: Sequence[Site], only: Sequence[str] = ()) -> None:
             site.decision, site.reason = "dense", "not selected with --sites"
         elif site.dtype != "float32":
             site.decision, site.reason = "dense", f"{site.dtype} weights: float32 only for now"
+        elif site.kind == "fff":
+            site.decision = "walk"
+            site.reason = (f"conditional walk in standard ONNX ops: {site.trees * (site.depth + 1)} "
+                           f"of {site.d_ff} nodes per token (fffc's FastFeedForward kernels are "
+                           "not in the shim yet)")
         elif site.activation == "relu":
             site.decision = "exact"
             site.reason = ("ReLU zeros are exact: skip down-projection rows" if site.kind == "dense"

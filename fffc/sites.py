@@ -11,7 +11,7 @@ class Site:
 
     name: str  # the ai.fffc node's name (content-derived, stable across runs)
     rule: str  # the rule that matched it
-    kind: str  # "dense" | "gated"
+    kind: str  # "dense" | "gated" | "fff"
     activation: str  # "relu" | "gelu" | "gelu_tanh" | "silu"
     up_activation: str  # gated only: "none" | "relu" (dReLU)
     d_model: int
@@ -21,7 +21,9 @@ class Site:
     has_b2: bool
     dtype: str
     matched_nodes: list[str] = field(default_factory=list)
-    decision: str = "pending"  # "exact" | "dense" (left as it was)
+    trees: int = 0  # fff: K
+    depth: int = 0  # fff: D (D+1 nodes visited per tree)
+    decision: str = "pending"  # "exact" | "walk" (fff) | "dense" (left as it was)
     reason: str = ""  # why that decision
     max_abs_err: float | None = None
     max_rel_err: float | None = None
@@ -35,6 +37,8 @@ class Site:
         """Human name: relu FFN, gelu FFN, SwiGLU, ReGLU, dReLU, ..."""
         if self.kind == "dense":
             return f"{self.activation} FFN"
+        if self.kind == "fff":
+            return f"FFF {self.trees}x{self.depth}"
         if self.activation == "relu":
             return "dReLU" if self.up_activation == "relu" else "ReGLU"
         return {"silu": "SwiGLU", "gelu": "GeGLU", "gelu_tanh": "GeGLU(tanh)"}.get(

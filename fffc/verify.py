@@ -144,6 +144,9 @@ def compare_runs(got: list[list[np.ndarray]], want: list[list[np.ndarray]],
 
 def site_reference(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | None]) -> np.ndarray:
     """The planned op on a captured input, with the weights as the artifact stores them."""
+    if site.kind == "fff":  # marker inputs: W_in [H, K·n] (MatMul orientation), B_in, W_out
+        return reference.fast_feed_forward(x, weights["W1"].T, weights["B1"], weights["W2"],
+                                           trees=site.trees, depth=site.depth)
     return reference.sparse_ffn(
         x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"), weights.get("WU"),
         activation_name=site.activation, up_activation=site.up_activation,

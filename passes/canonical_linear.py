@@ -106,6 +106,14 @@ class Conv1DReshapeGemm(pattern.RewriteRuleClassBase):
         if (out is not None and out.shape is not None and x.shape is not None
                 and out.shape.rank() != x.shape.rank()):
             return r.fail(f"Conv1D unflatten: expected rank {x.shape.rank()}, got {out.shape}", s2)
+        if out is not None and out.shape is not None and x.shape is not None:
+            # the unflatten must give back x's leading dims: a static dim of x facing a
+            # different static or a symbolic dim of the output is another reshape (e.g. an
+            # FFF's [T, 1, n] mask product reshaped to [batch, seq, d])
+            for a, b in zip(list(x.shape)[:-1], list(out.shape)[:-1], strict=True):
+                if isinstance(a, int) and a != b:
+                    return r.fail(f"Conv1D unflatten: leading dims {list(x.shape)[:-1]} of the "
+                                  f"input are not restored ({out.shape})", s2)
         return r
 
     def rewrite(self, op, x, w, y, b=None, **_):

@@ -14,7 +14,7 @@ from onnxscript.rewriter import pattern
 
 from fffc.sites import NearMiss, Site
 
-from . import canonical_gelu, canonical_linear, canonical_silu, ffn_dense, ffn_gated
+from . import canonical_gelu, canonical_linear, canonical_silu, ffn_dense, ffn_fff, ffn_gated
 from ._common import CANON, const_array
 from .lower import markers
 
@@ -56,6 +56,8 @@ def canonicalize(model: ir.Model) -> dict[str, int]:
 
 def detect(model: ir.Model) -> list[Site]:
     """Replace each FFN with a canonical marker (longest patterns first); return the sites."""
+    ffn_fff.detect(model)  # before the FFN rules: its region holds a Gelu and projections
+    _cleanup(model)
     for rules in FFN_PASSES:
         rules.apply_to_model(model)
         _cleanup(model)
@@ -76,6 +78,7 @@ def _site(node: ir.Node) -> Site:
         d_model=int(w1a.shape[0]), d_ff=int(w1a.shape[1]), d_out=int(w2a.shape[1]),
         has_b1=b1 is not None, has_b2=b2 is not None, dtype=str(w1a.dtype),
         matched_nodes=[n for n in get("matched_nodes", "").split(",") if n],
+        trees=node.attributes.get_int("trees", 0), depth=node.attributes.get_int("depth", 0),
     )
 
 
@@ -109,6 +112,14 @@ def near_misses(model: ir.Model) -> list[NearMiss]:
     """
     out = []
     for node in model.graph:
+        if node.op_type == "MatMul" and node.domain == "" and ffn_fff.looks_like_fff(node):
+            try:
+                ffn_fff.match(node)
+                reason = "FastFeedForward: the region's nodes are also used outside it"
+            except ffn_fff.Fail as e:
+                reason = f"FastFeedForward: {e}"
+            out.append(NearMiss(nodes=[node.name or "MatMul"], reason=reason))
+            continue
         if not _projection(node) or node.domain == CANON:
             continue
         act = node.inputs[0].producer() if node.inputs[0] is not None else None

@@ -17,7 +17,7 @@ import onnx_ir.passes.common as common_passes
 
 from fffc.ops import DOMAIN, OPSET_VERSION, SPARSE_FFN
 
-from . import standard_forms
+from . import ffn_fff, standard_forms
 from ._common import CANON, const_array
 
 INPUT_NAMES = [a.name for a in SPARSE_FFN.inputs]
@@ -85,6 +85,9 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
         a = _attrs(node)
         x, w1, b1, w2, b2, wu = (node.inputs + (None,) * 6)[:6]
         tape = ir.tape.Tape()
+        if a["kind"] == "fff":
+            _lower_fff(model, node, decisions.get(node.name) == "walk", opset)
+            continue
         if decisions.get(node.name) == "exact":
             limit = (max_tokens or {}).get(node.name, 0)
             branch = ir.tape.Tape() if limit > 0 else tape
@@ -98,6 +101,36 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
         _replace(graph, node, tape, new_out)
     legalize(model)
     common_passes.RemoveUnusedNodesPass()(model)
+
+
+def _lower_fff(model: ir.Model, node: ir.Node, walk: bool, opset: int) -> None:
+    """An FFF marker: the conditional walk in standard ops, or its original region back."""
+    graph = model.graph
+    if walk:
+        x, w_in, b_in, w_out = node.inputs[:4]
+        tape = ir.tape.Tape()
+        rows = _transposed(graph, w_in)
+        out = standard_forms.fff_walk(tape, x, rows, b_in, w_out,
+                                      trees=node.attributes.get_int("trees", 1),
+                                      depth=node.attributes.get_int("depth", 1), opset=opset)
+        for i, n in enumerate(tape.nodes):
+            n.name = f"{node.name}/walk/{i}_{n.op_type}"
+        _replace(graph, node, tape, out)
+        return
+    out = ffn_fff.restore(graph, node)
+    old = node.outputs[0]
+    name = old.name
+    ir.convenience.replace_all_uses_with(old, out)
+    for i, o in enumerate(graph.outputs):
+        if o is old:
+            graph.outputs[i] = out
+    graph.remove(node, safe=False)
+    out.name = name
+
+
+def _transposed(graph: ir.Graph, w: ir.Value) -> ir.Value:
+    """``w.T`` as a shared initializer (``<name>__rows``): one row per node or neuron."""
+    return _row_major_up(graph, w)
 
 
 def _sparse_ffn(model: ir.Model, node: ir.Node, tape: ir.tape.Tape, a: dict[str, str],

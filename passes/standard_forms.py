@@ -68,3 +68,42 @@ def ffn(
     if b2 is not None:
         y = tape.op("Add", [y, b2])
     return y
+
+
+def fff_walk(tape: ir.tape.Tape, x: ir.Value, w_in_rows: ir.Value, b_in: ir.Value,
+             w_out: ir.Value, *, trees: int, depth: int, opset: int) -> ir.Value:
+    """FastFeedForward's conditional walk in standard ops (opset ≥ 13), all trees at once.
+
+    ``x`` [T, H], ``w_in_rows`` [K·n, H] (row per node), ``b_in`` [K·n], ``w_out`` [K·n, H_out].
+    Per level: node rows gathered ([T, K, H]), dot with x, + bias, exact GELU, the output
+    rows gathered and summed over the trees, ``j = 2j + 1 + [z > 0]``: D+1 levels.
+    """
+    n = 2 ** (depth + 1) - 1
+
+    def const(arr: np.ndarray) -> ir.Value:
+        return tape.op("Constant", [], {"value": ir.tensor(arr)})
+
+    offsets = const(np.arange(trees, dtype=np.int64) * n)  # [K]
+    tokens = tape.op("Slice", [tape.op("Shape", [x]), const(np.array([0], np.int64)),
+                               const(np.array([1], np.int64))])
+    shape_tk = tape.op("Concat", [tokens, const(np.array([trees], np.int64))], {"axis": 0})
+    node = tape.op("ConstantOfShape", [shape_tk],
+                   {"value": ir.tensor(np.zeros(1, dtype=np.int64))})  # [T, K]
+    xk = tape.op("Unsqueeze", [x, const(np.array([1], np.int64))])  # [T, 1, H]
+    last = const(np.array([-1], np.int64))
+    y = None
+    for _ in range(depth + 1):
+        rows = tape.op("Add", [node, offsets])  # [T, K] global node index
+        z = tape.op("ReduceSum", [tape.op("Mul", [tape.op("Gather", [w_in_rows, rows]), xk]), last],
+                    {"keepdims": 0})
+        z = tape.op("Add", [z, tape.op("Gather", [b_in, rows])])  # [T, K]
+        g = activation(tape, "gelu", z, opset)
+        contrib = tape.op("ReduceSum", [
+            tape.op("Mul", [tape.op("Unsqueeze", [g, last]), tape.op("Gather", [w_out, rows])]),
+            const(np.array([1], np.int64))], {"keepdims": 0})  # [T, H_out]
+        y = contrib if y is None else tape.op("Add", [y, contrib])
+        right = tape.op("Cast", [tape.op("Greater", [z, const(np.array(0, np.float32))])],
+                        {"to": ir.DataType.INT64})
+        node = tape.op("Add", [tape.op("Add", [tape.op("Mul", [node, const(np.array(2, np.int64))]),
+                                               const(np.array(1, np.int64))]), right])
+    return y

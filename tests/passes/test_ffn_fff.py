@@ -1,0 +1,111 @@
+"""UltraFastBERT FFF layers in real exports: detected with their K and D, lowered to the
+conditional walk in standard ops, equal to the original in ONNX Runtime (issue 3)."""
+
+from __future__ import annotations
+
+import collections
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import fffc
+from fffc.torch import FastFeedForward
+
+pytestmark = pytest.mark.torch
+
+
+class _GeqFFF(FastFeedForward):
+    """The benchmark code's tie-break (``>= 0``): must not be taken for ``> 0``."""
+
+    def forward(self, x):
+        logits = self.linear_in(x)
+        decisions = (logits >= 0).long().view(-1, self.trees, self.n_nodes)
+        act = torch.nn.functional.gelu(logits).view(-1, self.trees, self.n_nodes)
+        current = torch.zeros(x.shape[0], self.trees, dtype=torch.long)
+        mask = torch.zeros_like(act)
+        mask.scatter_(2, current.unsqueeze(-1), 1.0)
+        for _ in range(self.depth):
+            moves = torch.gather(decisions, 2, current.unsqueeze(2)).squeeze(2)
+            current = current * 2 + 1 + moves
+            mask.scatter_(2, current.unsqueeze(-1), 1.0)
+        return self.linear_out((act * mask).flatten(1, 2))
+
+
+def _export(module, path, dynamo: bool, opset: int, rank: int = 3):
+    torch.manual_seed(0)
+    x = torch.randn(*(2, 5)[: rank - 1], module.input_width)
+    dims = {0: "b", 1: "s"} if rank == 3 else {0: "b"}
+    kwargs = ({"dynamic_shapes": {"x": {k: torch.export.Dim(v) for k, v in dims.items()}}}
+              if dynamo else {"dynamic_axes": {"x": dims}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (x,), str(path), dynamo=dynamo, opset_version=opset,
+                          input_names=["x"], output_names=["y"], **kwargs)
+    return path
+
+
+@pytest.mark.parametrize("hidden, trees, depth, dynamo, opset", [
+    (32, 1, 11, False, 17), (32, 1, 11, True, 18), (24, 4, 3, False, 20), (24, 4, 3, True, 20),
+    (16, 128, 4, False, 17)])
+def test_fff_export_is_detected_and_walked(hidden, trees, depth, dynamo, opset, tmp_path):
+    torch.manual_seed(trees)
+    path = _export(FastFeedForward(hidden, hidden, depth, trees), tmp_path / "m.onnx", dynamo, opset)
+    (site,) = fffc.inspect(path).sites
+    assert (site.kind, site.trees, site.depth) == ("fff", trees, depth)
+    assert (site.d_model, site.d_ff, site.d_out) == (hidden, trees * (2 ** (depth + 1) - 1), hidden)
+    assert site.family == f"FFF {trees}x{depth}"
+
+    result = fffc.compile(path, tmp_path / "m.fffc")
+    (site,) = result.sites
+    assert site.decision == "walk" and site.max_rel_err < 1e-5
+    assert result.manifest["shim"] is None  # standard ops only: runs in any ONNX Runtime
+    model = onnx.load(str(result.artifact / "model.onnx"))
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    assert ops["ScatterElements"] == 0 and ops["Gather"] >= 2 * (depth + 1)
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    walked = ort.InferenceSession(str(result.artifact / "model.onnx"),
+                                  providers=["CPUExecutionProvider"])
+    for b, s in ((1, 1), (3, 7)):
+        x = np.random.default_rng(b * 10 + s).standard_normal((b, s, hidden)).astype(np.float32)
+        want = original.run(None, {"x": x})[0]
+        np.testing.assert_allclose(walked.run(None, {"x": x})[0], want, rtol=1e-4,
+                                   atol=1e-5 * np.abs(want).max())
+
+
+def test_other_tie_break_is_a_near_miss_not_a_site(tmp_path):
+    path = _export(_GeqFFF(16, 16, 3, 1), tmp_path / "geq.onnx", False, 17, rank=2)
+    found = fffc.inspect(path)
+    assert found.sites == []
+    assert any("tie-break" in m.reason for m in found.near_misses)
+
+
+def test_fff_left_as_it_was_when_not_lowered(tmp_path):
+    """A site not selected keeps the exported region node for node (its 'original')."""
+    path = _export(FastFeedForward(16, 16, 3, 2), tmp_path / "m.onnx", False, 17)
+    dummy = tmp_path / "with_relu.onnx"
+    # add a ReLU FFN so that compile has a site to lower while the FFF is deselected
+    m = onnx.load(str(path))
+    rng = np.random.default_rng(0)
+    h = onnx.helper
+    m.graph.initializer.extend([onnx.numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+                                for n, s in (("Wa", (16, 32)), ("Wb", (32, 16)))])
+    y = m.graph.output[0].name
+    m.graph.node.extend([h.make_node("MatMul", [y, "Wa"], ["ra"]), h.make_node("Relu", ["ra"], ["rb"]),
+                         h.make_node("MatMul", ["rb", "Wb"], ["y2"])])
+    m.graph.output[0].name = "y2"
+    onnx.save(m, str(dummy))
+    sites = fffc.inspect(dummy).sites
+    relu = next(s for s in sites if s.kind == "dense")
+    result = fffc.compile(dummy, tmp_path / "out.fffc", fffc.CompileOptions(sites=(relu.name,)))
+    fff = next(s for s in result.sites if s.kind == "fff")
+    assert fff.decision == "dense"
+    ops = collections.Counter(n.op_type for n in onnx.load(str(result.artifact / "model.onnx")).graph.node)
+    assert ops["ScatterElements"] == 4 and ops["GatherElements"] == 3
+    x = rng.standard_normal((2, 3, 16)).astype(np.float32)
+    want = ort.InferenceSession(str(dummy), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = fffc.runtime.InferenceSession(result.artifact).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
