@@ -101,6 +101,24 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
         _replace(graph, node, tape, new_out)
     legalize(model)
     common_passes.RemoveUnusedNodesPass()(model)
+    _drop_unused_initializers(model.graph)
+
+
+def _drop_unused_initializers(graph: ir.Graph) -> None:
+    """Initializers no node of the graph (or of its If branches) reads any more, e.g. W_in in
+    MatMul orientation once an FFF is walked from its row-per-node copy."""
+    live = {id(graph)}
+    stack = [graph]
+    while stack:
+        for node in stack.pop():
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.GRAPH and node.graph is not None:
+                    live.add(id(attr.value))
+                    stack.append(attr.value)
+    for name, value in list(graph.initializers.items()):
+        used = any(u.node.graph is not None and id(u.node.graph) in live for u in value.uses())
+        if not used and value not in graph.outputs and value not in graph.inputs:
+            del graph.initializers[name]
 
 
 def _lower_fff(model: ir.Model, node: ir.Node, walk: bool, opset: int) -> None:

@@ -1,0 +1,98 @@
+"""UltraFastBERT FFF layer in ONNX Runtime (CPU): the exported masked form vs fffc's walk.
+
+    python bench/bench_fff.py [--tokens 1,8,128] [--repeat 30]
+
+A ``fffc.torch.FastFeedForward`` (hidden 768, 1x11: 12 of 4095 nodes per token, as
+UltraFastBERT-1x11) is exported with the TorchScript exporter (opset 17), compiled by
+``fffc compile`` (the FFF site is lowered to the conditional walk in standard ops) and
+timed against the original export and against the dense GELU FFN it replaces in BERT-base
+(768 → 3072 → 768). Same session options (2 intra-op threads), interleaved runs, medians.
+Needs the torch extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _dense_gelu_ffn(h: int, f: int, path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    inits = {"W1": rng.standard_normal((h, f)) / np.sqrt(h), "b1": np.zeros(f),
+             "W2": rng.standard_normal((f, h)) / np.sqrt(f), "b2": np.zeros(h)}
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["a"]), helper.make_node("Add", ["a", "b1"], ["b"]),
+             helper.make_node("Gelu", ["b"], ["c"], domain="com.microsoft"),
+             helper.make_node("MatMul", ["c", "W2"], ["d"]), helper.make_node("Add", ["d", "b2"], ["y"])]
+    g = helper.make_graph(nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["t", h])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["t", h])],
+                          [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
+                                            helper.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def main() -> int:
+    import torch
+
+    import fffc
+    import fffc.runtime
+    from fffc.torch import FastFeedForward
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tokens", default="1,8,128")
+    p.add_argument("--repeat", type=int, default=30)
+    a = p.parse_args()
+    h, depth = 768, 11
+    tmp = Path(tempfile.mkdtemp(prefix="fffc-bench-fff-"))
+    torch.manual_seed(0)
+    layer = FastFeedForward(h, h, depth, 1).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(layer, (torch.randn(4, h),), str(tmp / "fff.onnx"), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "t"}})
+    result = fffc.compile(tmp / "fff.onnx", tmp / "fff.fffc")
+    (site,) = result.sites
+    print(f"site: {site.family}, decision {site.decision}, verified rel err {site.max_rel_err:.1e}")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    sessions = {
+        "dense GELU FFN 768/3072": ort.InferenceSession(
+            str(_dense_gelu_ffn(h, 3072, tmp / "dense.onnx")), so, providers=["CPUExecutionProvider"]),
+        "FFF export (masked)": ort.InferenceSession(str(tmp / "fff.onnx"), so,
+                                                    providers=["CPUExecutionProvider"]),
+        "FFF fffc walk": fffc.runtime.InferenceSession(result.artifact, so),
+    }
+    print(f"{'tokens':>6} " + " ".join(f"{k:>24}" for k in sessions) + "   walk vs masked  vs dense")
+    for n in [int(t) for t in a.tokens.split(",")]:
+        x = np.random.default_rng(n).standard_normal((n, h)).astype(np.float32)
+        want = sessions["FFF export (masked)"].run(None, {"x": x})[0]
+        got = sessions["FFF fffc walk"].run(None, {"x": x})[0]
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), "walk differs"
+        times: dict[str, list[float]] = {k: [] for k in sessions}
+        for _ in range(a.repeat):
+            for k, s in sessions.items():
+                t0 = time.perf_counter()
+                s.run(None, {"x": x})
+                times[k].append((time.perf_counter() - t0) * 1e3)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        walk = med["FFF fffc walk"]
+        print(f"{n:6d} " + " ".join(f"{v:21.3f} ms" for v in med.values())
+              + f"   {med['FFF export (masked)'] / walk:13.1f}x {med['dense GELU FFN 768/3072'] / walk:7.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
