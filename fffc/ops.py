@@ -109,6 +109,13 @@ FAST_FEED_FORWARD = OpSpec(
 OPS: dict[str, OpSpec] = {SPARSE_FFN.name: SPARSE_FFN, FAST_FEED_FORWARD.name: FAST_FEED_FORWARD}
 
 
+def fff_kernel_spec(d_in: int, d_out: int, trees: int, depth: int) -> KernelSpec:
+    """The KernelSpec of a FastFeedForward shape; ``mode`` carries "<trees>x<depth>"."""
+    return KernelSpec(FAST_FEED_FORWARD.name, "gelu", "none", f"{trees}x{depth}", d_in,
+                      trees * (2 ** (depth + 1) - 1), d_out, True, False, False,
+                      extra=(("depth", str(depth)), ("trees", str(trees))))
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     """Everything codegen needs to build one kernel family for one FFN shape.
@@ -138,6 +145,8 @@ class KernelSpec:
 
     def arg_names(self) -> list[str]:
         """Kernel argument order: present inputs in OpSpec order, then the output."""
+        if self.op == FAST_FEED_FORWARD.name:
+            return ["X", "W_in", "B_in", "W_out", "Y"]
         names = ["X", "W1"]
         if self.has_b1:
             names.append("B1")

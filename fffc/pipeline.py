@@ -29,6 +29,7 @@ from .sites import NearMiss, Site
 from .targets import normalize
 
 Reporter = Callable[[str], contextlib.AbstractContextManager]
+KERNEL_DECISIONS = ("exact", "tree")  # sites that become an ai.fffc node with kernels
 MAX_ROUNDS = 2  # a site whose kernel fails the artifact check is dropped and the rest rebuilt
 
 
@@ -125,7 +126,7 @@ def compile_model(path: str | Path, out: str | Path | None = None,
         want = verify.run(verify.session(a.proto), feeds)
         captured = _capture(a, feeds, want, options.rtol)
         for site in a.sites:
-            if site.decision not in ("exact", "walk"):
+            if site.decision not in (*KERNEL_DECISIONS, "walk"):
                 continue
             xs, ys = captured[site.name]
             c = verify.verify_site(site, xs, ys, passes.site_weights(a.working, site.name), options.rtol)
@@ -143,7 +144,7 @@ def compile_model(path: str | Path, out: str | Path | None = None,
             passes.lower(final, {s.name: s.decision for s in a.sites}, limits)
             final_proto = ir.serde.serialize_model(final)
             dump.model("02-rewritten.onnx", final_proto)
-            exact = [s for s in a.sites if s.decision == "exact"]
+            exact = [s for s in a.sites if s.decision in KERNEL_DECISIONS]
             _clear(staging)
             model_file = staging / "model.onnx"
             onnx.save(final_proto, str(model_file))
@@ -254,9 +255,14 @@ def _check_artifact(a: Analysis, final_proto, model_file: Path, shim: Path | Non
         return report, failed
     kernels = {}
     for site in a.sites:
-        if site.decision != "exact":
+        if site.decision not in KERNEL_DECISIONS:
             continue
-        sess = verify.session(verify.single_node_model(final_proto, site.name), register=str(shim))
+        try:
+            sess = verify.session(verify.single_node_model(final_proto, site.name),
+                                  register=str(shim))
+        except Exception as e:  # ORT raises one type for everything: keep its first line
+            failed[site.name] = f"kernel could not be loaded: {str(e).splitlines()[0][:200]}"
+            continue
         xs, ys = captured[site.name]
         c = verify.compare_runs([sess.run(None, {"X": x}) for x in xs], [[y] for y in ys], rtol)
         kernels[site.name] = c.__dict__

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .ops import KernelSpec
+from .ops import KernelSpec, fff_kernel_spec
 from .sites import Site
 
 
@@ -21,10 +21,9 @@ def plan(sites: Sequence[Site], only: Sequence[str] = ()) -> None:
         elif site.dtype != "float32":
             site.decision, site.reason = "dense", f"{site.dtype} weights: float32 only for now"
         elif site.kind == "fff":
-            site.decision = "walk"
-            site.reason = (f"conditional walk in standard ONNX ops: {site.trees * (site.depth + 1)} "
-                           f"of {site.d_ff} nodes per token (fffc's FastFeedForward kernels are "
-                           "not in the shim yet)")
+            site.decision = "tree"
+            site.reason = (f"FastFeedForward: {site.trees * (site.depth + 1)} of {site.d_ff} "
+                           "nodes per token (conditional matrix multiplication)")
         elif site.activation == "relu":
             site.decision = "exact"
             site.reason = ("ReLU zeros are exact: skip down-projection rows" if site.kind == "dense"
@@ -36,7 +35,9 @@ def plan(sites: Sequence[Site], only: Sequence[str] = ()) -> None:
 
 
 def kernel_spec(site: Site) -> KernelSpec:
-    """What codegen builds for an ``exact`` site."""
+    """What codegen builds for an ``exact`` or ``tree`` site."""
+    if site.kind == "fff":
+        return fff_kernel_spec(site.d_model, site.d_out, site.trees, site.depth)
     return KernelSpec(
         op="SparseFFN", activation=site.activation, up_activation=site.up_activation,
         mode="exact", d_in=site.d_model, d_ff=site.d_ff, d_out=site.d_out,

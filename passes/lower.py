@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from fffc.ops import DOMAIN, OPSET_VERSION, SPARSE_FFN
+from fffc.ops import DOMAIN, FAST_FEED_FORWARD, OPSET_VERSION, SPARSE_FFN
 
 from . import ffn_fff, standard_forms
 from ._common import CANON, const_array
@@ -86,7 +86,7 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
         x, w1, b1, w2, b2, wu = (node.inputs + (None,) * 6)[:6]
         tape = ir.tape.Tape()
         if a["kind"] == "fff":
-            _lower_fff(model, node, decisions.get(node.name) == "walk", opset)
+            _lower_fff(model, node, decisions.get(node.name, "dense"), opset)
             continue
         if decisions.get(node.name) == "exact":
             limit = (max_tokens or {}).get(node.name, 0)
@@ -121,18 +121,29 @@ def _drop_unused_initializers(graph: ir.Graph) -> None:
             del graph.initializers[name]
 
 
-def _lower_fff(model: ir.Model, node: ir.Node, walk: bool, opset: int) -> None:
-    """An FFF marker: the conditional walk in standard ops, or its original region back."""
+def _lower_fff(model: ir.Model, node: ir.Node, decision: str, opset: int) -> None:
+    """An FFF marker: ``tree`` → ai.fffc::FastFeedForward (+ the walk as fallback function),
+    ``walk`` → the conditional walk in standard ops, else its original region back."""
     graph = model.graph
-    if walk:
+    trees, depth = node.attributes.get_int("trees", 1), node.attributes.get_int("depth", 1)
+    if decision in ("tree", "walk"):
         x, w_in, b_in, w_out = node.inputs[:4]
         tape = ir.tape.Tape()
         rows = _transposed(graph, w_in)
-        out = standard_forms.fff_walk(tape, x, rows, b_in, w_out,
-                                      trees=node.attributes.get_int("trees", 1),
-                                      depth=node.attributes.get_int("depth", 1), opset=opset)
-        for i, n in enumerate(tape.nodes):
-            n.name = f"{node.name}/walk/{i}_{n.op_type}"
+        if decision == "tree":
+            overload = f"k{trees}_d{depth}"
+            out = tape.op(FAST_FEED_FORWARD.name, [x, rows, b_in, w_out],
+                          {"trees": trees, "depth": depth}, domain=DOMAIN, overload=overload,
+                          name=node.name, metadata_props={"fffc.rule": "fff_masked"})
+            key = (DOMAIN, FAST_FEED_FORWARD.name, overload)
+            if key not in model.functions:
+                model.functions[key] = _fff_function(overload, trees, depth, opset)
+            model.opset_imports[DOMAIN] = OPSET_VERSION
+        else:
+            out = standard_forms.fff_walk(tape, x, rows, b_in, w_out, trees=trees, depth=depth,
+                                          opset=opset)
+            for i, n in enumerate(tape.nodes):
+                n.name = f"{node.name}/walk/{i}_{n.op_type}"
         _replace(graph, node, tape, out)
         return
     out = ffn_fff.restore(graph, node)
@@ -144,6 +155,18 @@ def _lower_fff(model: ir.Model, node: ir.Node, walk: bool, opset: int) -> None:
             graph.outputs[i] = out
     graph.remove(node, safe=False)
     out.name = name
+
+
+def _fff_function(overload: str, trees: int, depth: int, opset: int) -> ir.Function:
+    """FastFeedForward's fallback: the conditional walk in standard ops (X is [T, d_in])."""
+    formals = [ir.Value(name=a.name) for a in FAST_FEED_FORWARD.inputs]
+    tape = ir.tape.Tape()
+    y = standard_forms.fff_walk(tape, *formals, trees=trees, depth=depth, opset=opset)
+    y.name = "Y"
+    graph = ir.Graph(formals, [y], nodes=tape.nodes, opset_imports={"": opset},
+                     name=f"{FAST_FEED_FORWARD.name}_{overload}")
+    attrs = [ir.Attr(a.name, ir.AttributeType.INT, a.default) for a in FAST_FEED_FORWARD.attributes]
+    return ir.Function(DOMAIN, FAST_FEED_FORWARD.name, overload, graph=graph, attributes=attrs)
 
 
 def _transposed(graph: ir.Graph, w: ir.Value) -> ir.Value:

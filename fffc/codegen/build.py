@@ -19,6 +19,7 @@ from fffc.ops import KernelSpec
 
 from . import _tvm
 from .cuda_build import DEFAULT_ARCHS, CudaLibrary, build_cuda_library
+from .kernels.fff import fff_cpu_primfunc
 from .kernels.sparse_ffn import sparse_ffn_primfunc
 from .schedules import MAX_TOKENS, family
 
@@ -75,7 +76,8 @@ def check_target(name: str) -> None:
 
 
 def symbol_of(spec: KernelSpec, variant: str) -> str:
-    return f"fffc_sparse_ffn_{spec.key}_{variant}"
+    op = "fff" if spec.op == "FastFeedForward" else "sparse_ffn"
+    return f"fffc_{op}_{spec.key}_{variant}"
 
 
 def _check_cover(spec: KernelSpec, table: list[CompiledKernel]) -> None:
@@ -94,6 +96,13 @@ def _funcs(specs: Sequence[KernelSpec], target_name: str, target: dict,
     fam = family(target_name)
     funcs, table = {}, []
     for spec in specs:
+        if spec.op == "FastFeedForward":  # one kernel for every token count
+            k = CompiledKernel(spec, "walk", symbol_of(spec, "walk"), 1, MAX_TOKENS)
+            if only is None or only == "walk":
+                lanes = 4 if target.get("mtriple", "").startswith("aarch64") else 16
+                funcs[k.symbol] = fff_cpu_primfunc(spec, k.symbol, lanes)
+            table.append(k)
+            continue
         kernels = []
         for v in fam.variants(spec, target):
             kernels.append(CompiledKernel(spec, v.name, symbol_of(spec, v.name),
@@ -133,7 +142,9 @@ def build_kernel_library(specs: Sequence[KernelSpec], target: str = "x86",
     if fam.name == "cuda":
         cpu = build_kernel_library(specs, "x86", Path(out_dir), mcpu or PORTABLE_X86,
                                    host_twin=host_twin, mattr=mattr)
-        return replace(cpu, family="cuda", cuda=build_cuda_library(specs, Path(out_dir), archs))
+        gpu = [s for s in specs if s.op == "SparseFFN"]  # FFF: CPU kernels only, for now
+        return replace(cpu, family="cuda",
+                       cuda=build_cuda_library(gpu, Path(out_dir), archs) if gpu else None)
     tgt = fam.target(mcpu, tuple(mattr))
     unique = list(dict.fromkeys(specs))  # equal specs share kernels
     funcs, table = _funcs(unique, target, tgt)
@@ -198,8 +209,11 @@ def assembly(spec: KernelSpec, target: dict, variant: str | None = None,
 
 def source(spec: KernelSpec, variant: str, target: str = "x86", mcpu: str | None = None) -> str:
     """The TVMScript of one variant (for --dump and debugging)."""
+    from .kernels.fff import fff_cpu_source
     from .kernels.sparse_ffn import sparse_ffn_source
 
+    if spec.op == "FastFeedForward":
+        return fff_cpu_source(spec, symbol_of(spec, variant))
     fam = family(target)
     for v in fam.variants(spec, fam.target(mcpu)):
         if v.name == variant:

@@ -24,6 +24,8 @@ std::string StringAttr(const OrtApi* api, const OrtKernelInfo* info, const char*
   return out;
 }
 
+}  // namespace
+
 OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const char* name) {
   out->value = v;
   OrtTensorTypeAndShapeInfo* info = nullptr;
@@ -43,23 +45,42 @@ OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const cha
   return api->GetTensorMutableData(const_cast<OrtValue*>(v), &out->data);
 }
 
+namespace {
+
 // The OrtCustomOp with what CreateKernelV2 needs to build this EP's kernel.
 struct OpWithFactory {
   OrtCustomOp op;  // first member: the OrtCustomOp* ORT passes back points here
   const char* ep;
+  const char* name;
+  size_t inputs;
+  bool fff;  // FastFeedForward: int attributes trees/depth, all inputs required
   KernelFactory factory;
 };
 
+const OpWithFactory* Holder(const OrtCustomOp* op) {
+  return reinterpret_cast<const OpWithFactory*>(op);
+}
+
+int64_t IntAttr(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t fallback) {
+  int64_t out = fallback;
+  if (OrtStatus* st = api->KernelInfoGetAttribute_int64(info, name, &out)) {
+    api->ReleaseStatus(st);
+    return fallback;
+  }
+  return out;
+}
+
 const OrtApi* g_api = nullptr;
 
-const char* GetName(const OrtCustomOp*) { return "SparseFFN"; }
-const char* GetEp(const OrtCustomOp* op) { return reinterpret_cast<const OpWithFactory*>(op)->ep; }
+const char* GetName(const OrtCustomOp* op) { return Holder(op)->name; }
+const char* GetEp(const OrtCustomOp* op) { return Holder(op)->ep; }
 ONNXTensorElementDataType FloatType(const OrtCustomOp*, size_t) {
   return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
-size_t InputCount(const OrtCustomOp*) { return kNumInputs; }
+size_t InputCount(const OrtCustomOp* op) { return Holder(op)->inputs; }
 size_t OutputCount(const OrtCustomOp*) { return 1; }
-OrtCustomOpInputOutputCharacteristic InputChar(const OrtCustomOp*, size_t i) {
+OrtCustomOpInputOutputCharacteristic InputChar(const OrtCustomOp* op, size_t i) {
+  if (Holder(op)->fff) return INPUT_OUTPUT_REQUIRED;
   return (i == kB1 || i == kB2 || i == kWU) ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
 }
 OrtCustomOpInputOutputCharacteristic OutputChar(const OrtCustomOp*, size_t) {
@@ -73,10 +94,16 @@ OrtStatusPtr CreateKernelV2(const OrtCustomOp* op, const OrtApi* api, const OrtK
                             void** kernel) {
   const OrtApi* a = api ? api : g_api;
   try {
-    Attrs attrs{StringAttr(a, info, "activation", "relu"),
-                StringAttr(a, info, "up_activation", "none"),
-                StringAttr(a, info, "mode", "exact")};
-    *kernel = reinterpret_cast<const OpWithFactory*>(op)->factory(a, attrs);
+    Attrs attrs;
+    if (Holder(op)->fff) {
+      attrs = {"gelu", "none",
+               std::to_string(IntAttr(a, info, "trees", 1)) + "x" +
+                   std::to_string(IntAttr(a, info, "depth", 11))};
+    } else {
+      attrs = {StringAttr(a, info, "activation", "relu"),
+               StringAttr(a, info, "up_activation", "none"), StringAttr(a, info, "mode", "exact")};
+    }
+    *kernel = Holder(op)->factory(a, attrs);
     return nullptr;
   } catch (const std::exception& e) {
     return a->CreateStatus(ORT_FAIL, e.what());
@@ -151,12 +178,18 @@ bool Matches(const Attrs& a, const FfnCall& c, const char* activation, const cha
          c.tokens <= max_tokens;
 }
 
-OrtCustomOp* NewSparseFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
+namespace {
+
+OrtCustomOp* NewOp(const OrtApi* api, const char* name, const char* ep, size_t inputs, bool fff,
+                   KernelFactory factory) {
   g_api = api;
   auto* holder = new OpWithFactory;  // must outlive every session: never freed
   OrtCustomOp& op = holder->op;
   std::memset(&op, 0, sizeof(op));
   holder->ep = ep;
+  holder->name = name;
+  holder->inputs = inputs;
+  holder->fff = fff;
   holder->factory = factory;
   op.version = kOrtApiVersion;
   op.GetName = GetName;
@@ -176,6 +209,16 @@ OrtCustomOp* NewSparseFfnOp(const OrtApi* api, const char* ep, KernelFactory fac
   op.CreateKernelV2 = CreateKernelV2;
   op.KernelComputeV2 = ComputeV2;
   return &holder->op;
+}
+
+}  // namespace
+
+OrtCustomOp* NewSparseFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
+  return NewOp(api, "SparseFFN", ep, kNumInputs, false, factory);
+}
+
+OrtCustomOp* NewFastFeedForwardOp(const OrtApi* api, const char* ep, KernelFactory factory) {
+  return NewOp(api, "FastFeedForward", ep, 4, true, factory);
 }
 
 }  // namespace fffc

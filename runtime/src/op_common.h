@@ -35,6 +35,9 @@ struct FfnCall {
 
 OrtStatus* Fail(const OrtApi* api, const std::string& msg);
 
+// Type, shape and data of a float32 input (an error names it otherwise).
+OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const char* name);
+
 // Reads and checks the inputs, allocates Y; on tokens == 0 leaves y null.
 OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* call);
 
@@ -66,6 +69,10 @@ KernelBase* MakeKernel(const OrtApi* api, Attrs attrs) {
 
 // The OrtCustomOp of SparseFFN for execution provider `ep` (lives for the process).
 OrtCustomOp* NewSparseFfnOp(const OrtApi* api, const char* ep, KernelFactory factory);
+
+// The OrtCustomOp of FastFeedForward (X, W_in, B_in, W_out; int attributes trees, depth,
+// passed to kernels as Attrs::mode = "<trees>x<depth>").
+OrtCustomOp* NewFastFeedForwardOp(const OrtApi* api, const char* ep, KernelFactory factory);
 
 }  // namespace fffc
 

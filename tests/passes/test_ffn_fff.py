@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import fffc
+import fffc.runtime
 from fffc.torch import FastFeedForward
 
 pytestmark = pytest.mark.torch
@@ -51,7 +52,7 @@ def _export(module, path, dynamo: bool, opset: int, rank: int = 3):
 @pytest.mark.parametrize("hidden, trees, depth, dynamo, opset", [
     (32, 1, 11, False, 17), (32, 1, 11, True, 18), (24, 4, 3, False, 20), (24, 4, 3, True, 20),
     (16, 128, 4, False, 17)])
-def test_fff_export_is_detected_and_walked(hidden, trees, depth, dynamo, opset, tmp_path):
+def test_fff_export_is_detected_and_compiled(hidden, trees, depth, dynamo, opset, tmp_path):
     torch.manual_seed(trees)
     path = _export(FastFeedForward(hidden, hidden, depth, trees), tmp_path / "m.onnx", dynamo, opset)
     (site,) = fffc.inspect(path).sites
@@ -61,19 +62,23 @@ def test_fff_export_is_detected_and_walked(hidden, trees, depth, dynamo, opset, 
 
     result = fffc.compile(path, tmp_path / "m.fffc")
     (site,) = result.sites
-    assert site.decision == "walk" and site.max_rel_err < 1e-5
-    assert result.manifest["shim"] is None  # standard ops only: runs in any ONNX Runtime
+    assert site.decision == "tree" and site.max_rel_err < 1e-5
+    assert result.manifest["verification"]["kernels"][site.name]["ok"]  # the x86 kernel alone
     model = onnx.load(str(result.artifact / "model.onnx"))
     ops = collections.Counter(n.op_type for n in model.graph.node)
-    assert ops["ScatterElements"] == 0 and ops["Gather"] >= 2 * (depth + 1)
+    assert ops["ScatterElements"] == 0 and ops["FastFeedForward"] == 1
+    (fn,) = [f for f in model.functions if f.name == "FastFeedForward"]  # the walk, as fallback
+    assert collections.Counter(n.op_type for n in fn.node)["Gather"] >= 2 * (depth + 1)
     original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    walked = ort.InferenceSession(str(result.artifact / "model.onnx"),
-                                  providers=["CPUExecutionProvider"])
+    with_kernel = fffc.runtime.InferenceSession(result.artifact)
+    stock = ort.InferenceSession(str(result.artifact / "model.onnx"),
+                                 providers=["CPUExecutionProvider"])  # no fffc: the walk
     for b, s in ((1, 1), (3, 7)):
         x = np.random.default_rng(b * 10 + s).standard_normal((b, s, hidden)).astype(np.float32)
         want = original.run(None, {"x": x})[0]
-        np.testing.assert_allclose(walked.run(None, {"x": x})[0], want, rtol=1e-4,
-                                   atol=1e-5 * np.abs(want).max())
+        for sess in (with_kernel, stock):
+            np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-4,
+                                       atol=1e-5 * np.abs(want).max())
 
 
 def test_other_tie_break_is_a_near_miss_not_a_site(tmp_path):

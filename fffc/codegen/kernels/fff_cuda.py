@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
+from fffc.ops import KernelSpec, fff_kernel_spec
 
 from .sparse_ffn_cuda import ceil_div
 
@@ -35,9 +35,7 @@ def fff_params(spec: KernelSpec) -> tuple[int, int]:
 
 
 def fff_spec(d_in: int, d_out: int, trees: int, depth: int) -> KernelSpec:
-    return KernelSpec("FastFeedForward", "gelu", "none", "tree", d_in,
-                      trees * (2 ** (depth + 1) - 1), d_out, True, False, False,
-                      extra=(("depth", str(depth)), ("trees", str(trees))))
+    return fff_kernel_spec(d_in, d_out, trees, depth)
 
 
 # Prefetch: the children's rows are known at the start of a level; loading both overlaps

@@ -1,0 +1,40 @@
+#include "tvm_call.h"
+
+#include <cstring>
+#include <string>
+
+#include "../op_common.h"
+#include "../tvm_backend.h"
+
+namespace fffc::cpu {
+
+DLTensor Dl(void* data, const int64_t* shape, int ndim) {
+  DLTensor t;
+  std::memset(&t, 0, sizeof(t));
+  t.data = data;
+  t.device = DLDevice{kDLCPU, 0};
+  t.ndim = ndim;
+  t.dtype = DLDataType{kDLFloat, 32, 1};
+  t.shape = const_cast<int64_t*>(shape);
+  return t;
+}
+
+OrtStatus* CallKernel(const OrtApi* api, OrtKernelContext* ctx, const fffc_kernel_entry& entry,
+                      std::vector<DLTensor>& tensors) {
+  std::vector<TVMFFIAny> args(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    std::memset(&args[i], 0, sizeof(TVMFFIAny));
+    args[i].type_index = kTVMFFIDLTensorPtr;
+    args[i].v_ptr = &tensors[i];
+  }
+  TVMFFIAny ret;
+  std::memset(&ret, 0, sizeof(ret));
+  ret.type_index = kTVMFFINone;
+  InstallTvmBackend();
+  ParallelScope scope(api, ctx);
+  if (entry.fn(nullptr, args.data(), static_cast<int32_t>(args.size()), &ret) != 0)
+    return Fail(api, std::string(entry.symbol) + ": " + TakeLastKernelError());
+  return nullptr;
+}
+
+}  // namespace fffc::cpu

@@ -1,0 +1,25 @@
+// Calling one TVM-compiled CPU kernel from the kernel table with DLTensor arguments, its
+// parallel regions on ONNX Runtime's intra-op pool.
+#ifndef FFFC_CPU_TVM_CALL_H_
+#define FFFC_CPU_TVM_CALL_H_
+
+#include <cstdint>
+#include <vector>
+
+#include <dlpack/dlpack.h>
+#include <fffc/kernel_table.h>
+
+#include "../ort_api.h"
+
+namespace fffc::cpu {
+
+// A float32 CPU DLTensor over `data` (shape not copied: it must outlive the call).
+DLTensor Dl(void* data, const int64_t* shape, int ndim);
+
+// Runs `entry` on `args` (inputs in op order, then the output); an OrtStatus on error.
+OrtStatus* CallKernel(const OrtApi* api, OrtKernelContext* ctx, const fffc_kernel_entry& entry,
+                      std::vector<DLTensor>& args);
+
+}  // namespace fffc::cpu
+
+#endif  // FFFC_CPU_TVM_CALL_H_
