@@ -284,19 +284,23 @@ def _check_artifact(a: Analysis, final_proto, model_file: Path, shim: Path | Non
 
 
 def _check_cuda(a: Analysis, library, captured, rtol: float, failed: dict[str, str]) -> dict:
-    """Every CUDA variant of every exact site, run by the CPU emulator of the generated CUDA
-    source, against the captured site outputs (no GPU here; a GPU run is in bench_cuda.py)."""
+    """Every CUDA variant of every site with kernels, run by the CPU emulator of the generated
+    CUDA source, against the captured site outputs (no GPU here; GPU runs: bench_cuda.py,
+    bench_fff_cuda.py)."""
     from .codegen.cuda_emu import Emulator
 
     emu = Emulator(library.cuda.source_path.read_text(), library.cuda.variants)
     out: dict = {"checked_on": "CPU emulation of the emitted CUDA source (one host thread per "
                                "CUDA thread, barriers for __syncthreads)"}
     for site in a.sites:
-        if site.decision != "exact":
+        if site.decision not in KERNEL_DECISIONS:
             continue
         spec = plan.kernel_spec(site)
         weights = {k: v for k, v in passes.site_weights(a.working, site.name).items()
                    if v is not None}
+        if site.kind == "fff":  # the op's layout: W_in row per node
+            weights = {"W_in": np.ascontiguousarray(weights["W1"].T), "B_in": weights["B1"],
+                       "W_out": weights["W2"]}
         xs, ys = captured[site.name]
         x = np.concatenate([v.reshape(-1, spec.d_in) for v in xs])
         y = np.concatenate([v.reshape(-1, spec.d_out) for v in ys])

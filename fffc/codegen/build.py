@@ -142,9 +142,7 @@ def build_kernel_library(specs: Sequence[KernelSpec], target: str = "x86",
     if fam.name == "cuda":
         cpu = build_kernel_library(specs, "x86", Path(out_dir), mcpu or PORTABLE_X86,
                                    host_twin=host_twin, mattr=mattr)
-        gpu = [s for s in specs if s.op == "SparseFFN"]  # FFF: CPU kernels only, for now
-        return replace(cpu, family="cuda",
-                       cuda=build_cuda_library(gpu, Path(out_dir), archs) if gpu else None)
+        return replace(cpu, family="cuda", cuda=build_cuda_library(specs, Path(out_dir), archs))
     tgt = fam.target(mcpu, tuple(mattr))
     unique = list(dict.fromkeys(specs))  # equal specs share kernels
     funcs, table = _funcs(unique, target, tgt)

@@ -21,8 +21,9 @@ from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
 from . import _tvm
+from .kernels.fff_cuda import FffTiling, fff_source
 from .kernels.sparse_ffn_cuda import CudaTiling, decode_sources, gemm_funcs, workspace
-from .schedules import family
+from .schedules import MAX_TOKENS, Variant, family
 
 DEFAULT_ARCHS = ("sm_80", "sm_90")
 FATBIN_NAME = "fffc_kernels.fatbin"
@@ -63,7 +64,8 @@ class CudaVariant:
 
     @property
     def symbol(self) -> str:
-        return f"fffc_sparse_ffn_{self.spec.key}_{self.variant}"
+        op = "fff" if self.spec.op == "FastFeedForward" else "sparse_ffn"
+        return f"fffc_{op}_{self.spec.key}_{self.variant}"
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,11 @@ def emit(specs: Sequence[KernelSpec], arch: str = "sm_90") -> tuple[str, list[Cu
     funcs: dict = {}
     pending = []
     for spec in dict.fromkeys(specs):
-        if spec.op != "SparseFFN":  # FastFeedForward: CUDA kernel exists, not in the shim yet
+        if spec.op == "FastFeedForward":  # one kernel, a block per token, every token count
+            name = f"fffc_fff_{spec.key}_walk"
+            tiling = FffTiling(threads=256 if spec.d_in >= 1024 else 128)
+            funcs[name] = _tvm.from_source(fff_source(spec, tiling, name))
+            pending.append((spec, Variant("walk", 1, MAX_TOKENS, tiling), [name]))
             continue
         for v in fam.variants(spec, fam.target(arch)):
             prefix = f"fffc_sparse_ffn_{spec.key}_{v.name}"
@@ -179,7 +185,7 @@ def emit(specs: Sequence[KernelSpec], arch: str = "sm_90") -> tuple[str, list[Cu
     source, launches = emit_kernels(funcs, arch)
     variants = []
     for spec, v, names in pending:
-        ws = workspace(spec, v.tiling)
+        ws = workspace(spec, v.tiling) if spec.op == "SparseFFN" else {}
         for name in names:
             unknown = set(launches[name].params) - set(spec.arg_names()) - set(ws) - {TOKEN_VAR}
             if unknown:  # e.g. a host-computed expression TVM hoisted into a parameter

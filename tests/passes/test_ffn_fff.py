@@ -114,3 +114,17 @@ def test_fff_left_as_it_was_when_not_lowered(tmp_path):
     want = ort.InferenceSession(str(dummy), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = fffc.runtime.InferenceSession(result.artifact).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_fff_cuda_artifact_carries_the_kernel_and_checks_it_by_emulation(tmp_path):
+    path = _export(FastFeedForward(32, 32, 4, 2), tmp_path / "m.onnx", True, 18)
+    result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(target="cuda"))
+    (site,) = result.sites
+    (variant,) = [v for v in result.manifest["cuda"]["variants"]]
+    assert variant["variant"] == "walk" and variant["launches"][0]["grid"][0] == "(1*N+0)//1"
+    assert variant["launches"][0]["params"] == ["B_in", "W_in", "W_out", "X", "Y", "N"]
+    assert result.manifest["verification"]["cuda_kernels"][site.name]["walk"]["ok"]
+    x = np.random.default_rng(0).standard_normal((2, 3, 32)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = fffc.runtime.InferenceSession(result.artifact).run(None, {"x": x})[0]  # CPU kernels
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -23,6 +23,7 @@ typedef struct {
 } fffc_cuda_launch;
 
 typedef struct {
+  const char* op;  // "SparseFFN" | "FastFeedForward"
   const char* activation;
   const char* up_activation;
   const char* mode;
