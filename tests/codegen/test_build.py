@@ -94,6 +94,15 @@ def test_fma_vector_width(mcpu: str, reg: str) -> None:
     assert re.search(rf"vfmadd\w+\s+%{reg}", asm), f"no {reg} FMA for {mcpu}"
 
 
+def test_arm_fff_kernel_uses_neon_fmla() -> None:
+    from fffc.codegen.schedules import family
+    from fffc.ops import fff_kernel_spec
+
+    s = fff_kernel_spec(64, 64, 2, 4)
+    asm = assembly(s, family("arm").target(None), family_name="arm")
+    assert len(re.findall(r"fmla\s+v\d+\.4s", asm)) >= 8  # the dot and axpy loops
+
+
 def test_mattr_reaches_the_llvm_target() -> None:
     from fffc.codegen.schedules import family
 

@@ -79,3 +79,31 @@ def test_arm_artifact_runs_in_aarch64_onnxruntime(sysroot, tmp_path):
         want = ref.run(None, {"x": x})[0]
         np.testing.assert_allclose(got[k], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     assert onnx.load(str(art / "model.onnx")).graph.node  # the artifact's model is intact
+
+
+@pytest.mark.torch
+def test_arm_fff_artifact_runs_in_aarch64_onnxruntime(sysroot, tmp_path):
+    """The FastFeedForward op family on aarch64 too (an FFF 2x4 layer, TorchScript export)."""
+    import warnings
+
+    import torch
+
+    from fffc.torch import FastFeedForward
+
+    torch.manual_seed(0)
+    layer = FastFeedForward(64, 64, 4, 2).eval()
+    path = tmp_path / "fff.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(layer, (torch.randn(2, 3, 64),), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "b", 1: "s"}})
+    result = fffc.compile(path, tmp_path / "fff.fffc", fffc.CompileOptions(target="arm"))
+    assert [s.decision for s in result.sites] == ["tree"]
+    rng = np.random.default_rng(4)
+    inputs = {f"t{s}": rng.standard_normal((1, s, 64)).astype(np.float32) for s in (1, 9)}
+    got = _run_aarch64(sysroot, result.artifact, inputs, tmp_path)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for k, x in inputs.items():
+        want = ref.run(None, {"x": x})[0]
+        np.testing.assert_allclose(got[k], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
