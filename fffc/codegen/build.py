@@ -26,6 +26,7 @@ from .schedules import MAX_TOKENS, family
 OBJECT_NAME = "fffc_kernels.o"
 # CPU kernels of a CUDA artifact run wherever its GPU server is: any x86-64 with AVX2/FMA
 PORTABLE_X86 = "x86-64-v3"
+FFF_SERIAL_MAX_TOKENS = 8  # FastFeedForward: one thread up to here (bench/bench_fff.py)
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,15 @@ def _funcs(specs: Sequence[KernelSpec], target_name: str, target: dict,
     fam = family(target_name)
     funcs, table = {}, []
     for spec in specs:
-        if spec.op == "FastFeedForward":  # one kernel for every token count
-            k = CompiledKernel(spec, "walk", symbol_of(spec, "walk"), 1, MAX_TOKENS)
-            if only is None or only == "walk":
-                lanes = 4 if target.get("mtriple", "").startswith("aarch64") else 16
-                funcs[k.symbol] = fff_cpu_primfunc(spec, k.symbol, lanes)
-            table.append(k)
+        if spec.op == "FastFeedForward":  # serial for a few tokens (a walk is ~2 µs at
+            # H 768: waking threads costs more), parallel over tokens beyond
+            lanes = 4 if target.get("mtriple", "").startswith("aarch64") else 16
+            for name, lo, hi, par in (("walk_serial", 1, FFF_SERIAL_MAX_TOKENS, False),
+                                      ("walk", FFF_SERIAL_MAX_TOKENS + 1, MAX_TOKENS, True)):
+                k = CompiledKernel(spec, name, symbol_of(spec, name), lo, hi)
+                if only is None or only == name:
+                    funcs[k.symbol] = fff_cpu_primfunc(spec, k.symbol, lanes, parallel=par)
+                table.append(k)
             continue
         kernels = []
         for v in fam.variants(spec, target):

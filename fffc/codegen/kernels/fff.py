@@ -24,7 +24,7 @@ def kernel(x: T.handle, W_in: T.Buffer(({R}, {D}), "float32", align=4),
     N = T.int32()
     X = T.match_buffer(x, (N, {D}), "float32", align=4)
     Y = T.match_buffer(y, (N, {DO}), "float32", align=4)
-    for c in T.parallel((N + {TC} - 1) // {TC}):
+    for c in {loop}((N + {TC} - 1) // {TC}):
         part = T.alloc_buffer(({VL},), "float32", scope="local")
         node = T.alloc_buffer((1,), "int32", scope="local")
         h = T.alloc_buffer((1,), "float32", scope="local")
@@ -53,14 +53,17 @@ def kernel(x: T.handle, W_in: T.Buffer(({R}, {D}), "float32", align=4),
 '''
 
 
-def fff_cpu_source(spec: KernelSpec, symbol: str, lanes: int = 16, tokens_per_task: int = 2) -> str:
-    """TVMScript of the CPU FFF kernel for one shape."""
+def fff_cpu_source(spec: KernelSpec, symbol: str, lanes: int = 16, tokens_per_task: int = 2,
+                   parallel: bool = True) -> str:
+    """TVMScript of the CPU FFF kernel for one shape (serial: a few tokens, where waking
+    threads costs more than the walk)."""
     trees, depth = fff_params(spec)
     return _FFF.format(R=spec.d_ff, D=spec.d_in, DO=spec.d_out, K=trees, NN=spec.d_ff // trees,
                        LEVELS=depth + 1, TC=tokens_per_task,
+                       loop="T.parallel" if parallel else "range",
                        VL=largest_divisor(spec.d_in, lanes), VLO=largest_divisor(spec.d_out, lanes),
                        symbol=symbol)
 
 
-def fff_cpu_primfunc(spec: KernelSpec, symbol: str, lanes: int = 16):
-    return from_source(fff_cpu_source(spec, symbol, lanes))
+def fff_cpu_primfunc(spec: KernelSpec, symbol: str, lanes: int = 16, parallel: bool = True):
+    return from_source(fff_cpu_source(spec, symbol, lanes, parallel=parallel))
