@@ -1,13 +1,13 @@
 """UltraFastBERT FFF layer in ONNX Runtime (CPU): the exported masked form vs fffc's walk.
 
-    python bench/bench_fff.py [--tokens 1,8,128] [--repeat 30]
+    python bench/bench_fff.py [--tokens 1,8,128] [--shapes 1x11,4x9,16x7,128x4] [--repeat 30]
 
 A ``fffc.torch.FastFeedForward`` (hidden 768, 1x11: 12 of 4095 nodes per token, as
 UltraFastBERT-1x11) is exported with the TorchScript exporter (opset 17), compiled by
 ``fffc compile`` (the FFF site becomes ``ai.fffc::FastFeedForward``: fffc's x86 kernel
 through the shim, and the conditional walk in standard ops as its fallback function) and
-timed against the original export and against the dense GELU FFN it replaces in BERT-base
-(768 → 3072 → 768). The walk is timed by running the artifact without the shim. Same session options (2 intra-op threads), interleaved runs, medians.
+timed against the original export and against the dense GELU FFNs it replaces: BERT-base's
+768 → 3072 → 768 and the same width as the tree, 768 → 4095 → 768. The walk is timed by running the artifact without the shim. Same session options (2 intra-op threads), interleaved runs, medians.
 Needs the torch extra.
 """
 
@@ -50,59 +50,76 @@ def _options() -> ort.SessionOptions:
     return so
 
 
-def main() -> int:
+def _shape(text: str) -> tuple[int, int]:
+    trees, depth = text.lower().split("x")
+    return int(trees), int(depth)
+
+
+def bench_shape(h: int, trees: int, depth: int, tokens: list[int], repeat: int, tmp: Path) -> None:
+    """One FFF shape: export, compile, verify, time against the masked export and dense FFNs."""
     import torch
 
     import fffc
     import fffc.runtime
     from fffc.torch import FastFeedForward
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tokens", default="1,8,128")
-    p.add_argument("--repeat", type=int, default=30)
-    a = p.parse_args()
-    h, depth = 768, 11
-    tmp = Path(tempfile.mkdtemp(prefix="fffc-bench-fff-"))
     torch.manual_seed(0)
-    layer = FastFeedForward(h, h, depth, 1).eval()
+    layer = FastFeedForward(h, h, depth, trees).eval()
+    name = f"fff_{trees}x{depth}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(layer, (torch.randn(4, h),), str(tmp / "fff.onnx"), dynamo=False,
+        torch.onnx.export(layer, (torch.randn(4, h),), str(tmp / f"{name}.onnx"), dynamo=False,
                           opset_version=17, input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "t"}})
-    result = fffc.compile(tmp / "fff.onnx", tmp / "fff.fffc")
+    result = fffc.compile(tmp / f"{name}.onnx", tmp / f"{name}.fffc")
     (site,) = result.sites
-    print(f"site: {site.family}, decision {site.decision}, verified rel err {site.max_rel_err:.1e}")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
+    print(f"\nsite: {site.family} ({trees * (depth + 1)} of {site.d_ff} nodes per token), "
+          f"decision {site.decision}, verified rel err {site.max_rel_err:.1e}")
     sessions = {
         "dense GELU FFN 768/3072": ort.InferenceSession(
-            str(_dense_gelu_ffn(h, 3072, tmp / "dense.onnx")), so, providers=["CPUExecutionProvider"]),
-        "FFF export (masked)": ort.InferenceSession(str(tmp / "fff.onnx"), so,
+            str(_dense_gelu_ffn(h, 3072, tmp / "dense3072.onnx")), _options(),
+            providers=["CPUExecutionProvider"]),
+        "dense GELU FFN 768/4095": ort.InferenceSession(
+            str(_dense_gelu_ffn(h, 4095, tmp / "dense4095.onnx")), _options(),
+            providers=["CPUExecutionProvider"]),
+        "FFF export (masked)": ort.InferenceSession(str(tmp / f"{name}.onnx"), _options(),
                                                     providers=["CPUExecutionProvider"]),
-        "FFF walk (no shim)": ort.InferenceSession(str(result.artifact / "model.onnx"), so,
+        "FFF walk (no shim)": ort.InferenceSession(str(result.artifact / "model.onnx"), _options(),
                                                    providers=["CPUExecutionProvider"]),
         "FFF fffc kernel": fffc.runtime.InferenceSession(result.artifact, _options()),
     }
     print(f"{'tokens':>6} " + " ".join(f"{k:>24}" for k in sessions)
-          + "   kernel vs masked  vs dense  vs walk")
-    for n in [int(t) for t in a.tokens.split(",")]:
+          + "   kernel vs: masked  dense3072  dense4095  walk")
+    for n in tokens:
         x = np.random.default_rng(n).standard_normal((n, h)).astype(np.float32)
         want = sessions["FFF export (masked)"].run(None, {"x": x})[0]
         for k in ("FFF walk (no shim)", "FFF fffc kernel"):
             got = sessions[k].run(None, {"x": x})[0]
             assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), f"{k} differs"
+        reps = repeat if n <= 2048 else max(3, repeat // 8)
         times: dict[str, list[float]] = {k: [] for k in sessions}
-        for _ in range(a.repeat):
-            for k, s in sessions.items():
+        for _ in range(reps):
+            for k, sess in sessions.items():
                 t0 = time.perf_counter()
-                s.run(None, {"x": x})
+                sess.run(None, {"x": x})
                 times[k].append((time.perf_counter() - t0) * 1e3)
         med = {k: statistics.median(v) for k, v in times.items()}
         kern = med["FFF fffc kernel"]
         print(f"{n:6d} " + " ".join(f"{v:21.3f} ms" for v in med.values())
-              + f"   {med['FFF export (masked)'] / kern:15.1f}x {med['dense GELU FFN 768/3072'] / kern:7.1f}x"
-              + f" {med['FFF walk (no shim)'] / kern:7.1f}x")
+              + f"   {med['FFF export (masked)'] / kern:13.1f}x"
+              + f" {med['dense GELU FFN 768/3072'] / kern:9.1f}x"
+              + f" {med['dense GELU FFN 768/4095'] / kern:9.1f}x {med['FFF walk (no shim)'] / kern:5.1f}x")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tokens", default="1,8,128")
+    p.add_argument("--shapes", default="1x11", help="trees x depth, e.g. 1x11,4x9,16x7,128x4")
+    p.add_argument("--repeat", type=int, default=30)
+    a = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="fffc-bench-fff-"))
+    for shape in a.shapes.split(","):
+        bench_shape(768, *_shape(shape), [int(t) for t in a.tokens.split(",")], a.repeat, tmp)
     return 0
 
 

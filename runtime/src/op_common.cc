@@ -161,6 +161,34 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c) {
   return api->GetTensorMutableData(y, &c->y);
 }
 
+OrtStatus* PrepareFff(const OrtApi* api, OrtKernelContext* ctx, FffCall* c) {
+  static const char* kNames[4] = {"X", "W_in", "B_in", "W_out"};
+  for (int i = 0; i < 4; ++i) {
+    const OrtValue* v = nullptr;
+    if (OrtStatus* st = api->KernelContext_GetInput(ctx, i, &v)) return st;
+    if (v == nullptr) return Fail(api, std::string("FastFeedForward needs input ") + kNames[i]);
+    if (OrtStatus* st = View(api, v, &c->in[i], kNames[i])) return st;
+  }
+  const auto& xd = c->in[0].dims;
+  if (xd.empty() || c->in[1].dims.size() != 2 || c->in[2].dims.size() != 1 ||
+      c->in[3].dims.size() != 2)
+    return Fail(api, "FastFeedForward: expected X [..., d_in], W_in [K·n, d_in], B_in [K·n], "
+                     "W_out [K·n, d_out]");
+  c->d_in = xd.back();
+  c->nodes = c->in[1].dims[0];
+  c->d_out = c->in[3].dims[1];
+  if (c->in[1].dims[1] != c->d_in || c->in[2].dims[0] != c->nodes || c->in[3].dims[0] != c->nodes)
+    return Fail(api, "FastFeedForward: weight shapes do not agree with X and each other");
+  c->tokens = 1;
+  for (size_t i = 0; i + 1 < xd.size(); ++i) c->tokens *= xd[i];
+  std::vector<int64_t> ydims(xd.begin(), xd.end());
+  ydims.back() = c->d_out;
+  OrtValue* y = nullptr;
+  if (OrtStatus* st = api->KernelContext_GetOutput(ctx, 0, ydims.data(), ydims.size(), &y)) return st;
+  if (c->tokens == 0) return nullptr;
+  return api->GetTensorMutableData(y, &c->y);
+}
+
 std::string Describe(const Attrs& a, const FfnCall& c) {
   return "SparseFFN(activation=" + a.activation + ", up_activation=" + a.up_activation +
          ", mode=" + a.mode + ", d_in=" + std::to_string(c.d_in) + ", d_ff=" +

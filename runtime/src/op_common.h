@@ -33,6 +33,16 @@ struct FfnCall {
   void* y = nullptr;  // output data (tokens × d_out), allocated by Prepare
 };
 
+// One FastFeedForward call: X, W_in [K·n, d_in], B_in [K·n], W_out [K·n, d_out].
+struct FffCall {
+  TensorView in[4];
+  int64_t d_in = 0, nodes = 0, d_out = 0, tokens = 0;
+  void* y = nullptr;  // output data (tokens × d_out), allocated by PrepareFff
+};
+
+// Reads and checks the inputs, allocates Y; on tokens == 0 leaves y null.
+OrtStatus* PrepareFff(const OrtApi* api, OrtKernelContext* ctx, FffCall* call);
+
 OrtStatus* Fail(const OrtApi* api, const std::string& msg);
 
 // Type, shape and data of a float32 input (an error names it otherwise).

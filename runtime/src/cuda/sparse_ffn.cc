@@ -152,44 +152,27 @@ struct CudaFffKernel : KernelBase {
   Workspace workspace;
 
   OrtStatus* Compute(OrtKernelContext* ctx) override {
-    static const char* kNames[4] = {"X", "W_in", "B_in", "W_out"};
-    TensorView in[4];
-    for (int i = 0; i < 4; ++i) {
-      const OrtValue* v = nullptr;
-      if (OrtStatus* st = api->KernelContext_GetInput(ctx, i, &v)) return st;
-      if (v == nullptr) return Fail(api, std::string("FastFeedForward needs input ") + kNames[i]);
-      if (OrtStatus* st = View(api, v, &in[i], kNames[i])) return st;
-    }
-    const auto& xd = in[0].dims;
-    if (xd.empty() || in[1].dims.size() != 2 || in[3].dims.size() != 2)
-      return Fail(api, "FastFeedForward: expected X [..., d_in], W_in [K·n, d_in], W_out [K·n, d_out]");
-    const int64_t d_in = xd.back(), nodes = in[1].dims[0], d_out = in[3].dims[1];
-    int64_t tokens = 1;
-    for (size_t i = 0; i + 1 < xd.size(); ++i) tokens *= xd[i];
-    std::vector<int64_t> ydims(xd.begin(), xd.end());
-    ydims.back() = d_out;
-    OrtValue* y = nullptr;
-    if (OrtStatus* st = api->KernelContext_GetOutput(ctx, 0, ydims.data(), ydims.size(), &y))
-      return st;
-    if (tokens == 0) return nullptr;
-    void* ydata = nullptr;
-    if (OrtStatus* st = api->GetTensorMutableData(y, &ydata)) return st;
+    FffCall c;
+    if (OrtStatus* st = PrepareFff(api, ctx, &c)) return st;
+    if (c.tokens == 0) return nullptr;
     int32_t index = -1;
     for (int32_t i = 0; i < fffc_num_cuda_kernels && index < 0; ++i) {
       const fffc_cuda_entry& e = fffc_cuda_kernels[i];
-      if (std::string(e.op) == "FastFeedForward" && attrs.mode == e.mode && e.d_in == d_in &&
-          e.d_ff == nodes && e.d_out == d_out && e.min_tokens <= tokens && tokens <= e.max_tokens)
+      if (std::string(e.op) == "FastFeedForward" && attrs.mode == e.mode && e.d_in == c.d_in &&
+          e.d_ff == c.nodes && e.d_out == c.d_out && e.min_tokens <= c.tokens &&
+          c.tokens <= e.max_tokens)
         index = i;
     }
     if (index < 0)
       return Fail(api, "no compiled kernel for FastFeedForward(" + attrs.mode + ", d_in=" +
-                           std::to_string(d_in) + ") (CUDA) in this artifact");
+                           std::to_string(c.d_in) + ") (CUDA) in this artifact");
     void* stream = nullptr;
     if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream)) return st;
+    static const char* kNames[4] = {"X", "W_in", "B_in", "W_out"};
     std::map<std::string, CUdeviceptr> tensors;
-    for (int i = 0; i < 4; ++i) tensors[kNames[i]] = reinterpret_cast<CUdeviceptr>(in[i].data);
-    tensors["Y"] = reinterpret_cast<CUdeviceptr>(ydata);
-    std::string err = Launch(index, tensors, tokens, stream, &workspace);
+    for (int i = 0; i < 4; ++i) tensors[kNames[i]] = reinterpret_cast<CUdeviceptr>(c.in[i].data);
+    tensors["Y"] = reinterpret_cast<CUdeviceptr>(c.y);
+    std::string err = Launch(index, tensors, c.tokens, stream, &workspace);
     return err.empty() ? nullptr : Fail(api, "FastFeedForward: " + err);
   }
 };
