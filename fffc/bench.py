@@ -104,3 +104,32 @@ def bench(artifact: str | Path, tokens: Sequence[int] = (1, 8, 128), threads: in
 
 def rows_to_json(rows: Sequence[BenchRow]) -> list[dict]:
     return [asdict(r) for r in rows]
+
+
+def plot(rows: list[BenchRow], path: str | Path, title: str) -> Path:
+    """Time per token vs token count, original vs fffc (log-log), written to ``path``.
+
+    Needs matplotlib (``pip install 'fffc[plot]'``)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise UsageError("--plot needs matplotlib: pip install 'fffc[plot]'") from e
+    tokens = [r.tokens for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    ax.plot(tokens, [r.original_ms * 1e3 / r.tokens for r in rows], "o-", label="original (ONNX Runtime)")
+    ax.plot(tokens, [r.fffc_ms * 1e3 / r.tokens for r in rows], "s-", label="fffc artifact")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens per call")
+    ax.set_ylabel("µs per token")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -109,7 +109,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench, rows_to_json
+    from .bench import bench, plot, rows_to_json
 
     try:
         tokens = [int(t) for t in args.tokens.split(",") if t]
@@ -118,6 +118,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with _stage("bench") if not args.json else contextlib.nullcontext():
         rows = bench(args.artifact, tokens, threads=args.threads, repeat=args.repeat,
                      original=args.original)
+    if args.plot:
+        plot(rows, args.plot, f"{args.artifact.name}: original vs fffc, ONNX Runtime, "
+                              f"{args.threads} threads")
     if args.json:
         print(json.dumps(rows_to_json(rows), indent=2))
         return 0
@@ -128,6 +131,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         t.add_row(str(r.tokens), f"{r.original_ms:.3f}", f"{r.fffc_ms:.3f}", f"{r.speedup:.2f}x",
                   f"{r.max_rel_err:.1e}")
     console.print(t)
+    if args.plot:
+        console.print(f"plot: [bold]{args.plot}[/]")
     return 0
 
 
@@ -169,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=int, default=30)
     b.add_argument("--original", type=Path, help="original model, if it moved")
     b.add_argument("--json", action="store_true")
+    b.add_argument("--plot", type=Path, metavar="PNG",
+                   help="draw time per token vs token count (needs matplotlib: fffc[plot])")
     b.set_defaults(func=cmd_bench)
     return p
 
