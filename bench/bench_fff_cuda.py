@@ -33,13 +33,14 @@ def build(out: Path) -> None:
     from fffc.codegen import _tvm
     from fffc.codegen.build import build_kernel_library
     from fffc.codegen.cuda_build import compile_fatbin, emit_kernels
-    from fffc.codegen.kernels.fff_cuda import FffTiling, fff_source, fff_spec
+    from fffc.codegen.kernels.fff_cuda import FffTiling, fff_source
     from fffc.native import build_shim
+    from fffc.ops import fff_kernel_spec
 
     out.mkdir(parents=True, exist_ok=True)
     meta = {}
     for name, h, trees, depth, dff, blocks in CASES:
-        spec = fff_spec(h, h, trees, depth)
+        spec = fff_kernel_spec(h, h, trees, depth)
         funcs = {}
         for tx in blocks:
             for pre in (False, True):
@@ -87,20 +88,10 @@ def _walk(cp, x, w_in, b_in, w_out, trees, depth):
 
 def _shim_check(cp, root: Path, m: dict, x, w: dict, ref) -> float:
     """rel err of the FastFeedForward variant launched by the shim's own C++ launcher."""
-    import ctypes
+    from bench_cuda import _harness, _shim_launch  # same folder: one launcher for both benches
 
-    lib = ctypes.CDLL(str(root / m["harness"]))
-    lib.fffc_test_launch.restype = ctypes.c_char_p
     y = cp.full((x.shape[0], w["W_out"].shape[1]), cp.nan, cp.float32)
-    tensors = dict(w, X=x, Y=y)
-    names = (ctypes.c_char_p * len(tensors))(*[k.encode() for k in tensors])
-    ptrs = (ctypes.c_ulonglong * len(tensors))(*[a.data.ptr for a in tensors.values()])
-    stream = cp.cuda.get_current_stream()
-    err = lib.fffc_test_launch(0, len(tensors), names, ptrs, x.shape[0],
-                               ctypes.c_void_p(stream.ptr))
-    stream.synchronize()
-    if err:
-        raise RuntimeError(f"shim launch: {err.decode()}")
+    _shim_launch(cp, _harness(root, m), "walk", dict(w, X=x, Y=y), x.shape[0])
     return float(cp.abs(y - ref).max() / cp.abs(ref).max())
 
 

@@ -329,12 +329,6 @@ def _host() -> str:
 ORT_API_VERSION = 17  # runtime/src/ort_api.h kOrtApiVersion
 
 
-def _nvcc_version() -> str:
-    from .codegen.cuda_build import nvcc_version
-
-    return nvcc_version()
-
-
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -348,14 +342,11 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def glibc_requirement(shim: Path) -> str:
-    from .native import glibc_requirement as read
-
-    return read(shim)
-
-
 def _manifest(a: Analysis, options: CompileOptions, request, library, shim, staging: Path,
               report: dict, feeds, limits: dict[str, int]) -> dict:
+    from .codegen.cuda_build import nvcc_version
+    from .native import glibc_requirement
+
     opts = replace(options, dump_dir=None)
     return {
         "format": 1,
@@ -371,7 +362,7 @@ def _manifest(a: Analysis, options: CompileOptions, request, library, shim, stag
             "onnxruntime": f">= 1.17 (C API {ORT_API_VERSION}); built and checked with "
                            f"{_versions()['onnxruntime']}",
             "cuda": None if library.cuda is None else
-            f"NVIDIA driver for CUDA {_nvcc_version()}+ (cubins {', '.join(library.cuda.archs)}"
+            f"NVIDIA driver for CUDA {nvcc_version()}+ (cubins {', '.join(library.cuda.archs)}"
             f", PTX {max(library.cuda.archs)})",
         },
         "cuda": None if library is None or library.cuda is None else _cuda_manifest(library.cuda,

@@ -58,7 +58,8 @@ def _fallback_function(overload: str, present: list[bool], act: str, up_act: str
 
 
 def _row_major_up(graph: ir.Graph, wu: ir.Value) -> ir.Value:
-    """The up projection as [d_ff, d_in] (row i = neuron i), shared between sites."""
+    """``wu.T`` as a shared initializer ``<name>__rows``: one row per neuron (the gated up
+    projection) or per tree node (an FFF's W_in)."""
     name = f"{wu.name}__rows"
     if name in graph.initializers:
         return graph.initializers[name]
@@ -129,7 +130,7 @@ def _lower_fff(model: ir.Model, node: ir.Node, decision: str, opset: int) -> Non
     if decision in ("tree", "walk"):
         x, w_in, b_in, w_out = node.inputs[:4]
         tape = ir.tape.Tape()
-        rows = _transposed(graph, w_in)
+        rows = _row_major_up(graph, w_in)
         if decision == "tree":
             overload = f"k{trees}_d{depth}"
             out = tape.op(FAST_FEED_FORWARD.name, [x, rows, b_in, w_out],
@@ -167,11 +168,6 @@ def _fff_function(overload: str, trees: int, depth: int, opset: int) -> ir.Funct
                      name=f"{FAST_FEED_FORWARD.name}_{overload}")
     attrs = [ir.Attr(a.name, ir.AttributeType.INT, a.default) for a in FAST_FEED_FORWARD.attributes]
     return ir.Function(DOMAIN, FAST_FEED_FORWARD.name, overload, graph=graph, attributes=attrs)
-
-
-def _transposed(graph: ir.Graph, w: ir.Value) -> ir.Value:
-    """``w.T`` as a shared initializer (``<name>__rows``): one row per node or neuron."""
-    return _row_major_up(graph, w)
 
 
 def _sparse_ffn(model: ir.Model, node: ir.Node, tape: ir.tape.Tape, a: dict[str, str],

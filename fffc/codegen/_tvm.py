@@ -92,34 +92,6 @@ def dlight_matmul(func, target: Target, config: dict | None = None):
     return mod["main"]
 
 
-def thread_extents(func) -> dict[str, object]:
-    """``{thread tag: extent PrimExpr}`` of every thread-bound loop of a scheduled PrimFunc."""
-    out: dict[str, object] = {}
-
-    def visit(node):
-        if isinstance(node, tvm.tirx.For) and node.thread_binding is not None:
-            out[str(node.thread_binding.thread_tag)] = node.extent
-
-    tvm.tirx.stmt_functor.post_order_visit(func.body, visit)
-    return out
-
-
-def eval_extent(expr, var_name: str, value: int) -> int:
-    """An extent expression with its one size variable set to ``value``."""
-    names = {}
-
-    def visit(node):
-        if isinstance(node, tvm.tirx.Var):
-            names[node.name] = node
-
-    tvm.tirx.stmt_functor.post_order_visit(expr, visit)
-    if set(names) - {var_name}:
-        raise ValueError(f"extent {expr} depends on {sorted(set(names) - {var_name})}")
-    binding = {names[var_name]: tvm.tirx.const(value, "int32")} if var_name in names else {}
-    simplified = tvm.arith.Analyzer().simplify(tvm.tirx.stmt_functor.substitute(expr, binding))
-    return int(simplified)
-
-
 def cuda_source(funcs: dict, target: Target) -> str:
     """The CUDA C++ TVM emits for ``funcs`` (it compiles nothing: nvcc does that later)."""
     ex = tvm.compile(IRModule(funcs), target=target)

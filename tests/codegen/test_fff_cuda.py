@@ -12,8 +12,9 @@ import pytest
 from fffc.codegen import _tvm
 from fffc.codegen.cuda_build import CudaVariant, compile_fatbin, emit_kernels, fatbin_entries
 from fffc.codegen.cuda_emu import Emulator
-from fffc.codegen.kernels.fff_cuda import FffTiling, fff_source, fff_spec
+from fffc.codegen.kernels.fff_cuda import FffTiling, fff_source
 from fffc.errors import CodegenError
+from fffc.ops import fff_kernel_spec
 from fffc.reference import fast_feed_forward
 from fffc.verify import TOLERANCES
 
@@ -24,7 +25,7 @@ from fffc.verify import TOLERANCES
                           (100, 70, 2, 5, 64)])
 def test_fff_kernel_matches_the_reference(d_in, d_out, trees, depth, threads, prefetch,
                                           tmp_path) -> None:
-    spec = fff_spec(d_in, d_out, trees, depth)
+    spec = fff_kernel_spec(d_in, d_out, trees, depth)
     func = _tvm.from_source(fff_source(spec, FffTiling(threads, prefetch), "fff_test"))
     source, launches = emit_kernels({"fff_test": func})
     launch = launches["fff_test"]
@@ -48,7 +49,7 @@ def test_reference_walks_one_path_per_tree() -> None:
     """The reference visits D+1 nodes per tree: zeroing every other row of W_out leaves Y."""
     rng = np.random.default_rng(0)
     trees, depth, d = 2, 4, 16
-    spec = fff_spec(d, d, trees, depth)
+    spec = fff_kernel_spec(d, d, trees, depth)
     w_in = rng.standard_normal((spec.d_ff, d)).astype(np.float32)
     b_in = rng.standard_normal(spec.d_ff).astype(np.float32)
     w_out = rng.standard_normal((spec.d_ff, d)).astype(np.float32)
@@ -69,7 +70,7 @@ def test_reference_walks_one_path_per_tree() -> None:
 
 
 def test_fff_shape_checks() -> None:
-    spec = fff_spec(16, 16, 1, 3)
+    spec = fff_kernel_spec(16, 16, 1, 3)
     with pytest.raises(CodegenError, match="power of two"):
         fff_source(spec, FffTiling(48), "x")
     with pytest.raises(ValueError, match="expected trees"):

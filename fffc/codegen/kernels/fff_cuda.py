@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fffc.errors import CodegenError
-from fffc.ops import KernelSpec, fff_kernel_spec
+from fffc.ops import KernelSpec
 
 from .sparse_ffn_cuda import ceil_div
 
@@ -32,10 +32,6 @@ def fff_params(spec: KernelSpec) -> tuple[int, int]:
     if spec.d_ff != trees * (2 ** (depth + 1) - 1):
         raise CodegenError(f"FastFeedForward: d_ff {spec.d_ff} != trees·(2^(depth+1)-1)")
     return trees, depth
-
-
-def fff_spec(d_in: int, d_out: int, trees: int, depth: int) -> KernelSpec:
-    return fff_kernel_spec(d_in, d_out, trees, depth)
 
 
 # Prefetch: the children's rows are known at the start of a level; loading both overlaps
