@@ -14,7 +14,15 @@ from onnxscript.rewriter import pattern
 
 from fffc.sites import NearMiss, Site
 
-from . import canonical_gelu, canonical_linear, canonical_silu, ffn_dense, ffn_fff, ffn_gated
+from . import (
+    canonical_gelu,
+    canonical_linear,
+    canonical_silu,
+    ffn_dense,
+    ffn_fff,
+    ffn_fff_walk,
+    ffn_gated,
+)
 from ._common import CANON, const_array
 from .lower import markers
 
@@ -57,6 +65,7 @@ def canonicalize(model: ir.Model) -> dict[str, int]:
 def detect(model: ir.Model) -> list[Site]:
     """Replace each FFN with a canonical marker (longest patterns first); return the sites."""
     ffn_fff.detect(model)  # before the FFN rules: its region holds a Gelu and projections
+    ffn_fff_walk.detect(model)
     _cleanup(model)
     for rules in FFN_PASSES:
         rules.apply_to_model(model)
@@ -111,6 +120,13 @@ def near_misses(model: ir.Model) -> list[NearMiss]:
     reported by onnxscript's MatchingTracer.
     """
     out = []
+    for node in ffn_fff_walk.candidates(model.graph):
+        try:
+            ffn_fff_walk.match(node)
+            reason = "FastFeedForward walk: the region's nodes are also used outside it"
+        except ffn_fff.Fail as e:
+            reason = f"FastFeedForward walk: {e}"
+        out.append(NearMiss(nodes=[node.name or "Add"], reason=reason))
     for node in model.graph:
         if node.op_type == "MatMul" and node.domain == "" and ffn_fff.looks_like_fff(node):
             try:

@@ -25,6 +25,8 @@ import onnx_ir as ir
 
 from ._common import CANON, const_array
 
+_COLS = "__cols"  # name suffix of an initializer made by transposed_initializer
+
 
 class Fail(Exception):
     pass
@@ -157,7 +159,8 @@ def _region(out_mm: ir.Node, x: ir.Value, graph: ir.Graph) -> list[ir.Node]:
     core = {id(n) for n in (out_mm, *(v.producer() for v in out_mm.inputs if v is not None))}
     for node in shared.values():
         if id(node) in core or node.op_type in ("Gelu", "ScatterElements", "GatherElements",
-                                                  "Greater", "MatMul"):
+                                                  "Greater", "MatMul", "ReduceSum",
+                                                  "GatherND"):
             raise Fail(f"{node.op_type} {node.name!r}: its output is used outside the FFF")
     region = [n for n in region if id(n) not in shared]
     order = {id(n): i for i, n in enumerate(graph)}
@@ -197,13 +200,38 @@ def looks_like_fff(out_mm: ir.Node) -> bool:
     return False
 
 
-def _replace(graph: ir.Graph, out_mm: ir.Node, region: list[ir.Node], m: dict) -> None:
+def transposed_initializer(graph: ir.Graph, value: ir.Value) -> ir.Value:
+    """``value.T`` as a new initializer (markers carry W_in as [H, K·n], the MatMul
+    orientation); ``transposed_from`` finds ``value`` again for the op's row layout."""
+    name = f"{value.name}{_COLS}"
+    if name in graph.initializers:
+        return graph.initializers[name]
+    arr = np.ascontiguousarray(const_array(value).T)
+    out = ir.Value(name=name, const_value=ir.tensor(arr, name=name), shape=ir.Shape(arr.shape),
+                   type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)))
+    graph.register_initializer(out)
+    return out
+
+
+def transposed_from(graph: ir.Graph, value: ir.Value) -> ir.Value | None:
+    """The initializer ``value`` was transposed from by ``transposed_initializer``, if it is
+    still in the graph with the same contents (names survive proto round trips, meta not)."""
+    name = value.name or ""
+    original = graph.initializers.get(name[: -len(_COLS)]) if name.endswith(_COLS) else None
+    if original is None:
+        return None
+    a, b = const_array(value), const_array(original)
+    return original if a is not None and b is not None and np.array_equal(a.T, b) else None
+
+
+def _replace(graph: ir.Graph, out_mm: ir.Node, region: list[ir.Node], m: dict,
+             rule: str = "fff_masked") -> None:
     out = out_mm.outputs[0]
     marker = ir.Node(
         CANON, "FFN", [m["x"], m["w_in"], m["b_in"], m["w_out"]],
         attributes=[
             ir.AttrString("kind", "fff"), ir.AttrString("activation", "gelu"),
-            ir.AttrString("up_activation", "none"), ir.AttrString("rule", "fff_masked"),
+            ir.AttrString("up_activation", "none"), ir.AttrString("rule", rule),
             ir.AttrString("matched_nodes", ",".join(n.name or n.op_type for n in region)),
             ir.AttrInt64("trees", m["trees"]), ir.AttrInt64("depth", m["depth"]),
         ],

@@ -60,6 +60,9 @@ def _fallback_function(overload: str, present: list[bool], act: str, up_act: str
 def _row_major_up(graph: ir.Graph, wu: ir.Value) -> ir.Value:
     """``wu.T`` as a shared initializer ``<name>__rows``: one row per neuron (the gated up
     projection) or per tree node (an FFF's W_in)."""
+    original = ffn_fff.transposed_from(graph, wu)
+    if original is not None:
+        return original  # the marker's W_in is a transposed copy of the export's rows
     name = f"{wu.name}__rows"
     if name in graph.initializers:
         return graph.initializers[name]
@@ -135,7 +138,8 @@ def _lower_fff(model: ir.Model, node: ir.Node, decision: str, opset: int) -> Non
             overload = f"k{trees}_d{depth}"
             out = tape.op(FAST_FEED_FORWARD.name, [x, rows, b_in, w_out],
                           {"trees": trees, "depth": depth}, domain=DOMAIN, overload=overload,
-                          name=node.name, metadata_props={"fffc.rule": "fff_masked"})
+                          name=node.name,
+                          metadata_props={"fffc.rule": node.attributes.get_string("rule", "")})
             key = (DOMAIN, FAST_FEED_FORWARD.name, overload)
             if key not in model.functions:
                 model.functions[key] = _fff_function(overload, trees, depth, opset)

@@ -4,7 +4,8 @@ K trees of depth D, n = 2^(D+1) - 1 nodes each in heap order; ``linear_in`` [K·
 bias, ``linear_out`` [H_out ← K·n] without. ``forward`` is the training form of the release
 (every node computed, GELU, a 0/1 mask of the visited path, dense ``linear_out``) — what
 exported models contain and what fffc detects; ``forward_walk`` is the conditional form
-(D+1 nodes per tree per token), the same function (checked in tests).
+(D+1 nodes per tree per token), the same function (checked in tests). With
+``eval_form="walk"`` an eval-mode module runs (and exports) the walk; fffc detects both.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from torch import nn
 
 
 class FastFeedForward(nn.Module):
-    def __init__(self, input_width: int, output_width: int, depth: int, trees: int = 1):
+    def __init__(self, input_width: int, output_width: int, depth: int, trees: int = 1,
+                 eval_form: str = "masked"):
         super().__init__()
+        if eval_form not in ("masked", "walk"):
+            raise ValueError(f"eval_form must be 'masked' or 'walk', got {eval_form!r}")
+        self.eval_form = eval_form
         self.input_width, self.output_width = input_width, output_width
         self.depth, self.trees = depth, trees
         self.n_nodes = 2 ** (depth + 1) - 1
@@ -30,7 +35,10 @@ class FastFeedForward(nn.Module):
         nn.init.uniform_(self.linear_out.weight, -k_out, k_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Training form: all nodes, GELU, times the 0/1 mask of each tree's path."""
+        """Training form: all nodes, GELU, times the 0/1 mask of each tree's path (in eval
+        mode with ``eval_form="walk"``: ``forward_walk``)."""
+        if not self.training and self.eval_form == "walk":
+            return self.forward_walk(x)
         shape = x.shape
         x = x.reshape(-1, self.input_width)
         logits = self.linear_in(x)  # [B, K·n]
@@ -65,12 +73,13 @@ class FastFeedForward(nn.Module):
         return y.reshape(*shape[:-1], self.output_width)
 
 
-def swap_ffn(module: nn.Module, attr: str, depth: int, trees: int = 1) -> FastFeedForward:
+def swap_ffn(module: nn.Module, attr: str, depth: int, trees: int = 1,
+             eval_form: str = "masked") -> FastFeedForward:
     """Replace ``module.<attr>`` (a dense FFN taking and returning [..., H]) by an FFF of the
     same width in and out; returns the new layer (to be trained or distilled)."""
     old = getattr(module, attr)
     first = next(m for m in old.modules() if isinstance(m, nn.Linear))
     last = [m for m in old.modules() if isinstance(m, nn.Linear)][-1]
-    fff = FastFeedForward(first.in_features, last.out_features, depth, trees)
+    fff = FastFeedForward(first.in_features, last.out_features, depth, trees, eval_form)
     setattr(module, attr, fff)
     return fff

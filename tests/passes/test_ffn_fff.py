@@ -81,6 +81,77 @@ def test_fff_export_is_detected_and_compiled(hidden, trees, depth, dynamo, opset
                                        atol=1e-5 * np.abs(want).max())
 
 
+class _Walk(torch.nn.Module):
+    """The hard walk of a FastFeedForward with a given index update (default: the right one)."""
+
+    def __init__(self, fff, step=lambda j, z: j * 2 + 1 + (z > 0).long()):
+        super().__init__()
+        self.fff, self.step, self.input_width = fff, step, fff.input_width
+
+    def forward(self, x):
+        f = self.fff
+        x = x.reshape(-1, f.input_width)
+        w_out = f.linear_out.weight.t()
+        y = torch.zeros(x.shape[0], f.output_width)
+        for k in range(f.trees):
+            j = torch.zeros(x.shape[0], dtype=torch.long)
+            for _ in range(f.depth + 1):
+                r = k * f.n_nodes + j
+                z = (x * f.linear_in.weight[r]).sum(-1) + f.linear_in.bias[r]
+                y = y + torch.nn.functional.gelu(z).unsqueeze(-1) * w_out[r]
+                j = self.step(j, z)
+        return y
+
+
+@pytest.mark.parametrize("hidden, trees, depth, dynamo, opset", [
+    (32, 1, 11, False, 17), (32, 1, 11, True, 18), (24, 4, 3, False, 20), (24, 4, 3, True, 20),
+    (16, 16, 2, True, 18)])
+def test_hard_walk_export_is_detected_and_compiled(hidden, trees, depth, dynamo, opset, tmp_path):
+    """``forward_walk`` exported (eval_form="walk"): an unrolled chain of row gathers, dot
+    products and index updates per tree and level, found with its K and D."""
+    torch.manual_seed(trees)
+    fff = FastFeedForward(hidden, hidden, depth, trees, eval_form="walk")
+    path = _export(fff, tmp_path / "m.onnx", dynamo, opset)
+    gathers = collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+    assert gathers["Gather" if not dynamo else "GatherND"] >= 3 * trees * (depth + 1)
+    assert gathers["ScatterElements"] == 0  # not the masked form
+    (site,) = fffc.inspect(path).sites
+    assert (site.kind, site.rule, site.trees, site.depth) == ("fff", "fff_walk", trees, depth)
+    assert (site.d_model, site.d_ff, site.d_out) == (hidden, trees * (2 ** (depth + 1) - 1), hidden)
+
+    result = fffc.compile(path, tmp_path / "m.fffc")
+    (site,) = result.sites
+    assert site.decision == "tree" and site.max_rel_err < 1e-5
+    model = onnx.load(str(result.artifact / "model.onnx"))
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    assert ops["FastFeedForward"] == 1 and ops["ReduceSum"] == 0 and ops["Erf"] == 0
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with_kernel = fffc.runtime.InferenceSession(result.artifact)
+    stock = ort.InferenceSession(str(result.artifact / "model.onnx"),
+                                 providers=["CPUExecutionProvider"])
+    for b, s in ((1, 1), (3, 7)):
+        x = np.random.default_rng(b * 10 + s).standard_normal((b, s, hidden)).astype(np.float32)
+        want = fff(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(original.run(None, {"x": x})[0], want, rtol=1e-4,
+                                   atol=1e-5 * np.abs(want).max())
+        for sess in (with_kernel, stock):
+            np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-4,
+                                       atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("step, reason", [
+    (lambda j, z: j * 2 + 2 - (z > 0).long(), "level 1 is not 2j + 1"),  # mirrored tree
+    (lambda j, z: j * 2 + 1 + (z >= 0).long(), "tie-break"),
+    (lambda j, z: j * 2 + 1 + (z > 0.5).long(), "compare a node's pre-activation with 0"),
+])
+def test_walk_with_other_index_arithmetic_is_a_near_miss(step, reason, tmp_path):
+    torch.manual_seed(0)
+    walk = _Walk(FastFeedForward(16, 16, 3, 2), step)
+    found = fffc.inspect(_export(walk, tmp_path / "w.onnx", False, 17))
+    assert found.sites == []
+    assert any(reason in m.reason for m in found.near_misses), found.near_misses
+
+
 def test_other_tie_break_is_a_near_miss_not_a_site(tmp_path):
     path = _export(_GeqFFF(16, 16, 3, 1), tmp_path / "geq.onnx", False, 17, rank=2)
     found = fffc.inspect(path)

@@ -71,3 +71,18 @@ def test_swap_ffn_keeps_widths() -> None:
     fff = swap_ffn(block, "ffn", depth=4)
     assert block.ffn is fff and (fff.input_width, fff.output_width, fff.depth) == (16, 12, 4)
     assert fff(torch.randn(2, 16)).shape == (2, 12)
+
+
+def test_eval_form_walk_runs_the_walk_only_in_eval_mode() -> None:
+    torch.manual_seed(2)
+    m = FastFeedForward(16, 16, 3, 2, eval_form="walk")
+    x = torch.randn(4, 16)
+    m(x).sum().backward()  # training: the masked form (the walk has no gradients)
+    assert m.linear_out.weight.grad is not None
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m.forward_walk(x))
+        m.eval_form = "masked"
+        torch.testing.assert_close(m(x), m.forward_walk(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="eval_form"):
+        FastFeedForward(16, 16, 3, eval_form="hard")
