@@ -85,13 +85,16 @@ SPARSE_FFN = OpSpec(
     ),
 )
 
+TIE_BREAKS = ("gt", "ge")  # FastFeedForward: right child on z > 0 / z >= 0
+
 FAST_FEED_FORWARD = OpSpec(
     name="FastFeedForward",
     doc=(
         "UltraFastBERT's Fast Feedforward tree (conditional matrix multiplication). K trees "
         "of depth D, n = 2^(D+1) - 1 nodes each in heap order. Per token x and tree k: j = 0; "
         "D+1 times: z = W_in[k·n+j]·x + B_in[k·n+j]; y += GELU(z)·W_out[k·n+j]; "
-        "j = 2j + 1 + [z > 0]. Every visited node contributes; GELU is the exact erf form."
+        "j = 2j + 1 + [z > 0] (tie_break 'gt'; 'ge': [z >= 0]). Every visited node "
+        "contributes; GELU is the exact erf form."
     ),
     inputs=(
         TensorArg("X", "activations [..., d_in]; all leading dims are tokens"),
@@ -103,17 +106,31 @@ FAST_FEED_FORWARD = OpSpec(
     attributes=(
         Attribute("trees", "int", 1, doc="K"),
         Attribute("depth", "int", 11, doc="D: each tree visits D+1 nodes per token"),
+        Attribute("activation", "string", "gelu", ("gelu",), doc="of every visited node"),
+        Attribute("tie_break", "string", "gt", TIE_BREAKS,
+                  doc="gt: z > 0 goes right (UltraFastBERT's training code); ge: z >= 0 "
+                      "(its benchmark code); they differ only where z is exactly 0"),
     ),
 )
 
 OPS: dict[str, OpSpec] = {SPARSE_FFN.name: SPARSE_FFN, FAST_FEED_FORWARD.name: FAST_FEED_FORWARD}
 
 
-def fff_kernel_spec(d_in: int, d_out: int, trees: int, depth: int) -> KernelSpec:
-    """The KernelSpec of a FastFeedForward shape; ``mode`` carries "<trees>x<depth>"."""
-    return KernelSpec(FAST_FEED_FORWARD.name, "gelu", "none", f"{trees}x{depth}", d_in,
-                      trees * (2 ** (depth + 1) - 1), d_out, True, False, False,
-                      extra=(("depth", str(depth)), ("trees", str(trees))))
+def fff_mode(trees: int, depth: int, tie_break: str = "gt") -> str:
+    """The kernel-table mode of a FastFeedForward: "<trees>x<depth>", "ge" appended for the
+    ``>= 0`` tie-break (the shim builds the same string from the node's attributes)."""
+    return f"{trees}x{depth}" + ("" if tie_break == "gt" else tie_break)
+
+
+def fff_kernel_spec(d_in: int, d_out: int, trees: int, depth: int,
+                    tie_break: str = "gt") -> KernelSpec:
+    """The KernelSpec of a FastFeedForward shape; ``mode`` from ``fff_mode``."""
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
+    return KernelSpec(FAST_FEED_FORWARD.name, "gelu", "none", fff_mode(trees, depth, tie_break),
+                      d_in, trees * (2 ** (depth + 1) - 1), d_out, True, False, False,
+                      extra=(("depth", str(depth)), ("tie_break", tie_break),
+                             ("trees", str(trees))))
 
 
 @dataclass(frozen=True)

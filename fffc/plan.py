@@ -37,7 +37,8 @@ def plan(sites: Sequence[Site], only: Sequence[str] = ()) -> None:
 def kernel_spec(site: Site) -> KernelSpec:
     """What codegen builds for an ``exact`` or ``tree`` site."""
     if site.kind == "fff":
-        return fff_kernel_spec(site.d_model, site.d_out, site.trees, site.depth)
+        return fff_kernel_spec(site.d_model, site.d_out, site.trees, site.depth,
+                               site.tie_break or "gt")
     return KernelSpec(
         op="SparseFFN", activation=site.activation, up_activation=site.up_activation,
         mode="exact", d_in=site.d_model, d_ff=site.d_ff, d_out=site.d_out,

@@ -62,10 +62,11 @@ def sparse_ffn(
 
 
 def fast_feed_forward(x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, w_out: np.ndarray,
-                      *, trees: int, depth: int) -> np.ndarray:
+                      *, trees: int, depth: int, tie_break: str = "gt") -> np.ndarray:
     """``ai.fffc::FastFeedForward`` (UltraFastBERT hard walk), float64, over the last axis.
 
-    ``w_out`` is stored row per node ([K·n, d_out]). Strictly ``z > 0`` goes right.
+    ``w_out`` is stored row per node ([K·n, d_out]). ``z > 0`` goes right (``z >= 0`` with
+    tie_break "ge").
     """
     n = 2 ** (depth + 1) - 1
     if w_in.shape[0] != trees * n:
@@ -80,5 +81,5 @@ def fast_feed_forward(x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, w_out: 
             r = k * n + node
             z = np.einsum("td,td->t", xd, w_in[r].astype(np.float64)) + b_in[r]
             y[rows] += activation("gelu", z)[:, None] * w_out[r].astype(np.float64)
-            node = 2 * node + 1 + (z > 0)
+            node = 2 * node + 1 + ((z >= 0) if tie_break == "ge" else (z > 0))
     return y.reshape(*np.shape(x)[:-1], w_out.shape[1])

@@ -23,6 +23,7 @@ class Site:
     matched_nodes: list[str] = field(default_factory=list)
     trees: int = 0  # fff: K
     depth: int = 0  # fff: D (D+1 nodes visited per tree)
+    tie_break: str = ""  # fff: "gt" (z > 0 goes right) | "ge" (z >= 0)
     decision: str = "pending"  # "exact" | "walk" (fff) | "dense" (left as it was)
     reason: str = ""  # why that decision
     max_abs_err: float | None = None
@@ -38,7 +39,8 @@ class Site:
         if self.kind == "dense":
             return f"{self.activation} FFN"
         if self.kind == "fff":
-            return f"FFF {self.trees}x{self.depth}"
+            return f"FFF {self.trees}x{self.depth}" + (" (z >= 0 right)" if self.tie_break == "ge"
+                                                         else "")
         if self.activation == "relu":
             return "dReLU" if self.up_activation == "relu" else "ReGLU"
         return {"silu": "SwiGLU", "gelu": "GeGLU", "gelu_tanh": "GeGLU(tanh)"}.get(

@@ -146,7 +146,8 @@ def site_reference(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | No
     """The planned op on a captured input, with the weights as the artifact stores them."""
     if site.kind == "fff":  # marker inputs: W_in [H, K·n] (MatMul orientation), B_in, W_out
         return reference.fast_feed_forward(x, weights["W1"].T, weights["B1"], weights["W2"],
-                                           trees=site.trees, depth=site.depth)
+                                           trees=site.trees, depth=site.depth,
+                                           tie_break=site.tie_break or "gt")
     return reference.sparse_ffn(
         x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"), weights.get("WU"),
         activation_name=site.activation, up_activation=site.up_activation,

@@ -88,6 +88,7 @@ def _site(node: ir.Node) -> Site:
         has_b1=b1 is not None, has_b2=b2 is not None, dtype=str(w1a.dtype),
         matched_nodes=[n for n in get("matched_nodes", "").split(",") if n],
         trees=node.attributes.get_int("trees", 0), depth=node.attributes.get_int("depth", 0),
+        tie_break=get("tie_break", ""),
     )
 
 

@@ -11,7 +11,7 @@ Matches, from the output projection back::
 as exported by torch.onnx's TorchScript (opset 17, 20) and dynamo (opset 18, 20) exporters
 from ``fffc.torch.FastFeedForward`` (the UltraFastBERT layer). K and D come from the
 weight shapes and the chain length (n = 2^(D+1) − 1 is checked), the tie-break from the
-comparison (strictly ``> 0``). The whole region is replaced by one ``ai.fffc.canon::FFN``
+comparison (``> 0``: "gt", ``>= 0``: "ge", the op's ``tie_break``). The whole region is replaced by one ``ai.fffc.canon::FFN``
 marker of kind ``fff``; the matched nodes are kept in its ``original`` graph attribute, so a
 site that is not lowered (or fails verification) goes back exactly as it was. This is a
 structural match: the compile step proves each site numerically (reference walk vs the
@@ -25,6 +25,7 @@ import onnx_ir as ir
 
 from ._common import CANON, const_array
 
+TIE_BREAK_OF = {"Greater": "gt", "GreaterOrEqual": "ge"}  # the branch's comparison with 0
 _COLS = "__cols"  # name suffix of an initializer made by transposed_initializer
 
 
@@ -115,11 +116,8 @@ def match(out_mm: ir.Node) -> dict:
     threshold = const_array(cmp.inputs[1])
     if cmp.inputs[0] is not logits or threshold is None or threshold.size != 1 or threshold.item():
         raise Fail("the branch must compare the logits with 0")
-    if cmp.op_type != "Greater":
-        raise Fail("tie-break: the branch goes right on logits >= 0; FastFeedForward goes "
-                    "right on > 0 (they differ only where a logit is exactly 0)")
     return {"x": x, "w_in": w_in, "b_in": b_in, "w_out": w_out, "trees": trees,
-            "depth": depth, "gelu": gelu}
+            "depth": depth, "gelu": gelu, "tie_break": TIE_BREAK_OF[cmp.op_type]}
 
 
 def _region(out_mm: ir.Node, x: ir.Value, graph: ir.Graph) -> list[ir.Node]:
@@ -234,15 +232,16 @@ def _replace(graph: ir.Graph, out_mm: ir.Node, region: list[ir.Node], m: dict,
             ir.AttrString("up_activation", "none"), ir.AttrString("rule", rule),
             ir.AttrString("matched_nodes", ",".join(n.name or n.op_type for n in region)),
             ir.AttrInt64("trees", m["trees"]), ir.AttrInt64("depth", m["depth"]),
+            ir.AttrString("tie_break", m["tie_break"]),
         ],
         num_outputs=1,
     )
     graph.insert_before(region[0], marker)
     new_out = marker.outputs[0]
-    ir.convenience.replace_all_uses_with(out, new_out)
-    for i, o in enumerate(graph.outputs):
+    for i, o in enumerate(graph.outputs):  # first: a graph output cannot be replaced in uses
         if o is out:
             graph.outputs[i] = new_out
+    ir.convenience.replace_all_uses_with(out, new_out)
     new_out.name, out.name = out.name, f"{out.name}__fff_original"
     new_out.shape, new_out.type = out.shape, out.type
     graph.remove(region, safe=False)

@@ -24,7 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ._common import CANON, const_array
-from .ffn_fff import Fail, _region, _replace, transposed_initializer
+from .ffn_fff import TIE_BREAK_OF, Fail, _region, _replace, transposed_initializer
 
 _INT_OPS = ("Add", "Sub", "Mul")
 
@@ -302,11 +302,10 @@ def match(out: ir.Node) -> dict:
         raise Fail(f"{trees} trees of depth {depth} need {trees * n} node rows, the weights "
                    f"have {w_in_arr.shape[0]}")
     _check_indices(chains, terms, index, n)
-    if index.compares != {"Greater"}:
-        raise Fail("tie-break: the branch goes right on z >= 0; FastFeedForward goes right on "
-                   "z > 0 (they differ only where a logit is exactly 0)")
+    if len(index.compares) != 1:
+        raise Fail("tie-break: some levels go right on z > 0, others on z >= 0")
     return {"x": x, "w_in_rows": w_in, "b_in": b_in, "w_out": w_out, "trees": trees,
-            "depth": depth}
+            "depth": depth, "tie_break": TIE_BREAK_OF[index.compares.pop()]}
 
 
 def candidates(graph: ir.Graph) -> list[ir.Node]:

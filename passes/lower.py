@@ -130,23 +130,25 @@ def _lower_fff(model: ir.Model, node: ir.Node, decision: str, opset: int) -> Non
     ``walk`` → the conditional walk in standard ops, else its original region back."""
     graph = model.graph
     trees, depth = node.attributes.get_int("trees", 1), node.attributes.get_int("depth", 1)
+    tie_break = node.attributes.get_string("tie_break", "gt")
     if decision in ("tree", "walk"):
         x, w_in, b_in, w_out = node.inputs[:4]
         tape = ir.tape.Tape()
         rows = _row_major_up(graph, w_in)
         if decision == "tree":
-            overload = f"k{trees}_d{depth}"
-            out = tape.op(FAST_FEED_FORWARD.name, [x, rows, b_in, w_out],
-                          {"trees": trees, "depth": depth}, domain=DOMAIN, overload=overload,
+            overload = f"k{trees}_d{depth}_{tie_break}"
+            attrs = {"trees": trees, "depth": depth, "activation": "gelu", "tie_break": tie_break}
+            out = tape.op(FAST_FEED_FORWARD.name, [x, rows, b_in, w_out], attrs,
+                          domain=DOMAIN, overload=overload,
                           name=node.name,
                           metadata_props={"fffc.rule": node.attributes.get_string("rule", "")})
             key = (DOMAIN, FAST_FEED_FORWARD.name, overload)
             if key not in model.functions:
-                model.functions[key] = _fff_function(overload, trees, depth, opset)
+                model.functions[key] = _fff_function(overload, trees, depth, tie_break, opset)
             model.opset_imports[DOMAIN] = OPSET_VERSION
         else:
             out = standard_forms.fff_walk(tape, x, rows, b_in, w_out, trees=trees, depth=depth,
-                                          opset=opset)
+                                          opset=opset, tie_break=tie_break)
             for i, n in enumerate(tape.nodes):
                 n.name = f"{node.name}/walk/{i}_{n.op_type}"
         _replace(graph, node, tape, out)
@@ -154,23 +156,26 @@ def _lower_fff(model: ir.Model, node: ir.Node, decision: str, opset: int) -> Non
     out = ffn_fff.restore(graph, node)
     old = node.outputs[0]
     name = old.name
-    ir.convenience.replace_all_uses_with(old, out)
-    for i, o in enumerate(graph.outputs):
+    for i, o in enumerate(graph.outputs):  # first: a graph output cannot be replaced in uses
         if o is old:
             graph.outputs[i] = out
+    ir.convenience.replace_all_uses_with(old, out)
     graph.remove(node, safe=False)
     out.name = name
 
 
-def _fff_function(overload: str, trees: int, depth: int, opset: int) -> ir.Function:
+def _fff_function(overload: str, trees: int, depth: int, tie_break: str,
+                  opset: int) -> ir.Function:
     """FastFeedForward's fallback: the conditional walk in standard ops (X is [T, d_in])."""
     formals = [ir.Value(name=a.name) for a in FAST_FEED_FORWARD.inputs]
     tape = ir.tape.Tape()
-    y = standard_forms.fff_walk(tape, *formals, trees=trees, depth=depth, opset=opset)
+    y = standard_forms.fff_walk(tape, *formals, trees=trees, depth=depth, opset=opset,
+                                tie_break=tie_break)
     y.name = "Y"
     graph = ir.Graph(formals, [y], nodes=tape.nodes, opset_imports={"": opset},
                      name=f"{FAST_FEED_FORWARD.name}_{overload}")
-    attrs = [ir.Attr(a.name, ir.AttributeType.INT, a.default) for a in FAST_FEED_FORWARD.attributes]
+    kinds = {"int": ir.AttributeType.INT, "string": ir.AttributeType.STRING}
+    attrs = [ir.Attr(a.name, kinds[a.type], a.default) for a in FAST_FEED_FORWARD.attributes]
     return ir.Function(DOMAIN, FAST_FEED_FORWARD.name, overload, graph=graph, attributes=attrs)
 
 

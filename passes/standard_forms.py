@@ -71,7 +71,8 @@ def ffn(
 
 
 def fff_walk(tape: ir.tape.Tape, x: ir.Value, w_in_rows: ir.Value, b_in: ir.Value,
-             w_out: ir.Value, *, trees: int, depth: int, opset: int) -> ir.Value:
+             w_out: ir.Value, *, trees: int, depth: int, opset: int,
+             tie_break: str = "gt") -> ir.Value:
     """FastFeedForward's conditional walk in standard ops (opset ≥ 13), all trees at once.
 
     ``x`` [T, H], ``w_in_rows`` [K·n, H] (row per node), ``b_in`` [K·n], ``w_out`` [K·n, H_out].
@@ -102,7 +103,8 @@ def fff_walk(tape: ir.tape.Tape, x: ir.Value, w_in_rows: ir.Value, b_in: ir.Valu
             tape.op("Mul", [tape.op("Unsqueeze", [g, last]), tape.op("Gather", [w_out, rows])]),
             const(np.array([1], np.int64))], {"keepdims": 0})  # [T, H_out]
         y = contrib if y is None else tape.op("Add", [y, contrib])
-        right = tape.op("Cast", [tape.op("Greater", [z, const(np.array(0, np.float32))])],
+        compare = "GreaterOrEqual" if tie_break == "ge" else "Greater"
+        right = tape.op("Cast", [tape.op(compare, [z, const(np.array(0, np.float32))])],
                         {"to": ir.DataType.INT64})
         node = tape.op("Add", [tape.op("Add", [tape.op("Mul", [node, const(np.array(2, np.int64))]),
                                                const(np.array(1, np.int64))]), right])

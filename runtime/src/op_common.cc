@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <exception>
+#include <stdexcept>
 
 namespace fffc {
 namespace {
@@ -53,7 +54,7 @@ struct OpWithFactory {
   const char* ep;
   const char* name;
   size_t inputs;
-  bool fff;  // FastFeedForward: int attributes trees/depth, all inputs required
+  bool fff;  // FastFeedForward: attributes trees/depth/activation/tie_break, all inputs required
   KernelFactory factory;
 };
 
@@ -96,9 +97,14 @@ OrtStatusPtr CreateKernelV2(const OrtCustomOp* op, const OrtApi* api, const OrtK
   try {
     Attrs attrs;
     if (Holder(op)->fff) {
-      attrs = {"gelu", "none",
+      // the kernel table's mode: "<trees>x<depth>", "ge" appended for tie_break "ge"
+      // (fffc.ops.fff_mode)
+      const std::string tie = StringAttr(a, info, "tie_break", "gt");
+      if (tie != "gt" && tie != "ge")
+        throw std::runtime_error("FastFeedForward: tie_break must be gt or ge, got " + tie);
+      attrs = {StringAttr(a, info, "activation", "gelu"), "none",
                std::to_string(IntAttr(a, info, "trees", 1)) + "x" +
-                   std::to_string(IntAttr(a, info, "depth", 11))};
+                   std::to_string(IntAttr(a, info, "depth", 11)) + (tie == "gt" ? "" : tie)};
     } else {
       attrs = {StringAttr(a, info, "activation", "relu"),
                StringAttr(a, info, "up_activation", "none"), StringAttr(a, info, "mode", "exact")};

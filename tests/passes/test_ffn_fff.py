@@ -14,6 +14,7 @@ import torch
 
 import fffc
 import fffc.runtime
+from fffc.reference import fast_feed_forward
 from fffc.torch import FastFeedForward
 
 pytestmark = pytest.mark.torch
@@ -141,7 +142,6 @@ def test_hard_walk_export_is_detected_and_compiled(hidden, trees, depth, dynamo,
 
 @pytest.mark.parametrize("step, reason", [
     (lambda j, z: j * 2 + 2 - (z > 0).long(), "level 1 is not 2j + 1"),  # mirrored tree
-    (lambda j, z: j * 2 + 1 + (z >= 0).long(), "tie-break"),
     (lambda j, z: j * 2 + 1 + (z > 0.5).long(), "compare a node's pre-activation with 0"),
 ])
 def test_walk_with_other_index_arithmetic_is_a_near_miss(step, reason, tmp_path):
@@ -152,11 +152,37 @@ def test_walk_with_other_index_arithmetic_is_a_near_miss(step, reason, tmp_path)
     assert any(reason in m.reason for m in found.near_misses), found.near_misses
 
 
-def test_other_tie_break_is_a_near_miss_not_a_site(tmp_path):
-    path = _export(_GeqFFF(16, 16, 3, 1), tmp_path / "geq.onnx", False, 17, rank=2)
-    found = fffc.inspect(path)
-    assert found.sites == []
-    assert any("tie-break" in m.reason for m in found.near_misses)
+@pytest.mark.parametrize("form", ["masked", "walk"])
+def test_ge_tie_break_is_matched_exactly(form, tmp_path):
+    """``z >= 0`` goes right (UltraFastBERT's benchmark code): tie_break "ge", exact also for
+    a token whose root logit is exactly 0 (where "gt" would take the other child)."""
+    torch.manual_seed(3)
+    fff = FastFeedForward(16, 16, 3, 2)
+    with torch.no_grad():
+        fff.linear_in.bias[0] = 0.0  # tree 0's root: z = 0 for the zero token
+    if form == "masked":
+        module = _GeqFFF(16, 16, 3, 2)
+        module.load_state_dict(fff.state_dict())
+    else:
+        module = _Walk(fff, lambda j, z: j * 2 + 1 + (z >= 0).long())
+    path = _export(module, tmp_path / "geq.onnx", False, 17, rank=2)
+    (site,) = fffc.inspect(path).sites
+    assert (site.tie_break, site.trees, site.depth) == ("ge", 2, 3)
+    result = fffc.compile(path, tmp_path / "geq.fffc")
+    (node,) = [n for n in onnx.load(str(result.artifact / "model.onnx")).graph.node
+               if n.op_type == "FastFeedForward"]
+    assert {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}["tie_break"] == b"ge"
+    x = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
+    x[2] = 0.0
+    want = module.eval()(torch.from_numpy(x)).detach().numpy()
+    w = fff.linear_in.weight.detach().numpy(), fff.linear_in.bias.detach().numpy()
+    w_out = fff.linear_out.weight.detach().numpy().T
+    gt = fast_feed_forward(x, *w, w_out, trees=2, depth=3, tie_break="gt")
+    assert np.abs(gt[2] - want[2]).max() > 1e-3  # the zero token tells the tie-breaks apart
+    for sess in (fffc.runtime.InferenceSession(result.artifact),
+                 ort.InferenceSession(str(result.artifact / "model.onnx"),
+                                      providers=["CPUExecutionProvider"])):
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-6)
 
 
 def test_fff_left_as_it_was_when_not_lowered(tmp_path):

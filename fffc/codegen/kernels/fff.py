@@ -13,7 +13,7 @@ from fffc.ops import KernelSpec
 
 from .._tvm import from_source
 from ..schedules.base import largest_divisor
-from .fff_cuda import fff_params
+from .fff_cuda import fff_params, fff_right
 
 _FFF = '''
 @T.prim_func
@@ -49,7 +49,7 @@ def kernel(x: T.handle, W_in: T.Buffer(({R}, {D}), "float32", align=4),
                         for jb in range({DO} // {VLO}):
                             for v in T.vectorized({VLO}):
                                 Y[c * {TC} + tt, jb * {VLO} + v] = Y[c * {TC} + tt, jb * {VLO} + v] + g[0] * W_out[k * {NN} + node[0], jb * {VLO} + v]
-                        node[0] = node[0] * 2 + 1 + T.Select(h[0] > T.float32(0), 1, 0)
+                        node[0] = node[0] * 2 + 1 + T.Select(h[0] {GT} T.float32(0), 1, 0)
 '''
 
 
@@ -61,7 +61,7 @@ def fff_cpu_source(spec: KernelSpec, symbol: str, lanes: int = 16, tokens_per_ta
     return _FFF.format(R=spec.d_ff, D=spec.d_in, DO=spec.d_out, K=trees, NN=spec.d_ff // trees,
                        LEVELS=depth + 1, TC=tokens_per_task,
                        loop="T.parallel" if parallel else "range",
-                       VL=largest_divisor(spec.d_in, lanes), VLO=largest_divisor(spec.d_out, lanes),
+                       GT=fff_right(spec), VL=largest_divisor(spec.d_in, lanes), VLO=largest_divisor(spec.d_out, lanes),
                        symbol=symbol)
 
 

@@ -34,6 +34,11 @@ def fff_params(spec: KernelSpec) -> tuple[int, int]:
     return trees, depth
 
 
+def fff_right(spec: KernelSpec) -> str:
+    """The TVMScript comparison of z with 0 that sends a token to the right child."""
+    return ">=" if dict(spec.extra).get("tie_break", "gt") == "ge" else ">"
+
+
 # Prefetch: the children's rows are known at the start of a level; loading both overlaps
 # their latency with this level's reduction, and the next level starts from registers.
 _PREFETCH = '''                    if lvl < {DEPTH}:
@@ -41,7 +46,7 @@ _PREFETCH = '''                    if lvl < {DEPTH}:
                             lw[i] = T.if_then_else(i * {TX} + tx < {D}, W_in[k * {NN} + node[0] * 2 + 1, T.min(i * {TX} + tx, {D} - 1)], T.float32(0))
                             rw[i] = T.if_then_else(i * {TX} + tx < {D}, W_in[k * {NN} + node[0] * 2 + 2, T.min(i * {TX} + tx, {D} - 1)], T.float32(0))'''
 _PICK = '''                    for i in T.unroll({PER}):
-                        cw[i] = T.Select(h[0] > T.float32(0), rw[i], lw[i])'''
+                        cw[i] = T.Select(h[0] {GT} T.float32(0), rw[i], lw[i])'''
 # Without prefetch: the current node's row, loaded when the node is known.
 _LOAD = '''                    for i in T.unroll({PER}):
                         cw[i] = T.if_then_else(i * {TX} + tx < {D}, W_in[k * {NN} + node[0], T.min(i * {TX} + tx, {D} - 1)], T.float32(0))'''
@@ -102,7 +107,7 @@ def kernel(x: T.handle, W_in: T.Buffer(({R}, {D}), "float32"), B_in: T.Buffer(({
                         h[0] = h[0] + red[lvl % 2, w]
                     pg[0] = T.float32(0.5) * h[0] * (T.float32(1) + T.erf(h[0] * T.float32(0.7071067811865476)))
                     pnode[0] = node[0]
-                    node[0] = node[0] * 2 + 1 + T.Select(h[0] > T.float32(0), 1, 0)
+                    node[0] = node[0] * 2 + 1 + T.Select(h[0] {GT} T.float32(0), 1, 0)
 {pick_next}
                 for i in T.unroll({PERO}):
                     if i * {TX} + tx < {DO}:
@@ -120,10 +125,10 @@ def fff_source(spec: KernelSpec, t: FffTiling, symbol: str) -> str:
     if tx < 32 or tx & (tx - 1):
         raise CodegenError(f"FFF threads {tx}: a power of two ≥ 32")
     fmt = dict(D=spec.d_in, K=trees, NN=spec.d_ff // trees, DEPTH=depth, TX=tx,
-               PER=ceil_div(spec.d_in, tx))
+               PER=ceil_div(spec.d_in, tx), GT=fff_right(spec))
     load_next = _PREFETCH.format(**fmt) if t.prefetch else _LOAD.format(**fmt)
     pick_next = _PICK.format(**fmt) if t.prefetch else ""
     root_load = _ROOT.format(**fmt) if t.prefetch else ""
-    return _FFF.format(load_next=load_next, pick_next=pick_next, root_load=root_load, R=spec.d_ff, D=spec.d_in, DO=spec.d_out, K=trees, NN=spec.d_ff // trees,
-                       LEVELS=depth + 1, DEPTH=depth, TX=tx, NW=tx // 32,
-                       PER=ceil_div(spec.d_in, tx), PERO=ceil_div(spec.d_out, tx), symbol=symbol)
+    return _FFF.format(load_next=load_next, pick_next=pick_next, root_load=root_load,
+                       R=spec.d_ff, DO=spec.d_out, LEVELS=depth + 1, NW=tx // 32,
+                       PERO=ceil_div(spec.d_out, tx), symbol=symbol, **fmt)

@@ -12,7 +12,7 @@ namespace fffc::cpu {
 namespace {
 
 struct FffKernel : KernelBase {
-  // attrs.mode is "<trees>x<depth>", the kernel table's mode for this op
+  // attrs.mode is "<trees>x<depth>[ge]", the kernel table's mode for this op
   OrtStatus* Compute(OrtKernelContext* ctx) override {
     FffCall c;
     if (OrtStatus* st = PrepareFff(api, ctx, &c)) return st;
@@ -20,7 +20,8 @@ struct FffKernel : KernelBase {
     const fffc_kernel_entry* entry = nullptr;
     for (int32_t i = 0; i < fffc_num_kernels && entry == nullptr; ++i) {
       const fffc_kernel_entry& e = fffc_kernels[i];
-      if (std::string(e.op) == "FastFeedForward" && attrs.mode == e.mode && e.d_in == c.d_in &&
+      if (std::string(e.op) == "FastFeedForward" && attrs.mode == e.mode &&
+          attrs.activation == e.activation && e.d_in == c.d_in &&
           e.d_ff == c.nodes && e.d_out == c.d_out && e.min_tokens <= c.tokens &&
           c.tokens <= e.max_tokens)
         entry = &e;

@@ -158,7 +158,8 @@ struct CudaFffKernel : KernelBase {
     int32_t index = -1;
     for (int32_t i = 0; i < fffc_num_cuda_kernels && index < 0; ++i) {
       const fffc_cuda_entry& e = fffc_cuda_kernels[i];
-      if (std::string(e.op) == "FastFeedForward" && attrs.mode == e.mode && e.d_in == c.d_in &&
+      if (std::string(e.op) == "FastFeedForward" && attrs.mode == e.mode &&
+          attrs.activation == e.activation && e.d_in == c.d_in &&
           e.d_ff == c.nodes && e.d_out == c.d_out && e.min_tokens <= c.tokens &&
           c.tokens <= e.max_tokens)
         index = i;
