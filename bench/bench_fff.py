@@ -7,17 +7,17 @@ UltraFastBERT-1x11) is exported with the TorchScript exporter (opset 17), compil
 ``fffc compile`` (the FFF site becomes ``ai.fffc::FastFeedForward``: fffc's x86 kernel
 through the shim, and the conditional walk in standard ops as its fallback function) and
 timed against the original export and against the dense GELU FFNs it replaces: BERT-base's
-768 → 3072 → 768 and the same width as the tree, 768 → 4095 → 768. The walk is timed by running the artifact without the shim. Same session options (2 intra-op threads), interleaved runs, medians.
+768 → 3072 → 768 and the same width as the tree, 768 → 4095 → 768. The walk is timed by
+running the artifact without the shim. Same session options (2 intra-op threads), sessions
+timed in alternating blocks (``fffc.timing``), medians.
 Needs the torch extra.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from fffc import timing
 
 
 def _dense_gelu_ffn(h: int, f: int, path: Path) -> Path:
@@ -97,13 +99,10 @@ def bench_shape(h: int, trees: int, depth: int, tokens: list[int], repeat: int, 
             got = sessions[k].run(None, {"x": x})[0]
             assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), f"{k} differs"
         reps = repeat if n <= 2048 else max(3, repeat // 8)
-        times: dict[str, list[float]] = {k: [] for k in sessions}
-        for _ in range(reps):
-            for k, sess in sessions.items():
-                t0 = time.perf_counter()
-                sess.run(None, {"x": x})
-                times[k].append((time.perf_counter() - t0) * 1e3)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        inner = min(5, reps)
+        med = timing.medians_ms({k: (lambda s=sess, f={"x": x}: s.run(None, f))
+                                 for k, sess in sessions.items()},
+                                rounds=-(-reps // inner), inner=inner)
         kern = med["FFF fffc kernel"]
         print(f"{n:6d} " + " ".join(f"{v:21.3f} ms" for v in med.values())
               + f"   {med['FFF export (masked)'] / kern:13.1f}x"

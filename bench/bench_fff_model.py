@@ -14,7 +14,6 @@ Needs the torch extra.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from fffc import timing
 
 
 def _encoder(layers: int, hidden: int, heads: int, fff: bool):
@@ -117,13 +118,8 @@ def main() -> int:
     want = sessions["FFF as exported"].run(None, {"x": x})[0]
     got = sessions["FFF via fffc"].run(None, {"x": x})[0]
     err = float(np.abs(got - want).max() / np.abs(want).max())
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(a.repeat):
-        for k, sess in sessions.items():
-            t = time.perf_counter()
-            sess.run(None, {"x": x})
-            times[k].append((time.perf_counter() - t) * 1e3)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = timing.medians_ms({k: (lambda s=sess: s.run(None, {"x": x}))
+                             for k, sess in sessions.items()}, rounds=a.repeat, inner=3)
     print(f"{a.layers} layers, seq {a.seq}, hidden {hidden}: fffc vs exported rel err {err:.1e}")
     for k, v in med.items():
         print(f"  {k:24} {v:9.2f} ms")

@@ -14,7 +14,7 @@ The measured fraction of zero activations is printed next to the target.
 
 Both models run in ONNX Runtime with the same session options (intra_op_num_threads = 2);
 fffc runs the compiled artifact through fffc.runtime (shim pool FFFC_NUM_THREADS = 2).
-Runs are interleaved (dense, fffc, dense, ...) and medians compared.
+Sessions are timed in alternating blocks (``fffc.timing``) and medians compared.
 
     python bench/bench_sparse_ffn.py [--tokens 1,8,128] [--repeat 50] [--json out.json]
 """
@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 from statistics import NormalDist
 
@@ -34,6 +32,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from fffc import timing
 
 OUT = Path(__file__).resolve().parent.parent / "build" / "bench"
 
@@ -89,12 +89,6 @@ def measured_sparsity(model: onnx.ModelProto, x: np.ndarray) -> float:
     return float(np.mean(a == 0))
 
 
-def timed(sess, feed) -> float:
-    t0 = time.perf_counter()
-    sess.run(None, feed)
-    return time.perf_counter() - t0
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", default="1,8,128")
@@ -132,15 +126,15 @@ def main() -> int:
                 err = float(np.abs(got - want).max() / np.abs(want).max())
                 reps = max(5, args.repeat if n <= 8 else args.repeat // 2)
                 for _ in range(3):
-                    timed(dense, feed), timed(sparse, feed)
-                td, ts = [], []
-                for _ in range(reps):
-                    td.append(timed(dense, feed))
-                    ts.append(timed(sparse, feed))
+                    dense.run(None, feed), sparse.run(None, feed)
+                inner = min(5, reps)
+                med = timing.medians_ms({"dense": lambda s=dense, f=feed: s.run(None, f),
+                                         "fffc": lambda s=sparse, f=feed: s.run(None, f)},
+                                        rounds=-(-reps // inner), inner=inner)
                 row = {"model": f"{family} {d}/{f}", "target_sparsity": s,
                        "measured_sparsity": round(measured_sparsity(model, feed["x"]), 3),
-                       "tokens": n, "ort_dense_ms": statistics.median(td) * 1e3,
-                       "fffc_ms": statistics.median(ts) * 1e3, "max_rel_err": err}
+                       "tokens": n, "ort_dense_ms": med["dense"], "fffc_ms": med["fffc"],
+                       "max_rel_err": err}
                 row["speedup"] = row["ort_dense_ms"] / row["fffc_ms"]
                 rows.append(row)
                 print(f"{row['model']:<24} s={s:.0%} (measured {row['measured_sparsity']:.0%}) "

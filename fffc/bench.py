@@ -1,15 +1,14 @@
 """Side-by-side timing of an artifact against its original model in ONNX Runtime.
 
-Both sessions get the same options and thread count; runs are interleaved (original,
-compiled, original, ...) so that a noisy shared machine slows both alike, and the
-ratio of medians is reported. Outputs are compared on the same feeds.
+Both sessions get the same options and thread count; they are timed in alternating blocks
+(``fffc.timing``: a pause, one untimed call, a few timed calls) so that a noisy shared
+machine slows both alike while neither runs against the other's spinning threads, and
+the ratio of medians is reported. Outputs are compared on the same feeds.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from . import verify
+from . import timing, verify
 from .errors import UsageError
 
 
@@ -44,12 +43,6 @@ def feeds_for_tokens(proto: onnx.ModelProto, tokens: int, seed: int = 0) -> dict
     if _symbolic_dims(proto) >= 2:
         return verify.probe_inputs(proto, 1, tokens, seed, count=1)[0]
     return verify.probe_inputs(proto, tokens, tokens, seed, count=1)[0]
-
-
-def _time(sess: ort.InferenceSession, feed: dict) -> float:
-    t0 = time.perf_counter()
-    sess.run(None, feed)
-    return time.perf_counter() - t0
 
 
 def source_model(artifact: Path, manifest: dict, original: Path | None) -> Path:
@@ -91,14 +84,13 @@ def bench(artifact: str | Path, tokens: Sequence[int] = (1, 8, 128), threads: in
         got = compiled.run(None, feed)
         err = verify.compare_runs([got], [want], float("inf")).max_rel
         for _ in range(warmup):
-            _time(base, feed)
-            _time(compiled, feed)
-        t_base, t_comp = [], []
-        for _ in range(repeat):
-            t_base.append(_time(base, feed))
-            t_comp.append(_time(compiled, feed))
-        mb, mc = statistics.median(t_base), statistics.median(t_comp)
-        rows.append(BenchRow(n, mb * 1e3, mc * 1e3, mb / mc, err))
+            base.run(None, feed)
+            compiled.run(None, feed)
+        inner = min(5, repeat)
+        med = timing.medians_ms({"base": lambda f=feed: base.run(None, f),
+                                 "fffc": lambda f=feed: compiled.run(None, f)},
+                                rounds=-(-repeat // inner), inner=inner)
+        rows.append(BenchRow(n, med["base"], med["fffc"], med["base"] / med["fffc"], err))
     return rows
 
 

@@ -1,0 +1,40 @@
+"""Side-by-side timing of ONNX Runtime sessions on a small, shared machine.
+
+After a run, a session's intra-op threads keep spinning for a while. On 2 cores, a call of
+session A right after a call of session B runs against B's spinning workers, and the
+fastest model loses most: an FFF layer that takes 12–18 µs measured 55 µs when five
+sessions were interleaved call by call (2026-11-23, BENCHMARKS.md). So sessions are timed
+in blocks: in each round every session in turn gets a short pause (the other pools go to
+sleep), one untimed call (its own workers wake up), then ``inner`` timed calls. Rounds
+repeat the order, so all sessions see the same drift of the machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+SETTLE_S = 0.01  # pause before each block: long enough for ORT's spinning workers to park
+
+
+def blocks(calls: Mapping[str, Callable[[], object]], rounds: int, inner: int = 5,
+           settle: float = SETTLE_S) -> dict[str, list[float]]:
+    """Seconds per timed call of each callable (``rounds·inner`` samples each)."""
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for key, call in calls.items():
+            time.sleep(settle)
+            call()
+            for _ in range(inner):
+                t0 = time.perf_counter()
+                call()
+                times[key].append(time.perf_counter() - t0)
+    return times
+
+
+def medians_ms(calls: Mapping[str, Callable[[], object]], rounds: int, inner: int = 5,
+               settle: float = SETTLE_S) -> dict[str, float]:
+    """Median milliseconds per call of each callable, timed by ``blocks``."""
+    return {k: statistics.median(v) * 1e3
+            for k, v in blocks(calls, rounds, inner, settle).items()}
