@@ -8,7 +8,8 @@ UltraFastBERT-1x11) is exported with the TorchScript exporter (opset 17), compil
 through the shim, and the conditional walk in standard ops as its fallback function) and
 timed against the original export and against the dense GELU FFNs it replaces: BERT-base's
 768 → 3072 → 768 and the same width as the tree, 768 → 4095 → 768. The walk is timed by
-running the artifact without the shim. Same session options (2 intra-op threads), sessions
+running the artifact without the shim; a one-Identity model shows what any ONNX Runtime
+call costs (the floor under every column). Same session options (2 intra-op threads), sessions
 timed in alternating blocks (``fffc.timing``), medians.
 Needs the torch extra.
 """
@@ -41,6 +42,17 @@ def _dense_gelu_ffn(h: int, f: int, path: Path) -> Path:
                           [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
                                             helper.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def _identity(h: int, path: Path) -> Path:
+    """One Identity node: what any ONNX Runtime call costs from Python (the floor)."""
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "floor",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["t", h])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["t", h])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.save(m, str(path))
     return path
@@ -89,6 +101,9 @@ def bench_shape(h: int, trees: int, depth: int, tokens: list[int], repeat: int, 
         "FFF walk (no shim)": ort.InferenceSession(str(result.artifact / "model.onnx"), _options(),
                                                    providers=["CPUExecutionProvider"]),
         "FFF fffc kernel": fffc.runtime.InferenceSession(result.artifact, _options()),
+        "ORT call (one Identity)": ort.InferenceSession(
+            str(_identity(h, tmp / "identity.onnx")), _options(),
+            providers=["CPUExecutionProvider"]),
     }
     print(f"{'tokens':>6} " + " ".join(f"{k:>24}" for k in sessions)
           + "   kernel vs: masked  dense3072  dense4095  walk")
