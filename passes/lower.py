@@ -166,11 +166,12 @@ def _lower_fff(model: ir.Model, node: ir.Node, decision: str, opset: int) -> Non
 
 def _fff_function(overload: str, trees: int, depth: int, tie_break: str,
                   opset: int) -> ir.Function:
-    """FastFeedForward's fallback: the conditional walk in standard ops (X is [T, d_in])."""
+    """FastFeedForward's fallback in standard ops (X is [T, d_in]): the conditional walk, or
+    the masked form for wide forests (``standard_forms.fff_fallback``)."""
     formals = [ir.Value(name=a.name) for a in FAST_FEED_FORWARD.inputs]
     tape = ir.tape.Tape()
-    y = standard_forms.fff_walk(tape, *formals, trees=trees, depth=depth, opset=opset,
-                                tie_break=tie_break)
+    y = standard_forms.fff_fallback(tape, *formals, trees=trees, depth=depth, opset=opset,
+                                    tie_break=tie_break)
     y.name = "Y"
     graph = ir.Graph(formals, [y], nodes=tape.nodes, opset_imports={"": opset},
                      name=f"{FAST_FEED_FORWARD.name}_{overload}")

@@ -109,3 +109,59 @@ def fff_walk(tape: ir.tape.Tape, x: ir.Value, w_in_rows: ir.Value, b_in: ir.Valu
         node = tape.op("Add", [tape.op("Add", [tape.op("Mul", [node, const(np.array(2, np.int64))]),
                                                const(np.array(1, np.int64))]), right])
     return y
+
+
+# Below this many trained nodes per visited node the fallback computes every node (one GEMM)
+# instead of walking: the sweep in BENCHMARKS.md has the walk in standard ops ahead for
+# 1x11 (341 trained per visited) and 4x9 (102), even for 16x7 (32), and 4–15x behind the
+# masked form for 128x4 (6), whose gathered rows [tokens, trees, d_in] per level also
+# exhaust memory at 16384 tokens (6.4 GB).
+MASKED_BELOW_RATIO = 32
+
+
+def fff_fallback(tape: ir.tape.Tape, x: ir.Value, w_in_rows: ir.Value, b_in: ir.Value,
+                 w_out: ir.Value, *, trees: int, depth: int, opset: int,
+                 tie_break: str = "gt") -> ir.Value:
+    """FastFeedForward in standard ops: the walk for deep, narrow forests, the masked form
+    (all nodes, the path mask) for wide, shallow ones."""
+    n = 2 ** (depth + 1) - 1
+    build = fff_masked if n < MASKED_BELOW_RATIO * (depth + 1) else fff_walk
+    return build(tape, x, w_in_rows, b_in, w_out, trees=trees, depth=depth, opset=opset,
+                 tie_break=tie_break)
+
+
+def fff_masked(tape: ir.tape.Tape, x: ir.Value, w_in_rows: ir.Value, b_in: ir.Value,
+               w_out: ir.Value, *, trees: int, depth: int, opset: int,
+               tie_break: str = "gt") -> ir.Value:
+    """FastFeedForward as UltraFastBERT trains it: every node's logit (one Gemm), exact GELU,
+    times the 0/1 mask of each tree's path (ScatterElements per level), one MatMul out.
+
+    ``x`` [T, H], ``w_in_rows`` [K·n, H], ``b_in`` [K·n], ``w_out`` [K·n, H_out].
+    """
+    n = 2 ** (depth + 1) - 1
+
+    def const(arr: np.ndarray) -> ir.Value:
+        return tape.op("Constant", [], {"value": ir.tensor(arr)})
+
+    logits = tape.op("Gemm", [x, w_in_rows, b_in], {"transB": 1})  # [T, K·n]
+    l3 = tape.op("Reshape", [logits, const(np.array([-1, trees, n], np.int64))])  # [T, K, n]
+    compare = "GreaterOrEqual" if tie_break == "ge" else "Greater"
+    right = tape.op("Cast", [tape.op(compare, [l3, const(np.array(0, np.float32))])],
+                    {"to": ir.DataType.INT64})
+    tokens = tape.op("Slice", [tape.op("Shape", [x]), const(np.array([0], np.int64)),
+                               const(np.array([1], np.int64))])
+    shape_tk1 = tape.op("Concat", [tokens, const(np.array([trees, 1], np.int64))], {"axis": 0})
+    node = tape.op("ConstantOfShape", [shape_tk1],
+                   {"value": ir.tensor(np.zeros(1, dtype=np.int64))})  # [T, K, 1]
+    ones = tape.op("ConstantOfShape", [shape_tk1], {"value": ir.tensor(np.ones(1, np.float32))})
+    mask = tape.op("ConstantOfShape", [tape.op("Shape", [l3])],
+                   {"value": ir.tensor(np.zeros(1, np.float32))})
+    mask = tape.op("ScatterElements", [mask, node, ones], {"axis": 2})
+    two, one = const(np.array(2, np.int64)), const(np.array(1, np.int64))
+    for _ in range(depth):
+        move = tape.op("GatherElements", [right, node], {"axis": 2})
+        node = tape.op("Add", [tape.op("Add", [tape.op("Mul", [node, two]), one]), move])
+        mask = tape.op("ScatterElements", [mask, node, ones], {"axis": 2})
+    active = tape.op("Mul", [activation(tape, "gelu", l3, opset), mask])
+    flat = tape.op("Reshape", [active, const(np.array([-1, trees * n], np.int64))])
+    return tape.op("MatMul", [flat, w_out])
