@@ -45,6 +45,27 @@ def test_fff_kernel_matches_the_reference(d_in, d_out, trees, depth, threads, pr
     assert ("elf", "sm_90") in fatbin_entries(tmp_path / "k.fatbin")
 
 
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_fff_kernel_tie_break_ge(prefetch) -> None:
+    """tie_break "ge": a token whose root logit is exactly 0 goes right, as the reference."""
+    spec = fff_kernel_spec(32, 24, 2, 3, "ge")
+    func = _tvm.from_source(fff_source(spec, FffTiling(32, prefetch), "fff_ge"))
+    source, launches = emit_kernels({"fff_ge": func})
+    variant = CudaVariant(spec, "fff", 1, 2**31 - 1, (launches["fff_ge"],), ())
+    rng = np.random.default_rng(5)
+    w = {"W_in": rng.standard_normal((spec.d_ff, 32)), "B_in": rng.standard_normal(spec.d_ff),
+         "W_out": rng.standard_normal((spec.d_ff, 24))}
+    w = {k: v.astype(np.float32) for k, v in w.items()}
+    w["B_in"][0] = 0.0
+    x = rng.standard_normal((3, 32)).astype(np.float32)
+    x[1] = 0.0  # root logit of tree 0 exactly 0
+    got = Emulator(source, [variant]).run(variant, {"X": x, **w})
+    for tb in ("ge", "gt"):
+        want = fast_feed_forward(x, w["W_in"], w["B_in"], w["W_out"], trees=2, depth=3,
+                                 tie_break=tb)
+        assert np.allclose(got, want, rtol=1e-5, atol=1e-5) == (tb == "ge")
+
+
 def test_reference_walks_one_path_per_tree() -> None:
     """The reference visits D+1 nodes per tree: zeroing every other row of W_out leaves Y."""
     rng = np.random.default_rng(0)
