@@ -6,6 +6,7 @@ Python API (the CLI is a thin layer over these)::
     found = fffc.inspect("model.onnx")                  # sites + near misses
     result = fffc.compile("model.onnx", "model.fffc", fffc.CompileOptions(target="x86"))
     rows = fffc.bench("model.fffc", tokens=[1, 8, 128])
+    calib = fffc.calibrate("model.onnx", "feeds/", output="model.calib.json")
     import fffc.runtime; sess = fffc.runtime.InferenceSession("model.fffc")
 """
 
@@ -42,6 +43,18 @@ def compile(model: str | Path, output: str | Path | None = None,
     return compile_model(model, output, options)
 
 
+def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: int = 0,
+              output: str | Path | None = None, force: bool = False) -> dict:
+    """Per-site activation statistics over ``data`` (see ``fffc calibrate``); written to
+    ``output`` (JSON + ``.samples.npz``) when given."""
+    from . import calibration as _calibrate
+
+    result = _calibrate.calibrate(model, data, synthetic=synthetic)
+    if output is not None:
+        _calibrate.write(result, output, force=force)
+    return result
+
+
 def bench(artifact: str | Path, tokens=(1, 8, 128), threads: int = 2) -> list[BenchRow]:
     """Original vs compiled model, side by side in ONNX Runtime."""
     from .bench import bench as _bench
@@ -49,4 +62,5 @@ def bench(artifact: str | Path, tokens=(1, 8, 128), threads: int = 2) -> list[Be
     return _bench(artifact, tokens, threads=threads)
 
 
-__all__ = ["CompileOptions", "FffcError", "__version__", "bench", "compile", "inspect"]
+__all__ = ["CompileOptions", "FffcError", "__version__", "bench", "calibrate", "compile",
+           "inspect"]

@@ -136,6 +136,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from . import calibration as calibrate
+
+    out = args.output or args.model.with_suffix(".calib.json")
+    with err_console.status("calibrate…") as status:
+        result = calibrate.calibrate(
+            args.model, args.data, synthetic=args.synthetic, seq=args.seq, samples=args.samples,
+            progress=lambda n: status.update(f"calibrate… {n} feed(s)"))
+    json_path, npz_path = calibrate.write(result, out, force=args.force)
+    err_console.print(f"[green]✓[/] calibrate ({result['feeds']} feed(s))")
+    t = Table(title=f"{len(result['sites'])} site(s): |value| at which a target sparsity falls")
+    for col in ("site", "family", "tokens", "exact zeros", "input @40%", "input @50%",
+                "hidden @50%", "hidden @90%"):
+        t.add_column(col)
+    for name, st in result["sites"].items():
+        th = st["thresholds"]
+        t.add_row(name, st["family"], str(st["tokens"]), f"{st['exact_zeros_hidden']:.0%}",
+                  f"{th['input']['0.4']:.3g}", f"{th['input']['0.5']:.3g}",
+                  f"{th['hidden']['0.5']:.3g}", f"{th['hidden']['0.9']:.3g}")
+    console.print(t)
+    console.print(f"statistics: [bold]{json_path}[/], predictor samples: [bold]{npz_path}[/]")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fffc", description=__doc__.split("\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
@@ -166,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", type=Path)
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)
+
+    k = sub.add_parser("calibrate", help="activation statistics of every FFN site over "
+                       "your inputs (threshold / predictor modes)")
+    k.add_argument("model", type=Path)
+    k.add_argument("--data", type=Path, help="an .npz of input arrays (one feed), or a folder "
+                   "of them")
+    k.add_argument("--synthetic", type=int, default=0, metavar="N",
+                   help="instead of --data: N generated feeds (random floats, token ids)")
+    k.add_argument("--seq", type=int, default=128, help="sequence length of synthetic feeds")
+    k.add_argument("--samples", type=int, default=4096,
+                   help="rows of each site's input kept for predictor training")
+    k.add_argument("-o", "--output", type=Path, help="default MODEL.calib.json (+ .samples.npz)")
+    k.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    k.set_defaults(func=cmd_calibrate)
 
     b = sub.add_parser("bench", help="time an artifact against its original model")
     b.add_argument("artifact", type=Path)

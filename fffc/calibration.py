@@ -1,0 +1,258 @@
+"""``fffc calibrate``: per-site activation statistics from the user's inputs (issue 4).
+
+Threshold modes need, per FFN site, where a target sparsity s falls in the distribution of
+magnitudes: TEAL thresholds the *input* of each projection (t = quantile_s |x|), CATS the
+activated gate |act(x·Wg)|, and the down projection's input |a| is what any activation
+threshold ends up skipping. Predictors are trained on (x, which neurons are active) pairs.
+
+The original model runs in ONNX Runtime on the user's feeds, one feed at a time, with every
+site's input exposed; the site's hidden activations are computed from that input with the
+site's own weights (float64, as ``fffc.reference``), so nothing the size of a model's
+activations over all feeds is ever held: magnitudes go into fixed log-spaced histograms,
+and the rows of x into a fixed-size uniform reservoir (the predictor's training set: its
+labels are a function of x and the weights, recomputed for whatever threshold is chosen).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from . import __version__, passes, reference, verify
+from .errors import UsageError
+from .sites import Site
+
+SPARSITIES = (0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # thresholds written for these targets
+SAMPLES = 4096  # rows of x kept per site for predictor training
+
+
+@dataclass
+class Histogram:
+    """Counts of |v| in log-spaced bins (≈ 1.2% wide from 1e-8 to 1e4), exact zeros apart.
+
+    ``quantile(q)`` is the upper edge of the bin holding the q-quantile: a threshold at
+    least as large as the exact one, by at most one bin width (≈ 1.2%).
+    """
+
+    lo: float = 1e-8
+    hi: float = 1e4
+    bins: int = 2400
+    counts: np.ndarray = field(default=None)  # type: ignore[assignment]
+    zeros: int = 0
+    below: int = 0  # 0 < |v| < lo
+    above: int = 0  # |v| >= hi
+
+    def __post_init__(self) -> None:
+        if self.counts is None:
+            self.counts = np.zeros(self.bins, np.int64)
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum()) + self.zeros + self.below + self.above
+
+    def edges(self) -> np.ndarray:
+        return np.logspace(np.log10(self.lo), np.log10(self.hi), self.bins + 1)
+
+    def add(self, values: np.ndarray) -> None:
+        a = np.abs(np.asarray(values, np.float64)).ravel()
+        self.zeros += int(np.count_nonzero(a == 0))
+        self.below += int(np.count_nonzero((a > 0) & (a < self.lo)))
+        self.above += int(np.count_nonzero(a >= self.hi))
+        inside = a[(a >= self.lo) & (a < self.hi)]
+        pos = np.log10(inside / self.lo) / np.log10(self.hi / self.lo) * self.bins
+        self.counts += np.bincount(np.minimum(pos.astype(np.int64), self.bins - 1),
+                                   minlength=self.bins)
+
+    def quantile(self, q: float) -> float:
+        """Smallest bin edge t with fraction(|v| <= t) >= q (0.0 if zeros alone reach q)."""
+        need = q * self.total
+        if self.zeros >= need:
+            return 0.0
+        if self.zeros + self.below >= need:
+            return self.lo
+        cum = self.zeros + self.below + np.cumsum(self.counts)
+        i = int(np.searchsorted(cum, need))
+        return float(self.edges()[i + 1]) if i < self.bins else float(self.hi)
+
+    def to_json(self) -> dict:
+        nz = np.flatnonzero(self.counts)
+        return {"lo": self.lo, "hi": self.hi, "bins": self.bins, "zeros": self.zeros,
+                "below": self.below, "above": self.above, "total": self.total,
+                "nonzero_bins": nz.tolist(), "counts": self.counts[nz].tolist()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Histogram:
+        h = cls(d["lo"], d["hi"], d["bins"], zeros=d["zeros"], below=d["below"],
+                above=d["above"])
+        h.counts[np.asarray(d["nonzero_bins"], np.int64)] = d["counts"]
+        return h
+
+
+class Reservoir:
+    """A uniform sample of at most ``size`` rows from a stream (Vitter's algorithm R)."""
+
+    def __init__(self, size: int, width: int, seed: int = 0):
+        self.rows = np.zeros((size, width), np.float32)
+        self.seen = 0
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, rows: np.ndarray) -> None:
+        size = len(self.rows)
+        for r in rows:
+            if self.seen < size:
+                self.rows[self.seen] = r
+            else:
+                j = int(self.rng.integers(0, self.seen + 1))
+                if j < size:
+                    self.rows[j] = r
+            self.seen += 1
+
+    def sample(self) -> np.ndarray:
+        return self.rows[: min(self.seen, len(self.rows))]
+
+
+@dataclass
+class SiteStats:
+    site: Site
+    input: Histogram = field(default_factory=Histogram)  # |x|: TEAL, up/gate projections
+    hidden: Histogram = field(default_factory=Histogram)  # |a|: the down projection's input
+    gate: Histogram | None = None  # |act(x·Wg)| of gated sites: CATS
+    samples: Reservoir | None = None
+
+    def add(self, x: np.ndarray, w: dict[str, np.ndarray | None]) -> None:
+        x = x.reshape(-1, self.site.d_model)
+        gate, hidden = hidden_activations(self.site, w, x)
+        self.input.add(x)
+        self.hidden.add(hidden)
+        if gate is not None:
+            self.gate = self.gate or Histogram()
+            self.gate.add(gate)
+        self.samples.add(x)
+
+    def to_json(self, sparsities: Iterable[float]) -> dict:
+        hists = {"input": self.input, "hidden": self.hidden}
+        if self.gate is not None:
+            hists["gate"] = self.gate
+        return {
+            "kind": self.site.kind, "family": self.site.family,
+            "activation": self.site.activation, "up_activation": self.site.up_activation,
+            "d_model": self.site.d_model, "d_ff": self.site.d_ff, "tokens": self.input.total
+            // self.site.d_model,
+            "exact_zeros_hidden": self.hidden.zeros / max(1, self.hidden.total),
+            "thresholds": {k: {f"{s:g}": h.quantile(s) for s in sparsities}
+                           for k, h in hists.items()},
+            "histograms": {k: h.to_json() for k, h in hists.items()},
+        }
+
+
+def hidden_activations(site: Site, w: dict[str, np.ndarray | None],
+                       x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """(act(x·Wg) of a gated site or None, the down projection's input a), float64."""
+    h = x.astype(np.float64) @ w["W1"]
+    if w.get("B1") is not None:
+        h = h + w["B1"]
+    act = reference.activation(site.activation, h)
+    if site.kind != "gated":
+        return None, act
+    up = reference.activation(site.up_activation, x.astype(np.float64) @ w["WU"].T)
+    return act, act * up
+
+
+def load_feeds(data: Path, input_names: list[str]) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds from an ``.npz`` (one feed: arrays named like the model's inputs) or a folder
+    of them (sorted by name); clear errors for anything else."""
+    files = sorted(data.glob("*.npz")) if data.is_dir() else [data]
+    if not data.exists():
+        raise UsageError("calibration data not found", path=data)
+    if not files:
+        raise UsageError("no .npz feeds in this folder", path=data)
+    for f in files:
+        try:
+            with np.load(f) as z:
+                feed = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise UsageError(f"not a NumPy .npz of input arrays ({e})", path=f) from e
+        missing = sorted(set(input_names) - set(feed))
+        if missing:
+            raise UsageError(f"feed lacks model input(s) {missing}; it has {sorted(feed)}",
+                             path=f)
+        yield {k: feed[k] for k in input_names}
+
+
+def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: int = 0,
+              seq: int = 128, samples: int = SAMPLES, sparsities: Iterable[float] = SPARSITIES,
+              progress: Callable[[int], None] | None = None) -> dict:
+    """Statistics of every SparseFFN-able site of ``model`` (FFF sites are skipped) over the
+    feeds in ``data``, or over ``synthetic`` generated feeds (random floats, in-vocabulary
+    token ids) for models without user data. Returns the CALIB.json content."""
+    from .pipeline import analyze
+
+    if (data is None) == (synthetic <= 0):
+        raise UsageError("give calibration data (--data) or a number of synthetic feeds "
+                         "(--synthetic N), not both")
+    a = analyze(model)
+    sites = [s for s in a.sites if s.kind in ("dense", "gated")]
+    if not sites:
+        raise UsageError("no dense or gated FFN site to calibrate", path=model)
+    working = ir.serde.deserialize_model(ir.serde.serialize_model(a.working))
+    io = passes.site_io(working)
+    weights = {s.name: passes.site_weights(working, s.name) for s in sites}
+    passes.lower(working, {})
+    passes.expose(working, [io[s.name][0] for s in sites])
+    sess = verify.session(ir.serde.serialize_model(working))
+    inputs = [i.name for i in sess.get_inputs()]
+    if data is not None:
+        feeds = load_feeds(Path(data), inputs)
+    else:
+        feeds = iter(verify.probe_inputs(a.proto, 1, seq, seed=1234, count=synthetic))
+    stats = {s.name: SiteStats(s, samples=Reservoir(samples, s.d_model, seed=i))
+             for i, s in enumerate(sites)}
+    outputs = [io[s.name][0] for s in sites]
+    n = 0
+    for feed in feeds:
+        try:
+            got = sess.run(outputs, feed)
+        except Exception as e:  # ORT's own message says which input and why
+            raise UsageError(f"feed {n}: ONNX Runtime rejected it: {e}", path=data) from e
+        for s, x in zip(sites, got, strict=True):
+            stats[s.name].add(x, weights[s.name])
+        n += 1
+        if progress:
+            progress(n)
+    sparsities = tuple(sparsities)
+    return {
+        "fffc": __version__,
+        "model": {"path": str(Path(model).resolve()), "sha256": _sha256(Path(model))},
+        "feeds": n, "source": str(data) if data is not None else f"synthetic x{synthetic}",
+        "sparsities": list(sparsities),
+        "sites": {name: st.to_json(sparsities) for name, st in stats.items()},
+        "_samples": {name: st.samples.sample() for name, st in stats.items()},
+    }
+
+
+def write(result: dict, out: str | Path, force: bool = False) -> tuple[Path, Path]:
+    """CALIB.json (statistics, thresholds) and CALIB.samples.npz (x rows per site)."""
+    out = Path(out)
+    npz = out.with_suffix(".samples.npz")
+    for p in (out, npz):
+        if p.exists() and not force:
+            raise UsageError("output exists; pass --force to overwrite it", path=p)
+    body = {k: v for k, v in result.items() if k != "_samples"}
+    body["samples"] = npz.name
+    out.write_text(json.dumps(body, indent=1))
+    np.savez_compressed(npz, **result["_samples"])
+    return out, npz
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,134 @@
+"""``fffc calibrate``: streamed per-site statistics whose thresholds give the target
+sparsity on the calibration data, computed independently here from the weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import fffc
+from fffc.calibration import Histogram, Reservoir
+from fffc.cli import main
+
+D, F = 16, 64
+
+
+def _erf_gelu(x):
+    from math import erf
+
+    return 0.5 * x * (1 + np.vectorize(erf)(x / np.sqrt(2)))
+
+
+def _models(tmp_path):
+    """A GELU FFN then a SwiGLU FFN on x [batch, seq, D]; returns (path, weights)."""
+    rng = np.random.default_rng(0)
+    w = {"W1": rng.standard_normal((D, F)) / 4, "b1": rng.standard_normal(F) * 0.1,
+         "W2": rng.standard_normal((F, D)) / 8, "Wg": rng.standard_normal((D, F)) / 4,
+         "Wu": rng.standard_normal((D, F)) / 4, "Wd": rng.standard_normal((F, D)) / 8}
+    w = {k: v.astype(np.float32) for k, v in w.items()}
+    n = helper.make_node
+    nodes = [n("MatMul", ["x", "W1"], ["h"]), n("Add", ["h", "b1"], ["hb"]),
+             n("Gelu", ["hb"], ["a"], domain="com.microsoft"), n("MatMul", ["a", "W2"], ["y1"]),
+             n("MatMul", ["y1", "Wg"], ["g"]), n("Sigmoid", ["g"], ["sg"]), n("Mul", ["g", "sg"], ["sw"]),
+             n("MatMul", ["y1", "Wu"], ["u"]), n("Mul", ["sw", "u"], ["z"]),
+             n("MatMul", ["z", "Wd"], ["y"])]
+    g = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", D])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", D])],
+                          [numpy_helper.from_array(v, k) for k, v in w.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
+                                            helper.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 8
+    path = tmp_path / "m.onnx"
+    onnx.save(m, str(path))
+    return path, w
+
+
+def _feeds(tmp_path, count=3):
+    d = tmp_path / "feeds"
+    d.mkdir()
+    xs = []
+    for i in range(count):
+        x = np.random.default_rng(10 + i).standard_normal((2, 25, D)).astype(np.float32)
+        np.savez(d / f"{i:02d}.npz", x=x)
+        xs.append(x.reshape(-1, D).astype(np.float64))
+    return d, np.concatenate(xs)
+
+
+def test_histogram_quantile_bounds_the_exact_one() -> None:
+    v = np.random.default_rng(0).lognormal(0, 2, 100_000) * np.sign(np.random.default_rng(1).standard_normal(100_000))
+    v[:5000] = 0.0
+    h = Histogram()
+    for part in np.array_split(v, 7):  # streamed
+        h.add(part)
+    assert h.total == v.size and h.zeros == 5000
+    assert h.quantile(0.03) == 0.0  # within the exact zeros
+    for q in (0.1, 0.5, 0.9, 0.99):
+        exact = np.quantile(np.abs(v), q)
+        assert exact <= h.quantile(q) <= exact * 1.013
+    assert Histogram.from_json(json.loads(json.dumps(h.to_json()))).quantile(0.5) == h.quantile(0.5)
+
+
+def test_reservoir_keeps_a_bounded_uniform_sample() -> None:
+    r = Reservoir(100, 1, seed=0)
+    for start in range(0, 10_000, 250):
+        r.add(np.arange(start, start + 250, dtype=np.float32)[:, None])
+    s = r.sample()[:, 0]
+    assert s.shape == (100,) and r.seen == 10_000 and len(set(s.tolist())) == 100
+    assert 3000 < s.mean() < 7000  # not the first 100 rows (mean 49.5)
+
+
+def test_thresholds_give_the_target_sparsity_on_the_data(tmp_path) -> None:
+    path, w = _models(tmp_path)
+    data, x = _feeds(tmp_path)
+    result = fffc.calibrate(path, data, output=tmp_path / "c.json")
+    assert result["feeds"] == 3
+    gelu, swiglu = sorted(result["sites"].values(), key=lambda s: s["kind"])
+    assert (gelu["family"], swiglu["family"], gelu["tokens"]) == ("gelu FFN", "SwiGLU", 150)
+    # independent recomputation of what each histogram saw
+    a1 = _erf_gelu(x @ w["W1"] + w["b1"])
+    y1 = a1 @ w["W2"]
+    g = y1 @ w["Wg"]
+    gate = g / (1 + np.exp(-g))
+    hidden2 = gate * (y1 @ w["Wu"])
+    for values, th in ((x, gelu["thresholds"]["input"]), (a1, gelu["thresholds"]["hidden"]),
+                       (y1, swiglu["thresholds"]["input"]), (gate, swiglu["thresholds"]["gate"]),
+                       (hidden2, swiglu["thresholds"]["hidden"])):
+        for s in (0.4, 0.5, 0.9):
+            frac = np.mean(np.abs(values) <= th[f"{s:g}"])
+            assert s <= frac <= s + 0.02, (s, frac)
+    assert "gate" not in gelu["thresholds"]
+    on_disk = json.loads((tmp_path / "c.json").read_text())
+    assert on_disk["sites"] == json.loads(json.dumps(result["sites"]))
+    samples = np.load(tmp_path / on_disk["samples"])
+    assert sorted(samples.files) == sorted(result["sites"])
+    assert all(samples[k].shape == (150, D) for k in samples.files)  # all rows: 150 < 4096
+
+
+def test_cli_calibrate_and_its_errors(tmp_path, capsys) -> None:
+    path, _ = _models(tmp_path)
+    data, _ = _feeds(tmp_path, count=1)
+    out = tmp_path / "m.calib.json"
+    assert main(["calibrate", str(path), "--data", str(data)]) == 0
+    assert out.exists() and (tmp_path / "m.calib.samples.npz").exists()
+    assert main(["calibrate", str(path), "--data", str(data)]) == 2  # exists, no --force
+    assert "--force" in capsys.readouterr().err
+    assert main(["calibrate", str(path), "--data", str(data), "--force"]) == 0
+    assert main(["calibrate", str(path), "--synthetic", "2", "-o", str(tmp_path / "s.json")]) == 0
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, tokens=np.zeros((1, 3, D), np.float32))
+    assert main(["calibrate", str(path), "--data", str(bad), "--force"]) == 2
+    assert "lacks model input(s) ['x']" in capsys.readouterr().err
+    assert main(["calibrate", str(path), "--force"]) == 2  # neither --data nor --synthetic
+
+
+@pytest.mark.parametrize("bad", ["missing.npz", "not_npz.npz"])
+def test_unreadable_data_is_a_usage_error(tmp_path, bad) -> None:
+    path, _ = _models(tmp_path)
+    (tmp_path / "not_npz.npz").write_text("hello")
+    with pytest.raises(fffc.FffcError) as e:
+        fffc.calibrate(path, tmp_path / bad)
+    assert e.value.exit_code == 2 and bad in str(e.value)
