@@ -148,7 +148,8 @@ def glibc_requirement(shim: Path) -> str:
     """The newest glibc symbol version the shim references (the target's minimum glibc).
 
     Read from the version-needed strings; static libstdc++ from the build machine's GCC
-    pulls in its glibc's newest symbols (Debian 12: arc4random@GLIBC_2.36)."""
+    pulls in its glibc's newest symbols (Debian 12: _dl_find_object@GLIBC_2.35 once
+    runtime/src/glibc_compat.cc resolves arc4random@GLIBC_2.36)."""
     import re
 
     found = re.findall(rb"GLIBC_(\d+)\.(\d+)", Path(shim).read_bytes())

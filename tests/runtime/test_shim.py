@@ -195,6 +195,17 @@ def test_no_tvm_or_libstdcxx_dependency(shim: Path) -> None:
     assert not [ln for ln in needed if "libtvm" in ln or "libstdc++" in ln], needed
 
 
+def test_loads_on_glibc_2_35(shim: Path) -> None:
+    """No symbol newer than glibc 2.35 (Ubuntu 22.04, JetPack 6): static libstdc++'s
+    arc4random@2.36 reference is resolved inside the shim (runtime/src/glibc_compat.cc)."""
+    from fffc.native import glibc_requirement
+
+    out = subprocess.run(["objdump", "-T", str(shim)], capture_output=True, text=True,
+                         check=True).stdout
+    assert "arc4random" not in out
+    assert tuple(map(int, glibc_requirement(shim).split("."))) <= (2, 35)
+
+
 def _artifact(tmp_path: Path, shim: Path, manifest: bool) -> Path:
     v = VARIANTS[2]
     art = tmp_path / "model.fffc"
