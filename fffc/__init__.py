@@ -44,12 +44,14 @@ def compile(model: str | Path, output: str | Path | None = None,
 
 
 def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: int = 0,
-              output: str | Path | None = None, force: bool = False) -> dict:
-    """Per-site activation statistics over ``data`` (see ``fffc calibrate``); written to
-    ``output`` (JSON + ``.samples.npz``) when given."""
+              predictor_rank: int = 0, output: str | Path | None = None,
+              force: bool = False) -> dict:
+    """Per-site activation statistics over ``data`` (see ``fffc calibrate``), and predictors
+    when ``predictor_rank`` > 0; written to ``output`` (JSON + ``.npz``) when given."""
     from . import calibration as _calibrate
 
-    result = _calibrate.calibrate(model, data, synthetic=synthetic)
+    result = _calibrate.calibrate(model, data, synthetic=synthetic,
+                                  predictor_rank=predictor_rank)
     if output is not None:
         _calibrate.write(result, output, force=force)
     return result

@@ -187,10 +187,13 @@ def load_feeds(data: Path, input_names: list[str]) -> Iterator[dict[str, np.ndar
 
 def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: int = 0,
               seq: int = 128, samples: int = SAMPLES, sparsities: Iterable[float] = SPARSITIES,
+              predictor_rank: int = 0, predictor_sparsity: float = 0.9,
               progress: Callable[[int], None] | None = None) -> dict:
     """Statistics of every SparseFFN-able site of ``model`` (FFF sites are skipped) over the
     feeds in ``data``, or over ``synthetic`` generated feeds (random floats, in-vocabulary
-    token ids) for models without user data. Returns the CALIB.json content."""
+    token ids) for models without user data. With ``predictor_rank`` > 0, also a predictor
+    per site (``fffc.predictor``) of the neurons active at ``predictor_sparsity``, trained on
+    the samples. Returns the CALIB.json content."""
     from .pipeline import analyze
 
     if (data is None) == (synthetic <= 0):
@@ -226,28 +229,52 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
         if progress:
             progress(n)
     sparsities = tuple(sparsities)
+    sites_json = {name: st.to_json(sparsities) for name, st in stats.items()}
+    predictors = {}
+    if predictor_rank > 0:
+        from . import predictor
+
+        for s in sites:
+            x = stats[s.name].samples.sample()
+            t = stats[s.name].hidden.quantile(predictor_sparsity)
+            active = predictor.labels(s, weights[s.name], x, t)
+            pred, q = predictor.train(x, active, weights[s.name]["W1"], predictor_rank)
+            predictors.update({f"{s.name}/a": pred.a.astype(np.float32),
+                               f"{s.name}/b": pred.b.astype(np.float32),
+                               f"{s.name}/c": pred.c.astype(np.float32),
+                               f"{s.name}/cut": np.float32(pred.cut)})
+            sites_json[s.name]["predictor"] = {
+                "rank": predictor_rank, "target_sparsity": predictor_sparsity, "threshold": t,
+                "held_out": q.to_json(),
+                "random_baseline_recall": predictor.random_baseline(active, q.selected).recall}
     return {
         "fffc": __version__,
         "model": {"path": str(Path(model).resolve()), "sha256": _sha256(Path(model))},
         "feeds": n, "source": str(data) if data is not None else f"synthetic x{synthetic}",
         "sparsities": list(sparsities),
-        "sites": {name: st.to_json(sparsities) for name, st in stats.items()},
+        "sites": sites_json,
         "_samples": {name: st.samples.sample() for name, st in stats.items()},
+        "_predictors": predictors,
     }
 
 
-def write(result: dict, out: str | Path, force: bool = False) -> tuple[Path, Path]:
-    """CALIB.json (statistics, thresholds) and CALIB.samples.npz (x rows per site)."""
+def write(result: dict, out: str | Path, force: bool = False) -> list[Path]:
+    """CALIB.json (statistics, thresholds), CALIB.samples.npz (x rows per site) and, with
+    predictors, CALIB.predictors.npz (``<site>/a``, ``/b``, ``/c``, ``/cut``)."""
     out = Path(out)
-    npz = out.with_suffix(".samples.npz")
-    for p in (out, npz):
+    files = {"samples": out.with_suffix(".samples.npz")}
+    if result.get("_predictors"):
+        files["predictors"] = out.with_suffix(".predictors.npz")
+    for p in (out, *files.values()):
         if p.exists() and not force:
             raise UsageError("output exists; pass --force to overwrite it", path=p)
-    body = {k: v for k, v in result.items() if k != "_samples"}
-    body["samples"] = npz.name
+    body = {k: v for k, v in result.items() if not k.startswith("_")}
+    body.update({k: p.name for k, p in files.items()})
     out.write_text(json.dumps(body, indent=1))
-    np.savez_compressed(npz, **result["_samples"])
-    return out, npz
+    np.savez_compressed(files["samples"], **result["_samples"])
+    if "predictors" in files:
+        np.savez_compressed(files["predictors"], **result["_predictors"])
+    return [out, *files.values()]
 
 
 def _sha256(path: Path) -> str:

@@ -143,8 +143,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     with err_console.status("calibrate…") as status:
         result = calibrate.calibrate(
             args.model, args.data, synthetic=args.synthetic, seq=args.seq, samples=args.samples,
+            predictor_rank=args.predictor_rank, predictor_sparsity=args.predictor_sparsity,
             progress=lambda n: status.update(f"calibrate… {n} feed(s)"))
-    json_path, npz_path = calibrate.write(result, out, force=args.force)
+    written = calibrate.write(result, out, force=args.force)
     err_console.print(f"[green]✓[/] calibrate ({result['feeds']} feed(s))")
     t = Table(title=f"{len(result['sites'])} site(s): |value| at which a target sparsity falls")
     for col in ("site", "family", "tokens", "exact zeros", "input @40%", "input @50%",
@@ -156,7 +157,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                   f"{th['input']['0.4']:.3g}", f"{th['input']['0.5']:.3g}",
                   f"{th['hidden']['0.5']:.3g}", f"{th['hidden']['0.9']:.3g}")
     console.print(t)
-    console.print(f"statistics: [bold]{json_path}[/], predictor samples: [bold]{npz_path}[/]")
+    for name, st in result["sites"].items():
+        if "predictor" in st:
+            p, q = st["predictor"], st["predictor"]["held_out"]
+            console.print(f"{name}: rank-{p['rank']} predictor, held out: recall {q['recall']:.3f}"
+                          f", precision {q['precision']:.3f}, selects {q['selected']:.1%} of "
+                          f"neurons ({q['active']:.1%} active; random selection of as many: "
+                          f"recall {p['random_baseline_recall']:.3f})")
+    console.print("written: " + ", ".join(f"[bold]{p}[/]" for p in written))
     return 0
 
 
@@ -201,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--seq", type=int, default=128, help="sequence length of synthetic feeds")
     k.add_argument("--samples", type=int, default=4096,
                    help="rows of each site's input kept for predictor training")
+    k.add_argument("--predictor-rank", type=int, default=0, metavar="R",
+                   help="also train a rank-R predictor of the active neurons per site")
+    k.add_argument("--predictor-sparsity", type=float, default=0.9, metavar="S",
+                   help="the predictor's labels: neurons outside the S-quantile of |a|")
     k.add_argument("-o", "--output", type=Path, help="default MODEL.calib.json (+ .samples.npz)")
     k.add_argument("--force", action="store_true", help="overwrite existing outputs")
     k.set_defaults(func=cmd_calibrate)

@@ -132,3 +132,18 @@ def test_unreadable_data_is_a_usage_error(tmp_path, bad) -> None:
     with pytest.raises(fffc.FffcError) as e:
         fffc.calibrate(path, tmp_path / bad)
     assert e.value.exit_code == 2 and bad in str(e.value)
+
+
+def test_calibrate_trains_predictors_per_site(tmp_path) -> None:
+    path, _ = _models(tmp_path)
+    data, _ = _feeds(tmp_path, count=2)
+    out = tmp_path / "p.json"
+    assert main(["calibrate", str(path), "--data", str(data), "--predictor-rank", "8",
+                 "--predictor-sparsity", "0.5", "-o", str(out)]) == 0
+    body = json.loads(out.read_text())
+    preds = np.load(tmp_path / body["predictors"])
+    for name, st in body["sites"].items():
+        p = st["predictor"]
+        assert (p["rank"], p["target_sparsity"]) == (8, 0.5)
+        assert 0.4 < p["held_out"]["active"] < 0.6 and p["held_out"]["recall"] > 0.9
+        assert preds[f"{name}/a"].shape == (D, 8) and preds[f"{name}/b"].shape == (8, F)
