@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from . import __version__, passes, reference, verify
@@ -283,3 +284,26 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def thresholded_model(model: str | Path, calibration: dict, sparsity: float,
+                      sites: Iterable[str] | None = None) -> onnx.ModelProto:
+    """The model with TEAL thresholds at ``sparsity`` on every calibrated site (or on
+    ``sites``): |x| and |a| below their calibrated quantiles are zeroed before the
+    projections, in standard ONNX ops. It is the reference a threshold kernel must equal
+    and what measures the accuracy a sparsity costs; it is not faster than the original."""
+    from .pipeline import analyze
+
+    if calibration["model"]["sha256"] != _sha256(Path(model)):
+        raise UsageError("the calibration was made for another model (sha256 differs)",
+                         path=model)
+    key = f"{sparsity:g}"
+    if not any(abs(s - sparsity) < 1e-9 for s in calibration["sparsities"]):
+        raise UsageError(f"no thresholds for sparsity {sparsity:g}; calibrated: "
+                         f"{calibration['sparsities']}")
+    a = analyze(model)
+    chosen = set(calibration["sites"]) if sites is None else set(sites)
+    thresholds = {name: (st["thresholds"]["input"][key], st["thresholds"]["hidden"][key])
+                  for name, st in calibration["sites"].items() if name in chosen}
+    passes.lower(a.working, {}, thresholds=thresholds)
+    return ir.serde.serialize_model(a.working)

@@ -75,13 +75,16 @@ def _row_major_up(graph: ir.Graph, wu: ir.Value) -> ir.Value:
 
 
 def lower(model: ir.Model, decisions: Mapping[str, str],
-          max_tokens: Mapping[str, int] | None = None) -> None:
+          max_tokens: Mapping[str, int] | None = None,
+          thresholds: Mapping[str, tuple[float, float]] | None = None) -> None:
     """Replace every marker: ``decisions[name] == "exact"`` → SparseFFN, else standard ops.
 
     ``max_tokens[name] > 0`` bounds the token count the SparseFFN kernel serves: the site
     becomes ``If(Size(X) <= max_tokens·d_in)`` with SparseFFN in the then-branch and the
     original dense FFN in the else-branch, so calls past the kernel's measured crossover run
     ONNX Runtime's own GEMMs and the artifact is never slower there than the original.
+    ``thresholds[name]`` = (t_in, t_hidden): a site left in standard ops becomes TEAL's
+    thresholded FFN (``standard_forms.ffn``), the reference of threshold modes.
     """
     graph = model.graph
     opset = default_opset(model)
@@ -101,7 +104,8 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
         else:
             new_out = standard_forms.ffn(
                 tape, x, w1, b1, w2, b2, wu, activation_name=a["activation"],
-                up_activation=a["up_activation"], opset=opset, wu_rows=False)
+                up_activation=a["up_activation"], opset=opset, wu_rows=False,
+                thresholds=(thresholds or {}).get(node.name))
         _replace(graph, node, tape, new_out)
     legalize(model)
     common_passes.RemoveUnusedNodesPass()(model)

@@ -18,6 +18,12 @@ def _const(tape: ir.tape.Tape, value: float) -> ir.Value:
     return tape.op("Constant", [], {"value": ir.tensor(np.array(value, dtype=np.float32))})
 
 
+def _zero_small(tape: ir.tape.Tape, v: ir.Value, t: float) -> ir.Value:
+    """``Where(|v| <= t, 0, v)``."""
+    small = tape.op("LessOrEqual", [tape.op("Abs", [v]), _const(tape, t)])
+    return tape.op("Where", [small, _const(tape, 0.0), v])
+
+
 def activation(tape: ir.tape.Tape, name: str, x: ir.Value, opset: int) -> ir.Value:
     """``name`` (relu/gelu/gelu_tanh/silu/none) applied to x with opset-``opset`` ops."""
     if name == "none":
@@ -54,8 +60,16 @@ def ffn(
     up_activation: str,
     opset: int,
     wu_rows: bool,
+    thresholds: tuple[float, float] | None = None,
 ) -> ir.Value:
-    """``act(x·W1+b1) [⊙ up_act(x·WU)] · W2 + b2``; ``wu_rows``: WU is stored [d_ff, d_in]."""
+    """``act(x·W1+b1) [⊙ up_act(x·WU)] · W2 + b2``; ``wu_rows``: WU is stored [d_ff, d_in].
+
+    ``thresholds`` (t_in, t_hidden): TEAL's thresholded FFN — entries of x with |x| <= t_in
+    and of the down projection's input with |a| <= t_hidden are zeroed before the
+    projections (``Where(|v| <= t, 0, v)``): the reference a threshold kernel must equal.
+    """
+    if thresholds is not None:
+        x = _zero_small(tape, x, thresholds[0])
     h = tape.op("MatMul", [x, w1])
     if b1 is not None:
         h = tape.op("Add", [h, b1])
@@ -64,6 +78,8 @@ def ffn(
         wu_in_out = tape.op("Transpose", [wu], {"perm": [1, 0]}) if wu_rows else wu
         u = activation(tape, up_activation, tape.op("MatMul", [x, wu_in_out]), opset)
         a = tape.op("Mul", [a, u])
+    if thresholds is not None:
+        a = _zero_small(tape, a, thresholds[1])
     y = tape.op("MatMul", [a, w2])
     if b2 is not None:
         y = tape.op("Add", [y, b2])

@@ -147,3 +147,36 @@ def test_calibrate_trains_predictors_per_site(tmp_path) -> None:
         assert (p["rank"], p["target_sparsity"]) == (8, 0.5)
         assert 0.4 < p["held_out"]["active"] < 0.6 and p["held_out"]["recall"] > 0.9
         assert preds[f"{name}/a"].shape == (D, 8) and preds[f"{name}/b"].shape == (8, F)
+
+
+def test_thresholded_model_zeroes_below_the_calibrated_thresholds(tmp_path) -> None:
+    import onnxruntime as ort
+
+    from fffc.calibration import thresholded_model
+
+    path, w = _models(tmp_path)
+    data, x = _feeds(tmp_path)
+    calib = fffc.calibrate(path, data)
+    gelu, swiglu = sorted(calib["sites"].values(), key=lambda s: s["kind"])
+    model = thresholded_model(path, calib, 0.4)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Where") == 4 and ops.count("Abs") == 4  # x and a of both sites
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"x": x.reshape(6, 25, D).astype(np.float32)})[0].reshape(-1, D)
+
+    def cut(v, t):
+        return np.where(np.abs(v) <= t, 0.0, v)
+
+    th1, th2 = gelu["thresholds"], swiglu["thresholds"]
+    y1 = cut(_erf_gelu(cut(x, th1["input"]["0.4"]) @ w["W1"] + w["b1"]), th1["hidden"]["0.4"]) @ w["W2"]
+    x2 = cut(y1, th2["input"]["0.4"])
+    g = x2 @ w["Wg"]
+    want = cut(g / (1 + np.exp(-g)) * (x2 @ w["Wu"]), th2["hidden"]["0.4"]) @ w["Wd"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert np.mean(cut(x, th1["input"]["0.4"]) == 0) >= 0.4  # the sparsity it was asked for
+    with pytest.raises(fffc.FffcError, match=r"no thresholds for sparsity 0\.33"):
+        thresholded_model(path, calib, 0.33)
+    other = tmp_path / "other.onnx"
+    other.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(fffc.FffcError, match="another model"):
+        thresholded_model(other, calib, 0.4)
