@@ -287,10 +287,11 @@ def _sha256(path: Path) -> str:
 
 
 def thresholded_model(model: str | Path, calibration: dict, sparsity: float,
-                      sites: Iterable[str] | None = None) -> onnx.ModelProto:
+                      sites: Iterable[str] | None = None,
+                      parts: tuple[str, ...] = ("input", "hidden")) -> onnx.ModelProto:
     """The model with TEAL thresholds at ``sparsity`` on every calibrated site (or on
-    ``sites``): |x| and |a| below their calibrated quantiles are zeroed before the
-    projections, in standard ONNX ops. It is the reference a threshold kernel must equal
+    ``sites``): |x| ("input") and |a| ("hidden") below their calibrated quantiles are
+    zeroed before the projections, in standard ONNX ops (``parts``: which of the two). It is the reference a threshold kernel must equal
     and what measures the accuracy a sparsity costs; it is not faster than the original."""
     from .pipeline import analyze
 
@@ -303,7 +304,8 @@ def thresholded_model(model: str | Path, calibration: dict, sparsity: float,
                          f"{calibration['sparsities']}")
     a = analyze(model)
     chosen = set(calibration["sites"]) if sites is None else set(sites)
-    thresholds = {name: (st["thresholds"]["input"][key], st["thresholds"]["hidden"][key])
+    thresholds = {name: tuple(st["thresholds"][p][key] if p in parts else -1.0
+                              for p in ("input", "hidden"))
                   for name, st in calibration["sites"].items() if name in chosen}
     passes.lower(a.working, {}, thresholds=thresholds)
     return ir.serde.serialize_model(a.working)

@@ -66,9 +66,10 @@ def ffn(
 
     ``thresholds`` (t_in, t_hidden): TEAL's thresholded FFN — entries of x with |x| <= t_in
     and of the down projection's input with |a| <= t_hidden are zeroed before the
-    projections (``Where(|v| <= t, 0, v)``): the reference a threshold kernel must equal.
+    projections (``Where(|v| <= t, 0, v)``; a negative t leaves that one as it is): the
+    reference a threshold kernel must equal.
     """
-    if thresholds is not None:
+    if thresholds is not None and thresholds[0] >= 0:
         x = _zero_small(tape, x, thresholds[0])
     h = tape.op("MatMul", [x, w1])
     if b1 is not None:
@@ -78,7 +79,7 @@ def ffn(
         wu_in_out = tape.op("Transpose", [wu], {"perm": [1, 0]}) if wu_rows else wu
         u = activation(tape, up_activation, tape.op("MatMul", [x, wu_in_out]), opset)
         a = tape.op("Mul", [a, u])
-    if thresholds is not None:
+    if thresholds is not None and thresholds[1] >= 0:
         a = _zero_small(tape, a, thresholds[1])
     y = tape.op("MatMul", [a, w2])
     if b2 is not None:

