@@ -11,7 +11,8 @@ and calibrated by ``fffc calibrate`` on sentences from Python's own help text
 out. For each sparsity, ``fffc.calibration.thresholded_model`` zeroes, in every FFN,
 |x| and |a| below their calibrated quantiles (TEAL), and the mean-pooled, normalized
 sentence embeddings of the held-out sentences are compared with the original model's
-(cosine). With ``--predictor-rank``, a predictor per FFN is trained on the calibration
+(cosine). The last rows let ``fffc.allocate`` (TEAL's greedy) pick per-layer levels of x
+and a for an average of 40% and 50% of the FFN weight bytes skipped. With ``--predictor-rank``, a predictor per FFN is trained on the calibration
 samples and its held-out recall/precision printed. No speed figures: the threshold
 kernels do not exist yet (this measures what the sparsity costs in accuracy).
 Needs the torch extra (export) and transformers.
@@ -61,6 +62,8 @@ def main() -> int:
     ap.add_argument("--sentences", type=int, default=400)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--predictor-rank", type=int, default=0)
+    ap.add_argument("--search-batches", type=int, default=4,
+                    help="calibration batches the greedy allocation measures its steps on")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -135,6 +138,18 @@ def main() -> int:
                                         providers=["CPUExecutionProvider"])
             cos = (embed(sess, held) * base).sum(1)
             print(f"| {s:.0%} | {what} | {cos.mean():.4f} | {cos.min():.4f} |", flush=True)
+    from fffc import allocate
+
+    search = batches(calib_text)[: args.search_batches]
+    for target in (0.4, 0.5):
+        alloc = allocate.allocate(onnx_path, calib, search, held, target_sparsity=target)
+        m = allocate.apply(onnx_path, calib, alloc)
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        cos = (embed(sess, held) * base).sum(1)
+        lv = "; ".join(f"{n[-1]}: x {v['input']:.0%} a {v['hidden']:.0%}"
+                       for n, v in alloc.levels.items())
+        print(f"| {alloc.sparsity:.0%} (greedy, target {target:.0%}) | per layer — {lv} | "
+              f"{cos.mean():.4f} | {cos.min():.4f} |", flush=True)
     if args.predictor_rank:
         print("\n| site | rank | active (target 10%) | recall | precision | selected | "
               "random recall |")

@@ -143,7 +143,8 @@ class SiteStats:
         return {
             "kind": self.site.kind, "family": self.site.family,
             "activation": self.site.activation, "up_activation": self.site.up_activation,
-            "d_model": self.site.d_model, "d_ff": self.site.d_ff, "tokens": self.input.total
+            "d_model": self.site.d_model, "d_ff": self.site.d_ff, "d_out": self.site.d_out,
+            "tokens": self.input.total
             // self.site.d_model,
             "exact_zeros_hidden": self.hidden.zeros / max(1, self.hidden.total),
             "thresholds": {k: {f"{s:g}": h.quantile(s) for s in sparsities}
@@ -286,26 +287,49 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def thresholded_model(model: str | Path, calibration: dict, sparsity: float,
+PARTS = ("input", "hidden")  # TEAL thresholds: the FFN input x, the down projection's input a
+
+
+def threshold_input_name(site: str, part: str) -> str:
+    return f"fffc_threshold_{part}_{site}"
+
+
+def thresholded_model(model: str | Path, calibration: dict, sparsity: float | None,
                       sites: Iterable[str] | None = None,
-                      parts: tuple[str, ...] = ("input", "hidden")) -> onnx.ModelProto:
+                      parts: tuple[str, ...] = PARTS) -> onnx.ModelProto:
     """The model with TEAL thresholds at ``sparsity`` on every calibrated site (or on
     ``sites``): |x| ("input") and |a| ("hidden") below their calibrated quantiles are
-    zeroed before the projections, in standard ONNX ops (``parts``: which of the two). It is the reference a threshold kernel must equal
+    zeroed before the projections, in standard ONNX ops (``parts``: which of the two).
+    ``sparsity`` None: every threshold is a scalar float graph input instead
+    (``threshold_input_name``; feed -1 to switch one off), for searching levels per site. It is the reference a threshold kernel must equal
     and what measures the accuracy a sparsity costs; it is not faster than the original."""
     from .pipeline import analyze
 
     if calibration["model"]["sha256"] != _sha256(Path(model)):
         raise UsageError("the calibration was made for another model (sha256 differs)",
                          path=model)
-    key = f"{sparsity:g}"
-    if not any(abs(s - sparsity) < 1e-9 for s in calibration["sparsities"]):
+    key = f"{sparsity:g}" if sparsity is not None else ""
+    if sparsity is not None and not any(abs(s - sparsity) < 1e-9
+                                        for s in calibration["sparsities"]):
         raise UsageError(f"no thresholds for sparsity {sparsity:g}; calibrated: "
                          f"{calibration['sparsities']}")
     a = analyze(model)
     chosen = set(calibration["sites"]) if sites is None else set(sites)
-    thresholds = {name: tuple(st["thresholds"][p][key] if p in parts else -1.0
-                              for p in ("input", "hidden"))
-                  for name, st in calibration["sites"].items() if name in chosen}
+    thresholds = {}
+    for name, st in calibration["sites"].items():
+        if name not in chosen:
+            continue
+        pair = []
+        for p in PARTS:
+            if p not in parts:
+                pair.append(None)
+            elif sparsity is not None:
+                pair.append(st["thresholds"][p][key])
+            else:
+                v = ir.Value(name=threshold_input_name(name, p), shape=ir.Shape([]),
+                             type=ir.TensorType(ir.DataType.FLOAT))
+                a.working.graph.inputs.append(v)
+                pair.append(v)
+        thresholds[name] = tuple(pair)
     passes.lower(a.working, {}, thresholds=thresholds)
     return ir.serde.serialize_model(a.working)

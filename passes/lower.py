@@ -76,7 +76,8 @@ def _row_major_up(graph: ir.Graph, wu: ir.Value) -> ir.Value:
 
 def lower(model: ir.Model, decisions: Mapping[str, str],
           max_tokens: Mapping[str, int] | None = None,
-          thresholds: Mapping[str, tuple[float, float]] | None = None) -> None:
+          thresholds: Mapping[str, tuple[standard_forms.Threshold, standard_forms.Threshold]]
+          | None = None) -> None:
     """Replace every marker: ``decisions[name] == "exact"`` → SparseFFN, else standard ops.
 
     ``max_tokens[name] > 0`` bounds the token count the SparseFFN kernel serves: the site

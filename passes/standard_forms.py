@@ -18,10 +18,18 @@ def _const(tape: ir.tape.Tape, value: float) -> ir.Value:
     return tape.op("Constant", [], {"value": ir.tensor(np.array(value, dtype=np.float32))})
 
 
-def _zero_small(tape: ir.tape.Tape, v: ir.Value, t: float) -> ir.Value:
+Threshold = float | ir.Value | None  # a constant, a scalar graph input, or none
+
+
+def _zero_small(tape: ir.tape.Tape, v: ir.Value, t: float | ir.Value) -> ir.Value:
     """``Where(|v| <= t, 0, v)``."""
-    small = tape.op("LessOrEqual", [tape.op("Abs", [v]), _const(tape, t)])
+    limit = t if isinstance(t, ir.Value) else _const(tape, t)
+    small = tape.op("LessOrEqual", [tape.op("Abs", [v]), limit])
     return tape.op("Where", [small, _const(tape, 0.0), v])
+
+
+def _active(t: Threshold) -> bool:
+    return isinstance(t, ir.Value) or (t is not None and t >= 0)
 
 
 def activation(tape: ir.tape.Tape, name: str, x: ir.Value, opset: int) -> ir.Value:
@@ -60,16 +68,17 @@ def ffn(
     up_activation: str,
     opset: int,
     wu_rows: bool,
-    thresholds: tuple[float, float] | None = None,
+    thresholds: tuple[Threshold, Threshold] | None = None,
 ) -> ir.Value:
     """``act(x·W1+b1) [⊙ up_act(x·WU)] · W2 + b2``; ``wu_rows``: WU is stored [d_ff, d_in].
 
     ``thresholds`` (t_in, t_hidden): TEAL's thresholded FFN — entries of x with |x| <= t_in
     and of the down projection's input with |a| <= t_hidden are zeroed before the
-    projections (``Where(|v| <= t, 0, v)``; a negative t leaves that one as it is): the
+    projections (``Where(|v| <= t, 0, v)``; None or a negative constant t leaves that one
+    as it is; t may be a scalar graph input, to search thresholds without rebuilding): the
     reference a threshold kernel must equal.
     """
-    if thresholds is not None and thresholds[0] >= 0:
+    if thresholds is not None and _active(thresholds[0]):
         x = _zero_small(tape, x, thresholds[0])
     h = tape.op("MatMul", [x, w1])
     if b1 is not None:
@@ -79,7 +88,7 @@ def ffn(
         wu_in_out = tape.op("Transpose", [wu], {"perm": [1, 0]}) if wu_rows else wu
         u = activation(tape, up_activation, tape.op("MatMul", [x, wu_in_out]), opset)
         a = tape.op("Mul", [a, u])
-    if thresholds is not None and thresholds[1] >= 0:
+    if thresholds is not None and _active(thresholds[1]):
         a = _zero_small(tape, a, thresholds[1])
     y = tape.op("MatMul", [a, w2])
     if b2 is not None:

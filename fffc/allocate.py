@@ -1,0 +1,122 @@
+"""Per-site threshold levels under one global budget (TEAL's greedy allocation).
+
+Sites do not tolerate sparsity alike (all-MiniLM-L6-v2: 40% on every FFN's x and a costs
+0.973 cosine, 40% on x alone 0.992), so one uniform level wastes either accuracy or speed.
+Starting from no thresholds, each step raises one (site, part) by one calibrated level —
+part "input" (x: rows of W1 and WU skipped) or "hidden" (a: rows of W2) — choosing the step
+with the smallest increase of output error per weight byte it saves, measured on the
+calibration feeds with the thresholded reference model (thresholds as graph inputs, one
+ONNX Runtime session for the whole search). It stops at the target sparsity (bytes of FFN
+weights skipped / all FFN weight bytes) or before the error budget is exceeded; with an
+error budget, the path is then walked back until the *held-out* feeds are within it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .calibration import PARTS, threshold_input_name, thresholded_model
+from .errors import UsageError
+
+
+@dataclass
+class Allocation:
+    levels: dict[str, dict[str, float]]  # site → part → sparsity level (0: no threshold)
+    thresholds: dict[str, dict[str, float]]  # site → part → |v| threshold (-1: none)
+    sparsity: float  # FFN weight bytes skipped / all FFN weight bytes (at these levels)
+    error_calibration: float  # relative L2 error of the outputs on the calibration feeds
+    error_held_out: float
+    steps: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"levels": self.levels, "thresholds": self.thresholds,
+                "sparsity": self.sparsity, "error_calibration": self.error_calibration,
+                "error_held_out": self.error_held_out, "steps": self.steps}
+
+
+def _bytes(site: dict) -> dict[str, float]:
+    """Weight elements each part's skipping saves at sparsity 1."""
+    d, f, d_out = site["d_model"], site["d_ff"], site.get("d_out", site["d_model"])
+    ups = 2 if site["kind"] == "gated" else 1
+    return {"input": ups * d * f, "hidden": f * d_out}
+
+
+def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
+             held_out_feeds: Sequence[dict], *, target_sparsity: float | None = None,
+             max_error: float | None = None, parts: tuple[str, ...] = PARTS) -> Allocation:
+    """Greedy levels per site and part; exactly one of ``target_sparsity`` and
+    ``max_error`` (relative L2 error of the model's outputs) is the budget."""
+    if (target_sparsity is None) == (max_error is None):
+        raise UsageError("give one budget: a target sparsity or a maximum output error")
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    original = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    searched = thresholded_model(model, calibration, None, parts=parts)
+    sess = ort.InferenceSession(searched.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    sites = calibration["sites"]
+    grid = [0.0, *sorted(calibration["sparsities"])]
+    weight = {name: _bytes(st) for name, st in sites.items()}
+    total = sum(sum(w.values()) for w in weight.values())
+    keys = [(name, p) for name in sites for p in parts]
+    want = {id(f): original.run(None, f) for f in (*calib_feeds, *held_out_feeds)}
+
+    def threshold(name: str, p: str, level: int) -> float:
+        return -1.0 if level == 0 else float(sites[name]["thresholds"][p][f"{grid[level]:g}"])
+
+    def error(state: dict, feeds: Sequence[dict]) -> float:
+        extra = {threshold_input_name(n, p): np.array(threshold(n, p, state.get((n, p), 0)), np.float32)
+                 for n in sites for p in parts}
+        num = den = 0.0
+        for f in feeds:
+            for g, w in zip(sess.run(None, {**f, **extra}), want[id(f)], strict=True):
+                num += float(np.sum((g.astype(np.float64) - w) ** 2))
+                den += float(np.sum(w.astype(np.float64) ** 2))
+        return float(np.sqrt(num / max(den, 1e-30)))
+
+    def sparsity(state: dict) -> float:
+        return sum(weight[n][p] * grid[state.get((n, p), 0)] for n, p in keys) / total
+
+    state: dict[tuple[str, str], int] = {}
+    err = 0.0
+    path = [(dict(state), err)]
+    while target_sparsity is None or sparsity(state) < target_sparsity - 1e-12:
+        best = None
+        for k in keys:
+            if state.get(k, 0) + 1 >= len(grid):
+                continue
+            trial = {**state, k: state.get(k, 0) + 1}
+            e = error(trial, calib_feeds)
+            gain = sparsity(trial) - sparsity(state)
+            score = (e - err) / gain
+            if best is None or score < best[0]:
+                best = (score, trial, e)
+        if best is None or (max_error is not None and best[2] > max_error):
+            break
+        _, state, err = best
+        path.append((dict(state), err))
+    if max_error is not None:  # walk back until the held-out feeds are within the budget
+        while len(path) > 1 and error(path[-1][0], held_out_feeds) > max_error:
+            path.pop()
+    state, err = path[-1]
+    return Allocation(
+        levels={n: {p: grid[state.get((n, p), 0)] for p in parts} for n in sites},
+        thresholds={n: {p: threshold(n, p, state.get((n, p), 0)) for p in parts} for n in sites},
+        sparsity=sparsity(state), error_calibration=err,
+        error_held_out=error(state, held_out_feeds),
+        steps=[{"sparsity": sparsity(s), "error_calibration": e} for s, e in path])
+
+
+def apply(model: str | Path, calibration: dict, allocation: Allocation) -> onnx.ModelProto:
+    """The thresholded reference model with the allocation's thresholds as constants."""
+    fixed = {"sparsities": [1.0], "model": calibration["model"], "sites": {
+        name: {**st, "thresholds": {p: {"1": allocation.thresholds[name].get(p, -1.0)}
+                                    for p in PARTS}}
+        for name, st in calibration["sites"].items()}}
+    return thresholded_model(model, fixed, 1.0)

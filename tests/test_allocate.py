@@ -1,0 +1,61 @@
+"""``fffc.allocate``: TEAL's greedy per-site levels respect the budget on held-out inputs,
+checked by rebuilding the chosen thresholds as constants and measuring independently."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import fffc
+from fffc import allocate
+from tests.test_calibration import D, _feeds, _models
+
+
+def _rel_err(model_bytes, path, feeds) -> float:
+    got = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    num = den = 0.0
+    for f in feeds:
+        g, w = got.run(None, f)[0].astype(np.float64), want.run(None, f)[0].astype(np.float64)
+        num, den = num + np.sum((g - w) ** 2), den + np.sum(w**2)
+    return float(np.sqrt(num / den))
+
+
+@pytest.fixture
+def setup(tmp_path):
+    path, _ = _models(tmp_path)
+    data, _ = _feeds(tmp_path, count=3)
+    calib = fffc.calibrate(path, data)
+    rng = np.random.default_rng(99)
+    calib_feeds = [{"x": rng.standard_normal((2, 25, D)).astype(np.float32)} for _ in range(2)]
+    held_out = [{"x": rng.standard_normal((2, 25, D)).astype(np.float32)} for _ in range(2)]
+    return path, calib, calib_feeds, held_out
+
+
+def test_error_budget_holds_on_held_out_inputs(setup) -> None:
+    path, calib, calib_feeds, held_out = setup
+    alloc = allocate.allocate(path, calib, calib_feeds, held_out, max_error=0.05)
+    assert alloc.sparsity > 0.0 and alloc.error_held_out <= 0.05
+    measured = _rel_err(allocate.apply(path, calib, alloc).SerializeToString(), path, held_out)
+    assert measured == pytest.approx(alloc.error_held_out, rel=1e-3, abs=1e-6)
+    assert measured <= 0.05
+    # a bigger budget buys at least as much sparsity
+    looser = allocate.allocate(path, calib, calib_feeds, held_out, max_error=0.2)
+    assert looser.sparsity >= alloc.sparsity and looser.error_held_out <= 0.2
+
+
+def test_target_sparsity_is_reached_unevenly(setup) -> None:
+    path, calib, calib_feeds, held_out = setup
+    alloc = allocate.allocate(path, calib, calib_feeds, held_out, target_sparsity=0.5)
+    assert alloc.sparsity >= 0.5
+    levels = {lv for parts in alloc.levels.values() for lv in parts.values()}
+    assert len(levels) > 1  # not one uniform level everywhere
+    errs = [s["error_calibration"] for s in alloc.steps]
+    assert errs[0] == 0.0 and alloc.steps[-1]["sparsity"] == pytest.approx(alloc.sparsity)
+
+
+def test_one_budget_required(setup) -> None:
+    path, calib, calib_feeds, held_out = setup
+    with pytest.raises(fffc.FffcError, match="one budget"):
+        allocate.allocate(path, calib, calib_feeds, held_out)
