@@ -44,8 +44,15 @@ def _sites_table(sites, title: str) -> Table:
     for s in sites:
         err = "" if s.max_rel_err is None else f"{s.max_rel_err:.1e}"
         t.add_row(s.name, f"{s.kind} ({s.family})", s.activation, str(s.d_model), str(s.d_ff),
-                  "yes" if s.bias else "no", s.decision, err, ", ".join(s.matched_nodes))
+                  "yes" if s.bias else "no", s.decision, err, _nodes(s.matched_nodes))
     return t
+
+
+def _nodes(names: list[str], keep: int = 6) -> str:
+    """The matched nodes, shortened for an FFF region (an unrolled walk has hundreds)."""
+    if len(names) <= keep:
+        return ", ".join(names)
+    return (", ".join(names[:3]) + f", … ({len(names) - 5} more) …, " + ", ".join(names[-2:]))
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
