@@ -2,13 +2,14 @@
 
 After a run, a session's intra-op threads keep spinning for a while. On 2 cores, a call of
 session A right after a call of session B runs against B's spinning workers, and the
-fastest model loses most: an FFF layer that takes 12–18 µs measured 55 µs when five
-sessions were interleaved call by call (2026-11-23, BENCHMARKS.md). So sessions are timed
+fastest model loses most: bench/bench_fff.py's FFF layer measured 0.053–0.058 ms at 1 token
+with five sessions interleaved call by call and 0.015–0.017 ms timed in blocks
+(BENCHMARKS.md). So sessions are timed
 in blocks: in each round every session in turn gets a short pause (the other pools go to
 sleep), one untimed call (its own workers wake up), then ``inner`` timed calls. Rounds
-repeat the order, so all sessions see the same drift of the machine. The pause: after a
-130 ms dense FFN call, an FFF layer at 2048 tokens took 8.3 ms with a 10 ms pause, 4.5 ms
-with 50 ms and 4.0 ms with 500 ms.
+repeat the order, so all sessions see the same drift of the machine. The pause is long
+because workers keep spinning longer after long calls (a dense FFN over 2048 tokens runs
+for ~130 ms); ``settle`` shortens it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 
-SETTLE_S = 0.1  # pause before each block: ORT workers spin for tens of ms after a long run
+SETTLE_S = 0.1  # pause before each block, for the other sessions' workers to park
 
 
 def blocks(calls: Mapping[str, Callable[[], object]], rounds: int, inner: int = 5,
