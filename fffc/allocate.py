@@ -101,15 +101,16 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
             break
         _, state, err = best
         path.append((dict(state), err))
-    if max_error is not None:  # walk back until the held-out feeds are within the budget
-        while len(path) > 1 and error(path[-1][0], held_out_feeds) > max_error:
-            path.pop()
+    held_out = error(path[-1][0], held_out_feeds)
+    while max_error is not None and len(path) > 1 and held_out > max_error:
+        path.pop()  # walk back until the held-out feeds are within the budget
+        held_out = error(path[-1][0], held_out_feeds)
     state, err = path[-1]
     return Allocation(
         levels={n: {p: grid[state.get((n, p), 0)] for p in parts} for n in sites},
         thresholds={n: {p: threshold(n, p, state.get((n, p), 0)) for p in parts} for n in sites},
         sparsity=sparsity(state), error_calibration=err,
-        error_held_out=error(state, held_out_feeds),
+        error_held_out=held_out,
         steps=[{"sparsity": sparsity(s), "error_calibration": e} for s, e in path])
 
 

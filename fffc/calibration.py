@@ -15,7 +15,6 @@ labels are a function of x and the weights, recomputed for whatever threshold is
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -105,14 +104,15 @@ class Reservoir:
 
     def add(self, rows: np.ndarray) -> None:
         size = len(self.rows)
-        for r in rows:
-            if self.seen < size:
-                self.rows[self.seen] = r
-            else:
-                j = int(self.rng.integers(0, self.seen + 1))
-                if j < size:
-                    self.rows[j] = r
-            self.seen += 1
+        fill = max(0, min(size - self.seen, len(rows)))  # the first ``size`` rows: kept
+        self.rows[self.seen:self.seen + fill] = rows[:fill]
+        rest = rows[fill:]
+        # row number m (0-based) replaces a random slot with probability size / (m + 1);
+        # later rows overwrite earlier ones at the same slot, as in the sequential algorithm
+        slots = self.rng.integers(0, self.seen + fill + 1 + np.arange(len(rest)))
+        keep = slots < size
+        self.rows[slots[keep]] = rest[keep]
+        self.seen += len(rows)
 
     def sample(self) -> np.ndarray:
         return self.rows[: min(self.seen, len(self.rows))]
@@ -196,7 +196,7 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
     token ids) for models without user data. With ``predictor_rank`` > 0, also a predictor
     per site (``fffc.predictor``) of the neurons active at ``predictor_sparsity``, trained on
     the samples. Returns the CALIB.json content."""
-    from .pipeline import analyze
+    from .pipeline import analyze, sha256_file
 
     if (data is None) == (synthetic <= 0):
         raise UsageError("give calibration data (--data) or a number of synthetic feeds "
@@ -251,7 +251,7 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
                 "random_baseline_recall": predictor.random_baseline(active, q.selected).recall}
     return {
         "fffc": __version__,
-        "model": {"path": str(Path(model).resolve()), "sha256": _sha256(Path(model))},
+        "model": {"path": str(Path(model).resolve()), "sha256": sha256_file(Path(model))},
         "feeds": n, "source": str(data) if data is not None else f"synthetic x{synthetic}",
         "sparsities": list(sparsities),
         "sites": sites_json,
@@ -279,13 +279,6 @@ def write(result: dict, out: str | Path, force: bool = False) -> list[Path]:
     return [out, *files.values()]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 PARTS = ("input", "hidden")  # TEAL thresholds: the FFN input x, the down projection's input a
 
@@ -303,9 +296,9 @@ def thresholded_model(model: str | Path, calibration: dict, sparsity: float | No
     ``sparsity`` None: every threshold is a scalar float graph input instead
     (``threshold_input_name``; feed -1 to switch one off), for searching levels per site. It is the reference a threshold kernel must equal
     and what measures the accuracy a sparsity costs; it is not faster than the original."""
-    from .pipeline import analyze
+    from .pipeline import analyze, sha256_file
 
-    if calibration["model"]["sha256"] != _sha256(Path(model)):
+    if calibration["model"]["sha256"] != sha256_file(Path(model)):
         raise UsageError("the calibration was made for another model (sha256 differs)",
                          path=model)
     key = f"{sparsity:g}" if sparsity is not None else ""

@@ -74,7 +74,8 @@ def _copy(model: ir.Model) -> ir.Model:
     return ir.serde.deserialize_model(ir.serde.serialize_model(model))
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file (manifest and calibration records of the source model)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -351,7 +352,7 @@ def _manifest(a: Analysis, options: CompileOptions, request, library, shim, stag
     return {
         "format": 1,
         "versions": _versions(),
-        "source": {"path": str(a.path.resolve()), "sha256": _sha256(a.path)},
+        "source": {"path": str(a.path.resolve()), "sha256": sha256_file(a.path)},
         "target": {"family": request.family, "mcpu": request.mcpu,
                    "tvm": library.target if library else None},
         "model": "model.onnx",

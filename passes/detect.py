@@ -120,22 +120,11 @@ def near_misses(model: ir.Model) -> list[NearMiss]:
     The reason is the best partial match of the FFN rules at the region's last node, as
     reported by onnxscript's MatchingTracer.
     """
-    out = []
-    for node in ffn_fff_walk.candidates(model.graph):
-        try:
-            ffn_fff_walk.match(node)
-            reason = "FastFeedForward walk: the region's nodes are also used outside it"
-        except ffn_fff.Fail as e:
-            reason = f"FastFeedForward walk: {e}"
-        out.append(NearMiss(nodes=[node.name or "Add"], reason=reason))
+    out = [_fff_near_miss(ffn_fff_walk.match, node, "FastFeedForward walk")
+           for node in ffn_fff_walk.candidates(model.graph)]
     for node in model.graph:
         if node.op_type == "MatMul" and node.domain == "" and ffn_fff.looks_like_fff(node):
-            try:
-                ffn_fff.match(node)
-                reason = "FastFeedForward: the region's nodes are also used outside it"
-            except ffn_fff.Fail as e:
-                reason = f"FastFeedForward: {e}"
-            out.append(NearMiss(nodes=[node.name or "MatMul"], reason=reason))
+            out.append(_fff_near_miss(ffn_fff.match, node, "FastFeedForward"))
             continue
         if not _projection(node) or node.domain == CANON:
             continue
@@ -149,6 +138,17 @@ def near_misses(model: ir.Model) -> list[NearMiss]:
         out.append(NearMiss(nodes=[first.name or "?", act.name or act.op_type, node.name or "?"],
                             reason=reason))
     return out
+
+
+def _fff_near_miss(match, node: ir.Node, form: str) -> NearMiss:
+    """An FFF-shaped region left in place: why ``match`` refused it (or that it matched
+    but its nodes are used outside, which ``_region`` refuses)."""
+    try:
+        match(node)
+        reason = f"{form}: the region's nodes are also used outside it"
+    except ffn_fff.Fail as e:
+        reason = f"{form}: {e}"
+    return NearMiss(nodes=[node.name or node.op_type], reason=reason)
 
 
 def _best_failure(model: ir.Model, root: ir.Node) -> str:
