@@ -5,10 +5,11 @@
 A ``fffc.torch.FastFeedForward`` (hidden 768, 1x11: 12 of 4095 nodes per token, as
 UltraFastBERT-1x11) is exported with the TorchScript exporter (opset 17), compiled by
 ``fffc compile`` (the FFF site becomes ``ai.fffc::FastFeedForward``: fffc's x86 kernel
-through the shim, and the conditional walk in standard ops as its fallback function) and
+through the shim, with a fallback function in standard ops: the conditional walk, or the
+masked form for wide shallow forests, ``passes/standard_forms.fff_fallback``) and
 timed against the original export and against the dense GELU FFNs it replaces: BERT-base's
-768 → 3072 → 768 and the same width as the tree, 768 → 4095 → 768. The walk is timed by
-running the artifact without the shim; a one-Identity model shows what any ONNX Runtime
+768 → 3072 → 768 and the same width as the tree, 768 → 4095 → 768. The fallback is timed
+by running the artifact without the shim; a one-Identity model shows what any ONNX Runtime
 call costs (the floor under every column). Same session options (2 intra-op threads), sessions
 timed in alternating blocks (``fffc.timing``), medians.
 Needs the torch extra.
@@ -98,7 +99,7 @@ def bench_shape(h: int, trees: int, depth: int, tokens: list[int], repeat: int, 
             providers=["CPUExecutionProvider"]),
         "FFF export (masked)": ort.InferenceSession(str(tmp / f"{name}.onnx"), _options(),
                                                     providers=["CPUExecutionProvider"]),
-        "FFF walk (no shim)": ort.InferenceSession(str(result.artifact / "model.onnx"), _options(),
+        "FFF fallback (no shim)": ort.InferenceSession(str(result.artifact / "model.onnx"), _options(),
                                                    providers=["CPUExecutionProvider"]),
         "FFF fffc kernel": fffc.runtime.InferenceSession(result.artifact, _options()),
         "ORT call (one Identity)": ort.InferenceSession(
@@ -106,11 +107,11 @@ def bench_shape(h: int, trees: int, depth: int, tokens: list[int], repeat: int, 
             providers=["CPUExecutionProvider"]),
     }
     print(f"{'tokens':>6} " + " ".join(f"{k:>24}" for k in sessions)
-          + "   kernel vs: masked  dense3072  dense4095  walk")
+          + "   kernel vs: masked  dense3072  dense4095  fallback")
     for n in tokens:
         x = np.random.default_rng(n).standard_normal((n, h)).astype(np.float32)
         want = sessions["FFF export (masked)"].run(None, {"x": x})[0]
-        for k in ("FFF walk (no shim)", "FFF fffc kernel"):
+        for k in ("FFF fallback (no shim)", "FFF fffc kernel"):
             got = sessions[k].run(None, {"x": x})[0]
             assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), f"{k} differs"
         reps = repeat if n <= 2048 else max(3, repeat // 8)

@@ -6,9 +6,11 @@ TVM's ``time_evaluator`` (no ONNX Runtime), H 768, against the float64 reference
 * ``walk`` — the shipped kernel (``fffc/codegen/kernels/fff.py``): each token walks its
   trees alone, 16 float lanes in the dot product; ``walk32``/``walk64``: 32/64 lanes
   (more independent accumulators);
-* ``level<B>`` — level-synchronous: a block of B tokens advances one level at a time
-  (all B dot products of a level, then the next level), so B independent row fetches are
-  in flight. It lives here, not in the kernels, because it was measured and not adopted.
+* ``level<B>`` — level-synchronous (``fff_level_primfunc``): a block of B tokens advances
+  one level at a time (all B dot products of a level, then the next level), so B
+  independent row fetches are in flight and the block shares the upper nodes' rows.
+  The artifact's token ranges for walk and level16 (``fffc/codegen/build.py``) come
+  from this table.
 """
 
 from __future__ import annotations
@@ -21,46 +23,6 @@ from fffc.codegen import _tvm
 from fffc.codegen.kernels import fff as F
 from fffc.ops import fff_kernel_spec
 from fffc.reference import fast_feed_forward
-
-LEVEL_MAJOR = '''
-@T.prim_func
-def kernel(x: T.handle, W_in: T.Buffer(({R}, {D}), "float32", align=4),
-           B_in: T.Buffer(({R},), "float32", align=4), W_out: T.Buffer(({R}, {DO}), "float32", align=4),
-           y: T.handle):
-    T.func_attr({{"global_symbol": "{symbol}", "tirx.noalias": True}})
-    N = T.int32()
-    X = T.match_buffer(x, (N, {D}), "float32", align=4)
-    Y = T.match_buffer(y, (N, {DO}), "float32", align=4)
-    for c in T.parallel((N + {TC} - 1) // {TC}):
-        part = T.alloc_buffer(({VL},), "float32", scope="local")
-        node = T.alloc_buffer(({TC},), "int32", scope="local")
-        h = T.alloc_buffer((1,), "float32", scope="local")
-        g = T.alloc_buffer((1,), "float32", scope="local")
-        for tt in range({TC}):
-            if c * {TC} + tt < N:
-                for jb in range({DO} // {VLO}):
-                    for v in T.vectorized({VLO}):
-                        Y[c * {TC} + tt, jb * {VLO} + v] = T.float32(0)
-        for k in range({K}):
-            for tt in range({TC}):
-                node[tt] = 0
-            for lvl in range({LEVELS}):
-                for tt in range({TC}):
-                    if c * {TC} + tt < N:
-                        for v in T.vectorized({VL}):
-                            part[v] = T.float32(0)
-                        for kb in range({D} // {VL}):
-                            for v in T.vectorized({VL}):
-                                part[v] = part[v] + X[c * {TC} + tt, kb * {VL} + v] * W_in[k * {NN} + node[tt], kb * {VL} + v]
-                        h[0] = B_in[k * {NN} + node[tt]]
-                        for v in range({VL}):
-                            h[0] = h[0] + part[v]
-                        g[0] = T.float32(0.5) * h[0] * (T.float32(1) + T.erf(h[0] * T.float32(0.7071067811865476)))
-                        for jb in range({DO} // {VLO}):
-                            for v in T.vectorized({VLO}):
-                                Y[c * {TC} + tt, jb * {VLO} + v] = Y[c * {TC} + tt, jb * {VLO} + v] + g[0] * W_out[k * {NN} + node[tt], jb * {VLO} + v]
-                        node[tt] = node[tt] * 2 + 1 + T.Select(h[0] > T.float32(0), 1, 0)
-'''
 
 
 def main() -> None:
@@ -82,9 +44,7 @@ def main() -> None:
         funcs = {f"walk{'' if lanes == 16 else lanes}": F.fff_cpu_primfunc(
             spec, f"walk{'' if lanes == 16 else lanes}", lanes) for lanes in (16, 32, 64)}
         for b in map(int, args.blocks.split(",")):
-            funcs[f"level{b}"] = _tvm.from_source(LEVEL_MAJOR.format(
-                R=spec.d_ff, D=h, DO=h, K=trees, NN=n, LEVELS=depth + 1, TC=b, VL=16, VLO=16,
-                symbol=f"level{b}"))
+            funcs[f"level{b}"] = F.fff_level_primfunc(spec, f"level{b}", block=b)
         ex = _tvm.compile_module(funcs, target)
         print(f"\n| {shape} tokens | " + " | ".join(f"{k} ms" for k in funcs) + " |")
         print("|---" * (len(funcs) + 1) + "|")

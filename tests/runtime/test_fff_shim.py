@@ -67,7 +67,8 @@ def test_matches_reference(shim: Path, shape: tuple) -> None:
         w["B_in"][0] = 0.0  # tree 0's root: z = 0 exactly for a zero token, the tie decides
     sess = _session(shim, _model(shape, w))
     rng = np.random.default_rng(1)
-    for lead in ((1, 1), (1, 5), (3, 13)):  # serial walk (≤ 8 tokens) and parallel walk
+    # serial walk (≤ 8 tokens), parallel walk, and level-synchronous blocks for K 128
+    for lead in ((1, 1), (1, 5), (3, 13), (2, 45)):
         x = rng.standard_normal((*lead, d_in), dtype=np.float32)
         x[0, 0] = 0.0
         want = fast_feed_forward(x, w["W_in"], w["B_in"], w["W_out"], trees=trees, depth=depth,
@@ -92,3 +93,11 @@ def test_tie_break_selects_its_kernel(shim: Path) -> None:
         _session(shim, _model(shape, w, tie_break="gt")).run(None, {"X": x})
     with pytest.raises(Exception, match="tie_break must be gt or ge"):
         _session(shim, _model(shape, w, tie_break="lt")).run(None, {"X": x})
+
+
+def test_wide_forest_reaches_level_blocks_above() -> None:
+    """K 128 at H 1024 walks 5 MB per token: its 90-token run above used the level kernel."""
+    from fffc.codegen.build import fff_variants
+
+    name, lo, _ = fff_variants(fff_kernel_spec(*SHAPES[2]))[-1]
+    assert name == "level" and lo <= 90
