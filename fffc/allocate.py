@@ -47,12 +47,42 @@ def _bytes(site: dict) -> dict[str, float]:
     return {"input": ups * d * f, "hidden": f * d_out}
 
 
+BUDGETS = ("sparsity", "error", "uniform")
+
+
+def parse_budget(text: str) -> tuple[str, float]:
+    """``sparsity=S`` (greedy, S of the FFN weight bytes skipped), ``error=E`` (greedy, the
+    most skipping whose relative output error stays ≤ E on held-out feeds) or ``uniform=S``
+    (every site and part at the calibrated level S, no search)."""
+    kind, _, value = text.partition("=")
+    try:
+        v = float(value)
+    except ValueError:
+        v = -1.0
+    if kind not in BUDGETS or not 0 < v < 1:
+        raise UsageError(f"--budget {text!r}: expected sparsity=S, error=E or uniform=S with "
+                         "0 < S, E < 1 (e.g. sparsity=0.4)")
+    return kind, v
+
+
+def choose(model: str | Path, calibration: dict, budget: tuple[str, float],
+           feeds: Sequence[dict]) -> Allocation:
+    """The allocation of a parsed budget; the last quarter of ``feeds`` is held out."""
+    kind, v = budget
+    held = max(1, len(feeds) // 4)
+    calib, held_out = (feeds[:-held], feeds[-held:]) if len(feeds) > 1 else (feeds, feeds)
+    arg = {"sparsity": "target_sparsity", "error": "max_error", "uniform": "uniform"}[kind]
+    return allocate(model, calibration, calib, held_out, **{arg: v})
+
+
 def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
              held_out_feeds: Sequence[dict], *, target_sparsity: float | None = None,
-             max_error: float | None = None, parts: tuple[str, ...] = PARTS) -> Allocation:
+             max_error: float | None = None, uniform: float | None = None,
+             parts: tuple[str, ...] = PARTS) -> Allocation:
     """Greedy levels per site and part; exactly one of ``target_sparsity`` and
-    ``max_error`` (relative L2 error of the model's outputs) is the budget."""
-    if (target_sparsity is None) == (max_error is None):
+    ``max_error`` (relative L2 error of the model's outputs) is the budget — or ``uniform``,
+    one calibrated level everywhere (no search; errors measured all the same)."""
+    if sum(b is not None for b in (target_sparsity, max_error, uniform)) != 1:
         raise UsageError("give one budget: a target sparsity or a maximum output error")
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -85,8 +115,16 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
 
     state: dict[tuple[str, str], int] = {}
     err = 0.0
+    if uniform is not None:
+        level = next((i for i, g in enumerate(grid) if abs(g - uniform) < 1e-9), None)
+        if level is None:
+            raise UsageError(f"uniform={uniform:g} is not a calibrated level; calibrated: "
+                             f"{calibration['sparsities']}")
+        state = {k: level for k in keys}
+        err = error(state, calib_feeds)
     path = [(dict(state), err)]
-    while target_sparsity is None or sparsity(state) < target_sparsity - 1e-12:
+    while uniform is None and (target_sparsity is None
+                               or sparsity(state) < target_sparsity - 1e-12):
         best = None
         for k in keys:
             if state.get(k, 0) + 1 >= len(grid):

@@ -102,6 +102,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         dump_dir=Path(args.dump) if args.dump else config.dump_dir_from_env(),
         sites=tuple(args.sites or ()),
         max_sparse_tokens=args.max_sparse_tokens, mattr=_mattr(args.mattr),
+        calibration=args.calibration, budget=args.budget, data=args.data,
         **({"cuda_archs": _archs(args.arch)} if args.arch else {}),
     )
     result = compile_model(args.model, args.output, options, _stage)
@@ -195,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-sparse-tokens", type=int, metavar="N",
                    help="run fffc's kernels up to N tokens per call and the original dense "
                    "FFN beyond (default: the target's measured crossover; 0: always fffc)")
+    c.add_argument("--calibration", type=Path, metavar="CALIB.json",
+                   help="statistics of `fffc calibrate`: GELU/SiLU sites get TEAL thresholds "
+                   "(mode teal) under --budget")
+    c.add_argument("--budget", metavar="KIND=V",
+                   help="with --calibration: sparsity=S (skip S of the FFN weight bytes, "
+                   "greedy per site), error=E (the most skipping whose relative output error "
+                   "stays <= E on held-out feeds) or uniform=S (one calibrated level everywhere)")
+    c.add_argument("--data", type=Path, help="with --budget: feeds (.npz or a folder of them) "
+                   "the allocation measures errors on (default: 8 synthetic feeds)")
     c.add_argument("--rtol", type=float, default=config.DEFAULT_TOLERANCE,
                    help="relative tolerance of every verification (default %(default)g)")
     c.add_argument("--sites", nargs="*", help="only lower these sites (names or node names)")

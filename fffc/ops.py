@@ -58,14 +58,17 @@ class OpSpec:
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 UP_ACTIVATIONS = ("none", "relu")
-SPARSE_MODES = ("exact",)
+SPARSE_MODES = ("exact", "teal")
 
 SPARSE_FFN = OpSpec(
     name="SparseFFN",
     doc=(
         "Dense or gated FFN with input-dependent neuron skipping. Dense: "
         "Y = act(X·W1 + B1)·W2 + B2. Gated: Y = (act(X·W1 + B1) ⊙ up_act(X·WU^T))·W2 + B2. "
-        "mode=exact skips neuron i exactly when its activation is zero (ReLU, ReGLU, dReLU)."
+        "mode=exact skips neuron i exactly when its activation is zero (ReLU, ReGLU, dReLU). "
+        "mode=teal is TEAL's thresholded FFN: entries of X with |x| <= TH[0] and of the down "
+        "projection's input with |a| <= TH[1] are zero (a negative threshold keeps all), so "
+        "their rows of W1/WU and of W2 are skipped."
     ),
     inputs=(
         TensorArg("X", "activations [..., d_in]; all leading dims are tokens"),
@@ -73,8 +76,10 @@ SPARSE_FFN = OpSpec(
         TensorArg("B1", "bias of the first projection [d_ff]", optional=True),
         TensorArg("W2", "down projection [d_ff, d_out]: row i holds neuron i's output weights"),
         TensorArg("B2", "bias of the down projection [d_out]", optional=True),
-        TensorArg("WU", "gated FFNs: up projection transposed [d_ff, d_in], row i = neuron i",
-                  optional=True),
+        TensorArg("WU", "gated FFNs: the up projection; mode exact: transposed [d_ff, d_in], "
+                        "row i = neuron i (read per neuron, gate first); mode teal: [d_in, d_ff], "
+                        "row k = input channel k (read per surviving channel)", optional=True),
+        TensorArg("TH", "mode teal: thresholds [t_in, t_hidden], float32", optional=True),
     ),
     outputs=(TensorArg("Y", "[..., d_out]"),),
     attributes=(
@@ -172,4 +177,6 @@ class KernelSpec:
             names.append("B2")
         if self.gated:
             names.append("WU")
+        if self.mode == "teal":
+            names.append("TH")
         return [*names, "Y"]

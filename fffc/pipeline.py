@@ -29,7 +29,7 @@ from .sites import NearMiss, Site
 from .targets import normalize
 
 Reporter = Callable[[str], contextlib.AbstractContextManager]
-KERNEL_DECISIONS = ("exact", "tree")  # sites that become an ai.fffc node with kernels
+KERNEL_DECISIONS = ("exact", "tree", "teal")  # sites that become an ai.fffc node with kernels
 MAX_ROUNDS = 2  # a site whose kernel fails the artifact check is dropped and the rest rebuilt
 
 
@@ -119,6 +119,10 @@ def compile_model(path: str | Path, out: str | Path | None = None,
         why = "; ".join(f"{m.nodes[-1]}: {m.reason}" for m in a.near_misses[:3])
         raise NoSitesError("no FFN found" + (f" (near misses: {why})" if why else ""), path=path)
     plan.plan(a.sites, options.sites)
+    allocation = None
+    if options.calibration is not None:
+        with stage("allocate TEAL thresholds"):
+            allocation = _allocate(a, path, options, request.family)
 
     with stage("verify sites"):
         # many-token probes plus a one-token one: both sides of a token dispatch run
@@ -126,15 +130,27 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                  + verify.probe_inputs(a.proto, 1, 1, options.seed + 1, count=1))
         want = verify.run(verify.session(a.proto), feeds)
         captured = _capture(a, feeds, want, options.rtol)
+        # teal sites compute the thresholded model: that is what the artifact must equal;
+        # its distance from the original is reported, not a failure
+        teal = _teal_thresholds(a.sites)
+        captured_ref, want_ref = (_capture(a, feeds, None, options.rtol, teal) if teal
+                                  else (captured, want))
         for site in a.sites:
             if site.decision not in (*KERNEL_DECISIONS, "walk"):
                 continue
-            xs, ys = captured[site.name]
-            c = verify.verify_site(site, xs, ys, passes.site_weights(a.working, site.name), options.rtol)
+            weights = passes.site_weights(a.working, site.name, site.decision)
+            c = verify.verify_site(site, *captured_ref[site.name], weights, options.rtol)
             site.max_abs_err, site.max_rel_err = c.max_abs, c.max_rel
+            if site.decision == "teal":
+                site.deviation = verify.verify_site(site, *captured[site.name], weights,
+                                                    options.rtol).max_rel
             if not c.ok:
-                site.decision = "dense"
+                site.decision, site.thresholds = "dense", None
                 site.reason = f"verification failed: rel err {c.max_rel:.2e} > {options.rtol:g}"
+        if teal and _teal_thresholds(a.sites) != teal:  # a teal site failed: new reference
+            teal = _teal_thresholds(a.sites)
+            captured_ref, want_ref = (_capture(a, feeds, None, options.rtol, teal) if teal
+                                      else (captured, want))
     dump.json("03-verify.json", {"sites": [s.to_json() for s in a.sites]})
 
     limits = _sparse_limits(a.sites, request.family, options)
@@ -142,7 +158,8 @@ def compile_model(path: str | Path, out: str | Path | None = None,
     try:
         for _ in range(MAX_ROUNDS):
             final = _copy(a.working)
-            passes.lower(final, {s.name: s.decision for s in a.sites}, limits)
+            passes.lower(final, {s.name: s.decision for s in a.sites}, limits,
+                         thresholds=_teal_thresholds(a.sites))
             final_proto = ir.serde.serialize_model(final)
             dump.model("02-rewritten.onnx", final_proto)
             exact = [s for s in a.sites if s.decision in KERNEL_DECISIONS]
@@ -176,7 +193,10 @@ def compile_model(path: str | Path, out: str | Path | None = None,
             try:
                 with stage("check artifact"):
                     report, failed = _check_artifact(a, final_proto, model_file, check_shim,
-                                                     feeds, want, captured, options.rtol)
+                                                     feeds, want_ref, captured_ref, options.rtol)
+                    if want_ref is not want:
+                        report["deviation_from_original"] = _deviation(
+                            model_file, check_shim, feeds, want, options.rtol)
             finally:
                 if check_shim is not shim:
                     shutil.rmtree(check_shim.parent, ignore_errors=True)
@@ -189,12 +209,18 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                 break
             for s in a.sites:
                 if s.name in failed:
-                    s.decision = "dense"
+                    s.decision, s.thresholds = "dense", None
                     s.reason = f"kernel check failed: {failed[s.name]}"
+            if _teal_thresholds(a.sites) != teal:  # the reference changes with the teal sites
+                teal = _teal_thresholds(a.sites)
+                captured_ref, want_ref = (_capture(a, feeds, None, options.rtol, teal) if teal
+                                          else (captured, want))
         else:
             raise VerificationError("artifact check still failing after dropping failed sites",
                                     path=path)
         manifest = _manifest(a, options, request, library, shim, staging, report, feeds, limits)
+        if allocation is not None:
+            manifest["calibration"] = allocation
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if out.exists():
             shutil.rmtree(out)
@@ -206,14 +232,54 @@ def compile_model(path: str | Path, out: str | Path | None = None,
     return CompileResult(out, a.sites, a.near_misses, manifest)
 
 
+def _teal_thresholds(sites: list[Site]) -> dict[str, tuple[float, float]]:
+    return {s.name: s.thresholds for s in sites if s.decision == "teal"}
+
+
+def _allocate(a: Analysis, path: Path, options: CompileOptions, family: str) -> dict:
+    """``--calibration`` + ``--budget``: TEAL thresholds per site (``fffc.allocate``), set on
+    the sites as decision ``teal``. Returns the manifest's ``calibration`` section."""
+    from . import allocate
+    from .calibration import load_feeds
+
+    if family == "cuda":
+        raise UsageError("--calibration: TEAL kernels exist for the CPU targets (x86, arm) only")
+    if options.budget is None:
+        raise UsageError("--calibration needs a --budget (sparsity=S, error=E or uniform=S)")
+    budget = allocate.parse_budget(options.budget)
+    try:
+        calib = json.loads(Path(options.calibration).read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read the calibration ({e})", path=options.calibration) from e
+    if calib.get("model", {}).get("sha256") != sha256_file(path):
+        raise UsageError("the calibration was made for another model (sha256 differs); run "
+                         "fffc calibrate on this one", path=options.calibration)
+    inputs = [i.name for i in a.proto.graph.input
+              if i.name not in {t.name for t in a.proto.graph.initializer}]
+    feeds = (list(load_feeds(Path(options.data), inputs)) if options.data is not None
+             else verify.probe_inputs(a.proto, 1, 32, options.seed + 7, count=8))
+    result = allocate.choose(path, calib, budget, feeds)
+    plan.apply_thresholds(a.sites, result.thresholds, result.levels)
+    return {"path": str(Path(options.calibration).resolve()), "budget": options.budget,
+            "feeds": str(options.data) if options.data else "synthetic x8",
+            "allocation": result.to_json()}
+
+
+def _deviation(model_file: Path, shim: Path | None, feeds, want, rtol: float) -> dict:
+    """The compiled (thresholded) model vs the original: what the thresholds cost."""
+    got = verify.run(verify.session(str(model_file), register=str(shim) if shim else None), feeds)
+    c = verify.compare_runs(got, want, rtol)
+    return {"max_abs": c.max_abs, "max_rel": c.max_rel}
+
+
 def _sparse_limits(sites: list[Site], target: str, options: CompileOptions) -> dict[str, int]:
-    """Per exact site, the token count up to which its kernel runs (0: every call)."""
+    """Per exact/teal site, the token count up to which its kernel runs (0: every call)."""
     from .codegen.schedules import family
 
     fam = family(target)
     out = {}
     for s in sites:
-        if s.decision == "exact":
+        if s.decision in ("exact", "teal"):
             out[s.name] = (options.max_sparse_tokens if options.max_sparse_tokens is not None
                            else fam.sparse_max_tokens(plan.kernel_spec(s)))
     return out
@@ -224,24 +290,31 @@ def _clear(d: Path) -> None:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def _capture(a: Analysis, feeds, want, rtol: float) -> dict[str, tuple[list, list]]:
-    """Check 1 and the site activations: the all-dense lowering must equal the original."""
+def _capture(a: Analysis, feeds, want, rtol: float,
+             thresholds: dict[str, tuple[float, float]] | None = None):
+    """Check 1 and the site activations: the all-dense lowering must equal the original.
+
+    With ``thresholds`` (teal sites): the thresholded reference model in standard ops
+    instead, whose site activations and outputs are returned as ``(captured, outputs)``."""
     dense = _copy(a.working)
     io = passes.site_io(dense)
-    passes.lower(dense, {})
+    passes.lower(dense, {}, thresholds=thresholds)
     n_out = len(a.proto.graph.output)
     names = [n for pair in io.values() for n in pair]
     passes.expose(dense, names)
     got = verify.run(verify.session(ir.serde.serialize_model(dense)), feeds)
-    c = verify.compare_runs([g[:n_out] for g in got], want, rtol)
-    if not c.ok:
-        raise RewriteError(f"canonicalization changed the model's outputs (rel err {c.max_rel:.2e});"
-                           " please report this model", path=a.path)
+    if thresholds is None:
+        c = verify.compare_runs([g[:n_out] for g in got], want, rtol)
+        if not c.ok:
+            raise RewriteError(f"canonicalization changed the model's outputs (rel err "
+                               f"{c.max_rel:.2e}); please report this model", path=a.path)
     out_names = [o.name for o in dense.graph.outputs]
     captured = {}
     for site, (x_name, y_name) in io.items():
         xi, yi = out_names.index(x_name), out_names.index(y_name)
         captured[site] = ([g[xi] for g in got], [g[yi] for g in got])
+    if thresholds is not None:
+        return captured, [g[:n_out] for g in got]
     return captured
 
 
@@ -374,11 +447,11 @@ def _manifest(a: Analysis, options: CompileOptions, request, library, shim, stag
                          "max_tokens": k.max_tokens, "args": k.arg_names,
                          "spec": k.spec.__dict__ | {"key": k.spec.key}} for k in library.kernels],
         },
-        "options": {k: (list(v) if isinstance(v, tuple) else v)
+        "options": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
                     for k, v in opts.__dict__.items() if k != "dump_dir"},
         "canonical_rewrites": a.canonical_rewrites,
         "max_sparse_tokens": {s.name: limits.get(s.name) for s in a.sites
-                              if s.decision == "exact"},
+                              if s.decision in ("exact", "teal")},
         "sites": [s.to_json() for s in a.sites],
         "near_misses": [m.to_json() for m in a.near_misses],
         "verification": report | {"probes": [{k: list(v.shape) for k, v in f.items()} for f in feeds]},

@@ -31,16 +31,37 @@ def plan(sites: Sequence[Site], only: Sequence[str] = ()) -> None:
         else:
             site.decision = "dense"
             site.reason = (f"{site.activation} is never exactly zero: no exact skipping "
-                           "(threshold modes are not available yet); left as it was")
+                           "(calibrate it for TEAL thresholds: fffc calibrate, then "
+                           "fffc compile --calibration); left as it was")
+
+
+def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, float]],
+                     levels: dict[str, dict[str, float]]) -> None:
+    """TEAL: a float32 dense/gated site with an allocated threshold becomes ``teal`` (its
+    input and hidden thresholds, -1 = off); sites the allocation left at 0 keep their plan."""
+    for site in sites:
+        t = thresholds.get(site.name)
+        if t is None or site.kind == "fff" or site.dtype != "float32":
+            continue
+        if site.decision == "dense" and site.reason == "not selected with --sites":
+            continue
+        pair = (float(t.get("input", -1.0)), float(t.get("hidden", -1.0)))
+        if max(pair) < 0:
+            continue
+        lv = levels.get(site.name, {})
+        site.decision, site.thresholds = "teal", pair
+        site.reason = (f"TEAL thresholds: {lv.get('input', 0):.0%} of x and "
+                       f"{lv.get('hidden', 0):.0%} of the down projection's input skipped "
+                       "(calibrated levels)")
 
 
 def kernel_spec(site: Site) -> KernelSpec:
-    """What codegen builds for an ``exact`` or ``tree`` site."""
+    """What codegen builds for an ``exact``, ``teal`` or ``tree`` site."""
     if site.kind == "fff":
         return fff_kernel_spec(site.d_model, site.d_out, site.trees, site.depth,
                                site.tie_break or "gt")
     return KernelSpec(
         op="SparseFFN", activation=site.activation, up_activation=site.up_activation,
-        mode="exact", d_in=site.d_model, d_ff=site.d_ff, d_out=site.d_out,
+        mode="teal" if site.decision == "teal" else "exact", d_in=site.d_model, d_ff=site.d_ff, d_out=site.d_out,
         has_b1=site.has_b1, has_b2=site.has_b2, gated=site.kind == "gated", dtype=site.dtype,
     )

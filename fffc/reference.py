@@ -61,6 +61,26 @@ def sparse_ffn(
     return y
 
 
+def teal_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarray,
+             b2: np.ndarray | None, wu: np.ndarray | None = None, *, thresholds: np.ndarray,
+             activation_name: str, up_activation: str = "none") -> np.ndarray:
+    """``ai.fffc::SparseFFN`` mode=teal: TEAL's thresholded FFN. ``wu`` is [d_in, d_ff]
+    (input-channel-major); ``thresholds`` [t_in, t_hidden], negative = off. x is thresholded
+    as given (float32 in, so the decision is exact); a in float64."""
+    t_in, t_h = (float(t) for t in thresholds)
+    xd = np.asarray(x, dtype=np.float64)
+    xd = np.where(np.abs(xd) <= t_in, 0.0, xd)
+    h = xd @ np.asarray(w1, dtype=np.float64)
+    if b1 is not None:
+        h = h + b1
+    a = activation(activation_name, h)
+    if wu is not None:
+        a = a * activation(up_activation, xd @ np.asarray(wu, dtype=np.float64))
+    a = np.where(np.abs(a) <= t_h, 0.0, a)
+    y = a @ np.asarray(w2, dtype=np.float64)
+    return y + b2 if b2 is not None else y
+
+
 def fast_feed_forward(x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, w_out: np.ndarray,
                       *, trees: int, depth: int, tie_break: str = "gt") -> np.ndarray:
     """``ai.fffc::FastFeedForward`` (UltraFastBERT hard walk), float64, over the last axis.

@@ -24,7 +24,9 @@ class Site:
     trees: int = 0  # fff: K
     depth: int = 0  # fff: D (D+1 nodes visited per tree)
     tie_break: str = ""  # fff: "gt" (z > 0 goes right) | "ge" (z >= 0)
-    decision: str = "pending"  # "exact" | "walk" (fff) | "dense" (left as it was)
+    decision: str = "pending"  # "exact" | "teal" | "tree" (fff) | "walk" (fff) | "dense"
+    thresholds: tuple[float, float] | None = None  # teal: (t_in, t_hidden), negative = off
+    deviation: float | None = None  # teal: rel err of the thresholded site vs the original
     reason: str = ""  # why that decision
     max_abs_err: float | None = None
     max_rel_err: float | None = None

@@ -148,6 +148,11 @@ def site_reference(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | No
         return reference.fast_feed_forward(x, weights["W1"].T, weights["B1"], weights["W2"],
                                            trees=site.trees, depth=site.depth,
                                            tie_break=site.tie_break or "gt")
+    if site.decision == "teal":  # WU as the marker has it: [d_in, d_ff]
+        return reference.teal_ffn(
+            x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"),
+            weights.get("WU"), thresholds=np.asarray(site.thresholds, dtype=np.float32),
+            activation_name=site.activation, up_activation=site.up_activation)
     return reference.sparse_ffn(
         x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"), weights.get("WU"),
         activation_name=site.activation, up_activation=site.up_activation,

@@ -36,20 +36,26 @@ def _attrs(node: ir.Node) -> dict[str, str]:
             ("kind", "activation", "up_activation", "rule", "matched_nodes")}
 
 
-def overload_for(activation: str, up_activation: str, present: list[bool]) -> str:
+def overload_for(activation: str, up_activation: str, present: list[bool],
+                 mode: str = "exact") -> str:
     """Deterministic overload name: one fallback function per op configuration."""
     optional = [(a.name, p) for a, p in zip(SPARSE_FFN.inputs, present, strict=True) if a.optional]
-    flags = "".join(name.lower() for name, p in optional if p)
-    return f"{activation}_{up_activation}_{flags or 'nobias'}"
+    flags = "".join(name.lower() for name, p in optional if p and name != "TH")
+    return f"{activation}_{up_activation}_{flags or 'nobias'}" + ("" if mode == "exact" else f"_{mode}")
 
 
 def _fallback_function(overload: str, present: list[bool], act: str, up_act: str,
-                       opset: int) -> ir.Function:
+                       opset: int, mode: str = "exact") -> ir.Function:
     formals = [ir.Value(name=n) for n in INPUT_NAMES]
     tape = ir.tape.Tape()
-    x, w1, b1, w2, b2, wu = (f if p else None for f, p in zip(formals, present, strict=True))
+    x, w1, b1, w2, b2, wu, th = (f if p else None for f, p in zip(formals, present, strict=True))
+    thresholds = None
+    if mode == "teal":  # TH [t_in, t_hidden] → two scalars
+        thresholds = tuple(tape.op("Gather", [th, tape.op("Constant", [], {
+            "value": ir.tensor(np.array(i, dtype=np.int64))})], {"axis": 0}) for i in (0, 1))
     y = standard_forms.ffn(tape, x, w1, b1, w2, b2, wu, activation_name=act,
-                           up_activation=up_act, opset=opset, wu_rows=True)
+                           up_activation=up_act, opset=opset, wu_rows=mode == "exact",
+                           thresholds=thresholds)
     y.name = "Y"
     graph = ir.Graph(formals, [y], nodes=tape.nodes, opset_imports={"": opset},
                      name=f"{SPARSE_FFN.name}_{overload}")
@@ -78,14 +84,15 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
           max_tokens: Mapping[str, int] | None = None,
           thresholds: Mapping[str, tuple[standard_forms.Threshold, standard_forms.Threshold]]
           | None = None) -> None:
-    """Replace every marker: ``decisions[name] == "exact"`` → SparseFFN, else standard ops.
+    """Replace every marker: ``decisions[name]`` "exact" or "teal" → SparseFFN, else standard ops.
 
     ``max_tokens[name] > 0`` bounds the token count the SparseFFN kernel serves: the site
     becomes ``If(Size(X) <= max_tokens·d_in)`` with SparseFFN in the then-branch and the
     original dense FFN in the else-branch, so calls past the kernel's measured crossover run
     ONNX Runtime's own GEMMs and the artifact is never slower there than the original.
-    ``thresholds[name]`` = (t_in, t_hidden): a site left in standard ops becomes TEAL's
-    thresholded FFN (``standard_forms.ffn``), the reference of threshold modes.
+    ``thresholds[name]`` = (t_in, t_hidden): a "teal" site's thresholds (constants); a site
+    left in standard ops becomes TEAL's thresholded FFN (``standard_forms.ffn``), the
+    reference of threshold modes.
     """
     graph = model.graph
     opset = default_opset(model)
@@ -96,17 +103,22 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
         if a["kind"] == "fff":
             _lower_fff(model, node, decisions.get(node.name, "dense"), opset)
             continue
-        if decisions.get(node.name) == "exact":
+        site_thresholds = (thresholds or {}).get(node.name)
+        if decisions.get(node.name) in ("exact", "teal"):
+            mode = decisions[node.name]
+            if mode == "teal" and site_thresholds is None:
+                raise ValueError(f"site {node.name!r}: mode teal needs its thresholds")
             limit = (max_tokens or {}).get(node.name, 0)
             branch = ir.tape.Tape() if limit > 0 else tape
-            new_out = _sparse_ffn(model, node, branch, a, opset)
+            new_out = _sparse_ffn(model, node, branch, a, opset, mode, site_thresholds)
             if limit > 0:
-                new_out = _token_dispatch(tape, node, branch, new_out, a, opset, limit)
+                new_out = _token_dispatch(tape, node, branch, new_out, a, opset, limit,
+                                          site_thresholds if mode == "teal" else None)
         else:
             new_out = standard_forms.ffn(
                 tape, x, w1, b1, w2, b2, wu, activation_name=a["activation"],
                 up_activation=a["up_activation"], opset=opset, wu_rows=False,
-                thresholds=(thresholds or {}).get(node.name))
+                thresholds=site_thresholds)
         _replace(graph, node, tape, new_out)
     legalize(model)
     common_passes.RemoveUnusedNodesPass()(model)
@@ -185,39 +197,59 @@ def _fff_function(overload: str, trees: int, depth: int, tie_break: str,
     return ir.Function(DOMAIN, FAST_FEED_FORWARD.name, overload, graph=graph, attributes=attrs)
 
 
+def _thresholds_initializer(graph: ir.Graph, node: ir.Node,
+                            thresholds: tuple[float, float]) -> ir.Value:
+    """``<site>__teal_thresholds`` = [t_in, t_hidden] (float32; negative = off)."""
+    name = f"{node.name}__teal_thresholds"
+    arr = np.array([-1.0 if t is None else t for t in thresholds], dtype=np.float32)
+    value = ir.Value(name=name, const_value=ir.tensor(arr, name=name))
+    value.shape, value.type = ir.Shape([2]), ir.TensorType(ir.DataType.FLOAT)
+    graph.register_initializer(value)
+    return value
+
+
 def _sparse_ffn(model: ir.Model, node: ir.Node, tape: ir.tape.Tape, a: dict[str, str],
-                opset: int) -> ir.Value:
-    """The SparseFFN node of a marker (and its fallback function, once per overload)."""
+                opset: int, mode: str = "exact",
+                thresholds: tuple[float, float] | None = None) -> ir.Value:
+    """The SparseFFN node of a marker (and its fallback function, once per overload).
+    Mode exact stores the gated up projection row per neuron, mode teal keeps it row per
+    input channel (as the marker has it) and adds the thresholds input."""
     x, w1, b1, w2, b2, wu = (node.inputs + (None,) * 6)[:6]
-    wu_rows = _row_major_up(model.graph, wu) if wu is not None else None
-    inputs = [x, w1, b1, w2, b2, wu_rows]
+    if mode == "teal":
+        th = _thresholds_initializer(model.graph, node, thresholds)
+        inputs = [x, w1, b1, w2, b2, wu, th]
+    else:
+        wu_rows = _row_major_up(model.graph, wu) if wu is not None else None
+        inputs = [x, w1, b1, w2, b2, wu_rows, None]
     present = [v is not None for v in inputs]
-    overload = overload_for(a["activation"], a["up_activation"], present)
+    overload = overload_for(a["activation"], a["up_activation"], present, mode)
     while inputs and inputs[-1] is None:
         inputs.pop()
     out = tape.op(
         SPARSE_FFN.name, inputs,
-        {"activation": a["activation"], "up_activation": a["up_activation"], "mode": "exact"},
+        {"activation": a["activation"], "up_activation": a["up_activation"], "mode": mode},
         domain=DOMAIN, overload=overload, name=node.name,
         metadata_props={"fffc.rule": a["rule"], "fffc.matched_nodes": a["matched_nodes"]},
     )
     key = (DOMAIN, SPARSE_FFN.name, overload)
     if key not in model.functions:
         model.functions[key] = _fallback_function(
-            overload, present, a["activation"], a["up_activation"], opset)
+            overload, present, a["activation"], a["up_activation"], opset, mode)
     model.opset_imports[DOMAIN] = OPSET_VERSION
     return out
 
 
 def _token_dispatch(tape: ir.tape.Tape, node: ir.Node, sparse: ir.tape.Tape,
-                    sparse_out: ir.Value, a: dict[str, str], opset: int, limit: int) -> ir.Value:
-    """``If(Size(X) <= limit·d_in, SparseFFN, dense FFN)`` for a marker."""
+                    sparse_out: ir.Value, a: dict[str, str], opset: int, limit: int,
+                    thresholds: tuple[float, float] | None = None) -> ir.Value:
+    """``If(Size(X) <= limit·d_in, SparseFFN, dense FFN)`` for a marker (the dense FFN
+    thresholded as the SparseFFN is, for mode teal: one function either way)."""
     x, w1, b1, w2, b2, wu = (node.inputs + (None,) * 6)[:6]
     d_in = const_array(w1).shape[0]
     dense = ir.tape.Tape()
     dense_out = standard_forms.ffn(
         dense, x, w1, b1, w2, b2, wu, activation_name=a["activation"],
-        up_activation=a["up_activation"], opset=opset, wu_rows=False)
+        up_activation=a["up_activation"], opset=opset, wu_rows=False, thresholds=thresholds)
     for i, n in enumerate(dense.nodes):  # unique beside the outer graph's names
         n.name = f"{node.name}/dense/{i}_{n.op_type}"
         for j, v in enumerate(n.outputs):
@@ -269,13 +301,14 @@ def site_io(model: ir.Model) -> dict[str, tuple[str, str]]:
     return {n.name: (n.inputs[0].name, n.outputs[0].name) for n in markers(model.graph)}
 
 
-def site_weights(model: ir.Model, name: str) -> dict[str, np.ndarray | None]:
-    """The tensors an ``exact`` SparseFFN node of this marker gets, in the op's layout."""
+def site_weights(model: ir.Model, name: str, mode: str = "exact") -> dict[str, np.ndarray | None]:
+    """The tensors a SparseFFN node of this marker gets, in the op's layout for ``mode``
+    (the up projection row per neuron for exact, row per input channel for teal)."""
     node = next(n for n in markers(model.graph) if n.name == name)
     arrays = [const_array(v) if v is not None else None for v in (node.inputs + (None,) * 6)[:6]]
-    out = dict(zip(INPUT_NAMES, arrays, strict=True))
+    out = dict(zip(INPUT_NAMES[:6], arrays, strict=True))
     out.pop("X")
-    if out["WU"] is not None:
+    if out["WU"] is not None and mode == "exact":
         out["WU"] = np.ascontiguousarray(out["WU"].T)
     return out
 

@@ -82,7 +82,8 @@ size_t InputCount(const OrtCustomOp* op) { return Holder(op)->inputs; }
 size_t OutputCount(const OrtCustomOp*) { return 1; }
 OrtCustomOpInputOutputCharacteristic InputChar(const OrtCustomOp* op, size_t i) {
   if (Holder(op)->fff) return INPUT_OUTPUT_REQUIRED;
-  return (i == kB1 || i == kB2 || i == kWU) ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  return (i == kB1 || i == kB2 || i == kWU || i == kTH) ? INPUT_OUTPUT_OPTIONAL
+                                                         : INPUT_OUTPUT_REQUIRED;
 }
 OrtCustomOpInputOutputCharacteristic OutputChar(const OrtCustomOp*, size_t) {
   return INPUT_OUTPUT_REQUIRED;
@@ -129,6 +130,8 @@ void Destroy(void* kernel) { delete static_cast<KernelBase*>(kernel); }
 
 }  // namespace
 
+const char* const kInputNames[kNumInputs] = {"X", "W1", "B1", "W2", "B2", "WU", "TH"};
+
 OrtStatus* Fail(const OrtApi* api, const std::string& msg) {
   return api->CreateStatus(ORT_FAIL, ("fffc SparseFFN: " + msg).c_str());
 }
@@ -136,12 +139,11 @@ OrtStatus* Fail(const OrtApi* api, const std::string& msg) {
 OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c) {
   size_t count = 0;
   if (OrtStatus* st = api->KernelContext_GetInputCount(ctx, &count)) return st;
-  static const char* kNames[kNumInputs] = {"X", "W1", "B1", "W2", "B2", "WU"};
   for (size_t i = 0; i < count && i < kNumInputs; ++i) {
     const OrtValue* v = nullptr;
     if (OrtStatus* st = api->KernelContext_GetInput(ctx, i, &v)) return st;
     if (v == nullptr) continue;  // an omitted optional input
-    if (OrtStatus* st = View(api, v, &c->in[i], kNames[i])) return st;
+    if (OrtStatus* st = View(api, v, &c->in[i], kInputNames[i])) return st;
     c->present[i] = true;
   }
   if (!c->present[kX] || !c->present[kW1] || !c->present[kW2])
@@ -157,6 +159,8 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c) {
                          std::to_string(c->in[kW1].dims[0]) + ", " + std::to_string(c->d_ff) +
                          "], W2 [" + std::to_string(c->in[kW2].dims[0]) + ", " +
                          std::to_string(c->d_out) + "]");
+  if (c->present[kTH] && (c->in[kTH].dims.size() != 1 || c->in[kTH].dims[0] != 2))
+    return Fail(api, "TH must hold two thresholds [t_in, t_hidden]");
   c->tokens = 1;
   for (size_t i = 0; i + 1 < xd.size(); ++i) c->tokens *= xd[i];
   std::vector<int64_t> ydims(xd.begin(), xd.end());

@@ -12,8 +12,9 @@
 
 namespace fffc {
 
-constexpr int kNumInputs = 6;  // X, W1, B1?, W2, B2?, WU?  (fffc/ops.py SPARSE_FFN)
-enum Input { kX = 0, kW1, kB1, kW2, kB2, kWU };
+constexpr int kNumInputs = 7;  // X, W1, B1?, W2, B2?, WU?, TH?  (fffc/ops.py SPARSE_FFN)
+enum Input { kX = 0, kW1, kB1, kW2, kB2, kWU, kTH };
+extern const char* const kInputNames[kNumInputs];
 
 struct Attrs {
   std::string activation, up_activation, mode;

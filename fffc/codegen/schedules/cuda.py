@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
 from ..kernels.sparse_ffn_cuda import CudaTiling, ceil_div
@@ -65,6 +66,8 @@ class Cuda(Family):
         return c.sparse_max_tokens_gated if spec.gated else c.sparse_max_tokens
 
     def variants(self, spec: KernelSpec, target: dict) -> list[Variant]:
+        if spec.mode != "exact":
+            raise CodegenError(f"no CUDA kernels for SparseFFN mode {spec.mode!r} yet")
         out, first = [], 1
         tiles = self.config.decode_tokens
         for m in tiles:

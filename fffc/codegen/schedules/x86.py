@@ -39,6 +39,8 @@ class X86(Family):
 
     def sparse_max_tokens(self, spec: KernelSpec) -> int:
         c = self.config
+        if spec.mode == "teal":
+            return c.teal_max_tokens
         return c.sparse_max_tokens_gated if spec.gated else c.sparse_max_tokens
 
     def variants(self, spec: KernelSpec, target: dict) -> list[Variant]:

@@ -17,6 +17,9 @@ struct CpuKernel : KernelBase {
     FfnCall c;
     if (OrtStatus* st = Prepare(api, ctx, &c)) return st;
     if (c.tokens == 0) return nullptr;
+    if ((attrs.mode == "teal") != c.present[kTH])
+      return Fail(api, "input TH (thresholds) is " +
+                           std::string(c.present[kTH] ? "only for mode teal" : "required by mode teal"));
     const fffc_kernel_entry* entry = nullptr;
     for (int32_t i = 0; i < fffc_num_kernels && entry == nullptr; ++i) {
       const fffc_kernel_entry& e = fffc_kernels[i];
@@ -30,7 +33,7 @@ struct CpuKernel : KernelBase {
     const int64_t x2[2] = {c.tokens, c.d_in}, y2[2] = {c.tokens, c.d_out};
     std::vector<DLTensor> t;
     t.push_back(Dl(c.in[kX].data, x2, 2));
-    for (int i : {kW1, kB1, kW2, kB2, kWU})
+    for (int i : {kW1, kB1, kW2, kB2, kWU, kTH})
       if (c.present[i])
         t.push_back(Dl(c.in[i].data, c.in[i].dims.data(), static_cast<int>(c.in[i].dims.size())));
     t.push_back(Dl(c.y, y2, 2));

@@ -137,10 +137,9 @@ struct CudaKernel : KernelBase {
                            std::to_string(c.tokens) + " tokens)");
     void* stream = nullptr;
     if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream)) return st;
-    static const char* kNames[kNumInputs] = {"X", "W1", "B1", "W2", "B2", "WU"};
     std::map<std::string, CUdeviceptr> tensors;
     for (int i = 0; i < kNumInputs; ++i)
-      if (c.present[i]) tensors[kNames[i]] = reinterpret_cast<CUdeviceptr>(c.in[i].data);
+      if (c.present[i]) tensors[kInputNames[i]] = reinterpret_cast<CUdeviceptr>(c.in[i].data);
     tensors["Y"] = reinterpret_cast<CUdeviceptr>(c.y);
     std::string err = Launch(index, tensors, c.tokens, stream, &workspace);
     return err.empty() ? nullptr : Fail(api, fffc_cuda_kernels[index].variant + (": " + err));
@@ -171,7 +170,7 @@ struct CudaFffKernel : KernelBase {
     if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream)) return st;
     static const char* kNames[4] = {"X", "W_in", "B_in", "W_out"};
     std::map<std::string, CUdeviceptr> tensors;
-    for (int i = 0; i < 4; ++i) tensors[kNames[i]] = reinterpret_cast<CUdeviceptr>(c.in[i].data);
+    for (int i = 0; i < 4; ++i) tensors[kInputNames[i]] = reinterpret_cast<CUdeviceptr>(c.in[i].data);
     tensors["Y"] = reinterpret_cast<CUdeviceptr>(c.y);
     std::string err = Launch(index, tensors, c.tokens, stream, &workspace);
     return err.empty() ? nullptr : Fail(api, "FastFeedForward: " + err);

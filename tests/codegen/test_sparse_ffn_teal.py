@@ -1,0 +1,90 @@
+"""``SparseFFN`` mode=teal kernels (in-process) against the float64 thresholded reference:
+every activation, dense and gated, with and without biases, thresholds on and off."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from fffc.codegen.build import KernelRunner
+from fffc.errors import CodegenError
+from fffc.ops import KernelSpec
+from fffc.reference import sparse_ffn, teal_ffn
+
+D, F, DO = 48, 128, 40
+
+
+def _spec(activation: str, gated: bool, bias: bool = True, up: str = "none") -> KernelSpec:
+    return KernelSpec("SparseFFN", activation, up, "teal", D, F, DO, bias, bias, gated)
+
+
+@functools.cache
+def _runner(spec: KernelSpec) -> KernelRunner:
+    return KernelRunner(spec)
+
+
+def _weights(spec: KernelSpec) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    w = {"W1": rng.standard_normal((D, F)) / np.sqrt(D), "B1": rng.standard_normal(F) * 0.1,
+         "W2": rng.standard_normal((F, DO)) / np.sqrt(F), "B2": rng.standard_normal(DO),
+         "WU": rng.standard_normal((D, F)) / np.sqrt(D)}  # teal: WU input-channel-major
+    return {k: v.astype(np.float32) for k, v in w.items()}
+
+
+def _run(spec: KernelSpec, w: dict, x: np.ndarray, th: np.ndarray) -> np.ndarray:
+    args = [x, *[w[n] for n in spec.arg_names()[1:-2]], th]
+    return _runner(spec)(*args)
+
+
+def _want(spec: KernelSpec, w: dict, x: np.ndarray, th: np.ndarray) -> np.ndarray:
+    return teal_ffn(x, w["W1"], w["B1"] if spec.has_b1 else None, w["W2"],
+                    w["B2"] if spec.has_b2 else None, w["WU"] if spec.gated else None,
+                    thresholds=th, activation_name=spec.activation,
+                    up_activation=spec.up_activation)
+
+
+CASES = [("gelu", False, True, "none"), ("gelu_tanh", False, False, "none"),
+         ("relu", False, True, "none"), ("silu", True, False, "none"),
+         ("gelu", True, True, "none"), ("relu", True, False, "relu")]
+
+
+@pytest.mark.parametrize("activation, gated, bias, up", CASES,
+                         ids=[f"{a}-{'gated' if g else 'dense'}-{'b' if b else 'nb'}-{u}"
+                              for a, g, b, u in CASES])
+def test_teal_kernel_matches_thresholded_reference(activation, gated, bias, up) -> None:
+    spec = _spec(activation, gated, bias, up)
+    w = _weights(spec)
+    for tokens in (1, 3):
+        x = np.random.default_rng(tokens).standard_normal((tokens, D)).astype(np.float32)
+        a = np.abs(x @ w["W1"])  # a scale for the hidden threshold
+        for th in ([-1.0, -1.0], [np.quantile(np.abs(x), 0.5), -1.0],
+                   [-1.0, np.quantile(a, 0.3) * 0.2], [np.quantile(np.abs(x), 0.4), 0.05]):
+            th = np.asarray(th, dtype=np.float32)
+            want = _want(spec, w, x, th)
+            got = _run(spec, w, x, th)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+            dense = sparse_ffn(x, w["W1"], w["B1"] if bias else None, w["W2"],
+                               w["B2"] if bias else None, w["WU"].T if gated else None,
+                               activation_name=activation, up_activation=up)
+            # thresholds off: the dense FFN; on: something else (the skipping is real)
+            assert np.allclose(got, dense, rtol=1e-4, atol=1e-4 * np.abs(dense).max()) == (
+                th.max() < 0)
+
+
+def test_teal_kernel_skips_everything_below_threshold() -> None:
+    """All of x under t_in: Y is B2 exactly (no row of W1 or W2 contributes)."""
+    spec = _spec("gelu", False)
+    w = _weights(spec)
+    x = np.random.default_rng(0).standard_normal((2, D)).astype(np.float32) * 0.01
+    got = _run(spec, w, x, np.array([1.0, -1.0], np.float32))
+    b = np.asarray(w["B1"], np.float64)
+    gelu_b1 = 0.5 * b * (1 + np.vectorize(__import__("math").erf)(b / np.sqrt(2)))
+    np.testing.assert_allclose(got, np.broadcast_to(gelu_b1 @ w["W2"] + w["B2"], got.shape),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_teal_rejects_unknown_activation() -> None:
+    with pytest.raises(CodegenError, match="activation"):
+        KernelRunner(KernelSpec("SparseFFN", "tanh", "none", "teal", D, F, DO, True, True, False))
