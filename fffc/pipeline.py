@@ -31,6 +31,7 @@ from .targets import normalize
 Reporter = Callable[[str], contextlib.AbstractContextManager]
 KERNEL_DECISIONS = ("exact", "tree", "teal")  # sites that become an ai.fffc node with kernels
 MAX_ROUNDS = 2  # a site whose kernel fails the artifact check is dropped and the rest rebuilt
+TEAL_MODEL_RTOL = 1e-3  # whole-model check of artifacts with teal sites (see _check_artifact)
 
 
 @contextlib.contextmanager
@@ -338,15 +339,24 @@ def _check_artifact(a: Analysis, final_proto, model_file: Path, shim: Path | Non
             failed[site.name] = f"kernel could not be loaded: {str(e).splitlines()[0][:200]}"
             continue
         xs, ys = captured[site.name]
-        c = verify.compare_runs([sess.run(None, {"X": x}) for x in xs], [[y] for y in ys], rtol)
+        weights = passes.site_weights(a.working, site.name, site.decision)
+        c = verify.Comparison(0.0, 0.0, True)
+        for x, y in zip(xs, ys, strict=True):
+            c = verify.worse(c, verify.compare(sess.run(None, {"X": x})[0], y, rtol,
+                                                verify.site_slack(site, x, weights)))
         kernels[site.name] = c.__dict__
         site.max_abs_err = max(site.max_abs_err or 0.0, c.max_abs)
         site.max_rel_err = max(site.max_rel_err or 0.0, c.max_rel)
         if not c.ok:
             failed[site.name] = f"rel err {c.max_rel:.2e} > {rtol:g}"
     report["kernels"] = kernels
+    # teal: a hidden entry within rounding of its threshold may be kept by the kernel and
+    # dropped by ORT's graph (each site is checked with that slack above); its effect on
+    # the layers after it is bounded here by a looser whole-model tolerance
+    model_rtol = max(rtol, TEAL_MODEL_RTOL) if any(s.decision == "teal" for s in a.sites) else rtol
+    report["model_rtol"] = model_rtol
     with_shim = verify.compare_runs(
-        verify.run(verify.session(str(model_file), register=str(shim)), feeds), want, rtol)
+        verify.run(verify.session(str(model_file), register=str(shim)), feeds), want, model_rtol)
     report["model_with_shim"] = with_shim.__dict__
     if not with_shim.ok and not failed:
         raise VerificationError(f"compiled model differs from the original (rel err "

@@ -61,13 +61,20 @@ def sparse_ffn(
     return y
 
 
+TEAL_BAND = 2e-5  # |a| this close (relative) to t_hidden: float32 rounding decides the side
+
+
 def teal_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarray,
              b2: np.ndarray | None, wu: np.ndarray | None = None, *, thresholds: np.ndarray,
-             activation_name: str, up_activation: str = "none") -> np.ndarray:
+             activation_name: str, up_activation: str = "none",
+             slack: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """``ai.fffc::SparseFFN`` mode=teal: TEAL's thresholded FFN. ``wu`` is [d_in, d_ff]
-    (input-channel-major); ``thresholds`` [t_in, t_hidden], negative = off. x is thresholded
-    as given (float32 in, so the decision is exact); a in float64."""
-    t_in, t_h = (float(t) for t in thresholds)
+    (input-channel-major); ``thresholds`` [t_in, t_hidden] (as float32, like the op's TH),
+    negative = off. x is thresholded as given (float32, so the decision is exact); a in
+    float64. With ``slack``, also Σ |a_i|·|W2[i]| over neurons whose |a| lies within
+    rounding (``TEAL_BAND``) of t_hidden: how far any float32 implementation may be off
+    because it kept or dropped such a neuron the other way."""
+    t_in, t_h = (float(t) for t in np.asarray(thresholds, dtype=np.float32))
     xd = np.asarray(x, dtype=np.float64)
     xd = np.where(np.abs(xd) <= t_in, 0.0, xd)
     h = xd @ np.asarray(w1, dtype=np.float64)
@@ -76,9 +83,15 @@ def teal_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarra
     a = activation(activation_name, h)
     if wu is not None:
         a = a * activation(up_activation, xd @ np.asarray(wu, dtype=np.float64))
-    a = np.where(np.abs(a) <= t_h, 0.0, a)
-    y = a @ np.asarray(w2, dtype=np.float64)
-    return y + b2 if b2 is not None else y
+    mag = np.abs(a)
+    band = TEAL_BAND * (abs(t_h) + 0.05 * mag.max(axis=-1, keepdims=True))
+    ambiguous = np.abs(mag - t_h) <= band if t_h >= 0 else np.zeros(a.shape, bool)
+    w2d = np.asarray(w2, dtype=np.float64)
+    y = np.where(mag <= t_h, 0.0, a) @ w2d
+    y = y + b2 if b2 is not None else y
+    if not slack:
+        return y
+    return y, np.where(ambiguous, mag, 0.0) @ np.abs(w2d)
 
 
 def fast_feed_forward(x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, w_out: np.ndarray,

@@ -88,3 +88,32 @@ def test_teal_kernel_skips_everything_below_threshold() -> None:
 def test_teal_rejects_unknown_activation() -> None:
     with pytest.raises(CodegenError, match="activation"):
         KernelRunner(KernelSpec("SparseFFN", "tanh", "none", "teal", D, F, DO, True, True, False))
+
+
+def test_slack_covers_a_neuron_at_the_threshold_either_way() -> None:
+    """A hidden entry at (float64) exactly t_hidden may be kept by a float32 implementation
+    or dropped: the reference's slack accepts both outputs, and nothing more."""
+    from fffc.verify import compare
+
+    spec = _spec("gelu", False)
+    w = _weights(spec)
+    x = np.random.default_rng(3).standard_normal((1, D)).astype(np.float32)
+    h = x.astype(np.float64) @ w["W1"] + w["B1"]
+    a = 0.5 * h * (1 + np.vectorize(__import__("math").erf)(h / np.sqrt(2)))
+    i = int(np.argsort(np.abs(a[0]))[F // 2])  # a mid-sized entry becomes the threshold
+    th = np.array([-1.0, np.float32(abs(a[0, i]))], np.float32)
+    want, slack = _want_slack(spec, w, x, th)
+    keep = a[0].copy()
+    keep[np.abs(keep) < abs(a[0, i]) * (1 - 1e-9)] = 0.0
+    drop = keep.copy()
+    drop[i] = 0.0
+    for variant in (keep, drop):
+        y = variant @ w["W2"] + w["B2"]
+        assert compare(y[None], want, 1e-6, slack).ok
+    assert not compare((drop @ w["W2"] + w["B2"])[None] + 1e-3 * np.abs(want).max(),
+                       want, 1e-6, slack).ok
+
+
+def _want_slack(spec: KernelSpec, w: dict, x: np.ndarray, th: np.ndarray):
+    return teal_ffn(x, w["W1"], w["B1"], w["W2"], w["B2"], None, thresholds=th,
+                    activation_name=spec.activation, slack=True)
