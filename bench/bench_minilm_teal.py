@@ -19,7 +19,9 @@ teal in all six FFNs; the compile verifies it against the thresholded model) and
 artifact is timed against the original in ONNX Runtime (2 threads, blocks, medians) on a
 1-token call (the decode kernel's case) and on a held-out sentence as one batch (where
 the thresholded FFN runs in ONNX Runtime), with the artifact's embedding cosine on the
-held-out sentences. Needs the torch extra (export) and transformers.
+held-out sentences; with ``--predictor-rank`` also ``--budget predictor`` (each FFN computes
+only the neurons its predictor selects, cut at 99% held-out recall). Needs the torch extra
+(export) and transformers.
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ def main() -> int:
     so.log_severity_level = 3
     base = embed(ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"]), held)
     if args.speed:
-        speed(onnx_path, feeds_dir, held, base, tok, names, tmp)
+        speed(onnx_path, held, base, names, tmp, predictors=args.predictor_rank > 0)
     if args.skip_search:
         return 0
     print("\n| TEAL sparsity | thresholded in every FFN | mean cosine | min cosine |")
@@ -173,9 +175,10 @@ def main() -> int:
     return 0
 
 
-def speed(onnx_path: Path, feeds_dir: Path, held: list[dict], base: np.ndarray, tok,
-          names: list[str], tmp: Path) -> None:
-    """The artifacts of ``fffc compile --calibration --budget uniform=S`` against the original."""
+def speed(onnx_path: Path, held: list[dict], base: np.ndarray, names: list[str], tmp: Path,
+          predictors: bool) -> None:
+    """The artifacts of ``fffc compile --calibration --budget uniform=S`` (and, with
+    predictors, ``--budget predictor``) against the original."""
     import fffc
     import fffc.runtime
     from fffc import timing
@@ -194,6 +197,13 @@ def speed(onnx_path: Path, feeds_dir: Path, held: list[dict], base: np.ndarray, 
         teal = sum(site.decision == "teal" for site in result.sites)
         print(f"uniform={s:g}: {teal} of {len(result.sites)} FFN sites teal")
         sessions[f"teal {s:.0%}"] = fffc.runtime.InferenceSession(result.artifact, options())
+    if predictors:
+        result = fffc.compile(onnx_path, tmp / "predictor.fffc", fffc.CompileOptions(
+            calibration=onnx_path.with_suffix(".calib.json"), budget="predictor"))
+        sel = [s.predictor["selected"] for s in result.sites if s.decision == "predictor"]
+        print(f"predictor: {len(sel)} of {len(result.sites)} FFN sites, neurons selected "
+              f"(held out) {min(sel):.0%}–{max(sel):.0%}")
+        sessions["predictor"] = fffc.runtime.InferenceSession(result.artifact, options())
     one = {n: np.array([[101]], dtype=np.int64) if n == "input_ids" else
            np.ones((1, 1), np.int64) if n == "attention_mask" else np.zeros((1, 1), np.int64)
            for n in names}

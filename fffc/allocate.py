@@ -53,7 +53,10 @@ BUDGETS = ("sparsity", "error", "uniform")
 def parse_budget(text: str) -> tuple[str, float]:
     """``sparsity=S`` (greedy, S of the FFN weight bytes skipped), ``error=E`` (greedy, the
     most skipping whose relative output error stays ≤ E on held-out feeds) or ``uniform=S``
-    (every site and part at the calibrated level S, no search)."""
+    (every site and part at the calibrated level S, no search), or ``predictor`` (every site
+    with a trained predictor runs it, at the cut set in calibration)."""
+    if text == "predictor":  # no level: the trained predictors' own cuts
+        return "predictor", 0.0
     kind, _, value = text.partition("=")
     try:
         v = float(value)
@@ -61,7 +64,7 @@ def parse_budget(text: str) -> tuple[str, float]:
         v = -1.0
     if kind not in BUDGETS or not 0 < v < 1:
         raise UsageError(f"--budget {text!r}: expected sparsity=S, error=E or uniform=S with "
-                         "0 < S, E < 1 (e.g. sparsity=0.4)")
+                         "0 < S, E < 1 (e.g. sparsity=0.4), or predictor")
     return kind, v
 
 

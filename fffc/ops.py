@@ -58,7 +58,7 @@ class OpSpec:
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 UP_ACTIVATIONS = ("none", "relu")
-SPARSE_MODES = ("exact", "teal")
+SPARSE_MODES = ("exact", "teal", "predictor")
 
 SPARSE_FFN = OpSpec(
     name="SparseFFN",
@@ -68,11 +68,14 @@ SPARSE_FFN = OpSpec(
         "mode=exact skips neuron i exactly when its activation is zero (ReLU, ReGLU, dReLU). "
         "mode=teal is TEAL's thresholded FFN: entries of X with |x| <= TH[0] and of the down "
         "projection's input with |a| <= TH[1] are zero (a negative threshold keeps all), so "
-        "their rows of W1/WU and of W2 are skipped."
+        "their rows of W1/WU and of W2 are skipped. mode=predictor (Deja Vu / PowerInfer): a "
+        "low-rank predictor selects neurons, S = {i: ((X·PA)·PB + PC)_i > 0}, and only their "
+        "rows of W1, WU and W2 are computed; the others count as zero."
     ),
     inputs=(
         TensorArg("X", "activations [..., d_in]; all leading dims are tokens"),
-        TensorArg("W1", "first projection [d_in, d_ff] (the gate for gated FFNs)"),
+        TensorArg("W1", "first projection (the gate for gated FFNs): [d_in, d_ff]; mode "
+                        "predictor: transposed [d_ff, d_in], row i = neuron i"),
         TensorArg("B1", "bias of the first projection [d_ff]", optional=True),
         TensorArg("W2", "down projection [d_ff, d_out]: row i holds neuron i's output weights"),
         TensorArg("B2", "bias of the down projection [d_out]", optional=True),
@@ -80,6 +83,10 @@ SPARSE_FFN = OpSpec(
                         "row i = neuron i (read per neuron, gate first); mode teal: [d_in, d_ff], "
                         "row k = input channel k (read per surviving channel)", optional=True),
         TensorArg("TH", "mode teal: thresholds [t_in, t_hidden], float32", optional=True),
+        TensorArg("PA", "mode predictor: first factor [d_in, rank]", optional=True),
+        TensorArg("PB", "mode predictor: second factor [rank, d_ff]", optional=True),
+        TensorArg("PC", "mode predictor: offsets [d_ff] (the cut folded in: selected where "
+                        "the score is > 0)", optional=True),
     ),
     outputs=(TensorArg("Y", "[..., d_out]"),),
     attributes=(
@@ -179,4 +186,11 @@ class KernelSpec:
             names.append("WU")
         if self.mode == "teal":
             names.append("TH")
+        if self.mode == "predictor":
+            names += ["PA", "PB", "PC"]
         return [*names, "Y"]
+
+    @property
+    def rank(self) -> int:
+        """Mode predictor: the predictor's rank (in ``extra``)."""
+        return int(dict(self.extra).get("rank", 0))

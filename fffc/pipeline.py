@@ -29,7 +29,7 @@ from .sites import NearMiss, Site
 from .targets import normalize
 
 Reporter = Callable[[str], contextlib.AbstractContextManager]
-KERNEL_DECISIONS = ("exact", "tree", "teal")  # sites that become an ai.fffc node with kernels
+KERNEL_DECISIONS = ("exact", "tree", "teal", "predictor")  # sites that become an ai.fffc node with kernels
 MAX_ROUNDS = 2  # a site whose kernel fails the artifact check is dropped and the rest rebuilt
 TEAL_MODEL_RTOL = 1e-3  # whole-model check of artifacts with teal sites (see _check_artifact)
 
@@ -131,27 +131,27 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                  + verify.probe_inputs(a.proto, 1, 1, options.seed + 1, count=1))
         want = verify.run(verify.session(a.proto), feeds)
         captured = _capture(a, feeds, want, options.rtol)
-        # teal sites compute the thresholded model: that is what the artifact must equal;
-        # its distance from the original is reported, not a failure
-        teal = _teal_thresholds(a.sites)
-        captured_ref, want_ref = (_capture(a, feeds, None, options.rtol, teal) if teal
-                                  else (captured, want))
+        # teal/predictor sites compute another function (thresholds, predicted neurons):
+        # that is what the artifact must equal; its distance from the original is reported
+        masked = _masked_sites(a.sites)
+        captured_ref, want_ref = (_capture(a, feeds, None, options.rtol, *_masks(a.sites))
+                                  if masked else (captured, want))
         for site in a.sites:
             if site.decision not in (*KERNEL_DECISIONS, "walk"):
                 continue
             weights = passes.site_weights(a.working, site.name, site.decision)
             c = verify.verify_site(site, *captured_ref[site.name], weights, options.rtol)
             site.max_abs_err, site.max_rel_err = c.max_abs, c.max_rel
-            if site.decision == "teal":
+            if site.decision in ("teal", "predictor"):
                 site.deviation = verify.verify_site(site, *captured[site.name], weights,
                                                     options.rtol).max_rel
             if not c.ok:
-                site.decision, site.thresholds = "dense", None
+                site.decision, site.thresholds, site.predictor_arrays = "dense", None, None
                 site.reason = f"verification failed: rel err {c.max_rel:.2e} > {options.rtol:g}"
-        if teal and _teal_thresholds(a.sites) != teal:  # a teal site failed: new reference
-            teal = _teal_thresholds(a.sites)
-            captured_ref, want_ref = (_capture(a, feeds, None, options.rtol, teal) if teal
-                                      else (captured, want))
+        if _masked_sites(a.sites) != masked:  # a teal/predictor site failed: new reference
+            masked = _masked_sites(a.sites)
+            captured_ref, want_ref = (_capture(a, feeds, None, options.rtol, *_masks(a.sites))
+                                      if masked else (captured, want))
     dump.json("03-verify.json", {"sites": [s.to_json() for s in a.sites]})
 
     limits = _sparse_limits(a.sites, request.family, options)
@@ -159,8 +159,7 @@ def compile_model(path: str | Path, out: str | Path | None = None,
     try:
         for _ in range(MAX_ROUNDS):
             final = _copy(a.working)
-            passes.lower(final, {s.name: s.decision for s in a.sites}, limits,
-                         thresholds=_teal_thresholds(a.sites))
+            passes.lower(final, {s.name: s.decision for s in a.sites}, limits, *_masks(a.sites))
             final_proto = ir.serde.serialize_model(final)
             dump.model("02-rewritten.onnx", final_proto)
             exact = [s for s in a.sites if s.decision in KERNEL_DECISIONS]
@@ -210,12 +209,12 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                 break
             for s in a.sites:
                 if s.name in failed:
-                    s.decision, s.thresholds = "dense", None
+                    s.decision, s.thresholds, s.predictor_arrays = "dense", None, None
                     s.reason = f"kernel check failed: {failed[s.name]}"
-            if _teal_thresholds(a.sites) != teal:  # the reference changes with the teal sites
-                teal = _teal_thresholds(a.sites)
-                captured_ref, want_ref = (_capture(a, feeds, None, options.rtol, teal) if teal
-                                          else (captured, want))
+            if _masked_sites(a.sites) != masked:  # the reference changes with those sites
+                masked = _masked_sites(a.sites)
+                captured_ref, want_ref = (_capture(a, feeds, None, options.rtol, *_masks(a.sites))
+                                          if masked else (captured, want))
         else:
             raise VerificationError("artifact check still failing after dropping failed sites",
                                     path=path)
@@ -233,8 +232,15 @@ def compile_model(path: str | Path, out: str | Path | None = None,
     return CompileResult(out, a.sites, a.near_misses, manifest)
 
 
-def _teal_thresholds(sites: list[Site]) -> dict[str, tuple[float, float]]:
-    return {s.name: s.thresholds for s in sites if s.decision == "teal"}
+def _masked_sites(sites: list[Site]) -> set[str]:
+    """Sites whose op computes a masked function (teal thresholds, predicted neurons)."""
+    return {s.name for s in sites if s.decision in ("teal", "predictor")}
+
+
+def _masks(sites: list[Site]) -> tuple[dict, dict]:
+    """(thresholds of teal sites, predictor arrays of predictor sites), for ``passes.lower``."""
+    return ({s.name: s.thresholds for s in sites if s.decision == "teal"},
+            {s.name: s.predictor_arrays for s in sites if s.decision == "predictor"})
 
 
 def _allocate(a: Analysis, path: Path, options: CompileOptions, family: str) -> dict:
@@ -259,6 +265,15 @@ def _allocate(a: Analysis, path: Path, options: CompileOptions, family: str) -> 
               if i.name not in {t.name for t in a.proto.graph.initializer}]
     feeds = (list(load_feeds(Path(options.data), inputs)) if options.data is not None
              else verify.probe_inputs(a.proto, 1, 32, options.seed + 7, count=8))
+    if budget[0] == "predictor":
+        if not calib.get("predictors"):
+            raise UsageError("--budget predictor: this calibration has no predictors (run fffc "
+                             "calibrate with --predictor-rank R)", path=options.calibration)
+        with np.load(Path(options.calibration).with_name(calib["predictors"])) as z:
+            arrays = {k: z[k] for k in z.files}
+        plan.apply_predictors(a.sites, calib, arrays)
+        return {"path": str(Path(options.calibration).resolve()), "budget": options.budget,
+                "predictors": {s.name: s.predictor for s in a.sites if s.predictor}}
     result = allocate.choose(path, calib, budget, feeds)
     plan.apply_thresholds(a.sites, result.thresholds, result.levels)
     return {"path": str(Path(options.calibration).resolve()), "budget": options.budget,
@@ -274,13 +289,13 @@ def _deviation(model_file: Path, shim: Path | None, feeds, want, rtol: float) ->
 
 
 def _sparse_limits(sites: list[Site], target: str, options: CompileOptions) -> dict[str, int]:
-    """Per exact/teal site, the token count up to which its kernel runs (0: every call)."""
+    """Per exact/teal/predictor site, the token count up to which its kernel runs (0: always)."""
     from .codegen.schedules import family
 
     fam = family(target)
     out = {}
     for s in sites:
-        if s.decision in ("exact", "teal"):
+        if s.decision in ("exact", "teal", "predictor"):
             out[s.name] = (options.max_sparse_tokens if options.max_sparse_tokens is not None
                            else fam.sparse_max_tokens(plan.kernel_spec(s)))
     return out
@@ -292,19 +307,22 @@ def _clear(d: Path) -> None:
 
 
 def _capture(a: Analysis, feeds, want, rtol: float,
-             thresholds: dict[str, tuple[float, float]] | None = None):
+             thresholds: dict[str, tuple[float, float]] | None = None,
+             predictors: dict[str, tuple] | None = None):
     """Check 1 and the site activations: the all-dense lowering must equal the original.
 
-    With ``thresholds`` (teal sites): the thresholded reference model in standard ops
-    instead, whose site activations and outputs are returned as ``(captured, outputs)``."""
+    With ``thresholds`` / ``predictors`` (teal / predictor sites): the masked reference
+    model in standard ops instead, whose site activations and outputs are returned as
+    ``(captured, outputs)``."""
+    reference = thresholds is not None or predictors is not None
     dense = _copy(a.working)
     io = passes.site_io(dense)
-    passes.lower(dense, {}, thresholds=thresholds)
+    passes.lower(dense, {}, thresholds=thresholds, predictors=predictors)
     n_out = len(a.proto.graph.output)
     names = [n for pair in io.values() for n in pair]
     passes.expose(dense, names)
     got = verify.run(verify.session(ir.serde.serialize_model(dense)), feeds)
-    if thresholds is None:
+    if not reference:
         c = verify.compare_runs([g[:n_out] for g in got], want, rtol)
         if not c.ok:
             raise RewriteError(f"canonicalization changed the model's outputs (rel err "
@@ -314,7 +332,7 @@ def _capture(a: Analysis, feeds, want, rtol: float,
     for site, (x_name, y_name) in io.items():
         xi, yi = out_names.index(x_name), out_names.index(y_name)
         captured[site] = ([g[xi] for g in got], [g[yi] for g in got])
-    if thresholds is not None:
+    if reference:
         return captured, [g[:n_out] for g in got]
     return captured
 
@@ -353,7 +371,7 @@ def _check_artifact(a: Analysis, final_proto, model_file: Path, shim: Path | Non
     # teal: a hidden entry within rounding of its threshold may be kept by the kernel and
     # dropped by ORT's graph (each site is checked with that slack above); its effect on
     # the layers after it is bounded here by a looser whole-model tolerance
-    model_rtol = max(rtol, TEAL_MODEL_RTOL) if any(s.decision == "teal" for s in a.sites) else rtol
+    model_rtol = max(rtol, TEAL_MODEL_RTOL) if _masked_sites(a.sites) else rtol
     report["model_rtol"] = model_rtol
     with_shim = verify.compare_runs(
         verify.run(verify.session(str(model_file), register=str(shim)), feeds), want, model_rtol)
@@ -461,7 +479,7 @@ def _manifest(a: Analysis, options: CompileOptions, request, library, shim, stag
                     for k, v in opts.__dict__.items() if k != "dump_dir"},
         "canonical_rewrites": a.canonical_rewrites,
         "max_sparse_tokens": {s.name: limits.get(s.name) for s in a.sites
-                              if s.decision in ("exact", "teal")},
+                              if s.decision in ("exact", "teal", "predictor")},
         "sites": [s.to_json() for s in a.sites],
         "near_misses": [m.to_json() for m in a.near_misses],
         "verification": report | {"probes": [{k: list(v.shape) for k, v in f.items()} for f in feeds]},

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from .ops import KernelSpec, fff_kernel_spec
 from .sites import Site
 
@@ -55,6 +57,26 @@ def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, floa
                        "(calibrated levels)")
 
 
+def apply_predictors(sites: Sequence[Site], calibration: dict,
+                     arrays: dict[str, np.ndarray]) -> None:
+    """Predictor mode: every float32 dense/gated site with a trained predictor
+    (``fffc calibrate --predictor-rank``) becomes ``predictor``, its cut folded into C."""
+    for site in sites:
+        info = calibration["sites"].get(site.name, {}).get("predictor")
+        if info is None or site.kind == "fff" or site.dtype != "float32":
+            continue
+        if site.decision == "dense" and site.reason == "not selected with --sites":
+            continue
+        a, b = arrays[f"{site.name}/a"], arrays[f"{site.name}/b"]
+        c = arrays[f"{site.name}/c"] - arrays[f"{site.name}/cut"]
+        site.decision, site.thresholds = "predictor", None
+        site.predictor_arrays = (a, b, c)
+        q = info["held_out"]
+        site.predictor = {"rank": int(a.shape[1]), **q}
+        site.reason = (f"rank-{a.shape[1]} predictor: {q['selected']:.0%} of neurons computed "
+                       f"(held-out recall {q['recall']:.3f} of the {q['active']:.0%} active)")
+
+
 def kernel_spec(site: Site) -> KernelSpec:
     """What codegen builds for an ``exact``, ``teal`` or ``tree`` site."""
     if site.kind == "fff":
@@ -62,6 +84,8 @@ def kernel_spec(site: Site) -> KernelSpec:
                                site.tie_break or "gt")
     return KernelSpec(
         op="SparseFFN", activation=site.activation, up_activation=site.up_activation,
-        mode="teal" if site.decision == "teal" else "exact", d_in=site.d_model, d_ff=site.d_ff, d_out=site.d_out,
+        mode=site.decision if site.decision in ("teal", "predictor") else "exact",
+        d_in=site.d_model, d_ff=site.d_ff, d_out=site.d_out,
         has_b1=site.has_b1, has_b2=site.has_b2, gated=site.kind == "gated", dtype=site.dtype,
+        extra=(("rank", str(site.predictor["rank"])),) if site.decision == "predictor" else (),
     )

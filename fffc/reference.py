@@ -94,6 +94,36 @@ def teal_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarra
     return y, np.where(ambiguous, mag, 0.0) @ np.abs(w2d)
 
 
+PREDICTOR_BAND = 1e-6  # |score| within this of 0, relative to Σ|terms| (16 float32 eps)
+
+
+def predictor_ffn(x: np.ndarray, w1_rows: np.ndarray, b1: np.ndarray | None, w2: np.ndarray,
+                  b2: np.ndarray | None, wu_rows: np.ndarray | None, pa: np.ndarray,
+                  pb: np.ndarray, pc: np.ndarray, *, activation_name: str,
+                  up_activation: str = "none",
+                  slack: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """``ai.fffc::SparseFFN`` mode=predictor: only the neurons with a positive predictor
+    score ``(x·PA)·PB + PC`` contribute. ``w1_rows``/``wu_rows`` are [d_ff, d_in] (row per
+    neuron). With ``slack``: Σ |a_i|·|W2[i]| over neurons whose score is within rounding of
+    0 (selected by one float32 implementation, not by another)."""
+    xd = np.asarray(x, dtype=np.float64)
+    score = (xd @ np.asarray(pa, np.float64)) @ np.asarray(pb, np.float64) + pc
+    h = xd @ np.asarray(w1_rows, dtype=np.float64).T
+    if b1 is not None:
+        h = h + b1
+    a = activation(activation_name, h)
+    if wu_rows is not None:
+        a = a * activation(up_activation, xd @ np.asarray(wu_rows, dtype=np.float64).T)
+    w2d = np.asarray(w2, dtype=np.float64)
+    y = np.where(score > 0, a, 0.0) @ w2d
+    y = y + b2 if b2 is not None else y
+    if not slack:
+        return y
+    scale = np.abs(xd) @ np.abs(np.asarray(pa, np.float64)) @ np.abs(np.asarray(pb, np.float64))
+    ambiguous = np.abs(score) <= PREDICTOR_BAND * (scale + np.abs(pc))
+    return y, np.where(ambiguous, np.abs(a), 0.0) @ np.abs(w2d)
+
+
 def fast_feed_forward(x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, w_out: np.ndarray,
                       *, trees: int, depth: int, tie_break: str = "gt") -> np.ndarray:
     """``ai.fffc::FastFeedForward`` (UltraFastBERT hard walk), float64, over the last axis.

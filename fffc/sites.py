@@ -26,7 +26,9 @@ class Site:
     tie_break: str = ""  # fff: "gt" (z > 0 goes right) | "ge" (z >= 0)
     decision: str = "pending"  # "exact" | "teal" | "tree" (fff) | "walk" (fff) | "dense"
     thresholds: tuple[float, float] | None = None  # teal: (t_in, t_hidden), negative = off
-    deviation: float | None = None  # teal: rel err of the thresholded site vs the original
+    deviation: float | None = None  # teal/predictor: rel err of the site vs the original
+    predictor: dict | None = None  # predictor: rank, recall/precision/selected (held out)
+    predictor_arrays: tuple | None = field(default=None, repr=False, compare=False)  # A, B, C-cut
     reason: str = ""  # why that decision
     max_abs_err: float | None = None
     max_rel_err: float | None = None
@@ -51,6 +53,7 @@ class Site:
 
     def to_json(self) -> dict:
         d = asdict(self)
+        d.pop("predictor_arrays")
         d["family"] = self.family
         return d
 

@@ -154,6 +154,11 @@ def site_reference(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | No
         return reference.fast_feed_forward(x, weights["W1"].T, weights["B1"], weights["W2"],
                                            trees=site.trees, depth=site.depth,
                                            tie_break=site.tie_break or "gt")
+    if site.decision == "predictor":  # W1, WU row per neuron
+        return reference.predictor_ffn(
+            x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"),
+            weights.get("WU"), *site.predictor_arrays, activation_name=site.activation,
+            up_activation=site.up_activation)
     if site.decision == "teal":  # WU as the marker has it: [d_in, d_ff]
         return reference.teal_ffn(
             x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"),
@@ -166,8 +171,13 @@ def site_reference(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | No
 
 
 def site_slack(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | None]) -> np.ndarray | None:
-    """Teal sites: the error any float32 implementation may show on ``x`` from hidden
-    entries within rounding of the threshold (kept by one side, dropped by the other)."""
+    """Teal/predictor sites: the error any float32 implementation may show on ``x`` from
+    entries within rounding of their threshold (kept by one side, dropped by the other)."""
+    if site.decision == "predictor":
+        return reference.predictor_ffn(
+            x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"),
+            weights.get("WU"), *site.predictor_arrays, activation_name=site.activation,
+            up_activation=site.up_activation, slack=True)[1]
     if site.decision != "teal":
         return None
     _, slack = reference.teal_ffn(

@@ -40,7 +40,8 @@ def overload_for(activation: str, up_activation: str, present: list[bool],
                  mode: str = "exact") -> str:
     """Deterministic overload name: one fallback function per op configuration."""
     optional = [(a.name, p) for a, p in zip(SPARSE_FFN.inputs, present, strict=True) if a.optional]
-    flags = "".join(name.lower() for name, p in optional if p and name != "TH")
+    flags = "".join(name.lower() for name, p in optional
+                    if p and name not in ("TH", "PA", "PB", "PC"))
     return f"{activation}_{up_activation}_{flags or 'nobias'}" + ("" if mode == "exact" else f"_{mode}")
 
 
@@ -48,14 +49,16 @@ def _fallback_function(overload: str, present: list[bool], act: str, up_act: str
                        opset: int, mode: str = "exact") -> ir.Function:
     formals = [ir.Value(name=n) for n in INPUT_NAMES]
     tape = ir.tape.Tape()
-    x, w1, b1, w2, b2, wu, th = (f if p else None for f, p in zip(formals, present, strict=True))
+    x, w1, b1, w2, b2, wu, th, pa, pb, pc = (f if p else None
+                                             for f, p in zip(formals, present, strict=True))
     thresholds = None
     if mode == "teal":  # TH [t_in, t_hidden] → two scalars
         thresholds = tuple(tape.op("Gather", [th, tape.op("Constant", [], {
             "value": ir.tensor(np.array(i, dtype=np.int64))})], {"axis": 0}) for i in (0, 1))
     y = standard_forms.ffn(tape, x, w1, b1, w2, b2, wu, activation_name=act,
-                           up_activation=up_act, opset=opset, wu_rows=mode == "exact",
-                           thresholds=thresholds)
+                           up_activation=up_act, opset=opset, wu_rows=mode != "teal",
+                           thresholds=thresholds, w1_rows=mode == "predictor",
+                           predictor=(pa, pb, pc) if mode == "predictor" else None)
     y.name = "Y"
     graph = ir.Graph(formals, [y], nodes=tape.nodes, opset_imports={"": opset},
                      name=f"{SPARSE_FFN.name}_{overload}")
@@ -83,7 +86,9 @@ def _row_major_up(graph: ir.Graph, wu: ir.Value) -> ir.Value:
 def lower(model: ir.Model, decisions: Mapping[str, str],
           max_tokens: Mapping[str, int] | None = None,
           thresholds: Mapping[str, tuple[standard_forms.Threshold, standard_forms.Threshold]]
-          | None = None) -> None:
+          | None = None,
+          predictors: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+          ) -> None:
     """Replace every marker: ``decisions[name]`` "exact" or "teal" → SparseFFN, else standard ops.
 
     ``max_tokens[name] > 0`` bounds the token count the SparseFFN kernel serves: the site
@@ -92,7 +97,8 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
     ONNX Runtime's own GEMMs and the artifact is never slower there than the original.
     ``thresholds[name]`` = (t_in, t_hidden): a "teal" site's thresholds (constants); a site
     left in standard ops becomes TEAL's thresholded FFN (``standard_forms.ffn``), the
-    reference of threshold modes.
+    reference of threshold modes. ``predictors[name]`` = (A [d, r], B [r, d_ff], C [d_ff],
+    cut folded into C): the same for mode "predictor" (only neurons scoring > 0 count).
     """
     graph = model.graph
     opset = default_opset(model)
@@ -104,21 +110,24 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
             _lower_fff(model, node, decisions.get(node.name, "dense"), opset)
             continue
         site_thresholds = (thresholds or {}).get(node.name)
-        if decisions.get(node.name) in ("exact", "teal"):
+        site_predictor = ((predictors or {}).get(node.name))
+        pred = _predictor_initializers(graph, node, site_predictor) if site_predictor else None
+        if decisions.get(node.name) in ("exact", "teal", "predictor"):
             mode = decisions[node.name]
-            if mode == "teal" and site_thresholds is None:
-                raise ValueError(f"site {node.name!r}: mode teal needs its thresholds")
+            if (mode == "teal" and site_thresholds is None) or (mode == "predictor" and not pred):
+                raise ValueError(f"site {node.name!r}: mode {mode} needs its parameters")
             limit = (max_tokens or {}).get(node.name, 0)
             branch = ir.tape.Tape() if limit > 0 else tape
-            new_out = _sparse_ffn(model, node, branch, a, opset, mode, site_thresholds)
+            new_out = _sparse_ffn(model, node, branch, a, opset, mode, site_thresholds, pred)
             if limit > 0:
                 new_out = _token_dispatch(tape, node, branch, new_out, a, opset, limit,
-                                          site_thresholds if mode == "teal" else None)
+                                          site_thresholds if mode == "teal" else None,
+                                          pred if mode == "predictor" else None)
         else:
             new_out = standard_forms.ffn(
                 tape, x, w1, b1, w2, b2, wu, activation_name=a["activation"],
                 up_activation=a["up_activation"], opset=opset, wu_rows=False,
-                thresholds=site_thresholds)
+                thresholds=site_thresholds, predictor=pred)
         _replace(graph, node, tape, new_out)
     legalize(model)
     common_passes.RemoveUnusedNodesPass()(model)
@@ -208,19 +217,38 @@ def _thresholds_initializer(graph: ir.Graph, node: ir.Node,
     return value
 
 
+def _predictor_initializers(graph: ir.Graph, node: ir.Node,
+                            arrays: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple:
+    """``<site>__predictor_{a,b,c}`` initializers (float32) of a predictor."""
+    out = []
+    for part, arr in zip("abc", arrays, strict=True):
+        name = f"{node.name}__predictor_{part}"
+        if name not in graph.initializers:
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+            value = ir.Value(name=name, const_value=ir.tensor(arr, name=name))
+            value.shape, value.type = ir.Shape(arr.shape), ir.TensorType(ir.DataType.FLOAT)
+            graph.register_initializer(value)
+        out.append(graph.initializers[name])
+    return tuple(out)
+
+
 def _sparse_ffn(model: ir.Model, node: ir.Node, tape: ir.tape.Tape, a: dict[str, str],
                 opset: int, mode: str = "exact",
-                thresholds: tuple[float, float] | None = None) -> ir.Value:
+                thresholds: tuple[float, float] | None = None,
+                predictor: tuple | None = None) -> ir.Value:
     """The SparseFFN node of a marker (and its fallback function, once per overload).
     Mode exact stores the gated up projection row per neuron, mode teal keeps it row per
-    input channel (as the marker has it) and adds the thresholds input."""
+    input channel (as the marker has it) and adds the thresholds input; mode predictor
+    stores W1 and WU row per neuron and adds the predictor's factors."""
     x, w1, b1, w2, b2, wu = (node.inputs + (None,) * 6)[:6]
+    wu_rows = _row_major_up(model.graph, wu) if wu is not None and mode != "teal" else None
     if mode == "teal":
         th = _thresholds_initializer(model.graph, node, thresholds)
-        inputs = [x, w1, b1, w2, b2, wu, th]
+        inputs = [x, w1, b1, w2, b2, wu, th, None, None, None]
+    elif mode == "predictor":
+        inputs = [x, _row_major_up(model.graph, w1), b1, w2, b2, wu_rows, None, *predictor]
     else:
-        wu_rows = _row_major_up(model.graph, wu) if wu is not None else None
-        inputs = [x, w1, b1, w2, b2, wu_rows, None]
+        inputs = [x, w1, b1, w2, b2, wu_rows, None, None, None, None]
     present = [v is not None for v in inputs]
     overload = overload_for(a["activation"], a["up_activation"], present, mode)
     while inputs and inputs[-1] is None:
@@ -241,7 +269,8 @@ def _sparse_ffn(model: ir.Model, node: ir.Node, tape: ir.tape.Tape, a: dict[str,
 
 def _token_dispatch(tape: ir.tape.Tape, node: ir.Node, sparse: ir.tape.Tape,
                     sparse_out: ir.Value, a: dict[str, str], opset: int, limit: int,
-                    thresholds: tuple[float, float] | None = None) -> ir.Value:
+                    thresholds: tuple[float, float] | None = None,
+                    predictor: tuple | None = None) -> ir.Value:
     """``If(Size(X) <= limit·d_in, SparseFFN, dense FFN)`` for a marker (the dense FFN
     thresholded as the SparseFFN is, for mode teal: one function either way)."""
     x, w1, b1, w2, b2, wu = (node.inputs + (None,) * 6)[:6]
@@ -249,7 +278,8 @@ def _token_dispatch(tape: ir.tape.Tape, node: ir.Node, sparse: ir.tape.Tape,
     dense = ir.tape.Tape()
     dense_out = standard_forms.ffn(
         dense, x, w1, b1, w2, b2, wu, activation_name=a["activation"],
-        up_activation=a["up_activation"], opset=opset, wu_rows=False, thresholds=thresholds)
+        up_activation=a["up_activation"], opset=opset, wu_rows=False, thresholds=thresholds,
+        predictor=predictor)
     for i, n in enumerate(dense.nodes):  # unique beside the outer graph's names
         n.name = f"{node.name}/dense/{i}_{n.op_type}"
         for j, v in enumerate(n.outputs):
@@ -303,13 +333,16 @@ def site_io(model: ir.Model) -> dict[str, tuple[str, str]]:
 
 def site_weights(model: ir.Model, name: str, mode: str = "exact") -> dict[str, np.ndarray | None]:
     """The tensors a SparseFFN node of this marker gets, in the op's layout for ``mode``
-    (the up projection row per neuron for exact, row per input channel for teal)."""
+    (the up projection row per neuron for exact and predictor, row per input channel for
+    teal; W1 row per neuron for predictor). Predictor factors are not included."""
     node = next(n for n in markers(model.graph) if n.name == name)
     arrays = [const_array(v) if v is not None else None for v in (node.inputs + (None,) * 6)[:6]]
     out = dict(zip(INPUT_NAMES[:6], arrays, strict=True))
     out.pop("X")
-    if out["WU"] is not None and mode == "exact":
+    if out["WU"] is not None and mode != "teal":
         out["WU"] = np.ascontiguousarray(out["WU"].T)
+    if mode == "predictor":
+        out["W1"] = np.ascontiguousarray(out["W1"].T)
     return out
 
 

@@ -69,6 +69,8 @@ def ffn(
     opset: int,
     wu_rows: bool,
     thresholds: tuple[Threshold, Threshold] | None = None,
+    predictor: tuple[ir.Value, ir.Value, ir.Value] | None = None,
+    w1_rows: bool = False,
 ) -> ir.Value:
     """``act(x·W1+b1) [⊙ up_act(x·WU)] · W2 + b2``; ``wu_rows``: WU is stored [d_ff, d_in].
 
@@ -76,10 +78,14 @@ def ffn(
     and of the down projection's input with |a| <= t_hidden are zeroed before the
     projections (``Where(|v| <= t, 0, v)``; None or a negative constant t leaves that one
     as it is; t may be a scalar graph input, to search thresholds without rebuilding): the
-    reference a threshold kernel must equal.
+    reference a threshold kernel must equal. ``predictor`` (PA, PB, PC): only neurons with
+    ``(x·PA)·PB + PC > 0`` contribute (``Where``; mode predictor's reference); ``w1_rows``:
+    W1 is stored [d_ff, d_in].
     """
     if thresholds is not None and _active(thresholds[0]):
         x = _zero_small(tape, x, thresholds[0])
+    if w1_rows:
+        w1 = tape.op("Transpose", [w1], {"perm": [1, 0]})
     h = tape.op("MatMul", [x, w1])
     if b1 is not None:
         h = tape.op("Add", [h, b1])
@@ -90,6 +96,10 @@ def ffn(
         a = tape.op("Mul", [a, u])
     if thresholds is not None and _active(thresholds[1]):
         a = _zero_small(tape, a, thresholds[1])
+    if predictor is not None:
+        pa, pb, pc = predictor
+        score = tape.op("Add", [tape.op("MatMul", [tape.op("MatMul", [x, pa]), pb]), pc])
+        a = tape.op("Where", [tape.op("Greater", [score, _const(tape, 0.0)]), a, _const(tape, 0.0)])
     y = tape.op("MatMul", [a, w2])
     if b2 is not None:
         y = tape.op("Add", [y, b2])

@@ -82,8 +82,7 @@ size_t InputCount(const OrtCustomOp* op) { return Holder(op)->inputs; }
 size_t OutputCount(const OrtCustomOp*) { return 1; }
 OrtCustomOpInputOutputCharacteristic InputChar(const OrtCustomOp* op, size_t i) {
   if (Holder(op)->fff) return INPUT_OUTPUT_REQUIRED;
-  return (i == kB1 || i == kB2 || i == kWU || i == kTH) ? INPUT_OUTPUT_OPTIONAL
-                                                         : INPUT_OUTPUT_REQUIRED;
+  return (i == kX || i == kW1 || i == kW2) ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
 }
 OrtCustomOpInputOutputCharacteristic OutputChar(const OrtCustomOp*, size_t) {
   return INPUT_OUTPUT_REQUIRED;
@@ -130,13 +129,14 @@ void Destroy(void* kernel) { delete static_cast<KernelBase*>(kernel); }
 
 }  // namespace
 
-const char* const kInputNames[kNumInputs] = {"X", "W1", "B1", "W2", "B2", "WU", "TH"};
+const char* const kInputNames[kNumInputs] = {"X",  "W1", "B1", "W2", "B2",
+                                             "WU", "TH", "PA", "PB", "PC"};
 
 OrtStatus* Fail(const OrtApi* api, const std::string& msg) {
   return api->CreateStatus(ORT_FAIL, ("fffc SparseFFN: " + msg).c_str());
 }
 
-OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c) {
+OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const std::string& mode) {
   size_t count = 0;
   if (OrtStatus* st = api->KernelContext_GetInputCount(ctx, &count)) return st;
   for (size_t i = 0; i < count && i < kNumInputs; ++i) {
@@ -151,16 +151,31 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c) {
   const auto& xd = c->in[kX].dims;
   if (xd.empty() || c->in[kW1].dims.size() != 2 || c->in[kW2].dims.size() != 2)
     return Fail(api, "expected X [..., d_in], W1 [d_in, d_ff], W2 [d_ff, d_out]");
+  const bool rows = mode == "predictor";  // W1 [d_ff, d_in], row per neuron
   c->d_in = xd.back();
-  c->d_ff = c->in[kW1].dims[1];
+  c->d_ff = c->in[kW1].dims[rows ? 0 : 1];
   c->d_out = c->in[kW2].dims[1];
-  if (c->in[kW1].dims[0] != c->d_in || c->in[kW2].dims[0] != c->d_ff)
+  if (c->in[kW1].dims[rows ? 1 : 0] != c->d_in || c->in[kW2].dims[0] != c->d_ff)
     return Fail(api, "weight shapes do not chain: X [..., " + std::to_string(c->d_in) + "], W1 [" +
-                         std::to_string(c->in[kW1].dims[0]) + ", " + std::to_string(c->d_ff) +
-                         "], W2 [" + std::to_string(c->in[kW2].dims[0]) + ", " +
-                         std::to_string(c->d_out) + "]");
-  if (c->present[kTH] && (c->in[kTH].dims.size() != 1 || c->in[kTH].dims[0] != 2))
+                         std::to_string(c->in[kW1].dims[0]) + ", " +
+                         std::to_string(c->in[kW1].dims[1]) + "] (mode " + mode + "), W2 [" +
+                         std::to_string(c->in[kW2].dims[0]) + ", " + std::to_string(c->d_out) + "]");
+  const bool teal = mode == "teal";
+  if (teal != c->present[kTH])
+    return Fail(api, std::string("input TH (thresholds) is ") +
+                         (teal ? "required by mode teal" : "only for mode teal"));
+  if (teal && (c->in[kTH].dims.size() != 1 || c->in[kTH].dims[0] != 2))
     return Fail(api, "TH must hold two thresholds [t_in, t_hidden]");
+  for (int i : {kPA, kPB, kPC})
+    if (rows != c->present[i])
+      return Fail(api, std::string("input ") + kInputNames[i] + " is " +
+                           (rows ? "required by mode predictor" : "only for mode predictor"));
+  if (rows) {
+    const auto &pa = c->in[kPA].dims, &pb = c->in[kPB].dims, &pc = c->in[kPC].dims;
+    if (pa.size() != 2 || pb.size() != 2 || pc.size() != 1 || pa[0] != c->d_in ||
+        pb[0] != pa[1] || pb[1] != c->d_ff || pc[0] != c->d_ff)
+      return Fail(api, "predictor shapes must be PA [d_in, r], PB [r, d_ff], PC [d_ff]");
+  }
   c->tokens = 1;
   for (size_t i = 0; i + 1 < xd.size(); ++i) c->tokens *= xd[i];
   std::vector<int64_t> ydims(xd.begin(), xd.end());

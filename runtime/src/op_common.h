@@ -12,8 +12,8 @@
 
 namespace fffc {
 
-constexpr int kNumInputs = 7;  // X, W1, B1?, W2, B2?, WU?, TH?  (fffc/ops.py SPARSE_FFN)
-enum Input { kX = 0, kW1, kB1, kW2, kB2, kWU, kTH };
+constexpr int kNumInputs = 10;  // X, W1, B1?, W2, B2?, WU?, TH?, PA?, PB?, PC? (fffc/ops.py)
+enum Input { kX = 0, kW1, kB1, kW2, kB2, kWU, kTH, kPA, kPB, kPC };
 extern const char* const kInputNames[kNumInputs];
 
 struct Attrs {
@@ -49,8 +49,10 @@ OrtStatus* Fail(const OrtApi* api, const std::string& msg);
 // Type, shape and data of a float32 input (an error names it otherwise).
 OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const char* name);
 
-// Reads and checks the inputs, allocates Y; on tokens == 0 leaves y null.
-OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* call);
+// Reads and checks the inputs, allocates Y; on tokens == 0 leaves y null. ``mode`` decides
+// W1's layout ([d_in, d_ff]; "predictor": [d_ff, d_in]) and which optional inputs it needs.
+OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* call,
+                   const std::string& mode);
 
 // "SparseFFN(activation=..., d_in=..., ...)" for error messages.
 std::string Describe(const Attrs& a, const FfnCall& c);

@@ -27,8 +27,8 @@ class CpuConfig:
     # crossover with the packed dense up projection on a 2-core AVX-512 VM, d 1024 / d_ff 4096)
     pack_w2_min_tokens: int = 48  # from here most W2 rows are read anyway: pack panels once
     serial_max_macs: int = 1 << 16  # d_in·d_ff below this: no threads (wake-up > work)
-    teal_max_tokens: int = 1  # mode teal: per-token skipping re-reads the surviving rows for
-    # every token, so from 2 tokens ONNX Runtime's thresholded dense FFN runs (bench_teal.py)
+    teal_max_tokens: int = 1  # modes teal, predictor: per-token skipping re-reads the surviving
+    # rows for every token, so from 2 tokens ONNX Runtime's masked dense FFN runs (bench_teal.py)
 
 
 def cpu_variants(spec: KernelSpec, c: CpuConfig, lanes: int, gemm_nr_vectors: int) -> list[Variant]:
@@ -45,6 +45,10 @@ def cpu_variants(spec: KernelSpec, c: CpuConfig, lanes: int, gemm_nr_vectors: in
         teal = Tiling(mr=1, nr1=largest_divisor(gemv_nb, lanes * 4), nb=gemv_nb,
                       nr3=largest_divisor(spec.d_out, lanes * 4), vl=vl, parallel=parallel)
         return [Variant("teal", 1, MAX_TOKENS, teal)]
+    if spec.mode == "predictor":  # one token at a time, like teal; vl: lanes of the row dots
+        pred = Tiling(mr=1, nr1=1, nb=gemv_nb, nr3=largest_divisor(spec.d_out, lanes * 4),
+                      vl=vl, parallel=parallel)
+        return [Variant("predictor", 1, MAX_TOKENS, pred)]
     gemv = [Variant(f"gemv{m}", m, m, Tiling(mr=m, nr1=nr1, nb=gemv_nb, nr3=nr3, vl=vl,
                                               parallel=parallel))
             for m in range(1, c.gemv_max_tokens + 1)]

@@ -15,25 +15,24 @@ namespace {
 struct CpuKernel : KernelBase {
   OrtStatus* Compute(OrtKernelContext* ctx) override {
     FfnCall c;
-    if (OrtStatus* st = Prepare(api, ctx, &c)) return st;
+    if (OrtStatus* st = Prepare(api, ctx, &c, attrs.mode)) return st;
     if (c.tokens == 0) return nullptr;
-    if ((attrs.mode == "teal") != c.present[kTH])
-      return Fail(api, "input TH (thresholds) is " +
-                           std::string(c.present[kTH] ? "only for mode teal" : "required by mode teal"));
+    Attrs want = attrs;  // the table's mode of a predictor kernel carries its rank
+    if (attrs.mode == "predictor") want.mode += "/" + std::to_string(c.in[kPA].dims[1]);
     const fffc_kernel_entry* entry = nullptr;
     for (int32_t i = 0; i < fffc_num_kernels && entry == nullptr; ++i) {
       const fffc_kernel_entry& e = fffc_kernels[i];
-      if (std::string(e.op) == "SparseFFN" && Matches(attrs, c, e.activation, e.up_activation, e.mode, e.has_b1, e.has_b2, e.gated,
+      if (std::string(e.op) == "SparseFFN" && Matches(want, c, e.activation, e.up_activation, e.mode, e.has_b1, e.has_b2, e.gated,
                   e.d_in, e.d_ff, e.d_out, e.min_tokens, e.max_tokens))
         entry = &e;
     }
     if (entry == nullptr)
-      return Fail(api, "no compiled kernel for " + Describe(attrs, c) + " (CPU) in this artifact (" +
+      return Fail(api, "no compiled kernel for " + Describe(want, c) + " (CPU) in this artifact (" +
                            std::to_string(c.tokens) + " tokens)");
     const int64_t x2[2] = {c.tokens, c.d_in}, y2[2] = {c.tokens, c.d_out};
     std::vector<DLTensor> t;
     t.push_back(Dl(c.in[kX].data, x2, 2));
-    for (int i : {kW1, kB1, kW2, kB2, kWU, kTH})
+    for (int i : {kW1, kB1, kW2, kB2, kWU, kTH, kPA, kPB, kPC})
       if (c.present[i])
         t.push_back(Dl(c.in[i].data, c.in[i].dims.data(), static_cast<int>(c.in[i].dims.size())));
     t.push_back(Dl(c.y, y2, 2));

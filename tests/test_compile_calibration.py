@@ -1,6 +1,7 @@
 """``fffc compile --calibration CALIB.json --budget ...``: GELU/SiLU sites become
-``SparseFFN`` mode=teal, and the artifact equals the thresholded reference model (built
-independently, in standard ONNX ops, by ``fffc.allocate.apply``), not the original."""
+``SparseFFN`` mode=teal (the artifact equals the thresholded reference model, built
+independently in standard ONNX ops by ``fffc.allocate.apply``) or mode=predictor (equal
+to the float64 NumPy reference with the calibration's predictors), not the original."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import fffc
 import fffc.runtime
 from fffc import allocate, calibration, cli
 from fffc.config import CompileOptions
+from fffc.reference import predictor_ffn
 from tests.test_calibration import D, _feeds, _models
 
 
@@ -83,6 +85,7 @@ def test_bad_calibration_inputs_are_clear_errors(calibrated, tmp_path, capsys) -
     calib_file = str(tmp / "m.calib.json")
     cases = [
         (["--calibration", calib_file], "needs a --budget"),
+        (["--calibration", calib_file, "--budget", "predictor"], "no predictors"),
         (["--calibration", calib_file, "--budget", "sparsity=2"], "expected sparsity=S"),
         (["--calibration", calib_file, "--budget", "uniform=0.33"], "not a calibrated level"),
         (["--calibration", calib_file, "--budget", "uniform=0.4", "--target", "cuda"],
@@ -98,3 +101,78 @@ def test_bad_calibration_inputs_are_clear_errors(calibrated, tmp_path, capsys) -
         err = capsys.readouterr().err
         assert code == 2 and message in err, (extra, code, err)
         assert "Traceback" not in err and not (tmp_path / f"a{i}").exists()
+
+
+@pytest.fixture(scope="module")
+def with_predictors(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pred")
+    path, w = _models(tmp)
+    data, _ = _feeds(tmp, count=4)
+    calib = calibration.calibrate(path, data, predictor_rank=8, predictor_sparsity=0.7)
+    calibration.write(calib, tmp / "m.calib.json")
+    result = fffc.compile(path, tmp / "m.fffc", CompileOptions(
+        calibration=tmp / "m.calib.json", budget="predictor"))
+    with np.load(tmp / "m.calib.predictors.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    return path, w, arrays, result
+
+
+def test_predictor_sites_and_their_quality_are_reported(with_predictors) -> None:
+    _, _, _, result = with_predictors
+    assert [s.decision for s in result.sites] == ["predictor", "predictor"]
+    for s in result.sites:
+        assert s.predictor["rank"] == 8 and s.predictor["recall"] >= 0.9
+        assert s.max_rel_err < 1e-5 and s.deviation > 1e-3
+    m = result.manifest
+    assert set(m["calibration"]["predictors"]) == {"fffc_ffn_0", "fffc_ffn_1"}
+    assert {e["spec"]["mode"] for e in m["kernels"]["entries"]} == {"predictor"}
+    assert m["verification"]["model_with_shim"]["ok"] and m["verification"]["model_without_shim"]["ok"]
+
+
+@pytest.mark.parametrize("tokens", [1, 40])  # the kernel, and the If's masked dense branch
+def test_predictor_artifact_equals_numpy_reference(with_predictors, tokens) -> None:
+    """The two-FFN model (GELU FFN, then SwiGLU) with each FFN computed only on the neurons
+    its predictor selects, in float64 from the original weights and the .predictors.npz."""
+    path, w, arrays, result = with_predictors
+    x = np.random.default_rng(tokens).standard_normal((1, tokens, D)).astype(np.float32)
+
+    def pred(site: str) -> tuple:
+        return (arrays[f"{site}/a"], arrays[f"{site}/b"],
+                arrays[f"{site}/c"] - arrays[f"{site}/cut"])
+
+    y1 = predictor_ffn(x, w["W1"].T, w["b1"], w["W2"], None, None, *pred("fffc_ffn_0"),
+                       activation_name="gelu")
+    y = predictor_ffn(y1, w["Wg"].T, None, w["Wd"], None, w["Wu"].T, *pred("fffc_ffn_1"),
+                      activation_name="silu")
+    got = fffc.runtime.InferenceSession(result.artifact).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, y, rtol=1e-4, atol=1e-4 * np.abs(y).max())
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert not np.allclose(got, original.run(None, {"x": x})[0], rtol=1e-3, atol=1e-3)
+
+
+def test_shim_names_a_missing_or_misshapen_mode_input(uniform, with_predictors) -> None:
+    """The shim refuses a teal node without TH and a predictor node whose PA does not fit,
+    by name, instead of running a kernel on the wrong tensors."""
+    import onnx
+    from onnx import numpy_helper
+
+    from fffc.runtime import shim_path
+    from fffc.verify import single_node_model
+
+    def drop_th(model) -> None:
+        del model.graph.node[0].input[6]
+
+    def shrink_pa(model) -> None:
+        init = next(i for i in model.graph.initializer if i.name == model.graph.node[0].input[7])
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[:-1], init.name))
+
+    for artifact, edit, message in ((uniform.artifact, drop_th, "required by mode teal"),
+                                    (with_predictors[3].artifact, shrink_pa, "predictor shapes")):
+        model = single_node_model(onnx.load(str(artifact / "model.onnx")), "fffc_ffn_0")
+        edit(model)
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        so.register_custom_ops_library(str(shim_path(artifact)))
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        with pytest.raises(Exception, match=message):
+            sess.run(None, {"X": np.ones((1, D), np.float32)})
