@@ -12,6 +12,10 @@ all FFN weight bytes are skipped. The compiled model computes the thresholded FF
 by ``fffc compile`` against it); the "rel err" column is its distance from the original on
 held-out inputs (random weights: a pessimistic case, trained FFNs are more concentrated).
 
+CATS rows (SwiGLU only): ``--budget cats=S`` closes the S least active gates (calibrated
+quantile of |silu(x·Wg)|); the gate GEMV is dense, up and down rows only for open gates,
+so S of the up and down bytes (2/3 of the FFN) are skipped.
+
 Predictor mode (last row): ``fffc calibrate --predictor-rank d_ff/32 --predictor-sparsity
 0.9`` trains a low-rank predictor per FFN (labels: the 10% largest |a|); its cut is then
 moved so that it selects 10% of the neurons on held-out tokens (the issue's "90% predicted
@@ -119,6 +123,11 @@ def bench_shape(name: str, levels: list[float], repeat: int, tmp: Path) -> None:
             calibration=tmp / f"{name}.calib.json", budget=f"uniform={s:g}", force=True))
         assert all(site.decision == "teal" for site in result.sites), result.sites
         sessions[f"teal {s:.0%}"] = fffc.runtime.InferenceSession(result.artifact, _options())
+    for s in levels if kind == "swiglu" else ():  # CATS: gated FFNs only
+        result = fffc.compile(path, tmp / f"{name}-cats{s:g}.fffc", CompileOptions(
+            calibration=tmp / f"{name}.calib.json", budget=f"cats={s:g}", force=True))
+        assert all(site.decision == "cats" for site in result.sites), result.sites
+        sessions[f"cats {s:.0%}"] = fffc.runtime.InferenceSession(result.artifact, _options())
     result = fffc.compile(path, tmp / f"{name}-pred.fffc", CompileOptions(
         calibration=tmp / f"{name}.calib.json", budget="predictor", force=True))
     assert all(site.decision == "predictor" for site in result.sites), result.sites

@@ -47,13 +47,14 @@ def _bytes(site: dict) -> dict[str, float]:
     return {"input": ups * d * f, "hidden": f * d_out}
 
 
-BUDGETS = ("sparsity", "error", "uniform")
+BUDGETS = ("sparsity", "error", "uniform", "cats")
 
 
 def parse_budget(text: str) -> tuple[str, float]:
     """``sparsity=S`` (greedy, S of the FFN weight bytes skipped), ``error=E`` (greedy, the
     most skipping whose relative output error stays ≤ E on held-out feeds) or ``uniform=S``
-    (every site and part at the calibrated level S, no search), or ``predictor`` (every site
+    (every site and part at the calibrated level S, no search), ``cats=S`` (CATS: in every
+    gated site the S least active gates closed, no search) or ``predictor`` (every site
     with a trained predictor runs it, at the cut set in calibration)."""
     if text == "predictor":  # no level: the trained predictors' own cuts
         return "predictor", 0.0
@@ -63,8 +64,8 @@ def parse_budget(text: str) -> tuple[str, float]:
     except ValueError:
         v = -1.0
     if kind not in BUDGETS or not 0 < v < 1:
-        raise UsageError(f"--budget {text!r}: expected sparsity=S, error=E or uniform=S with "
-                         "0 < S, E < 1 (e.g. sparsity=0.4), or predictor")
+        raise UsageError(f"--budget {text!r}: expected sparsity=S, error=E, uniform=S or cats=S "
+                         "with 0 < S, E < 1 (e.g. sparsity=0.4), or predictor")
     return kind, v
 
 

@@ -58,7 +58,7 @@ class OpSpec:
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 UP_ACTIVATIONS = ("none", "relu")
-SPARSE_MODES = ("exact", "teal", "predictor")
+SPARSE_MODES = ("exact", "teal", "cats", "predictor")
 
 SPARSE_FFN = OpSpec(
     name="SparseFFN",
@@ -68,7 +68,9 @@ SPARSE_FFN = OpSpec(
         "mode=exact skips neuron i exactly when its activation is zero (ReLU, ReGLU, dReLU). "
         "mode=teal is TEAL's thresholded FFN: entries of X with |x| <= TH[0] and of the down "
         "projection's input with |a| <= TH[1] are zero (a negative threshold keeps all), so "
-        "their rows of W1/WU and of W2 are skipped. mode=predictor (Deja Vu / PowerInfer): a "
+        "their rows of W1/WU and of W2 are skipped. mode=cats (gated FFNs): TH = [t_in, "
+        "t_gate]; x as in teal, then neurons with |act(gate)| <= t_gate are zero, so their "
+        "rows of WU and W2 are skipped. mode=predictor (Deja Vu / PowerInfer): a "
         "low-rank predictor selects neurons, S = {i: ((X·PA)·PB + PC)_i > 0}, and only their "
         "rows of W1, WU and W2 are computed; the others count as zero."
     ),
@@ -80,9 +82,11 @@ SPARSE_FFN = OpSpec(
         TensorArg("W2", "down projection [d_ff, d_out]: row i holds neuron i's output weights"),
         TensorArg("B2", "bias of the down projection [d_out]", optional=True),
         TensorArg("WU", "gated FFNs: the up projection; mode exact: transposed [d_ff, d_in], "
-                        "row i = neuron i (read per neuron, gate first); mode teal: [d_in, d_ff], "
+                        "row i = neuron i (read per neuron, gate first; also cats, predictor); mode teal: "
+                        "[d_in, d_ff], "
                         "row k = input channel k (read per surviving channel)", optional=True),
-        TensorArg("TH", "mode teal: thresholds [t_in, t_hidden], float32", optional=True),
+        TensorArg("TH", "mode teal: thresholds [t_in, t_hidden]; mode cats: [t_in, t_gate]",
+                  optional=True),
         TensorArg("PA", "mode predictor: first factor [d_in, rank]", optional=True),
         TensorArg("PB", "mode predictor: second factor [rank, d_ff]", optional=True),
         TensorArg("PC", "mode predictor: offsets [d_ff] (the cut folded in: selected where "
@@ -184,7 +188,7 @@ class KernelSpec:
             names.append("B2")
         if self.gated:
             names.append("WU")
-        if self.mode == "teal":
+        if self.mode in ("teal", "cats"):
             names.append("TH")
         if self.mode == "predictor":
             names += ["PA", "PB", "PC"]

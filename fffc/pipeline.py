@@ -29,7 +29,8 @@ from .sites import NearMiss, Site
 from .targets import normalize
 
 Reporter = Callable[[str], contextlib.AbstractContextManager]
-KERNEL_DECISIONS = ("exact", "tree", "teal", "predictor")  # sites that become an ai.fffc node with kernels
+KERNEL_DECISIONS = ("exact", "tree", "teal", "cats", "predictor")
+MASKED_DECISIONS = ("teal", "cats", "predictor")  # the op computes a masked function  # sites that become an ai.fffc node with kernels
 MAX_ROUNDS = 2  # a site whose kernel fails the artifact check is dropped and the rest rebuilt
 TEAL_MODEL_RTOL = 1e-3  # whole-model check of artifacts with teal sites (see _check_artifact)
 
@@ -142,7 +143,7 @@ def compile_model(path: str | Path, out: str | Path | None = None,
             weights = passes.site_weights(a.working, site.name, site.decision)
             c = verify.verify_site(site, *captured_ref[site.name], weights, options.rtol)
             site.max_abs_err, site.max_rel_err = c.max_abs, c.max_rel
-            if site.decision in ("teal", "predictor"):
+            if site.decision in MASKED_DECISIONS:
                 site.deviation = verify.verify_site(site, *captured[site.name], weights,
                                                     options.rtol).max_rel
             if not c.ok:
@@ -234,13 +235,15 @@ def compile_model(path: str | Path, out: str | Path | None = None,
 
 def _masked_sites(sites: list[Site]) -> set[str]:
     """Sites whose op computes a masked function (teal thresholds, predicted neurons)."""
-    return {s.name for s in sites if s.decision in ("teal", "predictor")}
+    return {s.name for s in sites if s.decision in MASKED_DECISIONS}
 
 
-def _masks(sites: list[Site]) -> tuple[dict, dict]:
-    """(thresholds of teal sites, predictor arrays of predictor sites), for ``passes.lower``."""
+def _masks(sites: list[Site]) -> tuple[dict, dict, dict]:
+    """(thresholds of teal sites, predictor arrays of predictor sites, thresholds of cats
+    sites), ``passes.lower``'s arguments after ``max_tokens``."""
     return ({s.name: s.thresholds for s in sites if s.decision == "teal"},
-            {s.name: s.predictor_arrays for s in sites if s.decision == "predictor"})
+            {s.name: s.predictor_arrays for s in sites if s.decision == "predictor"},
+            {s.name: s.thresholds for s in sites if s.decision == "cats"})
 
 
 def _allocate(a: Analysis, path: Path, options: CompileOptions, family: str) -> dict:
@@ -265,6 +268,11 @@ def _allocate(a: Analysis, path: Path, options: CompileOptions, family: str) -> 
               if i.name not in {t.name for t in a.proto.graph.initializer}]
     feeds = (list(load_feeds(Path(options.data), inputs)) if options.data is not None
              else verify.probe_inputs(a.proto, 1, 32, options.seed + 7, count=8))
+    if budget[0] == "cats":
+        plan.apply_gate_thresholds(a.sites, calib, budget[1])
+        return {"path": str(Path(options.calibration).resolve()), "budget": options.budget,
+                "gate_thresholds": {s.name: s.thresholds[1] for s in a.sites
+                                    if s.decision == "cats"}}
     if budget[0] == "predictor":
         if not calib.get("predictors"):
             raise UsageError("--budget predictor: this calibration has no predictors (run fffc "
@@ -295,7 +303,7 @@ def _sparse_limits(sites: list[Site], target: str, options: CompileOptions) -> d
     fam = family(target)
     out = {}
     for s in sites:
-        if s.decision in ("exact", "teal", "predictor"):
+        if s.decision in ("exact", *MASKED_DECISIONS):
             out[s.name] = (options.max_sparse_tokens if options.max_sparse_tokens is not None
                            else fam.sparse_max_tokens(plan.kernel_spec(s)))
     return out
@@ -308,16 +316,18 @@ def _clear(d: Path) -> None:
 
 def _capture(a: Analysis, feeds, want, rtol: float,
              thresholds: dict[str, tuple[float, float]] | None = None,
-             predictors: dict[str, tuple] | None = None):
+             predictors: dict[str, tuple] | None = None,
+             gate_thresholds: dict[str, tuple[float, float]] | None = None):
     """Check 1 and the site activations: the all-dense lowering must equal the original.
 
     With ``thresholds`` / ``predictors`` (teal / predictor sites): the masked reference
     model in standard ops instead, whose site activations and outputs are returned as
     ``(captured, outputs)``."""
-    reference = thresholds is not None or predictors is not None
+    reference = not (thresholds is None and predictors is None and gate_thresholds is None)
     dense = _copy(a.working)
     io = passes.site_io(dense)
-    passes.lower(dense, {}, thresholds=thresholds, predictors=predictors)
+    passes.lower(dense, {}, thresholds=thresholds, predictors=predictors,
+                 gate_thresholds=gate_thresholds)
     n_out = len(a.proto.graph.output)
     names = [n for pair in io.values() for n in pair]
     passes.expose(dense, names)
@@ -479,7 +489,7 @@ def _manifest(a: Analysis, options: CompileOptions, request, library, shim, stag
                     for k, v in opts.__dict__.items() if k != "dump_dir"},
         "canonical_rewrites": a.canonical_rewrites,
         "max_sparse_tokens": {s.name: limits.get(s.name) for s in a.sites
-                              if s.decision in ("exact", "teal", "predictor")},
+                              if s.decision in ("exact", *MASKED_DECISIONS)},
         "sites": [s.to_json() for s in a.sites],
         "near_misses": [m.to_json() for m in a.near_misses],
         "verification": report | {"probes": [{k: list(v.shape) for k, v in f.items()} for f in feeds]},

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .errors import UsageError
 from .ops import KernelSpec, fff_kernel_spec
 from .sites import Site
 
@@ -57,6 +58,25 @@ def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, floa
                        "(calibrated levels)")
 
 
+def apply_gate_thresholds(sites: Sequence[Site], calibration: dict, level: float) -> None:
+    """CATS: every float32 gated site gets the calibrated threshold of |act(gate)| at
+    ``level`` (that fraction of gates closed; their up and down rows skipped)."""
+    key = f"{level:g}"
+    if not any(abs(s - level) < 1e-9 for s in calibration["sparsities"]):
+        raise UsageError(f"cats={level:g} is not a calibrated level; calibrated: "
+                         f"{calibration['sparsities']}")
+    for site in sites:
+        st = calibration["sites"].get(site.name)
+        if st is None or site.kind != "gated" or site.dtype != "float32" or "gate" not in st["thresholds"]:
+            continue
+        if site.decision == "dense" and site.reason == "not selected with --sites":
+            continue
+        site.decision = "cats"
+        site.thresholds = (-1.0, float(st["thresholds"]["gate"][key]))
+        site.reason = (f"CATS: gates with |{site.activation}(x·Wg)| in the lowest {level:.0%} "
+                       "closed (calibrated); their up and down rows skipped")
+
+
 def apply_predictors(sites: Sequence[Site], calibration: dict,
                      arrays: dict[str, np.ndarray]) -> None:
     """Predictor mode: every float32 dense/gated site with a trained predictor
@@ -84,7 +104,7 @@ def kernel_spec(site: Site) -> KernelSpec:
                                site.tie_break or "gt")
     return KernelSpec(
         op="SparseFFN", activation=site.activation, up_activation=site.up_activation,
-        mode=site.decision if site.decision in ("teal", "predictor") else "exact",
+        mode=site.decision if site.decision in ("teal", "cats", "predictor") else "exact",
         d_in=site.d_model, d_ff=site.d_ff, d_out=site.d_out,
         has_b1=site.has_b1, has_b2=site.has_b2, gated=site.kind == "gated", dtype=site.dtype,
         extra=(("rank", str(site.predictor["rank"])),) if site.decision == "predictor" else (),

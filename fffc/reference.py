@@ -94,6 +94,33 @@ def teal_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarra
     return y, np.where(ambiguous, mag, 0.0) @ np.abs(w2d)
 
 
+def cats_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarray,
+             b2: np.ndarray | None, wu_rows: np.ndarray, *, thresholds: np.ndarray,
+             activation_name: str, up_activation: str = "none",
+             slack: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """``ai.fffc::SparseFFN`` mode=cats (gated): x' = x with |x| <= t_in zeroed; neurons
+    with |act(x'·W1 + b1)| <= t_gate are zero (CATS); ``wu_rows`` [d_ff, d_in];
+    ``thresholds`` [t_in, t_gate] as float32, negative = off. ``slack`` as in ``teal_ffn``,
+    for gates within rounding of t_gate."""
+    t_in, t_g = (float(t) for t in np.asarray(thresholds, dtype=np.float32))
+    xd = np.asarray(x, dtype=np.float64)
+    xd = np.where(np.abs(xd) <= t_in, 0.0, xd)
+    h = xd @ np.asarray(w1, dtype=np.float64)
+    if b1 is not None:
+        h = h + b1
+    g = activation(activation_name, h)
+    a = g * activation(up_activation, xd @ np.asarray(wu_rows, dtype=np.float64).T)
+    mag = np.abs(g)
+    band = TEAL_BAND * (abs(t_g) + 0.05 * mag.max(axis=-1, keepdims=True))
+    ambiguous = np.abs(mag - t_g) <= band if t_g >= 0 else np.zeros(g.shape, bool)
+    w2d = np.asarray(w2, dtype=np.float64)
+    y = np.where(mag <= t_g, 0.0, a) @ w2d
+    y = y + b2 if b2 is not None else y
+    if not slack:
+        return y
+    return y, np.where(ambiguous, np.abs(a), 0.0) @ np.abs(w2d)
+
+
 PREDICTOR_BAND = 1e-6  # |score| within this of 0, relative to Σ|terms| (16 float32 eps)
 
 

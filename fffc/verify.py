@@ -159,6 +159,11 @@ def site_reference(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | No
             x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"),
             weights.get("WU"), *site.predictor_arrays, activation_name=site.activation,
             up_activation=site.up_activation)
+    if site.decision == "cats":  # WU row per neuron
+        return reference.cats_ffn(
+            x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"), weights["WU"],
+            thresholds=np.asarray(site.thresholds, dtype=np.float32),
+            activation_name=site.activation, up_activation=site.up_activation)
     if site.decision == "teal":  # WU as the marker has it: [d_in, d_ff]
         return reference.teal_ffn(
             x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"),
@@ -178,6 +183,11 @@ def site_slack(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | None])
             x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"),
             weights.get("WU"), *site.predictor_arrays, activation_name=site.activation,
             up_activation=site.up_activation, slack=True)[1]
+    if site.decision == "cats":
+        return reference.cats_ffn(
+            x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"), weights["WU"],
+            thresholds=np.asarray(site.thresholds, dtype=np.float32),
+            activation_name=site.activation, up_activation=site.up_activation, slack=True)[1]
     if site.decision != "teal":
         return None
     _, slack = reference.teal_ffn(

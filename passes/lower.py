@@ -51,14 +51,16 @@ def _fallback_function(overload: str, present: list[bool], act: str, up_act: str
     tape = ir.tape.Tape()
     x, w1, b1, w2, b2, wu, th, pa, pb, pc = (f if p else None
                                              for f, p in zip(formals, present, strict=True))
-    thresholds = None
-    if mode == "teal":  # TH [t_in, t_hidden] → two scalars
-        thresholds = tuple(tape.op("Gather", [th, tape.op("Constant", [], {
+    thresholds = gate = None
+    if mode in ("teal", "cats"):  # TH [t_in, t_hidden | t_gate] → two scalars
+        t_in, t_2 = (tape.op("Gather", [th, tape.op("Constant", [], {
             "value": ir.tensor(np.array(i, dtype=np.int64))})], {"axis": 0}) for i in (0, 1))
+        thresholds, gate = ((t_in, t_2), None) if mode == "teal" else ((t_in, None), t_2)
     y = standard_forms.ffn(tape, x, w1, b1, w2, b2, wu, activation_name=act,
                            up_activation=up_act, opset=opset, wu_rows=mode != "teal",
                            thresholds=thresholds, w1_rows=mode == "predictor",
-                           predictor=(pa, pb, pc) if mode == "predictor" else None)
+                           predictor=(pa, pb, pc) if mode == "predictor" else None,
+                           gate_threshold=gate)
     y.name = "Y"
     graph = ir.Graph(formals, [y], nodes=tape.nodes, opset_imports={"": opset},
                      name=f"{SPARSE_FFN.name}_{overload}")
@@ -87,8 +89,8 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
           max_tokens: Mapping[str, int] | None = None,
           thresholds: Mapping[str, tuple[standard_forms.Threshold, standard_forms.Threshold]]
           | None = None,
-          predictors: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
-          ) -> None:
+          predictors: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+          gate_thresholds: Mapping[str, tuple[float, float]] | None = None) -> None:
     """Replace every marker: ``decisions[name]`` "exact" or "teal" → SparseFFN, else standard ops.
 
     ``max_tokens[name] > 0`` bounds the token count the SparseFFN kernel serves: the site
@@ -98,7 +100,8 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
     ``thresholds[name]`` = (t_in, t_hidden): a "teal" site's thresholds (constants); a site
     left in standard ops becomes TEAL's thresholded FFN (``standard_forms.ffn``), the
     reference of threshold modes. ``predictors[name]`` = (A [d, r], B [r, d_ff], C [d_ff],
-    cut folded into C): the same for mode "predictor" (only neurons scoring > 0 count).
+    cut folded into C): the same for mode "predictor" (only neurons scoring > 0 count);
+    ``gate_thresholds[name]`` = (t_in, t_gate) for mode "cats".
     """
     graph = model.graph
     opset = default_opset(model)
@@ -110,24 +113,29 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
             _lower_fff(model, node, decisions.get(node.name, "dense"), opset)
             continue
         site_thresholds = (thresholds or {}).get(node.name)
+        site_gate = (gate_thresholds or {}).get(node.name)
         site_predictor = ((predictors or {}).get(node.name))
         pred = _predictor_initializers(graph, node, site_predictor) if site_predictor else None
-        if decisions.get(node.name) in ("exact", "teal", "predictor"):
+        if decisions.get(node.name) in ("exact", "teal", "cats", "predictor"):
             mode = decisions[node.name]
-            if (mode == "teal" and site_thresholds is None) or (mode == "predictor" and not pred):
+            params = {"teal": site_thresholds, "cats": site_gate, "predictor": pred}.get(mode, ())
+            if params is None:
                 raise ValueError(f"site {node.name!r}: mode {mode} needs its parameters")
             limit = (max_tokens or {}).get(node.name, 0)
             branch = ir.tape.Tape() if limit > 0 else tape
-            new_out = _sparse_ffn(model, node, branch, a, opset, mode, site_thresholds, pred)
+            new_out = _sparse_ffn(model, node, branch, a, opset, mode,
+                                  site_gate if mode == "cats" else site_thresholds, pred)
             if limit > 0:
                 new_out = _token_dispatch(tape, node, branch, new_out, a, opset, limit,
                                           site_thresholds if mode == "teal" else None,
-                                          pred if mode == "predictor" else None)
+                                          pred if mode == "predictor" else None,
+                                          site_gate if mode == "cats" else None)
         else:
             new_out = standard_forms.ffn(
                 tape, x, w1, b1, w2, b2, wu, activation_name=a["activation"],
                 up_activation=a["up_activation"], opset=opset, wu_rows=False,
-                thresholds=site_thresholds, predictor=pred)
+                thresholds=site_thresholds or ((site_gate[0], None) if site_gate else None),
+                predictor=pred, gate_threshold=site_gate[1] if site_gate else None)
         _replace(graph, node, tape, new_out)
     legalize(model)
     common_passes.RemoveUnusedNodesPass()(model)
@@ -208,7 +216,7 @@ def _fff_function(overload: str, trees: int, depth: int, tie_break: str,
 
 def _thresholds_initializer(graph: ir.Graph, node: ir.Node,
                             thresholds: tuple[float, float]) -> ir.Value:
-    """``<site>__teal_thresholds`` = [t_in, t_hidden] (float32; negative = off)."""
+    """``<site>__teal_thresholds`` = [t_in, t_hidden | t_gate] (float32; negative = off)."""
     name = f"{node.name}__teal_thresholds"
     arr = np.array([-1.0 if t is None else t for t in thresholds], dtype=np.float32)
     value = ir.Value(name=name, const_value=ir.tensor(arr, name=name))
@@ -238,13 +246,17 @@ def _sparse_ffn(model: ir.Model, node: ir.Node, tape: ir.tape.Tape, a: dict[str,
                 predictor: tuple | None = None) -> ir.Value:
     """The SparseFFN node of a marker (and its fallback function, once per overload).
     Mode exact stores the gated up projection row per neuron, mode teal keeps it row per
-    input channel (as the marker has it) and adds the thresholds input; mode predictor
+    input channel (as the marker has it) and adds the thresholds input (so does mode cats,
+    with the up projection row per neuron: read only for open gates); mode predictor
     stores W1 and WU row per neuron and adds the predictor's factors."""
     x, w1, b1, w2, b2, wu = (node.inputs + (None,) * 6)[:6]
     wu_rows = _row_major_up(model.graph, wu) if wu is not None and mode != "teal" else None
     if mode == "teal":
         th = _thresholds_initializer(model.graph, node, thresholds)
         inputs = [x, w1, b1, w2, b2, wu, th, None, None, None]
+    elif mode == "cats":
+        th = _thresholds_initializer(model.graph, node, thresholds)
+        inputs = [x, w1, b1, w2, b2, wu_rows, th, None, None, None]
     elif mode == "predictor":
         inputs = [x, _row_major_up(model.graph, w1), b1, w2, b2, wu_rows, None, *predictor]
     else:
@@ -270,7 +282,8 @@ def _sparse_ffn(model: ir.Model, node: ir.Node, tape: ir.tape.Tape, a: dict[str,
 def _token_dispatch(tape: ir.tape.Tape, node: ir.Node, sparse: ir.tape.Tape,
                     sparse_out: ir.Value, a: dict[str, str], opset: int, limit: int,
                     thresholds: tuple[float, float] | None = None,
-                    predictor: tuple | None = None) -> ir.Value:
+                    predictor: tuple | None = None,
+                    gate: tuple[float, float] | None = None) -> ir.Value:
     """``If(Size(X) <= limit·d_in, SparseFFN, dense FFN)`` for a marker (the dense FFN
     thresholded as the SparseFFN is, for mode teal: one function either way)."""
     x, w1, b1, w2, b2, wu = (node.inputs + (None,) * 6)[:6]
@@ -278,8 +291,9 @@ def _token_dispatch(tape: ir.tape.Tape, node: ir.Node, sparse: ir.tape.Tape,
     dense = ir.tape.Tape()
     dense_out = standard_forms.ffn(
         dense, x, w1, b1, w2, b2, wu, activation_name=a["activation"],
-        up_activation=a["up_activation"], opset=opset, wu_rows=False, thresholds=thresholds,
-        predictor=predictor)
+        up_activation=a["up_activation"], opset=opset, wu_rows=False,
+        thresholds=thresholds or ((gate[0], None) if gate else None), predictor=predictor,
+        gate_threshold=gate[1] if gate else None)
     for i, n in enumerate(dense.nodes):  # unique beside the outer graph's names
         n.name = f"{node.name}/dense/{i}_{n.op_type}"
         for j, v in enumerate(n.outputs):

@@ -71,6 +71,7 @@ def ffn(
     thresholds: tuple[Threshold, Threshold] | None = None,
     predictor: tuple[ir.Value, ir.Value, ir.Value] | None = None,
     w1_rows: bool = False,
+    gate_threshold: Threshold = None,
 ) -> ir.Value:
     """``act(x·W1+b1) [⊙ up_act(x·WU)] · W2 + b2``; ``wu_rows``: WU is stored [d_ff, d_in].
 
@@ -80,7 +81,8 @@ def ffn(
     as it is; t may be a scalar graph input, to search thresholds without rebuilding): the
     reference a threshold kernel must equal. ``predictor`` (PA, PB, PC): only neurons with
     ``(x·PA)·PB + PC > 0`` contribute (``Where``; mode predictor's reference); ``w1_rows``:
-    W1 is stored [d_ff, d_in].
+    W1 is stored [d_ff, d_in]. ``gate_threshold`` (gated FFNs): CATS — entries of
+    act(gate) with |g| <= t are zeroed before the product with the up projection.
     """
     if thresholds is not None and _active(thresholds[0]):
         x = _zero_small(tape, x, thresholds[0])
@@ -90,6 +92,8 @@ def ffn(
     if b1 is not None:
         h = tape.op("Add", [h, b1])
     a = activation(tape, activation_name, h, opset)
+    if wu is not None and _active(gate_threshold):
+        a = _zero_small(tape, a, gate_threshold)
     if wu is not None:
         wu_in_out = tape.op("Transpose", [wu], {"perm": [1, 0]}) if wu_rows else wu
         u = activation(tape, up_activation, tape.op("MatMul", [x, wu_in_out]), opset)

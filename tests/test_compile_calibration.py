@@ -176,3 +176,41 @@ def test_shim_names_a_missing_or_misshapen_mode_input(uniform, with_predictors) 
         sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         with pytest.raises(Exception, match=message):
             sess.run(None, {"X": np.ones((1, D), np.float32)})
+
+
+@pytest.mark.parametrize("tokens", [1, 40])
+def test_cats_closes_gates_of_gated_sites_only(calibrated, tokens) -> None:
+    """``--budget cats=0.5``: the SwiGLU site becomes mode cats (half its gates closed, at
+    the calibrated |silu(gate)| threshold), the GELU FFN stays as it was; the artifact
+    equals the float64 CATS reference of the SwiGLU behind the original GELU FFN."""
+    from fffc.reference import cats_ffn, sparse_ffn
+    from fffc.verify import compare
+
+    tmp, path, _, calib = calibrated
+    out = tmp / "cats.fffc"
+    result = (fffc.compile(path, out, CompileOptions(calibration=tmp / "m.calib.json",
+                                                     budget="cats=0.5"))
+              if not out.exists() else None)
+    if result is not None:
+        assert [s.decision for s in result.sites] == ["dense", "cats"]
+        t_gate = calib["sites"]["fffc_ffn_1"]["thresholds"]["gate"]["0.5"]
+        assert result.sites[1].thresholds == (-1.0, pytest.approx(t_gate))
+        assert {e["spec"]["mode"] for e in result.manifest["kernels"]["entries"]} == {"cats"}
+    w = _weights_of(path)
+    x = np.random.default_rng(tokens).standard_normal((1, tokens, D)).astype(np.float32)
+    y1 = sparse_ffn(x, w["W1"], w["b1"], w["W2"], None, activation_name="gelu")
+    t_gate = calib["sites"]["fffc_ffn_1"]["thresholds"]["gate"]["0.5"]
+    want, slack = cats_ffn(y1.astype(np.float32), w["Wg"], None, w["Wd"], None, w["Wu"].T,
+                           thresholds=np.array([-1.0, t_gate], np.float32),
+                           activation_name="silu", slack=True)  # gates at rounding of t
+    got = fffc.runtime.InferenceSession(out).run(None, {"x": x})[0]
+    assert compare(got, want, 1e-4, slack).ok
+    dense = sparse_ffn(y1, w["Wg"], None, w["Wd"], None, w["Wu"].T, activation_name="silu")
+    assert not compare(got, dense, 1e-3).ok  # gates really closed
+
+
+def _weights_of(path) -> dict[str, np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}

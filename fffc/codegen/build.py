@@ -22,6 +22,7 @@ from .cuda_build import DEFAULT_ARCHS, CudaLibrary, build_cuda_library
 from .kernels.fff import fff_cpu_primfunc, fff_level_primfunc
 from .kernels.fff_cuda import fff_params
 from .kernels.sparse_ffn import sparse_ffn_primfunc
+from .kernels.sparse_ffn_cats import cats_primfunc
 from .kernels.sparse_ffn_predictor import predictor_primfunc
 from .kernels.sparse_ffn_teal import teal_primfunc
 from .schedules import MAX_TOKENS, family
@@ -137,7 +138,8 @@ def _funcs(specs: Sequence[KernelSpec], target_name: str, target: dict,
             kernels.append(CompiledKernel(spec, v.name, symbol_of(spec, v.name),
                                           v.min_tokens, v.max_tokens))
             if only is None or v.name == only:
-                make = {"teal": teal_primfunc, "predictor": predictor_primfunc}.get(
+                make = {"teal": teal_primfunc, "cats": cats_primfunc,
+                        "predictor": predictor_primfunc}.get(
                     spec.mode, sparse_ffn_primfunc)
                 funcs[kernels[-1].symbol] = make(spec, v.tiling, kernels[-1].symbol)
         _check_cover(spec, kernels)
@@ -240,6 +242,7 @@ def source(spec: KernelSpec, variant: str, target: str = "x86", mcpu: str | None
     """The TVMScript of one variant (for --dump and debugging)."""
     from .kernels.fff import fff_cpu_source, fff_level_source
     from .kernels.sparse_ffn import sparse_ffn_source
+    from .kernels.sparse_ffn_cats import cats_source
     from .kernels.sparse_ffn_predictor import predictor_source
     from .kernels.sparse_ffn_teal import teal_source
 
@@ -252,7 +255,7 @@ def source(spec: KernelSpec, variant: str, target: str = "x86", mcpu: str | None
     fam = family(target)
     for v in fam.variants(spec, fam.target(mcpu)):
         if v.name == variant:
-            make = {"teal": teal_source, "predictor": predictor_source}.get(
+            make = {"teal": teal_source, "cats": cats_source, "predictor": predictor_source}.get(
                 spec.mode, sparse_ffn_source)
             return make(spec, v.tiling, symbol_of(spec, variant))
     raise CodegenError(f"no variant {variant!r}")

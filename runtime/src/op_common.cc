@@ -160,12 +160,12 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const s
                          std::to_string(c->in[kW1].dims[0]) + ", " +
                          std::to_string(c->in[kW1].dims[1]) + "] (mode " + mode + "), W2 [" +
                          std::to_string(c->in[kW2].dims[0]) + ", " + std::to_string(c->d_out) + "]");
-  const bool teal = mode == "teal";
-  if (teal != c->present[kTH])
+  const bool thresholds = mode == "teal" || mode == "cats";
+  if (thresholds != c->present[kTH])
     return Fail(api, std::string("input TH (thresholds) is ") +
-                         (teal ? "required by mode teal" : "only for mode teal"));
-  if (teal && (c->in[kTH].dims.size() != 1 || c->in[kTH].dims[0] != 2))
-    return Fail(api, "TH must hold two thresholds [t_in, t_hidden]");
+                         (thresholds ? "required by mode " + mode : "only for modes teal, cats"));
+  if (thresholds && (c->in[kTH].dims.size() != 1 || c->in[kTH].dims[0] != 2))
+    return Fail(api, "TH must hold two thresholds (teal: [t_in, t_hidden]; cats: [t_in, t_gate])");
   for (int i : {kPA, kPB, kPC})
     if (rows != c->present[i])
       return Fail(api, std::string("input ") + kInputNames[i] + " is " +

@@ -67,3 +67,20 @@ def test_rank_is_part_of_the_spec() -> None:
     with pytest.raises(CodegenError, match="rank"):
         KernelRunner(_spec("gelu", False, rank=0))
     assert _spec("gelu", False).arg_names() == ["X", "W1", "B1", "W2", "B2", "PA", "PB", "PC", "Y"]
+
+
+def test_unselected_rows_are_never_read() -> None:
+    """NaN in the rows of W1, WU and W2 of every neuron the predictor leaves out."""
+    spec = _spec("silu", True, False)
+    w = _weights(-1.0)
+    x = np.random.default_rng(6).standard_normal((1, D)).astype(np.float32)
+    out = ((x @ w["PA"]) @ w["PB"] + w["PC"])[0] <= 0
+    assert 0 < out.sum() < F
+    want = predictor_ffn(x, w["W1"], None, w["W2"], None, w["WU"], w["PA"], w["PB"], w["PC"],
+                         activation_name="silu")
+    poisoned = {k: v.copy() for k, v in w.items()}
+    for k in ("W1", "WU", "W2"):
+        poisoned[k][out] = np.nan
+    got = _runner(spec)(x, *[poisoned[n] for n in spec.arg_names()[1:-1]])
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

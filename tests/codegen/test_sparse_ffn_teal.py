@@ -117,3 +117,23 @@ def test_slack_covers_a_neuron_at_the_threshold_either_way() -> None:
 def _want_slack(spec: KernelSpec, w: dict, x: np.ndarray, th: np.ndarray):
     return teal_ffn(x, w["W1"], w["B1"], w["W2"], w["B2"], None, thresholds=th,
                     activation_name=spec.activation, slack=True)
+
+
+def test_skipped_rows_are_never_read() -> None:
+    """NaN in the rows of W1 of inputs under t_in and of W2 of hidden entries under
+    t_hidden: the output stays finite and equal to the reference."""
+    spec = _spec("gelu", False)
+    w = _weights(spec)
+    x = np.random.default_rng(4).standard_normal((1, D)).astype(np.float32)
+    th = np.array([0.6, 0.05], np.float32)
+    want = _want(spec, w, x, th)
+    small = np.abs(x[0]) <= th[0]
+    h = np.where(small, 0.0, x[0].astype(np.float64)) @ w["W1"] + w["B1"]
+    quiet = np.abs(0.5 * h * (1 + np.vectorize(__import__("math").erf)(h / np.sqrt(2)))) <= th[1]
+    assert 0 < small.sum() < D and 0 < quiet.sum() < F
+    poisoned = {k: v.copy() for k, v in w.items()}
+    poisoned["W1"][small] = np.nan
+    poisoned["W2"][quiet] = np.nan
+    got = _run(spec, poisoned, x, th)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

@@ -23,7 +23,7 @@ from fffc.ops import KernelSpec
 
 from .._tvm import from_source
 from .sparse_ffn import Tiling, check_tiling
-from .sparse_ffn_teal import _QUADS, _REST, ACTIVATIONS, PARTS, ROWS, _axpy4
+from .sparse_ffn_teal import _QUADS, _REST, ACTIVATIONS, DOWN, PARTS, ROWS, _axpy4
 
 _PREDICTOR = '''
 @T.prim_func
@@ -80,31 +80,7 @@ def kernel({params}):
                     VAL[fb * {NB} + n[0]] = {act}
                     n[0] = n[0] + 1
             CNT[fb] = n[0]
-        c[0] = 0
-        for fb in range({NFB}):
-            for q in range(CNT[fb]):
-                LIDX[c[0] + q] = IDX[fb * {NB} + q]
-                LVAL[c[0] + q] = VAL[fb * {NB} + q]
-            c[0] = c[0] + CNT[fb]
-        for p in {loop}({P}):
-            for js in range({DO} // {VO}):
-                for v in T.vectorized({VO}):
-                    ACC2[p, js * {VO} + v] = T.float32(0)
-            for q4 in range({quads}):
-                for js in range({DO} // {VO}):
-                    for v in T.vectorized({VO}):
-                        ACC2[p, js * {VO} + v] = ACC2[p, js * {VO} + v] + {axpy4_2}
-            for q in {rest}:
-                for js in range({DO} // {VO}):
-                    for v in T.vectorized({VO}):
-                        ACC2[p, js * {VO} + v] = ACC2[p, js * {VO} + v] + LVAL[q] * W2[LIDX[q], js * {VO} + v]
-        for js in range({DO} // {VO}):
-            for v in T.vectorized({VO}):
-                Y[tb, js * {VO} + v] = {b2}
-            for p in range({P}):
-                for v in T.vectorized({VO}):
-                    Y[tb, js * {VO} + v] = Y[tb, js * {VO} + v] + ACC2[p, js * {VO} + v]
-'''
+{down}'''
 
 _UP = {  # gated FFNs: the up projection's dot in the same pass over x
     "up_alloc": '''            pu = T.alloc_buffer(({VL},), "float32", scope="local")''',
@@ -175,6 +151,7 @@ def predictor_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int =
     fmt["folds"] = "\n".join(folds)
     for key, text in _UP.items():
         fmt[key] = text.format(**fmt) if spec.gated else ""
+    fmt["down"] = DOWN.format(**fmt)
     return _PREDICTOR.format(**fmt)
 
 

@@ -109,7 +109,12 @@ def kernel({params}):
                     VAL[fb * {NB} + n[0]] = hb[fl]
                     n[0] = n[0] + 1
             CNT[fb] = n[0]
-        c[0] = 0
+{down}'''
+
+# The decode kernels' common tail: concatenate the blocks' lists of (neuron, value), then
+# the down projection split over the listed neurons (whole rows of W2, private
+# accumulators, ``ROWS`` rows per pass) and Y = B2 + the parts.
+DOWN = '''        c[0] = 0
         for fb in range({NFB}):
             for q in range(CNT[fb]):
                 LIDX[c[0] + q] = IDX[fb * {NB} + q]
@@ -211,6 +216,7 @@ def teal_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PART
     fmt["axpy4_u"] = _axpy4("WU", f"fs * {t.nr1} + v", "XIN", "KIN", parts, rows)
     for key, text in _UP.items():
         fmt[key] = text.format(**fmt) if spec.gated else ""
+    fmt["down"] = DOWN.format(**fmt)
     return _TEAL.format(**fmt)
 
 

@@ -39,12 +39,12 @@ def cpu_variants(spec: KernelSpec, c: CpuConfig, lanes: int, gemm_nr_vectors: in
     nr1 = largest_divisor(gemv_nb, lanes * c.gemv_nr1_vectors)
     nr3 = largest_divisor(spec.d_out, lanes * c.gemv_nr3_vectors)
     # one kernel per decode token count: W1 is streamed once for all tokens of a tile
-    if spec.mode == "teal":  # one token at a time; the If past sparse_max_tokens runs ORT's
+    if spec.mode in ("teal", "cats"):  # one token at a time; the If past sparse_max_tokens runs ORT's
         # thresholded FFN. nr1/nr3: 4 vectors per step over d_ff / d_out (bench: 2-core AVX-512
         # VM, split-K over 4 parts, 64 lanes ≈ 128 and faster than 2 parts)
         teal = Tiling(mr=1, nr1=largest_divisor(gemv_nb, lanes * 4), nb=gemv_nb,
                       nr3=largest_divisor(spec.d_out, lanes * 4), vl=vl, parallel=parallel)
-        return [Variant("teal", 1, MAX_TOKENS, teal)]
+        return [Variant(spec.mode, 1, MAX_TOKENS, teal)]
     if spec.mode == "predictor":  # one token at a time, like teal; vl: lanes of the row dots
         pred = Tiling(mr=1, nr1=1, nb=gemv_nb, nr3=largest_divisor(spec.d_out, lanes * 4),
                       vl=vl, parallel=parallel)

@@ -39,7 +39,7 @@ class X86(Family):
 
     def sparse_max_tokens(self, spec: KernelSpec) -> int:
         c = self.config
-        if spec.mode in ("teal", "predictor"):
+        if spec.mode in ("teal", "cats", "predictor"):
             return c.teal_max_tokens
         return c.sparse_max_tokens_gated if spec.gated else c.sparse_max_tokens
 
