@@ -1,14 +1,17 @@
-"""Per-site threshold levels under one global budget (TEAL's greedy allocation).
+"""Per-site threshold modes and levels under one global budget (TEAL's greedy allocation).
 
 Sites do not tolerate sparsity alike (all-MiniLM-L6-v2: 40% on every FFN's x and a costs
 0.973 cosine, 40% on x alone 0.992), so one uniform level wastes either accuracy or speed.
 Starting from no thresholds, each step raises one (site, part) by one calibrated level —
-part "input" (x: rows of W1 and WU skipped) or "hidden" (a: rows of W2) — choosing the step
+part "input" (x: rows of W1 and WU skipped), "hidden" (a: rows of W2) or, for gated
+sites, "gate" (CATS: |act(gate)|, rows of WU and W2 skipped) — choosing the step
 with the smallest increase of output error per weight byte it saves, measured on the
 calibration feeds with the thresholded reference model (thresholds as graph inputs, one
 ONNX Runtime session for the whole search). It stops at the target sparsity (bytes of FFN
 weights skipped / all FFN weight bytes) or before the error budget is exceeded; with an
 error budget, the path is then walked back until the *held-out* feeds are within it too.
+A gated site takes "hidden" or "gate", never both (one kernel each: mode teal or cats), so
+the search also picks each site's mode.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .calibration import PARTS, threshold_input_name, thresholded_model
+from .calibration import GATE, PARTS, threshold_input_name, thresholded_model
 from .errors import UsageError
 
 
@@ -41,10 +44,14 @@ class Allocation:
 
 
 def _bytes(site: dict) -> dict[str, float]:
-    """Weight elements each part's skipping saves at sparsity 1."""
+    """Weight elements each part's skipping saves at sparsity 1 (under mode teal; under
+    cats, "input" saves W1's rows only: ``_cats_input``)."""
     d, f, d_out = site["d_model"], site["d_ff"], site.get("d_out", site["d_model"])
     ups = 2 if site["kind"] == "gated" else 1
-    return {"input": ups * d * f, "hidden": f * d_out}
+    out = {"input": ups * d * f, "hidden": f * d_out}
+    if site["kind"] == "gated":
+        out[GATE] = d * f + f * d_out
+    return out
 
 
 BUDGETS = ("sparsity", "error", "uniform", "cats")
@@ -82,12 +89,14 @@ def choose(model: str | Path, calibration: dict, budget: tuple[str, float],
 def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
              held_out_feeds: Sequence[dict], *, target_sparsity: float | None = None,
              max_error: float | None = None, uniform: float | None = None,
-             parts: tuple[str, ...] = PARTS) -> Allocation:
+             parts: tuple[str, ...] = (*PARTS, GATE)) -> Allocation:
     """Greedy levels per site and part; exactly one of ``target_sparsity`` and
     ``max_error`` (relative L2 error of the model's outputs) is the budget — or ``uniform``,
     one calibrated level everywhere (no search; errors measured all the same)."""
     if sum(b is not None for b in (target_sparsity, max_error, uniform)) != 1:
         raise UsageError("give one budget: a target sparsity or a maximum output error")
+    if uniform is not None:
+        parts = tuple(p for p in parts if p != GATE)  # uniform TEAL: input and hidden
     so = ort.SessionOptions()
     so.log_severity_level = 3
     original = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
@@ -97,8 +106,8 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
     sites = calibration["sites"]
     grid = [0.0, *sorted(calibration["sparsities"])]
     weight = {name: _bytes(st) for name, st in sites.items()}
-    total = sum(sum(w.values()) for w in weight.values())
-    keys = [(name, p) for name in sites for p in parts]
+    total = sum(w["input"] + w["hidden"] for w in weight.values())
+    keys = [(name, p) for name in sites for p in parts if p in weight[name]]
     want = {id(f): original.run(None, f) for f in (*calib_feeds, *held_out_feeds)}
 
     def threshold(name: str, p: str, level: int) -> float:
@@ -106,7 +115,7 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
 
     def error(state: dict, feeds: Sequence[dict]) -> float:
         extra = {threshold_input_name(n, p): np.array(threshold(n, p, state.get((n, p), 0)), np.float32)
-                 for n in sites for p in parts}
+                 for n, p in keys}
         num = den = 0.0
         for f in feeds:
             for g, w in zip(sess.run(None, {**f, **extra}), want[id(f)], strict=True):
@@ -115,7 +124,18 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
         return float(np.sqrt(num / max(den, 1e-30)))
 
     def sparsity(state: dict) -> float:
-        return sum(weight[n][p] * grid[state.get((n, p), 0)] for n, p in keys) / total
+        saved = 0.0
+        for n, p in keys:
+            w = weight[n][p]
+            if p == "input" and state.get((n, GATE), 0):  # cats: x skips W1's rows only
+                w = w / 2
+            saved += w * grid[state.get((n, p), 0)]
+        return saved / total
+
+    def allowed(k: tuple[str, str], state: dict) -> bool:
+        """A site's "hidden" and "gate" exclude each other (mode teal or cats)."""
+        other = {"hidden": GATE, GATE: "hidden"}.get(k[1])
+        return other is None or not state.get((k[0], other), 0)
 
     state: dict[tuple[str, str], int] = {}
     err = 0.0
@@ -131,7 +151,7 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
                                or sparsity(state) < target_sparsity - 1e-12):
         best = None
         for k in keys:
-            if state.get(k, 0) + 1 >= len(grid):
+            if state.get(k, 0) + 1 >= len(grid) or not allowed(k, state):
                 continue
             trial = {**state, k: state.get(k, 0) + 1}
             e = error(trial, calib_feeds)
@@ -149,8 +169,9 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
         held_out = error(path[-1][0], held_out_feeds)
     state, err = path[-1]
     return Allocation(
-        levels={n: {p: grid[state.get((n, p), 0)] for p in parts} for n in sites},
-        thresholds={n: {p: threshold(n, p, state.get((n, p), 0)) for p in parts} for n in sites},
+        levels={n: {p: grid[state.get((n, p), 0)] for p in parts if p in weight[n]} for n in sites},
+        thresholds={n: {p: threshold(n, p, state.get((n, p), 0)) for p in parts if p in weight[n]}
+                    for n in sites},
         sparsity=sparsity(state), error_calibration=err,
         error_held_out=held_out,
         steps=[{"sparsity": sparsity(s), "error_calibration": e} for s, e in path])
@@ -160,6 +181,6 @@ def apply(model: str | Path, calibration: dict, allocation: Allocation) -> onnx.
     """The thresholded reference model with the allocation's thresholds as constants."""
     fixed = {"sparsities": [1.0], "model": calibration["model"], "sites": {
         name: {**st, "thresholds": {p: {"1": allocation.thresholds[name].get(p, -1.0)}
-                                    for p in PARTS}}
+                                    for p in (*PARTS, GATE) if p in st["thresholds"]}}
         for name, st in calibration["sites"].items()}}
-    return thresholded_model(model, fixed, 1.0)
+    return thresholded_model(model, fixed, 1.0, parts=(*PARTS, GATE))

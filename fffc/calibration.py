@@ -281,6 +281,7 @@ def write(result: dict, out: str | Path, force: bool = False) -> list[Path]:
 
 
 PARTS = ("input", "hidden")  # TEAL thresholds: the FFN input x, the down projection's input a
+GATE = "gate"  # CATS threshold of gated sites: |act(x·Wg)|, instead of "hidden"
 
 
 def threshold_input_name(site: str, part: str) -> str:
@@ -292,7 +293,8 @@ def thresholded_model(model: str | Path, calibration: dict, sparsity: float | No
                       parts: tuple[str, ...] = PARTS) -> onnx.ModelProto:
     """The model with TEAL thresholds at ``sparsity`` on every calibrated site (or on
     ``sites``): |x| ("input") and |a| ("hidden") below their calibrated quantiles are
-    zeroed before the projections, in standard ONNX ops (``parts``: which of the two).
+    zeroed before the projections, in standard ONNX ops (``parts``: which of them; "gate"
+    adds CATS's threshold on |act(gate)| of gated sites).
     ``sparsity`` None: every threshold is a scalar float graph input instead
     (``threshold_input_name``; feed -1 to switch one off), for searching levels per site. It is the reference a threshold kernel must equal
     and what measures the accuracy a sparsity costs; it is not faster than the original."""
@@ -308,7 +310,7 @@ def thresholded_model(model: str | Path, calibration: dict, sparsity: float | No
                          f"{calibration['sparsities']}")
     a = analyze(model)
     chosen = set(calibration["sites"]) if sites is None else set(sites)
-    thresholds = {}
+    thresholds, gates = {}, {}
     for name, st in calibration["sites"].items():
         if name not in chosen:
             continue
@@ -324,5 +326,13 @@ def thresholded_model(model: str | Path, calibration: dict, sparsity: float | No
                 a.working.graph.inputs.append(v)
                 pair.append(v)
         thresholds[name] = tuple(pair)
-    passes.lower(a.working, {}, thresholds=thresholds)
+        if GATE in parts and GATE in st["thresholds"]:
+            if sparsity is not None:
+                gates[name] = (None, st["thresholds"][GATE][key])
+            else:
+                v = ir.Value(name=threshold_input_name(name, GATE), shape=ir.Shape([]),
+                             type=ir.TensorType(ir.DataType.FLOAT))
+                a.working.graph.inputs.append(v)
+                gates[name] = (None, v)
+    passes.lower(a.working, {}, thresholds=thresholds, gate_thresholds=gates)
     return ir.serde.serialize_model(a.working)

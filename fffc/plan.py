@@ -40,18 +40,25 @@ def plan(sites: Sequence[Site], only: Sequence[str] = ()) -> None:
 
 def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, float]],
                      levels: dict[str, dict[str, float]]) -> None:
-    """TEAL: a float32 dense/gated site with an allocated threshold becomes ``teal`` (its
-    input and hidden thresholds, -1 = off); sites the allocation left at 0 keep their plan."""
+    """A float32 dense/gated site with an allocated threshold becomes ``teal`` (input and
+    hidden thresholds, -1 = off) or, with a gate threshold, ``cats`` (input and gate);
+    sites the allocation left at 0 keep their plan."""
     for site in sites:
         t = thresholds.get(site.name)
         if t is None or site.kind == "fff" or site.dtype != "float32":
             continue
         if site.decision == "dense" and site.reason == "not selected with --sites":
             continue
+        lv = levels.get(site.name, {})
+        if float(t.get("gate", -1.0)) >= 0 and site.kind == "gated":
+            site.decision = "cats"
+            site.thresholds = (float(t.get("input", -1.0)), float(t["gate"]))
+            site.reason = (f"CATS: {lv.get('gate', 0):.0%} of the gates closed, "
+                           f"{lv.get('input', 0):.0%} of x skipped (calibrated levels)")
+            continue
         pair = (float(t.get("input", -1.0)), float(t.get("hidden", -1.0)))
         if max(pair) < 0:
             continue
-        lv = levels.get(site.name, {})
         site.decision, site.thresholds = "teal", pair
         site.reason = (f"TEAL thresholds: {lv.get('input', 0):.0%} of x and "
                        f"{lv.get('hidden', 0):.0%} of the down projection's input skipped "

@@ -59,3 +59,29 @@ def test_one_budget_required(setup) -> None:
     path, calib, calib_feeds, held_out = setup
     with pytest.raises(fffc.FffcError, match="one budget"):
         allocate.allocate(path, calib, calib_feeds, held_out)
+
+
+def test_gated_site_takes_hidden_or_gate_never_both(setup) -> None:
+    """The SwiGLU site may be thresholded TEAL's way (a) or CATS's (its gate), not both;
+    the GELU site has no gate. Forced onto the gate, the site is planned as mode cats."""
+    from fffc.pipeline import analyze
+    from fffc.plan import apply_thresholds, plan
+
+    path, calib, calib_feeds, held_out = setup
+    alloc = allocate.allocate(path, calib, calib_feeds, held_out, target_sparsity=0.7)
+    assert "gate" not in alloc.levels["fffc_ffn_0"]
+    lv = alloc.levels["fffc_ffn_1"]
+    assert not (lv["hidden"] > 0 and lv["gate"] > 0)
+    gate_only = allocate.allocate(path, calib, calib_feeds, held_out, target_sparsity=0.3,
+                                  parts=("input", "gate"))
+    assert gate_only.levels["fffc_ffn_1"]["gate"] > 0
+    measured = _rel_err(allocate.apply(path, calib, gate_only).SerializeToString(), path,
+                        held_out)
+    assert measured == pytest.approx(gate_only.error_held_out, rel=1e-3, abs=1e-6)
+    a = analyze(path)
+    plan(a.sites)
+    apply_thresholds(a.sites, gate_only.thresholds, gate_only.levels)
+    site = next(s for s in a.sites if s.name == "fffc_ffn_1")
+    assert site.decision == "cats"
+    assert site.thresholds == (gate_only.thresholds["fffc_ffn_1"]["input"],
+                               gate_only.thresholds["fffc_ffn_1"]["gate"])
