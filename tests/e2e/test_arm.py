@@ -107,3 +107,37 @@ def test_arm_fff_artifact_runs_in_aarch64_onnxruntime(sysroot, tmp_path):
     for k, x in inputs.items():
         want = ref.run(None, {"x": x})[0]
         np.testing.assert_allclose(got[k], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("budget, modes", [("uniform=0.4", ["teal", "teal"]),
+                                           ("cats=0.5", ["dense", "cats"])])
+def test_arm_threshold_modes_run_in_aarch64_onnxruntime(sysroot, tmp_path, budget, modes):
+    """``--calibration`` artifacts for aarch64: the GELU FFN + SwiGLU model of the
+    calibration tests, TEAL (both sites) or CATS (the gated one), against the thresholded
+    reference model (``fffc.allocate.apply``, standard ONNX ops) run on x86."""
+    from fffc import allocate, calibration
+    from tests.test_calibration import D, _feeds, _models
+
+    path, _ = _models(tmp_path)
+    data, _ = _feeds(tmp_path, count=4)
+    calib = calibration.calibrate(path, data)
+    calibration.write(calib, tmp_path / "m.calib.json")
+    result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(
+        target="arm", calibration=tmp_path / "m.calib.json", budget=budget))
+    assert [s.decision for s in result.sites] == modes
+    rng = np.random.default_rng(8)
+    inputs = {f"t{s}": rng.standard_normal((1, s, D)).astype(np.float32) for s in (1, 7)}
+    got = _run_aarch64(sysroot, result.artifact, inputs, tmp_path)
+    # the reference: the same thresholds in standard ops (x86 ONNX Runtime)
+    fixed = allocate.Allocation(
+        levels={}, sparsity=0.0, error_calibration=0.0, error_held_out=0.0,
+        thresholds={s.name: ({"input": s.thresholds[0], "hidden": s.thresholds[1]}
+                             if s.decision == "teal" else
+                             {"input": s.thresholds[0], "gate": s.thresholds[1]}
+                             if s.decision == "cats" else {})
+                    for s in result.sites})
+    ref = ort.InferenceSession(allocate.apply(path, calib, fixed).SerializeToString(),
+                               providers=["CPUExecutionProvider"])
+    for k, x in inputs.items():
+        want = ref.run(None, {"x": x})[0]
+        np.testing.assert_allclose(got[k], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

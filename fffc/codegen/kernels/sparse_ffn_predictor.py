@@ -21,25 +21,25 @@ from __future__ import annotations
 from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
-from .._tvm import from_source
-from .sparse_ffn import Tiling, check_tiling
-from .sparse_ffn_teal import _QUADS, _REST, ACTIVATIONS, DOWN, PARTS, ROWS, _axpy4
+from .decode import (
+    ACTIVATIONS,
+    DOWN,
+    HEADER,
+    PARTS,
+    QUADS,
+    REST,
+    ROWS,
+    axpy,
+    check,
+    folds,
+    params,
+    primfunc,
+)
+from .sparse_ffn import Tiling
 
 _PREDICTOR = '''
-@T.prim_func
-def kernel({params}):
-    T.func_attr({{"global_symbol": "{symbol}", "tirx.noalias": True}})
-    N = T.int32()
-    X = T.match_buffer(x, (N, {D}), "float32", align=4)
-    Y = T.match_buffer(y, (N, {DO}), "float32", align=4)
     Z = T.alloc_buffer(({P}, {R}), "float32")
     ZS = T.alloc_buffer(({R},), "float32")
-    IDX = T.alloc_buffer(({F},), "int32")
-    VAL = T.alloc_buffer(({F},), "float32")
-    CNT = T.alloc_buffer(({NFB},), "int32")
-    LIDX = T.alloc_buffer(({F},), "int32")
-    LVAL = T.alloc_buffer(({F},), "float32")
-    ACC2 = T.alloc_buffer(({P}, {DO}), "float32")
     for tb in range(N):
         c = T.alloc_buffer((1,), "int32", scope="local")
         for p in {loop}({P}):
@@ -80,7 +80,8 @@ def kernel({params}):
                     VAL[fb * {NB} + n[0]] = {act}
                     n[0] = n[0] + 1
             CNT[fb] = n[0]
-{down}'''
+{down}
+'''
 
 _UP = {  # gated FFNs: the up projection's dot in the same pass over x
     "up_alloc": '''            pu = T.alloc_buffer(({VL},), "float32", scope="local")''',
@@ -88,76 +89,37 @@ _UP = {  # gated FFNs: the up projection's dot in the same pass over x
                         pu[v] = T.float32(0)''',
     "up_dot": '''                            pu[v] = pu[v] + X[tb, kb * {VL} + v] * WU[fb * {NB} + fl, kb * {VL} + v]''',
 }
-_FOLD = '''                    for v in T.vectorized({half}):
-                        part[v] = part[v] + part[v + {half}]'''
-_FOLD_UP = '''                        pu[v] = pu[v] + pu[v + {half}]'''
-
-
 def check_predictor_spec(spec: KernelSpec) -> None:
-    if spec.op != "SparseFFN" or spec.mode != "predictor":
-        raise CodegenError(f"not a SparseFFN mode=predictor spec: {spec}")
-    if spec.activation not in ACTIVATIONS or spec.activation == "none":
-        raise CodegenError(f"SparseFFN predictor: activation {spec.activation!r} has no kernel")
-    if spec.up_activation not in ("none", "relu"):
-        raise CodegenError(f"SparseFFN up_activation {spec.up_activation!r} is not supported")
     if spec.rank < 1:
         raise CodegenError("SparseFFN predictor: the spec carries no rank")
-    if spec.dtype != "float32":
-        raise CodegenError(f"SparseFFN kernels are float32 only, got {spec.dtype!r}")
-
-
-def _params(spec: KernelSpec) -> str:
-    d, f, do, r = spec.d_in, spec.d_ff, spec.d_out, spec.rank
-    shapes = {"X": "x: T.handle", "W1": f'W1: T.Buffer(({f}, {d}), "float32", align=4)',
-              "B1": f'B1: T.Buffer(({f},), "float32", align=4)',
-              "W2": f'W2: T.Buffer(({f}, {do}), "float32", align=4)',
-              "B2": f'B2: T.Buffer(({do},), "float32", align=4)',
-              "WU": f'WU: T.Buffer(({f}, {d}), "float32", align=4)',
-              "PA": f'PA: T.Buffer(({d}, {r}), "float32", align=4)',
-              "PB": f'PB: T.Buffer(({r}, {f}), "float32", align=4)',
-              "PC": f'PC: T.Buffer(({f},), "float32", align=4)', "Y": "y: T.handle"}
-    return ", ".join(shapes[a] for a in spec.arg_names())
 
 
 def predictor_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS) -> str:
     """TVMScript of the predictor decode kernel. Of the tiling: ``mr`` must be 1, ``nb``
     neurons per scoring task, ``vl`` lanes of the row dot products, ``nr3`` the vector
     width over d_out."""
+    check(spec, "predictor", tiling)
     check_predictor_spec(spec)
-    check_tiling(spec, tiling)
-    if tiling.mr != 1:
-        raise CodegenError("the predictor kernel takes one token per tile (mr=1)")
     t = tiling
     fmt: dict[str, object] = {
         "D": spec.d_in, "F": spec.d_ff, "DO": spec.d_out, "R": spec.rank, "NB": t.nb,
         "NFB": spec.d_ff // t.nb, "VL": t.vl, "VO": t.nr3, "P": parts, "symbol": symbol,
-        "params": _params(spec), "loop": "T.parallel" if t.parallel else "range",
-        "quads": _QUADS.format(P=parts, R=ROWS), "rest": _REST.format(P=parts, R=ROWS),
+        "params": params(spec), "loop": "T.parallel" if t.parallel else "range",
+        "quads": QUADS.format(P=parts, R=ROWS), "rest": REST.format(P=parts, R=ROWS),
         "b1": f"B1[fb * {t.nb} + fl]" if spec.has_b1 else "T.float32(0)",
         "b2": f"B2[js * {t.nr3} + v]" if spec.has_b2 else "T.float32(0)",
-        "axpy4_2": _axpy4("W2", f"js * {t.nr3} + v", "LVAL", "LIDX", parts, ROWS),
+        "axpy4_2": axpy("W2", f"js * {t.nr3} + v", "LVAL", "LIDX", parts, ROWS),
     }
     act = ACTIVATIONS[spec.activation].format(v="h[0]")
     if spec.gated:
         act = f"({act}) * ({ACTIVATIONS[spec.up_activation].format(v='pu[0]')})"
     fmt["act"] = act
-    folds, half = [], t.vl // 2
-    while half >= 1:
-        fold = _FOLD.format(half=half)
-        if spec.gated:
-            fold += "\n" + _FOLD_UP.format(half=half)
-        folds.append(fold)
-        half //= 2
-    fmt["folds"] = "\n".join(folds)
+    fmt["folds"] = folds(t.vl, ("part", "pu") if spec.gated else ("part",))
     for key, text in _UP.items():
         fmt[key] = text.format(**fmt) if spec.gated else ""
     fmt["down"] = DOWN.format(**fmt)
-    return _PREDICTOR.format(**fmt)
+    return (HEADER + _PREDICTOR).format(**fmt)
 
 
 def predictor_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS):
-    source = predictor_source(spec, tiling, symbol, parts)
-    try:
-        return from_source(source)
-    except Exception as e:  # TVMScript errors carry the offending line; keep it typed
-        raise CodegenError(f"TVMScript generation failed for {symbol}: {e}") from e
+    return primfunc(predictor_source(spec, tiling, symbol, parts), symbol)

@@ -28,44 +28,26 @@ from __future__ import annotations
 from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
-from .._tvm import from_source
-from .sparse_ffn import Tiling, check_tiling
-
-PARTS = 4  # split-K tasks of both GEMVs, each with a private accumulator row
-ROWS = 4  # weight rows per accumulator pass (independent streams in flight)
-
-ACTIVATIONS = {  # TIR of each activation on the expression {v}
-    "none": "{v}",
-    "relu": "T.max({v}, T.float32(0))",
-    "gelu": "T.float32(0.5) * {v} * (T.float32(1) + T.erf({v} * T.float32(0.7071067811865476)))",
-    "gelu_tanh": "T.float32(0.5) * {v} * (T.float32(1) + T.tanh(T.float32(0.7978845608028654) * "
-                 "({v} + T.float32(0.044715) * {v} * {v} * {v})))",
-    "silu": "{v} * T.sigmoid({v})",
-}
-
-# A task's share [lo, hi) of the c[0] listed rows, and its passes of {R} rows.
-_LO = "c[0] * p // {P}"
-_HI = "c[0] * (p + 1) // {P}"
-_QUADS = f"({_HI} - {_LO}) // {{R}}"
-_REST = f"range({_LO} + {_QUADS} * {{R}}, {_HI})"
+from .decode import (
+    ACTIVATIONS,
+    DOWN,
+    HEADER,
+    PARTS,
+    QUADS,
+    REST,
+    ROWS,
+    axpy,
+    check,
+    params,
+    primfunc,
+)
+from .sparse_ffn import Tiling
 
 _TEAL = '''
-@T.prim_func
-def kernel({params}):
-    T.func_attr({{"global_symbol": "{symbol}", "tirx.noalias": True}})
-    N = T.int32()
-    X = T.match_buffer(x, (N, {D}), "float32", align=4)
-    Y = T.match_buffer(y, (N, {DO}), "float32", align=4)
     KIN = T.alloc_buffer(({D},), "int32")
     XIN = T.alloc_buffer(({D},), "float32")
     ACC1 = T.alloc_buffer(({P}, {F}), "float32")
 {up_alloc}
-    IDX = T.alloc_buffer(({F},), "int32")
-    VAL = T.alloc_buffer(({F},), "float32")
-    CNT = T.alloc_buffer(({NFB},), "int32")
-    LIDX = T.alloc_buffer(({F},), "int32")
-    LVAL = T.alloc_buffer(({F},), "float32")
-    ACC2 = T.alloc_buffer(({P}, {DO}), "float32")
     for tb in range(N):
         c = T.alloc_buffer((1,), "int32", scope="local")
         c[0] = 0
@@ -109,35 +91,7 @@ def kernel({params}):
                     VAL[fb * {NB} + n[0]] = hb[fl]
                     n[0] = n[0] + 1
             CNT[fb] = n[0]
-{down}'''
-
-# The decode kernels' common tail: concatenate the blocks' lists of (neuron, value), then
-# the down projection split over the listed neurons (whole rows of W2, private
-# accumulators, ``ROWS`` rows per pass) and Y = B2 + the parts.
-DOWN = '''        c[0] = 0
-        for fb in range({NFB}):
-            for q in range(CNT[fb]):
-                LIDX[c[0] + q] = IDX[fb * {NB} + q]
-                LVAL[c[0] + q] = VAL[fb * {NB} + q]
-            c[0] = c[0] + CNT[fb]
-        for p in {loop}({P}):
-            for js in range({DO} // {VO}):
-                for v in T.vectorized({VO}):
-                    ACC2[p, js * {VO} + v] = T.float32(0)
-            for q4 in range({quads}):
-                for js in range({DO} // {VO}):
-                    for v in T.vectorized({VO}):
-                        ACC2[p, js * {VO} + v] = ACC2[p, js * {VO} + v] + {axpy4_2}
-            for q in {rest}:
-                for js in range({DO} // {VO}):
-                    for v in T.vectorized({VO}):
-                        ACC2[p, js * {VO} + v] = ACC2[p, js * {VO} + v] + LVAL[q] * W2[LIDX[q], js * {VO} + v]
-        for js in range({DO} // {VO}):
-            for v in T.vectorized({VO}):
-                Y[tb, js * {VO} + v] = {b2}
-            for p in range({P}):
-                for v in T.vectorized({VO}):
-                    Y[tb, js * {VO} + v] = Y[tb, js * {VO} + v] + ACC2[p, js * {VO} + v]
+{down}
 '''
 
 _UP = {  # gated FFNs: the up projection, the same split-K input-sparse GEMV on WU
@@ -160,70 +114,35 @@ _UP = {  # gated FFNs: the up projection, the same split-K input-sparse GEMV on 
 }
 
 
-def check_teal_spec(spec: KernelSpec) -> None:
-    if spec.op != "SparseFFN" or spec.mode != "teal":
-        raise CodegenError(f"not a SparseFFN mode=teal spec: {spec}")
-    if spec.activation not in ACTIVATIONS or spec.activation == "none":
-        raise CodegenError(f"SparseFFN teal: activation {spec.activation!r} has no kernel")
-    if spec.up_activation not in ("none", "relu"):
-        raise CodegenError(f"SparseFFN up_activation {spec.up_activation!r} is not supported")
-    if spec.dtype != "float32":
-        raise CodegenError(f"SparseFFN kernels are float32 only, got {spec.dtype!r}")
-
-
-def _params(spec: KernelSpec) -> str:
-    d, f, do = spec.d_in, spec.d_ff, spec.d_out
-    shapes = {"X": "x: T.handle", "W1": f'W1: T.Buffer(({d}, {f}), "float32", align=4)',
-              "B1": f'B1: T.Buffer(({f},), "float32", align=4)',
-              "W2": f'W2: T.Buffer(({f}, {do}), "float32", align=4)',
-              "B2": f'B2: T.Buffer(({do},), "float32", align=4)',
-              "WU": f'WU: T.Buffer(({d}, {f}), "float32", align=4)',
-              "TH": 'TH: T.Buffer((2,), "float32", align=4)', "Y": "y: T.handle"}
-    return ", ".join(shapes[a] for a in spec.arg_names())
-
-
-def _axpy4(w: str, col: str, xs: str, ks: str, parts: int, rows: int) -> str:
-    """The term ``Σ_j xs[q+j] · w[ks[q+j], col]`` of a task's pass q4 over ``rows`` rows."""
-    q = f"{_LO.format(P=parts)} + q4 * {rows}"
-    return " + ".join(f"{xs}[{q} + {j}] * {w}[{ks}[{q} + {j}], {col}]" for j in range(rows))
-
-
 def teal_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
                 rows: int = ROWS) -> str:
     """TVMScript of the TEAL decode kernel. Of the tiling: ``mr`` must be 1, ``nr1`` and
     ``nr3`` are the vector widths over d_ff and d_out, ``nb`` the neurons per activation task."""
-    check_teal_spec(spec)
-    check_tiling(spec, tiling)
-    if tiling.mr != 1:
-        raise CodegenError("the TEAL kernel takes one token per tile (mr=1)")
+    check(spec, "teal", tiling)
     t = tiling
     if spec.d_ff % t.nr1:
         raise CodegenError(f"tiling nr1={t.nr1} does not divide d_ff {spec.d_ff}")
     fmt: dict[str, object] = {
         "D": spec.d_in, "F": spec.d_ff, "DO": spec.d_out, "NB": t.nb, "NFB": spec.d_ff // t.nb,
-        "VF": t.nr1, "VO": t.nr3, "P": parts, "symbol": symbol, "params": _params(spec),
+        "VF": t.nr1, "VO": t.nr3, "P": parts, "symbol": symbol, "params": params(spec),
         "loop": "T.parallel" if t.parallel else "range",
-        "quads": _QUADS.format(P=parts, R=rows), "rest": _REST.format(P=parts, R=rows),
+        "quads": QUADS.format(P=parts, R=rows), "rest": REST.format(P=parts, R=rows),
         "b1": f"B1[fb * {t.nb} + fl]" if spec.has_b1 else "T.float32(0)",
         "b2": f"B2[js * {t.nr3} + v]" if spec.has_b2 else "T.float32(0)",
-        "axpy4_1": _axpy4("W1", f"fs * {t.nr1} + v", "XIN", "KIN", parts, rows),
-        "axpy4_2": _axpy4("W2", f"js * {t.nr3} + v", "LVAL", "LIDX", parts, rows),
+        "axpy4_1": axpy("W1", f"fs * {t.nr1} + v", "XIN", "KIN", parts, rows),
+        "axpy4_2": axpy("W2", f"js * {t.nr3} + v", "LVAL", "LIDX", parts, rows),
     }
     act = ACTIVATIONS[spec.activation].format(v="hb[fl]")
     if spec.gated:
         act = f"({act}) * ({ACTIVATIONS[spec.up_activation].format(v='ub[fl]')})"
     fmt["act"] = act
-    fmt["axpy4_u"] = _axpy4("WU", f"fs * {t.nr1} + v", "XIN", "KIN", parts, rows)
+    fmt["axpy4_u"] = axpy("WU", f"fs * {t.nr1} + v", "XIN", "KIN", parts, rows)
     for key, text in _UP.items():
         fmt[key] = text.format(**fmt) if spec.gated else ""
     fmt["down"] = DOWN.format(**fmt)
-    return _TEAL.format(**fmt)
+    return (HEADER + _TEAL).format(**fmt)
 
 
 def teal_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
                   rows: int = ROWS):
-    source = teal_source(spec, tiling, symbol, parts, rows)
-    try:
-        return from_source(source)
-    except Exception as e:  # TVMScript errors carry the offending line; keep it typed
-        raise CodegenError(f"TVMScript generation failed for {symbol}: {e}") from e
+    return primfunc(teal_source(spec, tiling, symbol, parts, rows), symbol)
