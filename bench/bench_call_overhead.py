@@ -86,7 +86,7 @@ def main() -> int:
         gated = fam.startswith("dReLU")
         spec = KernelSpec("SparseFFN", "relu", "relu" if gated else "none", "exact", d, f, d,
                           not gated, not gated, gated)
-        kernel = KernelRunner(spec, "gemv1")
+        kernel = KernelRunner(spec, "decode")
         args = [x.reshape(1, d)] + [w[i] for i in node.input[1:] if i]
         inproc = float(np.median(kernel.time(*args, number=200, repeat=7))) * 1e3
         node_ms = next(v for k, v in prof.items() if k.startswith("node "))

@@ -19,6 +19,7 @@ from fffc.ops import KernelSpec
 
 from . import _tvm
 from .cuda_build import DEFAULT_ARCHS, CudaLibrary, build_cuda_library
+from .kernels.exact_decode import exact_decode_primfunc
 from .kernels.fff import fff_cpu_primfunc, fff_level_primfunc
 from .kernels.fff_cuda import fff_params
 from .kernels.sparse_ffn import sparse_ffn_primfunc
@@ -140,7 +141,7 @@ def _funcs(specs: Sequence[KernelSpec], target_name: str, target: dict,
             if only is None or v.name == only:
                 make = {"teal": teal_primfunc, "cats": cats_primfunc,
                         "predictor": predictor_primfunc}.get(
-                    spec.mode, sparse_ffn_primfunc)
+                    spec.mode, exact_decode_primfunc if v.name == "decode" else sparse_ffn_primfunc)
                 funcs[kernels[-1].symbol] = make(spec, v.tiling, kernels[-1].symbol)
         _check_cover(spec, kernels)
         if only is not None and not any(k.variant == only for k in kernels):
@@ -240,6 +241,7 @@ def assembly(spec: KernelSpec, target: dict, variant: str | None = None,
 
 def source(spec: KernelSpec, variant: str, target: str = "x86", mcpu: str | None = None) -> str:
     """The TVMScript of one variant (for --dump and debugging)."""
+    from .kernels.exact_decode import exact_decode_source
     from .kernels.fff import fff_cpu_source, fff_level_source
     from .kernels.sparse_ffn import sparse_ffn_source
     from .kernels.sparse_ffn_cats import cats_source
@@ -256,6 +258,6 @@ def source(spec: KernelSpec, variant: str, target: str = "x86", mcpu: str | None
     for v in fam.variants(spec, fam.target(mcpu)):
         if v.name == variant:
             make = {"teal": teal_source, "cats": cats_source, "predictor": predictor_source}.get(
-                spec.mode, sparse_ffn_source)
+                spec.mode, exact_decode_source if variant == "decode" else sparse_ffn_source)
             return make(spec, v.tiling, symbol_of(spec, variant))
     raise CodegenError(f"no variant {variant!r}")

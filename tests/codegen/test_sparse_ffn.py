@@ -23,7 +23,7 @@ SPECS = {
 }
 
 
-@pytest.mark.parametrize("variant", ["gemv1", "gemv2", "gemm"])
+@pytest.mark.parametrize("variant", ["decode", "gemv2", "gemm"])
 @pytest.mark.parametrize("name", list(SPECS))
 def test_variant_matches_reference(name: str, variant: str) -> None:
     s = SPECS[name]
@@ -43,7 +43,7 @@ def test_dispatch_by_tokens(name: str) -> None:
     s = SPECS[name]
     w = weights(s)
     fn = kernels(s)
-    expected = ["gemv1", "gemv2", *(["gemm_stream"] if s.gated else []), "gemm", "gemm_packed"]
+    expected = ["decode", "gemv2", *(["gemm_stream"] if s.gated else []), "gemm", "gemm_packed"]
     assert [k.variant for k in fn.kernels] == expected
     for t in TOKENS:
         x = inputs(s, t)
@@ -55,7 +55,7 @@ def test_all_neurons_inactive(name: str) -> None:
     """Every activation zero: the lists are empty and Y is B2 (or 0)."""
     s = SPECS[name]
     w = weights(s, shift=-1e4)
-    for variant in ("gemv1", "gemv2", "gemm"):
+    for variant in ("decode", "gemv2", "gemm"):
         x = inputs(s, 7)
         y = kernels(s, variant)(x, *args(s, w))
         want = np.broadcast_to(w["B2"] if s.has_b2 else 0.0, y.shape)

@@ -9,7 +9,8 @@ The function (``fffc.reference.cats_ffn``), gated FFNs only: x' = Where(|x| <= t
    (``sparse_ffn_teal``'s form on W1 [d_in, d_ff]);
 2. per block of ``nb`` neurons: act(gate); for each neuron with |g| > t_gate only, the dot
    product of x' with its row of WU (stored row per neuron [d_ff, d_in]) — the up rows of
-   gated-off neurons are never read — and the block's list entry g·up_act(u);
+   gated-off neurons are never read — and, where it is non-zero (a ReLU up projection
+   can zero it too: dReLU), the block's list entry g·up_act(u);
 3. the down projection over the listed neurons (``decode.DOWN``).
 """
 
@@ -81,9 +82,11 @@ _CATS = '''
                         for v in T.vectorized({VL}):
                             part[v] = part[v] + XZ[kb * {VL} + v] * WU[fb * {NB} + fl, kb * {VL} + v]
 {folds}
-                    IDX[fb * {NB} + n[0]] = fb * {NB} + fl
-                    VAL[fb * {NB} + n[0]] = hb[fl] * {up}
-                    n[0] = n[0] + 1
+                    part[0] = hb[fl] * {up}
+                    if part[0] != T.float32(0):
+                        IDX[fb * {NB} + n[0]] = fb * {NB} + fl
+                        VAL[fb * {NB} + n[0]] = part[0]
+                        n[0] = n[0] + 1
             CNT[fb] = n[0]
 {down}
 '''

@@ -15,7 +15,7 @@ from .base import MAX_TOKENS, Variant, largest_divisor
 class CpuConfig:
     """Tunables of the CPU SparseFFN kernels (kernels/sparse_ffn.py has the loops)."""
 
-    gemv_max_tokens: int = 2  # variants gemv1..gemvN: exactly that many tokens
+    gemv_max_tokens: int = 2  # variants decode (1 token), gemv2..gemvN: exactly that many
     gemv_nr1_vectors: int = 8  # 8 independent FMA chains over one token
     gemv_nr3_vectors: int = 8
     gemv_tasks: int = 4  # neuron blocks of phase 1: long contiguous W1 row segments
@@ -38,20 +38,22 @@ def cpu_variants(spec: KernelSpec, c: CpuConfig, lanes: int, gemm_nr_vectors: in
     gemv_nb = largest_divisor(spec.d_ff, max(lanes, spec.d_ff // c.gemv_tasks))
     nr1 = largest_divisor(gemv_nb, lanes * c.gemv_nr1_vectors)
     nr3 = largest_divisor(spec.d_out, lanes * c.gemv_nr3_vectors)
-    # one kernel per decode token count: W1 is streamed once for all tokens of a tile
-    if spec.mode in ("teal", "cats"):  # one token at a time; the If past sparse_max_tokens runs ORT's
-        # thresholded FFN. nr1/nr3: 4 vectors per step over d_ff / d_out (bench: 2-core AVX-512
-        # VM, split-K over 4 parts, 64 lanes ≈ 128 and faster than 2 parts)
-        teal = Tiling(mr=1, nr1=largest_divisor(gemv_nb, lanes * 4), nb=gemv_nb,
-                      nr3=largest_divisor(spec.d_out, lanes * 4), vl=vl, parallel=parallel)
-        return [Variant(spec.mode, 1, MAX_TOKENS, teal)]
+    # the split-K decode kernels (kernels/decode.py): nr1/nr3 4 vectors per step over d_ff /
+    # d_out (bench: 2-core AVX-512 VM, 4 parts, 64 lanes ≈ 128 and faster than 2 parts)
+    decode = Tiling(mr=1, nr1=largest_divisor(gemv_nb, lanes * 4), nb=gemv_nb,
+                    nr3=largest_divisor(spec.d_out, lanes * 4), vl=vl, parallel=parallel)
+    if spec.mode in ("teal", "cats"):  # one token at a time; the If past sparse_max_tokens
+        return [Variant(spec.mode, 1, MAX_TOKENS, decode)]  # runs ORT's thresholded FFN
     if spec.mode == "predictor":  # one token at a time, like teal; vl: lanes of the row dots
-        pred = Tiling(mr=1, nr1=1, nb=gemv_nb, nr3=largest_divisor(spec.d_out, lanes * 4),
-                      vl=vl, parallel=parallel)
-        return [Variant("predictor", 1, MAX_TOKENS, pred)]
-    gemv = [Variant(f"gemv{m}", m, m, Tiling(mr=m, nr1=nr1, nb=gemv_nb, nr3=nr3, vl=vl,
-                                              parallel=parallel))
-            for m in range(1, c.gemv_max_tokens + 1)]
+        return [Variant("predictor", 1, MAX_TOKENS, decode)]
+    # exact, 1 token: the decode kernel with thresholds "exactly zero" (kernels/exact_decode.py:
+    # whole rows of W1 streamed; 1.06x (ReLU 768/3072) and 1.5x (dReLU 1024/4096) faster than
+    # the row-block gemv1 at 90% zeros, 2-core AVX-512 VM); 2+ tokens: one kernel per token
+    # count, W1 streamed once for all tokens of a tile
+    gemv = [Variant("decode", 1, 1, decode)] + [
+        Variant(f"gemv{m}", m, m, Tiling(mr=m, nr1=nr1, nb=gemv_nb, nr3=nr3, vl=vl,
+                                         parallel=parallel))
+        for m in range(2, c.gemv_max_tokens + 1)]
     nr = lanes * gemm_nr_vectors
     gemm_nb = largest_divisor(spec.d_ff, max(nr, min(c.gemm_nb, c.pack_bytes // (4 * spec.d_in))))
     gemm = Tiling(mr=c.gemm_mr, nr1=largest_divisor(gemm_nb, nr), nb=gemm_nb,

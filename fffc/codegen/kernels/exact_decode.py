@@ -1,0 +1,35 @@
+"""``SparseFFN`` mode=exact for one token, on the split-K decode kernels.
+
+Exact skipping is the threshold kernels with their thresholds fixed: no input threshold,
+and a neuron counts when its value is non-zero (|a| > 0). Dense ReLU FFNs run the teal
+kernel (``sparse_ffn_teal``): the first projection streams whole rows of W1 split over the
+inputs, then only the rows of W2 of non-zero neurons. Gated ones (ReGLU, dReLU) run the
+cats kernel (``sparse_ffn_cats``): gate first, then WU's and W2's rows only where the
+ReLU gate is positive. Same function as the dense FFN up to float reassociation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from fffc.ops import KernelSpec
+
+from .decode import primfunc
+from .sparse_ffn import Tiling, check_spec
+from .sparse_ffn_cats import cats_source
+from .sparse_ffn_teal import teal_source
+
+_EXACT = {"TH[0]": "T.float32(-1)", "TH[1]": "T.float32(0)"}  # no input threshold; |a| > 0
+
+
+def exact_decode_source(spec: KernelSpec, tiling: Tiling, symbol: str) -> str:
+    check_spec(spec)  # what exact skipping can compute (ReLU-family, float32)
+    as_mode = replace(spec, mode="cats" if spec.gated else "teal")
+    source = (cats_source if spec.gated else teal_source)(as_mode, tiling, symbol)
+    for th, value in _EXACT.items():
+        source = source.replace(th, value)
+    return source.replace(', TH: T.Buffer((2,), "float32", align=4)', "")
+
+
+def exact_decode_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str):
+    return primfunc(exact_decode_source(spec, tiling, symbol), symbol)
