@@ -10,8 +10,9 @@ calibration feeds with the thresholded reference model (thresholds as graph inpu
 ONNX Runtime session for the whole search). It stops at the target sparsity (bytes of FFN
 weights skipped / all FFN weight bytes) or before the error budget is exceeded; with an
 error budget, the path is then walked back until the *held-out* feeds are within it too.
-A gated site takes "hidden" or "gate", never both (one kernel each: mode teal or cats), so
-the search also picks each site's mode.
+A gated site takes "hidden" or "gate", never both (one kernel each: mode teal or cats), and
+a site with a trained predictor may instead switch it on (mode predictor: its held-out
+fraction of neurons skipped, nothing else), so the search also picks each site's mode.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .calibration import GATE, PARTS, threshold_input_name, thresholded_model
+from .calibration import GATE, PARTS, PREDICTOR, threshold_input_name, thresholded_model
 from .errors import UsageError
+
+PREDICTOR_OFF = 1e30  # added to a predictor's scores: every neuron selected
 
 
 @dataclass
@@ -77,19 +80,21 @@ def parse_budget(text: str) -> tuple[str, float]:
 
 
 def choose(model: str | Path, calibration: dict, budget: tuple[str, float],
-           feeds: Sequence[dict]) -> Allocation:
-    """The allocation of a parsed budget; the last quarter of ``feeds`` is held out."""
+           feeds: Sequence[dict], predictors: dict[str, tuple] | None = None) -> Allocation:
+    """The allocation of a parsed budget; the last quarter of ``feeds`` is held out;
+    ``predictors`` (site → A, B, C-cut) join the search as a mode."""
     kind, v = budget
     held = max(1, len(feeds) // 4)
     calib, held_out = (feeds[:-held], feeds[-held:]) if len(feeds) > 1 else (feeds, feeds)
     arg = {"sparsity": "target_sparsity", "error": "max_error", "uniform": "uniform"}[kind]
-    return allocate(model, calibration, calib, held_out, **{arg: v})
+    return allocate(model, calibration, calib, held_out, **{arg: v}, predictors=predictors)
 
 
 def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
              held_out_feeds: Sequence[dict], *, target_sparsity: float | None = None,
              max_error: float | None = None, uniform: float | None = None,
-             parts: tuple[str, ...] = (*PARTS, GATE)) -> Allocation:
+             parts: tuple[str, ...] = (*PARTS, GATE),
+             predictors: dict[str, tuple] | None = None) -> Allocation:
     """Greedy levels per site and part; exactly one of ``target_sparsity`` and
     ``max_error`` (relative L2 error of the model's outputs) is the budget — or ``uniform``,
     one calibrated level everywhere (no search; errors measured all the same)."""
@@ -97,10 +102,11 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
         raise UsageError("give one budget: a target sparsity or a maximum output error")
     if uniform is not None:
         parts = tuple(p for p in parts if p != GATE)  # uniform TEAL: input and hidden
+        predictors = None
     so = ort.SessionOptions()
     so.log_severity_level = 3
     original = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-    searched = thresholded_model(model, calibration, None, parts=parts)
+    searched = thresholded_model(model, calibration, None, parts=parts, predictors=predictors)
     sess = ort.InferenceSession(searched.SerializeToString(), so,
                                 providers=["CPUExecutionProvider"])
     sites = calibration["sites"]
@@ -108,14 +114,23 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
     weight = {name: _bytes(st) for name, st in sites.items()}
     total = sum(w["input"] + w["hidden"] for w in weight.values())
     keys = [(name, p) for name in sites for p in parts if p in weight[name]]
+    keys += [(name, PREDICTOR) for name in (predictors or {})]
+    selected = {name: sites[name]["predictor"]["held_out"]["selected"] for name in predictors or {}}
     want = {id(f): original.run(None, f) for f in (*calib_feeds, *held_out_feeds)}
 
     def threshold(name: str, p: str, level: int) -> float:
+        if p == PREDICTOR:  # the switch: 1 on, -1 off
+            return 1.0 if level else -1.0
         return -1.0 if level == 0 else float(sites[name]["thresholds"][p][f"{grid[level]:g}"])
 
+    def feed_value(name: str, p: str, level: int) -> float:
+        if p == PREDICTOR:  # added to the scores
+            return 0.0 if level else PREDICTOR_OFF
+        return threshold(name, p, level)
+
     def error(state: dict, feeds: Sequence[dict]) -> float:
-        extra = {threshold_input_name(n, p): np.array(threshold(n, p, state.get((n, p), 0)), np.float32)
-                 for n, p in keys}
+        extra = {threshold_input_name(n, p): np.array(feed_value(n, p, state.get((n, p), 0)),
+                                                       np.float32) for n, p in keys}
         num = den = 0.0
         for f in feeds:
             for g, w in zip(sess.run(None, {**f, **extra}), want[id(f)], strict=True):
@@ -126,6 +141,10 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
     def sparsity(state: dict) -> float:
         saved = 0.0
         for n, p in keys:
+            if p == PREDICTOR:
+                if state.get((n, p), 0):  # all of the site's rows, but the selected ones
+                    saved += (weight[n]["input"] + weight[n]["hidden"]) * (1.0 - selected[n])
+                continue
             w = weight[n][p]
             if p == "input" and state.get((n, GATE), 0):  # cats: x skips W1's rows only
                 w = w / 2
@@ -133,9 +152,17 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
         return saved / total
 
     def allowed(k: tuple[str, str], state: dict) -> bool:
-        """A site's "hidden" and "gate" exclude each other (mode teal or cats)."""
+        """A site's "hidden" and "gate" exclude each other (mode teal or cats), and its
+        predictor excludes every threshold (mode predictor)."""
+        if k[1] == PREDICTOR:
+            return not any(state.get((k[0], p), 0) for p in parts)
+        if state.get((k[0], PREDICTOR), 0):
+            return False
         other = {"hidden": GATE, GATE: "hidden"}.get(k[1])
         return other is None or not state.get((k[0], other), 0)
+
+    def top(k: tuple[str, str]) -> int:
+        return 1 if k[1] == PREDICTOR else len(grid) - 1
 
     state: dict[tuple[str, str], int] = {}
     err = 0.0
@@ -151,7 +178,7 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
                                or sparsity(state) < target_sparsity - 1e-12):
         best = None
         for k in keys:
-            if state.get(k, 0) + 1 >= len(grid) or not allowed(k, state):
+            if state.get(k, 0) >= top(k) or not allowed(k, state):
                 continue
             trial = {**state, k: state.get(k, 0) + 1}
             e = error(trial, calib_feeds)
@@ -168,19 +195,28 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
         path.pop()  # walk back until the held-out feeds are within the budget
         held_out = error(path[-1][0], held_out_feeds)
     state, err = path[-1]
+    own = {n: [p for n2, p in keys if n2 == n] for n in sites}
+
+    def level(n: str, p: str) -> float:
+        on = state.get((n, p), 0)
+        return (1.0 - selected[n]) * on if p == PREDICTOR else grid[on]
+
     return Allocation(
-        levels={n: {p: grid[state.get((n, p), 0)] for p in parts if p in weight[n]} for n in sites},
-        thresholds={n: {p: threshold(n, p, state.get((n, p), 0)) for p in parts if p in weight[n]}
-                    for n in sites},
+        levels={n: {p: level(n, p) for p in own[n]} for n in sites},
+        thresholds={n: {p: threshold(n, p, state.get((n, p), 0)) for p in own[n]} for n in sites},
         sparsity=sparsity(state), error_calibration=err,
         error_held_out=held_out,
         steps=[{"sparsity": sparsity(s), "error_calibration": e} for s, e in path])
 
 
-def apply(model: str | Path, calibration: dict, allocation: Allocation) -> onnx.ModelProto:
-    """The thresholded reference model with the allocation's thresholds as constants."""
+def apply(model: str | Path, calibration: dict, allocation: Allocation,
+          predictors: dict[str, tuple] | None = None) -> onnx.ModelProto:
+    """The thresholded reference model with the allocation's thresholds as constants (and
+    its predictor sites masked by their predictors)."""
     fixed = {"sparsities": [1.0], "model": calibration["model"], "sites": {
         name: {**st, "thresholds": {p: {"1": allocation.thresholds[name].get(p, -1.0)}
                                     for p in (*PARTS, GATE) if p in st["thresholds"]}}
         for name, st in calibration["sites"].items()}}
-    return thresholded_model(model, fixed, 1.0, parts=(*PARTS, GATE))
+    on = [n for n, t in allocation.thresholds.items() if t.get(PREDICTOR, -1.0) > 0]
+    return thresholded_model(model, fixed, 1.0, parts=(*PARTS, GATE), predictors=predictors,
+                             predictors_on=on)

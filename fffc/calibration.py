@@ -282,6 +282,22 @@ def write(result: dict, out: str | Path, force: bool = False) -> list[Path]:
 
 PARTS = ("input", "hidden")  # TEAL thresholds: the FFN input x, the down projection's input a
 GATE = "gate"  # CATS threshold of gated sites: |act(x·Wg)|, instead of "hidden"
+PREDICTOR = "predictor"  # a site's trained predictor on or off, instead of thresholds
+
+
+def load_predictors(calibration_path: str | Path, calibration: dict) -> dict[str, tuple]:
+    """Site → (A, B, C - cut) from CALIB.predictors.npz, or from the in-memory result of
+    ``calibrate`` (empty without predictors)."""
+    if calibration.get("_predictors"):
+        arrays = calibration["_predictors"]
+    elif calibration.get("predictors"):
+        with np.load(Path(calibration_path).with_name(calibration["predictors"])) as z:
+            arrays = {k: z[k] for k in z.files}
+    else:
+        return {}
+    return {site: (arrays[f"{site}/a"], arrays[f"{site}/b"],
+                   arrays[f"{site}/c"] - arrays[f"{site}/cut"])
+            for site in calibration["sites"] if f"{site}/a" in arrays}
 
 
 def threshold_input_name(site: str, part: str) -> str:
@@ -290,13 +306,19 @@ def threshold_input_name(site: str, part: str) -> str:
 
 def thresholded_model(model: str | Path, calibration: dict, sparsity: float | None,
                       sites: Iterable[str] | None = None,
-                      parts: tuple[str, ...] = PARTS) -> onnx.ModelProto:
+                      parts: tuple[str, ...] = PARTS,
+                      predictors: dict[str, tuple] | None = None,
+                      predictors_on: Iterable[str] = ()) -> onnx.ModelProto:
     """The model with TEAL thresholds at ``sparsity`` on every calibrated site (or on
     ``sites``): |x| ("input") and |a| ("hidden") below their calibrated quantiles are
     zeroed before the projections, in standard ONNX ops (``parts``: which of them; "gate"
     adds CATS's threshold on |act(gate)| of gated sites).
     ``sparsity`` None: every threshold is a scalar float graph input instead
-    (``threshold_input_name``; feed -1 to switch one off), for searching levels per site. It is the reference a threshold kernel must equal
+    (``threshold_input_name``; feed -1 to switch one off), for searching levels per site.
+    ``predictors`` (site → A, B, C with the cut folded in): with ``sparsity`` None each such
+    site also gets the input ``threshold_input_name(site, "predictor")``, added to its
+    predictor's scores (0: predictor mode, 1e30: off); otherwise the sites in
+    ``predictors_on`` run their predictor. It is the reference a threshold kernel must equal
     and what measures the accuracy a sparsity costs; it is not faster than the original."""
     from .pipeline import analyze, sha256_file
 
@@ -334,5 +356,14 @@ def thresholded_model(model: str | Path, calibration: dict, sparsity: float | No
                              type=ir.TensorType(ir.DataType.FLOAT))
                 a.working.graph.inputs.append(v)
                 gates[name] = (None, v)
-    passes.lower(a.working, {}, thresholds=thresholds, gate_thresholds=gates)
+    masks = {}
+    for name, arrays in (predictors or {}).items():
+        if sparsity is None:
+            v = ir.Value(name=threshold_input_name(name, PREDICTOR), shape=ir.Shape([]),
+                         type=ir.TensorType(ir.DataType.FLOAT))
+            a.working.graph.inputs.append(v)
+            masks[name] = (*arrays, v)
+        elif name in set(predictors_on):
+            masks[name] = tuple(arrays)
+    passes.lower(a.working, {}, thresholds=thresholds, gate_thresholds=gates, predictors=masks)
     return ir.serde.serialize_model(a.working)

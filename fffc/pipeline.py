@@ -250,7 +250,7 @@ def _allocate(a: Analysis, path: Path, options: CompileOptions, family: str) -> 
     """``--calibration`` + ``--budget``: TEAL thresholds per site (``fffc.allocate``), set on
     the sites as decision ``teal``. Returns the manifest's ``calibration`` section."""
     from . import allocate
-    from .calibration import load_feeds
+    from .calibration import load_feeds, load_predictors
 
     if family == "cuda":
         raise UsageError("--calibration: TEAL kernels exist for the CPU targets (x86, arm) only")
@@ -273,17 +273,16 @@ def _allocate(a: Analysis, path: Path, options: CompileOptions, family: str) -> 
         return {"path": str(Path(options.calibration).resolve()), "budget": options.budget,
                 "gate_thresholds": {s.name: s.thresholds[1] for s in a.sites
                                     if s.decision == "cats"}}
+    predictors = load_predictors(options.calibration, calib)
     if budget[0] == "predictor":
-        if not calib.get("predictors"):
+        if not predictors:
             raise UsageError("--budget predictor: this calibration has no predictors (run fffc "
                              "calibrate with --predictor-rank R)", path=options.calibration)
-        with np.load(Path(options.calibration).with_name(calib["predictors"])) as z:
-            arrays = {k: z[k] for k in z.files}
-        plan.apply_predictors(a.sites, calib, arrays)
+        plan.apply_predictors(a.sites, calib, predictors)
         return {"path": str(Path(options.calibration).resolve()), "budget": options.budget,
                 "predictors": {s.name: s.predictor for s in a.sites if s.predictor}}
-    result = allocate.choose(path, calib, budget, feeds)
-    plan.apply_thresholds(a.sites, result.thresholds, result.levels)
+    result = allocate.choose(path, calib, budget, feeds, predictors or None)
+    plan.apply_thresholds(a.sites, result.thresholds, result.levels, calib, predictors)
     return {"path": str(Path(options.calibration).resolve()), "budget": options.budget,
             "feeds": str(options.data) if options.data else "synthetic x8",
             "allocation": result.to_json()}

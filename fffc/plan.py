@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from .errors import UsageError
 from .ops import KernelSpec, fff_kernel_spec
 from .sites import Site
@@ -39,15 +37,20 @@ def plan(sites: Sequence[Site], only: Sequence[str] = ()) -> None:
 
 
 def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, float]],
-                     levels: dict[str, dict[str, float]]) -> None:
+                     levels: dict[str, dict[str, float]], calibration: dict | None = None,
+                     predictors: dict[str, tuple] | None = None) -> None:
     """A float32 dense/gated site with an allocated threshold becomes ``teal`` (input and
-    hidden thresholds, -1 = off) or, with a gate threshold, ``cats`` (input and gate);
-    sites the allocation left at 0 keep their plan."""
+    hidden thresholds, -1 = off), with a gate threshold ``cats`` (input and gate), with its
+    predictor switched on ``predictor``; sites the allocation left at 0 keep their plan."""
     for site in sites:
         t = thresholds.get(site.name)
         if t is None or site.kind == "fff" or site.dtype != "float32":
             continue
         if site.decision == "dense" and site.reason == "not selected with --sites":
+            continue
+        if t.get("predictor", -1.0) > 0 and calibration and predictors:
+            _use_predictor(site, calibration["sites"][site.name]["predictor"],
+                           predictors[site.name])
             continue
         lv = levels.get(site.name, {})
         if float(t.get("gate", -1.0)) >= 0 and site.kind == "gated":
@@ -85,23 +88,27 @@ def apply_gate_thresholds(sites: Sequence[Site], calibration: dict, level: float
 
 
 def apply_predictors(sites: Sequence[Site], calibration: dict,
-                     arrays: dict[str, np.ndarray]) -> None:
+                     arrays: dict[str, tuple]) -> None:
     """Predictor mode: every float32 dense/gated site with a trained predictor
-    (``fffc calibrate --predictor-rank``) becomes ``predictor``, its cut folded into C."""
+    (``fffc calibrate --predictor-rank``; ``arrays``: site → A, B, C with the cut folded
+    in, ``calibration.load_predictors``) becomes ``predictor``."""
     for site in sites:
         info = calibration["sites"].get(site.name, {}).get("predictor")
         if info is None or site.kind == "fff" or site.dtype != "float32":
             continue
         if site.decision == "dense" and site.reason == "not selected with --sites":
             continue
-        a, b = arrays[f"{site.name}/a"], arrays[f"{site.name}/b"]
-        c = arrays[f"{site.name}/c"] - arrays[f"{site.name}/cut"]
-        site.decision, site.thresholds = "predictor", None
-        site.predictor_arrays = (a, b, c)
-        q = info["held_out"]
-        site.predictor = {"rank": int(a.shape[1]), **q}
-        site.reason = (f"rank-{a.shape[1]} predictor: {q['selected']:.0%} of neurons computed "
-                       f"(held-out recall {q['recall']:.3f} of the {q['active']:.0%} active)")
+        _use_predictor(site, info, arrays[site.name])
+
+
+def _use_predictor(site: Site, info: dict, arrays: tuple) -> None:
+    a, b, c = arrays
+    site.decision, site.thresholds = "predictor", None
+    site.predictor_arrays = (a, b, c)
+    q = info["held_out"]
+    site.predictor = {"rank": int(a.shape[1]), **q}
+    site.reason = (f"rank-{a.shape[1]} predictor: {q['selected']:.0%} of neurons computed "
+                   f"(held-out recall {q['recall']:.3f} of the {q['active']:.0%} active)")
 
 
 def kernel_spec(site: Site) -> KernelSpec:

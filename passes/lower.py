@@ -100,7 +100,9 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
     ``thresholds[name]`` = (t_in, t_hidden): a "teal" site's thresholds (constants); a site
     left in standard ops becomes TEAL's thresholded FFN (``standard_forms.ffn``), the
     reference of threshold modes. ``predictors[name]`` = (A [d, r], B [r, d_ff], C [d_ff],
-    cut folded into C): the same for mode "predictor" (only neurons scoring > 0 count);
+    cut folded into C): the same for mode "predictor" (only neurons scoring > 0 count); a
+    fourth element, a scalar graph input, is added to the scores of a site left in standard
+    ops (0: the predictor applies; a huge value: every neuron counts), to search modes;
     ``gate_thresholds[name]`` = (t_in, t_gate) for mode "cats".
     """
     graph = model.graph
@@ -115,7 +117,10 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
         site_thresholds = (thresholds or {}).get(node.name)
         site_gate = (gate_thresholds or {}).get(node.name)
         site_predictor = ((predictors or {}).get(node.name))
-        pred = _predictor_initializers(graph, node, site_predictor) if site_predictor else None
+        pred = (_predictor_initializers(graph, node, site_predictor[:3]) if site_predictor
+                else None)
+        if site_predictor and len(site_predictor) > 3:  # the switch of a searched model
+            pred = (*pred[:2], tape.op("Add", [pred[2], site_predictor[3]]))
         if decisions.get(node.name) in ("exact", "teal", "cats", "predictor"):
             mode = decisions[node.name]
             params = {"teal": site_thresholds, "cats": site_gate, "predictor": pred}.get(mode, ())

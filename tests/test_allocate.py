@@ -85,3 +85,36 @@ def test_gated_site_takes_hidden_or_gate_never_both(setup) -> None:
     assert site.decision == "cats"
     assert site.thresholds == (gate_only.thresholds["fffc_ffn_1"]["input"],
                                gate_only.thresholds["fffc_ffn_1"]["gate"])
+
+
+def test_predictors_join_the_search_as_a_mode(setup, tmp_path) -> None:
+    """With predictors, a site may switch its predictor on instead of thresholds (never
+    both); the recorded held-out error is what the masked reference model shows."""
+    from fffc import calibration
+    from fffc.calibration import load_predictors
+
+    path, _, calib_feeds, held_out = setup
+    data = tmp_path / "pfeeds"
+    data.mkdir()
+    for i in range(3):
+        x = np.random.default_rng(10 + i).standard_normal((2, 25, D)).astype(np.float32)
+        np.savez(data / f"{i}.npz", x=x)
+    calib = calibration.calibrate(path, data, predictor_rank=8, predictor_sparsity=0.7)
+    calibration.write(calib, tmp_path / "c.json")
+    predictors = load_predictors(tmp_path / "c.json", calib)
+    assert set(predictors) == {"fffc_ffn_0", "fffc_ffn_1"}
+    only = allocate.allocate(path, calib, calib_feeds, held_out, target_sparsity=0.05,
+                             parts=(), predictors=predictors)
+    on = [n for n, t in only.thresholds.items() if t["predictor"] > 0]
+    assert on and only.sparsity >= 0.05
+    for n in on:
+        assert only.levels[n]["predictor"] == pytest.approx(
+            1 - calib["sites"][n]["predictor"]["held_out"]["selected"])
+    measured = _rel_err(allocate.apply(path, calib, only, predictors).SerializeToString(),
+                        path, held_out)
+    assert measured == pytest.approx(only.error_held_out, rel=1e-3, abs=1e-6)
+    mixed = allocate.allocate(path, calib, calib_feeds, held_out, target_sparsity=0.7,
+                              predictors=predictors)
+    for lv in mixed.levels.values():
+        thresholds = [p for p, v in lv.items() if p != "predictor" and v > 0]
+        assert not (lv.get("predictor", 0) > 0 and thresholds)

@@ -6,6 +6,7 @@ to the float64 NumPy reference with the calibration's predictors), not the origi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -214,3 +215,35 @@ def _weights_of(path) -> dict[str, np.ndarray]:
     from onnx import numpy_helper
 
     return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+
+def test_greedy_budget_with_predictors_matches_its_reference(with_predictors, tmp_path) -> None:
+    """``--budget sparsity=0.5`` on a calibration with predictors: each site is planned as
+    the allocation chose (teal, cats, predictor or left dense) and the artifact equals the
+    masked reference ``allocate.apply`` builds from the manifest's allocation."""
+    from fffc.calibration import load_predictors
+
+    path, _, _, result = with_predictors
+    calib_file = result.manifest["calibration"]["path"]
+    calib = json.loads(Path(calib_file).read_text())
+    out = fffc.compile(path, tmp_path / "g.fffc", CompileOptions(
+        calibration=calib_file, budget="sparsity=0.5"))
+    alloc_json = out.manifest["calibration"]["allocation"]
+    alloc = allocate.Allocation(**{k: alloc_json[k] for k in
+                                   ("levels", "thresholds", "sparsity", "error_calibration",
+                                    "error_held_out")})
+    assert alloc.sparsity >= 0.5
+    for s in out.sites:
+        t = alloc.thresholds[s.name]
+        expect = ("predictor" if t.get("predictor", -1) > 0 else
+                  "cats" if t.get("gate", -1) >= 0 else
+                  "teal" if max(t.get("input", -1), t.get("hidden", -1)) >= 0 else "dense")
+        assert s.decision == expect, (s.name, t)
+    predictors = load_predictors(calib_file, calib)
+    ref = ort.InferenceSession(allocate.apply(path, calib, alloc, predictors).SerializeToString(),
+                               providers=["CPUExecutionProvider"])
+    for tokens in (1, 30):
+        x = np.random.default_rng(tokens).standard_normal((1, tokens, D)).astype(np.float32)
+        got = fffc.runtime.InferenceSession(out.artifact).run(None, {"x": x})[0]
+        want = ref.run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
