@@ -247,15 +247,18 @@ def _masks(sites: list[Site]) -> tuple[dict, dict, dict]:
 
 
 def _allocate(a: Analysis, path: Path, options: CompileOptions, family: str) -> dict:
-    """``--calibration`` + ``--budget``: TEAL thresholds per site (``fffc.allocate``), set on
-    the sites as decision ``teal``. Returns the manifest's ``calibration`` section."""
+    """``--calibration`` + ``--budget``: a mode (teal, cats, predictor) and its levels per
+    site (``fffc.allocate``, or one rule for ``cats=S`` / ``predictor``), set on the sites as
+    their decisions. Returns the manifest's ``calibration`` section."""
     from . import allocate
     from .calibration import load_feeds, load_predictors
 
     if family == "cuda":
-        raise UsageError("--calibration: TEAL kernels exist for the CPU targets (x86, arm) only")
+        raise UsageError("--calibration: threshold and predictor kernels exist for the CPU "
+                         "targets (x86, arm) only")
     if options.budget is None:
-        raise UsageError("--calibration needs a --budget (sparsity=S, error=E or uniform=S)")
+        raise UsageError("--calibration needs a --budget (sparsity=S, error=E, uniform=S, "
+                         "cats=S or predictor)")
     budget = allocate.parse_budget(options.budget)
     try:
         calib = json.loads(Path(options.calibration).read_text())
@@ -264,10 +267,6 @@ def _allocate(a: Analysis, path: Path, options: CompileOptions, family: str) -> 
     if calib.get("model", {}).get("sha256") != sha256_file(path):
         raise UsageError("the calibration was made for another model (sha256 differs); run "
                          "fffc calibrate on this one", path=options.calibration)
-    inputs = [i.name for i in a.proto.graph.input
-              if i.name not in {t.name for t in a.proto.graph.initializer}]
-    feeds = (list(load_feeds(Path(options.data), inputs)) if options.data is not None
-             else verify.probe_inputs(a.proto, 1, 32, options.seed + 7, count=8))
     if budget[0] == "cats":
         plan.apply_gate_thresholds(a.sites, calib, budget[1])
         return {"path": str(Path(options.calibration).resolve()), "budget": options.budget,
@@ -281,6 +280,10 @@ def _allocate(a: Analysis, path: Path, options: CompileOptions, family: str) -> 
         plan.apply_predictors(a.sites, calib, predictors)
         return {"path": str(Path(options.calibration).resolve()), "budget": options.budget,
                 "predictors": {s.name: s.predictor for s in a.sites if s.predictor}}
+    inputs = [i.name for i in a.proto.graph.input
+              if i.name not in {t.name for t in a.proto.graph.initializer}]
+    feeds = (list(load_feeds(Path(options.data), inputs)) if options.data is not None
+             else verify.probe_inputs(a.proto, 1, 32, options.seed + 7, count=8))
     result = allocate.choose(path, calib, budget, feeds, predictors or None)
     plan.apply_thresholds(a.sites, result.thresholds, result.levels, calib, predictors)
     return {"path": str(Path(options.calibration).resolve()), "budget": options.budget,
