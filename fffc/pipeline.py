@@ -107,6 +107,9 @@ def compile_model(path: str | Path, out: str | Path | None = None,
         request = normalize(options.target, options.mcpu)
     except ValueError as e:
         raise UsageError(str(e)) from e
+    if options.calibration is None and (options.budget is not None or options.data is not None):
+        raise UsageError("--budget and --data apply to a calibration: add --calibration "
+                         "CALIB.json (from fffc calibrate)")
     _prepare_output(out, options.force)
     a = analyze(path, stage)
 

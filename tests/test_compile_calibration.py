@@ -85,6 +85,9 @@ def test_bad_calibration_inputs_are_clear_errors(calibrated, tmp_path, capsys) -
     tmp, path, _, calib = calibrated
     calib_file = str(tmp / "m.calib.json")
     cases = [
+        (["--budget", "uniform=0.4"], "add --calibration"),
+        (["--calibration", str(tmp_path / "missing.json"), "--budget", "uniform=0.4"],
+         "cannot read the calibration"),
         (["--calibration", calib_file], "needs a --budget"),
         (["--calibration", calib_file, "--budget", "predictor"], "no predictors"),
         (["--calibration", calib_file, "--budget", "sparsity=2"], "expected sparsity=S"),
