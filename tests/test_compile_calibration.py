@@ -250,3 +250,13 @@ def test_greedy_budget_with_predictors_matches_its_reference(with_predictors, tm
         got = fffc.runtime.InferenceSession(out.artifact).run(None, {"x": x})[0]
         want = ref.run(None, {"x": x})[0]
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_cli_reports_what_the_thresholds_cost(calibrated, tmp_path, capsys) -> None:
+    tmp, path, data, _ = calibrated
+    code = cli.main(["compile", str(path), "-o", str(tmp_path / "a.fffc"), "--calibration",
+                     str(tmp / "m.calib.json"), "--budget", "error=0.3", "--data", str(data)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "vs the masked reference" in out and "differs from the original by design" in out
+    assert "allocation (error=0.3)" in out and "site output vs the original" in out
