@@ -19,7 +19,8 @@ teal in all six FFNs; the compile verifies it against the thresholded model) and
 artifact is timed against the original in ONNX Runtime (2 threads, blocks, medians) on a
 1-token call (the decode kernel's case) and on a held-out sentence as one batch (where
 the thresholded FFN runs in ONNX Runtime), with the artifact's embedding cosine on the
-held-out sentences; with ``--predictor-rank`` also ``--budget predictor`` (each FFN computes
+held-out sentences, next to the 25% thresholded model in plain ONNX ops (no ``If``, no
+fffc kernel); with ``--predictor-rank`` also ``--budget predictor`` (each FFN computes
 only the neurons its predictor selects, cut at 99% held-out recall). Needs the torch extra
 (export) and transformers.
 """
@@ -27,6 +28,7 @@ only the neurons its predictor selects, cut at 99% held-out recall). Needs the t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -188,6 +190,7 @@ def speed(onnx_path: Path, held: list[dict], base: np.ndarray, names: list[str],
     import fffc
     import fffc.runtime
     from fffc import timing
+    from fffc.calibration import thresholded_model
 
     def options() -> ort.SessionOptions:
         so = ort.SessionOptions()
@@ -203,6 +206,11 @@ def speed(onnx_path: Path, held: list[dict], base: np.ndarray, names: list[str],
         teal = sum(site.decision == "teal" for site in result.sites)
         print(f"uniform={s:g}: {teal} of {len(result.sites)} FFN sites teal")
         sessions[f"teal {s:.0%}"] = fffc.runtime.InferenceSession(result.artifact, options())
+    # the same function in plain ONNX ops, no If: what masking costs ONNX Runtime itself
+    calib = json.loads(onnx_path.with_suffix(".calib.json").read_text())
+    ref = thresholded_model(onnx_path, calib, 0.25)
+    sessions["teal 25% as ONNX ops (reference, no If)"] = ort.InferenceSession(
+        ref.SerializeToString(), options(), providers=["CPUExecutionProvider"])
     if predictors:
         result = fffc.compile(onnx_path, tmp / "predictor.fffc", fffc.CompileOptions(
             calibration=onnx_path.with_suffix(".calib.json"), budget="predictor"))
