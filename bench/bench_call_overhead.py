@@ -37,9 +37,7 @@ from fffc.ops import KernelSpec
 
 
 def _options(profile: str | None = None) -> ort.SessionOptions:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    so.log_severity_level = 3
+    so = timing.session_options()
     if profile:
         so.enable_profiling = True
         so.profile_file_prefix = profile

@@ -59,11 +59,6 @@ def _identity(h: int, path: Path) -> Path:
     return path
 
 
-def _options() -> ort.SessionOptions:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    return so
-
 
 def _shape(text: str) -> tuple[int, int]:
     trees, depth = text.lower().split("x")
@@ -92,18 +87,18 @@ def bench_shape(h: int, trees: int, depth: int, tokens: list[int], repeat: int, 
           f"decision {site.decision}, verified rel err {site.max_rel_err:.1e}")
     sessions = {
         "dense GELU FFN 768/3072": ort.InferenceSession(
-            str(_dense_gelu_ffn(h, 3072, tmp / "dense3072.onnx")), _options(),
+            str(_dense_gelu_ffn(h, 3072, tmp / "dense3072.onnx")), timing.session_options(),
             providers=["CPUExecutionProvider"]),
         "dense GELU FFN 768/4095": ort.InferenceSession(
-            str(_dense_gelu_ffn(h, 4095, tmp / "dense4095.onnx")), _options(),
+            str(_dense_gelu_ffn(h, 4095, tmp / "dense4095.onnx")), timing.session_options(),
             providers=["CPUExecutionProvider"]),
-        "FFF export (masked)": ort.InferenceSession(str(tmp / f"{name}.onnx"), _options(),
+        "FFF export (masked)": ort.InferenceSession(str(tmp / f"{name}.onnx"), timing.session_options(),
                                                     providers=["CPUExecutionProvider"]),
-        "FFF fallback (no shim)": ort.InferenceSession(str(result.artifact / "model.onnx"), _options(),
+        "FFF fallback (no shim)": ort.InferenceSession(str(result.artifact / "model.onnx"), timing.session_options(),
                                                    providers=["CPUExecutionProvider"]),
-        "FFF fffc kernel": fffc.runtime.InferenceSession(result.artifact, _options()),
+        "FFF fffc kernel": fffc.runtime.InferenceSession(result.artifact, timing.session_options()),
         "ORT call (one Identity)": ort.InferenceSession(
-            str(_identity(h, tmp / "identity.onnx")), _options(),
+            str(_identity(h, tmp / "identity.onnx")), timing.session_options(),
             providers=["CPUExecutionProvider"]),
     }
     print(f"{'tokens':>6} " + " ".join(f"{k:>24}" for k in sessions)

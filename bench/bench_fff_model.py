@@ -102,17 +102,13 @@ def main() -> int:
           f"decisions {sorted({s.decision for s in result.sites})}, max verified rel err "
           f"{max(s.max_rel_err for s in result.sites):.1e}")
 
-    def options():
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 2
-        return so
 
     sessions = {
-        "dense twin (GELU 3072)": ort.InferenceSession(str(dense_path), options(),
+        "dense twin (GELU 3072)": ort.InferenceSession(str(dense_path), timing.session_options(),
                                                        providers=["CPUExecutionProvider"]),
-        "FFF as exported": ort.InferenceSession(str(fff_path), options(),
+        "FFF as exported": ort.InferenceSession(str(fff_path), timing.session_options(),
                                                 providers=["CPUExecutionProvider"]),
-        "FFF via fffc": fffc.runtime.InferenceSession(result.artifact, options()),
+        "FFF via fffc": fffc.runtime.InferenceSession(result.artifact, timing.session_options()),
     }
     x = np.random.default_rng(1).standard_normal((1, a.seq, hidden)).astype(np.float32)
     want = sessions["FFF as exported"].run(None, {"x": x})[0]

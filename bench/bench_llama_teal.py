@@ -77,13 +77,8 @@ def main() -> int:
     calib = calibration.calibrate(path, synthetic=16, seq=64, sparsities=levels)
     calibration.write(calib, tmp / "llama.calib.json")
 
-    def options() -> ort.SessionOptions:  # one per session: each artifact registers its shim
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 2
-        so.log_severity_level = 3
-        return so
 
-    sessions = {"original (ORT)": ort.InferenceSession(str(path), options(),
+    sessions = {"original (ORT)": ort.InferenceSession(str(path), timing.session_options(),
                                                        providers=["CPUExecutionProvider"])}
     for s in levels:
         result = fffc.compile(path, tmp / f"teal-{s:g}.fffc", CompileOptions(
@@ -92,7 +87,7 @@ def main() -> int:
         print(f"uniform={s:g}: {teal} of {len(result.sites)} sites teal; deviation from the "
               f"original on the compile probes: rel "
               f"{result.manifest['verification']['deviation_from_original']['max_rel']:.3f}")
-        sessions[f"teal {s:.0%}"] = fffc.runtime.InferenceSession(result.artifact, options())
+        sessions[f"teal {s:.0%}"] = fffc.runtime.InferenceSession(result.artifact, timing.session_options())
     rng = np.random.default_rng(5)
     held = [rng.integers(0, 1000, (1, 1), dtype=np.int64) for _ in range(16)]
     want = [sessions["original (ORT)"].run(None, {"input_ids": i})[0] for i in held]

@@ -192,32 +192,27 @@ def speed(onnx_path: Path, held: list[dict], base: np.ndarray, names: list[str],
     from fffc import timing
     from fffc.calibration import thresholded_model
 
-    def options() -> ort.SessionOptions:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 2
-        so.log_severity_level = 3
-        return so
 
-    sessions = {"original (ORT)": ort.InferenceSession(str(onnx_path), options(),
+    sessions = {"original (ORT)": ort.InferenceSession(str(onnx_path), timing.session_options(),
                                                        providers=["CPUExecutionProvider"])}
     for s in (0.25, 0.4, 0.5):
         result = fffc.compile(onnx_path, tmp / f"teal-{s:g}.fffc", fffc.CompileOptions(
             calibration=onnx_path.with_suffix(".calib.json"), budget=f"uniform={s:g}"))
         teal = sum(site.decision == "teal" for site in result.sites)
         print(f"uniform={s:g}: {teal} of {len(result.sites)} FFN sites teal")
-        sessions[f"teal {s:.0%}"] = fffc.runtime.InferenceSession(result.artifact, options())
+        sessions[f"teal {s:.0%}"] = fffc.runtime.InferenceSession(result.artifact, timing.session_options())
     # the same function in plain ONNX ops, no If: what masking costs ONNX Runtime itself
     calib = json.loads(onnx_path.with_suffix(".calib.json").read_text())
     ref = thresholded_model(onnx_path, calib, 0.25)
     sessions["teal 25% as ONNX ops (reference, no If)"] = ort.InferenceSession(
-        ref.SerializeToString(), options(), providers=["CPUExecutionProvider"])
+        ref.SerializeToString(), timing.session_options(), providers=["CPUExecutionProvider"])
     if predictors:
         result = fffc.compile(onnx_path, tmp / "predictor.fffc", fffc.CompileOptions(
             calibration=onnx_path.with_suffix(".calib.json"), budget="predictor"))
         sel = [s.predictor["selected"] for s in result.sites if s.decision == "predictor"]
         print(f"predictor: {len(sel)} of {len(result.sites)} FFN sites, neurons selected "
               f"(held out) {min(sel):.0%}–{max(sel):.0%}")
-        sessions["predictor"] = fffc.runtime.InferenceSession(result.artifact, options())
+        sessions["predictor"] = fffc.runtime.InferenceSession(result.artifact, timing.session_options())
     one = {n: np.array([[101]], dtype=np.int64) if n == "input_ids" else
            np.ones((1, 1), np.int64) if n == "attention_mask" else np.zeros((1, 1), np.int64)
            for n in names}

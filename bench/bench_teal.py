@@ -101,12 +101,6 @@ def _select_ten_percent(calib_path: Path, kind: str, model_path: Path) -> float:
     return float((active & (score > cut)).sum() / active.sum())
 
 
-def _options() -> ort.SessionOptions:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    so.log_severity_level = 3
-    return so
-
 
 def bench_shape(name: str, levels: list[float], repeat: int, tmp: Path) -> None:
     kind, d, f = SHAPES[name]
@@ -116,23 +110,23 @@ def bench_shape(name: str, levels: list[float], repeat: int, tmp: Path) -> None:
                                   predictor_rank=rank, predictor_sparsity=0.9)
     calibration.write(calib, tmp / f"{name}.calib.json", force=True)
     recall = _select_ten_percent(tmp / f"{name}.calib.json", kind, path)
-    sessions = {"dense (ORT)": ort.InferenceSession(str(path), _options(),
+    sessions = {"dense (ORT)": ort.InferenceSession(str(path), timing.session_options(),
                                                     providers=["CPUExecutionProvider"])}
     for s in levels:
         result = fffc.compile(path, tmp / f"{name}-{s:g}.fffc", CompileOptions(
             calibration=tmp / f"{name}.calib.json", budget=f"uniform={s:g}", force=True))
         assert all(site.decision == "teal" for site in result.sites), result.sites
-        sessions[f"teal {s:.0%}"] = fffc.runtime.InferenceSession(result.artifact, _options())
+        sessions[f"teal {s:.0%}"] = fffc.runtime.InferenceSession(result.artifact, timing.session_options())
     for s in levels if kind == "swiglu" else ():  # CATS: gated FFNs only
         result = fffc.compile(path, tmp / f"{name}-cats{s:g}.fffc", CompileOptions(
             calibration=tmp / f"{name}.calib.json", budget=f"cats={s:g}", force=True))
         assert all(site.decision == "cats" for site in result.sites), result.sites
-        sessions[f"cats {s:.0%}"] = fffc.runtime.InferenceSession(result.artifact, _options())
+        sessions[f"cats {s:.0%}"] = fffc.runtime.InferenceSession(result.artifact, timing.session_options())
     result = fffc.compile(path, tmp / f"{name}-pred.fffc", CompileOptions(
         calibration=tmp / f"{name}.calib.json", budget="predictor", force=True))
     assert all(site.decision == "predictor" for site in result.sites), result.sites
     sessions[f"predictor r{rank}, 10% selected"] = fffc.runtime.InferenceSession(
-        result.artifact, _options())
+        result.artifact, timing.session_options())
     rng = np.random.default_rng(123)
     held = [rng.standard_normal((1, 1, d)).astype(np.float32) for _ in range(32)]
     want = [sessions["dense (ORT)"].run(None, {"x": x})[0] for x in held]

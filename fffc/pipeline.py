@@ -126,7 +126,7 @@ def compile_model(path: str | Path, out: str | Path | None = None,
     plan.plan(a.sites, options.sites)
     allocation = None
     if options.calibration is not None:
-        with stage("allocate TEAL thresholds"):
+        with stage("allocate calibrated modes"):
             allocation = _allocate(a, path, options, request.family)
 
     with stage("verify sites"):
@@ -135,11 +135,10 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                  + verify.probe_inputs(a.proto, 1, 1, options.seed + 1, count=1))
         want = verify.run(verify.session(a.proto), feeds)
         captured = _capture(a, feeds, want, options.rtol)
-        # teal/predictor sites compute another function (thresholds, predicted neurons):
-        # that is what the artifact must equal; its distance from the original is reported
-        masked = _masked_sites(a.sites)
-        captured_ref, want_ref = (_capture(a, feeds, None, options.rtol, *_masks(a.sites))
-                                  if masked else (captured, want))
+        # teal/cats/predictor sites compute another function (thresholds, predicted
+        # neurons): that is what the artifact must equal; the distance from the original is
+        # reported
+        masked, captured_ref, want_ref = _masked_reference(a, feeds, captured, want, options.rtol)
         for site in a.sites:
             if site.decision not in (*KERNEL_DECISIONS, "walk"):
                 continue
@@ -150,12 +149,10 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                 site.deviation = verify.verify_site(site, *captured[site.name], weights,
                                                     options.rtol).max_rel
             if not c.ok:
-                site.decision, site.thresholds, site.predictor_arrays = "dense", None, None
-                site.reason = f"verification failed: rel err {c.max_rel:.2e} > {options.rtol:g}"
-        if _masked_sites(a.sites) != masked:  # a teal/predictor site failed: new reference
-            masked = _masked_sites(a.sites)
-            captured_ref, want_ref = (_capture(a, feeds, None, options.rtol, *_masks(a.sites))
-                                      if masked else (captured, want))
+                _drop(site, f"verification failed: rel err {c.max_rel:.2e} > {options.rtol:g}")
+        if _masked_sites(a.sites) != masked:  # a masked site failed: new reference
+            masked, captured_ref, want_ref = _masked_reference(a, feeds, captured, want,
+                                                               options.rtol)
     dump.json("03-verify.json", {"sites": [s.to_json() for s in a.sites]})
 
     limits = _sparse_limits(a.sites, request.family, options)
@@ -213,12 +210,10 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                 break
             for s in a.sites:
                 if s.name in failed:
-                    s.decision, s.thresholds, s.predictor_arrays = "dense", None, None
-                    s.reason = f"kernel check failed: {failed[s.name]}"
+                    _drop(s, f"kernel check failed: {failed[s.name]}")
             if _masked_sites(a.sites) != masked:  # the reference changes with those sites
-                masked = _masked_sites(a.sites)
-                captured_ref, want_ref = (_capture(a, feeds, None, options.rtol, *_masks(a.sites))
-                                          if masked else (captured, want))
+                masked, captured_ref, want_ref = _masked_reference(a, feeds, captured, want,
+                                                                   options.rtol)
         else:
             raise VerificationError("artifact check still failing after dropping failed sites",
                                     path=path)
@@ -239,6 +234,21 @@ def compile_model(path: str | Path, out: str | Path | None = None,
 def _masked_sites(sites: list[Site]) -> set[str]:
     """Sites whose op computes a masked function (teal thresholds, predicted neurons)."""
     return {s.name for s in sites if s.decision in MASKED_DECISIONS}
+
+
+def _drop(site: Site, reason: str) -> None:
+    """Leave a site as it was (a check failed), forgetting its masked-mode parameters."""
+    site.decision, site.thresholds, site.predictor_arrays = "dense", None, None
+    site.reason = reason
+
+
+def _masked_reference(a: Analysis, feeds, captured, want, rtol: float):
+    """(masked site names, captured site activations, outputs) of the reference the
+    artifact must equal: the masked model when some site is masked, else the original."""
+    masked = _masked_sites(a.sites)
+    if not masked:
+        return masked, captured, want
+    return (masked, *_capture(a, feeds, None, rtol, *_masks(a.sites)))
 
 
 def _masks(sites: list[Site]) -> tuple[dict, dict, dict]:

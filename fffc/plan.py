@@ -13,12 +13,14 @@ from .errors import UsageError
 from .ops import KernelSpec, fff_kernel_spec
 from .sites import Site
 
+NOT_SELECTED = "not selected with --sites"
+
 
 def plan(sites: Sequence[Site], only: Sequence[str] = ()) -> None:
     """Set ``decision`` and ``reason`` on every site in place."""
     for site in sites:
         if only and site.name not in only and not set(site.matched_nodes) & set(only):
-            site.decision, site.reason = "dense", "not selected with --sites"
+            site.decision, site.reason = "dense", NOT_SELECTED
         elif site.dtype != "float32":
             site.decision, site.reason = "dense", f"{site.dtype} weights: float32 only for now"
         elif site.kind == "fff":
@@ -36,6 +38,12 @@ def plan(sites: Sequence[Site], only: Sequence[str] = ()) -> None:
                            "fffc compile --calibration); left as it was")
 
 
+def _open_to_calibration(site: Site) -> bool:
+    """A float32 dense or gated site the user did not leave out with --sites."""
+    return (site.kind != "fff" and site.dtype == "float32"
+            and not (site.decision == "dense" and site.reason == NOT_SELECTED))
+
+
 def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, float]],
                      levels: dict[str, dict[str, float]], calibration: dict | None = None,
                      predictors: dict[str, tuple] | None = None) -> None:
@@ -44,9 +52,7 @@ def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, floa
     predictor switched on ``predictor``; sites the allocation left at 0 keep their plan."""
     for site in sites:
         t = thresholds.get(site.name)
-        if t is None or site.kind == "fff" or site.dtype != "float32":
-            continue
-        if site.decision == "dense" and site.reason == "not selected with --sites":
+        if t is None or not _open_to_calibration(site):
             continue
         if t.get("predictor", -1.0) > 0 and calibration and predictors:
             _use_predictor(site, calibration["sites"][site.name]["predictor"],
@@ -77,9 +83,8 @@ def apply_gate_thresholds(sites: Sequence[Site], calibration: dict, level: float
                          f"{calibration['sparsities']}")
     for site in sites:
         st = calibration["sites"].get(site.name)
-        if st is None or site.kind != "gated" or site.dtype != "float32" or "gate" not in st["thresholds"]:
-            continue
-        if site.decision == "dense" and site.reason == "not selected with --sites":
+        if (st is None or site.kind != "gated" or "gate" not in st["thresholds"]
+                or not _open_to_calibration(site)):
             continue
         site.decision = "cats"
         site.thresholds = (-1.0, float(st["thresholds"]["gate"][key]))
@@ -94,9 +99,7 @@ def apply_predictors(sites: Sequence[Site], calibration: dict,
     in, ``calibration.load_predictors``) becomes ``predictor``."""
     for site in sites:
         info = calibration["sites"].get(site.name, {}).get("predictor")
-        if info is None or site.kind == "fff" or site.dtype != "float32":
-            continue
-        if site.decision == "dense" and site.reason == "not selected with --sites":
+        if info is None or not _open_to_calibration(site):
             continue
         _use_predictor(site, info, arrays[site.name])
 
@@ -112,7 +115,8 @@ def _use_predictor(site: Site, info: dict, arrays: tuple) -> None:
 
 
 def kernel_spec(site: Site) -> KernelSpec:
-    """What codegen builds for an ``exact``, ``teal`` or ``tree`` site."""
+    """What codegen builds for a site with kernels (``exact``, ``teal``, ``cats``,
+    ``predictor``, ``tree``)."""
     if site.kind == "fff":
         return fff_kernel_spec(site.d_model, site.d_out, site.trees, site.depth,
                                site.tie_break or "gt")

@@ -64,6 +64,23 @@ def sparse_ffn(
 TEAL_BAND = 2e-5  # |a| this close (relative) to t_hidden: float32 rounding decides the side
 
 
+def _masked_down(a: np.ndarray, dropped: np.ndarray, ambiguous: np.ndarray, w2: np.ndarray,
+                 b2: np.ndarray | None, slack: bool):
+    """``Where(dropped, 0, a)·W2 + b2``; with ``slack`` also Σ |a_i|·|W2[i]| over the
+    ``ambiguous`` neurons (those a float32 implementation may decide the other way)."""
+    w2d = np.asarray(w2, dtype=np.float64)
+    y = np.where(dropped, 0.0, a) @ w2d
+    y = y + b2 if b2 is not None else y
+    return (y, np.where(ambiguous, np.abs(a), 0.0) @ np.abs(w2d)) if slack else y
+
+
+def _near(mag: np.ndarray, t: float) -> np.ndarray:
+    """Magnitudes within float32 rounding (``TEAL_BAND``) of threshold ``t`` (none if off)."""
+    if t < 0:
+        return np.zeros(mag.shape, bool)
+    return np.abs(mag - t) <= TEAL_BAND * (abs(t) + 0.05 * mag.max(axis=-1, keepdims=True))
+
+
 def teal_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarray,
              b2: np.ndarray | None, wu: np.ndarray | None = None, *, thresholds: np.ndarray,
              activation_name: str, up_activation: str = "none",
@@ -84,14 +101,7 @@ def teal_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarra
     if wu is not None:
         a = a * activation(up_activation, xd @ np.asarray(wu, dtype=np.float64))
     mag = np.abs(a)
-    band = TEAL_BAND * (abs(t_h) + 0.05 * mag.max(axis=-1, keepdims=True))
-    ambiguous = np.abs(mag - t_h) <= band if t_h >= 0 else np.zeros(a.shape, bool)
-    w2d = np.asarray(w2, dtype=np.float64)
-    y = np.where(mag <= t_h, 0.0, a) @ w2d
-    y = y + b2 if b2 is not None else y
-    if not slack:
-        return y
-    return y, np.where(ambiguous, mag, 0.0) @ np.abs(w2d)
+    return _masked_down(a, mag <= t_h, _near(mag, t_h), w2, b2, slack)
 
 
 def cats_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarray,
@@ -111,14 +121,7 @@ def cats_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarra
     g = activation(activation_name, h)
     a = g * activation(up_activation, xd @ np.asarray(wu_rows, dtype=np.float64).T)
     mag = np.abs(g)
-    band = TEAL_BAND * (abs(t_g) + 0.05 * mag.max(axis=-1, keepdims=True))
-    ambiguous = np.abs(mag - t_g) <= band if t_g >= 0 else np.zeros(g.shape, bool)
-    w2d = np.asarray(w2, dtype=np.float64)
-    y = np.where(mag <= t_g, 0.0, a) @ w2d
-    y = y + b2 if b2 is not None else y
-    if not slack:
-        return y
-    return y, np.where(ambiguous, np.abs(a), 0.0) @ np.abs(w2d)
+    return _masked_down(a, mag <= t_g, _near(mag, t_g), w2, b2, slack)
 
 
 PREDICTOR_BAND = 1e-6  # |score| within this of 0, relative to Σ|terms| (16 float32 eps)
@@ -141,14 +144,9 @@ def predictor_ffn(x: np.ndarray, w1_rows: np.ndarray, b1: np.ndarray | None, w2:
     a = activation(activation_name, h)
     if wu_rows is not None:
         a = a * activation(up_activation, xd @ np.asarray(wu_rows, dtype=np.float64).T)
-    w2d = np.asarray(w2, dtype=np.float64)
-    y = np.where(score > 0, a, 0.0) @ w2d
-    y = y + b2 if b2 is not None else y
-    if not slack:
-        return y
     scale = np.abs(xd) @ np.abs(np.asarray(pa, np.float64)) @ np.abs(np.asarray(pb, np.float64))
     ambiguous = np.abs(score) <= PREDICTOR_BAND * (scale + np.abs(pc))
-    return y, np.where(ambiguous, np.abs(a), 0.0) @ np.abs(w2d)
+    return _masked_down(a, score <= 0, ambiguous, w2, b2, slack)
 
 
 def fast_feed_forward(x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, w_out: np.ndarray,

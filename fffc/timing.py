@@ -41,3 +41,14 @@ def medians_ms(calls: Mapping[str, Callable[[], object]], rounds: int, inner: in
     """Median milliseconds per call of each callable, timed by ``blocks``."""
     return {k: statistics.median(v) * 1e3
             for k, v in blocks(calls, rounds, inner, settle).items()}
+
+
+def session_options(threads: int = 2):
+    """Fresh ONNX Runtime session options for a side-by-side benchmark: ``threads`` intra-op
+    threads, warnings off. One per session: an fffc artifact registers its shim on them."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    return so

@@ -148,53 +148,32 @@ def compare_runs(got: list[list[np.ndarray]], want: list[list[np.ndarray]],
     return worst
 
 
-def site_reference(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | None]) -> np.ndarray:
-    """The planned op on a captured input, with the weights as the artifact stores them."""
+def site_reference(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | None],
+                   slack: bool = False):
+    """The planned op on a captured input, with the weights as the artifact stores them.
+    With ``slack``: ``(y, slack)``, slack being the error any float32 implementation of a
+    masked mode (teal, cats, predictor) may show from entries within rounding of their
+    threshold (kept by one side, dropped by the other); None for the exact modes."""
     if site.kind == "fff":  # marker inputs: W_in [H, K·n] (MatMul orientation), B_in, W_out
-        return reference.fast_feed_forward(x, weights["W1"].T, weights["B1"], weights["W2"],
-                                           trees=site.trees, depth=site.depth,
-                                           tie_break=site.tie_break or "gt")
+        y = reference.fast_feed_forward(x, weights["W1"].T, weights["B1"], weights["W2"],
+                                        trees=site.trees, depth=site.depth,
+                                        tie_break=site.tie_break or "gt")
+        return (y, None) if slack else y
+    w = (x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"), weights.get("WU"))
+    act = {"activation_name": site.activation, "up_activation": site.up_activation}
     if site.decision == "predictor":  # W1, WU row per neuron
-        return reference.predictor_ffn(
-            x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"),
-            weights.get("WU"), *site.predictor_arrays, activation_name=site.activation,
-            up_activation=site.up_activation)
-    if site.decision == "cats":  # WU row per neuron
-        return reference.cats_ffn(
-            x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"), weights["WU"],
-            thresholds=np.asarray(site.thresholds, dtype=np.float32),
-            activation_name=site.activation, up_activation=site.up_activation)
-    if site.decision == "teal":  # WU as the marker has it: [d_in, d_ff]
-        return reference.teal_ffn(
-            x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"),
-            weights.get("WU"), thresholds=np.asarray(site.thresholds, dtype=np.float32),
-            activation_name=site.activation, up_activation=site.up_activation)
-    return reference.sparse_ffn(
-        x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"), weights.get("WU"),
-        activation_name=site.activation, up_activation=site.up_activation,
-    )
+        return reference.predictor_ffn(*w, *site.predictor_arrays, **act, slack=slack)
+    if site.decision in ("teal", "cats"):  # WU: [d_in, d_ff] for teal, row per neuron for cats
+        ffn = reference.teal_ffn if site.decision == "teal" else reference.cats_ffn
+        return ffn(*w, thresholds=np.asarray(site.thresholds, dtype=np.float32), **act,
+                   slack=slack)
+    y = reference.sparse_ffn(*w, **act)
+    return (y, None) if slack else y
 
 
 def site_slack(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | None]) -> np.ndarray | None:
-    """Teal/predictor sites: the error any float32 implementation may show on ``x`` from
-    entries within rounding of their threshold (kept by one side, dropped by the other)."""
-    if site.decision == "predictor":
-        return reference.predictor_ffn(
-            x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"),
-            weights.get("WU"), *site.predictor_arrays, activation_name=site.activation,
-            up_activation=site.up_activation, slack=True)[1]
-    if site.decision == "cats":
-        return reference.cats_ffn(
-            x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"), weights["WU"],
-            thresholds=np.asarray(site.thresholds, dtype=np.float32),
-            activation_name=site.activation, up_activation=site.up_activation, slack=True)[1]
-    if site.decision != "teal":
-        return None
-    _, slack = reference.teal_ffn(
-        x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"), weights.get("WU"),
-        thresholds=np.asarray(site.thresholds, dtype=np.float32), activation_name=site.activation,
-        up_activation=site.up_activation, slack=True)
-    return slack
+    """See ``site_reference``: the slack alone (for comparing a kernel's output)."""
+    return site_reference(site, x, weights, slack=True)[1]
 
 
 def verify_site(site: Site, xs: list[np.ndarray], ys: list[np.ndarray],
@@ -202,8 +181,8 @@ def verify_site(site: Site, xs: list[np.ndarray], ys: list[np.ndarray],
     """Check 2: reference op vs the original subgraph's outputs, worst over the probes."""
     worst = Comparison(0.0, 0.0, True)
     for x, y in zip(xs, ys, strict=True):
-        c = compare(site_reference(site, x, weights), y, rtol, site_slack(site, x, weights))
-        worst = worse(worst, c)
+        want, slack = site_reference(site, x, weights, slack=True)
+        worst = worse(worst, compare(want, y, rtol, slack))
     return worst
 
 

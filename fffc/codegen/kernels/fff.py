@@ -22,7 +22,8 @@ from .._tvm import from_source
 from ..schedules.base import largest_divisor
 from .fff_cuda import fff_params, fff_right
 
-_FFF = '''
+# Signature and token-major X, Y of both CPU kernels.
+_HEAD = '''
 @T.prim_func
 def kernel(x: T.handle, W_in: T.Buffer(({R}, {D}), "float32", align=4),
            B_in: T.Buffer(({R},), "float32", align=4), W_out: T.Buffer(({R}, {DO}), "float32", align=4),
@@ -31,7 +32,26 @@ def kernel(x: T.handle, W_in: T.Buffer(({R}, {D}), "float32", align=4),
     N = T.int32()
     X = T.match_buffer(x, (N, {D}), "float32", align=4)
     Y = T.match_buffer(y, (N, {DO}), "float32", align=4)
-    for c in {loop}((N + {TC} - 1) // {TC}):
+'''
+
+# One node of one token: dot with W_in's row, + bias, exact GELU, axpy of W_out's row into
+# Y, branch. Indented for the innermost loop of both kernels; {NODE} holds the node index.
+_STEP = '''                        for v in T.vectorized({VL}):
+                            part[v] = T.float32(0)
+                        for kb in range({D} // {VL}):
+                            for v in T.vectorized({VL}):
+                                part[v] = part[v] + X[c * {TC} + tt, kb * {VL} + v] * W_in[k * {NN} + {NODE}, kb * {VL} + v]
+                        h[0] = B_in[k * {NN} + {NODE}]
+                        for v in range({VL}):
+                            h[0] = h[0] + part[v]
+                        g[0] = T.float32(0.5) * h[0] * (T.float32(1) + T.erf(h[0] * T.float32(0.7071067811865476)))
+                        for jb in range({DO} // {VLO}):
+                            for v in T.vectorized({VLO}):
+                                Y[c * {TC} + tt, jb * {VLO} + v] = Y[c * {TC} + tt, jb * {VLO} + v] + g[0] * W_out[k * {NN} + {NODE}, jb * {VLO} + v]
+                        {NODE} = {NODE} * 2 + 1 + T.Select(h[0] {GT} T.float32(0), 1, 0)
+'''
+
+_FFF = _HEAD + '''    for c in {loop}((N + {TC} - 1) // {TC}):
         part = T.alloc_buffer(({VL},), "float32", scope="local")
         node = T.alloc_buffer((1,), "int32", scope="local")
         h = T.alloc_buffer((1,), "float32", scope="local")
@@ -44,32 +64,10 @@ def kernel(x: T.handle, W_in: T.Buffer(({R}, {D}), "float32", align=4),
                 for k in range({K}):
                     node[0] = 0
                     for lvl in range({LEVELS}):
-                        for v in T.vectorized({VL}):
-                            part[v] = T.float32(0)
-                        for kb in range({D} // {VL}):
-                            for v in T.vectorized({VL}):
-                                part[v] = part[v] + X[c * {TC} + tt, kb * {VL} + v] * W_in[k * {NN} + node[0], kb * {VL} + v]
-                        h[0] = B_in[k * {NN} + node[0]]
-                        for v in range({VL}):
-                            h[0] = h[0] + part[v]
-                        g[0] = T.float32(0.5) * h[0] * (T.float32(1) + T.erf(h[0] * T.float32(0.7071067811865476)))
-                        for jb in range({DO} // {VLO}):
-                            for v in T.vectorized({VLO}):
-                                Y[c * {TC} + tt, jb * {VLO} + v] = Y[c * {TC} + tt, jb * {VLO} + v] + g[0] * W_out[k * {NN} + node[0], jb * {VLO} + v]
-                        node[0] = node[0] * 2 + 1 + T.Select(h[0] {GT} T.float32(0), 1, 0)
-'''
+''' + _STEP
 
 
-_LEVEL = '''
-@T.prim_func
-def kernel(x: T.handle, W_in: T.Buffer(({R}, {D}), "float32", align=4),
-           B_in: T.Buffer(({R},), "float32", align=4), W_out: T.Buffer(({R}, {DO}), "float32", align=4),
-           y: T.handle):
-    T.func_attr({{"global_symbol": "{symbol}", "tirx.noalias": True}})
-    N = T.int32()
-    X = T.match_buffer(x, (N, {D}), "float32", align=4)
-    Y = T.match_buffer(y, (N, {DO}), "float32", align=4)
-    for c in T.parallel((N + {TC} - 1) // {TC}):
+_LEVEL = _HEAD + '''    for c in T.parallel((N + {TC} - 1) // {TC}):
         part = T.alloc_buffer(({VL},), "float32", scope="local")
         node = T.alloc_buffer(({TC},), "int32", scope="local")
         h = T.alloc_buffer((1,), "float32", scope="local")
@@ -85,32 +83,24 @@ def kernel(x: T.handle, W_in: T.Buffer(({R}, {D}), "float32", align=4),
             for lvl in range({LEVELS}):
                 for tt in range({TC}):
                     if c * {TC} + tt < N:
-                        for v in T.vectorized({VL}):
-                            part[v] = T.float32(0)
-                        for kb in range({D} // {VL}):
-                            for v in T.vectorized({VL}):
-                                part[v] = part[v] + X[c * {TC} + tt, kb * {VL} + v] * W_in[k * {NN} + node[tt], kb * {VL} + v]
-                        h[0] = B_in[k * {NN} + node[tt]]
-                        for v in range({VL}):
-                            h[0] = h[0] + part[v]
-                        g[0] = T.float32(0.5) * h[0] * (T.float32(1) + T.erf(h[0] * T.float32(0.7071067811865476)))
-                        for jb in range({DO} // {VLO}):
-                            for v in T.vectorized({VLO}):
-                                Y[c * {TC} + tt, jb * {VLO} + v] = Y[c * {TC} + tt, jb * {VLO} + v] + g[0] * W_out[k * {NN} + node[tt], jb * {VLO} + v]
-                        node[tt] = node[tt] * 2 + 1 + T.Select(h[0] {GT} T.float32(0), 1, 0)
-'''
+''' + _STEP
+
+
+def _fields(spec: KernelSpec, symbol: str, lanes: int, tokens_per_task: int) -> dict:
+    """The template fields both CPU kernels share."""
+    trees, depth = fff_params(spec)
+    return {"R": spec.d_ff, "D": spec.d_in, "DO": spec.d_out, "K": trees,
+            "NN": spec.d_ff // trees, "LEVELS": depth + 1, "TC": tokens_per_task,
+            "GT": fff_right(spec), "VL": largest_divisor(spec.d_in, lanes),
+            "VLO": largest_divisor(spec.d_out, lanes), "symbol": symbol}
 
 
 def fff_cpu_source(spec: KernelSpec, symbol: str, lanes: int = 16, tokens_per_task: int = 2,
                    parallel: bool = True) -> str:
     """TVMScript of the CPU FFF kernel for one shape (serial: a few tokens, where waking
     threads costs more than the walk)."""
-    trees, depth = fff_params(spec)
-    return _FFF.format(R=spec.d_ff, D=spec.d_in, DO=spec.d_out, K=trees, NN=spec.d_ff // trees,
-                       LEVELS=depth + 1, TC=tokens_per_task,
-                       loop="T.parallel" if parallel else "range",
-                       GT=fff_right(spec), VL=largest_divisor(spec.d_in, lanes), VLO=largest_divisor(spec.d_out, lanes),
-                       symbol=symbol)
+    return _FFF.format(**_fields(spec, symbol, lanes, tokens_per_task), NODE="node[0]",
+                       loop="T.parallel" if parallel else "range")
 
 
 def fff_cpu_primfunc(spec: KernelSpec, symbol: str, lanes: int = 16, parallel: bool = True):
@@ -119,11 +109,7 @@ def fff_cpu_primfunc(spec: KernelSpec, symbol: str, lanes: int = 16, parallel: b
 
 def fff_level_source(spec: KernelSpec, symbol: str, block: int = 16, lanes: int = 16) -> str:
     """TVMScript of the level-synchronous CPU FFF kernel (blocks of ``block`` tokens)."""
-    trees, depth = fff_params(spec)
-    return _LEVEL.format(R=spec.d_ff, D=spec.d_in, DO=spec.d_out, K=trees, NN=spec.d_ff // trees,
-                         LEVELS=depth + 1, TC=block, GT=fff_right(spec),
-                         VL=largest_divisor(spec.d_in, lanes),
-                         VLO=largest_divisor(spec.d_out, lanes), symbol=symbol)
+    return _LEVEL.format(**_fields(spec, symbol, lanes, block), NODE="node[tt]")
 
 
 def fff_level_primfunc(spec: KernelSpec, symbol: str, block: int = 16, lanes: int = 16):
