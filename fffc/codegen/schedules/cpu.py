@@ -39,7 +39,7 @@ def cpu_variants(spec: KernelSpec, c: CpuConfig, lanes: int, gemm_nr_vectors: in
     nr1 = largest_divisor(gemv_nb, lanes * c.gemv_nr1_vectors)
     nr3 = largest_divisor(spec.d_out, lanes * c.gemv_nr3_vectors)
     # the split-K decode kernels (kernels/decode.py): nr1/nr3 4 vectors per step over d_ff /
-    # d_out (bench: 2-core AVX-512 VM, 4 parts, 64 lanes ≈ 128 and faster than 2 parts)
+    # d_out (picked in an unscripted probe of 2/4/8 parts × 64/128 lanes on this 2-core VM)
     decode = Tiling(mr=1, nr1=largest_divisor(gemv_nb, lanes * 4), nb=gemv_nb,
                     nr3=largest_divisor(spec.d_out, lanes * 4), vl=vl, parallel=parallel)
     if spec.mode in ("teal", "cats"):  # one token at a time; the If past sparse_max_tokens
@@ -47,8 +47,8 @@ def cpu_variants(spec: KernelSpec, c: CpuConfig, lanes: int, gemm_nr_vectors: in
     if spec.mode == "predictor":  # one token at a time, like teal; vl: lanes of the row dots
         return [Variant("predictor", 1, MAX_TOKENS, decode)]
     # exact, 1 token: the decode kernel with thresholds "exactly zero" (kernels/exact_decode.py:
-    # whole rows of W1 streamed; 1.06x (ReLU 768/3072) and 1.5x (dReLU 1024/4096) faster than
-    # the row-block gemv1 at 90% zeros, 2-core AVX-512 VM); 2+ tokens: one kernel per token
+    # whole rows of W1 streamed; faster than the row-block gemv1 it replaced, most for gated
+    # FFNs: bench/bench_call_overhead.py, BENCHMARKS.md); 2+ tokens: one kernel per token
     # count, W1 streamed once for all tokens of a tile
     gemv = [Variant("decode", 1, 1, decode)] + [
         Variant(f"gemv{m}", m, m, Tiling(mr=m, nr1=nr1, nb=gemv_nb, nr3=nr3, vl=vl,
