@@ -101,7 +101,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         target=args.target, mcpu=args.mcpu, rtol=args.rtol, force=args.force,
         dump_dir=Path(args.dump) if args.dump else config.dump_dir_from_env(),
         sites=tuple(args.sites or ()),
-        max_sparse_tokens=args.max_sparse_tokens, mattr=_mattr(args.mattr),
+        max_sparse_tokens=args.max_sparse_tokens, merged_max_tokens=args.merged_max_tokens,
+        mattr=_mattr(args.mattr),
         calibration=args.calibration, budget=args.budget, data=args.data,
         **({"cuda_archs": _archs(args.arch)} if args.arch else {}),
     )
@@ -218,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-sparse-tokens", type=int, metavar="N",
                    help="run fffc's kernels up to N tokens per call and the original dense "
                    "FFN beyond (default: the target's measured crossover; 0: always fffc)")
+    c.add_argument("--merged-max-tokens", type=int, metavar="N",
+                   help="structured FFNs: use the pre-merged dense weights up to N tokens per "
+                   "call (default: measured at compile time on x86, 0 elsewhere; 0: never; "
+                   "pinning it makes the artifact reproducible)")
     c.add_argument("--calibration", type=Path, metavar="CALIB.json",
                    help="statistics of `fffc calibrate`: GELU/SiLU sites get TEAL thresholds "
                    "(mode teal) under --budget")

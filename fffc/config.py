@@ -26,6 +26,8 @@ class CompileOptions:
     sites: tuple[str, ...] = field(default=())  # empty: all sites
     cuda_archs: tuple[str, ...] = ("sm_80", "sm_90")  # --target cuda: cubins (+ PTX of the last)
     max_sparse_tokens: int | None = None  # None: the target's measured crossover; 0: always
+    merged_max_tokens: int | None = None  # StructuredFFN: merged dense path up to N tokens
+    # (None: measured at compile time on x86; 0: never)
     calibration: Path | None = None  # CALIB.json of `fffc calibrate`: TEAL thresholds
     budget: str | None = None  # with calibration: "sparsity=S" | "error=E" | "uniform=S"
     data: Path | None = None  # feeds for the budget search (default: synthetic)

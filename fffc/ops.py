@@ -27,7 +27,7 @@ class Attribute:
     """One attribute of an operator; ``choices`` empty means free-form."""
 
     name: str
-    type: str  # "string" | "int" | "float"
+    type: str  # "string" | "int" | "float" | "floats" (default: comma-separated)
     default: str | int | float
     choices: tuple[str, ...] = ()
     doc: str = ""
@@ -129,7 +129,115 @@ FAST_FEED_FORWARD = OpSpec(
     ),
 )
 
-OPS: dict[str, OpSpec] = {SPARSE_FFN.name: SPARSE_FFN, FAST_FEED_FORWARD.name: FAST_FEED_FORWARD}
+STRUCTURED_FFN = OpSpec(
+    name="StructuredFFN",
+    doc=(
+        "FFN whose projections are structured (Wei et al. 2024): each projection is a "
+        "block-diagonal product, then an optional dense factor. blockdiag(v, A) for A [k, p, q] "
+        "maps v [.., k·p] to [.., k·q], block b: v[.., b·p:(b+1)·p] · A[b]. "
+        "Y = blockdiag(act(blockdiag(X, A1)·U1 + B1), A2)·U2 + B2. LowRank: k = 1 (A = V, "
+        "U = U); BlockDense: k > 1 with U; block-diagonal only: no U; a dense projection: "
+        "k = 1, no U. M1/M2 are the pre-merged dense weights (blockdiag(A)·U, computed at "
+        "compile time) for token counts up to merged_max_tokens, where a dense product beats "
+        "the structured one on the target (measured at compile time)."
+    ),
+    inputs=(
+        TensorArg("X", "activations [..., d_in]; all leading dims are tokens"),
+        TensorArg("A1", "first projection's block-diagonal factor [k1, d_in/k1, r1/k1]"),
+        TensorArg("U1", "first projection's dense factor [r1, d_ff]", optional=True),
+        TensorArg("B1", "bias of the first projection [d_ff]", optional=True),
+        TensorArg("A2", "second projection's block-diagonal factor [k2, d_ff/k2, r2/k2]"),
+        TensorArg("U2", "second projection's dense factor [r2, d_out]", optional=True),
+        TensorArg("B2", "bias of the second projection [d_out]", optional=True),
+        TensorArg("M1", "pre-merged first projection [d_in, d_ff]", optional=True),
+        TensorArg("M2", "pre-merged second projection [d_ff, d_out]", optional=True),
+    ),
+    outputs=(TensorArg("Y", "[..., d_out]"),),
+    attributes=(
+        Attribute("activation", "string", "gelu", ACTIVATIONS, "between the projections"),
+        Attribute("merged_max_tokens", "int", 0,
+                  doc="calls with at most this many tokens use M1/M2 (0: never)"),
+    ),
+)
+
+ROUTERS = ("raw", "sigmoid")
+SELECTIONS = ("topk", "threshold")
+
+ROUTED_FFN = OpSpec(
+    name="RoutedFFN",
+    doc=(
+        "Mixture-of-Depths around a dense FFN (Raposo et al. 2024). Per sequence b of X "
+        "[B, S, d]: scores s = X[b]·WR (+ BR); selection topk: the k tokens with the largest "
+        "scores (ties: the lower index, as ONNX TopK); selection threshold: the tokens with "
+        "sigmoid(a) > 0.5 (causal, decode), a = X[b]·WA (+ BA) where WA is given, else a = s. "
+        "Router weight w = s (router raw) or sigmoid(s). "
+        "Selected tokens: Y = (x_coef[0] + x_coef[1]·w)·X + (delta_coef[0] + delta_coef[1]·w)"
+        "·FFN(X), FFN(x) = act(x·W1 + B1)·W2 + B2; every other token: Y = X. The FFN runs "
+        "on the selected tokens only."
+    ),
+    inputs=(
+        TensorArg("X", "activations [B, S, d]: routing is over axis 1"),
+        TensorArg("WR", "router weight [d]"),
+        TensorArg("BR", "router bias [1]", optional=True),
+        TensorArg("W1", "first projection [d, d_ff]"),
+        TensorArg("B1", "bias of the first projection [d_ff]", optional=True),
+        TensorArg("W2", "second projection [d_ff, d]"),
+        TensorArg("B2", "bias of the second projection [d]", optional=True),
+        TensorArg("WA", "selection threshold: a separate selection score (MoD's causal "
+                        "auxiliary predictor) [d]; tokens with X·WA (+ BA) > 0 are selected",
+                  optional=True),
+        TensorArg("BA", "bias of the selection score [1]", optional=True),
+    ),
+    outputs=(TensorArg("Y", "[B, S, d]"),),
+    attributes=(
+        Attribute("activation", "string", "gelu", ACTIVATIONS, "of the FFN"),
+        Attribute("selection", "string", "topk", SELECTIONS, "which tokens take the FFN"),
+        Attribute("k", "int", 1, doc="selection topk: tokens per sequence (capacity)"),
+        Attribute("router", "string", "raw", ROUTERS, "the weight w from the score s"),
+        Attribute("x_coef", "floats", "1,0", doc="[a, b]: selected tokens keep (a + b·w)·X"),
+        Attribute("delta_coef", "floats", "0,1", doc="[a, b]: and add (a + b·w)·FFN(X)"),
+    ),
+)
+
+OPS: dict[str, OpSpec] = {SPARSE_FFN.name: SPARSE_FFN, FAST_FEED_FORWARD.name: FAST_FEED_FORWARD,
+                          STRUCTURED_FFN.name: STRUCTURED_FFN, ROUTED_FFN.name: ROUTED_FFN}
+
+
+def route_kernel_spec(d: int, selection: str, k: int, router: str, has_br: bool,
+                      aux: bool = False, has_ba: bool = False) -> KernelSpec:
+    """RoutedFFN's routing kernel: scores, selection, gather (``mode`` "route_…": the
+    selection, k, router and whether a separate selection score WA (+ BA) is read)."""
+    if selection not in SELECTIONS or router not in ROUTERS:
+        raise ValueError(f"RoutedFFN: selection {selection!r} / router {router!r} unknown")
+    if aux and selection != "threshold":
+        raise ValueError("RoutedFFN: a separate selection score is for selection threshold")
+    aux_tag = ("_aux" + ("b" if has_ba else "")) if aux else ""
+    mode = f"route_{selection}_k{k if selection == 'topk' else 0}_{router}{aux_tag}"
+    return KernelSpec(ROUTED_FFN.name, "none", "none", mode, d, 0, d, has_br, has_ba, aux,
+                      extra=(("k", str(k if selection == "topk" else 0)), ("router", router),
+                             ("selection", selection)))
+
+
+def combine_kernel_spec(d: int) -> KernelSpec:
+    """RoutedFFN's combine kernel: Y = X, then the selected rows from X and FFN(X)."""
+    return KernelSpec(ROUTED_FFN.name, "none", "none", "combine", d, 0, d, False, False, False)
+
+
+def structured_kernel_spec(activation: str, d_in: int, d_ff: int, d_out: int, *,
+                           k1: int, r1: int, u1: bool, k2: int, r2: int, u2: bool,
+                           has_b1: bool, has_b2: bool) -> KernelSpec:
+    """The KernelSpec of one StructuredFFN shape (the merged path is the shape k = 1 with no
+    U). Without U a projection's r is its output width (d_ff, resp. d_out)."""
+    for name, whole, k in (("d_in", d_in, k1), ("r1", r1, k1), ("d_ff", d_ff, k2), ("r2", r2, k2)):
+        if k < 1 or whole % k:
+            raise ValueError(f"StructuredFFN: {name}={whole} is not a multiple of {k} blocks")
+    if (not u1 and r1 != d_ff) or (not u2 and r2 != d_out):
+        raise ValueError("StructuredFFN: a projection without U must have r = its output width")
+    mode = f"b{k1}r{r1}{'u' if u1 else ''}_b{k2}r{r2}{'u' if u2 else ''}"
+    return KernelSpec(STRUCTURED_FFN.name, activation, "none", mode, d_in, d_ff, d_out,
+                      has_b1, has_b2, False,
+                      extra=(("k1", str(k1)), ("k2", str(k2)), ("r1", str(r1)), ("r2", str(r2)),
+                             ("u1", str(int(u1))), ("u2", str(int(u2)))))
 
 
 def fff_mode(trees: int, depth: int, tie_break: str = "gt") -> str:
@@ -180,6 +288,16 @@ class KernelSpec:
         """Kernel argument order: present inputs in OpSpec order, then the output."""
         if self.op == FAST_FEED_FORWARD.name:
             return ["X", "W_in", "B_in", "W_out", "Y"]
+        if self.op == ROUTED_FFN.name and self.mode.startswith("route"):
+            return ["X", "WR", *(["BR"] if self.has_b1 else []), *(["WA"] if self.gated else []),
+                    *(["BA"] if self.has_b2 else []), "IDX", "WT", "CNT", "XS"]
+        if self.op == ROUTED_FFN.name:
+            return ["X", "IDX", "WT", "D", "CNT", "COEF", "Y"]
+        if self.op == STRUCTURED_FFN.name:
+            s = self.structure
+            names = ["X", "A1", *(["U1"] if s["u1"] else []), *(["B1"] if self.has_b1 else []),
+                     "A2", *(["U2"] if s["u2"] else []), *(["B2"] if self.has_b2 else [])]
+            return [*names, "Y"]
         names = ["X", "W1"]
         if self.has_b1:
             names.append("B1")
@@ -193,6 +311,12 @@ class KernelSpec:
         if self.mode == "predictor":
             names += ["PA", "PB", "PC"]
         return [*names, "Y"]
+
+    @property
+    def structure(self) -> dict[str, int]:
+        """StructuredFFN: blocks k1/k2, widths r1/r2 after the block-diagonal factors, and
+        whether each projection has its dense factor u1/u2 (0/1)."""
+        return {k: int(v) for k, v in self.extra}
 
     @property
     def rank(self) -> int:

@@ -29,9 +29,10 @@ from .sites import NearMiss, Site
 from .targets import normalize
 
 Reporter = Callable[[str], contextlib.AbstractContextManager]
-KERNEL_DECISIONS = ("exact", "tree", "teal", "cats", "predictor")
+KERNEL_DECISIONS = ("exact", "tree", "teal", "cats", "predictor", "structured", "routed")
 MASKED_DECISIONS = ("teal", "cats", "predictor")  # the op computes a masked function  # sites that become an ai.fffc node with kernels
 MAX_ROUNDS = 2  # a site whose kernel fails the artifact check is dropped and the rest rebuilt
+STACKED_PROBE_TOKENS = 301  # structured kernels' check: past every variant's first bound
 TEAL_MODEL_RTOL = 1e-3  # whole-model check of artifacts with teal sites (see _check_artifact)
 
 
@@ -110,6 +111,8 @@ def compile_model(path: str | Path, out: str | Path | None = None,
     if options.calibration is None and (options.budget is not None or options.data is not None):
         raise UsageError("--budget and --data apply to a calibration: add --calibration "
                          "CALIB.json (from fffc calibrate)")
+    if options.merged_max_tokens is not None and options.merged_max_tokens < 0:
+        raise UsageError(f"--merged-max-tokens must be >= 0, got {options.merged_max_tokens}")
     _prepare_output(out, options.force)
     a = analyze(path, stage)
 
@@ -124,6 +127,11 @@ def compile_model(path: str | Path, out: str | Path | None = None,
         why = "; ".join(f"{m.nodes[-1]}: {m.reason}" for m in a.near_misses[:3])
         raise NoSitesError("no FFN found" + (f" (near misses: {why})" if why else ""), path=path)
     plan.plan(a.sites, options.sites)
+    if request.family == "cuda":
+        for s in a.sites:
+            if s.decision in ("structured", "routed"):
+                op = "StructuredFFN" if s.decision == "structured" else "RoutedFFN"
+                s.decision, s.reason = "dense", f"no CUDA kernels for {op} yet: left as it was"
     allocation = None
     if options.calibration is not None:
         with stage("allocate calibrated modes"):
@@ -156,11 +164,13 @@ def compile_model(path: str | Path, out: str | Path | None = None,
     dump.json("03-verify.json", {"sites": [s.to_json() for s in a.sites]})
 
     limits = _sparse_limits(a.sites, request.family, options)
+    merged = _merged_limits(a, request.family, options, stage)
     staging = Path(tempfile.mkdtemp(prefix=".fffc-", dir=out.parent if out.parent.exists() else None))
     try:
         for _ in range(MAX_ROUNDS):
             final = _copy(a.working)
-            passes.lower(final, {s.name: s.decision for s in a.sites}, limits, *_masks(a.sites))
+            passes.lower(final, {s.name: s.decision for s in a.sites}, limits, *_masks(a.sites),
+                         merged=merged)
             final_proto = ir.serde.serialize_model(final)
             dump.model("02-rewritten.onnx", final_proto)
             exact = [s for s in a.sites if s.decision in KERNEL_DECISIONS]
@@ -169,7 +179,9 @@ def compile_model(path: str | Path, out: str | Path | None = None,
             onnx.save(final_proto, str(model_file))
             library = shim = None
             if exact:
-                specs = sorted({plan.kernel_spec(s) for s in exact}, key=lambda k: k.key)
+                specs = sorted({k for s in exact for k in plan.kernel_specs(s)}
+                               | {plan.merged_spec(s) for s in exact if merged.get(s.name, 0) > 0},
+                               key=lambda k: k.key)
                 with stage(f"codegen ({len(specs)} kernel families, {request.family})"):
                     library = build_kernel_library(specs, request.family,
                                                    staging / "kernels" / request.family,
@@ -324,6 +336,34 @@ def _sparse_limits(sites: list[Site], target: str, options: CompileOptions) -> d
     return out
 
 
+def _merged_limits(a: Analysis, target: str, options: CompileOptions,
+                   stage: Reporter) -> dict[str, int]:
+    """Per structured site, the token count up to which its pre-merged dense path runs:
+    ``--merged-max-tokens`` if given, else measured here (structured vs merged kernel on
+    the site's weights, ``codegen.crossover``) for the host's own target; a cross target
+    cannot be timed here and keeps the structured path (0). Recorded in the site."""
+    from .codegen.crossover import measure_crossover
+
+    out = {}
+    for s in a.sites:
+        if s.decision != "structured":
+            continue
+        st = s.structure
+        if options.merged_max_tokens is not None:
+            out[s.name] = options.merged_max_tokens
+            st["crossover"] = "set by --merged-max-tokens"
+        elif target != "x86":
+            out[s.name] = 0
+            st["crossover"] = f"not measured: {target} kernels do not run on this host"
+        else:
+            with stage(f"time structured vs merged ({s.name})"):
+                w = passes.site_weights(a.working, s.name, s.decision)
+                out[s.name], st["crossover"] = measure_crossover(
+                    plan.kernel_spec(s), plan.merged_spec(s), w)
+        st["merged_max_tokens"] = out[s.name]
+    return out
+
+
 def _clear(d: Path) -> None:
     for p in d.iterdir():
         shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -375,18 +415,26 @@ def _check_artifact(a: Analysis, final_proto, model_file: Path, shim: Path | Non
     for site in a.sites:
         if site.decision not in KERNEL_DECISIONS:
             continue
+        xs, ys = captured[site.name]
+        weights = passes.site_weights(a.working, site.name, site.decision)
+        single = verify.single_node_model(final_proto, site.name)
+        paths = [single]
+        if site.kind == "structured":
+            # every kernel of the site: the structured path too where probes are within the
+            # merged path's range, and the many-token variants (an FFN is per token: the
+            # probes' tokens stacked are a valid probe with the stacked outputs)
+            paths.append(verify.without_merged_path(single))
+            xs, ys = _stacked(xs, ys, STACKED_PROBE_TOKENS)
+        c = verify.Comparison(0.0, 0.0, True)
         try:
-            sess = verify.session(verify.single_node_model(final_proto, site.name),
-                                  register=str(shim))
+            sessions = [verify.session(m, register=str(shim)) for m in paths]
         except Exception as e:  # ORT raises one type for everything: keep its first line
             failed[site.name] = f"kernel could not be loaded: {str(e).splitlines()[0][:200]}"
             continue
-        xs, ys = captured[site.name]
-        weights = passes.site_weights(a.working, site.name, site.decision)
-        c = verify.Comparison(0.0, 0.0, True)
-        for x, y in zip(xs, ys, strict=True):
-            c = verify.worse(c, verify.compare(sess.run(None, {"X": x})[0], y, rtol,
-                                                verify.site_slack(site, x, weights)))
+        for sess in sessions:
+            for x, y in zip(xs, ys, strict=True):
+                c = verify.worse(c, verify.compare(sess.run(None, {"X": x})[0], y, rtol,
+                                                    verify.site_slack(site, x, weights)))
         kernels[site.name] = c.__dict__
         site.max_abs_err = max(site.max_abs_err or 0.0, c.max_abs)
         site.max_rel_err = max(site.max_rel_err or 0.0, c.max_rel)
@@ -408,6 +456,15 @@ def _check_artifact(a: Analysis, final_proto, model_file: Path, shim: Path | Non
         raise VerificationError(f"fallback functions differ from the original (rel err "
                                 f"{fallback.max_rel:.2e})", path=a.path)
     return report, failed
+
+
+def _stacked(xs: list[np.ndarray], ys: list[np.ndarray],
+             tokens: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The probes plus one of at least ``tokens`` tokens: every probe's tokens, repeated."""
+    x2 = np.concatenate([x.reshape(-1, x.shape[-1]) for x in xs])
+    y2 = np.concatenate([y.reshape(-1, y.shape[-1]) for y in ys])
+    reps = -(-tokens // len(x2))
+    return [*xs, np.tile(x2, (reps, 1))], [*ys, np.tile(y2, (reps, 1))]
 
 
 def _check_cuda(a: Analysis, library, captured, rtol: float, failed: dict[str, str]) -> dict:

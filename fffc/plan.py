@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .errors import UsageError
-from .ops import KernelSpec, fff_kernel_spec
+from .ops import (
+    KernelSpec,
+    combine_kernel_spec,
+    fff_kernel_spec,
+    route_kernel_spec,
+    structured_kernel_spec,
+)
 from .sites import Site
 
 NOT_SELECTED = "not selected with --sites"
@@ -23,6 +29,19 @@ def plan(sites: Sequence[Site], only: Sequence[str] = ()) -> None:
             site.decision, site.reason = "dense", NOT_SELECTED
         elif site.dtype != "float32":
             site.decision, site.reason = "dense", f"{site.dtype} weights: float32 only for now"
+        elif site.kind == "routed":
+            r = site.routing or {}
+            site.decision = "routed"
+            chosen = (f"the top {r.get('k')} tokens per sequence" if r.get("selection") == "topk"
+                      else "the tokens whose causal score passes sigmoid > 0.5")
+            site.reason = (f"Mixture-of-Depths: the FFN on {chosen} only; combine "
+                           f"({_coef(r.get('x_coef'))})·x + ({_coef(r.get('delta_coef'))})·FFN(x)"
+                           " read from the graph")
+        elif site.kind == "structured":
+            st = site.structure or {}
+            site.decision = "structured"
+            site.reason = (f"{site.family}: {st.get('params_fraction', 0):.0%} of the dense "
+                           "parameters; fused structured kernel")
         elif site.kind == "fff":
             site.decision = "tree"
             site.reason = (f"FastFeedForward: {site.trees * (site.depth + 1)} of {site.d_ff} "
@@ -40,7 +59,7 @@ def plan(sites: Sequence[Site], only: Sequence[str] = ()) -> None:
 
 def _open_to_calibration(site: Site) -> bool:
     """A float32 dense or gated site the user did not leave out with --sites."""
-    return (site.kind != "fff" and site.dtype == "float32"
+    return (site.kind in ("dense", "gated") and site.dtype == "float32"
             and not (site.decision == "dense" and site.reason == NOT_SELECTED))
 
 
@@ -114,12 +133,42 @@ def _use_predictor(site: Site, info: dict, arrays: tuple) -> None:
                    f"(held-out recall {q['recall']:.3f} of the {q['active']:.0%} active)")
 
 
+def _coef(c) -> str:
+    a, b = c or (0, 0)
+    return " + ".join(p for p in ((f"{a:g}" if a else ""), (f"{b:g}·w" if b else "")) if p) or "0"
+
+
+def kernel_specs(site: Site) -> list[KernelSpec]:
+    """Every kernel a site's op calls: one spec, except RoutedFFN (routing, the dense FFN on
+    the gathered tokens, the combine)."""
+    if site.kind != "routed":
+        return [kernel_spec(site)]
+    r = site.routing or {}
+    return [route_kernel_spec(site.d_model, r.get("selection", "topk"), r["k"], r["router"],
+                              r.get("router_bias", False), r.get("selection_score", False),
+                              r.get("selection_bias", False)),
+            merged_spec(site), combine_kernel_spec(site.d_model)]
+
+
+def merged_spec(site: Site) -> KernelSpec:
+    """A structured site's pre-merged dense path: the same op with k = 1 and no U."""
+    return structured_kernel_spec(site.activation, site.d_model, site.d_ff, site.d_out, k1=1,
+                                  r1=site.d_ff, u1=False, k2=1, r2=site.d_out, u2=False,
+                                  has_b1=site.has_b1, has_b2=site.has_b2)
+
+
 def kernel_spec(site: Site) -> KernelSpec:
     """What codegen builds for a site with kernels (``exact``, ``teal``, ``cats``,
     ``predictor``, ``tree``)."""
     if site.kind == "fff":
         return fff_kernel_spec(site.d_model, site.d_out, site.trees, site.depth,
                                site.tie_break or "gt")
+    if site.kind == "structured":
+        st = site.structure or {}
+        return structured_kernel_spec(
+            site.activation, site.d_model, site.d_ff, site.d_out, k1=st["k1"], r1=st["r1"],
+            u1=st["u1"], k2=st["k2"], r2=st["r2"], u2=st["u2"], has_b1=site.has_b1,
+            has_b2=site.has_b2)
     return KernelSpec(
         op="SparseFFN", activation=site.activation, up_activation=site.up_activation,
         mode=site.decision if site.decision in ("teal", "cats", "predictor") else "exact",

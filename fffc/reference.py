@@ -149,6 +149,81 @@ def predictor_ffn(x: np.ndarray, w1_rows: np.ndarray, b1: np.ndarray | None, w2:
     return _masked_down(a, score <= 0, ambiguous, w2, b2, slack)
 
 
+def blockdiag(v: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """``v [.., k·p]`` times the block-diagonal matrix of ``a [k, p, q]`` → ``[.., k·q]``."""
+    k, p, q = a.shape
+    v = np.asarray(v, dtype=np.float64)
+    blocks = v.reshape(*v.shape[:-1], k, p)
+    out = np.einsum("...kp,kpq->...kq", blocks, np.asarray(a, dtype=np.float64))
+    return out.reshape(*v.shape[:-1], k * q)
+
+
+def structured_ffn(x: np.ndarray, a1: np.ndarray, u1: np.ndarray | None, b1: np.ndarray | None,
+                   a2: np.ndarray, u2: np.ndarray | None, b2: np.ndarray | None, *,
+                   activation_name: str = "gelu") -> np.ndarray:
+    """``ai.fffc::StructuredFFN``: ``blockdiag(act(blockdiag(x, A1)·U1 + b1), A2)·U2 + b2``."""
+    h = blockdiag(x, a1)
+    if u1 is not None:
+        h = h @ np.asarray(u1, dtype=np.float64)
+    if b1 is not None:
+        h = h + b1
+    g = blockdiag(activation(activation_name, h), a2)
+    if u2 is not None:
+        g = g @ np.asarray(u2, dtype=np.float64)
+    return g + b2 if b2 is not None else g
+
+
+def merged_weight(a: np.ndarray, u: np.ndarray | None) -> np.ndarray:
+    """The dense matrix ``blockdiag(A)·U`` of one structured projection (float64)."""
+    k, p, _ = a.shape
+    return blockdiag(np.eye(k * p), a) if u is None else blockdiag(np.eye(k * p), a) @ u
+
+
+def route(x: np.ndarray, wr: np.ndarray, br: np.ndarray | None, *, selection: str, k: int,
+          router: str, wa: np.ndarray | None = None,
+          ba: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``ai.fffc::RoutedFFN``'s selection: (flat token indices b·S + t of the selected tokens
+    in ascending order, their router weights). Scores in float32 as the graph computes
+    them; topk: the k largest per sequence, ties to the lower index (ONNX TopK); threshold:
+    sigmoid(a) > 0.5, i.e. a > 0, with a the selection score x·WA (+ BA) where WA is given
+    (MoD's causal predictor), else the router score itself."""
+    b, s_len, _ = x.shape
+    scores = (x.astype(np.float32) @ wr.reshape(-1).astype(np.float32)).astype(np.float32)
+    if br is not None:
+        scores = scores + np.float32(br.reshape(-1)[0])
+    selecting = scores
+    if wa is not None:
+        selecting = (x.astype(np.float32) @ wa.reshape(-1).astype(np.float32)).astype(np.float32)
+        if ba is not None:
+            selecting = selecting + np.float32(ba.reshape(-1)[0])
+    picked = []
+    for i in range(b):
+        if selection == "topk":
+            order = np.lexsort((np.arange(s_len), -scores[i]))  # by score desc, index asc
+            picked += sorted(int(i * s_len + t) for t in order[:k])
+        else:
+            picked += [int(i * s_len + t) for t in np.nonzero(selecting[i] > 0)[0]]
+    idx = np.array(picked, dtype=np.int64)
+    w = scores.reshape(-1)[idx].astype(np.float64)
+    return idx, (w if router == "raw" else 1.0 / (1.0 + np.exp(-w)))
+
+
+def routed_ffn(x: np.ndarray, wr: np.ndarray, br: np.ndarray | None, w1: np.ndarray,
+               b1: np.ndarray | None, w2: np.ndarray, b2: np.ndarray | None, *,
+               activation_name: str = "gelu", selection: str = "topk", k: int = 1,
+               router: str = "raw", x_coef=(1.0, 0.0), delta_coef=(0.0, 1.0),
+               wa: np.ndarray | None = None, ba: np.ndarray | None = None) -> np.ndarray:
+    """``ai.fffc::RoutedFFN``: the FFN on the selected tokens only, combined with X."""
+    idx, w = route(x, wr, br, selection=selection, k=k, router=router, wa=wa, ba=ba)
+    flat = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+    y = flat.copy()
+    if len(idx):
+        delta = sparse_ffn(flat[idx], w1, b1, w2, b2, activation_name=activation_name)
+        y[idx] = ((x_coef[0] + x_coef[1] * w)[:, None] * flat[idx]
+                  + (delta_coef[0] + delta_coef[1] * w)[:, None] * delta)
+    return y.reshape(x.shape)
+
+
 def fast_feed_forward(x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, w_out: np.ndarray,
                       *, trees: int, depth: int, tie_break: str = "gt") -> np.ndarray:
     """``ai.fffc::FastFeedForward`` (UltraFastBERT hard walk), float64, over the last axis.

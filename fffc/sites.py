@@ -11,7 +11,7 @@ class Site:
 
     name: str  # the ai.fffc node's name (content-derived, stable across runs)
     rule: str  # the rule that matched it
-    kind: str  # "dense" | "gated" | "fff"
+    kind: str  # "dense" | "gated" | "fff" | "structured" | "routed"
     activation: str  # "relu" | "gelu" | "gelu_tanh" | "silu"
     up_activation: str  # gated only: "none" | "relu" (dReLU)
     d_model: int
@@ -24,7 +24,11 @@ class Site:
     trees: int = 0  # fff: K
     depth: int = 0  # fff: D (D+1 nodes visited per tree)
     tie_break: str = ""  # fff: "gt" (z > 0 goes right) | "ge" (z >= 0)
-    decision: str = "pending"  # "exact" | "teal" | "tree" (fff) | "walk" (fff) | "dense"
+    routing: dict | None = None  # routed (MoD): selection, k, router, x_coef, delta_coef
+    structure: dict | None = None  # structured: each projection's form, k1/r1/u1, k2/r2/u2,
+    # params; after compile: merged_max_tokens and the crossover timings
+    decision: str = "pending"  # "exact" | "teal" | "tree" (fff) | "walk" (fff) |
+    # "structured" | "dense"
     thresholds: tuple[float, float] | None = None  # teal: (t_in, t_hidden), negative = off
     deviation: float | None = None  # teal/predictor: rel err of the site vs the original
     predictor: dict | None = None  # predictor: rank, recall/precision/selected (held out)
@@ -42,6 +46,13 @@ class Site:
         """Human name: relu FFN, gelu FFN, SwiGLU, ReGLU, dReLU, ..."""
         if self.kind == "dense":
             return f"{self.activation} FFN"
+        if self.kind == "routed" and self.routing:
+            how = (f"top-{self.routing['k']}" if self.routing["selection"] == "topk"
+                   else "causal")
+            return f"MoD {how} {self.activation} FFN"
+        if self.kind == "structured" and self.structure:
+            first, second = self.structure["first"], self.structure["second"]
+            return f"{first} FFN" if first == second else f"{first}/{second} FFN"
         if self.kind == "fff":
             return f"FFF {self.trees}x{self.depth}" + (" (z >= 0 right)" if self.tie_break == "ge"
                                                          else "")

@@ -154,6 +154,19 @@ def site_reference(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | No
     With ``slack``: ``(y, slack)``, slack being the error any float32 implementation of a
     masked mode (teal, cats, predictor) may show from entries within rounding of their
     threshold (kept by one side, dropped by the other); None for the exact modes."""
+    if site.kind == "routed":
+        r = site.routing
+        y = reference.routed_ffn(
+            x, *(weights.get(k) for k in ("WR", "BR", "W1", "B1", "W2", "B2")),
+            activation_name=site.activation, selection=r.get("selection", "topk"), k=r["k"],
+            router=r["router"], x_coef=r["x_coef"], delta_coef=r["delta_coef"],
+            wa=weights.get("WA"), ba=weights.get("BA"))
+        return (y, None) if slack else y
+    if site.kind == "structured":
+        y = reference.structured_ffn(x, *(weights.get(k) for k in ("A1", "U1", "B1", "A2", "U2",
+                                                                   "B2")),
+                                     activation_name=site.activation)
+        return (y, None) if slack else y
     if site.kind == "fff":  # marker inputs: W_in [H, K·n] (MatMul orientation), B_in, W_out
         y = reference.fast_feed_forward(x, weights["W1"].T, weights["B1"], weights["W2"],
                                         trees=site.trees, depth=site.depth,
@@ -218,4 +231,15 @@ def single_node_model(model: onnx.ModelProto, node_name: str) -> onnx.ModelProto
     # replaced silently by the function body
     out = onnx.helper.make_model(graph, opset_imports=list(model.opset_import))
     out.ir_version = model.ir_version
+    return out
+
+
+def without_merged_path(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of a single-node StructuredFFN model whose node never takes the pre-merged
+    path (``merged_max_tokens`` = 0), to check its structured kernels on the same probes."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for attr in out.graph.node[0].attribute:
+        if attr.name == "merged_max_tokens":
+            attr.i = 0
     return out

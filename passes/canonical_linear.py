@@ -25,7 +25,9 @@ def _attr_float(value: ir.Value, name: str, default: float) -> float:
 def _check_gemm(r: pattern.MatchResult, y: ir.Value, w: ir.Value) -> pattern.MatchResult:
     if _attr_int(y, "transA", 0) != 0:
         return r.fail("Gemm transA: expected 0, got 1", y.producer())
-    for name in ("alpha", "beta"):
+    # beta scales C only: torch.mm exports Gemm(x, W) with beta=0 and no C
+    has_c = len(y.producer().inputs) > 2 and y.producer().inputs[2] is not None
+    for name in ("alpha", "beta") if has_c else ("alpha",):
         got = _attr_float(y, name, 1.0)
         if got != 1.0:
             return r.fail(f"Gemm {name}: expected 1.0, got {got}", y.producer())
@@ -122,9 +124,10 @@ class Conv1DReshapeGemm(pattern.RewriteRuleClassBase):
 
 
 class FoldWeightTranspose(pattern.RewriteRuleClassBase):
-    """Replaces ``Transpose(W)`` of a 2-D initializer with the transposed initializer.
+    """Replaces ``Transpose(W)`` of a 2-D or 3-D initializer with the transposed initializer.
 
-    Matches: torch.onnx dynamo with ``optimize=False`` (nn.Linear weights stay [out, in]).
+    Matches: torch.onnx dynamo with ``optimize=False`` (nn.Linear weights stay [out, in];
+    bmm block weights [k, q, p] transposed per block).
     """
 
     def pattern(self, op, w):
@@ -132,17 +135,21 @@ class FoldWeightTranspose(pattern.RewriteRuleClassBase):
 
     def check(self, context, w, t, **_):
         r = pattern.MatchResult()
-        err = weight_error(w, 2, "transposed weight")
-        if err:
-            return r.fail(err, w)
-        perm = t.producer().attributes.get_ints("perm", [1, 0])
-        if list(perm) != [1, 0]:
-            return r.fail(f"Transpose perm: expected [1, 0], got {list(perm)}", t.producer())
+        arr = const_array(w)
+        if arr is None or arr.ndim not in (2, 3):
+            return r.fail(weight_error(w, 2, "transposed weight") or
+                          f"transposed weight: expected rank 2 or 3, got {list(arr.shape)}", w)
+        perm = t.producer().attributes.get_ints("perm", list(range(arr.ndim))[::-1])
+        if sorted(perm) != list(range(arr.ndim)):
+            return r.fail(f"Transpose perm: expected a permutation of the axes, got "
+                          f"{list(perm)}", t.producer())
         return r
 
     def rewrite(self, op, w, t, **_):
-        arr = np.ascontiguousarray(const_array(w).T)
-        return op.initializer(ir.tensor(arr), name=f"{w.name}__T_{t.producer().name}")
+        arr = const_array(w)
+        perm = t.producer().attributes.get_ints("perm", list(range(arr.ndim))[::-1])
+        folded = np.ascontiguousarray(arr.transpose(perm))
+        return op.initializer(ir.tensor(folded), name=f"{w.name}__T_{t.producer().name}")
 
 
 # Conv1D first, as its own pass: its root (the last Reshape) comes after the Gemm that the

@@ -18,10 +18,13 @@ from . import (
     canonical_gelu,
     canonical_linear,
     canonical_silu,
+    canonical_structured,
     ffn_dense,
     ffn_fff,
     ffn_fff_walk,
     ffn_gated,
+    ffn_structured,
+    mod_routed,
 )
 from ._common import CANON, const_array
 from .lower import markers
@@ -31,8 +34,10 @@ CANONICAL_FAMILIES = {
     "linear": canonical_linear.rules,
     "gelu": canonical_gelu.rules,
     "silu": canonical_silu.rules,
+    "structured": canonical_structured.rules,
 }
-FFN_PASSES = [ffn_gated.rules_with_b2, ffn_gated.rules, ffn_dense.rules_with_b2, ffn_dense.rules]
+FFN_PASSES = [ffn_structured.rules_with_b2, ffn_structured.rules, ffn_gated.rules_with_b2,
+              ffn_gated.rules, ffn_dense.rules_with_b2, ffn_dense.rules]
 ACTIVATION_OPS = {"Relu", "Gelu", "Silu", "Sigmoid", "Tanh", "Erf", "Mul", "QuickGelu",
                   "FastGelu", "BiasGelu", "LeakyRelu", "Elu", "Selu", "HardSigmoid",
                   "HardSwish", "Softplus", "Mish", "Swish"}
@@ -70,6 +75,8 @@ def detect(model: ir.Model) -> list[Site]:
     for rules in FFN_PASSES:
         rules.apply_to_model(model)
         _cleanup(model)
+    mod_routed.detect(model)  # after the FFN rules: a routed region holds an FFN marker
+    _cleanup(model)
     sites = []
     for i, node in enumerate(markers(model.graph)):
         node.name = f"fffc_ffn_{i}"
@@ -79,6 +86,10 @@ def detect(model: ir.Model) -> list[Site]:
 
 def _site(node: ir.Node) -> Site:
     get = node.attributes.get_string
+    if get("kind", "") == "structured":
+        return _structured_site(node)
+    if get("kind", "") == "routed":
+        return _routed_site(node)
     _x, w1, b1, w2, b2 = (*node.inputs, None, None)[:5]
     w1a, w2a = const_array(w1), const_array(w2)
     return Site(
@@ -89,6 +100,51 @@ def _site(node: ir.Node) -> Site:
         matched_nodes=[n for n in get("matched_nodes", "").split(",") if n],
         trees=node.attributes.get_int("trees", 0), depth=node.attributes.get_int("depth", 0),
         tie_break=get("tie_break", ""),
+    )
+
+
+def _structured_site(node: ir.Node) -> Site:
+    """A structured marker (X, A1, U1, B1, A2, U2, B2): widths and each projection's form."""
+    get = node.attributes.get_string
+    _x, a1, u1, b1, a2, u2, b2 = (*node.inputs, None, None, None, None, None, None)[:7]
+    arrays = [const_array(v) if v is not None else None for v in (a1, u1, a2, u2)]
+    a1a, u1a, a2a, u2a = arrays
+    (k1, p1, q1), (k2, _, q2) = a1a.shape, a2a.shape
+    d_ff = u1a.shape[1] if u1a is not None else k1 * q1
+    d_out = u2a.shape[1] if u2a is not None else k2 * q2
+    params = sum(a.size for a in arrays if a is not None)
+    structure = {
+        "first": ffn_structured.describe(a1, u1), "second": ffn_structured.describe(a2, u2),
+        "k1": k1, "r1": k1 * q1, "u1": u1 is not None, "k2": k2, "r2": k2 * q2,
+        "u2": u2 is not None, "params": int(params),
+        "params_fraction": round(params / (k1 * p1 * d_ff + d_ff * d_out), 4),
+    }
+    return Site(
+        name=node.name, rule=get("rule", ""), kind="structured", activation=get("activation", ""),
+        up_activation="none", d_model=int(k1 * p1), d_ff=int(d_ff), d_out=int(d_out),
+        has_b1=b1 is not None, has_b2=b2 is not None, dtype=str(arrays[0].dtype),
+        matched_nodes=[n for n in get("matched_nodes", "").split(",") if n], structure=structure,
+    )
+
+
+def _routed_site(node: ir.Node) -> Site:
+    """A routed marker (X, WR, BR, W1, B1, W2, B2): the FFN's widths and how it is routed."""
+    get = node.attributes.get_string
+    _x, _wr, br, w1, b1, w2, b2, wa, ba = (*node.inputs, *[None] * 9)[:9]
+    w1a, w2a = const_array(w1), const_array(w2)
+    routing = {
+        "selection": get("selection", "topk"), "k": node.attributes.get_int("k", 1),
+        "router": get("router", "raw"), "router_bias": br is not None,
+        "selection_score": wa is not None, "selection_bias": ba is not None,
+        "x_coef": [float(v) for v in node.attributes["x_coef"].value],
+        "delta_coef": [float(v) for v in node.attributes["delta_coef"].value],
+    }
+    return Site(
+        name=node.name, rule=get("rule", ""), kind="routed", activation=get("activation", ""),
+        up_activation="none", d_model=int(w1a.shape[0]), d_ff=int(w1a.shape[1]),
+        d_out=int(w2a.shape[1]), has_b1=b1 is not None, has_b2=b2 is not None,
+        dtype=str(w1a.dtype), matched_nodes=[n for n in get("matched_nodes", "").split(",") if n],
+        routing=routing,
     )
 
 
@@ -122,6 +178,17 @@ def near_misses(model: ir.Model) -> list[NearMiss]:
     """
     out = [_fff_near_miss(ffn_fff_walk.match, node, "FastFeedForward walk")
            for node in ffn_fff_walk.candidates(model.graph)]
+    out += [_mod_near_miss(node) for node in mod_routed.candidates(model.graph)
+            if mod_routed.looks_routed(node)]
+    out += [_structured_near_miss(node) for node in model.graph
+            if node.op_type == "StructuredLinear" and node.domain == CANON]
+    out += [NearMiss(nodes=[node.name or "MatMul"], reason=(
+        f"batched product with a constant {list(const_array(node.inputs[1]).shape)} "
+        "(a block-diagonal factor?) outside any structured projection fffc recognizes: "
+        "expected Reshape([-1,k,p]) → Transpose(1,0,2) → MatMul → Transpose(1,0,2) → "
+        "Reshape([-1,k·q]); BlockShuffle (Monarch) layers are not supported yet"))
+        for node in model.graph if node.op_type == "MatMul" and node.domain == ""
+        and const_array(node.inputs[1]) is not None and const_array(node.inputs[1]).ndim == 3]
     for node in model.graph:
         if node.op_type == "MatMul" and node.domain == "" and ffn_fff.looks_like_fff(node):
             out.append(_fff_near_miss(ffn_fff.match, node, "FastFeedForward"))
@@ -138,6 +205,28 @@ def near_misses(model: ir.Model) -> list[NearMiss]:
         out.append(NearMiss(nodes=[first.name or "?", act.name or act.op_type, node.name or "?"],
                             reason=reason))
     return out
+
+
+def _mod_near_miss(node: ir.Node) -> NearMiss:
+    """A ScatterElements fed through a TopK selection that ``mod_routed`` did not take."""
+    try:
+        mod_routed.match_any(node)
+        reason = "Mixture-of-Depths: the region's nodes are also used outside it"
+    except ffn_fff.Fail as e:
+        reason = f"Mixture-of-Depths: {e}"
+    return NearMiss(nodes=[node.name or node.op_type], reason=reason)
+
+
+def _structured_near_miss(node: ir.Node) -> NearMiss:
+    """A structured projection no FFN rule took (it stays as the export had it)."""
+    a = const_array(node.inputs[1])
+    u = node.inputs[2] if len(node.inputs) > 2 else None
+    form = ffn_structured.describe(node.inputs[1], u)
+    return NearMiss(nodes=[node.name or node.op_type], reason=(
+        f"{form} projection (blocks {a.shape[0]}, {a.shape[1]}→{a.shape[2]} each) is not "
+        "half of a structured FFN fffc lowers: expected projection (+ bias) → ReLU/GELU/SiLU → "
+        "projection (+ bias); a BlockShuffle (Monarch) permutation between block-diagonal "
+        "factors is not supported yet"))
 
 
 def _fff_near_miss(match, node: ir.Node, form: str) -> NearMiss:

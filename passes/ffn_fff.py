@@ -224,7 +224,6 @@ def transposed_from(graph: ir.Graph, value: ir.Value) -> ir.Value | None:
 
 def _replace(graph: ir.Graph, out_mm: ir.Node, region: list[ir.Node], m: dict,
              rule: str = "fff_masked") -> None:
-    out = out_mm.outputs[0]
     marker = ir.Node(
         CANON, "FFN", [m["x"], m["w_in"], m["b_in"], m["w_out"]],
         attributes=[
@@ -236,16 +235,24 @@ def _replace(graph: ir.Graph, out_mm: ir.Node, region: list[ir.Node], m: dict,
         ],
         num_outputs=1,
     )
+    replace_region(graph, out_mm, region, marker, "fff")
+
+
+def replace_region(graph: ir.Graph, root: ir.Node, region: list[ir.Node], marker: ir.Node,
+                   tag: str) -> None:
+    """Put ``marker`` where ``region`` (ending in ``root``) was; the region is kept as the
+    marker's ``original`` graph, for ``restore``."""
+    out = root.outputs[0]
     graph.insert_before(region[0], marker)
     new_out = marker.outputs[0]
     for i, o in enumerate(graph.outputs):  # first: a graph output cannot be replaced in uses
         if o is out:
             graph.outputs[i] = new_out
     ir.convenience.replace_all_uses_with(out, new_out)
-    new_out.name, out.name = out.name, f"{out.name}__fff_original"
+    new_out.name, out.name = out.name, f"{out.name}__{tag}_original"
     new_out.shape, new_out.type = out.shape, out.type
     graph.remove(region, safe=False)
-    original = ir.Graph([], [out], nodes=region, name=f"{out_mm.name or 'fff'}_original")
+    original = ir.Graph([], [out], nodes=region, name=f"{root.name or tag}_original")
     marker.attributes["original"] = ir.AttrGraph("original", original)
 
 

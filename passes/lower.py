@@ -15,7 +15,15 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from fffc.ops import DOMAIN, FAST_FEED_FORWARD, OPSET_VERSION, SPARSE_FFN
+from fffc import reference
+from fffc.ops import (
+    DOMAIN,
+    FAST_FEED_FORWARD,
+    OPSET_VERSION,
+    ROUTED_FFN,
+    SPARSE_FFN,
+    STRUCTURED_FFN,
+)
 
 from . import ffn_fff, standard_forms
 from ._common import CANON, const_array
@@ -64,8 +72,8 @@ def _fallback_function(overload: str, present: list[bool], act: str, up_act: str
     y.name = "Y"
     graph = ir.Graph(formals, [y], nodes=tape.nodes, opset_imports={"": opset},
                      name=f"{SPARSE_FFN.name}_{overload}")
-    attrs = [ir.Attr(a.name, ir.AttributeType.STRING, a.default) for a in SPARSE_FFN.attributes]
-    return ir.Function(DOMAIN, SPARSE_FFN.name, overload, graph=graph, attributes=attrs)
+    return ir.Function(DOMAIN, SPARSE_FFN.name, overload, graph=graph,
+                       attributes=_function_attrs(SPARSE_FFN))
 
 
 def _row_major_up(graph: ir.Graph, wu: ir.Value) -> ir.Value:
@@ -90,7 +98,8 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
           thresholds: Mapping[str, tuple[standard_forms.Threshold, standard_forms.Threshold]]
           | None = None,
           predictors: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
-          gate_thresholds: Mapping[str, tuple[float, float]] | None = None) -> None:
+          gate_thresholds: Mapping[str, tuple[float, float]] | None = None,
+          merged: Mapping[str, int] | None = None) -> None:
     """Replace every marker: ``decisions[name]`` "exact" or "teal" → SparseFFN, else standard ops.
 
     ``max_tokens[name] > 0`` bounds the token count the SparseFFN kernel serves: the site
@@ -103,16 +112,38 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
     cut folded into C): the same for mode "predictor" (only neurons scoring > 0 count); a
     fourth element, a scalar graph input, is added to the scores of a site left in standard
     ops (0: the predictor applies; a huge value: every neuron counts), to search modes;
-    ``gate_thresholds[name]`` = (t_in, t_gate) for mode "cats".
+    ``gate_thresholds[name]`` = (t_in, t_gate) for mode "cats". A structured marker
+    planned "structured" becomes ``ai.fffc::StructuredFFN``; ``merged[name] > 0`` adds its
+    pre-merged dense weights for calls of up to that many tokens.
     """
     graph = model.graph
     opset = default_opset(model)
-    for node in markers(graph):
+    pending = markers(graph)
+    while pending:  # a routed site left as it was brings its inner FFN marker back
+        _lower_markers(model, pending, opset, decisions, max_tokens, thresholds, predictors,
+                       gate_thresholds, merged)
+        pending = markers(graph)
+    legalize(model)
+    common_passes.RemoveUnusedNodesPass()(model)
+    _drop_unused_initializers(model.graph)
+
+
+def _lower_markers(model, pending, opset, decisions, max_tokens, thresholds, predictors,
+                   gate_thresholds, merged) -> None:
+    graph = model.graph
+    for node in pending:
         a = _attrs(node)
         x, w1, b1, w2, b2, wu = (node.inputs + (None,) * 6)[:6]
         tape = ir.tape.Tape()
         if a["kind"] == "fff":
             _lower_fff(model, node, decisions.get(node.name, "dense"), opset)
+            continue
+        if a["kind"] == "structured":
+            _lower_structured(model, node, decisions.get(node.name, "dense"), opset,
+                              (merged or {}).get(node.name, 0))
+            continue
+        if a["kind"] == "routed":
+            _lower_routed(model, node, decisions.get(node.name, "dense"), opset)
             continue
         site_thresholds = (thresholds or {}).get(node.name)
         site_gate = (gate_thresholds or {}).get(node.name)
@@ -142,9 +173,6 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
                 thresholds=site_thresholds or ((site_gate[0], None) if site_gate else None),
                 predictor=pred, gate_threshold=site_gate[1] if site_gate else None)
         _replace(graph, node, tape, new_out)
-    legalize(model)
-    common_passes.RemoveUnusedNodesPass()(model)
-    _drop_unused_initializers(model.graph)
 
 
 def _drop_unused_initializers(graph: ir.Graph) -> None:
@@ -203,6 +231,156 @@ def _lower_fff(model: ir.Model, node: ir.Node, decision: str, opset: int) -> Non
     out.name = name
 
 
+STRUCTURED_INPUTS = [a.name for a in STRUCTURED_FFN.inputs]
+
+
+def _lower_structured(model: ir.Model, node: ir.Node, decision: str, opset: int,
+                      merged_max_tokens: int) -> None:
+    """A structured marker (X, A1, U1, B1, A2, U2, B2): ``structured`` → StructuredFFN
+    (+ its standard-op body as fallback function), else the standard ops themselves."""
+    x, a1, u1, b1, a2, u2, b2 = (*node.inputs, None, None, None, None, None, None)[:7]
+    act = node.attributes.get_string("activation", "gelu")
+    tape = ir.tape.Tape()
+    if decision != "structured":
+        out = standard_forms.structured_ffn(tape, x, a1, u1, b1, a2, u2, b2,
+                                            activation_name=act, opset=opset)
+        for i, n in enumerate(tape.nodes):
+            n.name = f"{node.name}/structured/{i}_{n.op_type}"
+        _replace(model.graph, node, tape, out)
+        return
+    m1 = m2 = None
+    if merged_max_tokens > 0:
+        m1, m2 = (_initializer(model.graph, f"{node.name}__merged_{i}",
+                               reference.merged_weight(const_array(a), const_array(u)))
+                  for i, (a, u) in enumerate(((a1, u1), (a2, u2)), start=1))
+    inputs = [x, a1, u1, b1, a2, u2, b2, m1, m2]
+    present = [v is not None for v in inputs]
+    overload = f"{act}_" + "".join(n.lower() for n, p in zip(STRUCTURED_INPUTS, present,
+                                                              strict=True) if p and n != "X")
+    while inputs[-1] is None:
+        inputs.pop()
+    out = tape.op(STRUCTURED_FFN.name, inputs,
+                  {"activation": act, "merged_max_tokens": merged_max_tokens},
+                  domain=DOMAIN, overload=overload, name=node.name,
+                  metadata_props={"fffc.rule": node.attributes.get_string("rule", ""),
+                                  "fffc.matched_nodes":
+                                      node.attributes.get_string("matched_nodes", "")})
+    key = (DOMAIN, STRUCTURED_FFN.name, overload)
+    if key not in model.functions:
+        model.functions[key] = _structured_function(overload, present, act, opset)
+    model.opset_imports[DOMAIN] = OPSET_VERSION
+    _replace(model.graph, node, tape, out)
+
+
+ROUTED_INPUTS = [a.name for a in ROUTED_FFN.inputs]
+
+
+def routing_of(node: ir.Node) -> dict:
+    """A routed marker's (or RoutedFFN node's) routing attributes."""
+    get = node.attributes.get_string
+    return {"activation": get("activation", "gelu"), "k": node.attributes.get_int("k", 1),
+            "router": get("router", "raw"), "selection": get("selection", "topk"),
+            "x_coef": tuple(float(v) for v in node.attributes["x_coef"].value),
+            "delta_coef": tuple(float(v) for v in node.attributes["delta_coef"].value)}
+
+
+def _lower_routed(model: ir.Model, node: ir.Node, decision: str, opset: int) -> None:
+    """A routed marker: ``routed`` → ai.fffc::RoutedFFN (+ its standard-op body as the
+    fallback function), else the export's own region back (its FFN marker is lowered next)."""
+    graph = model.graph
+    if decision != "routed":
+        out = ffn_fff.restore(graph, node)
+        old = node.outputs[0]
+        name = old.name
+        for i, o in enumerate(graph.outputs):
+            if o is old:
+                graph.outputs[i] = out
+        ir.convenience.replace_all_uses_with(old, out)
+        graph.remove(node, safe=False)
+        out.name = name
+        return
+    r = routing_of(node)
+    inputs = list((*node.inputs, *[None] * 9)[:9])
+    present = [v is not None for v in inputs]
+    coefs = "_".join(f"{c:g}" for c in (*r["x_coef"], *r["delta_coef"]))
+    sel = f"k{r['k']}" if r["selection"] == "topk" else "threshold"
+    overload = (f"{r['activation']}_{sel}_{r['router']}_{coefs}_" +
+                "".join(n.lower() for n, p in zip(ROUTED_INPUTS, present, strict=True)
+                        if p and n != "X")).replace(".", "p").replace("-", "m")
+    while inputs[-1] is None:
+        inputs.pop()
+    tape = ir.tape.Tape()
+    out = tape.op(ROUTED_FFN.name, inputs,
+                  {"activation": r["activation"], "selection": r["selection"], "k": r["k"],
+                   "router": r["router"], "x_coef": list(r["x_coef"]),
+                   "delta_coef": list(r["delta_coef"])},
+                  domain=DOMAIN, overload=overload, name=node.name,
+                  metadata_props={"fffc.rule": node.attributes.get_string("rule", ""),
+                                  "fffc.matched_nodes":
+                                      node.attributes.get_string("matched_nodes", "")})
+    key = (DOMAIN, ROUTED_FFN.name, overload)
+    if key not in model.functions:
+        model.functions[key] = _routed_function(overload, present, r, opset)
+    model.opset_imports[DOMAIN] = OPSET_VERSION
+    _replace(graph, node, tape, out)
+
+
+def _routed_function(overload: str, present: list[bool], r: dict, opset: int) -> ir.Function:
+    """RoutedFFN's fallback: top-k routing in standard ops (k, router and combine fixed per
+    overload)."""
+    formals = [ir.Value(name=n) for n in ROUTED_INPUTS]
+    tape = ir.tape.Tape()
+    x, wr, br, w1, b1, w2, b2, wa, ba = (f if p else None
+                                         for f, p in zip(formals, present, strict=True))
+    y = standard_forms.routed_ffn(tape, x, wr, br, w1, b1, w2, b2, wa, ba,
+                                  activation_name=r["activation"], selection=r["selection"],
+                                  k=r["k"], router=r["router"], x_coef=r["x_coef"],
+                                  delta_coef=r["delta_coef"], opset=opset)
+    y.name = "Y"
+    graph = ir.Graph(formals, [y], nodes=tape.nodes, opset_imports={"": opset},
+                     name=f"{ROUTED_FFN.name}_{overload}")
+    return ir.Function(DOMAIN, ROUTED_FFN.name, overload, graph=graph,
+                       attributes=_function_attrs(ROUTED_FFN))
+
+
+def _function_attrs(spec) -> list[ir.Attr]:
+    """The declared attributes of a fallback function, with the op's defaults."""
+    out = []
+    for a in spec.attributes:
+        if a.type == "floats":
+            out.append(ir.Attr(a.name, ir.AttributeType.FLOATS,
+                               [float(v) for v in str(a.default).split(",")]))
+        else:
+            kinds = {"int": ir.AttributeType.INT, "string": ir.AttributeType.STRING}
+            out.append(ir.Attr(a.name, kinds[a.type], a.default))
+    return out
+
+
+def _initializer(graph: ir.Graph, name: str, arr: np.ndarray) -> ir.Value:
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    value = ir.Value(name=name, const_value=ir.tensor(arr, name=name))
+    value.shape, value.type = ir.Shape(arr.shape), ir.TensorType(ir.DataType.FLOAT)
+    graph.register_initializer(value)
+    return value
+
+
+def _structured_function(overload: str, present: list[bool], act: str,
+                         opset: int) -> ir.Function:
+    """StructuredFFN's fallback: the structured path in standard ops (M1/M2 unused: the
+    merged weights compute the same function)."""
+    formals = [ir.Value(name=n) for n in STRUCTURED_INPUTS]
+    tape = ir.tape.Tape()
+    x, a1, u1, b1, a2, u2, b2, _, _ = (f if p else None
+                                       for f, p in zip(formals, present, strict=True))
+    y = standard_forms.structured_ffn(tape, x, a1, u1, b1, a2, u2, b2, activation_name=act,
+                                      opset=opset)
+    y.name = "Y"
+    graph = ir.Graph(formals, [y], nodes=tape.nodes, opset_imports={"": opset},
+                     name=f"{STRUCTURED_FFN.name}_{overload}")
+    return ir.Function(DOMAIN, STRUCTURED_FFN.name, overload, graph=graph,
+                       attributes=_function_attrs(STRUCTURED_FFN))
+
+
 def _fff_function(overload: str, trees: int, depth: int, tie_break: str,
                   opset: int) -> ir.Function:
     """FastFeedForward's fallback in standard ops (X is [T, d_in]): the conditional walk, or
@@ -214,9 +392,8 @@ def _fff_function(overload: str, trees: int, depth: int, tie_break: str,
     y.name = "Y"
     graph = ir.Graph(formals, [y], nodes=tape.nodes, opset_imports={"": opset},
                      name=f"{FAST_FEED_FORWARD.name}_{overload}")
-    kinds = {"int": ir.AttributeType.INT, "string": ir.AttributeType.STRING}
-    attrs = [ir.Attr(a.name, kinds[a.type], a.default) for a in FAST_FEED_FORWARD.attributes]
-    return ir.Function(DOMAIN, FAST_FEED_FORWARD.name, overload, graph=graph, attributes=attrs)
+    return ir.Function(DOMAIN, FAST_FEED_FORWARD.name, overload, graph=graph,
+                       attributes=_function_attrs(FAST_FEED_FORWARD))
 
 
 def _thresholds_initializer(graph: ir.Graph, node: ir.Node,
@@ -333,6 +510,9 @@ def legalize(model: ir.Model) -> None:
         if node.op_type == "FFN":
             raise ValueError(f"FFN marker {node.name!r} was not lowered")
         tape = ir.tape.Tape()
+        if node.op_type == "StructuredLinear":
+            _replace(graph, node, tape, _structured_linear(graph, tape, node))
+            continue
         if node.op_type == "Gelu":
             approx = node.attributes.get_string("approximate", "none")
             name = "gelu_tanh" if approx == "tanh" else "gelu"
@@ -345,6 +525,21 @@ def legalize(model: ir.Model) -> None:
     model.opset_imports.pop(CANON, None)
 
 
+def _structured_linear(graph: ir.Graph, tape: ir.tape.Tape, node: ir.Node) -> ir.Value:
+    """A StructuredLinear no FFN took, in standard ops: one MatMul for k = 1 (LowRank as the
+    export had it), the exporters' reshape/transpose/MatMul form of a block diagonal else."""
+    x, a = node.inputs[0], node.inputs[1]
+    u = node.inputs[2] if len(node.inputs) > 2 else None
+    arr = const_array(a)
+    if arr.shape[0] == 1:
+        w = _initializer(graph, f"{a.name}__2d", arr[0]) if f"{a.name}__2d" not in \
+            graph.initializers else graph.initializers[f"{a.name}__2d"]
+        h = tape.op("MatMul", [x, w])
+    else:
+        h = standard_forms.blockdiag(tape, x, a)
+    return tape.op("MatMul", [h, u]) if u is not None else h
+
+
 def site_io(model: ir.Model) -> dict[str, tuple[str, str]]:
     """Marker name → (input value name, output value name), for capturing site activations."""
     return {n.name: (n.inputs[0].name, n.outputs[0].name) for n in markers(model.graph)}
@@ -355,6 +550,12 @@ def site_weights(model: ir.Model, name: str, mode: str = "exact") -> dict[str, n
     (the up projection row per neuron for exact and predictor, row per input channel for
     teal; W1 row per neuron for predictor). Predictor factors are not included."""
     node = next(n for n in markers(model.graph) if n.name == name)
+    kind = node.attributes.get_string("kind", "")
+    if kind in ("structured", "routed"):
+        names = (STRUCTURED_INPUTS if kind == "structured" else ROUTED_INPUTS)[1:]
+        values = (*node.inputs, *[None] * 9)[1:1 + len(names)]
+        return {k: (const_array(v) if v is not None else None)
+                for k, v in zip(names, values, strict=True)}
     arrays = [const_array(v) if v is not None else None for v in (node.inputs + (None,) * 6)[:6]]
     out = dict(zip(INPUT_NAMES[:6], arrays, strict=True))
     out.pop("X")

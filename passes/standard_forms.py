@@ -205,3 +205,93 @@ def fff_masked(tape: ir.tape.Tape, x: ir.Value, w_in_rows: ir.Value, b_in: ir.Va
     active = tape.op("Mul", [activation(tape, "gelu", l3, opset), mask])
     flat = tape.op("Reshape", [active, const(np.array([-1, trees * n], np.int64))])
     return tape.op("MatMul", [flat, w_out])
+
+
+def _ints(tape: ir.tape.Tape, values: list[int]) -> ir.Value:
+    return tape.op("Constant", [], {"value": ir.tensor(np.array(values, dtype=np.int64))})
+
+
+def _dims(tape: ir.tape.Tape, v: ir.Value, start: int, end: int) -> ir.Value:
+    """``Shape(v)[start:end]`` (Slice: valid at every opset fffc emits)."""
+    return tape.op("Slice", [tape.op("Shape", [v]), _ints(tape, [start]), _ints(tape, [end])])
+
+
+def blockdiag(tape: ir.tape.Tape, x2: ir.Value, a: ir.Value) -> ir.Value:
+    """``blockdiag(x2, A)`` for x2 [N, k·p], A [k, p, q] (shapes read at run time, so one
+    body serves every fallback function): ``Reshape([N, k, p]) → Transpose → MatMul(A) →
+    Transpose → Reshape([N, k·q])``."""
+    shape = tape.op("Concat", [_ints(tape, [-1]), _dims(tape, a, 0, 2)], {"axis": 0})
+    blocks = tape.op("Transpose", [tape.op("Reshape", [x2, shape])], {"perm": [1, 0, 2]})
+    out = tape.op("Transpose", [tape.op("MatMul", [blocks, a])], {"perm": [1, 0, 2]})
+    return tape.op("Reshape", [out, _ints(tape, [0, -1])])
+
+
+def structured_ffn(tape: ir.tape.Tape, x: ir.Value, a1: ir.Value, u1: ir.Value | None,
+                   b1: ir.Value | None, a2: ir.Value, u2: ir.Value | None, b2: ir.Value | None,
+                   *, activation_name: str, opset: int) -> ir.Value:
+    """``ai.fffc::StructuredFFN`` in standard ops: X's leading dims flattened to tokens, the
+    two structured projections, X's leading dims restored."""
+    x2 = tape.op("Reshape", [x, tape.op("Concat", [_ints(tape, [-1]), _dims(tape, x, -1, 2**62)],
+                                        {"axis": 0})])
+    h = blockdiag(tape, x2, a1)
+    if u1 is not None:
+        h = tape.op("MatMul", [h, u1])
+    if b1 is not None:
+        h = tape.op("Add", [h, b1])
+    g = blockdiag(tape, activation(tape, activation_name, h, opset), a2)
+    if u2 is not None:
+        g = tape.op("MatMul", [g, u2])
+    if b2 is not None:
+        g = tape.op("Add", [g, b2])
+    out_shape = tape.op("Concat", [_dims(tape, x, 0, -1), _dims(tape, g, -1, 2**62)], {"axis": 0})
+    return tape.op("Reshape", [g, out_shape])
+
+
+def routed_ffn(tape: ir.tape.Tape, x: ir.Value, wr: ir.Value, br: ir.Value | None,
+               w1: ir.Value, b1: ir.Value | None, w2: ir.Value, b2: ir.Value | None,
+               wa: ir.Value | None = None, ba: ir.Value | None = None, *,
+               activation_name: str, selection: str, k: int, router: str,
+               x_coef: tuple[float, float], delta_coef: tuple[float, float],
+               opset: int) -> ir.Value:
+    """``ai.fffc::RoutedFFN`` in standard ops: scores, the selection (TopK, or the mask
+    ``score > 0`` → NonZero), the FFN on the gathered tokens only, the combine, scattered back
+    into X (what the exports compute, in one canonical spelling)."""
+    axis = _ints(tape, [-1])
+
+    def score(w: ir.Value, b: ir.Value | None) -> ir.Value:
+        s = tape.op("Squeeze", [tape.op("MatMul", [x, tape.op("Unsqueeze", [w, axis])]), axis])
+        return tape.op("Add", [s, b]) if b is not None else s
+
+    s = score(wr, br)
+    weight = tape.op("Sigmoid", [s]) if router == "sigmoid" else s
+    if selection == "topk":
+        _, idx = tape.op_multi_out("TopK", [s, _ints(tape, [k])],
+                                   {"axis": 1, "largest": 1, "sorted": 1}, num_outputs=2)
+        shape = tape.op("Concat", [tape.op("Shape", [idx]), _dims(tape, x, 2, 3)], {"axis": 0})
+        where = tape.op("Expand", [tape.op("Unsqueeze", [idx, axis]), shape])
+        xs = tape.op("GatherElements", [x, where], {"axis": 1})
+        w = tape.op("Unsqueeze", [tape.op("GatherElements", [weight, idx], {"axis": 1}), axis])
+    else:
+        chooser = score(wa, ba) if wa is not None else s
+        mask = tape.op("Greater", [chooser, _const(tape, 0.0)])
+        where = tape.op("Transpose", [tape.op("NonZero", [mask])], {"perm": [1, 0]})
+        xs = tape.op("GatherND", [x, where])
+        w = tape.op("Unsqueeze", [tape.op("GatherND", [weight, where]), axis])
+    delta = ffn(tape, xs, w1, b1, w2, b2, None, activation_name=activation_name,
+                up_activation="none", opset=opset, wu_rows=False)
+
+    def term(v: ir.Value, coef: tuple[float, float]) -> ir.Value | None:
+        a, b = coef
+        if a == 0 and b == 0:
+            return None
+        factor = w if a == 0 and b == 1 else (
+            tape.op("Add", [_const(tape, a), tape.op("Mul", [w, _const(tape, b)])]) if b
+            else _const(tape, a))
+        return v if (a == 1 and b == 0) else tape.op("Mul", [v, factor])
+
+    terms = [t for t in (term(xs, x_coef), term(delta, delta_coef)) if t is not None]
+    update = terms[0] if len(terms) == 1 else tape.op("Add", terms) if terms else \
+        tape.op("Mul", [xs, _const(tape, 0.0)])
+    if selection == "topk":
+        return tape.op("ScatterElements", [x, where, update], {"axis": 1})
+    return tape.op("ScatterND", [x, where, update])

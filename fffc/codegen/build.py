@@ -22,10 +22,12 @@ from .cuda_build import DEFAULT_ARCHS, CudaLibrary, build_cuda_library
 from .kernels.exact_decode import exact_decode_primfunc
 from .kernels.fff import fff_cpu_primfunc, fff_level_primfunc
 from .kernels.fff_cuda import fff_params
+from .kernels.routed_ffn import combine_primfunc, route_primfunc, routed_variants
 from .kernels.sparse_ffn import sparse_ffn_primfunc
 from .kernels.sparse_ffn_cats import cats_primfunc
 from .kernels.sparse_ffn_predictor import predictor_primfunc
 from .kernels.sparse_ffn_teal import teal_primfunc
+from .kernels.structured_ffn import structured_ffn_primfunc, structured_variants
 from .schedules import MAX_TOKENS, family
 
 OBJECT_NAME = "fffc_kernels.o"
@@ -89,7 +91,8 @@ def check_target(name: str) -> None:
 
 
 def symbol_of(spec: KernelSpec, variant: str) -> str:
-    op = "fff" if spec.op == "FastFeedForward" else "sparse_ffn"
+    op = {"FastFeedForward": "fff", "StructuredFFN": "structured",
+          "RoutedFFN": "routed"}.get(spec.op, "sparse_ffn")
     return f"fffc_{op}_{spec.key}_{variant}"
 
 
@@ -134,6 +137,16 @@ def _funcs(specs: Sequence[KernelSpec], target_name: str, target: dict,
                 table.append(k)
             _check_cover(spec, table[-len(fff_variants(spec)):])
             continue
+        if spec.op in ("StructuredFFN", "RoutedFFN"):  # target-neutral kernels for every CPU
+            variants = (structured_variants if spec.op == "StructuredFFN" else routed_variants)
+            kernels = [CompiledKernel(spec, name, symbol_of(spec, name), lo, hi)
+                       for name, lo, hi in variants(spec)]
+            for k in kernels:
+                if only is None or only == k.variant:
+                    funcs[k.symbol] = _cpu_primfunc(spec, k)
+            _check_cover(spec, kernels)
+            table += kernels
+            continue
         kernels = []
         for v in fam.variants(spec, target):
             kernels.append(CompiledKernel(spec, v.name, symbol_of(spec, v.name),
@@ -148,6 +161,15 @@ def _funcs(specs: Sequence[KernelSpec], target_name: str, target: dict,
             raise CodegenError(f"no variant {only!r}; have {[k.variant for k in kernels]}")
         table += kernels
     return funcs, table
+
+
+def _cpu_primfunc(spec: KernelSpec, k: CompiledKernel):
+    """The PrimFunc of a StructuredFFN or RoutedFFN (routing / combine) kernel."""
+    if spec.op == "StructuredFFN":
+        return structured_ffn_primfunc(spec, k.variant, k.symbol)
+    if spec.mode == "combine":
+        return combine_primfunc(spec, k.symbol)
+    return route_primfunc(spec, k.symbol)
 
 
 def _compile(funcs: dict, target: dict):
@@ -248,6 +270,15 @@ def source(spec: KernelSpec, variant: str, target: str = "x86", mcpu: str | None
     from .kernels.sparse_ffn_predictor import predictor_source
     from .kernels.sparse_ffn_teal import teal_source
 
+    if spec.op == "StructuredFFN":
+        from .kernels.structured_ffn import structured_ffn_source
+
+        return structured_ffn_source(spec, variant, symbol_of(spec, variant))
+    if spec.op == "RoutedFFN":
+        from .kernels.routed_ffn import combine_source, route_source
+
+        make = combine_source if spec.mode == "combine" else route_source
+        return make(spec, symbol_of(spec, variant))
     if spec.op == "FastFeedForward":
         if variant not in [v for v, _, _ in fff_variants(spec)]:
             raise CodegenError(f"no variant {variant!r}")

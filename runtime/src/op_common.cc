@@ -46,6 +46,20 @@ OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const cha
   return api->GetTensorMutableData(const_cast<OrtValue*>(v), &out->data);
 }
 
+OrtStatus* ViewInputs(const OrtApi* api, OrtKernelContext* ctx, int n, const char* const* names,
+                      TensorView* in, bool* present) {
+  size_t count = 0;
+  if (OrtStatus* st = api->KernelContext_GetInputCount(ctx, &count)) return st;
+  for (size_t i = 0; i < count && i < static_cast<size_t>(n); ++i) {
+    const OrtValue* v = nullptr;
+    if (OrtStatus* st = api->KernelContext_GetInput(ctx, i, &v)) return st;
+    if (v == nullptr) continue;  // an omitted optional input
+    if (OrtStatus* st = View(api, v, &in[i], names[i])) return st;
+    present[i] = true;
+  }
+  return nullptr;
+}
+
 namespace {
 
 // The OrtCustomOp with what CreateKernelV2 needs to build this EP's kernel.
@@ -54,7 +68,7 @@ struct OpWithFactory {
   const char* ep;
   const char* name;
   size_t inputs;
-  bool fff;  // FastFeedForward: attributes trees/depth/activation/tie_break, all inputs required
+  enum Kind { kSparse, kFff, kStructured, kRouted } kind;  // attributes, required inputs
   KernelFactory factory;
 };
 
@@ -71,6 +85,20 @@ int64_t IntAttr(const OrtApi* api, const OrtKernelInfo* info, const char* name, 
   return out;
 }
 
+// A 2-float attribute into out (kept as is when absent; any other length is an error).
+void FloatsAttr(const OrtApi* api, const OrtKernelInfo* info, const char* name, float out[2]) {
+  size_t size = 0;
+  if (OrtStatus* st = api->KernelInfoGetAttributeArray_float(info, name, nullptr, &size)) {
+    api->ReleaseStatus(st);
+    return;
+  }
+  if (size != 2) throw std::runtime_error(std::string("attribute ") + name + " must hold 2 floats");
+  if (OrtStatus* st = api->KernelInfoGetAttributeArray_float(info, name, out, &size)) {
+    api->ReleaseStatus(st);
+    throw std::runtime_error(std::string("attribute ") + name + " could not be read");
+  }
+}
+
 const OrtApi* g_api = nullptr;
 
 const char* GetName(const OrtCustomOp* op) { return Holder(op)->name; }
@@ -81,8 +109,17 @@ ONNXTensorElementDataType FloatType(const OrtCustomOp*, size_t) {
 size_t InputCount(const OrtCustomOp* op) { return Holder(op)->inputs; }
 size_t OutputCount(const OrtCustomOp*) { return 1; }
 OrtCustomOpInputOutputCharacteristic InputChar(const OrtCustomOp* op, size_t i) {
-  if (Holder(op)->fff) return INPUT_OUTPUT_REQUIRED;
-  return (i == kX || i == kW1 || i == kW2) ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  switch (Holder(op)->kind) {
+    case OpWithFactory::kFff:
+      return INPUT_OUTPUT_REQUIRED;
+    case OpWithFactory::kStructured:  // X, A1, A2
+      return (i == 0 || i == 1 || i == 4) ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+    case OpWithFactory::kRouted:  // X, WR, W1, W2
+      return (i == 0 || i == 1 || i == 3 || i == 5) ? INPUT_OUTPUT_REQUIRED
+                                                    : INPUT_OUTPUT_OPTIONAL;
+    default:
+      return (i == kX || i == kW1 || i == kW2) ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
 }
 OrtCustomOpInputOutputCharacteristic OutputChar(const OrtCustomOp*, size_t) {
   return INPUT_OUTPUT_REQUIRED;
@@ -96,7 +133,25 @@ OrtStatusPtr CreateKernelV2(const OrtCustomOp* op, const OrtApi* api, const OrtK
   const OrtApi* a = api ? api : g_api;
   try {
     Attrs attrs;
-    if (Holder(op)->fff) {
+    if (Holder(op)->kind == OpWithFactory::kRouted) {
+      attrs = {StringAttr(a, info, "activation", "gelu"), "none", "routed"};
+      attrs.selection = StringAttr(a, info, "selection", "topk");
+      attrs.router = StringAttr(a, info, "router", "raw");
+      attrs.k = IntAttr(a, info, "k", 1);
+      if (attrs.selection != "topk" && attrs.selection != "threshold")
+        throw std::runtime_error("RoutedFFN: selection must be topk or threshold");
+      if (attrs.router != "raw" && attrs.router != "sigmoid")
+        throw std::runtime_error("RoutedFFN: router must be raw or sigmoid");
+      if (attrs.selection == "topk" && attrs.k < 1)
+        throw std::runtime_error("RoutedFFN: k must be >= 1");
+      float x[2] = {1.f, 0.f}, d[2] = {0.f, 1.f};
+      FloatsAttr(a, info, "x_coef", x);
+      FloatsAttr(a, info, "delta_coef", d);
+      attrs.coef[0] = x[0], attrs.coef[1] = x[1], attrs.coef[2] = d[0], attrs.coef[3] = d[1];
+    } else if (Holder(op)->kind == OpWithFactory::kStructured) {
+      attrs = {StringAttr(a, info, "activation", "gelu"), "none", "structured"};
+      attrs.merged_max_tokens = IntAttr(a, info, "merged_max_tokens", 0);
+    } else if (Holder(op)->kind == OpWithFactory::kFff) {
       // the kernel table's mode: "<trees>x<depth>", "ge" appended for tie_break "ge"
       // (fffc.ops.fff_mode)
       const std::string tie = StringAttr(a, info, "tie_break", "gt");
@@ -133,30 +188,23 @@ const char* const kInputNames[kNumInputs] = {"X",  "W1", "B1", "W2", "B2",
                                              "WU", "TH", "PA", "PB", "PC"};
 
 OrtStatus* Fail(const OrtApi* api, const std::string& msg) {
-  return api->CreateStatus(ORT_FAIL, ("fffc SparseFFN: " + msg).c_str());
+  return api->CreateStatus(ORT_FAIL, ("fffc: " + msg).c_str());
 }
 
 OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const std::string& mode) {
-  size_t count = 0;
-  if (OrtStatus* st = api->KernelContext_GetInputCount(ctx, &count)) return st;
-  for (size_t i = 0; i < count && i < kNumInputs; ++i) {
-    const OrtValue* v = nullptr;
-    if (OrtStatus* st = api->KernelContext_GetInput(ctx, i, &v)) return st;
-    if (v == nullptr) continue;  // an omitted optional input
-    if (OrtStatus* st = View(api, v, &c->in[i], kInputNames[i])) return st;
-    c->present[i] = true;
-  }
+  if (OrtStatus* st = ViewInputs(api, ctx, kNumInputs, kInputNames, c->in, c->present))
+    return st;
   if (!c->present[kX] || !c->present[kW1] || !c->present[kW2])
-    return Fail(api, "X, W1 and W2 are required");
+    return Fail(api, "SparseFFN: X, W1 and W2 are required");
   const auto& xd = c->in[kX].dims;
   if (xd.empty() || c->in[kW1].dims.size() != 2 || c->in[kW2].dims.size() != 2)
-    return Fail(api, "expected X [..., d_in], W1 [d_in, d_ff], W2 [d_ff, d_out]");
+    return Fail(api, "SparseFFN: expected X [..., d_in], W1 [d_in, d_ff], W2 [d_ff, d_out]");
   const bool rows = mode == "predictor";  // W1 [d_ff, d_in], row per neuron
   c->d_in = xd.back();
   c->d_ff = c->in[kW1].dims[rows ? 0 : 1];
   c->d_out = c->in[kW2].dims[1];
   if (c->in[kW1].dims[rows ? 1 : 0] != c->d_in || c->in[kW2].dims[0] != c->d_ff)
-    return Fail(api, "weight shapes do not chain: X [..., " + std::to_string(c->d_in) + "], W1 [" +
+    return Fail(api, "SparseFFN: weight shapes do not chain: X [..., " + std::to_string(c->d_in) + "], W1 [" +
                          std::to_string(c->in[kW1].dims[0]) + ", " +
                          std::to_string(c->in[kW1].dims[1]) + "] (mode " + mode + "), W2 [" +
                          std::to_string(c->in[kW2].dims[0]) + ", " + std::to_string(c->d_out) + "]");
@@ -165,7 +213,7 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const s
     return Fail(api, std::string("input TH (thresholds) is ") +
                          (thresholds ? "required by mode " + mode : "only for modes teal, cats"));
   if (thresholds && (c->in[kTH].dims.size() != 1 || c->in[kTH].dims[0] != 2))
-    return Fail(api, "TH must hold two thresholds (teal: [t_in, t_hidden]; cats: [t_in, t_gate])");
+    return Fail(api, "SparseFFN: TH must hold two thresholds (teal: [t_in, t_hidden]; cats: [t_in, t_gate])");
   for (int i : {kPA, kPB, kPC})
     if (rows != c->present[i])
       return Fail(api, std::string("input ") + kInputNames[i] + " is " +
@@ -174,7 +222,7 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const s
     const auto &pa = c->in[kPA].dims, &pb = c->in[kPB].dims, &pc = c->in[kPC].dims;
     if (pa.size() != 2 || pb.size() != 2 || pc.size() != 1 || pa[0] != c->d_in ||
         pb[0] != pa[1] || pb[1] != c->d_ff || pc[0] != c->d_ff)
-      return Fail(api, "predictor shapes must be PA [d_in, r], PB [r, d_ff], PC [d_ff]");
+      return Fail(api, "SparseFFN: predictor shapes must be PA [d_in, r], PB [r, d_ff], PC [d_ff]");
   }
   c->tokens = 1;
   for (size_t i = 0; i + 1 < xd.size(); ++i) c->tokens *= xd[i];
@@ -233,8 +281,8 @@ bool Matches(const Attrs& a, const FfnCall& c, const char* activation, const cha
 
 namespace {
 
-OrtCustomOp* NewOp(const OrtApi* api, const char* name, const char* ep, size_t inputs, bool fff,
-                   KernelFactory factory) {
+OrtCustomOp* NewOp(const OrtApi* api, const char* name, const char* ep, size_t inputs,
+                   OpWithFactory::Kind kind, KernelFactory factory) {
   g_api = api;
   auto* holder = new OpWithFactory;  // must outlive every session: never freed
   OrtCustomOp& op = holder->op;
@@ -242,7 +290,7 @@ OrtCustomOp* NewOp(const OrtApi* api, const char* name, const char* ep, size_t i
   holder->ep = ep;
   holder->name = name;
   holder->inputs = inputs;
-  holder->fff = fff;
+  holder->kind = kind;
   holder->factory = factory;
   op.version = kOrtApiVersion;
   op.GetName = GetName;
@@ -267,11 +315,19 @@ OrtCustomOp* NewOp(const OrtApi* api, const char* name, const char* ep, size_t i
 }  // namespace
 
 OrtCustomOp* NewSparseFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
-  return NewOp(api, "SparseFFN", ep, kNumInputs, false, factory);
+  return NewOp(api, "SparseFFN", ep, kNumInputs, OpWithFactory::kSparse, factory);
 }
 
 OrtCustomOp* NewFastFeedForwardOp(const OrtApi* api, const char* ep, KernelFactory factory) {
-  return NewOp(api, "FastFeedForward", ep, 4, true, factory);
+  return NewOp(api, "FastFeedForward", ep, 4, OpWithFactory::kFff, factory);
+}
+
+OrtCustomOp* NewRoutedFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
+  return NewOp(api, "RoutedFFN", ep, 9, OpWithFactory::kRouted, factory);
+}
+
+OrtCustomOp* NewStructuredFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
+  return NewOp(api, "StructuredFFN", ep, 9, OpWithFactory::kStructured, factory);
 }
 
 }  // namespace fffc

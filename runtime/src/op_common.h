@@ -18,6 +18,12 @@ extern const char* const kInputNames[kNumInputs];
 
 struct Attrs {
   std::string activation, up_activation, mode;
+  int64_t merged_max_tokens = 0;  // StructuredFFN: calls up to this many tokens use M1/M2
+  // RoutedFFN: selection (topk | threshold), k, router (raw | sigmoid), and the combine's
+  // coefficients [x_a, x_b, delta_a, delta_b]
+  std::string selection, router;
+  int64_t k = 1;
+  float coef[4] = {1.f, 0.f, 0.f, 1.f};
 };
 
 struct TensorView {
@@ -48,6 +54,10 @@ OrtStatus* Fail(const OrtApi* api, const std::string& msg);
 
 // Type, shape and data of a float32 input (an error names it otherwise).
 OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const char* name);
+
+// View of every present input (up to n; names[i] for errors); present[i] says which.
+OrtStatus* ViewInputs(const OrtApi* api, OrtKernelContext* ctx, int n, const char* const* names,
+                      TensorView* in, bool* present);
 
 // Reads and checks the inputs, allocates Y; on tokens == 0 leaves y null. ``mode`` decides
 // W1's layout ([d_in, d_ff]; "predictor": [d_ff, d_in]) and which optional inputs it needs.
@@ -82,6 +92,13 @@ KernelBase* MakeKernel(const OrtApi* api, Attrs attrs) {
 
 // The OrtCustomOp of SparseFFN for execution provider `ep` (lives for the process).
 OrtCustomOp* NewSparseFfnOp(const OrtApi* api, const char* ep, KernelFactory factory);
+
+// The OrtCustomOp of StructuredFFN (X, A1, U1?, B1?, A2, U2?, B2?, M1?, M2?; attributes
+// activation, merged_max_tokens).
+OrtCustomOp* NewStructuredFfnOp(const OrtApi* api, const char* ep, KernelFactory factory);
+
+// The OrtCustomOp of RoutedFFN (X, WR, BR?, W1, B1?, W2, B2?, WA?, BA?).
+OrtCustomOp* NewRoutedFfnOp(const OrtApi* api, const char* ep, KernelFactory factory);
 
 // The OrtCustomOp of FastFeedForward (X, W_in, B_in, W_out; int attributes trees, depth,
 // passed to kernels as Attrs::mode = "<trees>x<depth>").

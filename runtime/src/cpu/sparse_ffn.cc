@@ -7,6 +7,8 @@
 
 #include "../op_common.h"
 #include "fast_feed_forward.h"
+#include "routed_ffn.h"
+#include "structured_ffn.h"
 #include "tvm_call.h"
 
 namespace fffc::cpu {
@@ -45,7 +47,9 @@ struct CpuKernel : KernelBase {
 OrtStatus* RegisterOps(const OrtApi* api, OrtCustomOpDomain* domain) {
   static OrtCustomOp* op = NewSparseFfnOp(api, "CPUExecutionProvider", MakeKernel<CpuKernel>);
   if (OrtStatus* st = api->CustomOpDomain_Add(domain, op)) return st;
-  return RegisterFastFeedForward(api, domain);
+  if (OrtStatus* st = RegisterFastFeedForward(api, domain)) return st;
+  if (OrtStatus* st = RegisterStructuredFfn(api, domain)) return st;
+  return RegisterRoutedFfn(api, domain);
 }
 
 }  // namespace fffc::cpu

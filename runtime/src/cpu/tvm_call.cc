@@ -8,13 +8,13 @@
 
 namespace fffc::cpu {
 
-DLTensor Dl(void* data, const int64_t* shape, int ndim) {
+DLTensor Dl(void* data, const int64_t* shape, int ndim, bool int32) {
   DLTensor t;
   std::memset(&t, 0, sizeof(t));
   t.data = data;
   t.device = DLDevice{kDLCPU, 0};
   t.ndim = ndim;
-  t.dtype = DLDataType{kDLFloat, 32, 1};
+  t.dtype = int32 ? DLDataType{kDLInt, 32, 1} : DLDataType{kDLFloat, 32, 1};
   t.shape = const_cast<int64_t*>(shape);
   return t;
 }

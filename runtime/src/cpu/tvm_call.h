@@ -13,8 +13,9 @@
 
 namespace fffc::cpu {
 
-// A float32 CPU DLTensor over `data` (shape not copied: it must outlive the call).
-DLTensor Dl(void* data, const int64_t* shape, int ndim);
+// A float32 (int32 with `int32`) CPU DLTensor over `data` (shape not copied: it must
+// outlive the call).
+DLTensor Dl(void* data, const int64_t* shape, int ndim, bool int32 = false);
 
 // Runs `entry` on `args` (inputs in op order, then the output); an OrtStatus on error.
 OrtStatus* CallKernel(const OrtApi* api, OrtKernelContext* ctx, const fffc_kernel_entry& entry,

@@ -1,0 +1,385 @@
+"""Canonical structured projections: ``ai.fffc.canon::StructuredLinear(x, A [, U])``.
+
+A structured projection (Wei et al. 2024, "Building on Efficient Foundations") is a
+block-diagonal product ``blockdiag(x, A)`` (A [k, p, q], block b maps x[.., b·p:(b+1)·p] to
+out[.., b·q:(b+1)·q]) followed by an optional dense factor ``U [k·q, n]``. Exporters spell
+it in several ways; each becomes this one node so the FFN rule matches them all:
+
+* LowRank ``MatMul(MatMul(x, V [d, r]), U [r, n])`` with r < min(d, n) → k = 1.
+* BlockDense/BlockDiagonal via ``bmm``: ``Reshape([-1, k, p]) → Transpose(1,0,2) →
+  MatMul(A [k, p, q]) → Transpose(1,0,2) → Reshape([-1, k·q])``, then ``MatMul(U)``.
+* the same via ``einsum`` (``Reshape → Einsum("bkp,kqp->bkq") → Reshape``), any operand
+  letter order of the weight.
+* the ``Reshape → act → Reshape`` round trip a structured MLP puts around its activation
+  (``x.reshape(*batch, -1)`` after fc1, ``reshape(-1, d_ff)`` in fc2) is dropped: an
+  elementwise activation commutes with a reshape that is undone.
+
+The node's input is 2-D wherever ``k > 1`` (the exporters' reshapes flatten the tokens);
+``legalize`` turns nodes that no FFN rule took back into standard ops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from ._common import CANON, const_array
+
+
+def _float32(r: pattern.MatchResult, value: ir.Value, rank: int, what: str):
+    arr = const_array(value)
+    if arr is None:
+        return r.fail(f"{what}: expected a constant weight, got a computed tensor", value)
+    if arr.ndim != rank or arr.dtype != np.float32:
+        return r.fail(f"{what}: expected float32 rank {rank}, got {arr.dtype} "
+                      f"{list(arr.shape)}", value)
+    return r
+
+
+def _shape_is(value: ir.Value, want: list[int]) -> bool:
+    arr = const_array(value)
+    return arr is not None and arr.reshape(-1).tolist() == want
+
+
+def _flattens_to(value: ir.Value, width: int) -> bool:
+    """A reshape target ``[-1, width]``, or ``Concat(<rows>, [width])`` with computed rows
+    (dynamo ``optimize=False`` spells the row count out): the same reshape wherever the
+    model runs, as the element count fixes the rows."""
+    if _shape_is(value, [-1, width]):
+        return True
+    concat = value.producer()
+    if concat is None or concat.op_type != "Concat" or len(concat.inputs) != 2:
+        return False
+    return _shape_is(concat.inputs[1], [width])
+
+
+def _flat(op, v: ir.Value, width: int, name: str) -> ir.Value:
+    """``Reshape(v, [-1, width])``: the tokens flattened, as the exporter's reshape did."""
+    shape = op.initializer(ir.tensor(np.array([-1, width], dtype=np.int64)), name=name)
+    return op.Reshape(v, shape)
+
+
+class LowRank(pattern.RewriteRuleClassBase):
+    """Replaces ``MatMul(MatMul(x, V), U)`` (constants, rank r < min(d_in, d_out)) with
+    ``StructuredLinear(x, V[None], U)``.
+
+    Matches: LowRankLinear (``torch.mm`` chains, nn.Linear pairs without a bias between)
+    from both exporters, after Gemm canonicalization.
+    """
+
+    def pattern(self, op, x, v, u):
+        return op.MatMul(op.MatMul(x, v), u)
+
+    def check(self, context, x, v, u, **_):
+        r = pattern.MatchResult()
+        r = _float32(r, v, 2, "LowRank V")
+        r = r and _float32(r, u, 2, "LowRank U")
+        if not r:
+            return r
+        (d, rank), (rank_u, n) = const_array(v).shape, const_array(u).shape
+        if rank != rank_u:
+            return r.fail(f"LowRank U rows: expected {rank}, got {rank_u}", u)
+        if rank >= min(d, n):
+            return r.fail(f"LowRank: middle width {rank} is not below min({d}, {n})", v)
+        return r
+
+    def rewrite(self, op, x, v, u, **_):
+        a = op.initializer(ir.tensor(const_array(v)[None].copy()), name=f"{v.name}__blocks")
+        return op.StructuredLinear(x, a, u, _domain=CANON)
+
+
+class BlockDiagBmm(pattern.RewriteRuleClassBase):
+    """Replaces ``Reshape([-1,k,p]) → Transpose(1,0,2) → MatMul(A [k,p,q]) →
+    Transpose(1,0,2) → Reshape([-1,k·q])`` with ``StructuredLinear(Reshape(x, [-1, k·p]), A)``.
+
+    Matches: BlockDense/BlockShuffle halves written with ``torch.bmm`` (dynamo and
+    TorchScript exporters).
+    """
+
+    def pattern(self, op, x, s_in, a, s_out):
+        t = op.Transpose(op.Reshape(x, s_in), perm=[1, 0, 2])
+        return op.Reshape(op.Transpose(op.MatMul(t, a), perm=[1, 0, 2]), s_out)
+
+    def check(self, context, x, s_in, a, s_out, **_):
+        r = _float32(pattern.MatchResult(), a, 3, "block-diagonal factor")
+        if not r:
+            return r
+        k, p, q = const_array(a).shape
+        if not _shape_is(s_in, [-1, k, p]):
+            return r.fail(f"block input reshape: expected [-1, {k}, {p}]", s_in)
+        if not _flattens_to(s_out, k * q):
+            return r.fail(f"block output reshape: expected [-1, {k * q}]", s_out)
+        return r
+
+    def rewrite(self, op, x, s_in, a, s_out, **_):
+        k, p, _ = const_array(a).shape
+        return op.StructuredLinear(_flat(op, x, k * p, f"{a.name}__flat"), a, _domain=CANON)
+
+
+def _einsum_perm(equation: str) -> tuple[int, int, int] | None:
+    """The transpose that brings an einsum weight to [k, p, q], for ``x[b,k,p] · A -> [b,k,q]``
+    (x first, three letters each); None for any other contraction."""
+    eq = equation.replace(" ", "")
+    if "->" not in eq or eq.count(",") != 1:
+        return None
+    ins, out = eq.split("->")
+    xs, ws = ins.split(",")
+    if len(xs) != 3 or len(ws) != 3 or len(out) != 3 or len(set(xs + ws)) != 4:
+        return None
+    b, k, p = xs
+    if out[0] != b or out[1] != k or b in ws or p in out:
+        return None
+    q = out[2]
+    if sorted(ws) != sorted(k + p + q):
+        return None
+    return (ws.index(k), ws.index(p), ws.index(q))
+
+
+class BlockDiagEinsum(pattern.RewriteRuleClassBase):
+    """Replaces ``Reshape([-1,k,p]) → Einsum(x_bkp, A) → Reshape([-1,k·q])`` with
+    ``StructuredLinear(Reshape(x, [-1, k·p]), A as [k,p,q])``.
+
+    Matches: block-diagonal layers written with ``torch.einsum`` (both exporters).
+    """
+
+    def pattern(self, op, x, s_in, a, s_out):
+        return op.Reshape(op.Einsum(op.Reshape(x, s_in), a, _outputs=["e"]), s_out)
+
+    def check(self, context, x, s_in, a, s_out, e, **_):
+        r = _float32(pattern.MatchResult(), a, 3, "einsum block factor")
+        if not r:
+            return r
+        eq = e.producer().attributes.get_string("equation", "")
+        perm = _einsum_perm(eq)
+        if perm is None:
+            return r.fail(f"einsum {eq!r}: expected a per-block product x[b,k,p]·A -> [b,k,q]",
+                          e.producer())
+        k, p, q = (const_array(a).shape[i] for i in perm)
+        if not _shape_is(s_in, [-1, k, p]):
+            return r.fail(f"einsum input reshape: expected [-1, {k}, {p}]", s_in)
+        if not _flattens_to(s_out, k * q):
+            return r.fail(f"einsum output reshape: expected [-1, {k * q}]", s_out)
+        return r
+
+    def rewrite(self, op, x, s_in, a, s_out, e, **_):
+        perm = _einsum_perm(e.producer().attributes.get_string("equation", ""))
+        arr = np.ascontiguousarray(const_array(a).transpose(perm))
+        blocks = op.initializer(ir.tensor(arr), name=f"{a.name}__kpq")
+        k, p, _ = arr.shape
+        return op.StructuredLinear(_flat(op, x, k * p, f"{a.name}__flat"), blocks,
+                                   _domain=CANON)
+
+
+class BlockThenDense(pattern.RewriteRuleClassBase):
+    """Replaces ``MatMul(StructuredLinear(x, A), U)`` with ``StructuredLinear(x, A, U)``
+    (BlockDense: block-diagonal, then the dense factor)."""
+
+    def pattern(self, op, x, a, u):
+        return op.MatMul(op.StructuredLinear(x, a, _domain=CANON), u)
+
+    def check(self, context, x, a, u, **_):
+        r = _float32(pattern.MatchResult(), u, 2, "dense factor U")
+        if not r:
+            return r
+        k, _, q = const_array(a).shape
+        if const_array(u).shape[0] != k * q:
+            return r.fail(f"dense factor U rows: expected {k * q}, got "
+                          f"{list(const_array(u).shape)}", u)
+        return r
+
+    def rewrite(self, op, x, a, u, **_):
+        return op.StructuredLinear(x, a, u, _domain=CANON)
+
+
+def _width(h: ir.Value) -> int | None:
+    """The static last dim of a projection output (bias Add, StructuredLinear, MatMul)."""
+    if h.shape is not None and h.shape.rank() and isinstance(h.shape[-1], int):
+        return h.shape[-1]
+    node = h.producer()
+    if node is None:
+        return None
+    if node.op_type == "Add" and const_array(node.inputs[1]) is not None:
+        return int(const_array(node.inputs[1]).shape[-1])
+    if node.op_type == "StructuredLinear" and node.domain == CANON:
+        a = const_array(node.inputs[1])
+        u = const_array(node.inputs[2]) if len(node.inputs) > 2 else None
+        return int(u.shape[1] if u is not None else a.shape[0] * a.shape[2])
+    if node.op_type == "MatMul" and const_array(node.inputs[1]) is not None:
+        return int(const_array(node.inputs[1]).shape[-1])
+    return None
+
+
+def _takes_width(node: ir.Node, width: int) -> bool:
+    """A projection whose constant weight reads rows of exactly ``width`` values."""
+    w = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    if w is None:
+        return False
+    if node.op_type == "MatMul" and node.domain == "" and w.ndim == 2:
+        return w.shape[0] == width
+    if node.op_type == "StructuredLinear" and node.domain == CANON:
+        return w.shape[0] * w.shape[1] == width
+    return False
+
+
+def is_2d(value: ir.Value | None, depth: int = 6) -> bool:
+    """True when ``value`` is known to be rank 2: from its shape, a 2-entry Reshape target,
+    or an op that keeps its first input's rank (bias Add, MatMul, StructuredLinear)."""
+    if value is None or depth == 0:
+        return False
+    if value.shape is not None and value.shape.rank() == 2:
+        return True
+    node = value.producer()
+    if node is None:
+        return False
+    if node.op_type == "Reshape":
+        target = const_array(node.inputs[1])
+        return target is not None and target.size == 2
+    if node.op_type == "StructuredLinear" and node.domain == CANON:
+        return is_2d(node.inputs[0], depth - 1)
+    if node.op_type in ("Add", "MatMul") and node.domain == "":
+        other = const_array(node.inputs[1])
+        ok = other is not None and other.ndim <= (2 if node.op_type == "MatMul" else 1)
+        return ok and is_2d(node.inputs[0], depth - 1)
+    return False
+
+
+class BiasBeforeReshape(pattern.RewriteRuleClassBase):
+    """Replaces ``Add(Reshape(h, s), b)`` with ``Reshape(Add(h, b), s)`` where b is [n], h is
+    a 2-D projection output of width n and s's last entry is the constant n: both add b to
+    every row of n values. Matches: fc1 of dynamo-exported structured MLPs, whose bias Add
+    comes after the reshape that restores the batch dims."""
+
+    def pattern(self, op, h, s, b):
+        return op.Add(op.Reshape(h, s, _outputs=["r"]), b)
+
+    def check(self, context, h, s, b, r, **_):
+        res = pattern.MatchResult()
+        bias = const_array(b)
+        if bias is None or bias.ndim != 1 or _width(h) != bias.shape[0] or not is_2d(h):
+            return res.fail("bias: expected [n] after a 2-D projection of width n", b)
+        target = const_array(s)
+        last = None
+        if target is not None:
+            last = int(target.reshape(-1)[-1])
+        elif s.producer() is not None and s.producer().op_type == "Concat":
+            tail = const_array(s.producer().inputs[-1])
+            last = int(tail.reshape(-1)[-1]) if tail is not None and tail.size else None
+        if last != bias.shape[0]:
+            return res.fail(f"reshape target: expected a constant last entry {bias.shape[0]}", s)
+        return res
+
+    def rewrite(self, op, h, s, b, r, **_):
+        allowzero = r.producer().attributes.get_int("allowzero", 0)
+        return op.Reshape(op.Add(h, b), s, allowzero=allowzero)
+
+
+class ActReshapeRoundTrip(pattern.RewriteRuleClassBase):
+    """Replaces ``Reshape(act(Reshape(h, s)), [-1, n])`` with ``act(h)`` where h is 2-D
+    [N, n]: the second reshape restores h's layout and act is elementwise.
+
+    Matches: structured MLPs whose fc1 restores the batch dims and fc2 flattens them again.
+    """
+
+    def __init__(self, name: str, op_type: str, domain: str):
+        # the activation's output may also feed Shape nodes (TorchScript's reshape targets):
+        # keep the old nodes for them; unused ones are dropped by the cleanup
+        super().__init__(name, remove_nodes=False)
+        self._op_type, self._domain = op_type, domain
+
+    def pattern(self, op, h, s, t):
+        a = getattr(op, self._op_type)(op.Reshape(h, s), _domain=self._domain, _outputs=["act"])
+        return op.Reshape(a, t)
+
+    def check(self, context, h, s, t, act, **_):
+        r = pattern.MatchResult()
+        width = _width(h)
+        if width is None or not is_2d(h):
+            return r.fail("reshape round trip: the activation's input is not a known 2-D "
+                          "projection output", h)
+        target = const_array(t)
+        if target is not None:
+            if target.reshape(-1).tolist() != [-1, width]:
+                return r.fail(f"second reshape: expected [-1, {width}]", t)
+            return r
+        # a computed target [-1, <a dim>] (TorchScript's x.reshape(-1, x.shape[-1])): valid
+        # wherever the model runs, because every consumer needs rows of ``width``
+        concat = t.producer()
+        if (concat is None or concat.op_type != "Concat" or len(concat.inputs) != 2
+                or const_array(concat.inputs[0]) is None
+                or const_array(concat.inputs[0]).reshape(-1).tolist() != [-1]):
+            return r.fail("second reshape: expected a target [-1, n]", t)
+        out = t.uses()[0][0].outputs[0] if t.uses() else None
+        if out is None or not out.uses() or not all(_takes_width(u, width) for u, _ in out.uses()):
+            return r.fail(f"second reshape: not every consumer takes rows of {width}", t)
+        return r
+
+    def rewrite(self, op, h, s, t, act, **_):
+        attrs = {k: v.value for k, v in act.producer().attributes.items()}
+        return getattr(op, self._op_type)(h, _domain=self._domain, **attrs)
+
+
+class ShapeOfElementwise(pattern.RewriteRuleClassBase):
+    """Replaces ``Shape(act(v))`` with ``Shape(v)`` for an elementwise activation, so that
+    a TorchScript export's shape plumbing does not keep the activation alive outside the FFN."""
+
+    def __init__(self, name: str, op_type: str, domain: str):
+        super().__init__(name, remove_nodes=False)
+        self._op_type, self._domain = op_type, domain
+
+    def pattern(self, op, v):
+        return op.Shape(getattr(op, self._op_type)(v, _domain=self._domain), _outputs=["s"])
+
+    def check(self, context, v, s, **_):
+        node = s.producer()
+        if node.attributes.get_int("start", 0) != 0 or "end" in node.attributes:
+            return pattern.MatchResult().fail("Shape with start/end", node)
+        return pattern.MatchResult()
+
+    def rewrite(self, op, v, **_):
+        return op.Shape(v)
+
+
+class DimOfReshape(pattern.RewriteRuleClassBase):
+    """Replaces ``Gather(Shape(Reshape(h, Concat(.., Unsqueeze(d_i), ..))), i)`` with
+    ``d_i``: dim i of a reshape is its target's entry i (a tensor's dim is never -1; an
+    empty dim 0 would copy h's dim, a case of empty tensors only). TorchScript exports
+    read the batch dims of an MLP's hidden tensor this way to restore its output shape."""
+
+    def __init__(self, name: str):
+        super().__init__(name, remove_nodes=False)
+
+    def pattern(self, op, h, target, i):
+        return op.Gather(op.Shape(op.Reshape(h, target)), i, _outputs=["g"])
+
+    def check(self, context, h, target, i, g, **_):
+        r = pattern.MatchResult()
+        idx = const_array(i)
+        concat = target.producer()
+        if idx is None or idx.ndim != 0 or concat is None or concat.op_type != "Concat":
+            return r.fail("expected a constant scalar index into a Concat target", target)
+        if g.producer().attributes.get_int("axis", 0) != 0 or not 0 <= int(idx) < len(concat.inputs):
+            return r.fail("index out of the target's entries", i)
+        part = concat.inputs[int(idx)].producer()
+        if part is None or part.op_type != "Unsqueeze":
+            return r.fail("target entry is not an Unsqueeze of a scalar dim", target)
+        return r
+
+    def rewrite(self, op, h, target, i, **_):
+        return op.Identity(target.producer().inputs[int(const_array(i))].producer().inputs[0])
+
+
+rules = pattern.RewriteRuleSet([
+    ShapeOfElementwise.rule("ShapeOfGelu", op_type="Gelu", domain=CANON),
+    ShapeOfElementwise.rule("ShapeOfSilu", op_type="Silu", domain=CANON),
+    ShapeOfElementwise.rule("ShapeOfRelu", op_type="Relu", domain=""),
+    DimOfReshape.rule("DimOfReshape"),
+    BiasBeforeReshape.rule("BiasBeforeReshape"),
+    BlockDiagBmm.rule("BlockDiagBmm"),
+    BlockDiagEinsum.rule("BlockDiagEinsum"),
+    BlockThenDense.rule("BlockThenDense"),
+    LowRank.rule("LowRank"),
+    ActReshapeRoundTrip.rule("ReshapeRoundTrip_gelu", op_type="Gelu", domain=CANON),
+    ActReshapeRoundTrip.rule("ReshapeRoundTrip_silu", op_type="Silu", domain=CANON),
+    ActReshapeRoundTrip.rule("ReshapeRoundTrip_relu", op_type="Relu", domain=""),
+])

@@ -1,0 +1,116 @@
+"""Structured FFN: ``proj1 (+b1) → act → proj2 (+b2)`` with at least one structured projection.
+
+Runs after ``canonical_structured``, so every structured projection is one
+``StructuredLinear(x, A [k, p, q] [, U])`` node; the other projection may be a plain
+``MatMul(x, W)`` (stored as k = 1 without U). The marker's inputs are the op's:
+``X, A1, U1, B1, A2, U2, B2``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from ._common import CANON, const_array, node_names
+from ._ffn_common import act_name, apply_act, as_vector, check_bias
+
+FORMS = ("lowrank_or_blockdense", "blockdiag", "dense")  # StructuredLinear with U / without / MatMul
+
+
+def _project(op, form: str, x, a, u, name: str):
+    if form == "dense":
+        return op.MatMul(x, a, _outputs=[name])
+    if form == "blockdiag":
+        return op.StructuredLinear(x, a, _domain=CANON, _outputs=[name])
+    return op.StructuredLinear(x, a, u, _domain=CANON, _outputs=[name])
+
+
+def _widths(form: str, a: ir.Value, u: ir.Value | None) -> tuple[int, int]:
+    """(input width, output width) of one projection."""
+    arr = const_array(a)
+    if form == "dense":
+        return arr.shape[0], arr.shape[1]
+    k, p, q = arr.shape
+    return k * p, (const_array(u).shape[1] if form != "blockdiag" else k * q)
+
+
+def describe(a: ir.Value | None, u: ir.Value | None) -> str:
+    """LowRank / BlockDense / BlockDiagonal / Dense, from the op's A [k, p, q] and U."""
+    k = const_array(a).shape[0]
+    if u is None:
+        return "BlockDiagonal" if k > 1 else "Dense"
+    return "BlockDense" if k > 1 else "LowRank"
+
+
+class StructuredFFN(pattern.RewriteRuleClassBase):
+    """Replaces ``StructuredLinear|MatMul → (Add) → act → StructuredLinear|MatMul → (Add)``
+    (not both MatMul) with an ``ai.fffc.canon.FFN`` marker of kind ``structured``.
+
+    Matches: LowRank, BlockDense and block-diagonal MLPs (fffc.torch.StructuredMLP; the
+    CLAIRE-Labo StructuredFFN layers) from the dynamo (opset 18, optimize=False) and
+    TorchScript (opset 17) exporters, bmm and einsum spellings.
+    """
+
+    def __init__(self, name: str, act: str, first: str, second: str, has_b1: bool,
+                 has_b2: bool):
+        super().__init__(name)
+        self._act, self._forms, self._has_b1, self._has_b2 = act, (first, second), has_b1, has_b2
+
+    def pattern(self, op, x, a1, u1, b1, a2, u2, b2):
+        h = _project(op, self._forms[0], x, a1, u1, "p1")
+        if self._has_b1:
+            h = op.Add(h, b1, _outputs=["add1"])
+        act = apply_act(op, self._act, h, "act")
+        y = _project(op, self._forms[1], act, a2, u2, "p2")
+        if self._has_b2:
+            y = op.Add(y, b2, _outputs=["add2"])
+        return y
+
+    def check(self, context, x, a1, a2, u1=None, u2=None, b1=None, b2=None, **_):
+        r = pattern.MatchResult()
+        for what, v in (("A1", a1), ("U1", u1), ("A2", a2), ("U2", u2)):
+            arr = const_array(v) if v is not None else None
+            if v is not None and (arr is None or arr.dtype.name != "float32"):
+                return r.fail(f"structured FFN {what}: expected a float32 constant", v)
+        (_, d_ff), (d_ff2, d_out) = (_widths(f, a, u) for f, a, u in
+                                        zip(self._forms, (a1, a2), (u1, u2), strict=True))
+        if d_ff2 != d_ff:
+            return r.fail(f"second projection input: expected width {d_ff}, got {d_ff2}", a2)
+        r = check_bias(r, b1, d_ff, "b1")
+        return r and check_bias(r, b2, d_out, "b2")
+
+    def rewrite(self, op, x, a1, a2, p1, p2, act, u1=None, u2=None, b1=None, b2=None,
+                add1=None, add2=None, **_):
+        def blocks(form, a, u):
+            if form == "dense":
+                return op.initializer(ir.tensor(const_array(a)[None].copy()),
+                                      name=f"{a.name}__blocks"), None
+            return a, (u if form != "blockdiag" else None)
+
+        (a1, u1), (a2, u2) = blocks(self._forms[0], a1, u1), blocks(self._forms[1], a2, u2)
+        return op.FFN(
+            x, a1, u1, as_vector(op, b1), a2, u2, as_vector(op, b2),
+            kind="structured", activation=act_name(self._act, act), up_activation="none",
+            rule=self.name, matched_nodes=",".join(node_names(p1, add1, act, p2, add2)),
+            _domain=CANON,
+        )
+
+
+def _rules(has_b2: bool) -> list[pattern.RewriteRule]:
+    out = []
+    for first, second in itertools.product(FORMS, FORMS):
+        if first == second == "dense":
+            continue  # a dense FFN: ffn_dense's
+        for act in ("relu", "gelu", "silu"):
+            for has_b1 in (True, False):
+                name = (f"StructuredFFN_{first}_{second}_{act}{'_b1' if has_b1 else ''}"
+                        f"{'_b2' if has_b2 else ''}")
+                out.extend(StructuredFFN.rule(name, act=act, first=first, second=second,
+                                              has_b1=has_b1, has_b2=has_b2).commute())
+    return out
+
+
+rules_with_b2 = pattern.RewriteRuleSet(_rules(has_b2=True))
+rules = pattern.RewriteRuleSet(_rules(has_b2=False))

@@ -1,0 +1,397 @@
+"""Finds Mixture-of-Depths routing around an FFN (static top-k form) after FFN detection.
+
+Matches, from the combine back (Raposo et al. 2024; the public implementations' export)::
+
+    s   = Squeeze(MatMul(X, w_r [d, 1]) (+ b_r))        router score per token [B, S]
+    i   = TopK(s | Sigmoid(s), k, axis 1, largest).indices
+    j   = TopK(i, ·, largest=0).values  (sorted back to causal order; optional)
+    e   = Expand(Unsqueeze(j, -1), [.., .., d])
+    Δ   = FFN(GatherElements(X, e, axis 1))            an FFN marker (dense)
+    w   = Unsqueeze(GatherElements(s | Sigmoid(s), j, axis 1), -1)
+    Y   = ScatterElements(X, e, U, axis 1, reduction add | none)
+
+where the update U is any sum of ``x_sel = GatherElements(X, e)`` and ``Δ`` terms, each
+optionally times ``w`` or a constant: fffc does not assume one combine formula. It reads
+the coefficients off the graph — selected tokens get ``(a + b·w)·x + (c + d·w)·Δ`` — and
+the compile step proves the reading numerically (reference vs the original region on
+probe inputs) before anything is rewritten; the region is kept in the marker's
+``original`` graph so an unproven site goes back exactly as it was.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from ._common import CANON, const_array
+from .ffn_fff import Fail, _region, replace_region
+
+Affine = tuple[tuple[float, float], tuple[float, float]]  # (x coef, Δ coef), each (a, b): a + b·w
+
+
+def _strip(value: ir.Value | None, ops: tuple[str, ...] = ("Cast", "Identity")) -> ir.Value | None:
+    while value is not None and value.producer() is not None and \
+            value.producer().op_type in ops and value.producer().domain == "":
+        value = value.producer().inputs[0]
+    return value
+
+
+def _node(value: ir.Value | None, op_type: str, what: str) -> ir.Node:
+    value = _strip(value)
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != op_type or node.domain not in ("", CANON):
+        got = "a graph input" if node is None else node.op_type
+        raise Fail(f"{what}: expected {op_type}, got {got}")
+    return node
+
+
+def _same_source(a: ir.Value, b: ir.Value) -> bool:
+    """The same tensor, up to Slice(v, 0, Shape(v))-style copies (TorchScript's x[:])."""
+    def root(v: ir.Value) -> ir.Value:
+        v = _strip(v)
+        p = v.producer() if v is not None else None
+        if p is not None and p.op_type == "Slice" and p.domain == "":
+            starts = const_array(p.inputs[1])
+            if starts is not None and not starts.any():
+                return root(p.inputs[0])
+        return v
+    return root(a) is root(b)
+
+
+def _axis(node: ir.Node, want: int, rank: int = 3) -> bool:
+    axis = node.attributes.get_int("axis", 0)
+    return axis == want or axis == want - rank
+
+
+def _unsqueezed(value: ir.Value, what: str) -> ir.Value:
+    """v of ``Unsqueeze(v, [-1])`` (axes as input or attribute)."""
+    node = _node(value, "Unsqueeze", what)
+    axes = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    if axes is None:
+        axes = node.attributes.get_ints("axes", None)
+    if axes is None or list(axes) not in ([-1], [2]):
+        raise Fail(f"{what}: expected Unsqueeze on the last axis, got axes {axes}")
+    return node.inputs[0]
+
+
+def _router(value: ir.Value) -> dict:
+    """The router score behind a TopK/GatherElements input: (x, w_r, b_r, sigmoid?)."""
+    v = _strip(value)
+    sigmoid = v.producer() is not None and v.producer().op_type == "Sigmoid"
+    if sigmoid:
+        v = v.producer().inputs[0]
+    squeeze = _node(v, "Squeeze", "router score")
+    inner = squeeze.inputs[0]
+    bias = None
+    if inner.producer() is not None and inner.producer().op_type == "Add":
+        add = inner.producer()
+        for a, b in (add.inputs, add.inputs[::-1]):
+            if const_array(b) is not None and const_array(b).size == 1:
+                inner, bias = a, b
+                break
+    mm = _node(inner, "MatMul", "router projection")
+    w = const_array(mm.inputs[1])
+    if w is None or w.ndim != 2 or w.shape[1] != 1:
+        raise Fail("router projection: expected a constant [d, 1] weight")
+    return {"x": mm.inputs[0], "w_r": mm.inputs[1], "b_r": bias, "sigmoid": sigmoid,
+            "score": _strip(value)}
+
+
+def _affine(value: ir.Value, x_sel, delta: ir.Value, w_sel: ir.Value | None,
+            depth: int = 8) -> Affine:
+    """Coefficients of ``value`` = (a + b·w)·x_sel + (c + d·w)·Δ, from Add/Sub/Mul nodes;
+    ``x_sel(v)`` tells whether v is the selected tokens gathered from X."""
+    if depth == 0:
+        raise Fail("combine: expression too deep")
+    if value is delta:
+        return (0.0, 0.0), (1.0, 0.0)
+    if x_sel(value):
+        return (1.0, 0.0), (0.0, 0.0)
+    node = value.producer()
+    if node is None or node.domain != "" or node.op_type not in ("Add", "Sub", "Mul"):
+        raise Fail(f"combine: {node.op_type if node else 'an input'} is not an Add/Sub/Mul "
+                   "of the selected tokens, the FFN output and the router weight")
+    a, b = node.inputs
+    if node.op_type in ("Add", "Sub"):
+        (xa, da), (xb, db) = (_affine(a, x_sel, delta, w_sel, depth - 1),
+                              _affine(b, x_sel, delta, w_sel, depth - 1))
+        sign = 1.0 if node.op_type == "Add" else -1.0
+        return ((xa[0] + sign * xb[0], xa[1] + sign * xb[1]),
+                (da[0] + sign * db[0], da[1] + sign * db[1]))
+    for term, factor in ((a, b), (b, a)):
+        c = const_array(factor)
+        if c is not None and c.size == 1:
+            (x0, x1), (d0, d1) = _affine(term, x_sel, delta, w_sel, depth - 1)
+            k = float(c.reshape(-1)[0])
+            return (k * x0, k * x1), (k * d0, k * d1)
+        if w_sel is not None and factor is w_sel:
+            (x0, x1), (d0, d1) = _affine(term, x_sel, delta, w_sel, depth - 1)
+            if x1 or d1:
+                raise Fail("combine: the router weight enters twice (w² terms)")
+            return (0.0, x0), (0.0, d0)
+    raise Fail("combine: a product of two computed tensors other than the router weight")
+
+
+def match(root: ir.Node) -> dict:
+    """Read a MoD region off its ScatterElements; Fail with the reason where it is not one."""
+    if root.op_type != "ScatterElements" or not _axis(root, 1):
+        raise Fail("expected ScatterElements on axis 1 (the sequence)")
+    reduction = root.attributes.get_string("reduction", "none")
+    if reduction not in ("add", "none"):
+        raise Fail(f"ScatterElements reduction {reduction!r}: expected add or none")
+    data, indices, updates = root.inputs
+    crop = updates.producer()
+    if crop is not None and crop.op_type == "Slice" and crop.domain == "":
+        # TorchScript's scatter_add crops the source to the index shape: Slice(u, 0, Shape(e))
+        starts, ends = const_array(crop.inputs[1]), crop.inputs[2].producer()
+        if (starts is not None and not starts.any() and ends is not None
+                and ends.op_type == "Shape" and _strip(ends.inputs[0]) is _strip(indices)):
+            updates = crop.inputs[0]
+    expand = _node(indices, "Expand", "scatter indices")
+    sorted_idx = _strip(_unsqueezed(expand.inputs[0], "scatter indices"))
+    topk = sorted_idx.producer()
+    if topk is not None and topk.op_type == "TopK" and topk.outputs[0] is sorted_idx:
+        if topk.attributes.get_int("largest", 1) != 0:
+            raise Fail("index sort: expected TopK(largest=0) over the selected indices")
+        chosen = _strip(topk.inputs[0])
+    else:
+        chosen = sorted_idx
+    router_topk = chosen.producer()
+    if router_topk is None or router_topk.op_type != "TopK" or router_topk.outputs[1] is not chosen:
+        raise Fail("selection: expected the indices of a TopK over the router scores")
+    if router_topk.attributes.get_int("largest", 1) != 1 or not _axis(router_topk, 1, 2):
+        raise Fail("selection: expected TopK(largest=1) over the sequence axis")
+    k = const_array(router_topk.inputs[1])
+    if k is None or k.size != 1:
+        raise Fail("capacity: TopK's k is computed from the sequence length (only a constant "
+                   "k is supported yet)")
+    ranked = _router(router_topk.inputs[0])
+    if not _same_source(ranked["x"], data):
+        raise Fail("router: scores are not computed from the scattered tensor")
+
+    def gathered(v: ir.Value) -> bool:
+        """v = GatherElements(X, Expand(Unsqueeze(the selected indices)), axis 1)."""
+        g = _strip(v).producer() if _strip(v) is not None else None
+        if g is None or g.op_type != "GatherElements" or not _axis(g, 1):
+            return False
+        if not _same_source(g.inputs[0], data):
+            return False
+        try:
+            e = _node(g.inputs[1], "Expand", "gather indices")
+            return _strip(_unsqueezed(e.inputs[0], "gather indices")) is sorted_idx
+        except Fail:
+            return False
+
+    ffn = next((n for n in _walk(updates) if n.op_type == "FFN" and n.domain == CANON), None)
+    if ffn is None:
+        raise Fail("routed block: no FFN found between the gathered tokens and the combine")
+    kind = ffn.attributes.get_string("kind", "")
+    if kind != "dense":
+        raise Fail(f"routed block: a {kind} FFN (only dense FFNs are supported inside MoD yet)")
+    if not gathered(ffn.inputs[0]):
+        raise Fail("FFN input: expected the selected tokens gathered from the scattered tensor")
+    w_sel = None
+    sigmoid = False
+    for node in _walk(updates):
+        if node.op_type == "Unsqueeze" and node.domain == "":
+            g = _strip(node.inputs[0]).producer()
+            if g is not None and g.op_type == "GatherElements" and \
+                    _strip(g.inputs[1]) is sorted_idx:
+                weight = _router(g.inputs[0])
+                if weight["score"] is not ranked["score"] and not (
+                        weight["x"] is ranked["x"] and weight["w_r"] is ranked["w_r"]):
+                    raise Fail("router weight: not the score the tokens were selected by")
+                w_sel = node.outputs[0]
+                sigmoid = weight["sigmoid"]
+    (xa, xb), (da, db) = _affine(updates, gathered, ffn.outputs[0], w_sel)
+    if reduction == "add":
+        xa += 1.0
+    if w_sel is None and (xb or db):
+        raise Fail("combine: router weight term without a router weight")
+    _, w1, b1, w2, b2 = (*ffn.inputs, None, None, None, None)[:5]
+    return {
+        "x": data, "w_r": ranked["w_r"], "b_r": ranked["b_r"], "k": int(k.reshape(-1)[0]),
+        "router": "sigmoid" if sigmoid else "raw", "x_coef": (xa, xb), "delta_coef": (da, db),
+        "w1": w1, "b1": b1, "w2": w2, "b2": b2,
+        "activation": ffn.attributes.get_string("activation", "gelu"),
+    }
+
+
+def _nonzero_mask(value: ir.Value, what: str) -> ir.Value:
+    """m of ``Transpose(NonZero(Expand?(Unsqueeze?(m))))``: the boolean mask behind indices."""
+    t = _node(value, "Transpose", what)
+    nz = _node(t.inputs[0], "NonZero", what)
+    return _strip(nz.inputs[0], ("Cast", "Identity", "Expand", "Unsqueeze"))
+
+
+def _selection_score(mask: ir.Value) -> dict:
+    """The score a causal mask thresholds: ``Greater(Sigmoid(a), 0.5)`` or ``Greater(a, 0)``."""
+    g = _node(mask, "Greater", "selection")
+    a, c = g.inputs
+    c = const_array(c)
+    sigmoid = a.producer() is not None and a.producer().op_type == "Sigmoid"
+    want = 0.5 if sigmoid else 0.0
+    if c is None or c.size != 1 or float(c.reshape(-1)[0]) != want:
+        raise Fail(f"selection: expected {'Sigmoid(a) > 0.5' if sigmoid else 'a > 0'}")
+    return _router(a)
+
+
+def match_threshold(root: ir.Node) -> dict:
+    """Read a causal (decode) MoD region off its ScatterND; Fail with the reason otherwise.
+
+    ``Greater(Sigmoid(a), 0.5) → NonZero → GatherND(X) → FFN → combine → ScatterND(X)``, the
+    scatter's indices from the same mask (per token, or expanded per element with the
+    update flattened), the router weight ``X_sel·w_r`` on the gathered tokens (optional).
+    """
+    if root.op_type != "ScatterND":
+        raise Fail("expected ScatterND")
+    reduction = root.attributes.get_string("reduction", "none")
+    if reduction not in ("add", "none"):
+        raise Fail(f"ScatterND reduction {reduction!r}: expected add or none")
+    data, indices, updates = root.inputs
+    mask = _nonzero_mask(indices, "scatter indices")
+    selected = _selection_score(mask)
+    if not _same_source(selected["x"], data):
+        raise Fail("selection: the score is not computed from the scattered tensor")
+
+    def gathered(v: ir.Value) -> bool:
+        g = _strip(v).producer() if _strip(v) is not None else None
+        if g is None or g.op_type != "GatherND" or not _same_source(g.inputs[0], data):
+            return False
+        try:
+            return _nonzero_mask(g.inputs[1], "gather indices") is mask
+        except Fail:
+            return False
+
+    u = _strip(updates, ("Cast", "Identity", "Reshape", "Slice", "Expand"))
+    ffn = next((n for n in _walk(u) if n.op_type == "FFN" and n.domain == CANON), None)
+    if ffn is None:
+        raise Fail("routed block: no FFN found between the gathered tokens and the combine")
+    if ffn.attributes.get_string("kind", "") != "dense":
+        raise Fail("routed block: only dense FFNs are supported inside MoD yet")
+    if not gathered(ffn.inputs[0]):
+        raise Fail("FFN input: expected the masked tokens gathered from the scattered tensor")
+    weight = None
+    for node in _walk(u):
+        if node.op_type == "MatMul" and node.domain == "" and gathered(node.inputs[0]):
+            w = const_array(node.inputs[1])
+            if w is not None and w.ndim == 2 and w.shape[1] == 1:
+                weight = node
+    w_sel, router = None, {"w_r": selected["w_r"], "b_r": selected["b_r"], "sigmoid": False}
+    if weight is not None:
+        w_sel = weight.outputs[0]
+        router = {"w_r": weight.inputs[1], "b_r": None, "sigmoid": False}
+        for use, _ in w_sel.uses():
+            if use.op_type == "Add" and any(const_array(v) is not None and
+                                            const_array(v).size == 1 for v in use.inputs):
+                router["b_r"] = next(v for v in use.inputs if const_array(v) is not None)
+                w_sel = use.outputs[0]
+                break
+        for use, _ in w_sel.uses():
+            if use.op_type == "Sigmoid":
+                router["sigmoid"], w_sel = True, use.outputs[0]
+                break
+    (xa, xb), (da, db) = _affine(u, gathered, ffn.outputs[0], w_sel)
+    if reduction == "add":
+        xa += 1.0
+    _, w1, b1, w2, b2 = (*ffn.inputs, None, None, None, None)[:5]
+    return {
+        "x": data, "w_r": router["w_r"], "b_r": router["b_r"], "k": 0,
+        "router": "sigmoid" if router["sigmoid"] else "raw", "x_coef": (xa, xb),
+        "delta_coef": (da, db), "w1": w1, "b1": b1, "w2": w2, "b2": b2,
+        "activation": ffn.attributes.get_string("activation", "gelu"), "selection": "threshold",
+        "w_a": selected["w_r"], "b_a": selected["b_r"],
+    }
+
+
+def _walk(value: ir.Value, depth: int = 12):
+    """Producers above ``value`` (breadth first, bounded): where the combine's terms are."""
+    seen, frontier = set(), [value]
+    for _ in range(depth):
+        nxt = []
+        for v in frontier:
+            p = v.producer() if v is not None else None
+            if p is None or id(p) in seen:
+                continue
+            seen.add(id(p))
+            yield p
+            if not (p.op_type == "FFN" and p.domain == CANON):
+                nxt.extend(p.inputs)
+        frontier = nxt
+
+
+def looks_routed(root: ir.Node) -> bool:
+    """A scatter whose indices come from a TopK or a NonZero: MoD-shaped, worth a near-miss
+    report."""
+    return any(n.op_type in ("TopK", "NonZero") for n in _walk(root.inputs[1], depth=8))
+
+
+def candidates(graph: ir.Graph) -> list[ir.Node]:
+    return [n for n in graph if n.op_type in ("ScatterElements", "ScatterND") and n.domain == ""]
+
+
+def match_any(root: ir.Node) -> dict:
+    """``match`` (top-k) or ``match_threshold`` (causal) by the scatter's op."""
+    return match(root) if root.op_type == "ScatterElements" else match_threshold(root)
+
+
+def detect(model: ir.Model) -> int:
+    """Replace each MoD region with a ``routed`` marker; the number replaced."""
+    graph = model.graph
+    found = 0
+    for root in candidates(graph):
+        try:
+            m = match_any(root)
+            region = _region(root, m["x"], graph)
+        except Fail:
+            continue
+        _replace(graph, root, region, m)
+        found += 1
+    return found
+
+
+def _router_vector(graph: ir.Graph, w_r: ir.Value) -> ir.Value:
+    """The router weight [d, 1] as the op's WR [d] (a shared initializer)."""
+    name = f"{w_r.name}__vec"
+    if name not in graph.initializers:
+        arr = const_array(w_r).reshape(-1).copy()
+        value = ir.Value(name=name, const_value=ir.tensor(arr, name=name))
+        value.shape, value.type = ir.Shape(arr.shape), ir.TensorType(ir.DataType.FLOAT)
+        graph.register_initializer(value)
+    return graph.initializers[name]
+
+
+def _scalar_initializer(graph: ir.Graph, value: ir.Value | None, name: str) -> ir.Value | None:
+    """A [1] float32 initializer of a scalar constant (a Constant node would move into the
+    region with the rest)."""
+    if value is None:
+        return None
+    arr = const_array(value).reshape(1).astype("float32")
+    out = ir.Value(name=name, const_value=ir.tensor(arr))
+    out.shape, out.type = ir.Shape([1]), ir.TensorType(ir.DataType.FLOAT)
+    graph.register_initializer(out)
+    return out
+
+
+def _replace(graph: ir.Graph, root: ir.Node, region: list[ir.Node], m: dict) -> None:
+    threshold = m.get("selection") == "threshold"
+    inputs = [m["x"], _router_vector(graph, m["w_r"]),
+              _scalar_initializer(graph, m["b_r"], f"{root.name}__router_bias"),
+              m["w1"], m["b1"], m["w2"], m["b2"]]
+    if threshold and (m["w_a"] is not m["w_r"]):
+        inputs += [_router_vector(graph, m["w_a"]),
+                   _scalar_initializer(graph, m["b_a"], f"{root.name}__selection_bias")]
+    marker = ir.Node(
+        CANON, "FFN", inputs,
+        attributes=[
+            ir.AttrString("kind", "routed"), ir.AttrString("activation", m["activation"]),
+            ir.AttrString("up_activation", "none"),
+            ir.AttrString("rule", "mod_threshold" if threshold else "mod_topk"),
+            ir.AttrString("matched_nodes", ",".join(n.name or n.op_type for n in region)),
+            ir.AttrString("selection", m.get("selection", "topk")), ir.AttrInt64("k", m["k"]),
+            ir.AttrString("router", m["router"]),
+            ir.AttrFloat32s("x_coef", list(m["x_coef"])),
+            ir.AttrFloat32s("delta_coef", list(m["delta_coef"])),
+        ],
+        num_outputs=1,
+    )
+    replace_region(graph, root, region, marker, "mod")

@@ -1,0 +1,235 @@
+"""StructuredFFN x86 kernels (kernels/structured_ffn.py) in-process against the float64
+NumPy reference: every variant, structure (LowRank, BlockDense, block-diagonal only, merged
+dense, mixed), bias and activation, full and partial token tiles and blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from fffc.codegen import _tvm
+from fffc.codegen.kernels.structured_ffn import (
+    VARIANT_TILES,
+    Tiles,
+    check_spec,
+    structured_ffn_primfunc,
+    structured_ffn_source,
+    structured_variants,
+)
+from fffc.codegen.schedules import MAX_TOKENS
+from fffc.errors import CodegenError
+from fffc.ops import KernelSpec, structured_kernel_spec
+from fffc.reference import structured_ffn
+
+RTOL = 1e-4  # of max |reference|: float32 accumulation vs float64
+TOKENS = (1, 3, 37, 130)  # one token, a partial tile, partial tiles/blocks of every variant
+VARIANTS = list(VARIANT_TILES)
+
+
+def _spec(act: str, d_in: int, d_ff: int, d_out: int, k1: int, r1: int | None, k2: int,
+          r2: int | None, b1: bool = True, b2: bool = True) -> KernelSpec:
+    """``r`` None: that projection has no U (r = its output width)."""
+    return structured_kernel_spec(act, d_in, d_ff, d_out, k1=k1, r1=r1 or d_ff, u1=r1 is not None,
+                                  k2=k2, r2=r2 or d_out, u2=r2 is not None, has_b1=b1, has_b2=b2)
+
+
+SPECS = {
+    "lowrank-gelu": _spec("gelu", 64, 256, 64, 1, 32, 1, 32),
+    "blockdense-silu-nobias": _spec("silu", 96, 256, 80, 4, 40, 4, 48, b1=False, b2=False),
+    "blockdiag-relu": _spec("relu", 128, 256, 128, 4, None, 4, None),
+    "merged-gelu_tanh-b1": _spec("gelu_tanh", 64, 192, 72, 1, None, 1, None, b2=False),
+    "mixed-gelu-b2": _spec("gelu", 128, 320, 96, 4, 64, 1, 24, b1=False),
+    "odd-silu": _spec("silu", 72, 100, 36, 2, 18, 1, 20),  # no width a multiple of 16
+}
+BIG = {  # the benchmark's shapes at d_in 1024 / d_ff 4096 (reduction blocks, many tasks)
+    "lowrank-1024": _spec("gelu", 1024, 4096, 1024, 1, 256, 1, 256),
+    "blockdense-1024": _spec("gelu_tanh", 1024, 4096, 1024, 4, 416, 4, 416),
+}
+
+
+class Compiled:
+    """Every variant of one spec (optionally one tiling override) in one module."""
+
+    def __init__(self, spec: KernelSpec, tiles: dict[str, Tiles] | None = None):
+        self.spec = spec
+        names = list(tiles) if tiles else VARIANTS
+        self.symbols = {v: f"test_sffn_{spec.key}_{v}" for v in names}
+        funcs = {sym: structured_ffn_primfunc(spec, v, sym, (tiles or {}).get(v))
+                 for v, sym in self.symbols.items()}
+        self.ex = _tvm.compile_module(funcs, {"kind": "llvm", "mcpu": _tvm.host_cpu()})
+
+    def __call__(self, variant: str, x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
+        args = [_tvm.tensor(np.ascontiguousarray(x, np.float32))]
+        args += [_tvm.tensor(w[n]) for n in self.spec.arg_names()[1:-1]]
+        args.append(_tvm.empty((x.shape[0], self.spec.d_out)))
+        self.ex[self.symbols[variant]](*args)
+        return args[-1].numpy()
+
+
+@pytest.fixture(scope="module")
+def compiled() -> Callable[..., Compiled]:
+    cache: dict = {}
+
+    def get(spec: KernelSpec, tiles: dict[str, Tiles] | None = None) -> Compiled:
+        key = (spec, tuple(sorted((tiles or {}).items())))
+        if key not in cache:
+            cache[key] = Compiled(spec, tiles)
+        return cache[key]
+
+    return get
+
+
+def weights(spec: KernelSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random factors scaled so that pre-activations are ~N(0, 1) (the activation's curve
+    matters), biases ~N(0, 0.25)."""
+    s = spec.structure
+    k1, r1, k2, r2 = s["k1"], s["r1"], s["k2"], s["r2"]
+    p1, p2 = spec.d_in // k1, spec.d_ff // k2
+    rng = np.random.default_rng(seed)
+    w = {"A1": rng.standard_normal((k1, p1, r1 // k1)) / np.sqrt(p1),
+         "U1": rng.standard_normal((r1, spec.d_ff)) / np.sqrt(r1),
+         "B1": rng.standard_normal(spec.d_ff) * 0.5,
+         "A2": rng.standard_normal((k2, p2, r2 // k2)) / np.sqrt(p2),
+         "U2": rng.standard_normal((r2, spec.d_out)) / np.sqrt(r2),
+         "B2": rng.standard_normal(spec.d_out) * 0.5}
+    return {k: v.astype(np.float32) for k, v in w.items()}
+
+
+def reference(spec: KernelSpec, w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    s = spec.structure
+    return structured_ffn(x, w["A1"], w["U1"] if s["u1"] else None,
+                          w["B1"] if spec.has_b1 else None, w["A2"],
+                          w["U2"] if s["u2"] else None, w["B2"] if spec.has_b2 else None,
+                          activation_name=spec.activation)
+
+
+def inputs(spec: KernelSpec, tokens: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((tokens, spec.d_in)).astype(np.float32)
+
+
+def assert_close(y: np.ndarray, ref: np.ndarray, what: str) -> None:
+    assert y.shape == ref.shape, what
+    err = float(np.max(np.abs(y - ref)))
+    assert err <= RTOL * float(np.max(np.abs(ref))), f"{what}: max err {err:.3g}"
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_every_variant_matches_reference(compiled, name: str) -> None:
+    """Each variant pinned (a pinned variant runs any token count) at 1 token, a partial
+    tile and partial tiles/blocks."""
+    spec = SPECS[name]
+    w = weights(spec)
+    k = compiled(spec)
+    for t in TOKENS:
+        x = inputs(spec, t, seed=t)
+        ref = reference(spec, w, x)
+        for v in VARIANTS:
+            assert_close(k(v, x, w), ref, f"{name} {v} T={t}")
+
+
+@pytest.mark.parametrize("name", list(BIG))
+def test_model_size(compiled, name: str) -> None:
+    """d_in 1024 / d_ff 4096: several reduction blocks per panel, wide tasks, tail tiles."""
+    spec = BIG[name]
+    w = weights(spec)
+    k = compiled(spec)
+    x = inputs(spec, 5)
+    ref = reference(spec, w, x)
+    for v in VARIANTS:
+        assert_close(k(v, x, w), ref, f"{name} {v}")
+
+
+def test_tiling_edges(compiled) -> None:
+    """Tilings that hit the remainder paths at small sizes: partial reduction blocks
+    (p % kc), partial column groups, token blocks (batch), and split-K parts whose rows are
+    not a multiple of the pass and whose inputs straddle the previous stage's blocks."""
+    spec = SPECS["mixed-gelu-b2"]
+    tiles = {"small": Tiles(mr=4, kc=24, group=3, tasks=5),
+             "batch": Tiles(mr=6, kc=40, group=2, block=12),
+             "gemv": Tiles(mr=3, rows=3, tasks=3)}
+    w = weights(spec, seed=3)
+    k = compiled(spec, tiles)
+    for t in (1, 13, 37):
+        x = inputs(spec, t, seed=t)
+        ref = reference(spec, w, x)
+        for v in tiles:
+            assert_close(k(v, x, w), ref, f"{v} {tiles[v]} T={t}")
+
+
+def test_all_outputs_written(compiled) -> None:
+    """Every Y element is stored (no row or column left at the buffer's initial value):
+    a NaN-filled output must come back finite for every variant."""
+    spec = SPECS["odd-silu"]
+    w = weights(spec)
+    k = compiled(spec)
+    for t in (1, 7, 37):
+        x = inputs(spec, t)
+        for v in VARIANTS:
+            args = [_tvm.tensor(x), *[_tvm.tensor(w[n]) for n in spec.arg_names()[1:-1]],
+                    _tvm.tensor(np.full((t, spec.d_out), np.nan, np.float32))]
+            k.ex[k.symbols[v]](*args)
+            assert np.isfinite(args[-1].numpy()).all(), f"{v} T={t}"
+
+
+@pytest.mark.parametrize("name", ["lowrank-gelu", "mixed-gelu-b2"])
+def test_variants_cover_all_token_counts(name: str) -> None:
+    table = structured_variants(SPECS[name])
+    assert [v for v, _, _ in table] == VARIANTS
+    expect = 1
+    for _, lo, hi in table:
+        assert lo == expect and hi >= lo
+        expect = hi + 1
+    assert expect == MAX_TOKENS + 1
+
+
+def test_signature_and_symbol() -> None:
+    spec = SPECS["mixed-gelu-b2"]
+    assert spec.arg_names() == ["X", "A1", "U1", "A2", "U2", "B2", "Y"]
+    for v in VARIANTS:
+        f = structured_ffn_primfunc(spec, v, f"sym_{v}")
+        assert [p.name.upper() for p in f.params] == spec.arg_names()
+        assert str(f.attrs["global_symbol"]) == f"sym_{v}"
+    merged = SPECS["merged-gelu_tanh-b1"]
+    assert merged.arg_names() == ["X", "A1", "B1", "A2", "Y"]
+    src = structured_ffn_source(merged, "small", "m")
+    assert 'A1: T.Buffer((1, 64, 192), "float32", align=4)' in src
+    assert 'A2: T.Buffer((1, 192, 72), "float32", align=4)' in src
+
+
+def _raw(**change) -> KernelSpec:
+    """A StructuredFFN spec built by hand (structured_kernel_spec refuses bad shapes)."""
+    base = dict(op="StructuredFFN", activation="gelu", up_activation="none", mode="x",
+                d_in=64, d_ff=128, d_out=64, has_b1=True, has_b2=True, gated=False,
+                extra=(("k1", "2"), ("k2", "2"), ("r1", "16"), ("r2", "16"), ("u1", "1"),
+                       ("u2", "1")))
+    base.update(change)
+    return KernelSpec(**base)
+
+
+@pytest.mark.parametrize("spec, match", [
+    (_raw(dtype="float16"), "float32 only"),
+    (_raw(activation="tanh"), "activation 'tanh'"),
+    (_raw(op="SparseFFN"), "not a StructuredFFN"),
+    (_raw(d_in=66, extra=(("k1", "4"), ("k2", "2"), ("r1", "16"), ("r2", "16"), ("u1", "1"),
+                          ("u2", "1"))), "d_in=66 is not a multiple of k=4"),
+    (_raw(extra=(("k1", "2"), ("k2", "2"), ("r1", "15"), ("r2", "16"), ("u1", "1"),
+                 ("u2", "1"))), "r1=15"),
+    (_raw(extra=(("k1", "1"), ("k2", "1"), ("r1", "16"), ("r2", "64"), ("u1", "0"),
+                 ("u2", "0"))), "without U"),
+    (_raw(extra=(("k1", "1"),)), "structure"),
+])
+def test_unsupported_specs_are_refused(spec: KernelSpec, match: str) -> None:
+    with pytest.raises(CodegenError, match=match):
+        check_spec(spec)
+    with pytest.raises(CodegenError, match=match):
+        structured_ffn_primfunc(spec, "small", "s")
+
+
+def test_bad_variant_or_tiling_is_refused() -> None:
+    spec = SPECS["lowrank-gelu"]
+    with pytest.raises(CodegenError, match="no StructuredFFN variant"):
+        structured_ffn_source(spec, "huge", "s")
+    with pytest.raises(CodegenError, match="tiling"):
+        structured_ffn_source(spec, "batch", "s", Tiles(mr=6, block=100))

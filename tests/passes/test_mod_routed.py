@@ -1,0 +1,175 @@
+"""Mixture-of-Depths detection (issue 7): the static top-k form of ``fffc.torch.MoDFFN``
+from both exporters becomes one routed site; the combine is read off the graph (paper's
+x + w·Δ and the residual-block (1+w)·x + w·Δ), not assumed; the lowered model equals the
+export as standard ops and as the RoutedFFN fallback function. Regions that are not a
+top-k MoD around a dense FFN are refused with a reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from fffc import pipeline
+from fffc.passes import lower
+
+pytestmark = pytest.mark.torch
+EXPORTERS = ("dynamo18", "dynamo_noopt", "torchscript17")
+COMBINES = {"paper": ([1.0, 0.0], [0.0, 1.0]), "residual_block": ([1.0, 1.0], [0.0, 1.0])}
+
+
+def _export(tmp_path, exporter: str, combine: str = "paper", **kw):
+    from tests.fixtures.structured_exports import export_mod
+
+    return export_mod(exporter, tmp_path / f"mod-{exporter}-{combine}.onnx", combine=combine,
+                      **kw)
+
+
+def _run(model, x: np.ndarray) -> np.ndarray:
+    data = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("combine", list(COMBINES))
+def test_mod_is_one_routed_site_with_the_combine_read_off(tmp_path, exporter, combine):
+    path = _export(tmp_path, exporter, combine, capacity=0.25, seq=16)
+    a = pipeline.analyze(path)
+    assert [s.kind for s in a.sites] == ["routed"], [m.reason for m in a.near_misses]
+    r = a.sites[0].routing
+    assert (r["selection"], r["k"], r["router"]) == ("topk", 4, "raw")
+    assert (r["x_coef"], r["delta_coef"]) == COMBINES[combine]
+    assert (a.sites[0].d_model, a.sites[0].d_ff) == (64, 256)
+
+
+@pytest.mark.parametrize("decision", ["dense", "routed"])
+@pytest.mark.parametrize("exporter, combine", [("dynamo18", "residual_block"),
+                                               ("torchscript17", "paper")])
+def test_lowered_model_equals_the_export(tmp_path, exporter, combine, decision):
+    path = _export(tmp_path, exporter, combine, capacity=0.25, seq=16)
+    a = pipeline.analyze(path)
+    lower(a.working, {a.sites[0].name: decision})
+    model = ir.serde.serialize_model(a.working)
+    onnx.checker.check_model(model, full_check=True)
+    ops = {n.op_type for n in model.graph.node}
+    assert ("RoutedFFN" in ops) == (decision == "routed")
+    for b in (1, 3):
+        x = np.random.default_rng(b).standard_normal((b, 16, 64)).astype(np.float32)
+        np.testing.assert_allclose(_run(model, x), _run(str(path), x), rtol=1e-5, atol=1e-5)
+
+
+def _handmade(tmp_path, *, reduction="add", combine="paper", k_from_shape=False,
+              gather_other=False) -> str:
+    """A MoD graph written by hand, to vary one piece at a time."""
+    rng = np.random.default_rng(0)
+    d, f, s = 8, 16, 6
+    inits = {"wr": rng.standard_normal((d, 1)), "w1": rng.standard_normal((d, f)),
+             "b1": rng.standard_normal(f), "w2": rng.standard_normal((f, d)),
+             "b2": rng.standard_normal(d)}
+    ints = {"k": np.array([2]), "axes": np.array([-1]), "ex": np.array([1, 1, d]),
+            "other": np.array([0, 1])}
+    nodes = [helper.make_node("MatMul", ["x", "wr"], ["r3"]),
+             helper.make_node("Squeeze", ["r3", "axes"], ["r"])]
+    if k_from_shape:
+        nodes += [helper.make_node("Shape", ["x"], ["shp"]),
+                  helper.make_node("Gather", ["shp", "one"], ["slen"], axis=0),
+                  helper.make_node("Div", ["slen", "three"], ["kk"]),
+                  helper.make_node("Reshape", ["kk", "axes1"], ["kdyn"])]
+        ints.update(one=np.array(1), three=np.array(3), axes1=np.array([1]))
+    nodes += [helper.make_node("TopK", ["r", "kdyn" if k_from_shape else "k"], ["tv", "ti"],
+                               axis=1),
+              helper.make_node("Unsqueeze", ["ti", "axes"], ["ti3"]),
+              helper.make_node("Expand", ["ti3", "ex"], ["e"])]
+    if gather_other:  # the FFN input is gathered at other indices than the scatter writes
+        ints["zero"] = np.array(0)
+        nodes += [helper.make_node("Add", ["ti3", "zero"], ["ti3o"]),
+                  helper.make_node("Expand", ["ti3o", "ex"], ["e2"]),
+                  helper.make_node("GatherElements", ["x", "e2"], ["xs"], axis=1)]
+    else:
+        nodes.append(helper.make_node("GatherElements", ["x", "e"], ["xs"], axis=1))
+    nodes += [helper.make_node("GatherElements", ["r", "ti"], ["wg"], axis=1),
+              helper.make_node("Unsqueeze", ["wg", "axes"], ["w"]),
+              helper.make_node("MatMul", ["xs", "w1"], ["h"]),
+              helper.make_node("Add", ["h", "b1"], ["hb"]),
+              helper.make_node("Relu", ["hb"], ["a"]), helper.make_node("MatMul", ["a", "w2"], ["o"]),
+              helper.make_node("Add", ["o", "b2"], ["delta"])]
+    if combine == "paper":
+        nodes.append(helper.make_node("Mul", ["delta", "w"], ["u"]))
+    elif combine == "overwrite_residual":  # r·(x + Δ) written over x
+        nodes += [helper.make_node("Add", ["xs", "delta"], ["xd"]),
+                  helper.make_node("Mul", ["w", "xd"], ["u"])]
+    elif combine == "softmax":  # weights normalized over the selected tokens: not causal
+        nodes += [helper.make_node("Softmax", ["wg"], ["wsm"], axis=1),
+                  helper.make_node("Unsqueeze", ["wsm", "axes"], ["ws"]),
+                  helper.make_node("Mul", ["delta", "ws"], ["u"])]
+    elif combine == "squared":
+        nodes += [helper.make_node("Mul", ["delta", "w"], ["dw"]),
+                  helper.make_node("Mul", ["dw", "w"], ["u"])]
+    nodes.append(helper.make_node("ScatterElements", ["x", "e", "u"], ["y"], axis=1,
+                                  reduction=reduction))
+    graph = helper.make_graph(
+        nodes, "mod", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", s, d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", s, d])],
+        [numpy_helper.from_array(v.astype(np.float32), n) for n, v in inits.items()]
+        + [numpy_helper.from_array(v.astype(np.int64), n) for n, v in ints.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    path = tmp_path / f"hand-{reduction}-{combine}-{k_from_shape}-{gather_other}.onnx"
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_overwrite_combine_is_read_as_written(tmp_path):
+    """ScatterElements without reduction writes r·(x+Δ) over the selected tokens: the site
+    says (0 + 1·w)·x + (0 + 1·w)·Δ, and the routed lowering computes exactly that."""
+    path = _handmade(tmp_path, reduction="none", combine="overwrite_residual")
+    a = pipeline.analyze(path)
+    assert [s.kind for s in a.sites] == ["routed"]
+    r = a.sites[0].routing
+    assert (r["x_coef"], r["delta_coef"]) == ([0.0, 1.0], [0.0, 1.0])
+    lower(a.working, {a.sites[0].name: "routed"})
+    x = np.random.default_rng(0).standard_normal((2, 6, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(ir.serde.serialize_model(a.working), x), _run(path, x),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant, reason", [
+    ({"combine": "squared"}, "router weight enters twice"),
+    ({"combine": "softmax"}, "product of two computed tensors"),
+    ({"k_from_shape": True}, "computed from the sequence length"),
+    ({"gather_other": True}, "FFN input"),
+])
+def test_refused_regions_say_why(tmp_path, variant, reason):
+    path = _handmade(tmp_path, **variant)
+    a = pipeline.analyze(path)
+    assert [s.kind for s in a.sites] != ["routed"]
+    reasons = [m.reason for m in a.near_misses]
+    assert any(reason in m and "Mixture-of-Depths" in m for m in reasons), reasons
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("combine", list(COMBINES))
+def test_causal_form_is_a_threshold_site(tmp_path, exporter, combine):
+    """``forward_causal`` (a token takes the FFN iff sigmoid(aux(x)) > 0.5; NonZero, GatherND,
+    ScatterND) becomes a routed site with selection threshold and the aux score as its
+    selection score; lowered, it equals the export at any batch and length, 1 token
+    included."""
+    path = _export(tmp_path, exporter, combine, causal=True)
+    a = pipeline.analyze(path)
+    assert [s.kind for s in a.sites] == ["routed"], [m.reason for m in a.near_misses]
+    r = a.sites[0].routing
+    assert (r["selection"], r["selection_score"], r["selection_bias"]) == ("threshold", True,
+                                                                          True)
+    # forward_causal adds the update to xs: x + (xs + u) over the selected rows, written over
+    want_x, want_d = COMBINES[combine]
+    assert (r["x_coef"], r["delta_coef"]) == (want_x, want_d)
+    for decision in ("dense", "routed"):
+        b = pipeline.analyze(path)
+        lower(b.working, {b.sites[0].name: decision})
+        model = ir.serde.serialize_model(b.working)
+        onnx.checker.check_model(model, full_check=True)
+        for shape in ((1, 1, 64), (3, 9, 64), (2, 33, 64)):
+            x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+            np.testing.assert_allclose(_run(model, x), _run(str(path), x), rtol=1e-5, atol=1e-5)

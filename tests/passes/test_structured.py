@@ -1,0 +1,175 @@
+"""Structured FFN detection (issue 7): LowRank and BlockDense MLPs from both exporters
+(bmm and einsum spellings) become one structured site whose factors are the module's; the
+lowered model equals the export in ONNX Runtime, as standard ops and as the StructuredFFN
+fallback function. BlockShuffle (Monarch) is refused with a reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from fffc import pipeline
+from fffc.passes import lower, site_weights
+from fffc.passes.canonical_structured import _einsum_perm
+
+pytestmark = pytest.mark.torch
+
+EXPORTERS = ("dynamo18", "dynamo_noopt", "torchscript17")
+CASES = [  # (kind, form, activation, bias)
+    ("lowrank", "bmm", "gelu", True),
+    ("lowrank", "bmm", "relu", False),
+    ("blockdense", "bmm", "silu", True),
+    ("blockdense", "bmm", "gelu", False),
+    ("blockdense", "einsum", "relu", True),
+    ("blockdense", "einsum", "gelu_tanh", False),
+]
+
+
+def _export(tmp_path, kind, form, activation, bias, exporter, **kw):
+    from tests.fixtures.structured_exports import export_structured
+
+    return export_structured(kind, exporter, tmp_path / f"{kind}-{form}-{exporter}.onnx",
+                             form=form, activation=activation, bias=bias, **kw)
+
+
+def _run(model: onnx.ModelProto | str, x: np.ndarray) -> np.ndarray:
+    data = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_structured_mlp_is_one_site_with_the_modules_factors(case, exporter, tmp_path):
+    import torch
+
+    from fffc.torch import StructuredMLP
+
+    kind, form, activation, bias = case
+    path = _export(tmp_path, kind, form, activation, bias, exporter)
+    a = pipeline.analyze(path)
+    assert [s.kind for s in a.sites] == ["structured"], [m.reason for m in a.near_misses]
+    site = a.sites[0]
+    st = site.structure
+    name = {"lowrank": "LowRank", "blockdense": "BlockDense"}[kind]
+    assert (st["first"], st["second"]) == (name, name)
+    assert (site.d_model, site.d_ff, site.d_out) == (64, 256, 64)
+    assert (site.activation, site.has_b1, site.has_b2) == (activation, bias, bias)
+    assert st["k1"] == st["k2"] == (1 if kind == "lowrank" else 4)
+    assert st["u1"] and st["u2"]
+
+    # the marker's factors are the module's weights, as the op's layout has them
+    torch.manual_seed(0)
+    m = StructuredMLP(64, 256, kind, rank=32, blocks=4, activation=activation, bias=bias,
+                      form=form).eval()
+    w = site_weights(a.working, site.name, "structured")
+    from fffc.reference import merged_weight
+
+    for i, fc in ((1, m.fc1), (2, m.fc2)):
+        dense = fc.to_dense().detach().numpy().T  # [in, out]
+        np.testing.assert_allclose(merged_weight(w[f"A{i}"], w[f"U{i}"]), dense, rtol=1e-5,
+                                   atol=1e-6)
+        if bias:
+            np.testing.assert_array_equal(w[f"B{i}"], fc.bias.detach().numpy())
+        else:
+            assert w[f"B{i}"] is None
+
+
+@pytest.mark.parametrize("decision", ["dense", "structured"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[4]],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_lowered_model_equals_the_export(case, decision, tmp_path):
+    """Standard ops (decision dense) and the StructuredFFN fallback function (no shim) both
+    compute the export's function, at token counts other than the export's."""
+    path = _export(tmp_path, *case, "torchscript17")
+    a = pipeline.analyze(path)
+    lower(a.working, {a.sites[0].name: decision}, merged={a.sites[0].name: 3})
+    lowered = ir.serde.serialize_model(a.working)
+    onnx.checker.check_model(lowered, full_check=True)
+    ops = {(n.domain, n.op_type) for n in lowered.graph.node}
+    assert (("ai.fffc", "StructuredFFN") in ops) == (decision == "structured")
+    assert not any(d == "ai.fffc.canon" for d, _ in ops)
+    rng = np.random.default_rng(1)
+    for shape in ((3, 11, 64), (1, 1, 64)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(_run(lowered, x), _run(str(path), x), rtol=1e-5, atol=1e-5)
+
+
+def test_merged_weights_are_added_only_when_asked(tmp_path):
+    path = _export(tmp_path, *CASES[2], "dynamo18")
+    a = pipeline.analyze(path)
+    name = a.sites[0].name
+    lower(a.working, {name: "structured"}, merged={name: 0})
+    node = next(n for n in a.working.graph if n.op_type == "StructuredFFN")
+    assert len([v for v in node.inputs if v is not None]) == 7  # X, A1, U1, B1, A2, U2, B2
+    assert node.attributes["merged_max_tokens"].value == 0
+
+    b = pipeline.analyze(path)
+    lower(b.working, {name: "structured"}, merged={name: 8})
+    node = next(n for n in b.working.graph if n.op_type == "StructuredFFN")
+    m1, m2 = node.inputs[7], node.inputs[8]
+    w = site_weights(pipeline.analyze(path).working, name, "structured")
+    from fffc.reference import merged_weight
+
+    np.testing.assert_allclose(m1.const_value.numpy(), merged_weight(w["A1"], w["U1"]),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m2.const_value.numpy(), merged_weight(w["A2"], w["U2"]),
+                               rtol=1e-5, atol=1e-6)
+    assert node.attributes["merged_max_tokens"].value == 8
+
+
+@pytest.mark.parametrize("exporter", ["dynamo18", "torchscript17"])
+def test_blockshuffle_is_refused_with_a_reason(exporter, tmp_path):
+    path = _export(tmp_path, "blockshuffle", "bmm", "gelu", True, exporter)
+    a = pipeline.analyze(path)
+    assert a.sites == []
+    assert a.near_misses and all("BlockShuffle" in m.reason for m in a.near_misses)
+    x = np.random.default_rng(0).standard_normal((2, 5, 64)).astype(np.float32)
+    lower(a.working, {})  # nothing to lower: canonical nodes go back to standard ops
+    np.testing.assert_allclose(_run(ir.serde.serialize_model(a.working), x), _run(str(path), x),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_dense_mlp_stays_a_dense_site(tmp_path):
+    """Two projections with an activation between are a dense FFN, not a structured one."""
+    path = _export(tmp_path, "dense", "bmm", "gelu", True, "dynamo18")
+    a = pipeline.analyze(path)
+    assert [s.kind for s in a.sites] == ["dense"]
+
+
+def test_matmul_chain_without_bottleneck_is_not_low_rank(tmp_path):
+    """MatMul(MatMul(x, V), U) is LowRank only with a middle narrower than both ends."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = {"V": rng.standard_normal((16, 32)), "U": rng.standard_normal((32, 24)),
+             "W": rng.standard_normal((24, 16)), "b": rng.standard_normal(24)}
+    nodes = [helper.make_node("MatMul", ["x", "V"], ["h"]), helper.make_node("MatMul", ["h", "U"], ["u"]),
+             helper.make_node("Add", ["u", "b"], ["ub"]), helper.make_node("Relu", ["ub"], ["a"]),
+             helper.make_node("MatMul", ["a", "W"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    a = pipeline.analyze(tmp_path / "m.onnx")
+    # the 32-wide middle is no bottleneck (16 → 32 → 24): the dense FFN rule takes the rest
+    assert [s.kind for s in a.sites] == ["dense"]
+    assert not any(n.op_type == "StructuredLinear" for n in a.working.graph)
+
+
+@pytest.mark.parametrize("equation, perm", [
+    ("bkp,kqp->bkq", (0, 2, 1)),
+    ("bkp,kpq->bkq", (0, 1, 2)),
+    ("nki,koi->nko", (0, 2, 1)),
+    ("bkp,pkq->bkq", (1, 0, 2)),
+    ("bkp,kqp->bqk", None),  # output axes swapped: not a per-block product
+    ("bkp,kqp->bkp", None),
+    ("kqp,bkp->bkq", None),  # weight first: not this form
+    ("bkp,kq->bkq", None),
+])
+def test_einsum_equations(equation, perm):
+    assert _einsum_perm(equation) == perm
