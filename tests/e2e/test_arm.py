@@ -141,3 +141,28 @@ def test_arm_threshold_modes_run_in_aarch64_onnxruntime(sysroot, tmp_path, budge
     for k, x in inputs.items():
         want = ref.run(None, {"x": x})[0]
         np.testing.assert_allclose(got[k], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind", ["blockdense", "mod", "mod_causal"])
+def test_arm_structured_and_routed_run_in_aarch64_onnxruntime(sysroot, tmp_path, kind):
+    """StructuredFFN (BlockDense, TorchScript export) and RoutedFFN (top-k and causal MoD,
+    dynamo exports) artifacts for aarch64, every kernel variant's token range visited."""
+    from tests.fixtures.structured_exports import export_mod, export_structured
+
+    if kind == "blockdense":
+        path = export_structured("blockdense", "torchscript17", tmp_path / "m.onnx")
+        shapes, decision = ((1, 1), (1, 5), (2, 20), (3, 40)), "structured"
+    else:
+        path = export_mod("dynamo18", tmp_path / "m.onnx", causal=kind == "mod_causal")
+        shapes, decision = ((1, 16), (3, 16)) if kind == "mod" else ((1, 1), (2, 9)), "routed"
+    result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(target="arm"))
+    assert [s.decision for s in result.sites] == [decision]
+    rng = np.random.default_rng(9)
+    inputs = {f"t{b}x{s}": rng.standard_normal((b, s, 64)).astype(np.float32)
+              for b, s in shapes}
+    got = _run_aarch64(sysroot, result.artifact, inputs, tmp_path)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for k, x in inputs.items():
+        want = ref.run(None, {"x": x})[0]
+        np.testing.assert_allclose(got[k], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
