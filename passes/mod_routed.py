@@ -20,6 +20,7 @@ probe inputs) before anything is rewritten; the region is kept in the marker's
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from ._common import CANON, const_array
@@ -303,6 +304,68 @@ def match_threshold(root: ir.Node) -> dict:
     }
 
 
+def _masked_selection(mask: ir.Value) -> tuple[dict, float]:
+    """(score, t) of a 0/1 routing mask ``score > t``: ``Greater|GreaterOrEqual`` of
+    ``Sigmoid(score)`` vs τ, of ``Sigmoid(score) − τ`` vs 0 (Router-Tuning), or of ``score``
+    vs t; a sigmoid threshold τ becomes t = logit(τ)."""
+    import math
+
+    cmp = _strip(mask, ("Cast", "Identity", "Unsqueeze", "Expand")).producer()
+    if cmp is None or cmp.op_type not in ("Greater", "GreaterOrEqual"):
+        raise Fail("mask: expected Greater/GreaterOrEqual of the router score")
+    a, c = cmp.inputs
+    c = const_array(c)
+    if c is None or c.size != 1:
+        raise Fail("mask: expected a comparison with a constant")
+    t = float(c.reshape(-1)[0])
+    sub = a.producer()
+    if sub is not None and sub.op_type == "Sub" and const_array(sub.inputs[1]) is not None:
+        t += float(const_array(sub.inputs[1]).reshape(-1)[0])
+        a = sub.inputs[0]
+    if a.producer() is not None and a.producer().op_type == "Sigmoid":
+        if not 0 < t < 1:
+            raise Fail(f"mask: sigmoid threshold {t} outside (0, 1)")
+        return _router(a), math.log(t / (1 - t))
+    return _router(a), t
+
+
+def match_masked(root: ir.Node) -> dict:
+    """The masked form (Router-Tuning): ``Add(X, Mul(U, mask))`` where every token ran the
+    FFN and the 0/1 mask of ``score > t`` keeps its update; read as a causal selection so
+    that the FFN runs on the kept tokens only."""
+    if root.op_type != "Add" or root.domain != "":
+        raise Fail("expected Add(X, update · mask)")
+    for data, upd in (root.inputs, root.inputs[::-1]):
+        mul = upd.producer() if upd is not None else None
+        if mul is None or mul.op_type != "Mul":
+            continue
+        for term, mask in (mul.inputs, mul.inputs[::-1]):
+            try:
+                selected, t = _masked_selection(mask)
+            except Fail:
+                continue
+            if not _same_source(selected["x"], data):
+                raise Fail("mask: the router score is not computed from the residual input")
+            ffn = next((n for n in _walk(term) if n.op_type == "FFN" and n.domain == CANON),
+                       None)
+            if ffn is None or ffn.attributes.get_string("kind", "") != "dense":
+                raise Fail("masked update: expected a dense FFN of the residual input")
+            if not _same_source(ffn.inputs[0], data):
+                raise Fail("masked update: the FFN does not read the residual input")
+            (xa, xb), (da, db) = _affine(term, lambda v, d=data: _same_source(v, d),
+                                         ffn.outputs[0], None)
+            _, w1, b1, w2, b2 = (*ffn.inputs, None, None, None, None)[:5]
+            return {
+                "x": data, "w_r": selected["w_r"], "b_r": None, "k": 0, "router": "raw",
+                "x_coef": (xa + 1.0, xb), "delta_coef": (da, db), "w1": w1, "b1": b1, "w2": w2,
+                "b2": b2, "activation": ffn.attributes.get_string("activation", "gelu"),
+                "selection": "threshold", "w_a": selected["w_r"],
+                "b_a_value": (float(const_array(selected["b_r"]).reshape(-1)[0])
+                              if selected["b_r"] is not None else 0.0) - t,
+            }
+    raise Fail("expected Add(X, update · mask) with a 0/1 mask of a router score")
+
+
 def _walk(value: ir.Value, depth: int = 12):
     """Producers above ``value`` (breadth first, bounded): where the combine's terms are."""
     seen, frontier = set(), [value]
@@ -321,17 +384,35 @@ def _walk(value: ir.Value, depth: int = 12):
 
 def looks_routed(root: ir.Node) -> bool:
     """A scatter whose indices come from a TopK or a NonZero: MoD-shaped, worth a near-miss
-    report."""
+    report (masked-form candidates passed ``_masks`` already)."""
+    if root.op_type == "Add":
+        return True
     return any(n.op_type in ("TopK", "NonZero") for n in _walk(root.inputs[1], depth=8))
 
 
 def candidates(graph: ir.Graph) -> list[ir.Node]:
-    return [n for n in graph if n.op_type in ("ScatterElements", "ScatterND") and n.domain == ""]
+    return [n for n in graph if n.domain == "" and (
+        n.op_type in ("ScatterElements", "ScatterND") or (n.op_type == "Add" and _masks(n)))]
+
+
+def _masks(add: ir.Node) -> bool:
+    """Cheap pre-check of the masked form: an Add with a Mul operand fed by a comparison."""
+    for v in add.inputs:
+        mul = v.producer() if v is not None else None
+        if mul is not None and mul.op_type == "Mul":
+            for u in mul.inputs:
+                p = _strip(u, ("Cast", "Identity", "Unsqueeze", "Expand"))
+                if p is not None and p.producer() is not None and \
+                        p.producer().op_type in ("Greater", "GreaterOrEqual"):
+                    return True
+    return False
 
 
 def match_any(root: ir.Node) -> dict:
-    """``match`` (top-k) or ``match_threshold`` (causal) by the scatter's op."""
-    return match(root) if root.op_type == "ScatterElements" else match_threshold(root)
+    """``match`` (top-k), ``match_threshold`` (causal) or ``match_masked`` by the root's op."""
+    if root.op_type == "ScatterElements":
+        return match(root)
+    return match_threshold(root) if root.op_type == "ScatterND" else match_masked(root)
 
 
 def detect(model: ir.Model) -> int:
@@ -377,7 +458,13 @@ def _replace(graph: ir.Graph, root: ir.Node, region: list[ir.Node], m: dict) -> 
     inputs = [m["x"], _router_vector(graph, m["w_r"]),
               _scalar_initializer(graph, m["b_r"], f"{root.name}__router_bias"),
               m["w1"], m["b1"], m["w2"], m["b2"]]
-    if threshold and (m["w_a"] is not m["w_r"]):
+    if "b_a_value" in m:  # masked form: the threshold folded into the selection bias
+        bias = ir.Value(name=f"{root.name}__selection_bias",
+                        const_value=ir.tensor(np.array([m["b_a_value"]], dtype=np.float32)))
+        bias.shape, bias.type = ir.Shape([1]), ir.TensorType(ir.DataType.FLOAT)
+        graph.register_initializer(bias)
+        inputs += [_router_vector(graph, m["w_a"]), bias]
+    elif threshold and (m["w_a"] is not m["w_r"]):
         inputs += [_router_vector(graph, m["w_a"]),
                    _scalar_initializer(graph, m["b_a"], f"{root.name}__selection_bias")]
     marker = ir.Node(
@@ -385,7 +472,8 @@ def _replace(graph: ir.Graph, root: ir.Node, region: list[ir.Node], m: dict) -> 
         attributes=[
             ir.AttrString("kind", "routed"), ir.AttrString("activation", m["activation"]),
             ir.AttrString("up_activation", "none"),
-            ir.AttrString("rule", "mod_threshold" if threshold else "mod_topk"),
+            ir.AttrString("rule", "mod_masked" if "b_a_value" in m else
+                          "mod_threshold" if threshold else "mod_topk"),
             ir.AttrString("matched_nodes", ",".join(n.name or n.op_type for n in region)),
             ir.AttrString("selection", m.get("selection", "topk")), ir.AttrInt64("k", m["k"]),
             ir.AttrString("router", m["router"]),

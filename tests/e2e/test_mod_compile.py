@@ -71,3 +71,20 @@ def test_causal_mod_artifact_matches_the_export(tmp_path, exporter):
             routed += int(not np.array_equal(want, x))
             skipped += int(np.array_equal(want, x))
     assert routed and skipped  # both decode paths ran: the FFN, and the router alone
+
+
+def test_masked_mod_artifact_skips_the_ffn_for_masked_tokens(tmp_path):
+    """Router-Tuning's masked form (every token runs the FFN in the export): the artifact
+    runs it on the kept tokens only and equals the export."""
+    from tests.passes.test_mod_routed import _masked
+
+    path = _masked(tmp_path, "sub")
+    result = fffc.compile(path, tmp_path / "out.fffc", fffc.CompileOptions(target="x86"))
+    (site,) = json.loads((result.artifact / "manifest.json").read_text())["sites"]
+    assert site["decision"] == "routed" and site["rule"] == "mod_masked"
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with_shim = fffc.runtime.InferenceSession(result.artifact)
+    for shape in ((1, 1, 8), (2, 17, 8)):
+        x = np.random.default_rng(shape[1]).standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(with_shim.run(None, {"x": x})[0],
+                                   original.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)

@@ -101,6 +101,9 @@ def _handmade(tmp_path, *, reduction="add", combine="paper", k_from_shape=False,
     elif combine == "overwrite_residual":  # r·(x + Δ) written over x
         nodes += [helper.make_node("Add", ["xs", "delta"], ["xd"]),
                   helper.make_node("Mul", ["w", "xd"], ["u"])]
+    elif combine == "double_residual":  # the block adds x_sel itself, scatter_add adds x
+        nodes += [helper.make_node("Mul", ["delta", "w"], ["dw"]),
+                  helper.make_node("Add", ["xs", "dw"], ["u"])]
     elif combine == "softmax":  # weights normalized over the selected tokens: not causal
         nodes += [helper.make_node("Softmax", ["wg"], ["wsm"], axis=1),
                   helper.make_node("Unsqueeze", ["wsm", "axes"], ["ws"]),
@@ -173,3 +176,76 @@ def test_causal_form_is_a_threshold_site(tmp_path, exporter, combine):
         for shape in ((1, 1, 64), (3, 9, 64), (2, 33, 64)):
             x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
             np.testing.assert_allclose(_run(model, x), _run(str(path), x), rtol=1e-5, atol=1e-5)
+
+
+def test_double_residual_combine_is_read_as_written(tmp_path):
+    """sramshetty's form: the block returns x_sel + w·Δ and scatter_add adds it to x: the
+    selected tokens get 2·x + w·Δ. fffc reports that (it is what the graph computes) and
+    the routed lowering equals the export."""
+    path = _handmade(tmp_path, combine="double_residual")
+    a = pipeline.analyze(path)
+    r = a.sites[0].routing
+    assert (r["x_coef"], r["delta_coef"]) == ([2.0, 0.0], [0.0, 1.0])
+    lower(a.working, {a.sites[0].name: "routed"})
+    x = np.random.default_rng(1).standard_normal((3, 6, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(ir.serde.serialize_model(a.working), x), _run(path, x),
+                               rtol=1e-5, atol=1e-5)
+
+
+def _masked(tmp_path, form: str) -> str:
+    """Router-Tuning's masked MoD: every token runs the FFN, y = x + mask·FFN(x), the mask
+    ``Sigmoid(x·w_r) − τ >= 0`` (form "sub"), ``Sigmoid(x·w_r) > τ`` ("sigmoid") or
+    ``x·w_r + b > t`` ("raw")."""
+    rng = np.random.default_rng(2)
+    d, f = 8, 16
+    inits = {"wr": rng.standard_normal((d, 1)), "w1": rng.standard_normal((d, f)),
+             "b1": rng.standard_normal(f), "w2": rng.standard_normal((f, d)),
+             "b2": rng.standard_normal(d), "tau": np.array(0.6), "zero": np.array(0.0),
+             "br": np.array([0.25]), "t": np.array(0.4)}
+    nodes = [helper.make_node("MatMul", ["x", "wr"], ["r3"]),
+             helper.make_node("Squeeze", ["r3", "axes"], ["r"])]
+    if form == "sub":
+        nodes += [helper.make_node("Sigmoid", ["r"], ["sg"]),
+                  helper.make_node("Sub", ["sg", "tau"], ["sm"]),
+                  helper.make_node("GreaterOrEqual", ["sm", "zero"], ["m"])]
+    elif form == "sigmoid":
+        nodes += [helper.make_node("Sigmoid", ["r"], ["sg"]),
+                  helper.make_node("Greater", ["sg", "tau"], ["m"])]
+    else:
+        nodes[-1] = helper.make_node("Add", ["r3", "br"], ["r3b"])
+        nodes += [helper.make_node("Squeeze", ["r3b", "axes"], ["r"]),
+                  helper.make_node("Greater", ["r", "t"], ["m"])]
+    nodes += [helper.make_node("Cast", ["m"], ["mf"], to=TensorProto.FLOAT),
+              helper.make_node("Unsqueeze", ["mf", "axes"], ["m3"]),
+              helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
+              helper.make_node("Relu", ["hb"], ["a"]), helper.make_node("MatMul", ["a", "w2"], ["o"]),
+              helper.make_node("Add", ["o", "b2"], ["delta"]),
+              helper.make_node("Mul", ["delta", "m3"], ["u"]),
+              helper.make_node("Add", ["x", "u"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "masked", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", d])],
+        [numpy_helper.from_array(np.asarray(v, np.float32), n) for n, v in inits.items()]
+        + [numpy_helper.from_array(np.array([-1], np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    path = tmp_path / f"masked-{form}.onnx"
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("form", ["sub", "sigmoid", "raw"])
+def test_masked_form_runs_the_ffn_on_kept_tokens_only(tmp_path, form):
+    """y = x + 1[score > t]·FFN(x) computes the FFN for every token; read as a causal
+    selection (threshold folded into the selection bias), the FFN runs on the kept ones
+    only, and the lowering equals the export."""
+    path = _masked(tmp_path, form)
+    a = pipeline.analyze(path)
+    assert [s.kind for s in a.sites] == ["routed"], [m.reason for m in a.near_misses]
+    r = a.sites[0].routing
+    assert r["selection"] == "threshold" and r["selection_score"] and r["selection_bias"]
+    assert (r["x_coef"], r["delta_coef"]) == ([1.0, 0.0], [1.0, 0.0])
+    lower(a.working, {a.sites[0].name: "routed"})
+    model = ir.serde.serialize_model(a.working)
+    for shape in ((1, 1, 8), (4, 9, 8)):
+        x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(_run(model, x), _run(path, x), rtol=1e-5, atol=1e-5)
