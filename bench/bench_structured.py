@@ -1,16 +1,19 @@
-"""Issue 7 benchmark: structured FFNs (LowRank, BlockDense at ~32% of the dense parameters)
+"""Issue 7 benchmark: structured FFNs (LowRank, BlockDense, BlockShuffle at ~32% of the dense
+parameters)
 compiled by fffc vs the dense FFN in ONNX Runtime, d_model 1024 / d_ff 4096, GELU, biases.
 
 Models are ``fffc.torch.StructuredMLP`` modules (random weights) exported with the dynamo
 exporter (opset 18): ``dense`` (the baseline: what the model would be without structure),
-``lowrank`` (rank 256: 31% of the parameters) and ``blockdense`` (4 blocks, rank 416: 32%).
+``lowrank`` (rank 256: 31% of the parameters), ``blockdense`` (4 blocks, rank 416: 32%)
+and ``blockshuffle`` (Monarch, 4 blocks: 31%).
 Columns, all in ONNX Runtime with the same session options (``--threads`` intra-op threads):
 the dense export; the structured export as ORT runs it (its bmm/transposes/GEMMs); the fffc
 artifact (``ai.fffc::StructuredFFN``, shim pool FFFC_NUM_THREADS = ``--threads``). Sessions
 are timed in alternating blocks (``fffc.timing``), medians compared; ratios are dense /
 other. The fffc artifact's merged-path crossover is measured at compile time (printed).
 
-    python bench/bench_structured.py [--tokens 1,16,512,2048] [--repeat 20] [--json out.json]
+    python bench/bench_structured.py [--kinds lowrank,blockdense,blockshuffle]
+        [--tokens 1,16,512,2048] [--repeat 20] [--json out.json]
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 
 OUT = Path(__file__).resolve().parent.parent / "build" / "bench"
 D, F = 1024, 4096
-KINDS = {"lowrank": 256, "blockdense": 416}
+KINDS = {"lowrank": 256, "blockdense": 416, "blockshuffle": None}
 
 
 def export(kind: str, rank: int | None, path: Path) -> tuple[Path, float]:
@@ -48,7 +51,7 @@ def export(kind: str, rank: int | None, path: Path) -> tuple[Path, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", default="1,16,512,2048")
-    ap.add_argument("--kinds", default="lowrank,blockdense")
+    ap.add_argument("--kinds", default="lowrank,blockdense,blockshuffle")
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--merged-max-tokens", type=int, default=None,

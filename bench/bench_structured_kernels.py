@@ -12,6 +12,8 @@ What it measures, per token count: milliseconds per call of
   ~32% of the dense parameters, biases, GELU:
   - ``LowRank``: k = 1, r = 256 on both projections, with U (31.3% of the parameters);
   - ``BlockDense``: k = 4 blocks, r = 416, with U (31.7%);
+  - ``BlockShuffle``: Monarch with 4 blocks, no U, fffc.torch.BlockShuffleLinear's layout
+    (A1 [4, 256, 256], S1 [4, 256, 1024]; A2 [4, 1024, 256], S2 [4, 256, 256]; 31.3%);
   - ``merged``: the same kernel on the merged dense shape (k = 1, no U: A1 = W1, A2 = W2,
     100%), which the compiler compares with the structured path to pick a crossover.
   Each runs the variant ``structured_variants`` picks for the token count (with
@@ -47,6 +49,8 @@ D, F = 1024, 4096
 SHAPES = {  # name: structure (k, r, u per projection)
     "LowRank": dict(k1=1, r1=256, u1=True, k2=1, r2=256, u2=True),
     "BlockDense": dict(k1=4, r1=416, u1=True, k2=4, r2=416, u2=True),
+    "BlockShuffle": dict(k1=4, r1=D, u1=False, m1=4, s1=F // 4, k2=4, r2=D, u2=False, m2=4,
+                         s2=D // 4),
     "merged": dict(k1=1, r1=F, u1=False, k2=1, r2=D, u2=False),
 }
 SETTLE = 0.1  # s of pause before each timed block (other pools' spinning workers park)
@@ -62,6 +66,10 @@ def structured_weights(spec: KernelSpec, rng) -> dict[str, np.ndarray]:
          "A2": rng.standard_normal((k2, p2, r2 // k2)) / np.sqrt(p2),
          "U2": rng.standard_normal((r2, spec.d_out)) / np.sqrt(r2),
          "B2": rng.standard_normal(spec.d_out) * 0.1}
+    for n, r in ((1, r1), (2, r2)):  # BlockShuffle's S [m, r/m, s] (only without U here)
+        if s.get(f"m{n}"):
+            m = s[f"m{n}"]
+            w[f"S{n}"] = rng.standard_normal((m, r // m, s[f"s{n}"])) / np.sqrt(r // m)
     return {k: np.asarray(v, np.float32) for k, v in w.items()}
 
 
@@ -105,7 +113,8 @@ class Kernels:
         self.ex[self.symbols[variant]](*args)
         s, w = self.spec.structure, self.w
         ref = structured_ffn(x, w["A1"], w["U1"] if s["u1"] else None, w["B1"], w["A2"],
-                             w["U2"] if s["u2"] else None, w["B2"], activation_name="gelu")
+                             w["U2"] if s["u2"] else None, w["B2"], activation_name="gelu",
+                             s1=w.get("S1"), s2=w.get("S2"))
         return float(np.max(np.abs(args[-1].numpy() - ref)) / np.max(np.abs(ref)))
 
 

@@ -137,7 +137,10 @@ STRUCTURED_FFN = OpSpec(
         "maps v [.., k·p] to [.., k·q], block b: v[.., b·p:(b+1)·p] · A[b]. "
         "Y = blockdiag(act(blockdiag(X, A1)·U1 + B1), A2)·U2 + B2. LowRank: k = 1 (A = V, "
         "U = U); BlockDense: k > 1 with U; block-diagonal only: no U; a dense projection: "
-        "k = 1, no U. M1/M2 are the pre-merged dense weights (blockdiag(A)·U, computed at "
+        "k = 1, no U. BlockShuffle (Monarch): after blockdiag(v, A) (width w = k·q = m·r), "
+        "with S [m, r, s]: h'[i·r + j] = h[j·m + i], g'[i·s + t] = Σ_j h'[i·r + j]·S[i, j, t], "
+        "out[t·m + i] = g'[i·s + t] (width m·s), then U if given. "
+        "M1/M2 are the pre-merged dense weights (blockdiag(A)·U, computed at "
         "compile time) for token counts up to merged_max_tokens, where a dense product beats "
         "the structured one on the target (measured at compile time)."
     ),
@@ -151,6 +154,9 @@ STRUCTURED_FFN = OpSpec(
         TensorArg("B2", "bias of the second projection [d_out]", optional=True),
         TensorArg("M1", "pre-merged first projection [d_in, d_ff]", optional=True),
         TensorArg("M2", "pre-merged second projection [d_ff, d_out]", optional=True),
+        TensorArg("S1", "BlockShuffle (Monarch): the first projection's second block-diagonal "
+                        "factor [m, r, s] behind a shuffle (see the op doc)", optional=True),
+        TensorArg("S2", "the same for the second projection", optional=True),
     ),
     outputs=(TensorArg("Y", "[..., d_out]"),),
     attributes=(
@@ -225,19 +231,27 @@ def combine_kernel_spec(d: int) -> KernelSpec:
 
 def structured_kernel_spec(activation: str, d_in: int, d_ff: int, d_out: int, *,
                            k1: int, r1: int, u1: bool, k2: int, r2: int, u2: bool,
-                           has_b1: bool, has_b2: bool) -> KernelSpec:
+                           has_b1: bool, has_b2: bool, m1: int = 0, s1: int = 0, m2: int = 0,
+                           s2: int = 0) -> KernelSpec:
     """The KernelSpec of one StructuredFFN shape (the merged path is the shape k = 1 with no
-    U). Without U a projection's r is its output width (d_ff, resp. d_out)."""
-    for name, whole, k in (("d_in", d_in, k1), ("r1", r1, k1), ("d_ff", d_ff, k2), ("r2", r2, k2)):
+    U). r is the width after the first block-diagonal factor; m/s (0: none) the blocks and
+    block output width of a BlockShuffle projection's second factor S [m, r/m, s]. Without U
+    a projection's last width (r, or m·s) is its output width (d_ff, resp. d_out)."""
+    for name, whole, k in (("d_in", d_in, k1), ("r1", r1, k1), ("d_ff", d_ff, k2), ("r2", r2, k2),
+                           ("r1", r1, m1 or 1), ("r2", r2, m2 or 1)):
         if k < 1 or whole % k:
             raise ValueError(f"StructuredFFN: {name}={whole} is not a multiple of {k} blocks")
-    if (not u1 and r1 != d_ff) or (not u2 and r2 != d_out):
-        raise ValueError("StructuredFFN: a projection without U must have r = its output width")
-    mode = f"b{k1}r{r1}{'u' if u1 else ''}_b{k2}r{r2}{'u' if u2 else ''}"
+    w1, w2 = (m1 * s1 if m1 else r1), (m2 * s2 if m2 else r2)
+    if (not u1 and w1 != d_ff) or (not u2 and w2 != d_out):
+        raise ValueError("StructuredFFN: a projection without U must end at its output width")
+    sh1, sh2 = (f"s{m1}x{s1}" if m1 else ""), (f"s{m2}x{s2}" if m2 else "")
+    mode = f"b{k1}r{r1}{sh1}{'u' if u1 else ''}_b{k2}r{r2}{sh2}{'u' if u2 else ''}"
+    shuffle = ((("m1", str(m1)), ("s1", str(s1))) if m1 else ()) + \
+        ((("m2", str(m2)), ("s2", str(s2))) if m2 else ())
     return KernelSpec(STRUCTURED_FFN.name, activation, "none", mode, d_in, d_ff, d_out,
                       has_b1, has_b2, False,
                       extra=(("k1", str(k1)), ("k2", str(k2)), ("r1", str(r1)), ("r2", str(r2)),
-                             ("u1", str(int(u1))), ("u2", str(int(u2)))))
+                             ("u1", str(int(u1))), ("u2", str(int(u2))), *shuffle))
 
 
 def fff_mode(trees: int, depth: int, tie_break: str = "gt") -> str:
@@ -295,8 +309,9 @@ class KernelSpec:
             return ["X", "IDX", "WT", "D", "CNT", "COEF", "Y"]
         if self.op == STRUCTURED_FFN.name:
             s = self.structure
-            names = ["X", "A1", *(["U1"] if s["u1"] else []), *(["B1"] if self.has_b1 else []),
-                     "A2", *(["U2"] if s["u2"] else []), *(["B2"] if self.has_b2 else [])]
+            names = ["X", "A1", *(["S1"] if s.get("m1") else []), *(["U1"] if s["u1"] else []),
+                     *(["B1"] if self.has_b1 else []), "A2", *(["S2"] if s.get("m2") else []),
+                     *(["U2"] if s["u2"] else []), *(["B2"] if self.has_b2 else [])]
             return [*names, "Y"]
         names = ["X", "W1"]
         if self.has_b1:

@@ -168,7 +168,8 @@ def kernel_spec(site: Site) -> KernelSpec:
         return structured_kernel_spec(
             site.activation, site.d_model, site.d_ff, site.d_out, k1=st["k1"], r1=st["r1"],
             u1=st["u1"], k2=st["k2"], r2=st["r2"], u2=st["u2"], has_b1=site.has_b1,
-            has_b2=site.has_b2)
+            has_b2=site.has_b2, m1=st.get("m1", 0), s1=st.get("s1", 0), m2=st.get("m2", 0),
+            s2=st.get("s2", 0))
     return KernelSpec(
         op="SparseFFN", activation=site.activation, up_activation=site.up_activation,
         mode=site.decision if site.decision in ("teal", "cats", "predictor") else "exact",

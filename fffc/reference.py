@@ -158,25 +158,44 @@ def blockdiag(v: np.ndarray, a: np.ndarray) -> np.ndarray:
     return out.reshape(*v.shape[:-1], k * q)
 
 
+def shuffled(h: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """BlockShuffle's second factor: ``h [.., m·r]`` read as an (r, m) grid, its columns
+    through the blocks of ``s [m, r, t]``, the result written as a (t, m) grid."""
+    m, r, t = s.shape
+    h = np.asarray(h, dtype=np.float64)
+    grid = h.reshape(*h.shape[:-1], r, m)
+    g = np.einsum("...jm,mjt->...tm", grid, np.asarray(s, dtype=np.float64))
+    return g.reshape(*h.shape[:-1], t * m)
+
+
 def structured_ffn(x: np.ndarray, a1: np.ndarray, u1: np.ndarray | None, b1: np.ndarray | None,
                    a2: np.ndarray, u2: np.ndarray | None, b2: np.ndarray | None, *,
-                   activation_name: str = "gelu") -> np.ndarray:
-    """``ai.fffc::StructuredFFN``: ``blockdiag(act(blockdiag(x, A1)·U1 + b1), A2)·U2 + b2``."""
+                   activation_name: str = "gelu", s1: np.ndarray | None = None,
+                   s2: np.ndarray | None = None) -> np.ndarray:
+    """``ai.fffc::StructuredFFN``: ``proj2(act(proj1(x) + b1)) + b2`` with ``proj(v) =
+    blockdiag(v, A) [→ shuffled(·, S)] [· U]``."""
     h = blockdiag(x, a1)
+    if s1 is not None:
+        h = shuffled(h, s1)
     if u1 is not None:
         h = h @ np.asarray(u1, dtype=np.float64)
     if b1 is not None:
         h = h + b1
     g = blockdiag(activation(activation_name, h), a2)
+    if s2 is not None:
+        g = shuffled(g, s2)
     if u2 is not None:
         g = g @ np.asarray(u2, dtype=np.float64)
     return g + b2 if b2 is not None else g
 
 
-def merged_weight(a: np.ndarray, u: np.ndarray | None) -> np.ndarray:
-    """The dense matrix ``blockdiag(A)·U`` of one structured projection (float64)."""
+def merged_weight(a: np.ndarray, u: np.ndarray | None, s: np.ndarray | None = None) -> np.ndarray:
+    """The dense matrix of one structured projection (float64): blockdiag(A) [→ S] [· U]."""
     k, p, _ = a.shape
-    return blockdiag(np.eye(k * p), a) if u is None else blockdiag(np.eye(k * p), a) @ u
+    w = blockdiag(np.eye(k * p), a)
+    if s is not None:
+        w = shuffled(w, s)
+    return w if u is None else w @ u
 
 
 def route(x: np.ndarray, wr: np.ndarray, br: np.ndarray | None, *, selection: str, k: int,

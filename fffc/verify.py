@@ -165,7 +165,8 @@ def site_reference(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | No
     if site.kind == "structured":
         y = reference.structured_ffn(x, *(weights.get(k) for k in ("A1", "U1", "B1", "A2", "U2",
                                                                    "B2")),
-                                     activation_name=site.activation)
+                                     activation_name=site.activation, s1=weights.get("S1"),
+                                     s2=weights.get("S2"))
         return (y, None) if slack else y
     if site.kind == "fff":  # marker inputs: W_in [H, K·n] (MatMul orientation), B_in, W_out
         y = reference.fast_feed_forward(x, weights["W1"].T, weights["B1"], weights["W2"],

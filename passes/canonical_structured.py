@@ -171,6 +171,85 @@ class BlockDiagEinsum(pattern.RewriteRuleClassBase):
                                    _domain=CANON)
 
 
+class MergeTransposes(pattern.RewriteRuleClassBase):
+    """Replaces ``Transpose(Transpose(v, p1), p2)`` with one ``Transpose(v, p1∘p2)``
+    (dynamo ``optimize=False`` writes BlockShuffle's (2, 0, 1) as two transposes)."""
+
+    def pattern(self, op, v):
+        return op.Transpose(op.Transpose(v, _outputs=["t1"]), _outputs=["t2"])
+
+    def check(self, context, v, t1, t2, **_):
+        p1 = t1.producer().attributes.get_ints("perm", None)
+        p2 = t2.producer().attributes.get_ints("perm", None)
+        if p1 is None or p2 is None or len(p1) != len(p2):
+            return pattern.MatchResult().fail("transposes without explicit perms", t1)
+        return pattern.MatchResult()
+
+    def rewrite(self, op, v, t1, t2, **_):
+        p1 = t1.producer().attributes.get_ints("perm")
+        p2 = t2.producer().attributes.get_ints("perm")
+        return op.Transpose(v, perm=[p1[i] for i in p2])
+
+
+class ShuffleBmm(pattern.RewriteRuleClassBase):
+    """Replaces a BlockShuffle projection (Monarch; the release's ``block_shuffle_bmm``)
+    ``Reshape(x, [-1, k, p]) → Transpose(1,0,2) → MatMul(A [k, p, q]) → Transpose(1,0,2) →
+    Reshape([-1, r, m]) → Transpose(2,0,1) → MatMul(S [m, r, s]) → Transpose(1,2,0) →
+    Reshape(t)`` (t ending in m·s) with ``Reshape(BlockShuffle(Reshape(x, [-1, k·p]), A, S),
+    t)``: the (r, m) → (m, r) shuffle between the factors and the (m, s) → (s, m) one after
+    them are the op's own (``fffc/ops.py``)."""
+
+    def pattern(self, op, x, s_in, a, grid, s, t):
+        h = op.Transpose(op.Reshape(x, s_in), perm=[1, 0, 2])
+        h = op.Transpose(op.MatMul(h, a), perm=[1, 0, 2])
+        g = op.Transpose(op.Reshape(h, grid), perm=[2, 0, 1])
+        return op.Reshape(op.Transpose(op.MatMul(g, s), perm=[1, 2, 0]), t, _outputs=["out"])
+
+    def check(self, context, x, s_in, a, grid, s, t, out, **_):
+        r = _float32(pattern.MatchResult(), a, 3, "BlockShuffle first factor")
+        r = r and _float32(r, s, 3, "BlockShuffle second factor")
+        if not r:
+            return r
+        m, rows, cols = const_array(s).shape
+        k, p, q = const_array(a).shape
+        if not _shape_is(s_in, [-1, k, p]):
+            return r.fail(f"BlockShuffle input reshape: expected [-1, {k}, {p}]", s_in)
+        if k * q != m * rows:
+            return r.fail(f"BlockShuffle: {k}x{q} outputs do not regroup into {m}x{rows}", s)
+        target = const_array(grid)
+        tail = None
+        if target is not None and target.reshape(-1)[0] == -1:
+            tail = target.reshape(-1).tolist()[1:]
+        elif target is None and grid.producer() is not None and \
+                grid.producer().op_type == "Concat":
+            parts = [const_array(v) for v in grid.producer().inputs[1:]]
+            if all(v is not None for v in parts):
+                tail = [int(e) for v in parts for e in v.reshape(-1)]
+        if tail != [rows, m]:
+            return r.fail(f"BlockShuffle grid reshape: expected [-1, {rows}, {m}]", grid)
+        if _last_entry(t) != m * cols:
+            return r.fail(f"BlockShuffle output reshape: expected last entry {m * cols}", t)
+        return r
+
+    def rewrite(self, op, x, s_in, a, grid, s, t, out, **_):
+        k, p, _ = const_array(a).shape
+        allowzero = out.producer().attributes.get_int("allowzero", 0)
+        flat = _flat(op, x, k * p, f"{a.name}__flat")
+        return op.Reshape(op.BlockShuffle(flat, a, s, _domain=CANON), t, allowzero=allowzero)
+
+
+def _last_entry(target: ir.Value) -> int | None:
+    """The last entry of a reshape target: a constant, or a Concat ending in one."""
+    arr = const_array(target)
+    if arr is not None:
+        return int(arr.reshape(-1)[-1])
+    p = target.producer()
+    if p is not None and p.op_type == "Concat":
+        tail = const_array(p.inputs[-1])
+        return int(tail.reshape(-1)[-1]) if tail is not None and tail.size else None
+    return None
+
+
 class BlockThenDense(pattern.RewriteRuleClassBase):
     """Replaces ``MatMul(StructuredLinear(x, A), U)`` with ``StructuredLinear(x, A, U)``
     (BlockDense: block-diagonal, then the dense factor)."""
@@ -207,6 +286,9 @@ def _width(h: ir.Value) -> int | None:
         return int(u.shape[1] if u is not None else a.shape[0] * a.shape[2])
     if node.op_type == "MatMul" and const_array(node.inputs[1]) is not None:
         return int(const_array(node.inputs[1]).shape[-1])
+    if node.op_type == "BlockShuffle" and node.domain == CANON:
+        m, _, cols = const_array(node.inputs[2]).shape
+        return int(m * cols)
     return None
 
 
@@ -235,7 +317,9 @@ def is_2d(value: ir.Value | None, depth: int = 6) -> bool:
     if node.op_type == "Reshape":
         target = const_array(node.inputs[1])
         return target is not None and target.size == 2
-    if node.op_type == "StructuredLinear" and node.domain == CANON:
+    same_rows = ((node.op_type in ("StructuredLinear", "BlockShuffle", "Gelu", "Silu")
+                  and node.domain == CANON) or (node.op_type == "Relu" and node.domain == ""))
+    if same_rows:
         return is_2d(node.inputs[0], depth - 1)
     if node.op_type in ("Add", "MatMul") and node.domain == "":
         other = const_array(node.inputs[1])
@@ -375,6 +459,8 @@ rules = pattern.RewriteRuleSet([
     ShapeOfElementwise.rule("ShapeOfRelu", op_type="Relu", domain=""),
     DimOfReshape.rule("DimOfReshape"),
     BiasBeforeReshape.rule("BiasBeforeReshape"),
+    MergeTransposes.rule("MergeTransposes"),
+    ShuffleBmm.rule("ShuffleBmm"),
     BlockDiagBmm.rule("BlockDiagBmm"),
     BlockDiagEinsum.rule("BlockDiagEinsum"),
     BlockThenDense.rule("BlockThenDense"),

@@ -106,19 +106,27 @@ def _site(node: ir.Node) -> Site:
 def _structured_site(node: ir.Node) -> Site:
     """A structured marker (X, A1, U1, B1, A2, U2, B2): widths and each projection's form."""
     get = node.attributes.get_string
-    _x, a1, u1, b1, a2, u2, b2 = (*node.inputs, None, None, None, None, None, None)[:7]
-    arrays = [const_array(v) if v is not None else None for v in (a1, u1, a2, u2)]
-    a1a, u1a, a2a, u2a = arrays
+    _x, a1, u1, b1, a2, u2, b2, _m1, _m2, s1, s2 = (*node.inputs, *[None] * 11)[:11]
+    arrays = [const_array(v) if v is not None else None for v in (a1, u1, a2, u2, s1, s2)]
+    a1a, u1a, a2a, u2a, s1a, s2a = arrays
     (k1, p1, q1), (k2, _, q2) = a1a.shape, a2a.shape
-    d_ff = u1a.shape[1] if u1a is not None else k1 * q1
-    d_out = u2a.shape[1] if u2a is not None else k2 * q2
+
+    def width(k: int, q: int, u, sh) -> int:
+        return u.shape[1] if u is not None else (sh.shape[0] * sh.shape[2] if sh is not None
+                                                 else k * q)
+
+    d_ff, d_out = width(k1, q1, u1a, s1a), width(k2, q2, u2a, s2a)
     params = sum(a.size for a in arrays if a is not None)
     structure = {
-        "first": ffn_structured.describe(a1, u1), "second": ffn_structured.describe(a2, u2),
+        "first": ffn_structured.describe(a1, u1, s1),
+        "second": ffn_structured.describe(a2, u2, s2),
         "k1": k1, "r1": k1 * q1, "u1": u1 is not None, "k2": k2, "r2": k2 * q2,
         "u2": u2 is not None, "params": int(params),
         "params_fraction": round(params / (k1 * p1 * d_ff + d_ff * d_out), 4),
     }
+    for i, sh in ((1, s1a), (2, s2a)):
+        if sh is not None:
+            structure[f"m{i}"], structure[f"s{i}"] = int(sh.shape[0]), int(sh.shape[2])
     return Site(
         name=node.name, rule=get("rule", ""), kind="structured", activation=get("activation", ""),
         up_activation="none", d_model=int(k1 * p1), d_ff=int(d_ff), d_out=int(d_out),
@@ -181,12 +189,12 @@ def near_misses(model: ir.Model) -> list[NearMiss]:
     out += [_mod_near_miss(node) for node in mod_routed.candidates(model.graph)
             if mod_routed.looks_routed(node)]
     out += [_structured_near_miss(node) for node in model.graph
-            if node.op_type == "StructuredLinear" and node.domain == CANON]
+            if node.op_type in ("StructuredLinear", "BlockShuffle") and node.domain == CANON]
     out += [NearMiss(nodes=[node.name or "MatMul"], reason=(
         f"batched product with a constant {list(const_array(node.inputs[1]).shape)} "
         "(a block-diagonal factor?) outside any structured projection fffc recognizes: "
         "expected Reshape([-1,k,p]) → Transpose(1,0,2) → MatMul → Transpose(1,0,2) → "
-        "Reshape([-1,k·q]); BlockShuffle (Monarch) layers are not supported yet"))
+        "Reshape([-1,k·q]) (BlockDense) or a BlockShuffle's grid reshape and second MatMul"))
         for node in model.graph if node.op_type == "MatMul" and node.domain == ""
         and const_array(node.inputs[1]) is not None and const_array(node.inputs[1]).ndim == 3]
     for node in model.graph:
@@ -220,13 +228,13 @@ def _mod_near_miss(node: ir.Node) -> NearMiss:
 def _structured_near_miss(node: ir.Node) -> NearMiss:
     """A structured projection no FFN rule took (it stays as the export had it)."""
     a = const_array(node.inputs[1])
-    u = node.inputs[2] if len(node.inputs) > 2 else None
-    form = ffn_structured.describe(node.inputs[1], u)
+    shuffle = node.op_type == "BlockShuffle"
+    u = node.inputs[2] if len(node.inputs) > 2 and not shuffle else None
+    form = ffn_structured.describe(node.inputs[1], u, node.inputs[2] if shuffle else None)
     return NearMiss(nodes=[node.name or node.op_type], reason=(
         f"{form} projection (blocks {a.shape[0]}, {a.shape[1]}→{a.shape[2]} each) is not "
         "half of a structured FFN fffc lowers: expected projection (+ bias) → ReLU/GELU/SiLU → "
-        "projection (+ bias); a BlockShuffle (Monarch) permutation between block-diagonal "
-        "factors is not supported yet"))
+        "projection (+ bias)"))
 
 
 def _fff_near_miss(match, node: ir.Node, form: str) -> NearMiss:

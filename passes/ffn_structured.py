@@ -17,9 +17,14 @@ from ._common import CANON, const_array, node_names
 from ._ffn_common import act_name, apply_act, as_vector, check_bias
 
 FORMS = ("lowrank_or_blockdense", "blockdiag", "dense")  # StructuredLinear with U / without / MatMul
+SHUFFLE = "blockshuffle"  # canonical BlockShuffle(x, A, S): pairs with itself or a dense projection
+COMBOS = [*((a, b) for a, b in itertools.product(FORMS, FORMS) if (a, b) != ("dense", "dense")),
+          (SHUFFLE, SHUFFLE), (SHUFFLE, "dense"), ("dense", SHUFFLE)]
 
 
 def _project(op, form: str, x, a, u, name: str):
+    if form == SHUFFLE:  # u binds the second factor S here
+        return op.BlockShuffle(x, a, u, _domain=CANON, _outputs=[name])
     if form == "dense":
         return op.MatMul(x, a, _outputs=[name])
     if form == "blockdiag":
@@ -33,11 +38,16 @@ def _widths(form: str, a: ir.Value, u: ir.Value | None) -> tuple[int, int]:
     if form == "dense":
         return arr.shape[0], arr.shape[1]
     k, p, q = arr.shape
+    if form == SHUFFLE:
+        m, _, cols = const_array(u).shape
+        return k * p, m * cols
     return k * p, (const_array(u).shape[1] if form != "blockdiag" else k * q)
 
 
-def describe(a: ir.Value | None, u: ir.Value | None) -> str:
-    """LowRank / BlockDense / BlockDiagonal / Dense, from the op's A [k, p, q] and U."""
+def describe(a: ir.Value | None, u: ir.Value | None, s: ir.Value | None = None) -> str:
+    """LowRank / BlockDense / BlockDiagonal / BlockShuffle / Dense, from the op's A, U, S."""
+    if s is not None:
+        return "BlockShuffle"
     k = const_array(a).shape[0]
     if u is None:
         return "BlockDiagonal" if k > 1 else "Dense"
@@ -84,14 +94,19 @@ class StructuredFFN(pattern.RewriteRuleClassBase):
     def rewrite(self, op, x, a1, a2, p1, p2, act, u1=None, u2=None, b1=None, b2=None,
                 add1=None, add2=None, **_):
         def blocks(form, a, u):
+            """(A, U, S) of one projection in the op's inputs."""
             if form == "dense":
                 return op.initializer(ir.tensor(const_array(a)[None].copy()),
-                                      name=f"{a.name}__blocks"), None
-            return a, (u if form != "blockdiag" else None)
+                                      name=f"{a.name}__blocks"), None, None
+            if form == SHUFFLE:
+                return a, None, u
+            return a, (u if form != "blockdiag" else None), None
 
-        (a1, u1), (a2, u2) = blocks(self._forms[0], a1, u1), blocks(self._forms[1], a2, u2)
+        (a1, u1, s1), (a2, u2, s2) = (blocks(self._forms[0], a1, u1),
+                                      blocks(self._forms[1], a2, u2))
+        # the op's input order: X, A1, U1, B1, A2, U2, B2, M1, M2, S1, S2
         return op.FFN(
-            x, a1, u1, as_vector(op, b1), a2, u2, as_vector(op, b2),
+            x, a1, u1, as_vector(op, b1), a2, u2, as_vector(op, b2), None, None, s1, s2,
             kind="structured", activation=act_name(self._act, act), up_activation="none",
             rule=self.name, matched_nodes=",".join(node_names(p1, add1, act, p2, add2)),
             _domain=CANON,
@@ -100,9 +115,7 @@ class StructuredFFN(pattern.RewriteRuleClassBase):
 
 def _rules(has_b2: bool) -> list[pattern.RewriteRule]:
     out = []
-    for first, second in itertools.product(FORMS, FORMS):
-        if first == second == "dense":
-            continue  # a dense FFN: ffn_dense's
+    for first, second in COMBOS:  # (dense, dense) is ffn_dense's
         for act in ("relu", "gelu", "silu"):
             for has_b1 in (True, False):
                 name = (f"StructuredFFN_{first}_{second}_{act}{'_b1' if has_b1 else ''}"

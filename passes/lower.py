@@ -238,12 +238,12 @@ def _lower_structured(model: ir.Model, node: ir.Node, decision: str, opset: int,
                       merged_max_tokens: int) -> None:
     """A structured marker (X, A1, U1, B1, A2, U2, B2): ``structured`` → StructuredFFN
     (+ its standard-op body as fallback function), else the standard ops themselves."""
-    x, a1, u1, b1, a2, u2, b2 = (*node.inputs, None, None, None, None, None, None)[:7]
+    x, a1, u1, b1, a2, u2, b2, _, _, s1, s2 = (*node.inputs, *[None] * 11)[:11]
     act = node.attributes.get_string("activation", "gelu")
     tape = ir.tape.Tape()
     if decision != "structured":
         out = standard_forms.structured_ffn(tape, x, a1, u1, b1, a2, u2, b2,
-                                            activation_name=act, opset=opset)
+                                            activation_name=act, opset=opset, s1=s1, s2=s2)
         for i, n in enumerate(tape.nodes):
             n.name = f"{node.name}/structured/{i}_{n.op_type}"
         _replace(model.graph, node, tape, out)
@@ -251,9 +251,10 @@ def _lower_structured(model: ir.Model, node: ir.Node, decision: str, opset: int,
     m1 = m2 = None
     if merged_max_tokens > 0:
         m1, m2 = (_initializer(model.graph, f"{node.name}__merged_{i}",
-                               reference.merged_weight(const_array(a), const_array(u)))
-                  for i, (a, u) in enumerate(((a1, u1), (a2, u2)), start=1))
-    inputs = [x, a1, u1, b1, a2, u2, b2, m1, m2]
+                               reference.merged_weight(*(const_array(v) if v is not None
+                                                         else None for v in (a, u, sh))))
+                  for i, (a, u, sh) in enumerate(((a1, u1, s1), (a2, u2, s2)), start=1))
+    inputs = [x, a1, u1, b1, a2, u2, b2, m1, m2, s1, s2]
     present = [v is not None for v in inputs]
     overload = f"{act}_" + "".join(n.lower() for n, p in zip(STRUCTURED_INPUTS, present,
                                                               strict=True) if p and n != "X")
@@ -370,10 +371,10 @@ def _structured_function(overload: str, present: list[bool], act: str,
     merged weights compute the same function)."""
     formals = [ir.Value(name=n) for n in STRUCTURED_INPUTS]
     tape = ir.tape.Tape()
-    x, a1, u1, b1, a2, u2, b2, _, _ = (f if p else None
-                                       for f, p in zip(formals, present, strict=True))
+    x, a1, u1, b1, a2, u2, b2, _, _, s1, s2 = (f if p else None
+                                               for f, p in zip(formals, present, strict=True))
     y = standard_forms.structured_ffn(tape, x, a1, u1, b1, a2, u2, b2, activation_name=act,
-                                      opset=opset)
+                                      opset=opset, s1=s1, s2=s2)
     y.name = "Y"
     graph = ir.Graph(formals, [y], nodes=tape.nodes, opset_imports={"": opset},
                      name=f"{STRUCTURED_FFN.name}_{overload}")
@@ -513,6 +514,10 @@ def legalize(model: ir.Model) -> None:
         if node.op_type == "StructuredLinear":
             _replace(graph, node, tape, _structured_linear(graph, tape, node))
             continue
+        if node.op_type == "BlockShuffle":
+            h = standard_forms.blockdiag(tape, node.inputs[0], node.inputs[1])
+            _replace(graph, node, tape, standard_forms.shuffled(tape, h, node.inputs[2]))
+            continue
         if node.op_type == "Gelu":
             approx = node.attributes.get_string("approximate", "none")
             name = "gelu_tanh" if approx == "tanh" else "gelu"
@@ -553,7 +558,7 @@ def site_weights(model: ir.Model, name: str, mode: str = "exact") -> dict[str, n
     kind = node.attributes.get_string("kind", "")
     if kind in ("structured", "routed"):
         names = (STRUCTURED_INPUTS if kind == "structured" else ROUTED_INPUTS)[1:]
-        values = (*node.inputs, *[None] * 9)[1:1 + len(names)]
+        values = (*node.inputs, *[None] * 11)[1:1 + len(names)]
         return {k: (const_array(v) if v is not None else None)
                 for k, v in zip(names, values, strict=True)}
     arrays = [const_array(v) if v is not None else None for v in (node.inputs + (None,) * 6)[:6]]

@@ -226,19 +226,35 @@ def blockdiag(tape: ir.tape.Tape, x2: ir.Value, a: ir.Value) -> ir.Value:
     return tape.op("Reshape", [out, _ints(tape, [0, -1])])
 
 
+def shuffled(tape: ir.tape.Tape, h2: ir.Value, s: ir.Value) -> ir.Value:
+    """BlockShuffle's second factor on h2 [N, m·r] (S [m, r, t]): the (r, m) grid's columns
+    through S's blocks, written back as a (t, m) grid: ``Reshape([N, r, m]) →
+    Transpose(2,0,1) → MatMul(S) → Transpose(1,2,0) → Reshape([N, t·m])``."""
+    grid = tape.op("Concat", [_ints(tape, [-1]), _dims(tape, s, 1, 2), _dims(tape, s, 0, 1)],
+                   {"axis": 0})
+    g = tape.op("Transpose", [tape.op("Reshape", [h2, grid])], {"perm": [2, 0, 1]})
+    out = tape.op("Transpose", [tape.op("MatMul", [g, s])], {"perm": [1, 2, 0]})
+    return tape.op("Reshape", [out, _ints(tape, [0, -1])])
+
+
 def structured_ffn(tape: ir.tape.Tape, x: ir.Value, a1: ir.Value, u1: ir.Value | None,
                    b1: ir.Value | None, a2: ir.Value, u2: ir.Value | None, b2: ir.Value | None,
-                   *, activation_name: str, opset: int) -> ir.Value:
+                   *, activation_name: str, opset: int, s1: ir.Value | None = None,
+                   s2: ir.Value | None = None) -> ir.Value:
     """``ai.fffc::StructuredFFN`` in standard ops: X's leading dims flattened to tokens, the
     two structured projections, X's leading dims restored."""
     x2 = tape.op("Reshape", [x, tape.op("Concat", [_ints(tape, [-1]), _dims(tape, x, -1, 2**62)],
                                         {"axis": 0})])
     h = blockdiag(tape, x2, a1)
+    if s1 is not None:
+        h = shuffled(tape, h, s1)
     if u1 is not None:
         h = tape.op("MatMul", [h, u1])
     if b1 is not None:
         h = tape.op("Add", [h, b1])
     g = blockdiag(tape, activation(tape, activation_name, h, opset), a2)
+    if s2 is not None:
+        g = shuffled(tape, g, s2)
     if u2 is not None:
         g = tape.op("MatMul", [g, u2])
     if b2 is not None:

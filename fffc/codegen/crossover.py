@@ -32,8 +32,10 @@ def measure_crossover(structured: KernelSpec, merged: KernelSpec,
     beat the structured one at every measured count (0: never), and the medians in ms."""
     from .build import KernelRunner
 
-    m = {"A1": merged_weight(weights["A1"], weights.get("U1"))[None].astype(np.float32),
-         "A2": merged_weight(weights["A2"], weights.get("U2"))[None].astype(np.float32),
+    m = {"A1": merged_weight(weights["A1"], weights.get("U1"),
+                             weights.get("S1"))[None].astype(np.float32),
+         "A2": merged_weight(weights["A2"], weights.get("U2"),
+                             weights.get("S2"))[None].astype(np.float32),
          "B1": weights.get("B1"), "B2": weights.get("B2")}
     runners = {"structured": (KernelRunner(structured), weights),
                "merged": (KernelRunner(merged), m)}

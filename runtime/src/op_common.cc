@@ -327,7 +327,7 @@ OrtCustomOp* NewRoutedFfnOp(const OrtApi* api, const char* ep, KernelFactory fac
 }
 
 OrtCustomOp* NewStructuredFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
-  return NewOp(api, "StructuredFFN", ep, 9, OpWithFactory::kStructured, factory);
+  return NewOp(api, "StructuredFFN", ep, 11, OpWithFactory::kStructured, factory);
 }
 
 }  // namespace fffc

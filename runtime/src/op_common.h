@@ -93,8 +93,8 @@ KernelBase* MakeKernel(const OrtApi* api, Attrs attrs) {
 // The OrtCustomOp of SparseFFN for execution provider `ep` (lives for the process).
 OrtCustomOp* NewSparseFfnOp(const OrtApi* api, const char* ep, KernelFactory factory);
 
-// The OrtCustomOp of StructuredFFN (X, A1, U1?, B1?, A2, U2?, B2?, M1?, M2?; attributes
-// activation, merged_max_tokens).
+// The OrtCustomOp of StructuredFFN (X, A1, U1?, B1?, A2, U2?, B2?, M1?, M2?, S1?, S2?;
+// attributes activation, merged_max_tokens).
 OrtCustomOp* NewStructuredFfnOp(const OrtApi* api, const char* ep, KernelFactory factory);
 
 // The OrtCustomOp of RoutedFFN (X, WR, BR?, W1, B1?, W2, B2?, WA?, BA?).

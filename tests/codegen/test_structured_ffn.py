@@ -1,6 +1,7 @@
 """StructuredFFN x86 kernels (kernels/structured_ffn.py) in-process against the float64
 NumPy reference: every variant, structure (LowRank, BlockDense, block-diagonal only, merged
-dense, mixed), bias and activation, full and partial token tiles and blocks."""
+dense, BlockShuffle/Monarch, mixed), bias and activation, full and partial token tiles and
+blocks."""
 
 from __future__ import annotations
 
@@ -35,6 +36,14 @@ def _spec(act: str, d_in: int, d_ff: int, d_out: int, k1: int, r1: int | None, k
                                   k2=k2, r2=r2 or d_out, u2=r2 is not None, has_b1=b1, has_b2=b2)
 
 
+def _shuffle_spec(act: str, d_in: int, d_ff: int, d_out: int, p1: tuple, p2: tuple,
+                  b1: bool = True, b2: bool = True) -> KernelSpec:
+    """Per projection (k, r, u, m, s): m 0 for no BlockShuffle factor."""
+    (k1, r1, u1, m1, s1), (k2, r2, u2, m2, s2) = p1, p2
+    return structured_kernel_spec(act, d_in, d_ff, d_out, k1=k1, r1=r1, u1=u1, k2=k2, r2=r2,
+                                  u2=u2, m1=m1, s1=s1, m2=m2, s2=s2, has_b1=b1, has_b2=b2)
+
+
 SPECS = {
     "lowrank-gelu": _spec("gelu", 64, 256, 64, 1, 32, 1, 32),
     "blockdense-silu-nobias": _spec("silu", 96, 256, 80, 4, 40, 4, 48, b1=False, b2=False),
@@ -42,6 +51,21 @@ SPECS = {
     "merged-gelu_tanh-b1": _spec("gelu_tanh", 64, 192, 72, 1, None, 1, None, b2=False),
     "mixed-gelu-b2": _spec("gelu", 128, 320, 96, 4, 64, 1, 24, b1=False),
     "odd-silu": _spec("silu", 72, 100, 36, 2, 18, 1, 20),  # no width a multiple of 16
+}
+SHUFFLE = {
+    # both projections BlockShuffle without U, k = m = 4 (fffc.torch.BlockShuffleLinear's
+    # layout): A1 [4, 16, 16], S1 [4, 16, 64]; A2 [4, 64, 16], S2 [4, 16, 16]
+    "monarch-gelu": _shuffle_spec("gelu", 64, 256, 64, (4, 64, False, 4, 64),
+                                  (4, 64, False, 4, 16)),
+    # BlockShuffle + U (A1 [4, 24, 12], S1 [3, 16, 20], U1 [60, 160]), then LowRank
+    "monarch-u-lowrank-silu": _shuffle_spec("silu", 96, 160, 80, (4, 48, True, 3, 20),
+                                            (1, 24, True, 0, 0), b1=False),
+    # LowRank, then BlockShuffle + U (A2 [2, 80, 12], S2 [4, 6, 10], U2 [40, 48])
+    "lowrank-monarch-u-relu": _shuffle_spec("relu", 48, 160, 48, (1, 32, True, 0, 0),
+                                            (2, 24, True, 4, 10), b2=False),
+    # m != k: A1 [4, 16, 16], S1 [2, 32, 64]; A2 [2, 64, 48], S2 [4, 24, 16]
+    "monarch-mk-gelu_tanh": _shuffle_spec("gelu_tanh", 64, 128, 64, (4, 64, False, 2, 64),
+                                          (2, 96, False, 4, 16)),
 }
 BIG = {  # the benchmark's shapes at d_in 1024 / d_ff 4096 (reduction blocks, many tasks)
     "lowrank-1024": _spec("gelu", 1024, 4096, 1024, 1, 256, 1, 256),
@@ -86,14 +110,20 @@ def weights(spec: KernelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     matters), biases ~N(0, 0.25)."""
     s = spec.structure
     k1, r1, k2, r2 = s["k1"], s["r1"], s["k2"], s["r2"]
+    m1, s1, m2, s2 = (s.get(n, 0) for n in ("m1", "s1", "m2", "s2"))
+    w1, w2 = (m1 * s1 if m1 else r1), (m2 * s2 if m2 else r2)  # rows of U
     p1, p2 = spec.d_in // k1, spec.d_ff // k2
     rng = np.random.default_rng(seed)
     w = {"A1": rng.standard_normal((k1, p1, r1 // k1)) / np.sqrt(p1),
-         "U1": rng.standard_normal((r1, spec.d_ff)) / np.sqrt(r1),
+         "U1": rng.standard_normal((w1, spec.d_ff)) / np.sqrt(w1),
          "B1": rng.standard_normal(spec.d_ff) * 0.5,
          "A2": rng.standard_normal((k2, p2, r2 // k2)) / np.sqrt(p2),
-         "U2": rng.standard_normal((r2, spec.d_out)) / np.sqrt(r2),
+         "U2": rng.standard_normal((w2, spec.d_out)) / np.sqrt(w2),
          "B2": rng.standard_normal(spec.d_out) * 0.5}
+    if m1:
+        w["S1"] = rng.standard_normal((m1, r1 // m1, s1)) / np.sqrt(r1 // m1)
+    if m2:
+        w["S2"] = rng.standard_normal((m2, r2 // m2, s2)) / np.sqrt(r2 // m2)
     return {k: v.astype(np.float32) for k, v in w.items()}
 
 
@@ -102,7 +132,7 @@ def reference(spec: KernelSpec, w: dict[str, np.ndarray], x: np.ndarray) -> np.n
     return structured_ffn(x, w["A1"], w["U1"] if s["u1"] else None,
                           w["B1"] if spec.has_b1 else None, w["A2"],
                           w["U2"] if s["u2"] else None, w["B2"] if spec.has_b2 else None,
-                          activation_name=spec.activation)
+                          activation_name=spec.activation, s1=w.get("S1"), s2=w.get("S2"))
 
 
 def inputs(spec: KernelSpec, tokens: int, seed: int = 1) -> np.ndarray:
@@ -127,6 +157,58 @@ def test_every_variant_matches_reference(compiled, name: str) -> None:
         ref = reference(spec, w, x)
         for v in VARIANTS:
             assert_close(k(v, x, w), ref, f"{name} {v} T={t}")
+
+
+@pytest.mark.parametrize("name", list(SHUFFLE))
+def test_block_shuffle_matches_reference(compiled, name: str) -> None:
+    """BlockShuffle (Monarch) projections, with and without U, m = k and m != k, in every
+    variant (strided stage inputs/outputs, partial tiles and blocks)."""
+    spec = SHUFFLE[name]
+    w = weights(spec)
+    k = compiled(spec)
+    for t in TOKENS:
+        x = inputs(spec, t, seed=t)
+        ref = reference(spec, w, x)
+        for v in VARIANTS:
+            assert_close(k(v, x, w), ref, f"{name} {v} T={t}")
+
+
+def test_block_shuffle_signature() -> None:
+    spec = SHUFFLE["monarch-u-lowrank-silu"]
+    assert spec.arg_names() == ["X", "A1", "S1", "U1", "A2", "U2", "B2", "Y"]
+    src = structured_ffn_source(spec, "gemv", "m")
+    assert 'S1: T.Buffer((3, 16, 20), "float32", align=4)' in src
+    assert 'U1: T.Buffer((60, 160), "float32", align=4)' in src
+    for v in VARIANTS:
+        f = structured_ffn_primfunc(SHUFFLE["monarch-gelu"], v, f"sym_{v}")
+        assert [p.name.upper() for p in f.params] == ["X", "A1", "S1", "B1", "A2", "S2", "B2", "Y"]
+
+
+def test_block_shuffle_matches_torch(compiled) -> None:
+    """The kernels run fffc.torch's BlockShuffleLinear MLP (A = blkdiag1ᵀ, S = blkdiag2ᵀ)."""
+    torch = pytest.importorskip("torch")
+    from fffc.torch.structured import BlockShuffleLinear
+
+    spec = SHUFFLE["monarch-gelu"]
+    torch.manual_seed(0)
+    fc1, fc2 = BlockShuffleLinear(64, 256, 4), BlockShuffleLinear(256, 64, 4)
+
+    def np_(t):
+        return t.detach().numpy().astype(np.float32)
+
+    w = {"A1": np_(fc1.blkdiag1.transpose(1, 2)), "S1": np_(fc1.blkdiag2.transpose(1, 2)),
+         "B1": np_(fc1.bias), "A2": np_(fc2.blkdiag1.transpose(1, 2)),
+         "S2": np_(fc2.blkdiag2.transpose(1, 2)), "B2": np_(fc2.bias)}
+    assert [w[n].shape for n in ("A1", "S1", "A2", "S2")] == [
+        (4, 16, 16), (4, 16, 64), (4, 64, 16), (4, 16, 16)]
+    x = inputs(spec, 37)
+    with torch.no_grad():
+        xt = torch.from_numpy(x).double()
+        ref = fc2.double()(torch.nn.functional.gelu(fc1.double()(xt))).numpy()
+    assert_close(reference(spec, w, x), ref, "reference vs torch")
+    k = compiled(spec)
+    for v in VARIANTS:
+        assert_close(k(v, x, w), ref, f"torch {v}")
 
 
 @pytest.mark.parametrize("name", list(BIG))
@@ -219,6 +301,10 @@ def _raw(**change) -> KernelSpec:
     (_raw(extra=(("k1", "1"), ("k2", "1"), ("r1", "16"), ("r2", "64"), ("u1", "0"),
                  ("u2", "0"))), "without U"),
     (_raw(extra=(("k1", "1"),)), "structure"),
+    (_raw(extra=(("k1", "2"), ("k2", "2"), ("r1", "16"), ("r2", "16"), ("u1", "1"),
+                 ("u2", "1"), ("m1", "3"), ("s1", "4"))), "r1=16 is not a multiple of m1=3"),
+    (_raw(extra=(("k1", "2"), ("k2", "2"), ("r1", "16"), ("r2", "64"), ("u1", "1"),
+                 ("u2", "0"), ("m2", "4"), ("s2", "8"))), "without U"),
 ])
 def test_unsupported_specs_are_refused(spec: KernelSpec, match: str) -> None:
     with pytest.raises(CodegenError, match=match):

@@ -120,16 +120,37 @@ def test_merged_weights_are_added_only_when_asked(tmp_path):
     assert node.attributes["merged_max_tokens"].value == 8
 
 
-@pytest.mark.parametrize("exporter", ["dynamo18", "torchscript17"])
-def test_blockshuffle_is_refused_with_a_reason(exporter, tmp_path):
-    path = _export(tmp_path, "blockshuffle", "bmm", "gelu", True, exporter)
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("activation, bias", [("gelu", True), ("relu", False)])
+def test_blockshuffle_mlp_is_one_site_equal_to_the_export(tmp_path, exporter, activation, bias):
+    """Monarch layers (block diagonal, (r, m) → (m, r) shuffle, block diagonal, (m, s) →
+    (s, m)) become one structured site whose factors give the module's dense weights; lowered
+    as standard ops and as the fallback function, it equals the export."""
+    import torch
+
+    from fffc.reference import merged_weight
+    from fffc.torch import StructuredMLP
+
+    path = _export(tmp_path, "blockshuffle", "bmm", activation, bias, exporter)
     a = pipeline.analyze(path)
-    assert a.sites == []
-    assert a.near_misses and all("BlockShuffle" in m.reason for m in a.near_misses)
+    assert [s.kind for s in a.sites] == ["structured"], [m.reason for m in a.near_misses]
+    st = a.sites[0].structure
+    assert (st["first"], st["second"], st["m1"], st["m2"]) == ("BlockShuffle", "BlockShuffle",
+                                                               4, 4)
+    torch.manual_seed(0)
+    m = StructuredMLP(64, 256, "blockshuffle", blocks=4, activation=activation,
+                      bias=bias).eval()
+    w = site_weights(a.working, a.sites[0].name, "structured")
+    for i, fc in ((1, m.fc1), (2, m.fc2)):
+        np.testing.assert_allclose(merged_weight(w[f"A{i}"], None, w[f"S{i}"]),
+                                   fc.to_dense().detach().numpy().T, rtol=1e-5, atol=1e-6)
     x = np.random.default_rng(0).standard_normal((2, 5, 64)).astype(np.float32)
-    lower(a.working, {})  # nothing to lower: canonical nodes go back to standard ops
-    np.testing.assert_allclose(_run(ir.serde.serialize_model(a.working), x), _run(str(path), x),
-                               rtol=1e-5, atol=1e-5)
+    for decision in ("dense", "structured"):
+        b = pipeline.analyze(path)
+        lower(b.working, {b.sites[0].name: decision})
+        model = ir.serde.serialize_model(b.working)
+        onnx.checker.check_model(model, full_check=True)
+        np.testing.assert_allclose(_run(model, x), _run(str(path), x), rtol=1e-5, atol=1e-5)
 
 
 def test_dense_mlp_stays_a_dense_site(tmp_path):

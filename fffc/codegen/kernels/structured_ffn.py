@@ -3,12 +3,16 @@
 The op is a chain of up to four GEMM *stages*, each ``dst = src · blockdiag(W)`` plus an
 epilogue::
 
-    X ─A1 (k1 blocks)─▶ S1 ─U1─▶ +B1, act ─▶ S2 ─A2 (k2 blocks)─▶ S3 ─U2─▶ +B2 ─▶ Y
+    X ─A1 (k1 blocks)─▶ H1 ─U1─▶ +B1, act ─▶ H2 ─A2 (k2 blocks)─▶ H3 ─U2─▶ +B2 ─▶ Y
 
 A projection without its dense factor U is one stage (A1 then carries U1's epilogue, +B1
 and the activation; A2 carries +B2 and writes Y), so the merged dense FFN (k = 1, no U:
 A1 = W1 [1, d_in, d_ff], A2 = W2 [1, d_ff, d_out]) is the two-stage case of the same code.
 A stage has ``k`` blocks of ``p`` inputs and ``q`` outputs (a dense factor: k = 1).
+A BlockShuffle (Monarch) projection has a second block-diagonal stage S [m, r, s] right
+after A (before U): its block b reads the strided inputs h[j·m + b] and writes the strided
+outputs out[t·m + b] (``_Stage.shuffle``: the same stage code with strided indexing; in
+small/batch the stores are strided, in decode/gemv the reduction of its partial sums).
 
 Variants (``structured_variants``; crossovers measured with
 bench/bench_structured_kernels.py on the 2-core Zen 4 VM, d 1024 / d_ff 4096, ~32% of
@@ -114,8 +118,15 @@ def check_spec(spec: KernelSpec) -> None:
                            ("r2", r2, k2)):
         if whole % k:
             raise CodegenError(f"StructuredFFN: {name}={whole} is not a multiple of k={k}")
-    if (not u1 and r1 != spec.d_ff) or (not u2 and r2 != spec.d_out):
-        raise CodegenError("StructuredFFN: a projection without U must have r = its output width")
+    m1, s1, m2, s2 = (s.get(n, 0) for n in ("m1", "s1", "m2", "s2"))
+    for n, m, sw, r in ((1, m1, s1, r1), (2, m2, s2, r2)):
+        if m < 0 or (m and sw < 1):
+            raise CodegenError(f"StructuredFFN: bad BlockShuffle blocks m{n}={m} s{n}={sw}")
+        if m and r % m:
+            raise CodegenError(f"StructuredFFN: r{n}={r} is not a multiple of m{n}={m}")
+    w1, w2 = (m1 * s1 if m1 else r1), (m2 * s2 if m2 else r2)
+    if (not u1 and w1 != spec.d_ff) or (not u2 and w2 != spec.d_out):
+        raise CodegenError("StructuredFFN: a projection without U must end at its output width")
 
 
 # --- activations: vectorizable TIR expressions of one value ``v`` (a short expression) ---
@@ -176,7 +187,7 @@ _ACT = {"relu": lambda v: f"T.max({v}, T.float32(0))", "gelu": _gelu,
 
 @dataclass(frozen=True)
 class _Stage:
-    src: str  # input scratch buffer ("S0": the padded copy of X)
+    src: str  # input scratch buffer ("H0": the padded copy of X)
     w: str  # weight argument
     three_d: bool  # w is [k, p, q] (a block-diagonal factor) rather than [p, q]
     k: int
@@ -185,24 +196,45 @@ class _Stage:
     bias: str | None  # bias argument added in the epilogue
     act: bool  # apply the activation in the epilogue
     dst: str  # output: a scratch buffer or "Y"
+    shuffle: bool = False  # BlockShuffle's S: block b reads inputs j·k + b, writes c·k + b
+
+    def col_in(self, b: str, j: str) -> str:
+        """The input column (of the source row) of row ``j`` of block ``b``."""
+        return f"({j}) * {self.k} + {b}" if self.shuffle else f"{b} * {self.p} + {j}"
+
+    def col_out(self, b: str, c: str) -> str:
+        """The output column (of the destination row) of column ``c`` of block ``b``."""
+        return f"({c}) * {self.k} + {b}" if self.shuffle else f"{b} * {self.q} + {c}"
+
+    def split_out(self, col: str) -> tuple[str, str]:
+        """(block, column within the block) of output column ``col`` (inverse of col_out)."""
+        if self.shuffle:
+            return f"({col} % {self.k})", f"({col} // {self.k})"
+        return f"({col} // {self.q})", f"({col} % {self.q})"
 
 
 def _stages(spec: KernelSpec) -> list[_Stage]:
+    """Per projection n: A_n [k, p, q], then S_n (BlockShuffle) and U_n where present; the
+    projection's last stage carries its bias (and the first one's the activation). Stage
+    i reads scratch H{i} (H0: the padded copy of X) and writes H{i + 1} (the last: Y)."""
     s = spec.structure
-    k1, r1, k2, r2 = s["k1"], s["r1"], s["k2"], s["r2"]
-    b1 = "B1" if spec.has_b1 else None
-    b2 = "B2" if spec.has_b2 else None
     out: list[_Stage] = []
-    if s["u1"]:
-        out += [_Stage("S0", "A1", True, k1, spec.d_in // k1, r1 // k1, None, False, "S1"),
-                _Stage("S1", "U1", False, 1, r1, spec.d_ff, b1, True, "S2")]
-    else:
-        out.append(_Stage("S0", "A1", True, k1, spec.d_in // k1, spec.d_ff // k1, b1, True, "S2"))
-    if s["u2"]:
-        out += [_Stage("S2", "A2", True, k2, spec.d_ff // k2, r2 // k2, None, False, "S3"),
-                _Stage("S3", "U2", False, 1, r2, spec.d_out, b2, False, "Y")]
-    else:
-        out.append(_Stage("S2", "A2", True, k2, spec.d_ff // k2, spec.d_out // k2, b2, False, "Y"))
+
+    def projection(n: int, d_in: int, d_out: int, bias: str | None, act: bool, last: bool):
+        k, r, m, sw = s[f"k{n}"], s[f"r{n}"], s.get(f"m{n}", 0), s.get(f"s{n}", 0)
+        parts = [(f"A{n}", True, k, d_in // k, r // k, False)]
+        if m:
+            parts.append((f"S{n}", True, m, r // m, sw, True))
+        if s[f"u{n}"]:
+            parts.append((f"U{n}", False, 1, m * sw if m else r, d_out, False))
+        for idx, (w, three_d, kb, p, q, shuffle) in enumerate(parts):
+            end = idx == len(parts) - 1
+            dst = "Y" if end and last else f"H{len(out) + 1}"
+            out.append(_Stage(f"H{len(out)}", w, three_d, kb, p, q, bias if end else None,
+                              act and end, dst, shuffle))
+
+    projection(1, spec.d_in, spec.d_ff, "B1" if spec.has_b1 else None, True, False)
+    projection(2, spec.d_ff, spec.d_out, "B2" if spec.has_b2 else None, False, True)
     return out
 
 
@@ -211,9 +243,11 @@ PAD = 16  # floats of padding per scratch row: rows 4 KiB apart alias in L1 (scr
 
 
 def _widths(spec: KernelSpec) -> dict[str, int]:
-    s = spec.structure
-    return {"S0": spec.d_in + PAD, "S1": s["r1"] + PAD, "S2": spec.d_ff + PAD,
-            "S3": s["r2"] + PAD}
+    """Row length (floats, padded) of each scratch buffer."""
+    widths = {"H0": spec.d_in + PAD}
+    for st in _stages(spec):
+        widths[st.dst] = st.k * st.q + PAD
+    return widths
 
 
 def _params(spec: KernelSpec) -> str:
@@ -223,9 +257,13 @@ def _params(spec: KernelSpec) -> str:
     def buf(name: str, shape: tuple[int, ...]) -> str:
         return f'{name}: T.Buffer({shape!r}, "float32", align=4)'
 
+    m1, s1, m2, s2 = (s.get(n, 0) for n in ("m1", "s1", "m2", "s2"))
+    w1, w2 = (m1 * s1 if m1 else r1), (m2 * s2 if m2 else r2)  # rows of U
     shapes = {"X": "x: T.handle", "A1": buf("A1", (k1, d // k1, r1 // k1)),
-              "U1": buf("U1", (r1, f)), "B1": buf("B1", (f,)),
-              "A2": buf("A2", (k2, f // k2, r2 // k2)), "U2": buf("U2", (r2, do)),
+              "S1": buf("S1", (m1, r1 // max(m1, 1), s1)),
+              "U1": buf("U1", (w1, f)), "B1": buf("B1", (f,)),
+              "A2": buf("A2", (k2, f // k2, r2 // k2)),
+              "S2": buf("S2", (m2, r2 // max(m2, 1), s2)), "U2": buf("U2", (w2, do)),
               "B2": buf("B2", (do,)), "Y": "y: T.handle"}
     return ", ".join(shapes[a] for a in spec.arg_names())
 
@@ -322,13 +360,14 @@ def _task(spec: KernelSpec, st: _Stage, t: Tiles, rows: _Rows, *, b: str, col0: 
     w = (f"{st.w}[{b}, {k0} + kk, {col}]" if st.three_d else f"{st.w}[{k0} + kk, {col}]")
     row = f"tb * {t.mr} + ti"
     ws = _widths(spec)
-    src = f"{st.src}[({rows.scratch.format(t=row)}) * {ws[st.src]} + {b} * {st.p} + {k0} + kk]"
+    src = f"{st.src}[({rows.scratch.format(t=row)}) * {ws[st.src]} + {st.col_in(b, f'{k0} + kk')}]"
+    out_col = st.col_out(b, col)  # BlockShuffle: a strided store
     if st.dst == "Y":
-        dst = f"Y[{rows.y.format(t=row)}, {b} * {st.q} + {col}]"
-        back = f"Y[T.min({rows.y.format(t=row)}, N - 1), {b} * {st.q} + {col}]"
+        dst = f"Y[{rows.y.format(t=row)}, {out_col}]"
+        back = f"Y[T.min({rows.y.format(t=row)}, N - 1), {out_col}]"
     else:
-        dst = back = f"{st.dst}[({rows.scratch.format(t=row)}) * {ws[st.dst]} + {b} * {st.q} + {col}]"
-    bias = f"{st.bias}[{b} * {st.q} + {col}]" if st.bias else "T.float32(0)"
+        dst = back = f"{st.dst}[({rows.scratch.format(t=row)}) * {ws[st.dst]} + {out_col}]"
+    bias = f"{st.bias}[{out_col}]" if st.bias else "T.float32(0)"
     init = bias if nkb == 1 else f"T.if_then_else(kb == 0, {bias}, {back})"
     value = f"{acc}[ti, j]"
     final = _ACT[spec.activation](value) if st.act else value
@@ -390,7 +429,7 @@ def _columns_source(spec: KernelSpec, t: Tiles) -> str:
         rows = _Rows(ntb=f"(N + {mr - 1}) // {mr}", scratch="{t}", y="{t}", guard="{t} < N")
         copy = _copy_x(spec, "range", rows_n, "T.min(t, N - 1)")
     head = [f'{name} = T.alloc_buffer((({rows_n}) * {widths[name]},), "float32")'
-            for name in ["S0", *sorted({st.dst for st in stages} - {"Y"})]]
+            for name in ["H0", *sorted({st.dst for st in stages} - {"Y"})]]
     body = [copy.strip("\n")]
     for st in stages:
         body.append(_stage(spec, st, t, rows))
@@ -410,7 +449,7 @@ for t in {loop}({rows}):
 
 
 def _copy_x(spec: KernelSpec, loop: str, rows: str, x_row: str) -> str:
-    stmt = f"S0[t * {_widths(spec)['S0']} + {{i}}] = X[{x_row}, {{i}}]"
+    stmt = f"H0[t * {_widths(spec)['H0']} + {{i}}] = X[{x_row}, {{i}}]"
     return _COPY_X.format(loop=loop, rows=rows, copy=_indent(_vec("i", spec.d_in, stmt), 4))
 
 
@@ -442,9 +481,10 @@ def _gemv_source(spec: KernelSpec, t: Tiles) -> str:
     st, R, qs = stages[-1], parts[-1], stages[-1].q + PAD
     terms = " + ".join(f"P{len(stages) - 1}[(((i % {st.k}) * {R} + {r}) * npad + i // {st.k}) * {qs} + {{c}}]"
                        for r in range(R))
-    val = f"{st.bias}[(i % {st.k}) * {st.q} + {{c}}] + {terms}" if st.bias else terms
+    out_col = st.col_out(f"(i % {st.k})", "{c}")
+    val = f"{st.bias}[{out_col}] + {terms}" if st.bias else terms
     lines += [f"for i in T.parallel(N * {st.k}):",
-              _indent(_vec("c", st.q, f"Y[i // {st.k}, (i % {st.k}) * {st.q} + {{c}}] = {val}"), 4)]
+              _indent(_vec("c", st.q, f"Y[i // {st.k}, {out_col}] = {val}"), 4)]
     return _indent("\n".join(lines), 4)
 
 
@@ -494,15 +534,15 @@ def _gemv_inputs(spec: KernelSpec, pv: _Stage, rp: int, st: _Stage, R: int, i: i
     b = f"(task // {R})" if st.k > 1 else "0"
     lo = f"(task % {R}) * {rows}" if R > 1 else "0"
     starts = [bb * st.p + r * rows for bb in range(st.k) for r in range(R)]
-    vector = all(a // pv.q == (a + rows - 1) // pv.q for a in starts)
+    vector = (not st.shuffle and not pv.shuffle
+              and all(a // pv.q == (a + rows - 1) // pv.q for a in starts))
     if vector:  # each task's inputs lie in one block of the previous stage: vector steps
         pb, off = f"(({b} * {st.p} + {lo}) // {pv.q})", f"(({b} * {st.p} + {lo}) % {pv.q} + {{kk}})"
-    else:
-        col = f"({b} * {st.p} + {lo} + {{kk}})"
-        pb, off = f"({col} // {pv.q})", f"({col} % {pv.q})"
+    else:  # general (BlockShuffle: strided inputs or outputs): scalar steps
+        pb, off = pv.split_out(f"({st.col_in(b, f'{lo} + {{kk}}')})")
     terms = " + ".join(f"P{i - 1}[(({pb} * {rp} + {r}) * npad + row) * {qsp} + {off}]"
                        for r in range(rp))
-    val = f"{pv.bias}[{pb} * {pv.q} + {off}] + {terms}" if pv.bias else terms
+    val = f"{pv.bias}[{pv.col_out(pb, off)}] + {terms}" if pv.bias else terms
     stmt = f"I{i}[base + {{kk}}] = {val}"
     lines = ["for row in range(npad):", f"    base = (t0 + row) * {rows}",
              _indent(_vec("kk", rows, stmt) if vector else

@@ -11,8 +11,9 @@
 namespace fffc::cpu {
 namespace {
 
-enum { kX = 0, kA1, kU1, kB1, kA2, kU2, kB2, kM1, kM2, kInputs };
-const char* const kNames[kInputs] = {"X", "A1", "U1", "B1", "A2", "U2", "B2", "M1", "M2"};
+enum { kX = 0, kA1, kU1, kB1, kA2, kU2, kB2, kM1, kM2, kS1, kS2, kInputs };
+const char* const kNames[kInputs] = {"X",  "A1", "U1", "B1", "A2", "U2",
+                                     "B2", "M1", "M2", "S1", "S2"};
 
 std::string Dims(const std::vector<int64_t>& d) {
   std::string s = "[";
@@ -32,12 +33,19 @@ struct StructuredKernel : KernelBase {
         a2.size() != 3)
       return Fail(api, "StructuredFFN: expected X [..., d_in], A1 [k1, p1, q1], A2 [k2, p2, q2]");
     const int64_t d_in = a1[0] * a1[1], r1 = a1[0] * a1[2], r2 = a2[0] * a2[2];
-    const int64_t d_ff = present[kU1] ? in[kU1].dims.back() : r1;
-    const int64_t d_out = present[kU2] ? in[kU2].dims.back() : r2;
+    // BlockShuffle: S [m, r/m, s] regroups the r block outputs into m blocks of s outputs
+    auto shuffled = [&](int i, int64_t r) -> int64_t {
+      if (!present[i]) return r;
+      const auto& sd = in[i].dims;
+      return (sd.size() == 3 && sd[0] * sd[1] == r) ? sd[0] * sd[2] : -1;
+    };
+    const int64_t w1 = shuffled(kS1, r1), w2 = shuffled(kS2, r2);
+    const int64_t d_ff = present[kU1] ? in[kU1].dims.back() : w1;
+    const int64_t d_out = present[kU2] ? in[kU2].dims.back() : w2;
     const bool chain =
-        xd.back() == d_in && a2[0] * a2[1] == d_ff &&
-        (!present[kU1] || (in[kU1].dims.size() == 2 && in[kU1].dims[0] == r1)) &&
-        (!present[kU2] || (in[kU2].dims.size() == 2 && in[kU2].dims[0] == r2)) &&
+        w1 > 0 && w2 > 0 && xd.back() == d_in && a2[0] * a2[1] == d_ff &&
+        (!present[kU1] || (in[kU1].dims.size() == 2 && in[kU1].dims[0] == w1)) &&
+        (!present[kU2] || (in[kU2].dims.size() == 2 && in[kU2].dims[0] == w2)) &&
         (!present[kB1] || in[kB1].dims == std::vector<int64_t>{d_ff}) &&
         (!present[kB2] || in[kB2].dims == std::vector<int64_t>{d_out});
     if (!chain)
@@ -59,11 +67,15 @@ struct StructuredKernel : KernelBase {
     if (merged && (in[kM1].dims != std::vector<int64_t>{d_in, d_ff} ||
                    in[kM2].dims != std::vector<int64_t>{d_ff, d_out}))
       return Fail(api, "StructuredFFN: M1/M2 must be [d_in, d_ff] and [d_ff, d_out]");
+    auto tag = [&](int i) {  // fffc.ops.structured_kernel_spec: "s<m>x<s>" of a BlockShuffle
+      return present[i] ? "s" + std::to_string(in[i].dims[0]) + "x" + std::to_string(in[i].dims[2])
+                        : std::string();
+    };
     const std::string mode =
         merged ? "b1r" + std::to_string(d_ff) + "_b1r" + std::to_string(d_out)
-               : "b" + std::to_string(a1[0]) + "r" + std::to_string(r1) +
+               : "b" + std::to_string(a1[0]) + "r" + std::to_string(r1) + tag(kS1) +
                      (present[kU1] ? "u" : "") + "_b" + std::to_string(a2[0]) + "r" +
-                     std::to_string(r2) + (present[kU2] ? "u" : "");
+                     std::to_string(r2) + tag(kS2) + (present[kU2] ? "u" : "");
     const fffc_kernel_entry* entry = nullptr;
     for (int32_t i = 0; i < fffc_num_kernels && entry == nullptr; ++i) {
       const fffc_kernel_entry& e = fffc_kernels[i];
@@ -92,7 +104,7 @@ struct StructuredKernel : KernelBase {
       t.push_back(Dl(in[kM2].data, m2, 3));
       add(kB2);
     } else {
-      for (int i : {kA1, kU1, kB1, kA2, kU2, kB2}) add(i);
+      for (int i : {kA1, kS1, kU1, kB1, kA2, kS2, kU2, kB2}) add(i);
     }
     t.push_back(Dl(y, y2, 2));
     return CallKernel(api, ctx, *entry, t);
