@@ -193,6 +193,10 @@ ROUTED_FFN = OpSpec(
                         "auxiliary predictor) [d]; tokens with X·WA (+ BA) > 0 are selected",
                   optional=True),
         TensorArg("BA", "bias of the selection score [1]", optional=True),
+        TensorArg("LS", "pre-norm inside the routed block: LayerNorm scale [d] (the FFN runs "
+                        "on LN(X) of the selected tokens; the combine's X term stays raw)",
+                  optional=True),
+        TensorArg("LB", "LayerNorm bias [d] (with LS)", optional=True),
     ),
     outputs=(TensorArg("Y", "[B, S, d]"),),
     attributes=(
@@ -202,6 +206,7 @@ ROUTED_FFN = OpSpec(
         Attribute("router", "string", "raw", ROUTERS, "the weight w from the score s"),
         Attribute("x_coef", "floats", "1,0", doc="[a, b]: selected tokens keep (a + b·w)·X"),
         Attribute("delta_coef", "floats", "0,1", doc="[a, b]: and add (a + b·w)·FFN(X)"),
+        Attribute("epsilon", "float", 1e-5, doc="LayerNorm epsilon (with LS)"),
     ),
 )
 
@@ -210,7 +215,8 @@ OPS: dict[str, OpSpec] = {SPARSE_FFN.name: SPARSE_FFN, FAST_FEED_FORWARD.name: F
 
 
 def route_kernel_spec(d: int, selection: str, k: int, router: str, has_br: bool,
-                      aux: bool = False, has_ba: bool = False) -> KernelSpec:
+                      aux: bool = False, has_ba: bool = False,
+                      ln_epsilon: float | None = None) -> KernelSpec:
     """RoutedFFN's routing kernel: scores, selection, gather (``mode`` "route_…": the
     selection, k, router and whether a separate selection score WA (+ BA) is read)."""
     if selection not in SELECTIONS or router not in ROUTERS:
@@ -218,10 +224,12 @@ def route_kernel_spec(d: int, selection: str, k: int, router: str, has_br: bool,
     if aux and selection != "threshold":
         raise ValueError("RoutedFFN: a separate selection score is for selection threshold")
     aux_tag = ("_aux" + ("b" if has_ba else "")) if aux else ""
-    mode = f"route_{selection}_k{k if selection == 'topk' else 0}_{router}{aux_tag}"
+    ln_tag = f"_ln{ln_epsilon:g}" if ln_epsilon is not None else ""
+    mode = f"route_{selection}_k{k if selection == 'topk' else 0}_{router}{aux_tag}{ln_tag}"
+    ln = (("ln_epsilon", f"{ln_epsilon:g}"),) if ln_epsilon is not None else ()
     return KernelSpec(ROUTED_FFN.name, "none", "none", mode, d, 0, d, has_br, has_ba, aux,
                       extra=(("k", str(k if selection == "topk" else 0)), ("router", router),
-                             ("selection", selection)))
+                             ("selection", selection), *ln))
 
 
 def combine_kernel_spec(d: int) -> KernelSpec:
@@ -303,8 +311,9 @@ class KernelSpec:
         if self.op == FAST_FEED_FORWARD.name:
             return ["X", "W_in", "B_in", "W_out", "Y"]
         if self.op == ROUTED_FFN.name and self.mode.startswith("route"):
+            ln = ["LS", "LB"] if "ln_epsilon" in dict(self.extra) else []
             return ["X", "WR", *(["BR"] if self.has_b1 else []), *(["WA"] if self.gated else []),
-                    *(["BA"] if self.has_b2 else []), "IDX", "WT", "CNT", "XS"]
+                    *(["BA"] if self.has_b2 else []), *ln, "IDX", "WT", "CNT", "XS"]
         if self.op == ROUTED_FFN.name:
             return ["X", "IDX", "WT", "D", "CNT", "COEF", "Y"]
         if self.op == STRUCTURED_FFN.name:

@@ -146,7 +146,7 @@ def kernel_specs(site: Site) -> list[KernelSpec]:
     r = site.routing or {}
     return [route_kernel_spec(site.d_model, r.get("selection", "topk"), r["k"], r["router"],
                               r.get("router_bias", False), r.get("selection_score", False),
-                              r.get("selection_bias", False)),
+                              r.get("selection_bias", False), r.get("layer_norm_epsilon")),
             merged_spec(site), combine_kernel_spec(site.d_model)]
 
 

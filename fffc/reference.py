@@ -227,17 +227,28 @@ def route(x: np.ndarray, wr: np.ndarray, br: np.ndarray | None, *, selection: st
     return idx, (w if router == "raw" else 1.0 / (1.0 + np.exp(-w)))
 
 
+def layer_norm(v: np.ndarray, scale: np.ndarray, bias: np.ndarray, epsilon: float) -> np.ndarray:
+    """LayerNorm over the last axis (ONNX LayerNormalization, axis -1)."""
+    v = np.asarray(v, dtype=np.float64)
+    mean = v.mean(axis=-1, keepdims=True)
+    var = ((v - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (v - mean) / np.sqrt(var + epsilon) * scale + bias
+
+
 def routed_ffn(x: np.ndarray, wr: np.ndarray, br: np.ndarray | None, w1: np.ndarray,
                b1: np.ndarray | None, w2: np.ndarray, b2: np.ndarray | None, *,
                activation_name: str = "gelu", selection: str = "topk", k: int = 1,
                router: str = "raw", x_coef=(1.0, 0.0), delta_coef=(0.0, 1.0),
-               wa: np.ndarray | None = None, ba: np.ndarray | None = None) -> np.ndarray:
-    """``ai.fffc::RoutedFFN``: the FFN on the selected tokens only, combined with X."""
+               wa: np.ndarray | None = None, ba: np.ndarray | None = None,
+               ln: tuple[np.ndarray, np.ndarray, float] | None = None) -> np.ndarray:
+    """``ai.fffc::RoutedFFN``: the FFN (on ``layer_norm`` of them with ``ln`` = (scale,
+    bias, epsilon)) of the selected tokens only, combined with X."""
     idx, w = route(x, wr, br, selection=selection, k=k, router=router, wa=wa, ba=ba)
     flat = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
     y = flat.copy()
     if len(idx):
-        delta = sparse_ffn(flat[idx], w1, b1, w2, b2, activation_name=activation_name)
+        inner = flat[idx] if ln is None else layer_norm(flat[idx], *ln)
+        delta = sparse_ffn(inner, w1, b1, w2, b2, activation_name=activation_name)
         y[idx] = ((x_coef[0] + x_coef[1] * w)[:, None] * flat[idx]
                   + (delta_coef[0] + delta_coef[1] * w)[:, None] * delta)
     return y.reshape(x.shape)

@@ -138,12 +138,14 @@ def _structured_site(node: ir.Node) -> Site:
 def _routed_site(node: ir.Node) -> Site:
     """A routed marker (X, WR, BR, W1, B1, W2, B2): the FFN's widths and how it is routed."""
     get = node.attributes.get_string
-    _x, _wr, br, w1, b1, w2, b2, wa, ba = (*node.inputs, *[None] * 9)[:9]
+    _x, _wr, br, w1, b1, w2, b2, wa, ba, ls = (*node.inputs, *[None] * 10)[:10]
     w1a, w2a = const_array(w1), const_array(w2)
     routing = {
         "selection": get("selection", "topk"), "k": node.attributes.get_int("k", 1),
         "router": get("router", "raw"), "router_bias": br is not None,
         "selection_score": wa is not None, "selection_bias": ba is not None,
+        "layer_norm_epsilon": (node.attributes.get_float("epsilon", 1e-5) if ls is not None
+                               else None),
         "x_coef": [float(v) for v in node.attributes["x_coef"].value],
         "delta_coef": [float(v) for v in node.attributes["delta_coef"].value],
     }

@@ -281,6 +281,7 @@ def routing_of(node: ir.Node) -> dict:
     get = node.attributes.get_string
     return {"activation": get("activation", "gelu"), "k": node.attributes.get_int("k", 1),
             "router": get("router", "raw"), "selection": get("selection", "topk"),
+            "epsilon": node.attributes.get_float("epsilon", 1e-5),
             "x_coef": tuple(float(v) for v in node.attributes["x_coef"].value),
             "delta_coef": tuple(float(v) for v in node.attributes["delta_coef"].value)}
 
@@ -301,10 +302,11 @@ def _lower_routed(model: ir.Model, node: ir.Node, decision: str, opset: int) -> 
         out.name = name
         return
     r = routing_of(node)
-    inputs = list((*node.inputs, *[None] * 9)[:9])
+    inputs = list((*node.inputs, *[None] * 11)[:11])
     present = [v is not None for v in inputs]
     coefs = "_".join(f"{c:g}" for c in (*r["x_coef"], *r["delta_coef"]))
     sel = f"k{r['k']}" if r["selection"] == "topk" else "threshold"
+    sel += f"_ln{r['epsilon']:g}" if present[9] else ""
     overload = (f"{r['activation']}_{sel}_{r['router']}_{coefs}_" +
                 "".join(n.lower() for n, p in zip(ROUTED_INPUTS, present, strict=True)
                         if p and n != "X")).replace(".", "p").replace("-", "m")
@@ -314,7 +316,7 @@ def _lower_routed(model: ir.Model, node: ir.Node, decision: str, opset: int) -> 
     out = tape.op(ROUTED_FFN.name, inputs,
                   {"activation": r["activation"], "selection": r["selection"], "k": r["k"],
                    "router": r["router"], "x_coef": list(r["x_coef"]),
-                   "delta_coef": list(r["delta_coef"])},
+                   "delta_coef": list(r["delta_coef"]), "epsilon": r["epsilon"]},
                   domain=DOMAIN, overload=overload, name=node.name,
                   metadata_props={"fffc.rule": node.attributes.get_string("rule", ""),
                                   "fffc.matched_nodes":
@@ -331,12 +333,13 @@ def _routed_function(overload: str, present: list[bool], r: dict, opset: int) ->
     overload)."""
     formals = [ir.Value(name=n) for n in ROUTED_INPUTS]
     tape = ir.tape.Tape()
-    x, wr, br, w1, b1, w2, b2, wa, ba = (f if p else None
-                                         for f, p in zip(formals, present, strict=True))
+    x, wr, br, w1, b1, w2, b2, wa, ba, ls, lb = (f if p else None
+                                                 for f, p in zip(formals, present, strict=True))
     y = standard_forms.routed_ffn(tape, x, wr, br, w1, b1, w2, b2, wa, ba,
                                   activation_name=r["activation"], selection=r["selection"],
                                   k=r["k"], router=r["router"], x_coef=r["x_coef"],
-                                  delta_coef=r["delta_coef"], opset=opset)
+                                  delta_coef=r["delta_coef"], opset=opset,
+                                  layer_norm=(ls, lb, r["epsilon"]) if ls is not None else None)
     y.name = "Y"
     graph = ir.Graph(formals, [y], nodes=tape.nodes, opset_imports={"": opset},
                      name=f"{ROUTED_FFN.name}_{overload}")
@@ -351,6 +354,8 @@ def _function_attrs(spec) -> list[ir.Attr]:
         if a.type == "floats":
             out.append(ir.Attr(a.name, ir.AttributeType.FLOATS,
                                [float(v) for v in str(a.default).split(",")]))
+        elif a.type == "float":
+            out.append(ir.Attr(a.name, ir.AttributeType.FLOAT, float(a.default)))
         else:
             kinds = {"int": ir.AttributeType.INT, "string": ir.AttributeType.STRING}
             out.append(ir.Attr(a.name, kinds[a.type], a.default))

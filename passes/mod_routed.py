@@ -132,6 +132,26 @@ def _affine(value: ir.Value, x_sel, delta: ir.Value, w_sel: ir.Value | None,
     raise Fail("combine: a product of two computed tensors other than the router weight")
 
 
+def _ffn_input(ffn: ir.Node, gathered, what: str) -> tuple | None:
+    """The routed FFN reads the selected tokens: directly (None), or through a pre-norm
+    ``LayerNormalization(x_sel, scale, bias)`` over the last axis ((scale, bias, epsilon))."""
+    v = ffn.inputs[0]
+    if gathered(v):
+        return None
+    ln = v.producer()
+    if ln is None or ln.op_type != "LayerNormalization" or ln.domain != "":
+        raise Fail(f"FFN input: expected {what} (or a LayerNormalization of them)")
+    if not gathered(ln.inputs[0]):
+        raise Fail(f"FFN input: the LayerNormalization does not read {what}")
+    if ln.attributes.get_int("axis", -1) not in (-1, 2):
+        raise Fail("pre-norm: expected LayerNormalization over the last axis")
+    scale = ln.inputs[1]
+    bias = ln.inputs[2] if len(ln.inputs) > 2 else None
+    if const_array(scale) is None or (bias is not None and const_array(bias) is None):
+        raise Fail("pre-norm: expected a constant LayerNormalization scale and bias")
+    return scale, bias, ln.attributes.get_float("epsilon", 1e-5)
+
+
 def match(root: ir.Node) -> dict:
     """Read a MoD region off its ScatterElements; Fail with the reason where it is not one."""
     if root.op_type != "ScatterElements" or not _axis(root, 1):
@@ -188,8 +208,7 @@ def match(root: ir.Node) -> dict:
     kind = ffn.attributes.get_string("kind", "")
     if kind != "dense":
         raise Fail(f"routed block: a {kind} FFN (only dense FFNs are supported inside MoD yet)")
-    if not gathered(ffn.inputs[0]):
-        raise Fail("FFN input: expected the selected tokens gathered from the scattered tensor")
+    ln = _ffn_input(ffn, gathered, "the selected tokens gathered from the scattered tensor")
     w_sel = None
     sigmoid = False
     for node in _walk(updates):
@@ -212,7 +231,7 @@ def match(root: ir.Node) -> dict:
     return {
         "x": data, "w_r": ranked["w_r"], "b_r": ranked["b_r"], "k": int(k.reshape(-1)[0]),
         "router": "sigmoid" if sigmoid else "raw", "x_coef": (xa, xb), "delta_coef": (da, db),
-        "w1": w1, "b1": b1, "w2": w2, "b2": b2,
+        "w1": w1, "b1": b1, "w2": w2, "b2": b2, "ln": ln,
         "activation": ffn.attributes.get_string("activation", "gelu"),
     }
 
@@ -269,8 +288,7 @@ def match_threshold(root: ir.Node) -> dict:
         raise Fail("routed block: no FFN found between the gathered tokens and the combine")
     if ffn.attributes.get_string("kind", "") != "dense":
         raise Fail("routed block: only dense FFNs are supported inside MoD yet")
-    if not gathered(ffn.inputs[0]):
-        raise Fail("FFN input: expected the masked tokens gathered from the scattered tensor")
+    ln = _ffn_input(ffn, gathered, "the masked tokens gathered from the scattered tensor")
     weight = None
     for node in _walk(u):
         if node.op_type == "MatMul" and node.domain == "" and gathered(node.inputs[0]):
@@ -300,7 +318,7 @@ def match_threshold(root: ir.Node) -> dict:
         "router": "sigmoid" if router["sigmoid"] else "raw", "x_coef": (xa, xb),
         "delta_coef": (da, db), "w1": w1, "b1": b1, "w2": w2, "b2": b2,
         "activation": ffn.attributes.get_string("activation", "gelu"), "selection": "threshold",
-        "w_a": selected["w_r"], "b_a": selected["b_r"],
+        "w_a": selected["w_r"], "b_a": selected["b_r"], "ln": ln,
     }
 
 
@@ -350,8 +368,7 @@ def match_masked(root: ir.Node) -> dict:
                        None)
             if ffn is None or ffn.attributes.get_string("kind", "") != "dense":
                 raise Fail("masked update: expected a dense FFN of the residual input")
-            if not _same_source(ffn.inputs[0], data):
-                raise Fail("masked update: the FFN does not read the residual input")
+            ln = _ffn_input(ffn, lambda v, d=data: _same_source(v, d), "the residual input")
             (xa, xb), (da, db) = _affine(term, lambda v, d=data: _same_source(v, d),
                                          ffn.outputs[0], None)
             _, w1, b1, w2, b2 = (*ffn.inputs, None, None, None, None)[:5]
@@ -359,7 +376,7 @@ def match_masked(root: ir.Node) -> dict:
                 "x": data, "w_r": selected["w_r"], "b_r": None, "k": 0, "router": "raw",
                 "x_coef": (xa + 1.0, xb), "delta_coef": (da, db), "w1": w1, "b1": b1, "w2": w2,
                 "b2": b2, "activation": ffn.attributes.get_string("activation", "gelu"),
-                "selection": "threshold", "w_a": selected["w_r"],
+                "selection": "threshold", "w_a": selected["w_r"], "ln": ln,
                 "b_a_value": (float(const_array(selected["b_r"]).reshape(-1)[0])
                               if selected["b_r"] is not None else 0.0) - t,
             }
@@ -453,6 +470,15 @@ def _scalar_initializer(graph: ir.Graph, value: ir.Value | None, name: str) -> i
     return out
 
 
+def _zeros_like(graph: ir.Graph, scale: ir.Value, name: str) -> ir.Value:
+    """A zero LayerNorm bias (the op takes one with every scale)."""
+    arr = np.zeros_like(const_array(scale), dtype=np.float32)
+    value = ir.Value(name=f"{name}__ln_bias", const_value=ir.tensor(arr))
+    value.shape, value.type = ir.Shape(arr.shape), ir.TensorType(ir.DataType.FLOAT)
+    graph.register_initializer(value)
+    return value
+
+
 def _replace(graph: ir.Graph, root: ir.Node, region: list[ir.Node], m: dict) -> None:
     threshold = m.get("selection") == "threshold"
     inputs = [m["x"], _router_vector(graph, m["w_r"]),
@@ -467,6 +493,11 @@ def _replace(graph: ir.Graph, root: ir.Node, region: list[ir.Node], m: dict) -> 
     elif threshold and (m["w_a"] is not m["w_r"]):
         inputs += [_router_vector(graph, m["w_a"]),
                    _scalar_initializer(graph, m["b_a"], f"{root.name}__selection_bias")]
+    epsilon = 1e-5
+    if m.get("ln") is not None:  # LS, LB at the op's positions 9 and 10
+        scale, bias, epsilon = m["ln"]
+        inputs += [None] * (9 - len(inputs))
+        inputs += [scale, bias if bias is not None else _zeros_like(graph, scale, root.name)]
     marker = ir.Node(
         CANON, "FFN", inputs,
         attributes=[
@@ -479,6 +510,7 @@ def _replace(graph: ir.Graph, root: ir.Node, region: list[ir.Node], m: dict) -> 
             ir.AttrString("router", m["router"]),
             ir.AttrFloat32s("x_coef", list(m["x_coef"])),
             ir.AttrFloat32s("delta_coef", list(m["delta_coef"])),
+            ir.AttrFloat32("epsilon", float(epsilon)),
         ],
         num_outputs=1,
     )

@@ -268,7 +268,7 @@ def routed_ffn(tape: ir.tape.Tape, x: ir.Value, wr: ir.Value, br: ir.Value | Non
                wa: ir.Value | None = None, ba: ir.Value | None = None, *,
                activation_name: str, selection: str, k: int, router: str,
                x_coef: tuple[float, float], delta_coef: tuple[float, float],
-               opset: int) -> ir.Value:
+               opset: int, layer_norm: tuple | None = None) -> ir.Value:
     """``ai.fffc::RoutedFFN`` in standard ops: scores, the selection (TopK, or the mask
     ``score > 0`` → NonZero), the FFN on the gathered tokens only, the combine, scattered back
     into X (what the exports compute, in one canonical spelling)."""
@@ -293,7 +293,12 @@ def routed_ffn(tape: ir.tape.Tape, x: ir.Value, wr: ir.Value, br: ir.Value | Non
         where = tape.op("Transpose", [tape.op("NonZero", [mask])], {"perm": [1, 0]})
         xs = tape.op("GatherND", [x, where])
         w = tape.op("Unsqueeze", [tape.op("GatherND", [weight, where]), axis])
-    delta = ffn(tape, xs, w1, b1, w2, b2, None, activation_name=activation_name,
+    inner = xs
+    if layer_norm is not None:  # pre-norm inside the routed block (opset >= 17)
+        scale, bias, epsilon = layer_norm
+        inner = tape.op("LayerNormalization", [xs, scale, bias], {"axis": -1,
+                                                                   "epsilon": float(epsilon)})
+    delta = ffn(tape, inner, w1, b1, w2, b2, None, activation_name=activation_name,
                 up_activation="none", opset=opset, wu_rows=False)
 
     def term(v: ir.Value, coef: tuple[float, float]) -> ir.Value | None:

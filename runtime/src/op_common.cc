@@ -148,6 +148,8 @@ OrtStatusPtr CreateKernelV2(const OrtCustomOp* op, const OrtApi* api, const OrtK
       FloatsAttr(a, info, "x_coef", x);
       FloatsAttr(a, info, "delta_coef", d);
       attrs.coef[0] = x[0], attrs.coef[1] = x[1], attrs.coef[2] = d[0], attrs.coef[3] = d[1];
+      if (OrtStatus* st = a->KernelInfoGetAttribute_float(info, "epsilon", &attrs.epsilon))
+        a->ReleaseStatus(st);  // absent: the default
     } else if (Holder(op)->kind == OpWithFactory::kStructured) {
       attrs = {StringAttr(a, info, "activation", "gelu"), "none", "structured"};
       attrs.merged_max_tokens = IntAttr(a, info, "merged_max_tokens", 0);
@@ -323,7 +325,7 @@ OrtCustomOp* NewFastFeedForwardOp(const OrtApi* api, const char* ep, KernelFacto
 }
 
 OrtCustomOp* NewRoutedFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
-  return NewOp(api, "RoutedFFN", ep, 9, OpWithFactory::kRouted, factory);
+  return NewOp(api, "RoutedFFN", ep, 11, OpWithFactory::kRouted, factory);
 }
 
 OrtCustomOp* NewStructuredFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {

@@ -24,6 +24,7 @@ struct Attrs {
   std::string selection, router;
   int64_t k = 1;
   float coef[4] = {1.f, 0.f, 0.f, 1.f};
+  float epsilon = 1e-5f;  // RoutedFFN: LayerNorm epsilon of a pre-norm routed block
 };
 
 struct TensorView {
@@ -97,7 +98,7 @@ OrtCustomOp* NewSparseFfnOp(const OrtApi* api, const char* ep, KernelFactory fac
 // attributes activation, merged_max_tokens).
 OrtCustomOp* NewStructuredFfnOp(const OrtApi* api, const char* ep, KernelFactory factory);
 
-// The OrtCustomOp of RoutedFFN (X, WR, BR?, W1, B1?, W2, B2?, WA?, BA?).
+// The OrtCustomOp of RoutedFFN (X, WR, BR?, W1, B1?, W2, B2?, WA?, BA?, LS?, LB?).
 OrtCustomOp* NewRoutedFfnOp(const OrtApi* api, const char* ep, KernelFactory factory);
 
 // The OrtCustomOp of FastFeedForward (X, W_in, B_in, W_out; int attributes trees, depth,

@@ -267,3 +267,25 @@ def test_threshold_with_a_separate_selection_score(aux_bias: bool, router: str) 
     np.testing.assert_array_equal(outs[0].numpy()[:cnt], ref_idx)
     np.testing.assert_allclose(outs[1].numpy()[:cnt], ref_w, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(outs[3].numpy()[:cnt], x.reshape(-1, d)[ref_idx])
+
+
+
+def test_route_normalizes_the_gathered_rows_for_a_prenorm_block() -> None:
+    """With a LayerNorm epsilon in the spec, XS holds LayerNorm(X) of the selected rows (the
+    routed block's pre-norm); the selection and weights are unchanged."""
+    from fffc.reference import layer_norm
+
+    spec = route_kernel_spec(D, "topk", 3, "sigmoid", True, ln_epsilon=1e-5)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 9, D)).astype(np.float32) * 3 + 1
+    wr, ls, lb = (rng.standard_normal(D).astype(np.float32) for _ in range(3))
+    br = np.array([0.1], np.float32)
+    outs = [_tvm.empty((18,), "int32"), _tvm.empty((18,)), _tvm.empty((1,), "int32"),
+            _tvm.empty((18, D))]
+    _compiled(spec)(*[_tvm.tensor(a) for a in (x, wr, br, ls, lb)], *outs)
+    idx, w = route(x, wr, br, selection="topk", k=3, router="sigmoid")
+    cnt = int(outs[2].numpy()[0])
+    np.testing.assert_array_equal(outs[0].numpy()[:cnt], idx)
+    np.testing.assert_allclose(outs[1].numpy()[:cnt], w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outs[3].numpy()[:cnt], layer_norm(x.reshape(-1, D)[idx], ls, lb,
+                                                                  1e-5), rtol=1e-4, atol=1e-5)

@@ -88,3 +88,21 @@ def test_masked_mod_artifact_skips_the_ffn_for_masked_tokens(tmp_path):
         x = np.random.default_rng(shape[1]).standard_normal(shape).astype(np.float32)
         np.testing.assert_allclose(with_shim.run(None, {"x": x})[0],
                                    original.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_prenorm_mod_artifact_matches_the_export(tmp_path, causal):
+    """Pre-norm routed block: the routing kernel normalizes the gathered rows (LayerNorm)."""
+    from tests.fixtures.structured_exports import export_mod
+
+    path = export_mod("dynamo18", tmp_path / "m.onnx", causal=causal, prenorm=True)
+    result = fffc.compile(path, tmp_path / "out.fffc", fffc.CompileOptions(target="x86"))
+    manifest = json.loads((result.artifact / "manifest.json").read_text())
+    assert [s["decision"] for s in manifest["sites"]] == ["routed"]
+    assert any("_ln1e-05" in e["spec"]["mode"] for e in manifest["kernels"]["entries"])
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with_shim = fffc.runtime.InferenceSession(result.artifact)
+    for b in (1, 3):
+        x = np.random.default_rng(b).standard_normal((b, 16, 64)).astype(np.float32)
+        np.testing.assert_allclose(with_shim.run(None, {"x": x})[0],
+                                   original.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)

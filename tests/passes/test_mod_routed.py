@@ -249,3 +249,21 @@ def test_masked_form_runs_the_ffn_on_kept_tokens_only(tmp_path, form):
     for shape in ((1, 1, 8), (4, 9, 8)):
         x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
         np.testing.assert_allclose(_run(model, x), _run(path, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo18", "torchscript17"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_prenorm_block_is_routed_with_its_layer_norm(tmp_path, exporter, causal):
+    """A pre-norm routed block (LayerNorm → FFN on the selected tokens, the residual the raw
+    x): the LayerNorm joins the op (LS, LB, epsilon), and the lowering equals the export."""
+    path = _export(tmp_path, exporter, "paper", causal=causal, prenorm=True)
+    a = pipeline.analyze(path)
+    assert [s.kind for s in a.sites] == ["routed"], [m.reason for m in a.near_misses]
+    assert a.sites[0].routing["layer_norm_epsilon"] == pytest.approx(1e-5)
+    for decision in ("dense", "routed"):
+        b = pipeline.analyze(path)
+        lower(b.working, {b.sites[0].name: decision})
+        model = ir.serde.serialize_model(b.working)
+        onnx.checker.check_model(model, full_check=True)
+        x = np.random.default_rng(3).standard_normal((2, 16, 64)).astype(np.float32)
+        np.testing.assert_allclose(_run(model, x), _run(str(path), x), rtol=1e-5, atol=1e-5)

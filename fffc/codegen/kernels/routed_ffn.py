@@ -237,6 +237,22 @@ for i in T.parallel({count}):
 {row}
 """
 
+# Pre-norm inside the routed block: the gathered rows are LayerNorm(X) (mean and variance
+# over the row, then LS·(x − mean)/sqrt(var + eps) + LB); the combine reads X itself.
+_GATHER_LN = """
+for i in T.parallel({count}):
+    st = T.alloc_buffer((2,), "float32", scope="local")
+    st[0] = T.float32(0)
+    for j in range({D}):
+        st[0] = st[0] + X[IDX[i] // S, IDX[i] % S, j]
+    st[0] = st[0] / T.float32({D})
+    st[1] = T.float32(0)
+    for j in range({D}):
+        st[1] = st[1] + (X[IDX[i] // S, IDX[i] % S, j] - st[0]) * (X[IDX[i] // S, IDX[i] % S, j] - st[0])
+    st[1] = T.float32(1) / T.sqrt(st[1] / T.float32({D}) + T.float32({EPS}))
+{row}
+"""
+
 
 def _route_body(spec: KernelSpec) -> str:
     d = spec.d_in
@@ -267,7 +283,16 @@ def _route_body(spec: KernelSpec) -> str:
     lines.append(scores)
     weight = ("SC[b * S + t]" if router == "raw" else
               "T.float32(1) / (T.float32(1) + T.exp(T.float32(0) - SC[b * S + t]))")
-    row = _row_loop(d, "XS[i, {j}] = X[IDX[i] // S, IDX[i] % S, {j}]")
+    eps = dict(spec.extra).get("ln_epsilon")
+    row = _row_loop(d, "XS[i, {j}] = X[IDX[i] // S, IDX[i] % S, {j}]" if eps is None else
+                    "XS[i, {j}] = (X[IDX[i] // S, IDX[i] % S, {j}] - st[0]) * st[1] * LS[{j}]"
+                    " + LB[{j}]")
+
+    def gather(count: str) -> str:
+        if eps is None:
+            return _GATHER.format(count=count, row=_indent(row, 4))
+        return _GATHER_LN.format(count=count, row=_indent(row, 4), D=d, EPS=repr(float(eps)))
+
     if topk:
         passes = []
         for p in range(4):
@@ -281,13 +306,13 @@ def _route_body(spec: KernelSpec) -> str:
             update = "st[3] - 128" if p == 0 else "st[1] * 256 + st[3]"
             passes.append(_RADIX_PASS.format(match=_indent(match, 4), update=update))
         select = _TOPK_SELECT.format(K=k, weight=weight, passes=_indent("\n".join(passes), 4))
-        gather = _GATHER.format(count=f"B * {k}", row=_indent(row, 4))
+        gather = gather(f"B * {k}")
         # S < k breaks the shim's contract: no rows rather than writes out of bounds
         lines.append(f"if S >= {k}:\n{_indent(select, 4)}\n{_indent(gather, 4)}\n"
                      "else:\n    CNT[0] = 0")
     else:
         lines.append(_THRESHOLD_SELECT.format(weight=weight, SEL="SA" if spec.gated else "SC"))
-        lines.append(_GATHER.format(count="CNT[0]", row=_indent(row, 4)))
+        lines.append(gather("CNT[0]"))
     return "\n".join(_indent(part, 4) for part in lines)
 
 
@@ -300,7 +325,9 @@ def route_source(spec: KernelSpec, symbol: str) -> str:
     shapes = {"X": "x: T.handle", "WR": f'WR: T.Buffer(({d},), "float32", align=4)',
               "BR": 'BR: T.Buffer((1,), "float32", align=4)',
               "WA": f'WA: T.Buffer(({d},), "float32", align=4)',
-              "BA": 'BA: T.Buffer((1,), "float32", align=4)', "IDX": "idx: T.handle",
+              "BA": 'BA: T.Buffer((1,), "float32", align=4)',
+              "LS": f'LS: T.Buffer(({d},), "float32", align=4)',
+              "LB": f'LB: T.Buffer(({d},), "float32", align=4)', "IDX": "idx: T.handle",
               "WT": "wt: T.handle", "CNT": 'CNT: T.Buffer((1,), "int32", align=4)',
               "XS": "xs: T.handle"}
     params = ", ".join(shapes[a] for a in spec.arg_names())

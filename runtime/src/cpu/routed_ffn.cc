@@ -1,6 +1,7 @@
 #include "routed_ffn.h"
 
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,8 +14,16 @@
 namespace fffc::cpu {
 namespace {
 
-enum { kX = 0, kWR, kBR, kW1, kB1, kW2, kB2, kWA, kBA, kInputs };
-const char* const kNames[kInputs] = {"X", "WR", "BR", "W1", "B1", "W2", "B2", "WA", "BA"};
+enum { kX = 0, kWR, kBR, kW1, kB1, kW2, kB2, kWA, kBA, kLS, kLB, kInputs };
+const char* const kNames[kInputs] = {"X",  "WR", "BR", "W1", "B1", "W2",
+                                     "B2", "WA", "BA", "LS", "LB"};
+
+// Python's f"{v:g}" (fffc.ops.route_kernel_spec's LayerNorm epsilon tag).
+std::string Compact(float v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", static_cast<double>(v));
+  return buf;
+}
 
 const fffc_kernel_entry* Find(const std::string& op, const std::string& mode,
                               const std::string& activation, bool b1, bool b2, int64_t d_in,
@@ -47,9 +56,12 @@ struct RoutedKernel : KernelBase {
         (present[kB1] && in[kB1].dims != std::vector<int64_t>{w1[1]}) ||
         (present[kB2] && in[kB2].dims != std::vector<int64_t>{d}) ||
         (present[kWA] && in[kWA].dims != std::vector<int64_t>{d}) ||
-        (present[kBA] && (!present[kWA] || in[kBA].dims != std::vector<int64_t>{1})))
+        (present[kBA] && (!present[kWA] || in[kBA].dims != std::vector<int64_t>{1})) ||
+        present[kLS] != present[kLB] ||
+        (present[kLS] && (in[kLS].dims != std::vector<int64_t>{d} ||
+                          in[kLB].dims != std::vector<int64_t>{d})))
       return Fail(api, "RoutedFFN: expected WR [d], BR [1], W1 [d, d_ff], B1 [d_ff], "
-                       "W2 [d_ff, d], B2 [d], WA [d], BA [1] for X [.., .., " +
+                       "W2 [d_ff, d], B2 [d], WA [d], BA [1], LS and LB [d] for X [.., .., " +
                            std::to_string(d) + "]");
     if (present[kWA] && attrs.selection != "threshold")
       return Fail(api, "RoutedFFN: a selection score WA is for selection threshold");
@@ -67,7 +79,8 @@ struct RoutedKernel : KernelBase {
     // fffc.ops.route_kernel_spec's mode
     const std::string route_mode =
         "route_" + attrs.selection + "_k" + std::to_string(topk ? attrs.k : 0) + "_" +
-        attrs.router + (present[kWA] ? (present[kBA] ? "_auxb" : "_aux") : "");
+        attrs.router + (present[kWA] ? (present[kBA] ? "_auxb" : "_aux") : "") +
+        (present[kLS] ? "_ln" + Compact(attrs.epsilon) : "");
     const fffc_kernel_entry* route =
         Find("RoutedFFN", route_mode, "none", present[kBR], present[kBA], d, 0, d, n);
     const fffc_kernel_entry* combine = Find("RoutedFFN", "combine", "none", false, false, d, 0, d, n);
@@ -85,6 +98,10 @@ struct RoutedKernel : KernelBase {
     if (present[kBR]) t.push_back(Dl(in[kBR].data, one, 1));
     if (present[kWA]) t.push_back(Dl(in[kWA].data, in[kWA].dims.data(), 1));
     if (present[kBA]) t.push_back(Dl(in[kBA].data, one, 1));
+    if (present[kLS]) {
+      t.push_back(Dl(in[kLS].data, in[kLS].dims.data(), 1));
+      t.push_back(Dl(in[kLB].data, in[kLB].dims.data(), 1));
+    }
     t.push_back(Dl(idx.get(), n1, 1, true));
     t.push_back(Dl(wt.get(), n1, 1));
     t.push_back(Dl(cnt.data(), one, 1, true));
