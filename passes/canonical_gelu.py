@@ -91,18 +91,16 @@ class TanhGelu(pattern.RewriteRuleClassBase):
 
     Matches: GPT-2 from transformers with both exporters at every opset
     (``Mul(Mul(x,0.5), 1+Tanh(0.797·(x+0.0447·Pow(x,3))))``) and the
-    ``Mul(x, Mul(0.5, 1+tanh))`` / ``Mul(Mul(x, 1+tanh), 0.5)`` orders; with
-    ``cube="mul"`` x³ as ``Mul(x, Mul(x, x))`` (torch's ``gelu(approximate="tanh")`` from the
-    TorchScript exporter).
+    ``Mul(x, Mul(0.5, 1+tanh))`` / ``Mul(Mul(x, 1+tanh), 0.5)`` orders (x³ written as
+    ``x·(x·x)`` is a ``Pow`` by then: ``CubeToPow``).
     """
 
-    def __init__(self, name: str, order: str, cube: str = "pow"):
+    def __init__(self, name: str, order: str):
         super().__init__(name)
-        self._order, self._cube = order, cube
+        self._order = order
 
     def pattern(self, op, x, c_three, c_cubic, c_scale, c_one, c_half):
-        cubed = op.Pow(x, c_three) if self._cube == "pow" else op.Mul(x, op.Mul(x, x))
-        inner = op.Mul(op.Add(x, op.Mul(cubed, c_cubic)), c_scale)
+        inner = op.Mul(op.Add(x, op.Mul(op.Pow(x, c_three), c_cubic)), c_scale)
         one_plus = op.Add(op.Tanh(inner), c_one)
         if self._order == "half_x_first":
             return op.Mul(op.Mul(x, c_half), one_plus)
@@ -110,10 +108,9 @@ class TanhGelu(pattern.RewriteRuleClassBase):
             return op.Mul(x, op.Mul(c_half, one_plus))
         return op.Mul(op.Mul(x, one_plus), c_half)
 
-    def check(self, context, x, c_cubic, c_scale, c_one, c_half, c_three=None, **_):
+    def check(self, context, x, c_three, c_cubic, c_scale, c_one, c_half, **_):
         r = pattern.MatchResult()
-        if self._cube == "pow":
-            r = require_scalar(r, c_three, 3.0, "tanh-gelu power")
+        r = require_scalar(r, c_three, 3.0, "tanh-gelu power")
         r = r and require_scalar(r, c_cubic, 0.044715, "tanh-gelu cubic coefficient")
         r = r and require_scalar(r, c_scale, SQRT_2_OVER_PI, "tanh-gelu scale")
         r = r and require_scalar(r, c_one, 1.0, "tanh-gelu offset")
@@ -123,15 +120,28 @@ class TanhGelu(pattern.RewriteRuleClassBase):
         return op.Gelu(x, approximate="tanh", _domain=CANON)
 
 
+class CubeToPow(pattern.RewriteRuleClassBase):
+    """Replaces ``Mul(x, Mul(x, x))`` with ``Pow(x, 3)``: torch's ``gelu(approximate="tanh")``
+    from the TorchScript exporter writes x³ this way; one spelling keeps ``TanhGelu``'s
+    operand-order variants few."""
+
+    def pattern(self, op, x):
+        return op.Mul(x, op.Mul(x, x))
+
+    def rewrite(self, op, x):
+        return op.Pow(x, op.Constant(value_float=3.0))
+
+
 def _commuted(rules: list[pattern.RewriteRule]) -> list[pattern.RewriteRule]:
     return [c for r in rules for c in r.commute()]
 
 
 rules = pattern.RewriteRuleSet(
     [
+        *CubeToPow.rule("CubeToPow").commute(),
         *_commuted(
-            [TanhGelu.rule(f"TanhGelu_{o}_{c}", order=o, cube=c)
-             for o in ("half_x_first", "x_half_cdf", "x_cdf_half") for c in ("pow", "mul")]
+            [TanhGelu.rule(f"TanhGelu_{o}", order=o)
+             for o in ("half_x_first", "x_half_cdf", "x_cdf_half")]
         ),
         *_commuted(
             [ErfGelu.rule(f"ErfGelu_{o}_{'div' if d else 'mul'}", order=o, scale_by_div=d)

@@ -36,8 +36,8 @@ CANONICAL_FAMILIES = {
     "silu": canonical_silu.rules,
     "structured": canonical_structured.rules,
 }
-FFN_PASSES = [ffn_structured.rules_with_b2, ffn_structured.rules, ffn_gated.rules_with_b2,
-              ffn_gated.rules, ffn_dense.rules_with_b2, ffn_dense.rules]
+STRUCTURED_PASSES = [ffn_structured.rules_with_b2, ffn_structured.rules]
+FFN_PASSES = [ffn_gated.rules_with_b2, ffn_gated.rules, ffn_dense.rules_with_b2, ffn_dense.rules]
 ACTIVATION_OPS = {"Relu", "Gelu", "Silu", "Sigmoid", "Tanh", "Erf", "Mul", "QuickGelu",
                   "FastGelu", "BiasGelu", "LeakyRelu", "Elu", "Selu", "HardSigmoid",
                   "HardSwish", "Softplus", "Mish", "Swish"}
@@ -72,7 +72,11 @@ def detect(model: ir.Model) -> list[Site]:
     ffn_fff.detect(model)  # before the FFN rules: its region holds a Gelu and projections
     ffn_fff_walk.detect(model)
     _cleanup(model)
-    for rules in FFN_PASSES:
+    # the structured FFN rules (hundreds of projection-form combinations) only where
+    # canonicalization left a structured projection to match
+    structured = any(n.domain == CANON and n.op_type in ("StructuredLinear", "BlockShuffle")
+                     for n in model.graph)
+    for rules in (STRUCTURED_PASSES if structured else []) + FFN_PASSES:
         rules.apply_to_model(model)
         _cleanup(model)
     mod_routed.detect(model)  # after the FFN rules: a routed region holds an FFN marker
