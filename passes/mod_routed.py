@@ -1,6 +1,7 @@
-"""Finds Mixture-of-Depths routing around an FFN (static top-k form) after FFN detection.
-
-Matches, from the combine back (Raposo et al. 2024; the public implementations' export)::
+"""Finds Mixture-of-Depths routing around an FFN after FFN detection: the static top-k
+form (``match``), the causal decode form (``match_threshold``) and the masked form
+(``match_masked``). The top-k form, from the combine back (Raposo et al. 2024; the public
+implementations' export)::
 
     s   = Squeeze(MatMul(X, w_r [d, 1]) (+ b_r))        router score per token [B, S]
     i   = TopK(s | Sigmoid(s), k, axis 1, largest).indices
@@ -15,7 +16,10 @@ optionally times ``w`` or a constant: fffc does not assume one combine formula. 
 the coefficients off the graph — selected tokens get ``(a + b·w)·x + (c + d·w)·Δ`` — and
 the compile step proves the reading numerically (reference vs the original region on
 probe inputs) before anything is rewritten; the region is kept in the marker's
-``original`` graph so an unproven site goes back exactly as it was.
+``original`` graph so an unproven site goes back exactly as it was. The causal form selects
+with ``Greater(Sigmoid(a), 0.5) → NonZero → GatherND`` and writes with ``ScatterND``; the
+masked form (Router-Tuning) runs the FFN on every token and keeps ``x + mask·update``. In
+each, the routed FFN may read ``LayerNormalization(x_sel)`` (a pre-norm block).
 """
 
 from __future__ import annotations
