@@ -174,28 +174,26 @@ def structured_ffn(x: np.ndarray, a1: np.ndarray, u1: np.ndarray | None, b1: np.
                    s2: np.ndarray | None = None) -> np.ndarray:
     """``ai.fffc::StructuredFFN``: ``proj2(act(proj1(x) + b1)) + b2`` with ``proj(v) =
     blockdiag(v, A) [→ shuffled(·, S)] [· U]``."""
-    h = blockdiag(x, a1)
-    if s1 is not None:
-        h = shuffled(h, s1)
-    if u1 is not None:
-        h = h @ np.asarray(u1, dtype=np.float64)
+    h = projection(x, a1, u1, s1)
     if b1 is not None:
         h = h + b1
-    g = blockdiag(activation(activation_name, h), a2)
-    if s2 is not None:
-        g = shuffled(g, s2)
-    if u2 is not None:
-        g = g @ np.asarray(u2, dtype=np.float64)
+    g = projection(activation(activation_name, h), a2, u2, s2)
     return g + b2 if b2 is not None else g
+
+
+def projection(v: np.ndarray, a: np.ndarray, u: np.ndarray | None = None,
+               s: np.ndarray | None = None) -> np.ndarray:
+    """One structured projection of v (float64): blockdiag(v, A) [→ shuffled(·, S)] [· U]."""
+    h = blockdiag(v, a)
+    if s is not None:
+        h = shuffled(h, s)
+    return h if u is None else h @ np.asarray(u, dtype=np.float64)
 
 
 def merged_weight(a: np.ndarray, u: np.ndarray | None, s: np.ndarray | None = None) -> np.ndarray:
     """The dense matrix of one structured projection (float64): blockdiag(A) [→ S] [· U]."""
     k, p, _ = a.shape
-    w = blockdiag(np.eye(k * p), a)
-    if s is not None:
-        w = shuffled(w, s)
-    return w if u is None else w @ u
+    return projection(np.eye(k * p), a, u, s)
 
 
 def route(x: np.ndarray, wr: np.ndarray, br: np.ndarray | None, *, selection: str, k: int,

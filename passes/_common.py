@@ -29,6 +29,18 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     return tensor.numpy()
 
 
+def initializer(graph: ir.Graph, name: str, arr: np.ndarray) -> ir.Value:
+    """The graph's initializer ``name``, registered from ``arr`` (contiguous, its dtype) the
+    first time: names are content-derived, so a second request is the same tensor."""
+    if name in graph.initializers:
+        return graph.initializers[name]
+    arr = np.ascontiguousarray(arr)
+    value = ir.Value(name=name, const_value=ir.tensor(arr, name=name), shape=ir.Shape(arr.shape),
+                     type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)))
+    graph.register_initializer(value)
+    return value
+
+
 def is_scalar_close(value: ir.Value | None, expected: float, rtol: float = 1e-3) -> bool:
     """True when the value is a constant whose every element is ``expected`` (within rtol)."""
     arr = const_array(value)

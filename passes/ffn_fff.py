@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ._common import CANON, const_array
+from ._common import CANON, const_array, initializer
 
 TIE_BREAK_OF = {"Greater": "gt", "GreaterOrEqual": "ge"}  # the branch's comparison with 0
 _COLS = "__cols"  # name suffix of an initializer made by transposed_initializer
@@ -201,14 +201,7 @@ def looks_like_fff(out_mm: ir.Node) -> bool:
 def transposed_initializer(graph: ir.Graph, value: ir.Value) -> ir.Value:
     """``value.T`` as a new initializer (markers carry W_in as [H, K·n], the MatMul
     orientation); ``transposed_from`` finds ``value`` again for the op's row layout."""
-    name = f"{value.name}{_COLS}"
-    if name in graph.initializers:
-        return graph.initializers[name]
-    arr = np.ascontiguousarray(const_array(value).T)
-    out = ir.Value(name=name, const_value=ir.tensor(arr, name=name), shape=ir.Shape(arr.shape),
-                   type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)))
-    graph.register_initializer(out)
-    return out
+    return initializer(graph, f"{value.name}{_COLS}", const_array(value).T)
 
 
 def transposed_from(graph: ir.Graph, value: ir.Value) -> ir.Value | None:

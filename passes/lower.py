@@ -26,7 +26,7 @@ from fffc.ops import (
 )
 
 from . import ffn_fff, standard_forms
-from ._common import CANON, const_array
+from ._common import CANON, const_array, initializer
 
 INPUT_NAMES = [a.name for a in SPARSE_FFN.inputs]
 
@@ -82,15 +82,7 @@ def _row_major_up(graph: ir.Graph, wu: ir.Value) -> ir.Value:
     original = ffn_fff.transposed_from(graph, wu)
     if original is not None:
         return original  # the marker's W_in is a transposed copy of the export's rows
-    name = f"{wu.name}__rows"
-    if name in graph.initializers:
-        return graph.initializers[name]
-    value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(const_array(wu).T),
-                                                       name=name))
-    value.shape = ir.Shape(value.const_value.shape)
-    value.type = ir.TensorType(value.const_value.dtype)
-    graph.register_initializer(value)
-    return value
+    return initializer(graph, f"{wu.name}__rows", const_array(wu).T)
 
 
 def lower(model: ir.Model, decisions: Mapping[str, str],
@@ -220,6 +212,12 @@ def _lower_fff(model: ir.Model, node: ir.Node, decision: str, opset: int) -> Non
                 n.name = f"{node.name}/walk/{i}_{n.op_type}"
         _replace(graph, node, tape, out)
         return
+    _put_back(graph, node)
+
+
+def _put_back(graph: ir.Graph, node: ir.Node) -> None:
+    """A marker that kept its matched region (FFF, MoD) left as it was: the region back in
+    its place, under the marker's output name."""
     out = ffn_fff.restore(graph, node)
     old = node.outputs[0]
     name = old.name
@@ -250,9 +248,10 @@ def _lower_structured(model: ir.Model, node: ir.Node, decision: str, opset: int,
         return
     m1 = m2 = None
     if merged_max_tokens > 0:
-        m1, m2 = (_initializer(model.graph, f"{node.name}__merged_{i}",
+        m1, m2 = (initializer(model.graph, f"{node.name}__merged_{i}",
                                reference.merged_weight(*(const_array(v) if v is not None
-                                                         else None for v in (a, u, sh))))
+                                                         else None for v in (a, u, sh)))
+                               .astype(np.float32))
                   for i, (a, u, sh) in enumerate(((a1, u1, s1), (a2, u2, s2)), start=1))
     inputs = [x, a1, u1, b1, a2, u2, b2, m1, m2, s1, s2]
     present = [v is not None for v in inputs]
@@ -291,15 +290,7 @@ def _lower_routed(model: ir.Model, node: ir.Node, decision: str, opset: int) -> 
     fallback function), else the export's own region back (its FFN marker is lowered next)."""
     graph = model.graph
     if decision != "routed":
-        out = ffn_fff.restore(graph, node)
-        old = node.outputs[0]
-        name = old.name
-        for i, o in enumerate(graph.outputs):
-            if o is old:
-                graph.outputs[i] = out
-        ir.convenience.replace_all_uses_with(old, out)
-        graph.remove(node, safe=False)
-        out.name = name
+        _put_back(graph, node)
         return
     r = routing_of(node)
     inputs = list((*node.inputs, *[None] * 11)[:11])
@@ -362,14 +353,6 @@ def _function_attrs(spec) -> list[ir.Attr]:
     return out
 
 
-def _initializer(graph: ir.Graph, name: str, arr: np.ndarray) -> ir.Value:
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    value = ir.Value(name=name, const_value=ir.tensor(arr, name=name))
-    value.shape, value.type = ir.Shape(arr.shape), ir.TensorType(ir.DataType.FLOAT)
-    graph.register_initializer(value)
-    return value
-
-
 def _structured_function(overload: str, present: list[bool], act: str,
                          opset: int) -> ir.Function:
     """StructuredFFN's fallback: the structured path in standard ops (M1/M2 unused: the
@@ -405,27 +388,16 @@ def _fff_function(overload: str, trees: int, depth: int, tie_break: str,
 def _thresholds_initializer(graph: ir.Graph, node: ir.Node,
                             thresholds: tuple[float, float]) -> ir.Value:
     """``<site>__teal_thresholds`` = [t_in, t_hidden | t_gate] (float32; negative = off)."""
-    name = f"{node.name}__teal_thresholds"
-    arr = np.array([-1.0 if t is None else t for t in thresholds], dtype=np.float32)
-    value = ir.Value(name=name, const_value=ir.tensor(arr, name=name))
-    value.shape, value.type = ir.Shape([2]), ir.TensorType(ir.DataType.FLOAT)
-    graph.register_initializer(value)
-    return value
+    return initializer(graph, f"{node.name}__teal_thresholds",
+                       np.array([-1.0 if t is None else t for t in thresholds], dtype=np.float32))
 
 
 def _predictor_initializers(graph: ir.Graph, node: ir.Node,
                             arrays: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple:
     """``<site>__predictor_{a,b,c}`` initializers (float32) of a predictor."""
-    out = []
-    for part, arr in zip("abc", arrays, strict=True):
-        name = f"{node.name}__predictor_{part}"
-        if name not in graph.initializers:
-            arr = np.ascontiguousarray(arr, dtype=np.float32)
-            value = ir.Value(name=name, const_value=ir.tensor(arr, name=name))
-            value.shape, value.type = ir.Shape(arr.shape), ir.TensorType(ir.DataType.FLOAT)
-            graph.register_initializer(value)
-        out.append(graph.initializers[name])
-    return tuple(out)
+    return tuple(initializer(graph, f"{node.name}__predictor_{part}",
+                             np.asarray(arr, dtype=np.float32))
+                 for part, arr in zip("abc", arrays, strict=True))
 
 
 def _sparse_ffn(model: ir.Model, node: ir.Node, tape: ir.tape.Tape, a: dict[str, str],
@@ -542,8 +514,7 @@ def _structured_linear(graph: ir.Graph, tape: ir.tape.Tape, node: ir.Node) -> ir
     u = node.inputs[2] if len(node.inputs) > 2 else None
     arr = const_array(a)
     if arr.shape[0] == 1:
-        w = _initializer(graph, f"{a.name}__2d", arr[0]) if f"{a.name}__2d" not in \
-            graph.initializers else graph.initializers[f"{a.name}__2d"]
+        w = initializer(graph, f"{a.name}__2d", arr[0])
         h = tape.op("MatMul", [x, w])
     else:
         h = standard_forms.blockdiag(tape, x, a)

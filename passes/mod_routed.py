@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ._common import CANON, const_array
+from ._common import CANON, const_array, initializer
 from .ffn_fff import Fail, _region, replace_region
 
 Affine = tuple[tuple[float, float], tuple[float, float]]  # (x coef, Δ coef), each (a, b): a + b·w
@@ -136,6 +136,24 @@ def _affine(value: ir.Value, x_sel, delta: ir.Value, w_sel: ir.Value | None,
     raise Fail("combine: a product of two computed tensors other than the router weight")
 
 
+def _dense_ffn(value: ir.Value) -> ir.Node:
+    """The FFN marker feeding a combine's update (a dense FFN: the one kind routed yet)."""
+    ffn = next((n for n in _walk(value) if n.op_type == "FFN" and n.domain == CANON), None)
+    if ffn is None:
+        raise Fail("routed block: no FFN found between the routed tokens and the combine")
+    kind = ffn.attributes.get_string("kind", "")
+    if kind != "dense":
+        raise Fail(f"routed block: a {kind} FFN (only dense FFNs are supported inside MoD yet)")
+    return ffn
+
+
+def _ffn_fields(ffn: ir.Node) -> dict:
+    """The marker's FFN weights and activation, as the match results carry them."""
+    _, w1, b1, w2, b2 = (*ffn.inputs, None, None, None, None)[:5]
+    return {"w1": w1, "b1": b1, "w2": w2, "b2": b2,
+            "activation": ffn.attributes.get_string("activation", "gelu")}
+
+
 def _ffn_input(ffn: ir.Node, gathered, what: str) -> tuple | None:
     """The routed FFN reads the selected tokens: directly (None), or through a pre-norm
     ``LayerNormalization(x_sel, scale, bias)`` over the last axis ((scale, bias, epsilon))."""
@@ -206,12 +224,7 @@ def match(root: ir.Node) -> dict:
         except Fail:
             return False
 
-    ffn = next((n for n in _walk(updates) if n.op_type == "FFN" and n.domain == CANON), None)
-    if ffn is None:
-        raise Fail("routed block: no FFN found between the gathered tokens and the combine")
-    kind = ffn.attributes.get_string("kind", "")
-    if kind != "dense":
-        raise Fail(f"routed block: a {kind} FFN (only dense FFNs are supported inside MoD yet)")
+    ffn = _dense_ffn(updates)
     ln = _ffn_input(ffn, gathered, "the selected tokens gathered from the scattered tensor")
     w_sel = None
     sigmoid = False
@@ -231,12 +244,10 @@ def match(root: ir.Node) -> dict:
         xa += 1.0
     if w_sel is None and (xb or db):
         raise Fail("combine: router weight term without a router weight")
-    _, w1, b1, w2, b2 = (*ffn.inputs, None, None, None, None)[:5]
     return {
         "x": data, "w_r": ranked["w_r"], "b_r": ranked["b_r"], "k": int(k.reshape(-1)[0]),
         "router": "sigmoid" if sigmoid else "raw", "x_coef": (xa, xb), "delta_coef": (da, db),
-        "w1": w1, "b1": b1, "w2": w2, "b2": b2, "ln": ln,
-        "activation": ffn.attributes.get_string("activation", "gelu"),
+        "ln": ln, **_ffn_fields(ffn),
     }
 
 
@@ -287,11 +298,7 @@ def match_threshold(root: ir.Node) -> dict:
             return False
 
     u = _strip(updates, ("Cast", "Identity", "Reshape", "Slice", "Expand"))
-    ffn = next((n for n in _walk(u) if n.op_type == "FFN" and n.domain == CANON), None)
-    if ffn is None:
-        raise Fail("routed block: no FFN found between the gathered tokens and the combine")
-    if ffn.attributes.get_string("kind", "") != "dense":
-        raise Fail("routed block: only dense FFNs are supported inside MoD yet")
+    ffn = _dense_ffn(u)
     ln = _ffn_input(ffn, gathered, "the masked tokens gathered from the scattered tensor")
     weight = None
     for node in _walk(u):
@@ -316,13 +323,11 @@ def match_threshold(root: ir.Node) -> dict:
     (xa, xb), (da, db) = _affine(u, gathered, ffn.outputs[0], w_sel)
     if reduction == "add":
         xa += 1.0
-    _, w1, b1, w2, b2 = (*ffn.inputs, None, None, None, None)[:5]
     return {
         "x": data, "w_r": router["w_r"], "b_r": router["b_r"], "k": 0,
         "router": "sigmoid" if router["sigmoid"] else "raw", "x_coef": (xa, xb),
-        "delta_coef": (da, db), "w1": w1, "b1": b1, "w2": w2, "b2": b2,
-        "activation": ffn.attributes.get_string("activation", "gelu"), "selection": "threshold",
-        "w_a": selected["w_r"], "b_a": selected["b_r"], "ln": ln,
+        "delta_coef": (da, db), "selection": "threshold", "w_a": selected["w_r"],
+        "b_a": selected["b_r"], "ln": ln, **_ffn_fields(ffn),
     }
 
 
@@ -368,19 +373,14 @@ def match_masked(root: ir.Node) -> dict:
                 continue
             if not _same_source(selected["x"], data):
                 raise Fail("mask: the router score is not computed from the residual input")
-            ffn = next((n for n in _walk(term) if n.op_type == "FFN" and n.domain == CANON),
-                       None)
-            if ffn is None or ffn.attributes.get_string("kind", "") != "dense":
-                raise Fail("masked update: expected a dense FFN of the residual input")
+            ffn = _dense_ffn(term)
             ln = _ffn_input(ffn, lambda v, d=data: _same_source(v, d), "the residual input")
             (xa, xb), (da, db) = _affine(term, lambda v, d=data: _same_source(v, d),
                                          ffn.outputs[0], None)
-            _, w1, b1, w2, b2 = (*ffn.inputs, None, None, None, None)[:5]
             return {
                 "x": data, "w_r": selected["w_r"], "b_r": None, "k": 0, "router": "raw",
-                "x_coef": (xa + 1.0, xb), "delta_coef": (da, db), "w1": w1, "b1": b1, "w2": w2,
-                "b2": b2, "activation": ffn.attributes.get_string("activation", "gelu"),
-                "selection": "threshold", "w_a": selected["w_r"], "ln": ln,
+                "x_coef": (xa + 1.0, xb), "delta_coef": (da, db), "selection": "threshold",
+                "w_a": selected["w_r"], "ln": ln, **_ffn_fields(ffn),
                 "b_a_value": (float(const_array(selected["b_r"]).reshape(-1)[0])
                               if selected["b_r"] is not None else 0.0) - t,
             }
@@ -451,57 +451,37 @@ def detect(model: ir.Model) -> int:
     return found
 
 
-def _router_vector(graph: ir.Graph, w_r: ir.Value) -> ir.Value:
-    """The router weight [d, 1] as the op's WR [d] (a shared initializer)."""
-    name = f"{w_r.name}__vec"
-    if name not in graph.initializers:
-        arr = const_array(w_r).reshape(-1).copy()
-        value = ir.Value(name=name, const_value=ir.tensor(arr, name=name))
-        value.shape, value.type = ir.Shape(arr.shape), ir.TensorType(ir.DataType.FLOAT)
-        graph.register_initializer(value)
-    return graph.initializers[name]
+def _vector(graph: ir.Graph, w: ir.Value) -> ir.Value:
+    """A router weight [d, 1] as the op's [d] (a shared initializer)."""
+    return initializer(graph, f"{w.name}__vec", const_array(w).reshape(-1))
 
 
-def _scalar_initializer(graph: ir.Graph, value: ir.Value | None, name: str) -> ir.Value | None:
-    """A [1] float32 initializer of a scalar constant (a Constant node would move into the
-    region with the rest)."""
+def _scalar(graph: ir.Graph, name: str, value: ir.Value | float | None) -> ir.Value | None:
+    """A [1] float32 initializer of a scalar (a Constant node would move into the region
+    with the rest)."""
     if value is None:
         return None
-    arr = const_array(value).reshape(1).astype("float32")
-    out = ir.Value(name=name, const_value=ir.tensor(arr))
-    out.shape, out.type = ir.Shape([1]), ir.TensorType(ir.DataType.FLOAT)
-    graph.register_initializer(out)
-    return out
-
-
-def _zeros_like(graph: ir.Graph, scale: ir.Value, name: str) -> ir.Value:
-    """A zero LayerNorm bias (the op takes one with every scale)."""
-    arr = np.zeros_like(const_array(scale), dtype=np.float32)
-    value = ir.Value(name=f"{name}__ln_bias", const_value=ir.tensor(arr))
-    value.shape, value.type = ir.Shape(arr.shape), ir.TensorType(ir.DataType.FLOAT)
-    graph.register_initializer(value)
-    return value
+    v = value if isinstance(value, float) else float(const_array(value).reshape(-1)[0])
+    return initializer(graph, name, np.array([v], dtype=np.float32))
 
 
 def _replace(graph: ir.Graph, root: ir.Node, region: list[ir.Node], m: dict) -> None:
     threshold = m.get("selection") == "threshold"
-    inputs = [m["x"], _router_vector(graph, m["w_r"]),
-              _scalar_initializer(graph, m["b_r"], f"{root.name}__router_bias"),
+    inputs = [m["x"], _vector(graph, m["w_r"]),
+              _scalar(graph, f"{root.name}__router_bias", m["b_r"]),
               m["w1"], m["b1"], m["w2"], m["b2"]]
     if "b_a_value" in m:  # masked form: the threshold folded into the selection bias
-        bias = ir.Value(name=f"{root.name}__selection_bias",
-                        const_value=ir.tensor(np.array([m["b_a_value"]], dtype=np.float32)))
-        bias.shape, bias.type = ir.Shape([1]), ir.TensorType(ir.DataType.FLOAT)
-        graph.register_initializer(bias)
-        inputs += [_router_vector(graph, m["w_a"]), bias]
+        inputs += [_vector(graph, m["w_a"]),
+                   _scalar(graph, f"{root.name}__selection_bias", m["b_a_value"])]
     elif threshold and (m["w_a"] is not m["w_r"]):
-        inputs += [_router_vector(graph, m["w_a"]),
-                   _scalar_initializer(graph, m["b_a"], f"{root.name}__selection_bias")]
+        inputs += [_vector(graph, m["w_a"]),
+                   _scalar(graph, f"{root.name}__selection_bias", m["b_a"])]
     epsilon = 1e-5
     if m.get("ln") is not None:  # LS, LB at the op's positions 9 and 10
         scale, bias, epsilon = m["ln"]
         inputs += [None] * (9 - len(inputs))
-        inputs += [scale, bias if bias is not None else _zeros_like(graph, scale, root.name)]
+        inputs += [scale, bias if bias is not None else initializer(
+            graph, f"{root.name}__ln_bias", np.zeros_like(const_array(scale), dtype=np.float32))]
     marker = ir.Node(
         CANON, "FFN", inputs,
         attributes=[

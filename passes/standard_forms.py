@@ -237,6 +237,17 @@ def shuffled(tape: ir.tape.Tape, h2: ir.Value, s: ir.Value) -> ir.Value:
     return tape.op("Reshape", [out, _ints(tape, [0, -1])])
 
 
+def _projection(tape: ir.tape.Tape, v: ir.Value, a: ir.Value, s: ir.Value | None,
+                u: ir.Value | None, b: ir.Value | None) -> ir.Value:
+    """One structured projection: blockdiag(v, A) [→ shuffled(·, S)] [· U] [+ b]."""
+    h = blockdiag(tape, v, a)
+    if s is not None:
+        h = shuffled(tape, h, s)
+    if u is not None:
+        h = tape.op("MatMul", [h, u])
+    return tape.op("Add", [h, b]) if b is not None else h
+
+
 def structured_ffn(tape: ir.tape.Tape, x: ir.Value, a1: ir.Value, u1: ir.Value | None,
                    b1: ir.Value | None, a2: ir.Value, u2: ir.Value | None, b2: ir.Value | None,
                    *, activation_name: str, opset: int, s1: ir.Value | None = None,
@@ -245,20 +256,8 @@ def structured_ffn(tape: ir.tape.Tape, x: ir.Value, a1: ir.Value, u1: ir.Value |
     two structured projections, X's leading dims restored."""
     x2 = tape.op("Reshape", [x, tape.op("Concat", [_ints(tape, [-1]), _dims(tape, x, -1, 2**62)],
                                         {"axis": 0})])
-    h = blockdiag(tape, x2, a1)
-    if s1 is not None:
-        h = shuffled(tape, h, s1)
-    if u1 is not None:
-        h = tape.op("MatMul", [h, u1])
-    if b1 is not None:
-        h = tape.op("Add", [h, b1])
-    g = blockdiag(tape, activation(tape, activation_name, h, opset), a2)
-    if s2 is not None:
-        g = shuffled(tape, g, s2)
-    if u2 is not None:
-        g = tape.op("MatMul", [g, u2])
-    if b2 is not None:
-        g = tape.op("Add", [g, b2])
+    h = _projection(tape, x2, a1, s1, u1, b1)
+    g = _projection(tape, activation(tape, activation_name, h, opset), a2, s2, u2, b2)
     out_shape = tape.op("Concat", [_dims(tape, x, 0, -1), _dims(tape, g, -1, 2**62)], {"axis": 0})
     return tape.op("Reshape", [g, out_shape])
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
-from .._tvm import from_source
 from .sparse_ffn import Tiling, check_tiling
 
 PARTS = 4  # split-K tasks of the GEMVs, each with a private accumulator row
@@ -130,10 +129,3 @@ def check(spec: KernelSpec, mode: str, tiling: Tiling) -> None:
     if tiling.mr != 1:
         raise CodegenError(f"the {mode} kernel takes one token per tile (mr=1)")
 
-
-def primfunc(source: str, symbol: str):
-    """The PrimFunc of a kernel's TVMScript; TVMScript errors as CodegenError."""
-    try:
-        return from_source(source)
-    except Exception as e:  # TVMScript errors carry the offending line; keep it typed
-        raise CodegenError(f"TVMScript generation failed for {symbol}: {e}") from e

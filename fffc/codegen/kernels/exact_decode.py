@@ -14,10 +14,10 @@ from dataclasses import replace
 
 from fffc.ops import KernelSpec
 
-from .decode import primfunc
 from .sparse_ffn import Tiling, check_spec
 from .sparse_ffn_cats import cats_source
 from .sparse_ffn_teal import teal_source
+from .text import parse
 
 _EXACT = {"TH[0]": "T.float32(-1)", "TH[1]": "T.float32(0)"}  # no input threshold; |a| > 0
 
@@ -32,4 +32,4 @@ def exact_decode_source(spec: KernelSpec, tiling: Tiling, symbol: str) -> str:
 
 
 def exact_decode_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str):
-    return primfunc(exact_decode_source(spec, tiling, symbol), symbol)
+    return parse(exact_decode_source(spec, tiling, symbol), symbol)

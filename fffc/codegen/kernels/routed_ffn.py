@@ -36,8 +36,8 @@ from __future__ import annotations
 from fffc.errors import CodegenError
 from fffc.ops import ROUTED_FFN, KernelSpec
 
-from .._tvm import from_source
 from ..schedules import MAX_TOKENS
+from .text import indent, parse, vector_loop
 
 VL = 16  # lanes of the score dot product and of the row loops
 CHUNK = 32  # tokens per task of the score loop (task-local buffers are heap workspace)
@@ -85,23 +85,6 @@ def check_spec(spec: KernelSpec) -> None:
         raise CodegenError(f"RoutedFFN: d must be positive, got {spec.d_in}")
     if is_route(spec):
         _route_params(spec)
-
-
-def _indent(text: str, n: int) -> str:
-    pad = " " * n
-    return "\n".join(pad + line if line.strip() else "" for line in text.strip("\n").splitlines())
-
-
-def _row_loop(d: int, stmt: str) -> str:
-    """``stmt`` (``{j}``: the column) for every column < d: 16-lane pieces, then the tail."""
-    out = []
-    if d >= VL:
-        out.append(f"for jb in range({d // VL}):\n    for jv in T.vectorized({VL}):\n"
-                   + _indent(stmt.format(j=f"jb * {VL} + jv"), 8))
-    if d % VL:
-        out.append(f"for jt in T.vectorized({d % VL}):\n"
-                   + _indent(stmt.format(j=f"{d // VL * VL} + jt"), 4))
-    return "\n".join(out)
 
 
 _ROUTE_HEAD = """
@@ -273,10 +256,10 @@ def _route_body(spec: KernelSpec) -> str:
     topk = selection == "topk"
     aux = _AUX.format(VL=VL, CH=CHUNK, body=dot("WA"),
                       bias=" + BA[0]" if spec.has_b2 else "") if spec.gated else ""
-    scores = _SCORES.format(VL=VL, CH=CHUNK, body=_indent(dot("WR"), 8),
+    scores = _SCORES.format(VL=VL, CH=CHUNK, body=indent(dot("WR"), 8),
                             bias=" + BR[0]" if spec.has_b1 else "",
-                            key=_indent(_KEY.format(CH=CHUNK), 8) if topk else "",
-                            aux=_indent(aux, 8))
+                            key=indent(_KEY.format(CH=CHUNK), 8) if topk else "",
+                            aux=indent(aux, 8))
     lines = ['KEY = T.alloc_buffer((B * S,), "int32")'] if topk else []
     if spec.gated:
         lines.append('SA = T.alloc_buffer((B * S,), "float32")')
@@ -284,14 +267,14 @@ def _route_body(spec: KernelSpec) -> str:
     weight = ("SC[b * S + t]" if router == "raw" else
               "T.float32(1) / (T.float32(1) + T.exp(T.float32(0) - SC[b * S + t]))")
     eps = dict(spec.extra).get("ln_epsilon")
-    row = _row_loop(d, "XS[i, {j}] = X[IDX[i] // S, IDX[i] % S, {j}]" if eps is None else
-                    "XS[i, {j}] = (X[IDX[i] // S, IDX[i] % S, {j}] - st[0]) * st[1] * LS[{j}]"
-                    " + LB[{j}]")
+    stmt = ("XS[i, {j}] = X[IDX[i] // S, IDX[i] % S, {j}]" if eps is None else
+            "XS[i, {j}] = (X[IDX[i] // S, IDX[i] % S, {j}] - st[0]) * st[1] * LS[{j}] + LB[{j}]")
+    row = vector_loop("j", d, stmt, VL)
 
     def gather(count: str) -> str:
         if eps is None:
-            return _GATHER.format(count=count, row=_indent(row, 4))
-        return _GATHER_LN.format(count=count, row=_indent(row, 4), D=d, EPS=repr(float(eps)))
+            return _GATHER.format(count=count, row=indent(row, 4))
+        return _GATHER_LN.format(count=count, row=indent(row, 4), D=d, EPS=repr(float(eps)))
 
     if topk:
         passes = []
@@ -304,16 +287,16 @@ def _route_body(spec: KernelSpec) -> str:
             match = (inc if p == 0 else
                      f"if T.shift_right(KEY[b * S + t], {32 - 8 * p}) == st[1]:\n    {inc}")
             update = "st[3] - 128" if p == 0 else "st[1] * 256 + st[3]"
-            passes.append(_RADIX_PASS.format(match=_indent(match, 4), update=update))
-        select = _TOPK_SELECT.format(K=k, weight=weight, passes=_indent("\n".join(passes), 4))
+            passes.append(_RADIX_PASS.format(match=indent(match, 4), update=update))
+        select = _TOPK_SELECT.format(K=k, weight=weight, passes=indent("\n".join(passes), 4))
         gather = gather(f"B * {k}")
         # S < k breaks the shim's contract: no rows rather than writes out of bounds
-        lines.append(f"if S >= {k}:\n{_indent(select, 4)}\n{_indent(gather, 4)}\n"
+        lines.append(f"if S >= {k}:\n{indent(select, 4)}\n{indent(gather, 4)}\n"
                      "else:\n    CNT[0] = 0")
     else:
         lines.append(_THRESHOLD_SELECT.format(weight=weight, SEL="SA" if spec.gated else "SC"))
         lines.append(gather("CNT[0]"))
-    return "\n".join(_indent(part, 4) for part in lines)
+    return "\n".join(indent(part, 4) for part in lines)
 
 
 def route_source(spec: KernelSpec, symbol: str) -> str:
@@ -362,23 +345,16 @@ def combine_source(spec: KernelSpec, symbol: str) -> str:
               "D": "dl: T.handle", "CNT": 'CNT: T.Buffer((1,), "int32", align=4)',
               "COEF": 'COEF: T.Buffer((4,), "float32", align=4)', "Y": "y: T.handle"}
     params = ", ".join(shapes[a] for a in spec.arg_names())
-    copy = _indent(_row_loop(d, "Y[n, {j}] = X[n, {j}]"), 8)
-    mix = _indent(_row_loop(d, "Y[IDX[i], {j}] = (COEF[0] + COEF[1] * WT[i]) * X[IDX[i], {j}] + (COEF[2] + COEF[3] * WT[i]) * DL[i, {j}]"), 8)
+    copy = indent(vector_loop("j", d, "Y[n, {j}] = X[n, {j}]", VL), 8)
+    mix = indent(vector_loop("j", d, "Y[IDX[i], {j}] = (COEF[0] + COEF[1] * WT[i]) * X[IDX[i], {j}] + (COEF[2] + COEF[3] * WT[i]) * DL[i, {j}]", VL), 8)
     return _COMBINE.format(params=params, symbol=symbol, D=d, copy=copy, mix=mix)
-
-
-def _parse(source: str, symbol: str):
-    try:
-        return from_source(source)
-    except Exception as e:  # TVMScript errors carry the offending line; keep it typed
-        raise CodegenError(f"TVMScript generation failed for {symbol}: {e}") from e
 
 
 def route_primfunc(spec: KernelSpec, symbol: str):
     """The routing PrimFunc; arguments in ``spec.arg_names()`` order."""
-    return _parse(route_source(spec, symbol), symbol)
+    return parse(route_source(spec, symbol), symbol)
 
 
 def combine_primfunc(spec: KernelSpec, symbol: str):
     """The combine PrimFunc; arguments in ``spec.arg_names()`` order."""
-    return _parse(combine_source(spec, symbol), symbol)
+    return parse(combine_source(spec, symbol), symbol)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
-from .._tvm import from_source
+from .text import parse
 
 
 @dataclass(frozen=True)
@@ -306,8 +306,4 @@ def sparse_ffn_source(spec: KernelSpec, tiling: Tiling, symbol: str) -> str:
 
 def sparse_ffn_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str):
     """The PrimFunc of one SparseFFN kernel variant; arguments in ``spec.arg_names()`` order."""
-    source = sparse_ffn_source(spec, tiling, symbol)
-    try:
-        return from_source(source)
-    except Exception as e:  # TVMScript errors carry the offending line; keep it typed
-        raise CodegenError(f"TVMScript generation failed for {symbol}: {e}") from e
+    return parse(sparse_ffn_source(spec, tiling, symbol), symbol)

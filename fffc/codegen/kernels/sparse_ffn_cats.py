@@ -31,9 +31,9 @@ from .decode import (
     check,
     folds,
     params,
-    primfunc,
 )
 from .sparse_ffn import Tiling
+from .text import parse
 
 _CATS = '''
     KIN = T.alloc_buffer(({D},), "int32")
@@ -120,4 +120,4 @@ def cats_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PART
 
 
 def cats_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS):
-    return primfunc(cats_source(spec, tiling, symbol, parts), symbol)
+    return parse(cats_source(spec, tiling, symbol, parts), symbol)

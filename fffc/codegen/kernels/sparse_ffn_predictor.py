@@ -33,9 +33,9 @@ from .decode import (
     check,
     folds,
     params,
-    primfunc,
 )
 from .sparse_ffn import Tiling
+from .text import parse
 
 _PREDICTOR = '''
     Z = T.alloc_buffer(({P}, {R}), "float32")
@@ -122,4 +122,4 @@ def predictor_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int =
 
 
 def predictor_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS):
-    return primfunc(predictor_source(spec, tiling, symbol, parts), symbol)
+    return parse(predictor_source(spec, tiling, symbol, parts), symbol)

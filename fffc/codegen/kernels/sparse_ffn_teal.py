@@ -39,9 +39,9 @@ from .decode import (
     axpy,
     check,
     params,
-    primfunc,
 )
 from .sparse_ffn import Tiling
+from .text import parse
 
 _TEAL = '''
     KIN = T.alloc_buffer(({D},), "int32")
@@ -145,4 +145,4 @@ def teal_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PART
 
 def teal_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
                   rows: int = ROWS):
-    return primfunc(teal_source(spec, tiling, symbol, parts, rows), symbol)
+    return parse(teal_source(spec, tiling, symbol, parts, rows), symbol)

@@ -58,8 +58,8 @@ from dataclasses import dataclass
 from fffc.errors import CodegenError
 from fffc.ops import STRUCTURED_FFN, KernelSpec
 
-from .._tvm import from_source
 from ..schedules import MAX_TOKENS
+from .text import indent, parse, vector_loop
 
 
 @dataclass(frozen=True)
@@ -268,24 +268,6 @@ def _params(spec: KernelSpec) -> str:
     return ", ".join(shapes[a] for a in spec.arg_names())
 
 
-def _indent(text: str, n: int) -> str:
-    pad = " " * n
-    return "\n".join(pad + line if line.strip() else "" for line in text.strip("\n").splitlines())
-
-
-def _vec(var: str, n: int, stmt: str, lanes: int = 16) -> str:
-    """``stmt`` (with ``{var}``: the element) for elements 0..n-1 as a loop of
-    ``lanes``-wide vector steps plus a narrower tail (no n-lane LLVM vectors)."""
-    out = []
-    if n // lanes:
-        out.append(f"for {var}o in range({n // lanes}):\n    for {var}i in T.vectorized({lanes}):\n"
-                   + _indent(stmt.replace(f"{{{var}}}", f"({var}o * {lanes} + {var}i)"), 8))
-    if n % lanes:
-        out.append(f"for {var}i in T.vectorized({n % lanes}):\n"
-                   + _indent(stmt.replace(f"{{{var}}}", f"({n // lanes * lanes} + {var}i)"), 4))
-    return "\n".join(out)
-
-
 _HEAD = """
 @T.prim_func
 def kernel({params}):
@@ -381,13 +363,13 @@ def _task(spec: KernelSpec, st: _Stage, t: Tiles, rows: _Rows, *, b: str, col0: 
     if nkb == 1 or final == value:
         stores = store(final)
     else:
-        stores = (f"if kb == {nkb - 1}:\n{_indent(store(final), 4)}\n"
-                  f"else:\n{_indent(store(value), 4)}")
+        stores = (f"if kb == {nkb - 1}:\n{indent(store(final), 4)}\n"
+                  f"else:\n{indent(store(value), 4)}")
     micro = _MICRO.format(MR=t.mr, W=width, KCL=kcl, acc=acc, init=init, src=src) + stores
     body = (_PACK.format(KCL=kcl, NT=nt, W=width, w=w).strip("\n")
             + f"\nfor tb in range({rows.ntb}):\n    for jt in range({nt}):\n"
-            + _indent(micro, 8))
-    return f"for kb in range({nkb}):\n{_indent(body, 4)}" if nkb > 1 else body
+            + indent(micro, 8))
+    return f"for kb in range({nkb}):\n{indent(body, 4)}" if nkb > 1 else body
 
 
 def _stage(spec: KernelSpec, st: _Stage, t: Tiles, rows: _Rows) -> str:
@@ -405,13 +387,13 @@ def _stage(spec: KernelSpec, st: _Stage, t: Tiles, rows: _Rows) -> str:
     tail_task = _task(spec, st, t, rows, b=b, col0=str(full * t.nr), nt="1", width=tail,
                       acc="acct")
     if tail and full:
-        body = f"if {g} < {ng}:\n{_indent(full_task, 4)}\nelse:\n{_indent(tail_task, 4)}"
+        body = f"if {g} < {ng}:\n{indent(full_task, 4)}\nelse:\n{indent(tail_task, 4)}"
     else:
         body = full_task if full else tail_task
     scratch = [f'pk = T.alloc_buffer(({group}, {_kc(st.p, t.kc)[0]}, {t.nr}), "float32", scope="local")',
                f'acc = T.alloc_buffer(({t.mr}, {t.nr}), "float32", scope="local")',
                f'acct = T.alloc_buffer(({t.mr}, {t.nr}), "float32", scope="local")']
-    return f"for task in T.parallel({st.k * per_block}):\n" + _indent("\n".join([*scratch, body]), 4)
+    return f"for task in T.parallel({st.k * per_block}):\n" + indent("\n".join([*scratch, body]), 4)
 
 
 def _columns_source(spec: KernelSpec, t: Tiles) -> str:
@@ -437,8 +419,8 @@ def _columns_source(spec: KernelSpec, t: Tiles) -> str:
         body = [f"for blk in range((N + {t.block - 1}) // {t.block}):",
                 f"    r0 = blk * {t.block}",
                 f"    ntb = (T.min({t.block}, N - r0) + {mr - 1}) // {mr}",
-                _indent("\n".join(body), 4)]
-    return _indent("\n".join(head + body), 4)
+                indent("\n".join(body), 4)]
+    return indent("\n".join(head + body), 4)
 
 
 # X rows 4 KiB apart alias in L1 and are read mr at a time: copy them into padded rows.
@@ -450,7 +432,7 @@ for t in {loop}({rows}):
 
 def _copy_x(spec: KernelSpec, loop: str, rows: str, x_row: str) -> str:
     stmt = f"H0[t * {_widths(spec)['H0']} + {{i}}] = X[{x_row}, {{i}}]"
-    return _COPY_X.format(loop=loop, rows=rows, copy=_indent(_vec("i", spec.d_in, stmt), 4))
+    return _COPY_X.format(loop=loop, rows=rows, copy=indent(vector_loop("i", spec.d_in, stmt), 4))
 
 
 # --- decode / gemv: split-K streaming over whole weight rows ---
@@ -484,8 +466,8 @@ def _gemv_source(spec: KernelSpec, t: Tiles) -> str:
     out_col = st.col_out(f"(i % {st.k})", "{c}")
     val = f"{st.bias}[{out_col}] + {terms}" if st.bias else terms
     lines += [f"for i in T.parallel(N * {st.k}):",
-              _indent(_vec("c", st.q, f"Y[i // {st.k}, {out_col}] = {val}"), 4)]
-    return _indent("\n".join(lines), 4)
+              indent(vector_loop("c", st.q, f"Y[i // {st.k}, {out_col}] = {val}"), 4)]
+    return indent("\n".join(lines), 4)
 
 
 def _gemv_stage(spec: KernelSpec, t: Tiles, stages: list[_Stage], parts: list[int], i: int) -> str:
@@ -498,10 +480,10 @@ def _gemv_stage(spec: KernelSpec, t: Tiles, stages: list[_Stage], parts: list[in
     if i == 0:
         src = f"X[T.min(tb * {mr} + ti, N - 1), {b} * {st.p} + {lo} + {{k}}]"
     else:  # reduce the previous stage's partial sums of this task's inputs
-        body += _indent(_gemv_inputs(spec, stages[i - 1], parts[i - 1], st, R, i), 4).split("\n")
+        body += indent(_gemv_inputs(spec, stages[i - 1], parts[i - 1], st, R, i), 4).split("\n")
         src = f"I{i}[(t0 + tb * {mr} + ti) * {rows} + {{k}}]"
     body += ["    for row in range(npad):",
-             _indent(_vec("c", st.q, f"P{i}[(t0 + row) * {qs} + {{c}}] = T.float32(0)"), 8)]
+             indent(vector_loop("c", st.q, f"P{i}[(t0 + row) * {qs} + {{c}}] = T.float32(0)"), 8)]
     w = f"{st.w}[{b}, {lo} + {{k}}, {{c}}]" if st.three_d else f"{st.w}[{lo} + {{k}}, {{c}}]"
 
     def update(ks: list[str]) -> str:
@@ -514,16 +496,16 @@ def _gemv_stage(spec: KernelSpec, t: Tiles, stages: list[_Stage], parts: list[in
                 terms = " + ".join(f"{src.format(k=k)} * {w.format(k=k, c=c)}" for k in ks)
                 loop = (f"for ti in T.unroll({mr}):\n    for j in T.vectorized({width}):\n"
                         f"        {acc} = {acc} + {terms}")
-                out.append(f"for v in range({n}):\n{_indent(loop, 4)}" if width == nr else loop)
+                out.append(f"for v in range({n}):\n{indent(loop, 4)}" if width == nr else loop)
         return "\n".join(out)
 
     passes, rem = divmod(rows, t.rows)
     if passes:
         ks = [f"kq * {t.rows} + {j}" for j in range(t.rows)]
         body += [f"    for kq in range({passes}):", f"        for tb in range(npad // {mr}):",
-                 _indent(update(ks), 12)]
+                 indent(update(ks), 12)]
     for j in range(rem):
-        body += [f"    for tb in range(npad // {mr}):", _indent(update([str(passes * t.rows + j)]), 8)]
+        body += [f"    for tb in range(npad // {mr}):", indent(update([str(passes * t.rows + j)]), 8)]
     return "\n".join(body)
 
 
@@ -545,11 +527,11 @@ def _gemv_inputs(spec: KernelSpec, pv: _Stage, rp: int, st: _Stage, R: int, i: i
     val = f"{pv.bias}[{pv.col_out(pb, off)}] + {terms}" if pv.bias else terms
     stmt = f"I{i}[base + {{kk}}] = {val}"
     lines = ["for row in range(npad):", f"    base = (t0 + row) * {rows}",
-             _indent(_vec("kk", rows, stmt) if vector else
+             indent(vector_loop("kk", rows, stmt) if vector else
                      "for kk in range({}):\n    {}".format(rows, stmt.replace("{kk}", "kk")), 4)]
     if pv.act:  # in place: the activation repeats its operand, keep that short
         act = _ACT[spec.activation](f"I{i}[base + {{kk}}]")
-        lines.append(_indent(_vec("kk", rows, f"I{i}[base + {{kk}}] = {act}"), 4))
+        lines.append(indent(vector_loop("kk", rows, f"I{i}[base + {{kk}}] = {act}"), 4))
     return "\n".join(lines)
 
 
@@ -574,8 +556,4 @@ def structured_ffn_source(spec: KernelSpec, variant: str, symbol: str,
 def structured_ffn_primfunc(spec: KernelSpec, variant: str, symbol: str,
                             tiles: Tiles | None = None):
     """The PrimFunc of one variant; arguments in ``spec.arg_names()`` order."""
-    source = structured_ffn_source(spec, variant, symbol, tiles)
-    try:
-        return from_source(source)
-    except Exception as e:  # TVMScript errors carry the offending line; keep it typed
-        raise CodegenError(f"TVMScript generation failed for {symbol}: {e}") from e
+    return parse(structured_ffn_source(spec, variant, symbol, tiles), symbol)

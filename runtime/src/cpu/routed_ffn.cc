@@ -25,19 +25,6 @@ std::string Compact(float v) {
   return buf;
 }
 
-const fffc_kernel_entry* Find(const std::string& op, const std::string& mode,
-                              const std::string& activation, bool b1, bool b2, int64_t d_in,
-                              int64_t d_ff, int64_t d_out, int64_t tokens) {
-  for (int32_t i = 0; i < fffc_num_kernels; ++i) {
-    const fffc_kernel_entry& e = fffc_kernels[i];
-    if (op == e.op && mode == e.mode && activation == e.activation && e.has_b1 == b1 &&
-        e.has_b2 == b2 && e.d_in == d_in && e.d_ff == d_ff && e.d_out == d_out &&
-        e.min_tokens <= tokens && tokens <= e.max_tokens)
-      return &e;
-  }
-  return nullptr;
-}
-
 // Three kernels per call: routing (scores, selection, gather of the selected rows), the
 // dense FFN on the gathered rows only (the StructuredFFN dense kernel), the combine into Y.
 struct RoutedKernel : KernelBase {
@@ -82,8 +69,9 @@ struct RoutedKernel : KernelBase {
         attrs.router + (present[kWA] ? (present[kBA] ? "_auxb" : "_aux") : "") +
         (present[kLS] ? "_ln" + Compact(attrs.epsilon) : "");
     const fffc_kernel_entry* route =
-        Find("RoutedFFN", route_mode, "none", present[kBR], present[kBA], d, 0, d, n);
-    const fffc_kernel_entry* combine = Find("RoutedFFN", "combine", "none", false, false, d, 0, d, n);
+        FindKernel("RoutedFFN", route_mode, "none", present[kBR], present[kBA], d, 0, d, n);
+    const fffc_kernel_entry* combine =
+        FindKernel("RoutedFFN", "combine", "none", false, false, d, 0, d, n);
     if (route == nullptr || combine == nullptr)
       return Fail(api, "no compiled routing kernels for RoutedFFN(" + route_mode + ", d=" +
                            std::to_string(d) + ") (CPU) in this artifact");
@@ -112,7 +100,7 @@ struct RoutedKernel : KernelBase {
     if (selected < 0 || selected > n) return Fail(api, "RoutedFFN: routing kernel miscounted");
     if (selected > 0) {
       const std::string ffn_mode = "b1r" + std::to_string(d_ff) + "_b1r" + std::to_string(d);
-      const fffc_kernel_entry* ffn = Find("StructuredFFN", ffn_mode, attrs.activation,
+      const fffc_kernel_entry* ffn = FindKernel("StructuredFFN", ffn_mode, attrs.activation,
                                           present[kB1], present[kB2], d, d_ff, d, selected);
       if (ffn == nullptr)
         return Fail(api, "no compiled FFN kernel for RoutedFFN(activation=" + attrs.activation +

@@ -76,15 +76,9 @@ struct StructuredKernel : KernelBase {
                : "b" + std::to_string(a1[0]) + "r" + std::to_string(r1) + tag(kS1) +
                      (present[kU1] ? "u" : "") + "_b" + std::to_string(a2[0]) + "r" +
                      std::to_string(r2) + tag(kS2) + (present[kU2] ? "u" : "");
-    const fffc_kernel_entry* entry = nullptr;
-    for (int32_t i = 0; i < fffc_num_kernels && entry == nullptr; ++i) {
-      const fffc_kernel_entry& e = fffc_kernels[i];
-      if (std::string(e.op) == "StructuredFFN" && mode == e.mode &&
-          attrs.activation == e.activation && e.has_b1 == present[kB1] &&
-          e.has_b2 == present[kB2] && e.d_in == d_in && e.d_ff == d_ff && e.d_out == d_out &&
-          e.min_tokens <= tokens && tokens <= e.max_tokens)
-        entry = &e;
-    }
+    const fffc_kernel_entry* entry = FindKernel("StructuredFFN", mode, attrs.activation,
+                                                present[kB1], present[kB2], d_in, d_ff, d_out,
+                                                tokens);
     if (entry == nullptr)
       return Fail(api, "no compiled kernel for StructuredFFN(" + mode + ", activation=" +
                            attrs.activation + ", d_in=" + std::to_string(d_in) + ", d_ff=" +

@@ -19,6 +19,19 @@ DLTensor Dl(void* data, const int64_t* shape, int ndim, bool int32) {
   return t;
 }
 
+const fffc_kernel_entry* FindKernel(const std::string& op, const std::string& mode,
+                                    const std::string& activation, bool has_b1, bool has_b2,
+                                    int64_t d_in, int64_t d_ff, int64_t d_out, int64_t tokens) {
+  for (int32_t i = 0; i < fffc_num_kernels; ++i) {
+    const fffc_kernel_entry& e = fffc_kernels[i];
+    if (op == e.op && mode == e.mode && activation == e.activation && e.has_b1 == has_b1 &&
+        e.has_b2 == has_b2 && e.d_in == d_in && e.d_ff == d_ff && e.d_out == d_out &&
+        e.min_tokens <= tokens && tokens <= e.max_tokens)
+      return &e;
+  }
+  return nullptr;
+}
+
 OrtStatus* CallKernel(const OrtApi* api, OrtKernelContext* ctx, const fffc_kernel_entry& entry,
                       std::vector<DLTensor>& tensors) {
   std::vector<TVMFFIAny> args(tensors.size());

@@ -1,0 +1,34 @@
+"""Helpers for kernels written as TVMScript text: indentation, vector loops, parsing."""
+
+from __future__ import annotations
+
+from fffc.errors import CodegenError
+
+from .._tvm import from_source
+
+
+def indent(text: str, n: int) -> str:
+    """``text`` without surrounding blank lines, every non-blank line indented by n."""
+    pad = " " * n
+    return "\n".join(pad + line if line.strip() else "" for line in text.strip("\n").splitlines())
+
+
+def vector_loop(var: str, n: int, stmt: str, lanes: int = 16) -> str:
+    """``stmt`` (with ``{var}``: the element) for elements 0..n-1 as a loop of
+    ``lanes``-wide vector steps plus a narrower tail (no n-lane LLVM vectors)."""
+    out = []
+    if n // lanes:
+        out.append(f"for {var}o in range({n // lanes}):\n    for {var}i in T.vectorized({lanes}):\n"
+                   + indent(stmt.replace(f"{{{var}}}", f"({var}o * {lanes} + {var}i)"), 8))
+    if n % lanes:
+        out.append(f"for {var}i in T.vectorized({n % lanes}):\n"
+                   + indent(stmt.replace(f"{{{var}}}", f"({n // lanes * lanes} + {var}i)"), 4))
+    return "\n".join(out)
+
+
+def parse(source: str, symbol: str):
+    """The PrimFunc of a kernel's TVMScript; TVMScript errors as CodegenError."""
+    try:
+        return from_source(source)
+    except Exception as e:  # TVMScript errors carry the offending line; keep it typed
+        raise CodegenError(f"TVMScript generation failed for {symbol}: {e}") from e
