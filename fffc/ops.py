@@ -7,6 +7,8 @@ table from them. Leaf module: standard library only.
 
 from __future__ import annotations
 
+import math
+import struct
 from dataclasses import dataclass, field
 
 DOMAIN = "ai.fffc"
@@ -168,6 +170,39 @@ STRUCTURED_FFN = OpSpec(
 
 ROUTERS = ("raw", "sigmoid")
 SELECTIONS = ("topk", "threshold")
+K_ROUNDS = ("trunc", "floor", "ceil")
+
+
+def _f32(v: float) -> float:
+    return struct.unpack("f", struct.pack("f", v))[0]
+
+
+def describe_k(k: int, capacity: dict | None) -> str:
+    """``4``, or how k follows the sequence length S (``max(1, int(S·0.125))``, ``S // 8``)."""
+    if not capacity:
+        return str(k)
+    if capacity.get("divisor", 0) > 0:
+        v = f"S // {capacity['divisor']}"
+    else:
+        v = f"{capacity.get('round', 'trunc').replace('trunc', 'int')}(S·{capacity['scale']:g})"
+    return f"max({capacity['min']}, {v})" if capacity.get("min", 0) else v
+
+
+def capacity_k(seq: int, k: int, capacity: dict | None = None) -> int:
+    """RoutedFFN's top-k count for a sequence of ``seq`` tokens: the constant ``k``, or from
+    ``capacity`` {scale, divisor, round, min} (the op's k_* attributes) computed the way the
+    exported graph does it: float32(S)·scale rounded (Cast to int truncates), or S // divisor,
+    then max(·, min). The shim computes the same in C++ (runtime/src/op_common.cc)."""
+    if not capacity:
+        return k
+    if capacity.get("divisor", 0) > 0:
+        v = seq // int(capacity["divisor"])
+    else:
+        prod = _f32(_f32(seq) * _f32(capacity["scale"]))  # exact product, one rounding
+        how = capacity.get("round", "trunc")
+        v = math.ceil(prod) if how == "ceil" else math.floor(prod) if how == "floor" else \
+            int(prod)
+    return max(v, int(capacity.get("min", 0)))
 
 ROUTED_FFN = OpSpec(
     name="RoutedFFN",
@@ -202,7 +237,13 @@ ROUTED_FFN = OpSpec(
     attributes=(
         Attribute("activation", "string", "gelu", ACTIVATIONS, "of the FFN"),
         Attribute("selection", "string", "topk", SELECTIONS, "which tokens take the FFN"),
-        Attribute("k", "int", 1, doc="selection topk: tokens per sequence (capacity)"),
+        Attribute("k", "int", 1, doc="selection topk: tokens per sequence (capacity), when "
+                  "k_scale and k_divisor are 0"),
+        Attribute("k_scale", "float", 0.0, doc="> 0: k from the sequence length S, "
+                  "round(float32(S)·k_scale) (an export with a dynamic sequence axis)"),
+        Attribute("k_divisor", "int", 0, doc="> 0: k = S // k_divisor"),
+        Attribute("k_round", "string", "trunc", K_ROUNDS, "how k_scale's product is rounded"),
+        Attribute("k_min", "int", 0, doc="k = max(k, k_min) when k comes from S"),
         Attribute("router", "string", "raw", ROUTERS, "the weight w from the score s"),
         Attribute("x_coef", "floats", "1,0", doc="[a, b]: selected tokens keep (a + b·w)·X"),
         Attribute("delta_coef", "floats", "0,1", doc="[a, b]: and add (a + b·w)·FFN(X)"),
@@ -214,22 +255,24 @@ OPS: dict[str, OpSpec] = {SPARSE_FFN.name: SPARSE_FFN, FAST_FEED_FORWARD.name: F
                           STRUCTURED_FFN.name: STRUCTURED_FFN, ROUTED_FFN.name: ROUTED_FFN}
 
 
-def route_kernel_spec(d: int, selection: str, k: int, router: str, has_br: bool,
+def route_kernel_spec(d: int, selection: str, k: int | None, router: str, has_br: bool,
                       aux: bool = False, has_ba: bool = False,
                       ln_epsilon: float | None = None) -> KernelSpec:
     """RoutedFFN's routing kernel: scores, selection, gather (``mode`` "route_…": the
-    selection, k, router and whether a separate selection score WA (+ BA) is read)."""
+    selection, k, router and whether a separate selection score WA (+ BA) is read). topk with
+    ``k`` None: k computed per call from the sequence length (``capacity_k``) and read from
+    the kernel's int32 input KN ("kvar")."""
     if selection not in SELECTIONS or router not in ROUTERS:
         raise ValueError(f"RoutedFFN: selection {selection!r} / router {router!r} unknown")
     if aux and selection != "threshold":
         raise ValueError("RoutedFFN: a separate selection score is for selection threshold")
     aux_tag = ("_aux" + ("b" if has_ba else "")) if aux else ""
     ln_tag = f"_ln{ln_epsilon:g}" if ln_epsilon is not None else ""
-    mode = f"route_{selection}_k{k if selection == 'topk' else 0}_{router}{aux_tag}{ln_tag}"
+    kk = ("var" if k is None else str(k)) if selection == "topk" else "0"
+    mode = f"route_{selection}_k{kk}_{router}{aux_tag}{ln_tag}"
     ln = (("ln_epsilon", f"{ln_epsilon:g}"),) if ln_epsilon is not None else ()
     return KernelSpec(ROUTED_FFN.name, "none", "none", mode, d, 0, d, has_br, has_ba, aux,
-                      extra=(("k", str(k if selection == "topk" else 0)), ("router", router),
-                             ("selection", selection), *ln))
+                      extra=(("k", kk), ("router", router), ("selection", selection), *ln))
 
 
 def combine_kernel_spec(d: int) -> KernelSpec:
@@ -312,8 +355,9 @@ class KernelSpec:
             return ["X", "W_in", "B_in", "W_out", "Y"]
         if self.op == ROUTED_FFN.name and self.mode.startswith("route"):
             ln = ["LS", "LB"] if "ln_epsilon" in dict(self.extra) else []
+            kn = ["KN"] if dict(self.extra).get("k") == "var" else []
             return ["X", "WR", *(["BR"] if self.has_b1 else []), *(["WA"] if self.gated else []),
-                    *(["BA"] if self.has_b2 else []), *ln, "IDX", "WT", "CNT", "XS"]
+                    *(["BA"] if self.has_b2 else []), *ln, *kn, "IDX", "WT", "CNT", "XS"]
         if self.op == ROUTED_FFN.name:
             return ["X", "IDX", "WT", "D", "CNT", "COEF", "Y"]
         if self.op == STRUCTURED_FFN.name:

@@ -13,6 +13,7 @@ from .errors import UsageError
 from .ops import (
     KernelSpec,
     combine_kernel_spec,
+    describe_k,
     fff_kernel_spec,
     route_kernel_spec,
     structured_kernel_spec,
@@ -32,7 +33,8 @@ def plan(sites: Sequence[Site], only: Sequence[str] = ()) -> None:
         elif site.kind == "routed":
             r = site.routing or {}
             site.decision = "routed"
-            chosen = (f"the top {r.get('k')} tokens per sequence" if r.get("selection") == "topk"
+            chosen = (f"the top {describe_k(r.get('k', 1), r.get('capacity'))} tokens per "
+                      "sequence" if r.get("selection") == "topk"
                       else "the tokens whose causal score passes sigmoid > 0.5")
             site.reason = (f"Mixture-of-Depths: the FFN on {chosen} only; combine "
                            f"({_coef(r.get('x_coef'))})·x + ({_coef(r.get('delta_coef'))})·FFN(x)"
@@ -144,7 +146,8 @@ def kernel_specs(site: Site) -> list[KernelSpec]:
     if site.kind != "routed":
         return [kernel_spec(site)]
     r = site.routing or {}
-    return [route_kernel_spec(site.d_model, r.get("selection", "topk"), r["k"], r["router"],
+    k = None if r.get("capacity") else r["k"]
+    return [route_kernel_spec(site.d_model, r.get("selection", "topk"), k, r["router"],
                               r.get("router_bias", False), r.get("selection_score", False),
                               r.get("selection_bias", False), r.get("layer_norm_epsilon")),
             merged_spec(site), combine_kernel_spec(site.d_model)]

@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from .ops import capacity_k
+
 _erf = np.frompyfunc(math.erf, 1, 1)
 
 
@@ -238,9 +240,13 @@ def routed_ffn(x: np.ndarray, wr: np.ndarray, br: np.ndarray | None, w1: np.ndar
                activation_name: str = "gelu", selection: str = "topk", k: int = 1,
                router: str = "raw", x_coef=(1.0, 0.0), delta_coef=(0.0, 1.0),
                wa: np.ndarray | None = None, ba: np.ndarray | None = None,
-               ln: tuple[np.ndarray, np.ndarray, float] | None = None) -> np.ndarray:
+               ln: tuple[np.ndarray, np.ndarray, float] | None = None,
+               capacity: dict | None = None) -> np.ndarray:
     """``ai.fffc::RoutedFFN``: the FFN (on ``layer_norm`` of them with ``ln`` = (scale,
-    bias, epsilon)) of the selected tokens only, combined with X."""
+    bias, epsilon)) of the selected tokens only, combined with X. ``capacity``: k from the
+    sequence length (``fffc.ops.capacity_k``)."""
+    if selection == "topk":
+        k = capacity_k(x.shape[1], k, capacity)
     idx, w = route(x, wr, br, selection=selection, k=k, router=router, wa=wa, ba=ba)
     flat = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
     y = flat.copy()

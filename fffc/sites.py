@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .ops import describe_k
+
 
 @dataclass
 class Site:
@@ -47,7 +49,8 @@ class Site:
         if self.kind == "dense":
             return f"{self.activation} FFN"
         if self.kind == "routed" and self.routing:
-            how = (f"top-{self.routing['k']}" if self.routing["selection"] == "topk"
+            how = (f"top-{describe_k(self.routing['k'], self.routing.get('capacity'))}"
+                   if self.routing["selection"] == "topk"
                    else "causal")
             return f"MoD {how} {self.activation} FFN"
         if self.kind == "structured" and self.structure:

@@ -160,7 +160,7 @@ def site_reference(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | No
             x, *(weights.get(k) for k in ("WR", "BR", "W1", "B1", "W2", "B2")),
             activation_name=site.activation, selection=r.get("selection", "topk"), k=r["k"],
             router=r["router"], x_coef=r["x_coef"], delta_coef=r["delta_coef"],
-            wa=weights.get("WA"), ba=weights.get("BA"),
+            wa=weights.get("WA"), ba=weights.get("BA"), capacity=r.get("capacity"),
             ln=((weights["LS"], weights["LB"], r["layer_norm_epsilon"])
                 if weights.get("LS") is not None else None))
         return (y, None) if slack else y

@@ -9,7 +9,8 @@ it in several ways; each becomes this one node so the FFN rule matches them all:
 * BlockDense/BlockDiagonal via ``bmm``: ``Reshape([-1, k, p]) → Transpose(1,0,2) →
   MatMul(A [k, p, q]) → Transpose(1,0,2) → Reshape([-1, k·q])``, then ``MatMul(U)``.
 * the same via ``einsum`` (``Reshape → Einsum("bkp,kqp->bkq") → Reshape``), any operand
-  letter order of the weight.
+  letter order of the weight; BlockShuffle (Monarch) via bmm or two einsums →
+  ``BlockShuffle(x, A, S)`` (ShuffleBmm, ShuffleEinsum).
 * the ``Reshape → act → Reshape`` round trip a structured MLP puts around its activation
   (``x.reshape(*batch, -1)`` after fc1, ``reshape(-1, d_ff)`` in fc2) is dropped: an
   elementwise activation commutes with a reshape that is undone.
@@ -216,16 +217,7 @@ class ShuffleBmm(pattern.RewriteRuleClassBase):
             return r.fail(f"BlockShuffle input reshape: expected [-1, {k}, {p}]", s_in)
         if k * q != m * rows:
             return r.fail(f"BlockShuffle: {k}x{q} outputs do not regroup into {m}x{rows}", s)
-        target = const_array(grid)
-        tail = None
-        if target is not None and target.reshape(-1)[0] == -1:
-            tail = target.reshape(-1).tolist()[1:]
-        elif target is None and grid.producer() is not None and \
-                grid.producer().op_type == "Concat":
-            parts = [const_array(v) for v in grid.producer().inputs[1:]]
-            if all(v is not None for v in parts):
-                tail = [int(e) for v in parts for e in v.reshape(-1)]
-        if tail != [rows, m]:
+        if _grid_tail(grid) != [rows, m]:
             return r.fail(f"BlockShuffle grid reshape: expected [-1, {rows}, {m}]", grid)
         if _last_entry(t) != m * cols:
             return r.fail(f"BlockShuffle output reshape: expected last entry {m * cols}", t)
@@ -236,6 +228,84 @@ class ShuffleBmm(pattern.RewriteRuleClassBase):
         allowzero = out.producer().attributes.get_int("allowzero", 0)
         flat = _flat(op, x, k * p, f"{a.name}__flat")
         return op.Reshape(op.BlockShuffle(flat, a, s, _domain=CANON), t, allowzero=allowzero)
+
+
+def _grid_tail(grid: ir.Value) -> list[int] | None:
+    """[r, m] of a ``[-1, r, m]`` reshape target: a constant, or a Concat of -1 and constants."""
+    target = const_array(grid)
+    if target is not None and target.reshape(-1)[0] == -1:
+        return [int(e) for e in target.reshape(-1)[1:]]
+    if target is None and grid.producer() is not None and grid.producer().op_type == "Concat":
+        parts = [const_array(v) for v in grid.producer().inputs[1:]]
+        if all(v is not None for v in parts):
+            return [int(e) for v in parts for e in v.reshape(-1)]
+    return None
+
+
+def _shuffle_einsum_perm(equation: str) -> tuple[int, int, int] | None:
+    """The transpose that brings the second einsum's weight to S [m, r, s] for
+    ``h[n,r,m] · W -> [n,s,m]`` (the (r, m) grid through block m, written in (s, m) order);
+    None for any other contraction."""
+    eq = equation.replace(" ", "")
+    if "->" not in eq or eq.count(",") != 1:
+        return None
+    ins, out = eq.split("->")
+    hs, ws = ins.split(",")
+    if len(hs) != 3 or len(ws) != 3 or len(out) != 3 or len(set(hs + ws)) != 4:
+        return None
+    n, r, m = hs
+    s = (set(ws) - set(hs)).pop() if len(set(ws) - set(hs)) == 1 else None
+    if s is None or n in ws or out != n + s + m or sorted(ws) != sorted(m + r + s):
+        return None
+    return (ws.index(m), ws.index(r), ws.index(s))
+
+
+class ShuffleEinsum(pattern.RewriteRuleClassBase):
+    """Replaces a BlockShuffle projection written with ``torch.einsum``: ``Reshape(x, [-1,
+    k, p]) → Einsum(x_nkp, A → [n,k,q]) → Reshape([-1, r, m]) → Einsum(h_nrm, W → [n,s,m])
+    → Reshape(t)`` (t ending in m·s) with ``Reshape(BlockShuffle(Reshape(x, [-1, k·p]),
+    A as [k,p,q], W as S [m,r,s]), t)``: the same function as ShuffleBmm's."""
+
+    def pattern(self, op, x, s_in, a, grid, w, t):
+        h = op.Einsum(op.Reshape(x, s_in), a, _outputs=["e1"])
+        g = op.Einsum(op.Reshape(h, grid), w, _outputs=["e2"])
+        return op.Reshape(g, t, _outputs=["out"])
+
+    def check(self, context, x, s_in, a, grid, w, t, e1, e2, out, **_):
+        r = _float32(pattern.MatchResult(), a, 3, "BlockShuffle first factor")
+        r = r and _float32(r, w, 3, "BlockShuffle second factor")
+        if not r:
+            return r
+        eq1 = e1.producer().attributes.get_string("equation", "")
+        eq2 = e2.producer().attributes.get_string("equation", "")
+        p1, p2 = _einsum_perm(eq1), _shuffle_einsum_perm(eq2)
+        if p1 is None or p2 is None:
+            return r.fail(f"einsums {eq1!r}, {eq2!r}: expected x[n,k,p]·A -> [n,k,q] then "
+                          "h[n,r,m]·W -> [n,s,m]", e2.producer())
+        k, p, q = (const_array(a).shape[i] for i in p1)
+        m, rows, cols = (const_array(w).shape[i] for i in p2)
+        if not _shape_is(s_in, [-1, k, p]):
+            return r.fail(f"BlockShuffle input reshape: expected [-1, {k}, {p}]", s_in)
+        if k * q != m * rows:
+            return r.fail(f"BlockShuffle: {k}x{q} outputs do not regroup into {m}x{rows}", w)
+        if _grid_tail(grid) != [rows, m]:
+            return r.fail(f"BlockShuffle grid reshape: expected [-1, {rows}, {m}]", grid)
+        if _last_entry(t) != m * cols:
+            return r.fail(f"BlockShuffle output reshape: expected last entry {m * cols}", t)
+        return r
+
+    def rewrite(self, op, x, s_in, a, grid, w, t, e1, e2, out, **_):
+        p1 = _einsum_perm(e1.producer().attributes.get_string("equation", ""))
+        p2 = _shuffle_einsum_perm(e2.producer().attributes.get_string("equation", ""))
+        first = np.ascontiguousarray(const_array(a).transpose(p1))
+        second = np.ascontiguousarray(const_array(w).transpose(p2))
+        k, p, _ = first.shape
+        allowzero = out.producer().attributes.get_int("allowzero", 0)
+        flat = _flat(op, x, k * p, f"{a.name}__flat")
+        blocks = op.initializer(ir.tensor(first), name=f"{a.name}__kpq")
+        shuffle = op.initializer(ir.tensor(second), name=f"{w.name}__mrs")
+        return op.Reshape(op.BlockShuffle(flat, blocks, shuffle, _domain=CANON), t,
+                          allowzero=allowzero)
 
 
 def _last_entry(target: ir.Value) -> int | None:
@@ -461,6 +531,7 @@ rules = pattern.RewriteRuleSet([
     BiasBeforeReshape.rule("BiasBeforeReshape"),
     MergeTransposes.rule("MergeTransposes"),
     ShuffleBmm.rule("ShuffleBmm"),
+    ShuffleEinsum.rule("ShuffleEinsum"),
     BlockDiagBmm.rule("BlockDiagBmm"),
     BlockDiagEinsum.rule("BlockDiagEinsum"),
     BlockThenDense.rule("BlockThenDense"),

@@ -27,7 +27,7 @@ from . import (
     mod_routed,
 )
 from ._common import CANON, const_array
-from .lower import markers
+from .lower import capacity_of, markers
 
 CANONICAL_FAMILIES = {
     "conv1d": canonical_linear.conv1d_rules,
@@ -146,6 +146,7 @@ def _routed_site(node: ir.Node) -> Site:
     w1a, w2a = const_array(w1), const_array(w2)
     routing = {
         "selection": get("selection", "topk"), "k": node.attributes.get_int("k", 1),
+        "capacity": capacity_of(node),
         "router": get("router", "raw"), "router_bias": br is not None,
         "selection_score": wa is not None, "selection_bias": ba is not None,
         "layer_norm_epsilon": (node.attributes.get_float("epsilon", 1e-5) if ls is not None

@@ -275,10 +275,20 @@ def _lower_structured(model: ir.Model, node: ir.Node, decision: str, opset: int,
 ROUTED_INPUTS = [a.name for a in ROUTED_FFN.inputs]
 
 
+def capacity_of(node: ir.Node) -> dict | None:
+    """The k_* attributes of a routed marker or RoutedFFN (None: a constant k)."""
+    a = node.attributes
+    if a.get_float("k_scale", 0.0) <= 0 and a.get_int("k_divisor", 0) <= 0:
+        return None
+    return {"scale": a.get_float("k_scale", 0.0), "divisor": a.get_int("k_divisor", 0),
+            "round": a.get_string("k_round", "trunc"), "min": a.get_int("k_min", 0)}
+
+
 def routing_of(node: ir.Node) -> dict:
     """A routed marker's (or RoutedFFN node's) routing attributes."""
     get = node.attributes.get_string
     return {"activation": get("activation", "gelu"), "k": node.attributes.get_int("k", 1),
+            "capacity": capacity_of(node),
             "router": get("router", "raw"), "selection": get("selection", "topk"),
             "epsilon": node.attributes.get_float("epsilon", 1e-5),
             "x_coef": tuple(float(v) for v in node.attributes["x_coef"].value),
@@ -296,7 +306,10 @@ def _lower_routed(model: ir.Model, node: ir.Node, decision: str, opset: int) -> 
     inputs = list((*node.inputs, *[None] * 11)[:11])
     present = [v is not None for v in inputs]
     coefs = "_".join(f"{c:g}" for c in (*r["x_coef"], *r["delta_coef"]))
-    sel = f"k{r['k']}" if r["selection"] == "topk" else "threshold"
+    cap = r["capacity"]
+    sel = "threshold" if r["selection"] != "topk" else f"k{r['k']}" if cap is None else (
+        f"kdiv{cap['divisor']}" if cap["divisor"] else f"k{cap['round']}{cap['scale']:g}") + (
+        f"min{cap['min']}" if cap and cap["min"] else "")
     sel += f"_ln{r['epsilon']:g}" if present[9] else ""
     overload = (f"{r['activation']}_{sel}_{r['router']}_{coefs}_" +
                 "".join(n.lower() for n, p in zip(ROUTED_INPUTS, present, strict=True)
@@ -306,6 +319,8 @@ def _lower_routed(model: ir.Model, node: ir.Node, decision: str, opset: int) -> 
     tape = ir.tape.Tape()
     out = tape.op(ROUTED_FFN.name, inputs,
                   {"activation": r["activation"], "selection": r["selection"], "k": r["k"],
+                   **({} if cap is None else {"k_scale": cap["scale"], "k_divisor": cap["divisor"],
+                                              "k_round": cap["round"], "k_min": cap["min"]}),
                    "router": r["router"], "x_coef": list(r["x_coef"]),
                    "delta_coef": list(r["delta_coef"]), "epsilon": r["epsilon"]},
                   domain=DOMAIN, overload=overload, name=node.name,
@@ -328,7 +343,8 @@ def _routed_function(overload: str, present: list[bool], r: dict, opset: int) ->
                                                  for f, p in zip(formals, present, strict=True))
     y = standard_forms.routed_ffn(tape, x, wr, br, w1, b1, w2, b2, wa, ba,
                                   activation_name=r["activation"], selection=r["selection"],
-                                  k=r["k"], router=r["router"], x_coef=r["x_coef"],
+                                  k=r["k"], capacity=r["capacity"], router=r["router"],
+                                  x_coef=r["x_coef"],
                                   delta_coef=r["delta_coef"], opset=opset,
                                   layer_norm=(ls, lb, r["epsilon"]) if ls is not None else None)
     y.name = "Y"

@@ -204,9 +204,11 @@ def match(root: ir.Node) -> dict:
     if router_topk.attributes.get_int("largest", 1) != 1 or not _axis(router_topk, 1, 2):
         raise Fail("selection: expected TopK(largest=1) over the sequence axis")
     k = const_array(router_topk.inputs[1])
-    if k is None or k.size != 1:
-        raise Fail("capacity: TopK's k is computed from the sequence length (only a constant "
-                   "k is supported yet)")
+    capacity = None
+    if k is None:
+        capacity = _capacity(router_topk.inputs[1], data)
+    elif k.size != 1:
+        raise Fail(f"capacity: TopK's k has {k.size} elements")
     ranked = _router(router_topk.inputs[0])
     if not _same_source(ranked["x"], data):
         raise Fail("router: scores are not computed from the scattered tensor")
@@ -245,10 +247,113 @@ def match(root: ir.Node) -> dict:
     if w_sel is None and (xb or db):
         raise Fail("combine: router weight term without a router weight")
     return {
-        "x": data, "w_r": ranked["w_r"], "b_r": ranked["b_r"], "k": int(k.reshape(-1)[0]),
+        "x": data, "w_r": ranked["w_r"], "b_r": ranked["b_r"],
+        "k": 0 if k is None else int(k.reshape(-1)[0]), "capacity": capacity,
         "router": "sigmoid" if sigmoid else "raw", "x_coef": (xa, xb), "delta_coef": (da, db),
         "ln": ln, **_ffn_fields(ffn),
     }
+
+
+_SHAPE_ONLY = ("Reshape", "Squeeze", "Unsqueeze", "Identity")
+_INTS = (ir.DataType.INT64, ir.DataType.INT32)
+
+
+def _cast_to(node: ir.Node | None, types: tuple) -> bool:
+    return (node is not None and node.op_type == "Cast" and node.domain == ""
+            and node.attributes.get_int("to", 0) in [int(t) for t in types])
+
+
+def _through(value: ir.Value, ops: tuple[str, ...] = _SHAPE_ONLY,
+             int_casts: bool = False) -> tuple[ir.Value, ir.Node | None]:
+    """(value, producer) past shape-only wrappers (and casts to an integer type)."""
+    while (p := value.producer()) is not None and p.domain == "" and (
+            p.op_type in ops or (int_casts and _cast_to(p, _INTS))):
+        value = p.inputs[0]
+    return value, value.producer()
+
+
+def _const_scalar(node: ir.Node, what: str) -> tuple[ir.Value, np.ndarray]:
+    """(the other input, the constant) of a binary node with one one-element constant."""
+    for i in (1, 0):
+        c = const_array(node.inputs[i])
+        if c is not None and c.size == 1:
+            return node.inputs[1 - i], c.reshape(-1)
+    raise Fail(f"capacity: {what} without a constant operand")
+
+
+def _capacity(value: ir.Value, data: ir.Value) -> dict:
+    """How TopK's k is computed from the sequence length S of ``data`` [B, S, d] (an export
+    with a dynamic sequence axis): ``[Max(·, m)]`` of ``Cast<int>([Ceil|Floor](Mul(
+    Cast<float>(S), c)))`` (Python's ``max(m, int(c·S))``) or the integer ``S // q``. Exactly
+    these forms: anything else computes another k and is refused."""
+    cap = {"scale": 0.0, "divisor": 0, "round": "trunc", "min": 0}
+    v, node = _through(value)
+    to_int = seen_max = False
+    while node is not None:
+        if _cast_to(node, _INTS):
+            to_int = True
+            v, node = _through(node.inputs[0])
+        elif node.op_type == "Max" and node.domain == "" and len(node.inputs) == 2 \
+                and not seen_max:
+            v, m = _const_scalar(node, "Max")
+            cap["min"], seen_max = int(m[0]), True
+            v, node = _through(v)
+        else:
+            break
+    if node is not None and node.op_type in ("Ceil", "Floor") and node.domain == "" and to_int:
+        cap["round"] = node.op_type.lower()
+        v, node = _through(node.inputs[0])
+    if node is not None and node.op_type == "Mul" and node.domain == "" and to_int:
+        v, c = _const_scalar(node, "Mul")
+        if c.dtype.kind != "f" or not float(c[0]) > 0:
+            raise Fail(f"capacity: k = S·{c[0]} (a positive float factor expected)")
+        cap["scale"] = float(np.float32(c[0]))
+        v, cast = _through(v)
+        if not _cast_to(cast, (ir.DataType.FLOAT,)):
+            raise Fail("capacity: k = S·c with S not cast to float32")
+        v = cast.inputs[0]
+    elif node is not None and node.op_type == "Div" and node.domain == "":
+        v, q = _const_scalar(node, "Div")
+        if q.dtype.kind not in "iu" or int(q[0]) < 1:
+            raise Fail(f"capacity: k = S / {q[0]} (an integer division by a positive integer "
+                       "expected)")
+        cap["divisor"] = int(q[0])
+    else:
+        got = "a graph input" if node is None else node.op_type
+        raise Fail(f"capacity: TopK's k is computed by {got} (supported: a constant, "
+                   "max(m, int(c·S)) with floor/ceil, S // q)")
+    _sequence_length(v, data)
+    return cap
+
+
+def _sequence_length(value: ir.Value, data: ir.Value) -> None:
+    """``value`` is S of ``data`` [B, S, d]: ``Gather(Shape(data), 1)`` or ``Shape(data,
+    start=1, end=2)`` (through shape-only wrappers and integer casts)."""
+    _, node = _through(value, int_casts=True)
+    if node is not None and node.op_type == "Gather" and node.domain == "":
+        i = const_array(node.inputs[1])
+        shape = node.inputs[0].producer()
+        if (i is not None and i.size == 1 and int(i.reshape(-1)[0]) in (1, -2)
+                and node.attributes.get_int("axis", 0) == 0 and shape is not None
+                and shape.op_type == "Shape" and shape.attributes.get_int("start", 0) == 0
+                and shape.attributes.get_int("end", None) is None
+                and _same_source(shape.inputs[0], data)):
+            return
+    if node is not None and node.op_type == "Shape" and node.domain == "" and \
+            _same_source(node.inputs[0], data):
+        start = node.attributes.get_int("start", 0)
+        end = node.attributes.get_int("end", None)
+        if start in (1, -2) and end in (2, -1):
+            return
+    raise Fail("capacity: k is not computed from the sequence length of the routed tensor")
+
+
+def _capacity_attrs(cap: dict | None) -> list[ir.Attr]:
+    """RoutedFFN's k_* attributes of a k computed from the sequence length (none: constant)."""
+    if not cap:
+        return []
+    return [ir.AttrFloat32("k_scale", cap["scale"]), ir.AttrInt64("k_divisor", cap["divisor"]),
+            ir.AttrString("k_round", cap["round"]), ir.AttrInt64("k_min", cap["min"])]
 
 
 def _nonzero_mask(value: ir.Value, what: str) -> ir.Value:
@@ -491,6 +596,7 @@ def _replace(graph: ir.Graph, root: ir.Node, region: list[ir.Node], m: dict) -> 
                           "mod_threshold" if threshold else "mod_topk"),
             ir.AttrString("matched_nodes", ",".join(n.name or n.op_type for n in region)),
             ir.AttrString("selection", m.get("selection", "topk")), ir.AttrInt64("k", m["k"]),
+            *_capacity_attrs(m.get("capacity")),
             ir.AttrString("router", m["router"]),
             ir.AttrFloat32s("x_coef", list(m["x_coef"])),
             ir.AttrFloat32s("delta_coef", list(m["delta_coef"])),

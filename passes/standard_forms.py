@@ -262,12 +262,29 @@ def structured_ffn(tape: ir.tape.Tape, x: ir.Value, a1: ir.Value, u1: ir.Value |
     return tape.op("Reshape", [g, out_shape])
 
 
+def _capacity_k(tape: ir.tape.Tape, x: ir.Value, k: int, capacity: dict | None) -> ir.Value:
+    """TopK's k [1]: the constant, or from the sequence length as ``fffc.ops.capacity_k``."""
+    if not capacity:
+        return _ints(tape, [k])
+    s = tape.op("Gather", [tape.op("Shape", [x]), _ints(tape, [1])], {"axis": 0})
+    if capacity["divisor"]:
+        v = tape.op("Div", [s, _ints(tape, [capacity["divisor"]])])
+    else:
+        v = tape.op("Mul", [tape.op("Cast", [s], {"to": ir.DataType.FLOAT}),
+                            _const(tape, capacity["scale"])])
+        if capacity["round"] != "trunc":
+            v = tape.op(capacity["round"].capitalize(), [v])
+        v = tape.op("Cast", [v], {"to": ir.DataType.INT64})  # truncates toward zero
+    return tape.op("Max", [v, _ints(tape, [capacity["min"]])]) if capacity["min"] else v
+
+
 def routed_ffn(tape: ir.tape.Tape, x: ir.Value, wr: ir.Value, br: ir.Value | None,
                w1: ir.Value, b1: ir.Value | None, w2: ir.Value, b2: ir.Value | None,
                wa: ir.Value | None = None, ba: ir.Value | None = None, *,
                activation_name: str, selection: str, k: int, router: str,
                x_coef: tuple[float, float], delta_coef: tuple[float, float],
-               opset: int, layer_norm: tuple | None = None) -> ir.Value:
+               opset: int, layer_norm: tuple | None = None,
+               capacity: dict | None = None) -> ir.Value:
     """``ai.fffc::RoutedFFN`` in standard ops: scores, the selection (TopK, or the mask
     ``score > 0`` → NonZero), the FFN on the gathered tokens only, the combine, scattered back
     into X (what the exports compute, in one canonical spelling)."""
@@ -280,7 +297,7 @@ def routed_ffn(tape: ir.tape.Tape, x: ir.Value, wr: ir.Value, br: ir.Value | Non
     s = score(wr, br)
     weight = tape.op("Sigmoid", [s]) if router == "sigmoid" else s
     if selection == "topk":
-        _, idx = tape.op_multi_out("TopK", [s, _ints(tape, [k])],
+        _, idx = tape.op_multi_out("TopK", [s, _capacity_k(tape, x, k, capacity)],
                                    {"axis": 1, "largest": 1, "sorted": 1}, num_outputs=2)
         shape = tape.op("Concat", [tape.op("Shape", [idx]), _dims(tape, x, 2, 3)], {"axis": 0})
         where = tape.op("Expand", [tape.op("Unsqueeze", [idx, axis]), shape])

@@ -28,6 +28,7 @@ from .cuda_build import TOKEN_VAR, CudaVariant
 
 _GUARD = 256  # floats after each output buffer
 _SENTINEL = np.float32(-1.2345e-33)
+_INT_SENTINEL = np.int32(-123456789)
 
 _PRELUDE = r"""
 #include <pthread.h>
@@ -119,9 +120,25 @@ def _kernels_part(source: str) -> str:
     return re.sub(r"__shared__ (alignas\(\d+\) )?", r"\1static ", source[start:])
 
 
-def _wrapper(kernel: str, params: tuple[str, ...]) -> str:
-    args = ", ".join(f"*static_cast<int*>(a[{i}])" if p == TOKEN_VAR else f"static_cast<float*>(a[{i}])"
-                     for i, p in enumerate(params))
+_SIG = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(([^)]*)\)')
+
+
+def _param_types(source: str) -> dict[str, tuple[str, ...]]:
+    """Kernel name → each parameter's C type: ``float*``, ``int*`` or ``int`` (a scalar)."""
+    out = {}
+    for name, params in _SIG.findall(source):
+        types = []
+        for p in params.split(","):
+            words = p.replace("__restrict__", "").split()[:-1]
+            base = " ".join(w for w in words if w != "const")
+            types.append(base.replace(" ", ""))
+        out[name] = tuple(types)
+    return out
+
+
+def _wrapper(kernel: str, types: tuple[str, ...]) -> str:
+    args = ", ".join(f"*static_cast<{t}*>(a[{i}])" if not t.endswith("*")
+                     else f"static_cast<{t}>(a[{i}])" for i, t in enumerate(types))
     return (f"static void body_{kernel}(void** a) {{ {kernel}({args}); }}\n"
             f'extern "C" int emu_{kernel}(void** a, const unsigned* d) '
             f"{{ return fffc_launch(body_{kernel}, a, d); }}\n")
@@ -132,9 +149,11 @@ class Emulator:
 
     def __init__(self, source: str, variants: list[CudaVariant] | tuple[CudaVariant, ...]):
         self.variants = {(v.spec, v.variant): v for v in variants}
-        kernels = {ln.kernel: ln.params for v in variants for ln in v.launches}
+        kernels = {ln.kernel for v in variants for ln in v.launches}
+        types = _param_types(source)
+        self._types = {k: types[k] for k in kernels}
         text = (_PRELUDE + _kernels_part(source) + _LAUNCHER
-                + "".join(_wrapper(k, p) for k, p in kernels.items()))
+                + "".join(_wrapper(k, self._types[k]) for k in sorted(kernels)))
         digest = hashlib.sha256((text + cxx()).encode()).hexdigest()[:16]
         lib = cache_dir() / "cuda-emu" / f"{digest}.so"
         if not lib.exists():
@@ -150,36 +169,53 @@ class Emulator:
         self._lib = ctypes.CDLL(str(lib))
 
     def run(self, variant: CudaVariant, inputs: Mapping[str, np.ndarray],
-            any_tokens: bool = False) -> np.ndarray:
+            any_tokens: bool = False, scalars: Mapping[str, int] | None = None,
+            outputs: Mapping[str, int] | None = None) -> np.ndarray:
         """Y for ``inputs`` (X [tokens, d_in] and the weights by name) through every launch.
 
         The token range of a variant is where the shim dispatches to it; its kernels are
-        correct for any count, which ``any_tokens`` lets a check exercise.
+        correct for any count, which ``any_tokens`` lets a check exercise. Inputs keep an
+        int32 dtype (index buffers), everything else is float32. ``scalars`` gives int
+        parameters other than N; ``outputs`` (name → elements) replaces Y by other output
+        buffers, returned as a dict (flat arrays, int32 where the kernel declares ``int*``).
         """
         x = np.ascontiguousarray(inputs["X"], dtype=np.float32)
         n = x.shape[0]
         if not any_tokens and not variant.min_tokens <= n <= variant.max_tokens:
             raise ValueError(f"variant {variant.variant} serves {variant.min_tokens}.."
                              f"{variant.max_tokens} tokens, got {n}")
-        bufs = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
+        bufs = {k: np.ascontiguousarray(v, dtype=np.int32 if np.asarray(v).dtype == np.int32
+                                        else np.float32) for k, v in inputs.items()}
         bufs["X"] = x
+        ints = {p for ln in variant.launches
+                for p, t in zip(ln.params, self._types[ln.kernel], strict=True) if t == "int*"}
         # outputs get a guard band: a write past the end is an error, not heap corruption;
         # NaN fill makes a read of anything unwritten show in Y
         sizes = {name: n * per_token for name, per_token in variant.workspace}
-        sizes["Y"] = n * variant.spec.d_out
-        guarded = {name: np.full(size + _GUARD, np.nan, np.float32) for name, size in sizes.items()}
-        for name, arr in guarded.items():
-            arr[sizes[name]:] = _SENTINEL
-            bufs[name] = arr
-        count = ctypes.c_int(n)
+        sizes.update(outputs if outputs is not None else {"Y": n * variant.spec.d_out})
+        guarded = {}
+        for name, size in sizes.items():
+            if name in ints:
+                arr = np.full(size + _GUARD, -(2 ** 31) + 7, np.int32)
+                arr[size:] = _INT_SENTINEL
+            else:
+                arr = np.full(size + _GUARD, np.nan, np.float32)
+                arr[size:] = _SENTINEL
+            guarded[name] = bufs[name] = arr
+        values = {TOKEN_VAR: n, **(scalars or {})}
+        ints_by_name = {name: ctypes.c_int(v) for name, v in values.items()}
         for launch in variant.launches:
-            ptrs = [ctypes.cast(ctypes.pointer(count), ctypes.c_void_p) if p == TOKEN_VAR
-                    else bufs[p].ctypes.data_as(ctypes.c_void_p) for p in launch.params]
+            ptrs = [ctypes.cast(ctypes.pointer(ints_by_name[p]), ctypes.c_void_p) if t == "int"
+                    else bufs[p].ctypes.data_as(ctypes.c_void_p)
+                    for p, t in zip(launch.params, self._types[launch.kernel], strict=True)]
             argv = (ctypes.c_void_p * len(ptrs))(*ptrs)
             dims = (ctypes.c_uint * 6)(*[d(n) for d in launch.grid], *launch.block)
             if getattr(self._lib, f"emu_{launch.kernel}")(argv, dims) != 0:
                 raise CodegenError(f"emulating {launch.kernel}: could not start threads")
         for name, arr in guarded.items():
-            if not (arr[sizes[name]:] == _SENTINEL).all():
+            sentinel = _INT_SENTINEL if arr.dtype == np.int32 else _SENTINEL
+            if not (arr[sizes[name]:] == sentinel).all():
                 raise CodegenError(f"{variant.symbol}: a kernel wrote past the end of {name}")
+        if outputs is not None:
+            return {name: guarded[name][: sizes[name]] for name in outputs}
         return guarded["Y"][: sizes["Y"]].reshape(n, variant.spec.d_out)

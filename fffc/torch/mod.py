@@ -1,12 +1,17 @@
 """Mixture-of-Depths around an FFN (Raposo et al. 2024, arXiv 2404.02258), static export form.
 
-A linear router scores every token; the top ``capacity``·S tokens of each sequence (k fixed
-by the static sequence length S, so exports have static shapes) go through the FFN, in causal
-order, and their update is scaled by the router weight and scattered back:
+A linear router scores every token; the top k = max(1, int(``capacity``·S)) tokens of each
+sequence go through the FFN, in causal order, and their update is scaled by the router weight
+and scattered back:
 TopK → sort indices → Gather → FFN → Mul → ScatterElements(add) — the graph fffc's passes
 match. Top-k over the sequence is not causal, so decoding uses the paper's auxiliary
 predictor: ``aux`` (trained by ``aux_loss`` with BCE on top-k membership, inputs detached)
 decides per token in ``forward_causal``.
+
+k is computed with ``torch.sym_int``/``sym_max``, so the dynamo exporter with a dynamic
+sequence axis exports the computation (Shape → Cast → Mul → Cast → Max → TopK) and the model
+stays right at every length; with ``int()`` it would bake the k of the example input into
+the graph. The TorchScript exporter always bakes k: export with it at a fixed length only.
 """
 
 from __future__ import annotations
@@ -34,9 +39,9 @@ class MoDFFN(nn.Module):
         self.router = nn.Linear(d_model, 1, bias=False)
         self.aux = nn.Linear(d_model, 1)
 
-    def k(self, seq_len: int) -> int:
-        """Tokens routed per sequence of ``seq_len`` tokens."""
-        return max(1, int(self.capacity * seq_len))
+    def k(self, seq_len: int | torch.SymInt) -> int | torch.SymInt:
+        """Tokens routed per sequence of ``seq_len`` tokens (symbolic under torch.export)."""
+        return torch.sym_max(1, torch.sym_int(self.capacity * seq_len))
 
     def _update(self, xs: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """What the selected tokens ``xs`` (router weights ``w`` [..., 1]) add to x."""
@@ -47,7 +52,7 @@ class MoDFFN(nn.Module):
         """Top-k routing per sequence (training and prefill; not causal)."""
         seq_len, d = x.shape[1], x.shape[2]
         r = self.router(x).squeeze(-1)  # [B, S]
-        _, index = torch.topk(r, self.k(int(seq_len)), dim=1, sorted=False)
+        _, index = torch.topk(r, self.k(seq_len), dim=1, sorted=False)
         index, _ = torch.sort(index, dim=1)  # causal order
         index_d = index.unsqueeze(-1).expand(-1, -1, d)
         xs = torch.gather(x, 1, index_d)

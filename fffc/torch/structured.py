@@ -175,14 +175,18 @@ class BlockDenseLinear(_StructuredLinear):
 class BlockShuffleLinear(_StructuredLinear):
     """Monarch: block-diagonal ``blkdiag1`` [k, q, p], the (r, m) → (m, r) shuffle,
     block-diagonal ``blkdiag2`` [m, s, r], output in (s, m) order — the release's
-    ``block_shuffle_bmm`` with k = m = ``blocks``. Orthogonal init per block."""
+    ``block_shuffle_bmm`` with k = m = ``blocks``; ``form="einsum"`` writes both block
+    products (and the shuffle, by the letter order) as ``torch.einsum``. Orthogonal init per
+    block."""
 
     def __init__(self, d_in: int, d_out: int, blocks: int, bias: bool = True,
-                 guided: bool = False) -> None:
+                 guided: bool = False, form: str = "bmm") -> None:
         super().__init__(d_in, d_out, bias)
         if d_in % blocks or d_out % blocks:
             raise ValueError(f"d_in ({d_in}) and d_out ({d_out}) must be multiples of blocks ({blocks})")
-        self.blocks = blocks
+        if form not in ("bmm", "einsum"):
+            raise ValueError(f"form must be 'bmm' or 'einsum', got {form!r}")
+        self.blocks, self.form = blocks, form
         b_in, b_out = d_in // blocks, d_out // blocks
         s1, s2 = ((b_in, b_in), (b_out, b_in)) if d_in < d_out else ((b_out, b_in), (b_out, b_out))
         with torch.no_grad():
@@ -196,6 +200,10 @@ class BlockShuffleLinear(_StructuredLinear):
         shape = x.shape
         k, _, p = self.blkdiag1.shape
         m, s, r = self.blkdiag2.shape
+        if self.form == "einsum":
+            h = torch.einsum("nkp,kqp->nkq", x.reshape(-1, k, p), self.blkdiag1)
+            h = torch.einsum("nrm,msr->nsm", h.reshape(-1, r, m), self.blkdiag2)
+            return h.reshape(*shape[:-1], s * m)
         h = x.reshape(-1, k, p).transpose(0, 1)
         h = torch.bmm(h, self.blkdiag1.transpose(-1, -2))  # [k, N, q]
         h = h.transpose(0, 1).reshape(-1, r, m).transpose(-1, -2).transpose(0, 1)  # [m, N, r]
@@ -211,7 +219,7 @@ class BlockShuffleLinear(_StructuredLinear):
 
     def extra_repr(self) -> str:
         return (f"d_in={self.d_in}, d_out={self.d_out}, blocks={self.blocks}, "
-                f"bias={self.bias is not None}")
+                f"form={self.form}, bias={self.bias is not None}")
 
 
 class StructuredMLP(nn.Module):
@@ -244,7 +252,7 @@ class StructuredMLP(nn.Module):
         if self.kind == "blockdense":
             return BlockDenseLinear(d_in, d_out, rank, blocks, bias, form=form, guided=guided)
         if self.kind == "blockshuffle":
-            return BlockShuffleLinear(d_in, d_out, blocks, bias, guided=guided)
+            return BlockShuffleLinear(d_in, d_out, blocks, bias, guided=guided, form=form)
         if guided:
             raise ValueError("guided=True needs a structured kind")
         return nn.Linear(d_in, d_out, bias=bias)

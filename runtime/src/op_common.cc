@@ -1,5 +1,6 @@
 #include "op_common.h"
 
+#include <cmath>
 #include <cstring>
 #include <exception>
 #include <stdexcept>
@@ -138,11 +139,20 @@ OrtStatusPtr CreateKernelV2(const OrtCustomOp* op, const OrtApi* api, const OrtK
       attrs.selection = StringAttr(a, info, "selection", "topk");
       attrs.router = StringAttr(a, info, "router", "raw");
       attrs.k = IntAttr(a, info, "k", 1);
+      attrs.k_divisor = IntAttr(a, info, "k_divisor", 0);
+      attrs.k_min = IntAttr(a, info, "k_min", 0);
+      attrs.k_round = StringAttr(a, info, "k_round", "trunc");
+      if (OrtStatus* st = a->KernelInfoGetAttribute_float(info, "k_scale", &attrs.k_scale))
+        a->ReleaseStatus(st);  // absent: a constant k
+      if (attrs.k_round != "trunc" && attrs.k_round != "floor" && attrs.k_round != "ceil")
+        throw std::runtime_error("RoutedFFN: k_round must be trunc, floor or ceil");
+      if (attrs.k_divisor < 0 || !(attrs.k_scale >= 0.f))
+        throw std::runtime_error("RoutedFFN: k_scale and k_divisor must be >= 0");
       if (attrs.selection != "topk" && attrs.selection != "threshold")
         throw std::runtime_error("RoutedFFN: selection must be topk or threshold");
       if (attrs.router != "raw" && attrs.router != "sigmoid")
         throw std::runtime_error("RoutedFFN: router must be raw or sigmoid");
-      if (attrs.selection == "topk" && attrs.k < 1)
+      if (attrs.selection == "topk" && attrs.k < 1 && !attrs.KFromLength())
         throw std::runtime_error("RoutedFFN: k must be >= 1");
       float x[2] = {1.f, 0.f}, d[2] = {0.f, 1.f};
       FloatsAttr(a, info, "x_coef", x);
@@ -330,6 +340,20 @@ OrtCustomOp* NewRoutedFfnOp(const OrtApi* api, const char* ep, KernelFactory fac
 
 OrtCustomOp* NewStructuredFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
   return NewOp(api, "StructuredFFN", ep, 11, OpWithFactory::kStructured, factory);
+}
+
+int64_t Attrs::TopK(int64_t seq) const {
+  if (!KFromLength()) return k;
+  int64_t v;
+  if (k_divisor > 0) {
+    v = seq / k_divisor;
+  } else {
+    // float32 product, as the exported Cast(S, float) · scale computes it
+    const float prod = static_cast<float>(seq) * k_scale;
+    v = static_cast<int64_t>(k_round == "ceil" ? std::ceil(prod)
+                             : k_round == "floor" ? std::floor(prod) : prod);
+  }
+  return v > k_min ? v : k_min;
 }
 
 }  // namespace fffc

@@ -23,6 +23,13 @@ struct Attrs {
   // coefficients [x_a, x_b, delta_a, delta_b]
   std::string selection, router;
   int64_t k = 1;
+  // k from the sequence length S (an export with a dynamic sequence axis; fffc.ops.capacity_k):
+  // round(float(S)·k_scale) (k_round: trunc, floor, ceil) or S / k_divisor, then max(·, k_min)
+  float k_scale = 0.f;
+  int64_t k_divisor = 0, k_min = 0;
+  std::string k_round = "trunc";
+  bool KFromLength() const { return k_scale > 0.f || k_divisor > 0; }
+  int64_t TopK(int64_t seq) const;
   float coef[4] = {1.f, 0.f, 0.f, 1.f};
   float epsilon = 1e-5f;  // RoutedFFN: LayerNorm epsilon of a pre-norm routed block
 };

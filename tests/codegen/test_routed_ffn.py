@@ -31,12 +31,15 @@ def _compiled(spec: KernelSpec):
     return ex["k"]
 
 
-def run_route(spec: KernelSpec, x: np.ndarray, wr: np.ndarray, br: np.ndarray | None):
-    """(IDX[:CNT], WT[:CNT], CNT, XS[:CNT]) of the route kernel."""
+def run_route(spec: KernelSpec, x: np.ndarray, wr: np.ndarray, br: np.ndarray | None,
+              kn: int | None = None):
+    """(IDX[:CNT], WT[:CNT], CNT, XS[:CNT]) of the route kernel (``kn``: a "kvar" spec's
+    per-call k)."""
     b, s, d = x.shape
     outs = [_tvm.empty((b * s,), "int32"), _tvm.empty((b * s,)), _tvm.empty((1,), "int32"),
             _tvm.empty((b * s, d))]
-    ins = [x, wr, *([br] if spec.has_b1 else [])]
+    ins = [x, wr, *([br] if spec.has_b1 else []),
+           *([np.array([kn], np.int32)] if kn is not None else [])]
     _compiled(spec)(*[_tvm.tensor(a) for a in ins], *outs)
     cnt = int(outs[2].numpy()[0])
     return outs[0].numpy()[:cnt], outs[1].numpy()[:cnt], cnt, outs[3].numpy()[:cnt]
@@ -289,3 +292,21 @@ def test_route_normalizes_the_gathered_rows_for_a_prenorm_block() -> None:
     np.testing.assert_allclose(outs[1].numpy()[:cnt], w, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(outs[3].numpy()[:cnt], layer_norm(x.reshape(-1, D)[idx], ls, lb,
                                                                   1e-5), rtol=1e-4, atol=1e-5)
+
+
+def test_topk_k_per_call() -> None:
+    """A "kvar" spec (k from the sequence length, computed by the shim) selects the top
+    KN[0]; KN < 1 or KN > S selects nothing (the op refuses those before the kernel)."""
+    spec = route_kernel_spec(D, "topk", None, "raw", True)
+    assert "KN" in spec.arg_names() and spec.mode == "route_topk_kvar_raw"
+    for s, kn in ((7, 1), (7, 3), (7, 7), (64, 16), (64, 5)):
+        x, wr, br = data(2, s, D, "float", seed=s + kn)
+        ref_idx, ref_w = route(x, wr, br, selection="topk", k=kn, router="raw")
+        idx, wt, cnt, xs = run_route(spec, x, wr, br, kn)
+        assert cnt == 2 * kn
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_allclose(wt, ref_w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(xs, x.reshape(-1, D)[ref_idx])
+    x, wr, br = data(2, 7, D, "float", seed=3)
+    for kn in (0, 8):
+        assert run_route(spec, x, wr, br, kn)[2] == 0

@@ -48,6 +48,30 @@ def test_mod_artifact_matches_the_export(tmp_path, exporter, combine, bias):
         np.testing.assert_allclose(stock.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("k_form", ["module", "floordiv"])
+def test_dynamic_sequence_k_artifact_matches_the_export(tmp_path, k_form):
+    """k computed from the sequence length in the graph: the shim computes it per call (the
+    route kernel reads it), so every length routes the export's number of tokens."""
+    from tests.fixtures.structured_exports import export_mod
+
+    path = export_mod("dynamo18", tmp_path / "mod.onnx", seq=16, capacity=0.25, k_form=k_form)
+    result = fffc.compile(path, tmp_path / "out.fffc", fffc.CompileOptions(target="x86"))
+    manifest = json.loads((result.artifact / "manifest.json").read_text())
+    (site,) = manifest["sites"]
+    assert site["decision"] == "routed", site["reason"]
+    assert "route_topk_kvar_raw" in {e["spec"]["mode"] for e in manifest["kernels"]["entries"]}
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with_shim = fffc.runtime.InferenceSession(result.artifact)
+    stock = ort.InferenceSession(str(result.artifact / "model.onnx"),
+                                 providers=["CPUExecutionProvider"])
+    for b, s in ((1, 1), (2, 3), (1, 16), (3, 21), (2, 64)):
+        x = np.random.default_rng(s).standard_normal((b, s, 64)).astype(np.float32)
+        want = original.run(None, {"x": x})[0]
+        np.testing.assert_allclose(with_shim.run(None, {"x": x})[0], want, rtol=1e-4,
+                                   atol=1e-5, err_msg=f"B={b} S={s}")
+        np.testing.assert_allclose(stock.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("exporter", ["dynamo18", "torchscript17"])
 def test_causal_mod_artifact_matches_the_export(tmp_path, exporter):
     """The decode form: one token at a time (routed or not) and whole prompts."""

@@ -37,6 +37,7 @@ TOKENS = [(1, 1), (1, 3), (2, 7), (3, 101)]  # 1, 3, 14 and 303 tokens: every va
     ("blockdense", "dynamo_noopt", "einsum", "relu"),
     ("blockshuffle", "dynamo_noopt", "bmm", "gelu"),
     ("blockshuffle", "torchscript17", "bmm", "silu"),
+    ("blockshuffle", "dynamo18", "einsum", "gelu"),
 ])
 def test_structured_artifact_matches_the_export(tmp_path, kind, exporter, form, activation):
     path = _export(tmp_path, kind, exporter, form=form, activation=activation)

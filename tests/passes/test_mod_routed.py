@@ -61,7 +61,38 @@ def test_lowered_model_equals_the_export(tmp_path, exporter, combine, decision):
         np.testing.assert_allclose(_run(model, x), _run(str(path), x), rtol=1e-5, atol=1e-5)
 
 
-def _handmade(tmp_path, *, reduction="add", combine="paper", k_from_shape=False,
+K_FORMS = {  # k_form → (capacity attributes, k at S = 1, 16, 20, 33) with capacity 0.25
+    "module": ({"scale": 0.25, "divisor": 0, "round": "trunc", "min": 1}, (1, 4, 5, 8)),
+    "floordiv": ({"scale": 0.0, "divisor": 4, "round": "trunc", "min": 0}, (0, 4, 5, 8)),
+    "ceil": ({"scale": 0.25, "divisor": 0, "round": "ceil", "min": 0}, (1, 4, 5, 9)),
+}
+
+
+@pytest.mark.parametrize("exporter", ["dynamo18", "dynamo_noopt"])
+@pytest.mark.parametrize("k_form", list(K_FORMS))
+def test_k_computed_from_the_sequence_length(tmp_path, exporter, k_form):
+    """A dynamic sequence axis: TopK's k is computed in the graph (max(1, int(c·S)), S // q,
+    ceil(c·S)); the site carries the rule, and the lowered op (its fallback function) equals
+    the export at other lengths, k included."""
+    from fffc.ops import capacity_k
+
+    path = _export(tmp_path, exporter, capacity=0.25, seq=16, k_form=k_form)
+    a = pipeline.analyze(path)
+    assert [s.kind for s in a.sites] == ["routed"], [m.reason for m in a.near_misses]
+    cap, ks = K_FORMS[k_form]
+    assert a.sites[0].routing["capacity"] == cap
+    assert [capacity_k(s, 0, cap) for s in (1, 16, 20, 33)] == list(ks)
+    lower(a.working, {a.sites[0].name: "routed"})
+    model = ir.serde.serialize_model(a.working)
+    onnx.checker.check_model(model, full_check=True)
+    assert "RoutedFFN" in {n.op_type for n in model.graph.node}
+    for s in (4, 16, 20, 33):
+        x = np.random.default_rng(s).standard_normal((2, s, 64)).astype(np.float32)
+        np.testing.assert_allclose(_run(model, x), _run(str(path), x), rtol=1e-5, atol=1e-5,
+                                   err_msg=f"S={s}")
+
+
+def _handmade(tmp_path, *, reduction="add", combine="paper", k_from_shape: str = "",
               gather_other=False) -> str:
     """A MoD graph written by hand, to vary one piece at a time."""
     rng = np.random.default_rng(0)
@@ -76,7 +107,7 @@ def _handmade(tmp_path, *, reduction="add", combine="paper", k_from_shape=False,
     if k_from_shape:
         nodes += [helper.make_node("Shape", ["x"], ["shp"]),
                   helper.make_node("Gather", ["shp", "one"], ["slen"], axis=0),
-                  helper.make_node("Div", ["slen", "three"], ["kk"]),
+                  helper.make_node(k_from_shape, ["slen", "three"], ["kk"]),
                   helper.make_node("Reshape", ["kk", "axes1"], ["kdyn"])]
         ints.update(one=np.array(1), three=np.array(3), axes1=np.array([1]))
     nodes += [helper.make_node("TopK", ["r", "kdyn" if k_from_shape else "k"], ["tv", "ti"],
@@ -141,7 +172,7 @@ def test_overwrite_combine_is_read_as_written(tmp_path):
 @pytest.mark.parametrize("variant, reason", [
     ({"combine": "squared"}, "router weight enters twice"),
     ({"combine": "softmax"}, "product of two computed tensors"),
-    ({"k_from_shape": True}, "computed from the sequence length"),
+    ({"k_from_shape": "Sub"}, "TopK's k is computed by Sub"),
     ({"gather_other": True}, "FFN input"),
 ])
 def test_refused_regions_say_why(tmp_path, variant, reason):

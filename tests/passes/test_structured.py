@@ -121,8 +121,11 @@ def test_merged_weights_are_added_only_when_asked(tmp_path):
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("activation, bias", [("gelu", True), ("relu", False)])
-def test_blockshuffle_mlp_is_one_site_equal_to_the_export(tmp_path, exporter, activation, bias):
+@pytest.mark.parametrize("activation, bias, form", [("gelu", True, "bmm"),
+                                                     ("relu", False, "bmm"),
+                                                     ("gelu", True, "einsum")])
+def test_blockshuffle_mlp_is_one_site_equal_to_the_export(tmp_path, exporter, activation, bias,
+                                                         form):
     """Monarch layers (block diagonal, (r, m) → (m, r) shuffle, block diagonal, (m, s) →
     (s, m)) become one structured site whose factors give the module's dense weights; lowered
     as standard ops and as the fallback function, it equals the export."""
@@ -131,7 +134,7 @@ def test_blockshuffle_mlp_is_one_site_equal_to_the_export(tmp_path, exporter, ac
     from fffc.reference import merged_weight
     from fffc.torch import StructuredMLP
 
-    path = _export(tmp_path, "blockshuffle", "bmm", activation, bias, exporter)
+    path = _export(tmp_path, "blockshuffle", form, activation, bias, exporter)
     a = pipeline.analyze(path)
     assert [s.kind for s in a.sites] == ["structured"], [m.reason for m in a.near_misses]
     st = a.sites[0].structure
@@ -139,7 +142,7 @@ def test_blockshuffle_mlp_is_one_site_equal_to_the_export(tmp_path, exporter, ac
                                                                4, 4)
     torch.manual_seed(0)
     m = StructuredMLP(64, 256, "blockshuffle", blocks=4, activation=activation,
-                      bias=bias).eval()
+                      bias=bias, form=form).eval()
     w = site_weights(a.working, a.sites[0].name, "structured")
     for i, fc in ((1, m.fc1), (2, m.fc2)):
         np.testing.assert_allclose(merged_weight(w[f"A{i}"], None, w[f"S{i}"]),
@@ -194,3 +197,17 @@ def test_matmul_chain_without_bottleneck_is_not_low_rank(tmp_path):
 ])
 def test_einsum_equations(equation, perm):
     assert _einsum_perm(equation) == perm
+
+
+@pytest.mark.parametrize("equation, perm", [
+    ("nrm,msr->nsm", (0, 2, 1)),  # fffc.torch's BlockShuffleLinear(form="einsum")
+    ("nrm,mrs->nsm", (0, 1, 2)),
+    ("bji,itj->bti", (0, 2, 1)),
+    ("nrm,msr->nms", None),  # output not in (s, m) order: another layout
+    ("nrm,nsr->nsm", None),  # the token axis in the weight
+    ("nrm,msr->nsr", None),  # no sum over r
+])
+def test_shuffle_einsum_equations(equation, perm):
+    from fffc.passes.canonical_structured import _shuffle_einsum_perm
+
+    assert _shuffle_einsum_perm(equation) == perm

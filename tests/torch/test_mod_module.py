@@ -125,6 +125,29 @@ def test_static_exports_run_in_ort(dynamo, opset, combine, tmp_path) -> None:
                                        rtol=1e-5, atol=1e-5)
 
 
+def test_dynamic_sequence_export_computes_k(tmp_path) -> None:
+    """With a dynamic sequence axis the dynamo export computes k from S (no k baked from
+    the example input): ORT equals the module at every length."""
+    m = _mod(d=32, d_ff=64, capacity=0.25, combine="paper", seed=9)
+    path = tmp_path / "mod.onnx"
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.randn(2, 16, 32),), str(path), dynamo=True,
+                          opset_version=18, input_names=["x"], output_names=["y"],
+                          dynamic_shapes={"x": dims})
+    g = onnx.load(str(path)).graph
+    constants = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant"
+                                                   for o in n.output}
+    assert g.node[[n.op_type for n in g.node].index("TopK")].input[1] not in constants
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for seq in (3, 16, 20, 33):
+        x = torch.randn(2, seq, 32)
+        with torch.no_grad():
+            np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], m(x).numpy(),
+                                       rtol=1e-5, atol=1e-5, err_msg=f"S={seq}")
+
+
 def test_constructor_checks() -> None:
     ffn = torch.nn.Linear(8, 8)
     with pytest.raises(ValueError, match="combine"):

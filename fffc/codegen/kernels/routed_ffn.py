@@ -49,20 +49,24 @@ def routed_variants(spec: KernelSpec) -> list[tuple[str, int, int]]:
     return [("all", 1, MAX_TOKENS)]
 
 
-def _route_params(spec: KernelSpec) -> tuple[int, str, str]:
-    """(k, router, selection) of a route spec, validated."""
+def _route_params(spec: KernelSpec) -> tuple[int | None, str, str]:
+    """(k, router, selection) of a route spec, validated; k None: read from KN per call."""
     extra = dict(spec.extra)
-    try:
-        k = int(extra.get("k", "0"))
-    except ValueError as e:
-        raise CodegenError(f"RoutedFFN route: bad k {extra.get('k')!r}") from e
+    k: int | None = None
+    if extra.get("k") != "var":
+        try:
+            k = int(extra.get("k", "0"))
+        except ValueError as e:
+            raise CodegenError(f"RoutedFFN route: bad k {extra.get('k')!r}") from e
     router, selection = extra.get("router", "raw"), extra.get("selection", "topk")
     if router not in ("raw", "sigmoid"):
         raise CodegenError(f"RoutedFFN route: router {router!r} unknown")
     if selection not in ("topk", "threshold"):
         raise CodegenError(f"RoutedFFN route: selection {selection!r} unknown")
-    if selection == "topk" and k < 1:
+    if selection == "topk" and k is not None and k < 1:
         raise CodegenError(f"RoutedFFN route: topk needs k >= 1, got {k}")
+    if selection == "threshold" and k is None:
+        raise CodegenError("RoutedFFN route: a per-call k is for selection topk")
     if spec.gated and selection != "threshold":
         raise CodegenError("RoutedFFN route: a selection score (WA) needs selection threshold")
     return k, router, selection
@@ -288,10 +292,12 @@ def _route_body(spec: KernelSpec) -> str:
                      f"if T.shift_right(KEY[b * S + t], {32 - 8 * p}) == st[1]:\n    {inc}")
             update = "st[3] - 128" if p == 0 else "st[1] * 256 + st[3]"
             passes.append(_RADIX_PASS.format(match=indent(match, 4), update=update))
-        select = _TOPK_SELECT.format(K=k, weight=weight, passes=indent("\n".join(passes), 4))
-        gather = gather(f"B * {k}")
-        # S < k breaks the shim's contract: no rows rather than writes out of bounds
-        lines.append(f"if S >= {k}:\n{indent(select, 4)}\n{indent(gather, 4)}\n"
+        kv = "KN[0]" if k is None else str(k)
+        select = _TOPK_SELECT.format(K=kv, weight=weight, passes=indent("\n".join(passes), 4))
+        gather = gather(f"B * {kv}")
+        # S < k breaks the shim's contract (k < 1 selects nothing): no rows rather than
+        # writes out of bounds
+        lines.append(f"if S >= {kv} and {kv} >= 1:\n{indent(select, 4)}\n{indent(gather, 4)}\n"
                      "else:\n    CNT[0] = 0")
     else:
         lines.append(_THRESHOLD_SELECT.format(weight=weight, SEL="SA" if spec.gated else "SC"))
@@ -312,7 +318,7 @@ def route_source(spec: KernelSpec, symbol: str) -> str:
               "LS": f'LS: T.Buffer(({d},), "float32", align=4)',
               "LB": f'LB: T.Buffer(({d},), "float32", align=4)', "IDX": "idx: T.handle",
               "WT": "wt: T.handle", "CNT": 'CNT: T.Buffer((1,), "int32", align=4)',
-              "XS": "xs: T.handle"}
+              "XS": "xs: T.handle", "KN": 'KN: T.Buffer((1,), "int32", align=4)'}
     params = ", ".join(shapes[a] for a in spec.arg_names())
     head = _ROUTE_HEAD.format(params=params, symbol=symbol, D=d)
     return head + _route_body(spec) + "\n"

@@ -54,8 +54,9 @@ struct RoutedKernel : KernelBase {
       return Fail(api, "RoutedFFN: a selection score WA is for selection threshold");
     const int64_t d_ff = w1[1];
     const bool topk = attrs.selection == "topk";
-    if (topk && s < attrs.k)
-      return Fail(api, "RoutedFFN: top-" + std::to_string(attrs.k) + " of a sequence of " +
+    const int64_t k = attrs.TopK(s);  // per call when k follows the sequence length
+    if (topk && (s < k || k < 0))
+      return Fail(api, "RoutedFFN: top-" + std::to_string(k) + " of a sequence of " +
                            std::to_string(s) + " tokens");
     OrtValue* yv = nullptr;
     if (OrtStatus* st = api->KernelContext_GetOutput(ctx, 0, xd.data(), xd.size(), &yv)) return st;
@@ -65,7 +66,8 @@ struct RoutedKernel : KernelBase {
 
     // fffc.ops.route_kernel_spec's mode
     const std::string route_mode =
-        "route_" + attrs.selection + "_k" + std::to_string(topk ? attrs.k : 0) + "_" +
+        "route_" + attrs.selection + "_k" +
+        (!topk ? "0" : attrs.KFromLength() ? "var" : std::to_string(attrs.k)) + "_" +
         attrs.router + (present[kWA] ? (present[kBA] ? "_auxb" : "_aux") : "") +
         (present[kLS] ? "_ln" + Compact(attrs.epsilon) : "");
     const fffc_kernel_entry* route =
@@ -90,6 +92,8 @@ struct RoutedKernel : KernelBase {
       t.push_back(Dl(in[kLS].data, in[kLS].dims.data(), 1));
       t.push_back(Dl(in[kLB].data, in[kLB].dims.data(), 1));
     }
+    int32_t kn = static_cast<int32_t>(k);
+    if (topk && attrs.KFromLength()) t.push_back(Dl(&kn, one, 1, true));
     t.push_back(Dl(idx.get(), n1, 1, true));
     t.push_back(Dl(wt.get(), n1, 1));
     t.push_back(Dl(cnt.data(), one, 1, true));
