@@ -130,7 +130,7 @@ def _fixed_objects(compiler: str, includes: list[str], triple: str) -> list[Path
         if p.is_file() and p.suffix in (".cc", ".h", ".lds"):
             h.update(p.name.encode() + p.read_bytes())
     h.update(" ".join([*CXXFLAGS, *includes, _compiler_id(compiler, triple)]).encode())
-    for inc in includes:
+    for inc in (i for i in includes if i.startswith("-I")):
         for hdr in sorted(Path(inc[2:]).rglob("*.h"))[:64]:
             h.update(hdr.name.encode())
     out = cache_dir() / "shim-objects" / h.hexdigest()[:16]
@@ -161,15 +161,17 @@ def glibc_requirement(shim: Path) -> str:
 
 
 def build_shim(library: KernelLibrary, out_dir: Path, extra_sources: tuple[Path, ...] = (),
-               name: str = SHIM_NAME) -> Path:
+               name: str = SHIM_NAME, defines: tuple[str, ...] = ()) -> Path:
     """Link ``out_dir/libfffc_ops.so`` from the shim sources, the tables and the kernels.
 
-    ``extra_sources`` (tests only) are compiled in and keep their own exported symbols.
+    ``extra_sources`` (tests only) are compiled in and keep their own exported symbols;
+    ``defines`` (tests only, e.g. FFFC_TEST_CUDA_ON_CPU) are preprocessor macros.
     """
     triple = library.target.get("mtriple", "x86_64-linux-gnu")
     compiler = cxx(triple)
     includes = [f"-I{ensure_ort_headers()}", f"-I{_ffi_include()}",
-                f"-I{_runtime_dir() / 'include'}", f"-I{_runtime_dir() / 'src'}"]
+                f"-I{_runtime_dir() / 'include'}", f"-I{_runtime_dir() / 'src'}",
+                *(f"-D{d}" for d in defines)]
     objs = _fixed_objects(compiler, includes, triple)
     out = out_dir / name
     with tempfile.TemporaryDirectory() as tmp:

@@ -186,8 +186,12 @@ def host_target() -> dict:
 def build_kernel_library(specs: Sequence[KernelSpec], target: str = "x86",
                          out_dir: Path | None = None, mcpu: str | None = None,
                          archs: Sequence[str] = DEFAULT_ARCHS,
-                         host_twin: bool = False, mattr: Sequence[str] = ()) -> KernelLibrary:
+                         host_twin: bool = False, mattr: Sequence[str] = (),
+                         counted_specs: Sequence[KernelSpec] = ()) -> KernelLibrary:
     """Compile every variant of every spec into ``out_dir`` (CPU object; cuda: + fatbin).
+
+    ``counted_specs`` (cuda): StructuredFFN specs that also get "counted_" variants (rows
+    bounded by a device-side count: a RoutedFFN's FFN on its gathered rows).
 
     ``host_twin``: the same kernels (same variants and tilings, hence the same TIR) compiled
     for this machine instead, so an artifact for another CPU can be checked here.
@@ -198,7 +202,9 @@ def build_kernel_library(specs: Sequence[KernelSpec], target: str = "x86",
     if fam.name == "cuda":
         cpu = build_kernel_library(specs, "x86", Path(out_dir), mcpu or PORTABLE_X86,
                                    host_twin=host_twin, mattr=mattr)
-        return replace(cpu, family="cuda", cuda=build_cuda_library(specs, Path(out_dir), archs))
+        extra = {"counted_specs": tuple(counted_specs)} if counted_specs else {}
+        return replace(cpu, family="cuda",
+                       cuda=build_cuda_library(specs, Path(out_dir), archs, **extra))
     tgt = fam.target(mcpu, tuple(mattr))
     unique = list(dict.fromkeys(specs))  # equal specs share kernels
     funcs, table = _funcs(unique, target, tgt)

@@ -139,9 +139,12 @@ def _param_types(source: str) -> dict[str, tuple[str, ...]]:
 def _wrapper(kernel: str, types: tuple[str, ...]) -> str:
     args = ", ".join(f"*static_cast<{t}*>(a[{i}])" if not t.endswith("*")
                      else f"static_cast<{t}>(a[{i}])" for i, t in enumerate(types))
+    kinds = "".join("p" if t.endswith("*") else "i" for t in types)
     return (f"static void body_{kernel}(void** a) {{ {kernel}({args}); }}\n"
             f'extern "C" int emu_{kernel}(void** a, const unsigned* d) '
-            f"{{ return fffc_launch(body_{kernel}, a, d); }}\n")
+            f"{{ return fffc_launch(body_{kernel}, a, d); }}\n"
+            # for tests/runtime/fake_cuda.cc: which kernelParams are pointers ("p") or ints
+            f'extern "C" const char* emu_types_{kernel}() {{ return "{kinds}"; }}\n')
 
 
 class Emulator:
@@ -166,6 +169,7 @@ class Emulator:
             if proc.returncode != 0:
                 raise CodegenError("emulating the CUDA kernels: " + proc.stderr[:800])
             tmp.replace(lib)
+        self.library_path = lib  # the compiled kernels (also loaded by tests' fake libcuda)
         self._lib = ctypes.CDLL(str(lib))
 
     def run(self, variant: CudaVariant, inputs: Mapping[str, np.ndarray],

@@ -32,6 +32,7 @@ const Driver* GetDriver(std::string* why) {
     driver.cuLaunchKernel = reinterpret_cast<decltype(driver.cuLaunchKernel)>(sym("cuLaunchKernel"));
     driver.cuMemAlloc = reinterpret_cast<decltype(driver.cuMemAlloc)>(sym("cuMemAlloc_v2"));
     driver.cuMemFree = reinterpret_cast<decltype(driver.cuMemFree)>(sym("cuMemFree_v2"));
+    driver.cuMemcpyHtoD = reinterpret_cast<decltype(driver.cuMemcpyHtoD)>(sym("cuMemcpyHtoD_v2"));
     driver.cuGetErrorString = reinterpret_cast<decltype(driver.cuGetErrorString)>(sym("cuGetErrorString"));
     if (!ok) return;
     if (CUresult r = driver.cuInit(0); r != 0) {

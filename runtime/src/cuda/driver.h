@@ -24,6 +24,7 @@ struct Driver {
                              unsigned, unsigned, CUstream, void**, void**);
   CUresult (*cuMemAlloc)(CUdeviceptr*, size_t);
   CUresult (*cuMemFree)(CUdeviceptr);
+  CUresult (*cuMemcpyHtoD)(CUdeviceptr, const void*, size_t);
   CUresult (*cuGetErrorString)(CUresult, const char**);
 };
 

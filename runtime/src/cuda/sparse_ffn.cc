@@ -64,8 +64,24 @@ std::string Workspace::Get(const Driver* d, CUstream stream, size_t bytes, CUdev
   return "";
 }
 
+int32_t FindEntry(const char* op, const std::string& mode, const char* activation,
+                  int32_t has_b1, int32_t has_b2, int64_t d_in, int64_t d_ff, int64_t d_out,
+                  int64_t tokens, bool counted) {
+  for (int32_t i = 0; i < fffc_num_cuda_kernels; ++i) {
+    const fffc_cuda_entry& e = fffc_cuda_kernels[i];
+    if (std::string(e.op) == op && e.mode == mode &&
+        (activation == nullptr || std::string(e.activation) == activation) &&
+        e.has_b1 == has_b1 && e.has_b2 == has_b2 && e.d_in == d_in && e.d_ff == d_ff &&
+        e.d_out == d_out && e.min_tokens <= tokens && tokens <= e.max_tokens &&
+        (std::string(e.variant).rfind("counted_", 0) == 0) == counted)
+      return i;
+  }
+  return -1;
+}
+
 std::string Launch(int32_t index, const std::map<std::string, CUdeviceptr>& tensors,
-                   int64_t tokens, CUstream stream, Workspace* workspace) {
+                   int64_t tokens, CUstream stream, Workspace* workspace,
+                   const std::map<std::string, int32_t>& scalars) {
   std::string why;
   const Driver* d = GetDriver(&why);
   if (d == nullptr) return why;
@@ -83,7 +99,8 @@ std::string Launch(int32_t index, const std::map<std::string, CUdeviceptr>& tens
       base += (static_cast<size_t>(e.workspace_per_token[i]) * tokens * 4 + 255) / 256 * 256;
     }
   }
-  int32_t n32 = static_cast<int32_t>(tokens);
+  std::map<std::string, int32_t> ints = scalars;
+  ints["N"] = static_cast<int32_t>(tokens);
   for (int32_t l = 0; l < e.num_launches; ++l) {
     const fffc_cuda_launch& launch = e.launches[l];
     CUfunction f = nullptr;
@@ -92,8 +109,8 @@ std::string Launch(int32_t index, const std::map<std::string, CUdeviceptr>& tens
     std::vector<void*> args(launch.num_params);
     for (int32_t p = 0; p < launch.num_params; ++p) {
       std::string name = launch.params[p];
-      if (name == "N") {
-        args[p] = &n32;
+      if (auto s = ints.find(name); s != ints.end()) {
+        args[p] = &s->second;
         continue;
       }
       auto it = buffers.find(name);
@@ -139,7 +156,7 @@ struct CudaKernel : KernelBase {
     if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream)) return st;
     std::map<std::string, CUdeviceptr> tensors;
     for (int i = 0; i < kNumInputs; ++i)
-      if (c.present[i]) tensors[kInputNames[i]] = reinterpret_cast<CUdeviceptr>(c.in[i].data);
+      if (c.present[i]) tensors[kNames[i]] = reinterpret_cast<CUdeviceptr>(c.in[i].data);
     tensors["Y"] = reinterpret_cast<CUdeviceptr>(c.y);
     std::string err = Launch(index, tensors, c.tokens, stream, &workspace);
     return err.empty() ? nullptr : Fail(api, fffc_cuda_kernels[index].variant + (": " + err));
@@ -168,9 +185,10 @@ struct CudaFffKernel : KernelBase {
                            std::to_string(c.d_in) + ") (CUDA) in this artifact");
     void* stream = nullptr;
     if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream)) return st;
-    static const char* kNames[4] = {"X", "W_in", "B_in", "W_out"};
+    // the kernel's parameter names (fffc.ops.KernelSpec.arg_names), not SparseFFN's
+    static const char* const kNames[4] = {"X", "W_in", "B_in", "W_out"};
     std::map<std::string, CUdeviceptr> tensors;
-    for (int i = 0; i < 4; ++i) tensors[kInputNames[i]] = reinterpret_cast<CUdeviceptr>(c.in[i].data);
+    for (int i = 0; i < 4; ++i) tensors[kNames[i]] = reinterpret_cast<CUdeviceptr>(c.in[i].data);
     tensors["Y"] = reinterpret_cast<CUdeviceptr>(c.y);
     std::string err = Launch(index, tensors, c.tokens, stream, &workspace);
     return err.empty() ? nullptr : Fail(api, "FastFeedForward: " + err);
@@ -186,15 +204,15 @@ OrtStatus* RegisterOps(const OrtApi* api, OrtCustomOpDomain* domain) {
     fff = fff || std::string(fffc_cuda_kernels[i].op) == "FastFeedForward";
   }
   if (sparse) {
-    static OrtCustomOp* op = NewSparseFfnOp(api, "CUDAExecutionProvider", MakeKernel<CudaKernel>);
+    static OrtCustomOp* op = NewSparseFfnOp(api, kCudaEp, MakeKernel<CudaKernel>);
     if (OrtStatus* st = api->CustomOpDomain_Add(domain, op)) return st;
   }
   if (fff) {
     static OrtCustomOp* op =
-        NewFastFeedForwardOp(api, "CUDAExecutionProvider", MakeKernel<CudaFffKernel>);
+        NewFastFeedForwardOp(api, kCudaEp, MakeKernel<CudaFffKernel>);
     if (OrtStatus* st = api->CustomOpDomain_Add(domain, op)) return st;
   }
-  return nullptr;
+  return RegisterStructuredOps(api, domain);
 }
 
 }  // namespace fffc::cuda

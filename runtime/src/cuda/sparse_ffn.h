@@ -16,6 +16,15 @@
 
 namespace fffc::cuda {
 
+// The execution provider the CUDA kernels register for. Tests build a shim with
+// FFFC_TEST_CUDA_ON_CPU: the CUDA kernels then run on the CPU EP (host buffers as "device"
+// memory, tests/runtime/fake_cuda.cc as libcuda running the emulated kernels).
+#ifdef FFFC_TEST_CUDA_ON_CPU
+inline constexpr const char* kCudaEp = "CPUExecutionProvider";
+#else
+inline constexpr const char* kCudaEp = "CUDAExecutionProvider";
+#endif
+
 // Adds the CUDA kernels to `domain` (nothing when the artifact has none).
 OrtStatus* RegisterOps(const OrtApi* api, OrtCustomOpDomain* domain);
 
@@ -39,9 +48,20 @@ class Workspace {
 };
 
 // The variant of `fffc_cuda_kernels` at `index` for one call. `tensors` maps "X", "W1", ...,
-// "Y" to device pointers (absent optional inputs omitted). Returns "" or an error.
+// "Y" to device pointers (absent optional inputs omitted); `scalars` gives int32 parameters
+// other than "N" (= tokens), e.g. RoutedFFN's sequence length "S". Returns "" or an error.
 std::string Launch(int32_t index, const std::map<std::string, CUdeviceptr>& tensors,
-                   int64_t tokens, CUstream stream, Workspace* workspace);
+                   int64_t tokens, CUstream stream, Workspace* workspace,
+                   const std::map<std::string, int32_t>& scalars = {});
+
+// The first entry of `op` with `mode` (and `activation` unless null) whose dims and token
+// range fit; `counted` picks the "counted_" variants (rows bounded by a device count). -1: none.
+int32_t FindEntry(const char* op, const std::string& mode, const char* activation,
+                  int32_t has_b1, int32_t has_b2, int64_t d_in, int64_t d_ff, int64_t d_out,
+                  int64_t tokens, bool counted = false);
+
+// Registers StructuredFFN and RoutedFFN for the CUDA EP when the artifact has their kernels.
+OrtStatus* RegisterStructuredOps(const OrtApi* api, OrtCustomOpDomain* domain);
 
 }  // namespace fffc::cuda
 

@@ -1,0 +1,157 @@
+"""The shim's CUDA path end to end without a GPU: a ``--target cuda`` artifact's model run by
+ONNX Runtime with the shim's CUDA kernels (built with FFFC_TEST_CUDA_ON_CPU, so they take
+the CPU EP) and ``tests/runtime/fake_cuda.cc`` as libcuda.so.1: "device" memory is host
+memory and every cuLaunchKernel runs the emitted CUDA source in fffc's CPU emulator. What
+runs is everything the shim does on a GPU — kernel-table lookup, buffers and workspace,
+launch parameters by name, grids from the token count, the order of launches — and the
+outputs are compared with the original model in ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import fffc
+from fffc.codegen.build import build_kernel_library
+from fffc.codegen.cuda_emu import Emulator
+from fffc.config import cxx
+from fffc.native import build_shim
+from fffc.ops import KernelSpec
+
+pytestmark = pytest.mark.slow
+FAKE = Path(__file__).with_name("fake_cuda.cc")
+
+_RUN = """
+import sys, numpy as np, onnxruntime as ort
+model, shim, feeds, out = sys.argv[1:5]
+opts = ort.SessionOptions()
+opts.register_custom_ops_library(shim)
+s = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+data = np.load(feeds)
+n = len({k.split("/")[0] for k in data.files})
+np.savez(out, *[s.run(None, {k.split("/")[1]: data[k] for k in data.files
+                             if k.startswith(f"{i}/")})[0] for i in range(n)])
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_libcuda(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fakecuda")
+    subprocess.run([cxx(), "-std=c++17", "-O1", "-shared", "-fPIC", str(FAKE), "-o",
+                    str(out / "libcuda.so.1"), "-ldl"], check=True)
+    return out
+
+
+def _specs(manifest: dict) -> list[KernelSpec]:
+    out = []
+    for e in manifest["kernels"]["entries"]:
+        spec = {k: v for k, v in e["spec"].items() if k != "key"}
+        spec["extra"] = tuple(tuple(p) for p in spec["extra"])
+        out.append(KernelSpec(**spec))
+    return list(dict.fromkeys(out))
+
+
+def run_on_fake_gpu(artifact: Path, feeds: list[dict[str, np.ndarray]], fake: Path,
+                    tmp: Path) -> tuple[list[np.ndarray], list[str]]:
+    """The artifact's model through the shim's CUDA kernels (emulated): one output per feed,
+    and the kernels launched (name and grid), in order."""
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    library = build_kernel_library(_specs(manifest), "cuda", tmp / "lib",
+                                   counted_specs=_counted(manifest))
+    shim = build_shim(library, tmp, name="libcudaoncpu.so", defines=("FFFC_TEST_CUDA_ON_CPU",))
+    emu = Emulator(library.cuda.source_path.read_text(), library.cuda.variants)
+    np.savez(tmp / "feeds.npz", **{f"{i}/{k}": v for i, f in enumerate(feeds)
+                                   for k, v in f.items()})
+    log = tmp / "launches.txt"
+    log.unlink(missing_ok=True)
+    env = dict(os.environ, LD_LIBRARY_PATH=str(fake), FFFC_FAKE_CUDA_EMU=str(emu.library_path),
+               FFFC_FAKE_CUDA_LOG=str(log))
+    proc = subprocess.run([sys.executable, "-c", _RUN, str(artifact / "model.onnx"), str(shim),
+                           str(tmp / "feeds.npz"), str(tmp / "out.npz")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.load(tmp / "out.npz")
+    launches = log.read_text().splitlines() if log.exists() else []
+    return [got[f"arr_{i}"] for i in range(len(feeds))], launches
+
+
+def _counted(manifest: dict) -> list[KernelSpec]:
+    """The StructuredFFN specs a RoutedFFN runs on its gathered rows (counted variants)."""
+    return [s for s in _specs(manifest) if s.op == "StructuredFFN"
+            and any(e["spec"]["op"] == "RoutedFFN" for e in manifest["kernels"]["entries"])]
+
+
+def _compare(path: Path, artifact: Path, feeds, fake: Path, tmp: Path, rtol=1e-4,
+             atol=1e-5) -> list[str]:
+    """Outputs equal the original's; returns the kernels launched (the shim's CUDA kernels
+    must have run: an op without them would fall back to its function silently)."""
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got, launches = run_on_fake_gpu(artifact, feeds, fake, tmp)
+    for f, g in zip(feeds, got, strict=True):
+        want = ref.run(None, f)[0]
+        np.testing.assert_allclose(g, want, rtol=rtol, atol=atol,
+                                   err_msg=str({k: v.shape for k, v in f.items()}))
+    return launches
+
+
+def _relu_ffn(path: Path, d: int = 32, f: int = 128) -> Path:
+    rng = np.random.default_rng(0)
+    inits = {"W1": rng.standard_normal((d, f)) / np.sqrt(d), "b1": np.full(f, -0.5),
+             "W2": rng.standard_normal((f, d)) / np.sqrt(f), "b2": rng.standard_normal(d)}
+    h = onnx.helper
+    nodes = [h.make_node("MatMul", ["x", "W1"], ["a"]), h.make_node("Add", ["a", "b1"], ["b"]),
+             h.make_node("Relu", ["b"], ["c"]), h.make_node("MatMul", ["c", "W2"], ["e"]),
+             h.make_node("Add", ["e", "b2"], ["y"])]
+    graph = h.make_graph(
+        nodes, "ffn", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", "s", d])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", "s", d])],
+        [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    m = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def _feeds(d: int, shapes) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(7)
+    return [{"x": rng.standard_normal((*s, d)).astype(np.float32)} for s in shapes]
+
+
+def test_sparse_ffn_cuda_path(tmp_path, fake_libcuda):
+    """SparseFFN exact: the decode variants (1, 5 and 16 tokens), ORT's dense FFN beyond."""
+    path = _relu_ffn(tmp_path / "m.onnx")
+    art = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(target="cuda")).artifact
+    launches = _compare(path, art, _feeds(32, [(1, 1), (1, 5), (2, 8), (3, 100)]),
+                        fake_libcuda, tmp_path)
+    variants = {re.search(r"_(decode\d+|gemm)_", ln)[1] for ln in launches}
+    # 300 tokens: past the CUDA sparse limit the artifact's If runs ORT's dense FFN
+    assert variants == {"decode1", "decode8", "decode16"}, launches
+
+
+@pytest.mark.torch
+def test_fff_cuda_path(tmp_path, fake_libcuda):
+    """FastFeedForward: one block per token (its inputs by the kernel's own names)."""
+    import torch
+
+    from fffc.torch import FastFeedForward
+
+    torch.manual_seed(0)
+    m = FastFeedForward(32, 32, 3, 2).eval()
+    path = tmp_path / "fff.onnx"
+    torch.onnx.export(m, (torch.randn(2, 5, 32),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "b", 1: "s"}})
+    art = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(target="cuda")).artifact
+    launches = _compare(path, art, _feeds(32, [(1, 1), (2, 3)]), fake_libcuda, tmp_path)
+    # one launch per call, a block per token
+    assert [ln.split()[1:] for ln in launches] == [["1", "1", "1"], ["6", "1", "1"]], launches
