@@ -21,6 +21,7 @@ from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
 from . import _tvm
+from .kernels import routed_ffn_cuda
 from .kernels.fff_cuda import FffTiling, fff_source
 from .kernels.sparse_ffn_cuda import CudaTiling, decode_sources, gemm_funcs, workspace
 from .schedules import MAX_TOKENS, Variant, family
@@ -65,6 +66,8 @@ class CudaVariant:
     @property
     def symbol(self) -> str:
         op = "fff" if self.spec.op == "FastFeedForward" else "sparse_ffn"
+        if self.spec.op == "RoutedFFN":
+            op = "routed_ffn"
         return f"fffc_{op}_{self.spec.key}_{self.variant}"
 
 
@@ -177,6 +180,14 @@ def emit(specs: Sequence[KernelSpec], arch: str = "sm_90") -> tuple[str, list[Cu
             funcs[name] = _tvm.from_source(fff_source(spec, tiling, name))
             pending.append((spec, Variant("walk", 1, MAX_TOKENS, tiling), [name]))
             continue
+        if spec.op == "RoutedFFN":  # route or combine: one variant, its launches in order
+            srcs = routed_ffn_cuda.routed_sources(spec, f"fffc_routed_ffn_{spec.key}_all")
+            try:
+                funcs.update({n: _tvm.from_source(src) for n, src in srcs.items()})
+            except Exception as e:  # TVMScript errors carry the offending line; keep it typed
+                raise CodegenError(f"TVMScript generation failed for RoutedFFN: {e}") from e
+            pending.append((spec, Variant("all", 1, MAX_TOKENS, None), list(srcs)))
+            continue
         for v in fam.variants(spec, fam.target(arch)):
             prefix = f"fffc_sparse_ffn_{spec.key}_{v.name}"
             vf = _variant_funcs(spec, v.tiling, prefix, target)
@@ -186,8 +197,12 @@ def emit(specs: Sequence[KernelSpec], arch: str = "sm_90") -> tuple[str, list[Cu
     variants = []
     for spec, v, names in pending:
         ws = workspace(spec, v.tiling) if spec.op == "SparseFFN" else {}
+        if spec.op == "RoutedFFN":
+            ws = routed_ffn_cuda.workspace(spec)
         for name in names:
             unknown = set(launches[name].params) - set(spec.arg_names()) - set(ws) - {TOKEN_VAR}
+            if spec.op == "RoutedFFN":  # the route → FFN → combine buffers and scalars
+                unknown -= set(routed_ffn_cuda.LAUNCH_PARAMS)
             if unknown:  # e.g. a host-computed expression TVM hoisted into a parameter
                 raise CodegenError(f"{launches[name].kernel}: parameters {sorted(unknown)} "
                                    "cannot be launched")
