@@ -113,6 +113,9 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                          "CALIB.json (from fffc calibrate)")
     if options.merged_max_tokens is not None and options.merged_max_tokens < 0:
         raise UsageError(f"--merged-max-tokens must be >= 0, got {options.merged_max_tokens}")
+    if options.merged_max_tokens and request.family == "cuda":
+        raise UsageError("--merged-max-tokens: the CUDA StructuredFFN kernels have no pre-merged "
+                         "path (the structured kernels serve every token count)")
     _prepare_output(out, options.force)
     a = analyze(path, stage)
 
@@ -127,11 +130,6 @@ def compile_model(path: str | Path, out: str | Path | None = None,
         why = "; ".join(f"{m.nodes[-1]}: {m.reason}" for m in a.near_misses[:3])
         raise NoSitesError("no FFN found" + (f" (near misses: {why})" if why else ""), path=path)
     plan.plan(a.sites, options.sites)
-    if request.family == "cuda":
-        for s in a.sites:
-            if s.decision in ("structured", "routed"):
-                op = "StructuredFFN" if s.decision == "structured" else "RoutedFFN"
-                s.decision, s.reason = "dense", f"no CUDA kernels for {op} yet: left as it was"
     allocation = None
     if options.calibration is not None:
         with stage("allocate calibrated modes"):
@@ -186,7 +184,8 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                     library = build_kernel_library(specs, request.family,
                                                    staging / "kernels" / request.family,
                                                    mcpu=request.mcpu, archs=options.cuda_archs,
-                                                   mattr=options.mattr)
+                                                   mattr=options.mattr,
+                                                   counted_specs=_counted_specs(exact))
                 cpu_family = "x86" if request.family == "cuda" else request.family
                 for k in library.kernels:
                     dump.text(f"04-kernels/{k.symbol}.py",
@@ -241,6 +240,13 @@ def compile_model(path: str | Path, out: str | Path | None = None,
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return CompileResult(out, a.sites, a.near_misses, manifest)
+
+
+def _counted_specs(sites: list[Site]) -> list:
+    """The dense FFN specs RoutedFFN runs on its gathered rows: on CUDA they read the
+    selected count on the device ("counted_" variants)."""
+    return sorted({plan.merged_spec(s) for s in sites if s.decision == "routed"},
+                  key=lambda k: k.key)
 
 
 def _masked_sites(sites: list[Site]) -> set[str]:
@@ -352,6 +358,9 @@ def _merged_limits(a: Analysis, target: str, options: CompileOptions,
         if options.merged_max_tokens is not None:
             out[s.name] = options.merged_max_tokens
             st["crossover"] = "set by --merged-max-tokens"
+        elif target == "cuda":
+            out[s.name] = 0
+            st["crossover"] = "cuda: the structured kernels serve every token count"
         elif target != "x86":
             out[s.name] = 0
             st["crossover"] = f"not measured: {target} kernels do not run on this host"
@@ -479,9 +488,13 @@ def _check_cuda(a: Analysis, library, captured, rtol: float, failed: dict[str, s
     for site in a.sites:
         if site.decision not in KERNEL_DECISIONS:
             continue
-        spec = plan.kernel_spec(site)
         weights = {k: v for k, v in passes.site_weights(a.working, site.name).items()
                    if v is not None}
+        if site.decision == "routed":
+            out[site.name] = _check_cuda_routed(emu, library.cuda.variants, site, weights,
+                                                captured[site.name], rtol, failed)
+            continue
+        spec = plan.kernel_spec(site)
         if site.kind == "fff":  # the op's layout: W_in row per node
             weights = {"W_in": np.ascontiguousarray(weights["W1"].T), "B_in": weights["B1"],
                        "W_out": weights["W2"]}
@@ -490,7 +503,7 @@ def _check_cuda(a: Analysis, library, captured, rtol: float, failed: dict[str, s
         y = np.concatenate([v.reshape(-1, spec.d_out) for v in ys])
         results = {}
         for v in library.cuda.variants:
-            if v.spec != spec:
+            if v.spec != spec or v.variant.startswith("counted_"):
                 continue
             n = min(v.max_tokens, len(x))  # every variant runs, also below its range
             got = emu.run(v, {"X": x[:n], **weights}, any_tokens=True)
@@ -502,6 +515,50 @@ def _check_cuda(a: Analysis, library, captured, rtol: float, failed: dict[str, s
                 failed[site.name] = f"CUDA {v.variant}: rel err {c.max_rel:.2e} > {rtol:g}"
         out[site.name] = results
     return out
+
+
+def _check_cuda_routed(emu, variants, site: Site, weights: dict, captured, rtol: float,
+                       failed: dict[str, str]) -> dict:
+    """A RoutedFFN site's CUDA launches as the shim chains them (route → the counted FFN
+    variant for the selected rows → combine), per captured probe, against its output."""
+    from .ops import capacity_k
+
+    r = site.routing
+    route, ffn_spec, combine = plan.kernel_specs(site)
+    by_spec = {}
+    for v in variants:
+        by_spec.setdefault(v.spec, []).append(v)
+    coef = np.array([*r["x_coef"], *r["delta_coef"]], np.float32)
+    ffn_w = {"A1": weights["W1"][None], "A2": weights["W2"][None],
+             **{k: weights[k] for k in ("B1", "B2") if k in weights}}
+    results = {}
+    for x, y in zip(*captured, strict=True):
+        b, s, d = x.shape
+        n = b * s
+        topk = r.get("selection", "topk") == "topk"
+        k = capacity_k(s, r["k"], r.get("capacity")) if topk else 0
+        flat = x.reshape(n, d)
+        (rv,), (cv,) = by_spec[route], by_spec[combine]
+        got = emu.run(rv, {"X": flat, **weights}, any_tokens=True, scalars={"S": s, "KN": k},
+                      outputs={"IDX": n, "WT": n, "CNT": 1, "XS": n * d, "POS": n})
+        rows = b * k if topk else n
+        delta = np.zeros((n, d), np.float32)
+        used = "none selected"
+        if rows:
+            fv = next(v for v in by_spec[ffn_spec] if v.variant.startswith("counted_")
+                      and v.min_tokens <= rows <= v.max_tokens)
+            used = fv.variant
+            delta[:rows] = emu.run(fv, {"X": got["XS"].reshape(n, d)[:rows], "CNT": got["CNT"],
+                                        **ffn_w}, any_tokens=True)
+        out = emu.run(cv, {"X": flat, "IDX": got["IDX"], "WT": got["WT"], "CNT": got["CNT"],
+                           "POS": got["POS"], "D": delta, "COEF": coef}, any_tokens=True)
+        c = verify.compare_runs([[out]], [[y.reshape(n, d)]], rtol)
+        results[f"B{b}xS{s}"] = c.__dict__ | {"tokens": n, "ffn_variant": used}
+        site.max_abs_err = max(site.max_abs_err or 0.0, c.max_abs)
+        site.max_rel_err = max(site.max_rel_err or 0.0, c.max_rel)
+        if not c.ok:
+            failed[site.name] = f"CUDA routing chain (B={b}, S={s}): rel err {c.max_rel:.2e}"
+    return results
 
 
 def _host() -> str:

@@ -202,9 +202,8 @@ def build_kernel_library(specs: Sequence[KernelSpec], target: str = "x86",
     if fam.name == "cuda":
         cpu = build_kernel_library(specs, "x86", Path(out_dir), mcpu or PORTABLE_X86,
                                    host_twin=host_twin, mattr=mattr)
-        extra = {"counted_specs": tuple(counted_specs)} if counted_specs else {}
-        return replace(cpu, family="cuda",
-                       cuda=build_cuda_library(specs, Path(out_dir), archs, **extra))
+        return replace(cpu, family="cuda", cuda=build_cuda_library(
+            specs, Path(out_dir), archs, counted_specs=tuple(counted_specs)))
     tgt = fam.target(mcpu, tuple(mattr))
     unique = list(dict.fromkeys(specs))  # equal specs share kernels
     funcs, table = _funcs(unique, target, tgt)

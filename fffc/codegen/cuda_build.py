@@ -21,7 +21,7 @@ from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
 from . import _tvm
-from .kernels import routed_ffn_cuda
+from .kernels import routed_ffn_cuda, structured_ffn_cuda
 from .kernels.fff_cuda import FffTiling, fff_source
 from .kernels.sparse_ffn_cuda import CudaTiling, decode_sources, gemm_funcs, workspace
 from .schedules import MAX_TOKENS, Variant, family
@@ -68,6 +68,8 @@ class CudaVariant:
         op = "fff" if self.spec.op == "FastFeedForward" else "sparse_ffn"
         if self.spec.op == "RoutedFFN":
             op = "routed_ffn"
+        if self.spec.op == "StructuredFFN":
+            op = "structured_ffn"
         return f"fffc_{op}_{self.spec.key}_{self.variant}"
 
 
@@ -167,18 +169,35 @@ def emit_kernels(funcs: dict, arch: str = "sm_90") -> tuple[str, dict[str, Launc
     return source, launches
 
 
-def emit(specs: Sequence[KernelSpec], arch: str = "sm_90") -> tuple[str, list[CudaVariant]]:
-    """CUDA source of every variant of every spec, and how to launch each."""
+def emit(specs: Sequence[KernelSpec], arch: str = "sm_90",
+         counted_specs: Sequence[KernelSpec] = ()) -> tuple[str, list[CudaVariant]]:
+    """CUDA source of every variant of every spec, and how to launch each; StructuredFFN
+    specs in ``counted_specs`` get their "counted_" variants (rows < CNT[0] only)."""
     fam = family("cuda")
     target = _tvm.cuda_target(arch)
     funcs: dict = {}
     pending = []
-    for spec in dict.fromkeys(specs):
+    if any(s.op != "StructuredFFN" for s in counted_specs):
+        raise CodegenError("counted CUDA variants exist for StructuredFFN specs only")
+    for spec in dict.fromkeys([*specs, *counted_specs]):
         if spec.op == "FastFeedForward":  # one kernel, a block per token, every token count
             name = f"fffc_fff_{spec.key}_walk"
             tiling = FffTiling(threads=256 if spec.d_in >= 1024 else 128)
             funcs[name] = _tvm.from_source(fff_source(spec, tiling, name))
             pending.append((spec, Variant("walk", 1, MAX_TOKENS, tiling), [name]))
+            continue
+        if spec.op == "StructuredFFN":  # plain and/or counted variants, launches in order
+            for counted in (False, True):
+                if spec not in (counted_specs if counted else specs):
+                    continue
+                for v in fam.structured_variants(spec, counted):
+                    prefix = f"fffc_structured_ffn_{spec.key}_{v.name}"
+                    srcs = structured_ffn_cuda.variant_sources(spec, v.tiling, prefix)
+                    try:
+                        funcs.update({n: _tvm.from_source(src) for n, src in srcs.items()})
+                    except Exception as e:  # TVMScript errors carry the offending line
+                        raise CodegenError(f"TVMScript generation failed for {prefix}: {e}") from e
+                    pending.append((spec, v, list(srcs)))
             continue
         if spec.op == "RoutedFFN":  # route or combine: one variant, its launches in order
             srcs = routed_ffn_cuda.routed_sources(spec, f"fffc_routed_ffn_{spec.key}_all")
@@ -199,10 +218,14 @@ def emit(specs: Sequence[KernelSpec], arch: str = "sm_90") -> tuple[str, list[Cu
         ws = workspace(spec, v.tiling) if spec.op == "SparseFFN" else {}
         if spec.op == "RoutedFFN":
             ws = routed_ffn_cuda.workspace(spec)
+        if spec.op == "StructuredFFN":
+            ws = structured_ffn_cuda.workspace(spec, v.tiling)
         for name in names:
             unknown = set(launches[name].params) - set(spec.arg_names()) - set(ws) - {TOKEN_VAR}
             if spec.op == "RoutedFFN":  # the route → FFN → combine buffers and scalars
                 unknown -= set(routed_ffn_cuda.LAUNCH_PARAMS)
+            if v.name.startswith("counted_"):  # the device-side row count
+                unknown.discard("CNT")
             if unknown:  # e.g. a host-computed expression TVM hoisted into a parameter
                 raise CodegenError(f"{launches[name].kernel}: parameters {sorted(unknown)} "
                                    "cannot be launched")
@@ -263,16 +286,18 @@ def compile_fatbin(source_path: Path, out: Path, archs: Sequence[str]) -> None:
 
 
 def build_cuda_library(specs: Sequence[KernelSpec], out_dir: Path,
-                       archs: Sequence[str] = DEFAULT_ARCHS) -> CudaLibrary:
-    """Emit, check and compile the CUDA kernels of ``specs`` into ``out_dir``."""
+                       archs: Sequence[str] = DEFAULT_ARCHS,
+                       counted_specs: Sequence[KernelSpec] = ()) -> CudaLibrary:
+    """Emit, check and compile the CUDA kernels of ``specs`` (and the counted variants of
+    ``counted_specs``) into ``out_dir``."""
     archs = tuple(archs)
     for arch in archs:
         if not re.fullmatch(r"sm_\d+a?", arch):
             raise CodegenError(f"CUDA arch {arch!r}: expected sm_XX (e.g. sm_80, sm_90)")
     # One source for every arch: the fp32 schedules do not depend on it, which is checked.
-    source, variants = emit(specs, archs[0])
+    source, variants = emit(specs, archs[0], counted_specs)
     for arch in archs[1:]:
-        other, _ = emit(specs, arch)
+        other, _ = emit(specs, arch, counted_specs)
         if other != source:
             raise CodegenError(f"TVM emits different CUDA for {archs[0]} and {arch}; build them "
                                "as separate artifacts")

@@ -109,20 +109,27 @@ def test_crossover_is_measured_and_recorded(tmp_path):
     assert st["merged_max_tokens"] == prefix
 
 
-def test_structured_on_cuda_target_is_left_dense_with_a_reason(tmp_path):
-    """No CUDA kernels for StructuredFFN yet: the site stays as the export had it, and the
-    manifest says why (the CPU targets build it)."""
+def test_structured_on_cuda_target_builds_cuda_kernels(tmp_path):
+    """--target cuda: StructuredFFN with CUDA kernels (checked by emulation at compile time;
+    run through the shim's CUDA path in tests/runtime/test_cuda_fake_driver.py), no merged
+    path; the stock-ORT fallback still equals the export."""
     path = _export(tmp_path, "lowrank", "dynamo18")
     result = fffc.compile(path, tmp_path / "cuda.fffc", fffc.CompileOptions(target="cuda"))
-    (site,) = json.loads((result.artifact / "manifest.json").read_text())["sites"]
-    assert site["decision"] == "dense" and "CUDA" in site["reason"]
-    model = onnx.load(str(result.artifact / "model.onnx"))
-    assert not [n for n in model.graph.node if n.domain == "ai.fffc"]
+    manifest = json.loads((result.artifact / "manifest.json").read_text())
+    (site,) = manifest["sites"]
+    assert site["decision"] == "structured", site["reason"]
+    assert site["structure"]["merged_max_tokens"] == 0
+    cuda = manifest["verification"]["cuda_kernels"][site["name"]]
+    assert cuda and all(r["ok"] for r in cuda.values()), cuda
+    assert {v["spec_key"] for v in manifest["cuda"]["variants"]}
     x = np.random.default_rng(0).standard_normal((2, 3, 64)).astype(np.float32)
     stock = ort.InferenceSession(str(result.artifact / "model.onnx"),
                                  providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(stock.run(None, {"x": x})[0], _original(path, x), rtol=1e-5,
                                atol=1e-6)
+    with pytest.raises(fffc.errors.UsageError, match="no pre-merged path"):
+        fffc.compile(path, tmp_path / "cuda2.fffc",
+                     fffc.CompileOptions(target="cuda", merged_max_tokens=4))
 
 
 def test_negative_merged_max_tokens_is_a_usage_error(tmp_path):

@@ -155,3 +155,41 @@ def test_fff_cuda_path(tmp_path, fake_libcuda):
     launches = _compare(path, art, _feeds(32, [(1, 1), (2, 3)]), fake_libcuda, tmp_path)
     # one launch per call, a block per token
     assert [ln.split()[1:] for ln in launches] == [["1", "1", "1"], ["6", "1", "1"]], launches
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind, form, exporter", [("blockdense", "bmm", "dynamo18"),
+                                                  ("blockshuffle", "einsum", "torchscript17")])
+def test_structured_cuda_path(tmp_path, fake_libcuda, kind, form, exporter):
+    """StructuredFFN: the structured kernels at 1, 6 and 40 tokens (no merged path on CUDA)."""
+    from tests.fixtures.structured_exports import export_structured
+
+    path = export_structured(kind, exporter, tmp_path / "s.onnx", form=form)
+    result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(target="cuda"))
+    (site,) = result.manifest["sites"]
+    assert site["decision"] == "structured", site["reason"]
+    emulated = result.manifest["verification"]["cuda_kernels"][site["name"]]
+    assert emulated and all(r["ok"] for r in emulated.values()), emulated
+    launches = _compare(path, result.artifact, _feeds(64, [(1, 1), (2, 3), (4, 10)]),
+                        fake_libcuda, tmp_path)
+    assert launches and all("structured_ffn" in ln for ln in launches), launches
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kw", [{"k_form": "module", "combine": "residual_block"},
+                                {"causal": True, "prenorm": True}])
+def test_routed_cuda_path(tmp_path, fake_libcuda, kw):
+    """RoutedFFN: route → the counted FFN on the gathered rows → combine, top-k with k from
+    the sequence length and the causal threshold form with a pre-norm."""
+    from tests.fixtures.structured_exports import export_mod
+
+    path = export_mod("dynamo18", tmp_path / "mod.onnx", seq=16, capacity=0.25, **kw)
+    result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(target="cuda"))
+    (site,) = result.manifest["sites"]
+    assert site["decision"] == "routed", site["reason"]
+    emulated = result.manifest["verification"]["cuda_kernels"][site["name"]]
+    assert emulated and all(r["ok"] for r in emulated.values()), emulated
+    shapes = [(1, 1), (2, 5), (1, 16), (3, 24)]
+    launches = _compare(path, result.artifact, _feeds(64, shapes), fake_libcuda, tmp_path)
+    assert any("counted_" in ln for ln in launches), launches
+    assert any("routed_ffn" in ln for ln in launches), launches

@@ -34,11 +34,34 @@ class Config:
     gemm: tuple[tuple[str, int], ...] = ()  # dlight Matmul overrides for the many-token GEMMs
 
 
+@dataclass(frozen=True)
+class StructuredConfig:
+    """Tunables of the CUDA StructuredFFN kernels (kernels/structured_ffn_cuda.py has the
+    loops). Not measured on a GPU yet: sizes follow the SparseFFN kernels' H100 choices."""
+
+    gemv_tokens: tuple[int, ...] = (1, 4, 16)  # gemv variants' tokens per block; each serves
+    # the counts above the previous one up to its own (16: the last gemv count)
+    gemv_threads: int = 256  # per gemv block: columns × warp rows of the reduction
+    gemv_columns: int = 32  # output columns per gemv block: one 128-byte segment per warp
+    gemv_stage_floats: int = 4096  # tokens × inputs staged in shared memory (16 KiB)
+    target_blocks: int = 528  # split-K up to about 4 blocks per SM of a 132-SM H100
+    min_k_slice: int = 64  # inputs per split at least (fewer: the partial sums dominate)
+    max_splits: int = 16  # partial sums per value that the next stage adds up
+    tile_small_max_tokens: int = 64  # tile32 (32-token tiles) up to here, then tile64
+    tile_small_split: bool = True  # tile32 splits K like gemv (1-2 token tiles: a narrow
+    # stage, e.g. LowRank's r = 256 columns, would otherwise run on 4 blocks)
+    tile_cols: int = 64  # columns per tile (narrower for narrow blocks)
+    tile_k: int = 16  # reduction step of the tiles
+    thread_cols: int = 4  # outputs per thread: thread_cols columns × 2 (tile32) or 4 rows
+
+
 class Cuda(Family):
     name = "cuda"
 
-    def __init__(self, config: Config | None = None):
+    def __init__(self, config: Config | None = None,
+                 structured: StructuredConfig | None = None):
         self.config = config or Config()
+        self.structured = structured or StructuredConfig()
 
     def target(self, mcpu: str | None, mattr: tuple[str, ...] = ()) -> dict:
         return {"kind": "cuda", "arch": mcpu or self.config.default_arch}
@@ -78,3 +101,30 @@ class Cuda(Family):
             first = last + 1
         return [*out, Variant("gemm", first, MAX_TOKENS,
                                   CudaTiling(gemm=True, gemm_config=self.config.gemm))]
+
+    def structured_variants(self, spec: KernelSpec, counted: bool = False) -> list[Variant]:
+        """StructuredFFN's CUDA variants, covering 1..MAX_TOKENS without gaps or overlaps:
+        gemv<mr> for few tokens, then tiled GEMM stages (tile32, tile64). ``counted``: the
+        "counted_" variants (rows ≥ CNT[0] untouched: a RoutedFFN's FFN on its gathered rows)."""
+        # here, not at the top: kernels/structured_ffn.py imports the schedules package
+        from ..kernels.structured_ffn_cuda import StructuredTiling
+
+        c = self.structured
+        prefix = "counted_" if counted else ""
+        out, first = [], 1
+        for mr in c.gemv_tokens:
+            tiling = StructuredTiling(counted=counted, mr=mr, nt=c.gemv_columns,
+                                      threads=c.gemv_threads, stage_floats=c.gemv_stage_floats,
+                                      target_blocks=c.target_blocks, min_k_slice=c.min_k_slice,
+                                      max_splits=c.max_splits)
+            out.append(Variant(f"{prefix}gemv{mr}", first, mr, tiling))
+            first = mr + 1
+        for bm, tm, last, split in ((32, 2, c.tile_small_max_tokens, c.tile_small_split),
+                                    (64, 4, MAX_TOKENS, False)):
+            tiling = StructuredTiling(tile=True, counted=counted, bm=bm, bn=c.tile_cols,
+                                      bk=c.tile_k, tm=tm, tn=c.thread_cols, tile_split=split,
+                                      target_blocks=c.target_blocks, min_k_slice=c.min_k_slice,
+                                      max_splits=c.max_splits)
+            out.append(Variant(f"{prefix}tile{bm}", first, last, tiling))
+            first = last + 1
+        return out

@@ -156,7 +156,7 @@ struct CudaKernel : KernelBase {
     if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream)) return st;
     std::map<std::string, CUdeviceptr> tensors;
     for (int i = 0; i < kNumInputs; ++i)
-      if (c.present[i]) tensors[kNames[i]] = reinterpret_cast<CUdeviceptr>(c.in[i].data);
+      if (c.present[i]) tensors[kInputNames[i]] = reinterpret_cast<CUdeviceptr>(c.in[i].data);
     tensors["Y"] = reinterpret_cast<CUdeviceptr>(c.y);
     std::string err = Launch(index, tensors, c.tokens, stream, &workspace);
     return err.empty() ? nullptr : Fail(api, fffc_cuda_kernels[index].variant + (": " + err));

@@ -125,7 +125,7 @@ struct CudaRoutedKernel : KernelBase {
     for (int i : {kRX, kRWR, kRBR, kRWA, kRBA, kRLS, kRLB})
       if (c.present[i]) t[kNames[i]] = Ptr(c.in[i]);
     const std::map<std::string, int32_t> scalars = {{"S", static_cast<int32_t>(c.seq)},
-                                                    {"K", static_cast<int32_t>(c.k)}};
+                                                    {"KN", static_cast<int32_t>(c.k)}};
     if (std::string err = Launch(route, t, n, stream, &scratch, scalars); !err.empty())
       return Fail(api, "RoutedFFN routing: " + err);
     if (rows > 0) {

@@ -1,0 +1,242 @@
+"""StructuredFFN's CUDA kernels: nvcc builds them, the CPU emulator runs them vs the reference.
+
+Every variant of every parametrization (LowRank, BlockDense, block-diagonal only, dense with
+and without biases, BlockShuffle) runs at the edges of its token range and at ragged counts,
+against the float64 NumPy reference. Dims are small and odd (no tile divides them) and some
+reductions are long enough (≥ 2·min_k_slice) that the gemv stages split K over the grid.
+Counted variants must leave the rows at and past CNT[0] untouched (the emulator fills Y
+with NaN).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import numpy as np
+import pytest
+
+from fffc.codegen._tvm import from_source
+from fffc.codegen.cuda_build import (
+    CudaVariant,
+    Dim,
+    build_cuda_library,
+    emit,
+    emit_kernels,
+    fatbin_entries,
+)
+from fffc.codegen.cuda_emu import Emulator
+from fffc.codegen.kernels import structured_ffn_cuda as sfc
+from fffc.codegen.schedules import MAX_TOKENS, family
+from fffc.errors import CodegenError
+from fffc.ops import KernelSpec, structured_kernel_spec
+from fffc.reference import structured_ffn
+from fffc.verify import TOLERANCES
+
+from .conftest import spec as sparse_spec
+
+SPECS = {
+    # LowRank both ways; d_in 160 and r2 136 split K over two blocks (the last stage's
+    # partial sums then go through the reduce launch)
+    "lowrank": structured_kernel_spec("gelu", 160, 40, 40, k1=1, r1=24, u1=True, k2=1, r2=136,
+                                      u2=True, has_b1=True, has_b2=True),
+    "blockdense": structured_kernel_spec("relu", 40, 48, 40, k1=2, r1=24, u1=True, k2=4, r2=16,
+                                         u2=True, has_b1=False, has_b2=True),
+    "blockdiag": structured_kernel_spec("gelu", 40, 48, 24, k1=4, r1=48, u1=False, k2=2, r2=24,
+                                        u2=False, has_b1=True, has_b2=True),
+    # the merged / RoutedFFN case: A1 [1, 136, 40] splits, A2 sums its partials + B1, act
+    "dense": structured_kernel_spec("gelu", 136, 40, 24, k1=1, r1=40, u1=False, k2=1, r2=24,
+                                    u2=False, has_b1=True, has_b2=True),
+    "dense_nobias": structured_kernel_spec("relu", 40, 72, 33, k1=1, r1=72, u1=False, k2=1,
+                                           r2=33, u2=False, has_b1=False, has_b2=False),
+    "shuffle": structured_kernel_spec("silu", 40, 48, 24, k1=4, r1=24, u1=True, k2=2, r2=16,
+                                      u2=False, has_b1=True, has_b2=False, m1=4, s1=5, m2=2,
+                                      s2=12),
+    "shuffle_tanh": structured_kernel_spec("gelu_tanh", 24, 20, 30, k1=2, r1=12, u1=False,
+                                           k2=4, r2=20, u2=True, has_b1=False, has_b2=True,
+                                           m1=4, s1=5, m2=5, s2=3),
+}
+COUNTED = [SPECS["dense"], SPECS["lowrank"]]
+TOKENS_CAP = 130  # the open-ended variant is run up to here
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    return build_cuda_library(list(SPECS.values()), tmp_path_factory.mktemp("structured"),
+                              counted_specs=COUNTED)
+
+
+@pytest.fixture(scope="module")
+def emulator(library):
+    return Emulator(library.source_path.read_text(), library.variants)
+
+
+def _weights(s: KernelSpec, seed: int) -> dict[str, np.ndarray]:
+    """Random weights of every input in ``s.arg_names()`` (scaled: values stay O(1))."""
+    st = s.structure
+    rng = np.random.default_rng(seed)
+    k1, r1, k2, r2 = st["k1"], st["r1"], st["k2"], st["r2"]
+    m1, s1, m2, s2 = (st.get(n, 0) for n in ("m1", "s1", "m2", "s2"))
+    w1, w2 = (m1 * s1 if m1 else r1), (m2 * s2 if m2 else r2)
+    shapes = {"A1": (k1, s.d_in // k1, r1 // k1), "U1": (w1, s.d_ff), "B1": (s.d_ff,),
+              "A2": (k2, s.d_ff // k2, r2 // k2), "U2": (w2, s.d_out), "B2": (s.d_out,),
+              "S1": (m1, r1 // max(m1, 1), s1), "S2": (m2, r2 // max(m2, 1), s2)}
+    out = {}
+    for name in s.arg_names():
+        if name in shapes:
+            shape = shapes[name]
+            fan_in = shape[-2] if len(shape) > 1 else 4
+            out[name] = (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+    return out
+
+
+def _reference(s: KernelSpec, x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
+    return structured_ffn(x, w["A1"], w.get("U1"), w.get("B1"), w["A2"], w.get("U2"),
+                          w.get("B2"), activation_name=s.activation, s1=w.get("S1"),
+                          s2=w.get("S2"))
+
+
+def _error(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def _counts(v: CudaVariant) -> list[int]:
+    """The edges of the variant's range and ragged counts around the tiles (kernels serve
+    any count; the range is the dispatch)."""
+    top = min(v.max_tokens, TOKENS_CAP)
+    extra = {v.min_tokens + 1, top - 1} if top > v.min_tokens + 1 else set()
+    return sorted({1, v.min_tokens, top, 17, *extra} - {0})
+
+
+def _name(library, s: KernelSpec) -> str:
+    return next(k for k, v in SPECS.items() if v == s)
+
+
+def test_every_variant_matches_the_reference(library, emulator) -> None:
+    checked = set()
+    for v in library.variants:
+        if v.variant.startswith("counted_"):
+            continue
+        s = v.spec
+        w = _weights(s, 1)
+        for n in _counts(v):
+            x = np.random.default_rng(n).standard_normal((n, s.d_in)).astype(np.float32)
+            got = emulator.run(v, {"X": x, **w}, any_tokens=True)
+            assert np.isfinite(got).all(), (_name(library, s), v.variant, n)
+            err = _error(got, _reference(s, x, w))
+            assert err < TOLERANCES["float32"], (_name(library, s), v.variant, n, err)
+        checked.add((_name(library, s), v.variant))
+    assert len(checked) == len(SPECS) * 5  # gemv1, gemv4, gemv16, tile32, tile64
+
+
+def test_counted_variants_leave_rows_past_the_count(library, emulator) -> None:
+    """Rows < CNT[0] match the reference; rows ≥ CNT[0] of Y stay unwritten (NaN)."""
+    counted = [v for v in library.variants if v.variant.startswith("counted_")]
+    assert {v.spec for v in counted} == set(COUNTED)
+    for v in counted:
+        s = v.spec
+        w = _weights(s, 2)
+        n = 70 if v.variant.startswith("counted_tile") else 21  # gemv: tiles past the count
+        x = np.random.default_rng(3).standard_normal((n, s.d_in)).astype(np.float32)
+        want = _reference(s, x, w)
+        for cnt in sorted({0, 1, n // 2 + 1, n - 1, n}):
+            got = emulator.run(v, {"X": x, "CNT": np.array([cnt], np.int32), **w},
+                               any_tokens=True)
+            assert np.isnan(got[cnt:]).all(), (v.variant, n, cnt)
+            if cnt:
+                assert np.isfinite(got[:cnt]).all(), (v.variant, n, cnt)
+                err = _error(got[:cnt], want[:cnt])
+                assert err < TOLERANCES["float32"], (v.variant, n, cnt, err)
+
+
+def test_forced_splits_sum_partials_with_bias_and_activation() -> None:
+    """Every gemv stage split K over the grid (tiny slices): each consumer sums its
+    producer's partial sums plus bias through the activation, and the last one's reduce."""
+    tiling = sfc.StructuredTiling(mr=4, min_k_slice=2, max_splits=3, target_blocks=10**6)
+    specs = [SPECS["shuffle"], SPECS["blockdense"], SPECS["dense"]]
+    funcs, variants = {}, []
+    for i, s in enumerate(specs):
+        plan = sfc._plan(s, tiling)
+        assert all(ln.kb > 1 for ln in plan) and plan[-1].dst.startswith("P")
+        srcs = sfc.variant_sources(s, tiling, f"fffc_structured_ffn_split{i}")
+        funcs.update({n: from_source(src) for n, src in srcs.items()})
+        variants.append((s, list(srcs)))
+    source, launches = emit_kernels(funcs)
+    built = [CudaVariant(s, "split", 1, MAX_TOKENS, tuple(launches[n] for n in names),
+                         tuple(sfc.workspace(s, tiling).items())) for s, names in variants]
+    assert all(v.launches[-1].kernel.endswith("_reduce_kernel") for v in built)
+    emu = Emulator(source, built)
+    for v in built:
+        w = _weights(v.spec, 4)
+        for n in (1, 6):
+            x = np.random.default_rng(n).standard_normal((n, v.spec.d_in)).astype(np.float32)
+            err = _error(emu.run(v, {"X": x, **w}, any_tokens=True), _reference(v.spec, x, w))
+            assert err < TOLERANCES["float32"], (v.spec.mode, n, err)
+
+
+def test_variant_table_covers_every_token_count() -> None:
+    fam = family("cuda")
+    for s in SPECS.values():
+        for counted in (False, True):
+            vs = fam.structured_variants(s, counted)
+            assert vs[0].min_tokens == 1 and vs[-1].max_tokens == MAX_TOKENS
+            for a, b in itertools.pairwise(vs):
+                assert b.min_tokens == a.max_tokens + 1 and a.min_tokens <= a.max_tokens
+            assert all(v.name.startswith("counted_") == counted for v in vs)
+            assert all(v.tiling.counted == counted for v in vs)
+    names = [v.name for v in fam.structured_variants(SPECS["dense"])]
+    assert names == ["gemv1", "gemv4", "gemv16", "tile32", "tile64"]
+
+
+def test_launches_and_geometry(library) -> None:
+    """Parameters as the emitted kernels declare them (only launchable names), grids of the
+    form (a·N + b) // c over token tiles on x, constant y/z, and a workspace per buffer."""
+    source = library.source_path.read_text()
+    decl = re.compile(r'extern "C" __global__ void __launch_bounds__\((\d+)\) (\w+)\(([^)]*)\)')
+    kernels = {name: (int(bound), [p.split()[-1].removesuffix("_ptr") for p in params.split(",")])
+               for bound, name, params in decl.findall(source)}
+    data = library.fatbin_path.read_bytes()
+    for v in library.variants:
+        assert v.symbol == f"fffc_structured_ffn_{v.spec.key}_{v.variant}"
+        counted = v.variant.startswith("counted_")
+        ws = dict(v.workspace)
+        assert not set(ws) & {"X", "A1", "U1", "B1", "A2", "U2", "B2", "M1", "M2", "S1", "S2",
+                              "Y", "CNT", "N"}
+        allowed = set(v.spec.arg_names()) | set(ws) | {"N"} | ({"CNT"} if counted else set())
+        used = set()
+        for ln in v.launches:
+            bound, params = kernels[ln.kernel]
+            assert list(ln.params) == params and set(params) <= allowed, (v.variant, params)
+            assert ("CNT" in params) == counted
+            assert ln.block[0] * ln.block[1] * ln.block[2] == bound <= 1024
+            assert ln.kernel.encode() in data
+            gx, gy, gz = ln.grid
+            assert gx.a == 1 and gy.a == 0 and gz.a == 0, ln
+            rows = gx.c  # tokens per block (the reduce: 1)
+            assert gx.b == rows - 1
+            for n in (1, 2, 17, 64, 65, 1000):
+                assert gx(n) == -(-n // rows)
+            used |= set(params)
+        assert set(ws) <= used
+        assert "Y" in v.launches[-1].params
+    # split K (partial sums P<i>, a reduce after the last stage) is exercised in both kinds
+    for kind in ("gemv", "tile32", "counted_gemv", "counted_tile32"):
+        split = [v for v in library.variants if v.variant.startswith(kind)
+                 and v.launches[-1].kernel.endswith("_reduce_kernel")]
+        assert split and all(any(b.startswith("P") for b, _ in v.workspace) for v in split)
+    assert Dim(1, 63, 64)(65) == 2
+
+
+def test_fatbin_has_cubins_for_each_arch_and_ptx(library) -> None:
+    assert fatbin_entries(library.fatbin_path) == [("elf", "sm_80"), ("ptx", "sm_90"),
+                                                   ("elf", "sm_90")]
+
+
+def test_counted_only_and_errors() -> None:
+    """A spec only in counted_specs gets only counted variants; other ops cannot be counted."""
+    _, variants = emit([], "sm_90", counted_specs=[SPECS["dense_nobias"]])
+    assert variants and all(v.variant.startswith("counted_") for v in variants)
+    with pytest.raises(CodegenError, match="counted"):
+        emit([], "sm_90", counted_specs=[sparse_spec(32, 64, 32)])
+    with pytest.raises(CodegenError, match="tiling"):
+        sfc.variant_sources(SPECS["dense"], sfc.StructuredTiling(nt=20), "x")
