@@ -211,23 +211,29 @@ class ShuffleBmm(pattern.RewriteRuleClassBase):
         r = r and _float32(r, s, 3, "BlockShuffle second factor")
         if not r:
             return r
-        m, rows, cols = const_array(s).shape
-        k, p, q = const_array(a).shape
-        if not _shape_is(s_in, [-1, k, p]):
-            return r.fail(f"BlockShuffle input reshape: expected [-1, {k}, {p}]", s_in)
-        if k * q != m * rows:
-            return r.fail(f"BlockShuffle: {k}x{q} outputs do not regroup into {m}x{rows}", s)
-        if _grid_tail(grid) != [rows, m]:
-            return r.fail(f"BlockShuffle grid reshape: expected [-1, {rows}, {m}]", grid)
-        if _last_entry(t) != m * cols:
-            return r.fail(f"BlockShuffle output reshape: expected last entry {m * cols}", t)
-        return r
+        return _shuffle_shapes(r, const_array(a).shape, const_array(s).shape, s_in, grid, t, s)
 
     def rewrite(self, op, x, s_in, a, grid, s, t, out, **_):
         k, p, _ = const_array(a).shape
         allowzero = out.producer().attributes.get_int("allowzero", 0)
         flat = _flat(op, x, k * p, f"{a.name}__flat")
         return op.Reshape(op.BlockShuffle(flat, a, s, _domain=CANON), t, allowzero=allowzero)
+
+
+def _shuffle_shapes(r: pattern.MatchResult, kpq: tuple, mrs: tuple, s_in: ir.Value,
+                    grid: ir.Value, t: ir.Value, second: ir.Value) -> pattern.MatchResult:
+    """A BlockShuffle's reshapes agree with its factors A [k, p, q] and S [m, r, s]: input
+    [-1, k, p], the k·q outputs regrouped as a [-1, r, m] grid, output ending in m·s."""
+    (k, p, q), (m, rows, cols) = kpq, mrs
+    if not _shape_is(s_in, [-1, k, p]):
+        return r.fail(f"BlockShuffle input reshape: expected [-1, {k}, {p}]", s_in)
+    if k * q != m * rows:
+        return r.fail(f"BlockShuffle: {k}x{q} outputs do not regroup into {m}x{rows}", second)
+    if _grid_tail(grid) != [rows, m]:
+        return r.fail(f"BlockShuffle grid reshape: expected [-1, {rows}, {m}]", grid)
+    if _last_entry(t) != m * cols:
+        return r.fail(f"BlockShuffle output reshape: expected last entry {m * cols}", t)
+    return r
 
 
 def _grid_tail(grid: ir.Value) -> list[int] | None:
@@ -282,17 +288,9 @@ class ShuffleEinsum(pattern.RewriteRuleClassBase):
         if p1 is None or p2 is None:
             return r.fail(f"einsums {eq1!r}, {eq2!r}: expected x[n,k,p]·A -> [n,k,q] then "
                           "h[n,r,m]·W -> [n,s,m]", e2.producer())
-        k, p, q = (const_array(a).shape[i] for i in p1)
-        m, rows, cols = (const_array(w).shape[i] for i in p2)
-        if not _shape_is(s_in, [-1, k, p]):
-            return r.fail(f"BlockShuffle input reshape: expected [-1, {k}, {p}]", s_in)
-        if k * q != m * rows:
-            return r.fail(f"BlockShuffle: {k}x{q} outputs do not regroup into {m}x{rows}", w)
-        if _grid_tail(grid) != [rows, m]:
-            return r.fail(f"BlockShuffle grid reshape: expected [-1, {rows}, {m}]", grid)
-        if _last_entry(t) != m * cols:
-            return r.fail(f"BlockShuffle output reshape: expected last entry {m * cols}", t)
-        return r
+        kpq = tuple(const_array(a).shape[i] for i in p1)
+        mrs = tuple(const_array(w).shape[i] for i in p2)
+        return _shuffle_shapes(r, kpq, mrs, s_in, grid, t, w)
 
     def rewrite(self, op, x, s_in, a, grid, w, t, e1, e2, out, **_):
         p1 = _einsum_perm(e1.producer().attributes.get_string("equation", ""))

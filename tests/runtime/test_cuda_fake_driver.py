@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 
@@ -27,6 +26,8 @@ from fffc.codegen.cuda_emu import Emulator
 from fffc.config import cxx
 from fffc.native import build_shim
 from fffc.ops import KernelSpec
+
+from .test_cuda_shim import _model
 
 pytestmark = pytest.mark.slow
 FAKE = Path(__file__).with_name("fake_cuda.cc")
@@ -104,24 +105,6 @@ def _compare(path: Path, artifact: Path, feeds, fake: Path, tmp: Path, rtol=1e-4
     return launches
 
 
-def _relu_ffn(path: Path, d: int = 32, f: int = 128) -> Path:
-    rng = np.random.default_rng(0)
-    inits = {"W1": rng.standard_normal((d, f)) / np.sqrt(d), "b1": np.full(f, -0.5),
-             "W2": rng.standard_normal((f, d)) / np.sqrt(f), "b2": rng.standard_normal(d)}
-    h = onnx.helper
-    nodes = [h.make_node("MatMul", ["x", "W1"], ["a"]), h.make_node("Add", ["a", "b1"], ["b"]),
-             h.make_node("Relu", ["b"], ["c"]), h.make_node("MatMul", ["c", "W2"], ["e"]),
-             h.make_node("Add", ["e", "b2"], ["y"])]
-    graph = h.make_graph(
-        nodes, "ffn", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", "s", d])],
-        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", "s", d])],
-        [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
-    m = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, str(path))
-    return path
-
-
 def _feeds(d: int, shapes) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(7)
     return [{"x": rng.standard_normal((*s, d)).astype(np.float32)} for s in shapes]
@@ -129,7 +112,7 @@ def _feeds(d: int, shapes) -> list[dict[str, np.ndarray]]:
 
 def test_sparse_ffn_cuda_path(tmp_path, fake_libcuda):
     """SparseFFN exact: the decode variants (1, 5 and 16 tokens), ORT's dense FFN beyond."""
-    path = _relu_ffn(tmp_path / "m.onnx")
+    path = _model(tmp_path / "m.onnx")
     art = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(target="cuda")).artifact
     launches = _compare(path, art, _feeds(32, [(1, 1), (1, 5), (2, 8), (3, 100)]),
                         fake_libcuda, tmp_path)
