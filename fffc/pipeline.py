@@ -133,7 +133,7 @@ def compile_model(path: str | Path, out: str | Path | None = None,
     allocation = None
     if options.calibration is not None:
         with stage("allocate calibrated modes"):
-            allocation = _allocate(a, path, options, request.family)
+            allocation = _allocate(a, path, options)
 
     with stage("verify sites"):
         # many-token probes plus a one-token one: both sides of a token dispatch run
@@ -216,7 +216,9 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                 report["kernels_checked_on"] = f"a host build of the same kernels ({_host()})"
             if library is not None and library.cuda is not None:
                 with stage("check CUDA kernels (CPU emulation)"):
-                    report["cuda_kernels"] = _check_cuda(a, library, captured, options.rtol, failed)
+                    # masked sites (teal, cats, predictor) against the masked function
+                    report["cuda_kernels"] = _check_cuda(a, library, captured_ref,
+                                                         options.rtol, failed)
             if not failed:
                 break
             for s in a.sites:
@@ -277,16 +279,13 @@ def _masks(sites: list[Site]) -> tuple[dict, dict, dict]:
             {s.name: s.thresholds for s in sites if s.decision == "cats"})
 
 
-def _allocate(a: Analysis, path: Path, options: CompileOptions, family: str) -> dict:
+def _allocate(a: Analysis, path: Path, options: CompileOptions) -> dict:
     """``--calibration`` + ``--budget``: a mode (teal, cats, predictor) and its levels per
     site (``fffc.allocate``, or one rule for ``cats=S`` / ``predictor``), set on the sites as
     their decisions. Returns the manifest's ``calibration`` section."""
     from . import allocate
     from .calibration import load_feeds, load_predictors
 
-    if family == "cuda":
-        raise UsageError("--calibration: threshold and predictor kernels exist for the CPU "
-                         "targets (x86, arm) only")
     if options.budget is None:
         raise UsageError("--calibration needs a --budget (sparsity=S, error=E, uniform=S, "
                          "cats=S or predictor)")
@@ -488,16 +487,12 @@ def _check_cuda(a: Analysis, library, captured, rtol: float, failed: dict[str, s
     for site in a.sites:
         if site.decision not in KERNEL_DECISIONS:
             continue
-        weights = {k: v for k, v in passes.site_weights(a.working, site.name).items()
-                   if v is not None}
+        weights = _kernel_inputs(a, site)
         if site.decision == "routed":
             out[site.name] = _check_cuda_routed(emu, library.cuda.variants, site, weights,
                                                 captured[site.name], rtol, failed)
             continue
         spec = plan.kernel_spec(site)
-        if site.kind == "fff":  # the op's layout: W_in row per node
-            weights = {"W_in": np.ascontiguousarray(weights["W1"].T), "B_in": weights["B1"],
-                       "W_out": weights["W2"]}
         xs, ys = captured[site.name]
         x = np.concatenate([v.reshape(-1, spec.d_in) for v in xs])
         y = np.concatenate([v.reshape(-1, spec.d_out) for v in ys])
@@ -515,6 +510,23 @@ def _check_cuda(a: Analysis, library, captured, rtol: float, failed: dict[str, s
                 failed[site.name] = f"CUDA {v.variant}: rel err {c.max_rel:.2e} > {rtol:g}"
         out[site.name] = results
     return out
+
+
+def _kernel_inputs(a: Analysis, site: Site) -> dict[str, np.ndarray]:
+    """A site's constant kernel inputs by kernel argument name, in the op's layout for its
+    decision (thresholds and predictor factors included)."""
+    mode = site.decision if site.decision in MASKED_DECISIONS else "exact"
+    weights = {k: v for k, v in passes.site_weights(a.working, site.name, mode).items()
+               if v is not None}
+    if site.kind == "fff":  # the op's layout: W_in row per node
+        return {"W_in": np.ascontiguousarray(weights["W1"].T), "B_in": weights["B1"],
+                "W_out": weights["W2"]}
+    if site.decision in ("teal", "cats"):  # lower._thresholds_initializer's TH
+        weights["TH"] = np.array([-1.0 if t is None else t for t in site.thresholds],
+                                 np.float32)
+    if site.decision == "predictor":
+        weights.update(zip(("PA", "PB", "PC"), site.predictor_arrays, strict=True))
+    return weights
 
 
 def _check_cuda_routed(emu, variants, site: Site, weights: dict, captured, rtol: float,

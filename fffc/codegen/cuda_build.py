@@ -21,7 +21,7 @@ from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
 from . import _tvm
-from .kernels import routed_ffn_cuda, structured_ffn_cuda
+from .kernels import routed_ffn_cuda, sparse_ffn_cuda_masked, structured_ffn_cuda
 from .kernels.fff_cuda import FffTiling, fff_source
 from .kernels.sparse_ffn_cuda import CudaTiling, decode_sources, gemm_funcs, workspace
 from .schedules import MAX_TOKENS, Variant, family
@@ -146,8 +146,10 @@ def _variant_funcs(spec: KernelSpec, tiling: CudaTiling, prefix: str, target) ->
     if tiling.gemm:
         return {name: _tvm.dlight_matmul(f, target, dict(tiling.gemm_config))
                 for name, f in gemm_funcs(spec, prefix).items()}
+    masked = spec.mode in sparse_ffn_cuda_masked.MODES  # teal, cats, predictor
+    sources = (sparse_ffn_cuda_masked.decode_sources if masked else decode_sources)
     try:
-        return {name: _tvm.from_source(src) for name, src in decode_sources(spec, tiling, prefix).items()}
+        return {name: _tvm.from_source(src) for name, src in sources(spec, tiling, prefix).items()}
     except Exception as e:  # TVMScript errors carry the offending line; keep it typed
         raise CodegenError(f"TVMScript generation failed for {prefix}: {e}") from e
 
@@ -216,6 +218,8 @@ def emit(specs: Sequence[KernelSpec], arch: str = "sm_90",
     variants = []
     for spec, v, names in pending:
         ws = workspace(spec, v.tiling) if spec.op == "SparseFFN" else {}
+        if spec.op == "SparseFFN" and spec.mode in sparse_ffn_cuda_masked.MODES:
+            ws = sparse_ffn_cuda_masked.workspace(spec, v.tiling)
         if spec.op == "RoutedFFN":
             ws = routed_ffn_cuda.workspace(spec)
         if spec.op == "StructuredFFN":

@@ -176,3 +176,30 @@ def test_routed_cuda_path(tmp_path, fake_libcuda, kw):
     launches = _compare(path, result.artifact, _feeds(64, shapes), fake_libcuda, tmp_path)
     assert any("counted_" in ln for ln in launches), launches
     assert any("routed_ffn" in ln for ln in launches), launches
+
+
+@pytest.mark.parametrize("budget", ["uniform=0.4", "cats=0.5", "predictor"])
+def test_calibrated_cuda_path(tmp_path, fake_libcuda, budget):
+    """SparseFFN teal, cats and predictor on CUDA (a GELU and a SwiGLU FFN): the artifact
+    equals its own model run as the thresholded/predicted function in standard ops (stock
+    ONNX Runtime, the fallback functions), at 1 token (the kernels) and 50 (the If's masked
+    dense branch)."""
+    from fffc import calibration
+    from tests.test_calibration import D, _models
+    from tests.test_calibration import _feeds as calibration_feeds
+
+    path, _ = _models(tmp_path)
+    data, _ = calibration_feeds(tmp_path, count=4)
+    calib = calibration.calibrate(path, data, predictor_rank=8, predictor_sparsity=0.7)
+    calibration.write(calib, tmp_path / "m.calib.json")
+    result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(
+        target="cuda", calibration=tmp_path / "m.calib.json", budget=budget, data=data))
+    mode = {"uniform=0.4": "teal", "cats=0.5": "cats", "predictor": "predictor"}[budget]
+    assert any(s.decision == mode for s in result.sites), [s.reason for s in result.sites]
+    emulated = result.manifest["verification"]["cuda_kernels"]
+    assert all(r["ok"] for s in result.sites if s.decision == mode
+               for r in emulated[s.name].values()), emulated
+    art = result.artifact
+    launches = _compare(art / "model.onnx", art, _feeds(D, [(1, 1), (2, 25)]), fake_libcuda,
+                        tmp_path)
+    assert any(f"_{mode}_" in ln for ln in launches), launches  # the mode's kernels ran

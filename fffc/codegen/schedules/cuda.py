@@ -22,6 +22,9 @@ class Config:
     sparse_max_tokens: int = 16  # past this cuBLAS (ORT's dense FFN) wins: H100, fp32, ReLU
     sparse_max_tokens_gated: int = 8  # 768/3072 1.13x at 16 tokens, 0.88x at 32; dReLU
     # 4096/11008 1.18x at 8, 0.88x at 16
+    masked_max_tokens: int = 1  # modes teal, cats, predictor: one token per block re-reads
+    # the surviving rows per token, so from 2 tokens ORT's masked dense FFN runs (as on CPUs;
+    # not measured on a GPU)
     proj_threads: int = 256  # neurons × d_in slices per proj block
     down_threads: int = 256  # output columns per down block
     target_blocks: int = 528  # about 4 blocks per SM of a 132-SM H100: enough to hide latency
@@ -84,11 +87,30 @@ class Cuda(Family):
         return CudaTiling(mr=mr, nt=nt, ks=ks, kb=kb, vn=vn, wpb=8, npw=npw, no=no,
                           splits=splits)
 
+    def masked_tiling(self, spec: KernelSpec) -> CudaTiling:
+        """Modes teal, cats, predictor (kernels/sparse_ffn_cuda_masked.py): one token per
+        block; ``kb`` splits d_in of the predictor's ``x·PA`` (only rank/32 column blocks)."""
+        c = self.config
+        base = self.tiling(spec, 1)
+        kb = 1
+        if spec.mode == "predictor":
+            kb = max(1, min(ceil_div(c.target_blocks, max(1, ceil_div(spec.rank, 32))),
+                            spec.d_in // c.min_k_slice, 8))  # the score kernel adds the kb
+            # partials for every z it reads: more would cost more than the PB reads
+            kb = ceil_div(spec.d_in, ceil_div(spec.d_in, kb))  # no empty slice
+        return CudaTiling(mr=1, nt=32, ks=c.proj_threads // 32, kb=kb, wpb=8, no=base.no,
+                          splits=base.splits)
+
     def sparse_max_tokens(self, spec: KernelSpec) -> int:
         c = self.config
+        if spec.mode in ("teal", "cats", "predictor"):
+            return c.masked_max_tokens
         return c.sparse_max_tokens_gated if spec.gated else c.sparse_max_tokens
 
     def variants(self, spec: KernelSpec, target: dict) -> list[Variant]:
+        if spec.mode in ("teal", "cats", "predictor"):  # grids over tokens: any count is
+            # correct; the artifact's If runs ORT's masked FFN past sparse_max_tokens
+            return [Variant(spec.mode, 1, MAX_TOKENS, self.masked_tiling(spec))]
         if spec.mode != "exact":
             raise CodegenError(f"no CUDA kernels for SparseFFN mode {spec.mode!r} yet")
         out, first = [], 1
