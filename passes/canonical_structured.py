@@ -118,9 +118,9 @@ class BlockDiagBmm(pattern.RewriteRuleClassBase):
         return op.StructuredLinear(_flat(op, x, k * p, f"{a.name}__flat"), a, _domain=CANON)
 
 
-def _einsum_perm(equation: str) -> tuple[int, int, int] | None:
-    """The transpose that brings an einsum weight to [k, p, q], for ``x[b,k,p] · A -> [b,k,q]``
-    (x first, three letters each); None for any other contraction."""
+def _einsum_parts(equation: str) -> tuple[str, str, str] | None:
+    """(activation letters, weight letters, output letters) of a two-operand einsum with
+    three letters per operand and four distinct letters in all; None for anything else."""
     eq = equation.replace(" ", "")
     if "->" not in eq or eq.count(",") != 1:
         return None
@@ -128,6 +128,16 @@ def _einsum_perm(equation: str) -> tuple[int, int, int] | None:
     xs, ws = ins.split(",")
     if len(xs) != 3 or len(ws) != 3 or len(out) != 3 or len(set(xs + ws)) != 4:
         return None
+    return xs, ws, out
+
+
+def _einsum_perm(equation: str) -> tuple[int, int, int] | None:
+    """The transpose that brings an einsum weight to [k, p, q], for ``x[b,k,p] · A -> [b,k,q]``
+    (x first, three letters each); None for any other contraction."""
+    parts = _einsum_parts(equation)
+    if parts is None:
+        return None
+    xs, ws, out = parts
     b, k, p = xs
     if out[0] != b or out[1] != k or b in ws or p in out:
         return None
@@ -252,13 +262,10 @@ def _shuffle_einsum_perm(equation: str) -> tuple[int, int, int] | None:
     """The transpose that brings the second einsum's weight to S [m, r, s] for
     ``h[n,r,m] · W -> [n,s,m]`` (the (r, m) grid through block m, written in (s, m) order);
     None for any other contraction."""
-    eq = equation.replace(" ", "")
-    if "->" not in eq or eq.count(",") != 1:
+    parts = _einsum_parts(equation)
+    if parts is None:
         return None
-    ins, out = eq.split("->")
-    hs, ws = ins.split(",")
-    if len(hs) != 3 or len(ws) != 3 or len(out) != 3 or len(set(hs + ws)) != 4:
-        return None
+    hs, ws, out = parts
     n, r, m = hs
     s = (set(ws) - set(hs)).pop() if len(set(ws) - set(hs)) == 1 else None
     if s is None or n in ws or out != n + s + m or sorted(ws) != sorted(m + r + s):
