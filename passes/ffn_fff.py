@@ -20,6 +20,8 @@ original region on probe inputs) before it is rewritten.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import numpy as np
 import onnx_ir as ir
 
@@ -165,20 +167,29 @@ def _region(out_mm: ir.Node, x: ir.Value, graph: ir.Graph) -> list[ir.Node]:
     return sorted(region, key=lambda n: order[id(n)])
 
 
+def replace_matches(graph: ir.Graph, roots: Iterable[ir.Node],
+                    match_root: Callable[[ir.Node], dict],
+                    replace: Callable[[ir.Node, list[ir.Node], dict], None]) -> int:
+    """Each root that ``match_root`` takes, with its region back to ``m["x"]``, handed to
+    ``replace``; the number replaced (roots that fail to match are left for near misses)."""
+    found = 0
+    for root in list(roots):
+        try:
+            m = match_root(root)
+            region = _region(root, m["x"], graph)
+        except Fail:
+            continue
+        replace(root, region, m)
+        found += 1
+    return found
+
+
 def detect(model: ir.Model) -> int:
     """Replace each FFF region with a marker; the number replaced. Regions that look like an
     FFF but do not match are reported by ``detect.near_misses`` with ``match``'s reason."""
     graph = model.graph
-    found = 0
-    for node in [n for n in graph if n.op_type == "MatMul" and n.domain == ""]:
-        try:
-            m = match(node)
-            region = _region(node, m["x"], graph)
-        except Fail:
-            continue
-        _replace(graph, node, region, m)
-        found += 1
-    return found
+    return replace_matches(graph, (n for n in graph if n.op_type == "MatMul" and n.domain == ""),
+                           match, lambda root, region, m: _replace(graph, root, region, m))
 
 
 def looks_like_fff(out_mm: ir.Node) -> bool:

@@ -24,7 +24,13 @@ import numpy as np
 import onnx_ir as ir
 
 from ._common import CANON, const_array
-from .ffn_fff import TIE_BREAK_OF, Fail, _region, _replace, transposed_initializer
+from .ffn_fff import (
+    TIE_BREAK_OF,
+    Fail,
+    _replace,
+    replace_matches,
+    transposed_initializer,
+)
 
 _INT_OPS = ("Add", "Sub", "Mul")
 
@@ -330,14 +336,9 @@ def _looks_like_term(value: ir.Value | None) -> bool:
 def detect(model: ir.Model) -> int:
     """Replace each walk region with an FFF marker; the number replaced."""
     graph = model.graph
-    found = 0
-    for node in candidates(graph):
-        try:
-            m = match(node)
-            region = _region(node, m["x"], graph)
-        except Fail:
-            continue
+
+    def replace(root: ir.Node, region: list[ir.Node], m: dict) -> None:
         m["w_in"] = transposed_initializer(graph, m.pop("w_in_rows"))
-        _replace(graph, node, region, m, rule="fff_walk")
-        found += 1
-    return found
+        _replace(graph, root, region, m, rule="fff_walk")
+
+    return replace_matches(graph, candidates(graph), match, replace)

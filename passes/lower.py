@@ -9,7 +9,7 @@ every canonical node left is legalized for the model's opset.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -184,6 +184,31 @@ def _drop_unused_initializers(graph: ir.Graph) -> None:
             del graph.initializers[name]
 
 
+def _provenance(node: ir.Node, matched: bool = True) -> dict[str, str]:
+    """The metadata an ai.fffc node carries: the rule that matched (and its matched nodes)."""
+    out = {"fffc.rule": node.attributes.get_string("rule", "")}
+    if matched:
+        out["fffc.matched_nodes"] = node.attributes.get_string("matched_nodes", "")
+    return out
+
+
+def _fffc_node(model: ir.Model, tape: ir.tape.Tape, node: ir.Node, op: str, inputs: list,
+               attrs: dict, overload: str, function: Callable[[], ir.Function],
+               metadata: dict[str, str]) -> ir.Value:
+    """The ai.fffc ``op`` node in place of ``node`` on ``tape`` (trailing absent inputs
+    dropped), with its model-local fallback function made once per overload."""
+    inputs = list(inputs)
+    while inputs and inputs[-1] is None:
+        inputs.pop()
+    out = tape.op(op, inputs, attrs, domain=DOMAIN, overload=overload, name=node.name,
+                  metadata_props=metadata)
+    key = (DOMAIN, op, overload)
+    if key not in model.functions:
+        model.functions[key] = function()
+    model.opset_imports[DOMAIN] = OPSET_VERSION
+    return out
+
+
 def _lower_fff(model: ir.Model, node: ir.Node, decision: str, opset: int) -> None:
     """An FFF marker: ``tree`` → ai.fffc::FastFeedForward (+ the walk as fallback function),
     ``walk`` → the conditional walk in standard ops, else its original region back."""
@@ -197,14 +222,10 @@ def _lower_fff(model: ir.Model, node: ir.Node, decision: str, opset: int) -> Non
         if decision == "tree":
             overload = f"k{trees}_d{depth}_{tie_break}"
             attrs = {"trees": trees, "depth": depth, "activation": "gelu", "tie_break": tie_break}
-            out = tape.op(FAST_FEED_FORWARD.name, [x, rows, b_in, w_out], attrs,
-                          domain=DOMAIN, overload=overload,
-                          name=node.name,
-                          metadata_props={"fffc.rule": node.attributes.get_string("rule", "")})
-            key = (DOMAIN, FAST_FEED_FORWARD.name, overload)
-            if key not in model.functions:
-                model.functions[key] = _fff_function(overload, trees, depth, tie_break, opset)
-            model.opset_imports[DOMAIN] = OPSET_VERSION
+            out = _fffc_node(model, tape, node, FAST_FEED_FORWARD.name, [x, rows, b_in, w_out],
+                             attrs, overload,
+                             lambda: _fff_function(overload, trees, depth, tie_break, opset),
+                             _provenance(node, matched=False))
         else:
             out = standard_forms.fff_walk(tape, x, rows, b_in, w_out, trees=trees, depth=depth,
                                           opset=opset, tie_break=tie_break)
@@ -257,18 +278,10 @@ def _lower_structured(model: ir.Model, node: ir.Node, decision: str, opset: int,
     present = [v is not None for v in inputs]
     overload = f"{act}_" + "".join(n.lower() for n, p in zip(STRUCTURED_INPUTS, present,
                                                               strict=True) if p and n != "X")
-    while inputs[-1] is None:
-        inputs.pop()
-    out = tape.op(STRUCTURED_FFN.name, inputs,
-                  {"activation": act, "merged_max_tokens": merged_max_tokens},
-                  domain=DOMAIN, overload=overload, name=node.name,
-                  metadata_props={"fffc.rule": node.attributes.get_string("rule", ""),
-                                  "fffc.matched_nodes":
-                                      node.attributes.get_string("matched_nodes", "")})
-    key = (DOMAIN, STRUCTURED_FFN.name, overload)
-    if key not in model.functions:
-        model.functions[key] = _structured_function(overload, present, act, opset)
-    model.opset_imports[DOMAIN] = OPSET_VERSION
+    out = _fffc_node(model, tape, node, STRUCTURED_FFN.name, inputs,
+                     {"activation": act, "merged_max_tokens": merged_max_tokens}, overload,
+                     lambda: _structured_function(overload, present, act, opset),
+                     _provenance(node))
     _replace(model.graph, node, tape, out)
 
 
@@ -314,23 +327,16 @@ def _lower_routed(model: ir.Model, node: ir.Node, decision: str, opset: int) -> 
     overload = (f"{r['activation']}_{sel}_{r['router']}_{coefs}_" +
                 "".join(n.lower() for n, p in zip(ROUTED_INPUTS, present, strict=True)
                         if p and n != "X")).replace(".", "p").replace("-", "m")
-    while inputs[-1] is None:
-        inputs.pop()
     tape = ir.tape.Tape()
-    out = tape.op(ROUTED_FFN.name, inputs,
-                  {"activation": r["activation"], "selection": r["selection"], "k": r["k"],
-                   **({} if cap is None else {"k_scale": cap["scale"], "k_divisor": cap["divisor"],
-                                              "k_round": cap["round"], "k_min": cap["min"]}),
-                   "router": r["router"], "x_coef": list(r["x_coef"]),
-                   "delta_coef": list(r["delta_coef"]), "epsilon": r["epsilon"]},
-                  domain=DOMAIN, overload=overload, name=node.name,
-                  metadata_props={"fffc.rule": node.attributes.get_string("rule", ""),
-                                  "fffc.matched_nodes":
-                                      node.attributes.get_string("matched_nodes", "")})
-    key = (DOMAIN, ROUTED_FFN.name, overload)
-    if key not in model.functions:
-        model.functions[key] = _routed_function(overload, present, r, opset)
-    model.opset_imports[DOMAIN] = OPSET_VERSION
+    out = _fffc_node(model, tape, node, ROUTED_FFN.name, inputs,
+                     {"activation": r["activation"], "selection": r["selection"], "k": r["k"],
+                      **({} if cap is None else {"k_scale": cap["scale"],
+                                                 "k_divisor": cap["divisor"],
+                                                 "k_round": cap["round"], "k_min": cap["min"]}),
+                      "router": r["router"], "x_coef": list(r["x_coef"]),
+                      "delta_coef": list(r["delta_coef"]), "epsilon": r["epsilon"]},
+                     overload, lambda: _routed_function(overload, present, r, opset),
+                     _provenance(node))
     _replace(graph, node, tape, out)
 
 
@@ -439,20 +445,12 @@ def _sparse_ffn(model: ir.Model, node: ir.Node, tape: ir.tape.Tape, a: dict[str,
         inputs = [x, w1, b1, w2, b2, wu_rows, None, None, None, None]
     present = [v is not None for v in inputs]
     overload = overload_for(a["activation"], a["up_activation"], present, mode)
-    while inputs and inputs[-1] is None:
-        inputs.pop()
-    out = tape.op(
-        SPARSE_FFN.name, inputs,
+    return _fffc_node(
+        model, tape, node, SPARSE_FFN.name, inputs,
         {"activation": a["activation"], "up_activation": a["up_activation"], "mode": mode},
-        domain=DOMAIN, overload=overload, name=node.name,
-        metadata_props={"fffc.rule": a["rule"], "fffc.matched_nodes": a["matched_nodes"]},
-    )
-    key = (DOMAIN, SPARSE_FFN.name, overload)
-    if key not in model.functions:
-        model.functions[key] = _fallback_function(
-            overload, present, a["activation"], a["up_activation"], opset, mode)
-    model.opset_imports[DOMAIN] = OPSET_VERSION
-    return out
+        overload, lambda: _fallback_function(overload, present, a["activation"],
+                                             a["up_activation"], opset, mode),
+        {"fffc.rule": a["rule"], "fffc.matched_nodes": a["matched_nodes"]})
 
 
 def _token_dispatch(tape: ir.tape.Tape, node: ir.Node, sparse: ir.tape.Tape,

@@ -28,7 +28,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ._common import CANON, const_array, initializer
-from .ffn_fff import Fail, _region, replace_region
+from .ffn_fff import Fail, replace_matches, replace_region
 
 Affine = tuple[tuple[float, float], tuple[float, float]]  # (x coef, Δ coef), each (a, b): a + b·w
 
@@ -544,16 +544,8 @@ def match_any(root: ir.Node) -> dict:
 def detect(model: ir.Model) -> int:
     """Replace each MoD region with a ``routed`` marker; the number replaced."""
     graph = model.graph
-    found = 0
-    for root in candidates(graph):
-        try:
-            m = match_any(root)
-            region = _region(root, m["x"], graph)
-        except Fail:
-            continue
-        _replace(graph, root, region, m)
-        found += 1
-    return found
+    return replace_matches(graph, candidates(graph), match_any,
+                           lambda root, region, m: _replace(graph, root, region, m))
 
 
 def _vector(graph: ir.Graph, w: ir.Value) -> ir.Value:

@@ -13,6 +13,7 @@ from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
 from .sparse_ffn import Tiling, check_tiling
+from .text import TOKEN_MAJOR_HEAD
 
 PARTS = 4  # split-K tasks of the GEMVs, each with a private accumulator row
 ROWS = 4  # weight rows per accumulator pass (independent streams in flight)
@@ -27,14 +28,7 @@ ACTIVATIONS = {  # TIR of each activation on the expression {v}
 }
 
 # Signature, token-major X and Y, and the buffers of the common tail.
-HEADER = '''
-@T.prim_func
-def kernel({params}):
-    T.func_attr({{"global_symbol": "{symbol}", "tirx.noalias": True}})
-    N = T.int32()
-    X = T.match_buffer(x, (N, {D}), "float32", align=4)
-    Y = T.match_buffer(y, (N, {DO}), "float32", align=4)
-    IDX = T.alloc_buffer(({F},), "int32")
+HEADER = TOKEN_MAJOR_HEAD + '''    IDX = T.alloc_buffer(({F},), "int32")
     VAL = T.alloc_buffer(({F},), "float32")
     CNT = T.alloc_buffer(({NFB},), "int32")
     LIDX = T.alloc_buffer(({F},), "int32")

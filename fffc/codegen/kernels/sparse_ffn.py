@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
-from .text import parse
+from .text import TOKEN_MAJOR_HEAD, parse
 
 
 @dataclass(frozen=True)
@@ -77,14 +77,7 @@ def check_tiling(spec: KernelSpec, t: Tiling) -> None:
         raise CodegenError(f"tiling vl={t.vl} must be a power of two")
 
 
-_HEAD = '''
-@T.prim_func
-def kernel({params}):
-    T.func_attr({{"global_symbol": "{symbol}", "tirx.noalias": True}})
-    N = T.int32()
-    X = T.match_buffer(x, (N, {D}), "float32", align=4)
-    Y = T.match_buffer(y, (N, {DO}), "float32", align=4)
-    H = T.alloc_buffer(((N + {MR} - 1) // {MR} * {MR}, {F}), "float32")
+_HEAD = TOKEN_MAJOR_HEAD + '''    H = T.alloc_buffer(((N + {MR} - 1) // {MR} * {MR}, {F}), "float32")
     IDX = T.alloc_buffer(((N + {MR} - 1) // {MR}, {F}), "int32")
     VAL = T.alloc_buffer(((N + {MR} - 1) // {MR}, {F}, {MR}), "float32")
     CNT = T.alloc_buffer(((N + {MR} - 1) // {MR}, {NFB}), "int32")

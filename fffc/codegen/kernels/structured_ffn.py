@@ -59,7 +59,7 @@ from fffc.errors import CodegenError
 from fffc.ops import STRUCTURED_FFN, KernelSpec
 
 from ..schedules import MAX_TOKENS
-from .text import indent, parse, vector_loop
+from .text import TOKEN_MAJOR_HEAD, indent, parse, vector_loop
 
 
 @dataclass(frozen=True)
@@ -267,15 +267,6 @@ def _params(spec: KernelSpec) -> str:
               "B2": buf("B2", (do,)), "Y": "y: T.handle"}
     return ", ".join(shapes[a] for a in spec.arg_names())
 
-
-_HEAD = """
-@T.prim_func
-def kernel({params}):
-    T.func_attr({{"global_symbol": "{symbol}", "tirx.noalias": True}})
-    N = T.int32()
-    X = T.match_buffer(x, (N, {D}), "float32", align=4)
-    Y = T.match_buffer(y, (N, {DO}), "float32", align=4)
-"""
 
 # --- small / batch: column groups, packed panels, register micro-kernel ---
 
@@ -549,7 +540,7 @@ def structured_ffn_source(spec: KernelSpec, variant: str, symbol: str,
     t = tiles or VARIANT_TILES[variant]
     if min(t.mr, t.nr, t.kc, t.group, t.tasks, t.rows) < 1 or t.block < 0 or t.block % t.mr:
         raise CodegenError(f"bad StructuredFFN tiling {t}")
-    head = _HEAD.format(params=_params(spec), symbol=symbol, D=spec.d_in, DO=spec.d_out)
+    head = TOKEN_MAJOR_HEAD.format(params=_params(spec), symbol=symbol, D=spec.d_in, DO=spec.d_out)
     return head + VARIANTS[variant](spec, t) + "\n"
 
 

@@ -6,6 +6,17 @@ from fffc.errors import CodegenError
 
 from .._tvm import from_source
 
+# A CPU kernel's signature with token-major X [N, D] and Y [N, DO] (N: the token count);
+# format fields params, symbol, D, DO.
+TOKEN_MAJOR_HEAD = """
+@T.prim_func
+def kernel({params}):
+    T.func_attr({{"global_symbol": "{symbol}", "tirx.noalias": True}})
+    N = T.int32()
+    X = T.match_buffer(x, (N, {D}), "float32", align=4)
+    Y = T.match_buffer(y, (N, {DO}), "float32", align=4)
+"""
+
 
 def indent(text: str, n: int) -> str:
     """``text`` without surrounding blank lines, every non-blank line indented by n."""
