@@ -22,6 +22,7 @@ from rich.table import Table
 
 from . import config
 from .errors import FffcError, UsageError
+from .ops import WEIGHT_DTYPES
 
 err_console = Console(stderr=True, soft_wrap=True)
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -105,14 +106,19 @@ def cmd_compile(args: argparse.Namespace) -> int:
         mattr=_mattr(args.mattr),
         calibration=args.calibration, budget=args.budget, data=args.data,
         **({"cuda_archs": _archs(args.arch)} if args.arch else {}),
+        weight_dtype=WEIGHT_DTYPES[args.weight_dtype],
     )
     result = compile_model(args.model, args.output, options, _stage)
     console.print(_sites_table(result.sites, f"{len(result.sites)} FFN site(s)"))
     v = result.manifest.get("verification", {})
     masked = "deviation_from_original" in v  # the artifact computes the masked function
+    rounded = result.manifest.get("options", {}).get("weight_dtype", "float32") != "float32"
+    what = " and ".join([*(["masked"] if any(s.decision in ("teal", "cats", "predictor")
+                                                for s in result.sites) else []),
+                         *([f"{options.weight_dtype}-rounded weights"] if rounded else [])])
     for key in ("model_with_shim", "model_without_shim"):
         if key in v:
-            vs = " vs the masked reference" if masked else ""
+            vs = f" vs the reference ({what})" if masked else ""
             rtol = v.get("model_rtol", v["rtol"]) if key == "model_with_shim" else v["rtol"]
             console.print(f"{key.replace('_', ' ')}{vs}: max rel err {v[key]['max_rel']:.2e} "
                           f"(rtol {rtol:g}) {'[green]ok[/]' if v[key]['ok'] else '[red]FAIL[/]'}")
@@ -135,7 +141,8 @@ def _print_calibration(result) -> None:
                       f"FFN weight bytes skipped; relative L2 output error {alloc['error_calibration']:.3f} "
                       f"(search feeds), {alloc['error_held_out']:.3f} (held out)")
     dev = m["verification"]["deviation_from_original"]
-    console.print(f"[yellow]the compiled model differs from the original by design[/]: max rel err "
+    console.print(f"[yellow]the compiled model differs from the original by design[/] "
+                  f"(calibrated modes and/or --weight-dtype): max rel err "
                   f"{dev['max_rel']:.2e} on the probe inputs")
 
 
@@ -216,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "+dotprod,+fullfp16 (arm) or +avx512f (x86)")
     c.add_argument("--arch", help="cuda: GPU architectures, e.g. sm_80,sm_90 (default); a cubin "
                    "for each plus PTX of the newest")
+    c.add_argument("--weight-dtype", choices=list(WEIGHT_DTYPES), default="fp32",
+                   help="cuda: store the FFN weight matrices in 16 bits (fp16, bf16): half the "
+                   "weight bytes, float32 arithmetic; the artifact is verified against the "
+                   "model with rounded weights and its distance from the original reported")
     c.add_argument("--max-sparse-tokens", type=int, metavar="N",
                    help="run fffc's kernels up to N tokens per call and the original dense "
                    "FFN beyond (default: the target's measured crossover; 0: always fffc)")

@@ -31,6 +31,7 @@ class CompileOptions:
     calibration: Path | None = None  # CALIB.json of `fffc calibrate`: TEAL thresholds
     budget: str | None = None  # with calibration: "sparsity=S" | "error=E" | "uniform=S"
     data: Path | None = None  # feeds for the budget search (default: synthetic)
+    weight_dtype: str = "float32"  # --target cuda: float16 / bfloat16 weight matrices
 
     def hash(self) -> str:
         d = asdict(self)

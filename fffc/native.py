@@ -92,7 +92,7 @@ def cuda_table_source(library: KernelLibrary) -> str:
         rows.append(f'  {{"{s.op}", "{s.activation}", "{s.up_activation}", "{s.mode}", {int(s.has_b1)}, '
                     f"{int(s.has_b2)}, {int(s.gated)}, {s.d_in}, {s.d_ff}, {s.d_out}, "
                     f'{v.min_tokens}, {v.max_tokens}, "{v.variant}", {len(v.launches)}, l{vi}, '
-                    f"{len(v.workspace)}, w{vi}, ws{vi}}},")
+                    f'{len(v.workspace)}, w{vi}, ws{vi}, "{s.dtype}"}},')
     if rows:
         lines.append("const fffc_cuda_entry fffc_cuda_kernels[] = {\n" + "\n".join(rows) + "\n};")
         fatbin = cuda.fatbin_path.resolve()

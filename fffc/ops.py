@@ -255,6 +255,17 @@ OPS: dict[str, OpSpec] = {SPARSE_FFN.name: SPARSE_FFN, FAST_FEED_FORWARD.name: F
                           STRUCTURED_FFN.name: STRUCTURED_FFN, ROUTED_FFN.name: ROUTED_FFN}
 
 
+# --weight-dtype (CUDA): the weight matrices of each op that may be stored in 16 bits (the
+# kernels widen every load to float32; biases, thresholds, predictors, routers stay float32)
+WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+WEIGHT_INPUTS: dict[str, tuple[str, ...]] = {
+    "SparseFFN": ("W1", "W2", "WU"),
+    "FastFeedForward": ("W_in", "W_out"),
+    "StructuredFFN": ("A1", "S1", "U1", "A2", "S2", "U2"),
+    "RoutedFFN": ("W1", "W2"),  # the FFN's; its kernels read them as StructuredFFN A1, A2
+}
+
+
 def route_kernel_spec(d: int, selection: str, k: int | None, router: str, has_br: bool,
                       aux: bool = False, has_ba: bool = False,
                       ln_epsilon: float | None = None) -> KernelSpec:
@@ -348,6 +359,19 @@ class KernelSpec:
         import hashlib
 
         return hashlib.sha256(repr(self).encode()).hexdigest()[:10]
+
+    def stored_as(self, dtype: str) -> KernelSpec:
+        """This spec with its weight matrices stored as ``dtype`` (specs without weights, a
+        RoutedFFN's routing and combine, are unchanged)."""
+        from dataclasses import replace
+
+        return replace(self, dtype=dtype) if self.weight_args() else self
+
+    def weight_args(self) -> list[str]:
+        """The kernel arguments stored at ``dtype`` (the others are float32 or int32)."""
+        routing = self.op == ROUTED_FFN.name  # its FFN runs as a counted StructuredFFN spec
+        names = () if routing else WEIGHT_INPUTS.get(self.op, ())
+        return [n for n in self.arg_names() if n in names]
 
     def arg_names(self) -> list[str]:
         """Kernel argument order: present inputs in OpSpec order, then the output."""

@@ -25,6 +25,7 @@ import onnx_ir as ir
 from . import frontend, passes, plan, verify
 from .config import CompileOptions
 from .errors import NoSitesError, RewriteError, UsageError, VerificationError
+from .ops import WEIGHT_DTYPES
 from .sites import NearMiss, Site
 from .targets import normalize
 
@@ -51,6 +52,8 @@ class Analysis:
     sites: list[Site]
     near_misses: list[NearMiss]
     canonical_rewrites: dict[str, int]
+    pristine: ir.Model | None = None  # --weight-dtype: ``working`` before any rounding
+    rounded: tuple[str, ...] = ()  # the sites whose weights ``working`` holds rounded
 
 
 @dataclass
@@ -113,6 +116,12 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                          "CALIB.json (from fffc calibrate)")
     if options.merged_max_tokens is not None and options.merged_max_tokens < 0:
         raise UsageError(f"--merged-max-tokens must be >= 0, got {options.merged_max_tokens}")
+    if options.weight_dtype not in WEIGHT_DTYPES.values():
+        raise UsageError(f"--weight-dtype: one of {', '.join(WEIGHT_DTYPES)}, got "
+                         f"{options.weight_dtype!r}")
+    if options.weight_dtype != "float32" and request.family != "cuda":
+        raise UsageError(f"--weight-dtype {options.weight_dtype}: 16-bit weights are for "
+                         "--target cuda (the CPU kernels read float32 weights)")
     if options.merged_max_tokens and request.family == "cuda":
         raise UsageError("--merged-max-tokens: the CUDA StructuredFFN kernels have no pre-merged "
                          "path (the structured kernels serve every token count)")
@@ -142,8 +151,9 @@ def compile_model(path: str | Path, out: str | Path | None = None,
         want = verify.run(verify.session(a.proto), feeds)
         captured = _capture(a, feeds, want, options.rtol)
         # teal/cats/predictor sites compute another function (thresholds, predicted
-        # neurons): that is what the artifact must equal; the distance from the original is
-        # reported
+        # neurons), and --weight-dtype rounds the weights: that is what the artifact must
+        # equal; the distance from the original is reported
+        _round_weights(a, options.weight_dtype)
         masked, captured_ref, want_ref = _masked_reference(a, feeds, captured, want, options.rtol)
         for site in a.sites:
             if site.decision not in (*KERNEL_DECISIONS, "walk"):
@@ -151,12 +161,13 @@ def compile_model(path: str | Path, out: str | Path | None = None,
             weights = passes.site_weights(a.working, site.name, site.decision)
             c = verify.verify_site(site, *captured_ref[site.name], weights, options.rtol)
             site.max_abs_err, site.max_rel_err = c.max_abs, c.max_rel
-            if site.decision in MASKED_DECISIONS:
+            if site.decision in MASKED_DECISIONS or a.rounded:
                 site.deviation = verify.verify_site(site, *captured[site.name], weights,
                                                     options.rtol).max_rel
             if not c.ok:
                 _drop(site, f"verification failed: rel err {c.max_rel:.2e} > {options.rtol:g}")
-        if _masked_sites(a.sites) != masked:  # a masked site failed: new reference
+        rounding_changed = _round_weights(a, options.weight_dtype)  # dropped: as it was
+        if rounding_changed or _masked_sites(a.sites) != masked:  # new reference
             masked, captured_ref, want_ref = _masked_reference(a, feeds, captured, want,
                                                                options.rtol)
     dump.json("03-verify.json", {"sites": [s.to_json() for s in a.sites]})
@@ -185,7 +196,8 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                                                    staging / "kernels" / request.family,
                                                    mcpu=request.mcpu, archs=options.cuda_archs,
                                                    mattr=options.mattr,
-                                                   counted_specs=_counted_specs(exact))
+                                                   counted_specs=_counted_specs(exact),
+                                                   weight_dtype=options.weight_dtype)
                 cpu_family = "x86" if request.family == "cuda" else request.family
                 for k in library.kernels:
                     dump.text(f"04-kernels/{k.symbol}.py",
@@ -218,13 +230,15 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                 with stage("check CUDA kernels (CPU emulation)"):
                     # masked sites (teal, cats, predictor) against the masked function
                     report["cuda_kernels"] = _check_cuda(a, library, captured_ref,
-                                                         options.rtol, failed)
+                                                         options.rtol, failed,
+                                                         options.weight_dtype)
             if not failed:
                 break
             for s in a.sites:
                 if s.name in failed:
                     _drop(s, f"kernel check failed: {failed[s.name]}")
-            if _masked_sites(a.sites) != masked:  # the reference changes with those sites
+            rounding_changed = _round_weights(a, options.weight_dtype)
+            if rounding_changed or _masked_sites(a.sites) != masked:  # a new reference
                 masked, captured_ref, want_ref = _masked_reference(a, feeds, captured, want,
                                                                    options.rtol)
         else:
@@ -266,9 +280,26 @@ def _masked_reference(a: Analysis, feeds, captured, want, rtol: float):
     """(masked site names, captured site activations, outputs) of the reference the
     artifact must equal: the masked model when some site is masked, else the original."""
     masked = _masked_sites(a.sites)
-    if not masked:
+    if not masked and not a.rounded:
         return masked, captured, want
-    return (masked, *_capture(a, feeds, None, rtol, *_masks(a.sites)))
+    return (masked, *_capture(a, feeds, None, rtol, *_masks(a.sites), reference=True))
+
+
+def _round_weights(a: Analysis, dtype: str) -> bool:
+    """--weight-dtype: ``a.working`` with the weights of the sites that get kernels rounded to
+    ``dtype`` (from the unrounded copy, so a dropped site is left exactly as it was). True
+    when that set of sites changed (the reference must be captured again)."""
+    if dtype == "float32":
+        return False
+    sites = tuple(sorted(s.name for s in a.sites if s.decision in KERNEL_DECISIONS))
+    if sites == a.rounded and a.pristine is not None:
+        return False
+    if a.pristine is None:
+        a.pristine = _copy(a.working)
+    a.working = _copy(a.pristine)
+    passes.round_weights(a.working, sites, dtype)
+    a.rounded = sites
+    return True
 
 
 def _masks(sites: list[Site]) -> tuple[dict, dict, dict]:
@@ -380,13 +411,13 @@ def _clear(d: Path) -> None:
 def _capture(a: Analysis, feeds, want, rtol: float,
              thresholds: dict[str, tuple[float, float]] | None = None,
              predictors: dict[str, tuple] | None = None,
-             gate_thresholds: dict[str, tuple[float, float]] | None = None):
+             gate_thresholds: dict[str, tuple[float, float]] | None = None,
+             reference: bool = False):
     """Check 1 and the site activations: the all-dense lowering must equal the original.
 
-    With ``thresholds`` / ``predictors`` (teal / predictor sites): the masked reference
-    model in standard ops instead, whose site activations and outputs are returned as
-    ``(captured, outputs)``."""
-    reference = not (thresholds is None and predictors is None and gate_thresholds is None)
+    ``reference`` (with ``thresholds`` / ``predictors`` of teal / predictor sites, and/or
+    rounded weights in ``a.working``): the reference model in standard ops instead, whose
+    site activations and outputs are returned as ``(captured, outputs)``."""
     dense = _copy(a.working)
     io = passes.site_io(dense)
     passes.lower(dense, {}, thresholds=thresholds, predictors=predictors,
@@ -475,7 +506,8 @@ def _stacked(xs: list[np.ndarray], ys: list[np.ndarray],
     return [*xs, np.tile(x2, (reps, 1))], [*ys, np.tile(y2, (reps, 1))]
 
 
-def _check_cuda(a: Analysis, library, captured, rtol: float, failed: dict[str, str]) -> dict:
+def _check_cuda(a: Analysis, library, captured, rtol: float, failed: dict[str, str],
+                weight_dtype: str = "float32") -> dict:
     """Every CUDA variant of every site with kernels, run by the CPU emulator of the generated
     CUDA source, against the captured site outputs (no GPU here; GPU runs: bench_cuda.py,
     bench_fff_cuda.py)."""
@@ -490,9 +522,10 @@ def _check_cuda(a: Analysis, library, captured, rtol: float, failed: dict[str, s
         weights = _kernel_inputs(a, site)
         if site.decision == "routed":
             out[site.name] = _check_cuda_routed(emu, library.cuda.variants, site, weights,
-                                                captured[site.name], rtol, failed)
+                                                captured[site.name], rtol, failed,
+                                                weight_dtype)
             continue
-        spec = plan.kernel_spec(site)
+        spec = plan.kernel_spec(site).stored_as(weight_dtype)
         xs, ys = captured[site.name]
         x = np.concatenate([v.reshape(-1, spec.d_in) for v in xs])
         y = np.concatenate([v.reshape(-1, spec.d_out) for v in ys])
@@ -508,6 +541,8 @@ def _check_cuda(a: Analysis, library, captured, rtol: float, failed: dict[str, s
             site.max_rel_err = max(site.max_rel_err or 0.0, c.max_rel)
             if not c.ok:
                 failed[site.name] = f"CUDA {v.variant}: rel err {c.max_rel:.2e} > {rtol:g}"
+        if not results:  # never an unchecked kernel
+            failed[site.name] = "no CUDA variant of this site was found to check"
         out[site.name] = results
     return out
 
@@ -530,13 +565,14 @@ def _kernel_inputs(a: Analysis, site: Site) -> dict[str, np.ndarray]:
 
 
 def _check_cuda_routed(emu, variants, site: Site, weights: dict, captured, rtol: float,
-                       failed: dict[str, str]) -> dict:
+                       failed: dict[str, str], weight_dtype: str = "float32") -> dict:
     """A RoutedFFN site's CUDA launches as the shim chains them (route → the counted FFN
     variant for the selected rows → combine), per captured probe, against its output."""
     from .ops import capacity_k
 
     r = site.routing
     route, ffn_spec, combine = plan.kernel_specs(site)
+    ffn_spec = ffn_spec.stored_as(weight_dtype)
     by_spec = {}
     for v in variants:
         by_spec.setdefault(v.spec, []).append(v)

@@ -25,7 +25,7 @@ from fffc.ops import (
     STRUCTURED_FFN,
 )
 
-from . import ffn_fff, standard_forms
+from . import ffn_fff, standard_forms, weight_dtype
 from ._common import CANON, const_array, initializer
 
 INPUT_NAMES = [a.name for a in SPARSE_FFN.inputs]
@@ -116,6 +116,7 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
                        gate_thresholds, merged)
         pending = markers(graph)
     legalize(model)
+    weight_dtype.share_narrow_weights(model.graph)
     common_passes.RemoveUnusedNodesPass()(model)
     _drop_unused_initializers(model.graph)
 
@@ -196,8 +197,15 @@ def _fffc_node(model: ir.Model, tape: ir.tape.Tape, node: ir.Node, op: str, inpu
                attrs: dict, overload: str, function: Callable[[], ir.Function],
                metadata: dict[str, str]) -> ir.Value:
     """The ai.fffc ``op`` node in place of ``node`` on ``tape`` (trailing absent inputs
-    dropped), with its model-local fallback function made once per overload."""
+    dropped), with its model-local fallback function made once per overload; a marker
+    tagged by ``weight_dtype.round_weights`` gets 16-bit weights and a widening fallback."""
     inputs = list(inputs)
+    dtype = weight_dtype.node_dtype(node)
+    if dtype != "float32":  # 16-bit weights (CUDA): narrow inputs, a widening fallback
+        inputs = weight_dtype.narrow_inputs(model.graph, op, inputs, dtype)
+        overload = f"{overload}_{weight_dtype.NARROW[dtype][1]}"
+        build = function
+        function = lambda: weight_dtype.widen_function(build(), op, dtype)  # noqa: E731
     while inputs and inputs[-1] is None:
         inputs.pop()
     out = tape.op(op, inputs, attrs, domain=DOMAIN, overload=overload, name=node.name,

@@ -136,3 +136,12 @@ def test_missing_cross_compiler_says_how_to_install(tmp_path, capsys, monkeypatc
     rc, lines = _run(capsys, "compile", str(path), "--target", "arm", "-o", str(tmp_path / "out"))
     assert rc == EXIT_CODES["PackagingError"] and "g++-aarch64-linux-gnu" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_weight_dtype_is_for_cuda(tmp_path, capsys):
+    """16-bit weights are read by the CUDA kernels only: a CPU target says so."""
+    path = _save(dense_ffn("relu"), tmp_path / "m.onnx")
+    rc, lines = _run(capsys, "compile", str(path), "--target", "x86", "--weight-dtype", "fp16",
+                     "-o", str(tmp_path / "out"))
+    assert rc == EXIT_CODES["UsageError"] and "--target cuda" in lines[0]
+    assert not (tmp_path / "out").exists()

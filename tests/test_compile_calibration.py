@@ -256,5 +256,5 @@ def test_cli_reports_what_the_thresholds_cost(calibrated, tmp_path, capsys) -> N
                      str(tmp / "m.calib.json"), "--budget", "error=0.3", "--data", str(data)])
     out = capsys.readouterr().out
     assert code == 0
-    assert "vs the masked reference" in out and "differs from the original by design" in out
+    assert "vs the reference (masked)" in out and "differs from the original by design" in out
     assert "allocation (error=0.3)" in out and "site output vs the original" in out

@@ -187,11 +187,13 @@ def build_kernel_library(specs: Sequence[KernelSpec], target: str = "x86",
                          out_dir: Path | None = None, mcpu: str | None = None,
                          archs: Sequence[str] = DEFAULT_ARCHS,
                          host_twin: bool = False, mattr: Sequence[str] = (),
-                         counted_specs: Sequence[KernelSpec] = ()) -> KernelLibrary:
+                         counted_specs: Sequence[KernelSpec] = (),
+                         weight_dtype: str = "float32") -> KernelLibrary:
     """Compile every variant of every spec into ``out_dir`` (CPU object; cuda: + fatbin).
 
     ``counted_specs`` (cuda): StructuredFFN specs that also get "counted_" variants (rows
     bounded by a device-side count: a RoutedFFN's FFN on its gathered rows).
+    ``weight_dtype`` (cuda): the weight matrices the CUDA kernels read (float16, bfloat16).
 
     ``host_twin``: the same kernels (same variants and tilings, hence the same TIR) compiled
     for this machine instead, so an artifact for another CPU can be checked here.
@@ -202,8 +204,11 @@ def build_kernel_library(specs: Sequence[KernelSpec], target: str = "x86",
     if fam.name == "cuda":
         cpu = build_kernel_library(specs, "x86", Path(out_dir), mcpu or PORTABLE_X86,
                                    host_twin=host_twin, mattr=mattr)
+        # --weight-dtype: the CUDA kernels read the 16-bit weights (the CPU kernels stay
+        # float32: on the CPU EP a node with 16-bit weights runs its fallback function)
         return replace(cpu, family="cuda", cuda=build_cuda_library(
-            specs, Path(out_dir), archs, counted_specs=tuple(counted_specs)))
+            [s.stored_as(weight_dtype) for s in specs], Path(out_dir), archs,
+            counted_specs=tuple(s.stored_as(weight_dtype) for s in counted_specs)))
     tgt = fam.target(mcpu, tuple(mattr))
     unique = list(dict.fromkeys(specs))  # equal specs share kernels
     funcs, table = _funcs(unique, target, tgt)

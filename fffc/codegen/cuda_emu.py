@@ -35,6 +35,7 @@ _PRELUDE = r"""
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 using std::max; using std::min;
 struct fffc_dim3 { unsigned x, y, z; };
@@ -57,6 +58,52 @@ static pthread_barrier_t fffc_barrier;
   static inline N4 make_##N4(T x, T y, T z, T w) { return N4{x, y, z, w}; }
 FFFC_VEC(float, float2, float4)
 FFFC_VEC(int, int2, int4)
+FFFC_VEC(unsigned, uint2, uint4)
+// 16-bit weights (--weight-dtype): storage only, the kernels widen every load to float
+struct half {
+  uint16_t bits;
+  explicit operator float() const {
+    uint32_t sign = static_cast<uint32_t>(bits >> 15) << 31, e = (bits >> 10) & 0x1f, m = bits & 0x3ff;
+    float mag = e == 0 ? std::ldexp(static_cast<float>(m), -24)
+              : e == 31 ? (m ? NAN : INFINITY)
+              : std::ldexp(static_cast<float>(m | 0x400), static_cast<int>(e) - 25);
+    return sign ? -mag : mag;
+  }
+};
+struct nv_bfloat16 {
+  uint16_t bits;
+  explicit operator float() const {
+    uint32_t u = static_cast<uint32_t>(bits) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+  }
+};
+static inline half __float2half_rn(float f) {  // round to nearest even, as the GPU does
+  uint16_t sign = std::signbit(f) ? 0x8000 : 0;
+  float a = std::fabs(f);
+  if (std::isnan(f)) return half{static_cast<uint16_t>(sign | 0x7e00)};
+  if (a >= 65520.f) return half{static_cast<uint16_t>(sign | 0x7c00)};
+  if (a < 6.103515625e-05f)  // subnormal: units of 2^-24 (0x400 is the smallest normal)
+    return half{static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(a * 16777216.f)))};
+  int e;
+  std::frexp(a, &e);
+  uint32_t q = static_cast<uint32_t>(std::nearbyint(std::ldexp(a, 11 - e))), exp = e + 14;
+  if (q == 2048) q = 1024, ++exp;
+  return half{static_cast<uint16_t>(sign | (exp << 10) | (q - 1024))};
+}
+static inline half __float2half(float f) { return __float2half_rn(f); }
+static inline float __half2float(half h) { return static_cast<float>(h); }
+static inline nv_bfloat16 __float2bfloat16_rn(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if (std::isnan(f)) return nv_bfloat16{static_cast<uint16_t>((u >> 16) | 0x40)};
+  return nv_bfloat16{static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16)};
+}
+static inline nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn(f); }
+static inline float __bfloat162float(nv_bfloat16 h) { return static_cast<float>(h); }
+FFFC_VEC(half, half2, half4)
+FFFC_VEC(nv_bfloat16, nv_bfloat162, nv_bfloat164)
 // Warp shuffles: every thread of the block must reach the call (the kernels call them in
 // block-uniform control flow); partners are exchanged through memory between two barriers.
 static float fffc_xchg[1024];
@@ -147,6 +194,19 @@ def _wrapper(kernel: str, types: tuple[str, ...]) -> str:
             f'extern "C" const char* emu_types_{kernel}() {{ return "{kinds}"; }}\n')
 
 
+def _dtype(c_type: str | None, given: np.dtype) -> np.dtype:
+    """The host array type of a kernel parameter: int32 index buffers stay int32, 16-bit
+    weights are stored as float16 / bfloat16 (rounded to nearest here when given float32),
+    everything else is float32."""
+    if c_type == "half*":
+        return np.dtype(np.float16)
+    if c_type == "nv_bfloat16*":
+        import ml_dtypes  # installed with onnx
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(np.int32) if given == np.int32 else np.dtype(np.float32)
+
+
 class Emulator:
     """The kernels of one CUDA source, compiled for the host; ``run`` executes a variant."""
 
@@ -188,11 +248,12 @@ class Emulator:
         if not any_tokens and not variant.min_tokens <= n <= variant.max_tokens:
             raise ValueError(f"variant {variant.variant} serves {variant.min_tokens}.."
                              f"{variant.max_tokens} tokens, got {n}")
-        bufs = {k: np.ascontiguousarray(v, dtype=np.int32 if np.asarray(v).dtype == np.int32
-                                        else np.float32) for k, v in inputs.items()}
+        declared = {p: t for ln in variant.launches
+                    for p, t in zip(ln.params, self._types[ln.kernel], strict=True)}
+        bufs = {k: np.ascontiguousarray(v, dtype=_dtype(declared.get(k), np.asarray(v).dtype))
+                for k, v in inputs.items()}
         bufs["X"] = x
-        ints = {p for ln in variant.launches
-                for p, t in zip(ln.params, self._types[ln.kernel], strict=True) if t == "int*"}
+        ints = {p for p, t in declared.items() if t == "int*"}
         # outputs get a guard band: a write past the end is an error, not heap corruption;
         # NaN fill makes a read of anything unwritten show in Y
         sizes = {name: n * per_token for name, per_token in variant.workspace}

@@ -8,6 +8,15 @@
 namespace fffc {
 namespace {
 
+// The weight matrices (fffc.ops.WEIGHT_INPUTS): the inputs that may be 16-bit.
+bool IsWeight(const char* name) {
+  static const char* const kWeights[] = {"W1", "W2", "WU", "W_in", "W_out", "A1",
+                                         "U1", "A2", "U2", "S1",   "S2"};
+  for (const char* w : kWeights)
+    if (std::strcmp(w, name) == 0) return true;
+  return false;
+}
+
 std::string StringAttr(const OrtApi* api, const OrtKernelInfo* info, const char* name,
                        const char* fallback) {
   size_t size = 0;
@@ -42,9 +51,66 @@ OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const cha
   }
   api->ReleaseTensorTypeAndShapeInfo(info);
   if (st != nullptr) return st;
-  if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
-    return Fail(api, std::string("input ") + name + " must be float32");
+  const bool narrow = type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ||
+                      type == ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+  if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && !(narrow && IsWeight(name)))
+    return Fail(api, std::string("input ") + name + " must be float32" +
+                         (IsWeight(name) ? ", float16 or bfloat16" : ""));
+  out->type = type;
   return api->GetTensorMutableData(const_cast<OrtValue*>(v), &out->data);
+}
+
+namespace {
+
+float HalfToFloat(uint16_t h) {
+  const uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  const float mag = e == 0 ? std::ldexp(static_cast<float>(m), -24)
+                    : e == 31 ? (m ? NAN : INFINITY)
+                              : std::ldexp(static_cast<float>(m | 0x400), static_cast<int>(e) - 25);
+  return (h & 0x8000) ? -mag : mag;
+}
+
+float Bfloat16ToFloat(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+}  // namespace
+
+void WidenedWeights::Apply(TensorView* in, int n) {
+  for (int i = 0; i < n; ++i) {
+    const bool half = in[i].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+    if (in[i].data == nullptr || (!half && in[i].type != ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16))
+      continue;
+    size_t count = 1;
+    for (int64_t d : in[i].dims) count *= static_cast<size_t>(d);
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto [it, fresh] = copies_.try_emplace(in[i].data);
+    if (fresh) {
+      const auto* src = static_cast<const uint16_t*>(in[i].data);
+      it->second.resize(count);
+      for (size_t j = 0; j < count; ++j)
+        it->second[j] = half ? HalfToFloat(src[j]) : Bfloat16ToFloat(src[j]);
+    }
+    in[i].data = it->second.data();
+    in[i].type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+}
+
+std::string WeightDtype(const TensorView* in, const bool* present, int n,
+                        const char* const* names) {
+  std::string out;
+  for (int i = 0; i < n; ++i) {
+    if (!present[i] || !IsWeight(names[i])) continue;
+    const std::string t = in[i].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16    ? "float16"
+                          : in[i].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16 ? "bfloat16"
+                                                                                 : "float32";
+    if (!out.empty() && out != t) return "mixed";
+    out = t;
+  }
+  return out.empty() ? "float32" : out;
 }
 
 OrtStatus* ViewInputs(const OrtApi* api, OrtKernelContext* ctx, int n, const char* const* names,
@@ -106,6 +172,24 @@ const char* GetName(const OrtCustomOp* op) { return Holder(op)->name; }
 const char* GetEp(const OrtCustomOp* op) { return Holder(op)->ep; }
 ONNXTensorElementDataType FloatType(const OrtCustomOp*, size_t) {
   return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+// The positions of the weight matrices among each op's inputs (fffc.ops.WEIGHT_INPUTS).
+bool IsWeightInput(OpWithFactory::Kind kind, size_t i) {
+  switch (kind) {
+    case OpWithFactory::kFff:  // X, W_in, B_in, W_out
+      return i == 1 || i == 3;
+    case OpWithFactory::kStructured:  // A1, U1, A2, U2, S1, S2
+      return i == 1 || i == 2 || i == 4 || i == 5 || i == 9 || i == 10;
+    case OpWithFactory::kRouted:  // W1, W2
+      return i == 3 || i == 5;
+    default:  // W1, W2, WU
+      return i == kW1 || i == kW2 || i == kWU;
+  }
+}
+// Weights of any type (View accepts float32, float16, bfloat16), everything else float32.
+ONNXTensorElementDataType InputType(const OrtCustomOp* op, size_t i) {
+  return IsWeightInput(Holder(op)->kind, i) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED
+                                            : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 size_t InputCount(const OrtCustomOp* op) { return Holder(op)->inputs; }
 size_t OutputCount(const OrtCustomOp*) { return 1; }
@@ -236,6 +320,8 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const s
         pb[0] != pa[1] || pb[1] != c->d_ff || pc[0] != c->d_ff)
       return Fail(api, "SparseFFN: predictor shapes must be PA [d_in, r], PB [r, d_ff], PC [d_ff]");
   }
+  c->weight_dtype = WeightDtype(c->in, c->present, kNumInputs, kInputNames);
+  if (c->weight_dtype == "mixed") return Fail(api, "SparseFFN: W1, W2 and WU differ in type");
   c->tokens = 1;
   for (size_t i = 0; i + 1 < xd.size(); ++i) c->tokens *= xd[i];
   std::vector<int64_t> ydims(xd.begin(), xd.end());
@@ -264,6 +350,9 @@ OrtStatus* PrepareFff(const OrtApi* api, OrtKernelContext* ctx, FffCall* c) {
   c->d_out = c->in[3].dims[1];
   if (c->in[1].dims[1] != c->d_in || c->in[2].dims[0] != c->nodes || c->in[3].dims[0] != c->nodes)
     return Fail(api, "FastFeedForward: weight shapes do not agree with X and each other");
+  const bool all[4] = {true, true, true, true};
+  c->weight_dtype = WeightDtype(c->in, all, 4, kNames);
+  if (c->weight_dtype == "mixed") return Fail(api, "FastFeedForward: W_in and W_out differ in type");
   c->tokens = 1;
   for (size_t i = 0; i + 1 < xd.size(); ++i) c->tokens *= xd[i];
   std::vector<int64_t> ydims(xd.begin(), xd.end());
@@ -307,7 +396,7 @@ OrtCustomOp* NewOp(const OrtApi* api, const char* name, const char* ep, size_t i
   op.version = kOrtApiVersion;
   op.GetName = GetName;
   op.GetExecutionProviderType = GetEp;
-  op.GetInputType = FloatType;
+  op.GetInputType = InputType;
   op.GetInputTypeCount = InputCount;
   op.GetOutputType = FloatType;
   op.GetOutputTypeCount = OutputCount;

@@ -4,6 +4,8 @@
 #define FFFC_OP_COMMON_H_
 
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -38,13 +40,21 @@ struct TensorView {
   const OrtValue* value = nullptr;
   std::vector<int64_t> dims;
   void* data = nullptr;
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 };
+
+// "float32", "float16" or "bfloat16": the storage of the present weight matrices among
+// in[0..n) (names: fffc.ops.WEIGHT_INPUTS; the CUDA kernels read them as stored, the CPU
+// kernels widen them: WidenedWeights), or "mixed" when they differ.
+std::string WeightDtype(const TensorView* in, const bool* present, int n,
+                        const char* const* names);
 
 // One SparseFFN call: inputs by position, the shape it resolves to, and its output.
 struct FfnCall {
   TensorView in[kNumInputs];
   bool present[kNumInputs] = {false};
   int64_t d_in = 0, d_ff = 0, d_out = 0, tokens = 0;
+  std::string weight_dtype = "float32";  // of W1, W2, WU (WeightDtype)
   void* y = nullptr;  // output data (tokens × d_out), allocated by Prepare
 };
 
@@ -52,6 +62,7 @@ struct FfnCall {
 struct FffCall {
   TensorView in[4];
   int64_t d_in = 0, nodes = 0, d_out = 0, tokens = 0;
+  std::string weight_dtype = "float32";  // of W_in, W_out (WeightDtype)
   void* y = nullptr;  // output data (tokens × d_out), allocated by PrepareFff
 };
 
@@ -60,7 +71,8 @@ OrtStatus* PrepareFff(const OrtApi* api, OrtKernelContext* ctx, FffCall* call);
 
 OrtStatus* Fail(const OrtApi* api, const std::string& msg);
 
-// Type, shape and data of a float32 input (an error names it otherwise).
+// Type, shape and data of a float32 input, or of a weight matrix in float32, float16 or
+// bfloat16 (an error names it otherwise).
 OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const char* name);
 
 // View of every present input (up to n; names[i] for errors); present[i] says which.
@@ -80,10 +92,24 @@ bool Matches(const Attrs& a, const FfnCall& c, const char* activation, const cha
              const char* mode, int32_t has_b1, int32_t has_b2, int32_t gated, int64_t d_in,
              int64_t d_ff, int64_t d_out, int64_t min_tokens, int64_t max_tokens);
 
+// Float32 copies of 16-bit weights for the CPU kernels (a --weight-dtype CUDA artifact run
+// on the CPU EP): made once per weight — the weights are initializers, constant for the
+// kernel's life — and shared by every call.
+class WidenedWeights {
+ public:
+  // Points each float16 / bfloat16 input among in[0..n) at its float32 copy.
+  void Apply(TensorView* in, int n);
+
+ private:
+  std::mutex mutex_;
+  std::map<const void*, std::vector<float>> copies_;
+};
+
 // A SparseFFN kernel instance of one execution provider (thread-safe Compute).
 struct KernelBase {
   const OrtApi* api;
   Attrs attrs;
+  WidenedWeights widened;  // CPU kernels only
   virtual ~KernelBase() = default;
   virtual OrtStatus* Compute(OrtKernelContext* ctx) = 0;
 };
@@ -99,6 +125,7 @@ KernelBase* MakeKernel(const OrtApi* api, Attrs attrs) {
 }
 
 // The OrtCustomOp of SparseFFN for execution provider `ep` (lives for the process).
+// Every op takes its weight matrices as float32, float16 or bfloat16 (--weight-dtype).
 OrtCustomOp* NewSparseFfnOp(const OrtApi* api, const char* ep, KernelFactory factory);
 
 // The OrtCustomOp of StructuredFFN (X, A1, U1?, B1?, A2, U2?, B2?, M1?, M2?, S1?, S2?;

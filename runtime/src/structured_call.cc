@@ -33,6 +33,8 @@ OrtStatus* PrepareStructured(const OrtApi* api, OrtKernelContext* ctx, const Att
   auto& present = c.present;
   if (OrtStatus* st = ViewInputs(api, ctx, kStructuredInputs, kStructuredNames, in, present))
     return st;
+  c.weight_dtype = WeightDtype(in, present, kStructuredInputs, kStructuredNames);
+  if (c.weight_dtype == "mixed") return Fail(api, "StructuredFFN: the weights differ in type");
   const auto &xd = in[kSX].dims, &a1 = in[kSA1].dims, &a2 = in[kSA2].dims;
   if (!present[kSX] || !present[kSA1] || !present[kSA2] || xd.empty() || a1.size() != 3 ||
       a2.size() != 3)
@@ -93,6 +95,8 @@ OrtStatus* PrepareRouted(const OrtApi* api, OrtKernelContext* ctx, const Attrs& 
   auto& in = c.in;
   auto& present = c.present;
   if (OrtStatus* st = ViewInputs(api, ctx, kRoutedInputs, kRoutedNames, in, present)) return st;
+  c.weight_dtype = WeightDtype(in, present, kRoutedInputs, kRoutedNames);
+  if (c.weight_dtype == "mixed") return Fail(api, "RoutedFFN: W1 and W2 differ in type");
   const auto& xd = in[kRX].dims;
   if (xd.size() != 3)
     return Fail(api, "RoutedFFN: X must be [batch, sequence, d] (routing is over axis 1)");

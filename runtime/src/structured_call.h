@@ -20,6 +20,7 @@ struct StructuredCall {
   int64_t d_in = 0, d_ff = 0, d_out = 0, tokens = 0;
   bool merged = false;  // the pre-merged dense path (M1/M2) serves this call
   std::string mode;     // fffc.ops.structured_kernel_spec's mode of the path taken
+  std::string weight_dtype = "float32";  // of A1, U1, A2, U2, S1, S2 (WeightDtype)
   void* y = nullptr;    // output (tokens × d_out); null when tokens == 0
 };
 
@@ -42,6 +43,7 @@ struct RoutedCall {
   bool topk = true;
   std::string route_mode;  // fffc.ops.route_kernel_spec's mode
   std::string ffn_mode;    // the dense FFN on the gathered rows (a StructuredFFN spec)
+  std::string weight_dtype = "float32";  // of W1, W2 (WeightDtype)
   void* y = nullptr;       // output [B, S, d]; null when no tokens
 };
 

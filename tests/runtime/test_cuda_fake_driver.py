@@ -68,7 +68,8 @@ def run_on_fake_gpu(artifact: Path, feeds: list[dict[str, np.ndarray]], fake: Pa
     and the kernels launched (name and grid), in order."""
     manifest = json.loads((artifact / "manifest.json").read_text())
     library = build_kernel_library(_specs(manifest), "cuda", tmp / "lib",
-                                   counted_specs=_counted(manifest))
+                                   counted_specs=_counted(manifest),
+                                   weight_dtype=manifest["options"]["weight_dtype"])
     shim = build_shim(library, tmp, name="libcudaoncpu.so", defines=("FFFC_TEST_CUDA_ON_CPU",))
     emu = Emulator(library.cuda.source_path.read_text(), library.cuda.variants)
     np.savez(tmp / "feeds.npz", **{f"{i}/{k}": v for i, f in enumerate(feeds)
@@ -203,3 +204,56 @@ def test_calibrated_cuda_path(tmp_path, fake_libcuda, budget):
     launches = _compare(art / "model.onnx", art, _feeds(D, [(1, 1), (2, 25)]), fake_libcuda,
                         tmp_path)
     assert any(f"_{mode}_" in ln for ln in launches), launches  # the mode's kernels ran
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind, dtype", [("sparse", "float16"), ("sparse", "bfloat16"),
+                                         ("structured", "bfloat16"), ("fff", "float16"),
+                                         ("routed", "float16")])
+def test_weight_dtype_cuda_path(tmp_path, fake_libcuda, kind, dtype):
+    """--weight-dtype: the nodes take 16-bit weight initializers, the shim's CUDA kernels
+    read them (the fake driver's buffers hold the 16-bit bytes) and the artifact equals its
+    own model in stock ONNX Runtime (the fallback functions widen the weights: the rounded
+    reference); the rounding's cost against the original stays at 16-bit precision."""
+    import onnx
+
+    from tests.fixtures.structured_exports import export_mod, export_structured
+
+    shapes = [(1, 1), (2, 5)]
+    if kind == "sparse":
+        path, d = _model(tmp_path / "m.onnx"), 32
+    elif kind == "structured":
+        path, d = export_structured("blockdense", "dynamo18", tmp_path / "s.onnx"), 64
+    elif kind == "routed":
+        path, d = export_mod("dynamo18", tmp_path / "mod.onnx", seq=16, capacity=0.25), 64
+        shapes = [(1, 16), (2, 16)]  # exported with a static sequence axis
+    else:
+        import torch
+
+        from fffc.torch import FastFeedForward
+
+        torch.manual_seed(0)
+        path, d = tmp_path / "fff.onnx", 32
+        torch.onnx.export(FastFeedForward(32, 32, 3, 2).eval(), (torch.randn(2, 5, 32),),
+                          str(path), dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "b", 1: "s"}})
+    result = fffc.compile(path, tmp_path / "m.fffc",
+                          fffc.CompileOptions(target="cuda", weight_dtype=dtype))
+    art = result.artifact
+    assert all(s.decision not in ("dense",) for s in result.sites), [s.reason for s in result.sites]
+    emulated = result.manifest["verification"]["cuda_kernels"]
+    assert all(emulated[s.name] and all(r["ok"] for r in emulated[s.name].values())
+               for s in result.sites), emulated
+    model = onnx.load(str(art / "model.onnx"))
+    elem = {"float16": onnx.TensorProto.FLOAT16, "bfloat16": onnx.TensorProto.BFLOAT16}[dtype]
+    narrow = [t.name for t in model.graph.initializer if t.data_type == elem]
+    assert narrow and all(f"__{'f16' if dtype == 'float16' else 'bf16'}" in n for n in narrow)
+    feeds = _feeds(d, shapes)
+    launches = _compare(art / "model.onnx", art, feeds, fake_libcuda, tmp_path)
+    assert launches, "the shim's CUDA kernels did not run"
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got, _ = run_on_fake_gpu(art, feeds, fake_libcuda, tmp_path)
+    for f, g in zip(feeds, got, strict=True):
+        want = original.run(None, f)[0]
+        rel = np.abs(g - want).max() / np.abs(want).max()
+        assert rel < (2e-2 if dtype == "bfloat16" else 3e-3), rel  # 8 / 11 mantissa bits

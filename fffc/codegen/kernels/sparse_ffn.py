@@ -49,7 +49,7 @@ class Tiling:
     # for every token tile (many tokens, where most rows of W2 are read anyway)
 
 
-def check_spec(spec: KernelSpec) -> None:
+def check_spec(spec: KernelSpec, dtypes: tuple[str, ...] = ("float32",)) -> None:
     """Raise CodegenError for specs this kernel family cannot compute exactly."""
     if spec.op != "SparseFFN":
         raise CodegenError(f"no kernels for op {spec.op!r}")
@@ -62,8 +62,8 @@ def check_spec(spec: KernelSpec) -> None:
         raise CodegenError(f"SparseFFN up_activation {spec.up_activation!r} is not supported")
     if spec.up_activation != "none" and not spec.gated:
         raise CodegenError("SparseFFN up_activation needs a gated FFN (input WU)")
-    if spec.dtype != "float32":
-        raise CodegenError(f"SparseFFN kernels are float32 only, got {spec.dtype!r}")
+    if spec.dtype not in dtypes:  # weight storage: float32 (CPUs); CUDA also 16-bit
+        raise CodegenError(f"SparseFFN weights: {' or '.join(dtypes)} only here, got {spec.dtype!r}")
     if min(spec.d_in, spec.d_ff, spec.d_out) < 1:
         raise CodegenError(f"SparseFFN dims must be positive, got {spec}")
 

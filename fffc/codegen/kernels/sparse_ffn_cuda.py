@@ -27,9 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
+from fffc.ops import WEIGHT_DTYPES, KernelSpec
 
 from .sparse_ffn import check_spec
+
+CUDA_WEIGHT_DTYPES = tuple(WEIGHT_DTYPES.values())  # stored 16-bit, read as float32
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,7 @@ def _gate(spec: KernelSpec, kb: int, row: str, col: str) -> str:
 
 def decode_sources(spec: KernelSpec, t: CudaTiling, prefix: str) -> dict[str, str]:
     """TVMScript of the decode kernels, by global symbol, in launch order."""
-    check_spec(spec)
+    check_spec(spec, CUDA_WEIGHT_DTYPES)
     d, f, do = spec.d_in, spec.d_ff, spec.d_out
     fc = ceil_div(f, t.splits)
     if ceil_div(f, fc) != t.splits:
@@ -277,33 +279,34 @@ def decode_sources(spec: KernelSpec, t: CudaTiling, prefix: str) -> dict[str, st
 
 def gemm_funcs(spec: KernelSpec, prefix: str) -> dict:
     """The many-token kernels as TE compute definitions (dlight schedules them)."""
-    check_spec(spec)
+    check_spec(spec, CUDA_WEIGHT_DTYPES)
     from .._tvm import te, tvm
 
     d, f, do = spec.d_in, spec.d_ff, spec.d_out
     n = te.var("N")
     zero = tvm.tirx.const(0, "float32")
     x = te.placeholder((n, d), name="X")
-    w1 = te.placeholder((d, f), name="W1")
+    wt = spec.dtype  # weights widened to float32 where read (--weight-dtype)
+    w1 = te.placeholder((d, f), name="W1", dtype=wt)
     b1 = te.placeholder((f,), name="B1")
     k = te.reduce_axis((0, d), name="k")
-    mm = te.compute((n, f), lambda i, j: te.sum(x[i, k] * w1[k, j], axis=k), name="mm")
+    mm = te.compute((n, f), lambda i, j: te.sum(x[i, k] * w1[k, j].astype("float32"), axis=k), name="mm")
     bias1 = (lambda j: b1[j]) if spec.has_b1 else (lambda j: zero)
     h = te.compute((n, f), lambda i, j: te.max(mm[i, j] + bias1(j), zero), name="H")
     funcs = {f"{prefix}_proj": [x, w1, *([b1] if spec.has_b1 else []), h]}
     hin = te.placeholder((n, f), name="H")
     if spec.gated:
-        wu = te.placeholder((f, d), name="WU")
+        wu = te.placeholder((f, d), name="WU", dtype=wt)
         ku = te.reduce_axis((0, d), name="k")
-        mu = te.compute((n, f), lambda i, j: te.sum(x[i, ku] * wu[j, ku], axis=ku), name="mu")
+        mu = te.compute((n, f), lambda i, j: te.sum(x[i, ku] * wu[j, ku].astype("float32"), axis=ku), name="mu")
         up = (lambda v: te.max(v, zero)) if spec.up_activation == "relu" else (lambda v: v)
         hu = te.compute((n, f), lambda i, j: hin[i, j] * up(mu[i, j]), name="HU")
         funcs[f"{prefix}_up"] = [x, wu, hin, hu]
         hin = te.placeholder((n, f), name="HU")
-    w2 = te.placeholder((f, do), name="W2")
+    w2 = te.placeholder((f, do), name="W2", dtype=wt)
     b2 = te.placeholder((do,), name="B2")
     kd = te.reduce_axis((0, f), name="k")
-    md = te.compute((n, do), lambda i, j: te.sum(hin[i, kd] * w2[kd, j], axis=kd), name="md")
+    md = te.compute((n, do), lambda i, j: te.sum(hin[i, kd] * w2[kd, j].astype("float32"), axis=kd), name="md")
     bias2 = (lambda j: b2[j]) if spec.has_b2 else (lambda j: zero)
     y = te.compute((n, do), lambda i, j: md[i, j] + bias2(j), name="Y")
     funcs[f"{prefix}_down"] = [hin, w2, *([b2] if spec.has_b2 else []), y]

@@ -37,7 +37,7 @@ deterministic, no atomics).
 from __future__ import annotations
 
 from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
+from fffc.ops import WEIGHT_DTYPES, KernelSpec
 
 from .decode import ACTIVATIONS
 from .sparse_ffn_cuda import _DOWN, _HEAD, _REDUCE, CudaTiling, ceil_div
@@ -59,8 +59,8 @@ def check_masked_spec(spec: KernelSpec) -> None:
         raise CodegenError("SparseFFN cats thresholds a gate: gated FFNs only")
     if spec.mode == "predictor" and spec.rank < 1:
         raise CodegenError("SparseFFN predictor: the spec carries no rank")
-    if spec.dtype != "float32":
-        raise CodegenError(f"SparseFFN kernels are float32 only, got {spec.dtype!r}")
+    if spec.dtype not in WEIGHT_DTYPES.values():
+        raise CodegenError(f"SparseFFN weights: float32, float16 or bfloat16, got {spec.dtype!r}")
     if min(spec.d_in, spec.d_ff, spec.d_out) < 1:
         raise CodegenError(f"SparseFFN dims must be positive: {spec}")
 

@@ -99,12 +99,12 @@ def structured_variants(spec: KernelSpec) -> list[tuple[str, int, int]]:
             ("batch", SMALL_MAX_TOKENS + 1, MAX_TOKENS)]
 
 
-def check_spec(spec: KernelSpec) -> None:
+def check_spec(spec: KernelSpec, dtypes: tuple[str, ...] = ("float32",)) -> None:
     """Raise CodegenError for specs this kernel cannot compute."""
     if spec.op != STRUCTURED_FFN.name:
         raise CodegenError(f"not a StructuredFFN spec: {spec.op!r}")
-    if spec.dtype != "float32":
-        raise CodegenError(f"StructuredFFN kernels are float32 only, got {spec.dtype!r}")
+    if spec.dtype not in dtypes:  # weight storage: float32 (CPUs); CUDA also 16-bit
+        raise CodegenError(f"StructuredFFN weights: {' or '.join(dtypes)} only here, got {spec.dtype!r}")
     if spec.activation not in _ACT:
         raise CodegenError(f"StructuredFFN activation {spec.activation!r} has no kernel")
     try:

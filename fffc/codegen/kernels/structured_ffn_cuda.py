@@ -45,7 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
+from fffc.ops import WEIGHT_DTYPES, KernelSpec
 
 from .decode import ACTIVATIONS
 from .sparse_ffn_cuda import ceil_div
@@ -53,6 +53,8 @@ from .structured_ffn import _Stage, _stages, check_spec
 from .text import indent
 
 MAX_GRID_YZ = 65535  # CUDA's limit of gridDim.y and gridDim.z (token tiles go on x)
+
+CUDA_WEIGHT_DTYPES = tuple(WEIGHT_DTYPES.values())  # stored 16-bit, read as float32
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def _plan(spec: KernelSpec, t: StructuredTiling) -> list[_Launch]:
 
 def workspace(spec: KernelSpec, t: StructuredTiling) -> dict[str, int]:
     """Scratch buffers of a variant: name → float32 elements per token."""
-    check_spec(spec)
+    check_spec(spec, CUDA_WEIGHT_DTYPES)
     return {ln.dst: ln.kb * ln.width_out for ln in _plan(spec, t) if ln.dst != "Y"}
 
 
@@ -443,7 +445,7 @@ def _check_tiling(t: StructuredTiling) -> None:
 def variant_sources(spec: KernelSpec, t: StructuredTiling, prefix: str) -> dict[str, str]:
     """TVMScript of a variant's kernels, by global symbol, in launch order: ``<prefix>_s<i>``
     per stage, then ``<prefix>_reduce`` where the last stage is split."""
-    check_spec(spec)
+    check_spec(spec, CUDA_WEIGHT_DTYPES)
     _check_tiling(t)
     plan = _plan(spec, t)
     widths: dict[str, tuple[int, ...]] = {"X": (spec.d_in,), "Y": (spec.d_out,)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fffc.errors import CodegenError
 
 from .._tvm import from_source
@@ -43,3 +45,42 @@ def parse(source: str, symbol: str):
         return from_source(source)
     except Exception as e:  # TVMScript errors carry the offending line; keep it typed
         raise CodegenError(f"TVMScript generation failed for {symbol}: {e}") from e
+
+
+def _closing(text: str, start: int) -> int:
+    """Index just past the bracket that closes ``text[start]`` ('[' or '(')."""
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] in "[(":
+            depth += 1
+        elif text[i] in "])":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    raise CodegenError("unbalanced brackets in kernel source")
+
+
+def with_weight_dtype(source: str, names: list[str] | tuple[str, ...], dtype: str) -> str:
+    """A float32 CUDA kernel's TVMScript with the weight buffers ``names`` stored as
+    ``dtype`` (float16, bfloat16): each is declared with that dtype and every load widened
+    to float32 where it is read, so the arithmetic (and accumulation) stays float32 and the
+    weights cost half the memory traffic. A declared weight the text does not show in the
+    ``NAME: T.Buffer(shape, "float32")`` form is an error, never a silently float32 kernel."""
+    if dtype == "float32":
+        return source
+    for name in names:
+        decl = re.compile(rf'(\b{name}: T\.Buffer\(\([^)]*\),\s*)"float32"\)')
+        if not decl.search(source):
+            if re.search(rf"(?<![\w.]){name}\[", source):
+                raise CodegenError(f"weight {name}: no T.Buffer declaration to store as {dtype}")
+            continue  # not a parameter of this kernel
+        source = decl.sub(rf'\1"{dtype}")', source)
+        out, pos = [], 0
+        for m in re.finditer(rf"(?<![\w.]){name}\[", source):
+            if m.start() < pos:
+                continue
+            end = _closing(source, m.end() - 1)
+            out.append(source[pos:m.start()] + f'T.Cast("float32", {source[m.start():end]})')
+            pos = end
+        source = "".join(out) + source[pos:]
+    return source

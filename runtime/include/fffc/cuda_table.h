@@ -36,6 +36,7 @@ typedef struct {
   int32_t num_workspace;
   const char* const* workspace;        // scratch buffer names
   const int64_t* workspace_per_token;  // float32 elements per token of each
+  const char* weight_dtype;            // "float32" | "float16" | "bfloat16" (--weight-dtype)
 } fffc_cuda_entry;
 
 extern const fffc_cuda_entry fffc_cuda_kernels[];

@@ -16,6 +16,7 @@ struct FffKernel : KernelBase {
   OrtStatus* Compute(OrtKernelContext* ctx) override {
     FffCall c;
     if (OrtStatus* st = PrepareFff(api, ctx, &c)) return st;
+    widened.Apply(c.in, 4);  // 16-bit weights (a --weight-dtype artifact): float32 copies
     if (c.tokens == 0) return nullptr;
     const fffc_kernel_entry* entry = nullptr;
     for (int32_t i = 0; i < fffc_num_kernels && entry == nullptr; ++i) {

@@ -20,6 +20,7 @@ struct RoutedKernel : KernelBase {
   OrtStatus* Compute(OrtKernelContext* ctx) override {
     RoutedCall c;
     if (OrtStatus* st = PrepareRouted(api, ctx, attrs, &c)) return st;
+    widened.Apply(c.in, kRoutedInputs);  // 16-bit weights (a --weight-dtype artifact): float32 copies
     if (c.tokens == 0) return nullptr;
     const auto& in = c.in;
     const auto& present = c.present;

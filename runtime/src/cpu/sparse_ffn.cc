@@ -18,6 +18,7 @@ struct CpuKernel : KernelBase {
   OrtStatus* Compute(OrtKernelContext* ctx) override {
     FfnCall c;
     if (OrtStatus* st = Prepare(api, ctx, &c, attrs.mode)) return st;
+    widened.Apply(c.in, kNumInputs);  // 16-bit weights (a --weight-dtype artifact): float32 copies
     if (c.tokens == 0) return nullptr;
     Attrs want = attrs;  // the table's mode of a predictor kernel carries its rank
     if (attrs.mode == "predictor") want.mode += "/" + std::to_string(c.in[kPA].dims[1]);

@@ -15,6 +15,7 @@ struct StructuredKernel : KernelBase {
   OrtStatus* Compute(OrtKernelContext* ctx) override {
     StructuredCall c;
     if (OrtStatus* st = PrepareStructured(api, ctx, attrs, &c)) return st;
+    widened.Apply(c.in, kStructuredInputs);  // 16-bit weights (a --weight-dtype artifact): float32 copies
     if (c.tokens == 0) return nullptr;
     const fffc_kernel_entry* entry =
         FindKernel("StructuredFFN", c.mode, attrs.activation, c.present[kSB1], c.present[kSB2],

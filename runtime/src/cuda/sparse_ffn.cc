@@ -66,14 +66,15 @@ std::string Workspace::Get(const Driver* d, CUstream stream, size_t bytes, CUdev
 
 int32_t FindEntry(const char* op, const std::string& mode, const char* activation,
                   int32_t has_b1, int32_t has_b2, int64_t d_in, int64_t d_ff, int64_t d_out,
-                  int64_t tokens, bool counted) {
+                  int64_t tokens, bool counted, const std::string& weight_dtype) {
   for (int32_t i = 0; i < fffc_num_cuda_kernels; ++i) {
     const fffc_cuda_entry& e = fffc_cuda_kernels[i];
     if (std::string(e.op) == op && e.mode == mode &&
         (activation == nullptr || std::string(e.activation) == activation) &&
         e.has_b1 == has_b1 && e.has_b2 == has_b2 && e.d_in == d_in && e.d_ff == d_ff &&
         e.d_out == d_out && e.min_tokens <= tokens && tokens <= e.max_tokens &&
-        (std::string(e.variant).rfind("counted_", 0) == 0) == counted)
+        (std::string(e.variant).rfind("counted_", 0) == 0) == counted &&
+        e.weight_dtype == weight_dtype)
       return i;
   }
   return -1;
@@ -145,12 +146,14 @@ struct CudaKernel : KernelBase {
     int32_t index = -1;
     for (int32_t i = 0; i < fffc_num_cuda_kernels && index < 0; ++i) {
       const fffc_cuda_entry& e = fffc_cuda_kernels[i];
-      if (std::string(e.op) == "SparseFFN" && Matches(attrs, c, e.activation, e.up_activation, e.mode, e.has_b1, e.has_b2, e.gated,
+      if (std::string(e.op) == "SparseFFN" && e.weight_dtype == c.weight_dtype &&
+          Matches(attrs, c, e.activation, e.up_activation, e.mode, e.has_b1, e.has_b2, e.gated,
                   e.d_in, e.d_ff, e.d_out, e.min_tokens, e.max_tokens))
         index = i;
     }
     if (index < 0)
-      return Fail(api, "no compiled kernel for " + Describe(attrs, c) + " (CUDA) in this artifact (" +
+      return Fail(api, "no compiled kernel for " + Describe(attrs, c) + " (CUDA, " +
+                           c.weight_dtype + " weights) in this artifact (" +
                            std::to_string(c.tokens) + " tokens)");
     void* stream = nullptr;
     if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream)) return st;
@@ -175,6 +178,7 @@ struct CudaFffKernel : KernelBase {
     for (int32_t i = 0; i < fffc_num_cuda_kernels && index < 0; ++i) {
       const fffc_cuda_entry& e = fffc_cuda_kernels[i];
       if (std::string(e.op) == "FastFeedForward" && attrs.mode == e.mode &&
+          e.weight_dtype == c.weight_dtype &&
           attrs.activation == e.activation && e.d_in == c.d_in &&
           e.d_ff == c.nodes && e.d_out == c.d_out && e.min_tokens <= c.tokens &&
           c.tokens <= e.max_tokens)
@@ -182,7 +186,8 @@ struct CudaFffKernel : KernelBase {
     }
     if (index < 0)
       return Fail(api, "no compiled kernel for FastFeedForward(" + attrs.mode + ", d_in=" +
-                           std::to_string(c.d_in) + ") (CUDA) in this artifact");
+                           std::to_string(c.d_in) + ") (CUDA, " + c.weight_dtype +
+                           " weights) in this artifact");
     void* stream = nullptr;
     if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream)) return st;
     // the kernel's parameter names (fffc.ops.KernelSpec.arg_names), not SparseFFN's

@@ -54,11 +54,13 @@ std::string Launch(int32_t index, const std::map<std::string, CUdeviceptr>& tens
                    int64_t tokens, CUstream stream, Workspace* workspace,
                    const std::map<std::string, int32_t>& scalars = {});
 
-// The first entry of `op` with `mode` (and `activation` unless null) whose dims and token
-// range fit; `counted` picks the "counted_" variants (rows bounded by a device count). -1: none.
+// The first entry of `op` with `mode` (and `activation` unless null) whose dims, token
+// range and weight storage fit; `counted` picks the "counted_" variants (rows bounded by a
+// device count). -1: none.
 int32_t FindEntry(const char* op, const std::string& mode, const char* activation,
                   int32_t has_b1, int32_t has_b2, int64_t d_in, int64_t d_ff, int64_t d_out,
-                  int64_t tokens, bool counted = false);
+                  int64_t tokens, bool counted = false,
+                  const std::string& weight_dtype = "float32");
 
 // Registers StructuredFFN and RoutedFFN for the CUDA EP when the artifact has their kernels.
 OrtStatus* RegisterStructuredOps(const OrtApi* api, OrtCustomOpDomain* domain);

@@ -28,10 +28,11 @@ struct CudaStructuredKernel : KernelBase {
                                    "must be 0 in a CUDA artifact)");
     const int32_t index = FindEntry("StructuredFFN", c.mode, attrs.activation.c_str(),
                                     c.present[kSB1], c.present[kSB2], c.d_in, c.d_ff, c.d_out,
-                                    c.tokens);
+                                    c.tokens, false, c.weight_dtype);
     if (index < 0)
-      return Fail(api, "no compiled kernel for " + DescribeStructured(attrs, c) +
-                           " (CUDA) in this artifact (" + std::to_string(c.tokens) + " tokens)");
+      return Fail(api, "no compiled kernel for " + DescribeStructured(attrs, c) + " (CUDA, " +
+                           c.weight_dtype + " weights) in this artifact (" +
+                           std::to_string(c.tokens) + " tokens)");
     void* stream = nullptr;
     if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream)) return st;
     static const char* const kNames[kStructuredInputs] = {"X",  "A1", "U1", "B1", "A2", "U2",
@@ -90,11 +91,13 @@ struct CudaRoutedKernel : KernelBase {
     const int32_t ffn =
         rows == 0 ? -1
                   : FindEntry("StructuredFFN", c.ffn_mode, attrs.activation.c_str(),
-                              c.present[kRB1], c.present[kRB2], d, c.d_ff, d, rows, true);
+                              c.present[kRB1], c.present[kRB2], d, c.d_ff, d, rows, true,
+                              c.weight_dtype);
     if (route < 0 || combine < 0 || (rows > 0 && ffn < 0))
       return Fail(api, "no compiled kernels for RoutedFFN(" + c.route_mode + ", activation=" +
                            attrs.activation + ", d=" + std::to_string(d) + ", d_ff=" +
-                           std::to_string(c.d_ff) + ") (CUDA) in this artifact");
+                           std::to_string(c.d_ff) + ") (CUDA, " + c.weight_dtype +
+                           " weights) in this artifact");
     std::string why;
     const Driver* drv = GetDriver(&why);
     if (drv == nullptr) return Fail(api, "RoutedFFN: " + why);

@@ -1,0 +1,135 @@
+"""16-bit weights (``--weight-dtype fp16|bf16``, CUDA): round, store narrow, widen in fallbacks.
+
+The kernels read each weight matrix in 16 bits and compute in float32. So that what fffc
+verifies is what runs, a site's weights are first *rounded* in the working model
+(``round_weights``: float32 values of the 16-bit numbers) — the artifact must then equal
+that model, and its distance from the original is the cost of the rounding, reported
+apart. Lowering stores the rounded weights as 16-bit initializers (lossless by then), feeds
+them to the ``ai.fffc`` node, and prepends a ``Cast`` to float32 to the node's fallback
+function (its own overload), so the model still runs in a stock ONNX Runtime. Any other
+reader of such a weight (the dense branch of a token dispatch) reads it through one Cast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+
+from fffc.ops import OPS, WEIGHT_INPUTS
+
+from ._common import CANON, const_array, initializer
+
+NARROW = {"float16": (np.dtype(np.float16), "f16"),
+          "bfloat16": (np.dtype(ml_dtypes.bfloat16), "bf16")}
+_MARKER_OPS = {"dense": "SparseFFN", "gated": "SparseFFN", "fff": "FastFeedForward",
+               "structured": "StructuredFFN", "routed": "RoutedFFN"}
+ROWS = "__rows"  # lower._row_major_up's copy of a weight, one row per neuron
+ATTR = "weight_dtype"  # set on a marker: its ai.fffc node gets weights of this dtype
+
+
+def _weight_positions(op: str) -> list[int]:
+    names = [a.name for a in OPS[op].inputs]
+    return [i for i, n in enumerate(names) if n in WEIGHT_INPUTS[op]]
+
+
+def round_weights(model: ir.Model, sites: Iterable[str], dtype: str) -> list[str]:
+    """Round the weight initializers of the markers named in ``sites`` to ``dtype`` in place
+    (kept float32) and tag the markers for lowering. Returns the initializers rounded."""
+    narrow, _ = NARROW[dtype]
+    wanted, done = set(sites), []
+    for node in model.graph:
+        if node.domain != CANON or node.name not in wanted:
+            continue
+        op = _MARKER_OPS.get(node.attributes.get_string("kind", ""))
+        if op is None:
+            raise ValueError(f"site {node.name!r}: no 16-bit weights for this kind of site")
+        node.attributes[ATTR] = ir.AttrString(ATTR, dtype)
+        for i in _weight_positions(op):
+            value = node.inputs[i] if i < len(node.inputs) else None
+            arr = const_array(value)
+            if value is None or arr is None:
+                continue  # an absent optional weight (U1, S2, WU, ...)
+            if not value.is_initializer():
+                raise ValueError(f"site {node.name!r}: weight {value.name} is not an initializer")
+            if value.name in done:
+                continue
+            rounded = np.asarray(arr, np.float32).astype(narrow).astype(np.float32)
+            value.const_value = ir.tensor(rounded, name=value.name)
+            done.append(value.name)
+    return done
+
+
+def node_dtype(marker: ir.Node) -> str:
+    return marker.attributes.get_string(ATTR, "float32")
+
+
+def narrow_inputs(graph: ir.Graph, op: str, inputs: list, dtype: str) -> list:
+    """``inputs`` of an ai.fffc ``op`` node with its weight matrices as 16-bit initializers
+    (``<name>__f16`` / ``__bf16``, shared by every node reading the same weight)."""
+    narrow, tag = NARROW[dtype]
+    out = list(inputs)
+    for i in _weight_positions(op):
+        value = out[i] if i < len(out) else None
+        if value is None:
+            continue
+        arr = const_array(value)
+        if arr is None or not value.is_initializer():
+            raise ValueError(f"{op}: weight {value.name} is not an initializer")
+        out[i] = initializer(graph, f"{value.name}__{tag}", np.asarray(arr).astype(narrow))
+    return out
+
+
+def widen_function(function: ir.Function, op: str, dtype: str) -> ir.Function:
+    """``function`` (a fallback built for float32 weights) taking them in ``dtype``: a Cast to
+    float32 of each weight formal before the body."""
+    graph = function.graph
+    first = next(iter(graph), None)
+    for i in _weight_positions(op):
+        formal = graph.inputs[i]
+        cast = ir.node("Cast", [formal], {"to": ir.DataType.FLOAT}, name=f"widen_{formal.name}")
+        wide = cast.outputs[0]
+        wide.name = f"{formal.name}_f32"
+        for user, index in list(formal.uses()):
+            if user is not cast:
+                user.replace_input_with(index, wide)
+        if first is None:
+            graph.append(cast)
+        else:
+            graph.insert_before(first, cast)
+    function.overload = f"{function.overload}_{NARROW[dtype][1]}"
+    graph.name = f"{graph.name}_{NARROW[dtype][1]}"
+    return function
+
+
+def share_narrow_weights(graph: ir.Graph) -> None:
+    """A float32 initializer with a 16-bit twin that other nodes still read (the dense path
+    of a token dispatch) is read through a Cast of the twin next to each reader, in the
+    reader's own (sub)graph: the weights are stored once."""
+    for _, tag in NARROW.values():
+        suffix = f"__{tag}"
+        for name, twin in list(graph.initializers.items()):
+            if not name.endswith(suffix):
+                continue
+            base = name[: -len(suffix)]
+            # the twin of W itself, and of W's row-per-neuron copy W__rows (transposed back)
+            readers = [(False, u) for u in _uses(graph, base)]
+            if base.endswith(ROWS):
+                readers += [(True, u) for u in _uses(graph, base[: -len(ROWS)])]
+            for n, (transposed, (user, index)) in enumerate(readers):
+                nodes = [ir.node("Cast", [twin], {"to": ir.DataType.FLOAT},
+                                 name=f"{user.name or 'node'}/widen_{index}")]
+                if transposed:
+                    nodes.append(ir.node("Transpose", [nodes[0].outputs[0]], {"perm": [1, 0]},
+                                         name=f"{user.name or 'node'}/widen_{index}_t"))
+                for i, node in enumerate(nodes):
+                    node.outputs[0].name = f"{name}_f32_{n}" + ("_t" if i else "")
+                user.graph.insert_before(user, nodes)
+                user.replace_input_with(index, nodes[-1].outputs[0])
+
+
+def _uses(graph: ir.Graph, name: str) -> list:
+    value = graph.initializers.get(name)
+    return list(value.uses()) if value is not None else []

@@ -1,0 +1,191 @@
+"""``--weight-dtype fp16|bf16``: every CUDA kernel family with its weight matrices stored in
+16 bits (loads widened to float32, float32 arithmetic), built by nvcc for sm_80 and sm_90 and
+run by the CPU emulator against the float64 reference *on the rounded weights* — the kernel
+must equal the model whose weights were rounded, which is what fffc verifies an artifact
+against (its distance from the float32 original is reported separately).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from fffc.codegen.cuda_build import build_cuda_library, fatbin_entries
+from fffc.codegen.cuda_emu import Emulator
+from fffc.codegen.kernels.text import with_weight_dtype
+from fffc.errors import CodegenError
+from fffc.ops import KernelSpec, fff_kernel_spec, structured_kernel_spec
+from fffc.reference import fast_feed_forward, sparse_ffn, structured_ffn, teal_ffn
+from fffc.verify import TOLERANCES
+
+from .conftest import inputs
+from .conftest import spec as sparse_spec
+from .conftest import weights as sparse_weights
+from .test_structured_ffn_cuda import _weights as structured_weights
+
+pytestmark = pytest.mark.slow
+
+NUMPY = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+C_TYPE = {"float16": "half*", "bfloat16": "nv_bfloat16*"}
+
+RELU = sparse_spec(32, 96, 40)
+DRELU = sparse_spec(32, 64, 24, up="relu")
+TEAL = KernelSpec("SparseFFN", "gelu", "none", "teal", 40, 72, 24, True, True, False)
+CATS = KernelSpec("SparseFFN", "silu", "none", "cats", 40, 72, 24, False, False, True)
+PRED = KernelSpec("SparseFFN", "gelu", "none", "predictor", 40, 72, 24, True, True, False,
+                  extra=(("rank", "8"),))
+FFF = fff_kernel_spec(48, 40, 2, 4)
+LOWRANK = structured_kernel_spec("gelu", 160, 40, 40, k1=1, r1=24, u1=True, k2=1, r2=136,
+                                 u2=True, has_b1=True, has_b2=True)
+SHUFFLE = structured_kernel_spec("silu", 40, 48, 24, k1=4, r1=24, u1=True, k2=2, r2=16,
+                                 u2=False, has_b1=True, has_b2=False, m1=4, s1=5, m2=2, s2=12)
+DENSE = structured_kernel_spec("gelu", 136, 40, 24, k1=1, r1=40, u1=False, k2=1, r2=24,
+                               u2=False, has_b1=True, has_b2=True)  # a RoutedFFN's FFN
+SPECS = (RELU, DRELU, TEAL, CATS, PRED, FFF, LOWRANK, SHUFFLE)
+
+
+def _at(s: KernelSpec, dtype: str) -> KernelSpec:
+    return dataclasses.replace(s, dtype=dtype)
+
+
+@pytest.fixture(scope="module", params=["float16", "bfloat16"])
+def built(request, tmp_path_factory):
+    dtype = request.param
+    lib = build_cuda_library([_at(s, dtype) for s in SPECS], tmp_path_factory.mktemp(dtype),
+                             counted_specs=[_at(DENSE, dtype)])
+    return dtype, lib, Emulator(lib.source_path.read_text(), lib.variants)
+
+
+def _rounded(w: dict[str, np.ndarray], s: KernelSpec, dtype: str) -> dict[str, np.ndarray]:
+    """The weights as the kernel stores them (float32 values of the 16-bit numbers)."""
+    return {k: (v.astype(NUMPY[dtype]).astype(np.float32) if k in s.weight_args() else v)
+            for k, v in w.items()}
+
+
+def _variants(lib, s: KernelSpec):
+    return [v for v in lib.variants if v.spec == s]
+
+
+def _close(got: np.ndarray, want: np.ndarray, what) -> None:
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert np.isfinite(got).all() and err < TOLERANCES["float32"], (what, err)
+
+
+def test_fatbin_and_parameter_types(built) -> None:
+    """cubins for both archs plus PTX; exactly the weight matrices are 16-bit parameters."""
+    dtype, lib, emu = built
+    assert {("elf", "sm_80"), ("elf", "sm_90"), ("ptx", "sm_90")} <= set(
+        fatbin_entries(lib.fatbin_path))
+    for v in lib.variants:
+        for launch in v.launches:
+            types = dict(zip(launch.params, emu._types[launch.kernel], strict=True))
+            sixteen = {p for p, t in types.items() if t == C_TYPE[dtype]}
+            # a RoutedFFN's FFN reads its W1/W2 as the counted StructuredFFN's A1/A2
+            assert sixteen == set(v.spec.weight_args()) & set(types), launch.kernel
+            assert v.spec.dtype == dtype
+
+
+@pytest.mark.parametrize("s", [RELU, DRELU], ids=["relu", "drelu"])
+def test_exact_sparse_ffn_every_variant(built, s) -> None:
+    dtype, lib, emu = built
+    w = sparse_weights(s, seed=3)
+    wr = _rounded(w, _at(s, dtype), dtype)
+    for v in _variants(lib, _at(s, dtype)):
+        n = min(v.max_tokens, v.min_tokens + 2)
+        x = inputs(s, n, seed=n)
+        want = sparse_ffn(x, wr["W1"], wr["B1"], wr["W2"], wr["B2"],
+                          wr["WU"] if s.gated else None, up_activation=s.up_activation)
+        args = {k: w[k] for k in s.arg_names()[1:-1]}
+        _close(emu.run(v, {"X": x, **args}), want, (dtype, v.variant))  # rounded by the emulator
+        _close(emu.run(v, {"X": x, **{k: wr[k] for k in args}}), want, (dtype, v.variant))
+
+
+def _masked_weights(s: KernelSpec) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(11)
+    d, f, do = s.d_in, s.d_ff, s.d_out
+    w = {"W1": rng.standard_normal((d, f)) / np.sqrt(d), "B1": rng.standard_normal(f) * 0.1,
+         "W2": rng.standard_normal((f, do)) / np.sqrt(f), "B2": rng.standard_normal(do)}
+    if s.mode == "predictor":  # rows per neuron; every neuron predicted active (PC ≫ 0)
+        w |= {"W1": w["W1"].T, "PA": rng.standard_normal((d, s.rank)),
+              "PB": rng.standard_normal((s.rank, f)) * 1e-3, "PC": np.full(f, 50.0)}
+    if s.gated:
+        w["WU"] = rng.standard_normal((f, d)) / np.sqrt(d)  # cats: a row per neuron
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in w.items() if k in s.arg_names()}
+
+
+@pytest.mark.parametrize("s", [TEAL, CATS, PRED], ids=["teal", "cats", "predictor"])
+def test_masked_modes(built, s) -> None:
+    """teal cuts x at a threshold no entry is near (the inputs are compared exactly), cats
+    and predictor keep every neuron: each kernel reads all its 16-bit rows."""
+    dtype, lib, emu = built
+    (v,) = _variants(lib, _at(s, dtype))
+    w = _rounded(_masked_weights(s), _at(s, dtype), dtype)
+    x = np.random.default_rng(4).standard_normal((1, s.d_in)).astype(np.float32)
+    feeds = {"X": x, **w}
+    if s.mode == "teal":
+        mag = np.sort(np.abs(x).ravel())
+        t_in = np.float32((mag[15] + mag[16]) / 2)
+        feeds["TH"] = np.array([t_in, -1.0], np.float32)
+        want = teal_ffn(x, w["W1"], w["B1"], w["W2"], w["B2"], None, thresholds=feeds["TH"],
+                        activation_name="gelu")
+    elif s.mode == "cats":
+        feeds["TH"] = np.array([-1.0, -1.0], np.float32)
+        xd = x.astype(np.float64)
+        a = xd @ w["W1"]
+        want = (a / (1 + np.exp(-a)) * (xd @ w["WU"].T)) @ w["W2"]
+    else:
+        want = sparse_ffn(x, w["W1"].T, w["B1"], w["W2"], w["B2"], None, activation_name="gelu")
+    _close(emu.run(v, feeds), want, (dtype, s.mode))
+
+
+def test_fast_feed_forward(built) -> None:
+    dtype, lib, emu = built
+    (v,) = _variants(lib, _at(FFF, dtype))
+    rng = np.random.default_rng(2)
+    w = {"W_in": rng.standard_normal((FFF.d_ff, 48)) / np.sqrt(48),
+         "B_in": rng.standard_normal(FFF.d_ff) * 0.3, "W_out": rng.standard_normal((FFF.d_ff, 40))}
+    w = _rounded({k: a.astype(np.float32) for k, a in w.items()}, _at(FFF, dtype), dtype)
+    x = rng.standard_normal((9, 48)).astype(np.float32)
+    want = fast_feed_forward(x, w["W_in"], w["B_in"], w["W_out"], trees=2, depth=4)
+    _close(emu.run(v, {"X": x, **w}), want, dtype)
+
+
+@pytest.mark.parametrize("s", [LOWRANK, SHUFFLE], ids=["lowrank", "shuffle"])
+def test_structured_every_variant(built, s) -> None:
+    dtype, lib, emu = built
+    w = _rounded(structured_weights(s, 5), _at(s, dtype), dtype)
+    for v in _variants(lib, _at(s, dtype)):
+        n = min(v.max_tokens, v.min_tokens + 1)
+        x = np.random.default_rng(n).standard_normal((n, s.d_in)).astype(np.float32)
+        want = structured_ffn(x, w["A1"], w.get("U1"), w.get("B1"), w["A2"], w.get("U2"),
+                              w.get("B2"), activation_name=s.activation, s1=w.get("S1"),
+                              s2=w.get("S2"))
+        _close(emu.run(v, {"X": x, **w}), want, (dtype, v.variant))
+
+
+def test_counted_structured(built) -> None:
+    """RoutedFFN's FFN: the counted variants on 16-bit A1/A2, rows past CNT untouched."""
+    dtype, lib, emu = built
+    s = _at(DENSE, dtype)
+    w = _rounded(structured_weights(DENSE, 6), s, dtype)
+    for v in [v for v in lib.variants if v.spec == s and v.variant.startswith("counted_")]:
+        x = np.random.default_rng(1).standard_normal((20, DENSE.d_in)).astype(np.float32)
+        got = emu.run(v, {"X": x, "CNT": np.array([13], np.int32), **w}, any_tokens=True)
+        want = structured_ffn(x[:13], w["A1"], None, w["B1"], w["A2"], None, w["B2"],
+                              activation_name="gelu")
+        _close(got[:13], want, (dtype, v.variant))
+        assert np.isnan(got[13:]).all()
+
+
+def test_weight_dtype_text_rewrite() -> None:
+    src = ('def k(W1: T.Buffer((4, 8), "float32"), B1: T.Buffer((8,), "float32")):\n'
+           "    acc = acc + X[0, i] * W1[i, T.min(j[0], 3)] + B1[j]\n")
+    out = with_weight_dtype(src, ["W1", "W2"], "float16")
+    assert 'W1: T.Buffer((4, 8), "float16")' in out and 'B1: T.Buffer((8,), "float32")' in out
+    assert 'T.Cast("float32", W1[i, T.min(j[0], 3)]) + B1[j]' in out
+    assert with_weight_dtype(src, ["W1"], "float32") == src
+    with pytest.raises(CodegenError, match="W2"):  # read but not declared as a T.Buffer
+        with_weight_dtype("W2 = T.match_buffer(w, (4,))\ny = W2[0]\n", ["W2"], "float16")
