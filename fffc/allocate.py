@@ -11,8 +11,9 @@ ONNX Runtime session for the whole search). It stops at the target sparsity (byt
 weights skipped / all FFN weight bytes) or before the error budget is exceeded; with an
 error budget, the path is then walked back until the *held-out* feeds are within it too.
 A gated site takes "hidden" or "gate", never both (one kernel each: mode teal or cats), and
-a site with a trained predictor may instead switch it on (mode predictor: its held-out
-fraction of neurons skipped, nothing else), so the search also picks each site's mode.
+a site with a trained predictor may instead switch it on (mode predictor, nothing else)
+and then tighten its cut level by level (the fraction of neurons it skips, on held-out
+rows), so the search also picks each site's mode and its predictor's cut.
 """
 
 from __future__ import annotations
@@ -39,11 +40,14 @@ class Allocation:
     error_calibration: float  # relative L2 error of the outputs on the calibration feeds
     error_held_out: float
     steps: list[dict] = field(default_factory=list)
+    shifts: dict[str, float] = field(default_factory=dict)  # site → its predictor's cut
+    # shift (added to the folded scores) at the chosen level, for sites in predictor mode
 
     def to_json(self) -> dict:
         return {"levels": self.levels, "thresholds": self.thresholds,
                 "sparsity": self.sparsity, "error_calibration": self.error_calibration,
-                "error_held_out": self.error_held_out, "steps": self.steps}
+                "error_held_out": self.error_held_out, "steps": self.steps,
+                "predictor_shifts": self.shifts}
 
 
 def _bytes(site: dict) -> dict[str, float]:
@@ -82,7 +86,7 @@ def parse_budget(text: str) -> tuple[str, float]:
 def choose(model: str | Path, calibration: dict, budget: tuple[str, float],
            feeds: Sequence[dict], predictors: dict[str, tuple] | None = None) -> Allocation:
     """The allocation of a parsed budget; the last quarter of ``feeds`` is held out;
-    ``predictors`` (site → A, B, C-cut) join the search as a mode."""
+    ``predictors`` (site → A, B, C-cut) join the search as a mode, their cut as its level."""
     kind, v = budget
     held = max(1, len(feeds) // 4)
     calib, held_out = (feeds[:-held], feeds[-held:]) if len(feeds) > 1 else (feeds, feeds)
@@ -115,7 +119,7 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
     total = sum(w["input"] + w["hidden"] for w in weight.values())
     keys = [(name, p) for name in sites for p in parts if p in weight[name]]
     keys += [(name, PREDICTOR) for name in (predictors or {})]
-    selected = {name: sites[name]["predictor"]["held_out"]["selected"] for name in predictors or {}}
+    cuts = {name: predictor_levels(sites[name]["predictor"]) for name in predictors or {}}
     want = {id(f): original.run(None, f) for f in (*calib_feeds, *held_out_feeds)}
 
     def threshold(name: str, p: str, level: int) -> float:
@@ -124,8 +128,8 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
         return -1.0 if level == 0 else float(sites[name]["thresholds"][p][f"{grid[level]:g}"])
 
     def feed_value(name: str, p: str, level: int) -> float:
-        if p == PREDICTOR:  # added to the scores
-            return 0.0 if level else PREDICTOR_OFF
+        if p == PREDICTOR:  # added to the scores: the level's cut, or every neuron
+            return cuts[name][level - 1][1] if level else PREDICTOR_OFF
         return threshold(name, p, level)
 
     def error(state: dict, feeds: Sequence[dict]) -> float:
@@ -143,7 +147,8 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
         for n, p in keys:
             if p == PREDICTOR:
                 if state.get((n, p), 0):  # all of the site's rows, but the selected ones
-                    saved += (weight[n]["input"] + weight[n]["hidden"]) * (1.0 - selected[n])
+                    saved += ((weight[n]["input"] + weight[n]["hidden"])
+                              * (1.0 - cuts[n][state[(n, p)] - 1][2]))
                 continue
             w = weight[n][p]
             if p == "input" and state.get((n, GATE), 0):  # cats: x skips W1's rows only
@@ -162,7 +167,7 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
         return other is None or not state.get((k[0], other), 0)
 
     def top(k: tuple[str, str]) -> int:
-        return 1 if k[1] == PREDICTOR else len(grid) - 1
+        return len(cuts[k[0]]) if k[1] == PREDICTOR else len(grid) - 1
 
     state: dict[tuple[str, str], int] = {}
     err = 0.0
@@ -199,14 +204,34 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
 
     def level(n: str, p: str) -> float:
         on = state.get((n, p), 0)
-        return (1.0 - selected[n]) * on if p == PREDICTOR else grid[on]
+        if p == PREDICTOR:
+            return 1.0 - cuts[n][on - 1][2] if on else 0.0
+        return grid[on]
 
     return Allocation(
         levels={n: {p: level(n, p) for p in own[n]} for n in sites},
         thresholds={n: {p: threshold(n, p, state.get((n, p), 0)) for p in own[n]} for n in sites},
         sparsity=sparsity(state), error_calibration=err,
         error_held_out=held_out,
-        steps=[{"sparsity": sparsity(s), "error_calibration": e} for s, e in path])
+        steps=[{"sparsity": sparsity(s), "error_calibration": e} for s, e in path],
+        shifts={n: feed_value(n, p, state[(n, p)]) for n, p in keys
+                if p == PREDICTOR and state.get((n, p), 0)})
+
+
+def predictor_levels(info: dict) -> list[tuple[str, float, float]]:
+    """A trained predictor's levels for the search, tightest last: (level, shift added to
+    its folded scores, fraction of neurons selected on held-out rows). Calibrations made
+    before the levels existed have one: the trained cut."""
+    if "levels" not in info:
+        return [("trained", 0.0, info["held_out"]["selected"])]
+    return sorted(((k, v["shift"], v["selected"]) for k, v in info["levels"].items()),
+                  key=lambda t: -t[2])
+
+
+def shifted(predictors: dict[str, tuple], shifts: dict[str, float]) -> dict[str, tuple]:
+    """The predictor arrays (A, B, C − cut) with each site's chosen shift folded into C."""
+    return {n: (a, b, (c + np.float32(shifts.get(n, 0.0))).astype(np.float32))
+            for n, (a, b, c) in predictors.items()}
 
 
 def apply(model: str | Path, calibration: dict, allocation: Allocation,
@@ -218,5 +243,6 @@ def apply(model: str | Path, calibration: dict, allocation: Allocation,
                                     for p in (*PARTS, GATE) if p in st["thresholds"]}}
         for name, st in calibration["sites"].items()}}
     on = [n for n, t in allocation.thresholds.items() if t.get(PREDICTOR, -1.0) > 0]
-    return thresholded_model(model, fixed, 1.0, parts=(*PARTS, GATE), predictors=predictors,
+    return thresholded_model(model, fixed, 1.0, parts=(*PARTS, GATE),
+                             predictors=shifted(predictors or {}, allocation.shifts) or None,
                              predictors_on=on)

@@ -248,7 +248,9 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
             sites_json[s.name]["predictor"] = {
                 "rank": predictor_rank, "target_sparsity": predictor_sparsity, "threshold": t,
                 "held_out": q.to_json(),
-                "random_baseline_recall": predictor.random_baseline(active, q.selected).recall}
+                "random_baseline_recall": predictor.random_baseline(active, q.selected).recall,
+                # the same predictor cut at each calibrated sparsity: levels for the search
+                "levels": predictor.cut_levels(pred, x, active, sparsities)}
     return {
         "fffc": __version__,
         "model": {"path": str(Path(model).resolve()), "sha256": sha256_file(Path(model))},

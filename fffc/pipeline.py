@@ -346,7 +346,8 @@ def _allocate(a: Analysis, path: Path, options: CompileOptions) -> dict:
     feeds = (list(load_feeds(Path(options.data), inputs)) if options.data is not None
              else verify.probe_inputs(a.proto, 1, 32, options.seed + 7, count=8))
     result = allocate.choose(path, calib, budget, feeds, predictors or None)
-    plan.apply_thresholds(a.sites, result.thresholds, result.levels, calib, predictors)
+    plan.apply_thresholds(a.sites, result.thresholds, result.levels, calib, predictors,
+                          result.shifts)
     return {"path": str(Path(options.calibration).resolve()), "budget": options.budget,
             "feeds": str(options.data) if options.data else "synthetic x8",
             "allocation": result.to_json()}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from .errors import UsageError
 from .ops import (
     KernelSpec,
@@ -67,17 +69,24 @@ def _open_to_calibration(site: Site) -> bool:
 
 def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, float]],
                      levels: dict[str, dict[str, float]], calibration: dict | None = None,
-                     predictors: dict[str, tuple] | None = None) -> None:
+                     predictors: dict[str, tuple] | None = None,
+                     shifts: dict[str, float] | None = None) -> None:
     """A float32 dense/gated site with an allocated threshold becomes ``teal`` (input and
     hidden thresholds, -1 = off), with a gate threshold ``cats`` (input and gate), with its
-    predictor switched on ``predictor``; sites the allocation left at 0 keep their plan."""
+    predictor switched on ``predictor`` (its cut moved by ``shifts[site]``, the level the
+    search chose); sites the allocation left at 0 keep their plan."""
     for site in sites:
         t = thresholds.get(site.name)
         if t is None or not _open_to_calibration(site):
             continue
         if t.get("predictor", -1.0) > 0 and calibration and predictors:
-            _use_predictor(site, calibration["sites"][site.name]["predictor"],
-                           predictors[site.name])
+            info = calibration["sites"][site.name]["predictor"]
+            shift = (shifts or {}).get(site.name, 0.0)
+            a, b, c = predictors[site.name]
+            level = next((v for v in info.get("levels", {}).values()
+                          if abs(v["shift"] - shift) <= 1e-12 * max(1.0, abs(shift))), None)
+            _use_predictor(site, {**info, "held_out": level} if level else info,
+                           (a, b, (c + np.float32(shift)).astype(np.float32)))
             continue
         lv = levels.get(site.name, {})
         if float(t.get("gate", -1.0)) >= 0 and site.kind == "gated":

@@ -66,10 +66,7 @@ def train(x: np.ndarray, active: np.ndarray, w1: np.ndarray, rank: int, *, recal
           seed: int = 0) -> tuple[Predictor, Quality]:
     """Fit a rank-``rank`` predictor of ``active`` [N, d_ff] from ``x`` [N, d] (Adam,
     full batch); ``w1`` [d, d_ff] is the projection whose SVD initializes it."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(x))
-    n_val = max(1, int(len(x) * holdout))
-    val, fit = order[:n_val], order[n_val:]
+    val, fit = split(len(x), holdout, seed)
     xt, yt = x[fit].astype(np.float64), active[fit].astype(np.float64)
     u, s, vt = np.linalg.svd(w1.astype(np.float64), full_matrices=False)
     r = min(rank, len(s))
@@ -101,6 +98,29 @@ def train(x: np.ndarray, active: np.ndarray, w1: np.ndarray, rank: int, *, recal
     pred.cut = float(np.quantile(pos, 1.0 - recall)) if pos.size else float(sv.max())
     pred.cut = np.nextafter(pred.cut, -np.inf)  # keep the quantile's own score selected
     return pred, quality(pred.select(xv), yv)
+
+
+def split(n: int, holdout: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out rows, training rows) of n samples: ``train``'s split, for its cut and levels."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(n * holdout))
+    return order[:n_val], order[n_val:]
+
+
+def cut_levels(pred: Predictor, x: np.ndarray, active: np.ndarray,
+               skipped: tuple[float, ...], holdout: float = 0.2,
+               seed: int = 0) -> dict[str, dict[str, float]]:
+    """Looser and tighter cuts than the trained one, for the budget search: per fraction f
+    of the neurons to skip, the score cut below which f of the held-out (token, neuron)
+    scores fall, as ``shift`` = trained cut − that cut (added to the scores of the folded
+    predictor: score − cut + shift > 0 selects), with its held-out quality."""
+    val, _ = split(len(x), holdout, seed)
+    sv, yv = pred.scores(x[val].astype(np.float64)), active[val]
+    out = {}
+    for f in skipped:
+        cut = float(np.quantile(sv, f))
+        out[f"{f:g}"] = {"shift": float(pred.cut - cut), **quality(sv > cut, yv).to_json()}
+    return out
 
 
 def random_baseline(active: np.ndarray, fraction: float, seed: int = 0) -> Quality:

@@ -107,9 +107,10 @@ def test_predictors_join_the_search_as_a_mode(setup, tmp_path) -> None:
                              parts=(), predictors=predictors)
     on = [n for n, t in only.thresholds.items() if t["predictor"] > 0]
     assert on and only.sparsity >= 0.05
-    for n in on:
-        assert only.levels[n]["predictor"] == pytest.approx(
-            1 - calib["sites"][n]["predictor"]["held_out"]["selected"])
+    for n in on:  # one of the predictor's cut levels (test_the_search_picks_each_predictors_cut)
+        levels = calib["sites"][n]["predictor"]["levels"].values()
+        assert any(only.levels[n]["predictor"] == pytest.approx(1 - v["selected"])
+                   for v in levels)
     measured = _rel_err(allocate.apply(path, calib, only, predictors).SerializeToString(),
                         path, held_out)
     assert measured == pytest.approx(only.error_held_out, rel=1e-3, abs=1e-6)
@@ -118,3 +119,43 @@ def test_predictors_join_the_search_as_a_mode(setup, tmp_path) -> None:
     for lv in mixed.levels.values():
         thresholds = [p for p, v in lv.items() if p != "predictor" and v > 0]
         assert not (lv.get("predictor", 0) > 0 and thresholds)
+
+
+def test_the_search_picks_each_predictors_cut(setup, tmp_path) -> None:
+    """A predictor's cut is a searched level (fractions of neurons skipped on held-out rows):
+    a budget past the trained cut's sparsity is met by tightening it; the chosen shift,
+    folded into the predictor for the compiled op, gives the recorded held-out error."""
+    from fffc import calibration
+    from fffc.calibration import load_predictors
+    from fffc.pipeline import analyze
+    from fffc.plan import apply_thresholds, plan
+
+    path, _, calib_feeds, held_out = setup
+    data = tmp_path / "pfeeds"
+    data.mkdir()
+    for i in range(3):
+        x = np.random.default_rng(10 + i).standard_normal((2, 25, D)).astype(np.float32)
+        np.savez(data / f"{i}.npz", x=x)
+    calib = calibration.calibrate(path, data, predictor_rank=8, predictor_sparsity=0.7)
+    calibration.write(calib, tmp_path / "c.json")
+    predictors = load_predictors(tmp_path / "c.json", calib)
+    trained = max(1 - st["predictor"]["held_out"]["selected"] for st in calib["sites"].values())
+    alloc = allocate.allocate(path, calib, calib_feeds, held_out, target_sparsity=0.8,
+                              parts=(), predictors=predictors)
+    assert alloc.sparsity >= 0.8 > trained  # only tighter cuts than the trained one get there
+    assert set(alloc.shifts) == set(predictors)
+    for n, shift in alloc.shifts.items():
+        (level,) = [v for v in calib["sites"][n]["predictor"]["levels"].values()
+                    if v["shift"] == shift]
+        assert alloc.levels[n]["predictor"] == pytest.approx(1 - level["selected"])
+    measured = _rel_err(allocate.apply(path, calib, alloc, predictors).SerializeToString(),
+                        path, held_out)
+    assert measured == pytest.approx(alloc.error_held_out, rel=1e-3, abs=1e-6)
+    a = analyze(path)
+    plan(a.sites)
+    apply_thresholds(a.sites, alloc.thresholds, alloc.levels, calib, predictors, alloc.shifts)
+    for site in a.sites:
+        _, _, c = site.predictor_arrays
+        np.testing.assert_allclose(c, predictors[site.name][2] + alloc.shifts[site.name],
+                                   rtol=1e-6)
+        assert site.predictor["selected"] == pytest.approx(1 - alloc.levels[site.name]["predictor"])

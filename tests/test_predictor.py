@@ -46,3 +46,25 @@ def test_trained_predictor_beats_random_selection() -> None:
     start = predictor.quality(untrained.select(x[val]), active[val])
     assert start.selected > 2 * q.selected
     assert pred.a.shape == (D, 16) and pred.b.shape == (16, F) and pred.c.shape == (F,)
+
+
+def test_cut_levels_select_their_fraction_on_held_out_rows() -> None:
+    """Each level's shift, added to the folded scores (score − cut), selects 1 − f of the
+    held-out (token, neuron) pairs; tighter levels keep fewer of the active neurons."""
+    site, w, x = _site()
+    _, a = hidden_activations(site, w, x)
+    h = Histogram()
+    h.add(a)
+    active = predictor.labels(site, w, x, h.quantile(0.8))
+    pred, q = predictor.train(x, active, w["W1"], 16)
+    levels = predictor.cut_levels(pred, x, active, (0.25, 0.5, 0.9))
+    val, _ = predictor.split(len(x))
+    folded = pred.scores(x[val].astype(np.float64)) - pred.cut
+    recalls = []
+    for f, lv in levels.items():
+        chosen = folded + lv["shift"] > 0
+        assert abs(chosen.mean() - (1 - float(f))) < 2e-3  # up to ties at the quantile
+        assert lv["selected"] == round(float(chosen.mean()), 5)
+        assert lv["recall"] == round(predictor.quality(chosen, active[val]).recall, 5)
+        recalls.append(lv["recall"])
+    assert recalls == sorted(recalls, reverse=True) and recalls[-1] < q.recall
