@@ -87,13 +87,12 @@ def test_gated_site_takes_hidden_or_gate_never_both(setup) -> None:
                                gate_only.thresholds["fffc_ffn_1"]["gate"])
 
 
-def test_predictors_join_the_search_as_a_mode(setup, tmp_path) -> None:
-    """With predictors, a site may switch its predictor on instead of thresholds (never
-    both); the recorded held-out error is what the masked reference model shows."""
+def _with_predictors(path, tmp_path) -> tuple[dict, dict[str, tuple]]:
+    """A calibration of ``path`` with rank-8 predictors (of the 30% most active neurons),
+    and the predictors as the search takes them."""
     from fffc import calibration
     from fffc.calibration import load_predictors
 
-    path, _, calib_feeds, held_out = setup
     data = tmp_path / "pfeeds"
     data.mkdir()
     for i in range(3):
@@ -101,7 +100,14 @@ def test_predictors_join_the_search_as_a_mode(setup, tmp_path) -> None:
         np.savez(data / f"{i}.npz", x=x)
     calib = calibration.calibrate(path, data, predictor_rank=8, predictor_sparsity=0.7)
     calibration.write(calib, tmp_path / "c.json")
-    predictors = load_predictors(tmp_path / "c.json", calib)
+    return calib, load_predictors(tmp_path / "c.json", calib)
+
+
+def test_predictors_join_the_search_as_a_mode(setup, tmp_path) -> None:
+    """With predictors, a site may switch its predictor on instead of thresholds (never
+    both); the recorded held-out error is what the masked reference model shows."""
+    path, _, calib_feeds, held_out = setup
+    calib, predictors = _with_predictors(path, tmp_path)
     assert set(predictors) == {"fffc_ffn_0", "fffc_ffn_1"}
     only = allocate.allocate(path, calib, calib_feeds, held_out, target_sparsity=0.05,
                              parts=(), predictors=predictors)
@@ -125,20 +131,11 @@ def test_the_search_picks_each_predictors_cut(setup, tmp_path) -> None:
     """A predictor's cut is a searched level (fractions of neurons skipped on held-out rows):
     a budget past the trained cut's sparsity is met by tightening it; the chosen shift,
     folded into the predictor for the compiled op, gives the recorded held-out error."""
-    from fffc import calibration
-    from fffc.calibration import load_predictors
     from fffc.pipeline import analyze
     from fffc.plan import apply_thresholds, plan
 
     path, _, calib_feeds, held_out = setup
-    data = tmp_path / "pfeeds"
-    data.mkdir()
-    for i in range(3):
-        x = np.random.default_rng(10 + i).standard_normal((2, 25, D)).astype(np.float32)
-        np.savez(data / f"{i}.npz", x=x)
-    calib = calibration.calibrate(path, data, predictor_rank=8, predictor_sparsity=0.7)
-    calibration.write(calib, tmp_path / "c.json")
-    predictors = load_predictors(tmp_path / "c.json", calib)
+    calib, predictors = _with_predictors(path, tmp_path)
     trained = max(1 - st["predictor"]["held_out"]["selected"] for st in calib["sites"].values())
     alloc = allocate.allocate(path, calib, calib_feeds, held_out, target_sparsity=0.8,
                               parts=(), predictors=predictors)
