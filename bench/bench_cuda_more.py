@@ -43,12 +43,15 @@ import argparse
 import functools
 import json
 import math
-import re
 import statistics
 import sys
 import time
 from pathlib import Path
 from statistics import NormalDist
+
+# run's helpers shared with bench_cuda.py (numpy/cupy/torch only, like this step)
+from bench_cuda import _dim, _x
+from bench_cuda import _reference as _sparse_reference
 
 STRUCTURED = [
     # name, d, f, structure (blocks k, width r, dense factor u per projection), biases
@@ -80,18 +83,9 @@ CHECK_SPARSE = [("relu", 64, 96, False, 0.5), ("drelu", 64, 96, True, 0.5)]
 
 # kernel parameter C type → the array dtype passed (bfloat16: its bit patterns)
 C_TYPES = {"float*": "float32", "half*": "float16", "nv_bfloat16*": "uint16", "int*": "int32"}
-_SIGNATURE = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(([^)]*)\)')
 
 
 # ---------------------------------------------------------------- build (here: fffc, nvcc)
-
-def _param_types(source: str) -> dict[str, list[str]]:
-    """Kernel name → each parameter's C type (``float*``, ``half*``, ``nv_bfloat16*``, ``int``)."""
-    out = {}
-    for name, params in _SIGNATURE.findall(source):
-        out[name] = ["".join(w for w in p.replace("__restrict__", "").split()[:-1] if w != "const")
-                     for p in params.split(",")]
-    return out
 
 
 def _specs(structured, sparse):
@@ -129,6 +123,7 @@ def _kernels(lib, spec, types: dict) -> dict:
 def _build(structured, sparse, out: Path):
     """One library (one fatbin) of every spec; (library, cases.json's content)."""
     from fffc.codegen.cuda_build import build_cuda_library
+    from fffc.codegen.cuda_emu import _param_types  # kernel → each parameter's C type
 
     st, sp = _specs(structured, sparse)
     specs = [s for s, _ in st.values()] + [s for _, by in sp.values() for s in by.values()]
@@ -172,10 +167,6 @@ def _pick(km: dict, n: int) -> dict:
     return next(v for v in km["variants"] if v["min"] <= n <= v["max"])
 
 
-def _dim(g, n: int) -> int:
-    a, b, c = g
-    return (a * n + b) // c
-
 
 def _stored(xp, w, dtype: str):
     """(the array the kernel reads, its float32 values) of float32 weights stored at
@@ -191,6 +182,14 @@ def _stored(xp, w, dtype: str):
     one, half, shift = xp.uint32(1), xp.uint32(0x7FFF), xp.uint32(16)
     top = ((bits + half + ((bits >> shift) & one)) >> shift).astype(xp.uint16)
     return top, (top.astype(xp.uint32) << shift).view(xp.float32)
+
+
+def _as_stored(xp, w: dict, km: dict) -> tuple[dict, dict]:
+    """(what the kernel reads, their float32 values) of every input in ``w``: the weights
+    ``km["weights"]`` stored at ``km["dtype"]``, the rest float32."""
+    stored = {k: _stored(xp, a, km["dtype"] if k in km["weights"] else "float32")
+              for k, a in w.items()}
+    return {k: s[0] for k, s in stored.items()}, {k: s[1] for k, s in stored.items()}
 
 
 def _buffers(xp, v: dict, inputs: dict, n: int, d_out: int) -> dict:
@@ -286,26 +285,6 @@ def _sparse_weights(xp, m: dict, seed: int = 0) -> dict:
     return w
 
 
-def _x(xp, n: int, d: int, gated: bool, seed: int):
-    x = xp.random.default_rng(seed).standard_normal((n, d), dtype=xp.float32)
-    if gated:
-        x[:, 0] = 1.0
-    return x
-
-
-def _sparse_reference(xp, x, w: dict, gated: bool):
-    """(float64 Y, the fraction of zero activations)."""
-    xd = x.astype(xp.float64)
-    h = xd @ w["W1"].astype(xp.float64)
-    if "B1" in w:
-        h += w["B1"]
-    h = xp.maximum(h, 0)
-    if gated:
-        h *= xp.maximum(xd @ w["WU"].astype(xp.float64).T, 0)
-    y = h @ w["W2"].astype(xp.float64)
-    if "B2" in w:
-        y += w["B2"]
-    return y, float((h == 0).mean())
 
 
 def _dense(torch, tw: dict, activation: str, gated: bool):
@@ -410,10 +389,7 @@ def run_structured(cp, np, torch, mod, meta: dict, names, tokens, repeat: int) -
         if names and name not in names:
             continue
         w = _structured_weights(cp, m)
-        stored = {k: _stored(cp, a, m["dtype"] if k in m["weights"] else "float32")
-                  for k, a in w.items()}
-        inputs = {k: s[0] for k, s in stored.items()}
-        values = {k: s[1] for k, s in stored.items()}
+        inputs, values = _as_stored(cp, w, m)
         tw = {"W1": _merged(cp, values["A1"], values.get("U1")).astype(cp.float32),
               "W2": _merged(cp, values["A2"], values.get("U2")).astype(cp.float32),
               **{b: values[b] for b in ("B1", "B2") if b in values}}
@@ -456,10 +432,7 @@ def run_sparse(cp, np, torch, mod, meta: dict, names, tokens, repeat: int) -> li
         w = _sparse_weights(cp, m)
         inputs, values, dense = {}, {}, {}
         for dt, km in m["kernels"].items():
-            stored = {k: _stored(cp, a, km["dtype"] if k in km["weights"] else "float32")
-                      for k, a in w.items()}
-            inputs[dt] = {k: s[0] for k, s in stored.items()}
-            values[dt] = {k: s[1] for k, s in stored.items()}
+            inputs[dt], values[dt] = _as_stored(cp, w, km)
             if dt == "float32":
                 tw = {k: torch.from_dlpack(a) for k, a in w.items()}
             else:  # the 16-bit model: the same rounded weights, biases in 16 bits too
@@ -622,10 +595,7 @@ def _check() -> int:
 
     for name, m in meta["structured"].items():
         w = _structured_weights(np, m, seed=3)
-        stored = {k: _stored(np, a, m["dtype"] if k in m["weights"] else "float32")
-                  for k, a in w.items()}
-        inputs = {k: s[0] for k, s in stored.items()}
-        val = {k: s[1] for k, s in stored.items()}
+        inputs, val = _as_stored(np, w, m)
 
         def reference(x, m=m, val=val):
             theirs = structured_ffn(x, val["A1"], val.get("U1"), val.get("B1"), val["A2"],
@@ -650,10 +620,7 @@ def _check() -> int:
     for name, m in meta["sparse"].items():
         w = _sparse_weights(np, m, seed=3)
         for dt, km in m["kernels"].items():
-            stored = {k: _stored(np, a, km["dtype"] if k in km["weights"] else "float32")
-                      for k, a in w.items()}
-            inputs = {k: s[0] for k, s in stored.items()}
-            val = {k: s[1] for k, s in stored.items()}
+            inputs, val = _as_stored(np, w, km)
 
             def reference(x, m=m, val=val):
                 theirs = sparse_ffn(x, val["W1"], val.get("B1"), val["W2"], val.get("B2"),

@@ -96,7 +96,7 @@ def _archs(text: str) -> tuple[str, ...]:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from .config import CompileOptions
-    from .pipeline import compile_model
+    from .pipeline import MASKED_DECISIONS, compile_model
 
     options = CompileOptions(
         target=args.target, mcpu=args.mcpu, rtol=args.rtol, force=args.force,
@@ -113,7 +113,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     v = result.manifest.get("verification", {})
     masked = "deviation_from_original" in v  # the artifact computes the masked function
     rounded = result.manifest.get("options", {}).get("weight_dtype", "float32") != "float32"
-    what = " and ".join([*(["masked"] if any(s.decision in ("teal", "cats", "predictor")
+    what = " and ".join([*(["masked"] if any(s.decision in MASKED_DECISIONS
                                                 for s in result.sites) else []),
                          *([f"{options.weight_dtype}-rounded weights"] if rounded else [])])
     for key in ("model_with_shim", "model_without_shim"):

@@ -24,7 +24,7 @@ from . import _tvm
 from .kernels import routed_ffn_cuda, sparse_ffn_cuda_masked, structured_ffn_cuda
 from .kernels.fff_cuda import FffTiling, fff_source
 from .kernels.sparse_ffn_cuda import CudaTiling, decode_sources, gemm_funcs, workspace
-from .kernels.text import with_weight_dtype
+from .kernels.text import parse, with_weight_dtype
 from .schedules import MAX_TOKENS, Variant, family
 
 DEFAULT_ARCHS = ("sm_80", "sm_90")
@@ -149,18 +149,13 @@ def _variant_funcs(spec: KernelSpec, tiling: CudaTiling, prefix: str, target) ->
                 for name, f in gemm_funcs(spec, prefix).items()}
     masked = spec.mode in sparse_ffn_cuda_masked.MODES  # teal, cats, predictor
     sources = (sparse_ffn_cuda_masked.decode_sources if masked else decode_sources)
-    return _parse(spec, sources(spec, tiling, prefix), prefix)
+    return _parse(spec, sources(spec, tiling, prefix))
 
 
-def _parse(spec: KernelSpec, sources: dict[str, str], what: str) -> dict:
+def _parse(spec: KernelSpec, sources: dict[str, str]) -> dict:
     """PrimFuncs of a spec's kernel sources, its weights stored at ``spec.dtype``."""
-    try:
-        return {name: _tvm.from_source(with_weight_dtype(src, spec.weight_args(), spec.dtype))
-                for name, src in sources.items()}
-    except CodegenError:
-        raise
-    except Exception as e:  # TVMScript errors carry the offending line; keep it typed
-        raise CodegenError(f"TVMScript generation failed for {what}: {e}") from e
+    return {name: parse(with_weight_dtype(src, spec.weight_args(), spec.dtype), name)
+            for name, src in sources.items()}
 
 
 def emit_kernels(funcs: dict, arch: str = "sm_90") -> tuple[str, dict[str, Launch]]:
@@ -194,7 +189,7 @@ def emit(specs: Sequence[KernelSpec], arch: str = "sm_90",
         if spec.op == "FastFeedForward":  # one kernel, a block per token, every token count
             name = f"fffc_fff_{spec.key}_walk"
             tiling = FffTiling(threads=256 if spec.d_in >= 1024 else 128)
-            funcs.update(_parse(spec, {name: fff_source(spec, tiling, name)}, name))
+            funcs.update(_parse(spec, {name: fff_source(spec, tiling, name)}))
             pending.append((spec, Variant("walk", 1, MAX_TOKENS, tiling), [name]))
             continue
         if spec.op == "StructuredFFN":  # plain and/or counted variants, launches in order
@@ -204,12 +199,12 @@ def emit(specs: Sequence[KernelSpec], arch: str = "sm_90",
                 for v in fam.structured_variants(spec, counted):
                     prefix = f"fffc_structured_ffn_{spec.key}_{v.name}"
                     srcs = structured_ffn_cuda.variant_sources(spec, v.tiling, prefix)
-                    funcs.update(_parse(spec, srcs, prefix))
+                    funcs.update(_parse(spec, srcs))
                     pending.append((spec, v, list(srcs)))
             continue
         if spec.op == "RoutedFFN":  # route or combine: one variant, its launches in order
             srcs = routed_ffn_cuda.routed_sources(spec, f"fffc_routed_ffn_{spec.key}_all")
-            funcs.update(_parse(spec, srcs, "RoutedFFN"))
+            funcs.update(_parse(spec, srcs))
             pending.append((spec, Variant("all", 1, MAX_TOKENS, None), list(srcs)))
             continue
         for v in fam.variants(spec, fam.target(arch)):

@@ -1,5 +1,7 @@
 #include "op_common.h"
 
+#include "structured_call.h"
+
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -137,6 +139,7 @@ struct OpWithFactory {
   size_t inputs;
   enum Kind { kSparse, kFff, kStructured, kRouted } kind;  // attributes, required inputs
   KernelFactory factory;
+  const char* const* input_names;  // fffc.ops' names of the op's inputs
 };
 
 const OpWithFactory* Holder(const OrtCustomOp* op) {
@@ -173,23 +176,10 @@ const char* GetEp(const OrtCustomOp* op) { return Holder(op)->ep; }
 ONNXTensorElementDataType FloatType(const OrtCustomOp*, size_t) {
   return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
-// The positions of the weight matrices among each op's inputs (fffc.ops.WEIGHT_INPUTS).
-bool IsWeightInput(OpWithFactory::Kind kind, size_t i) {
-  switch (kind) {
-    case OpWithFactory::kFff:  // X, W_in, B_in, W_out
-      return i == 1 || i == 3;
-    case OpWithFactory::kStructured:  // A1, U1, A2, U2, S1, S2
-      return i == 1 || i == 2 || i == 4 || i == 5 || i == 9 || i == 10;
-    case OpWithFactory::kRouted:  // W1, W2
-      return i == 3 || i == 5;
-    default:  // W1, W2, WU
-      return i == kW1 || i == kW2 || i == kWU;
-  }
-}
 // Weights of any type (View accepts float32, float16, bfloat16), everything else float32.
 ONNXTensorElementDataType InputType(const OrtCustomOp* op, size_t i) {
-  return IsWeightInput(Holder(op)->kind, i) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED
-                                            : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  return IsWeight(Holder(op)->input_names[i]) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED
+                                              : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 size_t InputCount(const OrtCustomOp* op) { return Holder(op)->inputs; }
 size_t OutputCount(const OrtCustomOp*) { return 1; }
@@ -282,6 +272,7 @@ void Destroy(void* kernel) { delete static_cast<KernelBase*>(kernel); }
 
 const char* const kInputNames[kNumInputs] = {"X",  "W1", "B1", "W2", "B2",
                                              "WU", "TH", "PA", "PB", "PC"};
+const char* const kFffNames[4] = {"X", "W_in", "B_in", "W_out"};
 
 OrtStatus* Fail(const OrtApi* api, const std::string& msg) {
   return api->CreateStatus(ORT_FAIL, ("fffc: " + msg).c_str());
@@ -333,12 +324,11 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const s
 }
 
 OrtStatus* PrepareFff(const OrtApi* api, OrtKernelContext* ctx, FffCall* c) {
-  static const char* kNames[4] = {"X", "W_in", "B_in", "W_out"};
   for (int i = 0; i < 4; ++i) {
     const OrtValue* v = nullptr;
     if (OrtStatus* st = api->KernelContext_GetInput(ctx, i, &v)) return st;
-    if (v == nullptr) return Fail(api, std::string("FastFeedForward needs input ") + kNames[i]);
-    if (OrtStatus* st = View(api, v, &c->in[i], kNames[i])) return st;
+    if (v == nullptr) return Fail(api, std::string("FastFeedForward needs input ") + kFffNames[i]);
+    if (OrtStatus* st = View(api, v, &c->in[i], kFffNames[i])) return st;
   }
   const auto& xd = c->in[0].dims;
   if (xd.empty() || c->in[1].dims.size() != 2 || c->in[2].dims.size() != 1 ||
@@ -351,7 +341,7 @@ OrtStatus* PrepareFff(const OrtApi* api, OrtKernelContext* ctx, FffCall* c) {
   if (c->in[1].dims[1] != c->d_in || c->in[2].dims[0] != c->nodes || c->in[3].dims[0] != c->nodes)
     return Fail(api, "FastFeedForward: weight shapes do not agree with X and each other");
   const bool all[4] = {true, true, true, true};
-  c->weight_dtype = WeightDtype(c->in, all, 4, kNames);
+  c->weight_dtype = WeightDtype(c->in, all, 4, kFffNames);
   if (c->weight_dtype == "mixed") return Fail(api, "FastFeedForward: W_in and W_out differ in type");
   c->tokens = 1;
   for (size_t i = 0; i + 1 < xd.size(); ++i) c->tokens *= xd[i];
@@ -383,7 +373,8 @@ bool Matches(const Attrs& a, const FfnCall& c, const char* activation, const cha
 namespace {
 
 OrtCustomOp* NewOp(const OrtApi* api, const char* name, const char* ep, size_t inputs,
-                   OpWithFactory::Kind kind, KernelFactory factory) {
+                   OpWithFactory::Kind kind, KernelFactory factory,
+                   const char* const* input_names) {
   g_api = api;
   auto* holder = new OpWithFactory;  // must outlive every session: never freed
   OrtCustomOp& op = holder->op;
@@ -393,6 +384,7 @@ OrtCustomOp* NewOp(const OrtApi* api, const char* name, const char* ep, size_t i
   holder->inputs = inputs;
   holder->kind = kind;
   holder->factory = factory;
+  holder->input_names = input_names;
   op.version = kOrtApiVersion;
   op.GetName = GetName;
   op.GetExecutionProviderType = GetEp;
@@ -416,19 +408,21 @@ OrtCustomOp* NewOp(const OrtApi* api, const char* name, const char* ep, size_t i
 }  // namespace
 
 OrtCustomOp* NewSparseFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
-  return NewOp(api, "SparseFFN", ep, kNumInputs, OpWithFactory::kSparse, factory);
+  return NewOp(api, "SparseFFN", ep, kNumInputs, OpWithFactory::kSparse, factory, kInputNames);
 }
 
 OrtCustomOp* NewFastFeedForwardOp(const OrtApi* api, const char* ep, KernelFactory factory) {
-  return NewOp(api, "FastFeedForward", ep, 4, OpWithFactory::kFff, factory);
+  return NewOp(api, "FastFeedForward", ep, 4, OpWithFactory::kFff, factory, kFffNames);
 }
 
 OrtCustomOp* NewRoutedFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
-  return NewOp(api, "RoutedFFN", ep, 11, OpWithFactory::kRouted, factory);
+  return NewOp(api, "RoutedFFN", ep, kRoutedInputs, OpWithFactory::kRouted, factory,
+               kRoutedNames);
 }
 
 OrtCustomOp* NewStructuredFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
-  return NewOp(api, "StructuredFFN", ep, 11, OpWithFactory::kStructured, factory);
+  return NewOp(api, "StructuredFFN", ep, kStructuredInputs, OpWithFactory::kStructured, factory,
+               kStructuredNames);
 }
 
 int64_t Attrs::TopK(int64_t seq) const {

@@ -17,6 +17,7 @@ namespace fffc {
 constexpr int kNumInputs = 10;  // X, W1, B1?, W2, B2?, WU?, TH?, PA?, PB?, PC? (fffc/ops.py)
 enum Input { kX = 0, kW1, kB1, kW2, kB2, kWU, kTH, kPA, kPB, kPC };
 extern const char* const kInputNames[kNumInputs];
+extern const char* const kFffNames[4];  // FastFeedForward: X, W_in, B_in, W_out
 
 struct Attrs {
   std::string activation, up_activation, mode;

@@ -4,12 +4,13 @@
 #include <vector>
 
 namespace fffc {
-namespace {
 
 const char* const kStructuredNames[kStructuredInputs] = {"X",  "A1", "U1", "B1", "A2", "U2",
                                                          "B2", "M1", "M2", "S1", "S2"};
 const char* const kRoutedNames[kRoutedInputs] = {"X",  "WR", "BR", "W1", "B1", "W2",
                                                  "B2", "WA", "BA", "LS", "LB"};
+
+namespace {
 
 std::string Dims(const std::vector<int64_t>& d) {
   std::string s = "[";

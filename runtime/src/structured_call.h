@@ -13,6 +13,7 @@ namespace fffc {
 // StructuredFFN: X, A1, U1?, B1?, A2, U2?, B2?, M1?, M2?, S1?, S2?
 enum StructuredInput { kSX = 0, kSA1, kSU1, kSB1, kSA2, kSU2, kSB2, kSM1, kSM2, kSS1, kSS2,
                        kStructuredInputs };
+extern const char* const kStructuredNames[kStructuredInputs];  // fffc.ops' input names
 
 struct StructuredCall {
   TensorView in[kStructuredInputs];
@@ -34,6 +35,7 @@ std::string DescribeStructured(const Attrs& attrs, const StructuredCall& c);
 // RoutedFFN: X, WR, BR?, W1, B1?, W2, B2?, WA?, BA?, LS?, LB?
 enum RoutedInput { kRX = 0, kRWR, kRBR, kRW1, kRB1, kRW2, kRB2, kRWA, kRBA, kRLS, kRLB,
                    kRoutedInputs };
+extern const char* const kRoutedNames[kRoutedInputs];
 
 struct RoutedCall {
   TensorView in[kRoutedInputs];

@@ -191,9 +191,8 @@ struct CudaFffKernel : KernelBase {
     void* stream = nullptr;
     if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream)) return st;
     // the kernel's parameter names (fffc.ops.KernelSpec.arg_names), not SparseFFN's
-    static const char* const kNames[4] = {"X", "W_in", "B_in", "W_out"};
     std::map<std::string, CUdeviceptr> tensors;
-    for (int i = 0; i < 4; ++i) tensors[kNames[i]] = reinterpret_cast<CUdeviceptr>(c.in[i].data);
+    for (int i = 0; i < 4; ++i) tensors[kFffNames[i]] = reinterpret_cast<CUdeviceptr>(c.in[i].data);
     tensors["Y"] = reinterpret_cast<CUdeviceptr>(c.y);
     std::string err = Launch(index, tensors, c.tokens, stream, &workspace);
     return err.empty() ? nullptr : Fail(api, "FastFeedForward: " + err);

@@ -35,11 +35,9 @@ struct CudaStructuredKernel : KernelBase {
                            std::to_string(c.tokens) + " tokens)");
     void* stream = nullptr;
     if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream)) return st;
-    static const char* const kNames[kStructuredInputs] = {"X",  "A1", "U1", "B1", "A2", "U2",
-                                                          "B2", "M1", "M2", "S1", "S2"};
     std::map<std::string, CUdeviceptr> tensors;
     for (int i : {kSX, kSA1, kSU1, kSB1, kSA2, kSU2, kSB2, kSS1, kSS2})
-      if (c.present[i]) tensors[kNames[i]] = Ptr(c.in[i]);
+      if (c.present[i]) tensors[kStructuredNames[i]] = Ptr(c.in[i]);
     tensors["Y"] = reinterpret_cast<CUdeviceptr>(c.y);
     std::string err = Launch(index, tensors, c.tokens, stream, &workspace);
     return err.empty() ? nullptr : Fail(api, "StructuredFFN: " + err);
@@ -123,10 +121,8 @@ struct CudaRoutedKernel : KernelBase {
       base += Round256(bytes);
     }
     t["COEF"] = coefs;
-    static const char* const kNames[kRoutedInputs] = {"X",  "WR", "BR", "W1", "B1", "W2",
-                                                      "B2", "WA", "BA", "LS", "LB"};
     for (int i : {kRX, kRWR, kRBR, kRWA, kRBA, kRLS, kRLB})
-      if (c.present[i]) t[kNames[i]] = Ptr(c.in[i]);
+      if (c.present[i]) t[kRoutedNames[i]] = Ptr(c.in[i]);
     const std::map<std::string, int32_t> scalars = {{"S", static_cast<int32_t>(c.seq)},
                                                     {"KN", static_cast<int32_t>(c.k)}};
     if (std::string err = Launch(route, t, n, stream, &scratch, scalars); !err.empty())
