@@ -13,7 +13,9 @@ pre-activation is ~ N(0, 1) over inputs.
 The measured fraction of zero activations is printed next to the target.
 
 Both models run in ONNX Runtime with the same session options (intra_op_num_threads = 2);
-fffc runs the compiled artifact through fffc.runtime (shim pool FFFC_NUM_THREADS = 2).
+fffc runs the compiled artifact through fffc.runtime (shim pool FFFC_NUM_THREADS = 2);
+the column "FFFC_EXACT_SCREEN=0" is the same artifact without the float16 screen of the
+1-token dense ReLU kernel (kernels/exact_screened.py): other rows run the same kernels.
 Sessions are timed in alternating blocks (``fffc.timing``) and medians compared.
 
     python bench/bench_sparse_ffn.py [--tokens 1,8,128] [--repeat 50] [--json out.json]
@@ -120,31 +122,40 @@ def main() -> int:
             so2.intra_op_num_threads = args.threads
             so2.log_severity_level = 3
             sparse = fffc.runtime.InferenceSession(art, so2, providers=["CPUExecutionProvider"])
+            os.environ["FFFC_EXACT_SCREEN"] = "0"  # read when the kernels are created
+            plain = fffc.runtime.InferenceSession(art, timing.session_options(args.threads),
+                                                  providers=["CPUExecutionProvider"])
+            del os.environ["FFFC_EXACT_SCREEN"]
             for n in tokens:
                 feed = {"x": inputs(d, n, np.random.default_rng(n), family.startswith("dReLU"))}
                 got, want = sparse.run(None, feed)[0], dense.run(None, feed)[0]
                 err = float(np.abs(got - want).max() / np.abs(want).max())
+                err = max(err, float(np.abs(plain.run(None, feed)[0] - want).max() / np.abs(want).max()))
                 reps = max(5, args.repeat if n <= 8 else args.repeat // 2)
                 for _ in range(3):
                     dense.run(None, feed), sparse.run(None, feed)
                 inner = min(5, reps)
-                med = timing.medians_ms({"dense": lambda s=dense, f=feed: s.run(None, f),
-                                         "fffc": lambda s=sparse, f=feed: s.run(None, f)},
+                sessions = {"dense": dense, "fffc": sparse, "plain": plain}
+                med = timing.medians_ms({k: lambda s=v, f=feed: s.run(None, f)
+                                         for k, v in sessions.items()},
                                         rounds=-(-reps // inner), inner=inner)
                 row = {"model": f"{family} {d}/{f}", "target_sparsity": s,
                        "measured_sparsity": round(measured_sparsity(model, feed["x"]), 3),
                        "tokens": n, "ort_dense_ms": med["dense"], "fffc_ms": med["fffc"],
-                       "max_rel_err": err}
+                       "fffc_no_screen_ms": med["plain"], "max_rel_err": err}
                 row["speedup"] = row["ort_dense_ms"] / row["fffc_ms"]
                 rows.append(row)
                 print(f"{row['model']:<24} s={s:.0%} (measured {row['measured_sparsity']:.0%}) "
                       f"tokens={n:<4} ORT dense {row['ort_dense_ms']:8.3f} ms  fffc {row['fffc_ms']:8.3f} ms"
+                      f" (no screen {row['fffc_no_screen_ms']:.3f})"
                       f"  speed-up {row['speedup']:5.2f}x  rel err {err:.1e}", flush=True)
-    print("\n| model | sparsity (target / measured) | tokens | ORT dense ms | fffc ms | speed-up |")
-    print("|---|---|---|---|---|---|")
+    print("\n| model | sparsity (target / measured) | tokens | ORT dense ms | fffc ms | "
+          "fffc, FFFC_EXACT_SCREEN=0 | speed-up |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['target_sparsity']:.0%} / {r['measured_sparsity']:.0%} | {r['tokens']} | "
-              f"{r['ort_dense_ms']:.3f} | {r['fffc_ms']:.3f} | {r['speedup']:.2f}x |")
+              f"{r['ort_dense_ms']:.3f} | {r['fffc_ms']:.3f} | {r['fffc_no_screen_ms']:.3f} | "
+              f"{r['speedup']:.2f}x |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -52,9 +52,8 @@ def kernel_table_source(library: KernelLibrary) -> str:
     for k in library.kernels:
         s = k.spec
         decls.append(f"int {k.c_symbol}(void*, const TVMFFIAny*, int32_t, TVMFFIAny*);")
-        mode = f"{s.mode}/{s.rank}" if s.mode == "predictor" else s.mode  # rank: PA's width
         rows.append(
-            f'  {{"{s.op}", "{s.activation}", "{s.up_activation}", "{mode}", {int(s.has_b1)}, '
+            f'  {{"{s.op}", "{s.activation}", "{s.up_activation}", "{k.table_mode}", {int(s.has_b1)}, '
             f"{int(s.has_b2)}, {int(s.gated)}, {s.d_in}, {s.d_ff}, {s.d_out}, {k.min_tokens}, "
             f'{k.max_tokens}, "{k.symbol}", &{k.c_symbol}}},')
     return "\n".join([

@@ -20,6 +20,7 @@ from fffc.ops import KernelSpec
 from . import _tvm
 from .cuda_build import DEFAULT_ARCHS, CudaLibrary, build_cuda_library
 from .kernels.exact_decode import exact_decode_primfunc
+from .kernels.exact_screened import screen_inputs, screened_arg_names, screened_primfunc
 from .kernels.fff import fff_cpu_primfunc, fff_level_primfunc
 from .kernels.fff_cuda import fff_params
 from .kernels.routed_ffn import combine_primfunc, route_primfunc, routed_variants
@@ -57,7 +58,17 @@ class CompiledKernel:
 
     @property
     def arg_names(self) -> list[str]:
+        if self.variant == "screened":  # W1 as the screen's derived inputs
+            return screened_arg_names(self.spec)
         return self.spec.arg_names()
+
+    @property
+    def table_mode(self) -> str:
+        """The kernel table's mode: the shim's key for the call's arguments."""
+        s = self.spec
+        if s.mode == "predictor":
+            return f"predictor/{s.rank}"  # rank: PA's width
+        return f"{s.mode}/screened" if self.variant == "screened" else s.mode
 
 
 @dataclass(frozen=True)
@@ -97,9 +108,10 @@ def symbol_of(spec: KernelSpec, variant: str) -> str:
 
 
 def _check_cover(spec: KernelSpec, table: list[CompiledKernel]) -> None:
-    """A schedule bug must not reach the shim as a token count without a kernel."""
+    """A schedule bug must not reach the shim as a token count without a kernel (the
+    "screened" variant is an alternative the shim prefers where it can derive its inputs)."""
     expect = 1
-    for k in sorted(table, key=lambda k: k.min_tokens):
+    for k in sorted((k for k in table if k.variant != "screened"), key=lambda k: k.min_tokens):
         if k.min_tokens != expect or k.max_tokens < k.min_tokens:
             raise CodegenError(f"variants of {spec} do not cover tokens from {expect}")
         expect = k.max_tokens + 1
@@ -152,15 +164,31 @@ def _funcs(specs: Sequence[KernelSpec], target_name: str, target: dict,
             kernels.append(CompiledKernel(spec, v.name, symbol_of(spec, v.name),
                                           v.min_tokens, v.max_tokens))
             if only is None or v.name == only:
-                make = {"teal": teal_primfunc, "cats": cats_primfunc,
-                        "predictor": predictor_primfunc}.get(
-                    spec.mode, exact_decode_primfunc if v.name == "decode" else sparse_ffn_primfunc)
-                funcs[kernels[-1].symbol] = make(spec, v.tiling, kernels[-1].symbol)
+                funcs[kernels[-1].symbol] = _sparse_maker(spec, v.name, primfunc=True)(
+                    spec, v.tiling, kernels[-1].symbol)
         _check_cover(spec, kernels)
         if only is not None and not any(k.variant == only for k in kernels):
             raise CodegenError(f"no variant {only!r}; have {[k.variant for k in kernels]}")
         table += kernels
     return funcs, table
+
+
+def _sparse_maker(spec: KernelSpec, variant: str, primfunc: bool) -> Callable:
+    """The SparseFFN kernel generator of a CPU variant: its PrimFunc or its TVMScript."""
+    from .kernels.exact_decode import exact_decode_source
+    from .kernels.exact_screened import screened_source
+    from .kernels.sparse_ffn import sparse_ffn_source
+    from .kernels.sparse_ffn_cats import cats_source
+    from .kernels.sparse_ffn_predictor import predictor_source
+    from .kernels.sparse_ffn_teal import teal_source
+
+    by_mode = ({"teal": teal_primfunc, "cats": cats_primfunc, "predictor": predictor_primfunc}
+               if primfunc else
+               {"teal": teal_source, "cats": cats_source, "predictor": predictor_source})
+    by_variant = ({"decode": exact_decode_primfunc, "screened": screened_primfunc}
+                  if primfunc else {"decode": exact_decode_source, "screened": screened_source})
+    default = sparse_ffn_primfunc if primfunc else sparse_ffn_source
+    return by_mode.get(spec.mode, by_variant.get(variant, default))
 
 
 def _cpu_primfunc(spec: KernelSpec, k: CompiledKernel):
@@ -240,22 +268,29 @@ class KernelRunner:
                 return k
         return self.kernels[0]  # a pinned variant runs any token count
 
-    def _args(self, arrays: Sequence[np.ndarray]) -> list:
-        if len(arrays) != len(self.spec.arg_names()) - 1:
-            raise ValueError(f"expected inputs {self.spec.arg_names()[:-1]}, got {len(arrays)}")
-        args = [_tvm.tensor(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays]
+    def _args(self, k: CompiledKernel, arrays: Sequence[np.ndarray]) -> list:
+        names = self.spec.arg_names()[:-1]
+        if len(arrays) != len(names):
+            raise ValueError(f"expected inputs {names}, got {len(arrays)}")
+        by_name = {n: np.ascontiguousarray(a, dtype=np.float32)
+                   for n, a in zip(names, arrays, strict=True)}
+        if k.variant == "screened":  # what the shim derives from W1 and B1 once per weight
+            by_name["WS"], by_name["W1T"], by_name["E"] = screen_inputs(by_name["W1"],
+                                                                        by_name.get("B1"))
+        args = [_tvm.tensor(by_name[n]) for n in k.arg_names[:-1]]
         return [*args, _tvm.empty((arrays[0].shape[0], self.spec.d_out))]
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray:
         """``fn(X, W1, [B1], W2, [B2], [WU]) -> Y`` through the variant for X's tokens."""
-        args = self._args(arrays)
-        self._ex[self.kernel_for(arrays[0].shape[0]).symbol](*args)
+        k = self.kernel_for(arrays[0].shape[0])
+        args = self._args(k, arrays)
+        self._ex[k.symbol](*args)
         return args[-1].numpy()
 
     def time(self, *arrays: np.ndarray, number: int = 20, repeat: int = 5) -> list[float]:
         """Seconds per call (one entry per repeat), timed in C++ by TVM's time_evaluator."""
         k = self.kernel_for(arrays[0].shape[0])
-        return _tvm.time_function(self._ex, k.symbol, self._args(arrays), number, repeat)
+        return _tvm.time_function(self._ex, k.symbol, self._args(k, arrays), number, repeat)
 
 
 def compile_for_test(spec: KernelSpec, variant: str | None = None, target: str = "x86",
@@ -273,12 +308,7 @@ def assembly(spec: KernelSpec, target: dict, variant: str | None = None,
 
 def source(spec: KernelSpec, variant: str, target: str = "x86", mcpu: str | None = None) -> str:
     """The TVMScript of one variant (for --dump and debugging)."""
-    from .kernels.exact_decode import exact_decode_source
     from .kernels.fff import fff_cpu_source, fff_level_source
-    from .kernels.sparse_ffn import sparse_ffn_source
-    from .kernels.sparse_ffn_cats import cats_source
-    from .kernels.sparse_ffn_predictor import predictor_source
-    from .kernels.sparse_ffn_teal import teal_source
 
     if spec.op == "StructuredFFN":
         from .kernels.structured_ffn import structured_ffn_source
@@ -298,7 +328,6 @@ def source(spec: KernelSpec, variant: str, target: str = "x86", mcpu: str | None
     fam = family(target)
     for v in fam.variants(spec, fam.target(mcpu)):
         if v.name == variant:
-            make = {"teal": teal_source, "cats": cats_source, "predictor": predictor_source}.get(
-                spec.mode, exact_decode_source if variant == "decode" else sparse_ffn_source)
-            return make(spec, v.tiling, symbol_of(spec, variant))
+            return _sparse_maker(spec, variant, primfunc=False)(spec, v.tiling,
+                                                                symbol_of(spec, variant))
     raise CodegenError(f"no variant {variant!r}")

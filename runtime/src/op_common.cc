@@ -3,6 +3,7 @@
 #include "structured_call.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <stdexcept>
@@ -203,6 +204,23 @@ OrtMemType InputMem(const OrtCustomOp*, size_t) { return OrtMemTypeDefault; }
 int MinArity(const OrtCustomOp*) { return 1; }
 int Homogeneous(const OrtCustomOp*) { return 1; }
 
+// Whether input i is a constant initializer (an absent or non-constant input: false).
+bool IsConstantInput(const OrtApi* api, const OrtKernelInfo* info, size_t i) {
+  size_t count = 0;
+  if (OrtStatus* st = api->KernelInfo_GetInputCount(info, &count)) {
+    api->ReleaseStatus(st);
+    return false;
+  }
+  if (i >= count) return false;
+  int constant = 0;
+  const OrtValue* value = nullptr;
+  if (OrtStatus* st = api->KernelInfoGetConstantInput_tensor(info, i, &constant, &value)) {
+    api->ReleaseStatus(st);
+    return false;
+  }
+  return constant != 0 && value != nullptr;
+}
+
 OrtStatusPtr CreateKernelV2(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
                             void** kernel) {
   const OrtApi* a = api ? api : g_api;
@@ -249,6 +267,10 @@ OrtStatusPtr CreateKernelV2(const OrtCustomOp* op, const OrtApi* api, const OrtK
     } else {
       attrs = {StringAttr(a, info, "activation", "relu"),
                StringAttr(a, info, "up_activation", "none"), StringAttr(a, info, "mode", "exact")};
+      attrs.constant_w1 = IsConstantInput(a, info, kW1);
+      attrs.constant_b1 = IsConstantInput(a, info, kB1);
+      const char* screen = std::getenv("FFFC_EXACT_SCREEN");
+      attrs.screen = screen == nullptr || std::string(screen) != "0";
     }
     *kernel = Holder(op)->factory(a, attrs);
     return nullptr;

@@ -35,6 +35,10 @@ struct Attrs {
   int64_t TopK(int64_t seq) const;
   float coef[4] = {1.f, 0.f, 0.f, 1.f};
   float epsilon = 1e-5f;  // RoutedFFN: LayerNorm epsilon of a pre-norm routed block
+  // SparseFFN: whether ONNX Runtime reported W1 / B1 constant (initializers) at kernel
+  // creation: what lets the CPU kernel derive per-weight data once (cpu/screen.h)
+  bool constant_w1 = false, constant_b1 = false;
+  bool screen = true;  // FFFC_EXACT_SCREEN=0 when the kernel was created: no float16 screen
 };
 
 struct TensorView {

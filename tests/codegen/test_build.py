@@ -45,12 +45,22 @@ def test_one_object_with_every_symbol(library) -> None:
 
 
 def test_token_ranges_cover_without_gaps(library) -> None:
+    """The plain variants cover every token count; the float16-screened one (dense ReLU, 1
+    token) is an alternative the shim takes when it can derive its inputs."""
+    from fffc.codegen.kernels.exact_screened import screenable, screened_arg_names
+
     for s in SPECS:
-        ks = sorted((k for k in library.kernels if k.spec == s), key=lambda k: k.min_tokens)
+        ks = sorted((k for k in library.kernels if k.spec == s and k.variant != "screened"),
+                    key=lambda k: k.min_tokens)
         assert ks[0].min_tokens == 1 and ks[-1].max_tokens == MAX_TOKENS
         for a, b in itertools.pairwise(ks):
             assert b.min_tokens == a.max_tokens + 1
         assert ks[0].arg_names == s.arg_names()
+        screened = [k for k in library.kernels if k.spec == s and k.variant == "screened"]
+        assert len(screened) == int(screenable(s))
+        for k in screened:
+            assert (k.min_tokens, k.max_tokens, k.table_mode) == (1, 1, "exact/screened")
+            assert k.arg_names == screened_arg_names(s)
 
 
 def test_explicit_mcpu_is_recorded(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fffc.codegen.kernels.exact_screened import screenable
 from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
@@ -37,13 +38,30 @@ def test_variant_matches_reference(name: str, variant: str) -> None:
                                    err_msg=f"{name} {variant} T={t}")
 
 
+SCREENABLE = [name for name, s in SPECS.items() if screenable(s)]
+
+
+@pytest.mark.parametrize("name", SCREENABLE)
+def test_screened_matches_reference(name: str) -> None:
+    """The float16-screened variant (dense ReLU FFNs, one token), its inputs derived here as
+    the shim derives them."""
+    s = SPECS[name]
+    w = weights(s)
+    fn = kernels(s, "screened")
+    for t in TOKENS:
+        x = inputs(s, t, seed=t)
+        np.testing.assert_allclose(fn(x, *args(s, w)), reference(s, w, x), rtol=RTOL,
+                                   atol=ATOL, err_msg=f"{name} T={t}")
+
+
 @pytest.mark.parametrize("name", ["relu", "drelu"])
 def test_dispatch_by_tokens(name: str) -> None:
     """Without a pinned variant the token count picks the kernel (as the shim does)."""
     s = SPECS[name]
     w = weights(s)
     fn = kernels(s)
-    expected = ["decode", "gemv2", *(["gemm_stream"] if s.gated else []), "gemm", "gemm_packed"]
+    expected = [*(["screened"] if screenable(s) else []), "decode", "gemv2",
+                *(["gemm_stream"] if s.gated else []), "gemm", "gemm_packed"]
     assert [k.variant for k in fn.kernels] == expected
     for t in TOKENS:
         x = inputs(s, t)
@@ -55,7 +73,7 @@ def test_all_neurons_inactive(name: str) -> None:
     """Every activation zero: the lists are empty and Y is B2 (or 0)."""
     s = SPECS[name]
     w = weights(s, shift=-1e4)
-    for variant in ("decode", "gemv2", "gemm"):
+    for variant in (*(["screened"] if screenable(s) else []), "decode", "gemv2", "gemm"):
         x = inputs(s, 7)
         y = kernels(s, variant)(x, *args(s, w))
         want = np.broadcast_to(w["B2"] if s.has_b2 else 0.0, y.shape)

@@ -253,3 +253,66 @@ def test_float32_only(shim: Path) -> None:
     model.graph.output[0].type.tensor_type.elem_type = TensorProto.DOUBLE
     with pytest.raises(Exception, match=r"(?i)type"):
         session(shim, model)
+
+
+def _screen_trap(d_ff: int = D_FF) -> dict[str, np.ndarray | None]:
+    """Dense ReLU weights whose float16 copy has every neuron's sign wrong: W1's entries
+    are 1 + 2⁻¹² (float16 rounds them to 1) and B1 = −D_IN·(1 + 2⁻¹³), so with X = ones each
+    pre-activation is +D_IN·2⁻¹³ in float32 and −D_IN·2⁻¹³ on the float16 copy. Half the
+    neurons get 0.25 more bias (clearly positive), so the output mixes both kinds."""
+    rng = np.random.default_rng(5)
+    f32 = np.float32
+    b1 = np.full(d_ff, -D_IN * (1 + 2.0**-13))
+    b1[::2] += 0.25
+    return {"W1": np.full((D_IN, d_ff), 1 + 2.0**-12, f32), "B1": b1.astype(f32),
+            "W2": rng.standard_normal((d_ff, D_OUT)).astype(f32),
+            "B2": rng.standard_normal(D_OUT).astype(f32), "WU": None}
+
+
+def test_screen_keeps_neurons_float16_would_drop(shim: Path) -> None:
+    """One token runs the float16-screened kernel: its error bound must send the neurons the
+    float16 copy gets wrong to the float32 recompute (a screen without it drops them)."""
+    v = VARIANTS[0]
+    w = _screen_trap()
+    x = np.ones((1, 1, D_IN), np.float32)
+    naive = (x[0] @ w["W1"].astype(np.float16).astype(np.float32) + w["B1"]) > 0
+    exact = (x[0] @ w["W1"] + w["B1"]) > 0
+    assert exact.sum() == D_FF and naive.sum() == D_FF // 2  # the trap is set
+    want = reference(v, w, x)
+    dropped = np.maximum(x[0] @ w["W1"] + w["B1"], 0) * ~naive @ w["W2"]
+    assert np.abs(dropped).max() > 100 * ATOL  # what a screen without its bound would lose
+    (y,) = session(shim, make_model(v, w)).run(None, {"X": x})
+    np.testing.assert_allclose(y, want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("w1_input", [False, True], ids=["initializer", "graph-input"])
+def test_one_token_kernel_choice(shim: Path, w1_input: bool) -> None:
+    """Which kernel a token runs, seen through a kernel's own argument error (B1 2-D): the
+    screened one for initializer weights, the plain decode one for weights fed at run time."""
+    v = VARIANTS[0]
+    w = weights(v)
+    model = make_model(v, w, b1_shape=(1, D_FF))
+    feeds = {"X": np.ones((1, 1, D_IN), np.float32)}
+    if w1_input:
+        model.graph.initializer.remove(next(i for i in model.graph.initializer if i.name == "W1"))
+        model.graph.input.append(helper.make_tensor_value_info("W1", TensorProto.FLOAT, [D_IN, D_FF]))
+        feeds["W1"] = w["W1"]
+    with pytest.raises(Exception, match=r"fffc_sparse_ffn_\w+_" + ("decode" if w1_input else "screened")):
+        session(shim, model).run(None, feeds)
+
+
+def test_screen_not_used_for_weights_fed_at_run_time(shim: Path) -> None:
+    """W1 as a graph input (not an initializer) may change between runs at the same address:
+    the per-weight screen must not be cached for it (the plain kernel runs instead)."""
+    v = VARIANTS[0]
+    w = weights(v)
+    model = make_model(v, w)
+    model.graph.initializer.remove(next(i for i in model.graph.initializer if i.name == "W1"))
+    model.graph.input.append(helper.make_tensor_value_info("W1", TensorProto.FLOAT, [D_IN, D_FF]))
+    sess = session(shim, model)
+    x = np.random.default_rng(3).standard_normal((1, 1, D_IN)).astype(np.float32)
+    w1 = w["W1"].copy()
+    for scale in (1.0, -2.0):  # the same buffer, rewritten in place
+        w1[...] = w["W1"] * scale
+        (y,) = sess.run(None, {"X": x, "W1": w1})
+        np.testing.assert_allclose(y, reference(v, {**w, "W1": w1}, x), rtol=RTOL, atol=ATOL)

@@ -61,20 +61,20 @@ def _closing(text: str, start: int) -> int:
 
 
 def with_weight_dtype(source: str, names: list[str] | tuple[str, ...], dtype: str) -> str:
-    """A float32 CUDA kernel's TVMScript with the weight buffers ``names`` stored as
+    """A float32 kernel's TVMScript with the weight buffers ``names`` stored as
     ``dtype`` (float16, bfloat16): each is declared with that dtype and every load widened
     to float32 where it is read, so the arithmetic (and accumulation) stays float32 and the
     weights cost half the memory traffic. A declared weight the text does not show in the
-    ``NAME: T.Buffer(shape, "float32")`` form is an error, never a silently float32 kernel."""
+    ``NAME: T.Buffer(shape, "float32"[, align=N])`` form is an error, never a silently float32 kernel."""
     if dtype == "float32":
         return source
     for name in names:
-        decl = re.compile(rf'(\b{name}: T\.Buffer\(\([^)]*\),\s*)"float32"\)')
+        decl = re.compile(rf'(\b{name}: T\.Buffer\(\([^)]*\),\s*)"float32"((?:,\s*align=\d+)?\))')
         if not decl.search(source):
             if re.search(rf"(?<![\w.]){name}\[", source):
                 raise CodegenError(f"weight {name}: no T.Buffer declaration to store as {dtype}")
             continue  # not a parameter of this kernel
-        source = decl.sub(rf'\1"{dtype}")', source)
+        source = decl.sub(rf'\1"{dtype}"\2', source)
         out, pos = [], 0
         for m in re.finditer(rf"(?<![\w.]){name}\[", source):
             if m.start() < pos:

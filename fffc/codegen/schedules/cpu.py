@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 from fffc.ops import KernelSpec
 
+from ..kernels.exact_screened import screenable
 from ..kernels.sparse_ffn import Tiling
 from .base import MAX_TOKENS, Variant, largest_divisor
 
@@ -27,12 +28,16 @@ class CpuConfig:
     # crossover with the packed dense up projection on a 2-core AVX-512 VM, d 1024 / d_ff 4096)
     pack_w2_min_tokens: int = 48  # from here most W2 rows are read anyway: pack panels once
     serial_max_macs: int = 1 << 16  # d_in·d_ff below this: no threads (wake-up > work)
+    screen_exact: bool = True  # exact dense ReLU, 1 token: the float16-screened kernel
+    # (kernels/exact_screened.py; the shim keeps a float16 and a transposed copy of W1)
     teal_max_tokens: int = 1  # modes teal, predictor: per-token skipping re-reads the surviving
     # rows for every token, so from 2 tokens ONNX Runtime's masked dense FFN runs (bench_teal.py)
 
 
-def cpu_variants(spec: KernelSpec, c: CpuConfig, lanes: int, gemm_nr_vectors: int) -> list[Variant]:
-    """Variants covering 1..MAX_TOKENS for a CPU with ``lanes`` fp32 per vector register."""
+def cpu_variants(spec: KernelSpec, c: CpuConfig, lanes: int, gemm_nr_vectors: int,
+                 half_conversions: bool = True) -> list[Variant]:
+    """Variants covering 1..MAX_TOKENS for a CPU with ``lanes`` fp32 per vector register
+    (``half_conversions``: float16 loads widen in one instruction: x86 F16C, every aarch64)."""
     parallel = spec.d_in * spec.d_ff >= c.serial_max_macs
     vl = largest_divisor(spec.d_in, lanes * c.vl_vectors)
     gemv_nb = largest_divisor(spec.d_ff, max(lanes, spec.d_ff // c.gemv_tasks))
@@ -48,9 +53,13 @@ def cpu_variants(spec: KernelSpec, c: CpuConfig, lanes: int, gemm_nr_vectors: in
         return [Variant("predictor", 1, MAX_TOKENS, decode)]
     # exact, 1 token: the decode kernel with thresholds "exactly zero" (kernels/exact_decode.py:
     # whole rows of W1 streamed; faster than the row-block gemv1 it replaced, most for gated
-    # FFNs: bench/bench_call_overhead.py, BENCHMARKS.md); 2+ tokens: one kernel per token
+    # FFNs: bench/bench_call_overhead.py, BENCHMARKS.md), or for dense ReLU FFNs its variant
+    # that screens the neurons on a float16 copy of W1 (kernels/exact_screened.py); 2+ tokens: one kernel per token
     # count, W1 streamed once for all tokens of a tile
-    gemv = [Variant("decode", 1, 1, decode)] + [
+    # (first: preferred; the shim runs "decode" when W1 or B1 is not a constant initializer)
+    screened = ([Variant("screened", 1, 1, decode)]
+                if c.screen_exact and half_conversions and screenable(spec) else [])
+    gemv = [*screened, Variant("decode", 1, 1, decode)] + [
         Variant(f"gemv{m}", m, m, Tiling(mr=m, nr1=nr1, nb=gemv_nb, nr3=nr3, vl=vl,
                                          parallel=parallel))
         for m in range(2, c.gemv_max_tokens + 1)]

@@ -45,6 +45,8 @@ class X86(Family):
 
     def variants(self, spec: KernelSpec, target: dict) -> list[Variant]:
         c = self.config
-        wide = _tvm.cpu_has_features(target.get("mcpu") or _tvm.host_cpu(), ["avx512f"], self.triple)
+        cpu = target.get("mcpu") or _tvm.host_cpu()
+        wide = _tvm.cpu_has_features(cpu, ["avx512f"], self.triple)
         return cpu_variants(spec, c, lanes=16 if wide else 8,
-                            gemm_nr_vectors=c.gemm_nr_vectors_avx512 if wide else c.gemm_nr_vectors)
+                            gemm_nr_vectors=c.gemm_nr_vectors_avx512 if wide else c.gemm_nr_vectors,
+                            half_conversions=_tvm.cpu_has_features(cpu, ["f16c"], self.triple))

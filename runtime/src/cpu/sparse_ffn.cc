@@ -8,6 +8,7 @@
 #include "../op_common.h"
 #include "fast_feed_forward.h"
 #include "routed_ffn.h"
+#include "screen.h"
 #include "structured_ffn.h"
 #include "tvm_call.h"
 
@@ -15,6 +16,19 @@ namespace fffc::cpu {
 namespace {
 
 struct CpuKernel : KernelBase {
+  Screens screens;  // mode exact, dense ReLU, 1 token: the screened kernel's inputs
+
+  const fffc_kernel_entry* Find(const Attrs& want, const FfnCall& c) const {
+    for (int32_t i = 0; i < fffc_num_kernels; ++i) {
+      const fffc_kernel_entry& e = fffc_kernels[i];
+      if (std::string(e.op) == "SparseFFN" &&
+          Matches(want, c, e.activation, e.up_activation, e.mode, e.has_b1, e.has_b2, e.gated,
+                  e.d_in, e.d_ff, e.d_out, e.min_tokens, e.max_tokens))
+        return &e;
+    }
+    return nullptr;
+  }
+
   OrtStatus* Compute(OrtKernelContext* ctx) override {
     FfnCall c;
     if (OrtStatus* st = Prepare(api, ctx, &c, attrs.mode)) return st;
@@ -23,20 +37,33 @@ struct CpuKernel : KernelBase {
     Attrs want = attrs;  // the table's mode of a predictor kernel carries its rank
     if (attrs.mode == "predictor") want.mode += "/" + std::to_string(c.in[kPA].dims[1]);
     const fffc_kernel_entry* entry = nullptr;
-    for (int32_t i = 0; i < fffc_num_kernels && entry == nullptr; ++i) {
-      const fffc_kernel_entry& e = fffc_kernels[i];
-      if (std::string(e.op) == "SparseFFN" && Matches(want, c, e.activation, e.up_activation, e.mode, e.has_b1, e.has_b2, e.gated,
-                  e.d_in, e.d_ff, e.d_out, e.min_tokens, e.max_tokens))
-        entry = &e;
+    // the screen is derived once per weight: only from weights that stay as they are
+    const bool constant = attrs.constant_w1 && (attrs.constant_b1 || !c.present[kB1]) &&
+                          c.weight_dtype == "float32";
+    if (attrs.mode == "exact" && attrs.screen && constant) {
+      Attrs screened = attrs;
+      screened.mode = "exact/screened";
+      entry = Find(screened, c);
     }
+    const bool screen = entry != nullptr;
+    if (!screen) entry = Find(want, c);
     if (entry == nullptr)
       return Fail(api, "no compiled kernel for " + Describe(want, c) + " (CPU) in this artifact (" +
                            std::to_string(c.tokens) + " tokens)");
     const int64_t x2[2] = {c.tokens, c.d_in}, y2[2] = {c.tokens, c.d_out};
     std::vector<DLTensor> t;
     t.push_back(Dl(c.in[kX].data, x2, 2));
+    if (screen) {  // W1 as the screen's WS (float16), W1T, E: exact_screened.screened_arg_names
+      const Screen& s = screens.Get(static_cast<const float*>(c.in[kW1].data),
+                                    c.present[kB1] ? static_cast<const float*>(c.in[kB1].data)
+                                                   : nullptr,
+                                    c.d_in, c.d_ff);
+      t.push_back(Dl(const_cast<uint16_t*>(s.ws.data()), s.ws_dims, 2, DLDataType{kDLFloat, 16, 1}));
+      t.push_back(Dl(const_cast<float*>(s.w1t.data()), s.w1t_dims, 2));
+      t.push_back(Dl(const_cast<float*>(s.e.data()), s.e_dims, 2));
+    }
     for (int i : {kW1, kB1, kW2, kB2, kWU, kTH, kPA, kPB, kPC})
-      if (c.present[i])
+      if (c.present[i] && !(screen && i == kW1))
         t.push_back(Dl(c.in[i].data, c.in[i].dims.data(), static_cast<int>(c.in[i].dims.size())));
     t.push_back(Dl(c.y, y2, 2));
     return CallKernel(api, ctx, *entry, t);

@@ -9,12 +9,16 @@
 namespace fffc::cpu {
 
 DLTensor Dl(void* data, const int64_t* shape, int ndim, bool int32) {
+  return Dl(data, shape, ndim, int32 ? DLDataType{kDLInt, 32, 1} : DLDataType{kDLFloat, 32, 1});
+}
+
+DLTensor Dl(void* data, const int64_t* shape, int ndim, DLDataType dtype) {
   DLTensor t;
   std::memset(&t, 0, sizeof(t));
   t.data = data;
   t.device = DLDevice{kDLCPU, 0};
   t.ndim = ndim;
-  t.dtype = int32 ? DLDataType{kDLInt, 32, 1} : DLDataType{kDLFloat, 32, 1};
+  t.dtype = dtype;
   t.shape = const_cast<int64_t*>(shape);
   return t;
 }

@@ -18,6 +18,9 @@ namespace fffc::cpu {
 // outlive the call).
 DLTensor Dl(void* data, const int64_t* shape, int ndim, bool int32 = false);
 
+// The same with an explicit element type (float16 weights).
+DLTensor Dl(void* data, const int64_t* shape, int ndim, DLDataType dtype);
+
 // The kernel table's entry for these spec fields that serves `tokens`, or null.
 const fffc_kernel_entry* FindKernel(const std::string& op, const std::string& mode,
                                     const std::string& activation, bool has_b1, bool has_b2,

@@ -1,0 +1,84 @@
+#include "screen.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+namespace fffc::cpu {
+namespace {
+
+// IEEE binary16 of x, rounded to nearest even (overflow: infinity).
+uint16_t FloatToHalf(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, 4);
+  const uint16_t sign = static_cast<uint16_t>((b >> 16) & 0x8000u);
+  const uint32_t abs = b & 0x7fffffffu;
+  if (abs >= 0x7f800000u) return sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u);  // inf, NaN
+  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds past 65504
+  if (abs < 0x38800000u) {  // below float16's smallest normal: a subnormal (or zero)
+    if (abs < 0x33000000u) return sign;  // below half the smallest subnormal
+    const uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
+    const int shift = 126 - static_cast<int>(abs >> 23);  // 14 .. 24
+    uint32_t h = mant >> shift;
+    const uint32_t rest = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rest > half || (rest == half && (h & 1u))) ++h;
+    return sign | static_cast<uint16_t>(h);
+  }
+  uint32_t h = ((abs >> 13) - (112u << 10));  // rebias 127 -> 15
+  const uint32_t rest = abs & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
+  return sign | static_cast<uint16_t>(h);
+}
+
+double HalfToDouble(uint16_t h) {
+  const int exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  const double sign = (h & 0x8000u) ? -1.0 : 1.0;
+  if (exp == 0x1f) return mant ? std::numeric_limits<double>::quiet_NaN() : sign * INFINITY;
+  if (exp == 0) return sign * std::ldexp(mant, -24);
+  return sign * std::ldexp(1024 + mant, exp - 25);
+}
+
+}  // namespace
+
+std::unique_ptr<Screen> MakeScreen(const float* w1, const float* b1, int64_t d_in, int64_t d_ff) {
+  auto s = std::make_unique<Screen>();
+  s->ws.resize(static_cast<size_t>(d_in * d_ff));
+  s->w1t.resize(static_cast<size_t>(d_in * d_ff));
+  s->e.resize(static_cast<size_t>(2 * d_ff));
+  std::vector<double> delta2(d_ff, 0.0), stored2(d_ff, 0.0);
+  for (int64_t k = 0; k < d_in; ++k) {
+    for (int64_t j = 0; j < d_ff; ++j) {
+      const float w = w1[k * d_ff + j];
+      const uint16_t h = FloatToHalf(w);
+      const double v = HalfToDouble(h), d = static_cast<double>(w) - v;
+      s->ws[k * d_ff + j] = h;
+      s->w1t[j * d_in + k] = w;
+      delta2[j] += d * d;
+      stored2[j] += v * v;
+    }
+  }
+  // as exact_screened.gamma and MARGIN: n = 2·d_in + 128 terms, margin 1 + 2^-8
+  const double u = std::ldexp(1.0, -24), n = 2.0 * static_cast<double>(d_in) + 128.0;
+  const double gamma = n * u / (1 - n * u), margin = 1 + std::ldexp(1.0, -8);
+  for (int64_t j = 0; j < d_ff; ++j) {
+    double e0 = (std::sqrt(delta2[j]) + gamma * std::sqrt(stored2[j])) * margin;
+    double e1 = b1 ? gamma * std::fabs(static_cast<double>(b1[j])) * margin : 0.0;
+    if (!std::isfinite(e0)) e0 = INFINITY;  // a weight beyond float16's range
+    if (!std::isfinite(e1)) e1 = INFINITY;
+    s->e[j] = static_cast<float>(e0);
+    s->e[d_ff + j] = static_cast<float>(e1);
+  }
+  s->ws_dims[0] = d_in, s->ws_dims[1] = d_ff;
+  s->w1t_dims[0] = d_ff, s->w1t_dims[1] = d_in;
+  s->e_dims[0] = 2, s->e_dims[1] = d_ff;
+  return s;
+}
+
+const Screen& Screens::Get(const float* w1, const float* b1, int64_t d_in, int64_t d_ff) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto& slot = screens_[{w1, b1}];
+  if (!slot) slot = MakeScreen(w1, b1, d_in, d_ff);
+  return *slot;
+}
+
+}  // namespace fffc::cpu
