@@ -15,7 +15,7 @@ The measured fraction of zero activations is printed next to the target.
 Both models run in ONNX Runtime with the same session options (intra_op_num_threads = 2);
 fffc runs the compiled artifact through fffc.runtime (shim pool FFFC_NUM_THREADS = 2);
 the column "FFFC_EXACT_SCREEN=0" is the same artifact without the float16 screen of the
-1-token dense ReLU kernel (kernels/exact_screened.py): other rows run the same kernels.
+1-token kernels (kernels/exact_screened.py): rows of 2+ tokens run the same kernels.
 Sessions are timed in alternating blocks (``fffc.timing``) and medians compared.
 
     python bench/bench_sparse_ffn.py [--tokens 1,8,128] [--repeat 50] [--json out.json]

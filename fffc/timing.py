@@ -6,8 +6,10 @@ fastest model loses most: bench/bench_fff.py's FFF layer measured 0.053–0.058 
 with five sessions interleaved call by call and 0.015–0.017 ms timed in blocks
 (BENCHMARKS.md). So sessions are timed
 in blocks: in each round every session in turn gets a short pause (the other pools go to
-sleep), one untimed call (its own workers wake up), then ``inner`` timed calls. Rounds
-repeat the order, so all sessions see the same drift of the machine. The pause is long
+sleep), one untimed call (its own workers wake up), then ``inner`` timed calls. Every
+round times all sessions, so they see the same drift of the machine, and each round starts
+one session later than the last: on this VM the session timed right after a dense FFN's was
+slower by ~10% whatever it ran (bench_sparse_ffn.py, two sessions of one artifact). The pause is long
 because workers keep spinning longer after long calls (a dense FFN over 2048 tokens runs
 for ~130 ms); ``settle`` shortens it.
 """
@@ -25,8 +27,10 @@ def blocks(calls: Mapping[str, Callable[[], object]], rounds: int, inner: int = 
            settle: float = SETTLE_S) -> dict[str, list[float]]:
     """Seconds per timed call of each callable (``rounds·inner`` samples each)."""
     times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(rounds):
-        for key, call in calls.items():
+    keys = list(calls)
+    for r in range(rounds):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            call = calls[key]
             time.sleep(settle)
             call()
             for _ in range(inner):

@@ -277,6 +277,7 @@ class KernelRunner:
         if k.variant == "screened":  # what the shim derives from W1 and B1 once per weight
             by_name["WS"], by_name["W1T"], by_name["E"] = screen_inputs(by_name["W1"],
                                                                         by_name.get("B1"))
+            by_name["STAT"] = np.zeros(1, np.int32)
         args = [_tvm.tensor(by_name[n]) for n in k.arg_names[:-1]]
         return [*args, _tvm.empty((arrays[0].shape[0], self.spec.d_out))]
 

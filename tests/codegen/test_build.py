@@ -45,8 +45,8 @@ def test_one_object_with_every_symbol(library) -> None:
 
 
 def test_token_ranges_cover_without_gaps(library) -> None:
-    """The plain variants cover every token count; the float16-screened one (dense ReLU, 1
-    token) is an alternative the shim takes when it can derive its inputs."""
+    """The plain variants cover every token count; the float16-screened one (1 token) is
+    an alternative the shim takes when it can derive its inputs."""
     from fffc.codegen.kernels.exact_screened import screenable, screened_arg_names
 
     for s in SPECS:

@@ -61,38 +61,46 @@ def _trap(d: int, f: int, seed: int = 5) -> dict[str, np.ndarray]:
             "B2": rng.standard_normal(24).astype(np.float32)}
 
 
-def test_kernel_recomputes_what_float16_gets_wrong() -> None:
+@pytest.mark.parametrize("up", [None, "relu", "none"], ids=["relu", "drelu", "reglu"])
+def test_kernel_recomputes_what_float16_gets_wrong(up: str | None) -> None:
     """With its bound the kernel is exact on the trap; with the bound zeroed it drops every
     neuron — so the bound, not luck, is what keeps it exact."""
-    s = spec(32, 128, 24)
+    s = spec(32, 128, 24, up=up)
     fam = family("x86")
     target = fam.target(None)
     v = next(v for v in fam.variants(s, target) if v.name == "screened")
     ex = _tvm.compile_module({"k": screened_primfunc(s, v.tiling, "k")}, target)
     w = _trap(32, 128)
+    w["WU"] = np.random.default_rng(2).uniform(0.5, 1.0, (128, 32)).astype(np.float32)
     x = np.ones((1, 32), np.float32)
     ws, w1t, e = screen_inputs(w["W1"], w["B1"])
-    want = reference(s, {**w, "WU": None}, x)
+    want = reference(s, {**w, "WU": w["WU"] if s.gated else None}, x)
     assert np.abs(want - w["B2"]).max() > 0.01  # the neurons matter
+    rest = [w["B1"], w["W2"], w["B2"], *([w["WU"]] if s.gated else [])]
 
-    def run(bound: np.ndarray) -> np.ndarray:
-        y = _tvm.empty((1, 24))
-        ex["k"](*[_tvm.tensor(a) for a in (x, ws, w1t, bound, w["B1"], w["W2"], w["B2"])], y)
-        return y.numpy()
+    def run(bound: np.ndarray) -> tuple[np.ndarray, int]:
+        y, stat = _tvm.empty((1, 24)), _tvm.tensor(np.full(1, -1, np.int32))
+        ex["k"](*[_tvm.tensor(a) for a in (x, ws, w1t, bound, *rest)], stat, y)
+        return y.numpy(), int(stat.numpy()[0])
 
-    np.testing.assert_allclose(run(e), want, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(run(np.zeros_like(e)), np.broadcast_to(w["B2"], (1, 24)),
-                               rtol=RTOL, atol=ATOL)
+    y, listed = run(e)
+    np.testing.assert_allclose(y, want, rtol=RTOL, atol=ATOL)
+    assert listed == 128  # STAT: every neuron is active
+    y, listed = run(np.zeros_like(e))
+    np.testing.assert_allclose(y, np.broadcast_to(w["B2"], (1, 24)), rtol=RTOL, atol=ATOL)
+    assert listed == 0
 
 
-def test_gated_or_gelu_specs_have_no_screened_kernel() -> None:
+def test_gelu_and_silu_specs_have_no_screened_kernel() -> None:
+    from dataclasses import replace
+
     from fffc.codegen.kernels.exact_screened import screened_source
     from fffc.codegen.kernels.sparse_ffn import Tiling
 
     t = Tiling(mr=1, nr1=16, nb=64, nr3=16, vl=16)
-    for s in (spec(32, 128, 48, up="relu"), spec(32, 128, 48, up="none")):
-        with pytest.raises(CodegenError, match="exact dense ReLU"):
-            screened_source(s, t, "k")
+    for act in ("gelu", "silu"):
+        with pytest.raises(CodegenError, match="exact ReLU-gated"):
+            screened_source(replace(spec(32, 128, 48), activation=act), t, "k")
 
 
 @pytest.mark.parametrize("target, mcpu, screened", [
@@ -104,4 +112,4 @@ def test_screened_variant_where_float16_loads_are_one_instruction(
     names = [v.name for v in fam.variants(spec(64, 256, 64), fam.target(mcpu))]
     assert ("screened" in names) == screened and "decode" in names
     gated = [v.name for v in fam.variants(spec(64, 256, 64, up="relu"), fam.target(mcpu))]
-    assert "screened" not in gated
+    assert ("screened" in gated) == screened

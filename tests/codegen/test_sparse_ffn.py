@@ -43,7 +43,7 @@ SCREENABLE = [name for name, s in SPECS.items() if screenable(s)]
 
 @pytest.mark.parametrize("name", SCREENABLE)
 def test_screened_matches_reference(name: str) -> None:
-    """The float16-screened variant (dense ReLU FFNs, one token), its inputs derived here as
+    """The float16-screened variant (one token), its inputs derived here as
     the shim derives them."""
     s = SPECS[name]
     w = weights(s)

@@ -255,7 +255,7 @@ def test_float32_only(shim: Path) -> None:
         session(shim, model)
 
 
-def _screen_trap(d_ff: int = D_FF) -> dict[str, np.ndarray | None]:
+def _screen_trap(v: Variant, d_ff: int = D_FF) -> dict[str, np.ndarray | None]:
     """Dense ReLU weights whose float16 copy has every neuron's sign wrong: W1's entries
     are 1 + 2⁻¹² (float16 rounds them to 1) and B1 = −D_IN·(1 + 2⁻¹³), so with X = ones each
     pre-activation is +D_IN·2⁻¹³ in float32 and −D_IN·2⁻¹³ on the float16 copy. Half the
@@ -266,30 +266,34 @@ def _screen_trap(d_ff: int = D_FF) -> dict[str, np.ndarray | None]:
     b1[::2] += 0.25
     return {"W1": np.full((D_IN, d_ff), 1 + 2.0**-12, f32), "B1": b1.astype(f32),
             "W2": rng.standard_normal((d_ff, D_OUT)).astype(f32),
-            "B2": rng.standard_normal(D_OUT).astype(f32), "WU": None}
+            "B2": rng.standard_normal(D_OUT).astype(f32),
+            "WU": rng.uniform(0.5, 1.0, (d_ff, D_IN)).astype(f32) if v.gated else None}
 
 
-def test_screen_keeps_neurons_float16_would_drop(shim: Path) -> None:
+@pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[3]], ids=lambda v: v.name)
+def test_screen_keeps_neurons_float16_would_drop(shim: Path, variant: Variant) -> None:
     """One token runs the float16-screened kernel: its error bound must send the neurons the
     float16 copy gets wrong to the float32 recompute (a screen without it drops them)."""
-    v = VARIANTS[0]
-    w = _screen_trap()
+    v = variant
+    w = _screen_trap(v)
     x = np.ones((1, 1, D_IN), np.float32)
     naive = (x[0] @ w["W1"].astype(np.float16).astype(np.float32) + w["B1"]) > 0
     exact = (x[0] @ w["W1"] + w["B1"]) > 0
     assert exact.sum() == D_FF and naive.sum() == D_FF // 2  # the trap is set
     want = reference(v, w, x)
-    dropped = np.maximum(x[0] @ w["W1"] + w["B1"], 0) * ~naive @ w["W2"]
+    up = np.maximum(x[0] @ w["WU"].T, 0) if v.gated else 1.0
+    dropped = np.maximum(x[0] @ w["W1"] + w["B1"], 0) * up * ~naive @ w["W2"]
     assert np.abs(dropped).max() > 100 * ATOL  # what a screen without its bound would lose
     (y,) = session(shim, make_model(v, w)).run(None, {"X": x})
     np.testing.assert_allclose(y, want, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[3]], ids=lambda v: v.name)
 @pytest.mark.parametrize("w1_input", [False, True], ids=["initializer", "graph-input"])
-def test_one_token_kernel_choice(shim: Path, w1_input: bool) -> None:
+def test_one_token_kernel_choice(shim: Path, w1_input: bool, variant: Variant) -> None:
     """Which kernel a token runs, seen through a kernel's own argument error (B1 2-D): the
     screened one for initializer weights, the plain decode one for weights fed at run time."""
-    v = VARIANTS[0]
+    v = variant
     w = weights(v)
     model = make_model(v, w, b1_shape=(1, D_FF))
     feeds = {"X": np.ones((1, 1, D_IN), np.float32)}

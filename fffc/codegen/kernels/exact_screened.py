@@ -1,8 +1,9 @@
-"""``SparseFFN`` mode=exact, dense ReLU FFN, one token: a certified float16 screen.
+"""``SparseFFN`` mode=exact, one token, ReLU FFNs and ReGLU/dReLU: a certified float16 screen.
 
-The exact decode kernel (``exact_decode``) streams all of W1 in float32 to learn which
-neurons are positive, though only their signs matter for the ~90% that are not. This
-variant streams a float16 copy ``WS`` of W1 instead (half the bytes) and bounds its error:
+The exact decode kernel (``exact_decode``) streams all of W1 (a gated FFN's gate weights)
+in float32 to learn which neurons are positive, though only their signs matter for the ~90%
+that are not. This variant streams a float16 copy ``WS`` of W1 instead (half the bytes)
+and bounds its error:
 
     |ĥ_j − h_j| ≤ ‖x‖₂ · E[0, j] + E[1, j]
 
@@ -12,10 +13,16 @@ float32 summation bound of 2·d_in + 128 terms (Cauchy–Schwarz for the roundin
 weights, the standard γₙ bound for the sums, a margin for ‖x‖₂ computed in float32). A
 neuron whose ĥ_j lies below −bound is negative for certain and skipped; every other one
 (the active ~10% and a thin band) is recomputed in float32 from its row of ``W1T`` (W1
-neuron-major) and, when positive, listed for the down projection. So the output is the
-dense FFN's up to float reassociation, as ``exact_decode``'s is, whatever the weights.
-(A non-finite or overflowing value makes the bound non-finite or NaN, which screens
-nothing out.) ‖x‖₂ is computed scaled by max|x| so it neither under- nor overflows.
+neuron-major; gated: with its row of WU in the same pass) and listed for the down
+projection when its activation is non-zero. So the output is the dense FFN's up to float
+reassociation, as ``exact_decode``'s is, whatever the weights. (A non-finite or
+overflowing value makes the bound non-finite or NaN, which screens nothing out.) ‖x‖₂ is
+computed scaled by max|x| so it neither under- nor overflows.
+
+Where many neurons are active the recompute costs more than the bytes it saves (the
+rows of W1T are short, scattered reads): the kernel reports how many neurons it listed
+(STAT) and the shim runs the plain decode kernel while that stays above
+``SCREEN_MAX_ACTIVE`` of d_ff (re-trying the screen now and then).
 
 The screen inputs (``screen_inputs``) are derived from W1 and B1, here for tests and
 benchmarks and in the shim (``runtime/src/cpu/screen.cc``) once per weight: the artifact's
@@ -30,7 +37,7 @@ import numpy as np
 from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
-from .decode import DOWN, HEADER, LO, PARTS, QUADS, REST, ROWS, check, folds
+from .decode import ACTIVATIONS, DOWN, HEADER, LO, PARTS, QUADS, REST, ROWS, check, folds
 from .sparse_ffn import Tiling
 from .text import indent, parse, with_weight_dtype
 
@@ -110,34 +117,48 @@ _SCREENED = '''
 {single}
             CNT[fb] = n[1]
 {down}
+        STAT[0] = c[0]
 '''
 
 
+SCREEN_MAX_ACTIVE = 0.15  # the shim's crossover (cpu/screen.h): in-process on a 2-core
+# AVX-512 VM, d 768 / d_ff 3072, screened vs decode was 0.16 vs 0.18 ms at 10% active
+# neurons, equal at 20%, 0.46 vs 0.31 ms at 50%
 RECOMPUTE_ROWS = 4  # candidates recomputed together: rows of W1T streamed side by side
 
 
-def _recompute(rows: int, vl: int, d: int, b1: str, index: str) -> str:
+def _recompute(rows: int, vl: int, d: int, b1: str, index: str, up: str | None) -> str:
     """Float32 dots of ``rows`` candidates (``index``: CAND position of row r, with {r}) with
-    x, each listed with its value when positive (IDX, VAL at n[1])."""
-    bufs = tuple(f"part{r}" for r in range(rows))
+    x, each listed with its activation when non-zero (IDX, VAL at n[1]). ``up`` (gated: the
+    up activation's TIR on {v}): the dot with the neuron's row of WU too, in the same pass
+    (nearly every candidate has a positive gate), and the activation relu(gate)·up(u)."""
+    bufs = [f"part{r}" for r in range(rows)] + ([f"upart{r}" for r in range(rows)] if up else [])
     zero = "\n".join(f"""for v in T.vectorized({vl}):
-    part{r}[v] = T.float32(0)""" for r in range(rows))
+    {b}[v] = T.float32(0)""" for b in bufs)
+    row = {"part": "W1T", "upart": "WU"}
     acc = "\n".join(f"""    for v in T.vectorized({vl}):
-        part{r}[v] = part{r}[v] + X[tb, ks * {vl} + v] * W1T[CAND[{index.format(r=r)}], ks * {vl} + v]"""
-                     for r in range(rows))
-    fold = "\n".join(line[20:] for line in folds(vl, bufs).splitlines())
-    emit = "\n".join(f"""if part{r}[0] + {b1.format(j=f"CAND[{index.format(r=r)}]")} > T.float32(0):
-    IDX[fb * {{NB}} + n[1]] = CAND[{index.format(r=r)}]
-    VAL[fb * {{NB}} + n[1]] = part{r}[0] + {b1.format(j=f"CAND[{index.format(r=r)}]")}
-    n[1] = n[1] + 1""" for r in range(rows))
-    return "\n".join([zero, f"for ks in range({d // vl}):", acc, fold, emit])
+        {b}[v] = {b}[v] + X[tb, ks * {vl} + v] * {row[b.rstrip("0123456789")]}[CAND[{index.format(r=b[-1])}], ks * {vl} + v]"""
+                     for b in bufs)
+    fold = "\n".join(line[20:] for line in folds(vl, tuple(bufs)).splitlines())
+    emit = []
+    for r in range(rows):
+        j = f"CAND[{index.format(r=r)}]"
+        gate = f"part{r}[0] + {b1.format(j=j)}"
+        act = gate if up is None else f"({gate}) * ({up.format(v=f'upart{r}[0]')})"
+        emit.append(f"""if {gate} > T.float32(0):
+    if T.fabs({act}) > T.float32(0):
+        IDX[fb * {{NB}} + n[1]] = {j}
+        VAL[fb * {{NB}} + n[1]] = {act}
+        n[1] = n[1] + 1""")
+    return "\n".join([zero, f"for ks in range({d // vl}):", acc, fold, *emit])
 
 
 def screened_arg_names(spec: KernelSpec) -> list[str]:
-    """The screened kernel's arguments: W1 replaced by its three derived inputs."""
+    """The screened kernel's arguments: W1 replaced by its three derived inputs, and STAT
+    (int32 [1]: the neurons the last token listed) before Y, for the shim's choice of kernel."""
     names = spec.arg_names()
     i = names.index("W1")
-    return [*names[:i], "WS", "W1T", "E", *names[i + 1:]]
+    return [*names[:i], "WS", "W1T", "E", *names[i + 1:-1], "STAT", names[-1]]
 
 
 def _params(spec: KernelSpec) -> str:
@@ -147,14 +168,17 @@ def _params(spec: KernelSpec) -> str:
               "E": f'E: T.Buffer((2, {f}), "float32", align=4)',
               "B1": f'B1: T.Buffer(({f},), "float32", align=4)',
               "W2": f'W2: T.Buffer(({f}, {do}), "float32", align=4)',
-              "B2": f'B2: T.Buffer(({do},), "float32", align=4)', "Y": "y: T.handle"}
+              "B2": f'B2: T.Buffer(({do},), "float32", align=4)',
+              "WU": f'WU: T.Buffer(({f}, {d}), "float32", align=4)',
+              "STAT": 'STAT: T.Buffer((1,), "int32", align=4)', "Y": "y: T.handle"}
     return ", ".join(shapes[a] for a in screened_arg_names(spec))
 
 
 def screenable(spec: KernelSpec) -> bool:
-    """Whether ``spec`` has a screened kernel: exact, dense (not gated), ReLU, float32."""
-    return (spec.op == "SparseFFN" and spec.mode == "exact" and not spec.gated
-            and spec.activation == "relu" and spec.dtype == "float32")
+    """Whether ``spec`` has a screened kernel: exact, ReLU (the gate of ReGLU / dReLU),
+    float32."""
+    return (spec.op == "SparseFFN" and spec.mode == "exact" and spec.activation == "relu"
+            and spec.up_activation in ("none", "relu") and spec.dtype == "float32")
 
 
 def screened_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
@@ -162,7 +186,7 @@ def screened_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = 
     """TVMScript of the screened kernel (the decode kernel's tiling: ``nr1``, ``nr3`` vector
     widths over d_ff and d_out, ``nb`` neurons per task, ``vl`` lanes of the row dots)."""
     if not screenable(spec):
-        raise CodegenError(f"no screened kernel for {spec} (exact dense ReLU FFNs only)")
+        raise CodegenError(f"no screened kernel for {spec} (exact ReLU-gated FFNs only)")
     check(spec, "exact", tiling)
     if parts > 64:
         raise CodegenError(f"{parts} split-K parts: the screen's bound (gamma) allows 64")
@@ -181,12 +205,14 @@ def screened_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = 
                               for j in range(rows)),
         "RR": RECOMPUTE_ROWS,
         "part_alloc": indent("\n".join(
-            f'part{r} = T.alloc_buffer(({t.vl},), "float32", scope="local")'
-            for r in range(RECOMPUTE_ROWS)), 12),
+            f'{b}{r} = T.alloc_buffer(({t.vl},), "float32", scope="local")'
+            for b in ("part", "upart")[:1 + spec.gated] for r in range(RECOMPUTE_ROWS)), 12),
     }
     b1 = "B1[{j}]" if spec.has_b1 else "T.float32(0)"
-    group = _recompute(RECOMPUTE_ROWS, t.vl, spec.d_in, b1, f"fb * {t.nb} + g * {RECOMPUTE_ROWS} + {{r}}")
-    single = _recompute(1, t.vl, spec.d_in, b1, f"fb * {t.nb} + q")
+    up = ACTIVATIONS[spec.up_activation] if spec.gated else None
+    group = _recompute(RECOMPUTE_ROWS, t.vl, spec.d_in, b1,
+                       f"fb * {t.nb} + g * {RECOMPUTE_ROWS} + {{r}}", up)
+    single = _recompute(1, t.vl, spec.d_in, b1, f"fb * {t.nb} + q", up)
     fmt["group"] = indent(group.replace("{NB}", str(t.nb)), 16)
     fmt["single"] = indent(single.replace("{NB}", str(t.nb)), 16)
     fmt["down"] = DOWN.format(**fmt)

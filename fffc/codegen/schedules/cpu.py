@@ -28,7 +28,7 @@ class CpuConfig:
     # crossover with the packed dense up projection on a 2-core AVX-512 VM, d 1024 / d_ff 4096)
     pack_w2_min_tokens: int = 48  # from here most W2 rows are read anyway: pack panels once
     serial_max_macs: int = 1 << 16  # d_in·d_ff below this: no threads (wake-up > work)
-    screen_exact: bool = True  # exact dense ReLU, 1 token: the float16-screened kernel
+    screen_exact: bool = True  # exact, 1 token: the float16-screened kernel
     # (kernels/exact_screened.py; the shim keeps a float16 and a transposed copy of W1)
     teal_max_tokens: int = 1  # modes teal, predictor: per-token skipping re-reads the surviving
     # rows for every token, so from 2 tokens ONNX Runtime's masked dense FFN runs (bench_teal.py)
@@ -53,7 +53,7 @@ def cpu_variants(spec: KernelSpec, c: CpuConfig, lanes: int, gemm_nr_vectors: in
         return [Variant("predictor", 1, MAX_TOKENS, decode)]
     # exact, 1 token: the decode kernel with thresholds "exactly zero" (kernels/exact_decode.py:
     # whole rows of W1 streamed; faster than the row-block gemv1 it replaced, most for gated
-    # FFNs: bench/bench_call_overhead.py, BENCHMARKS.md), or for dense ReLU FFNs its variant
+    # FFNs: bench/bench_call_overhead.py, BENCHMARKS.md), or preferably its variant
     # that screens the neurons on a float16 copy of W1 (kernels/exact_screened.py); 2+ tokens: one kernel per token
     # count, W1 streamed once for all tokens of a tile
     # (first: preferred; the shim runs "decode" when W1 or B1 is not a constant initializer)

@@ -81,4 +81,14 @@ const Screen& Screens::Get(const float* w1, const float* b1, int64_t d_in, int64
   return *slot;
 }
 
+bool ScreenPolicy::Use() {
+  const uint64_t n = calls_.fetch_add(1, std::memory_order_relaxed);
+  return n % kProbeEvery == 0 || active_.load(std::memory_order_relaxed) <= kMaxActive;
+}
+
+void ScreenPolicy::Observe(int32_t listed, int64_t d_ff) {
+  const float frac = d_ff > 0 ? static_cast<float>(listed) / static_cast<float>(d_ff) : 0.f;
+  active_.store(frac, std::memory_order_relaxed);
+}
+
 }  // namespace fffc::cpu

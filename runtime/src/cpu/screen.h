@@ -3,6 +3,7 @@
 #ifndef FFFC_CPU_SCREEN_H_
 #define FFFC_CPU_SCREEN_H_
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -33,6 +34,23 @@ class Screens {
  private:
   std::mutex mutex_;
   std::map<std::pair<const void*, const void*>, std::unique_ptr<Screen>> screens_;
+};
+
+// When a kernel instance runs the screened kernel: while the last call that ran it listed
+// at most kMaxActive of d_ff, and on every kProbeEvery-th call anyway, to notice when that
+// changes. Past the crossover the recompute of the candidates costs more than the screen
+// saves (exact_screened.py); either kernel gives the same outputs up to reassociation.
+class ScreenPolicy {
+ public:
+  static constexpr float kMaxActive = 0.15f;  // exact_screened.SCREEN_MAX_ACTIVE
+  static constexpr uint64_t kProbeEvery = 32;
+
+  bool Use();
+  void Observe(int32_t listed, int64_t d_ff);
+
+ private:
+  std::atomic<uint64_t> calls_{0};
+  std::atomic<float> active_{0.f};  // of the last screened call (races: any recent one)
 };
 
 }  // namespace fffc::cpu

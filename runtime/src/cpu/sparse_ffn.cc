@@ -16,7 +16,8 @@ namespace fffc::cpu {
 namespace {
 
 struct CpuKernel : KernelBase {
-  Screens screens;  // mode exact, dense ReLU, 1 token: the screened kernel's inputs
+  Screens screens;  // mode exact, 1 token: the screened kernel's inputs
+  ScreenPolicy policy;  // and when it runs
 
   const fffc_kernel_entry* Find(const Attrs& want, const FfnCall& c) const {
     for (int32_t i = 0; i < fffc_num_kernels; ++i) {
@@ -40,7 +41,7 @@ struct CpuKernel : KernelBase {
     // the screen is derived once per weight: only from weights that stay as they are
     const bool constant = attrs.constant_w1 && (attrs.constant_b1 || !c.present[kB1]) &&
                           c.weight_dtype == "float32";
-    if (attrs.mode == "exact" && attrs.screen && constant) {
+    if (attrs.mode == "exact" && attrs.screen && constant && c.tokens == 1 && policy.Use()) {
       Attrs screened = attrs;
       screened.mode = "exact/screened";
       entry = Find(screened, c);
@@ -65,8 +66,13 @@ struct CpuKernel : KernelBase {
     for (int i : {kW1, kB1, kW2, kB2, kWU, kTH, kPA, kPB, kPC})
       if (c.present[i] && !(screen && i == kW1))
         t.push_back(Dl(c.in[i].data, c.in[i].dims.data(), static_cast<int>(c.in[i].dims.size())));
+    int32_t listed = 0;
+    const int64_t one = 1;
+    if (screen) t.push_back(Dl(&listed, &one, 1, /*int32=*/true));  // STAT
     t.push_back(Dl(c.y, y2, 2));
-    return CallKernel(api, ctx, *entry, t);
+    OrtStatus* st = CallKernel(api, ctx, *entry, t);
+    if (screen && st == nullptr) policy.Observe(listed, c.d_ff);
+    return st;
   }
 };
 
