@@ -37,7 +37,19 @@ import numpy as np
 from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
-from .decode import ACTIVATIONS, DOWN, HEADER, LO, PARTS, QUADS, REST, ROWS, check, folds
+from .decode import (
+    ACTIVATIONS,
+    DOWN,
+    GEMV1,
+    HEADER,
+    LO,
+    PARTS,
+    QUADS,
+    REST,
+    ROWS,
+    check,
+    folds,
+)
 from .sparse_ffn import Tiling
 from .text import indent, parse, with_weight_dtype
 
@@ -84,18 +96,7 @@ _SCREENED = '''
             nx[1] = nx[1] + (X[tb, k] * (T.float32(1) / nx[0])) * (X[tb, k] * (T.float32(1) / nx[0]))
         if nx[0] > T.float32(0):
             nx[0] = nx[0] * T.sqrt(nx[1])
-        for p in {loop}({P}):
-            for fs in range({F} // {VF}):
-                for v in T.vectorized({VF}):
-                    ACC1[p, fs * {VF} + v] = T.float32(0)
-            for q4 in range({quads}):
-                for fs in range({F} // {VF}):
-                    for v in T.vectorized({VF}):
-                        ACC1[p, fs * {VF} + v] = ACC1[p, fs * {VF} + v] + {axpy4}
-            for q in {rest}:
-                for fs in range({F} // {VF}):
-                    for v in T.vectorized({VF}):
-                        ACC1[p, fs * {VF} + v] = ACC1[p, fs * {VF} + v] + X[tb, q] * WS[q, fs * {VF} + v]
+{gemv1}
         for fb in {loop}({NFB}):
             n = T.alloc_buffer((2,), "int32", scope="local")
             hb = T.alloc_buffer(({NB},), "float32", scope="local")
@@ -199,8 +200,9 @@ def screened_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = 
         "quads": QUADS.format(P=parts, R=rows), "rest": REST.format(P=parts, R=rows),
         "b1": f"B1[fb * {t.nb} + fl]" if spec.has_b1 else "T.float32(0)",
         "b2": f"B2[js * {t.nr3} + v]" if spec.has_b2 else "T.float32(0)",
-        "axpy4": " + ".join(f"X[tb, {q} + {j}] * WS[{q} + {j}, fs * {t.nr1} + v]"
-                            for j in range(rows)),
+        "axpy4_1": " + ".join(f"X[tb, {q} + {j}] * WS[{q} + {j}, fs * {t.nr1} + v]"
+                              for j in range(rows)),
+        "axpy1_1": f"X[tb, q] * WS[q, fs * {t.nr1} + v]",
         "axpy4_2": " + ".join(f"LVAL[{q} + {j}] * W2[LIDX[{q} + {j}], js * {t.nr3} + v]"
                               for j in range(rows)),
         "RR": RECOMPUTE_ROWS,
@@ -215,6 +217,7 @@ def screened_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = 
     single = _recompute(1, t.vl, spec.d_in, b1, f"fb * {t.nb} + q", up)
     fmt["group"] = indent(group.replace("{NB}", str(t.nb)), 16)
     fmt["single"] = indent(single.replace("{NB}", str(t.nb)), 16)
+    fmt["gemv1"] = GEMV1.format(**fmt)
     fmt["down"] = DOWN.format(**fmt)
     return with_weight_dtype((HEADER + _SCREENED).format(**fmt), ["WS"], SCREEN_DTYPE)
 

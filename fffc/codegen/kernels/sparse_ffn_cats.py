@@ -22,6 +22,7 @@ from fffc.ops import KernelSpec
 from .decode import (
     ACTIVATIONS,
     DOWN,
+    GEMV1,
     HEADER,
     PARTS,
     QUADS,
@@ -50,18 +51,7 @@ _CATS = '''
                 KIN[c[0]] = k
                 XIN[c[0]] = X[tb, k]
                 c[0] = c[0] + 1
-        for p in {loop}({P}):
-            for fs in range({F} // {VF}):
-                for v in T.vectorized({VF}):
-                    ACC1[p, fs * {VF} + v] = T.float32(0)
-            for q4 in range({quads}):
-                for fs in range({F} // {VF}):
-                    for v in T.vectorized({VF}):
-                        ACC1[p, fs * {VF} + v] = ACC1[p, fs * {VF} + v] + {axpy4_1}
-            for q in {rest}:
-                for fs in range({F} // {VF}):
-                    for v in T.vectorized({VF}):
-                        ACC1[p, fs * {VF} + v] = ACC1[p, fs * {VF} + v] + XIN[q] * W1[KIN[q], fs * {VF} + v]
+{gemv1}
         for fb in {loop}({NFB}):
             n = T.alloc_buffer((1,), "int32", scope="local")
             hb = T.alloc_buffer(({NB},), "float32", scope="local")
@@ -115,6 +105,8 @@ def cats_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PART
         "up": "(" + ACTIVATIONS[spec.up_activation].format(v="part[0]") + ")",
     }
     fmt["folds"] = folds(t.vl)
+    fmt["axpy1_1"] = f"XIN[q] * W1[KIN[q], fs * {t.nr1} + v]"
+    fmt["gemv1"] = GEMV1.format(**fmt)
     fmt["down"] = DOWN.format(**fmt)
     return (HEADER + _CATS).format(**fmt)
 
