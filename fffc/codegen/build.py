@@ -19,16 +19,17 @@ from fffc.ops import KernelSpec
 
 from . import _tvm
 from .cuda_build import DEFAULT_ARCHS, CudaLibrary, build_cuda_library
-from .kernels.exact_decode import exact_decode_primfunc
-from .kernels.exact_screened import screen_inputs, screened_arg_names, screened_primfunc
+from .kernels.exact_decode import exact_decode_source
+from .kernels.exact_screened import screen_inputs, screened_arg_names, screened_source
 from .kernels.fff import fff_cpu_primfunc, fff_level_primfunc
 from .kernels.fff_cuda import fff_params
 from .kernels.routed_ffn import combine_primfunc, route_primfunc, routed_variants
-from .kernels.sparse_ffn import sparse_ffn_primfunc
-from .kernels.sparse_ffn_cats import cats_primfunc
-from .kernels.sparse_ffn_predictor import predictor_primfunc
-from .kernels.sparse_ffn_teal import teal_primfunc
+from .kernels.sparse_ffn import sparse_ffn_source
+from .kernels.sparse_ffn_cats import cats_source
+from .kernels.sparse_ffn_predictor import predictor_source
+from .kernels.sparse_ffn_teal import teal_source
 from .kernels.structured_ffn import structured_ffn_primfunc, structured_variants
+from .kernels.text import parse
 from .schedules import MAX_TOKENS, family
 
 OBJECT_NAME = "fffc_kernels.o"
@@ -164,8 +165,8 @@ def _funcs(specs: Sequence[KernelSpec], target_name: str, target: dict,
             kernels.append(CompiledKernel(spec, v.name, symbol_of(spec, v.name),
                                           v.min_tokens, v.max_tokens))
             if only is None or v.name == only:
-                funcs[kernels[-1].symbol] = _sparse_maker(spec, v.name, primfunc=True)(
-                    spec, v.tiling, kernels[-1].symbol)
+                sym = kernels[-1].symbol
+                funcs[sym] = parse(_sparse_source(spec, v.name)(spec, v.tiling, sym), sym)
         _check_cover(spec, kernels)
         if only is not None and not any(k.variant == only for k in kernels):
             raise CodegenError(f"no variant {only!r}; have {[k.variant for k in kernels]}")
@@ -173,22 +174,11 @@ def _funcs(specs: Sequence[KernelSpec], target_name: str, target: dict,
     return funcs, table
 
 
-def _sparse_maker(spec: KernelSpec, variant: str, primfunc: bool) -> Callable:
-    """The SparseFFN kernel generator of a CPU variant: its PrimFunc or its TVMScript."""
-    from .kernels.exact_decode import exact_decode_source
-    from .kernels.exact_screened import screened_source
-    from .kernels.sparse_ffn import sparse_ffn_source
-    from .kernels.sparse_ffn_cats import cats_source
-    from .kernels.sparse_ffn_predictor import predictor_source
-    from .kernels.sparse_ffn_teal import teal_source
-
-    by_mode = ({"teal": teal_primfunc, "cats": cats_primfunc, "predictor": predictor_primfunc}
-               if primfunc else
-               {"teal": teal_source, "cats": cats_source, "predictor": predictor_source})
-    by_variant = ({"decode": exact_decode_primfunc, "screened": screened_primfunc}
-                  if primfunc else {"decode": exact_decode_source, "screened": screened_source})
-    default = sparse_ffn_primfunc if primfunc else sparse_ffn_source
-    return by_mode.get(spec.mode, by_variant.get(variant, default))
+def _sparse_source(spec: KernelSpec, variant: str) -> Callable[..., str]:
+    """The TVMScript generator of a SparseFFN CPU variant (its PrimFunc: ``parse`` of it)."""
+    by_mode = {"teal": teal_source, "cats": cats_source, "predictor": predictor_source}
+    by_variant = {"decode": exact_decode_source, "screened": screened_source}
+    return by_mode.get(spec.mode, by_variant.get(variant, sparse_ffn_source))
 
 
 def _cpu_primfunc(spec: KernelSpec, k: CompiledKernel):
@@ -329,6 +319,5 @@ def source(spec: KernelSpec, variant: str, target: str = "x86", mcpu: str | None
     fam = family(target)
     for v in fam.variants(spec, fam.target(mcpu)):
         if v.name == variant:
-            return _sparse_maker(spec, variant, primfunc=False)(spec, v.tiling,
-                                                                symbol_of(spec, variant))
+            return _sparse_source(spec, variant)(spec, v.tiling, symbol_of(spec, variant))
     raise CodegenError(f"no variant {variant!r}")

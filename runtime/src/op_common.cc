@@ -1,5 +1,6 @@
 #include "op_common.h"
 
+#include "half.h"
 #include "structured_call.h"
 
 #include <cmath>
@@ -63,24 +64,6 @@ OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const cha
   return api->GetTensorMutableData(const_cast<OrtValue*>(v), &out->data);
 }
 
-namespace {
-
-float HalfToFloat(uint16_t h) {
-  const uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff;
-  const float mag = e == 0 ? std::ldexp(static_cast<float>(m), -24)
-                    : e == 31 ? (m ? NAN : INFINITY)
-                              : std::ldexp(static_cast<float>(m | 0x400), static_cast<int>(e) - 25);
-  return (h & 0x8000) ? -mag : mag;
-}
-
-float Bfloat16ToFloat(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-}  // namespace
 
 void WidenedWeights::Apply(TensorView* in, int n) {
   for (int i = 0; i < n; ++i) {

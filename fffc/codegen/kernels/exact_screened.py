@@ -86,14 +86,15 @@ _SCREENED = '''
     CAND = T.alloc_buffer(({F},), "int32")
     for tb in range(N):
         c = T.alloc_buffer((1,), "int32", scope="local")
-        nx = T.alloc_buffer((2,), "float32", scope="local")
+        nx = T.alloc_buffer((3,), "float32", scope="local")
         c[0] = {D}
         nx[0] = T.float32(0)
         for k in range({D}):
             nx[0] = T.max(nx[0], T.fabs(X[tb, k]))
         nx[1] = T.float32(0)
+        nx[2] = T.float32(1) / nx[0]
         for k in range({D}):
-            nx[1] = nx[1] + (X[tb, k] * (T.float32(1) / nx[0])) * (X[tb, k] * (T.float32(1) / nx[0]))
+            nx[1] = nx[1] + (X[tb, k] * nx[2]) * (X[tb, k] * nx[2])
         if nx[0] > T.float32(0):
             nx[0] = nx[0] * T.sqrt(nx[1])
 {gemv1}
@@ -122,9 +123,9 @@ _SCREENED = '''
 '''
 
 
-SCREEN_MAX_ACTIVE = 0.15  # the shim's crossover (cpu/screen.h): in-process on a 2-core
-# AVX-512 VM, d 768 / d_ff 3072, screened vs decode was 0.16 vs 0.18 ms at 10% active
-# neurons, equal at 20%, 0.46 vs 0.31 ms at 50%
+SCREEN_MAX_ACTIVE = 0.15  # the shim's crossover (cpu/screen.h): bench/bench_screen.py,
+# ReLU 768/3072, screened / decode 0.84–0.94 at 10% active neurons, 0.88–1.05 at 20%,
+# 1.5–1.6 at 50% (BENCHMARKS.md)
 RECOMPUTE_ROWS = 4  # candidates recomputed together: rows of W1T streamed side by side
 
 
@@ -133,14 +134,15 @@ def _recompute(rows: int, vl: int, d: int, b1: str, index: str, up: str | None) 
     x, each listed with its activation when non-zero (IDX, VAL at n[1]). ``up`` (gated: the
     up activation's TIR on {v}): the dot with the neuron's row of WU too, in the same pass
     (nearly every candidate has a positive gate), and the activation relu(gate)·up(u)."""
-    bufs = [f"part{r}" for r in range(rows)] + ([f"upart{r}" for r in range(rows)] if up else [])
+    dots = [(f"{acc}{r}", weights, index.format(r=r))  # (accumulator, weight rows, CAND position)
+            for acc, weights in [("part", "W1T"), *([("upart", "WU")] if up else [])]
+            for r in range(rows)]
     zero = "\n".join(f"""for v in T.vectorized({vl}):
-    {b}[v] = T.float32(0)""" for b in bufs)
-    row = {"part": "W1T", "upart": "WU"}
+    {b}[v] = T.float32(0)""" for b, _, _ in dots)
     acc = "\n".join(f"""    for v in T.vectorized({vl}):
-        {b}[v] = {b}[v] + X[tb, ks * {vl} + v] * {row[b.rstrip("0123456789")]}[CAND[{index.format(r=b[-1])}], ks * {vl} + v]"""
-                     for b in bufs)
-    fold = "\n".join(line[20:] for line in folds(vl, tuple(bufs)).splitlines())
+        {b}[v] = {b}[v] + X[tb, ks * {vl} + v] * {w}[CAND[{at}], ks * {vl} + v]"""
+                     for b, w, at in dots)
+    fold = "\n".join(line[20:] for line in folds(vl, tuple(b for b, _, _ in dots)).splitlines())
     emit = []
     for r in range(rows):
         j = f"CAND[{index.format(r=r)}]"

@@ -1,44 +1,10 @@
 #include "screen.h"
 
+#include "../half.h"
+
 #include <cmath>
-#include <cstring>
-#include <limits>
 
 namespace fffc::cpu {
-namespace {
-
-// IEEE binary16 of x, rounded to nearest even (overflow: infinity).
-uint16_t FloatToHalf(float x) {
-  uint32_t b;
-  std::memcpy(&b, &x, 4);
-  const uint16_t sign = static_cast<uint16_t>((b >> 16) & 0x8000u);
-  const uint32_t abs = b & 0x7fffffffu;
-  if (abs >= 0x7f800000u) return sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u);  // inf, NaN
-  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds past 65504
-  if (abs < 0x38800000u) {  // below float16's smallest normal: a subnormal (or zero)
-    if (abs < 0x33000000u) return sign;  // below half the smallest subnormal
-    const uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
-    const int shift = 126 - static_cast<int>(abs >> 23);  // 14 .. 24
-    uint32_t h = mant >> shift;
-    const uint32_t rest = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
-    if (rest > half || (rest == half && (h & 1u))) ++h;
-    return sign | static_cast<uint16_t>(h);
-  }
-  uint32_t h = ((abs >> 13) - (112u << 10));  // rebias 127 -> 15
-  const uint32_t rest = abs & 0x1fffu;
-  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
-  return sign | static_cast<uint16_t>(h);
-}
-
-double HalfToDouble(uint16_t h) {
-  const int exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-  const double sign = (h & 0x8000u) ? -1.0 : 1.0;
-  if (exp == 0x1f) return mant ? std::numeric_limits<double>::quiet_NaN() : sign * INFINITY;
-  if (exp == 0) return sign * std::ldexp(mant, -24);
-  return sign * std::ldexp(1024 + mant, exp - 25);
-}
-
-}  // namespace
 
 std::unique_ptr<Screen> MakeScreen(const float* w1, const float* b1, int64_t d_in, int64_t d_ff) {
   auto s = std::make_unique<Screen>();
@@ -50,7 +16,7 @@ std::unique_ptr<Screen> MakeScreen(const float* w1, const float* b1, int64_t d_i
     for (int64_t j = 0; j < d_ff; ++j) {
       const float w = w1[k * d_ff + j];
       const uint16_t h = FloatToHalf(w);
-      const double v = HalfToDouble(h), d = static_cast<double>(w) - v;
+      const double v = HalfToFloat(h), d = static_cast<double>(w) - v;
       s->ws[k * d_ff + j] = h;
       s->w1t[j * d_in + k] = w;
       delta2[j] += d * d;
