@@ -9,13 +9,16 @@ with transformers from site-packages, exported with the TorchScript exporter (op
 and calibrated by ``fffc calibrate`` on sentences from Python's own help text
 (``pydoc_data.topics``, on every Python install); the other half of those sentences is held
 out. For each sparsity, ``fffc.calibration.thresholded_model`` zeroes, in every FFN,
-|x| and |a| below their calibrated quantiles (TEAL), and the mean-pooled, normalized
+|x| and |a| below their calibrated quantiles (TEAL's zero centers: ``fffc calibrate
+--center none``), or replaces entries within the calibrated threshold of their channel's
+median by the median (``--center median``, the default), and the mean-pooled, normalized
 sentence embeddings of the held-out sentences are compared with the original model's
 (cosine). The last rows let ``fffc.allocate`` (TEAL's greedy) pick per-layer levels of x
 and a for an average of 40% and 50% of the FFN weight bytes skipped. With ``--predictor-rank``, a predictor per FFN is trained on the calibration
 samples and its held-out recall/precision printed. With ``--speed``, ``fffc compile
 --calibration --budget uniform=S`` builds the artifact for each level (``SparseFFN`` mode
-teal in all six FFNs; the compile verifies it against the thresholded model) and the
+teal in all six FFNs, centered; the compile verifies it against the thresholded model;
+also TEAL's zero centers at 40%) and the
 artifact is timed against the original in ONNX Runtime (2 threads, blocks, medians) on a
 1-token call (the decode kernel's case) and on a held-out sentence as one batch (where
 the thresholded FFN runs in ONNX Runtime), with the artifact's embedding cosine on the
@@ -139,6 +142,8 @@ def main() -> int:
         np.savez(feeds_dir / f"{i:04d}.npz", **feed)
     calib = fffc.calibrate(onnx_path, feeds_dir, predictor_rank=args.predictor_rank,
                            output=onnx_path.with_suffix(".calib.json"))
+    zero = fffc.calibrate(onnx_path, feeds_dir, center="none",
+                          output=onnx_path.with_suffix(".zero.calib.json"))
     print(f"calibrated on {len(calib_text)} sentences ({calib['feeds']} batches); "
           f"held out: {len(held_text)}")
 
@@ -148,18 +153,21 @@ def main() -> int:
     base = embed(ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"]), held)
     if args.speed:
         speed(onnx_path, held, base, names, tmp, predictors=args.predictor_rank > 0)
+        ffn_speed(onnx_path, held, tmp)
     if args.skip_search:
         return 0
-    print("\n| TEAL sparsity | thresholded in every FFN | mean cosine | min cosine |")
-    print("|---|---|---|---|")
+    print("\n| TEAL sparsity | thresholded in every FFN | centers | mean cosine | min cosine |")
+    print("|---|---|---|---|---|")
     for s in (0.25, 0.4, 0.5):
         for parts, what in ((("input", "hidden"), "x and a"), (("input",), "x only"),
                             (("hidden",), "a only")):
-            m = thresholded_model(onnx_path, calib, s, parts=parts)
-            sess = ort.InferenceSession(m.SerializeToString(), so,
-                                        providers=["CPUExecutionProvider"])
-            cos = (embed(sess, held) * base).sum(1)
-            print(f"| {s:.0%} | {what} | {cos.mean():.4f} | {cos.min():.4f} |", flush=True)
+            for c, label in ((zero, "zero (TEAL)"), (calib, "medians")):
+                m = thresholded_model(onnx_path, c, s, parts=parts)
+                sess = ort.InferenceSession(m.SerializeToString(), so,
+                                            providers=["CPUExecutionProvider"])
+                cos = (embed(sess, held) * base).sum(1)
+                print(f"| {s:.0%} | {what} | {label} | {cos.mean():.4f} | {cos.min():.4f} |",
+                      flush=True)
     from fffc import allocate
 
     search = batches(calib_text)[: args.search_batches]
@@ -211,6 +219,10 @@ def speed(onnx_path: Path, held: list[dict], base: np.ndarray, names: list[str],
         teal = sum(site.decision == "teal" for site in result.sites)
         print(f"uniform={s:g}: {teal} of {len(result.sites)} FFN sites teal")
         sessions[f"teal {s:.0%}"] = fffc.runtime.InferenceSession(result.artifact, timing.session_options())
+    result = fffc.compile(onnx_path, tmp / "teal-zero-0.4.fffc", fffc.CompileOptions(
+        calibration=onnx_path.with_suffix(".zero.calib.json"), budget="uniform=0.4"))
+    sessions["teal 40%, zero centers"] = fffc.runtime.InferenceSession(result.artifact,
+                                                                       timing.session_options())
     # the same function in plain ONNX ops, no If: what masking costs ONNX Runtime itself
     calib = json.loads(onnx_path.with_suffix(".calib.json").read_text())
     ref = thresholded_model(onnx_path, calib, 0.25)
@@ -230,6 +242,10 @@ def speed(onnx_path: Path, held: list[dict], base: np.ndarray, names: list[str],
     seq = int(sentence["attention_mask"].sum())
     sentence = {n: v[:, :seq] for n, v in sentence.items()}
     times = {}
+    dropped(onnx_path, {"1 token ([CLS] alone)": one, "held-out tokens": held[0]},
+            {"medians": json.loads(onnx_path.with_suffix(".calib.json").read_text()),
+             "zero (TEAL)": json.loads(onnx_path.with_suffix(".zero.calib.json").read_text())},
+            0.4)
     for label, feed in (("1 token", one), (f"1 sentence ({seq} tokens)", sentence)):
         times[label] = timing.medians_ms(
             {k: (lambda s=sess, f=feed: s.run(None, f)) for k, sess in sessions.items()},
@@ -241,6 +257,131 @@ def speed(onnx_path: Path, held: list[dict], base: np.ndarray, names: list[str],
         cos = (embed(sess, held) * base).sum(1).mean()
         cells = " | ".join(f"{t[k]:.3f} | {t['original (ORT)'] / t[k]:.2f}x" for t in times.values())
         print(f"| {k} | {cells} | {cos:.4f} |", flush=True)
+
+
+def dropped(onnx_path: Path, feeds: dict[str, dict], calibs: dict[str, dict],
+            level: float) -> None:
+    """The fraction of x and a entries the thresholds at ``level`` drop, per FFN, on the
+    real tokens of each feed: calibrated for ``level`` on sentences, what a lone token
+    does can differ."""
+    from fffc.calibration import hidden_activations
+
+    print(f"\nEntries dropped at {level:.0%} (x / a, per FFN), on the real tokens of:")
+    for what, feed in feeds.items():
+        xs, weights, sites = site_inputs(onnx_path, [feed], None)
+        for label, calib in calibs.items():
+            cells = []
+            for s in sites:
+                st, x = calib["sites"][s.name], xs[s.name].reshape(-1, s.d_model)
+                _, a = hidden_activations(s, weights[s.name], x)
+                c = st.get("centers", {})
+                frac = [np.mean(np.abs(v - np.asarray(c.get(p, 0.0))) <= st["thresholds"][p][f"{level:g}"])
+                        for p, v in (("input", x), ("hidden", a))]
+                cells.append(f"{frac[0]:.0%} / {frac[1]:.0%}")
+            print(f"- {what}, centers {label}: " + "; ".join(cells))
+
+
+def site_inputs(onnx_path: Path, held: list[dict], rows: int | None) -> tuple[dict, dict, list]:
+    """(site → ``rows`` (None: all) FFN input rows of real tokens of the ``held`` feeds,
+    site → original weights, the sites), captured in ONNX Runtime as ``fffc calibrate``."""
+    import onnx_ir as ir
+
+    from fffc import passes, verify
+    from fffc.pipeline import analyze
+
+    a = analyze(onnx_path)
+    working = ir.serde.deserialize_model(ir.serde.serialize_model(a.working))
+    io = passes.site_io(working)
+    weights = {s.name: passes.site_weights(working, s.name) for s in a.sites}
+    passes.lower(working, {})
+    passes.expose(working, [io[s.name][0] for s in a.sites])
+    sess = verify.session(ir.serde.serialize_model(working))
+    got: dict[str, list] = {s.name: [] for s in a.sites}
+    for feed in held:
+        outs = sess.run([io[s.name][0] for s in a.sites], feed)
+        real = feed["attention_mask"].reshape(-1) == 1
+        for s, x in zip(a.sites, outs, strict=True):
+            got[s.name].append(x.reshape(-1, s.d_model)[real])
+    rng = np.random.default_rng(0)
+    picked = {}
+    for name, parts in got.items():
+        x = np.concatenate(parts)
+        if rows is not None:
+            x = x[rng.choice(len(x), rows, replace=False)]
+        picked[name] = x[:, None, :]  # [rows, 1, d]
+    return picked, weights, a.sites
+
+
+def dense_ffn_model(w: dict) -> bytes:
+    """The site's FFN in ONNX Runtime's ops: MatMul, Add, Gelu (erf), MatMul, Add."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = helper.make_node
+    nodes = [n("MatMul", ["X", "W1"], ["h"]), n("Add", ["h", "B1"], ["hb"]),
+             n("Gelu", ["hb"], ["a"], domain="com.microsoft"), n("MatMul", ["a", "W2"], ["y"]),
+             n("Add", ["y", "B2"], ["Y"])]
+    g = helper.make_graph(nodes, "ffn", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.asarray(w[k], np.float32), k)
+                           for k in ("W1", "B1", "W2", "B2")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
+                                            helper.make_opsetid("com.microsoft", 1)])
+    return m.SerializeToString()
+
+
+def _cycling(sess: ort.InferenceSession, xs: np.ndarray):
+    """A call running ``sess`` on the next row of ``xs`` each time."""
+    i = 0
+
+    def run() -> None:
+        nonlocal i
+        sess.run(None, {"X": xs[i % len(xs)]})
+        i += 1
+    return run
+
+
+def ffn_speed(onnx_path: Path, held: list[dict], tmp: Path, rows: int = 64) -> None:
+    """Each FFN alone at 1 token, on real activations: the artifacts' SparseFFN nodes (the
+    shim's kernel) against the same FFN in ONNX Runtime's ops, each call on the next of
+    ``rows`` FFN inputs of real tokens of the held-out sentences (a lone token's own
+    activations are atypical: a [CLS]-only input drops far more than calibrated)."""
+    import onnx
+
+    from fffc import timing
+    from fffc.runtime import shim_path
+    from fffc.verify import single_node_model
+
+    xs, weights, sites = site_inputs(onnx_path, held, rows)
+    arts = {f"teal {p:.0%}": tmp / f"teal-{p:g}.fffc" for p in (0.25, 0.4, 0.5)}
+    arts["teal 40%, zero centers"] = tmp / "teal-zero-0.4.fffc"
+    print(f"\nEach FFN alone, 1 token per call, cycling over {rows} real tokens' FFN inputs "
+          "(held-out sentences); ms per call, medians, summed over the 6 FFNs:")
+    print("\n| artifact | ORT FFNs ms | fffc FFNs ms | speed-up | per FFN |")
+    print("|---|---|---|---|---|")
+    for label, art in arts.items():
+        proto = onnx.load(str(art / "model.onnx"))
+        so = timing.session_options()
+        so.register_custom_ops_library(str(shim_path(art)))
+        total = {"ORT": 0.0, "fffc": 0.0}
+        ratios = []
+        for s in sites:
+            sess = {"ORT": ort.InferenceSession(dense_ffn_model(weights[s.name]),
+                                                timing.session_options(),
+                                                providers=["CPUExecutionProvider"]),
+                    "fffc": ort.InferenceSession(single_node_model(proto, s.name).SerializeToString(),
+                                                 so, providers=["CPUExecutionProvider"])}
+            x = xs[s.name]
+            got = sess["fffc"].run(None, {"X": x[0]})[0]  # ran, and is the thresholded FFN
+            assert got.shape == x[0].shape and np.isfinite(got).all()
+
+            t = timing.medians_ms({k: _cycling(v, x) for k, v in sess.items()}, rounds=6,
+                                  inner=rows, settle=0.02)
+            for k in total:
+                total[k] += t[k]
+            ratios.append(t["ORT"] / t["fffc"])
+        print(f"| {label} | {total['ORT']:.3f} | {total['fffc']:.3f} | "
+              f"{total['ORT'] / total['fffc']:.2f}x | {min(ratios):.2f}x–{max(ratios):.2f}x |",
+              flush=True)
 
 
 if __name__ == "__main__":

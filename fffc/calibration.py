@@ -11,6 +11,15 @@ site's own weights (float64, as ``fffc.reference``), so nothing the size of a mo
 activations over all feeds is ever held: magnitudes go into fixed log-spaced histograms,
 and the rows of x into a fixed-size uniform reservoir (the predictor's training set: its
 labels are a function of x and the weights, recomputed for whatever threshold is chosen).
+
+Centers: TEAL assumes every channel is centered at zero, true of LLaMA's RMSNorm outputs but
+not of a BERT's LayerNorm outputs (each channel sits at its own offset) or of GELU outputs
+(most in its negative lobe). With ``center="median"`` (the default), each channel's median
+over the reservoir rows is its center (x of dense FFNs, where the share it leaves out folds
+into B1; a of every site), and a second pass over the feeds fills the histograms of
+|x - center| and |a - center|: the thresholds then replace entries near their center by the
+center instead of by zero (all-MiniLM-L6-v2 at 40% of x and a: 0.9955 mean cosine instead
+of 0.9732; bench/bench_minilm_teal.py).
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ from .errors import UsageError
 from .sites import Site
 
 SPARSITIES = (0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # thresholds written for these targets
-SAMPLES = 4096  # rows of x kept per site for predictor training
+SAMPLES = 4096  # rows of x kept per site for predictor training and the centers
+CENTERS = ("median", "none")  # per-channel centers of the thresholds: medians, or TEAL's 0
 
 
 @dataclass
@@ -125,6 +135,9 @@ class SiteStats:
     hidden: Histogram = field(default_factory=Histogram)  # |a|: the down projection's input
     gate: Histogram | None = None  # |act(x·Wg)| of gated sites: CATS
     samples: Reservoir | None = None
+    centers: dict[str, np.ndarray] = field(default_factory=dict)  # part → [width] medians
+    input_raw: Histogram | None = None  # |x|, |a| of the first pass once centered
+    hidden_raw: Histogram | None = None
 
     def add(self, x: np.ndarray, w: dict[str, np.ndarray | None]) -> None:
         x = x.reshape(-1, self.site.d_model)
@@ -136,6 +149,25 @@ class SiteStats:
             self.gate.add(gate)
         self.samples.add(x)
 
+    def find_centers(self, w: dict[str, np.ndarray | None]) -> None:
+        """Per-channel medians over the reservoir rows: of a always, of x for dense sites."""
+        x = self.samples.sample()
+        _, hidden = hidden_activations(self.site, w, x)
+        self.centers = {"hidden": np.median(hidden, axis=0).astype(np.float32)}
+        if self.site.kind == "dense":  # gated: no up bias to hold the center's share
+            self.centers["input"] = np.median(x, axis=0).astype(np.float32)
+        self.input_raw, self.hidden_raw = self.input, self.hidden
+        self.input = Histogram() if "input" in self.centers else self.input
+        self.hidden = Histogram()
+
+    def add_centered(self, x: np.ndarray, w: dict[str, np.ndarray | None]) -> None:
+        """The second pass: |x - center| and |a - center| (x alone if it has no center)."""
+        x = x.reshape(-1, self.site.d_model)
+        _, hidden = hidden_activations(self.site, w, x)
+        if "input" in self.centers:
+            self.input.add(x - self.centers["input"])
+        self.hidden.add(hidden - self.centers["hidden"])
+
     def to_json(self, sparsities: Iterable[float]) -> dict:
         hists = {"input": self.input, "hidden": self.hidden}
         if self.gate is not None:
@@ -146,10 +178,14 @@ class SiteStats:
             "d_model": self.site.d_model, "d_ff": self.site.d_ff, "d_out": self.site.d_out,
             "tokens": self.input.total
             // self.site.d_model,
-            "exact_zeros_hidden": self.hidden.zeros / max(1, self.hidden.total),
+            "exact_zeros_hidden": (self.hidden_raw or self.hidden).zeros
+            / max(1, self.hidden.total),
             "thresholds": {k: {f"{s:g}": h.quantile(s) for s in sparsities}
                            for k, h in hists.items()},
             "histograms": {k: h.to_json() for k, h in hists.items()},
+            # thresholds of |v - center| for these parts (float32 values, 9 digits: exact)
+            **({"centers": {k: [float(f"{v:.9g}") for v in c] for k, c in self.centers.items()}}
+               if self.centers else {}),
         }
 
 
@@ -190,12 +226,17 @@ def load_feeds(data: Path, input_names: list[str]) -> Iterator[dict[str, np.ndar
 def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: int = 0,
               seq: int = 128, samples: int = SAMPLES, sparsities: Iterable[float] = SPARSITIES,
               predictor_rank: int = 0, predictor_sparsity: float = 0.9,
+              center: str = "median",
               progress: Callable[[int], None] | None = None) -> dict:
     """Statistics of every SparseFFN-able site of ``model`` (FFF sites are skipped) over the
     feeds in ``data``, or over ``synthetic`` generated feeds (random floats, in-vocabulary
     token ids) for models without user data. With ``predictor_rank`` > 0, also a predictor
     per site (``fffc.predictor``) of the neurons active at ``predictor_sparsity``, trained on
-    the samples. Returns the CALIB.json content."""
+    the samples. ``center`` "median": thresholds of |v - per-channel median| (a second pass
+    over the feeds; see the module's docstring), "none": of |v| (TEAL). Returns the
+    CALIB.json content."""
+    if center not in CENTERS:
+        raise UsageError(f"center must be one of {CENTERS}, got {center!r}")
     from .pipeline import analyze, sha256_file
 
     if (data is None) == (synthetic <= 0):
@@ -212,27 +253,64 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
     passes.expose(working, [io[s.name][0] for s in sites])
     sess = verify.session(ir.serde.serialize_model(working))
     inputs = [i.name for i in sess.get_inputs()]
-    if data is not None:
-        feeds = load_feeds(Path(data), inputs)
-    else:
-        feeds = iter(verify.probe_inputs(a.proto, 1, seq, seed=1234, count=synthetic))
+
+    def feeds() -> Iterator[dict[str, np.ndarray]]:
+        if data is not None:
+            return load_feeds(Path(data), inputs)
+        return iter(verify.probe_inputs(a.proto, 1, seq, seed=1234, count=synthetic))
+
     stats = {s.name: SiteStats(s, samples=Reservoir(samples, s.d_model, seed=i))
              for i, s in enumerate(sites)}
     outputs = [io[s.name][0] for s in sites]
     n = 0
-    for feed in feeds:
-        try:
-            got = sess.run(outputs, feed)
-        except Exception as e:  # ORT's own message says which input and why
-            raise UsageError(f"feed {n}: ONNX Runtime rejected it: {e}", path=data) from e
+
+    def each_feed() -> Iterator[list[np.ndarray]]:  # the sites' inputs per feed
+        nonlocal n
+        for i, feed in enumerate(feeds()):
+            try:
+                got = sess.run(outputs, feed)
+            except Exception as e:  # ORT's own message says which input and why
+                raise UsageError(f"feed {i}: ONNX Runtime rejected it: {e}", path=data) from e
+            yield got
+            n += 1
+            if progress:
+                progress(n)
+
+    for got in each_feed():
         for s, x in zip(sites, got, strict=True):
             stats[s.name].add(x, weights[s.name])
-        n += 1
-        if progress:
-            progress(n)
+    feed_count = n
     sparsities = tuple(sparsities)
+    predictors, predictor_json = _train_predictors(sites, stats, weights, predictor_rank,
+                                                   predictor_sparsity, sparsities)
+    if center == "median":
+        for s in sites:
+            stats[s.name].find_centers(weights[s.name])
+        for got in each_feed():
+            for s, x in zip(sites, got, strict=True):
+                stats[s.name].add_centered(x, weights[s.name])
     sites_json = {name: st.to_json(sparsities) for name, st in stats.items()}
-    predictors = {}
+    for name, info in predictor_json.items():
+        sites_json[name]["predictor"] = info
+    return {
+        "fffc": __version__,
+        "model": {"path": str(Path(model).resolve()), "sha256": sha256_file(Path(model))},
+        "feeds": feed_count, "source": str(data) if data is not None else f"synthetic x{synthetic}",
+        "sparsities": list(sparsities), "center": center,
+        "sites": sites_json,
+        "_samples": {name: st.samples.sample() for name, st in stats.items()},
+        "_predictors": predictors,
+    }
+
+
+def _train_predictors(sites: list[Site], stats: dict[str, SiteStats], weights: dict,
+                      predictor_rank: int, predictor_sparsity: float,
+                      sparsities: tuple[float, ...]) -> tuple[dict, dict]:
+    """(arrays by ``<site>/a|b|c|cut``, JSON by site) of a rank-``predictor_rank`` predictor
+    per site (none for rank 0), its labels the neurons outside the
+    ``predictor_sparsity``-quantile of |a| (the first pass's, uncentered)."""
+    predictors: dict[str, np.ndarray] = {}
+    info: dict[str, dict] = {}
     if predictor_rank > 0:
         from . import predictor
 
@@ -245,21 +323,13 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
                                f"{s.name}/b": pred.b.astype(np.float32),
                                f"{s.name}/c": pred.c.astype(np.float32),
                                f"{s.name}/cut": np.float32(pred.cut)})
-            sites_json[s.name]["predictor"] = {
+            info[s.name] = {
                 "rank": predictor_rank, "target_sparsity": predictor_sparsity, "threshold": t,
                 "held_out": q.to_json(),
                 "random_baseline_recall": predictor.random_baseline(active, q.selected).recall,
                 # the same predictor cut at each calibrated sparsity: levels for the search
                 "levels": predictor.cut_levels(pred, x, active, sparsities)}
-    return {
-        "fffc": __version__,
-        "model": {"path": str(Path(model).resolve()), "sha256": sha256_file(Path(model))},
-        "feeds": n, "source": str(data) if data is not None else f"synthetic x{synthetic}",
-        "sparsities": list(sparsities),
-        "sites": sites_json,
-        "_samples": {name: st.samples.sample() for name, st in stats.items()},
-        "_predictors": predictors,
-    }
+    return predictors, info
 
 
 def write(result: dict, out: str | Path, force: bool = False) -> list[Path]:
@@ -320,8 +390,10 @@ def thresholded_model(model: str | Path, calibration: dict, sparsity: float | No
     ``predictors`` (site → A, B, C with the cut folded in): with ``sparsity`` None each such
     site also gets the input ``threshold_input_name(site, "predictor")``, added to its
     predictor's scores (0: predictor mode, 1e30: off); otherwise the sites in
-    ``predictors_on`` run their predictor. It is the reference a threshold kernel must equal
-    and what measures the accuracy a sparsity costs; it is not faster than the original."""
+    ``predictors_on`` run their predictor. A calibration with centers (``center="median"``)
+    thresholds |v - center| and puts the center in place of what it drops. It is the
+    reference a threshold kernel must equal and what measures the accuracy a sparsity costs;
+    it is not faster than the original."""
     from .pipeline import analyze, sha256_file
 
     if calibration["model"]["sha256"] != sha256_file(Path(model)):
@@ -334,10 +406,15 @@ def thresholded_model(model: str | Path, calibration: dict, sparsity: float | No
                          f"{calibration['sparsities']}")
     a = analyze(model)
     chosen = set(calibration["sites"]) if sites is None else set(sites)
-    thresholds, gates = {}, {}
+    thresholds, gates, centers = {}, {}, {}
     for name, st in calibration["sites"].items():
         if name not in chosen:
             continue
+        c = st.get("centers") or {}
+        pair_centers = tuple(np.asarray(c[p], np.float32) if p in c and p in parts else None
+                             for p in PARTS)
+        if any(v is not None for v in pair_centers):
+            centers[name] = pair_centers
         pair = []
         for p in PARTS:
             if p not in parts:
@@ -367,5 +444,6 @@ def thresholded_model(model: str | Path, calibration: dict, sparsity: float | No
             masks[name] = (*arrays, v)
         elif name in set(predictors_on):
             masks[name] = tuple(arrays)
-    passes.lower(a.working, {}, thresholds=thresholds, gate_thresholds=gates, predictors=masks)
+    passes.lower(a.working, {}, thresholds=thresholds, gate_thresholds=gates, predictors=masks,
+                 centers=centers)
     return ir.serde.serialize_model(a.working)

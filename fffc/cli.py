@@ -182,18 +182,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         result = calibrate.calibrate(
             args.model, args.data, synthetic=args.synthetic, seq=args.seq, samples=args.samples,
             predictor_rank=args.predictor_rank, predictor_sparsity=args.predictor_sparsity,
-            progress=lambda n: status.update(f"calibrate… {n} feed(s)"))
+            center=args.center, progress=lambda n: status.update(f"calibrate… {n} feed(s)"))
     written = calibrate.write(result, out, force=args.force)
     err_console.print(f"[green]✓[/] calibrate ({result['feeds']} feed(s))")
-    t = Table(title=f"{len(result['sites'])} site(s): |value| at which a target sparsity falls")
+    what = "|value - its channel's median|" if args.center == "median" else "|value|"
+    t = Table(title=f"{len(result['sites'])} site(s): {what} at which a target sparsity falls")
     for col in ("site", "family", "tokens", "exact zeros", "input @40%", "input @50%",
-                "hidden @50%", "hidden @90%"):
+                "hidden @50%", "hidden @90%", "centered"):
         t.add_column(col)
     for name, st in result["sites"].items():
         th = st["thresholds"]
         t.add_row(name, st["family"], str(st["tokens"]), f"{st['exact_zeros_hidden']:.0%}",
                   f"{th['input']['0.4']:.3g}", f"{th['input']['0.5']:.3g}",
-                  f"{th['hidden']['0.5']:.3g}", f"{th['hidden']['0.9']:.3g}")
+                  f"{th['hidden']['0.5']:.3g}", f"{th['hidden']['0.9']:.3g}",
+                  ", ".join(sorted(st.get("centers", {}))) or "no")
     console.print(t)
     for name, st in result["sites"].items():
         if "predictor" in st:
@@ -268,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train a rank-R predictor of the active neurons per site")
     k.add_argument("--predictor-sparsity", type=float, default=0.9, metavar="S",
                    help="the predictor's labels: neurons outside the S-quantile of |a|")
+    k.add_argument("--center", choices=("median", "none"), default="median",
+                   help="thresholds of |v - its channel's median| (an entry near it becomes "
+                   "the median; a second pass over the feeds), or of |v| (TEAL's zero "
+                   "center)")
     k.add_argument("-o", "--output", type=Path, help="default MODEL.calib.json (+ .samples.npz)")
     k.add_argument("--force", action="store_true", help="overwrite existing outputs")
     k.set_defaults(func=cmd_calibrate)

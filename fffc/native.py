@@ -88,7 +88,8 @@ def cuda_table_source(library: KernelLibrary) -> str:
         ws_sizes = ", ".join(str(k) for _, k in v.workspace) or "0"
         lines.append(f"static const char* const w{vi}[] = {{{ws_names}}};")
         lines.append(f"static const int64_t ws{vi}[] = {{{ws_sizes}}};")
-        rows.append(f'  {{"{s.op}", "{s.activation}", "{s.up_activation}", "{s.mode}", {int(s.has_b1)}, '
+        mode = f"{s.mode}/{s.centers}" if s.centers else s.mode  # the shim's TableMode
+        rows.append(f'  {{"{s.op}", "{s.activation}", "{s.up_activation}", "{mode}", {int(s.has_b1)}, '
                     f"{int(s.has_b2)}, {int(s.gated)}, {s.d_in}, {s.d_ff}, {s.d_out}, "
                     f'{v.min_tokens}, {v.max_tokens}, "{v.variant}", {len(v.launches)}, l{vi}, '
                     f'{len(v.workspace)}, w{vi}, ws{vi}, "{s.dtype}"}},')

@@ -74,7 +74,10 @@ SPARSE_FFN = OpSpec(
         "t_gate]; x as in teal, then neurons with |act(gate)| <= t_gate are zero, so their "
         "rows of WU and W2 are skipped. mode=predictor (Deja Vu / PowerInfer): a "
         "low-rank predictor selects neurons, S = {i: ((X·PA)·PB + PC)_i > 0}, and only their "
-        "rows of W1, WU and W2 are computed; the others count as zero."
+        "rows of W1, WU and W2 are computed; the others count as zero. Centered teal "
+        "(inputs XC, HC): x' = X - XC and a' = a - HC are what is thresholded and projected "
+        "(Y = a''·W2 + B2); with B1 holding XC·W1 and B2 holding HC·W2, that is TEAL with every "
+        "entry within the threshold of its channel's center replaced by the center."
     ),
     inputs=(
         TensorArg("X", "activations [..., d_in]; all leading dims are tokens"),
@@ -93,6 +96,10 @@ SPARSE_FFN = OpSpec(
         TensorArg("PB", "mode predictor: second factor [rank, d_ff]", optional=True),
         TensorArg("PC", "mode predictor: offsets [d_ff] (the cut folded in: selected where "
                         "the score is > 0)", optional=True),
+        TensorArg("XC", "mode teal, dense FFNs: centers of X's channels [d_in], subtracted "
+                        "before the input threshold", optional=True),
+        TensorArg("HC", "mode teal: centers of the down projection's input [d_ff], "
+                        "subtracted before the hidden threshold", optional=True),
     ),
     outputs=(TensorArg("Y", "[..., d_out]"),),
     attributes=(
@@ -402,6 +409,7 @@ class KernelSpec:
             names.append("TH")
         if self.mode == "predictor":
             names += ["PA", "PB", "PC"]
+        names += [f"{p.upper()}C" for p in self.centers]
         return [*names, "Y"]
 
     @property
@@ -409,6 +417,11 @@ class KernelSpec:
         """StructuredFFN: blocks k1/k2, widths r1/r2 after the block-diagonal factors, and
         whether each projection has its dense factor u1/u2 (0/1)."""
         return {k: int(v) for k, v in self.extra}
+
+    @property
+    def centers(self) -> str:
+        """Mode teal: which inputs have centers ("x", "h", "xh" for XC / HC; in ``extra``)."""
+        return dict(self.extra).get("centers", "")
 
     @property
     def rank(self) -> int:

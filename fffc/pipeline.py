@@ -158,7 +158,7 @@ def compile_model(path: str | Path, out: str | Path | None = None,
         for site in a.sites:
             if site.decision not in (*KERNEL_DECISIONS, "walk"):
                 continue
-            weights = passes.site_weights(a.working, site.name, site.decision)
+            weights = _site_weights(a, site)
             c = verify.verify_site(site, *captured_ref[site.name], weights, options.rtol)
             site.max_abs_err, site.max_rel_err = c.max_abs, c.max_rel
             if site.decision in MASKED_DECISIONS or a.rounded:
@@ -178,7 +178,7 @@ def compile_model(path: str | Path, out: str | Path | None = None,
     try:
         for _ in range(MAX_ROUNDS):
             final = _copy(a.working)
-            passes.lower(final, {s.name: s.decision for s in a.sites}, limits, *_masks(a.sites),
+            passes.lower(final, {s.name: s.decision for s in a.sites}, limits, **_masks(a.sites),
                          merged=merged)
             final_proto = ir.serde.serialize_model(final)
             dump.model("02-rewritten.onnx", final_proto)
@@ -272,7 +272,7 @@ def _masked_sites(sites: list[Site]) -> set[str]:
 
 def _drop(site: Site, reason: str) -> None:
     """Leave a site as it was (a check failed), forgetting its masked-mode parameters."""
-    site.decision, site.thresholds, site.predictor_arrays = "dense", None, None
+    site.decision, site.thresholds, site.predictor_arrays, site.centers = "dense", None, None, None
     site.reason = reason
 
 
@@ -282,7 +282,7 @@ def _masked_reference(a: Analysis, feeds, captured, want, rtol: float):
     masked = _masked_sites(a.sites)
     if not masked and not a.rounded:
         return masked, captured, want
-    return (masked, *_capture(a, feeds, None, rtol, *_masks(a.sites), reference=True))
+    return (masked, *_capture(a, feeds, None, rtol, _masks(a.sites), reference=True))
 
 
 def _round_weights(a: Analysis, dtype: str) -> bool:
@@ -302,12 +302,20 @@ def _round_weights(a: Analysis, dtype: str) -> bool:
     return True
 
 
-def _masks(sites: list[Site]) -> tuple[dict, dict, dict]:
-    """(thresholds of teal sites, predictor arrays of predictor sites, thresholds of cats
-    sites), ``passes.lower``'s arguments after ``max_tokens``."""
-    return ({s.name: s.thresholds for s in sites if s.decision == "teal"},
-            {s.name: s.predictor_arrays for s in sites if s.decision == "predictor"},
-            {s.name: s.thresholds for s in sites if s.decision == "cats"})
+def _masks(sites: list[Site]) -> dict[str, dict]:
+    """``passes.lower``'s keyword arguments for the masked sites: thresholds (and centers)
+    of teal sites, predictor arrays of predictor sites, thresholds of cats sites."""
+    return {"thresholds": {s.name: s.thresholds for s in sites if s.decision == "teal"},
+            "predictors": {s.name: s.predictor_arrays for s in sites if s.decision == "predictor"},
+            "gate_thresholds": {s.name: s.thresholds for s in sites if s.decision == "cats"},
+            "centers": {s.name: s.centers for s in sites if s.centered}}
+
+
+def _site_weights(a: Analysis, site: Site) -> dict[str, np.ndarray | None]:
+    """The site's op inputs as the artifact stores them (a centered teal site: with XC, HC
+    and the biases holding their share)."""
+    return passes.site_weights(a.working, site.name, site.decision,
+                               site.centers if site.centered else None)
 
 
 def _allocate(a: Analysis, path: Path, options: CompileOptions) -> dict:
@@ -409,20 +417,16 @@ def _clear(d: Path) -> None:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def _capture(a: Analysis, feeds, want, rtol: float,
-             thresholds: dict[str, tuple[float, float]] | None = None,
-             predictors: dict[str, tuple] | None = None,
-             gate_thresholds: dict[str, tuple[float, float]] | None = None,
+def _capture(a: Analysis, feeds, want, rtol: float, masks: dict[str, dict] | None = None,
              reference: bool = False):
     """Check 1 and the site activations: the all-dense lowering must equal the original.
 
-    ``reference`` (with ``thresholds`` / ``predictors`` of teal / predictor sites, and/or
+    ``reference`` (with ``masks``, ``_masks`` of the teal / cats / predictor sites, and/or
     rounded weights in ``a.working``): the reference model in standard ops instead, whose
     site activations and outputs are returned as ``(captured, outputs)``."""
     dense = _copy(a.working)
     io = passes.site_io(dense)
-    passes.lower(dense, {}, thresholds=thresholds, predictors=predictors,
-                 gate_thresholds=gate_thresholds)
+    passes.lower(dense, {}, **(masks or {}))
     n_out = len(a.proto.graph.output)
     names = [n for pair in io.values() for n in pair]
     passes.expose(dense, names)
@@ -456,7 +460,7 @@ def _check_artifact(a: Analysis, final_proto, model_file: Path, shim: Path | Non
         if site.decision not in KERNEL_DECISIONS:
             continue
         xs, ys = captured[site.name]
-        weights = passes.site_weights(a.working, site.name, site.decision)
+        weights = _site_weights(a, site)
         single = verify.single_node_model(final_proto, site.name)
         paths = [single]
         if site.kind == "structured":
@@ -551,9 +555,7 @@ def _check_cuda(a: Analysis, library, captured, rtol: float, failed: dict[str, s
 def _kernel_inputs(a: Analysis, site: Site) -> dict[str, np.ndarray]:
     """A site's constant kernel inputs by kernel argument name, in the op's layout for its
     decision (thresholds and predictor factors included)."""
-    mode = site.decision if site.decision in MASKED_DECISIONS else "exact"
-    weights = {k: v for k, v in passes.site_weights(a.working, site.name, mode).items()
-               if v is not None}
+    weights = {k: v for k, v in _site_weights(a, site).items() if v is not None}
     if site.kind == "fff":  # the op's layout: W_in row per node
         return {"W_in": np.ascontiguousarray(weights["W1"].T), "B_in": weights["B1"],
                 "W_out": weights["W2"]}

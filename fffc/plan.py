@@ -99,9 +99,20 @@ def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, floa
         if max(pair) < 0:
             continue
         site.decision, site.thresholds = "teal", pair
+        site.centers = site_centers(calibration, site.name, pair)
         site.reason = (f"TEAL thresholds: {lv.get('input', 0):.0%} of x and "
                        f"{lv.get('hidden', 0):.0%} of the down projection's input skipped "
                        "(calibrated levels)")
+
+
+def site_centers(calibration: dict | None, name: str,
+                 pair: tuple[float, float]) -> tuple | None:
+    """A site's calibrated centers (c_in, c_hidden) for the thresholds in use (None where a
+    threshold is off or the calibration has no center: TEAL's zero), or None for neither."""
+    got = ((calibration or {}).get("sites", {}).get(name) or {}).get("centers") or {}
+    centers = tuple(np.asarray(got[p], np.float32) if p in got and t >= 0 else None
+                    for p, t in zip(("input", "hidden"), pair, strict=True))
+    return centers if any(c is not None for c in centers) else None
 
 
 def apply_gate_thresholds(sites: Sequence[Site], calibration: dict, level: float) -> None:
@@ -186,6 +197,9 @@ def kernel_spec(site: Site) -> KernelSpec:
         op="SparseFFN", activation=site.activation, up_activation=site.up_activation,
         mode=site.decision if site.decision in ("teal", "cats", "predictor") else "exact",
         d_in=site.d_model, d_ff=site.d_ff, d_out=site.d_out,
-        has_b1=site.has_b1, has_b2=site.has_b2, gated=site.kind == "gated", dtype=site.dtype,
-        extra=(("rank", str(site.predictor["rank"])),) if site.decision == "predictor" else (),
+        # a centered teal site's biases hold its centers' share (lower.fold_centers)
+        has_b1=site.has_b1 or "x" in site.centered, has_b2=site.has_b2 or "h" in site.centered,
+        gated=site.kind == "gated", dtype=site.dtype,
+        extra=((("rank", str(site.predictor["rank"])),) if site.decision == "predictor" else
+               (("centers", site.centered),) if site.centered else ()),
     )

@@ -85,15 +85,20 @@ def _near(mag: np.ndarray, t: float) -> np.ndarray:
 
 def teal_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarray,
              b2: np.ndarray | None, wu: np.ndarray | None = None, *, thresholds: np.ndarray,
-             activation_name: str, up_activation: str = "none",
+             activation_name: str, up_activation: str = "none", xc: np.ndarray | None = None,
+             hc: np.ndarray | None = None,
              slack: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """``ai.fffc::SparseFFN`` mode=teal: TEAL's thresholded FFN. ``wu`` is [d_in, d_ff]
     (input-channel-major); ``thresholds`` [t_in, t_hidden] (as float32, like the op's TH),
-    negative = off. x is thresholded as given (float32, so the decision is exact); a in
-    float64. With ``slack``, also Σ |a_i|·|W2[i]| over neurons whose |a| lies within
-    rounding (``TEAL_BAND``) of t_hidden: how far any float32 implementation may be off
-    because it kept or dropped such a neuron the other way."""
+    negative = off; ``xc``, ``hc``: the op's centers XC, HC (subtracted before each
+    threshold). x (minus XC, in float32 as the op) is thresholded as given, so the decision
+    is exact; a in float64. With ``slack``, also Σ |a_i|·|W2[i]| over neurons whose |a|
+    lies within rounding (``TEAL_BAND``) of t_hidden: how far any float32 implementation
+    may be off because it kept or dropped such a neuron the other way."""
     t_in, t_h = (float(t) for t in np.asarray(thresholds, dtype=np.float32))
+    x = np.asarray(x, dtype=np.float32)
+    if xc is not None:
+        x = x - np.asarray(xc, dtype=np.float32)
     xd = np.asarray(x, dtype=np.float64)
     xd = np.where(np.abs(xd) <= t_in, 0.0, xd)
     h = xd @ np.asarray(w1, dtype=np.float64)
@@ -102,6 +107,8 @@ def teal_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarra
     a = activation(activation_name, h)
     if wu is not None:
         a = a * activation(up_activation, xd @ np.asarray(wu, dtype=np.float64))
+    if hc is not None:
+        a = a - np.asarray(hc, dtype=np.float32)
     mag = np.abs(a)
     return _masked_down(a, mag <= t_h, _near(mag, t_h), w2, b2, slack)
 

@@ -35,9 +35,17 @@ class Site:
     deviation: float | None = None  # teal/predictor: rel err of the site vs the original
     predictor: dict | None = None  # predictor: rank, recall/precision/selected (held out)
     predictor_arrays: tuple | None = field(default=None, repr=False, compare=False)  # A, B, C-cut
+    centers: tuple | None = field(default=None, repr=False, compare=False)  # teal: c_in, c_hidden
     reason: str = ""  # why that decision
     max_abs_err: float | None = None
     max_rel_err: float | None = None
+
+    @property
+    def centered(self) -> str:
+        """Teal: which thresholds are centered ("x", "h", "xh"; "" for TEAL's zero center)."""
+        if self.decision != "teal" or self.centers is None:
+            return ""
+        return "".join(p for p, c in zip("xh", self.centers, strict=True) if c is not None)
 
     @property
     def bias(self) -> bool:
@@ -68,7 +76,10 @@ class Site:
     def to_json(self) -> dict:
         d = asdict(self)
         d.pop("predictor_arrays")
+        d.pop("centers")
         d["family"] = self.family
+        if self.centered:
+            d["centered"] = self.centered
         return d
 
 

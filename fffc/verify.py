@@ -180,9 +180,11 @@ def site_reference(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | No
     if site.decision == "predictor":  # W1, WU row per neuron
         return reference.predictor_ffn(*w, *site.predictor_arrays, **act, slack=slack)
     if site.decision in ("teal", "cats"):  # WU: [d_in, d_ff] for teal, row per neuron for cats
-        ffn = reference.teal_ffn if site.decision == "teal" else reference.cats_ffn
-        return ffn(*w, thresholds=np.asarray(site.thresholds, dtype=np.float32), **act,
-                   slack=slack)
+        th = np.asarray(site.thresholds, dtype=np.float32)
+        if site.decision == "cats":
+            return reference.cats_ffn(*w, thresholds=th, **act, slack=slack)
+        return reference.teal_ffn(*w, thresholds=th, **act, xc=weights.get("XC"),
+                                  hc=weights.get("HC"), slack=slack)
     y = reference.sparse_ffn(*w, **act)
     return (y, None) if slack else y
 

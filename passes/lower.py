@@ -49,7 +49,7 @@ def overload_for(activation: str, up_activation: str, present: list[bool],
     """Deterministic overload name: one fallback function per op configuration."""
     optional = [(a.name, p) for a, p in zip(SPARSE_FFN.inputs, present, strict=True) if a.optional]
     flags = "".join(name.lower() for name, p in optional
-                    if p and name not in ("TH", "PA", "PB", "PC"))
+                    if p and name not in ("TH", "PA", "PB", "PC"))  # XC, HC: in the name
     return f"{activation}_{up_activation}_{flags or 'nobias'}" + ("" if mode == "exact" else f"_{mode}")
 
 
@@ -57,8 +57,8 @@ def _fallback_function(overload: str, present: list[bool], act: str, up_act: str
                        opset: int, mode: str = "exact") -> ir.Function:
     formals = [ir.Value(name=n) for n in INPUT_NAMES]
     tape = ir.tape.Tape()
-    x, w1, b1, w2, b2, wu, th, pa, pb, pc = (f if p else None
-                                             for f, p in zip(formals, present, strict=True))
+    x, w1, b1, w2, b2, wu, th, pa, pb, pc, xc, hc = (
+        f if p else None for f, p in zip(formals, present, strict=True))
     thresholds = gate = None
     if mode in ("teal", "cats"):  # TH [t_in, t_hidden | t_gate] → two scalars
         t_in, t_2 = (tape.op("Gather", [th, tape.op("Constant", [], {
@@ -68,7 +68,7 @@ def _fallback_function(overload: str, present: list[bool], act: str, up_act: str
                            up_activation=up_act, opset=opset, wu_rows=mode != "teal",
                            thresholds=thresholds, w1_rows=mode == "predictor",
                            predictor=(pa, pb, pc) if mode == "predictor" else None,
-                           gate_threshold=gate)
+                           gate_threshold=gate, centers=(xc, hc), keep_centers=False)
     y.name = "Y"
     graph = ir.Graph(formals, [y], nodes=tape.nodes, opset_imports={"": opset},
                      name=f"{SPARSE_FFN.name}_{overload}")
@@ -91,7 +91,8 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
           | None = None,
           predictors: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
           gate_thresholds: Mapping[str, tuple[float, float]] | None = None,
-          merged: Mapping[str, int] | None = None) -> None:
+          merged: Mapping[str, int] | None = None,
+          centers: Mapping[str, Centers] | None = None) -> None:
     """Replace every marker: ``decisions[name]`` "exact" or "teal" → SparseFFN, else standard ops.
 
     ``max_tokens[name] > 0`` bounds the token count the SparseFFN kernel serves: the site
@@ -106,14 +107,17 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
     ops (0: the predictor applies; a huge value: every neuron counts), to search modes;
     ``gate_thresholds[name]`` = (t_in, t_gate) for mode "cats". A structured marker
     planned "structured" becomes ``ai.fffc::StructuredFFN``; ``merged[name] > 0`` adds its
-    pre-merged dense weights for calls of up to that many tokens.
+    pre-merged dense weights for calls of up to that many tokens. ``centers[name]`` =
+    (c_in | None, c_hidden | None): centered TEAL thresholds of that site (an entry within
+    the threshold of its channel's center becomes the center); a teal SparseFFN gets them
+    as XC / HC with the centers' share folded into B1 / B2 (``fold_centers``).
     """
     graph = model.graph
     opset = default_opset(model)
     pending = markers(graph)
     while pending:  # a routed site left as it was brings its inner FFN marker back
         _lower_markers(model, pending, opset, decisions, max_tokens, thresholds, predictors,
-                       gate_thresholds, merged)
+                       gate_thresholds, merged, centers or {})
         pending = markers(graph)
     legalize(model)
     weight_dtype.share_narrow_weights(model.graph)
@@ -122,7 +126,7 @@ def lower(model: ir.Model, decisions: Mapping[str, str],
 
 
 def _lower_markers(model, pending, opset, decisions, max_tokens, thresholds, predictors,
-                   gate_thresholds, merged) -> None:
+                   gate_thresholds, merged, centers) -> None:
     graph = model.graph
     for node in pending:
         a = _attrs(node)
@@ -139,6 +143,7 @@ def _lower_markers(model, pending, opset, decisions, max_tokens, thresholds, pre
             _lower_routed(model, node, decisions.get(node.name, "dense"), opset)
             continue
         site_thresholds = (thresholds or {}).get(node.name)
+        site_centers = _center_initializers(graph, node, centers.get(node.name))
         site_gate = (gate_thresholds or {}).get(node.name)
         site_predictor = ((predictors or {}).get(node.name))
         pred = (_predictor_initializers(graph, node, site_predictor[:3]) if site_predictor
@@ -153,18 +158,21 @@ def _lower_markers(model, pending, opset, decisions, max_tokens, thresholds, pre
             limit = (max_tokens or {}).get(node.name, 0)
             branch = ir.tape.Tape() if limit > 0 else tape
             new_out = _sparse_ffn(model, node, branch, a, opset, mode,
-                                  site_gate if mode == "cats" else site_thresholds, pred)
+                                  site_gate if mode == "cats" else site_thresholds, pred,
+                                  site_centers if mode == "teal" else (None, None))
             if limit > 0:
                 new_out = _token_dispatch(tape, node, branch, new_out, a, opset, limit,
                                           site_thresholds if mode == "teal" else None,
                                           pred if mode == "predictor" else None,
-                                          site_gate if mode == "cats" else None)
+                                          site_gate if mode == "cats" else None,
+                                          site_centers if mode == "teal" else (None, None))
         else:
             new_out = standard_forms.ffn(
                 tape, x, w1, b1, w2, b2, wu, activation_name=a["activation"],
                 up_activation=a["up_activation"], opset=opset, wu_rows=False,
                 thresholds=site_thresholds or ((site_gate[0], None) if site_gate else None),
-                predictor=pred, gate_threshold=site_gate[1] if site_gate else None)
+                predictor=pred, gate_threshold=site_gate[1] if site_gate else None,
+                centers=site_centers)
         _replace(graph, node, tape, new_out)
 
 
@@ -415,6 +423,38 @@ def _fff_function(overload: str, trees: int, depth: int, tie_break: str,
                        attributes=_function_attrs(FAST_FEED_FORWARD))
 
 
+Centers = tuple[np.ndarray | None, np.ndarray | None]  # (c_in [d_in], c_hidden [d_ff])
+
+
+def fold_centers(w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarray, b2: np.ndarray | None,
+                 centers: Centers) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(B1, B2) of a centered teal SparseFFN: the centers' share added, B1 + XC·W1 and
+    B2 + HC·W2 (summed in float64, stored float32), so that thresholding x - XC and
+    a - HC computes the FFN with each entry near its center replaced by the center."""
+    c_in, c_hidden = centers
+
+    def plus(b, c, w):
+        if c is None:
+            return b
+        s = np.asarray(c, np.float64) @ np.asarray(w, np.float64)
+        return (s if b is None else s + np.asarray(b, np.float64)).astype(np.float32)
+
+    return plus(b1, c_in, w1), plus(b2, c_hidden, w2)
+
+
+def _center_initializers(graph: ir.Graph, node: ir.Node,
+                         centers: Centers | None) -> tuple[ir.Value | None, ir.Value | None]:
+    """``<site>__center_{in,hidden}`` initializers (float32) of a site's centers."""
+    if centers is None:
+        return None, None
+    if centers[0] is not None and _attrs(node)["kind"] == "gated":
+        raise ValueError(f"site {node.name!r}: a gated FFN's input has no center (its up "
+                         "projection has no bias to hold the center's share)")
+    return tuple(None if c is None else
+                 initializer(graph, f"{node.name}__center_{part}", np.asarray(c, np.float32))
+                 for part, c in zip(("in", "hidden"), centers, strict=True))
+
+
 def _thresholds_initializer(graph: ir.Graph, node: ir.Node,
                             thresholds: tuple[float, float]) -> ir.Value:
     """``<site>__teal_thresholds`` = [t_in, t_hidden | t_gate] (float32; negative = off)."""
@@ -433,24 +473,36 @@ def _predictor_initializers(graph: ir.Graph, node: ir.Node,
 def _sparse_ffn(model: ir.Model, node: ir.Node, tape: ir.tape.Tape, a: dict[str, str],
                 opset: int, mode: str = "exact",
                 thresholds: tuple[float, float] | None = None,
-                predictor: tuple | None = None) -> ir.Value:
+                predictor: tuple | None = None,
+                centers: tuple[ir.Value | None, ir.Value | None] = (None, None)) -> ir.Value:
     """The SparseFFN node of a marker (and its fallback function, once per overload).
     Mode exact stores the gated up projection row per neuron, mode teal keeps it row per
-    input channel (as the marker has it) and adds the thresholds input (so does mode cats,
+    input channel (as the marker has it) and adds the thresholds input (and centers XC, HC,
+    with B1, B2 holding their share: ``fold_centers``) (so does mode cats,
     with the up projection row per neuron: read only for open gates); mode predictor
     stores W1 and WU row per neuron and adds the predictor's factors."""
     x, w1, b1, w2, b2, wu = (node.inputs + (None,) * 6)[:6]
     wu_rows = _row_major_up(model.graph, wu) if wu is not None and mode != "teal" else None
     if mode == "teal":
         th = _thresholds_initializer(model.graph, node, thresholds)
-        inputs = [x, w1, b1, w2, b2, wu, th, None, None, None]
+        xc, hc = centers
+        if xc is not None or hc is not None:
+            f1, f2 = fold_centers(const_array(w1), const_array(b1) if b1 is not None else None,
+                                  const_array(w2), const_array(b2) if b2 is not None else None,
+                                  tuple(None if c is None else const_array(c) for c in centers))
+            if xc is not None:
+                b1 = initializer(model.graph, f"{node.name}__centered_b1", f1)
+            if hc is not None:
+                b2 = initializer(model.graph, f"{node.name}__centered_b2", f2)
+        inputs = [x, w1, b1, w2, b2, wu, th, None, None, None, xc, hc]
     elif mode == "cats":
         th = _thresholds_initializer(model.graph, node, thresholds)
-        inputs = [x, w1, b1, w2, b2, wu_rows, th, None, None, None]
+        inputs = [x, w1, b1, w2, b2, wu_rows, th, None, None, None, None, None]
     elif mode == "predictor":
-        inputs = [x, _row_major_up(model.graph, w1), b1, w2, b2, wu_rows, None, *predictor]
+        inputs = [x, _row_major_up(model.graph, w1), b1, w2, b2, wu_rows, None, *predictor,
+                  None, None]
     else:
-        inputs = [x, w1, b1, w2, b2, wu_rows, None, None, None, None]
+        inputs = [x, w1, b1, w2, b2, wu_rows, None, None, None, None, None, None]
     present = [v is not None for v in inputs]
     overload = overload_for(a["activation"], a["up_activation"], present, mode)
     return _fffc_node(
@@ -465,7 +517,8 @@ def _token_dispatch(tape: ir.tape.Tape, node: ir.Node, sparse: ir.tape.Tape,
                     sparse_out: ir.Value, a: dict[str, str], opset: int, limit: int,
                     thresholds: tuple[float, float] | None = None,
                     predictor: tuple | None = None,
-                    gate: tuple[float, float] | None = None) -> ir.Value:
+                    gate: tuple[float, float] | None = None,
+                    centers: tuple[ir.Value | None, ir.Value | None] = (None, None)) -> ir.Value:
     """``If(Size(X) <= limit·d_in, SparseFFN, dense FFN)`` for a marker (the dense FFN
     thresholded as the SparseFFN is, for mode teal: one function either way)."""
     x, w1, b1, w2, b2, wu = (node.inputs + (None,) * 6)[:6]
@@ -475,7 +528,7 @@ def _token_dispatch(tape: ir.tape.Tape, node: ir.Node, sparse: ir.tape.Tape,
         dense, x, w1, b1, w2, b2, wu, activation_name=a["activation"],
         up_activation=a["up_activation"], opset=opset, wu_rows=False,
         thresholds=thresholds or ((gate[0], None) if gate else None), predictor=predictor,
-        gate_threshold=gate[1] if gate else None)
+        gate_threshold=gate[1] if gate else None, centers=centers)
     for i, n in enumerate(dense.nodes):  # unique beside the outer graph's names
         n.name = f"{node.name}/dense/{i}_{n.op_type}"
         for j, v in enumerate(n.outputs):
@@ -548,10 +601,12 @@ def site_io(model: ir.Model) -> dict[str, tuple[str, str]]:
     return {n.name: (n.inputs[0].name, n.outputs[0].name) for n in markers(model.graph)}
 
 
-def site_weights(model: ir.Model, name: str, mode: str = "exact") -> dict[str, np.ndarray | None]:
+def site_weights(model: ir.Model, name: str, mode: str = "exact",
+                 centers: Centers | None = None) -> dict[str, np.ndarray | None]:
     """The tensors a SparseFFN node of this marker gets, in the op's layout for ``mode``
     (the up projection row per neuron for exact and predictor, row per input channel for
-    teal; W1 row per neuron for predictor). Predictor factors are not included."""
+    teal; W1 row per neuron for predictor). Predictor factors are not included; a teal
+    site's ``centers`` are (XC, HC, and B1, B2 holding their share)."""
     node = next(n for n in markers(model.graph) if n.name == name)
     kind = node.attributes.get_string("kind", "")
     if kind in ("structured", "routed"):
@@ -566,6 +621,10 @@ def site_weights(model: ir.Model, name: str, mode: str = "exact") -> dict[str, n
         out["WU"] = np.ascontiguousarray(out["WU"].T)
     if mode == "predictor":
         out["W1"] = np.ascontiguousarray(out["W1"].T)
+    if mode == "teal" and centers is not None and any(c is not None for c in centers):
+        b1, b2 = fold_centers(out["W1"], out["B1"], out["W2"], out["B2"], centers)
+        out.update(B1=b1, B2=b2, XC=None if centers[0] is None else np.asarray(centers[0], np.float32),
+                   HC=None if centers[1] is None else np.asarray(centers[1], np.float32))
     return out
 
 

@@ -21,9 +21,15 @@ def _const(tape: ir.tape.Tape, value: float) -> ir.Value:
 Threshold = float | ir.Value | None  # a constant, a scalar graph input, or none
 
 
-def _zero_small(tape: ir.tape.Tape, v: ir.Value, t: float | ir.Value) -> ir.Value:
-    """``Where(|v| <= t, 0, v)``."""
+def _zero_small(tape: ir.tape.Tape, v: ir.Value, t: float | ir.Value,
+                center: ir.Value | None = None, keep_center: bool = False) -> ir.Value:
+    """``Where(|v| <= t, 0, v)``; with a ``center`` c (per channel): ``Where(|v-c| <= t, c,
+    v)`` (``keep_center``: the reference form) or ``Where(|v-c| <= t, 0, v-c)`` (the op's)."""
     limit = t if isinstance(t, ir.Value) else _const(tape, t)
+    if center is not None:
+        d = tape.op("Sub", [v, center])
+        small = tape.op("LessOrEqual", [tape.op("Abs", [d]), limit])
+        return tape.op("Where", [small, center, v] if keep_center else [small, _const(tape, 0.0), d])
     small = tape.op("LessOrEqual", [tape.op("Abs", [v]), limit])
     return tape.op("Where", [small, _const(tape, 0.0), v])
 
@@ -72,6 +78,8 @@ def ffn(
     predictor: tuple[ir.Value, ir.Value, ir.Value] | None = None,
     w1_rows: bool = False,
     gate_threshold: Threshold = None,
+    centers: tuple[ir.Value | None, ir.Value | None] = (None, None),
+    keep_centers: bool = True,
 ) -> ir.Value:
     """``act(x·W1+b1) [⊙ up_act(x·WU)] · W2 + b2``; ``wu_rows``: WU is stored [d_ff, d_in].
 
@@ -83,9 +91,17 @@ def ffn(
     ``(x·PA)·PB + PC > 0`` contribute (``Where``; mode predictor's reference); ``w1_rows``:
     W1 is stored [d_ff, d_in]. ``gate_threshold`` (gated FFNs): CATS — entries of
     act(gate) with |g| <= t are zeroed before the product with the up projection.
+    ``centers`` (c_in [d_in], c_hidden [d_ff], either None): centered TEAL — an entry within
+    t of its channel's center becomes the center (``keep_centers``, the reference), or the
+    centered entries are what is thresholded and projected (the op's form with XC, HC, whose
+    biases hold the centers' share).
     """
-    if thresholds is not None and _active(thresholds[0]):
-        x = _zero_small(tape, x, thresholds[0])
+    c_in, c_hidden = centers
+    t_in, t_hidden = thresholds if thresholds is not None else (None, None)
+    if _active(t_in):
+        x = _zero_small(tape, x, t_in, c_in, keep_centers)
+    elif c_in is not None and not keep_centers:
+        x = tape.op("Sub", [x, c_in])
     if w1_rows:
         w1 = tape.op("Transpose", [w1], {"perm": [1, 0]})
     h = tape.op("MatMul", [x, w1])
@@ -98,8 +114,10 @@ def ffn(
         wu_in_out = tape.op("Transpose", [wu], {"perm": [1, 0]}) if wu_rows else wu
         u = activation(tape, up_activation, tape.op("MatMul", [x, wu_in_out]), opset)
         a = tape.op("Mul", [a, u])
-    if thresholds is not None and _active(thresholds[1]):
-        a = _zero_small(tape, a, thresholds[1])
+    if _active(t_hidden):
+        a = _zero_small(tape, a, t_hidden, c_hidden, keep_centers)
+    elif c_hidden is not None and not keep_centers:
+        a = tape.op("Sub", [a, c_hidden])
     if predictor is not None:
         pa, pb, pc = predictor
         score = tape.op("Add", [tape.op("MatMul", [tape.op("MatMul", [x, pa]), pb]), pc])

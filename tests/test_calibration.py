@@ -81,11 +81,12 @@ def test_reservoir_keeps_a_bounded_uniform_sample() -> None:
     assert 3000 < s.mean() < 7000  # not the first 100 rows (mean 49.5)
 
 
-def test_thresholds_give_the_target_sparsity_on_the_data(tmp_path) -> None:
+@pytest.mark.parametrize("center", ["none", "median"])
+def test_thresholds_give_the_target_sparsity_on_the_data(tmp_path, center) -> None:
     path, w = _models(tmp_path)
     data, x = _feeds(tmp_path)
-    result = fffc.calibrate(path, data, output=tmp_path / "c.json")
-    assert result["feeds"] == 3
+    result = fffc.calibrate(path, data, output=tmp_path / "c.json", center=center)
+    assert result["feeds"] == 3 and result["center"] == center
     gelu, swiglu = sorted(result["sites"].values(), key=lambda s: s["kind"])
     assert (gelu["family"], swiglu["family"], gelu["tokens"]) == ("gelu FFN", "SwiGLU", 150)
     # independent recomputation of what each histogram saw
@@ -94,11 +95,22 @@ def test_thresholds_give_the_target_sparsity_on_the_data(tmp_path) -> None:
     g = y1 @ w["Wg"]
     gate = g / (1 + np.exp(-g))
     hidden2 = gate * (y1 @ w["Wu"])
-    for values, th in ((x, gelu["thresholds"]["input"]), (a1, gelu["thresholds"]["hidden"]),
-                       (y1, swiglu["thresholds"]["input"]), (gate, swiglu["thresholds"]["gate"]),
-                       (hidden2, swiglu["thresholds"]["hidden"])):
+    # centers: per-channel medians (every row is in the reservoir here: 150 < 4096) of the
+    # dense site's x and of both sites' a; none for the gated site's x and for the gate
+    want_centers = ({"input": np.median(x, 0), "hidden": np.median(a1, 0)},
+                    {"hidden": np.median(hidden2, 0)}) if center == "median" else ({}, {})
+    for site, want in zip((gelu, swiglu), want_centers, strict=True):
+        got = site.get("centers", {})
+        assert sorted(got) == sorted(want)
+        for part, c in want.items():
+            np.testing.assert_allclose(got[part], c, rtol=1e-6, atol=1e-7)
+    for values, th, c in ((x, gelu["thresholds"]["input"], want_centers[0].get("input", 0.0)),
+                          (a1, gelu["thresholds"]["hidden"], want_centers[0].get("hidden", 0.0)),
+                          (y1, swiglu["thresholds"]["input"], 0.0),
+                          (gate, swiglu["thresholds"]["gate"], 0.0),
+                          (hidden2, swiglu["thresholds"]["hidden"], want_centers[1].get("hidden", 0.0))):
         for s in (0.4, 0.5, 0.9):
-            frac = np.mean(np.abs(values) <= th[f"{s:g}"])
+            frac = np.mean(np.abs(values - c) <= th[f"{s:g}"])
             assert s <= frac <= s + 0.02, (s, frac)
     assert "gate" not in gelu["thresholds"]
     on_disk = json.loads((tmp_path / "c.json").read_text())
@@ -118,6 +130,17 @@ def test_cli_calibrate_and_its_errors(tmp_path, capsys) -> None:
     assert "--force" in capsys.readouterr().err
     assert main(["calibrate", str(path), "--data", str(data), "--force"]) == 0
     assert main(["calibrate", str(path), "--synthetic", "2", "-o", str(tmp_path / "s.json")]) == 0
+    assert main(["calibrate", str(path), "--data", str(data), "--center", "none", "-o",
+                 str(tmp_path / "z.json")]) == 0
+    centered = json.loads(out.read_text())
+    zero = json.loads((tmp_path / "z.json").read_text())
+    assert (centered["center"], zero["center"]) == ("median", "none")
+    assert all("centers" in st for st in centered["sites"].values())
+    assert not any("centers" in st for st in zero["sites"].values())
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage and code 2
+        main(["calibrate", str(path), "--data", str(data), "--center", "mean", "--force"])
+    assert exit_info.value.code == 2 and "--center" in capsys.readouterr().err
     bad = tmp_path / "bad.npz"
     np.savez(bad, tokens=np.zeros((1, 3, D), np.float32))
     assert main(["calibrate", str(path), "--data", str(bad), "--force"]) == 2
@@ -149,14 +172,15 @@ def test_calibrate_trains_predictors_per_site(tmp_path) -> None:
         assert preds[f"{name}/a"].shape == (D, 8) and preds[f"{name}/b"].shape == (8, F)
 
 
-def test_thresholded_model_zeroes_below_the_calibrated_thresholds(tmp_path) -> None:
+@pytest.mark.parametrize("center", ["none", "median"])
+def test_thresholded_model_zeroes_below_the_calibrated_thresholds(tmp_path, center) -> None:
     import onnxruntime as ort
 
     from fffc.calibration import thresholded_model
 
     path, w = _models(tmp_path)
     data, x = _feeds(tmp_path)
-    calib = fffc.calibrate(path, data)
+    calib = fffc.calibrate(path, data, center=center)
     gelu, swiglu = sorted(calib["sites"].values(), key=lambda s: s["kind"])
     model = thresholded_model(path, calib, 0.4)
     ops = [n.op_type for n in model.graph.node]
@@ -164,16 +188,19 @@ def test_thresholded_model_zeroes_below_the_calibrated_thresholds(tmp_path) -> N
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"x": x.reshape(6, 25, D).astype(np.float32)})[0].reshape(-1, D)
 
-    def cut(v, t):
-        return np.where(np.abs(v) <= t, 0.0, v)
+    def cut(v, site, part):  # entries within t of the center (0 without one) become it
+        t = site["thresholds"][part]["0.4"]
+        c = np.asarray(site.get("centers", {}).get(part, 0.0), np.float64)
+        return np.where(np.abs(v - c) <= t, c, v)
 
-    th1, th2 = gelu["thresholds"], swiglu["thresholds"]
-    y1 = cut(_erf_gelu(cut(x, th1["input"]["0.4"]) @ w["W1"] + w["b1"]), th1["hidden"]["0.4"]) @ w["W2"]
-    x2 = cut(y1, th2["input"]["0.4"])
+    y1 = cut(_erf_gelu(cut(x, gelu, "input") @ w["W1"] + w["b1"]), gelu, "hidden") @ w["W2"]
+    x2 = cut(y1, swiglu, "input")
     g = x2 @ w["Wg"]
-    want = cut(g / (1 + np.exp(-g)) * (x2 @ w["Wu"]), th2["hidden"]["0.4"]) @ w["Wd"]
+    want = cut(g / (1 + np.exp(-g)) * (x2 @ w["Wu"]), swiglu, "hidden") @ w["Wd"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-    assert np.mean(cut(x, th1["input"]["0.4"]) == 0) >= 0.4  # the sparsity it was asked for
+    assert ("centers" in gelu) == (center == "median")
+    c_in = np.asarray(gelu.get("centers", {}).get("input", 0.0))
+    assert np.mean(cut(x, gelu, "input") == c_in) >= 0.4  # the sparsity it was asked for
     with pytest.raises(fffc.FffcError, match=r"no thresholds for sparsity 0\.33"):
         thresholded_model(path, calib, 0.33)
     other = tmp_path / "other.onnx"
@@ -191,3 +218,30 @@ def test_thresholded_model_parts(tmp_path) -> None:
     for parts, wheres in ((("input",), 2), (("hidden",), 2), ((), 0)):
         ops = [n.op_type for n in thresholded_model(path, calib, 0.5, parts=parts).graph.node]
         assert ops.count("Where") == wheres
+
+
+def test_centered_thresholds_cost_less_accuracy_on_offset_channels(tmp_path) -> None:
+    """Channels that sit at their own offsets (as a LayerNorm's β puts them): thresholds
+    around each channel's median keep the output closer to the original than TEAL's
+    zero-centered ones at the same sparsity, on feeds the calibration did not see."""
+    import onnxruntime as ort
+
+    from fffc.calibration import thresholded_model
+
+    path, _ = _models(tmp_path)
+    offset = np.random.default_rng(5).standard_normal(D).astype(np.float32) * 1.5
+    data = tmp_path / "offset_feeds"
+    data.mkdir()
+    for i in range(3):
+        x = np.random.default_rng(20 + i).standard_normal((2, 25, D)).astype(np.float32)
+        np.savez(data / f"{i:02d}.npz", x=x + offset)
+    x = np.random.default_rng(99).standard_normal((4, 25, D)).astype(np.float32) + offset
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    err = {}
+    for center in ("none", "median"):
+        calib = fffc.calibrate(path, data, center=center)
+        model = thresholded_model(path, calib, 0.5, sites=["fffc_ffn_0"])
+        got = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        err[center] = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert err["median"] < 0.7 * err["none"], err

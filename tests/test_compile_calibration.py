@@ -55,6 +55,9 @@ def test_gelu_and_swiglu_sites_become_teal(uniform) -> None:
     assert v["deviation_from_original"]["max_rel"] > 1e-3
     modes = {e["spec"]["mode"] for e in m["kernels"]["entries"]}
     assert modes == {"teal"}
+    # calibrated centers (the default): x and a of the GELU FFN, a of the SwiGLU (its x
+    # has no bias to hold a center's share)
+    assert [s["centered"] for s in m["sites"]] == ["xh", "h"]
 
 
 @pytest.mark.parametrize("tokens", [1, 40])  # the kernel, and the If's thresholded dense branch
@@ -164,12 +167,17 @@ def test_shim_names_a_missing_or_misshapen_mode_input(uniform, with_predictors) 
     def drop_th(model) -> None:
         del model.graph.node[0].input[6]
 
-    def shrink_pa(model) -> None:
-        init = next(i for i in model.graph.initializer if i.name == model.graph.node[0].input[7])
-        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[:-1], init.name))
+    def shrink(position: int):
+        def edit(model) -> None:
+            name = model.graph.node[0].input[position]
+            init = next(i for i in model.graph.initializer if i.name == name)
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[:-1], init.name))
+        return edit
 
     for artifact, edit, message in ((uniform.artifact, drop_th, "required by mode teal"),
-                                    (with_predictors[3].artifact, shrink_pa, "predictor shapes")):
+                                    (uniform.artifact, shrink(10), r"XC must be \[d_in\]"),
+                                    (uniform.artifact, shrink(11), r"HC must be \[d_ff\]"),
+                                    (with_predictors[3].artifact, shrink(7), "predictor shapes")):
         model = single_node_model(onnx.load(str(artifact / "model.onnx")), "fffc_ffn_0")
         edit(model)
         so = ort.SessionOptions()

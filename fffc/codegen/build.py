@@ -69,6 +69,8 @@ class CompiledKernel:
         s = self.spec
         if s.mode == "predictor":
             return f"predictor/{s.rank}"  # rank: PA's width
+        if s.centers:
+            return f"{s.mode}/{s.centers}"  # centered teal: XC and/or HC
         return f"{s.mode}/screened" if self.variant == "screened" else s.mode
 
 

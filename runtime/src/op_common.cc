@@ -275,8 +275,8 @@ void Destroy(void* kernel) { delete static_cast<KernelBase*>(kernel); }
 
 }  // namespace
 
-const char* const kInputNames[kNumInputs] = {"X",  "W1", "B1", "W2", "B2",
-                                             "WU", "TH", "PA", "PB", "PC"};
+const char* const kInputNames[kNumInputs] = {"X",  "W1", "B1", "W2", "B2", "WU",
+                                             "TH", "PA", "PB", "PC", "XC", "HC"};
 const char* const kFffNames[4] = {"X", "W_in", "B_in", "W_out"};
 
 OrtStatus* Fail(const OrtApi* api, const std::string& msg) {
@@ -306,6 +306,17 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const s
                          (thresholds ? "required by mode " + mode : "only for modes teal, cats"));
   if (thresholds && (c->in[kTH].dims.size() != 1 || c->in[kTH].dims[0] != 2))
     return Fail(api, "SparseFFN: TH must hold two thresholds (teal: [t_in, t_hidden]; cats: [t_in, t_gate])");
+  for (int i : {kXC, kHC}) {
+    if (!c->present[i]) continue;
+    if (mode != "teal") return Fail(api, std::string("input ") + kInputNames[i] + " is only for mode teal");
+    const int64_t n = i == kXC ? c->d_in : c->d_ff;
+    if (c->in[i].dims.size() != 1 || c->in[i].dims[0] != n)
+      return Fail(api, std::string("SparseFFN: ") + kInputNames[i] + " must be [" +
+                           (i == kXC ? "d_in" : "d_ff") + "] = [" + std::to_string(n) + "]");
+  }
+  if (c->present[kXC] && c->present[kWU])
+    return Fail(api, "SparseFFN: XC is only for dense FFNs (a gated FFN's up projection has no bias "
+                     "to hold its share)");
   for (int i : {kPA, kPB, kPC})
     if (rows != c->present[i])
       return Fail(api, std::string("input ") + kInputNames[i] + " is " +
@@ -360,16 +371,21 @@ OrtStatus* PrepareFff(const OrtApi* api, OrtKernelContext* ctx, FffCall* c) {
 
 std::string Describe(const Attrs& a, const FfnCall& c) {
   return "SparseFFN(activation=" + a.activation + ", up_activation=" + a.up_activation +
-         ", mode=" + a.mode + ", d_in=" + std::to_string(c.d_in) + ", d_ff=" +
+         ", mode=" + TableMode(a, c) + ", d_in=" + std::to_string(c.d_in) + ", d_ff=" +
          std::to_string(c.d_ff) + ", d_out=" + std::to_string(c.d_out) +
          ", B1=" + (c.present[kB1] ? "yes" : "no") + ", B2=" + (c.present[kB2] ? "yes" : "no") +
          ", WU=" + (c.present[kWU] ? "yes" : "no") + ")";
 }
 
+std::string TableMode(const Attrs& a, const FfnCall& c) {
+  if (a.mode != "teal" || (!c.present[kXC] && !c.present[kHC])) return a.mode;
+  return a.mode + "/" + (c.present[kXC] ? "x" : "") + (c.present[kHC] ? "h" : "");
+}
+
 bool Matches(const Attrs& a, const FfnCall& c, const char* activation, const char* up_activation,
              const char* mode, int32_t has_b1, int32_t has_b2, int32_t gated, int64_t d_in,
              int64_t d_ff, int64_t d_out, int64_t min_tokens, int64_t max_tokens) {
-  return a.activation == activation && a.up_activation == up_activation && a.mode == mode &&
+  return a.activation == activation && a.up_activation == up_activation && TableMode(a, c) == mode &&
          has_b1 == c.present[kB1] && has_b2 == c.present[kB2] && gated == c.present[kWU] &&
          d_in == c.d_in && d_ff == c.d_ff && d_out == c.d_out && min_tokens <= c.tokens &&
          c.tokens <= max_tokens;

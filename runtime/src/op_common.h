@@ -14,8 +14,8 @@
 
 namespace fffc {
 
-constexpr int kNumInputs = 10;  // X, W1, B1?, W2, B2?, WU?, TH?, PA?, PB?, PC? (fffc/ops.py)
-enum Input { kX = 0, kW1, kB1, kW2, kB2, kWU, kTH, kPA, kPB, kPC };
+constexpr int kNumInputs = 12;  // X, W1, B1?, W2, B2?, WU?, TH?, PA?, PB?, PC?, XC?, HC? (fffc/ops.py)
+enum Input { kX = 0, kW1, kB1, kW2, kB2, kWU, kTH, kPA, kPB, kPC, kXC, kHC };
 extern const char* const kInputNames[kNumInputs];
 extern const char* const kFffNames[4];  // FastFeedForward: X, W_in, B_in, W_out
 
@@ -92,7 +92,11 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* call,
 // "SparseFFN(activation=..., d_in=..., ...)" for error messages.
 std::string Describe(const Attrs& a, const FfnCall& c);
 
-// True when a kernel table row (spec fields) serves this call.
+// The kernel table's mode of a call: a.mode, and for a centered teal call "teal/x", "teal/h"
+// or "teal/xh" (which of XC, HC it has; fffc.ops.KernelSpec.centers).
+std::string TableMode(const Attrs& a, const FfnCall& c);
+
+// True when a kernel table row (spec fields) serves this call (its mode: TableMode).
 bool Matches(const Attrs& a, const FfnCall& c, const char* activation, const char* up_activation,
              const char* mode, int32_t has_b1, int32_t has_b2, int32_t gated, int64_t d_in,
              int64_t d_ff, int64_t d_out, int64_t min_tokens, int64_t max_tokens);

@@ -25,7 +25,13 @@ PRED_DENSE = KernelSpec("SparseFFN", "gelu", "none", "predictor", 300, F, DO, Tr
                         extra=(("rank", "8"),))  # d_in 300: x·PA split over 2 blocks
 PRED_SWIGLU = KernelSpec("SparseFFN", "silu", "none", "predictor", D, F, DO, False, False, True,
                          extra=(("rank", "16"),))
-SPECS = [TEAL_DENSE, TEAL_SWIGLU, CATS, PRED_DENSE, PRED_SWIGLU]
+# centered teal: XC, HC subtracted before the thresholds (random here; the biases need not
+# hold their share for the kernel to be checked against the op's reference)
+TEAL_CENTERED = KernelSpec("SparseFFN", "gelu", "none", "teal", D, F, DO, True, True, False,
+                           extra=(("centers", "xh"),))
+TEAL_SWIGLU_H = KernelSpec("SparseFFN", "silu", "none", "teal", D, F, DO, False, True, True,
+                           extra=(("centers", "h"),))
+SPECS = [TEAL_DENSE, TEAL_SWIGLU, CATS, PRED_DENSE, PRED_SWIGLU, TEAL_CENTERED, TEAL_SWIGLU_H]
 TOKENS = (1, 3)  # the grids run over tokens: any count is served
 
 
@@ -55,6 +61,10 @@ def _weights(s: KernelSpec, seed: int) -> dict[str, np.ndarray]:
     if s.gated:
         wu = rng.standard_normal((f, d)) / np.sqrt(d)
         w["WU"] = wu.T if s.mode == "teal" else wu
+    if "x" in s.centers:
+        w["XC"] = rng.standard_normal(d) * 0.5
+    if "h" in s.centers:
+        w["HC"] = rng.standard_normal(f) * 0.05 - 0.05
     if s.mode == "predictor":
         w |= {"PA": rng.standard_normal((d, s.rank)) / np.sqrt(d),
               "PB": rng.standard_normal((s.rank, f)) / np.sqrt(s.rank),
@@ -77,19 +87,24 @@ def _cut(values: np.ndarray, q: float, margin: float = 2e-4) -> np.float32:
     return t
 
 
+def _centered_x(w: dict, x: np.ndarray) -> np.ndarray:
+    """x - XC in float32 (as the kernels), or x."""
+    return x - w["XC"] if "XC" in w else x
+
+
 def _x_cut(x: np.ndarray, t_in: float) -> np.ndarray:
     xd = x.astype(np.float64)
     return np.where(np.abs(xd) <= t_in, 0.0, xd)
 
 
 def _hidden(s: KernelSpec, w: dict, x: np.ndarray, t_in: float) -> np.ndarray:
-    """What the hidden (teal) or gate (cats) threshold cuts, in float64."""
-    xd = _x_cut(x, t_in)
+    """What the hidden (teal, minus HC) or gate (cats) threshold cuts, in float64."""
+    xd = _x_cut(_centered_x(w, x), t_in)
     h = xd @ w["W1"] + w.get("B1", 0.0)
     a = activation(s.activation, h)
     if s.mode == "teal" and s.gated:
         a = a * activation(s.up_activation, xd @ w["WU"])
-    return a
+    return a - w["HC"] if "HC" in w else a
 
 
 def _want(s: KernelSpec, w: dict, x: np.ndarray, th: np.ndarray | None = None) -> np.ndarray:
@@ -97,7 +112,8 @@ def _want(s: KernelSpec, w: dict, x: np.ndarray, th: np.ndarray | None = None) -
     common = {"activation_name": s.activation, "up_activation": s.up_activation, "slack": True}
     b1, b2 = w.get("B1"), w.get("B2")
     if s.mode == "teal":
-        y, slack = teal_ffn(x, w["W1"], b1, w["W2"], b2, w.get("WU"), thresholds=th, **common)
+        y, slack = teal_ffn(x, w["W1"], b1, w["W2"], b2, w.get("WU"), thresholds=th,
+                            xc=w.get("XC"), hc=w.get("HC"), **common)
     elif s.mode == "cats":
         y, slack = cats_ffn(x, w["W1"], b1, w["W2"], b2, w["WU"], thresholds=th, **common)
     else:
@@ -115,15 +131,16 @@ def _check(got: np.ndarray, want: np.ndarray, what) -> None:
 
 def _thresholds(s: KernelSpec, w: dict, x: np.ndarray) -> list[np.ndarray]:
     """Both thresholds on, each alone, both off (t = -1)."""
-    t_in = _cut(np.abs(x), 0.4, margin=0.0)
+    t_in = _cut(np.abs(_centered_x(w, x)), 0.4, margin=0.0)
     t_h_alone = _cut(np.abs(_hidden(s, w, x, -1.0)), 0.5)
     t_h = _cut(np.abs(_hidden(s, w, x, float(t_in))), 0.5)
     return [np.array(t, np.float32) for t in
             ([t_in, t_h], [t_in, -1.0], [-1.0, t_h_alone], [-1.0, -1.0])]
 
 
-@pytest.mark.parametrize("s", [TEAL_DENSE, TEAL_SWIGLU, CATS],
-                         ids=["teal-gelu", "teal-swiglu", "cats-silu"])
+@pytest.mark.parametrize("s", [TEAL_DENSE, TEAL_SWIGLU, CATS, TEAL_CENTERED, TEAL_SWIGLU_H],
+                         ids=["teal-gelu", "teal-swiglu", "cats-silu", "teal-gelu-xh",
+                              "teal-swiglu-h"])
 def test_thresholded_modes_match_the_reference(library, emulator, s) -> None:
     v = _variant(library, s)
     w = _weights(s, 1)
@@ -133,11 +150,14 @@ def test_thresholded_modes_match_the_reference(library, emulator, s) -> None:
             got = emulator.run(v, {"X": x, **w, "TH": th}, any_tokens=True)
             want = _want(s, w, x, th)
             _check(got, want, (s.mode, n, th))
-            if th.max() < 0:  # nothing thresholded: the dense FFN
+            if th.max() < 0:  # nothing thresholded: the dense FFN (of x - XC, minus HC·W2)
                 wu = w.get("WU")
-                dense = sparse_ffn(x, w["W1"], w.get("B1"), w["W2"], w.get("B2"),
+                dense = sparse_ffn(_centered_x(w, x), w["W1"], w.get("B1"), w["W2"],
+                                   w.get("B2"),
                                    None if wu is None else (wu.T if s.mode == "teal" else wu),
                                    activation_name=s.activation, up_activation=s.up_activation)
+                if "HC" in w:
+                    dense = dense - w["HC"].astype(np.float64) @ w["W2"]
                 _check(got, dense, (s.mode, n, "dense"))
             else:  # something was cut: the result differs from the dense one
                 assert np.abs(got - _want(s, w, x, np.array([-1, -1], np.float32))).max() > \
@@ -165,7 +185,8 @@ def test_predictor_matches_the_reference(library, emulator, s) -> None:
         _check(got, _want(s, w, x), (s.mode, n, "all"))
 
 
-@pytest.mark.parametrize("s", SPECS, ids=[f"{s.mode}-{s.activation}-{s.d_in}" for s in SPECS])
+@pytest.mark.parametrize("s", SPECS, ids=[f"{s.mode}-{s.activation}-{s.d_in}-{s.centers}"
+                                          for s in SPECS])
 def test_everything_cut_leaves_only_b2(library, emulator, s) -> None:
     """All activations zero (t_hidden / t_gate huge, no neuron selected): Y = B2 exactly."""
     w = _weights(s, 3)
@@ -180,7 +201,8 @@ def test_everything_cut_leaves_only_b2(library, emulator, s) -> None:
     np.testing.assert_array_equal(got, np.broadcast_to(b2, got.shape))
 
 
-@pytest.mark.parametrize("s", SPECS, ids=[f"{s.mode}-{s.activation}-{s.d_in}" for s in SPECS])
+@pytest.mark.parametrize("s", SPECS, ids=[f"{s.mode}-{s.activation}-{s.d_in}-{s.centers}"
+                                          for s in SPECS])
 def test_skipped_rows_are_never_read(library, emulator, s) -> None:
     """NaN in every row a threshold or the predictor skips (W1/WU rows of small inputs in
     teal, W1 rows of small inputs and WU rows of closed gates in cats, unselected neurons'
@@ -196,7 +218,7 @@ def test_skipped_rows_are_never_read(library, emulator, s) -> None:
                 poisoned[k][out] = np.nan
     else:
         th = _thresholds(s, w, x)[0]
-        small = np.abs(x[0]) <= th[0]
+        small = np.abs(_centered_x(w, x)[0]) <= th[0]
         quiet = np.abs(_hidden(s, w, x, float(th[0]))[0]) <= th[1]
         assert 0 < small.sum() < s.d_in and 0 < quiet.sum() < s.d_ff
         poisoned["W1"][small] = np.nan

@@ -137,3 +137,67 @@ def test_skipped_rows_are_never_read() -> None:
     got = _run(spec, poisoned, x, th)
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+CENTERED = [("gelu", False, True, "xh"), ("gelu", False, False, "h"), ("gelu_tanh", False, True, "x"),
+            ("silu", True, False, "h")]
+
+
+@pytest.mark.parametrize("activation, gated, bias, centers", CENTERED,
+                         ids=[f"{a}-{'gated' if g else 'dense'}-{'b' if b else 'nb'}-{c}"
+                              for a, g, b, c in CENTERED])
+def test_centered_teal_kernel_replaces_entries_near_their_center(activation, gated, bias,
+                                                                 centers) -> None:
+    """XC / HC with B1 / B2 holding their share (``lower.fold_centers``): the kernel equals
+    the FFN whose entries within t of their channel's center were set to the center,
+    computed here from the original weights (no XC, HC or folding)."""
+    from math import erf
+
+    from fffc.passes.lower import fold_centers
+
+    base = _spec(activation, gated, bias)
+    spec = KernelSpec("SparseFFN", activation, "none", "teal", D, F, DO,
+                      bias or "x" in centers, bias or "h" in centers, gated,
+                      extra=(("centers", centers),))
+    assert spec.arg_names()[-1 - len(centers):-1] == [f"{p.upper()}C" for p in centers]
+    w = _weights(base)
+    rng = np.random.default_rng(11)
+    xc = (rng.standard_normal(D) * 0.8).astype(np.float32) if "x" in centers else None
+    hc = (rng.standard_normal(F) * 0.1 - 0.1).astype(np.float32) if "h" in centers else None
+    b1, b2 = (w["B1"], w["B2"]) if bias else (None, None)
+    f1, f2 = fold_centers(w["W1"], b1, w["W2"], b2, (xc, hc))
+    folded = {**w, "B1": f1, "B2": f2, "XC": xc, "HC": hc}
+    act = {"gelu": lambda v: 0.5 * v * (1 + np.vectorize(erf)(v / np.sqrt(2))),
+           "gelu_tanh": lambda v: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3))),
+           "silu": lambda v: v / (1 + np.exp(-v))}[activation]
+    for tokens in (1, 3):
+        x = (rng.standard_normal((tokens, D)) + (xc if xc is not None else 0)).astype(np.float32)
+        th = np.array([0.6, 0.05], np.float32)
+        args = {**folded, "TH": th}
+        got = _runner(spec)(x, *[args[n] for n in spec.arg_names()[1:-1]])
+        # the reference: replace, from the original weights, in float64
+        cx = np.zeros(D) if xc is None else xc.astype(np.float64)
+        xr = np.where(np.abs(x - cx) <= th[0], cx, x.astype(np.float64))
+        h = xr @ w["W1"] + (w["B1"] if bias else 0)
+        a = act(h) * (xr @ w["WU"] if gated else 1)
+        ch = np.zeros(F) if hc is None else hc.astype(np.float64)
+        ar = np.where(np.abs(a - ch) <= th[1], ch, a)
+        want = ar @ w["W2"] + (w["B2"] if bias else 0)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+        # and the op's own reference (what verify compares kernels with)
+        ref = teal_ffn(x, folded["W1"], f1, w["W2"], f2, w["WU"] if gated else None,
+                       thresholds=th, activation_name=activation, xc=xc, hc=hc)
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+        # the center matters: the same thresholds around zero compute something else
+        plain = teal_ffn(x, w["W1"], b1, w["W2"], b2, w["WU"] if gated else None,
+                         thresholds=th, activation_name=activation)
+        assert not np.allclose(got, plain, rtol=1e-3, atol=1e-3 * np.abs(plain).max())
+
+
+def test_centers_need_mode_teal_and_xc_a_dense_ffn() -> None:
+    for spec in (KernelSpec("SparseFFN", "silu", "none", "teal", D, F, DO, False, True, True,
+                            extra=(("centers", "xh"),)),
+                 KernelSpec("SparseFFN", "silu", "none", "cats", D, F, DO, False, True, True,
+                            extra=(("centers", "h"),))):
+        with pytest.raises(CodegenError, match="centers"):
+            KernelRunner(spec)

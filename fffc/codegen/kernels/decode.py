@@ -121,7 +121,9 @@ def params(spec: KernelSpec) -> str:
               "TH": 'TH: T.Buffer((2,), "float32", align=4)',
               "PA": f'PA: T.Buffer(({d}, {r}), "float32", align=4)',
               "PB": f'PB: T.Buffer(({r}, {f}), "float32", align=4)',
-              "PC": f'PC: T.Buffer(({f},), "float32", align=4)', "Y": "y: T.handle"}
+              "PC": f'PC: T.Buffer(({f},), "float32", align=4)',
+              "XC": f'XC: T.Buffer(({d},), "float32", align=4)',
+              "HC": f'HC: T.Buffer(({f},), "float32", align=4)', "Y": "y: T.handle"}
     return ", ".join(shapes[a] for a in spec.arg_names())
 
 
@@ -133,6 +135,8 @@ def check(spec: KernelSpec, mode: str, tiling: Tiling) -> None:
         raise CodegenError(f"SparseFFN {mode}: activation {spec.activation!r} has no kernel")
     if spec.up_activation not in ("none", "relu"):
         raise CodegenError(f"SparseFFN up_activation {spec.up_activation!r} is not supported")
+    if spec.centers and (spec.mode != "teal" or ("x" in spec.centers and spec.gated)):
+        raise CodegenError("SparseFFN centers: mode teal only, XC for dense FFNs only")
     if spec.dtype != "float32":
         raise CodegenError(f"SparseFFN kernels are float32 only, got {spec.dtype!r}")
     check_tiling(spec, tiling)

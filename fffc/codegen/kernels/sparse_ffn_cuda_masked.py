@@ -14,9 +14,10 @@ summed in shared memory in a fixed order. Where it thresholds the input, all thr
 the block read the same x (one token per block), so the branch is warp-uniform and the
 row segment of a channel with ``|x| <= t_in`` is never read.
 
-teal (W1, WU [d_in, d_ff]; TH = [t_in, t_hidden]):
-  1. ``proj``: gemv over W1 (and WU, gated, in the same pass) skipping small x; the epilogue
-     writes ``H = act(·+B1) [⊙ up_act(·)]``, zeroed where ``|a| <= t_hidden``.
+teal (W1, WU [d_in, d_ff]; TH = [t_in, t_hidden]; centered: XC [d_in], HC [d_ff]):
+  1. ``proj``: gemv over W1 (and WU, gated, in the same pass) skipping small x (x - XC);
+     the epilogue writes ``H = act(·+B1) [⊙ up_act(·)]`` (- HC), zeroed where
+     ``|a| <= t_hidden``.
 cats (gated; W1 [d_in, d_ff], WU [d_ff, d_in]; TH = [t_in, t_gate]):
   1. ``gate``: gemv over W1 skipping small x; ``G = act(·+B1)``, zeroed where
      ``|g| <= t_gate``;
@@ -57,6 +58,8 @@ def check_masked_spec(spec: KernelSpec) -> None:
         raise CodegenError("SparseFFN up_activation needs a gated FFN (input WU)")
     if spec.mode == "cats" and not spec.gated:
         raise CodegenError("SparseFFN cats thresholds a gate: gated FFNs only")
+    if spec.centers and (spec.mode != "teal" or ("x" in spec.centers and spec.gated)):
+        raise CodegenError("SparseFFN centers: mode teal only, XC for dense FFNs only")
     if spec.mode == "predictor" and spec.rank < 1:
         raise CodegenError("SparseFFN predictor: the spec carries no rank")
     if spec.dtype not in WEIGHT_DTYPES.values():
@@ -80,7 +83,7 @@ def _params(spec: KernelSpec, names: list[str]) -> str:
     up_rows = spec.mode != "teal"  # WU row per neuron
     shapes = {"W1": (f, d) if rows else (d, f), "WU": (f, d) if up_rows else (d, f),
               "B1": (f,), "W2": (f, do), "B2": (do,), "TH": (2,), "PA": (d, r), "PB": (r, f),
-              "PC": (f,)}
+              "PC": (f,), "XC": (d,), "HC": (f,)}
     out = []
     for n in names:
         if n in shapes:
@@ -258,13 +261,16 @@ def decode_sources(spec: KernelSpec, t: CudaTiling, prefix: str) -> dict[str, st
     thresholded = "T.if_then_else(T.fabs(hv[0]) > th[1], hv[0], T.float32(0))"
     wu = ["WU"] if spec.gated else []
     out: dict[str, str] = {}
-    if spec.mode == "teal":
+    if spec.mode == "teal":  # centered: x - XC and a - HC thresholded (their share in B1, B2)
+        centers = [f"{p.upper()}C" for p in spec.centers]
         epi = [*_act(spec, f"acc[0]{bias}", "acc[1]" if spec.gated else None),
+               *([f"hv[0] = hv[0] - HC[{col}]"] if "h" in spec.centers else []),
                f"H[bz, {col}] = {thresholded}"]
         out[f"{prefix}_proj"] = _gemv(
-            spec, symbol=f"{prefix}_proj", args=["X", "W1", *b1, *wu, "TH", "H"],
+            spec, symbol=f"{prefix}_proj", args=["X", "W1", *b1, *wu, "TH", *centers, "H"],
             bufs=[_match("X", d), _match("H", f)], width=f, k=d, kb=1, ks=t.ks, nt=t.nt,
-            mats=["W1", *wu], xread="X[bz, {k}]", thresholds=True, epilogue=epi)
+            mats=["W1", *wu], thresholds=True, epilogue=epi,
+            xread="X[bz, {k}] - XC[{k}]" if "x" in spec.centers else "X[bz, {k}]")
     elif spec.mode == "cats":
         epi = [*_act(spec, f"acc[0]{bias}", None), f"G[bz, {col}] = {thresholded}"]
         out[f"{prefix}_gate"] = _gemv(

@@ -3,7 +3,8 @@
 The function (``passes/standard_forms.ffn`` with thresholds, ``fffc.reference.teal_ffn``):
 x' = Where(|x| <= t_in, 0, x); a = act(x'·W1 + B1) [⊙ up_act(x'·WU)];
 a' = Where(|a| <= t_hidden, 0, a); Y = a'·W2 + B2, with ``TH = [t_in, t_hidden]`` an input
-(a negative t switches that threshold off). Per token:
+(a negative t switches that threshold off). Centered (``spec.centers``): x - XC and a - HC
+are thresholded instead (their share is in B1, B2). Per token:
 
 0. **compaction of x** (serial, d_in compares): surviving channels' indices and values;
 1. **input-sparse GEMV, split over the surviving channels** (``parts`` tasks): each task
@@ -52,9 +53,9 @@ _TEAL = '''
         c = T.alloc_buffer((1,), "int32", scope="local")
         c[0] = 0
         for k in range({D}):
-            if T.fabs(X[tb, k]) > TH[0]:
+            if T.fabs({xk}) > TH[0]:
                 KIN[c[0]] = k
-                XIN[c[0]] = X[tb, k]
+                XIN[c[0]] = {xk}
                 c[0] = c[0] + 1
         for p in {loop}({P}):
             for fs in range({F} // {VF}):
@@ -135,7 +136,10 @@ def teal_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PART
     act = ACTIVATIONS[spec.activation].format(v="hb[fl]")
     if spec.gated:
         act = f"({act}) * ({ACTIVATIONS[spec.up_activation].format(v='ub[fl]')})"
+    if "h" in spec.centers:
+        act = f"({act}) - HC[fb * {t.nb} + fl]"
     fmt["act"] = act
+    fmt["xk"] = "X[tb, k] - XC[k]" if "x" in spec.centers else "X[tb, k]"
     fmt["axpy4_u"] = axpy("WU", f"fs * {t.nr1} + v", "XIN", "KIN", parts, rows)
     for key, text in _UP.items():
         fmt[key] = text.format(**fmt) if spec.gated else ""

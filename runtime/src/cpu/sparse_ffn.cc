@@ -63,7 +63,7 @@ struct CpuKernel : KernelBase {
       t.push_back(Dl(const_cast<float*>(s.w1t.data()), s.w1t_dims, 2));
       t.push_back(Dl(const_cast<float*>(s.e.data()), s.e_dims, 2));
     }
-    for (int i : {kW1, kB1, kW2, kB2, kWU, kTH, kPA, kPB, kPC})
+    for (int i : {kW1, kB1, kW2, kB2, kWU, kTH, kPA, kPB, kPC, kXC, kHC})
       if (c.present[i] && !(screen && i == kW1))
         t.push_back(Dl(c.in[i].data, c.in[i].dims.data(), static_cast<int>(c.in[i].dims.size())));
     int32_t listed = 0;
