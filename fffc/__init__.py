@@ -45,14 +45,17 @@ def compile(model: str | Path, output: str | Path | None = None,
 
 def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: int = 0,
               predictor_rank: int = 0, center: str = "median",
+              token_mask: str | None = "attention_mask",
               output: str | Path | None = None, force: bool = False) -> dict:
     """Per-site activation statistics over ``data`` (see ``fffc calibrate``), and predictors
     when ``predictor_rank`` > 0; thresholds around per-channel medians (``center``, or
-    "none" for TEAL's |v|); written to ``output`` (JSON + ``.npz``) when given."""
+    "none" for TEAL's |v|), padding rows (``token_mask`` 0) left out; written to ``output``
+    (JSON + ``.npz``) when given."""
     from . import calibration as _calibrate
 
     result = _calibrate.calibrate(model, data, synthetic=synthetic,
-                                  predictor_rank=predictor_rank, center=center)
+                                  predictor_rank=predictor_rank, center=center,
+                                  token_mask=token_mask)
     if output is not None:
         _calibrate.write(result, output, force=force)
     return result

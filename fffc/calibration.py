@@ -18,8 +18,8 @@ not of a BERT's LayerNorm outputs (each channel sits at its own offset) or of GE
 over the reservoir rows is its center (x of dense FFNs, where the share it leaves out folds
 into B1; a of every site), and a second pass over the feeds fills the histograms of
 |x - center| and |a - center|: the thresholds then replace entries near their center by the
-center instead of by zero (all-MiniLM-L6-v2 at 40% of x and a: 0.9955 mean cosine instead
-of 0.9732; bench/bench_minilm_teal.py).
+center instead of by zero (all-MiniLM-L6-v2 at 40% of x and a: 0.9861 mean cosine instead
+of 0.9671; bench/bench_minilm_teal.py). Padding rows (``token_mask``) are left out.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from .sites import Site
 
 SPARSITIES = (0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # thresholds written for these targets
 SAMPLES = 4096  # rows of x kept per site for predictor training and the centers
+TOKEN_MASK = "attention_mask"  # the input whose 0 entries mark padding tokens
 CENTERS = ("median", "none")  # per-channel centers of the thresholds: medians, or TEAL's 0
 
 
@@ -226,15 +227,18 @@ def load_feeds(data: Path, input_names: list[str]) -> Iterator[dict[str, np.ndar
 def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: int = 0,
               seq: int = 128, samples: int = SAMPLES, sparsities: Iterable[float] = SPARSITIES,
               predictor_rank: int = 0, predictor_sparsity: float = 0.9,
-              center: str = "median",
+              center: str = "median", token_mask: str | None = TOKEN_MASK,
               progress: Callable[[int], None] | None = None) -> dict:
     """Statistics of every SparseFFN-able site of ``model`` (FFF sites are skipped) over the
     feeds in ``data``, or over ``synthetic`` generated feeds (random floats, in-vocabulary
     token ids) for models without user data. With ``predictor_rank`` > 0, also a predictor
     per site (``fffc.predictor``) of the neurons active at ``predictor_sparsity``, trained on
     the samples. ``center`` "median": thresholds of |v - per-channel median| (a second pass
-    over the feeds; see the module's docstring), "none": of |v| (TEAL). Returns the
-    CALIB.json content."""
+    over the feeds; see the module's docstring), "none": of |v| (TEAL). ``token_mask``:
+    a model input marking real tokens (1) and padding (0), as a transformer's
+    ``attention_mask``: where a feed has it with the shape of a site input's leading dims,
+    padding rows are left out of that site's statistics (padded batches would otherwise
+    calibrate on what the model computes for padding). Returns the CALIB.json content."""
     if center not in CENTERS:
         raise UsageError(f"center must be one of {CENTERS}, got {center!r}")
     from .pipeline import analyze, sha256_file
@@ -264,14 +268,24 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
     outputs = [io[s.name][0] for s in sites]
     n = 0
 
-    def each_feed() -> Iterator[list[np.ndarray]]:  # the sites' inputs per feed
-        nonlocal n
+    masked = 0
+
+    def each_feed() -> Iterator[list[np.ndarray]]:  # the sites' input rows per feed
+        nonlocal n, masked
         for i, feed in enumerate(feeds()):
             try:
                 got = sess.run(outputs, feed)
             except Exception as e:  # ORT's own message says which input and why
                 raise UsageError(f"feed {i}: ONNX Runtime rejected it: {e}", path=data) from e
-            yield got
+            mask = np.asarray(feed[token_mask]) if token_mask in feed else None
+            rows = []
+            for s, x in zip(sites, got, strict=True):
+                if mask is not None and mask.shape == x.shape[:-1]:
+                    masked += 1
+                    rows.append(x[mask != 0])
+                else:
+                    rows.append(x.reshape(-1, s.d_model))
+            yield rows
             n += 1
             if progress:
                 progress(n)
@@ -297,6 +311,7 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
         "model": {"path": str(Path(model).resolve()), "sha256": sha256_file(Path(model))},
         "feeds": feed_count, "source": str(data) if data is not None else f"synthetic x{synthetic}",
         "sparsities": list(sparsities), "center": center,
+        "token_mask": token_mask if masked else None,
         "sites": sites_json,
         "_samples": {name: st.samples.sample() for name, st in stats.items()},
         "_predictors": predictors,

@@ -182,7 +182,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         result = calibrate.calibrate(
             args.model, args.data, synthetic=args.synthetic, seq=args.seq, samples=args.samples,
             predictor_rank=args.predictor_rank, predictor_sparsity=args.predictor_sparsity,
-            center=args.center, progress=lambda n: status.update(f"calibrate… {n} feed(s)"))
+            center=args.center, token_mask=None if args.token_mask == "none" else args.token_mask,
+            progress=lambda n: status.update(f"calibrate… {n} feed(s)"))
     written = calibrate.write(result, out, force=args.force)
     err_console.print(f"[green]✓[/] calibrate ({result['feeds']} feed(s))")
     what = "|value - its channel's median|" if args.center == "median" else "|value|"
@@ -274,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="thresholds of |v - its channel's median| (an entry near it becomes "
                    "the median; a second pass over the feeds), or of |v| (TEAL's zero "
                    "center)")
+    k.add_argument("--token-mask", default="attention_mask", metavar="INPUT",
+                   help="the input marking real tokens (1) and padding (0): padding rows are "
+                   "left out of the statistics (default attention_mask, where a feed has it; "
+                   "none: every row counts)")
     k.add_argument("-o", "--output", type=Path, help="default MODEL.calib.json (+ .samples.npz)")
     k.add_argument("--force", action="store_true", help="overwrite existing outputs")
     k.set_defaults(func=cmd_calibrate)

@@ -245,3 +245,36 @@ def test_centered_thresholds_cost_less_accuracy_on_offset_channels(tmp_path) -> 
                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
         err[center] = np.linalg.norm(got - want) / np.linalg.norm(want)
     assert err["median"] < 0.7 * err["none"], err
+
+
+def test_padding_rows_are_left_out(tmp_path) -> None:
+    """Feeds with an ``attention_mask`` input: rows it marks 0 (padding, here large values
+    a model could compute for them) do not enter any statistic: the calibration equals one
+    on the real rows alone; ``token_mask=None`` counts them."""
+    path, _ = _models(tmp_path)
+    model = onnx.load(str(path))
+    model.graph.input.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                                           ["b", "s"]))
+    masked_path = tmp_path / "masked.onnx"
+    onnx.save(model, str(masked_path))
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 25, D)).astype(np.float32)
+    mask = np.ones((2, 25), np.int64)
+    mask[0, 17:] = mask[1, 9:] = 0
+    x[mask == 0] = 20.0
+    padded, real = tmp_path / "padded", tmp_path / "real"
+    padded.mkdir()
+    real.mkdir()
+    np.savez(padded / "0.npz", x=x, attention_mask=mask)
+    np.savez(real / "0.npz", x=x[mask == 1][None], attention_mask=np.ones((1, 26), np.int64))
+    got = fffc.calibrate(masked_path, padded)
+    want = fffc.calibrate(masked_path, real)
+    assert got["token_mask"] == "attention_mask"
+    for name, st in got["sites"].items():
+        assert st["tokens"] == 26
+        assert st["thresholds"] == want["sites"][name]["thresholds"]
+        assert st["centers"] == want["sites"][name]["centers"]
+    counted = fffc.calibrate(masked_path, padded, token_mask=None)
+    assert counted["token_mask"] is None
+    assert all(st["tokens"] == 50 for st in counted["sites"].values())
+    assert counted["sites"]["fffc_ffn_0"]["thresholds"] != got["sites"]["fffc_ffn_0"]["thresholds"]
