@@ -283,33 +283,19 @@ def dropped(onnx_path: Path, feeds: dict[str, dict], calibs: dict[str, dict],
 
 def site_inputs(onnx_path: Path, held: list[dict], rows: int | None) -> tuple[dict, dict, list]:
     """(site → ``rows`` (None: all) FFN input rows of real tokens of the ``held`` feeds,
-    site → original weights, the sites), captured in ONNX Runtime as ``fffc calibrate``."""
-    import onnx_ir as ir
+    [rows, 1, d], site → original weights, the sites), as ``fffc calibrate`` sees them."""
+    from fffc.calibration import SiteInputs
 
-    from fffc import passes, verify
-    from fffc.pipeline import analyze
-
-    a = analyze(onnx_path)
-    working = ir.serde.deserialize_model(ir.serde.serialize_model(a.working))
-    io = passes.site_io(working)
-    weights = {s.name: passes.site_weights(working, s.name) for s in a.sites}
-    passes.lower(working, {})
-    passes.expose(working, [io[s.name][0] for s in a.sites])
-    sess = verify.session(ir.serde.serialize_model(working))
-    got: dict[str, list] = {s.name: [] for s in a.sites}
-    for feed in held:
-        outs = sess.run([io[s.name][0] for s in a.sites], feed)
-        real = feed["attention_mask"].reshape(-1) == 1
-        for s, x in zip(a.sites, outs, strict=True):
-            got[s.name].append(x.reshape(-1, s.d_model)[real])
+    cap = SiteInputs(onnx_path)
+    got = [cap.rows(feed, "attention_mask")[0] for feed in held]
     rng = np.random.default_rng(0)
     picked = {}
-    for name, parts in got.items():
-        x = np.concatenate(parts)
+    for i, s in enumerate(cap.sites):
+        x = np.concatenate([g[i] for g in got])
         if rows is not None:
             x = x[rng.choice(len(x), rows, replace=False)]
-        picked[name] = x[:, None, :]  # [rows, 1, d]
-    return picked, weights, a.sites
+        picked[s.name] = x[:, None, :]
+    return picked, cap.weights, cap.sites
 
 
 def dense_ffn_model(w: dict) -> bytes:

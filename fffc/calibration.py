@@ -35,6 +35,7 @@ import onnx_ir as ir
 
 from . import __version__, passes, reference, verify
 from .errors import UsageError
+from .plan import site_centers
 from .sites import Site
 
 SPARSITIES = (0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # thresholds written for these targets
@@ -137,8 +138,7 @@ class SiteStats:
     gate: Histogram | None = None  # |act(x·Wg)| of gated sites: CATS
     samples: Reservoir | None = None
     centers: dict[str, np.ndarray] = field(default_factory=dict)  # part → [width] medians
-    input_raw: Histogram | None = None  # |x|, |a| of the first pass once centered
-    hidden_raw: Histogram | None = None
+    hidden_raw: Histogram | None = None  # |a| of the first pass, once centered
 
     def add(self, x: np.ndarray, w: dict[str, np.ndarray | None]) -> None:
         x = x.reshape(-1, self.site.d_model)
@@ -157,7 +157,7 @@ class SiteStats:
         self.centers = {"hidden": np.median(hidden, axis=0).astype(np.float32)}
         if self.site.kind == "dense":  # gated: no up bias to hold the center's share
             self.centers["input"] = np.median(x, axis=0).astype(np.float32)
-        self.input_raw, self.hidden_raw = self.input, self.hidden
+        self.hidden_raw = self.hidden
         self.input = Histogram() if "input" in self.centers else self.input
         self.hidden = Histogram()
 
@@ -224,6 +224,39 @@ def load_feeds(data: Path, input_names: list[str]) -> Iterator[dict[str, np.ndar
         yield {k: feed[k] for k in input_names}
 
 
+class SiteInputs:
+    """The model in ONNX Runtime with the input of every FFN site of ``kinds`` exposed (all
+    sites without ``kinds``): what calibration (and the benchmarks) feed on."""
+
+    def __init__(self, model: str | Path, kinds: tuple[str, ...] | None = None):
+        from .pipeline import analyze
+
+        a = analyze(model)
+        self.proto = a.proto
+        self.sites = [s for s in a.sites if kinds is None or s.kind in kinds]
+        working = ir.serde.deserialize_model(ir.serde.serialize_model(a.working))
+        io = passes.site_io(working)
+        self.weights = {s.name: passes.site_weights(working, s.name) for s in self.sites}
+        self._outputs = [io[s.name][0] for s in self.sites]
+        passes.lower(working, {})
+        passes.expose(working, self._outputs)
+        self.session = verify.session(ir.serde.serialize_model(working))
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def rows(self, feed: dict[str, np.ndarray],
+             token_mask: str | None = None) -> tuple[list[np.ndarray], bool]:
+        """(each site's input rows [tokens, d_model] for ``feed``, whether the mask was
+        applied): where the feed's ``token_mask`` input has the shape of a site input's
+        leading dims, its 0 rows (padding) are left out."""
+        mask = np.asarray(feed[token_mask]) if token_mask in feed else None
+        out, applied = [], False
+        for s, x in zip(self.sites, self.session.run(self._outputs, feed), strict=True):
+            fits = mask is not None and mask.shape == x.shape[:-1]
+            applied = applied or fits
+            out.append(x[mask != 0] if fits else x.reshape(-1, s.d_model))
+        return out, applied
+
+
 def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: int = 0,
               seq: int = 128, samples: int = SAMPLES, sparsities: Iterable[float] = SPARSITIES,
               predictor_rank: int = 0, predictor_sparsity: float = 0.9,
@@ -241,50 +274,34 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
     calibrate on what the model computes for padding). Returns the CALIB.json content."""
     if center not in CENTERS:
         raise UsageError(f"center must be one of {CENTERS}, got {center!r}")
-    from .pipeline import analyze, sha256_file
+    from .pipeline import sha256_file
 
     if (data is None) == (synthetic <= 0):
         raise UsageError("give calibration data (--data) or a number of synthetic feeds "
                          "(--synthetic N), not both")
-    a = analyze(model)
-    sites = [s for s in a.sites if s.kind in ("dense", "gated")]
+    cap = SiteInputs(model, kinds=("dense", "gated"))
+    sites, weights = cap.sites, cap.weights
     if not sites:
         raise UsageError("no dense or gated FFN site to calibrate", path=model)
-    working = ir.serde.deserialize_model(ir.serde.serialize_model(a.working))
-    io = passes.site_io(working)
-    weights = {s.name: passes.site_weights(working, s.name) for s in sites}
-    passes.lower(working, {})
-    passes.expose(working, [io[s.name][0] for s in sites])
-    sess = verify.session(ir.serde.serialize_model(working))
-    inputs = [i.name for i in sess.get_inputs()]
 
     def feeds() -> Iterator[dict[str, np.ndarray]]:
         if data is not None:
-            return load_feeds(Path(data), inputs)
-        return iter(verify.probe_inputs(a.proto, 1, seq, seed=1234, count=synthetic))
+            return load_feeds(Path(data), cap.inputs)
+        return iter(verify.probe_inputs(cap.proto, 1, seq, seed=1234, count=synthetic))
 
     stats = {s.name: SiteStats(s, samples=Reservoir(samples, s.d_model, seed=i))
              for i, s in enumerate(sites)}
-    outputs = [io[s.name][0] for s in sites]
     n = 0
-
-    masked = 0
+    masked = False
 
     def each_feed() -> Iterator[list[np.ndarray]]:  # the sites' input rows per feed
         nonlocal n, masked
         for i, feed in enumerate(feeds()):
             try:
-                got = sess.run(outputs, feed)
+                rows, padded = cap.rows(feed, token_mask)
             except Exception as e:  # ORT's own message says which input and why
                 raise UsageError(f"feed {i}: ONNX Runtime rejected it: {e}", path=data) from e
-            mask = np.asarray(feed[token_mask]) if token_mask in feed else None
-            rows = []
-            for s, x in zip(sites, got, strict=True):
-                if mask is not None and mask.shape == x.shape[:-1]:
-                    masked += 1
-                    rows.append(x[mask != 0])
-                else:
-                    rows.append(x.reshape(-1, s.d_model))
+            masked = masked or padded
             yield rows
             n += 1
             if progress:
@@ -425,10 +442,8 @@ def thresholded_model(model: str | Path, calibration: dict, sparsity: float | No
     for name, st in calibration["sites"].items():
         if name not in chosen:
             continue
-        c = st.get("centers") or {}
-        pair_centers = tuple(np.asarray(c[p], np.float32) if p in c and p in parts else None
-                             for p in PARTS)
-        if any(v is not None for v in pair_centers):
+        pair_centers = site_centers(calibration, name, tuple(p in parts for p in PARTS))
+        if pair_centers is not None:
             centers[name] = pair_centers
         pair = []
         for p in PARTS:

@@ -99,19 +99,19 @@ def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, floa
         if max(pair) < 0:
             continue
         site.decision, site.thresholds = "teal", pair
-        site.centers = site_centers(calibration, site.name, pair)
+        site.centers = site_centers(calibration, site.name, (pair[0] >= 0, pair[1] >= 0))
         site.reason = (f"TEAL thresholds: {lv.get('input', 0):.0%} of x and "
                        f"{lv.get('hidden', 0):.0%} of the down projection's input skipped "
                        "(calibrated levels)")
 
 
 def site_centers(calibration: dict | None, name: str,
-                 pair: tuple[float, float]) -> tuple | None:
-    """A site's calibrated centers (c_in, c_hidden) for the thresholds in use (None where a
-    threshold is off or the calibration has no center: TEAL's zero), or None for neither."""
+                 used: tuple[bool, bool]) -> tuple | None:
+    """A site's calibrated centers (c_in, c_hidden) of the thresholds ``used`` (x, a): None
+    for one not used or without a center (TEAL's zero), or None for neither."""
     got = ((calibration or {}).get("sites", {}).get(name) or {}).get("centers") or {}
-    centers = tuple(np.asarray(got[p], np.float32) if p in got and t >= 0 else None
-                    for p, t in zip(("input", "hidden"), pair, strict=True))
+    centers = tuple(np.asarray(got[p], np.float32) if p in got and u else None
+                    for p, u in zip(("input", "hidden"), used, strict=True))
     return centers if any(c is not None for c in centers) else None
 
 

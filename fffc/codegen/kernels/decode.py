@@ -36,21 +36,31 @@ HEADER = TOKEN_MAJOR_HEAD + '''    IDX = T.alloc_buffer(({F},), "int32")
     ACC2 = T.alloc_buffer(({P}, {DO}), "float32")
 '''
 
-# Phase 1 of the gate-first kernels (cats, exact_screened): the GEMV split over the c[0]
-# listed input channels into private rows ACC1[p] ({axpy4_1}: a pass's term over ROWS rows,
-# {axpy1_1}: row q's alone).
+# Phase 1 of the gate-first and teal kernels: the GEMV split over the c[0] listed input
+# channels into private rows ACC1[p] ({axpy4_1}: a pass's term over ROWS rows, {axpy1_1}:
+# row q's alone); ``gemv1`` adds teal's gated up projection (ACCU) to the same passes.
 GEMV1 = '''        for p in {loop}({P}):
             for fs in range({F} // {VF}):
                 for v in T.vectorized({VF}):
                     ACC1[p, fs * {VF} + v] = T.float32(0)
+{up_zero}
             for q4 in range({quads}):
                 for fs in range({F} // {VF}):
                     for v in T.vectorized({VF}):
                         ACC1[p, fs * {VF} + v] = ACC1[p, fs * {VF} + v] + {axpy4_1}
+{up_axpy4}
             for q in {rest}:
                 for fs in range({F} // {VF}):
                     for v in T.vectorized({VF}):
-                        ACC1[p, fs * {VF} + v] = ACC1[p, fs * {VF} + v] + {axpy1_1}'''
+                        ACC1[p, fs * {VF} + v] = ACC1[p, fs * {VF} + v] + {axpy1_1}
+{up_axpy1}'''
+
+
+def gemv1(fmt: dict, up: dict[str, str] | None = None) -> str:
+    """``GEMV1`` filled from ``fmt``, with ``up``'s ACCU lines (up_zero, up_axpy4,
+    up_axpy1) in its passes, or none."""
+    return GEMV1.format(**{**fmt, **{k: (up or {}).get(k, "")
+                                     for k in ("up_zero", "up_axpy4", "up_axpy1")}})
 
 # A task's share [lo, hi) of the c[0] listed rows, and its passes of {R} rows.
 LO = "c[0] * p // {P}"

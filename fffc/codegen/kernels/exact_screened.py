@@ -40,7 +40,6 @@ from fffc.ops import KernelSpec
 from .decode import (
     ACTIVATIONS,
     DOWN,
-    GEMV1,
     HEADER,
     LO,
     PARTS,
@@ -49,6 +48,7 @@ from .decode import (
     ROWS,
     check,
     folds,
+    gemv1,
 )
 from .sparse_ffn import Tiling
 from .text import indent, parse, with_weight_dtype
@@ -219,7 +219,7 @@ def screened_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = 
     single = _recompute(1, t.vl, spec.d_in, b1, f"fb * {t.nb} + q", up)
     fmt["group"] = indent(group.replace("{NB}", str(t.nb)), 16)
     fmt["single"] = indent(single.replace("{NB}", str(t.nb)), 16)
-    fmt["gemv1"] = GEMV1.format(**fmt)
+    fmt["gemv1"] = gemv1(fmt)
     fmt["down"] = DOWN.format(**fmt)
     return with_weight_dtype((HEADER + _SCREENED).format(**fmt), ["WS"], SCREEN_DTYPE)
 

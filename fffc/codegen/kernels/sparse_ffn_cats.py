@@ -22,7 +22,6 @@ from fffc.ops import KernelSpec
 from .decode import (
     ACTIVATIONS,
     DOWN,
-    GEMV1,
     HEADER,
     PARTS,
     QUADS,
@@ -31,6 +30,7 @@ from .decode import (
     axpy,
     check,
     folds,
+    gemv1,
     params,
 )
 from .sparse_ffn import Tiling
@@ -106,7 +106,7 @@ def cats_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PART
     }
     fmt["folds"] = folds(t.vl)
     fmt["axpy1_1"] = f"XIN[q] * W1[KIN[q], fs * {t.nr1} + v]"
-    fmt["gemv1"] = GEMV1.format(**fmt)
+    fmt["gemv1"] = gemv1(fmt)
     fmt["down"] = DOWN.format(**fmt)
     return (HEADER + _CATS).format(**fmt)
 

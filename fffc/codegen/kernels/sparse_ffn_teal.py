@@ -39,6 +39,7 @@ from .decode import (
     ROWS,
     axpy,
     check,
+    gemv1,
     params,
 )
 from .sparse_ffn import Tiling
@@ -57,21 +58,7 @@ _TEAL = '''
                 KIN[c[0]] = k
                 XIN[c[0]] = {xk}
                 c[0] = c[0] + 1
-        for p in {loop}({P}):
-            for fs in range({F} // {VF}):
-                for v in T.vectorized({VF}):
-                    ACC1[p, fs * {VF} + v] = T.float32(0)
-{up_zero}
-            for q4 in range({quads}):
-                for fs in range({F} // {VF}):
-                    for v in T.vectorized({VF}):
-                        ACC1[p, fs * {VF} + v] = ACC1[p, fs * {VF} + v] + {axpy4_1}
-{up_axpy4}
-            for q in {rest}:
-                for fs in range({F} // {VF}):
-                    for v in T.vectorized({VF}):
-                        ACC1[p, fs * {VF} + v] = ACC1[p, fs * {VF} + v] + XIN[q] * W1[KIN[q], fs * {VF} + v]
-{up_axpy1}
+{gemv1}
         for fb in {loop}({NFB}):
             n = T.alloc_buffer((1,), "int32", scope="local")
             hb = T.alloc_buffer(({NB},), "float32", scope="local")
@@ -141,8 +128,10 @@ def teal_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PART
     fmt["act"] = act
     fmt["xk"] = "X[tb, k] - XC[k]" if "x" in spec.centers else "X[tb, k]"
     fmt["axpy4_u"] = axpy("WU", f"fs * {t.nr1} + v", "XIN", "KIN", parts, rows)
+    fmt["axpy1_1"] = f"XIN[q] * W1[KIN[q], fs * {t.nr1} + v]"
     for key, text in _UP.items():
         fmt[key] = text.format(**fmt) if spec.gated else ""
+    fmt["gemv1"] = gemv1(fmt, fmt)
     fmt["down"] = DOWN.format(**fmt)
     return (HEADER + _TEAL).format(**fmt)
 
