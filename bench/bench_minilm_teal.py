@@ -11,10 +11,12 @@ and calibrated by ``fffc calibrate`` on sentences from Python's own help text
 out. For each sparsity, ``fffc.calibration.thresholded_model`` zeroes, in every FFN,
 |x| and |a| below their calibrated quantiles (TEAL's zero centers: ``fffc calibrate
 --center none``), or replaces entries within the calibrated threshold of their channel's
-median by the median (``--center median``, the default), and the mean-pooled, normalized
-sentence embeddings of the held-out sentences are compared with the original model's
-(cosine). The last rows let ``fffc.allocate`` (TEAL's greedy) pick per-layer levels of x
-and a for an average of 40% and 50% of the FFN weight bytes skipped. With ``--predictor-rank``, a predictor per FFN is trained on the calibration
+center by the center (``--center median``; ``--center mode``, the default: the mean of the
+channel's densest window), and the mean-pooled, normalized sentence embeddings of the
+held-out sentences are compared with the original model's (cosine). The last rows let
+``fffc.allocate`` (TEAL's greedy, over the calibrated levels: every 5%) pick per-layer
+levels of x and a (densest-window centers) for an average of 40% and 50% of the FFN weight
+bytes skipped. With ``--predictor-rank``, a predictor per FFN is trained on the calibration
 samples and its held-out recall/precision printed. With ``--speed``, ``fffc compile
 --calibration --budget uniform=S`` builds the artifact for each level (``SparseFFN`` mode
 teal in all six FFNs, centered; the compile verifies it against the thresholded model;
@@ -144,6 +146,8 @@ def main() -> int:
                            output=onnx_path.with_suffix(".calib.json"))
     zero = fffc.calibrate(onnx_path, feeds_dir, center="none",
                           output=onnx_path.with_suffix(".zero.calib.json"))
+    median = fffc.calibrate(onnx_path, feeds_dir, center="median",
+                            output=onnx_path.with_suffix(".median.calib.json"))
     print(f"calibrated on {len(calib_text)} sentences ({calib['feeds']} batches); "
           f"held out: {len(held_text)}")
 
@@ -161,7 +165,8 @@ def main() -> int:
     for s in (0.25, 0.4, 0.5):
         for parts, what in ((("input", "hidden"), "x and a"), (("input",), "x only"),
                             (("hidden",), "a only")):
-            for c, label in ((zero, "zero (TEAL)"), (calib, "medians")):
+            for c, label in ((zero, "zero (TEAL)"), (median, "medians"),
+                             (calib, "densest windows")):
                 m = thresholded_model(onnx_path, c, s, parts=parts)
                 sess = ort.InferenceSession(m.SerializeToString(), so,
                                             providers=["CPUExecutionProvider"])
@@ -243,7 +248,7 @@ def speed(onnx_path: Path, held: list[dict], base: np.ndarray, names: list[str],
     sentence = {n: v[:, :seq] for n, v in sentence.items()}
     times = {}
     dropped(onnx_path, {"1 token ([CLS] alone)": one, "held-out tokens": held[0]},
-            {"medians": json.loads(onnx_path.with_suffix(".calib.json").read_text()),
+            {"densest windows": json.loads(onnx_path.with_suffix(".calib.json").read_text()),
              "zero (TEAL)": json.loads(onnx_path.with_suffix(".zero.calib.json").read_text())},
             0.4)
     for label, feed in (("1 token", one), (f"1 sentence ({seq} tokens)", sentence)):

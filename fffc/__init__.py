@@ -12,6 +12,7 @@ Python API (the CLI is a thin layer over these)::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,18 +45,20 @@ def compile(model: str | Path, output: str | Path | None = None,
 
 
 def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: int = 0,
-              predictor_rank: int = 0, center: str = "median",
-              token_mask: str | None = "attention_mask",
+              predictor_rank: int = 0, center: str = "mode",
+              token_mask: str | None = "attention_mask", levels: Sequence[float] | None = None,
               output: str | Path | None = None, force: bool = False) -> dict:
     """Per-site activation statistics over ``data`` (see ``fffc calibrate``), and predictors
-    when ``predictor_rank`` > 0; thresholds around per-channel medians (``center``, or
-    "none" for TEAL's |v|), padding rows (``token_mask`` 0) left out; written to ``output``
-    (JSON + ``.npz``) when given."""
+    when ``predictor_rank`` > 0; thresholds around per-channel centers (``center``: "mode",
+    "median", or "none" for TEAL's |v|), padding rows (``token_mask`` 0) left out; written
+    to ``output`` (JSON + ``.npz``) when given; ``levels``: the target sparsities thresholds
+    are written for (default every 0.05)."""
     from . import calibration as _calibrate
 
     result = _calibrate.calibrate(model, data, synthetic=synthetic,
                                   predictor_rank=predictor_rank, center=center,
-                                  token_mask=token_mask)
+                                  token_mask=token_mask,
+                                  sparsities=levels or _calibrate.SPARSITIES)
     if output is not None:
         _calibrate.write(result, output, force=force)
     return result

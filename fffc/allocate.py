@@ -39,6 +39,7 @@ class Allocation:
     thresholds: dict[str, dict[str, float]]  # site → part → |v| threshold (-1: none)
     sparsity: float  # FFN weight bytes skipped / all FFN weight bytes (at these levels)
     error_calibration: float  # relative L2 error of the outputs on the calibration feeds
+    # (real tokens' rows where the calibration has a token mask: ``real_rows``)
     error_held_out: float
     steps: list[dict] = field(default_factory=list)
     shifts: dict[str, float] = field(default_factory=dict)  # site → its predictor's cut
@@ -133,12 +134,15 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
             return cuts[name][level - 1][1] if level else PREDICTOR_OFF
         return threshold(name, p, level)
 
+    token_mask = calibration.get("token_mask")
+
     def error(state: dict, feeds: Sequence[dict]) -> float:
         extra = {threshold_input_name(n, p): np.array(feed_value(n, p, state.get((n, p), 0)),
                                                        np.float32) for n, p in keys}
         num = den = 0.0
         for f in feeds:
             for g, w in zip(sess.run(None, {**f, **extra}), want[id(f)], strict=True):
+                g, w = real_rows(f.get(token_mask), g), real_rows(f.get(token_mask), w)
                 num += float(np.sum((g.astype(np.float64) - w) ** 2))
                 den += float(np.sum(w.astype(np.float64) ** 2))
         return float(np.sqrt(num / max(den, 1e-30)))
@@ -217,6 +221,15 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
         steps=[{"sparsity": sparsity(s), "error_calibration": e} for s, e in path],
         shifts={n: feed_value(n, p, state[(n, p)]) for n, p in keys
                 if p == PREDICTOR and state.get((n, p), 0)})
+
+
+def real_rows(mask: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+    """An output's rows of real tokens: where the calibration's token mask (padding 0) has
+    the output's leading dims, padding rows are what the model computes for nothing, and an
+    error counted on them would steer the search toward levels that spare padding."""
+    if mask is None or np.shape(mask) != out.shape[:-1]:
+        return out
+    return out[np.asarray(mask) != 0]
 
 
 def predictor_levels(info: dict) -> list[tuple[str, float, float]]:

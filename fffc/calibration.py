@@ -14,12 +14,15 @@ labels are a function of x and the weights, recomputed for whatever threshold is
 
 Centers: TEAL assumes every channel is centered at zero, true of LLaMA's RMSNorm outputs but
 not of a BERT's LayerNorm outputs (each channel sits at its own offset) or of GELU outputs
-(most in its negative lobe). With ``center="median"`` (the default), each channel's median
-over the reservoir rows is its center (x of dense FFNs, where the share it leaves out folds
-into B1; a of every site), and a second pass over the feeds fills the histograms of
-|x - center| and |a - center|: the thresholds then replace entries near their center by the
-center instead of by zero (all-MiniLM-L6-v2 at 40% of x and a: 0.9861 mean cosine instead
-of 0.9671; bench/bench_minilm_teal.py). Padding rows (``token_mask``) are left out.
+(most in its negative lobe). So each channel gets a center from the reservoir rows (x of
+dense FFNs, where the share it leaves out folds into B1; a of every site), and a second
+pass over the feeds fills the histograms of |x - center| and |a - center|: the thresholds
+then replace entries near their center by the center instead of by zero. ``center="median"``
+takes each channel's median; ``"mode"`` (the default) the mean of its densest window of
+width 2t (t: the site's median-centered threshold at ``WINDOW_LEVEL``), where a threshold
+replaces the most entries with the least error — GELU outputs are skewed, so their densest
+window is not around the median. All-MiniLM-L6-v2: bench/bench_minilm_teal.py compares the
+three. Padding rows (``token_mask``) are left out.
 """
 
 from __future__ import annotations
@@ -38,10 +41,13 @@ from .errors import UsageError
 from .plan import site_centers
 from .sites import Site
 
-SPARSITIES = (0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # thresholds written for these targets
+# thresholds are written for these target sparsities: every 0.05, TEAL's greedy step
+# (greedyopt's base_step), so a per-site search can spend a budget in small steps
+SPARSITIES = tuple(round(0.05 * i, 2) for i in range(1, 20))
 SAMPLES = 4096  # rows of x kept per site for predictor training and the centers
 TOKEN_MASK = "attention_mask"  # the input whose 0 entries mark padding tokens
-CENTERS = ("median", "none")  # per-channel centers of the thresholds: medians, or TEAL's 0
+CENTERS = ("mode", "median", "none")  # per-channel centers: densest window, median, TEAL's 0
+WINDOW_LEVEL = 0.4  # "mode": the window is 2× the threshold of this sparsity around medians
 
 
 @dataclass
@@ -137,7 +143,7 @@ class SiteStats:
     hidden: Histogram = field(default_factory=Histogram)  # |a|: the down projection's input
     gate: Histogram | None = None  # |act(x·Wg)| of gated sites: CATS
     samples: Reservoir | None = None
-    centers: dict[str, np.ndarray] = field(default_factory=dict)  # part → [width] medians
+    centers: dict[str, np.ndarray] = field(default_factory=dict)  # part → [width] centers
     hidden_raw: Histogram | None = None  # |a| of the first pass, once centered
 
     def add(self, x: np.ndarray, w: dict[str, np.ndarray | None]) -> None:
@@ -150,13 +156,20 @@ class SiteStats:
             self.gate.add(gate)
         self.samples.add(x)
 
-    def find_centers(self, w: dict[str, np.ndarray | None]) -> None:
-        """Per-channel medians over the reservoir rows: of a always, of x for dense sites."""
+    def find_centers(self, w: dict[str, np.ndarray | None], how: str = "median") -> None:
+        """Per-channel centers over the reservoir rows — of a always, of x for dense sites:
+        medians, or (``how`` "mode") the mean of each channel's densest window (``densest``)."""
         x = self.samples.sample()
         _, hidden = hidden_activations(self.site, w, x)
-        self.centers = {"hidden": np.median(hidden, axis=0).astype(np.float32)}
+        values = {"hidden": hidden}
         if self.site.kind == "dense":  # gated: no up bias to hold the center's share
-            self.centers["input"] = np.median(x, axis=0).astype(np.float32)
+            values["input"] = x.astype(np.float64)
+        self.centers = {}
+        for part, v in values.items():
+            c = np.median(v, axis=0)
+            if how == "mode":
+                c = densest(v, float(np.quantile(np.abs(v - c), WINDOW_LEVEL)))
+            self.centers[part] = c.astype(np.float32)
         self.hidden_raw = self.hidden
         self.input = Histogram() if "input" in self.centers else self.input
         self.hidden = Histogram()
@@ -188,6 +201,33 @@ class SiteStats:
             **({"centers": {k: [float(f"{v:.9g}") for v in c] for k, c in self.centers.items()}}
                if self.centers else {}),
         }
+
+
+def densest(v: np.ndarray, t: float) -> np.ndarray:
+    """Per column of ``v`` [rows, channels], the mean of the values in its most populated
+    window of width 2t: the center that a threshold t replaces the most entries around
+    (so the site's threshold for a sparsity can be smaller), and with the least error, as
+    the mean of what it replaces. A median is the center of a window holding half the
+    values; a skewed channel (GELU's outputs) has a denser window off its median."""
+    out = np.empty(v.shape[1])
+    for j in range(v.shape[1]):
+        col = np.sort(v[:, j])
+        ends = np.searchsorted(col, col + 2 * t, side="right")
+        i = int(np.argmax(ends - np.arange(len(col))))
+        out[j] = col[i:ends[i]].mean()
+    return out
+
+
+def parse_levels(text: str) -> tuple[float, ...]:
+    """``--levels``: comma-separated target sparsities, each in (0, 1), sorted, no repeats."""
+    try:
+        levels = tuple(sorted({round(float(v), 6) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        levels = ()
+    if not levels or not all(0 < v < 1 for v in levels):
+        raise UsageError(f"--levels {text!r}: expected sparsities in (0, 1), comma-separated, "
+                         "e.g. 0.25,0.4,0.5")
+    return levels
 
 
 def hidden_activations(site: Site, w: dict[str, np.ndarray | None],
@@ -260,13 +300,14 @@ class SiteInputs:
 def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: int = 0,
               seq: int = 128, samples: int = SAMPLES, sparsities: Iterable[float] = SPARSITIES,
               predictor_rank: int = 0, predictor_sparsity: float = 0.9,
-              center: str = "median", token_mask: str | None = TOKEN_MASK,
+              center: str = "mode", token_mask: str | None = TOKEN_MASK,
               progress: Callable[[int], None] | None = None) -> dict:
     """Statistics of every SparseFFN-able site of ``model`` (FFF sites are skipped) over the
     feeds in ``data``, or over ``synthetic`` generated feeds (random floats, in-vocabulary
     token ids) for models without user data. With ``predictor_rank`` > 0, also a predictor
     per site (``fffc.predictor``) of the neurons active at ``predictor_sparsity``, trained on
-    the samples. ``center`` "median": thresholds of |v - per-channel median| (a second pass
+    the samples. ``center`` "mode" (each channel's densest window's mean, ``densest``) or
+    "median": thresholds of |v - per-channel center| (a second pass
     over the feeds; see the module's docstring), "none": of |v| (TEAL). ``token_mask``:
     a model input marking real tokens (1) and padding (0), as a transformer's
     ``attention_mask``: where a feed has it with the shape of a site input's leading dims,
@@ -314,9 +355,9 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
     sparsities = tuple(sparsities)
     predictors, predictor_json = _train_predictors(sites, stats, weights, predictor_rank,
                                                    predictor_sparsity, sparsities)
-    if center == "median":
+    if center != "none":
         for s in sites:
-            stats[s.name].find_centers(weights[s.name])
+            stats[s.name].find_centers(weights[s.name], center)
         for got in each_feed():
             for s, x in zip(sites, got, strict=True):
                 stats[s.name].add_centered(x, weights[s.name])
@@ -422,7 +463,7 @@ def thresholded_model(model: str | Path, calibration: dict, sparsity: float | No
     ``predictors`` (site → A, B, C with the cut folded in): with ``sparsity`` None each such
     site also gets the input ``threshold_input_name(site, "predictor")``, added to its
     predictor's scores (0: predictor mode, 1e30: off); otherwise the sites in
-    ``predictors_on`` run their predictor. A calibration with centers (``center="median"``)
+    ``predictors_on`` run their predictor. A calibration with centers (``center`` "mode" or "median")
     thresholds |v - center| and puts the center in place of what it drops. It is the
     reference a threshold kernel must equal and what measures the accuracy a sparsity costs;
     it is not faster than the original."""

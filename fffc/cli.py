@@ -183,19 +183,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             args.model, args.data, synthetic=args.synthetic, seq=args.seq, samples=args.samples,
             predictor_rank=args.predictor_rank, predictor_sparsity=args.predictor_sparsity,
             center=args.center, token_mask=None if args.token_mask == "none" else args.token_mask,
+            sparsities=calibrate.parse_levels(args.levels) if args.levels else calibrate.SPARSITIES,
             progress=lambda n: status.update(f"calibrate… {n} feed(s)"))
     written = calibrate.write(result, out, force=args.force)
     err_console.print(f"[green]✓[/] calibrate ({result['feeds']} feed(s))")
-    what = "|value - its channel's median|" if args.center == "median" else "|value|"
+    what = "|value|" if args.center == "none" else f"|value - its channel's {args.center}|"
     t = Table(title=f"{len(result['sites'])} site(s): {what} at which a target sparsity falls")
-    for col in ("site", "family", "tokens", "exact zeros", "input @40%", "input @50%",
-                "hidden @50%", "hidden @90%", "centered"):
+    levels = result["sparsities"]  # shown: the calibrated levels nearest 40%, 50%, 90%
+    shown = sorted({min(levels, key=lambda v: abs(v - q)) for q in (0.4, 0.5, 0.9)})
+    for col in ("site", "family", "tokens", "exact zeros",
+                *(f"{p} @{v:.0%}" for p in ("input", "hidden") for v in shown), "centered"):
         t.add_column(col)
     for name, st in result["sites"].items():
         th = st["thresholds"]
         t.add_row(name, st["family"], str(st["tokens"]), f"{st['exact_zeros_hidden']:.0%}",
-                  f"{th['input']['0.4']:.3g}", f"{th['input']['0.5']:.3g}",
-                  f"{th['hidden']['0.5']:.3g}", f"{th['hidden']['0.9']:.3g}",
+                  *(f"{th[p][f'{v:g}']:.3g}" for p in ("input", "hidden") for v in shown),
                   ", ".join(sorted(st.get("centers", {}))) or "no")
     console.print(t)
     for name, st in result["sites"].items():
@@ -271,14 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train a rank-R predictor of the active neurons per site")
     k.add_argument("--predictor-sparsity", type=float, default=0.9, metavar="S",
                    help="the predictor's labels: neurons outside the S-quantile of |a|")
-    k.add_argument("--center", choices=("median", "none"), default="median",
-                   help="thresholds of |v - its channel's median| (an entry near it becomes "
-                   "the median; a second pass over the feeds), or of |v| (TEAL's zero "
+    k.add_argument("--center", choices=("mode", "median", "none"), default="mode",
+                   help="thresholds of |v - its channel's center| (an entry near it becomes "
+                   "the center; a second pass over the feeds): mode = the mean of the "
+                   "channel's densest window (default), median; or of |v| (none: TEAL's zero "
                    "center)")
     k.add_argument("--token-mask", default="attention_mask", metavar="INPUT",
                    help="the input marking real tokens (1) and padding (0): padding rows are "
                    "left out of the statistics (default attention_mask, where a feed has it; "
                    "none: every row counts)")
+    k.add_argument("--levels", metavar="S,S,...",
+                   help="the target sparsities thresholds are written for: what --budget "
+                   "uniform=S and the greedy search can pick (default every 0.05 from 0.05 "
+                   "to 0.95, TEAL's greedy step)")
     k.add_argument("-o", "--output", type=Path, help="default MODEL.calib.json (+ .samples.npz)")
     k.add_argument("--force", action="store_true", help="overwrite existing outputs")
     k.set_defaults(func=cmd_calibrate)

@@ -156,3 +156,23 @@ def test_the_search_picks_each_predictors_cut(setup, tmp_path) -> None:
         np.testing.assert_allclose(c, predictors[site.name][2] + alloc.shifts[site.name],
                                    rtol=1e-6)
         assert site.predictor["selected"] == pytest.approx(1 - alloc.levels[site.name]["predictor"])
+
+
+def test_padding_rows_do_not_count_in_the_error(tmp_path) -> None:
+    """With a calibration that left padding out (feeds with ``attention_mask``), the search
+    measures its error on the real tokens' outputs only: padded feeds give the error of
+    the same real rows without padding; a calibration that counted padding counts it."""
+    from tests.test_calibration import _masked_feeds
+
+    masked_path, padded, real = _masked_feeds(tmp_path)
+    calib = fffc.calibrate(masked_path, padded)
+    assert calib["token_mask"] == "attention_mask"
+    feed = dict(np.load(padded / "0.npz"))
+    only_real = dict(np.load(real / "0.npz"))
+    got = allocate.allocate(masked_path, calib, [feed], [feed], uniform=0.5)
+    want = allocate.allocate(masked_path, calib, [only_real], [only_real], uniform=0.5)
+    assert got.error_calibration > 0
+    assert got.error_calibration == pytest.approx(want.error_calibration, rel=1e-6)
+    counted = {**calib, "token_mask": None}
+    every = allocate.allocate(masked_path, counted, [feed], [feed], uniform=0.5)
+    assert abs(every.error_calibration - want.error_calibration) > 1e-3 * want.error_calibration

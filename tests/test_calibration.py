@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import fffc
+from fffc import calibration
 from fffc.calibration import Histogram, Reservoir
 from fffc.cli import main
 
@@ -81,7 +82,41 @@ def test_reservoir_keeps_a_bounded_uniform_sample() -> None:
     assert 3000 < s.mean() < 7000  # not the first 100 rows (mean 49.5)
 
 
-@pytest.mark.parametrize("center", ["none", "median"])
+def _densest_brute(v: np.ndarray, t: float) -> np.ndarray:
+    """Per column: the mean of the values in [s, s + 2t] over the start s (a value of the
+    column, smallest first on ties) that holds the most values — by counting every window."""
+    out = []
+    for col in v.T:
+        counts = [np.sum((col >= s) & (col <= s + 2 * t)) for s in np.sort(col)]
+        s = np.sort(col)[int(np.argmax(counts))]
+        out.append(col[(col >= s) & (col <= s + 2 * t)].mean())
+    return np.array(out)
+
+
+def _want_centers(v: np.ndarray, center: str) -> np.ndarray:
+    med = np.median(v, 0)
+    if center == "median":
+        return med
+    return _densest_brute(v, float(np.quantile(np.abs(v - med), calibration.WINDOW_LEVEL)))
+
+
+def test_densest_window_center() -> None:
+    """On skewed channels (exponential, as GELU's outputs are one-sided) the densest
+    window's mean has more entries within t than the median has — a site's threshold t
+    for a sparsity can then be smaller; on a symmetric channel both are about the middle."""
+    rng = np.random.default_rng(1)
+    v = np.stack([rng.exponential(1.0, 4000), rng.exponential(3.0, 4000) - 2,
+                  rng.standard_normal(4000)], axis=1)
+    t = 0.3
+    got = calibration.densest(v, t)
+    np.testing.assert_allclose(got, _densest_brute(v, t), rtol=1e-12)
+    med = np.median(v, 0)
+    near_mode, near_med = (np.mean(np.abs(v - c) <= t, axis=0) for c in (got, med))
+    assert np.all(near_mode[:2] > near_med[:2] + 0.05), (near_mode, near_med)
+    assert abs(got[2] - med[2]) < 0.1
+
+
+@pytest.mark.parametrize("center", ["none", "median", "mode"])
 def test_thresholds_give_the_target_sparsity_on_the_data(tmp_path, center) -> None:
     path, w = _models(tmp_path)
     data, x = _feeds(tmp_path)
@@ -95,15 +130,16 @@ def test_thresholds_give_the_target_sparsity_on_the_data(tmp_path, center) -> No
     g = y1 @ w["Wg"]
     gate = g / (1 + np.exp(-g))
     hidden2 = gate * (y1 @ w["Wu"])
-    # centers: per-channel medians (every row is in the reservoir here: 150 < 4096) of the
-    # dense site's x and of both sites' a; none for the gated site's x and for the gate
-    want_centers = ({"input": np.median(x, 0), "hidden": np.median(a1, 0)},
-                    {"hidden": np.median(hidden2, 0)}) if center == "median" else ({}, {})
+    # centers: per-channel medians or densest windows (every row is in the reservoir here:
+    # 150 < 4096) of the dense site's x and of both sites' a; none for the gated site's x
+    # and for the gate
+    want_centers = ({"input": _want_centers(x, center), "hidden": _want_centers(a1, center)},
+                    {"hidden": _want_centers(hidden2, center)}) if center != "none" else ({}, {})
     for site, want in zip((gelu, swiglu), want_centers, strict=True):
         got = site.get("centers", {})
         assert sorted(got) == sorted(want)
         for part, c in want.items():
-            np.testing.assert_allclose(got[part], c, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(got[part], c, rtol=1e-5, atol=1e-6)
     for values, th, c in ((x, gelu["thresholds"]["input"], want_centers[0].get("input", 0.0)),
                           (a1, gelu["thresholds"]["hidden"], want_centers[0].get("hidden", 0.0)),
                           (y1, swiglu["thresholds"]["input"], 0.0),
@@ -134,7 +170,7 @@ def test_cli_calibrate_and_its_errors(tmp_path, capsys) -> None:
                  str(tmp_path / "z.json")]) == 0
     centered = json.loads(out.read_text())
     zero = json.loads((tmp_path / "z.json").read_text())
-    assert (centered["center"], zero["center"]) == ("median", "none")
+    assert (centered["center"], zero["center"]) == ("mode", "none")
     assert all("centers" in st for st in centered["sites"].values())
     assert not any("centers" in st for st in zero["sites"].values())
     capsys.readouterr()
@@ -146,6 +182,33 @@ def test_cli_calibrate_and_its_errors(tmp_path, capsys) -> None:
     assert main(["calibrate", str(path), "--data", str(bad), "--force"]) == 2
     assert "lacks model input(s) ['x']" in capsys.readouterr().err
     assert main(["calibrate", str(path), "--force"]) == 2  # neither --data nor --synthetic
+
+
+def test_calibrated_levels(tmp_path, capsys) -> None:
+    """By default every 0.05 (TEAL's greedy step); ``--levels`` writes thresholds for the
+    given targets only — what ``--budget uniform=S`` and the search can pick from."""
+    path, _ = _models(tmp_path)
+    data, _ = _feeds(tmp_path, count=1)
+    default = fffc.calibrate(path, data)
+    assert default["sparsities"] == pytest.approx([0.05 * i for i in range(1, 20)])
+    th = default["sites"]["fffc_ffn_0"]["thresholds"]["input"]
+    keys = [f"{0.05 * i:g}" for i in range(1, 20)]
+    assert sorted(th, key=float) == keys
+    assert [th[k] for k in keys] == sorted(th.values())  # monotone in the level
+    assert main(["calibrate", str(path), "--data", str(data), "--levels", "0.6, 0.3,0.6",
+                 "-o", str(tmp_path / "l.json")]) == 0
+    got = json.loads((tmp_path / "l.json").read_text())
+    assert got["sparsities"] == [0.3, 0.6]
+    for name, st in got["sites"].items():
+        assert all(sorted(t) == ["0.3", "0.6"] for t in st["thresholds"].values())
+        for part, t in st["thresholds"].items():  # the same statistics, fewer levels
+            assert t["0.3"] == default["sites"][name]["thresholds"][part]["0.3"]
+    capsys.readouterr()
+    for bad in ("0.4,1", "0", "40%", ","):
+        assert main(["calibrate", str(path), "--data", str(data), "--levels", bad,
+                     "-o", str(tmp_path / "b.json")]) == 2
+        assert "--levels" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
 
 
 @pytest.mark.parametrize("bad", ["missing.npz", "not_npz.npz"])
@@ -172,7 +235,7 @@ def test_calibrate_trains_predictors_per_site(tmp_path) -> None:
         assert preds[f"{name}/a"].shape == (D, 8) and preds[f"{name}/b"].shape == (8, F)
 
 
-@pytest.mark.parametrize("center", ["none", "median"])
+@pytest.mark.parametrize("center", ["none", "median", "mode"])
 def test_thresholded_model_zeroes_below_the_calibrated_thresholds(tmp_path, center) -> None:
     import onnxruntime as ort
 
@@ -198,7 +261,7 @@ def test_thresholded_model_zeroes_below_the_calibrated_thresholds(tmp_path, cent
     g = x2 @ w["Wg"]
     want = cut(g / (1 + np.exp(-g)) * (x2 @ w["Wu"]), swiglu, "hidden") @ w["Wd"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-    assert ("centers" in gelu) == (center == "median")
+    assert ("centers" in gelu) == (center != "none")
     c_in = np.asarray(gelu.get("centers", {}).get("input", 0.0))
     assert np.mean(cut(x, gelu, "input") == c_in) >= 0.4  # the sparsity it was asked for
     with pytest.raises(fffc.FffcError, match=r"no thresholds for sparsity 0\.33"):
@@ -238,19 +301,19 @@ def test_centered_thresholds_cost_less_accuracy_on_offset_channels(tmp_path) -> 
     x = np.random.default_rng(99).standard_normal((4, 25, D)).astype(np.float32) + offset
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     err = {}
-    for center in ("none", "median"):
+    for center in ("none", "median", "mode"):
         calib = fffc.calibrate(path, data, center=center)
         model = thresholded_model(path, calib, 0.5, sites=["fffc_ffn_0"])
         got = ort.InferenceSession(model.SerializeToString(),
                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
         err[center] = np.linalg.norm(got - want) / np.linalg.norm(want)
     assert err["median"] < 0.7 * err["none"], err
+    assert err["mode"] < 0.7 * err["none"], err
 
 
-def test_padding_rows_are_left_out(tmp_path) -> None:
-    """Feeds with an ``attention_mask`` input: rows it marks 0 (padding, here large values
-    a model could compute for them) do not enter any statistic: the calibration equals one
-    on the real rows alone; ``token_mask=None`` counts them."""
+def _masked_feeds(tmp_path):
+    """(the test model with an unused ``attention_mask`` input, a folder with one padded
+    feed — padding rows hold large values — and one with its real rows alone)."""
     path, _ = _models(tmp_path)
     model = onnx.load(str(path))
     model.graph.input.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
@@ -267,6 +330,14 @@ def test_padding_rows_are_left_out(tmp_path) -> None:
     real.mkdir()
     np.savez(padded / "0.npz", x=x, attention_mask=mask)
     np.savez(real / "0.npz", x=x[mask == 1][None], attention_mask=np.ones((1, 26), np.int64))
+    return masked_path, padded, real
+
+
+def test_padding_rows_are_left_out(tmp_path) -> None:
+    """Feeds with an ``attention_mask`` input: rows it marks 0 (padding, here large values
+    a model could compute for them) do not enter any statistic: the calibration equals one
+    on the real rows alone; ``token_mask=None`` counts them."""
+    masked_path, padded, real = _masked_feeds(tmp_path)
     got = fffc.calibrate(masked_path, padded)
     want = fffc.calibrate(masked_path, real)
     assert got["token_mask"] == "attention_mask"
