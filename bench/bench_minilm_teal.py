@@ -86,6 +86,8 @@ def main() -> int:
     ap.add_argument("--speed", action="store_true", help="compile per level and time it")
     ap.add_argument("--skip-search", action="store_true",
                     help="leave out the accuracy table and the greedy allocation")
+    ap.add_argument("--skip-table", action="store_true",
+                    help="leave out the accuracy table (the greedy allocation only)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -162,7 +164,7 @@ def main() -> int:
         return 0
     print("\n| TEAL sparsity | thresholded in every FFN | centers | mean cosine | min cosine |")
     print("|---|---|---|---|---|")
-    for s in (0.25, 0.4, 0.5):
+    for s in () if args.skip_table else (0.25, 0.4, 0.5):
         for parts, what in ((("input", "hidden"), "x and a"), (("input",), "x only"),
                             (("hidden",), "a only")):
             for c, label in ((zero, "zero (TEAL)"), (median, "medians"),

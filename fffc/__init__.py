@@ -47,18 +47,20 @@ def compile(model: str | Path, output: str | Path | None = None,
 def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: int = 0,
               predictor_rank: int = 0, center: str = "mode",
               token_mask: str | None = "attention_mask", levels: Sequence[float] | None = None,
-              output: str | Path | None = None, force: bool = False) -> dict:
+              budget: str | None = None, output: str | Path | None = None,
+              force: bool = False) -> dict:
     """Per-site activation statistics over ``data`` (see ``fffc calibrate``), and predictors
     when ``predictor_rank`` > 0; thresholds around per-channel centers (``center``: "mode",
     "median", or "none" for TEAL's |v|), padding rows (``token_mask`` 0) left out; written
     to ``output`` (JSON + ``.npz``) when given; ``levels``: the target sparsities thresholds
-    are written for (default every 0.05)."""
+    are written for (default every 0.05); ``budget``: also search the allocation (as
+    ``fffc compile --budget``) and store it, for ``compile`` without a budget."""
     from . import calibration as _calibrate
 
     result = _calibrate.calibrate(model, data, synthetic=synthetic,
                                   predictor_rank=predictor_rank, center=center,
                                   token_mask=token_mask,
-                                  sparsities=levels or _calibrate.SPARSITIES)
+                                  sparsities=levels or _calibrate.SPARSITIES, budget=budget)
     if output is not None:
         _calibrate.write(result, output, force=force)
     return result

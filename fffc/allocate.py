@@ -28,7 +28,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .calibration import GATE, PARTS, PREDICTOR, threshold_input_name, thresholded_model
+from .calibration import (
+    GATE,
+    PARTS,
+    PREDICTOR,
+    load_predictors,
+    threshold_input_name,
+    thresholded_model,
+)
 from .errors import UsageError
 
 PREDICTOR_OFF = 1e30  # added to a predictor's scores: every neuron selected
@@ -222,6 +229,22 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
         steps=[{"sparsity": sparsity(s), "error_calibration": e} for s, e in path],
         shifts={n: feed_value(n, p, state[(n, p)]) for n, p in keys
                 if p == PREDICTOR and state.get((n, p), 0)})
+
+
+def stored(model: str | Path, calibration: dict, budget: str,
+           feeds: Sequence[dict]) -> dict:
+    """``fffc calibrate --budget``: CALIB.json's "allocation", which ``fffc compile
+    --calibration`` applies as it is when given no budget: the searched levels and
+    thresholds of ``sparsity``/``error``/``uniform`` (on ``feeds``, the last quarter held
+    out), or just the budget for the rules ``cats=S`` and ``predictor``."""
+    kind, value = parse_budget(budget)
+    predictors = load_predictors("", calibration)
+    if kind == "predictor" and not predictors:
+        raise UsageError("--budget predictor needs predictors: add --predictor-rank R")
+    if kind in ("cats", "predictor"):
+        return {"budget": budget}
+    return {"budget": budget,
+            **choose(model, calibration, (kind, value), feeds, predictors or None).to_json()}
 
 
 def real_rows(mask: np.ndarray | None, out: np.ndarray) -> np.ndarray:

@@ -301,6 +301,7 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
               seq: int = 128, samples: int = SAMPLES, sparsities: Iterable[float] = SPARSITIES,
               predictor_rank: int = 0, predictor_sparsity: float = 0.9,
               center: str = "mode", token_mask: str | None = TOKEN_MASK,
+              budget: str | None = None,
               progress: Callable[[int], None] | None = None) -> dict:
     """Statistics of every SparseFFN-able site of ``model`` (FFF sites are skipped) over the
     feeds in ``data``, or over ``synthetic`` generated feeds (random floats, in-vocabulary
@@ -312,9 +313,16 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
     a model input marking real tokens (1) and padding (0), as a transformer's
     ``attention_mask``: where a feed has it with the shape of a site input's leading dims,
     padding rows are left out of that site's statistics (padded batches would otherwise
-    calibrate on what the model computes for padding). Returns the CALIB.json content."""
+    calibrate on what the model computes for padding). ``budget`` (as ``fffc compile
+    --budget``): the allocation is also searched now, on the same feeds (the last quarter
+    held out), and stored as "allocation" — what ``fffc compile --calibration`` applies
+    when it is given no budget of its own. Returns the CALIB.json content."""
     if center not in CENTERS:
         raise UsageError(f"center must be one of {CENTERS}, got {center!r}")
+    if budget is not None:
+        from .allocate import parse_budget
+
+        parse_budget(budget)  # a bad budget fails before the passes over the data
     from .pipeline import sha256_file
 
     if (data is None) == (synthetic <= 0):
@@ -364,7 +372,7 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
     sites_json = {name: st.to_json(sparsities) for name, st in stats.items()}
     for name, info in predictor_json.items():
         sites_json[name]["predictor"] = info
-    return {
+    result = {
         "fffc": __version__,
         "model": {"path": str(Path(model).resolve()), "sha256": sha256_file(Path(model))},
         "feeds": feed_count, "source": str(data) if data is not None else f"synthetic x{synthetic}",
@@ -374,6 +382,11 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
         "_samples": {name: st.samples.sample() for name, st in stats.items()},
         "_predictors": predictors,
     }
+    if budget is not None:
+        from .allocate import stored
+
+        result["allocation"] = stored(model, result, budget, list(feeds()))
+    return result
 
 
 def _train_predictors(sites: list[Site], stats: dict[str, SiteStats], weights: dict,

@@ -184,6 +184,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             predictor_rank=args.predictor_rank, predictor_sparsity=args.predictor_sparsity,
             center=args.center, token_mask=None if args.token_mask == "none" else args.token_mask,
             sparsities=calibrate.parse_levels(args.levels) if args.levels else calibrate.SPARSITIES,
+            budget=args.budget,
             progress=lambda n: status.update(f"calibrate… {n} feed(s)"))
     written = calibrate.write(result, out, force=args.force)
     err_console.print(f"[green]✓[/] calibrate ({result['feeds']} feed(s))")
@@ -207,6 +208,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                           f", precision {q['precision']:.3f}, selects {q['selected']:.1%} of "
                           f"neurons ({q['active']:.1%} active; random selection of as many: "
                           f"recall {p['random_baseline_recall']:.3f})")
+    alloc = result.get("allocation")
+    if alloc is not None and "sparsity" in alloc:
+        console.print(f"allocation ({alloc['budget']}): {alloc['sparsity']:.0%} of the FFN "
+                      f"weight bytes skipped, relative output error {alloc['error_held_out']:.3g}"
+                      " on held-out feeds; fffc compile --calibration applies it")
+    elif alloc is not None:
+        console.print(f"budget {alloc['budget']}: fffc compile --calibration applies it")
     console.print("written: " + ", ".join(f"[bold]{p}[/]" for p in written))
     return 0
 
@@ -245,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--budget", metavar="KIND=V",
                    help="with --calibration: sparsity=S (skip S of the FFN weight bytes, "
                    "greedy per site), error=E (the most skipping whose relative output error "
-                   "stays <= E on held-out feeds) or uniform=S (one calibrated level everywhere)")
+                   "stays <= E on held-out feeds) or uniform=S (one calibrated level "
+                   "everywhere), cats=S, predictor (default: the allocation stored by fffc "
+                   "calibrate --budget)")
     c.add_argument("--data", type=Path, help="with --budget: feeds (.npz or a folder of them) "
                    "the allocation measures errors on (default: 8 synthetic feeds)")
     c.add_argument("--rtol", type=float, default=config.DEFAULT_TOLERANCE,
@@ -286,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the target sparsities thresholds are written for: what --budget "
                    "uniform=S and the greedy search can pick (default every 0.05 from 0.05 "
                    "to 0.95, TEAL's greedy step)")
+    k.add_argument("--budget", metavar="KIND=V",
+                   help="also choose the modes and levels per site now, on the same feeds "
+                   "(as fffc compile --budget: sparsity=S, error=E, uniform=S, cats=S or "
+                   "predictor), stored in CALIB.json: fffc compile --calibration without "
+                   "--budget applies them")
     k.add_argument("-o", "--output", type=Path, help="default MODEL.calib.json (+ .samples.npz)")
     k.add_argument("--force", action="store_true", help="overwrite existing outputs")
     k.set_defaults(func=cmd_calibrate)

@@ -325,10 +325,8 @@ def _allocate(a: Analysis, path: Path, options: CompileOptions) -> dict:
     from . import allocate
     from .calibration import load_feeds, load_predictors
 
-    if options.budget is None:
-        raise UsageError("--calibration needs a --budget (sparsity=S, error=E, uniform=S, "
-                         "cats=S or predictor)")
-    budget = allocate.parse_budget(options.budget)
+    if options.budget is not None:
+        allocate.parse_budget(options.budget)  # a bad budget fails before the file is read
     try:
         calib = json.loads(Path(options.calibration).read_text())
     except (OSError, ValueError) as e:
@@ -336,9 +334,17 @@ def _allocate(a: Analysis, path: Path, options: CompileOptions) -> dict:
     if calib.get("model", {}).get("sha256") != sha256_file(path):
         raise UsageError("the calibration was made for another model (sha256 differs); run "
                          "fffc calibrate on this one", path=options.calibration)
+    # no --budget: the allocation `fffc calibrate --budget` stored, applied as it is
+    kept = calib.get("allocation") if options.budget is None else None
+    if options.budget is None and kept is None:
+        raise UsageError("--calibration needs a --budget (sparsity=S, error=E, uniform=S, "
+                         "cats=S or predictor), or a calibration made with fffc calibrate "
+                         "--budget", path=options.calibration)
+    budget_text = options.budget or kept["budget"]
+    budget = allocate.parse_budget(budget_text)
     if budget[0] == "cats":
         plan.apply_gate_thresholds(a.sites, calib, budget[1])
-        return {"path": str(Path(options.calibration).resolve()), "budget": options.budget,
+        return {"path": str(Path(options.calibration).resolve()), "budget": budget_text,
                 "gate_thresholds": {s.name: s.thresholds[1] for s in a.sites
                                     if s.decision == "cats"}}
     predictors = load_predictors(options.calibration, calib)
@@ -347,18 +353,22 @@ def _allocate(a: Analysis, path: Path, options: CompileOptions) -> dict:
             raise UsageError("--budget predictor: this calibration has no predictors (run fffc "
                              "calibrate with --predictor-rank R)", path=options.calibration)
         plan.apply_predictors(a.sites, calib, predictors)
-        return {"path": str(Path(options.calibration).resolve()), "budget": options.budget,
+        return {"path": str(Path(options.calibration).resolve()), "budget": budget_text,
                 "predictors": {s.name: s.predictor for s in a.sites if s.predictor}}
-    inputs = [i.name for i in a.proto.graph.input
-              if i.name not in {t.name for t in a.proto.graph.initializer}]
-    feeds = (list(load_feeds(Path(options.data), inputs)) if options.data is not None
-             else verify.probe_inputs(a.proto, 1, 32, options.seed + 7, count=8))
-    result = allocate.choose(path, calib, budget, feeds, predictors or None)
-    plan.apply_thresholds(a.sites, result.thresholds, result.levels, calib, predictors,
-                          result.shifts)
-    return {"path": str(Path(options.calibration).resolve()), "budget": options.budget,
-            "feeds": str(options.data) if options.data else "synthetic x8",
-            "allocation": result.to_json()}
+    if kept is not None:
+        chosen = {k: v for k, v in kept.items() if k != "budget"}
+        feeds_used = "the calibration's (fffc calibrate --budget)"
+    else:
+        inputs = [i.name for i in a.proto.graph.input
+                  if i.name not in {t.name for t in a.proto.graph.initializer}]
+        feeds = (list(load_feeds(Path(options.data), inputs)) if options.data is not None
+                 else verify.probe_inputs(a.proto, 1, 32, options.seed + 7, count=8))
+        chosen = allocate.choose(path, calib, budget, feeds, predictors or None).to_json()
+        feeds_used = str(options.data) if options.data else "synthetic x8"
+    plan.apply_thresholds(a.sites, chosen["thresholds"], chosen["levels"], calib, predictors,
+                          chosen["predictor_shifts"])
+    return {"path": str(Path(options.calibration).resolve()), "budget": budget_text,
+            "feeds": feeds_used, "allocation": chosen}
 
 
 def _deviation(model_file: Path, shim: Path | None, feeds, want, rtol: float) -> dict:

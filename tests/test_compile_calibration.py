@@ -266,3 +266,44 @@ def test_cli_reports_what_the_thresholds_cost(calibrated, tmp_path, capsys) -> N
     assert code == 0
     assert "vs the reference (masked)" in out and "differs from the original by design" in out
     assert "allocation (error=0.3)" in out and "site output vs the original" in out
+
+
+def test_calibrate_budget_is_applied_by_compile(tmp_path, capsys) -> None:
+    """``fffc calibrate --budget`` searches the allocation on its own feeds and stores it;
+    ``fffc compile --calibration`` without a budget applies exactly that (the same levels
+    and thresholds as ``--budget`` with the same feeds at compile time, and the same
+    artifact function); ``--budget`` at compile time still wins; rules are stored as is."""
+    path, _ = _models(tmp_path)
+    data, x = _feeds(tmp_path, count=4)
+    out = tmp_path / "b.calib.json"
+    assert cli.main(["calibrate", str(path), "--data", str(data), "--budget", "sparsity=0.3",
+                     "-o", str(out)]) == 0
+    assert "allocation (sparsity=0.3)" in capsys.readouterr().out
+    stored = json.loads(out.read_text())["allocation"]
+    assert stored["budget"] == "sparsity=0.3" and stored["sparsity"] >= 0.3
+    kept = fffc.compile(path, tmp_path / "kept.fffc", CompileOptions(calibration=out))
+    searched = fffc.compile(path, tmp_path / "searched.fffc", CompileOptions(
+        calibration=out, budget="sparsity=0.3", data=data))
+    got, want = (r.manifest["calibration"] for r in (kept, searched))
+    assert got["budget"] == "sparsity=0.3" and "fffc calibrate --budget" in got["feeds"]
+    assert got["allocation"]["levels"] == want["allocation"]["levels"]
+    assert got["allocation"]["thresholds"] == want["allocation"]["thresholds"]
+    feed = {"x": x[:50].reshape(2, 25, D).astype(np.float32)}
+    a, b = (fffc.runtime.InferenceSession(r.artifact).run(None, feed)[0] for r in (kept, searched))
+    np.testing.assert_array_equal(a, b)
+    other = fffc.compile(path, tmp_path / "other.fffc", CompileOptions(
+        calibration=out, budget="uniform=0.6", data=data))
+    assert other.manifest["calibration"]["budget"] == "uniform=0.6"
+    assert {lv for s in other.manifest["calibration"]["allocation"]["levels"].values()
+            for lv in s.values()} == {0.6}
+    rule = fffc.calibrate(path, data, budget="cats=0.5", output=tmp_path / "c.calib.json")
+    assert rule["allocation"] == {"budget": "cats=0.5"}
+    cats = fffc.compile(path, tmp_path / "cats.fffc",
+                        CompileOptions(calibration=tmp_path / "c.calib.json"))
+    assert [s.decision for s in cats.sites if s.kind == "gated"] == ["cats"]
+    for bad, message in ((["--budget", "sparsity=2"], "expected sparsity=S"),
+                         (["--budget", "predictor"], "add --predictor-rank")):
+        assert cli.main(["calibrate", str(path), "--data", str(data), *bad,
+                         "-o", str(tmp_path / "bad.json")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad.json").exists()
