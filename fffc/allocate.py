@@ -130,7 +130,11 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
     keys = [(name, p) for name in sites for p in parts if p in weight[name]]
     keys += [(name, PREDICTOR) for name in (predictors or {})]
     cuts = {name: predictor_levels(sites[name]["predictor"]) for name in predictors or {}}
-    want = {id(f): original.run(None, f) for f in (*calib_feeds, *held_out_feeds)}
+    token_mask = calibration.get("token_mask")
+    # the original's outputs (real tokens' rows, float64): compared at every search step
+    want = {id(f): [real_rows(f.get(token_mask), w).astype(np.float64)
+                    for w in original.run(None, f)]
+            for f in (*calib_feeds, *held_out_feeds)}
 
     def threshold(name: str, p: str, level: int) -> float:
         if p == PREDICTOR:  # the switch: 1 on, -1 off
@@ -142,17 +146,15 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
             return cuts[name][level - 1][1] if level else PREDICTOR_OFF
         return threshold(name, p, level)
 
-    token_mask = calibration.get("token_mask")
-
     def error(state: dict, feeds: Sequence[dict]) -> float:
         extra = {threshold_input_name(n, p): np.array(feed_value(n, p, state.get((n, p), 0)),
                                                        np.float32) for n, p in keys}
         num = den = 0.0
         for f in feeds:
             for g, w in zip(sess.run(None, {**f, **extra}), want[id(f)], strict=True):
-                g, w = real_rows(f.get(token_mask), g), real_rows(f.get(token_mask), w)
+                g = real_rows(f.get(token_mask), g)
                 num += float(np.sum((g.astype(np.float64) - w) ** 2))
-                den += float(np.sum(w.astype(np.float64) ** 2))
+                den += float(np.sum(w**2))
         return float(np.sqrt(num / max(den, 1e-30)))
 
     def sparsity(state: dict) -> float:
