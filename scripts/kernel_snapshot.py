@@ -13,7 +13,8 @@ the names and ``global_symbol`` attributes are normalized so specs may change fo
                                                              # its own copy of this script)
                                                              # and this checkout's, compare
 
-Nothing is compiled: building the PrimFuncs takes a few minutes on 2 cores.
+``--sites REGEX`` keeps the catalog sites whose name matches. Nothing is compiled: the
+whole catalog takes about a minute and a half on 2 cores.
 """
 
 from __future__ import annotations
@@ -156,11 +157,15 @@ def _cuda_funcs(specs: list, counted: list) -> dict:
     return captured
 
 
-def save(path: Path) -> int:
+def save(path: Path, sites: str = "") -> int:
+    import re
+
     import tvm
 
     out: dict[str, str] = {}
     for site in _catalog():
+        if sites and not re.search(sites, site.name):
+            continue
         specs = _specs(site)
         for role, spec in specs:
             for family, mcpu in CPU_TARGETS:
@@ -204,7 +209,7 @@ def compare(a: Path, b: Path) -> int:
     return 1 if (missing or added or differ) else 0
 
 
-def check(base: str) -> int:
+def check(base: str, sites: str = "") -> int:
     """Save ``base``'s kernels from a temporary worktree (its own script and code) and this
     checkout's, and compare them."""
     with tempfile.TemporaryDirectory(prefix="fffc-snapshot-") as tmp:
@@ -214,28 +219,33 @@ def check(base: str) -> int:
         try:
             env = dict(os.environ, PYTHONPATH=str(tree))
             subprocess.run([sys.executable, str(tree / "scripts" / "kernel_snapshot.py"), "save",
-                            str(Path(tmp) / "base.json")], check=True, env=env, cwd=tree)
+                            str(Path(tmp) / "base.json"), *(["--sites", sites] if sites else [])],
+                           check=True, env=env, cwd=tree)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
                            check=False, capture_output=True)
-        save(Path(tmp) / "head.json")
+        save(Path(tmp) / "head.json", sites)
         return compare(Path(tmp) / "base.json", Path(tmp) / "head.json")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("save").add_argument("out", type=Path)
+    s = sub.add_parser("save")
+    s.add_argument("out", type=Path)
+    s.add_argument("--sites", default="", help="only catalog sites whose name matches (regex)")
     c = sub.add_parser("compare")
     c.add_argument("a", type=Path)
     c.add_argument("b", type=Path)
-    sub.add_parser("check").add_argument("--base", required=True)
+    k = sub.add_parser("check")
+    k.add_argument("--base", required=True)
+    k.add_argument("--sites", default="", help="only catalog sites whose name matches (regex)")
     args = p.parse_args(argv)
     if args.cmd == "save":
-        return save(args.out)
+        return save(args.out, args.sites)
     if args.cmd == "compare":
         return compare(args.a, args.b)
-    return check(args.base)
+    return check(args.base, args.sites)
 
 
 if __name__ == "__main__":
