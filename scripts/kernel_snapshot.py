@@ -8,7 +8,7 @@ op, mode and variant family, and writes them as TVM JSON keyed by a stable name
 the names and ``global_symbol`` attributes are normalized so specs may change form.
 
     python scripts/kernel_snapshot.py save OUT.json          # this checkout's kernels
-    python scripts/kernel_snapshot.py compare A.json B.json  # tvm.ir.structural_equal, each
+    python scripts/kernel_snapshot.py compare A.json B.json  # structural_equal, each
     python scripts/kernel_snapshot.py check --base REV       # save REV's (a git worktree,
                                                              # its own copy of this script)
                                                              # and this checkout's, compare
@@ -192,17 +192,20 @@ def save(path: Path, sites: str = "") -> int:
 
 def compare(a: Path, b: Path) -> int:
     import tvm
+    import tvm_ffi
 
     old, new = json.loads(a.read_text()), json.loads(b.read_text())
     missing, added = sorted(set(old) - set(new)), sorted(set(new) - set(old))
-    differ = [k for k in sorted(set(old) & set(new))
-              if not tvm.ir.structural_equal(tvm.ir.load_json(old[k]), tvm.ir.load_json(new[k]))]
+    differ = []
+    for k in sorted(set(old) & set(new)):
+        f, g = tvm.ir.load_json(old[k]), tvm.ir.load_json(new[k])
+        if not tvm_ffi.structural_equal(f, g):
+            differ.append(k)
+            print(f"differs: {k}: first mismatch {tvm_ffi.get_first_structural_mismatch(f, g)}")
     for k in missing:
         print(f"only in {a.name}: {k}")
     for k in added:
         print(f"only in {b.name}: {k}")
-    for k in differ:
-        print(f"differs: {k}")
     same = len(set(old) & set(new)) - len(differ)
     print(f"{same} PrimFuncs structurally equal, {len(differ)} differ, {len(missing)} missing, "
           f"{len(added)} added")
