@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .contract.kinds import Decision, SiteKind
+from .contract.modes import Param, mode
 from .ops import describe_k
 
 
@@ -13,7 +15,7 @@ class Site:
 
     name: str  # the ai.fffc node's name (content-derived, stable across runs)
     rule: str  # the rule that matched it
-    kind: str  # "dense" | "gated" | "fff" | "structured" | "routed"
+    kind: SiteKind
     activation: str  # "relu" | "gelu" | "gelu_tanh" | "silu"
     up_activation: str  # gated only: "none" | "relu" (dReLU)
     d_model: int
@@ -29,8 +31,7 @@ class Site:
     routing: dict | None = None  # routed (MoD): selection, k, router, x_coef, delta_coef
     structure: dict | None = None  # structured: each projection's form, k1/r1/u1, k2/r2/u2,
     # params; after compile: merged_max_tokens and the crossover timings
-    decision: str = "pending"  # "exact" | "teal" | "tree" (fff) | "walk" (fff) |
-    # "structured" | "dense"
+    decision: Decision = Decision.PENDING  # set by the plan (fffc.contract.modes)
     thresholds: tuple[float, float] | None = None  # teal: (t_in, t_hidden), negative = off
     deviation: float | None = None  # teal/predictor: rel err of the site vs the original
     predictor: dict | None = None  # predictor: rank, recall/precision/selected (held out)
@@ -40,10 +41,19 @@ class Site:
     max_abs_err: float | None = None
     max_rel_err: float | None = None
 
+    def __post_init__(self) -> None:
+        self.kind = SiteKind(self.kind)
+        self.decision = Decision(self.decision)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "decision":
+            value = Decision(value)
+        super().__setattr__(name, value)
+
     @property
     def centered(self) -> str:
         """Teal: which thresholds are centered ("x", "h", "xh"; "" for TEAL's zero center)."""
-        if self.decision != "teal" or self.centers is None:
+        if self.centers is None or Param.CENTERS not in mode(self.decision).params:
             return ""
         return "".join(p for p, c in zip("xh", self.centers, strict=True) if c is not None)
 
@@ -54,24 +64,7 @@ class Site:
     @property
     def family(self) -> str:
         """Human name: relu FFN, gelu FFN, SwiGLU, ReGLU, dReLU, ..."""
-        if self.kind == "dense":
-            return f"{self.activation} FFN"
-        if self.kind == "routed" and self.routing:
-            how = (f"top-{describe_k(self.routing['k'], self.routing.get('capacity'))}"
-                   if self.routing["selection"] == "topk"
-                   else "causal")
-            return f"MoD {how} {self.activation} FFN"
-        if self.kind == "structured" and self.structure:
-            first, second = self.structure["first"], self.structure["second"]
-            return f"{first} FFN" if first == second else f"{first}/{second} FFN"
-        if self.kind == "fff":
-            return f"FFF {self.trees}x{self.depth}" + (" (z >= 0 right)" if self.tie_break == "ge"
-                                                         else "")
-        if self.activation == "relu":
-            return "dReLU" if self.up_activation == "relu" else "ReGLU"
-        return {"silu": "SwiGLU", "gelu": "GeGLU", "gelu_tanh": "GeGLU(tanh)"}.get(
-            self.activation, f"gated {self.activation}"
-        )
+        return _FAMILY[self.kind](self)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -81,6 +74,35 @@ class Site:
         if self.centered:
             d["centered"] = self.centered
         return d
+
+
+def _gated_family(s: Site) -> str:
+    if s.activation == "relu":
+        return "dReLU" if s.up_activation == "relu" else "ReGLU"
+    return {"silu": "SwiGLU", "gelu": "GeGLU", "gelu_tanh": "GeGLU(tanh)"}.get(
+        s.activation, f"gated {s.activation}")
+
+
+def _routed_family(s: Site) -> str:
+    r = s.routing or {}
+    how = (f"top-{describe_k(r['k'], r.get('capacity'))}" if r.get("selection") == "topk"
+           else "causal")
+    return f"MoD {how} {s.activation} FFN"
+
+
+def _structured_family(s: Site) -> str:
+    first, second = s.structure["first"], s.structure["second"]
+    return f"{first} FFN" if first == second else f"{first}/{second} FFN"
+
+
+_FAMILY = {
+    SiteKind.DENSE: lambda s: f"{s.activation} FFN",
+    SiteKind.GATED: _gated_family,
+    SiteKind.FFF: lambda s: f"FFF {s.trees}x{s.depth}" + (" (z >= 0 right)"
+                                                          if s.tie_break == "ge" else ""),
+    SiteKind.STRUCTURED: _structured_family,
+    SiteKind.ROUTED: _routed_family,
+}
 
 
 @dataclass

@@ -1,0 +1,76 @@
+"""The fixed sets of values fffc reasons with, each defined once. Leaf module.
+
+Members are ``str`` subclasses whose ``str()`` is their value, so manifests, reports and
+ONNX attributes keep the plain names ("teal", "gated", "float16").
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class _Named(str, Enum):
+    def __str__(self) -> str:
+        return self.value
+
+
+class SiteKind(_Named):
+    """The form of FFN a rule matched."""
+
+    DENSE = "dense"  # act(x·W1 + B1)·W2 + B2
+    GATED = "gated"  # (act(x·W1 + B1) ⊙ up_act(x·WU))·W2 + B2
+    FFF = "fff"  # Fast Feedforward tree (UltraFastBERT)
+    STRUCTURED = "structured"  # low-rank / block-diagonal / BlockShuffle projections
+    ROUTED = "routed"  # Mixture-of-Depths: the FFN on routed tokens only
+
+
+class Decision(_Named):
+    """What the plan makes of a site (``fffc.contract.modes`` says what each one means)."""
+
+    PENDING = "pending"  # not planned yet
+    DENSE = "dense"  # left as it was
+    EXACT = "exact"  # SparseFFN: exact activation skipping (ReLU zeros)
+    TEAL = "teal"  # SparseFFN: TEAL's calibrated thresholds on x and a
+    CATS = "cats"  # SparseFFN: CATS's calibrated gate threshold
+    PREDICTOR = "predictor"  # SparseFFN: a trained low-rank predictor selects neurons
+    TREE = "tree"  # FastFeedForward
+    WALK = "walk"  # an FFF's conditional walk in standard ops (no kernels)
+    STRUCTURED = "structured"  # StructuredFFN
+    ROUTED = "routed"  # RoutedFFN
+
+
+class SparseMode(_Named):
+    """``ai.fffc::SparseFFN``'s ``mode`` attribute: how neurons are skipped."""
+
+    EXACT = "exact"
+    TEAL = "teal"
+    CATS = "cats"
+    PREDICTOR = "predictor"
+
+
+class TargetFamily(_Named):
+    """A code generation backend."""
+
+    X86 = "x86"
+    ARM = "arm"
+    CUDA = "cuda"
+
+
+class WeightDtype(_Named):
+    """How a site's weight matrices are stored (``--weight-dtype``)."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+    @property
+    def flag(self) -> str:
+        """The ``--weight-dtype`` spelling: fp32, fp16, bf16."""
+        return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[self.value]
+
+    @classmethod
+    def from_flag(cls, text: str) -> WeightDtype:
+        for d in cls:
+            if text in (d.flag, d.value):
+                return d
+        raise ValueError(f"one of {', '.join(d.flag for d in cls)}, got {text!r}")

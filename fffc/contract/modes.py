@@ -1,0 +1,150 @@
+"""The mode registry: one entry per decision a site can take, owning what that decision is.
+
+An entry (``Mode``) says which ``ai.fffc`` op the site becomes and with which ``mode``
+attribute, whether compiled kernels run it, whether it computes the original function or
+a masked one, whether calls are dispatched on their token count, and how the site's
+weights become the op's inputs (``layouts``: inputs stored in another orientation than
+the matched graph's; ``params``: inputs made from the plan's parameters). Everything a
+layer does differently per decision is registered under the entry by that layer
+(``register``/``behaviour``), in the style of TVM's op attributes: verification registers
+the NumPy reference, the passes the lowering, codegen the kernel variants. A layer looks
+behaviours up by decision; nothing outside this registry compares decision strings.
+
+Adding a mode: a ``Decision`` member, an entry here, the behaviours each layer registers
+for it (``tests/test_modes.py`` checks every entry has all of them), its kernel generator
+and its tests (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from fffc.ops import FAST_FEED_FORWARD, ROUTED_FFN, SPARSE_FFN, STRUCTURED_FFN, OpSpec
+
+from .kinds import Decision, SiteKind, SparseMode
+from .lowering import Masks
+
+
+class Layout(Enum):
+    """How an op input is stored relative to the matched graph's weight."""
+
+    ROWS = "rows"  # transposed: one contiguous row per neuron (or tree node), read per row
+
+
+class Param(Enum):
+    """Op inputs made from a site's planned parameters rather than from its weights."""
+
+    THRESHOLDS = "thresholds"  # TH [t_in, t_hidden | t_gate], negative = off
+    PREDICTOR = "predictor"  # PA [d_in, rank], PB [rank, d_ff], PC [d_ff] (cut folded in)
+    CENTERS = "centers"  # XC [d_in], HC [d_ff]; B1, B2 then hold the centers' share
+
+
+class Behaviour(Enum):
+    """What a layer registers per entry (the layer that registers it in brackets)."""
+
+    REFERENCE = "reference"  # the op's NumPy reference on a site's inputs  [verify]
+    LOWER = "lower"  # the site's marker → its op node and fallback function  [passes]
+    VARIANTS = "variants"  # kernel variants of the site's KernelSpecs per target  [codegen]
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One decision: the op it lowers to and how (see the module docstring)."""
+
+    decision: Decision
+    op: OpSpec | None  # None: the site stays in standard ONNX ops
+    sparse_mode: SparseMode | None = None  # SparseFFN's ``mode`` attribute
+    kinds: frozenset[SiteKind] = frozenset()  # site kinds it applies to
+    kernels: bool = False  # compiled kernels run it (through the shim)
+    masked: bool = False  # computes a masked function of the FFN (thresholds, predicted
+    # neurons), not the original: the artifact must equal that function, and its distance
+    # from the original is reported
+    token_dispatch: bool = False  # an If on the token count runs the kernel up to the
+    # target's crossover and ONNX Runtime's dense FFN beyond (prefill dense, decode sparse)
+    rewrites: bool = False  # the site is replaced (verified against the original subgraph)
+    layouts: Mapping[str, Layout] = field(default_factory=dict)  # by op input name
+    params: tuple[Param, ...] = ()
+    masks: Callable[[Any], Masks | None] = lambda site: None  # a planned site's Masks
+    behaviours: dict[Behaviour, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def behaviour(self, key: Behaviour) -> Any:
+        try:
+            return self.behaviours[key]
+        except KeyError:
+            raise LookupError(f"no {key.value} registered for decision {self.decision}") \
+                from None
+
+
+_SPARSE_KINDS = frozenset({SiteKind.DENSE, SiteKind.GATED})
+
+
+def _teal_masks(site) -> Masks:
+    t_in, t_hidden = site.thresholds
+    return Masks(input=t_in, hidden=t_hidden, centers=site.centers)
+
+
+def _cats_masks(site) -> Masks:
+    t_in, t_gate = site.thresholds
+    return Masks(input=t_in, gate=t_gate)
+
+
+def _predictor_masks(site) -> Masks:
+    return Masks(predictor=site.predictor_arrays)
+
+
+MODES: dict[Decision, Mode] = {m.decision: m for m in (
+    Mode(Decision.PENDING, None),
+    Mode(Decision.DENSE, None),
+    Mode(Decision.EXACT, SPARSE_FFN, SparseMode.EXACT, _SPARSE_KINDS, kernels=True,
+         token_dispatch=True, rewrites=True, layouts={"WU": Layout.ROWS}),
+    Mode(Decision.TEAL, SPARSE_FFN, SparseMode.TEAL, _SPARSE_KINDS, kernels=True, masked=True,
+         token_dispatch=True, rewrites=True, params=(Param.THRESHOLDS, Param.CENTERS),
+         masks=_teal_masks),
+    Mode(Decision.CATS, SPARSE_FFN, SparseMode.CATS, frozenset({SiteKind.GATED}), kernels=True,
+         masked=True, token_dispatch=True, rewrites=True, layouts={"WU": Layout.ROWS},
+         params=(Param.THRESHOLDS,), masks=_cats_masks),
+    Mode(Decision.PREDICTOR, SPARSE_FFN, SparseMode.PREDICTOR, _SPARSE_KINDS, kernels=True,
+         masked=True, token_dispatch=True, rewrites=True,
+         layouts={"W1": Layout.ROWS, "WU": Layout.ROWS}, params=(Param.PREDICTOR,),
+         masks=_predictor_masks),
+    Mode(Decision.TREE, FAST_FEED_FORWARD, None, frozenset({SiteKind.FFF}), kernels=True,
+         rewrites=True, layouts={"W_in": Layout.ROWS}),
+    Mode(Decision.WALK, None, None, frozenset({SiteKind.FFF}), rewrites=True,
+         layouts={"W_in": Layout.ROWS}),
+    Mode(Decision.STRUCTURED, STRUCTURED_FFN, None, frozenset({SiteKind.STRUCTURED}),
+         kernels=True, rewrites=True),
+    Mode(Decision.ROUTED, ROUTED_FFN, None, frozenset({SiteKind.ROUTED}), kernels=True,
+         rewrites=True),
+)}
+
+
+def mode(decision: Decision | str) -> Mode:
+    """The entry of a decision (a plain string is read as its ``Decision``)."""
+    return MODES[Decision(decision)]
+
+
+def sparse(mode_attr: SparseMode | str) -> Mode:
+    """The entry of a SparseFFN ``mode`` attribute."""
+    return next(m for m in MODES.values() if m.sparse_mode == SparseMode(mode_attr))
+
+
+def where(**flags: bool) -> tuple[Decision, ...]:
+    """The decisions whose entries have every given flag (e.g. ``where(masked=True)``)."""
+    return tuple(d for d, m in MODES.items()
+                 if all(getattr(m, k) == v for k, v in flags.items()))
+
+
+def register(decision: Decision, key: Behaviour) -> Callable[[Any], Any]:
+    """Decorator: ``fn`` is ``decision``'s ``key`` behaviour (one per entry and key)."""
+
+    def add(fn: Any) -> Any:
+        entry = MODES[decision]
+        if key in entry.behaviours:
+            raise ValueError(f"{key.value} of decision {decision} registered twice")
+        entry.behaviours[key] = fn
+        return fn
+
+    return add
