@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import config
+from .contract.tolerances import RTOL
 from .errors import FffcError, UsageError
 from .ops import WEIGHT_DTYPES
 
@@ -258,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "calibrate --budget)")
     c.add_argument("--data", type=Path, help="with --budget: feeds (.npz or a folder of them) "
                    "the allocation measures errors on (default: 8 synthetic feeds)")
-    c.add_argument("--rtol", type=float, default=config.DEFAULT_TOLERANCE,
+    c.add_argument("--rtol", type=float, default=RTOL,
                    help="relative tolerance of every verification (default %(default)g)")
     c.add_argument("--sites", nargs="*", help="only lower these sites (names or node names)")
     c.add_argument("--dump", help="write every stage's artifact into this directory")

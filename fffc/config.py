@@ -7,7 +7,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-DEFAULT_TOLERANCE = 1e-4  # relative, fp32; see fffc.verify for the table
+from .contract.tolerances import RTOL
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class CompileOptions:
     target: str = "x86"
     mcpu: str | None = None  # None: the host CPU for x86
     mattr: tuple[str, ...] = ()  # extra LLVM CPU features, e.g. ("+dotprod",)
-    rtol: float = DEFAULT_TOLERANCE
+    rtol: float = RTOL
     probe_batch: int = 2
     probe_seq: int = 8
     seed: int = 0

@@ -24,6 +24,7 @@ import onnx_ir as ir
 
 from . import frontend, passes, plan, verify
 from .config import CompileOptions
+from .contract.tolerances import MASKED_MODEL_RTOL
 from .errors import NoSitesError, RewriteError, UsageError, VerificationError
 from .ops import WEIGHT_DTYPES
 from .sites import NearMiss, Site
@@ -34,7 +35,6 @@ KERNEL_DECISIONS = ("exact", "tree", "teal", "cats", "predictor", "structured", 
 MASKED_DECISIONS = ("teal", "cats", "predictor")  # the op computes a masked function  # sites that become an ai.fffc node with kernels
 MAX_ROUNDS = 2  # a site whose kernel fails the artifact check is dropped and the rest rebuilt
 STACKED_PROBE_TOKENS = 301  # structured kernels' check: past every variant's first bound
-TEAL_MODEL_RTOL = 1e-3  # whole-model check of artifacts with teal sites (see _check_artifact)
 
 
 @contextlib.contextmanager
@@ -498,7 +498,7 @@ def _check_artifact(a: Analysis, final_proto, model_file: Path, shim: Path | Non
     # teal: a hidden entry within rounding of its threshold may be kept by the kernel and
     # dropped by ORT's graph (each site is checked with that slack above); its effect on
     # the layers after it is bounded here by a looser whole-model tolerance
-    model_rtol = max(rtol, TEAL_MODEL_RTOL) if _masked_sites(a.sites) else rtol
+    model_rtol = max(rtol, MASKED_MODEL_RTOL) if _masked_sites(a.sites) else rtol
     report["model_rtol"] = model_rtol
     with_shim = verify.compare_runs(
         verify.run(verify.session(str(model_file), register=str(shim)), feeds), want, model_rtol)

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from .contract.tolerances import PREDICTOR_BAND, TEAL_BAND
 from .ops import capacity_k
 
 _erf = np.frompyfunc(math.erf, 1, 1)
@@ -63,7 +64,6 @@ def sparse_ffn(
     return y
 
 
-TEAL_BAND = 2e-5  # |a| this close (relative) to t_hidden: float32 rounding decides the side
 
 
 def _masked_down(a: np.ndarray, dropped: np.ndarray, ambiguous: np.ndarray, w2: np.ndarray,
@@ -133,7 +133,6 @@ def cats_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarra
     return _masked_down(a, mag <= t_g, _near(mag, t_g), w2, b2, slack)
 
 
-PREDICTOR_BAND = 1e-6  # |score| within this of 0, relative to Σ|terms| (16 float32 eps)
 
 
 def predictor_ffn(x: np.ndarray, w1_rows: np.ndarray, b1: np.ndarray | None, w2: np.ndarray,

@@ -24,9 +24,6 @@ import onnxruntime as ort
 from . import reference
 from .sites import Site
 
-# Default relative tolerances per element type; one table, used by every check.
-TOLERANCES = {"float32": 1e-4}
-
 
 @dataclass
 class Comparison:
