@@ -1,16 +1,18 @@
 """Plan: choose, per site, how it is lowered, and say why.
 
 Exact skipping is only exact where the activation produces true zeros: ReLU FFNs and
-ReLU-gated FFNs (ReGLU, dReLU). GELU/SiLU sites are reported and left dense until the
-threshold/predictor modes exist.
+ReLU-gated FFNs (ReGLU, dReLU). GELU/SiLU sites stay dense unless a calibration gives them
+a masked mode (TEAL or CATS thresholds, a trained predictor: ``apply_*``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .contract.kinds import Decision, SiteKind
+from .contract.modes import mode
 from .errors import UsageError
 from .ops import (
     KernelSpec,
@@ -29,42 +31,57 @@ def plan(sites: Sequence[Site], only: Sequence[str] = ()) -> None:
     """Set ``decision`` and ``reason`` on every site in place."""
     for site in sites:
         if only and site.name not in only and not set(site.matched_nodes) & set(only):
-            site.decision, site.reason = "dense", NOT_SELECTED
+            site.decision, site.reason = Decision.DENSE, NOT_SELECTED
         elif site.dtype != "float32":
-            site.decision, site.reason = "dense", f"{site.dtype} weights: float32 only for now"
-        elif site.kind == "routed":
-            r = site.routing or {}
-            site.decision = "routed"
-            chosen = (f"the top {describe_k(r.get('k', 1), r.get('capacity'))} tokens per "
-                      "sequence" if r.get("selection") == "topk"
-                      else "the tokens whose causal score passes sigmoid > 0.5")
-            site.reason = (f"Mixture-of-Depths: the FFN on {chosen} only; combine "
-                           f"({_coef(r.get('x_coef'))})·x + ({_coef(r.get('delta_coef'))})·FFN(x)"
-                           " read from the graph")
-        elif site.kind == "structured":
-            st = site.structure or {}
-            site.decision = "structured"
-            site.reason = (f"{site.family}: {st.get('params_fraction', 0):.0%} of the dense "
-                           "parameters; fused structured kernel")
-        elif site.kind == "fff":
-            site.decision = "tree"
-            site.reason = (f"FastFeedForward: {site.trees * (site.depth + 1)} of {site.d_ff} "
-                           "nodes per token (conditional matrix multiplication)")
-        elif site.activation == "relu":
-            site.decision = "exact"
-            site.reason = ("ReLU zeros are exact: skip down-projection rows" if site.kind == "dense"
-                           else "gate-first: up and down rows only where the ReLU gate is > 0")
+            site.decision, site.reason = Decision.DENSE, f"{site.dtype} weights: float32 only for now"
         else:
-            site.decision = "dense"
-            site.reason = (f"{site.activation} is never exactly zero: no exact skipping "
-                           "(calibrate it for TEAL thresholds: fffc calibrate, then "
-                           "fffc compile --calibration); left as it was")
+            site.decision, site.reason = _DEFAULT[site.kind](site)
+
+
+def _routed(site: Site) -> tuple[Decision, str]:
+    r = site.routing or {}
+    chosen = (f"the top {describe_k(r.get('k', 1), r.get('capacity'))} tokens per sequence"
+              if r.get("selection") == "topk"
+              else "the tokens whose causal score passes sigmoid > 0.5")
+    return Decision.ROUTED, (f"Mixture-of-Depths: the FFN on {chosen} only; combine "
+                             f"({_coef(r.get('x_coef'))})·x + ({_coef(r.get('delta_coef'))})·FFN(x)"
+                             " read from the graph")
+
+
+def _structured(site: Site) -> tuple[Decision, str]:
+    st = site.structure or {}
+    return Decision.STRUCTURED, (f"{site.family}: {st.get('params_fraction', 0):.0%} of the "
+                                 "dense parameters; fused structured kernel")
+
+
+def _fff(site: Site) -> tuple[Decision, str]:
+    return Decision.TREE, (f"FastFeedForward: {site.trees * (site.depth + 1)} of {site.d_ff} "
+                           "nodes per token (conditional matrix multiplication)")
+
+
+def _sparse(why_exact: str) -> Callable[[Site], tuple[Decision, str]]:
+    def decide(site: Site) -> tuple[Decision, str]:
+        if site.activation == "relu":  # the only activation with exact zeros
+            return Decision.EXACT, why_exact
+        return Decision.DENSE, (f"{site.activation} is never exactly zero: no exact skipping "
+                                "(calibrate it for TEAL thresholds: fffc calibrate, then "
+                                "fffc compile --calibration); left as it was")
+    return decide
+
+
+_DEFAULT: dict[SiteKind, Callable[[Site], tuple[Decision, str]]] = {
+    SiteKind.DENSE: _sparse("ReLU zeros are exact: skip down-projection rows"),
+    SiteKind.GATED: _sparse("gate-first: up and down rows only where the ReLU gate is > 0"),
+    SiteKind.FFF: _fff,
+    SiteKind.STRUCTURED: _structured,
+    SiteKind.ROUTED: _routed,
+}
 
 
 def _open_to_calibration(site: Site) -> bool:
     """A float32 dense or gated site the user did not leave out with --sites."""
-    return (site.kind in ("dense", "gated") and site.dtype == "float32"
-            and not (site.decision == "dense" and site.reason == NOT_SELECTED))
+    return (site.kind in mode(Decision.TEAL).kinds and site.dtype == "float32"
+            and not (site.decision is Decision.DENSE and site.reason == NOT_SELECTED))
 
 
 def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, float]],
@@ -89,8 +106,8 @@ def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, floa
                            (a, b, (c + np.float32(shift)).astype(np.float32)))
             continue
         lv = levels.get(site.name, {})
-        if float(t.get("gate", -1.0)) >= 0 and site.kind == "gated":
-            site.decision = "cats"
+        if float(t.get("gate", -1.0)) >= 0 and site.kind in mode(Decision.CATS).kinds:
+            site.decision = Decision.CATS
             site.thresholds = (float(t.get("input", -1.0)), float(t["gate"]))
             site.reason = (f"CATS: {lv.get('gate', 0):.0%} of the gates closed, "
                            f"{lv.get('input', 0):.0%} of x skipped (calibrated levels)")
@@ -98,7 +115,7 @@ def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, floa
         pair = (float(t.get("input", -1.0)), float(t.get("hidden", -1.0)))
         if max(pair) < 0:
             continue
-        site.decision, site.thresholds = "teal", pair
+        site.decision, site.thresholds = Decision.TEAL, pair
         site.centers = site_centers(calibration, site.name, (pair[0] >= 0, pair[1] >= 0))
         site.reason = (f"TEAL thresholds: {lv.get('input', 0):.0%} of x and "
                        f"{lv.get('hidden', 0):.0%} of the down projection's input skipped "
@@ -124,10 +141,10 @@ def apply_gate_thresholds(sites: Sequence[Site], calibration: dict, level: float
                          f"{calibration['sparsities']}")
     for site in sites:
         st = calibration["sites"].get(site.name)
-        if (st is None or site.kind != "gated" or "gate" not in st["thresholds"]
-                or not _open_to_calibration(site)):
+        if (st is None or site.kind not in mode(Decision.CATS).kinds
+                or "gate" not in st["thresholds"] or not _open_to_calibration(site)):
             continue
-        site.decision = "cats"
+        site.decision = Decision.CATS
         site.thresholds = (-1.0, float(st["thresholds"]["gate"][key]))
         site.reason = (f"CATS: gates with |{site.activation}(x·Wg)| in the lowest {level:.0%} "
                        "closed (calibrated); their up and down rows skipped")
@@ -147,7 +164,7 @@ def apply_predictors(sites: Sequence[Site], calibration: dict,
 
 def _use_predictor(site: Site, info: dict, arrays: tuple) -> None:
     a, b, c = arrays
-    site.decision, site.thresholds = "predictor", None
+    site.decision, site.thresholds = Decision.PREDICTOR, None
     site.predictor_arrays = (a, b, c)
     q = info["held_out"]
     site.predictor = {"rank": int(a.shape[1]), **q}
