@@ -33,7 +33,7 @@ import fffc
 import fffc.runtime
 from fffc import timing
 from fffc.codegen.build import KernelRunner
-from fffc.ops import KernelSpec
+from fffc.contract.ops import KernelSpec
 
 
 def _options(profile: str | None = None) -> ort.SessionOptions:

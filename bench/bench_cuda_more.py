@@ -90,7 +90,7 @@ C_TYPES = {"float*": "float32", "half*": "float16", "nv_bfloat16*": "uint16", "i
 
 def _specs(structured, sparse):
     """({name: (spec, info)}, {name: (info, {weight dtype: spec})})."""
-    from fffc.ops import KernelSpec, structured_kernel_spec
+    from fffc.contract.ops import KernelSpec, structured_kernel_spec
 
     st = {}
     for name, d, f, shape, biases in structured:
@@ -123,7 +123,7 @@ def _kernels(lib, spec, types: dict) -> dict:
 def _build(structured, sparse, out: Path):
     """One library (one fatbin) of every spec; (library, cases.json's content)."""
     from fffc.codegen.cuda_build import build_cuda_library
-    from fffc.codegen.cuda_emu import _param_types  # kernel → each parameter's C type
+    from fffc.verify.cuda_emu import _param_types  # kernel → each parameter's C type
 
     st, sp = _specs(structured, sparse)
     specs = [s for s, _ in st.values()] + [s for _, by in sp.values() for s in by.values()]
@@ -523,8 +523,8 @@ def _check() -> int:
     import torch
 
     from fffc.codegen.cuda_build import CudaVariant, Dim, Launch
-    from fffc.codegen.cuda_emu import Emulator
-    from fffc.reference import activation, sparse_ffn, structured_ffn
+    from fffc.verify.cuda_emu import Emulator
+    from fffc.verify.reference import activation, sparse_ffn, structured_ffn
 
     failures = []
 

@@ -34,8 +34,8 @@ def build(out: Path) -> None:
     from fffc.codegen.build import build_kernel_library
     from fffc.codegen.cuda_build import compile_fatbin, emit_kernels
     from fffc.codegen.kernels.fff_cuda import FffTiling, fff_source
+    from fffc.contract.ops import fff_kernel_spec
     from fffc.native import build_shim
-    from fffc.ops import fff_kernel_spec
 
     out.mkdir(parents=True, exist_ok=True)
     meta = {}

@@ -21,8 +21,8 @@ import numpy as np
 
 from fffc.codegen import _tvm
 from fffc.codegen.kernels import fff as F
-from fffc.ops import fff_kernel_spec
-from fffc.reference import fast_feed_forward
+from fffc.contract.ops import fff_kernel_spec
+from fffc.verify.reference import fast_feed_forward
 
 
 def main() -> None:

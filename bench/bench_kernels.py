@@ -32,8 +32,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from fffc.codegen.build import compile_for_test
-from fffc.ops import KernelSpec
-from fffc.reference import sparse_ffn
+from fffc.contract.ops import KernelSpec
+from fffc.verify.reference import sparse_ffn
 
 THREADS = 2
 SETTLE = 0.2  # s: let one pool's spinning workers sleep before the other runs (2 cores)

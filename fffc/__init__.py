@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import CompileOptions
-from .errors import FffcError
+from .contract.config import CompileOptions
+from .contract.errors import FffcError
 
 if TYPE_CHECKING:
     from .bench import BenchRow
@@ -29,7 +29,7 @@ __version__ = "0.1.0"
 def inspect(model: str | Path) -> Analysis:
     """Find every FFN site (with the lowering fffc would choose) and every near miss."""
     from .pipeline import analyze
-    from .plan import plan
+    from .plan.decide import plan
 
     a = analyze(model)
     plan(a.sites)
@@ -55,7 +55,7 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
     to ``output`` (JSON + ``.npz``) when given; ``levels``: the target sparsities thresholds
     are written for (default every 0.05); ``budget``: also search the allocation (as
     ``fffc compile --budget``) and store it, for ``compile`` without a budget."""
-    from . import calibration as _calibrate
+    from .plan import calibration as _calibrate
 
     result = _calibrate.calibrate(model, data, synthetic=synthetic,
                                   predictor_rank=predictor_rank, center=center,

@@ -17,8 +17,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from . import timing, verify
-from .errors import UsageError
+from . import timing
+from .contract.errors import UsageError
+from .verify import compare as verify
 
 
 @dataclass

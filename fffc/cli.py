@@ -20,10 +20,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import config
+from .contract import config
+from .contract.errors import FffcError, UsageError
+from .contract.ops import WEIGHT_DTYPES
 from .contract.tolerances import RTOL
-from .errors import FffcError, UsageError
-from .ops import WEIGHT_DTYPES
 
 err_console = Console(stderr=True, soft_wrap=True)
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -59,7 +59,7 @@ def _nodes(names: list[str], keep: int = 6) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .pipeline import analyze
-    from .plan import plan
+    from .plan.decide import plan
 
     a = analyze(args.model, _stage if not args.json else contextlib.nullcontext)
     plan(a.sites)
@@ -96,7 +96,7 @@ def _archs(text: str) -> tuple[str, ...]:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .config import CompileOptions
+    from .contract.config import CompileOptions
     from .pipeline import MASKED_DECISIONS, compile_model
 
     options = CompileOptions(
@@ -176,7 +176,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from . import calibration as calibrate
+    from .plan import calibration as calibrate
 
     out = args.output or args.model.with_suffix(".calib.json")
     with err_console.status("calibrate…") as status:

@@ -22,13 +22,15 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from . import frontend, passes, plan, verify
-from .config import CompileOptions
+from . import frontend, passes
+from .contract.config import CompileOptions
+from .contract.errors import NoSitesError, RewriteError, UsageError, VerificationError
+from .contract.ops import WEIGHT_DTYPES
+from .contract.sites import NearMiss, Site
+from .contract.targets import normalize
 from .contract.tolerances import MASKED_MODEL_RTOL
-from .errors import NoSitesError, RewriteError, UsageError, VerificationError
-from .ops import WEIGHT_DTYPES
-from .sites import NearMiss, Site
-from .targets import normalize
+from .plan import decide as plan
+from .verify import compare as verify
 
 Reporter = Callable[[str], contextlib.AbstractContextManager]
 KERNEL_DECISIONS = ("exact", "tree", "teal", "cats", "predictor", "structured", "routed")
@@ -322,8 +324,8 @@ def _allocate(a: Analysis, path: Path, options: CompileOptions) -> dict:
     """``--calibration`` + ``--budget``: a mode (teal, cats, predictor) and its levels per
     site (``fffc.allocate``, or one rule for ``cats=S`` / ``predictor``), set on the sites as
     their decisions. Returns the manifest's ``calibration`` section."""
-    from . import allocate
-    from .calibration import load_feeds, load_predictors
+    from .plan import allocate
+    from .plan.calibration import load_feeds, load_predictors
 
     if options.budget is not None:
         allocate.parse_budget(options.budget)  # a bad budget fails before the file is read
@@ -526,7 +528,7 @@ def _check_cuda(a: Analysis, library, captured, rtol: float, failed: dict[str, s
     """Every CUDA variant of every site with kernels, run by the CPU emulator of the generated
     CUDA source, against the captured site outputs (no GPU here; GPU runs: bench_cuda.py,
     bench_fff_cuda.py)."""
-    from .codegen.cuda_emu import Emulator
+    from .verify.cuda_emu import Emulator
 
     emu = Emulator(library.cuda.source_path.read_text(), library.cuda.variants)
     out: dict = {"checked_on": "CPU emulation of the emitted CUDA source (one host thread per "
@@ -581,7 +583,7 @@ def _check_cuda_routed(emu, variants, site: Site, weights: dict, captured, rtol:
                        failed: dict[str, str], weight_dtype: str = "float32") -> dict:
     """A RoutedFFN site's CUDA launches as the shim chains them (route → the counted FFN
     variant for the selected rows → combine), per captured probe, against its output."""
-    from .ops import capacity_k
+    from .contract.ops import capacity_k
 
     r = site.routing
     route, ffn_spec, combine = plan.kernel_specs(site)

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from fffc.ops import DOMAIN
+from fffc.contract.ops import DOMAIN
 
 FFFC = DOMAIN
 # Private domain for canonical forms that exist only between canonicalize and legalize.

@@ -12,7 +12,7 @@ import onnx_ir.passes.common as common_passes
 from onnxscript.optimizer import _constant_folding
 from onnxscript.rewriter import pattern
 
-from fffc.sites import NearMiss, Site
+from fffc.contract.sites import NearMiss, Site
 
 from . import (
     canonical_gelu,

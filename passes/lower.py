@@ -15,8 +15,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from fffc import reference
-from fffc.ops import (
+from fffc.contract.ops import (
     DOMAIN,
     FAST_FEED_FORWARD,
     OPSET_VERSION,
@@ -24,6 +23,7 @@ from fffc.ops import (
     SPARSE_FFN,
     STRUCTURED_FFN,
 )
+from fffc.verify import reference
 
 from . import ffn_fff, standard_forms, weight_dtype
 from ._common import CANON, const_array, initializer

@@ -18,7 +18,7 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
-from fffc.ops import OPS, WEIGHT_INPUTS
+from fffc.contract.ops import OPS, WEIGHT_INPUTS
 
 from ._common import CANON, const_array, initializer
 

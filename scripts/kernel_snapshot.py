@@ -37,7 +37,7 @@ def _catalog():
     """(name, Site, extra kernel roles) for every op, mode and variant family."""
     import numpy as np
 
-    from fffc.sites import Site
+    from fffc.contract.sites import Site
 
     def site(name, kind, decision, act="relu", up="none", d=64, f=256, o=None, b1=True,
              b2=True, **kw):

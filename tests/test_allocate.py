@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 import fffc
-from fffc import allocate
+from fffc.plan import allocate
 from tests.test_calibration import D, _feeds, _models
 
 
@@ -65,7 +65,7 @@ def test_gated_site_takes_hidden_or_gate_never_both(setup) -> None:
     """The SwiGLU site may be thresholded TEAL's way (a) or CATS's (its gate), not both;
     the GELU site has no gate. Forced onto the gate, the site is planned as mode cats."""
     from fffc.pipeline import analyze
-    from fffc.plan import apply_thresholds, plan
+    from fffc.plan.decide import apply_thresholds, plan
 
     path, calib, calib_feeds, held_out = setup
     alloc = allocate.allocate(path, calib, calib_feeds, held_out, target_sparsity=0.7)
@@ -90,8 +90,8 @@ def test_gated_site_takes_hidden_or_gate_never_both(setup) -> None:
 def _with_predictors(path, tmp_path) -> tuple[dict, dict[str, tuple]]:
     """A calibration of ``path`` with rank-8 predictors (of the 30% most active neurons),
     and the predictors as the search takes them."""
-    from fffc import calibration
-    from fffc.calibration import load_predictors
+    from fffc.plan import calibration
+    from fffc.plan.calibration import load_predictors
 
     data = tmp_path / "pfeeds"
     data.mkdir()
@@ -132,7 +132,7 @@ def test_the_search_picks_each_predictors_cut(setup, tmp_path) -> None:
     a budget past the trained cut's sparsity is met by tightening it; the chosen shift,
     folded into the predictor for the compiled op, gives the recorded held-out error."""
     from fffc.pipeline import analyze
-    from fffc.plan import apply_thresholds, plan
+    from fffc.plan.decide import apply_thresholds, plan
 
     path, _, calib_feeds, held_out = setup
     calib, predictors = _with_predictors(path, tmp_path)

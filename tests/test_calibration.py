@@ -11,9 +11,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import fffc
-from fffc import calibration
-from fffc.calibration import Histogram, Reservoir
 from fffc.cli import main
+from fffc.plan import calibration
+from fffc.plan.calibration import Histogram, Reservoir
 
 D, F = 16, 64
 
@@ -239,7 +239,7 @@ def test_calibrate_trains_predictors_per_site(tmp_path) -> None:
 def test_thresholded_model_zeroes_below_the_calibrated_thresholds(tmp_path, center) -> None:
     import onnxruntime as ort
 
-    from fffc.calibration import thresholded_model
+    from fffc.plan.calibration import thresholded_model
 
     path, w = _models(tmp_path)
     data, x = _feeds(tmp_path)
@@ -273,7 +273,7 @@ def test_thresholded_model_zeroes_below_the_calibrated_thresholds(tmp_path, cent
 
 
 def test_thresholded_model_parts(tmp_path) -> None:
-    from fffc.calibration import thresholded_model
+    from fffc.plan.calibration import thresholded_model
 
     path, _ = _models(tmp_path)
     data, _ = _feeds(tmp_path, count=1)
@@ -289,7 +289,7 @@ def test_centered_thresholds_cost_less_accuracy_on_offset_channels(tmp_path) -> 
     zero-centered ones at the same sparsity, on feeds the calibration did not see."""
     import onnxruntime as ort
 
-    from fffc.calibration import thresholded_model
+    from fffc.plan.calibration import thresholded_model
 
     path, _ = _models(tmp_path)
     offset = np.random.default_rng(5).standard_normal(D).astype(np.float32) * 1.5

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fffc.cli import main
-from fffc.errors import EXIT_CODES
+from fffc.contract.errors import EXIT_CODES
 from tests.passes.graphs import G, rand
 from tests.passes.test_detect_and_lower import dense_ffn
 

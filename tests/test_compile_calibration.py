@@ -14,9 +14,10 @@ import pytest
 
 import fffc
 import fffc.runtime
-from fffc import allocate, calibration, cli
-from fffc.config import CompileOptions
-from fffc.reference import predictor_ffn
+from fffc import cli
+from fffc.contract.config import CompileOptions
+from fffc.plan import allocate, calibration
+from fffc.verify.reference import predictor_ffn
 from tests.test_calibration import D, _feeds, _models
 
 
@@ -162,7 +163,7 @@ def test_shim_names_a_missing_or_misshapen_mode_input(uniform, with_predictors) 
     from onnx import numpy_helper
 
     from fffc.runtime import shim_path
-    from fffc.verify import single_node_model
+    from fffc.verify.compare import single_node_model
 
     def drop_th(model) -> None:
         del model.graph.node[0].input[6]
@@ -193,8 +194,8 @@ def test_cats_closes_gates_of_gated_sites_only(calibrated, tokens) -> None:
     """``--budget cats=0.5``: the SwiGLU site becomes mode cats (half its gates closed, at
     the calibrated |silu(gate)| threshold), the GELU FFN stays as it was; the artifact
     equals the float64 CATS reference of the SwiGLU behind the original GELU FFN."""
-    from fffc.reference import cats_ffn, sparse_ffn
-    from fffc.verify import compare
+    from fffc.verify.compare import compare
+    from fffc.verify.reference import cats_ffn, sparse_ffn
 
     tmp, path, _, calib = calibrated
     out = tmp / "cats.fffc"
@@ -230,7 +231,7 @@ def test_greedy_budget_with_predictors_matches_its_reference(with_predictors, tm
     """``--budget sparsity=0.5`` on a calibration with predictors: each site is planned as
     the allocation chose (teal, cats, predictor or left dense) and the artifact equals the
     masked reference ``allocate.apply`` builds from the manifest's allocation."""
-    from fffc.calibration import load_predictors
+    from fffc.plan.calibration import load_predictors
 
     path, _, _, result = with_predictors
     calib_file = result.manifest["calibration"]["path"]

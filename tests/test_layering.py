@@ -1,7 +1,9 @@
-"""Import directions (DESIGN.md): each stage imports only what it may.
+"""Import directions (DESIGN.md): each unit imports only the units below it, and no
+module imports itself back through others.
 
-Checked on the source with ``ast`` (import-linter cannot see ``fffc.passes`` and
-``fffc.runtime``, which setuptools maps from the top-level ``passes/`` and ``runtime/``).
+Every import counts — module level, inside functions, under ``TYPE_CHECKING`` — read from
+the source with ``ast`` (``fffc.passes`` and ``fffc.runtime`` are mapped from the top-level
+``passes/`` and ``runtime/`` folders, which import-linter cannot see).
 """
 
 from __future__ import annotations
@@ -12,57 +14,165 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = {"fffc": "fffc", "passes": "fffc.passes", "runtime": "fffc.runtime"}
 
-RULES = {
-    # folder: (module prefix it is imported as, forbidden import prefixes)
-    "passes": ("fffc.passes", ("tvm", "fffc.codegen", "fffc.native", "fffc.pipeline", "fffc.cli",
-                               "fffc.runtime", "onnxruntime")),
-    "fffc/codegen": ("fffc.codegen", ("fffc.passes", "onnxscript", "onnx_ir", "fffc.pipeline",
-                                      "fffc.cli")),
-    "runtime": ("fffc.runtime", ("tvm", "onnxscript", "onnx_ir", "fffc.passes", "fffc.codegen",
-                                 "fffc.pipeline", "fffc.cli", "torch")),
-    "fffc/ops.py": ("fffc.ops", ("numpy", "onnx", "tvm", "fffc.")),
+# Units from the bottom up: a unit may import its own modules and those of the units
+# before it. The top unit is the public API: the package's __init__, the CLI and bench.
+UNITS = (
+    ("contract", ("fffc.contract",)),
+    ("runtime", ("fffc.runtime",)),
+    ("torch", ("fffc.torch",)),
+    ("frontend", ("fffc.frontend",)),
+    ("passes", ("fffc.passes",)),
+    ("codegen", ("fffc.codegen",)),
+    ("verify", ("fffc.verify",)),
+    ("plan", ("fffc.plan",)),
+    ("package", ("fffc.package",)),
+    ("stages", ("fffc.stages",)),
+    ("pipeline", ("fffc.pipeline",)),
+    ("api", ("fffc", "fffc.cli", "fffc.bench", "fffc.timing")),
+)
+# Libraries a unit must never import, whatever its rank allows.
+FORBIDDEN = {
+    "contract": ("numpy", "onnx", "onnxruntime", "onnxscript", "onnx_ir", "tvm", "torch"),
+    "passes": ("tvm", "onnxruntime"),
+    "codegen": ("onnxscript", "onnx_ir"),
+    "runtime": ("tvm", "onnxscript", "onnx_ir", "torch"),
 }
+LEAF_CONTRACT = ("fffc.contract.ops", "fffc.contract.kinds", "fffc.contract.tolerances")
 
 
-def _imports(path: Path, module: str) -> list[str]:
-    tree = ast.parse(path.read_text())
-    out = []
-    package = module.rsplit(".", 1)[0] if path.name != "__init__.py" else module
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - node.level + 1]
-                out.append(".".join([*base, node.module] if node.module else base))
-            elif node.module:
-                out.append(node.module)
+def _modules() -> dict[str, Path]:
+    out = {}
+    for folder, prefix in FOLDERS.items():
+        for f in sorted((ROOT / folder).rglob("*.py")):
+            rel = f.relative_to(ROOT / folder).with_suffix("")
+            name = ".".join([prefix, *rel.parts]).removesuffix(".__init__")
+            if folder == "fffc" and rel.parts[0] in ("passes", "runtime"):
+                continue
+            out[name] = f
     return out
 
 
-def _files(folder: str) -> list[Path]:
-    p = ROOT / folder
-    return [p] if p.is_file() else sorted(p.rglob("*.py"))
+MODULES = _modules()
 
 
-@pytest.mark.parametrize("folder", sorted(RULES))
-def test_import_directions(folder):
-    prefix, forbidden = RULES[folder]
+def _target(name: str) -> str | None:
+    """The fffc module an imported name lives in (its longest known prefix)."""
+    while name:
+        if name in MODULES:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def _imports(module: str) -> list[tuple[str, int]]:
+    """(imported name, line) of every import in a module, nested ones too; ``from p import
+    n`` gives ``p.n`` where that is a module, else ``p``."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+            mod = ".".join(p for p in (base, node.module or "") if p)
+            for a in node.names:
+                sub = f"{mod}.{a.name}"
+                out.append((sub if sub in MODULES else mod, node.lineno))
+    return out
+
+
+def _edges() -> dict[str, set[str]]:
+    """Module → the fffc modules it imports."""
+    graph: dict[str, set[str]] = {}
+    for module in MODULES:
+        targets = {_target(name) for name, _ in _imports(module)}
+        graph[module] = {t for t in targets if t is not None and t != module}
+    return graph
+
+
+def _unit(module: str) -> str:
+    best, length = "", -1
+    for unit, prefixes in UNITS:
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and len(p) > length:
+                best, length = unit, len(p)
+    return best
+
+
+RANK = {unit: i for i, (unit, _) in enumerate(UNITS)}
+
+
+def test_every_module_is_in_a_unit():
+    assert [m for m in MODULES if not _unit(m)] == []
+
+
+def test_units_import_downwards():
     bad = []
-    for f in _files(folder):
-        rel = f.relative_to(ROOT / folder).with_suffix("") if (ROOT / folder).is_dir() else None
-        module = prefix if rel is None else ".".join([prefix, *rel.parts]).removesuffix(".__init__")
-        for name in _imports(f, module):
-            if any(name == b.rstrip(".") or name.startswith(b if b.endswith(".") else b + ".")
-                   or name == b for b in forbidden):
-                bad.append(f"{f.relative_to(ROOT)} imports {name}")
+    for module, targets in _edges().items():
+        for t in targets:
+            if RANK[_unit(t)] > RANK[_unit(module)]:
+                bad.append(f"{module} ({_unit(module)}) imports {t} ({_unit(t)})")
     assert bad == []
 
 
+@pytest.mark.parametrize("unit", sorted(FORBIDDEN))
+def test_forbidden_libraries(unit):
+    bad = [f"{m}:{line} imports {name}" for m in MODULES if _unit(m) == unit
+           for name, line in _imports(m)
+           if any(name == lib or name.startswith(lib + ".") for lib in FORBIDDEN[unit])]
+    assert bad == []
+
+
+def test_contract_leaves_import_no_fffc():
+    bad = [f"{m} imports {name}" for m in LEAF_CONTRACT for name, _ in _imports(m)
+           if name.startswith("fffc") or name.startswith(".")]
+    assert bad == []
+
+
+def test_no_import_cycles():
+    """Tarjan's strongly connected components over the module graph: none may hold two
+    modules."""
+    graph = _edges()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert cycles == []
+
+
 def test_only_the_adapter_imports_tvm():
-    offenders = [str(f.relative_to(ROOT)) for f in ROOT.joinpath("fffc").rglob("*.py")
-                 if f.name != "_tvm.py" and any(n == "tvm" or n.startswith("tvm.")
-                                                for n in _imports(f, "fffc.x"))]
+    offenders = [m for m in MODULES if m != "fffc.codegen._tvm"
+                 and any(n == "tvm" or n.startswith("tvm.") for n, _ in _imports(m))]
     assert offenders == []

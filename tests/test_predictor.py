@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fffc import predictor
-from fffc.calibration import Histogram, hidden_activations
-from fffc.sites import Site
+from fffc.contract.sites import Site
+from fffc.plan import predictor
+from fffc.plan.calibration import Histogram, hidden_activations
 
 D, F = 64, 256
 

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from fffc.ops import FAST_FEED_FORWARD, ROUTED_FFN, SPARSE_FFN, STRUCTURED_FFN, OpSpec
-
 from .kinds import Decision, SiteKind, SparseMode
 from .lowering import Masks
+from .ops import FAST_FEED_FORWARD, ROUTED_FFN, SPARSE_FFN, STRUCTURED_FFN, OpSpec
 
 
 class Layout(Enum):

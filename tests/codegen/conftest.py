@@ -7,8 +7,8 @@ import functools
 import numpy as np
 
 from fffc.codegen.build import compile_for_test
-from fffc.ops import KernelSpec
-from fffc.reference import sparse_ffn
+from fffc.contract.ops import KernelSpec
+from fffc.verify.reference import sparse_ffn
 
 RTOL, ATOL = 1e-4, 1e-5  # fp32 kernel vs float64 reference: reassociation only
 TOKENS = (1, 2, 3, 7, 30, 64, 130)  # every variant, full and partial token tiles

@@ -16,7 +16,7 @@ from fffc.codegen.build import (
     build_kernel_library,
     symbol_of,
 )
-from fffc.errors import UnsupportedTargetError
+from fffc.contract.errors import UnsupportedTargetError
 
 from .conftest import spec
 
@@ -106,7 +106,7 @@ def test_fma_vector_width(mcpu: str, reg: str) -> None:
 
 def test_arm_fff_kernel_uses_neon_fmla() -> None:
     from fffc.codegen.schedules import family
-    from fffc.ops import fff_kernel_spec
+    from fffc.contract.ops import fff_kernel_spec
 
     s = fff_kernel_spec(64, 64, 2, 4)
     asm = assembly(s, family("arm").target(None), family_name="arm")

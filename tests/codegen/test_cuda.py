@@ -21,12 +21,12 @@ from fffc.codegen.cuda_build import (
     compile_fatbin,
     fatbin_entries,
 )
-from fffc.codegen.cuda_emu import Emulator
 from fffc.codegen.schedules import family
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
-from fffc.reference import sparse_ffn
-from fffc.verify import TOLERANCES
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec
+from fffc.contract.tolerances import RTOL
+from fffc.verify.cuda_emu import Emulator
+from fffc.verify.reference import sparse_ffn
 
 from .conftest import spec
 
@@ -82,7 +82,7 @@ def test_every_variant_matches_the_reference(library, emulator) -> None:
                               up_activation=s.up_activation)
             assert np.isfinite(got).all(), (s, v.variant, n)
             err = np.abs(got - want).max() / np.abs(want).max()
-            assert err < TOLERANCES["float32"], (s, v.variant, n, err)
+            assert err < RTOL, (s, v.variant, n, err)
             checked += 1
     assert checked == len(SPECS) * 18  # 5 variants × {1, 5, 37} + range starts 2, 9, 257
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from fffc.codegen.cuda_build import build_cuda_library, fatbin_entries
-from fffc.codegen.cuda_emu import Emulator
 from fffc.codegen.kernels.text import with_weight_dtype
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec, fff_kernel_spec, structured_kernel_spec
-from fffc.reference import fast_feed_forward, sparse_ffn, structured_ffn, teal_ffn
-from fffc.verify import TOLERANCES
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec, fff_kernel_spec, structured_kernel_spec
+from fffc.contract.tolerances import RTOL
+from fffc.verify.cuda_emu import Emulator
+from fffc.verify.reference import fast_feed_forward, sparse_ffn, structured_ffn, teal_ffn
 
 from .conftest import inputs
 from .conftest import spec as sparse_spec
@@ -71,7 +71,7 @@ def _variants(lib, s: KernelSpec):
 
 def _close(got: np.ndarray, want: np.ndarray, what) -> None:
     err = np.abs(got - want).max() / np.abs(want).max()
-    assert np.isfinite(got).all() and err < TOLERANCES["float32"], (what, err)
+    assert np.isfinite(got).all() and err < RTOL, (what, err)
 
 
 def test_fatbin_and_parameter_types(built) -> None:

@@ -9,7 +9,7 @@ import pytest
 from fffc.codegen import _tvm
 from fffc.codegen.kernels.exact_screened import screen_inputs, screened_primfunc
 from fffc.codegen.schedules import family
-from fffc.errors import CodegenError
+from fffc.contract.errors import CodegenError
 
 from .conftest import ATOL, RTOL, reference, spec
 

@@ -17,9 +17,9 @@ from fffc.codegen.build import (
     source,
 )
 from fffc.codegen.schedules import MAX_TOKENS
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec, fff_kernel_spec
-from fffc.reference import fast_feed_forward
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec, fff_kernel_spec
+from fffc.verify.reference import fast_feed_forward
 
 # 128 trees of depth 4 at H 256: 1.3 MB of rows walked per token, so the table has "level"
 BIG = fff_kernel_spec(256, 256, 128, 4)

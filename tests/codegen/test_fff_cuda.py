@@ -11,12 +11,12 @@ import pytest
 
 from fffc.codegen import _tvm
 from fffc.codegen.cuda_build import CudaVariant, compile_fatbin, emit_kernels, fatbin_entries
-from fffc.codegen.cuda_emu import Emulator
 from fffc.codegen.kernels.fff_cuda import FffTiling, fff_source
-from fffc.errors import CodegenError
-from fffc.ops import fff_kernel_spec
-from fffc.reference import fast_feed_forward
-from fffc.verify import TOLERANCES
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import fff_kernel_spec
+from fffc.contract.tolerances import RTOL
+from fffc.verify.cuda_emu import Emulator
+from fffc.verify.reference import fast_feed_forward
 
 
 @pytest.mark.parametrize("prefetch", [False, True])
@@ -39,7 +39,7 @@ def test_fff_kernel_matches_the_reference(d_in, d_out, trees, depth, threads, pr
     x = rng.standard_normal((9, d_in)).astype(np.float32)
     got = Emulator(source, [variant]).run(variant, {"X": x, **w})
     want = fast_feed_forward(x, w["W_in"], w["B_in"], w["W_out"], trees=trees, depth=depth)
-    assert np.abs(got - want).max() / np.abs(want).max() < TOLERANCES["float32"]
+    assert np.abs(got - want).max() / np.abs(want).max() < RTOL
     (tmp_path / "k.cu").write_text(source)
     compile_fatbin(tmp_path / "k.cu", tmp_path / "k.fatbin", ["sm_80", "sm_90"])
     assert ("elf", "sm_90") in fatbin_entries(tmp_path / "k.fatbin")

@@ -16,9 +16,9 @@ from fffc.codegen.kernels.routed_ffn import (
     routed_variants,
 )
 from fffc.codegen.schedules import MAX_TOKENS
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec, combine_kernel_spec, route_kernel_spec
-from fffc.reference import route, routed_ffn, sparse_ffn
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec, combine_kernel_spec, route_kernel_spec
+from fffc.verify.reference import route, routed_ffn, sparse_ffn
 
 D = 37  # two 16-lane pieces and a 5-wide tail
 
@@ -276,7 +276,7 @@ def test_threshold_with_a_separate_selection_score(aux_bias: bool, router: str) 
 def test_route_normalizes_the_gathered_rows_for_a_prenorm_block() -> None:
     """With a LayerNorm epsilon in the spec, XS holds LayerNorm(X) of the selected rows (the
     routed block's pre-norm); the selection and weights are unchanged."""
-    from fffc.reference import layer_norm
+    from fffc.verify.reference import layer_norm
 
     spec = route_kernel_spec(D, "topk", 3, "sigmoid", True, ln_epsilon=1e-5)
     rng = np.random.default_rng(12)

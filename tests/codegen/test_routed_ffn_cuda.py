@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from fffc.codegen.cuda_build import CudaVariant, build_cuda_library
-from fffc.codegen.cuda_emu import Emulator
 from fffc.codegen.kernels.routed_ffn_cuda import LAUNCH_PARAMS
 from fffc.codegen.schedules import MAX_TOKENS
-from fffc.ops import KernelSpec, combine_kernel_spec, route_kernel_spec
-from fffc.reference import layer_norm, route, routed_ffn, sparse_ffn
-from fffc.verify import TOLERANCES
+from fffc.contract.ops import KernelSpec, combine_kernel_spec, route_kernel_spec
+from fffc.contract.tolerances import RTOL
+from fffc.verify.cuda_emu import Emulator
+from fffc.verify.reference import layer_norm, route, routed_ffn, sparse_ffn
 
 EPS = 1e-5
 TOPK1 = route_kernel_spec(40, "topk", 1, "raw", False)
@@ -195,7 +195,7 @@ def test_combine_matches_the_formula(library, emulator) -> None:
         np.testing.assert_array_equal(y[rest], x[rest])
         if cnt:
             err = np.abs(y - want).max() / np.abs(want).max()
-            assert err < TOLERANCES["float32"], (d, n, cnt, err)
+            assert err < RTOL, (d, n, cnt, err)
 
 
 @pytest.mark.parametrize("spec", [TOPK2, THR_AUX, THR_AUX_LN], ids=["topk", "aux", "aux_ln"])
@@ -223,7 +223,7 @@ def test_route_ffn_combine_matches_routed_ffn(library, emulator, spec: KernelSpe
                           ln=(w["LS"], w["LB"], EPS) if "ln_epsilon" in ex else None)
         assert cnt == len(reference_route(spec, w)[0])
         err = np.abs(y - want.reshape(b * s, d)).max() / np.abs(want).max()
-        assert err < TOLERANCES["float32"], (spec.mode, b, s, err)
+        assert err < RTOL, (spec.mode, b, s, err)
 
 
 def test_decode_one_token(library, emulator) -> None:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fffc.codegen.kernels.exact_screened import screenable
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec
 
 from .conftest import ATOL, RTOL, TOKENS, args, inputs, kernels, reference, spec, weights
 

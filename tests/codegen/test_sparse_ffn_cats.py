@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from fffc.codegen.build import KernelRunner
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
-from fffc.reference import activation, cats_ffn
-from fffc.verify import compare
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec
+from fffc.verify.compare import compare
+from fffc.verify.reference import activation, cats_ffn
 
 D, F, DO = 48, 128, 40
 

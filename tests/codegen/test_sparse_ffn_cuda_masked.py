@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from fffc.codegen.cuda_build import CudaVariant, build_cuda_library
-from fffc.codegen.cuda_emu import Emulator
 from fffc.codegen.schedules import family
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
-from fffc.reference import activation, cats_ffn, predictor_ffn, sparse_ffn, teal_ffn
-from fffc.verify import TOLERANCES
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec
+from fffc.contract.tolerances import RTOL
+from fffc.verify.cuda_emu import Emulator
+from fffc.verify.reference import activation, cats_ffn, predictor_ffn, sparse_ffn, teal_ffn
 
 D, F, DO = 40, 100, 24  # odd dims: no tile divides them
 
@@ -126,7 +126,7 @@ def _want(s: KernelSpec, w: dict, x: np.ndarray, th: np.ndarray | None = None) -
 def _check(got: np.ndarray, want: np.ndarray, what) -> None:
     assert np.isfinite(got).all(), what
     err = np.abs(got - want).max() / np.abs(want).max()
-    assert err < TOLERANCES["float32"], (what, err)
+    assert err < RTOL, (what, err)
 
 
 def _thresholds(s: KernelSpec, w: dict, x: np.ndarray) -> list[np.ndarray]:

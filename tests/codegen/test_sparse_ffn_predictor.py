@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from fffc.codegen.build import KernelRunner
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
-from fffc.reference import predictor_ffn, sparse_ffn
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec
+from fffc.verify.reference import predictor_ffn, sparse_ffn
 
 D, F, DO, R = 48, 128, 40, 16
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from fffc.codegen.build import KernelRunner
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
-from fffc.reference import sparse_ffn, teal_ffn
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec
+from fffc.verify.reference import sparse_ffn, teal_ffn
 
 D, F, DO = 48, 128, 40
 
@@ -93,7 +93,7 @@ def test_teal_rejects_unknown_activation() -> None:
 def test_slack_covers_a_neuron_at_the_threshold_either_way() -> None:
     """A hidden entry at (float64) exactly t_hidden may be kept by a float32 implementation
     or dropped: the reference's slack accepts both outputs, and nothing more."""
-    from fffc.verify import compare
+    from fffc.verify.compare import compare
 
     spec = _spec("gelu", False)
     w = _weights(spec)

@@ -20,9 +20,9 @@ from fffc.codegen.kernels.structured_ffn import (
     structured_variants,
 )
 from fffc.codegen.schedules import MAX_TOKENS
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec, structured_kernel_spec
-from fffc.reference import structured_ffn
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec, structured_kernel_spec
+from fffc.verify.reference import structured_ffn
 
 RTOL = 1e-4  # of max |reference|: float32 accumulation vs float64
 TOKENS = (1, 3, 37, 130)  # one token, a partial tile, partial tiles/blocks of every variant

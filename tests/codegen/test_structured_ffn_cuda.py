@@ -25,13 +25,13 @@ from fffc.codegen.cuda_build import (
     emit_kernels,
     fatbin_entries,
 )
-from fffc.codegen.cuda_emu import Emulator
 from fffc.codegen.kernels import structured_ffn_cuda as sfc
 from fffc.codegen.schedules import MAX_TOKENS, family
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec, structured_kernel_spec
-from fffc.reference import structured_ffn
-from fffc.verify import TOLERANCES
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec, structured_kernel_spec
+from fffc.contract.tolerances import RTOL
+from fffc.verify.cuda_emu import Emulator
+from fffc.verify.reference import structured_ffn
 
 from .conftest import spec as sparse_spec
 
@@ -124,7 +124,7 @@ def test_every_variant_matches_the_reference(library, emulator) -> None:
             got = emulator.run(v, {"X": x, **w}, any_tokens=True)
             assert np.isfinite(got).all(), (_name(library, s), v.variant, n)
             err = _error(got, _reference(s, x, w))
-            assert err < TOLERANCES["float32"], (_name(library, s), v.variant, n, err)
+            assert err < RTOL, (_name(library, s), v.variant, n, err)
         checked.add((_name(library, s), v.variant))
     assert len(checked) == len(SPECS) * 5  # gemv1, gemv4, gemv16, tile32, tile64
 
@@ -146,7 +146,7 @@ def test_counted_variants_leave_rows_past_the_count(library, emulator) -> None:
             if cnt:
                 assert np.isfinite(got[:cnt]).all(), (v.variant, n, cnt)
                 err = _error(got[:cnt], want[:cnt])
-                assert err < TOLERANCES["float32"], (v.variant, n, cnt, err)
+                assert err < RTOL, (v.variant, n, cnt, err)
 
 
 def test_forced_splits_sum_partials_with_bias_and_activation() -> None:
@@ -171,7 +171,7 @@ def test_forced_splits_sum_partials_with_bias_and_activation() -> None:
         for n in (1, 6):
             x = np.random.default_rng(n).standard_normal((n, v.spec.d_in)).astype(np.float32)
             err = _error(emu.run(v, {"X": x, **w}, any_tokens=True), _reference(v.spec, x, w))
-            assert err < TOLERANCES["float32"], (v.spec.mode, n, err)
+            assert err < RTOL, (v.spec.mode, n, err)
 
 
 def test_variant_table_covers_every_token_count() -> None:

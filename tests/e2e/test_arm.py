@@ -115,7 +115,7 @@ def test_arm_threshold_modes_run_in_aarch64_onnxruntime(sysroot, tmp_path, budge
     """``--calibration`` artifacts for aarch64: the GELU FFN + SwiGLU model of the
     calibration tests, TEAL (both sites) or CATS (the gated one), against the thresholded
     reference model (``fffc.allocate.apply``, standard ONNX ops) run on x86."""
-    from fffc import allocate, calibration
+    from fffc.plan import allocate, calibration
     from tests.test_calibration import D, _feeds, _models
 
     path, _ = _models(tmp_path)

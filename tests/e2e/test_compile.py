@@ -16,7 +16,7 @@ import pytest
 
 import fffc
 import fffc.runtime
-from fffc.ops import DOMAIN
+from fffc.contract.ops import DOMAIN
 
 CASES = [
     ("llama", "drelu", "dynamo20", False),
@@ -40,7 +40,7 @@ def _fffc_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 
 
 def _feed(path, batch: int, seq: int, seed: int) -> dict:
-    from fffc.verify import probe_inputs
+    from fffc.verify.compare import probe_inputs
 
     return probe_inputs(onnx.load(str(path)), batch, seq, seed, count=1)[0]
 

@@ -8,7 +8,7 @@ import onnx_ir as ir
 import pytest
 
 from fffc import passes
-from fffc.ops import DOMAIN
+from fffc.contract.ops import DOMAIN
 
 from .graphs import D, F, G, erf_gelu, rand, run, tanh_gelu, to_ir, x_probe
 

@@ -23,7 +23,7 @@ def _id(case) -> str:
 @pytest.mark.parametrize("case", ALL_CASES, ids=_id)
 def test_every_ffn_is_found(case, export_model):
     from fffc.pipeline import _capture, analyze
-    from fffc.verify import probe_inputs
+    from fffc.verify.compare import probe_inputs
 
     family, activation, exporter, ort_ext = case
     path = export_model(family, activation, exporter, ort_ext)
@@ -35,7 +35,7 @@ def test_every_ffn_is_found(case, export_model):
             want["kind"], want["activation"], want["up_activation"], want["d_model"], want["d_ff"])
         assert s.has_b1 == want["bias"]
     assert a.near_misses == []
-    from fffc.verify import run, session
+    from fffc.verify.compare import run, session
 
     feeds = probe_inputs(a.proto, 2, 7, seed=0)
     want = run(session(a.proto), feeds)

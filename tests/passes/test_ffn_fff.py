@@ -15,8 +15,8 @@ import torch
 import fffc
 import fffc.runtime
 from fffc.passes.standard_forms import MASKED_BELOW_RATIO
-from fffc.reference import fast_feed_forward
 from fffc.torch import FastFeedForward
+from fffc.verify.reference import fast_feed_forward
 
 pytestmark = pytest.mark.torch
 

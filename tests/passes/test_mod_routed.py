@@ -74,7 +74,7 @@ def test_k_computed_from_the_sequence_length(tmp_path, exporter, k_form):
     """A dynamic sequence axis: TopK's k is computed in the graph (max(1, int(c·S)), S // q,
     ceil(c·S)); the site carries the rule, and the lowered op (its fallback function) equals
     the export at other lengths, k included."""
-    from fffc.ops import capacity_k
+    from fffc.contract.ops import capacity_k
 
     path = _export(tmp_path, exporter, capacity=0.25, seq=16, k_form=k_form)
     a = pipeline.analyze(path)

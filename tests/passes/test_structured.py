@@ -65,7 +65,7 @@ def test_structured_mlp_is_one_site_with_the_modules_factors(case, exporter, tmp
     m = StructuredMLP(64, 256, kind, rank=32, blocks=4, activation=activation, bias=bias,
                       form=form).eval()
     w = site_weights(a.working, site.name, "structured")
-    from fffc.reference import merged_weight
+    from fffc.verify.reference import merged_weight
 
     for i, fc in ((1, m.fc1), (2, m.fc2)):
         dense = fc.to_dense().detach().numpy().T  # [in, out]
@@ -111,7 +111,7 @@ def test_merged_weights_are_added_only_when_asked(tmp_path):
     node = next(n for n in b.working.graph if n.op_type == "StructuredFFN")
     m1, m2 = node.inputs[7], node.inputs[8]
     w = site_weights(pipeline.analyze(path).working, name, "structured")
-    from fffc.reference import merged_weight
+    from fffc.verify.reference import merged_weight
 
     np.testing.assert_allclose(m1.const_value.numpy(), merged_weight(w["A1"], w["U1"]),
                                rtol=1e-5, atol=1e-6)
@@ -131,8 +131,8 @@ def test_blockshuffle_mlp_is_one_site_equal_to_the_export(tmp_path, exporter, ac
     as standard ops and as the fallback function, it equals the export."""
     import torch
 
-    from fffc.reference import merged_weight
     from fffc.torch import StructuredMLP
+    from fffc.verify.reference import merged_weight
 
     path = _export(tmp_path, "blockshuffle", form, activation, bias, exporter)
     a = pipeline.analyze(path)

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from fffc.ops import KernelSpec
+from fffc.contract.ops import KernelSpec
 
 from .test_shim import D_FF, D_IN, D_OUT, VARIANTS, make_model, reference, weights
 

@@ -22,10 +22,10 @@ import pytest
 
 import fffc
 from fffc.codegen.build import build_kernel_library
-from fffc.codegen.cuda_emu import Emulator
-from fffc.config import cxx
+from fffc.contract.config import cxx
+from fffc.contract.ops import KernelSpec
 from fffc.native import build_shim
-from fffc.ops import KernelSpec
+from fffc.verify.cuda_emu import Emulator
 
 from .test_cuda_shim import _model
 
@@ -185,7 +185,7 @@ def test_calibrated_cuda_path(tmp_path, fake_libcuda, budget):
     equals its own model run as the thresholded/predicted function in standard ops (stock
     ONNX Runtime, the fallback functions), at 1 token (the kernels) and 50 (the If's masked
     dense branch)."""
-    from fffc import calibration
+    from fffc.plan import calibration
     from tests.test_calibration import D, _models
     from tests.test_calibration import _feeds as calibration_feeds
 

@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fffc.ops import DOMAIN, OPSET_VERSION, fff_kernel_spec
-from fffc.reference import fast_feed_forward
+from fffc.contract.ops import DOMAIN, OPSET_VERSION, fff_kernel_spec
+from fffc.verify.reference import fast_feed_forward
 
 # (d_in, d_out, trees, depth, tie_break)
 SHAPES = [(4096, 4096, 1, 11, "gt"), (64, 48, 1, 15, "gt"), (1024, 1024, 128, 4, "gt"),

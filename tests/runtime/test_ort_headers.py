@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fffc import ort_headers
-from fffc.errors import PackagingError
+from fffc.contract.errors import PackagingError
 
 
 def test_override_is_used_as_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,8 +20,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import fffc.runtime
-from fffc.ops import DOMAIN, OPSET_VERSION, KernelSpec
-from fffc.reference import sparse_ffn
+from fffc.contract.ops import DOMAIN, OPSET_VERSION, KernelSpec
+from fffc.verify.reference import sparse_ffn
 
 D_IN, D_FF, D_OUT = 32, 128, 48
 RTOL, ATOL = 1e-4, 1e-4

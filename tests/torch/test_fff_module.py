@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 import torch  # the test extra installs torch==2.13.0
 
-from fffc.reference import fast_feed_forward
 from fffc.torch import FastFeedForward, swap_ffn
+from fffc.verify.reference import fast_feed_forward
 
 pytestmark = pytest.mark.torch
 SHAPES = [(32, 1, 11), (24, 4, 3), (16, 128, 4)]  # (hidden, trees, depth): 1x11, 4x3, 128x4

@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from ..contract.errors import UsageError
 from .calibration import (
     GATE,
     PARTS,
@@ -36,7 +37,6 @@ from .calibration import (
     threshold_input_name,
     thresholded_model,
 )
-from .errors import UsageError
 
 PREDICTOR_OFF = 1e30  # added to a predictor's scores: every neuron selected
 

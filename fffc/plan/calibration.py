@@ -36,10 +36,12 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from . import __version__, passes, reference, verify
-from .errors import UsageError
-from .plan import site_centers
-from .sites import Site
+from .. import __version__, passes
+from ..contract.errors import UsageError
+from ..contract.sites import Site
+from ..verify import compare as verify
+from ..verify import reference
+from .decide import site_centers
 
 # thresholds are written for these target sparsities: every 0.05, TEAL's greedy step
 # (greedyopt's base_step), so a per-site search can spend a budget in small steps
@@ -269,7 +271,7 @@ class SiteInputs:
     sites without ``kinds``): what calibration (and the benchmarks) feed on."""
 
     def __init__(self, model: str | Path, kinds: tuple[str, ...] | None = None):
-        from .pipeline import analyze
+        from ..pipeline import analyze
 
         a = analyze(model)
         self.proto = a.proto
@@ -323,7 +325,7 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
         from .allocate import parse_budget
 
         parse_budget(budget)  # a bad budget fails before the passes over the data
-    from .pipeline import sha256_file
+    from ..pipeline import sha256_file
 
     if (data is None) == (synthetic <= 0):
         raise UsageError("give calibration data (--data) or a number of synthetic feeds "
@@ -480,7 +482,7 @@ def thresholded_model(model: str | Path, calibration: dict, sparsity: float | No
     thresholds |v - center| and puts the center in place of what it drops. It is the
     reference a threshold kernel must equal and what measures the accuracy a sparsity costs;
     it is not faster than the original."""
-    from .pipeline import analyze, sha256_file
+    from ..pipeline import analyze, sha256_file
 
     if calibration["model"]["sha256"] != sha256_file(Path(model)):
         raise UsageError("the calibration was made for another model (sha256 differs)",

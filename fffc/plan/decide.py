@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .contract.kinds import Decision, SiteKind
-from .contract.modes import mode
-from .errors import UsageError
-from .ops import (
+from ..contract.errors import UsageError
+from ..contract.kinds import Decision, SiteKind
+from ..contract.modes import mode
+from ..contract.ops import (
     KernelSpec,
     combine_kernel_spec,
     describe_k,
@@ -22,7 +22,7 @@ from .ops import (
     route_kernel_spec,
     structured_kernel_spec,
 )
-from .sites import Site
+from ..contract.sites import Site
 
 NOT_SELECTED = "not selected with --sites"
 

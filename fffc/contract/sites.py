@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .contract.kinds import Decision, SiteKind
-from .contract.modes import Param, mode
+from .kinds import Decision, SiteKind
+from .modes import Param, mode
 from .ops import describe_k
 
 

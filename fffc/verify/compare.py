@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from ..contract.sites import Site
 from . import reference
-from .sites import Site
 
 
 @dataclass

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..contract.sites import Site
 from .calibration import hidden_activations
-from .sites import Site
 
 
 @dataclass

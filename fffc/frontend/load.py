@@ -8,7 +8,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from .errors import ModelLoadError, UnsupportedModelError
+from ..contract.errors import ModelLoadError, UnsupportedModelError
 
 MIN_OPSET = 13  # MatMul/Add/Gemm semantics fffc relies on are stable from here
 FLOAT_TYPES = {"FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE"}

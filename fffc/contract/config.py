@@ -1,0 +1,79 @@
+"""Compile options and the ``FFFC_*`` environment knobs, read in this one place."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .tolerances import RTOL
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Everything that changes what ``fffc compile`` produces."""
+
+    target: str = "x86"
+    mcpu: str | None = None  # None: the host CPU for x86
+    mattr: tuple[str, ...] = ()  # extra LLVM CPU features, e.g. ("+dotprod",)
+    rtol: float = RTOL
+    probe_batch: int = 2
+    probe_seq: int = 8
+    seed: int = 0
+    dump_dir: Path | None = None
+    force: bool = False
+    sites: tuple[str, ...] = field(default=())  # empty: all sites
+    cuda_archs: tuple[str, ...] = ("sm_80", "sm_90")  # --target cuda: cubins (+ PTX of the last)
+    max_sparse_tokens: int | None = None  # None: the target's measured crossover; 0: always
+    merged_max_tokens: int | None = None  # StructuredFFN: merged dense path up to N tokens
+    # (None: measured at compile time on x86; 0: never)
+    calibration: Path | None = None  # CALIB.json of `fffc calibrate`: TEAL thresholds
+    budget: str | None = None  # with calibration: "sparsity=S" | "error=E" | "uniform=S"
+    data: Path | None = None  # feeds for the budget search (default: synthetic)
+    weight_dtype: str = "float32"  # --target cuda: float16 / bfloat16 weight matrices
+
+    def hash(self) -> str:
+        d = asdict(self)
+        d.pop("dump_dir")
+        d.pop("force")
+        return hashlib.sha256(repr(sorted(d.items())).encode()).hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    """Where downloaded headers and built objects are cached (``FFFC_CACHE_DIR``)."""
+    env = os.environ.get("FFFC_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "fffc"
+
+
+def ort_include_dir_override() -> Path | None:
+    """``ORT_INCLUDE_DIR``: a directory holding ``onnxruntime_c_api.h``, used as is."""
+    env = os.environ.get("ORT_INCLUDE_DIR")
+    return Path(env) if env else None
+
+
+def num_threads() -> int | None:
+    """``FFFC_NUM_THREADS``: threads of the shim's kernel pool (None: all cores)."""
+    env = os.environ.get("FFFC_NUM_THREADS")
+    return int(env) if env else None
+
+
+def dump_dir_from_env() -> Path | None:
+    env = os.environ.get("FFFC_DUMP")
+    return Path(env) if env else None
+
+
+def cxx(triple: str = "x86_64-linux-gnu") -> str:
+    """The C++ compiler that builds the shim for ``triple``: ``CXX`` (default g++) for this
+    x86-64 machine, ``CXX_AARCH64`` (default aarch64-linux-gnu-g++) for aarch64."""
+    if triple.startswith("aarch64"):
+        return os.environ.get("CXX_AARCH64", "aarch64-linux-gnu-g++")
+    return os.environ.get("CXX", "g++")
+
+
+def debug() -> bool:
+    """``FFFC_DEBUG=1``: the CLI shows tracebacks instead of one-line errors."""
+    return os.environ.get("FFFC_DEBUG", "") not in ("", "0")

@@ -1,0 +1,288 @@
+"""NumPy reference implementations of the ``ai.fffc`` ops: they document the math.
+
+Kernels are tested against these; they compute in float64 so that a kernel's error is
+measured against the exact value, not against another float32 rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..contract.ops import capacity_k
+from ..contract.tolerances import PREDICTOR_BAND, TEAL_BAND
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def activation(name: str, x: np.ndarray) -> np.ndarray:
+    """Elementwise activation by its ``ai.fffc`` attribute name."""
+    x = np.asarray(x, dtype=np.float64)
+    if name == "none":
+        return x
+    if name == "relu":
+        return np.maximum(x, 0.0)
+    if name == "gelu":
+        return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)).astype(np.float64))
+    if name == "gelu_tanh":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    if name == "silu":
+        return x / (1.0 + np.exp(-x))
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def sparse_ffn(
+    x: np.ndarray,
+    w1: np.ndarray,
+    b1: np.ndarray | None,
+    w2: np.ndarray,
+    b2: np.ndarray | None,
+    wu: np.ndarray | None = None,
+    *,
+    activation_name: str = "relu",
+    up_activation: str = "none",
+    mode: str = "exact",
+) -> np.ndarray:
+    """``ai.fffc::SparseFFN``: ``act(x·W1+b1) [⊙ up_act(x·WUᵀ)] · W2 + b2`` over the last axis.
+
+    mode=exact skips only neurons whose value is exactly zero, so it equals the dense
+    computation; the reference therefore is the dense computation.
+    """
+    if mode != "exact":
+        raise ValueError(f"unknown mode {mode!r}")
+    xd = np.asarray(x, dtype=np.float64)
+    h = xd @ np.asarray(w1, dtype=np.float64)
+    if b1 is not None:
+        h = h + b1
+    a = activation(activation_name, h)
+    if wu is not None:
+        a = a * activation(up_activation, xd @ np.asarray(wu, dtype=np.float64).T)
+    y = a @ np.asarray(w2, dtype=np.float64)
+    if b2 is not None:
+        y = y + b2
+    return y
+
+
+
+
+def _masked_down(a: np.ndarray, dropped: np.ndarray, ambiguous: np.ndarray, w2: np.ndarray,
+                 b2: np.ndarray | None, slack: bool):
+    """``Where(dropped, 0, a)·W2 + b2``; with ``slack`` also Σ |a_i|·|W2[i]| over the
+    ``ambiguous`` neurons (those a float32 implementation may decide the other way)."""
+    w2d = np.asarray(w2, dtype=np.float64)
+    y = np.where(dropped, 0.0, a) @ w2d
+    y = y + b2 if b2 is not None else y
+    return (y, np.where(ambiguous, np.abs(a), 0.0) @ np.abs(w2d)) if slack else y
+
+
+def _near(mag: np.ndarray, t: float) -> np.ndarray:
+    """Magnitudes within float32 rounding (``TEAL_BAND``) of threshold ``t`` (none if off)."""
+    if t < 0:
+        return np.zeros(mag.shape, bool)
+    return np.abs(mag - t) <= TEAL_BAND * (abs(t) + 0.05 * mag.max(axis=-1, keepdims=True))
+
+
+def teal_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarray,
+             b2: np.ndarray | None, wu: np.ndarray | None = None, *, thresholds: np.ndarray,
+             activation_name: str, up_activation: str = "none", xc: np.ndarray | None = None,
+             hc: np.ndarray | None = None,
+             slack: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """``ai.fffc::SparseFFN`` mode=teal: TEAL's thresholded FFN. ``wu`` is [d_in, d_ff]
+    (input-channel-major); ``thresholds`` [t_in, t_hidden] (as float32, like the op's TH),
+    negative = off; ``xc``, ``hc``: the op's centers XC, HC (subtracted before each
+    threshold). x (minus XC, in float32 as the op) is thresholded as given, so the decision
+    is exact; a in float64. With ``slack``, also Σ |a_i|·|W2[i]| over neurons whose |a|
+    lies within rounding (``TEAL_BAND``) of t_hidden: how far any float32 implementation
+    may be off because it kept or dropped such a neuron the other way."""
+    t_in, t_h = (float(t) for t in np.asarray(thresholds, dtype=np.float32))
+    x = np.asarray(x, dtype=np.float32)
+    if xc is not None:
+        x = x - np.asarray(xc, dtype=np.float32)
+    xd = np.asarray(x, dtype=np.float64)
+    xd = np.where(np.abs(xd) <= t_in, 0.0, xd)
+    h = xd @ np.asarray(w1, dtype=np.float64)
+    if b1 is not None:
+        h = h + b1
+    a = activation(activation_name, h)
+    if wu is not None:
+        a = a * activation(up_activation, xd @ np.asarray(wu, dtype=np.float64))
+    if hc is not None:
+        a = a - np.asarray(hc, dtype=np.float32)
+    mag = np.abs(a)
+    return _masked_down(a, mag <= t_h, _near(mag, t_h), w2, b2, slack)
+
+
+def cats_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarray,
+             b2: np.ndarray | None, wu_rows: np.ndarray, *, thresholds: np.ndarray,
+             activation_name: str, up_activation: str = "none",
+             slack: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """``ai.fffc::SparseFFN`` mode=cats (gated): x' = x with |x| <= t_in zeroed; neurons
+    with |act(x'·W1 + b1)| <= t_gate are zero (CATS); ``wu_rows`` [d_ff, d_in];
+    ``thresholds`` [t_in, t_gate] as float32, negative = off. ``slack`` as in ``teal_ffn``,
+    for gates within rounding of t_gate."""
+    t_in, t_g = (float(t) for t in np.asarray(thresholds, dtype=np.float32))
+    xd = np.asarray(x, dtype=np.float64)
+    xd = np.where(np.abs(xd) <= t_in, 0.0, xd)
+    h = xd @ np.asarray(w1, dtype=np.float64)
+    if b1 is not None:
+        h = h + b1
+    g = activation(activation_name, h)
+    a = g * activation(up_activation, xd @ np.asarray(wu_rows, dtype=np.float64).T)
+    mag = np.abs(g)
+    return _masked_down(a, mag <= t_g, _near(mag, t_g), w2, b2, slack)
+
+
+
+
+def predictor_ffn(x: np.ndarray, w1_rows: np.ndarray, b1: np.ndarray | None, w2: np.ndarray,
+                  b2: np.ndarray | None, wu_rows: np.ndarray | None, pa: np.ndarray,
+                  pb: np.ndarray, pc: np.ndarray, *, activation_name: str,
+                  up_activation: str = "none",
+                  slack: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """``ai.fffc::SparseFFN`` mode=predictor: only the neurons with a positive predictor
+    score ``(x·PA)·PB + PC`` contribute. ``w1_rows``/``wu_rows`` are [d_ff, d_in] (row per
+    neuron). With ``slack``: Σ |a_i|·|W2[i]| over neurons whose score is within rounding of
+    0 (selected by one float32 implementation, not by another)."""
+    xd = np.asarray(x, dtype=np.float64)
+    score = (xd @ np.asarray(pa, np.float64)) @ np.asarray(pb, np.float64) + pc
+    h = xd @ np.asarray(w1_rows, dtype=np.float64).T
+    if b1 is not None:
+        h = h + b1
+    a = activation(activation_name, h)
+    if wu_rows is not None:
+        a = a * activation(up_activation, xd @ np.asarray(wu_rows, dtype=np.float64).T)
+    scale = np.abs(xd) @ np.abs(np.asarray(pa, np.float64)) @ np.abs(np.asarray(pb, np.float64))
+    ambiguous = np.abs(score) <= PREDICTOR_BAND * (scale + np.abs(pc))
+    return _masked_down(a, score <= 0, ambiguous, w2, b2, slack)
+
+
+def blockdiag(v: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """``v [.., k·p]`` times the block-diagonal matrix of ``a [k, p, q]`` → ``[.., k·q]``."""
+    k, p, q = a.shape
+    v = np.asarray(v, dtype=np.float64)
+    blocks = v.reshape(*v.shape[:-1], k, p)
+    out = np.einsum("...kp,kpq->...kq", blocks, np.asarray(a, dtype=np.float64))
+    return out.reshape(*v.shape[:-1], k * q)
+
+
+def shuffled(h: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """BlockShuffle's second factor: ``h [.., m·r]`` read as an (r, m) grid, its columns
+    through the blocks of ``s [m, r, t]``, the result written as a (t, m) grid."""
+    m, r, t = s.shape
+    h = np.asarray(h, dtype=np.float64)
+    grid = h.reshape(*h.shape[:-1], r, m)
+    g = np.einsum("...jm,mjt->...tm", grid, np.asarray(s, dtype=np.float64))
+    return g.reshape(*h.shape[:-1], t * m)
+
+
+def structured_ffn(x: np.ndarray, a1: np.ndarray, u1: np.ndarray | None, b1: np.ndarray | None,
+                   a2: np.ndarray, u2: np.ndarray | None, b2: np.ndarray | None, *,
+                   activation_name: str = "gelu", s1: np.ndarray | None = None,
+                   s2: np.ndarray | None = None) -> np.ndarray:
+    """``ai.fffc::StructuredFFN``: ``proj2(act(proj1(x) + b1)) + b2`` with ``proj(v) =
+    blockdiag(v, A) [→ shuffled(·, S)] [· U]``."""
+    h = projection(x, a1, u1, s1)
+    if b1 is not None:
+        h = h + b1
+    g = projection(activation(activation_name, h), a2, u2, s2)
+    return g + b2 if b2 is not None else g
+
+
+def projection(v: np.ndarray, a: np.ndarray, u: np.ndarray | None = None,
+               s: np.ndarray | None = None) -> np.ndarray:
+    """One structured projection of v (float64): blockdiag(v, A) [→ shuffled(·, S)] [· U]."""
+    h = blockdiag(v, a)
+    if s is not None:
+        h = shuffled(h, s)
+    return h if u is None else h @ np.asarray(u, dtype=np.float64)
+
+
+def merged_weight(a: np.ndarray, u: np.ndarray | None, s: np.ndarray | None = None) -> np.ndarray:
+    """The dense matrix of one structured projection (float64): blockdiag(A) [→ S] [· U]."""
+    k, p, _ = a.shape
+    return projection(np.eye(k * p), a, u, s)
+
+
+def route(x: np.ndarray, wr: np.ndarray, br: np.ndarray | None, *, selection: str, k: int,
+          router: str, wa: np.ndarray | None = None,
+          ba: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``ai.fffc::RoutedFFN``'s selection: (flat token indices b·S + t of the selected tokens
+    in ascending order, their router weights). Scores in float32 as the graph computes
+    them; topk: the k largest per sequence, ties to the lower index (ONNX TopK); threshold:
+    sigmoid(a) > 0.5, i.e. a > 0, with a the selection score x·WA (+ BA) where WA is given
+    (MoD's causal predictor), else the router score itself."""
+    b, s_len, _ = x.shape
+    scores = (x.astype(np.float32) @ wr.reshape(-1).astype(np.float32)).astype(np.float32)
+    if br is not None:
+        scores = scores + np.float32(br.reshape(-1)[0])
+    selecting = scores
+    if wa is not None:
+        selecting = (x.astype(np.float32) @ wa.reshape(-1).astype(np.float32)).astype(np.float32)
+        if ba is not None:
+            selecting = selecting + np.float32(ba.reshape(-1)[0])
+    picked = []
+    for i in range(b):
+        if selection == "topk":
+            order = np.lexsort((np.arange(s_len), -scores[i]))  # by score desc, index asc
+            picked += sorted(int(i * s_len + t) for t in order[:k])
+        else:
+            picked += [int(i * s_len + t) for t in np.nonzero(selecting[i] > 0)[0]]
+    idx = np.array(picked, dtype=np.int64)
+    w = scores.reshape(-1)[idx].astype(np.float64)
+    return idx, (w if router == "raw" else 1.0 / (1.0 + np.exp(-w)))
+
+
+def layer_norm(v: np.ndarray, scale: np.ndarray, bias: np.ndarray, epsilon: float) -> np.ndarray:
+    """LayerNorm over the last axis (ONNX LayerNormalization, axis -1)."""
+    v = np.asarray(v, dtype=np.float64)
+    mean = v.mean(axis=-1, keepdims=True)
+    var = ((v - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (v - mean) / np.sqrt(var + epsilon) * scale + bias
+
+
+def routed_ffn(x: np.ndarray, wr: np.ndarray, br: np.ndarray | None, w1: np.ndarray,
+               b1: np.ndarray | None, w2: np.ndarray, b2: np.ndarray | None, *,
+               activation_name: str = "gelu", selection: str = "topk", k: int = 1,
+               router: str = "raw", x_coef=(1.0, 0.0), delta_coef=(0.0, 1.0),
+               wa: np.ndarray | None = None, ba: np.ndarray | None = None,
+               ln: tuple[np.ndarray, np.ndarray, float] | None = None,
+               capacity: dict | None = None) -> np.ndarray:
+    """``ai.fffc::RoutedFFN``: the FFN (on ``layer_norm`` of them with ``ln`` = (scale,
+    bias, epsilon)) of the selected tokens only, combined with X. ``capacity``: k from the
+    sequence length (``fffc.ops.capacity_k``)."""
+    if selection == "topk":
+        k = capacity_k(x.shape[1], k, capacity)
+    idx, w = route(x, wr, br, selection=selection, k=k, router=router, wa=wa, ba=ba)
+    flat = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+    y = flat.copy()
+    if len(idx):
+        inner = flat[idx] if ln is None else layer_norm(flat[idx], *ln)
+        delta = sparse_ffn(inner, w1, b1, w2, b2, activation_name=activation_name)
+        y[idx] = ((x_coef[0] + x_coef[1] * w)[:, None] * flat[idx]
+                  + (delta_coef[0] + delta_coef[1] * w)[:, None] * delta)
+    return y.reshape(x.shape)
+
+
+def fast_feed_forward(x: np.ndarray, w_in: np.ndarray, b_in: np.ndarray, w_out: np.ndarray,
+                      *, trees: int, depth: int, tie_break: str = "gt") -> np.ndarray:
+    """``ai.fffc::FastFeedForward`` (UltraFastBERT hard walk), float64, over the last axis.
+
+    ``w_out`` is stored row per node ([K·n, d_out]). ``z > 0`` goes right (``z >= 0`` with
+    tie_break "ge").
+    """
+    n = 2 ** (depth + 1) - 1
+    if w_in.shape[0] != trees * n:
+        raise ValueError(f"W_in has {w_in.shape[0]} rows, expected trees·(2^(depth+1)-1) = "
+                         f"{trees * n}")
+    xd = np.asarray(x, dtype=np.float64).reshape(-1, w_in.shape[1])
+    y = np.zeros((xd.shape[0], w_out.shape[1]))
+    rows = np.arange(xd.shape[0])
+    for k in range(trees):
+        node = np.zeros(xd.shape[0], dtype=np.int64)
+        for _ in range(depth + 1):
+            r = k * n + node
+            z = np.einsum("td,td->t", xd, w_in[r].astype(np.float64)) + b_in[r]
+            y[rows] += activation("gelu", z)[:, None] * w_out[r].astype(np.float64)
+            node = 2 * node + 1 + ((z >= 0) if tie_break == "ge" else (z > 0))
+    return y.reshape(*np.shape(x)[:-1], w_out.shape[1])
