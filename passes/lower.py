@@ -23,7 +23,7 @@ from fffc.contract.ops import (
     SPARSE_FFN,
     STRUCTURED_FFN,
 )
-from fffc.verify import reference
+from fffc.contract.structure import merged_weight
 
 from . import ffn_fff, standard_forms, weight_dtype
 from ._common import CANON, const_array, initializer
@@ -286,7 +286,7 @@ def _lower_structured(model: ir.Model, node: ir.Node, decision: str, opset: int,
     m1 = m2 = None
     if merged_max_tokens > 0:
         m1, m2 = (initializer(model.graph, f"{node.name}__merged_{i}",
-                               reference.merged_weight(*(const_array(v) if v is not None
+                               merged_weight(*(const_array(v) if v is not None
                                                          else None for v in (a, u, sh)))
                                .astype(np.float32))
                   for i, (a, u, sh) in enumerate(((a1, u1, s1), (a2, u2, s2)), start=1))

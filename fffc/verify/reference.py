@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from ..contract.ops import capacity_k
+from ..contract.structure import projection
 from ..contract.tolerances import PREDICTOR_BAND, TEAL_BAND
 
 _erf = np.frompyfunc(math.erf, 1, 1)
@@ -157,25 +158,6 @@ def predictor_ffn(x: np.ndarray, w1_rows: np.ndarray, b1: np.ndarray | None, w2:
     return _masked_down(a, score <= 0, ambiguous, w2, b2, slack)
 
 
-def blockdiag(v: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """``v [.., k·p]`` times the block-diagonal matrix of ``a [k, p, q]`` → ``[.., k·q]``."""
-    k, p, q = a.shape
-    v = np.asarray(v, dtype=np.float64)
-    blocks = v.reshape(*v.shape[:-1], k, p)
-    out = np.einsum("...kp,kpq->...kq", blocks, np.asarray(a, dtype=np.float64))
-    return out.reshape(*v.shape[:-1], k * q)
-
-
-def shuffled(h: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """BlockShuffle's second factor: ``h [.., m·r]`` read as an (r, m) grid, its columns
-    through the blocks of ``s [m, r, t]``, the result written as a (t, m) grid."""
-    m, r, t = s.shape
-    h = np.asarray(h, dtype=np.float64)
-    grid = h.reshape(*h.shape[:-1], r, m)
-    g = np.einsum("...jm,mjt->...tm", grid, np.asarray(s, dtype=np.float64))
-    return g.reshape(*h.shape[:-1], t * m)
-
-
 def structured_ffn(x: np.ndarray, a1: np.ndarray, u1: np.ndarray | None, b1: np.ndarray | None,
                    a2: np.ndarray, u2: np.ndarray | None, b2: np.ndarray | None, *,
                    activation_name: str = "gelu", s1: np.ndarray | None = None,
@@ -187,21 +169,6 @@ def structured_ffn(x: np.ndarray, a1: np.ndarray, u1: np.ndarray | None, b1: np.
         h = h + b1
     g = projection(activation(activation_name, h), a2, u2, s2)
     return g + b2 if b2 is not None else g
-
-
-def projection(v: np.ndarray, a: np.ndarray, u: np.ndarray | None = None,
-               s: np.ndarray | None = None) -> np.ndarray:
-    """One structured projection of v (float64): blockdiag(v, A) [→ shuffled(·, S)] [· U]."""
-    h = blockdiag(v, a)
-    if s is not None:
-        h = shuffled(h, s)
-    return h if u is None else h @ np.asarray(u, dtype=np.float64)
-
-
-def merged_weight(a: np.ndarray, u: np.ndarray | None, s: np.ndarray | None = None) -> np.ndarray:
-    """The dense matrix of one structured projection (float64): blockdiag(A) [→ S] [· U]."""
-    k, p, _ = a.shape
-    return projection(np.eye(k * p), a, u, s)
 
 
 def route(x: np.ndarray, wr: np.ndarray, br: np.ndarray | None, *, selection: str, k: int,
