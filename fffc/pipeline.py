@@ -25,6 +25,8 @@ import onnx_ir as ir
 from . import frontend, passes
 from .contract.config import CompileOptions
 from .contract.errors import NoSitesError, RewriteError, UsageError, VerificationError
+from .contract.kernels import merged_spec
+from .contract.modes import kernel_spec, kernel_specs
 from .contract.ops import WEIGHT_DTYPES
 from .contract.sites import NearMiss, Site
 from .contract.targets import normalize
@@ -190,8 +192,8 @@ def compile_model(path: str | Path, out: str | Path | None = None,
             onnx.save(final_proto, str(model_file))
             library = shim = None
             if exact:
-                specs = sorted({k for s in exact for k in plan.kernel_specs(s)}
-                               | {plan.merged_spec(s) for s in exact if merged.get(s.name, 0) > 0},
+                specs = sorted({k for s in exact for k in kernel_specs(s)}
+                               | {merged_spec(s) for s in exact if merged.get(s.name, 0) > 0},
                                key=lambda k: k.key)
                 with stage(f"codegen ({len(specs)} kernel families, {request.family})"):
                     library = build_kernel_library(specs, request.family,
@@ -263,7 +265,7 @@ def compile_model(path: str | Path, out: str | Path | None = None,
 def _counted_specs(sites: list[Site]) -> list:
     """The dense FFN specs RoutedFFN runs on its gathered rows: on CUDA they read the
     selected count on the device ("counted_" variants)."""
-    return sorted({plan.merged_spec(s) for s in sites if s.decision == "routed"},
+    return sorted({merged_spec(s) for s in sites if s.decision == "routed"},
                   key=lambda k: k.key)
 
 
@@ -389,7 +391,7 @@ def _sparse_limits(sites: list[Site], target: str, options: CompileOptions) -> d
     for s in sites:
         if s.decision in ("exact", *MASKED_DECISIONS):
             out[s.name] = (options.max_sparse_tokens if options.max_sparse_tokens is not None
-                           else fam.sparse_max_tokens(plan.kernel_spec(s)))
+                           else fam.sparse_max_tokens(kernel_spec(s)))
     return out
 
 
@@ -419,7 +421,7 @@ def _merged_limits(a: Analysis, target: str, options: CompileOptions,
             with stage(f"time structured vs merged ({s.name})"):
                 w = passes.site_weights(a.working, s.name, s.decision)
                 out[s.name], st["crossover"] = measure_crossover(
-                    plan.kernel_spec(s), plan.merged_spec(s), w)
+                    kernel_spec(s), merged_spec(s), w)
         st["merged_max_tokens"] = out[s.name]
     return out
 
@@ -542,7 +544,7 @@ def _check_cuda(a: Analysis, library, captured, rtol: float, failed: dict[str, s
                                                 captured[site.name], rtol, failed,
                                                 weight_dtype)
             continue
-        spec = plan.kernel_spec(site).stored_as(weight_dtype)
+        spec = kernel_spec(site).stored_as(weight_dtype)
         xs, ys = captured[site.name]
         x = np.concatenate([v.reshape(-1, spec.d_in) for v in xs])
         y = np.concatenate([v.reshape(-1, spec.d_out) for v in ys])
@@ -586,7 +588,7 @@ def _check_cuda_routed(emu, variants, site: Site, weights: dict, captured, rtol:
     from .contract.ops import capacity_k
 
     r = site.routing
-    route, ffn_spec, combine = plan.kernel_specs(site)
+    route, ffn_spec, combine = kernel_specs(site)
     ffn_spec = ffn_spec.stored_as(weight_dtype)
     by_spec = {}
     for v in variants:

@@ -109,13 +109,14 @@ def _catalog():
 def _specs(site):
     """(role, KernelSpec) of every kernel a site's artifact builds: its own, and for
     structured sites the pre-merged dense path; routed: route, FFN, combine."""
-    from fffc import plan
+    from fffc.contract.kernels import merged_spec
+    from fffc.contract.modes import kernel_specs
 
-    specs = plan.kernel_specs(site)
+    specs = kernel_specs(site)
     roles = (["route", "ffn", "combine"] if len(specs) == 3 else ["main"])
     out = list(zip(roles, specs, strict=True))
     if site.kind == "structured":
-        out.append(("merged", plan.merged_spec(site)))
+        out.append(("merged", merged_spec(site)))
     return out
 
 

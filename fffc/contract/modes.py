@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from .kernels import fff_specs, routed_specs, sparse_specs, structured_specs
 from .kinds import Decision, SiteKind, SparseMode
 from .lowering import Masks
 from .ops import FAST_FEED_FORWARD, ROUTED_FFN, SPARSE_FFN, STRUCTURED_FFN, OpSpec
@@ -67,6 +68,7 @@ class Mode:
     layouts: Mapping[str, Layout] = field(default_factory=dict)  # by op input name
     params: tuple[Param, ...] = ()
     masks: Callable[[Any], Masks | None] = lambda site: None  # a planned site's Masks
+    specs: Callable[[Any, Mode], list] = lambda site, m: []  # its KernelSpecs (kernels.py)
     behaviours: dict[Behaviour, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def behaviour(self, key: Behaviour) -> Any:
@@ -98,25 +100,26 @@ MODES: dict[Decision, Mode] = {m.decision: m for m in (
     Mode(Decision.PENDING, None),
     Mode(Decision.DENSE, None),
     Mode(Decision.EXACT, SPARSE_FFN, SparseMode.EXACT, _SPARSE_KINDS, kernels=True,
-         token_dispatch=True, rewrites=True, layouts={"WU": Layout.ROWS}),
+         token_dispatch=True, rewrites=True, layouts={"WU": Layout.ROWS}, specs=sparse_specs),
     Mode(Decision.TEAL, SPARSE_FFN, SparseMode.TEAL, _SPARSE_KINDS, kernels=True, masked=True,
          token_dispatch=True, rewrites=True, params=(Param.THRESHOLDS, Param.CENTERS),
-         masks=_teal_masks),
+         masks=_teal_masks, specs=sparse_specs),
     Mode(Decision.CATS, SPARSE_FFN, SparseMode.CATS, frozenset({SiteKind.GATED}), kernels=True,
          masked=True, token_dispatch=True, rewrites=True, layouts={"WU": Layout.ROWS},
-         params=(Param.THRESHOLDS,), masks=_cats_masks),
+         params=(Param.THRESHOLDS,), masks=_cats_masks,
+         specs=sparse_specs),
     Mode(Decision.PREDICTOR, SPARSE_FFN, SparseMode.PREDICTOR, _SPARSE_KINDS, kernels=True,
          masked=True, token_dispatch=True, rewrites=True,
          layouts={"W1": Layout.ROWS, "WU": Layout.ROWS}, params=(Param.PREDICTOR,),
-         masks=_predictor_masks),
+         masks=_predictor_masks, specs=sparse_specs),
     Mode(Decision.TREE, FAST_FEED_FORWARD, None, frozenset({SiteKind.FFF}), kernels=True,
-         rewrites=True, layouts={"W_in": Layout.ROWS}),
+         rewrites=True, layouts={"W_in": Layout.ROWS}, specs=fff_specs),
     Mode(Decision.WALK, None, None, frozenset({SiteKind.FFF}), rewrites=True,
          layouts={"W_in": Layout.ROWS}),
     Mode(Decision.STRUCTURED, STRUCTURED_FFN, None, frozenset({SiteKind.STRUCTURED}),
-         kernels=True, rewrites=True),
+         kernels=True, rewrites=True, specs=structured_specs),
     Mode(Decision.ROUTED, ROUTED_FFN, None, frozenset({SiteKind.ROUTED}), kernels=True,
-         rewrites=True),
+         rewrites=True, specs=routed_specs),
 )}
 
 
@@ -134,6 +137,18 @@ def where(**flags: bool) -> tuple[Decision, ...]:
     """The decisions whose entries have every given flag (e.g. ``where(masked=True)``)."""
     return tuple(d for d, m in MODES.items()
                  if all(getattr(m, k) == v for k, v in flags.items()))
+
+
+def kernel_specs(site) -> list:
+    """Every kernel a site's op calls: one spec, except RoutedFFN (routing, the dense FFN on
+    the gathered tokens, the combine); none for a decision without kernels."""
+    m = mode(site.decision)
+    return list(m.specs(site, m))
+
+
+def kernel_spec(site):
+    """The spec of the kernel a site's op runs itself (a RoutedFFN's: its routing)."""
+    return kernel_specs(site)[0]
 
 
 def register(decision: Decision, key: Behaviour) -> Callable[[Any], Any]:

@@ -14,14 +14,7 @@ import numpy as np
 from ..contract.errors import UsageError
 from ..contract.kinds import Decision, SiteKind
 from ..contract.modes import mode
-from ..contract.ops import (
-    KernelSpec,
-    combine_kernel_spec,
-    describe_k,
-    fff_kernel_spec,
-    route_kernel_spec,
-    structured_kernel_spec,
-)
+from ..contract.ops import describe_k
 from ..contract.sites import Site
 
 NOT_SELECTED = "not selected with --sites"
@@ -175,48 +168,3 @@ def _use_predictor(site: Site, info: dict, arrays: tuple) -> None:
 def _coef(c) -> str:
     a, b = c or (0, 0)
     return " + ".join(p for p in ((f"{a:g}" if a else ""), (f"{b:g}·w" if b else "")) if p) or "0"
-
-
-def kernel_specs(site: Site) -> list[KernelSpec]:
-    """Every kernel a site's op calls: one spec, except RoutedFFN (routing, the dense FFN on
-    the gathered tokens, the combine)."""
-    if site.kind != "routed":
-        return [kernel_spec(site)]
-    r = site.routing or {}
-    k = None if r.get("capacity") else r["k"]
-    return [route_kernel_spec(site.d_model, r.get("selection", "topk"), k, r["router"],
-                              r.get("router_bias", False), r.get("selection_score", False),
-                              r.get("selection_bias", False), r.get("layer_norm_epsilon")),
-            merged_spec(site), combine_kernel_spec(site.d_model)]
-
-
-def merged_spec(site: Site) -> KernelSpec:
-    """A structured site's pre-merged dense path: the same op with k = 1 and no U."""
-    return structured_kernel_spec(site.activation, site.d_model, site.d_ff, site.d_out, k1=1,
-                                  r1=site.d_ff, u1=False, k2=1, r2=site.d_out, u2=False,
-                                  has_b1=site.has_b1, has_b2=site.has_b2)
-
-
-def kernel_spec(site: Site) -> KernelSpec:
-    """What codegen builds for a site with kernels (``exact``, ``teal``, ``cats``,
-    ``predictor``, ``tree``)."""
-    if site.kind == "fff":
-        return fff_kernel_spec(site.d_model, site.d_out, site.trees, site.depth,
-                               site.tie_break or "gt")
-    if site.kind == "structured":
-        st = site.structure or {}
-        return structured_kernel_spec(
-            site.activation, site.d_model, site.d_ff, site.d_out, k1=st["k1"], r1=st["r1"],
-            u1=st["u1"], k2=st["k2"], r2=st["r2"], u2=st["u2"], has_b1=site.has_b1,
-            has_b2=site.has_b2, m1=st.get("m1", 0), s1=st.get("s1", 0), m2=st.get("m2", 0),
-            s2=st.get("s2", 0))
-    return KernelSpec(
-        op="SparseFFN", activation=site.activation, up_activation=site.up_activation,
-        mode=site.decision if site.decision in ("teal", "cats", "predictor") else "exact",
-        d_in=site.d_model, d_ff=site.d_ff, d_out=site.d_out,
-        # a centered teal site's biases hold its centers' share (lower.fold_centers)
-        has_b1=site.has_b1 or "x" in site.centered, has_b2=site.has_b2 or "h" in site.centered,
-        gated=site.kind == "gated", dtype=site.dtype,
-        extra=((("rank", str(site.predictor["rank"])),) if site.decision == "predictor" else
-               (("centers", site.centered),) if site.centered else ()),
-    )

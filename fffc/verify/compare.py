@@ -1,15 +1,7 @@
-"""Verify: prove each rewrite equal to what it replaces before anything is kept.
+"""Running models in ONNX Runtime on probe inputs and measuring how far outputs are apart.
 
-Three checks, all in ONNX Runtime on probe inputs:
-1. the canonicalized model with every site left dense equals the original model
-   (canonicalization and detection changed nothing);
-2. per site, the NumPy reference of the planned op on the site's captured input equals
-   the original subgraph's captured output (the rewrite's math and weight layout);
-3. after codegen, the artifact run with the shim (compiled kernels) and without it
-   (fallback functions) equals the original model, and every kernel alone equals its
-   captured site output.
-
-Error metric everywhere: max|got − want| / max(max|want|, 1e-6) ≤ rtol (fp32).
+Error metric everywhere: max|got − want| / max(max|want|, 1e-6) ≤ rtol
+(``fffc.contract.tolerances``).
 """
 
 from __future__ import annotations
@@ -20,9 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnxruntime as ort
-
-from ..contract.sites import Site
-from . import reference
 
 
 @dataclass
@@ -143,105 +132,3 @@ def compare_runs(got: list[list[np.ndarray]], want: list[list[np.ndarray]],
         for g, w in zip(g_outs, w_outs, strict=True):
             worst = worse(worst, compare(g, w, rtol))
     return worst
-
-
-def site_reference(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | None],
-                   slack: bool = False):
-    """The planned op on a captured input, with the weights as the artifact stores them.
-    With ``slack``: ``(y, slack)``, slack being the error any float32 implementation of a
-    masked mode (teal, cats, predictor) may show from entries within rounding of their
-    threshold (kept by one side, dropped by the other); None for the exact modes."""
-    if site.kind == "routed":
-        r = site.routing
-        y = reference.routed_ffn(
-            x, *(weights.get(k) for k in ("WR", "BR", "W1", "B1", "W2", "B2")),
-            activation_name=site.activation, selection=r.get("selection", "topk"), k=r["k"],
-            router=r["router"], x_coef=r["x_coef"], delta_coef=r["delta_coef"],
-            wa=weights.get("WA"), ba=weights.get("BA"), capacity=r.get("capacity"),
-            ln=((weights["LS"], weights["LB"], r["layer_norm_epsilon"])
-                if weights.get("LS") is not None else None))
-        return (y, None) if slack else y
-    if site.kind == "structured":
-        y = reference.structured_ffn(x, *(weights.get(k) for k in ("A1", "U1", "B1", "A2", "U2",
-                                                                   "B2")),
-                                     activation_name=site.activation, s1=weights.get("S1"),
-                                     s2=weights.get("S2"))
-        return (y, None) if slack else y
-    if site.kind == "fff":  # marker inputs: W_in [H, K·n] (MatMul orientation), B_in, W_out
-        y = reference.fast_feed_forward(x, weights["W1"].T, weights["B1"], weights["W2"],
-                                        trees=site.trees, depth=site.depth,
-                                        tie_break=site.tie_break or "gt")
-        return (y, None) if slack else y
-    w = (x, weights["W1"], weights.get("B1"), weights["W2"], weights.get("B2"), weights.get("WU"))
-    act = {"activation_name": site.activation, "up_activation": site.up_activation}
-    if site.decision == "predictor":  # W1, WU row per neuron
-        return reference.predictor_ffn(*w, *site.predictor_arrays, **act, slack=slack)
-    if site.decision in ("teal", "cats"):  # WU: [d_in, d_ff] for teal, row per neuron for cats
-        th = np.asarray(site.thresholds, dtype=np.float32)
-        if site.decision == "cats":
-            return reference.cats_ffn(*w, thresholds=th, **act, slack=slack)
-        return reference.teal_ffn(*w, thresholds=th, **act, xc=weights.get("XC"),
-                                  hc=weights.get("HC"), slack=slack)
-    y = reference.sparse_ffn(*w, **act)
-    return (y, None) if slack else y
-
-
-def site_slack(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | None]) -> np.ndarray | None:
-    """See ``site_reference``: the slack alone (for comparing a kernel's output)."""
-    return site_reference(site, x, weights, slack=True)[1]
-
-
-def verify_site(site: Site, xs: list[np.ndarray], ys: list[np.ndarray],
-                weights: dict[str, np.ndarray | None], rtol: float) -> Comparison:
-    """Check 2: reference op vs the original subgraph's outputs, worst over the probes."""
-    worst = Comparison(0.0, 0.0, True)
-    for x, y in zip(xs, ys, strict=True):
-        want, slack = site_reference(site, x, weights, slack=True)
-        worst = worse(worst, compare(want, y, rtol, slack))
-    return worst
-
-
-def _all_nodes(graph: onnx.GraphProto):
-    """Nodes of a graph and of its subgraphs (If branches), depth first."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
-
-
-def single_node_model(model: onnx.ModelProto, node_name: str) -> onnx.ModelProto:
-    """The named ``ai.fffc`` node alone, with its initializers, input ``X``, output ``Y``.
-
-    Used to compare one compiled kernel with the activations captured for its site; the
-    model carries no fallback functions, so only a registered kernel can run it.
-    """
-    node = next(n for n in _all_nodes(model.graph) if n.name == node_name)
-    inits = {i.name: i for i in model.graph.initializer}
-    new = onnx.NodeProto()
-    new.CopyFrom(node)
-    new.input[0] = "X"
-    del new.output[:]
-    new.output.append("Y")
-    graph = onnx.helper.make_graph(
-        [new], f"check_{node_name}",
-        [onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, None)],
-        [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)],
-        [inits[n] for n in node.input[1:] if n],
-    )
-    # no fallback functions: a kernel the shim does not provide must fail here, not be
-    # replaced silently by the function body
-    out = onnx.helper.make_model(graph, opset_imports=list(model.opset_import))
-    out.ir_version = model.ir_version
-    return out
-
-
-def without_merged_path(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of a single-node StructuredFFN model whose node never takes the pre-merged
-    path (``merged_max_tokens`` = 0), to check its structured kernels on the same probes."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for attr in out.graph.node[0].attribute:
-        if attr.name == "merged_max_tokens":
-            attr.i = 0
-    return out

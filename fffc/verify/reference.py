@@ -43,15 +43,11 @@ def sparse_ffn(
     *,
     activation_name: str = "relu",
     up_activation: str = "none",
-    mode: str = "exact",
 ) -> np.ndarray:
-    """``ai.fffc::SparseFFN``: ``act(x·W1+b1) [⊙ up_act(x·WUᵀ)] · W2 + b2`` over the last axis.
-
-    mode=exact skips only neurons whose value is exactly zero, so it equals the dense
-    computation; the reference therefore is the dense computation.
+    """``ai.fffc::SparseFFN`` mode exact: ``act(x·W1+b1) [⊙ up_act(x·WUᵀ)] · W2 + b2`` over
+    the last axis. Exact skipping drops only neurons whose value is exactly zero, so the
+    reference is the dense computation.
     """
-    if mode != "exact":
-        raise ValueError(f"unknown mode {mode!r}")
     xd = np.asarray(x, dtype=np.float64)
     h = xd @ np.asarray(w1, dtype=np.float64)
     if b1 is not None:
