@@ -42,7 +42,7 @@ HARNESS = Path(__file__).resolve().parent.parent / "tests" / "runtime" / "cuda_h
 def build(out: Path) -> None:
     from fffc.codegen.build import build_kernel_library
     from fffc.contract.ops import KernelSpec
-    from fffc.native import build_shim
+    from fffc.package.native import build_shim
 
     out.mkdir(parents=True, exist_ok=True)
     meta = {}

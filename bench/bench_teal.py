@@ -44,6 +44,7 @@ import fffc
 import fffc.runtime
 from fffc import timing
 from fffc.contract.config import CompileOptions
+from fffc.pipeline import analyze
 from fffc.plan import calibration
 
 SHAPES = {"gelu768": ("gelu", 768, 3072), "swiglu2048": ("swiglu", 2048, 8192)}
@@ -107,7 +108,7 @@ def bench_shape(name: str, levels: list[float], repeat: int, tmp: Path) -> None:
     kind, d, f = SHAPES[name]
     path = _model(kind, d, f, tmp / f"{name}.onnx")
     rank = f // 32
-    calib = calibration.calibrate(path, synthetic=64, seq=64, sparsities=[*levels, 0.9],
+    calib = calibration.calibrate(analyze(path), synthetic=64, seq=64, sparsities=[*levels, 0.9],
                                   predictor_rank=rank, predictor_sparsity=0.9)
     calibration.write(calib, tmp / f"{name}.calib.json", force=True)
     recall = _select_ten_percent(tmp / f"{name}.calib.json", kind, path)

@@ -21,7 +21,8 @@ from .contract.errors import FffcError
 
 if TYPE_CHECKING:
     from .bench import BenchRow
-    from .pipeline import Analysis, CompileResult
+    from .contract.analysis import Analysis
+    from .pipeline import CompileResult
 
 __version__ = "0.1.0"
 
@@ -55,9 +56,10 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
     to ``output`` (JSON + ``.npz``) when given; ``levels``: the target sparsities thresholds
     are written for (default every 0.05); ``budget``: also search the allocation (as
     ``fffc compile --budget``) and store it, for ``compile`` without a budget."""
+    from .pipeline import analyze
     from .plan import calibration as _calibrate
 
-    result = _calibrate.calibrate(model, data, synthetic=synthetic,
+    result = _calibrate.calibrate(analyze(model), data, synthetic=synthetic,
                                   predictor_rank=predictor_rank, center=center,
                                   token_mask=token_mask,
                                   sparsities=levels or _calibrate.SPARSITIES, budget=budget)

@@ -64,9 +64,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     a = analyze(args.model, _stage if not args.json else contextlib.nullcontext)
     plan(a.sites)
     if args.json:
-        print(json.dumps({"model": str(a.path), "sites": [s.to_json() for s in a.sites],
-                          "near_misses": [m.to_json() for m in a.near_misses],
-                          "canonical_rewrites": a.canonical_rewrites}, indent=2))
+        print(json.dumps(a.to_json(), indent=2))
         return 0
     console.print(_sites_table(a.sites, f"{len(a.sites)} FFN site(s) in {a.path}"))
     if a.near_misses:
@@ -97,7 +95,8 @@ def _archs(text: str) -> tuple[str, ...]:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from .contract.config import CompileOptions
-    from .pipeline import MASKED_DECISIONS, compile_model
+    from .contract.modes import mode
+    from .pipeline import compile_model
 
     options = CompileOptions(
         target=args.target, mcpu=args.mcpu, rtol=args.rtol, force=args.force,
@@ -114,7 +113,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     v = result.manifest.get("verification", {})
     masked = "deviation_from_original" in v  # the artifact computes the masked function
     rounded = result.manifest.get("options", {}).get("weight_dtype", "float32") != "float32"
-    what = " and ".join([*(["masked"] if any(s.decision in MASKED_DECISIONS
+    what = " and ".join([*(["masked"] if any(mode(s.decision).masked
                                                 for s in result.sites) else []),
                          *([f"{options.weight_dtype}-rounded weights"] if rounded else [])])
     for key in ("model_with_shim", "model_without_shim"):
@@ -176,12 +175,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .pipeline import analyze
     from .plan import calibration as calibrate
 
     out = args.output or args.model.with_suffix(".calib.json")
     with err_console.status("calibrate…") as status:
         result = calibrate.calibrate(
-            args.model, args.data, synthetic=args.synthetic, seq=args.seq, samples=args.samples,
+            analyze(args.model), args.data, synthetic=args.synthetic, seq=args.seq, samples=args.samples,
             predictor_rank=args.predictor_rank, predictor_sparsity=args.predictor_sparsity,
             center=args.center, token_mask=None if args.token_mask == "none" else args.token_mask,
             sparsities=calibrate.parse_levels(args.levels) if args.levels else calibrate.SPARSITIES,

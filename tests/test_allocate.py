@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 
 import fffc
+from fffc.pipeline import analyze
 from fffc.plan import allocate
 from tests.test_calibration import D, _feeds, _models
 
@@ -35,19 +36,19 @@ def setup(tmp_path):
 
 def test_error_budget_holds_on_held_out_inputs(setup) -> None:
     path, calib, calib_feeds, held_out = setup
-    alloc = allocate.allocate(path, calib, calib_feeds, held_out, max_error=0.05)
+    alloc = allocate.allocate(analyze(path), calib, calib_feeds, held_out, max_error=0.05)
     assert alloc.sparsity > 0.0 and alloc.error_held_out <= 0.05
-    measured = _rel_err(allocate.apply(path, calib, alloc).SerializeToString(), path, held_out)
+    measured = _rel_err(allocate.apply(analyze(path), calib, alloc).SerializeToString(), path, held_out)
     assert measured == pytest.approx(alloc.error_held_out, rel=1e-3, abs=1e-6)
     assert measured <= 0.05
     # a bigger budget buys at least as much sparsity
-    looser = allocate.allocate(path, calib, calib_feeds, held_out, max_error=0.2)
+    looser = allocate.allocate(analyze(path), calib, calib_feeds, held_out, max_error=0.2)
     assert looser.sparsity >= alloc.sparsity and looser.error_held_out <= 0.2
 
 
 def test_target_sparsity_is_reached_unevenly(setup) -> None:
     path, calib, calib_feeds, held_out = setup
-    alloc = allocate.allocate(path, calib, calib_feeds, held_out, target_sparsity=0.5)
+    alloc = allocate.allocate(analyze(path), calib, calib_feeds, held_out, target_sparsity=0.5)
     assert alloc.sparsity >= 0.5
     levels = {lv for parts in alloc.levels.values() for lv in parts.values()}
     assert len(levels) > 1  # not one uniform level everywhere
@@ -58,7 +59,7 @@ def test_target_sparsity_is_reached_unevenly(setup) -> None:
 def test_one_budget_required(setup) -> None:
     path, calib, calib_feeds, held_out = setup
     with pytest.raises(fffc.FffcError, match="one budget"):
-        allocate.allocate(path, calib, calib_feeds, held_out)
+        allocate.allocate(analyze(path), calib, calib_feeds, held_out)
 
 
 def test_gated_site_takes_hidden_or_gate_never_both(setup) -> None:
@@ -68,14 +69,14 @@ def test_gated_site_takes_hidden_or_gate_never_both(setup) -> None:
     from fffc.plan.decide import apply_thresholds, plan
 
     path, calib, calib_feeds, held_out = setup
-    alloc = allocate.allocate(path, calib, calib_feeds, held_out, target_sparsity=0.7)
+    alloc = allocate.allocate(analyze(path), calib, calib_feeds, held_out, target_sparsity=0.7)
     assert "gate" not in alloc.levels["fffc_ffn_0"]
     lv = alloc.levels["fffc_ffn_1"]
     assert not (lv["hidden"] > 0 and lv["gate"] > 0)
-    gate_only = allocate.allocate(path, calib, calib_feeds, held_out, target_sparsity=0.3,
+    gate_only = allocate.allocate(analyze(path), calib, calib_feeds, held_out, target_sparsity=0.3,
                                   parts=("input", "gate"))
     assert gate_only.levels["fffc_ffn_1"]["gate"] > 0
-    measured = _rel_err(allocate.apply(path, calib, gate_only).SerializeToString(), path,
+    measured = _rel_err(allocate.apply(analyze(path), calib, gate_only).SerializeToString(), path,
                         held_out)
     assert measured == pytest.approx(gate_only.error_held_out, rel=1e-3, abs=1e-6)
     a = analyze(path)
@@ -98,7 +99,7 @@ def _with_predictors(path, tmp_path) -> tuple[dict, dict[str, tuple]]:
     for i in range(3):
         x = np.random.default_rng(10 + i).standard_normal((2, 25, D)).astype(np.float32)
         np.savez(data / f"{i}.npz", x=x)
-    calib = calibration.calibrate(path, data, predictor_rank=8, predictor_sparsity=0.7)
+    calib = calibration.calibrate(analyze(path), data, predictor_rank=8, predictor_sparsity=0.7)
     calibration.write(calib, tmp_path / "c.json")
     return calib, load_predictors(tmp_path / "c.json", calib)
 
@@ -109,7 +110,7 @@ def test_predictors_join_the_search_as_a_mode(setup, tmp_path) -> None:
     path, _, calib_feeds, held_out = setup
     calib, predictors = _with_predictors(path, tmp_path)
     assert set(predictors) == {"fffc_ffn_0", "fffc_ffn_1"}
-    only = allocate.allocate(path, calib, calib_feeds, held_out, target_sparsity=0.05,
+    only = allocate.allocate(analyze(path), calib, calib_feeds, held_out, target_sparsity=0.05,
                              parts=(), predictors=predictors)
     on = [n for n, t in only.thresholds.items() if t["predictor"] > 0]
     assert on and only.sparsity >= 0.05
@@ -117,10 +118,10 @@ def test_predictors_join_the_search_as_a_mode(setup, tmp_path) -> None:
         levels = calib["sites"][n]["predictor"]["levels"].values()
         assert any(only.levels[n]["predictor"] == pytest.approx(1 - v["selected"])
                    for v in levels)
-    measured = _rel_err(allocate.apply(path, calib, only, predictors).SerializeToString(),
+    measured = _rel_err(allocate.apply(analyze(path), calib, only, predictors).SerializeToString(),
                         path, held_out)
     assert measured == pytest.approx(only.error_held_out, rel=1e-3, abs=1e-6)
-    mixed = allocate.allocate(path, calib, calib_feeds, held_out, target_sparsity=0.7,
+    mixed = allocate.allocate(analyze(path), calib, calib_feeds, held_out, target_sparsity=0.7,
                               predictors=predictors)
     for lv in mixed.levels.values():
         thresholds = [p for p, v in lv.items() if p != "predictor" and v > 0]
@@ -137,7 +138,7 @@ def test_the_search_picks_each_predictors_cut(setup, tmp_path) -> None:
     path, _, calib_feeds, held_out = setup
     calib, predictors = _with_predictors(path, tmp_path)
     trained = max(1 - st["predictor"]["held_out"]["selected"] for st in calib["sites"].values())
-    alloc = allocate.allocate(path, calib, calib_feeds, held_out, target_sparsity=0.8,
+    alloc = allocate.allocate(analyze(path), calib, calib_feeds, held_out, target_sparsity=0.8,
                               parts=(), predictors=predictors)
     assert alloc.sparsity >= 0.8 > trained  # only tighter cuts than the trained one get there
     assert set(alloc.shifts) == set(predictors)
@@ -145,7 +146,7 @@ def test_the_search_picks_each_predictors_cut(setup, tmp_path) -> None:
         (level,) = [v for v in calib["sites"][n]["predictor"]["levels"].values()
                     if v["shift"] == shift]
         assert alloc.levels[n]["predictor"] == pytest.approx(1 - level["selected"])
-    measured = _rel_err(allocate.apply(path, calib, alloc, predictors).SerializeToString(),
+    measured = _rel_err(allocate.apply(analyze(path), calib, alloc, predictors).SerializeToString(),
                         path, held_out)
     assert measured == pytest.approx(alloc.error_held_out, rel=1e-3, abs=1e-6)
     a = analyze(path)
@@ -169,10 +170,10 @@ def test_padding_rows_do_not_count_in_the_error(tmp_path) -> None:
     assert calib["token_mask"] == "attention_mask"
     feed = dict(np.load(padded / "0.npz"))
     only_real = dict(np.load(real / "0.npz"))
-    got = allocate.allocate(masked_path, calib, [feed], [feed], uniform=0.5)
-    want = allocate.allocate(masked_path, calib, [only_real], [only_real], uniform=0.5)
+    got = allocate.allocate(analyze(masked_path), calib, [feed], [feed], uniform=0.5)
+    want = allocate.allocate(analyze(masked_path), calib, [only_real], [only_real], uniform=0.5)
     assert got.error_calibration > 0
     assert got.error_calibration == pytest.approx(want.error_calibration, rel=1e-6)
     counted = {**calib, "token_mask": None}
-    every = allocate.allocate(masked_path, counted, [feed], [feed], uniform=0.5)
+    every = allocate.allocate(analyze(masked_path), counted, [feed], [feed], uniform=0.5)
     assert abs(every.error_calibration - want.error_calibration) > 1e-3 * want.error_calibration

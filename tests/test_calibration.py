@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import fffc
 from fffc.cli import main
+from fffc.pipeline import analyze
 from fffc.plan import calibration
 from fffc.plan.calibration import Histogram, Reservoir
 
@@ -245,7 +246,7 @@ def test_thresholded_model_zeroes_below_the_calibrated_thresholds(tmp_path, cent
     data, x = _feeds(tmp_path)
     calib = fffc.calibrate(path, data, center=center)
     gelu, swiglu = sorted(calib["sites"].values(), key=lambda s: s["kind"])
-    model = thresholded_model(path, calib, 0.4)
+    model = thresholded_model(analyze(path), calib, 0.4)
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("Where") == 4 and ops.count("Abs") == 4  # x and a of both sites
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -265,11 +266,13 @@ def test_thresholded_model_zeroes_below_the_calibrated_thresholds(tmp_path, cent
     c_in = np.asarray(gelu.get("centers", {}).get("input", 0.0))
     assert np.mean(cut(x, gelu, "input") == c_in) >= 0.4  # the sparsity it was asked for
     with pytest.raises(fffc.FffcError, match=r"no thresholds for sparsity 0\.33"):
-        thresholded_model(path, calib, 0.33)
-    other = tmp_path / "other.onnx"
-    other.write_bytes(path.read_bytes() + b"\0")
+        thresholded_model(analyze(path), calib, 0.33)
+    other = tmp_path / "other.onnx"  # the same graph, another file
+    renamed = onnx.load(str(path))
+    renamed.producer_name = "another exporter"
+    onnx.save(renamed, str(other))
     with pytest.raises(fffc.FffcError, match="another model"):
-        thresholded_model(other, calib, 0.4)
+        thresholded_model(analyze(other), calib, 0.4)
 
 
 def test_thresholded_model_parts(tmp_path) -> None:
@@ -279,7 +282,7 @@ def test_thresholded_model_parts(tmp_path) -> None:
     data, _ = _feeds(tmp_path, count=1)
     calib = fffc.calibrate(path, data)
     for parts, wheres in ((("input",), 2), (("hidden",), 2), ((), 0)):
-        ops = [n.op_type for n in thresholded_model(path, calib, 0.5, parts=parts).graph.node]
+        ops = [n.op_type for n in thresholded_model(analyze(path), calib, 0.5, parts=parts).graph.node]
         assert ops.count("Where") == wheres
 
 
@@ -303,7 +306,7 @@ def test_centered_thresholds_cost_less_accuracy_on_offset_channels(tmp_path) -> 
     err = {}
     for center in ("none", "median", "mode"):
         calib = fffc.calibrate(path, data, center=center)
-        model = thresholded_model(path, calib, 0.5, sites=["fffc_ffn_0"])
+        model = thresholded_model(analyze(path), calib, 0.5, sites=["fffc_ffn_0"])
         got = ort.InferenceSession(model.SerializeToString(),
                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
         err[center] = np.linalg.norm(got - want) / np.linalg.norm(want)

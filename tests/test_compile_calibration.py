@@ -16,6 +16,7 @@ import fffc
 import fffc.runtime
 from fffc import cli
 from fffc.contract.config import CompileOptions
+from fffc.pipeline import analyze
 from fffc.plan import allocate, calibration
 from fffc.verify.reference import predictor_ffn
 from tests.test_calibration import D, _feeds, _models
@@ -67,7 +68,7 @@ def test_artifact_equals_the_thresholded_reference(calibrated, uniform, tokens) 
     alloc = allocate.Allocation(**{k: uniform.manifest["calibration"]["allocation"][k] for k in
                                    ("levels", "thresholds", "sparsity", "error_calibration",
                                     "error_held_out")})
-    reference = ort.InferenceSession(allocate.apply(path, calib, alloc).SerializeToString(),
+    reference = ort.InferenceSession(allocate.apply(analyze(path), calib, alloc).SerializeToString(),
                                      providers=["CPUExecutionProvider"])
     original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(tokens).standard_normal((1, tokens, D)).astype(np.float32)
@@ -114,7 +115,7 @@ def with_predictors(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pred")
     path, w = _models(tmp)
     data, _ = _feeds(tmp, count=4)
-    calib = calibration.calibrate(path, data, predictor_rank=8, predictor_sparsity=0.7)
+    calib = calibration.calibrate(analyze(path), data, predictor_rank=8, predictor_sparsity=0.7)
     calibration.write(calib, tmp / "m.calib.json")
     result = fffc.compile(path, tmp / "m.fffc", CompileOptions(
         calibration=tmp / "m.calib.json", budget="predictor"))
@@ -163,7 +164,7 @@ def test_shim_names_a_missing_or_misshapen_mode_input(uniform, with_predictors) 
     from onnx import numpy_helper
 
     from fffc.runtime import shim_path
-    from fffc.verify.compare import single_node_model
+    from fffc.verify.artifact import single_node_model
 
     def drop_th(model) -> None:
         del model.graph.node[0].input[6]
@@ -250,7 +251,7 @@ def test_greedy_budget_with_predictors_matches_its_reference(with_predictors, tm
                   "teal" if max(t.get("input", -1), t.get("hidden", -1)) >= 0 else "dense")
         assert s.decision == expect, (s.name, t)
     predictors = load_predictors(calib_file, calib)
-    ref = ort.InferenceSession(allocate.apply(path, calib, alloc, predictors).SerializeToString(),
+    ref = ort.InferenceSession(allocate.apply(analyze(path), calib, alloc, predictors).SerializeToString(),
                                providers=["CPUExecutionProvider"])
     for tokens in (1, 30):
         x = np.random.default_rng(tokens).standard_normal((1, tokens, D)).astype(np.float32)

@@ -57,3 +57,9 @@ def routed_specs(site, m) -> list[KernelSpec]:
                               r.get("router_bias", False), r.get("selection_score", False),
                               r.get("selection_bias", False), r.get("layer_norm_epsilon")),
             merged_spec(site), combine_kernel_spec(site.d_model)]
+
+
+def routed_counted(site, m) -> list[KernelSpec]:
+    """The dense FFN a RoutedFFN runs on its gathered rows: on CUDA its kernels read the
+    selected count on the device ("counted" variants)."""
+    return [merged_spec(site)]

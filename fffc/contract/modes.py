@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .kernels import fff_specs, routed_specs, sparse_specs, structured_specs
+from .kernels import fff_specs, routed_counted, routed_specs, sparse_specs, structured_specs
 from .kinds import Decision, SiteKind, SparseMode
 from .lowering import Masks
 from .ops import FAST_FEED_FORWARD, ROUTED_FFN, SPARSE_FFN, STRUCTURED_FFN, OpSpec
@@ -48,6 +48,7 @@ class Behaviour(Enum):
     REFERENCE = "reference"  # the op's NumPy reference on a site's inputs  [verify]
     LOWER = "lower"  # the site's marker → its op node and fallback function  [passes]
     VARIANTS = "variants"  # kernel variants of the site's KernelSpecs per target  [codegen]
+    EMULATE = "emulate"  # the site's CUDA kernels run by the CPU emulator, checked  [verify]
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,14 @@ class Mode:
     token_dispatch: bool = False  # an If on the token count runs the kernel up to the
     # target's crossover and ONNX Runtime's dense FFN beyond (prefill dense, decode sparse)
     rewrites: bool = False  # the site is replaced (verified against the original subgraph)
+    merged_path: bool = False  # the op also holds pre-merged dense weights for calls of up to
+    # a token bound (measured per site, or --merged-max-tokens)
     layouts: Mapping[str, Layout] = field(default_factory=dict)  # by op input name
     params: tuple[Param, ...] = ()
     masks: Callable[[Any], Masks | None] = lambda site: None  # a planned site's Masks
     specs: Callable[[Any, Mode], list] = lambda site, m: []  # its KernelSpecs (kernels.py)
+    counted: Callable[[Any, Mode], list] = lambda site, m: []  # specs of those that also need
+    # variants bounded by a row count read on the device
     behaviours: dict[Behaviour, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def behaviour(self, key: Behaviour) -> Any:
@@ -117,9 +122,9 @@ MODES: dict[Decision, Mode] = {m.decision: m for m in (
     Mode(Decision.WALK, None, None, frozenset({SiteKind.FFF}), rewrites=True,
          layouts={"W_in": Layout.ROWS}),
     Mode(Decision.STRUCTURED, STRUCTURED_FFN, None, frozenset({SiteKind.STRUCTURED}),
-         kernels=True, rewrites=True, specs=structured_specs),
+         kernels=True, rewrites=True, merged_path=True, specs=structured_specs),
     Mode(Decision.ROUTED, ROUTED_FFN, None, frozenset({SiteKind.ROUTED}), kernels=True,
-         rewrites=True, specs=routed_specs),
+         rewrites=True, specs=routed_specs, counted=routed_counted),
 )}
 
 
@@ -144,6 +149,12 @@ def kernel_specs(site) -> list:
     the gathered tokens, the combine); none for a decision without kernels."""
     m = mode(site.decision)
     return list(m.specs(site, m))
+
+
+def counted_specs(site) -> list:
+    """The specs among ``kernel_specs(site)`` that also need device-counted variants."""
+    m = mode(site.decision)
+    return list(m.counted(site, m))
 
 
 def kernel_spec(site):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import onnx
@@ -76,3 +77,17 @@ def to_ir(proto: onnx.ModelProto) -> ir.Model:
 def load(path: str | Path) -> ir.Model:
     """Load and check; the IR model the pipeline works on."""
     return to_ir(load_proto(path))
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file: which model a calibration or an artifact was made from."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def copy(model: ir.Model) -> ir.Model:
+    """An independent copy of a model (stages that lower or round work on copies)."""
+    return ir.serde.deserialize_model(ir.serde.serialize_model(model))

@@ -20,19 +20,27 @@ rows), so the search also picks each site's mode and its predictor's cut.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from ..contract.analysis import Analysis
 from ..contract.errors import UsageError
+from ..contract.kinds import Decision, SiteKind
+from ..frontend import sha256_file
+from ..verify.compare import probe_inputs
+from . import decide
 from .calibration import (
     GATE,
     PARTS,
     PREDICTOR,
+    load_feeds,
     load_predictors,
     threshold_input_name,
     thresholded_model,
@@ -64,47 +72,64 @@ def _bytes(site: dict) -> dict[str, float]:
     """Weight elements each part's skipping saves at sparsity 1 (under mode teal; under
     cats, "input" saves W1's rows only: ``_cats_input``)."""
     d, f, d_out = site["d_model"], site["d_ff"], site.get("d_out", site["d_model"])
-    ups = 2 if site["kind"] == "gated" else 1
-    out = {"input": ups * d * f, "hidden": f * d_out}
-    if site["kind"] == "gated":
+    gated = SiteKind(site["kind"]) is SiteKind.GATED
+    out = {"input": (2 if gated else 1) * d * f, "hidden": f * d_out}
+    if gated:
         out[GATE] = d * f + f * d_out
     return out
 
 
-BUDGETS = ("sparsity", "error", "uniform", "cats")
+class Budget(str, Enum):
+    """What ``--budget`` asks for."""
+
+    SPARSITY = "sparsity"  # greedy: this fraction of the FFN weight bytes skipped
+    ERROR = "error"  # greedy: the most skipping within this relative output error
+    UNIFORM = "uniform"  # one calibrated level everywhere, no search
+    CATS = "cats"  # CATS: this fraction of each gated site's gates closed, no search
+    PREDICTOR = "predictor"  # every trained predictor at its calibrated cut, no search
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def searched(self) -> bool:
+        """Levels found by the greedy allocation (else a rule applied as it is)."""
+        return self in (Budget.SPARSITY, Budget.ERROR, Budget.UNIFORM)
 
 
-def parse_budget(text: str) -> tuple[str, float]:
+def parse_budget(text: str) -> tuple[Budget, float]:
     """``sparsity=S`` (greedy, S of the FFN weight bytes skipped), ``error=E`` (greedy, the
     most skipping whose relative output error stays ≤ E on held-out feeds) or ``uniform=S``
     (every site and part at the calibrated level S, no search), ``cats=S`` (CATS: in every
     gated site the S least active gates closed, no search) or ``predictor`` (every site
     with a trained predictor runs it, at the cut set in calibration)."""
-    if text == "predictor":  # no level: the trained predictors' own cuts
-        return "predictor", 0.0
-    kind, _, value = text.partition("=")
+    if text == Budget.PREDICTOR.value:  # no level: the trained predictors' own cuts
+        return Budget.PREDICTOR, 0.0
+    name, _, value = text.partition("=")
     try:
         v = float(value)
     except ValueError:
         v = -1.0
-    if kind not in BUDGETS or not 0 < v < 1:
+    kind = next((b for b in Budget if b.value == name and b is not Budget.PREDICTOR), None)
+    if kind is None or not 0 < v < 1:
         raise UsageError(f"--budget {text!r}: expected sparsity=S, error=E, uniform=S or cats=S "
                          "with 0 < S, E < 1 (e.g. sparsity=0.4), or predictor")
     return kind, v
 
 
-def choose(model: str | Path, calibration: dict, budget: tuple[str, float],
+def choose(model: Analysis, calibration: dict, budget: tuple[Budget, float],
            feeds: Sequence[dict], predictors: dict[str, tuple] | None = None) -> Allocation:
     """The allocation of a parsed budget; the last quarter of ``feeds`` is held out;
     ``predictors`` (site → A, B, C-cut) join the search as a mode, their cut as its level."""
     kind, v = budget
     held = max(1, len(feeds) // 4)
     calib, held_out = (feeds[:-held], feeds[-held:]) if len(feeds) > 1 else (feeds, feeds)
-    arg = {"sparsity": "target_sparsity", "error": "max_error", "uniform": "uniform"}[kind]
+    arg = {Budget.SPARSITY: "target_sparsity", Budget.ERROR: "max_error",
+           Budget.UNIFORM: "uniform"}[kind]
     return allocate(model, calibration, calib, held_out, **{arg: v}, predictors=predictors)
 
 
-def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
+def allocate(model: Analysis, calibration: dict, calib_feeds: Sequence[dict],
              held_out_feeds: Sequence[dict], *, target_sparsity: float | None = None,
              max_error: float | None = None, uniform: float | None = None,
              parts: tuple[str, ...] = (*PARTS, GATE),
@@ -119,7 +144,7 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
         predictors = None
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    original = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    original = ort.InferenceSession(str(model.path), so, providers=["CPUExecutionProvider"])
     searched = thresholded_model(model, calibration, None, parts=parts, predictors=predictors)
     sess = ort.InferenceSession(searched.SerializeToString(), so,
                                 providers=["CPUExecutionProvider"])
@@ -233,7 +258,7 @@ def allocate(model: str | Path, calibration: dict, calib_feeds: Sequence[dict],
                 if p == PREDICTOR and state.get((n, p), 0)})
 
 
-def stored(model: str | Path, calibration: dict, budget: str,
+def stored(model: Analysis, calibration: dict, budget: str,
            feeds: Sequence[dict]) -> dict:
     """``fffc calibrate --budget``: CALIB.json's "allocation", which ``fffc compile
     --calibration`` applies as it is when given no budget: the searched levels and
@@ -241,9 +266,9 @@ def stored(model: str | Path, calibration: dict, budget: str,
     out), or just the budget for the rules ``cats=S`` and ``predictor``."""
     kind, value = parse_budget(budget)
     predictors = load_predictors("", calibration)
-    if kind == "predictor" and not predictors:
+    if kind is Budget.PREDICTOR and not predictors:
         raise UsageError("--budget predictor needs predictors: add --predictor-rank R")
-    if kind in ("cats", "predictor"):
+    if not kind.searched:
         return {"budget": budget}
     return {"budget": budget,
             **choose(model, calibration, (kind, value), feeds, predictors or None).to_json()}
@@ -274,7 +299,7 @@ def shifted(predictors: dict[str, tuple], shifts: dict[str, float]) -> dict[str,
             for n, (a, b, c) in predictors.items()}
 
 
-def apply(model: str | Path, calibration: dict, allocation: Allocation,
+def apply(model: Analysis, calibration: dict, allocation: Allocation,
           predictors: dict[str, tuple] | None = None) -> onnx.ModelProto:
     """The thresholded reference model with the allocation's thresholds as constants (and
     its predictor sites masked by their predictors)."""
@@ -286,3 +311,54 @@ def apply(model: str | Path, calibration: dict, allocation: Allocation,
     return thresholded_model(model, fixed, 1.0, parts=(*PARTS, GATE),
                              predictors=shifted(predictors or {}, allocation.shifts) or None,
                              predictors_on=on)
+
+
+def plan_sites(model: Analysis, calibration_path: Path, budget_text: str | None,
+               data: Path | None, seed: int) -> dict:
+    """``fffc compile --calibration``: a masked mode (teal, cats, predictor) and its levels per
+    site, set on the sites as their decisions — the budget's rule (``cats=S``,
+    ``predictor``), the allocation searched on ``data`` (or synthetic feeds), or with no
+    ``budget_text`` the allocation ``fffc calibrate --budget`` stored. Returns the manifest's
+    ``calibration`` section."""
+    if budget_text is not None:
+        parse_budget(budget_text)  # a bad budget fails before the file is read
+    try:
+        calib = json.loads(Path(calibration_path).read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read the calibration ({e})", path=calibration_path) from e
+    if calib.get("model", {}).get("sha256") != sha256_file(model.path):
+        raise UsageError("the calibration was made for another model (sha256 differs); run "
+                         "fffc calibrate on this one", path=calibration_path)
+    kept = calib.get("allocation") if budget_text is None else None
+    if budget_text is None and kept is None:
+        raise UsageError("--calibration needs a --budget (sparsity=S, error=E, uniform=S, "
+                         "cats=S or predictor), or a calibration made with fffc calibrate "
+                         "--budget", path=calibration_path)
+    budget_text = budget_text or kept["budget"]
+    kind, level = parse_budget(budget_text)
+    record = {"path": str(Path(calibration_path).resolve()), "budget": budget_text}
+    if kind is Budget.CATS:
+        decide.apply_gate_thresholds(model.sites, calib, level)
+        return record | {"gate_thresholds": {s.name: s.thresholds[1] for s in model.sites
+                                             if s.decision is Decision.CATS}}
+    predictors = load_predictors(calibration_path, calib)
+    if kind is Budget.PREDICTOR:
+        if not predictors:
+            raise UsageError("--budget predictor: this calibration has no predictors (run fffc "
+                             "calibrate with --predictor-rank R)", path=calibration_path)
+        decide.apply_predictors(model.sites, calib, predictors)
+        return record | {"predictors": {s.name: s.predictor for s in model.sites
+                                        if s.predictor}}
+    if kept is not None:
+        chosen = {k: v for k, v in kept.items() if k != "budget"}
+        feeds_used = "the calibration's (fffc calibrate --budget)"
+    else:
+        inputs = [i.name for i in model.proto.graph.input
+                  if i.name not in {t.name for t in model.proto.graph.initializer}]
+        feeds = (list(load_feeds(Path(data), inputs)) if data is not None
+                 else probe_inputs(model.proto, 1, 32, seed + 7, count=8))
+        chosen = choose(model, calib, (kind, level), feeds, predictors or None).to_json()
+        feeds_used = str(data) if data else "synthetic x8"
+    decide.apply_thresholds(model.sites, chosen["thresholds"], chosen["levels"], calib,
+                            predictors, chosen["predictor_shifts"])
+    return record | {"feeds": feeds_used, "allocation": chosen}

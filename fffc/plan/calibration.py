@@ -28,7 +28,7 @@ three. Padding rows (``token_mask``) are left out.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +37,13 @@ import onnx
 import onnx_ir as ir
 
 from .. import __version__, passes
+from ..contract.analysis import Analysis
 from ..contract.errors import UsageError
+from ..contract.kinds import Decision, SiteKind
+from ..contract.lowering import Masks, SiteLowering
+from ..contract.modes import mode
 from ..contract.sites import Site
+from ..frontend import copy, sha256_file
 from ..verify import compare as verify
 from ..verify import reference
 from .decide import site_centers
@@ -164,7 +169,7 @@ class SiteStats:
         x = self.samples.sample()
         _, hidden = hidden_activations(self.site, w, x)
         values = {"hidden": hidden}
-        if self.site.kind == "dense":  # gated: no up bias to hold the center's share
+        if self.site.kind is SiteKind.DENSE:  # gated: no up bias to hold the center's share
             values["input"] = x.astype(np.float64)
         self.centers = {}
         for part, v in values.items():
@@ -267,16 +272,13 @@ def load_feeds(data: Path, input_names: list[str]) -> Iterator[dict[str, np.ndar
 
 
 class SiteInputs:
-    """The model in ONNX Runtime with the input of every FFN site of ``kinds`` exposed (all
-    sites without ``kinds``): what calibration (and the benchmarks) feed on."""
+    """The analysed model in ONNX Runtime with the input of every FFN site of ``kinds``
+    exposed (all sites without ``kinds``): what calibration (and the benchmarks) feed on."""
 
-    def __init__(self, model: str | Path, kinds: tuple[str, ...] | None = None):
-        from ..pipeline import analyze
-
-        a = analyze(model)
-        self.proto = a.proto
-        self.sites = [s for s in a.sites if kinds is None or s.kind in kinds]
-        working = ir.serde.deserialize_model(ir.serde.serialize_model(a.working))
+    def __init__(self, model: Analysis, kinds: Collection[SiteKind] | None = None):
+        self.proto = model.proto
+        self.sites = [s for s in model.sites if kinds is None or s.kind in kinds]
+        working = copy(model.working)
         io = passes.site_io(working)
         self.weights = {s.name: passes.site_weights(working, s.name) for s in self.sites}
         self._outputs = [io[s.name][0] for s in self.sites]
@@ -299,13 +301,13 @@ class SiteInputs:
         return out, applied
 
 
-def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: int = 0,
+def calibrate(model: Analysis, data: str | Path | None = None, *, synthetic: int = 0,
               seq: int = 128, samples: int = SAMPLES, sparsities: Iterable[float] = SPARSITIES,
               predictor_rank: int = 0, predictor_sparsity: float = 0.9,
               center: str = "mode", token_mask: str | None = TOKEN_MASK,
               budget: str | None = None,
               progress: Callable[[int], None] | None = None) -> dict:
-    """Statistics of every SparseFFN-able site of ``model`` (FFF sites are skipped) over the
+    """Statistics of every site of the analysed ``model`` that a masked mode applies to over the
     feeds in ``data``, or over ``synthetic`` generated feeds (random floats, in-vocabulary
     token ids) for models without user data. With ``predictor_rank`` > 0, also a predictor
     per site (``fffc.predictor``) of the neurons active at ``predictor_sparsity``, trained on
@@ -325,15 +327,13 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
         from .allocate import parse_budget
 
         parse_budget(budget)  # a bad budget fails before the passes over the data
-    from ..pipeline import sha256_file
-
     if (data is None) == (synthetic <= 0):
         raise UsageError("give calibration data (--data) or a number of synthetic feeds "
                          "(--synthetic N), not both")
-    cap = SiteInputs(model, kinds=("dense", "gated"))
+    cap = SiteInputs(model, kinds=mode(Decision.TEAL).kinds)
     sites, weights = cap.sites, cap.weights
     if not sites:
-        raise UsageError("no dense or gated FFN site to calibrate", path=model)
+        raise UsageError("no dense or gated FFN site to calibrate", path=model.path)
 
     def feeds() -> Iterator[dict[str, np.ndarray]]:
         if data is not None:
@@ -376,7 +376,7 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
         sites_json[name]["predictor"] = info
     result = {
         "fffc": __version__,
-        "model": {"path": str(Path(model).resolve()), "sha256": sha256_file(Path(model))},
+        "model": {"path": str(model.path.resolve()), "sha256": sha256_file(model.path)},
         "feeds": feed_count, "source": str(data) if data is not None else f"synthetic x{synthetic}",
         "sparsities": list(sparsities), "center": center,
         "token_mask": token_mask if masked else None,
@@ -464,12 +464,12 @@ def threshold_input_name(site: str, part: str) -> str:
     return f"fffc_threshold_{part}_{site}"
 
 
-def thresholded_model(model: str | Path, calibration: dict, sparsity: float | None,
+def thresholded_model(model: Analysis, calibration: dict, sparsity: float | None,
                       sites: Iterable[str] | None = None,
                       parts: tuple[str, ...] = PARTS,
                       predictors: dict[str, tuple] | None = None,
                       predictors_on: Iterable[str] = ()) -> onnx.ModelProto:
-    """The model with TEAL thresholds at ``sparsity`` on every calibrated site (or on
+    """The analysed model with TEAL thresholds at ``sparsity`` on every calibrated site (or on
     ``sites``): |x| ("input") and |a| ("hidden") below their calibrated quantiles are
     zeroed before the projections, in standard ONNX ops (``parts``: which of them; "gate"
     adds CATS's threshold on |act(gate)| of gated sites).
@@ -482,17 +482,15 @@ def thresholded_model(model: str | Path, calibration: dict, sparsity: float | No
     thresholds |v - center| and puts the center in place of what it drops. It is the
     reference a threshold kernel must equal and what measures the accuracy a sparsity costs;
     it is not faster than the original."""
-    from ..pipeline import analyze, sha256_file
-
-    if calibration["model"]["sha256"] != sha256_file(Path(model)):
+    if calibration["model"]["sha256"] != sha256_file(model.path):
         raise UsageError("the calibration was made for another model (sha256 differs)",
-                         path=model)
+                         path=model.path)
     key = f"{sparsity:g}" if sparsity is not None else ""
     if sparsity is not None and not any(abs(s - sparsity) < 1e-9
                                         for s in calibration["sparsities"]):
         raise UsageError(f"no thresholds for sparsity {sparsity:g}; calibrated: "
                          f"{calibration['sparsities']}")
-    a = analyze(model)
+    working = copy(model.working)
     chosen = set(calibration["sites"]) if sites is None else set(sites)
     thresholds, gates, centers = {}, {}, {}
     for name, st in calibration["sites"].items():
@@ -510,7 +508,7 @@ def thresholded_model(model: str | Path, calibration: dict, sparsity: float | No
             else:
                 v = ir.Value(name=threshold_input_name(name, p), shape=ir.Shape([]),
                              type=ir.TensorType(ir.DataType.FLOAT))
-                a.working.graph.inputs.append(v)
+                working.graph.inputs.append(v)
                 pair.append(v)
         thresholds[name] = tuple(pair)
         if GATE in parts and GATE in st["thresholds"]:
@@ -519,17 +517,25 @@ def thresholded_model(model: str | Path, calibration: dict, sparsity: float | No
             else:
                 v = ir.Value(name=threshold_input_name(name, GATE), shape=ir.Shape([]),
                              type=ir.TensorType(ir.DataType.FLOAT))
-                a.working.graph.inputs.append(v)
+                working.graph.inputs.append(v)
                 gates[name] = (None, v)
     masks = {}
     for name, arrays in (predictors or {}).items():
         if sparsity is None:
             v = ir.Value(name=threshold_input_name(name, PREDICTOR), shape=ir.Shape([]),
                          type=ir.TensorType(ir.DataType.FLOAT))
-            a.working.graph.inputs.append(v)
+            working.graph.inputs.append(v)
             masks[name] = (*arrays, v)
         elif name in set(predictors_on):
             masks[name] = tuple(arrays)
-    passes.lower(a.working, {}, thresholds=thresholds, gate_thresholds=gates, predictors=masks,
-                 centers=centers)
-    return ir.serde.serialize_model(a.working)
+    plans = {}
+    for name in {*thresholds, *gates, *masks}:
+        t_in, t_hidden = thresholds.get(name, (None, None))
+        pred = masks.get(name)
+        plans[name] = SiteLowering(masks=Masks(
+            input=t_in, hidden=t_hidden, gate=gates.get(name, (None, None))[1],
+            predictor=tuple(pred[:3]) if pred else None,
+            predictor_switch=pred[3] if pred and len(pred) > 3 else None,
+            centers=centers.get(name)))
+    passes.lower(working, plans)
+    return ir.serde.serialize_model(working)

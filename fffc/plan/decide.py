@@ -168,3 +168,10 @@ def _use_predictor(site: Site, info: dict, arrays: tuple) -> None:
 def _coef(c) -> str:
     a, b = c or (0, 0)
     return " + ".join(p for p in ((f"{a:g}" if a else ""), (f"{b:g}·w" if b else "")) if p) or "0"
+
+
+def leave(site: Site, reason: str) -> None:
+    """Leave a site as it was (a check failed), forgetting its masked-mode parameters."""
+    site.decision, site.thresholds, site.predictor_arrays, site.centers = (
+        Decision.DENSE, None, None, None)
+    site.reason = reason

@@ -20,6 +20,7 @@ import onnxruntime as ort
 import pytest
 
 import fffc
+from fffc.pipeline import analyze
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = '''
@@ -120,7 +121,7 @@ def test_arm_threshold_modes_run_in_aarch64_onnxruntime(sysroot, tmp_path, budge
 
     path, _ = _models(tmp_path)
     data, _ = _feeds(tmp_path, count=4)
-    calib = calibration.calibrate(path, data)
+    calib = calibration.calibrate(analyze(path), data)
     calibration.write(calib, tmp_path / "m.calib.json")
     result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(
         target="arm", calibration=tmp_path / "m.calib.json", budget=budget))
@@ -136,7 +137,7 @@ def test_arm_threshold_modes_run_in_aarch64_onnxruntime(sysroot, tmp_path, budge
                              {"input": s.thresholds[0], "gate": s.thresholds[1]}
                              if s.decision == "cats" else {})
                     for s in result.sites})
-    ref = ort.InferenceSession(allocate.apply(path, calib, fixed).SerializeToString(),
+    ref = ort.InferenceSession(allocate.apply(analyze(path), calib, fixed).SerializeToString(),
                                providers=["CPUExecutionProvider"])
     for k, x in inputs.items():
         want = ref.run(None, {"x": x})[0]

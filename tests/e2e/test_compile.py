@@ -146,12 +146,19 @@ def test_dump_writes_every_stage(tmp_path):
     onnx.save(gated_ffn("relu", True), str(path))
     dump = tmp_path / "dump"
     fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(dump_dir=dump))
-    names = {p.name for p in dump.iterdir()}
-    assert {"00-loaded.onnx", "01-canonical.onnx", "02-rewritten.onnx", "03-verify.json",
-            "04-kernels"} <= names
-    kernels = list((dump / "04-kernels").glob("fffc_sparse_ffn_*.py"))
+    names = sorted(p.name for p in dump.iterdir())
+    assert names == ["00-loaded.onnx", "01-canonical.onnx", "02-sites.json", "03-plan.json",
+                     "04-verify.json", "05-rewritten.onnx", "06-kernels", "07-check.json"]
+    kernels = list((dump / "06-kernels").glob("fffc_sparse_ffn_*.py"))
     assert kernels and all("@T.prim_func" in k.read_text() for k in kernels)
-    onnx.checker.check_model(onnx.load(str(dump / "02-rewritten.onnx")))
+    onnx.checker.check_model(onnx.load(str(dump / "05-rewritten.onnx")))
+    # the dumped models run in a stock ONNX Runtime (the rewritten one on its fallbacks)
+    x = np.random.default_rng(0).standard_normal((2, 8, 16)).astype(np.float32)
+    outs = [ort.InferenceSession(str(dump / n)).run(None, {"x": x})[0]
+            for n in ("00-loaded.onnx", "01-canonical.onnx", "05-rewritten.onnx")]
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outs[2], outs[0], rtol=1e-4, atol=1e-4)
+    assert json.loads((dump / "02-sites.json").read_text())["sites"][0]["kind"] == "gated"
 
 
 @pytest.mark.parametrize("limit", [0, 3])

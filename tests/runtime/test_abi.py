@@ -47,7 +47,7 @@ MAX_TOKENS = 64  # the naive kernel serves 1..64 tokens; more must find no kerne
 def naive_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fffc.codegen import _tvm
     from fffc.codegen.build import CompiledKernel, KernelLibrary
-    from fffc.native import build_shim
+    from fffc.package.native import build_shim
 
     spec = KernelSpec("SparseFFN", "relu", "none", "exact", D_IN, D_FF, D_OUT, True, True, False)
     assert spec.arg_names() == ["X", "W1", "B1", "W2", "B2", "Y"]

@@ -24,7 +24,8 @@ import fffc
 from fffc.codegen.build import build_kernel_library
 from fffc.contract.config import cxx
 from fffc.contract.ops import KernelSpec
-from fffc.native import build_shim
+from fffc.package.native import build_shim
+from fffc.pipeline import analyze
 from fffc.verify.cuda_emu import Emulator
 
 from .test_cuda_shim import _model
@@ -191,7 +192,7 @@ def test_calibrated_cuda_path(tmp_path, fake_libcuda, budget):
 
     path, _ = _models(tmp_path)
     data, _ = calibration_feeds(tmp_path, count=4)
-    calib = calibration.calibrate(path, data, predictor_rank=8, predictor_sparsity=0.7)
+    calib = calibration.calibrate(analyze(path), data, predictor_rank=8, predictor_sparsity=0.7)
     calibration.write(calib, tmp_path / "m.calib.json")
     result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(
         target="cuda", calibration=tmp_path / "m.calib.json", budget=budget, data=data))

@@ -22,7 +22,7 @@ import fffc
 import fffc.runtime
 from fffc.codegen.build import build_kernel_library
 from fffc.contract.ops import KernelSpec
-from fffc.native import build_shim
+from fffc.package.native import build_shim
 
 HARNESS = Path(__file__).with_name("cuda_harness.cc")
 SPEC = KernelSpec("SparseFFN", "relu", "none", "exact", 32, 128, 32, True, True, False)

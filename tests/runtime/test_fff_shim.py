@@ -46,7 +46,7 @@ def _model(shape: tuple, w: dict[str, np.ndarray], **attrs) -> onnx.ModelProto:
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fffc.codegen.build import build_kernel_library
-    from fffc.native import build_shim
+    from fffc.package.native import build_shim
 
     out = tmp_path_factory.mktemp("fff_shim")
     specs = [fff_kernel_spec(*s) for s in SHAPES]

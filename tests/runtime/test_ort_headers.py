@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fffc import ort_headers
 from fffc.contract.errors import PackagingError
+from fffc.package import ort_headers
 
 
 def test_override_is_used_as_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fffc.codegen.kernels.exact_screened import screen_inputs
-from fffc.native import CXXFLAGS, _runtime_dir
+from fffc.package.native import CXXFLAGS, _runtime_dir
 
 HERE = Path(__file__).parent
 

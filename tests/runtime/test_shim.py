@@ -97,7 +97,7 @@ def reference(v: Variant, w: dict[str, np.ndarray | None], x: np.ndarray) -> np.
 @pytest.fixture(scope="session")
 def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fffc.codegen.build import build_kernel_library
-    from fffc.native import build_shim
+    from fffc.package.native import build_shim
 
     out = tmp_path_factory.mktemp("shim")
     library = build_kernel_library([v.spec() for v in VARIANTS], "x86", out / "kernels")
@@ -198,7 +198,7 @@ def test_no_tvm_or_libstdcxx_dependency(shim: Path) -> None:
 def test_loads_on_glibc_2_35(shim: Path) -> None:
     """No symbol newer than glibc 2.35 (Ubuntu 22.04, JetPack 6): static libstdc++'s
     arc4random@2.36 reference is resolved inside the shim (runtime/src/glibc_compat.cc)."""
-    from fffc.native import glibc_requirement
+    from fffc.package.native import glibc_requirement
 
     out = subprocess.run(["objdump", "-T", str(shim)], capture_output=True, text=True,
                          check=True).stdout

@@ -22,9 +22,18 @@ class Variant:
 
 
 class Family:
-    """One target family (x86, arm, cuda): its TVM target and its kernel variants."""
+    """One target family (x86, arm, cuda): its TVM target, its kernel variants and what its
+    kernels can do."""
 
     name = ""
+    narrow_weights = False  # kernels that read 16-bit weight matrices (--weight-dtype)
+    merged_path = True  # StructuredFFN kernels with a pre-merged dense path for few tokens
+    timed_here = False  # its kernels run on this build machine, so crossovers are measured
+
+    @property
+    def cpu_family(self) -> str:
+        """The family of the CPU kernels an artifact for this target carries."""
+        return self.name
 
     def target(self, mcpu: str | None, mattr: tuple[str, ...] = ()) -> dict:
         raise NotImplementedError

@@ -60,6 +60,9 @@ class StructuredConfig:
 
 class Cuda(Family):
     name = "cuda"
+    narrow_weights = True
+    merged_path = False
+    cpu_family = "x86"  # CPU-placed nodes of a GPU server run x86 kernels
 
     def __init__(self, config: Config | None = None,
                  structured: StructuredConfig | None = None):

@@ -25,6 +25,7 @@ class Config(CpuConfig):
 
 class X86(Family):
     name = "x86"
+    timed_here = True
     triple = "x86_64-linux-gnu"
 
     def __init__(self, config: Config | None = None):

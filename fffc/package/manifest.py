@@ -1,0 +1,94 @@
+"""The artifact's manifest.json: what was compiled, from what, for what, and how it was
+verified."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from dataclasses import replace
+from pathlib import Path
+
+from ..codegen.cuda_build import fatbin_entries, nvcc_version
+from ..contract.config import CompileOptions
+from ..contract.modes import mode
+from ..contract.sites import NearMiss, Site
+from ..contract.targets import TargetRequest
+from ..frontend import sha256_file
+from .native import glibc_requirement
+
+FORMAT = 1
+ORT_API_VERSION = 17  # runtime/src/ort_api.h kOrtApiVersion
+DISTRIBUTIONS = ("fffc", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "apache-tvm",
+                 "apache-tvm-ffi", "numpy")
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for dist in DISTRIBUTIONS:
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def manifest(*, source: Path, options: CompileOptions, target: TargetRequest, library,
+             shim: Path | None, staging: Path, sites: list[Site], near_misses: list[NearMiss],
+             canonical_rewrites: dict[str, int], report: dict, feeds,
+             sparse_limits: dict[str, int], calibration: dict | None) -> dict:
+    """The manifest of an artifact built in ``staging``."""
+    opts = replace(options, dump_dir=None)
+    out = {
+        "format": FORMAT,
+        "versions": versions(),
+        "source": {"path": str(source.resolve()), "sha256": sha256_file(source)},
+        "target": {"family": target.family, "mcpu": target.mcpu,
+                   "tvm": library.target if library else None},
+        "model": "model.onnx",
+        "shim": shim.name if shim else None,
+        "requires": None if shim is None else {
+            "os": "linux", "arch": (library.target.get("mtriple") or "x86_64").split("-")[0],
+            "glibc": glibc_requirement(shim),
+            "onnxruntime": f">= 1.17 (C API {ORT_API_VERSION}); built and checked with "
+                           f"{versions()['onnxruntime']}",
+            "cuda": None if library.cuda is None else
+            f"NVIDIA driver for CUDA {nvcc_version()}+ (cubins {', '.join(library.cuda.archs)}"
+            f", PTX {max(library.cuda.archs)})",
+        },
+        "cuda": None if library is None or library.cuda is None else _cuda(library.cuda,
+                                                                           staging),
+        "kernels": None if library is None else {
+            "object": str(library.object_path.relative_to(staging)),
+            "entries": [{"symbol": k.c_symbol, "variant": k.variant, "min_tokens": k.min_tokens,
+                         "max_tokens": k.max_tokens, "args": k.arg_names,
+                         "spec": k.spec.__dict__ | {"key": k.spec.key}} for k in library.kernels],
+        },
+        "options": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+                    for k, v in opts.__dict__.items() if k != "dump_dir"},
+        "canonical_rewrites": canonical_rewrites,
+        "max_sparse_tokens": {s.name: sparse_limits.get(s.name) for s in sites
+                              if mode(s.decision).token_dispatch},
+        "sites": [s.to_json() for s in sites],
+        "near_misses": [m.to_json() for m in near_misses],
+        "verification": report | {"probes": [{k: list(v.shape) for k, v in f.items()}
+                                             for f in feeds]},
+    }
+    if calibration is not None:
+        out["calibration"] = calibration
+    return out
+
+
+def _cuda(cuda, staging: Path) -> dict:
+    """Where the GPU code is and how each variant is launched (the shim's table, readable)."""
+    return {
+        "archs": list(cuda.archs),
+        "fatbin_contents": [f"{kind} {arch}" for kind, arch in fatbin_entries(cuda.fatbin_path)],
+        "fatbin": str(cuda.fatbin_path.relative_to(staging)),
+        "source": str(cuda.source_path.relative_to(staging)),
+        "variants": [{
+            "spec_key": v.spec.key, "variant": v.variant, "min_tokens": v.min_tokens,
+            "max_tokens": v.max_tokens, "workspace_floats_per_token": dict(v.workspace),
+            "launches": [{"kernel": ln.kernel, "params": list(ln.params),
+                          "grid": [f"({g.a}*N+{g.b})//{g.c}" for g in ln.grid],
+                          "block": list(ln.block)} for ln in v.launches],
+        } for v in cuda.variants],
+    }

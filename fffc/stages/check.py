@@ -1,0 +1,62 @@
+"""Stage: the built artifact against its reference — every kernel alone, the model with and
+without the shim, the CUDA kernels in the emulator (``fffc.verify.artifact``). A site whose
+kernels fail is left as it was and the build repeated (``retry``)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+
+from ..plan.decide import leave
+from ..verify.artifact import check_artifact, check_cuda, deviation
+from .context import Context
+from .dispatch import Dispatch
+from .shim import Shim
+from .verify_sites import refresh
+
+NAME = "check artifact"
+
+
+@dataclass
+class Checked:
+    shim: Shim
+    report: dict = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # site → why its kernels failed
+
+    @property
+    def verified(self):
+        return self.shim.verified
+
+
+def run(shim: Shim, ctx: Context) -> Checked:
+    v, lowered, library = shim.verified, shim.kernels.lowered, shim.kernels.library
+    rtol = ctx.options.rtol
+    try:
+        with ctx.report(NAME):
+            report, failed = check_artifact(v.sites, lowered.model, lowered.path,
+                                            shim.check_path, v.feeds, v.reference.outputs,
+                                            v.reference.sites, v.inputs, rtol, v.analysis.path)
+            if v.reference is not v.original:
+                report["deviation_from_original"] = deviation(
+                    lowered.path, shim.check_path, v.feeds, v.original.outputs, rtol)
+    finally:
+        if shim.check_path is not shim.path:
+            shutil.rmtree(shim.check_path.parent, ignore_errors=True)
+    if shim.twin:
+        report["kernels_checked_on"] = shim.twin
+    if library is not None and library.cuda is not None:
+        with ctx.report("check CUDA kernels (CPU emulation)"):
+            report["cuda_kernels"] = check_cuda(v.sites, library.cuda, v.reference.sites,
+                                                v.inputs, rtol, failed, ctx.options.weight_dtype)
+    ctx.dump.json("07-check.json", report)
+    return Checked(shim, report, failed)
+
+
+def retry(checked: Checked, ctx: Context) -> Dispatch:
+    """The sites whose kernels failed left as they were, the reference brought in line:
+    what the next build round lowers."""
+    dispatch = checked.shim.kernels.lowered.dispatch
+    for s in checked.verified.sites:
+        if s.name in checked.failed:
+            leave(s, f"kernel check failed: {checked.failed[s.name]}")
+    return Dispatch(refresh(dispatch.verified, ctx), dispatch.sparse, dispatch.merged)

@@ -1,0 +1,47 @@
+"""Stage: the kernels of every site with kernels, for the target (``fffc.codegen``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..codegen.build import KernelLibrary, build_kernel_library, source
+from ..contract.kernels import merged_spec
+from ..contract.modes import counted_specs, kernel_specs, mode
+from .context import Context
+from .lower import Lowered
+
+NAME = "codegen"
+
+
+@dataclass
+class Kernels:
+    lowered: Lowered
+    library: KernelLibrary | None = None  # None: no site has kernels
+    specs: list = field(default_factory=list)
+
+    @property
+    def verified(self):
+        return self.lowered.verified
+
+
+def run(lowered: Lowered, ctx: Context) -> Kernels:
+    sites = [s for s in lowered.verified.sites if mode(s.decision).kernels]
+    if not sites:
+        return Kernels(lowered)
+    merged = lowered.dispatch.merged
+    specs = sorted({k for s in sites for k in kernel_specs(s)}
+                   | {merged_spec(s) for s in sites if merged.get(s.name, 0) > 0},
+                   key=lambda k: k.key)
+    counted = sorted({k for s in sites for k in counted_specs(s)}, key=lambda k: k.key)
+    o, fam = ctx.options, ctx.family
+    with ctx.report(f"codegen ({len(specs)} kernel families, {fam.name})"):
+        library = build_kernel_library(specs, fam.name, ctx.staging / "kernels" / fam.name,
+                                       mcpu=ctx.target.mcpu, archs=o.cuda_archs,
+                                       mattr=o.mattr, counted_specs=counted,
+                                       weight_dtype=o.weight_dtype)
+    if ctx.dump.root:
+        cpu = fam.cpu_family
+        for k in library.kernels:
+            ctx.dump.text(f"06-kernels/{k.symbol}.py",
+                          source(k.spec, k.variant, cpu, library.target.get("mcpu")))
+    return Kernels(lowered, library, specs)

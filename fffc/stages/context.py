@@ -1,0 +1,124 @@
+"""What every stage is given: the options, the target resolved once, where to report and
+where to dump."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from ..codegen.schedules import Family, family
+from ..contract.config import CompileOptions
+from ..contract.errors import UsageError
+from ..contract.kinds import TargetFamily, WeightDtype
+from ..contract.targets import TargetRequest, normalize
+
+Reporter = Callable[[str], contextlib.AbstractContextManager]
+
+# --dump DIR: what each stage writes, in the order the stages run
+DUMPS = {
+    "00-loaded.onnx": "the model as read",
+    "01-canonical.onnx": "after canonicalization (exporter variants rewritten into one form, "
+                         "constants folded), in standard ops: runs in any ONNX Runtime",
+    "02-sites.json": "the FFN sites found and the FFN-like regions no rule matched",
+    "03-plan.json": "each site's decision and why (after the allocation, with --calibration)",
+    "04-verify.json": "each site's check against the original subgraph",
+    "05-rewritten.onnx": "the artifact's model: ai.fffc nodes with their fallback functions "
+                         "(runs in any ONNX Runtime; the shim makes the kernels run)",
+    "06-kernels": "one TVMScript file per kernel variant",
+    "07-check.json": "the artifact check: every kernel alone, the model with and without the "
+                     "shim",
+}
+
+
+@contextlib.contextmanager
+def quiet(_: str) -> Iterator[None]:
+    yield
+
+
+class Dumper:
+    """Writes the numbered stage dumps when a dump directory is set (``DUMPS``)."""
+
+    def __init__(self, root: Path | None):
+        self.root = root
+        if root:
+            root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, name: str) -> Path | None:
+        if not self.root:
+            return None
+        if name.split("/")[0] not in DUMPS:
+            raise ValueError(f"undeclared dump {name!r}")
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def model(self, name: str, model: onnx.ModelProto | ir.Model) -> None:
+        if (path := self._path(name)) is not None:
+            if isinstance(model, ir.Model):
+                ir.save(model, str(path))
+            else:
+                onnx.save(model, str(path))
+
+    def text(self, name: str, text: str) -> None:
+        if (path := self._path(name)) is not None:
+            path.write_text(text)
+
+    def json(self, name: str, data: dict) -> None:
+        self.text(name, json.dumps(data, indent=2))
+
+
+@dataclass
+class Context:
+    """A compile's options, its target resolved into a schedule family once, its output
+    path, the reporter (a context manager per step) and the dumper."""
+
+    options: CompileOptions = field(default_factory=CompileOptions)
+    report: Reporter = quiet
+    out: Path | None = None
+    target: TargetRequest | None = None
+    family: Family | None = None
+    dump: Dumper = field(default_factory=lambda: Dumper(None))
+    staging: Path | None = None  # the artifact being built, renamed to ``out`` when done
+
+    @property
+    def weight_dtype(self) -> WeightDtype:
+        return WeightDtype(self.options.weight_dtype)
+
+    @classmethod
+    def for_compile(cls, options: CompileOptions, out: Path, report: Reporter) -> Context:
+        """Options checked and the target resolved, before any slow stage runs."""
+        try:
+            target = normalize(options.target, options.mcpu)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        if options.calibration is None and (options.budget is not None
+                                            or options.data is not None):
+            raise UsageError("--budget and --data apply to a calibration: add --calibration "
+                             "CALIB.json (from fffc calibrate)")
+        if options.merged_max_tokens is not None and options.merged_max_tokens < 0:
+            raise UsageError(f"--merged-max-tokens must be >= 0, got "
+                             f"{options.merged_max_tokens}")
+        try:
+            dtype = WeightDtype(options.weight_dtype)
+        except ValueError:
+            raise UsageError(f"--weight-dtype: one of {', '.join(d.flag for d in WeightDtype)}, "
+                             f"got {options.weight_dtype!r}") from None
+        fam = family(target.family)
+        if dtype is not WeightDtype.FLOAT32 and not fam.narrow_weights:
+            raise UsageError(f"--weight-dtype {options.weight_dtype}: 16-bit weights are for "
+                             "--target cuda (the CPU kernels read float32 weights)")
+        if options.merged_max_tokens and not fam.merged_path:
+            raise UsageError(f"--merged-max-tokens: the {target.family.upper()} StructuredFFN kernels "
+                             "have no pre-merged path (the structured kernels serve every "
+                             "token count)")
+        return cls(options, report, out, target, fam, Dumper(options.dump_dir))
+
+    @property
+    def target_family(self) -> TargetFamily:
+        return TargetFamily(self.target.family)

@@ -1,0 +1,26 @@
+"""Stage: read the model file (every way it can be wrong is one typed error)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from .. import frontend
+from .context import Context
+
+NAME = "load"
+
+
+@dataclass
+class Loaded:
+    path: Path
+    proto: onnx.ModelProto
+
+
+def run(path: str | Path, ctx: Context) -> Loaded:
+    with ctx.report(NAME):
+        proto = frontend.load_proto(path)
+    ctx.dump.model("00-loaded.onnx", proto)
+    return Loaded(Path(path), proto)

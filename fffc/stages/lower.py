@@ -1,0 +1,40 @@
+"""Stage: every site becomes its ``ai.fffc`` node (with its fallback function) or stays in
+standard ops; the model is written into the artifact being built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from .. import frontend, passes
+from ..package.output import clear
+from .context import Context
+from .dispatch import Dispatch
+
+NAME = "lower"
+MODEL = "model.onnx"
+
+
+@dataclass
+class Lowered:
+    dispatch: Dispatch
+    model: onnx.ModelProto
+    path: Path  # the model in the artifact being built
+
+    @property
+    def verified(self):
+        return self.dispatch.verified
+
+
+def run(dispatch: Dispatch, ctx: Context) -> Lowered:
+    final = frontend.copy(dispatch.verified.working)
+    passes.lower(final, dispatch.lowerings())
+    proto = ir.serde.serialize_model(final)
+    ctx.dump.model("05-rewritten.onnx", proto)
+    clear(ctx.staging)
+    path = ctx.staging / MODEL
+    onnx.save(proto, str(path))
+    return Lowered(dispatch, proto, path)

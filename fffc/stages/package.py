@@ -1,0 +1,38 @@
+"""Stage: the manifest written and the finished artifact moved into place."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..contract.sites import NearMiss, Site
+from ..package.manifest import manifest
+from ..package.output import install
+from .check import Checked
+from .context import Context
+
+NAME = "package"
+
+
+@dataclass
+class CompileResult:
+    artifact: Path
+    sites: list[Site]
+    near_misses: list[NearMiss]
+    manifest: dict = field(default_factory=dict)
+
+
+def run(checked: Checked, ctx: Context) -> CompileResult:
+    v = checked.verified
+    a = v.analysis
+    dispatch = checked.shim.kernels.lowered.dispatch
+    m = manifest(source=a.path, options=ctx.options, target=ctx.target,
+                 library=checked.shim.kernels.library, shim=checked.shim.path,
+                 staging=ctx.staging, sites=a.sites, near_misses=a.near_misses,
+                 canonical_rewrites=a.canonical_rewrites, report=checked.report,
+                 feeds=v.feeds, sparse_limits=dispatch.sparse,
+                 calibration=v.planned.calibration)
+    (ctx.staging / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True))
+    install(ctx.staging, ctx.out)
+    return CompileResult(ctx.out, a.sites, a.near_misses, m)

@@ -1,0 +1,120 @@
+"""Stage: prove each planned rewrite equal to what it replaces, on probe inputs, before
+anything is built; a site that is not within tolerance is left as it was, with the reason.
+
+Check 1: the canonical model with every site in standard ops equals the original model.
+Check 2: per site, the planned op's NumPy reference on the site's captured input equals the
+original subgraph's output (``fffc.verify.sites``). Masked modes (thresholds, predicted
+neurons) and ``--weight-dtype`` compute another function than the original: the reference
+the artifact must equal is then that function in standard ops, captured the same way, and
+each site's distance from the original is reported (``Site.deviation``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from .. import frontend, passes
+from ..contract.errors import RewriteError
+from ..contract.kinds import WeightDtype
+from ..contract.lowering import SiteLowering
+from ..contract.modes import mode
+from ..contract.sites import Site
+from ..plan.decide import leave
+from ..verify.capture import Captured, capture
+from ..verify.compare import compare_runs, probe_inputs, session
+from ..verify.compare import run as run_model
+from ..verify.sites import verify_site
+from .context import Context
+from .plan import Planned
+
+NAME = "verify sites"
+
+
+@dataclass
+class Verified:
+    planned: Planned
+    feeds: list[dict[str, np.ndarray]]  # probes: many tokens, and one token
+    original: Captured  # what the original model computes on them
+    working: ir.Model  # the markers, weights rounded to --weight-dtype where kernels run
+    reference: Captured  # what the artifact must compute (the original, or masked/rounded)
+    masked: frozenset[str] = frozenset()  # the sites ``reference`` has masked
+    rounded: tuple[str, ...] = ()  # the sites whose weights ``working`` holds rounded
+
+    @property
+    def analysis(self):
+        return self.planned.analysis
+
+    @property
+    def sites(self) -> list[Site]:
+        return self.planned.analysis.sites
+
+    def inputs(self, site: Site) -> dict[str, np.ndarray]:
+        """A site's op inputs as the artifact stores them."""
+        return passes.site_inputs(self.working, site)
+
+
+def _with_kernels(sites: list[Site]) -> tuple[str, ...]:
+    return tuple(sorted(s.name for s in sites if mode(s.decision).kernels))
+
+
+def masks(sites: list[Site]) -> dict[str, SiteLowering]:
+    """The masked sites' functions in standard ops: the reference they must equal."""
+    return {s.name: SiteLowering(masks=mode(s.decision).masks(s)) for s in sites
+            if mode(s.decision).masked}
+
+
+def refresh(v: Verified, ctx: Context) -> Verified:
+    """``v`` with its rounded weights and reference brought in line with the sites' current
+    decisions (after sites were left as they were): rounding from the unrounded analysis, so a
+    site left dense is exactly as it was."""
+    dtype = ctx.weight_dtype
+    rounded = _with_kernels(v.sites) if dtype is not WeightDtype.FLOAT32 else ()
+    masked = frozenset(masks(v.sites))
+    if rounded == v.rounded and masked == v.masked:
+        return v
+    working = v.working
+    if rounded != v.rounded:
+        working = frontend.copy(v.analysis.working)
+        passes.round_weights(working, rounded, str(dtype))
+    reference = v.original
+    if masked or rounded:
+        reference = capture(working, len(v.analysis.proto.graph.output), v.feeds,
+                            masks(v.sites))
+    return Verified(v.planned, v.feeds, v.original, working, reference, masked, rounded)
+
+
+def run(planned: Planned, ctx: Context) -> Verified:
+    with ctx.report(NAME):
+        return _verify(planned, ctx)
+
+
+def _verify(planned: Planned, ctx: Context) -> Verified:
+    a, o = planned.analysis, ctx.options
+    # many-token probes plus a one-token one: both sides of a token dispatch run
+    feeds = (probe_inputs(a.proto, o.probe_batch, o.probe_seq, o.seed)
+             + probe_inputs(a.proto, 1, 1, o.seed + 1, count=1))
+    want = run_model(session(a.proto), feeds)
+    original = capture(a.working, len(a.proto.graph.output), feeds)
+    c = compare_runs(original.outputs, want, o.rtol)
+    if not c.ok:
+        raise RewriteError(f"canonicalization changed the model's outputs (rel err "
+                           f"{c.max_rel:.2e}); please report this model", path=a.path)
+    original = Captured(original.sites, want)
+    v = refresh(Verified(planned, feeds, original, a.working, original), ctx)
+    for site in a.sites:
+        if not mode(site.decision).rewrites:
+            continue
+        inputs = v.inputs(site)
+        c = verify_site(site, *v.reference.sites[site.name], inputs, o.rtol)
+        site.max_abs_err, site.max_rel_err = c.max_abs, c.max_rel
+        if mode(site.decision).masked or v.rounded:
+            site.deviation = verify_site(site, *v.original.sites[site.name], inputs,
+                                         o.rtol).max_rel
+        if not c.ok:
+            leave(site, f"verification failed: rel err {c.max_rel:.2e} > {o.rtol:g}")
+    v = refresh(v, ctx)  # sites left as they were: as they were
+    ctx.dump.json("04-verify.json", {"sites": [s.to_json() for s in a.sites]})
+    return v
