@@ -1,17 +1,13 @@
 """Side-by-side timing of ONNX Runtime sessions on a small, shared machine.
 
-After a run, a session's intra-op threads keep spinning for a while. On 2 cores, a call of
-session A right after a call of session B runs against B's spinning workers, and the
-fastest model loses most: bench/bench_fff.py's FFF layer measured 0.053–0.058 ms at 1 token
-with five sessions interleaved call by call and 0.015–0.017 ms timed in blocks
-(BENCHMARKS.md). So sessions are timed
-in blocks: in each round every session in turn gets a short pause (the other pools go to
-sleep), one untimed call (its own workers wake up), then ``inner`` timed calls. Every
-round times all sessions, so they see the same drift of the machine, and each round starts
-one session later than the last: on this VM the session timed right after a dense FFN's was
-slower by ~10% whatever it ran (bench_sparse_ffn.py, two sessions of one artifact). The pause is long
-because workers keep spinning longer after long calls (a dense FFN over 2048 tokens runs
-for ~130 ms); ``settle`` shortens it.
+After a run, a session's intra-op threads keep spinning for a while. On a small machine, a
+call of session A right after a call of session B runs against B's spinning workers, and the
+fastest model loses most (BENCHMARKS.md, Method). So sessions are timed in blocks: in each
+round every session in turn gets a short pause (the other pools go to sleep), one untimed
+call (its own workers wake up), then ``inner`` timed calls. Every round times all sessions,
+so they see the same drift of the machine, and each round starts one session later than the
+last, so that no session is always the one timed right after the heaviest. The pause is long
+because workers keep spinning longer after long calls; ``settle`` shortens it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Target names the user may give, and what each resolves to. Leaf module.
+"""Target names the user may give, and the family each resolves to. Leaf module.
 
-One dispatch for every target: x86 and cuda have backends; arm goes through the same
-path and is refused with UnsupportedTargetError until its backend lands.
+Every target goes through this one dispatch; ``fffc.codegen.schedules.family`` maps the
+family to its schedule family object.
 """
 
 from __future__ import annotations

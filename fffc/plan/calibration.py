@@ -1,4 +1,4 @@
-"""``fffc calibrate``: per-site activation statistics from the user's inputs (issue 4).
+"""``fffc calibrate``: per-site activation statistics from the user's inputs.
 
 Threshold modes need, per FFN site, where a target sparsity s falls in the distribution of
 magnitudes: TEAL thresholds the *input* of each projection (t = quantile_s |x|), CATS the
@@ -7,7 +7,7 @@ threshold ends up skipping. Predictors are trained on (x, which neurons are acti
 
 The original model runs in ONNX Runtime on the user's feeds, one feed at a time, with every
 site's input exposed; the site's hidden activations are computed from that input with the
-site's own weights (float64, as ``fffc.reference``), so nothing the size of a model's
+site's own weights (float64, as ``fffc.verify.reference``), so nothing the size of a model's
 activations over all feeds is ever held: magnitudes go into fixed log-spaced histograms,
 and the rows of x into a fixed-size uniform reservoir (the predictor's training set: its
 labels are a function of x and the weights, recomputed for whatever threshold is chosen).
@@ -21,8 +21,8 @@ then replace entries near their center by the center instead of by zero. ``cente
 takes each channel's median; ``"mode"`` (the default) the mean of its densest window of
 width 2t (t: the site's median-centered threshold at ``WINDOW_LEVEL``), where a threshold
 replaces the most entries with the least error — GELU outputs are skewed, so their densest
-window is not around the median. All-MiniLM-L6-v2: bench/bench_minilm_teal.py compares the
-three. Padding rows (``token_mask``) are left out.
+window is not around the median (bench/bench_minilm_teal.py compares the three on
+all-MiniLM-L6-v2). Padding rows (``token_mask``) are left out.
 """
 
 from __future__ import annotations
