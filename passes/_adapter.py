@@ -1,9 +1,10 @@
 # TEMPORARY test adapter (not committed): the new passes API over the old one
-import numpy as np
-from fffc.contract.lowering import SiteLowering
-from fffc.contract.kinds import Decision, SiteKind
-from fffc.contract.modes import mode
 import importlib
+
+import numpy as np
+
+from fffc.contract.kinds import Decision, SiteKind
+
 _lower_mod = importlib.import_module("fffc.passes.lower")
 
 _old_lower = _lower_mod.lower

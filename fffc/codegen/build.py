@@ -19,17 +19,16 @@ from fffc.ops import KernelSpec
 
 from . import _tvm
 from .cuda_build import DEFAULT_ARCHS, CudaLibrary, build_cuda_library
-from .kernels.exact_decode import exact_decode_source
-from .kernels.exact_screened import screen_inputs, screened_arg_names, screened_source
+from .kernels.exact_decode import exact_decode_primfunc
+from .kernels.exact_screened import screen_inputs, screened_arg_names, screened_primfunc
 from .kernels.fff import fff_cpu_primfunc, fff_level_primfunc
 from .kernels.fff_cuda import fff_params
 from .kernels.routed_ffn import combine_primfunc, route_primfunc, routed_variants
-from .kernels.sparse_ffn import sparse_ffn_source
-from .kernels.sparse_ffn_cats import cats_source
-from .kernels.sparse_ffn_predictor import predictor_source
-from .kernels.sparse_ffn_teal import teal_source
+from .kernels.sparse_ffn import sparse_ffn_primfunc
+from .kernels.sparse_ffn_cats import cats_primfunc
+from .kernels.sparse_ffn_predictor import predictor_primfunc
+from .kernels.sparse_ffn_teal import teal_primfunc
 from .kernels.structured_ffn import structured_ffn_primfunc, structured_variants
-from .kernels.text import parse
 from .schedules import MAX_TOKENS, family
 
 OBJECT_NAME = "fffc_kernels.o"
@@ -168,7 +167,7 @@ def _funcs(specs: Sequence[KernelSpec], target_name: str, target: dict,
                                           v.min_tokens, v.max_tokens))
             if only is None or v.name == only:
                 sym = kernels[-1].symbol
-                funcs[sym] = parse(_sparse_source(spec, v.name)(spec, v.tiling, sym), sym)
+                funcs[sym] = _sparse_generator(spec, v.name)(spec, v.tiling, sym)
         _check_cover(spec, kernels)
         if only is not None and not any(k.variant == only for k in kernels):
             raise CodegenError(f"no variant {only!r}; have {[k.variant for k in kernels]}")
@@ -176,11 +175,11 @@ def _funcs(specs: Sequence[KernelSpec], target_name: str, target: dict,
     return funcs, table
 
 
-def _sparse_source(spec: KernelSpec, variant: str) -> Callable[..., str]:
-    """The TVMScript generator of a SparseFFN CPU variant (its PrimFunc: ``parse`` of it)."""
-    by_mode = {"teal": teal_source, "cats": cats_source, "predictor": predictor_source}
-    by_variant = {"decode": exact_decode_source, "screened": screened_source}
-    return by_mode.get(spec.mode, by_variant.get(variant, sparse_ffn_source))
+def _sparse_generator(spec: KernelSpec, variant: str) -> Callable[..., object]:
+    """The PrimFunc generator ``(spec, tiling, symbol)`` of a SparseFFN CPU variant."""
+    by_mode = {"teal": teal_primfunc, "cats": cats_primfunc, "predictor": predictor_primfunc}
+    by_variant = {"decode": exact_decode_primfunc, "screened": screened_primfunc}
+    return by_mode.get(spec.mode, by_variant.get(variant, sparse_ffn_primfunc))
 
 
 def _cpu_primfunc(spec: KernelSpec, k: CompiledKernel):
@@ -321,5 +320,5 @@ def source(spec: KernelSpec, variant: str, target: str = "x86", mcpu: str | None
     fam = family(target)
     for v in fam.variants(spec, fam.target(mcpu)):
         if v.name == variant:
-            return _sparse_source(spec, variant)(spec, v.tiling, symbol_of(spec, variant))
+            return _sparse_generator(spec, variant)(spec, v.tiling, symbol_of(spec, variant)).script()
     raise CodegenError(f"no variant {variant!r}")

@@ -94,13 +94,13 @@ def test_kernel_recomputes_what_float16_gets_wrong(up: str | None) -> None:
 def test_gelu_and_silu_specs_have_no_screened_kernel() -> None:
     from dataclasses import replace
 
-    from fffc.codegen.kernels.exact_screened import screened_source
+    from fffc.codegen.kernels.exact_screened import screened_primfunc
     from fffc.codegen.kernels.sparse_ffn import Tiling
 
     t = Tiling(mr=1, nr1=16, nb=64, nr3=16, vl=16)
     for act in ("gelu", "silu"):
         with pytest.raises(CodegenError, match="exact ReLU-gated"):
-            screened_source(replace(spec(32, 128, 48), activation=act), t, "k")
+            screened_primfunc(replace(spec(32, 128, 48), activation=act), t, "k")
 
 
 @pytest.mark.parametrize("target, mcpu, screened", [

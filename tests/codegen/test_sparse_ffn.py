@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
+from fffc.codegen import _tvm
+from fffc.codegen.build import host_target
+from fffc.codegen.kernels.exact_decode import exact_decode_primfunc
 from fffc.codegen.kernels.exact_screened import screenable
+from fffc.codegen.kernels.sparse_ffn import sparse_ffn_primfunc
+from fffc.codegen.schedules import family
 from fffc.contract.errors import CodegenError
 from fffc.contract.ops import KernelSpec
 
@@ -100,3 +106,27 @@ def test_rejects_what_exact_cannot_compute(change: dict, match: str) -> None:
     fields = {**spec().__dict__, **change}
     with pytest.raises(CodegenError, match=match):
         kernels(KernelSpec(**fields))
+
+
+@pytest.mark.parametrize("variant", ["decode", "gemv2", "gemm_stream", "gemm_packed"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_weights_stored_in_16_bits(variant: str, dtype: str) -> None:
+    """A generator's weight dtype: W1, W2, WU stored in 16 bits, read widened to float32,
+    give the FFN of the rounded weights (float32 arithmetic)."""
+    s = SPECS["drelu"]
+    fam = family("x86")
+    tiling = next(v.tiling for v in fam.variants(s, fam.target(None)) if v.name == variant)
+    make = exact_decode_primfunc if variant == "decode" else sparse_ffn_primfunc
+    ex = _tvm.compile_module({"k": make(s, tiling, "k", dtype=dtype)}, host_target())
+    w = weights(s)
+    stored = {n: _tvm.tensor(w[n].astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype))
+              for n in ("W1", "W2", "WU")}
+    rounded = {**w, **{n: stored[n].numpy().astype(np.float32) for n in stored}}
+    assert not np.array_equal(rounded["W1"], w["W1"])  # the weights did lose bits
+    for t in (1, 2, 7, 30, 64):
+        x = inputs(s, t, seed=t)
+        y = _tvm.empty((t, s.d_out))
+        ex["k"](*[stored[n] if n in stored else _tvm.tensor(a)
+                  for n, a in zip(s.arg_names()[:-1], [x, *args(s, w)], strict=True)], y)
+        np.testing.assert_allclose(y.numpy(), reference(s, rounded, x), rtol=RTOL, atol=ATOL,
+                                   err_msg=f"{dtype} {variant} T={t}")

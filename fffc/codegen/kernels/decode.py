@@ -3,8 +3,8 @@
 Each of those kernels handles one token at a time in phases: compactions into lists,
 GEMVs split over their reduction dimension into ``PARTS`` tasks with private accumulator
 rows (each task streams whole contiguous weight rows, ``ROWS`` per pass), and the common
-tail ``DOWN``: the down projection over the listed neurons. Here: the activation
-expressions, the split-K index arithmetic, ``DOWN``, the parameter list and spec checks.
+tail: the down projection over the listed neurons. Here: the split-K phases as TVMScript
+macros (``split_k``), the thresholds of exact skipping, and the spec checks.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from __future__ import annotations
 from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
+from .._tvm import T
+from . import pieces
+from .pieces import bias, widen
 from .sparse_ffn import Tiling, check_tiling
-from .text import TOKEN_MAJOR_HEAD
 
 PARTS = 4  # split-K tasks of the GEMVs, each with a private accumulator row
 ROWS = 4  # weight rows per accumulator pass (independent streams in flight)
 
-ACTIVATIONS = {  # TIR of each activation on the expression {v}
+ACTIVATIONS = {  # TVMScript text of each activation on the expression {v} (text kernels)
     "none": "{v}",
     "relu": "T.max({v}, T.float32(0))",
     "gelu": "T.float32(0.5) * {v} * (T.float32(1) + T.erf({v} * T.float32(0.7071067811865476)))",
@@ -27,121 +29,97 @@ ACTIVATIONS = {  # TIR of each activation on the expression {v}
     "silu": "{v} * T.sigmoid({v})",
 }
 
-# Signature, token-major X and Y, and the buffers of the common tail.
-HEADER = TOKEN_MAJOR_HEAD + '''    IDX = T.alloc_buffer(({F},), "int32")
-    VAL = T.alloc_buffer(({F},), "float32")
-    CNT = T.alloc_buffer(({NFB},), "int32")
-    LIDX = T.alloc_buffer(({F},), "int32")
-    LVAL = T.alloc_buffer(({F},), "float32")
-    ACC2 = T.alloc_buffer(({P}, {DO}), "float32")
-'''
-
-# Phase 1 of the gate-first and teal kernels: the GEMV split over the c[0] listed input
-# channels into private rows ACC1[p] ({axpy4_1}: a pass's term over ROWS rows, {axpy1_1}:
-# row q's alone); ``gemv1`` adds teal's gated up projection (ACCU) to the same passes.
-GEMV1 = '''        for p in {loop}({P}):
-            for fs in range({F} // {VF}):
-                for v in T.vectorized({VF}):
-                    ACC1[p, fs * {VF} + v] = T.float32(0)
-{up_zero}
-            for q4 in range({quads}):
-                for fs in range({F} // {VF}):
-                    for v in T.vectorized({VF}):
-                        ACC1[p, fs * {VF} + v] = ACC1[p, fs * {VF} + v] + {axpy4_1}
-{up_axpy4}
-            for q in {rest}:
-                for fs in range({F} // {VF}):
-                    for v in T.vectorized({VF}):
-                        ACC1[p, fs * {VF} + v] = ACC1[p, fs * {VF} + v] + {axpy1_1}
-{up_axpy1}'''
+# Skipping exactly (``exact_decode``): the thresholds [t_in, t_hidden] fixed to "no input
+# threshold" and "non-zero" (|a| > 0).
+EXACT_THRESHOLDS = (-1.0, 0.0)
 
 
-def gemv1(fmt: dict, up: dict[str, str] | None = None) -> str:
-    """``GEMV1`` filled from ``fmt``, with ``up``'s ACCU lines (up_zero, up_axpy4,
-    up_axpy1) in its passes, or none."""
-    return GEMV1.format(**{**fmt, **{k: (up or {}).get(k, "")
-                                     for k in ("up_zero", "up_axpy4", "up_axpy1")}})
+def threshold(TH, i: int):
+    """TH[i], or exact skipping's fixed threshold where the kernel has no input TH."""
+    return TH[i] if TH is not None else T.float32(EXACT_THRESHOLDS[i])
 
-# A task's share [lo, hi) of the c[0] listed rows, and its passes of {R} rows.
-LO = "c[0] * p // {P}"
-_HI = "c[0] * (p + 1) // {P}"
-QUADS = f"({_HI} - {LO}) // {{R}}"
-REST = f"range({LO} + {QUADS} * {{R}}, {_HI})"
 
-# The common tail: concatenate the blocks' lists of (neuron, value), then
-# the down projection split over the listed neurons (whole rows of W2, private
-# accumulators, ``ROWS`` rows per pass) and Y = B2 + the parts.
-DOWN = '''        c[0] = 0
-        for fb in range({NFB}):
+def split_k(spec: KernelSpec, tiling: Tiling, parts: int, rows: int):
+    """The macros ``(gemv1, down)`` of a decode kernel's split-K phases: ``parts`` tasks
+    (one parallel region where ``tiling.parallel``), each streaming its share [lo, hi) of the
+    c[0] listed rows into a private accumulator row, ``rows`` rows per pass. Vector steps:
+    ``tiling.nr1`` lanes over d_ff, ``tiling.nr3`` over d_out."""
+    P, R = parts, rows
+    F, DO, NB, NFB, VF, VO = (spec.d_ff, spec.d_out, tiling.nb, spec.d_ff // tiling.nb,
+                              tiling.nr1, tiling.nr3)
+    loop = T.parallel if tiling.parallel else T.serial
+
+    def axpy(acc, W, xs, ks, lo, q4, col):
+        """``acc`` plus pass q4's term Σ_j xs(q+j) · W[ks(q+j), col] over ``rows`` rows."""
+        q = lo + q4 * R
+        for j in range(R):
+            acc = acc + xs(q + j) * widen(W[ks(q + j), col])
+        return acc
+
+    @T.macro
+    def gemv(ACC, W, ACC_UP, W_UP, xs, ks, c, width, vw):
+        """ACC[p, :width] = Σ over task p's rows q of xs(q) · W[ks(q), :] in ``vw``-wide
+        steps; ACC_UP (not None): the same over W_UP in the same passes."""
+        for p in loop(P):
+            lo = T.meta_var(c[0] * p // P)
+            hi = T.meta_var(c[0] * (p + 1) // P)
+            for fs in range(width // vw):
+                for v in T.vectorized(vw):
+                    ACC[p, fs * vw + v] = T.float32(0)
+            if ACC_UP is not None:
+                for fs in range(width // vw):
+                    for v in T.vectorized(vw):
+                        ACC_UP[p, fs * vw + v] = T.float32(0)
+            for q4 in range((hi - lo) // R):
+                for fs in range(width // vw):
+                    for v in T.vectorized(vw):
+                        ACC[p, fs * vw + v] = axpy(ACC[p, fs * vw + v], W, xs, ks, lo, q4, fs * vw + v)
+                if ACC_UP is not None:
+                    for fs in range(width // vw):
+                        for v in T.vectorized(vw):
+                            ACC_UP[p, fs * vw + v] = axpy(ACC_UP[p, fs * vw + v], W_UP, xs, ks, lo, q4, fs * vw + v)
+            for q in range(lo + (hi - lo) // R * R, hi):
+                for fs in range(width // vw):
+                    for v in T.vectorized(vw):
+                        ACC[p, fs * vw + v] = ACC[p, fs * vw + v] + xs(q) * widen(W[ks(q), fs * vw + v])
+                if ACC_UP is not None:
+                    for fs in range(width // vw):
+                        for v in T.vectorized(vw):
+                            ACC_UP[p, fs * vw + v] = ACC_UP[p, fs * vw + v] + xs(q) * widen(W_UP[ks(q), fs * vw + v])
+
+    @T.macro
+    def gemv1(ACC1, W1, ACCU, WU, xs, ks, c):
+        """Phase 1: ACC1[p] = Σ over task p's share of the c[0] listed input rows q:
+        xs(q) · W1[ks(q), :] (ACCU, gated teal: the same over WU)."""
+        gemv(ACC1, W1, ACCU, WU, xs, ks, c, F, VF)
+
+    @T.macro
+    def down(Y, tb, c, IDX, VAL, CNT, LIDX, LVAL, ACC2, W2, B2):
+        """The common tail: concatenate the blocks' lists of (neuron, value), then the down
+        projection split over the listed neurons (whole rows of W2, private accumulators)
+        and Y = B2 + the parts."""
+        c[0] = 0
+        for fb in range(NFB):
             for q in range(CNT[fb]):
-                LIDX[c[0] + q] = IDX[fb * {NB} + q]
-                LVAL[c[0] + q] = VAL[fb * {NB} + q]
+                LIDX[c[0] + q] = IDX[fb * NB + q]
+                LVAL[c[0] + q] = VAL[fb * NB + q]
             c[0] = c[0] + CNT[fb]
-        for p in {loop}({P}):
-            for js in range({DO} // {VO}):
-                for v in T.vectorized({VO}):
-                    ACC2[p, js * {VO} + v] = T.float32(0)
-            for q4 in range({quads}):
-                for js in range({DO} // {VO}):
-                    for v in T.vectorized({VO}):
-                        ACC2[p, js * {VO} + v] = ACC2[p, js * {VO} + v] + {axpy4_2}
-            for q in {rest}:
-                for js in range({DO} // {VO}):
-                    for v in T.vectorized({VO}):
-                        ACC2[p, js * {VO} + v] = ACC2[p, js * {VO} + v] + LVAL[q] * W2[LIDX[q], js * {VO} + v]
-        for js in range({DO} // {VO}):
-            for v in T.vectorized({VO}):
-                Y[tb, js * {VO} + v] = {b2}
-            for p in range({P}):
-                for v in T.vectorized({VO}):
-                    Y[tb, js * {VO} + v] = Y[tb, js * {VO} + v] + ACC2[p, js * {VO} + v]
-'''
+        gemv(ACC2, W2, None, None, lambda q: LVAL[q], lambda q: LIDX[q], c, DO, VO)
+        for js in range(DO // VO):
+            for v in T.vectorized(VO):
+                Y[tb, js * VO + v] = bias(B2, js * VO + v)
+            for p in range(P):
+                for v in T.vectorized(VO):
+                    Y[tb, js * VO + v] = Y[tb, js * VO + v] + ACC2[p, js * VO + v]
 
-FOLD = '''                    for v in T.vectorized({half}):
-                        {buf}[v] = {buf}[v] + {buf}[v + {half}]'''
-
-
-def folds(lanes: int, bufs: tuple[str, ...] = ("part",)) -> str:
-    """Halving sums of ``lanes``-wide partial dot products into element 0."""
-    out, half = [], lanes // 2
-    while half >= 1:
-        out.append(FOLD.format(half=half, buf=bufs[0]) + "".join(
-            "\n" + FOLD.format(half=half, buf=b).splitlines()[1] for b in bufs[1:]))
-        half //= 2
-    return "\n".join(out)
-
-
-def axpy(w: str, col: str, xs: str, ks: str, parts: int, rows: int) -> str:
-    """The term ``Σ_j xs[q+j] · w[ks[q+j], col]`` of a task's pass q4 over ``rows`` rows."""
-    q = f"{LO.format(P=parts)} + q4 * {rows}"
-    return " + ".join(f"{xs}[{q} + {j}] * {w}[{ks}[{q} + {j}], {col}]" for j in range(rows))
-
-
-def params(spec: KernelSpec) -> str:
-    """The kernel's parameter list for ``spec.arg_names()``. Layouts per mode: W1 [d_in,
-    d_ff] (predictor: [d_ff, d_in]); WU [d_in, d_ff] for teal, [d_ff, d_in] otherwise."""
-    d, f, do, r = spec.d_in, spec.d_ff, spec.d_out, spec.rank
-    w1 = (f, d) if spec.mode == "predictor" else (d, f)
-    wu = (d, f) if spec.mode == "teal" else (f, d)
-    shapes = {"X": "x: T.handle", "W1": f'W1: T.Buffer({w1}, "float32", align=4)',
-              "B1": f'B1: T.Buffer(({f},), "float32", align=4)',
-              "W2": f'W2: T.Buffer(({f}, {do}), "float32", align=4)',
-              "B2": f'B2: T.Buffer(({do},), "float32", align=4)',
-              "WU": f'WU: T.Buffer({wu}, "float32", align=4)',
-              "TH": 'TH: T.Buffer((2,), "float32", align=4)',
-              "PA": f'PA: T.Buffer(({d}, {r}), "float32", align=4)',
-              "PB": f'PB: T.Buffer(({r}, {f}), "float32", align=4)',
-              "PC": f'PC: T.Buffer(({f},), "float32", align=4)',
-              "XC": f'XC: T.Buffer(({d},), "float32", align=4)',
-              "HC": f'HC: T.Buffer(({f},), "float32", align=4)', "Y": "y: T.handle"}
-    return ", ".join(shapes[a] for a in spec.arg_names())
+    return gemv1, down
 
 
 def check(spec: KernelSpec, mode: str, tiling: Tiling) -> None:
     """Raise CodegenError for a spec/tiling the ``mode`` decode kernel cannot compute."""
     if spec.op != "SparseFFN" or spec.mode != mode:
         raise CodegenError(f"not a SparseFFN mode={mode} spec: {spec}")
-    if spec.activation not in ACTIVATIONS or spec.activation == "none":
+    if spec.activation not in pieces.ACTIVATIONS or spec.activation == "none":
         raise CodegenError(f"SparseFFN {mode}: activation {spec.activation!r} has no kernel")
     if spec.up_activation not in ("none", "relu"):
         raise CodegenError(f"SparseFFN up_activation {spec.up_activation!r} is not supported")
@@ -152,4 +130,3 @@ def check(spec: KernelSpec, mode: str, tiling: Tiling) -> None:
     check_tiling(spec, tiling)
     if tiling.mr != 1:
         raise CodegenError(f"the {mode} kernel takes one token per tile (mr=1)")
-

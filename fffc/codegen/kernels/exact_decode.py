@@ -15,21 +15,14 @@ from dataclasses import replace
 from fffc.ops import KernelSpec
 
 from .sparse_ffn import Tiling, check_spec
-from .sparse_ffn_cats import cats_source
-from .sparse_ffn_teal import teal_source
-from .text import parse
-
-_EXACT = {"TH[0]": "T.float32(-1)", "TH[1]": "T.float32(0)"}  # no input threshold; |a| > 0
+from .sparse_ffn_cats import cats_primfunc
+from .sparse_ffn_teal import teal_primfunc
 
 
-def exact_decode_source(spec: KernelSpec, tiling: Tiling, symbol: str) -> str:
+def exact_decode_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, dtype: str = "float32"):
+    """The teal (dense) or cats (gated) kernel without TH: its thresholds fixed to exact
+    skipping's (``decode.EXACT_THRESHOLDS``); the weights W1, W2, WU stored as ``dtype``."""
     check_spec(spec)  # what exact skipping can compute (ReLU-family, float32)
     as_mode = replace(spec, mode="cats" if spec.gated else "teal")
-    source = (cats_source if spec.gated else teal_source)(as_mode, tiling, symbol)
-    for th, value in _EXACT.items():
-        source = source.replace(th, value)
-    return source.replace(', TH: T.Buffer((2,), "float32", align=4)', "")
-
-
-def exact_decode_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str):
-    return parse(exact_decode_source(spec, tiling, symbol), symbol)
+    make = cats_primfunc if spec.gated else teal_primfunc
+    return make(as_mode, tiling, symbol, dtype=dtype, args=spec.arg_names())

@@ -30,28 +30,18 @@ model keeps only W1. Per token: ~2 bytes per weight of W1 instead of 4, plus the
 the recomputed neurons, plus W2's rows of the positive ones.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: ``T.jit`` reads the kernel's parameter
+# annotations (shapes and dtypes from the generator's closure) as objects.
 
 import numpy as np
 
 from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
-from .decode import (
-    ACTIVATIONS,
-    DOWN,
-    HEADER,
-    LO,
-    PARTS,
-    QUADS,
-    REST,
-    ROWS,
-    check,
-    folds,
-    gemv1,
-)
+from .._tvm import T
+from .decode import PARTS, ROWS, check, split_k
+from .pieces import ACTIVATIONS, bias, check_dtype, folds, specialize, widen
 from .sparse_ffn import Tiling
-from .text import indent, parse, with_weight_dtype
 
 SCREEN_DTYPE = "float16"
 MARGIN = 1 + 2.0**-8  # covers ‖x‖₂'s and E's own float32 rounding
@@ -81,79 +71,10 @@ def screen_inputs(w1: np.ndarray, b1: np.ndarray | None) -> tuple[np.ndarray, np
     return ws, np.ascontiguousarray(w32.T), e.astype(np.float32)
 
 
-_SCREENED = '''
-    ACC1 = T.alloc_buffer(({P}, {F}), "float32")
-    CAND = T.alloc_buffer(({F},), "int32")
-    for tb in range(N):
-        c = T.alloc_buffer((1,), "int32", scope="local")
-        nx = T.alloc_buffer((3,), "float32", scope="local")
-        c[0] = {D}
-        nx[0] = T.float32(0)
-        for k in range({D}):
-            nx[0] = T.max(nx[0], T.fabs(X[tb, k]))
-        nx[1] = T.float32(0)
-        nx[2] = T.float32(1) / nx[0]
-        for k in range({D}):
-            nx[1] = nx[1] + (X[tb, k] * nx[2]) * (X[tb, k] * nx[2])
-        if nx[0] > T.float32(0):
-            nx[0] = nx[0] * T.sqrt(nx[1])
-{gemv1}
-        for fb in {loop}({NFB}):
-            n = T.alloc_buffer((2,), "int32", scope="local")
-            hb = T.alloc_buffer(({NB},), "float32", scope="local")
-{part_alloc}
-            for fl in T.vectorized({NB}):
-                hb[fl] = {b1}
-            for p in range({P}):
-                for fl in T.vectorized({NB}):
-                    hb[fl] = hb[fl] + ACC1[p, fb * {NB} + fl]
-            n[0] = 0
-            for fl in range({NB}):
-                if T.Not(hb[fl] < T.float32(0) - (nx[0] * E[0, fb * {NB} + fl] + E[1, fb * {NB} + fl])):
-                    CAND[fb * {NB} + n[0]] = fb * {NB} + fl
-                    n[0] = n[0] + 1
-            n[1] = 0
-            for g in range(n[0] // {RR}):
-{group}
-            for q in range(n[0] // {RR} * {RR}, n[0]):
-{single}
-            CNT[fb] = n[1]
-{down}
-        STAT[0] = c[0]
-'''
-
-
-SCREEN_MAX_ACTIVE = 0.15  # the shim's crossover (cpu/screen.h): bench/bench_screen.py,
-# ReLU 768/3072, screened / decode 0.84–0.94 at 10% active neurons, 0.88–1.05 at 20%,
-# 1.5–1.6 at 50% (BENCHMARKS.md)
+# Above this share of d_ff listed, the plain decode kernel is faster (the shim's crossover,
+# cpu/screen.h; measured by bench/bench_screen.py).
+SCREEN_MAX_ACTIVE = 0.15
 RECOMPUTE_ROWS = 4  # candidates recomputed together: rows of W1T streamed side by side
-
-
-def _recompute(rows: int, vl: int, d: int, b1: str, index: str, up: str | None) -> str:
-    """Float32 dots of ``rows`` candidates (``index``: CAND position of row r, with {r}) with
-    x, each listed with its activation when non-zero (IDX, VAL at n[1]). ``up`` (gated: the
-    up activation's TIR on {v}): the dot with the neuron's row of WU too, in the same pass
-    (nearly every candidate has a positive gate), and the activation relu(gate)·up(u)."""
-    dots = [(f"{acc}{r}", weights, index.format(r=r))  # (accumulator, weight rows, CAND position)
-            for acc, weights in [("part", "W1T"), *([("upart", "WU")] if up else [])]
-            for r in range(rows)]
-    zero = "\n".join(f"""for v in T.vectorized({vl}):
-    {b}[v] = T.float32(0)""" for b, _, _ in dots)
-    acc = "\n".join(f"""    for v in T.vectorized({vl}):
-        {b}[v] = {b}[v] + X[tb, ks * {vl} + v] * {w}[CAND[{at}], ks * {vl} + v]"""
-                     for b, w, at in dots)
-    fold = "\n".join(line[20:] for line in folds(vl, tuple(b for b, _, _ in dots)).splitlines())
-    emit = []
-    for r in range(rows):
-        j = f"CAND[{index.format(r=r)}]"
-        gate = f"part{r}[0] + {b1.format(j=j)}"
-        act = gate if up is None else f"({gate}) * ({up.format(v=f'upart{r}[0]')})"
-        emit.append(f"""if {gate} > T.float32(0):
-    if T.fabs({act}) > T.float32(0):
-        IDX[fb * {{NB}} + n[1]] = {j}
-        VAL[fb * {{NB}} + n[1]] = {act}
-        n[1] = n[1] + 1""")
-    return "\n".join([zero, f"for ks in range({d // vl}):", acc, fold, *emit])
 
 
 def screened_arg_names(spec: KernelSpec) -> list[str]:
@@ -164,19 +85,6 @@ def screened_arg_names(spec: KernelSpec) -> list[str]:
     return [*names[:i], "WS", "W1T", "E", *names[i + 1:-1], "STAT", names[-1]]
 
 
-def _params(spec: KernelSpec) -> str:
-    d, f, do = spec.d_in, spec.d_ff, spec.d_out
-    shapes = {"X": "x: T.handle", "WS": f'WS: T.Buffer(({d}, {f}), "float32", align=4)',
-              "W1T": f'W1T: T.Buffer(({f}, {d}), "float32", align=4)',
-              "E": f'E: T.Buffer((2, {f}), "float32", align=4)',
-              "B1": f'B1: T.Buffer(({f},), "float32", align=4)',
-              "W2": f'W2: T.Buffer(({f}, {do}), "float32", align=4)',
-              "B2": f'B2: T.Buffer(({do},), "float32", align=4)',
-              "WU": f'WU: T.Buffer(({f}, {d}), "float32", align=4)',
-              "STAT": 'STAT: T.Buffer((1,), "int32", align=4)', "Y": "y: T.handle"}
-    return ", ".join(shapes[a] for a in screened_arg_names(spec))
-
-
 def screenable(spec: KernelSpec) -> bool:
     """Whether ``spec`` has a screened kernel: exact, ReLU (the gate of ReGLU / dReLU),
     float32."""
@@ -184,45 +92,108 @@ def screenable(spec: KernelSpec) -> bool:
             and spec.up_activation in ("none", "relu") and spec.dtype == "float32")
 
 
-def screened_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
-                    rows: int = ROWS) -> str:
-    """TVMScript of the screened kernel (the decode kernel's tiling: ``nr1``, ``nr3`` vector
-    widths over d_ff and d_out, ``nb`` neurons per task, ``vl`` lanes of the row dots)."""
+def screened_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
+                      rows: int = ROWS, dtype: str = "float32"):
+    """The screened kernel (the decode kernel's tiling: ``nr1``, ``nr3`` vector widths over
+    d_ff and d_out, ``nb`` neurons per task, ``vl`` lanes of the row dots); WS stored as
+    ``SCREEN_DTYPE``, the weights W1T, W2, WU as ``dtype``."""
     if not screenable(spec):
         raise CodegenError(f"no screened kernel for {spec} (exact ReLU-gated FFNs only)")
     check(spec, "exact", tiling)
     if parts > 64:
         raise CodegenError(f"{parts} split-K parts: the screen's bound (gamma) allows 64")
+    check_dtype(dtype)
     t = tiling
-    q = f"{LO.format(P=parts)} + q4 * {rows}"
-    fmt: dict[str, object] = {
-        "D": spec.d_in, "F": spec.d_ff, "DO": spec.d_out, "NB": t.nb, "NFB": spec.d_ff // t.nb,
-        "VF": t.nr1, "VO": t.nr3, "VL": t.vl, "P": parts, "symbol": symbol,
-        "params": _params(spec), "loop": "T.parallel" if t.parallel else "range",
-        "quads": QUADS.format(P=parts, R=rows), "rest": REST.format(P=parts, R=rows),
-        "b1": f"B1[fb * {t.nb} + fl]" if spec.has_b1 else "T.float32(0)",
-        "b2": f"B2[js * {t.nr3} + v]" if spec.has_b2 else "T.float32(0)",
-        "axpy4_1": " + ".join(f"X[tb, {q} + {j}] * WS[{q} + {j}, fs * {t.nr1} + v]"
-                              for j in range(rows)),
-        "axpy1_1": f"X[tb, q] * WS[q, fs * {t.nr1} + v]",
-        "axpy4_2": " + ".join(f"LVAL[{q} + {j}] * W2[LIDX[{q} + {j}], js * {t.nr3} + v]"
-                              for j in range(rows)),
-        "RR": RECOMPUTE_ROWS,
-        "part_alloc": indent("\n".join(
-            f'{b}{r} = T.alloc_buffer(({t.vl},), "float32", scope="local")'
-            for b in ("part", "upart")[:1 + spec.gated] for r in range(RECOMPUTE_ROWS)), 12),
-    }
-    b1 = "B1[{j}]" if spec.has_b1 else "T.float32(0)"
-    up = ACTIVATIONS[spec.up_activation] if spec.gated else None
-    group = _recompute(RECOMPUTE_ROWS, t.vl, spec.d_in, b1,
-                       f"fb * {t.nb} + g * {RECOMPUTE_ROWS} + {{r}}", up)
-    single = _recompute(1, t.vl, spec.d_in, b1, f"fb * {t.nb} + q", up)
-    fmt["group"] = indent(group.replace("{NB}", str(t.nb)), 16)
-    fmt["single"] = indent(single.replace("{NB}", str(t.nb)), 16)
-    fmt["gemv1"] = gemv1(fmt)
-    fmt["down"] = DOWN.format(**fmt)
-    return with_weight_dtype((HEADER + _SCREENED).format(**fmt), ["WS"], SCREEN_DTYPE)
+    D, F, DO, P = spec.d_in, spec.d_ff, spec.d_out, parts
+    NB, NFB, VL, RR = t.nb, spec.d_ff // t.nb, t.vl, RECOMPUTE_ROWS
+    loop = T.parallel if t.parallel else T.serial
+    gated, up = spec.gated, ACTIVATIONS[spec.up_activation]
+    gemv1, down = split_k(spec, t, parts, rows)
 
+    def recompute(at, acc, acc_up, X, tb, W1T, WU, B1, CAND, IDX, VAL, n, fb):
+        """Float32 dots with x of the candidates at CAND positions ``at + r``, one per buffer
+        of ``acc`` (rows of W1T streamed side by side); each is listed (IDX, VAL at n[1])
+        with its activation when that is non-zero. Gated: the dot with the neuron's row of
+        WU too (into ``acc_up``), in the same pass (nearly every candidate has a positive
+        gate), and the activation relu(gate)·up(u)."""
+        dots = [*((b, W1T, at + r) for r, b in enumerate(acc)),
+                *((b, WU, at + r) for r, b in enumerate(acc_up))]
+        for b, _, _ in dots:
+            with T.vectorized(VL) as v:
+                T.buffer_store(b, T.float32(0), [v])
+        with T.serial(D // VL) as ks:
+            for b, w, i in dots:
+                with T.vectorized(VL) as v:
+                    T.buffer_store(b, b[v] + X[tb, ks * VL + v] * widen(w[CAND[i], ks * VL + v]), [v])
+        folds([b for b, _, _ in dots], VL)
+        for r, b in enumerate(acc):
+            j = CAND[at + r]
+            gate = b[0] + bias(B1, j)
+            a = gate * up(acc_up[r][0]) if gated else gate
+            with T.If(gate > T.float32(0)), T.Then(), T.If(T.fabs(a) > T.float32(0)), T.Then():
+                T.buffer_store(IDX, j, [fb * NB + n[1]])
+                T.buffer_store(VAL, a, [fb * NB + n[1]])
+                T.buffer_store(n, n[1] + 1, [1])
 
-def screened_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str):
-    return parse(screened_source(spec, tiling, symbol), symbol)
+    @T.jit
+    def kernel(x: T.handle, WS: T.Buffer((D, F), SCREEN_DTYPE, align=4),
+               W1T: T.Buffer((F, D), dtype, align=4), E: T.Buffer((2, F), "float32", align=4),
+               B1: T.Optional(T.Buffer((F,), "float32", align=4)),
+               W2: T.Buffer((F, DO), dtype, align=4),
+               B2: T.Optional(T.Buffer((DO,), "float32", align=4)),
+               WU: T.Optional(T.Buffer((F, D), dtype, align=4)),
+               STAT: T.Buffer((1,), "int32", align=4), y: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        X = T.match_buffer(x, (N, D), "float32", align=4)
+        Y = T.match_buffer(y, (N, DO), "float32", align=4)
+        IDX = T.alloc_buffer((F,), "int32")
+        VAL = T.alloc_buffer((F,), "float32")
+        CNT = T.alloc_buffer((NFB,), "int32")
+        LIDX = T.alloc_buffer((F,), "int32")
+        LVAL = T.alloc_buffer((F,), "float32")
+        ACC2 = T.alloc_buffer((P, DO), "float32")
+        ACC1 = T.alloc_buffer((P, F), "float32")
+        CAND = T.alloc_buffer((F,), "int32")
+        for tb in range(N):
+            c = T.alloc_buffer((1,), "int32", scope="local")
+            nx = T.alloc_buffer((3,), "float32", scope="local")
+            # ‖x‖₂ into nx[0], computed scaled by max|x| (nx[2]: its inverse)
+            c[0] = D
+            nx[0] = T.float32(0)
+            for k in range(D):
+                nx[0] = T.max(nx[0], T.fabs(X[tb, k]))
+            nx[1] = T.float32(0)
+            nx[2] = T.float32(1) / nx[0]
+            for k in range(D):
+                nx[1] = nx[1] + (X[tb, k] * nx[2]) * (X[tb, k] * nx[2])
+            if nx[0] > T.float32(0):
+                nx[0] = nx[0] * T.sqrt(nx[1])
+            # every input row (c[0] = d_in), of the float16 screen copy
+            gemv1(ACC1, WS, None, None, lambda q: X[tb, q], lambda q: q, c)  # noqa: B023 (called while parsing)
+            for fb in loop(NFB):
+                n = T.alloc_buffer((2,), "int32", scope="local")
+                hb = T.alloc_buffer((NB,), "float32", scope="local")
+                dots = T.meta_var([T.alloc_buffer((VL,), "float32", scope="local") for _ in range(RR)])
+                updots = T.meta_var([T.alloc_buffer((VL,), "float32", scope="local") for _ in range(RR)] if gated else [])
+                for fl in T.vectorized(NB):
+                    hb[fl] = bias(B1, fb * NB + fl)
+                for p in range(P):
+                    for fl in T.vectorized(NB):
+                        hb[fl] = hb[fl] + ACC1[p, fb * NB + fl]
+                # candidates: every neuron not certainly negative
+                n[0] = 0
+                for fl in range(NB):
+                    if T.Not(hb[fl] < T.float32(0) - (nx[0] * E[0, fb * NB + fl] + E[1, fb * NB + fl])):
+                        CAND[fb * NB + n[0]] = fb * NB + fl
+                        n[0] = n[0] + 1
+                n[1] = 0
+                for g in range(n[0] // RR):
+                    recompute(fb * NB + g * RR, dots, updots, X, tb, W1T, WU, B1, CAND, IDX, VAL, n, fb)
+                for q in range(n[0] // RR * RR, n[0]):
+                    recompute(fb * NB + q, dots[:1], updots[:1], X, tb, W1T, WU, B1, CAND, IDX, VAL, n, fb)
+                CNT[fb] = n[1]
+            down(Y, tb, c, IDX, VAL, CNT, LIDX, LVAL, ACC2, W2, B2)
+            STAT[0] = c[0]
+
+    return specialize(kernel, screened_arg_names(spec))

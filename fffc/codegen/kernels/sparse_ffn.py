@@ -1,4 +1,4 @@
-"""``ai.fffc::SparseFFN`` mode=exact as hand-written TVMScript (tirx), target-neutral.
+"""``ai.fffc::SparseFFN`` mode=exact: a TVMScript (tirx) kernel generator, target-neutral.
 
 Tokens are processed in tiles of ``mr`` (the last tile is padded: padded rows read the
 last real token and are never stored, so there is no remainder code path). Two phases,
@@ -23,14 +23,16 @@ Skipped neurons cost nothing in phase 2 (nor in the up projection): the result e
 dense computation up to float reassociation.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` in the kernel generators: ``T.jit`` reads a
+# kernel's parameter annotations (shapes and dtypes from the generator's closure) as objects.
 
 from dataclasses import dataclass
 
 from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
-from .text import TOKEN_MAJOR_HEAD, parse
+from .._tvm import T
+from .pieces import ACTIVATIONS, bias, check_dtype, folds, specialize, widen
 
 
 @dataclass(frozen=True)
@@ -77,226 +79,181 @@ def check_tiling(spec: KernelSpec, t: Tiling) -> None:
         raise CodegenError(f"tiling vl={t.vl} must be a power of two")
 
 
-_HEAD = TOKEN_MAJOR_HEAD + '''    H = T.alloc_buffer(((N + {MR} - 1) // {MR} * {MR}, {F}), "float32")
-    IDX = T.alloc_buffer(((N + {MR} - 1) // {MR}, {F}), "int32")
-    VAL = T.alloc_buffer(((N + {MR} - 1) // {MR}, {F}, {MR}), "float32")
-    CNT = T.alloc_buffer(((N + {MR} - 1) // {MR}, {NFB}), "int32")
-'''
-
-# Phase 1: per neuron block, per token tile: projection, (gated: up projection),
-# compaction of the block's non-zero neurons into the tile's list segment.
-_PHASE1 = '''
-    for fb in {loop}({NFB}):
-        n = T.alloc_buffer((1,), "int32", scope="local")
-        nz = T.alloc_buffer((1,), "int32", scope="local")
-{proj_alloc}
-{gated_alloc}
-        for tb in range((N + {MR} - 1) // {MR}):
-{proj}
-            n[0] = 0
-            for fl in range({NB}):
-{gated_block}
-                nz[0] = 0
-                for ti in T.unroll({MR}):
-                    if H[tb * {MR} + ti, fb * {NB} + fl] != T.float32(0):
-                        nz[0] = 1
-                if nz[0] != 0:
-                    IDX[tb, fb * {NB} + n[0]] = fb * {NB} + fl
-                    for ti in T.unroll({MR}):
-                        VAL[tb, fb * {NB} + n[0], ti] = H[tb * {MR} + ti, fb * {NB} + fl]
-                    n[0] = n[0] + 1
-            CNT[tb, fb] = n[0]
-'''
-
-# Few tokens: stream whole rows of the block's W1 columns (long contiguous reads the
-# prefetcher follows) into accumulators in L1; each W1 element is read once per tile.
-_PROJ_STREAM_ALLOC = '''
-        hb = T.alloc_buffer(({MR}, {NB}), "float32", scope="local")
-'''
-_PROJ_STREAM = '''
-            for fs in range({NB} // {NR1}):
-                for ti in T.unroll({MR}):
-                    for fi in T.vectorized({NR1}):
-                        hb[ti, fs * {NR1} + fi] = {b1}
-            for k in range({D}):
-                for fs in range({NB} // {NR1}):
-                    for ti in T.unroll({MR}):
-                        for fi in T.vectorized({NR1}):
-                            hb[ti, fs * {NR1} + fi] = hb[ti, fs * {NR1} + fi] + X[T.min(tb * {MR} + ti, N - 1), k] * W1[k, fb * {NB} + fs * {NR1} + fi]
-            for fs in range({NB} // {NR1}):
-                for ti in T.unroll({MR}):
-                    for fi in T.vectorized({NR1}):
-                        H[tb * {MR} + ti, fb * {NB} + fs * {NR1} + fi] = T.if_then_else(tb * {MR} + ti < N, T.max(hb[ti, fs * {NR1} + fi], T.float32(0)), T.float32(0))
-'''
-
-# Many tokens: pack the block's W1 columns (and, gated, WU rows transposed) into
-# contiguous panels once — W1's row stride (d_ff floats, often a multiple of 4 KiB) would
-# otherwise alias in L1/L2 — then a register-tiled micro-kernel (mr × nr1) per tile.
-_PROJ_PACKED_ALLOC = '''
-        acc = T.alloc_buffer(({MR}, {NR1}), "float32", scope="local")
-        pk = T.alloc_buffer(({NB} // {NR1}, {D}, {NR1}), "float32", scope="local")
-        for fs in range({NB} // {NR1}):
-            for k in range({D}):
-                for fi in T.vectorized({NR1}):
-                    pk[fs, k, fi] = W1[k, fb * {NB} + fs * {NR1} + fi]
-{pack_up}
-'''
-_PACK_UP = '''
-        pu = T.alloc_buffer(({NB} // {NR1}, {D}, {NR1}), "float32", scope="local")
-        for fs in range({NB} // {NR1}):
-            for fi in range({NR1}):
-                for k in range({D}):
-                    pu[fs, k, fi] = WU[fb * {NB} + fs * {NR1} + fi, k]
-'''
-_PROJ_PACKED = '''
-            for fs in range({NB} // {NR1}):
-{micro_gate}
-                for ti in T.unroll({MR}):
-                    for fi in T.vectorized({NR1}):
-                        H[tb * {MR} + ti, fb * {NB} + fs * {NR1} + fi] = T.if_then_else(tb * {MR} + ti < N, T.max(acc[ti, fi], T.float32(0)), T.float32(0))
-{up_tile}
-'''
-# The register micro-kernel of both packed projections: acc[mr, nr1] = init + X_tile · panel.
-_MICRO = '''
-                for ti in T.unroll({MR}):
-                    for fi in T.vectorized({NR1}):
-                        acc[ti, fi] = {init}
-                for k in range({D}):
-                    for ti in T.unroll({MR}):
-                        for fi in T.vectorized({NR1}):
-                            acc[ti, fi] = acc[ti, fi] + X[T.min(tb * {MR} + ti, N - 1), k] * {panel}[fs, k, fi]
-'''
-_UP_TILE = '''
-{micro_up}
-                for ti in T.unroll({MR}):
-                    for fi in T.vectorized({NR1}):
-                        H[tb * {MR} + ti, fb * {NB} + fs * {NR1} + fi] = H[tb * {MR} + ti, fb * {NB} + fs * {NR1} + fi] * {up_acc}
-'''
-
-# Gated: the up projection of one neuron for the tile, only if its gate is positive for
-# some token; mr dot products share each read of the contiguous row WU[i, :].
-_GATED_ALLOC = '''
-        part = T.alloc_buffer(({MR}, {VL}), "float32", scope="local")
-        gz = T.alloc_buffer((1,), "int32", scope="local")
-'''
-_GATED = '''
-                gz[0] = 0
-                for ti in T.unroll({MR}):
-                    if H[tb * {MR} + ti, fb * {NB} + fl] > T.float32(0):
-                        gz[0] = 1
-                if gz[0] != 0:
-                    for ti in T.unroll({MR}):
-                        for v in T.vectorized({VL}):
-                            part[ti, v] = T.float32(0)
-                    for kb in range({D} // {VL}):
-                        for ti in T.unroll({MR}):
-                            for v in T.vectorized({VL}):
-                                part[ti, v] = part[ti, v] + X[T.min(tb * {MR} + ti, N - 1), kb * {VL} + v] * WU[fb * {NB} + fl, kb * {VL} + v]
-{fold}
-                    for ti in T.unroll({MR}):
-                        H[tb * {MR} + ti, fb * {NB} + fl] = H[tb * {MR} + ti, fb * {NB} + fl] * {up}
-'''
-_FOLD = '''
-                    for ti in T.unroll({MR}):
-                        for v in T.vectorized({half}):
-                            part[ti, v] = part[ti, v] + part[ti, v + {half}]
-'''
-
-# Phase 2: gather-GEMM over each tile's lists, one (column block, tile) per work item.
-_PHASE2 = '''
-    for p in {loop}({NCB} * ((N + {MR} - 1) // {MR})):
-        o = T.alloc_buffer(({MR}, {NR3}), "float32", scope="local")
-        cb = p // ((N + {MR} - 1) // {MR})
-        tb = p % ((N + {MR} - 1) // {MR})
-        for ti in T.unroll({MR}):
-            for j in T.vectorized({NR3}):
-                o[ti, j] = {b2}
-        for fb in range({NFB}):
-            for q in range(CNT[tb, fb]):
-                for ti in T.unroll({MR}):
-                    for j in T.vectorized({NR3}):
-                        o[ti, j] = o[ti, j] + VAL[tb, fb * {NB} + q, ti] * W2[IDX[tb, fb * {NB} + q], cb * {NR3} + j]
-        for ti in T.unroll({MR}):
-            if tb * {MR} + ti < N:
-                for j in T.vectorized({NR3}):
-                    Y[tb * {MR} + ti, cb * {NR3} + j] = o[ti, j]
-'''
-
-
-def _params(spec: KernelSpec) -> str:
-    d, f, do = spec.d_in, spec.d_ff, spec.d_out
-    shapes = {"X": "x: T.handle", "W1": f'W1: T.Buffer(({d}, {f}), "float32", align=4)',
-              "B1": f'B1: T.Buffer(({f},), "float32", align=4)',
-              "W2": f'W2: T.Buffer(({f}, {do}), "float32", align=4)',
-              "B2": f'B2: T.Buffer(({do},), "float32", align=4)',
-              "WU": f'WU: T.Buffer(({f}, {d}), "float32", align=4)', "Y": "y: T.handle"}
-    return ", ".join(shapes[a] for a in spec.arg_names())
-
-
-# Phase 2 for many tokens: one task per column block packs that block of W2 into a
-# contiguous panel once, then runs the gather-GEMM of every token tile from the panel.
-_PHASE2_PACKED = '''
-    for cb in {loop}({NCB}):
-        o = T.alloc_buffer(({MR}, {NR3}), "float32", scope="local")
-        pw = T.alloc_buffer(({F}, {NR3}), "float32", scope="local")
-        cnt = T.alloc_buffer((1,), "int32", scope="local")
-        for i in range({F}):
-            for j in T.vectorized({NR3}):
-                pw[i, j] = W2[i, cb * {NR3} + j]
-        for tb in range((N + {MR} - 1) // {MR}):
-            for ti in T.unroll({MR}):
-                for j in T.vectorized({NR3}):
-                    o[ti, j] = {b2}
-            for fb in range({NFB}):
-                cnt[0] = CNT[tb, fb]
-                for q in range(cnt[0]):
-                    for ti in T.unroll({MR}):
-                        for j in T.vectorized({NR3}):
-                            o[ti, j] = o[ti, j] + VAL[tb, fb * {NB} + q, ti] * pw[IDX[tb, fb * {NB} + q], j]
-            for ti in T.unroll({MR}):
-                if tb * {MR} + ti < N:
-                    for j in T.vectorized({NR3}):
-                        Y[tb * {MR} + ti, cb * {NR3} + j] = o[ti, j]
-'''
-
-
-def sparse_ffn_source(spec: KernelSpec, tiling: Tiling, symbol: str) -> str:
-    """TVMScript of one SparseFFN kernel variant (kept as text: readable, dumpable)."""
+def sparse_ffn_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, dtype: str = "float32"):
+    """The PrimFunc of one SparseFFN kernel variant; arguments in ``spec.arg_names()`` order,
+    the weights W1, W2, WU stored as ``dtype``."""
     check_spec(spec)
     t = tiling
     check_tiling(spec, t)
-    fmt: dict[str, object] = {
-        "D": spec.d_in, "F": spec.d_ff, "DO": spec.d_out, "MR": t.mr, "NR1": t.nr1,
-        "NB": t.nb, "NFB": spec.d_ff // t.nb, "NR3": t.nr3, "NCB": spec.d_out // t.nr3,
-        "VL": t.vl, "symbol": symbol, "params": _params(spec),
-        "loop": "T.parallel" if t.parallel else "range",
-        "up": "T.max(part[ti, 0], T.float32(0))" if spec.up_activation == "relu" else "part[ti, 0]",
-    }
-    fmt["b1"] = f"B1[fb * {t.nb} + fs * {t.nr1} + fi]" if spec.has_b1 else "T.float32(0)"
-    fmt["b2"] = f"B2[cb * {t.nr3} + j]" if spec.has_b2 else "T.float32(0)"
-    folds, half = [], t.vl // 2
-    while half >= 1:
-        folds.append(_FOLD.format(MR=t.mr, half=half).rstrip("\n"))
-        half //= 2
-    fmt["fold"] = "\n".join(folds)
-    fmt["up_acc"] = ("T.max(acc[ti, fi], T.float32(0))" if spec.up_activation == "relu"
-                     else "acc[ti, fi]")
-    if t.packed:  # dense up projection on packed WU panels: every neuron, GEMM speed
-        fmt["micro_gate"] = _MICRO.format(**fmt, init=fmt["b1"], panel="pk").strip("\n")
-        fmt["micro_up"] = _MICRO.format(**fmt, init="T.float32(0)", panel="pu").strip("\n")
-        fmt["pack_up"] = _PACK_UP.format(**fmt).rstrip("\n") if spec.gated else ""
-        fmt["up_tile"] = _UP_TILE.format(**fmt).rstrip("\n") if spec.gated else ""
-        fmt["proj_alloc"] = _PROJ_PACKED_ALLOC.format(**fmt).rstrip("\n")
-        fmt["proj"] = _PROJ_PACKED.format(**fmt).rstrip("\n")
-        fmt["gated_alloc"] = fmt["gated_block"] = ""
-    else:  # gate first: WU rows are read only for neurons some token of the tile needs
-        fmt["proj_alloc"] = _PROJ_STREAM_ALLOC.format(**fmt).rstrip("\n")
-        fmt["proj"] = _PROJ_STREAM.format(**fmt).rstrip("\n")
-        fmt["gated_alloc"] = _GATED_ALLOC.format(**fmt).rstrip("\n") if spec.gated else ""
-        fmt["gated_block"] = _GATED.format(**fmt).rstrip("\n") if spec.gated else ""
-    return (_HEAD + _PHASE1 + (_PHASE2_PACKED if t.pack_w2 else _PHASE2)).format(**fmt)
+    check_dtype(dtype)
+    D, F, DO = spec.d_in, spec.d_ff, spec.d_out
+    MR, NR1, NB, NR3, VL = t.mr, t.nr1, t.nb, t.nr3, t.vl
+    NFB, NFS, NCB = F // NB, NB // NR1, DO // NR3
+    gated, packed, pack_w2 = spec.gated, t.packed, t.pack_w2
+    loop = T.parallel if t.parallel else T.serial
+    up = ACTIVATIONS[spec.up_activation]
 
+    @T.macro
+    def micro(acc, panel, B1, X, N, tb, fb, fs):
+        """The register micro-kernel of both packed projections:
+        acc[mr, nr1] = B1 (None: 0) + X_tile · panel[fs]."""
+        for ti in T.unroll(MR):
+            for fi in T.vectorized(NR1):
+                acc[ti, fi] = bias(B1, fb * NB + fs * NR1 + fi)
+        for k in range(D):
+            for ti in T.unroll(MR):
+                for fi in T.vectorized(NR1):
+                    acc[ti, fi] = acc[ti, fi] + X[T.min(tb * MR + ti, N - 1), k] * panel[fs, k, fi]
 
-def sparse_ffn_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str):
-    """The PrimFunc of one SparseFFN kernel variant; arguments in ``spec.arg_names()`` order."""
-    return parse(sparse_ffn_source(spec, tiling, symbol), symbol)
+    @T.macro
+    def gated_up(H, part, gz, X, WU, N, tb, fb, fl):
+        """Gate first: the up projection of neuron fb·nb + fl for the tile, only if its gate
+        is positive for some token; mr dot products share each read of the contiguous row
+        WU[i, :]."""
+        gz[0] = 0
+        for ti in T.unroll(MR):
+            if H[tb * MR + ti, fb * NB + fl] > T.float32(0):
+                gz[0] = 1
+        if gz[0] != 0:
+            for ti in T.unroll(MR):
+                for v in T.vectorized(VL):
+                    part[ti, v] = T.float32(0)
+            for kb in range(D // VL):
+                for ti in T.unroll(MR):
+                    for v in T.vectorized(VL):
+                        part[ti, v] = part[ti, v] + X[T.min(tb * MR + ti, N - 1), kb * VL + v] * widen(WU[fb * NB + fl, kb * VL + v])
+            folds([part], VL, MR)
+            for ti in T.unroll(MR):
+                H[tb * MR + ti, fb * NB + fl] = H[tb * MR + ti, fb * NB + fl] * up(part[ti, 0])
+
+    @T.jit
+    def kernel(x: T.handle, W1: T.Buffer((D, F), dtype, align=4),
+               B1: T.Optional(T.Buffer((F,), "float32", align=4)),
+               W2: T.Buffer((F, DO), dtype, align=4),
+               B2: T.Optional(T.Buffer((DO,), "float32", align=4)),
+               WU: T.Optional(T.Buffer((F, D), dtype, align=4)), y: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        X = T.match_buffer(x, (N, D), "float32", align=4)
+        Y = T.match_buffer(y, (N, DO), "float32", align=4)
+        H = T.alloc_buffer(((N + MR - 1) // MR * MR, F), "float32")
+        IDX = T.alloc_buffer(((N + MR - 1) // MR, F), "int32")
+        VAL = T.alloc_buffer(((N + MR - 1) // MR, F, MR), "float32")
+        CNT = T.alloc_buffer(((N + MR - 1) // MR, NFB), "int32")
+        # Phase 1: per neuron block, per token tile: projection, (gated: up projection),
+        # compaction of the block's non-zero neurons into the tile's list segment.
+        for fb in loop(NFB):
+            n = T.alloc_buffer((1,), "int32", scope="local")
+            nz = T.alloc_buffer((1,), "int32", scope="local")
+            if packed:
+                # Many tokens: pack the block's W1 columns (and, gated, WU rows transposed)
+                # into contiguous panels once (W1's row stride, d_ff floats, often a
+                # multiple of 4 KiB, would alias in L1/L2), then a register-tiled
+                # micro-kernel (mr × nr1) per tile. The up projection is dense: every
+                # neuron, at GEMM speed.
+                acc = T.alloc_buffer((MR, NR1), "float32", scope="local")
+                pk = T.alloc_buffer((NFS, D, NR1), "float32", scope="local")
+                for fs in range(NFS):
+                    for k in range(D):
+                        for fi in T.vectorized(NR1):
+                            pk[fs, k, fi] = widen(W1[k, fb * NB + fs * NR1 + fi])
+                if gated:
+                    pu = T.alloc_buffer((NFS, D, NR1), "float32", scope="local")
+                    for fs in range(NFS):
+                        for fi in range(NR1):
+                            for k in range(D):
+                                pu[fs, k, fi] = widen(WU[fb * NB + fs * NR1 + fi, k])
+            else:
+                # Few tokens: stream whole rows of the block's W1 columns (long contiguous
+                # reads the prefetcher follows) into accumulators in L1, each W1 element
+                # read once per tile; gated: the up projection gate first (WU rows are read
+                # only for neurons some token of the tile needs).
+                hb = T.alloc_buffer((MR, NB), "float32", scope="local")
+                if gated:
+                    part = T.alloc_buffer((MR, VL), "float32", scope="local")
+                    gz = T.alloc_buffer((1,), "int32", scope="local")
+            for tb in range((N + MR - 1) // MR):
+                if packed:
+                    for fs in range(NFS):
+                        micro(acc, pk, B1, X, N, tb, fb, fs)
+                        for ti in T.unroll(MR):
+                            for fi in T.vectorized(NR1):
+                                H[tb * MR + ti, fb * NB + fs * NR1 + fi] = T.if_then_else(tb * MR + ti < N, T.max(acc[ti, fi], T.float32(0)), T.float32(0))
+                        if gated:
+                            micro(acc, pu, None, X, N, tb, fb, fs)
+                            for ti in T.unroll(MR):
+                                for fi in T.vectorized(NR1):
+                                    H[tb * MR + ti, fb * NB + fs * NR1 + fi] = H[tb * MR + ti, fb * NB + fs * NR1 + fi] * up(acc[ti, fi])
+                else:
+                    for fs in range(NFS):
+                        for ti in T.unroll(MR):
+                            for fi in T.vectorized(NR1):
+                                hb[ti, fs * NR1 + fi] = bias(B1, fb * NB + fs * NR1 + fi)
+                    for k in range(D):
+                        for fs in range(NFS):
+                            for ti in T.unroll(MR):
+                                for fi in T.vectorized(NR1):
+                                    hb[ti, fs * NR1 + fi] = hb[ti, fs * NR1 + fi] + X[T.min(tb * MR + ti, N - 1), k] * widen(W1[k, fb * NB + fs * NR1 + fi])
+                    for fs in range(NFS):
+                        for ti in T.unroll(MR):
+                            for fi in T.vectorized(NR1):
+                                H[tb * MR + ti, fb * NB + fs * NR1 + fi] = T.if_then_else(tb * MR + ti < N, T.max(hb[ti, fs * NR1 + fi], T.float32(0)), T.float32(0))
+                n[0] = 0
+                for fl in range(NB):
+                    if gated and not packed:
+                        gated_up(H, part, gz, X, WU, N, tb, fb, fl)
+                    nz[0] = 0
+                    for ti in T.unroll(MR):
+                        if H[tb * MR + ti, fb * NB + fl] != T.float32(0):
+                            nz[0] = 1
+                    if nz[0] != 0:
+                        IDX[tb, fb * NB + n[0]] = fb * NB + fl
+                        for ti in T.unroll(MR):
+                            VAL[tb, fb * NB + n[0], ti] = H[tb * MR + ti, fb * NB + fl]
+                        n[0] = n[0] + 1
+                CNT[tb, fb] = n[0]
+        if pack_w2:
+            # Phase 2, many tokens: one task per column block packs that block of W2 into a
+            # contiguous panel once, then runs the gather-GEMM of every token tile from it.
+            for cb in loop(NCB):
+                o = T.alloc_buffer((MR, NR3), "float32", scope="local")
+                pw = T.alloc_buffer((F, NR3), "float32", scope="local")
+                cnt = T.alloc_buffer((1,), "int32", scope="local")
+                for i in range(F):
+                    for j in T.vectorized(NR3):
+                        pw[i, j] = widen(W2[i, cb * NR3 + j])
+                for tb in range((N + MR - 1) // MR):
+                    for ti in T.unroll(MR):
+                        for j in T.vectorized(NR3):
+                            o[ti, j] = bias(B2, cb * NR3 + j)
+                    for fb in range(NFB):
+                        cnt[0] = CNT[tb, fb]
+                        for q in range(cnt[0]):
+                            for ti in T.unroll(MR):
+                                for j in T.vectorized(NR3):
+                                    o[ti, j] = o[ti, j] + VAL[tb, fb * NB + q, ti] * pw[IDX[tb, fb * NB + q], j]
+                    for ti in T.unroll(MR):
+                        if tb * MR + ti < N:
+                            for j in T.vectorized(NR3):
+                                Y[tb * MR + ti, cb * NR3 + j] = o[ti, j]
+        else:
+            # Phase 2: gather-GEMM over each tile's lists, one (column block, tile) per
+            # work item.
+            for p in loop(NCB * ((N + MR - 1) // MR)):
+                o = T.alloc_buffer((MR, NR3), "float32", scope="local")
+                cb = p // ((N + MR - 1) // MR)
+                tb = p % ((N + MR - 1) // MR)
+                for ti in T.unroll(MR):
+                    for j in T.vectorized(NR3):
+                        o[ti, j] = bias(B2, cb * NR3 + j)
+                for fb in range(NFB):
+                    for q in range(CNT[tb, fb]):
+                        for ti in T.unroll(MR):
+                            for j in T.vectorized(NR3):
+                                o[ti, j] = o[ti, j] + VAL[tb, fb * NB + q, ti] * widen(W2[IDX[tb, fb * NB + q], cb * NR3 + j])
+                for ti in T.unroll(MR):
+                    if tb * MR + ti < N:
+                        for j in T.vectorized(NR3):
+                            Y[tb * MR + ti, cb * NR3 + j] = o[ti, j]
+
+    return specialize(kernel, spec.arg_names())

@@ -14,102 +14,97 @@ The function (``fffc.reference.cats_ffn``), gated FFNs only: x' = Where(|x| <= t
 3. the down projection over the listed neurons (``decode.DOWN``).
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: ``T.jit`` reads the kernel's parameter
+# annotations (shapes and dtypes from the generator's closure) as objects.
 
 from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
-from .decode import (
-    ACTIVATIONS,
-    DOWN,
-    HEADER,
-    PARTS,
-    QUADS,
-    REST,
-    ROWS,
-    axpy,
-    check,
-    folds,
-    gemv1,
-    params,
-)
+from .._tvm import T
+from .decode import PARTS, ROWS, check, split_k, threshold
+from .pieces import ACTIVATIONS, bias, check_dtype, folds, specialize, widen
 from .sparse_ffn import Tiling
-from .text import parse
 
-_CATS = '''
-    KIN = T.alloc_buffer(({D},), "int32")
-    XIN = T.alloc_buffer(({D},), "float32")
-    XZ = T.alloc_buffer(({D},), "float32")
-    ACC1 = T.alloc_buffer(({P}, {F}), "float32")
-    for tb in range(N):
-        c = T.alloc_buffer((1,), "int32", scope="local")
-        c[0] = 0
-        for k in range({D}):
-            XZ[k] = T.float32(0)
-            if T.fabs(X[tb, k]) > TH[0]:
-                XZ[k] = X[tb, k]
-                KIN[c[0]] = k
-                XIN[c[0]] = X[tb, k]
-                c[0] = c[0] + 1
-{gemv1}
-        for fb in {loop}({NFB}):
-            n = T.alloc_buffer((1,), "int32", scope="local")
-            hb = T.alloc_buffer(({NB},), "float32", scope="local")
-            part = T.alloc_buffer(({VL},), "float32", scope="local")
-            for fl in T.vectorized({NB}):
-                hb[fl] = {b1}
-            for p in range({P}):
-                for fl in T.vectorized({NB}):
-                    hb[fl] = hb[fl] + ACC1[p, fb * {NB} + fl]
-            for fl in T.vectorized({NB}):
-                hb[fl] = {act}
-            n[0] = 0
-            for fl in range({NB}):
-                if T.fabs(hb[fl]) > TH[1]:
-                    for v in T.vectorized({VL}):
-                        part[v] = T.float32(0)
-                    for kb in range({D} // {VL}):
-                        for v in T.vectorized({VL}):
-                            part[v] = part[v] + XZ[kb * {VL} + v] * WU[fb * {NB} + fl, kb * {VL} + v]
-{folds}
-                    part[0] = hb[fl] * {up}
-                    if part[0] != T.float32(0):
-                        IDX[fb * {NB} + n[0]] = fb * {NB} + fl
-                        VAL[fb * {NB} + n[0]] = part[0]
-                        n[0] = n[0] + 1
-            CNT[fb] = n[0]
-{down}
-'''
 
 def check_cats_spec(spec: KernelSpec) -> None:
     if not spec.gated:
         raise CodegenError("SparseFFN cats thresholds a gate: gated FFNs only")
 
 
-def cats_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS) -> str:
-    """TVMScript of the CATS decode kernel (tiling as ``sparse_ffn_teal``, plus ``vl``: lanes
-    of the up projection's row dot products)."""
+def cats_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
+                  dtype: str = "float32", args: list[str] | None = None):
+    """The CATS decode kernel; the weights W1, W2, WU stored as ``dtype``. Tiling as
+    ``sparse_ffn_teal``, plus ``vl``: lanes of the up projection's row dot products.
+    ``args``: the kernel's arguments where they are not ``spec.arg_names()`` (exact
+    skipping: no TH, its thresholds fixed)."""
     check(spec, "cats", tiling)
     check_cats_spec(spec)
+    check_dtype(dtype)
     t = tiling
-    fmt: dict[str, object] = {
-        "D": spec.d_in, "F": spec.d_ff, "DO": spec.d_out, "NB": t.nb, "NFB": spec.d_ff // t.nb,
-        "VF": t.nr1, "VO": t.nr3, "VL": t.vl, "P": parts, "symbol": symbol,
-        "params": params(spec), "loop": "T.parallel" if t.parallel else "range",
-        "quads": QUADS.format(P=parts, R=ROWS), "rest": REST.format(P=parts, R=ROWS),
-        "b1": f"B1[fb * {t.nb} + fl]" if spec.has_b1 else "T.float32(0)",
-        "b2": f"B2[js * {t.nr3} + v]" if spec.has_b2 else "T.float32(0)",
-        "axpy4_1": axpy("W1", f"fs * {t.nr1} + v", "XIN", "KIN", parts, ROWS),
-        "axpy4_2": axpy("W2", f"js * {t.nr3} + v", "LVAL", "LIDX", parts, ROWS),
-        "act": ACTIVATIONS[spec.activation].format(v="hb[fl]"),
-        "up": "(" + ACTIVATIONS[spec.up_activation].format(v="part[0]") + ")",
-    }
-    fmt["folds"] = folds(t.vl)
-    fmt["axpy1_1"] = f"XIN[q] * W1[KIN[q], fs * {t.nr1} + v]"
-    fmt["gemv1"] = gemv1(fmt)
-    fmt["down"] = DOWN.format(**fmt)
-    return (HEADER + _CATS).format(**fmt)
+    D, F, DO, P = spec.d_in, spec.d_ff, spec.d_out, parts
+    NB, NFB, VL = t.nb, spec.d_ff // t.nb, t.vl
+    loop = T.parallel if t.parallel else T.serial
+    act, up = ACTIVATIONS[spec.activation], ACTIVATIONS[spec.up_activation]
+    gemv1, down = split_k(spec, t, parts, ROWS)
 
+    @T.jit
+    def kernel(x: T.handle, W1: T.Buffer((D, F), dtype, align=4),
+               B1: T.Optional(T.Buffer((F,), "float32", align=4)),
+               W2: T.Buffer((F, DO), dtype, align=4),
+               B2: T.Optional(T.Buffer((DO,), "float32", align=4)),
+               WU: T.Buffer((F, D), dtype, align=4),
+               TH: T.Optional(T.Buffer((2,), "float32", align=4)), y: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        X = T.match_buffer(x, (N, D), "float32", align=4)
+        Y = T.match_buffer(y, (N, DO), "float32", align=4)
+        IDX = T.alloc_buffer((F,), "int32")
+        VAL = T.alloc_buffer((F,), "float32")
+        CNT = T.alloc_buffer((NFB,), "int32")
+        LIDX = T.alloc_buffer((F,), "int32")
+        LVAL = T.alloc_buffer((F,), "float32")
+        ACC2 = T.alloc_buffer((P, DO), "float32")
+        KIN = T.alloc_buffer((D,), "int32")
+        XIN = T.alloc_buffer((D,), "float32")
+        XZ = T.alloc_buffer((D,), "float32")
+        ACC1 = T.alloc_buffer((P, F), "float32")
+        for tb in range(N):
+            c = T.alloc_buffer((1,), "int32", scope="local")
+            c[0] = 0
+            for k in range(D):
+                XZ[k] = T.float32(0)
+                if T.fabs(X[tb, k]) > threshold(TH, 0):
+                    XZ[k] = X[tb, k]
+                    KIN[c[0]] = k
+                    XIN[c[0]] = X[tb, k]
+                    c[0] = c[0] + 1
+            gemv1(ACC1, W1, None, None, lambda q: XIN[q], lambda q: KIN[q], c)
+            for fb in loop(NFB):
+                n = T.alloc_buffer((1,), "int32", scope="local")
+                hb = T.alloc_buffer((NB,), "float32", scope="local")
+                part = T.alloc_buffer((VL,), "float32", scope="local")
+                for fl in T.vectorized(NB):
+                    hb[fl] = bias(B1, fb * NB + fl)
+                for p in range(P):
+                    for fl in T.vectorized(NB):
+                        hb[fl] = hb[fl] + ACC1[p, fb * NB + fl]
+                for fl in T.vectorized(NB):
+                    hb[fl] = act(hb[fl])
+                n[0] = 0
+                for fl in range(NB):
+                    if T.fabs(hb[fl]) > threshold(TH, 1):
+                        for v in T.vectorized(VL):
+                            part[v] = T.float32(0)
+                        for kb in range(D // VL):
+                            for v in T.vectorized(VL):
+                                part[v] = part[v] + XZ[kb * VL + v] * widen(WU[fb * NB + fl, kb * VL + v])
+                        folds([part], VL)
+                        part[0] = hb[fl] * up(part[0])
+                        if part[0] != T.float32(0):
+                            IDX[fb * NB + n[0]] = fb * NB + fl
+                            VAL[fb * NB + n[0]] = part[0]
+                            n[0] = n[0] + 1
+                CNT[fb] = n[0]
+            down(Y, tb, c, IDX, VAL, CNT, LIDX, LVAL, ACC2, W2, B2)
 
-def cats_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS):
-    return parse(cats_source(spec, tiling, symbol, parts), symbol)
+    return specialize(kernel, spec.arg_names() if args is None else args)

@@ -16,110 +16,110 @@ The predictor costs d·r + r·d_ff multiply-adds, the FFN |S|·(2 or 3)·d: at r
 10% selected the predictor is about a fifth of the work.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: ``T.jit`` reads the kernel's parameter
+# annotations (shapes and dtypes from the generator's closure) as objects.
 
 from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
-from .decode import (
-    ACTIVATIONS,
-    DOWN,
-    HEADER,
-    PARTS,
-    QUADS,
-    REST,
-    ROWS,
-    axpy,
-    check,
-    folds,
-    params,
-)
+from .._tvm import T
+from .decode import PARTS, ROWS, check, split_k
+from .pieces import ACTIVATIONS, bias, check_dtype, folds, specialize, widen
 from .sparse_ffn import Tiling
-from .text import parse
 
-_PREDICTOR = '''
-    Z = T.alloc_buffer(({P}, {R}), "float32")
-    ZS = T.alloc_buffer(({R},), "float32")
-    for tb in range(N):
-        c = T.alloc_buffer((1,), "int32", scope="local")
-        for p in {loop}({P}):
-            for r in T.vectorized({R}):
-                Z[p, r] = T.float32(0)
-            for k in range({D} * p // {P}, {D} * (p + 1) // {P}):
-                for r in T.vectorized({R}):
-                    Z[p, r] = Z[p, r] + X[tb, k] * PA[k, r]
-        for r in T.vectorized({R}):
-            ZS[r] = T.float32(0)
-        for p in range({P}):
-            for r in T.vectorized({R}):
-                ZS[r] = ZS[r] + Z[p, r]
-        for fb in {loop}({NFB}):
-            n = T.alloc_buffer((1,), "int32", scope="local")
-            sb = T.alloc_buffer(({NB},), "float32", scope="local")
-            part = T.alloc_buffer(({VL},), "float32", scope="local")
-{up_alloc}
-            h = T.alloc_buffer((1,), "float32", scope="local")
-            for fl in T.vectorized({NB}):
-                sb[fl] = PC[fb * {NB} + fl]
-            for r in range({R}):
-                for fl in T.vectorized({NB}):
-                    sb[fl] = sb[fl] + ZS[r] * PB[r, fb * {NB} + fl]
-            n[0] = 0
-            for fl in range({NB}):
-                if sb[fl] > T.float32(0):
-                    for v in T.vectorized({VL}):
-                        part[v] = T.float32(0)
-{up_zero}
-                    for kb in range({D} // {VL}):
-                        for v in T.vectorized({VL}):
-                            part[v] = part[v] + X[tb, kb * {VL} + v] * W1[fb * {NB} + fl, kb * {VL} + v]
-{up_dot}
-{folds}
-                    h[0] = part[0] + {b1}
-                    IDX[fb * {NB} + n[0]] = fb * {NB} + fl
-                    VAL[fb * {NB} + n[0]] = {act}
-                    n[0] = n[0] + 1
-            CNT[fb] = n[0]
-{down}
-'''
 
-_UP = {  # gated FFNs: the up projection's dot in the same pass over x
-    "up_alloc": '''            pu = T.alloc_buffer(({VL},), "float32", scope="local")''',
-    "up_zero": '''                    for v in T.vectorized({VL}):
-                        pu[v] = T.float32(0)''',
-    "up_dot": '''                            pu[v] = pu[v] + X[tb, kb * {VL} + v] * WU[fb * {NB} + fl, kb * {VL} + v]''',
-}
 def check_predictor_spec(spec: KernelSpec) -> None:
     if spec.rank < 1:
         raise CodegenError("SparseFFN predictor: the spec carries no rank")
 
 
-def predictor_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS) -> str:
-    """TVMScript of the predictor decode kernel. Of the tiling: ``mr`` must be 1, ``nb``
-    neurons per scoring task, ``vl`` lanes of the row dot products, ``nr3`` the vector
-    width over d_out."""
+def predictor_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
+                       dtype: str = "float32"):
+    """The predictor decode kernel; the weights W1, W2, WU stored as ``dtype``. Of the
+    tiling: ``mr`` must be 1, ``nb`` neurons per scoring task, ``vl`` lanes of the row dot
+    products, ``nr3`` the vector width over d_out."""
     check(spec, "predictor", tiling)
     check_predictor_spec(spec)
+    check_dtype(dtype)
     t = tiling
-    fmt: dict[str, object] = {
-        "D": spec.d_in, "F": spec.d_ff, "DO": spec.d_out, "R": spec.rank, "NB": t.nb,
-        "NFB": spec.d_ff // t.nb, "VL": t.vl, "VO": t.nr3, "P": parts, "symbol": symbol,
-        "params": params(spec), "loop": "T.parallel" if t.parallel else "range",
-        "quads": QUADS.format(P=parts, R=ROWS), "rest": REST.format(P=parts, R=ROWS),
-        "b1": f"B1[fb * {t.nb} + fl]" if spec.has_b1 else "T.float32(0)",
-        "b2": f"B2[js * {t.nr3} + v]" if spec.has_b2 else "T.float32(0)",
-        "axpy4_2": axpy("W2", f"js * {t.nr3} + v", "LVAL", "LIDX", parts, ROWS),
-    }
-    act = ACTIVATIONS[spec.activation].format(v="h[0]")
-    if spec.gated:
-        act = f"({act}) * ({ACTIVATIONS[spec.up_activation].format(v='pu[0]')})"
-    fmt["act"] = act
-    fmt["folds"] = folds(t.vl, ("part", "pu") if spec.gated else ("part",))
-    for key, text in _UP.items():
-        fmt[key] = text.format(**fmt) if spec.gated else ""
-    fmt["down"] = DOWN.format(**fmt)
-    return (HEADER + _PREDICTOR).format(**fmt)
+    D, F, DO, RANK, P = spec.d_in, spec.d_ff, spec.d_out, spec.rank, parts
+    NB, NFB, VL = t.nb, spec.d_ff // t.nb, t.vl
+    loop = T.parallel if t.parallel else T.serial
+    gated = spec.gated
+    act, up = ACTIVATIONS[spec.activation], ACTIVATIONS[spec.up_activation]
+    _, down = split_k(spec, t, parts, ROWS)
 
+    @T.jit
+    def kernel(x: T.handle, W1: T.Buffer((F, D), dtype, align=4),
+               B1: T.Optional(T.Buffer((F,), "float32", align=4)),
+               W2: T.Buffer((F, DO), dtype, align=4),
+               B2: T.Optional(T.Buffer((DO,), "float32", align=4)),
+               WU: T.Optional(T.Buffer((F, D), dtype, align=4)),
+               PA: T.Buffer((D, RANK), "float32", align=4),
+               PB: T.Buffer((RANK, F), "float32", align=4),
+               PC: T.Buffer((F,), "float32", align=4), y: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        X = T.match_buffer(x, (N, D), "float32", align=4)
+        Y = T.match_buffer(y, (N, DO), "float32", align=4)
+        IDX = T.alloc_buffer((F,), "int32")
+        VAL = T.alloc_buffer((F,), "float32")
+        CNT = T.alloc_buffer((NFB,), "int32")
+        LIDX = T.alloc_buffer((F,), "int32")
+        LVAL = T.alloc_buffer((F,), "float32")
+        ACC2 = T.alloc_buffer((P, DO), "float32")
+        Z = T.alloc_buffer((P, RANK), "float32")
+        ZS = T.alloc_buffer((RANK,), "float32")
+        for tb in range(N):
+            c = T.alloc_buffer((1,), "int32", scope="local")
+            for p in loop(P):
+                for r in T.vectorized(RANK):
+                    Z[p, r] = T.float32(0)
+                for k in range(D * p // P, D * (p + 1) // P):
+                    for r in T.vectorized(RANK):
+                        Z[p, r] = Z[p, r] + X[tb, k] * PA[k, r]
+            for r in T.vectorized(RANK):
+                ZS[r] = T.float32(0)
+            for p in range(P):
+                for r in T.vectorized(RANK):
+                    ZS[r] = ZS[r] + Z[p, r]
+            for fb in loop(NFB):
+                n = T.alloc_buffer((1,), "int32", scope="local")
+                sb = T.alloc_buffer((NB,), "float32", scope="local")
+                part = T.alloc_buffer((VL,), "float32", scope="local")
+                if gated:  # the up projection's dot, in the same pass over x
+                    pu = T.alloc_buffer((VL,), "float32", scope="local")
+                h = T.alloc_buffer((1,), "float32", scope="local")
+                for fl in T.vectorized(NB):
+                    sb[fl] = PC[fb * NB + fl]
+                for r in range(RANK):
+                    for fl in T.vectorized(NB):
+                        sb[fl] = sb[fl] + ZS[r] * PB[r, fb * NB + fl]
+                n[0] = 0
+                for fl in range(NB):
+                    if sb[fl] > T.float32(0):
+                        for v in T.vectorized(VL):
+                            part[v] = T.float32(0)
+                        if gated:
+                            for v in T.vectorized(VL):
+                                pu[v] = T.float32(0)
+                        for kb in range(D // VL):
+                            for v in T.vectorized(VL):
+                                part[v] = part[v] + X[tb, kb * VL + v] * widen(W1[fb * NB + fl, kb * VL + v])
+                                if gated:
+                                    pu[v] = pu[v] + X[tb, kb * VL + v] * widen(WU[fb * NB + fl, kb * VL + v])
+                        if gated:
+                            folds([part, pu], VL)
+                        else:
+                            folds([part], VL)
+                        h[0] = part[0] + bias(B1, fb * NB + fl)
+                        IDX[fb * NB + n[0]] = fb * NB + fl
+                        if gated:
+                            VAL[fb * NB + n[0]] = act(h[0]) * up(pu[0])
+                        else:
+                            VAL[fb * NB + n[0]] = act(h[0])
+                        n[0] = n[0] + 1
+                CNT[fb] = n[0]
+            down(Y, tb, c, IDX, VAL, CNT, LIDX, LVAL, ACC2, W2, B2)
 
-def predictor_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS):
-    return parse(predictor_source(spec, tiling, symbol, parts), symbol)
+    return specialize(kernel, spec.arg_names())

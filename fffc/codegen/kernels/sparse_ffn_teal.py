@@ -24,118 +24,101 @@ phases in turn; past ``sparse_max_tokens`` artifacts run the thresholded FFN in 
 Runtime instead (an ``If`` on the token count), where per-token skipping no longer pays.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: ``T.jit`` reads the kernel's parameter
+# annotations (shapes and dtypes from the generator's closure) as objects.
 
 from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
-from .decode import (
-    ACTIVATIONS,
-    DOWN,
-    HEADER,
-    PARTS,
-    QUADS,
-    REST,
-    ROWS,
-    axpy,
-    check,
-    gemv1,
-    params,
-)
+from .._tvm import T
+from .decode import PARTS, ROWS, check, split_k, threshold
+from .pieces import ACTIVATIONS, bias, check_dtype, specialize
 from .sparse_ffn import Tiling
-from .text import parse
-
-_TEAL = '''
-    KIN = T.alloc_buffer(({D},), "int32")
-    XIN = T.alloc_buffer(({D},), "float32")
-    ACC1 = T.alloc_buffer(({P}, {F}), "float32")
-{up_alloc}
-    for tb in range(N):
-        c = T.alloc_buffer((1,), "int32", scope="local")
-        c[0] = 0
-        for k in range({D}):
-            if T.fabs({xk}) > TH[0]:
-                KIN[c[0]] = k
-                XIN[c[0]] = {xk}
-                c[0] = c[0] + 1
-{gemv1}
-        for fb in {loop}({NFB}):
-            n = T.alloc_buffer((1,), "int32", scope="local")
-            hb = T.alloc_buffer(({NB},), "float32", scope="local")
-{ub_alloc}
-            for fl in T.vectorized({NB}):
-                hb[fl] = {b1}
-{ub_init}
-            for p in range({P}):
-                for fl in T.vectorized({NB}):
-                    hb[fl] = hb[fl] + ACC1[p, fb * {NB} + fl]
-{ub_sum}
-            for fl in T.vectorized({NB}):
-                hb[fl] = {act}
-            n[0] = 0
-            for fl in range({NB}):
-                if T.fabs(hb[fl]) > TH[1]:
-                    IDX[fb * {NB} + n[0]] = fb * {NB} + fl
-                    VAL[fb * {NB} + n[0]] = hb[fl]
-                    n[0] = n[0] + 1
-            CNT[fb] = n[0]
-{down}
-'''
-
-_UP = {  # gated FFNs: the up projection, the same split-K input-sparse GEMV on WU
-    "up_alloc": '''    ACCU = T.alloc_buffer(({P}, {F}), "float32")''',
-    "up_zero": '''            for fs in range({F} // {VF}):
-                for v in T.vectorized({VF}):
-                    ACCU[p, fs * {VF} + v] = T.float32(0)''',
-    "up_axpy4": '''                for fs in range({F} // {VF}):
-                    for v in T.vectorized({VF}):
-                        ACCU[p, fs * {VF} + v] = ACCU[p, fs * {VF} + v] + {axpy4_u}''',
-    "up_axpy1": '''                for fs in range({F} // {VF}):
-                    for v in T.vectorized({VF}):
-                        ACCU[p, fs * {VF} + v] = ACCU[p, fs * {VF} + v] + XIN[q] * WU[KIN[q], fs * {VF} + v]''',
-    "ub_alloc": '''            ub = T.alloc_buffer(({NB},), "float32", scope="local")''',
-    "ub_init": '''            for fl in T.vectorized({NB}):
-                ub[fl] = T.float32(0)''',
-    "ub_sum": '''            for p in range({P}):
-                for fl in T.vectorized({NB}):
-                    ub[fl] = ub[fl] + ACCU[p, fb * {NB} + fl]''',
-}
 
 
-def teal_source(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
-                rows: int = ROWS) -> str:
-    """TVMScript of the TEAL decode kernel. Of the tiling: ``mr`` must be 1, ``nr1`` and
-    ``nr3`` are the vector widths over d_ff and d_out, ``nb`` the neurons per activation task."""
+def teal_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
+                  rows: int = ROWS, dtype: str = "float32", args: list[str] | None = None):
+    """The TEAL decode kernel; the weights W1, W2, WU stored as ``dtype``. Of the tiling:
+    ``mr`` must be 1, ``nr1`` and ``nr3`` are the vector widths over d_ff and d_out, ``nb``
+    the neurons per activation task. ``args``: the kernel's arguments where they are not
+    ``spec.arg_names()`` (exact skipping: no TH, its thresholds fixed)."""
     check(spec, "teal", tiling)
     t = tiling
     if spec.d_ff % t.nr1:
         raise CodegenError(f"tiling nr1={t.nr1} does not divide d_ff {spec.d_ff}")
-    fmt: dict[str, object] = {
-        "D": spec.d_in, "F": spec.d_ff, "DO": spec.d_out, "NB": t.nb, "NFB": spec.d_ff // t.nb,
-        "VF": t.nr1, "VO": t.nr3, "P": parts, "symbol": symbol, "params": params(spec),
-        "loop": "T.parallel" if t.parallel else "range",
-        "quads": QUADS.format(P=parts, R=rows), "rest": REST.format(P=parts, R=rows),
-        "b1": f"B1[fb * {t.nb} + fl]" if spec.has_b1 else "T.float32(0)",
-        "b2": f"B2[js * {t.nr3} + v]" if spec.has_b2 else "T.float32(0)",
-        "axpy4_1": axpy("W1", f"fs * {t.nr1} + v", "XIN", "KIN", parts, rows),
-        "axpy4_2": axpy("W2", f"js * {t.nr3} + v", "LVAL", "LIDX", parts, rows),
-    }
-    act = ACTIVATIONS[spec.activation].format(v="hb[fl]")
-    if spec.gated:
-        act = f"({act}) * ({ACTIVATIONS[spec.up_activation].format(v='ub[fl]')})"
-    if "h" in spec.centers:
-        act = f"({act}) - HC[fb * {t.nb} + fl]"
-    fmt["act"] = act
-    fmt["xk"] = "X[tb, k] - XC[k]" if "x" in spec.centers else "X[tb, k]"
-    fmt["axpy4_u"] = axpy("WU", f"fs * {t.nr1} + v", "XIN", "KIN", parts, rows)
-    fmt["axpy1_1"] = f"XIN[q] * W1[KIN[q], fs * {t.nr1} + v]"
-    for key, text in _UP.items():
-        fmt[key] = text.format(**fmt) if spec.gated else ""
-    fmt["gemv1"] = gemv1(fmt, fmt)
-    fmt["down"] = DOWN.format(**fmt)
-    return (HEADER + _TEAL).format(**fmt)
+    check_dtype(dtype)
+    D, F, DO, P = spec.d_in, spec.d_ff, spec.d_out, parts
+    NB, NFB = t.nb, spec.d_ff // t.nb
+    loop = T.parallel if t.parallel else T.serial
+    gated = spec.gated
+    act, up = ACTIVATIONS[spec.activation], ACTIVATIONS[spec.up_activation]
+    gemv1, down = split_k(spec, t, parts, rows)
 
+    def centered(x, center, i):
+        return x if center is None else x - center[i]
 
-def teal_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
-                  rows: int = ROWS):
-    return parse(teal_source(spec, tiling, symbol, parts, rows), symbol)
+    @T.jit
+    def kernel(x: T.handle, W1: T.Buffer((D, F), dtype, align=4),
+               B1: T.Optional(T.Buffer((F,), "float32", align=4)),
+               W2: T.Buffer((F, DO), dtype, align=4),
+               B2: T.Optional(T.Buffer((DO,), "float32", align=4)),
+               WU: T.Optional(T.Buffer((D, F), dtype, align=4)),
+               TH: T.Optional(T.Buffer((2,), "float32", align=4)),
+               XC: T.Optional(T.Buffer((D,), "float32", align=4)),
+               HC: T.Optional(T.Buffer((F,), "float32", align=4)), y: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        X = T.match_buffer(x, (N, D), "float32", align=4)
+        Y = T.match_buffer(y, (N, DO), "float32", align=4)
+        IDX = T.alloc_buffer((F,), "int32")
+        VAL = T.alloc_buffer((F,), "float32")
+        CNT = T.alloc_buffer((NFB,), "int32")
+        LIDX = T.alloc_buffer((F,), "int32")
+        LVAL = T.alloc_buffer((F,), "float32")
+        ACC2 = T.alloc_buffer((P, DO), "float32")
+        KIN = T.alloc_buffer((D,), "int32")
+        XIN = T.alloc_buffer((D,), "float32")
+        ACC1 = T.alloc_buffer((P, F), "float32")
+        # gated: the up projection, the same split-K input-sparse GEMV on WU
+        ACCU = T.alloc_buffer((P, F), "float32") if gated else T.meta_var(None)
+        for tb in range(N):
+            c = T.alloc_buffer((1,), "int32", scope="local")
+            c[0] = 0
+            for k in range(D):
+                if T.fabs(centered(X[tb, k], XC, k)) > threshold(TH, 0):
+                    KIN[c[0]] = k
+                    XIN[c[0]] = centered(X[tb, k], XC, k)
+                    c[0] = c[0] + 1
+            gemv1(ACC1, W1, ACCU, WU, lambda q: XIN[q], lambda q: KIN[q], c)
+            for fb in loop(NFB):
+                n = T.alloc_buffer((1,), "int32", scope="local")
+                hb = T.alloc_buffer((NB,), "float32", scope="local")
+                if gated:
+                    ub = T.alloc_buffer((NB,), "float32", scope="local")
+                for fl in T.vectorized(NB):
+                    hb[fl] = bias(B1, fb * NB + fl)
+                if gated:
+                    for fl in T.vectorized(NB):
+                        ub[fl] = T.float32(0)
+                for p in range(P):
+                    for fl in T.vectorized(NB):
+                        hb[fl] = hb[fl] + ACC1[p, fb * NB + fl]
+                if gated:
+                    for p in range(P):
+                        for fl in T.vectorized(NB):
+                            ub[fl] = ub[fl] + ACCU[p, fb * NB + fl]
+                for fl in T.vectorized(NB):
+                    if gated:
+                        hb[fl] = centered(act(hb[fl]) * up(ub[fl]), HC, fb * NB + fl)
+                    else:
+                        hb[fl] = centered(act(hb[fl]), HC, fb * NB + fl)
+                n[0] = 0
+                for fl in range(NB):
+                    if T.fabs(hb[fl]) > threshold(TH, 1):
+                        IDX[fb * NB + n[0]] = fb * NB + fl
+                        VAL[fb * NB + n[0]] = hb[fl]
+                        n[0] = n[0] + 1
+                CNT[fb] = n[0]
+            down(Y, tb, c, IDX, VAL, CNT, LIDX, LVAL, ACC2, W2, B2)
+
+    return specialize(kernel, spec.arg_names() if args is None else args)
