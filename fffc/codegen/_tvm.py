@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import tvm
 import tvm.script
 from tvm import te
 from tvm.script import tirx as T
+from tvm.script.parser._core import scan_macro, utils
+from tvm.script.parser.core.parser import ScriptMacro
+from tvm.tirx.script.parser.entry import TIRMacro
 
 Target = tvm.target.Target
 IRModule = tvm.IRModule
@@ -14,6 +19,42 @@ IRModule = tvm.IRModule
 def from_source(source: str):
     """Parse TVMScript text (``@T.prim_func def ...``) into a PrimFunc."""
     return tvm.script.from_source(source, extra_vars={"T": T})
+
+
+class _Macro(TIRMacro):
+    """TVM's hygienic TIR macro, expanded with less work per call: the parser is found by
+    following ``f_back`` (TVM builds an ``inspect`` record of every frame on the stack,
+    reading each one's source: about a millisecond a frame) and the definition's syntax tree
+    is converted once (expanding a body leaves its tree unchanged; only a function defined
+    inside one, which kernel macros never do, would be rewritten)."""
+
+    _definition = None
+
+    def get_macro_def(self):
+        if self._definition is None:
+            self._definition = super().get_macro_def()
+        return self._definition
+
+    def _find_parser_def(self):
+        frame = sys._getframe(1)
+        while frame is not None:
+            parser = frame.f_globals.get(ScriptMacro.parser_object_name)
+            if parser is not None:
+                return parser
+            frame = frame.f_back
+        raise RuntimeError(f"{ScriptMacro.parser_object_name} not available")
+
+
+def macro(func):
+    """``@T.macro`` (hygienic: names resolve where the macro is defined) for kernel pieces
+    shared by Python functions that build PrimFuncs; expanded where a TVMScript body calls it."""
+    source, closure_vars = scan_macro(func, utils.inspect_function_capture(func))
+    expansion = _Macro(source, closure_vars, func, True)
+
+    def wrapper(*args, **kwargs):
+        return expansion(*args, **kwargs)
+
+    return wrapper
 
 
 def compile_module(funcs: dict, target: dict):
@@ -50,6 +91,7 @@ __all__ = [
     "compile_module",
     "from_source",
     "host_cpu",
+    "macro",
     "te",
     "time_function",
     "tvm",

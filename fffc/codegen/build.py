@@ -307,10 +307,8 @@ def source(spec: KernelSpec, variant: str, target: str = "x86", mcpu: str | None
 
         return structured_ffn_source(spec, variant, symbol_of(spec, variant))
     if spec.op == "RoutedFFN":
-        from .kernels.routed_ffn import combine_source, route_source
-
-        make = combine_source if spec.mode == "combine" else route_source
-        return make(spec, symbol_of(spec, variant))
+        make = combine_primfunc if spec.mode == "combine" else route_primfunc
+        return make(spec, symbol_of(spec, variant)).script()
     if spec.op == "FastFeedForward":
         if variant not in [v for v, _, _ in fff_variants(spec)]:
             raise CodegenError(f"no variant {variant!r}")

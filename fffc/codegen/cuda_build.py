@@ -203,9 +203,9 @@ def emit(specs: Sequence[KernelSpec], arch: str = "sm_90",
                     pending.append((spec, v, list(srcs)))
             continue
         if spec.op == "RoutedFFN":  # route or combine: one variant, its launches in order
-            srcs = routed_ffn_cuda.routed_sources(spec, f"fffc_routed_ffn_{spec.key}_all")
-            funcs.update(_parse(spec, srcs))
-            pending.append((spec, Variant("all", 1, MAX_TOKENS, None), list(srcs)))
+            routed = routed_ffn_cuda.routed_primfuncs(spec, f"fffc_routed_ffn_{spec.key}_all")
+            funcs.update(routed)
+            pending.append((spec, Variant("all", 1, MAX_TOKENS, None), list(routed)))
             continue
         for v in fam.variants(spec, fam.target(arch)):
             prefix = f"fffc_sparse_ffn_{spec.key}_{v.name}"

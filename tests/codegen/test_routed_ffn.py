@@ -8,13 +8,7 @@ import numpy as np
 import pytest
 
 from fffc.codegen import _tvm
-from fffc.codegen.kernels.routed_ffn import (
-    combine_primfunc,
-    combine_source,
-    route_primfunc,
-    route_source,
-    routed_variants,
-)
+from fffc.codegen.kernels.routed_ffn import combine_primfunc, route_primfunc, routed_variants
 from fffc.codegen.schedules import MAX_TOKENS
 from fffc.contract.errors import CodegenError
 from fffc.contract.ops import KernelSpec, combine_kernel_spec, route_kernel_spec
@@ -217,23 +211,32 @@ def test_end_to_end_matches_routed_ffn(selection: str, k: int, router: str, coef
     np.testing.assert_allclose(y.reshape(x.shape), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_variants_sources_and_errors() -> None:
+def test_variants_primfuncs_and_errors() -> None:
     route_spec = route_kernel_spec(D, "topk", 2, "raw", True)
     assert routed_variants(route_spec) == [("all", 1, MAX_TOKENS)]
     assert routed_variants(combine_kernel_spec(D)) == [("all", 1, MAX_TOKENS)]
-    src = route_source(route_spec, "sym_route")
-    assert '"global_symbol": "sym_route"' in src and "T.parallel" in src
-    assert "T.vectorized" in combine_source(combine_kernel_spec(D), "sym_combine")
+    route = route_primfunc(route_spec, "sym_route")
+    assert route.attrs["global_symbol"] == "sym_route"
+    assert [p.name for p in route.params] == ["X", "WR", "BR", "IDX", "WT", "CNT", "XS"]
+    assert "T.parallel" in route.script()
+    assert "T.vectorized" in combine_primfunc(combine_kernel_spec(D), "sym_combine").script()
     with pytest.raises(CodegenError):
-        route_source(combine_kernel_spec(D), "x")
+        route_primfunc(combine_kernel_spec(D), "x")
     with pytest.raises(CodegenError):
-        combine_source(route_spec, "x")
+        combine_primfunc(route_spec, "x")
     with pytest.raises(CodegenError):
         routed_variants(KernelSpec("SparseFFN", "relu", "none", "exact", 8, 8, 8, 0, 0, 0))
     bad = KernelSpec("RoutedFFN", "none", "none", "route_topk_k0_raw", D, 0, D, False, False,
                      False, extra=(("k", "0"), ("router", "raw"), ("selection", "topk")))
     with pytest.raises(CodegenError):
-        route_source(bad, "x")
+        route_primfunc(bad, "x")
+
+
+def test_route_parameters_follow_arg_names() -> None:
+    """Every optional input is a parameter exactly when the spec reads it, in its order."""
+    for spec in (route_kernel_spec(D, "topk", None, "sigmoid", False, ln_epsilon=1e-5),
+                 route_kernel_spec(D, "threshold", 0, "raw", True, aux=True, has_ba=True)):
+        assert [p.name for p in route_primfunc(spec, "k").params] == spec.arg_names()
 
 
 def test_route_checks_output_lengths() -> None:
