@@ -10,7 +10,9 @@ import pytest
 import fffc
 from fffc.pipeline import analyze
 from fffc.plan import allocate
-from tests.test_calibration import D, _feeds, _models
+from tests.fixtures.calibration import D
+from tests.fixtures.calibration import feeds as _feeds
+from tests.fixtures.calibration import two_ffn_model as _models
 
 
 def _rel_err(model_bytes, path, feeds) -> float:
@@ -163,7 +165,7 @@ def test_padding_rows_do_not_count_in_the_error(tmp_path) -> None:
     """With a calibration that left padding out (feeds with ``attention_mask``), the search
     measures its error on the real tokens' outputs only: padded feeds give the error of
     the same real rows without padding; a calibration that counted padding counts it."""
-    from tests.test_calibration import _masked_feeds
+    from tests.fixtures.calibration import masked_feeds as _masked_feeds
 
     masked_path, padded, real = _masked_feeds(tmp_path)
     calib = fffc.calibrate(masked_path, padded)

@@ -8,56 +8,19 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 import fffc
 from fffc.cli import main
 from fffc.pipeline import analyze
 from fffc.plan import calibration
 from fffc.plan.calibration import Histogram, Reservoir
-
-D, F = 16, 64
+from tests.fixtures.calibration import D, F, feeds, masked_feeds, two_ffn_model
 
 
 def _erf_gelu(x):
     from math import erf
 
     return 0.5 * x * (1 + np.vectorize(erf)(x / np.sqrt(2)))
-
-
-def _models(tmp_path):
-    """A GELU FFN then a SwiGLU FFN on x [batch, seq, D]; returns (path, weights)."""
-    rng = np.random.default_rng(0)
-    w = {"W1": rng.standard_normal((D, F)) / 4, "b1": rng.standard_normal(F) * 0.1,
-         "W2": rng.standard_normal((F, D)) / 8, "Wg": rng.standard_normal((D, F)) / 4,
-         "Wu": rng.standard_normal((D, F)) / 4, "Wd": rng.standard_normal((F, D)) / 8}
-    w = {k: v.astype(np.float32) for k, v in w.items()}
-    n = helper.make_node
-    nodes = [n("MatMul", ["x", "W1"], ["h"]), n("Add", ["h", "b1"], ["hb"]),
-             n("Gelu", ["hb"], ["a"], domain="com.microsoft"), n("MatMul", ["a", "W2"], ["y1"]),
-             n("MatMul", ["y1", "Wg"], ["g"]), n("Sigmoid", ["g"], ["sg"]), n("Mul", ["g", "sg"], ["sw"]),
-             n("MatMul", ["y1", "Wu"], ["u"]), n("Mul", ["sw", "u"], ["z"]),
-             n("MatMul", ["z", "Wd"], ["y"])]
-    g = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", D])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", D])],
-                          [numpy_helper.from_array(v, k) for k, v in w.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
-                                            helper.make_opsetid("com.microsoft", 1)])
-    m.ir_version = 8
-    path = tmp_path / "m.onnx"
-    onnx.save(m, str(path))
-    return path, w
-
-
-def _feeds(tmp_path, count=3):
-    d = tmp_path / "feeds"
-    d.mkdir()
-    xs = []
-    for i in range(count):
-        x = np.random.default_rng(10 + i).standard_normal((2, 25, D)).astype(np.float32)
-        np.savez(d / f"{i:02d}.npz", x=x)
-        xs.append(x.reshape(-1, D).astype(np.float64))
-    return d, np.concatenate(xs)
 
 
 def test_histogram_quantile_bounds_the_exact_one() -> None:
@@ -119,8 +82,8 @@ def test_densest_window_center() -> None:
 
 @pytest.mark.parametrize("center", ["none", "median", "mode"])
 def test_thresholds_give_the_target_sparsity_on_the_data(tmp_path, center) -> None:
-    path, w = _models(tmp_path)
-    data, x = _feeds(tmp_path)
+    path, w = two_ffn_model(tmp_path)
+    data, x = feeds(tmp_path)
     result = fffc.calibrate(path, data, output=tmp_path / "c.json", center=center)
     assert result["feeds"] == 3 and result["center"] == center
     gelu, swiglu = sorted(result["sites"].values(), key=lambda s: s["kind"])
@@ -158,8 +121,8 @@ def test_thresholds_give_the_target_sparsity_on_the_data(tmp_path, center) -> No
 
 
 def test_cli_calibrate_and_its_errors(tmp_path, capsys) -> None:
-    path, _ = _models(tmp_path)
-    data, _ = _feeds(tmp_path, count=1)
+    path, _ = two_ffn_model(tmp_path)
+    data, _ = feeds(tmp_path, count=1)
     out = tmp_path / "m.calib.json"
     assert main(["calibrate", str(path), "--data", str(data)]) == 0
     assert out.exists() and (tmp_path / "m.calib.samples.npz").exists()
@@ -188,8 +151,8 @@ def test_cli_calibrate_and_its_errors(tmp_path, capsys) -> None:
 def test_calibrated_levels(tmp_path, capsys) -> None:
     """By default every 0.05 (TEAL's greedy step); ``--levels`` writes thresholds for the
     given targets only — what ``--budget uniform=S`` and the search can pick from."""
-    path, _ = _models(tmp_path)
-    data, _ = _feeds(tmp_path, count=1)
+    path, _ = two_ffn_model(tmp_path)
+    data, _ = feeds(tmp_path, count=1)
     default = fffc.calibrate(path, data)
     assert default["sparsities"] == pytest.approx([0.05 * i for i in range(1, 20)])
     th = default["sites"]["fffc_ffn_0"]["thresholds"]["input"]
@@ -214,7 +177,7 @@ def test_calibrated_levels(tmp_path, capsys) -> None:
 
 @pytest.mark.parametrize("bad", ["missing.npz", "not_npz.npz"])
 def test_unreadable_data_is_a_usage_error(tmp_path, bad) -> None:
-    path, _ = _models(tmp_path)
+    path, _ = two_ffn_model(tmp_path)
     (tmp_path / "not_npz.npz").write_text("hello")
     with pytest.raises(fffc.FffcError) as e:
         fffc.calibrate(path, tmp_path / bad)
@@ -222,8 +185,8 @@ def test_unreadable_data_is_a_usage_error(tmp_path, bad) -> None:
 
 
 def test_calibrate_trains_predictors_per_site(tmp_path) -> None:
-    path, _ = _models(tmp_path)
-    data, _ = _feeds(tmp_path, count=2)
+    path, _ = two_ffn_model(tmp_path)
+    data, _ = feeds(tmp_path, count=2)
     out = tmp_path / "p.json"
     assert main(["calibrate", str(path), "--data", str(data), "--predictor-rank", "8",
                  "--predictor-sparsity", "0.5", "-o", str(out)]) == 0
@@ -242,8 +205,8 @@ def test_thresholded_model_zeroes_below_the_calibrated_thresholds(tmp_path, cent
 
     from fffc.plan.calibration import thresholded_model
 
-    path, w = _models(tmp_path)
-    data, x = _feeds(tmp_path)
+    path, w = two_ffn_model(tmp_path)
+    data, x = feeds(tmp_path)
     calib = fffc.calibrate(path, data, center=center)
     gelu, swiglu = sorted(calib["sites"].values(), key=lambda s: s["kind"])
     model = thresholded_model(analyze(path), calib, 0.4)
@@ -278,8 +241,8 @@ def test_thresholded_model_zeroes_below_the_calibrated_thresholds(tmp_path, cent
 def test_thresholded_model_parts(tmp_path) -> None:
     from fffc.plan.calibration import thresholded_model
 
-    path, _ = _models(tmp_path)
-    data, _ = _feeds(tmp_path, count=1)
+    path, _ = two_ffn_model(tmp_path)
+    data, _ = feeds(tmp_path, count=1)
     calib = fffc.calibrate(path, data)
     for parts, wheres in ((("input",), 2), (("hidden",), 2), ((), 0)):
         ops = [n.op_type for n in thresholded_model(analyze(path), calib, 0.5, parts=parts).graph.node]
@@ -294,7 +257,7 @@ def test_centered_thresholds_cost_less_accuracy_on_offset_channels(tmp_path) -> 
 
     from fffc.plan.calibration import thresholded_model
 
-    path, _ = _models(tmp_path)
+    path, _ = two_ffn_model(tmp_path)
     offset = np.random.default_rng(5).standard_normal(D).astype(np.float32) * 1.5
     data = tmp_path / "offset_feeds"
     data.mkdir()
@@ -314,33 +277,11 @@ def test_centered_thresholds_cost_less_accuracy_on_offset_channels(tmp_path) -> 
     assert err["mode"] < 0.7 * err["none"], err
 
 
-def _masked_feeds(tmp_path):
-    """(the test model with an unused ``attention_mask`` input, a folder with one padded
-    feed — padding rows hold large values — and one with its real rows alone)."""
-    path, _ = _models(tmp_path)
-    model = onnx.load(str(path))
-    model.graph.input.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
-                                                           ["b", "s"]))
-    masked_path = tmp_path / "masked.onnx"
-    onnx.save(model, str(masked_path))
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 25, D)).astype(np.float32)
-    mask = np.ones((2, 25), np.int64)
-    mask[0, 17:] = mask[1, 9:] = 0
-    x[mask == 0] = 20.0
-    padded, real = tmp_path / "padded", tmp_path / "real"
-    padded.mkdir()
-    real.mkdir()
-    np.savez(padded / "0.npz", x=x, attention_mask=mask)
-    np.savez(real / "0.npz", x=x[mask == 1][None], attention_mask=np.ones((1, 26), np.int64))
-    return masked_path, padded, real
-
-
 def test_padding_rows_are_left_out(tmp_path) -> None:
     """Feeds with an ``attention_mask`` input: rows it marks 0 (padding, here large values
     a model could compute for them) do not enter any statistic: the calibration equals one
     on the real rows alone; ``token_mask=None`` counts them."""
-    masked_path, padded, real = _masked_feeds(tmp_path)
+    masked_path, padded, real = masked_feeds(tmp_path)
     got = fffc.calibrate(masked_path, padded)
     want = fffc.calibrate(masked_path, real)
     assert got["token_mask"] == "attention_mask"

@@ -19,7 +19,9 @@ from fffc.contract.config import CompileOptions
 from fffc.pipeline import analyze
 from fffc.plan import allocate, calibration
 from fffc.verify.reference import predictor_ffn
-from tests.test_calibration import D, _feeds, _models
+from tests.fixtures.calibration import D
+from tests.fixtures.calibration import feeds as _feeds
+from tests.fixtures.calibration import two_ffn_model as _models
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,9 @@ def test_arm_threshold_modes_run_in_aarch64_onnxruntime(sysroot, tmp_path, budge
     calibration tests, TEAL (both sites) or CATS (the gated one), against the thresholded
     reference model (``fffc.allocate.apply``, standard ONNX ops) run on x86."""
     from fffc.plan import allocate, calibration
-    from tests.test_calibration import D, _feeds, _models
+    from tests.fixtures.calibration import D
+    from tests.fixtures.calibration import feeds as _feeds
+    from tests.fixtures.calibration import two_ffn_model as _models
 
     path, _ = _models(tmp_path)
     data, _ = _feeds(tmp_path, count=4)

@@ -187,8 +187,9 @@ def test_calibrated_cuda_path(tmp_path, fake_libcuda, budget):
     ONNX Runtime, the fallback functions), at 1 token (the kernels) and 50 (the If's masked
     dense branch)."""
     from fffc.plan import calibration
-    from tests.test_calibration import D, _models
-    from tests.test_calibration import _feeds as calibration_feeds
+    from tests.fixtures.calibration import D
+    from tests.fixtures.calibration import feeds as calibration_feeds
+    from tests.fixtures.calibration import two_ffn_model as _models
 
     path, _ = _models(tmp_path)
     data, _ = calibration_feeds(tmp_path, count=4)
