@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING
 
 from .contract.config import CompileOptions
 from .contract.errors import FffcError
+from .contract.version import VERSION
 
 if TYPE_CHECKING:
     from .bench import BenchRow
     from .contract.analysis import Analysis
     from .pipeline import CompileResult
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 
 def inspect(model: str | Path) -> Analysis:

@@ -36,13 +36,14 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from .. import __version__, passes
+from .. import passes
 from ..contract.analysis import Analysis
 from ..contract.errors import UsageError
 from ..contract.kinds import Decision, SiteKind
 from ..contract.lowering import Masks, SiteLowering
 from ..contract.modes import mode
 from ..contract.sites import Site
+from ..contract.version import VERSION
 from ..frontend import copy, sha256_file
 from ..verify import compare as verify
 from ..verify import reference
@@ -375,7 +376,7 @@ def calibrate(model: Analysis, data: str | Path | None = None, *, synthetic: int
     for name, info in predictor_json.items():
         sites_json[name]["predictor"] = info
     result = {
-        "fffc": __version__,
+        "fffc": VERSION,
         "model": {"path": str(model.path.resolve()), "sha256": sha256_file(model.path)},
         "feeds": feed_count, "source": str(data) if data is not None else f"synthetic x{synthetic}",
         "sparsities": list(sparsities), "center": center,
