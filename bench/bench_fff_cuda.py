@@ -30,10 +30,9 @@ HARNESS = Path(__file__).resolve().parent.parent / "tests" / "runtime" / "cuda_h
 
 
 def build(out: Path) -> None:
-    from fffc.codegen import _tvm
     from fffc.codegen.build import build_kernel_library
     from fffc.codegen.cuda_build import compile_fatbin, emit_kernels
-    from fffc.codegen.kernels.fff_cuda import FffTiling, fff_source
+    from fffc.codegen.kernels.fff_cuda import FffTiling, fff_kernel
     from fffc.contract.ops import fff_kernel_spec
     from fffc.package.native import build_shim
 
@@ -45,7 +44,7 @@ def build(out: Path) -> None:
         for tx in blocks:
             for pre in (False, True):
                 sym = f"fff_{name.replace('-', '_')}_t{tx}_p{int(pre)}"
-                funcs[sym] = _tvm.from_source(fff_source(spec, FffTiling(tx, pre), sym))
+                funcs[sym] = fff_kernel(spec, FffTiling(tx, pre), sym, "float32")
         source, launches = emit_kernels(funcs)
         (out / f"{name}.cu").write_text(source)
         compile_fatbin(out / f"{name}.cu", out / f"{name}.fatbin", ["sm_80", "sm_90"])

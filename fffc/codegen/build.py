@@ -300,8 +300,6 @@ def assembly(spec: KernelSpec, target: dict, variant: str | None = None,
 
 def source(spec: KernelSpec, variant: str, target: str = "x86", mcpu: str | None = None) -> str:
     """The TVMScript of one variant (for --dump and debugging)."""
-    from .kernels.fff import fff_cpu_source, fff_level_source
-
     if spec.op == "StructuredFFN":
         from .kernels.structured_ffn import structured_ffn_source
 
@@ -313,8 +311,8 @@ def source(spec: KernelSpec, variant: str, target: str = "x86", mcpu: str | None
         if variant not in [v for v, _, _ in fff_variants(spec)]:
             raise CodegenError(f"no variant {variant!r}")
         if variant == "level":
-            return fff_level_source(spec, symbol_of(spec, variant), FFF_LEVEL_BLOCK)
-        return fff_cpu_source(spec, symbol_of(spec, variant), parallel=variant == "walk")
+            return fff_level_primfunc(spec, symbol_of(spec, variant), FFF_LEVEL_BLOCK).script()
+        return fff_cpu_primfunc(spec, symbol_of(spec, variant), parallel=variant == "walk").script()
     fam = family(target)
     for v in fam.variants(spec, fam.target(mcpu)):
         if v.name == variant:

@@ -22,8 +22,8 @@ from fffc.ops import KernelSpec
 
 from . import _tvm
 from .kernels import routed_ffn_cuda, sparse_ffn_cuda_masked, structured_ffn_cuda
-from .kernels.fff_cuda import FffTiling, fff_source
-from .kernels.sparse_ffn_cuda import CudaTiling, decode_sources, gemm_funcs, workspace
+from .kernels.fff_cuda import FffTiling, fff_kernel
+from .kernels.sparse_ffn_cuda import CudaTiling, decode_funcs, gemm_funcs, workspace
 from .kernels.text import parse, with_weight_dtype
 from .schedules import MAX_TOKENS, Variant, family
 
@@ -146,10 +146,10 @@ def _signatures(source: str) -> dict[str, tuple[str, ...]]:
 def _variant_funcs(spec: KernelSpec, tiling: CudaTiling, prefix: str, target) -> dict:
     if tiling.gemm:
         return {name: _tvm.dlight_matmul(f, target, dict(tiling.gemm_config))
-                for name, f in gemm_funcs(spec, prefix).items()}
+                for name, f in gemm_funcs(spec, prefix, spec.dtype).items()}
     masked = spec.mode in sparse_ffn_cuda_masked.MODES  # teal, cats, predictor
-    sources = (sparse_ffn_cuda_masked.decode_sources if masked else decode_sources)
-    return _parse(spec, sources(spec, tiling, prefix))
+    make = sparse_ffn_cuda_masked.decode_funcs if masked else decode_funcs
+    return make(spec, tiling, prefix, spec.dtype)
 
 
 def _parse(spec: KernelSpec, sources: dict[str, str]) -> dict:
@@ -189,7 +189,7 @@ def emit(specs: Sequence[KernelSpec], arch: str = "sm_90",
         if spec.op == "FastFeedForward":  # one kernel, a block per token, every token count
             name = f"fffc_fff_{spec.key}_walk"
             tiling = FffTiling(threads=256 if spec.d_in >= 1024 else 128)
-            funcs.update(_parse(spec, {name: fff_source(spec, tiling, name)}))
+            funcs[name] = fff_kernel(spec, tiling, name, spec.dtype)
             pending.append((spec, Variant("walk", 1, MAX_TOKENS, tiling), [name]))
             continue
         if spec.op == "StructuredFFN":  # plain and/or counted variants, launches in order

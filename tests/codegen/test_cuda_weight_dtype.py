@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 
 from fffc.codegen.cuda_build import build_cuda_library, fatbin_entries
+from fffc.codegen.kernels import sparse_ffn_cuda, sparse_ffn_cuda_masked
+from fffc.codegen.kernels.fff_cuda import FffTiling, fff_kernel
 from fffc.codegen.kernels.text import with_weight_dtype
+from fffc.codegen.schedules import family
 from fffc.contract.errors import CodegenError
 from fffc.contract.ops import KernelSpec, fff_kernel_spec, structured_kernel_spec
 from fffc.contract.tolerances import RTOL
@@ -178,6 +181,45 @@ def test_counted_structured(built) -> None:
                               activation_name="gelu")
         _close(got[:13], want, (dtype, v.variant))
         assert np.isnan(got[13:]).all()
+
+
+def _generated(s: KernelSpec, dtype: str) -> dict:
+    """The PrimFuncs of a SparseFFN decode or FFF generator for weights stored as dtype."""
+    if s.op == "FastFeedForward":
+        return {"fff": fff_kernel(s, FffTiling(), "fff", dtype)}
+    cuda = family("cuda")
+    tiling = cuda.variants(s, cuda.target(None))[0].tiling  # decode1, or the masked mode's
+    masked = s.mode in sparse_ffn_cuda_masked.MODES
+    module = sparse_ffn_cuda_masked if masked else sparse_ffn_cuda
+    return module.decode_funcs(s, tiling, "k", dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("s", [RELU, DRELU, TEAL, CATS, PRED, FFF],
+                         ids=["relu", "drelu", "teal", "cats", "predictor", "fff"])
+def test_generators_store_the_weights_at_the_dtype(s: KernelSpec, dtype: str) -> None:
+    """The weight dtype is a generator parameter: each weight input is declared at it,
+    every other input stays float32, and a weight is only ever read widened to float32."""
+    weights = set(s.weight_args())
+    seen = set()
+    for name, func in _generated(_at(s, dtype), dtype).items():
+        script = func.script()
+        for p in func.params:
+            if p.name in weights:
+                seen.add(p.name)
+                assert str(p.dtype) == dtype, (name, p.name)
+                reads = script.count(f" {p.name}[") + script.count(f"({p.name}[")
+                widened = script.count(f'T.Cast("float32", {p.name}[')
+                assert reads == widened > 0, (name, p.name, reads, widened)
+            else:
+                assert str(p.dtype) == "float32", (name, p.name)
+    assert seen == weights
+
+
+def test_generators_reject_other_dtypes() -> None:
+    for s in (RELU, TEAL, FFF):
+        with pytest.raises(CodegenError, match="float64"):
+            _generated(s, "float64")
 
 
 def test_weight_dtype_text_rewrite() -> None:

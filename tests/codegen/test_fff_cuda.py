@@ -9,9 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fffc.codegen import _tvm
 from fffc.codegen.cuda_build import CudaVariant, compile_fatbin, emit_kernels, fatbin_entries
-from fffc.codegen.kernels.fff_cuda import FffTiling, fff_source
+from fffc.codegen.kernels.fff_cuda import FffTiling, fff_kernel
 from fffc.contract.errors import CodegenError
 from fffc.contract.ops import fff_kernel_spec
 from fffc.contract.tolerances import RTOL
@@ -26,7 +25,7 @@ from fffc.verify.reference import fast_feed_forward
 def test_fff_kernel_matches_the_reference(d_in, d_out, trees, depth, threads, prefetch,
                                           tmp_path) -> None:
     spec = fff_kernel_spec(d_in, d_out, trees, depth)
-    func = _tvm.from_source(fff_source(spec, FffTiling(threads, prefetch), "fff_test"))
+    func = fff_kernel(spec, FffTiling(threads, prefetch), "fff_test", "float32")
     source, launches = emit_kernels({"fff_test": func})
     launch = launches["fff_test"]
     assert launch.block == (threads, 1, 1) and launch.grid[0](7) == 7  # a block per token
@@ -49,7 +48,7 @@ def test_fff_kernel_matches_the_reference(d_in, d_out, trees, depth, threads, pr
 def test_fff_kernel_tie_break_ge(prefetch) -> None:
     """tie_break "ge": a token whose root logit is exactly 0 goes right, as the reference."""
     spec = fff_kernel_spec(32, 24, 2, 3, "ge")
-    func = _tvm.from_source(fff_source(spec, FffTiling(32, prefetch), "fff_ge"))
+    func = fff_kernel(spec, FffTiling(32, prefetch), "fff_ge", "float32")
     source, launches = emit_kernels({"fff_ge": func})
     variant = CudaVariant(spec, "fff", 1, 2**31 - 1, (launches["fff_ge"],), ())
     rng = np.random.default_rng(5)
@@ -93,7 +92,9 @@ def test_reference_walks_one_path_per_tree() -> None:
 def test_fff_shape_checks() -> None:
     spec = fff_kernel_spec(16, 16, 1, 3)
     with pytest.raises(CodegenError, match="power of two"):
-        fff_source(spec, FffTiling(48), "x")
+        fff_kernel(spec, FffTiling(48), "x", "float32")
+    with pytest.raises(CodegenError, match="float64"):
+        fff_kernel(spec, FffTiling(32), "x", "float64")
     with pytest.raises(ValueError, match="expected trees"):
         fast_feed_forward(np.zeros((1, 16)), np.zeros((14, 16)), np.zeros(14), np.zeros((14, 16)),
                           trees=1, depth=3)

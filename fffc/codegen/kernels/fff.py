@@ -14,103 +14,93 @@ independent, so their latencies overlap instead of forming one chain per token
 (bench/bench_fff_variants.py measures both orders).
 """
 
-from __future__ import annotations
-
 from fffc.ops import KernelSpec
 
-from .._tvm import from_source
+from .._tvm import T
 from ..schedules.base import largest_divisor
-from .fff_cuda import fff_params, fff_right
-
-# Signature and token-major X, Y of both CPU kernels.
-_HEAD = '''
-@T.prim_func
-def kernel(x: T.handle, W_in: T.Buffer(({R}, {D}), "float32", align=4),
-           B_in: T.Buffer(({R},), "float32", align=4), W_out: T.Buffer(({R}, {DO}), "float32", align=4),
-           y: T.handle):
-    T.func_attr({{"global_symbol": "{symbol}", "tirx.noalias": True}})
-    N = T.int32()
-    X = T.match_buffer(x, (N, {D}), "float32", align=4)
-    Y = T.match_buffer(y, (N, {DO}), "float32", align=4)
-'''
-
-# One node of one token: dot with W_in's row, + bias, exact GELU, axpy of W_out's row into
-# Y, branch. Indented for the innermost loop of both kernels; {NODE} holds the node index.
-_STEP = '''                        for v in T.vectorized({VL}):
-                            part[v] = T.float32(0)
-                        for kb in range({D} // {VL}):
-                            for v in T.vectorized({VL}):
-                                part[v] = part[v] + X[c * {TC} + tt, kb * {VL} + v] * W_in[k * {NN} + {NODE}, kb * {VL} + v]
-                        h[0] = B_in[k * {NN} + {NODE}]
-                        for v in range({VL}):
-                            h[0] = h[0] + part[v]
-                        g[0] = T.float32(0.5) * h[0] * (T.float32(1) + T.erf(h[0] * T.float32(0.7071067811865476)))
-                        for jb in range({DO} // {VLO}):
-                            for v in T.vectorized({VLO}):
-                                Y[c * {TC} + tt, jb * {VLO} + v] = Y[c * {TC} + tt, jb * {VLO} + v] + g[0] * W_out[k * {NN} + {NODE}, jb * {VLO} + v]
-                        {NODE} = {NODE} * 2 + 1 + T.Select(h[0] {GT} T.float32(0), 1, 0)
-'''
-
-_FFF = _HEAD + '''    for c in {loop}((N + {TC} - 1) // {TC}):
-        part = T.alloc_buffer(({VL},), "float32", scope="local")
-        node = T.alloc_buffer((1,), "int32", scope="local")
-        h = T.alloc_buffer((1,), "float32", scope="local")
-        g = T.alloc_buffer((1,), "float32", scope="local")
-        for tt in range({TC}):
-            if c * {TC} + tt < N:
-                for jb in range({DO} // {VLO}):
-                    for v in T.vectorized({VLO}):
-                        Y[c * {TC} + tt, jb * {VLO} + v] = T.float32(0)
-                for k in range({K}):
-                    node[0] = 0
-                    for lvl in range({LEVELS}):
-''' + _STEP
+from .fff_cuda import fff_params, right_on_tie
+from .script import ACTIVATIONS
 
 
-_LEVEL = _HEAD + '''    for c in T.parallel((N + {TC} - 1) // {TC}):
-        part = T.alloc_buffer(({VL},), "float32", scope="local")
-        node = T.alloc_buffer(({TC},), "int32", scope="local")
-        h = T.alloc_buffer((1,), "float32", scope="local")
-        g = T.alloc_buffer((1,), "float32", scope="local")
-        for tt in range({TC}):
-            if c * {TC} + tt < N:
-                for jb in range({DO} // {VLO}):
-                    for v in T.vectorized({VLO}):
-                        Y[c * {TC} + tt, jb * {VLO} + v] = T.float32(0)
-        for k in range({K}):
-            for tt in range({TC}):
-                node[tt] = 0
-            for lvl in range({LEVELS}):
-                for tt in range({TC}):
-                    if c * {TC} + tt < N:
-''' + _STEP
+def _kernel(spec: KernelSpec, symbol: str, lanes: int, tokens_per_task: int, parallel: bool,
+            level: bool):
+    """One CPU FFF kernel: token by token (``level`` False: each token walks every tree)
+    or level-synchronous (a task's tokens walk one tree together, a level at a time)."""
+    K, depth = fff_params(spec)
+    R, D, DO, NN, LEVELS = spec.d_ff, spec.d_in, spec.d_out, spec.d_ff // K, depth + 1
+    TC = tokens_per_task
+    VL, VLO = largest_divisor(D, lanes), largest_divisor(DO, lanes)
+    GE, loop = right_on_tie(spec), T.parallel if parallel else T.serial
+    gelu = ACTIVATIONS["gelu"]
+
+    @T.inline
+    def clear(Y, row):
+        for jb in range(DO // VLO):
+            for v in T.vectorized(VLO):
+                Y[row, jb * VLO + v] = T.float32(0)
+
+    @T.inline
+    def step(X, W_in, B_in, W_out, Y, part, h, g, node, c, tt, k, n):
+        """One node of token c·TC + tt in tree k (its index in node[n]): dot with W_in's
+        row, + bias, exact GELU, axpy of W_out's row into Y, branch."""
+        for v in T.vectorized(VL):
+            part[v] = T.float32(0)
+        for kb in range(D // VL):
+            for v in T.vectorized(VL):
+                part[v] = part[v] + X[c * TC + tt, kb * VL + v] * W_in[k * NN + node[n], kb * VL + v]
+        h[0] = B_in[k * NN + node[n]]
+        for v in range(VL):
+            h[0] = h[0] + part[v]
+        g[0] = gelu(h[0])
+        for jb in range(DO // VLO):
+            for v in T.vectorized(VLO):
+                Y[c * TC + tt, jb * VLO + v] = Y[c * TC + tt, jb * VLO + v] + g[0] * W_out[k * NN + node[n], jb * VLO + v]
+        right = T.meta_var(h[0] >= T.float32(0) if GE else h[0] > T.float32(0))
+        node[n] = node[n] * 2 + 1 + T.Select(right, 1, 0)
+
+    @T.prim_func
+    def kernel(x: T.handle, W_in: T.Buffer((R, D), "float32", align=4),
+               B_in: T.Buffer((R,), "float32", align=4),
+               W_out: T.Buffer((R, DO), "float32", align=4), y: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        X = T.match_buffer(x, (N, D), "float32", align=4)
+        Y = T.match_buffer(y, (N, DO), "float32", align=4)
+        for c in loop((N + TC - 1) // TC):
+            part = T.alloc_buffer((VL,), "float32", scope="local")
+            node = T.alloc_buffer((TC if level else 1,), "int32", scope="local")
+            h = T.alloc_buffer((1,), "float32", scope="local")
+            g = T.alloc_buffer((1,), "float32", scope="local")
+            if level:
+                for tt in range(TC):
+                    if c * TC + tt < N:
+                        clear(Y, c * TC + tt)
+                for k in range(K):
+                    for tt in range(TC):
+                        node[tt] = 0
+                    for lvl in range(LEVELS):  # noqa: B007 (a TIR loop: one pass per level)
+                        for tt in range(TC):
+                            if c * TC + tt < N:
+                                step(X, W_in, B_in, W_out, Y, part, h, g, node, c, tt, k, tt)
+            else:
+                for tt in range(TC):
+                    if c * TC + tt < N:
+                        clear(Y, c * TC + tt)
+                        for k in range(K):
+                            node[0] = 0
+                            for lvl in range(LEVELS):  # noqa: B007 (a TIR loop: one pass per level)
+                                step(X, W_in, B_in, W_out, Y, part, h, g, node, c, tt, k, 0)
+
+    return kernel
 
 
-def _fields(spec: KernelSpec, symbol: str, lanes: int, tokens_per_task: int) -> dict:
-    """The template fields both CPU kernels share."""
-    trees, depth = fff_params(spec)
-    return {"R": spec.d_ff, "D": spec.d_in, "DO": spec.d_out, "K": trees,
-            "NN": spec.d_ff // trees, "LEVELS": depth + 1, "TC": tokens_per_task,
-            "GT": fff_right(spec), "VL": largest_divisor(spec.d_in, lanes),
-            "VLO": largest_divisor(spec.d_out, lanes), "symbol": symbol}
-
-
-def fff_cpu_source(spec: KernelSpec, symbol: str, lanes: int = 16, tokens_per_task: int = 2,
-                   parallel: bool = True) -> str:
-    """TVMScript of the CPU FFF kernel for one shape (serial: a few tokens, where waking
+def fff_cpu_primfunc(spec: KernelSpec, symbol: str, lanes: int = 16, parallel: bool = True,
+                     tokens_per_task: int = 2):
+    """The token-by-token CPU FFF kernel for one shape (serial: a few tokens, where waking
     threads costs more than the walk)."""
-    return _FFF.format(**_fields(spec, symbol, lanes, tokens_per_task), NODE="node[0]",
-                       loop="T.parallel" if parallel else "range")
-
-
-def fff_cpu_primfunc(spec: KernelSpec, symbol: str, lanes: int = 16, parallel: bool = True):
-    return from_source(fff_cpu_source(spec, symbol, lanes, parallel=parallel))
-
-
-def fff_level_source(spec: KernelSpec, symbol: str, block: int = 16, lanes: int = 16) -> str:
-    """TVMScript of the level-synchronous CPU FFF kernel (blocks of ``block`` tokens)."""
-    return _LEVEL.format(**_fields(spec, symbol, lanes, block), NODE="node[tt]")
+    return _kernel(spec, symbol, lanes, tokens_per_task, parallel, level=False)
 
 
 def fff_level_primfunc(spec: KernelSpec, symbol: str, block: int = 16, lanes: int = 16):
-    return from_source(fff_level_source(spec, symbol, block, lanes))
+    """The level-synchronous CPU FFF kernel (blocks of ``block`` tokens, in parallel)."""
+    return _kernel(spec, symbol, lanes, block, parallel=True, level=True)

@@ -1,21 +1,21 @@
 """``ai.fffc::FastFeedForward`` for CUDA: one thread block per token walks every tree.
 
 The token's row of X stays in registers (``per`` values per thread, coalesced with the
-node rows of ``W_in``). The rows of both children are loaded while a level reduces, so the
-next level starts from registers (twice the row reads, the load latency off the chain of
-D+1 dependent levels). Per level: a block-wide dot product (per-thread partials, then a
+node rows of ``W_in``). With ``prefetch``, the rows of both children are loaded while a
+level reduces, so the next level starts from registers (twice the row reads, the load
+latency off the chain of D+1 dependent levels). Per level: a block-wide dot product (per-thread partials, then a
 shared-memory tree reduction), exact GELU, an axpy of the node's row of ``W_out`` into the
 per-thread output registers, and the branch ``j = 2j + 1 + [z > 0]``. Only the D+1 visited
 rows of ``W_in`` and ``W_out`` are read per tree: the conditional matrix multiplication.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
+from fffc.ops import WEIGHT_DTYPES, KernelSpec
 
+from .._tvm import T
+from .script import ACTIVATIONS, check_weight_dtype, widen
 from .sparse_ffn_cuda import ceil_div
 
 
@@ -34,101 +34,100 @@ def fff_params(spec: KernelSpec) -> tuple[int, int]:
     return trees, depth
 
 
-def fff_right(spec: KernelSpec) -> str:
-    """The TVMScript comparison of z with 0 that sends a token to the right child."""
-    return ">=" if dict(spec.extra).get("tie_break", "gt") == "ge" else ">"
+def right_on_tie(spec: KernelSpec) -> bool:
+    """Whether z == 0 sends a token to the right child (``z >= 0``; else ``z > 0``)."""
+    return dict(spec.extra).get("tie_break", "gt") == "ge"
 
 
-# Prefetch: the children's rows are known at the start of a level; loading both overlaps
-# their latency with this level's reduction, and the next level starts from registers.
-_PREFETCH = '''                    if lvl < {DEPTH}:
-                        for i in T.unroll({PER}):
-                            lw[i] = T.if_then_else(i * {TX} + tx < {D}, W_in[k * {NN} + node[0] * 2 + 1, T.min(i * {TX} + tx, {D} - 1)], T.float32(0))
-                            rw[i] = T.if_then_else(i * {TX} + tx < {D}, W_in[k * {NN} + node[0] * 2 + 2, T.min(i * {TX} + tx, {D} - 1)], T.float32(0))'''
-_PICK = '''                    for i in T.unroll({PER}):
-                        cw[i] = T.Select(h[0] {GT} T.float32(0), rw[i], lw[i])'''
-# Without prefetch: the current node's row, loaded when the node is known.
-_LOAD = '''                    for i in T.unroll({PER}):
-                        cw[i] = T.if_then_else(i * {TX} + tx < {D}, W_in[k * {NN} + node[0], T.min(i * {TX} + tx, {D} - 1)], T.float32(0))'''
+def fff_kernel(spec: KernelSpec, t: FffTiling, symbol: str, weight_dtype: str):
+    """The FFF kernel for one shape, its ``W_in`` and ``W_out`` stored as ``weight_dtype``."""
+    K, depth = fff_params(spec)
+    check_weight_dtype(weight_dtype, tuple(WEIGHT_DTYPES.values()))
+    TX = t.threads
+    if TX < 32 or TX & (TX - 1):
+        raise CodegenError(f"FFF threads {TX}: a power of two ≥ 32")
+    R, D, DO, NN, DEPTH, LEVELS = spec.d_ff, spec.d_in, spec.d_out, spec.d_ff // K, depth, depth + 1
+    PER, PERO, NW = ceil_div(D, TX), ceil_div(DO, TX), TX // 32
+    PREFETCH, GE, WDT = t.prefetch, right_on_tie(spec), weight_dtype
+    gelu = ACTIVATIONS["gelu"]
 
-_ROOT = '''                for i in T.unroll({PER}):
-                    cw[i] = T.if_then_else(i * {TX} + tx < {D}, W_in[k * {NN}, T.min(i * {TX} + tx, {D} - 1)], T.float32(0))'''
+    @T.inline
+    def load_row(dst, W_in, row, tx):
+        """Thread tx's values of W_in's row (PER, strided by TX), 0 past d_in."""
+        for i in T.unroll(PER):
+            dst[i] = T.if_then_else(i * TX + tx < D, widen(W_in[row, T.min(i * TX + tx, D - 1)]), T.float32(0))
 
-_FFF = '''
-@T.prim_func
-def kernel(x: T.handle, W_in: T.Buffer(({R}, {D}), "float32"), B_in: T.Buffer(({R},), "float32"),
-           W_out: T.Buffer(({R}, {DO}), "float32"), y: T.handle):
-    T.func_attr({{"global_symbol": "{symbol}", "tirx.noalias": True}})
-    N = T.int32()
-    X = T.match_buffer(x, (N, {D}), "float32")
-    Y = T.match_buffer(y, (N, {DO}), "float32")
-    for b in T.thread_binding(N, thread="blockIdx.x"):
-        for tx in T.thread_binding({TX}, thread="threadIdx.x"):
-            xr = T.alloc_buffer(({PER},), "float32", scope="local")
-            yr = T.alloc_buffer(({PERO},), "float32", scope="local")
-            node = T.alloc_buffer((1,), "int32", scope="local")
-            part = T.alloc_buffer((1,), "float32", scope="local")
-            h = T.alloc_buffer((1,), "float32", scope="local")
-            pg = T.alloc_buffer((1,), "float32", scope="local")
-            pnode = T.alloc_buffer((1,), "int32", scope="local")
-            red = T.alloc_buffer((2, {NW}), "float32", scope="shared")
-            cw = T.alloc_buffer(({PER},), "float32", scope="local")
-            lw = T.alloc_buffer(({PER},), "float32", scope="local")
-            rw = T.alloc_buffer(({PER},), "float32", scope="local")
-            for i in T.unroll({PER}):
-                xr[i] = T.if_then_else(i * {TX} + tx < {D}, X[b, T.min(i * {TX} + tx, {D} - 1)], T.float32(0))
-            for i in T.unroll({PERO}):
-                yr[i] = T.float32(0)
-            for k in range({K}):
-                node[0] = 0
-{root_load}
-                pg[0] = T.float32(0)
-                pnode[0] = 0
-                for lvl in range({LEVELS}):
-{load_next}
-                    # the previous level's axpy, deferred so that its W_out row load is in
-                    # flight together with this level's W_in row instead of after it
-                    if lvl > 0:
-                        for i in T.unroll({PERO}):
-                            if i * {TX} + tx < {DO}:
-                                yr[i] = yr[i] + pg[0] * W_out[k * {NN} + pnode[0], i * {TX} + tx]
-                    part[0] = T.float32(0)
-                    for i in T.unroll({PER}):
-                        part[0] = part[0] + xr[i] * cw[i]
-                    # warp sums by shuffles, then one barrier for the warps' partial sums
-                    # (double-buffered by level parity: no second barrier before reuse)
-                    for s in T.unroll(5):
-                        part[0] = part[0] + T.tvm_warp_shuffle_xor(T.uint32(4294967295), part[0], T.shift_left(1, s), 32, 32)
-                    if tx % 32 == 0:
-                        red[lvl % 2, tx // 32] = part[0]
-                    T.tvm_storage_sync("shared")
-                    h[0] = B_in[k * {NN} + node[0]]
-                    for w in T.unroll({NW}):
-                        h[0] = h[0] + red[lvl % 2, w]
-                    pg[0] = T.float32(0.5) * h[0] * (T.float32(1) + T.erf(h[0] * T.float32(0.7071067811865476)))
-                    pnode[0] = node[0]
-                    node[0] = node[0] * 2 + 1 + T.Select(h[0] {GT} T.float32(0), 1, 0)
-{pick_next}
-                for i in T.unroll({PERO}):
-                    if i * {TX} + tx < {DO}:
-                        yr[i] = yr[i] + pg[0] * W_out[k * {NN} + pnode[0], i * {TX} + tx]
-            for i in T.unroll({PERO}):
-                if i * {TX} + tx < {DO}:
-                    Y[b, i * {TX} + tx] = yr[i]
-'''
+    @T.prim_func
+    def kernel(x: T.handle, W_in: T.Buffer((R, D), WDT), B_in: T.Buffer((R,), "float32"),
+               W_out: T.Buffer((R, DO), WDT), y: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        X = T.match_buffer(x, (N, D), "float32")
+        Y = T.match_buffer(y, (N, DO), "float32")
+        for b in T.thread_binding(N, thread="blockIdx.x"):
+            for tx in T.thread_binding(TX, thread="threadIdx.x"):
+                xr = T.alloc_buffer((PER,), "float32", scope="local")
+                yr = T.alloc_buffer((PERO,), "float32", scope="local")
+                node = T.alloc_buffer((1,), "int32", scope="local")
+                part = T.alloc_buffer((1,), "float32", scope="local")
+                h = T.alloc_buffer((1,), "float32", scope="local")
+                pg = T.alloc_buffer((1,), "float32", scope="local")
+                pnode = T.alloc_buffer((1,), "int32", scope="local")
+                red = T.alloc_buffer((2, NW), "float32", scope="shared")
+                cw = T.alloc_buffer((PER,), "float32", scope="local")
+                lw = T.alloc_buffer((PER,), "float32", scope="local")
+                rw = T.alloc_buffer((PER,), "float32", scope="local")
+                for i in T.unroll(PER):
+                    xr[i] = T.if_then_else(i * TX + tx < D, X[b, T.min(i * TX + tx, D - 1)], T.float32(0))
+                for i in T.unroll(PERO):
+                    yr[i] = T.float32(0)
+                for k in range(K):
+                    node[0] = 0
+                    if PREFETCH:  # the root's row
+                        load_row(cw, W_in, k * NN, tx)
+                    pg[0] = T.float32(0)
+                    pnode[0] = 0
+                    for lvl in range(LEVELS):
+                        if PREFETCH:
+                            # the children's rows are known now: loading both overlaps their
+                            # latency with this level's reduction
+                            if lvl < DEPTH:
+                                for i in T.unroll(PER):
+                                    lw[i] = T.if_then_else(i * TX + tx < D, widen(W_in[k * NN + node[0] * 2 + 1, T.min(i * TX + tx, D - 1)]), T.float32(0))
+                                    rw[i] = T.if_then_else(i * TX + tx < D, widen(W_in[k * NN + node[0] * 2 + 2, T.min(i * TX + tx, D - 1)]), T.float32(0))
+                        else:  # the current node's row, loaded once the node is known
+                            load_row(cw, W_in, k * NN + node[0], tx)
+                        # the previous level's axpy, deferred so that its W_out row load is in
+                        # flight together with this level's W_in row instead of after it
+                        if lvl > 0:
+                            for i in T.unroll(PERO):
+                                if i * TX + tx < DO:
+                                    yr[i] = yr[i] + pg[0] * widen(W_out[k * NN + pnode[0], i * TX + tx])
+                        part[0] = T.float32(0)
+                        for i in T.unroll(PER):
+                            part[0] = part[0] + xr[i] * cw[i]
+                        # warp sums by shuffles, then one barrier for the warps' partial sums
+                        # (double-buffered by level parity: no second barrier before reuse)
+                        for s in T.unroll(5):
+                            part[0] = part[0] + T.tvm_warp_shuffle_xor(T.uint32(4294967295), part[0], T.shift_left(1, s), 32, 32)
+                        if tx % 32 == 0:
+                            red[lvl % 2, tx // 32] = part[0]
+                        T.tvm_storage_sync("shared")
+                        h[0] = B_in[k * NN + node[0]]
+                        for w in T.unroll(NW):
+                            h[0] = h[0] + red[lvl % 2, w]
+                        pg[0] = gelu(h[0])
+                        pnode[0] = node[0]
+                        right = T.meta_var(h[0] >= T.float32(0) if GE else h[0] > T.float32(0))
+                        node[0] = node[0] * 2 + 1 + T.Select(right, 1, 0)
+                        if PREFETCH:
+                            for i in T.unroll(PER):
+                                cw[i] = T.Select(right, rw[i], lw[i])
+                    for i in T.unroll(PERO):
+                        if i * TX + tx < DO:
+                            yr[i] = yr[i] + pg[0] * widen(W_out[k * NN + pnode[0], i * TX + tx])
+                for i in T.unroll(PERO):
+                    if i * TX + tx < DO:
+                        Y[b, i * TX + tx] = yr[i]
 
-
-def fff_source(spec: KernelSpec, t: FffTiling, symbol: str) -> str:
-    """TVMScript of the FFF kernel for one shape."""
-    trees, depth = fff_params(spec)
-    tx = t.threads
-    if tx < 32 or tx & (tx - 1):
-        raise CodegenError(f"FFF threads {tx}: a power of two ≥ 32")
-    fmt = dict(D=spec.d_in, K=trees, NN=spec.d_ff // trees, DEPTH=depth, TX=tx,
-               PER=ceil_div(spec.d_in, tx), GT=fff_right(spec))
-    load_next = _PREFETCH.format(**fmt) if t.prefetch else _LOAD.format(**fmt)
-    pick_next = _PICK.format(**fmt) if t.prefetch else ""
-    root_load = _ROOT.format(**fmt) if t.prefetch else ""
-    return _FFF.format(load_next=load_next, pick_next=pick_next, root_load=root_load,
-                       R=spec.d_ff, DO=spec.d_out, LEVELS=depth + 1, NW=tx // 32,
-                       PERO=ceil_div(spec.d_out, tx), symbol=symbol, **fmt)
+    return kernel

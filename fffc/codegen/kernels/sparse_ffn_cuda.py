@@ -2,8 +2,8 @@
 
 A GPU kernel cannot allocate its scratch memory, so each variant is a short list of
 launches over workspace buffers that the shim takes from ONNX Runtime (``H``, ``HU``,
-``P``, sized per token). Few tokens (``decode``, hand-written TVMScript, explicit thread
-bindings):
+``P``, sized per token). Few tokens (``decode``: TVMScript generators with explicit
+thread bindings):
 
 1. ``proj``: ``H = relu(X·W1 + B1)``: a block owns ``nt`` neurons (threadIdx.x: coalesced
    reads of ``W1 [d_in, d_ff]``) and splits d_in over ``ks`` warps rows (threadIdx.y),
@@ -22,13 +22,16 @@ nearly dense, so the projections are plain GEMMs with fused epilogues, scheduled
 TVM's dlight ``Matmul`` rule (``relu(X·W1+B1)``, ``H ⊙ up_act(X·WUᵀ)``, ``H·W2+B2``).
 """
 
-from __future__ import annotations
-
+import functools
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fffc.errors import CodegenError
 from fffc.ops import WEIGHT_DTYPES, KernelSpec
 
+from .._tvm import T, te, tvm
+from .script import ACTIVATIONS, check_weight_dtype, specialize, widen
 from .sparse_ffn import check_spec
 
 CUDA_WEIGHT_DTYPES = tuple(WEIGHT_DTYPES.values())  # stored 16-bit, read as float32
@@ -65,228 +68,260 @@ def workspace(spec: KernelSpec, t: CudaTiling) -> dict[str, int]:
             "P": t.splits * spec.d_out}
 
 
-def _params(spec: KernelSpec, names: list[str], kb: int = 1) -> str:
-    d, f, do = spec.d_in, spec.d_ff, spec.d_out
-    shapes = {"X": "x: T.handle", "W1": f'W1: T.Buffer(({d}, {f}), "float32")',
-              "B1": f'B1: T.Buffer(({f},), "float32")',
-              "W2": f'W2: T.Buffer(({f}, {do}), "float32")',
-              "B2": f'B2: T.Buffer(({do},), "float32")',
-              "WU": f'WU: T.Buffer(({f}, {d}), "float32")', "H": "h: T.handle",
-              "P": "p: T.handle", "PP": "pp: T.handle", "Y": "y: T.handle"}
-    return ", ".join(shapes[n] for n in names)
+def _split_k(spec: KernelSpec, tiling: CudaTiling) -> tuple[int, int]:
+    """(d_in per grid slice, d_in per warp row of a slice: a multiple of 4)."""
+    kcb = ceil_div(spec.d_in, tiling.kb)
+    if ceil_div(spec.d_in, kcb) != tiling.kb:
+        raise CodegenError(f"kb={tiling.kb} leaves empty slices of d_in={spec.d_in}")
+    return kcb, 4 * ceil_div(ceil_div(kcb, tiling.ks), 4)
 
 
-_HEAD = '''
-@T.prim_func
-def kernel({params}):
-    T.func_attr({{"global_symbol": "{symbol}", "tirx.noalias": True}})
-    N = T.int32()
-'''
+def _chunk(spec: KernelSpec, tiling: CudaTiling) -> int:
+    """Neurons per chunk of the down projection (``tiling.splits`` chunks, none empty)."""
+    fc = ceil_div(spec.d_ff, tiling.splits)
+    if ceil_div(spec.d_ff, fc) != tiling.splits:
+        raise CodegenError(f"splits={tiling.splits} leaves empty chunks of d_ff={spec.d_ff}")
+    return fc
 
-_PROJ = '''    X = T.match_buffer(x, (N, {D}), "float32")
-    PP = T.match_buffer(pp, (N, {KB}, {F}), "float32")
-    for bx in T.thread_binding({NBX}, thread="blockIdx.x"):
-        for bk in T.thread_binding({KB}, thread="blockIdx.y"):
-            for bz in T.thread_binding((N + {MR} - 1) // {MR}, thread="blockIdx.z"):
-                for ty in T.thread_binding({KS}, thread="threadIdx.y"):
-                    for tx in T.thread_binding({NT}, thread="threadIdx.x"):
-                        acc = T.alloc_buffer(({VN}, {MR}), "float32", scope="local")
-                        w = T.alloc_buffer(({VN},), "float32", scope="local")
-                        xv = T.alloc_buffer(({MR},), "float32", scope="local")
-                        red = T.alloc_buffer(({KS}, {VN}, {MR}, {NT}), "float32", scope="shared")
-                        for v in T.unroll({VN}):
-                            for t in T.unroll({MR}):
-                                acc[v, t] = T.float32(0)
-                        for kk in range({KC} // 4):
-                            for u in T.unroll(4):
-                                if ty * {KC} + kk * 4 + u < {KCB} and bk * {KCB} + ty * {KC} + kk * 4 + u < {D}:
-                                    for t in T.unroll({MR}):
-                                        xv[t] = X[T.min(bz * {MR} + t, N - 1), bk * {KCB} + ty * {KC} + kk * 4 + u]
-                                    for v in T.unroll({VN}):
-                                        w[v] = W1[bk * {KCB} + ty * {KC} + kk * 4 + u, T.min(bx * {NBLK} + v * {NT} + tx, {F} - 1)]
-                                    for v in T.unroll({VN}):
-                                        for t in T.unroll({MR}):
-                                            acc[v, t] = acc[v, t] + xv[t] * w[v]
-                        for v in T.unroll({VN}):
-                            for t in T.unroll({MR}):
-                                red[ty, v, t, tx] = acc[v, t]
+
+def _gate(has_b1: bool, kb: int) -> Callable:
+    """The first projection's pre-activation at (row, col): bias plus the split-K
+    partials of ``PP``, added in order."""
+
+    def gate(B1, PP, row, col):
+        terms = [B1[col]] if has_b1 else []
+        terms += [PP[row, k, col] for k in range(kb)]
+        return functools.reduce(operator.add, terms)
+
+    return gate
+
+
+def proj_kernel(spec: KernelSpec, tiling: CudaTiling, symbol: str, weight_dtype: str):
+    """``PP[n, bk, i] = X[n, slice bk]·W1[slice bk, i]``: the first projection's partials."""
+    D, F = spec.d_in, spec.d_ff
+    KB, MR, NT, KS, VN = tiling.kb, tiling.mr, tiling.nt, tiling.ks, tiling.vn
+    KCB, KC = _split_k(spec, tiling)
+    NBX, NBLK = ceil_div(F, NT * VN), NT * VN
+    WDT = weight_dtype
+
+    @T.prim_func
+    def kernel(x: T.handle, W1: T.Buffer((D, F), WDT), pp: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        X = T.match_buffer(x, (N, D), "float32")
+        PP = T.match_buffer(pp, (N, KB, F), "float32")
+        for bx in T.thread_binding(NBX, thread="blockIdx.x"):
+            for bk in T.thread_binding(KB, thread="blockIdx.y"):
+                for bz in T.thread_binding((N + MR - 1) // MR, thread="blockIdx.z"):
+                    for ty in T.thread_binding(KS, thread="threadIdx.y"):
+                        for tx in T.thread_binding(NT, thread="threadIdx.x"):
+                            acc = T.alloc_buffer((VN, MR), "float32", scope="local")
+                            w = T.alloc_buffer((VN,), "float32", scope="local")
+                            xv = T.alloc_buffer((MR,), "float32", scope="local")
+                            red = T.alloc_buffer((KS, VN, MR, NT), "float32", scope="shared")
+                            for v in T.unroll(VN):
+                                for t in T.unroll(MR):
+                                    acc[v, t] = T.float32(0)
+                            for kk in range(KC // 4):
+                                for u in T.unroll(4):
+                                    k = T.meta_var(bk * KCB + ty * KC + kk * 4 + u)
+                                    if ty * KC + kk * 4 + u < KCB and k < D:
+                                        for t in T.unroll(MR):
+                                            xv[t] = X[T.min(bz * MR + t, N - 1), k]
+                                        for v in T.unroll(VN):
+                                            w[v] = widen(W1[k, T.min(bx * NBLK + v * NT + tx, F - 1)])
+                                        for v in T.unroll(VN):
+                                            for t in T.unroll(MR):
+                                                acc[v, t] = acc[v, t] + xv[t] * w[v]
+                            for v in T.unroll(VN):
+                                for t in T.unroll(MR):
+                                    red[ty, v, t, tx] = acc[v, t]
+                            T.tvm_storage_sync("shared")
+                            if ty == 0:
+                                for v in T.unroll(VN):
+                                    if bx * NBLK + v * NT + tx < F:
+                                        for t in T.unroll(MR):
+                                            acc[v, t] = T.float32(0)
+                                            for j in T.unroll(KS):
+                                                acc[v, t] = acc[v, t] + red[j, v, t, tx]
+                                            if bz * MR + t < N:
+                                                PP[bz * MR + t, bk, bx * NBLK + v * NT + tx] = acc[v, t]
+
+    return kernel
+
+
+def up_kernel(spec: KernelSpec, tiling: CudaTiling, symbol: str, weight_dtype: str):
+    """Gated: ``H = relu(gate) ⊙ up_act(X·WUᵀ)``, a row of WU read only where the gate is
+    positive for some token of the block. A block owns WPB warps × NPW neurons and stages
+    X in chunks of KCH columns in shared memory once for all of them (X is read MR times
+    per weight otherwise)."""
+    D, F, KB, MR, WPB, NPW = spec.d_in, spec.d_ff, tiling.kb, tiling.mr, tiling.wpb, tiling.npw
+    KCH = min(32 * ceil_div(D, 32), 32 * max(1, tiling.x_stage_floats // (32 * MR)))
+    NBU, NCH, XSTAGE = ceil_div(F, WPB * NPW), ceil_div(D, KCH), ceil_div(MR * KCH, 32 * WPB)
+    WDT = weight_dtype
+    gate, up = _gate(spec.has_b1, KB), ACTIVATIONS[spec.up_activation]
+
+    @T.jit
+    def kernel(x: T.handle, WU: T.Buffer((F, D), WDT), B1: T.Optional(T.Buffer((F,), "float32")),
+               pp: T.handle, h: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        X = T.match_buffer(x, (N, D), "float32")
+        PP = T.match_buffer(pp, (N, KB, F), "float32")
+        H = T.match_buffer(h, (N, F), "float32")
+        for bx in T.thread_binding(NBU, thread="blockIdx.x"):
+            for by in T.thread_binding((N + MR - 1) // MR, thread="blockIdx.y"):
+                for ty in T.thread_binding(WPB, thread="threadIdx.y"):
+                    for tx in T.thread_binding(32, thread="threadIdx.x"):
+                        acc = T.alloc_buffer((NPW, MR), "float32", scope="local")
+                        g = T.alloc_buffer((NPW, MR), "float32", scope="local")
+                        w = T.alloc_buffer((1,), "float32", scope="local")
+                        act = T.alloc_buffer((NPW,), "int32", scope="local")
+                        xs = T.alloc_buffer((MR, KCH), "float32", scope="shared")
+                        red = T.alloc_buffer((WPB, NPW, MR, 32), "float32", scope="shared")
+                        for q in T.unroll(NPW):
+                            act[q] = 0
+                            for t in T.unroll(MR):
+                                acc[q, t] = T.float32(0)
+                                g[q, t] = T.float32(0)
+                                if by * MR + t < N and (bx * WPB + ty) * NPW + q < F:
+                                    g[q, t] = gate(B1, PP, by * MR + t, (bx * WPB + ty) * NPW + q)
+                                    if g[q, t] > T.float32(0):
+                                        act[q] = 1
+                        for c in range(NCH):
+                            for i in range(XSTAGE):
+                                e = T.meta_var((i * WPB + ty) * 32 + tx)
+                                if e < MR * KCH:
+                                    xs[e // KCH, e % KCH] = X[T.min(by * MR + e // KCH, N - 1), T.min(c * KCH + e % KCH, D - 1)]
+                            T.tvm_storage_sync("shared")
+                            for q in T.unroll(NPW):
+                                if act[q] != 0:
+                                    for kk in range(KCH // 32):
+                                        if c * KCH + kk * 32 + tx < D:
+                                            w[0] = widen(WU[(bx * WPB + ty) * NPW + q, c * KCH + kk * 32 + tx])
+                                            for t in T.unroll(MR):
+                                                acc[q, t] = acc[q, t] + xs[t, kk * 32 + tx] * w[0]
+                            T.tvm_storage_sync("shared")
+                        for q in T.unroll(NPW):
+                            for t in T.unroll(MR):
+                                red[ty, q, t, tx] = acc[q, t]
                         T.tvm_storage_sync("shared")
-                        if ty == 0:
-                            for v in T.unroll({VN}):
-                                if bx * {NBLK} + v * {NT} + tx < {F}:
-                                    for t in T.unroll({MR}):
-                                        acc[v, t] = T.float32(0)
-                                        for j in T.unroll({KS}):
-                                            acc[v, t] = acc[v, t] + red[j, v, t, tx]
-                                        if bz * {MR} + t < N:
-                                            PP[bz * {MR} + t, bk, bx * {NBLK} + v * {NT} + tx] = acc[v, t]
-'''
+                        if tx == 0:
+                            for q in T.unroll(NPW):
+                                if (bx * WPB + ty) * NPW + q < F:
+                                    for t in T.unroll(MR):
+                                        acc[q, t] = T.float32(0)
+                                        for j in range(32):
+                                            acc[q, t] = acc[q, t] + red[ty, q, t, j]
+                                        if by * MR + t < N:
+                                            H[by * MR + t, (bx * WPB + ty) * NPW + q] = T.max(g[q, t], T.float32(0)) * up(acc[q, t])
 
-# Gated: a block owns WPB warps × NPW neurons; the block stages X in chunks of KCH
-# columns in shared memory once for all of them (X is read MR times per weight otherwise).
-_UP = '''    X = T.match_buffer(x, (N, {D}), "float32")
-    PP = T.match_buffer(pp, (N, {KB}, {F}), "float32")
-    H = T.match_buffer(h, (N, {F}), "float32")
-    for bx in T.thread_binding({NBU}, thread="blockIdx.x"):
-        for by in T.thread_binding((N + {MR} - 1) // {MR}, thread="blockIdx.y"):
-            for ty in T.thread_binding({WPB}, thread="threadIdx.y"):
-                for tx in T.thread_binding(32, thread="threadIdx.x"):
-                    acc = T.alloc_buffer(({NPW}, {MR}), "float32", scope="local")
-                    g = T.alloc_buffer(({NPW}, {MR}), "float32", scope="local")
-                    w = T.alloc_buffer((1,), "float32", scope="local")
-                    act = T.alloc_buffer(({NPW},), "int32", scope="local")
-                    xs = T.alloc_buffer(({MR}, {KCH}), "float32", scope="shared")
-                    red = T.alloc_buffer(({WPB}, {NPW}, {MR}, 32), "float32", scope="shared")
-                    for q in T.unroll({NPW}):
-                        act[q] = 0
-                        for t in T.unroll({MR}):
-                            acc[q, t] = T.float32(0)
-                            g[q, t] = T.float32(0)
-                            if by * {MR} + t < N and (bx * {WPB} + ty) * {NPW} + q < {F}:
-                                g[q, t] = {gate_up}
-                                if g[q, t] > T.float32(0):
-                                    act[q] = 1
-                    for c in range({NCH}):
-                        for i in range({XSTAGE}):
-                            if (i * {WPB} + ty) * 32 + tx < {MR} * {KCH}:
-                                xs[((i * {WPB} + ty) * 32 + tx) // {KCH}, ((i * {WPB} + ty) * 32 + tx) % {KCH}] = X[T.min(by * {MR} + ((i * {WPB} + ty) * 32 + tx) // {KCH}, N - 1), T.min(c * {KCH} + ((i * {WPB} + ty) * 32 + tx) % {KCH}, {D} - 1)]
+    return specialize(kernel, B1=spec.has_b1)
+
+
+def down_kernel(spec: KernelSpec, tiling: CudaTiling, symbol: str, weight_dtype: str,
+                from_h: bool):
+    """``P[n, s] = H[n, chunk s]·W2[chunk s]``, a row of W2 read only for neurons non-zero
+    for some token of the block (warp-uniform). ``from_h``: H is an input; otherwise
+    ``H = relu(gate)`` straight from the first projection's partials ``PP``."""
+    F, DO, KB, MR, NO, S = spec.d_ff, spec.d_out, tiling.kb, tiling.mr, tiling.no, tiling.splits
+    FC = _chunk(spec, tiling)
+    NBO, STAGE = ceil_div(DO, NO), ceil_div(MR * FC, NO)
+    WDT = weight_dtype
+    gate = _gate(spec.has_b1, KB)
+
+    @T.jit
+    def kernel(h: T.Optional(T.handle), B1: T.Optional(T.Buffer((F,), "float32")),
+               pp: T.Optional(T.handle), W2: T.Buffer((F, DO), WDT), p: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        if from_h:
+            H = T.match_buffer(h, (N, F), "float32")
+        else:
+            PP = T.match_buffer(pp, (N, KB, F), "float32")
+        P = T.match_buffer(p, (N, S, DO), "float32")
+        for bx in T.thread_binding(NBO, thread="blockIdx.x"):
+            for bs in T.thread_binding(S, thread="blockIdx.y"):
+                for bz in T.thread_binding((N + MR - 1) // MR, thread="blockIdx.z"):
+                    for tx in T.thread_binding(NO, thread="threadIdx.x"):
+                        acc = T.alloc_buffer((MR,), "float32", scope="local")
+                        w = T.alloc_buffer((1,), "float32", scope="local")
+                        nz = T.alloc_buffer((1,), "int32", scope="local")
+                        hv = T.alloc_buffer((MR,), "float32", scope="local")
+                        hs = T.alloc_buffer((MR, FC), "float32", scope="shared")
+                        for i in range(STAGE):
+                            e = T.meta_var(i * NO + tx)
+                            row = T.meta_var(T.min(bz * MR + e // FC, N - 1))
+                            col = T.meta_var(T.min(bs * FC + e % FC, F - 1))
+                            hval = T.meta_var(H[row, col] if from_h else T.max(gate(B1, PP, row, col), T.float32(0)))
+                            if e < MR * FC:
+                                hs[e // FC, e % FC] = T.if_then_else(bz * MR + e // FC < N and bs * FC + e % FC < F, hval, T.float32(0))
                         T.tvm_storage_sync("shared")
-                        for q in T.unroll({NPW}):
-                            if act[q] != 0:
-                                for kk in range({KCH} // 32):
-                                    if c * {KCH} + kk * 32 + tx < {D}:
-                                        w[0] = WU[(bx * {WPB} + ty) * {NPW} + q, c * {KCH} + kk * 32 + tx]
-                                        for t in T.unroll({MR}):
-                                            acc[q, t] = acc[q, t] + xs[t, kk * 32 + tx] * w[0]
-                        T.tvm_storage_sync("shared")
-                    for q in T.unroll({NPW}):
-                        for t in T.unroll({MR}):
-                            red[ty, q, t, tx] = acc[q, t]
-                    T.tvm_storage_sync("shared")
-                    if tx == 0:
-                        for q in T.unroll({NPW}):
-                            if (bx * {WPB} + ty) * {NPW} + q < {F}:
-                                for t in T.unroll({MR}):
-                                    acc[q, t] = T.float32(0)
-                                    for j in range(32):
-                                        acc[q, t] = acc[q, t] + red[ty, q, t, j]
-                                    if by * {MR} + t < N:
-                                        H[by * {MR} + t, (bx * {WPB} + ty) * {NPW} + q] = T.max(g[q, t], T.float32(0)) * {up}
-'''
+                        for t in T.unroll(MR):
+                            acc[t] = T.float32(0)
+                        for i in range(FC):
+                            nz[0] = 0
+                            for t in T.unroll(MR):
+                                hv[t] = hs[t, i]
+                                if hv[t] != T.float32(0):
+                                    nz[0] = 1
+                            if nz[0] != 0:
+                                w[0] = widen(W2[bs * FC + i, T.min(bx * NO + tx, DO - 1)])
+                                for t in T.unroll(MR):
+                                    acc[t] = acc[t] + hv[t] * w[0]
+                        if bx * NO + tx < DO:
+                            for t in T.unroll(MR):
+                                if bz * MR + t < N:
+                                    P[bz * MR + t, bs, bx * NO + tx] = acc[t]
 
-_DOWN = '''{hbuf}
-    P = T.match_buffer(p, (N, {S}, {DO}), "float32")
-    for bx in T.thread_binding({NBO}, thread="blockIdx.x"):
-        for bs in T.thread_binding({S}, thread="blockIdx.y"):
-            for bz in T.thread_binding((N + {MR} - 1) // {MR}, thread="blockIdx.z"):
-                for tx in T.thread_binding({NO}, thread="threadIdx.x"):
-                    acc = T.alloc_buffer(({MR},), "float32", scope="local")
-                    w = T.alloc_buffer((1,), "float32", scope="local")
-                    nz = T.alloc_buffer((1,), "int32", scope="local")
-                    hv = T.alloc_buffer(({MR},), "float32", scope="local")
-                    hs = T.alloc_buffer(({MR}, {FC}), "float32", scope="shared")
-                    for i in range({STAGE}):
-                        if i * {NO} + tx < {MR} * {FC}:
-                            hs[(i * {NO} + tx) // {FC}, (i * {NO} + tx) % {FC}] = T.if_then_else(bz * {MR} + (i * {NO} + tx) // {FC} < N and bs * {FC} + (i * {NO} + tx) % {FC} < {F}, {stage}, T.float32(0))
-                    T.tvm_storage_sync("shared")
-                    for t in T.unroll({MR}):
-                        acc[t] = T.float32(0)
-                    for i in range({FC}):
-                        nz[0] = 0
-                        for t in T.unroll({MR}):
-                            hv[t] = hs[t, i]
-                            if hv[t] != T.float32(0):
-                                nz[0] = 1
-                        if nz[0] != 0:
-                            w[0] = W2[bs * {FC} + i, T.min(bx * {NO} + tx, {DO} - 1)]
-                            for t in T.unroll({MR}):
-                                acc[t] = acc[t] + hv[t] * w[0]
-                    if bx * {NO} + tx < {DO}:
-                        for t in T.unroll({MR}):
-                            if bz * {MR} + t < N:
-                                P[bz * {MR} + t, bs, bx * {NO} + tx] = acc[t]
-'''
-
-_REDUCE = '''    P = T.match_buffer(p, (N, {S}, {DO}), "float32")
-    Y = T.match_buffer(y, (N, {DO}), "float32")
-    for bx in T.thread_binding({NBR}, thread="blockIdx.x"):
-        for by in T.thread_binding(N, thread="blockIdx.y"):
-            for tx in T.thread_binding(256, thread="threadIdx.x"):
-                s = T.alloc_buffer((1,), "float32", scope="local")
-                if bx * 256 + tx < {DO}:
-                    s[0] = {b2}
-                    for j in range({S}):
-                        s[0] = s[0] + P[by, j, bx * 256 + tx]
-                    Y[by, bx * 256 + tx] = s[0]
-'''
+    return specialize(kernel, h=from_h, B1=spec.has_b1 and not from_h, pp=not from_h)
 
 
-def _gate(spec: KernelSpec, kb: int, row: str, col: str) -> str:
-    """The first projection's pre-activation: bias plus the split-K partials, in order."""
-    terms = [f"B1[{col}]"] if spec.has_b1 else []
-    terms += [f"PP[{row}, {k}, {col}]" for k in range(kb)]
-    return " + ".join(terms)
+def reduce_kernel(spec: KernelSpec, tiling: CudaTiling, symbol: str):
+    """``Y = B2 + Σ_s P[s]`` in a fixed order (deterministic, no atomics)."""
+    DO, S = spec.d_out, tiling.splits
+    NBR = ceil_div(DO, 256)
+
+    @T.jit
+    def kernel(p: T.handle, B2: T.Optional(T.Buffer((DO,), "float32")), y: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        P = T.match_buffer(p, (N, S, DO), "float32")
+        Y = T.match_buffer(y, (N, DO), "float32")
+        for bx in T.thread_binding(NBR, thread="blockIdx.x"):
+            for by in T.thread_binding(N, thread="blockIdx.y"):
+                for tx in T.thread_binding(256, thread="threadIdx.x"):
+                    s = T.alloc_buffer((1,), "float32", scope="local")
+                    if bx * 256 + tx < DO:
+                        s[0] = B2[bx * 256 + tx] if B2 is not None else T.float32(0)
+                        for j in range(S):
+                            s[0] = s[0] + P[by, j, bx * 256 + tx]
+                        Y[by, bx * 256 + tx] = s[0]
+
+    return specialize(kernel, B2=spec.has_b2)
 
 
-def decode_sources(spec: KernelSpec, t: CudaTiling, prefix: str) -> dict[str, str]:
-    """TVMScript of the decode kernels, by global symbol, in launch order."""
+def decode_funcs(spec: KernelSpec, tiling: CudaTiling, prefix: str, weight_dtype: str) -> dict:
+    """PrimFuncs of the decode kernels, by global symbol, in launch order."""
     check_spec(spec, CUDA_WEIGHT_DTYPES)
-    d, f, do = spec.d_in, spec.d_ff, spec.d_out
-    fc = ceil_div(f, t.splits)
-    if ceil_div(f, fc) != t.splits:
-        raise CodegenError(f"splits={t.splits} leaves empty chunks of d_ff={f}")
-    kcb = ceil_div(d, t.kb)
-    if ceil_div(d, kcb) != t.kb:
-        raise CodegenError(f"kb={t.kb} leaves empty slices of d_in={d}")
-    kch = min(32 * ceil_div(d, 32), 32 * max(1, t.x_stage_floats // (32 * t.mr)))
-    row = f"T.min(bz * {t.mr} + (i * {t.no} + tx) // {fc}, N - 1)"
-    col = f"T.min(bs * {fc} + (i * {t.no} + tx) % {fc}, {f} - 1)"
-    fmt: dict[str, object] = {
-        "D": d, "F": f, "DO": do, "MR": t.mr, "NT": t.nt, "KS": t.ks, "KB": t.kb, "KCB": kcb,
-        "KC": 4 * ceil_div(ceil_div(kcb, t.ks), 4),
-        "NBX": ceil_div(f, t.nt * t.vn), "WPB": t.wpb, "NBU": ceil_div(f, t.wpb * t.npw),
-        "NO": t.no, "NBO": ceil_div(do, t.no), "NBR": ceil_div(do, 256), "S": t.splits, "FC": fc,
-        "STAGE": ceil_div(t.mr * fc, t.no),
-        "b2": "B2[bx * 256 + tx]" if spec.has_b2 else "T.float32(0)",
-        "up": "T.max(acc[q, t], T.float32(0))" if spec.up_activation == "relu" else "acc[q, t]",
-        "gate_up": _gate(spec, t.kb, f"by * {t.mr} + t", f"(bx * {t.wpb} + ty) * {t.npw} + q"),
-        "VN": t.vn, "NBLK": t.nt * t.vn, "NPW": t.npw, "KCH": kch, "NCH": ceil_div(d, kch),
-        "XSTAGE": ceil_div(t.mr * kch, 32 * t.wpb),
-    }
-    if spec.gated:  # the up kernel wrote H
-        fmt["hbuf"] = f'    H = T.match_buffer(h, (N, {f}), "float32")'
-        fmt["stage"] = f"H[{row}, {col}]"
-    else:  # H = relu(gate) straight from the partials: no kernel in between
-        fmt["hbuf"] = f'    PP = T.match_buffer(pp, (N, {t.kb}, {f}), "float32")'
-        fmt["stage"] = f"T.max({_gate(spec, t.kb, row, col)}, T.float32(0))"
-    b1 = ["B1"] if spec.has_b1 else []
-    args = {
-        "proj": ["X", "W1", "PP"],
-        "up": ["X", "WU", *b1, "PP", "H"],
-        "down": (["H"] if spec.gated else [*b1, "PP"]) + ["W2", "P"],
-        "reduce": ["P", *(["B2"] if spec.has_b2 else []), "Y"],
-    }
-    bodies = {"proj": _PROJ, "up": _UP, "down": _DOWN, "reduce": _REDUCE}
-    out = {}
-    for name in ("proj", "up", "down", "reduce"):
-        if name == "up" and not spec.gated:
-            continue
-        symbol = f"{prefix}_{name}"
-        head = _HEAD.format(params=_params(spec, args[name], t.kb), symbol=symbol)
-        out[symbol] = head + bodies[name].format(**fmt)
+    check_weight_dtype(weight_dtype, CUDA_WEIGHT_DTYPES)
+    out = {f"{prefix}_proj": proj_kernel(spec, tiling, f"{prefix}_proj", weight_dtype)}
+    if spec.gated:
+        out[f"{prefix}_up"] = up_kernel(spec, tiling, f"{prefix}_up", weight_dtype)
+    out[f"{prefix}_down"] = down_kernel(spec, tiling, f"{prefix}_down", weight_dtype, spec.gated)
+    out[f"{prefix}_reduce"] = reduce_kernel(spec, tiling, f"{prefix}_reduce")
     return out
 
 
-def gemm_funcs(spec: KernelSpec, prefix: str) -> dict:
+def gemm_funcs(spec: KernelSpec, prefix: str, weight_dtype: str) -> dict:
     """The many-token kernels as TE compute definitions (dlight schedules them)."""
     check_spec(spec, CUDA_WEIGHT_DTYPES)
-    from .._tvm import te, tvm
-
+    check_weight_dtype(weight_dtype, CUDA_WEIGHT_DTYPES)
     d, f, do = spec.d_in, spec.d_ff, spec.d_out
     n = te.var("N")
     zero = tvm.tirx.const(0, "float32")
     x = te.placeholder((n, d), name="X")
-    wt = spec.dtype  # weights widened to float32 where read (--weight-dtype)
+    wt = weight_dtype  # weights widened to float32 where read
     w1 = te.placeholder((d, f), name="W1", dtype=wt)
     b1 = te.placeholder((f,), name="B1")
     k = te.reduce_axis((0, d), name="k")

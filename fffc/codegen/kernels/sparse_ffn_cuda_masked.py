@@ -35,13 +35,15 @@ read only for a non-zero ``H``, warp-uniform) and ``reduce`` (``Y = B2 + Σ P`` 
 deterministic, no atomics).
 """
 
-from __future__ import annotations
+import functools
+import operator
 
 from fffc.errors import CodegenError
 from fffc.ops import WEIGHT_DTYPES, KernelSpec
 
-from .decode import ACTIVATIONS
-from .sparse_ffn_cuda import _DOWN, _HEAD, _REDUCE, CudaTiling, ceil_div
+from .._tvm import T
+from .script import ACTIVATIONS, check_weight_dtype, specialize, widen
+from .sparse_ffn_cuda import CudaTiling, ceil_div, down_kernel, reduce_kernel
 
 MODES = ("teal", "cats", "predictor")
 
@@ -76,233 +78,349 @@ def workspace(spec: KernelSpec, t: CudaTiling) -> dict[str, int]:
     return {**per_mode, "H": f, "P": t.splits * spec.d_out}
 
 
-def _params(spec: KernelSpec, names: list[str]) -> str:
-    """The kernel's signature: op inputs with their mode's layouts, workspace as handles."""
-    d, f, do, r = spec.d_in, spec.d_ff, spec.d_out, spec.rank
-    rows = spec.mode == "predictor"  # W1 row per neuron
-    up_rows = spec.mode != "teal"  # WU row per neuron
-    shapes = {"W1": (f, d) if rows else (d, f), "WU": (f, d) if up_rows else (d, f),
-              "B1": (f,), "W2": (f, do), "B2": (do,), "TH": (2,), "PA": (d, r), "PB": (r, f),
-              "PC": (f,), "XC": (d,), "HC": (f,)}
-    out = []
-    for n in names:
-        if n in shapes:
-            dims = ", ".join(str(v) for v in shapes[n]) + ("," if len(shapes[n]) == 1 else "")
-            out.append(f'{n}: T.Buffer(({dims}), "float32")')
-        else:  # token-major: X, Y and the workspace
-            out.append(f"{n.lower()}: T.handle")
-    return ", ".join(out)
+@T.inline
+def _accumulate(acc, xv, M0, M1, row, col):
+    """acc[a] += x·M_a[row, col] for M0 (and M1, where given)."""
+    acc[0] = acc[0] + xv[0] * widen(M0[row, col])
+    if M1 is not None:
+        acc[1] = acc[1] + xv[0] * widen(M1[row, col])
 
 
-def _match(name: str, width: str | int) -> str:
-    """A token-major [N, width] buffer from its handle (named as the lower-case name)."""
-    return f'    {name} = T.match_buffer({name.lower()}, (N, {width}), "float32")'
+def _gemv(*, width: int, k: int, kb: int, ks: int, nt: int, na: int):
+    """A column GEMV over a slice of K per blockIdx.y: ``acc[a] = Σ_k x[k]·M_a[k, col]``
+    for the ``na`` input-channel-major matrices M0 (and M1) [k, width].
+
+    ``gemv(N, TH, M0, M1, load_x, epilogue)`` (N: the token count; M1 given iff na == 2):
+    ``load_x(xv, th, token, k)`` leaves x[k] in xv[0]; with thresholds ``TH`` = [t_in,
+    t_hidden] (else None) a row segment is read only where ``|x| > t_in``;
+    ``epilogue(acc, hv, th, token, bk, col)`` runs once per output, after the block's
+    sums, in one thread."""
+    KS = max(1, min(ks, ceil_div(ceil_div(k, kb), 4)))  # no warp without 4 rows
+    KCB = ceil_div(k, kb)
+    if ceil_div(k, KCB) != kb:
+        raise CodegenError(f"kb={kb} leaves empty slices of {k}")
+    KC = 4 * ceil_div(ceil_div(KCB, KS), 4)
+    NBX, KB, NT, NA, K, W = ceil_div(width, nt), kb, nt, na, k, width
+
+    @T.inline
+    def gemv(N, TH, M0, M1, load_x, epilogue):
+        for bx in T.thread_binding(NBX, thread="blockIdx.x"):
+            for bk in T.thread_binding(KB, thread="blockIdx.y"):
+                for bz in T.thread_binding(N, thread="blockIdx.z"):
+                    for ty in T.thread_binding(KS, thread="threadIdx.y"):
+                        for tx in T.thread_binding(NT, thread="threadIdx.x"):
+                            acc = T.alloc_buffer((NA,), "float32", scope="local")
+                            xv = T.alloc_buffer((1,), "float32", scope="local")
+                            hv = T.alloc_buffer((1,), "float32", scope="local")
+                            th = T.alloc_buffer((2,), "float32", scope="local")
+                            red = T.alloc_buffer((NA, KS, NT), "float32", scope="shared")
+                            if TH is not None:
+                                th[0] = TH[0]
+                                th[1] = TH[1]
+                            for a in T.unroll(NA):
+                                acc[a] = T.float32(0)
+                            for kk in range(KC // 4):
+                                for u in T.unroll(4):
+                                    kidx = T.meta_var(bk * KCB + ty * KC + kk * 4 + u)
+                                    col = T.meta_var(T.min(bx * NT + tx, W - 1))
+                                    if ty * KC + kk * 4 + u < KCB and kidx < K:
+                                        load_x(xv, th, bz, kidx)
+                                        # two branches, not a Python `or`: TH is known
+                                        # here, |x| only at run time (an `or` of both
+                                        # would become a TIR Or)
+                                        if TH is None:
+                                            _accumulate(acc, xv, M0, M1, kidx, col)
+                                        else:
+                                            if T.fabs(xv[0]) > th[0]:  # else: the row unread
+                                                _accumulate(acc, xv, M0, M1, kidx, col)
+                            for a in T.unroll(NA):
+                                red[a, ty, tx] = acc[a]
+                            T.tvm_storage_sync("shared")
+                            if ty == 0 and bx * NT + tx < W:
+                                for a in T.unroll(NA):
+                                    acc[a] = T.float32(0)
+                                    for j in T.unroll(KS):
+                                        acc[a] = acc[a] + red[a, j, tx]
+                                epilogue(acc, hv, th, bz, bk, bx * NT + tx)
+
+    return gemv
 
 
-# A column GEMV: out[col] = Σ_k xin[k]·M[k, col] over a slice of K per blockIdx.y.
-_GEMV = '''{bufs}
-    for bx in T.thread_binding({NBX}, thread="blockIdx.x"):
-        for bk in T.thread_binding({KB}, thread="blockIdx.y"):
-            for bz in T.thread_binding(N, thread="blockIdx.z"):
-                for ty in T.thread_binding({KS}, thread="threadIdx.y"):
-                    for tx in T.thread_binding({NT}, thread="threadIdx.x"):
-                        acc = T.alloc_buffer(({NA},), "float32", scope="local")
+def _rows(spec: KernelSpec, t: CudaTiling, na: int):
+    """A warp per neuron i: its rows of the row-per-neuron matrices M0 (and M1)
+    [d_ff, d_in] dotted with x, read only where the neuron is selected (warp-uniform);
+    lane 0 adds the lane sums in order.
+
+    ``rows(N, TH, M0, M1, H, select, load_x, epilogue)`` (M1 given iff na == 2):
+    ``select(sel, token, i)`` sets
+    sel[0] = 1 for a selected neuron; ``load_x(xv, th, token, k)`` leaves x[k] in xv[0]
+    (th[0] = TH[0] where TH is given); ``epilogue(acc, hv, token, i)`` writes H of a
+    selected neuron, which is 0 otherwise."""
+    NBW, WPB, NA, F, D = ceil_div(spec.d_ff, t.wpb), t.wpb, na, spec.d_ff, spec.d_in
+    NK = ceil_div(spec.d_in, 128)
+
+    @T.inline
+    def rows(N, TH, M0, M1, H, select, load_x, epilogue):
+        for bx in T.thread_binding(NBW, thread="blockIdx.x"):
+            for by in T.thread_binding(N, thread="blockIdx.y"):
+                for ty in T.thread_binding(WPB, thread="threadIdx.y"):
+                    for tx in T.thread_binding(32, thread="threadIdx.x"):
+                        acc = T.alloc_buffer((NA,), "float32", scope="local")
                         xv = T.alloc_buffer((1,), "float32", scope="local")
                         hv = T.alloc_buffer((1,), "float32", scope="local")
-                        th = T.alloc_buffer((2,), "float32", scope="local")
-                        red = T.alloc_buffer(({NA}, {KS}, {NT}), "float32", scope="shared")
-{th_load}
-                        for a in T.unroll({NA}):
+                        th = T.alloc_buffer((1,), "float32", scope="local")
+                        sel = T.alloc_buffer((1,), "int32", scope="local")
+                        red = T.alloc_buffer((NA, WPB, 32), "float32", scope="shared")
+                        if TH is not None:
+                            th[0] = TH[0]
+                        for a in T.unroll(NA):
                             acc[a] = T.float32(0)
-                        for kk in range({KC} // 4):
-                            for u in T.unroll(4):
-                                if ty * {KC} + kk * 4 + u < {KCB} and {k} < {K}:
-                                    xv[0] = {xread}
-{accumulate}
-                        for a in T.unroll({NA}):
+                        sel[0] = 0
+                        if bx * WPB + ty < F:
+                            select(sel, by, bx * WPB + ty)
+                        if sel[0] != 0:
+                            for kk in range(NK):
+                                for u in T.unroll(4):
+                                    kidx = T.meta_var((kk * 4 + u) * 32 + tx)
+                                    if kidx < D:
+                                        load_x(xv, th, by, kidx)
+                                        _accumulate(acc, xv, M0, M1, bx * WPB + ty, kidx)
+                        for a in T.unroll(NA):
                             red[a, ty, tx] = acc[a]
                         T.tvm_storage_sync("shared")
-                        if ty == 0 and bx * {NT} + tx < {W}:
-                            for a in T.unroll({NA}):
-                                acc[a] = T.float32(0)
-                                for j in T.unroll({KS}):
-                                    acc[a] = acc[a] + red[a, j, tx]
-{epilogue}
-'''
+                        if tx == 0 and bx * WPB + ty < F:
+                            H[by, bx * WPB + ty] = T.float32(0)
+                            if sel[0] != 0:
+                                for a in T.unroll(NA):
+                                    acc[a] = T.float32(0)
+                                    for j in range(32):
+                                        acc[a] = acc[a] + red[a, ty, j]
+                                epilogue(acc, hv, by, bx * WPB + ty)
 
-# A warp per neuron: the neuron's rows (row per neuron [d_ff, d_in]) dotted with x, read
-# only where {select} holds (warp-uniform); lane 0 adds the lane sums in order.
-_ROWS = '''{bufs}
-    for bx in T.thread_binding({NBW}, thread="blockIdx.x"):
-        for by in T.thread_binding(N, thread="blockIdx.y"):
-            for ty in T.thread_binding({WPB}, thread="threadIdx.y"):
-                for tx in T.thread_binding(32, thread="threadIdx.x"):
-                    acc = T.alloc_buffer(({NA},), "float32", scope="local")
-                    xv = T.alloc_buffer((1,), "float32", scope="local")
-                    hv = T.alloc_buffer((1,), "float32", scope="local")
-                    th = T.alloc_buffer((1,), "float32", scope="local")
-                    sel = T.alloc_buffer((1,), "int32", scope="local")
-                    red = T.alloc_buffer(({NA}, {WPB}, 32), "float32", scope="shared")
-{th_load}
-                    for a in T.unroll({NA}):
-                        acc[a] = T.float32(0)
-                    sel[0] = 0
-                    if bx * {WPB} + ty < {F}:
-                        if {select}:
-                            sel[0] = 1
-                    if sel[0] != 0:
-                        for kk in range({NK}):
-                            for u in T.unroll(4):
-                                if (kk * 4 + u) * 32 + tx < {D}:
-                                    xv[0] = {xread}
-{accumulate}
-                    for a in T.unroll({NA}):
-                        red[a, ty, tx] = acc[a]
-                    T.tvm_storage_sync("shared")
-                    if tx == 0 and bx * {WPB} + ty < {F}:
-                        H[by, bx * {WPB} + ty] = T.float32(0)
-                        if sel[0] != 0:
-                            for a in T.unroll({NA}):
-                                acc[a] = T.float32(0)
-                                for j in range(32):
-                                    acc[a] = acc[a] + red[a, ty, j]
-{epilogue}
-'''
+    return rows
 
 
-def _lines(indent: int, *stmts: str) -> str:
-    """Statements at a template's indentation."""
-    return "\n".join(" " * indent + s for s in stmts)
+def _activate(spec: KernelSpec):
+    """``activate(hv, pre, up)``: hv[0] = act(pre) [⊙ up_act(up), gated]."""
+    act, up_act = ACTIVATIONS[spec.activation], ACTIVATIONS[spec.up_activation]
+
+    @T.inline
+    def activate(hv, pre, up):
+        hv[0] = pre
+        hv[0] = act(hv[0])
+        if up is not None:
+            hv[0] = hv[0] * up_act(up)
+
+    return activate
 
 
-def _act(spec: KernelSpec, pre: str, up: str | None) -> list[str]:
-    """Statements leaving ``act(pre) [⊙ up_act(up)]`` in hv[0]."""
-    out = [f"hv[0] = {pre}", "hv[0] = " + ACTIVATIONS[spec.activation].format(v="hv[0]")]
-    if up is not None:
-        out.append(f"hv[0] = hv[0] * ({ACTIVATIONS[spec.up_activation].format(v=up)})")
-    return out
+def teal_proj(spec: KernelSpec, t: CudaTiling, symbol: str, weight_dtype: str):
+    """gemv over W1 (and WU, gated, in the same pass) skipping small x (x - XC); H =
+    act(·+B1) [⊙ up_act(·)] (- HC), zeroed where ``|a| <= t_hidden``. The centers' share
+    of the outputs is folded into B1 and B2."""
+    D, F, WDT = spec.d_in, spec.d_ff, weight_dtype
+    gemv = _gemv(width=F, k=D, kb=1, ks=t.ks, nt=t.nt, na=2 if spec.gated else 1)
+    activate = _activate(spec)
+
+    @T.jit
+    def kernel(x: T.handle, W1: T.Buffer((D, F), WDT),
+               B1: T.Optional(T.Buffer((F,), "float32")),
+               WU: T.Optional(T.Buffer((D, F), WDT)), TH: T.Buffer((2,), "float32"),
+               XC: T.Optional(T.Buffer((D,), "float32")),
+               HC: T.Optional(T.Buffer((F,), "float32")), h: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        X = T.match_buffer(x, (N, D), "float32")
+        H = T.match_buffer(h, (N, F), "float32")
+
+        @T.inline
+        def load_x(xv, th, bz, k):
+            xv[0] = X[bz, k] - XC[k] if XC is not None else X[bz, k]
+
+        @T.inline
+        def epilogue(acc, hv, th, bz, bk, col):
+            activate(hv, acc[0] + B1[col] if B1 is not None else acc[0],
+                     acc[1] if WU is not None else None)
+            if HC is not None:
+                hv[0] = hv[0] - HC[col]
+            H[bz, col] = T.if_then_else(T.fabs(hv[0]) > th[1], hv[0], T.float32(0))
+
+        gemv(N, TH, W1, WU, load_x, epilogue)
+
+    return specialize(kernel, B1=spec.has_b1, WU=spec.gated, XC="x" in spec.centers,
+                      HC="h" in spec.centers)
 
 
-def _gemv(spec: KernelSpec, *, symbol: str, args: list[str], bufs: list[str], width: int,
-          k: int, kb: int, ks: int, nt: int, mats: list[str], xread: str, thresholds: bool,
-          epilogue: list[str]) -> str:
-    """One column GEMV kernel over the input-channel-major matrices ``mats`` [k, width]."""
-    ks = max(1, min(ks, ceil_div(ceil_div(k, kb), 4)))  # no warp without 4 rows
-    kcb = ceil_div(k, kb)
-    if ceil_div(k, kcb) != kb:
-        raise CodegenError(f"kb={kb} leaves empty slices of {k}")
-    kc = 4 * ceil_div(ceil_div(kcb, ks), 4)
-    kidx = f"bk * {kcb} + ty * {kc} + kk * 4 + u"
-    col = f"T.min(bx * {nt} + tx, {width - 1})"
-    acc = [f"acc[{a}] = acc[{a}] + xv[0] * {m}[{kidx}, {col}]" for a, m in enumerate(mats)]
-    if thresholds:
-        acc = ["if T.fabs(xv[0]) > th[0]:", *["    " + s for s in acc]]
-    fmt = {
-        "bufs": "\n".join(bufs), "NBX": ceil_div(width, nt), "KB": kb, "KS": ks, "NT": nt,
-        "NA": len(mats), "KC": kc, "KCB": kcb, "K": k, "W": width, "k": kidx,
-        "xread": xread.format(k=kidx),
-        "th_load": _lines(24, "th[0] = TH[0]", "th[1] = TH[1]") if thresholds else "",
-        "accumulate": _lines(36, *acc),
-        "epilogue": _lines(28, *epilogue),
-    }
-    head = _HEAD.format(params=_params(spec, args), symbol=symbol)
-    return head + _GEMV.format(**fmt)
+def cats_gate(spec: KernelSpec, t: CudaTiling, symbol: str, weight_dtype: str):
+    """gemv over W1 skipping small x; ``G = act(·+B1)``, zeroed where ``|g| <= t_gate``."""
+    D, F, WDT = spec.d_in, spec.d_ff, weight_dtype
+    gemv = _gemv(width=F, k=D, kb=1, ks=t.ks, nt=t.nt, na=1)
+    activate = _activate(spec)
+
+    @T.jit
+    def kernel(x: T.handle, W1: T.Buffer((D, F), WDT),
+               B1: T.Optional(T.Buffer((F,), "float32")), TH: T.Buffer((2,), "float32"),
+               g: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        X = T.match_buffer(x, (N, D), "float32")
+        G = T.match_buffer(g, (N, F), "float32")
+
+        @T.inline
+        def load_x(xv, th, bz, k):
+            xv[0] = X[bz, k]
+
+        @T.inline
+        def epilogue(acc, hv, th, bz, bk, col):
+            activate(hv, acc[0] + B1[col] if B1 is not None else acc[0], None)
+            G[bz, col] = T.if_then_else(T.fabs(hv[0]) > th[1], hv[0], T.float32(0))
+
+        gemv(N, TH, W1, None, load_x, epilogue)
+
+    return specialize(kernel, B1=spec.has_b1)
 
 
-def _rows(spec: KernelSpec, t: CudaTiling, *, symbol: str, args: list[str], bufs: list[str],
-          mats: list[str], select: str, xread: str, thresholds: bool,
-          epilogue: list[str]) -> str:
-    """One warp-per-neuron kernel over the row-per-neuron matrices ``mats`` [d_ff, d_in]."""
-    i = f"bx * {t.wpb} + ty"
-    kidx = "(kk * 4 + u) * 32 + tx"
-    acc = [f"acc[{a}] = acc[{a}] + xv[0] * {m}[{i}, {kidx}]" for a, m in enumerate(mats)]
-    fmt = {
-        "bufs": "\n".join(bufs), "NBW": ceil_div(spec.d_ff, t.wpb), "WPB": t.wpb,
-        "NA": len(mats), "F": spec.d_ff, "D": spec.d_in, "NK": ceil_div(spec.d_in, 128),
-        "select": select.format(i=i), "xread": xread.format(k=kidx),
-        "th_load": _lines(20, "th[0] = TH[0]") if thresholds else "",
-        "accumulate": _lines(36, *acc),
-        "epilogue": _lines(28, *(s.format(i=i) for s in epilogue)),
-    }
-    head = _HEAD.format(params=_params(spec, args), symbol=symbol)
-    return head + _ROWS.format(**fmt)
+def cats_up(spec: KernelSpec, t: CudaTiling, symbol: str, weight_dtype: str):
+    """A warp per neuron reads ``WU[i, :]`` only where ``G != 0``, dot with the thresholded
+    x; ``H = G ⊙ up_act(·)``."""
+    D, F, WDT = spec.d_in, spec.d_ff, weight_dtype
+    rows = _rows(spec, t, na=1)
+    up_act = ACTIVATIONS[spec.up_activation]
+
+    @T.prim_func
+    def kernel(x: T.handle, WU: T.Buffer((F, D), WDT), TH: T.Buffer((2,), "float32"),
+               g: T.handle, h: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        X = T.match_buffer(x, (N, D), "float32")
+        G = T.match_buffer(g, (N, F), "float32")
+        H = T.match_buffer(h, (N, F), "float32")
+
+        @T.inline
+        def select(sel, by, i):
+            if G[by, i] != T.float32(0):
+                sel[0] = 1
+
+        @T.inline
+        def load_x(xv, th, by, k):
+            xv[0] = T.if_then_else(T.fabs(X[by, k]) > th[0], X[by, k], T.float32(0))
+
+        @T.inline
+        def epilogue(acc, hv, by, i):
+            H[by, i] = G[by, i] * up_act(acc[0])
+
+        rows(N, TH, WU, None, H, select, load_x, epilogue)
+
+    return kernel
 
 
-def _down_reduce(spec: KernelSpec, t: CudaTiling, prefix: str) -> dict[str, str]:
-    """sparse_ffn_cuda's down and reduce kernels over H, one token per block."""
-    f, do = spec.d_ff, spec.d_out
-    fc = ceil_div(f, t.splits)
-    if ceil_div(f, fc) != t.splits:
-        raise CodegenError(f"splits={t.splits} leaves empty chunks of d_ff={f}")
-    row = f"T.min(bz + (i * {t.no} + tx) // {fc}, N - 1)"
-    col = f"T.min(bs * {fc} + (i * {t.no} + tx) % {fc}, {f} - 1)"
-    fmt = {"F": f, "DO": do, "MR": 1, "NO": t.no, "NBO": ceil_div(do, t.no),
-           "NBR": ceil_div(do, 256), "S": t.splits, "FC": fc, "STAGE": ceil_div(fc, t.no),
-           "b2": "B2[bx * 256 + tx]" if spec.has_b2 else "T.float32(0)",
-           "hbuf": _match("H", f), "stage": f"H[{row}, {col}]"}
-    b2 = ["B2"] if spec.has_b2 else []
-    return {
-        f"{prefix}_down": _HEAD.format(params=_params(spec, ["H", "W2", "P"]),
-                                       symbol=f"{prefix}_down") + _DOWN.format(**fmt),
-        f"{prefix}_reduce": _HEAD.format(params=_params(spec, ["P", *b2, "Y"]),
-                                         symbol=f"{prefix}_reduce") + _REDUCE.format(**fmt),
-    }
+def predictor_z(spec: KernelSpec, t: CudaTiling, symbol: str):
+    """gemv of x over PA, d_in also split over ``kb`` blocks into the partials ``ZP``."""
+    D, R, KB = spec.d_in, spec.rank, t.kb
+    gemv = _gemv(width=R, k=D, kb=KB, ks=t.ks, nt=t.nt, na=1)
+
+    @T.prim_func
+    def kernel(x: T.handle, PA: T.Buffer((D, R), "float32"), zp: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        X = T.match_buffer(x, (N, D), "float32")
+        ZP = T.match_buffer(zp, (N, KB, R), "float32")
+
+        @T.inline
+        def load_x(xv, th, bz, k):
+            xv[0] = X[bz, k]
+
+        @T.inline
+        def epilogue(acc, hv, th, bz, bk, col):
+            ZP[bz, bk, col] = acc[0]
+
+        gemv(N, None, PA, None, load_x, epilogue)
+
+    return kernel
 
 
-def decode_sources(spec: KernelSpec, t: CudaTiling, prefix: str) -> dict[str, str]:
-    """TVMScript of the variant's kernels, by global symbol, in launch order."""
+def predictor_score(spec: KernelSpec, t: CudaTiling, symbol: str):
+    """gemv of z (its partials added in order) over PB: ``SC = z·PB + PC``."""
+    F, R, KB = spec.d_ff, spec.rank, t.kb
+    gemv = _gemv(width=F, k=R, kb=1, ks=t.ks, nt=t.nt, na=1)
+
+    def z(ZP, bz, k):
+        return functools.reduce(operator.add, [ZP[bz, j, k] for j in range(KB)])
+
+    @T.prim_func
+    def kernel(zp: T.handle, PB: T.Buffer((R, F), "float32"), PC: T.Buffer((F,), "float32"),
+               sc: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        ZP = T.match_buffer(zp, (N, KB, R), "float32")
+        SC = T.match_buffer(sc, (N, F), "float32")
+
+        @T.inline
+        def load_x(xv, th, bz, k):
+            xv[0] = z(ZP, bz, k)
+
+        @T.inline
+        def epilogue(acc, hv, th, bz, bk, col):
+            SC[bz, col] = acc[0] + PC[col]
+
+        gemv(N, None, PB, None, load_x, epilogue)
+
+    return kernel
+
+
+def predictor_rows(spec: KernelSpec, t: CudaTiling, symbol: str, weight_dtype: str):
+    """A warp per neuron reads its rows of W1 (and WU) only where ``SC > 0``;
+    ``H = act(W1[i]·x + B1) [⊙ up_act(WU[i]·x)]``, 0 for unselected neurons."""
+    D, F, WDT = spec.d_in, spec.d_ff, weight_dtype
+    rows = _rows(spec, t, na=2 if spec.gated else 1)
+    activate = _activate(spec)
+
+    @T.jit
+    def kernel(x: T.handle, W1: T.Buffer((F, D), WDT),
+               B1: T.Optional(T.Buffer((F,), "float32")),
+               WU: T.Optional(T.Buffer((F, D), WDT)), sc: T.handle, h: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        X = T.match_buffer(x, (N, D), "float32")
+        SC = T.match_buffer(sc, (N, F), "float32")
+        H = T.match_buffer(h, (N, F), "float32")
+
+        @T.inline
+        def select(sel, by, i):
+            if SC[by, i] > T.float32(0):
+                sel[0] = 1
+
+        @T.inline
+        def load_x(xv, th, by, k):
+            xv[0] = X[by, k]
+
+        @T.inline
+        def epilogue(acc, hv, by, i):
+            activate(hv, acc[0] + B1[i] if B1 is not None else acc[0],
+                     acc[1] if WU is not None else None)
+            H[by, i] = hv[0]
+
+        rows(N, None, W1, WU, H, select, load_x, epilogue)
+
+    return specialize(kernel, B1=spec.has_b1, WU=spec.gated)
+
+
+def decode_funcs(spec: KernelSpec, t: CudaTiling, prefix: str, weight_dtype: str) -> dict:
+    """PrimFuncs of the variant's kernels, by global symbol, in launch order."""
     check_masked_spec(spec)
+    check_weight_dtype(weight_dtype, tuple(WEIGHT_DTYPES.values()))
     if t.mr != 1 or t.gemm:
         raise CodegenError(f"SparseFFN {spec.mode} on CUDA: one token per block (mr=1)")
-    d, f = spec.d_in, spec.d_ff
-    b1 = ["B1"] if spec.has_b1 else []
-    bias = f" + B1[bx * {t.nt} + tx]" if spec.has_b1 else ""
-    col = f"bx * {t.nt} + tx"
-    thresholded = "T.if_then_else(T.fabs(hv[0]) > th[1], hv[0], T.float32(0))"
-    wu = ["WU"] if spec.gated else []
-    out: dict[str, str] = {}
-    if spec.mode == "teal":  # centered: x - XC and a - HC thresholded (their share in B1, B2)
-        centers = [f"{p.upper()}C" for p in spec.centers]
-        epi = [*_act(spec, f"acc[0]{bias}", "acc[1]" if spec.gated else None),
-               *([f"hv[0] = hv[0] - HC[{col}]"] if "h" in spec.centers else []),
-               f"H[bz, {col}] = {thresholded}"]
-        out[f"{prefix}_proj"] = _gemv(
-            spec, symbol=f"{prefix}_proj", args=["X", "W1", *b1, *wu, "TH", *centers, "H"],
-            bufs=[_match("X", d), _match("H", f)], width=f, k=d, kb=1, ks=t.ks, nt=t.nt,
-            mats=["W1", *wu], thresholds=True, epilogue=epi,
-            xread="X[bz, {k}] - XC[{k}]" if "x" in spec.centers else "X[bz, {k}]")
+    wdt = weight_dtype
+    if spec.mode == "teal":
+        out = {"proj": teal_proj(spec, t, f"{prefix}_proj", wdt)}
     elif spec.mode == "cats":
-        epi = [*_act(spec, f"acc[0]{bias}", None), f"G[bz, {col}] = {thresholded}"]
-        out[f"{prefix}_gate"] = _gemv(
-            spec, symbol=f"{prefix}_gate", args=["X", "W1", *b1, "TH", "G"],
-            bufs=[_match("X", d), _match("G", f)], width=f, k=d, kb=1, ks=t.ks, nt=t.nt,
-            mats=["W1"], xread="X[bz, {k}]", thresholds=True, epilogue=epi)
-        up = ACTIVATIONS[spec.up_activation].format(v="acc[0]")
-        out[f"{prefix}_up"] = _rows(
-            spec, t, symbol=f"{prefix}_up", args=["X", "WU", "TH", "G", "H"],
-            bufs=[_match("X", d), _match("G", f), _match("H", f)], mats=["WU"],
-            select="G[by, {i}] != T.float32(0)",
-            xread="T.if_then_else(T.fabs(X[by, {k}]) > th[0], X[by, {k}], T.float32(0))",
-            thresholds=True, epilogue=[f"H[by, {{i}}] = G[by, {{i}}] * ({up})"])
+        out = {"gate": cats_gate(spec, t, f"{prefix}_gate", wdt),
+               "up": cats_up(spec, t, f"{prefix}_up", wdt)}
     else:
-        r = spec.rank
-        out[f"{prefix}_z"] = _gemv(
-            spec, symbol=f"{prefix}_z", args=["X", "PA", "ZP"],
-            bufs=[_match("X", d), f'    ZP = T.match_buffer(zp, (N, {t.kb}, {r}), "float32")'],
-            width=r, k=d, kb=t.kb, ks=t.ks, nt=t.nt, mats=["PA"], xread="X[bz, {k}]",
-            thresholds=False, epilogue=[f"ZP[bz, bk, {col}] = acc[0]"])
-        zsum = " + ".join(f"ZP[bz, {j}, {{k}}]" for j in range(t.kb))
-        out[f"{prefix}_score"] = _gemv(
-            spec, symbol=f"{prefix}_score", args=["ZP", "PB", "PC", "SC"],
-            bufs=[f'    ZP = T.match_buffer(zp, (N, {t.kb}, {r}), "float32")', _match("SC", f)],
-            width=f, k=r, kb=1, ks=t.ks, nt=t.nt, mats=["PB"], xread=zsum, thresholds=False,
-            epilogue=[f"SC[bz, {col}] = acc[0] + PC[{col}]"])
-        b1i = " + B1[{i}]" if spec.has_b1 else ""
-        epi = [*_act(spec, f"acc[0]{b1i}", "acc[1]" if spec.gated else None),
-               "H[by, {i}] = hv[0]"]
-        out[f"{prefix}_rows"] = _rows(
-            spec, t, symbol=f"{prefix}_rows", args=["X", "W1", *b1, *wu, "SC", "H"],
-            bufs=[_match("X", d), _match("SC", f), _match("H", f)], mats=["W1", *wu],
-            select="SC[by, {i}] > T.float32(0)", xread="X[by, {k}]", thresholds=False,
-            epilogue=epi)
-    return {**out, **_down_reduce(spec, t, prefix)}
+        out = {"z": predictor_z(spec, t, f"{prefix}_z"),
+               "score": predictor_score(spec, t, f"{prefix}_score"),
+               "rows": predictor_rows(spec, t, f"{prefix}_rows", wdt)}
+    out["down"] = down_kernel(spec, t, f"{prefix}_down", wdt, from_h=True)
+    out["reduce"] = reduce_kernel(spec, t, f"{prefix}_reduce")
+    return {f"{prefix}_{name}": f for name, f in out.items()}
