@@ -24,6 +24,7 @@ import onnx_ir as ir
 
 from . import frontend, passes, plan, verify
 from .config import CompileOptions
+from .contract_header import ORT_API_VERSION
 from .errors import NoSitesError, RewriteError, UsageError, VerificationError
 from .ops import WEIGHT_DTYPES
 from .sites import NearMiss, Site
@@ -129,7 +130,7 @@ def compile_model(path: str | Path, out: str | Path | None = None,
     a = analyze(path, stage)
 
     from .codegen.build import build_kernel_library, check_target, host_can_run, source
-    from .native import build_shim
+    from .native import build_shim, shim_sources
 
     check_target(request.family)  # unsupported targets fail before the slow stages
     dump = _Dumper(options.dump_dir)
@@ -202,6 +203,8 @@ def compile_model(path: str | Path, out: str | Path | None = None,
                 for k in library.kernels:
                     dump.text(f"04-kernels/{k.symbol}.py",
                               source(k.spec, k.variant, cpu_family, library.target.get("mcpu")))
+                for fname, text in shim_sources(library).items():  # for runtime/CMakeLists.txt
+                    dump.text(f"05-shim/{fname}", text)
                 with stage("build shim"):
                     shim = build_shim(library, staging)
             check_shim = shim
@@ -626,9 +629,6 @@ def _host() -> str:
     from .codegen._tvm import host_cpu
 
     return host_cpu()
-
-
-ORT_API_VERSION = 17  # runtime/src/ort_api.h kOrtApiVersion
 
 
 def _versions() -> dict[str, str]:
