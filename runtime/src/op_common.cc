@@ -243,21 +243,19 @@ Attrs ReadStructuredAttrs(const OrtApi* a, const OrtKernelInfo* info) {
 
 Attrs ReadRoutedAttrs(const OrtApi* a, const OrtKernelInfo* info) {
   Attrs attrs = {StringAttr(a, info, Routed::kActivation), "none", "routed"};
-  attrs.selection = StringAttr(a, info, Routed::kSelection);
-  attrs.router = StringAttr(a, info, Routed::kRouter);
   attrs.k = IntAttr(a, info, Routed::kK);
   attrs.k_divisor = IntAttr(a, info, Routed::kKDivisor);
   attrs.k_min = IntAttr(a, info, Routed::kKMin);
-  attrs.k_round = ChoiceAttr(a, info, Routed::kName, Routed::kKRound);
   attrs.k_scale = FloatAttr(a, info, Routed::kKScale);
+  attrs.k_round = ChoiceAttr(a, info, Routed::kName, Routed::kKRound);
   if (attrs.k_divisor < 0 || !(attrs.k_scale >= 0.f))
     throw std::runtime_error("RoutedFFN: k_scale and k_divisor must be >= 0");
-  ChoiceAttr(a, info, Routed::kName, Routed::kSelection);
-  ChoiceAttr(a, info, Routed::kName, Routed::kRouter);
+  attrs.selection = ChoiceAttr(a, info, Routed::kName, Routed::kSelection);
+  attrs.router = ChoiceAttr(a, info, Routed::kName, Routed::kRouter);
   if (attrs.selection == "topk" && attrs.k < 1 && !attrs.KFromLength())
     throw std::runtime_error("RoutedFFN: k must be >= 1");
-  float x[2], d[2];
   static_assert(Routed::kXCoef.count == 2 && Routed::kDeltaCoef.count == 2);
+  float x[2], d[2];
   FloatsAttr(a, info, Routed::kXCoef, x);
   FloatsAttr(a, info, Routed::kDeltaCoef, d);
   attrs.coef[0] = x[0], attrs.coef[1] = x[1], attrs.coef[2] = d[0], attrs.coef[3] = d[1];
