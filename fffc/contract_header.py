@@ -45,29 +45,41 @@ def _float(v: float) -> str:
     return text + "f" if any(c in text for c in ".e") else text + ".f"
 
 
-def _bools(flags: list[bool]) -> str:
-    return ", ".join("true" if f else "false" for f in flags)
+def _bools(flags: list[bool]) -> list[str]:
+    return ["true" if f else "false" for f in flags]
+
+
+def _member(decl: str, items: list[str]) -> list[str]:
+    """``  <decl> {a, b, ...};``, wrapped at 100 columns."""
+    head = f"  {decl} {{"
+    lines, line = [], head
+    for i, item in enumerate(items):
+        piece = item + (", " if i + 1 < len(items) else "};")
+        if len(line) + len(piece.rstrip()) > 100 and line != head:
+            lines.append(line.rstrip())
+            line = " " * 6
+        line += piece
+    return [*lines, line]
 
 
 def _attribute(a: Attribute) -> list[str]:
     k = f"k{_ident(a.name)}"
     if a.type == "string":
-        choices = ", ".join(_cstr(c) for c in a.choices)
-        lines = [f"  static constexpr const char* const {k}Choices[] = {{{choices}}};"] \
-            if a.choices else []
-        return [*lines, f"  static constexpr StringAttribute {k} = {{{_cstr(a.name)}, "
-                        f"{_cstr(str(a.default))}, {k + 'Choices' if a.choices else 'nullptr'}, "
-                        f"{len(a.choices)}}};"]
+        choices = _member(f"static constexpr const char* const {k}Choices[] =",
+                          [_cstr(c) for c in a.choices]) if a.choices else []
+        return [*choices, *_member(f"static constexpr StringAttribute {k} =", [
+            _cstr(a.name), _cstr(str(a.default)), f"{k}Choices" if a.choices else "nullptr",
+            str(len(a.choices))])]
     if a.type == "int":
-        return [f"  static constexpr IntAttribute {k} = {{{_cstr(a.name)}, {int(a.default)}}};"]
+        return _member(f"static constexpr IntAttribute {k} =", [_cstr(a.name), str(int(a.default))])
     if a.type == "float":
-        return [f"  static constexpr FloatAttribute {k} = {{{_cstr(a.name)}, "
-                f"{_float(float(a.default))}}};"]
+        return _member(f"static constexpr FloatAttribute {k} =",
+                       [_cstr(a.name), _float(float(a.default))])
     if a.type == "floats":
-        values = [float(v) for v in str(a.default).split(",")]
-        return [f"  static constexpr float {k}Default[] = {{{', '.join(map(_float, values))}}};",
-                f"  static constexpr FloatsAttribute {k} = {{{_cstr(a.name)}, {k}Default, "
-                f"{len(values)}}};"]
+        values = [_float(float(v)) for v in str(a.default).split(",")]
+        return [*_member(f"static constexpr float {k}Default[] =", values),
+                *_member(f"static constexpr FloatsAttribute {k} =",
+                         [_cstr(a.name), f"{k}Default", str(len(values))])]
     raise ValueError(f"attribute {a.name}: type {a.type!r} has no C++ form")
 
 
@@ -91,13 +103,13 @@ def _op(spec: OpSpec) -> list[str]:
         f"  enum Input : int {{ {', '.join(f'k{_ident(x)}' for x in names)} }};",
         f"  static constexpr int kNumInputs = {n};",
         f"  static constexpr int kNumOutputs = {len(spec.outputs)};",
-        f"  static constexpr const char* const kInputNames[kNumInputs] = "
-        f"{{{', '.join(_cstr(x) for x in names)}}};",
-        f"  static constexpr bool kOptional[kNumInputs] = "
-        f"{{{_bools([a.optional for a in spec.inputs])}}};",
-        f"  static constexpr bool kWeight[kNumInputs] = {{{_bools([x in weights for x in names])}}};",
-        "  static constexpr OpContract kContract = {kName, kNumInputs, kInputNames, kOptional, "
-        "kWeight, kNumOutputs};",
+        *_member("static constexpr const char* const kInputNames[kNumInputs] =",
+                 [_cstr(x) for x in names]),
+        *_member("static constexpr bool kOptional[kNumInputs] =",
+                 _bools([a.optional for a in spec.inputs])),
+        *_member("static constexpr bool kWeight[kNumInputs] =", _bools([x in weights for x in names])),
+        *_member("static constexpr OpContract kContract =",
+                 ["kName", "kNumInputs", "kInputNames", "kOptional", "kWeight", "kNumOutputs"]),
         *[line for a in spec.attributes for line in _attribute(a)],
         "};",
         "",

@@ -53,14 +53,19 @@ struct SparseFFN {
   enum Input : int { kX, kW1, kB1, kW2, kB2, kWU, kTH, kPA, kPB, kPC, kXC, kHC };
   static constexpr int kNumInputs = 12;
   static constexpr int kNumOutputs = 1;
-  static constexpr const char* const kInputNames[kNumInputs] = {"X", "W1", "B1", "W2", "B2", "WU", "TH", "PA", "PB", "PC", "XC", "HC"};
-  static constexpr bool kOptional[kNumInputs] = {false, false, true, false, true, true, true, true, true, true, true, true};
-  static constexpr bool kWeight[kNumInputs] = {false, true, false, true, false, true, false, false, false, false, false, false};
-  static constexpr OpContract kContract = {kName, kNumInputs, kInputNames, kOptional, kWeight, kNumOutputs};
+  static constexpr const char* const kInputNames[kNumInputs] = {"X", "W1", "B1", "W2", "B2", "WU",
+      "TH", "PA", "PB", "PC", "XC", "HC"};
+  static constexpr bool kOptional[kNumInputs] = {false, false, true, false, true, true, true, true,
+      true, true, true, true};
+  static constexpr bool kWeight[kNumInputs] = {false, true, false, true, false, true, false, false,
+      false, false, false, false};
+  static constexpr OpContract kContract = {kName, kNumInputs, kInputNames, kOptional, kWeight,
+      kNumOutputs};
   static constexpr const char* const kActivationChoices[] = {"relu", "gelu", "gelu_tanh", "silu"};
   static constexpr StringAttribute kActivation = {"activation", "relu", kActivationChoices, 4};
   static constexpr const char* const kUpActivationChoices[] = {"none", "relu"};
-  static constexpr StringAttribute kUpActivation = {"up_activation", "none", kUpActivationChoices, 2};
+  static constexpr StringAttribute kUpActivation = {"up_activation", "none", kUpActivationChoices,
+      2};
   static constexpr const char* const kModeChoices[] = {"exact", "teal", "cats", "predictor"};
   static constexpr StringAttribute kMode = {"mode", "exact", kModeChoices, 4};
 };
@@ -74,7 +79,8 @@ struct FastFeedForward {
   static constexpr const char* const kInputNames[kNumInputs] = {"X", "W_in", "B_in", "W_out"};
   static constexpr bool kOptional[kNumInputs] = {false, false, false, false};
   static constexpr bool kWeight[kNumInputs] = {false, true, false, true};
-  static constexpr OpContract kContract = {kName, kNumInputs, kInputNames, kOptional, kWeight, kNumOutputs};
+  static constexpr OpContract kContract = {kName, kNumInputs, kInputNames, kOptional, kWeight,
+      kNumOutputs};
   static constexpr IntAttribute kTrees = {"trees", 1};
   static constexpr IntAttribute kDepth = {"depth", 11};
   static constexpr const char* const kActivationChoices[] = {"gelu"};
@@ -89,10 +95,14 @@ struct StructuredFFN {
   enum Input : int { kX, kA1, kU1, kB1, kA2, kU2, kB2, kM1, kM2, kS1, kS2 };
   static constexpr int kNumInputs = 11;
   static constexpr int kNumOutputs = 1;
-  static constexpr const char* const kInputNames[kNumInputs] = {"X", "A1", "U1", "B1", "A2", "U2", "B2", "M1", "M2", "S1", "S2"};
-  static constexpr bool kOptional[kNumInputs] = {false, false, true, true, false, true, true, true, true, true, true};
-  static constexpr bool kWeight[kNumInputs] = {false, true, true, false, true, true, false, false, false, true, true};
-  static constexpr OpContract kContract = {kName, kNumInputs, kInputNames, kOptional, kWeight, kNumOutputs};
+  static constexpr const char* const kInputNames[kNumInputs] = {"X", "A1", "U1", "B1", "A2", "U2",
+      "B2", "M1", "M2", "S1", "S2"};
+  static constexpr bool kOptional[kNumInputs] = {false, false, true, true, false, true, true, true,
+      true, true, true};
+  static constexpr bool kWeight[kNumInputs] = {false, true, true, false, true, true, false, false,
+      false, true, true};
+  static constexpr OpContract kContract = {kName, kNumInputs, kInputNames, kOptional, kWeight,
+      kNumOutputs};
   static constexpr const char* const kActivationChoices[] = {"relu", "gelu", "gelu_tanh", "silu"};
   static constexpr StringAttribute kActivation = {"activation", "gelu", kActivationChoices, 4};
   static constexpr IntAttribute kMergedMaxTokens = {"merged_max_tokens", 0};
@@ -104,10 +114,14 @@ struct RoutedFFN {
   enum Input : int { kX, kWR, kBR, kW1, kB1, kW2, kB2, kWA, kBA, kLS, kLB };
   static constexpr int kNumInputs = 11;
   static constexpr int kNumOutputs = 1;
-  static constexpr const char* const kInputNames[kNumInputs] = {"X", "WR", "BR", "W1", "B1", "W2", "B2", "WA", "BA", "LS", "LB"};
-  static constexpr bool kOptional[kNumInputs] = {false, false, true, false, true, false, true, true, true, true, true};
-  static constexpr bool kWeight[kNumInputs] = {false, false, false, true, false, true, false, false, false, false, false};
-  static constexpr OpContract kContract = {kName, kNumInputs, kInputNames, kOptional, kWeight, kNumOutputs};
+  static constexpr const char* const kInputNames[kNumInputs] = {"X", "WR", "BR", "W1", "B1", "W2",
+      "B2", "WA", "BA", "LS", "LB"};
+  static constexpr bool kOptional[kNumInputs] = {false, false, true, false, true, false, true, true,
+      true, true, true};
+  static constexpr bool kWeight[kNumInputs] = {false, false, false, true, false, true, false, false,
+      false, false, false};
+  static constexpr OpContract kContract = {kName, kNumInputs, kInputNames, kOptional, kWeight,
+      kNumOutputs};
   static constexpr const char* const kActivationChoices[] = {"relu", "gelu", "gelu_tanh", "silu"};
   static constexpr StringAttribute kActivation = {"activation", "gelu", kActivationChoices, 4};
   static constexpr const char* const kSelectionChoices[] = {"topk", "threshold"};
