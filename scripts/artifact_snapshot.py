@@ -70,11 +70,11 @@ def build_models(folder: Path) -> None:
             "bert-default": ("bert", "default", "dynamo18")}.items():
         (folder / f"{name}.onnx").write_bytes(models.export_model(family, act, exporter)
                                               .read_bytes())
-    structured_exports.export_structured("lowrank", "dynamo20", folder / "lowrank.onnx")
+    structured_exports.export_structured("lowrank", "dynamo18", folder / "lowrank.onnx")
     structured_exports.export_structured("blockdense", "torchscript17",
                                          folder / "blockdense.onnx")
     structured_exports.export_mod("torchscript17", folder / "mod-topk.onnx")
-    structured_exports.export_mod("dynamo20", folder / "mod-causal.onnx", causal=True)
+    structured_exports.export_mod("dynamo18", folder / "mod-causal.onnx", causal=True)
     torch.manual_seed(0)
     fff = FastFeedForward(32, 32, 4, 2).eval()
     structured_exports.export(fff, torch.randn(2, 7, 32), "torchscript17", folder / "fff.onnx")

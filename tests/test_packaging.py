@@ -32,7 +32,8 @@ def test_wheel_has_only_fffc_and_imports_from_it(tmp_path):
     assert "fffc/passes/__init__.py" in names and "fffc/runtime/__init__.py" in names
     assert any(n.startswith("fffc/runtime/src/") and n.endswith(".cc") for n in names)
     for source in ("src/op_common.cc", "src/cuda/sparse_ffn.cc", "src/cuda/driver.cc",
-                   "include/fffc/cuda_table.h"):  # the shim is built from the installed copy
+                   "include/fffc/cuda_table.h", "include/fffc/contract.h",
+                   "CMakeLists.txt"):  # the shim is built from the installed copy
         assert f"fffc/runtime/{source}" in names, source
     assert "fffc/torch/fff.py" in names and "fffc/codegen/schedules/arm.py" in names
 

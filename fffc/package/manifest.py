@@ -13,10 +13,10 @@ from ..contract.modes import mode
 from ..contract.sites import NearMiss, Site
 from ..contract.targets import TargetRequest
 from ..frontend import sha256_file
+from .contract_header import ORT_API_VERSION
 from .native import glibc_requirement
 
 FORMAT = 1
-ORT_API_VERSION = 17  # runtime/src/ort_api.h kOrtApiVersion
 DISTRIBUTIONS = ("fffc", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "apache-tvm",
                  "apache-tvm-ffi", "numpy")
 

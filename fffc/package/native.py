@@ -1,9 +1,11 @@
 """Build the artifact's native shim: the C++ custom-op library with the kernels linked in.
 
 The fixed sources in ``runtime/src`` are compiled once per compiler/flags/headers and
-cached; per artifact only the generated kernel table is compiled, then everything is
-linked with the kernel object into ``libfffc_ops.so`` — static libstdc++, every symbol
-hidden except ``RegisterCustomOps``, no TVM library, no Python.
+cached, against the contract header generated from ``fffc.contract.ops`` (``contract_header``) into
+that build directory; per artifact only the generated kernel tables (``shim_sources``) are
+compiled, then everything is linked with the kernel object into ``libfffc_ops.so`` — static
+libstdc++, every symbol hidden except ``RegisterCustomOps``, no TVM library, no Python.
+``runtime/CMakeLists.txt`` builds the same library from the same pieces without Python.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from ..codegen.build import KernelLibrary
 from ..contract.config import cache_dir, cxx
 from ..contract.errors import PackagingError
+from . import contract_header
 from .ort_headers import ensure_ort_headers
 
 SHIM_NAME = "libfffc_ops.so"
@@ -97,10 +100,15 @@ def cuda_table_source(library: KernelLibrary) -> str:
         lines.append("const fffc_cuda_entry fffc_cuda_kernels[] = {\n" + "\n".join(rows) + "\n};")
         fatbin = cuda.fatbin_path.resolve()
         lines += [
+            "// FFFC_CUDA_FATBIN: where the fatbin is when this file is compiled elsewhere",
+            "// (runtime/CMakeLists.txt passes the artifact's kernels/cuda/fffc_kernels.fatbin)",
+            "#ifndef FFFC_CUDA_FATBIN",
+            f'#define FFFC_CUDA_FATBIN "{fatbin}"',
+            "#endif",
             "extern const unsigned char fffc_cuda_fatbin[];",
             "extern const unsigned char fffc_cuda_fatbin_end[];",
             '__asm__(".section .rodata\\n.balign 64\\n.globl fffc_cuda_fatbin\\n'
-            'fffc_cuda_fatbin:\\n.incbin \\"' + str(fatbin) + '\\"\\n'
+            'fffc_cuda_fatbin:\\n.incbin \\"" FFFC_CUDA_FATBIN "\\"\\n'
             '.globl fffc_cuda_fatbin_end\\nfffc_cuda_fatbin_end:\\n.previous");',
             f"const uint64_t fffc_cuda_fatbin_size = {cuda.fatbin_path.stat().st_size};",
         ]
@@ -112,6 +120,13 @@ def cuda_table_source(library: KernelLibrary) -> str:
     return "\n".join(lines)
 
 
+def shim_sources(library: KernelLibrary) -> dict[str, str]:
+    """The per-artifact sources of the shim by file name: the kernel tables (``--dump`` writes
+    them for ``runtime/CMakeLists.txt``)."""
+    return {"kernel_table.cc": kernel_table_source(library),
+            "cuda_table.cc": cuda_table_source(library)}
+
+
 def _compiler_id(compiler: str, triple: str = "x86_64-linux-gnu") -> str:
     try:
         return subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
@@ -121,11 +136,12 @@ def _compiler_id(compiler: str, triple: str = "x86_64-linux-gnu") -> str:
         raise PackagingError(f"C++ compiler {compiler!r} not found: {hint}") from e
 
 
-def _fixed_objects(compiler: str, includes: list[str], triple: str) -> list[Path]:
-    """The shim's own sources compiled once and cached by content."""
+def _fixed_objects(compiler: str, includes: list[str], triple: str) -> tuple[list[Path], Path]:
+    """The shim's own sources compiled once and cached by content, and the include directory
+    they were compiled with first: the contract header generated from ``fffc.ops``."""
     src = _runtime_dir() / "src"
     sources = sorted(src.rglob("*.cc"))
-    h = hashlib.sha256()
+    h = hashlib.sha256(contract_header.header().encode())
     for p in sorted(_runtime_dir().rglob("*")):
         if p.is_file() and p.suffix in (".cc", ".h", ".lds"):
             h.update(p.name.encode() + p.read_bytes())
@@ -135,14 +151,17 @@ def _fixed_objects(compiler: str, includes: list[str], triple: str) -> list[Path
             h.update(hdr.name.encode())
     out = cache_dir() / "shim-objects" / h.hexdigest()[:16]
     objs = [out / (str(s.relative_to(src)).replace("/", "_") + ".o") for s in sources]
-    if all(o.exists() for o in objs):
-        return objs
+    generated = out / "include"
+    if all(o.exists() for o in objs) and (generated / contract_header.HEADER).exists():
+        return objs, generated
     out.mkdir(parents=True, exist_ok=True)
+    contract_header.write(generated)
     for s, o in zip(sources, objs, strict=True):
         tmp = o.with_suffix(f".{os.getpid()}.tmp.o")  # concurrent builds never share a file
-        _run([compiler, *CXXFLAGS, *includes, "-c", str(s), "-o", str(tmp)], f"compiling {s.name}")
+        _run([compiler, *CXXFLAGS, f"-I{generated}", *includes, "-c", str(s), "-o", str(tmp)],
+             f"compiling {s.name}")
         tmp.replace(o)
-    return objs
+    return objs, generated
 
 
 def glibc_requirement(shim: Path) -> str:
@@ -172,13 +191,12 @@ def build_shim(library: KernelLibrary, out_dir: Path, extra_sources: tuple[Path,
     includes = [f"-I{ensure_ort_headers()}", f"-I{_ffi_include()}",
                 f"-I{_runtime_dir() / 'include'}", f"-I{_runtime_dir() / 'src'}",
                 *(f"-D{d}" for d in defines)]
-    objs = _fixed_objects(compiler, includes, triple)
+    objs, generated = _fixed_objects(compiler, includes, triple)
+    includes = [f"-I{generated}", *includes]
     out = out_dir / name
     with tempfile.TemporaryDirectory() as tmp:
-        generated = {"kernel_table.cc": kernel_table_source(library),
-                     "cuda_table.cc": cuda_table_source(library)}
         table_objs = []
-        for fname, text in generated.items():
+        for fname, text in shim_sources(library).items():
             src = Path(tmp) / fname
             src.write_text(text)
             table_objs.append(src.with_suffix(".o"))

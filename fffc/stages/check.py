@@ -48,7 +48,7 @@ def run(shim: Shim, ctx: Context) -> Checked:
         with ctx.report("check CUDA kernels (CPU emulation)"):
             report["cuda_kernels"] = check_cuda(v.sites, library.cuda, v.reference.sites,
                                                 v.inputs, rtol, failed, ctx.options.weight_dtype)
-    ctx.dump.json("07-check.json", report)
+    ctx.dump.json("08-check.json", report)
     return Checked(shim, report, failed)
 
 

@@ -31,7 +31,9 @@ DUMPS = {
     "05-rewritten.onnx": "the artifact's model: ai.fffc nodes with their fallback functions "
                          "(runs in any ONNX Runtime; the shim makes the kernels run)",
     "06-kernels": "one TVMScript file per kernel variant",
-    "07-check.json": "the artifact check: every kernel alone, the model with and without the "
+    "07-shim": "the shim's per-artifact sources (the kernel tables), what runtime/CMakeLists.txt "
+               "builds the shim from without Python",
+    "08-check.json": "the artifact check: every kernel alone, the model with and without the "
                      "shim",
 }
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..codegen._tvm import host_cpu
 from ..codegen.build import build_kernel_library, host_can_run
-from ..package.native import build_shim
+from ..package.native import build_shim, shim_sources
 from .codegen import Kernels
 from .context import Context
 
@@ -33,6 +33,8 @@ def run(kernels: Kernels, ctx: Context) -> Shim:
         return Shim(kernels)
     with ctx.report(NAME):
         shim = build_shim(library, ctx.staging)
+    for name, text in shim_sources(library).items():
+        ctx.dump.text(f"07-shim/{name}", text)
     if host_can_run(library.target):
         return Shim(kernels, shim, shim)
     # The target CPU's code cannot run here: the check runs the same kernels built for this

@@ -2,21 +2,26 @@
 // registered on a session (SessionOptions.register_custom_ops_library in Python).
 #include <exception>
 #include <mutex>
+#include <string>
 
-#include "cpu/sparse_ffn.h"
-#include "cuda/sparse_ffn.h"
+#include "cpu/ops.h"
+#ifndef FFFC_WITHOUT_CUDA  // runtime/CMakeLists.txt with FFFC_CUDA off: no src/cuda/
+#include "cuda/ops.h"
+#endif
 #include "ort_api.h"
 #include "tvm_backend.h"
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
-  const OrtApi* api = base->GetApi(fffc::kOrtApiVersion);
+  const OrtApi* api = base->GetApi(fffc::contract::kOrtApiVersion);
   if (api == nullptr) {
     // A runtime older than the shim's API version. Every version's OrtApi starts with
     // CreateStatus, so version 1 can still say why instead of failing later, unexplained.
     const OrtApi* v1 = base->GetApi(1);
     if (v1 == nullptr) return nullptr;
-    return v1->CreateStatus(ORT_FAIL, "fffc: this shim needs ONNX Runtime 1.17 or newer");
+    const std::string why = std::string("fffc: this shim needs ONNX Runtime ") +
+                            fffc::contract::kOrtMinRelease + " or newer";
+    return v1->CreateStatus(ORT_FAIL, why.c_str());
   }
   try {
     fffc::InstallTvmBackend();
@@ -24,11 +29,13 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
     static OrtCustomOpDomain* domain = nullptr;  // shared by every session, never released
     std::lock_guard<std::mutex> lock(m);
     if (domain == nullptr) {
-      if (OrtStatus* st = api->CreateCustomOpDomain("ai.fffc", &domain)) return st;
-#ifndef FFFC_TEST_CUDA_ON_CPU  // tests: the CUDA kernels take the CPU EP (cuda/sparse_ffn.h)
+      if (OrtStatus* st = api->CreateCustomOpDomain(fffc::contract::kDomain, &domain)) return st;
+#ifndef FFFC_TEST_CUDA_ON_CPU  // tests: the CUDA kernels take the CPU EP (cuda/launch.h)
       if (OrtStatus* st = fffc::cpu::RegisterOps(api, domain)) return st;
 #endif
+#ifndef FFFC_WITHOUT_CUDA
       if (OrtStatus* st = fffc::cuda::RegisterOps(api, domain)) return st;
+#endif
     }
     return api->AddCustomOpDomain(options, domain);
   } catch (const std::exception& e) {

@@ -1,8 +1,8 @@
 #include "op_common.h"
 
 #include "half.h"
-#include "structured_call.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -12,36 +12,42 @@
 namespace fffc {
 namespace {
 
-// The weight matrices (fffc.ops.WEIGHT_INPUTS): the inputs that may be 16-bit.
-bool IsWeight(const char* name) {
-  static const char* const kWeights[] = {"W1", "W2", "WU", "W_in", "W_out", "A1",
-                                         "U1", "A2", "U2", "S1",   "S2"};
-  for (const char* w : kWeights)
-    if (std::strcmp(w, name) == 0) return true;
-  return false;
-}
-
-std::string StringAttr(const OrtApi* api, const OrtKernelInfo* info, const char* name,
-                       const char* fallback) {
+// The attribute, or its default when the node has none.
+std::string StringAttr(const OrtApi* api, const OrtKernelInfo* info,
+                       const contract::StringAttribute& attr) {
   size_t size = 0;
-  OrtStatus* st = api->KernelInfoGetAttribute_string(info, name, nullptr, &size);
+  OrtStatus* st = api->KernelInfoGetAttribute_string(info, attr.name, nullptr, &size);
   if (st != nullptr) {
     api->ReleaseStatus(st);
-    return fallback;
+    return attr.default_value;
   }
   std::string out(size, '\0');
-  st = api->KernelInfoGetAttribute_string(info, name, out.data(), &size);
+  st = api->KernelInfoGetAttribute_string(info, attr.name, out.data(), &size);
   if (st != nullptr) {
     api->ReleaseStatus(st);
-    return fallback;
+    return attr.default_value;
   }
   out.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
   return out;
 }
 
+// StringAttr of an attribute that must be one of its choices (else an error naming `op`).
+std::string ChoiceAttr(const OrtApi* api, const OrtKernelInfo* info, const char* op,
+                       const contract::StringAttribute& attr) {
+  std::string value = StringAttr(api, info, attr), allowed;
+  for (int i = 0; i < attr.num_choices; ++i) {
+    if (value == attr.choices[i]) return value;
+    allowed += (i == 0 ? "" : i + 1 == attr.num_choices ? " or " : ", ") +
+               std::string(attr.choices[i]);
+  }
+  throw std::runtime_error(std::string(op) + ": " + attr.name + " must be " + allowed +
+                           ", got " + value);
+}
+
 }  // namespace
 
-OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const char* name) {
+OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const char* name,
+                bool weight) {
   out->value = v;
   OrtTensorTypeAndShapeInfo* info = nullptr;
   if (OrtStatus* st = api->GetTensorTypeAndShape(v, &info)) return st;
@@ -57,9 +63,9 @@ OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const cha
   if (st != nullptr) return st;
   const bool narrow = type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ||
                       type == ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
-  if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && !(narrow && IsWeight(name)))
+  if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && !(narrow && weight))
     return Fail(api, std::string("input ") + name + " must be float32" +
-                         (IsWeight(name) ? ", float16 or bfloat16" : ""));
+                         (weight ? ", float16 or bfloat16" : ""));
   out->type = type;
   return api->GetTensorMutableData(const_cast<OrtValue*>(v), &out->data);
 }
@@ -85,11 +91,10 @@ void WidenedWeights::Apply(TensorView* in, int n) {
   }
 }
 
-std::string WeightDtype(const TensorView* in, const bool* present, int n,
-                        const char* const* names) {
+std::string WeightDtype(const TensorView* in, const bool* present, const contract::OpContract& op) {
   std::string out;
-  for (int i = 0; i < n; ++i) {
-    if (!present[i] || !IsWeight(names[i])) continue;
+  for (int i = 0; i < op.num_inputs; ++i) {
+    if (!present[i] || !op.weight[i]) continue;
     const std::string t = in[i].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16    ? "float16"
                           : in[i].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16 ? "bfloat16"
                                                                                  : "float32";
@@ -99,15 +104,15 @@ std::string WeightDtype(const TensorView* in, const bool* present, int n,
   return out.empty() ? "float32" : out;
 }
 
-OrtStatus* ViewInputs(const OrtApi* api, OrtKernelContext* ctx, int n, const char* const* names,
+OrtStatus* ViewInputs(const OrtApi* api, OrtKernelContext* ctx, const contract::OpContract& op,
                       TensorView* in, bool* present) {
   size_t count = 0;
   if (OrtStatus* st = api->KernelContext_GetInputCount(ctx, &count)) return st;
-  for (size_t i = 0; i < count && i < static_cast<size_t>(n); ++i) {
+  for (size_t i = 0; i < count && i < static_cast<size_t>(op.num_inputs); ++i) {
     const OrtValue* v = nullptr;
     if (OrtStatus* st = api->KernelContext_GetInput(ctx, i, &v)) return st;
     if (v == nullptr) continue;  // an omitted optional input
-    if (OrtStatus* st = View(api, v, &in[i], names[i])) return st;
+    if (OrtStatus* st = View(api, v, &in[i], op.input_names[i], op.weight[i])) return st;
     present[i] = true;
   }
   return nullptr;
@@ -115,70 +120,76 @@ OrtStatus* ViewInputs(const OrtApi* api, OrtKernelContext* ctx, int n, const cha
 
 namespace {
 
+// Reads an op's attributes for its kernel (throws std::runtime_error on a bad value).
+using AttrReader = Attrs (*)(const OrtApi* api, const OrtKernelInfo* info);
+
 // The OrtCustomOp with what CreateKernelV2 needs to build this EP's kernel.
 struct OpWithFactory {
   OrtCustomOp op;  // first member: the OrtCustomOp* ORT passes back points here
   const char* ep;
-  const char* name;
-  size_t inputs;
-  enum Kind { kSparse, kFff, kStructured, kRouted } kind;  // attributes, required inputs
+  const contract::OpContract* contract;  // name, inputs (optional, weight), outputs
+  AttrReader read;
   KernelFactory factory;
-  const char* const* input_names;  // fffc.ops' names of the op's inputs
 };
 
 const OpWithFactory* Holder(const OrtCustomOp* op) {
   return reinterpret_cast<const OpWithFactory*>(op);
 }
 
-int64_t IntAttr(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t fallback) {
-  int64_t out = fallback;
-  if (OrtStatus* st = api->KernelInfoGetAttribute_int64(info, name, &out)) {
+int64_t IntAttr(const OrtApi* api, const OrtKernelInfo* info, const contract::IntAttribute& attr) {
+  int64_t out = attr.default_value;
+  if (OrtStatus* st = api->KernelInfoGetAttribute_int64(info, attr.name, &out)) {
     api->ReleaseStatus(st);
-    return fallback;
+    return attr.default_value;
   }
   return out;
 }
 
-// A 2-float attribute into out (kept as is when absent; any other length is an error).
-void FloatsAttr(const OrtApi* api, const OrtKernelInfo* info, const char* name, float out[2]) {
+float FloatAttr(const OrtApi* api, const OrtKernelInfo* info,
+                const contract::FloatAttribute& attr) {
+  float out = attr.default_value;
+  if (OrtStatus* st = api->KernelInfoGetAttribute_float(info, attr.name, &out)) {
+    api->ReleaseStatus(st);
+    return attr.default_value;
+  }
+  return out;
+}
+
+// The attribute's attr.count floats into out (its default when absent; any other length is
+// an error).
+void FloatsAttr(const OrtApi* api, const OrtKernelInfo* info,
+                const contract::FloatsAttribute& attr, float* out) {
+  for (int i = 0; i < attr.count; ++i) out[i] = attr.default_value[i];
   size_t size = 0;
-  if (OrtStatus* st = api->KernelInfoGetAttributeArray_float(info, name, nullptr, &size)) {
+  if (OrtStatus* st = api->KernelInfoGetAttributeArray_float(info, attr.name, nullptr, &size)) {
     api->ReleaseStatus(st);
     return;
   }
-  if (size != 2) throw std::runtime_error(std::string("attribute ") + name + " must hold 2 floats");
-  if (OrtStatus* st = api->KernelInfoGetAttributeArray_float(info, name, out, &size)) {
+  if (size != static_cast<size_t>(attr.count))
+    throw std::runtime_error(std::string("attribute ") + attr.name + " must hold " +
+                             std::to_string(attr.count) + " floats");
+  if (OrtStatus* st = api->KernelInfoGetAttributeArray_float(info, attr.name, out, &size)) {
     api->ReleaseStatus(st);
-    throw std::runtime_error(std::string("attribute ") + name + " could not be read");
+    throw std::runtime_error(std::string("attribute ") + attr.name + " could not be read");
   }
 }
 
 const OrtApi* g_api = nullptr;
 
-const char* GetName(const OrtCustomOp* op) { return Holder(op)->name; }
+const char* GetName(const OrtCustomOp* op) { return Holder(op)->contract->name; }
 const char* GetEp(const OrtCustomOp* op) { return Holder(op)->ep; }
 ONNXTensorElementDataType FloatType(const OrtCustomOp*, size_t) {
   return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 // Weights of any type (View accepts float32, float16, bfloat16), everything else float32.
 ONNXTensorElementDataType InputType(const OrtCustomOp* op, size_t i) {
-  return IsWeight(Holder(op)->input_names[i]) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED
-                                              : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  return Holder(op)->contract->weight[i] ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED
+                                         : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
-size_t InputCount(const OrtCustomOp* op) { return Holder(op)->inputs; }
-size_t OutputCount(const OrtCustomOp*) { return 1; }
+size_t InputCount(const OrtCustomOp* op) { return Holder(op)->contract->num_inputs; }
+size_t OutputCount(const OrtCustomOp* op) { return Holder(op)->contract->num_outputs; }
 OrtCustomOpInputOutputCharacteristic InputChar(const OrtCustomOp* op, size_t i) {
-  switch (Holder(op)->kind) {
-    case OpWithFactory::kFff:
-      return INPUT_OUTPUT_REQUIRED;
-    case OpWithFactory::kStructured:  // X, A1, A2
-      return (i == 0 || i == 1 || i == 4) ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-    case OpWithFactory::kRouted:  // X, WR, W1, W2
-      return (i == 0 || i == 1 || i == 3 || i == 5) ? INPUT_OUTPUT_REQUIRED
-                                                    : INPUT_OUTPUT_OPTIONAL;
-    default:
-      return (i == kX || i == kW1 || i == kW2) ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
+  return Holder(op)->contract->optional[i] ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
 }
 OrtCustomOpInputOutputCharacteristic OutputChar(const OrtCustomOp*, size_t) {
   return INPUT_OUTPUT_REQUIRED;
@@ -204,58 +215,59 @@ bool IsConstantInput(const OrtApi* api, const OrtKernelInfo* info, size_t i) {
   return constant != 0 && value != nullptr;
 }
 
+Attrs ReadSparseAttrs(const OrtApi* a, const OrtKernelInfo* info) {
+  Attrs attrs = {StringAttr(a, info, Sparse::kActivation),
+                 StringAttr(a, info, Sparse::kUpActivation), StringAttr(a, info, Sparse::kMode)};
+  attrs.constant_w1 = IsConstantInput(a, info, Sparse::kW1);
+  attrs.constant_b1 = IsConstantInput(a, info, Sparse::kB1);
+  const char* screen = std::getenv("FFFC_EXACT_SCREEN");
+  attrs.screen = screen == nullptr || std::string(screen) != "0";
+  return attrs;
+}
+
+Attrs ReadFffAttrs(const OrtApi* a, const OrtKernelInfo* info) {
+  // the kernel table's mode: "<trees>x<depth>", "ge" appended for tie_break "ge"
+  // (fffc.ops.fff_mode)
+  const std::string tie = ChoiceAttr(a, info, Fff::kName, Fff::kTieBreak);
+  return {StringAttr(a, info, Fff::kActivation), "none",
+          std::to_string(IntAttr(a, info, Fff::kTrees)) + "x" +
+              std::to_string(IntAttr(a, info, Fff::kDepth)) +
+              (tie == "gt" ? "" : tie)};
+}
+
+Attrs ReadStructuredAttrs(const OrtApi* a, const OrtKernelInfo* info) {
+  Attrs attrs = {StringAttr(a, info, Structured::kActivation), "none", "structured"};
+  attrs.merged_max_tokens = IntAttr(a, info, Structured::kMergedMaxTokens);
+  return attrs;
+}
+
+Attrs ReadRoutedAttrs(const OrtApi* a, const OrtKernelInfo* info) {
+  Attrs attrs = {StringAttr(a, info, Routed::kActivation), "none", "routed"};
+  attrs.k = IntAttr(a, info, Routed::kK);
+  attrs.k_divisor = IntAttr(a, info, Routed::kKDivisor);
+  attrs.k_min = IntAttr(a, info, Routed::kKMin);
+  attrs.k_scale = FloatAttr(a, info, Routed::kKScale);
+  attrs.k_round = ChoiceAttr(a, info, Routed::kName, Routed::kKRound);
+  if (attrs.k_divisor < 0 || !(attrs.k_scale >= 0.f))
+    throw std::runtime_error("RoutedFFN: k_scale and k_divisor must be >= 0");
+  attrs.selection = ChoiceAttr(a, info, Routed::kName, Routed::kSelection);
+  attrs.router = ChoiceAttr(a, info, Routed::kName, Routed::kRouter);
+  if (attrs.selection == "topk" && attrs.k < 1 && !attrs.KFromLength())
+    throw std::runtime_error("RoutedFFN: k must be >= 1");
+  static_assert(Routed::kXCoef.count == 2 && Routed::kDeltaCoef.count == 2);
+  float x[2], d[2];
+  FloatsAttr(a, info, Routed::kXCoef, x);
+  FloatsAttr(a, info, Routed::kDeltaCoef, d);
+  attrs.coef[0] = x[0], attrs.coef[1] = x[1], attrs.coef[2] = d[0], attrs.coef[3] = d[1];
+  attrs.epsilon = FloatAttr(a, info, Routed::kEpsilon);
+  return attrs;
+}
+
 OrtStatusPtr CreateKernelV2(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
                             void** kernel) {
   const OrtApi* a = api ? api : g_api;
   try {
-    Attrs attrs;
-    if (Holder(op)->kind == OpWithFactory::kRouted) {
-      attrs = {StringAttr(a, info, "activation", "gelu"), "none", "routed"};
-      attrs.selection = StringAttr(a, info, "selection", "topk");
-      attrs.router = StringAttr(a, info, "router", "raw");
-      attrs.k = IntAttr(a, info, "k", 1);
-      attrs.k_divisor = IntAttr(a, info, "k_divisor", 0);
-      attrs.k_min = IntAttr(a, info, "k_min", 0);
-      attrs.k_round = StringAttr(a, info, "k_round", "trunc");
-      if (OrtStatus* st = a->KernelInfoGetAttribute_float(info, "k_scale", &attrs.k_scale))
-        a->ReleaseStatus(st);  // absent: a constant k
-      if (attrs.k_round != "trunc" && attrs.k_round != "floor" && attrs.k_round != "ceil")
-        throw std::runtime_error("RoutedFFN: k_round must be trunc, floor or ceil");
-      if (attrs.k_divisor < 0 || !(attrs.k_scale >= 0.f))
-        throw std::runtime_error("RoutedFFN: k_scale and k_divisor must be >= 0");
-      if (attrs.selection != "topk" && attrs.selection != "threshold")
-        throw std::runtime_error("RoutedFFN: selection must be topk or threshold");
-      if (attrs.router != "raw" && attrs.router != "sigmoid")
-        throw std::runtime_error("RoutedFFN: router must be raw or sigmoid");
-      if (attrs.selection == "topk" && attrs.k < 1 && !attrs.KFromLength())
-        throw std::runtime_error("RoutedFFN: k must be >= 1");
-      float x[2] = {1.f, 0.f}, d[2] = {0.f, 1.f};
-      FloatsAttr(a, info, "x_coef", x);
-      FloatsAttr(a, info, "delta_coef", d);
-      attrs.coef[0] = x[0], attrs.coef[1] = x[1], attrs.coef[2] = d[0], attrs.coef[3] = d[1];
-      if (OrtStatus* st = a->KernelInfoGetAttribute_float(info, "epsilon", &attrs.epsilon))
-        a->ReleaseStatus(st);  // absent: the default
-    } else if (Holder(op)->kind == OpWithFactory::kStructured) {
-      attrs = {StringAttr(a, info, "activation", "gelu"), "none", "structured"};
-      attrs.merged_max_tokens = IntAttr(a, info, "merged_max_tokens", 0);
-    } else if (Holder(op)->kind == OpWithFactory::kFff) {
-      // the kernel table's mode: "<trees>x<depth>", "ge" appended for tie_break "ge"
-      // (fffc.ops.fff_mode)
-      const std::string tie = StringAttr(a, info, "tie_break", "gt");
-      if (tie != "gt" && tie != "ge")
-        throw std::runtime_error("FastFeedForward: tie_break must be gt or ge, got " + tie);
-      attrs = {StringAttr(a, info, "activation", "gelu"), "none",
-               std::to_string(IntAttr(a, info, "trees", 1)) + "x" +
-                   std::to_string(IntAttr(a, info, "depth", 11)) + (tie == "gt" ? "" : tie)};
-    } else {
-      attrs = {StringAttr(a, info, "activation", "relu"),
-               StringAttr(a, info, "up_activation", "none"), StringAttr(a, info, "mode", "exact")};
-      attrs.constant_w1 = IsConstantInput(a, info, kW1);
-      attrs.constant_b1 = IsConstantInput(a, info, kB1);
-      const char* screen = std::getenv("FFFC_EXACT_SCREEN");
-      attrs.screen = screen == nullptr || std::string(screen) != "0";
-    }
-    *kernel = Holder(op)->factory(a, attrs);
+    *kernel = Holder(op)->factory(a, Holder(op)->read(a, info));
     return nullptr;
   } catch (const std::exception& e) {
     return a->CreateStatus(ORT_FAIL, e.what());
@@ -275,59 +287,58 @@ void Destroy(void* kernel) { delete static_cast<KernelBase*>(kernel); }
 
 }  // namespace
 
-const char* const kInputNames[kNumInputs] = {"X",  "W1", "B1", "W2", "B2", "WU",
-                                             "TH", "PA", "PB", "PC", "XC", "HC"};
-const char* const kFffNames[4] = {"X", "W_in", "B_in", "W_out"};
-
 OrtStatus* Fail(const OrtApi* api, const std::string& msg) {
   return api->CreateStatus(ORT_FAIL, ("fffc: " + msg).c_str());
 }
 
 OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const std::string& mode) {
-  if (OrtStatus* st = ViewInputs(api, ctx, kNumInputs, kInputNames, c->in, c->present))
+  using In = Sparse;
+  if (OrtStatus* st = ViewInputs(api, ctx, Sparse::kContract, c->in, c->present))
     return st;
-  if (!c->present[kX] || !c->present[kW1] || !c->present[kW2])
+  if (!c->present[In::kX] || !c->present[In::kW1] || !c->present[In::kW2])
     return Fail(api, "SparseFFN: X, W1 and W2 are required");
-  const auto& xd = c->in[kX].dims;
-  if (xd.empty() || c->in[kW1].dims.size() != 2 || c->in[kW2].dims.size() != 2)
+  const auto& xd = c->in[In::kX].dims;
+  if (xd.empty() || c->in[In::kW1].dims.size() != 2 || c->in[In::kW2].dims.size() != 2)
     return Fail(api, "SparseFFN: expected X [..., d_in], W1 [d_in, d_ff], W2 [d_ff, d_out]");
   const bool rows = mode == "predictor";  // W1 [d_ff, d_in], row per neuron
   c->d_in = xd.back();
-  c->d_ff = c->in[kW1].dims[rows ? 0 : 1];
-  c->d_out = c->in[kW2].dims[1];
-  if (c->in[kW1].dims[rows ? 1 : 0] != c->d_in || c->in[kW2].dims[0] != c->d_ff)
+  c->d_ff = c->in[In::kW1].dims[rows ? 0 : 1];
+  c->d_out = c->in[In::kW2].dims[1];
+  if (c->in[In::kW1].dims[rows ? 1 : 0] != c->d_in || c->in[In::kW2].dims[0] != c->d_ff)
     return Fail(api, "SparseFFN: weight shapes do not chain: X [..., " + std::to_string(c->d_in) + "], W1 [" +
-                         std::to_string(c->in[kW1].dims[0]) + ", " +
-                         std::to_string(c->in[kW1].dims[1]) + "] (mode " + mode + "), W2 [" +
-                         std::to_string(c->in[kW2].dims[0]) + ", " + std::to_string(c->d_out) + "]");
+                         std::to_string(c->in[In::kW1].dims[0]) + ", " +
+                         std::to_string(c->in[In::kW1].dims[1]) + "] (mode " + mode + "), W2 [" +
+                         std::to_string(c->in[In::kW2].dims[0]) + ", " + std::to_string(c->d_out) + "]");
   const bool thresholds = mode == "teal" || mode == "cats";
-  if (thresholds != c->present[kTH])
+  if (thresholds != c->present[In::kTH])
     return Fail(api, std::string("input TH (thresholds) is ") +
                          (thresholds ? "required by mode " + mode : "only for modes teal, cats"));
-  if (thresholds && (c->in[kTH].dims.size() != 1 || c->in[kTH].dims[0] != 2))
+  if (thresholds && (c->in[In::kTH].dims.size() != 1 || c->in[In::kTH].dims[0] != 2))
     return Fail(api, "SparseFFN: TH must hold two thresholds (teal: [t_in, t_hidden]; cats: [t_in, t_gate])");
-  for (int i : {kXC, kHC}) {
+  for (int i : {In::kXC, In::kHC}) {
     if (!c->present[i]) continue;
-    if (mode != "teal") return Fail(api, std::string("input ") + kInputNames[i] + " is only for mode teal");
-    const int64_t n = i == kXC ? c->d_in : c->d_ff;
+    if (mode != "teal")
+      return Fail(api, std::string("input ") + In::kInputNames[i] + " is only for mode teal");
+    const int64_t n = i == In::kXC ? c->d_in : c->d_ff;
     if (c->in[i].dims.size() != 1 || c->in[i].dims[0] != n)
-      return Fail(api, std::string("SparseFFN: ") + kInputNames[i] + " must be [" +
-                           (i == kXC ? "d_in" : "d_ff") + "] = [" + std::to_string(n) + "]");
+      return Fail(api, std::string("SparseFFN: ") + In::kInputNames[i] + " must be [" +
+                           (i == In::kXC ? "d_in" : "d_ff") + "] = [" + std::to_string(n) + "]");
   }
-  if (c->present[kXC] && c->present[kWU])
+  if (c->present[In::kXC] && c->present[In::kWU])
     return Fail(api, "SparseFFN: XC is only for dense FFNs (a gated FFN's up projection has no bias "
                      "to hold its share)");
-  for (int i : {kPA, kPB, kPC})
+  for (int i : {In::kPA, In::kPB, In::kPC})
     if (rows != c->present[i])
-      return Fail(api, std::string("input ") + kInputNames[i] + " is " +
+      return Fail(api, std::string("input ") + In::kInputNames[i] + " is " +
                            (rows ? "required by mode predictor" : "only for mode predictor"));
   if (rows) {
-    const auto &pa = c->in[kPA].dims, &pb = c->in[kPB].dims, &pc = c->in[kPC].dims;
+    const auto &pa = c->in[In::kPA].dims, &pb = c->in[In::kPB].dims,
+               &pc = c->in[In::kPC].dims;
     if (pa.size() != 2 || pb.size() != 2 || pc.size() != 1 || pa[0] != c->d_in ||
         pb[0] != pa[1] || pb[1] != c->d_ff || pc[0] != c->d_ff)
       return Fail(api, "SparseFFN: predictor shapes must be PA [d_in, r], PB [r, d_ff], PC [d_ff]");
   }
-  c->weight_dtype = WeightDtype(c->in, c->present, kNumInputs, kInputNames);
+  c->weight_dtype = WeightDtype(c->in, c->present, Sparse::kContract);
   if (c->weight_dtype == "mixed") return Fail(api, "SparseFFN: W1, W2 and WU differ in type");
   c->tokens = 1;
   for (size_t i = 0; i + 1 < xd.size(); ++i) c->tokens *= xd[i];
@@ -340,11 +351,12 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const s
 }
 
 OrtStatus* PrepareFff(const OrtApi* api, OrtKernelContext* ctx, FffCall* c) {
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < Fff::kNumInputs; ++i) {
     const OrtValue* v = nullptr;
     if (OrtStatus* st = api->KernelContext_GetInput(ctx, i, &v)) return st;
-    if (v == nullptr) return Fail(api, std::string("FastFeedForward needs input ") + kFffNames[i]);
-    if (OrtStatus* st = View(api, v, &c->in[i], kFffNames[i])) return st;
+    if (v == nullptr)
+      return Fail(api, std::string("FastFeedForward needs input ") + Fff::kInputNames[i]);
+    if (OrtStatus* st = View(api, v, &c->in[i], Fff::kInputNames[i], Fff::kWeight[i])) return st;
   }
   const auto& xd = c->in[0].dims;
   if (xd.empty() || c->in[1].dims.size() != 2 || c->in[2].dims.size() != 1 ||
@@ -356,8 +368,9 @@ OrtStatus* PrepareFff(const OrtApi* api, OrtKernelContext* ctx, FffCall* c) {
   c->d_out = c->in[3].dims[1];
   if (c->in[1].dims[1] != c->d_in || c->in[2].dims[0] != c->nodes || c->in[3].dims[0] != c->nodes)
     return Fail(api, "FastFeedForward: weight shapes do not agree with X and each other");
-  const bool all[4] = {true, true, true, true};
-  c->weight_dtype = WeightDtype(c->in, all, 4, kFffNames);
+  bool all[Fff::kNumInputs];
+  std::fill(all, all + Fff::kNumInputs, true);  // every input is required
+  c->weight_dtype = WeightDtype(c->in, all, Fff::kContract);
   if (c->weight_dtype == "mixed") return Fail(api, "FastFeedForward: W_in and W_out differ in type");
   c->tokens = 1;
   for (size_t i = 0; i + 1 < xd.size(); ++i) c->tokens *= xd[i];
@@ -373,40 +386,39 @@ std::string Describe(const Attrs& a, const FfnCall& c) {
   return "SparseFFN(activation=" + a.activation + ", up_activation=" + a.up_activation +
          ", mode=" + TableMode(a, c) + ", d_in=" + std::to_string(c.d_in) + ", d_ff=" +
          std::to_string(c.d_ff) + ", d_out=" + std::to_string(c.d_out) +
-         ", B1=" + (c.present[kB1] ? "yes" : "no") + ", B2=" + (c.present[kB2] ? "yes" : "no") +
-         ", WU=" + (c.present[kWU] ? "yes" : "no") + ")";
+         ", B1=" + (c.present[Sparse::kB1] ? "yes" : "no") +
+         ", B2=" + (c.present[Sparse::kB2] ? "yes" : "no") +
+         ", WU=" + (c.present[Sparse::kWU] ? "yes" : "no") + ")";
 }
 
 std::string TableMode(const Attrs& a, const FfnCall& c) {
-  if (a.mode != "teal" || (!c.present[kXC] && !c.present[kHC])) return a.mode;
-  return a.mode + "/" + (c.present[kXC] ? "x" : "") + (c.present[kHC] ? "h" : "");
+  if (a.mode != "teal" || (!c.present[Sparse::kXC] && !c.present[Sparse::kHC])) return a.mode;
+  return a.mode + "/" + (c.present[Sparse::kXC] ? "x" : "") + (c.present[Sparse::kHC] ? "h" : "");
 }
 
 bool Matches(const Attrs& a, const FfnCall& c, const char* activation, const char* up_activation,
              const char* mode, int32_t has_b1, int32_t has_b2, int32_t gated, int64_t d_in,
              int64_t d_ff, int64_t d_out, int64_t min_tokens, int64_t max_tokens) {
   return a.activation == activation && a.up_activation == up_activation && TableMode(a, c) == mode &&
-         has_b1 == c.present[kB1] && has_b2 == c.present[kB2] && gated == c.present[kWU] &&
+         has_b1 == c.present[Sparse::kB1] && has_b2 == c.present[Sparse::kB2] &&
+         gated == c.present[Sparse::kWU] &&
          d_in == c.d_in && d_ff == c.d_ff && d_out == c.d_out && min_tokens <= c.tokens &&
          c.tokens <= max_tokens;
 }
 
 namespace {
 
-OrtCustomOp* NewOp(const OrtApi* api, const char* name, const char* ep, size_t inputs,
-                   OpWithFactory::Kind kind, KernelFactory factory,
-                   const char* const* input_names) {
+OrtCustomOp* NewOp(const OrtApi* api, const contract::OpContract& spec, const char* ep,
+                   AttrReader read, KernelFactory factory) {
   g_api = api;
   auto* holder = new OpWithFactory;  // must outlive every session: never freed
   OrtCustomOp& op = holder->op;
   std::memset(&op, 0, sizeof(op));
   holder->ep = ep;
-  holder->name = name;
-  holder->inputs = inputs;
-  holder->kind = kind;
+  holder->contract = &spec;
+  holder->read = read;
   holder->factory = factory;
-  holder->input_names = input_names;
-  op.version = kOrtApiVersion;
+  op.version = contract::kOrtApiVersion;
   op.GetName = GetName;
   op.GetExecutionProviderType = GetEp;
   op.GetInputType = InputType;
@@ -429,21 +441,19 @@ OrtCustomOp* NewOp(const OrtApi* api, const char* name, const char* ep, size_t i
 }  // namespace
 
 OrtCustomOp* NewSparseFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
-  return NewOp(api, "SparseFFN", ep, kNumInputs, OpWithFactory::kSparse, factory, kInputNames);
+  return NewOp(api, Sparse::kContract, ep, ReadSparseAttrs, factory);
 }
 
 OrtCustomOp* NewFastFeedForwardOp(const OrtApi* api, const char* ep, KernelFactory factory) {
-  return NewOp(api, "FastFeedForward", ep, 4, OpWithFactory::kFff, factory, kFffNames);
+  return NewOp(api, Fff::kContract, ep, ReadFffAttrs, factory);
 }
 
 OrtCustomOp* NewRoutedFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
-  return NewOp(api, "RoutedFFN", ep, kRoutedInputs, OpWithFactory::kRouted, factory,
-               kRoutedNames);
+  return NewOp(api, Routed::kContract, ep, ReadRoutedAttrs, factory);
 }
 
 OrtCustomOp* NewStructuredFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
-  return NewOp(api, "StructuredFFN", ep, kStructuredInputs, OpWithFactory::kStructured, factory,
-               kStructuredNames);
+  return NewOp(api, Structured::kContract, ep, ReadStructuredAttrs, factory);
 }
 
 int64_t Attrs::TopK(int64_t seq) const {

@@ -1,5 +1,5 @@
-// What every execution provider's SparseFFN shares: attributes, input checks, output
-// allocation, and the OrtCustomOp boilerplate. Kernels differ only in how they run.
+// What every execution provider's ops share: attributes, input checks, output allocation,
+// and the OrtCustomOp boilerplate. Kernels differ only in how they run.
 #ifndef FFFC_OP_COMMON_H_
 #define FFFC_OP_COMMON_H_
 
@@ -14,27 +14,29 @@
 
 namespace fffc {
 
-constexpr int kNumInputs = 12;  // X, W1, B1?, W2, B2?, WU?, TH?, PA?, PB?, PC?, XC?, HC? (fffc/ops.py)
-enum Input { kX = 0, kW1, kB1, kW2, kB2, kWU, kTH, kPA, kPB, kPC, kXC, kHC };
-extern const char* const kInputNames[kNumInputs];
-extern const char* const kFffNames[4];  // FastFeedForward: X, W_in, B_in, W_out
+// The ops' inputs (index constants, names, optional and weight flags) and attributes.
+using Sparse = contract::SparseFFN;
+using Fff = contract::FastFeedForward;
+using Structured = contract::StructuredFFN;
+using Routed = contract::RoutedFFN;
 
+// An op's attributes, read when its kernel is created (absent ones: the contract's defaults).
 struct Attrs {
   std::string activation, up_activation, mode;
   int64_t merged_max_tokens = 0;  // StructuredFFN: calls up to this many tokens use M1/M2
   // RoutedFFN: selection (topk | threshold), k, router (raw | sigmoid), and the combine's
   // coefficients [x_a, x_b, delta_a, delta_b]
   std::string selection, router;
-  int64_t k = 1;
+  int64_t k = 0;
   // k from the sequence length S (an export with a dynamic sequence axis; fffc.ops.capacity_k):
   // round(float(S)·k_scale) (k_round: trunc, floor, ceil) or S / k_divisor, then max(·, k_min)
   float k_scale = 0.f;
   int64_t k_divisor = 0, k_min = 0;
-  std::string k_round = "trunc";
+  std::string k_round;
   bool KFromLength() const { return k_scale > 0.f || k_divisor > 0; }
   int64_t TopK(int64_t seq) const;
-  float coef[4] = {1.f, 0.f, 0.f, 1.f};
-  float epsilon = 1e-5f;  // RoutedFFN: LayerNorm epsilon of a pre-norm routed block
+  float coef[4] = {};
+  float epsilon = 0.f;  // RoutedFFN: LayerNorm epsilon of a pre-norm routed block
   // SparseFFN: whether ONNX Runtime reported W1 / B1 constant (initializers) at kernel
   // creation: what lets the CPU kernel derive per-weight data once (cpu/screen.h)
   bool constant_w1 = false, constant_b1 = false;
@@ -48,16 +50,15 @@ struct TensorView {
   ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 };
 
-// "float32", "float16" or "bfloat16": the storage of the present weight matrices among
-// in[0..n) (names: fffc.ops.WEIGHT_INPUTS; the CUDA kernels read them as stored, the CPU
-// kernels widen them: WidenedWeights), or "mixed" when they differ.
-std::string WeightDtype(const TensorView* in, const bool* present, int n,
-                        const char* const* names);
+// "float32", "float16" or "bfloat16": the storage of the present weight matrices among the
+// inputs of `op` (its weight flags; the CUDA kernels read them as stored, the CPU kernels
+// widen them: WidenedWeights), or "mixed" when they differ.
+std::string WeightDtype(const TensorView* in, const bool* present, const contract::OpContract& op);
 
 // One SparseFFN call: inputs by position, the shape it resolves to, and its output.
 struct FfnCall {
-  TensorView in[kNumInputs];
-  bool present[kNumInputs] = {false};
+  TensorView in[Sparse::kNumInputs];
+  bool present[Sparse::kNumInputs] = {false};
   int64_t d_in = 0, d_ff = 0, d_out = 0, tokens = 0;
   std::string weight_dtype = "float32";  // of W1, W2, WU (WeightDtype)
   void* y = nullptr;  // output data (tokens × d_out), allocated by Prepare
@@ -65,7 +66,7 @@ struct FfnCall {
 
 // One FastFeedForward call: X, W_in [K·n, d_in], B_in [K·n], W_out [K·n, d_out].
 struct FffCall {
-  TensorView in[4];
+  TensorView in[Fff::kNumInputs];
   int64_t d_in = 0, nodes = 0, d_out = 0, tokens = 0;
   std::string weight_dtype = "float32";  // of W_in, W_out (WeightDtype)
   void* y = nullptr;  // output data (tokens × d_out), allocated by PrepareFff
@@ -76,12 +77,13 @@ OrtStatus* PrepareFff(const OrtApi* api, OrtKernelContext* ctx, FffCall* call);
 
 OrtStatus* Fail(const OrtApi* api, const std::string& msg);
 
-// Type, shape and data of a float32 input, or of a weight matrix in float32, float16 or
-// bfloat16 (an error names it otherwise).
-OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const char* name);
+// Type, shape and data of a float32 input, or of a weight matrix (`weight`) in float32,
+// float16 or bfloat16 (an error names the input otherwise).
+OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const char* name,
+                bool weight);
 
-// View of every present input (up to n; names[i] for errors); present[i] says which.
-OrtStatus* ViewInputs(const OrtApi* api, OrtKernelContext* ctx, int n, const char* const* names,
+// View of every present input of `op`; present[i] says which.
+OrtStatus* ViewInputs(const OrtApi* api, OrtKernelContext* ctx, const contract::OpContract& op,
                       TensorView* in, bool* present);
 
 // Reads and checks the inputs, allocates Y; on tokens == 0 leaves y null. ``mode`` decides
@@ -114,7 +116,7 @@ class WidenedWeights {
   std::map<const void*, std::vector<float>> copies_;
 };
 
-// A SparseFFN kernel instance of one execution provider (thread-safe Compute).
+// A kernel instance of one op on one execution provider (thread-safe Compute).
 struct KernelBase {
   const OrtApi* api;
   Attrs attrs;
@@ -133,19 +135,14 @@ KernelBase* MakeKernel(const OrtApi* api, Attrs attrs) {
   return k;
 }
 
-// The OrtCustomOp of SparseFFN for execution provider `ep` (lives for the process).
-// Every op takes its weight matrices as float32, float16 or bfloat16 (--weight-dtype).
+// The OrtCustomOp of each op for execution provider `ep` (lives for the process): name,
+// inputs and attributes from the contract, kernels from `factory`. Every op takes its weight
+// matrices as float32, float16 or bfloat16 (--weight-dtype).
 OrtCustomOp* NewSparseFfnOp(const OrtApi* api, const char* ep, KernelFactory factory);
-
-// The OrtCustomOp of StructuredFFN (X, A1, U1?, B1?, A2, U2?, B2?, M1?, M2?, S1?, S2?;
-// attributes activation, merged_max_tokens).
 OrtCustomOp* NewStructuredFfnOp(const OrtApi* api, const char* ep, KernelFactory factory);
-
-// The OrtCustomOp of RoutedFFN (X, WR, BR?, W1, B1?, W2, B2?, WA?, BA?, LS?, LB?).
 OrtCustomOp* NewRoutedFfnOp(const OrtApi* api, const char* ep, KernelFactory factory);
-
-// The OrtCustomOp of FastFeedForward (X, W_in, B_in, W_out; int attributes trees, depth,
-// passed to kernels as Attrs::mode = "<trees>x<depth>").
+// FastFeedForward: attributes trees, depth and tie_break reach kernels as Attrs::mode =
+// "<trees>x<depth>", "ge" appended for tie_break ge (fffc.ops.fff_mode).
 OrtCustomOp* NewFastFeedForwardOp(const OrtApi* api, const char* ep, KernelFactory factory);
 
 }  // namespace fffc

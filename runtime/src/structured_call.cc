@@ -5,11 +5,6 @@
 
 namespace fffc {
 
-const char* const kStructuredNames[kStructuredInputs] = {"X",  "A1", "U1", "B1", "A2", "U2",
-                                                         "B2", "M1", "M2", "S1", "S2"};
-const char* const kRoutedNames[kRoutedInputs] = {"X",  "WR", "BR", "W1", "B1", "W2",
-                                                 "B2", "WA", "BA", "LS", "LB"};
-
 namespace {
 
 std::string Dims(const std::vector<int64_t>& d) {
@@ -29,15 +24,16 @@ std::string Compact(float v) {
 
 OrtStatus* PrepareStructured(const OrtApi* api, OrtKernelContext* ctx, const Attrs& attrs,
                              StructuredCall* call) {
+  using In = Structured;
   StructuredCall& c = *call;
   auto& in = c.in;
   auto& present = c.present;
-  if (OrtStatus* st = ViewInputs(api, ctx, kStructuredInputs, kStructuredNames, in, present))
+  if (OrtStatus* st = ViewInputs(api, ctx, Structured::kContract, in, present))
     return st;
-  c.weight_dtype = WeightDtype(in, present, kStructuredInputs, kStructuredNames);
+  c.weight_dtype = WeightDtype(in, present, Structured::kContract);
   if (c.weight_dtype == "mixed") return Fail(api, "StructuredFFN: the weights differ in type");
-  const auto &xd = in[kSX].dims, &a1 = in[kSA1].dims, &a2 = in[kSA2].dims;
-  if (!present[kSX] || !present[kSA1] || !present[kSA2] || xd.empty() || a1.size() != 3 ||
+  const auto &xd = in[In::kX].dims, &a1 = in[In::kA1].dims, &a2 = in[In::kA2].dims;
+  if (!present[In::kX] || !present[In::kA1] || !present[In::kA2] || xd.empty() || a1.size() != 3 ||
       a2.size() != 3)
     return Fail(api, "StructuredFFN: expected X [..., d_in], A1 [k1, p1, q1], A2 [k2, p2, q2]");
   const int64_t d_in = a1[0] * a1[1], r1 = a1[0] * a1[2], r2 = a2[0] * a2[2];
@@ -47,19 +43,19 @@ OrtStatus* PrepareStructured(const OrtApi* api, OrtKernelContext* ctx, const Att
     const auto& sd = in[i].dims;
     return (sd.size() == 3 && sd[0] * sd[1] == r) ? sd[0] * sd[2] : -1;
   };
-  const int64_t w1 = shuffled(kSS1, r1), w2 = shuffled(kSS2, r2);
-  const int64_t d_ff = present[kSU1] ? in[kSU1].dims.back() : w1;
-  const int64_t d_out = present[kSU2] ? in[kSU2].dims.back() : w2;
+  const int64_t w1 = shuffled(In::kS1, r1), w2 = shuffled(In::kS2, r2);
+  const int64_t d_ff = present[In::kU1] ? in[In::kU1].dims.back() : w1;
+  const int64_t d_out = present[In::kU2] ? in[In::kU2].dims.back() : w2;
   const bool chain =
       w1 > 0 && w2 > 0 && xd.back() == d_in && a2[0] * a2[1] == d_ff &&
-      (!present[kSU1] || (in[kSU1].dims.size() == 2 && in[kSU1].dims[0] == w1)) &&
-      (!present[kSU2] || (in[kSU2].dims.size() == 2 && in[kSU2].dims[0] == w2)) &&
-      (!present[kSB1] || in[kSB1].dims == std::vector<int64_t>{d_ff}) &&
-      (!present[kSB2] || in[kSB2].dims == std::vector<int64_t>{d_out});
+      (!present[In::kU1] || (in[In::kU1].dims.size() == 2 && in[In::kU1].dims[0] == w1)) &&
+      (!present[In::kU2] || (in[In::kU2].dims.size() == 2 && in[In::kU2].dims[0] == w2)) &&
+      (!present[In::kB1] || in[In::kB1].dims == std::vector<int64_t>{d_ff}) &&
+      (!present[In::kB2] || in[In::kB2].dims == std::vector<int64_t>{d_out});
   if (!chain)
     return Fail(api, "StructuredFFN: shapes do not chain: X " + Dims(xd) + ", A1 " + Dims(a1) +
-                         (present[kSU1] ? ", U1 " + Dims(in[kSU1].dims) : "") + ", A2 " +
-                         Dims(a2) + (present[kSU2] ? ", U2 " + Dims(in[kSU2].dims) : ""));
+                         (present[In::kU1] ? ", U1 " + Dims(in[In::kU1].dims) : "") + ", A2 " +
+                         Dims(a2) + (present[In::kU2] ? ", U2 " + Dims(in[In::kU2].dims) : ""));
   int64_t tokens = 1;
   for (size_t i = 0; i + 1 < xd.size(); ++i) tokens *= xd[i];
   c.d_in = d_in, c.d_ff = d_ff, c.d_out = d_out, c.tokens = tokens;
@@ -68,18 +64,18 @@ OrtStatus* PrepareStructured(const OrtApi* api, OrtKernelContext* ctx, const Att
   OrtValue* yv = nullptr;
   if (OrtStatus* st = api->KernelContext_GetOutput(ctx, 0, ydims.data(), ydims.size(), &yv))
     return st;
-  c.merged = tokens <= attrs.merged_max_tokens && present[kSM1] && present[kSM2];
-  if (c.merged && (in[kSM1].dims != std::vector<int64_t>{d_in, d_ff} ||
-                   in[kSM2].dims != std::vector<int64_t>{d_ff, d_out}))
+  c.merged = tokens <= attrs.merged_max_tokens && present[In::kM1] && present[In::kM2];
+  if (c.merged && (in[In::kM1].dims != std::vector<int64_t>{d_in, d_ff} ||
+                   in[In::kM2].dims != std::vector<int64_t>{d_ff, d_out}))
     return Fail(api, "StructuredFFN: M1/M2 must be [d_in, d_ff] and [d_ff, d_out]");
   auto tag = [&](int i) {  // fffc.ops.structured_kernel_spec: "s<m>x<s>" of a BlockShuffle
     return present[i] ? "s" + std::to_string(in[i].dims[0]) + "x" + std::to_string(in[i].dims[2])
                       : std::string();
   };
   c.mode = c.merged ? "b1r" + std::to_string(d_ff) + "_b1r" + std::to_string(d_out)
-                    : "b" + std::to_string(a1[0]) + "r" + std::to_string(r1) + tag(kSS1) +
-                          (present[kSU1] ? "u" : "") + "_b" + std::to_string(a2[0]) + "r" +
-                          std::to_string(r2) + tag(kSS2) + (present[kSU2] ? "u" : "");
+                    : "b" + std::to_string(a1[0]) + "r" + std::to_string(r1) + tag(In::kS1) +
+                          (present[In::kU1] ? "u" : "") + "_b" + std::to_string(a2[0]) + "r" +
+                          std::to_string(r2) + tag(In::kS2) + (present[In::kU2] ? "u" : "");
   if (tokens == 0) return nullptr;
   return api->GetTensorMutableData(yv, &c.y);
 }
@@ -92,31 +88,32 @@ std::string DescribeStructured(const Attrs& attrs, const StructuredCall& c) {
 
 OrtStatus* PrepareRouted(const OrtApi* api, OrtKernelContext* ctx, const Attrs& attrs,
                          RoutedCall* call) {
+  using In = Routed;
   RoutedCall& c = *call;
   auto& in = c.in;
   auto& present = c.present;
-  if (OrtStatus* st = ViewInputs(api, ctx, kRoutedInputs, kRoutedNames, in, present)) return st;
-  c.weight_dtype = WeightDtype(in, present, kRoutedInputs, kRoutedNames);
+  if (OrtStatus* st = ViewInputs(api, ctx, Routed::kContract, in, present)) return st;
+  c.weight_dtype = WeightDtype(in, present, Routed::kContract);
   if (c.weight_dtype == "mixed") return Fail(api, "RoutedFFN: W1 and W2 differ in type");
-  const auto& xd = in[kRX].dims;
+  const auto& xd = in[In::kX].dims;
   if (xd.size() != 3)
     return Fail(api, "RoutedFFN: X must be [batch, sequence, d] (routing is over axis 1)");
   const int64_t b = xd[0], s = xd[1], d = xd[2];
-  const auto &w1 = in[kRW1].dims, &w2 = in[kRW2].dims;
-  if (in[kRWR].dims.empty() || in[kRWR].dims[0] != d || w1.size() != 2 || w1[0] != d ||
+  const auto &w1 = in[In::kW1].dims, &w2 = in[In::kW2].dims;
+  if (in[In::kWR].dims.empty() || in[In::kWR].dims[0] != d || w1.size() != 2 || w1[0] != d ||
       w2.size() != 2 || w2[0] != w1[1] || w2[1] != d ||
-      (present[kRBR] && in[kRBR].dims != std::vector<int64_t>{1}) ||
-      (present[kRB1] && in[kRB1].dims != std::vector<int64_t>{w1[1]}) ||
-      (present[kRB2] && in[kRB2].dims != std::vector<int64_t>{d}) ||
-      (present[kRWA] && in[kRWA].dims != std::vector<int64_t>{d}) ||
-      (present[kRBA] && (!present[kRWA] || in[kRBA].dims != std::vector<int64_t>{1})) ||
-      present[kRLS] != present[kRLB] ||
-      (present[kRLS] && (in[kRLS].dims != std::vector<int64_t>{d} ||
-                         in[kRLB].dims != std::vector<int64_t>{d})))
+      (present[In::kBR] && in[In::kBR].dims != std::vector<int64_t>{1}) ||
+      (present[In::kB1] && in[In::kB1].dims != std::vector<int64_t>{w1[1]}) ||
+      (present[In::kB2] && in[In::kB2].dims != std::vector<int64_t>{d}) ||
+      (present[In::kWA] && in[In::kWA].dims != std::vector<int64_t>{d}) ||
+      (present[In::kBA] && (!present[In::kWA] || in[In::kBA].dims != std::vector<int64_t>{1})) ||
+      present[In::kLS] != present[In::kLB] ||
+      (present[In::kLS] && (in[In::kLS].dims != std::vector<int64_t>{d} ||
+                         in[In::kLB].dims != std::vector<int64_t>{d})))
     return Fail(api, "RoutedFFN: expected WR [d], BR [1], W1 [d, d_ff], B1 [d_ff], "
                      "W2 [d_ff, d], B2 [d], WA [d], BA [1], LS and LB [d] for X [.., .., " +
                          std::to_string(d) + "]");
-  if (present[kRWA] && attrs.selection != "threshold")
+  if (present[In::kWA] && attrs.selection != "threshold")
     return Fail(api, "RoutedFFN: a selection score WA is for selection threshold");
   c.batch = b, c.seq = s, c.d = d, c.d_ff = w1[1], c.tokens = b * s;
   c.topk = attrs.selection == "topk";
@@ -127,8 +124,8 @@ OrtStatus* PrepareRouted(const OrtApi* api, OrtKernelContext* ctx, const Attrs& 
   // fffc.ops.route_kernel_spec's mode
   c.route_mode = "route_" + attrs.selection + "_k" +
                  (!c.topk ? "0" : attrs.KFromLength() ? "var" : std::to_string(attrs.k)) + "_" +
-                 attrs.router + (present[kRWA] ? (present[kRBA] ? "_auxb" : "_aux") : "") +
-                 (present[kRLS] ? "_ln" + Compact(attrs.epsilon) : "");
+                 attrs.router + (present[In::kWA] ? (present[In::kBA] ? "_auxb" : "_aux") : "") +
+                 (present[In::kLS] ? "_ln" + Compact(attrs.epsilon) : "");
   c.ffn_mode = "b1r" + std::to_string(c.d_ff) + "_b1r" + std::to_string(d);
   OrtValue* yv = nullptr;
   if (OrtStatus* st = api->KernelContext_GetOutput(ctx, 0, xd.data(), xd.size(), &yv)) return st;

@@ -1,4 +1,5 @@
-// StructuredFFN and RoutedFFN calls: inputs read and checked once, shared by the CPU and the
+// StructuredFFN and RoutedFFN calls (inputs: contract::StructuredFFN, contract::RoutedFFN):
+// inputs read and checked once, shared by the CPU and the
 // CUDA kernels (the kernel-table modes they look up are fffc.ops' strings).
 #ifndef FFFC_STRUCTURED_CALL_H_
 #define FFFC_STRUCTURED_CALL_H_
@@ -10,14 +11,9 @@
 
 namespace fffc {
 
-// StructuredFFN: X, A1, U1?, B1?, A2, U2?, B2?, M1?, M2?, S1?, S2?
-enum StructuredInput { kSX = 0, kSA1, kSU1, kSB1, kSA2, kSU2, kSB2, kSM1, kSM2, kSS1, kSS2,
-                       kStructuredInputs };
-extern const char* const kStructuredNames[kStructuredInputs];  // fffc.ops' input names
-
 struct StructuredCall {
-  TensorView in[kStructuredInputs];
-  bool present[kStructuredInputs] = {false};
+  TensorView in[Structured::kNumInputs];
+  bool present[Structured::kNumInputs] = {false};
   int64_t d_in = 0, d_ff = 0, d_out = 0, tokens = 0;
   bool merged = false;  // the pre-merged dense path (M1/M2) serves this call
   std::string mode;     // fffc.ops.structured_kernel_spec's mode of the path taken
@@ -32,14 +28,9 @@ OrtStatus* PrepareStructured(const OrtApi* api, OrtKernelContext* ctx, const Att
 // "StructuredFFN(b4r256u_b4r64u, activation=gelu, d_in=..., ...)" for error messages.
 std::string DescribeStructured(const Attrs& attrs, const StructuredCall& c);
 
-// RoutedFFN: X, WR, BR?, W1, B1?, W2, B2?, WA?, BA?, LS?, LB?
-enum RoutedInput { kRX = 0, kRWR, kRBR, kRW1, kRB1, kRW2, kRB2, kRWA, kRBA, kRLS, kRLB,
-                   kRoutedInputs };
-extern const char* const kRoutedNames[kRoutedInputs];
-
 struct RoutedCall {
-  TensorView in[kRoutedInputs];
-  bool present[kRoutedInputs] = {false};
+  TensorView in[Routed::kNumInputs];
+  bool present[Routed::kNumInputs] = {false};
   int64_t batch = 0, seq = 0, d = 0, d_ff = 0, tokens = 0;
   int64_t k = 0;           // topk: tokens per sequence for this call's sequence length
   bool topk = true;

@@ -148,7 +148,8 @@ def test_dump_writes_every_stage(tmp_path):
     fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(dump_dir=dump))
     names = sorted(p.name for p in dump.iterdir())
     assert names == ["00-loaded.onnx", "01-canonical.onnx", "02-sites.json", "03-plan.json",
-                     "04-verify.json", "05-rewritten.onnx", "06-kernels", "07-check.json"]
+                     "04-verify.json", "05-rewritten.onnx", "06-kernels", "07-shim",
+                     "08-check.json"]
     kernels = list((dump / "06-kernels").glob("fffc_sparse_ffn_*.py"))
     assert kernels and all("@T.prim_func" in k.read_text() for k in kernels)
     onnx.checker.check_model(onnx.load(str(dump / "05-rewritten.onnx")))

@@ -3,7 +3,7 @@
 #include <map>
 #include <string>
 
-#include "cuda/sparse_ffn.h"
+#include "cuda/launch.h"
 
 extern "C" int fffc_test_num_entries() { return fffc_num_cuda_kernels; }
 

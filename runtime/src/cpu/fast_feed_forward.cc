@@ -1,11 +1,11 @@
-#include "fast_feed_forward.h"
-
+// ai.fffc::FastFeedForward on the CPU execution provider.
 #include <string>
 #include <vector>
 
 #include <fffc/kernel_table.h>
 
 #include "../op_common.h"
+#include "ops.h"
 #include "tvm_call.h"
 
 namespace fffc::cpu {
@@ -16,12 +16,12 @@ struct FffKernel : KernelBase {
   OrtStatus* Compute(OrtKernelContext* ctx) override {
     FffCall c;
     if (OrtStatus* st = PrepareFff(api, ctx, &c)) return st;
-    widened.Apply(c.in, 4);  // 16-bit weights (a --weight-dtype artifact): float32 copies
+    widened.Apply(c.in, Fff::kNumInputs);  // 16-bit weights: float32 copies
     if (c.tokens == 0) return nullptr;
     const fffc_kernel_entry* entry = nullptr;
     for (int32_t i = 0; i < fffc_num_kernels && entry == nullptr; ++i) {
       const fffc_kernel_entry& e = fffc_kernels[i];
-      if (std::string(e.op) == "FastFeedForward" && attrs.mode == e.mode &&
+      if (std::string(e.op) == Fff::kName && attrs.mode == e.mode &&
           attrs.activation == e.activation && e.d_in == c.d_in &&
           e.d_ff == c.nodes && e.d_out == c.d_out && e.min_tokens <= c.tokens &&
           c.tokens <= e.max_tokens)
@@ -43,8 +43,7 @@ struct FffKernel : KernelBase {
 }  // namespace
 
 OrtStatus* RegisterFastFeedForward(const OrtApi* api, OrtCustomOpDomain* domain) {
-  static OrtCustomOp* op =
-      NewFastFeedForwardOp(api, "CPUExecutionProvider", MakeKernel<FffKernel>);
+  static OrtCustomOp* op = NewFastFeedForwardOp(api, kCpuEp, MakeKernel<FffKernel>);
   return api->CustomOpDomain_Add(domain, op);
 }
 

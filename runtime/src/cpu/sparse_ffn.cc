@@ -1,15 +1,12 @@
-#include "sparse_ffn.h"
-
+// ai.fffc::SparseFFN on the CPU execution provider.
 #include <string>
 #include <vector>
 
 #include <fffc/kernel_table.h>
 
 #include "../op_common.h"
-#include "fast_feed_forward.h"
-#include "routed_ffn.h"
+#include "ops.h"
 #include "screen.h"
-#include "structured_ffn.h"
 #include "tvm_call.h"
 
 namespace fffc::cpu {
@@ -22,7 +19,7 @@ struct CpuKernel : KernelBase {
   const fffc_kernel_entry* Find(const Attrs& want, const FfnCall& c) const {
     for (int32_t i = 0; i < fffc_num_kernels; ++i) {
       const fffc_kernel_entry& e = fffc_kernels[i];
-      if (std::string(e.op) == "SparseFFN" &&
+      if (std::string(e.op) == Sparse::kName &&
           Matches(want, c, e.activation, e.up_activation, e.mode, e.has_b1, e.has_b2, e.gated,
                   e.d_in, e.d_ff, e.d_out, e.min_tokens, e.max_tokens))
         return &e;
@@ -31,15 +28,16 @@ struct CpuKernel : KernelBase {
   }
 
   OrtStatus* Compute(OrtKernelContext* ctx) override {
+    using In = Sparse;
     FfnCall c;
     if (OrtStatus* st = Prepare(api, ctx, &c, attrs.mode)) return st;
-    widened.Apply(c.in, kNumInputs);  // 16-bit weights (a --weight-dtype artifact): float32 copies
+    widened.Apply(c.in, In::kNumInputs);  // 16-bit weights: float32 copies
     if (c.tokens == 0) return nullptr;
     Attrs want = attrs;  // the table's mode of a predictor kernel carries its rank
-    if (attrs.mode == "predictor") want.mode += "/" + std::to_string(c.in[kPA].dims[1]);
+    if (attrs.mode == "predictor") want.mode += "/" + std::to_string(c.in[In::kPA].dims[1]);
     const fffc_kernel_entry* entry = nullptr;
     // the screen is derived once per weight: only from weights that stay as they are
-    const bool constant = attrs.constant_w1 && (attrs.constant_b1 || !c.present[kB1]) &&
+    const bool constant = attrs.constant_w1 && (attrs.constant_b1 || !c.present[In::kB1]) &&
                           c.weight_dtype == "float32";
     if (attrs.mode == "exact" && attrs.screen && constant && c.tokens == 1 && policy.Use()) {
       Attrs screened = attrs;
@@ -53,18 +51,19 @@ struct CpuKernel : KernelBase {
                            std::to_string(c.tokens) + " tokens)");
     const int64_t x2[2] = {c.tokens, c.d_in}, y2[2] = {c.tokens, c.d_out};
     std::vector<DLTensor> t;
-    t.push_back(Dl(c.in[kX].data, x2, 2));
+    t.push_back(Dl(c.in[In::kX].data, x2, 2));
     if (screen) {  // W1 as the screen's WS (float16), W1T, E: exact_screened.screened_arg_names
-      const Screen& s = screens.Get(static_cast<const float*>(c.in[kW1].data),
-                                    c.present[kB1] ? static_cast<const float*>(c.in[kB1].data)
-                                                   : nullptr,
-                                    c.d_in, c.d_ff);
+      const float* b1 =
+          c.present[In::kB1] ? static_cast<const float*>(c.in[In::kB1].data) : nullptr;
+      const Screen& s =
+          screens.Get(static_cast<const float*>(c.in[In::kW1].data), b1, c.d_in, c.d_ff);
       t.push_back(Dl(const_cast<uint16_t*>(s.ws.data()), s.ws_dims, 2, DLDataType{kDLFloat, 16, 1}));
       t.push_back(Dl(const_cast<float*>(s.w1t.data()), s.w1t_dims, 2));
       t.push_back(Dl(const_cast<float*>(s.e.data()), s.e_dims, 2));
     }
-    for (int i : {kW1, kB1, kW2, kB2, kWU, kTH, kPA, kPB, kPC, kXC, kHC})
-      if (c.present[i] && !(screen && i == kW1))
+    for (int i : {In::kW1, In::kB1, In::kW2, In::kB2, In::kWU, In::kTH, In::kPA, In::kPB, In::kPC,
+                  In::kXC, In::kHC})
+      if (c.present[i] && !(screen && i == In::kW1))
         t.push_back(Dl(c.in[i].data, c.in[i].dims.data(), static_cast<int>(c.in[i].dims.size())));
     int32_t listed = 0;
     const int64_t one = 1;
@@ -78,12 +77,9 @@ struct CpuKernel : KernelBase {
 
 }  // namespace
 
-OrtStatus* RegisterOps(const OrtApi* api, OrtCustomOpDomain* domain) {
-  static OrtCustomOp* op = NewSparseFfnOp(api, "CPUExecutionProvider", MakeKernel<CpuKernel>);
-  if (OrtStatus* st = api->CustomOpDomain_Add(domain, op)) return st;
-  if (OrtStatus* st = RegisterFastFeedForward(api, domain)) return st;
-  if (OrtStatus* st = RegisterStructuredFfn(api, domain)) return st;
-  return RegisterRoutedFfn(api, domain);
+OrtStatus* RegisterSparseFfn(const OrtApi* api, OrtCustomOpDomain* domain) {
+  static OrtCustomOp* op = NewSparseFfnOp(api, kCpuEp, MakeKernel<CpuKernel>);
+  return api->CustomOpDomain_Add(domain, op);
 }
 
 }  // namespace fffc::cpu

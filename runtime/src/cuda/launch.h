@@ -1,7 +1,7 @@
-// ai.fffc::SparseFFN on the CUDA execution provider: the artifact's fatbin, launched with
+// What every op on the CUDA execution provider shares: the artifact's fatbin, launched with
 // the driver API on ONNX Runtime's compute stream (never synchronized by the shim).
-#ifndef FFFC_CUDA_SPARSE_FFN_H_
-#define FFFC_CUDA_SPARSE_FFN_H_
+#ifndef FFFC_CUDA_LAUNCH_H_
+#define FFFC_CUDA_LAUNCH_H_
 
 #include <cstdint>
 #include <map>
@@ -25,8 +25,7 @@ inline constexpr const char* kCudaEp = "CPUExecutionProvider";
 inline constexpr const char* kCudaEp = "CUDAExecutionProvider";
 #endif
 
-// Adds the CUDA kernels to `domain` (nothing when the artifact has none).
-OrtStatus* RegisterOps(const OrtApi* api, OrtCustomOpDomain* domain);
+inline CUdeviceptr Ptr(const void* data) { return reinterpret_cast<CUdeviceptr>(data); }
 
 // Scratch memory per stream, grown on demand; outgrown buffers are kept until destruction
 // (kernels queued on the stream may still read them), so growing never synchronizes.
@@ -62,9 +61,11 @@ int32_t FindEntry(const char* op, const std::string& mode, const char* activatio
                   int64_t tokens, bool counted = false,
                   const std::string& weight_dtype = "float32");
 
-// Registers StructuredFFN and RoutedFFN for the CUDA EP when the artifact has their kernels.
-OrtStatus* RegisterStructuredOps(const OrtApi* api, OrtCustomOpDomain* domain);
+// Whether the artifact has CUDA kernels of `op` (`uncounted_only`: other than "counted_"
+// variants, which serve only as a RoutedFFN's FFN). An op is registered for the CUDA EP only
+// then: without, ONNX Runtime assigns its nodes to the CPU EP's kernels.
+bool Carries(const char* op, bool uncounted_only = false);
 
 }  // namespace fffc::cuda
 
-#endif  // FFFC_CUDA_SPARSE_FFN_H_
+#endif  // FFFC_CUDA_LAUNCH_H_
