@@ -67,6 +67,8 @@ class Mode:
     rewrites: bool = False  # the site is replaced (verified against the original subgraph)
     layouts: Mapping[str, Layout] = field(default_factory=dict)  # by op input name
     params: tuple[Param, ...] = ()
+    th_fields: tuple[str, str] = ("input", "hidden")  # the ``Masks`` fields TH = [t0, t1]
+    # holds (Param.THRESHOLDS)
     masks: Callable[[Any], Masks | None] = lambda site: None  # a planned site's Masks
     behaviours: dict[Behaviour, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -105,7 +107,7 @@ MODES: dict[Decision, Mode] = {m.decision: m for m in (
          masks=_teal_masks),
     Mode(Decision.CATS, SPARSE_FFN, SparseMode.CATS, frozenset({SiteKind.GATED}), kernels=True,
          masked=True, token_dispatch=True, rewrites=True, layouts={"WU": Layout.ROWS},
-         params=(Param.THRESHOLDS,), masks=_cats_masks),
+         params=(Param.THRESHOLDS,), th_fields=("input", "gate"), masks=_cats_masks),
     Mode(Decision.PREDICTOR, SPARSE_FFN, SparseMode.PREDICTOR, _SPARSE_KINDS, kernels=True,
          masked=True, token_dispatch=True, rewrites=True,
          layouts={"W1": Layout.ROWS, "WU": Layout.ROWS}, params=(Param.PREDICTOR,),
