@@ -37,6 +37,8 @@ import onnx
 import onnx_ir as ir
 
 from . import __version__, passes, reference, verify
+from .contract.kinds import Decision
+from .contract.lowering import Masks, SiteLowering
 from .errors import UsageError
 from .plan import site_centers
 from .sites import Site
@@ -276,7 +278,8 @@ class SiteInputs:
         self.sites = [s for s in a.sites if kinds is None or s.kind in kinds]
         working = ir.serde.deserialize_model(ir.serde.serialize_model(a.working))
         io = passes.site_io(working)
-        self.weights = {s.name: passes.site_weights(working, s.name) for s in self.sites}
+        self.weights = {s.name: passes.site_inputs(working, s, Decision.EXACT)
+                        for s in self.sites}
         self._outputs = [io[s.name][0] for s in self.sites]
         passes.lower(working, {})
         passes.expose(working, self._outputs)
@@ -528,6 +531,12 @@ def thresholded_model(model: str | Path, calibration: dict, sparsity: float | No
             masks[name] = (*arrays, v)
         elif name in set(predictors_on):
             masks[name] = tuple(arrays)
-    passes.lower(a.working, {}, thresholds=thresholds, gate_thresholds=gates, predictors=masks,
-                 centers=centers)
+    plans = {}
+    for name in {*thresholds, *gates, *masks, *centers}:
+        t, g, p = thresholds.get(name), gates.get(name), masks.get(name)
+        plans[name] = SiteLowering(masks=Masks(
+            input=(t or g or (None, None))[0], hidden=t[1] if t else None,
+            gate=g[1] if g else None, predictor=tuple(p[:3]) if p else None,
+            predictor_switch=p[3] if p and len(p) > 3 else None, centers=centers.get(name)))
+    passes.lower(a.working, plans)
     return ir.serde.serialize_model(a.working)

@@ -24,6 +24,8 @@ import onnx_ir as ir
 
 from . import frontend, passes, plan, verify
 from .config import CompileOptions
+from .contract.lowering import Masks, SiteLowering
+from .contract.modes import mode
 from .errors import NoSitesError, RewriteError, UsageError, VerificationError
 from .ops import WEIGHT_DTYPES
 from .sites import NearMiss, Site
@@ -178,8 +180,11 @@ def compile_model(path: str | Path, out: str | Path | None = None,
     try:
         for _ in range(MAX_ROUNDS):
             final = _copy(a.working)
-            passes.lower(final, {s.name: s.decision for s in a.sites}, limits, **_masks(a.sites),
-                         merged=merged)
+            masks = _masks(a.sites)
+            passes.lower(final, {s.name: SiteLowering(s.decision, masks.get(s.name),
+                                                      limits.get(s.name, 0),
+                                                      merged.get(s.name, 0))
+                                 for s in a.sites})
             final_proto = ir.serde.serialize_model(final)
             dump.model("02-rewritten.onnx", final_proto)
             exact = [s for s in a.sites if s.decision in KERNEL_DECISIONS]
@@ -302,20 +307,16 @@ def _round_weights(a: Analysis, dtype: str) -> bool:
     return True
 
 
-def _masks(sites: list[Site]) -> dict[str, dict]:
-    """``passes.lower``'s keyword arguments for the masked sites: thresholds (and centers)
-    of teal sites, predictor arrays of predictor sites, thresholds of cats sites."""
-    return {"thresholds": {s.name: s.thresholds for s in sites if s.decision == "teal"},
-            "predictors": {s.name: s.predictor_arrays for s in sites if s.decision == "predictor"},
-            "gate_thresholds": {s.name: s.thresholds for s in sites if s.decision == "cats"},
-            "centers": {s.name: s.centers for s in sites if s.centered}}
+def _masks(sites: list[Site]) -> dict[str, Masks]:
+    """The masked sites' ``Masks`` (their mode's: thresholds and centers of teal sites,
+    predictor arrays of predictor sites, thresholds of cats sites)."""
+    return {s.name: m for s in sites if (m := mode(s.decision).masks(s)) is not None}
 
 
-def _site_weights(a: Analysis, site: Site) -> dict[str, np.ndarray | None]:
+def _site_weights(a: Analysis, site: Site) -> dict[str, np.ndarray]:
     """The site's op inputs as the artifact stores them (a centered teal site: with XC, HC
     and the biases holding their share)."""
-    return passes.site_weights(a.working, site.name, site.decision,
-                               site.centers if site.centered else None)
+    return passes.site_inputs(a.working, site)
 
 
 def _allocate(a: Analysis, path: Path, options: CompileOptions) -> dict:
@@ -415,7 +416,7 @@ def _merged_limits(a: Analysis, target: str, options: CompileOptions,
             st["crossover"] = f"not measured: {target} kernels do not run on this host"
         else:
             with stage(f"time structured vs merged ({s.name})"):
-                w = passes.site_weights(a.working, s.name, s.decision)
+                w = passes.site_inputs(a.working, s)
                 out[s.name], st["crossover"] = measure_crossover(
                     plan.kernel_spec(s), plan.merged_spec(s), w)
         st["merged_max_tokens"] = out[s.name]
@@ -427,7 +428,7 @@ def _clear(d: Path) -> None:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def _capture(a: Analysis, feeds, want, rtol: float, masks: dict[str, dict] | None = None,
+def _capture(a: Analysis, feeds, want, rtol: float, masks: dict[str, Masks] | None = None,
              reference: bool = False):
     """Check 1 and the site activations: the all-dense lowering must equal the original.
 
@@ -436,7 +437,7 @@ def _capture(a: Analysis, feeds, want, rtol: float, masks: dict[str, dict] | Non
     site activations and outputs are returned as ``(captured, outputs)``."""
     dense = _copy(a.working)
     io = passes.site_io(dense)
-    passes.lower(dense, {}, **(masks or {}))
+    passes.lower(dense, {n: SiteLowering(masks=m) for n, m in (masks or {}).items()})
     n_out = len(a.proto.graph.output)
     names = [n for pair in io.values() for n in pair]
     passes.expose(dense, names)
@@ -565,16 +566,7 @@ def _check_cuda(a: Analysis, library, captured, rtol: float, failed: dict[str, s
 def _kernel_inputs(a: Analysis, site: Site) -> dict[str, np.ndarray]:
     """A site's constant kernel inputs by kernel argument name, in the op's layout for its
     decision (thresholds and predictor factors included)."""
-    weights = {k: v for k, v in _site_weights(a, site).items() if v is not None}
-    if site.kind == "fff":  # the op's layout: W_in row per node
-        return {"W_in": np.ascontiguousarray(weights["W1"].T), "B_in": weights["B1"],
-                "W_out": weights["W2"]}
-    if site.decision in ("teal", "cats"):  # lower._thresholds_initializer's TH
-        weights["TH"] = np.array([-1.0 if t is None else t for t in site.thresholds],
-                                 np.float32)
-    if site.decision == "predictor":
-        weights.update(zip(("PA", "PB", "PC"), site.predictor_arrays, strict=True))
-    return weights
+    return passes.site_inputs(a.working, site)
 
 
 def _check_cuda_routed(emu, variants, site: Site, weights: dict, captured, rtol: float,

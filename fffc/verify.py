@@ -170,8 +170,8 @@ def site_reference(site: Site, x: np.ndarray, weights: dict[str, np.ndarray | No
                                      activation_name=site.activation, s1=weights.get("S1"),
                                      s2=weights.get("S2"))
         return (y, None) if slack else y
-    if site.kind == "fff":  # marker inputs: W_in [H, K·n] (MatMul orientation), B_in, W_out
-        y = reference.fast_feed_forward(x, weights["W1"].T, weights["B1"], weights["W2"],
+    if site.kind == "fff":  # the op's inputs: W_in [K·n, H] row per node, B_in, W_out
+        y = reference.fast_feed_forward(x, weights["W_in"], weights["B_in"], weights["W_out"],
                                         trees=site.trees, depth=site.depth,
                                         tie_break=site.tie_break or "gt")
         return (y, None) if slack else y

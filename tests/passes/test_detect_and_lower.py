@@ -8,6 +8,8 @@ import onnx_ir as ir
 import pytest
 
 from fffc import passes
+from fffc.contract.kinds import Decision
+from fffc.contract.lowering import SiteLowering
 from fffc.ops import DOMAIN
 
 from .graphs import D, F, G, erf_gelu, rand, run, tanh_gelu, to_ir, x_probe
@@ -46,7 +48,8 @@ def _detect(m: onnx.ModelProto):
 
 def _lower_and_check(m: onnx.ModelProto, exact: bool = True) -> onnx.ModelProto:
     model, sites = _detect(m)
-    passes.lower(model, {s.name: "exact" if exact else "dense" for s in sites})
+    passes.lower(model, {s.name: SiteLowering(Decision.EXACT if exact else Decision.DENSE)
+                         for s in sites})
     out = ir.serde.serialize_model(model)
     onnx.checker.check_model(out)
     x = x_probe()
@@ -94,7 +97,7 @@ def test_exact_lowering_emits_sparse_ffn_with_fallback_function(model):
 def test_token_dispatch_runs_sparse_up_to_the_limit_and_dense_beyond(model):
     """``max_tokens``: If(Size(X) <= limit·d) { SparseFFN } else { the dense FFN }."""
     lowered, sites = _detect(model)
-    passes.lower(lowered, {s.name: "exact" for s in sites}, {s.name: 4 for s in sites})
+    passes.lower(lowered, {s.name: SiteLowering(Decision.EXACT, max_tokens=4) for s in sites})
     out = ir.serde.serialize_model(lowered)
     onnx.checker.check_model(out)
     (dispatch,) = [n for n in out.graph.node if n.op_type == "If"]

@@ -14,6 +14,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fffc import pipeline
+from fffc.contract.kinds import Decision
+from fffc.contract.lowering import SiteLowering
 from fffc.passes import lower
 
 pytestmark = pytest.mark.torch
@@ -51,7 +53,7 @@ def test_mod_is_one_routed_site_with_the_combine_read_off(tmp_path, exporter, co
 def test_lowered_model_equals_the_export(tmp_path, exporter, combine, decision):
     path = _export(tmp_path, exporter, combine, capacity=0.25, seq=16)
     a = pipeline.analyze(path)
-    lower(a.working, {a.sites[0].name: decision})
+    lower(a.working, {a.sites[0].name: SiteLowering(Decision(decision))})
     model = ir.serde.serialize_model(a.working)
     onnx.checker.check_model(model, full_check=True)
     ops = {n.op_type for n in model.graph.node}
@@ -82,7 +84,7 @@ def test_k_computed_from_the_sequence_length(tmp_path, exporter, k_form):
     cap, ks = K_FORMS[k_form]
     assert a.sites[0].routing["capacity"] == cap
     assert [capacity_k(s, 0, cap) for s in (1, 16, 20, 33)] == list(ks)
-    lower(a.working, {a.sites[0].name: "routed"})
+    lower(a.working, {a.sites[0].name: SiteLowering(Decision.ROUTED)})
     model = ir.serde.serialize_model(a.working)
     onnx.checker.check_model(model, full_check=True)
     assert "RoutedFFN" in {n.op_type for n in model.graph.node}
@@ -163,7 +165,7 @@ def test_overwrite_combine_is_read_as_written(tmp_path):
     assert [s.kind for s in a.sites] == ["routed"]
     r = a.sites[0].routing
     assert (r["x_coef"], r["delta_coef"]) == ([0.0, 1.0], [0.0, 1.0])
-    lower(a.working, {a.sites[0].name: "routed"})
+    lower(a.working, {a.sites[0].name: SiteLowering(Decision.ROUTED)})
     x = np.random.default_rng(0).standard_normal((2, 6, 8)).astype(np.float32)
     np.testing.assert_allclose(_run(ir.serde.serialize_model(a.working), x), _run(path, x),
                                rtol=1e-5, atol=1e-5)
@@ -201,7 +203,7 @@ def test_causal_form_is_a_threshold_site(tmp_path, exporter, combine):
     assert (r["x_coef"], r["delta_coef"]) == (want_x, want_d)
     for decision in ("dense", "routed"):
         b = pipeline.analyze(path)
-        lower(b.working, {b.sites[0].name: decision})
+        lower(b.working, {b.sites[0].name: SiteLowering(Decision(decision))})
         model = ir.serde.serialize_model(b.working)
         onnx.checker.check_model(model, full_check=True)
         for shape in ((1, 1, 64), (3, 9, 64), (2, 33, 64)):
@@ -217,7 +219,7 @@ def test_double_residual_combine_is_read_as_written(tmp_path):
     a = pipeline.analyze(path)
     r = a.sites[0].routing
     assert (r["x_coef"], r["delta_coef"]) == ([2.0, 0.0], [0.0, 1.0])
-    lower(a.working, {a.sites[0].name: "routed"})
+    lower(a.working, {a.sites[0].name: SiteLowering(Decision.ROUTED)})
     x = np.random.default_rng(1).standard_normal((3, 6, 8)).astype(np.float32)
     np.testing.assert_allclose(_run(ir.serde.serialize_model(a.working), x), _run(path, x),
                                rtol=1e-5, atol=1e-5)
@@ -275,7 +277,7 @@ def test_masked_form_runs_the_ffn_on_kept_tokens_only(tmp_path, form):
     r = a.sites[0].routing
     assert r["selection"] == "threshold" and r["selection_score"] and r["selection_bias"]
     assert (r["x_coef"], r["delta_coef"]) == ([1.0, 0.0], [1.0, 0.0])
-    lower(a.working, {a.sites[0].name: "routed"})
+    lower(a.working, {a.sites[0].name: SiteLowering(Decision.ROUTED)})
     model = ir.serde.serialize_model(a.working)
     for shape in ((1, 1, 8), (4, 9, 8)):
         x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
@@ -293,7 +295,7 @@ def test_prenorm_block_is_routed_with_its_layer_norm(tmp_path, exporter, causal)
     assert a.sites[0].routing["layer_norm_epsilon"] == pytest.approx(1e-5)
     for decision in ("dense", "routed"):
         b = pipeline.analyze(path)
-        lower(b.working, {b.sites[0].name: decision})
+        lower(b.working, {b.sites[0].name: SiteLowering(Decision(decision))})
         model = ir.serde.serialize_model(b.working)
         onnx.checker.check_model(model, full_check=True)
         x = np.random.default_rng(3).standard_normal((2, 16, 64)).astype(np.float32)

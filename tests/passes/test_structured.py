@@ -12,7 +12,9 @@ import onnxruntime as ort
 import pytest
 
 from fffc import pipeline
-from fffc.passes import lower, site_weights
+from fffc.contract.kinds import Decision
+from fffc.contract.lowering import SiteLowering
+from fffc.passes import lower, site_inputs
 from fffc.passes.canonical_structured import _einsum_perm
 
 pytestmark = pytest.mark.torch
@@ -64,7 +66,7 @@ def test_structured_mlp_is_one_site_with_the_modules_factors(case, exporter, tmp
     torch.manual_seed(0)
     m = StructuredMLP(64, 256, kind, rank=32, blocks=4, activation=activation, bias=bias,
                       form=form).eval()
-    w = site_weights(a.working, site.name, "structured")
+    w = site_inputs(a.working, site)
     from fffc.reference import merged_weight
 
     for i, fc in ((1, m.fc1), (2, m.fc2)):
@@ -74,7 +76,7 @@ def test_structured_mlp_is_one_site_with_the_modules_factors(case, exporter, tmp
         if bias:
             np.testing.assert_array_equal(w[f"B{i}"], fc.bias.detach().numpy())
         else:
-            assert w[f"B{i}"] is None
+            assert f"B{i}" not in w
 
 
 @pytest.mark.parametrize("decision", ["dense", "structured"])
@@ -85,7 +87,7 @@ def test_lowered_model_equals_the_export(case, decision, tmp_path):
     compute the export's function, at token counts other than the export's."""
     path = _export(tmp_path, *case, "torchscript17")
     a = pipeline.analyze(path)
-    lower(a.working, {a.sites[0].name: decision}, merged={a.sites[0].name: 3})
+    lower(a.working, {a.sites[0].name: SiteLowering(Decision(decision), merged_max_tokens=3)})
     lowered = ir.serde.serialize_model(a.working)
     onnx.checker.check_model(lowered, full_check=True)
     ops = {(n.domain, n.op_type) for n in lowered.graph.node}
@@ -101,16 +103,17 @@ def test_merged_weights_are_added_only_when_asked(tmp_path):
     path = _export(tmp_path, *CASES[2], "dynamo18")
     a = pipeline.analyze(path)
     name = a.sites[0].name
-    lower(a.working, {name: "structured"}, merged={name: 0})
+    lower(a.working, {name: SiteLowering(Decision.STRUCTURED, merged_max_tokens=0)})
     node = next(n for n in a.working.graph if n.op_type == "StructuredFFN")
     assert len([v for v in node.inputs if v is not None]) == 7  # X, A1, U1, B1, A2, U2, B2
     assert node.attributes["merged_max_tokens"].value == 0
 
     b = pipeline.analyze(path)
-    lower(b.working, {name: "structured"}, merged={name: 8})
+    lower(b.working, {name: SiteLowering(Decision.STRUCTURED, merged_max_tokens=8)})
     node = next(n for n in b.working.graph if n.op_type == "StructuredFFN")
     m1, m2 = node.inputs[7], node.inputs[8]
-    w = site_weights(pipeline.analyze(path).working, name, "structured")
+    c = pipeline.analyze(path)
+    w = site_inputs(c.working, c.sites[0])
     from fffc.reference import merged_weight
 
     np.testing.assert_allclose(m1.const_value.numpy(), merged_weight(w["A1"], w["U1"]),
@@ -143,14 +146,14 @@ def test_blockshuffle_mlp_is_one_site_equal_to_the_export(tmp_path, exporter, ac
     torch.manual_seed(0)
     m = StructuredMLP(64, 256, "blockshuffle", blocks=4, activation=activation,
                       bias=bias, form=form).eval()
-    w = site_weights(a.working, a.sites[0].name, "structured")
+    w = site_inputs(a.working, a.sites[0])
     for i, fc in ((1, m.fc1), (2, m.fc2)):
         np.testing.assert_allclose(merged_weight(w[f"A{i}"], None, w[f"S{i}"]),
                                    fc.to_dense().detach().numpy().T, rtol=1e-5, atol=1e-6)
     x = np.random.default_rng(0).standard_normal((2, 5, 64)).astype(np.float32)
     for decision in ("dense", "structured"):
         b = pipeline.analyze(path)
-        lower(b.working, {b.sites[0].name: decision})
+        lower(b.working, {b.sites[0].name: SiteLowering(Decision(decision))})
         model = ir.serde.serialize_model(b.working)
         onnx.checker.check_model(model, full_check=True)
         np.testing.assert_allclose(_run(model, x), _run(str(path), x), rtol=1e-5, atol=1e-5)
