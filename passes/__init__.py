@@ -4,10 +4,8 @@ Pure IR → IR over onnx_ir with onnxscript rewrite rules; no TVM, no file I/O.
 """
 
 from .detect import canonicalize, detect, near_misses
-from .lower import expose, legalize, lower, site_io, site_weights
+from .lowering import expose, legalize, lower, site_inputs, site_io
 from .weight_dtype import round_weights
 
 __all__ = ["canonicalize", "detect", "expose", "legalize", "lower", "near_misses",
-           "round_weights", "site_io", "site_weights"]
-
-from ._adapter import lower, site_inputs  # noqa: F401, F811  TEMP bridge
+           "round_weights", "site_inputs", "site_io"]

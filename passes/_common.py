@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import pattern
 
 from fffc.contract.ops import DOMAIN
@@ -12,6 +13,27 @@ FFFC = DOMAIN
 # Private domain for canonical forms that exist only between canonicalize and legalize.
 CANON = "ai.fffc.canon"
 MS = "com.microsoft"
+_COLS = "__cols"  # name suffix of an initializer made by transposed_initializer
+
+
+class RuleSequence:
+    """A family's rule sets applied one after the other, each a pass over the whole graph
+    with dead nodes dropped after it (an intermediate a dead node still reads would count as
+    used outside the next match). ``rules``: every rule, in the order they are tried."""
+
+    def __init__(self, *sets: pattern.RewriteRuleSet):
+        self.sets = sets
+
+    @property
+    def rules(self) -> list[pattern.RewriteRule]:
+        return [r for s in self.sets for r in s.rules]
+
+    def apply_to_model(self, model: ir.Model) -> int:
+        count = 0
+        for rule_set in self.sets:
+            count += rule_set.apply_to_model(model)
+            common_passes.RemoveUnusedNodesPass()(model)
+        return count
 
 
 def const_array(value: ir.Value | None) -> np.ndarray | None:
@@ -39,6 +61,23 @@ def initializer(graph: ir.Graph, name: str, arr: np.ndarray) -> ir.Value:
                      type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)))
     graph.register_initializer(value)
     return value
+
+
+def transposed_initializer(graph: ir.Graph, value: ir.Value) -> ir.Value:
+    """``value.T`` as a new initializer ``<name>__cols`` (an FFF walk's row-per-node W_in
+    in a marker's MatMul orientation); ``transposed_from`` finds ``value`` again."""
+    return initializer(graph, f"{value.name}{_COLS}", const_array(value).T)
+
+
+def transposed_from(graph: ir.Graph, value: ir.Value) -> ir.Value | None:
+    """The initializer ``value`` was transposed from by ``transposed_initializer``, if it is
+    still in the graph with the same contents (names survive proto round trips, meta not)."""
+    name = value.name or ""
+    original = graph.initializers.get(name[: -len(_COLS)]) if name.endswith(_COLS) else None
+    if original is None:
+        return None
+    a, b = const_array(value), const_array(original)
+    return original if a is not None and b is not None and np.array_equal(a.T, b) else None
 
 
 def is_scalar_close(value: ir.Value | None, expected: float, rtol: float = 1e-3) -> bool:

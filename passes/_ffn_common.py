@@ -1,8 +1,9 @@
 """Shared pieces of the FFN detection families: activation patterns and site markers.
 
 Detection replaces each FFN with one ``ai.fffc.canon::FFN`` marker node carrying what
-was found (kind, activation, biases). ``lower`` later turns every marker into either
-the ``ai.fffc::SparseFFN`` node (with its fallback function) or back into standard ops.
+was found (kind, activation, biases; ``markers``). The lowering later turns every marker
+into either the ``ai.fffc::SparseFFN`` node (with its fallback function) or back into
+standard ops.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from fffc.contract.kinds import SiteKind
+from fffc.contract.sites import Site
+
 from ._common import CANON, const_array, weight_error
+from .markers import FFNMarker
 
 # activation name -> (op_type, domain) of its canonical node
 ACT_OPS = {"relu": ("Relu", ""), "gelu": ("Gelu", CANON), "silu": ("Silu", CANON)}
@@ -64,12 +69,24 @@ def as_vector(op, b: ir.Value | None) -> ir.Value | None:
     return op.initializer(ir.tensor(arr.reshape(-1).copy()), name=f"{b.name}__vec")
 
 
-def emit_marker(op, x, w1, b1, w2, b2, wu, *, rule: str, kind: str, activation: str,
+def emit_marker(op, x, w1, b1, w2, b2, wu, *, rule: str, kind: SiteKind, activation: str,
                 up_activation: str, matched: list[str]):
-    """The canonical FFN marker node (WU in MatMul orientation [d_in, d_ff])."""
-    y = op.FFN(
+    """The canonical FFN marker node: SparseFFN's X, W1, B1, W2, B2, WU (``markers.FFN_INPUTS``;
+    WU in MatMul orientation [d_in, d_ff])."""
+    return op.FFN(
         x, w1, b1, w2, b2, wu,
-        kind=kind, activation=activation, up_activation=up_activation, rule=rule,
+        kind=str(kind), activation=activation, up_activation=up_activation, rule=rule,
         matched_nodes=",".join(matched), _domain=CANON,
     )
-    return y
+
+
+def ffn_site(marker: FFNMarker) -> Site:
+    """The Site of a dense or gated marker: its widths, activations and biases."""
+    w1, w2 = (const_array(marker.inputs[n]) for n in ("W1", "W2"))
+    return Site(
+        name=marker.name, rule=marker.rule, kind=marker.kind, activation=marker.activation,
+        up_activation=marker.up_activation, d_model=int(w1.shape[0]), d_ff=int(w1.shape[1]),
+        d_out=int(w2.shape[1]), has_b1=marker.inputs["B1"] is not None,
+        has_b2=marker.inputs["B2"] is not None, dtype=str(w1.dtype),
+        matched_nodes=marker.matched,
+    )

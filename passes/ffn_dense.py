@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from onnxscript.rewriter import pattern
 
-from ._common import const_array, node_names
+from fffc.contract.kinds import SiteKind
+
+from ._common import RuleSequence, const_array, node_names
 from ._ffn_common import (
     act_name,
     apply_act,
@@ -17,6 +19,7 @@ from ._ffn_common import (
     check_bias,
     check_projection,
     emit_marker,
+    ffn_site,
 )
 
 
@@ -56,9 +59,12 @@ class DenseFFN(pattern.RewriteRuleClassBase):
     def rewrite(self, op, x, w1, w2, act, mm1, mm2, b1=None, b2=None, add1=None, add2=None, **_):
         return emit_marker(
             op, x, w1, as_vector(op, b1), w2, as_vector(op, b2), None,
-            rule=self.name, kind="dense", activation=act_name(self._act, act),
+            rule=self.name, kind=SiteKind.DENSE, activation=act_name(self._act, act),
             up_activation="none", matched=node_names(mm1, add1, act, mm2, add2),
         )
+
+
+site = ffn_site  # the Site of its marker
 
 
 def _rules(has_b2: bool) -> list[pattern.RewriteRule]:
@@ -71,6 +77,6 @@ def _rules(has_b2: bool) -> list[pattern.RewriteRule]:
 
 
 # Two passes, longest first: a rule without the trailing bias is rooted at the second
-# MatMul, which the rule set visits before the Add that a with-bias rule is rooted at.
-rules_with_b2 = pattern.RewriteRuleSet(_rules(has_b2=True))
-rules = pattern.RewriteRuleSet(_rules(has_b2=False))
+# MatMul, which a rule set visits before the Add that a with-bias rule is rooted at.
+rules = RuleSequence(pattern.RewriteRuleSet(_rules(has_b2=True)),
+                     pattern.RewriteRuleSet(_rules(has_b2=False)))

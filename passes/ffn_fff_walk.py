@@ -13,6 +13,7 @@ the tree offsets k·n), the index arithmetic is *evaluated*: every term's index 
 for all 2^D branch patterns of its tree and compared with the heap walk, so a match is exact
 for every path, not only for the paths some probe inputs take. The numeric check of the
 compile step then compares the whole region with the reference walk as for every site.
+A sum of any number of terms is no fixed pattern graph, so the rule is a ``RegionRule``.
 """
 
 from __future__ import annotations
@@ -24,13 +25,8 @@ import numpy as np
 import onnx_ir as ir
 
 from ._common import CANON, const_array
-from .ffn_fff import (
-    TIE_BREAK_OF,
-    Fail,
-    _replace,
-    replace_matches,
-    transposed_initializer,
-)
+from ._region import MatchFailure, RegionRule, RegionRuleSet
+from .ffn_fff import TIE_BREAK_OF, Tree, fff_marker
 
 _INT_OPS = ("Add", "Sub", "Mul")
 
@@ -46,7 +42,7 @@ def _producer(value: ir.Value | None, *ops: str) -> ir.Node:
     node = value.producer() if value is not None else None
     if node is None or node.op_type not in ops or node.domain not in ("", CANON):
         got = "an input" if node is None else node.op_type
-        raise Fail(f"expected {'/'.join(ops)}, got {got}")
+        raise MatchFailure(f"expected {'/'.join(ops)}, got {got}")
     return node
 
 
@@ -84,16 +80,16 @@ def _gathered(value: ir.Value) -> tuple[ir.Value, ir.Value]:
     node = _producer(value, "Gather", "GatherND")
     table = node.inputs[0]
     if const_array(table) is None:
-        raise Fail(f"{node.op_type} {node.name!r} gathers from a computed tensor")
+        raise MatchFailure(f"{node.op_type} {node.name!r} gathers from a computed tensor")
     if node.op_type == "Gather":
         if node.attributes.get_int("axis", 0) != 0:
-            raise Fail(f"Gather {node.name!r} is not a row gather (axis != 0)")
+            raise MatchFailure(f"Gather {node.name!r} is not a row gather (axis != 0)")
         return table, node.inputs[1]
     if node.attributes.get_int("batch_dims", 0) != 0:
-        raise Fail(f"GatherND {node.name!r} has batch_dims")
+        raise MatchFailure(f"GatherND {node.name!r} has batch_dims")
     unsq = _producer(node.inputs[1], "Unsqueeze")
     if not _last_axis(unsq, node.inputs[1]):
-        raise Fail(f"GatherND {node.name!r}: index not unsqueezed on its last axis")
+        raise MatchFailure(f"GatherND {node.name!r}: index not unsqueezed on its last axis")
     return table, unsq.inputs[0]
 
 
@@ -102,31 +98,31 @@ def _term(value: ir.Value) -> tuple[_Term, ir.Value, ir.Value, ir.Value, ir.Valu
     ``Unsqueeze(Gelu(z), -1) * Gather(W_out, i)``; raises Fail."""
     pair = _ordered(_producer(value, "Mul"), lambda v: _made_by(v, "Unsqueeze"))
     if pair is None:
-        raise Fail("expected Unsqueeze(Gelu(z)) * Gather(W_out, i)")
+        raise MatchFailure("expected Unsqueeze(Gelu(z)) * Gather(W_out, i)")
     unsq, rows = pair[0].producer(), pair[1]
     if not _last_axis(unsq, unsq.outputs[0]):
-        raise Fail("the activation is not unsqueezed on its last axis")
+        raise MatchFailure("the activation is not unsqueezed on its last axis")
     gelu = _producer(unsq.inputs[0], "Gelu")
     if gelu.domain != CANON or gelu.attributes.get_string("approximate", "none") != "none":
-        raise Fail("FFF uses the exact erf GELU")
+        raise MatchFailure("FFF uses the exact erf GELU")
     w_out, index = _gathered(rows)
     z = gelu.inputs[0]
     add = _producer(z, "Add")
     pair = _ordered(add, lambda v: _made_by(v, "ReduceSum"))
     if pair is None:
-        raise Fail("expected ReduceSum(x * W_in[i]) + b_in[i]")
+        raise MatchFailure("expected ReduceSum(x * W_in[i]) + b_in[i]")
     red, bias_v = pair[0].producer(), pair[1]
     if red.attributes.get_int("keepdims", 1) != 0 or not _last_axis(red, red.inputs[0]):
-        raise Fail("the dot product must reduce the last axis without keeping it")
+        raise MatchFailure("the dot product must reduce the last axis without keeping it")
     b_in, b_index = _gathered(bias_v)
     dot = _producer(red.inputs[0], "Mul")
     pair = _ordered(dot, lambda v: _made_by(v, "Gather", "GatherND"))
     if pair is None:
-        raise Fail("expected x * Gather(W_in, i) in the dot product")
+        raise MatchFailure("expected x * Gather(W_in, i) in the dot product")
     w_in, w_index = _gathered(pair[0])
     xv = pair[1]
     if not (index is b_index is w_index):
-        raise Fail("W_in, b_in and W_out rows are gathered with different index tensors")
+        raise MatchFailure("W_in, b_in and W_out rows are gathered with different index tensors")
     return _Term(z, gelu, index), xv, w_in, b_in, w_out
 
 
@@ -167,7 +163,7 @@ def _is_term(value: ir.Value) -> bool:
     try:
         _term(value)
         return True
-    except Fail:
+    except MatchFailure:
         return False
 
 
@@ -192,8 +188,8 @@ class _Index:
         zero = const_array(cmp.inputs[1])
         term = self.branch_of.get(id(cmp.inputs[0]))
         if term is None or zero is None or zero.size != 1 or zero.item() != 0:
-            raise Fail(f"{cmp.op_type} {cmp.name!r}: the branch must compare a node's "
-                       "pre-activation with 0")
+            raise MatchFailure(f"{cmp.op_type} {cmp.name!r}: the branch must compare a node's "
+                               "pre-activation with 0")
         self.compares.add(cmp.op_type)
         return term
 
@@ -211,8 +207,8 @@ class _Index:
                 for v in node.inputs:
                     out |= self.deps(v, memo)
             elif not _is_zeros(value):
-                raise Fail(f"the walk index is computed by {node.op_type} {node.name!r}, "
-                           "not by integer arithmetic on the branch bits")
+                raise MatchFailure(f"the walk index is computed by {node.op_type} {node.name!r}, "
+                                   "not by integer arithmetic on the branch bits")
         memo[id(value)] = out
         return out
 
@@ -249,7 +245,7 @@ def _trees(terms: list[_Term], index: _Index) -> list[list[int]]:
             continue
         parents = [p for p in d if deps[p] == d - {p}]
         if len(parents) != 1 or parents[0] in child:
-            raise Fail("the node indices do not form root-to-leaf chains (one per tree)")
+            raise MatchFailure("the node indices do not form root-to-leaf chains (one per tree)")
         child[parents[0]] = t
     chains = []
     for r in roots:
@@ -258,7 +254,7 @@ def _trees(terms: list[_Term], index: _Index) -> list[list[int]]:
             chain.append(child[chain[-1]])
         chains.append(chain)
     if sum(map(len, chains)) != len(terms) or len({len(c) for c in chains}) != 1:
-        raise Fail("the trees do not all have the same depth")
+        raise MatchFailure("the trees do not all have the same depth")
     return chains
 
 
@@ -279,49 +275,18 @@ def _check_indices(chains: list[list[int]], terms: list[_Term], index: _Index, n
             if offset is None:
                 offset = int(got[0])
                 if offset % n or offset in offsets or not 0 <= offset < n * len(chains):
-                    raise Fail(f"a tree's root index {offset} is not k·{n} for a new tree k")
+                    raise MatchFailure(f"a tree's root index {offset} is not k·{n} for a new "
+                                       "tree k")
                 offsets.add(offset)
             if not np.array_equal(got, offset + j):
-                raise Fail(f"the node index at level {lvl} is not 2j + 1 + [z > 0] of the "
-                           "level above")
+                raise MatchFailure(f"the node index at level {lvl} is not 2j + 1 + [z > 0] of the "
+                                   "level above")
             j = 2 * j + 1 + bits.get(t, 0)
 
 
-def match(out: ir.Node) -> dict:
-    """What the walk ending at the Add ``out`` is; raises Fail with the reason."""
-    summands = _terms(out)
-    found = [_term(v) for v in summands]
-    terms = [f[0] for f in found]
-    x, w_in, b_in, w_out = found[0][1:]
-    for _, x_t, *weights in found:
-        if x_t is not x or not all(map(_same_constant, weights, (w_in, b_in, w_out))):
-            raise Fail("the levels do not share one input and one set of weights")
-    w_in_arr, b_arr, w_out_arr = const_array(w_in), const_array(b_in), const_array(w_out)
-    if w_in_arr.ndim != 2 or b_arr.ndim != 1 or w_out_arr.ndim != 2 \
-            or not w_in_arr.shape[0] == b_arr.shape[0] == w_out_arr.shape[0]:
-        raise Fail("W_in [R, H], b_in [R], W_out [R, H_out] do not agree")
-    index = _Index(terms)
-    chains = _trees(terms, index)
-    depth, trees = len(chains[0]) - 1, len(chains)
-    n = 2 ** (depth + 1) - 1
-    if depth < 1 or trees * n != w_in_arr.shape[0]:
-        raise Fail(f"{trees} trees of depth {depth} need {trees * n} node rows, the weights "
-                   f"have {w_in_arr.shape[0]}")
-    _check_indices(chains, terms, index, n)
-    if len(index.compares) != 1:
-        raise Fail("tie-break: some levels go right on z > 0, others on z >= 0")
-    return {"x": x, "w_in_rows": w_in, "b_in": b_in, "w_out": w_out, "trees": trees,
-            "depth": depth, "tie_break": TIE_BREAK_OF[index.compares.pop()]}
-
-
-def candidates(graph: ir.Graph) -> list[ir.Node]:
-    """Adds that end a sum of walk terms (no further Add of terms uses them)."""
-    def ends_sum(node: ir.Node) -> bool:
-        return node.op_type == "Add" and node.domain == "" and any(
-            _looks_like_term(v) for v in node.inputs)
-
-    return [n for n in graph if ends_sum(n)
-            and not any(ends_sum(u.node) for u in n.outputs[0].uses())]
+def _ends_sum(node: ir.Node) -> bool:
+    return node.op_type == "Add" and node.domain == "" and any(
+        _looks_like_term(v) for v in node.inputs)
 
 
 def _looks_like_term(value: ir.Value | None) -> bool:
@@ -333,12 +298,51 @@ def _looks_like_term(value: ir.Value | None) -> bool:
     return "Unsqueeze" in kinds and bool(kinds & {"Gather", "GatherND"})
 
 
-def detect(model: ir.Model) -> int:
-    """Replace each walk region with an FFF marker; the number replaced."""
-    graph = model.graph
+class WalkFFF(RegionRule):
+    """Replaces ``Σ_t Unsqueeze(Gelu(ReduceSum(x * W_in[i_t]) + b_in[i_t])) * W_out[i_t]``,
+    each i_t the heap walk of its tree (checked for every branch pattern), with an ``fff``
+    marker.
 
-    def replace(root: ir.Node, region: list[ir.Node], m: dict) -> None:
-        m["w_in"] = transposed_initializer(graph, m.pop("w_in_rows"))
-        _replace(graph, root, region, m, rule="fff_walk")
+    Matches: fffc.torch.FastFeedForward(eval_form="walk") and hand-written hard walks from
+    the TorchScript (opset 17, 20; Gather) and dynamo (opset 18, 20; GatherND) exporters.
+    """
 
-    return replace_matches(graph, candidates(graph), match, replace)
+    tag = "fff"
+
+    def takes(self, root: ir.Node) -> bool:
+        """An Add that ends a sum of walk terms (no further Add of terms uses it)."""
+        return _ends_sum(root) and not any(_ends_sum(u.node) for u in root.outputs[0].uses())
+
+    def read(self, out: ir.Node) -> Tree:
+        """What the walk ending at the Add ``out`` is."""
+        summands = _terms(out)
+        found = [_term(v) for v in summands]
+        terms = [f[0] for f in found]
+        x, w_in, b_in, w_out = found[0][1:]
+        for _, x_t, *weights in found:
+            if x_t is not x or not all(map(_same_constant, weights, (w_in, b_in, w_out))):
+                raise MatchFailure("the levels do not share one input and one set of weights")
+        w_in_arr, b_arr, w_out_arr = const_array(w_in), const_array(b_in), const_array(w_out)
+        if w_in_arr.ndim != 2 or b_arr.ndim != 1 or w_out_arr.ndim != 2 \
+                or not w_in_arr.shape[0] == b_arr.shape[0] == w_out_arr.shape[0]:
+            raise MatchFailure("W_in [R, H], b_in [R], W_out [R, H_out] do not agree")
+        index = _Index(terms)
+        chains = _trees(terms, index)
+        depth, trees = len(chains[0]) - 1, len(chains)
+        n = 2 ** (depth + 1) - 1
+        if depth < 1 or trees * n != w_in_arr.shape[0]:
+            raise MatchFailure(f"{trees} trees of depth {depth} need {trees * n} node rows, "
+                               f"the weights have {w_in_arr.shape[0]}")
+        _check_indices(chains, terms, index, n)
+        if len(index.compares) != 1:
+            raise MatchFailure("tie-break: some levels go right on z > 0, others on z >= 0")
+        return Tree(x, w_in, b_in, w_out, trees, depth, TIE_BREAK_OF[index.compares.pop()],
+                    rows=True)
+
+    def rewrite(self, graph: ir.Graph, root: ir.Node, found: Tree,
+                region: list[ir.Node]) -> ir.Node:
+        return fff_marker(graph, found, region, self.name)
+
+
+walk_fff_rule = WalkFFF("fff_walk")
+rules = RegionRuleSet([walk_fff_rule], title="FastFeedForward walk")

@@ -8,8 +8,18 @@ from __future__ import annotations
 
 from onnxscript.rewriter import pattern
 
-from ._common import const_array, node_names
-from ._ffn_common import act_name, apply_act, as_vector, check_bias, check_projection, emit_marker
+from fffc.contract.kinds import SiteKind
+
+from ._common import RuleSequence, const_array, node_names
+from ._ffn_common import (
+    act_name,
+    apply_act,
+    as_vector,
+    check_bias,
+    check_projection,
+    emit_marker,
+    ffn_site,
+)
 
 
 class GatedFFN(pattern.RewriteRuleClassBase):
@@ -52,10 +62,13 @@ class GatedFFN(pattern.RewriteRuleClassBase):
                 add2=None, **_):
         return emit_marker(
             op, x, wg, None, wd, as_vector(op, b2), wu,
-            rule=self.name, kind="gated", activation=act_name(self._act, act),
+            rule=self.name, kind=SiteKind.GATED, activation=act_name(self._act, act),
             up_activation="relu" if self._up_relu else "none",
             matched=node_names(mmg, act, mmu, up_act, mul, mmd, add2),
         )
+
+
+site = ffn_site  # the Site of its marker
 
 
 def _rules(has_b2: bool) -> list[pattern.RewriteRule]:
@@ -67,5 +80,7 @@ def _rules(has_b2: bool) -> list[pattern.RewriteRule]:
     return out
 
 
-rules_with_b2 = pattern.RewriteRuleSet(_rules(has_b2=True))
-rules = pattern.RewriteRuleSet(_rules(has_b2=False))
+# Two passes, longest first: a rule without the trailing bias is rooted at the second
+# MatMul, which a rule set visits before the Add that a with-bias rule is rooted at.
+rules = RuleSequence(pattern.RewriteRuleSet(_rules(has_b2=True)),
+                     pattern.RewriteRuleSet(_rules(has_b2=False)))

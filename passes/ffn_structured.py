@@ -13,8 +13,13 @@ import itertools
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from ._common import CANON, const_array, node_names
+from fffc.contract.kinds import SiteKind
+from fffc.contract.ops import STRUCTURED_FFN
+from fffc.contract.sites import Site
+
+from ._common import CANON, RuleSequence, const_array, node_names
 from ._ffn_common import act_name, apply_act, as_vector, check_bias
+from .markers import StructuredMarker, marker_inputs
 
 FORMS = ("lowrank_or_blockdense", "blockdiag", "dense")  # StructuredLinear with U / without / MatMul
 SHUFFLE = "blockshuffle"  # canonical BlockShuffle(x, A, S): pairs with itself or a dense projection
@@ -52,6 +57,46 @@ def describe(a: ir.Value | None, u: ir.Value | None, s: ir.Value | None = None) 
     if u is None:
         return "BlockDiagonal" if k > 1 else "Dense"
     return "BlockDense" if k > 1 else "LowRank"
+
+
+def site(marker: StructuredMarker) -> Site:
+    """The Site of a structured marker: widths and each projection's form."""
+    v = marker.inputs
+    arrays = {n: const_array(v[n]) if v[n] is not None else None
+              for n in ("A1", "U1", "A2", "U2", "S1", "S2")}
+    (k1, p1, q1), (k2, _, q2) = arrays["A1"].shape, arrays["A2"].shape
+
+    def width(k: int, q: int, u, sh) -> int:
+        return u.shape[1] if u is not None else (sh.shape[0] * sh.shape[2] if sh is not None
+                                                 else k * q)
+
+    d_ff = width(k1, q1, arrays["U1"], arrays["S1"])
+    d_out = width(k2, q2, arrays["U2"], arrays["S2"])
+    params = sum(a.size for a in arrays.values() if a is not None)
+    structure = {
+        "first": describe(v["A1"], v["U1"], v["S1"]),
+        "second": describe(v["A2"], v["U2"], v["S2"]),
+        "k1": k1, "r1": k1 * q1, "u1": v["U1"] is not None, "k2": k2, "r2": k2 * q2,
+        "u2": v["U2"] is not None, "params": int(params),
+        "params_fraction": round(params / (k1 * p1 * d_ff + d_ff * d_out), 4),
+    }
+    for i in (1, 2):
+        sh = arrays[f"S{i}"]
+        if sh is not None:
+            structure[f"m{i}"], structure[f"s{i}"] = int(sh.shape[0]), int(sh.shape[2])
+    return Site(
+        name=marker.name, rule=marker.rule, kind=marker.kind, activation=marker.activation,
+        up_activation="none", d_model=int(k1 * p1), d_ff=int(d_ff), d_out=int(d_out),
+        has_b1=v["B1"] is not None, has_b2=v["B2"] is not None,
+        dtype=str(arrays["A1"].dtype), matched_nodes=marker.matched, structure=structure,
+    )
+
+
+def worth_trying(graph: ir.Graph) -> bool:
+    """Whether canonicalization left a structured projection to match (the rules, hundreds
+    of projection-form combinations, run only then)."""
+    return any(n.domain == CANON and n.op_type in ("StructuredLinear", "BlockShuffle")
+               for n in graph)
 
 
 class StructuredFFN(pattern.RewriteRuleClassBase):
@@ -104,12 +149,13 @@ class StructuredFFN(pattern.RewriteRuleClassBase):
 
         (a1, u1, s1), (a2, u2, s2) = (blocks(self._forms[0], a1, u1),
                                       blocks(self._forms[1], a2, u2))
-        # the op's input order: X, A1, U1, B1, A2, U2, B2, M1, M2, S1, S2
+        inputs = marker_inputs(STRUCTURED_FFN, X=x, A1=a1, U1=u1, B1=as_vector(op, b1), A2=a2,
+                               U2=u2, B2=as_vector(op, b2), M1=None, M2=None, S1=s1, S2=s2)
         return op.FFN(
-            x, a1, u1, as_vector(op, b1), a2, u2, as_vector(op, b2), None, None, s1, s2,
-            kind="structured", activation=act_name(self._act, act), up_activation="none",
-            rule=self.name, matched_nodes=",".join(node_names(p1, add1, act, p2, add2)),
-            _domain=CANON,
+            *inputs,
+            kind=str(SiteKind.STRUCTURED), activation=act_name(self._act, act),
+            up_activation="none", rule=self.name,
+            matched_nodes=",".join(node_names(p1, add1, act, p2, add2)), _domain=CANON,
         )
 
 
@@ -125,5 +171,7 @@ def _rules(has_b2: bool) -> list[pattern.RewriteRule]:
     return out
 
 
-rules_with_b2 = pattern.RewriteRuleSet(_rules(has_b2=True))
-rules = pattern.RewriteRuleSet(_rules(has_b2=False))
+# Two passes, longest first: a rule without the trailing bias is rooted at the second
+# MatMul, which a rule set visits before the Add that a with-bias rule is rooted at.
+rules = RuleSequence(pattern.RewriteRuleSet(_rules(has_b2=True)),
+                     pattern.RewriteRuleSet(_rules(has_b2=False)))

@@ -1,6 +1,6 @@
 """Finds Mixture-of-Depths routing around an FFN after FFN detection: the static top-k
-form (``match``), the causal decode form (``match_threshold``) and the masked form
-(``match_masked``). The top-k form, from the combine back (Raposo et al. 2024; the public
+form (``TopKRouting``), the causal decode form (``ThresholdRouting``) and the masked form
+(``MaskedRouting``). The top-k form, from the combine back (Raposo et al. 2024; the public
 implementations' export)::
 
     s   = Squeeze(MatMul(X, w_r [d, 1]) (+ b_r))        router score per token [B, S]
@@ -19,18 +19,52 @@ probe inputs) before anything is rewritten; the region is kept in the marker's
 ``original`` graph so an unproven site goes back exactly as it was. The causal form selects
 with ``Greater(Sigmoid(a), 0.5) → NonZero → GatherND`` and writes with ``ScatterND``; the
 masked form (Router-Tuning) runs the FFN on every token and keeps ``x + mask·update``. In
-each, the routed FFN may read ``LayerNormalization(x_sel)`` (a pre-norm block).
+each, the routed FFN may read ``LayerNormalization(x_sel)`` (a pre-norm block). A combine
+read off the graph is no fixed pattern graph, so each form is a ``RegionRule``.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_ir as ir
 
+from fffc.contract.kinds import SiteKind
+from fffc.contract.ops import ROUTED_FFN
+from fffc.contract.sites import Site
+
 from ._common import CANON, const_array, initializer
-from .ffn_fff import Fail, replace_matches, replace_region
+from ._region import MatchFailure, RegionRule, RegionRuleSet
+from .markers import RoutedMarker, decode, kind_of, marker_inputs
 
 Affine = tuple[tuple[float, float], tuple[float, float]]  # (x coef, Δ coef), each (a, b): a + b·w
+
+
+@dataclass(frozen=True)
+class Routed:
+    """What a MoD region computes: the routed tensor, the router, the selection, the combine
+    and the FFN (with its pre-norm) run on the selected tokens."""
+
+    x: ir.Value
+    w_r: ir.Value  # router weight [d, 1]
+    b_r: ir.Value | None  # router bias (one element)
+    k: int  # top-k: a constant k (0: computed from the sequence length, ``capacity``)
+    router: str  # "raw" | "sigmoid": the weight the combine scales by
+    x_coef: tuple[float, float]
+    delta_coef: tuple[float, float]
+    ln: tuple | None  # (scale, bias | None, epsilon) of the pre-norm
+    w1: ir.Value
+    b1: ir.Value | None
+    w2: ir.Value
+    b2: ir.Value | None
+    activation: str
+    capacity: dict | None = None
+    selection: str = "topk"  # "topk" | "threshold" (causal)
+    w_a: ir.Value | None = None  # threshold: the selection score's weight [d, 1]
+    b_a: ir.Value | None = None  # its bias
+    b_a_value: float | None = None  # masked form: the selection bias, threshold folded in
 
 
 def _strip(value: ir.Value | None, ops: tuple[str, ...] = ("Cast", "Identity")) -> ir.Value | None:
@@ -45,7 +79,7 @@ def _node(value: ir.Value | None, op_type: str, what: str) -> ir.Node:
     node = value.producer() if value is not None else None
     if node is None or node.op_type != op_type or node.domain not in ("", CANON):
         got = "a graph input" if node is None else node.op_type
-        raise Fail(f"{what}: expected {op_type}, got {got}")
+        raise MatchFailure(f"{what}: expected {op_type}, got {got}")
     return node
 
 
@@ -74,7 +108,7 @@ def _unsqueezed(value: ir.Value, what: str) -> ir.Value:
     if axes is None:
         axes = node.attributes.get_ints("axes", None)
     if axes is None or list(axes) not in ([-1], [2]):
-        raise Fail(f"{what}: expected Unsqueeze on the last axis, got axes {axes}")
+        raise MatchFailure(f"{what}: expected Unsqueeze on the last axis, got axes {axes}")
     return node.inputs[0]
 
 
@@ -96,7 +130,7 @@ def _router(value: ir.Value) -> dict:
     mm = _node(inner, "MatMul", "router projection")
     w = const_array(mm.inputs[1])
     if w is None or w.ndim != 2 or w.shape[1] != 1:
-        raise Fail("router projection: expected a constant [d, 1] weight")
+        raise MatchFailure("router projection: expected a constant [d, 1] weight")
     return {"x": mm.inputs[0], "w_r": mm.inputs[1], "b_r": bias, "sigmoid": sigmoid,
             "score": _strip(value)}
 
@@ -106,15 +140,15 @@ def _affine(value: ir.Value, x_sel, delta: ir.Value, w_sel: ir.Value | None,
     """Coefficients of ``value`` = (a + b·w)·x_sel + (c + d·w)·Δ, from Add/Sub/Mul nodes;
     ``x_sel(v)`` tells whether v is the selected tokens gathered from X."""
     if depth == 0:
-        raise Fail("combine: expression too deep")
+        raise MatchFailure("combine: expression too deep")
     if value is delta:
         return (0.0, 0.0), (1.0, 0.0)
     if x_sel(value):
         return (1.0, 0.0), (0.0, 0.0)
     node = value.producer()
     if node is None or node.domain != "" or node.op_type not in ("Add", "Sub", "Mul"):
-        raise Fail(f"combine: {node.op_type if node else 'an input'} is not an Add/Sub/Mul "
-                   "of the selected tokens, the FFN output and the router weight")
+        raise MatchFailure(f"combine: {node.op_type if node else 'an input'} is not an Add/Sub/Mul "
+                           "of the selected tokens, the FFN output and the router weight")
     a, b = node.inputs
     if node.op_type in ("Add", "Sub"):
         (xa, da), (xb, db) = (_affine(a, x_sel, delta, w_sel, depth - 1),
@@ -131,27 +165,29 @@ def _affine(value: ir.Value, x_sel, delta: ir.Value, w_sel: ir.Value | None,
         if w_sel is not None and factor is w_sel:
             (x0, x1), (d0, d1) = _affine(term, x_sel, delta, w_sel, depth - 1)
             if x1 or d1:
-                raise Fail("combine: the router weight enters twice (w² terms)")
+                raise MatchFailure("combine: the router weight enters twice (w² terms)")
             return (0.0, x0), (0.0, d0)
-    raise Fail("combine: a product of two computed tensors other than the router weight")
+    raise MatchFailure("combine: a product of two computed tensors other than the router weight")
 
 
 def _dense_ffn(value: ir.Value) -> ir.Node:
     """The FFN marker feeding a combine's update (a dense FFN: the one kind routed yet)."""
     ffn = next((n for n in _walk(value) if n.op_type == "FFN" and n.domain == CANON), None)
     if ffn is None:
-        raise Fail("routed block: no FFN found between the routed tokens and the combine")
-    kind = ffn.attributes.get_string("kind", "")
-    if kind != "dense":
-        raise Fail(f"routed block: a {kind} FFN (only dense FFNs are supported inside MoD yet)")
+        raise MatchFailure("routed block: no FFN found between the routed tokens and the "
+                           "combine")
+    kind = kind_of(ffn)
+    if kind is not SiteKind.DENSE:
+        raise MatchFailure(f"routed block: a {kind} FFN (only dense FFNs are supported inside "
+                           "MoD yet)", ffn)
     return ffn
 
 
 def _ffn_fields(ffn: ir.Node) -> dict:
     """The marker's FFN weights and activation, as the match results carry them."""
-    _, w1, b1, w2, b2 = (*ffn.inputs, None, None, None, None)[:5]
-    return {"w1": w1, "b1": b1, "w2": w2, "b2": b2,
-            "activation": ffn.attributes.get_string("activation", "gelu")}
+    m = decode(ffn)
+    return {"w1": m.inputs["W1"], "b1": m.inputs["B1"], "w2": m.inputs["W2"],
+            "b2": m.inputs["B2"], "activation": m.activation}
 
 
 def _ffn_input(ffn: ir.Node, gathered, what: str) -> tuple | None:
@@ -162,25 +198,25 @@ def _ffn_input(ffn: ir.Node, gathered, what: str) -> tuple | None:
         return None
     ln = v.producer()
     if ln is None or ln.op_type != "LayerNormalization" or ln.domain != "":
-        raise Fail(f"FFN input: expected {what} (or a LayerNormalization of them)")
+        raise MatchFailure(f"FFN input: expected {what} (or a LayerNormalization of them)")
     if not gathered(ln.inputs[0]):
-        raise Fail(f"FFN input: the LayerNormalization does not read {what}")
+        raise MatchFailure(f"FFN input: the LayerNormalization does not read {what}")
     if ln.attributes.get_int("axis", -1) not in (-1, 2):
-        raise Fail("pre-norm: expected LayerNormalization over the last axis")
+        raise MatchFailure("pre-norm: expected LayerNormalization over the last axis")
     scale = ln.inputs[1]
     bias = ln.inputs[2] if len(ln.inputs) > 2 else None
     if const_array(scale) is None or (bias is not None and const_array(bias) is None):
-        raise Fail("pre-norm: expected a constant LayerNormalization scale and bias")
+        raise MatchFailure("pre-norm: expected a constant LayerNormalization scale and bias")
     return scale, bias, ln.attributes.get_float("epsilon", 1e-5)
 
 
-def match(root: ir.Node) -> dict:
-    """Read a MoD region off its ScatterElements; Fail with the reason where it is not one."""
+def _read_topk(root: ir.Node) -> Routed:
+    """Read a MoD region off its ScatterElements."""
     if root.op_type != "ScatterElements" or not _axis(root, 1):
-        raise Fail("expected ScatterElements on axis 1 (the sequence)")
+        raise MatchFailure("expected ScatterElements on axis 1 (the sequence)")
     reduction = root.attributes.get_string("reduction", "none")
     if reduction not in ("add", "none"):
-        raise Fail(f"ScatterElements reduction {reduction!r}: expected add or none")
+        raise MatchFailure(f"ScatterElements reduction {reduction!r}: expected add or none")
     data, indices, updates = root.inputs
     crop = updates.producer()
     if crop is not None and crop.op_type == "Slice" and crop.domain == "":
@@ -194,24 +230,24 @@ def match(root: ir.Node) -> dict:
     topk = sorted_idx.producer()
     if topk is not None and topk.op_type == "TopK" and topk.outputs[0] is sorted_idx:
         if topk.attributes.get_int("largest", 1) != 0:
-            raise Fail("index sort: expected TopK(largest=0) over the selected indices")
+            raise MatchFailure("index sort: expected TopK(largest=0) over the selected indices")
         chosen = _strip(topk.inputs[0])
     else:
         chosen = sorted_idx
     router_topk = chosen.producer()
     if router_topk is None or router_topk.op_type != "TopK" or router_topk.outputs[1] is not chosen:
-        raise Fail("selection: expected the indices of a TopK over the router scores")
+        raise MatchFailure("selection: expected the indices of a TopK over the router scores")
     if router_topk.attributes.get_int("largest", 1) != 1 or not _axis(router_topk, 1, 2):
-        raise Fail("selection: expected TopK(largest=1) over the sequence axis")
+        raise MatchFailure("selection: expected TopK(largest=1) over the sequence axis")
     k = const_array(router_topk.inputs[1])
     capacity = None
     if k is None:
         capacity = _capacity(router_topk.inputs[1], data)
     elif k.size != 1:
-        raise Fail(f"capacity: TopK's k has {k.size} elements")
+        raise MatchFailure(f"capacity: TopK's k has {k.size} elements")
     ranked = _router(router_topk.inputs[0])
     if not _same_source(ranked["x"], data):
-        raise Fail("router: scores are not computed from the scattered tensor")
+        raise MatchFailure("router: scores are not computed from the scattered tensor")
 
     def gathered(v: ir.Value) -> bool:
         """v = GatherElements(X, Expand(Unsqueeze(the selected indices)), axis 1)."""
@@ -223,7 +259,7 @@ def match(root: ir.Node) -> dict:
         try:
             e = _node(g.inputs[1], "Expand", "gather indices")
             return _strip(_unsqueezed(e.inputs[0], "gather indices")) is sorted_idx
-        except Fail:
+        except MatchFailure:
             return False
 
     ffn = _dense_ffn(updates)
@@ -238,20 +274,20 @@ def match(root: ir.Node) -> dict:
                 weight = _router(g.inputs[0])
                 if weight["score"] is not ranked["score"] and not (
                         weight["x"] is ranked["x"] and weight["w_r"] is ranked["w_r"]):
-                    raise Fail("router weight: not the score the tokens were selected by")
+                    raise MatchFailure("router weight: not the score the tokens were selected by")
                 w_sel = node.outputs[0]
                 sigmoid = weight["sigmoid"]
     (xa, xb), (da, db) = _affine(updates, gathered, ffn.outputs[0], w_sel)
     if reduction == "add":
         xa += 1.0
     if w_sel is None and (xb or db):
-        raise Fail("combine: router weight term without a router weight")
-    return {
-        "x": data, "w_r": ranked["w_r"], "b_r": ranked["b_r"],
-        "k": 0 if k is None else int(k.reshape(-1)[0]), "capacity": capacity,
-        "router": "sigmoid" if sigmoid else "raw", "x_coef": (xa, xb), "delta_coef": (da, db),
-        "ln": ln, **_ffn_fields(ffn),
-    }
+        raise MatchFailure("combine: router weight term without a router weight")
+    return Routed(
+        x=data, w_r=ranked["w_r"], b_r=ranked["b_r"],
+        k=0 if k is None else int(k.reshape(-1)[0]), capacity=capacity,
+        router="sigmoid" if sigmoid else "raw", x_coef=(xa, xb), delta_coef=(da, db),
+        ln=ln, **_ffn_fields(ffn),
+    )
 
 
 _SHAPE_ONLY = ("Reshape", "Squeeze", "Unsqueeze", "Identity")
@@ -278,7 +314,7 @@ def _const_scalar(node: ir.Node, what: str) -> tuple[ir.Value, np.ndarray]:
         c = const_array(node.inputs[i])
         if c is not None and c.size == 1:
             return node.inputs[1 - i], c.reshape(-1)
-    raise Fail(f"capacity: {what} without a constant operand")
+    raise MatchFailure(f"capacity: {what} without a constant operand")
 
 
 def _capacity(value: ir.Value, data: ir.Value) -> dict:
@@ -306,22 +342,22 @@ def _capacity(value: ir.Value, data: ir.Value) -> dict:
     if node is not None and node.op_type == "Mul" and node.domain == "" and to_int:
         v, c = _const_scalar(node, "Mul")
         if c.dtype.kind != "f" or not float(c[0]) > 0:
-            raise Fail(f"capacity: k = S·{c[0]} (a positive float factor expected)")
+            raise MatchFailure(f"capacity: k = S·{c[0]} (a positive float factor expected)")
         cap["scale"] = float(np.float32(c[0]))
         v, cast = _through(v)
         if not _cast_to(cast, (ir.DataType.FLOAT,)):
-            raise Fail("capacity: k = S·c with S not cast to float32")
+            raise MatchFailure("capacity: k = S·c with S not cast to float32")
         v = cast.inputs[0]
     elif node is not None and node.op_type == "Div" and node.domain == "":
         v, q = _const_scalar(node, "Div")
         if q.dtype.kind not in "iu" or int(q[0]) < 1:
-            raise Fail(f"capacity: k = S / {q[0]} (an integer division by a positive integer "
-                       "expected)")
+            raise MatchFailure(f"capacity: k = S / {q[0]} (an integer division by a positive "
+                               "integer expected)")
         cap["divisor"] = int(q[0])
     else:
         got = "a graph input" if node is None else node.op_type
-        raise Fail(f"capacity: TopK's k is computed by {got} (supported: a constant, "
-                   "max(m, int(c·S)) with floor/ceil, S // q)")
+        raise MatchFailure(f"capacity: TopK's k is computed by {got} (supported: a constant, "
+                           "max(m, int(c·S)) with floor/ceil, S // q)")
     _sequence_length(v, data)
     return cap
 
@@ -345,7 +381,7 @@ def _sequence_length(value: ir.Value, data: ir.Value) -> None:
         end = node.attributes.get_int("end", None)
         if start in (1, -2) and end in (2, -1):
             return
-    raise Fail("capacity: k is not computed from the sequence length of the routed tensor")
+    raise MatchFailure("capacity: k is not computed from the sequence length of the routed tensor")
 
 
 def _capacity_attrs(cap: dict | None) -> list[ir.Attr]:
@@ -371,27 +407,27 @@ def _selection_score(mask: ir.Value) -> dict:
     sigmoid = a.producer() is not None and a.producer().op_type == "Sigmoid"
     want = 0.5 if sigmoid else 0.0
     if c is None or c.size != 1 or float(c.reshape(-1)[0]) != want:
-        raise Fail(f"selection: expected {'Sigmoid(a) > 0.5' if sigmoid else 'a > 0'}")
+        raise MatchFailure(f"selection: expected {'Sigmoid(a) > 0.5' if sigmoid else 'a > 0'}")
     return _router(a)
 
 
-def match_threshold(root: ir.Node) -> dict:
-    """Read a causal (decode) MoD region off its ScatterND; Fail with the reason otherwise.
+def _read_threshold(root: ir.Node) -> Routed:
+    """Read a causal (decode) MoD region off its ScatterND.
 
     ``Greater(Sigmoid(a), 0.5) → NonZero → GatherND(X) → FFN → combine → ScatterND(X)``, the
     scatter's indices from the same mask (per token, or expanded per element with the
     update flattened), the router weight ``X_sel·w_r`` on the gathered tokens (optional).
     """
     if root.op_type != "ScatterND":
-        raise Fail("expected ScatterND")
+        raise MatchFailure("expected ScatterND")
     reduction = root.attributes.get_string("reduction", "none")
     if reduction not in ("add", "none"):
-        raise Fail(f"ScatterND reduction {reduction!r}: expected add or none")
+        raise MatchFailure(f"ScatterND reduction {reduction!r}: expected add or none")
     data, indices, updates = root.inputs
     mask = _nonzero_mask(indices, "scatter indices")
     selected = _selection_score(mask)
     if not _same_source(selected["x"], data):
-        raise Fail("selection: the score is not computed from the scattered tensor")
+        raise MatchFailure("selection: the score is not computed from the scattered tensor")
 
     def gathered(v: ir.Value) -> bool:
         g = _strip(v).producer() if _strip(v) is not None else None
@@ -399,7 +435,7 @@ def match_threshold(root: ir.Node) -> dict:
             return False
         try:
             return _nonzero_mask(g.inputs[1], "gather indices") is mask
-        except Fail:
+        except MatchFailure:
             return False
 
     u = _strip(updates, ("Cast", "Identity", "Reshape", "Slice", "Expand"))
@@ -428,27 +464,25 @@ def match_threshold(root: ir.Node) -> dict:
     (xa, xb), (da, db) = _affine(u, gathered, ffn.outputs[0], w_sel)
     if reduction == "add":
         xa += 1.0
-    return {
-        "x": data, "w_r": router["w_r"], "b_r": router["b_r"], "k": 0,
-        "router": "sigmoid" if router["sigmoid"] else "raw", "x_coef": (xa, xb),
-        "delta_coef": (da, db), "selection": "threshold", "w_a": selected["w_r"],
-        "b_a": selected["b_r"], "ln": ln, **_ffn_fields(ffn),
-    }
+    return Routed(
+        x=data, w_r=router["w_r"], b_r=router["b_r"], k=0,
+        router="sigmoid" if router["sigmoid"] else "raw", x_coef=(xa, xb),
+        delta_coef=(da, db), selection="threshold", w_a=selected["w_r"],
+        b_a=selected["b_r"], ln=ln, **_ffn_fields(ffn),
+    )
 
 
 def _masked_selection(mask: ir.Value) -> tuple[dict, float]:
     """(score, t) of a 0/1 routing mask ``score > t``: ``Greater|GreaterOrEqual`` of
     ``Sigmoid(score)`` vs τ, of ``Sigmoid(score) − τ`` vs 0 (Router-Tuning), or of ``score``
     vs t; a sigmoid threshold τ becomes t = logit(τ)."""
-    import math
-
     cmp = _strip(mask, ("Cast", "Identity", "Unsqueeze", "Expand")).producer()
     if cmp is None or cmp.op_type not in ("Greater", "GreaterOrEqual"):
-        raise Fail("mask: expected Greater/GreaterOrEqual of the router score")
+        raise MatchFailure("mask: expected Greater/GreaterOrEqual of the router score")
     a, c = cmp.inputs
     c = const_array(c)
     if c is None or c.size != 1:
-        raise Fail("mask: expected a comparison with a constant")
+        raise MatchFailure("mask: expected a comparison with a constant")
     t = float(c.reshape(-1)[0])
     sub = a.producer()
     if sub is not None and sub.op_type == "Sub" and const_array(sub.inputs[1]) is not None:
@@ -456,17 +490,17 @@ def _masked_selection(mask: ir.Value) -> tuple[dict, float]:
         a = sub.inputs[0]
     if a.producer() is not None and a.producer().op_type == "Sigmoid":
         if not 0 < t < 1:
-            raise Fail(f"mask: sigmoid threshold {t} outside (0, 1)")
+            raise MatchFailure(f"mask: sigmoid threshold {t} outside (0, 1)")
         return _router(a), math.log(t / (1 - t))
     return _router(a), t
 
 
-def match_masked(root: ir.Node) -> dict:
+def _read_masked(root: ir.Node) -> Routed:
     """The masked form (Router-Tuning): ``Add(X, Mul(U, mask))`` where every token ran the
     FFN and the 0/1 mask of ``score > t`` keeps its update; read as a causal selection so
     that the FFN runs on the kept tokens only."""
     if root.op_type != "Add" or root.domain != "":
-        raise Fail("expected Add(X, update · mask)")
+        raise MatchFailure("expected Add(X, update · mask)")
     for data, upd in (root.inputs, root.inputs[::-1]):
         mul = upd.producer() if upd is not None else None
         if mul is None or mul.op_type != "Mul":
@@ -474,22 +508,22 @@ def match_masked(root: ir.Node) -> dict:
         for term, mask in (mul.inputs, mul.inputs[::-1]):
             try:
                 selected, t = _masked_selection(mask)
-            except Fail:
+            except MatchFailure:
                 continue
             if not _same_source(selected["x"], data):
-                raise Fail("mask: the router score is not computed from the residual input")
+                raise MatchFailure("mask: the router score is not computed from the residual input")
             ffn = _dense_ffn(term)
             ln = _ffn_input(ffn, lambda v, d=data: _same_source(v, d), "the residual input")
             (xa, xb), (da, db) = _affine(term, lambda v, d=data: _same_source(v, d),
                                          ffn.outputs[0], None)
-            return {
-                "x": data, "w_r": selected["w_r"], "b_r": None, "k": 0, "router": "raw",
-                "x_coef": (xa + 1.0, xb), "delta_coef": (da, db), "selection": "threshold",
-                "w_a": selected["w_r"], "ln": ln, **_ffn_fields(ffn),
-                "b_a_value": (float(const_array(selected["b_r"]).reshape(-1)[0])
-                              if selected["b_r"] is not None else 0.0) - t,
-            }
-    raise Fail("expected Add(X, update · mask) with a 0/1 mask of a router score")
+            return Routed(
+                x=data, w_r=selected["w_r"], b_r=None, k=0, router="raw",
+                x_coef=(xa + 1.0, xb), delta_coef=(da, db), selection="threshold",
+                w_a=selected["w_r"], ln=ln, **_ffn_fields(ffn),
+                b_a_value=(float(const_array(selected["b_r"]).reshape(-1)[0])
+                           if selected["b_r"] is not None else 0.0) - t,
+            )
+    raise MatchFailure("expected Add(X, update · mask) with a 0/1 mask of a router score")
 
 
 def _walk(value: ir.Value, depth: int = 12):
@@ -510,15 +544,10 @@ def _walk(value: ir.Value, depth: int = 12):
 
 def looks_routed(root: ir.Node) -> bool:
     """A scatter whose indices come from a TopK or a NonZero: MoD-shaped, worth a near-miss
-    report (masked-form candidates passed ``_masks`` already)."""
+    report (masked-form roots passed ``_masks`` already)."""
     if root.op_type == "Add":
         return True
     return any(n.op_type in ("TopK", "NonZero") for n in _walk(root.inputs[1], depth=8))
-
-
-def candidates(graph: ir.Graph) -> list[ir.Node]:
-    return [n for n in graph if n.domain == "" and (
-        n.op_type in ("ScatterElements", "ScatterND") or (n.op_type == "Add" and _masks(n)))]
 
 
 def _masks(add: ir.Node) -> bool:
@@ -532,20 +561,6 @@ def _masks(add: ir.Node) -> bool:
                         p.producer().op_type in ("Greater", "GreaterOrEqual"):
                     return True
     return False
-
-
-def match_any(root: ir.Node) -> dict:
-    """``match`` (top-k), ``match_threshold`` (causal) or ``match_masked`` by the root's op."""
-    if root.op_type == "ScatterElements":
-        return match(root)
-    return match_threshold(root) if root.op_type == "ScatterND" else match_masked(root)
-
-
-def detect(model: ir.Model) -> int:
-    """Replace each MoD region with a ``routed`` marker; the number replaced."""
-    graph = model.graph
-    return replace_matches(graph, candidates(graph), match_any,
-                           lambda root, region, m: _replace(graph, root, region, m))
 
 
 def _vector(graph: ir.Graph, w: ir.Value) -> ir.Value:
@@ -562,38 +577,123 @@ def _scalar(graph: ir.Graph, name: str, value: ir.Value | float | None) -> ir.Va
     return initializer(graph, name, np.array([v], dtype=np.float32))
 
 
-def _replace(graph: ir.Graph, root: ir.Node, region: list[ir.Node], m: dict) -> None:
-    threshold = m.get("selection") == "threshold"
-    inputs = [m["x"], _vector(graph, m["w_r"]),
-              _scalar(graph, f"{root.name}__router_bias", m["b_r"]),
-              m["w1"], m["b1"], m["w2"], m["b2"]]
-    if "b_a_value" in m:  # masked form: the threshold folded into the selection bias
-        inputs += [_vector(graph, m["w_a"]),
-                   _scalar(graph, f"{root.name}__selection_bias", m["b_a_value"])]
-    elif threshold and (m["w_a"] is not m["w_r"]):
-        inputs += [_vector(graph, m["w_a"]),
-                   _scalar(graph, f"{root.name}__selection_bias", m["b_a"])]
+def _marker(graph: ir.Graph, root: ir.Node, region: list[ir.Node], m: Routed,
+            rule: str) -> ir.Node:
+    inputs = {"X": m.x, "WR": _vector(graph, m.w_r),
+              "BR": _scalar(graph, f"{root.name}__router_bias", m.b_r),
+              "W1": m.w1, "B1": m.b1, "W2": m.w2, "B2": m.b2}
+    if m.b_a_value is not None:  # masked form: the threshold folded into the selection bias
+        inputs.update(WA=_vector(graph, m.w_a),
+                      BA=_scalar(graph, f"{root.name}__selection_bias", m.b_a_value))
+    elif m.selection == "threshold" and m.w_a is not m.w_r:
+        inputs.update(WA=_vector(graph, m.w_a),
+                      BA=_scalar(graph, f"{root.name}__selection_bias", m.b_a))
     epsilon = 1e-5
-    if m.get("ln") is not None:  # LS, LB at the op's positions 9 and 10
-        scale, bias, epsilon = m["ln"]
-        inputs += [None] * (9 - len(inputs))
-        inputs += [scale, bias if bias is not None else initializer(
-            graph, f"{root.name}__ln_bias", np.zeros_like(const_array(scale), dtype=np.float32))]
-    marker = ir.Node(
-        CANON, "FFN", inputs,
+    if m.ln is not None:
+        scale, bias, epsilon = m.ln
+        inputs.update(LS=scale, LB=bias if bias is not None else initializer(
+            graph, f"{root.name}__ln_bias", np.zeros_like(const_array(scale), dtype=np.float32)))
+    return ir.Node(
+        CANON, "FFN", marker_inputs(ROUTED_FFN, **inputs),
         attributes=[
-            ir.AttrString("kind", "routed"), ir.AttrString("activation", m["activation"]),
-            ir.AttrString("up_activation", "none"),
-            ir.AttrString("rule", "mod_masked" if "b_a_value" in m else
-                          "mod_threshold" if threshold else "mod_topk"),
+            ir.AttrString("kind", str(SiteKind.ROUTED)), ir.AttrString("activation", m.activation),
+            ir.AttrString("up_activation", "none"), ir.AttrString("rule", rule),
             ir.AttrString("matched_nodes", ",".join(n.name or n.op_type for n in region)),
-            ir.AttrString("selection", m.get("selection", "topk")), ir.AttrInt64("k", m["k"]),
-            *_capacity_attrs(m.get("capacity")),
-            ir.AttrString("router", m["router"]),
-            ir.AttrFloat32s("x_coef", list(m["x_coef"])),
-            ir.AttrFloat32s("delta_coef", list(m["delta_coef"])),
+            ir.AttrString("selection", m.selection), ir.AttrInt64("k", m.k),
+            *_capacity_attrs(m.capacity),
+            ir.AttrString("router", m.router),
+            ir.AttrFloat32s("x_coef", list(m.x_coef)),
+            ir.AttrFloat32s("delta_coef", list(m.delta_coef)),
             ir.AttrFloat32("epsilon", float(epsilon)),
         ],
         num_outputs=1,
     )
-    replace_region(graph, root, region, marker, "mod")
+
+
+def site(marker: RoutedMarker) -> Site:
+    """The Site of a ``routed`` marker: the FFN's widths and how it is routed."""
+    r = marker.routing
+    w1, w2 = (const_array(marker.inputs[n]) for n in ("W1", "W2"))
+    routing = {
+        "selection": r.selection, "k": r.k, "capacity": r.capacity, "router": r.router,
+        "router_bias": marker.inputs["BR"] is not None,
+        "selection_score": marker.inputs["WA"] is not None,
+        "selection_bias": marker.inputs["BA"] is not None,
+        "layer_norm_epsilon": r.epsilon if marker.inputs["LS"] is not None else None,
+        "x_coef": list(r.x_coef), "delta_coef": list(r.delta_coef),
+    }
+    return Site(
+        name=marker.name, rule=marker.rule, kind=marker.kind, activation=marker.activation,
+        up_activation="none", d_model=int(w1.shape[0]), d_ff=int(w1.shape[1]),
+        d_out=int(w2.shape[1]), has_b1=marker.inputs["B1"] is not None,
+        has_b2=marker.inputs["B2"] is not None, dtype=str(w1.dtype),
+        matched_nodes=marker.matched, routing=routing,
+    )
+
+
+class _Routing(RegionRule):
+    """A MoD form, by the op its region ends in."""
+
+    tag = "mod"
+    root_op = ""
+
+    def takes(self, root: ir.Node) -> bool:
+        return root.domain == "" and root.op_type == self.root_op
+
+    def reportable(self, root: ir.Node) -> bool:
+        return looks_routed(root)
+
+    def rewrite(self, graph: ir.Graph, root: ir.Node, found: Routed,
+                region: list[ir.Node]) -> ir.Node:
+        return _marker(graph, root, region, found, self.name)
+
+
+class TopKRouting(_Routing):
+    """Replaces ``ScatterElements(X, e, combine(X_sel, FFN(X_sel), w))`` over the tokens a
+    router's ``TopK`` selected (k constant or computed from S) with a ``routed`` marker.
+
+    Matches: fffc.torch.MoDFFN (and the public MoD implementations' top-k form) from the
+    dynamo (opset 18, optimized or not) and TorchScript (opset 17) exporters.
+    """
+
+    root_op = "ScatterElements"
+
+    def read(self, root: ir.Node) -> Routed:
+        return _read_topk(root)
+
+
+class ThresholdRouting(_Routing):
+    """Replaces ``ScatterND(X, idx, combine(X_sel, FFN(X_sel), w))`` over the tokens of a
+    causal selection ``NonZero(Greater(Sigmoid(a), 0.5))`` with a ``routed`` marker.
+
+    Matches: fffc.torch.MoDFFN.forward_causal from the dynamo and TorchScript exporters.
+    """
+
+    root_op = "ScatterND"
+
+    def read(self, root: ir.Node) -> Routed:
+        return _read_threshold(root)
+
+
+class MaskedRouting(_Routing):
+    """Replaces ``Add(X, FFN(X) · (score > t))`` with a ``routed`` marker of selection
+    threshold (the FFN then runs on the kept tokens only).
+
+    Matches: Router-Tuning's masked MoD (mask of Sigmoid(score) − τ, Sigmoid(score) > τ or
+    score > t) written in ONNX ops.
+    """
+
+    root_op = "Add"
+
+    def takes(self, root: ir.Node) -> bool:
+        return super().takes(root) and _masks(root)
+
+    def read(self, root: ir.Node) -> Routed:
+        return _read_masked(root)
+
+
+mod_topk_rule = TopKRouting("mod_topk")
+mod_threshold_rule = ThresholdRouting("mod_threshold")
+mod_masked_rule = MaskedRouting("mod_masked")
+rules = RegionRuleSet([mod_topk_rule, mod_threshold_rule, mod_masked_rule],
+                      title="Mixture-of-Depths")

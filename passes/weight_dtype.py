@@ -21,12 +21,11 @@ import onnx_ir as ir
 from fffc.contract.ops import OPS, WEIGHT_INPUTS
 
 from ._common import CANON, const_array, initializer
+from .markers import OP_OF_KIND, kind_of
 
 NARROW = {"float16": (np.dtype(np.float16), "f16"),
           "bfloat16": (np.dtype(ml_dtypes.bfloat16), "bf16")}
-_MARKER_OPS = {"dense": "SparseFFN", "gated": "SparseFFN", "fff": "FastFeedForward",
-               "structured": "StructuredFFN", "routed": "RoutedFFN"}
-ROWS = "__rows"  # lower._row_major_up's copy of a weight, one row per neuron
+ROWS = "__rows"  # name suffix of the lowering's row-per-neuron copy of a weight
 ATTR = "weight_dtype"  # set on a marker: its ai.fffc node gets weights of this dtype
 
 
@@ -43,9 +42,11 @@ def round_weights(model: ir.Model, sites: Iterable[str], dtype: str) -> list[str
     for node in model.graph:
         if node.domain != CANON or node.name not in wanted:
             continue
-        op = _MARKER_OPS.get(node.attributes.get_string("kind", ""))
-        if op is None:
-            raise ValueError(f"site {node.name!r}: no 16-bit weights for this kind of site")
+        try:
+            op = OP_OF_KIND[kind_of(node)].name
+        except (KeyError, ValueError):
+            raise ValueError(f"site {node.name!r}: no 16-bit weights for this kind of site") \
+                from None
         node.attributes[ATTR] = ir.AttrString(ATTR, dtype)
         for i in _weight_positions(op):
             value = node.inputs[i] if i < len(node.inputs) else None

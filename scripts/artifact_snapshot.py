@@ -37,11 +37,10 @@ JOBS = {
     "bert-relu": ("bert-relu.onnx", {}, None),
     "llama-drelu": ("llama-drelu.onnx", {}, None),
     "llama-silu-dense": ("llama-default.onnx", {}, None),
-    "gpt2-teal": ("gpt2-default.onnx", {"budget": "sparsity=0.4"},
-                  {"synthetic": 8, "predictor_rank": 0}),
-    "llama-cats": ("llama-default.onnx", {"budget": "cats=0.5"}, {"synthetic": 8}),
-    "bert-predictor": ("bert-default.onnx", {"budget": "predictor"},
-                       {"synthetic": 8, "predictor_rank": 8}),
+    "gpt2-teal": ("gpt2-default.onnx", {"budget": "sparsity=0.4"}, {}),
+    "llama-teal": ("llama-default.onnx", {"budget": "sparsity=0.4"}, {}),
+    "llama-cats": ("llama-default.onnx", {"budget": "cats=0.5"}, {}),
+    "bert-predictor": ("bert-default.onnx", {"budget": "predictor"}, {"predictor_rank": 8}),
     "lowrank": ("lowrank.onnx", {"merged_max_tokens": 4}, None),
     "blockdense-cuda": ("blockdense.onnx", {"target": "cuda"}, None),
     "mod-topk": ("mod-topk.onnx", {}, None),
@@ -80,6 +79,28 @@ def build_models(folder: Path) -> None:
     structured_exports.export(fff, torch.randn(2, 7, 32), "torchscript17", folder / "fff.onnx")
 
 
+def _feeds(model: Path, folder: Path, count: int = 6, seq: int = 12) -> Path:
+    """Calibration feeds: short sequences of token ids (or floats) for the model's inputs."""
+    import numpy as np
+    import onnx
+
+    folder.mkdir()
+    proto = onnx.load(str(model), load_external_data=False)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        feed = {}
+        for vi in proto.graph.input:
+            t = vi.type.tensor_type
+            dims = [d.dim_value or (1 if j == 0 else seq)
+                    for j, d in enumerate(t.shape.dim)]
+            if t.elem_type == onnx.TensorProto.INT64:
+                feed[vi.name] = rng.integers(0, 64, size=dims).astype(np.int64)
+            else:
+                feed[vi.name] = rng.standard_normal(dims).astype(np.float32)
+        np.savez(folder / f"{i}.npz", **feed)
+    return folder
+
+
 def _sites(manifest: dict) -> list[dict]:
     out = []
     for s in manifest["sites"]:
@@ -105,7 +126,7 @@ def save(models: Path, out: Path, only: str = "") -> int:
             opts = dict(options)
             if calibration is not None:
                 calib = work / "m.calib.json"
-                fffc.calibrate(src, **calibration, output=calib)
+                fffc.calibrate(src, _feeds(src, work / "feeds"), **calibration, output=calib)
                 opts["calibration"] = calib
             result = fffc.compile(src, work / "out.fffc", fffc.CompileOptions(**opts))
             body = (result.artifact / "model.onnx").read_bytes()

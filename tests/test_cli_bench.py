@@ -7,7 +7,7 @@ import json
 import onnx
 
 from fffc.cli import main
-from tests.passes.test_detect_and_lower import dense_ffn
+from tests.fixtures.graphs import dense_ffn
 
 
 def test_bench_json_and_plot(tmp_path, capsys):

@@ -11,8 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fffc.cli import main
 from fffc.contract.errors import EXIT_CODES
-from tests.passes.graphs import G, rand
-from tests.passes.test_detect_and_lower import dense_ffn
+from tests.fixtures.graphs import G, dense_ffn, rand
 
 
 def _run(capsys, *argv: str) -> tuple[int, list[str]]:

@@ -70,6 +70,8 @@ class Mode:
     # a token bound (measured per site, or --merged-max-tokens)
     layouts: Mapping[str, Layout] = field(default_factory=dict)  # by op input name
     params: tuple[Param, ...] = ()
+    th_fields: tuple[str, str] = ("input", "hidden")  # the ``Masks`` fields TH = [t0, t1]
+    # holds (Param.THRESHOLDS)
     masks: Callable[[Any], Masks | None] = lambda site: None  # a planned site's Masks
     specs: Callable[[Any, Mode], list] = lambda site, m: []  # its KernelSpecs (kernels.py)
     counted: Callable[[Any, Mode], list] = lambda site, m: []  # specs of those that also need
@@ -111,7 +113,7 @@ MODES: dict[Decision, Mode] = {m.decision: m for m in (
          masks=_teal_masks, specs=sparse_specs),
     Mode(Decision.CATS, SPARSE_FFN, SparseMode.CATS, frozenset({SiteKind.GATED}), kernels=True,
          masked=True, token_dispatch=True, rewrites=True, layouts={"WU": Layout.ROWS},
-         params=(Param.THRESHOLDS,), masks=_cats_masks,
+         params=(Param.THRESHOLDS,), th_fields=("input", "gate"), masks=_cats_masks,
          specs=sparse_specs),
     Mode(Decision.PREDICTOR, SPARSE_FFN, SparseMode.PREDICTOR, _SPARSE_KINDS, kernels=True,
          masked=True, token_dispatch=True, rewrites=True,

@@ -281,7 +281,8 @@ class SiteInputs:
         self.sites = [s for s in model.sites if kinds is None or s.kind in kinds]
         working = copy(model.working)
         io = passes.site_io(working)
-        self.weights = {s.name: passes.site_weights(working, s.name) for s in self.sites}
+        self.weights = {s.name: passes.site_inputs(working, s, Decision.EXACT)
+                        for s in self.sites}
         self._outputs = [io[s.name][0] for s in self.sites]
         passes.lower(working, {})
         passes.expose(working, self._outputs)
@@ -530,13 +531,11 @@ def thresholded_model(model: Analysis, calibration: dict, sparsity: float | None
         elif name in set(predictors_on):
             masks[name] = tuple(arrays)
     plans = {}
-    for name in {*thresholds, *gates, *masks}:
-        t_in, t_hidden = thresholds.get(name, (None, None))
-        pred = masks.get(name)
+    for name in {*thresholds, *gates, *masks, *centers}:
+        t, g, p = thresholds.get(name), gates.get(name), masks.get(name)
         plans[name] = SiteLowering(masks=Masks(
-            input=t_in, hidden=t_hidden, gate=gates.get(name, (None, None))[1],
-            predictor=tuple(pred[:3]) if pred else None,
-            predictor_switch=pred[3] if pred and len(pred) > 3 else None,
-            centers=centers.get(name)))
+            input=(t or g or (None, None))[0], hidden=t[1] if t else None,
+            gate=g[1] if g else None, predictor=tuple(p[:3]) if p else None,
+            predictor_switch=p[3] if p and len(p) > 3 else None, centers=centers.get(name)))
     passes.lower(working, plans)
     return ir.serde.serialize_model(working)

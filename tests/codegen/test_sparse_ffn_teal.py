@@ -153,7 +153,7 @@ def test_centered_teal_kernel_replaces_entries_near_their_center(activation, gat
     computed here from the original weights (no XC, HC or folding)."""
     from math import erf
 
-    from fffc.passes.lower import fold_centers
+    from fffc.passes.lowering import fold_centers
 
     base = _spec(activation, gated, bias)
     spec = KernelSpec("SparseFFN", activation, "none", "teal", D, F, DO,

@@ -93,7 +93,7 @@ def test_example_model_compiles_deterministically(tmp_path):
 def test_cross_cpu_artifact_is_checked_with_a_host_build(tmp_path):
     """Kernels for a CPU this host cannot run are compared through a host build of them."""
     from fffc.codegen.build import host_can_run
-    from tests.passes.test_detect_and_lower import dense_ffn
+    from tests.fixtures.graphs import dense_ffn
 
     candidates = ("znver5", "znver3", "sapphirerapids", "skylake-avx512")
     foreign = [c for c in candidates
@@ -111,7 +111,7 @@ def test_cross_cpu_artifact_is_checked_with_a_host_build(tmp_path):
 
 
 def test_output_in_a_new_directory(tmp_path):
-    from tests.passes.test_detect_and_lower import dense_ffn
+    from tests.fixtures.graphs import dense_ffn
 
     path = tmp_path / "m.onnx"
     onnx.save(dense_ffn("relu"), str(path))
@@ -123,7 +123,7 @@ def test_output_in_a_new_directory(tmp_path):
 
 def test_site_failing_verification_is_left_as_it_was(tmp_path):
     """rtol 0: the fp32 original cannot equal the float64 reference, so no site is kept."""
-    from tests.passes.test_detect_and_lower import dense_ffn
+    from tests.fixtures.graphs import dense_ffn
 
     path = tmp_path / "m.onnx"
     onnx.save(dense_ffn("relu"), str(path))
@@ -140,7 +140,7 @@ def test_site_failing_verification_is_left_as_it_was(tmp_path):
 
 
 def test_dump_writes_every_stage(tmp_path):
-    from tests.passes.test_detect_and_lower import gated_ffn
+    from tests.fixtures.graphs import gated_ffn
 
     path = tmp_path / "m.onnx"
     onnx.save(gated_ffn("relu", True), str(path))
@@ -165,7 +165,7 @@ def test_dump_writes_every_stage(tmp_path):
 @pytest.mark.parametrize("limit", [0, 3])
 def test_max_sparse_tokens_sets_the_dispatch(tmp_path, limit):
     """0: the kernel serves every call (no If); N: If(tokens <= N) { SparseFFN } else { dense }."""
-    from tests.passes.test_detect_and_lower import dense_ffn
+    from tests.fixtures.graphs import dense_ffn
 
     path = tmp_path / "m.onnx"
     onnx.save(dense_ffn("relu"), str(path))

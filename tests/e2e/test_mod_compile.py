@@ -100,9 +100,9 @@ def test_causal_mod_artifact_matches_the_export(tmp_path, exporter):
 def test_masked_mod_artifact_skips_the_ffn_for_masked_tokens(tmp_path):
     """Router-Tuning's masked form (every token runs the FFN in the export): the artifact
     runs it on the kept tokens only and equals the export."""
-    from tests.passes.test_mod_routed import _masked
+    from tests.fixtures.mod_graphs import masked_mod
 
-    path = _masked(tmp_path, "sub")
+    path = masked_mod(tmp_path, "sub")
     result = fffc.compile(path, tmp_path / "out.fffc", fffc.CompileOptions(target="x86"))
     (site,) = json.loads((result.artifact / "manifest.json").read_text())["sites"]
     assert site["decision"] == "routed" and site["rule"] == "mod_masked"

@@ -1,10 +1,11 @@
-"""UltraFastBERT FFF layers in real exports: detected with their K and D, lowered to the
-conditional walk in standard ops, equal to the original in ONNX Runtime (issue 3)."""
+"""ffn_fff: UltraFastBERT FFF layers (the masked form) in real exports are detected with
+their K and D, compiled (kernel; the conditional walk or the masked form as fallback
+function), equal to the original in ONNX Runtime; a site left as it was keeps the exported
+region node for node; near misses say why."""
 
 from __future__ import annotations
 
 import collections
-import warnings
 
 import numpy as np
 import onnx
@@ -14,41 +15,20 @@ import torch
 
 import fffc
 import fffc.runtime
+from fffc import passes, pipeline
+from fffc.contract.kinds import Decision
+from fffc.passes import ffn_fff
 from fffc.passes.standard_forms import MASKED_BELOW_RATIO
 from fffc.torch import FastFeedForward
-from fffc.verify.reference import fast_feed_forward
+from tests.fixtures.fff_exports import (
+    GeqFFF,
+    check_ge_tie_break,
+    export_fff,
+    ge_tie_break_fff,
+)
+from tests.fixtures.graphs import to_ir
 
 pytestmark = pytest.mark.torch
-
-
-class _GeqFFF(FastFeedForward):
-    """The benchmark code's tie-break (``>= 0``): must not be taken for ``> 0``."""
-
-    def forward(self, x):
-        logits = self.linear_in(x)
-        decisions = (logits >= 0).long().view(-1, self.trees, self.n_nodes)
-        act = torch.nn.functional.gelu(logits).view(-1, self.trees, self.n_nodes)
-        current = torch.zeros(x.shape[0], self.trees, dtype=torch.long)
-        mask = torch.zeros_like(act)
-        mask.scatter_(2, current.unsqueeze(-1), 1.0)
-        for _ in range(self.depth):
-            moves = torch.gather(decisions, 2, current.unsqueeze(2)).squeeze(2)
-            current = current * 2 + 1 + moves
-            mask.scatter_(2, current.unsqueeze(-1), 1.0)
-        return self.linear_out((act * mask).flatten(1, 2))
-
-
-def _export(module, path, dynamo: bool, opset: int, rank: int = 3):
-    torch.manual_seed(0)
-    x = torch.randn(*(2, 5)[: rank - 1], module.input_width)
-    dims = {0: "b", 1: "s"} if rank == 3 else {0: "b"}
-    kwargs = ({"dynamic_shapes": {"x": {k: torch.export.Dim(v) for k, v in dims.items()}}}
-              if dynamo else {"dynamic_axes": {"x": dims}})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (x,), str(path), dynamo=dynamo, opset_version=opset,
-                          input_names=["x"], output_names=["y"], **kwargs)
-    return path
 
 
 @pytest.mark.parametrize("hidden, trees, depth, dynamo, opset", [
@@ -56,7 +36,7 @@ def _export(module, path, dynamo: bool, opset: int, rank: int = 3):
     (16, 128, 4, False, 17)])
 def test_fff_export_is_detected_and_compiled(hidden, trees, depth, dynamo, opset, tmp_path):
     torch.manual_seed(trees)
-    path = _export(FastFeedForward(hidden, hidden, depth, trees), tmp_path / "m.onnx", dynamo, opset)
+    path = export_fff(FastFeedForward(hidden, hidden, depth, trees), tmp_path / "m.onnx", dynamo, opset)
     (site,) = fffc.inspect(path).sites
     assert (site.kind, site.trees, site.depth) == ("fff", trees, depth)
     assert (site.d_model, site.d_ff, site.d_out) == (hidden, trees * (2 ** (depth + 1) - 1), hidden)
@@ -87,112 +67,18 @@ def test_fff_export_is_detected_and_compiled(hidden, trees, depth, dynamo, opset
                                        atol=1e-5 * np.abs(want).max())
 
 
-class _Walk(torch.nn.Module):
-    """The hard walk of a FastFeedForward with a given index update (default: the right one)."""
-
-    def __init__(self, fff, step=lambda j, z: j * 2 + 1 + (z > 0).long()):
-        super().__init__()
-        self.fff, self.step, self.input_width = fff, step, fff.input_width
-
-    def forward(self, x):
-        f = self.fff
-        x = x.reshape(-1, f.input_width)
-        w_out = f.linear_out.weight.t()
-        y = torch.zeros(x.shape[0], f.output_width)
-        for k in range(f.trees):
-            j = torch.zeros(x.shape[0], dtype=torch.long)
-            for _ in range(f.depth + 1):
-                r = k * f.n_nodes + j
-                z = (x * f.linear_in.weight[r]).sum(-1) + f.linear_in.bias[r]
-                y = y + torch.nn.functional.gelu(z).unsqueeze(-1) * w_out[r]
-                j = self.step(j, z)
-        return y
-
-
-@pytest.mark.parametrize("hidden, trees, depth, dynamo, opset", [
-    (32, 1, 11, False, 17), (32, 1, 11, True, 18), (24, 4, 3, False, 20), (24, 4, 3, True, 20),
-    (16, 16, 2, True, 18)])
-def test_hard_walk_export_is_detected_and_compiled(hidden, trees, depth, dynamo, opset, tmp_path):
-    """``forward_walk`` exported (eval_form="walk"): an unrolled chain of row gathers, dot
-    products and index updates per tree and level, found with its K and D."""
-    torch.manual_seed(trees)
-    fff = FastFeedForward(hidden, hidden, depth, trees, eval_form="walk")
-    path = _export(fff, tmp_path / "m.onnx", dynamo, opset)
-    gathers = collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
-    assert gathers["Gather" if not dynamo else "GatherND"] >= 3 * trees * (depth + 1)
-    assert gathers["ScatterElements"] == 0  # not the masked form
-    (site,) = fffc.inspect(path).sites
-    assert (site.kind, site.rule, site.trees, site.depth) == ("fff", "fff_walk", trees, depth)
-    assert (site.d_model, site.d_ff, site.d_out) == (hidden, trees * (2 ** (depth + 1) - 1), hidden)
-
-    result = fffc.compile(path, tmp_path / "m.fffc")
-    (site,) = result.sites
-    assert site.decision == "tree" and site.max_rel_err < 1e-5
-    model = onnx.load(str(result.artifact / "model.onnx"))
-    ops = collections.Counter(n.op_type for n in model.graph.node)
-    assert ops["FastFeedForward"] == 1 and ops["ReduceSum"] == 0 and ops["Erf"] == 0
-    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    with_kernel = fffc.runtime.InferenceSession(result.artifact)
-    stock = ort.InferenceSession(str(result.artifact / "model.onnx"),
-                                 providers=["CPUExecutionProvider"])
-    for b, s in ((1, 1), (3, 7)):
-        x = np.random.default_rng(b * 10 + s).standard_normal((b, s, hidden)).astype(np.float32)
-        want = fff(torch.from_numpy(x)).numpy()
-        np.testing.assert_allclose(original.run(None, {"x": x})[0], want, rtol=1e-4,
-                                   atol=1e-5 * np.abs(want).max())
-        for sess in (with_kernel, stock):
-            np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-4,
-                                       atol=1e-5 * np.abs(want).max())
-
-
-@pytest.mark.parametrize("step, reason", [
-    (lambda j, z: j * 2 + 2 - (z > 0).long(), "level 1 is not 2j + 1"),  # mirrored tree
-    (lambda j, z: j * 2 + 1 + (z > 0.5).long(), "compare a node's pre-activation with 0"),
-])
-def test_walk_with_other_index_arithmetic_is_a_near_miss(step, reason, tmp_path):
-    torch.manual_seed(0)
-    walk = _Walk(FastFeedForward(16, 16, 3, 2), step)
-    found = fffc.inspect(_export(walk, tmp_path / "w.onnx", False, 17))
-    assert found.sites == []
-    assert any(reason in m.reason for m in found.near_misses), found.near_misses
-
-
-@pytest.mark.parametrize("form", ["masked", "walk"])
-def test_ge_tie_break_is_matched_exactly(form, tmp_path):
+def test_ge_tie_break_is_matched_exactly(tmp_path):
     """``z >= 0`` goes right (UltraFastBERT's benchmark code): tie_break "ge", exact also for
     a token whose root logit is exactly 0 (where "gt" would take the other child)."""
-    torch.manual_seed(3)
-    fff = FastFeedForward(16, 16, 3, 2)
-    with torch.no_grad():
-        fff.linear_in.bias[0] = 0.0  # tree 0's root: z = 0 for the zero token
-    if form == "masked":
-        module = _GeqFFF(16, 16, 3, 2)
-        module.load_state_dict(fff.state_dict())
-    else:
-        module = _Walk(fff, lambda j, z: j * 2 + 1 + (z >= 0).long())
-    path = _export(module, tmp_path / "geq.onnx", False, 17, rank=2)
-    (site,) = fffc.inspect(path).sites
-    assert (site.tie_break, site.trees, site.depth) == ("ge", 2, 3)
-    result = fffc.compile(path, tmp_path / "geq.fffc")
-    (node,) = [n for n in onnx.load(str(result.artifact / "model.onnx")).graph.node
-               if n.op_type == "FastFeedForward"]
-    assert {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}["tie_break"] == b"ge"
-    x = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
-    x[2] = 0.0
-    want = module.eval()(torch.from_numpy(x)).detach().numpy()
-    w = fff.linear_in.weight.detach().numpy(), fff.linear_in.bias.detach().numpy()
-    w_out = fff.linear_out.weight.detach().numpy().T
-    gt = fast_feed_forward(x, *w, w_out, trees=2, depth=3, tie_break="gt")
-    assert np.abs(gt[2] - want[2]).max() > 1e-3  # the zero token tells the tie-breaks apart
-    for sess in (fffc.runtime.InferenceSession(result.artifact),
-                 ort.InferenceSession(str(result.artifact / "model.onnx"),
-                                      providers=["CPUExecutionProvider"])):
-        np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-6)
+    fff = ge_tie_break_fff()
+    module = GeqFFF(16, 16, 3, 2)
+    module.load_state_dict(fff.state_dict())
+    check_ge_tie_break(module, fff, tmp_path)
 
 
 def test_fff_left_as_it_was_when_not_lowered(tmp_path):
     """A site not selected keeps the exported region node for node (its 'original')."""
-    path = _export(FastFeedForward(16, 16, 3, 2), tmp_path / "m.onnx", False, 17)
+    path = export_fff(FastFeedForward(16, 16, 3, 2), tmp_path / "m.onnx", False, 17)
     dummy = tmp_path / "with_relu.onnx"
     # add a ReLU FFN so that compile has a site to lower while the FFF is deselected
     m = onnx.load(str(path))
@@ -219,7 +105,7 @@ def test_fff_left_as_it_was_when_not_lowered(tmp_path):
 
 
 def test_fff_cuda_artifact_carries_the_kernel_and_checks_it_by_emulation(tmp_path):
-    path = _export(FastFeedForward(32, 32, 4, 2), tmp_path / "m.onnx", True, 18)
+    path = export_fff(FastFeedForward(32, 32, 4, 2), tmp_path / "m.onnx", True, 18)
     result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(target="cuda"))
     (site,) = result.sites
     (variant,) = [v for v in result.manifest["cuda"]["variants"]]
@@ -230,3 +116,42 @@ def test_fff_cuda_artifact_carries_the_kernel_and_checks_it_by_emulation(tmp_pat
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = fffc.runtime.InferenceSession(result.artifact).run(None, {"x": x})[0]  # CPU kernels
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_tanh_gelu_region_is_refused_with_its_reason(tmp_path):
+    """The rule reads the region and says what does not fit: with the tanh GELU it is no
+    UltraFastBERT layer (its check fails with that reason, and it stays a near miss)."""
+    torch.manual_seed(0)
+    path = export_fff(FastFeedForward(16, 16, 3, 2), tmp_path / "m.onnx", True, 20)
+    m = onnx.load(str(path))
+    (gelu,) = [n for n in m.graph.node if n.op_type == "Gelu"]
+    gelu.ClearField("attribute")
+    gelu.attribute.append(onnx.helper.make_attribute("approximate", "tanh"))
+    model = to_ir(m)
+    passes.canonicalize(model)
+    rule = ffn_fff.masked_fff_rule
+    (root,) = [n for n in model.graph if rule.takes(n) and rule.reportable(n)]
+    result = rule.check(root)
+    assert not result
+    assert result.reason == "FFF uses the exact erf GELU; got the tanh approximation"
+    assert passes.detect(model) == []
+    assert [m.reason for m in passes.near_misses(model)] == [f"FastFeedForward: {result.reason}"]
+
+
+def test_site_inputs_hold_w_in_row_per_node(tmp_path):
+    """The op's layout: W_in [K·n, d_in] (nn.Linear's rows) for tree and walk; the matched
+    MatMul orientation for a site left as it was."""
+    torch.manual_seed(0)
+    fff = FastFeedForward(16, 16, 3, 2)
+    a = pipeline.analyze(export_fff(fff, tmp_path / "m.onnx", False, 17))
+    (site,) = a.sites
+    w_in = fff.linear_in.weight.detach().numpy()
+    for decision in (Decision.TREE, Decision.WALK):
+        site.decision = decision
+        got = passes.site_inputs(a.working, site)
+        assert list(got) == ["W_in", "B_in", "W_out"]
+        np.testing.assert_array_equal(got["W_in"], w_in)
+        np.testing.assert_array_equal(got["B_in"], fff.linear_in.bias.detach().numpy())
+        np.testing.assert_array_equal(got["W_out"], fff.linear_out.weight.detach().numpy().T)
+    site.decision = Decision.DENSE
+    np.testing.assert_array_equal(passes.site_inputs(a.working, site)["W_in"], w_in.T)

@@ -1,8 +1,8 @@
-"""Mixture-of-Depths detection (issue 7): the static top-k form of ``fffc.torch.MoDFFN``
-from both exporters becomes one routed site; the combine is read off the graph (paper's
-x + w·Δ and the residual-block (1+w)·x + w·Δ), not assumed; the lowered model equals the
-export as standard ops and as the RoutedFFN fallback function. Regions that are not a
-top-k MoD around a dense FFN are refused with a reason."""
+"""mod_routed: the top-k, causal and masked forms of Mixture-of-Depths (``fffc.torch.MoDFFN``
+from both exporters, hand-written graphs) become one routed site; the combine is read off
+the graph (paper's x + w·Δ and the residual-block (1+w)·x + w·Δ), not assumed; the lowered
+model equals the export as standard ops and as the RoutedFFN fallback function. Regions
+that are not a MoD around a dense FFN are refused with a reason."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from fffc import pipeline
-from fffc.passes import lower
+from fffc.contract.kinds import Decision
+from fffc.contract.lowering import SiteLowering
+from fffc.passes import lower, mod_routed
+from tests.fixtures.mod_graphs import handmade_mod, masked_mod
 
 pytestmark = pytest.mark.torch
 EXPORTERS = ("dynamo18", "dynamo_noopt", "torchscript17")
@@ -51,7 +53,7 @@ def test_mod_is_one_routed_site_with_the_combine_read_off(tmp_path, exporter, co
 def test_lowered_model_equals_the_export(tmp_path, exporter, combine, decision):
     path = _export(tmp_path, exporter, combine, capacity=0.25, seq=16)
     a = pipeline.analyze(path)
-    lower(a.working, {a.sites[0].name: decision})
+    lower(a.working, {a.sites[0].name: SiteLowering(Decision(decision))})
     model = ir.serde.serialize_model(a.working)
     onnx.checker.check_model(model, full_check=True)
     ops = {n.op_type for n in model.graph.node}
@@ -82,7 +84,7 @@ def test_k_computed_from_the_sequence_length(tmp_path, exporter, k_form):
     cap, ks = K_FORMS[k_form]
     assert a.sites[0].routing["capacity"] == cap
     assert [capacity_k(s, 0, cap) for s in (1, 16, 20, 33)] == list(ks)
-    lower(a.working, {a.sites[0].name: "routed"})
+    lower(a.working, {a.sites[0].name: SiteLowering(Decision.ROUTED)})
     model = ir.serde.serialize_model(a.working)
     onnx.checker.check_model(model, full_check=True)
     assert "RoutedFFN" in {n.op_type for n in model.graph.node}
@@ -92,78 +94,15 @@ def test_k_computed_from_the_sequence_length(tmp_path, exporter, k_form):
                                    err_msg=f"S={s}")
 
 
-def _handmade(tmp_path, *, reduction="add", combine="paper", k_from_shape: str = "",
-              gather_other=False) -> str:
-    """A MoD graph written by hand, to vary one piece at a time."""
-    rng = np.random.default_rng(0)
-    d, f, s = 8, 16, 6
-    inits = {"wr": rng.standard_normal((d, 1)), "w1": rng.standard_normal((d, f)),
-             "b1": rng.standard_normal(f), "w2": rng.standard_normal((f, d)),
-             "b2": rng.standard_normal(d)}
-    ints = {"k": np.array([2]), "axes": np.array([-1]), "ex": np.array([1, 1, d]),
-            "other": np.array([0, 1])}
-    nodes = [helper.make_node("MatMul", ["x", "wr"], ["r3"]),
-             helper.make_node("Squeeze", ["r3", "axes"], ["r"])]
-    if k_from_shape:
-        nodes += [helper.make_node("Shape", ["x"], ["shp"]),
-                  helper.make_node("Gather", ["shp", "one"], ["slen"], axis=0),
-                  helper.make_node(k_from_shape, ["slen", "three"], ["kk"]),
-                  helper.make_node("Reshape", ["kk", "axes1"], ["kdyn"])]
-        ints.update(one=np.array(1), three=np.array(3), axes1=np.array([1]))
-    nodes += [helper.make_node("TopK", ["r", "kdyn" if k_from_shape else "k"], ["tv", "ti"],
-                               axis=1),
-              helper.make_node("Unsqueeze", ["ti", "axes"], ["ti3"]),
-              helper.make_node("Expand", ["ti3", "ex"], ["e"])]
-    if gather_other:  # the FFN input is gathered at other indices than the scatter writes
-        ints["zero"] = np.array(0)
-        nodes += [helper.make_node("Add", ["ti3", "zero"], ["ti3o"]),
-                  helper.make_node("Expand", ["ti3o", "ex"], ["e2"]),
-                  helper.make_node("GatherElements", ["x", "e2"], ["xs"], axis=1)]
-    else:
-        nodes.append(helper.make_node("GatherElements", ["x", "e"], ["xs"], axis=1))
-    nodes += [helper.make_node("GatherElements", ["r", "ti"], ["wg"], axis=1),
-              helper.make_node("Unsqueeze", ["wg", "axes"], ["w"]),
-              helper.make_node("MatMul", ["xs", "w1"], ["h"]),
-              helper.make_node("Add", ["h", "b1"], ["hb"]),
-              helper.make_node("Relu", ["hb"], ["a"]), helper.make_node("MatMul", ["a", "w2"], ["o"]),
-              helper.make_node("Add", ["o", "b2"], ["delta"])]
-    if combine == "paper":
-        nodes.append(helper.make_node("Mul", ["delta", "w"], ["u"]))
-    elif combine == "overwrite_residual":  # r·(x + Δ) written over x
-        nodes += [helper.make_node("Add", ["xs", "delta"], ["xd"]),
-                  helper.make_node("Mul", ["w", "xd"], ["u"])]
-    elif combine == "double_residual":  # the block adds x_sel itself, scatter_add adds x
-        nodes += [helper.make_node("Mul", ["delta", "w"], ["dw"]),
-                  helper.make_node("Add", ["xs", "dw"], ["u"])]
-    elif combine == "softmax":  # weights normalized over the selected tokens: not causal
-        nodes += [helper.make_node("Softmax", ["wg"], ["wsm"], axis=1),
-                  helper.make_node("Unsqueeze", ["wsm", "axes"], ["ws"]),
-                  helper.make_node("Mul", ["delta", "ws"], ["u"])]
-    elif combine == "squared":
-        nodes += [helper.make_node("Mul", ["delta", "w"], ["dw"]),
-                  helper.make_node("Mul", ["dw", "w"], ["u"])]
-    nodes.append(helper.make_node("ScatterElements", ["x", "e", "u"], ["y"], axis=1,
-                                  reduction=reduction))
-    graph = helper.make_graph(
-        nodes, "mod", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", s, d])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", s, d])],
-        [numpy_helper.from_array(v.astype(np.float32), n) for n, v in inits.items()]
-        + [numpy_helper.from_array(v.astype(np.int64), n) for n, v in ints.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    path = tmp_path / f"hand-{reduction}-{combine}-{k_from_shape}-{gather_other}.onnx"
-    onnx.save(model, str(path))
-    return str(path)
-
-
 def test_overwrite_combine_is_read_as_written(tmp_path):
     """ScatterElements without reduction writes r·(x+Δ) over the selected tokens: the site
     says (0 + 1·w)·x + (0 + 1·w)·Δ, and the routed lowering computes exactly that."""
-    path = _handmade(tmp_path, reduction="none", combine="overwrite_residual")
+    path = handmade_mod(tmp_path, reduction="none", combine="overwrite_residual")
     a = pipeline.analyze(path)
     assert [s.kind for s in a.sites] == ["routed"]
     r = a.sites[0].routing
     assert (r["x_coef"], r["delta_coef"]) == ([0.0, 1.0], [0.0, 1.0])
-    lower(a.working, {a.sites[0].name: "routed"})
+    lower(a.working, {a.sites[0].name: SiteLowering(Decision.ROUTED)})
     x = np.random.default_rng(0).standard_normal((2, 6, 8)).astype(np.float32)
     np.testing.assert_allclose(_run(ir.serde.serialize_model(a.working), x), _run(path, x),
                                rtol=1e-5, atol=1e-5)
@@ -176,11 +115,15 @@ def test_overwrite_combine_is_read_as_written(tmp_path):
     ({"gather_other": True}, "FFN input"),
 ])
 def test_refused_regions_say_why(tmp_path, variant, reason):
-    path = _handmade(tmp_path, **variant)
+    path = handmade_mod(tmp_path, **variant)
     a = pipeline.analyze(path)
     assert [s.kind for s in a.sites] != ["routed"]
     reasons = [m.reason for m in a.near_misses]
     assert any(reason in m and "Mixture-of-Depths" in m for m in reasons), reasons
+    # the top-k rule's own result at the scatter: failed, with that reason
+    (root,) = [n for n in a.working.graph if mod_routed.mod_topk_rule.takes(n)]
+    result = mod_routed.mod_topk_rule.check(root)
+    assert not result and reason in result.reason
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
@@ -201,7 +144,7 @@ def test_causal_form_is_a_threshold_site(tmp_path, exporter, combine):
     assert (r["x_coef"], r["delta_coef"]) == (want_x, want_d)
     for decision in ("dense", "routed"):
         b = pipeline.analyze(path)
-        lower(b.working, {b.sites[0].name: decision})
+        lower(b.working, {b.sites[0].name: SiteLowering(Decision(decision))})
         model = ir.serde.serialize_model(b.working)
         onnx.checker.check_model(model, full_check=True)
         for shape in ((1, 1, 64), (3, 9, 64), (2, 33, 64)):
@@ -213,55 +156,14 @@ def test_double_residual_combine_is_read_as_written(tmp_path):
     """sramshetty's form: the block returns x_sel + w·Δ and scatter_add adds it to x: the
     selected tokens get 2·x + w·Δ. fffc reports that (it is what the graph computes) and
     the routed lowering equals the export."""
-    path = _handmade(tmp_path, combine="double_residual")
+    path = handmade_mod(tmp_path, combine="double_residual")
     a = pipeline.analyze(path)
     r = a.sites[0].routing
     assert (r["x_coef"], r["delta_coef"]) == ([2.0, 0.0], [0.0, 1.0])
-    lower(a.working, {a.sites[0].name: "routed"})
+    lower(a.working, {a.sites[0].name: SiteLowering(Decision.ROUTED)})
     x = np.random.default_rng(1).standard_normal((3, 6, 8)).astype(np.float32)
     np.testing.assert_allclose(_run(ir.serde.serialize_model(a.working), x), _run(path, x),
                                rtol=1e-5, atol=1e-5)
-
-
-def _masked(tmp_path, form: str) -> str:
-    """Router-Tuning's masked MoD: every token runs the FFN, y = x + mask·FFN(x), the mask
-    ``Sigmoid(x·w_r) − τ >= 0`` (form "sub"), ``Sigmoid(x·w_r) > τ`` ("sigmoid") or
-    ``x·w_r + b > t`` ("raw")."""
-    rng = np.random.default_rng(2)
-    d, f = 8, 16
-    inits = {"wr": rng.standard_normal((d, 1)), "w1": rng.standard_normal((d, f)),
-             "b1": rng.standard_normal(f), "w2": rng.standard_normal((f, d)),
-             "b2": rng.standard_normal(d), "tau": np.array(0.6), "zero": np.array(0.0),
-             "br": np.array([0.25]), "t": np.array(0.4)}
-    nodes = [helper.make_node("MatMul", ["x", "wr"], ["r3"]),
-             helper.make_node("Squeeze", ["r3", "axes"], ["r"])]
-    if form == "sub":
-        nodes += [helper.make_node("Sigmoid", ["r"], ["sg"]),
-                  helper.make_node("Sub", ["sg", "tau"], ["sm"]),
-                  helper.make_node("GreaterOrEqual", ["sm", "zero"], ["m"])]
-    elif form == "sigmoid":
-        nodes += [helper.make_node("Sigmoid", ["r"], ["sg"]),
-                  helper.make_node("Greater", ["sg", "tau"], ["m"])]
-    else:
-        nodes[-1] = helper.make_node("Add", ["r3", "br"], ["r3b"])
-        nodes += [helper.make_node("Squeeze", ["r3b", "axes"], ["r"]),
-                  helper.make_node("Greater", ["r", "t"], ["m"])]
-    nodes += [helper.make_node("Cast", ["m"], ["mf"], to=TensorProto.FLOAT),
-              helper.make_node("Unsqueeze", ["mf", "axes"], ["m3"]),
-              helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
-              helper.make_node("Relu", ["hb"], ["a"]), helper.make_node("MatMul", ["a", "w2"], ["o"]),
-              helper.make_node("Add", ["o", "b2"], ["delta"]),
-              helper.make_node("Mul", ["delta", "m3"], ["u"]),
-              helper.make_node("Add", ["x", "u"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "masked", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", d])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", d])],
-        [numpy_helper.from_array(np.asarray(v, np.float32), n) for n, v in inits.items()]
-        + [numpy_helper.from_array(np.array([-1], np.int64), "axes")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    path = tmp_path / f"masked-{form}.onnx"
-    onnx.save(model, str(path))
-    return str(path)
 
 
 @pytest.mark.parametrize("form", ["sub", "sigmoid", "raw"])
@@ -269,13 +171,13 @@ def test_masked_form_runs_the_ffn_on_kept_tokens_only(tmp_path, form):
     """y = x + 1[score > t]·FFN(x) computes the FFN for every token; read as a causal
     selection (threshold folded into the selection bias), the FFN runs on the kept ones
     only, and the lowering equals the export."""
-    path = _masked(tmp_path, form)
+    path = masked_mod(tmp_path, form)
     a = pipeline.analyze(path)
     assert [s.kind for s in a.sites] == ["routed"], [m.reason for m in a.near_misses]
     r = a.sites[0].routing
     assert r["selection"] == "threshold" and r["selection_score"] and r["selection_bias"]
     assert (r["x_coef"], r["delta_coef"]) == ([1.0, 0.0], [1.0, 0.0])
-    lower(a.working, {a.sites[0].name: "routed"})
+    lower(a.working, {a.sites[0].name: SiteLowering(Decision.ROUTED)})
     model = ir.serde.serialize_model(a.working)
     for shape in ((1, 1, 8), (4, 9, 8)):
         x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
@@ -293,7 +195,7 @@ def test_prenorm_block_is_routed_with_its_layer_norm(tmp_path, exporter, causal)
     assert a.sites[0].routing["layer_norm_epsilon"] == pytest.approx(1e-5)
     for decision in ("dense", "routed"):
         b = pipeline.analyze(path)
-        lower(b.working, {b.sites[0].name: decision})
+        lower(b.working, {b.sites[0].name: SiteLowering(Decision(decision))})
         model = ir.serde.serialize_model(b.working)
         onnx.checker.check_model(model, full_check=True)
         x = np.random.default_rng(3).standard_normal((2, 16, 64)).astype(np.float32)

@@ -1,7 +1,7 @@
-"""Structured FFN detection (issue 7): LowRank and BlockDense MLPs from both exporters
+"""ffn_structured: LowRank, BlockDense and BlockShuffle (Monarch) MLPs from both exporters
 (bmm and einsum spellings) become one structured site whose factors are the module's; the
 lowered model equals the export in ONNX Runtime, as standard ops and as the StructuredFFN
-fallback function. BlockShuffle (Monarch) is refused with a reason."""
+fallback function."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import onnxruntime as ort
 import pytest
 
 from fffc import pipeline
-from fffc.passes import lower, site_weights
-from fffc.passes.canonical_structured import _einsum_perm
+from fffc.contract.kinds import Decision
+from fffc.contract.lowering import SiteLowering
+from fffc.passes import lower, site_inputs
 
 pytestmark = pytest.mark.torch
 
@@ -64,8 +65,8 @@ def test_structured_mlp_is_one_site_with_the_modules_factors(case, exporter, tmp
     torch.manual_seed(0)
     m = StructuredMLP(64, 256, kind, rank=32, blocks=4, activation=activation, bias=bias,
                       form=form).eval()
-    w = site_weights(a.working, site.name, "structured")
-    from fffc.verify.reference import merged_weight
+    w = site_inputs(a.working, site)
+    from fffc.contract.structure import merged_weight
 
     for i, fc in ((1, m.fc1), (2, m.fc2)):
         dense = fc.to_dense().detach().numpy().T  # [in, out]
@@ -74,7 +75,7 @@ def test_structured_mlp_is_one_site_with_the_modules_factors(case, exporter, tmp
         if bias:
             np.testing.assert_array_equal(w[f"B{i}"], fc.bias.detach().numpy())
         else:
-            assert w[f"B{i}"] is None
+            assert f"B{i}" not in w
 
 
 @pytest.mark.parametrize("decision", ["dense", "structured"])
@@ -85,7 +86,7 @@ def test_lowered_model_equals_the_export(case, decision, tmp_path):
     compute the export's function, at token counts other than the export's."""
     path = _export(tmp_path, *case, "torchscript17")
     a = pipeline.analyze(path)
-    lower(a.working, {a.sites[0].name: decision}, merged={a.sites[0].name: 3})
+    lower(a.working, {a.sites[0].name: SiteLowering(decision, merged_max_tokens=3)})
     lowered = ir.serde.serialize_model(a.working)
     onnx.checker.check_model(lowered, full_check=True)
     ops = {(n.domain, n.op_type) for n in lowered.graph.node}
@@ -95,29 +96,6 @@ def test_lowered_model_equals_the_export(case, decision, tmp_path):
     for shape in ((3, 11, 64), (1, 1, 64)):
         x = rng.standard_normal(shape).astype(np.float32)
         np.testing.assert_allclose(_run(lowered, x), _run(str(path), x), rtol=1e-5, atol=1e-5)
-
-
-def test_merged_weights_are_added_only_when_asked(tmp_path):
-    path = _export(tmp_path, *CASES[2], "dynamo18")
-    a = pipeline.analyze(path)
-    name = a.sites[0].name
-    lower(a.working, {name: "structured"}, merged={name: 0})
-    node = next(n for n in a.working.graph if n.op_type == "StructuredFFN")
-    assert len([v for v in node.inputs if v is not None]) == 7  # X, A1, U1, B1, A2, U2, B2
-    assert node.attributes["merged_max_tokens"].value == 0
-
-    b = pipeline.analyze(path)
-    lower(b.working, {name: "structured"}, merged={name: 8})
-    node = next(n for n in b.working.graph if n.op_type == "StructuredFFN")
-    m1, m2 = node.inputs[7], node.inputs[8]
-    w = site_weights(pipeline.analyze(path).working, name, "structured")
-    from fffc.verify.reference import merged_weight
-
-    np.testing.assert_allclose(m1.const_value.numpy(), merged_weight(w["A1"], w["U1"]),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(m2.const_value.numpy(), merged_weight(w["A2"], w["U2"]),
-                               rtol=1e-5, atol=1e-6)
-    assert node.attributes["merged_max_tokens"].value == 8
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
@@ -131,8 +109,8 @@ def test_blockshuffle_mlp_is_one_site_equal_to_the_export(tmp_path, exporter, ac
     as standard ops and as the fallback function, it equals the export."""
     import torch
 
+    from fffc.contract.structure import merged_weight
     from fffc.torch import StructuredMLP
-    from fffc.verify.reference import merged_weight
 
     path = _export(tmp_path, "blockshuffle", form, activation, bias, exporter)
     a = pipeline.analyze(path)
@@ -143,14 +121,14 @@ def test_blockshuffle_mlp_is_one_site_equal_to_the_export(tmp_path, exporter, ac
     torch.manual_seed(0)
     m = StructuredMLP(64, 256, "blockshuffle", blocks=4, activation=activation,
                       bias=bias, form=form).eval()
-    w = site_weights(a.working, a.sites[0].name, "structured")
+    w = site_inputs(a.working, a.sites[0])
     for i, fc in ((1, m.fc1), (2, m.fc2)):
         np.testing.assert_allclose(merged_weight(w[f"A{i}"], None, w[f"S{i}"]),
                                    fc.to_dense().detach().numpy().T, rtol=1e-5, atol=1e-6)
     x = np.random.default_rng(0).standard_normal((2, 5, 64)).astype(np.float32)
     for decision in ("dense", "structured"):
         b = pipeline.analyze(path)
-        lower(b.working, {b.sites[0].name: decision})
+        lower(b.working, {b.sites[0].name: SiteLowering(Decision(decision))})
         model = ir.serde.serialize_model(b.working)
         onnx.checker.check_model(model, full_check=True)
         np.testing.assert_allclose(_run(model, x), _run(str(path), x), rtol=1e-5, atol=1e-5)
@@ -161,53 +139,3 @@ def test_dense_mlp_stays_a_dense_site(tmp_path):
     path = _export(tmp_path, "dense", "bmm", "gelu", True, "dynamo18")
     a = pipeline.analyze(path)
     assert [s.kind for s in a.sites] == ["dense"]
-
-
-def test_matmul_chain_without_bottleneck_is_not_low_rank(tmp_path):
-    """MatMul(MatMul(x, V), U) is LowRank only with a middle narrower than both ends."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    inits = {"V": rng.standard_normal((16, 32)), "U": rng.standard_normal((32, 24)),
-             "W": rng.standard_normal((24, 16)), "b": rng.standard_normal(24)}
-    nodes = [helper.make_node("MatMul", ["x", "V"], ["h"]), helper.make_node("MatMul", ["h", "U"], ["u"]),
-             helper.make_node("Add", ["u", "b"], ["ub"]), helper.make_node("Relu", ["ub"], ["a"]),
-             helper.make_node("MatMul", ["a", "W"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save(model, str(tmp_path / "m.onnx"))
-    a = pipeline.analyze(tmp_path / "m.onnx")
-    # the 32-wide middle is no bottleneck (16 → 32 → 24): the dense FFN rule takes the rest
-    assert [s.kind for s in a.sites] == ["dense"]
-    assert not any(n.op_type == "StructuredLinear" for n in a.working.graph)
-
-
-@pytest.mark.parametrize("equation, perm", [
-    ("bkp,kqp->bkq", (0, 2, 1)),
-    ("bkp,kpq->bkq", (0, 1, 2)),
-    ("nki,koi->nko", (0, 2, 1)),
-    ("bkp,pkq->bkq", (1, 0, 2)),
-    ("bkp,kqp->bqk", None),  # output axes swapped: not a per-block product
-    ("bkp,kqp->bkp", None),
-    ("kqp,bkp->bkq", None),  # weight first: not this form
-    ("bkp,kq->bkq", None),
-])
-def test_einsum_equations(equation, perm):
-    assert _einsum_perm(equation) == perm
-
-
-@pytest.mark.parametrize("equation, perm", [
-    ("nrm,msr->nsm", (0, 2, 1)),  # fffc.torch's BlockShuffleLinear(form="einsum")
-    ("nrm,mrs->nsm", (0, 1, 2)),
-    ("bji,itj->bti", (0, 2, 1)),
-    ("nrm,msr->nms", None),  # output not in (s, m) order: another layout
-    ("nrm,nsr->nsm", None),  # the token axis in the weight
-    ("nrm,msr->nsr", None),  # no sum over r
-])
-def test_shuffle_einsum_equations(equation, perm):
-    from fffc.passes.canonical_structured import _shuffle_einsum_perm
-
-    assert _shuffle_einsum_perm(equation) == perm

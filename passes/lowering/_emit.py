@@ -1,0 +1,154 @@
+"""Pieces every site kind's lowering shares: the ``ai.fffc`` node with its model-local
+fallback function, the op's input layouts, replacing a marker, putting a kept region back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+from fffc.contract.modes import Layout, Mode
+from fffc.contract.ops import DOMAIN, OPSET_VERSION, OpSpec
+
+from .. import weight_dtype
+from .._common import const_array, initializer, transposed_from
+from .._region import restore
+from ..markers import Marker
+
+
+def default_opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 17))
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """The model being lowered and its default opset."""
+
+    model: ir.Model
+    opset: int
+
+    @property
+    def graph(self) -> ir.Graph:
+        return self.model.graph
+
+
+def rows(graph: ir.Graph, value: ir.Value) -> ir.Value:
+    """``value.T`` as a shared initializer ``<name>__rows``: one row per neuron (the gated
+    up projection, W1 of a predictor) or per tree node (an FFF's W_in). A marker input that
+    is itself a transposed copy of an initializer gives that initializer back."""
+    original = transposed_from(graph, value)
+    if original is not None:
+        return original
+    return initializer(graph, f"{value.name}{weight_dtype.ROWS}", const_array(value).T)
+
+
+def laid_out(graph: ir.Graph, inputs: Mapping[str, ir.Value | None],
+             mode: Mode) -> dict[str, ir.Value | None]:
+    """``inputs`` (a marker's, by op input name) in the op's layout for ``mode``. The row
+    copies are registered from the op's last input back (the artifact's initializer order)."""
+    out = dict(inputs)
+    for name in reversed(list(out)):
+        if mode.layouts.get(name) is Layout.ROWS and out[name] is not None:
+            out[name] = rows(graph, out[name])
+    return out
+
+
+def provenance(marker: Marker, matched: bool = True) -> dict[str, str]:
+    """The metadata an ai.fffc node carries: the rule that matched (and its matched nodes)."""
+    out = {"fffc.rule": marker.rule}
+    if matched:
+        out["fffc.matched_nodes"] = marker.matched_nodes
+    return out
+
+
+def function_attrs(spec: OpSpec) -> list[ir.Attr]:
+    """The declared attributes of a fallback function, with the op's defaults."""
+    out = []
+    for a in spec.attributes:
+        if a.type == "floats":
+            out.append(ir.Attr(a.name, ir.AttributeType.FLOATS,
+                               [float(v) for v in str(a.default).split(",")]))
+        elif a.type == "float":
+            out.append(ir.Attr(a.name, ir.AttributeType.FLOAT, float(a.default)))
+        else:
+            kinds = {"int": ir.AttributeType.INT, "string": ir.AttributeType.STRING}
+            out.append(ir.Attr(a.name, kinds[a.type], a.default))
+    return out
+
+
+def fallback(spec: OpSpec, overload: str, formals: list[ir.Value], tape: ir.tape.Tape,
+             y: ir.Value, opset: int) -> ir.Function:
+    """The model-local function ``(DOMAIN, spec.name, overload)``: the body on ``tape``
+    computing ``y`` from ``formals`` in standard ops."""
+    y.name = "Y"
+    graph = ir.Graph(formals, [y], nodes=tape.nodes, opset_imports={"": opset},
+                     name=f"{spec.name}_{overload}")
+    return ir.Function(DOMAIN, spec.name, overload, graph=graph, attributes=function_attrs(spec))
+
+
+def fffc_node(ctx: Lowering, tape: ir.tape.Tape, marker: Marker, spec: OpSpec,
+              inputs: Mapping[str, ir.Value | None], attrs: dict, overload: str,
+              function: Callable[[], ir.Function], metadata: dict[str, str]) -> ir.Value:
+    """The ai.fffc ``spec`` node in place of ``marker`` on ``tape`` (``inputs`` by the op's
+    input names; trailing absent ones dropped), with its model-local fallback function made
+    once per overload; a marker tagged by ``weight_dtype.round_weights`` gets 16-bit weights
+    and a widening fallback."""
+    args = [inputs.get(a.name) for a in spec.inputs]
+    dtype = weight_dtype.node_dtype(marker.node)
+    if dtype != "float32":  # 16-bit weights (CUDA): narrow inputs, a widening fallback
+        args = weight_dtype.narrow_inputs(ctx.graph, spec.name, args, dtype)
+        overload = f"{overload}_{weight_dtype.NARROW[dtype][1]}"
+        build = function
+        function = lambda: weight_dtype.widen_function(build(), spec.name, dtype)  # noqa: E731
+    while args and args[-1] is None:
+        args.pop()
+    out = tape.op(spec.name, args, attrs, domain=DOMAIN, overload=overload, name=marker.name,
+                  metadata_props=metadata)
+    key = (DOMAIN, spec.name, overload)
+    if key not in ctx.model.functions:
+        ctx.model.functions[key] = function()
+    ctx.model.opset_imports[DOMAIN] = OPSET_VERSION
+    return out
+
+
+def replace(graph: ir.Graph, node: ir.Node, tape: ir.tape.Tape, new_out: ir.Value) -> None:
+    """``node`` replaced by the nodes on ``tape``; ``new_out`` takes its output's name."""
+    old_out = node.outputs[0]
+    name = old_out.name
+    ir.convenience.replace_nodes_and_values(graph, node, [node], tape.nodes, [old_out], [new_out])
+    if new_out.name != name and not any(o is new_out for o in graph.outputs):
+        new_out.name = name
+
+
+def put_back(ctx: Lowering, marker: Marker, _plan=None) -> None:
+    """A marker that kept its matched region (FFF, MoD) left as it was: the region back in
+    its place, under the marker's output name."""
+    graph, node = ctx.graph, marker.node
+    out = restore(graph, node)
+    old = node.outputs[0]
+    name = old.name
+    for i, o in enumerate(graph.outputs):  # first: a graph output cannot be replaced in uses
+        if o is old:
+            graph.outputs[i] = out
+    ir.convenience.replace_all_uses_with(old, out)
+    graph.remove(node, safe=False)
+    out.name = name
+
+
+def drop_unused_initializers(graph: ir.Graph) -> None:
+    """Initializers no node of the graph (or of its If branches) reads any more, e.g. W_in in
+    MatMul orientation once an FFF is walked from its row-per-node copy."""
+    live = {id(graph)}
+    stack = [graph]
+    while stack:
+        for node in stack.pop():
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.GRAPH and node.graph is not None:
+                    live.add(id(attr.value))
+                    stack.append(attr.value)
+    for name, value in list(graph.initializers.items()):
+        used = any(u.node.graph is not None and id(u.node.graph) in live for u in value.uses())
+        if not used and value not in graph.outputs and value not in graph.inputs:
+            del graph.initializers[name]
