@@ -43,7 +43,8 @@ from fffc import timing
 from fffc.codegen import _tvm
 from fffc.codegen.kernels.structured_ffn import structured_ffn_primfunc, structured_variants
 from fffc.contract.ops import KernelSpec, structured_kernel_spec
-from fffc.verify.reference import merged_weight, structured_ffn
+from fffc.contract.structure import merged_weight
+from fffc.verify.reference import structured_ffn
 
 D, F = 1024, 4096
 SHAPES = {  # name: structure (k, r, u per projection)

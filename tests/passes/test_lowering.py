@@ -249,7 +249,7 @@ def test_a_gated_input_center_is_refused():
 @pytest.mark.torch
 def test_merged_weights_are_added_only_when_asked(tmp_path):
     from fffc import pipeline
-    from fffc.verify.reference import merged_weight
+    from fffc.contract.structure import merged_weight
     from tests.fixtures.structured_exports import export_structured
 
     path = export_structured("blockdense", "dynamo18", tmp_path / "m.onnx", form="bmm",
