@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+
 import tvm
 import tvm.script
 from tvm import te
 from tvm.script import tirx as T
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.parser._core import scan_macro, utils
+from tvm.script.parser.core.parser import ScriptMacro
+from tvm.tirx.script.parser.entry import TIRMacro
 
 Target = tvm.target.Target
 IRModule = tvm.IRModule
@@ -14,6 +20,45 @@ IRModule = tvm.IRModule
 def from_source(source: str):
     """Parse TVMScript text (``@T.prim_func def ...``) into a PrimFunc."""
     return tvm.script.from_source(source, extra_vars={"T": T})
+
+
+def named(name: str, node):
+    """``node`` (a Buffer or Var made while a PrimFunc is being built) named ``name``, as
+    the TVMScript parser names the target of an assignment."""
+    IRBuilder.name(name, node)
+    return node
+
+
+class _Macro(TIRMacro):
+    """``T.macro`` that finds the parser by walking the frames' globals: TVM's own lookup
+    (``inspect.getouterframes``) reads the source context of every frame on the stack,
+    about 0.1 s per call at a kernel's parse depth. The macro's AST is parsed once."""
+
+    def _find_parser_def(self):
+        frame = sys._getframe(1)
+        while frame is not None:
+            parser = frame.f_globals.get(ScriptMacro.parser_object_name)
+            if parser is not None:
+                return parser
+            frame = frame.f_back
+        raise RuntimeError(f"macro {self.func.__name__}: called outside a PrimFunc being parsed")
+
+    def get_macro_def(self):
+        if not hasattr(self, "_def"):
+            self._def = super().get_macro_def()
+        return self._def
+
+
+def macro(func):
+    """A hygienic TVMScript macro (``@T.macro``): called while a PrimFunc is parsed, its
+    body is parsed in place with its closure variables and arguments."""
+    source, closure_vars = scan_macro(func, utils.inspect_function_capture(func))
+    obj = _Macro(source, closure_vars, func, hygienic=True)
+
+    def wrapper(*args, **kwargs):
+        return obj(*args, **kwargs)
+
+    return wrapper
 
 
 def compile_module(funcs: dict, target: dict):
@@ -50,6 +95,8 @@ __all__ = [
     "compile_module",
     "from_source",
     "host_cpu",
+    "macro",
+    "named",
     "te",
     "time_function",
     "tvm",
