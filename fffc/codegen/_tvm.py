@@ -8,6 +8,7 @@ import tvm
 import tvm.script
 from tvm import te
 from tvm.script import tirx as T
+from tvm.script.ir_builder import IRBuilder
 from tvm.script.parser._core import scan_macro, utils
 from tvm.script.parser.core.parser import ScriptMacro
 from tvm.tirx.script.parser.entry import TIRMacro
@@ -19,6 +20,13 @@ IRModule = tvm.IRModule
 def from_source(source: str):
     """Parse TVMScript text (``@T.prim_func def ...``) into a PrimFunc."""
     return tvm.script.from_source(source, extra_vars={"T": T})
+
+
+def named(name: str, node):
+    """``node`` (a Buffer or Var made while a PrimFunc is being built) named ``name``, as
+    the TVMScript parser names the target of an assignment."""
+    IRBuilder.name(name, node)
+    return node
 
 
 class _Macro(TIRMacro):
@@ -92,6 +100,7 @@ __all__ = [
     "from_source",
     "host_cpu",
     "macro",
+    "named",
     "te",
     "time_function",
     "tvm",

@@ -198,9 +198,9 @@ def emit(specs: Sequence[KernelSpec], arch: str = "sm_90",
                     continue
                 for v in fam.structured_variants(spec, counted):
                     prefix = f"fffc_structured_ffn_{spec.key}_{v.name}"
-                    srcs = structured_ffn_cuda.variant_sources(spec, v.tiling, prefix)
-                    funcs.update(_parse(spec, srcs))
-                    pending.append((spec, v, list(srcs)))
+                    vf = structured_ffn_cuda.variant_funcs(spec, v.tiling, prefix, spec.dtype)
+                    funcs.update(vf)
+                    pending.append((spec, v, list(vf)))
             continue
         if spec.op == "RoutedFFN":  # route or combine: one variant, its launches in order
             routed = routed_ffn_cuda.routed_primfuncs(spec, f"fffc_routed_ffn_{spec.key}_all")

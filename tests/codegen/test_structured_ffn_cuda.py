@@ -16,7 +16,6 @@ import re
 import numpy as np
 import pytest
 
-from fffc.codegen._tvm import from_source
 from fffc.codegen.cuda_build import (
     CudaVariant,
     Dim,
@@ -158,9 +157,9 @@ def test_forced_splits_sum_partials_with_bias_and_activation() -> None:
     for i, s in enumerate(specs):
         plan = sfc._plan(s, tiling)
         assert all(ln.kb > 1 for ln in plan) and plan[-1].dst.startswith("P")
-        srcs = sfc.variant_sources(s, tiling, f"fffc_structured_ffn_split{i}")
-        funcs.update({n: from_source(src) for n, src in srcs.items()})
-        variants.append((s, list(srcs)))
+        vf = sfc.variant_funcs(s, tiling, f"fffc_structured_ffn_split{i}")
+        funcs.update(vf)
+        variants.append((s, list(vf)))
     source, launches = emit_kernels(funcs)
     built = [CudaVariant(s, "split", 1, MAX_TOKENS, tuple(launches[n] for n in names),
                          tuple(sfc.workspace(s, tiling).items())) for s, names in variants]
@@ -239,4 +238,28 @@ def test_counted_only_and_errors() -> None:
     with pytest.raises(CodegenError, match="counted"):
         emit([], "sm_90", counted_specs=[sparse_spec(32, 64, 32)])
     with pytest.raises(CodegenError, match="tiling"):
-        sfc.variant_sources(SPECS["dense"], sfc.StructuredTiling(nt=20), "x")
+        sfc.variant_funcs(SPECS["dense"], sfc.StructuredTiling(nt=20), "x")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_weight_dtype_is_a_generator_parameter(dtype: str) -> None:
+    """16-bit weights: the weight parameters are declared at that dtype (biases, X, the
+    workspace and Y stay float32) and every load of them is widened to float32."""
+    s = SPECS["shuffle"]
+    fam = family("cuda")
+    tilings = [v.tiling for c in (False, True) for v in fam.structured_variants(s, c)]
+    seen = set()
+    for tiling in tilings:
+        for name, f in sfc.variant_funcs(s, tiling, "w16", dtype).items():
+            script = f.script()
+            signature = script[script.index("def "):script.index(":\n")]
+            for buf, got in re.findall(r'(\w+): T\.Buffer\(\(.*?\), "(\w+)"', signature):
+                weight = buf in s.weight_args()
+                assert got == (dtype if weight else "int32" if buf == "CNT" else "float32")
+                if weight:
+                    seen.add(buf)
+                    loads = re.findall(rf"(.{{18}}){buf}\[", script)
+                    assert loads and all(p.endswith('T.Cast("float32", ') for p in loads), name
+    assert seen == set(s.weight_args())
+    with pytest.raises(CodegenError, match="float32 or float16 or bfloat16 only"):
+        sfc.variant_funcs(s, tilings[0], "w8", "int8")

@@ -1,4 +1,4 @@
-"""``ai.fffc::StructuredFFN`` as hand-written TVMScript (tirx) for CPUs.
+"""``ai.fffc::StructuredFFN`` for CPUs, as TVMScript (tirx) generators.
 
 The op is a chain of up to four GEMM *stages*, each ``dst = src · blockdiag(W)`` plus an
 epilogue::
@@ -43,23 +43,35 @@ remainder path over tokens. A parallel chunk-per-thread design (each thread runn
 stages on its own token chunk with chunk-local scratch) measured 5-10% slower than
 ``batch`` at 512-2048 tokens: every chunk repacks all weights.
 
-Activations are vectorizable polynomial forms: TVM lowers ``T.erf``/``T.tanh``/
-``T.sigmoid`` (decode.py's ACTIVATIONS) on x86 to a scalar libm call per element
-(``erff``/``expf``), which would cost more than the GEMMs at thousands of tokens. erf is
-Eigen's rational approximation on [-4, 4] (abs error 4e-7), exp Cephes' degree-6
-polynomial times 2^n built from the exponent bits; silu = z / (1 + exp(-z)), and
+Activations are vectorizable polynomial forms: TVM lowers ``T.erf``/``T.tanh``/``T.sigmoid``
+on x86 to a scalar libm call per element (``erff``/``expf``), which would cost more than
+the GEMMs at thousands of tokens. erf is Eigen's rational approximation on [-4, 4] (abs
+error 4e-7), exp Cephes' degree-6 polynomial times 2^n built from the exponent bits; silu = z / (1 + exp(-z)), and
 gelu_tanh uses 0.5·(1 + tanh(u)) = 1 / (1 + exp(-2u)).
+
+Each variant is a Python function that defines a ``@T.prim_func`` whose closure variables
+carry the spec's shapes and the tiling, and returns its PrimFunc. TVMScript evaluates a
+Python ``if`` on such a value while parsing (only the taken branch becomes TIR). A stage
+is emitted by a Python function that defines TVMScript macros (``_tvm.macro``) over the
+stage's constants and calls them, so the stage list is unrolled in Python. Index
+expressions are built by Python functions, with the parser's operators, from lists of
+terms added left to right: the association is part of the TIR, which
+scripts/kernel_snapshot.py compares across refactorings. Conditions are written in
+TVMScript (its ``and`` builds And nodes without folding).
 """
 
 from __future__ import annotations
 
+import functools
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fffc.errors import CodegenError
 from fffc.ops import STRUCTURED_FFN, KernelSpec
 
-from ..schedules import MAX_TOKENS
-from .text import TOKEN_MAJOR_HEAD, indent, parse, vector_loop
+from .._tvm import T, macro, named
+from ..limits import MAX_TOKENS
 
 
 @dataclass(frozen=True)
@@ -129,16 +141,17 @@ def check_spec(spec: KernelSpec, dtypes: tuple[str, ...] = ("float32",)) -> None
         raise CodegenError("StructuredFFN: a projection without U must end at its output width")
 
 
-# --- activations: vectorizable TIR expressions of one value ``v`` (a short expression) ---
+# --- expressions: activations of one float32 value, sums ---
 
-def _f(c: float) -> str:
-    return f"T.float32({c!r})"
+def _sum(*terms):
+    """``terms[0] + terms[1] + ...`` added left to right (the order fixes the TIR tree)."""
+    return functools.reduce(operator.add, terms)
 
 
-def _horner(x: str, coefs: list[float]) -> str:
-    e = _f(coefs[0])
+def _horner(x, coefs: list[float]):
+    e = T.float32(coefs[0])
     for c in coefs[1:]:
-        e = f"({e} * {x} + {_f(c)})"
+        e = e * x + T.float32(c)
     return e
 
 
@@ -151,36 +164,35 @@ _EXP_P = [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
           1.6666665459e-1, 5.0000001201e-1]
 
 
-def _erf(v: str) -> str:
-    x = f"T.max(T.min({v}, T.float32(4)), T.float32(-4))"
-    x2 = f"({x} * {x})"
-    return f"({x} * {_horner(x2, _ERF_P)} / {_horner(x2, _ERF_Q)})"
+def _erf(v):
+    x = T.max(T.min(v, T.float32(4)), T.float32(-4))
+    x2 = x * x
+    return x * _horner(x2, _ERF_P) / _horner(x2, _ERF_Q)
 
 
-def _exp(v: str) -> str:
-    x = f"T.max(T.min({v}, T.float32(88)), T.float32(-87))"
-    n = f"T.floor({x} * T.float32(1.4426950408889634) + T.float32(0.5))"
-    r = f"({x} - {n} * T.float32(0.693359375) + {n} * T.float32(2.12194440e-4))"
-    poly = f"({_horner(r, _EXP_P)} * ({r} * {r}) + {r} + T.float32(1))"
-    scale = f'T.reinterpret("float32", T.shift_left(T.Cast("int32", {n}) + 127, 23))'
-    return f"({poly} * {scale})"
+def _exp(v):
+    x = T.max(T.min(v, T.float32(88)), T.float32(-87))
+    n = T.floor(x * T.float32(1.4426950408889634) + T.float32(0.5))
+    r = x - n * T.float32(0.693359375) + n * T.float32(2.12194440e-4)
+    poly = _horner(r, _EXP_P) * (r * r) + r + T.float32(1)
+    return poly * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
 
 
-def _gelu(v: str) -> str:
-    return f"(T.float32(0.5) * {v} * (T.float32(1) + {_erf(f'{v} * T.float32(0.7071067811865476)')}))"
+def _gelu(v):
+    return T.float32(0.5) * v * (T.float32(1) + _erf(v * T.float32(0.7071067811865476)))
 
 
-def _gelu_tanh(v: str) -> str:
-    u2 = f"(T.float32(-1.5957691216057308) * ({v} + T.float32(0.044715) * {v} * {v} * {v}))"
-    return f"({v} / (T.float32(1) + {_exp(u2)}))"
+def _gelu_tanh(v):
+    u2 = T.float32(-1.5957691216057308) * (v + T.float32(0.044715) * v * v * v)
+    return v / (T.float32(1) + _exp(u2))
 
 
-def _silu(v: str) -> str:
-    return f"({v} / (T.float32(1) + {_exp(f'(T.float32(0) - {v})')}))"
+def _silu(v):
+    return v / (T.float32(1) + _exp(T.float32(0) - v))
 
 
-_ACT = {"relu": lambda v: f"T.max({v}, T.float32(0))", "gelu": _gelu,
-        "gelu_tanh": _gelu_tanh, "silu": _silu}
+_ACT = {"relu": lambda v: T.max(v, T.float32(0)), "gelu": _gelu, "gelu_tanh": _gelu_tanh,
+        "silu": _silu}
 
 
 # --- stages ---
@@ -198,19 +210,21 @@ class _Stage:
     dst: str  # output: a scratch buffer or "Y"
     shuffle: bool = False  # BlockShuffle's S: block b reads inputs j·k + b, writes c·k + b
 
-    def col_in(self, b: str, j: str) -> str:
-        """The input column (of the source row) of row ``j`` of block ``b``."""
-        return f"({j}) * {self.k} + {b}" if self.shuffle else f"{b} * {self.p} + {j}"
+    def col_in(self, b, j: Sequence) -> list:
+        """The input column (of the source row) of row ``j`` of block ``b``, as terms that
+        follow an offset (``j``: terms too)."""
+        return [_sum(*j) * self.k, b] if self.shuffle else [b * self.p, *j]
 
-    def col_out(self, b: str, c: str) -> str:
-        """The output column (of the destination row) of column ``c`` of block ``b``."""
-        return f"({c}) * {self.k} + {b}" if self.shuffle else f"{b} * {self.q} + {c}"
+    def col_out(self, b, c: Sequence) -> list:
+        """The output column (of the destination row) of column ``c`` of block ``b``, as
+        terms that follow an offset (``c``: terms too)."""
+        return [_sum(*c) * self.k, b] if self.shuffle else [b * self.q, *c]
 
-    def split_out(self, col: str) -> tuple[str, str]:
+    def split_out(self, col) -> tuple:
         """(block, column within the block) of output column ``col`` (inverse of col_out)."""
         if self.shuffle:
-            return f"({col} % {self.k})", f"({col} // {self.k})"
-        return f"({col} // {self.q})", f"({col} % {self.q})"
+            return col % self.k, col // self.k
+        return col // self.q, col % self.q
 
 
 def _stages(spec: KernelSpec) -> list[_Stage]:
@@ -250,68 +264,64 @@ def _widths(spec: KernelSpec) -> dict[str, int]:
     return widths
 
 
-def _params(spec: KernelSpec) -> str:
+def _weight_shapes(spec: KernelSpec) -> dict[str, tuple[int, ...]]:
+    """Shape of every weight and bias input the spec may have."""
     s = spec.structure
     d, f, do, k1, r1, k2, r2 = spec.d_in, spec.d_ff, spec.d_out, s["k1"], s["r1"], s["k2"], s["r2"]
-
-    def buf(name: str, shape: tuple[int, ...]) -> str:
-        return f'{name}: T.Buffer({shape!r}, "float32", align=4)'
-
     m1, s1, m2, s2 = (s.get(n, 0) for n in ("m1", "s1", "m2", "s2"))
     w1, w2 = (m1 * s1 if m1 else r1), (m2 * s2 if m2 else r2)  # rows of U
-    shapes = {"X": "x: T.handle", "A1": buf("A1", (k1, d // k1, r1 // k1)),
-              "S1": buf("S1", (m1, r1 // max(m1, 1), s1)),
-              "U1": buf("U1", (w1, f)), "B1": buf("B1", (f,)),
-              "A2": buf("A2", (k2, f // k2, r2 // k2)),
-              "S2": buf("S2", (m2, r2 // max(m2, 1), s2)), "U2": buf("U2", (w2, do)),
-              "B2": buf("B2", (do,)), "Y": "y: T.handle"}
-    return ", ".join(shapes[a] for a in spec.arg_names())
+    return {"A1": (k1, d // k1, r1 // k1), "S1": (m1, r1 // max(m1, 1), s1), "U1": (w1, f),
+            "B1": (f,), "A2": (k2, f // k2, r2 // k2), "S2": (m2, r2 // max(m2, 1), s2),
+            "U2": (w2, do), "B2": (do,)}
+
+
+def _arguments(spec: KernelSpec) -> dict:
+    """Declares the kernel's parameters, ``spec.arg_names()`` in order (the list depends on
+    the spec, so the body declares them, as a written signature would): X and Y as handles
+    the body matches to [N, d] buffers, the weights as buffers."""
+    shapes = _weight_shapes(spec)
+    return {n: T.arg(n.lower(), T.handle()) if n in ("X", "Y")
+            else T.arg(n, T.Buffer(shapes[n], "float32", align=4)) for n in spec.arg_names()}
+
+
+def _scratch(names: list[str], rows, widths: dict[str, int]) -> dict:
+    """Allocates the 1-D scratch buffers ``names``, ``rows`` padded rows each."""
+    return {n: named(n, T.alloc_buffer((rows * widths[n],), "float32")) for n in names}
+
+
+@macro
+def _vector_loop(n, store, lanes=16):
+    """``store(e)`` for the elements e < n: ``lanes``-wide vector steps, then a narrower
+    tail (no n-lane LLVM vectors)."""
+    if n // lanes > 0:
+        for vo in range(n // lanes):
+            for vi in T.vectorized(lanes):
+                store(vo * lanes + vi)
+    if n % lanes > 0:
+        for vi in T.vectorized(n % lanes):
+            store(n // lanes * lanes + vi)
+
+
+def _store(buf, indices, value) -> None:
+    """``buf[indices] = value`` where called (a statement for ``_vector_loop``)."""
+    T.buffer_store(buf, value, indices)
 
 
 # --- small / batch: column groups, packed panels, register micro-kernel ---
 
-# Pack kc rows of the task's column tiles into pk[tile, row, column] (each weight row is
-# read as one contiguous segment of up to G·nr floats).
-_PACK = """
-for kk in range({KCL}):
-    for jt in range({NT}):
-        for j in T.vectorized({W}):
-            pk[jt, kk, j] = {w}
-"""
-
-# The register micro-kernel: acc[mr, W] = init + Σ_kk src[row(ti), kk] · pk[jt, kk, :].
-_MICRO = """
-for ti in T.unroll({MR}):
-    for j in T.vectorized({W}):
-        {acc}[ti, j] = {init}
-for kk in range({KCL}):
-    for ti in T.unroll({MR}):
-        for j in T.vectorized({W}):
-            {acc}[ti, j] = {acc}[ti, j] + {src} * pk[jt, kk, j]
-"""
-
-_STORE = """
-for ti in T.unroll({MR}):
-    for j in T.vectorized({W}):
-        {dst} = {out}
-"""
-
-_STORE_GUARDED = """
-for ti in T.unroll({MR}):
-    if {guard}:
-        for j in T.vectorized({W}):
-            {dst} = {out}
-"""
-
-
 @dataclass(frozen=True)
 class _Rows:
-    """How a variant maps a token tile's rows to buffer rows (``{t}``: the tile row)."""
+    """How a variant maps the rows of token tile ``tb`` (``ti`` < mr) to buffer rows."""
 
-    ntb: str  # token tiles
-    scratch: str  # row of a scratch buffer
-    y: str  # row of Y
-    guard: str  # condition for storing a row of Y
+    mr: int
+    ntb: object  # token tiles
+    r0: object = None  # batch: the block's first token (scratch holds the block's rows)
+
+    def scratch(self, tb, ti):
+        return tb * self.mr + ti
+
+    def y(self, tb, ti):
+        return tb * self.mr + ti if self.r0 is None else _sum(self.r0, tb * self.mr, ti)
 
 
 def _kc(p: int, kc_max: int) -> tuple[int, int]:
@@ -321,109 +331,163 @@ def _kc(p: int, kc_max: int) -> tuple[int, int]:
     return kc, -(-p // kc)
 
 
-def _task(spec: KernelSpec, st: _Stage, t: Tiles, rows: _Rows, *, b: str, col0: str,
-          nt: str, width: int, acc: str) -> str:
-    """One task of a stage: the column tiles ``col0 + jt·nr`` (jt < nt) of block ``b``, for
-    every token tile, reduction block by reduction block."""
-    kc, nkb = _kc(st.p, t.kc)
-    kb = "kb" if nkb > 1 else "0"
-    k0 = f"{kb} * {kc}" if nkb > 1 else "0"
-    kcl = f"T.min({kc}, {st.p} - {k0})" if st.p % kc else str(kc)
-    col = f"{col0} + jt * {t.nr} + j"
-    w = (f"{st.w}[{b}, {k0} + kk, {col}]" if st.three_d else f"{st.w}[{k0} + kk, {col}]")
-    row = f"tb * {t.mr} + ti"
-    ws = _widths(spec)
-    src = f"{st.src}[({rows.scratch.format(t=row)}) * {ws[st.src]} + {st.col_in(b, f'{k0} + kk')}]"
-    out_col = st.col_out(b, col)  # BlockShuffle: a strided store
-    if st.dst == "Y":
-        dst = f"Y[{rows.y.format(t=row)}, {out_col}]"
-        back = f"Y[T.min({rows.y.format(t=row)}, N - 1), {out_col}]"
-    else:
-        dst = back = f"{st.dst}[({rows.scratch.format(t=row)}) * {ws[st.dst]} + {out_col}]"
-    bias = f"{st.bias}[{out_col}]" if st.bias else "T.float32(0)"
-    init = bias if nkb == 1 else f"T.if_then_else(kb == 0, {bias}, {back})"
-    value = f"{acc}[ti, j]"
-    final = _ACT[spec.activation](value) if st.act else value
-    guard = rows.guard.format(t=row) if st.dst == "Y" else None
-
-    def store(out: str) -> str:
-        if guard:
-            return _STORE_GUARDED.format(MR=t.mr, W=width, dst=dst, out=out, guard=guard)
-        return _STORE.format(MR=t.mr, W=width, dst=dst, out=out)
-
-    if nkb == 1 or final == value:
-        stores = store(final)
-    else:
-        stores = (f"if kb == {nkb - 1}:\n{indent(store(final), 4)}\n"
-                  f"else:\n{indent(store(value), 4)}")
-    micro = _MICRO.format(MR=t.mr, W=width, KCL=kcl, acc=acc, init=init, src=src) + stores
-    body = (_PACK.format(KCL=kcl, NT=nt, W=width, w=w).strip("\n")
-            + f"\nfor tb in range({rows.ntb}):\n    for jt in range({nt}):\n"
-            + indent(micro, 8))
-    return f"for kb in range({nkb}):\n{indent(body, 4)}" if nkb > 1 else body
-
-
-def _stage(spec: KernelSpec, st: _Stage, t: Tiles, rows: _Rows) -> str:
+def _columns_stage(spec: KernelSpec, st: _Stage, t: Tiles, rows: _Rows, bufs: dict, N, Y):
     """One parallel region over the stage's tasks: per block, groups of full column tiles
     (up to ``t.group``, at least ``t.tasks`` tasks where the columns allow), then the
-    block's tail tile (``q % nr`` columns) as a task of its own."""
-    full, tail = st.q // t.nr, st.q % t.nr
+    block's tail tile (``q % nr`` columns) as a task of its own. A task packs each
+    reduction block of its weight panel, then runs the micro-kernel over every token tile:
+    acc[mr, width] = init + Σ_kk src[row, kk] · pk[jt, kk, :], chained through the output
+    across reduction blocks (bias and activation in the first and last)."""
+    mr, nr = t.mr, t.nr
+    full, tail = divmod(st.q, nr)
     group = max(1, min(t.group, st.k * full // t.tasks))
     ng = -(-full // group)
     per_block = ng + (1 if tail else 0)
-    b, g = (f"(task // {per_block})", f"(task % {per_block})") if st.k > 1 else ("0", "task")
-    nt = f"T.min({group}, {full} - {g} * {group})" if full % group else str(group)
-    full_task = _task(spec, st, t, rows, b=b, col0=f"{g} * {group * t.nr}", nt=nt,
-                      width=t.nr, acc="acc")
-    tail_task = _task(spec, st, t, rows, b=b, col0=str(full * t.nr), nt="1", width=tail,
-                      acc="acct")
-    if tail and full:
-        body = f"if {g} < {ng}:\n{indent(full_task, 4)}\nelse:\n{indent(tail_task, 4)}"
-    else:
-        body = full_task if full else tail_task
-    scratch = [f'pk = T.alloc_buffer(({group}, {_kc(st.p, t.kc)[0]}, {t.nr}), "float32", scope="local")',
-               f'acc = T.alloc_buffer(({t.mr}, {t.nr}), "float32", scope="local")',
-               f'acct = T.alloc_buffer(({t.mr}, {t.nr}), "float32", scope="local")']
-    return f"for task in T.parallel({st.k * per_block}):\n" + indent("\n".join([*scratch, body]), 4)
-
-
-def _columns_source(spec: KernelSpec, t: Tiles) -> str:
-    """Stage by stage, each one parallel region over column groups; with ``t.block``,
-    over blocks of that many tokens in turn (scratch of one block: bounded memory)."""
-    mr = t.mr
+    kc, nkb = _kc(st.p, t.kc)
     widths = _widths(spec)
-    stages = _stages(spec)
-    if t.block:
-        rows_n: int | str = t.block
-        rows = _Rows(ntb="ntb", scratch="{t}", y="r0 + {t}", guard="r0 + {t} < N")
-        copy = _copy_x(spec, "T.parallel", f"ntb * {mr}", "T.min(r0 + t, N - 1)")
-    else:
-        rows_n = f"(N + {mr - 1}) // {mr} * {mr}"
-        rows = _Rows(ntb=f"(N + {mr - 1}) // {mr}", scratch="{t}", y="{t}", guard="{t} < N")
-        copy = _copy_x(spec, "range", rows_n, "T.min(t, N - 1)")
-    head = [f'{name} = T.alloc_buffer((({rows_n}) * {widths[name]},), "float32")'
-            for name in ["H0", *sorted({st.dst for st in stages} - {"Y"})]]
-    body = [copy.strip("\n")]
-    for st in stages:
-        body.append(_stage(spec, st, t, rows))
-    if t.block:
-        body = [f"for blk in range((N + {t.block - 1}) // {t.block}):",
-                f"    r0 = blk * {t.block}",
-                f"    ntb = (T.min({t.block}, N - r0) + {mr - 1}) // {mr}",
-                indent("\n".join(body), 4)]
-    return indent("\n".join(head + body), 4)
+    src, w = bufs[st.src], bufs[st.w]
+    bias = bufs[st.bias] if st.bias else None
+    to_y = st.dst == "Y"
+    dst = Y if to_y else bufs[st.dst]
+    act = _ACT[spec.activation] if st.act else None
+    has_act, split_act = act is not None, act is not None and nkb > 1
+    both, ragged = bool(full and tail), st.p % kc > 0
+
+    def block_group(task) -> tuple:
+        return (task // per_block, task % per_block) if st.k > 1 else (0, task)
+
+    def full_tiles(g):
+        return T.min(group, full - g * group) if full % group else group
+
+    def weight(b, k, col):
+        return w[b, k, col] if st.three_d else w[k, col]
+
+    def source(tb, ti, b, k0, kk):
+        return src[_sum(rows.scratch(tb, ti) * widths[st.src], *st.col_in(b, [k0, kk]))]
+
+    def out_at(tb, ti, b, col: list) -> list:
+        """Indices of output column ``col`` (terms) of row ``ti`` of token tile ``tb``."""
+        oc = st.col_out(b, col)
+        if to_y:
+            return [rows.y(tb, ti), _sum(*oc)]
+        return [_sum(rows.scratch(tb, ti) * widths[st.dst], *oc)]
+
+    def so_far(tb, ti, b, col: list):
+        """The output element as the previous reduction block left it."""
+        if to_y:
+            return Y[T.min(rows.y(tb, ti), N - 1), _sum(*st.col_out(b, col))]
+        return dst[out_at(tb, ti, b, col)]
+
+    def init(b, col: list):
+        return bias[_sum(*st.col_out(b, col))] if bias is not None else T.float32(0)
+
+    def out(v, final: bool):
+        return act(v) if final else v
+
+    @macro
+    def store(tb, jt, b, col0, width, acc, final):
+        for ti in T.unroll(mr):
+            if to_y:
+                if rows.y(tb, ti) < N:  # padded token rows are never stored
+                    for j in T.vectorized(width):
+                        dst[out_at(tb, ti, b, [col0, jt * nr, j])] = out(acc[ti, j], final)
+            else:
+                for j in T.vectorized(width):
+                    dst[out_at(tb, ti, b, [col0, jt * nr, j])] = out(acc[ti, j], final)
+
+    @macro
+    def reduction_block(kb, b, col0, nt, width, acc, pk):
+        k0 = T.meta_var(kb * kc)
+        kcl = T.meta_var(T.min(kc, st.p - k0) if ragged else kc)
+        for kk in range(kcl):
+            for jt in range(nt):
+                for j in T.vectorized(width):
+                    pk[jt, kk, j] = weight(b, k0 + kk, _sum(col0, jt * nr, j))
+        for tb in range(rows.ntb):
+            for jt in range(nt):
+                for ti in T.unroll(mr):
+                    for j in T.vectorized(width):
+                        acc[ti, j] = (T.if_then_else(kb == 0, init(b, [col0, jt * nr, j]),
+                                                     so_far(tb, ti, b, [col0, jt * nr, j]))
+                                      if nkb > 1 else init(b, [col0, jt * nr, j]))
+                for kk in range(kcl):
+                    for ti in T.unroll(mr):
+                        for j in T.vectorized(width):
+                            acc[ti, j] = acc[ti, j] + source(tb, ti, b, k0, kk) * pk[jt, kk, j]
+                if split_act:  # the activation after the last reduction block only
+                    if kb == nkb - 1:
+                        store(tb, jt, b, col0, width, acc, True)
+                    else:
+                        store(tb, jt, b, col0, width, acc, False)
+                else:
+                    store(tb, jt, b, col0, width, acc, has_act)
+
+    @macro
+    def task_tiles(b, col0, nt, width, acc, pk):
+        if nkb > 1:
+            for kb in range(nkb):
+                reduction_block(kb, b, col0, nt, width, acc, pk)
+        else:
+            reduction_block(0, b, col0, nt, width, acc, pk)
+
+    @macro
+    def region():
+        for task in T.parallel(st.k * per_block):
+            pk = T.alloc_buffer((group, kc, nr), "float32", scope="local")
+            acc = T.alloc_buffer((mr, nr), "float32", scope="local")
+            acct = T.alloc_buffer((mr, nr), "float32", scope="local")
+            b, g = T.meta_var(block_group(task))
+            if both:
+                if g < ng:
+                    task_tiles(b, g * (group * nr), full_tiles(g), nr, acc, pk)
+                else:
+                    task_tiles(b, full * nr, 1, tail, acct, pk)
+            elif full > 0:
+                task_tiles(b, g * (group * nr), full_tiles(g), nr, acc, pk)
+            else:
+                task_tiles(b, full * nr, 1, tail, acct, pk)
+
+    region()
 
 
-# X rows 4 KiB apart alias in L1 and are read mr at a time: copy them into padded rows.
-_COPY_X = """
-for t in {loop}({rows}):
-{copy}
-"""
+def _columns_kernel(spec: KernelSpec, t: Tiles, symbol: str):
+    """Stage by stage, each one parallel region over column groups; with ``t.block``,
+    over blocks of that many tokens in turn (scratch of one block: bounded memory). X is
+    first copied into padded scratch rows (rows 4 KiB apart alias in L1, and the
+    micro-kernel reads mr of them at a time)."""
+    stages, widths, mr, block = _stages(spec), _widths(spec), t.mr, t.block
+    scratch = ["H0", *sorted({st.dst for st in stages} - {"Y"})]
 
+    def copy_x(h0, x, row, x_row) -> None:
+        _vector_loop(spec.d_in, lambda e: _store(h0, [row * widths["H0"] + e], x[x_row, e]))
 
-def _copy_x(spec: KernelSpec, loop: str, rows: str, x_row: str) -> str:
-    stmt = f"H0[t * {_widths(spec)['H0']} + {{i}}] = X[{x_row}, {{i}}]"
-    return _COPY_X.format(loop=loop, rows=rows, copy=indent(vector_loop("i", spec.d_in, stmt), 4))
+    def run_stages(args: dict, bufs: dict, rows: _Rows, N, Y) -> None:
+        for st in stages:
+            _columns_stage(spec, st, t, rows, {**args, **bufs}, N, Y)
+
+    @T.prim_func
+    def kernel():
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        args = T.meta_var(_arguments(spec))
+        X = T.match_buffer(args["X"], (N, spec.d_in), "float32", align=4)
+        Y = T.match_buffer(args["Y"], (N, spec.d_out), "float32", align=4)
+        if block > 0:
+            H = T.meta_var(_scratch(scratch, block, widths))
+            for blk in range((N + (block - 1)) // block):
+                r0 = blk * block
+                ntb = (T.min(block, N - r0) + (mr - 1)) // mr
+                for row in T.parallel(ntb * mr):
+                    copy_x(H["H0"], X, row, T.min(r0 + row, N - 1))
+                run_stages(args, H, _Rows(mr, ntb, r0), N, Y)
+        else:
+            rows_n = T.meta_var((N + (mr - 1)) // mr * mr)
+            H = T.meta_var(_scratch(scratch, rows_n, widths))
+            for row in range(rows_n):
+                copy_x(H["H0"], X, row, T.min(row, N - 1))
+            run_stages(args, H, _Rows(mr, (N + (mr - 1)) // mr), N, Y)
+
+    return kernel
 
 
 # --- decode / gemv: split-K streaming over whole weight rows ---
@@ -433,118 +497,202 @@ def _divisor_parts(p: int, cap: int) -> int:
     return max(r for r in range(1, max(1, cap) + 1) if p % r == 0)
 
 
-def _gemv_source(spec: KernelSpec, t: Tiles) -> str:
-    """Split-K streaming for few tokens: a stage's task owns a contiguous range of weight
-    rows of one block (whole rows: one long sequential read the prefetchers follow) and
-    accumulates its share of every output column into private partial sums, ``t.rows``
-    weight rows per pass over them. The next stage's task first reduces the partial sums
-    of the inputs it owns (plus bias, activation); the last stage's are reduced into Y."""
-    stages = _stages(spec)
-    rows_n = f"((N + {t.mr - 1}) // {t.mr} * {t.mr})"  # token rows, padded to whole tiles
-    parts = [_divisor_parts(st.p, t.tasks // st.k) for st in stages]
-    lines = []
-    for i, st in enumerate(stages):
-        lines.append(f'P{i} = T.alloc_buffer(({st.k * parts[i]} * {rows_n} * {st.q + PAD},), "float32")')
-        if i:
-            lines.append(f'I{i} = T.alloc_buffer(({st.k * parts[i]} * {rows_n} * {st.p // parts[i]},), "float32")')
-    lines.append(f"npad = {rows_n}")  # as a variable (buffer shapes need the expression)
-    for i in range(len(stages)):
-        lines.append(_gemv_stage(spec, t, stages, parts, i))
-    # the last stage's partial sums → Y (+ bias), parallel over (token, block)
-    st, R, qs = stages[-1], parts[-1], stages[-1].q + PAD
-    terms = " + ".join(f"P{len(stages) - 1}[(((i % {st.k}) * {R} + {r}) * npad + i // {st.k}) * {qs} + {{c}}]"
-                       for r in range(R))
-    out_col = st.col_out(f"(i % {st.k})", "{c}")
-    val = f"{st.bias}[{out_col}] + {terms}" if st.bias else terms
-    lines += [f"for i in T.parallel(N * {st.k}):",
-              indent(vector_loop("c", st.q, f"Y[i // {st.k}, {out_col}] = {val}"), 4)]
-    return indent("\n".join(lines), 4)
-
-
-def _gemv_stage(spec: KernelSpec, t: Tiles, stages: list[_Stage], parts: list[int], i: int) -> str:
-    """Stage ``i`` of the split-K kernel: task = (block b, row part), rows [lo, lo + rows)."""
-    st, R, qs, mr, nr = stages[i], parts[i], stages[i].q + PAD, t.mr, t.nr
-    rows = st.p // R
-    b = f"(task // {R})" if st.k > 1 else "0"
-    lo = f"(task % {R}) * {rows}" if R > 1 else "0"
-    body = [f"for task in T.parallel({st.k * R}):", "    t0 = task * npad"]
-    if i == 0:
-        src = f"X[T.min(tb * {mr} + ti, N - 1), {b} * {st.p} + {lo} + {{k}}]"
-    else:  # reduce the previous stage's partial sums of this task's inputs
-        body += indent(_gemv_inputs(spec, stages[i - 1], parts[i - 1], st, R, i), 4).split("\n")
-        src = f"I{i}[(t0 + tb * {mr} + ti) * {rows} + {{k}}]"
-    body += ["    for row in range(npad):",
-             indent(vector_loop("c", st.q, f"P{i}[(t0 + row) * {qs} + {{c}}] = T.float32(0)"), 8)]
-    w = f"{st.w}[{b}, {lo} + {{k}}, {{c}}]" if st.three_d else f"{st.w}[{lo} + {{k}}, {{c}}]"
-
-    def update(ks: list[str]) -> str:
-        """P[rows of tile tb, all columns] += Σ_k src[·, k] · w[k, ·] over the rows ks."""
-        out = []
-        for width, c0, n in ((nr, f"v * {nr}", st.q // nr), (st.q % nr, str(st.q // nr * nr), 1)):
-            if width and n:
-                c = f"{c0} + j"
-                acc = f"P{i}[(t0 + tb * {mr} + ti) * {qs} + {c}]"
-                terms = " + ".join(f"{src.format(k=k)} * {w.format(k=k, c=c)}" for k in ks)
-                loop = (f"for ti in T.unroll({mr}):\n    for j in T.vectorized({width}):\n"
-                        f"        {acc} = {acc} + {terms}")
-                out.append(f"for v in range({n}):\n{indent(loop, 4)}" if width == nr else loop)
-        return "\n".join(out)
-
+def _gemv_stage(spec: KernelSpec, t: Tiles, stages: list[_Stage], parts: list[int], i: int,
+                bufs: dict, X, N, npad) -> None:
+    """Stage ``i`` of the split-K kernel: task = (block b, row part), weight rows
+    [lo, lo + rows). Stage i > 0 first reduces the previous stage's partial sums of the
+    task's inputs (plus bias, activation) into I<i>."""
+    st, R, mr, nr = stages[i], parts[i], t.mr, t.nr
+    qs, rows = st.q + PAD, st.p // R
+    full, tail = divmod(st.q, nr)
     passes, rem = divmod(rows, t.rows)
-    if passes:
-        ks = [f"kq * {t.rows} + {j}" for j in range(t.rows)]
-        body += [f"    for kq in range({passes}):", f"        for tb in range(npad // {mr}):",
-                 indent(update(ks), 12)]
-    for j in range(rem):
-        body += [f"    for tb in range(npad // {mr}):", indent(update([str(passes * t.rows + j)]), 8)]
-    return "\n".join(body)
+    P, w, inp = bufs[f"P{i}"], bufs[st.w], bufs.get(f"I{i}")
+
+    def block_lo(task) -> tuple:
+        return (task // R if st.k > 1 else 0), ((task % R) * rows if R > 1 else 0)
+
+    def source(task, t0, tb, ti, k: list):
+        b, lo = block_lo(task)
+        if i == 0:
+            return X[T.min(tb * mr + ti, N - 1), _sum(b * st.p, lo, *k)]
+        return inp[_sum((t0 + tb * mr + ti) * rows, *k)]
+
+    def weight(task, k: list, c):
+        b, lo = block_lo(task)
+        return w[b, _sum(lo, *k), c] if st.three_d else w[_sum(lo, *k), c]
+
+    def at(t0, tb, ti, c0, j):
+        return _sum((t0 + tb * mr + ti) * qs, c0, j)
+
+    def step(task, t0, tb, ti, ks: list, c0, j):
+        """P[row, c0 + j] + Σ_k source(k) · weight(k, c0 + j) over the weight rows ks."""
+        return _sum(P[at(t0, tb, ti, c0, j)],
+                    *[source(task, t0, tb, ti, k) * weight(task, k, c0 + j) for k in ks])
+
+    def pass_rows(kq) -> list:
+        return [[kq * t.rows, j] for j in range(t.rows)]
+
+    def zero_row(t0, row) -> None:
+        _vector_loop(st.q, lambda e: _store(P, [(t0 + row) * qs + e], T.float32(0)))
+
+    @macro
+    def update(task, t0, tb, ks):
+        if full > 0:
+            for v in range(full):
+                for ti in T.unroll(mr):
+                    for j in T.vectorized(nr):
+                        P[at(t0, tb, ti, v * nr, j)] = step(task, t0, tb, ti, ks, v * nr, j)
+        if tail > 0:
+            for ti in T.unroll(mr):
+                for j in T.vectorized(tail):
+                    P[at(t0, tb, ti, full * nr, j)] = step(task, t0, tb, ti, ks, full * nr, j)
+
+    @macro
+    def single_row(task, t0, ks):
+        for tb in range(npad // mr):
+            update(task, t0, tb, ks)
+
+    def remainder_rows(task, t0) -> None:
+        for j in range(rem):
+            single_row(task, t0, [[passes * t.rows + j]])
+
+    inputs = _gemv_inputs(spec, stages[i - 1], parts[i - 1], st, R, bufs, i, npad) if i else None
+
+    @macro
+    def stage():
+        for task in T.parallel(st.k * R):
+            t0 = task * npad
+            if i > 0:
+                inputs(task, t0)
+            for row in range(npad):
+                zero_row(t0, row)
+            if passes > 0:
+                for kq in range(passes):
+                    for tb in range(npad // mr):
+                        update(task, t0, tb, pass_rows(kq))
+            remainder_rows(task, t0)
+
+    stage()
 
 
-def _gemv_inputs(spec: KernelSpec, pv: _Stage, rp: int, st: _Stage, R: int, i: int) -> str:
-    """I_i[task rows] = act(bias + Σ partial sums of the previous stage ``pv``) for the
-    task's inputs: columns b·p + lo + kk of pv's output."""
+def _gemv_inputs(spec: KernelSpec, pv: _Stage, rp: int, st: _Stage, R: int, bufs: dict,
+                 i: int, npad):
+    """The macro that sets I_i[task rows] = act(bias + Σ partial sums of the previous stage
+    ``pv``) for the task's inputs: columns b·p + lo + kk of pv's output."""
     rows, qsp = st.p // R, pv.q + PAD
-    b = f"(task // {R})" if st.k > 1 else "0"
-    lo = f"(task % {R}) * {rows}" if R > 1 else "0"
+    prev, inp = bufs[f"P{i - 1}"], bufs[f"I{i}"]
+    bias = bufs[pv.bias] if pv.bias else None
+    act = _ACT[spec.activation]
     starts = [bb * st.p + r * rows for bb in range(st.k) for r in range(R)]
+    # each task's inputs lie in one block of the previous stage: vector steps; else
+    # (BlockShuffle: strided inputs or outputs) scalar ones
     vector = (not st.shuffle and not pv.shuffle
               and all(a // pv.q == (a + rows - 1) // pv.q for a in starts))
-    if vector:  # each task's inputs lie in one block of the previous stage: vector steps
-        pb, off = f"(({b} * {st.p} + {lo}) // {pv.q})", f"(({b} * {st.p} + {lo}) % {pv.q} + {{kk}})"
-    else:  # general (BlockShuffle: strided inputs or outputs): scalar steps
-        pb, off = pv.split_out(f"({st.col_in(b, f'{lo} + {{kk}}')})")
-    terms = " + ".join(f"P{i - 1}[(({pb} * {rp} + {r}) * npad + row) * {qsp} + {off}]"
-                       for r in range(rp))
-    val = f"{pv.bias}[{pv.col_out(pb, off)}] + {terms}" if pv.bias else terms
-    stmt = f"I{i}[base + {{kk}}] = {val}"
-    lines = ["for row in range(npad):", f"    base = (t0 + row) * {rows}",
-             indent(vector_loop("kk", rows, stmt) if vector else
-                     "for kk in range({}):\n    {}".format(rows, stmt.replace("{kk}", "kk")), 4)]
-    if pv.act:  # in place: the activation repeats its operand, keep that short
-        act = _ACT[spec.activation](f"I{i}[base + {{kk}}]")
-        lines.append(indent(vector_loop("kk", rows, f"I{i}[base + {{kk}}] = {act}"), 4))
-    return "\n".join(lines)
+
+    def reduced(task, row, kk):
+        b = task // R if st.k > 1 else 0
+        lo = (task % R) * rows if R > 1 else 0
+        if vector:
+            pb, off = (b * st.p + lo) // pv.q, (b * st.p + lo) % pv.q + kk
+        else:
+            pb, off = pv.split_out(_sum(*st.col_in(b, [lo, kk])))
+        terms = [prev[((pb * rp + r) * npad + row) * qsp + off] for r in range(rp)]
+        return _sum(bias[_sum(*pv.col_out(pb, [off]))], *terms) if bias is not None else _sum(*terms)
+
+    def reduce_row(task, row, base) -> None:
+        _vector_loop(rows, lambda e: _store(inp, [base + e], reduced(task, row, e)))
+
+    def activate_row(base) -> None:  # in place: the activation repeats its operand
+        _vector_loop(rows, lambda e: _store(inp, [base + e], act(inp[base + e])))
+
+    @macro
+    def inputs(task, t0):
+        for row in range(npad):
+            base = (t0 + row) * rows
+            if vector:
+                reduce_row(task, row, base)
+            else:
+                for kk in range(rows):
+                    inp[base + kk] = reduced(task, row, kk)
+            if pv.act:
+                activate_row(base)
+
+    return inputs
 
 
-VARIANTS = {"decode": _gemv_source, "gemv": _gemv_source, "small": _columns_source,
-            "batch": _columns_source}
+def _gemv_kernel(spec: KernelSpec, t: Tiles, symbol: str):
+    """Split-K streaming for few tokens: a stage's task owns a contiguous range of weight
+    rows of one block (whole rows: one long sequential read the prefetchers follow) and
+    accumulates its share of every output column into private partial sums P<i>, ``t.rows``
+    weight rows per pass over them. The next stage's task first reduces the partial sums
+    of the inputs it owns (plus bias, activation); the last stage's are reduced into Y."""
+    stages, mr = _stages(spec), t.mr
+    parts = [_divisor_parts(st.p, t.tasks // st.k) for st in stages]
+    last, R, qs = stages[-1], parts[-1], stages[-1].q + PAD
+
+    def allocate(args: dict, rows_n) -> dict:
+        """The arguments and the scratch buffers (allocated here), by name."""
+        out = dict(args)
+        for i, st in enumerate(stages):
+            out[f"P{i}"] = named(f"P{i}", T.alloc_buffer(
+                (st.k * parts[i] * rows_n * (st.q + PAD),), "float32"))
+            if i:
+                out[f"I{i}"] = named(f"I{i}", T.alloc_buffer(
+                    (st.k * parts[i] * rows_n * (st.p // parts[i]),), "float32"))
+        return out
+
+    def run_stages(bufs: dict, X, N, npad) -> None:
+        for i in range(len(stages)):
+            _gemv_stage(spec, t, stages, parts, i, bufs, X, N, npad)
+
+    def output(bufs: dict, Y, i, npad) -> None:
+        """Y[token, block i % k] = bias + Σ the last stage's partial sums."""
+        P, b = bufs[f"P{len(stages) - 1}"], i % last.k
+        bias = bufs[last.bias] if last.bias else None
+
+        def value(c):
+            terms = [P[((b * R + r) * npad + i // last.k) * qs + c] for r in range(R)]
+            if bias is None:
+                return _sum(*terms)
+            return _sum(bias[_sum(*last.col_out(b, [c]))], *terms)
+
+        _vector_loop(last.q, lambda c: _store(Y, [i // last.k, _sum(*last.col_out(b, [c]))],
+                                              value(c)))
+
+    @T.prim_func
+    def kernel():
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        args = T.meta_var(_arguments(spec))
+        X = T.match_buffer(args["X"], (N, spec.d_in), "float32", align=4)
+        Y = T.match_buffer(args["Y"], (N, spec.d_out), "float32", align=4)
+        bufs = T.meta_var(allocate(args, (N + (mr - 1)) // mr * mr))
+        npad = (N + (mr - 1)) // mr * mr  # token rows, padded to whole tiles
+        run_stages(bufs, X, N, npad)
+        for i in T.parallel(N * last.k):
+            output(bufs, Y, i, npad)
+
+    return kernel
 
 
-def structured_ffn_source(spec: KernelSpec, variant: str, symbol: str,
-                          tiles: Tiles | None = None) -> str:
-    """TVMScript of one StructuredFFN kernel variant (kept as text: readable, dumpable);
-    ``tiles`` overrides the variant's tiling (benchmarks)."""
+VARIANTS = {"decode": _gemv_kernel, "gemv": _gemv_kernel, "small": _columns_kernel,
+            "batch": _columns_kernel}
+
+
+def structured_ffn_primfunc(spec: KernelSpec, variant: str, symbol: str,
+                            tiles: Tiles | None = None):
+    """The PrimFunc of one variant; arguments in ``spec.arg_names()`` order. ``tiles``
+    overrides the variant's tiling (benchmarks)."""
     check_spec(spec)
     if variant not in VARIANTS:
         raise CodegenError(f"no StructuredFFN variant {variant!r}; have {sorted(VARIANTS)}")
     t = tiles or VARIANT_TILES[variant]
     if min(t.mr, t.nr, t.kc, t.group, t.tasks, t.rows) < 1 or t.block < 0 or t.block % t.mr:
         raise CodegenError(f"bad StructuredFFN tiling {t}")
-    head = TOKEN_MAJOR_HEAD.format(params=_params(spec), symbol=symbol, D=spec.d_in, DO=spec.d_out)
-    return head + VARIANTS[variant](spec, t) + "\n"
+    return VARIANTS[variant](spec, t, symbol)
 
 
-def structured_ffn_primfunc(spec: KernelSpec, variant: str, symbol: str,
-                            tiles: Tiles | None = None):
-    """The PrimFunc of one variant; arguments in ``spec.arg_names()`` order."""
-    return parse(structured_ffn_source(spec, variant, symbol, tiles), symbol)
+def structured_ffn_source(spec: KernelSpec, variant: str, symbol: str,
+                          tiles: Tiles | None = None) -> str:
+    """The TVMScript of one variant (for --dump and debugging)."""
+    return structured_ffn_primfunc(spec, variant, symbol, tiles).script()

@@ -4,8 +4,8 @@ The op is the chain of stages of kernels/structured_ffn.py (``_stages``): per pr
 the block-diagonal factor A (k blocks of p inputs and q outputs, indexed in place: no
 transposed copies), BlockShuffle's S (m blocks reading the strided inputs h[j·m + b] and
 writing the strided outputs out[t·m + b]) and the dense factor U where present; a
-projection's last stage carries its bias (the first projection's also the activation, the
-same TIR as decode.py's ``ACTIVATIONS``: erff/tanhf/expf, cheap on a GPU). A GPU kernel
+projection's last stage carries its bias (the first projection's also the activation, in
+its plain form: erff/tanhf/expf are cheap on a GPU). A GPU kernel
 cannot allocate its scratch, so stage i reads the previous stage's output from a workspace
 buffer the shim allocates (float32, per token): ``H<i>`` [N, w] (finished values) or
 ``P<i>`` [N, kb, w] (split-K partial sums). Launches of one variant, in order:
@@ -38,6 +38,13 @@ outside its buffer. **Counted** variants (``counted_``: a RoutedFFN's FFN on its
 rows) take the int32 buffer ``CNT`` [1]: the grid still spans N (the capacity), blocks
 whose token rows all lie at or past ``CNT[0]`` exit at once, and rows ≥ ``CNT[0]`` of X,
 the workspace and Y are neither read nor written.
+
+Each launch is a Python function that defines its ``@T.prim_func`` (closure: the stage, its
+split and the tiling) and returns the PrimFunc; the parameters depend on the stage (its
+source, weight, biases, destination), so the body declares them. The
+weight dtype is a parameter of the generators: 16-bit weights (float16, bfloat16) are
+declared as such and widened to float32 where they are loaded, so arithmetic and
+accumulation stay float32 and the weights cost half the memory traffic.
 """
 
 from __future__ import annotations
@@ -47,14 +54,23 @@ from dataclasses import dataclass
 from fffc.errors import CodegenError
 from fffc.ops import WEIGHT_DTYPES, KernelSpec
 
-from .decode import ACTIVATIONS
+from .._tvm import T, macro, named
 from .sparse_ffn_cuda import ceil_div
-from .structured_ffn import _Stage, _stages, check_spec
-from .text import indent
+from .structured_ffn import _Stage, _stages, _sum, _weight_shapes, check_spec
 
 MAX_GRID_YZ = 65535  # CUDA's limit of gridDim.y and gridDim.z (token tiles go on x)
 
 CUDA_WEIGHT_DTYPES = tuple(WEIGHT_DTYPES.values())  # stored 16-bit, read as float32
+
+# The activations of one float32 value.
+_ACTIVATIONS = {
+    "relu": lambda v: T.max(v, T.float32(0)),
+    "gelu": lambda v: T.float32(0.5) * v * (
+        T.float32(1) + T.erf(v * T.float32(0.7071067811865476))),
+    "gelu_tanh": lambda v: T.float32(0.5) * v * (T.float32(1) + T.tanh(
+        T.float32(0.7978845608028654) * (v + T.float32(0.044715) * v * v * v))),
+    "silu": lambda v: v * T.sigmoid(v),
+}
 
 
 @dataclass(frozen=True)
@@ -152,283 +168,354 @@ def _gemv_shape(st: _Stage, t: StructuredTiling) -> tuple[int, int, int, int, in
     return nt, ks, kb, ps, kch
 
 
-def _act(spec: KernelSpec, v: str) -> str:
-    return ACTIVATIONS[spec.activation].format(v=v)
+# --- pieces shared by the launches ---
+
+def _all(*conds):
+    """``c0 and c1 and ...`` as TVMScript builds it: And nodes, left to right."""
+    out = conds[0]
+    for c in conds[1:]:
+        out = T.And(out, c)
+    return out
 
 
-def _read(spec: KernelSpec, ln: _Launch, row: str, col: str) -> str:
+def _row_conds(row, N, bufs: dict, counted: bool) -> list:
+    """Conditions for token row ``row`` to be read or written (counted: below CNT[0] too)."""
+    return [row < N, row < bufs["CNT"][0]] if counted else [row < N]
+
+
+def _rows_ok(row, N, bufs: dict, counted: bool):
+    return _all(*_row_conds(row, N, bufs, counted))
+
+
+def _read(spec: KernelSpec, ln: _Launch, bufs: dict, row, col):
     """Stage ``ln``'s input at (row, column): a finished value, or the producer's partial
     sums plus its bias, through its activation."""
+    src = bufs[ln.src]
     if not ln.src_kb:
-        return f"{ln.src}[{row}, {col}]"
+        return src[row, col]
     pv = ln.src_stage
     assert pv is not None
-    terms = [f"{ln.src}[{row}, {s}, {col}]" for s in range(ln.src_kb)]
+    terms = [src[row, s, col] for s in range(ln.src_kb)]
     if pv.bias:
-        terms.append(f"{pv.bias}[{col}]")
-    v = " + ".join(terms)
-    return _act(spec, f"({v})") if pv.act else v
+        terms.append(bufs[pv.bias][col])
+    v = _sum(*terms)
+    return _ACTIVATIONS[spec.activation](v) if pv.act else v
 
 
-def _weight(st: _Stage, b: str, j: str, c: str) -> str:
-    return f"{st.w}[{b}, {j}, {c}]" if st.three_d else f"{st.w}[{j}, {c}]"
+def _weight(ln: _Launch, bufs: dict, b, j, c):
+    """A weight as float32: 16-bit weights are widened where they are loaded."""
+    w = bufs[ln.st.w]
+    load = w[b, j, c] if ln.st.three_d else w[j, c]
+    return load if str(w.dtype) == "float32" else T.Cast("float32", load)
 
 
-def _rows_ok(row: str, counted: bool) -> str:
-    return f"{row} < N and {row} < CNT[0]" if counted else f"{row} < N"
+def _finish(spec: KernelSpec, st: _Stage, v):
+    return _ACTIVATIONS[spec.activation](v) if st.act else v
 
 
-def _declarations(spec: KernelSpec, names: list[str],
-                  widths: dict[str, tuple[int, ...]]) -> tuple[list[str], list[str]]:
-    """Parameters and match_buffer lines of the buffers ``names``."""
-    s = spec.structure
-    d, f, do, k1, r1, k2, r2 = spec.d_in, spec.d_ff, spec.d_out, s["k1"], s["r1"], s["k2"], s["r2"]
-    m1, s1, m2, s2 = (s.get(n, 0) for n in ("m1", "s1", "m2", "s2"))
-    w1, w2 = (m1 * s1 if m1 else r1), (m2 * s2 if m2 else r2)
-    fixed = {"A1": (k1, d // k1, r1 // k1), "S1": (m1, r1 // max(m1, 1), s1), "U1": (w1, f),
-             "B1": (f,), "A2": (k2, f // k2, r2 // k2), "S2": (m2, r2 // max(m2, 1), s2),
-             "U2": (w2, do), "B2": (do,)}
-    params, matches = [], []
+@macro
+def _store(spec, ln, bufs, row, b, c, sm, part):
+    """Stores the output value held in ``sm[0]`` at column ``c`` (terms) of block ``b``:
+    finished (+bias, activation) or, split over kb blocks, the partial sum of ``part``."""
+    if ln.kb > 1:
+        bufs[ln.dst][row, part, _sum(*ln.st.col_out(b, c))] = sm[0]
+    else:
+        if bool(ln.st.bias):
+            sm[0] = sm[0] + bufs[ln.st.bias][_sum(*ln.st.col_out(b, c))]
+        bufs[ln.dst][row, _sum(*ln.st.col_out(b, c))] = _finish(spec, ln.st, sm[0])
+
+
+def _buffers(spec: KernelSpec, names: list[str], widths: dict[str, tuple[int, ...]],
+             dtype: str, N) -> dict:
+    """Declares the kernel's parameters ``names`` in order (weights and biases as buffers,
+    the weights stored as ``dtype``; X, Y and the workspace as handles matched to token-
+    sized buffers [N, ...]); name → buffer."""
+    shapes, weights = _weight_shapes(spec), spec.weight_args()
+    out, handles = {}, []
     for n in names:
-        if n in fixed:
-            params.append(f'{n}: T.Buffer({fixed[n]!r}, "float32")')
+        if n in shapes:
+            out[n] = T.arg(n, T.Buffer(shapes[n], dtype if n in weights else "float32"))
         elif n == "CNT":
-            params.append('CNT: T.Buffer((1,), "int32")')
-        else:  # token-sized: X, Y and the workspace
-            shape = ", ".join(["N", *map(str, widths[n])])
-            params.append(f"{n.lower()}_h: T.handle")
-            matches.append(f'    {n} = T.match_buffer({n.lower()}_h, ({shape}), "float32")')
-    return params, matches
-
-
-_HEAD = '''
-@T.prim_func
-def kernel({params}):
-    T.func_attr({{"global_symbol": "{symbol}", "tirx.noalias": True}})
-    N = T.int32()
-'''
+            out[n] = T.arg(n, T.Buffer((1,), "int32"))
+        else:
+            handles.append((n, T.arg(f"{n.lower()}_h", T.handle())))
+    for n, h in handles:
+        out[n] = named(n, T.match_buffer(h, (N, *widths[n]), "float32"))
+    return out
 
 
 def _kernel(spec: KernelSpec, symbol: str, names: list[str], widths: dict[str, tuple[int, ...]],
-            body: str) -> str:
-    params, matches = _declarations(spec, list(dict.fromkeys(names)), widths)
-    return (_HEAD.format(params=", ".join(params), symbol=symbol) + "\n".join(matches) + "\n"
-            + indent(body, 4) + "\n")
+            dtype: str, grid):
+    """The PrimFunc of one launch over the buffers ``names``; ``grid(bufs, N)``, a macro,
+    holds its loops."""
+
+    @T.prim_func
+    def kernel():
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        bufs = T.meta_var(_buffers(spec, list(dict.fromkeys(names)), widths, dtype, N))
+        grid(bufs, N)
+
+    return kernel
 
 
-def _tokens(rows: int) -> str:
+def _tokens(rows: int, N):
     """Token tiles of ``rows`` tokens: the grid's x extent, a form the launch table reads."""
-    return "N" if rows == 1 else f"(N + {rows - 1}) // {rows}"
+    return N if rows == 1 else (N + (rows - 1)) // rows
 
 
-def _names(ln: _Launch) -> list[str]:
-    """Buffers a stage's kernel reads and writes (besides CNT)."""
+def _names(ln: _Launch, counted: bool) -> list[str]:
+    """Buffers a stage's kernel reads and writes."""
     names = [ln.src, ln.st.w]
     if ln.src_kb and ln.src_stage is not None and ln.src_stage.bias:
         names.append(ln.src_stage.bias)
     if ln.kb == 1 and ln.st.bias:
         names.append(ln.st.bias)
-    return [*names, ln.dst]
-
-
-def _store(spec: KernelSpec, ln: _Launch, row: str, b: str, c: str, v: str, split: str) -> str:
-    """The store of one output value held in the local ``v``: finished (bias, activation)
-    or, split over kb blocks, a partial sum."""
-    col = ln.st.col_out(b, c)
-    if ln.kb > 1:
-        return f"{ln.dst}[{row}, {split}, {col}] = {v}"
-    lines = []
-    if ln.st.bias:
-        lines.append(f"{v} = {v} + {ln.st.bias}[{col}]")
-    lines.append(f"{ln.dst}[{row}, {col}] = {_act(spec, v) if ln.st.act else v}")
-    return "\n".join(lines)
+    return [*names, ln.dst, *(["CNT"] if counted else [])]
 
 
 # --- gemv: few tokens ---
 
-_GEMV = '''
-for bx in T.thread_binding({NTOK}, thread="blockIdx.x"):
-    for by in T.thread_binding({NCOL}, thread="blockIdx.y"):
-        for bz in T.thread_binding({KB}, thread="blockIdx.z"):
-            for ty in T.thread_binding({KS}, thread="threadIdx.y"):
-                for tx in T.thread_binding({NT}, thread="threadIdx.x"):
-                    acc = T.alloc_buffer(({MR},), "float32", scope="local")
-                    w = T.alloc_buffer((1,), "float32", scope="local")
-                    sm = T.alloc_buffer((1,), "float32", scope="local")
-                    xs = T.alloc_buffer(({MR}, {KCH}), "float32", scope="shared")
-                    red = T.alloc_buffer(({KS}, {MR}, {NT}), "float32", scope="shared")
-{body}
-'''
-
-_GEMV_BODY = '''
-for t in T.unroll({MR}):
-    acc[t] = T.float32(0)
-for ch in range({NCH}):
-    for e in range({LOADS}):
-{load}
-    T.tvm_storage_sync("shared")
-    for u in range({KCH} // {KS}):
-        if {j} < {HI} and {c} < {Q}:
-            w[0] = {weight}
-            for t in T.unroll({MR}):
-                acc[t] = acc[t] + xs[t, u * {KS} + ty] * w[0]
-    T.tvm_storage_sync("shared")
-for t in T.unroll({MR}):
-    red[ty, t, tx] = acc[t]
-T.tvm_storage_sync("shared")
-for v in range({NV}):
-    if v * {KS} + ty < {MR} and {c} < {Q}:
-        if {rows_ok}:
-            sm[0] = red[0, v * {KS} + ty, tx]
-            for s in range(1, {KS}):
-                sm[0] = sm[0] + red[s, v * {KS} + ty, tx]
-{store}
-'''
-
-
 def _gemv_stage(spec: KernelSpec, ln: _Launch, t: StructuredTiling, symbol: str,
-                widths: dict[str, tuple[int, ...]]) -> str:
+                widths: dict[str, tuple[int, ...]], dtype: str):
+    """The gemv launch of stage ``ln``: a block owns nt columns of one block of the stage,
+    mr tokens and 1/kb of the reduction, staged chunk by chunk in shared memory."""
     st = ln.st
     nt, ks, kb, ps, kch = _gemv_shape(st, t)
     ct = ceil_div(st.q, nt)
     if st.k * ct > MAX_GRID_YZ:
         raise CodegenError(f"StructuredFFN CUDA: {st.k * ct} column tiles exceed the grid")
-    b = f"(by // {ct})" if st.k > 1 else "0"
-    c = f"(by % {ct}) * {nt} + tx" if ct > 1 else "tx"
-    lo = f"bz * {ps}" if kb > 1 else "0"
-    hi = f"T.min({lo} + {ps}, {st.p})" if ps * kb != st.p else (f"{lo} + {ps}" if kb > 1
-                                                                  else str(st.p))
-    # staging: element e of the chunk → token e // kch, input e % kch (coalesced rows)
-    e = f"((e * {ks} + ty) * {nt} + tx)"
-    row, jj = f"bx * {t.mr} + {e} // {kch}", f"{lo} + ch * {kch} + {e} % {kch}"
-    value = _read(spec, ln, row, st.col_in(b, jj))
-    stage = (f"xs[{e} // {kch}, {e} % {kch}] = T.if_then_else({_rows_ok(row, t.counted)} "
-             f"and {jj} < {hi}, {value}, T.float32(0))")
-    if (t.mr * kch) % (ks * nt):
-        stage = f"if {e} < {t.mr * kch}:\n{indent(stage, 4)}"
-    j = f"{lo} + ch * {kch} + u * {ks} + ty"
-    orow = f"bx * {t.mr} + v * {ks} + ty"
-    body = _GEMV_BODY.format(
-        MR=t.mr, NCH=ceil_div(ps, kch), LOADS=ceil_div(t.mr * kch, ks * nt), KCH=kch, KS=ks,
-        load=indent(stage, 8), j=j, HI=hi, c=c, Q=st.q, weight=_weight(st, b, j, c),
-        NV=ceil_div(t.mr, ks), rows_ok=_rows_ok(orow, t.counted),
-        store=indent(_store(spec, ln, orow, b, c, "sm[0]", "bz"), 12))
-    if t.counted:  # the whole block past the count: nothing to do
-        body = f"if bx * {t.mr} < CNT[0]:\n{indent(body, 4)}"
-    text = _GEMV.format(NTOK=_tokens(t.mr), NCOL=st.k * ct, KB=kb, KS=ks, NT=nt, MR=t.mr,
-                        KCH=kch, body=indent(body, 20))
-    return _kernel(spec, symbol, [*_names(ln), *(["CNT"] if t.counted else [])], widths, text)
+    mr, counted = t.mr, t.counted
+    nch, loads, nv = ceil_div(ps, kch), ceil_div(mr * kch, ks * nt), ceil_div(mr, ks)
+    ragged = (mr * kch) % (ks * nt) > 0  # the last staging step has idle threads
 
+    def block(by):
+        return by // ct if st.k > 1 else 0
 
-_REDUCE = '''
-for bx in T.thread_binding(N, thread="blockIdx.x"):
-    for by in T.thread_binding({NB}, thread="blockIdx.y"):
-        for tx in T.thread_binding({TX}, thread="threadIdx.x"):
-            sm = T.alloc_buffer((1,), "float32", scope="local")
-            if by * {TX} + tx < {W} and {rows_ok}:
-                sm[0] = {first}
-                for s in range(1, {KB}):
-                    sm[0] = sm[0] + {src}[bx, s, by * {TX} + tx]
-{store}
-'''
+    def col(by, tx) -> list:  # the thread's output column within the block (terms)
+        return [(by % ct) * nt, tx] if ct > 1 else [tx]
+
+    def lo(bz):
+        return bz * ps if kb > 1 else 0
+
+    def hi(bz):
+        if ps * kb != st.p:
+            return T.min(lo(bz) + ps, st.p)
+        return lo(bz) + ps if kb > 1 else st.p
+
+    def flat(e, ty, tx):  # staging element e: token e // kch, input e % kch
+        return (e * ks + ty) * nt + tx
+
+    def row_in(bx, f):
+        return bx * mr + f // kch
+
+    def input_of(bz, ch, f) -> list:  # staged input (terms) of the split
+        return [lo(bz), ch * kch, f % kch]
+
+    def row_in_split(bz, ch, u, ty):
+        return _sum(lo(bz), ch * kch, u * ks, ty)
+
+    def row_out(bx, v, ty):
+        return _sum(bx * mr, v * ks, ty)
+
+    @macro
+    def stage_in(bufs, N, bx, by, bz, ty, tx, xs, ch, e):
+        f = T.meta_var(flat(e, ty, tx))
+        xs[f // kch, f % kch] = T.if_then_else(
+            _rows_ok(row_in(bx, f), N, bufs, counted) and _sum(*input_of(bz, ch, f)) < hi(bz),
+            _read(spec, ln, bufs, row_in(bx, f), _sum(*st.col_in(block(by), input_of(bz, ch, f)))),
+            T.float32(0))
+
+    @macro
+    def block_body(bufs, N, bx, by, bz, ty, tx, acc, w, sm, xs, red):
+        for t in T.unroll(mr):
+            acc[t] = T.float32(0)
+        for ch in range(nch):
+            for e in range(loads):
+                if ragged:
+                    if flat(e, ty, tx) < mr * kch:
+                        stage_in(bufs, N, bx, by, bz, ty, tx, xs, ch, e)
+                else:
+                    stage_in(bufs, N, bx, by, bz, ty, tx, xs, ch, e)
+            T.tvm_storage_sync("shared")
+            for u in range(kch // ks):
+                if row_in_split(bz, ch, u, ty) < hi(bz) and _sum(*col(by, tx)) < st.q:
+                    w[0] = _weight(ln, bufs, block(by), row_in_split(bz, ch, u, ty),
+                                   _sum(*col(by, tx)))
+                    for t in T.unroll(mr):
+                        acc[t] = acc[t] + xs[t, u * ks + ty] * w[0]
+            T.tvm_storage_sync("shared")
+        for t in T.unroll(mr):
+            red[ty, t, tx] = acc[t]
+        T.tvm_storage_sync("shared")
+        for v in range(nv):
+            if v * ks + ty < mr and _sum(*col(by, tx)) < st.q:  # noqa: SIM102 (one TIR if each)
+                if _rows_ok(row_out(bx, v, ty), N, bufs, counted):
+                    sm[0] = red[0, v * ks + ty, tx]
+                    for s in range(1, ks):
+                        sm[0] = sm[0] + red[s, v * ks + ty, tx]
+                    _store(spec, ln, bufs, row_out(bx, v, ty), block(by), col(by, tx), sm, bz)
+
+    @macro
+    def grid(bufs, N):
+        for bx in T.thread_binding(_tokens(mr, N), thread="blockIdx.x"):
+            for by in T.thread_binding(st.k * ct, thread="blockIdx.y"):
+                for bz in T.thread_binding(kb, thread="blockIdx.z"):
+                    for ty in T.thread_binding(ks, thread="threadIdx.y"):
+                        for tx in T.thread_binding(nt, thread="threadIdx.x"):
+                            acc = T.alloc_buffer((mr,), "float32", scope="local")
+                            w = T.alloc_buffer((1,), "float32", scope="local")
+                            sm = T.alloc_buffer((1,), "float32", scope="local")
+                            xs = T.alloc_buffer((mr, kch), "float32", scope="shared")
+                            red = T.alloc_buffer((ks, mr, nt), "float32", scope="shared")
+                            if counted:  # the whole block past the count: nothing to do
+                                if bx * mr < bufs["CNT"][0]:
+                                    block_body(bufs, N, bx, by, bz, ty, tx, acc, w, sm, xs, red)
+                            else:
+                                block_body(bufs, N, bx, by, bz, ty, tx, acc, w, sm, xs, red)
+
+    return _kernel(spec, symbol, _names(ln, counted), widths, dtype, grid)
 
 
 def _reduce(spec: KernelSpec, ln: _Launch, symbol: str, widths: dict[str, tuple[int, ...]],
-            counted: bool) -> str:
+            counted: bool, dtype: str):
     """Y = bias + Σ the last stage's partial sums: a thread per output value."""
-    tx = min(256, 32 * ceil_div(ln.width_out, 32))
-    col = f"by * {tx} + tx"
-    store = [f"sm[0] = sm[0] + {ln.st.bias}[{col}]"] if ln.st.bias else []
-    store.append(f"Y[bx, {col}] = sm[0]")
-    text = _REDUCE.format(NB=ceil_div(ln.width_out, tx), TX=tx, W=ln.width_out, KB=ln.kb,
-                          rows_ok=_rows_ok("bx", counted), first=f"{ln.dst}[bx, 0, {col}]",
-                          src=ln.dst, store=indent("\n".join(store), 16))
+    tx_n = min(256, 32 * ceil_div(ln.width_out, 32))
+    nb, has_bias = ceil_div(ln.width_out, tx_n), bool(ln.st.bias)
+
+    @macro
+    def grid(bufs, N):
+        for bx in T.thread_binding(N, thread="blockIdx.x"):
+            for by in T.thread_binding(nb, thread="blockIdx.y"):
+                for tx in T.thread_binding(tx_n, thread="threadIdx.x"):
+                    sm = T.alloc_buffer((1,), "float32", scope="local")
+                    if _all(by * tx_n + tx < ln.width_out, *_row_conds(bx, N, bufs, counted)):
+                        sm[0] = bufs[ln.dst][bx, 0, by * tx_n + tx]
+                        for s in range(1, ln.kb):
+                            sm[0] = sm[0] + bufs[ln.dst][bx, s, by * tx_n + tx]
+                        if has_bias:
+                            sm[0] = sm[0] + bufs[ln.st.bias][by * tx_n + tx]
+                        bufs["Y"][bx, by * tx_n + tx] = sm[0]
+
     names = [ln.dst, *([ln.st.bias] if ln.st.bias else []), "Y", *(["CNT"] if counted else [])]
-    return _kernel(spec, symbol, names, widths, text)
+    return _kernel(spec, symbol, names, widths, dtype, grid)
 
 
 # --- tile: many tokens ---
 
-_TILE = '''
-for bx in T.thread_binding({NTOK}, thread="blockIdx.x"):
-    for by in T.thread_binding({NCOL}, thread="blockIdx.y"):
-        for bz in T.thread_binding({KB}, thread="blockIdx.z"):
-            for ty in T.thread_binding({TY}, thread="threadIdx.y"):
-                for tx in T.thread_binding({TX}, thread="threadIdx.x"):
-                    acc = T.alloc_buffer(({TM}, {TN}), "float32", scope="local")
-                    a = T.alloc_buffer(({TM},), "float32", scope="local")
-                    bw = T.alloc_buffer(({TN},), "float32", scope="local")
-                    sm = T.alloc_buffer((1,), "float32", scope="local")
-                    As = T.alloc_buffer(({BM} * {BK1},), "float32", scope="shared")
-                    Bs = T.alloc_buffer(({BK}, {BN}), "float32", scope="shared")
-{body}
-'''
-
-_TILE_BODY = '''
-for i in T.unroll({TM}):
-    for jn in T.unroll({TN}):
-        acc[i, jn] = T.float32(0)
-for kt in range({NKT}):
-    for e in range({ALOADS}):
-{aload}
-    for e in range({BLOADS}):
-{bload}
-    T.tvm_storage_sync("shared")
-    for kk in T.unroll({BK}):
-        for i in T.unroll({TM}):
-            a[i] = As[(ty + i * {TY}) * {BK1} + kk]
-        for jn in T.unroll({TN}):
-            bw[jn] = Bs[kk, tx + jn * {TX}]
-        for i in T.unroll({TM}):
-            for jn in T.unroll({TN}):
-                acc[i, jn] = acc[i, jn] + a[i] * bw[jn]
-    T.tvm_storage_sync("shared")
-for i in T.unroll({TM}):
-    if {rows_ok}:
-        for jn in T.unroll({TN}):
-            if {c} < {Q}:
-                sm[0] = acc[i, jn]
-{store}
-'''
-
-
 def _tile_stage(spec: KernelSpec, ln: _Launch, t: StructuredTiling, symbol: str,
-                widths: dict[str, tuple[int, ...]]) -> str:
+                widths: dict[str, tuple[int, ...]], dtype: str):
+    """The tiled-GEMM launch of stage ``ln``: a block computes bm tokens × bn columns of
+    one block of the stage (tm × tn per thread), bk inputs per shared-memory step."""
     st = ln.st
     bn = _columns(st, t)
     kb, ps = _split(st, t)
-    lo = f"bz * {ps} + " if kb > 1 else ""
     tx_n, ty_n = bn // t.tn, t.bm // t.tm
     threads = tx_n * ty_n
     ct = ceil_div(st.q, bn)
     if st.k * ct > MAX_GRID_YZ:
         raise CodegenError(f"StructuredFFN CUDA: {st.k * ct} column tiles exceed the grid")
-    b = f"(by // {ct})" if st.k > 1 else "0"
-    c0 = f"(by % {ct}) * {bn}" if ct > 1 else "0"
-    e = f"((e * {ty_n} + ty) * {tx_n} + tx)"
-    # input tile: element e → token e // bk, input e % bk (consecutive inputs: coalesced)
-    row, kk = f"bx * {t.bm} + {e} // {t.bk}", f"{lo}kt * {t.bk} + {e} % {t.bk}"
-    aload = (f"As[{e} // {t.bk} * {t.bk + 1} + {e} % {t.bk}] = T.if_then_else({_rows_ok(row, t.counted)} "
-             f"and {kk} < {st.p}, {_read(spec, ln, row, st.col_in(b, kk))}, T.float32(0))")
-    if (t.bm * t.bk) % threads:
-        aload = f"if {e} < {t.bm * t.bk}:\n{indent(aload, 4)}"
-    # weight tile: element e → input e // bn, column e % bn (coalesced weight rows)
-    wk, wc = f"{lo}kt * {t.bk} + {e} // {bn}", f"{c0} + {e} % {bn}"
-    bload = (f"Bs[{e} // {bn}, {e} % {bn}] = T.if_then_else({wk} < {st.p} and {wc} < {st.q}, "
-             f"{_weight(st, b, wk, wc)}, T.float32(0))")
-    if (t.bk * bn) % threads:
-        bload = f"if {e} < {t.bk * bn}:\n{indent(bload, 4)}"
-    orow, c = f"bx * {t.bm} + ty + i * {ty_n}", f"{c0} + tx + jn * {tx_n}"
-    body = _TILE_BODY.format(
-        TM=t.tm, TN=t.tn, NKT=ceil_div(ps, t.bk), ALOADS=ceil_div(t.bm * t.bk, threads),
-        aload=indent(aload, 8), BLOADS=ceil_div(t.bk * bn, threads), bload=indent(bload, 8),
-        BK=t.bk, BK1=t.bk + 1, TY=ty_n, TX=tx_n, rows_ok=_rows_ok(orow, t.counted), c=c, Q=st.q,
-        store=indent(_store(spec, ln, orow, b, c, "sm[0]", "bz"), 16))
-    if t.counted:
-        body = f"if bx * {t.bm} < CNT[0]:\n{indent(body, 4)}"
-    text = _TILE.format(NTOK=_tokens(t.bm), NCOL=st.k * ct, KB=kb, TY=ty_n, TX=tx_n, TM=t.tm,
-                        TN=t.tn, BM=t.bm, BK=t.bk, BK1=t.bk + 1, BN=bn, body=indent(body, 20))
-    return _kernel(spec, symbol, [*_names(ln), *(["CNT"] if t.counted else [])], widths, text)
+    bm, bk, tm, tn, counted = t.bm, t.bk, t.tm, t.tn, t.counted
+    nkt = ceil_div(ps, bk)
+    aloads, bloads = ceil_div(bm * bk, threads), ceil_div(bk * bn, threads)
+    ragged_a, ragged_b = (bm * bk) % threads > 0, (bk * bn) % threads > 0
+
+    def block(by):
+        return by // ct if st.k > 1 else 0
+
+    def c0(by):
+        return (by % ct) * bn if ct > 1 else 0
+
+    def k_terms(bz, kt, r) -> list:  # input r of step kt of the split (terms)
+        return [bz * ps, kt * bk, r] if kb > 1 else [kt * bk, r]
+
+    def flat(e, ty, tx):
+        return (e * ty_n + ty) * tx_n + tx
+
+    def row_out(bx, ty, i):
+        return _sum(bx * bm, ty, i * ty_n)
+
+    def col(by, tx, jn) -> list:
+        return [c0(by), tx, jn * tx_n]
+
+    @macro
+    def load_a(bufs, N, bx, by, bz, ty, tx, kt, As, e):
+        # input tile: element e → token e // bk, input e % bk (consecutive inputs: coalesced)
+        f = T.meta_var(flat(e, ty, tx))
+        As[f // bk * (bk + 1) + f % bk] = T.if_then_else(
+            _rows_ok(bx * bm + f // bk, N, bufs, counted)
+            and _sum(*k_terms(bz, kt, f % bk)) < st.p,
+            _read(spec, ln, bufs, bx * bm + f // bk,
+                  _sum(*st.col_in(block(by), k_terms(bz, kt, f % bk)))),
+            T.float32(0))
+
+    @macro
+    def load_b(bufs, by, bz, ty, tx, kt, Bs, e):
+        # weight tile: element e → input e // bn, column e % bn (coalesced weight rows)
+        f = T.meta_var(flat(e, ty, tx))
+        Bs[f // bn, f % bn] = T.if_then_else(
+            _sum(*k_terms(bz, kt, f // bn)) < st.p and c0(by) + f % bn < st.q,
+            _weight(ln, bufs, block(by), _sum(*k_terms(bz, kt, f // bn)), c0(by) + f % bn),
+            T.float32(0))
+
+    @macro
+    def block_body(bufs, N, bx, by, bz, ty, tx, acc, a, bw, sm, As, Bs):
+        for i in T.unroll(tm):
+            for jn in T.unroll(tn):
+                acc[i, jn] = T.float32(0)
+        for kt in range(nkt):
+            for e in range(aloads):
+                if ragged_a:
+                    if flat(e, ty, tx) < bm * bk:
+                        load_a(bufs, N, bx, by, bz, ty, tx, kt, As, e)
+                else:
+                    load_a(bufs, N, bx, by, bz, ty, tx, kt, As, e)
+            for e in range(bloads):
+                if ragged_b:
+                    if flat(e, ty, tx) < bk * bn:
+                        load_b(bufs, by, bz, ty, tx, kt, Bs, e)
+                else:
+                    load_b(bufs, by, bz, ty, tx, kt, Bs, e)
+            T.tvm_storage_sync("shared")
+            for kk in T.unroll(bk):
+                for i in T.unroll(tm):
+                    a[i] = As[(ty + i * ty_n) * (bk + 1) + kk]
+                for jn in T.unroll(tn):
+                    bw[jn] = Bs[kk, tx + jn * tx_n]
+                for i in T.unroll(tm):
+                    for jn in T.unroll(tn):
+                        acc[i, jn] = acc[i, jn] + a[i] * bw[jn]
+            T.tvm_storage_sync("shared")
+        for i in T.unroll(tm):
+            if _rows_ok(row_out(bx, ty, i), N, bufs, counted):
+                for jn in T.unroll(tn):
+                    if _sum(*col(by, tx, jn)) < st.q:
+                        sm[0] = acc[i, jn]
+                        _store(spec, ln, bufs, row_out(bx, ty, i), block(by), col(by, tx, jn),
+                               sm, bz)
+
+    @macro
+    def grid(bufs, N):
+        for bx in T.thread_binding(_tokens(bm, N), thread="blockIdx.x"):
+            for by in T.thread_binding(st.k * ct, thread="blockIdx.y"):
+                for bz in T.thread_binding(kb, thread="blockIdx.z"):
+                    for ty in T.thread_binding(ty_n, thread="threadIdx.y"):
+                        for tx in T.thread_binding(tx_n, thread="threadIdx.x"):
+                            acc = T.alloc_buffer((tm, tn), "float32", scope="local")
+                            a = T.alloc_buffer((tm,), "float32", scope="local")
+                            bw = T.alloc_buffer((tn,), "float32", scope="local")
+                            sm = T.alloc_buffer((1,), "float32", scope="local")
+                            # [bm, bk + 1] (padded: no bank conflicts on the transposing
+                            # reads), 1-D or TVM would compact the padding away
+                            As = T.alloc_buffer((bm * (bk + 1),), "float32", scope="shared")
+                            Bs = T.alloc_buffer((bk, bn), "float32", scope="shared")
+                            if counted:
+                                if bx * bm < bufs["CNT"][0]:
+                                    block_body(bufs, N, bx, by, bz, ty, tx, acc, a, bw, sm, As, Bs)
+                            else:
+                                block_body(bufs, N, bx, by, bz, ty, tx, acc, a, bw, sm, As, Bs)
+
+    return _kernel(spec, symbol, _names(ln, counted), widths, dtype, grid)
 
 
 def _check_tiling(t: StructuredTiling) -> None:
@@ -442,10 +529,16 @@ def _check_tiling(t: StructuredTiling) -> None:
         raise CodegenError(f"bad StructuredFFN CUDA gemv tiling {t}")
 
 
-def variant_sources(spec: KernelSpec, t: StructuredTiling, prefix: str) -> dict[str, str]:
-    """TVMScript of a variant's kernels, by global symbol, in launch order: ``<prefix>_s<i>``
-    per stage, then ``<prefix>_reduce`` where the last stage is split."""
+def variant_funcs(spec: KernelSpec, t: StructuredTiling, prefix: str,
+                  dtype: str | None = None) -> dict:
+    """PrimFuncs of a variant's kernels, by global symbol, in launch order: ``<prefix>_s<i>``
+    per stage, then ``<prefix>_reduce`` where the last stage is split. ``dtype``: how the
+    weight matrices are stored (float32, float16, bfloat16; default ``spec.dtype``)."""
     check_spec(spec, CUDA_WEIGHT_DTYPES)
+    dtype = dtype or spec.dtype
+    if dtype not in CUDA_WEIGHT_DTYPES:
+        raise CodegenError(f"StructuredFFN CUDA weights: {' or '.join(CUDA_WEIGHT_DTYPES)} "
+                           f"only, got {dtype!r}")
     _check_tiling(t)
     plan = _plan(spec, t)
     widths: dict[str, tuple[int, ...]] = {"X": (spec.d_in,), "Y": (spec.d_out,)}
@@ -456,7 +549,8 @@ def variant_sources(spec: KernelSpec, t: StructuredTiling, prefix: str) -> dict[
     for i, ln in enumerate(plan):
         symbol = f"{prefix}_s{i}"
         make = _tile_stage if t.tile else _gemv_stage
-        out[symbol] = make(spec, ln, t, symbol, widths)
+        out[symbol] = make(spec, ln, t, symbol, widths, dtype)
     if plan[-1].kb > 1:
-        out[f"{prefix}_reduce"] = _reduce(spec, plan[-1], f"{prefix}_reduce", widths, t.counted)
+        out[f"{prefix}_reduce"] = _reduce(spec, plan[-1], f"{prefix}_reduce", widths,
+                                          t.counted, dtype)
     return out

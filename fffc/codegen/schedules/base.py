@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from fffc.ops import KernelSpec
 
 from ..kernels.sparse_ffn import Tiling
-
-MAX_TOKENS = 2**31 - 1
+from ..limits import MAX_TOKENS as MAX_TOKENS  # re-exported: the schedules use it
 
 
 @dataclass(frozen=True)

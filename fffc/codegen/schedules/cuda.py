@@ -8,6 +8,7 @@ from fffc.errors import CodegenError
 from fffc.ops import KernelSpec
 
 from ..kernels.sparse_ffn_cuda import CudaTiling, ceil_div
+from ..kernels.structured_ffn_cuda import StructuredTiling
 from .base import MAX_TOKENS, Family, Variant
 
 
@@ -131,9 +132,6 @@ class Cuda(Family):
         """StructuredFFN's CUDA variants, covering 1..MAX_TOKENS without gaps or overlaps:
         gemv<mr> for few tokens, then tiled GEMM stages (tile32, tile64). ``counted``: the
         "counted_" variants (rows ≥ CNT[0] untouched: a RoutedFFN's FFN on its gathered rows)."""
-        # here, not at the top: kernels/structured_ffn.py imports the schedules package
-        from ..kernels.structured_ffn_cuda import StructuredTiling
-
         c = self.structured
         prefix = "counted_" if counted else ""
         out, first = [], 1
