@@ -4,10 +4,11 @@ An entry (``Mode``) says which ``ai.fffc`` op the site becomes and with which ``
 attribute, whether compiled kernels run it, whether it computes the original function or
 a masked one, whether calls are dispatched on their token count, and how the site's
 weights become the op's inputs (``layouts``: inputs stored in another orientation than
-the matched graph's; ``params``: inputs made from the plan's parameters). Everything a
-layer does differently per decision is registered under the entry by that layer
-(``register``/``behaviour``), in the style of TVM's op attributes: verification registers
-the NumPy reference, the passes the lowering, codegen the kernel variants. A layer looks
+the matched graph's; ``params``: inputs made from the plan's parameters), and the kernel
+specs it needs (``specs``; codegen owns each spec type's kernel variants per target). What
+a layer does differently per decision is registered under the entry by that layer
+(``register``/``behaviour``), in the style of TVM's op attributes: the passes register the
+lowering, verification the NumPy reference and the emulated CUDA check. A layer looks
 behaviours up by decision; nothing outside this registry compares decision strings.
 
 Adding a mode: a ``Decision`` member, an entry here, the behaviours each layer registers
@@ -47,7 +48,6 @@ class Behaviour(Enum):
 
     REFERENCE = "reference"  # the op's NumPy reference on a site's inputs  [verify]
     LOWER = "lower"  # the site's marker → its op node and fallback function  [passes]
-    VARIANTS = "variants"  # kernel variants of the site's KernelSpecs per target  [codegen]
     EMULATE = "emulate"  # the site's CUDA kernels run by the CPU emulator, checked  [verify]
 
 
