@@ -203,8 +203,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                   ", ".join(sorted(st.get("centers", {}))) or "no")
     console.print(t)
     for name, st in result["sites"].items():
-        if "predictor" in st:
-            p, q = st["predictor"], st["predictor"]["held_out"]
+        if (p := st.get("predictor")) is not None:
+            q = p["held_out"]
             console.print(f"{name}: rank-{p['rank']} predictor, held out: recall {q['recall']:.3f}"
                           f", precision {q['precision']:.3f}, selects {q['selected']:.1%} of "
                           f"neurons ({q['active']:.1%} active; random selection of as many: "

@@ -9,6 +9,7 @@ Runs after ``canonical_structured``, so every structured projection is one
 from __future__ import annotations
 
 import itertools
+from enum import Enum
 
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
@@ -21,32 +22,45 @@ from ._common import CANON, RuleSequence, const_array, node_names
 from ._ffn_common import act_name, apply_act, as_vector, check_bias
 from .markers import StructuredMarker, marker_inputs
 
-FORMS = ("lowrank_or_blockdense", "blockdiag", "dense")  # StructuredLinear with U / without / MatMul
-SHUFFLE = "blockshuffle"  # canonical BlockShuffle(x, A, S): pairs with itself or a dense projection
-COMBOS = [*((a, b) for a, b in itertools.product(FORMS, FORMS) if (a, b) != ("dense", "dense")),
-          (SHUFFLE, SHUFFLE), (SHUFFLE, "dense"), ("dense", SHUFFLE)]
+
+class Form(str, Enum):
+    """How one projection of a structured FFN reads after canonicalization."""
+
+    LOWRANK_OR_BLOCKDENSE = "lowrank_or_blockdense"  # StructuredLinear(x, A, U)
+    BLOCKDIAG = "blockdiag"  # StructuredLinear(x, A)
+    DENSE = "dense"  # MatMul(x, W)
+    SHUFFLE = "blockshuffle"  # BlockShuffle(x, A, S): pairs with itself or a dense projection
+
+    def __str__(self) -> str:
+        return self.value
 
 
-def _project(op, form: str, x, a, u, name: str):
-    if form == SHUFFLE:  # u binds the second factor S here
+FORMS = (Form.LOWRANK_OR_BLOCKDENSE, Form.BLOCKDIAG, Form.DENSE)
+COMBOS = [*((a, b) for a, b in itertools.product(FORMS, FORMS)
+            if (a, b) != (Form.DENSE, Form.DENSE)),  # (dense, dense) is ffn_dense's
+          (Form.SHUFFLE, Form.SHUFFLE), (Form.SHUFFLE, Form.DENSE), (Form.DENSE, Form.SHUFFLE)]
+
+
+def _project(op, form: Form, x, a, u, name: str):
+    if form is Form.SHUFFLE:  # u binds the second factor S here
         return op.BlockShuffle(x, a, u, _domain=CANON, _outputs=[name])
-    if form == "dense":
+    if form is Form.DENSE:
         return op.MatMul(x, a, _outputs=[name])
-    if form == "blockdiag":
+    if form is Form.BLOCKDIAG:
         return op.StructuredLinear(x, a, _domain=CANON, _outputs=[name])
     return op.StructuredLinear(x, a, u, _domain=CANON, _outputs=[name])
 
 
-def _widths(form: str, a: ir.Value, u: ir.Value | None) -> tuple[int, int]:
+def _widths(form: Form, a: ir.Value, u: ir.Value | None) -> tuple[int, int]:
     """(input width, output width) of one projection."""
     arr = const_array(a)
-    if form == "dense":
+    if form is Form.DENSE:
         return arr.shape[0], arr.shape[1]
     k, p, q = arr.shape
-    if form == SHUFFLE:
+    if form is Form.SHUFFLE:
         m, _, cols = const_array(u).shape
         return k * p, m * cols
-    return k * p, (const_array(u).shape[1] if form != "blockdiag" else k * q)
+    return k * p, (const_array(u).shape[1] if form is not Form.BLOCKDIAG else k * q)
 
 
 def describe(a: ir.Value | None, u: ir.Value | None, s: ir.Value | None = None) -> str:
@@ -140,12 +154,12 @@ class StructuredFFN(pattern.RewriteRuleClassBase):
                 add1=None, add2=None, **_):
         def blocks(form, a, u):
             """(A, U, S) of one projection in the op's inputs."""
-            if form == "dense":
+            if form is Form.DENSE:
                 return op.initializer(ir.tensor(const_array(a)[None].copy()),
                                       name=f"{a.name}__blocks"), None, None
-            if form == SHUFFLE:
+            if form is Form.SHUFFLE:
                 return a, None, u
-            return a, (u if form != "blockdiag" else None), None
+            return a, (u if form is not Form.BLOCKDIAG else None), None
 
         (a1, u1, s1), (a2, u2, s2) = (blocks(self._forms[0], a1, u1),
                                       blocks(self._forms[1], a2, u2))
@@ -161,7 +175,7 @@ class StructuredFFN(pattern.RewriteRuleClassBase):
 
 def _rules(has_b2: bool) -> list[pattern.RewriteRule]:
     out = []
-    for first, second in COMBOS:  # (dense, dense) is ffn_dense's
+    for first, second in COMBOS:
         for act in ("relu", "gelu", "silu"):
             for has_b1 in (True, False):
                 name = (f"StructuredFFN_{first}_{second}_{act}{'_b1' if has_b1 else ''}"

@@ -245,7 +245,7 @@ def hidden_activations(site: Site, w: dict[str, np.ndarray | None],
     if w.get("B1") is not None:
         h = h + w["B1"]
     act = reference.activation(site.activation, h)
-    if site.kind != "gated":
+    if site.kind is not SiteKind.GATED:
         return None, act
     up = reference.activation(site.up_activation, x.astype(np.float64) @ w["WU"].T)
     return act, act * up

@@ -11,18 +11,27 @@ exported models contain and what fffc detects; ``forward_walk`` is the condition
 from __future__ import annotations
 
 import math
+from enum import Enum
 
 import torch
 from torch import nn
+
+
+class EvalForm(str, Enum):
+    """What ``FastFeedForward.forward`` computes in eval mode (and so what an export holds)."""
+
+    MASKED = "masked"  # every node, times each tree's 0/1 path mask (UltraFastBERT's form)
+    WALK = "walk"  # the hard walk: one row per level and tree (``forward_walk``)
 
 
 class FastFeedForward(nn.Module):
     def __init__(self, input_width: int, output_width: int, depth: int, trees: int = 1,
                  eval_form: str = "masked"):
         super().__init__()
-        if eval_form not in ("masked", "walk"):
-            raise ValueError(f"eval_form must be 'masked' or 'walk', got {eval_form!r}")
-        self.eval_form = eval_form
+        try:
+            self.eval_form = EvalForm(eval_form)
+        except ValueError:
+            raise ValueError(f"eval_form must be 'masked' or 'walk', got {eval_form!r}") from None
         self.input_width, self.output_width = input_width, output_width
         self.depth, self.trees = depth, trees
         self.n_nodes = 2 ** (depth + 1) - 1
@@ -37,7 +46,7 @@ class FastFeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training form: all nodes, GELU, times the 0/1 mask of each tree's path (in eval
         mode with ``eval_form="walk"``: ``forward_walk``)."""
-        if not self.training and self.eval_form == "walk":
+        if not self.training and self.eval_form is EvalForm.WALK:
             return self.forward_walk(x)
         shape = x.shape
         x = x.reshape(-1, self.input_width)
