@@ -1,4 +1,4 @@
-"""What fffc found in a model: FFN sites and FFN-like regions it did not match. Leaf module."""
+"""What fffc found in a model: FFN sites and FFN-like regions it did not match."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from .kinds import Decision, SiteKind
 from .modes import Param, mode
 from .ops import describe_k
+
+_TYPED = {"kind": SiteKind, "decision": Decision}
 
 
 @dataclass
@@ -41,14 +43,10 @@ class Site:
     max_abs_err: float | None = None
     max_rel_err: float | None = None
 
-    def __post_init__(self) -> None:
-        self.kind = SiteKind(self.kind)
-        self.decision = Decision(self.decision)
-
     def __setattr__(self, name: str, value) -> None:
-        if name == "decision":
-            value = Decision(value)
-        super().__setattr__(name, value)
+        """``kind`` and ``decision`` always hold their enums (a plain value is read as one)."""
+        typed = _TYPED.get(name)
+        super().__setattr__(name, typed(value) if typed else value)
 
     @property
     def centered(self) -> str:
