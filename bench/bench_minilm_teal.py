@@ -274,7 +274,7 @@ def dropped(onnx_path: Path, feeds: dict[str, dict], calibs: dict[str, dict],
     """The fraction of x and a entries the thresholds at ``level`` drop, per FFN, on the
     real tokens of each feed: calibrated for ``level`` on sentences, what a lone token
     does can differ."""
-    from fffc.plan.calibration import hidden_activations
+    from fffc.plan.activations import hidden_activations
 
     print(f"\nEntries dropped at {level:.0%} (x / a, per FFN), on the real tokens of:")
     for what, feed in feeds.items():

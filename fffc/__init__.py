@@ -50,22 +50,32 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
               predictor_rank: int = 0, center: str = "mode",
               token_mask: str | None = "attention_mask", levels: Sequence[float] | None = None,
               budget: str | None = None, output: str | Path | None = None,
-              force: bool = False) -> dict:
+              force: bool = False, **options) -> dict:
     """Per-site activation statistics over ``data`` (see ``fffc calibrate``), and predictors
     when ``predictor_rank`` > 0; thresholds around per-channel centers (``center``: "mode",
     "median", or "none" for TEAL's |v|), padding rows (``token_mask`` 0) left out; written
     to ``output`` (JSON + ``.npz``) when given; ``levels``: the target sparsities thresholds
     are written for (default every 0.05); ``budget``: also search the allocation (as
-    ``fffc compile --budget``) and store it, for ``compile`` without a budget."""
+    ``fffc compile --budget``) on the same feeds and store it, for ``compile`` without a
+    budget. ``options``: ``seq`` (tokens per synthetic feed), ``samples``,
+    ``predictor_sparsity``, ``progress`` (called with the feed count) of
+    ``fffc.plan.calibration.calibrate``."""
     from .pipeline import analyze
-    from .plan import calibration as _calibrate
+    from .plan import allocate, calibration
 
-    result = _calibrate.calibrate(analyze(model), data, synthetic=synthetic,
-                                  predictor_rank=predictor_rank, center=center,
-                                  token_mask=token_mask,
-                                  sparsities=levels or _calibrate.SPARSITIES, budget=budget)
+    if budget is not None:
+        allocate.parse_budget(budget)  # a bad budget fails before the passes over the data
+    a = analyze(model)
+    result = calibration.calibrate(a, data, synthetic=synthetic,
+                                   predictor_rank=predictor_rank, center=center,
+                                   token_mask=token_mask,
+                                   sparsities=levels or calibration.SPARSITIES, **options)
+    if budget is not None:
+        feeds = calibration.calibration_feeds(a, data, synthetic,
+                                              options.get("seq", calibration.SEQ))
+        result["allocation"] = allocate.stored(a, result, budget, list(feeds))
     if output is not None:
-        _calibrate.write(result, output, force=force)
+        calibration.write(result, output, force=force)
     return result
 
 

@@ -175,19 +175,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .pipeline import analyze
-    from .plan import calibration as calibrate
+    from . import calibrate
+    from .plan import calibration
 
     out = args.output or args.model.with_suffix(".calib.json")
     with err_console.status("calibrate…") as status:
-        result = calibrate.calibrate(
-            analyze(args.model), args.data, synthetic=args.synthetic, seq=args.seq, samples=args.samples,
+        result = calibrate(
+            args.model, args.data, synthetic=args.synthetic, seq=args.seq, samples=args.samples,
             predictor_rank=args.predictor_rank, predictor_sparsity=args.predictor_sparsity,
             center=args.center, token_mask=None if args.token_mask == "none" else args.token_mask,
-            sparsities=calibrate.parse_levels(args.levels) if args.levels else calibrate.SPARSITIES,
+            levels=calibration.parse_levels(args.levels) if args.levels else None,
             budget=args.budget,
             progress=lambda n: status.update(f"calibrate… {n} feed(s)"))
-    written = calibrate.write(result, out, force=args.force)
+    written = calibration.write(result, out, force=args.force)
     err_console.print(f"[green]✓[/] calibrate ({result['feeds']} feed(s))")
     what = "|value|" if args.center == "none" else f"|value - its channel's {args.center}|"
     t = Table(title=f"{len(result['sites'])} site(s): {what} at which a target sparsity falls")

@@ -7,7 +7,8 @@ import numpy as np
 
 from fffc.contract.sites import Site
 from fffc.plan import predictor
-from fffc.plan.calibration import Histogram, hidden_activations
+from fffc.plan.activations import hidden_activations
+from fffc.plan.calibration import Histogram
 
 D, F = 64, 256
 

@@ -46,12 +46,13 @@ from ..contract.sites import Site
 from ..contract.version import VERSION
 from ..frontend import copy, sha256_file
 from ..verify import compare as verify
-from ..verify import reference
+from .activations import hidden_activations
 from .decide import site_centers
 
 # thresholds are written for these target sparsities: every 0.05, TEAL's greedy step
 # (greedyopt's base_step), so a per-site search can spend a budget in small steps
 SPARSITIES = tuple(round(0.05 * i, 2) for i in range(1, 20))
+SEQ = 128  # tokens per synthetic feed
 SAMPLES = 4096  # rows of x kept per site for predictor training and the centers
 TOKEN_MASK = "attention_mask"  # the input whose 0 entries mark padding tokens
 CENTERS = ("mode", "median", "none")  # per-channel centers: densest window, median, TEAL's 0
@@ -238,19 +239,6 @@ def parse_levels(text: str) -> tuple[float, ...]:
     return levels
 
 
-def hidden_activations(site: Site, w: dict[str, np.ndarray | None],
-                       x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-    """(act(x·Wg) of a gated site or None, the down projection's input a), float64."""
-    h = x.astype(np.float64) @ w["W1"]
-    if w.get("B1") is not None:
-        h = h + w["B1"]
-    act = reference.activation(site.activation, h)
-    if site.kind is not SiteKind.GATED:
-        return None, act
-    up = reference.activation(site.up_activation, x.astype(np.float64) @ w["WU"].T)
-    return act, act * up
-
-
 def load_feeds(data: Path, input_names: list[str]) -> Iterator[dict[str, np.ndarray]]:
     """Feeds from an ``.npz`` (one feed: arrays named like the model's inputs) or a folder
     of them (sorted by name); clear errors for anything else."""
@@ -303,11 +291,21 @@ class SiteInputs:
         return out, applied
 
 
+def calibration_feeds(model: Analysis, data: str | Path | None, synthetic: int,
+                      seq: int = SEQ) -> Iterator[dict[str, np.ndarray]]:
+    """The feeds a calibration runs on: the user's (``data``, an .npz or a folder of them)
+    or ``synthetic`` generated ones of ``seq`` tokens."""
+    if data is not None:
+        inputs = [i.name for i in model.proto.graph.input
+                  if i.name not in {t.name for t in model.proto.graph.initializer}]
+        return load_feeds(Path(data), inputs)
+    return iter(verify.probe_inputs(model.proto, 1, seq, seed=1234, count=synthetic))
+
+
 def calibrate(model: Analysis, data: str | Path | None = None, *, synthetic: int = 0,
-              seq: int = 128, samples: int = SAMPLES, sparsities: Iterable[float] = SPARSITIES,
+              seq: int = SEQ, samples: int = SAMPLES, sparsities: Iterable[float] = SPARSITIES,
               predictor_rank: int = 0, predictor_sparsity: float = 0.9,
               center: str = "mode", token_mask: str | None = TOKEN_MASK,
-              budget: str | None = None,
               progress: Callable[[int], None] | None = None) -> dict:
     """Statistics of every site of the analysed ``model`` that a masked mode applies to over the
     feeds in ``data``, or over ``synthetic`` generated feeds (random floats, in-vocabulary
@@ -319,16 +317,10 @@ def calibrate(model: Analysis, data: str | Path | None = None, *, synthetic: int
     a model input marking real tokens (1) and padding (0), as a transformer's
     ``attention_mask``: where a feed has it with the shape of a site input's leading dims,
     padding rows are left out of that site's statistics (padded batches would otherwise
-    calibrate on what the model computes for padding). ``budget`` (as ``fffc compile
-    --budget``): the allocation is also searched now, on the same feeds (the last quarter
-    held out), and stored as "allocation" — what ``fffc compile --calibration`` applies
-    when it is given no budget of its own. Returns the CALIB.json content."""
+    calibrate on what the model computes for padding). Returns the CALIB.json content
+    (``fffc.plan.allocate.stored`` adds an allocation searched on the same feeds)."""
     if center not in CENTERS:
         raise UsageError(f"center must be one of {CENTERS}, got {center!r}")
-    if budget is not None:
-        from .allocate import parse_budget
-
-        parse_budget(budget)  # a bad budget fails before the passes over the data
     if (data is None) == (synthetic <= 0):
         raise UsageError("give calibration data (--data) or a number of synthetic feeds "
                          "(--synthetic N), not both")
@@ -338,9 +330,7 @@ def calibrate(model: Analysis, data: str | Path | None = None, *, synthetic: int
         raise UsageError("no dense or gated FFN site to calibrate", path=model.path)
 
     def feeds() -> Iterator[dict[str, np.ndarray]]:
-        if data is not None:
-            return load_feeds(Path(data), cap.inputs)
-        return iter(verify.probe_inputs(cap.proto, 1, seq, seed=1234, count=synthetic))
+        return calibration_feeds(model, data, synthetic, seq)
 
     stats = {s.name: SiteStats(s, samples=Reservoir(samples, s.d_model, seed=i))
              for i, s in enumerate(sites)}
@@ -386,10 +376,6 @@ def calibrate(model: Analysis, data: str | Path | None = None, *, synthetic: int
         "_samples": {name: st.samples.sample() for name, st in stats.items()},
         "_predictors": predictors,
     }
-    if budget is not None:
-        from .allocate import stored
-
-        result["allocation"] = stored(model, result, budget, list(feeds()))
     return result
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..contract.sites import Site
-from .calibration import hidden_activations
+from .activations import hidden_activations
 
 
 @dataclass
