@@ -170,10 +170,9 @@ def fff_walk(tape: ir.tape.Tape, x: ir.Value, w_in_rows: ir.Value, b_in: ir.Valu
 
 
 # Below this many trained nodes per visited node the fallback computes every node (one GEMM)
-# instead of walking: the sweep in BENCHMARKS.md has the walk in standard ops ahead for
-# 1x11 (341 trained per visited) and 4x9 (102), even for 16x7 (32), and 4–15x behind the
-# masked form for 128x4 (6), whose gathered rows [tokens, trees, d_in] per level also
-# exhaust memory at 16384 tokens (6.4 GB).
+# instead of walking: a walk gathers [tokens, trees, d_in] rows per level, which costs more
+# than the GEMM when few trained nodes are skipped per visited one (wide, shallow forests;
+# bench/bench_fff_variants.py times both forms) and outgrows memory at long sequences.
 MASKED_BELOW_RATIO = 32
 
 
