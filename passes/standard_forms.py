@@ -172,7 +172,7 @@ def fff_walk(tape: ir.tape.Tape, x: ir.Value, w_in_rows: ir.Value, b_in: ir.Valu
 # Below this many trained nodes per visited node the fallback computes every node (one GEMM)
 # instead of walking: a walk gathers [tokens, trees, d_in] rows per level, which costs more
 # than the GEMM when few trained nodes are skipped per visited one (wide, shallow forests;
-# bench/bench_fff_variants.py times both forms) and outgrows memory at long sequences.
+# bench/bench_fff.py times the fallback) and outgrows memory at long sequences.
 MASKED_BELOW_RATIO = 32
 
 
