@@ -3,7 +3,7 @@
     python bench/bench_fff_cuda.py build DIR     # here: TVM emits, nvcc compiles
     python3 bench/bench_fff_cuda.py run DIR      # on the GPU: CuPy launches, PyTorch = cuBLAS
 
-Cases (issue 6): BERT-base dims, FFF 1x11 (4095 nodes, 12 visited per token) against the
+Cases: BERT-base dims, FFF 1x11 (4095 nodes, 12 visited per token) against the
 dense GELU FFN 768→3072→768; LLaMA-7B dims, FFF 1x13 (16383 nodes ≥ d_ff 11008, 14
 visited) against the dense GELU FFN 4096→11008→4096 and against LLaMA's SwiGLU FFN
 (3 matrices). Each kernel is checked against a float64 walk on the GPU, then both sides

@@ -1,4 +1,4 @@
-"""In-process timing of FastFeedForward CPU kernel variants (issue 3, item 4).
+"""In-process timing of FastFeedForward CPU kernel variants.
 
     TVM_NUM_THREADS=2 python bench/bench_fff_variants.py [--shapes 1x11,4x9,128x4] [--tokens 1,8,128,2048]
 

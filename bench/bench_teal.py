@@ -18,7 +18,7 @@ so S of the up and down bytes (2/3 of the FFN) are skipped.
 
 Predictor mode (last row): ``fffc calibrate --predictor-rank d_ff/32 --predictor-sparsity
 0.9`` trains a low-rank predictor per FFN (labels: the 10% largest |a|); its cut is then
-moved so that it selects 10% of the neurons on held-out tokens (the issue's "90% predicted
+moved so that it selects 10% of the neurons on held-out tokens ("90% predicted
 sparsity"; calibration sets it for 99% recall, which on random weights selects far more),
 and ``fffc compile --budget predictor`` builds the artifact. Its recall of the 10% most
 active neurons at that cut (same held-out tokens) is printed.

@@ -1,5 +1,5 @@
 """``fffc.predictor``: trained low-rank predictors find the active neurons far better than
-selecting as many at random (issue 4's done-when), on a synthetic site."""
+selecting as many at random, on a synthetic site."""
 
 from __future__ import annotations
 

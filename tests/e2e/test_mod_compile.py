@@ -1,4 +1,4 @@
-"""End to end (issue 7): a Mixture-of-Depths FFN (static top-k export) compiles to
+"""End to end: a Mixture-of-Depths FFN (static top-k export) compiles to
 ``ai.fffc::RoutedFFN`` with x86 kernels (routing, the FFN on the selected tokens, the
 combine); the artifact equals the export with the shim and without it."""
 

@@ -1,4 +1,4 @@
-"""End to end (issue 7): structured MLP exports compile to ``ai.fffc::StructuredFFN`` with
+"""End to end: structured MLP exports compile to ``ai.fffc::StructuredFFN`` with
 x86 kernels; the artifact equals the export with the shim (structured path, pre-merged
 path) and without it (fallback function), on token counts the probes did not use."""
 

@@ -1,5 +1,5 @@
-"""``ai.fffc::FastFeedForward`` through the native shim in ONNX Runtime, at the shapes issue 3
-asks for beyond BERT-base (H 4096, D 15, K 128) and with either tie-break, against the
+"""``ai.fffc::FastFeedForward`` through the native shim in ONNX Runtime, at large shapes
+beyond BERT-base (H 4096, D 15, K 128) and with either tie-break, against the
 float64 NumPy reference."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``fffc.torch.FastFeedForward``: the released training form equals the conditional walk and
-fffc's reference; both exporters produce the masked graph fffc will detect (issue 3)."""
+fffc's reference; both exporters produce the masked graph fffc will detect."""
 
 from __future__ import annotations
 
