@@ -36,12 +36,19 @@ def test_wheel_has_only_fffc_and_imports_from_it(tmp_path):
                    "CMakeLists.txt"):  # the shim is built from the installed copy
         assert f"fffc/runtime/{source}" in names, source
     assert "fffc/torch/fff.py" in names and "fffc/codegen/schedules/arm.py" in names
+    shipped = {"fffc": ROOT / "fffc", "fffc/passes": ROOT / "passes",
+               "fffc/runtime": ROOT / "runtime"}
+    packages = {f"{dest}/{f.parent.relative_to(src).as_posix()}/__init__.py".replace("/./", "/")
+                for dest, src in shipped.items() for f in src.rglob("__init__.py")}
+    assert packages - set(names) == set()  # every package of the source tree is shipped
 
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(site), str(wheel)], check=True)
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import fffc.passes, fffc.runtime; "
-            "print(fffc.passes.__file__); print(fffc.runtime.__file__)")
+            "import fffc.pipeline, fffc.cli; "
+            "print(fffc.passes.__file__); print(fffc.runtime.__file__); "
+            "print(fffc.pipeline.__file__)")
     out = subprocess.run([sys.executable, "-c", code, str(site)], check=True,
                          capture_output=True, text=True, cwd=tmp_path).stdout.split()
     assert all(p.startswith(str(site)) for p in out), out
