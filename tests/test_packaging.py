@@ -6,6 +6,7 @@ mapping is known to break editable installs in some versions: pypa/setuptools#42
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -22,8 +23,23 @@ def test_editable_install_imports_mapped_packages():
     assert Path(fffc.runtime.__file__).parent == ROOT / "runtime"
 
 
+def _source_tree(dest: Path) -> Path:
+    """The checkout's files (tracked and new, not ignored) copied to ``dest``: a build there
+    sees no leftovers of earlier builds (setuptools reuses ``build/``)."""
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--cached", "--others",
+                            "--exclude-standard"], check=True, capture_output=True,
+                           text=True).stdout.split()
+    for name in files:
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
 def test_wheel_has_only_fffc_and_imports_from_it(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
+    src = _source_tree(tmp_path / "src")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps",
                     "--no-build-isolation", "-q", "-w", str(tmp_path / "dist")], check=True)
     wheel = next((tmp_path / "dist").glob("fffc-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
