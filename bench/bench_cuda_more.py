@@ -34,7 +34,7 @@ the rows to ``DIR/results.json`` (or ``--json``); exits 1 if a relative error ex
 ``build --check`` also builds small-dim specs of both parts (d = 64) and runs every variant
 once through fffc's CPU emulator of the emitted CUDA, with the launches as ``run`` reads them
 from the JSON and the buffers, weights, rounding and reference of ``run``'s own code
-(NumPy in place of CuPy), against fffc.reference; and the torch dense baselines on the CPU.
+(NumPy in place of CuPy), against fffc.verify.reference; and the torch dense baselines on the CPU.
 """
 
 from __future__ import annotations
@@ -570,8 +570,8 @@ def _check() -> int:
                 tuple(v["workspace"].items()))
     emu = Emulator(source, list(recorded.values()))
     print(f"check: built {len(recorded)} small variants ({time.perf_counter() - t0:.0f} s); "
-          "each in the emulator vs fffc.reference, max|err|/max|ref| (and run's own "
-          "reference vs fffc.reference)")
+          "each in the emulator vs fffc.verify.reference, max|err|/max|ref| (and run's own "
+          "reference vs fffc.verify.reference)")
 
     def emulate(what: str, km: dict, inputs: dict, reference: tuple) -> None:
         """Y through the emulator, launched as run's records and buffers say, at the edges

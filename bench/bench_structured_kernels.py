@@ -24,7 +24,7 @@ The machine is shared and noisy: in each round every candidate in turn gets a sh
 (the other thread pools go to sleep), one untimed call, then a timed block of calls; the
 tables show the median (and the minimum) over rounds of the per-call block means, and
 ``x`` columns are ORT's time divided by the kernel's (> 1: the kernel is faster). Every kernel is first
-checked against ``fffc.reference.structured_ffn`` (float64).
+checked against ``fffc.verify.reference.structured_ffn`` (float64).
 """
 
 from __future__ import annotations

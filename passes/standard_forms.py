@@ -280,7 +280,7 @@ def structured_ffn(tape: ir.tape.Tape, x: ir.Value, a1: ir.Value, u1: ir.Value |
 
 
 def _capacity_k(tape: ir.tape.Tape, x: ir.Value, k: int, capacity: dict | None) -> ir.Value:
-    """TopK's k [1]: the constant, or from the sequence length as ``fffc.ops.capacity_k``."""
+    """TopK's k [1]: the constant, or from the sequence length as ``fffc.contract.ops.capacity_k``."""
     if not capacity:
         return _ints(tape, [k])
     s = tape.op("Gather", [tape.op("Shape", [x]), _ints(tape, [1])], {"axis": 0})

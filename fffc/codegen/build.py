@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec
 
 from . import _tvm
 from .cuda_build import DEFAULT_ARCHS, CudaLibrary, build_cuda_library

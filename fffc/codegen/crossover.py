@@ -14,8 +14,8 @@ from statistics import median
 
 import numpy as np
 
+from fffc.contract.ops import KernelSpec
 from fffc.contract.structure import merged_weight
-from fffc.ops import KernelSpec
 
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 128)
 MARGIN = 0.95  # merged must be at least 5% faster to be worth its extra weights

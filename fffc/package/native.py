@@ -138,7 +138,7 @@ def _compiler_id(compiler: str, triple: str = "x86_64-linux-gnu") -> str:
 
 def _fixed_objects(compiler: str, includes: list[str], triple: str) -> tuple[list[Path], Path]:
     """The shim's own sources compiled once and cached by content, and the include directory
-    they were compiled with first: the contract header generated from ``fffc.ops``."""
+    they were compiled with first: the contract header generated from ``fffc.contract.ops``."""
     src = _runtime_dir() / "src"
     sources = sorted(src.rglob("*.cc"))
     h = hashlib.sha256(contract_header.header().encode())

@@ -213,7 +213,7 @@ def routed_ffn(x: np.ndarray, wr: np.ndarray, br: np.ndarray | None, w1: np.ndar
                capacity: dict | None = None) -> np.ndarray:
     """``ai.fffc::RoutedFFN``: the FFN (on ``layer_norm`` of them with ``ln`` = (scale,
     bias, epsilon)) of the selected tokens only, combined with X. ``capacity``: k from the
-    sequence length (``fffc.ops.capacity_k``)."""
+    sequence length (``fffc.contract.ops.capacity_k``)."""
     if selection == "topk":
         k = capacity_k(x.shape[1], k, capacity)
     idx, w = route(x, wr, br, selection=selection, k=k, router=router, wa=wa, ba=ba)

@@ -201,7 +201,7 @@ def test_combine_matches_the_formula(library, emulator) -> None:
 @pytest.mark.parametrize("spec", [TOPK2, THR_AUX, THR_AUX_LN], ids=["topk", "aux", "aux_ln"])
 def test_route_ffn_combine_matches_routed_ffn(library, emulator, spec: KernelSpec) -> None:
     """route → the FFN on XS[:CNT] (NumPy, standing in for the FFN kernels) → combine equals
-    ``fffc.reference.routed_ffn``."""
+    ``fffc.verify.reference.routed_ffn``."""
     d, f = spec.d_in, 24
     rng = np.random.default_rng(4)
     w1 = (rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float32)

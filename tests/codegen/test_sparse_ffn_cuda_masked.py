@@ -1,5 +1,5 @@
 """CUDA kernels of SparseFFN modes teal, cats and predictor, without a GPU: nvcc builds
-them, the CPU emulator runs every launch, the float64 references of ``fffc.reference``
+them, the CPU emulator runs every launch, the float64 references of ``fffc.verify.reference``
 judge. Thresholds sit in wide gaps of the values they cut, so float32 rounding cannot move
 a neuron across the cut; the predictor's offsets keep every score far from 0."""
 

@@ -127,12 +127,12 @@ def test_structured_on_cuda_target_builds_cuda_kernels(tmp_path):
                                  providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(stock.run(None, {"x": x})[0], _original(path, x), rtol=1e-5,
                                atol=1e-6)
-    with pytest.raises(fffc.errors.UsageError, match="no pre-merged path"):
+    with pytest.raises(fffc.contract.errors.UsageError, match="no pre-merged path"):
         fffc.compile(path, tmp_path / "cuda2.fffc",
                      fffc.CompileOptions(target="cuda", merged_max_tokens=4))
 
 
 def test_negative_merged_max_tokens_is_a_usage_error(tmp_path):
     path = _export(tmp_path, "lowrank", "dynamo18")
-    with pytest.raises(fffc.errors.UsageError, match="merged-max-tokens"):
+    with pytest.raises(fffc.contract.errors.UsageError, match="merged-max-tokens"):
         fffc.compile(path, tmp_path / "o", fffc.CompileOptions(merged_max_tokens=-1))

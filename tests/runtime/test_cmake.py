@@ -20,8 +20,8 @@ import onnxruntime as ort
 import pytest
 
 import fffc
-from fffc.native import _ffi_include
-from fffc.ort_headers import ensure_ort_headers
+from fffc.package.native import _ffi_include
+from fffc.package.ort_headers import ensure_ort_headers
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")]

@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from fffc.contract import ops
-from fffc.native import CXXFLAGS
 from fffc.package import contract_header
+from fffc.package.native import CXXFLAGS
 
 PROGRAM = r"""
 #include <cstdio>

@@ -9,8 +9,8 @@ macros (``split_k``), the thresholds of exact skipping, and the spec checks.
 
 from __future__ import annotations
 
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec
 
 from .._tvm import T
 from . import pieces

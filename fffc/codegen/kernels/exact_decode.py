@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fffc.ops import KernelSpec
+from fffc.contract.ops import KernelSpec
 
 from .sparse_ffn import Tiling, check_spec
 from .sparse_ffn_cats import cats_primfunc

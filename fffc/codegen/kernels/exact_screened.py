@@ -35,8 +35,8 @@ the recomputed neurons, plus W2's rows of the positive ones.
 
 import numpy as np
 
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec
 
 from .._tvm import T
 from .decode import PARTS, ROWS, check, split_k

@@ -14,7 +14,7 @@ independent, so their latencies overlap instead of forming one chain per token
 (bench/bench_fff_variants.py measures both orders).
 """
 
-from fffc.ops import KernelSpec
+from fffc.contract.ops import KernelSpec
 
 from .._tvm import T
 from ..schedules.base import largest_divisor

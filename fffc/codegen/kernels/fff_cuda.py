@@ -11,8 +11,8 @@ rows of ``W_in`` and ``W_out`` are read per tree: the conditional matrix multipl
 
 from dataclasses import dataclass
 
-from fffc.errors import CodegenError
-from fffc.ops import WEIGHT_DTYPES, KernelSpec
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import WEIGHT_DTYPES, KernelSpec
 
 from .._tvm import T
 from .script import ACTIVATIONS, check_weight_dtype, widen

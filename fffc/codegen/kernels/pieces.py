@@ -7,7 +7,7 @@ the point of the call (TVMScript parses through an IR builder; these use it dire
 which is how a kernel unrolls a variable number of statements at the Python level.
 """
 
-from fffc.errors import CodegenError
+from fffc.contract.errors import CodegenError
 
 from .._tvm import T
 

@@ -34,8 +34,8 @@ iteration); the loop-invariant loads are left to LLVM to hoist.
 # No ``from __future__ import annotations``: the kernels' parameter annotations use shapes
 # from the enclosing function, which TVMScript can only see as evaluated annotations.
 
-from fffc.errors import CodegenError
-from fffc.ops import ROUTED_FFN, KernelSpec
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import ROUTED_FFN, KernelSpec
 
 from .._tvm import T, macro
 from ..schedules import MAX_TOKENS

@@ -47,8 +47,8 @@ POS; combine reads X, POS, WT, D, COEF and writes Y.
 # No ``from __future__ import annotations``: the kernels' parameter annotations use shapes
 # from the enclosing function, which TVMScript can only see as evaluated annotations.
 
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec
 
 from .._tvm import T
 from .routed_ffn import _route_params, check_spec, is_route, router_weight

@@ -15,7 +15,7 @@ string annotations would not keep.
 
 from collections.abc import Callable
 
-from fffc.errors import CodegenError
+from fffc.contract.errors import CodegenError
 
 from .._tvm import T
 

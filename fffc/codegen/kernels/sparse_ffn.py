@@ -28,8 +28,8 @@ dense computation up to float reassociation.
 
 from dataclasses import dataclass
 
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec
 
 from .._tvm import T
 from .pieces import ACTIVATIONS, bias, check_dtype, folds, specialize, widen

@@ -1,6 +1,6 @@
 """``ai.fffc::SparseFFN`` mode=cats for CPUs: CATS's gate threshold, gate first.
 
-The function (``fffc.reference.cats_ffn``), gated FFNs only: x' = Where(|x| <= t_in, 0, x)
+The function (``fffc.verify.reference.cats_ffn``), gated FFNs only: x' = Where(|x| <= t_in, 0, x)
 (TEAL's input threshold, -1 = off); g = act(x'·W1 + B1); g' = Where(|g| <= t_gate, 0, g)
 (CATS); Y = (g' ⊙ up_act(x'·WU))·W2 + B2, ``TH = [t_in, t_gate]``. Per token:
 
@@ -17,8 +17,8 @@ The function (``fffc.reference.cats_ffn``), gated FFNs only: x' = Where(|x| <= t
 # No ``from __future__ import annotations``: ``T.jit`` reads the kernel's parameter
 # annotations (shapes and dtypes from the generator's closure) as objects.
 
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec
 
 from .._tvm import T
 from .decode import PARTS, ROWS, check, split_k, threshold

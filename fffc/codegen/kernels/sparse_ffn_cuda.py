@@ -27,8 +27,8 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fffc.errors import CodegenError
-from fffc.ops import WEIGHT_DTYPES, KernelSpec
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import WEIGHT_DTYPES, KernelSpec
 
 from .._tvm import T, te, tvm
 from .script import ACTIVATIONS, check_weight_dtype, specialize, widen

@@ -1,6 +1,6 @@
 """``ai.fffc::SparseFFN`` modes teal, cats and predictor for CUDA: launches per call.
 
-The calibrated modes drop neurons by thresholds or a predictor (``fffc.reference``'s
+The calibrated modes drop neurons by thresholds or a predictor (``fffc.verify.reference``'s
 ``teal_ffn``, ``cats_ffn``, ``predictor_ffn``); like the CPU kernels they are decode
 kernels, one token per block, and the artifacts run ONNX Runtime's masked dense FFN past
 ``sparse_max_tokens`` (1). Every grid has a token axis (extent N), so the launches are
@@ -38,8 +38,8 @@ deterministic, no atomics).
 import functools
 import operator
 
-from fffc.errors import CodegenError
-from fffc.ops import WEIGHT_DTYPES, KernelSpec
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import WEIGHT_DTYPES, KernelSpec
 
 from .._tvm import T
 from .script import ACTIVATIONS, check_weight_dtype, specialize, widen

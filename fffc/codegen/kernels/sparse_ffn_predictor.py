@@ -1,6 +1,6 @@
 """``ai.fffc::SparseFFN`` mode=predictor for CPUs: a low-rank predictor picks the neurons.
 
-The function (``fffc.reference.predictor_ffn``): neurons S = {i : ((x·PA)·PB + PC)_i > 0}
+The function (``fffc.verify.reference.predictor_ffn``): neurons S = {i : ((x·PA)·PB + PC)_i > 0}
 (Deja Vu / PowerInfer); a_i = act(W1[i]·x + B1_i) [⊙ up_act(WU[i]·x)] for i in S, 0
 otherwise; Y = Σ_S a_i·W2[i] + B2. W1 and WU are stored row per neuron [d_ff, d_in], so a
 selected neuron costs one contiguous row of each. Per token:
@@ -19,8 +19,8 @@ The predictor costs d·r + r·d_ff multiply-adds, the FFN |S|·(2 or 3)·d: at r
 # No ``from __future__ import annotations``: ``T.jit`` reads the kernel's parameter
 # annotations (shapes and dtypes from the generator's closure) as objects.
 
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec
 
 from .._tvm import T
 from .decode import PARTS, ROWS, check, split_k

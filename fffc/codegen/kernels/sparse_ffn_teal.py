@@ -1,6 +1,6 @@
 """``ai.fffc::SparseFFN`` mode=teal for CPUs: TEAL's thresholded FFN, computed sparsely.
 
-The function (``passes/standard_forms.ffn`` with thresholds, ``fffc.reference.teal_ffn``):
+The function (``passes/standard_forms.ffn`` with thresholds, ``fffc.verify.reference.teal_ffn``):
 x' = Where(|x| <= t_in, 0, x); a = act(x'·W1 + B1) [⊙ up_act(x'·WU)];
 a' = Where(|a| <= t_hidden, 0, a); Y = a'·W2 + B2, with ``TH = [t_in, t_hidden]`` an input
 (a negative t switches that threshold off). Centered (``spec.centers``): x - XC and a - HC
@@ -27,8 +27,8 @@ Runtime instead (an ``If`` on the token count), where per-token skipping no long
 # No ``from __future__ import annotations``: ``T.jit`` reads the kernel's parameter
 # annotations (shapes and dtypes from the generator's closure) as objects.
 
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec
 
 from .._tvm import T
 from .decode import PARTS, ROWS, check, split_k, threshold

@@ -67,8 +67,8 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fffc.errors import CodegenError
-from fffc.ops import STRUCTURED_FFN, KernelSpec
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import STRUCTURED_FFN, KernelSpec
 
 from .._tvm import T, macro, named
 from ..limits import MAX_TOKENS

@@ -51,8 +51,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fffc.errors import CodegenError
-from fffc.ops import WEIGHT_DTYPES, KernelSpec
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import WEIGHT_DTYPES, KernelSpec
 
 from .._tvm import T, macro, named
 from .sparse_ffn_cuda import ceil_div

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from fffc.errors import CodegenError
+from fffc.contract.errors import CodegenError
 
 from .._tvm import from_source
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fffc.errors import UnsupportedTargetError
-from fffc.targets import normalize
+from fffc.contract.errors import UnsupportedTargetError
+from fffc.contract.targets import normalize
 
 from .arm import Arm
 from .base import MAX_TOKENS, Family, Variant
@@ -18,7 +18,7 @@ _REGISTRY: dict[str, Family] = {
 
 
 def family(name: str) -> Family:
-    """The family for a target name or alias (``fffc.targets``); unknown names are refused."""
+    """The family for a target name or alias (``fffc.contract.targets``); unknown names are refused."""
     try:
         return _REGISTRY[normalize(name).family]
     except ValueError as e:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fffc.errors import UnsupportedTargetError
-from fffc.ops import KernelSpec
+from fffc.contract.errors import UnsupportedTargetError
+from fffc.contract.ops import KernelSpec
 
 from .. import _tvm
 from .base import Family, Variant

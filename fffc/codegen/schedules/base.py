@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fffc.ops import KernelSpec
+from fffc.contract.ops import KernelSpec
 
 from ..kernels.sparse_ffn import Tiling
 from ..limits import MAX_TOKENS as MAX_TOKENS  # re-exported: the schedules use it

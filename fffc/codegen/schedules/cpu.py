@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from fffc.ops import KernelSpec
+from fffc.contract.ops import KernelSpec
 
 from ..kernels.exact_screened import screenable
 from ..kernels.sparse_ffn import Tiling

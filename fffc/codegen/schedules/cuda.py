@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fffc.errors import CodegenError
-from fffc.ops import KernelSpec
+from fffc.contract.errors import CodegenError
+from fffc.contract.ops import KernelSpec
 
 from ..kernels.sparse_ffn_cuda import CudaTiling, ceil_div
 from ..kernels.structured_ffn_cuda import StructuredTiling

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fffc.ops import KernelSpec
+from fffc.contract.ops import KernelSpec
 
 from .. import _tvm
 from .base import Family, Variant
