@@ -19,33 +19,28 @@ from .contract.errors import VerificationError
 from .package.output import default_output, prepare_output, staging
 from .stages import (
     allocate,
-    canonicalize,
+    analysis,
     check,
     codegen,
-    detect,
     dispatch,
-    load,
     lower,
     package,
     plan,
     shim,
     verify_sites,
 )
+from .stages.analysis import analyze
 from .stages.context import Context, Reporter, quiet
 from .stages.package import CompileResult
 
-ANALYSIS = (load, canonicalize, detect)
+ANALYSIS = analysis.STAGES  # load, canonicalize, detect
 PREPARE = (plan, allocate, verify_sites, dispatch)
 BUILD = (lower, codegen, shim, check)  # repeated while the check fails sites
 STAGES = (*ANALYSIS, *PREPARE, *BUILD, package)
 MAX_ROUNDS = 2  # a site whose kernel fails the artifact check is dropped and the rest rebuilt
 
+# analyze: the first stages alone (fffc.stages.analysis), what inspect and calibrate run
 __all__ = ["STAGES", "Analysis", "CompileResult", "analyze", "compile_model"]
-
-
-def analyze(path: str | Path, report: Reporter = quiet) -> Analysis:
-    """``fffc inspect``: load, canonicalize and detect — every FFN site and near miss."""
-    return _run(ANALYSIS, path, Context(report=report))
 
 
 def compile_model(path: str | Path, out: str | Path | None = None,
@@ -56,7 +51,7 @@ def compile_model(path: str | Path, out: str | Path | None = None,
     out = Path(out) if out is not None else default_output(path)
     ctx = Context.for_compile(options or CompileOptions(), out, report)
     prepare_output(out, ctx.options.force)
-    prepared = _run((*ANALYSIS, *PREPARE), path, ctx)
+    prepared = _run(PREPARE, analyze(path, ctx=ctx), ctx)
     with staging(out) as ctx.staging:
         for _ in range(MAX_ROUNDS):
             checked = _run(BUILD, prepared, ctx)
