@@ -42,7 +42,7 @@ from fffc.contract.ops import UP_ACTIVATIONS
 
 from .._tvm import T
 from .decode import PARTS, ROWS, check, split_k
-from .pieces import activation, bias, check_weight_dtype, folds, widen, with_args
+from .pieces import activation, bias, check_weight_dtype, folds, has_zeros, widen, with_args
 from .sparse_ffn import Tiling
 
 SCREEN_DTYPE = "float16"
@@ -93,7 +93,7 @@ def screenable(spec: SparseSpec) -> bool:
     """Whether ``spec`` has a screened kernel: exact, ReLU (the gate of ReGLU / dReLU),
     float32."""
     return (isinstance(spec, SparseSpec) and spec.mode is SparseMode.EXACT
-            and spec.activation == "relu" and spec.up_activation in UP_ACTIVATIONS
+            and has_zeros(spec.activation) and spec.up_activation in UP_ACTIVATIONS
             and spec.dtype == "float32")
 
 

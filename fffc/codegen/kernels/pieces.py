@@ -93,11 +93,12 @@ class Activation:
 
     exact: Callable
     vector: Callable
+    zeros: bool = False  # exactly 0 wherever the input is not positive: exact skipping
 
 
 ACTIVATIONS: dict[str, Activation] = {
     "none": Activation(lambda v: v, lambda v: v),
-    "relu": Activation(_relu, _relu),
+    "relu": Activation(_relu, _relu, zeros=True),
     "gelu": Activation(
         lambda v: T.float32(0.5) * v * (T.float32(1) + T.erf(v * T.float32(0.7071067811865476))),
         lambda v: T.float32(0.5) * v * (T.float32(1) + _erf_poly(v * T.float32(0.7071067811865476)))),
@@ -119,6 +120,12 @@ def activation(name: str, vector: bool = False) -> Callable:
     except KeyError:
         raise CodegenError(f"activation {name!r} has no kernel") from None
     return act.vector if vector else act.exact
+
+
+def has_zeros(name: str) -> bool:
+    """Whether the activation ``name`` is exactly 0 for every input ≤ 0 (so a neuron can be
+    skipped exactly)."""
+    return name in ACTIVATIONS and ACTIVATIONS[name].zeros
 
 
 def check_activations(op: str, act: str, up: str = "none") -> None:

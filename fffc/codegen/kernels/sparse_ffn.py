@@ -34,7 +34,7 @@ from fffc.contract.kinds import SparseMode
 from fffc.contract.ops import UP_ACTIVATIONS
 
 from .._tvm import T
-from .pieces import activation, bias, check_weight_dtype, folds, widen, with_args
+from .pieces import activation, bias, check_weight_dtype, folds, has_zeros, widen, with_args
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def check_spec(spec: SparseSpec, dtypes: tuple[str, ...] = ("float32",)) -> None
         raise CodegenError(f"not a SparseFFN spec: {spec}")
     if spec.mode is not SparseMode.EXACT:
         raise CodegenError(f"SparseFFN mode {str(spec.mode)!r}: only 'exact' has kernels")
-    if spec.activation != "relu":
+    if not has_zeros(spec.activation):
         raise CodegenError(f"SparseFFN exact needs activation 'relu' (exact zeros to skip), "
                            f"got {spec.activation!r}")
     if spec.up_activation not in UP_ACTIVATIONS:
