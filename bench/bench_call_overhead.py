@@ -33,7 +33,7 @@ import fffc
 import fffc.runtime
 from fffc import timing
 from fffc.codegen.build import KernelRunner
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
 
 
 def _options(profile: str | None = None) -> ort.SessionOptions:
@@ -82,7 +82,7 @@ def main() -> int:
         node = next(n for n in model.graph.node if n.op_type == "SparseFFN")
         w = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         gated = fam.startswith("dReLU")
-        spec = KernelSpec("SparseFFN", "relu", "relu" if gated else "none", "exact", d, f, d,
+        spec = SparseSpec("relu", "relu" if gated else "none", "exact", d, f, d,
                           not gated, not gated, gated)
         kernel = KernelRunner(spec, "decode")
         args = [x.reshape(1, d)] + [w[i] for i in node.input[1:] if i]

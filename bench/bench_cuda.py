@@ -41,15 +41,16 @@ HARNESS = Path(__file__).resolve().parent.parent / "tests" / "runtime" / "cuda_h
 
 def build(out: Path) -> None:
     from fffc.codegen.build import build_kernel_library
-    from fffc.contract.ops import KernelSpec
+    from fffc.codegen.schedules import family
+    from fffc.contract.kernels import SparseSpec
     from fffc.package.native import build_shim
 
     out.mkdir(parents=True, exist_ok=True)
     meta = {}
     for name, d, f, gated, s in CASES:
-        spec = KernelSpec("SparseFFN", "relu", "relu" if gated else "none", "exact", d, f, d,
+        spec = SparseSpec("relu", "relu" if gated else "none", "exact", d, f, d,
                           not gated, not gated, gated)
-        full = build_kernel_library([spec], "cuda", out / name)
+        full = build_kernel_library([spec], family("cuda"), out / name)
         lib = full.cuda
         # the shim's own launch path (driver API, embedded fatbin, workspace), minus ORT
         build_shim(full, out / name, extra_sources=(HARNESS,), name="libfffc_harness.so")

@@ -90,18 +90,20 @@ C_TYPES = {"float*": "float32", "half*": "float16", "nv_bfloat16*": "uint16", "i
 
 def _specs(structured, sparse):
     """({name: (spec, info)}, {name: (info, {weight dtype: spec})})."""
-    from fffc.contract.ops import KernelSpec, structured_kernel_spec
+    from fffc.contract.kernels import Projection, SparseSpec, StructuredSpec
 
     st = {}
     for name, d, f, shape, biases in structured:
-        spec = structured_kernel_spec(ACTIVATION, d, f, d, **shape, has_b1=biases, has_b2=biases)
+        spec = StructuredSpec(ACTIVATION, d, f, d,
+                              *(Projection(shape[f"k{n}"], shape[f"r{n}"], shape[f"u{n}"])
+                                for n in (1, 2)), biases, biases)
         params = (d * shape["r1"] // shape["k1"] + shape["r1"] * f
                   + f * shape["r2"] // shape["k2"] + shape["r2"] * d)
         st[name] = (spec, {"d": d, "f": f, "activation": ACTIVATION, "structure": shape,
                            "params": params / (2 * d * f)})
     sp = {}
     for name, d, f, gated, s in sparse:
-        spec = KernelSpec("SparseFFN", "relu", "relu" if gated else "none", "exact", d, f, d,
+        spec = SparseSpec("relu", "relu" if gated else "none", "exact", d, f, d,
                           not gated, not gated, gated)
         sp[name] = ({"d": d, "f": f, "gated": gated, "sparsity": s},
                     {dt: spec.stored_as(dt) for dt in WEIGHT_DTYPES})
@@ -123,11 +125,12 @@ def _kernels(lib, spec, types: dict) -> dict:
 def _build(structured, sparse, out: Path):
     """One library (one fatbin) of every spec; (library, cases.json's content)."""
     from fffc.codegen.cuda_build import build_cuda_library
+    from fffc.codegen.schedules import family
     from fffc.verify.cuda_emu import _param_types  # kernel → each parameter's C type
 
     st, sp = _specs(structured, sparse)
     specs = [s for s, _ in st.values()] + [s for _, by in sp.values() for s in by.values()]
-    lib = build_cuda_library(specs, out)
+    lib = build_cuda_library(specs, family("cuda"), out)
     if lib.fatbin_path.name != FATBIN:
         raise RuntimeError(f"fatbin is {lib.fatbin_path.name}, expected {FATBIN}")
     types = _param_types(lib.source_path.read_text())

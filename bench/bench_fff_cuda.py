@@ -33,13 +33,14 @@ def build(out: Path) -> None:
     from fffc.codegen.build import build_kernel_library
     from fffc.codegen.cuda_build import compile_fatbin, emit_kernels
     from fffc.codegen.kernels.fff_cuda import FffTiling, fff_kernel
-    from fffc.contract.ops import fff_kernel_spec
+    from fffc.codegen.schedules import family
+    from fffc.contract.kernels import FffSpec
     from fffc.package.native import build_shim
 
     out.mkdir(parents=True, exist_ok=True)
     meta = {}
     for name, h, trees, depth, dff, blocks in CASES:
-        spec = fff_kernel_spec(h, h, trees, depth)
+        spec = FffSpec(h, h, trees, depth)
         funcs = {}
         for tx in blocks:
             for pre in (False, True):
@@ -51,7 +52,7 @@ def build(out: Path) -> None:
         (out / f"{name}.cu").unlink()
         # the artifact's own path: the FastFeedForward variant in the shim's CUDA table,
         # launched by the shim's C++ launcher (a test harness around runtime/src/cuda)
-        lib = build_kernel_library([spec], "cuda", out / f"{name}-shim")
+        lib = build_kernel_library([spec], family("cuda"), out / f"{name}-shim")
         build_shim(lib, out / f"{name}-shim", extra_sources=(HARNESS,), name="libharness.so")
         for p in (out / f"{name}-shim").iterdir():
             if p.name != "libharness.so":

@@ -21,7 +21,7 @@ import numpy as np
 
 from fffc.codegen import _tvm
 from fffc.codegen.kernels import fff as F
-from fffc.contract.ops import fff_kernel_spec
+from fffc.contract.kernels import FffSpec
 from fffc.verify.reference import fast_feed_forward
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     target = {"kind": "llvm", "mcpu": _tvm.host_cpu()}
     for shape in args.shapes.split(","):
         trees, depth = map(int, shape.split("x"))
-        spec = fff_kernel_spec(h, h, trees, depth)
+        spec = FffSpec(h, h, trees, depth)
         n = 2 ** (depth + 1) - 1
         rng = np.random.default_rng(0)
         w_in = (rng.standard_normal((trees * n, h)) / np.sqrt(h)).astype(np.float32)

@@ -32,7 +32,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from fffc.codegen.build import compile_for_test
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
 from fffc.verify.reference import sparse_ffn
 
 THREADS = 2
@@ -49,7 +49,7 @@ def _model(nodes, inits: dict, d_in: int, d_out: int) -> onnx.ModelProto:
     return m
 
 
-def relu_case(d: int, f: int, s: float, rng) -> tuple[KernelSpec, dict, onnx.ModelProto]:
+def relu_case(d: int, f: int, s: float, rng) -> tuple[SparseSpec, dict, onnx.ModelProto]:
     w = {"W1": rng.standard_normal((d, f)) / np.sqrt(d),
          "B1": np.full(f, NormalDist().inv_cdf(1 - s)),  # P(h > 0) = 1 − s
          "W2": rng.standard_normal((f, d)) / np.sqrt(f), "B2": rng.standard_normal(d) * 0.1}
@@ -58,11 +58,11 @@ def relu_case(d: int, f: int, s: float, rng) -> tuple[KernelSpec, dict, onnx.Mod
              helper.make_node("Add", ["h", "B1"], ["hb"]), helper.make_node("Relu", ["hb"], ["a"]),
              helper.make_node("MatMul", ["a", "W2"], ["o"]),
              helper.make_node("Add", ["o", "B2"], ["y"])]
-    spec = KernelSpec("SparseFFN", "relu", "none", "exact", d, f, d, True, True, False)
+    spec = SparseSpec("relu", "none", "exact", d, f, d, True, True, False)
     return spec, w, _model(nodes, w, d, d)
 
 
-def drelu_case(d: int, f: int, s: float, rng) -> tuple[KernelSpec, dict, onnx.ModelProto]:
+def drelu_case(d: int, f: int, s: float, rng) -> tuple[SparseSpec, dict, onnx.ModelProto]:
     w1 = rng.standard_normal((d, f)) / np.sqrt(d)
     w1[0] = NormalDist().inv_cdf(1 - s)  # x[:, 0] == 1: a gate bias via a constant column
     wu = rng.standard_normal((f, d)) / np.sqrt(d)
@@ -73,7 +73,7 @@ def drelu_case(d: int, f: int, s: float, rng) -> tuple[KernelSpec, dict, onnx.Mo
     nodes = [helper.make_node("MatMul", ["x", "W1"], ["g"]), helper.make_node("Relu", ["g"], ["ga"]),
              helper.make_node("MatMul", ["x", "WUT"], ["u"]), helper.make_node("Relu", ["u"], ["ua"]),
              helper.make_node("Mul", ["ga", "ua"], ["z"]), helper.make_node("MatMul", ["z", "W2"], ["y"])]
-    spec = KernelSpec("SparseFFN", "relu", "relu", "exact", d, f, d, False, False, True)
+    spec = SparseSpec("relu", "relu", "exact", d, f, d, False, False, True)
     return spec, w, _model(nodes, inits, d, d)
 
 

@@ -19,12 +19,12 @@ from statistics import NormalDist, median
 import numpy as np
 
 from fffc.codegen.build import KernelRunner
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
 
 
-def _case(gated: bool, active: float, rng) -> tuple[KernelSpec, list[np.ndarray]]:
+def _case(gated: bool, active: float, rng) -> tuple[SparseSpec, list[np.ndarray]]:
     d, f = (1024, 4096) if gated else (768, 3072)
-    spec = KernelSpec("SparseFFN", "relu", "relu" if gated else "none", "exact", d, f, d,
+    spec = SparseSpec("relu", "relu" if gated else "none", "exact", d, f, d,
                       not gated, not gated, gated)
     shift = NormalDist().inv_cdf(active)  # pre-activations ~ N(shift, 1): P(> 0) = active
     w1 = rng.standard_normal((d, f)) / np.sqrt(d - gated)

@@ -42,24 +42,27 @@ from onnx import TensorProto, helper, numpy_helper
 from fffc import timing
 from fffc.codegen import _tvm
 from fffc.codegen.kernels.structured_ffn import structured_ffn_primfunc, structured_variants
-from fffc.contract.ops import KernelSpec, structured_kernel_spec
+from fffc.contract.kernels import Projection, StructuredSpec
 from fffc.contract.structure import merged_weight
 from fffc.verify.reference import structured_ffn
 
 D, F = 1024, 4096
-SHAPES = {  # name: structure (k, r, u per projection)
-    "LowRank": dict(k1=1, r1=256, u1=True, k2=1, r2=256, u2=True),
-    "BlockDense": dict(k1=4, r1=416, u1=True, k2=4, r2=416, u2=True),
-    "BlockShuffle": dict(k1=4, r1=D, u1=False, m1=4, s1=F // 4, k2=4, r2=D, u2=False, m2=4,
-                         s2=D // 4),
-    "merged": dict(k1=1, r1=F, u1=False, k2=1, r2=D, u2=False),
+SHAPES = {  # name: the two projections (blocks, width, U[, BlockShuffle blocks, width])
+    "LowRank": (Projection(1, 256, True), Projection(1, 256, True)),
+    "BlockDense": (Projection(4, 416, True), Projection(4, 416, True)),
+    "BlockShuffle": (Projection(4, D, False, 4, F // 4), Projection(4, D, False, 4, D // 4)),
+    "merged": (Projection(1, F, False), Projection(1, D, False)),
 }
 SETTLE = 0.1  # s of pause before each timed block (other pools' spinning workers park)
 
 
-def structured_weights(spec: KernelSpec, rng) -> dict[str, np.ndarray]:
-    s = spec.structure
-    k1, r1, k2, r2 = s["k1"], s["r1"], s["k2"], s["r2"]
+def _spec(name: str) -> StructuredSpec:
+    return StructuredSpec("gelu", D, F, D, *SHAPES[name], True, True)
+
+
+def structured_weights(spec: StructuredSpec, rng) -> dict[str, np.ndarray]:
+    pr1, pr2 = spec.projections
+    k1, r1, k2, r2 = pr1.blocks, pr1.width, pr2.blocks, pr2.width
     p1, p2 = spec.d_in // k1, spec.d_ff // k2
     w = {"A1": rng.standard_normal((k1, p1, r1 // k1)) / np.sqrt(p1),
          "U1": rng.standard_normal((r1, spec.d_ff)) / np.sqrt(r1),
@@ -67,10 +70,10 @@ def structured_weights(spec: KernelSpec, rng) -> dict[str, np.ndarray]:
          "A2": rng.standard_normal((k2, p2, r2 // k2)) / np.sqrt(p2),
          "U2": rng.standard_normal((r2, spec.d_out)) / np.sqrt(r2),
          "B2": rng.standard_normal(spec.d_out) * 0.1}
-    for n, r in ((1, r1), (2, r2)):  # BlockShuffle's S [m, r/m, s] (only without U here)
-        if s.get(f"m{n}"):
-            m = s[f"m{n}"]
-            w[f"S{n}"] = rng.standard_normal((m, r // m, s[f"s{n}"])) / np.sqrt(r // m)
+    for n, p in ((1, pr1), (2, pr2)):  # BlockShuffle's S [m, r/m, s] (only without U here)
+        if p.shuffle_blocks:
+            m, r = p.shuffle_blocks, p.width
+            w[f"S{n}"] = rng.standard_normal((m, r // m, p.shuffle_width)) / np.sqrt(r // m)
     return {k: np.asarray(v, np.float32) for k, v in w.items()}
 
 
@@ -95,7 +98,7 @@ def dense_model(w: dict[str, np.ndarray]) -> onnx.ModelProto:
 class Kernels:
     """Every variant of one spec, compiled in-process."""
 
-    def __init__(self, name: str, spec: KernelSpec, w: dict[str, np.ndarray]):
+    def __init__(self, name: str, spec: StructuredSpec, w: dict[str, np.ndarray]):
         self.name, self.spec, self.w = name, spec, w
         self.variants = structured_variants(spec)
         self.symbols = {v: f"bench_{name}_{v}" for v, _, _ in self.variants}
@@ -112,9 +115,9 @@ class Kernels:
     def check(self, x: np.ndarray, variant: str) -> float:
         args = self.args(x)
         self.ex[self.symbols[variant]](*args)
-        s, w = self.spec.structure, self.w
-        ref = structured_ffn(x, w["A1"], w["U1"] if s["u1"] else None, w["B1"], w["A2"],
-                             w["U2"] if s["u2"] else None, w["B2"], activation_name="gelu",
+        s, w = self.spec, self.w
+        ref = structured_ffn(x, w["A1"], w["U1"] if s.first.dense else None, w["B1"], w["A2"],
+                             w["U2"] if s.second.dense else None, w["B2"], activation_name="gelu",
                              s1=w.get("S1"), s2=w.get("S2"))
         return float(np.max(np.abs(args[-1].numpy() - ref)) / np.max(np.abs(ref)))
 
@@ -132,11 +135,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     kernels = []
     for name in a.shapes.split(","):
-        spec = structured_kernel_spec("gelu", D, F, D, **SHAPES[name], has_b1=True, has_b2=True)
+        spec = _spec(name)
         w = structured_weights(spec, rng)
         if name == "merged":  # the LowRank weights merged: the same function as LowRank's
-            low = structured_weights(structured_kernel_spec(
-                "gelu", D, F, D, **SHAPES["LowRank"], has_b1=True, has_b2=True), rng)
+            low = structured_weights(_spec("LowRank"), rng)
             w = {"A1": merged_weight(low["A1"], low["U1"])[None].astype(np.float32),
                  "A2": merged_weight(low["A2"], low["U2"])[None].astype(np.float32),
                  "B1": low["B1"], "B2": low["B2"]}
@@ -144,8 +146,7 @@ def main() -> None:
         kernels.append(Kernels(name, spec, w))
         print(f"compiled {name}: {[v for v, _, _ in kernels[-1].variants]} "
               f"({time.perf_counter() - t0:.1f} s)", flush=True)
-    ort_w = structured_weights(structured_kernel_spec(
-        "gelu", D, F, D, **SHAPES["LowRank"], has_b1=True, has_b2=True), rng)
+    ort_w = structured_weights(_spec("LowRank"), rng)
     sess = ort.InferenceSession(dense_model(ort_w).SerializeToString(),
                                 timing.session_options(a.threads),
                                 providers=["CPUExecutionProvider"])

@@ -129,14 +129,15 @@ def _cpu_funcs(spec, family: str, mcpu: str | None) -> dict:
     from fffc.codegen import build
     from fffc.codegen.schedules import family as fam
 
-    target = fam(family).target(mcpu)
-    funcs, table = build._funcs([spec], family, target)
+    f = fam(family)
+    funcs, table = build._funcs([spec], f, f.target(mcpu))
     return {k.variant: funcs[k.symbol] for k in table}
 
 
 def _cuda_funcs(specs: list, counted: list) -> dict:
     """name (with the spec's key) → scheduled PrimFunc of every CUDA launch."""
     from fffc.codegen import cuda_build
+    from fffc.codegen.schedules import family
 
     captured = {}
 
@@ -150,7 +151,7 @@ def _cuda_funcs(specs: list, counted: list) -> dict:
     real = cuda_build.emit_kernels
     cuda_build.emit_kernels = capture
     try:
-        cuda_build.emit(specs, "sm_90", counted)
+        cuda_build.emit(specs, family("cuda"), "sm_90", counted)
     except Stop:
         pass
     finally:

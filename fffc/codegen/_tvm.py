@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 import tvm
-import tvm.script
 from tvm import te
 from tvm.script import tirx as T
 from tvm.script.ir_builder import IRBuilder
@@ -15,11 +14,6 @@ from tvm.tirx.script.parser.entry import TIRMacro
 
 Target = tvm.target.Target
 IRModule = tvm.IRModule
-
-
-def from_source(source: str):
-    """Parse TVMScript text (``@T.prim_func def ...``) into a PrimFunc."""
-    return tvm.script.from_source(source, extra_vars={"T": T})
 
 
 def named(name: str, node):
@@ -97,7 +91,6 @@ __all__ = [
     "T",
     "Target",
     "compile_module",
-    "from_source",
     "host_cpu",
     "macro",
     "named",

@@ -14,22 +14,25 @@ from statistics import median
 
 import numpy as np
 
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import StructuredSpec
 from fffc.contract.structure import merged_weight
+
+from .schedules import Family
 
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 128)
 MARGIN = 0.95  # merged must be at least 5% faster to be worth its extra weights
 
 
-def _args(spec: KernelSpec, arrays: dict[str, np.ndarray | None], x: np.ndarray) -> list:
+def _args(spec: StructuredSpec, arrays: dict[str, np.ndarray | None], x: np.ndarray) -> list:
     return [x, *(arrays[n] for n in spec.arg_names()[1:-1])]
 
 
-def measure_crossover(structured: KernelSpec, merged: KernelSpec,
+def measure_crossover(fam: Family, structured: StructuredSpec, merged: StructuredSpec,
                       weights: dict[str, np.ndarray | None],
                       tokens: Sequence[int] = TOKENS, rounds: int = 3) -> tuple[int, dict]:
-    """``(merged_max_tokens, timings)``: the largest count up to which the merged kernel
-    beat the structured one at every measured count (0: never), and the medians in ms."""
+    """``(merged_max_tokens, timings)`` on this machine, whose CPU family is ``fam``: the
+    largest count up to which the merged kernel beat the structured one at every measured
+    count (0: never), and the medians in ms."""
     from .build import KernelRunner
 
     m = {"A1": merged_weight(weights["A1"], weights.get("U1"),
@@ -37,8 +40,8 @@ def measure_crossover(structured: KernelSpec, merged: KernelSpec,
          "A2": merged_weight(weights["A2"], weights.get("U2"),
                              weights.get("S2"))[None].astype(np.float32),
          "B1": weights.get("B1"), "B2": weights.get("B2")}
-    runners = {"structured": (KernelRunner(structured), weights),
-               "merged": (KernelRunner(merged), m)}
+    runners = {"structured": (KernelRunner(structured, fam=fam), weights),
+               "merged": (KernelRunner(merged, fam=fam), m)}
     rng = np.random.default_rng(0)
     table: list[dict] = []
     limit, open_ = 0, True

@@ -18,14 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import KernelSpec
 
-from . import _tvm
-from .kernels import routed_ffn_cuda, sparse_ffn_cuda_masked, structured_ffn_cuda
-from .kernels.fff_cuda import FffTiling, fff_kernel
-from .kernels.sparse_ffn_cuda import CudaTiling, decode_funcs, gemm_funcs, workspace
-from .kernels.text import parse, with_weight_dtype
-from .schedules import MAX_TOKENS, Variant, family
+from . import _tvm, registry
+from .schedules import Family
 
 DEFAULT_ARCHS = ("sm_80", "sm_90")
 FATBIN_NAME = "fffc_kernels.fatbin"
@@ -66,12 +62,12 @@ class CudaVariant:
 
     @property
     def symbol(self) -> str:
-        op = "fff" if self.spec.op == "FastFeedForward" else "sparse_ffn"
-        if self.spec.op == "RoutedFFN":
-            op = "routed_ffn"
-        if self.spec.op == "StructuredFFN":
-            op = "structured_ffn"
-        return f"fffc_{op}_{self.spec.key}_{self.variant}"
+        return f"fffc_{registry.of(self.spec).cuda_symbol}_{self.spec.key}_{self.variant}"
+
+    @property
+    def table_mode(self) -> str:
+        """The CUDA kernel table's mode: the shim's key for the call's arguments."""
+        return registry.of(self.spec).cuda_table_mode(self.spec)
 
 
 @dataclass(frozen=True)
@@ -143,21 +139,6 @@ def _signatures(source: str) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _variant_funcs(spec: KernelSpec, tiling: CudaTiling, prefix: str, target) -> dict:
-    if tiling.gemm:
-        return {name: _tvm.dlight_matmul(f, target, dict(tiling.gemm_config))
-                for name, f in gemm_funcs(spec, prefix, spec.dtype).items()}
-    masked = spec.mode in sparse_ffn_cuda_masked.MODES  # teal, cats, predictor
-    make = sparse_ffn_cuda_masked.decode_funcs if masked else decode_funcs
-    return make(spec, tiling, prefix, spec.dtype)
-
-
-def _parse(spec: KernelSpec, sources: dict[str, str]) -> dict:
-    """PrimFuncs of a spec's kernel sources, its weights stored at ``spec.dtype``."""
-    return {name: parse(with_weight_dtype(src, spec.weight_args(), spec.dtype), name)
-            for name, src in sources.items()}
-
-
 def emit_kernels(funcs: dict, arch: str = "sm_90") -> tuple[str, dict[str, Launch]]:
     """CUDA source of scheduled single-kernel PrimFuncs and each one's launch, by name."""
     geoms = {name: _geometry(f) for name, f in funcs.items()}
@@ -175,59 +156,34 @@ def emit_kernels(funcs: dict, arch: str = "sm_90") -> tuple[str, dict[str, Launc
     return source, launches
 
 
-def emit(specs: Sequence[KernelSpec], arch: str = "sm_90",
+def emit(specs: Sequence[KernelSpec], fam: Family, arch: str = "sm_90",
          counted_specs: Sequence[KernelSpec] = ()) -> tuple[str, list[CudaVariant]]:
-    """CUDA source of every variant of every spec, and how to launch each; StructuredFFN
-    specs in ``counted_specs`` get their "counted_" variants (rows < CNT[0] only)."""
-    fam = family("cuda")
-    target = _tvm.cuda_target(arch)
+    """CUDA source of every variant of every spec for the device family ``fam``, and how to
+    launch each; the specs in ``counted_specs`` get their "counted_" variants (rows < CNT[0]
+    only)."""
+    target, tvm_target = fam.target(arch), _tvm.cuda_target(arch)
+    if any(not registry.of(s).counted for s in counted_specs):
+        raise CodegenError("counted CUDA variants exist for StructuredFFN specs only")
     funcs: dict = {}
     pending = []
-    if any(s.op != "StructuredFFN" for s in counted_specs):
-        raise CodegenError("counted CUDA variants exist for StructuredFFN specs only")
     for spec in dict.fromkeys([*specs, *counted_specs]):
-        if spec.op == "FastFeedForward":  # one kernel, a block per token, every token count
-            name = f"fffc_fff_{spec.key}_walk"
-            tiling = FffTiling(threads=256 if spec.d_in >= 1024 else 128)
-            funcs[name] = fff_kernel(spec, tiling, name, spec.dtype)
-            pending.append((spec, Variant("walk", 1, MAX_TOKENS, tiling), [name]))
-            continue
-        if spec.op == "StructuredFFN":  # plain and/or counted variants, launches in order
-            for counted in (False, True):
-                if spec not in (counted_specs if counted else specs):
-                    continue
-                for v in fam.structured_variants(spec, counted):
-                    prefix = f"fffc_structured_ffn_{spec.key}_{v.name}"
-                    vf = structured_ffn_cuda.variant_funcs(spec, v.tiling, prefix, spec.dtype)
-                    funcs.update(vf)
-                    pending.append((spec, v, list(vf)))
-            continue
-        if spec.op == "RoutedFFN":  # route or combine: one variant, its launches in order
-            routed = routed_ffn_cuda.routed_primfuncs(spec, f"fffc_routed_ffn_{spec.key}_all")
-            funcs.update(routed)
-            pending.append((spec, Variant("all", 1, MAX_TOKENS, None), list(routed)))
-            continue
-        for v in fam.variants(spec, fam.target(arch)):
-            prefix = f"fffc_sparse_ffn_{spec.key}_{v.name}"
-            vf = _variant_funcs(spec, v.tiling, prefix, target)
-            funcs.update(vf)
-            pending.append((spec, v, list(vf)))
+        op = registry.of(spec)
+        for counted in (False, True):  # plain and/or counted variants, launches in order
+            if spec not in (counted_specs if counted else specs):
+                continue
+            for v in op.cuda_variants(spec, fam, target, counted):
+                vf = op.cuda_funcs(spec, v, f"fffc_{op.cuda_symbol}_{spec.key}_{v.name}",
+                                   tvm_target)
+                funcs.update(vf)
+                pending.append((spec, v, list(vf)))
     source, launches = emit_kernels(funcs, arch)
     variants = []
     for spec, v, names in pending:
-        ws = workspace(spec, v.tiling) if spec.op == "SparseFFN" else {}
-        if spec.op == "SparseFFN" and spec.mode in sparse_ffn_cuda_masked.MODES:
-            ws = sparse_ffn_cuda_masked.workspace(spec, v.tiling)
-        if spec.op == "RoutedFFN":
-            ws = routed_ffn_cuda.workspace(spec)
-        if spec.op == "StructuredFFN":
-            ws = structured_ffn_cuda.workspace(spec, v.tiling)
+        op = registry.of(spec)
+        ws = op.workspace(spec, v)
+        known = {*spec.arg_names(), *ws, *op.launch_params(spec, v), TOKEN_VAR}
         for name in names:
-            unknown = set(launches[name].params) - set(spec.arg_names()) - set(ws) - {TOKEN_VAR}
-            if spec.op == "RoutedFFN":  # the route → FFN → combine buffers and scalars
-                unknown -= set(routed_ffn_cuda.LAUNCH_PARAMS)
-            if v.name.startswith("counted_"):  # the device-side row count
-                unknown.discard("CNT")
+            unknown = set(launches[name].params) - known
             if unknown:  # e.g. a host-computed expression TVM hoisted into a parameter
                 raise CodegenError(f"{launches[name].kernel}: parameters {sorted(unknown)} "
                                    "cannot be launched")
@@ -287,19 +243,19 @@ def compile_fatbin(source_path: Path, out: Path, archs: Sequence[str]) -> None:
         raise CodegenError("nvcc failed: " + " | ".join(errors[:6]))
 
 
-def build_cuda_library(specs: Sequence[KernelSpec], out_dir: Path,
+def build_cuda_library(specs: Sequence[KernelSpec], fam: Family, out_dir: Path,
                        archs: Sequence[str] = DEFAULT_ARCHS,
                        counted_specs: Sequence[KernelSpec] = ()) -> CudaLibrary:
     """Emit, check and compile the CUDA kernels of ``specs`` (and the counted variants of
-    ``counted_specs``) into ``out_dir``."""
+    ``counted_specs``) for the device family ``fam`` into ``out_dir``."""
     archs = tuple(archs)
     for arch in archs:
         if not re.fullmatch(r"sm_\d+a?", arch):
             raise CodegenError(f"CUDA arch {arch!r}: expected sm_XX (e.g. sm_80, sm_90)")
     # One source for every arch: the fp32 schedules do not depend on it, which is checked.
-    source, variants = emit(specs, archs[0], counted_specs)
+    source, variants = emit(specs, fam, archs[0], counted_specs)
     for arch in archs[1:]:
-        other, _ = emit(specs, arch, counted_specs)
+        other, _ = emit(specs, fam, arch, counted_specs)
         if other != source:
             raise CodegenError(f"TVM emits different CUDA for {archs[0]} and {arch}; build them "
                                "as separate artifacts")

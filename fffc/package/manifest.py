@@ -60,7 +60,7 @@ def manifest(*, source: Path, options: CompileOptions, target: TargetRequest, li
             "object": str(library.object_path.relative_to(staging)),
             "entries": [{"symbol": k.c_symbol, "variant": k.variant, "min_tokens": k.min_tokens,
                          "max_tokens": k.max_tokens, "args": k.arg_names,
-                         "spec": k.spec.__dict__ | {"key": k.spec.key}} for k in library.kernels],
+                         "spec": k.spec.row.__dict__ | {"key": k.spec.key}} for k in library.kernels],
         },
         "options": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
                     for k, v in opts.__dict__.items() if k != "dump_dir"},

@@ -53,7 +53,7 @@ def kernel_table_source(library: KernelLibrary) -> str:
     """C++ for ``fffc_kernels[]`` (runtime/include/fffc/kernel_table.h) of this library."""
     decls, rows = [], []
     for k in library.kernels:
-        s = k.spec
+        s = k.spec.row
         decls.append(f"int {k.c_symbol}(void*, const TVMFFIAny*, int32_t, TVMFFIAny*);")
         rows.append(
             f'  {{"{s.op}", "{s.activation}", "{s.up_activation}", "{k.table_mode}", {int(s.has_b1)}, '
@@ -78,7 +78,7 @@ def cuda_table_source(library: KernelLibrary) -> str:
     rows = []
     cuda = library.cuda
     for vi, v in enumerate(cuda.variants if cuda else ()):
-        s = v.spec
+        s = v.spec.row
         launches = []
         for li, ln in enumerate(v.launches):
             names = ", ".join(f'"{p}"' for p in ln.params)
@@ -91,8 +91,7 @@ def cuda_table_source(library: KernelLibrary) -> str:
         ws_sizes = ", ".join(str(k) for _, k in v.workspace) or "0"
         lines.append(f"static const char* const w{vi}[] = {{{ws_names}}};")
         lines.append(f"static const int64_t ws{vi}[] = {{{ws_sizes}}};")
-        mode = f"{s.mode}/{s.centers}" if s.centers else s.mode  # the shim's TableMode
-        rows.append(f'  {{"{s.op}", "{s.activation}", "{s.up_activation}", "{mode}", {int(s.has_b1)}, '
+        rows.append(f'  {{"{s.op}", "{s.activation}", "{s.up_activation}", "{v.table_mode}", {int(s.has_b1)}, '
                     f"{int(s.has_b2)}, {int(s.gated)}, {s.d_in}, {s.d_ff}, {s.d_out}, "
                     f'{v.min_tokens}, {v.max_tokens}, "{v.variant}", {len(v.launches)}, l{vi}, '
                     f'{len(v.workspace)}, w{vi}, ws{vi}, "{s.dtype}"}},')

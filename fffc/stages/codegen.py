@@ -35,13 +35,12 @@ def run(lowered: Lowered, ctx: Context) -> Kernels:
     counted = sorted({k for s in sites for k in counted_specs(s)}, key=lambda k: k.key)
     o, fam = ctx.options, ctx.family
     with ctx.report(f"codegen ({len(specs)} kernel families, {fam.name})"):
-        library = build_kernel_library(specs, fam.name, ctx.staging / "kernels" / fam.name,
+        library = build_kernel_library(specs, fam, ctx.staging / "kernels" / fam.name,
                                        mcpu=ctx.target.mcpu, archs=o.cuda_archs,
                                        mattr=o.mattr, counted_specs=counted,
                                        weight_dtype=o.weight_dtype)
     if ctx.dump.root:
-        cpu = fam.cpu_family
         for k in library.kernels:
             ctx.dump.text(f"06-kernels/{k.symbol}.py",
-                          source(k.spec, k.variant, cpu, library.target.get("mcpu")))
+                          source(k.spec, k.variant, fam.cpu, library.target.get("mcpu")))
     return Kernels(lowered, library, specs)

@@ -57,6 +57,6 @@ def run(verified: Verified, ctx: Context) -> Dispatch:
         else:
             with ctx.report(f"time structured vs merged ({s.name})"):
                 merged[s.name], st["crossover"] = measure_crossover(
-                    kernel_spec(s), merged_spec(s), passes.site_inputs(verified.working, s))
+                    fam, kernel_spec(s), merged_spec(s), passes.site_inputs(verified.working, s))
         st["merged_max_tokens"] = merged[s.name]
     return Dispatch(verified, sparse, merged)

@@ -41,7 +41,7 @@ def run(kernels: Kernels, ctx: Context) -> Shim:
     # host instead (same TIR, only the instruction selection differs).
     with ctx.report("build host twin for the check"):
         twin = ctx.staging.parent / f"{ctx.staging.name}-twin"
-        twin_lib = build_kernel_library(kernels.specs, ctx.family.name, twin / "kernels",
+        twin_lib = build_kernel_library(kernels.specs, ctx.family, twin / "kernels",
                                         mcpu=ctx.target.mcpu, host_twin=True,
                                         mattr=ctx.options.mattr)
         check = build_shim(twin_lib, twin)

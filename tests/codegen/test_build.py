@@ -16,7 +16,9 @@ from fffc.codegen.build import (
     build_kernel_library,
     symbol_of,
 )
+from fffc.codegen.schedules import family
 from fffc.contract.errors import UnsupportedTargetError
+from fffc.contract.kernels import FffSpec
 
 from .conftest import spec
 
@@ -25,7 +27,7 @@ SPECS = [spec(), spec(bias=False, up="relu"), spec(20, 52, 12)]
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory: pytest.TempPathFactory):
-    return build_kernel_library(SPECS, "x86", tmp_path_factory.mktemp("kernels"))
+    return build_kernel_library(SPECS, family("x86"), tmp_path_factory.mktemp("kernels"))
 
 
 def test_one_object_with_every_symbol(library) -> None:
@@ -64,19 +66,19 @@ def test_token_ranges_cover_without_gaps(library) -> None:
 
 
 def test_explicit_mcpu_is_recorded(tmp_path: Path) -> None:
-    lib = build_kernel_library([spec()], "x86", tmp_path, mcpu="haswell")
+    lib = build_kernel_library([spec()], family("x86"), tmp_path, mcpu="haswell")
     assert lib.target["mcpu"] == "haswell"
 
 
 @pytest.mark.parametrize("mcpu", ["pentium4", "not-a-cpu"])
 def test_arm_refuses_cpus_that_are_not_aarch64(mcpu: str, tmp_path: Path) -> None:
     with pytest.raises(UnsupportedTargetError, match="not an aarch64 CPU"):
-        build_kernel_library([spec()], "arm", tmp_path, mcpu=mcpu)
+        build_kernel_library([spec()], family("arm"), tmp_path, mcpu=mcpu)
 
 
 def test_unknown_target_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedTargetError, match="unknown target"):
-        build_kernel_library([spec()], "riscv", tmp_path)
+        build_kernel_library([spec()], family("riscv"), tmp_path)
 
 
 BIG = spec(64, 256, 64)
@@ -87,11 +89,10 @@ BIG = spec(64, 256, 64)
 def test_arm_kernels_use_neon_fmla(s, mcpu) -> None:
     """Every aarch64 kernel variant's loops (its ``_compute_`` function; these shapes are
     below the threading threshold, so no parallel lambdas) use fmla on 4-lane vectors."""
-    from fffc.codegen.schedules import family
-
-    asm = assembly(s, family("arm").target(mcpu), family_name="arm")
+    arm = family("arm")
+    asm = assembly(s, arm, arm.target(mcpu))
     bodies = dict(re.findall(r"^(\w+_compute_):\n(.*?)(?=^\w+:\n|\Z)", asm, re.M | re.S))
-    for v in family("arm").variants(s, family("arm").target(mcpu)):
+    for v in arm.sparse_variants(s, arm.target(mcpu)):
         body = bodies[symbol_of(s, v.name) + "_compute_"]
         assert len(re.findall(r"fmla\s+v\d+\.4s", body)) >= 4, v.name
 
@@ -100,22 +101,18 @@ def test_arm_kernels_use_neon_fmla(s, mcpu) -> None:
                                        ("skylake-avx512", "zmm")])
 def test_fma_vector_width(mcpu: str, reg: str) -> None:
     """Compiled only (this CPU may lack AVX-512): the micro-kernels use the wide registers."""
-    asm = assembly(BIG, {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
+    asm = assembly(BIG, family("x86"), {"kind": "llvm", "mtriple": "x86_64-linux-gnu",
+                                         "mcpu": mcpu})
     assert re.search(rf"vfmadd\w+\s+%{reg}", asm), f"no {reg} FMA for {mcpu}"
 
 
 def test_arm_fff_kernel_uses_neon_fmla() -> None:
-    from fffc.codegen.schedules import family
-    from fffc.contract.ops import fff_kernel_spec
-
-    s = fff_kernel_spec(64, 64, 2, 4)
-    asm = assembly(s, family("arm").target(None), family_name="arm")
+    s = FffSpec(64, 64, 2, 4)
+    asm = assembly(s, family("arm"), family("arm").target(None))
     assert len(re.findall(r"fmla\s+v\d+\.4s", asm)) >= 8  # the dot and axpy loops
 
 
 def test_mattr_reaches_the_llvm_target() -> None:
-    from fffc.codegen.schedules import family
-
     assert family("arm").target(None, ("+dotprod",))["mattr"] == ["+v8.2a", "+neon", "+dotprod"]
     assert family("arm").target("cortex-a72")["mcpu"] == "cortex-a72"
     assert "mattr" not in family("arm").target("cortex-a72")

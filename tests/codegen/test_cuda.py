@@ -23,7 +23,7 @@ from fffc.codegen.cuda_build import (
 )
 from fffc.codegen.schedules import family
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
 from fffc.contract.tolerances import RTOL
 from fffc.verify.cuda_emu import Emulator
 from fffc.verify.reference import sparse_ffn
@@ -32,17 +32,17 @@ from .conftest import spec
 
 SPECS = [
     spec(64, 256, 48),  # dense ReLU FFN with biases
-    KernelSpec("SparseFFN", "relu", "none", "exact", 40, 100, 24, False, True, False),  # odd
+    SparseSpec("relu", "none", "exact", 40, 100, 24, False, True, False),  # odd
     # dims no tile divides; no B1
-    KernelSpec("SparseFFN", "relu", "relu", "exact", 64, 256, 64, False, False, True),  # dReLU
-    KernelSpec("SparseFFN", "relu", "none", "exact", 320, 200, 40, True, True, True),  # ReGLU;
+    SparseSpec("relu", "relu", "exact", 64, 256, 64, False, False, True),  # dReLU
+    SparseSpec("relu", "none", "exact", 320, 200, 40, True, True, True),  # ReGLU;
     # d_in 320 is split over two blocks (partial sums PP)
 ]
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
-    return build_cuda_library(SPECS, tmp_path_factory.mktemp("cuda"))
+    return build_cuda_library(SPECS, family("cuda"), tmp_path_factory.mktemp("cuda"))
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def emulator(library):
     return Emulator(library.source_path.read_text(), library.variants)
 
 
-def _weights(s: KernelSpec, rng) -> dict[str, np.ndarray]:
+def _weights(s: SparseSpec, rng) -> dict[str, np.ndarray]:
     w = {"W1": rng.standard_normal((s.d_in, s.d_ff)) / np.sqrt(s.d_in),
          "W2": rng.standard_normal((s.d_ff, s.d_out)) / np.sqrt(s.d_ff)}
     if s.has_b1:
@@ -163,7 +163,7 @@ def test_cuda_family_target_and_archs(tmp_path: Path) -> None:
     assert family("cuda").target(None) == {"kind": "cuda", "arch": "sm_90"}
     assert family("gpu").target("sm_80")["arch"] == "sm_80"
     with pytest.raises(CodegenError, match="sm_XX"):
-        build_cuda_library(SPECS[:1], tmp_path, archs=("compute_90",))
+        build_cuda_library(SPECS[:1], family("cuda"), tmp_path, archs=("compute_90",))
 
 
 def test_nvcc_errors_are_typed(tmp_path: Path) -> None:
@@ -176,4 +176,4 @@ def test_nvcc_errors_are_typed(tmp_path: Path) -> None:
 def test_missing_nvcc_says_how_to_fix(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(CodegenError, match="nvcc not found"):
-        build_cuda_library(SPECS[:1], tmp_path)
+        build_cuda_library(SPECS[:1], family("cuda"), tmp_path)

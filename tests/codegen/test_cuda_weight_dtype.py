@@ -16,10 +16,10 @@ import pytest
 from fffc.codegen.cuda_build import build_cuda_library, fatbin_entries
 from fffc.codegen.kernels import sparse_ffn_cuda, sparse_ffn_cuda_masked
 from fffc.codegen.kernels.fff_cuda import FffTiling, fff_kernel
-from fffc.codegen.kernels.text import with_weight_dtype
 from fffc.codegen.schedules import family
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec, fff_kernel_spec, structured_kernel_spec
+from fffc.contract.kernels import FffSpec, KernelSpec, Projection, SparseSpec, StructuredSpec
+from fffc.contract.modes import sparse
 from fffc.contract.tolerances import RTOL
 from fffc.verify.cuda_emu import Emulator
 from fffc.verify.reference import fast_feed_forward, sparse_ffn, structured_ffn, teal_ffn
@@ -36,17 +36,16 @@ C_TYPE = {"float16": "half*", "bfloat16": "nv_bfloat16*"}
 
 RELU = sparse_spec(32, 96, 40)
 DRELU = sparse_spec(32, 64, 24, up="relu")
-TEAL = KernelSpec("SparseFFN", "gelu", "none", "teal", 40, 72, 24, True, True, False)
-CATS = KernelSpec("SparseFFN", "silu", "none", "cats", 40, 72, 24, False, False, True)
-PRED = KernelSpec("SparseFFN", "gelu", "none", "predictor", 40, 72, 24, True, True, False,
-                  extra=(("rank", "8"),))
-FFF = fff_kernel_spec(48, 40, 2, 4)
-LOWRANK = structured_kernel_spec("gelu", 160, 40, 40, k1=1, r1=24, u1=True, k2=1, r2=136,
-                                 u2=True, has_b1=True, has_b2=True)
-SHUFFLE = structured_kernel_spec("silu", 40, 48, 24, k1=4, r1=24, u1=True, k2=2, r2=16,
-                                 u2=False, has_b1=True, has_b2=False, m1=4, s1=5, m2=2, s2=12)
-DENSE = structured_kernel_spec("gelu", 136, 40, 24, k1=1, r1=40, u1=False, k2=1, r2=24,
-                               u2=False, has_b1=True, has_b2=True)  # a RoutedFFN's FFN
+TEAL = SparseSpec("gelu", "none", "teal", 40, 72, 24, True, True, False)
+CATS = SparseSpec("silu", "none", "cats", 40, 72, 24, False, False, True)
+PRED = SparseSpec("gelu", "none", "predictor", 40, 72, 24, True, True, False, rank=8)
+FFF = FffSpec(48, 40, 2, 4)
+LOWRANK = StructuredSpec("gelu", 160, 40, 40, Projection(1, 24, True), Projection(1, 136, True),
+                         True, True)
+SHUFFLE = StructuredSpec("silu", 40, 48, 24, Projection(4, 24, True, 4, 5),
+                         Projection(2, 16, False, 2, 12), True, False)
+DENSE = StructuredSpec("gelu", 136, 40, 24, Projection(1, 40, False), Projection(1, 24, False),
+                       True, True)  # a RoutedFFN's FFN
 SPECS = (RELU, DRELU, TEAL, CATS, PRED, FFF, LOWRANK, SHUFFLE)
 
 
@@ -57,8 +56,8 @@ def _at(s: KernelSpec, dtype: str) -> KernelSpec:
 @pytest.fixture(scope="module", params=["float16", "bfloat16"])
 def built(request, tmp_path_factory):
     dtype = request.param
-    lib = build_cuda_library([_at(s, dtype) for s in SPECS], tmp_path_factory.mktemp(dtype),
-                             counted_specs=[_at(DENSE, dtype)])
+    lib = build_cuda_library([_at(s, dtype) for s in SPECS], family("cuda"),
+                             tmp_path_factory.mktemp(dtype), counted_specs=[_at(DENSE, dtype)])
     return dtype, lib, Emulator(lib.source_path.read_text(), lib.variants)
 
 
@@ -185,12 +184,11 @@ def test_counted_structured(built) -> None:
 
 def _generated(s: KernelSpec, dtype: str) -> dict:
     """The PrimFuncs of a SparseFFN decode or FFF generator for weights stored as dtype."""
-    if s.op == "FastFeedForward":
+    if isinstance(s, FffSpec):
         return {"fff": fff_kernel(s, FffTiling(), "fff", dtype)}
     cuda = family("cuda")
-    tiling = cuda.variants(s, cuda.target(None))[0].tiling  # decode1, or the masked mode's
-    masked = s.mode in sparse_ffn_cuda_masked.MODES
-    module = sparse_ffn_cuda_masked if masked else sparse_ffn_cuda
+    tiling = cuda.sparse_variants(s, cuda.target(None))[0].tiling  # decode1, or the masked mode's
+    module = sparse_ffn_cuda_masked if sparse(s.mode).masked else sparse_ffn_cuda
     return module.decode_funcs(s, tiling, "k", dtype)
 
 
@@ -220,14 +218,3 @@ def test_generators_reject_other_dtypes() -> None:
     for s in (RELU, TEAL, FFF):
         with pytest.raises(CodegenError, match="float64"):
             _generated(s, "float64")
-
-
-def test_weight_dtype_text_rewrite() -> None:
-    src = ('def k(W1: T.Buffer((4, 8), "float32"), B1: T.Buffer((8,), "float32")):\n'
-           "    acc = acc + X[0, i] * W1[i, T.min(j[0], 3)] + B1[j]\n")
-    out = with_weight_dtype(src, ["W1", "W2"], "float16")
-    assert 'W1: T.Buffer((4, 8), "float16")' in out and 'B1: T.Buffer((8,), "float32")' in out
-    assert 'T.Cast("float32", W1[i, T.min(j[0], 3)]) + B1[j]' in out
-    assert with_weight_dtype(src, ["W1"], "float32") == src
-    with pytest.raises(CodegenError, match="W2"):  # read but not declared as a T.Buffer
-        with_weight_dtype("W2 = T.match_buffer(w, (4,))\ny = W2[0]\n", ["W2"], "float16")

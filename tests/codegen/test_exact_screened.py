@@ -68,7 +68,7 @@ def test_kernel_recomputes_what_float16_gets_wrong(up: str | None) -> None:
     s = spec(32, 128, 24, up=up)
     fam = family("x86")
     target = fam.target(None)
-    v = next(v for v in fam.variants(s, target) if v.name == "screened")
+    v = next(v for v in fam.sparse_variants(s, target) if v.name == "screened")
     ex = _tvm.compile_module({"k": screened_primfunc(s, v.tiling, "k")}, target)
     w = _trap(32, 128)
     w["WU"] = np.random.default_rng(2).uniform(0.5, 1.0, (128, 32)).astype(np.float32)
@@ -109,7 +109,7 @@ def test_gelu_and_silu_specs_have_no_screened_kernel() -> None:
 def test_screened_variant_where_float16_loads_are_one_instruction(
         target: str, mcpu: str | None, screened: bool) -> None:
     fam = family(target)
-    names = [v.name for v in fam.variants(spec(64, 256, 64), fam.target(mcpu))]
+    names = [v.name for v in fam.sparse_variants(spec(64, 256, 64), fam.target(mcpu))]
     assert ("screened" in names) == screened and "decode" in names
-    gated = [v.name for v in fam.variants(spec(64, 256, 64, up="relu"), fam.target(mcpu))]
+    gated = [v.name for v in fam.sparse_variants(spec(64, 256, 64, up="relu"), fam.target(mcpu))]
     assert ("screened" in gated) == screened

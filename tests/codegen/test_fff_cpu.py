@@ -8,31 +8,27 @@ import functools
 import numpy as np
 import pytest
 
-from fffc.codegen.build import (
-    FFF_LEVEL_BLOCK,
-    FFF_LEVEL_MIN_TOKENS,
-    FFF_SERIAL_MAX_TOKENS,
-    KernelRunner,
-    fff_variants,
-    source,
-)
-from fffc.codegen.schedules import MAX_TOKENS
+from fffc.codegen.build import KernelRunner, source
+from fffc.codegen.schedules import MAX_TOKENS, family
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec, fff_kernel_spec
+from fffc.contract.kernels import FffSpec
 from fffc.verify.reference import fast_feed_forward
 
+X86 = family("x86")
+SERIAL_MAX, BLOCK = X86.config.fff_serial_max_tokens, X86.config.fff_level_block
+
 # 128 trees of depth 4 at H 256: 1.3 MB of rows walked per token, so the table has "level"
-BIG = fff_kernel_spec(256, 256, 128, 4)
-BIG_GE = fff_kernel_spec(256, 256, 128, 4, "ge")
-SMALL = fff_kernel_spec(48, 40, 1, 7)
+BIG = FffSpec(256, 256, 128, 4)
+BIG_GE = FffSpec(256, 256, 128, 4, "ge")
+SMALL = FffSpec(48, 40, 1, 7)
 
 
 @functools.cache
-def _runner(spec: KernelSpec, variant: str) -> KernelRunner:
+def _runner(spec: FffSpec, variant: str) -> KernelRunner:
     return KernelRunner(spec, variant)
 
 
-def _weights(spec: KernelSpec) -> dict[str, np.ndarray]:
+def _weights(spec: FffSpec) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(spec.d_ff)
     w = {"W_in": rng.standard_normal((spec.d_ff, spec.d_in)) / np.sqrt(spec.d_in),
          "B_in": rng.standard_normal(spec.d_ff) * 0.1,
@@ -43,22 +39,22 @@ def _weights(spec: KernelSpec) -> dict[str, np.ndarray]:
 
 
 def test_table_adds_level_only_for_forests_that_do_not_stay_cached() -> None:
-    assert [v for v, _, _ in fff_variants(SMALL)] == ["walk_serial", "walk"]
-    assert fff_variants(BIG) == [("walk_serial", 1, FFF_SERIAL_MAX_TOKENS),
-                                 ("walk", FFF_SERIAL_MAX_TOKENS + 1, FFF_LEVEL_MIN_TOKENS - 1),
-                                 ("level", FFF_LEVEL_MIN_TOKENS, MAX_TOKENS)]
+    assert [v.name for v in X86.fff_variants(SMALL)] == ["walk_serial", "walk"]
+    assert [(v.name, v.min_tokens, v.max_tokens) for v in X86.fff_variants(BIG)] == [
+        ("walk_serial", 1, SERIAL_MAX), ("walk", SERIAL_MAX + 1, 2 * BLOCK - 1),
+        ("level", 2 * BLOCK, MAX_TOKENS)]
     with pytest.raises(CodegenError, match="no variant"):
-        source(SMALL, "level")
+        source(SMALL, "level", X86)
 
 
 @pytest.mark.parametrize("spec", [BIG, BIG_GE], ids=["gt", "ge"])
 @pytest.mark.parametrize("variant", ["walk_serial", "walk", "level"])
-def test_variant_matches_reference(spec: KernelSpec, variant: str) -> None:
+def test_variant_matches_reference(spec: FffSpec, variant: str) -> None:
     w = _weights(spec)
     run = _runner(spec, variant)
-    tie_break = dict(spec.extra).get("tie_break", "gt")
+    tie_break = spec.tie_break
     # one token, a partial block, two full blocks plus a remainder
-    for tokens in (1, FFF_LEVEL_BLOCK - 5, 2 * FFF_LEVEL_BLOCK + 3):
+    for tokens in (1, BLOCK - 5, 2 * BLOCK + 3):
         x = np.random.default_rng(tokens).standard_normal((tokens, spec.d_in)).astype(np.float32)
         x[0] = 0.0
         got = run(x, w["W_in"], w["B_in"], w["W_out"])

@@ -12,7 +12,7 @@ import pytest
 from fffc.codegen.cuda_build import CudaVariant, compile_fatbin, emit_kernels, fatbin_entries
 from fffc.codegen.kernels.fff_cuda import FffTiling, fff_kernel
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import fff_kernel_spec
+from fffc.contract.kernels import FffSpec
 from fffc.contract.tolerances import RTOL
 from fffc.verify.cuda_emu import Emulator
 from fffc.verify.reference import fast_feed_forward
@@ -24,7 +24,7 @@ from fffc.verify.reference import fast_feed_forward
                           (100, 70, 2, 5, 64)])
 def test_fff_kernel_matches_the_reference(d_in, d_out, trees, depth, threads, prefetch,
                                           tmp_path) -> None:
-    spec = fff_kernel_spec(d_in, d_out, trees, depth)
+    spec = FffSpec(d_in, d_out, trees, depth)
     func = fff_kernel(spec, FffTiling(threads, prefetch), "fff_test", "float32")
     source, launches = emit_kernels({"fff_test": func})
     launch = launches["fff_test"]
@@ -47,7 +47,7 @@ def test_fff_kernel_matches_the_reference(d_in, d_out, trees, depth, threads, pr
 @pytest.mark.parametrize("prefetch", [False, True])
 def test_fff_kernel_tie_break_ge(prefetch) -> None:
     """tie_break "ge": a token whose root logit is exactly 0 goes right, as the reference."""
-    spec = fff_kernel_spec(32, 24, 2, 3, "ge")
+    spec = FffSpec(32, 24, 2, 3, "ge")
     func = fff_kernel(spec, FffTiling(32, prefetch), "fff_ge", "float32")
     source, launches = emit_kernels({"fff_ge": func})
     variant = CudaVariant(spec, "fff", 1, 2**31 - 1, (launches["fff_ge"],), ())
@@ -69,7 +69,7 @@ def test_reference_walks_one_path_per_tree() -> None:
     """The reference visits D+1 nodes per tree: zeroing every other row of W_out leaves Y."""
     rng = np.random.default_rng(0)
     trees, depth, d = 2, 4, 16
-    spec = fff_kernel_spec(d, d, trees, depth)
+    spec = FffSpec(d, d, trees, depth)
     w_in = rng.standard_normal((spec.d_ff, d)).astype(np.float32)
     b_in = rng.standard_normal(spec.d_ff).astype(np.float32)
     w_out = rng.standard_normal((spec.d_ff, d)).astype(np.float32)
@@ -90,7 +90,7 @@ def test_reference_walks_one_path_per_tree() -> None:
 
 
 def test_fff_shape_checks() -> None:
-    spec = fff_kernel_spec(16, 16, 1, 3)
+    spec = FffSpec(16, 16, 1, 3)
     with pytest.raises(CodegenError, match="power of two"):
         fff_kernel(spec, FffTiling(48), "x", "float32")
     with pytest.raises(CodegenError, match="float64"):

@@ -11,39 +11,38 @@ from fffc.codegen import _tvm
 from fffc.codegen.kernels.routed_ffn import combine_primfunc, route_primfunc, routed_variants
 from fffc.codegen.schedules import MAX_TOKENS
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec, combine_kernel_spec, route_kernel_spec
+from fffc.contract.kernels import CombineSpec, RouteSpec, SparseSpec
 from fffc.verify.reference import route, routed_ffn, sparse_ffn
 
 D = 37  # two 16-lane pieces and a 5-wide tail
 
 
 @functools.cache
-def _compiled(spec: KernelSpec):
-    make = combine_primfunc if spec.mode == "combine" else route_primfunc
+def _compiled(spec: RouteSpec | CombineSpec):
+    make = combine_primfunc if isinstance(spec, CombineSpec) else route_primfunc
     ex = _tvm.compile_module({"k": make(spec, "k")},
                              {"kind": "llvm", "mcpu": _tvm.host_cpu()})
     return ex["k"]
 
 
-def run_route(spec: KernelSpec, x: np.ndarray, wr: np.ndarray, br: np.ndarray | None,
+def run_route(spec: RouteSpec, x: np.ndarray, wr: np.ndarray, br: np.ndarray | None,
               kn: int | None = None):
     """(IDX[:CNT], WT[:CNT], CNT, XS[:CNT]) of the route kernel (``kn``: a "kvar" spec's
     per-call k)."""
     b, s, d = x.shape
     outs = [_tvm.empty((b * s,), "int32"), _tvm.empty((b * s,)), _tvm.empty((1,), "int32"),
             _tvm.empty((b * s, d))]
-    ins = [x, wr, *([br] if spec.has_b1 else []),
+    ins = [x, wr, *([br] if spec.router_bias else []),
            *([np.array([kn], np.int32)] if kn is not None else [])]
     _compiled(spec)(*[_tvm.tensor(a) for a in ins], *outs)
     cnt = int(outs[2].numpy()[0])
     return outs[0].numpy()[:cnt], outs[1].numpy()[:cnt], cnt, outs[3].numpy()[:cnt]
 
 
-def check_route(spec: KernelSpec, x: np.ndarray, wr: np.ndarray, br: np.ndarray | None,
+def check_route(spec: RouteSpec, x: np.ndarray, wr: np.ndarray, br: np.ndarray | None,
                 msg: str = "") -> int:
-    extra = dict(spec.extra)
-    ref_idx, ref_w = route(x, wr, br if spec.has_b1 else None, selection=extra["selection"],
-                           k=int(extra["k"]), router=extra["router"])
+    ref_idx, ref_w = route(x, wr, br if spec.router_bias else None, selection=spec.selection,
+                           k=spec.k, router=spec.router)
     idx, wt, cnt, xs = run_route(spec, x, wr, br)
     assert cnt == len(ref_idx), msg
     np.testing.assert_array_equal(idx, ref_idx, err_msg=msg)
@@ -75,7 +74,7 @@ def test_topk_matches_reference(k, bias: bool, router: str, kind: str) -> None:
             kk = s if k == "S" else k
             if kk > s:
                 continue
-            spec = route_kernel_spec(D, "topk", kk, router, bias)
+            spec = RouteSpec(D, "topk", kk, router, bias)
             x, wr, br = data(b, s, D, kind, seed=b * 100 + s)
             cnt = check_route(spec, x, wr, br, f"B={b} S={s} k={kk}")
             assert cnt == b * kk
@@ -83,7 +82,7 @@ def test_topk_matches_reference(k, bias: bool, router: str, kind: str) -> None:
 
 def test_topk_ties_lower_index_wins() -> None:
     d = 16  # no tail: the whole dot product in one vector piece
-    spec = route_kernel_spec(d, "topk", 3, "raw", False)
+    spec = RouteSpec(d, "topk", 3, "raw", False)
     rng = np.random.default_rng(5)
     base = rng.standard_normal((4, d)).astype(np.float32)
     # sequence 0: every token equal -> the first k; sequence 1: duplicates of the best
@@ -105,7 +104,7 @@ def test_topk_ties_lower_index_wins() -> None:
     assert list(idx[6:]) == [18 + 1, 18 + 2, 18 + 7]
     check_route(spec, x, wr, None)
     # all scores tied at a large S: the selection is the first k of each sequence
-    spec64 = route_kernel_spec(d, "topk", 64, "raw", True)
+    spec64 = RouteSpec(d, "topk", 64, "raw", True)
     x = np.repeat(base[None, :1], 2 * 1000, axis=1).reshape(2, 1000, d)
     idx, _, cnt, _ = run_route(spec64, x, wr, np.array([-1.0], np.float32))
     assert cnt == 128 and list(idx) == [*range(64), *range(1000, 1064)]
@@ -113,7 +112,7 @@ def test_topk_ties_lower_index_wins() -> None:
 
 def test_topk_longer_sequences() -> None:
     """Radix select over many distinct and tied scores (S in the thousands)."""
-    spec = route_kernel_spec(D, "topk", 50, "sigmoid", True)
+    spec = RouteSpec(D, "topk", 50, "sigmoid", True)
     for kind in ("float", "int"):
         x, wr, br = data(2, 3000, D, kind, seed=7)
         check_route(spec, x, wr, br, kind)
@@ -121,7 +120,7 @@ def test_topk_longer_sequences() -> None:
 
 def test_topk_more_than_s_selects_nothing() -> None:
     """S < k breaks the shim's contract: the kernel reports no rows (no stray writes)."""
-    spec = route_kernel_spec(D, "topk", 5, "raw", False)
+    spec = RouteSpec(D, "topk", 5, "raw", False)
     x, wr, _ = data(2, 3, D, "float", seed=1)
     assert run_route(spec, x, wr, None)[2] == 0
 
@@ -129,7 +128,7 @@ def test_topk_more_than_s_selects_nothing() -> None:
 @pytest.mark.parametrize("router", ["raw", "sigmoid"])
 @pytest.mark.parametrize("bias", [False, True])
 def test_threshold_matches_reference(bias: bool, router: str) -> None:
-    spec = route_kernel_spec(D, "threshold", 0, router, bias)
+    spec = RouteSpec(D, "threshold", 0, router, bias)
     br = np.array([0.5], np.float32)
     for s in (1, 7, 64):
         x, wr, _ = data(4, s, D, "int", seed=s)
@@ -147,7 +146,7 @@ def test_threshold_matches_reference(bias: bool, router: str) -> None:
 
 
 def test_threshold_none_anywhere() -> None:
-    spec = route_kernel_spec(D, "threshold", 0, "raw", False)
+    spec = RouteSpec(D, "threshold", 0, "raw", False)
     x, wr, _ = data(3, 5, D, "int", seed=3)
     x = -np.abs(x) - 1
     assert run_route(spec, x, np.abs(wr) + 1, None)[2] == 0
@@ -163,7 +162,7 @@ def run_combine(x, idx, wt, delta, cnt, coef):
     pad_d[:len(delta)] = delta
     y = _tvm.empty((n, d))
     args = [x, pad_i, pad_w, pad_d, np.array([cnt], np.int32), np.asarray(coef, np.float32)]
-    _compiled(combine_kernel_spec(d))(*[_tvm.tensor(a) for a in args], y)
+    _compiled(CombineSpec(d))(*[_tvm.tensor(a) for a in args], y)
     return y.numpy()
 
 
@@ -199,7 +198,7 @@ def test_end_to_end_matches_routed_ffn(selection: str, k: int, router: str, coef
     b1 = (rng.standard_normal(f) * 0.1).astype(np.float32)
     w2 = (rng.standard_normal((f, d)) / np.sqrt(f)).astype(np.float32)
     b2 = (rng.standard_normal(d) * 0.1).astype(np.float32)
-    spec = route_kernel_spec(d, selection, k, router, True)
+    spec = RouteSpec(d, selection, k, router, True)
     idx, wt, cnt, xs = run_route(spec, x, wr, br)
     delta = sparse_ffn(xs, w1, b1, w2, b2, activation_name="gelu").astype(np.float32)
     (xa, xb), (da, db) = coefs
@@ -212,36 +211,35 @@ def test_end_to_end_matches_routed_ffn(selection: str, k: int, router: str, coef
 
 
 def test_variants_primfuncs_and_errors() -> None:
-    route_spec = route_kernel_spec(D, "topk", 2, "raw", True)
+    route_spec = RouteSpec(D, "topk", 2, "raw", True)
     assert routed_variants(route_spec) == [("all", 1, MAX_TOKENS)]
-    assert routed_variants(combine_kernel_spec(D)) == [("all", 1, MAX_TOKENS)]
+    assert routed_variants(CombineSpec(D)) == [("all", 1, MAX_TOKENS)]
     route = route_primfunc(route_spec, "sym_route")
     assert route.attrs["global_symbol"] == "sym_route"
     assert [p.name for p in route.params] == ["X", "WR", "BR", "IDX", "WT", "CNT", "XS"]
     assert "T.parallel" in route.script()
-    assert "T.vectorized" in combine_primfunc(combine_kernel_spec(D), "sym_combine").script()
+    assert "T.vectorized" in combine_primfunc(CombineSpec(D), "sym_combine").script()
     with pytest.raises(CodegenError):
-        route_primfunc(combine_kernel_spec(D), "x")
+        route_primfunc(CombineSpec(D), "x")
     with pytest.raises(CodegenError):
         combine_primfunc(route_spec, "x")
     with pytest.raises(CodegenError):
-        routed_variants(KernelSpec("SparseFFN", "relu", "none", "exact", 8, 8, 8, 0, 0, 0))
-    bad = KernelSpec("RoutedFFN", "none", "none", "route_topk_k0_raw", D, 0, D, False, False,
-                     False, extra=(("k", "0"), ("router", "raw"), ("selection", "topk")))
+        routed_variants(SparseSpec("relu", "none", "exact", 8, 8, 8, 0, 0, 0))
+    bad = RouteSpec(D, "topk", 0, "raw", False)
     with pytest.raises(CodegenError):
         route_primfunc(bad, "x")
 
 
 def test_route_parameters_follow_arg_names() -> None:
     """Every optional input is a parameter exactly when the spec reads it, in its order."""
-    for spec in (route_kernel_spec(D, "topk", None, "sigmoid", False, ln_epsilon=1e-5),
-                 route_kernel_spec(D, "threshold", 0, "raw", True, aux=True, has_ba=True)):
+    for spec in (RouteSpec(D, "topk", None, "sigmoid", False, ln_epsilon=1e-5),
+                 RouteSpec(D, "threshold", 0, "raw", True, selection_score=True, selection_bias=True)):
         assert [p.name for p in route_primfunc(spec, "k").params] == spec.arg_names()
 
 
 def test_route_checks_output_lengths() -> None:
     """IDX/WT/XS are declared [B·S]: a wrong length is refused, not written past."""
-    spec = route_kernel_spec(8, "topk", 1, "raw", False)
+    spec = RouteSpec(8, "topk", 1, "raw", False)
     x = np.ones((2, 3, 8), np.float32)
     with pytest.raises(ValueError, match="IDX"):
         _compiled(spec)(_tvm.tensor(x), _tvm.tensor(np.ones(8, np.float32)),
@@ -254,7 +252,7 @@ def test_route_checks_output_lengths() -> None:
 def test_threshold_with_a_separate_selection_score(aux_bias: bool, router: str) -> None:
     """MoD's causal predictor: tokens are selected by X·WA (+ BA) > 0, weighted by the router
     score X·WR: the kernel reads the two projections for what each decides."""
-    spec = route_kernel_spec(D, "threshold", 0, router, True, aux=True, has_ba=aux_bias)
+    spec = RouteSpec(D, "threshold", 0, router, True, selection_score=True, selection_bias=aux_bias)
     rng = np.random.default_rng(11)
     x = rng.standard_normal((3, 20, D)).astype(np.float32)
     wr, wa = (rng.standard_normal(D).astype(np.float32) for _ in range(2))
@@ -281,7 +279,7 @@ def test_route_normalizes_the_gathered_rows_for_a_prenorm_block() -> None:
     routed block's pre-norm); the selection and weights are unchanged."""
     from fffc.verify.reference import layer_norm
 
-    spec = route_kernel_spec(D, "topk", 3, "sigmoid", True, ln_epsilon=1e-5)
+    spec = RouteSpec(D, "topk", 3, "sigmoid", True, ln_epsilon=1e-5)
     rng = np.random.default_rng(12)
     x = rng.standard_normal((2, 9, D)).astype(np.float32) * 3 + 1
     wr, ls, lb = (rng.standard_normal(D).astype(np.float32) for _ in range(3))
@@ -300,8 +298,8 @@ def test_route_normalizes_the_gathered_rows_for_a_prenorm_block() -> None:
 def test_topk_k_per_call() -> None:
     """A "kvar" spec (k from the sequence length, computed by the shim) selects the top
     KN[0]; KN < 1 or KN > S selects nothing (the op refuses those before the kernel)."""
-    spec = route_kernel_spec(D, "topk", None, "raw", True)
-    assert "KN" in spec.arg_names() and spec.mode == "route_topk_kvar_raw"
+    spec = RouteSpec(D, "topk", None, "raw", True)
+    assert "KN" in spec.arg_names() and spec.row.mode == "route_topk_kvar_raw"
     for s, kn in ((7, 1), (7, 3), (7, 7), (64, 16), (64, 5)):
         x, wr, br = data(2, s, D, "float", seed=s + kn)
         ref_idx, ref_w = route(x, wr, br, selection="topk", k=kn, router="raw")

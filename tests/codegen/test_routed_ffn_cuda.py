@@ -12,28 +12,30 @@ import pytest
 
 from fffc.codegen.cuda_build import CudaVariant, build_cuda_library
 from fffc.codegen.kernels.routed_ffn_cuda import LAUNCH_PARAMS
-from fffc.codegen.schedules import MAX_TOKENS
-from fffc.contract.ops import KernelSpec, combine_kernel_spec, route_kernel_spec
+from fffc.codegen.schedules import MAX_TOKENS, family
+from fffc.contract.kernels import CombineSpec, KernelSpec, RouteSpec
 from fffc.contract.tolerances import RTOL
 from fffc.verify.cuda_emu import Emulator
 from fffc.verify.reference import layer_norm, route, routed_ffn, sparse_ffn
 
 EPS = 1e-5
-TOPK1 = route_kernel_spec(40, "topk", 1, "raw", False)
-TOPK2 = route_kernel_spec(33, "topk", 2, "sigmoid", True)
-TOPK3 = route_kernel_spec(40, "topk", 3, "raw", True)
-TOPKV = route_kernel_spec(40, "topk", None, "sigmoid", True)  # k per call (KN)
-TOPK_LN = route_kernel_spec(33, "topk", 2, "raw", True, ln_epsilon=EPS)
-THR = route_kernel_spec(40, "threshold", 0, "raw", True)
-THR_AUX = route_kernel_spec(33, "threshold", 0, "sigmoid", True, aux=True, has_ba=True)
-THR_AUX_LN = route_kernel_spec(40, "threshold", 0, "raw", False, aux=True, ln_epsilon=EPS)
-COMBINE = {d: combine_kernel_spec(d) for d in (33, 40)}
+TOPK1 = RouteSpec(40, "topk", 1, "raw", False)
+TOPK2 = RouteSpec(33, "topk", 2, "sigmoid", True)
+TOPK3 = RouteSpec(40, "topk", 3, "raw", True)
+TOPKV = RouteSpec(40, "topk", None, "sigmoid", True)  # k per call (KN)
+TOPK_LN = RouteSpec(33, "topk", 2, "raw", True, ln_epsilon=EPS)
+THR = RouteSpec(40, "threshold", 0, "raw", True)
+THR_AUX = RouteSpec(33, "threshold", 0, "sigmoid", True, selection_score=True,
+                    selection_bias=True)
+THR_AUX_LN = RouteSpec(40, "threshold", 0, "raw", False, selection_score=True, ln_epsilon=EPS)
+COMBINE = {d: CombineSpec(d) for d in (33, 40)}
 ROUTES = [TOPK1, TOPK2, TOPK3, TOPKV, TOPK_LN, THR, THR_AUX, THR_AUX_LN]
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
-    return build_cuda_library([*ROUTES, *COMBINE.values()], tmp_path_factory.mktemp("routed"))
+    return build_cuda_library([*ROUTES, *COMBINE.values()], family("cuda"),
+                              tmp_path_factory.mktemp("routed"))
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def _variant(library, spec: KernelSpec) -> CudaVariant:
     return v
 
 
-def _data(spec: KernelSpec, b: int, s: int, kind: str, seed: int) -> dict[str, np.ndarray]:
+def _data(spec: RouteSpec, b: int, s: int, kind: str, seed: int) -> dict[str, np.ndarray]:
     """X [B, S, d] and every route weight (a spec reads those in its arg_names)."""
     rng = np.random.default_rng(seed)
     d = spec.d_in
@@ -63,11 +65,7 @@ def _data(spec: KernelSpec, b: int, s: int, kind: str, seed: int) -> dict[str, n
          "LB": rng.standard_normal(d).astype(np.float32)}
 
 
-def _extra(spec: KernelSpec) -> dict[str, str]:
-    return dict(spec.extra)
-
-
-def run_route(emulator, library, spec: KernelSpec, w: dict[str, np.ndarray],
+def run_route(emulator, library, spec: RouteSpec, w: dict[str, np.ndarray],
               k: int | None = None) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
     """IDX, WT, CNT, XS [N, d], POS of the route launches (``k``: a per-call k, KN)."""
     b, s, d = w["X"].shape
@@ -80,16 +78,16 @@ def run_route(emulator, library, spec: KernelSpec, w: dict[str, np.ndarray],
     return out["IDX"], out["WT"], int(out["CNT"][0]), out["XS"].reshape(n, d), out["POS"]
 
 
-def reference_route(spec: KernelSpec, w: dict[str, np.ndarray],
+def reference_route(spec: RouteSpec, w: dict[str, np.ndarray],
                     k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    ex = _extra(spec)
-    kk = int(ex["k"]) if ex["k"] != "var" else k
-    return route(w["X"], w["WR"], w["BR"] if spec.has_b1 else None, selection=ex["selection"],
-                 k=kk or 0, router=ex["router"], wa=w["WA"] if spec.gated else None,
-                 ba=w["BA"] if spec.has_b2 else None)
+    kk = k if spec.per_call_k else spec.k
+    return route(w["X"], w["WR"], w["BR"] if spec.router_bias else None,
+                 selection=spec.selection, k=kk or 0, router=spec.router,
+                 wa=w["WA"] if spec.selection_score else None,
+                 ba=w["BA"] if spec.selection_bias else None)
 
 
-def check_route(emulator, library, spec: KernelSpec, w: dict[str, np.ndarray],
+def check_route(emulator, library, spec: RouteSpec, w: dict[str, np.ndarray],
                 k: int | None = None, msg: str = "") -> tuple:
     """Every route output vs the reference; returns (IDX, WT, CNT, XS, POS)."""
     idx, wt, cnt, xs, pos = run_route(emulator, library, spec, w, k)
@@ -100,7 +98,7 @@ def check_route(emulator, library, spec: KernelSpec, w: dict[str, np.ndarray],
     # scores: float32 in another summation order than NumPy's (sigmoid's slope is ≤ 1/4)
     bound = 4e-6 * (np.abs(flat[ref_idx]) @ np.abs(w["WR"]) + 1)
     assert (np.abs(wt[:cnt] - ref_w) <= bound).all(), msg
-    if "ln_epsilon" in _extra(spec):
+    if spec.ln_epsilon is not None:
         want = layer_norm(flat[ref_idx], w["LS"], w["LB"], EPS)
         np.testing.assert_allclose(xs[:cnt], want, rtol=1e-4, atol=1e-4, err_msg=msg)
     else:
@@ -113,8 +111,8 @@ def check_route(emulator, library, spec: KernelSpec, w: dict[str, np.ndarray],
 
 @pytest.mark.parametrize("kind", ["int", "float"])
 @pytest.mark.parametrize("spec", [TOPK1, TOPK2, TOPK3], ids=["k1", "k2_sigmoid", "k3"])
-def test_topk_matches_reference(library, emulator, spec: KernelSpec, kind: str) -> None:
-    k = int(_extra(spec)["k"])
+def test_topk_matches_reference(library, emulator, spec: RouteSpec, kind: str) -> None:
+    k = spec.k
     for seed, (b, s) in enumerate([(1, k), (1, 7), (3, 5), (2, 37), (5, 3)]):
         if s < k:
             continue
@@ -145,7 +143,7 @@ def test_topk_k_per_call(library, emulator) -> None:
 
 @pytest.mark.parametrize("kind", ["int", "float"])
 @pytest.mark.parametrize("spec", [THR, THR_AUX], ids=["raw", "aux_sigmoid"])
-def test_threshold_matches_reference(library, emulator, spec: KernelSpec, kind: str) -> None:
+def test_threshold_matches_reference(library, emulator, spec: RouteSpec, kind: str) -> None:
     for seed, (b, s) in enumerate([(1, 1), (1, 9), (4, 5), (2, 40)]):
         w = _data(spec, b, s, kind, seed + 10)
         check_route(emulator, library, spec, w, msg=f"{kind} B={b} S={s}")
@@ -161,7 +159,7 @@ def test_threshold_over_several_scan_chunks(library, emulator) -> None:
 def test_layer_norm_gather(library, emulator) -> None:
     for spec, (b, s) in [(TOPK_LN, (3, 7)), (THR_AUX_LN, (2, 20)), (THR_AUX_LN, (1, 1))]:
         w = _data(spec, b, s, "float", 5)
-        check_route(emulator, library, spec, w, msg=f"{spec.mode} B={b} S={s}")
+        check_route(emulator, library, spec, w, msg=f"{spec.row.mode} B={b} S={s}")
 
 
 def run_combine(emulator, library, x: np.ndarray, pos: np.ndarray, wt: np.ndarray,
@@ -199,7 +197,7 @@ def test_combine_matches_the_formula(library, emulator) -> None:
 
 
 @pytest.mark.parametrize("spec", [TOPK2, THR_AUX, THR_AUX_LN], ids=["topk", "aux", "aux_ln"])
-def test_route_ffn_combine_matches_routed_ffn(library, emulator, spec: KernelSpec) -> None:
+def test_route_ffn_combine_matches_routed_ffn(library, emulator, spec: RouteSpec) -> None:
     """route → the FFN on XS[:CNT] (NumPy, standing in for the FFN kernels) → combine equals
     ``fffc.verify.reference.routed_ffn``."""
     d, f = spec.d_in, 24
@@ -208,22 +206,21 @@ def test_route_ffn_combine_matches_routed_ffn(library, emulator, spec: KernelSpe
     w2 = (rng.standard_normal((f, d)) / np.sqrt(f)).astype(np.float32)
     b1, b2 = rng.standard_normal(f).astype(np.float32), rng.standard_normal(d).astype(np.float32)
     coef = (1.0, 0.5, 0.0, 1.0)
-    ex = _extra(spec)
-    for b, s in [(2, 11), (1, 3 if ex["selection"] == "topk" else 1)]:
+    for b, s in [(2, 11), (1, 3 if spec.topk else 1)]:
         w = _data(spec, b, s, "float", b)
         _, wt, cnt, xs, pos = run_route(emulator, library, spec, w)
         delta = np.full_like(xs, np.nan)
         delta[:cnt] = sparse_ffn(xs[:cnt], w1, b1, w2, b2, activation_name="gelu")
         y = run_combine(emulator, library, w["X"].reshape(b * s, d), pos, wt, delta, coef)
-        want = routed_ffn(w["X"], w["WR"], w["BR"] if spec.has_b1 else None, w1, b1, w2, b2,
-                          activation_name="gelu", selection=ex["selection"],
-                          k=int(ex["k"]), router=ex["router"], x_coef=coef[:2],
-                          delta_coef=coef[2:], wa=w["WA"] if spec.gated else None,
-                          ba=w["BA"] if spec.has_b2 else None,
-                          ln=(w["LS"], w["LB"], EPS) if "ln_epsilon" in ex else None)
+        want = routed_ffn(w["X"], w["WR"], w["BR"] if spec.router_bias else None, w1, b1, w2,
+                          b2, activation_name="gelu", selection=spec.selection,
+                          k=spec.k, router=spec.router, x_coef=coef[:2],
+                          delta_coef=coef[2:], wa=w["WA"] if spec.selection_score else None,
+                          ba=w["BA"] if spec.selection_bias else None,
+                          ln=(w["LS"], w["LB"], EPS) if spec.ln_epsilon is not None else None)
         assert cnt == len(reference_route(spec, w)[0])
         err = np.abs(y - want.reshape(b * s, d)).max() / np.abs(want).max()
-        assert err < RTOL, (spec.mode, b, s, err)
+        assert err < RTOL, (spec.row.mode, b, s, err)
 
 
 def test_decode_one_token(library, emulator) -> None:

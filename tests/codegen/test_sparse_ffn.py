@@ -13,7 +13,7 @@ from fffc.codegen.kernels.exact_screened import screenable
 from fffc.codegen.kernels.sparse_ffn import sparse_ffn_primfunc
 from fffc.codegen.schedules import family
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
 
 from .conftest import ATOL, RTOL, TOKENS, args, inputs, kernels, reference, spec, weights
 
@@ -99,13 +99,24 @@ def test_sparsity_is_real() -> None:
     ({"activation": "gelu"}, "activation 'relu'"),
     ({"activation": "silu"}, "activation 'relu'"),
     ({"dtype": "float16"}, "float32 only"),
-    ({"mode": "threshold"}, "only 'exact'"),
     ({"up_activation": "relu", "gated": False}, "needs a gated FFN"),
 ])
 def test_rejects_what_exact_cannot_compute(change: dict, match: str) -> None:
     fields = {**spec().__dict__, **change}
     with pytest.raises(CodegenError, match=match):
-        kernels(KernelSpec(**fields))
+        kernels(SparseSpec(**fields))
+
+
+def test_rejects_other_modes() -> None:
+    """The exact generator refuses a spec of another mode; a mode outside SparseMode is
+    refused when the spec is made."""
+    teal = SparseSpec(**{**spec().__dict__, "mode": "teal"})
+    fam = family("x86")
+    tiling = fam.sparse_variants(spec(), fam.target(None))[-1].tiling
+    with pytest.raises(CodegenError, match="only 'exact'"):
+        sparse_ffn_primfunc(teal, tiling, "k")
+    with pytest.raises(ValueError, match="threshold"):
+        SparseSpec(**{**spec().__dict__, "mode": "threshold"})
 
 
 @pytest.mark.parametrize("variant", ["decode", "gemv2", "gemm_stream", "gemm_packed"])
@@ -115,7 +126,7 @@ def test_weights_stored_in_16_bits(variant: str, dtype: str) -> None:
     give the FFN of the rounded weights (float32 arithmetic)."""
     s = SPECS["drelu"]
     fam = family("x86")
-    tiling = next(v.tiling for v in fam.variants(s, fam.target(None)) if v.name == variant)
+    tiling = next(v.tiling for v in fam.sparse_variants(s, fam.target(None)) if v.name == variant)
     make = exact_decode_primfunc if variant == "decode" else sparse_ffn_primfunc
     ex = _tvm.compile_module({"k": make(s, tiling, "k", dtype=dtype)}, host_target())
     w = weights(s)

@@ -10,19 +10,19 @@ import pytest
 
 from fffc.codegen.build import KernelRunner
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
 from fffc.verify.compare import compare
 from fffc.verify.reference import activation, cats_ffn
 
 D, F, DO = 48, 128, 40
 
 
-def _spec(act: str, up: str = "none", bias: bool = False) -> KernelSpec:
-    return KernelSpec("SparseFFN", act, up, "cats", D, F, DO, bias, bias, True)
+def _spec(act: str, up: str = "none", bias: bool = False) -> SparseSpec:
+    return SparseSpec(act, up, "cats", D, F, DO, bias, bias, True)
 
 
 @functools.cache
-def _runner(spec: KernelSpec) -> KernelRunner:
+def _runner(spec: SparseSpec) -> KernelRunner:
     return KernelRunner(spec)
 
 
@@ -34,7 +34,7 @@ def _weights() -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) for k, v in w.items()}
 
 
-def _args(spec: KernelSpec, w: dict, x: np.ndarray, th: np.ndarray) -> list[np.ndarray]:
+def _args(spec: SparseSpec, w: dict, x: np.ndarray, th: np.ndarray) -> list[np.ndarray]:
     return [x, *[w[n] for n in spec.arg_names()[1:-2]], th]
 
 
@@ -75,4 +75,4 @@ def test_closed_gates_and_small_inputs_are_never_read() -> None:
 
 def test_cats_needs_a_gated_ffn() -> None:
     with pytest.raises(CodegenError, match="gated"):
-        KernelRunner(KernelSpec("SparseFFN", "silu", "none", "cats", D, F, DO, False, False, False))
+        KernelRunner(SparseSpec("silu", "none", "cats", D, F, DO, False, False, False))

@@ -11,33 +11,33 @@ import pytest
 from fffc.codegen.cuda_build import CudaVariant, build_cuda_library
 from fffc.codegen.schedules import family
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
 from fffc.contract.tolerances import RTOL
 from fffc.verify.cuda_emu import Emulator
 from fffc.verify.reference import activation, cats_ffn, predictor_ffn, sparse_ffn, teal_ffn
 
 D, F, DO = 40, 100, 24  # odd dims: no tile divides them
 
-TEAL_DENSE = KernelSpec("SparseFFN", "gelu", "none", "teal", D, F, DO, True, True, False)
-TEAL_SWIGLU = KernelSpec("SparseFFN", "silu", "none", "teal", D, F, DO, False, True, True)
-CATS = KernelSpec("SparseFFN", "silu", "none", "cats", D, F, DO, True, True, True)
-PRED_DENSE = KernelSpec("SparseFFN", "gelu", "none", "predictor", 300, F, DO, True, True, False,
-                        extra=(("rank", "8"),))  # d_in 300: x·PA split over 2 blocks
-PRED_SWIGLU = KernelSpec("SparseFFN", "silu", "none", "predictor", D, F, DO, False, False, True,
-                         extra=(("rank", "16"),))
+TEAL_DENSE = SparseSpec("gelu", "none", "teal", D, F, DO, True, True, False)
+TEAL_SWIGLU = SparseSpec("silu", "none", "teal", D, F, DO, False, True, True)
+CATS = SparseSpec("silu", "none", "cats", D, F, DO, True, True, True)
+PRED_DENSE = SparseSpec("gelu", "none", "predictor", 300, F, DO, True, True, False,
+                        rank=8)  # d_in 300: x·PA split over 2 blocks
+PRED_SWIGLU = SparseSpec("silu", "none", "predictor", D, F, DO, False, False, True,
+                         rank=16)
 # centered teal: XC, HC subtracted before the thresholds (random here; the biases need not
 # hold their share for the kernel to be checked against the op's reference)
-TEAL_CENTERED = KernelSpec("SparseFFN", "gelu", "none", "teal", D, F, DO, True, True, False,
-                           extra=(("centers", "xh"),))
-TEAL_SWIGLU_H = KernelSpec("SparseFFN", "silu", "none", "teal", D, F, DO, False, True, True,
-                           extra=(("centers", "h"),))
+TEAL_CENTERED = SparseSpec("gelu", "none", "teal", D, F, DO, True, True, False,
+                           centers="xh")
+TEAL_SWIGLU_H = SparseSpec("silu", "none", "teal", D, F, DO, False, True, True,
+                           centers="h")
 SPECS = [TEAL_DENSE, TEAL_SWIGLU, CATS, PRED_DENSE, PRED_SWIGLU, TEAL_CENTERED, TEAL_SWIGLU_H]
 TOKENS = (1, 3)  # the grids run over tokens: any count is served
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
-    return build_cuda_library(SPECS, tmp_path_factory.mktemp("cuda_masked"))
+    return build_cuda_library(SPECS, family("cuda"), tmp_path_factory.mktemp("cuda_masked"))
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +45,12 @@ def emulator(library):
     return Emulator(library.source_path.read_text(), library.variants)
 
 
-def _variant(library, s: KernelSpec) -> CudaVariant:
+def _variant(library, s: SparseSpec) -> CudaVariant:
     (v,) = [v for v in library.variants if v.spec == s]
     return v
 
 
-def _weights(s: KernelSpec, seed: int) -> dict[str, np.ndarray]:
+def _weights(s: SparseSpec, seed: int) -> dict[str, np.ndarray]:
     """The op's inputs in the mode's layouts (teal: WU [d_in, d_ff]; cats: WU row per
     neuron; predictor: W1 and WU row per neuron)."""
     rng = np.random.default_rng(seed)
@@ -97,7 +97,7 @@ def _x_cut(x: np.ndarray, t_in: float) -> np.ndarray:
     return np.where(np.abs(xd) <= t_in, 0.0, xd)
 
 
-def _hidden(s: KernelSpec, w: dict, x: np.ndarray, t_in: float) -> np.ndarray:
+def _hidden(s: SparseSpec, w: dict, x: np.ndarray, t_in: float) -> np.ndarray:
     """What the hidden (teal, minus HC) or gate (cats) threshold cuts, in float64."""
     xd = _x_cut(_centered_x(w, x), t_in)
     h = xd @ w["W1"] + w.get("B1", 0.0)
@@ -107,7 +107,7 @@ def _hidden(s: KernelSpec, w: dict, x: np.ndarray, t_in: float) -> np.ndarray:
     return a - w["HC"] if "HC" in w else a
 
 
-def _want(s: KernelSpec, w: dict, x: np.ndarray, th: np.ndarray | None = None) -> np.ndarray:
+def _want(s: SparseSpec, w: dict, x: np.ndarray, th: np.ndarray | None = None) -> np.ndarray:
     """The reference, and that no neuron lies within rounding of a cut (slack 0)."""
     common = {"activation_name": s.activation, "up_activation": s.up_activation, "slack": True}
     b1, b2 = w.get("B1"), w.get("B2")
@@ -129,7 +129,7 @@ def _check(got: np.ndarray, want: np.ndarray, what) -> None:
     assert err < RTOL, (what, err)
 
 
-def _thresholds(s: KernelSpec, w: dict, x: np.ndarray) -> list[np.ndarray]:
+def _thresholds(s: SparseSpec, w: dict, x: np.ndarray) -> list[np.ndarray]:
     """Both thresholds on, each alone, both off (t = -1)."""
     t_in = _cut(np.abs(_centered_x(w, x)), 0.4, margin=0.0)
     t_h_alone = _cut(np.abs(_hidden(s, w, x, -1.0)), 0.5)
@@ -252,8 +252,8 @@ def test_variant_table_and_launches(library) -> None:
 
 def test_unsupported_specs_are_typed_errors(tmp_path) -> None:
     with pytest.raises(CodegenError, match="gated"):
-        build_cuda_library([KernelSpec("SparseFFN", "silu", "none", "cats", D, F, DO, False,
-                                       False, False)], tmp_path)
+        build_cuda_library([SparseSpec("silu", "none", "cats", D, F, DO, False,
+                                       False, False)], family("cuda"), tmp_path)
     with pytest.raises(CodegenError, match="rank"):
-        build_cuda_library([KernelSpec("SparseFFN", "gelu", "none", "predictor", D, F, DO,
-                                       False, False, False)], tmp_path)
+        build_cuda_library([SparseSpec("gelu", "none", "predictor", D, F, DO,
+                                       False, False, False)], family("cuda"), tmp_path)

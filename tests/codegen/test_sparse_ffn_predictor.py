@@ -10,20 +10,20 @@ import pytest
 
 from fffc.codegen.build import KernelRunner
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
 from fffc.verify.reference import predictor_ffn, sparse_ffn
 
 D, F, DO, R = 48, 128, 40, 16
 
 
 def _spec(activation: str, gated: bool, bias: bool = True, up: str = "none",
-          rank: int = R) -> KernelSpec:
-    return KernelSpec("SparseFFN", activation, up, "predictor", D, F, DO, bias, bias, gated,
-                      extra=(("rank", str(rank)),))
+          rank: int = R) -> SparseSpec:
+    return SparseSpec(activation, up, "predictor", D, F, DO, bias, bias, gated,
+                      rank=rank)
 
 
 @functools.cache
-def _runner(spec: KernelSpec) -> KernelRunner:
+def _runner(spec: SparseSpec) -> KernelRunner:
     return KernelRunner(spec)
 
 

@@ -10,22 +10,22 @@ import pytest
 
 from fffc.codegen.build import KernelRunner
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
 from fffc.verify.reference import sparse_ffn, teal_ffn
 
 D, F, DO = 48, 128, 40
 
 
-def _spec(activation: str, gated: bool, bias: bool = True, up: str = "none") -> KernelSpec:
-    return KernelSpec("SparseFFN", activation, up, "teal", D, F, DO, bias, bias, gated)
+def _spec(activation: str, gated: bool, bias: bool = True, up: str = "none") -> SparseSpec:
+    return SparseSpec(activation, up, "teal", D, F, DO, bias, bias, gated)
 
 
 @functools.cache
-def _runner(spec: KernelSpec) -> KernelRunner:
+def _runner(spec: SparseSpec) -> KernelRunner:
     return KernelRunner(spec)
 
 
-def _weights(spec: KernelSpec) -> dict[str, np.ndarray]:
+def _weights(spec: SparseSpec) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(7)
     w = {"W1": rng.standard_normal((D, F)) / np.sqrt(D), "B1": rng.standard_normal(F) * 0.1,
          "W2": rng.standard_normal((F, DO)) / np.sqrt(F), "B2": rng.standard_normal(DO),
@@ -33,12 +33,12 @@ def _weights(spec: KernelSpec) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) for k, v in w.items()}
 
 
-def _run(spec: KernelSpec, w: dict, x: np.ndarray, th: np.ndarray) -> np.ndarray:
+def _run(spec: SparseSpec, w: dict, x: np.ndarray, th: np.ndarray) -> np.ndarray:
     args = [x, *[w[n] for n in spec.arg_names()[1:-2]], th]
     return _runner(spec)(*args)
 
 
-def _want(spec: KernelSpec, w: dict, x: np.ndarray, th: np.ndarray) -> np.ndarray:
+def _want(spec: SparseSpec, w: dict, x: np.ndarray, th: np.ndarray) -> np.ndarray:
     return teal_ffn(x, w["W1"], w["B1"] if spec.has_b1 else None, w["W2"],
                     w["B2"] if spec.has_b2 else None, w["WU"] if spec.gated else None,
                     thresholds=th, activation_name=spec.activation,
@@ -87,7 +87,7 @@ def test_teal_kernel_skips_everything_below_threshold() -> None:
 
 def test_teal_rejects_unknown_activation() -> None:
     with pytest.raises(CodegenError, match="activation"):
-        KernelRunner(KernelSpec("SparseFFN", "tanh", "none", "teal", D, F, DO, True, True, False))
+        KernelRunner(SparseSpec("tanh", "none", "teal", D, F, DO, True, True, False))
 
 
 def test_slack_covers_a_neuron_at_the_threshold_either_way() -> None:
@@ -114,7 +114,7 @@ def test_slack_covers_a_neuron_at_the_threshold_either_way() -> None:
                        want, 1e-6, slack).ok
 
 
-def _want_slack(spec: KernelSpec, w: dict, x: np.ndarray, th: np.ndarray):
+def _want_slack(spec: SparseSpec, w: dict, x: np.ndarray, th: np.ndarray):
     return teal_ffn(x, w["W1"], w["B1"], w["W2"], w["B2"], None, thresholds=th,
                     activation_name=spec.activation, slack=True)
 
@@ -156,9 +156,9 @@ def test_centered_teal_kernel_replaces_entries_near_their_center(activation, gat
     from fffc.passes.lowering import fold_centers
 
     base = _spec(activation, gated, bias)
-    spec = KernelSpec("SparseFFN", activation, "none", "teal", D, F, DO,
+    spec = SparseSpec(activation, "none", "teal", D, F, DO,
                       bias or "x" in centers, bias or "h" in centers, gated,
-                      extra=(("centers", centers),))
+                      centers=centers)
     assert spec.arg_names()[-1 - len(centers):-1] == [f"{p.upper()}C" for p in centers]
     w = _weights(base)
     rng = np.random.default_rng(11)
@@ -195,9 +195,9 @@ def test_centered_teal_kernel_replaces_entries_near_their_center(activation, gat
 
 
 def test_centers_need_mode_teal_and_xc_a_dense_ffn() -> None:
-    for spec in (KernelSpec("SparseFFN", "silu", "none", "teal", D, F, DO, False, True, True,
-                            extra=(("centers", "xh"),)),
-                 KernelSpec("SparseFFN", "silu", "none", "cats", D, F, DO, False, True, True,
-                            extra=(("centers", "h"),))):
+    for spec in (SparseSpec("silu", "none", "teal", D, F, DO, False, True, True,
+                            centers="xh"),
+                 SparseSpec("silu", "none", "cats", D, F, DO, False, True, True,
+                            centers="h")):
         with pytest.raises(CodegenError, match="centers"):
             KernelRunner(spec)

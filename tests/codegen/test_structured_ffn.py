@@ -21,7 +21,7 @@ from fffc.codegen.kernels.structured_ffn import (
 )
 from fffc.codegen.schedules import MAX_TOKENS
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec, structured_kernel_spec
+from fffc.contract.kernels import Projection, SparseSpec, StructuredSpec
 from fffc.verify.reference import structured_ffn
 
 RTOL = 1e-4  # of max |reference|: float32 accumulation vs float64
@@ -30,18 +30,18 @@ VARIANTS = list(VARIANT_TILES)
 
 
 def _spec(act: str, d_in: int, d_ff: int, d_out: int, k1: int, r1: int | None, k2: int,
-          r2: int | None, b1: bool = True, b2: bool = True) -> KernelSpec:
+          r2: int | None, b1: bool = True, b2: bool = True) -> StructuredSpec:
     """``r`` None: that projection has no U (r = its output width)."""
-    return structured_kernel_spec(act, d_in, d_ff, d_out, k1=k1, r1=r1 or d_ff, u1=r1 is not None,
-                                  k2=k2, r2=r2 or d_out, u2=r2 is not None, has_b1=b1, has_b2=b2)
+    return StructuredSpec(act, d_in, d_ff, d_out, Projection(k1, r1 or d_ff, r1 is not None),
+                          Projection(k2, r2 or d_out, r2 is not None), b1, b2)
 
 
 def _shuffle_spec(act: str, d_in: int, d_ff: int, d_out: int, p1: tuple, p2: tuple,
-                  b1: bool = True, b2: bool = True) -> KernelSpec:
+                  b1: bool = True, b2: bool = True) -> StructuredSpec:
     """Per projection (k, r, u, m, s): m 0 for no BlockShuffle factor."""
     (k1, r1, u1, m1, s1), (k2, r2, u2, m2, s2) = p1, p2
-    return structured_kernel_spec(act, d_in, d_ff, d_out, k1=k1, r1=r1, u1=u1, k2=k2, r2=r2,
-                                  u2=u2, m1=m1, s1=s1, m2=m2, s2=s2, has_b1=b1, has_b2=b2)
+    return StructuredSpec(act, d_in, d_ff, d_out, Projection(k1, r1, u1, m1, s1),
+                          Projection(k2, r2, u2, m2, s2), b1, b2)
 
 
 SPECS = {
@@ -76,7 +76,7 @@ BIG = {  # the benchmark's shapes at d_in 1024 / d_ff 4096 (reduction blocks, ma
 class Compiled:
     """Every variant of one spec (optionally one tiling override) in one module."""
 
-    def __init__(self, spec: KernelSpec, tiles: dict[str, Tiles] | None = None):
+    def __init__(self, spec: StructuredSpec, tiles: dict[str, Tiles] | None = None):
         self.spec = spec
         names = list(tiles) if tiles else VARIANTS
         self.symbols = {v: f"test_sffn_{spec.key}_{v}" for v in names}
@@ -96,7 +96,7 @@ class Compiled:
 def compiled() -> Callable[..., Compiled]:
     cache: dict = {}
 
-    def get(spec: KernelSpec, tiles: dict[str, Tiles] | None = None) -> Compiled:
+    def get(spec: StructuredSpec, tiles: dict[str, Tiles] | None = None) -> Compiled:
         key = (spec, tuple(sorted((tiles or {}).items())))
         if key not in cache:
             cache[key] = Compiled(spec, tiles)
@@ -105,19 +105,19 @@ def compiled() -> Callable[..., Compiled]:
     return get
 
 
-def weights(spec: KernelSpec, seed: int = 0) -> dict[str, np.ndarray]:
+def weights(spec: StructuredSpec, seed: int = 0) -> dict[str, np.ndarray]:
     """Random factors scaled so that pre-activations are ~N(0, 1) (the activation's curve
     matters), biases ~N(0, 0.25)."""
-    s = spec.structure
-    k1, r1, k2, r2 = s["k1"], s["r1"], s["k2"], s["r2"]
-    m1, s1, m2, s2 = (s.get(n, 0) for n in ("m1", "s1", "m2", "s2"))
+    p1, p2 = spec.projections
+    k1, r1, k2, r2 = p1.blocks, p1.width, p2.blocks, p2.width
+    m1, s1, m2, s2 = p1.shuffle_blocks, p1.shuffle_width, p2.shuffle_blocks, p2.shuffle_width
     w1, w2 = (m1 * s1 if m1 else r1), (m2 * s2 if m2 else r2)  # rows of U
-    p1, p2 = spec.d_in // k1, spec.d_ff // k2
+    i1, i2 = spec.d_in // k1, spec.d_ff // k2
     rng = np.random.default_rng(seed)
-    w = {"A1": rng.standard_normal((k1, p1, r1 // k1)) / np.sqrt(p1),
+    w = {"A1": rng.standard_normal((k1, i1, r1 // k1)) / np.sqrt(i1),
          "U1": rng.standard_normal((w1, spec.d_ff)) / np.sqrt(w1),
          "B1": rng.standard_normal(spec.d_ff) * 0.5,
-         "A2": rng.standard_normal((k2, p2, r2 // k2)) / np.sqrt(p2),
+         "A2": rng.standard_normal((k2, i2, r2 // k2)) / np.sqrt(i2),
          "U2": rng.standard_normal((w2, spec.d_out)) / np.sqrt(w2),
          "B2": rng.standard_normal(spec.d_out) * 0.5}
     if m1:
@@ -127,15 +127,15 @@ def weights(spec: KernelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) for k, v in w.items()}
 
 
-def reference(spec: KernelSpec, w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    s = spec.structure
-    return structured_ffn(x, w["A1"], w["U1"] if s["u1"] else None,
+def reference(spec: StructuredSpec, w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    return structured_ffn(x, w["A1"], w["U1"] if spec.first.dense else None,
                           w["B1"] if spec.has_b1 else None, w["A2"],
-                          w["U2"] if s["u2"] else None, w["B2"] if spec.has_b2 else None,
+                          w["U2"] if spec.second.dense else None,
+                          w["B2"] if spec.has_b2 else None,
                           activation_name=spec.activation, s1=w.get("S1"), s2=w.get("S2"))
 
 
-def inputs(spec: KernelSpec, tokens: int, seed: int = 1) -> np.ndarray:
+def inputs(spec: StructuredSpec, tokens: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((tokens, spec.d_in)).astype(np.float32)
 
 
@@ -280,37 +280,38 @@ def test_signature_and_symbol() -> None:
     assert 'A2: T.Buffer((1, 192, 72), "float32", align=4)' in src
 
 
-def _raw(**change) -> KernelSpec:
-    """A StructuredFFN spec built by hand (structured_kernel_spec refuses bad shapes)."""
-    base = dict(op="StructuredFFN", activation="gelu", up_activation="none", mode="x",
-                d_in=64, d_ff=128, d_out=64, has_b1=True, has_b2=True, gated=False,
-                extra=(("k1", "2"), ("k2", "2"), ("r1", "16"), ("r2", "16"), ("u1", "1"),
-                       ("u2", "1")))
-    base.update(change)
-    return KernelSpec(**base)
+LOWRANK_64 = dict(activation="gelu", d_in=64, d_ff=128, d_out=64,
+                  first=Projection(2, 16, True), second=Projection(2, 16, True), has_b1=True,
+                  has_b2=True)
 
 
 @pytest.mark.parametrize("spec, match", [
-    (_raw(dtype="float16"), "float32 only"),
-    (_raw(activation="tanh"), "activation 'tanh'"),
-    (_raw(op="SparseFFN"), "not a StructuredFFN"),
-    (_raw(d_in=66, extra=(("k1", "4"), ("k2", "2"), ("r1", "16"), ("r2", "16"), ("u1", "1"),
-                          ("u2", "1"))), "d_in=66 is not a multiple of k=4"),
-    (_raw(extra=(("k1", "2"), ("k2", "2"), ("r1", "15"), ("r2", "16"), ("u1", "1"),
-                 ("u2", "1"))), "r1=15"),
-    (_raw(extra=(("k1", "1"), ("k2", "1"), ("r1", "16"), ("r2", "64"), ("u1", "0"),
-                 ("u2", "0"))), "without U"),
-    (_raw(extra=(("k1", "1"),)), "structure"),
-    (_raw(extra=(("k1", "2"), ("k2", "2"), ("r1", "16"), ("r2", "16"), ("u1", "1"),
-                 ("u2", "1"), ("m1", "3"), ("s1", "4"))), "r1=16 is not a multiple of m1=3"),
-    (_raw(extra=(("k1", "2"), ("k2", "2"), ("r1", "16"), ("r2", "64"), ("u1", "1"),
-                 ("u2", "0"), ("m2", "4"), ("s2", "8"))), "without U"),
+    (StructuredSpec(**{**LOWRANK_64, "dtype": "float16"}), "float32 only"),
+    (StructuredSpec(**{**LOWRANK_64, "activation": "tanh"}), "activation 'tanh'"),
+    (SparseSpec("relu", "none", "exact", 64, 128, 64, True, True, False), "not a StructuredFFN"),
 ])
-def test_unsupported_specs_are_refused(spec: KernelSpec, match: str) -> None:
+def test_unsupported_specs_are_refused(spec, match: str) -> None:
     with pytest.raises(CodegenError, match=match):
         check_spec(spec)
     with pytest.raises(CodegenError, match=match):
         structured_ffn_primfunc(spec, "small", "s")
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"d_in": 66, "first": Projection(4, 16, True)}, "d_in=66 is not a multiple of 4"),
+    ({"first": Projection(2, 15, True)}, "r1=15"),
+    ({"first": Projection(1, 16, False), "second": Projection(1, 64, False)}, "without U"),
+    ({"first": Projection(2, 16, True, 3, 4)}, "r1=16 is not a multiple of 3"),
+    ({"second": Projection(2, 64, False, 4, 8)}, "without U"),
+])
+def test_inconsistent_structures_cannot_be_made(change: dict, match: str) -> None:
+    """Blocks and widths that do not fit are refused when the spec is made."""
+    with pytest.raises(ValueError, match=match):
+        StructuredSpec(**{**LOWRANK_64, **change})
+    with pytest.raises(ValueError, match="BlockShuffle"):
+        Projection(2, 16, True, 2, 0)
+    with pytest.raises(TypeError):  # a projection has blocks, a width and its U
+        Projection(2)  # type: ignore[call-arg]
 
 
 def test_bad_variant_or_tiling_is_refused() -> None:

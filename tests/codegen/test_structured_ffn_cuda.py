@@ -27,7 +27,8 @@ from fffc.codegen.cuda_build import (
 from fffc.codegen.kernels import structured_ffn_cuda as sfc
 from fffc.codegen.schedules import MAX_TOKENS, family
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec, structured_kernel_spec
+from fffc.contract.kernels import KernelSpec, StructuredSpec
+from fffc.contract.kernels import Projection as P
 from fffc.contract.tolerances import RTOL
 from fffc.verify.cuda_emu import Emulator
 from fffc.verify.reference import structured_ffn
@@ -37,23 +38,19 @@ from .conftest import spec as sparse_spec
 SPECS = {
     # LowRank both ways; d_in 160 and r2 136 split K over two blocks (the last stage's
     # partial sums then go through the reduce launch)
-    "lowrank": structured_kernel_spec("gelu", 160, 40, 40, k1=1, r1=24, u1=True, k2=1, r2=136,
-                                      u2=True, has_b1=True, has_b2=True),
-    "blockdense": structured_kernel_spec("relu", 40, 48, 40, k1=2, r1=24, u1=True, k2=4, r2=16,
-                                         u2=True, has_b1=False, has_b2=True),
-    "blockdiag": structured_kernel_spec("gelu", 40, 48, 24, k1=4, r1=48, u1=False, k2=2, r2=24,
-                                        u2=False, has_b1=True, has_b2=True),
+    "lowrank": StructuredSpec("gelu", 160, 40, 40, P(1, 24, True), P(1, 136, True), True, True),
+    "blockdense": StructuredSpec("relu", 40, 48, 40, P(2, 24, True), P(4, 16, True), False,
+                                 True),
+    "blockdiag": StructuredSpec("gelu", 40, 48, 24, P(4, 48, False), P(2, 24, False), True,
+                                True),
     # the merged / RoutedFFN case: A1 [1, 136, 40] splits, A2 sums its partials + B1, act
-    "dense": structured_kernel_spec("gelu", 136, 40, 24, k1=1, r1=40, u1=False, k2=1, r2=24,
-                                    u2=False, has_b1=True, has_b2=True),
-    "dense_nobias": structured_kernel_spec("relu", 40, 72, 33, k1=1, r1=72, u1=False, k2=1,
-                                           r2=33, u2=False, has_b1=False, has_b2=False),
-    "shuffle": structured_kernel_spec("silu", 40, 48, 24, k1=4, r1=24, u1=True, k2=2, r2=16,
-                                      u2=False, has_b1=True, has_b2=False, m1=4, s1=5, m2=2,
-                                      s2=12),
-    "shuffle_tanh": structured_kernel_spec("gelu_tanh", 24, 20, 30, k1=2, r1=12, u1=False,
-                                           k2=4, r2=20, u2=True, has_b1=False, has_b2=True,
-                                           m1=4, s1=5, m2=5, s2=3),
+    "dense": StructuredSpec("gelu", 136, 40, 24, P(1, 40, False), P(1, 24, False), True, True),
+    "dense_nobias": StructuredSpec("relu", 40, 72, 33, P(1, 72, False), P(1, 33, False), False,
+                                   False),
+    "shuffle": StructuredSpec("silu", 40, 48, 24, P(4, 24, True, 4, 5), P(2, 16, False, 2, 12),
+                              True, False),
+    "shuffle_tanh": StructuredSpec("gelu_tanh", 24, 20, 30, P(2, 12, False, 4, 5),
+                                   P(4, 20, True, 5, 3), False, True),
 }
 COUNTED = [SPECS["dense"], SPECS["lowrank"]]
 TOKENS_CAP = 130  # the open-ended variant is run up to here
@@ -61,8 +58,8 @@ TOKENS_CAP = 130  # the open-ended variant is run up to here
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
-    return build_cuda_library(list(SPECS.values()), tmp_path_factory.mktemp("structured"),
-                              counted_specs=COUNTED)
+    return build_cuda_library(list(SPECS.values()), family("cuda"),
+                              tmp_path_factory.mktemp("structured"), counted_specs=COUNTED)
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +69,10 @@ def emulator(library):
 
 def _weights(s: KernelSpec, seed: int) -> dict[str, np.ndarray]:
     """Random weights of every input in ``s.arg_names()`` (scaled: values stay O(1))."""
-    st = s.structure
+    p1, p2 = s.projections
     rng = np.random.default_rng(seed)
-    k1, r1, k2, r2 = st["k1"], st["r1"], st["k2"], st["r2"]
-    m1, s1, m2, s2 = (st.get(n, 0) for n in ("m1", "s1", "m2", "s2"))
+    k1, r1, k2, r2 = p1.blocks, p1.width, p2.blocks, p2.width
+    m1, s1, m2, s2 = p1.shuffle_blocks, p1.shuffle_width, p2.shuffle_blocks, p2.shuffle_width
     w1, w2 = (m1 * s1 if m1 else r1), (m2 * s2 if m2 else r2)
     shapes = {"A1": (k1, s.d_in // k1, r1 // k1), "U1": (w1, s.d_ff), "B1": (s.d_ff,),
               "A2": (k2, s.d_ff // k2, r2 // k2), "U2": (w2, s.d_out), "B2": (s.d_out,),
@@ -233,10 +230,10 @@ def test_fatbin_has_cubins_for_each_arch_and_ptx(library) -> None:
 
 def test_counted_only_and_errors() -> None:
     """A spec only in counted_specs gets only counted variants; other ops cannot be counted."""
-    _, variants = emit([], "sm_90", counted_specs=[SPECS["dense_nobias"]])
+    _, variants = emit([], family("cuda"), "sm_90", counted_specs=[SPECS["dense_nobias"]])
     assert variants and all(v.variant.startswith("counted_") for v in variants)
     with pytest.raises(CodegenError, match="counted"):
-        emit([], "sm_90", counted_specs=[sparse_spec(32, 64, 32)])
+        emit([], family("cuda"), "sm_90", counted_specs=[sparse_spec(32, 64, 32)])
     with pytest.raises(CodegenError, match="tiling"):
         sfc.variant_funcs(SPECS["dense"], sfc.StructuredTiling(nt=20), "x")
 

@@ -1,7 +1,7 @@
 """The shim against a naive TVMScript kernel of the same ABI, independent of codegen's schedules.
 
 Pins what the shim relies on: ``__tvm_ffi_<symbol>`` entry, DLTensor args in
-``KernelSpec.arg_names()`` order, X/Y passed 2-D, parallel launches through the shim's
+``SparseSpec.arg_names()`` order, X/Y passed 2-D, parallel launches through the shim's
 pool, and dispatch on the kernel table's token range.
 """
 
@@ -13,33 +13,40 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
 
 from .test_shim import D_FF, D_IN, D_OUT, VARIANTS, make_model, reference, weights
 
-KERNEL = '''
-@T.prim_func
-def kernel(x: T.handle, w1: T.Buffer(({d_in}, {d_ff}), "float32"),
-           b1: T.Buffer(({d_ff},), "float32"), w2: T.Buffer(({d_ff}, {d_out}), "float32"),
-           b2: T.Buffer(({d_out},), "float32"), y: T.handle):
-    T.func_attr({{"global_symbol": "{symbol}", "tirx.noalias": True}})
-    N = T.int32()
-    X = T.match_buffer(x, (N, {d_in}), "float32", align=4)
-    Y = T.match_buffer(y, (N, {d_out}), "float32", align=4)
-    for t in T.parallel(N):
-        h = T.alloc_buffer(({d_ff},), "float32", scope="local")
-        for f in range({d_ff}):
-            h[f] = b1[f]
-        for k in range({d_in}):
-            for f in range({d_ff}):
-                h[f] = h[f] + X[t, k] * w1[k, f]
-        for j in range({d_out}):
-            Y[t, j] = b2[j]
-        for f in range({d_ff}):
-            if h[f] > T.float32(0):
-                for j in range({d_out}):
-                    Y[t, j] = Y[t, j] + h[f] * w2[f, j]
-'''
+
+def naive_kernel(symbol: str):
+    """A plain ReLU FFN over X [N, d_in]: one token per parallel task, no tiling."""
+    from fffc.codegen._tvm import T
+
+    @T.prim_func
+    def kernel(x: T.handle, w1: T.Buffer((D_IN, D_FF), "float32"),
+               b1: T.Buffer((D_FF,), "float32"), w2: T.Buffer((D_FF, D_OUT), "float32"),
+               b2: T.Buffer((D_OUT,), "float32"), y: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        X = T.match_buffer(x, (N, D_IN), "float32", align=4)
+        Y = T.match_buffer(y, (N, D_OUT), "float32", align=4)
+        for t in T.parallel(N):
+            h = T.alloc_buffer((D_FF,), "float32", scope="local")
+            for f in range(D_FF):
+                h[f] = b1[f]
+            for k in range(D_IN):
+                for f in range(D_FF):
+                    h[f] = h[f] + X[t, k] * w1[k, f]
+            for j in range(D_OUT):
+                Y[t, j] = b2[j]
+            for f in range(D_FF):
+                if h[f] > T.float32(0):
+                    for j in range(D_OUT):
+                        Y[t, j] = Y[t, j] + h[f] * w2[f, j]
+
+    return kernel
+
+
 MAX_TOKENS = 64  # the naive kernel serves 1..64 tokens; more must find no kernel
 
 
@@ -49,10 +56,10 @@ def naive_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fffc.codegen.build import CompiledKernel, KernelLibrary
     from fffc.package.native import build_shim
 
-    spec = KernelSpec("SparseFFN", "relu", "none", "exact", D_IN, D_FF, D_OUT, True, True, False)
+    spec = SparseSpec("relu", "none", "exact", D_IN, D_FF, D_OUT, True, True, False)
     assert spec.arg_names() == ["X", "W1", "B1", "W2", "B2", "Y"]
     symbol = "fffc_test_naive"
-    func = _tvm.from_source(KERNEL.format(d_in=D_IN, d_ff=D_FF, d_out=D_OUT, symbol=symbol))
+    func = naive_kernel(symbol)
     target = {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
     out = tmp_path_factory.mktemp("naive")
     _tvm.compile_module({symbol: func}, target).mod.write_to_file(str(out / "kernels.o"))

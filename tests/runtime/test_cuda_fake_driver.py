@@ -22,8 +22,9 @@ import pytest
 
 import fffc
 from fffc.codegen.build import build_kernel_library
+from fffc.codegen.schedules import family
 from fffc.contract.config import cxx
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import KernelSpec, Row, StructuredSpec, from_row
 from fffc.package.native import build_shim
 from fffc.pipeline import analyze
 from fffc.verify.cuda_emu import Emulator
@@ -57,9 +58,11 @@ def fake_libcuda(tmp_path_factory) -> Path:
 def _specs(manifest: dict) -> list[KernelSpec]:
     out = []
     for e in manifest["kernels"]["entries"]:
-        spec = {k: v for k, v in e["spec"].items() if k != "key"}
-        spec["extra"] = tuple(tuple(p) for p in spec["extra"])
-        out.append(KernelSpec(**spec))
+        row = {k: v for k, v in e["spec"].items() if k != "key"}
+        row["extra"] = tuple(tuple(p) for p in row["extra"])
+        spec = from_row(Row(**row))
+        assert spec.key == e["spec"]["key"]
+        out.append(spec)
     return list(dict.fromkeys(out))
 
 
@@ -68,7 +71,7 @@ def run_on_fake_gpu(artifact: Path, feeds: list[dict[str, np.ndarray]], fake: Pa
     """The artifact's model through the shim's CUDA kernels (emulated): one output per feed,
     and the kernels launched (name and grid), in order."""
     manifest = json.loads((artifact / "manifest.json").read_text())
-    library = build_kernel_library(_specs(manifest), "cuda", tmp / "lib",
+    library = build_kernel_library(_specs(manifest), family("cuda"), tmp / "lib",
                                    counted_specs=_counted(manifest),
                                    weight_dtype=manifest["options"]["weight_dtype"])
     shim = build_shim(library, tmp, name="libcudaoncpu.so", defines=("FFFC_TEST_CUDA_ON_CPU",))
@@ -90,7 +93,7 @@ def run_on_fake_gpu(artifact: Path, feeds: list[dict[str, np.ndarray]], fake: Pa
 
 def _counted(manifest: dict) -> list[KernelSpec]:
     """The StructuredFFN specs a RoutedFFN runs on its gathered rows (counted variants)."""
-    return [s for s in _specs(manifest) if s.op == "StructuredFFN"
+    return [s for s in _specs(manifest) if isinstance(s, StructuredSpec)
             and any(e["spec"]["op"] == "RoutedFFN" for e in manifest["kernels"]["entries"])]
 
 

@@ -21,16 +21,17 @@ import pytest
 import fffc
 import fffc.runtime
 from fffc.codegen.build import build_kernel_library
-from fffc.contract.ops import KernelSpec
+from fffc.codegen.schedules import family
+from fffc.contract.kernels import SparseSpec
 from fffc.package.native import build_shim
 
 HARNESS = Path(__file__).with_name("cuda_harness.cc")
-SPEC = KernelSpec("SparseFFN", "relu", "none", "exact", 32, 128, 32, True, True, False)
+SPEC = SparseSpec("relu", "none", "exact", 32, 128, 32, True, True, False)
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
-    return build_kernel_library([SPEC], "cuda", tmp_path_factory.mktemp("k"))
+    return build_kernel_library([SPEC], family("cuda"), tmp_path_factory.mktemp("k"))
 
 
 def test_cuda_library_keeps_portable_cpu_kernels(library) -> None:

@@ -12,7 +12,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fffc.contract.ops import DOMAIN, OPSET_VERSION, fff_kernel_spec
+from fffc.codegen.schedules import family
+from fffc.contract.kernels import FffSpec
+from fffc.contract.ops import DOMAIN, OPSET_VERSION
 from fffc.verify.reference import fast_feed_forward
 
 # (d_in, d_out, trees, depth, tie_break)
@@ -49,8 +51,8 @@ def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fffc.package.native import build_shim
 
     out = tmp_path_factory.mktemp("fff_shim")
-    specs = [fff_kernel_spec(*s) for s in SHAPES]
-    return build_shim(build_kernel_library(specs, "x86", out / "kernels"), out)
+    specs = [FffSpec(*s) for s in SHAPES]
+    return build_shim(build_kernel_library(specs, family("x86"), out / "kernels"), out)
 
 
 def _session(shim: Path, model: onnx.ModelProto) -> ort.InferenceSession:
@@ -97,7 +99,5 @@ def test_tie_break_selects_its_kernel(shim: Path) -> None:
 
 def test_wide_forest_reaches_level_blocks_above() -> None:
     """K 128 at H 1024 walks 5 MB per token: its 90-token run above used the level kernel."""
-    from fffc.codegen.build import fff_variants
-
-    name, lo, _ = fff_variants(fff_kernel_spec(*SHAPES[2]))[-1]
-    assert name == "level" and lo <= 90
+    v = family("x86").fff_variants(FffSpec(*SHAPES[2]))[-1]
+    assert v.name == "level" and v.min_tokens <= 90

@@ -20,7 +20,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import fffc.runtime
-from fffc.contract.ops import DOMAIN, OPSET_VERSION, KernelSpec
+from fffc.codegen.schedules import family
+from fffc.contract.kernels import SparseSpec
+from fffc.contract.ops import DOMAIN, OPSET_VERSION
 from fffc.verify.reference import sparse_ffn
 
 D_IN, D_FF, D_OUT = 32, 128, 48
@@ -37,8 +39,8 @@ class Variant:
     def gated(self) -> bool:
         return self.up_activation != "none"
 
-    def spec(self, d_ff: int = D_FF) -> KernelSpec:
-        return KernelSpec("SparseFFN", "relu", self.up_activation, "exact", D_IN, d_ff, D_OUT,
+    def spec(self, d_ff: int = D_FF) -> SparseSpec:
+        return SparseSpec("relu", self.up_activation, "exact", D_IN, d_ff, D_OUT,
                           self.biases, self.biases, self.gated)
 
 
@@ -100,7 +102,7 @@ def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fffc.package.native import build_shim
 
     out = tmp_path_factory.mktemp("shim")
-    library = build_kernel_library([v.spec() for v in VARIANTS], "x86", out / "kernels")
+    library = build_kernel_library([v.spec() for v in VARIANTS], family("x86"), out / "kernels")
     return build_shim(library, out)
 
 

@@ -10,24 +10,15 @@ macros (``split_k``), the thresholds of exact skipping, and the spec checks.
 from __future__ import annotations
 
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
+from fffc.contract.kinds import SparseMode
 
 from .._tvm import T
-from . import pieces
-from .pieces import bias, widen
+from .pieces import bias, check_activations, widen
 from .sparse_ffn import Tiling, check_tiling
 
 PARTS = 4  # split-K tasks of the GEMVs, each with a private accumulator row
 ROWS = 4  # weight rows per accumulator pass (independent streams in flight)
-
-ACTIVATIONS = {  # TVMScript text of each activation on the expression {v} (text kernels)
-    "none": "{v}",
-    "relu": "T.max({v}, T.float32(0))",
-    "gelu": "T.float32(0.5) * {v} * (T.float32(1) + T.erf({v} * T.float32(0.7071067811865476)))",
-    "gelu_tanh": "T.float32(0.5) * {v} * (T.float32(1) + T.tanh(T.float32(0.7978845608028654) * "
-                 "({v} + T.float32(0.044715) * {v} * {v} * {v})))",
-    "silu": "{v} * T.sigmoid({v})",
-}
 
 # Skipping exactly (``exact_decode``): the thresholds [t_in, t_hidden] fixed to "no input
 # threshold" and "non-zero" (|a| > 0).
@@ -39,7 +30,7 @@ def threshold(TH, i: int):
     return TH[i] if TH is not None else T.float32(EXACT_THRESHOLDS[i])
 
 
-def split_k(spec: KernelSpec, tiling: Tiling, parts: int, rows: int):
+def split_k(spec: SparseSpec, tiling: Tiling, parts: int, rows: int):
     """The macros ``(gemv1, down)`` of a decode kernel's split-K phases: ``parts`` tasks
     (one parallel region where ``tiling.parallel``), each streaming its share [lo, hi) of the
     c[0] listed rows into a private accumulator row, ``rows`` rows per pass. Vector steps:
@@ -115,15 +106,12 @@ def split_k(spec: KernelSpec, tiling: Tiling, parts: int, rows: int):
     return gemv1, down
 
 
-def check(spec: KernelSpec, mode: str, tiling: Tiling) -> None:
+def check(spec: SparseSpec, mode: SparseMode, tiling: Tiling) -> None:
     """Raise CodegenError for a spec/tiling the ``mode`` decode kernel cannot compute."""
-    if spec.op != "SparseFFN" or spec.mode != mode:
+    if not isinstance(spec, SparseSpec) or spec.mode is not mode:
         raise CodegenError(f"not a SparseFFN mode={mode} spec: {spec}")
-    if spec.activation not in pieces.ACTIVATIONS or spec.activation == "none":
-        raise CodegenError(f"SparseFFN {mode}: activation {spec.activation!r} has no kernel")
-    if spec.up_activation not in ("none", "relu"):
-        raise CodegenError(f"SparseFFN up_activation {spec.up_activation!r} is not supported")
-    if spec.centers and (spec.mode != "teal" or ("x" in spec.centers and spec.gated)):
+    check_activations(f"SparseFFN {mode}", spec.activation, spec.up_activation)
+    if spec.centers and (spec.mode is not SparseMode.TEAL or ("x" in spec.centers and spec.gated)):
         raise CodegenError("SparseFFN centers: mode teal only, XC for dense FFNs only")
     if spec.dtype != "float32":
         raise CodegenError(f"SparseFFN kernels are float32 only, got {spec.dtype!r}")

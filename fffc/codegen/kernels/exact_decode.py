@@ -12,17 +12,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
+from fffc.contract.kinds import SparseMode
 
 from .sparse_ffn import Tiling, check_spec
 from .sparse_ffn_cats import cats_primfunc
 from .sparse_ffn_teal import teal_primfunc
 
 
-def exact_decode_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, dtype: str = "float32"):
+def exact_decode_primfunc(spec: SparseSpec, tiling: Tiling, symbol: str, dtype: str = "float32"):
     """The teal (dense) or cats (gated) kernel without TH: its thresholds fixed to exact
     skipping's (``decode.EXACT_THRESHOLDS``); the weights W1, W2, WU stored as ``dtype``."""
     check_spec(spec)  # what exact skipping can compute (ReLU-family, float32)
-    as_mode = replace(spec, mode="cats" if spec.gated else "teal")
+    as_mode = replace(spec, mode=SparseMode.CATS if spec.gated else SparseMode.TEAL)
     make = cats_primfunc if spec.gated else teal_primfunc
     return make(as_mode, tiling, symbol, dtype=dtype, args=spec.arg_names())

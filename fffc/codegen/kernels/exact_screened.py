@@ -36,11 +36,13 @@ the recomputed neurons, plus W2's rows of the positive ones.
 import numpy as np
 
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
+from fffc.contract.kinds import SparseMode
+from fffc.contract.ops import UP_ACTIVATIONS
 
 from .._tvm import T
 from .decode import PARTS, ROWS, check, split_k
-from .pieces import ACTIVATIONS, bias, check_dtype, folds, specialize, widen
+from .pieces import activation, bias, check_weight_dtype, folds, has_zeros, widen, with_args
 from .sparse_ffn import Tiling
 
 SCREEN_DTYPE = "float16"
@@ -71,13 +73,15 @@ def screen_inputs(w1: np.ndarray, b1: np.ndarray | None) -> tuple[np.ndarray, np
     return ws, np.ascontiguousarray(w32.T), e.astype(np.float32)
 
 
+SCREENED = "screened"  # the variant's name: an alternative to "decode" for 1 token
+
 # Above this share of d_ff listed, the plain decode kernel is faster (the shim's crossover,
 # cpu/screen.h; measured by bench/bench_screen.py).
 SCREEN_MAX_ACTIVE = 0.15
 RECOMPUTE_ROWS = 4  # candidates recomputed together: rows of W1T streamed side by side
 
 
-def screened_arg_names(spec: KernelSpec) -> list[str]:
+def screened_arg_names(spec: SparseSpec) -> list[str]:
     """The screened kernel's arguments: W1 replaced by its three derived inputs, and STAT
     (int32 [1]: the neurons the last token listed) before Y, for the shim's choice of kernel."""
     names = spec.arg_names()
@@ -85,29 +89,30 @@ def screened_arg_names(spec: KernelSpec) -> list[str]:
     return [*names[:i], "WS", "W1T", "E", *names[i + 1:-1], "STAT", names[-1]]
 
 
-def screenable(spec: KernelSpec) -> bool:
+def screenable(spec: SparseSpec) -> bool:
     """Whether ``spec`` has a screened kernel: exact, ReLU (the gate of ReGLU / dReLU),
     float32."""
-    return (spec.op == "SparseFFN" and spec.mode == "exact" and spec.activation == "relu"
-            and spec.up_activation in ("none", "relu") and spec.dtype == "float32")
+    return (isinstance(spec, SparseSpec) and spec.mode is SparseMode.EXACT
+            and has_zeros(spec.activation) and spec.up_activation in UP_ACTIVATIONS
+            and spec.dtype == "float32")
 
 
-def screened_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
+def screened_primfunc(spec: SparseSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
                       rows: int = ROWS, dtype: str = "float32"):
     """The screened kernel (the decode kernel's tiling: ``nr1``, ``nr3`` vector widths over
     d_ff and d_out, ``nb`` neurons per task, ``vl`` lanes of the row dots); WS stored as
     ``SCREEN_DTYPE``, the weights W1T, W2, WU as ``dtype``."""
     if not screenable(spec):
         raise CodegenError(f"no screened kernel for {spec} (exact ReLU-gated FFNs only)")
-    check(spec, "exact", tiling)
+    check(spec, SparseMode.EXACT, tiling)
     if parts > 64:
         raise CodegenError(f"{parts} split-K parts: the screen's bound (gamma) allows 64")
-    check_dtype(dtype)
+    check_weight_dtype(dtype)
     t = tiling
     D, F, DO, P = spec.d_in, spec.d_ff, spec.d_out, parts
     NB, NFB, VL, RR = t.nb, spec.d_ff // t.nb, t.vl, RECOMPUTE_ROWS
     loop = T.parallel if t.parallel else T.serial
-    gated, up = spec.gated, ACTIVATIONS[spec.up_activation]
+    gated, up = spec.gated, activation(spec.up_activation)
     gemv1, down = split_k(spec, t, parts, rows)
 
     def recompute(at, acc, acc_up, X, tb, W1T, WU, B1, CAND, IDX, VAL, n, fb):
@@ -196,4 +201,4 @@ def screened_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int 
             down(Y, tb, c, IDX, VAL, CNT, LIDX, LVAL, ACC2, W2, B2)
             STAT[0] = c[0]
 
-    return specialize(kernel, screened_arg_names(spec))
+    return with_args(kernel, screened_arg_names(spec))

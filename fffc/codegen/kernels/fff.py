@@ -14,24 +14,38 @@ independent, so their latencies overlap instead of forming one chain per token
 (bench/bench_fff_variants.py measures both orders).
 """
 
-from fffc.contract.ops import KernelSpec
+from dataclasses import dataclass
+
+from fffc.contract.errors import CodegenError
+from fffc.contract.kernels import FffSpec
 
 from .._tvm import T
-from ..schedules.base import largest_divisor
-from .fff_cuda import fff_params, right_on_tie
-from .script import ACTIVATIONS
+from .pieces import activation, largest_divisor
 
 
-def _kernel(spec: KernelSpec, symbol: str, lanes: int, tokens_per_task: int, parallel: bool,
+@dataclass(frozen=True)
+class WalkTiling:
+    """One CPU FFF variant: ``lanes`` of the row dot products and axpys, ``tokens`` per
+    task, in parallel or serially; ``level``: the level-synchronous order."""
+
+    lanes: int = 16
+    tokens: int = 2
+    parallel: bool = True
+    level: bool = False
+
+
+def _kernel(spec: FffSpec, symbol: str, lanes: int, tokens_per_task: int, parallel: bool,
             level: bool):
     """One CPU FFF kernel: token by token (``level`` False: each token walks every tree)
     or level-synchronous (a task's tokens walk one tree together, a level at a time)."""
-    K, depth = fff_params(spec)
-    R, D, DO, NN, LEVELS = spec.d_ff, spec.d_in, spec.d_out, spec.d_ff // K, depth + 1
+    if not isinstance(spec, FffSpec):
+        raise CodegenError(f"not a FastFeedForward spec: {spec}")
+    K, depth = spec.trees, spec.depth
+    R, D, DO, NN, LEVELS = spec.d_ff, spec.d_in, spec.d_out, spec.nodes, depth + 1
     TC = tokens_per_task
     VL, VLO = largest_divisor(D, lanes), largest_divisor(DO, lanes)
-    GE, loop = right_on_tie(spec), T.parallel if parallel else T.serial
-    gelu = ACTIVATIONS["gelu"]
+    GE, loop = spec.right_on_tie, T.parallel if parallel else T.serial
+    gelu = activation("gelu")
 
     @T.inline
     def clear(Y, row):
@@ -94,13 +108,18 @@ def _kernel(spec: KernelSpec, symbol: str, lanes: int, tokens_per_task: int, par
     return kernel
 
 
-def fff_cpu_primfunc(spec: KernelSpec, symbol: str, lanes: int = 16, parallel: bool = True,
+def walk_primfunc(spec: FffSpec, tiling: WalkTiling, symbol: str):
+    """The CPU FFF kernel of one variant's tiling."""
+    return _kernel(spec, symbol, tiling.lanes, tiling.tokens, tiling.parallel, tiling.level)
+
+
+def fff_cpu_primfunc(spec: FffSpec, symbol: str, lanes: int = 16, parallel: bool = True,
                      tokens_per_task: int = 2):
     """The token-by-token CPU FFF kernel for one shape (serial: a few tokens, where waking
     threads costs more than the walk)."""
     return _kernel(spec, symbol, lanes, tokens_per_task, parallel, level=False)
 
 
-def fff_level_primfunc(spec: KernelSpec, symbol: str, block: int = 16, lanes: int = 16):
+def fff_level_primfunc(spec: FffSpec, symbol: str, block: int = 16, lanes: int = 16):
     """The level-synchronous CPU FFF kernel (blocks of ``block`` tokens, in parallel)."""
     return _kernel(spec, symbol, lanes, block, parallel=True, level=True)

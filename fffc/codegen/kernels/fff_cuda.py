@@ -12,11 +12,10 @@ rows of ``W_in`` and ``W_out`` are read per tree: the conditional matrix multipl
 from dataclasses import dataclass
 
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import WEIGHT_DTYPES, KernelSpec
+from fffc.contract.kernels import FffSpec
 
 from .._tvm import T
-from .script import ACTIVATIONS, check_weight_dtype, widen
-from .sparse_ffn_cuda import ceil_div
+from .pieces import activation, ceil_div, check_weight_dtype, widen
 
 
 @dataclass(frozen=True)
@@ -25,31 +24,19 @@ class FffTiling:
     prefetch: bool = False  # load both children's rows during a level (2x row reads)
 
 
-def fff_params(spec: KernelSpec) -> tuple[int, int]:
-    """(trees, depth) of a FastFeedForward spec (carried in ``spec.extra``)."""
-    extra = dict(spec.extra)
-    trees, depth = int(extra["trees"]), int(extra["depth"])
-    if spec.d_ff != trees * (2 ** (depth + 1) - 1):
-        raise CodegenError(f"FastFeedForward: d_ff {spec.d_ff} != trees·(2^(depth+1)-1)")
-    return trees, depth
-
-
-def right_on_tie(spec: KernelSpec) -> bool:
-    """Whether z == 0 sends a token to the right child (``z >= 0``; else ``z > 0``)."""
-    return dict(spec.extra).get("tie_break", "gt") == "ge"
-
-
-def fff_kernel(spec: KernelSpec, t: FffTiling, symbol: str, weight_dtype: str):
+def fff_kernel(spec: FffSpec, t: FffTiling, symbol: str, weight_dtype: str):
     """The FFF kernel for one shape, its ``W_in`` and ``W_out`` stored as ``weight_dtype``."""
-    K, depth = fff_params(spec)
-    check_weight_dtype(weight_dtype, tuple(WEIGHT_DTYPES.values()))
+    if not isinstance(spec, FffSpec):
+        raise CodegenError(f"not a FastFeedForward spec: {spec}")
+    K, depth = spec.trees, spec.depth
+    check_weight_dtype(weight_dtype)
     TX = t.threads
     if TX < 32 or TX & (TX - 1):
         raise CodegenError(f"FFF threads {TX}: a power of two ≥ 32")
-    R, D, DO, NN, DEPTH, LEVELS = spec.d_ff, spec.d_in, spec.d_out, spec.d_ff // K, depth, depth + 1
+    R, D, DO, NN, DEPTH, LEVELS = spec.d_ff, spec.d_in, spec.d_out, spec.nodes, depth, depth + 1
     PER, PERO, NW = ceil_div(D, TX), ceil_div(DO, TX), TX // 32
-    PREFETCH, GE, WDT = t.prefetch, right_on_tie(spec), weight_dtype
-    gelu = ACTIVATIONS["gelu"]
+    PREFETCH, GE, WDT = t.prefetch, spec.right_on_tie, weight_dtype
+    gelu = activation("gelu")
 
     @T.inline
     def load_row(dst, W_in, row, tx):

@@ -35,10 +35,10 @@ iteration); the loop-invariant loads are left to LLVM to hoist.
 # from the enclosing function, which TVMScript can only see as evaluated annotations.
 
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import ROUTED_FFN, KernelSpec
+from fffc.contract.kernels import CombineSpec, RouteSpec
 
 from .._tvm import T, macro
-from ..schedules import MAX_TOKENS
+from ..limits import MAX_TOKENS
 
 VL = 16  # lanes of the score dot product and of the row loops
 CHUNK = 32  # tokens per task of the score loop (task-local buffers are heap workspace)
@@ -47,52 +47,20 @@ KEY_BITS, DIGIT_BITS = 32, 8  # the radix select: int32 keys, 8-bit digits (4 pa
 _ROUTE_OPTIONAL = ("BR", "WA", "BA", "LS", "LB", "KN")
 
 
-def routed_variants(spec: KernelSpec) -> list[tuple[str, int, int]]:
+def routed_variants(spec: RouteSpec | CombineSpec) -> list[tuple[str, int, int]]:
     """(variant, min_tokens, max_tokens inclusive): one variant for every token count."""
     check_spec(spec)
     return [("all", 1, MAX_TOKENS)]
 
 
-def _route_params(spec: KernelSpec) -> tuple[int | None, str, str]:
-    """(k, router, selection) of a route spec, validated; k None: read from KN per call."""
-    extra = dict(spec.extra)
-    k: int | None = None
-    if extra.get("k") != "var":
-        try:
-            k = int(extra.get("k", "0"))
-        except ValueError as e:
-            raise CodegenError(f"RoutedFFN route: bad k {extra.get('k')!r}") from e
-    router, selection = extra.get("router", "raw"), extra.get("selection", "topk")
-    if router not in ("raw", "sigmoid"):
-        raise CodegenError(f"RoutedFFN route: router {router!r} unknown")
-    if selection not in ("topk", "threshold"):
-        raise CodegenError(f"RoutedFFN route: selection {selection!r} unknown")
-    if selection == "topk" and k is not None and k < 1:
-        raise CodegenError(f"RoutedFFN route: topk needs k >= 1, got {k}")
-    if selection == "threshold" and k is None:
-        raise CodegenError("RoutedFFN route: a per-call k is for selection topk")
-    if spec.gated and selection != "threshold":
-        raise CodegenError("RoutedFFN route: a selection score (WA) needs selection threshold")
-    return k, router, selection
-
-
-def is_route(spec: KernelSpec) -> bool:
-    """A routing spec (``mode`` "route…", the selection and router in ``extra``)."""
-    return spec.mode.startswith("route")
-
-
-def check_spec(spec: KernelSpec) -> None:
+def check_spec(spec: RouteSpec | CombineSpec) -> None:
     """Raise CodegenError for specs these kernels cannot compute."""
-    if spec.op != ROUTED_FFN.name:
-        raise CodegenError(f"not a RoutedFFN spec: {spec.op!r}")
-    if not is_route(spec) and spec.mode != "combine":
-        raise CodegenError(f"RoutedFFN mode {spec.mode!r}: only 'route…' and 'combine'")
-    if spec.dtype != "float32":
-        raise CodegenError(f"RoutedFFN kernels are float32 only, got {spec.dtype!r}")
-    if spec.d_in < 1:
-        raise CodegenError(f"RoutedFFN: d must be positive, got {spec.d_in}")
-    if is_route(spec):
-        _route_params(spec)
+    if not isinstance(spec, RouteSpec | CombineSpec):
+        raise CodegenError(f"not a RoutedFFN route or combine spec: {spec}")
+    if spec.d < 1:
+        raise CodegenError(f"RoutedFFN: d must be positive, got {spec.d}")
+    if isinstance(spec, RouteSpec) and spec.topk and spec.k is not None and spec.k < 1:
+        raise CodegenError(f"RoutedFFN route: topk needs k >= 1, got {spec.k}")
 
 
 # Shared pieces: macros (a macro sees the module names defined above it) and Python helpers
@@ -226,17 +194,14 @@ def gather(XS, X, IDX, S, count, d, LS, LB, eps):
             vector_loop(d, _normed_row, XS, X, IDX, S, LS, LB, st, i)
 
 
-def route_primfunc(spec: KernelSpec, symbol: str):
+def route_primfunc(spec: RouteSpec, symbol: str):
     """The routing PrimFunc; arguments in ``spec.arg_names()`` order."""
     check_spec(spec)
-    if not is_route(spec):
-        raise CodegenError(f"route_primfunc needs a 'route…' spec, got mode {spec.mode!r}")
-    d = spec.d_in
-    k, router, selection = _route_params(spec)
-    topk, sigmoid = selection == "topk", router == "sigmoid"
-    has_br, aux, has_ba = spec.has_b1, spec.gated, spec.has_b2
-    eps = dict(spec.extra).get("ln_epsilon")
-    eps = None if eps is None else float(eps)
+    if not isinstance(spec, RouteSpec):
+        raise CodegenError(f"route_primfunc needs a route spec, got {spec}")
+    d, k, eps = spec.d, spec.k, spec.ln_epsilon
+    topk, sigmoid = spec.topk, spec.router == "sigmoid"
+    has_br, aux, has_ba = spec.router_bias, spec.selection_score, spec.selection_bias
 
     @T.jit
     def kernel(x: T.handle, WR: T.Buffer((d,), "float32", align=4),
@@ -362,12 +327,12 @@ def _mixed(Y, X, IDX, WT, DL, COEF, i, j):
                     + (COEF[2] + COEF[3] * WT[i]) * DL[i, j])
 
 
-def combine_primfunc(spec: KernelSpec, symbol: str):
+def combine_primfunc(spec: CombineSpec, symbol: str):
     """The combine PrimFunc; arguments in ``spec.arg_names()`` order."""
     check_spec(spec)
-    if spec.mode != "combine":
-        raise CodegenError(f"combine_primfunc needs a 'combine' spec, got mode {spec.mode!r}")
-    d = spec.d_in
+    if not isinstance(spec, CombineSpec):
+        raise CodegenError(f"combine_primfunc needs a combine spec, got {spec}")
+    d = spec.d
 
     @T.jit
     def kernel(x: T.handle, idx: T.handle, wt: T.handle, dl: T.handle,
@@ -388,7 +353,7 @@ def combine_primfunc(spec: KernelSpec, symbol: str):
     return kernel.specialize()
 
 
-def _specialized(kernel, spec: KernelSpec, optional: tuple[str, ...]):
+def _specialized(kernel, spec: RouteSpec, optional: tuple[str, ...]):
     """The PrimFunc of a ``T.jit`` kernel without the optional parameters the spec lacks."""
     names = set(spec.arg_names())
     return kernel.specialize(**{n: None for n in optional if n not in names})

@@ -48,11 +48,11 @@ POS; combine reads X, POS, WT, D, COEF and writes Y.
 # from the enclosing function, which TVMScript can only see as evaluated annotations.
 
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import CombineSpec, RouteSpec
 
 from .._tvm import T
-from .routed_ffn import _route_params, check_spec, is_route, router_weight
-from .sparse_ffn_cuda import ceil_div
+from .pieces import ceil_div
+from .routed_ffn import check_spec, router_weight
 
 WARPS = 8  # tokens (warps) per block of the score, gather and combine kernels
 RANK_THREADS = 256  # tokens per block of the rank kernel
@@ -64,10 +64,10 @@ FULL_MASK = 4294967295  # every lane of a warp
 LAUNCH_PARAMS = ("IDX", "WT", "CNT", "XS", "POS", "D", "COEF", "S", "KN")
 
 
-def workspace(spec: KernelSpec) -> dict[str, int]:
+def workspace(spec: RouteSpec) -> dict[str, int]:
     """Scratch of a route variant, elements per token: SC (float32), FL (int32 flags)."""
     check_spec(spec)
-    return {"SC": 1, "FL": 1} if is_route(spec) else {}
+    return {"SC": 1, "FL": 1}
 
 
 def warp_shuffled(value, s):
@@ -76,11 +76,11 @@ def warp_shuffled(value, s):
     return T.tvm_warp_shuffle_xor(T.uint32(FULL_MASK), value, T.shift_left(1, s), 32, 32)
 
 
-def _score(spec: KernelSpec, symbol: str, topk: bool):
+def _score(spec: RouteSpec, symbol: str, topk: bool):
     """A warp per token; tokens past N compute on row N - 1 (every lane reaches the
     shuffles) and write nothing."""
-    d, nj = spec.d_in, ceil_div(spec.d_in, 32)
-    has_br, aux, has_ba = spec.has_b1, spec.gated, spec.has_b2
+    d, nj = spec.d, ceil_div(spec.d, 32)
+    has_br, aux, has_ba = spec.router_bias, spec.selection_score, spec.selection_bias
 
     @T.jit
     def kernel(x: T.handle, WR: T.Buffer((d,), "float32"),
@@ -209,13 +209,11 @@ def _scan(symbol: str, sigmoid: bool):
     return kernel.specialize()
 
 
-def _gather(spec: KernelSpec, symbol: str):
+def _gather(spec: RouteSpec, symbol: str):
     """A warp per slot i < CNT[0]: XS[i] = X[IDX[i]], or with LS/LB its LayerNorm. LayerNorm:
     slots past CNT in a live block work on the block's first row (every lane of the block
     reaches the shuffles) and write nothing; the block test is block-uniform."""
-    d, nj = spec.d_in, ceil_div(spec.d_in, 32)
-    eps = dict(spec.extra).get("ln_epsilon")
-    eps = None if eps is None else float(eps)
+    d, nj, eps = spec.d, ceil_div(spec.d, 32), spec.ln_epsilon
 
     @T.jit
     def kernel(x: T.handle, idx: T.handle, CNT: T.Buffer((1,), "int32"),
@@ -266,13 +264,12 @@ def _gather(spec: KernelSpec, symbol: str):
     return kernel.specialize(**({"LS": None, "LB": None} if eps is None else {}))
 
 
-def route_primfuncs(spec: KernelSpec, prefix: str) -> dict:
+def route_primfuncs(spec: RouteSpec, prefix: str) -> dict:
     """The PrimFuncs of a route spec's kernels, by global symbol, in launch order."""
     check_spec(spec)
-    if not is_route(spec):
-        raise CodegenError(f"route_primfuncs needs a 'route…' spec, got mode {spec.mode!r}")
-    k, router, selection = _route_params(spec)
-    topk = selection == "topk"
+    if not isinstance(spec, RouteSpec):
+        raise CodegenError(f"route_primfuncs needs a route spec, got {spec}")
+    k, router, topk = spec.k, spec.router, spec.topk
     out = {f"{prefix}_score": _score(spec, f"{prefix}_score", topk)}
     if topk:
         out[f"{prefix}_rank"] = _rank(f"{prefix}_rank", k)
@@ -281,12 +278,12 @@ def route_primfuncs(spec: KernelSpec, prefix: str) -> dict:
     return out
 
 
-def combine_primfuncs(spec: KernelSpec, prefix: str) -> dict:
+def combine_primfuncs(spec: CombineSpec, prefix: str) -> dict:
     """The PrimFunc of the combine kernel (one launch), by global symbol."""
     check_spec(spec)
-    if spec.mode != "combine":
-        raise CodegenError(f"combine_primfuncs needs a 'combine' spec, got mode {spec.mode!r}")
-    d, nj = spec.d_in, ceil_div(spec.d_in, 32)
+    if not isinstance(spec, CombineSpec):
+        raise CodegenError(f"combine_primfuncs needs a combine spec, got {spec}")
+    d, nj = spec.d, ceil_div(spec.d, 32)
     symbol = f"{prefix}_combine"
 
     @T.jit
@@ -320,8 +317,3 @@ def combine_primfuncs(spec: KernelSpec, prefix: str) -> dict:
                                     Y[bx * WARPS + ty, j * 32 + tx] = X[bx * WARPS + ty, j * 32 + tx]
 
     return {symbol: kernel.specialize()}
-
-
-def routed_primfuncs(spec: KernelSpec, prefix: str) -> dict:
-    """The kernels of a route or combine spec, by global symbol, in launch order."""
-    return route_primfuncs(spec, prefix) if is_route(spec) else combine_primfuncs(spec, prefix)

@@ -29,10 +29,12 @@ dense computation up to float reassociation.
 from dataclasses import dataclass
 
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
+from fffc.contract.kinds import SparseMode
+from fffc.contract.ops import UP_ACTIVATIONS
 
 from .._tvm import T
-from .pieces import ACTIVATIONS, bias, check_dtype, folds, specialize, widen
+from .pieces import activation, bias, check_weight_dtype, folds, has_zeros, widen, with_args
 
 
 @dataclass(frozen=True)
@@ -51,16 +53,16 @@ class Tiling:
     # for every token tile (many tokens, where most rows of W2 are read anyway)
 
 
-def check_spec(spec: KernelSpec, dtypes: tuple[str, ...] = ("float32",)) -> None:
+def check_spec(spec: SparseSpec, dtypes: tuple[str, ...] = ("float32",)) -> None:
     """Raise CodegenError for specs this kernel family cannot compute exactly."""
-    if spec.op != "SparseFFN":
-        raise CodegenError(f"no kernels for op {spec.op!r}")
-    if spec.mode != "exact":
-        raise CodegenError(f"SparseFFN mode {spec.mode!r}: only 'exact' has kernels")
-    if spec.activation != "relu":
+    if not isinstance(spec, SparseSpec):
+        raise CodegenError(f"not a SparseFFN spec: {spec}")
+    if spec.mode is not SparseMode.EXACT:
+        raise CodegenError(f"SparseFFN mode {str(spec.mode)!r}: only 'exact' has kernels")
+    if not has_zeros(spec.activation):
         raise CodegenError(f"SparseFFN exact needs activation 'relu' (exact zeros to skip), "
                            f"got {spec.activation!r}")
-    if spec.up_activation not in ("none", "relu"):
+    if spec.up_activation not in UP_ACTIVATIONS:
         raise CodegenError(f"SparseFFN up_activation {spec.up_activation!r} is not supported")
     if spec.up_activation != "none" and not spec.gated:
         raise CodegenError("SparseFFN up_activation needs a gated FFN (input WU)")
@@ -70,7 +72,7 @@ def check_spec(spec: KernelSpec, dtypes: tuple[str, ...] = ("float32",)) -> None
         raise CodegenError(f"SparseFFN dims must be positive, got {spec}")
 
 
-def check_tiling(spec: KernelSpec, t: Tiling) -> None:
+def check_tiling(spec: SparseSpec, t: Tiling) -> None:
     for name, whole, part in (("nb", spec.d_ff, t.nb), ("nr1", t.nb, t.nr1),
                               ("nr3", spec.d_out, t.nr3), ("vl", spec.d_in, t.vl)):
         if part < 1 or whole % part:
@@ -79,19 +81,19 @@ def check_tiling(spec: KernelSpec, t: Tiling) -> None:
         raise CodegenError(f"tiling vl={t.vl} must be a power of two")
 
 
-def sparse_ffn_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, dtype: str = "float32"):
+def sparse_ffn_primfunc(spec: SparseSpec, tiling: Tiling, symbol: str, dtype: str = "float32"):
     """The PrimFunc of one SparseFFN kernel variant; arguments in ``spec.arg_names()`` order,
     the weights W1, W2, WU stored as ``dtype``."""
     check_spec(spec)
     t = tiling
     check_tiling(spec, t)
-    check_dtype(dtype)
+    check_weight_dtype(dtype)
     D, F, DO = spec.d_in, spec.d_ff, spec.d_out
     MR, NR1, NB, NR3, VL = t.mr, t.nr1, t.nb, t.nr3, t.vl
     NFB, NFS, NCB = F // NB, NB // NR1, DO // NR3
     gated, packed, pack_w2 = spec.gated, t.packed, t.pack_w2
     loop = T.parallel if t.parallel else T.serial
-    up = ACTIVATIONS[spec.up_activation]
+    up = activation(spec.up_activation)
 
     @T.macro
     def micro(acc, panel, B1, X, N, tb, fb, fs):
@@ -256,4 +258,4 @@ def sparse_ffn_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, dtype: st
                         for j in T.vectorized(NR3):
                             Y[tb * MR + ti, cb * NR3 + j] = o[ti, j]
 
-    return specialize(kernel, spec.arg_names())
+    return with_args(kernel, spec.arg_names())

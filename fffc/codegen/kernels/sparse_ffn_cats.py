@@ -18,33 +18,34 @@ The function (``fffc.verify.reference.cats_ffn``), gated FFNs only: x' = Where(|
 # annotations (shapes and dtypes from the generator's closure) as objects.
 
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
+from fffc.contract.kinds import SparseMode
 
 from .._tvm import T
 from .decode import PARTS, ROWS, check, split_k, threshold
-from .pieces import ACTIVATIONS, bias, check_dtype, folds, specialize, widen
+from .pieces import activation, bias, check_weight_dtype, folds, widen, with_args
 from .sparse_ffn import Tiling
 
 
-def check_cats_spec(spec: KernelSpec) -> None:
+def check_cats_spec(spec: SparseSpec) -> None:
     if not spec.gated:
         raise CodegenError("SparseFFN cats thresholds a gate: gated FFNs only")
 
 
-def cats_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
+def cats_primfunc(spec: SparseSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
                   dtype: str = "float32", args: list[str] | None = None):
     """The CATS decode kernel; the weights W1, W2, WU stored as ``dtype``. Tiling as
     ``sparse_ffn_teal``, plus ``vl``: lanes of the up projection's row dot products.
     ``args``: the kernel's arguments where they are not ``spec.arg_names()`` (exact
     skipping: no TH, its thresholds fixed)."""
-    check(spec, "cats", tiling)
+    check(spec, SparseMode.CATS, tiling)
     check_cats_spec(spec)
-    check_dtype(dtype)
+    check_weight_dtype(dtype)
     t = tiling
     D, F, DO, P = spec.d_in, spec.d_ff, spec.d_out, parts
     NB, NFB, VL = t.nb, spec.d_ff // t.nb, t.vl
     loop = T.parallel if t.parallel else T.serial
-    act, up = ACTIVATIONS[spec.activation], ACTIVATIONS[spec.up_activation]
+    act, up = activation(spec.activation), activation(spec.up_activation)
     gemv1, down = split_k(spec, t, parts, ROWS)
 
     @T.jit
@@ -107,4 +108,4 @@ def cats_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PA
                 CNT[fb] = n[0]
             down(Y, tb, c, IDX, VAL, CNT, LIDX, LVAL, ACC2, W2, B2)
 
-    return specialize(kernel, spec.arg_names() if args is None else args)
+    return with_args(kernel, spec.arg_names() if args is None else args)

@@ -28,13 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import WEIGHT_DTYPES, KernelSpec
+from fffc.contract.kernels import SparseSpec
 
 from .._tvm import T, te, tvm
-from .script import ACTIVATIONS, check_weight_dtype, specialize, widen
+from .pieces import WEIGHT_DTYPES, activation, ceil_div, check_weight_dtype, specialize, widen
 from .sparse_ffn import check_spec
-
-CUDA_WEIGHT_DTYPES = tuple(WEIGHT_DTYPES.values())  # stored 16-bit, read as float32
 
 
 @dataclass(frozen=True)
@@ -56,11 +54,7 @@ class CudaTiling:
     splits: int = 64  # neuron chunks of the down projection (blockIdx.y)
 
 
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def workspace(spec: KernelSpec, t: CudaTiling) -> dict[str, int]:
+def workspace(spec: SparseSpec, t: CudaTiling) -> dict[str, int]:
     """Scratch buffers of a variant: name → float32 elements per token."""
     if t.gemm:
         return {"H": spec.d_ff, **({"HU": spec.d_ff} if spec.gated else {})}
@@ -68,7 +62,7 @@ def workspace(spec: KernelSpec, t: CudaTiling) -> dict[str, int]:
             "P": t.splits * spec.d_out}
 
 
-def _split_k(spec: KernelSpec, tiling: CudaTiling) -> tuple[int, int]:
+def _split_k(spec: SparseSpec, tiling: CudaTiling) -> tuple[int, int]:
     """(d_in per grid slice, d_in per warp row of a slice: a multiple of 4)."""
     kcb = ceil_div(spec.d_in, tiling.kb)
     if ceil_div(spec.d_in, kcb) != tiling.kb:
@@ -76,7 +70,7 @@ def _split_k(spec: KernelSpec, tiling: CudaTiling) -> tuple[int, int]:
     return kcb, 4 * ceil_div(ceil_div(kcb, tiling.ks), 4)
 
 
-def _chunk(spec: KernelSpec, tiling: CudaTiling) -> int:
+def _chunk(spec: SparseSpec, tiling: CudaTiling) -> int:
     """Neurons per chunk of the down projection (``tiling.splits`` chunks, none empty)."""
     fc = ceil_div(spec.d_ff, tiling.splits)
     if ceil_div(spec.d_ff, fc) != tiling.splits:
@@ -96,7 +90,7 @@ def _gate(has_b1: bool, kb: int) -> Callable:
     return gate
 
 
-def proj_kernel(spec: KernelSpec, tiling: CudaTiling, symbol: str, weight_dtype: str):
+def proj_kernel(spec: SparseSpec, tiling: CudaTiling, symbol: str, weight_dtype: str):
     """``PP[n, bk, i] = X[n, slice bk]·W1[slice bk, i]``: the first projection's partials."""
     D, F = spec.d_in, spec.d_ff
     KB, MR, NT, KS, VN = tiling.kb, tiling.mr, tiling.nt, tiling.ks, tiling.vn
@@ -150,7 +144,7 @@ def proj_kernel(spec: KernelSpec, tiling: CudaTiling, symbol: str, weight_dtype:
     return kernel
 
 
-def up_kernel(spec: KernelSpec, tiling: CudaTiling, symbol: str, weight_dtype: str):
+def up_kernel(spec: SparseSpec, tiling: CudaTiling, symbol: str, weight_dtype: str):
     """Gated: ``H = relu(gate) ⊙ up_act(X·WUᵀ)``, a row of WU read only where the gate is
     positive for some token of the block. A block owns WPB warps × NPW neurons and stages
     X in chunks of KCH columns in shared memory once for all of them (X is read MR times
@@ -159,7 +153,7 @@ def up_kernel(spec: KernelSpec, tiling: CudaTiling, symbol: str, weight_dtype: s
     KCH = min(32 * ceil_div(D, 32), 32 * max(1, tiling.x_stage_floats // (32 * MR)))
     NBU, NCH, XSTAGE = ceil_div(F, WPB * NPW), ceil_div(D, KCH), ceil_div(MR * KCH, 32 * WPB)
     WDT = weight_dtype
-    gate, up = _gate(spec.has_b1, KB), ACTIVATIONS[spec.up_activation]
+    gate, up = _gate(spec.has_b1, KB), activation(spec.up_activation)
 
     @T.jit
     def kernel(x: T.handle, WU: T.Buffer((F, D), WDT), B1: T.Optional(T.Buffer((F,), "float32")),
@@ -219,7 +213,7 @@ def up_kernel(spec: KernelSpec, tiling: CudaTiling, symbol: str, weight_dtype: s
     return specialize(kernel, B1=spec.has_b1)
 
 
-def down_kernel(spec: KernelSpec, tiling: CudaTiling, symbol: str, weight_dtype: str,
+def down_kernel(spec: SparseSpec, tiling: CudaTiling, symbol: str, weight_dtype: str,
                 from_h: bool):
     """``P[n, s] = H[n, chunk s]·W2[chunk s]``, a row of W2 read only for neurons non-zero
     for some token of the block (warp-uniform). ``from_h``: H is an input; otherwise
@@ -277,7 +271,7 @@ def down_kernel(spec: KernelSpec, tiling: CudaTiling, symbol: str, weight_dtype:
     return specialize(kernel, h=from_h, B1=spec.has_b1 and not from_h, pp=not from_h)
 
 
-def reduce_kernel(spec: KernelSpec, tiling: CudaTiling, symbol: str):
+def reduce_kernel(spec: SparseSpec, tiling: CudaTiling, symbol: str):
     """``Y = B2 + Σ_s P[s]`` in a fixed order (deterministic, no atomics)."""
     DO, S = spec.d_out, tiling.splits
     NBR = ceil_div(DO, 256)
@@ -301,10 +295,10 @@ def reduce_kernel(spec: KernelSpec, tiling: CudaTiling, symbol: str):
     return specialize(kernel, B2=spec.has_b2)
 
 
-def decode_funcs(spec: KernelSpec, tiling: CudaTiling, prefix: str, weight_dtype: str) -> dict:
+def decode_funcs(spec: SparseSpec, tiling: CudaTiling, prefix: str, weight_dtype: str) -> dict:
     """PrimFuncs of the decode kernels, by global symbol, in launch order."""
-    check_spec(spec, CUDA_WEIGHT_DTYPES)
-    check_weight_dtype(weight_dtype, CUDA_WEIGHT_DTYPES)
+    check_spec(spec, WEIGHT_DTYPES)
+    check_weight_dtype(weight_dtype)
     out = {f"{prefix}_proj": proj_kernel(spec, tiling, f"{prefix}_proj", weight_dtype)}
     if spec.gated:
         out[f"{prefix}_up"] = up_kernel(spec, tiling, f"{prefix}_up", weight_dtype)
@@ -313,10 +307,10 @@ def decode_funcs(spec: KernelSpec, tiling: CudaTiling, prefix: str, weight_dtype
     return out
 
 
-def gemm_funcs(spec: KernelSpec, prefix: str, weight_dtype: str) -> dict:
+def gemm_funcs(spec: SparseSpec, prefix: str, weight_dtype: str) -> dict:
     """The many-token kernels as TE compute definitions (dlight schedules them)."""
-    check_spec(spec, CUDA_WEIGHT_DTYPES)
-    check_weight_dtype(weight_dtype, CUDA_WEIGHT_DTYPES)
+    check_spec(spec, WEIGHT_DTYPES)
+    check_weight_dtype(weight_dtype)
     d, f, do = spec.d_in, spec.d_ff, spec.d_out
     n = te.var("N")
     zero = tvm.tirx.const(0, "float32")
@@ -334,7 +328,7 @@ def gemm_funcs(spec: KernelSpec, prefix: str, weight_dtype: str) -> dict:
         wu = te.placeholder((f, d), name="WU", dtype=wt)
         ku = te.reduce_axis((0, d), name="k")
         mu = te.compute((n, f), lambda i, j: te.sum(x[i, ku] * wu[j, ku].astype("float32"), axis=ku), name="mu")
-        up = (lambda v: te.max(v, zero)) if spec.up_activation == "relu" else (lambda v: v)
+        up = activation(spec.up_activation)
         hu = te.compute((n, f), lambda i, j: hin[i, j] * up(mu[i, j]), name="HU")
         funcs[f"{prefix}_up"] = [x, wu, hin, hu]
         hin = te.placeholder((n, f), name="HU")

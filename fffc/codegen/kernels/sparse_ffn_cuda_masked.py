@@ -39,43 +39,49 @@ import functools
 import operator
 
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import WEIGHT_DTYPES, KernelSpec
+from fffc.contract.kernels import SparseSpec
+from fffc.contract.kinds import SparseMode
+from fffc.contract.modes import sparse
 
 from .._tvm import T
-from .script import ACTIVATIONS, check_weight_dtype, specialize, widen
-from .sparse_ffn_cuda import CudaTiling, ceil_div, down_kernel, reduce_kernel
+from .pieces import (
+    WEIGHT_DTYPES,
+    activation,
+    ceil_div,
+    check_activations,
+    check_weight_dtype,
+    specialize,
+    widen,
+)
+from .sparse_ffn_cuda import CudaTiling, down_kernel, reduce_kernel
 
-MODES = ("teal", "cats", "predictor")
 
-
-def check_masked_spec(spec: KernelSpec) -> None:
+def check_masked_spec(spec: SparseSpec) -> None:
     """Raise CodegenError for specs these kernels cannot compute."""
-    if spec.op != "SparseFFN" or spec.mode not in MODES:
+    if not isinstance(spec, SparseSpec) or not sparse(spec.mode).masked:
         raise CodegenError(f"not a SparseFFN teal/cats/predictor spec: {spec}")
-    if spec.activation not in ACTIVATIONS or spec.activation == "none":
-        raise CodegenError(f"SparseFFN {spec.mode}: activation {spec.activation!r} has no kernel")
-    if spec.up_activation not in ("none", "relu"):
-        raise CodegenError(f"SparseFFN up_activation {spec.up_activation!r} is not supported")
+    check_activations(f"SparseFFN {spec.mode}", spec.activation, spec.up_activation)
     if spec.up_activation != "none" and not spec.gated:
         raise CodegenError("SparseFFN up_activation needs a gated FFN (input WU)")
-    if spec.mode == "cats" and not spec.gated:
+    if spec.mode is SparseMode.CATS and not spec.gated:
         raise CodegenError("SparseFFN cats thresholds a gate: gated FFNs only")
-    if spec.centers and (spec.mode != "teal" or ("x" in spec.centers and spec.gated)):
+    if spec.centers and (spec.mode is not SparseMode.TEAL or ("x" in spec.centers and spec.gated)):
         raise CodegenError("SparseFFN centers: mode teal only, XC for dense FFNs only")
-    if spec.mode == "predictor" and spec.rank < 1:
+    if spec.mode is SparseMode.PREDICTOR and spec.rank < 1:
         raise CodegenError("SparseFFN predictor: the spec carries no rank")
-    if spec.dtype not in WEIGHT_DTYPES.values():
+    if spec.dtype not in WEIGHT_DTYPES:
         raise CodegenError(f"SparseFFN weights: float32, float16 or bfloat16, got {spec.dtype!r}")
     if min(spec.d_in, spec.d_ff, spec.d_out) < 1:
         raise CodegenError(f"SparseFFN dims must be positive: {spec}")
 
 
-def workspace(spec: KernelSpec, t: CudaTiling) -> dict[str, int]:
-    """Scratch buffers of the variant: name → float32 elements per token."""
+def workspace(spec: SparseSpec, t: CudaTiling) -> dict[str, int]:
+    """Scratch buffers of the variant: name → float32 elements per token (the mode's own
+    first, then H and P)."""
     f = spec.d_ff
-    per_mode = {"teal": {}, "cats": {"G": f},
-                "predictor": {"ZP": t.kb * spec.rank, "SC": f}}[spec.mode]
-    return {**per_mode, "H": f, "P": t.splits * spec.d_out}
+    own = {SparseMode.TEAL: {}, SparseMode.CATS: {"G": f},
+           SparseMode.PREDICTOR: {"ZP": t.kb * spec.rank, "SC": f}}[spec.mode]
+    return {**own, "H": f, "P": t.splits * spec.d_out}
 
 
 @T.inline
@@ -146,7 +152,7 @@ def _gemv(*, width: int, k: int, kb: int, ks: int, nt: int, na: int):
     return gemv
 
 
-def _rows(spec: KernelSpec, t: CudaTiling, na: int):
+def _rows(spec: SparseSpec, t: CudaTiling, na: int):
     """A warp per neuron i: its rows of the row-per-neuron matrices M0 (and M1)
     [d_ff, d_in] dotted with x, read only where the neuron is selected (warp-uniform);
     lane 0 adds the lane sums in order.
@@ -200,9 +206,9 @@ def _rows(spec: KernelSpec, t: CudaTiling, na: int):
     return rows
 
 
-def _activate(spec: KernelSpec):
+def _activate(spec: SparseSpec):
     """``activate(hv, pre, up)``: hv[0] = act(pre) [⊙ up_act(up), gated]."""
-    act, up_act = ACTIVATIONS[spec.activation], ACTIVATIONS[spec.up_activation]
+    act, up_act = activation(spec.activation), activation(spec.up_activation)
 
     @T.inline
     def activate(hv, pre, up):
@@ -214,7 +220,7 @@ def _activate(spec: KernelSpec):
     return activate
 
 
-def teal_proj(spec: KernelSpec, t: CudaTiling, symbol: str, weight_dtype: str):
+def teal_proj(spec: SparseSpec, t: CudaTiling, symbol: str, weight_dtype: str):
     """gemv over W1 (and WU, gated, in the same pass) skipping small x (x - XC); H =
     act(·+B1) [⊙ up_act(·)] (- HC), zeroed where ``|a| <= t_hidden``. The centers' share
     of the outputs is folded into B1 and B2."""
@@ -251,7 +257,7 @@ def teal_proj(spec: KernelSpec, t: CudaTiling, symbol: str, weight_dtype: str):
                       HC="h" in spec.centers)
 
 
-def cats_gate(spec: KernelSpec, t: CudaTiling, symbol: str, weight_dtype: str):
+def cats_gate(spec: SparseSpec, t: CudaTiling, symbol: str, weight_dtype: str):
     """gemv over W1 skipping small x; ``G = act(·+B1)``, zeroed where ``|g| <= t_gate``."""
     D, F, WDT = spec.d_in, spec.d_ff, weight_dtype
     gemv = _gemv(width=F, k=D, kb=1, ks=t.ks, nt=t.nt, na=1)
@@ -280,12 +286,12 @@ def cats_gate(spec: KernelSpec, t: CudaTiling, symbol: str, weight_dtype: str):
     return specialize(kernel, B1=spec.has_b1)
 
 
-def cats_up(spec: KernelSpec, t: CudaTiling, symbol: str, weight_dtype: str):
+def cats_up(spec: SparseSpec, t: CudaTiling, symbol: str, weight_dtype: str):
     """A warp per neuron reads ``WU[i, :]`` only where ``G != 0``, dot with the thresholded
     x; ``H = G ⊙ up_act(·)``."""
     D, F, WDT = spec.d_in, spec.d_ff, weight_dtype
     rows = _rows(spec, t, na=1)
-    up_act = ACTIVATIONS[spec.up_activation]
+    up_act = activation(spec.up_activation)
 
     @T.prim_func
     def kernel(x: T.handle, WU: T.Buffer((F, D), WDT), TH: T.Buffer((2,), "float32"),
@@ -314,7 +320,7 @@ def cats_up(spec: KernelSpec, t: CudaTiling, symbol: str, weight_dtype: str):
     return kernel
 
 
-def predictor_z(spec: KernelSpec, t: CudaTiling, symbol: str):
+def predictor_z(spec: SparseSpec, t: CudaTiling, symbol: str):
     """gemv of x over PA, d_in also split over ``kb`` blocks into the partials ``ZP``."""
     D, R, KB = spec.d_in, spec.rank, t.kb
     gemv = _gemv(width=R, k=D, kb=KB, ks=t.ks, nt=t.nt, na=1)
@@ -339,7 +345,7 @@ def predictor_z(spec: KernelSpec, t: CudaTiling, symbol: str):
     return kernel
 
 
-def predictor_score(spec: KernelSpec, t: CudaTiling, symbol: str):
+def predictor_score(spec: SparseSpec, t: CudaTiling, symbol: str):
     """gemv of z (its partials added in order) over PB: ``SC = z·PB + PC``."""
     F, R, KB = spec.d_ff, spec.rank, t.kb
     gemv = _gemv(width=F, k=R, kb=1, ks=t.ks, nt=t.nt, na=1)
@@ -368,7 +374,7 @@ def predictor_score(spec: KernelSpec, t: CudaTiling, symbol: str):
     return kernel
 
 
-def predictor_rows(spec: KernelSpec, t: CudaTiling, symbol: str, weight_dtype: str):
+def predictor_rows(spec: SparseSpec, t: CudaTiling, symbol: str, weight_dtype: str):
     """A warp per neuron reads its rows of W1 (and WU) only where ``SC > 0``;
     ``H = act(W1[i]·x + B1) [⊙ up_act(WU[i]·x)]``, 0 for unselected neurons."""
     D, F, WDT = spec.d_in, spec.d_ff, weight_dtype
@@ -405,22 +411,26 @@ def predictor_rows(spec: KernelSpec, t: CudaTiling, symbol: str, weight_dtype: s
     return specialize(kernel, B1=spec.has_b1, WU=spec.gated)
 
 
-def decode_funcs(spec: KernelSpec, t: CudaTiling, prefix: str, weight_dtype: str) -> dict:
+def decode_funcs(spec: SparseSpec, t: CudaTiling, prefix: str, weight_dtype: str) -> dict:
     """PrimFuncs of the variant's kernels, by global symbol, in launch order."""
     check_masked_spec(spec)
-    check_weight_dtype(weight_dtype, tuple(WEIGHT_DTYPES.values()))
+    check_weight_dtype(weight_dtype)
     if t.mr != 1 or t.gemm:
         raise CodegenError(f"SparseFFN {spec.mode} on CUDA: one token per block (mr=1)")
     wdt = weight_dtype
-    if spec.mode == "teal":
-        out = {"proj": teal_proj(spec, t, f"{prefix}_proj", wdt)}
-    elif spec.mode == "cats":
-        out = {"gate": cats_gate(spec, t, f"{prefix}_gate", wdt),
-               "up": cats_up(spec, t, f"{prefix}_up", wdt)}
-    else:
-        out = {"z": predictor_z(spec, t, f"{prefix}_z"),
-               "score": predictor_score(spec, t, f"{prefix}_score"),
-               "rows": predictor_rows(spec, t, f"{prefix}_rows", wdt)}
+    out = {name: make(spec, t, f"{prefix}_{name}", wdt)
+           for name, make in _FIRST_LAUNCHES[spec.mode].items()}
     out["down"] = down_kernel(spec, t, f"{prefix}_down", wdt, from_h=True)
     out["reduce"] = reduce_kernel(spec, t, f"{prefix}_reduce")
     return {f"{prefix}_{name}": f for name, f in out.items()}
+
+
+# The mode's launches before the shared down projection, in launch order (the predictor's
+# z and score kernels read no weight matrix: their dtype argument is unused).
+_FIRST_LAUNCHES = {
+    SparseMode.TEAL: {"proj": teal_proj},
+    SparseMode.CATS: {"gate": cats_gate, "up": cats_up},
+    SparseMode.PREDICTOR: {"z": lambda spec, t, symbol, wdt: predictor_z(spec, t, symbol),
+                           "score": lambda spec, t, symbol, wdt: predictor_score(spec, t, symbol),
+                           "rows": predictor_rows},
+}

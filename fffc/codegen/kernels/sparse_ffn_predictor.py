@@ -20,33 +20,34 @@ The predictor costs d·r + r·d_ff multiply-adds, the FFN |S|·(2 or 3)·d: at r
 # annotations (shapes and dtypes from the generator's closure) as objects.
 
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
+from fffc.contract.kinds import SparseMode
 
 from .._tvm import T
 from .decode import PARTS, ROWS, check, split_k
-from .pieces import ACTIVATIONS, bias, check_dtype, folds, specialize, widen
+from .pieces import activation, bias, check_weight_dtype, folds, widen, with_args
 from .sparse_ffn import Tiling
 
 
-def check_predictor_spec(spec: KernelSpec) -> None:
+def check_predictor_spec(spec: SparseSpec) -> None:
     if spec.rank < 1:
         raise CodegenError("SparseFFN predictor: the spec carries no rank")
 
 
-def predictor_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
+def predictor_primfunc(spec: SparseSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
                        dtype: str = "float32"):
     """The predictor decode kernel; the weights W1, W2, WU stored as ``dtype``. Of the
     tiling: ``mr`` must be 1, ``nb`` neurons per scoring task, ``vl`` lanes of the row dot
     products, ``nr3`` the vector width over d_out."""
-    check(spec, "predictor", tiling)
+    check(spec, SparseMode.PREDICTOR, tiling)
     check_predictor_spec(spec)
-    check_dtype(dtype)
+    check_weight_dtype(dtype)
     t = tiling
     D, F, DO, RANK, P = spec.d_in, spec.d_ff, spec.d_out, spec.rank, parts
     NB, NFB, VL = t.nb, spec.d_ff // t.nb, t.vl
     loop = T.parallel if t.parallel else T.serial
     gated = spec.gated
-    act, up = ACTIVATIONS[spec.activation], ACTIVATIONS[spec.up_activation]
+    act, up = activation(spec.activation), activation(spec.up_activation)
     _, down = split_k(spec, t, parts, ROWS)
 
     @T.jit
@@ -122,4 +123,4 @@ def predictor_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int
                 CNT[fb] = n[0]
             down(Y, tb, c, IDX, VAL, CNT, LIDX, LVAL, ACC2, W2, B2)
 
-    return specialize(kernel, spec.arg_names())
+    return with_args(kernel, spec.arg_names())

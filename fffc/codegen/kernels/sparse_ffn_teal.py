@@ -28,30 +28,31 @@ Runtime instead (an ``If`` on the token count), where per-token skipping no long
 # annotations (shapes and dtypes from the generator's closure) as objects.
 
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
+from fffc.contract.kinds import SparseMode
 
 from .._tvm import T
 from .decode import PARTS, ROWS, check, split_k, threshold
-from .pieces import ACTIVATIONS, bias, check_dtype, specialize
+from .pieces import activation, bias, check_weight_dtype, with_args
 from .sparse_ffn import Tiling
 
 
-def teal_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
+def teal_primfunc(spec: SparseSpec, tiling: Tiling, symbol: str, parts: int = PARTS,
                   rows: int = ROWS, dtype: str = "float32", args: list[str] | None = None):
     """The TEAL decode kernel; the weights W1, W2, WU stored as ``dtype``. Of the tiling:
     ``mr`` must be 1, ``nr1`` and ``nr3`` are the vector widths over d_ff and d_out, ``nb``
     the neurons per activation task. ``args``: the kernel's arguments where they are not
     ``spec.arg_names()`` (exact skipping: no TH, its thresholds fixed)."""
-    check(spec, "teal", tiling)
+    check(spec, SparseMode.TEAL, tiling)
     t = tiling
     if spec.d_ff % t.nr1:
         raise CodegenError(f"tiling nr1={t.nr1} does not divide d_ff {spec.d_ff}")
-    check_dtype(dtype)
+    check_weight_dtype(dtype)
     D, F, DO, P = spec.d_in, spec.d_ff, spec.d_out, parts
     NB, NFB = t.nb, spec.d_ff // t.nb
     loop = T.parallel if t.parallel else T.serial
     gated = spec.gated
-    act, up = ACTIVATIONS[spec.activation], ACTIVATIONS[spec.up_activation]
+    act, up = activation(spec.activation), activation(spec.up_activation)
     gemv1, down = split_k(spec, t, parts, rows)
 
     def centered(x, center, i):
@@ -121,4 +122,4 @@ def teal_primfunc(spec: KernelSpec, tiling: Tiling, symbol: str, parts: int = PA
                 CNT[fb] = n[0]
             down(Y, tb, c, IDX, VAL, CNT, LIDX, LVAL, ACC2, W2, B2)
 
-    return specialize(kernel, spec.arg_names() if args is None else args)
+    return with_args(kernel, spec.arg_names() if args is None else args)

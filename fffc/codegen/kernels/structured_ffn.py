@@ -14,9 +14,7 @@ after A (before U): its block b reads the strided inputs h[j·m + b] and writes 
 outputs out[t·m + b] (``_Stage.shuffle``: the same stage code with strided indexing; in
 small/batch the stores are strided, in decode/gemv the reduction of its partial sums).
 
-Variants (``structured_variants``; crossovers measured with
-bench/bench_structured_kernels.py on the 2-core Zen 4 VM, d 1024 / d_ff 4096, ~32% of
-the dense parameters, and on the merged dense shape):
+Variants (``structured_variants``; their token ranges: bench/bench_structured_kernels.py):
 
 * **decode** (1 token) and **gemv** (a few tokens): split-K streaming. A stage's task owns
   a contiguous range of weight rows of one block and reads them whole (one long
@@ -39,15 +37,12 @@ the dense parameters, and on the merged dense shape):
   **small** (mr 4: less padding for few tokens) takes all tokens in one block.
 
 Padded token rows read the last real token (clamped) and are never stored, so there is no
-remainder path over tokens. A parallel chunk-per-thread design (each thread running all
-stages on its own token chunk with chunk-local scratch) measured 5-10% slower than
-``batch`` at 512-2048 tokens: every chunk repacks all weights.
+remainder path over tokens. Tokens are split by the column groups, not by token chunks:
+a chunk per thread would repack every weight once per chunk.
 
-Activations are vectorizable polynomial forms: TVM lowers ``T.erf``/``T.tanh``/``T.sigmoid``
-on x86 to a scalar libm call per element (``erff``/``expf``), which would cost more than
-the GEMMs at thousands of tokens. erf is Eigen's rational approximation on [-4, 4] (abs
-error 4e-7), exp Cephes' degree-6 polynomial times 2^n built from the exponent bits; silu = z / (1 + exp(-z)), and
-gelu_tanh uses 0.5·(1 + tanh(u)) = 1 / (1 + exp(-2u)).
+Activations take their vectorizable polynomial forms (``pieces.ACTIVATIONS``): TVM lowers
+``T.erf``/``T.tanh``/``T.sigmoid`` on CPUs to a scalar libm call per element, which would
+cost more than the GEMMs at thousands of tokens.
 
 Each variant is a Python function that defines a ``@T.prim_func`` whose closure variables
 carry the spec's shapes and the tiling, and returns its PrimFunc. TVMScript evaluates a
@@ -68,10 +63,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import STRUCTURED_FFN, KernelSpec
+from fffc.contract.kernels import Projection, StructuredSpec
 
 from .._tvm import T, macro, named
 from ..limits import MAX_TOKENS
+from .pieces import activation, check_activations
 
 
 @dataclass(frozen=True)
@@ -87,12 +83,9 @@ class Tiles:
     rows: int = 4  # gemv: weight rows per pass over the partial sums
 
 
-# Crossovers (bench/bench_structured_kernels.py --all-variants, 2 threads, medians, LowRank /
-# BlockDense / merged): decode wins at 1 token (1.1-1.5x faster than gemv); gemv up to 8
-# (4 tokens: 0.21 vs small 0.32 ms LowRank; 8: a tie on BlockDense; 12: small 0.51 vs gemv
-# 0.55/0.67 ms); small and batch are within ±3% from 48 to 512 tokens, small ahead at 16-32
-# (4-7%), batch at 2048 (7-10%: blocks keep the intermediates in L3, mr 6 runs more FMA
-# chains), and batch's scratch stays bounded.
+# The variants' token ranges (bench/bench_structured_kernels.py --all-variants): decode for
+# one token, gemv up to GEMV_MAX_TOKENS, small up to SMALL_MAX_TOKENS, then batch (its
+# blocks keep the intermediates in L3 and its scratch bounded; mr 6 runs more FMA chains).
 GEMV_MAX_TOKENS = 8
 SMALL_MAX_TOKENS = 64
 VARIANT_TILES = {
@@ -103,7 +96,7 @@ VARIANT_TILES = {
 }
 
 
-def structured_variants(spec: KernelSpec) -> list[tuple[str, int, int]]:
+def structured_variants(spec: StructuredSpec) -> list[tuple[str, int, int]]:
     """(variant, min_tokens, max_tokens inclusive) covering 1..MAX_TOKENS without gaps."""
     check_spec(spec)
     return [("decode", 1, 1), ("gemv", 2, GEMV_MAX_TOKENS),
@@ -111,88 +104,21 @@ def structured_variants(spec: KernelSpec) -> list[tuple[str, int, int]]:
             ("batch", SMALL_MAX_TOKENS + 1, MAX_TOKENS)]
 
 
-def check_spec(spec: KernelSpec, dtypes: tuple[str, ...] = ("float32",)) -> None:
-    """Raise CodegenError for specs this kernel cannot compute."""
-    if spec.op != STRUCTURED_FFN.name:
-        raise CodegenError(f"not a StructuredFFN spec: {spec.op!r}")
+def check_spec(spec: StructuredSpec, dtypes: tuple[str, ...] = ("float32",)) -> None:
+    """Raise CodegenError for specs this kernel cannot compute (a StructuredSpec's blocks
+    and widths are consistent by construction)."""
+    if not isinstance(spec, StructuredSpec):
+        raise CodegenError(f"not a StructuredFFN spec: {spec}")
     if spec.dtype not in dtypes:  # weight storage: float32 (CPUs); CUDA also 16-bit
         raise CodegenError(f"StructuredFFN weights: {' or '.join(dtypes)} only here, got {spec.dtype!r}")
-    if spec.activation not in _ACT:
-        raise CodegenError(f"StructuredFFN activation {spec.activation!r} has no kernel")
-    try:
-        s = spec.structure
-        k1, r1, u1, k2, r2, u2 = (s[n] for n in ("k1", "r1", "u1", "k2", "r2", "u2"))
-    except (KeyError, ValueError) as e:
-        raise CodegenError(f"StructuredFFN spec without a valid structure: {spec.extra}") from e
-    if min(spec.d_in, spec.d_ff, spec.d_out, k1, r1, k2, r2) < 1:
+    check_activations("StructuredFFN", spec.activation)
+    if min(spec.d_in, spec.d_ff, spec.d_out, spec.first.width, spec.second.width) < 1:
         raise CodegenError(f"StructuredFFN dims and blocks must be positive: {spec}")
-    for name, whole, k in (("d_in", spec.d_in, k1), ("r1", r1, k1), ("d_ff", spec.d_ff, k2),
-                           ("r2", r2, k2)):
-        if whole % k:
-            raise CodegenError(f"StructuredFFN: {name}={whole} is not a multiple of k={k}")
-    m1, s1, m2, s2 = (s.get(n, 0) for n in ("m1", "s1", "m2", "s2"))
-    for n, m, sw, r in ((1, m1, s1, r1), (2, m2, s2, r2)):
-        if m < 0 or (m and sw < 1):
-            raise CodegenError(f"StructuredFFN: bad BlockShuffle blocks m{n}={m} s{n}={sw}")
-        if m and r % m:
-            raise CodegenError(f"StructuredFFN: r{n}={r} is not a multiple of m{n}={m}")
-    w1, w2 = (m1 * s1 if m1 else r1), (m2 * s2 if m2 else r2)
-    if (not u1 and w1 != spec.d_ff) or (not u2 and w2 != spec.d_out):
-        raise CodegenError("StructuredFFN: a projection without U must end at its output width")
 
-
-# --- expressions: activations of one float32 value, sums ---
 
 def _sum(*terms):
     """``terms[0] + terms[1] + ...`` added left to right (the order fixes the TIR tree)."""
     return functools.reduce(operator.add, terms)
-
-
-def _horner(x, coefs: list[float]):
-    e = T.float32(coefs[0])
-    for c in coefs[1:]:
-        e = e * x + T.float32(c)
-    return e
-
-
-_ERF_P = [-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
-          -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
-          -1.60960333262415e-02]
-_ERF_Q = [-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
-          -7.37332916720468e-03, -1.42647390514189e-02]
-_EXP_P = [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
-          1.6666665459e-1, 5.0000001201e-1]
-
-
-def _erf(v):
-    x = T.max(T.min(v, T.float32(4)), T.float32(-4))
-    x2 = x * x
-    return x * _horner(x2, _ERF_P) / _horner(x2, _ERF_Q)
-
-
-def _exp(v):
-    x = T.max(T.min(v, T.float32(88)), T.float32(-87))
-    n = T.floor(x * T.float32(1.4426950408889634) + T.float32(0.5))
-    r = x - n * T.float32(0.693359375) + n * T.float32(2.12194440e-4)
-    poly = _horner(r, _EXP_P) * (r * r) + r + T.float32(1)
-    return poly * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
-
-
-def _gelu(v):
-    return T.float32(0.5) * v * (T.float32(1) + _erf(v * T.float32(0.7071067811865476)))
-
-
-def _gelu_tanh(v):
-    u2 = T.float32(-1.5957691216057308) * (v + T.float32(0.044715) * v * v * v)
-    return v / (T.float32(1) + _exp(u2))
-
-
-def _silu(v):
-    return v / (T.float32(1) + _exp(T.float32(0) - v))
-
-
-_ACT = {"relu": lambda v: T.max(v, T.float32(0)), "gelu": _gelu, "gelu_tanh": _gelu_tanh,
-        "silu": _silu}
 
 
 # --- stages ---
@@ -227,19 +153,19 @@ class _Stage:
         return col // self.q, col % self.q
 
 
-def _stages(spec: KernelSpec) -> list[_Stage]:
+def _stages(spec: StructuredSpec) -> list[_Stage]:
     """Per projection n: A_n [k, p, q], then S_n (BlockShuffle) and U_n where present; the
     projection's last stage carries its bias (and the first one's the activation). Stage
     i reads scratch H{i} (H0: the padded copy of X) and writes H{i + 1} (the last: Y)."""
-    s = spec.structure
     out: list[_Stage] = []
 
     def projection(n: int, d_in: int, d_out: int, bias: str | None, act: bool, last: bool):
-        k, r, m, sw = s[f"k{n}"], s[f"r{n}"], s.get(f"m{n}", 0), s.get(f"s{n}", 0)
+        pr: Projection = spec.projections[n - 1]
+        k, r, m, sw = pr.blocks, pr.width, pr.shuffle_blocks, pr.shuffle_width
         parts = [(f"A{n}", True, k, d_in // k, r // k, False)]
         if m:
             parts.append((f"S{n}", True, m, r // m, sw, True))
-        if s[f"u{n}"]:
+        if pr.dense:
             parts.append((f"U{n}", False, 1, m * sw if m else r, d_out, False))
         for idx, (w, three_d, kb, p, q, shuffle) in enumerate(parts):
             end = idx == len(parts) - 1
@@ -256,7 +182,7 @@ PAD = 16  # floats of padding per scratch row: rows 4 KiB apart alias in L1 (scr
 # buffers are 1-D: TVM compacts a 2-D buffer to its accessed columns, dropping the pad)
 
 
-def _widths(spec: KernelSpec) -> dict[str, int]:
+def _widths(spec: StructuredSpec) -> dict[str, int]:
     """Row length (floats, padded) of each scratch buffer."""
     widths = {"H0": spec.d_in + PAD}
     for st in _stages(spec):
@@ -264,18 +190,18 @@ def _widths(spec: KernelSpec) -> dict[str, int]:
     return widths
 
 
-def _weight_shapes(spec: KernelSpec) -> dict[str, tuple[int, ...]]:
+def _weight_shapes(spec: StructuredSpec) -> dict[str, tuple[int, ...]]:
     """Shape of every weight and bias input the spec may have."""
-    s = spec.structure
-    d, f, do, k1, r1, k2, r2 = spec.d_in, spec.d_ff, spec.d_out, s["k1"], s["r1"], s["k2"], s["r2"]
-    m1, s1, m2, s2 = (s.get(n, 0) for n in ("m1", "s1", "m2", "s2"))
-    w1, w2 = (m1 * s1 if m1 else r1), (m2 * s2 if m2 else r2)  # rows of U
+    p1, p2 = spec.projections
+    d, f, do, k1, r1, k2, r2 = spec.d_in, spec.d_ff, spec.d_out, p1.blocks, p1.width, p2.blocks, p2.width
+    m1, s1, m2, s2 = p1.shuffle_blocks, p1.shuffle_width, p2.shuffle_blocks, p2.shuffle_width
+    w1, w2 = p1.out_width, p2.out_width  # rows of U
     return {"A1": (k1, d // k1, r1 // k1), "S1": (m1, r1 // max(m1, 1), s1), "U1": (w1, f),
             "B1": (f,), "A2": (k2, f // k2, r2 // k2), "S2": (m2, r2 // max(m2, 1), s2),
             "U2": (w2, do), "B2": (do,)}
 
 
-def _arguments(spec: KernelSpec) -> dict:
+def _arguments(spec: StructuredSpec) -> dict:
     """Declares the kernel's parameters, ``spec.arg_names()`` in order (the list depends on
     the spec, so the body declares them, as a written signature would): X and Y as handles
     the body matches to [N, d] buffers, the weights as buffers."""
@@ -331,7 +257,7 @@ def _kc(p: int, kc_max: int) -> tuple[int, int]:
     return kc, -(-p // kc)
 
 
-def _columns_stage(spec: KernelSpec, st: _Stage, t: Tiles, rows: _Rows, bufs: dict, N, Y):
+def _columns_stage(spec: StructuredSpec, st: _Stage, t: Tiles, rows: _Rows, bufs: dict, N, Y):
     """One parallel region over the stage's tasks: per block, groups of full column tiles
     (up to ``t.group``, at least ``t.tasks`` tasks where the columns allow), then the
     block's tail tile (``q % nr`` columns) as a task of its own. A task packs each
@@ -349,7 +275,7 @@ def _columns_stage(spec: KernelSpec, st: _Stage, t: Tiles, rows: _Rows, bufs: di
     bias = bufs[st.bias] if st.bias else None
     to_y = st.dst == "Y"
     dst = Y if to_y else bufs[st.dst]
-    act = _ACT[spec.activation] if st.act else None
+    act = activation(spec.activation, vector=True) if st.act else None
     has_act, split_act = act is not None, act is not None and nkb > 1
     both, ragged = bool(full and tail), st.p % kc > 0
 
@@ -450,7 +376,7 @@ def _columns_stage(spec: KernelSpec, st: _Stage, t: Tiles, rows: _Rows, bufs: di
     region()
 
 
-def _columns_kernel(spec: KernelSpec, t: Tiles, symbol: str):
+def _columns_kernel(spec: StructuredSpec, t: Tiles, symbol: str):
     """Stage by stage, each one parallel region over column groups; with ``t.block``,
     over blocks of that many tokens in turn (scratch of one block: bounded memory). X is
     first copied into padded scratch rows (rows 4 KiB apart alias in L1, and the
@@ -497,7 +423,7 @@ def _divisor_parts(p: int, cap: int) -> int:
     return max(r for r in range(1, max(1, cap) + 1) if p % r == 0)
 
 
-def _gemv_stage(spec: KernelSpec, t: Tiles, stages: list[_Stage], parts: list[int], i: int,
+def _gemv_stage(spec: StructuredSpec, t: Tiles, stages: list[_Stage], parts: list[int], i: int,
                 bufs: dict, X, N, npad) -> None:
     """Stage ``i`` of the split-K kernel: task = (block b, row part), weight rows
     [lo, lo + rows). Stage i > 0 first reduces the previous stage's partial sums of the
@@ -575,14 +501,14 @@ def _gemv_stage(spec: KernelSpec, t: Tiles, stages: list[_Stage], parts: list[in
     stage()
 
 
-def _gemv_inputs(spec: KernelSpec, pv: _Stage, rp: int, st: _Stage, R: int, bufs: dict,
+def _gemv_inputs(spec: StructuredSpec, pv: _Stage, rp: int, st: _Stage, R: int, bufs: dict,
                  i: int, npad):
     """The macro that sets I_i[task rows] = act(bias + Σ partial sums of the previous stage
     ``pv``) for the task's inputs: columns b·p + lo + kk of pv's output."""
     rows, qsp = st.p // R, pv.q + PAD
     prev, inp = bufs[f"P{i - 1}"], bufs[f"I{i}"]
     bias = bufs[pv.bias] if pv.bias else None
-    act = _ACT[spec.activation]
+    act = activation(spec.activation, vector=True)
     starts = [bb * st.p + r * rows for bb in range(st.k) for r in range(R)]
     # each task's inputs lie in one block of the previous stage: vector steps; else
     # (BlockShuffle: strided inputs or outputs) scalar ones
@@ -620,7 +546,7 @@ def _gemv_inputs(spec: KernelSpec, pv: _Stage, rp: int, st: _Stage, R: int, bufs
     return inputs
 
 
-def _gemv_kernel(spec: KernelSpec, t: Tiles, symbol: str):
+def _gemv_kernel(spec: StructuredSpec, t: Tiles, symbol: str):
     """Split-K streaming for few tokens: a stage's task owns a contiguous range of weight
     rows of one block (whole rows: one long sequential read the prefetchers follow) and
     accumulates its share of every output column into private partial sums P<i>, ``t.rows``
@@ -679,7 +605,7 @@ VARIANTS = {"decode": _gemv_kernel, "gemv": _gemv_kernel, "small": _columns_kern
             "batch": _columns_kernel}
 
 
-def structured_ffn_primfunc(spec: KernelSpec, variant: str, symbol: str,
+def structured_ffn_primfunc(spec: StructuredSpec, variant: str, symbol: str,
                             tiles: Tiles | None = None):
     """The PrimFunc of one variant; arguments in ``spec.arg_names()`` order. ``tiles``
     overrides the variant's tiling (benchmarks)."""
@@ -692,7 +618,7 @@ def structured_ffn_primfunc(spec: KernelSpec, variant: str, symbol: str,
     return VARIANTS[variant](spec, t, symbol)
 
 
-def structured_ffn_source(spec: KernelSpec, variant: str, symbol: str,
+def structured_ffn_source(spec: StructuredSpec, variant: str, symbol: str,
                           tiles: Tiles | None = None) -> str:
     """The TVMScript of one variant (for --dump and debugging)."""
     return structured_ffn_primfunc(spec, variant, symbol, tiles).script()

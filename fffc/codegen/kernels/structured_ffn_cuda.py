@@ -52,25 +52,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import WEIGHT_DTYPES, KernelSpec
+from fffc.contract.kernels import StructuredSpec
 
 from .._tvm import T, macro, named
-from .sparse_ffn_cuda import ceil_div
+from .pieces import WEIGHT_DTYPES, activation, ceil_div, widen
 from .structured_ffn import _Stage, _stages, _sum, _weight_shapes, check_spec
 
 MAX_GRID_YZ = 65535  # CUDA's limit of gridDim.y and gridDim.z (token tiles go on x)
-
-CUDA_WEIGHT_DTYPES = tuple(WEIGHT_DTYPES.values())  # stored 16-bit, read as float32
-
-# The activations of one float32 value.
-_ACTIVATIONS = {
-    "relu": lambda v: T.max(v, T.float32(0)),
-    "gelu": lambda v: T.float32(0.5) * v * (
-        T.float32(1) + T.erf(v * T.float32(0.7071067811865476))),
-    "gelu_tanh": lambda v: T.float32(0.5) * v * (T.float32(1) + T.tanh(
-        T.float32(0.7978845608028654) * (v + T.float32(0.044715) * v * v * v))),
-    "silu": lambda v: v * T.sigmoid(v),
-}
 
 
 @dataclass(frozen=True)
@@ -114,7 +102,7 @@ def _width(st: _Stage) -> int:
     return st.k * st.q
 
 
-def _plan(spec: KernelSpec, t: StructuredTiling) -> list[_Launch]:
+def _plan(spec: StructuredSpec, t: StructuredTiling) -> list[_Launch]:
     """The stages of a variant with their buffers and splits (tile: never split)."""
     stages = _stages(spec)
     out: list[_Launch] = []
@@ -128,9 +116,9 @@ def _plan(spec: KernelSpec, t: StructuredTiling) -> list[_Launch]:
     return out
 
 
-def workspace(spec: KernelSpec, t: StructuredTiling) -> dict[str, int]:
+def workspace(spec: StructuredSpec, t: StructuredTiling) -> dict[str, int]:
     """Scratch buffers of a variant: name → float32 elements per token."""
-    check_spec(spec, CUDA_WEIGHT_DTYPES)
+    check_spec(spec, WEIGHT_DTYPES)
     return {ln.dst: ln.kb * ln.width_out for ln in _plan(spec, t) if ln.dst != "Y"}
 
 
@@ -187,7 +175,7 @@ def _rows_ok(row, N, bufs: dict, counted: bool):
     return _all(*_row_conds(row, N, bufs, counted))
 
 
-def _read(spec: KernelSpec, ln: _Launch, bufs: dict, row, col):
+def _read(spec: StructuredSpec, ln: _Launch, bufs: dict, row, col):
     """Stage ``ln``'s input at (row, column): a finished value, or the producer's partial
     sums plus its bias, through its activation."""
     src = bufs[ln.src]
@@ -199,18 +187,17 @@ def _read(spec: KernelSpec, ln: _Launch, bufs: dict, row, col):
     if pv.bias:
         terms.append(bufs[pv.bias][col])
     v = _sum(*terms)
-    return _ACTIVATIONS[spec.activation](v) if pv.act else v
+    return activation(spec.activation)(v) if pv.act else v
 
 
 def _weight(ln: _Launch, bufs: dict, b, j, c):
     """A weight as float32: 16-bit weights are widened where they are loaded."""
     w = bufs[ln.st.w]
-    load = w[b, j, c] if ln.st.three_d else w[j, c]
-    return load if str(w.dtype) == "float32" else T.Cast("float32", load)
+    return widen(w[b, j, c] if ln.st.three_d else w[j, c])
 
 
-def _finish(spec: KernelSpec, st: _Stage, v):
-    return _ACTIVATIONS[spec.activation](v) if st.act else v
+def _finish(spec: StructuredSpec, st: _Stage, v):
+    return activation(spec.activation)(v) if st.act else v
 
 
 @macro
@@ -225,7 +212,7 @@ def _store(spec, ln, bufs, row, b, c, sm, part):
         bufs[ln.dst][row, _sum(*ln.st.col_out(b, c))] = _finish(spec, ln.st, sm[0])
 
 
-def _buffers(spec: KernelSpec, names: list[str], widths: dict[str, tuple[int, ...]],
+def _buffers(spec: StructuredSpec, names: list[str], widths: dict[str, tuple[int, ...]],
              dtype: str, N) -> dict:
     """Declares the kernel's parameters ``names`` in order (weights and biases as buffers,
     the weights stored as ``dtype``; X, Y and the workspace as handles matched to token-
@@ -244,7 +231,7 @@ def _buffers(spec: KernelSpec, names: list[str], widths: dict[str, tuple[int, ..
     return out
 
 
-def _kernel(spec: KernelSpec, symbol: str, names: list[str], widths: dict[str, tuple[int, ...]],
+def _kernel(spec: StructuredSpec, symbol: str, names: list[str], widths: dict[str, tuple[int, ...]],
             dtype: str, grid):
     """The PrimFunc of one launch over the buffers ``names``; ``grid(bufs, N)``, a macro,
     holds its loops."""
@@ -276,7 +263,7 @@ def _names(ln: _Launch, counted: bool) -> list[str]:
 
 # --- gemv: few tokens ---
 
-def _gemv_stage(spec: KernelSpec, ln: _Launch, t: StructuredTiling, symbol: str,
+def _gemv_stage(spec: StructuredSpec, ln: _Launch, t: StructuredTiling, symbol: str,
                 widths: dict[str, tuple[int, ...]], dtype: str):
     """The gemv launch of stage ``ln``: a block owns nt columns of one block of the stage,
     mr tokens and 1/kb of the reduction, staged chunk by chunk in shared memory."""
@@ -377,7 +364,7 @@ def _gemv_stage(spec: KernelSpec, ln: _Launch, t: StructuredTiling, symbol: str,
     return _kernel(spec, symbol, _names(ln, counted), widths, dtype, grid)
 
 
-def _reduce(spec: KernelSpec, ln: _Launch, symbol: str, widths: dict[str, tuple[int, ...]],
+def _reduce(spec: StructuredSpec, ln: _Launch, symbol: str, widths: dict[str, tuple[int, ...]],
             counted: bool, dtype: str):
     """Y = bias + Σ the last stage's partial sums: a thread per output value."""
     tx_n = min(256, 32 * ceil_div(ln.width_out, 32))
@@ -403,7 +390,7 @@ def _reduce(spec: KernelSpec, ln: _Launch, symbol: str, widths: dict[str, tuple[
 
 # --- tile: many tokens ---
 
-def _tile_stage(spec: KernelSpec, ln: _Launch, t: StructuredTiling, symbol: str,
+def _tile_stage(spec: StructuredSpec, ln: _Launch, t: StructuredTiling, symbol: str,
                 widths: dict[str, tuple[int, ...]], dtype: str):
     """The tiled-GEMM launch of stage ``ln``: a block computes bm tokens × bn columns of
     one block of the stage (tm × tn per thread), bk inputs per shared-memory step."""
@@ -529,15 +516,15 @@ def _check_tiling(t: StructuredTiling) -> None:
         raise CodegenError(f"bad StructuredFFN CUDA gemv tiling {t}")
 
 
-def variant_funcs(spec: KernelSpec, t: StructuredTiling, prefix: str,
+def variant_funcs(spec: StructuredSpec, t: StructuredTiling, prefix: str,
                   dtype: str | None = None) -> dict:
     """PrimFuncs of a variant's kernels, by global symbol, in launch order: ``<prefix>_s<i>``
     per stage, then ``<prefix>_reduce`` where the last stage is split. ``dtype``: how the
     weight matrices are stored (float32, float16, bfloat16; default ``spec.dtype``)."""
-    check_spec(spec, CUDA_WEIGHT_DTYPES)
+    check_spec(spec, WEIGHT_DTYPES)
     dtype = dtype or spec.dtype
-    if dtype not in CUDA_WEIGHT_DTYPES:
-        raise CodegenError(f"StructuredFFN CUDA weights: {' or '.join(CUDA_WEIGHT_DTYPES)} "
+    if dtype not in WEIGHT_DTYPES:
+        raise CodegenError(f"StructuredFFN CUDA weights: {' or '.join(WEIGHT_DTYPES)} "
                            f"only, got {dtype!r}")
     _check_tiling(t)
     plan = _plan(spec, t)

@@ -2,8 +2,8 @@
 
 The kernels are the same TVMScript as on x86 (kernels/sparse_ffn.py); only the vector
 width and the register tiling differ. LLVM emits NEON ``fmla v.4s`` for the vectorized
-loops (a test reads the disassembly). No ARM hardware was available: the tunables are
-x86's, scaled to 128-bit vectors, and the crossover is not measured on ARM.
+loops (a test reads the disassembly). The tunables are x86's scaled to 128-bit vectors,
+and the crossovers are the CPU defaults (cpu.py): nothing here is measured on ARM.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fffc.contract.errors import UnsupportedTargetError
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
 
 from .. import _tvm
-from .base import Family, Variant
-from .cpu import CpuConfig, cpu_variants
+from .base import Variant
+from .cpu import CpuConfig, CpuFamily, cpu_variants
 
 PRESETS = {  # --mcpu value → LLVM CPU
     "generic": "generic", "cortex-a55": "cortex-a55", "cortex-a72": "cortex-a72",
@@ -29,18 +29,17 @@ class Config(CpuConfig):
     lanes: int = 4  # 128-bit NEON
     gemm_nr_vectors: int = 4  # 6 × 4 = 24 of 32 v-register accumulators
     gemv_nr1_vectors: int = 8  # 8 independent fmla chains
+    fff_lanes: int = 4
     base_mattr: tuple[str, ...] = ("+v8.2a", "+neon")  # generic ARMv8.2-A (Pi 5, Jetson Orin,
     # Graviton 2+); --mcpu cortex-a72 (Pi 4) etc. for older or specific cores
-    sparse_max_tokens: int = 2  # x86's measured crossover; not measured on ARM hardware
-    sparse_max_tokens_gated: int = 2
 
 
-class Arm(Family):
+class Arm(CpuFamily):
     name = "arm"
     triple = "aarch64-linux-gnu"
 
     def __init__(self, config: Config | None = None):
-        self.config = config or Config()
+        super().__init__(config or Config())
 
     def target(self, mcpu: str | None, mattr: tuple[str, ...] = ()) -> dict:
         cpu = PRESETS.get(mcpu or "generic", mcpu or "generic")
@@ -53,12 +52,6 @@ class Arm(Family):
             target["mattr"] = features
         return target
 
-    def sparse_max_tokens(self, spec: KernelSpec) -> int:
-        c = self.config
-        if spec.mode in ("teal", "cats", "predictor"):
-            return c.teal_max_tokens
-        return c.sparse_max_tokens_gated if spec.gated else c.sparse_max_tokens
-
-    def variants(self, spec: KernelSpec, target: dict) -> list[Variant]:
+    def sparse_variants(self, spec: SparseSpec, target: dict) -> list[Variant]:
         return cpu_variants(spec, self.config, lanes=self.config.lanes,
                             gemm_nr_vectors=self.config.gemm_nr_vectors)

@@ -1,55 +1,65 @@
-"""Target families: each maps a KernelSpec to its kernel variants and a TVM target."""
+"""Target families: each gives the kernel variants of a spec and a TVM target."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import SparseSpec
+from fffc.contract.modes import sparse
 
-from ..kernels.sparse_ffn import Tiling
 from ..limits import MAX_TOKENS as MAX_TOKENS  # re-exported: the schedules use it
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One kernel of a spec: its name, the token range it serves (inclusive), its tiling."""
+    """One kernel of a spec: its name, the token range it serves (inclusive), its tiling
+    (whatever the op's generator takes). ``alternative``: a variant the shim prefers over
+    the one covering its range where it can derive its inputs (outside the cover)."""
 
     name: str
     min_tokens: int
     max_tokens: int
-    tiling: Tiling
+    tiling: object = None
+    alternative: bool = False
+
+
+@dataclass(frozen=True)
+class Crossovers:
+    """Token counts up to which a family's SparseFFN kernels run; past them the artifact runs
+    ONNX Runtime's dense FFN (or, masked modes, its masked dense FFN): an If on the token
+    count. 0: the kernels at every count."""
+
+    sparse_max_tokens: int = 0  # exact, dense FFNs
+    sparse_max_tokens_gated: int = 0  # exact, gated FFNs
+    masked_max_tokens: int = 0  # the masked modes (Mode.masked)
 
 
 class Family:
-    """One target family (x86, arm, cuda): its TVM target, its kernel variants and what its
-    kernels can do."""
+    """One target family (x86, arm, cuda): its TVM target, its kernel variants, its token
+    crossovers (``config``) and what its kernels can do."""
 
     name = ""
     narrow_weights = False  # kernels that read 16-bit weight matrices (--weight-dtype)
     merged_path = True  # StructuredFFN kernels with a pre-merged dense path for few tokens
     timed_here = False  # its kernels run on this build machine, so crossovers are measured
+    device = False  # its kernels run on an accelerator; the CPU EP's nodes run ``cpu``'s
+    cpu_mcpu: str | None = None  # a device family: the LLVM CPU of its ``cpu`` kernels
 
-    @property
-    def cpu_family(self) -> str:
-        """The family of the CPU kernels an artifact for this target carries."""
-        return self.name
+    def __init__(self, config: Crossovers, cpu: Family | None = None):
+        self.config = config
+        self.cpu = cpu or self  # the family of the CPU kernels an artifact carries
 
     def target(self, mcpu: str | None, mattr: tuple[str, ...] = ()) -> dict:
         raise NotImplementedError
 
-    def variants(self, spec: KernelSpec, target: dict) -> list[Variant]:
-        """Variants covering tokens 1..MAX_TOKENS without gaps or overlaps."""
+    def sparse_variants(self, spec: SparseSpec, target: dict) -> list[Variant]:
+        """SparseFFN's variants, covering tokens 1..MAX_TOKENS without gaps or overlaps."""
         raise NotImplementedError
 
-    def sparse_max_tokens(self, spec: KernelSpec) -> int:
+    def sparse_max_tokens(self, spec: SparseSpec) -> int:
         """Token count up to which the kernels beat the runtime's dense GEMMs (0: always);
         past it the artifact runs the dense FFN (an If on the token count)."""
-        return 0
-
-
-def largest_divisor(n: int, cap: int) -> int:
-    """The largest power of two ≤ cap dividing n (1 at worst): tiles without remainders."""
-    d = 1
-    while d * 2 <= cap and n % (d * 2) == 0:
-        d *= 2
-    return d
+        c = self.config
+        if sparse(spec.mode).masked:
+            return c.masked_max_tokens
+        return c.sparse_max_tokens_gated if spec.gated else c.sparse_max_tokens

@@ -1,31 +1,37 @@
-"""CUDA schedule family: tunables, the variant table and the TVM target for NVIDIA GPUs."""
+"""CUDA schedule family: tunables, the variant tables and the TVM target for NVIDIA GPUs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from fffc.contract.errors import CodegenError
-from fffc.contract.ops import KernelSpec
+from fffc.contract.kernels import FffSpec, SparseSpec, StructuredSpec
+from fffc.contract.kinds import SparseMode
+from fffc.contract.modes import sparse
 
-from ..kernels.sparse_ffn_cuda import CudaTiling, ceil_div
+from ..kernels.fff_cuda import FffTiling
+from ..kernels.pieces import ceil_div
+from ..kernels.sparse_ffn_cuda import CudaTiling
 from ..kernels.structured_ffn_cuda import StructuredTiling
-from .base import MAX_TOKENS, Family, Variant
+from .base import MAX_TOKENS, Crossovers, Family, Variant
 
 
 @dataclass(frozen=True)
-class Config:
-    """Tunables of the CUDA SparseFFN kernels (kernels/sparse_ffn_cuda.py has the loops)."""
+class Config(Crossovers):
+    """Tunables of the CUDA SparseFFN and FastFeedForward kernels
+    (kernels/sparse_ffn_cuda.py, kernels/fff_cuda.py have the loops).
 
+    The crossovers: past 16 tokens (8 gated) ONNX Runtime's dense FFN on cuBLAS is faster
+    than exact skipping (bench/bench_cuda.py); the masked modes take one token per block,
+    re-reading the surviving rows per token, so from 2 tokens ONNX Runtime's masked dense
+    FFN runs, as on CPUs."""
+
+    sparse_max_tokens: int = 16
+    sparse_max_tokens_gated: int = 8
+    masked_max_tokens: int = 1
     decode_tokens: tuple[int, ...] = (1, 4, 8, 16)  # decode variants: up to this many tokens
-    decode_max_tokens: int = 256  # the last decode variant (16-token tiles) serves up to here
-    decode_max_tokens_gated: int = 48  # (bench_cuda.py --also decode16,gemm on an H100: the
-    # dlight GEMMs win from 512 tokens for ReLU 768/3072, from 64 for dReLU 4096/11008)
-    sparse_max_tokens: int = 16  # past this cuBLAS (ORT's dense FFN) wins: H100, fp32, ReLU
-    sparse_max_tokens_gated: int = 8  # 768/3072 1.13x at 16 tokens, 0.88x at 32; dReLU
-    # 4096/11008 1.18x at 8, 0.88x at 16
-    masked_max_tokens: int = 1  # modes teal, cats, predictor: one token per block re-reads
-    # the surviving rows per token, so from 2 tokens ORT's masked dense FFN runs (as on CPUs;
-    # not measured on a GPU)
+    decode_max_tokens: int = 256  # the last decode variant (16-token tiles) serves up to
+    decode_max_tokens_gated: int = 48  # here; beyond, the dlight GEMMs (bench/bench_cuda.py)
     proj_threads: int = 256  # neurons × d_in slices per proj block
     down_threads: int = 256  # output columns per down block
     target_blocks: int = 528  # about 4 blocks per SM of a 132-SM H100: enough to hide latency
@@ -36,12 +42,15 @@ class Config:
     shared_bytes: int = 32 << 10  # per-block reduction buffers (48 KiB static at most)
     default_arch: str = "sm_90"
     gemm: tuple[tuple[str, int], ...] = ()  # dlight Matmul overrides for the many-token GEMMs
+    fff_threads: int = 128  # FastFeedForward: threads per block (one block per token) ...
+    fff_threads_wide: int = 256  # ... and for d_in of at least fff_wide_d
+    fff_wide_d: int = 1024
 
 
 @dataclass(frozen=True)
 class StructuredConfig:
     """Tunables of the CUDA StructuredFFN kernels (kernels/structured_ffn_cuda.py has the
-    loops). Not measured on a GPU yet: sizes follow the SparseFFN kernels' H100 choices."""
+    loops); sizes follow the SparseFFN kernels' choices."""
 
     gemv_tokens: tuple[int, ...] = (1, 4, 16)  # gemv variants' tokens per block; each serves
     # the counts above the previous one up to its own (16: the last gemv count)
@@ -63,17 +72,20 @@ class Cuda(Family):
     name = "cuda"
     narrow_weights = True
     merged_path = False
-    cpu_family = "x86"  # CPU-placed nodes of a GPU server run x86 kernels
+    device = True
+    cpu_mcpu = "x86-64-v3"  # the CPU kernels run wherever the GPU server is: any x86-64
+    # with AVX2/FMA
 
-    def __init__(self, config: Config | None = None,
+    def __init__(self, cpu: Family, config: Config | None = None,
                  structured: StructuredConfig | None = None):
-        self.config = config or Config()
+        """``cpu``: the family of the kernels for nodes ONNX Runtime places on the CPU."""
+        super().__init__(config or Config(), cpu)
         self.structured = structured or StructuredConfig()
 
     def target(self, mcpu: str | None, mattr: tuple[str, ...] = ()) -> dict:
         return {"kind": "cuda", "arch": mcpu or self.config.default_arch}
 
-    def tiling(self, spec: KernelSpec, mr: int) -> CudaTiling:
+    def tiling(self, spec: SparseSpec, mr: int) -> CudaTiling:
         c = self.config
         nt = 32
         vn = 1 if mr == 1 else c.proj_neurons_per_thread  # many tokens: reuse X across neurons
@@ -91,13 +103,13 @@ class Cuda(Family):
         return CudaTiling(mr=mr, nt=nt, ks=ks, kb=kb, vn=vn, wpb=8, npw=npw, no=no,
                           splits=splits)
 
-    def masked_tiling(self, spec: KernelSpec) -> CudaTiling:
+    def masked_tiling(self, spec: SparseSpec) -> CudaTiling:
         """Modes teal, cats, predictor (kernels/sparse_ffn_cuda_masked.py): one token per
         block; ``kb`` splits d_in of the predictor's ``x·PA`` (only rank/32 column blocks)."""
         c = self.config
         base = self.tiling(spec, 1)
         kb = 1
-        if spec.mode == "predictor":
+        if spec.mode is SparseMode.PREDICTOR:
             kb = max(1, min(ceil_div(c.target_blocks, max(1, ceil_div(spec.rank, 32))),
                             spec.d_in // c.min_k_slice, 8))  # the score kernel adds the kb
             # partials for every z it reads: more would cost more than the PB reads
@@ -105,18 +117,12 @@ class Cuda(Family):
         return CudaTiling(mr=1, nt=32, ks=c.proj_threads // 32, kb=kb, wpb=8, no=base.no,
                           splits=base.splits)
 
-    def sparse_max_tokens(self, spec: KernelSpec) -> int:
-        c = self.config
-        if spec.mode in ("teal", "cats", "predictor"):
-            return c.masked_max_tokens
-        return c.sparse_max_tokens_gated if spec.gated else c.sparse_max_tokens
-
-    def variants(self, spec: KernelSpec, target: dict) -> list[Variant]:
-        if spec.mode in ("teal", "cats", "predictor"):  # grids over tokens: any count is
-            # correct; the artifact's If runs ORT's masked FFN past sparse_max_tokens
-            return [Variant(spec.mode, 1, MAX_TOKENS, self.masked_tiling(spec))]
-        if spec.mode != "exact":
-            raise CodegenError(f"no CUDA kernels for SparseFFN mode {spec.mode!r} yet")
+    def sparse_variants(self, spec: SparseSpec, target: dict) -> list[Variant]:
+        if sparse(spec.mode).masked:  # grids over tokens: any count is correct; the
+            # artifact's If runs ORT's masked FFN past sparse_max_tokens
+            return [Variant(str(spec.mode), 1, MAX_TOKENS, self.masked_tiling(spec))]
+        if spec.mode is not SparseMode.EXACT:
+            raise CodegenError(f"no CUDA kernels for SparseFFN mode {str(spec.mode)!r}")
         out, first = [], 1
         tiles = self.config.decode_tokens
         for m in tiles:
@@ -128,7 +134,13 @@ class Cuda(Family):
         return [*out, Variant("gemm", first, MAX_TOKENS,
                                   CudaTiling(gemm=True, gemm_config=self.config.gemm))]
 
-    def structured_variants(self, spec: KernelSpec, counted: bool = False) -> list[Variant]:
+    def fff_variants(self, spec: FffSpec) -> list[Variant]:
+        """One kernel, a block per token, for every token count."""
+        c = self.config
+        threads = c.fff_threads_wide if spec.d_in >= c.fff_wide_d else c.fff_threads
+        return [Variant("walk", 1, MAX_TOKENS, FffTiling(threads=threads))]
+
+    def structured_variants(self, spec: StructuredSpec, counted: bool = False) -> list[Variant]:
         """StructuredFFN's CUDA variants, covering 1..MAX_TOKENS without gaps or overlaps:
         gemv<mr> for few tokens, then tiled GEMM stages (tile32, tile64). ``counted``: the
         "counted_" variants (rows ≥ CNT[0] untouched: a RoutedFFN's FFN on its gathered rows)."""
