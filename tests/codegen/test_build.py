@@ -19,8 +19,7 @@ from fffc.codegen.build import (
 from fffc.codegen.schedules import family
 from fffc.contract.errors import UnsupportedTargetError
 from fffc.contract.kernels import FffSpec
-
-from .conftest import spec
+from tests.fixtures.sparse_kernels import spec
 
 SPECS = [spec(), spec(bias=False, up="relu"), spec(20, 52, 12)]
 

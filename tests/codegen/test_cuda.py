@@ -27,8 +27,7 @@ from fffc.contract.kernels import SparseSpec
 from fffc.contract.tolerances import RTOL
 from fffc.verify.cuda_emu import Emulator
 from fffc.verify.reference import sparse_ffn
-
-from .conftest import spec
+from tests.fixtures.sparse_kernels import spec
 
 SPECS = [
     spec(64, 256, 48),  # dense ReLU FFN with biases

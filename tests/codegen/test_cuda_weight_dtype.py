@@ -23,11 +23,10 @@ from fffc.contract.modes import sparse
 from fffc.contract.tolerances import RTOL
 from fffc.verify.cuda_emu import Emulator
 from fffc.verify.reference import fast_feed_forward, sparse_ffn, structured_ffn, teal_ffn
-
-from .conftest import inputs
-from .conftest import spec as sparse_spec
-from .conftest import weights as sparse_weights
-from .test_structured_ffn_cuda import _weights as structured_weights
+from tests.fixtures.sparse_kernels import inputs
+from tests.fixtures.sparse_kernels import spec as sparse_spec
+from tests.fixtures.sparse_kernels import weights as sparse_weights
+from tests.fixtures.structured_kernels import structured_weights
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,7 @@ from fffc.codegen import _tvm
 from fffc.codegen.kernels.exact_screened import screen_inputs, screened_primfunc
 from fffc.codegen.schedules import family
 from fffc.contract.errors import CodegenError
-
-from .conftest import ATOL, RTOL, reference, spec
+from tests.fixtures.sparse_kernels import ATOL, RTOL, reference, spec
 
 
 def _bound_holds(w1: np.ndarray, b1: np.ndarray | None, x: np.ndarray) -> None:

@@ -14,8 +14,17 @@ from fffc.codegen.kernels.sparse_ffn import sparse_ffn_primfunc
 from fffc.codegen.schedules import family
 from fffc.contract.errors import CodegenError
 from fffc.contract.kernels import SparseSpec
-
-from .conftest import ATOL, RTOL, TOKENS, args, inputs, kernels, reference, spec, weights
+from tests.fixtures.sparse_kernels import (
+    ATOL,
+    RTOL,
+    TOKENS,
+    args,
+    inputs,
+    kernels,
+    reference,
+    spec,
+    weights,
+)
 
 SPECS = {
     "relu": spec(),

@@ -32,8 +32,8 @@ from fffc.contract.kernels import Projection as P
 from fffc.contract.tolerances import RTOL
 from fffc.verify.cuda_emu import Emulator
 from fffc.verify.reference import structured_ffn
-
-from .conftest import spec as sparse_spec
+from tests.fixtures.sparse_kernels import spec as sparse_spec
+from tests.fixtures.structured_kernels import structured_weights
 
 SPECS = {
     # LowRank both ways; d_in 160 and r2 136 split K over two blocks (the last stage's
@@ -67,25 +67,6 @@ def emulator(library):
     return Emulator(library.source_path.read_text(), library.variants)
 
 
-def _weights(s: KernelSpec, seed: int) -> dict[str, np.ndarray]:
-    """Random weights of every input in ``s.arg_names()`` (scaled: values stay O(1))."""
-    p1, p2 = s.projections
-    rng = np.random.default_rng(seed)
-    k1, r1, k2, r2 = p1.blocks, p1.width, p2.blocks, p2.width
-    m1, s1, m2, s2 = p1.shuffle_blocks, p1.shuffle_width, p2.shuffle_blocks, p2.shuffle_width
-    w1, w2 = (m1 * s1 if m1 else r1), (m2 * s2 if m2 else r2)
-    shapes = {"A1": (k1, s.d_in // k1, r1 // k1), "U1": (w1, s.d_ff), "B1": (s.d_ff,),
-              "A2": (k2, s.d_ff // k2, r2 // k2), "U2": (w2, s.d_out), "B2": (s.d_out,),
-              "S1": (m1, r1 // max(m1, 1), s1), "S2": (m2, r2 // max(m2, 1), s2)}
-    out = {}
-    for name in s.arg_names():
-        if name in shapes:
-            shape = shapes[name]
-            fan_in = shape[-2] if len(shape) > 1 else 4
-            out[name] = (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
-    return out
-
-
 def _reference(s: KernelSpec, x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
     return structured_ffn(x, w["A1"], w.get("U1"), w.get("B1"), w["A2"], w.get("U2"),
                           w.get("B2"), activation_name=s.activation, s1=w.get("S1"),
@@ -114,7 +95,7 @@ def test_every_variant_matches_the_reference(library, emulator) -> None:
         if v.variant.startswith("counted_"):
             continue
         s = v.spec
-        w = _weights(s, 1)
+        w = structured_weights(s, 1)
         for n in _counts(v):
             x = np.random.default_rng(n).standard_normal((n, s.d_in)).astype(np.float32)
             got = emulator.run(v, {"X": x, **w}, any_tokens=True)
@@ -131,7 +112,7 @@ def test_counted_variants_leave_rows_past_the_count(library, emulator) -> None:
     assert {v.spec for v in counted} == set(COUNTED)
     for v in counted:
         s = v.spec
-        w = _weights(s, 2)
+        w = structured_weights(s, 2)
         n = 70 if v.variant.startswith("counted_tile") else 21  # gemv: tiles past the count
         x = np.random.default_rng(3).standard_normal((n, s.d_in)).astype(np.float32)
         want = _reference(s, x, w)
@@ -163,7 +144,7 @@ def test_forced_splits_sum_partials_with_bias_and_activation() -> None:
     assert all(v.launches[-1].kernel.endswith("_reduce_kernel") for v in built)
     emu = Emulator(source, built)
     for v in built:
-        w = _weights(v.spec, 4)
+        w = structured_weights(v.spec, 4)
         for n in (1, 6):
             x = np.random.default_rng(n).standard_normal((n, v.spec.d_in)).astype(np.float32)
             err = _error(emu.run(v, {"X": x, **w}, any_tokens=True), _reference(v.spec, x, w))

@@ -14,8 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from fffc.contract.kernels import SparseSpec
-
-from .test_shim import D_FF, D_IN, D_OUT, VARIANTS, make_model, reference, weights
+from tests.fixtures.shim import D_FF, D_IN, D_OUT, VARIANTS, make_model, reference, weights
 
 
 def naive_kernel(symbol: str):

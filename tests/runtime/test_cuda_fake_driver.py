@@ -28,8 +28,7 @@ from fffc.contract.kernels import KernelSpec, Row, StructuredSpec, from_row
 from fffc.package.native import build_shim
 from fffc.pipeline import analyze
 from fffc.verify.cuda_emu import Emulator
-
-from .test_cuda_shim import _model
+from tests.fixtures.shim import relu_ffn_model
 
 pytestmark = pytest.mark.slow
 FAKE = Path(__file__).with_name("fake_cuda.cc")
@@ -117,7 +116,7 @@ def _feeds(d: int, shapes) -> list[dict[str, np.ndarray]]:
 
 def test_sparse_ffn_cuda_path(tmp_path, fake_libcuda):
     """SparseFFN exact: the decode variants (1, 5 and 16 tokens), ORT's dense FFN beyond."""
-    path = _model(tmp_path / "m.onnx")
+    path = relu_ffn_model(tmp_path / "m.onnx")
     art = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(target="cuda")).artifact
     launches = _compare(path, art, _feeds(32, [(1, 1), (1, 5), (2, 8), (3, 100)]),
                         fake_libcuda, tmp_path)
@@ -226,7 +225,7 @@ def test_weight_dtype_cuda_path(tmp_path, fake_libcuda, kind, dtype):
 
     shapes = [(1, 1), (2, 5)]
     if kind == "sparse":
-        path, d = _model(tmp_path / "m.onnx"), 32
+        path, d = relu_ffn_model(tmp_path / "m.onnx"), 32
     elif kind == "structured":
         path, d = export_structured("blockdense", "dynamo18", tmp_path / "s.onnx"), 64
     elif kind == "routed":

@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 
@@ -24,6 +23,7 @@ from fffc.codegen.build import build_kernel_library
 from fffc.codegen.schedules import family
 from fffc.contract.kernels import SparseSpec
 from fffc.package.native import build_shim
+from tests.fixtures.shim import relu_ffn_model
 
 HARNESS = Path(__file__).with_name("cuda_harness.cc")
 SPEC = SparseSpec("relu", "none", "exact", 32, 128, 32, True, True, False)
@@ -66,29 +66,10 @@ def test_launch_without_a_driver_is_an_error_not_a_crash(library, tmp_path: Path
     assert "libcuda.so.1" in err or "cuInit" in err
 
 
-def _model(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    d, f = 32, 128
-    inits = {"W1": rng.standard_normal((d, f)) / np.sqrt(d), "b1": np.full(f, -1.0),
-             "W2": rng.standard_normal((f, d)) / np.sqrt(f), "b2": rng.standard_normal(d)}
-    h = onnx.helper
-    nodes = [h.make_node("MatMul", ["x", "W1"], ["a"]), h.make_node("Add", ["a", "b1"], ["b"]),
-             h.make_node("Relu", ["b"], ["c"]), h.make_node("MatMul", ["c", "W2"], ["e"]),
-             h.make_node("Add", ["e", "b2"], ["y"])]
-    graph = h.make_graph(
-        nodes, "ffn", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", "s", d])],
-        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", "s", d])],
-        [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
-    m = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, str(path))
-    return path
-
-
 def test_compile_target_cuda_end_to_end(tmp_path: Path) -> None:
     """Artifact with fatbin + launch table; CUDA kernels checked by emulation at compile
     time; on a CPU-only machine the same artifact runs on the CPU EP through the shim."""
-    path = _model(tmp_path / "m.onnx")
+    path = relu_ffn_model(tmp_path / "m.onnx")
     result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(target="cuda"))
     art = result.artifact
     m = json.loads((art / "manifest.json").read_text())

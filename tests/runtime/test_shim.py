@@ -10,90 +10,28 @@ import json
 import shutil
 import subprocess
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import fffc.runtime
 from fffc.codegen.schedules import family
-from fffc.contract.kernels import SparseSpec
-from fffc.contract.ops import DOMAIN, OPSET_VERSION
-from fffc.verify.reference import sparse_ffn
+from tests.fixtures.shim import (
+    D_FF,
+    D_IN,
+    D_OUT,
+    VARIANTS,
+    Variant,
+    make_model,
+    reference,
+    weights,
+)
 
-D_IN, D_FF, D_OUT = 32, 128, 48
 RTOL, ATOL = 1e-4, 1e-4
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    up_activation: str  # "none": dense ReLU; "relu": gated dReLU
-    biases: bool
-
-    @property
-    def gated(self) -> bool:
-        return self.up_activation != "none"
-
-    def spec(self, d_ff: int = D_FF) -> SparseSpec:
-        return SparseSpec("relu", self.up_activation, "exact", D_IN, d_ff, D_OUT,
-                          self.biases, self.biases, self.gated)
-
-
-VARIANTS = [
-    Variant("relu-bias", "none", True),
-    Variant("relu-nobias", "none", False),
-    Variant("drelu-nobias", "relu", False),
-    Variant("drelu-bias", "relu", True),
-]
-
-
-def weights(v: Variant, d_ff: int = D_FF, seed: int = 0) -> dict[str, np.ndarray | None]:
-    rng = np.random.default_rng(seed)
-    f32 = np.float32
-    return {
-        "W1": (rng.standard_normal((D_IN, d_ff)) / np.sqrt(D_IN)).astype(f32),
-        # Negative-leaning bias: about half the neurons are zero, so skipping is exercised.
-        "B1": (rng.standard_normal(d_ff) * 0.5 - 0.2).astype(f32) if v.biases else None,
-        "W2": (rng.standard_normal((d_ff, D_OUT)) / np.sqrt(d_ff)).astype(f32),
-        "B2": rng.standard_normal(D_OUT).astype(f32) if v.biases else None,
-        "WU": (rng.standard_normal((d_ff, D_IN)) / np.sqrt(D_IN)).astype(f32) if v.gated else None,
-    }
-
-
-def make_model(v: Variant, w: dict[str, np.ndarray | None],
-               b1_shape: tuple[int, ...] | None = None,
-               lead: tuple[str, ...] = ("batch", "seq")) -> onnx.ModelProto:
-    """One ``ai.fffc::SparseFFN`` node, weights as initializers, X [*lead, d_in]."""
-    names = ["X", "W1", "B1", "W2", "B2", "WU"]
-    inputs = ["X"] + [n if w.get(n) is not None else "" for n in names[1:]]
-    while inputs[-1] == "":  # trailing optional inputs are omitted, inner ones left empty
-        inputs.pop()
-    inits = []
-    for n in names[1:]:
-        if w.get(n) is not None:
-            arr = w[n].reshape(b1_shape) if n == "B1" and b1_shape else w[n]
-            inits.append(numpy_helper.from_array(arr, n))
-    node = helper.make_node("SparseFFN", inputs, ["Y"], domain=DOMAIN, activation="relu",
-                            up_activation=v.up_activation, mode="exact")
-    graph = helper.make_graph(
-        [node], "sparse_ffn",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [*lead, D_IN])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [*lead, D_OUT])],
-        inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid(DOMAIN, OPSET_VERSION)])
-    model.ir_version = 8  # loadable by older runtimes too
-    return model
-
-
-def reference(v: Variant, w: dict[str, np.ndarray | None], x: np.ndarray) -> np.ndarray:
-    return sparse_ffn(x, w["W1"], w["B1"], w["W2"], w["B2"], w["WU"], activation_name="relu",
-                      up_activation=v.up_activation)
 
 
 @pytest.fixture(scope="session")
