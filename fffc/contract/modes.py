@@ -140,12 +140,6 @@ def sparse(mode_attr: SparseMode | str) -> Mode:
     return next(m for m in MODES.values() if m.sparse_mode == SparseMode(mode_attr))
 
 
-def where(**flags: bool) -> tuple[Decision, ...]:
-    """The decisions whose entries have every given flag (e.g. ``where(masked=True)``)."""
-    return tuple(d for d, m in MODES.items()
-                 if all(getattr(m, k) == v for k, v in flags.items()))
-
-
 def kernel_specs(site) -> list:
     """Every kernel a site's op calls: one spec, except RoutedFFN (routing, the dense FFN on
     the gathered tokens, the combine); none for a decision without kernels."""

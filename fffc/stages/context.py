@@ -15,7 +15,7 @@ import onnx_ir as ir
 from ..codegen.schedules import Family, family
 from ..contract.config import CompileOptions
 from ..contract.errors import UsageError
-from ..contract.kinds import TargetFamily, WeightDtype
+from ..contract.kinds import WeightDtype
 from ..contract.targets import TargetRequest, normalize
 
 Reporter = Callable[[str], contextlib.AbstractContextManager]
@@ -120,7 +120,3 @@ class Context:
                              "have no pre-merged path (the structured kernels serve every "
                              "token count)")
         return cls(options, report, out, target, fam, Dumper(options.dump_dir))
-
-    @property
-    def target_family(self) -> TargetFamily:
-        return TargetFamily(self.target.family)

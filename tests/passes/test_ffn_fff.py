@@ -15,14 +15,14 @@ import torch
 
 import fffc
 import fffc.runtime
-from fffc import passes, pipeline
-from fffc.contract.kinds import Decision
+from fffc import passes
 from fffc.passes import ffn_fff
 from fffc.passes.standard_forms import MASKED_BELOW_RATIO
 from fffc.torch import FastFeedForward
 from tests.fixtures.fff_exports import (
     GeqFFF,
     check_ge_tie_break,
+    check_site_inputs,
     export_fff,
     ge_tie_break_fff,
 )
@@ -139,19 +139,6 @@ def test_tanh_gelu_region_is_refused_with_its_reason(tmp_path):
 
 
 def test_site_inputs_hold_w_in_row_per_node(tmp_path):
-    """The op's layout: W_in [K·n, d_in] (nn.Linear's rows) for tree and walk; the matched
-    MatMul orientation for a site left as it was."""
+    """The op's layout of the masked export's weights (``check_site_inputs``)."""
     torch.manual_seed(0)
-    fff = FastFeedForward(16, 16, 3, 2)
-    a = pipeline.analyze(export_fff(fff, tmp_path / "m.onnx", False, 17))
-    (site,) = a.sites
-    w_in = fff.linear_in.weight.detach().numpy()
-    for decision in (Decision.TREE, Decision.WALK):
-        site.decision = decision
-        got = passes.site_inputs(a.working, site)
-        assert list(got) == ["W_in", "B_in", "W_out"]
-        np.testing.assert_array_equal(got["W_in"], w_in)
-        np.testing.assert_array_equal(got["B_in"], fff.linear_in.bias.detach().numpy())
-        np.testing.assert_array_equal(got["W_out"], fff.linear_out.weight.detach().numpy().T)
-    site.decision = Decision.DENSE
-    np.testing.assert_array_equal(passes.site_inputs(a.working, site)["W_in"], w_in.T)
+    check_site_inputs(FastFeedForward(16, 16, 3, 2), tmp_path / "m.onnx")
