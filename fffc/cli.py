@@ -257,8 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "stays <= E on held-out feeds) or uniform=S (one calibrated level "
                    "everywhere), cats=S, predictor (default: the allocation stored by fffc "
                    "calibrate --budget)")
-    c.add_argument("--data", type=Path, help="with --budget: feeds (.npz or a folder of them) "
-                   "the allocation measures errors on (default: 8 synthetic feeds)")
+    c.add_argument("--data", type=Path, help="feeds (.npz of arrays named like the model's "
+                   "inputs, or a folder of them): verification runs on them besides made-up "
+                   "ones (a decoder's decode calls continue the last one's cache); with "
+                   "--budget, the allocation measures errors on them (default: 8 made-up feeds)")
     c.add_argument("--rtol", type=float, default=RTOL,
                    help="relative tolerance of every verification (default %(default)g)")
     c.add_argument("--sites", nargs="*", help="only lower these sites (names or node names)")

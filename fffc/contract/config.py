@@ -30,7 +30,8 @@ class CompileOptions:
     # (None: measured at compile time on x86; 0: never)
     calibration: Path | None = None  # CALIB.json of `fffc calibrate`: TEAL thresholds
     budget: str | None = None  # with calibration: "sparsity=S" | "error=E" | "uniform=S"
-    data: Path | None = None  # feeds for the budget search (default: synthetic)
+    data: Path | None = None  # feeds: verification's (with made-up ones) and the budget
+    # search's (default: made up)
     weight_dtype: str = "float32"  # --target cuda: float16 / bfloat16 weight matrices
 
     def hash(self) -> str:

@@ -34,7 +34,7 @@ from ..contract.analysis import Analysis
 from ..contract.errors import UsageError
 from ..contract.kinds import Decision, SiteKind
 from ..frontend import sha256_file
-from ..verify.compare import probe_inputs
+from ..verify.feeds import probe_inputs
 from . import decide
 from .calibration import (
     GATE,
@@ -356,7 +356,7 @@ def plan_sites(model: Analysis, calibration_path: Path, budget_text: str | None,
         inputs = [i.name for i in model.proto.graph.input
                   if i.name not in {t.name for t in model.proto.graph.initializer}]
         feeds = (list(load_feeds(Path(data), inputs)) if data is not None
-                 else probe_inputs(model.proto, 1, 32, seed + 7, count=8))
+                 else probe_inputs(model.proto, 1, 32, seed + 7, count=8, path=model.path))
         chosen = choose(model, calib, (kind, level), feeds, predictors or None).to_json()
         feeds_used = str(data) if data else "synthetic x8"
     decide.apply_thresholds(model.sites, chosen["thresholds"], chosen["levels"], calib,

@@ -46,6 +46,7 @@ from ..contract.sites import Site
 from ..contract.version import VERSION
 from ..frontend import copy, sha256_file
 from ..verify import compare as verify
+from ..verify.feeds import probe_inputs
 from .activations import hidden_activations
 from .decide import site_centers
 
@@ -299,7 +300,7 @@ def calibration_feeds(model: Analysis, data: str | Path | None, synthetic: int,
         inputs = [i.name for i in model.proto.graph.input
                   if i.name not in {t.name for t in model.proto.graph.initializer}]
         return load_feeds(Path(data), inputs)
-    return iter(verify.probe_inputs(model.proto, 1, seq, seed=1234, count=synthetic))
+    return iter(probe_inputs(model.proto, 1, seq, seed=1234, count=synthetic, path=model.path))
 
 
 def calibrate(model: Analysis, data: str | Path | None = None, *, synthetic: int = 0,

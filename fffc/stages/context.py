@@ -99,9 +99,8 @@ class Context:
             target = normalize(options.target, options.mcpu)
         except ValueError as e:
             raise UsageError(str(e)) from e
-        if options.calibration is None and (options.budget is not None
-                                            or options.data is not None):
-            raise UsageError("--budget and --data apply to a calibration: add --calibration "
+        if options.calibration is None and options.budget is not None:
+            raise UsageError("--budget applies to a calibration: add --calibration "
                              "CALIB.json (from fffc calibrate)")
         if options.merged_max_tokens is not None and options.merged_max_tokens < 0:
             raise UsageError(f"--merged-max-tokens must be >= 0, got "

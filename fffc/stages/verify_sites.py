@@ -15,17 +15,24 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from .. import frontend, passes
-from ..contract.errors import RewriteError
+from ..contract.analysis import Analysis
+from ..contract.config import CompileOptions
+from ..contract.errors import RewriteError, UnsupportedModelError
 from ..contract.kinds import WeightDtype
 from ..contract.lowering import SiteLowering
 from ..contract.modes import mode
 from ..contract.sites import Site
+from ..frontend.interface import need_data
+from ..plan.calibration import load_feeds
 from ..plan.decide import leave
 from ..verify.capture import Captured, capture
-from ..verify.compare import compare_runs, probe_inputs, session
+from ..verify.compare import compare_runs, session
 from ..verify.compare import run as run_model
+from ..verify.feeds import Feed, Feeds, run_by_name
 from ..verify.sites import verify_site
 from .context import Context
 from .plan import Planned
@@ -86,6 +93,43 @@ def refresh(v: Verified, ctx: Context) -> Verified:
     return Verified(v.planned, v.feeds, v.original, working, reference, masked, rounded)
 
 
+DECODER_PREFILL = 16  # a decoder's probes: a prefill of this many tokens on an empty cache,
+DECODE_STEPS = 2  # then one-token calls on the cache it filled
+
+
+def probes(a: Analysis, o: CompileOptions, original: ort.InferenceSession) -> list[Feed]:
+    """Many-token probes plus one-token ones, so that both sides of a token dispatch run: the
+    user's feeds (``--data``) and made-up ones; a decoder's as generation makes them, a
+    prefill and decode calls on the cache it filled."""
+    user = (list(load_feeds(o.data, [i.name for i in original.get_inputs()]))
+            if o.data is not None else [])
+    try:
+        f = Feeds(a.proto, a.path)
+    except UnsupportedModelError:
+        if user:
+            return user
+        raise
+    if f.decoder:
+        first = user[-1] if user else f.call(o.probe_batch, max(o.probe_seq, DECODER_PREFILL),
+                                              o.seed)
+        return user[:-1] + _run_checked(a, lambda: f.generation(
+            run_by_name(original), first, DECODE_STEPS, o.seed))
+    rng = np.random.default_rng(o.seed)
+    made = [f.encoder(o.probe_batch, o.probe_seq + k, rng) for k in range(2)]
+    return (user or made) + [f.encoder(1, 1, np.random.default_rng(o.seed + 1))]
+
+
+def _run_checked(a: Analysis, fn):
+    """``fn()``, running the original model: its failure on feeds fffc made up or the user
+    gave is the feeds' fault, said in one line."""
+    try:
+        return fn()
+    except (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.RuntimeException) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise need_data(f"the original model fails on the verification feeds ({first[:300]})",
+                        a.path) from e
+
+
 def run(planned: Planned, ctx: Context) -> Verified:
     with ctx.report(NAME):
         return _verify(planned, ctx)
@@ -93,10 +137,9 @@ def run(planned: Planned, ctx: Context) -> Verified:
 
 def _verify(planned: Planned, ctx: Context) -> Verified:
     a, o = planned.analysis, ctx.options
-    # many-token probes plus a one-token one: both sides of a token dispatch run
-    feeds = (probe_inputs(a.proto, o.probe_batch, o.probe_seq, o.seed)
-             + probe_inputs(a.proto, 1, 1, o.seed + 1, count=1))
-    want = run_model(session(a.proto), feeds)
+    original_session = session(a.proto)
+    feeds = probes(a, o, original_session)
+    want = _run_checked(a, lambda: run_model(original_session, feeds))
     original = capture(a.working, len(a.proto.graph.output), feeds)
     c = compare_runs(original.outputs, want, o.rtol)
     if not c.ok:

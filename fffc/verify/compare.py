@@ -44,68 +44,6 @@ def compare(got: np.ndarray, want: np.ndarray, rtol: float,
     return Comparison(max_abs, max_rel, bool(np.isfinite(max_rel) and max_rel <= rtol))
 
 
-def _vocab_sizes(proto: onnx.ModelProto) -> dict[str, int]:
-    """Inputs consumed as Gather indices into an initializer table → that table's rows."""
-    inits = {i.name: i for i in proto.graph.initializer}
-    out: dict[str, int] = {}
-    for node in proto.graph.node:
-        if node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in inits:
-            rows = inits[node.input[0]].dims[0]
-            out[node.input[1]] = min(out.get(node.input[1], rows), rows)
-    return out
-
-
-_NP_TYPES = {
-    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
-    onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64,
-    onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_,
-}
-
-
-def probe_inputs(proto: onnx.ModelProto, batch: int, seq: int, seed: int,
-                 count: int = 2) -> list[dict[str, np.ndarray]]:
-    """Feeds for the model's inputs: random floats, in-vocabulary token ids, all-ones masks.
-
-    Symbolic dims: the first one is the batch, the others the sequence.
-    """
-    rng = np.random.default_rng(seed)
-    vocab = _vocab_sizes(proto)
-    inits = {i.name for i in proto.graph.initializer}
-    feeds = []
-    for k in range(count):
-        feed = {}
-        for vi in proto.graph.input:
-            if vi.name in inits:
-                continue
-            tt = vi.type.tensor_type
-            dims, seen_symbolic = [], False
-            for d in tt.shape.dim:
-                if d.HasField("dim_value") and d.dim_value > 0:
-                    dims.append(d.dim_value)
-                else:
-                    dims.append(batch if not seen_symbolic else seq + k)
-                    seen_symbolic = True
-            dtype = _NP_TYPES.get(tt.elem_type)
-            if dtype is None:
-                raise ValueError(f"input {vi.name!r} has element type {tt.elem_type}, "
-                                 "which fffc cannot probe")
-            name = vi.name.lower()
-            if dtype == np.bool_ or "mask" in name:
-                arr = np.ones(dims, dtype=dtype)
-            elif np.issubdtype(dtype, np.integer):
-                if "token_type" in name or "segment" in name:
-                    arr = np.zeros(dims, dtype=dtype)
-                elif "position" in name:
-                    arr = np.broadcast_to(np.arange(dims[-1], dtype=dtype), dims).copy()
-                else:
-                    arr = rng.integers(0, vocab.get(vi.name, 100), size=dims).astype(dtype)
-            else:
-                arr = rng.standard_normal(dims).astype(dtype)
-            feed[vi.name] = arr
-        feeds.append(feed)
-    return feeds
-
-
 def session(model: onnx.ModelProto | str, threads: int = 0,
             register: str | None = None) -> ort.InferenceSession:
     """A CPU session; ``register`` is a custom-op library to load first."""

@@ -40,7 +40,7 @@ def _fffc_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 
 
 def _feed(path, batch: int, seq: int, seed: int) -> dict:
-    from fffc.verify.compare import probe_inputs
+    from fffc.verify.feeds import probe_inputs
 
     return probe_inputs(onnx.load(str(path)), batch, seq, seed, count=1)[0]
 

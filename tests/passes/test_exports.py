@@ -24,7 +24,8 @@ def _id(case) -> str:
 def test_every_ffn_is_found(case, export_model):
     from fffc.pipeline import analyze
     from fffc.verify.capture import capture
-    from fffc.verify.compare import compare_runs, probe_inputs
+    from fffc.verify.compare import compare_runs
+    from fffc.verify.feeds import probe_inputs
 
     family, activation, exporter, ort_ext = case
     path = export_model(family, activation, exporter, ort_ext)
