@@ -33,26 +33,28 @@ def load_proto(path: str | Path) -> onnx.ModelProto:
     if not proto.graph.node:
         raise ModelLoadError("not an ONNX model or truncated: the graph has no nodes", path=path)
     try:
-        onnx.checker.check_model(proto)
+        # a protobuf over 2 GiB cannot be serialized for the checker: it reads the file
+        onnx.checker.check_model(proto if not too_large(proto) else str(path))
     except onnx.checker.ValidationError as e:
         # ONNX Runtime's saved optimized models use its own ops in the default domain
         # (e.g. SimplifiedLayerNormalization), which the checker rejects: accept what
         # ONNX Runtime itself loads.
-        if not _ort_loads(proto):
+        if not _ort_loads(proto if not too_large(proto) else path):
             first = str(e).strip().splitlines()[0] if str(e).strip() else "validation failed"
             raise ModelLoadError(f"invalid ONNX model: {first}", path=path) from e
     _check_opset(proto, path)
     return proto
 
 
-def _ort_loads(proto: onnx.ModelProto) -> bool:
+def _ort_loads(model: onnx.ModelProto | Path) -> bool:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 4
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        src = str(model) if isinstance(model, Path) else model.SerializeToString()
+        ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
     except Exception:  # any load failure means: not a model ORT accepts either
         return False
     return True
@@ -89,5 +91,41 @@ def sha256_file(path: str | Path) -> str:
 
 
 def copy(model: ir.Model) -> ir.Model:
-    """An independent copy of a model (stages that lower or round work on copies)."""
-    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    """A copy of a model's graph, functions and values (stages that lower or round work on
+    copies); initializer tensors are shared, which is safe because passes replace a value's
+    tensor and never write into one, and keeps a multi-GB model in memory once. onnx_ir's
+    cloner refuses graph attributes that capture outer values (a marker's ``original``
+    subgraph can): those models are copied through their protobuf, tensors included."""
+    try:
+        return model.clone()
+    except (RuntimeError, ValueError):
+        return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+
+
+INLINE_MAX = 1 << 30  # bytes of initializers kept inside one protobuf (its limit is 2 GiB)
+
+
+def initializer_bytes(model: ir.Model | onnx.ModelProto) -> int:
+    if isinstance(model, onnx.ModelProto):
+        return sum(len(t.raw_data) or 4 * max(len(t.float_data), len(t.int64_data))
+                   for t in model.graph.initializer)
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values()
+               if v.const_value is not None)
+
+
+def too_large(model: ir.Model | onnx.ModelProto) -> bool:
+    """Whether ``model``'s weights go to external data rather than into its protobuf."""
+    return initializer_bytes(model) > INLINE_MAX
+
+
+def save(model: ir.Model | onnx.ModelProto, path: str | Path) -> None:
+    """``model`` to ``path``; its weights to ``<name>.data`` beside it when they are too large
+    for one protobuf (how ONNX Runtime GenAI and Optimum store large models)."""
+    path = Path(path)
+    if isinstance(model, onnx.ModelProto):
+        if not too_large(model):
+            onnx.save(model, str(path))
+            return
+        model = to_ir(model)
+    external = f"{path.name}.data" if too_large(model) else None
+    ir.save(model, str(path), external_data=external)

@@ -34,6 +34,7 @@ from ..contract.analysis import Analysis
 from ..contract.errors import UsageError
 from ..contract.kinds import Decision, SiteKind
 from ..frontend import sha256_file
+from ..verify.compare import session
 from ..verify.feeds import probe_inputs
 from . import decide
 from .calibration import (
@@ -143,11 +144,10 @@ def allocate(model: Analysis, calibration: dict, calib_feeds: Sequence[dict],
         parts = tuple(p for p in parts if p != GATE)  # uniform TEAL: input and hidden
         predictors = None
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4
     original = ort.InferenceSession(str(model.path), so, providers=["CPUExecutionProvider"])
     searched = thresholded_model(model, calibration, None, parts=parts, predictors=predictors)
-    sess = ort.InferenceSession(searched.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    sess = session(searched, options=so)
     sites = calibration["sites"]
     grid = [0.0, *sorted(calibration["sparsities"])]
     weight = {name: _bytes(st) for name, st in sites.items()}

@@ -275,7 +275,7 @@ class SiteInputs:
         self._outputs = [io[s.name][0] for s in self.sites]
         passes.lower(working, {})
         passes.expose(working, self._outputs)
-        self.session = verify.session(ir.serde.serialize_model(working))
+        self.session = verify.session(working)
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def rows(self, feed: dict[str, np.ndarray],

@@ -12,6 +12,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
+from .. import frontend
 from ..codegen.schedules import Family, family
 from ..contract.config import CompileOptions
 from ..contract.errors import UsageError
@@ -62,10 +63,7 @@ class Dumper:
 
     def model(self, name: str, model: onnx.ModelProto | ir.Model) -> None:
         if (path := self._path(name)) is not None:
-            if isinstance(model, ir.Model):
-                ir.save(model, str(path))
-            else:
-                onnx.save(model, str(path))
+            frontend.save(model, path)
 
     def text(self, name: str, text: str) -> None:
         if (path := self._path(name)) is not None:

@@ -36,5 +36,5 @@ def run(dispatch: Dispatch, ctx: Context) -> Lowered:
     ctx.dump.model("05-rewritten.onnx", proto)
     clear(ctx.staging)
     path = ctx.staging / MODEL
-    onnx.save(proto, str(path))
+    frontend.save(final, path)
     return Lowered(dispatch, proto, path)

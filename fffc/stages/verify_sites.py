@@ -110,10 +110,13 @@ def probes(a: Analysis, o: CompileOptions, original: ort.InferenceSession) -> li
             return user
         raise
     if f.decoder:
-        first = user[-1] if user else f.call(o.probe_batch, max(o.probe_seq, DECODER_PREFILL),
-                                              o.seed)
-        return user[:-1] + _run_checked(a, lambda: f.generation(
-            run_by_name(original), first, DECODE_STEPS, o.seed))
+        # one sequence (decode calls of one token: where the kernels run) and a batch
+        firsts = user[-1:] or [f.call(1, max(o.probe_seq, DECODER_PREFILL), o.seed),
+                               f.call(o.probe_batch, o.probe_seq, o.seed + 1)]
+        return user[:-1] + _run_checked(a, lambda: [
+            feed for k, first in enumerate(firsts)
+            for feed in f.generation(run_by_name(original), first,
+                                     DECODE_STEPS if k == 0 else 1, o.seed + 2 * k)])
     rng = np.random.default_rng(o.seed)
     made = [f.encoder(o.probe_batch, o.probe_seq + k, rng) for k in range(2)]
     return (user or made) + [f.encoder(1, 1, np.random.default_rng(o.seed + 1))]

@@ -6,12 +6,17 @@ Error metric everywhere: max|got − want| / max(max|want|, 1e-6) ≤ rtol
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
+
+from ..frontend.load import save, too_large
 
 
 @dataclass
@@ -44,17 +49,29 @@ def compare(got: np.ndarray, want: np.ndarray, rtol: float,
     return Comparison(max_abs, max_rel, bool(np.isfinite(max_rel) and max_rel <= rtol))
 
 
-def session(model: onnx.ModelProto | str, threads: int = 0,
-            register: str | None = None) -> ort.InferenceSession:
-    """A CPU session; ``register`` is a custom-op library to load first."""
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
+def session(model: onnx.ModelProto | ir.Model | str, threads: int = 0,
+            register: str | None = None,
+            options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """A CPU session of a model (a path, or in memory); ``register`` is a custom-op library
+    to load first. A model too large for one protobuf goes through a temporary folder with
+    its weights as external data."""
+    so = options or ort.SessionOptions()
+    if options is None:
+        so.log_severity_level = 4  # failures arrive as exceptions, which fffc reports in one line
     if threads:
         so.intra_op_num_threads = threads
     if register:
         so.register_custom_ops_library(register)
-    src = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    if isinstance(model, str):
+        return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    if too_large(model):
+        with tempfile.TemporaryDirectory(prefix="fffc-session-") as tmp:
+            save(model, Path(tmp) / "model.onnx")
+            return ort.InferenceSession(str(Path(tmp) / "model.onnx"), so,
+                                        providers=["CPUExecutionProvider"])
+    if isinstance(model, ir.Model):
+        model = ir.serde.serialize_model(model)
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def run(sess: ort.InferenceSession, feeds: Sequence[dict[str, np.ndarray]],
