@@ -20,6 +20,7 @@ import onnxruntime as ort
 from . import timing
 from .contract.errors import UsageError
 from .verify import compare as verify
+from .verify.feeds import probe_inputs
 
 
 @dataclass
@@ -42,8 +43,8 @@ def _symbolic_dims(proto: onnx.ModelProto) -> int:
 def feeds_for_tokens(proto: onnx.ModelProto, tokens: int, seed: int = 0) -> dict[str, np.ndarray]:
     """One feed with ``tokens`` tokens: batch 1 × sequence ``tokens`` (or a flat token dim)."""
     if _symbolic_dims(proto) >= 2:
-        return verify.probe_inputs(proto, 1, tokens, seed, count=1)[0]
-    return verify.probe_inputs(proto, tokens, tokens, seed, count=1)[0]
+        return probe_inputs(proto, 1, tokens, seed, count=1)[0]
+    return probe_inputs(proto, tokens, tokens, seed, count=1)[0]
 
 
 def source_model(artifact: Path, manifest: dict, original: Path | None) -> Path:

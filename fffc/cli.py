@@ -148,7 +148,15 @@ def _print_calibration(result) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench, plot, rows_to_json
+    from .bench_decode import is_genai_artifact
 
+    if is_genai_artifact(args.artifact):
+        return _bench_decode(args)
+    if args.prompt is not None or args.generate is not None:
+        raise UsageError("--prompt and --generate time a compiled GenAI folder; "
+                         f"{args.artifact} is a model artifact (use --tokens)")
+    args.tokens = args.tokens or "1,8,128"
+    args.repeat = args.repeat or 30
     try:
         tokens = [int(t) for t in args.tokens.split(",") if t]
     except ValueError as e:
@@ -171,6 +179,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
     console.print(t)
     if args.plot:
         console.print(f"plot: [bold]{args.plot}[/]")
+    return 0
+
+
+def _bench_decode(args: argparse.Namespace) -> int:
+    from .bench_decode import bench_decode
+
+    if args.tokens is not None or args.plot is not None:
+        raise UsageError("--tokens and --plot time a model artifact; a compiled GenAI folder "
+                         "is timed by generation (--prompt, --generate)")
+    with _stage("bench (generation)") if not args.json else contextlib.nullcontext():
+        b = bench_decode(args.artifact, prompt=args.prompt or 128,
+                         generate=args.generate or 128, threads=args.threads,
+                         repeat=args.repeat or 5, original=args.original)
+    if args.json:
+        print(json.dumps(b.to_json(), indent=2))
+        return 0
+    t = Table(title=f"{args.artifact}: greedy generation in onnxruntime-genai, prompt "
+                    f"{b.prompt} tokens, {b.generate} generated, {b.threads} threads, "
+                    f"{len(b.fffc)} runs each")
+    for col in ("model", "decode tokens/s", "min – max", "prefill ms", "min – max"):
+        t.add_column(col, justify="right")
+    for which in ("original", "fffc"):
+        d, p = b.decode(which), b.prefill(which)
+        t.add_row(which, f"{d.median:.1f}", f"{d.min:.1f} – {d.max:.1f}", f"{p.median:.1f}",
+                  f"{p.min:.1f} – {p.max:.1f}")
+    console.print(t)
+    console.print(f"decode speed-up: [bold]{b.speedup:.2f}x[/] (ratio of medians); generated "
+                  f"token ids identical: {'yes' if b.identical else '[yellow]no[/]'}")
     return 0
 
 
@@ -308,12 +344,20 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--force", action="store_true", help="overwrite existing outputs")
     k.set_defaults(func=cmd_calibrate)
 
-    b = sub.add_parser("bench", help="time an artifact against its original model")
+    b = sub.add_parser("bench", help="time an artifact against its original model (a "
+                       "compiled GenAI folder: decode tokens/s in onnxruntime-genai)")
     b.add_argument("artifact", type=Path)
-    b.add_argument("--tokens", default="1,8,128", help="token counts (default %(default)s)")
-    b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--repeat", type=int, default=30)
-    b.add_argument("--original", type=Path, help="original model, if it moved")
+    b.add_argument("--tokens", help="token counts per call (default 1,8,128)")
+    b.add_argument("--prompt", type=int, metavar="N",
+                   help="GenAI folder: prompt length in tokens (default 128)")
+    b.add_argument("--generate", type=int, metavar="N",
+                   help="GenAI folder: tokens generated per run, greedy (default 128)")
+    b.add_argument("--threads", type=int, default=2,
+                   help="intra-op threads of both sessions (default %(default)s)")
+    b.add_argument("--repeat", type=int, help="timed calls per token count (default 30), or "
+                   "generation runs per model for a GenAI folder (default 5)")
+    b.add_argument("--original", type=Path, help="original model (or GenAI folder), if it "
+                   "moved")
     b.add_argument("--json", action="store_true")
     b.add_argument("--plot", type=Path, metavar="PNG",
                    help="draw time per token vs token count (needs matplotlib: fffc[plot])")

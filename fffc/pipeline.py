@@ -16,6 +16,7 @@ from pathlib import Path
 from .contract.analysis import Analysis
 from .contract.config import CompileOptions
 from .contract.errors import VerificationError
+from .package.layout import Layout
 from .package.output import default_output, prepare_output, staging
 from .stages import (
     allocate,
@@ -46,11 +47,13 @@ __all__ = ["STAGES", "Analysis", "CompileResult", "analyze", "compile_model"]
 def compile_model(path: str | Path, out: str | Path | None = None,
                   options: CompileOptions | None = None,
                   report: Reporter = quiet) -> CompileResult:
-    """``fffc compile``: write a verified artifact folder for ``options.target``."""
+    """``fffc compile``: write a verified artifact folder for ``options.target`` (for an
+    ONNX Runtime GenAI folder, a GenAI folder: ``fffc.package.layout``)."""
     path = Path(path)
     out = Path(out) if out is not None else default_output(path)
     ctx = Context.for_compile(options or CompileOptions(), out, report)
-    prepare_output(out, ctx.options.force)
+    ctx.layout = Layout.for_source(path)
+    prepare_output(out, ctx.options.force, ctx.layout.source)
     prepared = _run(PREPARE, analyze(path, ctx=ctx), ctx)
     with staging(out) as ctx.staging:
         for _ in range(MAX_ROUNDS):

@@ -1,5 +1,6 @@
-"""Reading models: load and validate an ONNX file, hand it to the passes as onnx_ir."""
+"""Reading models: load and validate an ONNX file (or a GenAI folder's decoder), hand it to
+the passes as onnx_ir."""
 
-from .load import copy, load, load_proto, save, sha256_file, to_ir
+from .load import copy, external_data_files, load, load_proto, save, sha256_file, to_ir
 
-__all__ = ["copy", "load", "load_proto", "save", "sha256_file", "to_ir"]
+__all__ = ["copy", "external_data_files", "load", "load_proto", "save", "sha256_file", "to_ir"]

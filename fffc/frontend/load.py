@@ -21,7 +21,8 @@ def load_proto(path: str | Path) -> onnx.ModelProto:
     if not path.exists():
         raise ModelLoadError("no such file", path=path)
     if path.is_dir():
-        raise ModelLoadError("is a directory, expected an .onnx file", path=path)
+        raise ModelLoadError("is a directory without genai_config.json, expected an .onnx "
+                             "file or an ONNX Runtime GenAI model folder", path=path)
     if path.stat().st_size == 0:
         raise ModelLoadError("empty file, expected an ONNX model", path=path)
     try:
@@ -32,29 +33,27 @@ def load_proto(path: str | Path) -> onnx.ModelProto:
         raise ModelLoadError(f"cannot read model: {e}", path=path) from e
     if not proto.graph.node:
         raise ModelLoadError("not an ONNX model or truncated: the graph has no nodes", path=path)
-    try:
-        # a protobuf over 2 GiB cannot be serialized for the checker: it reads the file
-        onnx.checker.check_model(proto if not too_large(proto) else str(path))
+    try:  # from the file: a model with its weights loaded may exceed protobuf's 2 GiB
+        onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
         # ONNX Runtime's saved optimized models use its own ops in the default domain
         # (e.g. SimplifiedLayerNormalization), which the checker rejects: accept what
         # ONNX Runtime itself loads.
-        if not _ort_loads(proto if not too_large(proto) else path):
+        if not _ort_loads(path):
             first = str(e).strip().splitlines()[0] if str(e).strip() else "validation failed"
             raise ModelLoadError(f"invalid ONNX model: {first}", path=path) from e
     _check_opset(proto, path)
     return proto
 
 
-def _ort_loads(model: onnx.ModelProto | Path) -> bool:
+def _ort_loads(path: Path) -> bool:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 4
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        src = str(model) if isinstance(model, Path) else model.SerializeToString()
-        ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception:  # any load failure means: not a model ORT accepts either
         return False
     return True
@@ -79,6 +78,37 @@ def to_ir(proto: onnx.ModelProto) -> ir.Model:
 def load(path: str | Path) -> ir.Model:
     """Load and check; the IR model the pipeline works on."""
     return to_ir(load_proto(path))
+
+
+def external_data_files(path: str | Path) -> tuple[str, ...]:
+    """The external data files the model at ``path`` refers to (relative to its folder), in
+    the order first met; () for a model whose tensors are all inline."""
+    proto = onnx.load(str(path), load_external_data=False)
+    files: dict[str, None] = {}
+
+    def graph(g: onnx.GraphProto) -> None:
+        for t in g.initializer:
+            tensor(t)
+        nodes(g.node)
+
+    def nodes(ns) -> None:
+        for n in ns:
+            for a in n.attribute:
+                for t in (a.t, *a.tensors):
+                    tensor(t)
+                for g in (a.g, *a.graphs):
+                    graph(g)
+
+    def tensor(t: onnx.TensorProto) -> None:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            entries = {e.key: e.value for e in t.external_data}
+            if entries.get("location"):
+                files.setdefault(entries["location"])
+
+    graph(proto.graph)
+    for f in proto.functions:
+        nodes(f.node)
+    return tuple(files)
 
 
 def sha256_file(path: str | Path) -> str:

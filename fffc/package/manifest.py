@@ -14,6 +14,7 @@ from ..contract.sites import NearMiss, Site
 from ..contract.targets import TargetRequest
 from ..frontend import sha256_file
 from .contract_header import ORT_API_VERSION
+from .layout import Layout
 from .native import glibc_requirement
 
 FORMAT = 1
@@ -32,7 +33,8 @@ def versions() -> dict[str, str]:
 
 
 def manifest(*, source: Path, options: CompileOptions, target: TargetRequest, library,
-             shim: Path | None, staging: Path, sites: list[Site], near_misses: list[NearMiss],
+             shim: Path | None, staging: Path, layout: Layout, sites: list[Site],
+             near_misses: list[NearMiss],
              canonical_rewrites: dict[str, int], report: dict, feeds,
              sparse_limits: dict[str, int], calibration: dict | None) -> dict:
     """The manifest of an artifact built in ``staging``."""
@@ -43,8 +45,7 @@ def manifest(*, source: Path, options: CompileOptions, target: TargetRequest, li
         "source": {"path": str(source.resolve()), "sha256": sha256_file(source)},
         "target": {"family": target.family, "mcpu": target.mcpu,
                    "tvm": library.target if library else None},
-        "model": "model.onnx",
-        "shim": shim.name if shim else None,
+        **layout.to_json(shim is not None),
         "requires": None if shim is None else {
             "os": "linux", "arch": (library.target.get("mtriple") or "x86_64").split("-")[0],
             "glibc": glibc_requirement(shim),

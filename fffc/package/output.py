@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,11 +13,18 @@ from ..contract.errors import UsageError
 
 
 def default_output(model_path: Path) -> Path:
+    """``MODEL.fffc`` beside a model file, ``FOLDER.fffc`` beside a GenAI folder."""
     return model_path.with_name(model_path.stem + ".fffc")
 
 
-def prepare_output(out: Path, force: bool) -> None:
-    """Refuse an existing output without ``force``, and anything that is not an artifact."""
+def prepare_output(out: Path, force: bool, source: Path | None = None) -> None:
+    """Refuse an existing output without ``force``, and anything that is not an artifact;
+    refuse an output that holds or lies in ``source``, the folder compiled."""
+    if source is not None:
+        o, s = out.resolve(), source.resolve()
+        if o == s or s in o.parents or o in s.parents:
+            raise UsageError(f"the output folder must lie outside the model folder {source} "
+                             "and not contain it", path=out)
     if out.exists() and not force:
         raise UsageError("output exists; pass --force to overwrite it", path=out)
     if out.exists() and not (out / "manifest.json").exists() and any(out.iterdir()):
@@ -43,7 +51,11 @@ def clear(folder: Path) -> None:
 
 
 def install(staging_dir: Path, out: Path) -> None:
-    """Replace ``out`` by the finished artifact."""
+    """Replace ``out`` by the finished artifact, with a folder's usual permissions (a
+    staging folder is private to its user)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    staging_dir.chmod(0o777 & ~umask)
     if out.exists():
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)

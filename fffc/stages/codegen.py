@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from ..codegen.build import KernelLibrary, build_kernel_library, source
 from ..contract.kernels import merged_spec
 from ..contract.modes import counted_specs, kernel_specs, mode
+from ..package.layout import KERNELS
 from .context import Context
 from .lower import Lowered
 
@@ -35,7 +36,7 @@ def run(lowered: Lowered, ctx: Context) -> Kernels:
     counted = sorted({k for s in sites for k in counted_specs(s)}, key=lambda k: k.key)
     o, fam = ctx.options, ctx.family
     with ctx.report(f"codegen ({len(specs)} kernel families, {fam.name})"):
-        library = build_kernel_library(specs, fam, ctx.staging / "kernels" / fam.name,
+        library = build_kernel_library(specs, fam, ctx.staging / KERNELS / fam.name,
                                        mcpu=ctx.target.mcpu, archs=o.cuda_archs,
                                        mattr=o.mattr, counted_specs=counted,
                                        weight_dtype=o.weight_dtype)

@@ -18,6 +18,7 @@ from ..contract.config import CompileOptions
 from ..contract.errors import UsageError
 from ..contract.kinds import WeightDtype
 from ..contract.targets import TargetRequest, normalize
+from ..package.layout import Layout
 
 Reporter = Callable[[str], contextlib.AbstractContextManager]
 
@@ -76,7 +77,8 @@ class Dumper:
 @dataclass
 class Context:
     """A compile's options, its target resolved into a schedule family once, its output
-    path, the reporter (a context manager per step) and the dumper."""
+    path and the artifact's layout, the reporter (a context manager per step) and the
+    dumper."""
 
     options: CompileOptions = field(default_factory=CompileOptions)
     report: Reporter = quiet
@@ -85,6 +87,7 @@ class Context:
     family: Family | None = None
     dump: Dumper = field(default_factory=lambda: Dumper(None))
     staging: Path | None = None  # the artifact being built, renamed to ``out`` when done
+    layout: Layout = field(default_factory=Layout)
 
     @property
     def weight_dtype(self) -> WeightDtype:

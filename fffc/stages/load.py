@@ -1,4 +1,5 @@
-"""Stage: read the model file (every way it can be wrong is one typed error)."""
+"""Stage: read the model file, or a GenAI folder's decoder (every way it can be wrong is one
+typed error)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import onnx
 
 from .. import frontend
+from ..frontend.genai import model_file
 from .context import Context
 
 NAME = "load"
@@ -20,6 +22,7 @@ class Loaded:
 
 
 def run(path: str | Path, ctx: Context) -> Loaded:
+    path = model_file(path)
     with ctx.report(NAME):
         proto = frontend.load_proto(path)
     ctx.dump.model("00-loaded.onnx", proto)

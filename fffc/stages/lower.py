@@ -1,5 +1,5 @@
 """Stage: every site becomes its ``ai.fffc`` node (with its fallback function) or stays in
-standard ops; the model is written into the artifact being built."""
+standard ops; the model is written into the artifact being built, where its layout says."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from .context import Context
 from .dispatch import Dispatch
 
 NAME = "lower"
-MODEL = "model.onnx"
 
 
 @dataclass
@@ -35,6 +34,5 @@ def run(dispatch: Dispatch, ctx: Context) -> Lowered:
     proto = ir.serde.serialize_model(final)
     ctx.dump.model("05-rewritten.onnx", proto)
     clear(ctx.staging)
-    path = ctx.staging / MODEL
-    frontend.save(final, path)
+    path = ctx.layout.write_model(final, ctx.staging)
     return Lowered(dispatch, proto, path)

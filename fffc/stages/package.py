@@ -1,4 +1,5 @@
-"""Stage: the manifest written and the finished artifact moved into place."""
+"""Stage: the folder completed as its layout says (a GenAI folder's other files and its
+config), the manifest written, and the finished artifact moved into place."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..contract.sites import NearMiss, Site
+from ..package.layout import MANIFEST
 from ..package.manifest import manifest
 from ..package.output import install
 from .check import Checked
@@ -27,12 +29,15 @@ def run(checked: Checked, ctx: Context) -> CompileResult:
     v = checked.verified
     a = v.analysis
     dispatch = checked.shim.kernels.lowered.dispatch
+    shim = checked.shim.path
+    ctx.layout.complete(ctx.staging, shim is not None)
     m = manifest(source=a.path, options=ctx.options, target=ctx.target,
-                 library=checked.shim.kernels.library, shim=checked.shim.path,
-                 staging=ctx.staging, sites=a.sites, near_misses=a.near_misses,
+                 library=checked.shim.kernels.library, shim=shim,
+                 staging=ctx.staging, layout=ctx.layout, sites=a.sites,
+                 near_misses=a.near_misses,
                  canonical_rewrites=a.canonical_rewrites, report=checked.report,
                  feeds=v.feeds, sparse_limits=dispatch.sparse,
                  calibration=v.planned.calibration)
-    (ctx.staging / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True))
+    (ctx.staging / MANIFEST).write_text(json.dumps(m, indent=2, sort_keys=True))
     install(ctx.staging, ctx.out)
     return CompileResult(ctx.out, a.sites, a.near_misses, m)

@@ -11,6 +11,7 @@ import pytest
 
 import fffc
 import fffc.runtime
+from fffc.package import layout
 from fffc.verify.feeds import probe_inputs
 
 # the module (fffc.frontend exports a function of the same name)
@@ -21,6 +22,7 @@ load_module = importlib.import_module("fffc.frontend.load")
 def test_compile_writes_and_runs_external_data(export_model, tmp_path, monkeypatch):
     path = export_model("llama", "relu", "torchscript17")
     monkeypatch.setattr(load_module, "INLINE_MAX", 1024)
+    monkeypatch.setattr(layout, "INLINE_LIMIT", 1024)
     result = fffc.compile(path, tmp_path / "out.fffc", fffc.CompileOptions(target="x86"))
     art = result.artifact
     assert (art / "model.onnx.data").stat().st_size > 1024

@@ -1,0 +1,161 @@
+"""Decode speed of a compiled ONNX Runtime GenAI folder against the folder it was compiled
+from, in ``onnxruntime_genai``: greedy generation of ``generate`` tokens after a prompt of
+``prompt`` random token ids, both models opened with the same intra-op thread count.
+
+A Generator runs the prompt in ``append_tokens``; each ``generate_next_token`` picks the next
+token from the last logits, running the model on the previous token first when they are not
+there yet, so the first call after the prompt runs no model. Prefill is timed from
+``append_tokens`` to the first token, decode over the other ``generate - 1`` tokens: one
+decode step of the model each. End of sequence is held off (``min_length``), so every run
+decodes as many tokens. Runs alternate between the two models, each after a pause in which
+the other's threads park (``fffc.timing``), so drift of a shared machine hits both alike;
+results give the median and the range over the runs.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import timing
+from .contract.errors import UsageError
+from .package.layout import MANIFEST
+
+
+@dataclass(frozen=True)
+class Run:
+    prefill_ms: float
+    decode_tokens_per_s: float
+    tokens: tuple[int, ...]  # the generated ids, prompt left out
+
+
+@dataclass(frozen=True)
+class Spread:
+    median: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        return cls(statistics.median(values), min(values), max(values))
+
+
+@dataclass(frozen=True)
+class DecodeBench:
+    """Runs of the original folder and of the compiled one, in the order they were timed."""
+
+    prompt: int
+    generate: int
+    threads: int
+    original: tuple[Run, ...]
+    fffc: tuple[Run, ...]
+
+    def decode(self, which: str) -> Spread:
+        return Spread.of([r.decode_tokens_per_s for r in getattr(self, which)])
+
+    def prefill(self, which: str) -> Spread:
+        return Spread.of([r.prefill_ms for r in getattr(self, which)])
+
+    @property
+    def speedup(self) -> float:
+        """Decode tokens/s of the compiled folder over the original's (ratio of medians)."""
+        return self.decode("fffc").median / self.decode("original").median
+
+    @property
+    def identical(self) -> bool:
+        """Whether both generated the same token ids (greedy, same prompt)."""
+        return self.original[0].tokens == self.fffc[0].tokens
+
+    def to_json(self) -> dict:
+        return {"prompt": self.prompt, "generate": self.generate, "threads": self.threads,
+                "speedup": self.speedup, "identical_tokens": self.identical,
+                **{which: {"decode_tokens_per_s": asdict(self.decode(which)),
+                           "prefill_ms": asdict(self.prefill(which))}
+                   for which in ("original", "fffc")}}
+
+
+def genai_section(manifest: dict) -> dict | None:
+    """The manifest's record of the GenAI folder an artifact was compiled from, if any."""
+    return manifest.get("genai")
+
+
+def is_genai_artifact(artifact: str | Path) -> bool:
+    """Whether ``artifact`` is a compiled GenAI folder (what ``bench_decode`` times)."""
+    path = Path(artifact) / MANIFEST
+    try:
+        return genai_section(json.loads(path.read_text())) is not None
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _og():
+    try:
+        import onnxruntime_genai as og
+    except ImportError as e:
+        raise UsageError("timing a GenAI folder needs onnxruntime-genai: "
+                         "pip install 'fffc[genai]'") from e
+    return og
+
+
+def _model(og, folder: Path, threads: int):
+    config = og.Config(str(folder))
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+        "intra_op_num_threads": threads}}}}))
+    return og.Model(config)
+
+
+def _run(og, model, prompt: list[int], generate: int) -> Run:
+    params = og.GeneratorParams(model)
+    length = len(prompt) + generate
+    params.set_search_options(max_length=length, min_length=length, do_sample=False)
+    gen = og.Generator(model, params)
+    t0 = time.perf_counter()
+    gen.append_tokens(prompt)
+    gen.generate_next_token()
+    t1 = time.perf_counter()
+    for _ in range(generate - 1):
+        gen.generate_next_token()
+    t2 = time.perf_counter()
+    tokens = tuple(int(t) for t in gen.get_sequence(0)[len(prompt):])
+    return Run((t1 - t0) * 1e3, (generate - 1) / (t2 - t1), tokens)
+
+
+def bench_decode(artifact: str | Path, prompt: int = 128, generate: int = 128,
+                 threads: int = 2, repeat: int = 5, original: str | Path | None = None,
+                 seed: int = 0) -> DecodeBench:
+    """Time greedy generation in the compiled GenAI folder ``artifact`` and in the folder it
+    was compiled from (``original`` if it moved), ``repeat`` runs each after one untimed."""
+    artifact = Path(artifact)
+    manifest = json.loads((artifact / MANIFEST).read_text())
+    section = genai_section(manifest)
+    if section is None:
+        raise UsageError("not a compiled GenAI folder (its manifest has no genai section)",
+                         path=artifact)
+    source = Path(original) if original is not None else Path(section["source"])
+    if not (source / section["config"]).exists():
+        raise UsageError(f"original GenAI folder {source} not found; pass --original PATH",
+                         path=artifact)
+    if prompt < 1 or generate < 2 or repeat < 1:
+        raise UsageError(f"expected a prompt of >= 1 token, >= 2 generated tokens and >= 1 "
+                         f"run, got {prompt}, {generate}, {repeat}")
+    config = json.loads((artifact / section["config"]).read_text())["model"]
+    if prompt + generate > config.get("context_length", prompt + generate):
+        raise UsageError(f"prompt + generated tokens ({prompt + generate}) exceed the model's "
+                         f"context length {config['context_length']}", path=artifact)
+    og = _og()
+    ids = np.random.default_rng(seed).integers(0, config["vocab_size"], prompt).tolist()
+    models = {"original": _model(og, source, threads), "fffc": _model(og, artifact, threads)}
+    runs: dict[str, list[Run]] = {k: [] for k in models}
+    keys = list(models)
+    for r in range(repeat + 1):  # round 0 warms both up, untimed
+        for key in keys[r % 2:] + keys[:r % 2]:
+            time.sleep(timing.SETTLE_S)
+            run = _run(og, models[key], ids, generate)
+            if r:
+                runs[key].append(run)
+    return DecodeBench(prompt, generate, threads, tuple(runs["original"]), tuple(runs["fffc"]))
