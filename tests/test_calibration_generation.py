@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 import fffc
 from fffc.cli import main
 from fffc.contract.errors import EXIT_CODES
+from fffc.contract.kinds import Decision
 from tests.fixtures import tiny_decoder as tiny
 from tests.fixtures.calibration import two_ffn_model
 
@@ -254,3 +255,23 @@ def test_cli_refuses_prompts_for_an_encoder(tmp_path, capsys):
     rc, line = _error(capsys, "calibrate", path, "--prompts", prompts)
     assert rc == EXIT_CODES["UsageError"]
     assert "decoder with a KV cache" in line and "--data" in line
+
+
+def test_compile_applies_a_decode_calibration(genai, tmp_path, capsys):
+    """``fffc compile --calibration`` on the decoder, with the allocation ``fffc calibrate
+    --budget`` searched on the decode calls: TEAL on every site, thresholds of decode rows."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    calib = tmp_path / "c.json"
+    assert main(["calibrate", str(genai), "--prompts", str(prompts), "--generate", "6",
+                 "--budget", "uniform=0.5", "-o", str(calib)]) == 0
+    out = tmp_path / "model.fffc"
+    assert main(["compile", str(genai / "model.onnx"), "--calibration", str(calib),
+                 "-o", str(out)]) == 0
+    capsys.readouterr()
+    stored = json.loads(calib.read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {s["decision"] for s in manifest["sites"]} == {str(Decision.TEAL)}
+    for s in manifest["sites"]:
+        want = stored["sites"][s["name"]]["thresholds"]
+        assert s["thresholds"] == [want["input"]["0.5"], want["hidden"]["0.5"]]
