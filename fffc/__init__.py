@@ -7,6 +7,7 @@ Python API (the CLI is a thin layer over these)::
     result = fffc.compile("model.onnx", "model.fffc", fffc.CompileOptions(target="x86"))
     rows = fffc.bench("model.fffc", tokens=[1, 8, 128])
     calib = fffc.calibrate("model.onnx", "feeds/", output="model.calib.json")
+    calib = fffc.calibrate("genai_folder", prompts="prompts.txt", generate=32)  # decode rows
     import fffc.runtime; sess = fffc.runtime.InferenceSession("model.fffc")
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .contract.config import CompileOptions
-from .contract.errors import FffcError
+from .contract.errors import FffcError, UsageError
 from .contract.version import VERSION
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ def compile(model: str | Path, output: str | Path | None = None,
 
 
 def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: int = 0,
+              prompts: str | Path | Sequence[str] | None = None, generate: int = 32,
+              tokenizer: str | Path | None = None, rows: str = "decode",
               predictor_rank: int = 0, center: str = "mode",
               token_mask: str | None = "attention_mask", levels: Sequence[float] | None = None,
               budget: str | None = None, output: str | Path | None = None,
@@ -57,22 +60,38 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
     to ``output`` (JSON + ``.npz``) when given; ``levels``: the target sparsities thresholds
     are written for (default every 0.05); ``budget``: also search the allocation (as
     ``fffc compile --budget``) on the same feeds and store it, for ``compile`` without a
-    budget. ``options``: ``seq`` (tokens per synthetic feed), ``samples``,
-    ``predictor_sparsity``, ``progress`` (called with the feed count) of
+    budget. A decoder with a KV cache (an ``.onnx`` file or an ONNX Runtime GenAI folder)
+    can instead be calibrated on ``prompts`` (a file of one prompt per line, or a list of
+    prompts), tokenized with ``tokenizer`` (default: the ``tokenizer.json`` next to the
+    model) and each generated greedily for ``generate`` new tokens: the statistics are made
+    of ``rows`` "decode" (the generated tokens' calls, the default), "prefill" (the
+    prompts') or "all". ``options``: ``seq`` (tokens per synthetic feed), ``samples``,
+    ``predictor_sparsity``, ``progress`` (called with the call count) of
     ``fffc.plan.calibration.calibrate``."""
+    from .frontend.genai import model_file
     from .pipeline import analyze
-    from .plan import allocate, calibration
+    from .plan import allocate, calibration, generation
 
     if budget is not None:
         allocate.parse_budget(budget)  # a bad budget fails before the passes over the data
-    a = analyze(model)
-    result = calibration.calibrate(a, data, synthetic=synthetic,
+    try:
+        used = generation.Rows(rows)
+    except ValueError as e:
+        raise UsageError(f"rows must be one of {[r.value for r in generation.Rows]}, "
+                         f"got {rows!r}") from e
+    path = model_file(model)
+    a = analyze(path)
+    given = None
+    if prompts is not None:
+        generation.decoder_feeds(a)  # an encoder is refused before its tokenizer is sought
+        given = generation.prompts(path, prompts, generate, tokenizer)
+    result = calibration.calibrate(a, data, synthetic=synthetic, prompts=given, rows=used,
                                    predictor_rank=predictor_rank, center=center,
                                    token_mask=token_mask,
                                    sparsities=levels or calibration.SPARSITIES, **options)
     if budget is not None:
         feeds = calibration.calibration_feeds(a, data, synthetic,
-                                              options.get("seq", calibration.SEQ))
+                                              options.get("seq", calibration.SEQ), given, used)
         result["allocation"] = allocate.stored(a, result, budget, list(feeds))
     if output is not None:
         calibration.write(result, output, force=force)

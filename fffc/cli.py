@@ -214,17 +214,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from . import calibrate
     from .plan import calibration
 
-    out = args.output or args.model.with_suffix(".calib.json")
+    out = args.output or (args.model.with_name(args.model.name + ".calib.json")
+                          if args.model.is_dir() else args.model.with_suffix(".calib.json"))
     with err_console.status("calibrate…") as status:
         result = calibrate(
-            args.model, args.data, synthetic=args.synthetic, seq=args.seq, samples=args.samples,
+            args.model, args.data, synthetic=args.synthetic, prompts=args.prompts,
+            generate=args.generate, tokenizer=args.tokenizer, rows=args.rows,
+            seq=args.seq, samples=args.samples,
             predictor_rank=args.predictor_rank, predictor_sparsity=args.predictor_sparsity,
             center=args.center, token_mask=None if args.token_mask == "none" else args.token_mask,
             levels=calibration.parse_levels(args.levels) if args.levels else None,
             budget=args.budget,
-            progress=lambda n: status.update(f"calibrate… {n} feed(s)"))
+            progress=lambda n: status.update(f"calibrate… {n} call(s)"))
     written = calibration.write(result, out, force=args.force)
-    err_console.print(f"[green]✓[/] calibrate ({result['feeds']} feed(s))")
+    err_console.print(f"[green]✓[/] calibrate ({result['feeds']} call(s))")
+    if (rows := result.get("rows")) is not None:
+        g = result["generation"]
+        console.print(f"{g['prompts']} prompt(s), up to {g['new_tokens']} new tokens each "
+                      f"(greedy): {rows['prefill']} prefill and {rows['decode']} decode rows; "
+                      f"the statistics are made of the {rows['used']} rows")
     what = "|value|" if args.center == "none" else f"|value - its channel's {args.center}|"
     t = Table(title=f"{len(result['sites'])} site(s): {what} at which a target sparsity falls")
     levels = result["sparsities"]  # shown: the calibrated levels nearest 40%, 50%, 90%
@@ -310,11 +318,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("calibrate", help="activation statistics of every FFN site over "
                        "your inputs (threshold / predictor modes)")
-    k.add_argument("model", type=Path)
+    k.add_argument("model", type=Path, help="an .onnx file, or an ONNX Runtime GenAI folder "
+                   "(its decoder is calibrated)")
     k.add_argument("--data", type=Path, help="an .npz of input arrays (one feed), or a folder "
                    "of them")
     k.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="instead of --data: N generated feeds (random floats, token ids)")
+    k.add_argument("--prompts", type=Path, metavar="FILE",
+                   help="instead of --data: a decoder with a KV cache (an .onnx or a GenAI "
+                   "folder) generates greedily after each prompt of FILE (one per line, "
+                   "tokenized with the model's tokenizer.json); its FFN inputs at decode — "
+                   "one generated token at a time — make the statistics (see --rows)")
+    k.add_argument("--generate", type=int, default=32, metavar="N",
+                   help="with --prompts: new tokens per prompt (default %(default)s; fewer "
+                   "where the model generates an end-of-sequence token)")
+    k.add_argument("--tokenizer", type=Path, metavar="PATH",
+                   help="with --prompts: a Hugging Face tokenizer.json, or a folder holding "
+                   "one (default: the one next to the model)")
+    k.add_argument("--rows", choices=("decode", "prefill", "all"), default="decode",
+                   help="with --prompts: the calls whose FFN inputs make the statistics: the "
+                   "decode steps (default), the prompts' prefill, or all; CALIB.json counts "
+                   "both")
     k.add_argument("--seq", type=int, default=128, help="sequence length of synthetic feeds")
     k.add_argument("--samples", type=int, default=4096,
                    help="rows of each site's input kept for predictor training")

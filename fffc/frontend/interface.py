@@ -102,10 +102,12 @@ class Cache:
 
 @dataclass(frozen=True)
 class Interface:
-    """A model's inputs by role; ``caches`` is non-empty for a decoder with a KV cache."""
+    """A model's inputs by role; ``caches`` is non-empty for a decoder with a KV cache, whose
+    next-token scores are the output ``logits`` (None where no output is recognisably them)."""
 
     inputs: tuple[Input, ...]
     caches: tuple[Cache, ...]
+    logits: str | None = None
 
     @property
     def decoder(self) -> bool:
@@ -153,6 +155,13 @@ def _present_for(name: str, outputs: list[onnx.ValueInfoProto], index: int,
     return None
 
 
+def _logits(outputs: list[onnx.ValueInfoProto], presents: set[str]) -> str | None:
+    """The output named logits, else the one output that continues no cache."""
+    named = [o.name for o in outputs if "logits" in o.name.lower()]
+    rest = [o.name for o in outputs if o.name not in presents]
+    return named[0] if len(named) == 1 else rest[0] if len(rest) == 1 else None
+
+
 def interface(proto: onnx.ModelProto, path: Path | None = None) -> Interface:
     """The roles of ``proto``'s inputs (``path``: where the model was read from, to find a
     GenAI folder's ``genai_config.json``). Raises ``need_data``, asking for ``--data``, for a
@@ -189,4 +198,5 @@ def interface(proto: onnx.ModelProto, path: Path | None = None) -> Interface:
                                 f"{inp.name!r} is not fixed in the model", path)
         caches.append(Cache(inp, axes[0], tuple(sizes),
                             present.name if present is not None else None))
-    return Interface(inputs, tuple(caches))
+    return Interface(inputs, tuple(caches),
+                     _logits(outputs, {c.present for c in caches}) if caches else None)

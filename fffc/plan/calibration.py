@@ -46,9 +46,10 @@ from ..contract.sites import Site
 from ..contract.version import VERSION
 from ..frontend import copy, sha256_file
 from ..verify import compare as verify
-from ..verify.feeds import probe_inputs
+from ..verify.feeds import probe_inputs, run_by_name
 from .activations import hidden_activations
 from .decide import site_centers
+from .generation import Call, Phase, Prompts, Rows, calls, decoder_feeds
 
 # thresholds are written for these target sparsities: every 0.05, TEAL's greedy step
 # (greedyopt's base_step), so a per-site search can spend a budget in small steps
@@ -277,6 +278,16 @@ class SiteInputs:
         passes.expose(working, self._outputs)
         self.session = verify.session(working)
         self.inputs = [i.name for i in self.session.get_inputs()]
+        self._names = [o.name for o in self.session.get_outputs()]
+
+    def outputs(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output for ``feed`` by name: the model's own and the sites' inputs."""
+        return dict(zip(self._names, self.session.run(None, feed), strict=True))
+
+    def site_rows(self, outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Each site's input rows [tokens, d_model] among ``outputs`` (``self.outputs``')."""
+        return [outputs[o].reshape(-1, s.d_model)
+                for s, o in zip(self.sites, self._outputs, strict=True)]
 
     def rows(self, feed: dict[str, np.ndarray],
              token_mask: str | None = None) -> tuple[list[np.ndarray], bool]:
@@ -293,9 +304,15 @@ class SiteInputs:
 
 
 def calibration_feeds(model: Analysis, data: str | Path | None, synthetic: int,
-                      seq: int = SEQ) -> Iterator[dict[str, np.ndarray]]:
-    """The feeds a calibration runs on: the user's (``data``, an .npz or a folder of them)
-    or ``synthetic`` generated ones of ``seq`` tokens."""
+                      seq: int = SEQ, prompts: Prompts | None = None,
+                      rows: Rows = Rows.DECODE) -> Iterator[dict[str, np.ndarray]]:
+    """The feeds a calibration runs on: the user's (``data``, an .npz or a folder of them),
+    ``synthetic`` generated ones of ``seq`` tokens, or the calls of ``rows``' phases in the
+    original model's greedy generations after ``prompts`` (a decode call's feed holds the
+    cache of the call before)."""
+    if prompts is not None:
+        run = run_by_name(verify.session(model.proto))
+        return (c.feed for c in calls(model, run, prompts) if c.phase in rows.phases)
     if data is not None:
         inputs = [i.name for i in model.proto.graph.input
                   if i.name not in {t.name for t in model.proto.graph.initializer}]
@@ -304,13 +321,17 @@ def calibration_feeds(model: Analysis, data: str | Path | None, synthetic: int,
 
 
 def calibrate(model: Analysis, data: str | Path | None = None, *, synthetic: int = 0,
+              prompts: Prompts | None = None, rows: Rows = Rows.DECODE,
               seq: int = SEQ, samples: int = SAMPLES, sparsities: Iterable[float] = SPARSITIES,
               predictor_rank: int = 0, predictor_sparsity: float = 0.9,
               center: str = "mode", token_mask: str | None = TOKEN_MASK,
               progress: Callable[[int], None] | None = None) -> dict:
     """Statistics of every site of the analysed ``model`` that a masked mode applies to over the
-    feeds in ``data``, or over ``synthetic`` generated feeds (random floats, in-vocabulary
-    token ids) for models without user data. With ``predictor_rank`` > 0, also a predictor
+    feeds in ``data``, over ``synthetic`` generated feeds (random floats, in-vocabulary
+    token ids) for models without user data, or over a decoder's greedy generations after
+    ``prompts`` (``fffc.plan.generation``: the prefill and decode calls' rows are counted
+    apart, and the statistics are made of ``rows``' — decode by default). With
+    ``predictor_rank`` > 0, also a predictor
     per site (``fffc.predictor``) of the neurons active at ``predictor_sparsity``, trained on
     the samples. ``center`` "mode" (each channel's densest window's mean, ``densest``) or
     "median": thresholds of |v - per-channel center| (a second pass
@@ -318,59 +339,88 @@ def calibrate(model: Analysis, data: str | Path | None = None, *, synthetic: int
     a model input marking real tokens (1) and padding (0), as a transformer's
     ``attention_mask``: where a feed has it with the shape of a site input's leading dims,
     padding rows are left out of that site's statistics (padded batches would otherwise
-    calibrate on what the model computes for padding). Returns the CALIB.json content
+    calibrate on what the model computes for padding; prompts run one at a time, unpadded).
+    ``progress`` is called with the number of calls run. Returns the CALIB.json content
     (``fffc.plan.allocate.stored`` adds an allocation searched on the same feeds)."""
     if center not in CENTERS:
         raise UsageError(f"center must be one of {CENTERS}, got {center!r}")
-    if (data is None) == (synthetic <= 0):
-        raise UsageError("give calibration data (--data) or a number of synthetic feeds "
-                         "(--synthetic N), not both")
+    if sum([data is not None, synthetic > 0, prompts is not None]) != 1:
+        raise UsageError("give one source of calibration inputs: data (--data), a number of "
+                         "synthetic feeds (--synthetic N) or prompts (--prompts)")
+    if prompts is not None:
+        decoder_feeds(model)  # before the session is built: a clear refusal
+        token_mask = None
     cap = SiteInputs(model, kinds=mode(Decision.TEAL).kinds)
     sites, weights = cap.sites, cap.weights
     if not sites:
         raise UsageError("no dense or gated FFN site to calibrate", path=model.path)
 
-    def feeds() -> Iterator[dict[str, np.ndarray]]:
-        return calibration_feeds(model, data, synthetic, seq)
+    def source() -> Iterator[tuple[Call | None, list[np.ndarray], bool]]:
+        """Per call: (the generation's call, None for a feed of data or synthetic ones; the
+        sites' rows; whether padding rows were left out)."""
+        if prompts is not None:
+            for c in calls(model, cap.outputs, prompts):
+                yield c, cap.site_rows(c.outputs), False
+            return
+        for i, feed in enumerate(calibration_feeds(model, data, synthetic, seq)):
+            try:
+                got, padded = cap.rows(feed, token_mask)
+            except Exception as e:  # ORT's own message says which input and why
+                raise UsageError(f"feed {i}: ONNX Runtime rejected it: {e}", path=data) from e
+            yield None, got, padded
 
     stats = {s.name: SiteStats(s, samples=Reservoir(samples, s.d_model, seed=i))
              for i, s in enumerate(sites)}
     n = 0
     masked = False
+    counts = dict.fromkeys(Phase, 0)  # a generation's rows per phase
+    generated: list[list[int]] = [[] for _ in (prompts.ids if prompts else ())]
 
-    def each_feed() -> Iterator[list[np.ndarray]]:  # the sites' input rows per feed
+    def each_feed(first: bool) -> Iterator[list[np.ndarray]]:
+        """The rows the statistics are made of, per call; the first pass counts and records."""
         nonlocal n, masked
-        for i, feed in enumerate(feeds()):
-            try:
-                rows, padded = cap.rows(feed, token_mask)
-            except Exception as e:  # ORT's own message says which input and why
-                raise UsageError(f"feed {i}: ONNX Runtime rejected it: {e}", path=data) from e
+        for c, got, padded in source():
             masked = masked or padded
-            yield rows
+            if first and c is not None:
+                counts[c.phase] += len(got[0])
+                if c.token is not None:
+                    generated[c.prompt].append(c.token)
+            if c is None or c.phase in rows.phases:
+                yield got
             n += 1
             if progress:
                 progress(n)
 
-    for got in each_feed():
+    for got in each_feed(True):
         for s, x in zip(sites, got, strict=True):
             stats[s.name].add(x, weights[s.name])
     feed_count = n
+    if prompts is not None and not any(counts[p] for p in rows.phases):
+        raise UsageError(f"the generations made no {rows.value} rows (--generate "
+                         f"{prompts.new_tokens}; a stop token may end a generation at once): "
+                         "calibrate on --rows all or prefill, or generate more")
     sparsities = tuple(sparsities)
     predictors, predictor_json = _train_predictors(sites, stats, weights, predictor_rank,
                                                    predictor_sparsity, sparsities)
     if center != "none":
         for s in sites:
             stats[s.name].find_centers(weights[s.name], center)
-        for got in each_feed():
+        for got in each_feed(False):
             for s, x in zip(sites, got, strict=True):
                 stats[s.name].add_centered(x, weights[s.name])
     sites_json = {name: st.to_json(sparsities) for name, st in stats.items()}
     for name, info in predictor_json.items():
         sites_json[name]["predictor"] = info
+    source_text = (f"prompts {prompts.source}" if prompts is not None
+                   else str(data) if data is not None else f"synthetic x{synthetic}")
     result = {
         "fffc": VERSION,
         "model": {"path": str(model.path.resolve()), "sha256": sha256_file(model.path)},
-        "feeds": feed_count, "source": str(data) if data is not None else f"synthetic x{synthetic}",
+        "feeds": feed_count, "source": source_text,
+        **({"generation": {**prompts.to_json(), "generated": generated},
+            # the rows of each phase, and those the statistics (thresholds) are made of
+            "rows": {**{p.value: counts[p] for p in Phase}, "used": rows.value}}
+           if prompts is not None else {}),
         "sparsities": list(sparsities), "center": center,
         "token_mask": token_mask if masked else None,
         "sites": sites_json,

@@ -4,12 +4,13 @@ An encoder gets random floats, in-vocabulary token ids, all-ones masks. A decode
 cache gets the calls generation makes: a prefill (``tokens`` new tokens on an empty cache) and
 decode calls (one token on the cache the previous call returned), with the attention mask over
 past + current tokens, position ids continuing the past, and GroupQueryAttention's
-``seqlens_k`` / ``total_sequence_length`` where the model takes them as inputs.
+``seqlens_k`` / ``total_sequence_length`` where the model takes them as inputs. Token ids are
+random, or given (``Feeds.greedy``: a prompt's, then those the model generates).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import onnx
 from ..frontend.interface import Cache, Input, Interface, Role, interface, need_data
 
 Feed = dict[str, np.ndarray]
+Outputs = dict[str, np.ndarray]  # a model's outputs by name
 
 _NP_TYPES = {
     onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
@@ -82,12 +84,21 @@ class Feeds:
         return rng.standard_normal(dims).astype(dtype)
 
     def call(self, batch: int, tokens: int, seed: int, past: int = 0,
-             cache: dict[str, np.ndarray] | None = None) -> Feed:
+             cache: dict[str, np.ndarray] | None = None, ids: np.ndarray | None = None) -> Feed:
         """One call of ``tokens`` new tokens. A decoder's cache: ``cache`` (past input →
-        array, e.g. the present outputs of the previous call), else ``past`` random entries."""
+        array, e.g. the present outputs of the previous call), else ``past`` random entries;
+        its token ids: ``ids`` [batch, tokens], else random in-vocabulary ones."""
         rng = np.random.default_rng(seed)
         if not self.decoder:
+            if ids is not None:
+                raise ValueError("given token ids need a decoder")
             return self.encoder(batch, tokens, rng)
+        if ids is not None:
+            if not self.interface.named(Role.IDS):
+                raise need_data("the decoder takes no token ids (e.g. input embeddings "
+                                "instead)", self.path)
+            if np.shape(ids) != (batch, tokens):
+                raise ValueError(f"ids of shape {np.shape(ids)} for {batch} x {tokens} tokens")
         if cache:
             c = self.interface.caches[0]
             past = cache[c.input.name].shape[c.past_axis]
@@ -100,6 +111,9 @@ class Feeds:
                 feed[c.input.name] = self._cache(c, batch, past, rng)
         for i in self.interface.inputs:
             if i.role is Role.PAST:
+                continue
+            if i.role is Role.IDS and ids is not None:
+                feed[i.name] = np.asarray(ids).astype(_NP_TYPES[i.elem_type])
                 continue
             feed[i.name] = self._decoder_input(i, batch, tokens, past, total, rng)
         return feed
@@ -159,6 +173,27 @@ class Feeds:
             cache = self.presents(run(feeds[-1]))
             feeds.append(self.call(batch, 1, seed + 1 + k, cache=cache))
         return feeds
+
+    def greedy(self, run: Callable[[Feed], Outputs], prompt: Sequence[int], new_tokens: int,
+               stop: Collection[int] = ()) -> Iterator[tuple[Feed, Outputs]]:
+        """A decoder's calls in a greedy generation after ``prompt`` (token ids, batch 1), with
+        the model's outputs of each (``run``: by name): the prefill of the prompt on an empty
+        cache, then one call per generated token — the argmax of the previous call's last
+        logits row, on the cache that call returned — for ``new_tokens`` tokens, or until a
+        ``stop`` token is generated (which is not fed: the generation ends there)."""
+        logits = self.interface.logits
+        if logits is None:
+            raise need_data("no output of the decoder is recognisably its logits", self.path)
+        feed = self.call(1, len(prompt), 0, ids=np.asarray([prompt]))
+        for k in range(new_tokens + 1):
+            out = run(feed)
+            yield feed, out
+            if k == new_tokens:
+                return
+            token = int(np.argmax(out[logits][0, -1]))
+            if token in stop:
+                return
+            feed = self.call(1, 1, 0, cache=self.presents(out), ids=np.array([[token]]))
 
 
 def probe_inputs(proto: onnx.ModelProto, batch: int, seq: int, seed: int,

@@ -106,3 +106,35 @@ def test_encoder_inputs_are_not_a_decoder():
     assert not interface(m).decoder
     feed = Feeds(m).encoder(2, 5, np.random.default_rng(0))
     assert feed["input_ids"].shape == (2, 5) and feed["attention_mask"].sum() == 10
+
+
+def test_greedy_feeds_back_the_argmax_until_a_stop_token():
+    """A stand-in decoder whose next token is the last one fed plus 1: the prompt's prefill,
+    then one call per generated token on the cache the previous call returned."""
+    f = Feeds(OPTIMUM)
+    assert f.interface.logits == "logits"
+
+    def run(feed):
+        ids, t = feed["input_ids"], feed["input_ids"].shape[1]
+        logits = np.zeros((1, t, 300), np.float32)
+        logits[0, -1, (ids[0, -1] + 1) % 300] = 1.0
+        grown = {f"present.0.{kv}": np.concatenate(
+            [feed[f"past_key_values.0.{kv}"], np.zeros((1, 2, t, 32), np.float32)], axis=2)
+            for kv in ("key", "value")}
+        return {"logits": logits, **grown}
+
+    calls = [feed for feed, _ in f.greedy(run, [5, 6], new_tokens=2)]
+    assert [c["input_ids"].tolist() for c in calls] == [[[5, 6]], [[7]], [[8]]]
+    assert [c["past_key_values.0.key"].shape[2] for c in calls] == [0, 2, 3]
+    assert [c["attention_mask"].shape for c in calls] == [(1, 2), (1, 3), (1, 4)]
+    assert [c["position_ids"].tolist() for c in calls] == [[[0, 1]], [[2]], [[3]]]
+    stopped = [feed["input_ids"].tolist() for feed, _ in f.greedy(run, [5, 6], 10, stop={9})]
+    assert stopped == [[[5, 6]], [[7]], [[8]]]  # 9 is generated, not fed
+
+
+def test_given_ids_need_a_token_id_input():
+    m = _model([("inputs_embeds", F, ["b", "s", 8]), ("attention_mask", I64, ["b", "t"]),
+                ("past_key_values.0.key", F, ["b", 2, "past", 4])],
+               [("logits", F, ["b", "s", 10]), ("present.0.key", F, ["b", 2, "total", 4])])
+    with pytest.raises(UnsupportedModelError, match="no token ids"):
+        Feeds(m).call(1, 2, 0, ids=np.array([[1, 2]]))
