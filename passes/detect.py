@@ -29,6 +29,7 @@ from . import (
 )
 from ._common import CANON, const_array
 from .markers import decode, markers
+from .shapes import infer_shapes
 
 CANONICAL_FAMILIES = {
     "conv1d": canonical_linear.conv1d_rules,
@@ -51,10 +52,13 @@ def _cleanup(model: ir.Model) -> None:
     common_passes.RemoveUnusedNodesPass()(model)
 
 
-def canonicalize(model: ir.Model) -> dict[str, int]:
-    """Fold constants, drop dead nodes, rewrite GELU/SiLU/linear variants; counts per family."""
+def canonicalize(model: ir.Model, notes: list[str] | None = None) -> dict[str, int]:
+    """Fold constants, drop dead nodes, rewrite GELU/SiLU/linear variants; counts per family.
+    ``notes``: where to append what the user should know about the model (one line each)."""
     common_passes.IdentityEliminationPass()(model)
-    common_passes.ShapeInferencePass()(model)  # TorchScript exports carry few shapes
+    note = infer_shapes(model)
+    if note is not None and notes is not None:
+        notes.append(note)
     _constant_folding.FoldConstantsPass(shape_inference=False, input_size_limit=8192,
                                         output_size_limit=8192)(model)
     _cleanup(model)
