@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .contract import config
 from .contract.errors import FffcError, UsageError
@@ -36,6 +37,11 @@ def _stage(name: str) -> Iterator[None]:
     with err_console.status(f"{name}…"):
         yield
     err_console.print(f"[green]✓[/] {name} [dim]({time.perf_counter() - t0:.1f}s)[/]")
+
+
+def _note(text: str) -> None:
+    """One line the user should know (stderr; the text is printed as it is, not as markup)."""
+    err_console.print(Text.assemble(("note: ", "yellow"), text))
 
 
 def _sites_table(sites, title: str) -> Table:
@@ -61,7 +67,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .pipeline import analyze
     from .plan.decide import plan
 
-    a = analyze(args.model, _stage if not args.json else contextlib.nullcontext)
+    a = analyze(args.model, _stage if not args.json else contextlib.nullcontext, note=_note)
     plan(a.sites)
     if args.json:
         print(json.dumps(a.to_json(), indent=2))
@@ -108,7 +114,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         **({"cuda_archs": _archs(args.arch)} if args.arch else {}),
         weight_dtype=WEIGHT_DTYPES[args.weight_dtype],
     )
-    result = compile_model(args.model, args.output, options, _stage)
+    result = compile_model(args.model, args.output, options, _stage, _note)
     console.print(_sites_table(result.sites, f"{len(result.sites)} FFN site(s)"))
     v = result.manifest.get("verification", {})
     masked = "deviation_from_original" in v  # the artifact computes the masked function

@@ -31,7 +31,7 @@ from .stages import (
     verify_sites,
 )
 from .stages.analysis import analyze
-from .stages.context import Context, Reporter, quiet
+from .stages.context import Context, Notifier, Reporter, quiet, silent
 from .stages.package import CompileResult
 
 ANALYSIS = analysis.STAGES  # load, canonicalize, detect
@@ -46,12 +46,12 @@ __all__ = ["STAGES", "Analysis", "CompileResult", "analyze", "compile_model"]
 
 def compile_model(path: str | Path, out: str | Path | None = None,
                   options: CompileOptions | None = None,
-                  report: Reporter = quiet) -> CompileResult:
+                  report: Reporter = quiet, note: Notifier = silent) -> CompileResult:
     """``fffc compile``: write a verified artifact folder for ``options.target`` (for an
     ONNX Runtime GenAI folder, a GenAI folder: ``fffc.package.layout``)."""
     path = Path(path)
     out = Path(out) if out is not None else default_output(path)
-    ctx = Context.for_compile(options or CompileOptions(), out, report)
+    ctx = Context.for_compile(options or CompileOptions(), out, report, note)
     ctx.layout = Layout.for_source(path)
     prepare_output(out, ctx.options.force, ctx.layout.source)
     prepared = _run(PREPARE, analyze(path, ctx=ctx), ctx)

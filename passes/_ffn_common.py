@@ -35,6 +35,18 @@ def act_name(kind: str, act_value: ir.Value) -> str:
     return "gelu_tanh" if approx == "tanh" else "gelu"
 
 
+# why an FFN in an If/Loop branch (Optimum's merged decoder) or a function is not a site:
+# the later stages (verification, lowering, token dispatch) work on the main graph
+SUBGRAPH = "fffc finds FFNs in the model's main graph only"
+
+
+def in_main_graph(r: pattern.MatchResult, context) -> pattern.MatchResult:
+    """``r`` unchanged where the match is in the model's main graph, else a failure."""
+    if context.graph_or_function is context.model.graph:
+        return r
+    return r.fail(f"in a subgraph or function: {SUBGRAPH}")
+
+
 def check_projection(r: pattern.MatchResult, w: ir.Value, what: str) -> pattern.MatchResult:
     err = weight_error(w, 2, what)
     if err:
@@ -42,8 +54,8 @@ def check_projection(r: pattern.MatchResult, w: ir.Value, what: str) -> pattern.
     arr = const_array(w)
     if arr.dtype.name != "float32":
         return r.fail(
-            f"{what}: expected float32 weights, got {arr.dtype.name} "
-            "(SparseFFN supports float32 only in this version)", w)
+            f"{what}: expected float32 weights, got {arr.dtype.name} (fffc's FFN ops take "
+            "float32 inputs and weights: export the model in float32)", w)
     return r
 
 

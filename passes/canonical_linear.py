@@ -2,7 +2,9 @@
 
 Exporters write linears as ``MatMul`` with a pre-transposed weight, as ``Gemm`` (with or
 without ``transB``), as GPT-2's Conv1D ``Reshape → Gemm → Reshape``, or, with dynamo
-``optimize=False``, as ``MatMul(x, Transpose(W))``. One form lets one FFN rule match them all.
+``optimize=False``, as ``MatMul(x, Transpose(W))``. A projection packing two (Phi-3's
+``gate_up_proj``, halved by ``chunk(2, -1)``) becomes one projection per half. One form lets
+one FFN rule match them all.
 """
 
 from __future__ import annotations
@@ -152,6 +154,107 @@ class FoldWeightTranspose(pattern.RewriteRuleClassBase):
         return op.initializer(ir.tensor(folded), name=f"{w.name}__T_{t.producer().name}")
 
 
+def _packed(y: ir.Value) -> np.ndarray | None:
+    """The weight of the ``MatMul(x, W)`` producing ``y``, if it is a constant 2-D one."""
+    p = y.producer()
+    if p is None or p.op_type != "MatMul" or p.domain != "":
+        return None
+    w = const_array(p.inputs[1])
+    return w if w is not None and w.ndim == 2 else None
+
+
+def _last_axis(axis: int, y: ir.Value) -> bool:
+    rank = y.shape.rank() if y.shape is not None else None
+    return axis == -1 or (rank is not None and axis == rank - 1)
+
+
+def _half(node: ir.Node, y: ir.Value, n: int) -> int | None:
+    """Which half (0, 1) of ``y``'s last axis (size ``n``) the Slice ``node`` takes, or None."""
+    if node.op_type != "Slice" or node.domain != "" or node.inputs[0] is not y:
+        return None
+    given = [*node.inputs[1:5], None, None][:4]  # starts, ends, axes, steps (optional)
+    starts, ends, axes, steps = (const_array(v) for v in given)
+    if given[3] is None:
+        steps = np.ones(1)
+    if any(b is None or b.size != 1 for b in (starts, ends, axes, steps)):
+        return None
+    if int(steps.item()) != 1 or not _last_axis(int(axes.item()), y):
+        return None
+    start, end = int(starts.item()), min(int(ends.item()), n)
+    return {(0, n // 2): 0, (n // 2, n): 1}.get((start, end)) if n % 2 == 0 else None
+
+
+def _weight_part(op, y: ir.Value, w: np.ndarray, half: int) -> ir.Value:
+    """``W``'s columns of ``half`` as an initializer (named after W: shared by every rewrite)."""
+    f = w.shape[1] // 2
+    name = f"{y.producer().inputs[1].name}__half{half}"
+    return op.initializer(ir.tensor(np.ascontiguousarray(w[:, half * f:(half + 1) * f])),
+                          name=name)
+
+
+class PackedHalfSlice(pattern.RewriteRuleClassBase):
+    """Replaces ``Slice(MatMul(x, W), ...)`` taking one half of the last axis with
+    ``MatMul(x, W_half)``, where every reader of the product takes a half.
+
+    Matches: Phi-3's ``gate_up_proj`` halved by ``chunk(2, dim=-1)`` from the TorchScript
+    exporter (Optimum); the QKV projection, sliced in three, is left packed.
+    """
+
+    def pattern(self, op, y):
+        return op.Slice(y, _allow_other_inputs=True, _outputs=["part"])
+
+    def check(self, context, y, part, **_):
+        r = pattern.MatchResult()
+        w = _packed(y)
+        if w is None:
+            return r.fail("packed projection: expected MatMul(x, W) with a constant 2-D W", y)
+        readers = [u.node for u in y.uses()]
+        if y in context.graph_or_function.outputs or len(readers) > 2 or any(
+                _half(n, y, w.shape[1]) is None for n in readers):
+            return r.fail(f"packed projection: expected its [.., {w.shape[1]}] product read "
+                          "only by Slices of its halves", y)
+        return r
+
+    def rewrite(self, op, y, part, **_):
+        w = _packed(y)
+        half = _half(part.producer(), y, w.shape[1])
+        return op.MatMul(y.producer().inputs[0], _weight_part(op, y, w, half))
+
+
+class PackedHalfSplit(pattern.RewriteRuleClassBase):
+    """Replaces ``Split(MatMul(x, W))`` into the two halves of the last axis with one
+    ``MatMul(x, W_half)`` per half.
+
+    Matches: Phi-3's ``gate_up_proj`` halved by ``chunk(2, dim=-1)`` from torch.onnx dynamo
+    (opset 18, ``num_outputs=2``) and with the sizes as an input.
+    """
+
+    def pattern(self, op, y):
+        return op.Split(y, _allow_other_inputs=True, _outputs=["a", "b"])
+
+    def check(self, context, y, a, **_):
+        r = pattern.MatchResult()
+        w = _packed(y)
+        if w is None:
+            return r.fail("packed projection: expected MatMul(x, W) with a constant 2-D W", y)
+        node = a.producer()
+        n = w.shape[1]
+        sizes = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        if not _last_axis(node.attributes.get_int("axis", 0), y):
+            return r.fail("packed projection: expected a Split of the last axis", node)
+        if n % 2 or (sizes is not None and sizes.tolist() != [n // 2, n // 2]) or (
+                len(node.inputs) > 1 and node.inputs[1] is not None and sizes is None):
+            return r.fail(f"packed projection: expected a Split of {n} into two halves", node)
+        if len(y.uses()) != 1 or y in context.graph_or_function.outputs:
+            return r.fail("packed projection: its product is also read elsewhere", y)
+        return r
+
+    def rewrite(self, op, y, a, **_):
+        w = _packed(y)
+        x = y.producer().inputs[0]
+        return (op.MatMul(x, _weight_part(op, y, w, 0)), op.MatMul(x, _weight_part(op, y, w, 1)))
+
+
 # Conv1D first, as its own pass: its root (the last Reshape) comes after the Gemm that the
 # plain Gemm rule would otherwise take first.
 conv1d_rules = pattern.RewriteRuleSet(
@@ -165,5 +268,7 @@ rules = pattern.RewriteRuleSet(
         GemmToMatMul.rule("GemmBias", has_bias=True),
         GemmToMatMul.rule("Gemm", has_bias=False),
         FoldWeightTranspose.rule("FoldWeightTranspose"),
+        PackedHalfSlice.rule("PackedHalfSlice"),
+        PackedHalfSplit.rule("PackedHalfSplit"),
     ]
 )

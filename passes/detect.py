@@ -7,6 +7,8 @@ explains FFN-shaped regions no rule took.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.optimizer import _constant_folding
@@ -28,7 +30,9 @@ from . import (
     mod_routed,
 )
 from ._common import CANON, const_array
+from ._ffn_common import SUBGRAPH
 from .markers import decode, markers
+from .shapes import infer_shapes
 
 CANONICAL_FAMILIES = {
     "conv1d": canonical_linear.conv1d_rules,
@@ -51,10 +55,13 @@ def _cleanup(model: ir.Model) -> None:
     common_passes.RemoveUnusedNodesPass()(model)
 
 
-def canonicalize(model: ir.Model) -> dict[str, int]:
-    """Fold constants, drop dead nodes, rewrite GELU/SiLU/linear variants; counts per family."""
+def canonicalize(model: ir.Model, notes: list[str] | None = None) -> dict[str, int]:
+    """Fold constants, drop dead nodes, rewrite GELU/SiLU/linear variants; counts per family.
+    ``notes``: where to append what the user should know about the model (one line each)."""
     common_passes.IdentityEliminationPass()(model)
-    common_passes.ShapeInferencePass()(model)  # TorchScript exports carry few shapes
+    note = infer_shapes(model)
+    if note is not None and notes is not None:
+        notes.append(note)
     _constant_folding.FoldConstantsPass(shape_inference=False, input_size_limit=8192,
                                         output_size_limit=8192)(model)
     _cleanup(model)
@@ -133,23 +140,52 @@ def near_misses(model: ir.Model) -> list[NearMiss]:
         "Reshape([-1,k·q]) (BlockDense) or a BlockShuffle's grid reshape and second MatMul"))
         for node in model.graph if node.op_type == "MatMul" and node.domain == ""
         and const_array(node.inputs[1]) is not None and const_array(node.inputs[1]).ndim == 3]
+    fff_roots = set()
     for node in model.graph:
         fff = ffn_fff.rules.near_miss(node)
         if fff is not None:
             out.append(NearMiss(nodes=[node.name or node.op_type], reason=fff))
-            continue
+            fff_roots.add(id(node))
+    out += [NearMiss(nodes=_names(region), reason=_best_failure(model, region[-1]))
+            for region in _ffn_shaped(model.graph) if id(region[-1]) not in fff_roots]
+    for owner, attr, graph in _subgraphs(model.graph):
+        where = f"in the {attr} of {owner.op_type} {owner.name!r}: {SUBGRAPH}"
+        out += [NearMiss(nodes=_names(region), reason=where) for region in _ffn_shaped(graph)]
+    return out
+
+
+def _names(region: list[ir.Node]) -> list[str]:
+    return [n.name or n.op_type for n in region]
+
+
+def _ffn_shaped(graph: ir.Graph) -> Iterator[list[ir.Node]]:
+    """(first projection, activation, second projection) of every region of ``graph``
+    shaped like an FFN that no rule replaced."""
+    for node in graph:
         if not _projection(node) or node.domain == CANON:
             continue
         act = node.inputs[0].producer() if node.inputs[0] is not None else None
         if act is None or act.op_type not in ACTIVATION_OPS:
             continue
         first = _upstream_projection(act.inputs[0]) if act.inputs else None
-        if first is None:
-            continue
-        reason = _best_failure(model, node)
-        out.append(NearMiss(nodes=[first.name or "?", act.name or act.op_type, node.name or "?"],
-                            reason=reason))
-    return out
+        if first is not None:
+            yield [first, act, node]
+
+
+def _subgraphs(graph: ir.Graph) -> Iterator[tuple[ir.Node, str, ir.Graph]]:
+    """(owning node, attribute name, subgraph) of every subgraph under ``graph``, nested
+    ones included."""
+    for node in graph:
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                inner = [attr.value]
+            elif attr.type == ir.AttributeType.GRAPHS:
+                inner = list(attr.value)
+            else:
+                continue
+            for sub in inner:
+                yield node, attr.name, sub
+                yield from _subgraphs(sub)
 
 
 def _structured_near_miss(node: ir.Node) -> NearMiss:

@@ -20,6 +20,7 @@ from ._ffn_common import (
     check_projection,
     emit_marker,
     ffn_site,
+    in_main_graph,
 )
 
 
@@ -45,8 +46,8 @@ class DenseFFN(pattern.RewriteRuleClassBase):
         return y
 
     def check(self, context, x, w1, w2, b1=None, b2=None, **_):
-        r = pattern.MatchResult()
-        r = check_projection(r, w1, "W1 (first projection)")
+        r = in_main_graph(pattern.MatchResult(), context)
+        r = r and check_projection(r, w1, "W1 (first projection)")
         r = r and check_projection(r, w2, "W2 (second projection)")
         if not r:
             return r

@@ -290,12 +290,15 @@ def _ends_sum(node: ir.Node) -> bool:
 
 
 def _looks_like_term(value: ir.Value | None) -> bool:
-    """Cheap pre-check: ``Mul(Unsqueeze(Gelu), Gather/GatherND(const))``."""
+    """Cheap pre-check: ``Mul(Unsqueeze(Gelu), Gather/GatherND(const))`` (a gather of a
+    computed tensor, e.g. the sizes of a decoder's attention-mask arithmetic, is no term)."""
     p = value.producer() if value is not None else None
     if p is None or p.op_type != "Mul":
         return False
-    kinds = {(q.op_type if q is not None else None) for q in (v.producer() for v in p.inputs)}
-    return "Unsqueeze" in kinds and bool(kinds & {"Gather", "GatherND"})
+    producers = [v.producer() if v is not None else None for v in p.inputs]
+    unsqueeze = any(q is not None and q.op_type == "Unsqueeze" for q in producers)
+    return unsqueeze and any(q is not None and q.op_type in ("Gather", "GatherND")
+                             and const_array(q.inputs[0]) is not None for q in producers)
 
 
 class WalkFFF(RegionRule):

@@ -19,6 +19,7 @@ from ._ffn_common import (
     check_projection,
     emit_marker,
     ffn_site,
+    in_main_graph,
 )
 
 
@@ -44,8 +45,8 @@ class GatedFFN(pattern.RewriteRuleClassBase):
         return y
 
     def check(self, context, x, wg, wu, wd, b2=None, **_):
-        r = pattern.MatchResult()
-        r = check_projection(r, wg, "W_gate")
+        r = in_main_graph(pattern.MatchResult(), context)
+        r = r and check_projection(r, wg, "W_gate")
         r = r and check_projection(r, wu, "W_up")
         r = r and check_projection(r, wd, "W_down")
         if not r:

@@ -19,7 +19,7 @@ from fffc.contract.ops import STRUCTURED_FFN
 from fffc.contract.sites import Site
 
 from ._common import CANON, RuleSequence, const_array, node_names
-from ._ffn_common import act_name, apply_act, as_vector, check_bias
+from ._ffn_common import act_name, apply_act, as_vector, check_bias, in_main_graph
 from .markers import StructuredMarker, marker_inputs
 
 
@@ -138,7 +138,9 @@ class StructuredFFN(pattern.RewriteRuleClassBase):
         return y
 
     def check(self, context, x, a1, a2, u1=None, u2=None, b1=None, b2=None, **_):
-        r = pattern.MatchResult()
+        r = in_main_graph(pattern.MatchResult(), context)
+        if not r:
+            return r
         for what, v in (("A1", a1), ("U1", u1), ("A2", a2), ("U2", u2)):
             arr = const_array(v) if v is not None else None
             if v is not None and (arr is None or arr.dtype.name != "float32"):

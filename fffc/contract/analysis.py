@@ -20,8 +20,9 @@ class Analysis:
     sites: list[Site]
     near_misses: list[NearMiss]
     canonical_rewrites: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the user should know, one line each
 
     def to_json(self) -> dict:
         return {"model": str(self.path), "sites": [s.to_json() for s in self.sites],
                 "near_misses": [m.to_json() for m in self.near_misses],
-                "canonical_rewrites": self.canonical_rewrites}
+                "canonical_rewrites": self.canonical_rewrites, "notes": self.notes}

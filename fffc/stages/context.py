@@ -21,6 +21,7 @@ from ..contract.targets import TargetRequest, normalize
 from ..package.layout import Layout
 
 Reporter = Callable[[str], contextlib.AbstractContextManager]
+Notifier = Callable[[str], None]  # one line the user should know (not a failure)
 
 # --dump DIR: what each stage writes, in the order the stages run
 DUMPS = {
@@ -43,6 +44,10 @@ DUMPS = {
 @contextlib.contextmanager
 def quiet(_: str) -> Iterator[None]:
     yield
+
+
+def silent(_: str) -> None:
+    pass
 
 
 class Dumper:
@@ -77,8 +82,8 @@ class Dumper:
 @dataclass
 class Context:
     """A compile's options, its target resolved into a schedule family once, its output
-    path and the artifact's layout, the reporter (a context manager per step) and the
-    dumper."""
+    path and the artifact's layout, the reporter (a context manager per step), where notes
+    go, and the dumper."""
 
     options: CompileOptions = field(default_factory=CompileOptions)
     report: Reporter = quiet
@@ -88,13 +93,15 @@ class Context:
     dump: Dumper = field(default_factory=lambda: Dumper(None))
     staging: Path | None = None  # the artifact being built, renamed to ``out`` when done
     layout: Layout = field(default_factory=Layout)
+    note: Notifier = silent
 
     @property
     def weight_dtype(self) -> WeightDtype:
         return WeightDtype(self.options.weight_dtype)
 
     @classmethod
-    def for_compile(cls, options: CompileOptions, out: Path, report: Reporter) -> Context:
+    def for_compile(cls, options: CompileOptions, out: Path, report: Reporter,
+                    note: Notifier = silent) -> Context:
         """Options checked and the target resolved, before any slow stage runs."""
         try:
             target = normalize(options.target, options.mcpu)
@@ -119,4 +126,4 @@ class Context:
             raise UsageError(f"--merged-max-tokens: the {target.family.upper()} StructuredFFN kernels "
                              "have no pre-merged path (the structured kernels serve every "
                              "token count)")
-        return cls(options, report, out, target, fam, Dumper(options.dump_dir))
+        return cls(options, report, out, target, fam, Dumper(options.dump_dir), note=note)

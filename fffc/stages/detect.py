@@ -16,6 +16,6 @@ def run(canonical: Canonical, ctx: Context) -> Analysis:
         sites = passes.detect(canonical.working)
         misses = passes.near_misses(canonical.working)
     a = Analysis(canonical.path, canonical.proto, canonical.working, sites, misses,
-                 canonical.rewrites)
+                 canonical.rewrites, canonical.notes)
     ctx.dump.json("02-sites.json", a.to_json())
     return a
