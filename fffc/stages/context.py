@@ -6,16 +6,17 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
 import onnx_ir as ir
 
 from ..codegen.schedules import Family, family
+from ..contract import config
 from ..contract.config import CompileOptions
 from ..contract.errors import UsageError
-from ..contract.kinds import WeightDtype
+from ..contract.kinds import Crossover, WeightDtype
 from ..contract.targets import TargetRequest, normalize
 
 Reporter = Callable[[str], contextlib.AbstractContextManager]
@@ -111,6 +112,13 @@ class Context:
         except ValueError:
             raise UsageError(f"--weight-dtype: one of {', '.join(d.flag for d in WeightDtype)}, "
                              f"got {options.weight_dtype!r}") from None
+        crossovers = options.crossovers or config.crossovers_from_env() or str(Crossover.MEASURED)
+        if crossovers not in (Crossover.MEASURED, Crossover.TABLE):
+            raise UsageError(f"--crossovers: {Crossover.MEASURED} or {Crossover.TABLE}, got "
+                             f"{crossovers!r}")
+        options = replace(options, crossovers=crossovers)
+        if options.max_sparse_tokens is not None and options.max_sparse_tokens < 0:
+            raise UsageError(f"--max-sparse-tokens must be >= 0, got {options.max_sparse_tokens}")
         fam = family(target.family)
         if dtype is not WeightDtype.FLOAT32 and not fam.narrow_weights:
             raise UsageError(f"--weight-dtype {options.weight_dtype}: 16-bit weights are for "

@@ -26,13 +26,11 @@ class CompileResult:
 def run(checked: Checked, ctx: Context) -> CompileResult:
     v = checked.verified
     a = v.analysis
-    dispatch = checked.shim.kernels.lowered.dispatch
     m = manifest(source=a.path, options=ctx.options, target=ctx.target,
                  library=checked.shim.kernels.library, shim=checked.shim.path,
                  staging=ctx.staging, sites=a.sites, near_misses=a.near_misses,
                  canonical_rewrites=a.canonical_rewrites, report=checked.report,
-                 feeds=v.feeds, sparse_limits=dispatch.sparse,
-                 calibration=v.planned.calibration)
+                 feeds=v.feeds, calibration=v.planned.calibration)
     (ctx.staging / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True))
     install(ctx.staging, ctx.out)
     return CompileResult(ctx.out, a.sites, a.near_misses, m)
