@@ -150,6 +150,10 @@ def _print_calibration(result) -> None:
     console.print(f"[yellow]the compiled model differs from the original by design[/] "
                   f"(calibrated modes and/or --weight-dtype): max rel err "
                   f"{dev['max_rel']:.2e} on the probe inputs")
+    masked = m["verification"].get("masked_from_original")
+    if masked is not None:
+        console.print(f"the masked function at every token count (the kernels' branch) vs the "
+                      f"original: max rel err {masked['max_rel']:.2e} on the probe inputs")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

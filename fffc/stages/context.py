@@ -112,11 +112,12 @@ class Context:
         except ValueError:
             raise UsageError(f"--weight-dtype: one of {', '.join(d.flag for d in WeightDtype)}, "
                              f"got {options.weight_dtype!r}") from None
-        crossovers = options.crossovers or config.crossovers_from_env() or str(Crossover.MEASURED)
-        if crossovers not in (Crossover.MEASURED, Crossover.TABLE):
-            raise UsageError(f"--crossovers: {Crossover.MEASURED} or {Crossover.TABLE}, got "
-                             f"{crossovers!r}")
-        options = replace(options, crossovers=crossovers)
+        given = options.crossovers or config.crossovers_from_env() or Crossover.MEASURED
+        choices = (Crossover.MEASURED, Crossover.TABLE)
+        if given not in choices:  # the others name where a site's bound came from
+            raise UsageError(f"--crossovers (FFFC_CROSSOVERS): one of "
+                             f"{', '.join(map(str, choices))}, got {given!r}")
+        options = replace(options, crossovers=str(Crossover(given)))
         if options.max_sparse_tokens is not None and options.max_sparse_tokens < 0:
             raise UsageError(f"--max-sparse-tokens must be >= 0, got {options.max_sparse_tokens}")
         fam = family(target.family)

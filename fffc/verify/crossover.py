@@ -22,7 +22,7 @@ from ..contract.dispatch import Timing
 from .compare import session
 
 TOKENS = (1, 2, 4, 8, 16, 32, 64)
-ROUNDS = 3  # blocks per session and count
+ROUNDS = 5  # blocks per session and count
 INNER = 3  # timed calls per block
 SETTLE_S = 0.01  # pause before each block: the other session's workers park
 

@@ -138,10 +138,10 @@ def graphs(graph: ir.Graph) -> Iterator[ir.Graph]:
                 yield from graphs(attr.value)
 
 
-Branch = tuple[list[ir.Node], ir.Value]  # a branch's nodes, in order, and its output
+Subgraph = tuple[list[ir.Node], ir.Value]  # an If branch: its nodes, in order, and its output
 
 
-def taped(tape: ir.tape.Tape, out: ir.Value, prefix: str) -> Branch:
+def taped(tape: ir.tape.Tape, out: ir.Value, prefix: str) -> Subgraph:
     """The nodes on ``tape`` as a branch, named ``<prefix>/<i>_<op>`` (values ``<prefix>_i_j``)
     so they stay unique beside the outer graph's names."""
     for i, n in enumerate(tape.nodes):
@@ -151,14 +151,14 @@ def taped(tape: ir.tape.Tape, out: ir.Value, prefix: str) -> Branch:
     return list(tape.nodes), out
 
 
-def region(marker: Marker) -> Branch:
+def region(marker: Marker) -> Subgraph:
     """A marker's kept region (FFF, MoD), as it was exported, as a branch (a marker inside
     it is lowered after, in the branch)."""
     return detach(marker.node)
 
 
 def token_dispatch(tape: ir.tape.Tape, marker: Marker, d_in: int, limit: int,
-                   kernel: Branch, beyond: Branch) -> ir.Value:
+                   kernel: Subgraph, beyond: Subgraph) -> ir.Value:
     """``If(Size(X) <= limit·d_in, kernel, beyond)`` on ``tape`` for a marker: the op's
     branch for calls of up to ``limit`` tokens, the other beyond."""
     name = marker.name

@@ -227,3 +227,39 @@ def test_crossover_is_measured_on_this_machine(tmp_path):
     assert pinned["dispatch"] == {**d, "basis": "pinned"}
     assert ((again.artifact / "model.onnx").read_bytes()
             == (result.artifact / "model.onnx").read_bytes())
+
+
+@pytest.mark.parametrize("won", [(False,), (True, True, False)])
+def test_measured_bounds_shape_the_artifact(tmp_path, monkeypatch, won):
+    """The measure stage's decisions, its timings replaced (what the machine measures is
+    not the test's): the kernel beaten at 1 token leaves the site as it was — the reason
+    given, the kernels built for it dropped, no shim; beaten at 4 tokens, the model is
+    lowered again with If(tokens <= 2). Either way the artifact equals the original."""
+    from fffc.contract.dispatch import Timing
+    from fffc.stages import measure
+    from tests.fixtures.graphs import dense_ffn
+
+    timings = tuple(Timing(1 << i, 1.0, 2.0 if w else 0.5) for i, w in enumerate(won))
+    monkeypatch.setattr(measure, "time_site", lambda *args, **kw: timings)
+    path = tmp_path / "m.onnx"
+    onnx.save(dense_ffn("relu"), str(path))
+    result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(crossovers="measured"))
+    (site,) = result.manifest["sites"]
+    assert site["dispatch"]["basis"] == "measured"
+    assert len(site["dispatch"]["timings"]) == len(won)
+    model = onnx.load(str(result.artifact / "model.onnx"))
+    if won[0]:
+        assert site["decision"] == "exact"
+        assert site["dispatch"]["branches"][0] == {"branch": "kernel", "min_tokens": 1,
+                                                   "max_tokens": 2}
+        assert [n.op_type for n in model.graph.node if n.op_type == "If"] == ["If"]
+    else:
+        assert site["decision"] == "dense" and "faster than the kernel at 1 token" in site["reason"]
+        assert result.manifest["kernels"] is None and result.manifest["shim"] is None
+        assert not list((result.artifact).glob("*.so")) and not _fffc_nodes(model.graph)
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = fffc.runtime.InferenceSession(result.artifact)
+    for tokens in (1, 2, 3, 9):
+        x = np.random.default_rng(tokens).standard_normal((1, tokens, 16)).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], original.run(None, {"x": x})[0],
+                                   rtol=1e-4, atol=1e-5)
