@@ -16,7 +16,7 @@ from .. import frontend, passes
 from ..contract.dispatch import TokenDispatch
 from ..contract.kinds import Branch, Crossover
 from ..contract.lowering import SiteLowering
-from ..contract.modes import mode
+from ..contract.modes import kernel_spec, mode
 from ..contract.sites import Site
 from ..plan.decide import leave
 from ..verify.artifact import single_node_model
@@ -43,15 +43,18 @@ def others(v: Verified, sites: list[Site],
 
 
 def measure(site: Site, v: Verified, artifact: onnx.ModelProto, other: onnx.ModelProto,
-            io: tuple[str, str], shim: str, planned: TokenDispatch) -> TokenDispatch:
+            io: tuple[str, str], shim: str, planned: TokenDispatch,
+            ctx: Context) -> TokenDispatch:
     """The site's token dispatch from its timings (where its sides cannot be timed alone:
-    its kernel at every count, and why)."""
+    the target's table, and why)."""
     try:
         timings = time_site(single_node_model(artifact, site.name), subgraph(other, *io), shim,
                             v.original.sites[site.name][0])
     except Exception as e:  # ORT raises one type for everything; keep its first line
         why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        return replace(planned, note=f"not measured: {why}")
+        fam = ctx.family
+        return TokenDispatch(fam.max_tokens(kernel_spec(site)) or None, Crossover.TABLE,
+                             planned.beyond, note=f"{fam.name} table: not measured: {why}")
     return TokenDispatch.measured(timings, Crossover.MEASURED, planned.beyond)
 
 
@@ -81,7 +84,7 @@ def _measured(built: Shim, sites: list[Site], ctx: Context) -> Dispatch:
     other, io = others(v, sites, tokens)
     for s in sites:
         tokens[s.name] = measure(s, v, built.kernels.lowered.model, other, io[s.name],
-                                 str(built.check_path), tokens[s.name])
+                                 str(built.check_path), tokens[s.name], ctx)
     left = False
     for s in sites:
         s.dispatch = tokens[s.name]

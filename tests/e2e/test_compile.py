@@ -263,3 +263,20 @@ def test_measured_bounds_shape_the_artifact(tmp_path, monkeypatch, won):
         x = np.random.default_rng(tokens).standard_normal((1, tokens, 16)).astype(np.float32)
         np.testing.assert_allclose(sess.run(None, {"x": x})[0], original.run(None, {"x": x})[0],
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_a_site_that_cannot_be_timed_takes_the_table(tmp_path, monkeypatch):
+    from fffc.stages import measure
+    from tests.fixtures.graphs import dense_ffn
+
+    def fails(*args, **kw):
+        raise RuntimeError("no such node")
+
+    monkeypatch.setattr(measure, "time_site", fails)
+    path = tmp_path / "m.onnx"
+    onnx.save(dense_ffn("relu"), str(path))
+    result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(crossovers="measured"))
+    (site,) = result.manifest["sites"]
+    assert site["decision"] == "exact"
+    assert site["dispatch"]["basis"] == "table" and "no such node" in site["dispatch"]["note"]
+    assert site["dispatch"]["branches"][0]["max_tokens"] == 2  # the x86 table, exact dense
