@@ -23,7 +23,7 @@ teal in all six FFNs, centered; the compile verifies it against the thresholded 
 also TEAL's zero centers at 40%) and the
 artifact is timed against the original in ONNX Runtime (2 threads, blocks, medians) on a
 1-token call (the decode kernel's case) and on a held-out sentence as one batch (where
-the thresholded FFN runs in ONNX Runtime), with the artifact's embedding cosine on the
+the original FFN runs in ONNX Runtime, past each site's crossover), with the artifact's embedding cosine on the
 held-out sentences, next to the 25% thresholded model in plain ONNX ops (no ``If``, no
 fffc kernel); with ``--predictor-rank`` also ``--budget predictor`` (each FFN computes
 only the neurons its predictor selects, cut at 99% held-out recall). Needs the torch extra
@@ -227,7 +227,10 @@ def speed(onnx_path: Path, held: list[dict], base: np.ndarray, names: list[str],
         result = fffc.compile(onnx_path, tmp / f"teal-{s:g}.fffc", fffc.CompileOptions(
             calibration=onnx_path.with_suffix(".calib.json"), budget=f"uniform={s:g}"))
         teal = sum(site.decision == "teal" for site in result.sites)
-        print(f"uniform={s:g}: {teal} of {len(result.sites)} FFN sites teal")
+        served = sorted({f"{site.dispatch.describe()} ({site.dispatch.basis})"
+                         for site in result.sites if site.dispatch is not None})
+        print(f"uniform={s:g}: {teal} of {len(result.sites)} FFN sites teal; tokens per call: "
+              f"{'; '.join(served)}")
         sessions[f"teal {s:.0%}"] = fffc.runtime.InferenceSession(result.artifact, timing.session_options())
     result = fffc.compile(onnx_path, tmp / "teal-zero-0.4.fffc", fffc.CompileOptions(
         calibration=onnx_path.with_suffix(".zero.calib.json"), budget="uniform=0.4"))
@@ -361,7 +364,11 @@ def ffn_speed(onnx_path: Path, held: list[dict], tmp: Path, rows: int = 64) -> N
         so.register_custom_ops_library(str(shim_path(art)))
         total = {"ORT": 0.0, "fffc": 0.0}
         ratios = []
+        manifest = json.loads((art / "manifest.json").read_text())
+        kept = {m["name"] for m in manifest["sites"] if m["decision"] != "dense"}
         for s in sites:
+            if s.name not in kept:  # left as it was: the same FFN on both sides
+                continue
             sess = {"ORT": ort.InferenceSession(dense_ffn_model(weights[s.name]),
                                                 timing.session_options(),
                                                 providers=["CPUExecutionProvider"]),
@@ -376,7 +383,7 @@ def ffn_speed(onnx_path: Path, held: list[dict], tmp: Path, rows: int = 64) -> N
             for k in total:
                 total[k] += t[k]
             ratios.append(t["ORT"] / t["fffc"])
-        print(f"| {label} | {total['ORT']:.3f} | {total['fffc']:.3f} | "
+        print(f"| {label} ({len(ratios)} FFNs) | {total['ORT']:.3f} | {total['fffc']:.3f} | "
               f"{total['ORT'] / total['fffc']:.2f}x | {min(ratios):.2f}x–{max(ratios):.2f}x |",
               flush=True)
 

@@ -10,7 +10,8 @@ Columns, all in ONNX Runtime with the same session options (``--threads`` intra-
 the dense export; the structured export as ORT runs it (its bmm/transposes/GEMMs); the fffc
 artifact (``ai.fffc::StructuredFFN``, shim pool FFFC_NUM_THREADS = ``--threads``). Sessions
 are timed in alternating blocks (``fffc.timing``), medians compared; ratios are dense /
-other. The fffc artifact's merged-path crossover is measured at compile time (printed).
+other. The fffc artifact's merged-path crossover and the crossover between its kernel and
+ORT running the structured export are measured at compile time (printed).
 
     python bench/bench_structured.py [--kinds lowrank,blockdense,blockshuffle]
         [--tokens 1,16,512,2048] [--repeat 20] [--json out.json]
@@ -82,6 +83,11 @@ def main() -> int:
             for r in st["crossover"]["timings"]:
                 print(f"   crossover {r['tokens']:>4} tokens: structured "
                       f"{r['structured_ms']:.3f} ms, merged {r['merged_ms']:.3f} ms")
+        d = result.sites[0].dispatch
+        print(f"   {result.sites[0].decision}; tokens per call: {d.describe()} ({d.basis})")
+        for t in d.timings:
+            print(f"   dispatch {t.tokens:>4} tokens: kernel {t.kernel_ms:.3f} ms, "
+                  f"original {t.other_ms:.3f} ms")
         plain = ort.InferenceSession(str(path), timing.session_options(args.threads),
                                      providers=["CPUExecutionProvider"])
         art = fffc.runtime.InferenceSession(result.artifact, timing.session_options(args.threads),

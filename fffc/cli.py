@@ -23,6 +23,7 @@ from rich.text import Text
 
 from .contract import config
 from .contract.errors import FffcError, UsageError
+from .contract.kinds import Crossover
 from .contract.ops import WEIGHT_DTYPES
 from .contract.tolerances import RTOL
 
@@ -47,12 +48,13 @@ def _note(text: str) -> None:
 def _sites_table(sites, title: str) -> Table:
     t = Table(title=title)
     for col in ("site", "kind", "activation", "d_model", "d_ff", "bias", "decision", "rel err",
-                "nodes"):
+                "tokens", "nodes"):
         t.add_column(col)
     for s in sites:
         err = "" if s.max_rel_err is None else f"{s.max_rel_err:.1e}"
+        tokens = "" if s.dispatch is None else s.dispatch.describe()
         t.add_row(s.name, f"{s.kind} ({s.family})", s.activation, str(s.d_model), str(s.d_ff),
-                  "yes" if s.bias else "no", s.decision, err, _nodes(s.matched_nodes))
+                  "yes" if s.bias else "no", s.decision, err, tokens, _nodes(s.matched_nodes))
     return t
 
 
@@ -109,6 +111,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         dump_dir=Path(args.dump) if args.dump else config.dump_dir_from_env(),
         sites=tuple(args.sites or ()),
         max_sparse_tokens=args.max_sparse_tokens, merged_max_tokens=args.merged_max_tokens,
+        crossovers=args.crossovers, timings=args.timings, sparse_prefill=args.sparse_prefill,
         mattr=_mattr(args.mattr),
         calibration=args.calibration, budget=args.budget, data=args.data,
         **({"cuda_archs": _archs(args.arch)} if args.arch else {}),
@@ -116,6 +119,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     )
     result = compile_model(args.model, args.output, options, _stage, _note)
     console.print(_sites_table(result.sites, f"{len(result.sites)} FFN site(s)"))
+    for s in result.sites:  # left as they were by their timings: say why
+        if s.dispatch is not None and not s.dispatch.kernel:
+            console.print(f"{s.name}: {s.reason}")
     v = result.manifest.get("verification", {})
     masked = "deviation_from_original" in v  # the artifact computes the masked function
     rounded = result.manifest.get("options", {}).get("weight_dtype", "float32") != "float32"
@@ -150,6 +156,10 @@ def _print_calibration(result) -> None:
     console.print(f"[yellow]the compiled model differs from the original by design[/] "
                   f"(calibrated modes and/or --weight-dtype): max rel err "
                   f"{dev['max_rel']:.2e} on the probe inputs")
+    masked = m["verification"].get("masked_from_original")
+    if masked is not None:
+        console.print(f"the masked function at every token count (the kernels' branch) vs the "
+                      f"original: max rel err {masked['max_rel']:.2e} on the probe inputs")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -292,8 +302,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "weight bytes, float32 arithmetic; the artifact is verified against the "
                    "model with rounded weights and its distance from the original reported")
     c.add_argument("--max-sparse-tokens", type=int, metavar="N",
-                   help="run fffc's kernels up to N tokens per call and the original dense "
-                   "FFN beyond (default: the target's measured crossover; 0: always fffc)")
+                   help="SparseFFN sites: run fffc's kernels up to N tokens per call and the "
+                   "original FFN beyond (default: the crossover, see --crossovers; 0: always "
+                   "fffc)")
+    c.add_argument("--crossovers", choices=[str(c) for c in (Crossover.MEASURED, Crossover.TABLE)],
+                   help="where each site's crossover between its kernel and the original "
+                   "subgraph comes from: timed on this machine (the default where the kernels "
+                   "run here: x86) or the target's table (FFFC_CROSSOVERS sets the default)")
+    c.add_argument("--timings", type=Path, metavar="FILE.json",
+                   help="pinned crossover timings: the manifest.json of an earlier compile "
+                   "(makes the artifact reproducible) or {site: [{tokens, kernel_ms, "
+                   "original_ms}, ...]}")
+    c.add_argument("--sparse-prefill", action="store_true",
+                   help="calibrated modes: keep the thresholds or predictors at every token "
+                   "count (the masked FFN in ONNX Runtime past the crossover) instead of running "
+                   "the original FFN for many-token calls")
     c.add_argument("--merged-max-tokens", type=int, metavar="N",
                    help="structured FFNs: use the pre-merged dense weights up to N tokens per "
                    "call (default: measured at compile time on x86, 0 elsewhere; 0: never; "

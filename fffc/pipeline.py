@@ -1,7 +1,7 @@
 """The compile pipeline: the ordered list of stages, and the one loop that repeats a build.
 
 load → canonicalize → detect → plan (→ allocate, with --calibration) → verify sites →
-dispatch → lower → codegen → shim → check → package. Each stage (``fffc.stages``) takes the
+dispatch → lower → codegen → shim → measure → check → package. Each stage (``fffc.stages``) takes the
 previous stage's result and, with ``--dump``, writes its numbered dump
 (``fffc.stages.context.DUMPS``). The build stages run again, at most ``MAX_ROUNDS``
 times in all, while the artifact check finds sites whose kernels fail: those are left as
@@ -25,6 +25,7 @@ from .stages import (
     codegen,
     dispatch,
     lower,
+    measure,
     package,
     plan,
     shim,
@@ -36,7 +37,7 @@ from .stages.package import CompileResult
 
 ANALYSIS = analysis.STAGES  # load, canonicalize, detect
 PREPARE = (plan, allocate, verify_sites, dispatch)
-BUILD = (lower, codegen, shim, check)  # repeated while the check fails sites
+BUILD = (lower, codegen, shim, measure, check)  # repeated while the check fails sites
 STAGES = (*ANALYSIS, *PREPARE, *BUILD, package)
 MAX_ROUNDS = 2  # a site whose kernel fails the artifact check is dropped and the rest rebuilt
 

@@ -213,12 +213,19 @@ def replace_region(graph: ir.Graph, root: ir.Node, nodes: list[ir.Node], marker:
     marker.attributes["original"] = ir.AttrGraph("original", original)
 
 
-def restore(graph: ir.Graph, marker: ir.Node) -> ir.Value:
-    """Put a kept region back where its marker is; returns the region's output."""
+def detach(marker: ir.Node) -> tuple[list[ir.Node], ir.Value]:
+    """A marker's kept region taken out of it: its nodes (in order) and its output."""
     original = marker.attributes["original"].value
     nodes = list(original)
     out = original.outputs[0]
     original.outputs.clear()
     original.remove(nodes, safe=False)
+    return nodes, out
+
+
+def restore(graph: ir.Graph, marker: ir.Node) -> ir.Value:
+    """Put a kept region back where its marker is (in ``graph``, the marker's own); returns
+    the region's output."""
+    nodes, out = detach(marker)
     graph.insert_before(marker, nodes)
     return out

@@ -4,7 +4,8 @@ Compiles the example model and test exports (every site kind; exact, teal, cats 
 predictor sites; x86, arm and cuda targets; 16-bit weights) with ``fffc.compile`` and
 records, per job, the SHA-256 of the artifact's ``model.onnx`` and the manifest's sites
 (timings removed: a structured site's measured crossover is pinned with
-``merged_max_tokens``). Only the public API is used, so two checkouts can be compared:
+``merged_max_tokens``, and every kernel's crossover comes from its target's table,
+``FFFC_CROSSOVERS=table``). Only the public API is used, so two checkouts can be compared:
 
     python scripts/artifact_snapshot.py models DIR        # build the models (needs torch)
     python scripts/artifact_snapshot.py save OUT.json --models DIR
@@ -112,6 +113,7 @@ def _sites(manifest: dict) -> list[dict]:
 
 
 def save(models: Path, out: Path, only: str = "") -> int:
+    os.environ.setdefault("FFFC_CROSSOVERS", "table")  # no timings: the same artifact each run
     import fffc
 
     records = {}

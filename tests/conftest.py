@@ -1,4 +1,7 @@
-"""Shared fixtures: exported HF-style models (need the optional torch extra)."""
+"""Shared fixtures: exported HF-style models (need the optional torch extra); compiles take
+their crossovers from the target's table (``FFFC_CROSSOVERS=table``) unless a test asks
+for them to be measured, so that what the tests build does not depend on the machine's
+timings."""
 
 from __future__ import annotations
 
@@ -6,6 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def crossovers_from_the_table():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FFFC_CROSSOVERS", "table")
+        yield
 
 
 @pytest.fixture(scope="session")

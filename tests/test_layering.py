@@ -25,7 +25,7 @@ UNITS = (
     ("frontend", ("fffc.frontend",)),
     ("passes", ("fffc.passes",)),
     ("codegen", ("fffc.codegen",)),
-    ("verify", ("fffc.verify",)),
+    ("verify", ("fffc.verify", "fffc.timing")),  # fffc.timing: standard library only
     ("plan", ("fffc.plan",)),
     ("package", ("fffc.package",)),
     ("stages", ("fffc.stages",)),

@@ -37,7 +37,7 @@ def test_behaviours_the_flags_require(decision):
         m.behaviour(Behaviour.EMULATE)
         assert m.op is not None
     if m.masked:
-        assert m.token_dispatch and m.kernels
+        assert m.kernels
 
 
 def _site(kind: SiteKind, decision: Decision) -> Site:

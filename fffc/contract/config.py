@@ -25,7 +25,15 @@ class CompileOptions:
     force: bool = False
     sites: tuple[str, ...] = field(default=())  # empty: all sites
     cuda_archs: tuple[str, ...] = ("sm_80", "sm_90")  # --target cuda: cubins (+ PTX of the last)
-    max_sparse_tokens: int | None = None  # None: the target's measured crossover; 0: always
+    max_sparse_tokens: int | None = None  # SparseFFN sites: the kernel up to N tokens, the
+    # original FFN beyond (None: the crossover, see ``crossovers``; 0: the kernel always)
+    crossovers: str | None = None  # "measured" | "table" (fffc.contract.kinds.Crossover):
+    # where each site's crossover between its kernel and the original subgraph comes from;
+    # None: FFFC_CROSSOVERS, else measured where the kernels run on this machine (x86)
+    timings: Path | None = None  # pinned timings (JSON: a manifest.json, or per site a list
+    # of {tokens, kernel_ms, original_ms}): the crossovers of those sites, not measured
+    sparse_prefill: bool = False  # masked modes: the masked function beyond the kernel's
+    # crossover too (default: the original FFN serves many-token calls)
     merged_max_tokens: int | None = None  # StructuredFFN: merged dense path up to N tokens
     # (None: measured at compile time on x86; 0: never)
     calibration: Path | None = None  # CALIB.json of `fffc calibrate`: TEAL thresholds
@@ -60,6 +68,12 @@ def num_threads() -> int | None:
     """``FFFC_NUM_THREADS``: threads of the shim's kernel pool (None: all cores)."""
     env = os.environ.get("FFFC_NUM_THREADS")
     return int(env) if env else None
+
+
+def crossovers_from_env() -> str | None:
+    """``FFFC_CROSSOVERS``: the default of ``CompileOptions.crossovers`` ("table" makes
+    compiles reproducible, e.g. in CI)."""
+    return os.environ.get("FFFC_CROSSOVERS") or None
 
 
 def dump_dir_from_env() -> Path | None:

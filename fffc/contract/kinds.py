@@ -48,6 +48,23 @@ class SparseMode(_Named):
     PREDICTOR = "predictor"
 
 
+class Branch(_Named):
+    """What serves a call at a site with kernels (an ``If`` on the token count picks one)."""
+
+    KERNEL = "kernel"  # fffc's op, its compiled kernels through the shim
+    ORIGINAL = "original"  # the site's original subgraph in standard ops
+    MASKED = "masked"  # a masked mode's function in standard ops (--sparse-prefill)
+
+
+class Crossover(_Named):
+    """Where a site's token crossover comes from (``--crossovers`` takes the first two)."""
+
+    MEASURED = "measured"  # timed on the build machine: the kernel vs ONNX Runtime
+    TABLE = "table"  # the target family's table (fffc.codegen.schedules)
+    OPTION = "option"  # --max-sparse-tokens
+    PINNED = "pinned"  # timings given with --timings
+
+
 class TargetFamily(_Named):
     """A code generation backend."""
 

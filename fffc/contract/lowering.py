@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .kinds import Decision
+from .kinds import Branch, Decision
 
 # A threshold: a constant (negative = off), a scalar graph input (an ``onnx_ir.Value``,
 # for searching levels), or None (off).
@@ -48,7 +48,8 @@ class SiteLowering:
     decision: Decision = Decision.DENSE
     masks: Masks | None = None  # the masked decisions' parameters (or, with DENSE: the
     # masked function in standard ops)
-    max_tokens: int = 0  # > 0 (token-dispatched decisions): If(tokens <= max_tokens) runs
-    # the op, else the FFN in standard ops
+    max_tokens: int = 0  # > 0: If(tokens <= max_tokens) runs the op, else ``beyond``
+    beyond: Branch = Branch.ORIGINAL  # past max_tokens: the original subgraph, or a masked
+    # decision's function (its masks) in standard ops
     merged_max_tokens: int = 0  # StructuredFFN: calls of up to this many tokens use the
     # pre-merged dense weights

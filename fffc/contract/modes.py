@@ -59,12 +59,12 @@ class Mode:
     op: OpSpec | None  # None: the site stays in standard ONNX ops
     sparse_mode: SparseMode | None = None  # SparseFFN's ``mode`` attribute
     kinds: frozenset[SiteKind] = frozenset()  # site kinds it applies to
-    kernels: bool = False  # compiled kernels run it (through the shim)
+    kernels: bool = False  # compiled kernels run it (through the shim), for the token
+    # counts where they beat ONNX Runtime running the original subgraph (an If on the count
+    # runs the original beyond: fffc.contract.dispatch)
     masked: bool = False  # computes a masked function of the FFN (thresholds, predicted
-    # neurons), not the original: the artifact must equal that function, and its distance
-    # from the original is reported
-    token_dispatch: bool = False  # an If on the token count runs the kernel up to the
-    # target's crossover and ONNX Runtime's dense FFN beyond (prefill dense, decode sparse)
+    # neurons), not the original: where its kernel serves, the artifact must equal that
+    # function, and its distance from the original is reported
     rewrites: bool = False  # the site is replaced (verified against the original subgraph)
     merged_path: bool = False  # the op also holds pre-merged dense weights for calls of up to
     # a token bound (measured per site, or --merged-max-tokens)
@@ -107,16 +107,16 @@ MODES: dict[Decision, Mode] = {m.decision: m for m in (
     Mode(Decision.PENDING, None),
     Mode(Decision.DENSE, None),
     Mode(Decision.EXACT, SPARSE_FFN, SparseMode.EXACT, _SPARSE_KINDS, kernels=True,
-         token_dispatch=True, rewrites=True, layouts={"WU": Layout.ROWS}, specs=sparse_specs),
+         rewrites=True, layouts={"WU": Layout.ROWS}, specs=sparse_specs),
     Mode(Decision.TEAL, SPARSE_FFN, SparseMode.TEAL, _SPARSE_KINDS, kernels=True, masked=True,
-         token_dispatch=True, rewrites=True, params=(Param.THRESHOLDS, Param.CENTERS),
+         rewrites=True, params=(Param.THRESHOLDS, Param.CENTERS),
          masks=_teal_masks, specs=sparse_specs),
     Mode(Decision.CATS, SPARSE_FFN, SparseMode.CATS, frozenset({SiteKind.GATED}), kernels=True,
-         masked=True, token_dispatch=True, rewrites=True, layouts={"WU": Layout.ROWS},
+         masked=True, rewrites=True, layouts={"WU": Layout.ROWS},
          params=(Param.THRESHOLDS,), th_fields=("input", "gate"), masks=_cats_masks,
          specs=sparse_specs),
     Mode(Decision.PREDICTOR, SPARSE_FFN, SparseMode.PREDICTOR, _SPARSE_KINDS, kernels=True,
-         masked=True, token_dispatch=True, rewrites=True,
+         masked=True, rewrites=True,
          layouts={"W1": Layout.ROWS, "WU": Layout.ROWS}, params=(Param.PREDICTOR,),
          masks=_predictor_masks, specs=sparse_specs),
     Mode(Decision.TREE, FAST_FEED_FORWARD, None, frozenset({SiteKind.FFF}), kernels=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .dispatch import TokenDispatch
 from .kinds import Decision, SiteKind
 from .modes import Param, mode
 from .ops import describe_k
@@ -40,6 +41,8 @@ class Site:
     predictor_arrays: tuple | None = field(default=None, repr=False, compare=False)  # A, B, C-cut
     centers: tuple | None = field(default=None, repr=False, compare=False)  # teal: c_in, c_hidden
     reason: str = ""  # why that decision
+    dispatch: TokenDispatch | None = None  # after compile, a site with kernels (or left as
+    # it was by its timings): which branch serves which token counts
     max_abs_err: float | None = None
     max_rel_err: float | None = None
 
@@ -68,6 +71,7 @@ class Site:
         d = asdict(self)
         d.pop("predictor_arrays")
         d.pop("centers")
+        d["dispatch"] = self.dispatch.to_json() if self.dispatch is not None else None
         d["family"] = self.family
         if self.centered:
             d["centered"] = self.centered

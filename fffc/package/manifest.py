@@ -9,7 +9,6 @@ from pathlib import Path
 
 from ..codegen.cuda_build import fatbin_entries, nvcc_version
 from ..contract.config import CompileOptions
-from ..contract.modes import mode
 from ..contract.sites import NearMiss, Site
 from ..contract.targets import TargetRequest
 from ..frontend import sha256_file
@@ -36,7 +35,7 @@ def manifest(*, source: Path, options: CompileOptions, target: TargetRequest, li
              shim: Path | None, staging: Path, layout: Layout, sites: list[Site],
              near_misses: list[NearMiss],
              canonical_rewrites: dict[str, int], report: dict, feeds,
-             sparse_limits: dict[str, int], calibration: dict | None) -> dict:
+             calibration: dict | None) -> dict:
     """The manifest of an artifact built in ``staging``."""
     opts = replace(options, dump_dir=None)
     out = {
@@ -66,8 +65,6 @@ def manifest(*, source: Path, options: CompileOptions, target: TargetRequest, li
         "options": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
                     for k, v in opts.__dict__.items() if k != "dump_dir"},
         "canonical_rewrites": canonical_rewrites,
-        "max_sparse_tokens": {s.name: sparse_limits.get(s.name) for s in sites
-                              if mode(s.decision).token_dispatch},
         "sites": [s.to_json() for s in sites],
         "near_misses": [m.to_json() for m in near_misses],
         "verification": report | {"probes": [{k: list(v.shape) for k, v in f.items()}

@@ -1,18 +1,21 @@
-"""Stage: the built artifact against its reference — every kernel alone, the model with and
-without the shim, the CUDA kernels in the emulator (``fffc.verify.artifact``). A site whose
-kernels fail is left as it was and the build repeated (``retry``)."""
+"""Stage: the built artifact against its reference — every kernel alone (against the
+function it computes at every count), the model with and without the shim (against, per
+probe, what the branch serving its token count computes), the CUDA kernels in the
+emulator (``fffc.verify.artifact``). A site whose kernels fail is left as it was and the
+build repeated (``retry``)."""
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..plan.decide import leave
 from ..verify.artifact import check_artifact, check_cuda, deviation
+from ..verify.compare import compare_runs
 from .context import Context
 from .dispatch import Dispatch
 from .shim import Shim
-from .verify_sites import refresh
+from .verify_sites import expected, refresh
 
 NAME = "check artifact"
 
@@ -33,12 +36,17 @@ def run(shim: Shim, ctx: Context) -> Checked:
     rtol = ctx.options.rtol
     try:
         with ctx.report(NAME):
+            want = expected(v, lowered.dispatch.tokens)
             report, failed = check_artifact(v.sites, lowered.model, lowered.path,
-                                            shim.check_path, v.feeds, v.reference.outputs,
+                                            shim.check_path, v.feeds, want,
                                             v.reference.sites, v.inputs, rtol, v.analysis.path)
             if v.reference is not v.original:
                 report["deviation_from_original"] = deviation(
                     lowered.path, shim.check_path, v.feeds, v.original.outputs, rtol)
+                # the masked function at every count (what the kernels compute) vs the
+                # original, whichever branch serves each probe in the artifact
+                c = compare_runs(v.reference.outputs, v.original.outputs, rtol)
+                report["masked_from_original"] = {"max_abs": c.max_abs, "max_rel": c.max_rel}
     finally:
         if shim.check_path is not shim.path:
             shutil.rmtree(shim.check_path.parent, ignore_errors=True)
@@ -59,4 +67,5 @@ def retry(checked: Checked, ctx: Context) -> Dispatch:
     for s in checked.verified.sites:
         if s.name in checked.failed:
             leave(s, f"kernel check failed: {checked.failed[s.name]}")
-    return Dispatch(refresh(dispatch.verified, ctx), dispatch.sparse, dispatch.merged)
+            s.dispatch = None
+    return replace(dispatch, verified=refresh(dispatch.verified, ctx))

@@ -25,14 +25,20 @@ class Kernels:
         return self.lowered.verified
 
 
+def needed(lowered: Lowered) -> list:
+    """The kernel specs the lowered sites call (a structured site's merged path included)."""
+    sites = [s for s in lowered.verified.sites if mode(s.decision).kernels]
+    merged = lowered.dispatch.merged
+    return sorted({k for s in sites for k in kernel_specs(s)}
+                  | {merged_spec(s) for s in sites if merged.get(s.name, 0) > 0},
+                  key=lambda k: k.key)
+
+
 def run(lowered: Lowered, ctx: Context) -> Kernels:
     sites = [s for s in lowered.verified.sites if mode(s.decision).kernels]
     if not sites:
         return Kernels(lowered)
-    merged = lowered.dispatch.merged
-    specs = sorted({k for s in sites for k in kernel_specs(s)}
-                   | {merged_spec(s) for s in sites if merged.get(s.name, 0) > 0},
-                   key=lambda k: k.key)
+    specs = needed(lowered)
     counted = sorted({k for s in sites for k in counted_specs(s)}, key=lambda k: k.key)
     o, fam = ctx.options, ctx.family
     with ctx.report(f"codegen ({len(specs)} kernel families, {fam.name})"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -14,9 +14,10 @@ import onnx_ir as ir
 
 from .. import frontend
 from ..codegen.schedules import Family, family
+from ..contract import config
 from ..contract.config import CompileOptions
 from ..contract.errors import UsageError
-from ..contract.kinds import WeightDtype
+from ..contract.kinds import Crossover, WeightDtype
 from ..contract.targets import TargetRequest, normalize
 from ..package.layout import Layout
 
@@ -118,6 +119,14 @@ class Context:
         except ValueError:
             raise UsageError(f"--weight-dtype: one of {', '.join(d.flag for d in WeightDtype)}, "
                              f"got {options.weight_dtype!r}") from None
+        given = options.crossovers or config.crossovers_from_env() or Crossover.MEASURED
+        choices = (Crossover.MEASURED, Crossover.TABLE)
+        if given not in choices:  # the others name where a site's bound came from
+            raise UsageError(f"--crossovers (FFFC_CROSSOVERS): one of "
+                             f"{', '.join(map(str, choices))}, got {given!r}")
+        options = replace(options, crossovers=str(Crossover(given)))
+        if options.max_sparse_tokens is not None and options.max_sparse_tokens < 0:
+            raise UsageError(f"--max-sparse-tokens must be >= 0, got {options.max_sparse_tokens}")
         fam = family(target.family)
         if dtype is not WeightDtype.FLOAT32 and not fam.narrow_weights:
             raise UsageError(f"--weight-dtype {options.weight_dtype}: 16-bit weights are for "

@@ -29,10 +29,16 @@ class Lowered:
 
 
 def run(dispatch: Dispatch, ctx: Context) -> Lowered:
+    clear(ctx.staging)
+    return write(dispatch, ctx)
+
+
+def write(dispatch: Dispatch, ctx: Context) -> Lowered:
+    """The model lowered as ``dispatch`` says, written into the artifact being built (over
+    an earlier one: the measured crossovers change the model, not the kernels)."""
     final = frontend.copy(dispatch.verified.working)
     passes.lower(final, dispatch.lowerings())
     proto = ir.serde.serialize_model(final)
     ctx.dump.model("05-rewritten.onnx", proto)
-    clear(ctx.staging)
     path = ctx.layout.write_model(final, ctx.staging)
     return Lowered(dispatch, proto, path)

@@ -28,7 +28,6 @@ class CompileResult:
 def run(checked: Checked, ctx: Context) -> CompileResult:
     v = checked.verified
     a = v.analysis
-    dispatch = checked.shim.kernels.lowered.dispatch
     shim = checked.shim.path
     ctx.layout.complete(ctx.staging, shim is not None)
     m = manifest(source=a.path, options=ctx.options, target=ctx.target,
@@ -36,8 +35,7 @@ def run(checked: Checked, ctx: Context) -> CompileResult:
                  staging=ctx.staging, layout=ctx.layout, sites=a.sites,
                  near_misses=a.near_misses,
                  canonical_rewrites=a.canonical_rewrites, report=checked.report,
-                 feeds=v.feeds, sparse_limits=dispatch.sparse,
-                 calibration=v.planned.calibration)
+                 feeds=v.feeds, calibration=v.planned.calibration)
     (ctx.staging / MANIFEST).write_text(json.dumps(m, indent=2, sort_keys=True))
     install(ctx.staging, ctx.out)
     return CompileResult(ctx.out, a.sites, a.near_misses, m)

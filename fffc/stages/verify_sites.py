@@ -6,11 +6,14 @@ Check 2: per site, the planned op's NumPy reference on the site's captured input
 original subgraph's output (``fffc.verify.sites``). Masked modes (thresholds, predicted
 neurons) and ``--weight-dtype`` compute another function than the original: the reference
 the artifact must equal is then that function in standard ops, captured the same way, and
-each site's distance from the original is reported (``Site.deviation``).
+each site's distance from the original is reported (``Site.deviation``). Where a token
+dispatch runs the original past a site's bound, the artifact must equal the masked function
+on the probes its kernel serves and the original on the others (``expected``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +24,9 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from .. import frontend, passes
 from ..contract.analysis import Analysis
 from ..contract.config import CompileOptions
+from ..contract.dispatch import TokenDispatch
 from ..contract.errors import RewriteError, UnsupportedModelError
-from ..contract.kinds import WeightDtype
+from ..contract.kinds import Branch, WeightDtype
 from ..contract.lowering import SiteLowering
 from ..contract.modes import mode
 from ..contract.sites import Site
@@ -71,6 +75,34 @@ def masks(sites: list[Site]) -> dict[str, SiteLowering]:
     """The masked sites' functions in standard ops: the reference they must equal."""
     return {s.name: SiteLowering(masks=mode(s.decision).masks(s)) for s in sites
             if mode(s.decision).masked}
+
+
+def expected(v: Verified, tokens: Mapping[str, TokenDispatch]) -> list[list[np.ndarray]]:
+    """Per probe, the outputs the artifact must compute: each masked site's masked function
+    where its kernel (or, ``Branch.MASKED``, the masked branch) serves the probe's token
+    count at that site, the original where the original serves — captured from the markers
+    in standard ops, so no part of the token dispatch under test computes its own
+    reference."""
+    def masked_at(name: str, i: int) -> bool:
+        x = v.original.sites[name][0][i]
+        t = tokens.get(name)
+        return t is None or t.branch(x.size // x.shape[-1]) is not Branch.ORIGINAL
+
+    groups = [frozenset(n for n in v.masked if masked_at(n, i)) for i in range(len(v.feeds))]
+    out: list = [None] * len(v.feeds)
+    plans = masks(v.sites)
+    for group in set(groups):
+        idx = [i for i, g in enumerate(groups) if g == group]
+        if group == v.masked:
+            got = [v.reference.outputs[i] for i in idx]
+        elif not group and not v.rounded:
+            got = [v.original.outputs[i] for i in idx]
+        else:
+            got = capture(v.working, len(v.analysis.proto.graph.output), [v.feeds[i] for i in idx],
+                          {n: plans[n] for n in group}).outputs
+        for i, g in zip(idx, got, strict=True):
+            out[i] = g
+    return out
 
 
 def refresh(v: Verified, ctx: Context) -> Verified:

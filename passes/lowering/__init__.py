@@ -28,7 +28,7 @@ from .. import weight_dtype
 from .._common import const_array
 from ..markers import decode, markers
 from . import fff, routed, sparse, structured
-from ._emit import Lowering, default_opset, drop_unused_initializers
+from ._emit import Lowering, default_opset, drop_unused_initializers, graphs
 from .legalize import legalize
 from .sparse import fold_centers
 
@@ -45,15 +45,37 @@ def lower(model: ir.Model, plans: Mapping[str, SiteLowering]) -> None:
     """Replace every marker as ``plans[name]`` says (a marker without a plan, or planned
     ``Decision.DENSE``, stays as it was), legalize the rest, drop what nothing reads."""
     ctx = Lowering(model, default_opset(model))
-    pending = markers(model.graph)
-    while pending:  # a routed site left as it was brings its inner FFN marker back
+    pending = _markers(model.graph)
+    while pending:  # a routed region put back (or beyond a token dispatch) brings its inner
+        # FFN marker back
         for node in pending:
             _lower_site(ctx, node, plans.get(node.name) or SiteLowering())
-        pending = markers(model.graph)
+        pending = _markers(model.graph)
     legalize(model)
+    _name_branch_values(model.graph)
     weight_dtype.share_narrow_weights(model.graph)
     common_passes.RemoveUnusedNodesPass()(model)
     drop_unused_initializers(model.graph)
+
+
+def _name_branch_values(graph: ir.Graph) -> None:
+    """Values in If branches (of a region's inner FFN or a legalized node, lowered there)
+    whose names are unset or also name a value outside the branch, renamed after their
+    branch: a graph names new values uniquely within itself only, and a branch sees the
+    names around it."""
+    outer = {v.name for v in (*graph.inputs, *graph.initializers.values())}
+    outer |= {v.name for n in graph for v in n.outputs}
+    for g in list(graphs(graph))[1:]:
+        for i, node in enumerate(g):
+            for j, v in enumerate(node.outputs):
+                if not v.name or v.name in outer:
+                    v.name = f"{g.name}__{i}_{j}"
+        outer |= {v.name for n in g for v in n.outputs}
+
+
+def _markers(graph: ir.Graph) -> list[ir.Node]:
+    """The markers of ``graph`` and of its If branches."""
+    return [n for g in graphs(graph) for n in markers(g)]
 
 
 def _lower_site(ctx: Lowering, node: ir.Node, plan: SiteLowering) -> None:

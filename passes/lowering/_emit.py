@@ -1,12 +1,14 @@
 """Pieces every site kind's lowering shares: the ``ai.fffc`` node with its model-local
-fallback function, the op's input layouts, replacing a marker, putting a kept region back.
+fallback function, the op's input layouts, replacing a marker, putting a kept region back,
+the ``If`` on the token count between the op and another branch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_ir as ir
 
 from fffc.contract.modes import Layout, Mode
@@ -14,7 +16,7 @@ from fffc.contract.ops import DOMAIN, OPSET_VERSION, OpSpec
 
 from .. import weight_dtype
 from .._common import const_array, initializer, transposed_from
-from .._region import restore
+from .._region import detach, restore
 from ..markers import Marker
 
 
@@ -113,8 +115,10 @@ def fffc_node(ctx: Lowering, tape: ir.tape.Tape, marker: Marker, spec: OpSpec,
     return out
 
 
-def replace(graph: ir.Graph, node: ir.Node, tape: ir.tape.Tape, new_out: ir.Value) -> None:
-    """``node`` replaced by the nodes on ``tape``; ``new_out`` takes its output's name."""
+def replace(node: ir.Node, tape: ir.tape.Tape, new_out: ir.Value) -> None:
+    """``node`` replaced, in its own (sub)graph, by the nodes on ``tape``; ``new_out`` takes
+    its output's name."""
+    graph = node.graph
     old_out = node.outputs[0]
     name = old_out.name
     ir.convenience.replace_nodes_and_values(graph, node, [node], tape.nodes, [old_out], [new_out])
@@ -122,10 +126,62 @@ def replace(graph: ir.Graph, node: ir.Node, tape: ir.tape.Tape, new_out: ir.Valu
         new_out.name = name
 
 
+def graphs(graph: ir.Graph) -> Iterator[ir.Graph]:
+    """``graph`` and the subgraphs of its standard nodes (If branches), nested ones too,
+    outer first (not a marker's kept region: that is no part of the model until put back)."""
+    yield graph
+    for node in list(graph):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                yield from graphs(attr.value)
+
+
+Subgraph = tuple[list[ir.Node], ir.Value]  # an If branch: its nodes, in order, and its output
+
+
+def taped(tape: ir.tape.Tape, out: ir.Value, prefix: str) -> Subgraph:
+    """The nodes on ``tape`` as a branch, named ``<prefix>/<i>_<op>`` (values ``<prefix>_i_j``)
+    so they stay unique beside the outer graph's names."""
+    for i, n in enumerate(tape.nodes):
+        n.name = f"{prefix}/{i}_{n.op_type}"
+        for j, v in enumerate(n.outputs):
+            v.name = f"{prefix.replace('/', '__')}_{i}_{j}"
+    return list(tape.nodes), out
+
+
+def region(marker: Marker) -> Subgraph:
+    """A marker's kept region (FFF, MoD), as it was exported, as a branch (a marker inside
+    it is lowered after, in the branch)."""
+    return detach(marker.node)
+
+
+def token_dispatch(tape: ir.tape.Tape, marker: Marker, d_in: int, limit: int,
+                   kernel: Subgraph, beyond: Subgraph) -> ir.Value:
+    """``If(Size(X) <= limit·d_in, kernel, beyond)`` on ``tape`` for a marker: the op's
+    branch for calls of up to ``limit`` tokens, the other beyond."""
+    name = marker.name
+    x = marker.inputs["X"]
+    (k_nodes, k_out), (b_nodes, b_out) = kernel, beyond
+    k_out.name, b_out.name = f"{name}__kernel_y", f"{name}__beyond_y"
+    then_graph = ir.Graph([], [k_out], nodes=k_nodes, name=f"{name}_kernel")
+    else_graph = ir.Graph([], [b_out], nodes=b_nodes, name=f"{name}_beyond")
+    size = tape.op("Size", [x], name=f"{name}/tokens")
+    bound = tape.op("Constant", [], {"value": ir.tensor(np.array(limit * d_in, dtype=np.int64))},
+                    name=f"{name}/max_tokens")
+    cond = tape.op("LessOrEqual", [size, bound], name=f"{name}/few_tokens")
+    for v, suffix in ((size, "size"), (bound, "limit"), (cond, "few")):
+        v.name = f"{name}__{suffix}"
+    return tape.op("If", [cond], {"then_branch": then_graph, "else_branch": else_graph},
+                   name=f"{name}/dispatch")
+
+
 def put_back(ctx: Lowering, marker: Marker, _plan=None) -> None:
     """A marker that kept its matched region (FFF, MoD) left as it was: the region back in
     its place, under the marker's output name."""
-    graph, node = ctx.graph, marker.node
+    node = marker.node
+    graph = node.graph
     out = restore(graph, node)
     old = node.outputs[0]
     name = old.name
@@ -140,14 +196,7 @@ def put_back(ctx: Lowering, marker: Marker, _plan=None) -> None:
 def drop_unused_initializers(graph: ir.Graph) -> None:
     """Initializers no node of the graph (or of its If branches) reads any more, e.g. W_in in
     MatMul orientation once an FFF is walked from its row-per-node copy."""
-    live = {id(graph)}
-    stack = [graph]
-    while stack:
-        for node in stack.pop():
-            for attr in node.attributes.values():
-                if attr.type == ir.AttributeType.GRAPH and node.graph is not None:
-                    live.add(id(attr.value))
-                    stack.append(attr.value)
+    live = {id(g) for g in graphs(graph)}
     for name, value in list(graph.initializers.items()):
         used = any(u.node.graph is not None and id(u.node.graph) in live for u in value.uses())
         if not used and value not in graph.outputs and value not in graph.inputs:

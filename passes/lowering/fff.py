@@ -1,4 +1,5 @@
-"""FFF sites: ``ai.fffc::FastFeedForward`` (tree), the conditional walk in standard ops
+"""FFF sites: ``ai.fffc::FastFeedForward`` (tree; with ``max_tokens``, behind an ``If`` on
+the token count with the exported region beyond), the conditional walk in standard ops
 (walk), or the exported region back (left as it was)."""
 
 from __future__ import annotations
@@ -11,8 +12,19 @@ from fffc.contract.modes import Behaviour, mode, register
 from fffc.contract.ops import FAST_FEED_FORWARD
 
 from .. import standard_forms
+from .._common import const_array
 from ..markers import FFFMarker
-from ._emit import Lowering, fallback, fffc_node, laid_out, provenance, put_back, replace
+from ._emit import (
+    Lowering,
+    fallback,
+    fffc_node,
+    laid_out,
+    provenance,
+    put_back,
+    region,
+    replace,
+    token_dispatch,
+)
 
 
 def fff_function(overload: str, trees: int, depth: int, tie_break: str,
@@ -37,10 +49,15 @@ def lower_tree(ctx: Lowering, m: FFFMarker, plan: SiteLowering) -> None:
     attrs = {"trees": m.trees, "depth": m.depth, "activation": "gelu",
              "tie_break": m.tie_break}
     tape = ir.tape.Tape()
-    out = fffc_node(ctx, tape, m, FAST_FEED_FORWARD, inputs, attrs, overload,
+    kernel = ir.tape.Tape() if plan.max_tokens > 0 else tape
+    out = fffc_node(ctx, kernel, m, FAST_FEED_FORWARD, inputs, attrs, overload,
                     lambda: fff_function(overload, m.trees, m.depth, m.tie_break, ctx.opset),
                     provenance(m, matched=False))
-    replace(ctx.graph, m.node, tape, out)
+    if plan.max_tokens > 0:
+        d_in = const_array(m.inputs["W_in"]).shape[0]
+        out = token_dispatch(tape, m, d_in, plan.max_tokens, (list(kernel.nodes), out),
+                             region(m))
+    replace(m.node, tape, out)
 
 
 @register(Decision.WALK, Behaviour.LOWER)
@@ -53,4 +70,4 @@ def lower_walk(ctx: Lowering, m: FFFMarker, plan: SiteLowering) -> None:
                                   tie_break=m.tie_break)
     for i, n in enumerate(tape.nodes):
         n.name = f"{m.name}/walk/{i}_{n.op_type}"
-    replace(ctx.graph, m.node, tape, out)
+    replace(m.node, tape, out)

@@ -7,31 +7,25 @@ import onnx_ir as ir
 from .. import standard_forms
 from .._common import CANON, const_array, initializer
 from ..markers import MARKER
-from ._emit import default_opset, replace
+from ._emit import default_opset, graphs, replace
 
 
 def legalize(model: ir.Model) -> None:
-    """Canonical Gelu/Silu/StructuredLinear/BlockShuffle nodes outside FFN sites go back to
-    opset-correct standard ops, in the main graph and in every subgraph (canonicalization
-    rewrites If/Loop branches too); a marker left here is an error."""
+    """Canonical Gelu/Silu/StructuredLinear/BlockShuffle nodes outside FFN sites (in the
+    graph or an If branch) go back to opset-correct standard ops; a marker left here is an
+    error."""
+    graph = model.graph
     opset = default_opset(model)
-    for graph in list(model.graphs()):
-        _legalize(model.graph, graph, opset)
-    model.opset_imports.pop(CANON, None)
-
-
-def _legalize(main: ir.Graph, graph: ir.Graph, opset: int) -> None:
-    """``legalize`` in ``graph``; new initializers go to the ``main`` graph."""
-    for node in [n for n in graph if n.domain == CANON]:
+    for node in [n for g in graphs(graph) for n in g if n.domain == CANON]:
         if node.op_type == MARKER:
             raise ValueError(f"FFN marker {node.name!r} was not lowered")
         tape = ir.tape.Tape()
         if node.op_type == "StructuredLinear":
-            replace(graph, node, tape, _structured_linear(main, tape, node))
+            replace(node, tape, _structured_linear(graph, tape, node))
             continue
         if node.op_type == "BlockShuffle":
             h = standard_forms.blockdiag(tape, node.inputs[0], node.inputs[1])
-            replace(graph, node, tape, standard_forms.shuffled(tape, h, node.inputs[2]))
+            replace(node, tape, standard_forms.shuffled(tape, h, node.inputs[2]))
             continue
         if node.op_type == "Gelu":
             approx = node.attributes.get_string("approximate", "none")
@@ -41,7 +35,8 @@ def _legalize(main: ir.Graph, graph: ir.Graph, opset: int) -> None:
         else:
             raise ValueError(f"unknown canonical op {node.op_type}")
         out = standard_forms.activation(tape, name, node.inputs[0], opset)
-        replace(graph, node, tape, out)
+        replace(node, tape, out)
+    model.opset_imports.pop(CANON, None)
 
 
 def _structured_linear(graph: ir.Graph, tape: ir.tape.Tape, node: ir.Node) -> ir.Value:

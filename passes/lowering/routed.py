@@ -1,5 +1,6 @@
-"""Mixture-of-Depths sites: ``ai.fffc::RoutedFFN`` (its routing fixed per overload), or the
-exported region back (its inner FFN marker is lowered next)."""
+"""Mixture-of-Depths sites: ``ai.fffc::RoutedFFN`` (its routing fixed per overload; with
+``max_tokens``, behind an ``If`` on the token count with the exported region beyond), or the
+exported region back (its inner FFN marker is lowered next, where the region is)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,18 @@ from fffc.contract.modes import Behaviour, register
 from fffc.contract.ops import ROUTED_FFN
 
 from .. import standard_forms
+from .._common import const_array
 from ..markers import RoutedMarker, Routing
-from ._emit import Lowering, fallback, fffc_node, provenance, put_back, replace
+from ._emit import (
+    Lowering,
+    fallback,
+    fffc_node,
+    provenance,
+    put_back,
+    region,
+    replace,
+    token_dispatch,
+)
 
 INPUT_NAMES = [a.name for a in ROUTED_FFN.inputs]
 
@@ -60,7 +71,12 @@ def lower_routed(ctx: Lowering, m: RoutedMarker, plan: SiteLowering) -> None:
              "router": r.router, "x_coef": list(r.x_coef), "delta_coef": list(r.delta_coef),
              "epsilon": r.epsilon}
     tape = ir.tape.Tape()
-    out = fffc_node(ctx, tape, m, ROUTED_FFN, m.inputs, attrs, overload,
+    kernel = ir.tape.Tape() if plan.max_tokens > 0 else tape
+    out = fffc_node(ctx, kernel, m, ROUTED_FFN, m.inputs, attrs, overload,
                     lambda: routed_function(overload, present, m.activation, r, ctx.opset),
                     provenance(m))
-    replace(ctx.graph, m.node, tape, out)
+    if plan.max_tokens > 0:
+        d_in = const_array(m.inputs["W1"]).shape[0]
+        out = token_dispatch(tape, m, d_in, plan.max_tokens, (list(kernel.nodes), out),
+                             region(m))
+    replace(m.node, tape, out)

@@ -4,8 +4,9 @@ One path serves every SparseFFN mode: the mode's registry entry says which input
 row per neuron (``layouts``) and which inputs its planned parameters make (``params``:
 ``PARAMS`` below), and the fallback function and its overload name follow from the same
 declarations. With ``max_tokens`` the site becomes ``If(tokens <= max_tokens, SparseFFN,
-the FFN in standard ops)``. A site left as it was becomes the FFN in standard ops, with the
-plan's ``Masks`` applied when it has them (the reference a masked mode must equal).
+the original FFN in standard ops)`` (the masked FFN with ``Branch.MASKED``: prefill sparse).
+A site left as it was becomes the FFN in standard ops, with the plan's ``Masks`` applied
+when it has them (the reference a masked mode must equal).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from fffc.contract.kinds import SiteKind, SparseMode
+from fffc.contract.kinds import Branch, SiteKind, SparseMode
 from fffc.contract.lowering import Masks, SiteLowering
 from fffc.contract.modes import MODES, Behaviour, Layout, Mode, Param, mode, register
 from fffc.contract.ops import SPARSE_FFN
@@ -24,7 +25,16 @@ from fffc.contract.ops import SPARSE_FFN
 from .. import standard_forms
 from .._common import const_array, initializer
 from ..markers import FFNMarker
-from ._emit import Lowering, fallback, fffc_node, laid_out, provenance, replace
+from ._emit import (
+    Lowering,
+    fallback,
+    fffc_node,
+    laid_out,
+    provenance,
+    replace,
+    taped,
+    token_dispatch,
+)
 
 INPUT_NAMES = [a.name for a in SPARSE_FFN.inputs]
 DEFAULT_MODE = SparseMode(SPARSE_FFN.attribute("mode").default)  # no suffix in overload names
@@ -182,7 +192,7 @@ def keep(ctx: Lowering, m: FFNMarker, plan: SiteLowering) -> None:
     """A site left as it was: the FFN in standard ops, with the plan's masks if any."""
     tape = ir.tape.Tape()
     values = _mask_values(ctx, tape, m, plan.masks)
-    replace(ctx.graph, m.node, tape, masked_ffn(tape, m, plan.masks, values, ctx.opset))
+    replace(m.node, tape, masked_ffn(tape, m, plan.masks, values, ctx.opset))
 
 
 # --------------------------------------------------------------- SparseFFN
@@ -238,36 +248,10 @@ def _sparse_node(ctx: Lowering, m: FFNMarker, tape: ir.tape.Tape, entry: Mode, m
         provenance(m))
 
 
-def _token_dispatch(tape: ir.tape.Tape, m: FFNMarker, sparse: ir.tape.Tape,
-                    sparse_out: ir.Value, masks: Masks, values: MaskValues, opset: int,
-                    limit: int) -> ir.Value:
-    """``If(Size(X) <= limit·d_in, SparseFFN, the FFN in standard ops)`` for a marker (the
-    FFN masked as the SparseFFN is: one function either way)."""
-    x = m.inputs["X"]
-    d_in = const_array(m.inputs["W1"]).shape[0]
-    dense = ir.tape.Tape()
-    dense_out = masked_ffn(dense, m, masks, values, opset)
-    for i, n in enumerate(dense.nodes):  # unique beside the outer graph's names
-        n.name = f"{m.name}/dense/{i}_{n.op_type}"
-        for j, v in enumerate(n.outputs):
-            v.name = f"{m.name}__dense_{i}_{j}"
-    sparse_out.name = f"{m.name}__sparse_y"
-    dense_out.name = f"{m.name}__dense_y"
-    then_graph = ir.Graph([], [sparse_out], nodes=sparse.nodes, name=f"{m.name}_sparse")
-    else_graph = ir.Graph([], [dense_out], nodes=dense.nodes, name=f"{m.name}_dense")
-    size = tape.op("Size", [x], name=f"{m.name}/tokens")
-    bound = tape.op("Constant", [], {"value": ir.tensor(np.array(limit * d_in, dtype=np.int64))},
-                    name=f"{m.name}/max_tokens")
-    cond = tape.op("LessOrEqual", [size, bound], name=f"{m.name}/few_tokens")
-    for v, suffix in ((size, "size"), (bound, "limit"), (cond, "few")):
-        v.name = f"{m.name}__{suffix}"
-    return tape.op("If", [cond], {"then_branch": then_graph, "else_branch": else_graph},
-                   name=f"{m.name}/dispatch")
-
-
 def lower_sparse(ctx: Lowering, m: FFNMarker, plan: SiteLowering) -> None:
-    """A site planned with a SparseFFN mode: the op (behind a token dispatch with
-    ``plan.max_tokens``), its inputs and fallback from the mode's entry."""
+    """A site planned with a SparseFFN mode: the op, its inputs and fallback from the mode's
+    entry; with ``plan.max_tokens``, behind ``If(tokens <= max_tokens)`` with the original
+    FFN beyond (or, ``Branch.MASKED``, the FFN masked as the op masks it) in standard ops."""
     entry = mode(plan.decision)
     for p in entry.params:
         if not PARAMS[p].given(plan.masks):
@@ -275,12 +259,19 @@ def lower_sparse(ctx: Lowering, m: FFNMarker, plan: SiteLowering) -> None:
     masks = own_masks(plan.masks, entry) or Masks()
     tape = ir.tape.Tape()
     values = _mask_values(ctx, tape, m, masks)
-    dispatch = plan.max_tokens > 0 and entry.token_dispatch
-    branch = ir.tape.Tape() if dispatch else tape
-    out = _sparse_node(ctx, m, branch, entry, masks, values)
-    if dispatch:
-        out = _token_dispatch(tape, m, branch, out, masks, values, ctx.opset, plan.max_tokens)
-    replace(ctx.graph, m.node, tape, out)
+    if plan.max_tokens <= 0:
+        replace(m.node, tape, _sparse_node(ctx, m, tape, entry, masks, values))
+        return
+    kernel = ir.tape.Tape()
+    out = _sparse_node(ctx, m, kernel, entry, masks, values)
+    beyond = ir.tape.Tape()
+    masked = plan.beyond is Branch.MASKED
+    beyond_out = masked_ffn(beyond, m, masks if masked else None,
+                            values if masked else MaskValues(), ctx.opset)
+    d_in = const_array(m.inputs["W1"]).shape[0]
+    replace(m.node, tape, token_dispatch(
+        tape, m, d_in, plan.max_tokens, (list(kernel.nodes), out),
+        taped(beyond, beyond_out, f"{m.name}/{plan.beyond}")))
 
 
 for _entry in MODES.values():  # every SparseFFN mode is lowered by the one path above

@@ -1,5 +1,7 @@
 """Structured FFN sites: ``ai.fffc::StructuredFFN`` (with pre-merged dense weights for calls
-of up to ``merged_max_tokens`` tokens), or the structured projections in standard ops."""
+of up to ``merged_max_tokens`` tokens; with ``max_tokens``, behind an ``If`` on the token
+count with the projections in standard ops beyond), or the structured projections in
+standard ops."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from fffc.contract.structure import merged_weight
 from .. import standard_forms
 from .._common import const_array, initializer
 from ..markers import StructuredMarker
-from ._emit import Lowering, fallback, fffc_node, provenance, replace
+from ._emit import Lowering, fallback, fffc_node, provenance, replace, taped, token_dispatch
 
 INPUT_NAMES = [a.name for a in STRUCTURED_FFN.inputs]
 
@@ -43,7 +45,7 @@ def keep(ctx: Lowering, m: StructuredMarker, plan: SiteLowering) -> None:
     out = _structured_ffn(tape, dict(m.inputs), m.activation, ctx.opset)
     for i, n in enumerate(tape.nodes):
         n.name = f"{m.name}/structured/{i}_{n.op_type}"
-    replace(ctx.graph, m.node, tape, out)
+    replace(m.node, tape, out)
 
 
 @register(Decision.STRUCTURED, Behaviour.LOWER)
@@ -61,9 +63,16 @@ def lower_structured(ctx: Lowering, m: StructuredMarker, plan: SiteLowering) -> 
     overload = f"{m.activation}_" + "".join(n.lower() for n in INPUT_NAMES
                                             if present[n] and n != "X")
     tape = ir.tape.Tape()
-    out = fffc_node(ctx, tape, m, STRUCTURED_FFN, inputs,
+    kernel = ir.tape.Tape() if plan.max_tokens > 0 else tape
+    out = fffc_node(ctx, kernel, m, STRUCTURED_FFN, inputs,
                     {"activation": m.activation, "merged_max_tokens": plan.merged_max_tokens},
                     overload,
                     lambda: structured_function(overload, present, m.activation, ctx.opset),
                     provenance(m))
-    replace(ctx.graph, m.node, tape, out)
+    if plan.max_tokens > 0:
+        beyond = ir.tape.Tape()
+        original = _structured_ffn(beyond, dict(m.inputs), m.activation, ctx.opset)
+        k, p, _ = const_array(m.inputs["A1"]).shape
+        out = token_dispatch(tape, m, k * p, plan.max_tokens, (list(kernel.nodes), out),
+                             taped(beyond, original, f"{m.name}/{plan.beyond}"))
+    replace(m.node, tape, out)

@@ -58,8 +58,9 @@ def test_compiled_export_matches_original(case, export_model, tmp_path):
     assert (art / manifest["shim"]).exists() and (art / manifest["kernels"]["object"]).exists()
     model = onnx.load(str(art / "model.onnx"))
     assert len(_fffc_nodes(model.graph)) == 2
-    limits = manifest["max_sparse_tokens"]
-    assert len(limits) == 2 and all(v > 0 for v in limits.values())
+    dispatch = [s["dispatch"] for s in manifest["sites"]]  # the x86 table: kernel 1..2
+    assert all(d["basis"] == "table" and [b["branch"] for b in d["branches"]]
+               == ["kernel", "original"] and d["branches"][0]["max_tokens"] > 0 for d in dispatch)
     assert sum(n.op_type == "If" for n in model.graph.node) == 2  # token dispatch per site
 
     original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -164,14 +165,20 @@ def test_dump_writes_every_stage(tmp_path):
 
 @pytest.mark.parametrize("limit", [0, 3])
 def test_max_sparse_tokens_sets_the_dispatch(tmp_path, limit):
-    """0: the kernel serves every call (no If); N: If(tokens <= N) { SparseFFN } else { dense }."""
+    """0: the kernel serves every call (no If); N: If(tokens <= N) { SparseFFN } else { the
+    original }; the manifest says which branch serves which counts, and that the option set
+    them."""
     from tests.fixtures.graphs import dense_ffn
 
     path = tmp_path / "m.onnx"
     onnx.save(dense_ffn("relu"), str(path))
     result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(max_sparse_tokens=limit))
     model = onnx.load(str(result.artifact / "model.onnx"))
-    assert result.manifest["max_sparse_tokens"] == {result.sites[0].name: limit}
+    (site,) = result.manifest["sites"]
+    kernel = {"branch": "kernel", "min_tokens": 1, "max_tokens": limit or None}
+    rest = [{"branch": "original", "min_tokens": limit + 1, "max_tokens": None}] if limit else []
+    assert site["dispatch"] == {"branches": [kernel, *rest], "basis": "option",
+                                "note": "--max-sparse-tokens"}
     ifs = [n for n in model.graph.node if n.op_type == "If"]
     assert len(ifs) == (1 if limit else 0) and len(_fffc_nodes(model.graph)) == 1
     original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -180,3 +187,96 @@ def test_max_sparse_tokens_sets_the_dispatch(tmp_path, limit):
         x = np.random.default_rng(tokens).standard_normal((1, tokens, 16)).astype(np.float32)
         np.testing.assert_allclose(sess.run(None, {"x": x})[0], original.run(None, {"x": x})[0],
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_crossover_is_measured_on_this_machine(tmp_path):
+    """--crossovers measured (the default outside the tests): the kernel and ONNX Runtime's
+    original FFN timed at 1, 2, 4, ... tokens until the kernel lost; the bound is the prefix
+    it won (what the numbers are is the machine's), recorded with the timings, and the
+    artifact equals the original whichever branch serves."""
+    from tests.fixtures.graphs import dense_ffn
+
+    path = tmp_path / "m.onnx"
+    onnx.save(dense_ffn("relu"), str(path))
+    result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(crossovers="measured"))
+    (site,) = result.manifest["sites"]
+    d = site["dispatch"]
+    assert d["basis"] == "measured"
+    rows = d["timings"]
+    assert [r["tokens"] for r in rows] == [1, 2, 4, 8, 16, 32, 64][:len(rows)]
+    won = [r["kernel_ms"] < r["original_ms"] for r in rows]
+    assert all(won[:-1])  # measured up to the first loss
+    bound = None if all(won) else (rows[-2]["tokens"] if len(rows) > 1 else 0)
+    kernel = [b for b in d["branches"] if b["branch"] == "kernel"]
+    if bound == 0:
+        assert site["decision"] == "dense" and not kernel
+    else:
+        assert site["decision"] == "exact" and kernel[0]["max_tokens"] == bound
+    model = onnx.load(str(result.artifact / "model.onnx"))
+    assert sum(n.op_type == "If" for n in model.graph.node) == (1 if bound else 0)
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = fffc.runtime.InferenceSession(result.artifact)
+    for tokens in (1, 2, 5, 70):
+        x = np.random.default_rng(tokens).standard_normal((1, tokens, 16)).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], original.run(None, {"x": x})[0],
+                                   rtol=1e-4, atol=1e-5)
+    # the manifest's timings, pinned: the same bounds, the same model, byte for byte
+    again = fffc.compile(path, tmp_path / "again.fffc", fffc.CompileOptions(
+        timings=result.artifact / "manifest.json"))
+    (pinned,) = again.manifest["sites"]
+    assert pinned["dispatch"] == {**d, "basis": "pinned"}
+    assert ((again.artifact / "model.onnx").read_bytes()
+            == (result.artifact / "model.onnx").read_bytes())
+
+
+@pytest.mark.parametrize("won", [(False,), (True, True, False)])
+def test_measured_bounds_shape_the_artifact(tmp_path, monkeypatch, won):
+    """The measure stage's decisions, its timings replaced (what the machine measures is
+    not the test's): the kernel beaten at 1 token leaves the site as it was — the reason
+    given, the kernels built for it dropped, no shim; beaten at 4 tokens, the model is
+    lowered again with If(tokens <= 2). Either way the artifact equals the original."""
+    from fffc.contract.dispatch import Timing
+    from fffc.stages import measure
+    from tests.fixtures.graphs import dense_ffn
+
+    timings = tuple(Timing(1 << i, 1.0, 2.0 if w else 0.5) for i, w in enumerate(won))
+    monkeypatch.setattr(measure, "time_site", lambda *args, **kw: timings)
+    path = tmp_path / "m.onnx"
+    onnx.save(dense_ffn("relu"), str(path))
+    result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(crossovers="measured"))
+    (site,) = result.manifest["sites"]
+    assert site["dispatch"]["basis"] == "measured"
+    assert len(site["dispatch"]["timings"]) == len(won)
+    model = onnx.load(str(result.artifact / "model.onnx"))
+    if won[0]:
+        assert site["decision"] == "exact"
+        assert site["dispatch"]["branches"][0] == {"branch": "kernel", "min_tokens": 1,
+                                                   "max_tokens": 2}
+        assert [n.op_type for n in model.graph.node if n.op_type == "If"] == ["If"]
+    else:
+        assert site["decision"] == "dense" and "faster than the kernel at 1 token" in site["reason"]
+        assert result.manifest["kernels"] is None and result.manifest["shim"] is None
+        assert not list((result.artifact).glob("*.so")) and not _fffc_nodes(model.graph)
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = fffc.runtime.InferenceSession(result.artifact)
+    for tokens in (1, 2, 3, 9):
+        x = np.random.default_rng(tokens).standard_normal((1, tokens, 16)).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], original.run(None, {"x": x})[0],
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_a_site_that_cannot_be_timed_takes_the_table(tmp_path, monkeypatch):
+    from fffc.stages import measure
+    from tests.fixtures.graphs import dense_ffn
+
+    def fails(*args, **kw):
+        raise RuntimeError("no such node")
+
+    monkeypatch.setattr(measure, "time_site", fails)
+    path = tmp_path / "m.onnx"
+    onnx.save(dense_ffn("relu"), str(path))
+    result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(crossovers="measured"))
+    (site,) = result.manifest["sites"]
+    assert site["decision"] == "exact"
+    assert site["dispatch"]["basis"] == "table" and "no such node" in site["dispatch"]["note"]
+    assert site["dispatch"]["branches"][0]["max_tokens"] == 2  # the x86 table, exact dense

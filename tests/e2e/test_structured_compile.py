@@ -5,6 +5,7 @@ path) and without it (fallback function), on token counts the probes did not use
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -95,7 +96,8 @@ def test_crossover_is_measured_and_recorded(tmp_path):
     """Without --merged-max-tokens the compile times both paths on the site's weights; the
     choice and the timings land in the manifest (what the numbers are is the machine's)."""
     path = _export(tmp_path, "lowrank", "dynamo18")
-    result = fffc.compile(path, tmp_path / "out.fffc", fffc.CompileOptions(target="x86"))
+    result = fffc.compile(path, tmp_path / "out.fffc",
+                          fffc.CompileOptions(target="x86", crossovers="measured"))
     st = json.loads((result.artifact / "manifest.json").read_text())["sites"][0]["structure"]
     rows = st["crossover"]["timings"]
     assert [r["tokens"] for r in rows] == [1, 2, 4, 8, 16, 32, 64, 128]
@@ -107,6 +109,62 @@ def test_crossover_is_measured_and_recorded(tmp_path):
             break
         prefix = r["tokens"]
     assert st["merged_max_tokens"] == prefix
+
+
+def _pin(tmp_path, name: str, last: int | None) -> Path:
+    """Timings that say the kernel beat the original up to ``last`` tokens (None: never)."""
+    rows = [{"tokens": n, "kernel_ms": 1.0,
+             "original_ms": 2.0 if last is not None and n <= last else 0.5}
+            for n in (1, 2, 4, 8, 16)]
+    path = tmp_path / "timings.json"
+    path.write_text(json.dumps({name: rows}))
+    return path
+
+
+def test_site_whose_original_is_faster_is_left_with_the_reason(tmp_path):
+    """Pinned timings where ONNX Runtime ran the structured export faster at every count:
+    the site stays as it was (no StructuredFFN, no kernels), the manifest says why."""
+    path = _export(tmp_path, "lowrank", "dynamo18")
+    (site,) = fffc.inspect(path).sites
+    result = fffc.compile(path, tmp_path / "out.fffc", fffc.CompileOptions(
+        target="x86", merged_max_tokens=0, timings=_pin(tmp_path, site.name, None)))
+    (got,) = json.loads((result.artifact / "manifest.json").read_text())["sites"]
+    assert got["decision"] == "dense"
+    assert "faster than the kernel at 1 token" in got["reason"]
+    assert got["dispatch"]["branches"] == [
+        {"branch": "original", "min_tokens": 1, "max_tokens": None}]
+    assert got["dispatch"]["basis"] == "pinned"
+    model = onnx.load(str(result.artifact / "model.onnx"))
+    assert not any(n.domain == "ai.fffc" for n in model.graph.node)
+    assert result.manifest["kernels"] is None
+    x = np.random.default_rng(0).standard_normal((2, 3, 64)).astype(np.float32)
+    sess = fffc.runtime.InferenceSession(result.artifact)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], _original(path, x), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_site_whose_original_is_faster_beyond_a_count_is_dispatched(tmp_path):
+    """Pinned timings where the kernel won up to 4 tokens: If(tokens <= 4) runs the
+    StructuredFFN, the original projections beyond; both equal the export."""
+    path = _export(tmp_path, "lowrank", "dynamo18")
+    (site,) = fffc.inspect(path).sites
+    result = fffc.compile(path, tmp_path / "out.fffc", fffc.CompileOptions(
+        target="x86", merged_max_tokens=0, timings=_pin(tmp_path, site.name, 4)))
+    (got,) = result.manifest["sites"]
+    assert got["decision"] == "structured"
+    assert got["dispatch"]["branches"] == [
+        {"branch": "kernel", "min_tokens": 1, "max_tokens": 4},
+        {"branch": "original", "min_tokens": 5, "max_tokens": None}]
+    model = onnx.load(str(result.artifact / "model.onnx"))
+    (dispatch,) = [n for n in model.graph.node if n.op_type == "If"]
+    then = next(a.g for a in dispatch.attribute if a.name == "then_branch")
+    assert [n.op_type for n in then.node] == ["StructuredFFN"]
+    sess = fffc.runtime.InferenceSession(result.artifact)
+    rng = np.random.default_rng(1)
+    for b, s in TOKENS:
+        x = rng.standard_normal((b, s, 64)).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], _original(path, x), rtol=1e-4,
+                                   atol=1e-5)
 
 
 def test_structured_on_cuda_target_builds_cuda_kernels(tmp_path):

@@ -10,7 +10,7 @@ import onnx_ir as ir
 import pytest
 
 from fffc import passes
-from fffc.contract.kinds import Decision, SiteKind
+from fffc.contract.kinds import Branch, Decision, SiteKind
 from fffc.contract.lowering import Masks, SiteLowering
 from fffc.contract.modes import MODES, Behaviour, mode
 from fffc.contract.ops import DOMAIN, SPARSE_FFN
@@ -153,19 +153,21 @@ def _reference(decision: Decision, site, x: np.ndarray, w: dict) -> np.ndarray:
 
 
 @pytest.mark.parametrize("case", list(MASKED))
-@pytest.mark.parametrize("max_tokens", [0, 3])
-def test_masked_modes_lower_to_their_reference(case, max_tokens):
+@pytest.mark.parametrize("max_tokens, beyond", [(0, Branch.ORIGINAL), (3, Branch.ORIGINAL),
+                                                (3, Branch.MASKED)])
+def test_masked_modes_lower_to_their_reference(case, max_tokens, beyond):
     """SparseFFN of each masked mode (its fallback function in stock ORT, behind a token
     dispatch or not) and the site left as it was with the same masks (standard ops) both
-    compute the mode's NumPy reference on the op's inputs; the node is given exactly
-    ``site_inputs``."""
+    compute the mode's NumPy reference on the op's inputs; past a token dispatch's bound the
+    original FFN runs (the model as given), or with ``Branch.MASKED`` the masked one; the
+    node is given exactly ``site_inputs``."""
     decision, build, planned = MASKED[case]
     m = build()
     model, site = _site(m, decision, **planned)
     w = passes.site_inputs(model, site)
     masks = mode(decision).masks(site)
     lowered = ir.serde.deserialize_model(ir.serde.serialize_model(model))
-    passes.lower(lowered, {site.name: SiteLowering(decision, masks, max_tokens)})
+    passes.lower(lowered, {site.name: SiteLowering(decision, masks, max_tokens, beyond)})
     out = ir.serde.serialize_model(lowered)
     onnx.checker.check_model(out)
     node = _sparse_node(out)
@@ -178,11 +180,14 @@ def test_masked_modes_lower_to_their_reference(case, max_tokens):
         np.testing.assert_array_equal(given[k], v, err_msg=k)
     as_it_was = ir.serde.deserialize_model(ir.serde.serialize_model(model))
     passes.lower(as_it_was, {site.name: SiteLowering(Decision.DENSE, masks)})
-    for tokens in (1, 5):
+    for tokens in (1, 5):  # 2 and 10 tokens: either side of the bound
         x = rand(2, tokens, D)
-        want = _reference(decision, site, x, w)
+        masked = _reference(decision, site, x, w)
+        kernel = max_tokens == 0 or 2 * tokens <= max_tokens
+        want = masked if kernel or beyond is Branch.MASKED else run(m, x)
         np.testing.assert_allclose(run(out, x), want, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(run(as_it_was, x), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(run(as_it_was, x), masked, rtol=1e-4, atol=1e-5)
+        assert not np.allclose(run(m, x), masked, rtol=1e-3, atol=1e-3)  # the masks matter
 
 
 def test_site_inputs_are_in_the_ops_layout_with_the_plans_parameters():

@@ -2,8 +2,8 @@
 
 The calibrated modes drop neurons by thresholds or a predictor (``fffc.verify.reference``'s
 ``teal_ffn``, ``cats_ffn``, ``predictor_ffn``); like the CPU kernels they are decode
-kernels, one token per block, and the artifacts run ONNX Runtime's masked dense FFN past
-``sparse_max_tokens`` (1). Every grid has a token axis (extent N), so the launches are
+kernels, one token per block, and the artifacts run the original FFN in ONNX Runtime past
+``masked_max_tokens`` (1; ``--sparse-prefill``: the masked FFN). Every grid has a token axis (extent N), so the launches are
 correct for any token count. Workspace buffers (float32 per token): ``H`` (the down
 projection's input), ``P`` (its split-K partials), and per mode ``G``, ``ZP``, ``SC``.
 

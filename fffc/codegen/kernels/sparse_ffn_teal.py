@@ -20,8 +20,9 @@ are thresholded instead (their share is in B1, B2). Per token:
 
 Exact with respect to the thresholded function up to float reassociation (and a neuron
 whose |a| lies within rounding of t_hidden). It is the decode kernel: each token runs the
-phases in turn; past ``sparse_max_tokens`` artifacts run the thresholded FFN in ONNX
-Runtime instead (an ``If`` on the token count), where per-token skipping no longer pays.
+phases in turn; past the site's crossover artifacts run the original FFN in ONNX Runtime
+instead (an ``If`` on the token count; ``--sparse-prefill``: the thresholded FFN), where
+per-token skipping no longer pays.
 """
 
 # No ``from __future__ import annotations``: ``T.jit`` reads the kernel's parameter

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fffc.contract.kernels import SparseSpec
+from fffc.contract.kernels import FffSpec, KernelSpec, RouteSpec, SparseSpec, StructuredSpec
 from fffc.contract.modes import sparse
 
 from ..limits import MAX_TOKENS as MAX_TOKENS  # re-exported: the schedules use it
@@ -25,13 +25,16 @@ class Variant:
 
 @dataclass(frozen=True)
 class Crossovers:
-    """Token counts up to which a family's SparseFFN kernels run; past them the artifact runs
-    ONNX Runtime's dense FFN (or, masked modes, its masked dense FFN): an If on the token
-    count. 0: the kernels at every count."""
+    """Token counts up to which a family's kernels run where they are not measured on the
+    build machine; past them the artifact runs the original subgraph in ONNX Runtime (an If
+    on the token count). 0: the kernels at every count."""
 
     sparse_max_tokens: int = 0  # exact, dense FFNs
     sparse_max_tokens_gated: int = 0  # exact, gated FFNs
     masked_max_tokens: int = 0  # the masked modes (Mode.masked)
+    structured_max_tokens: int = 0  # StructuredFFN
+    fff_max_tokens: int = 0  # FastFeedForward
+    routed_max_tokens: int = 0  # RoutedFFN
 
 
 class Family:
@@ -63,3 +66,12 @@ class Family:
         if sparse(spec.mode).masked:
             return c.masked_max_tokens
         return c.sparse_max_tokens_gated if spec.gated else c.sparse_max_tokens
+
+    def max_tokens(self, spec: KernelSpec) -> int:
+        """The table's crossover for the op whose (first) kernel ``spec`` is (0: always)."""
+        if isinstance(spec, SparseSpec):
+            return self.sparse_max_tokens(spec)
+        c = self.config
+        by_op = {StructuredSpec: c.structured_max_tokens, FffSpec: c.fff_max_tokens,
+                 RouteSpec: c.routed_max_tokens}
+        return by_op[type(spec)]

@@ -19,10 +19,12 @@ from .base import MAX_TOKENS, Crossovers, Family, Variant
 class CpuConfig(Crossovers):
     """Tunables of the CPU kernels (kernels/sparse_ffn.py and kernels/fff.py have the loops).
 
-    The crossovers: exact skipping beats ONNX Runtime's dense FFN up to 2 tokens, dense or
-    gated (bench/bench_kernels.py); the masked modes skip per token, re-reading the
-    surviving rows for every token, so from 2 tokens ONNX Runtime's masked dense FFN runs
-    (bench/bench_teal.py)."""
+    The crossovers (where the compile does not time the kernels itself: ``--crossovers
+    table``, or kernels for another CPU): exact skipping beats ONNX Runtime's dense FFN up
+    to 2 tokens, dense or gated (bench/bench_kernels.py); the masked modes skip per token,
+    re-reading the surviving rows for every token, so from 2 tokens ONNX Runtime's FFN runs
+    (bench/bench_teal.py: its masked dense FFN was already faster there, and the original
+    has fewer ops); the other ops' kernels serve every count (the base's 0)."""
 
     sparse_max_tokens: int = 2
     sparse_max_tokens_gated: int = 2
@@ -66,8 +68,8 @@ def cpu_variants(spec: SparseSpec, c: CpuConfig, lanes: int, gemm_nr_vectors: in
     decode = Tiling(mr=1, nr1=largest_divisor(gemv_nb, lanes * c.decode_vectors), nb=gemv_nb,
                     nr3=largest_divisor(spec.d_out, lanes * c.decode_vectors), vl=vl,
                     parallel=parallel)
-    if sparse(spec.mode).masked:  # one token at a time; the If past sparse_max_tokens runs
-        return [Variant(str(spec.mode), 1, MAX_TOKENS, decode)]  # ORT's masked dense FFN
+    if sparse(spec.mode).masked:  # one token at a time; the If past the crossover runs
+        return [Variant(str(spec.mode), 1, MAX_TOKENS, decode)]  # ORT's original FFN
     # exact, 1 token: the decode kernel with thresholds "exactly zero" (kernels/exact_decode.py:
     # whole rows of W1 streamed), and preferably its variant that screens the neurons on a
     # float16 copy of W1 (kernels/exact_screened.py; the shim runs "decode" when W1 or B1 is

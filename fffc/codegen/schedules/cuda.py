@@ -21,10 +21,11 @@ class Config(Crossovers):
     """Tunables of the CUDA SparseFFN and FastFeedForward kernels
     (kernels/sparse_ffn_cuda.py, kernels/fff_cuda.py have the loops).
 
-    The crossovers: past 16 tokens (8 gated) ONNX Runtime's dense FFN on cuBLAS is faster
-    than exact skipping (bench/bench_cuda.py); the masked modes take one token per block,
-    re-reading the surviving rows per token, so from 2 tokens ONNX Runtime's masked dense
-    FFN runs, as on CPUs."""
+    The crossovers (never measured at compile time: the build machine has no GPU): past 16
+    tokens (8 gated) ONNX Runtime's dense FFN on cuBLAS is faster than exact skipping
+    (bench/bench_cuda.py); the masked modes take one token per block, re-reading the
+    surviving rows per token, so from 2 tokens ONNX Runtime's FFN runs, as on CPUs; the
+    other ops' kernels serve every count (the base's 0)."""
 
     sparse_max_tokens: int = 16
     sparse_max_tokens_gated: int = 8
@@ -119,7 +120,7 @@ class Cuda(Family):
 
     def sparse_variants(self, spec: SparseSpec, target: dict) -> list[Variant]:
         if sparse(spec.mode).masked:  # grids over tokens: any count is correct; the
-            # artifact's If runs ORT's masked FFN past sparse_max_tokens
+            # artifact's If runs ORT's original FFN past masked_max_tokens
             return [Variant(str(spec.mode), 1, MAX_TOKENS, self.masked_tiling(spec))]
         if spec.mode is not SparseMode.EXACT:
             raise CodegenError(f"no CUDA kernels for SparseFFN mode {str(spec.mode)!r}")
