@@ -144,3 +144,24 @@ def test_weight_dtype_is_for_cuda(tmp_path, capsys):
                      "-o", str(tmp_path / "out"))
     assert rc == EXIT_CODES["UsageError"] and "--target cuda" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra, env, message", [
+    ([], "sometimes", "FFFC_CROSSOVERS"),
+    (["--timings", "missing.json"], None, "--timings: cannot read"),
+    (["--timings", "rows.json"], None, "each row needs tokens, kernel_ms and original_ms"),
+    (["--max-sparse-tokens", "-1"], None, "--max-sparse-tokens must be >= 0"),
+])
+def test_bad_crossover_settings(tmp_path, capsys, monkeypatch, extra, env, message):
+    """Bad crossover settings: one line, exit code 2, nothing written."""
+    import fffc
+
+    path = _save(dense_ffn("relu"), tmp_path / "m.onnx")
+    (name,) = [s.name for s in fffc.inspect(path).sites]
+    (tmp_path / "rows.json").write_text(f'{{"{name}": [{{"tokens": 1, "kernel_ms": 1.0}}]}}')
+    if env is not None:
+        monkeypatch.setenv("FFFC_CROSSOVERS", env)
+    monkeypatch.chdir(tmp_path)
+    rc, lines = _run(capsys, "compile", str(path), "-o", str(tmp_path / "out"), *extra)
+    assert rc == EXIT_CODES["UsageError"] and len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "out").exists()

@@ -157,26 +157,28 @@ def test_bad_calibration_inputs_are_clear_errors(calibrated, tmp_path, capsys) -
 
 
 def test_pinned_timings_set_each_sites_bound(calibrated, tmp_path) -> None:
-    """--timings: the first FFN's kernel pinned faster up to 16 tokens, the second's at 1
-    only. The check holds each probe to the branches that serve it (its 16-token probes run
-    the first FFN thresholded and the second as it was), and so does the artifact."""
+    """--timings: the first FFN's kernel pinned faster up to 32 tokens, the second's at 1
+    only. The check holds each probe to the branches that serve it (its 16- and 18-token
+    probes run the first FFN thresholded and the second as it was; a 33-token probe, added
+    because no probe was past 32, both as they were), and so does the artifact."""
     tmp, path, data, calib = calibrated
 
     def rows(last: int) -> list[dict]:
         return [{"tokens": n, "kernel_ms": 1.0, "original_ms": 2.0 if n <= last else 0.5}
-                for n in (1, 2, 4, 8, 16, 32)]
+                for n in (1, 2, 4, 8, 16, 32, 64)]
 
     pins = tmp_path / "timings.json"
-    pins.write_text(json.dumps({"fffc_ffn_0": rows(16), "fffc_ffn_1": rows(1)}))
+    pins.write_text(json.dumps({"fffc_ffn_0": rows(32), "fffc_ffn_1": rows(1)}))
     result = fffc.compile(path, tmp_path / "pinned.fffc", CompileOptions(
         calibration=tmp / "m.calib.json", budget="uniform=0.4", data=data, timings=pins))
     sites = {s["name"]: s["dispatch"] for s in result.manifest["sites"]}
     assert {n: d["branches"][0]["max_tokens"] for n, d in sites.items()} == {
-        "fffc_ffn_0": 16, "fffc_ffn_1": 1}
+        "fffc_ffn_0": 32, "fffc_ffn_1": 1}
     assert {d["basis"] for d in sites.values()} == {"pinned"}
     assert sites["fffc_ffn_1"]["timings"] == rows(1)  # as given
     v = result.manifest["verification"]
     assert v["model_with_shim"]["ok"] and v["model_without_shim"]["ok"]
+    assert v["beyond_probes"] == [{"x": [1, 33, D]}]
     alloc = _alloc(result)
     first = allocate.Allocation(alloc.levels, {**alloc.thresholds, "fffc_ffn_1": {}},
                                 alloc.sparsity, alloc.error_calibration, alloc.error_held_out)
@@ -185,7 +187,7 @@ def test_pinned_timings_set_each_sites_bound(calibrated, tmp_path) -> None:
               for name, a in (("both", alloc), ("first", first))}
     models["original"] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     sess = fffc.runtime.InferenceSession(result.artifact)
-    for tokens, expect in ((1, "both"), (16, "first"), (17, "original")):
+    for tokens, expect in ((1, "both"), (16, "first"), (32, "first"), (33, "original")):
         x = np.random.default_rng(tokens).standard_normal((1, tokens, D)).astype(np.float32)
         got = sess.run(None, {"x": x})[0]
         outs = {k: m.run(None, {"x": x})[0] for k, m in models.items()}

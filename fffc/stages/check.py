@@ -15,7 +15,7 @@ from ..verify.compare import compare_runs
 from .context import Context
 from .dispatch import Dispatch
 from .shim import Shim
-from .verify_sites import expected, refresh
+from .verify_sites import beyond_probes, expected, refresh
 
 NAME = "check artifact"
 
@@ -36,10 +36,15 @@ def run(shim: Shim, ctx: Context) -> Checked:
     rtol = ctx.options.rtol
     try:
         with ctx.report(NAME):
-            want = expected(v, lowered.dispatch.tokens)
+            tokens = lowered.dispatch.tokens
+            extra = beyond_probes(v, tokens, ctx)
             report, failed = check_artifact(v.sites, lowered.model, lowered.path,
-                                            shim.check_path, v.feeds, want,
-                                            v.reference.sites, v.inputs, rtol, v.analysis.path)
+                                            shim.check_path, [*v.feeds, *extra],
+                                            expected(v, tokens, extra), v.reference.sites,
+                                            v.inputs, rtol, v.analysis.path)
+            if extra:
+                report["beyond_probes"] = [{k: list(a.shape) for k, a in f.items()}
+                                           for f in extra]
             if v.reference is not v.original:
                 report["deviation_from_original"] = deviation(
                     lowered.path, shim.check_path, v.feeds, v.original.outputs, rtol)

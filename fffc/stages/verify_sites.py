@@ -77,28 +77,50 @@ def masks(sites: list[Site]) -> dict[str, SiteLowering]:
             if mode(s.decision).masked}
 
 
-def expected(v: Verified, tokens: Mapping[str, TokenDispatch]) -> list[list[np.ndarray]]:
-    """Per probe, the outputs the artifact must compute: each masked site's masked function
-    where its kernel (or, ``Branch.MASKED``, the masked branch) serves the probe's token
-    count at that site, the original where the original serves — captured from the markers
-    in standard ops, so no part of the token dispatch under test computes its own
-    reference."""
-    def masked_at(name: str, i: int) -> bool:
-        x = v.original.sites[name][0][i]
-        t = tokens.get(name)
-        return t is None or t.branch(x.size // x.shape[-1]) is not Branch.ORIGINAL
+def _tokens(x: np.ndarray) -> int:
+    return x.size // x.shape[-1]
 
-    groups = [frozenset(n for n in v.masked if masked_at(n, i)) for i in range(len(v.feeds))]
-    out: list = [None] * len(v.feeds)
+
+def beyond_probes(v: Verified, tokens: Mapping[str, TokenDispatch],
+                  ctx: Context) -> list[dict[str, np.ndarray]]:
+    """A probe longer than the largest bound of a dispatched site where no probe is longer
+    (none otherwise): so that the check runs the branch beyond each bound too."""
+    bounds = {n: t.kernel_max_tokens for n, t in tokens.items() if t.dispatched}
+    if not bounds or any(_tokens(x) > max(bounds.values())
+                         for n in bounds for x in v.original.sites[n][0]):
+        return []
+    o = ctx.options
+    return probe_inputs(v.analysis.proto, 1, max(bounds.values()) + 1, o.seed + 2, count=1)
+
+
+def expected(v: Verified, tokens: Mapping[str, TokenDispatch],
+             extra: list[dict[str, np.ndarray]] = ()) -> list[list[np.ndarray]]:
+    """Per probe (``v.feeds``, then ``extra``), the outputs the artifact must compute: each
+    masked site's masked function where its kernel (or, ``Branch.MASKED``, the masked
+    branch) serves the probe's token count at that site, the original where the original
+    serves — captured from the markers in standard ops, so no part of the token dispatch
+    under test computes its own reference."""
+    n_out = len(v.analysis.proto.graph.output)
+    feeds = [*v.feeds, *extra]
+    more = capture(v.working, n_out, extra) if extra else None
+    xs = {n: [*v.original.sites[n][0], *(more.sites[n][0] if more else [])] for n in v.masked}
+
+    def masked_at(name: str, i: int) -> bool:
+        t = tokens.get(name)
+        return t is None or t.branch(_tokens(xs[name][i])) is not Branch.ORIGINAL
+
+    groups = [frozenset(n for n in v.masked if masked_at(n, i)) for i in range(len(feeds))]
+    out: list = [None] * len(feeds)
     plans = masks(v.sites)
     for group in set(groups):
         idx = [i for i, g in enumerate(groups) if g == group]
-        if group == v.masked:
-            got = [v.reference.outputs[i] for i in idx]
-        elif not group and not v.rounded:
-            got = [v.original.outputs[i] for i in idx]
+        given = v.reference if group == v.masked else None if group or v.rounded else v.original
+        if given is not None and all(i < len(v.feeds) for i in idx):
+            got = [given.outputs[i] for i in idx]
+        elif not group and all(i >= len(v.feeds) for i in idx):
+            got = [more.outputs[i - len(v.feeds)] for i in idx]
         else:
-            got = capture(v.working, len(v.analysis.proto.graph.output), [v.feeds[i] for i in idx],
+            got = capture(v.working, n_out, [feeds[i] for i in idx],
                           {n: plans[n] for n in group}).outputs
         for i, g in zip(idx, got, strict=True):
             out[i] = g
