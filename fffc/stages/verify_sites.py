@@ -36,7 +36,7 @@ from ..plan.decide import leave
 from ..verify.capture import Captured, capture
 from ..verify.compare import compare_runs, session
 from ..verify.compare import run as run_model
-from ..verify.feeds import Feed, Feeds, run_by_name
+from ..verify.feeds import Feed, Feeds, probe_inputs, run_by_name
 from ..verify.sites import verify_site
 from .context import Context
 from .plan import Planned
@@ -90,7 +90,8 @@ def beyond_probes(v: Verified, tokens: Mapping[str, TokenDispatch],
                          for n in bounds for x in v.original.sites[n][0]):
         return []
     o = ctx.options
-    return probe_inputs(v.analysis.proto, 1, max(bounds.values()) + 1, o.seed + 2, count=1)
+    return probe_inputs(v.analysis.proto, 1, max(bounds.values()) + 1, o.seed + 2, count=1,
+                        path=v.analysis.path)
 
 
 def expected(v: Verified, tokens: Mapping[str, TokenDispatch],
