@@ -560,6 +560,10 @@ def run_row(row: Row, args, shape: Shape, root: Path) -> Result:
     print(f"[{row.label}] checkpoint and GenAI folder: {time.perf_counter() - t:.0f}s",
           flush=True)
     prompt = _prompt(genai, args.prompt)
+    frac = gate_fraction(genai, prompt, args.generate, args.threads) if v.shaped else None
+    if frac is not None:
+        print(f"[{row.label}] gate pre-activations ≤ 0 on decode steps: {frac:.1%} "
+              f"(target {args.sparsity:.0%})", flush=True)
     compile_args = list(row.compile_args)
     if v is Variant.SWIGLU:
         prompts = base / "prompts.txt"
@@ -575,12 +579,8 @@ def run_row(row: Row, args, shape: Shape, root: Path) -> Result:
         compiled = _cached(base / tag, lambda p: assemble(genai, p, compile_args))
     except BuildError as e:
         print(f"[{row.label}] {e}", flush=True)
-        return Result(row, None, [], [], None, None, error=_last_line(str(e)))
+        return Result(row, frac, [], [], None, None, error=_last_line(str(e)))
     print(f"[{row.label}] compiled: {time.perf_counter() - t:.0f}s", flush=True)
-    frac = gate_fraction(genai, prompt, args.generate, args.threads) if v.shaped else None
-    if frac is not None:
-        print(f"[{row.label}] gate pre-activations ≤ 0 on decode steps: {frac:.1%} "
-              f"(target {args.sparsity:.0%})", flush=True)
     stock, fffc_runs = timed_runs(genai, compiled, prompt, args.generate, args.runs,
                                   args.threads)
     splits: list[Split | None] = [None, None]
