@@ -44,10 +44,12 @@ token is ``append_tokens`` plus the first ``generate_next_token``; each later
 time. ``--runs`` runs per model, stock and fffc interleaved (which one goes first
 alternates), both models loaded for the whole time. The time per decode token split into
 the FFN and the rest comes from ONNX Runtime's profiler, switched on through GenAI's
-``session_options.enable_profiling`` in a separate generation: each top-level node's 10th
-percentile over the decode steps (``PROFILE_PERCENTILE``), summed over the MLPs' nodes
-(``/model/layers.N/mlp/…``; fffc's ``fffc_ffn_N…`` nodes, the dispatching ``If`` that runs
-the kernel included) and over the others.
+``session_options.enable_profiling`` in a separate generation: each top-level node's median
+over the decode steps, summed over the MLPs' nodes (``/model/layers.N/mlp/…``; fffc's
+``fffc_ffn_N…`` nodes, the dispatching ``If`` that runs the kernel included) and over the
+others. On a shared machine a node with two threads waits whenever either one waits for a
+core: while the machine is busy, the medians of the dense MatMuls grow most (3x their
+fast steps in one run here), and the split and every time above vary from run to run.
 """
 
 from __future__ import annotations
@@ -79,11 +81,6 @@ SEED = 0
 # with small embeddings the slowly changing attention average decides it, the model repeats
 # one token, and every decode step activates nearly the same neurons.
 EMBED_SCALE = 50.0
-# On a shared machine, a step now and then waits for a core, and a node with two threads
-# waits for both: the busier the machine, the more steps wait, medians included (the dense
-# MatMuls' median was 3x their 10th percentile in one run). The split uses each node's
-# time on its fast steps.
-PROFILE_PERCENTILE = 10
 RECIPE = 2  # part of the cache key: changes with the checkpoint's weights
 CALIB_SEQUENCES = 8  # of prompt + generate tokens: the gates' quantiles see 8 x generate rows
 WORDS = [
@@ -106,6 +103,15 @@ class Shape:
     heads: int = 32
     kv_heads: int = 8
     vocab: int = 32000
+
+    def ffn_byte_share(self) -> float:
+        """The FFNs' part of the weight bytes a decode step reads (the embedding table is
+        gathered, not read)."""
+        head = self.hidden // self.heads
+        attn = self.hidden * (self.hidden + 2 * self.kv_heads * head) + self.hidden ** 2
+        ffn = 3 * self.hidden * self.ffn
+        total = self.layers * (attn + ffn) + self.vocab * self.hidden
+        return self.layers * ffn / total
 
     def key(self) -> str:
         return (f"r{RECIPE}-h{self.hidden}-f{self.ffn}-l{self.layers}-a{self.heads}"
@@ -438,7 +444,7 @@ def gate_fraction(genai: Path, prompt: np.ndarray, n: int, threads: int) -> floa
 
 @dataclasses.dataclass
 class Split:
-    """Milliseconds per decode step: sums over top-level nodes of their fast-step times."""
+    """Milliseconds per decode step: sums of top-level nodes' median times."""
 
     ffn_ms: float
     rest_ms: float
@@ -454,8 +460,7 @@ def _is_ffn(node_name: str) -> bool:
 
 def profile(folder: Path, prompt: np.ndarray, n: int, threads: int, prefix: Path) -> Split:
     """The FFN's and the rest's time per decode step in ONNX Runtime's profile of a greedy
-    generation. Each top-level node counts with its ``PROFILE_PERCENTILE`` over the decode
-    steps."""
+    generation: each top-level node's median over the decode steps."""
     import onnx
 
     for old in prefix.parent.glob(prefix.name + "*.json"):
@@ -478,7 +483,7 @@ def profile(folder: Path, prompt: np.ndarray, n: int, threads: int, prefix: Path
         if e.get("cat") == "Node" and name in top and any(lo <= e["ts"] <= hi
                                                          for lo, hi in decode):
             times.setdefault(name, []).append(e["dur"] / 1e3)
-    med = {k: float(np.percentile(v, PROFILE_PERCENTILE)) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
     ffn = sum(v for k, v in med.items() if _is_ffn(k))
     return Split(ffn, sum(med.values()) - ffn)
 
@@ -612,6 +617,8 @@ def _versions() -> str:
 
 def table(results: Sequence[Result], args, shape: Shape) -> str:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    share = shape.ffn_byte_share()
+    gate_first = (1 + 2 * (1 - args.sparsity)) / 3  # bytes read / dense
     lines = [
         f"LLaMA-shaped, hidden {shape.hidden}, FFN {shape.ffn}, {shape.layers} layers, "
         f"{shape.heads} heads / {shape.kv_heads} KV heads, vocabulary {shape.vocab}; fp32, "
@@ -619,11 +626,15 @@ def table(results: Sequence[Result], args, shape: Shape) -> str:
         f"{args.runs} runs each, interleaved",
         f"date: {now}; machine: {_cpu()}; {_versions()}",
         f"command: `python bench/bench_llm_decode.py {' '.join(sys.argv[1:])}`",
+        f"FFNs: {share:.0%} of the weight bytes a decode step reads. Bounds on the decode "
+        f"ratio by bytes: {1 / (1 - share + share * gate_first):.2f}x with the FFNs reading "
+        f"the whole gate and {1 - args.sparsity:.0%} of up and down (gate-first exact), "
+        f"{1 / (1 - share):.2f}x with the FFNs free",
         "",
         "| model | gate ≤ 0 (decode) | decode tok/s stock (min / median / max) | fffc | "
         "decode ratio (median; runs) | goal | time to first token, ms, stock | fffc | "
-        f"prefill ratio | profiled ms per decode step (p{PROFILE_PERCENTILE} of each node), "
-        "FFN + rest: stock → fffc (ratio) | same tokens |",
+        "prefill ratio | profiled ms per decode step (node medians), FFN + rest: stock → "
+        "fffc (ratio) | same tokens |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
