@@ -625,7 +625,7 @@ def table(results: Sequence[Result], args, shape: Shape) -> str:
         f"{args.threads} threads; prompt {args.prompt}, generate {args.generate}, greedy; "
         f"{args.runs} runs each, interleaved",
         f"date: {now}; machine: {_cpu()}; {_versions()}",
-        f"command: `python bench/bench_llm_decode.py {' '.join(sys.argv[1:])}`",
+        f"command: `{' '.join(['python bench/bench_llm_decode.py', *sys.argv[1:]])}`",
         f"FFNs: {share:.0%} of the weight bytes a decode step reads. Bounds on the decode "
         f"ratio by bytes: {1 / (1 - share + share * gate_first):.2f}x with the FFNs reading "
         f"the whole gate and {1 - args.sparsity:.0%} of up and down (gate-first exact), "
