@@ -1,0 +1,725 @@
+"""Greedy decoding of a LLaMA-shaped LLM in ONNX Runtime GenAI: the builder's model vs fffc's.
+
+    python bench/bench_llm_decode.py [--layers 16] [--variants drelu,relu] [--teal] [--runs 3]
+    python bench/bench_llm_decode.py --quick     # a tiny model and a few tokens (smoke test)
+
+The model: ``transformers.LlamaForCausalLM`` with random weights (default hidden 2048, FFN
+5632, 16 layers, 32 heads / 8 KV heads, vocabulary 32000), saved with ``save_pretrained``
+next to a BPE tokenizer trained on local text, and built by ONNX Runtime GenAI's model
+builder (``python -m onnxruntime_genai.models.builder -p fp32 -e cpu``). Variants:
+
+- ``relu``: ``hidden_act="relu"``; the builder's MLP is ``Relu(x·Wg) ⊙ (x·Wu)`` (ReGLU).
+- ``drelu``: the same kind of checkpoint; a ``Relu`` is then inserted after each MLP's
+  ``up_proj/MatMul`` in the built graph, giving TurboSparse's ``Relu(x·Wg) ⊙ Relu(x·Wu)``
+  (``LlamaConfig`` has no such activation and the builder no such MLP). While its weights
+  are set, the checkpoint's MLPs compute the same function.
+- ``swiglu`` (``--teal``): ``hidden_act="silu"``, calibrated by ``fffc calibrate MODEL_DIR
+  --prompts FILE`` (FFN inputs of greedy decode steps) and compiled with ``--calibration
+  --budget uniform=S`` for each ``--teal-levels`` S.
+
+Weights: the initializer's N(0, 0.02), except the token embeddings, scaled to N(0, 1) so
+that greedy decoding of the random model wanders over the vocabulary instead of repeating
+one token (``EMBED_SCALE``). Gate sparsity of ``relu``/``drelu`` (LLaMA has no biases):
+every token embedding carries a constant in coordinate 0 that no layer writes (row 0 of
+``o_proj`` and ``down_proj`` is zero) and only the gates read (column 0 of ``q/k/v_proj``,
+``up_proj`` and ``lm_head`` is zero), so coordinate 0 of every FFN input is positive and
+column 0 of ``W_gate`` acts as a per-neuron bias. One forward pass over 8 calibration
+sequences (a text prompt, then ``--generate`` random token ids) sets, layer after layer
+(each layer sees the layers before it already set), column 0 of each gate neuron to minus
+the ``--sparsity`` quantile, over the positions past the prompt, of the rest of its
+pre-activation divided by that coordinate. The fraction printed is measured afterwards on
+the GenAI model's own decode steps of the timed prompt (each layer's ``gate_proj/MatMul``
+output added as an extra model output and read from ``og.Generator``), over all layers and
+neurons.
+
+The compiled model comes from ``assemble``: ``fffc compile GENAI/model.onnx --target x86``,
+and a copy of the GenAI folder holding the artifact's model and ``libfffc_ops.so``, whose
+``genai_config.json`` names the library in the decoder's ``session_options``.
+
+Timed: ``og.Generator``, a prompt of ``--prompt`` token ids (the tokenizer's encoding of
+generated text), ``--generate`` new tokens, greedy, fp32, 2 intra-op threads (the shim
+runs in ONNX Runtime's pool). ``append_tokens`` runs the prefill, so the time to the first
+token is ``append_tokens`` plus the first ``generate_next_token``; each later
+``generate_next_token`` is one decode step, and decode tokens/s is their count over their
+time. ``--runs`` runs per model, stock and fffc interleaved (which one goes first
+alternates), both models loaded for the whole time. The time per decode token split into
+the FFN and the rest comes from ONNX Runtime's profiler, switched on through GenAI's
+``session_options.enable_profiling`` in a separate generation: each top-level node's median
+over the decode steps, summed over the MLPs' nodes (``/model/layers.N/mlp/…``; fffc's
+``fffc_ffn_N…`` nodes, the dispatching ``If`` that runs the kernel included) and over the
+others. On a shared machine a node with two threads waits whenever either one waits for a
+core: while the machine is busy, the medians of the dense MatMuls grow most (3x their
+fast steps in one run here), and the split and every time above vary from run to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import enum
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+MODEL = "model.onnx"
+SHIM = "libfffc_ops.so"
+CONFIG = "genai_config.json"
+SEED = 0
+# Token embeddings ~ N(0, 1) instead of the initializer's N(0, 0.02): the current token then
+# decides the next one, and greedy decoding of the random model wanders over the vocabulary;
+# with small embeddings the slowly changing attention average decides it, the model repeats
+# one token, and every decode step activates nearly the same neurons.
+EMBED_SCALE = 50.0
+RECIPE = 2  # part of the cache key: changes with the checkpoint's weights
+CALIB_SEQUENCES = 8  # of prompt + generate tokens: the gates' quantiles see 8 x generate rows
+WORDS = [
+    "the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at",
+    "from", "his", "her", "it", "an", "be", "are", "this", "which", "or", "had", "not", "but",
+    "were", "they", "one", "all", "their", "has", "been", "have", "who", "when", "more",
+    "there", "other", "into", "after", "first", "also", "new", "time", "two", "year", "can",
+    "only", "over", "state", "made", "city", "may", "most", "some", "these", "would",
+    "people", "under", "world", "river", "north", "south", "between", "during", "such",
+    "water", "house", "school", "high", "three", "through", "while", "part", "where",
+    "because", "before", "light",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    hidden: int = 2048
+    ffn: int = 5632
+    layers: int = 16
+    heads: int = 32
+    kv_heads: int = 8
+    vocab: int = 32000
+
+    def ffn_byte_share(self) -> float:
+        """The FFNs' part of the weight bytes a decode step reads (the embedding table is
+        gathered, not read)."""
+        head = self.hidden // self.heads
+        attn = self.hidden * (self.hidden + 2 * self.kv_heads * head) + self.hidden ** 2
+        ffn = 3 * self.hidden * self.ffn
+        total = self.layers * (attn + ffn) + self.vocab * self.hidden
+        return self.layers * ffn / total
+
+    def key(self) -> str:
+        return (f"r{RECIPE}-h{self.hidden}-f{self.ffn}-l{self.layers}-a{self.heads}"
+                f"-kv{self.kv_heads}-v{self.vocab}")
+
+
+QUICK = Shape(hidden=128, ffn=384, layers=2, heads=4, kv_heads=2, vocab=1000)
+
+
+class Variant(enum.Enum):
+    DRELU = "drelu"
+    RELU = "relu"
+    SWIGLU = "swiglu"
+
+    @property
+    def hidden_act(self) -> str:
+        return "silu" if self is Variant.SWIGLU else "relu"
+
+    @property
+    def up_relu(self) -> bool:
+        return self is Variant.DRELU
+
+    @property
+    def shaped(self) -> bool:
+        """Gates set to the requested sparsity (the ReLU-gated variants)."""
+        return self is not Variant.SWIGLU
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One compiled model to time against the stock one."""
+
+    variant: Variant
+    label: str
+    compile_args: tuple[str, ...]
+    decode_goal: float | None  # tokens/s ratio the issue asks for, None where it sets none
+
+
+# ---------------------------------------------------------------------------- the models
+
+
+def _text(n_sentences: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=rng.integers(6, 16))) + "." for _ in range(n_sentences)]
+
+
+def _tokenizer(vocab: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=min(vocab, 1000),
+                                  special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_text(400, SEED), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+def _drelu_forward(mlp):
+    import torch
+
+    def forward(x):
+        return mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * torch.relu(mlp.up_proj(x)))
+    return forward
+
+
+def _gate_bias_hook(sparsity: float, skip: int):
+    """Sets column 0 of the gate so each neuron's gate is ≤ 0 on ``sparsity`` of the rows it
+    sees past position ``skip`` (coordinate 0 of its input is positive: the constant
+    channel)."""
+    import torch
+
+    def hook(mlp, args):
+        x = args[0][:, skip:].reshape(-1, args[0].shape[-1])
+        w = mlp.gate_proj.weight  # [ffn, hidden]
+        rest = (x[:, 1:] @ w[:, 1:].T) / x[:, :1]
+        w[:, 0] = -torch.quantile(rest, sparsity, dim=0)
+    return hook
+
+
+def _constant_channel(model) -> None:
+    """Coordinate 0 of the residual stream: a constant in every embedding, written by no
+    layer, read only by the gates (and the norms' RMS)."""
+    inner = model.model
+    emb = inner.embed_tokens.weight
+    emb[:, 0] = emb[:, 1:].norm(dim=1).mean()  # as large as the rest of a row
+    for layer in inner.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.up_proj):
+            proj.weight[:, 0] = 0
+        attn.o_proj.weight[0, :] = 0
+        mlp.down_proj.weight[0, :] = 0
+    model.lm_head.weight[:, 0] = 0
+
+
+def _calibration_ids(tokenizer, shape: Shape, prompt: int, generate: int) -> np.ndarray:
+    """``CALIB_SEQUENCES`` rows: a text prompt (other text than the timed one), then random
+    token ids standing for the generated ones."""
+    rng = np.random.default_rng(SEED + 1)
+    rows = [np.concatenate([_text_ids(tokenizer, prompt, SEED + 10 + 100 * i),
+                            rng.integers(3, shape.vocab, size=generate)])
+            for i in range(CALIB_SEQUENCES)]
+    return np.stack(rows).astype(np.int64)
+
+
+def checkpoint(shape: Shape, variant: Variant, sparsity: float, prompt: int, generate: int,
+               out: Path) -> None:
+    """A random-weight LLaMA checkpoint and its tokenizer, saved into ``out``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(SEED)
+    cfg = LlamaConfig(vocab_size=shape.vocab, hidden_size=shape.hidden,
+                      intermediate_size=shape.ffn, num_hidden_layers=shape.layers,
+                      num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+                      hidden_act=variant.hidden_act, max_position_embeddings=4096,
+                      bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    tokenizer = _tokenizer(shape.vocab)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(EMBED_SCALE)
+    if variant.shaped:
+        with torch.no_grad():
+            _constant_channel(model)
+            hooks = []
+            for layer in model.model.layers:
+                if variant.up_relu:
+                    layer.mlp.forward = _drelu_forward(layer.mlp)
+                hooks.append(layer.mlp.register_forward_pre_hook(
+                    _gate_bias_hook(sparsity, skip=prompt)))
+            ids = _calibration_ids(tokenizer.backend_tokenizer, shape, prompt, generate)
+            model(input_ids=torch.from_numpy(ids))
+            for h in hooks:
+                h.remove()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    del model
+    gc.collect()
+
+
+def insert_up_relu(model_path: Path) -> int:
+    """Inserts ``Relu`` after every ``…/mlp/up_proj/MatMul`` of a builder graph (in place,
+    external data untouched); returns how many."""
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    nodes, count = [], 0
+    for node in m.graph.node:
+        nodes.append(node)
+        if not node.name.endswith("/mlp/up_proj/MatMul"):
+            continue
+        src = node.output[0]
+        dst = node.name.replace("up_proj/MatMul", "up_act/Relu")
+        nodes.append(helper.make_node("Relu", [src], [dst + "/output_0"], name=dst))
+        count += 1
+    for node in nodes:
+        if node.op_type == "Mul" and node.name.endswith("/mlp/Mul"):
+            node.input[:] = [i.replace("up_proj/MatMul/output_0", "up_act/Relu/output_0")
+                             for i in node.input]
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    onnx.save(m, str(model_path))
+    return count
+
+
+def genai_folder(hf: Path, variant: Variant, out: Path) -> None:
+    """The GenAI model builder's fp32 CPU folder of checkpoint ``hf``."""
+    cache = out.with_name(out.name + ".cache")
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf),
+           "-o", str(out), "-p", "fp32", "-e", "cpu", "-c", str(cache)]
+    _run(cmd, "the GenAI model builder")
+    shutil.rmtree(cache, ignore_errors=True)
+    if variant.up_relu:
+        n = insert_up_relu(out / MODEL)
+        if n == 0:
+            raise SystemExit("bench: no mlp/up_proj/MatMul in the builder's graph")
+
+
+def _run(cmd: Sequence[str], what: str, env: dict | None = None) -> str:
+    """Runs a build step at a lower priority (the machine may be shared; the timed
+    generations keep this process's priority)."""
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                          preexec_fn=lambda: os.nice(10))
+    if done.returncode:
+        tail = (done.stdout + done.stderr)[-6000:]
+        raise BuildError(f"{what} failed (exit {done.returncode}): {' '.join(cmd)}\n{tail}")
+    return done.stdout
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def _last_line(text: str) -> str:
+    return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
+
+
+def _cached(path: Path, build: Callable[[Path], None]) -> Path:
+    """``path``, built by ``build(partial)`` and renamed when missing."""
+    if path.exists():
+        return path
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    build(partial)
+    partial.rename(path)
+    return path
+
+
+def _fffc() -> str:
+    near = Path(sys.executable).with_name("fffc")
+    return str(near) if near.exists() else (shutil.which("fffc") or "fffc")
+
+
+def assemble(genai: Path, out: Path, compile_args: Sequence[str]) -> None:
+    """The compiled GenAI folder ``out``: ``fffc compile`` of ``genai``'s model, the artifact's
+    model and shim in a copy of the folder, the shim named in the decoder's session options."""
+    art = out.with_name(out.name + ".artifact")
+    shutil.rmtree(art, ignore_errors=True)
+    env = dict(os.environ, FFFC_DEBUG="1")
+    _run([_fffc(), "compile", str(genai / MODEL), "--target", "x86", "-o", str(art),
+          "--force", *compile_args], "fffc compile", env)
+    shutil.copytree(genai, out, ignore=shutil.ignore_patterns(MODEL, MODEL + ".data"))
+    for f in art.iterdir():
+        if f.is_file():
+            shutil.copy2(f, out / f.name)
+    cfg = json.loads((out / CONFIG).read_text())
+    cfg["model"]["decoder"]["session_options"]["custom_ops_library"] = SHIM
+    (out / CONFIG).write_text(json.dumps(cfg, indent=4))
+    shutil.rmtree(art)
+
+
+def teal_available() -> bool:
+    done = subprocess.run([_fffc(), "calibrate", "--help"], capture_output=True, text=True)
+    return "--prompts" in done.stdout
+
+
+def calibrate(genai: Path, prompts: Path, out: Path) -> None:
+    _run([_fffc(), "calibrate", str(genai), "--prompts", str(prompts), "-o", str(out),
+          "--force"], "fffc calibrate", dict(os.environ, FFFC_DEBUG="1"))
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def _model(folder: Path, threads: int, **session_options):
+    import onnxruntime_genai as og
+
+    cfg = og.Config(str(folder))
+    so = {"intra_op_num_threads": threads, **session_options}
+    cfg.overlay(json.dumps({"model": {"decoder": {"session_options": so}}}))
+    return og.Model(cfg)
+
+
+def _model_file(folder: Path, name: str, threads: int):
+    import onnxruntime_genai as og
+
+    cfg = og.Config(str(folder))
+    cfg.overlay(json.dumps({"model": {"decoder": {
+        "filename": name, "session_options": {"intra_op_num_threads": threads}}}}))
+    return og.Model(cfg)
+
+
+@dataclasses.dataclass
+class Generation:
+    ttft: float  # seconds from append_tokens to the first new token
+    decode: float  # seconds per decode step
+    tokens: list[int]
+
+
+def generate(model, prompt: np.ndarray, n: int,
+             step: Callable[[object], None] | None = None) -> Generation:
+    """Greedy generation of ``n`` tokens; ``step(generator)`` after each decode step."""
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    total = len(prompt) + n
+    params.set_search_options(max_length=total, min_length=total, do_sample=False)
+    gen = og.Generator(model, params)
+    t0 = time.perf_counter()
+    gen.append_tokens(prompt)
+    gen.generate_next_token()
+    t1 = time.perf_counter()
+    tokens = [int(gen.get_next_tokens()[0])]
+    decode_s = 0.0
+    while not gen.is_done() and len(tokens) < n:
+        t = time.perf_counter()
+        gen.generate_next_token()
+        decode_s += time.perf_counter() - t
+        tokens.append(int(gen.get_next_tokens()[0]))
+        if step:
+            step(gen)
+    return Generation(t1 - t0, decode_s / max(len(tokens) - 1, 1), tokens)
+
+
+def gate_fraction(genai: Path, prompt: np.ndarray, n: int, threads: int) -> float:
+    """Fraction of gate pre-activations ≤ 0 over the decode steps of a greedy generation
+    (every layer, every neuron)."""
+    import onnx
+
+    m = onnx.load(str(genai / MODEL), load_external_data=False)
+    outs = [n_.output[0] for n_ in m.graph.node if n_.name.endswith("/mlp/gate_proj/MatMul")]
+    for name in outs:
+        m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
+                                                                 None))
+    probe = genai / "model.gates.onnx"
+    onnx.save(m, str(probe))
+    del m
+    le, total = 0, 0
+
+    def step(gen) -> None:
+        nonlocal le, total
+        for name in outs:
+            g = gen.get_output(name)
+            le += int((g <= 0).sum())
+            total += g.size
+
+    try:
+        model = _model_file(genai, probe.name, threads)
+        generate(model, prompt, n, step)
+        del model
+    finally:
+        probe.unlink()
+    gc.collect()
+    return le / max(total, 1)
+
+
+@dataclasses.dataclass
+class Split:
+    """Milliseconds per decode step: sums of top-level nodes' median times."""
+
+    ffn_ms: float
+    rest_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        return self.ffn_ms + self.rest_ms
+
+
+def _is_ffn(node_name: str) -> bool:
+    return "/mlp/" in node_name or node_name.startswith("fffc_ffn_")
+
+
+def profile(folder: Path, prompt: np.ndarray, n: int, threads: int, prefix: Path) -> Split:
+    """The FFN's and the rest's time per decode step in ONNX Runtime's profile of a greedy
+    generation: each top-level node's median over the decode steps."""
+    import onnx
+
+    for old in prefix.parent.glob(prefix.name + "*.json"):
+        old.unlink()
+    model = _model(folder, threads, enable_profiling=str(prefix))
+    generate(model, prompt, n)
+    del model
+    gc.collect()  # the profile is written when the session closes
+    files = sorted(prefix.parent.glob(prefix.name + "*.json"))
+    if not files:
+        raise BuildError(f"no ONNX Runtime profile under {prefix}*")
+    events = json.loads(files[-1].read_text())
+    graph = onnx.load(str(folder / MODEL), load_external_data=False).graph
+    top = {node.name for node in graph.node}
+    runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    decode = [(r["ts"], r["ts"] + r["dur"]) for r in runs[1:]]  # the first run: the prefill
+    times: dict[str, list[float]] = {}
+    for e in events:
+        name = e.get("name", "").removesuffix("_kernel_time")
+        if e.get("cat") == "Node" and name in top and any(lo <= e["ts"] <= hi
+                                                         for lo, hi in decode):
+            times.setdefault(name, []).append(e["dur"] / 1e3)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ffn = sum(v for k, v in med.items() if _is_ffn(k))
+    return Split(ffn, sum(med.values()) - ffn)
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass
+class Result:
+    row: Row
+    gate_le0: float | None
+    stock: list[Generation]
+    fffc: list[Generation]
+    stock_split: Split | None
+    fffc_split: Split | None
+    error: str | None = None
+
+    def tok_s(self, runs: list[Generation]) -> list[float]:
+        return [1.0 / g.decode for g in runs]
+
+
+def _spread(values: Sequence[float], fmt: str = "{:.2f}") -> str:
+    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values),
+                                              max(values)))
+
+
+def timed_runs(stock_dir: Path, fffc_dir: Path, prompt: np.ndarray, n: int, runs: int,
+               threads: int) -> tuple[list[Generation], list[Generation]]:
+    models = {"stock": _model(stock_dir, threads), "fffc": _model(fffc_dir, threads)}
+    for m in models.values():  # warm-up: first-call allocations, page faults
+        generate(m, prompt[: min(len(prompt), 16)], 4)
+    out: dict[str, list[Generation]] = {k: [] for k in models}
+    for r in range(runs):
+        order = ["stock", "fffc"] if r % 2 == 0 else ["fffc", "stock"]
+        for key in order:
+            time.sleep(0.2)  # the other model's intra-op threads stop spinning
+            out[key].append(generate(models[key], prompt, n))
+    del models
+    gc.collect()
+    return out["stock"], out["fffc"]
+
+
+def _text_ids(tokenizer, length: int, seed: int) -> np.ndarray:
+    """``length`` token ids: ``tokenizer`` (a ``tokenizers.Tokenizer``) on generated text."""
+    ids: list[int] = []
+    while len(ids) < length:
+        ids.extend(tokenizer.encode(" ".join(_text(8, seed))).ids)
+        seed += 1
+    return np.asarray(ids[:length], dtype=np.int32)
+
+
+def _prompt(genai: Path, length: int) -> np.ndarray:
+    from tokenizers import Tokenizer
+
+    return _text_ids(Tokenizer.from_file(str(genai / "tokenizer.json")), length, SEED + 2)
+
+
+def rows(variants: Sequence[Variant], teal: bool, levels: Sequence[float]) -> list[Row]:
+    out = []
+    for v in variants:
+        if v is Variant.SWIGLU:
+            continue
+        out.append(Row(v, f"{v.value}, exact", (), 1.6 if v is Variant.DRELU else None))
+    if teal:
+        for s in levels:
+            out.append(Row(Variant.SWIGLU, f"swiglu, TEAL {s:.0%}",
+                           ("--budget", f"uniform={s}"), 1.2 if abs(s - 0.5) < 1e-9 else None))
+    return out
+
+
+def run_row(row: Row, args, shape: Shape, root: Path) -> Result:
+    v = row.variant
+    base = root / shape.key() / (f"{v.value}-s{args.sparsity}" if v.shaped else v.value)
+    base.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    hf = _cached(base / "hf", lambda p: checkpoint(shape, v, args.sparsity, args.prompt,
+                                                   args.generate, p))
+    genai = _cached(base / "genai", lambda p: genai_folder(hf, v, p))
+    print(f"[{row.label}] checkpoint and GenAI folder: {time.perf_counter() - t:.0f}s",
+          flush=True)
+    prompt = _prompt(genai, args.prompt)
+    frac = gate_fraction(genai, prompt, args.generate, args.threads) if v.shaped else None
+    if frac is not None:
+        print(f"[{row.label}] gate pre-activations ≤ 0 on decode steps: {frac:.1%} "
+              f"(target {args.sparsity:.0%})", flush=True)
+    compile_args = list(row.compile_args)
+    if v is Variant.SWIGLU:
+        prompts = base / "prompts.txt"
+        prompts.write_text("\n".join(" ".join(_text(8, SEED + 100 + i)) for i in range(8)))
+        calib = base / "calib.json"
+        if not calib.exists():
+            calibrate(genai, prompts, calib)
+        compile_args = ["--calibration", str(calib), *compile_args]
+    tag = "fffc" + "".join(a.replace("=", "").replace(".", "") for a in row.compile_args
+                           if not a.startswith("--"))
+    t = time.perf_counter()
+    try:
+        compiled = _cached(base / tag, lambda p: assemble(genai, p, compile_args))
+    except BuildError as e:
+        print(f"[{row.label}] {e}", flush=True)
+        return Result(row, frac, [], [], None, None, error=_last_line(str(e)))
+    print(f"[{row.label}] compiled: {time.perf_counter() - t:.0f}s", flush=True)
+    stock, fffc_runs = timed_runs(genai, compiled, prompt, args.generate, args.runs,
+                                  args.threads)
+    splits: list[Split | None] = [None, None]
+    if args.profile:
+        splits = [profile(d, prompt, args.generate, args.threads, base / f"profile-{k}")
+                  for d, k in ((genai, "stock"), (compiled, tag))]
+    return Result(row, frac, stock, fffc_runs, *splits)
+
+
+# ---------------------------------------------------------------------------- the table
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def _versions() -> str:
+    import onnxruntime
+    import onnxruntime_genai
+
+    return f"onnxruntime {onnxruntime.__version__}, onnxruntime-genai {onnxruntime_genai.__version__}"
+
+
+def table(results: Sequence[Result], args, shape: Shape) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    share = shape.ffn_byte_share()
+    screened = (0.5 + 3 * (1 - args.sparsity)) / 3  # bytes read / the dense FFN's
+    lines = [
+        f"LLaMA-shaped, hidden {shape.hidden}, FFN {shape.ffn}, {shape.layers} layers, "
+        f"{shape.heads} heads / {shape.kv_heads} KV heads, vocabulary {shape.vocab}; fp32, "
+        f"{args.threads} threads; prompt {args.prompt}, generate {args.generate}, greedy; "
+        f"{args.runs} runs each, interleaved",
+        f"date: {now}; machine: {_cpu()}; {_versions()}",
+        f"command: `{' '.join(['python bench/bench_llm_decode.py', *sys.argv[1:]])}`",
+        f"FFNs: {share:.0%} of the weight bytes a decode step reads. Bounds on the decode "
+        f"ratio by bytes: {1 / (1 - share + share * screened):.2f}x with the FFNs reading a "
+        f"float16 copy of the gate and {1 - args.sparsity:.0%} of the gate's, up's and "
+        f"down's rows (the screened exact kernel), {1 / (1 - share):.2f}x with the FFNs free",
+        "",
+        "| model | gate ≤ 0 (decode) | decode tok/s stock (min / median / max) | fffc | "
+        "decode ratio (median; runs) | goal | time to first token, ms, stock | fffc | "
+        "prefill ratio | profiled ms per decode step (node medians), FFN + rest: stock → "
+        "fffc (ratio) | same tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        gate = f"{r.gate_le0:.1%}" if r.gate_le0 is not None else "–"
+        if r.error:
+            lines.append(f"| {r.row.label} | {gate} | – | – | fffc compile failed: {r.error} | "
+                         "– | – | – | – | – | – |")
+            continue
+        s, f = r.tok_s(r.stock), r.tok_s(r.fffc)
+        ratio = statistics.median(f) / statistics.median(s)
+        pairs = [b / a for a, b in zip(s, f, strict=True)]
+        if r.row.decode_goal is None:
+            goal = "–"
+        else:
+            goal = f"≥ {r.row.decode_goal}x: {'met' if ratio >= r.row.decode_goal else 'not met'}"
+        ts = [g.ttft * 1e3 for g in r.stock]
+        tf = [g.ttft * 1e3 for g in r.fffc]
+        pre = statistics.median(ts) / statistics.median(tf)
+        pre_goal = "met" if pre >= 0.95 else "not met"
+
+        a, b = r.stock_split, r.fffc_split
+        split = "–" if a is None or b is None else (
+            f"{a.ffn_ms:.1f} + {a.rest_ms:.1f} → {b.ffn_ms:.1f} + {b.rest_ms:.1f} "
+            f"({a.total_ms / b.total_ms:.2f}x)")
+
+        same = all(a.tokens == b.tokens for a, b in zip(r.stock, r.fffc, strict=True))
+        lines.append(
+            f"| {r.row.label} | {gate} | {_spread(s)} | {_spread(f)} | {ratio:.2f}x "
+            f"({min(pairs):.2f}–{max(pairs):.2f}) | {goal} | {_spread(ts, '{:.0f}')} | "
+            f"{_spread(tf, '{:.0f}')} | {pre:.2f}x (≥ 0.95: {pre_goal}) | "
+            f"{split} | {'yes' if same else 'no'} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="a tiny model (hidden 128, 2 layers), prompt 16, generate 16, 1 run, "
+                         "dReLU only: a smoke test")
+    for f in dataclasses.fields(Shape):
+        ap.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=None,
+                        help=f"default {f.default}")
+    ap.add_argument("--variants", default=None,
+                    help="comma-separated: drelu, relu (exact modes; default both, "
+                         "--quick: drelu)")
+    ap.add_argument("--teal", action="store_true",
+                    help="also SwiGLU with TEAL calibrated on decode steps (needs fffc "
+                         "calibrate --prompts)")
+    ap.add_argument("--teal-levels", default="0.4,0.5")
+    ap.add_argument("--sparsity", type=float, default=0.9,
+                    help="fraction of gate pre-activations set to be ≤ 0")
+    ap.add_argument("--prompt", type=int, default=None, help="prompt tokens (default 128)")
+    ap.add_argument("--generate", type=int, default=None, help="new tokens (default 128)")
+    ap.add_argument("--runs", type=int, default=None, help="runs per model (default 3)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-profile", dest="profile", action="store_false",
+                    help="skip the profiled generation (FFN / rest split)")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/fffc-llm-decode"),
+                    help="models are built here once and reused")
+    args = ap.parse_args(argv)
+
+    base = QUICK if args.quick else Shape()
+    shape = Shape(**{f.name: getattr(args, f.name) if getattr(args, f.name) is not None
+                     else getattr(base, f.name) for f in dataclasses.fields(Shape)})
+    args.prompt = args.prompt or (16 if args.quick else 128)
+    args.generate = args.generate or (16 if args.quick else 128)
+    args.runs = args.runs or (1 if args.quick else 3)
+    names = args.variants or ("drelu" if args.quick else "drelu,relu")
+    variants = [Variant(v) for v in names.split(",") if v]
+    levels = [float(s) for s in args.teal_levels.split(",") if s]
+    os.environ.setdefault("FFFC_NUM_THREADS", str(args.threads))
+
+    teal = args.teal
+    if teal and not teal_available():
+        print("note: SwiGLU/TEAL skipped: this fffc's `fffc calibrate` has no --prompts "
+              "(calibration on decode steps)", flush=True)
+        teal = False
+    elif not teal:
+        print("note: SwiGLU/TEAL not run (--teal runs it)", flush=True)
+
+    results = [run_row(r, args, shape, args.cache) for r in rows(variants, teal, levels)]
+    print()
+    print(table(results, args, shape))
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
