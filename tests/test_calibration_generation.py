@@ -43,7 +43,7 @@ def genai(hf, tmp_path_factory):
 @pytest.fixture(scope="session")
 def optimum(hf, tmp_path_factory):
     if tiny.optimum_cli() is None:
-        pytest.skip("optimum-cli not found (set OPTIMUM_CLI)")
+        pytest.skip("no optimum environment: `make optimum` creates it (or set OPTIMUM_CLI)")
     out = tiny.optimum_export(hf, tmp_path_factory.mktemp("optimum") / "model")
     # Optimum copies the tokenizer when its transformers can load it; a tokenizer_config
     # written by transformers 5 it cannot, so the tokenizer is put beside the model here

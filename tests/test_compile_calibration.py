@@ -161,7 +161,7 @@ def test_pinned_timings_set_each_sites_bound(calibrated, tmp_path) -> None:
     only. The check holds each probe to the branches that serve it (its 16- and 18-token
     probes run the first FFN thresholded and the second as it was; a 33-token probe, added
     because no probe was past 32, both as they were), and so does the artifact."""
-    tmp, path, data, calib = calibrated
+    tmp, path, _, calib = calibrated
 
     def rows(last: int) -> list[dict]:
         return [{"tokens": n, "kernel_ms": 1.0, "original_ms": 2.0 if n <= last else 0.5}
@@ -169,8 +169,9 @@ def test_pinned_timings_set_each_sites_bound(calibrated, tmp_path) -> None:
 
     pins = tmp_path / "timings.json"
     pins.write_text(json.dumps({"fffc_ffn_0": rows(32), "fffc_ffn_1": rows(1)}))
+    # no --data: the made-up probes (2 x 8 and 2 x 9 tokens, then 1) are verification's
     result = fffc.compile(path, tmp_path / "pinned.fffc", CompileOptions(
-        calibration=tmp / "m.calib.json", budget="uniform=0.4", data=data, timings=pins))
+        calibration=tmp / "m.calib.json", budget="uniform=0.4", timings=pins))
     sites = {s["name"]: s["dispatch"] for s in result.manifest["sites"]}
     assert {n: d["branches"][0]["max_tokens"] for n, d in sites.items()} == {
         "fffc_ffn_0": 32, "fffc_ffn_1": 1}
