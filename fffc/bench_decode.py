@@ -55,16 +55,22 @@ class DecodeBench:
     original: tuple[Run, ...]
     fffc: tuple[Run, ...]
 
-    def decode(self, which: str) -> Spread:
-        return Spread.of([r.decode_tokens_per_s for r in getattr(self, which)])
+    def sides(self) -> tuple[tuple[str, tuple[Run, ...]], ...]:
+        """(label, runs) of the original folder and of the compiled one, in that order."""
+        return (("original", self.original), ("fffc", self.fffc))
 
-    def prefill(self, which: str) -> Spread:
-        return Spread.of([r.prefill_ms for r in getattr(self, which)])
+    @staticmethod
+    def decode(runs: tuple[Run, ...]) -> Spread:
+        return Spread.of([r.decode_tokens_per_s for r in runs])
+
+    @staticmethod
+    def prefill(runs: tuple[Run, ...]) -> Spread:
+        return Spread.of([r.prefill_ms for r in runs])
 
     @property
     def speedup(self) -> float:
         """Decode tokens/s of the compiled folder over the original's (ratio of medians)."""
-        return self.decode("fffc").median / self.decode("original").median
+        return self.decode(self.fffc).median / self.decode(self.original).median
 
     @property
     def identical(self) -> bool:
@@ -74,9 +80,9 @@ class DecodeBench:
     def to_json(self) -> dict:
         return {"prompt": self.prompt, "generate": self.generate, "threads": self.threads,
                 "speedup": self.speedup, "identical_tokens": self.identical,
-                **{which: {"decode_tokens_per_s": asdict(self.decode(which)),
-                           "prefill_ms": asdict(self.prefill(which))}
-                   for which in ("original", "fffc")}}
+                **{label: {"decode_tokens_per_s": asdict(self.decode(runs)),
+                           "prefill_ms": asdict(self.prefill(runs))}
+                   for label, runs in self.sides()}}
 
 
 def genai_section(manifest: dict) -> dict | None:

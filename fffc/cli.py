@@ -216,9 +216,9 @@ def _bench_decode(args: argparse.Namespace) -> int:
                     f"{len(b.fffc)} runs each")
     for col in ("model", "decode tokens/s", "min – max", "prefill ms", "min – max"):
         t.add_column(col, justify="right")
-    for which in ("original", "fffc"):
-        d, p = b.decode(which), b.prefill(which)
-        t.add_row(which, f"{d.median:.1f}", f"{d.min:.1f} – {d.max:.1f}", f"{p.median:.1f}",
+    for label, runs in b.sides():
+        d, p = b.decode(runs), b.prefill(runs)
+        t.add_row(label, f"{d.median:.1f}", f"{d.min:.1f} – {d.max:.1f}", f"{p.median:.1f}",
                   f"{p.min:.1f} – {p.max:.1f}")
     console.print(t)
     console.print(f"decode speed-up: [bold]{b.speedup:.2f}x[/] (ratio of medians); generated "

@@ -39,6 +39,17 @@ def _fffc_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return out
 
 
+def _equals_original(path, artifact, token_counts) -> None:
+    """The artifact (with its shim) computes what the original model does at each count of
+    tokens of a [1, tokens, 16] input ``x``, whichever branch serves that count."""
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = fffc.runtime.InferenceSession(artifact)
+    for tokens in token_counts:
+        x = np.random.default_rng(tokens).standard_normal((1, tokens, 16)).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], original.run(None, {"x": x})[0],
+                                   rtol=1e-4, atol=1e-5)
+
+
 def _feed(path, batch: int, seq: int, seed: int) -> dict:
     from fffc.verify.feeds import probe_inputs
 
@@ -181,12 +192,7 @@ def test_max_sparse_tokens_sets_the_dispatch(tmp_path, limit):
                                 "note": "--max-sparse-tokens"}
     ifs = [n for n in model.graph.node if n.op_type == "If"]
     assert len(ifs) == (1 if limit else 0) and len(_fffc_nodes(model.graph)) == 1
-    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    sess = fffc.runtime.InferenceSession(result.artifact)
-    for tokens in (1, 3, 4, 9):
-        x = np.random.default_rng(tokens).standard_normal((1, tokens, 16)).astype(np.float32)
-        np.testing.assert_allclose(sess.run(None, {"x": x})[0], original.run(None, {"x": x})[0],
-                                   rtol=1e-4, atol=1e-5)
+    _equals_original(path, result.artifact, (1, 3, 4, 9))
 
 
 def test_crossover_is_measured_on_this_machine(tmp_path):
@@ -214,12 +220,7 @@ def test_crossover_is_measured_on_this_machine(tmp_path):
         assert site["decision"] == "exact" and kernel[0]["max_tokens"] == bound
     model = onnx.load(str(result.artifact / "model.onnx"))
     assert sum(n.op_type == "If" for n in model.graph.node) == (1 if bound else 0)
-    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    sess = fffc.runtime.InferenceSession(result.artifact)
-    for tokens in (1, 2, 5, 70):
-        x = np.random.default_rng(tokens).standard_normal((1, tokens, 16)).astype(np.float32)
-        np.testing.assert_allclose(sess.run(None, {"x": x})[0], original.run(None, {"x": x})[0],
-                                   rtol=1e-4, atol=1e-5)
+    _equals_original(path, result.artifact, (1, 2, 5, 70))
     # the manifest's timings, pinned: the same bounds, the same model, byte for byte
     again = fffc.compile(path, tmp_path / "again.fffc", fffc.CompileOptions(
         timings=result.artifact / "manifest.json"))
@@ -257,12 +258,7 @@ def test_measured_bounds_shape_the_artifact(tmp_path, monkeypatch, won):
         assert site["decision"] == "dense" and "faster than the kernel at 1 token" in site["reason"]
         assert result.manifest["kernels"] is None and result.manifest["shim"] is None
         assert not list((result.artifact).glob("*.so")) and not _fffc_nodes(model.graph)
-    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    sess = fffc.runtime.InferenceSession(result.artifact)
-    for tokens in (1, 2, 3, 9):
-        x = np.random.default_rng(tokens).standard_normal((1, tokens, 16)).astype(np.float32)
-        np.testing.assert_allclose(sess.run(None, {"x": x})[0], original.run(None, {"x": x})[0],
-                                   rtol=1e-4, atol=1e-5)
+    _equals_original(path, result.artifact, (1, 2, 3, 9))
 
 
 def test_a_site_that_cannot_be_timed_takes_the_table(tmp_path, monkeypatch):
