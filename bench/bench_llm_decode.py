@@ -14,8 +14,9 @@ builder (``python -m onnxruntime_genai.models.builder -p fp32 -e cpu``). Variant
   (``LlamaConfig`` has no such activation and the builder no such MLP). While its weights
   are set, the checkpoint's MLPs compute the same function.
 - ``swiglu`` (``--teal``): ``hidden_act="silu"``, calibrated by ``fffc calibrate MODEL_DIR
-  --prompts FILE`` (FFN inputs of greedy decode steps) and compiled with ``--calibration
-  --budget uniform=S`` for each ``--teal-levels`` S.
+  --prompts FILE`` (FFN inputs of greedy decode steps: ``--teal-prompts`` prompts,
+  ``--teal-generate`` tokens each) and compiled with ``--calibration --budget uniform=S``
+  for each ``--teal-levels`` S.
 
 Weights: the initializer's N(0, 0.02), except the token embeddings, scaled to N(0, 1) so
 that greedy decoding of the random model wanders over the vocabulary instead of repeating
@@ -352,9 +353,12 @@ def teal_available() -> bool:
     return "--prompts" in done.stdout
 
 
-def calibrate(genai: Path, prompts: Path, out: Path) -> None:
-    _run([_fffc(), "calibrate", str(genai), "--prompts", str(prompts), "-o", str(out),
-          "--force"], "fffc calibrate", dict(os.environ, FFFC_DEBUG="1"))
+def calibrate(genai: Path, prompts: Path, generate: int, out: Path) -> None:
+    """TEAL statistics of the FFN inputs at the decode steps of greedy generations after
+    each prompt of ``prompts``."""
+    _run([_fffc(), "calibrate", str(genai), "--prompts", str(prompts), "--generate",
+          str(generate), "-o", str(out), "--force"], "fffc calibrate",
+         dict(os.environ, FFFC_DEBUG="1"))
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -572,10 +576,11 @@ def run_row(row: Row, args, shape: Shape, root: Path) -> Result:
     compile_args = list(row.compile_args)
     if v is Variant.SWIGLU:
         prompts = base / "prompts.txt"
-        prompts.write_text("\n".join(" ".join(_text(8, SEED + 100 + i)) for i in range(8)))
-        calib = base / "calib.json"
+        prompts.write_text("\n".join(" ".join(_text(8, SEED + 100 + i))
+                                     for i in range(args.teal_prompts)))
+        calib = base / f"calib-p{args.teal_prompts}-g{args.teal_generate}.json"
         if not calib.exists():
-            calibrate(genai, prompts, calib)
+            calibrate(genai, prompts, args.teal_generate, calib)
         compile_args = ["--calibration", str(calib), *compile_args]
     tag = "fffc" + "".join(a.replace("=", "").replace(".", "") for a in row.compile_args
                            if not a.startswith("--"))
@@ -684,6 +689,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="also SwiGLU with TEAL calibrated on decode steps (needs fffc "
                          "calibrate --prompts)")
     ap.add_argument("--teal-levels", default="0.4,0.5")
+    ap.add_argument("--teal-prompts", type=int, default=4,
+                    help="calibration prompts (text other than the timed prompt's)")
+    ap.add_argument("--teal-generate", type=int, default=32,
+                    help="greedy tokens per calibration prompt: its decode steps are the "
+                         "statistics' rows")
     ap.add_argument("--sparsity", type=float, default=0.9,
                     help="fraction of gate pre-activations set to be ≤ 0")
     ap.add_argument("--prompt", type=int, default=None, help="prompt tokens (default 128)")
