@@ -74,8 +74,6 @@ from pathlib import Path
 import numpy as np
 
 MODEL = "model.onnx"
-SHIM = "libfffc_ops.so"
-CONFIG = "genai_config.json"
 SEED = 0
 # Token embeddings ~ N(0, 1) instead of the initializer's N(0, 0.02): the current token then
 # decides the next one, and greedy decoding of the random model wanders over the vocabulary;
@@ -331,21 +329,11 @@ def _fffc() -> str:
 
 
 def assemble(genai: Path, out: Path, compile_args: Sequence[str]) -> None:
-    """The compiled GenAI folder ``out``: ``fffc compile`` of ``genai``'s model, the artifact's
-    model and shim in a copy of the folder, the shim named in the decoder's session options."""
-    art = out.with_name(out.name + ".artifact")
-    shutil.rmtree(art, ignore_errors=True)
-    env = dict(os.environ, FFFC_DEBUG="1")
-    _run([_fffc(), "compile", str(genai / MODEL), "--target", "x86", "-o", str(art),
-          "--force", *compile_args], "fffc compile", env)
-    shutil.copytree(genai, out, ignore=shutil.ignore_patterns(MODEL, MODEL + ".data"))
-    for f in art.iterdir():
-        if f.is_file():
-            shutil.copy2(f, out / f.name)
-    cfg = json.loads((out / CONFIG).read_text())
-    cfg["model"]["decoder"]["session_options"]["custom_ops_library"] = SHIM
-    (out / CONFIG).write_text(json.dumps(cfg, indent=4))
-    shutil.rmtree(art)
+    """The compiled GenAI folder ``out``, written by ``fffc compile MODEL_DIR`` (the rewritten
+    model, its external data and the shim in the folder, the shim named in the decoder's
+    session options)."""
+    _run([_fffc(), "compile", str(genai), "--target", "x86", "-o", str(out), "--force",
+          *compile_args], "fffc compile", dict(os.environ, FFFC_DEBUG="1"))
 
 
 def teal_available() -> bool:

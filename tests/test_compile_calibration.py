@@ -6,9 +6,11 @@ to the float64 NumPy reference with the calibration's predictors), not the origi
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -16,9 +18,11 @@ import fffc
 import fffc.runtime
 from fffc import cli
 from fffc.contract.config import CompileOptions
+from fffc.contract.ops import SPARSE_FFN
 from fffc.contract.tolerances import RTOL
 from fffc.pipeline import analyze
 from fffc.plan import allocate, calibration
+from fffc.verify.in_place import run_in_place
 from fffc.verify.reference import predictor_ffn
 from tests.fixtures.calibration import D
 from tests.fixtures.calibration import feeds as _feeds
@@ -63,6 +67,54 @@ def test_gelu_and_swiglu_sites_become_teal(uniform) -> None:
     # calibrated centers (the default): x and a of the GELU FFN, a of the SwiGLU (its x
     # has no bias to hold a center's share)
     assert [s["centered"] for s in m["sites"]] == ["xh", "h"]
+
+
+def test_masked_artifact_is_checked_site_by_site_in_place(uniform) -> None:
+    """With the shim, each kernel site on the input it gets in the model vs its function;
+    the outputs' distance from the masked reference is reported beside."""
+    v = uniform.manifest["verification"]
+    assert v["model_with_shim"]["basis"] == "sites in place" and v["model_with_shim"]["ok"]
+    assert set(v["sites_in_place"]) == {"fffc_ffn_0", "fffc_ffn_1"}
+    assert all(s["ok"] and s["kernel_calls"] >= 1 for s in v["sites_in_place"].values())
+    assert v["model_with_shim_outputs"]["max_rel"] < 1e-3
+
+
+def _op_inputs(model: onnx.ModelProto, site: str) -> dict[str, np.ndarray]:
+    """A SparseFFN node's initializers by op input name, read from the artifact's model."""
+    nodes = [n for top in model.graph.node
+             for n in [top, *(m for a in top.attribute if a.type == onnx.AttributeProto.GRAPH
+                              for m in a.g.node)]]
+    node = next(n for n in nodes if n.name == site)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {a.name: inits[v] for a, v in zip(SPARSE_FFN.inputs, node.input, strict=False)
+            if v in inits}
+
+
+def test_in_place_check_finds_the_site_whose_kernel_computes_something_else(
+        uniform, tmp_path) -> None:
+    """The artifact's first site given other thresholds than its function's: the check in
+    place flags that site alone (the second one, fed the first's different output, still
+    computes its own function on it)."""
+    art = Path(shutil.copytree(uniform.artifact, tmp_path / "a.fffc"))
+    model = onnx.load(str(art / "model.onnx"))
+    want = {s.name: _op_inputs(model, s.name) for s in uniform.sites}
+    x = np.random.default_rng(7).standard_normal((1, 1, D)).astype(np.float32)
+    feeds = [{"x": x}]  # one token: the kernels serve it
+
+    def check():
+        return run_in_place(uniform.sites, art / "model.onnx", art / "libfffc_ops.so", feeds,
+                            lambda s: want[s.name], {}, RTOL)
+
+    assert check().ok
+    node = next(n for top in model.graph.node for a in top.attribute
+                if a.type == onnx.AttributeProto.GRAPH for n in a.g.node
+                if n.name == "fffc_ffn_0")
+    th = next(i for i in model.graph.initializer if i.name == node.input[6])
+    th.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(th) * 0.5, th.name))
+    onnx.save(model, str(art / "model.onnx"))
+    got = check()
+    assert not got.ok
+    assert not got.sites["fffc_ffn_0"].ok and got.sites["fffc_ffn_1"].ok
 
 
 def _alloc(result) -> allocate.Allocation:

@@ -41,7 +41,7 @@ def run(shim: Shim, ctx: Context) -> Checked:
             report, failed = check_artifact(v.sites, lowered.model, lowered.path,
                                             shim.check_path, [*v.feeds, *extra],
                                             expected(v, tokens, extra), v.reference.sites,
-                                            v.inputs, rtol, v.analysis.path)
+                                            v.inputs, tokens, rtol, v.analysis.path)
             if extra:
                 report["beyond_probes"] = [{k: list(a.shape) for k, a in f.items()}
                                            for f in extra]
