@@ -60,13 +60,13 @@ def canonicalize(model: ir.Model, notes: list[str] | None = None) -> dict[str, i
     """Fold constants, drop dead nodes, rewrite GELU/SiLU/linear variants; counts per family.
     ``notes``: where to append what the user should know about the model (one line each)."""
     common_passes.IdentityEliminationPass()(model)
-    # quantized projections first: folding would turn a small DequantizeLinear weight into
-    # a float32 initializer, and the quantized codes must survive as they are
-    quantized = canonical_quant.rules.apply_to_model(model)
-    _cleanup(model)
     note = infer_shapes(model)
     if note is not None and notes is not None:
         notes.append(note)
+    # quantized projections before folding: folding would turn a small DequantizeLinear
+    # weight into a float32 initializer, and the quantized codes must survive as they are
+    quantized = canonical_quant.rules.apply_to_model(model)
+    _cleanup(model)
     _constant_folding.FoldConstantsPass(shape_inference=False, input_size_limit=8192,
                                         output_size_limit=8192)(model)
     _cleanup(model)
