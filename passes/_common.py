@@ -16,6 +16,9 @@ CANON = "ai.fffc.canon"
 MS = "com.microsoft"
 _COLS = "__cols"  # name suffix of an initializer made by transposed_initializer
 DEQUANTIZED = "Dequantized"  # a quantized weight in canonical form (``canonical_quant``)
+# why a rule that would store a transposed, sliced or reshaped float32 copy of a weight
+# refuses a quantized one: it stays the user's codes
+QUANTIZED = "a quantized weight is kept as the user's codes, not copied to float32"
 
 
 class RuleSequence:

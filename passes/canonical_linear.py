@@ -13,11 +13,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from ._common import const_array, dequantized, last_dim, weight_error
-
-# canonical quantized weights (``canonical_quant``) stay the user's codes: a rule that would
-# store a transposed or sliced float32 copy of one refuses it
-QUANTIZED = "a quantized weight is kept as the user's codes, not copied to float32"
+from ._common import QUANTIZED, const_array, dequantized, last_dim, weight_error
 
 
 def _attr_int(value: ir.Value, name: str, default: int) -> int:

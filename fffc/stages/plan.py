@@ -27,7 +27,8 @@ def run(analysis: Analysis, ctx: Context) -> Planned:
                            path=analysis.path)
     narrow = [s for s in analysis.sites if not s.float32]
     if narrow:  # verification feeds and references are float32 throughout
-        names = ", ".join(s.name for s in narrow)
+        names = ", ".join(f"{s.name} ({s.matched_nodes[-1]})" if s.matched_nodes else s.name
+                          for s in narrow)
         raise NoSitesError(f"no FFN fffc can lower: {names}: {narrow[0].dtype} weights and "
                            f"activations (a {narrow[0].dtype} model): fffc compiles float32 "
                            "and quantized-weight models only (fffc inspect lists these sites)",
