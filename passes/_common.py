@@ -61,6 +61,17 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     return tensor.numpy()
 
 
+def const_shape(value: ir.Value | None) -> tuple[int, ...] | None:
+    """The shape of the constant behind a value (else None), without dequantizing a
+    quantized weight (``const_array`` keeps every float32 weight it reads in memory)."""
+    p = value.producer() if value is not None else None
+    if dequantized(p):
+        q = quantized_record(p)
+        return (q.k, q.n)
+    arr = const_array(value)
+    return None if arr is None else arr.shape
+
+
 def dequantized(node: ir.Node | None) -> bool:
     """Whether ``node`` is a canonical quantized weight."""
     return node is not None and node.domain == CANON and node.op_type == DEQUANTIZED

@@ -30,7 +30,7 @@ from . import (
     ffn_structured,
     mod_routed,
 )
-from ._common import CANON, const_array
+from ._common import CANON, const_array, const_shape
 from ._ffn_common import SUBGRAPH
 from .markers import decode, markers
 from .shapes import infer_shapes
@@ -116,7 +116,7 @@ def _projection(node: ir.Node) -> bool:
     ``Dequantized`` weight), or a quantized form canonicalization refused."""
     return (((node.op_type in ("MatMul", "Gemm") and node.domain == "")
              or canonical_quant.quantized_source(node))
-            and len(node.inputs) > 1 and const_array(node.inputs[1]) is not None)
+            and len(node.inputs) > 1 and const_shape(node.inputs[1]) is not None)
 
 
 def _upstream_projection(value: ir.Value, depth: int = 8) -> ir.Node | None:
@@ -154,7 +154,7 @@ def near_misses(model: ir.Model) -> list[NearMiss]:
         "expected Reshape([-1,k,p]) → Transpose(1,0,2) → MatMul → Transpose(1,0,2) → "
         "Reshape([-1,k·q]) (BlockDense) or a BlockShuffle's grid reshape and second MatMul"))
         for node in model.graph if node.op_type == "MatMul" and node.domain == ""
-        and const_array(node.inputs[1]) is not None and const_array(node.inputs[1]).ndim == 3]
+        and len(const_shape(node.inputs[1]) or ()) == 3]
     fff_roots = set()
     for node in model.graph:
         fff = ffn_fff.rules.near_miss(node)

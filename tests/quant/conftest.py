@@ -40,3 +40,19 @@ def quantized_model(tmp_path_factory) -> Callable[[str], Path]:
         return done[form]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def quantized_fff(tmp_path_factory) -> Path:
+    """A FastFeedForward (4 trees of depth 3, 128 → 128; TorchScript export) whose
+    ``linear_out`` MatMul ONNX Runtime's MatMulNBitsQuantizer made int4 (block 32, K = 60:
+    the last block padded); ``linear_in`` is a Gemm, which the quantizer leaves float."""
+    torch = pytest.importorskip("torch", reason="the torch extra exports the FFF")
+    from fffc.torch import FastFeedForward
+    from tests.fixtures.fff_exports import export_fff
+
+    root = tmp_path_factory.mktemp("quantized-fff")
+    torch.manual_seed(0)
+    module = FastFeedForward(128, 128, depth=3, trees=4).eval()
+    src = export_fff(module, root / "fff.onnx", dynamo=False, opset=17)
+    return q.matmul_nbits(src, root / "fff_q4.onnx", 4, 32, True)

@@ -74,3 +74,15 @@ def test_float16_model_is_refused_in_one_line(tmp_path, capsys):
     assert len(lines) == 1
     assert "float16 weights and activations (a float16 model)" in lines[0]
     assert "Traceback" not in err and "internal error" not in err
+
+
+def test_quantized_fff_is_left_as_it_was(quantized_fff, tmp_path):
+    out = tmp_path / "out.fffc"
+    assert main(["compile", str(quantized_fff), "-o", str(out)]) == 0
+    (site,) = json.loads((out / "manifest.json").read_text())["sites"]
+    assert site["decision"] == "dense"
+    original, artifact = onnx.load(quantized_fff), onnx.load(out / "model.onnx")
+    assert _quantizing(artifact) == _quantizing(original)
+    x = np.random.default_rng(4).standard_normal((2, 5, 128)).astype(np.float32)
+    for g, w in zip(_outputs(out / "model.onnx", x), _outputs(quantized_fff, x), strict=True):
+        np.testing.assert_array_equal(g, w)

@@ -120,3 +120,20 @@ def test_float16_model_sites_are_found(tmp_path):
     a = fffc.inspect(path)
     (site,) = a.sites
     assert (site.kind, site.dtype, site.weight_formats) == (SiteKind.GATED, "float16", {})
+
+
+def test_quantized_fff_is_a_site(quantized_fff):
+    model = onnx.load(quantized_fff)
+    a = fffc.inspect(quantized_fff)
+    assert a.near_misses == []
+    (site,) = a.sites
+    assert (site.kind, site.trees, site.depth, site.d_model, site.d_out) == (
+        SiteKind.FFF, 4, 3, 128, 128)
+    (fmt,) = site.weight_formats.values()
+    assert set(site.weight_formats) == {"W_out"}
+    assert (fmt.source, fmt.bits, fmt.block_size, fmt.symmetric, fmt.k, fmt.n) == (
+        NBITS, 4, 32, True, 60, 128)
+    assert site.decision is Decision.DENSE
+    node = next(n for n in model.graph.node if n.op_type == "MatMulNBits")
+    np.testing.assert_array_equal(site_inputs(a.working, site, Decision.DENSE)["W_out"],
+                                  q.ort_weight(model, node))
