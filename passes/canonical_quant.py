@@ -23,12 +23,14 @@ Refused (left in their source form, and named in near misses by ``why_not``):
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from fffc.contract.kinds import Granularity, QuantSource
-from fffc.contract.quant import QuantizedWeight
+from fffc.contract.quant import QuantizedWeight, nbits_zero_points
 
 from ._common import CANON, MS, const_array, dequantized, quantized_record
 
@@ -85,10 +87,22 @@ def nbits_record(node: ir.Node) -> QuantizedWeight:
     zp = const_array(_nbits_inputs(node)[3])
     bits = a.get_int("bits", 4)
     level = a.get_int("accuracy_level", -1)
-    return QuantizedWeight(
+    q = QuantizedWeight(
         source=QuantSource.MATMUL_NBITS, bits=bits, k=a.get_int("K", 0), n=a.get_int("N", 0),
         granularity=Granularity.BLOCK, block_size=a.get_int("block_size", 0), axis=0,
-        symmetric=zp is None, accuracy_level=None if level < 0 else level)
+        accuracy_level=None if level < 0 else level)
+    if zp is None:
+        return q
+    if zp.dtype.name != "uint8" or zp.size != _nbits_zp_size(q):
+        return replace(q, symmetric=False)  # refused by the rule's check
+    return replace(q, symmetric=_neutral(nbits_zero_points(q, zp), 1 << (bits - 1)))
+
+
+def _nbits_zp_size(q: QuantizedWeight) -> int:
+    """How many bytes MatMulNBits' zero points take: per row, one per block (8 bits) or
+    two a byte (4 bits)."""
+    blocks = -(-q.k // max(q.block_size, 1))
+    return q.n * (blocks if q.bits == 8 else -(-blocks // 2))
 
 
 class MatMulNBitsToMatMul(pattern.RewriteRuleClassBase):
@@ -122,9 +136,11 @@ class MatMulNBitsToMatMul(pattern.RewriteRuleClassBase):
         q = nbits_record(node)
         if q.bits not in (4, 8):
             return r.fail(f"MatMulNBits bits: expected 4 or 8, got {q.bits}", node)
-        if zp is not None and const_array(zp).dtype.name != "uint8":
-            return r.fail(f"MatMulNBits zero_points: expected packed uint8, got "
-                          f"{const_array(zp).dtype.name}", zp)
+        if zp is not None and (const_array(zp).dtype.name != "uint8"
+                               or const_array(zp).size != _nbits_zp_size(q)):
+            return r.fail(f"MatMulNBits zero_points: expected {_nbits_zp_size(q)} packed "
+                          f"uint8, got {const_array(zp).dtype.name} "
+                          f"{list(const_array(zp).shape)}", zp)
         r = _float32_scales(r, scales, "MatMulNBits scales")
         if not r:
             return r

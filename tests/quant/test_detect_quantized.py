@@ -78,13 +78,15 @@ def test_dequantized_weights_are_onnxruntimes(form, quantized_model):
         np.testing.assert_array_equal(arrays[role], want, err_msg=role)
 
 
-def test_act_order_nbits_is_a_near_miss(quantized_model, tmp_path):
-    path = q.with_g_idx(quantized_model("nbits4-b32-zp-drelu"), tmp_path / "g_idx.onnx")
+@pytest.mark.parametrize("edit,why", [(q.with_g_idx, "MatMulNBits g_idx: act-order"),
+                                      (q.with_bias, "MatMulNBits bias")])
+def test_unread_nbits_forms_are_near_misses(edit, why, quantized_model, tmp_path):
+    path = edit(quantized_model("nbits4-b32-zp-drelu"), tmp_path / "edited.onnx")
     a = fffc.inspect(path)
     assert a.sites == []
-    assert a.near_misses, "the g_idx FFN is not reported"
+    assert a.near_misses, "the FFN is not reported"
     for m in a.near_misses:
-        assert "g_idx" in m.reason and "act-order" in m.reason
+        assert m.reason.startswith(why)
 
 
 @pytest.mark.parametrize("form,granularity,axis", [("static-qdq-tensor-drelu", TENSOR, None),
