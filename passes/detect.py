@@ -226,13 +226,22 @@ def _quantized_failure(model: ir.Model, region: list[ir.Node]) -> str | None:
     for node in region:
         for v in node.inputs:
             p = v.producer() if v is not None else None
-            if p is not None and p.op_type == "DequantizeLinear" and p.domain == "":
+            if _fake_quantized(p):
                 return (f"activations quantized in the graph (DequantizeLinear {p.name!r} "
                         "feeds the region): fffc's FFN ops take float32 activations, so a "
                         "model with static int8 activations (QDQ on activations) is not "
                         "supported; quantize the weights only (MatMulNBitsQuantizer, "
                         "quantize_dynamic, or QDQ on weights alone)")
     return None
+
+
+def _fake_quantized(node: ir.Node | None) -> bool:
+    """``node`` is the DequantizeLinear of a QuantizeLinear: an activation quantized in the
+    graph (a weight's DequantizeLinear reads constant codes)."""
+    if node is None or node.op_type != "DequantizeLinear" or node.domain != "":
+        return False
+    q = node.inputs[0].producer() if node.inputs[0] is not None else None
+    return q is not None and q.op_type == "QuantizeLinear" and q.domain == ""
 
 
 def _best_failure(model: ir.Model, root: ir.Node) -> str:

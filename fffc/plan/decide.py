@@ -77,9 +77,10 @@ _DEFAULT: dict[SiteKind, Callable[[Site], tuple[Decision, str]]] = {
 
 
 def _open_to_calibration(site: Site) -> bool:
-    """A float32 dense or gated site the user did not leave out with --sites."""
-    return (site.kind in mode(Decision.TEAL).kinds and site.float32
-            and not site.weight_formats and not (site.decision is Decision.DENSE and site.reason == NOT_SELECTED))
+    """A float32 dense or gated site (float weights) the user did not leave out with
+    --sites."""
+    return (site.kind in mode(Decision.TEAL).kinds and site.float32 and not site.weight_formats
+            and not (site.decision is Decision.DENSE and site.reason == NOT_SELECTED))
 
 
 def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, float]],
