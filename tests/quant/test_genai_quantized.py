@@ -6,6 +6,7 @@ quantized weights byte for byte, computing the same logits and cache."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -16,7 +17,7 @@ from onnx import numpy_helper
 import fffc
 from fffc.cli import main
 from fffc.contract.kinds import Granularity, QuantSource, SiteKind
-from tests.fixtures.genai_models import build, checkpoint
+from tests.fixtures.genai_models import build, checkpoint, to_drelu
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
@@ -29,7 +30,9 @@ def genai(tmp_path_factory):
     pytest.importorskip("onnxruntime_genai", reason="the GenAI model builder is needed")
     root = tmp_path_factory.mktemp("genai-quantized")
     ckpt = checkpoint(root / "ckpt", act="relu")
-    return {p: build(ckpt, root / p, p) for p in ("int4", "int8")}
+    folders = {p: build(ckpt, root / p, p) for p in ("int4", "int8")}
+    shutil.copytree(folders["int4"], root / "int4-drelu")
+    return {**folders, "int4-drelu": to_drelu(root / "int4-drelu")}
 
 
 def _feeds(past: int, seq: int) -> dict[str, np.ndarray]:
@@ -43,13 +46,15 @@ def _feeds(past: int, seq: int) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("precision,bits", [("int4", 4), ("int8", 8)])
-def test_builder_ffns_are_sites_with_their_format(precision, bits, genai):
+@pytest.mark.parametrize("precision,bits,up", [("int4", 4, "none"), ("int8", 8, "none"),
+                                               ("int4-drelu", 4, "relu")])
+def test_builder_ffns_are_sites_with_their_format(precision, bits, up, genai):
+    """ReGLU (the checkpoint's relu MLP), and dReLU (a Relu added on each up projection)."""
     a = fffc.inspect(genai[precision])
     assert a.near_misses == []
     assert len(a.sites) == LAYERS
     for s in a.sites:
-        assert (s.kind, s.activation, s.up_activation) == (SiteKind.GATED, "relu", "none")
+        assert (s.kind, s.activation, s.up_activation) == (SiteKind.GATED, "relu", up)
         assert (s.d_model, s.d_ff) == (HIDDEN, FF)
         assert set(s.weight_formats) == {"W1", "WU", "W2"}
         for fmt in s.weight_formats.values():
@@ -57,7 +62,7 @@ def test_builder_ffns_are_sites_with_their_format(precision, bits, genai):
                 QuantSource.MATMUL_NBITS, bits, Granularity.BLOCK, 32)
 
 
-@pytest.mark.parametrize("precision", ["int4", "int8"])
+@pytest.mark.parametrize("precision", ["int4", "int8", "int4-drelu"])
 def test_compile_leaves_the_builders_decoder_as_it_was(precision, genai, tmp_path, capsys):
     folder = genai[precision]
     out = tmp_path / "out"
