@@ -76,7 +76,7 @@ class TargetFamily(_Named):
 class QuantSource(_Named):
     """The graph form a quantized projection came in (``fffc.contract.quant``)."""
 
-    MATMUL_NBITS = "MatMulNBits"  # com.microsoft::MatMulNBits: codes blocked along K, row per output
+    MATMUL_NBITS = "MatMulNBits"  # com.microsoft::MatMulNBits: codes in blocks along K
     QDQ = "QDQ"  # DequantizeLinear of a constant weight, then MatMul
     DYNAMIC = "MatMulInteger"  # DynamicQuantizeLinear(x) + MatMulInteger + Cast + scale Mul
 
