@@ -86,3 +86,23 @@ def test_quantized_fff_is_left_as_it_was(quantized_fff, tmp_path):
     x = np.random.default_rng(4).standard_normal((2, 5, 128)).astype(np.float32)
     for g, w in zip(_outputs(out / "model.onnx", x), _outputs(quantized_fff, x), strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.slow
+def test_float_site_gets_kernels_next_to_a_quantized_one(tmp_path):
+    """Two dReLU FFNs, the first made int4: the float one is lowered with exact kernels,
+    the quantized one left as it was (its nodes and codes as they were)."""
+    path = q.matmul_nbits(q.two_drelu_ffns(tmp_path / "two.onnx"), tmp_path / "mixed.onnx",
+                          4, 32, True, exclude=("gate1", "up1", "down1"))
+    out = tmp_path / "out.fffc"
+    assert main(["compile", str(path), "-o", str(out), "--target", "x86"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [(s["decision"], bool(s["weight_formats"])) for s in manifest["sites"]] == [
+        ("dense", True), ("exact", False)]
+    assert manifest["verification"]["model_with_shim"]["ok"]
+    original, artifact = onnx.load(path), onnx.load(out / "model.onnx")
+    assert _quantizing(artifact) == _quantizing(original)
+    got = {i.name: i for i in artifact.graph.initializer}
+    for init in original.graph.initializer:
+        if init.data_type == onnx.TensorProto.UINT8 or init.name.endswith("_scales"):
+            assert got[init.name].SerializeToString() == init.SerializeToString(), init.name
