@@ -47,14 +47,15 @@ def _note(text: str) -> None:
 
 def _sites_table(sites, title: str) -> Table:
     t = Table(title=title)
-    for col in ("site", "kind", "activation", "d_model", "d_ff", "bias", "decision", "rel err",
-                "tokens", "nodes"):
+    for col in ("site", "kind", "activation", "d_model", "d_ff", "bias", "weights", "decision",
+                "rel err", "tokens", "nodes"):
         t.add_column(col)
     for s in sites:
         err = "" if s.max_rel_err is None else f"{s.max_rel_err:.1e}"
         tokens = "" if s.dispatch is None else s.dispatch.describe()
         t.add_row(s.name, f"{s.kind} ({s.family})", s.activation, str(s.d_model), str(s.d_ff),
-                  "yes" if s.bias else "no", s.decision, err, tokens, _nodes(s.matched_nodes))
+                  "yes" if s.bias else "no", s.quantized or s.dtype, s.decision, err, tokens,
+                  _nodes(s.matched_nodes))
     return t
 
 
@@ -119,8 +120,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     )
     result = compile_model(args.model, args.output, options, _stage, _note)
     console.print(_sites_table(result.sites, f"{len(result.sites)} FFN site(s)"))
-    for s in result.sites:  # left as they were by their timings: say why
-        if s.dispatch is not None and not s.dispatch.kernel:
+    for s in result.sites:  # left as they were by their timings or weight format: say why
+        if (s.dispatch is not None and not s.dispatch.kernel) or s.weight_formats:
             console.print(f"{s.name}: {s.reason}")
     v = result.manifest.get("verification", {})
     masked = "deviation_from_original" in v  # the artifact computes the masked function

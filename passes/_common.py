@@ -8,12 +8,17 @@ import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import pattern
 
 from fffc.contract.ops import DOMAIN
+from fffc.contract.quant import QuantizedWeight, dequantize
 
 FFFC = DOMAIN
 # Private domain for canonical forms that exist only between canonicalize and legalize.
 CANON = "ai.fffc.canon"
 MS = "com.microsoft"
 _COLS = "__cols"  # name suffix of an initializer made by transposed_initializer
+DEQUANTIZED = "Dequantized"  # a quantized weight in canonical form (``canonical_quant``)
+# why a rule that would store a transposed, sliced or reshaped float32 copy of a weight
+# refuses a quantized one: it stays the user's codes
+QUANTIZED = "a quantized weight is kept as the user's codes, not copied to float32"
 
 
 class RuleSequence:
@@ -46,9 +51,36 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
         if producer is not None and producer.op_type == "Constant" and producer.domain == "":
             attr = producer.attributes.get("value")
             tensor = attr.as_tensor() if attr is not None else None
+    if tensor is None and dequantized(value.producer()):
+        # a quantized weight reads as its float32 W [K, N], kept on the value once computed
+        w = dequantize(quantized_record(value.producer()),
+                       [const_array(v) for v in value.producer().inputs])
+        value.const_value = tensor = ir.tensor(w)
     if tensor is None:
         return None
     return tensor.numpy()
+
+
+def const_shape(value: ir.Value | None) -> tuple[int, ...] | None:
+    """The shape of the constant behind a value (else None), without dequantizing a
+    quantized weight (``const_array`` keeps every float32 weight it reads in memory)."""
+    p = value.producer() if value is not None else None
+    if dequantized(p):
+        q = quantized_record(p)
+        return (q.k, q.n)
+    arr = const_array(value)
+    return None if arr is None else arr.shape
+
+
+def dequantized(node: ir.Node | None) -> bool:
+    """Whether ``node`` is a canonical quantized weight."""
+    return node is not None and node.domain == CANON and node.op_type == DEQUANTIZED
+
+
+def quantized_record(node: ir.Node) -> QuantizedWeight:
+    """The ``QuantizedWeight`` a canonical ``Dequantized`` node carries."""
+    a = node.attributes
+    return QuantizedWeight.from_attributes(lambda name: a[name].value)
 
 
 def initializer(graph: ir.Graph, name: str, arr: np.ndarray) -> ir.Value:

@@ -35,6 +35,10 @@ def act_name(kind: str, act_value: ir.Value) -> str:
     return "gelu_tanh" if approx == "tanh" else "gelu"
 
 
+# the weight dtypes a site may have (a float16/bfloat16 model is found, and left as it
+# was by the plan: fffc's FFN ops take float32 activations)
+FLOAT_WEIGHTS = ("float32", "float16", "bfloat16")
+
 # why an FFN in an If/Loop branch (Optimum's merged decoder) or a function is not a site:
 # the later stages (verification, lowering, token dispatch) work on the main graph
 SUBGRAPH = "fffc finds FFNs in the model's main graph only"
@@ -52,10 +56,9 @@ def check_projection(r: pattern.MatchResult, w: ir.Value, what: str) -> pattern.
     if err:
         return r.fail(err, w)
     arr = const_array(w)
-    if arr.dtype.name != "float32":
-        return r.fail(
-            f"{what}: expected float32 weights, got {arr.dtype.name} (fffc's FFN ops take "
-            "float32 inputs and weights: export the model in float32)", w)
+    if arr.dtype.name not in FLOAT_WEIGHTS:
+        return r.fail(f"{what}: expected float32, float16 or bfloat16 weights, got "
+                      f"{arr.dtype.name}", w)
     return r
 
 
@@ -65,8 +68,8 @@ def check_bias(r: pattern.MatchResult, b: ir.Value | None, size: int, what: str)
     arr = const_array(b)
     if arr is None:
         return r.fail(f"{what}: expected a constant bias, got a computed tensor", b)
-    if arr.shape not in ((size,), (1, size)) or arr.dtype.name != "float32":
-        return r.fail(f"{what}: expected float32 shape [{size}], got {arr.dtype.name} "
+    if arr.shape not in ((size,), (1, size)) or arr.dtype.name not in FLOAT_WEIGHTS:
+        return r.fail(f"{what}: expected a float shape [{size}], got {arr.dtype.name} "
                       f"{list(arr.shape)}", b)
     return r
 

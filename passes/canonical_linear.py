@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from ._common import const_array, last_dim, weight_error
+from ._common import QUANTIZED, const_array, dequantized, last_dim, weight_error
 
 
 def _attr_int(value: ir.Value, name: str, default: int) -> int:
@@ -36,6 +36,8 @@ def _check_gemm(r: pattern.MatchResult, y: ir.Value, w: ir.Value) -> pattern.Mat
     err = weight_error(w, 2, "Gemm weight")
     if err:
         return r.fail(err, w)
+    if _attr_int(y, "transB", 0) and dequantized(w.producer()):
+        return r.fail(f"Gemm transB=1: {QUANTIZED}", w)
     return r
 
 
@@ -137,6 +139,8 @@ class FoldWeightTranspose(pattern.RewriteRuleClassBase):
 
     def check(self, context, w, t, **_):
         r = pattern.MatchResult()
+        if dequantized(w.producer()):
+            return r.fail(f"transposed weight: {QUANTIZED}", w)
         arr = const_array(w)
         if arr is None or arr.ndim not in (2, 3):
             return r.fail(weight_error(w, 2, "transposed weight") or
@@ -157,8 +161,8 @@ class FoldWeightTranspose(pattern.RewriteRuleClassBase):
 def _packed(y: ir.Value) -> np.ndarray | None:
     """The weight of the ``MatMul(x, W)`` producing ``y``, if it is a constant 2-D one."""
     p = y.producer()
-    if p is None or p.op_type != "MatMul" or p.domain != "":
-        return None
+    if p is None or p.op_type != "MatMul" or p.domain != "" or dequantized(p.inputs[1].producer()):
+        return None  # a quantized packed projection stays packed: QUANTIZED
     w = const_array(p.inputs[1])
     return w if w is not None and w.ndim == 2 else None
 

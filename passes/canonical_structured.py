@@ -25,10 +25,12 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from ._common import CANON, const_array
+from ._common import CANON, QUANTIZED, const_array, dequantized
 
 
 def _float32(r: pattern.MatchResult, value: ir.Value, rank: int, what: str):
+    if dequantized(value.producer()):
+        return r.fail(f"{what}: {QUANTIZED}", value)
     arr = const_array(value)
     if arr is None:
         return r.fail(f"{what}: expected a constant weight, got a computed tensor", value)

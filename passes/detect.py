@@ -20,6 +20,7 @@ from fffc.contract.sites import NearMiss, Site
 from . import (
     canonical_gelu,
     canonical_linear,
+    canonical_quant,
     canonical_silu,
     canonical_structured,
     ffn_dense,
@@ -29,7 +30,7 @@ from . import (
     ffn_structured,
     mod_routed,
 )
-from ._common import CANON, const_array
+from ._common import CANON, const_array, const_shape
 from ._ffn_common import SUBGRAPH
 from .markers import decode, markers
 from .shapes import infer_shapes
@@ -62,10 +63,14 @@ def canonicalize(model: ir.Model, notes: list[str] | None = None) -> dict[str, i
     note = infer_shapes(model)
     if note is not None and notes is not None:
         notes.append(note)
+    # quantized projections before folding: folding would turn a small DequantizeLinear
+    # weight into a float32 initializer, and the quantized codes must survive as they are
+    quantized = canonical_quant.rules.apply_to_model(model)
+    _cleanup(model)
     _constant_folding.FoldConstantsPass(shape_inference=False, input_size_limit=8192,
                                         output_size_limit=8192)(model)
     _cleanup(model)
-    counts = dict.fromkeys(CANONICAL_FAMILIES, 0)
+    counts = {"quantized": quantized, **dict.fromkeys(CANONICAL_FAMILIES, 0)}
     for _ in range(4):  # to a fixpoint: one rewrite can expose another
         changed = 0
         for family, rules in CANONICAL_FAMILIES.items():
@@ -96,13 +101,22 @@ def detect(model: ir.Model) -> list[Site]:
     for i, node in enumerate(markers(model.graph)):
         node.name = f"fffc_ffn_{i}"
         marker = decode(node)
-        sites.append(SITE_OF[marker.kind](marker))
+        site = SITE_OF[marker.kind](marker)
+        site.weight_formats = canonical_quant.formats(marker.inputs)
+        sites.append(site)
     return sites
 
 
+# quantizing nodes between a region's projections: the activations' (fake) quantization
+QUANTIZING_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+
+
 def _projection(node: ir.Node) -> bool:
-    return (node.op_type in ("MatMul", "Gemm") and node.domain == ""
-            and len(node.inputs) > 1 and const_array(node.inputs[1]) is not None)
+    """A projection by a constant weight: float, canonical quantized (``MatMul`` of a
+    ``Dequantized`` weight), or a quantized form canonicalization refused."""
+    return (((node.op_type in ("MatMul", "Gemm") and node.domain == "")
+             or canonical_quant.quantized_source(node))
+            and len(node.inputs) > 1 and const_shape(node.inputs[1]) is not None)
 
 
 def _upstream_projection(value: ir.Value, depth: int = 8) -> ir.Node | None:
@@ -116,7 +130,8 @@ def _upstream_projection(value: ir.Value, depth: int = 8) -> ir.Node | None:
                 continue
             if _projection(p):
                 return p
-            if p.op_type in ACTIVATION_OPS or p.op_type in ("Add", "Div", "Pow", "Reshape", "Cast"):
+            if p.op_type in ACTIVATION_OPS or p.op_type in QUANTIZING_OPS or p.op_type in (
+                    "Add", "Div", "Pow", "Reshape", "Cast"):
                 nxt.extend(p.inputs)
         frontier = nxt
     return None
@@ -139,14 +154,15 @@ def near_misses(model: ir.Model) -> list[NearMiss]:
         "expected Reshape([-1,k,p]) → Transpose(1,0,2) → MatMul → Transpose(1,0,2) → "
         "Reshape([-1,k·q]) (BlockDense) or a BlockShuffle's grid reshape and second MatMul"))
         for node in model.graph if node.op_type == "MatMul" and node.domain == ""
-        and const_array(node.inputs[1]) is not None and const_array(node.inputs[1]).ndim == 3]
+        and len(const_shape(node.inputs[1]) or ()) == 3]
     fff_roots = set()
     for node in model.graph:
         fff = ffn_fff.rules.near_miss(node)
         if fff is not None:
             out.append(NearMiss(nodes=[node.name or node.op_type], reason=fff))
             fff_roots.add(id(node))
-    out += [NearMiss(nodes=_names(region), reason=_best_failure(model, region[-1]))
+    out += [NearMiss(nodes=_names(region), reason=_quantized_failure(model, region)
+                     or _best_failure(model, region[-1]))
             for region in _ffn_shaped(model.graph) if id(region[-1]) not in fff_roots]
     for owner, attr, graph in _subgraphs(model.graph):
         where = f"in the {attr} of {owner.op_type} {owner.name!r}: {SUBGRAPH}"
@@ -165,7 +181,8 @@ def _ffn_shaped(graph: ir.Graph) -> Iterator[list[ir.Node]]:
         if not _projection(node) or node.domain == CANON:
             continue
         act = node.inputs[0].producer() if node.inputs[0] is not None else None
-        if act is None or act.op_type not in ACTIVATION_OPS:
+        if act is None or (act.op_type not in ACTIVATION_OPS and act.op_type not in
+                           QUANTIZING_OPS):
             continue
         first = _upstream_projection(act.inputs[0]) if act.inputs else None
         if first is not None:
@@ -198,6 +215,33 @@ def _structured_near_miss(node: ir.Node) -> NearMiss:
         f"{form} projection (blocks {a.shape[0]}, {a.shape[1]}→{a.shape[2]} each) is not "
         "half of a structured FFN fffc lowers: expected projection (+ bias) → ReLU/GELU/SiLU → "
         "projection (+ bias)"))
+
+
+def _quantized_failure(model: ir.Model, region: list[ir.Node]) -> str | None:
+    """Why a region with a quantized projection or quantized activations is not a site
+    (None: neither)."""
+    for node in (region[0], region[-1]):
+        if canonical_quant.quantized_source(node):
+            return canonical_quant.why_not(model, node)
+    for node in region:
+        for v in node.inputs:
+            p = v.producer() if v is not None else None
+            if _fake_quantized(p):
+                return (f"activations quantized in the graph (DequantizeLinear {p.name!r} "
+                        "feeds the region): fffc's FFN ops take float32 activations, so a "
+                        "model with static int8 activations (QDQ on activations) is not "
+                        "supported; quantize the weights only (MatMulNBitsQuantizer, "
+                        "quantize_dynamic, or QDQ on weights alone)")
+    return None
+
+
+def _fake_quantized(node: ir.Node | None) -> bool:
+    """``node`` is the DequantizeLinear of a QuantizeLinear: an activation quantized in the
+    graph (a weight's DequantizeLinear reads constant codes)."""
+    if node is None or node.op_type != "DequantizeLinear" or node.domain != "":
+        return False
+    q = node.inputs[0].producer() if node.inputs[0] is not None else None
+    return q is not None and q.op_type == "QuantizeLinear" and q.domain == ""
 
 
 def _best_failure(model: ir.Model, root: ir.Node) -> str:

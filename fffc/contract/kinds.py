@@ -73,6 +73,22 @@ class TargetFamily(_Named):
     CUDA = "cuda"
 
 
+class QuantSource(_Named):
+    """The graph form a quantized projection came in (``fffc.contract.quant``)."""
+
+    MATMUL_NBITS = "MatMulNBits"  # com.microsoft::MatMulNBits: codes in blocks along K
+    QDQ = "QDQ"  # DequantizeLinear of a constant weight, then MatMul
+    DYNAMIC = "MatMulInteger"  # DynamicQuantizeLinear(x) + MatMulInteger + Cast + scale Mul
+
+
+class Granularity(_Named):
+    """Which weights share one scale (and zero point)."""
+
+    TENSOR = "tensor"  # the whole matrix
+    CHANNEL = "channel"  # one output column (or one row: the record's axis)
+    BLOCK = "block"  # block_size consecutive entries along the record's axis
+
+
 class WeightDtype(_Named):
     """How a site's weight matrices are stored (``--weight-dtype``)."""
 

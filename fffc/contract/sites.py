@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .dispatch import TokenDispatch
-from .kinds import Decision, SiteKind
+from .kinds import Decision, SiteKind, WeightDtype
 from .modes import Param, mode
 from .ops import describe_k
+from .quant import QuantizedWeight
 
 _TYPED = {"kind": SiteKind, "decision": Decision}
 
@@ -45,6 +46,9 @@ class Site:
     # it was by its timings): which branch serves which token counts
     max_abs_err: float | None = None
     max_rel_err: float | None = None
+    # the quantized projections' formats by op input name (W1, WU, W2; an FFF's W_in,
+    # W_out); the weights above are their dequantized float32 values
+    weight_formats: dict[str, QuantizedWeight] = field(default_factory=dict)
 
     def __setattr__(self, name: str, value) -> None:
         """``kind`` and ``decision`` always hold their enums (a plain value is read as one)."""
@@ -57,6 +61,17 @@ class Site:
         if self.centers is None or Param.CENTERS not in mode(self.decision).params:
             return ""
         return "".join(p for p, c in zip("xh", self.centers, strict=True) if c is not None)
+
+    @property
+    def float32(self) -> bool:
+        """Float32 weights (quantized ones read as their float32 values) and activations."""
+        return self.dtype == str(WeightDtype.FLOAT32)
+
+    @property
+    def quantized(self) -> str:
+        """The distinct weight formats of its quantized projections, in one phrase ("":
+        float weights)."""
+        return " / ".join(dict.fromkeys(q.describe() for q in self.weight_formats.values()))
 
     @property
     def bias(self) -> bool:
@@ -73,6 +88,7 @@ class Site:
         d.pop("centers")
         d["dispatch"] = self.dispatch.to_json() if self.dispatch is not None else None
         d["family"] = self.family
+        d["weight_formats"] = {n: q.to_json() for n, q in self.weight_formats.items()}
         if self.centered:
             d["centered"] = self.centered
         return d

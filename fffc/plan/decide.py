@@ -25,8 +25,13 @@ def plan(sites: Sequence[Site], only: Sequence[str] = ()) -> None:
     for site in sites:
         if only and site.name not in only and not set(site.matched_nodes) & set(only):
             site.decision, site.reason = Decision.DENSE, NOT_SELECTED
-        elif site.dtype != "float32":
-            site.decision, site.reason = Decision.DENSE, f"{site.dtype} weights: float32 only for now"
+        elif site.weight_formats:
+            site.decision, site.reason = Decision.DENSE, (
+                f"{site.quantized}: no fffc kernels for this weight format yet; left as it was")
+        elif not site.float32:
+            site.decision, site.reason = Decision.DENSE, (
+                f"{site.dtype} weights and activations (a {site.dtype} model): fffc's FFN ops "
+                "take float32; left as it was")
         else:
             site.decision, site.reason = _DEFAULT[site.kind](site)
 
@@ -72,8 +77,9 @@ _DEFAULT: dict[SiteKind, Callable[[Site], tuple[Decision, str]]] = {
 
 
 def _open_to_calibration(site: Site) -> bool:
-    """A float32 dense or gated site the user did not leave out with --sites."""
-    return (site.kind in mode(Decision.TEAL).kinds and site.dtype == "float32"
+    """A float32 dense or gated site (float weights) the user did not leave out with
+    --sites."""
+    return (site.kind in mode(Decision.TEAL).kinds and site.float32 and not site.weight_formats
             and not (site.decision is Decision.DENSE and site.reason == NOT_SELECTED))
 
 

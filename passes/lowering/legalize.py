@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from .. import standard_forms
+from .. import canonical_quant, standard_forms
 from .._common import CANON, const_array, initializer
 from ..markers import MARKER
 from ._emit import default_opset, graphs, replace
@@ -12,13 +12,16 @@ from ._emit import default_opset, graphs, replace
 
 def legalize(model: ir.Model) -> None:
     """Canonical Gelu/Silu/StructuredLinear/BlockShuffle nodes outside FFN sites (in the
-    graph or an If branch) go back to opset-correct standard ops; a marker left here is an
-    error."""
+    graph or an If branch) go back to opset-correct standard ops, quantized projections to
+    their source nodes (``canonical_quant.restore``); a marker left here is an error."""
     graph = model.graph
     opset = default_opset(model)
     for node in [n for g in graphs(graph) for n in g if n.domain == CANON]:
         if node.op_type == MARKER:
             raise ValueError(f"FFN marker {node.name!r} was not lowered")
+    for g in list(graphs(graph)):  # quantized weights first: their readers are the MatMuls
+        canonical_quant.restore(g)
+    for node in [n for g in graphs(graph) for n in g if n.domain == CANON]:
         tape = ir.tape.Tape()
         if node.op_type == "StructuredLinear":
             replace(node, tape, _structured_linear(graph, tape, node))

@@ -41,15 +41,24 @@ def test_marker_is_read_back_as_the_site():
     assert ffn_dense.site(marker) == site
 
 
-def test_fp16_weights_are_rejected_with_reason():
+def test_fp16_weights_are_a_float16_site():
+    """A float16 model's FFN is found with its dtype (the plan leaves it as it was)."""
     g = G()
     h = g.op("Relu", g.op("MatMul", "x", g.init("W1", rand(D, F).astype(np.float16))))
     y = g.op("MatMul", h, g.init("W2", rand(F, D).astype(np.float16)))
-    model, sites = detect(g.model(y, elem=onnx.TensorProto.FLOAT16))
+    _, (site,) = detect(g.model(y, elem=onnx.TensorProto.FLOAT16))
+    assert (site.kind, site.dtype, site.d_model, site.d_ff) == (SiteKind.DENSE, "float16", D, F)
+
+
+def test_fp64_weights_are_rejected_with_reason():
+    g = G()
+    h = g.op("Relu", g.op("MatMul", "x", g.init("W1", rand(D, F).astype(np.float64))))
+    y = g.op("MatMul", h, g.init("W2", rand(F, D).astype(np.float64)))
+    model, sites = detect(g.model(y, elem=onnx.TensorProto.DOUBLE))
     assert sites == []
     misses = passes.near_misses(model)
     assert len(misses) == 1
-    assert "expected float32 weights, got float16" in misses[0].reason
+    assert "expected float32, float16 or bfloat16 weights, got float64" in misses[0].reason
 
 
 def test_intermediate_used_elsewhere_is_not_rewritten():
