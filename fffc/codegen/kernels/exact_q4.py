@@ -52,6 +52,16 @@ LUT_LANES = 16
 VNNI_BYTES = "int8x64"  # the intrinsic's byte operands, as LLVM (22) declares them
 
 
+PREFETCH = "llvm.prefetch.p0"
+LINE = 64  # bytes of a cache line
+
+
+def prefetch(load) -> None:
+    """Emit a read prefetch (into all cache levels) of the address of ``load``."""
+    T.evaluate(T.call_llvm_intrin("void", PREFETCH, T.address_of(load), T.int32(0), T.int32(3),
+                                  T.int32(1)))
+
+
 def vnni(acc, u8, s8):
     """acc (int32x16) + the sums of 4 adjacent products u8 · s8 (both given as int32x16)."""
     if VNNI_BYTES != "int32x16":
@@ -77,6 +87,9 @@ class Q4Tiling:
     parts: int  # phase-2 tasks over d_out
     cw: int  # outputs per phase-2 register tile (a multiple of CHUNK)
     parallel: bool = True  # False: serial loops (tiny shapes)
+    ahead: int = 8  # phase 2: the column codes of the neuron listed this far ahead are
+    # prefetched (each tile reads one short piece of every listed column: latency-bound)
+    scales_ahead: bool = True  # ... and the scales of its group where that group starts
     lut: bool = False  # float32 dots of symmetric codes: code − 8 as float looked up by a
     # 16-entry register permute (AVX-512 vpermps) instead of mask, subtract, convert
 
@@ -142,7 +155,8 @@ def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol:
     NCH = BB // VB  # vector steps per block
     G = F // BLK  # groups of neurons sharing the down projection's scales
     NB, NFB, R = t.nb, F // t.nb, t.rows
-    P, CW, DOP = t.parts, t.cw, DO // t.parts
+    P, CW, DOP, AHEAD = t.parts, t.cw, DO // t.parts, t.ahead
+    SCALES_AHEAD = t.scales_ahead
     HALF = CHUNK // 2
     loop = T.parallel if t.parallel else T.serial
     gated, up = spec.gated, activation(spec.up_activation)
@@ -363,6 +377,14 @@ def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol:
                         j = LIDX[q]
                         a = LVAL[q]
                         g = j // BLK
+                        if AHEAD > 0:
+                            jn = LIDX[T.min(q + AHEAD, c[0] - 1)]
+                            for ln in T.unroll(CW // 2 // LINE):
+                                prefetch(W2[jn, (p * DOP + cc * CW) // 2 + ln * LINE])
+                            if SCALES_AHEAD:  # noqa: SIM102 (a parse-time choice around a TIR if)
+                                if jn // BLK != LIDX[T.min(q + AHEAD - 1, c[0] - 1)] // BLK:
+                                    for ln in T.unroll(CW * 4 // LINE):
+                                        prefetch(W2S[jn // BLK, p * DOP + cc * CW + ln * (LINE // 4)])
                         for h in T.unroll(CW // CHUNK):
                             for v in T.vectorized(HALF):
                                 # meta_var: no scalar binding inside the vector loop
