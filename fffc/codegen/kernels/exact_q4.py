@@ -87,9 +87,11 @@ class Q4Tiling:
     parts: int  # phase-2 tasks over d_out
     cw: int  # outputs per phase-2 register tile (a multiple of CHUNK)
     parallel: bool = True  # False: serial loops (tiny shapes)
-    ahead: int = 8  # phase 2: the column codes of the neuron listed this far ahead are
+    ahead: int = 16  # phase 2: the column codes of the neuron listed this far ahead are
     # prefetched (each tile reads one short piece of every listed column: latency-bound)
     scales_ahead: bool = True  # ... and the scales of its group where that group starts
+    up_ahead: int = 4  # phase 1: lines prefetched of the next up rows (then the hardware
+    # prefetcher follows each row)
     lut: bool = False  # float32 dots of symmetric codes: code − 8 as float looked up by a
     # 16-entry register permute (AVX-512 vpermps) instead of mask, subtract, convert
 
@@ -102,8 +104,9 @@ SERIAL_MAX_MACS = 1 << 16
 
 def q4_tiling(spec: SparseSpec, lanes: int) -> Q4Tiling:
     """The tiling for a CPU with ``lanes`` float32 per vector register: phase 2 keeps
-    2·cw/lanes vector accumulators (a group's sum and the tile's total) in registers."""
-    cap = max(CHUNK, 8 * lanes)
+    2·cw/lanes vector accumulators (a group's sum and the tile's total), wide tiles
+    (fewer passes over the list) measured best even where some of them spill."""
+    cap = max(CHUNK, 16 * lanes)
     cw = CHUNK * largest_divisor(spec.d_out // CHUNK, cap // CHUNK)
     # d_ff is a multiple of the block (≥ 16), so nb ≥ ROWS
     nb = largest_divisor(spec.d_ff, max(ROWS, spec.d_ff // TASKS))
@@ -157,6 +160,7 @@ def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol:
     NB, NFB, R = t.nb, F // t.nb, t.rows
     P, CW, DOP, AHEAD = t.parts, t.cw, DO // t.parts, t.ahead
     SCALES_AHEAD = t.scales_ahead
+    UP_AHEAD = min(t.up_ahead, KB * BB // LINE)
     HALF = CHUNK // 2
     loop = T.parallel if t.parallel else T.serial
     gated, up = spec.gated, activation(spec.up_activation)
@@ -335,6 +339,11 @@ def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol:
                             CAND[fb * NB + n[0]] = fl
                             n[0] = n[0] + 1
                     for q4 in range(n[0] // R):
+                        if UP_AHEAD > 0:
+                            for r in T.unroll(R):
+                                jn = fb * NB + CAND[fb * NB + T.min((q4 + 1) * R + r, n[0] - 1)]
+                                for ln in T.unroll(UP_AHEAD):
+                                    prefetch(WU[jn, ln * LINE // BB, 0])
                         dots(acc, WU, WUS, WUZ, xs, lambda r: fb * NB + CAND[fb * NB + q4 * R + r], R)  # noqa: B023
                         for r in range(R):
                             fl = CAND[fb * NB + q4 * R + r]
