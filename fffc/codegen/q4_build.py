@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fffc.contract.errors import CodegenError
 from fffc.contract.kernels import SparseSpec
 
 from . import _tvm
@@ -36,6 +37,8 @@ class Q4Kernel:
                  tiling: Q4Tiling | None = None, dot: Q4Dot = Q4Dot.FLOAT32):
         self.spec, self.fmt, self.dot = spec, fmt, Q4Dot(dot)
         self.target = family("x86").target(mcpu)
+        if self.dot is Q4Dot.INT8 and not has_int8_dots(mcpu):
+            raise CodegenError(f"int8 dots need AVX-512 VNNI, not on {self.target['mcpu']}")
         self.tiling = tiling or q4_tiling(spec, vector_lanes(self.target))
         self.names = q4_arg_names(spec, fmt)
         func = exact_q4_primfunc(spec, fmt, self.tiling, SYMBOL, self.dot)

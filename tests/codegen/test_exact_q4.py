@@ -127,6 +127,19 @@ def test_without_the_permute_table() -> None:
                                case.reference(x), rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("zero_points", [False, True], ids=["symmetric", "zero_points"])
+def test_avx2_target(zero_points: bool) -> None:
+    """Built for an AVX2 CPU (8 lanes: no permute table, narrower output tiles); int8 dots
+    refused there."""
+    case = _case(256, 1024, 256, "drelu", zero_points, bias=False)
+    k = Q4Kernel(case.spec, case.fmt, mcpu="x86-64-v3")
+    assert not k.tiling.lut and k.tiling.cw == 128
+    x = _x(case, 1)
+    np.testing.assert_allclose(k(x, case.inputs()), case.reference(x), rtol=RTOL, atol=ATOL)
+    with pytest.raises(CodegenError, match="VNNI"):
+        Q4Kernel(case.spec, ql.Q4Format(), mcpu="x86-64-v3", dot=Q4Dot.INT8)
+
+
 @pytest.mark.parametrize("block", [16, 64])
 def test_other_block_sizes(block: int) -> None:
     case = _case(128, 512, 64, "drelu", block=block, bias=False)
