@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fffc.contract.errors import CodegenError
+from fffc.contract.quant import unpack_nibbles
 
 SYMMETRIC_ZERO_POINT = 8  # MatMulNBits' zero point where the node has none (bits 4)
 CHUNK = 32  # outputs per chunk of a re-laid-out column: 16 bytes, two nibble vectors
@@ -80,22 +81,16 @@ class Q4Matrix:
         return self.k // self.block
 
 
-def unpack_nibbles(packed: np.ndarray) -> np.ndarray:
-    """Codes of uint8 bytes ``[..., m]`` as int32 ``[..., 2m]``, the low nibble first."""
-    p = np.asarray(packed, dtype=np.uint8)
-    return np.stack([p & 0x0F, p >> 4], axis=-1).reshape(*p.shape[:-1], -1).astype(np.int32)
-
-
 def codes(m: Q4Matrix) -> np.ndarray:
     """The codes as int32 ``[N, K]``."""
-    return unpack_nibbles(m.codes.reshape(m.n, -1))
+    return unpack_nibbles(m.codes.reshape(m.n, -1), m.k)
 
 
 def zero_points(m: Q4Matrix) -> np.ndarray:
     """The zero points as int32 ``[N, K/block]`` (8 where the node has none)."""
     if m.zero_points is None:
         return np.full((m.n, m.blocks), SYMMETRIC_ZERO_POINT, np.int32)
-    return unpack_nibbles(m.zero_points)[:, :m.blocks]
+    return unpack_nibbles(m.zero_points, m.blocks)
 
 
 def dequantize(m: Q4Matrix) -> np.ndarray:
