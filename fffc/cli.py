@@ -132,7 +132,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     for key in ("model_with_shim", "model_without_shim"):
         if key in v:
             vs = f" vs the reference ({what})" if masked else ""
-            if v[key].get("basis") == "sites in place":
+            if key == "model_with_shim" and "sites_in_place" in v:
                 vs = ", each kernel site on the input it receives vs its function"
             console.print(f"{key.replace('_', ' ')}{vs}: max rel err {v[key]['max_rel']:.2e} "
                           f"(rtol {v['rtol']:g}) {'[green]ok[/]' if v[key]['ok'] else '[red]FAIL[/]'}")

@@ -183,3 +183,19 @@ def last_dim(value: ir.Value | None, depth: int = 16) -> int | None:
         dims = {d for d in (last_dim(i, depth - 1) for i in node.inputs) if d not in (None, 1)}
         return dims.pop() if len(dims) == 1 else None
     return None
+
+
+def best_failure(model: ir.Model, rules, roots, default: str) -> str:
+    """The reason of the best-scoring failed match of any of ``rules`` tried at ``roots``
+    (onnxscript's MatchingTracer), or ``default`` where none got far enough to give one."""
+    tracer = pattern.MatchingTracer()
+    for rule in rules:
+        for root in roots:
+            rule.try_rewrite(model, model.graph, root, tracer=tracer)
+    best, best_score = default, -1
+    for infos in tracer.best_matches_map.values():
+        for info in infos:
+            reason = info.match_result.reason
+            if reason and info.score() > best_score:
+                best, best_score = reason, info.score()
+    return best

@@ -32,7 +32,7 @@ from onnxscript.rewriter import pattern
 from fffc.contract.kinds import Granularity, QuantSource
 from fffc.contract.quant import QuantizedWeight, nbits_zero_points
 
-from ._common import CANON, MS, const_array, dequantized, quantized_record
+from ._common import CANON, MS, best_failure, const_array, dequantized, quantized_record
 
 _SOURCE = "source_"  # prefix of a source node's attributes kept on the canonical weight
 _INT_CODES = {"int8": (8, True), "uint8": (8, False), "int4": (4, True), "uint4": (4, False)}
@@ -318,19 +318,10 @@ def quantized_source(node: ir.Node) -> bool:
 
 def why_not(model: ir.Model, node: ir.Node) -> str:
     """Why the quantized projection ``node`` was left in its source form."""
-    tracer = pattern.MatchingTracer()
     roots = [node, *[u.node for v in node.outputs for u in v.uses()]]
     roots += [u.node for r in list(roots) for v in r.outputs for u in v.uses()]
-    for rule in rules.rules:
-        for root in roots:
-            rule.try_rewrite(model, model.graph, root, tracer=tracer)
-    best, best_score = f"{node.op_type}: not a quantized projection fffc reads", -1
-    for infos in tracer.best_matches_map.values():
-        for info in infos:
-            reason = info.match_result.reason
-            if reason and info.score() > best_score:
-                best, best_score = reason, info.score()
-    return best
+    return best_failure(model, rules.rules, roots,
+                        f"{node.op_type}: not a quantized projection fffc reads")
 
 
 def _source_attrs(node: ir.Node) -> dict[str, ir.Attr]:

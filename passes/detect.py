@@ -12,7 +12,6 @@ from collections.abc import Iterator
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.optimizer import _constant_folding
-from onnxscript.rewriter import pattern
 
 from fffc.contract.kinds import SiteKind
 from fffc.contract.sites import NearMiss, Site
@@ -30,7 +29,7 @@ from . import (
     ffn_structured,
     mod_routed,
 )
-from ._common import CANON, const_array, const_shape
+from ._common import CANON, best_failure, const_array, const_shape
 from ._ffn_common import SUBGRAPH
 from .markers import decode, markers
 from .shapes import infer_shapes
@@ -245,16 +244,6 @@ def _fake_quantized(node: ir.Node | None) -> bool:
 
 
 def _best_failure(model: ir.Model, root: ir.Node) -> str:
-    tracer = pattern.MatchingTracer()
     candidates = [root, *[u for u, _ in root.outputs[0].uses()]]
-    for family in FFN_FAMILIES:
-        for rule in family.rules.rules:
-            for node in candidates:
-                rule.try_rewrite(model, model.graph, node, tracer=tracer)
-    best, best_score = "no FFN rule matches this activation/projection structure", -1
-    for infos in tracer.best_matches_map.values():
-        for info in infos:
-            reason = info.match_result.reason
-            if reason and info.score() > best_score:
-                best, best_score = reason, info.score()
-    return best
+    return best_failure(model, [r for f in FFN_FAMILIES for r in f.rules.rules], candidates,
+                        "no FFN rule matches this activation/projection structure")

@@ -23,6 +23,7 @@ import onnx
 
 from ..contract.dispatch import TokenDispatch
 from ..contract.kinds import Branch
+from ..contract.ops import DOMAIN
 from ..contract.sites import Site
 from .compare import Comparison, compare, run, session, worse
 from .sites import Inputs, site_reference
@@ -36,13 +37,13 @@ def site_values(model: onnx.ModelProto, names: Collection[str]) -> dict[str, tup
     main = {v for n in model.graph.node for v in n.output} | {i.name for i in model.graph.input}
     out: dict[str, tuple[str, str]] = {}
     for node in model.graph.node:
-        if node.name in names and node.domain == "ai.fffc":
+        if node.name in names and node.domain == DOMAIN:
             out[node.name] = (node.input[0], node.output[0])
         if node.op_type != "If":
             continue
         for attr in node.attribute:
             for inner in attr.g.node if attr.type == onnx.AttributeProto.GRAPH else ():
-                if inner.name in names and inner.domain == "ai.fffc" and inner.input[0] in main:
+                if inner.name in names and inner.domain == DOMAIN and inner.input[0] in main:
                     out[inner.name] = (inner.input[0], node.output[0])
     return out
 
