@@ -261,36 +261,39 @@ def insert_up_relu(model_path: Path) -> int:
     from onnx import helper
 
     m = onnx.load(str(model_path), load_external_data=False)
-    nodes, count = [], 0
+    nodes, renamed, added = [], {}, []
     for node in m.graph.node:
         nodes.append(node)
-        if not node.name.endswith("/mlp/up_proj/MatMul"):
+        # MatMul (fp32) or MatMulNBits (int4: ``…/up_proj/MatMul_Q4``)
+        if not node.name.rsplit("_Q", 1)[0].endswith("/mlp/up_proj/MatMul"):
             continue
         src = node.output[0]
-        dst = node.name.replace("up_proj/MatMul", "up_act/Relu")
-        nodes.append(helper.make_node("Relu", [src], [dst + "/output_0"], name=dst))
-        count += 1
-    for node in nodes:
-        if node.op_type == "Mul" and node.name.endswith("/mlp/Mul"):
-            node.input[:] = [i.replace("up_proj/MatMul/output_0", "up_act/Relu/output_0")
-                             for i in node.input]
+        dst = node.name.rsplit("/up_proj/", 1)[0] + "/up_act/Relu"
+        added.append(helper.make_node("Relu", [src], [dst + "/output_0"], name=dst))
+        nodes.append(added[-1])
+        renamed[src] = dst + "/output_0"
+    for node in nodes:  # the up projection's readers read the Relu
+        if all(node is not a for a in added):
+            node.input[:] = [renamed.get(i, i) for i in node.input]
+    count = len(renamed)
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     onnx.save(m, str(model_path))
     return count
 
 
-def genai_folder(hf: Path, variant: Variant, out: Path) -> None:
-    """The GenAI model builder's fp32 CPU folder of checkpoint ``hf``."""
+def genai_folder(hf: Path, variant: Variant, out: Path, precision: str = "fp32") -> None:
+    """The GenAI model builder's CPU folder of checkpoint ``hf`` (``-p precision``: fp32, or
+    int4: MatMulNBits, block 32, accuracy_level 4)."""
     cache = out.with_name(out.name + ".cache")
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf),
-           "-o", str(out), "-p", "fp32", "-e", "cpu", "-c", str(cache)]
+           "-o", str(out), "-p", precision, "-e", "cpu", "-c", str(cache)]
     _run(cmd, "the GenAI model builder")
     shutil.rmtree(cache, ignore_errors=True)
     if variant.up_relu:
         n = insert_up_relu(out / MODEL)
         if n == 0:
-            raise SystemExit("bench: no mlp/up_proj/MatMul in the builder's graph")
+            raise SystemExit("bench: no mlp/up_proj projection in the builder's graph")
 
 
 def _run(cmd: Sequence[str], what: str, env: dict | None = None) -> str:
@@ -408,7 +411,8 @@ def gate_fraction(genai: Path, prompt: np.ndarray, n: int, threads: int) -> floa
     import onnx
 
     m = onnx.load(str(genai / MODEL), load_external_data=False)
-    outs = [n_.output[0] for n_ in m.graph.node if n_.name.endswith("/mlp/gate_proj/MatMul")]
+    outs = [n_.output[0] for n_ in m.graph.node
+            if n_.name.rsplit("_Q", 1)[0].endswith("/mlp/gate_proj/MatMul")]
     for name in outs:
         m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
                                                                  None))
@@ -533,12 +537,17 @@ def _prompt(genai: Path, length: int) -> np.ndarray:
     return _text_ids(Tokenizer.from_file(str(genai / "tokenizer.json")), length, SEED + 2)
 
 
-def rows(variants: Sequence[Variant], teal: bool, levels: Sequence[float]) -> list[Row]:
+DRELU_GOAL = {"fp32": 1.6, "int4": 1.4}  # decode tokens/s ratio asked for dReLU at 90%
+
+
+def rows(variants: Sequence[Variant], teal: bool, levels: Sequence[float],
+         precision: str = "fp32") -> list[Row]:
     out = []
     for v in variants:
         if v is Variant.SWIGLU:
             continue
-        out.append(Row(v, f"{v.value}, exact", (), 1.6 if v is Variant.DRELU else None))
+        out.append(Row(v, f"{v.value}, exact" + ("" if precision == "fp32" else f", {precision}"),
+                       (), DRELU_GOAL[precision] if v is Variant.DRELU else None))
     if teal:
         for s in levels:
             out.append(Row(Variant.SWIGLU, f"swiglu, TEAL {s:.0%}",
@@ -553,7 +562,9 @@ def run_row(row: Row, args, shape: Shape, root: Path) -> Result:
     t = time.perf_counter()
     hf = _cached(base / "hf", lambda p: checkpoint(shape, v, args.sparsity, args.prompt,
                                                    args.generate, p))
-    genai = _cached(base / "genai", lambda p: genai_folder(hf, v, p))
+    fp32 = args.precision == "fp32"
+    genai = _cached(base / ("genai" if fp32 else f"genai-{args.precision}"),
+                    lambda p: genai_folder(hf, v, p, args.precision))
     print(f"[{row.label}] checkpoint and GenAI folder: {time.perf_counter() - t:.0f}s",
           flush=True)
     prompt = _prompt(genai, args.prompt)
@@ -571,7 +582,7 @@ def run_row(row: Row, args, shape: Shape, root: Path) -> Result:
             calibrate(genai, prompts, args.teal_generate, calib)
         compile_args = ["--calibration", str(calib), *compile_args]
     tag = "fffc" + "".join(a.replace("=", "").replace(".", "") for a in row.compile_args
-                           if not a.startswith("--"))
+                           if not a.startswith("--")) + ("" if fp32 else f"-{args.precision}")
     t = time.perf_counter()
     try:
         compiled = _cached(base / tag, lambda p: assemble(genai, p, compile_args))
@@ -614,7 +625,8 @@ def table(results: Sequence[Result], args, shape: Shape) -> str:
     screened = (0.5 + 3 * (1 - args.sparsity)) / 3  # bytes read / the dense FFN's
     lines = [
         f"LLaMA-shaped, hidden {shape.hidden}, FFN {shape.ffn}, {shape.layers} layers, "
-        f"{shape.heads} heads / {shape.kv_heads} KV heads, vocabulary {shape.vocab}; fp32, "
+        f"{shape.heads} heads / {shape.kv_heads} KV heads, vocabulary {shape.vocab}; "
+        f"{args.precision} (the builder's -p), "
         f"{args.threads} threads; prompt {args.prompt}, generate {args.generate}, greedy; "
         f"{args.runs} runs each, interleaved",
         f"date: {now}; machine: {_cpu()}; {_versions()}",
@@ -688,6 +700,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--generate", type=int, default=None, help="new tokens (default 128)")
     ap.add_argument("--runs", type=int, default=None, help="runs per model (default 3)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=("fp32", "int4"), default="fp32",
+                    help="the builder's -p: fp32, or int4 (fffc's int4 kernels against ONNX "
+                         "Runtime's MatMulNBits)")
     ap.add_argument("--no-profile", dest="profile", action="store_false",
                     help="skip the profiled generation (FFN / rest split)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/fffc-llm-decode"),
@@ -713,7 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not teal:
         print("note: SwiGLU/TEAL not run (--teal runs it)", flush=True)
 
-    results = [run_row(r, args, shape, args.cache) for r in rows(variants, teal, levels)]
+    results = [run_row(r, args, shape, args.cache) for r in rows(variants, teal, levels, args.precision)]
     print()
     print(table(results, args, shape))
     return 1 if any(r.error for r in results) else 0

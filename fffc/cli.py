@@ -126,9 +126,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     v = result.manifest.get("verification", {})
     masked = "deviation_from_original" in v  # the artifact computes the masked function
     rounded = result.manifest.get("options", {}).get("weight_dtype", "float32") != "float32"
+    int4 = any(mode(s.decision).kernels and s.int4 for s in result.sites)
     what = " and ".join([*(["masked"] if any(mode(s.decision).masked
                                                 for s in result.sites) else []),
-                         *([f"{options.weight_dtype}-rounded weights"] if rounded else [])])
+                         *([f"{options.weight_dtype}-rounded weights"] if rounded else []),
+                         *(["int4 weights dequantized to float32"] if int4 else [])])
     for key in ("model_with_shim", "model_without_shim"):
         if key in v:
             vs = f" vs the reference ({what})" if masked else ""
@@ -141,13 +143,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
                       f"{v['model_with_shim_outputs']['max_rel']:.2e} (thresholds decide entries "
                       "within rounding either way; such differences grow through later layers)")
     if masked:
-        _print_calibration(result)
+        _print_calibration(result, what)
     console.print(f"artifact: [bold]{result.artifact}[/]")
     return 0
 
 
-def _print_calibration(result) -> None:
-    """What the calibrated modes cost: per site, and for the whole model (manifest keys)."""
+def _print_calibration(result, what: str) -> None:
+    """What the kernels' function (``what`` it differs by) costs against the original: per
+    site, and for the whole model (manifest keys)."""
     m = result.manifest
     for s in result.sites:
         if s.deviation is not None:
@@ -160,12 +163,11 @@ def _print_calibration(result) -> None:
                       f"(search feeds), {alloc['error_held_out']:.3f} (held out)")
     dev = m["verification"]["deviation_from_original"]
     console.print(f"[yellow]the compiled model differs from the original by design[/] "
-                  f"(calibrated modes and/or --weight-dtype): max rel err "
-                  f"{dev['max_rel']:.2e} on the probe inputs")
+                  f"({what}): max rel err {dev['max_rel']:.2e} on the probe inputs")
     masked = m["verification"].get("masked_from_original")
     if masked is not None:
-        console.print(f"the masked function at every token count (the kernels' branch) vs the "
-                      f"original: max rel err {masked['max_rel']:.2e} on the probe inputs")
+        console.print(f"the kernels' function at every token count vs the original: max rel "
+                      f"err {masked['max_rel']:.2e} on the probe inputs")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

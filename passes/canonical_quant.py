@@ -337,8 +337,10 @@ def _names(node: ir.Node) -> list[str]:
 def restore(graph: ir.Graph) -> None:
     """Every ``Dequantized`` weight of ``graph`` back in its source form: a DequantizeLinear
     in its place (QDQ), or each ``MatMul(x, W)`` reading it rebuilt as the source's nodes
-    on x (MatMulNBits; dynamic int8, one DynamicQuantizeLinear per x)."""
-    quantizers: dict[int, ir.Node] = {}
+    on x, in the MatMul's own (sub)graph (MatMulNBits; dynamic int8, one
+    DynamicQuantizeLinear per x and graph)."""
+    quantizers: dict[tuple[int, int], ir.Node] = {}
+    touched: dict[int, ir.Graph] = {}
     for node in [n for n in graph if dequantized(n)]:
         q = quantized_record(node)
         w = node.outputs[0]
@@ -353,13 +355,16 @@ def restore(graph: ir.Graph) -> None:
                 if matmul.op_type != "MatMul" or matmul.domain != "" or use.idx != 1:
                     raise ValueError(f"quantized weight {w.name!r} read by {matmul.op_type} "
                                      f"{matmul.name!r}: only a MatMul's B can be restored")
-                nodes, y = _projection(node, q, matmul.inputs[0], i, quantizers)
-                graph.insert_before(matmul, nodes)
-                _replace_value(graph, matmul.outputs[0], y)
-                graph.remove(matmul, safe=False)
+                home = matmul.graph
+                nodes, y = _projection(node, q, matmul.inputs[0], i, quantizers, home)
+                home.insert_before(matmul, nodes)
+                _replace_value(home, matmul.outputs[0], y)
+                home.remove(matmul, safe=False)
+                touched[id(home)] = home
         graph.remove(node, safe=False)
     if quantizers:  # a shared DynamicQuantizeLinear went before the first reader rebuilt
-        graph.sort()
+        for g in touched.values():
+            g.sort()
 
 
 def _replace_value(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
@@ -372,9 +377,10 @@ def _replace_value(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
 
 
 def _projection(node: ir.Node, q: QuantizedWeight, x: ir.Value, use: int,
-                quantizers: dict[int, ir.Node]) -> tuple[list[ir.Node], ir.Value]:
-    """The source nodes of a quantized projection of ``x`` (the ``use``-th reader of the
-    weight: names get a suffix after the first)."""
+                quantizers: dict[tuple[int, int], ir.Node],
+                home: ir.Graph) -> tuple[list[ir.Node], ir.Value]:
+    """The source nodes of a quantized projection of ``x`` in graph ``home`` (the ``use``-th
+    reader of the weight: names get a suffix after the first)."""
     names = [n if use == 0 else f"{n}_{use}" for n in _names(node)]
     if q.source is QuantSource.MATMUL_NBITS:
         mm = ir.node("MatMulNBits", [x, *node.inputs], attributes=_source_attrs(node),
@@ -382,9 +388,9 @@ def _projection(node: ir.Node, q: QuantizedWeight, x: ir.Value, use: int,
         return [mm], mm.outputs[0]
     wq, ws, wzp = [*node.inputs, None][:3]
     nodes = []
-    dql = quantizers.get(id(x))
+    dql = quantizers.get((id(x), id(home)))
     if dql is None:
-        dql = quantizers[id(x)] = ir.node("DynamicQuantizeLinear", [x], num_outputs=3,
+        dql = quantizers[(id(x), id(home))] = ir.node("DynamicQuantizeLinear", [x], num_outputs=3,
                                           name=names[0])
         nodes.append(dql)
     xq, xs, xzp = dql.outputs

@@ -1,160 +1,18 @@
-"""Int4 weights in ONNX Runtime's ``com.microsoft::MatMulNBits`` layout, and the compile-time
-re-layout of a down projection so that a neuron's column is contiguous. NumPy only.
+"""The int4 layout records the kernels take (``fffc.contract.int4``), under codegen's names."""
 
-A projection ``x·W`` with ``W [K, N]`` (K inputs, N outputs) stored by MatMulNBits (bits 4)
-holds, per output row n and block b of ``block`` inputs:
+from fffc.contract.int4 import (  # noqa: F401
+    BLOCKS,
+    CHUNK,
+    SYMMETRIC_ZERO_POINT,
+    Int4Weights,
+    Q4Columns,
+    Q4Matrix,
+    codes,
+    columns,
+    dequantize,
+    dequantize_columns,
+    unchunk,
+    zero_points,
+)
 
-* ``codes [N, K/block, block/2]`` uint8, two codes a byte, the low nibble first: input
-  ``b·block + 2i`` in the low nibble of byte i, ``b·block + 2i + 1`` in the high one;
-* ``scales [N, K/block]`` float32;
-* ``zero_points [N, ceil(K/block / 2)]`` uint8, packed like the codes (block 2m in the low
-  nibble of byte m), or none: every zero point is then 8;
-
-and ``W[k, n] = (code − zero point) · scale``. Gate and up projections (N = d_ff) therefore
-already hold one contiguous row per neuron; a down projection (K = d_ff, N = d_out) spreads a
-neuron's column over all N rows. ``columns`` re-lays a down projection out per neuron with
-the same codes, scales and zero points (nothing is requantized, so every dequantized weight
-is unchanged): neuron j's d_out codes are contiguous, in chunks of ``CHUNK`` outputs whose
-byte i holds output ``c·CHUNK + i`` in the low nibble and ``c·CHUNK + CHUNK/2 + i`` in the
-high one, so the two nibbles of a vector of bytes widen to two vectors of consecutive
-outputs.
-
-These records are what the int4 kernels (``kernels/exact_q4.py``) take; the site's weight
-format from detection is mapped onto ``Q4Format`` where the kernels are wired into the
-compile.
-"""
-
-from __future__ import annotations
-
-from dataclasses import dataclass
-
-import numpy as np
-
-from fffc.contract.errors import CodegenError
-from fffc.contract.quant import unpack_nibbles
-
-SYMMETRIC_ZERO_POINT = 8  # MatMulNBits' zero point where the node has none (bits 4)
-CHUNK = 32  # outputs per chunk of a re-laid-out column: 16 bytes, two nibble vectors
-BLOCKS = (16, 32, 64, 128, 256)  # MatMulNBits block sizes the int4 kernels take
-
-
-@dataclass(frozen=True)
-class Q4Format:
-    """How a site's three int4 projections are stored: MatMulNBits' block size along K, and
-    whether the nodes have zero points (else symmetric: 8)."""
-
-    block: int = 32
-    zero_points: bool = False
-
-    def __post_init__(self) -> None:
-        if self.block not in BLOCKS:
-            raise CodegenError(f"int4 block size {self.block}: one of {BLOCKS} only")
-
-
-@dataclass(frozen=True)
-class Q4Matrix:
-    """One projection ``W [K, N]`` as a MatMulNBits node stores it (see the module text)."""
-
-    codes: np.ndarray  # [N, K/block, block/2] uint8
-    scales: np.ndarray  # [N, K/block] float32
-    zero_points: np.ndarray | None  # [N, ceil(K/block / 2)] uint8; None: symmetric (8)
-    k: int
-    block: int
-
-    def __post_init__(self) -> None:
-        n, kb, half = self.codes.shape
-        if self.k % self.block or kb != self.k // self.block or half != self.block // 2:
-            raise CodegenError(f"int4 codes {self.codes.shape}: expected [N, {self.k}/"
-                               f"{self.block}, {self.block // 2}] (K a multiple of the block)")
-        if self.scales.shape != (n, kb):
-            raise CodegenError(f"int4 scales {self.scales.shape}: expected {(n, kb)}")
-        if self.zero_points is not None and self.zero_points.shape != (n, -(-kb // 2)):
-            raise CodegenError(f"int4 zero points {self.zero_points.shape}: expected "
-                               f"{(n, -(-kb // 2))}")
-
-    @property
-    def n(self) -> int:
-        return self.codes.shape[0]
-
-    @property
-    def blocks(self) -> int:
-        return self.k // self.block
-
-
-def codes(m: Q4Matrix) -> np.ndarray:
-    """The codes as int32 ``[N, K]``."""
-    return unpack_nibbles(m.codes.reshape(m.n, -1), m.k)
-
-
-def zero_points(m: Q4Matrix) -> np.ndarray:
-    """The zero points as int32 ``[N, K/block]`` (8 where the node has none)."""
-    if m.zero_points is None:
-        return np.full((m.n, m.blocks), SYMMETRIC_ZERO_POINT, np.int32)
-    return unpack_nibbles(m.zero_points, m.blocks)
-
-
-def dequantize(m: Q4Matrix) -> np.ndarray:
-    """``W [K, N]`` float32: the integer difference code − zero point, converted, times the
-    float32 scale (one rounding: the values MatMulNBits' own dequantization gives)."""
-    z = np.repeat(zero_points(m), m.block, axis=1)
-    s = np.repeat(np.asarray(m.scales, np.float32), m.block, axis=1)
-    return np.ascontiguousarray(((codes(m) - z).astype(np.float32) * s).T)
-
-
-@dataclass(frozen=True)
-class Q4Columns:
-    """A down projection (K = d_ff, N = d_out) re-laid out per neuron (see the module text):
-    ``codes [d_ff, d_out/2]`` uint8, neuron j's column in chunks of CHUNK outputs;
-    ``scales [d_ff/block, d_out]`` float32 (neuron j's column uses row j // block);
-    ``zero_points [d_ff/block, d_out]`` uint8, one a byte, or None (symmetric: 8)."""
-
-    codes: np.ndarray
-    scales: np.ndarray
-    zero_points: np.ndarray | None
-    block: int
-
-    @property
-    def d_ff(self) -> int:
-        return self.codes.shape[0]
-
-    @property
-    def d_out(self) -> int:
-        return self.scales.shape[1]
-
-
-def _chunked(c: np.ndarray) -> np.ndarray:
-    """int32 codes ``[rows, d_out]`` packed per CHUNK outputs: byte i of chunk c = output
-    c·CHUNK + i (low nibble) and c·CHUNK + CHUNK/2 + i (high nibble)."""
-    rows, d_out = c.shape
-    half = CHUNK // 2
-    ch = c.reshape(rows, d_out // CHUNK, 2, half)
-    return (ch[:, :, 0] | (ch[:, :, 1] << 4)).astype(np.uint8).reshape(rows, d_out // 2)
-
-
-def unchunk(packed: np.ndarray) -> np.ndarray:
-    """The inverse of the column packing: int32 codes ``[rows, d_out]``."""
-    rows, half_out = packed.shape
-    half = CHUNK // 2
-    p = np.asarray(packed, np.uint8).reshape(rows, -1, half)
-    return np.stack([p & 0x0F, p >> 4], axis=2).reshape(rows, 2 * half_out).astype(np.int32)
-
-
-def columns(m: Q4Matrix) -> Q4Columns:
-    """The down projection ``m`` (K = d_ff, N = d_out) re-laid out so neuron j's column is
-    contiguous: the same codes, scales and zero points, moved."""
-    if m.n % CHUNK:
-        raise CodegenError(f"int4 down projection: d_out {m.n} is not a multiple of {CHUNK}")
-    zp = None if m.zero_points is None else np.ascontiguousarray(zero_points(m).T.astype(np.uint8))
-    return Q4Columns(codes=_chunked(np.ascontiguousarray(codes(m).T)),
-                     scales=np.ascontiguousarray(np.asarray(m.scales, np.float32).T),
-                     zero_points=zp, block=m.block)
-
-
-def dequantize_columns(c: Q4Columns) -> np.ndarray:
-    """``W [d_ff, d_out]`` float32 of a re-laid-out down projection, computed as
-    ``dequantize`` computes it."""
-    z = (np.full(c.scales.shape, SYMMETRIC_ZERO_POINT, np.int32) if c.zero_points is None
-         else c.zero_points.astype(np.int32))
-    z = np.repeat(z, c.block, axis=0)
-    s = np.repeat(c.scales, c.block, axis=0)
-    return (unchunk(c.codes) - z).astype(np.float32) * s
+Q4Format = Int4Weights

@@ -30,6 +30,7 @@ from fffc.contract.modes import sparse
 from . import _tvm
 from .kernels import routed_ffn_cuda, sparse_ffn_cuda, sparse_ffn_cuda_masked, structured_ffn_cuda
 from .kernels.exact_decode import exact_decode_primfunc
+from .kernels.exact_q4 import exact_q4_primfunc
 from .kernels.exact_screened import SCREENED, screen_inputs, screened_arg_names, screened_primfunc
 from .kernels.fff import walk_primfunc
 from .kernels.fff_cuda import fff_kernel
@@ -39,6 +40,7 @@ from .kernels.sparse_ffn_cats import cats_primfunc
 from .kernels.sparse_ffn_predictor import predictor_primfunc
 from .kernels.sparse_ffn_teal import teal_primfunc
 from .kernels.structured_ffn import structured_ffn_primfunc, structured_variants
+from .q4_layout import Q4Format
 from .schedules import Family, Variant
 
 
@@ -98,6 +100,12 @@ def _as_variants(table: list[tuple[str, int, int]]) -> list[Variant]:
     return [Variant(name, lo, hi) for name, lo, hi in table]
 
 
+def _int4_exact(spec: SparseSpec, tiling, symbol: str):
+    """SparseFFN exact on int4 codes (SPARSE_FFN's bits 4): float32 dots on the dequantized
+    weights, so it computes the float FFN on them."""
+    return exact_q4_primfunc(spec, Q4Format(spec.block, spec.zero_points), tiling, symbol)
+
+
 class SparseKernels(OpKernels):
     spec_type = SparseSpec
     symbol = cuda_symbol = "sparse_ffn"
@@ -111,6 +119,8 @@ class SparseKernels(OpKernels):
         "decode": exact_decode_primfunc, SCREENED: screened_primfunc}
 
     def generator(self, spec: SparseSpec, variant: str) -> Callable:
+        if spec.bits:
+            return _int4_exact
         return self.BY_MODE.get(spec.mode) or self.EXACT_BY_VARIANT.get(variant,
                                                                         sparse_ffn_primfunc)
 
@@ -132,6 +142,8 @@ class SparseKernels(OpKernels):
         return {"WS": ws, "W1T": w1t, "E": e, "STAT": np.zeros(1, np.int32)}
 
     def table_mode(self, spec, variant):
+        if spec.bits:  # the shim's TableMode of an int4 call
+            return f"{spec.mode}/q4b{spec.block}" + ("z" if spec.zero_points else "")
         if spec.mode is SparseMode.PREDICTOR:
             return f"{spec.mode}/{spec.rank}"  # rank: PA's width
         if spec.centers:

@@ -18,6 +18,7 @@ from typing import ClassVar
 from .kinds import SiteKind, SparseMode, WeightDtype
 from .ops import (
     FAST_FEED_FORWARD,
+    QUANT_INPUTS,
     ROUTED_FFN,
     ROUTERS,
     SELECTIONS,
@@ -104,21 +105,41 @@ class SparseSpec(KernelSpec):
     dtype: str = FLOAT32
     rank: int = 0  # mode predictor: the predictor's rank (PA's width)
     centers: str = ""  # mode teal: the centered inputs, "x" (XC) and/or "h" (HC)
+    bits: int = 0  # 4: int4 codes with scales per ``block`` codes (SPARSE_FFN's bits); 0: float
+    block: int = 0
+    zero_points: bool = False  # int4: the weights have zero points (else every one is 8)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", SparseMode(self.mode))
+        if self.bits not in (0, 4) or bool(self.bits) != bool(self.block):
+            raise ValueError(f"SparseSpec: bits {self.bits} with block {self.block}: int4 "
+                             "weights have both, float weights neither")
 
     @property
     def row(self) -> Row:
         extra = ((("rank", str(self.rank)),) if self.mode is SparseMode.PREDICTOR
                  else (("centers", self.centers),) if self.centers else ())
+        dtype = self.dtype
+        if self.bits:
+            dtype = f"int{self.bits}"
+            extra += (("block", str(self.block)), ("zero_points", str(int(self.zero_points))))
         return Row(self.op, self.activation, self.up_activation, str(self.mode), self.d_in,
-                   self.d_ff, self.d_out, self.has_b1, self.has_b2, self.gated, self.dtype,
-                   extra)
+                   self.d_ff, self.d_out, self.has_b1, self.has_b2, self.gated, dtype, extra)
+
+    def weight_args(self) -> list[str]:
+        return [] if self.bits else super().weight_args()
 
     def arg_names(self) -> list[str]:
-        names = ["X", "W1", *(["B1"] if self.has_b1 else []), "W2",
-                 *(["B2"] if self.has_b2 else []), *(["WU"] if self.gated else [])]
+        if self.bits:  # each weight followed by its scales and zero points
+            def weight(w: str) -> list[str]:
+                scales, zeros = QUANT_INPUTS[self.op][w]
+                return [w, scales, *([zeros] if self.zero_points else [])]
+
+            names = ["X", *weight("W1"), *(["B1"] if self.has_b1 else []), *weight("W2"),
+                     *(["B2"] if self.has_b2 else []), *(weight("WU") if self.gated else [])]
+        else:
+            names = ["X", "W1", *(["B1"] if self.has_b1 else []), "W2",
+                     *(["B2"] if self.has_b2 else []), *(["WU"] if self.gated else [])]
         if self.mode in (SparseMode.TEAL, SparseMode.CATS):
             names.append("TH")
         if self.mode is SparseMode.PREDICTOR:
@@ -428,6 +449,8 @@ def sparse_specs(site, m) -> list[KernelSpec]:
     """SparseFFN's one kernel for mode entry ``m``: the predictor's rank and a centered teal
     site's centers are part of the spec (they change the kernel's inputs)."""
     predictor = m.sparse_mode is SparseMode.PREDICTOR
+    q = site.int4
+    int4 = {"bits": 4, "block": q.block, "zero_points": q.zero_points} if q else {}
     return [SparseSpec(
         site.activation, site.up_activation, m.sparse_mode, site.d_model, site.d_ff,
         site.d_out,
@@ -435,7 +458,7 @@ def sparse_specs(site, m) -> list[KernelSpec]:
         site.has_b1 or "x" in site.centered, site.has_b2 or "h" in site.centered,
         site.kind is SiteKind.GATED, site.dtype,
         rank=site.predictor["rank"] if predictor else 0,
-        centers="" if predictor else site.centered)]
+        centers="" if predictor else site.centered, **int4)]
 
 
 def fff_specs(site, m) -> list[KernelSpec]:

@@ -79,7 +79,14 @@ SPARSE_FFN = OpSpec(
         "rows of W1, WU and W2 are computed; the others count as zero. Centered teal "
         "(inputs XC, HC): x' = X - XC and a' = a - HC are what is thresholded and projected "
         "(Y = a''·W2 + B2); with B1 holding XC·W1 and B2 holding HC·W2, that is TEAL with every "
-        "entry within the threshold of its channel's center replaced by the center."
+        "entry within the threshold of its channel's center replaced by the center. "
+        "bits=4 (int4 weights): each weight is (code - zero point)·scale in float32, one scale "
+        "(and zero point) per block of `block` consecutive codes along d_in (W1, WU) or d_ff "
+        "(W2). W1 and WU as com.microsoft::MatMulNBits stores them: codes [d_ff, d_in/block, "
+        "block/2] uint8, two a byte, the lower index in the low nibble; row i = neuron i. W2 "
+        "per neuron: codes [d_ff, d_out/2] uint8, neuron i's outputs in chunks of 32 (byte k "
+        "of chunk c holds output 32c + k in the low nibble, 32c + 16 + k in the high one). "
+        "The function computed is the float FFN on the dequantized weights."
     ),
     inputs=(
         TensorArg("X", "activations [..., d_in]; all leading dims are tokens"),
@@ -102,6 +109,15 @@ SPARSE_FFN = OpSpec(
                         "before the input threshold", optional=True),
         TensorArg("HC", "mode teal: centers of the down projection's input [d_ff], "
                         "subtracted before the hidden threshold", optional=True),
+        TensorArg("W1S", "bits 4: W1's scales [d_ff · d_in/block] (MatMulNBits' order)",
+                  optional=True),
+        TensorArg("W1Z", "bits 4: W1's zero points [d_ff · ceil(d_in/block / 2)] uint8, two "
+                         "a byte (absent: 8)", optional=True),
+        TensorArg("W2S", "bits 4: W2's scales [d_ff/block, d_out]", optional=True),
+        TensorArg("W2Z", "bits 4: W2's zero points [d_ff/block, d_out] uint8, one a byte "
+                         "(absent: 8)", optional=True),
+        TensorArg("WUS", "bits 4: WU's scales, as W1S", optional=True),
+        TensorArg("WUZ", "bits 4: WU's zero points, as W1Z", optional=True),
     ),
     outputs=(TensorArg("Y", "[..., d_out]"),),
     attributes=(
@@ -109,6 +125,8 @@ SPARSE_FFN = OpSpec(
         Attribute("up_activation", "string", "none", UP_ACTIVATIONS,
                   "gated FFNs: activation of the up projection (relu = dReLU)"),
         Attribute("mode", "string", "exact", SPARSE_MODES, "how neurons are skipped"),
+        Attribute("bits", "int", 0, doc="0: float weights; 4: int4 codes with scales (mode "
+                  "exact; see the op text)"),
     ),
 )
 
@@ -267,6 +285,11 @@ OPS: dict[str, OpSpec] = {SPARSE_FFN.name: SPARSE_FFN, FAST_FEED_FORWARD.name: F
 # --weight-dtype (CUDA): the weight matrices of each op that may be stored in 16 bits (the
 # kernels widen every load to float32; biases, thresholds, predictors, routers stay float32)
 WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# Inputs that may hold uint8: integer codes (the weight matrices with bits 4) and zero points
+CODE_INPUTS: dict[str, tuple[str, ...]] = {"SparseFFN": ("W1", "W2", "WU", "W1Z", "W2Z", "WUZ")}
+# The scales and zero points of each quantized weight matrix of an op, by the matrix's input
+QUANT_INPUTS: dict[str, dict[str, tuple[str, str]]] = {
+    "SparseFFN": {"W1": ("W1S", "W1Z"), "W2": ("W2S", "W2Z"), "WU": ("WUS", "WUZ")}}
 WEIGHT_INPUTS: dict[str, tuple[str, ...]] = {
     "SparseFFN": ("W1", "W2", "WU"),
     "FastFeedForward": ("W_in", "W_out"),

@@ -135,3 +135,4 @@ def dequantize(q: QuantizedWeight, arrays: list[np.ndarray | None]) -> np.ndarra
     zeros = 0 if zp is None else _along(q, _ints(zp), codes.shape)
     s = _along(q, np.asarray(scale, np.float32), codes.shape)
     return np.ascontiguousarray((codes - zeros).astype(np.float32) * s)
+

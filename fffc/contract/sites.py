@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .dispatch import TokenDispatch
+from .int4 import Int4Weights, int4_weights
 from .kinds import Decision, SiteKind, WeightDtype
 from .modes import Param, mode
 from .ops import describe_k
@@ -72,6 +73,17 @@ class Site:
         """The distinct weight formats of its quantized projections, in one phrase ("":
         float weights)."""
         return " / ".join(dict.fromkeys(q.describe() for q in self.weight_formats.values()))
+
+    @property
+    def int4(self) -> Int4Weights | str | None:
+        """A quantized dense or gated site's int4 layout for SparseFFN (or why it has none);
+        None for float weights."""
+        if not self.weight_formats:
+            return None
+        if self.kind not in (SiteKind.DENSE, SiteKind.GATED):
+            return f"no int4 kernels for {self.kind} sites yet"
+        names = ("W1", "W2", *(("WU",) if self.kind is SiteKind.GATED else ()))
+        return int4_weights(self.weight_formats, names, self.d_model, self.d_ff, self.d_out)
 
     @property
     def bias(self) -> bool:

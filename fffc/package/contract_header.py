@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from ..contract.ops import DOMAIN, OPS, OPSET_VERSION, WEIGHT_INPUTS, Attribute, OpSpec
+from ..contract.ops import CODE_INPUTS, DOMAIN, OPS, OPSET_VERSION, WEIGHT_INPUTS, Attribute, OpSpec
 
 # The ONNX Runtime C API version the shim asks for (and sets as OrtCustomOp::version), the
 # oldest it needs: OrtCustomOp::CreateKernelV2/KernelComputeV2 (errors as OrtStatus) came with
@@ -86,12 +86,14 @@ def _attribute(a: Attribute) -> list[str]:
 def _op(spec: OpSpec) -> list[str]:
     names = [a.name for a in spec.inputs]
     weights = WEIGHT_INPUTS.get(spec.name, ())
-    unknown = set(weights) - set(names)
+    codes = CODE_INPUTS.get(spec.name, ())
+    unknown = (set(weights) | set(codes)) - set(names)
     if unknown:
-        raise ValueError(f"WEIGHT_INPUTS[{spec.name!r}] names no input {sorted(unknown)}")
+        raise ValueError(f"WEIGHT_INPUTS/CODE_INPUTS[{spec.name!r}] name no input "
+                         f"{sorted(unknown)}")
     idents = [f"k{_ident(n)}" for n in names] + [f"k{_ident(a.name)}" for a in spec.attributes]
     taken = {"kName", "kNumInputs", "kNumOutputs", "kInputNames", "kOptional", "kWeight",
-             "kContract"}
+             "kCodes", "kContract"}
     clash = {i for i in idents if idents.count(i) > 1 or i in taken}
     if clash:
         raise ValueError(f"{spec.name}: C++ names clash: {sorted(clash)}")
@@ -108,8 +110,10 @@ def _op(spec: OpSpec) -> list[str]:
         *_member("static constexpr bool kOptional[kNumInputs] =",
                  _bools([a.optional for a in spec.inputs])),
         *_member("static constexpr bool kWeight[kNumInputs] =", _bools([x in weights for x in names])),
+        *_member("static constexpr bool kCodes[kNumInputs] =", _bools([x in codes for x in names])),
         *_member("static constexpr OpContract kContract =",
-                 ["kName", "kNumInputs", "kInputNames", "kOptional", "kWeight", "kNumOutputs"]),
+                 ["kName", "kNumInputs", "kInputNames", "kOptional", "kWeight", "kCodes",
+                  "kNumOutputs"]),
         *[line for a in spec.attributes for line in _attribute(a)],
         "};",
         "",
@@ -122,7 +126,8 @@ def header() -> str:
         "// Generated from fffc/contract/ops.py by fffc/package/contract_header.py; do not edit.",
         "// The ai.fffc operators as the shim sees them: per op its inputs in order (index",
         "// constants, names, optional and weight flags) and its attributes (names, defaults,",
-        "// choices); weights are the inputs that may be stored as float16 or bfloat16.",
+        "// choices); weights are the inputs that may be stored as float16 or bfloat16, codes",
+        "// those that may hold uint8 (integer weight codes, zero points).",
         f"#ifndef {_GUARD}",
         f"#define {_GUARD}",
         "",
@@ -143,6 +148,7 @@ def header() -> str:
         "  const char* const* input_names;",
         "  const bool* optional;",
         "  const bool* weight;",
+        "  const bool* codes;",
         "  int num_outputs;",
         "};",
         "",

@@ -20,14 +20,19 @@ from ..contract.sites import Site
 NOT_SELECTED = "not selected with --sites"
 
 
-def plan(sites: Sequence[Site], only: Sequence[str] = ()) -> None:
-    """Set ``decision`` and ``reason`` on every site in place."""
+def plan(sites: Sequence[Site], only: Sequence[str] = (), int4_target: str = "") -> None:
+    """Set ``decision`` and ``reason`` on every site in place; ``int4_target``: the name of
+    the target when its kernels take int4 weights."""
     for site in sites:
+        int4 = site.int4
         if only and site.name not in only and not set(site.matched_nodes) & set(only):
             site.decision, site.reason = Decision.DENSE, NOT_SELECTED
-        elif site.weight_formats:
+        elif site.weight_formats and (int4 is None or isinstance(int4, str)):
+            why = int4 or "no fffc kernels for this weight format yet"
+            site.decision, site.reason = Decision.DENSE, f"{site.quantized}: {why}; left as it was"
+        elif site.weight_formats and not int4_target:
             site.decision, site.reason = Decision.DENSE, (
-                f"{site.quantized}: no fffc kernels for this weight format yet; left as it was")
+                f"{site.quantized}: no int4 kernels for this target yet; left as it was")
         elif not site.float32:
             site.decision, site.reason = Decision.DENSE, (
                 f"{site.dtype} weights and activations (a {site.dtype} model): fffc's FFN ops "
@@ -59,8 +64,14 @@ def _fff(site: Site) -> tuple[Decision, str]:
 
 def _sparse(why_exact: str) -> Callable[[Site], tuple[Decision, str]]:
     def decide(site: Site) -> tuple[Decision, str]:
+        q = site.int4
         if site.activation == "relu":  # the only activation with exact zeros
-            return Decision.EXACT, why_exact
+            return Decision.EXACT, why_exact + (f", on its int4 codes (block {q.block})"
+                                                if q else "")
+        if q:
+            return Decision.DENSE, (f"{site.quantized}: {site.activation} is never exactly "
+                                    "zero: no exact skipping (thresholds on int4 weights: not "
+                                    "yet); left as it was")
         return Decision.DENSE, (f"{site.activation} is never exactly zero: no exact skipping "
                                 "(calibrate it for TEAL thresholds: fffc calibrate, then "
                                 "fffc compile --calibration); left as it was")

@@ -33,5 +33,7 @@ def run(analysis: Analysis, ctx: Context) -> Planned:
                            f"activations (a {narrow[0].dtype} model): fffc compiles float32 "
                            "and quantized-weight models only (fffc inspect lists these sites)",
                            path=analysis.path)
-    decide.plan(analysis.sites, ctx.options.sites)
+    fam = ctx.family
+    decide.plan(analysis.sites, ctx.options.sites,
+                int4_target=fam.name if fam is not None and fam.int4_weights else "")
     return Planned(analysis)

@@ -26,6 +26,7 @@ from ..contract.analysis import Analysis
 from ..contract.config import CompileOptions
 from ..contract.dispatch import TokenDispatch
 from ..contract.errors import RewriteError, UnsupportedModelError
+from ..contract.int4 import Int4Weights
 from ..contract.kinds import Branch, WeightDtype
 from ..contract.lowering import SiteLowering
 from ..contract.modes import mode
@@ -51,7 +52,8 @@ class Verified:
     original: Captured  # what the original model computes on them
     working: ir.Model  # the markers, weights rounded to --weight-dtype where kernels run
     reference: Captured  # what the artifact must compute (the original, or masked/rounded)
-    masked: frozenset[str] = frozenset()  # the sites ``reference`` has masked
+    masked: frozenset[str] = frozenset()  # the sites ``reference`` computes otherwise than
+    # the original where their kernels serve (masked; int4: on dequantized weights)
     rounded: tuple[str, ...] = ()  # the sites whose weights ``working`` holds rounded
 
     @property
@@ -71,10 +73,17 @@ def _with_kernels(sites: list[Site]) -> tuple[str, ...]:
     return tuple(sorted(s.name for s in sites if mode(s.decision).kernels))
 
 
+def _int4(site: Site) -> bool:
+    """A site whose kernels compute on its int4 codes."""
+    return mode(site.decision).kernels and isinstance(site.int4, Int4Weights)
+
+
 def masks(sites: list[Site]) -> dict[str, SiteLowering]:
-    """The masked sites' functions in standard ops: the reference they must equal."""
-    return {s.name: SiteLowering(masks=mode(s.decision).masks(s)) for s in sites
-            if mode(s.decision).masked}
+    """The functions the sites' kernels compute where they differ from the original, in
+    standard ops: a masked site's masked function, an int4 site's FFN on its dequantized
+    weights (the original runs ONNX Runtime's MatMulNBits): the reference they must equal."""
+    return {s.name: SiteLowering(masks=mode(s.decision).masks(s), dequantized=_int4(s))
+            for s in sites if mode(s.decision).masked or _int4(s)}
 
 
 def _tokens(x: np.ndarray) -> int:
@@ -211,7 +220,7 @@ def _verify(planned: Planned, ctx: Context) -> Verified:
         inputs = v.inputs(site)
         c = verify_site(site, *v.reference.sites[site.name], inputs, o.rtol)
         site.max_abs_err, site.max_rel_err = c.max_abs, c.max_rel
-        if mode(site.decision).masked or v.rounded:
+        if site.name in v.masked or v.rounded:
             site.deviation = verify_site(site, *v.original.sites[site.name], inputs,
                                          o.rtol).max_rel
         if not c.ok:

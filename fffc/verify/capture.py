@@ -29,11 +29,13 @@ class Captured:
 def capture(model: ir.Model, n_outputs: int, feeds: Sequence[dict[str, np.ndarray]],
             plans: Mapping[str, SiteLowering] | None = None) -> Captured:
     """``model`` (with markers) lowered to standard ops — each site as it was, or the masked
-    function of its ``plans`` entry — and run on ``feeds``; ``n_outputs``: the model's own
+    function of its ``plans`` entry (on its dequantized weights where it says so) — and run
+    on ``feeds``; ``n_outputs``: the model's own
     outputs come first."""
     dense = copy(model)
     io = passes.site_io(dense)
-    passes.lower(dense, {name: SiteLowering(masks=p.masks) for name, p in (plans or {}).items()})
+    passes.lower(dense, {name: SiteLowering(masks=p.masks, dequantized=p.dequantized)
+                         for name, p in (plans or {}).items()})
     passes.expose(dense, [n for pair in io.values() for n in pair])
     got = run(session(dense), feeds)
     names = [o.name for o in dense.graph.outputs]

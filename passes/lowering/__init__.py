@@ -22,12 +22,13 @@ import onnx_ir.passes.common as common_passes
 from fffc.contract.kinds import Decision, SiteKind
 from fffc.contract.lowering import SiteLowering
 from fffc.contract.modes import Behaviour, Layout, mode
+from fffc.contract.ops import SPARSE_FFN
 from fffc.contract.sites import Site
 
 from .. import weight_dtype
 from .._common import const_array
 from ..markers import decode, markers
-from . import fff, routed, sparse, structured
+from . import fff, int4, routed, sparse, structured
 from ._emit import Lowering, default_opset, drop_unused_initializers, graphs
 from .legalize import legalize
 from .sparse import fold_centers
@@ -108,6 +109,10 @@ def site_inputs(model: ir.Model, site: Site,
     masks = entry.masks(site)
     for p in entry.params:
         arrays |= sparse.PARAMS[p].arrays(arrays, masks, entry)
+    q = int4.layout(marker.inputs) if entry.op is SPARSE_FFN else None
+    if q is not None:  # the codes, scales and zero points in the op's int4 layout
+        return {a.name: arr for a in marker.op.inputs
+                if (arr := {**arrays, **int4.arrays(marker.inputs, q)}.get(a.name)) is not None}
     for name, layout in entry.layouts.items():
         if layout is Layout.ROWS and name in arrays:
             arrays[name] = np.ascontiguousarray(arrays[name].T)

@@ -11,6 +11,7 @@ when it has them (the reference a masked mode must equal).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,8 +24,9 @@ from fffc.contract.modes import MODES, Behaviour, Layout, Mode, Param, mode, reg
 from fffc.contract.ops import SPARSE_FFN
 
 from .. import standard_forms
-from .._common import const_array, initializer
+from .._common import const_array, dequantized, initializer
 from ..markers import FFNMarker
+from . import int4
 from ._emit import (
     Lowering,
     fallback,
@@ -189,9 +191,15 @@ def masked_ffn(tape: ir.tape.Tape, m: FFNMarker, masks: Masks | None, values: Ma
 
 
 def keep(ctx: Lowering, m: FFNMarker, plan: SiteLowering) -> None:
-    """A site left as it was: the FFN in standard ops, with the plan's masks if any."""
+    """A site left as it was: the FFN in standard ops, with the plan's masks if any (and
+    with ``plan.dequantized``, on its weights' dequantized float32 values)."""
     tape = ir.tape.Tape()
     values = _mask_values(ctx, tape, m, plan.masks)
+    if plan.dequantized:
+        floats = {n: initializer(ctx.graph, f"{v.producer().inputs[0].name}__dequantized",
+                                 const_array(v))
+                  for n, v in m.inputs.items() if v is not None and dequantized(v.producer())}
+        m = dataclasses.replace(m, inputs=m.inputs | floats)
     replace(m.node, tape, masked_ffn(tape, m, plan.masks, values, ctx.opset))
 
 
@@ -211,17 +219,26 @@ def overload_for(activation: str, up_activation: str, present: dict[str, bool],
 
 def sparse_function(overload: str, present: dict[str, bool], act: str, up_act: str,
                     opset: int, entry: Mode) -> ir.Function:
-    """SparseFFN's fallback for a mode: its inputs in the mode's layouts, TH read as the
-    mode's ``th_fields``, the centered form (XC, HC subtracted) where given."""
+    """SparseFFN's fallback for a mode: its inputs in the mode's layouts (int4 ones, where
+    the scales are present, dequantized first), TH read as the mode's ``th_fields``, the
+    centered form (XC, HC subtracted) where given."""
     formals = [ir.Value(name=n) for n in INPUT_NAMES]
     f = {v.name: v if present[v.name] else None for v in formals}
     tape = ir.tape.Tape()
+    rows = {n for n, layout in entry.layouts.items() if layout is Layout.ROWS}
+    if present["W1S"]:  # int4: W1, WU a row per neuron, W2 in columns
+        f = dict(f)
+        for name in int4.ROWS:
+            if f[name] is not None:
+                s, z = int4.QUANT[name]
+                f[name] = int4.dequantize_rows(tape, f[name], f[s], f[z])
+        f["W2"] = int4.dequantize_columns(tape, f["W2"], f["W2S"], f["W2Z"])
+        rows = set(int4.ROWS)
     masks = Masks()
     if Param.THRESHOLDS in entry.params:  # TH [t0, t1] → two scalars
         t = (tape.op("Gather", [f["TH"], tape.op("Constant", [], {
             "value": ir.tensor(np.array(i, dtype=np.int64))})], {"axis": 0}) for i in (0, 1))
         masks = Masks(**dict(zip(entry.th_fields, t, strict=True)))
-    rows = {n for n, layout in entry.layouts.items() if layout is Layout.ROWS}
     y = standard_forms.ffn(
         tape, f["X"], f["W1"], f["B1"], f["W2"], f["B2"], f["WU"], activation_name=act,
         up_activation=up_act, opset=opset, wu_rows="WU" in rows,
@@ -233,16 +250,26 @@ def sparse_function(overload: str, present: dict[str, bool], act: str, up_act: s
 
 def _sparse_node(ctx: Lowering, m: FFNMarker, tape: ir.tape.Tape, entry: Mode, masks: Masks,
                  values: MaskValues) -> ir.Value:
-    """The SparseFFN node of a marker (and its fallback function, once per overload)."""
-    inputs = dict.fromkeys(INPUT_NAMES) | laid_out(ctx.graph, m.inputs, entry)
+    """The SparseFFN node of a marker (and its fallback function, once per overload); int4
+    weights as their codes (``int4``)."""
+    q = int4.layout(m.inputs)
+    if q is None:
+        inputs = dict.fromkeys(INPUT_NAMES) | laid_out(ctx.graph, m.inputs, entry)
+    elif entry.sparse_mode is SparseMode.EXACT:
+        inputs = dict.fromkeys(INPUT_NAMES) | m.inputs | int4.op_inputs(ctx.graph, m.inputs, q)
+    else:
+        raise ValueError(f"site {m.name!r}: int4 weights in mode {entry.sparse_mode}: "
+                         "exact only")
     for p in entry.params:
         inputs |= PARAMS[p].lower(ctx, m, masks, entry, values)
     present = {n: v is not None for n, v in inputs.items()}
     overload = overload_for(m.activation, m.up_activation, present, entry)
+    attrs = {"activation": m.activation, "up_activation": m.up_activation,
+             "mode": str(entry.sparse_mode)}
+    if q is not None:  # the fallback reads the layout from the shapes: one per present inputs
+        attrs["bits"] = 4
     return fffc_node(
-        ctx, tape, m, SPARSE_FFN, inputs,
-        {"activation": m.activation, "up_activation": m.up_activation,
-         "mode": str(entry.sparse_mode)},
+        ctx, tape, m, SPARSE_FFN, inputs, attrs,
         overload, lambda: sparse_function(overload, present, m.activation, m.up_activation,
                                           ctx.opset, entry),
         provenance(m))

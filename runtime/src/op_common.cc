@@ -47,7 +47,7 @@ std::string ChoiceAttr(const OrtApi* api, const OrtKernelInfo* info, const char*
 }  // namespace
 
 OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const char* name,
-                bool weight) {
+                bool weight, bool codes) {
   out->value = v;
   OrtTensorTypeAndShapeInfo* info = nullptr;
   if (OrtStatus* st = api->GetTensorTypeAndShape(v, &info)) return st;
@@ -63,9 +63,11 @@ OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const cha
   if (st != nullptr) return st;
   const bool narrow = type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ||
                       type == ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
-  if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && !(narrow && weight))
-    return Fail(api, std::string("input ") + name + " must be float32" +
-                         (weight ? ", float16 or bfloat16" : ""));
+  const bool uint8 = type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+  if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && !(narrow && weight) && !(uint8 && codes))
+    return Fail(api, std::string("input ") + name + " must be " +
+                         (weight ? "float32, float16, bfloat16" : "float32") +
+                         (codes ? " or uint8" : ""));
   out->type = type;
   return api->GetTensorMutableData(const_cast<OrtValue*>(v), &out->data);
 }
@@ -97,6 +99,7 @@ std::string WeightDtype(const TensorView* in, const bool* present, const contrac
     if (!present[i] || !op.weight[i]) continue;
     const std::string t = in[i].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16    ? "float16"
                           : in[i].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16 ? "bfloat16"
+                          : in[i].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8    ? "uint8"
                                                                                  : "float32";
     if (!out.empty() && out != t) return "mixed";
     out = t;
@@ -112,7 +115,8 @@ OrtStatus* ViewInputs(const OrtApi* api, OrtKernelContext* ctx, const contract::
     const OrtValue* v = nullptr;
     if (OrtStatus* st = api->KernelContext_GetInput(ctx, i, &v)) return st;
     if (v == nullptr) continue;  // an omitted optional input
-    if (OrtStatus* st = View(api, v, &in[i], op.input_names[i], op.weight[i])) return st;
+    if (OrtStatus* st = View(api, v, &in[i], op.input_names[i], op.weight[i], op.codes[i]))
+      return st;
     present[i] = true;
   }
   return nullptr;
@@ -183,8 +187,9 @@ ONNXTensorElementDataType FloatType(const OrtCustomOp*, size_t) {
 }
 // Weights of any type (View accepts float32, float16, bfloat16), everything else float32.
 ONNXTensorElementDataType InputType(const OrtCustomOp* op, size_t i) {
-  return Holder(op)->contract->weight[i] ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED
-                                         : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  const contract::OpContract* c = Holder(op)->contract;
+  return c->weight[i] || c->codes[i] ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED
+                                     : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 size_t InputCount(const OrtCustomOp* op) { return Holder(op)->contract->num_inputs; }
 size_t OutputCount(const OrtCustomOp* op) { return Holder(op)->contract->num_outputs; }
@@ -218,6 +223,7 @@ bool IsConstantInput(const OrtApi* api, const OrtKernelInfo* info, size_t i) {
 Attrs ReadSparseAttrs(const OrtApi* a, const OrtKernelInfo* info) {
   Attrs attrs = {StringAttr(a, info, Sparse::kActivation),
                  StringAttr(a, info, Sparse::kUpActivation), StringAttr(a, info, Sparse::kMode)};
+  attrs.bits = IntAttr(a, info, Sparse::kBits);
   attrs.constant_w1 = IsConstantInput(a, info, Sparse::kW1);
   attrs.constant_b1 = IsConstantInput(a, info, Sparse::kB1);
   const char* screen = std::getenv("FFFC_EXACT_SCREEN");
@@ -291,20 +297,90 @@ OrtStatus* Fail(const OrtApi* api, const std::string& msg) {
   return api->CreateStatus(ORT_FAIL, ("fffc: " + msg).c_str());
 }
 
-OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const std::string& mode) {
+namespace {
+
+std::string Dims(const std::vector<int64_t>& d) {
+  std::string out = "[";
+  for (size_t i = 0; i < d.size(); ++i) out += (i ? ", " : "") + std::to_string(d[i]);
+  return out + "]";
+}
+
+int64_t Count(const std::vector<int64_t>& d) {
+  int64_t n = 1;
+  for (int64_t v : d) n *= v;
+  return n;
+}
+
+// The shapes of an int4 call (the op text of fffc/contract/ops.py): d_in, d_ff, d_out and
+// the block from W1's codes and W2's scales; every scale and zero point input sized to them.
+OrtStatus* PrepareQuantized(const OrtApi* api, FfnCall* c, const std::string& mode, int64_t bits) {
+  using In = Sparse;
+  if (bits != 4) return Fail(api, "SparseFFN: bits must be 0 or 4, got " + std::to_string(bits));
+  if (mode != "exact") return Fail(api, "SparseFFN: int4 weights (bits 4) are for mode exact only");
+  const auto &xd = c->in[In::kX].dims, &w1 = c->in[In::kW1].dims, &w2 = c->in[In::kW2].dims;
+  if (!c->present[In::kW1S] || !c->present[In::kW2S] || c->present[In::kWU] != c->present[In::kWUS])
+    return Fail(api, "SparseFFN: bits 4 needs the scales of each weight (W1S, W2S, WUS with WU)");
+  const auto& w2s = c->in[In::kW2S].dims;
+  if (xd.empty() || w1.size() != 3 || w2.size() != 2 || w2s.size() != 2 || w1[2] < 1)
+    return Fail(api, "SparseFFN (bits 4): expected X [..., d_in], W1 [d_ff, d_in/block, block/2], "
+                     "W2 [d_ff, d_out/2], W2S [d_ff/block, d_out]; got W1 " + Dims(w1) + ", W2 " +
+                     Dims(w2) + ", W2S " + Dims(w2s));
+  c->block = 2 * w1[2];
+  c->d_in = xd.back();
+  c->d_ff = w1[0];
+  c->d_out = w2s[1];
+  const int64_t kb = c->d_in / c->block, groups = c->d_ff / c->block;
+  const bool z = c->present[In::kW1Z];
+  std::string bad;
+  if (c->d_in % c->block || w1[1] != kb) bad = "W1 " + Dims(w1) + " for d_in " + std::to_string(c->d_in);
+  else if (c->d_ff % c->block || w2s[0] != groups || w2[0] != c->d_ff || 2 * w2[1] != c->d_out)
+    bad = "W2 " + Dims(w2) + " with W2S " + Dims(w2s);
+  else if (Count(c->in[In::kW1S].dims) != c->d_ff * kb) bad = "W1S " + Dims(c->in[In::kW1S].dims);
+  else if (z && Count(c->in[In::kW1Z].dims) != c->d_ff * ((kb + 1) / 2))
+    bad = "W1Z " + Dims(c->in[In::kW1Z].dims);
+  else if (c->present[In::kW2Z] != z || (c->present[In::kWU] && c->present[In::kWUZ] != z))
+    bad = "zero points given for some weights only";
+  else if (z && Count(c->in[In::kW2Z].dims) != groups * c->d_out) bad = "W2Z " + Dims(c->in[In::kW2Z].dims);
+  else if (c->present[In::kWU] && c->in[In::kWU].dims != w1) bad = "WU " + Dims(c->in[In::kWU].dims);
+  else if (c->present[In::kWU] && Count(c->in[In::kWUS].dims) != c->d_ff * kb)
+    bad = "WUS " + Dims(c->in[In::kWUS].dims);
+  else if (c->present[In::kWUZ] && Count(c->in[In::kWUZ].dims) != c->d_ff * ((kb + 1) / 2))
+    bad = "WUZ " + Dims(c->in[In::kWUZ].dims);
+  for (int i : {In::kW1S, In::kW2S, In::kWUS})
+    if (bad.empty() && c->present[i] && c->in[i].type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+      bad = std::string(In::kInputNames[i]) + " not float32";
+  for (int i : {In::kW1Z, In::kW2Z, In::kWUZ})
+    if (bad.empty() && c->present[i] && c->in[i].type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8)
+      bad = std::string(In::kInputNames[i]) + " not uint8";
+  if (!bad.empty())
+    return Fail(api, "SparseFFN (bits 4, block " + std::to_string(c->block) + "): bad int4 weights: " + bad);
+  return nullptr;
+}
+
+}  // namespace
+
+OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const std::string& mode,
+                   int64_t bits) {
   using In = Sparse;
   if (OrtStatus* st = ViewInputs(api, ctx, Sparse::kContract, c->in, c->present))
     return st;
   if (!c->present[In::kX] || !c->present[In::kW1] || !c->present[In::kW2])
     return Fail(api, "SparseFFN: X, W1 and W2 are required");
   const auto& xd = c->in[In::kX].dims;
-  if (xd.empty() || c->in[In::kW1].dims.size() != 2 || c->in[In::kW2].dims.size() != 2)
+  if (bits != 0) {
+    if (OrtStatus* st = PrepareQuantized(api, c, mode, bits)) return st;
+  } else if (c->present[In::kW1S] || c->present[In::kW2S] || c->present[In::kWUS] ||
+             c->present[In::kW1Z] || c->present[In::kW2Z] || c->present[In::kWUZ]) {
+    return Fail(api, "SparseFFN: scales and zero points (W1S ... WUZ) are only for bits 4");
+  } else if (xd.empty() || c->in[In::kW1].dims.size() != 2 || c->in[In::kW2].dims.size() != 2)
     return Fail(api, "SparseFFN: expected X [..., d_in], W1 [d_in, d_ff], W2 [d_ff, d_out]");
   const bool rows = mode == "predictor";  // W1 [d_ff, d_in], row per neuron
-  c->d_in = xd.back();
-  c->d_ff = c->in[In::kW1].dims[rows ? 0 : 1];
-  c->d_out = c->in[In::kW2].dims[1];
-  if (c->in[In::kW1].dims[rows ? 1 : 0] != c->d_in || c->in[In::kW2].dims[0] != c->d_ff)
+  if (bits == 0) {
+    c->d_in = xd.back();
+    c->d_ff = c->in[In::kW1].dims[rows ? 0 : 1];
+    c->d_out = c->in[In::kW2].dims[1];
+  }
+  if (bits == 0 && (c->in[In::kW1].dims[rows ? 1 : 0] != c->d_in || c->in[In::kW2].dims[0] != c->d_ff))
     return Fail(api, "SparseFFN: weight shapes do not chain: X [..., " + std::to_string(c->d_in) + "], W1 [" +
                          std::to_string(c->in[In::kW1].dims[0]) + ", " +
                          std::to_string(c->in[In::kW1].dims[1]) + "] (mode " + mode + "), W2 [" +
@@ -340,6 +416,9 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const s
   }
   c->weight_dtype = WeightDtype(c->in, c->present, Sparse::kContract);
   if (c->weight_dtype == "mixed") return Fail(api, "SparseFFN: W1, W2 and WU differ in type");
+  if ((c->weight_dtype == "uint8") != (bits != 0))
+    return Fail(api, "SparseFFN: W1, W2 and WU must be uint8 codes exactly when bits is 4");
+  if (bits != 0) c->weight_dtype = "int4";
   c->tokens = 1;
   for (size_t i = 0; i + 1 < xd.size(); ++i) c->tokens *= xd[i];
   std::vector<int64_t> ydims(xd.begin(), xd.end());
@@ -356,7 +435,9 @@ OrtStatus* PrepareFff(const OrtApi* api, OrtKernelContext* ctx, FffCall* c) {
     if (OrtStatus* st = api->KernelContext_GetInput(ctx, i, &v)) return st;
     if (v == nullptr)
       return Fail(api, std::string("FastFeedForward needs input ") + Fff::kInputNames[i]);
-    if (OrtStatus* st = View(api, v, &c->in[i], Fff::kInputNames[i], Fff::kWeight[i])) return st;
+    if (OrtStatus* st = View(api, v, &c->in[i], Fff::kInputNames[i], Fff::kWeight[i],
+                             Fff::kCodes[i]))
+      return st;
   }
   const auto& xd = c->in[0].dims;
   if (xd.empty() || c->in[1].dims.size() != 2 || c->in[2].dims.size() != 1 ||
@@ -388,10 +469,13 @@ std::string Describe(const Attrs& a, const FfnCall& c) {
          std::to_string(c.d_ff) + ", d_out=" + std::to_string(c.d_out) +
          ", B1=" + (c.present[Sparse::kB1] ? "yes" : "no") +
          ", B2=" + (c.present[Sparse::kB2] ? "yes" : "no") +
-         ", WU=" + (c.present[Sparse::kWU] ? "yes" : "no") + ")";
+         ", WU=" + (c.present[Sparse::kWU] ? "yes" : "no") +
+         (c.block != 0 ? ", int4 block " + std::to_string(c.block) : "") + ")";
 }
 
 std::string TableMode(const Attrs& a, const FfnCall& c) {
+  if (c.block != 0)
+    return a.mode + "/q4b" + std::to_string(c.block) + (c.present[Sparse::kW1Z] ? "z" : "");
   if (a.mode != "teal" || (!c.present[Sparse::kXC] && !c.present[Sparse::kHC])) return a.mode;
   return a.mode + "/" + (c.present[Sparse::kXC] ? "x" : "") + (c.present[Sparse::kHC] ? "h" : "");
 }

@@ -41,6 +41,7 @@ struct Attrs {
   // creation: what lets the CPU kernel derive per-weight data once (cpu/screen.h)
   bool constant_w1 = false, constant_b1 = false;
   bool screen = true;  // FFFC_EXACT_SCREEN=0 when the kernel was created: no float16 screen
+  int64_t bits = 0;  // SparseFFN: 0 float weights, 4 int4 codes with scales
 };
 
 struct TensorView {
@@ -50,7 +51,7 @@ struct TensorView {
   ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 };
 
-// "float32", "float16" or "bfloat16": the storage of the present weight matrices among the
+// "float32", "float16", "bfloat16" or "uint8" (integer codes): the storage of the present weight matrices among the
 // inputs of `op` (its weight flags; the CUDA kernels read them as stored, the CPU kernels
 // widen them: WidenedWeights), or "mixed" when they differ.
 std::string WeightDtype(const TensorView* in, const bool* present, const contract::OpContract& op);
@@ -60,7 +61,8 @@ struct FfnCall {
   TensorView in[Sparse::kNumInputs];
   bool present[Sparse::kNumInputs] = {false};
   int64_t d_in = 0, d_ff = 0, d_out = 0, tokens = 0;
-  std::string weight_dtype = "float32";  // of W1, W2, WU (WeightDtype)
+  std::string weight_dtype = "float32";  // of W1, W2, WU (WeightDtype; "int4" for codes)
+  int64_t block = 0;  // int4 weights: codes per scale (0: float weights)
   void* y = nullptr;  // output data (tokens × d_out), allocated by Prepare
 };
 
@@ -77,25 +79,28 @@ OrtStatus* PrepareFff(const OrtApi* api, OrtKernelContext* ctx, FffCall* call);
 
 OrtStatus* Fail(const OrtApi* api, const std::string& msg);
 
-// Type, shape and data of a float32 input, or of a weight matrix (`weight`) in float32,
-// float16 or bfloat16 (an error names the input otherwise).
+// Type, shape and data of a float32 input, of a weight matrix (`weight`) in float32,
+// float16 or bfloat16, or of an input that may hold uint8 (`codes`); an error names the
+// input otherwise.
 OrtStatus* View(const OrtApi* api, const OrtValue* v, TensorView* out, const char* name,
-                bool weight);
+                bool weight, bool codes);
 
 // View of every present input of `op`; present[i] says which.
 OrtStatus* ViewInputs(const OrtApi* api, OrtKernelContext* ctx, const contract::OpContract& op,
                       TensorView* in, bool* present);
 
 // Reads and checks the inputs, allocates Y; on tokens == 0 leaves y null. ``mode`` decides
-// W1's layout ([d_in, d_ff]; "predictor": [d_ff, d_in]) and which optional inputs it needs.
+// W1's layout ([d_in, d_ff]; "predictor": [d_ff, d_in]) and which optional inputs it needs;
+// ``bits`` 4: the weights are int4 codes with scales (the op text's layouts).
 OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* call,
-                   const std::string& mode);
+                   const std::string& mode, int64_t bits);
 
 // "SparseFFN(activation=..., d_in=..., ...)" for error messages.
 std::string Describe(const Attrs& a, const FfnCall& c);
 
-// The kernel table's mode of a call: a.mode, and for a centered teal call "teal/x", "teal/h"
-// or "teal/xh" (which of XC, HC it has; fffc.ops.KernelSpec.centers).
+// The kernel table's mode of a call: a.mode, for a centered teal call "teal/x", "teal/h"
+// or "teal/xh" (which of XC, HC it has; fffc.ops.KernelSpec.centers), for int4 weights
+// "<mode>/q4b<block>", "z" appended with zero points.
 std::string TableMode(const Attrs& a, const FfnCall& c);
 
 // True when a kernel table row (spec fields) serves this call (its mode: TableMode).

@@ -32,7 +32,7 @@ compile does not choose it yet (the site's weight format from detection is mappe
 # No ``from __future__ import annotations``: ``T.jit`` reads the kernel's parameter
 # annotations (shapes and dtypes from the generator's closure) as objects.
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from fffc.contract.errors import CodegenError
@@ -43,6 +43,7 @@ from ..q4_layout import CHUNK, SYMMETRIC_ZERO_POINT, Q4Format
 from .pieces import activation, bias, folds, largest_divisor, with_args
 from .sparse_ffn import check_spec
 
+INT4 = "int4"  # the kernel variant's name (one variant serves every token count)
 CODE_LANES = 16  # code bytes widened per vector step (a block of 32 is one step)
 STEP_BYTES = 64  # int8 dots: code bytes per step (one 512-bit register)
 I8_LANES = 16  # int8 dots: int32 lanes per step, each the sum of 4 bytes' products
@@ -114,15 +115,15 @@ def q4_tiling(spec: SparseSpec, lanes: int) -> Q4Tiling:
                     parallel=spec.d_in * spec.d_ff >= SERIAL_MAX_MACS, lut=lanes >= LUT_LANES)
 
 
+def int4_spec(spec: SparseSpec, fmt: Q4Format) -> SparseSpec:
+    """``spec`` with int4 weights stored as ``fmt`` says."""
+    return replace(spec, bits=4, block=fmt.block, zero_points=fmt.zero_points)
+
+
 def q4_arg_names(spec: SparseSpec, fmt: Q4Format) -> list[str]:
-    """The kernel's arguments: each projection as codes, scales (S) and, with zero points, Z."""
-    z = fmt.zero_points
-
-    def proj(name: str) -> list[str]:
-        return [name, f"{name}S", *([f"{name}Z"] if z else [])]
-
-    return ["X", *proj("W1"), *(["B1"] if spec.has_b1 else []), *proj("W2"),
-            *(["B2"] if spec.has_b2 else []), *(proj("WU") if spec.gated else []), "Y"]
+    """The kernel's arguments: each projection as codes, scales (S) and, with zero points, Z
+    (SparseSpec's int4 argument order)."""
+    return int4_spec(spec, fmt).arg_names()
 
 
 def check_q4(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, dot: Q4Dot) -> None:

@@ -1,7 +1,8 @@
 // Generated from fffc/contract/ops.py by fffc/package/contract_header.py; do not edit.
 // The ai.fffc operators as the shim sees them: per op its inputs in order (index
 // constants, names, optional and weight flags) and its attributes (names, defaults,
-// choices); weights are the inputs that may be stored as float16 or bfloat16.
+// choices); weights are the inputs that may be stored as float16 or bfloat16, codes
+// those that may hold uint8 (integer weight codes, zero points).
 #ifndef FFFC_CONTRACT_H_
 #define FFFC_CONTRACT_H_
 
@@ -22,6 +23,7 @@ struct OpContract {
   const char* const* input_names;
   const bool* optional;
   const bool* weight;
+  const bool* codes;
   int num_outputs;
 };
 
@@ -50,17 +52,19 @@ struct FloatsAttribute {
 // ai.fffc::SparseFFN, version 1.
 struct SparseFFN {
   static constexpr const char kName[] = "SparseFFN";
-  enum Input : int { kX, kW1, kB1, kW2, kB2, kWU, kTH, kPA, kPB, kPC, kXC, kHC };
-  static constexpr int kNumInputs = 12;
+  enum Input : int { kX, kW1, kB1, kW2, kB2, kWU, kTH, kPA, kPB, kPC, kXC, kHC, kW1S, kW1Z, kW2S, kW2Z, kWUS, kWUZ };
+  static constexpr int kNumInputs = 18;
   static constexpr int kNumOutputs = 1;
   static constexpr const char* const kInputNames[kNumInputs] = {"X", "W1", "B1", "W2", "B2", "WU",
-      "TH", "PA", "PB", "PC", "XC", "HC"};
+      "TH", "PA", "PB", "PC", "XC", "HC", "W1S", "W1Z", "W2S", "W2Z", "WUS", "WUZ"};
   static constexpr bool kOptional[kNumInputs] = {false, false, true, false, true, true, true, true,
-      true, true, true, true};
+      true, true, true, true, true, true, true, true, true, true};
   static constexpr bool kWeight[kNumInputs] = {false, true, false, true, false, true, false, false,
-      false, false, false, false};
+      false, false, false, false, false, false, false, false, false, false};
+  static constexpr bool kCodes[kNumInputs] = {false, true, false, true, false, true, false, false,
+      false, false, false, false, false, true, false, true, false, true};
   static constexpr OpContract kContract = {kName, kNumInputs, kInputNames, kOptional, kWeight,
-      kNumOutputs};
+      kCodes, kNumOutputs};
   static constexpr const char* const kActivationChoices[] = {"relu", "gelu", "gelu_tanh", "silu"};
   static constexpr StringAttribute kActivation = {"activation", "relu", kActivationChoices, 4};
   static constexpr const char* const kUpActivationChoices[] = {"none", "relu"};
@@ -68,6 +72,7 @@ struct SparseFFN {
       2};
   static constexpr const char* const kModeChoices[] = {"exact", "teal", "cats", "predictor"};
   static constexpr StringAttribute kMode = {"mode", "exact", kModeChoices, 4};
+  static constexpr IntAttribute kBits = {"bits", 0};
 };
 
 // ai.fffc::FastFeedForward, version 1.
@@ -79,8 +84,9 @@ struct FastFeedForward {
   static constexpr const char* const kInputNames[kNumInputs] = {"X", "W_in", "B_in", "W_out"};
   static constexpr bool kOptional[kNumInputs] = {false, false, false, false};
   static constexpr bool kWeight[kNumInputs] = {false, true, false, true};
+  static constexpr bool kCodes[kNumInputs] = {false, false, false, false};
   static constexpr OpContract kContract = {kName, kNumInputs, kInputNames, kOptional, kWeight,
-      kNumOutputs};
+      kCodes, kNumOutputs};
   static constexpr IntAttribute kTrees = {"trees", 1};
   static constexpr IntAttribute kDepth = {"depth", 11};
   static constexpr const char* const kActivationChoices[] = {"gelu"};
@@ -101,8 +107,10 @@ struct StructuredFFN {
       true, true, true};
   static constexpr bool kWeight[kNumInputs] = {false, true, true, false, true, true, false, false,
       false, true, true};
+  static constexpr bool kCodes[kNumInputs] = {false, false, false, false, false, false, false,
+      false, false, false, false};
   static constexpr OpContract kContract = {kName, kNumInputs, kInputNames, kOptional, kWeight,
-      kNumOutputs};
+      kCodes, kNumOutputs};
   static constexpr const char* const kActivationChoices[] = {"relu", "gelu", "gelu_tanh", "silu"};
   static constexpr StringAttribute kActivation = {"activation", "gelu", kActivationChoices, 4};
   static constexpr IntAttribute kMergedMaxTokens = {"merged_max_tokens", 0};
@@ -120,8 +128,10 @@ struct RoutedFFN {
       true, true, true};
   static constexpr bool kWeight[kNumInputs] = {false, false, false, true, false, true, false, false,
       false, false, false};
+  static constexpr bool kCodes[kNumInputs] = {false, false, false, false, false, false, false,
+      false, false, false, false};
   static constexpr OpContract kContract = {kName, kNumInputs, kInputNames, kOptional, kWeight,
-      kNumOutputs};
+      kCodes, kNumOutputs};
   static constexpr const char* const kActivationChoices[] = {"relu", "gelu", "gelu_tanh", "silu"};
   static constexpr StringAttribute kActivation = {"activation", "gelu", kActivationChoices, 4};
   static constexpr const char* const kSelectionChoices[] = {"topk", "threshold"};

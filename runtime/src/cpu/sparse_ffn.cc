@@ -12,6 +12,43 @@
 namespace fffc::cpu {
 namespace {
 
+// Shapes of an int4 call's kernel arguments (exact_q4.q4_arg_names): codes and scales per
+// neuron row for W1 and WU, per neuron column group for W2.
+struct Int4Shapes {
+  int64_t rows[3], scales[2], zeros[2], w2[2], w2s[2];
+  explicit Int4Shapes(const FfnCall& c) {
+    const int64_t kb = c.d_in / c.block;
+    rows[0] = c.d_ff, rows[1] = kb, rows[2] = c.block / 2;
+    scales[0] = c.d_ff, scales[1] = kb;
+    zeros[0] = c.d_ff, zeros[1] = (kb + 1) / 2;
+    w2[0] = c.d_ff, w2[1] = c.d_out / 2;
+    w2s[0] = c.d_ff / c.block, w2s[1] = c.d_out;
+  }
+};
+
+constexpr DLDataType kU8{kDLUInt, 8, 1};
+
+// The int4 kernel's arguments after X: W1, W1S, [W1Z], [B1], W2, W2S, [W2Z], [B2],
+// [WU, WUS, [WUZ]] (their shapes point into `s`, which must outlive the call).
+void Int4Args(const FfnCall& c, const Int4Shapes& s, std::vector<DLTensor>* t) {
+  using In = Sparse;
+  auto rows = [&](int w, int sc, int z) {
+    t->push_back(Dl(c.in[w].data, s.rows, 3, kU8));
+    t->push_back(Dl(c.in[sc].data, s.scales, 2));
+    if (c.present[z]) t->push_back(Dl(c.in[z].data, s.zeros, 2, kU8));
+  };
+  auto bias = [&](int b) {
+    if (c.present[b]) t->push_back(Dl(c.in[b].data, c.in[b].dims.data(), 1));
+  };
+  rows(In::kW1, In::kW1S, In::kW1Z);
+  bias(In::kB1);
+  t->push_back(Dl(c.in[In::kW2].data, s.w2, 2, kU8));
+  t->push_back(Dl(c.in[In::kW2S].data, s.w2s, 2));
+  if (c.present[In::kW2Z]) t->push_back(Dl(c.in[In::kW2Z].data, s.w2s, 2, kU8));
+  bias(In::kB2);
+  if (c.present[In::kWU]) rows(In::kWU, In::kWUS, In::kWUZ);
+}
+
 struct CpuKernel : KernelBase {
   Screens screens;  // mode exact, 1 token: the screened kernel's inputs
   ScreenPolicy policy;  // and when it runs
@@ -30,7 +67,7 @@ struct CpuKernel : KernelBase {
   OrtStatus* Compute(OrtKernelContext* ctx) override {
     using In = Sparse;
     FfnCall c;
-    if (OrtStatus* st = Prepare(api, ctx, &c, attrs.mode)) return st;
+    if (OrtStatus* st = Prepare(api, ctx, &c, attrs.mode, attrs.bits)) return st;
     widened.Apply(c.in, In::kNumInputs);  // 16-bit weights: float32 copies
     if (c.tokens == 0) return nullptr;
     Attrs want = attrs;  // the table's mode of a predictor kernel carries its rank
@@ -52,6 +89,12 @@ struct CpuKernel : KernelBase {
     const int64_t x2[2] = {c.tokens, c.d_in}, y2[2] = {c.tokens, c.d_out};
     std::vector<DLTensor> t;
     t.push_back(Dl(c.in[In::kX].data, x2, 2));
+    if (c.block != 0) {
+      const Int4Shapes shapes(c);
+      Int4Args(c, shapes, &t);
+      t.push_back(Dl(c.y, y2, 2));
+      return CallKernel(api, ctx, *entry, t);
+    }
     if (screen) {  // W1 as the screen's WS (float16), W1T, E: exact_screened.screened_arg_names
       const float* b1 =
           c.present[In::kB1] ? static_cast<const float*>(c.in[In::kB1].data) : nullptr;

@@ -14,7 +14,7 @@ struct CudaKernel : KernelBase {
 
   OrtStatus* Compute(OrtKernelContext* ctx) override {
     FfnCall c;
-    if (OrtStatus* st = Prepare(api, ctx, &c, attrs.mode)) return st;
+    if (OrtStatus* st = Prepare(api, ctx, &c, attrs.mode, attrs.bits)) return st;
     if (c.tokens == 0) return nullptr;
     int32_t index = -1;
     for (int32_t i = 0; i < fffc_num_cuda_kernels && index < 0; ++i) {
