@@ -52,12 +52,11 @@ def has_int8_dots(mcpu: str | None = None, fam: str = "x86") -> bool:
     return target_has_int8_dots(f, f.target(mcpu))
 
 
-def preferred_dot(spec: SparseSpec, fmt: Q4Format, fam: Family, target: dict) -> Q4Dot:
+def preferred_dot(spec: SparseSpec, fam: Family, target: dict) -> Q4Dot:
     """The dots to build for ``target``: int8 (ONNX Runtime's ``accuracy_level`` 4
     semantics, measured faster on x86 with VNNI) where the target has the int8 dot and the
-    kernel takes it (symmetric weights, d_in a multiple of two steps), else float32."""
-    if (target_has_int8_dots(fam, target) and not fmt.zero_points
-            and spec.d_in % (2 * STEP_BYTES) == 0):
+    kernel takes it (d_in a multiple of two steps), else float32."""
+    if target_has_int8_dots(fam, target) and spec.d_in % (2 * STEP_BYTES) == 0:
         return Q4Dot.INT8
     return Q4Dot.FLOAT32
 

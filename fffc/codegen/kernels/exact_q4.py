@@ -109,8 +109,7 @@ class Q4Dot(StrEnum):
     FLOAT32 = "float32"  # x in float32 times (code − zero point) converted: the float FFN
     # on the dequantized weights, up to reassociation
     INT8 = "int8"  # x quantized to int8 per block (scale max|x| / 127, ONNX Runtime's
-    # accuracy_level 4), integer dot products (Q4Isa.dot: AVX-512 VNNI, aarch64 sdot);
-    # symmetric weights only
+    # accuracy_level 4), integer dot products (Q4Isa.dot: AVX-512 VNNI, aarch64 sdot)
 
 
 @dataclass(frozen=True)
@@ -172,12 +171,9 @@ def check_q4(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, dot: Q4Dot) -> N
     t = tiling
     if spec.d_ff % t.nb or t.nb % t.rows or t.cw % CHUNK or spec.d_out % (t.parts * t.cw):
         raise CodegenError(f"int4 kernel: tiling {t} does not divide {spec}")
-    if dot is Q4Dot.INT8:
-        if fmt.zero_points:
-            raise CodegenError("int4 kernel, int8 dots: symmetric weights only")
-        if spec.d_in % (2 * STEP_BYTES):
-            raise CodegenError(f"int4 kernel, int8 dots: d_in {spec.d_in} must be a "
-                               f"multiple of {2 * STEP_BYTES}")
+    if dot is Q4Dot.INT8 and spec.d_in % (2 * STEP_BYTES):
+        raise CodegenError(f"int4 kernel, int8 dots: d_in {spec.d_in} must be a multiple of "
+                           f"{2 * STEP_BYTES}")
 
 
 def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: str,
@@ -207,6 +203,7 @@ def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol:
     NXQ, NXF = (KB * BB, 1) if INT8 else (1, KB * BB)  # x's int8 / float copies (1: unused)
     LUT = t.lut and not fmt.zero_points and VB == LUT_LANES and isa.permute is not None
     DOTS, DL = STEP_BYTES // isa.dot_bytes, isa.dot_lanes  # int8 dots per step, their lanes
+    XZ = 1 if fmt.zero_points else SYMMETRIC_ZERO_POINT  # XCOR: −XZ · Σ (int8 dots)
 
     def zero_point(WZ, row, kb):
         """The zero point of block kb of ``row`` (int32)."""
@@ -263,13 +260,32 @@ def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol:
                                [r, lanes])
         folds([acc], LUT_LANES, rows=nrows)
 
+    def lane_zero_points(WZ, n, blk, nbv):
+        """int32 × DL: lane l the zero point of block blk + 4l / BB of row n (a slice of nbv
+        blocks from blk, even where nbv > 1; two zero points a byte)."""
+        if nbv == 1:
+            return T.broadcast(zero_point(WZ, n, blk), DL)
+        nz = nbv // 2
+        block = [4 * lane // BB for lane in range(DL)]
+        if nz == 1:
+            packed = T.broadcast(T.Cast("int32", WZ[n, blk // 2]), DL)
+        else:
+            zb = T.Cast(f"int32x{nz}", WZ.vload([n, blk // 2], f"uint8x{nz}"))
+            packed = T.Shuffle([zb] * (DL // nz), [b // 2 for b in block])
+        # the high nibble for odd blocks: lanes of a [0] * DL/2 + [4] * DL/2 vector
+        half = DL // 2
+        shift = T.Shuffle([T.broadcast(T.int32(0), half), T.broadcast(T.int32(4), half)],
+                          [(b % 2) * half for b in block])
+        return (packed >> shift) & T.broadcast(T.int32(15), DL)
+
     def dots_i8(acc, W, WS, WZ, xs, row, nrows):
         """acc[r, 0] ≈ Σ_k x_k · W[k, row(r)] with x quantized per block (XEQ, XOQ: int8,
-        XSC: their scales per lane, XCOR: −8 · Σ of each lane's 8 quantized inputs): per
+        XSC: their scales per lane, XCOR: −XZ · Σ of each lane's 8 quantized inputs): per
         STEP_BYTES code bytes, I8_LANES int32 lanes of 4 bytes each, DOTS slices of DL lanes
         (one dot instruction's operands) each accumulated by two dots (low nibbles · XEQ,
-        high nibbles · XOQ) onto XCOR, converted and scaled by the lane's block's weight
-        and input scales."""
+        high nibbles · XOQ) onto XCOR (times the lane's block's zero point where the
+        weights have them: Σ (code − z)·xq = Σ code·xq − z·Σ xq), converted and scaled by
+        the lane's block's weight and input scales."""
         XEQ, XOQ, XCOR, XSC = xs[2:]
         lanes = T.ramp(0, 1, I8_LANES)
         mask = T.broadcast(T.int32(0x0F0F0F0F), DL)
@@ -290,7 +306,8 @@ def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol:
                     n = row(r)
                     w = T.reinterpret(f"int32x{DL}",
                                       W.vload([n, ob // BB, ob % BB], f"uint8x{isa.dot_bytes}"))
-                    d = int8_dot(isa, int8_dot(isa, cor, w & mask, xe), (w >> 4) & mask, xo)
+                    c0 = cor if WZ is None else lane_zero_points(WZ, n, ob // BB, nbv) * cor
+                    d = int8_dot(isa, int8_dot(isa, c0, w & mask, xe), (w >> 4) & mask, xo)
                     if nbv > 1:  # the slice's first block (BB divides the offsets)
                         blk = st * (STEP_BYTES // BB) + s * nbv if s else st * (STEP_BYTES // BB)
                         sv = WS.vload([n, blk], f"float32x{nbv}")
@@ -359,7 +376,7 @@ def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol:
                         XSC[st * I8_LANES + ln] = sx[(st * STEP_BYTES + 4 * ln) // BB]
                         XCOR[st * I8_LANES + ln] = T.int32(0)
                         for m in range(4):
-                            XCOR[st * I8_LANES + ln] = XCOR[st * I8_LANES + ln] - SYMMETRIC_ZERO_POINT * (
+                            XCOR[st * I8_LANES + ln] = XCOR[st * I8_LANES + ln] - XZ * (
                                 T.Cast("int32", XEQ[st * STEP_BYTES + 4 * ln + m])
                                 + T.Cast("int32", XOQ[st * STEP_BYTES + 4 * ln + m]))
             else:
