@@ -78,6 +78,11 @@ def cpu_has_features(cpu: str, features: list[str], triple: str = "x86_64-linux-
     return bool(tvm.target.codegen.llvm_cpu_has_features(features, target))
 
 
+def target_has_features(target: dict, features: list[str]) -> bool:
+    """Whether the LLVM CPU target ``target`` (its ``mcpu`` and ``mattr``) has every feature."""
+    return bool(tvm.target.codegen.llvm_cpu_has_features(features, Target(target)))
+
+
 def tensor(arr):
     return tvm.runtime.tensor(arr)
 

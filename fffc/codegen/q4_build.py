@@ -1,48 +1,126 @@
-"""The int4 exact kernel (``kernels/exact_q4.py``) compiled in-process for an x86 CPU and
-called through TVM's runtime: for tests and benchmarks. The artifact build does not
-include it yet (its kernel table and the shim take the float kernels' arguments only)."""
+"""The int4 exact kernel (``kernels/exact_q4.py``) built for one CPU, for tests and benchmarks:
+in-process for x86 (called through TVM's runtime), or as a relocatable object for any CPU
+family (aarch64: cross-compiled with the arm family's target, as the artifact build
+compiles its kernels; a test links and runs it under qemu-aarch64). The artifact build does
+not include it yet (its kernel table and the shim take the float kernels' arguments only)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from fffc.contract.errors import CodegenError
 from fffc.contract.kernels import SparseSpec
+from fffc.contract.kinds import TargetFamily
 
 from . import _tvm
-from .kernels.exact_q4 import Q4Dot, Q4Tiling, exact_q4_primfunc, q4_arg_names, q4_tiling
+from .kernels.exact_q4 import (
+    ISAS,
+    STEP_BYTES,
+    Q4Dot,
+    Q4Tiling,
+    exact_q4_primfunc,
+    q4_arg_names,
+    q4_tiling,
+)
 from .q4_layout import Q4Format
-from .schedules import family
+from .schedules import Family, family
 
 SYMBOL = "fffc_sparse_ffn_exact_q4"
 
 
-def vector_lanes(target: dict) -> int:
-    """float32 lanes of the target's widest vector registers (AVX-512: 16, else 8)."""
-    return 16 if _tvm.cpu_has_features(target["mcpu"], ["avx512f"], target["mtriple"]) else 8
+def vector_lanes(fam: Family, target: dict) -> int:
+    """float32 lanes of the target's widest vector registers (x86: AVX-512 16, else 8; the
+    arm family's NEON: its config's)."""
+    if TargetFamily(fam.name) is TargetFamily.X86:
+        return 16 if _tvm.cpu_has_features(target["mcpu"], ["avx512f"], target["mtriple"]) else 8
+    return fam.config.lanes
 
 
-def has_int8_dots(mcpu: str | None = None) -> bool:
-    """Whether the x86 CPU ``mcpu`` (default: this machine's) runs the int8 dots
-    (``Q4Dot.INT8``: AVX-512 VNNI)."""
-    target = family("x86").target(mcpu)
-    return _tvm.cpu_has_features(target["mcpu"], ["avx512f", "avx512vnni"], target["mtriple"])
+def target_has_int8_dots(fam: Family, target: dict) -> bool:
+    """Whether ``target`` (a target dict of ``fam``, its ``mattr`` counted) runs the int8 dots
+    (``Q4Dot.INT8``: ``Q4Isa.dot_features``, e.g. AVX-512 VNNI, aarch64 dotprod)."""
+    return _tvm.target_has_features(target, list(ISAS[TargetFamily(fam.name)].dot_features))
+
+
+def has_int8_dots(mcpu: str | None = None, fam: str = "x86") -> bool:
+    """Whether the CPU ``mcpu`` of the family ``fam`` (default: x86 this machine, arm
+    generic ARMv8.2-A) runs the int8 dots."""
+    f = family(fam)
+    return target_has_int8_dots(f, f.target(mcpu))
+
+
+def preferred_dot(spec: SparseSpec, fam: Family, target: dict) -> Q4Dot:
+    """The dots to build for ``target``: int8 (ONNX Runtime's ``accuracy_level`` 4
+    semantics) where the target has the int8 dot and the kernel takes it (d_in a multiple
+    of two steps), else float32. Measured faster on x86 with VNNI for symmetric weights;
+    on aarch64 (no hardware here) and with zero points the choice is not measured."""
+    if target_has_int8_dots(fam, target) and spec.d_in % (2 * STEP_BYTES) == 0:
+        return Q4Dot.INT8
+    return Q4Dot.FLOAT32
+
+
+@dataclass(frozen=True)
+class Q4Build:
+    """The kernel's PrimFunc for one CPU: ``spec``'s int4 exact kernel for ``fmt`` with the
+    family's instructions (``exact_q4.ISAS``) and its tiling for the target's width."""
+
+    spec: SparseSpec
+    fmt: Q4Format
+    target: dict
+    tiling: Q4Tiling
+    dot: Q4Dot
+    func: object  # the PrimFunc
+
+    @property
+    def names(self) -> list[str]:
+        return q4_arg_names(self.spec, self.fmt)
+
+
+def q4_build(spec: SparseSpec, fmt: Q4Format, fam: str = "x86", mcpu: str | None = None,
+             tiling: Q4Tiling | None = None, dot: Q4Dot = Q4Dot.FLOAT32,
+             mattr: tuple[str, ...] = ()) -> Q4Build:
+    """The kernel for the CPU ``mcpu`` (default: x86 this machine's, arm generic ARMv8.2-A)
+    of the family ``fam``; ``dot`` INT8 is refused where the CPU lacks the int8 dot."""
+    f = family(fam)
+    isa = ISAS.get(TargetFamily(f.name))
+    if isa is None:
+        raise CodegenError(f"int4 kernel: CPU families {', '.join(ISAS)} only, not {f.name}")
+    target = f.target(mcpu, tuple(mattr))
+    dot = Q4Dot(dot)
+    if dot is Q4Dot.INT8 and not target_has_int8_dots(f, target):
+        raise CodegenError(f"int8 dots need {isa.dot_name}, not on "
+                           f"{target['mcpu']} {target.get('mattr', '')}".rstrip())
+    tiling = tiling or q4_tiling(spec, vector_lanes(f, target))
+    return Q4Build(spec, fmt, target, tiling, dot,
+                   exact_q4_primfunc(spec, fmt, tiling, SYMBOL, dot, isa))
+
+
+def write_object(build: Q4Build, path: Path) -> Path:
+    """Compile ``build`` for its target into the relocatable object ``path``: the packed
+    function ``__tvm_ffi_<SYMBOL>`` (arguments ``build.names`` as DLTensors), needing
+    the TVM backend hooks a host provides (the shim's, or a test harness's)."""
+    _tvm.compile_module({SYMBOL: build.func}, build.target).mod.write_to_file(str(path))
+    return path
+
+
+def assembly(build: Q4Build) -> str:
+    """The kernel's assembly for its target (codegen inspection; nothing is run)."""
+    return _tvm.compile_module({SYMBOL: build.func}, build.target).mod.inspect_source("asm")
 
 
 class Q4Kernel:
     """``spec``'s int4 exact kernel for ``fmt``, built for the x86 CPU ``mcpu`` (default:
-    this machine's); ``dot`` INT8 needs AVX-512 VNNI."""
+    this machine's) and run here; ``dot`` INT8 needs AVX-512 VNNI."""
 
     def __init__(self, spec: SparseSpec, fmt: Q4Format, mcpu: str | None = None,
                  tiling: Q4Tiling | None = None, dot: Q4Dot = Q4Dot.FLOAT32):
-        self.spec, self.fmt, self.dot = spec, fmt, Q4Dot(dot)
-        self.target = family("x86").target(mcpu)
-        if self.dot is Q4Dot.INT8 and not has_int8_dots(mcpu):
-            raise CodegenError(f"int8 dots need AVX-512 VNNI, not on {self.target['mcpu']}")
-        self.tiling = tiling or q4_tiling(spec, vector_lanes(self.target))
-        self.names = q4_arg_names(spec, fmt)
-        func = exact_q4_primfunc(spec, fmt, self.tiling, SYMBOL, self.dot)
-        self._ex = _tvm.compile_module({SYMBOL: func}, self.target)
+        b = q4_build(spec, fmt, "x86", mcpu, tiling, dot)
+        self.spec, self.fmt, self.dot, self.target, self.tiling = spec, fmt, b.dot, b.target, b.tiling
+        self.names = b.names
+        self._ex = _tvm.compile_module({SYMBOL: b.func}, self.target)
 
     def args(self, x: np.ndarray, inputs: dict[str, np.ndarray]) -> list:
         """The call's TVM tensors: X, the inputs by name (``exact_q4.q4_inputs``), Y."""

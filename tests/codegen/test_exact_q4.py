@@ -237,7 +237,24 @@ def test_int8_dots_never_read_skipped_rows() -> None:
     np.testing.assert_array_equal(poisoned, clean)
 
 
-def test_int8_dots_refuse_zero_points() -> None:
-    s = _spec(256, 1024, 256, "drelu", False)
-    with pytest.raises(CodegenError, match="symmetric"):
-        exact_q4_primfunc(s, ql.Q4Format(32, True), q4_tiling(s, 16), "k", Q4Dot.INT8)
+@pytest.mark.skipif(not VNNI, reason="int8 dots need AVX-512 VNNI")
+@pytest.mark.parametrize("block", [16, 32, 64, 128])  # 8, 4, 2, 1 blocks per 64 code bytes
+def test_int8_dots_with_zero_points(block: int) -> None:
+    """Zero points in the int8 dots (each lane's block's own, subtracted times Σ xq): the
+    quantized-x reference, and skipped rows (zero points among them) never read."""
+    case = _case(256, 1024, 256, "drelu", zero_points=True, block=block, bias=False)
+    k = _kernel(case.spec, case.fmt, Q4Dot.INT8)
+    x = _x(case, 2)
+    xq = _quantized_x(x, block)
+    assert np.abs(case.gates(xq)[0]).min() > MARGIN
+    np.testing.assert_allclose(k(x, case.inputs()), case.reference(xq), rtol=RTOL, atol=ATOL)
+    x = _x(case, 1, seed=4)
+    clean = k(x, case.inputs())
+    xq = _quantized_x(x, block).astype(np.float32)
+    np.testing.assert_array_equal(k(x, _poisoned(case, xq, np.random.default_rng(5))), clean)
+
+
+def test_int8_dots_refuse_rows_shorter_than_two_steps() -> None:
+    s = _spec(64, 1024, 256, "drelu", False)
+    with pytest.raises(CodegenError, match="multiple of 128"):
+        exact_q4_primfunc(s, ql.Q4Format(32), q4_tiling(s, 16), "k", Q4Dot.INT8)

@@ -22,9 +22,16 @@ reassociation. Per token, gate first:
    scales once — the scales of a group without a listed neuron are never read.
 
 With ``Q4Dot.INT8`` the gate and up dots run on x quantized to int8 per block, as ONNX
-Runtime's ``accuracy_level`` 4 computes: integer products (AVX-512 VNNI), the float FFN only
-up to x's rounding (and a neuron whose gate is within that rounding of 0 may be decided
-otherwise than in float). Skipped neurons cost nothing beyond their gate. This module is a building block: the
+Runtime's ``accuracy_level`` 4 computes: integer products (AVX-512 VNNI on x86, ``sdot`` on
+aarch64 CPUs with dotprod), the float FFN only up to x's rounding (and a neuron whose gate
+is within that rounding of 0 may be decided otherwise than in float).
+
+The kernel is one TIR for every CPU family: LLVM vectorizes its loops at the target's width
+(AVX2, AVX-512, NEON), and the few instructions it names (the int8 dot, the float32
+register permute) come from the family's ``Q4Isa`` (``ISAS``); the tiling
+(``q4_tiling``) follows the target's vector width.
+
+Skipped neurons cost nothing beyond their gate. This module is a building block: the
 compile does not choose it yet (the site's weight format from detection is mapped onto
 ``Q4Format`` and the kernel's inputs where it is wired in).
 """
@@ -37,6 +44,7 @@ from enum import StrEnum
 
 from fffc.contract.errors import CodegenError
 from fffc.contract.kernels import SparseSpec
+from fffc.contract.kinds import TargetFamily
 
 from .._tvm import T
 from ..q4_layout import CHUNK, SYMMETRIC_ZERO_POINT, Q4Format
@@ -45,12 +53,37 @@ from .sparse_ffn import check_spec
 
 INT4 = "int4"  # the kernel variant's name (one variant serves every token count)
 CODE_LANES = 16  # code bytes widened per vector step (a block of 32 is one step)
-STEP_BYTES = 64  # int8 dots: code bytes per step (one 512-bit register)
+STEP_BYTES = 64  # int8 dots: code bytes per step
 I8_LANES = 16  # int8 dots: int32 lanes per step, each the sum of 4 bytes' products
-VNNI = "llvm.x86.avx512.vpdpbusd.512"  # 16 lanes += 4 (u8 · s8) products each
-PERMUTE = "llvm.x86.avx512.permvar.sf.512"  # (16 floats, 16 indices: low 4 bits)
 LUT_LANES = 16
-VNNI_BYTES = "int8x64"  # the intrinsic's byte operands, as LLVM (22) declares them
+
+
+@dataclass(frozen=True)
+class Q4Isa:
+    """The target-specific instructions the kernel names; everything else is portable TIR
+    that LLVM vectorizes at the target's width. ``dot``: int32 lanes += the sums of 4
+    adjacent byte products (codes 0..15 times int8 x: the same with unsigned or signed
+    first operands), on operands of ``dot_bytes`` bytes; an int8 step of STEP_BYTES runs
+    STEP_BYTES / dot_bytes of them."""
+
+    dot_name: str  # for messages
+    dot: str  # the LLVM intrinsic
+    dot_bytes: int
+    dot_operand: str  # its byte operands' type as LLVM (22) declares them
+    dot_features: tuple[str, ...]  # the LLVM CPU features it needs
+    permute: str | None  # (16 floats, 16 int32 indices: low 4 bits) → 16 floats, or None
+
+    @property
+    def dot_lanes(self) -> int:
+        return self.dot_bytes // 4
+
+
+X86_ISA = Q4Isa(dot_name="AVX-512 VNNI", dot="llvm.x86.avx512.vpdpbusd.512",  # u8 · s8
+                dot_bytes=64, dot_operand="int8x64", dot_features=("avx512f", "avx512vnni"),
+                permute="llvm.x86.avx512.permvar.sf.512")
+ARM_ISA = Q4Isa(dot_name="dotprod (sdot)", dot="llvm.aarch64.neon.sdot.v4i32.v16i8",  # s8 · s8
+                dot_bytes=16, dot_operand="int8x16", dot_features=("dotprod",), permute=None)
+ISAS = {TargetFamily.X86: X86_ISA, TargetFamily.ARM: ARM_ISA}  # per CPU family
 
 
 PREFETCH = "llvm.prefetch.p0"
@@ -63,11 +96,12 @@ def prefetch(load) -> None:
                                   T.int32(1)))
 
 
-def vnni(acc, u8, s8):
-    """acc (int32x16) + the sums of 4 adjacent products u8 · s8 (both given as int32x16)."""
-    if VNNI_BYTES != "int32x16":
-        u8, s8 = T.reinterpret(VNNI_BYTES, u8), T.reinterpret(VNNI_BYTES, s8)
-    return T.call_llvm_pure_intrin("int32x16", VNNI, acc, u8, s8)
+def int8_dot(isa: Q4Isa, acc, a, b):
+    """acc (int32 × ``isa.dot_lanes``) + the sums of 4 adjacent byte products a · b (both
+    given as int32 lanes)."""
+    op = isa.dot_operand
+    return T.call_llvm_pure_intrin(f"int32x{isa.dot_lanes}", isa.dot, acc, T.reinterpret(op, a),
+                                   T.reinterpret(op, b))
 
 
 class Q4Dot(StrEnum):
@@ -76,7 +110,7 @@ class Q4Dot(StrEnum):
     FLOAT32 = "float32"  # x in float32 times (code − zero point) converted: the float FFN
     # on the dequantized weights, up to reassociation
     INT8 = "int8"  # x quantized to int8 per block (scale max|x| / 127, ONNX Runtime's
-    # accuracy_level 4), integer dot products (AVX-512 VNNI); symmetric weights only
+    # accuracy_level 4), integer dot products (Q4Isa.dot: AVX-512 VNNI, aarch64 sdot)
 
 
 @dataclass(frozen=True)
@@ -94,7 +128,8 @@ class Q4Tiling:
     up_ahead: int = 4  # phase 1: lines prefetched of the next up rows (then the hardware
     # prefetcher follows each row)
     lut: bool = False  # float32 dots of symmetric codes: code − 8 as float looked up by a
-    # 16-entry register permute (AVX-512 vpermps) instead of mask, subtract, convert
+    # 16-entry register permute (Q4Isa.permute: AVX-512 vpermps) instead of mask, subtract,
+    # convert; ignored where the target has no such permute
 
 
 ROWS = 4
@@ -137,18 +172,16 @@ def check_q4(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, dot: Q4Dot) -> N
     t = tiling
     if spec.d_ff % t.nb or t.nb % t.rows or t.cw % CHUNK or spec.d_out % (t.parts * t.cw):
         raise CodegenError(f"int4 kernel: tiling {t} does not divide {spec}")
-    if dot is Q4Dot.INT8:
-        if fmt.zero_points:
-            raise CodegenError("int4 kernel, int8 dots: symmetric weights only")
-        if spec.d_in % (2 * STEP_BYTES):
-            raise CodegenError(f"int4 kernel, int8 dots: d_in {spec.d_in} must be a "
-                               f"multiple of {2 * STEP_BYTES}")
+    if dot is Q4Dot.INT8 and spec.d_in % (2 * STEP_BYTES):
+        raise CodegenError(f"int4 kernel, int8 dots: d_in {spec.d_in} must be a multiple of "
+                           f"{2 * STEP_BYTES}")
 
 
 def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: str,
-                      dot: Q4Dot = Q4Dot.FLOAT32):
-    """The PrimFunc of the int4 exact kernel; arguments ``q4_arg_names(spec, fmt)``.
-    ``dot`` INT8 needs an AVX-512 VNNI target."""
+                      dot: Q4Dot = Q4Dot.FLOAT32, isa: Q4Isa = X86_ISA):
+    """The PrimFunc of the int4 exact kernel for a CPU of ``isa`` (``ISAS``: its family's);
+    arguments ``q4_arg_names(spec, fmt)``. ``dot`` INT8 needs a target with
+    ``isa.dot_features``."""
     dot = Q4Dot(dot)
     check_q4(spec, fmt, tiling, dot)
     t = tiling
@@ -169,7 +202,9 @@ def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol:
     AL = I8_LANES if INT8 else VB  # accumulator lanes of a row dot
     NS = KB * BB // STEP_BYTES if INT8 else 1  # int8 steps of a row
     NXQ, NXF = (KB * BB, 1) if INT8 else (1, KB * BB)  # x's int8 / float copies (1: unused)
-    LUT = t.lut and not fmt.zero_points and VB == LUT_LANES
+    LUT = t.lut and not fmt.zero_points and VB == LUT_LANES and isa.permute is not None
+    DOTS, DL = STEP_BYTES // isa.dot_bytes, isa.dot_lanes  # int8 dots per step, their lanes
+    XZ = 1 if fmt.zero_points else SYMMETRIC_ZERO_POINT  # XCOR: −XZ · Σ (int8 dots)
 
     def zero_point(WZ, row, kb):
         """The zero point of block kb of ``row`` (int32)."""
@@ -217,46 +252,73 @@ def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol:
                 for ch in range(NCH):
                     b = T.Cast("int32x16", W.vload([n, kb, ch * LUT_LANES], "uint8x16"))
                     i = kb * BB + ch * LUT_LANES
-                    term = (T.call_llvm_pure_intrin("float32x16", PERMUTE, table, b)
+                    term = (T.call_llvm_pure_intrin("float32x16", isa.permute, table, b)
                             * XE.vload([i], "float32x16")
-                            + T.call_llvm_pure_intrin("float32x16", PERMUTE, table, b >> 4)
+                            + T.call_llvm_pure_intrin("float32x16", isa.permute, table, b >> 4)
                             * XO.vload([i], "float32x16"))
                     part = term if part is None else part + term
                 T.buffer_store(acc, acc[r, lanes] + T.broadcast(WS[n, kb], LUT_LANES) * part,
                                [r, lanes])
         folds([acc], LUT_LANES, rows=nrows)
 
+    def lane_zero_points(WZ, n, blk, nbv):
+        """int32 × DL: lane l the zero point of block blk + 4l / BB of row n (a slice of nbv
+        blocks from blk, even where nbv > 1; two zero points a byte)."""
+        if nbv == 1:
+            return T.broadcast(zero_point(WZ, n, blk), DL)
+        nz = nbv // 2
+        block = [4 * lane // BB for lane in range(DL)]
+        if nz == 1:
+            packed = T.broadcast(T.Cast("int32", WZ[n, blk // 2]), DL)
+        else:
+            zb = T.Cast(f"int32x{nz}", WZ.vload([n, blk // 2], f"uint8x{nz}"))
+            packed = T.Shuffle([zb] * (DL // nz), [b // 2 for b in block])
+        # the high nibble for odd blocks: lanes of a [0] * DL/2 + [4] * DL/2 vector
+        half = DL // 2
+        shift = T.Shuffle([T.broadcast(T.int32(0), half), T.broadcast(T.int32(4), half)],
+                          [(b % 2) * half for b in block])
+        return (packed >> shift) & T.broadcast(T.int32(15), DL)
+
     def dots_i8(acc, W, WS, WZ, xs, row, nrows):
         """acc[r, 0] ≈ Σ_k x_k · W[k, row(r)] with x quantized per block (XEQ, XOQ: int8,
-        XSC: their scales per lane, XCOR: −8 · Σ of each lane's 8 quantized inputs): per
-        64 code bytes, two VNNI steps (low nibbles · XEQ, high nibbles · XOQ) into 16 int32
-        lanes of 4 bytes each, converted and scaled by the lane's block's weight and input
-        scales."""
+        XSC: their scales per lane, XCOR: −XZ · Σ of each lane's 8 quantized inputs): per
+        STEP_BYTES code bytes, I8_LANES int32 lanes of 4 bytes each, DOTS slices of DL lanes
+        (one dot instruction's operands) each accumulated by two dots (low nibbles · XEQ,
+        high nibbles · XOQ) onto XCOR (times the lane's block's zero point where the
+        weights have them: Σ (code − z)·xq = Σ code·xq − z·Σ xq), converted and scaled by
+        the lane's block's weight and input scales."""
         XEQ, XOQ, XCOR, XSC = xs[2:]
         lanes = T.ramp(0, 1, I8_LANES)
-        mask = T.broadcast(T.int32(0x0F0F0F0F), I8_LANES)
-        nbv = max(1, STEP_BYTES // BB)  # blocks per step
+        mask = T.broadcast(T.int32(0x0F0F0F0F), DL)
+        nbv = max(1, isa.dot_bytes // BB)  # blocks per dot
         for r in range(nrows):
             T.buffer_store(acc, T.broadcast(T.float32(0), I8_LANES), [r, lanes])
         with T.serial(NS) as st:
-            xe = T.reinterpret("int32x16", XEQ.vload([st * STEP_BYTES], "int8x64"))
-            xo = T.reinterpret("int32x16", XOQ.vload([st * STEP_BYTES], "int8x64"))
-            cor = XCOR.vload([st * I8_LANES], "int32x16")
-            xsc = XSC.vload([st * I8_LANES], "float32x16")
-            for r in range(nrows):
-                n = row(r)
-                o = st * STEP_BYTES
-                w = T.reinterpret("int32x16", W.vload([n, o // BB, o % BB], "uint8x64"))
-                d = vnni(vnni(cor, w & mask, xe), (w >> 4) & mask, xo)
-                if nbv > 1:
-                    sv = WS.vload([n, st * nbv], f"float32x{nbv}")
-                    # lane l: block 4l / BB (copies of sv: a shuffle takes as many lanes as
-                    # it gives)
-                    sw = T.Shuffle([sv] * (I8_LANES // nbv), [4 * lane // BB for lane in range(I8_LANES)])
-                else:
-                    sw = T.broadcast(WS[n, o // BB], I8_LANES)
-                T.buffer_store(acc, acc[r, lanes] + T.Cast("float32x16", d) * (sw * xsc),
-                               [r, lanes])
+            for s in range(DOTS):
+                # byte and lane offsets of slice s (no "+ 0": one slice is the whole step)
+                ob = st * STEP_BYTES + s * isa.dot_bytes if s else st * STEP_BYTES
+                ol = st * I8_LANES + s * DL if s else st * I8_LANES
+                sl = T.ramp(s * DL, 1, DL) if DOTS > 1 else lanes
+                xe = T.reinterpret(f"int32x{DL}", XEQ.vload([ob], f"int8x{isa.dot_bytes}"))
+                xo = T.reinterpret(f"int32x{DL}", XOQ.vload([ob], f"int8x{isa.dot_bytes}"))
+                cor = XCOR.vload([ol], f"int32x{DL}")
+                xsc = XSC.vload([ol], f"float32x{DL}")
+                for r in range(nrows):
+                    n = row(r)
+                    w = T.reinterpret(f"int32x{DL}",
+                                      W.vload([n, ob // BB, ob % BB], f"uint8x{isa.dot_bytes}"))
+                    c0 = cor if WZ is None else lane_zero_points(WZ, n, ob // BB, nbv) * cor
+                    d = int8_dot(isa, int8_dot(isa, c0, w & mask, xe), (w >> 4) & mask, xo)
+                    if nbv > 1:  # the slice's first block (BB divides the offsets)
+                        blk = st * (STEP_BYTES // BB) + s * nbv if s else st * (STEP_BYTES // BB)
+                        sv = WS.vload([n, blk], f"float32x{nbv}")
+                        # lane l: block 4l / BB of the slice (copies of sv: a shuffle takes
+                        # as many lanes as it gives)
+                        sw = T.Shuffle([sv] * (DL // nbv), [4 * lane // BB for lane in range(DL)])
+                    else:
+                        sw = T.broadcast(WS[n, ob // BB], DL)
+                    T.buffer_store(acc, acc[r, sl] + T.Cast(f"float32x{DL}", d) * (sw * xsc),
+                                   [r, sl])
         folds([acc], I8_LANES, rows=nrows)
 
     dots = dots_i8 if INT8 else dots_f32
@@ -315,7 +377,7 @@ def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol:
                         XSC[st * I8_LANES + ln] = sx[(st * STEP_BYTES + 4 * ln) // BB]
                         XCOR[st * I8_LANES + ln] = T.int32(0)
                         for m in range(4):
-                            XCOR[st * I8_LANES + ln] = XCOR[st * I8_LANES + ln] - SYMMETRIC_ZERO_POINT * (
+                            XCOR[st * I8_LANES + ln] = XCOR[st * I8_LANES + ln] - XZ * (
                                 T.Cast("int32", XEQ[st * STEP_BYTES + 4 * ln + m])
                                 + T.Cast("int32", XOQ[st * STEP_BYTES + 4 * ln + m]))
             else:
