@@ -30,7 +30,7 @@ from fffc.contract.modes import sparse
 from . import _tvm
 from .kernels import routed_ffn_cuda, sparse_ffn_cuda, sparse_ffn_cuda_masked, structured_ffn_cuda
 from .kernels.exact_decode import exact_decode_primfunc
-from .kernels.exact_q4 import exact_q4_primfunc
+from .kernels.exact_q4 import Q4Plan, exact_q4_primfunc
 from .kernels.exact_screened import SCREENED, screen_inputs, screened_arg_names, screened_primfunc
 from .kernels.fff import walk_primfunc
 from .kernels.fff_cuda import fff_kernel
@@ -100,10 +100,11 @@ def _as_variants(table: list[tuple[str, int, int]]) -> list[Variant]:
     return [Variant(name, lo, hi) for name, lo, hi in table]
 
 
-def _int4_exact(spec: SparseSpec, tiling, symbol: str):
-    """SparseFFN exact on int4 codes (SPARSE_FFN's bits 4): float32 dots on the dequantized
-    weights, so it computes the float FFN on them."""
-    return exact_q4_primfunc(spec, Q4Format(spec.block, spec.zero_points), tiling, symbol)
+def _int4_exact(spec: SparseSpec, plan: Q4Plan, symbol: str):
+    """SparseFFN exact on int4 codes (SPARSE_FFN's bits 4) as the family's ``Q4Plan`` says:
+    float32 dots on the dequantized weights, so it computes the float FFN on them."""
+    return exact_q4_primfunc(spec, Q4Format(spec.block, spec.zero_points), plan.tiling, symbol,
+                             plan.dot, plan.isa)
 
 
 class SparseKernels(OpKernels):

@@ -82,6 +82,35 @@ def test_arm_artifact_runs_in_aarch64_onnxruntime(sysroot, tmp_path):
     assert onnx.load(str(art / "model.onnx")).graph.node  # the artifact's model is intact
 
 
+def test_arm_int4_artifact_runs_in_aarch64_onnxruntime(sysroot, tmp_path):
+    """A dReLU FFN of 4-bit MatMulNBits (ONNX Runtime's quantizer, zero points): its int4
+    kernel (NEON) serves 1 and 2 tokens — the float FFN on the weights ONNX Runtime
+    dequantizes, computed in the test — and ONNX Runtime's MatMulNBits the longer calls."""
+    from tests.fixtures import quantized as q
+
+    src = q.float_ffn(tmp_path / "drelu.onnx", "drelu")
+    path = q.matmul_nbits(src, tmp_path / "q4.onnx", 4, 32, False)
+    result = fffc.compile(path, tmp_path / "q4.fffc", fffc.CompileOptions(target="arm"))
+    assert [s.decision for s in result.sites] == ["exact"]
+    (kernel,) = [b["max_tokens"] for b in result.sites[0].dispatch.to_json()["branches"]
+                 if b["branch"] == "kernel"]
+    model = onnx.load(str(path))
+    w = {n: q.ort_weight(model, q.quantizing_node(model, q.WEIGHTS[n])).astype(np.float64)
+         for n in ("W1", "WU", "W2")}
+    rng = np.random.default_rng(6)
+    inputs = {f"t{s}": rng.standard_normal((1, s, q.D)).astype(np.float32)
+              for s in (1, 2, kernel + 5)}
+    got = _run_aarch64(sysroot, result.artifact, inputs, tmp_path)
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for k, x in inputs.items():
+        if x.shape[1] <= kernel:
+            x64 = x.astype(np.float64)
+            want = (np.maximum(x64 @ w["W1"], 0) * np.maximum(x64 @ w["WU"], 0)) @ w["W2"]
+        else:
+            want = original.run(None, {"x": x})[0]
+        np.testing.assert_allclose(got[k], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
 @pytest.mark.torch
 def test_arm_fff_artifact_runs_in_aarch64_onnxruntime(sysroot, tmp_path):
     """The FastFeedForward op family on aarch64 too (an FFF 2x4 layer, TorchScript export)."""

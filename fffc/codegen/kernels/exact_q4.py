@@ -138,6 +138,16 @@ PARTS = 4  # phase-2 tasks at most
 SERIAL_MAX_MACS = 1 << 16
 
 
+@dataclass(frozen=True)
+class Q4Plan:
+    """A schedule family's int4 exact variant: its tiling, its CPU family's instructions
+    and the dots it computes (what ``exact_q4_primfunc`` takes besides the spec)."""
+
+    tiling: Q4Tiling
+    isa: Q4Isa
+    dot: Q4Dot = Q4Dot.FLOAT32
+
+
 def q4_tiling(spec: SparseSpec, lanes: int) -> Q4Tiling:
     """The tiling for a CPU with ``lanes`` float32 per vector register: phase 2 keeps
     2·cw/lanes vector accumulators (a group's sum and the tile's total), wide tiles

@@ -14,7 +14,8 @@ from fffc.contract.errors import UnsupportedTargetError
 from fffc.contract.kernels import SparseSpec
 
 from .. import _tvm
-from .base import Variant
+from ..kernels.exact_q4 import ARM_ISA, INT4, Q4Plan, q4_tiling
+from .base import MAX_TOKENS, Variant
 from .cpu import CpuConfig, CpuFamily, cpu_variants
 
 PRESETS = {  # --mcpu value → LLVM CPU
@@ -37,6 +38,7 @@ class Config(CpuConfig):
 class Arm(CpuFamily):
     name = "arm"
     triple = "aarch64-linux-gnu"
+    int4_weights = True
 
     def __init__(self, config: Config | None = None):
         super().__init__(config or Config())
@@ -53,5 +55,9 @@ class Arm(CpuFamily):
         return target
 
     def sparse_variants(self, spec: SparseSpec, target: dict) -> list[Variant]:
+        if spec.bits:  # one kernel for every count, a token at a time (the If past the
+            # crossover runs ONNX Runtime's MatMulNBits)
+            return [Variant(INT4, 1, MAX_TOKENS,
+                            Q4Plan(q4_tiling(spec, self.config.lanes), ARM_ISA))]
         return cpu_variants(spec, self.config, lanes=self.config.lanes,
                             gemm_nr_vectors=self.config.gemm_nr_vectors)
