@@ -75,7 +75,8 @@ SETUPS = [
           # one word per lane, x staged in two chunks of 256 inputs (re-staged for the up
           # rows); 6 warps a block: the last block's warps past d_ff
           tiling={"pw": 1, "x_stage_floats": 512, "wpb": 6}),
-    Setup("relu_zp16", (128, 256, 32), "relu", True, 16, False),  # two words per lane
+    Setup("relu_zp16", (144, 256, 32), "relu", True, 16, False),  # two words per lane;
+    # 9 blocks a row: the last zero point byte holds one
     # rows of 256 code bytes: the always-off neurons 64..127 fill whole pages of WU, WUS, W2
     Setup("drelu_zp32_pages", (512, 512, 256), "drelu", True, 32, False, mr=2),
 ]
