@@ -196,7 +196,9 @@ def _wrapper(kernel: str, types: tuple[str, ...]) -> str:
 def _dtype(c_type: str | None, given: np.dtype) -> np.dtype:
     """The host array type of a kernel parameter: int32 index buffers stay int32, 16-bit
     weights are stored as float16 / bfloat16 (rounded to nearest here when given float32),
-    everything else is float32."""
+    int4 codes and zero points as the bytes they are packed in, everything else is float32."""
+    if c_type == "uchar*":
+        return np.dtype(np.uint8)
     if c_type == "half*":
         return np.dtype(np.float16)
     if c_type == "nv_bfloat16*":
@@ -238,7 +240,8 @@ class Emulator:
 
         The token range of a variant is where the shim dispatches to it; its kernels are
         correct for any count, which ``any_tokens`` lets a check exercise. Inputs keep an
-        int32 dtype (index buffers), everything else is float32. ``scalars`` gives int
+        int32 dtype (index buffers), bytes stay bytes where the kernel declares ``uchar*``
+        (int4 codes), everything else is float32. ``scalars`` gives int
         parameters other than N; ``outputs`` (name → elements) replaces Y by other output
         buffers, returned as a dict (flat arrays, int32 where the kernel declares ``int*``).
         """
