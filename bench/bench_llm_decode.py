@@ -622,7 +622,10 @@ def _versions() -> str:
 def table(results: Sequence[Result], args, shape: Shape) -> str:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     share = shape.ffn_byte_share()
-    screened = (0.5 + 3 * (1 - args.sparsity)) / 3  # bytes read / the dense FFN's
+    kept = 1 - args.sparsity
+    # bytes read / the dense FFN's: fp32, a float16 copy of the gate then the kept rows of all
+    # three; int4, the gate's codes then the kept up and down rows
+    screened = (0.5 + 3 * kept) / 3 if args.precision == "fp32" else (1 + 2 * kept) / 3
     lines = [
         f"LLaMA-shaped, hidden {shape.hidden}, FFN {shape.ffn}, {shape.layers} layers, "
         f"{shape.heads} heads / {shape.kv_heads} KV heads, vocabulary {shape.vocab}; "
@@ -632,9 +635,11 @@ def table(results: Sequence[Result], args, shape: Shape) -> str:
         f"date: {now}; machine: {_cpu()}; {_versions()}",
         f"command: `{' '.join(['python bench/bench_llm_decode.py', *sys.argv[1:]])}`",
         f"FFNs: {share:.0%} of the weight bytes a decode step reads. Bounds on the decode "
-        f"ratio by bytes: {1 / (1 - share + share * screened):.2f}x with the FFNs reading a "
-        f"float16 copy of the gate and {1 - args.sparsity:.0%} of the gate's, up's and "
-        f"down's rows (the screened exact kernel), {1 / (1 - share):.2f}x with the FFNs free",
+        f"ratio by bytes: {1 / (1 - share + share * screened):.2f}x with the FFNs reading "
+        + (f"a float16 copy of the gate and {kept:.0%} of the gate's, up's and down's rows "
+           "(the screened exact kernel)" if args.precision == "fp32" else
+           f"the gate's int4 codes and {kept:.0%} of the up's and down's rows")
+        + f", {1 / (1 - share):.2f}x with the FFNs free",
         "",
         "| model | gate ≤ 0 (decode) | decode tok/s stock (min / median / max) | fffc | "
         "decode ratio (median; runs) | goal | time to first token, ms, stock | fffc | "
@@ -728,7 +733,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not teal:
         print("note: SwiGLU/TEAL not run (--teal runs it)", flush=True)
 
-    results = [run_row(r, args, shape, args.cache) for r in rows(variants, teal, levels, args.precision)]
+    results = [run_row(r, args, shape, args.cache)
+               for r in rows(variants, teal, levels, args.precision)]
     print()
     print(table(results, args, shape))
     return 1 if any(r.error for r in results) else 0

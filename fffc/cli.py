@@ -23,7 +23,7 @@ from rich.text import Text
 
 from .contract import config
 from .contract.errors import FffcError, UsageError
-from .contract.kinds import Crossover
+from .contract.kinds import Crossover, WeightDtype
 from .contract.ops import WEIGHT_DTYPES
 from .contract.tolerances import RTOL
 
@@ -126,11 +126,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
     v = result.manifest.get("verification", {})
     masked = "deviation_from_original" in v  # the artifact computes the masked function
     rounded = result.manifest.get("options", {}).get("weight_dtype", "float32") != "float32"
-    int4 = any(mode(s.decision).kernels and s.int4 for s in result.sites)
+    int4 = [s.int4 for s in result.sites if mode(s.decision).kernels and s.int4
+            and options.weight_dtype != str(WeightDtype.INT4)]  # else: "int4-rounded"
     what = " and ".join([*(["masked"] if any(mode(s.decision).masked
                                                 for s in result.sites) else []),
                          *([f"{options.weight_dtype}-rounded weights"] if rounded else []),
-                         *(["int4 weights dequantized to float32"] if int4 else [])])
+                         *(["int4 weights dequantized to float32" + (
+                             ", x rounded to int8 per block (accuracy_level 4)"
+                             if any(q.int8_x for q in int4) else "")] if int4 else [])])
     for key in ("model_with_shim", "model_without_shim"):
         if key in v:
             vs = f" vs the reference ({what})" if masked else ""
@@ -140,8 +143,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
                           f"(rtol {v['rtol']:g}) {'[green]ok[/]' if v[key]['ok'] else '[red]FAIL[/]'}")
     if "model_with_shim_outputs" in v:
         console.print(f"model outputs with shim vs the reference ({what}): max rel err "
-                      f"{v['model_with_shim_outputs']['max_rel']:.2e} (thresholds decide entries "
-                      "within rounding either way; such differences grow through later layers)")
+                      f"{v['model_with_shim_outputs']['max_rel']:.2e} (thresholds and int8 roundings "
+                      "decide entries within float32 rounding either way; such differences grow "
+                      "through later layers)")
     if masked:
         _print_calibration(result, what)
     console.print(f"artifact: [bold]{result.artifact}[/]")
@@ -307,8 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "for each plus PTX of the newest")
     c.add_argument("--weight-dtype", choices=list(WEIGHT_DTYPES), default="fp32",
                    help="cuda: store the FFN weight matrices in 16 bits (fp16, bf16): half the "
-                   "weight bytes, float32 arithmetic; the artifact is verified against the "
-                   "model with rounded weights and its distance from the original reported")
+                   "weight bytes, float32 arithmetic; x86/arm: int4 quantizes the float exact "
+                   "sites' weights (ONNX Runtime's quantizer, symmetric, block 32: MatMulNBits "
+                   "codes) for the int4 kernels. The artifact is verified against the model "
+                   "with rounded weights and its distance from the original reported")
     c.add_argument("--max-sparse-tokens", type=int, metavar="N",
                    help="SparseFFN sites: run fffc's kernels up to N tokens per call and the "
                    "original FFN beyond (default: the crossover, see --crossovers; 0: always "

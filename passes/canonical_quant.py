@@ -32,7 +32,16 @@ from onnxscript.rewriter import pattern
 from fffc.contract.kinds import Granularity, QuantSource
 from fffc.contract.quant import QuantizedWeight, nbits_zero_points
 
-from ._common import CANON, MS, best_failure, const_array, dequantized, quantized_record
+from ._common import (
+    CANON,
+    DEQUANTIZED,
+    MS,
+    best_failure,
+    const_array,
+    dequantized,
+    initializer,
+    quantized_record,
+)
 
 _SOURCE = "source_"  # prefix of a source node's attributes kept on the canonical weight
 _INT_CODES = {"int8": (8, True), "uint8": (8, False), "int4": (4, True), "uint4": (4, False)}
@@ -310,6 +319,16 @@ def formats(inputs) -> dict[str, QuantizedWeight]:
     return {n: q for n, q in found.items() if q is not None}
 
 
+def in_float(value: ir.Value) -> None:
+    """The MatMulNBits weight ``value`` restored to compute in float32: accuracy_level 0, x
+    times the dequantized weight (what int4 kernels are checked against; other sources
+    compute so already)."""
+    node = value.producer()
+    if dequantized(node) and quantized_record(node).source is QuantSource.MATMUL_NBITS:
+        name = f"{_SOURCE}accuracy_level"
+        node.attributes[name] = ir.AttrInt64(name, 0)
+
+
 def quantized_source(node: ir.Node) -> bool:
     """A projection still in a quantized source form (a rule refused it)."""
     return (node.op_type == "MatMulNBits" and node.domain == MS) or (
@@ -400,3 +419,27 @@ def _projection(node: ir.Node, q: QuantizedWeight, x: ir.Value, use: int,
                    name=names[3])
     y = ir.node("Mul", [cast.outputs[0], scales.outputs[0]], name=names[4])
     return [*nodes, scales, mi, cast, y], y.outputs[0]
+
+
+def install_nbits(reader: ir.Node, index: int, name: str, k: int, n: int, block: int,
+                  codes: np.ndarray, scales: np.ndarray) -> ir.Value:
+    """Input ``index`` of ``reader`` (a float weight ``W [K, N]``) replaced by the canonical
+    weight of 4-bit symmetric MatMulNBits codes ``codes [N, K/block, block/2]`` and
+    ``scales [N, K/block]`` (new initializers ``<name>_q4``, ``<name>_scales``; restored as
+    a MatMulNBits named ``name`` computing in float32): what ``--weight-dtype int4`` makes
+    of a site's weight."""
+    graph = reader.graph
+    q = QuantizedWeight(source=QuantSource.MATMUL_NBITS, bits=4, k=k, n=n,
+                        granularity=Granularity.BLOCK, block_size=block, axis=0)
+    inputs = [initializer(graph, f"{name}_q4", np.ascontiguousarray(codes, np.uint8)),
+              initializer(graph, f"{name}_scales",
+                          np.ascontiguousarray(scales, np.float32).reshape(-1))]
+    attrs: dict = {**q.to_attributes(), "original_names": [name],
+                   **{f"{_SOURCE}{a}": v for a, v in
+                      (("K", k), ("N", n), ("bits", 4), ("block_size", block))}}
+    node = ir.node(DEQUANTIZED, inputs, attributes=attrs, domain=CANON, name=f"{name}_weight")
+    w = node.outputs[0]
+    w.shape, w.type = ir.Shape([k, n]), ir.TensorType(ir.DataType.FLOAT)
+    graph.insert_before(reader, node)
+    reader.replace_input_with(index, w)
+    return w

@@ -12,16 +12,18 @@ reader of such a weight (the dense branch of a token dispatch) reads it through 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
+from fffc.contract.int4 import Q4Matrix
 from fffc.contract.ops import OPS, WEIGHT_INPUTS
 
+from . import canonical_quant
 from ._common import CANON, const_array, initializer
-from .markers import OP_OF_KIND, kind_of
+from .markers import OP_OF_KIND, decode, kind_of
 
 NARROW = {"float16": (np.dtype(np.float16), "f16"),
           "bfloat16": (np.dtype(ml_dtypes.bfloat16), "bf16")}
@@ -134,3 +136,26 @@ def share_narrow_weights(graph: ir.Graph) -> None:
 def _uses(graph: ir.Graph, name: str) -> list:
     value = graph.initializers.get(name)
     return list(value.uses()) if value is not None else []
+
+
+def install_int4(model: ir.Model, site: str, matrices: Mapping[str, Q4Matrix]) -> None:
+    """``--weight-dtype int4``: the named float weights of marker ``site`` (op input name →
+    their 4-bit symmetric MatMulNBits form, e.g. from ONNX Runtime's quantizer) replaced by
+    canonical quantized weights; the site then lowers as an int4 site does."""
+    marker = next((n for n in model.graph if n.domain == CANON and n.name == site), None)
+    if marker is None:
+        raise ValueError(f"no marker {site!r} in the model")
+    names = [a.name for a in OP_OF_KIND[kind_of(marker)].inputs]
+    for name, m in matrices.items():
+        if m.zero_points is not None:
+            raise ValueError(f"site {site!r}: --weight-dtype int4 makes symmetric weights")
+        canonical_quant.install_nbits(marker, names.index(name), f"{site}/{name.lower()}_int4",
+                                      m.k, m.n, m.block, m.codes, m.scales)
+
+
+def site_formats(model: ir.Model, site: str) -> dict:
+    """The weight formats of marker ``site``'s quantized weights, by op input name."""
+    marker = next((n for n in model.graph if n.domain == CANON and n.name == site), None)
+    if marker is None:
+        raise ValueError(f"no marker {site!r} in the model")
+    return canonical_quant.formats(decode(marker).inputs)

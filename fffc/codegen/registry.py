@@ -103,8 +103,8 @@ def _as_variants(table: list[tuple[str, int, int]]) -> list[Variant]:
 def _int4_exact(spec: SparseSpec, plan: Q4Plan, symbol: str):
     """SparseFFN exact on int4 codes (SPARSE_FFN's bits 4) as the family's ``Q4Plan`` says:
     float32 dots on the dequantized weights, so it computes the float FFN on them."""
-    return exact_q4_primfunc(spec, Q4Format(spec.block, spec.zero_points), plan.tiling, symbol,
-                             plan.dot, plan.isa)
+    return exact_q4_primfunc(spec, Q4Format(spec.block, spec.zero_points, spec.int8_x),
+                             plan.tiling, symbol, plan.dot, plan.isa)
 
 
 class SparseKernels(OpKernels):
@@ -144,7 +144,8 @@ class SparseKernels(OpKernels):
 
     def table_mode(self, spec, variant):
         if spec.bits:  # the shim's TableMode of an int4 call
-            return f"{spec.mode}/q4b{spec.block}" + ("z" if spec.zero_points else "")
+            return (f"{spec.mode}/q4b{spec.block}" + ("z" if spec.zero_points else "")
+                    + ("i8" if spec.int8_x else ""))
         if spec.mode is SparseMode.PREDICTOR:
             return f"{spec.mode}/{spec.rank}"  # rank: PA's width
         if spec.centers:

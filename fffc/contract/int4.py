@@ -31,6 +31,8 @@ import numpy as np
 from .kinds import QuantSource
 from .quant import QuantizedWeight, unpack_nibbles
 
+INT4_BLOCK = 32  # --weight-dtype int4: codes per scale (ONNX Runtime's quantizer, symmetric)
+INT8_ACCURACY = 4  # MatMulNBits' accuracy_level that rounds its input to int8 per block
 SYMMETRIC_ZERO_POINT = 8  # MatMulNBits' zero point where the node has none (bits 4)
 CHUNK = 32  # outputs per chunk of a re-laid-out column: 16 bytes, two nibble vectors
 BLOCKS = (16, 32, 64, 128, 256)  # MatMulNBits block sizes SparseFFN's bits 4 takes
@@ -39,10 +41,13 @@ BLOCKS = (16, 32, 64, 128, 256)  # MatMulNBits block sizes SparseFFN's bits 4 ta
 @dataclass(frozen=True)
 class Int4Weights:
     """How a site's int4 projections are stored (SparseFFN's bits 4): MatMulNBits' block size
-    along K, and whether the nodes have zero points (else every zero point is 8)."""
+    along K, whether the nodes have zero points (else every zero point is 8), and whether x
+    is rounded to int8 per block before the gate and up products (``int8_x``: what
+    MatMulNBits computes at ``accuracy_level`` 4; ``quantize_x``)."""
 
     block: int = 32
     zero_points: bool = False
+    int8_x: bool = False
 
     def __post_init__(self) -> None:
         if self.block not in BLOCKS:
@@ -181,7 +186,8 @@ def int4_weights(formats: Mapping[str, QuantizedWeight], names: Sequence[str], d
         return f"d_in {d_in} and d_ff {d_ff} must be multiples of the block {block}"
     if d_out % CHUNK:
         return f"d_out {d_out} must be a multiple of {CHUNK}"
-    return Int4Weights(block, not qs[0].symmetric)
+    levels = {formats[n].accuracy_level for n in names if n != "W2"}
+    return Int4Weights(block, not qs[0].symmetric, levels == {INT8_ACCURACY})
 
 
 def rows_matrix(codes_: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None) -> Q4Matrix:
@@ -207,3 +213,16 @@ def float_weights(w: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         out["WU"] = np.ascontiguousarray(dequantize(rows_matrix(w["WU"], w["WUS"],
                                                                 w.get("WUZ"))).T)
     return out
+
+
+def quantize_x(x: np.ndarray, block: int) -> np.ndarray:
+    """``x [..., K]`` (float32) rounded to int8 per block of ``block`` entries and scaled back:
+    ``q · s`` with ``s = max|x_block| / 127`` and ``q = round-half-even(x · (127 / max|x_block|))``
+    (0 in an all-zero block), each step in float32 — SparseFFN's ``accuracy_level`` 4."""
+    x = np.asarray(x, np.float32)
+    b = x.reshape(*x.shape[:-1], x.shape[-1] // block, block)
+    am = np.abs(b).max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inv = np.where(am > 0, np.float32(127) / am, np.float32(0)).astype(np.float32)
+    q = np.rint(b * inv).astype(np.float32)
+    return (q * (am / np.float32(127))).astype(np.float32).reshape(x.shape)

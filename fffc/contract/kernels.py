@@ -108,6 +108,7 @@ class SparseSpec(KernelSpec):
     bits: int = 0  # 4: int4 codes with scales per ``block`` codes (SPARSE_FFN's bits); 0: float
     block: int = 0
     zero_points: bool = False  # int4: the weights have zero points (else every one is 8)
+    int8_x: bool = False  # int4: x rounded to int8 per block first (accuracy_level 4)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", SparseMode(self.mode))
@@ -122,7 +123,8 @@ class SparseSpec(KernelSpec):
         dtype = self.dtype
         if self.bits:
             dtype = f"int{self.bits}"
-            extra += (("block", str(self.block)), ("zero_points", str(int(self.zero_points))))
+            extra += (("block", str(self.block)), ("zero_points", str(int(self.zero_points))),
+                      *((("int8_x", "1"),) if self.int8_x else ()))
         return Row(self.op, self.activation, self.up_activation, str(self.mode), self.d_in,
                    self.d_ff, self.d_out, self.has_b1, self.has_b2, self.gated, dtype, extra)
 
@@ -450,7 +452,8 @@ def sparse_specs(site, m) -> list[KernelSpec]:
     site's centers are part of the spec (they change the kernel's inputs)."""
     predictor = m.sparse_mode is SparseMode.PREDICTOR
     q = site.int4
-    int4 = {"bits": 4, "block": q.block, "zero_points": q.zero_points} if q else {}
+    int4 = ({"bits": 4, "block": q.block, "zero_points": q.zero_points, "int8_x": q.int8_x}
+            if q else {})
     return [SparseSpec(
         site.activation, site.up_activation, m.sparse_mode, site.d_model, site.d_ff,
         site.d_out,

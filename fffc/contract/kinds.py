@@ -95,11 +95,18 @@ class WeightDtype(_Named):
     FLOAT32 = "float32"
     FLOAT16 = "float16"
     BFLOAT16 = "bfloat16"
+    INT4 = "int4"  # 4-bit symmetric MatMulNBits codes with float32 scales per block
 
     @property
     def flag(self) -> str:
-        """The ``--weight-dtype`` spelling: fp32, fp16, bf16."""
-        return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[self.value]
+        """The ``--weight-dtype`` spelling: fp32, fp16, bf16, int4."""
+        return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16",
+                "int4": "int4"}[self.value]
+
+    @property
+    def floating(self) -> bool:
+        """A float format (the 16-bit ones widen to float32 in the kernels)."""
+        return self is not WeightDtype.INT4
 
     @classmethod
     def from_flag(cls, text: str) -> WeightDtype:

@@ -127,6 +127,10 @@ SPARSE_FFN = OpSpec(
         Attribute("mode", "string", "exact", SPARSE_MODES, "how neurons are skipped"),
         Attribute("bits", "int", 0, doc="0: float weights; 4: int4 codes with scales (mode "
                   "exact; see the op text)"),
+        Attribute("accuracy_level", "int", 0, doc="bits 4: 4 rounds x to int8 per block of "
+                  "`block` entries before the gate and up products, as MatMulNBits' "
+                  "accuracy_level 4 (x' = q·s, s = max|x_block|/127, q = round-half-even(x·"
+                  "(127/max|x_block|)), 0 in an all-zero block); 0: x as it is"),
     ),
 )
 
@@ -284,7 +288,7 @@ OPS: dict[str, OpSpec] = {SPARSE_FFN.name: SPARSE_FFN, FAST_FEED_FORWARD.name: F
 
 # --weight-dtype (CUDA): the weight matrices of each op that may be stored in 16 bits (the
 # kernels widen every load to float32; biases, thresholds, predictors, routers stay float32)
-WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int4": "int4"}
 # Inputs that may hold uint8: integer codes (the weight matrices with bits 4) and zero points
 CODE_INPUTS: dict[str, tuple[str, ...]] = {"SparseFFN": ("W1", "W2", "WU", "W1Z", "W2Z", "WUZ")}
 # The scales and zero points of each quantized weight matrix of an op, by the matrix's input

@@ -26,14 +26,15 @@ from ..contract.analysis import Analysis
 from ..contract.config import CompileOptions
 from ..contract.dispatch import TokenDispatch
 from ..contract.errors import RewriteError, UnsupportedModelError
-from ..contract.int4 import Int4Weights
-from ..contract.kinds import Branch, WeightDtype
+from ..contract.int4 import CHUNK, INT4_BLOCK, Int4Weights
+from ..contract.kinds import Branch, Decision, SiteKind, WeightDtype
 from ..contract.lowering import SiteLowering
 from ..contract.modes import mode
 from ..contract.sites import Site
 from ..frontend.interface import need_data
 from ..plan.calibration import load_feeds
 from ..plan.decide import leave
+from ..verify import matmul_nbits
 from ..verify.capture import Captured, capture
 from ..verify.compare import compare_runs, session
 from ..verify.compare import run as run_model
@@ -137,19 +138,46 @@ def expected(v: Verified, tokens: Mapping[str, TokenDispatch],
     return out
 
 
+def _int4_roundable(site: Site, detected: dict) -> bool:
+    """A float dense or gated site planned exact whose shapes take int4 blocks of
+    ``INT4_BLOCK`` (``--weight-dtype int4``)."""
+    return (mode(site.decision).kernels and site.decision is Decision.EXACT and not detected
+            and site.kind in (SiteKind.DENSE, SiteKind.GATED)
+            and not (site.d_model % INT4_BLOCK or site.d_ff % INT4_BLOCK or site.d_out % CHUNK))
+
+
+def _quantize_int4(working, analysis: Analysis, sites: list[Site]) -> None:
+    """The sites' float weights quantized by ONNX Runtime's quantizer (4 bits, symmetric,
+    blocks of ``INT4_BLOCK``) and installed as MatMulNBits weights in ``working``."""
+    for s in sites:
+        floats = passes.site_inputs(analysis.working, s, Decision.DENSE)
+        passes.install_int4(working, s.name, {n: matmul_nbits.quantize(floats[n], INT4_BLOCK)
+                                              for n in ("W1", "W2", "WU") if n in floats})
+
+
 def refresh(v: Verified, ctx: Context) -> Verified:
     """``v`` with its rounded weights and reference brought in line with the sites' current
     decisions (after sites were left as they were): rounding from the unrounded analysis, so a
-    site left dense is exactly as it was."""
+    site left dense is exactly as it was. ``--weight-dtype int4`` quantizes the float sites
+    planned exact (their ``weight_formats`` follow)."""
     dtype = ctx.weight_dtype
-    rounded = _with_kernels(v.sites) if dtype is not WeightDtype.FLOAT32 else ()
-    masked = frozenset(masks(v.sites))
-    if rounded == v.rounded and masked == v.masked:
-        return v
+    detected = {s.name: passes.site_formats(v.analysis.working, s.name) for s in v.sites}
+    if dtype is WeightDtype.INT4:
+        rounded = tuple(sorted(s.name for s in v.sites if _int4_roundable(s, detected[s.name])))
+    else:
+        rounded = _with_kernels(v.sites) if dtype is not WeightDtype.FLOAT32 else ()
     working = v.working
     if rounded != v.rounded:
         working = frontend.copy(v.analysis.working)
-        passes.round_weights(working, rounded, str(dtype))
+        if dtype is WeightDtype.INT4:
+            _quantize_int4(working, v.analysis, [s for s in v.sites if s.name in rounded])
+            for s in v.sites:
+                s.weight_formats = passes.site_formats(working, s.name)
+        else:
+            passes.round_weights(working, rounded, str(dtype))
+    masked = frozenset(masks(v.sites))
+    if rounded == v.rounded and masked == v.masked:
+        return v
     reference = v.original
     if masked or rounded:
         reference = capture(working, len(v.analysis.proto.graph.output), v.feeds,

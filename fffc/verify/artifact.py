@@ -19,7 +19,7 @@ from ..contract.sites import Site
 from .capture import Probes
 from .compare import Comparison, compare, compare_runs, run, session, worse
 from .cuda_emu import Emulator
-from .in_place import run_in_place
+from .in_place import quantizes_activations, run_in_place
 from .sites import Inputs, site_slack
 
 STACKED_PROBE_TOKENS = 301  # structured kernels' check: past every variant's first bound
@@ -80,7 +80,8 @@ def check_artifact(sites: list[Site], final_proto: onnx.ModelProto, model_file: 
                    inputs: Callable[[Site], Inputs], tokens: Mapping[str, TokenDispatch],
                    rtol: float, path: Path) -> tuple[dict, dict[str, str]]:
     """Kernels alone vs captured site outputs; the whole model without the shim vs ``want``,
-    with it vs ``want`` or, where sites are masked, each site in place (``in_place``).
+    with it vs ``want`` or, where sites are masked or the model quantizes activations, each
+    site in place (``in_place``).
     Returns (report, {site: why} of the sites whose kernels failed)."""
     failed: dict[str, str] = {}
     report: dict = {"rtol": rtol}
@@ -116,9 +117,10 @@ def check_artifact(sites: list[Site], final_proto: onnx.ModelProto, model_file: 
         if not c.ok:
             failed[site.name] = f"rel err {c.max_rel:.2e} > {rtol:g}"
     report["kernels"] = kernels
-    if any(mode(s.decision).masked for s in sites):
-        # a masked artifact's outputs may leave the reference while every site computes its
-        # function (``in_place``): the sites are checked in place, the outputs reported
+    if any(mode(s.decision).masked for s in sites) or quantizes_activations(final_proto):
+        # a discontinuous artifact's outputs may leave the reference while every site
+        # computes its function (``in_place``): the sites are checked in place, the outputs
+        # reported
         checked = run_in_place(_kernel_sites(sites), model_file, shim, feeds, inputs, tokens,
                                rtol)
         outputs = compare_runs(checked.outputs, want, rtol)

@@ -1,15 +1,19 @@
-"""The whole-model check of an artifact with masked sites: each kernel site, in the compiled
-model run with the shim, against its function on the input it receives there.
+"""The whole-model check of an artifact whose function is discontinuous: each kernel site, in
+the compiled model run with the shim, against its function on the input it receives there.
 
 A masked function is discontinuous: an entry within float32 rounding of a threshold may be
 kept by a kernel and dropped by ONNX Runtime's graph (either is correct, ``site_slack``).
 Such an entry changes the site's output by up to the threshold times its weights, the next
 layers' inputs move by that, more of their entries cross a threshold, and after a few layers
 the model's outputs may differ from the masked reference by far more than any tolerance
-while every site computes its function. So for masked artifacts the outputs are compared
-and reported, and the check is per site in place: the graph around the sites is the one the
-check without the shim verifies against the reference (same nodes, ONNX Runtime's
-functions), and each node's kernel is compared with its function on what it actually gets.
+while every site computes its function. A model that quantizes activations (``MatMulNBits``
+at ``accuracy_level`` 4, ``QuantizeLinear``, ``DynamicQuantizeLinear``) is discontinuous the
+same way: a site's output within float32 reassociation of the reference moves the next
+layer's input by 1e-7, which can flip the int8 rounding of one of its entries. So for such
+artifacts the outputs are compared and reported, and the check is per site in place: the
+graph around the sites is the one the check without the shim verifies against the reference
+(same nodes, ONNX Runtime's functions), and each node's kernel is compared with its function
+on what it actually gets.
 """
 
 from __future__ import annotations
@@ -22,11 +26,34 @@ import numpy as np
 import onnx
 
 from ..contract.dispatch import TokenDispatch
+from ..contract.int4 import INT8_ACCURACY
 from ..contract.kinds import Branch
 from ..contract.ops import DOMAIN
 from ..contract.sites import Site
 from .compare import Comparison, compare, run, session, worse
 from .sites import Inputs, site_reference
+
+QUANTIZING = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
+                        "MatMulIntegerToFloat"})
+
+
+def _nodes(graph: onnx.GraphProto):
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _nodes(a.g)
+
+
+def quantizes_activations(model: onnx.ModelProto) -> bool:
+    """Whether some node of ``model`` (its If branches too) rounds activations to integers."""
+    for n in _nodes(model.graph):
+        if n.op_type in QUANTIZING:
+            return True
+        if n.op_type == "MatMulNBits" and any(
+                a.name == "accuracy_level" and a.i == INT8_ACCURACY for a in n.attribute):
+            return True
+    return False
 
 
 def site_values(model: onnx.ModelProto, names: Collection[str]) -> dict[str, tuple[str, str]]:

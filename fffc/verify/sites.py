@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..contract.int4 import float_weights
+from ..contract.int4 import Int4Weights, float_weights, quantize_x
 from ..contract.kinds import Decision
 from ..contract.modes import Behaviour, mode, register
 from ..contract.sites import Site
@@ -57,6 +57,9 @@ def _act(site: Site) -> dict[str, str]:
 
 @register(Decision.EXACT, Behaviour.REFERENCE)
 def _exact(site: Site, x: np.ndarray, w: Inputs):
+    q = site.int4
+    if isinstance(q, Int4Weights) and q.int8_x:  # accuracy_level 4: x rounded per block
+        x = quantize_x(x, q.block)
     return reference.sparse_ffn(x, *_ffn(w), **_act(site)), None
 
 

@@ -26,7 +26,7 @@ from fffc.contract.ops import SPARSE_FFN
 from fffc.contract.sites import Site
 
 from .. import weight_dtype
-from .._common import const_array
+from .._common import const_array, dequantized
 from ..markers import decode, markers
 from . import fff, int4, routed, sparse, structured
 from ._emit import Lowering, default_opset, drop_unused_initializers, graphs
@@ -104,15 +104,18 @@ def site_inputs(model: ir.Model, site: Site,
         raise KeyError(f"no marker {site.name!r} in the model")
     marker = decode(node)
     entry = mode(decision if decision is not None else site.decision)
+    q = int4.layout(marker.inputs) if entry.op is SPARSE_FFN else None
+    if q is not None:  # the codes, scales and zero points in the op's int4 layout (no
+        # float32 copy of a weight)
+        arrays = {n: const_array(v) for n, v in marker.inputs.items()
+                  if n != "X" and v is not None and not dequantized(v.producer())}
+        arrays |= int4.arrays(marker.inputs, q)
+        return {a.name: arrays[a.name] for a in marker.op.inputs if a.name in arrays}
     arrays = {n: const_array(v) for n, v in marker.inputs.items()
               if n != "X" and v is not None}
     masks = entry.masks(site)
     for p in entry.params:
         arrays |= sparse.PARAMS[p].arrays(arrays, masks, entry)
-    q = int4.layout(marker.inputs) if entry.op is SPARSE_FFN else None
-    if q is not None:  # the codes, scales and zero points in the op's int4 layout
-        return {a.name: arr for a in marker.op.inputs
-                if (arr := {**arrays, **int4.arrays(marker.inputs, q)}.get(a.name)) is not None}
     for name, layout in entry.layouts.items():
         if layout is Layout.ROWS and name in arrays:
             arrays[name] = np.ascontiguousarray(arrays[name].T)

@@ -81,11 +81,12 @@ def function_attrs(spec: OpSpec) -> list[ir.Attr]:
 
 
 def fallback(spec: OpSpec, overload: str, formals: list[ir.Value], tape: ir.tape.Tape,
-             y: ir.Value, opset: int) -> ir.Function:
+             y: ir.Value, opset: int, domains: Mapping[str, int] | None = None) -> ir.Function:
     """The model-local function ``(DOMAIN, spec.name, overload)``: the body on ``tape``
-    computing ``y`` from ``formals`` in standard ops."""
+    computing ``y`` from ``formals`` in standard ops (and ops of ``domains``: domain →
+    version)."""
     y.name = "Y"
-    graph = ir.Graph(formals, [y], nodes=tape.nodes, opset_imports={"": opset},
+    graph = ir.Graph(formals, [y], nodes=tape.nodes, opset_imports={"": opset, **(domains or {})},
                      name=f"{spec.name}_{overload}")
     return ir.Function(DOMAIN, spec.name, overload, graph=graph, attributes=function_attrs(spec))
 

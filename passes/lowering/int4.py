@@ -17,8 +17,8 @@ import onnx_ir as ir
 from fffc.contract.int4 import Int4Weights, Q4Matrix, columns, int4_weights
 from fffc.contract.ops import QUANT_INPUTS, SPARSE_FFN
 
-from .. import canonical_quant
-from .._common import const_array, dequantized, initializer
+from .. import canonical_quant, standard_forms
+from .._common import MS, const_array, const_shape, dequantized, initializer
 
 QUANT = QUANT_INPUTS[SPARSE_FFN.name]  # weight input → (scales input, zero points input)
 ROWS = ("W1", "WU")  # stored as MatMulNBits stores them: a row of blocks per neuron
@@ -33,7 +33,7 @@ def layout(inputs: dict[str, ir.Value | None]) -> Int4Weights | None:
     if not formats:
         return None
     names = [n for n in ("W1", "W2", "WU") if inputs.get(n) is not None]
-    w1, w2 = const_array(inputs["W1"]).shape, const_array(inputs["W2"]).shape
+    w1, w2 = const_shape(inputs["W1"]), const_shape(inputs["W2"])
     q = int4_weights(formats, names, w1[0], w1[1], w2[1])
     if isinstance(q, str):
         raise ValueError(f"int4 SparseFFN: {q}")
@@ -104,51 +104,57 @@ def op_inputs(graph: ir.Graph, inputs: dict[str, ir.Value | None],
 
 
 # --------------------------------------------------------------- the fallback's dequantization
+# In uint8 until the codes are whole, then float32: (code − zero point)·scale, each an exact
+# small integer before the one rounding of the product (ONNX Runtime's value). ONNX Runtime
+# folds these constants once when a session is made; uint8 keeps that cheap.
 
 
 def _const(tape: ir.tape.Tape, values: list[int]) -> ir.Value:
     return tape.op("Constant", [], {"value": ir.tensor(np.array(values, dtype=np.int64))})
 
 
-def _int(tape: ir.tape.Tape, v: ir.Value) -> ir.Value:
-    return tape.op("Cast", [v], {"to": ir.DataType.INT32})
+def _float(tape: ir.tape.Tape, v: ir.Value) -> ir.Value:
+    return tape.op("Cast", [v], {"to": ir.DataType.FLOAT})
 
 
-def _nibbles(tape: ir.tape.Tape, b: ir.Value, split: list[int],
-             axis: int) -> ir.Value:
-    """Each byte of ``b`` (int32) as its low and high nibble: both reshaped to ``split``
+def _nibbles(tape: ir.tape.Tape, b: ir.Value, split: list[int], axis: int) -> ir.Value:
+    """Each byte of ``b`` (uint8) as its low and high nibble: both reshaped to ``split``
     (Reshape's 0 = the same dim) and concatenated along ``axis`` (low first)."""
-    sixteen = tape.op("Constant", [], {"value": ir.tensor(np.array(NIBBLE, dtype=np.int32))})
-    low = tape.op("Reshape", [tape.op("Mod", [b, sixteen]), _const(tape, split)])
-    high = tape.op("Reshape", [tape.op("Div", [b, sixteen]), _const(tape, split)])
-    return tape.op("Concat", [low, high], {"axis": axis})
+    four = tape.op("Constant", [], {"value": ir.tensor(np.array(4, dtype=np.uint8))})
+    high = tape.op("BitShift", [b, four], {"direction": "RIGHT"})
+    low = tape.op("Sub", [b, tape.op("BitShift", [high, four], {"direction": "LEFT"})])
+    return tape.op("Concat", [tape.op("Reshape", [low, _const(tape, split)]),
+                              tape.op("Reshape", [high, _const(tape, split)])], {"axis": axis})
 
 
 def _dims(tape: ir.tape.Tape, v: ir.Value, start: int, end: int) -> ir.Value:
     return tape.op("Slice", [tape.op("Shape", [v]), _const(tape, [start]), _const(tape, [end])])
 
 
+def _eight(tape: ir.tape.Tape) -> ir.Value:
+    return tape.op("Constant", [], {"value": ir.tensor(np.array(8, dtype=np.float32))})
+
+
 def dequantize_rows(tape: ir.tape.Tape, b: ir.Value, s: ir.Value,
                     z: ir.Value | None) -> ir.Value:
-    """W [d_ff, d_in] float32 from MatMulNBits codes [d_ff, KB, block/2], scales and packed
-    zero points."""
-    codes = tape.op("Reshape", [_nibbles(tape, _int(tape, b), [0, 0, 0, 1], 3),
-                                _const(tape, [0, 0, -1])])  # [d_ff, KB, block]
-    rows_blocks = _dims(tape, b, 0, 2)  # [d_ff, KB]
+    """W [N, K] float32 (a row per output: per neuron for W1, WU) from MatMulNBits codes
+    [N, KB, block/2], scales and packed zero points."""
+    codes = tape.op("Reshape", [_nibbles(tape, b, [0, 0, 0, 1], 3),
+                                _const(tape, [0, 0, -1])])  # [N, KB, block]
+    rows_blocks = _dims(tape, b, 0, 2)  # [N, KB]
     if z is None:
-        zero = tape.op("Constant", [], {"value": ir.tensor(np.array(8, dtype=np.int32))})
-    else:  # two a byte: [d_ff · ceil(KB/2)] → [d_ff, 2·ceil(KB/2)] → the first KB
-        pairs = _nibbles(tape, _int(tape, z), [-1, 1], 1)
+        zero = _eight(tape)
+    else:  # two a byte: [N · ceil(KB/2)] → [N, 2·ceil(KB/2)] → the first KB
+        pairs = _nibbles(tape, z, [-1, 1], 1)
         per_row = tape.op("Reshape", [pairs, tape.op("Concat", [_dims(tape, b, 0, 1),
                                                                 _const(tape, [-1])],
                                                      {"axis": 0})])
         kept = tape.op("Slice", [per_row, _const(tape, [0]), _dims(tape, b, 1, 2),
                                  _const(tape, [1])])
-        zero = tape.op("Reshape", [kept, _const(tape, [0, 0, 1])])
+        zero = _float(tape, tape.op("Reshape", [kept, _const(tape, [0, 0, 1])]))
     scale = tape.op("Reshape", [s, tape.op("Concat", [rows_blocks, _const(tape, [1])],
                                            {"axis": 0})])
-    w = tape.op("Mul", [tape.op("Cast", [tape.op("Sub", [codes, zero])],
-                                {"to": ir.DataType.FLOAT}), scale])
+    w = tape.op("Mul", [tape.op("Sub", [_float(tape, codes), zero]), scale])
     return tape.op("Reshape", [w, _const(tape, [0, -1])])
 
 
@@ -156,16 +162,70 @@ def dequantize_columns(tape: ir.tape.Tape, b: ir.Value, s: ir.Value,
                        z: ir.Value | None) -> ir.Value:
     """W2 [d_ff, d_out] float32 from its per-neuron columns: codes [d_ff, d_out/2] in chunks
     of 32 outputs, scales and zero points [d_ff/block, d_out]."""
-    chunks = tape.op("Reshape", [_int(tape, b), _const(tape, [0, -1, NIBBLE])])
+    chunks = tape.op("Reshape", [b, _const(tape, [0, -1, NIBBLE])])
     codes = tape.op("Reshape", [_nibbles(tape, chunks, [0, 0, 1, NIBBLE], 2),
                                 _const(tape, [0, -1])])  # [d_ff, d_out]
     groups, d_out = _dims(tape, s, 0, 1), _dims(tape, s, 1, 2)
     grouped = tape.op("Reshape", [codes, tape.op("Concat", [groups, _const(tape, [-1]), d_out],
                                                  {"axis": 0})])  # [G, block, d_out]
-    zero = (tape.op("Constant", [], {"value": ir.tensor(np.array(8, dtype=np.int32))})
-            if z is None else tape.op("Reshape", [_int(tape, z), _const(tape, [0, 1, -1])]))
+    zero = (_eight(tape) if z is None
+            else _float(tape, tape.op("Reshape", [z, _const(tape, [0, 1, -1])])))
     scale = tape.op("Reshape", [s, _const(tape, [0, 1, -1])])
-    w = tape.op("Mul", [tape.op("Cast", [tape.op("Sub", [grouped, zero])],
-                                {"to": ir.DataType.FLOAT}), scale])
+    w = tape.op("Mul", [tape.op("Sub", [_float(tape, grouped), zero]), scale])
     return tape.op("Reshape", [w, tape.op("Concat", [_const(tape, [-1]), d_out], {"axis": 0})])
 
+
+def nbits_matmul(tape: ir.tape.Tape, x: ir.Value, b: ir.Value, s: ir.Value, z: ir.Value | None,
+                 k: int, n: int, block: int) -> ir.Value:
+    """``x · W`` by ONNX Runtime's MatMulNBits on codes ``b`` (4 bits) in float32
+    (accuracy_level 0: x times the dequantized weight)."""
+    return tape.op("MatMulNBits", [x, b, s, *([z] if z is not None else [])],
+                   {"K": k, "N": n, "bits": 4, "block_size": block, "accuracy_level": 0},
+                   domain=MS)
+
+
+def quantize_x(tape: ir.tape.Tape, x: ir.Value, block: int, opset: int) -> ir.Value:
+    """``x [..., K]`` rounded to int8 per block of ``block`` entries and scaled back, as
+    SparseFFN's ``accuracy_level`` 4 says (``fffc.contract.int4.quantize_x``)."""
+    blocks = tape.op("Reshape", [x, _const(tape, [-1, block])])
+    magnitude = tape.op("Abs", [blocks])
+    if opset >= 18:  # axes an input from opset 18, an attribute before
+        am = tape.op("ReduceMax", [magnitude, _const(tape, [1])], {"keepdims": 1})
+    else:
+        am = tape.op("ReduceMax", [magnitude], {"axes": [1], "keepdims": 1})
+
+    def f32(v: float) -> ir.Value:
+        return tape.op("Constant", [], {"value": ir.tensor(np.array(v, dtype=np.float32))})
+
+    inv = tape.op("Where", [tape.op("Greater", [am, f32(0.0)]),
+                            tape.op("Div", [f32(127.0), am]), f32(0.0)])
+    q = tape.op("Round", [tape.op("Mul", [blocks, inv])])
+    back = tape.op("Mul", [q, tape.op("Div", [am, f32(127.0)])])
+    return tape.op("Reshape", [back, tape.op("Shape", [x])])
+
+
+def exact_ffn(tape: ir.tape.Tape, f: dict[str, ir.Value | None], activation: str,
+              up_activation: str, opset: int, q: Int4Weights, d_in: int,
+              d_ff: int) -> ir.Value:
+    """SparseFFN exact on int4 weights (the op's inputs ``f`` by name) in standard ops and
+    MatMulNBits: its fallback. The gate and up projections by MatMulNBits in float32 on x
+    (rounded to int8 per block first with ``q.int8_x``), the down projection's columns
+    dequantized (folded once by ONNX Runtime) and multiplied in float32."""
+    x = quantize_x(tape, f["X"], q.block, opset) if q.int8_x else f["X"]
+    h = nbits_matmul(tape, x, f["W1"], f["W1S"], f["W1Z"], d_in, d_ff, q.block)
+    if f["B1"] is not None:
+        h = tape.op("Add", [h, f["B1"]])
+    a = standard_forms.activation(tape, activation, h, opset)
+    if f["WU"] is not None:
+        u = nbits_matmul(tape, x, f["WU"], f["WUS"], f["WUZ"], d_in, d_ff, q.block)
+        a = tape.op("Mul", [a, standard_forms.activation(tape, up_activation, u, opset)])
+    y = tape.op("MatMul", [a, dequantize_columns(tape, f["W2"], f["W2S"], f["W2Z"])])
+    return y if f["B2"] is None else tape.op("Add", [y, f["B2"]])
+
+
+def float_down(tape: ir.tape.Tape, w2: ir.Value) -> ir.Value:
+    """A quantized down projection ``w2`` (a marker's W2) as float32 ``[d_ff, d_out]``
+    dequantized from the user's MatMulNBits constants in standard ops: the values the
+    fallback's columns give, in the same float32 product."""
+    b, s, z = _sources(w2)
+    return tape.op("Transpose", [dequantize_rows(tape, b, s, z)], {"perm": [1, 0]})

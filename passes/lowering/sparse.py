@@ -18,13 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from fffc.contract.int4 import INT8_ACCURACY, Int4Weights
 from fffc.contract.kinds import Branch, SiteKind, SparseMode
 from fffc.contract.lowering import Masks, SiteLowering
 from fffc.contract.modes import MODES, Behaviour, Layout, Mode, Param, mode, register
 from fffc.contract.ops import SPARSE_FFN
 
-from .. import standard_forms
-from .._common import const_array, dequantized, initializer
+from .. import canonical_quant, standard_forms
+from .._common import MS, const_array, const_shape, initializer
 from ..markers import FFNMarker
 from . import int4
 from ._emit import (
@@ -192,14 +193,21 @@ def masked_ffn(tape: ir.tape.Tape, m: FFNMarker, masks: Masks | None, values: Ma
 
 def keep(ctx: Lowering, m: FFNMarker, plan: SiteLowering) -> None:
     """A site left as it was: the FFN in standard ops, with the plan's masks if any (and
-    with ``plan.dequantized``, on its weights' dequantized float32 values)."""
+    with ``plan.dequantized``, on its weights' dequantized values in float32: its MatMulNBits
+    at accuracy_level 0, x rounded to int8 per block first where the int4 kernels do so;
+    no float32 copy of a weight)."""
     tape = ir.tape.Tape()
     values = _mask_values(ctx, tape, m, plan.masks)
     if plan.dequantized:
-        floats = {n: initializer(ctx.graph, f"{v.producer().inputs[0].name}__dequantized",
-                                 const_array(v))
-                  for n, v in m.inputs.items() if v is not None and dequantized(v.producer())}
-        m = dataclasses.replace(m, inputs=m.inputs | floats)
+        for v in m.inputs.values():
+            if v is not None:
+                canonical_quant.in_float(v)
+        q = int4.layout(m.inputs)
+        if q is not None:  # what the fallback computes, in the same float32 operations
+            given = {"W2": int4.float_down(tape, m.inputs["W2"])}
+            if q.int8_x:
+                given["X"] = int4.quantize_x(tape, m.inputs["X"], q.block, ctx.opset)
+            m = dataclasses.replace(m, inputs=m.inputs | given)
     replace(m.node, tape, masked_ffn(tape, m, plan.masks, values, ctx.opset))
 
 
@@ -217,23 +225,24 @@ def overload_for(activation: str, up_activation: str, present: dict[str, bool],
     return f"{activation}_{up_activation}_{flags or 'nobias'}{suffix}"
 
 
+def int4_function(overload: str, present: dict[str, bool], act: str, up_act: str, opset: int,
+                  q: Int4Weights, d_in: int, d_ff: int) -> ir.Function:
+    """SparseFFN's fallback on int4 weights (``int4.exact_ffn``)."""
+    formals = [ir.Value(name=n) for n in INPUT_NAMES]
+    f = {v.name: v if present[v.name] else None for v in formals}
+    tape = ir.tape.Tape()
+    y = int4.exact_ffn(tape, f, act, up_act, opset, q, d_in, d_ff)
+    return fallback(SPARSE_FFN, overload, formals, tape, y, opset, {MS: 1})
+
+
 def sparse_function(overload: str, present: dict[str, bool], act: str, up_act: str,
                     opset: int, entry: Mode) -> ir.Function:
-    """SparseFFN's fallback for a mode: its inputs in the mode's layouts (int4 ones, where
-    the scales are present, dequantized first), TH read as the mode's ``th_fields``, the
-    centered form (XC, HC subtracted) where given."""
+    """SparseFFN's fallback for a mode: its inputs in the mode's layouts, TH read as the
+    mode's ``th_fields``, the centered form (XC, HC subtracted) where given."""
     formals = [ir.Value(name=n) for n in INPUT_NAMES]
     f = {v.name: v if present[v.name] else None for v in formals}
     tape = ir.tape.Tape()
     rows = {n for n, layout in entry.layouts.items() if layout is Layout.ROWS}
-    if present["W1S"]:  # int4: W1, WU a row per neuron, W2 in columns
-        f = dict(f)
-        for name in int4.ROWS:
-            if f[name] is not None:
-                s, z = int4.QUANT[name]
-                f[name] = int4.dequantize_rows(tape, f[name], f[s], f[z])
-        f["W2"] = int4.dequantize_columns(tape, f["W2"], f["W2S"], f["W2Z"])
-        rows = set(int4.ROWS)
     masks = Masks()
     if Param.THRESHOLDS in entry.params:  # TH [t0, t1] → two scalars
         t = (tape.op("Gather", [f["TH"], tape.op("Constant", [], {
@@ -266,13 +275,18 @@ def _sparse_node(ctx: Lowering, m: FFNMarker, tape: ir.tape.Tape, entry: Mode, m
     overload = overload_for(m.activation, m.up_activation, present, entry)
     attrs = {"activation": m.activation, "up_activation": m.up_activation,
              "mode": str(entry.sparse_mode)}
-    if q is not None:  # the fallback reads the layout from the shapes: one per present inputs
+    build = lambda: sparse_function(overload, present, m.activation,  # noqa: E731
+                                    m.up_activation, ctx.opset, entry)
+    if q is not None:  # the fallback's MatMulNBits name the shapes: one per shape and layout
         attrs["bits"] = 4
-    return fffc_node(
-        ctx, tape, m, SPARSE_FFN, inputs, attrs,
-        overload, lambda: sparse_function(overload, present, m.activation, m.up_activation,
-                                          ctx.opset, entry),
-        provenance(m))
+        d_in, d_ff = const_shape(m.inputs["W1"])
+        overload += f"_q4_{d_in}x{d_ff}b{q.block}"
+        if q.int8_x:
+            attrs["accuracy_level"] = INT8_ACCURACY
+            overload += "i8"
+        build = lambda: int4_function(overload, present, m.activation,  # noqa: E731
+                                      m.up_activation, ctx.opset, q, d_in, d_ff)
+    return fffc_node(ctx, tape, m, SPARSE_FFN, inputs, attrs, overload, build, provenance(m))
 
 
 def lower_sparse(ctx: Lowering, m: FFNMarker, plan: SiteLowering) -> None:
@@ -295,7 +309,7 @@ def lower_sparse(ctx: Lowering, m: FFNMarker, plan: SiteLowering) -> None:
     masked = plan.beyond is Branch.MASKED
     beyond_out = masked_ffn(beyond, m, masks if masked else None,
                             values if masked else MaskValues(), ctx.opset)
-    d_in = const_array(m.inputs["W1"]).shape[0]
+    d_in = const_shape(m.inputs["W1"])[0]
     replace(m.node, tape, token_dispatch(
         tape, m, d_in, plan.max_tokens, (list(kernel.nodes), out),
         taped(beyond, beyond_out, f"{m.name}/{plan.beyond}")))

@@ -224,6 +224,7 @@ Attrs ReadSparseAttrs(const OrtApi* a, const OrtKernelInfo* info) {
   Attrs attrs = {StringAttr(a, info, Sparse::kActivation),
                  StringAttr(a, info, Sparse::kUpActivation), StringAttr(a, info, Sparse::kMode)};
   attrs.bits = IntAttr(a, info, Sparse::kBits);
+  attrs.accuracy_level = IntAttr(a, info, Sparse::kAccuracyLevel);
   attrs.constant_w1 = IsConstantInput(a, info, Sparse::kW1);
   attrs.constant_b1 = IsConstantInput(a, info, Sparse::kB1);
   const char* screen = std::getenv("FFFC_EXACT_SCREEN");
@@ -475,7 +476,8 @@ std::string Describe(const Attrs& a, const FfnCall& c) {
 
 std::string TableMode(const Attrs& a, const FfnCall& c) {
   if (c.block != 0)
-    return a.mode + "/q4b" + std::to_string(c.block) + (c.present[Sparse::kW1Z] ? "z" : "");
+    return a.mode + "/q4b" + std::to_string(c.block) + (c.present[Sparse::kW1Z] ? "z" : "") +
+           (a.accuracy_level == kInt8Accuracy ? "i8" : "");
   if (a.mode != "teal" || (!c.present[Sparse::kXC] && !c.present[Sparse::kHC])) return a.mode;
   return a.mode + "/" + (c.present[Sparse::kXC] ? "x" : "") + (c.present[Sparse::kHC] ? "h" : "");
 }

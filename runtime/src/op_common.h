@@ -42,7 +42,10 @@ struct Attrs {
   bool constant_w1 = false, constant_b1 = false;
   bool screen = true;  // FFFC_EXACT_SCREEN=0 when the kernel was created: no float16 screen
   int64_t bits = 0;  // SparseFFN: 0 float weights, 4 int4 codes with scales
+  int64_t accuracy_level = 0;  // SparseFFN, bits 4: kInt8Accuracy rounds x to int8 per block
 };
+
+inline constexpr int64_t kInt8Accuracy = 4;  // MatMulNBits' accuracy_level of int8 x
 
 struct TensorView {
   const OrtValue* value = nullptr;
@@ -100,7 +103,7 @@ std::string Describe(const Attrs& a, const FfnCall& c);
 
 // The kernel table's mode of a call: a.mode, for a centered teal call "teal/x", "teal/h"
 // or "teal/xh" (which of XC, HC it has; fffc.ops.KernelSpec.centers), for int4 weights
-// "<mode>/q4b<block>", "z" appended with zero points.
+// "<mode>/q4b<block>", "z" appended with zero points, "i8" with x rounded to int8.
 std::string TableMode(const Attrs& a, const FfnCall& c);
 
 // True when a kernel table row (spec fields) serves this call (its mode: TableMode).

@@ -254,6 +254,34 @@ def test_int8_dots_with_zero_points(block: int) -> None:
     np.testing.assert_array_equal(k(x, _poisoned(case, xq, np.random.default_rng(5))), clean)
 
 
+@pytest.mark.parametrize("mcpu", [None, "x86-64-v3"], ids=["native", "avx2"])
+@pytest.mark.parametrize("zero_points", [False, True], ids=["symmetric", "zero_points"])
+def test_float_dots_on_x_rounded_to_int8(zero_points: bool, mcpu) -> None:
+    """A format with ``int8_x`` (SparseFFN's accuracy_level 4) built with float32 dots (a
+    CPU without the int8 dot): the same quantized-x function as the int8 dots compute."""
+    case = _case(256, 1024, 256, "drelu", zero_points, bias=False)
+    fmt = replace(case.fmt, int8_x=True)
+    k = Q4Kernel(case.spec, fmt, mcpu=mcpu)
+    x = _x(case, 2, seed=3)
+    xq = _quantized_x(x, case.fmt.block)
+    assert np.abs(case.gates(xq)[0]).min() > MARGIN
+    want = case.reference(xq)
+    np.testing.assert_allclose(k(x, case.inputs()), want, rtol=RTOL, atol=ATOL)
+    assert np.abs(want - case.reference(x)).max() > 1e-4  # the rounding of x matters
+
+
+def test_contract_rounds_x_as_the_kernels() -> None:
+    """``fffc.contract.int4.quantize_x`` (the op's NumPy reference and fallback rule) is the
+    rounding the tests above hold the kernels to, ties included."""
+    from fffc.contract.int4 import quantize_x
+
+    x = np.random.default_rng(8).standard_normal((3, 128)).astype(np.float32)
+    x[0, :32] = 0.0  # an all-zero block
+    x[1, 32:64] = np.linspace(-1, 1, 32, dtype=np.float32) * (127 / 127.0)
+    x[1, 40] = 0.5 * (1 / 127)  # exactly half a step: ties go to even
+    np.testing.assert_allclose(quantize_x(x, 32), _quantized_x(x, 32), rtol=1e-6, atol=1e-7)
+
+
 def test_int8_dots_refuse_rows_shorter_than_two_steps() -> None:
     s = _spec(64, 1024, 256, "drelu", False)
     with pytest.raises(CodegenError, match="multiple of 128"):

@@ -188,3 +188,47 @@ def test_float_and_int4_sites_in_one_model(tmp_path):
     for init in original.graph.initializer:
         if init.data_type == onnx.TensorProto.UINT8 or init.name.endswith("_scales"):
             assert got[init.name].SerializeToString() == init.SerializeToString(), init.name
+
+
+@pytest.mark.slow
+def test_weight_dtype_int4_quantizes_a_float_model(tmp_path, capsys):
+    """``--weight-dtype int4`` on a float dReLU FFN: its weights become 4-bit symmetric
+    MatMulNBits codes (block 32) read by the int4 kernels, no float32 matrix left; the
+    artifact computes what ONNX Runtime's own MatMulNBitsQuantizer makes of the model (run
+    with float activations), at every token count, and its distance from the float model is
+    reported."""
+    from fffc.runtime import InferenceSession
+
+    src = q.float_ffn(tmp_path / "drelu.onnx", "drelu")
+    out = tmp_path / "out.fffc"
+    assert main(["compile", str(src), "-o", str(out), "--target", "x86",
+                 "--weight-dtype", "int4"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    manifest = json.loads((out / "manifest.json").read_text())
+    (site,) = manifest["sites"]
+    assert site["decision"] == "exact"
+    assert {f["describe"] for f in site["weight_formats"].values()} == {
+        "int4 MatMulNBits weights (block 32, symmetric)"}
+    assert manifest["verification"]["model_with_shim"]["ok"]
+    assert site["deviation"] > 1e-3  # the rounding to int4, reported
+    assert "int4-rounded weights" in printed
+    artifact = onnx.load(out / "model.onnx")
+    assert not [i.name for i in artifact.graph.initializer
+                if i.data_type == onnx.TensorProto.FLOAT and np.prod(i.dims) >= q.D * q.F]
+
+    tool = q.matmul_nbits(src, tmp_path / "tool.onnx", 4, 32, True)  # no accuracy_level
+    sess = InferenceSession(str(out))
+    rng = np.random.default_rng(9)
+    for shape in ((1, 1, q.D), (1, 2, q.D), (2, 7, q.D)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], _outputs(tool, x)[0],
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_weight_dtype_int4_is_for_cpu_targets(tmp_path, capsys):
+    src = q.float_ffn(tmp_path / "drelu.onnx", "drelu")
+    assert main(["compile", str(src), "-o", str(tmp_path / "o"), "--target", "cuda",
+                 "--weight-dtype", "int4"]) == 2
+    err = capsys.readouterr().err
+    assert "--weight-dtype int4: int4 kernels are for the CPU targets" in err
+    assert "Traceback" not in err

@@ -1,9 +1,9 @@
 """The ONNX Runtime GenAI model builder's int4 and int8 decoders (``-p int4|int8``: every
 projection a MatMulNBits): fffc finds one FFN site per layer with its weight format. The
 int4 decoders of a ReLU-gated checkpoint (ReGLU, and made dReLU) get exact kernels on their
-int4 codes: decode steps compute the float
-FFN on the weights ONNX Runtime dequantizes, prefill runs the builder's MatMulNBits, and
-onnxruntime_genai generates with it. The int8 one is left as it was:
+int4 codes: decode steps compute the float FFN on the weights ONNX Runtime dequantizes, x
+rounded to int8 per block as the builder's accuracy_level 4 asks, prefill runs the builder's
+MatMulNBits, and onnxruntime_genai generates with it. The int8 one is left as it was:
 the folder's decoder is the builder's, its quantized weights byte for byte, computing the
 same logits and cache."""
 
@@ -103,12 +103,15 @@ def test_compile_leaves_the_builders_decoder_as_it_was(precision, genai, tmp_pat
 def _float_ffn_reference(folder, dest, bound: int) -> onnx.ModelProto:
     """The builder's decoder with every FFN projection, for calls of up to ``bound`` tokens,
     a float32 MatMul on the matrix ONNX Runtime dequantizes from its codes (MatMulNBits on
-    the identity, no accuracy_level): the function fffc's int4 kernels compute where they
-    serve; its own MatMulNBits beyond, and every other node as the builder wrote it."""
+    the identity, no accuracy_level) — of x rounded to int8 per block of 32 and scaled back
+    where the node has accuracy_level 4 and reads x (the gate and up projections): the
+    function fffc's int4 kernels compute where they serve; its own MatMulNBits beyond, and
+    every other node as the builder wrote it."""
     from tests.fixtures.quantized import ort_weight
 
     model = onnx.load(str(folder / "model.onnx"))  # external data read in
     nodes = list(model.graph.node)
+    mk = onnx.helper.make_node
     for i, n in enumerate(nodes):
         if n.op_type != "MatMulNBits" or "/mlp/" not in n.name:
             continue
@@ -116,8 +119,27 @@ def _float_ffn_reference(folder, dest, bound: int) -> onnx.ModelProto:
         model.graph.initializer.append(w)
         k = w.dims[0]
         y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
-        kernel = onnx.helper.make_graph(
-            [onnx.helper.make_node("MatMul", [n.input[0], w.name], ["y"])], f"{n.name}_f", [], [y])
+        level = next((a.i for a in n.attribute if a.name == "accuracy_level"), 0)
+        x, body = n.input[0], []
+        if level == 4 and "down_proj" not in n.name:  # q = round(x·127/max), x' = q·max/127
+            body = [mk("Constant", [], ["blk"], value=numpy_helper.from_array(
+                        np.array([-1, 32], np.int64))),
+                    mk("Reshape", [x, "blk"], ["xb"]), mk("Abs", ["xb"], ["ab"]),
+                    mk("Constant", [], ["ax"], value=numpy_helper.from_array(
+                        np.array([1], np.int64))),
+                    mk("ReduceMax", ["ab", "ax"], ["am"], keepdims=1),  # opset 22's builder
+                    mk("Constant", [], ["c127"], value=numpy_helper.from_array(
+                        np.array(127, np.float32))),
+                    mk("Constant", [], ["c0"], value=numpy_helper.from_array(
+                        np.array(0, np.float32))),
+                    mk("Div", ["c127", "am"], ["inv0"]), mk("Greater", ["am", "c0"], ["pos"]),
+                    mk("Where", ["pos", "inv0", "c0"], ["inv"]), mk("Mul", ["xb", "inv"], ["s"]),
+                    mk("Round", ["s"], ["q"]), mk("Div", ["am", "c127"], ["sx"]),
+                    mk("Mul", ["q", "sx"], ["xq"]), mk("Shape", [x], ["xs"]),
+                    mk("Reshape", ["xq", "xs"], ["x8"])]
+            x = "x8"
+        kernel = onnx.helper.make_graph([*body, mk("MatMul", [x, w.name], ["y"])],
+                                        f"{n.name}_f", [], [y])
         beyond = onnx.helper.make_graph([onnx.helper.make_node(
             n.op_type, list(n.input), ["y"], domain=n.domain, name=n.name)], f"{n.name}_q", [],
             [y])
@@ -169,6 +191,12 @@ def test_int4_decoder_gets_kernels_on_its_codes(precision, genai, tmp_path):
     artifact = onnx.load(str(out / "model.onnx"), load_external_data=False)
     nbits = [n for n in artifact.graph.node if n.op_type == "MatMulNBits"]
     assert len(nbits) == 2 * LAYERS + 1  # qkv and o per layer, lm_head: as the builder's
+    ops = [i for n in artifact.graph.node if n.op_type == "If" for a in n.attribute
+           for i in a.g.node if i.op_type == "SparseFFN"]
+    assert len(ops) == LAYERS
+    for op in ops:  # int4 codes, x rounded to int8 as the builder's accuracy_level 4 says
+        attrs = {a.name: a.i for a in op.attribute if a.type == onnx.AttributeProto.INT}
+        assert (attrs["bits"], attrs["accuracy_level"]) == (4, 4)
     builders = {i.name for i in onnx.load(str(folder / "model.onnx"),
                                           load_external_data=False).graph.initializer}
     added = [int(np.prod(i.dims)) for i in artifact.graph.initializer

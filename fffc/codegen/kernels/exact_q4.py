@@ -24,7 +24,9 @@ reassociation. Per token, gate first:
 With ``Q4Dot.INT8`` the gate and up dots run on x quantized to int8 per block, as ONNX
 Runtime's ``accuracy_level`` 4 computes: integer products (AVX-512 VNNI on x86, ``sdot`` on
 aarch64 CPUs with dotprod), the float FFN only up to x's rounding (and a neuron whose gate
-is within that rounding of 0 may be decided otherwise than in float).
+is within that rounding of 0 may be decided otherwise than in float). A format with
+``int8_x`` (SparseFFN's ``accuracy_level`` 4) computes that function with either dots: the
+float32 ones then read x rounded and scaled back, for CPUs without the int8 dot.
 
 The kernel is one TIR for every CPU family: LLVM vectorizes its loops at the target's width
 (AVX2, AVX-512, NEON), and the few instructions it names (the int8 dot, the float32
@@ -138,6 +140,15 @@ PARTS = 4  # phase-2 tasks at most
 SERIAL_MAX_MACS = 1 << 16
 
 
+def plan_dot(spec: SparseSpec, int8_dots: bool) -> Q4Dot:
+    """The dots of ``spec``'s kernel on a CPU that has the int8 dot or not: int8 where x is
+    rounded to int8 anyway (``spec.int8_x``) and the kernel takes them (d_in a multiple of
+    two steps), else float32."""
+    if spec.int8_x and int8_dots and spec.d_in % (2 * STEP_BYTES) == 0:
+        return Q4Dot.INT8
+    return Q4Dot.FLOAT32
+
+
 @dataclass(frozen=True)
 class Q4Plan:
     """A schedule family's int4 exact variant: its tiling, its CPU family's instructions
@@ -209,6 +220,7 @@ def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol:
     loop = T.parallel if t.parallel else T.serial
     gated, up = spec.gated, activation(spec.up_activation)
     INT8 = dot is Q4Dot.INT8
+    QX = fmt.int8_x  # x rounded to int8 per block (INT8 dots always compute so)
     AL = I8_LANES if INT8 else VB  # accumulator lanes of a row dot
     NS = KB * BB // STEP_BYTES if INT8 else 1  # int8 steps of a row
     NXQ, NXF = (KB * BB, 1) if INT8 else (1, KB * BB)  # x's int8 / float copies (1: unused)
@@ -390,6 +402,19 @@ def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol:
                             XCOR[st * I8_LANES + ln] = XCOR[st * I8_LANES + ln] - XZ * (
                                 T.Cast("int32", XEQ[st * STEP_BYTES + 4 * ln + m])
                                 + T.Cast("int32", XOQ[st * STEP_BYTES + 4 * ln + m]))
+            elif QX:
+                # float dots on x rounded to int8 per block as above, scaled back (q · s)
+                for kb in range(KB):
+                    am = T.alloc_buffer((1,), "float32", scope="local")
+                    am[0] = T.float32(0)
+                    for k in range(BLK):
+                        am[0] = T.max(am[0], T.fabs(X[tb, kb * BLK + k]))
+                    inv = T.if_then_else(am[0] > T.float32(0), T.float32(127) / am[0], T.float32(0))
+                    for i in range(BB):
+                        XE[kb * BB + i] = T.nearbyint(X[tb, kb * BLK + 2 * i] * inv) * (
+                            am[0] / T.float32(127))
+                        XO[kb * BB + i] = T.nearbyint(X[tb, kb * BLK + 2 * i + 1] * inv) * (
+                            am[0] / T.float32(127))
             else:
                 for kb in range(KB):
                     for i in range(BB):

@@ -31,7 +31,7 @@ from .._tvm import T
 
 # Weight storage dtypes a kernel generator takes: loads are widened to float32, so the
 # arithmetic and the accumulation stay float32 whatever the storage.
-WEIGHT_DTYPES = tuple(str(d) for d in WeightDtype)
+WEIGHT_DTYPES = tuple(str(d) for d in WeightDtype if d.floating)
 
 
 def ceil_div(a: int, b: int) -> int:

@@ -14,7 +14,7 @@ from fffc.contract.errors import UnsupportedTargetError
 from fffc.contract.kernels import SparseSpec
 
 from .. import _tvm
-from ..kernels.exact_q4 import ARM_ISA, INT4, Q4Plan, q4_tiling
+from ..kernels.exact_q4 import ARM_ISA, INT4, Q4Plan, plan_dot, q4_tiling
 from .base import MAX_TOKENS, Variant
 from .cpu import CpuConfig, CpuFamily, cpu_variants
 
@@ -57,7 +57,8 @@ class Arm(CpuFamily):
     def sparse_variants(self, spec: SparseSpec, target: dict) -> list[Variant]:
         if spec.bits:  # one kernel for every count, a token at a time (the If past the
             # crossover runs ONNX Runtime's MatMulNBits)
-            return [Variant(INT4, 1, MAX_TOKENS,
-                            Q4Plan(q4_tiling(spec, self.config.lanes), ARM_ISA))]
+            dots = _tvm.target_has_features(target, list(ARM_ISA.dot_features))
+            return [Variant(INT4, 1, MAX_TOKENS, Q4Plan(q4_tiling(spec, self.config.lanes),
+                                                        ARM_ISA, plan_dot(spec, dots)))]
         return cpu_variants(spec, self.config, lanes=self.config.lanes,
                             gemm_nr_vectors=self.config.gemm_nr_vectors)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fffc.contract.kernels import SparseSpec
 
 from .. import _tvm
-from ..kernels.exact_q4 import INT4, X86_ISA, Q4Plan, q4_tiling
+from ..kernels.exact_q4 import INT4, X86_ISA, Q4Plan, plan_dot, q4_tiling
 from .base import MAX_TOKENS, Variant
 from .cpu import CpuConfig, CpuFamily, cpu_variants
 
@@ -43,8 +43,9 @@ class X86(CpuFamily):
         wide = _tvm.cpu_has_features(cpu, ["avx512f"], self.triple)
         if spec.bits:  # one kernel for every count, a token at a time (the If past the
             # crossover runs ONNX Runtime's MatMulNBits)
+            dots = _tvm.target_has_features(target, list(X86_ISA.dot_features))
             return [Variant(INT4, 1, MAX_TOKENS, Q4Plan(q4_tiling(spec, 16 if wide else 8),
-                                                        X86_ISA))]
+                                                        X86_ISA, plan_dot(spec, dots)))]
         return cpu_variants(spec, c, lanes=16 if wide else 8,
                             gemm_nr_vectors=c.gemm_nr_vectors_avx512 if wide else c.gemm_nr_vectors,
                             half_conversions=_tvm.cpu_has_features(cpu, ["f16c"], self.triple))

@@ -73,6 +73,7 @@ struct SparseFFN {
   static constexpr const char* const kModeChoices[] = {"exact", "teal", "cats", "predictor"};
   static constexpr StringAttribute kMode = {"mode", "exact", kModeChoices, 4};
   static constexpr IntAttribute kBits = {"bits", 0};
+  static constexpr IntAttribute kAccuracyLevel = {"accuracy_level", 0};
 };
 
 // ai.fffc::FastFeedForward, version 1.
