@@ -68,12 +68,12 @@ class Q4Matrix:
         n, kb, half = self.codes.shape
         if self.k % self.block or kb != self.k // self.block or half != self.block // 2:
             raise ValueError(f"int4 codes {self.codes.shape}: expected [N, {self.k}/"
-                               f"{self.block}, {self.block // 2}] (K a multiple of the block)")
+                             f"{self.block}, {self.block // 2}] (K a multiple of the block)")
         if self.scales.shape != (n, kb):
             raise ValueError(f"int4 scales {self.scales.shape}: expected {(n, kb)}")
         if self.zero_points is not None and self.zero_points.shape != (n, -(-kb // 2)):
             raise ValueError(f"int4 zero points {self.zero_points.shape}: expected "
-                               f"{(n, -(-kb // 2))}")
+                             f"{(n, -(-kb // 2))}")
 
     @property
     def n(self) -> int:
