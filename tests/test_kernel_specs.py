@@ -28,6 +28,8 @@ CASES = [
      "53c90aa2cf", "cats"),
     (SparseSpec("silu", "none", SparseMode.PREDICTOR, 128, 512, 128, False, False, True,
                 rank=32).stored_as("bfloat16"), "6033d086d3", "predictor"),
+    (SparseSpec("relu", "relu", SparseMode.EXACT, 2048, 5632, 2048, False, False, True,
+                bits=4, block=32, zero_points=True, int8_x=True), "394948fade", "exact"),
     (FffSpec(32, 24, 2, 2, "ge").stored_as("float16"), "1072169a9b", "2x2ge"),
     (StructuredSpec("gelu", 40, 48, 40, Projection(2, 24, False, 4, 12),
                     Projection(2, 20, False, 4, 10), True, True), "8603a429b9",
@@ -65,6 +67,17 @@ def test_arguments_follow_the_fields() -> None:
     assert route.arg_names() == ["X", "WR", "LS", "LB", "KN", "IDX", "WT", "CNT", "XS"]
     assert route.weight_args() == [] and route.stored_as("float16") is route
     assert RouteSpec(8, "threshold", 5, "raw", False).k == 0  # threshold selections have no k
+
+
+def test_int4_specs_take_codes_scales_and_zero_points() -> None:
+    s = SparseSpec("relu", "relu", "exact", 64, 128, 64, True, False, True, bits=4, block=32,
+                   zero_points=True)
+    assert s.arg_names() == ["X", "W1", "W1S", "W1Z", "B1", "W2", "W2S", "W2Z", "WU", "WUS",
+                             "WUZ", "Y"]
+    assert s.row.dtype == "int4" and dict(s.row.extra) == {"block": "32", "zero_points": "1"}
+    assert s.weight_args() == [] and s.stored_as("float16") == s  # no 16-bit copy of codes
+    with pytest.raises(ValueError, match="bits"):
+        SparseSpec("relu", "relu", "exact", 64, 128, 64, True, False, True, bits=4)
 
 
 def test_16_bit_weights_change_the_key_of_specs_with_weights_only() -> None:

@@ -28,7 +28,13 @@ from fffc.contract.kinds import SparseMode
 from fffc.contract.modes import sparse
 
 from . import _tvm
-from .kernels import routed_ffn_cuda, sparse_ffn_cuda, sparse_ffn_cuda_masked, structured_ffn_cuda
+from .kernels import (
+    exact_q4_cuda,
+    routed_ffn_cuda,
+    sparse_ffn_cuda,
+    sparse_ffn_cuda_masked,
+    structured_ffn_cuda,
+)
 from .kernels.exact_decode import exact_decode_primfunc
 from .kernels.exact_q4 import Q4Plan, exact_q4_primfunc
 from .kernels.exact_screened import SCREENED, screen_inputs, screened_arg_names, screened_primfunc
@@ -157,6 +163,9 @@ class SparseKernels(OpKernels):
 
     def cuda_funcs(self, spec, v, prefix, target):
         t = v.tiling
+        if spec.bits:
+            return exact_q4_cuda.exact_q4_cuda_funcs(
+                spec, Q4Format(spec.block, spec.zero_points), t, prefix)
         if t.gemm:
             return {name: _tvm.dlight_matmul(f, target, dict(t.gemm_config))
                     for name, f in sparse_ffn_cuda.gemm_funcs(spec, prefix, spec.dtype).items()}
@@ -164,10 +173,14 @@ class SparseKernels(OpKernels):
         return module.decode_funcs(spec, t, prefix, spec.dtype)
 
     def workspace(self, spec, v):
+        if spec.bits:
+            return exact_q4_cuda.workspace(spec, v.tiling)
         module = sparse_ffn_cuda_masked if sparse(spec.mode).masked else sparse_ffn_cuda
         return module.workspace(spec, v.tiling)
 
     def cuda_table_mode(self, spec):
+        if spec.bits:
+            return self.table_mode(spec, "")
         return f"{spec.mode}/{spec.centers}" if spec.centers else str(spec.mode)
 
 

@@ -398,9 +398,13 @@ class CombineSpec(KernelSpec):
 
 
 def _sparse_of(r: Row, extra: dict[str, str]) -> KernelSpec:
+    int4 = {}
+    if "block" in extra:  # int codes: the row's dtype names the bits, the activations float32
+        int4 = {"bits": int(r.dtype.removeprefix("int")), "block": int(extra["block"]),
+                "zero_points": extra["zero_points"] == "1", "int8_x": extra.get("int8_x") == "1"}
     return SparseSpec(r.activation, r.up_activation, SparseMode(r.mode), r.d_in, r.d_ff,
-                      r.d_out, r.has_b1, r.has_b2, r.gated, r.dtype,
-                      rank=int(extra.get("rank", 0)), centers=extra.get("centers", ""))
+                      r.d_out, r.has_b1, r.has_b2, r.gated, FLOAT32 if int4 else r.dtype,
+                      rank=int(extra.get("rank", 0)), centers=extra.get("centers", ""), **int4)
 
 
 def _fff_of(r: Row, extra: dict[str, str]) -> KernelSpec:

@@ -129,8 +129,7 @@ class Context:
             raise UsageError(f"--max-sparse-tokens must be >= 0, got {options.max_sparse_tokens}")
         fam = family(target.family)
         if dtype is WeightDtype.INT4 and not fam.int4_weights:
-            raise UsageError(f"--weight-dtype int4: int4 kernels are for the CPU targets (x86, "
-                             f"arm), not {target.family}")
+            raise UsageError(f"--weight-dtype int4: no int4 kernels for {target.family}")
         if dtype.floating and dtype is not WeightDtype.FLOAT32 and not fam.narrow_weights:
             raise UsageError(f"--weight-dtype {options.weight_dtype}: 16-bit weights are for "
                              "--target cuda (the CPU kernels read float32 weights)")

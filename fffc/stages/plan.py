@@ -34,6 +34,7 @@ def run(analysis: Analysis, ctx: Context) -> Planned:
                            "and quantized-weight models only (fffc inspect lists these sites)",
                            path=analysis.path)
     fam = ctx.family
-    decide.plan(analysis.sites, ctx.options.sites,
-                int4_target=fam.name if fam is not None and fam.int4_weights else "")
+    int4 = fam is not None and fam.int4_weights
+    decide.plan(analysis.sites, ctx.options.sites, int4_target=fam.name if int4 else "",
+                int4_int8_x=int4 and fam.int4_int8_x)
     return Planned(analysis)

@@ -125,6 +125,22 @@ def test_sparse_ffn_cuda_path(tmp_path, fake_libcuda):
     assert variants == {"decode1", "decode8", "decode16"}, launches
 
 
+def test_int4_cuda_path(tmp_path, fake_libcuda):
+    """SparseFFN exact on int4 codes (a dReLU FFN ONNX Runtime's quantizer made 4-bit
+    MatMulNBits with zero points, float activations): the int4 variants serve the token
+    counts up to the bound, the user's MatMulNBits beyond; outputs as the original's."""
+    from tests.fixtures import quantized as q
+
+    src = q.float_ffn(tmp_path / "drelu.onnx", "drelu")
+    path = q.matmul_nbits(src, tmp_path / "q4.onnx", 4, 32, False)
+    result = fffc.compile(path, tmp_path / "q4.fffc", fffc.CompileOptions(target="cuda"))
+    assert [s.decision for s in result.sites] == ["exact"]
+    launches = _compare(path, result.artifact,
+                        _feeds(q.D, [(1, 1), (1, 2), (1, 3), (2, 100)]), fake_libcuda, tmp_path)
+    variants = {re.search(r"_(int4_\d+)_", ln)[1] for ln in launches}
+    assert variants == {"int4_1", "int4_2", "int4_4"}, launches
+
+
 @pytest.mark.torch
 def test_fff_cuda_path(tmp_path, fake_libcuda):
     """FastFeedForward: one block per token (its inputs by the kernel's own names)."""

@@ -5,15 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fffc.contract.errors import CodegenError
+from fffc.contract.int4 import Int4Weights
 from fffc.contract.kernels import FffSpec, SparseSpec, StructuredSpec
 from fffc.contract.kinds import SparseMode
 from fffc.contract.modes import sparse
 
+from ..kernels.exact_q4_cuda import q4_cuda_tiling
 from ..kernels.fff_cuda import FffTiling
 from ..kernels.pieces import ceil_div
 from ..kernels.sparse_ffn_cuda import CudaTiling
 from ..kernels.structured_ffn_cuda import StructuredTiling
 from .base import MAX_TOKENS, Crossovers, Family, Variant
+
+INT4_TOKENS = (1, 2, 4, 8)  # int4 exact: tokens per block of each variant (8: the most
+# whose down sums stay in registers)
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class StructuredConfig:
 class Cuda(Family):
     name = "cuda"
     narrow_weights = True
+    int4_weights = True
+    int4_int8_x = False
     merged_path = False
     device = True
     cpu_mcpu = "x86-64-v3"  # the CPU kernels run wherever the GPU server is: any x86-64
@@ -119,6 +126,17 @@ class Cuda(Family):
                           splits=base.splits)
 
     def sparse_variants(self, spec: SparseSpec, target: dict) -> list[Variant]:
+        if spec.bits:  # int4 codes: a block of mr tokens reads each weight once; the last
+            # tiles every count (the If past the crossover runs ONNX Runtime's MatMulNBits)
+            if spec.int8_x:
+                raise CodegenError("int4 CUDA kernels take x in float32 (accuracy_level 0)")
+            fmt = Int4Weights(spec.block, spec.zero_points)
+            out, first = [], 1
+            for i, m in enumerate(INT4_TOKENS):
+                last = MAX_TOKENS if i == len(INT4_TOKENS) - 1 else m
+                out.append(Variant(f"int4_{m}", first, last, q4_cuda_tiling(spec, fmt, m)))
+                first = last + 1
+            return out
         if sparse(spec.mode).masked:  # grids over tokens: any count is correct; the
             # artifact's If runs ORT's original FFN past masked_max_tokens
             return [Variant(str(spec.mode), 1, MAX_TOKENS, self.masked_tiling(spec))]
