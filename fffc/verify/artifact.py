@@ -19,19 +19,10 @@ from ..contract.sites import Site
 from .capture import Probes
 from .compare import Comparison, compare, compare_runs, run, session, worse
 from .cuda_emu import Emulator
-from .in_place import quantizes_activations, run_in_place
+from .in_place import all_nodes, quantizes_activations, run_in_place
 from .sites import Inputs, site_slack
 
 STACKED_PROBE_TOKENS = 301  # structured kernels' check: past every variant's first bound
-
-
-def _all_nodes(graph: onnx.GraphProto):
-    """Nodes of a graph and of its subgraphs (If branches), depth first."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
 
 
 def single_node_model(model: onnx.ModelProto, node_name: str) -> onnx.ModelProto:
@@ -40,7 +31,7 @@ def single_node_model(model: onnx.ModelProto, node_name: str) -> onnx.ModelProto
     Used to compare one compiled kernel with the activations captured for its site; the
     model carries no fallback functions, so only a registered kernel can run it.
     """
-    node = next(n for n in _all_nodes(model.graph) if n.name == node_name)
+    node = next(n for n in all_nodes(model.graph) if n.name == node_name)
     inits = {i.name: i for i in model.graph.initializer}
     new = onnx.NodeProto()
     new.CopyFrom(node)

@@ -37,17 +37,18 @@ QUANTIZING = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "DynamicQuant
                         "MatMulIntegerToFloat"})
 
 
-def _nodes(graph: onnx.GraphProto):
+def all_nodes(graph: onnx.GraphProto):
+    """Nodes of a graph and of its subgraphs (If branches), depth first."""
     for n in graph.node:
         yield n
         for a in n.attribute:
             if a.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(a.g)
+                yield from all_nodes(a.g)
 
 
 def quantizes_activations(model: onnx.ModelProto) -> bool:
     """Whether some node of ``model`` (its If branches too) rounds activations to integers."""
-    for n in _nodes(model.graph):
+    for n in all_nodes(model.graph):
         if n.op_type in QUANTIZING:
             return True
         if n.op_type == "MatMulNBits" and any(

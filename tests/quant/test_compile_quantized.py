@@ -225,10 +225,15 @@ def test_weight_dtype_int4_quantizes_a_float_model(tmp_path, capsys):
                                    rtol=1e-4, atol=1e-5)
 
 
-def test_weight_dtype_int4_refused_where_no_int4_kernels(tmp_path, capsys):
+def test_accuracy_level_4_site_stays_on_cuda(tmp_path, capsys):
+    """The CUDA int4 kernels take x in float32: a site whose MatMulNBits round x to int8
+    (accuracy_level 4) is left as it was on --target cuda, saying why."""
     src = q.float_ffn(tmp_path / "drelu.onnx", "drelu")
-    assert main(["compile", str(src), "-o", str(tmp_path / "o"), "--target", "x86",
-                 "--weight-dtype", "int8"]) == 2
-    err = capsys.readouterr().err
-    assert "--weight-dtype" in err and "int8" in err
-    assert "Traceback" not in err
+    path = q.matmul_nbits(src, tmp_path / "q4.onnx", 4, 32, True, 4)
+    out = tmp_path / "out.fffc"
+    assert main(["compile", str(path), "-o", str(out), "--target", "cuda"]) == 0
+    (site,) = json.loads((out / "manifest.json").read_text())["sites"]
+    assert site["decision"] == "dense"
+    assert "the cuda int4 kernels take x in float32, not rounded to int8 as accuracy_level 4 " \
+           "asks; left as it was" in site["reason"]
+    assert site["name"] in capsys.readouterr().out

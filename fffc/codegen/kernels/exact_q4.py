@@ -182,14 +182,19 @@ def q4_arg_names(spec: SparseSpec, fmt: Q4Format) -> list[str]:
     return int4_spec(spec, fmt).arg_names()
 
 
-def check_q4(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, dot: Q4Dot) -> None:
-    """Raise CodegenError for shapes the int4 exact kernel cannot compute."""
+def check_int4_shapes(spec: SparseSpec, fmt: Q4Format) -> None:
+    """Raise CodegenError for an FFN the int4 exact kernels (every target's) cannot take."""
     check_spec(spec)  # exact, ReLU gate, the up activations
     if spec.d_in % fmt.block or spec.d_ff % fmt.block:
         raise CodegenError(f"int4 kernel: d_in {spec.d_in} and d_ff {spec.d_ff} must be "
                            f"multiples of the block {fmt.block}")
     if spec.d_out % CHUNK:
         raise CodegenError(f"int4 kernel: d_out {spec.d_out} must be a multiple of {CHUNK}")
+
+
+def check_q4(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, dot: Q4Dot) -> None:
+    """Raise CodegenError for shapes the int4 exact kernel cannot compute."""
+    check_int4_shapes(spec, fmt)
     t = tiling
     if spec.d_ff % t.nb or t.nb % t.rows or t.cw % CHUNK or spec.d_out % (t.parts * t.cw):
         raise CodegenError(f"int4 kernel: tiling {t} does not divide {spec}")

@@ -49,9 +49,9 @@ from fffc.contract.kernels import SparseSpec
 
 from .._tvm import T
 from ..q4_layout import CHUNK, SYMMETRIC_ZERO_POINT, Q4Format
+from .exact_q4 import check_int4_shapes
 from .pieces import activation, ceil_div, specialize
 from .routed_ffn_cuda import warp_shuffled
-from .sparse_ffn import check_spec
 from .sparse_ffn_cuda import CudaTiling, reduce_kernel
 
 NIBBLES = 8  # codes per 32-bit word
@@ -100,12 +100,7 @@ def _stage(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling) -> int:
 
 def check_q4_cuda(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling) -> None:
     """Raise CodegenError for shapes or tilings the kernels cannot compute."""
-    check_spec(spec)  # exact, ReLU gate, the up activations
-    if spec.d_in % fmt.block or spec.d_ff % fmt.block:
-        raise CodegenError(f"int4 kernel: d_in {spec.d_in} and d_ff {spec.d_ff} must be "
-                           f"multiples of the block {fmt.block}")
-    if spec.d_out % CHUNK:
-        raise CodegenError(f"int4 kernel: d_out {spec.d_out} must be a multiple of {CHUNK}")
+    check_int4_shapes(spec, fmt)
     if t.pw not in (1, 2, 4) or (fmt.block // 2) % (4 * t.pw):
         raise CodegenError(f"int4 CUDA kernel: {t.pw} words per piece do not divide a "
                            f"block of {fmt.block // 2} bytes")
