@@ -43,7 +43,7 @@ def _layers(d: int, f: int, n: int, sparsity: float, rng) -> list[tuple]:
         wu = (rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float32)
         wu[0] = 3.0
         w2 = (rng.standard_normal((f, d)) / np.sqrt(f)).astype(np.float32)
-        b1 = np.full(f, NormalDist().inv_cdf(min(1 - sparsity, 1 - 1e-9)), np.float32)
+        b1 = np.full(f, NormalDist().inv_cdf(min(max(1 - sparsity, 1e-9), 1 - 1e-9)), np.float32)
         out.append((*(mn.quantize(w, BLOCK) for w in (w1, wu, w2)), b1))
     return out
 
