@@ -14,7 +14,7 @@ rounds, a pause before each block):
     scales (W2 re-laid out at setup), its gate and up dots in float32 (exact w.r.t. the
     dequantized weights) and on int8-quantized x (AVX-512 VNNI, where the CPU has it),
     called through TVM's runtime directly (one Python → TVM FFI call per token, no
-    ONNX Runtime session around it: the kernel is not in the artifact build yet). ``+ort``
+    ONNX Runtime session around it; in an artifact the shim calls it). ``+ort``
     adds ONNX Runtime's own per-call overhead (a one-Identity model, timed alongside): the
     kernel's estimated time as a custom op.
 

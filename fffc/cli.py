@@ -127,7 +127,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     masked = "deviation_from_original" in v  # the artifact computes the masked function
     rounded = result.manifest.get("options", {}).get("weight_dtype", "float32") != "float32"
     int4 = [s.int4 for s in result.sites if mode(s.decision).kernels and s.int4
-            and options.weight_dtype != str(WeightDtype.INT4)]  # else: "int4-rounded"
+            and WeightDtype(options.weight_dtype) is not WeightDtype.INT4]  # else: rounded
     what = " and ".join([*(["masked"] if any(mode(s.decision).masked
                                                 for s in result.sites) else []),
                          *([f"{options.weight_dtype}-rounded weights"] if rounded else []),

@@ -1,8 +1,8 @@
 """The int4 exact kernel (``kernels/exact_q4.py``) built for one CPU, for tests and benchmarks:
 in-process for x86 (called through TVM's runtime), or as a relocatable object for any CPU
 family (aarch64: cross-compiled with the arm family's target, as the artifact build
-compiles its kernels; a test links and runs it under qemu-aarch64). The artifact build does
-not include it yet (its kernel table and the shim take the float kernels' arguments only)."""
+compiles its kernels; a test links and runs it under qemu-aarch64). Artifacts build it
+through the registry like every kernel."""
 
 from __future__ import annotations
 

@@ -53,6 +53,6 @@ class SiteLowering:
     # decision's function (its masks) in standard ops
     merged_max_tokens: int = 0  # StructuredFFN: calls of up to this many tokens use the
     # pre-merged dense weights
-    dequantized: bool = False  # left as it was (DENSE): its quantized weights as float32
-    # initializers of their dequantized values (the function int4 kernels compute), not the
-    # source nodes
+    dequantized: bool = False  # left as it was (DENSE), an int4 site in the function its
+    # kernels compute: the FFN on its dequantized weights in float32 (its MatMulNBits at
+    # accuracy_level 0, x rounded to int8 per block where the kernels do so), no float copy

@@ -33,9 +33,9 @@ The kernel is one TIR for every CPU family: LLVM vectorizes its loops at the tar
 register permute) come from the family's ``Q4Isa`` (``ISAS``); the tiling
 (``q4_tiling``) follows the target's vector width.
 
-Skipped neurons cost nothing beyond their gate. This module is a building block: the
-compile does not choose it yet (the site's weight format from detection is mapped onto
-``Q4Format`` and the kernel's inputs where it is wired in).
+Skipped neurons cost nothing beyond their gate. The compile builds it for SparseFFN's
+``bits`` 4 (each CPU family's ``Q4Plan``: ``schedules/``), the shim passing the op's int4
+inputs in ``q4_arg_names`` order.
 """
 
 # No ``from __future__ import annotations``: ``T.jit`` reads the kernel's parameter

@@ -35,8 +35,8 @@ buffers (float32 per token, from the shim): ``H`` [d_ff], ``P`` [splits · d_out
 
 These are decode kernels: with many tokens a block's union of active neurons is nearly
 dense and every row is read anyway. W1 and WU are read 16 bytes at a time: their base
-addresses must be 16-byte aligned (ONNX Runtime's allocations are). This module is a
-building block: the compile does not choose it yet.
+addresses must be 16-byte aligned (ONNX Runtime's allocations are). The compile builds it
+for SparseFFN's ``bits`` 4 on ``--target cuda`` (``schedules/cuda.py``: its variants).
 """
 
 # No ``from __future__ import annotations``: ``T.jit`` reads the kernel's parameter
