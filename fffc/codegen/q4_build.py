@@ -18,7 +18,6 @@ from fffc.contract.kinds import TargetFamily
 from . import _tvm
 from .kernels.exact_q4 import (
     ISAS,
-    STEP_BYTES,
     Q4Dot,
     Q4Tiling,
     exact_q4_primfunc,
@@ -50,16 +49,6 @@ def has_int8_dots(mcpu: str | None = None, fam: str = "x86") -> bool:
     generic ARMv8.2-A) runs the int8 dots."""
     f = family(fam)
     return target_has_int8_dots(f, f.target(mcpu))
-
-
-def preferred_dot(spec: SparseSpec, fam: Family, target: dict) -> Q4Dot:
-    """The dots to build for ``target``: int8 (ONNX Runtime's ``accuracy_level`` 4
-    semantics) where the target has the int8 dot and the kernel takes it (d_in a multiple
-    of two steps), else float32. Measured faster on x86 with VNNI for symmetric weights;
-    on aarch64 (no hardware here) and with zero points the choice is not measured."""
-    if target_has_int8_dots(fam, target) and spec.d_in % (2 * STEP_BYTES) == 0:
-        return Q4Dot.INT8
-    return Q4Dot.FLOAT32
 
 
 @dataclass(frozen=True)

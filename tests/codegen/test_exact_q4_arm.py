@@ -8,17 +8,17 @@ and 128."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fffc.codegen.kernels.exact_q4 import Q4Dot
+from fffc.codegen.kernels.exact_q4 import Q4Dot, int4_spec
 from fffc.codegen.q4_build import (
     SYMBOL,
     assembly,
     has_int8_dots,
-    preferred_dot,
     q4_build,
     write_object,
 )
@@ -112,17 +112,20 @@ def test_sdot_under_qemu(kind: str, zero_points: bool, block: int, tmp_path) -> 
                                            ("cortex-a72", False), ("cortex-a76", True),
                                            ("neoverse-n1", True)])
 def test_int8_dots_where_the_cpu_has_dotprod(mcpu: str | None, dotprod: bool) -> None:
-    """sdot is ARMv8.2's optional dotprod: the int8 kernel is preferred and built only for
-    CPUs that have it (or where --mattr adds it)."""
+    """sdot is ARMv8.2's optional dotprod: an artifact's int4 kernel for x rounded to int8
+    (accuracy_level 4) takes the int8 dots only on CPUs that have it (or where --mattr adds
+    it), float32 dots on the rounded x elsewhere."""
     arm = family("arm")
     case = _arm_case("drelu", False, 32)
+    spec = replace(int4_spec(case.spec, case.fmt), int8_x=True)
     assert has_int8_dots(mcpu, "arm") is dotprod
-    assert preferred_dot(case.spec, arm, arm.target(mcpu)) is (
-        Q4Dot.INT8 if dotprod else Q4Dot.FLOAT32)
+    (variant,) = arm.sparse_variants(spec, arm.target(mcpu))
+    assert variant.tiling.dot is (Q4Dot.INT8 if dotprod else Q4Dot.FLOAT32)
     if not dotprod:
         with pytest.raises(CodegenError, match="dotprod"):
             q4_build(case.spec, case.fmt, "arm", mcpu, dot=Q4Dot.INT8)
-    assert preferred_dot(case.spec, arm, arm.target(None, ("+dotprod",))) is Q4Dot.INT8
+    (variant,) = arm.sparse_variants(spec, arm.target(None, ("+dotprod",)))
+    assert variant.tiling.dot is Q4Dot.INT8
 
 
 @pytest.mark.parametrize("dot, mcpu", [(Q4Dot.FLOAT32, None), (Q4Dot.INT8, DOTPROD)])
