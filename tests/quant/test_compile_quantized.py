@@ -16,6 +16,7 @@ import pytest
 from onnx import numpy_helper
 
 from fffc.cli import main
+from fffc.verify.in_place import all_nodes
 from tests.fixtures import quantized as q
 
 QUANTIZING = {"MatMulNBits", "DequantizeLinear", "MatMulInteger", "DynamicQuantizeLinear"}
@@ -32,22 +33,13 @@ def _outputs(path, x: np.ndarray) -> list[np.ndarray]:
     return sess.run(None, {"x": x})
 
 
-def _nodes(graph: onnx.GraphProto):
-    """The graph's nodes and its subgraphs' (If branches)."""
-    for n in graph.node:
-        yield n
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(a.g)
-
-
 def _quantizing(model: onnx.ModelProto) -> list[tuple]:
     """The quantized projections' nodes (in If branches too): op, name, inputs that are
     initializers, attributes."""
     inits = {i.name for i in model.graph.initializer}
     return sorted((n.op_type, n.domain, n.name, tuple(i for i in n.input if i in inits),
                    tuple(a.SerializeToString() for a in n.attribute))
-                  for n in _nodes(model.graph) if n.op_type in QUANTIZING)
+                  for n in all_nodes(model.graph) if n.op_type in QUANTIZING)
 
 
 def _same_initializers(original: onnx.ModelProto, artifact: onnx.ModelProto) -> None:
@@ -179,7 +171,7 @@ def test_float_and_int4_sites_in_one_model(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert [(s["decision"], bool(s["weight_formats"])) for s in manifest["sites"]] == [
         ("exact", True), ("exact", False)]
-    ops = [n for n in _nodes(onnx.load(out / "model.onnx").graph) if n.op_type == "SparseFFN"]
+    ops = [n for n in all_nodes(onnx.load(out / "model.onnx").graph) if n.op_type == "SparseFFN"]
     assert sorted(next((a.i for a in n.attribute if a.name == "bits"), 0) for n in ops) == [0, 4]
     assert manifest["verification"]["model_with_shim"]["ok"]
     original, artifact = onnx.load(path), onnx.load(out / "model.onnx")
