@@ -123,6 +123,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     for s in result.sites:  # left as they were by their timings or weight format: say why
         if (s.dispatch is not None and not s.dispatch.kernel) or s.weight_formats:
             console.print(f"{s.name}: {s.reason}")
+        if s.gate_flips is not None:
+            f = s.gate_flips
+            console.print(f"{s.name}: gate on/off vs ONNX Runtime's MatMulNBits: {f.differ} of "
+                          f"{f.of} decisions differ ({f.rate:.2e}) on the probe inputs")
     v = result.manifest.get("verification", {})
     masked = "deviation_from_original" in v  # the artifact computes the masked function
     rounded = result.manifest.get("options", {}).get("weight_dtype", "float32") != "float32"

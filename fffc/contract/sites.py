@@ -14,6 +14,22 @@ from .quant import QuantizedWeight
 _TYPED = {"kind": SiteKind, "decision": Decision}
 
 
+@dataclass(frozen=True)
+class GateFlips:
+    """Gate entries (token × neuron) of a quantized site's probes whose on/off decision
+    differs between fffc's function and ONNX Runtime's own kernel: ``differ`` of ``of``."""
+
+    differ: int
+    of: int
+
+    @property
+    def rate(self) -> float:
+        return self.differ / self.of if self.of else 0.0
+
+    def to_json(self) -> dict:
+        return {"differ": self.differ, "of": self.of, "rate": self.rate}
+
+
 @dataclass
 class Site:
     """One FFN matched by a rewrite rule and replaced by an ``ai.fffc`` node."""
@@ -50,6 +66,7 @@ class Site:
     # the quantized projections' formats by op input name (W1, WU, W2; an FFF's W_in,
     # W_out); the weights above are their dequantized float32 values
     weight_formats: dict[str, QuantizedWeight] = field(default_factory=dict)
+    gate_flips: GateFlips | None = None  # quantized exact sites (``fffc.verify.decisions``)
 
     def __setattr__(self, name: str, value) -> None:
         """``kind`` and ``decision`` always hold their enums (a plain value is read as one)."""
@@ -101,6 +118,7 @@ class Site:
         d["dispatch"] = self.dispatch.to_json() if self.dispatch is not None else None
         d["family"] = self.family
         d["weight_formats"] = {n: q.to_json() for n, q in self.weight_formats.items()}
+        d["gate_flips"] = self.gate_flips.to_json() if self.gate_flips is not None else None
         if self.centered:
             d["centered"] = self.centered
         return d

@@ -38,6 +38,7 @@ from ..verify import matmul_nbits
 from ..verify.capture import Captured, capture
 from ..verify.compare import compare_runs, session
 from ..verify.compare import run as run_model
+from ..verify.decisions import gate_flips
 from ..verify.feeds import Feed, Feeds, probe_inputs, run_by_name
 from ..verify.sites import verify_site
 from .context import Context
@@ -251,6 +252,9 @@ def _verify(planned: Planned, ctx: Context) -> Verified:
         if site.name in v.masked or v.rounded:
             site.deviation = verify_site(site, *v.original.sites[site.name], inputs,
                                          o.rtol).max_rel
+        if _int4(site) and site.decision is Decision.EXACT:
+            site.gate_flips = gate_flips(site.int4, site.weight_formats["W1"],
+                                         v.original.sites[site.name][0], inputs)
         if not c.ok:
             leave(site, f"verification failed: rel err {c.max_rel:.2e} > {o.rtol:g}")
     v = refresh(v, ctx)  # sites left as they were: as they were

@@ -188,6 +188,10 @@ def test_int4_decoder_gets_kernels_on_its_codes(precision, genai, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert [s["decision"] for s in manifest["sites"]] == ["exact"] * LAYERS
     assert manifest["verification"]["model_with_shim"]["ok"]
+    for s in manifest["sites"]:  # gate decisions vs the builder's MatMulNBits on the probes
+        flips = s["gate_flips"]
+        assert flips["of"] > 0 and flips["of"] % FF == 0
+        assert flips["rate"] < 1e-2
     artifact = onnx.load(str(out / "model.onnx"), load_external_data=False)
     nbits = [n for n in artifact.graph.node if n.op_type == "MatMulNBits"]
     assert len(nbits) == 2 * LAYERS + 1  # qkv and o per layer, lm_head: as the builder's
