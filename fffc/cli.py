@@ -22,10 +22,11 @@ from rich.table import Table
 from rich.text import Text
 
 from .contract import config
-from .contract.errors import FffcError, UsageError
+from .contract.errors import ArtifactCheckError, FffcError, UsageError
 from .contract.kinds import Crossover, WeightDtype
 from .contract.ops import WEIGHT_DTYPES
 from .contract.tolerances import RTOL
+from .runtime.integrity import ArtifactError
 
 err_console = Console(stderr=True, soft_wrap=True)
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -296,6 +297,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .verify.artifact_files import verify_artifact
+
+    checks = verify_artifact(args.artifact, load=not args.no_load)
+    if args.json:
+        print(json.dumps([{"check": c.what, "ok": c.ok, "detail": c.detail} for c in checks],
+                         indent=2))
+    else:
+        t = Table(title=f"{args.artifact}: {len(checks)} checks")
+        t.add_column("check")
+        t.add_column("result")
+        for c in checks:
+            t.add_row(Text(c.what), Text("ok") if c.ok else Text(f"FAIL: {c.detail}",
+                                                                 style="red"))
+        console.print(t)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise ArtifactCheckError(f"{len(failed)} of {len(checks)} checks failed; first: "
+                                 f"{failed[0].detail}", path=args.artifact)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fffc", description=__doc__.split("\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
@@ -433,13 +456,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", type=Path, metavar="PNG",
                    help="draw time per token vs token count (needs matplotlib: fffc[plot])")
     b.set_defaults(func=cmd_bench)
+
+    v = sub.add_parser("verify", help="check an artifact's files against its manifest (paths "
+                       "inside the folder, every file's sha256) and that ONNX Runtime opens it")
+    v.add_argument("artifact", type=Path)
+    v.add_argument("--no-load", action="store_true",
+                   help="check the files only; do not load the shim and model in ONNX Runtime")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_verify)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        try:
+            return args.func(args)
+        except ArtifactError as e:  # an artifact a command opens (bench, verify)
+            raise ArtifactCheckError(str(e)) from e
     except FffcError as e:
         if config.debug():
             raise

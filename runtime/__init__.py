@@ -14,7 +14,10 @@ from typing import Any
 
 import onnxruntime as ort
 
-__all__ = ["InferenceSession", "model_path", "register", "shim_path"]
+from .integrity import ArtifactError, inside, verify
+
+__all__ = ["ArtifactError", "InferenceSession", "check", "manifest", "model_path",
+           "register", "shim_path"]
 
 DEFAULT_MODEL = "model.onnx"
 DEFAULT_SHIM = "libfffc_ops.so"
@@ -49,10 +52,15 @@ def _manifest(artifact: Path) -> dict:
     return manifest
 
 
+def manifest(artifact: str | Path) -> dict:
+    """The artifact folder's manifest ({} for a folder without one)."""
+    return _manifest(_artifact_dir(artifact))
+
+
 def model_path(artifact: str | Path) -> Path:
     """The artifact's ONNX model (manifest key ``model``, default ``model.onnx``)."""
     artifact = _artifact_dir(artifact)
-    path = artifact / _manifest(artifact).get("model", DEFAULT_MODEL)
+    path = inside(artifact, _manifest(artifact).get("model", DEFAULT_MODEL), "model")
     if not path.exists():
         raise FileNotFoundError(f"{artifact}: model {path.name} is missing")
     return path
@@ -71,18 +79,29 @@ def shim_path(artifact: str | Path) -> Path | None:
     name = manifest["shim"]
     if name is None:
         return None
-    path = artifact / name
+    path = inside(artifact, name, "shim")
     if not path.exists():
         raise FileNotFoundError(f"{artifact}: shim library {name} is missing")
     return path
 
 
-def register(sess_options: ort.SessionOptions, artifact: str | Path) -> ort.SessionOptions:
-    """Register the artifact's shim on ``sess_options`` (returned for chaining).
+def check(artifact: str | Path) -> None:
+    """The artifact's files are the ones its manifest lists (``integrity``): an
+    ArtifactError naming the first that is not."""
+    artifact = _artifact_dir(artifact)
+    verify(artifact, _manifest(artifact))
+
+
+def register(sess_options: ort.SessionOptions, artifact: str | Path,
+             check_files: bool = True) -> ort.SessionOptions:
+    """Register the artifact's shim on ``sess_options`` (returned for chaining), after
+    checking every file against the manifest's digests (``check_files=False``: not).
 
     Idempotent: options that already carry this shim are left as they are, so one
     SessionOptions can open several sessions of the same artifact.
     """
+    if check_files:
+        check(artifact)
     shim = shim_path(artifact)
     if shim is None:
         return sess_options
@@ -102,13 +121,15 @@ def register(sess_options: ort.SessionOptions, artifact: str | Path) -> ort.Sess
 
 
 class InferenceSession(ort.InferenceSession):
-    """``onnxruntime.InferenceSession`` over an fffc artifact directory, kernels registered."""
+    """``onnxruntime.InferenceSession`` over an fffc artifact directory, kernels registered
+    once its files are checked against the manifest (``check_files=False``: not checked)."""
 
     def __init__(self, artifact: str | Path, sess_options: ort.SessionOptions | None = None,
-                 providers: list[Any] | None = None, **kwargs: Any) -> None:
+                 providers: list[Any] | None = None, check_files: bool = True,
+                 **kwargs: Any) -> None:
         artifact = _artifact_dir(artifact)
         options = sess_options if sess_options is not None else ort.SessionOptions()
-        register(options, artifact)
+        register(options, artifact, check_files)
         self.artifact = artifact
         super().__init__(str(model_path(artifact)), options,
                          providers=providers or default_providers(artifact), **kwargs)

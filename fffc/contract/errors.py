@@ -90,10 +90,19 @@ class PackagingError(FffcError):
     stage = "package"
 
 
+class ArtifactCheckError(FffcError):
+    """An artifact's files are not the ones its manifest lists (missing, modified, a path
+    leading outside its folder): ``fffc verify``, and any command that opens it."""
+
+    exit_code = 11
+    stage = "artifact"
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
         UsageError, ModelLoadError, UnsupportedModelError, NoSitesError, RewriteError,
         VerificationError, UnsupportedTargetError, CodegenError, PackagingError,
+        ArtifactCheckError,
     )
 }

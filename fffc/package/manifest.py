@@ -12,11 +12,12 @@ from ..contract.config import CompileOptions
 from ..contract.sites import NearMiss, Site
 from ..contract.targets import TargetRequest
 from ..frontend import sha256_file
+from ..runtime.integrity import FILES_FORMAT, FILES_KEY, digests
 from .contract_header import ORT_API_VERSION
-from .layout import Layout
+from .layout import MANIFEST, Layout
 from .native import glibc_requirement
 
-FORMAT = 1
+FORMAT = FILES_FORMAT  # 2: every file's digest listed (``files``)
 DISTRIBUTIONS = ("fffc", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "apache-tvm",
                  "apache-tvm-ffi", "numpy")
 
@@ -36,7 +37,8 @@ def manifest(*, source: Path, options: CompileOptions, target: TargetRequest, li
              near_misses: list[NearMiss],
              canonical_rewrites: dict[str, int], report: dict, feeds,
              calibration: dict | None) -> dict:
-    """The manifest of an artifact built in ``staging``."""
+    """The manifest of an artifact built in ``staging`` (every file written: ``files``
+    lists their digests)."""
     opts = replace(options, dump_dir=None)
     out = {
         "format": FORMAT,
@@ -72,6 +74,7 @@ def manifest(*, source: Path, options: CompileOptions, target: TargetRequest, li
     }
     if calibration is not None:
         out["calibration"] = calibration
+    out[FILES_KEY] = digests(staging, frozenset({MANIFEST}))
     return out
 
 
