@@ -127,11 +127,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     masked = "deviation_from_original" in v  # the artifact computes the masked function
     rounded = result.manifest.get("options", {}).get("weight_dtype", "float32") != "float32"
     int4 = [s.int4 for s in result.sites if mode(s.decision).kernels and s.int4
-            and WeightDtype(options.weight_dtype) is not WeightDtype.INT4]  # else: rounded
+            and WeightDtype(options.weight_dtype).floating]  # else: rounded
+    widths = "/".join(f"int{b}" for b in sorted({int(q.bits) for q in int4}))
     what = " and ".join([*(["masked"] if any(mode(s.decision).masked
                                                 for s in result.sites) else []),
                          *([f"{options.weight_dtype}-rounded weights"] if rounded else []),
-                         *(["int4 weights dequantized to float32" + (
+                         *([f"{widths} weights dequantized to float32" + (
                              ", x rounded to int8 per block (accuracy_level 4)"
                              if any(q.int8_x for q in int4) else "")] if int4 else [])])
     for key in ("model_with_shim", "model_without_shim"):

@@ -50,6 +50,7 @@ from .exact_q4 import (
     X86_ISA,
     Q4Dot,
     Q4Isa,
+    Q4Plan,
     Q4Tiling,
     int8_dot,
     prefetch,
@@ -340,6 +341,13 @@ def exact_q8_primfunc(spec: SparseSpec, tiling: Q4Tiling, symbol: str,
                         Y[tb, p * DOP + cc * CW + i] = tot[i] + bias(B2, p * DOP + cc * CW + i)
 
     return with_args(kernel, q8_arg_names(spec))
+
+
+def q8_from_plan(spec: SparseSpec, plan: Q4Plan, symbol: str):
+    """The kernel as a family's int4 ``Q4Plan`` says (its tiling, ISA and dots); the int8 dots
+    only where the ISA's dot takes unsigned codes (else float32 dots on the same function)."""
+    dot = plan.dot if plan.isa in UNSIGNED_DOTS else Q4Dot.FLOAT32
+    return exact_q8_primfunc(spec, plan.tiling, symbol, dot, plan.isa)
 
 
 def q8_inputs(spec: SparseSpec, w1, w2, wu=None, b1=None, b2=None) -> dict:
