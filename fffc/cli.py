@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cuda: store the FFN weight matrices in 16 bits (fp16, bf16): half the "
                    "weight bytes, float32 arithmetic; x86/arm: int4 quantizes the float exact "
                    "sites' weights (ONNX Runtime's quantizer, symmetric, block 32: MatMulNBits "
-                   "codes) for the int4 kernels; x86: int8 the same with 8-bit codes. The "
+                   "codes) for the int4 kernels; int8 the same with 8-bit codes. The "
                    "artifact is verified against the model "
                    "with rounded weights and its distance from the original reported")
     c.add_argument("--max-sparse-tokens", type=int, metavar="N",

@@ -21,13 +21,14 @@ float reassociation. Per token, gate first (the structure of ``exact_q4``):
    without a listed neuron are never read.
 
 With ``Q4Dot.INT8`` the gate and up dots run on x quantized to int8 per block, as ONNX
-Runtime's ``accuracy_level`` 4 computes: integer products of the unsigned codes with the
-signed x (AVX-512 VNNI ``vpdpbusd``: u8 · s8, so the codes need no shift), the zero point's
-share subtracted as ``z · Σ xq`` per lane. A format with ``int8_x`` (SparseFFN's
-``accuracy_level`` 4) computes that function with either dots: the float32 ones then read x
-rounded and scaled back, for CPUs without the int8 dot. Only CPU families whose int8 dot
-takes unsigned first operands run the int8 dots here (``UNSIGNED_DOTS``); the others use the
-float32 dots on the same function.
+Runtime's ``accuracy_level`` 4 computes: integer products of the codes with the signed x,
+the zero point's share subtracted as ``z · Σ xq`` per lane. Where the ISA's dot takes
+unsigned first operands (``UNSIGNED_DOTS``: AVX-512 VNNI ``vpdpbusd``, u8 · s8) the codes
+go in as they are; a signed-by-signed dot (aarch64 ``sdot``) takes ``code − 128`` (the
+byte's top bit flipped), the accumulator then starting at ``(z − 128) · Σ xq``'s negation
+instead. A format with ``int8_x`` (SparseFFN's ``accuracy_level`` 4) computes that function
+with either dots: the float32 ones then read x rounded and scaled back, for CPUs without
+the int8 dot.
 
 The tiling, the dots' choice and the instructions come from the family's ``Q4Plan`` and
 ``Q4Isa`` (``exact_q4``), as for the int4 kernel.
@@ -60,6 +61,7 @@ from .sparse_ffn import check_spec
 
 CODE_LANES = 16  # code bytes per vector step of the float32 dots
 UNSIGNED_DOTS = (X86_ISA,)  # int8 dots whose first operand is unsigned bytes (codes 0..255)
+TOP_BITS = -0x7F7F7F80  # 0x80808080 as int32: each byte's top bit (code ^ 0x80 = code − 128)
 
 
 def q8_arg_names(spec: SparseSpec) -> list[str]:
@@ -81,20 +83,15 @@ def check_q8(spec: SparseSpec, tiling: Q4Tiling, dot: Q4Dot, isa: Q4Isa) -> None
     t = tiling
     if spec.d_ff % t.nb or t.nb % t.rows or t.cw % CHUNK or spec.d_out % (t.parts * t.cw):
         raise CodegenError(f"int8 kernel: tiling {t} does not divide {spec}")
-    if dot is Q4Dot.INT8:
-        if isa not in UNSIGNED_DOTS:
-            raise CodegenError(f"int8 kernel: int8 dots need an unsigned-by-signed byte dot, "
-                               f"not {isa.dot_name}")
-        if spec.d_in % STEP_BYTES:
-            raise CodegenError(f"int8 kernel, int8 dots: d_in {spec.d_in} must be a multiple "
-                               f"of {STEP_BYTES}")
+    if dot is Q4Dot.INT8 and spec.d_in % STEP_BYTES:
+        raise CodegenError(f"int8 kernel, int8 dots: d_in {spec.d_in} must be a multiple of "
+                           f"{STEP_BYTES}")
 
 
 def exact_q8_primfunc(spec: SparseSpec, tiling: Q4Tiling, symbol: str,
                       dot: Q4Dot = Q4Dot.FLOAT32, isa: Q4Isa = X86_ISA):
     """The PrimFunc of the int8 exact kernel for a CPU of ``isa``; arguments
-    ``q8_arg_names(spec)``. ``dot`` INT8 needs a target with ``isa.dot_features`` and an
-    ``isa`` of ``UNSIGNED_DOTS``."""
+    ``q8_arg_names(spec)``. ``dot`` INT8 needs a target with ``isa.dot_features``."""
     dot = Q4Dot(dot)
     check_q8(spec, tiling, dot, isa)
     t = tiling
@@ -116,6 +113,7 @@ def exact_q8_primfunc(spec: SparseSpec, tiling: Q4Tiling, symbol: str,
     NS = D // STEP_BYTES if INT8 else 1  # int8 steps of a row
     NXQ, NXF = (D, 1) if INT8 else (1, D)  # x's int8 / float copies (1: unused)
     DOTS, DL = STEP_BYTES // isa.dot_bytes, isa.dot_lanes  # int8 dots per step, their lanes
+    SIGNED = isa not in UNSIGNED_DOTS  # codes shifted to code − 128 for a signed dot
 
     def zero_point(WZ, row, kb):
         """The zero point of block kb of ``row`` (int32)."""
@@ -152,8 +150,8 @@ def exact_q8_primfunc(spec: SparseSpec, tiling: Q4Tiling, symbol: str,
         scale per lane, XCOR: −Σ of each lane's 4 quantized inputs): per STEP_BYTES code
         bytes, I8_LANES int32 lanes of 4 bytes each, DOTS slices of DL lanes (one dot's
         operands), each the dot of the codes with XQ onto z · XCOR (Σ (code − z)·xq =
-        Σ code·xq − z·Σ xq), converted and scaled by the lane's block's weight and input
-        scales."""
+        Σ code·xq − z·Σ xq; a signed dot: of code − 128 onto (z − 128) · XCOR), converted
+        and scaled by the lane's block's weight and input scales."""
         XQ, XCOR, XSC = xs[1:]
         lanes = T.ramp(0, 1, I8_LANES)
         nbv = max(1, isa.dot_bytes // BLK)  # blocks per dot
@@ -182,7 +180,12 @@ def exact_q8_primfunc(spec: SparseSpec, tiling: Q4Tiling, symbol: str,
                     else:
                         sw = T.broadcast(WS[n, ob // BLK], DL)
                         zl = T.broadcast(zero_point(WZ, n, ob // BLK), DL)
-                    d = int8_dot(isa, zl * cor, w, xq)
+                    if SIGNED:
+                        top = T.broadcast(T.int32(TOP_BITS), DL)
+                        shift = T.broadcast(T.int32(SYMMETRIC_ZERO_POINT), DL)
+                        d = int8_dot(isa, (zl - shift) * cor, w ^ top, xq)
+                    else:
+                        d = int8_dot(isa, zl * cor, w, xq)
                     T.buffer_store(acc, acc[r, sl] + T.Cast(f"float32x{DL}", d) * (sw * xsc),
                                    [r, sl])
         folds([acc], I8_LANES, rows=nrows)
@@ -344,10 +347,8 @@ def exact_q8_primfunc(spec: SparseSpec, tiling: Q4Tiling, symbol: str,
 
 
 def q8_from_plan(spec: SparseSpec, plan: Q4Plan, symbol: str):
-    """The kernel as a family's int4 ``Q4Plan`` says (its tiling, ISA and dots); the int8 dots
-    only where the ISA's dot takes unsigned codes (else float32 dots on the same function)."""
-    dot = plan.dot if plan.isa in UNSIGNED_DOTS else Q4Dot.FLOAT32
-    return exact_q8_primfunc(spec, plan.tiling, symbol, dot, plan.isa)
+    """The kernel as a family's int4 ``Q4Plan`` says (its tiling, ISA and dots)."""
+    return exact_q8_primfunc(spec, plan.tiling, symbol, plan.dot, plan.isa)
 
 
 def q8_inputs(spec: SparseSpec, w1, w2, wu=None, b1=None, b2=None) -> dict:
