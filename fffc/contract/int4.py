@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import int8
-from .kinds import QuantSource, WeightBits
+from .kinds import Granularity, QuantSource, WeightBits
 from .quant import QuantizedWeight, unpack_nibbles
 
 INT4_BLOCK = 32  # --weight-dtype int4: codes per scale (ONNX Runtime's quantizer, symmetric)
@@ -171,6 +171,16 @@ def dequantize_columns(c: Q4Columns) -> np.ndarray:
     return (unchunk(c.codes) - z).astype(np.float32) * s
 
 
+# Why a site quantized in another form than MatMulNBits keeps its own nodes (the reasons'
+# tails): per-channel and per-tensor scales span whole rows of K codes (and W2's rows differ
+# in length from W1's), beyond the kernels' one block size of 16-256 for every projection;
+# MatMulInteger also quantizes x to uint8 per tensor at run time, which the kernels do not.
+_NOT_NBITS = {
+    Granularity.CHANNEL: " (per-channel scales: one block of K codes per row)",
+    Granularity.TENSOR: " (one scale per tensor)",
+    QuantSource.DYNAMIC: " (MatMulInteger: x quantized to uint8 per tensor at run time)"}
+
+
 def int4_weights(formats: Mapping[str, QuantizedWeight], names: Sequence[str], d_in: int,
                  d_ff: int, d_out: int) -> Int4Weights | str:
     """The int4 layout of a site's projections ``names`` (op input names: W1, W2[, WU]) with
@@ -181,8 +191,9 @@ def int4_weights(formats: Mapping[str, QuantizedWeight], names: Sequence[str], d
                 "float and quantized projections")
     qs = [formats[n] for n in names]
     if any(q.source is not QuantSource.MATMUL_NBITS for q in qs):
-        return ("SparseFFN's bits 4 and 8 take MatMulNBits' block-wise codes only (QDQ and "
-                "MatMulInteger weights keep their own nodes' arithmetic)")
+        return "SparseFFN's bits 4 and 8 take MatMulNBits' block-wise codes only" + (
+            _NOT_NBITS.get(qs[0].granularity, "") if qs[0].source is QuantSource.QDQ
+            else _NOT_NBITS[QuantSource.DYNAMIC])
     widths = {q.bits for q in qs}
     if len(widths) > 1:
         return f"code widths {sorted(widths)} differ between the projections"

@@ -382,3 +382,15 @@ def test_weight_dtype_int8_quantizes_a_float_model(tmp_path, capsys):
         x = rng.standard_normal(shape).astype(np.float32)
         np.testing.assert_allclose(sess.run(None, {"x": x})[0], _outputs(tool, x)[0],
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_int8_site_stays_on_cuda(quantized_model, tmp_path, capsys):
+    """No int8 kernels for CUDA: an 8-bit MatMulNBits site is left as it was on --target
+    cuda, saying why."""
+    out = tmp_path / "out.fffc"
+    assert main(["compile", str(quantized_model("nbits8-b128-zp-drelu")), "-o", str(out),
+                 "--target", "cuda"]) == 0
+    (site,) = json.loads((out / "manifest.json").read_text())["sites"]
+    assert site["decision"] == "dense"
+    assert site["reason"].endswith("no int8 kernels for this target yet; left as it was")
+    assert site["name"] in capsys.readouterr().out
