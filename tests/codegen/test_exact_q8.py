@@ -232,3 +232,39 @@ def test_refuses_int4_specs_and_odd_shapes() -> None:
         Q8Kernel(replace(spec, bits=WeightBits.INT4))
     with pytest.raises(CodegenError, match="multiple of 32"):
         Q8Kernel(replace(spec, d_out=48))
+
+
+def test_larger_shape_drelu_1024_4096() -> None:
+    """More phase-1 tasks and wider output tiles (the reference on fffc.contract.int8's
+    dequantization, equal to ONNX Runtime's as the layout test shows: its identity run would
+    be 4096² floats)."""
+    rng = np.random.default_rng(11)
+    spec = _spec(1024, 4096, 1024, "drelu", False, 32, True)
+    w1 = rng.standard_normal((1024, 4096)) / 32
+    w1[0] -= 0.5
+    w = {"W1": w1, "W2": rng.standard_normal((4096, 1024)) / 64,
+         "WU": rng.standard_normal((1024, 4096)) / 32}
+    q = {k: mn.quantize8(np.asarray(v, np.float32), 32, symmetric=False) for k, v in w.items()}
+    deq = {k: q8.dequantize(m) for k, m in q.items()}
+    case = Case(spec, q["W1"], q["W2"], q["WU"], None, None, deq)
+    x = _x(case, 1)
+    np.testing.assert_allclose(_kernel(spec)(x, case.inputs()), case.reference(x),
+                               rtol=RTOL, atol=ATOL)
+
+
+def test_x86_variant_and_assembly() -> None:
+    """The x86 family's int8 variant takes the int8 dots exactly where x is rounded to int8
+    (accuracy_level 4) and the CPU has AVX-512 VNNI; those dots are vpdpbusd."""
+    from fffc.codegen.q8_build import assembly, q8_build
+    from fffc.codegen.schedules import family
+
+    x86 = family("x86")
+    spec = _spec(256, 1024, 256, "drelu", False, 32, False)
+    for int8_x in (False, True):
+        (v,) = x86.sparse_variants(replace(spec, int8_x=int8_x), x86.target(None))
+        assert v.tiling.dot is (Q4Dot.INT8 if int8_x and VNNI else Q4Dot.FLOAT32)
+    (v,) = x86.sparse_variants(replace(spec, int8_x=True), x86.target("x86-64-v3"))
+    assert v.tiling.dot is Q4Dot.FLOAT32  # AVX2: float dots on the rounded x
+    asm = assembly(q8_build(replace(spec, int8_x=True), "x86", "sapphirerapids",
+                            dot=Q4Dot.INT8))
+    assert "vpdpbusd" in asm
