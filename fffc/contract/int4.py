@@ -19,6 +19,9 @@ is unchanged): neuron j's d_out codes are contiguous, in chunks of ``CHUNK`` out
 byte i holds output ``c·CHUNK + i`` in the low nibble and ``c·CHUNK + CHUNK/2 + i`` in the
 high one, so the two nibbles of a vector of bytes widen to two vectors of consecutive
 outputs.
+
+The site-level records here (``Int4Weights``, ``int4_weights``, ``float_weights``) cover
+``bits`` 8 too, whose layout is ``fffc.contract.int8``'s.
 """
 
 from __future__ import annotations
@@ -175,16 +178,15 @@ def dequantize_columns(c: Q4Columns) -> np.ndarray:
 # tails): per-channel and per-tensor scales span whole rows of K codes (and W2's rows differ
 # in length from W1's), beyond the kernels' one block size of 16-256 for every projection;
 # MatMulInteger also quantizes x to uint8 per tensor at run time, which the kernels do not.
-_NOT_NBITS = {
-    Granularity.CHANNEL: " (per-channel scales: one block of K codes per row)",
-    Granularity.TENSOR: " (one scale per tensor)",
-    QuantSource.DYNAMIC: " (MatMulInteger: x quantized to uint8 per tensor at run time)"}
+_WHOLE_ROWS = {Granularity.CHANNEL: " (per-channel scales: one block of K codes per row)",
+               Granularity.TENSOR: " (one scale per tensor)"}
+_RUN_TIME_X = " (MatMulInteger: x quantized to uint8 per tensor at run time)"
 
 
 def int4_weights(formats: Mapping[str, QuantizedWeight], names: Sequence[str], d_in: int,
                  d_ff: int, d_out: int) -> Int4Weights | str:
-    """The int4 layout of a site's projections ``names`` (op input names: W1, W2[, WU]) with
-    weight formats ``formats``, or why SparseFFN cannot take them as int4 codes."""
+    """The int4 or int8 layout of a site's projections ``names`` (op input names: W1, W2[,
+    WU]) with weight formats ``formats``, or why SparseFFN cannot take them as codes."""
     missing = [n for n in names if n not in formats]
     if missing:
         return (f"{', '.join(missing)} float32 beside int4 {next(iter(formats))}: mixed "
@@ -192,13 +194,13 @@ def int4_weights(formats: Mapping[str, QuantizedWeight], names: Sequence[str], d
     qs = [formats[n] for n in names]
     if any(q.source is not QuantSource.MATMUL_NBITS for q in qs):
         return "SparseFFN's bits 4 and 8 take MatMulNBits' block-wise codes only" + (
-            _NOT_NBITS.get(qs[0].granularity, "") if qs[0].source is QuantSource.QDQ
-            else _NOT_NBITS[QuantSource.DYNAMIC])
+            _WHOLE_ROWS.get(qs[0].granularity, "") if qs[0].source is QuantSource.QDQ
+            else _RUN_TIME_X)
     widths = {q.bits for q in qs}
     if len(widths) > 1:
         return f"code widths {sorted(widths)} differ between the projections"
     if not widths <= set(QUANTIZED_BITS):
-        return "int4 kernels take 4-bit MatMulNBits weights only"
+        return f"{widths.pop()}-bit codes: SparseFFN takes 4- and 8-bit codes only"
     blocks = {q.block_size for q in qs}
     if len(blocks) > 1:
         return f"block sizes {sorted(blocks)} differ between the projections"
