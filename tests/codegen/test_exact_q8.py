@@ -268,3 +268,18 @@ def test_x86_variant_and_assembly() -> None:
     asm = assembly(q8_build(replace(spec, int8_x=True), "x86", "sapphirerapids",
                             dot=Q4Dot.INT8))
     assert "vpdpbusd" in asm
+
+
+@pytest.mark.parametrize("zero_points", [False, True], ids=["symmetric", "zero_points"])
+def test_reference_reads_the_op_inputs_as_onnxruntime(zero_points: bool) -> None:
+    """The NumPy reference's reading of SparseFFN's bits-8 inputs (``int4.float_weights``,
+    which tells 8-bit codes from 4-bit ones by W2's shape) gives ONNX Runtime's matrices."""
+    from fffc.contract.int4 import float_weights, weight_bits
+
+    case = _case(128, 256, 64, "drelu", zero_points, bias=False)
+    w = {k: v for k, v in case.inputs().items() if v is not None}
+    assert weight_bits(w) is WeightBits.INT8
+    got = float_weights(w)
+    np.testing.assert_array_equal(got["W1"], case.deq["W1"])
+    np.testing.assert_array_equal(got["W2"], case.deq["W2"])
+    np.testing.assert_array_equal(got["WU"], case.deq["WU"].T)
