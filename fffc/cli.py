@@ -132,11 +132,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     masked = "deviation_from_original" in v  # the artifact computes the masked function
     rounded = result.manifest.get("options", {}).get("weight_dtype", "float32") != "float32"
     int4 = [s.int4 for s in result.sites if mode(s.decision).kernels and s.int4
-            and WeightDtype(options.weight_dtype) is not WeightDtype.INT4]  # else: rounded
+            and WeightDtype(options.weight_dtype).floating]  # else: rounded
+    widths = "/".join(f"int{b}" for b in sorted({int(q.bits) for q in int4}))
     what = " and ".join([*(["masked"] if any(mode(s.decision).masked
                                                 for s in result.sites) else []),
                          *([f"{options.weight_dtype}-rounded weights"] if rounded else []),
-                         *(["int4 weights dequantized to float32" + (
+                         *([f"{widths} weights dequantized to float32" + (
                              ", x rounded to int8 per block (accuracy_level 4)"
                              if any(q.int8_x for q in int4) else "")] if int4 else [])])
     for key in ("model_with_shim", "model_without_shim"):
@@ -340,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cuda: store the FFN weight matrices in 16 bits (fp16, bf16): half the "
                    "weight bytes, float32 arithmetic; x86/arm: int4 quantizes the float exact "
                    "sites' weights (ONNX Runtime's quantizer, symmetric, block 32: MatMulNBits "
-                   "codes) for the int4 kernels. The artifact is verified against the model "
+                   "codes) for the int4 kernels; int8 the same with 8-bit codes. The "
+                   "artifact is verified against the model "
                    "with rounded weights and its distance from the original reported")
     c.add_argument("--max-sparse-tokens", type=int, metavar="N",
                    help="SparseFFN sites: run fffc's kernels up to N tokens per call and the "

@@ -422,21 +422,21 @@ def _projection(node: ir.Node, q: QuantizedWeight, x: ir.Value, use: int,
 
 
 def install_nbits(reader: ir.Node, index: int, name: str, k: int, n: int, block: int,
-                  codes: np.ndarray, scales: np.ndarray) -> ir.Value:
+                  codes: np.ndarray, scales: np.ndarray, bits: int = 4) -> ir.Value:
     """Input ``index`` of ``reader`` (a float weight ``W [K, N]``) replaced by the canonical
-    weight of 4-bit symmetric MatMulNBits codes ``codes [N, K/block, block/2]`` and
-    ``scales [N, K/block]`` (new initializers ``<name>_q4``, ``<name>_scales``; restored as
-    a MatMulNBits named ``name`` computing in float32): what ``--weight-dtype int4`` makes
-    of a site's weight."""
+    weight of ``bits``-bit symmetric MatMulNBits codes ``codes [N, K/block, block·bits/8]``
+    and ``scales [N, K/block]`` (new initializers ``<name>_q4`` (``_q8``), ``<name>_scales``;
+    restored as a MatMulNBits named ``name`` computing in float32): what ``--weight-dtype
+    int4|int8`` makes of a site's weight."""
     graph = reader.graph
-    q = QuantizedWeight(source=QuantSource.MATMUL_NBITS, bits=4, k=k, n=n,
+    q = QuantizedWeight(source=QuantSource.MATMUL_NBITS, bits=bits, k=k, n=n,
                         granularity=Granularity.BLOCK, block_size=block, axis=0)
-    inputs = [initializer(graph, f"{name}_q4", np.ascontiguousarray(codes, np.uint8)),
+    inputs = [initializer(graph, f"{name}_q{bits}", np.ascontiguousarray(codes, np.uint8)),
               initializer(graph, f"{name}_scales",
                           np.ascontiguousarray(scales, np.float32).reshape(-1))]
     attrs: dict = {**q.to_attributes(), "original_names": [name],
                    **{f"{_SOURCE}{a}": v for a, v in
-                      (("K", k), ("N", n), ("bits", 4), ("block_size", block))}}
+                      (("K", k), ("N", n), ("bits", bits), ("block_size", block))}}
     node = ir.node(DEQUANTIZED, inputs, attributes=attrs, domain=CANON, name=f"{name}_weight")
     w = node.outputs[0]
     w.shape, w.type = ir.Shape([k, n]), ir.TensorType(ir.DataType.FLOAT)

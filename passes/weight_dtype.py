@@ -19,6 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from fffc.contract.int4 import Q4Matrix
+from fffc.contract.int8 import Q8Matrix
 from fffc.contract.ops import OPS, WEIGHT_INPUTS
 
 from . import canonical_quant
@@ -138,19 +139,22 @@ def _uses(graph: ir.Graph, name: str) -> list:
     return list(value.uses()) if value is not None else []
 
 
-def install_int4(model: ir.Model, site: str, matrices: Mapping[str, Q4Matrix]) -> None:
-    """``--weight-dtype int4``: the named float weights of marker ``site`` (op input name →
-    their 4-bit symmetric MatMulNBits form, e.g. from ONNX Runtime's quantizer) replaced by
-    canonical quantized weights; the site then lowers as an int4 site does."""
+def install_int4(model: ir.Model, site: str, matrices: Mapping[str, Q4Matrix | Q8Matrix]) -> None:
+    """``--weight-dtype int4|int8``: the named float weights of marker ``site`` (op input
+    name → their 4-bit (Q4Matrix) or 8-bit (Q8Matrix) symmetric MatMulNBits form, e.g. from
+    ONNX Runtime's quantizer) replaced by canonical quantized weights; the site then lowers
+    as an int4 or int8 site does."""
     marker = next((n for n in model.graph if n.domain == CANON and n.name == site), None)
     if marker is None:
         raise ValueError(f"no marker {site!r} in the model")
     names = [a.name for a in OP_OF_KIND[kind_of(marker)].inputs]
     for name, m in matrices.items():
+        bits = 8 if isinstance(m, Q8Matrix) else 4
         if m.zero_points is not None:
-            raise ValueError(f"site {site!r}: --weight-dtype int4 makes symmetric weights")
-        canonical_quant.install_nbits(marker, names.index(name), f"{site}/{name.lower()}_int4",
-                                      m.k, m.n, m.block, m.codes, m.scales)
+            raise ValueError(f"site {site!r}: --weight-dtype int{bits} makes symmetric weights")
+        canonical_quant.install_nbits(marker, names.index(name),
+                                      f"{site}/{name.lower()}_int{bits}", m.k, m.n, m.block,
+                                      m.codes, m.scales, bits)
 
 
 def site_formats(model: ir.Model, site: str) -> dict:

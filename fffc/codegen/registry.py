@@ -24,7 +24,7 @@ from fffc.contract.kernels import (
     SparseSpec,
     StructuredSpec,
 )
-from fffc.contract.kinds import SparseMode
+from fffc.contract.kinds import SparseMode, WeightBits
 from fffc.contract.modes import sparse
 
 from . import _tvm
@@ -37,6 +37,7 @@ from .kernels import (
 )
 from .kernels.exact_decode import exact_decode_primfunc
 from .kernels.exact_q4 import Q4Plan, exact_q4_primfunc
+from .kernels.exact_q8 import q8_from_plan
 from .kernels.exact_screened import SCREENED, screen_inputs, screened_arg_names, screened_primfunc
 from .kernels.fff import walk_primfunc
 from .kernels.fff_cuda import fff_kernel
@@ -107,8 +108,11 @@ def _as_variants(table: list[tuple[str, int, int]]) -> list[Variant]:
 
 
 def _int4_exact(spec: SparseSpec, plan: Q4Plan, symbol: str):
-    """SparseFFN exact on int4 codes (SPARSE_FFN's bits 4) as the family's ``Q4Plan`` says:
-    float32 dots on the dequantized weights, so it computes the float FFN on them."""
+    """SparseFFN exact on int4 or int8 codes (SPARSE_FFN's bits 4, 8) as the family's
+    ``Q4Plan`` says: float32 dots on the dequantized weights, so it computes the float FFN on
+    them."""
+    if spec.bits is WeightBits.INT8:
+        return q8_from_plan(spec, plan, symbol)
     return exact_q4_primfunc(spec, Q4Format(spec.block, spec.zero_points, spec.int8_x),
                              plan.tiling, symbol, plan.dot, plan.isa)
 
@@ -150,7 +154,8 @@ class SparseKernels(OpKernels):
 
     def table_mode(self, spec, variant):
         if spec.bits:  # the shim's TableMode of an int4 call
-            return (f"{spec.mode}/q4b{spec.block}" + ("z" if spec.zero_points else "")
+            return (f"{spec.mode}/q{int(spec.bits)}b{spec.block}"
+                    + ("z" if spec.zero_points else "")
                     + ("i8" if spec.int8_x else ""))
         if spec.mode is SparseMode.PREDICTOR:
             return f"{spec.mode}/{spec.rank}"  # rank: PA's width

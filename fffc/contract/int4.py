@@ -19,6 +19,9 @@ is unchanged): neuron j's d_out codes are contiguous, in chunks of ``CHUNK`` out
 byte i holds output ``c·CHUNK + i`` in the low nibble and ``c·CHUNK + CHUNK/2 + i`` in the
 high one, so the two nibbles of a vector of bytes widen to two vectors of consecutive
 outputs.
+
+The site-level records here (``Int4Weights``, ``int4_weights``, ``float_weights``) cover
+``bits`` 8 too, whose layout is ``fffc.contract.int8``'s.
 """
 
 from __future__ import annotations
@@ -28,30 +31,38 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kinds import QuantSource
+from . import int8
+from .kinds import Granularity, QuantSource, WeightBits
 from .quant import QuantizedWeight, unpack_nibbles
 
 INT4_BLOCK = 32  # --weight-dtype int4: codes per scale (ONNX Runtime's quantizer, symmetric)
 INT8_ACCURACY = 4  # MatMulNBits' accuracy_level that rounds its input to int8 per block
 SYMMETRIC_ZERO_POINT = 8  # MatMulNBits' zero point where the node has none (bits 4)
 CHUNK = 32  # outputs per chunk of a re-laid-out column: 16 bytes, two nibble vectors
-BLOCKS = (16, 32, 64, 128, 256)  # MatMulNBits block sizes SparseFFN's bits 4 takes
+BLOCKS = (16, 32, 64, 128, 256)  # MatMulNBits block sizes SparseFFN's bits 4 and 8 take
+QUANTIZED_BITS = (WeightBits.INT4, WeightBits.INT8)
 
 
 @dataclass(frozen=True)
 class Int4Weights:
-    """How a site's int4 projections are stored (SparseFFN's bits 4): MatMulNBits' block size
-    along K, whether the nodes have zero points (else every zero point is 8), and whether x
-    is rounded to int8 per block before the gate and up products (``int8_x``: what
-    MatMulNBits computes at ``accuracy_level`` 4; ``quantize_x``)."""
+    """How a site's quantized projections are stored (SparseFFN's ``bits``): MatMulNBits'
+    block size along K, whether the nodes have zero points (else every zero point is the
+    code's midpoint: 8, or 128 with 8 bits), whether x is rounded to int8 per block before
+    the gate and up products (``int8_x``: what MatMulNBits computes at ``accuracy_level`` 4;
+    ``quantize_x``), and the codes' width (``bits``: 4, this module's layout; 8,
+    ``fffc.contract.int8``'s)."""
 
     block: int = 32
     zero_points: bool = False
     int8_x: bool = False
+    bits: WeightBits = WeightBits.INT4
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "bits", WeightBits(self.bits))
         if self.block not in BLOCKS:
-            raise ValueError(f"int4 block size {self.block}: one of {BLOCKS} only")
+            raise ValueError(f"int{self.bits} block size {self.block}: one of {BLOCKS} only")
+        if self.bits not in QUANTIZED_BITS:
+            raise ValueError(f"quantized weights: bits {int(self.bits)}, not 4 or 8")
 
 
 @dataclass(frozen=True)
@@ -163,17 +174,33 @@ def dequantize_columns(c: Q4Columns) -> np.ndarray:
     return (unchunk(c.codes) - z).astype(np.float32) * s
 
 
+# Why a site quantized in another form than MatMulNBits keeps its own nodes (the reasons'
+# tails): per-channel and per-tensor scales span whole rows of K codes (and W2's rows differ
+# in length from W1's), beyond the kernels' one block size of 16-256 for every projection;
+# MatMulInteger also quantizes x to uint8 per tensor at run time, which the kernels do not.
+_WHOLE_ROWS = {Granularity.CHANNEL: " (per-channel scales: one block of K codes per row)",
+               Granularity.TENSOR: " (one scale per tensor)"}
+_RUN_TIME_X = " (MatMulInteger: x quantized to uint8 per tensor at run time)"
+
+
 def int4_weights(formats: Mapping[str, QuantizedWeight], names: Sequence[str], d_in: int,
                  d_ff: int, d_out: int) -> Int4Weights | str:
-    """The int4 layout of a site's projections ``names`` (op input names: W1, W2[, WU]) with
-    weight formats ``formats``, or why SparseFFN cannot take them as int4 codes."""
+    """The int4 or int8 layout of a site's projections ``names`` (op input names: W1, W2[,
+    WU]) with weight formats ``formats``, or why SparseFFN cannot take them as codes."""
     missing = [n for n in names if n not in formats]
     if missing:
         return (f"{', '.join(missing)} float32 beside int4 {next(iter(formats))}: mixed "
                 "float and quantized projections")
     qs = [formats[n] for n in names]
-    if any(q.source is not QuantSource.MATMUL_NBITS or q.bits != 4 for q in qs):
-        return "int4 kernels take 4-bit MatMulNBits weights only"
+    if any(q.source is not QuantSource.MATMUL_NBITS for q in qs):
+        return "SparseFFN's bits 4 and 8 take MatMulNBits' block-wise codes only" + (
+            _WHOLE_ROWS.get(qs[0].granularity, "") if qs[0].source is QuantSource.QDQ
+            else _RUN_TIME_X)
+    widths = {q.bits for q in qs}
+    if len(widths) > 1:
+        return f"code widths {sorted(widths)} differ between the projections"
+    if not widths <= set(QUANTIZED_BITS):
+        return f"{widths.pop()}-bit codes: SparseFFN takes 4- and 8-bit codes only"
     blocks = {q.block_size for q in qs}
     if len(blocks) > 1:
         return f"block sizes {sorted(blocks)} differ between the projections"
@@ -187,7 +214,8 @@ def int4_weights(formats: Mapping[str, QuantizedWeight], names: Sequence[str], d
     if d_out % CHUNK:
         return f"d_out {d_out} must be a multiple of {CHUNK}"
     levels = {formats[n].accuracy_level for n in names if n != "W2"}
-    return Int4Weights(block, not qs[0].symmetric, levels == {INT8_ACCURACY})
+    return Int4Weights(block, not qs[0].symmetric, levels == {INT8_ACCURACY},
+                       WeightBits(qs[0].bits))
 
 
 def rows_matrix(codes_: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None) -> Q4Matrix:
@@ -199,10 +227,20 @@ def rows_matrix(codes_: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None
                     2 * half)
 
 
+def weight_bits(w: Mapping[str, np.ndarray]) -> WeightBits:
+    """The code width of SparseFFN's quantized weights as their shapes say: W2's codes
+    ``[d_ff, d_out]`` with 8 bits (one a byte), ``[d_ff, d_out/2]`` with 4; W2S ``[d_ff/block,
+    d_out]``."""
+    same = np.shape(w["W2"])[-1] == np.shape(w["W2S"])[-1]
+    return WeightBits.INT8 if same else WeightBits.INT4
+
+
 def float_weights(w: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """SparseFFN's int4 weights (W1, W1S, [W1Z], W2, W2S, [W2Z], [WU, WUS, [WUZ]]) as the
-    float32 weights of the same op in mode exact without ``bits``: W1 [d_in, d_ff], W2
-    [d_ff, d_out], WU [d_ff, d_in] (a row per neuron)."""
+    """SparseFFN's int4 or int8 weights (W1, W1S, [W1Z], W2, W2S, [W2Z], [WU, WUS, [WUZ]])
+    as the float32 weights of the same op in mode exact without ``bits``: W1 [d_in, d_ff],
+    W2 [d_ff, d_out], WU [d_ff, d_in] (a row per neuron)."""
+    if weight_bits(w) is WeightBits.INT8:
+        return int8.float_weights(w)
     w1 = rows_matrix(w["W1"], w["W1S"], w.get("W1Z"))
     z2 = w.get("W2Z")
     out = {"W1": dequantize(w1),

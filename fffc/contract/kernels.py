@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar
 
-from .kinds import SiteKind, SparseMode, WeightDtype
+from .kinds import SiteKind, SparseMode, WeightBits, WeightDtype
 from .ops import (
     FAST_FEED_FORWARD,
     QUANT_INPUTS,
@@ -105,16 +105,18 @@ class SparseSpec(KernelSpec):
     dtype: str = FLOAT32
     rank: int = 0  # mode predictor: the predictor's rank (PA's width)
     centers: str = ""  # mode teal: the centered inputs, "x" (XC) and/or "h" (HC)
-    bits: int = 0  # 4: int4 codes with scales per ``block`` codes (SPARSE_FFN's bits); 0: float
+    bits: int = 0  # 4, 8: int4 / int8 codes with scales per ``block`` codes (SPARSE_FFN's
+    # bits, a WeightBits); 0: float
     block: int = 0
     zero_points: bool = False  # int4: the weights have zero points (else every one is 8)
     int8_x: bool = False  # int4: x rounded to int8 per block first (accuracy_level 4)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", SparseMode(self.mode))
-        if self.bits not in (0, 4) or bool(self.bits) != bool(self.block):
+        if self.bits not in tuple(WeightBits) or bool(self.bits) != bool(self.block):
             raise ValueError(f"SparseSpec: bits {self.bits} with block {self.block}: int4 "
-                             "weights have both, float weights neither")
+                             "and int8 weights have both, float weights neither")
+        object.__setattr__(self, "bits", WeightBits(self.bits))
 
     @property
     def row(self) -> Row:
@@ -456,7 +458,7 @@ def sparse_specs(site, m) -> list[KernelSpec]:
     site's centers are part of the spec (they change the kernel's inputs)."""
     predictor = m.sparse_mode is SparseMode.PREDICTOR
     q = site.int4
-    int4 = ({"bits": 4, "block": q.block, "zero_points": q.zero_points, "int8_x": q.int8_x}
+    int4 = ({"bits": q.bits, "block": q.block, "zero_points": q.zero_points, "int8_x": q.int8_x}
             if q else {})
     return [SparseSpec(
         site.activation, site.up_activation, m.sparse_mode, site.d_model, site.d_ff,

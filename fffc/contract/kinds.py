@@ -6,7 +6,7 @@ ONNX attributes keep the plain names ("teal", "gated", "float16").
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, IntEnum
 
 
 class _Named(str, Enum):
@@ -96,17 +96,32 @@ class WeightDtype(_Named):
     FLOAT16 = "float16"
     BFLOAT16 = "bfloat16"
     INT4 = "int4"  # 4-bit symmetric MatMulNBits codes with float32 scales per block
+    INT8 = "int8"  # 8-bit symmetric MatMulNBits codes with float32 scales per block
 
     @property
     def flag(self) -> str:
-        """The ``--weight-dtype`` spelling: fp32, fp16, bf16, int4."""
+        """The ``--weight-dtype`` spelling: fp32, fp16, bf16, int4, int8."""
         return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16",
-                "int4": "int4"}[self.value]
+                "int4": "int4", "int8": "int8"}[self.value]
 
     @property
     def floating(self) -> bool:
         """A float format (the 16-bit ones widen to float32 in the kernels)."""
-        return self is not WeightDtype.INT4
+        return self not in (WeightDtype.INT4, WeightDtype.INT8)
+
+    @property
+    def bits(self) -> WeightBits:
+        """SparseFFN's ``bits`` of the codes this dtype quantizes to (FLOAT: a float dtype)."""
+        return {WeightDtype.INT4: WeightBits.INT4,
+                WeightDtype.INT8: WeightBits.INT8}.get(self, WeightBits.FLOAT)
+
+
+class WeightBits(IntEnum):
+    """SparseFFN's ``bits`` attribute: how its weight matrices W1, W2, WU are stored."""
+
+    FLOAT = 0  # float32 (or 16-bit) values
+    INT4 = 4  # MatMulNBits' 4-bit codes, two a byte, float32 scales per block
+    INT8 = 8  # MatMulNBits' 8-bit codes, one a byte, float32 scales per block
 
     @classmethod
     def from_flag(cls, text: str) -> WeightDtype:

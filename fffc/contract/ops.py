@@ -86,6 +86,9 @@ SPARSE_FFN = OpSpec(
         "block/2] uint8, two a byte, the lower index in the low nibble; row i = neuron i. W2 "
         "per neuron: codes [d_ff, d_out/2] uint8, neuron i's outputs in chunks of 32 (byte k "
         "of chunk c holds output 32c + k in the low nibble, 32c + 16 + k in the high one). "
+        "bits=8 (int8 weights): the same with MatMulNBits' 8-bit codes, one a byte: W1 and WU "
+        "codes [d_ff, d_in/block, block] uint8; W2 codes [d_ff, d_out] uint8, row i = neuron "
+        "i's outputs in order; zero points one a byte everywhere (absent: 128). "
         "The function computed is the float FFN on the dequantized weights."
     ),
     inputs=(
@@ -109,15 +112,16 @@ SPARSE_FFN = OpSpec(
                         "before the input threshold", optional=True),
         TensorArg("HC", "mode teal: centers of the down projection's input [d_ff], "
                         "subtracted before the hidden threshold", optional=True),
-        TensorArg("W1S", "bits 4: W1's scales [d_ff · d_in/block] (MatMulNBits' order)",
+        TensorArg("W1S", "bits 4, 8: W1's scales [d_ff · d_in/block] (MatMulNBits' order)",
                   optional=True),
         TensorArg("W1Z", "bits 4: W1's zero points [d_ff · ceil(d_in/block / 2)] uint8, two "
-                         "a byte (absent: 8)", optional=True),
-        TensorArg("W2S", "bits 4: W2's scales [d_ff/block, d_out]", optional=True),
-        TensorArg("W2Z", "bits 4: W2's zero points [d_ff/block, d_out] uint8, one a byte "
-                         "(absent: 8)", optional=True),
-        TensorArg("WUS", "bits 4: WU's scales, as W1S", optional=True),
-        TensorArg("WUZ", "bits 4: WU's zero points, as W1Z", optional=True),
+                         "a byte (absent: 8); bits 8: [d_ff · d_in/block], one a byte "
+                         "(absent: 128)", optional=True),
+        TensorArg("W2S", "bits 4, 8: W2's scales [d_ff/block, d_out]", optional=True),
+        TensorArg("W2Z", "bits 4, 8: W2's zero points [d_ff/block, d_out] uint8, one a "
+                         "byte (absent: 8; bits 8: 128)", optional=True),
+        TensorArg("WUS", "bits 4, 8: WU's scales, as W1S", optional=True),
+        TensorArg("WUZ", "bits 4, 8: WU's zero points, as W1Z", optional=True),
     ),
     outputs=(TensorArg("Y", "[..., d_out]"),),
     attributes=(
@@ -125,9 +129,9 @@ SPARSE_FFN = OpSpec(
         Attribute("up_activation", "string", "none", UP_ACTIVATIONS,
                   "gated FFNs: activation of the up projection (relu = dReLU)"),
         Attribute("mode", "string", "exact", SPARSE_MODES, "how neurons are skipped"),
-        Attribute("bits", "int", 0, doc="0: float weights; 4: int4 codes with scales (mode "
-                  "exact; see the op text)"),
-        Attribute("accuracy_level", "int", 0, doc="bits 4: 4 rounds x to int8 per block of "
+        Attribute("bits", "int", 0, doc="0: float weights; 4: int4 codes with scales; 8: "
+                  "int8 codes with scales (mode exact; see the op text)"),
+        Attribute("accuracy_level", "int", 0, doc="bits 4, 8: 4 rounds x to int8 per block of "
                   "`block` entries before the gate and up products, as MatMulNBits' "
                   "accuracy_level 4 (x' = q·s, s = max|x_block|/127, q = round-half-even(x·"
                   "(127/max|x_block|)), 0 in an all-zero block); 0: x as it is"),
@@ -288,8 +292,9 @@ OPS: dict[str, OpSpec] = {SPARSE_FFN.name: SPARSE_FFN, FAST_FEED_FORWARD.name: F
 
 # --weight-dtype (CUDA): the weight matrices of each op that may be stored in 16 bits (the
 # kernels widen every load to float32; biases, thresholds, predictors, routers stay float32)
-WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int4": "int4"}
-# Inputs that may hold uint8: integer codes (the weight matrices with bits 4) and zero points
+WEIGHT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int4": "int4",
+                 "int8": "int8"}
+# Inputs that may hold uint8: integer codes (the weight matrices with bits 4, 8), zero points
 CODE_INPUTS: dict[str, tuple[str, ...]] = {"SparseFFN": ("W1", "W2", "WU", "W1Z", "W2Z", "WUZ")}
 # The scales and zero points of each quantized weight matrix of an op, by the matrix's input
 QUANT_INPUTS: dict[str, dict[str, tuple[str, str]]] = {

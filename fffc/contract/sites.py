@@ -93,8 +93,8 @@ class Site:
 
     @property
     def int4(self) -> Int4Weights | str | None:
-        """A quantized dense or gated site's int4 layout for SparseFFN (or why it has none);
-        None for float weights."""
+        """A quantized dense or gated site's int4 or int8 layout for SparseFFN (its ``bits``),
+        or why it has none; None for float weights."""
         if not self.weight_formats:
             return None
         if self.kind not in (SiteKind.DENSE, SiteKind.GATED):

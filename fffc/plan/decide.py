@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..contract.errors import UsageError
-from ..contract.kinds import Decision, SiteKind
+from ..contract.kinds import Decision, SiteKind, WeightBits
 from ..contract.modes import mode
 from ..contract.ops import describe_k
 from ..contract.sites import Site
@@ -21,10 +21,10 @@ NOT_SELECTED = "not selected with --sites"
 
 
 def plan(sites: Sequence[Site], only: Sequence[str] = (), int4_target: str = "",
-         int4_int8_x: bool = True) -> None:
+         int4_int8_x: bool = True, int8_weights: bool = False) -> None:
     """Set ``decision`` and ``reason`` on every site in place; ``int4_target``: the name of
     the target when its kernels take int4 weights, ``int4_int8_x``: with x rounded to int8
-    (accuracy_level 4) too."""
+    (accuracy_level 4) too, ``int8_weights``: its kernels take 8-bit codes too."""
     for site in sites:
         int4 = site.int4
         if only and site.name not in only and not set(site.matched_nodes) & set(only):
@@ -35,6 +35,9 @@ def plan(sites: Sequence[Site], only: Sequence[str] = (), int4_target: str = "",
         elif site.weight_formats and not int4_target:
             site.decision, site.reason = Decision.DENSE, (
                 f"{site.quantized}: no int4 kernels for this target yet; left as it was")
+        elif site.weight_formats and int4.bits is WeightBits.INT8 and not int8_weights:
+            site.decision, site.reason = Decision.DENSE, (
+                f"{site.quantized}: no int8 kernels for this target yet; left as it was")
         elif site.weight_formats and int4.int8_x and not int4_int8_x:
             site.decision, site.reason = Decision.DENSE, (
                 f"{site.quantized}: the {int4_target} int4 kernels take x in float32, not "
@@ -72,7 +75,7 @@ def _sparse(why_exact: str) -> Callable[[Site], tuple[Decision, str]]:
     def decide(site: Site) -> tuple[Decision, str]:
         q = site.int4
         if site.activation == "relu":  # the only activation with exact zeros
-            return Decision.EXACT, why_exact + (f", on its int4 codes (block {q.block})"
+            return Decision.EXACT, why_exact + (f", on its int{q.bits} codes (block {q.block})"
                                                 if q else "")
         if q:
             return Decision.DENSE, (f"{site.quantized}: {site.activation} is never exactly "

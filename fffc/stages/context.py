@@ -130,6 +130,8 @@ class Context:
         fam = family(target.family)
         if dtype is WeightDtype.INT4 and not fam.int4_weights:
             raise UsageError(f"--weight-dtype int4: no int4 kernels for {target.family}")
+        if dtype is WeightDtype.INT8 and not fam.int8_weights:
+            raise UsageError(f"--weight-dtype int8: no int8 kernels for {target.family}")
         if dtype.floating and dtype is not WeightDtype.FLOAT32 and not fam.narrow_weights:
             raise UsageError(f"--weight-dtype {options.weight_dtype}: 16-bit weights are for "
                              "--target cuda (the CPU kernels read float32 weights)")

@@ -27,7 +27,7 @@ from ..contract.config import CompileOptions
 from ..contract.dispatch import TokenDispatch
 from ..contract.errors import RewriteError, UnsupportedModelError
 from ..contract.int4 import CHUNK, INT4_BLOCK, Int4Weights
-from ..contract.kinds import Branch, Decision, SiteKind, WeightDtype
+from ..contract.kinds import Branch, Decision, SiteKind, WeightBits, WeightDtype
 from ..contract.lowering import SiteLowering
 from ..contract.modes import mode
 from ..contract.sites import Site
@@ -147,31 +147,35 @@ def _int4_roundable(site: Site, detected: dict) -> bool:
             and not (site.d_model % INT4_BLOCK or site.d_ff % INT4_BLOCK or site.d_out % CHUNK))
 
 
-def _quantize_int4(working, analysis: Analysis, sites: list[Site]) -> None:
-    """The sites' float weights quantized by ONNX Runtime's quantizer (4 bits, symmetric,
-    blocks of ``INT4_BLOCK``) and installed as MatMulNBits weights in ``working``."""
+def _quantize_int4(working, analysis: Analysis, sites: list[Site],
+                   bits: WeightBits = WeightBits.INT4) -> None:
+    """The sites' float weights quantized by ONNX Runtime's quantizer (``bits`` 4 or 8,
+    symmetric, blocks of ``INT4_BLOCK``) and installed as MatMulNBits weights in
+    ``working``."""
+    quantize = matmul_nbits.quantize8 if bits is WeightBits.INT8 else matmul_nbits.quantize
     for s in sites:
         floats = passes.site_inputs(analysis.working, s, Decision.DENSE)
-        passes.install_int4(working, s.name, {n: matmul_nbits.quantize(floats[n], INT4_BLOCK)
+        passes.install_int4(working, s.name, {n: quantize(floats[n], INT4_BLOCK)
                                               for n in ("W1", "W2", "WU") if n in floats})
 
 
 def refresh(v: Verified, ctx: Context) -> Verified:
     """``v`` with its rounded weights and reference brought in line with the sites' current
     decisions (after sites were left as they were): rounding from the unrounded analysis, so a
-    site left dense is exactly as it was. ``--weight-dtype int4`` quantizes the float sites
-    planned exact (their ``weight_formats`` follow)."""
+    site left dense is exactly as it was. ``--weight-dtype int4|int8`` quantizes the float
+    sites planned exact (their ``weight_formats`` follow)."""
     dtype = ctx.weight_dtype
     detected = {s.name: passes.site_formats(v.analysis.working, s.name) for s in v.sites}
-    if dtype is WeightDtype.INT4:
+    if dtype.bits:
         rounded = tuple(sorted(s.name for s in v.sites if _int4_roundable(s, detected[s.name])))
     else:
         rounded = _with_kernels(v.sites) if dtype is not WeightDtype.FLOAT32 else ()
     working = v.working
     if rounded != v.rounded:
         working = frontend.copy(v.analysis.working)
-        if dtype is WeightDtype.INT4:
-            _quantize_int4(working, v.analysis, [s for s in v.sites if s.name in rounded])
+        if dtype.bits:
+            _quantize_int4(working, v.analysis, [s for s in v.sites if s.name in rounded],
+                           dtype.bits)
             for s in v.sites:
                 s.weight_formats = passes.site_formats(working, s.name)
         else:

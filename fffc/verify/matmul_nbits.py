@@ -1,4 +1,5 @@
-"""ONNX Runtime's int4 ``com.microsoft::MatMulNBits`` as the int4 kernels' ground truth.
+"""ONNX Runtime's ``com.microsoft::MatMulNBits`` (int4, int8) as the quantized kernels' ground
+truth.
 
 * ``quantize``: a float matrix quantized by ONNX Runtime's own quantizer
   (``onnxruntime.quantization.matmul_nbits_quantizer``, round to nearest, blocks along K);
@@ -17,6 +18,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from fffc.codegen.q4_layout import Q4Matrix
+from fffc.contract.int8 import Q8Matrix
 
 MS_DOMAIN = "com.microsoft"
 BITS = 4
@@ -36,7 +38,22 @@ def quantize(w: np.ndarray, block: int = 32, symmetric: bool = True) -> Q4Matrix
                     zero_points=None if symmetric else zp, k=w.shape[0], block=block)
 
 
-def node(a: str, out: str, prefix: str, m: Q4Matrix,
+def quantize8(w: np.ndarray, block: int = 32, symmetric: bool = True) -> Q8Matrix:
+    """``w [K, N]`` float32 quantized to int8 by ONNX Runtime's MatMulNBits quantizer (bits
+    8: one code a byte, zero points one a byte, 128 where symmetric)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        DefaultWeightOnlyQuantizer,
+    )
+
+    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=symmetric, bits=8)
+    codes, scales, zp = DefaultWeightOnlyQuantizer(config).qbits_block_quant(
+        np.ascontiguousarray(w, np.float32))
+    return Q8Matrix(codes=codes, scales=np.ascontiguousarray(scales, np.float32),
+                    zero_points=None if symmetric else zp, k=w.shape[0], block=block)
+
+
+def node(a: str, out: str, prefix: str, m: Q4Matrix | Q8Matrix,
          accuracy_level: int = 0) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
     """A MatMulNBits node ``out = a · W`` for ``m``, and its initializers (named ``prefix``…)."""
     inits = [numpy_helper.from_array(m.codes, f"{prefix}_q4"),
@@ -44,7 +61,8 @@ def node(a: str, out: str, prefix: str, m: Q4Matrix,
     if m.zero_points is not None:
         inits.append(numpy_helper.from_array(m.zero_points, f"{prefix}_zp"))
     n = helper.make_node("MatMulNBits", [a, *(t.name for t in inits)], [out], domain=MS_DOMAIN,
-                         K=m.k, N=m.n, bits=BITS, block_size=m.block,
+                         K=m.k, N=m.n, bits=8 if isinstance(m, Q8Matrix) else BITS,
+                         block_size=m.block,
                          accuracy_level=accuracy_level)
     return n, inits
 
@@ -67,7 +85,7 @@ def session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def dequantize(m: Q4Matrix, rows: int = 512) -> np.ndarray:
+def dequantize(m: Q4Matrix | Q8Matrix, rows: int = 512) -> np.ndarray:
     """``W [K, N]`` float32 as ONNX Runtime dequantizes ``m``: a MatMulNBits node
     (accuracy_level 0) run on the K×K identity, ``rows`` rows of it per run."""
     n, inits = node("x", "y", "w", m)
@@ -80,11 +98,11 @@ def dequantize(m: Q4Matrix, rows: int = 512) -> np.ndarray:
     return np.concatenate(out)
 
 
-Projection = Q4Matrix | np.ndarray  # int4 (MatMulNBits) or float32 [K, N] (MatMul)
+Projection = Q4Matrix | Q8Matrix | np.ndarray  # MatMulNBits or float32 [K, N] (MatMul)
 
 
 def _projection(a: str, out: str, prefix: str, w: Projection, accuracy_level: int):
-    if isinstance(w, Q4Matrix):
+    if isinstance(w, Q4Matrix | Q8Matrix):
         return node(a, out, prefix, w, accuracy_level)
     t = numpy_helper.from_array(np.ascontiguousarray(w, np.float32), prefix)
     return helper.make_node("MatMul", [a, prefix], [out]), [t]
@@ -122,6 +140,6 @@ def ffn_model(w1: Projection, w2: Projection, wu: Projection | None = None,
     if b2 is not None:
         inits.append(numpy_helper.from_array(np.asarray(b2, np.float32), "B2"))
         nodes.append(helper.make_node("Add", ["o", "B2"], ["y"]))
-    k_in = w1.k if isinstance(w1, Q4Matrix) else w1.shape[0]
-    n_out = w2.n if isinstance(w2, Q4Matrix) else w2.shape[1]
+    k_in = w1.k if isinstance(w1, Q4Matrix | Q8Matrix) else w1.shape[0]
+    n_out = w2.n if isinstance(w2, Q4Matrix | Q8Matrix) else w2.shape[1]
     return _model(nodes, inits, k_in, n_out)

@@ -45,7 +45,7 @@ def verify_site(site: Site, xs: list[np.ndarray], ys: list[np.ndarray], inputs: 
 
 
 def _ffn(w: Inputs) -> tuple:
-    """W1, B1, W2, B2, WU as float32 (int4 weights dequantized)."""
+    """W1, B1, W2, B2, WU as float32 (int4 / int8 weights dequantized)."""
     if "W1S" in w:
         w = {**w, **float_weights(w)}
     return (w["W1"], w.get("B1"), w["W2"], w.get("B2"), w.get("WU"))

@@ -1,9 +1,10 @@
-"""SparseFFN on int4 weights (``bits`` 4): its inputs from a site's MatMulNBits projections,
+"""SparseFFN on int4 or int8 weights (``bits`` 4, 8): its inputs from a site's MatMulNBits projections,
 and its fallback function, which dequantizes them in standard ops.
 
 The gate and up projections are given as their MatMulNBits nodes hold them (the user's own
 initializers: one row of blocks per neuron already); the down projection is re-laid out per
-neuron (``fffc.contract.int4.columns``: the same codes, scales and zero points, moved). The
+neuron (``fffc.contract.int4.columns``, ``fffc.contract.int8.columns``: the same codes, scales
+and zero points, moved). The
 fallback computes ``(code − zero point)·scale`` in float32 as ONNX Runtime dequantizes, then
 the float FFN: the function the kernels compute (exact with respect to the dequantized
 weights), not MatMulNBits' own arithmetic (``accuracy_level`` 4 quantizes x to int8).
@@ -14,7 +15,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from fffc.contract import int8
 from fffc.contract.int4 import Int4Weights, Q4Matrix, columns, int4_weights
+from fffc.contract.kinds import WeightBits
 from fffc.contract.ops import QUANT_INPUTS, SPARSE_FFN
 
 from .. import canonical_quant, standard_forms
@@ -49,10 +52,16 @@ def _sources(value: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value | None]:
     return b, scales, zp
 
 
-def _matrix(value: ir.Value) -> Q4Matrix:
+def _matrix(value: ir.Value) -> Q4Matrix | int8.Q8Matrix:
     b, scales, zp = _sources(value)
     q = canonical_quant.format_of(value)
     blocks = q.k // q.block_size
+    if q.bits == WeightBits.INT8:
+        zeros = const_array(zp)
+        return int8.Q8Matrix(const_array(b).reshape(q.n, blocks, q.block_size),
+                             const_array(scales).reshape(q.n, blocks),
+                             None if zeros is None else zeros.reshape(q.n, blocks), q.k,
+                             q.block_size)
     codes = const_array(b).reshape(q.n, blocks, q.block_size // 2)
     zeros = const_array(zp)
     return Q4Matrix(codes, const_array(scales).reshape(q.n, blocks),
@@ -70,7 +79,7 @@ def arrays(inputs: dict[str, ir.Value | None], q: Int4Weights) -> dict[str, np.n
         if name in ROWS:
             out[name], out[scales], z = m.codes, m.scales, m.zero_points
         else:
-            c = columns(m)
+            c = int8.columns(m) if isinstance(m, int8.Q8Matrix) else columns(m)
             out[name], out[scales], z = c.codes, c.scales, c.zero_points
         if q.zero_points:
             out[zeros] = z
@@ -131,8 +140,35 @@ def _dims(tape: ir.tape.Tape, v: ir.Value, start: int, end: int) -> ir.Value:
     return tape.op("Slice", [tape.op("Shape", [v]), _const(tape, [start]), _const(tape, [end])])
 
 
-def _eight(tape: ir.tape.Tape) -> ir.Value:
-    return tape.op("Constant", [], {"value": ir.tensor(np.array(8, dtype=np.float32))})
+def _eight(tape: ir.tape.Tape, value: int = 8) -> ir.Value:
+    """The zero point of codes whose node has none (8; 128 for 8-bit codes), as float32."""
+    return tape.op("Constant", [], {"value": ir.tensor(np.array(value, dtype=np.float32))})
+
+
+def dequantize_rows8(tape: ir.tape.Tape, b: ir.Value, s: ir.Value,
+                     z: ir.Value | None) -> ir.Value:
+    """W [N, K] float32 (a row per output) from MatMulNBits' 8-bit codes [N, KB, block],
+    scales and zero points (one a byte)."""
+    per_block = tape.op("Concat", [_dims(tape, b, 0, 2), _const(tape, [1])], {"axis": 0})
+    zero = (_eight(tape, int8.SYMMETRIC_ZERO_POINT) if z is None
+            else _float(tape, tape.op("Reshape", [z, per_block])))
+    scale = tape.op("Reshape", [s, per_block])
+    w = tape.op("Mul", [tape.op("Sub", [_float(tape, b), zero]), scale])
+    return tape.op("Reshape", [w, _const(tape, [0, -1])])
+
+
+def dequantize_columns8(tape: ir.tape.Tape, b: ir.Value, s: ir.Value,
+                        z: ir.Value | None) -> ir.Value:
+    """W2 [d_ff, d_out] float32 from its per-neuron 8-bit columns: codes [d_ff, d_out],
+    scales and zero points [d_ff/block, d_out]."""
+    groups, d_out = _dims(tape, s, 0, 1), _dims(tape, s, 1, 2)
+    grouped = tape.op("Reshape", [b, tape.op("Concat", [groups, _const(tape, [-1]), d_out],
+                                             {"axis": 0})])  # [G, block, d_out]
+    zero = (_eight(tape, int8.SYMMETRIC_ZERO_POINT) if z is None
+            else _float(tape, tape.op("Reshape", [z, _const(tape, [0, 1, -1])])))
+    scale = tape.op("Reshape", [s, _const(tape, [0, 1, -1])])
+    w = tape.op("Mul", [tape.op("Sub", [_float(tape, grouped), zero]), scale])
+    return tape.op("Reshape", [w, tape.op("Concat", [_const(tape, [-1]), d_out], {"axis": 0})])
 
 
 def dequantize_rows(tape: ir.tape.Tape, b: ir.Value, s: ir.Value,
@@ -176,12 +212,12 @@ def dequantize_columns(tape: ir.tape.Tape, b: ir.Value, s: ir.Value,
 
 
 def nbits_matmul(tape: ir.tape.Tape, x: ir.Value, b: ir.Value, s: ir.Value, z: ir.Value | None,
-                 k: int, n: int, block: int) -> ir.Value:
-    """``x · W`` by ONNX Runtime's MatMulNBits on codes ``b`` (4 bits) in float32
+                 k: int, n: int, block: int, bits: int = 4) -> ir.Value:
+    """``x · W`` by ONNX Runtime's MatMulNBits on codes ``b`` (``bits`` 4 or 8) in float32
     (accuracy_level 0: x times the dequantized weight)."""
     return tape.op("MatMulNBits", [x, b, s, *([z] if z is not None else [])],
-                   {"K": k, "N": n, "bits": 4, "block_size": block, "accuracy_level": 0},
-                   domain=MS)
+                   {"K": k, "N": n, "bits": int(bits), "block_size": block,
+                    "accuracy_level": 0}, domain=MS)
 
 
 def quantize_x(tape: ir.tape.Tape, x: ir.Value, block: int, opset: int) -> ir.Value:
@@ -207,19 +243,20 @@ def quantize_x(tape: ir.tape.Tape, x: ir.Value, block: int, opset: int) -> ir.Va
 def exact_ffn(tape: ir.tape.Tape, f: dict[str, ir.Value | None], activation: str,
               up_activation: str, opset: int, q: Int4Weights, d_in: int,
               d_ff: int) -> ir.Value:
-    """SparseFFN exact on int4 weights (the op's inputs ``f`` by name) in standard ops and
+    """SparseFFN exact on int4 or int8 weights (the op's inputs ``f`` by name) in standard ops and
     MatMulNBits: its fallback. The gate and up projections by MatMulNBits in float32 on x
     (rounded to int8 per block first with ``q.int8_x``), the down projection's columns
     dequantized (folded once by ONNX Runtime) and multiplied in float32."""
     x = quantize_x(tape, f["X"], q.block, opset) if q.int8_x else f["X"]
-    h = nbits_matmul(tape, x, f["W1"], f["W1S"], f["W1Z"], d_in, d_ff, q.block)
+    h = nbits_matmul(tape, x, f["W1"], f["W1S"], f["W1Z"], d_in, d_ff, q.block, q.bits)
     if f["B1"] is not None:
         h = tape.op("Add", [h, f["B1"]])
     a = standard_forms.activation(tape, activation, h, opset)
     if f["WU"] is not None:
-        u = nbits_matmul(tape, x, f["WU"], f["WUS"], f["WUZ"], d_in, d_ff, q.block)
+        u = nbits_matmul(tape, x, f["WU"], f["WUS"], f["WUZ"], d_in, d_ff, q.block, q.bits)
         a = tape.op("Mul", [a, standard_forms.activation(tape, up_activation, u, opset)])
-    y = tape.op("MatMul", [a, dequantize_columns(tape, f["W2"], f["W2S"], f["W2Z"])])
+    down = dequantize_columns8 if q.bits is WeightBits.INT8 else dequantize_columns
+    y = tape.op("MatMul", [a, down(tape, f["W2"], f["W2S"], f["W2Z"])])
     return y if f["B2"] is None else tape.op("Add", [y, f["B2"]])
 
 
@@ -228,4 +265,6 @@ def float_down(tape: ir.tape.Tape, w2: ir.Value) -> ir.Value:
     dequantized from the user's MatMulNBits constants in standard ops: the values the
     fallback's columns give, in the same float32 product."""
     b, s, z = _sources(w2)
-    return tape.op("Transpose", [dequantize_rows(tape, b, s, z)], {"perm": [1, 0]})
+    rows = (dequantize_rows8 if canonical_quant.format_of(w2).bits == WeightBits.INT8
+            else dequantize_rows)
+    return tape.op("Transpose", [rows(tape, b, s, z)], {"perm": [1, 0]})

@@ -278,9 +278,9 @@ def _sparse_node(ctx: Lowering, m: FFNMarker, tape: ir.tape.Tape, entry: Mode, m
     build = lambda: sparse_function(overload, present, m.activation,  # noqa: E731
                                     m.up_activation, ctx.opset, entry)
     if q is not None:  # the fallback's MatMulNBits name the shapes: one per shape and layout
-        attrs["bits"] = 4
+        attrs["bits"] = int(q.bits)
         d_in, d_ff = const_shape(m.inputs["W1"])
-        overload += f"_q4_{d_in}x{d_ff}b{q.block}"
+        overload += f"_q{int(q.bits)}_{d_in}x{d_ff}b{q.block}"
         if q.int8_x:
             attrs["accuracy_level"] = INT8_ACCURACY
             overload += "i8"

@@ -312,32 +312,39 @@ int64_t Count(const std::vector<int64_t>& d) {
   return n;
 }
 
-// The shapes of an int4 call (the op text of fffc/contract/ops.py): d_in, d_ff, d_out and
-// the block from W1's codes and W2's scales; every scale and zero point input sized to them.
+// The shapes of an int4 or int8 call (the op text of fffc/contract/ops.py): d_in, d_ff, d_out
+// and the block from W1's codes and W2's scales; every scale and zero point input sized to
+// them. Codes per byte: 2 with bits 4, 1 with bits 8 (zero points packed the same way in W1Z,
+// WUZ; one a byte in W2Z either way).
 OrtStatus* PrepareQuantized(const OrtApi* api, FfnCall* c, const std::string& mode, int64_t bits) {
   using In = Sparse;
-  if (bits != 4) return Fail(api, "SparseFFN: bits must be 0 or 4, got " + std::to_string(bits));
-  if (mode != "exact") return Fail(api, "SparseFFN: int4 weights (bits 4) are for mode exact only");
+  if (bits != 4 && bits != 8)
+    return Fail(api, "SparseFFN: bits must be 0, 4 or 8, got " + std::to_string(bits));
+  if (mode != "exact") return Fail(api, "SparseFFN: int4 / int8 weights (bits 4, 8) are for mode exact only");
+  const int64_t per_byte = bits == 8 ? 1 : 2;
+  c->bits = bits;
   const auto &xd = c->in[In::kX].dims, &w1 = c->in[In::kW1].dims, &w2 = c->in[In::kW2].dims;
   if (!c->present[In::kW1S] || !c->present[In::kW2S] || c->present[In::kWU] != c->present[In::kWUS])
-    return Fail(api, "SparseFFN: bits 4 needs the scales of each weight (W1S, W2S, WUS with WU)");
+    return Fail(api, "SparseFFN: bits " + std::to_string(bits) +
+                         " needs the scales of each weight (W1S, W2S, WUS with WU)");
   const auto& w2s = c->in[In::kW2S].dims;
   if (xd.empty() || w1.size() != 3 || w2.size() != 2 || w2s.size() != 2 || w1[2] < 1)
-    return Fail(api, "SparseFFN (bits 4): expected X [..., d_in], W1 [d_ff, d_in/block, block/2], "
-                     "W2 [d_ff, d_out/2], W2S [d_ff/block, d_out]; got W1 " + Dims(w1) + ", W2 " +
-                     Dims(w2) + ", W2S " + Dims(w2s));
-  c->block = 2 * w1[2];
+    return Fail(api, "SparseFFN (bits " + std::to_string(bits) + "): expected X [..., d_in], W1 "
+                     "[d_ff, d_in/block, block·bits/8], W2 [d_ff, d_out·bits/8], W2S [d_ff/block, "
+                     "d_out]; got W1 " + Dims(w1) + ", W2 " + Dims(w2) + ", W2S " + Dims(w2s));
+  c->block = per_byte * w1[2];
   c->d_in = xd.back();
   c->d_ff = w1[0];
   c->d_out = w2s[1];
   const int64_t kb = c->d_in / c->block, groups = c->d_ff / c->block;
+  const int64_t kz = (kb + per_byte - 1) / per_byte;  // zero point bytes of a row
   const bool z = c->present[In::kW1Z];
   std::string bad;
   if (c->d_in % c->block || w1[1] != kb) bad = "W1 " + Dims(w1) + " for d_in " + std::to_string(c->d_in);
-  else if (c->d_ff % c->block || w2s[0] != groups || w2[0] != c->d_ff || 2 * w2[1] != c->d_out)
+  else if (c->d_ff % c->block || w2s[0] != groups || w2[0] != c->d_ff || per_byte * w2[1] != c->d_out)
     bad = "W2 " + Dims(w2) + " with W2S " + Dims(w2s);
   else if (Count(c->in[In::kW1S].dims) != c->d_ff * kb) bad = "W1S " + Dims(c->in[In::kW1S].dims);
-  else if (z && Count(c->in[In::kW1Z].dims) != c->d_ff * ((kb + 1) / 2))
+  else if (z && Count(c->in[In::kW1Z].dims) != c->d_ff * kz)
     bad = "W1Z " + Dims(c->in[In::kW1Z].dims);
   else if (c->present[In::kW2Z] != z || (c->present[In::kWU] && c->present[In::kWUZ] != z))
     bad = "zero points given for some weights only";
@@ -345,7 +352,7 @@ OrtStatus* PrepareQuantized(const OrtApi* api, FfnCall* c, const std::string& mo
   else if (c->present[In::kWU] && c->in[In::kWU].dims != w1) bad = "WU " + Dims(c->in[In::kWU].dims);
   else if (c->present[In::kWU] && Count(c->in[In::kWUS].dims) != c->d_ff * kb)
     bad = "WUS " + Dims(c->in[In::kWUS].dims);
-  else if (c->present[In::kWUZ] && Count(c->in[In::kWUZ].dims) != c->d_ff * ((kb + 1) / 2))
+  else if (c->present[In::kWUZ] && Count(c->in[In::kWUZ].dims) != c->d_ff * kz)
     bad = "WUZ " + Dims(c->in[In::kWUZ].dims);
   for (int i : {In::kW1S, In::kW2S, In::kWUS})
     if (bad.empty() && c->present[i] && c->in[i].type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
@@ -354,7 +361,8 @@ OrtStatus* PrepareQuantized(const OrtApi* api, FfnCall* c, const std::string& mo
     if (bad.empty() && c->present[i] && c->in[i].type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8)
       bad = std::string(In::kInputNames[i]) + " not uint8";
   if (!bad.empty())
-    return Fail(api, "SparseFFN (bits 4, block " + std::to_string(c->block) + "): bad int4 weights: " + bad);
+    return Fail(api, "SparseFFN (bits " + std::to_string(bits) + ", block " + std::to_string(c->block) +
+                         "): bad int" + std::to_string(bits) + " weights: " + bad);
   return nullptr;
 }
 
@@ -372,7 +380,7 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const s
     if (OrtStatus* st = PrepareQuantized(api, c, mode, bits)) return st;
   } else if (c->present[In::kW1S] || c->present[In::kW2S] || c->present[In::kWUS] ||
              c->present[In::kW1Z] || c->present[In::kW2Z] || c->present[In::kWUZ]) {
-    return Fail(api, "SparseFFN: scales and zero points (W1S ... WUZ) are only for bits 4");
+    return Fail(api, "SparseFFN: scales and zero points (W1S ... WUZ) are only for bits 4, 8");
   } else if (xd.empty() || c->in[In::kW1].dims.size() != 2 || c->in[In::kW2].dims.size() != 2)
     return Fail(api, "SparseFFN: expected X [..., d_in], W1 [d_in, d_ff], W2 [d_ff, d_out]");
   const bool rows = mode == "predictor";  // W1 [d_ff, d_in], row per neuron
@@ -418,8 +426,8 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const s
   c->weight_dtype = WeightDtype(c->in, c->present, Sparse::kContract);
   if (c->weight_dtype == "mixed") return Fail(api, "SparseFFN: W1, W2 and WU differ in type");
   if ((c->weight_dtype == "uint8") != (bits != 0))
-    return Fail(api, "SparseFFN: W1, W2 and WU must be uint8 codes exactly when bits is 4");
-  if (bits != 0) c->weight_dtype = "int4";
+    return Fail(api, "SparseFFN: W1, W2 and WU must be uint8 codes exactly when bits is 4 or 8");
+  if (bits != 0) c->weight_dtype = "int" + std::to_string(bits);
   c->tokens = 1;
   for (size_t i = 0; i + 1 < xd.size(); ++i) c->tokens *= xd[i];
   std::vector<int64_t> ydims(xd.begin(), xd.end());
@@ -471,12 +479,13 @@ std::string Describe(const Attrs& a, const FfnCall& c) {
          ", B1=" + (c.present[Sparse::kB1] ? "yes" : "no") +
          ", B2=" + (c.present[Sparse::kB2] ? "yes" : "no") +
          ", WU=" + (c.present[Sparse::kWU] ? "yes" : "no") +
-         (c.block != 0 ? ", int4 block " + std::to_string(c.block) : "") + ")";
+         (c.block != 0 ? ", int" + std::to_string(c.bits) + " block " + std::to_string(c.block) : "") + ")";
 }
 
 std::string TableMode(const Attrs& a, const FfnCall& c) {
   if (c.block != 0)
-    return a.mode + "/q4b" + std::to_string(c.block) + (c.present[Sparse::kW1Z] ? "z" : "") +
+    return a.mode + "/q" + std::to_string(c.bits) + "b" + std::to_string(c.block) +
+           (c.present[Sparse::kW1Z] ? "z" : "") +
            (a.accuracy_level == kInt8Accuracy ? "i8" : "");
   if (a.mode != "teal" || (!c.present[Sparse::kXC] && !c.present[Sparse::kHC])) return a.mode;
   return a.mode + "/" + (c.present[Sparse::kXC] ? "x" : "") + (c.present[Sparse::kHC] ? "h" : "");

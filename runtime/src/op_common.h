@@ -64,8 +64,9 @@ struct FfnCall {
   TensorView in[Sparse::kNumInputs];
   bool present[Sparse::kNumInputs] = {false};
   int64_t d_in = 0, d_ff = 0, d_out = 0, tokens = 0;
-  std::string weight_dtype = "float32";  // of W1, W2, WU (WeightDtype; "int4" for codes)
-  int64_t block = 0;  // int4 weights: codes per scale (0: float weights)
+  std::string weight_dtype = "float32";  // of W1, W2, WU (WeightDtype; "int4", "int8" for codes)
+  int64_t block = 0;  // int4 / int8 weights: codes per scale (0: float weights)
+  int64_t bits = 0;  // the codes' width: 4 (two a byte) or 8 (one a byte); 0: float weights
   void* y = nullptr;  // output data (tokens × d_out), allocated by Prepare
 };
 
@@ -103,7 +104,8 @@ std::string Describe(const Attrs& a, const FfnCall& c);
 
 // The kernel table's mode of a call: a.mode, for a centered teal call "teal/x", "teal/h"
 // or "teal/xh" (which of XC, HC it has; fffc.ops.KernelSpec.centers), for int4 weights
-// "<mode>/q4b<block>", "z" appended with zero points, "i8" with x rounded to int8.
+// "<mode>/q4b<block>" ("q8b" for int8 codes), "z" appended with zero points, "i8" with x
+// rounded to int8.
 std::string TableMode(const Attrs& a, const FfnCall& c);
 
 // True when a kernel table row (spec fields) serves this call (its mode: TableMode).

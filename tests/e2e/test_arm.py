@@ -82,15 +82,17 @@ def test_arm_artifact_runs_in_aarch64_onnxruntime(sysroot, tmp_path):
     assert onnx.load(str(art / "model.onnx")).graph.node  # the artifact's model is intact
 
 
-def test_arm_int4_artifact_runs_in_aarch64_onnxruntime(sysroot, tmp_path):
-    """A dReLU FFN of 4-bit MatMulNBits (ONNX Runtime's quantizer, zero points): its int4
-    kernel (NEON) serves 1 and 2 tokens — the float FFN on the weights ONNX Runtime
-    dequantizes, computed in the test — and ONNX Runtime's MatMulNBits the longer calls."""
+@pytest.mark.parametrize("bits", [4, 8])
+def test_arm_quantized_artifact_runs_in_aarch64_onnxruntime(bits, sysroot, tmp_path):
+    """A dReLU FFN of 4-bit (and 8-bit) MatMulNBits (ONNX Runtime's quantizer, zero points):
+    its int4 (int8) kernel (NEON) serves 1 and 2 tokens — the float FFN on the weights ONNX
+    Runtime dequantizes, computed in the test — and ONNX Runtime's MatMulNBits the longer
+    calls."""
     from tests.fixtures import quantized as q
 
     src = q.float_ffn(tmp_path / "drelu.onnx", "drelu")
-    path = q.matmul_nbits(src, tmp_path / "q4.onnx", 4, 32, False)
-    result = fffc.compile(path, tmp_path / "q4.fffc", fffc.CompileOptions(target="arm"))
+    path = q.matmul_nbits(src, tmp_path / f"q{bits}.onnx", bits, 32, False)
+    result = fffc.compile(path, tmp_path / f"q{bits}.fffc", fffc.CompileOptions(target="arm"))
     assert [s.decision for s in result.sites] == ["exact"]
     (kernel,) = [b["max_tokens"] for b in result.sites[0].dispatch.to_json()["branches"]
                  if b["branch"] == "kernel"]

@@ -1,11 +1,9 @@
 """The ONNX Runtime GenAI model builder's int4 and int8 decoders (``-p int4|int8``: every
 projection a MatMulNBits): fffc finds one FFN site per layer with its weight format. The
-int4 decoders of a ReLU-gated checkpoint (ReGLU, and made dReLU) get exact kernels on their
-int4 codes: decode steps compute the float FFN on the weights ONNX Runtime dequantizes, x
-rounded to int8 per block as the builder's accuracy_level 4 asks, prefill runs the builder's
-MatMulNBits, and onnxruntime_genai generates with it. The int8 one is left as it was:
-the folder's decoder is the builder's, its quantized weights byte for byte, computing the
-same logits and cache."""
+int4 decoders of a ReLU-gated checkpoint (ReGLU, and made dReLU) and its int8 one get exact
+kernels on their int4 / int8 codes: decode steps compute the float FFN on the weights ONNX
+Runtime dequantizes, x rounded to int8 per block as the builder's accuracy_level 4 asks,
+prefill runs the builder's MatMulNBits, and onnxruntime_genai generates with it."""
 
 from __future__ import annotations
 
@@ -64,40 +62,6 @@ def test_builder_ffns_are_sites_with_their_format(precision, bits, up, genai):
         for fmt in s.weight_formats.values():
             assert (fmt.source, fmt.bits, fmt.granularity, fmt.block_size) == (
                 QuantSource.MATMUL_NBITS, bits, Granularity.BLOCK, 32)
-
-
-@pytest.mark.parametrize("precision", ["int8"])
-def test_compile_leaves_the_builders_decoder_as_it_was(precision, genai, tmp_path, capsys):
-    folder = genai[precision]
-    out = tmp_path / "out"
-    assert main(["compile", str(folder), "-o", str(out)]) == 0
-    printed = " ".join(capsys.readouterr().out.split())
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert [s["decision"] for s in manifest["sites"]] == ["dense"] * LAYERS
-    for s in manifest["sites"]:
-        assert s["reason"].endswith("int4 kernels take 4-bit MatMulNBits weights only; left "
-                                    "as it was")
-        assert f"{s['name']}: {s['reason']}" in printed
-
-    original, artifact = onnx.load(folder / "model.onnx"), onnx.load(out / "model.onnx")
-    nbits = [(n.name, list(n.input), [a.SerializeToString() for a in n.attribute])
-             for n in original.graph.node if n.op_type == "MatMulNBits"]
-    assert len(nbits) == 5 * LAYERS + 1  # qkv, o, gate, up, down per layer; lm_head
-    got_nbits = [n for n in artifact.graph.node if n.op_type == "MatMulNBits"]
-    assert sorted((n.name, [a.SerializeToString() for a in n.attribute]) for n in got_nbits) \
-        == sorted((name, attrs) for name, _, attrs in nbits)
-    got = {i.name: numpy_helper.to_array(i, base_dir=str(out)) for i in artifact.graph.initializer}
-    for init in original.graph.initializer:
-        want = numpy_helper.to_array(init, base_dir=str(folder))
-        assert init.name in got, init.name
-        assert (got[init.name].dtype, got[init.name].tobytes()) == (want.dtype, want.tobytes())
-
-    base = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    compiled = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    for past, seq in ((0, 5), (7, 1)):
-        feed = _feeds(past, seq)
-        for g, w in zip(compiled.run(None, feed), base.run(None, feed), strict=True):
-            np.testing.assert_array_equal(g, w)
 
 
 def _float_ffn_reference(folder, dest, bound: int) -> onnx.ModelProto:
@@ -179,12 +143,16 @@ def _greedy(folder, ids: list[int], n: int) -> list[int]:
     return [int(t) for t in gen.get_sequence(0)]
 
 
-@pytest.mark.parametrize("precision", ["int4", "int4-drelu"])
-def test_int4_decoder_gets_kernels_on_its_codes(precision, genai, tmp_path):
-    """The builder's int4 decoder of a ReLU-gated checkpoint (ReGLU), and made dReLU."""
+@pytest.mark.parametrize("precision,bits", [("int4", 4), ("int4-drelu", 4), ("int8", 8)])
+def test_quantized_decoder_gets_kernels_on_its_codes(precision, bits, genai, tmp_path):
+    """The builder's int4 decoder of a ReLU-gated checkpoint (ReGLU), made dReLU, and its int8
+    decoder (MatMulNBits bits 8)."""
     folder = genai[precision]
     out = tmp_path / "out"
-    assert main(["compile", str(folder), "-o", str(out), "--target", "x86"]) == 0
+    # int8: the table's crossover (at this toy size ONNX Runtime's int8 MatMulNBits may time
+    # faster than the kernel at 1 token on a busy machine, which would leave the site dense)
+    table = ["--crossovers", "table"] if bits == 8 else []
+    assert main(["compile", str(folder), "-o", str(out), "--target", "x86", *table]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert [s["decision"] for s in manifest["sites"]] == ["exact"] * LAYERS
     assert manifest["verification"]["model_with_shim"]["ok"]
@@ -198,9 +166,9 @@ def test_int4_decoder_gets_kernels_on_its_codes(precision, genai, tmp_path):
     ops = [i for n in artifact.graph.node if n.op_type == "If" for a in n.attribute
            for i in a.g.node if i.op_type == "SparseFFN"]
     assert len(ops) == LAYERS
-    for op in ops:  # int4 codes, x rounded to int8 as the builder's accuracy_level 4 says
+    for op in ops:  # the codes, x rounded to int8 as the builder's accuracy_level 4 says
         attrs = {a.name: a.i for a in op.attribute if a.type == onnx.AttributeProto.INT}
-        assert (attrs["bits"], attrs["accuracy_level"]) == (4, 4)
+        assert (attrs["bits"], attrs["accuracy_level"]) == (bits, 4)
     builders = {i.name for i in onnx.load(str(folder / "model.onnx"),
                                           load_external_data=False).graph.initializer}
     added = [int(np.prod(i.dims)) for i in artifact.graph.initializer

@@ -39,6 +39,7 @@ class Arm(CpuFamily):
     name = "arm"
     triple = "aarch64-linux-gnu"
     int4_weights = True
+    int8_weights = True
 
     def __init__(self, config: Config | None = None):
         super().__init__(config or Config())

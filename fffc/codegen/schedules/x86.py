@@ -25,6 +25,7 @@ class X86(CpuFamily):
     name = "x86"
     timed_here = True
     int4_weights = True
+    int8_weights = True
     triple = "x86_64-linux-gnu"
 
     def __init__(self, config: Config | None = None):

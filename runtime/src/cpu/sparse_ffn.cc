@@ -12,16 +12,17 @@
 namespace fffc::cpu {
 namespace {
 
-// Shapes of an int4 call's kernel arguments (exact_q4.q4_arg_names): codes and scales per
-// neuron row for W1 and WU, per neuron column group for W2.
+// Shapes of an int4 or int8 call's kernel arguments (exact_q4.q4_arg_names,
+// exact_q8.q8_arg_names): codes and scales per neuron row for W1 and WU, per neuron column
+// group for W2; two codes (and W1Z, WUZ zero points) a byte with bits 4, one with bits 8.
 struct Int4Shapes {
   int64_t rows[3], scales[2], zeros[2], w2[2], w2s[2];
   explicit Int4Shapes(const FfnCall& c) {
-    const int64_t kb = c.d_in / c.block;
-    rows[0] = c.d_ff, rows[1] = kb, rows[2] = c.block / 2;
+    const int64_t kb = c.d_in / c.block, per_byte = c.bits == 8 ? 1 : 2;
+    rows[0] = c.d_ff, rows[1] = kb, rows[2] = c.block / per_byte;
     scales[0] = c.d_ff, scales[1] = kb;
-    zeros[0] = c.d_ff, zeros[1] = (kb + 1) / 2;
-    w2[0] = c.d_ff, w2[1] = c.d_out / 2;
+    zeros[0] = c.d_ff, zeros[1] = (kb + per_byte - 1) / per_byte;
+    w2[0] = c.d_ff, w2[1] = c.d_out / per_byte;
     w2s[0] = c.d_ff / c.block, w2s[1] = c.d_out;
   }
 };
