@@ -2,7 +2,7 @@
 kernel on the same input.
 
 An exact site skips neuron j where its gate ``h_j = (x·W1)_j + b1_j`` is not positive. On
-int4 weights fffc computes ``h`` on the dequantized codes (x rounded to int8 per block where
+int4 or int8 weights fffc computes ``h`` on the dequantized codes (x rounded to int8 per block where
 the model's MatMulNBits use ``accuracy_level`` 4): the function its kernels compute up to
 float32 reassociation, taken here in float64. ONNX Runtime's MatMulNBits computes the same
 product with its own roundings (another order of summation; at accuracy_level 4 its own
@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from ..contract.int4 import Int4Weights, dequantize, quantize_x, rows_matrix
+from ..contract.int4 import Int4Weights, float_weights, quantize_x
 from ..contract.kinds import QuantSource
 from ..contract.quant import QuantizedWeight
 from ..contract.sites import GateFlips
@@ -48,13 +48,12 @@ def _gate_session(fmt: QuantizedWeight, weights: Mapping[str, np.ndarray]) -> or
 
 def gate_flips(q: Int4Weights, fmt: QuantizedWeight, xs: Sequence[np.ndarray],
                inputs: Mapping[str, np.ndarray]) -> GateFlips | None:
-    """Gate decisions of an int4 site (its op ``inputs``: W1 codes, W1S, [W1Z], [B1]) on the
+    """Gate decisions of an int4 or int8 site (its op ``inputs``: W1, W1S, [W1Z], [B1], W2...) on the
     captured inputs ``xs`` that differ between fffc's function and ONNX Runtime's
     MatMulNBits; None where the gate is not MatMulNBits."""
     if fmt.source is not QuantSource.MATMUL_NBITS:
         return None
-    w1 = dequantize(rows_matrix(inputs["W1"], inputs["W1S"], inputs.get("W1Z")))
-    w1 = w1.astype(np.float64)
+    w1 = float_weights(inputs)["W1"].astype(np.float64)
     b1 = inputs.get("B1")
     feeds = {"B": np.asarray(inputs["W1"]).reshape(fmt.n, fmt.k // fmt.block_size, -1),
              "S": np.asarray(inputs["W1S"], np.float32)}

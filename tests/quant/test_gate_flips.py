@@ -1,4 +1,4 @@
-"""The count of gate decisions that differ between fffc's function on int4 weights and ONNX
+"""The count of gate decisions that differ between fffc's function on int4 and int8 weights and ONNX
 Runtime's MatMulNBits: equal to the count taken here independently, on weights from ONNX
 Runtime's own quantizer."""
 
@@ -9,14 +9,19 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from fffc.contract import int4, int8
 from fffc.contract.int4 import Int4Weights
-from fffc.contract.kinds import Granularity, QuantSource
+from fffc.contract.kinds import Granularity, QuantSource, WeightBits
 from fffc.contract.quant import QuantizedWeight
 from fffc.verify import matmul_nbits
 from fffc.verify.decisions import gate_flips
 from tests.fixtures.quantized import ort_weight
 
 K, N, BLOCK, TOKENS = 256, 512, 32, 24
+
+
+def columns(m):
+    return (int4.columns if isinstance(m, int4.Q4Matrix) else int8.columns)(m)
 
 
 def _gate(m, level: int) -> tuple[onnx.ModelProto, onnx.NodeProto]:
@@ -42,14 +47,16 @@ def _rounded(x: np.ndarray) -> np.ndarray:
     return out
 
 
+@pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("level,int8_x", [(4, True), (0, False), (0, True)])
-def test_flips_are_the_decisions_that_differ(symmetric, level, int8_x):
+def test_flips_are_the_decisions_that_differ(bits, symmetric, level, int8_x):
     """(0, True): fffc's function rounds x, ONNX Runtime's node does not: decisions near 0
     differ, and the count is still the count."""
     rng = np.random.default_rng(3)
-    m = matmul_nbits.quantize(rng.standard_normal((K, N)).astype(np.float32), BLOCK,
-                              symmetric)
+    quantize = matmul_nbits.quantize if bits == 4 else matmul_nbits.quantize8
+    m = quantize(rng.standard_normal((K, N)).astype(np.float32), BLOCK, symmetric)
+    down = columns(quantize(rng.standard_normal((N, K)).astype(np.float32), BLOCK, symmetric))
     model, node = _gate(m, level)
     b1 = (0.1 * rng.standard_normal(N)).astype(np.float32)
     xs = [rng.standard_normal((TOKENS // 2, K)).astype(np.float32) for _ in range(2)]
@@ -62,11 +69,11 @@ def test_flips_are_the_decisions_that_differ(symmetric, level, int8_x):
         ours = (_rounded(x) if int8_x else x).astype(np.float64) @ w + b1
         want += int(((theirs > 0) != (ours > 0)).sum())
 
-    fmt = QuantizedWeight(QuantSource.MATMUL_NBITS, 4, K, N, Granularity.BLOCK, BLOCK, 0,
+    fmt = QuantizedWeight(QuantSource.MATMUL_NBITS, bits, K, N, Granularity.BLOCK, BLOCK, 0,
                           symmetric, accuracy_level=level)
-    inputs = {"W1": m.codes, "W1S": m.scales, "B1": b1,
-              **({} if symmetric else {"W1Z": m.zero_points})}
-    got = gate_flips(Int4Weights(BLOCK, not symmetric, int8_x), fmt, xs, inputs)
+    inputs = {"W1": m.codes, "W1S": m.scales, "B1": b1, "W2": down.codes, "W2S": down.scales,
+              **({} if symmetric else {"W1Z": m.zero_points, "W2Z": down.zero_points})}
+    got = gate_flips(Int4Weights(BLOCK, not symmetric, int8_x, WeightBits(bits)), fmt, xs, inputs)
     assert (got.differ, got.of) == (want, TOKENS * N)
     if level == 0 and int8_x:
         assert got.differ > 0
