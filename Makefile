@@ -6,7 +6,7 @@ PYTHON ?= python3
 # gets a virtual environment of its own, which the LLM tests find (tests/fixtures/llm.py).
 OPTIMUM_VENV ?= .venv-optimum
 
-.PHONY: install optimum demo test lint bench
+.PHONY: install optimum demo test lint bench test-asan
 
 $(VENV)/.installed: pyproject.toml scripts/system-deps.sh
 	bash scripts/system-deps.sh
@@ -36,3 +36,15 @@ test: lint optimum
 
 bench: install
 	$(PY) bench/bench_sparse_ffn.py
+
+# The shim built with AddressSanitizer and UBSan (FFFC_SANITIZE), loaded by the runtime and
+# codegen tests. The Python interpreter is not built with ASan, so its runtime is preloaded,
+# with libstdc++ (ASan intercepts __cxa_throw, which must be loaded when it starts). Leak
+# checking is off: the interpreter and ONNX Runtime keep allocations until exit.
+ASAN_PRELOAD = $(shell $${CXX:-g++} -print-file-name=libasan.so) $(shell $${CXX:-g++} -print-file-name=libstdc++.so)
+ASAN_TESTS ?= tests/runtime tests/codegen
+test-asan: install
+	FFFC_SANITIZE=address,undefined LD_PRELOAD="$(ASAN_PRELOAD)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	$(PY) -m pytest -q -p no:cacheprovider $(ASAN_TESTS)

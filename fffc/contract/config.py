@@ -89,6 +89,21 @@ def cxx(triple: str = "x86_64-linux-gnu") -> str:
     return os.environ.get("CXX", "g++")
 
 
+SANITIZERS = ("address", "undefined")
+
+
+def sanitizers() -> tuple[str, ...]:
+    """``FFFC_SANITIZE=address,undefined``: the shim built with those sanitizers (ASan's
+    runtime must then be loaded first, e.g. ``LD_PRELOAD=$(g++ -print-file-name=libasan.so)``:
+    ``make test-asan``); a name outside ``SANITIZERS`` is refused."""
+    names = tuple(n for n in os.environ.get("FFFC_SANITIZE", "").split(",") if n)
+    unknown = [n for n in names if n not in SANITIZERS]
+    if unknown:
+        raise ValueError(f"FFFC_SANITIZE: unknown sanitizer(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(SANITIZERS)}")
+    return names
+
+
 def debug() -> bool:
     """``FFFC_DEBUG=1``: the CLI shows tracebacks instead of one-line errors."""
     return os.environ.get("FFFC_DEBUG", "") not in ("", "0")

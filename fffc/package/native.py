@@ -14,18 +14,30 @@ import hashlib
 import importlib.resources
 import importlib.util
 import os
+import platform
 import subprocess
 import tempfile
 from pathlib import Path
 
 from ..codegen.build import KernelLibrary
-from ..contract.config import cache_dir, cxx
+from ..contract.config import cache_dir, cxx, sanitizers
 from ..contract.errors import PackagingError
 from . import contract_header
 from .ort_headers import ensure_ort_headers
 
 SHIM_NAME = "libfffc_ops.so"
 CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-Wall"]
+
+
+def _cxxflags(triple: str) -> list[str]:
+    """CXXFLAGS, with ``FFFC_SANITIZE``'s sanitizers (frame pointers and debug lines for
+    their reports) when set and the shim is for this machine (their runtimes are loaded into
+    the process that opens it)."""
+    names = sanitizers()
+    if not names or triple.split("-")[0] != platform.machine():
+        return list(CXXFLAGS)
+    return [*CXXFLAGS, f"-fsanitize={','.join(names)}", "-fno-omit-frame-pointer", "-g",
+            "-fno-sanitize-recover=undefined"]
 
 
 def _runtime_dir() -> Path:
@@ -144,7 +156,8 @@ def _fixed_objects(compiler: str, includes: list[str], triple: str) -> tuple[lis
     for p in sorted(_runtime_dir().rglob("*")):
         if p.is_file() and p.suffix in (".cc", ".h", ".lds"):
             h.update(p.name.encode() + p.read_bytes())
-    h.update(" ".join([*CXXFLAGS, *includes, _compiler_id(compiler, triple)]).encode())
+    flags = _cxxflags(triple)
+    h.update(" ".join([*flags, *includes, _compiler_id(compiler, triple)]).encode())
     for inc in (i for i in includes if i.startswith("-I")):
         for hdr in sorted(Path(inc[2:]).rglob("*.h"))[:64]:
             h.update(hdr.name.encode())
@@ -157,7 +170,7 @@ def _fixed_objects(compiler: str, includes: list[str], triple: str) -> tuple[lis
     contract_header.write(generated)
     for s, o in zip(sources, objs, strict=True):
         tmp = o.with_suffix(f".{os.getpid()}.tmp.o")  # concurrent builds never share a file
-        _run([compiler, *CXXFLAGS, f"-I{generated}", *includes, "-c", str(s), "-o", str(tmp)],
+        _run([compiler, *flags, f"-I{generated}", *includes, "-c", str(s), "-o", str(tmp)],
              f"compiling {s.name}")
         tmp.replace(o)
     return objs, generated
@@ -193,20 +206,22 @@ def build_shim(library: KernelLibrary, out_dir: Path, extra_sources: tuple[Path,
     objs, generated = _fixed_objects(compiler, includes, triple)
     includes = [f"-I{generated}", *includes]
     out = out_dir / name
+    flags = _cxxflags(triple)
     with tempfile.TemporaryDirectory() as tmp:
         table_objs = []
         for fname, text in shim_sources(library).items():
             src = Path(tmp) / fname
             src.write_text(text)
             table_objs.append(src.with_suffix(".o"))
-            _run([compiler, *CXXFLAGS, *includes, "-c", str(src), "-o", str(table_objs[-1])],
+            _run([compiler, *flags, *includes, "-c", str(src), "-o", str(table_objs[-1])],
                  f"compiling the generated {fname}")
         for extra in extra_sources:
             table_objs.append(Path(tmp) / (extra.stem + ".o"))
-            _run([compiler, *CXXFLAGS, "-fvisibility=default", *includes, "-c", str(extra), "-o",
+            _run([compiler, *flags, "-fvisibility=default", *includes, "-c", str(extra), "-o",
                   str(table_objs[-1])], f"compiling {extra.name}")
         exports = [] if extra_sources else [f"-Wl,--version-script={_runtime_dir() / 'exports.lds'}"]
-        _run([compiler, "-shared", "-o", str(out), *map(str, objs), *map(str, table_objs),
+        _run([compiler, "-shared", *flags[len(CXXFLAGS):], "-o", str(out), *map(str, objs),
+              *map(str, table_objs),
               str(library.object_path), *exports,
               "-static-libstdc++", "-static-libgcc", "-Wl,--exclude-libs,ALL", "-Wl,--as-needed",
               # an unresolved symbol (a TVM runtime hook the kernels grew) fails here,
