@@ -1,5 +1,5 @@
 """``SparseFFN`` mode=exact on int4 weights in MatMulNBits' layout, for CUDA: three launches
-per call, ``mr`` tokens per block (1 for decoding, a few for short prompts).
+per call (four with x rounded to int8), ``mr`` tokens per block (1 for decoding, a few for short prompts).
 
 The FFN ``Y = (relu(X·W1 + B1) [⊙ up(X·WU)])·W2 + B2`` (ReLU, ReGLU, dReLU) with every
 projection as ONNX Runtime's ``MatMulNBits`` stores it (``q4_layout``): W1 and WU as the
@@ -33,6 +33,25 @@ buffers (float32 per token, from the shim): ``H`` [d_ff], ``P`` [splits · d_out
 3. ``reduce`` (sparse_ffn_cuda's): ``Y = B2 + Σ_s P[s]`` in a fixed order (deterministic,
    no atomics).
 
+With ``int8_x`` (SparseFFN's ``accuracy_level`` 4) x is rounded to int8 per block first, as
+``contract.int4.quantize_x`` defines it, and the gate and up dots are integer dot products:
+
+0. ``quant``: a thread per block of ``block`` inputs of a token: ``s = max|x| / 127``,
+   ``q = round-half-even(x · (127 / max|x|))`` (0 in an all-zero block), each step in float32;
+   ``QX`` the codes packed four to a 32-bit word in the order the code words read them (for
+   code word w — inputs 8w .. 8w + 7 — word 2w holds inputs 8w, 8w + 2, 8w + 4, 8w + 6 in
+   bytes 0..3, word 2w + 1 the odd ones), ``QS`` the blocks' scales, ``QC`` the sums of q
+   per piece (``pw`` code words).
+1. ``rows`` as above with the words of QX staged instead of x: per code word, the low
+   nibbles (``& 0x0F0F0F0F``: codes 0..15 as bytes) times the even word and the high ones
+   times the odd word by ``__dp4a`` (four byte products added to an int32; sm_61 and
+   later), per piece ``Σ code·q − z·QC`` (exact in int32) converted to float32 and scaled
+   by the block's x scale and weight scale. The result is the float FFN on the dequantized
+   weights with x replaced by ``q · s``, up to float reassociation (the products are exact).
+
+Workspace (per token, 4 bytes an element): ``QX`` [d_in / 4] int32, ``QS`` [d_in / block]
+float32, ``QC`` [d_in / (8·pw)] int32. The down projection's input H stays float32.
+
 These are decode kernels: with many tokens a block's union of active neurons is nearly
 dense and every row is read anyway. W1 and WU are read 16 bytes at a time: their base
 addresses must be 16-byte aligned (ONNX Runtime's allocations are). The compile builds it
@@ -58,6 +77,8 @@ NIBBLES = 8  # codes per 32-bit word
 WARP = 32
 SHARED_FLOATS = 12 << 10  # static shared memory of a block at most (48 KiB)
 MAX_REGISTER_FLOATS = 128  # a down thread's sums (2 · mr · 8 floats) at most
+QUANT_THREADS = 64  # quant: blocks of x (one per thread) per CUDA block
+LOW_NIBBLES = 0x0F0F0F0F  # the low nibble of each byte of a code word
 
 
 @dataclass(frozen=True)
@@ -86,9 +107,64 @@ def q4_cuda_tiling(spec: SparseSpec, fmt: Q4Format, mr: int = 1,
     return Q4CudaTiling(mr=mr, pw=min(4, fmt.block // 8), now=now, splits=splits)
 
 
-def workspace(spec: SparseSpec, t: Q4CudaTiling) -> dict[str, int]:
-    """Scratch buffers: name → float32 elements per token."""
-    return {"H": spec.d_ff, "P": t.splits * spec.d_out}
+def workspace(spec: SparseSpec, t: Q4CudaTiling, fmt: Q4Format | None = None) -> dict[str, int]:
+    """Scratch buffers: name → 4-byte elements per token (``fmt.int8_x``: x's int8 codes,
+    scales and piece sums too)."""
+    quant = ({"QX": spec.d_in // 4, "QS": spec.d_in // fmt.block,
+              "QC": spec.d_in // (NIBBLES * t.pw)} if fmt is not None and fmt.int8_x else {})
+    return {**quant, "H": spec.d_ff, "P": t.splits * spec.d_out}
+
+
+def dp4a(a, b, c):
+    """``c`` + the sum of the four products of the signed bytes of ``a`` and ``b`` (int32)."""
+    return T.call_pure_extern("int32", "__dp4a", a, b, c)
+
+
+def quant_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
+    """x rounded to int8 per block: ``QX`` (packed codes), ``QS`` (scales), ``QC`` (sums of
+    the codes per piece); see the module text."""
+    D, BLK, PW = spec.d_in, fmt.block, t.pw
+    KB, PE = D // BLK, NIBBLES * t.pw
+    QT = min(QUANT_THREADS, KB)
+
+    @T.jit
+    def kernel(x: T.handle, qx: T.handle, qs: T.handle, qc: T.handle):
+        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
+        N = T.int32()
+        X = T.match_buffer(x, (N, D), "float32")
+        QX = T.match_buffer(qx, (N, D // 4), "int32")
+        QS = T.match_buffer(qs, (N, KB), "float32")
+        QC = T.match_buffer(qc, (N, D // PE), "int32")
+        for bx in T.thread_binding(ceil_div(KB, QT), thread="blockIdx.x"):
+            for by in T.thread_binding(N, thread="blockIdx.y"):
+                for tx in T.thread_binding(QT, thread="threadIdx.x"):
+                    am = T.alloc_buffer((1,), "float32", scope="local")
+                    inv = T.alloc_buffer((1,), "float32", scope="local")
+                    q = T.alloc_buffer((NIBBLES,), "int32", scope="local")
+                    sq = T.alloc_buffer((1,), "int32", scope="local")
+                    kb = T.meta_var(bx * QT + tx)
+                    if kb < KB:
+                        am[0] = T.float32(0)
+                        for k in range(BLK):
+                            am[0] = T.max(am[0], T.fabs(X[by, kb * BLK + k]))
+                        inv[0] = T.if_then_else(am[0] > T.float32(0), T.float32(127) / am[0],
+                                                T.float32(0))
+                        QS[by, kb] = am[0] / T.float32(127)
+                        for pc in range(BLK // PE):
+                            sq[0] = 0
+                            for u in T.unroll(PW):
+                                for m in T.unroll(NIBBLES):
+                                    q[m] = T.Cast("int32", T.nearbyint(
+                                        X[by, kb * BLK + pc * PE + u * NIBBLES + m] * inv[0]))
+                                    sq[0] = sq[0] + q[m]
+                                for h in T.unroll(2):  # even inputs, then odd ones; the top
+                                    # byte by a product (no shift into the sign bit)
+                                    QX[by, (kb * BLK + pc * PE + u * NIBBLES) // 4 + h] = (
+                                        (q[h] & 255) + ((q[h + 2] & 255) << 8)
+                                        + ((q[h + 4] & 255) << 16) + q[h + 6] * (1 << 24))
+                            QC[by, kb * (BLK // PE) + pc] = sq[0]
+
+    return specialize(kernel)
 
 
 def _stage(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling) -> int:
@@ -128,7 +204,9 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
     NCH = ceil_div(D, KCH)
     STAGE = ceil_div(MR * KCH, WARP * WPB)
     gated, up = spec.gated, activation(spec.up_activation)
-    ZP = fmt.zero_points
+    ZP, I8 = fmt.zero_points, fmt.int8_x
+    KW = KCH // 4  # I8: words of QX per chunk
+    STAGE_I8 = ceil_div(MR * KW, WARP * WPB)
 
     @T.inline
     def dots(acc, W, WS, WZ, xs, part, wv, zb, n, c, tx):
@@ -157,6 +235,36 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
                     acc[tt] = acc[tt] + WS[n, kb] * part[tt]
 
     @T.inline
+    def dots_i8(acc, W, WS, WZ, xq, QS, QC, isum, wv, zb, N, n, c, by, tx):
+        """dots with x rounded to int8: per piece, Σ code·q by ``__dp4a`` (low nibbles with
+        the even inputs' word, high ones with the odd), minus z·Σ q, times x's block scale
+        and the weight's."""
+        Ww = T.decl_buffer((F * RW,), "uint32", data=W.data)
+        for kk in range(KCP // WARP):
+            p = T.meta_var(c * KCP + kk * WARP + tx)
+            if p * PE < D:
+                kb = T.meta_var(p * PE // BLK)
+                if PW == 1:
+                    wv[0] = Ww[n * RW + p]
+                else:
+                    T.buffer_store(wv, Ww.vload([n * RW + p * PW], f"uint32x{PW}"),
+                                   [T.ramp(0, 1, PW)])
+                zb[0] = ((T.Cast("int32", WZ[n, kb // 2]) >> ((kb % 2) * 4)) & 15 if ZP
+                         else T.int32(SYMMETRIC_ZERO_POINT))
+                for tt in T.unroll(MR):
+                    isum[tt] = 0
+                for u in T.unroll(PW):
+                    lo = T.meta_var(T.Cast("int32", wv[u] & T.uint32(LOW_NIBBLES)))
+                    hi = T.meta_var(T.Cast("int32", (wv[u] >> T.uint32(4)) & T.uint32(LOW_NIBBLES)))
+                    for tt in T.unroll(MR):
+                        isum[tt] = dp4a(hi, xq[tt, 2 * u + 1, kk * WARP + tx],
+                                        dp4a(lo, xq[tt, 2 * u, kk * WARP + tx], isum[tt]))
+                for tt in T.unroll(MR):
+                    tok = T.meta_var(T.min(by * MR + tt, N - 1))
+                    acc[tt] = acc[tt] + WS[n, kb] * (
+                        T.Cast("float32", isum[tt] - zb[0] * QC[tok, p]) * QS[tok, kb])
+
+    @T.inline
     def stage(xs, X, N, c, by, ty, tx):
         """Chunk c of the block's tokens' x into shared memory, element k of piece j at
         xs[token, k, j] (the lanes' reads of a piece position are consecutive)."""
@@ -164,6 +272,15 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
             e = T.meta_var((i * WPB + ty) * WARP + tx)
             if e < MR * KCH:
                 xs[e // KCH, e % KCH % PE, e % KCH // PE] = X[T.min(by * MR + e // KCH, N - 1), T.min(c * KCH + e % KCH, D - 1)]
+
+    @T.inline
+    def stage_i8(xq, QX, N, c, by, ty, tx):
+        """Chunk c of the block's tokens' QX into shared memory, word j of piece i at
+        xq[token, j, i]."""
+        for i in range(STAGE_I8):
+            e = T.meta_var((i * WPB + ty) * WARP + tx)
+            if e < MR * KW:
+                xq[e // KW, e % KW % (2 * PW), e % KW // (2 * PW)] = QX[T.min(by * MR + e // KW, N - 1), T.min(c * KW + e % KW, D // 4 - 1)]
 
     @T.inline
     def warp_sum(acc):
@@ -179,11 +296,16 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
                B1: T.Optional(T.Buffer((F,), "float32")),
                WU: T.Optional(T.Buffer((F, KB, BLK // 2), "uint8")),
                WUS: T.Optional(T.Buffer((F, KB), "float32")),
-               WUZ: T.Optional(T.Buffer((F, KZ), "uint8")), h: T.handle):
+               WUZ: T.Optional(T.Buffer((F, KZ), "uint8")), qx: T.Optional(T.handle),
+               qs: T.Optional(T.handle), qc: T.Optional(T.handle), h: T.handle):
         T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
         N = T.int32()
         X = T.match_buffer(x, (N, D), "float32")
         H = T.match_buffer(h, (N, F), "float32")
+        if I8:  # x's int8 codes, scales and piece sums from the quant kernel
+            QX = T.match_buffer(qx, (N, D // 4), "int32")
+            QS = T.match_buffer(qs, (N, KB), "float32")
+            QC = T.match_buffer(qc, (N, D // PE), "int32")
         for bx in T.thread_binding(ceil_div(F, WPB), thread="blockIdx.x"):
             for by in T.thread_binding((N + MR - 1) // MR, thread="blockIdx.y"):
                 for ty in T.thread_binding(WPB, thread="threadIdx.y"):
@@ -194,16 +316,25 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
                         wv = T.alloc_buffer((PW,), "uint32", scope="local")
                         on = T.alloc_buffer((1,), "int32", scope="local")
                         zb = T.alloc_buffer((1,), "int32", scope="local")
-                        xs = T.alloc_buffer((MR, PE, KCP), "float32", scope="shared")
+                        if I8:
+                            isum = T.alloc_buffer((MR,), "int32", scope="local")
+                            xq = T.alloc_buffer((MR, 2 * PW, KCP), "int32", scope="shared")
+                        else:
+                            xs = T.alloc_buffer((MR, PE, KCP), "float32", scope="shared")
                         n = T.meta_var(T.min(bx * WPB + ty, F - 1))  # past F: row F - 1,
                         # so that every lane reaches the shuffles; nothing written
 
                         for tt in T.unroll(MR):
                             acc[tt] = T.float32(0)
                         for c in range(NCH):
-                            stage(xs, X, N, c, by, ty, tx)
-                            T.tvm_storage_sync("shared")
-                            dots(acc, W1, W1S, W1Z, xs, part, wv, zb, n, c, tx)
+                            if I8:
+                                stage_i8(xq, QX, N, c, by, ty, tx)
+                                T.tvm_storage_sync("shared")
+                                dots_i8(acc, W1, W1S, W1Z, xq, QS, QC, isum, wv, zb, N, n, c, by, tx)
+                            else:
+                                stage(xs, X, N, c, by, ty, tx)
+                                T.tvm_storage_sync("shared")
+                                dots(acc, W1, W1S, W1Z, xs, part, wv, zb, n, c, tx)
                             if NCH > 1:
                                 T.tvm_storage_sync("shared")
                         warp_sum(acc)
@@ -217,10 +348,16 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
                                 acc[tt] = T.float32(0)
                             for c in range(NCH):
                                 if NCH > 1:
-                                    stage(xs, X, N, c, by, ty, tx)
+                                    if I8:
+                                        stage_i8(xq, QX, N, c, by, ty, tx)
+                                    else:
+                                        stage(xs, X, N, c, by, ty, tx)
                                     T.tvm_storage_sync("shared")
                                 if on[0] != 0:  # warp-uniform: every lane has the sums
-                                    dots(acc, WU, WUS, WUZ, xs, part, wv, zb, n, c, tx)
+                                    if I8:
+                                        dots_i8(acc, WU, WUS, WUZ, xq, QS, QC, isum, wv, zb, N, n, c, by, tx)
+                                    else:
+                                        dots(acc, WU, WUS, WUZ, xs, part, wv, zb, n, c, tx)
                                 if NCH > 1:
                                     T.tvm_storage_sync("shared")
                             warp_sum(acc)
@@ -233,7 +370,8 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
                                     else:
                                         H[by * MR + tt, n] = T.max(g[tt], T.float32(0))
 
-    return specialize(kernel, W1Z=ZP, B1=spec.has_b1, WU=gated, WUS=gated, WUZ=gated and ZP)
+    return specialize(kernel, W1Z=ZP, B1=spec.has_b1, WU=gated, WUS=gated, WUZ=gated and ZP,
+                      qx=I8, qs=I8, qc=I8)
 
 
 def down_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
@@ -325,9 +463,13 @@ def down_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
 def exact_q4_cuda_funcs(spec: SparseSpec, fmt: Q4Format, tiling: Q4CudaTiling,
                         prefix: str) -> dict:
     """PrimFuncs of the int4 exact kernels, by global symbol, in launch order; their
-    parameters are named as ``exact_q4.q4_arg_names(spec, fmt)`` and ``workspace``."""
+    parameters are named as ``exact_q4.q4_arg_names(spec, fmt)`` and ``workspace(spec,
+    tiling, fmt)``."""
     check_q4_cuda(spec, fmt, tiling)
-    return {f"{prefix}_rows": rows_kernel(spec, fmt, tiling, f"{prefix}_rows"),
+    quant = ({f"{prefix}_quant": quant_kernel(spec, fmt, tiling, f"{prefix}_quant")}
+             if fmt.int8_x else {})
+    return {**quant,
+            f"{prefix}_rows": rows_kernel(spec, fmt, tiling, f"{prefix}_rows"),
             f"{prefix}_down": down_kernel(spec, fmt, tiling, f"{prefix}_down"),
             f"{prefix}_reduce": reduce_kernel(spec, CudaTiling(splits=tiling.splits),
                                               f"{prefix}_reduce")}
