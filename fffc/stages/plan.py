@@ -35,6 +35,5 @@ def run(analysis: Analysis, ctx: Context) -> Planned:
                            path=analysis.path)
     fam = ctx.family
     int4 = fam is not None and fam.int4_weights
-    decide.plan(analysis.sites, ctx.options.sites, int4_target=fam.name if int4 else "",
-                int4_int8_x=int4 and fam.int4_int8_x)
+    decide.plan(analysis.sites, ctx.options.sites, int4_target=fam.name if int4 else "")
     return Planned(analysis)
