@@ -3,11 +3,13 @@
 
 Two steps, because the GPU machine has no TVM and the build machine no GPU:
 
-    python bench/bench_q4_cuda.py build DIR      # here: fatbins, launches, weights, ORT models
-    python bench/bench_q4_cuda.py run DIR [--rounds 15] [--json F]   # on the GPU
+    python bench/bench_q4_cuda.py build DIR [--check]   # here: fatbins and launches (< 1 MB)
+    PYTHONPATH=. python3 bench/bench_q4_cuda.py run DIR [--rounds 15] [--json F]  # on the GPU
 
-``run`` needs numpy, cupy and onnxruntime-gpu (no fffc, no TVM); without a GPU, CuPy or ONNX
-Runtime's CUDA EP it prints one line saying which and exits 2.
+``run`` needs numpy, onnx, cupy and onnxruntime-gpu, and fffc's NumPy modules (no TVM): it
+makes the weights, ONNX Runtime's quantization of them, the dense model and the references
+itself (seeded, as ``build --check`` does). Without a GPU, CuPy or ONNX Runtime's CUDA EP it
+prints one line saying which and exits 2.
 
 Cases (bench_quant_ffn.py's weights and sparsity): dReLU (relu(gate) ⊙ relu(up)) 2048/8192
 and 4096/11008, the gate's bias B1 = Φ⁻¹(0.1) so that ~90% of the neurons are closed, every
@@ -27,6 +29,10 @@ Each round times ``inner`` calls of every side in turn (synchronized, wall clock
 is compared with a float64 reference on the dequantized weights (x rounded for ``i8`` and
 ``ort L4``, which rounds the down projection's input too: its error is that rounding),
 max |err| / max |ref|; ``run`` exits 1 where fffc's error exceeds 1e-4.
+
+``build --check`` also builds a small case (256/1024) and runs its fffc sides through fffc's
+CPU emulator of the emitted CUDA, with the launches and workspace as ``run`` reads them and
+``run``'s inputs and references.
 """
 
 from __future__ import annotations
@@ -38,41 +44,74 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from statistics import NormalDist
 
 CASES = {"drelu-2048": (2048, 8192), "drelu-4096": (4096, 11008)}
+CHECK_CASES = {"drelu-256": (256, 1024)}  # build --check: small enough to emulate
 SPARSITY = 0.9
 BLOCK = 32
 FORMATS = {"f32": False, "i8": True}  # fffc side → x rounded to int8 per block
 TOL = 1e-4
 
 
-def build(out: Path) -> None:
-    import numpy as np
-    import onnx
-    from bench_quant_ffn import _weights
-
-    from fffc.codegen import q4_layout as ql
-    from fffc.codegen.cuda_build import compile_fatbin, emit_kernels
-    from fffc.codegen.kernels import exact_q4_cuda as q4c
-    from fffc.codegen.kernels.exact_q4 import q4_inputs
-    from fffc.contract.int4 import quantize_x
+def _spec(d: int, f: int):
     from fffc.contract.kernels import SparseSpec
     from fffc.contract.kinds import SparseMode
+
+    return SparseSpec("relu", "relu", SparseMode.EXACT, d, f, d, True, False, True)
+
+
+def _data(d: int, f: int) -> dict:
+    """One case's weights (bench_quant_ffn's, seed 0), quantized by ONNX Runtime's quantizer:
+    the kernels' inputs by argument name (X: one token), the dense ``MatMulNBits`` FFN at
+    accuracy_level 4, the float64 reference of each fffc side, the fraction of closed gates.
+    NumPy, onnx and onnxruntime only (fffc's NumPy modules): ``run`` makes them on the GPU
+    machine, so that only the fatbins travel."""
+    import numpy as np
+
+    from fffc.contract.int4 import columns, dequantize, quantize_x
     from fffc.verify import matmul_nbits as mn
     from fffc.verify.reference import sparse_ffn
 
+    rng = np.random.default_rng(0)
+    w = _weights(d, f, SPARSITY, rng)
+    q = {k: mn.quantize(w[k], BLOCK) for k in ("W1", "W2", "WU")}
+    w2 = columns(q["W2"])
+    x = rng.standard_normal((1, d)).astype(np.float32)
+    x[:, 0] = 1.0
+    inputs = {"X": x, "W1": q["W1"].codes, "W1S": q["W1"].scales, "B1": w["B1"],
+              "W2": w2.codes, "W2S": w2.scales, "WU": q["WU"].codes, "WUS": q["WU"].scales}
+    deq = {k: dequantize(m) for k, m in q.items()}
+    refs = {side: sparse_ffn(quantize_x(x, BLOCK) if i8 else x, deq["W1"], w["B1"],
+                             deq["W2"], None, deq["WU"].T, up_activation="relu")
+            for side, i8 in FORMATS.items()}
+    closed = float(np.mean(x.astype(np.float64) @ deq["W1"] + w["B1"] <= 0))
+    model = mn.ffn_model(q["W1"], q["W2"], q["WU"], w["B1"], None, "relu", accuracy_level=4)
+    return {"inputs": inputs, "model": model, "refs": refs, "closed": closed}
+
+
+def _weights(d: int, f: int, s: float, rng) -> dict:
+    """bench_quant_ffn.py's dReLU weights: gates positive with probability 1 − s (B1), the
+    up projection positive on nearly every neuron (its row 0 is +3, x[0] = 1)."""
+    import numpy as np
+
+    w = {"W1": rng.standard_normal((d, f)) / np.sqrt(d),
+         "B1": np.full(f, NormalDist().inv_cdf(1 - s)),
+         "W2": rng.standard_normal((f, d)) / np.sqrt(f),
+         "WU": rng.standard_normal((d, f)) / np.sqrt(d)}
+    w["WU"][0] = 3.0
+    return {k: np.asarray(v, np.float32) for k, v in w.items()}
+
+
+def build(out: Path, check: bool = False) -> None:
+    from fffc.codegen import q4_layout as ql
+    from fffc.codegen.cuda_build import compile_fatbin, emit_kernels
+    from fffc.codegen.kernels import exact_q4_cuda as q4c
+
     out.mkdir(parents=True, exist_ok=True)
     meta = {}
-    for name, (d, f) in CASES.items():
-        rng = np.random.default_rng(0)
-        w = _weights(d, f, True, SPARSITY, rng)
-        q = {k: mn.quantize(w[k], BLOCK) for k in ("W1", "W2", "WU")}
-        spec = SparseSpec("relu", "relu", SparseMode.EXACT, d, f, d, True, False, True)
-        inputs = {k: v for k, v in q4_inputs(spec, q["W1"], ql.columns(q["W2"]), q["WU"],
-                                             w["B1"], None).items() if v is not None}
-        x = rng.standard_normal((1, d)).astype(np.float32)
-        x[:, 0] = 1.0
-        deq = {k: ql.dequantize(m) for k, m in q.items()}
+    for name, (d, f) in (CHECK_CASES | CASES if check else CASES).items():
+        spec = _spec(d, f)
         case = out / name
         case.mkdir(exist_ok=True)
         funcs, variants = {}, {}
@@ -81,29 +120,48 @@ def build(out: Path) -> None:
             t = q4c.q4_cuda_tiling(spec, fmt, 1)
             vf = q4c.exact_q4_cuda_funcs(spec, fmt, t, f"q4_{side}")
             funcs.update(vf)
-            xs = quantize_x(x, BLOCK) if i8 else x
-            ref = sparse_ffn(xs, deq["W1"], w["B1"], deq["W2"], None, deq["WU"].T,
-                             up_activation="relu")
-            np.save(case / f"ref_{side}.npy", ref)
             variants[side] = {"funcs": list(vf), "workspace": q4c.workspace(spec, t, fmt)}
         source, launches = emit_kernels(funcs)
         (case / "q4.cu").write_text(source)
         compile_fatbin(case / "q4.cu", case / "q4.fatbin", ("sm_80", "sm_90"))
-        (case / "q4.cu").unlink()
+        if name not in CHECK_CASES:
+            (case / "q4.cu").unlink()  # the fatbin is what travels
         for v in variants.values():
             v["launches"] = [{"kernel": launches[n].kernel, "params": list(launches[n].params),
                               "grid": [[g.a, g.b, g.c] for g in launches[n].grid],
                               "block": list(launches[n].block)} for n in v.pop("funcs")]
-        np.savez(case / "inputs.npz", X=x, **inputs)
-        model = mn.ffn_model(q["W1"], q["W2"], q["WU"], w["B1"], None, "relu",
-                             accuracy_level=4)
-        onnx.save(model, str(case / "ort_l4.onnx"))
-        xd = x.astype(np.float64)
-        closed = float(np.mean(xd @ deq["W1"] + w["B1"] <= 0))
-        meta[name] = {"d": d, "f": f, "closed": closed, "variants": variants}
-        print(f"{name}: d {d}, d_ff {f}, gates closed {closed:.1%}", flush=True)
-    (out / "cases.json").write_text(json.dumps(meta, indent=1))
-    print(f"built {len(meta)} cases in {out}")
+        meta[name] = {"d": d, "f": f, "variants": variants}
+    (out / "cases.json").write_text(json.dumps(
+        {k: v for k, v in meta.items() if k not in CHECK_CASES}, indent=1))
+    print(f"built {len(CASES)} cases in {out}")
+    if check:
+        for name in CHECK_CASES:
+            _emulate(out, name, meta[name])
+
+
+def _emulate(root: Path, name: str, m: dict) -> None:
+    """Each fffc side of a small case in fffc's CUDA emulator, with the launches and
+    workspace as ``run`` reads them and ``run``'s inputs and references."""
+    import numpy as np
+
+    from fffc.codegen.cuda_build import CudaVariant, Dim, Launch
+    from fffc.verify.cuda_emu import Emulator
+
+    spec = _spec(m["d"], m["f"])
+    variants = {side: CudaVariant(spec, side, 1, 1, tuple(
+        Launch(ln["kernel"], tuple(ln["params"]), tuple(Dim(*g) for g in ln["grid"]),
+               tuple(ln["block"])) for ln in v["launches"]), tuple(v["workspace"].items()))
+        for side, v in json.loads(json.dumps(m["variants"])).items()}
+    emu = Emulator((root / name / "q4.cu").read_text(), list(variants.values()))
+    data = _data(m["d"], m["f"])
+    for side, v in variants.items():
+        y = emu.run(v, data["inputs"])
+        ref = data["refs"][side]
+        err = float(np.abs(y - ref).max() / np.abs(ref).max())
+        print(f"check {name} fffc {side} (emulated): rel err {err:.2e}, gates closed "
+              f"{data['closed']:.1%}")
+        if not err <= TOL:
+            raise SystemExit(f"bench_q4_cuda: {name} fffc {side}: rel err {err:.2e} > {TOL}")
 
 
 def _unavailable() -> str | None:
@@ -132,7 +190,7 @@ def _dim(g, n):
     return (a * n + b) // c
 
 
-def _ort_side(cp, ort, path: Path, x, d: int):
+def _ort_side(cp, np, ort, model, x, d: int):
     """(call, sync, y, note) of the dense FFN on the CUDA EP with x, y on the device."""
     y = cp.empty((1, d), cp.float32)
     for graph in (True, False):
@@ -141,11 +199,11 @@ def _ort_side(cp, ort, path: Path, x, d: int):
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
         opts = {"enable_cuda_graph": "1"} if graph else {}
         try:
-            sess = ort.InferenceSession(str(path), so,
+            sess = ort.InferenceSession(model.SerializeToString(), so,
                                         providers=[("CUDAExecutionProvider", opts)])
             io = sess.io_binding()
-            io.bind_input("x", "cuda", 0, "float32", list(x.shape), x.data.ptr)
-            io.bind_output("y", "cuda", 0, "float32", list(y.shape), y.data.ptr)
+            io.bind_input("x", "cuda", 0, np.float32, list(x.shape), x.data.ptr)
+            io.bind_output("y", "cuda", 0, np.float32, list(y.shape), y.data.ptr)
             sess.run_with_iobinding(io)  # the first run captures the graph
             sess.run_with_iobinding(io)
         except Exception as e:
@@ -193,11 +251,10 @@ def run(root: Path, rounds: int, inner: int) -> tuple[list[dict], bool]:
           f"cupy {cp.__version__}  ({rounds} rounds x {inner} calls per side)")
     rows, ok = [], True
     for name, m in meta.items():
-        case = root / name
-        data = np.load(case / "inputs.npz")
-        bufs = {k: cp.asarray(data[k]) for k in data.files}
-        mod = cp.RawModule(path=str(case / "q4.fatbin"))
-        call, sync, y_ort, note = _ort_side(cp, ort, case / "ort_l4.onnx", bufs["X"], m["d"])
+        data = _data(m["d"], m["f"])
+        bufs = {k: cp.asarray(v) for k, v in data["inputs"].items()}
+        mod = cp.RawModule(path=str(root / name / "q4.fatbin"))
+        call, sync, y_ort, note = _ort_side(cp, np, ort, data["model"], bufs["X"], m["d"])
         sides = {"ort L4": (call, sync, y_ort)}
         for side, v in m["variants"].items():
             sides[f"fffc {side}"] = _fffc_side(cp, np, mod, v, bufs)
@@ -205,7 +262,7 @@ def run(root: Path, rounds: int, inner: int) -> tuple[list[dict], bool]:
         for key, (call, sync, y) in sides.items():
             call()
             sync()
-            ref = np.load(case / f"ref_{'i8' if key == 'ort L4' else key.split()[1]}.npy")
+            ref = data["refs"]["i8" if key == "ort L4" else key.split()[1]]
             errs[key] = float(np.abs(cp.asnumpy(y) - ref).max() / np.abs(ref).max())
             if key != "ort L4" and not errs[key] <= TOL:
                 ok = False
@@ -218,7 +275,7 @@ def run(root: Path, rounds: int, inner: int) -> tuple[list[dict], bool]:
                     call()
                 sync()
                 times[key].append((time.perf_counter() - t0) * 1e6 / inner)
-        print(f"\n{name}: d {m['d']}, d_ff {m['f']}, dReLU, gates closed {m['closed']:.1%}; "
+        print(f"\n{name}: d {m['d']}, d_ff {m['f']}, dReLU, gates closed {data['closed']:.1%}; "
               f"ORT: {note}")
         print(f"{'side':<10} {'min us':>8} {'med us':>8} {'max us':>8} {'rel err':>9}")
         for key, ts in times.items():
@@ -245,9 +302,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--inner", type=int, default=50)
     p.add_argument("--json", type=Path)
+    p.add_argument("--check", action="store_true",
+                   help="build: also a small case, every fffc side run by the CUDA emulator")
     a = p.parse_args()
     if a.step == "build":
-        build(a.dir)
+        build(a.dir, a.check)
         return 0
     why = _unavailable()
     if why:

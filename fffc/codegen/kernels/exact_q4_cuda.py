@@ -107,11 +107,11 @@ def q4_cuda_tiling(spec: SparseSpec, fmt: Q4Format, mr: int = 1,
     return Q4CudaTiling(mr=mr, pw=min(4, fmt.block // 8), now=now, splits=splits)
 
 
-def workspace(spec: SparseSpec, t: Q4CudaTiling, fmt: Q4Format | None = None) -> dict[str, int]:
+def workspace(spec: SparseSpec, t: Q4CudaTiling, fmt: Q4Format) -> dict[str, int]:
     """Scratch buffers: name → 4-byte elements per token (``fmt.int8_x``: x's int8 codes,
     scales and piece sums too)."""
     quant = ({"QX": spec.d_in // 4, "QS": spec.d_in // fmt.block,
-              "QC": spec.d_in // (NIBBLES * t.pw)} if fmt is not None and fmt.int8_x else {})
+              "QC": spec.d_in // (NIBBLES * t.pw)} if fmt.int8_x else {})
     return {**quant, "H": spec.d_ff, "P": t.splits * spec.d_out}
 
 
