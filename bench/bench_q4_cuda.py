@@ -120,7 +120,7 @@ def build(out: Path, check: bool = False) -> None:
             t = q4c.q4_cuda_tiling(spec, fmt, 1)
             vf = q4c.exact_q4_cuda_funcs(spec, fmt, t, f"q4_{side}")
             funcs.update(vf)
-            variants[side] = {"funcs": list(vf), "workspace": q4c.workspace(spec, t, fmt)}
+            variants[side] = {"funcs": list(vf), "workspace": q4c.workspace(spec, t)}
         source, launches = emit_kernels(funcs)
         (case / "q4.cu").write_text(source)
         compile_fatbin(case / "q4.cu", case / "q4.fatbin", ("sm_80", "sm_90"))
@@ -220,7 +220,7 @@ def _fffc_side(cp, np, mod, v: dict, bufs: dict):
     """(call, sync, y) of one fffc variant at 1 token: its launches in a CUDA graph."""
     bufs = dict(bufs, Y=cp.full_like(bufs["X"], cp.nan))
     for b, per in v["workspace"].items():
-        bufs[b] = cp.empty(per, cp.float32)  # 4 bytes per element, whatever the kernel's type
+        bufs[b] = cp.empty(per, cp.float32)
     launches = [(mod.get_function(ln["kernel"]), tuple(_dim(g, 1) for g in ln["grid"]),
                  tuple(ln["block"]), tuple(np.int32(1) if p == "N" else bufs[p]
                                            for p in ln["params"]))

@@ -174,8 +174,7 @@ class SparseKernels(OpKernels):
 
     def workspace(self, spec, v):
         if spec.bits:
-            return exact_q4_cuda.workspace(spec, v.tiling,
-                                           Q4Format(spec.block, spec.zero_points, spec.int8_x))
+            return exact_q4_cuda.workspace(spec, v.tiling)
         module = sparse_ffn_cuda_masked if sparse(spec.mode).masked else sparse_ffn_cuda
         return module.workspace(spec, v.tiling)
 

@@ -200,7 +200,7 @@ def built() -> Built:
     source, launches = emit_kernels(funcs)
     variants = {}
     for st, names in pending:
-        ws = q4c.workspace(st.spec, st.tiles(), st.fmt)
+        ws = q4c.workspace(st.spec, st.tiles())
         known = {*q4_arg_names(st.spec, st.fmt), *ws, "N"}
         for name in names:
             assert set(launches[name].params) <= known, launches[name]
@@ -263,39 +263,28 @@ def test_matches_the_dequantized_reference(built: Built, name: str) -> None:
         np.testing.assert_array_equal(poisoned, clean, err_msg=f"{tokens}")
 
 
-def test_x_rounded_to_int8_per_block(built: Built) -> None:
-    """The quant launch alone: x's codes (packed four to a word, even and odd inputs of each
-    code word apart), block scales and sums per piece, against this file's NumPy rounding
-    — ties to even (2.5 → 2, −3.5 → −4, ±0.5 → 0 where the scale is 1) and an all-zero block
-    (codes and scale 0) included."""
+def test_x_rounded_half_to_even_per_block(built: Built) -> None:
+    """x with ties of the rounding (a block whose scale is 1/8: ±k.5 after scaling) and an
+    all-zero block: Y as the reference whose x this file rounds half to even; rounding the
+    ties away from zero would give another Y (the test tells them apart)."""
     name = "i8_drelu_sym32"
     case = built.cases[name]
     d, block = case.setup.d[0], case.setup.block
-    piece = 8 * case.setup.tiles().pw
-    x = _x(d, 3)
-    x[0, :block] = 0.0
-    x[0, 0], x[0, 1:9] = 127.0, [2.5, -3.5, 0.5, -0.5, 1.5, -2.5, 126.5, -126.5]  # scale 1
-    x[0, block:2 * block] = 0.0  # an all-zero block
-    x[2] *= 1e-3
-    quant = built.variants[name].launches[0]
-    assert quant.kernel.endswith("_quant_kernel")
-    v = CudaVariant(case.setup.spec, "quant", 1, 8, (quant,), ())
-    n = len(x)
-    got = built.emulator.run(v, {"X": x}, outputs={"QX": n * d // 4, "QS": n * d // block,
-                                                   "QC": n * d // piece})
-    m = np.abs(x.reshape(n, -1, block)).max(axis=2, keepdims=True)
-    with np.errstate(divide="ignore"):
-        inv = np.where(m > 0, np.float32(127) / m, np.float32(0)).astype(np.float32)
-    q = np.round(x.reshape(n, -1, block) * inv).reshape(n, d).astype(np.int32)
-    assert list(q[0, 1:9]) == [2, -4, 0, 0, 2, -2, 126, -126]
-    words = q.reshape(n, -1, 4, 2).transpose(0, 1, 3, 2)  # [code word, even|odd, byte]
-    packed = words.astype(np.int8).reshape(n, -1).view(np.int32)
-    np.testing.assert_array_equal(got["QX"].reshape(n, -1), packed)
-    np.testing.assert_array_equal(got["QS"].reshape(n, -1), (m[..., 0] / np.float32(127)))
-    np.testing.assert_array_equal(got["QC"].reshape(n, -1), q.reshape(n, -1, piece).sum(axis=2))
-    # the reference's rounding is this one
-    np.testing.assert_array_equal(_round_x(x, block), (q.reshape(n, -1, block) * (
-        m / np.float32(127))).astype(np.float32).reshape(n, d))
+    x = _x(d, 2)
+    ties = np.array([2.5, -3.5, 0.5, -0.5, 1.5, -2.5, 126.5, -126.5], np.float32) / 8
+    x[0, block:2 * block] = 0.01
+    x[0, block] = 127 / 8  # the block's max: 127 / max = 8 exactly
+    x[0, block + 1:block + 1 + len(ties)] = ties
+    x[0, 2 * block:3 * block] = 0.0  # codes and scale 0
+    got = _run(built, name, x, case.inputs())
+    want = case.reference(x)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    away = _round_x(x, block)  # the ties rounded away from zero instead (the scale is 1/8)
+    away[0, block + 1:block + 1 + len(ties)] = np.sign(ties) * np.floor(np.abs(ties) * 8 + 0.5) / 8
+    assert (away != _round_x(x, block)).sum() == 6  # 1.5 and −3.5 round alike both ways
+    other = sparse_ffn(away, case.deq["W1"], case.b1, case.deq["W2"], case.b2,
+                       case.deq["WU"].T, up_activation="relu")
+    assert np.abs(other - want).max() > 100 * (ATOL + RTOL * np.abs(want).max())
 
 
 def _fenced(a: np.ndarray, rows: slice, keep: list) -> int:

@@ -145,7 +145,7 @@ def test_int4_cuda_path(tmp_path, fake_libcuda):
 def test_int4_genai_accuracy_level_4_cuda_path(tmp_path, fake_libcuda):
     """The GenAI model builder's int4 decoder (made dReLU; every MatMulNBits at
     accuracy_level 4, x rounded to int8 per block) compiled for --target cuda: each layer's
-    FFN gets the int4 kernels with x rounded (a quant launch before the rows), and the logits
+    FFN gets the int4 kernels with x rounded (``i8`` in the table's mode), and the logits
     of a decode step and a short prompt through the stand-in driver equal the builder's
     decoder with each FFN the float FFN on ONNX Runtime's dequantized weights of x rounded
     per block (the test's own reference graph)."""
@@ -166,9 +166,12 @@ def test_int4_genai_accuracy_level_4_cuda_path(tmp_path, fake_libcuda):
     got, launches = run_on_fake_gpu(result.artifact, feeds, fake_libcuda, tmp_path)
     for f, g in zip(feeds, got, strict=True):
         np.testing.assert_allclose(g, reference.run(None, f)[0], rtol=1e-4, atol=1e-4)
-    quant = [ln for ln in launches if "_quant_kernel" in ln]
-    assert {re.search(r"_(int4_\d+)_", ln)[1] for ln in quant} == {"int4_1", "int4_4"}, launches
-    assert len(quant) == 2 * LAYERS, launches
+    rows = [ln for ln in launches if "_rows_kernel" in ln]
+    assert {re.search(r"_(int4_\d+)_", ln)[1] for ln in rows} == {"int4_1", "int4_4"}, launches
+    assert len(rows) == 2 * LAYERS, launches
+    entries = result.manifest["kernels"]["entries"]
+    assert entries and all(dict(map(tuple, e["spec"]["extra"])).get("int8_x") == "1"
+                           for e in entries), entries
 
 
 @pytest.mark.torch

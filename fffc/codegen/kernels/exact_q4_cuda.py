@@ -1,5 +1,5 @@
 """``SparseFFN`` mode=exact on int4 weights in MatMulNBits' layout, for CUDA: three launches
-per call (four with x rounded to int8), ``mr`` tokens per block (1 for decoding, a few for short prompts).
+per call, ``mr`` tokens per block (1 for decoding, a few for short prompts).
 
 The FFN ``Y = (relu(X·W1 + B1) [⊙ up(X·WU)])·W2 + B2`` (ReLU, ReGLU, dReLU) with every
 projection as ONNX Runtime's ``MatMulNBits`` stores it (``q4_layout``): W1 and WU as the
@@ -33,24 +33,20 @@ buffers (float32 per token, from the shim): ``H`` [d_ff], ``P`` [splits · d_out
 3. ``reduce`` (sparse_ffn_cuda's): ``Y = B2 + Σ_s P[s]`` in a fixed order (deterministic,
    no atomics).
 
-With ``int8_x`` (SparseFFN's ``accuracy_level`` 4) x is rounded to int8 per block first, as
-``contract.int4.quantize_x`` defines it, and the gate and up dots are integer dot products:
-
-0. ``quant``: a thread per block of ``block`` inputs of a token: ``s = max|x| / 127``,
-   ``q = round-half-even(x · (127 / max|x|))`` (0 in an all-zero block), each step in float32;
-   ``QX`` the codes packed four to a 32-bit word in the order the code words read them (for
-   code word w — inputs 8w .. 8w + 7 — word 2w holds inputs 8w, 8w + 2, 8w + 4, 8w + 6 in
-   bytes 0..3, word 2w + 1 the odd ones), ``QS`` the blocks' scales, ``QC`` the sums of q
-   per piece (``pw`` code words).
-1. ``rows`` as above with the words of QX staged instead of x: per code word, the low
-   nibbles (``& 0x0F0F0F0F``: codes 0..15 as bytes) times the even word and the high ones
-   times the odd word by ``__dp4a`` (four byte products added to an int32; sm_61 and
-   later), per piece ``Σ code·q − z·QC`` (exact in int32) converted to float32 and scaled
-   by the block's x scale and weight scale. The result is the float FFN on the dequantized
-   weights with x replaced by ``q · s``, up to float reassociation (the products are exact).
-
-Workspace (per token, 4 bytes an element): ``QX`` [d_in / 4] int32, ``QS`` [d_in / block]
-float32, ``QC`` [d_in / (8·pw)] int32. The down projection's input H stays float32.
+With ``int8_x`` (SparseFFN's ``accuracy_level`` 4) x is rounded to int8 per block, as
+``contract.int4.quantize_x`` defines it, and the gate and up dots are integer dot products.
+``rows`` quantizes each staged chunk of x itself (the chunks are whole blocks; no launch
+and no workspace of its own): a thread per piece takes the piece's max |x|; after a
+barrier, with its block's max m, ``q = round-half-even(x · (127 / m))`` (0 where m is 0,
+each step in float32), the codes packed four to a 32-bit word in shared memory — for code
+word u of a piece, word 2u holds inputs 8u, 8u + 2, 8u + 4, 8u + 6 in bytes 0..3 (the
+inputs of its low nibbles), word 2u + 1 the odd ones —, their sum per piece and the block's
+scale ``m / 127``. Per code word the low nibbles (``& 0x0F0F0F0F``: codes 0..15 as bytes)
+meet the even word and the high ones the odd word in ``__dp4a`` (four byte products added
+to an int32; sm_61 and later); per piece ``Σ code·q − z·Σ q`` (exact in int32) is converted
+to float32 and scaled by x's block scale and the weight's. The result is the float FFN on
+the dequantized weights with x replaced by ``q · m / 127``, up to float reassociation (the
+products are exact). The down projection's input H stays float32.
 
 These are decode kernels: with many tokens a block's union of active neurons is nearly
 dense and every row is read anyway. W1 and WU are read 16 bytes at a time: their base
@@ -77,7 +73,6 @@ NIBBLES = 8  # codes per 32-bit word
 WARP = 32
 SHARED_FLOATS = 12 << 10  # static shared memory of a block at most (48 KiB)
 MAX_REGISTER_FLOATS = 128  # a down thread's sums (2 · mr · 8 floats) at most
-QUANT_THREADS = 64  # quant: blocks of x (one per thread) per CUDA block
 LOW_NIBBLES = 0x0F0F0F0F  # the low nibble of each byte of a code word
 
 
@@ -107,64 +102,15 @@ def q4_cuda_tiling(spec: SparseSpec, fmt: Q4Format, mr: int = 1,
     return Q4CudaTiling(mr=mr, pw=min(4, fmt.block // 8), now=now, splits=splits)
 
 
-def workspace(spec: SparseSpec, t: Q4CudaTiling, fmt: Q4Format) -> dict[str, int]:
-    """Scratch buffers: name → 4-byte elements per token (``fmt.int8_x``: x's int8 codes,
-    scales and piece sums too)."""
-    quant = ({"QX": spec.d_in // 4, "QS": spec.d_in // fmt.block,
-              "QC": spec.d_in // (NIBBLES * t.pw)} if fmt.int8_x else {})
-    return {**quant, "H": spec.d_ff, "P": t.splits * spec.d_out}
+def workspace(spec: SparseSpec, t: Q4CudaTiling) -> dict[str, int]:
+    """Scratch buffers: name → float32 elements per token."""
+    return {"H": spec.d_ff, "P": t.splits * spec.d_out}
 
 
 def dp4a(a, b, c):
-    """``c`` + the sum of the four products of the signed bytes of ``a`` and ``b`` (int32)."""
+    """``c`` + the sum of the four products of the signed bytes of ``a`` and ``b`` (int32):
+    CUDA's ``__dp4a``."""
     return T.call_pure_extern("int32", "__dp4a", a, b, c)
-
-
-def quant_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
-    """x rounded to int8 per block: ``QX`` (packed codes), ``QS`` (scales), ``QC`` (sums of
-    the codes per piece); see the module text."""
-    D, BLK, PW = spec.d_in, fmt.block, t.pw
-    KB, PE = D // BLK, NIBBLES * t.pw
-    QT = min(QUANT_THREADS, KB)
-
-    @T.jit
-    def kernel(x: T.handle, qx: T.handle, qs: T.handle, qc: T.handle):
-        T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
-        N = T.int32()
-        X = T.match_buffer(x, (N, D), "float32")
-        QX = T.match_buffer(qx, (N, D // 4), "int32")
-        QS = T.match_buffer(qs, (N, KB), "float32")
-        QC = T.match_buffer(qc, (N, D // PE), "int32")
-        for bx in T.thread_binding(ceil_div(KB, QT), thread="blockIdx.x"):
-            for by in T.thread_binding(N, thread="blockIdx.y"):
-                for tx in T.thread_binding(QT, thread="threadIdx.x"):
-                    am = T.alloc_buffer((1,), "float32", scope="local")
-                    inv = T.alloc_buffer((1,), "float32", scope="local")
-                    q = T.alloc_buffer((NIBBLES,), "int32", scope="local")
-                    sq = T.alloc_buffer((1,), "int32", scope="local")
-                    kb = T.meta_var(bx * QT + tx)
-                    if kb < KB:
-                        am[0] = T.float32(0)
-                        for k in range(BLK):
-                            am[0] = T.max(am[0], T.fabs(X[by, kb * BLK + k]))
-                        inv[0] = T.if_then_else(am[0] > T.float32(0), T.float32(127) / am[0],
-                                                T.float32(0))
-                        QS[by, kb] = am[0] / T.float32(127)
-                        for pc in range(BLK // PE):
-                            sq[0] = 0
-                            for u in T.unroll(PW):
-                                for m in T.unroll(NIBBLES):
-                                    q[m] = T.Cast("int32", T.nearbyint(
-                                        X[by, kb * BLK + pc * PE + u * NIBBLES + m] * inv[0]))
-                                    sq[0] = sq[0] + q[m]
-                                for h in T.unroll(2):  # even inputs, then odd ones; the top
-                                    # byte by a product (no shift into the sign bit)
-                                    QX[by, (kb * BLK + pc * PE + u * NIBBLES) // 4 + h] = (
-                                        (q[h] & 255) + ((q[h + 2] & 255) << 8)
-                                        + ((q[h + 4] & 255) << 16) + q[h + 6] * (1 << 24))
-                            QC[by, kb * (BLK // PE) + pc] = sq[0]
-
-    return specialize(kernel)
 
 
 def _stage(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling) -> int:
@@ -187,7 +133,11 @@ def check_q4_cuda(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling) -> None:
     groups = spec.d_ff // fmt.block
     if ceil_div(groups, ceil_div(groups, t.splits)) != t.splits:
         raise CodegenError(f"splits={t.splits} leaves empty chunks of {groups} groups")
-    if t.mr * _stage(spec, fmt, t) > SHARED_FLOATS:
+    kch = _stage(spec, fmt, t)  # x staged, and with int8_x its codes (a quarter of it),
+    # the pieces' max |x| and sums of codes (2 per piece), the blocks' scales
+    pieces = kch // (NIBBLES * t.pw)
+    if t.mr * (kch + (kch // 4 + 2 * pieces + kch // fmt.block if fmt.int8_x else 0)) \
+            > SHARED_FLOATS:
         raise CodegenError(f"int4 CUDA kernel: x stage of {t} exceeds shared memory")
     if t.mr * ceil_div(groups, t.splits) * fmt.block > SHARED_FLOATS:
         raise CodegenError(f"int4 CUDA kernel: H stage of {t} exceeds shared memory")
@@ -205,8 +155,8 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
     STAGE = ceil_div(MR * KCH, WARP * WPB)
     gated, up = spec.gated, activation(spec.up_activation)
     ZP, I8 = fmt.zero_points, fmt.int8_x
-    KW = KCH // 4  # I8: words of QX per chunk
-    STAGE_I8 = ceil_div(MR * KW, WARP * WPB)
+    PPB = BLK // PE  # pieces per block (a chunk is whole blocks: BLK divides KCH)
+    STAGE_P = ceil_div(MR * KCP, WARP * WPB)  # I8: pieces of the chunk per thread
 
     @T.inline
     def dots(acc, W, WS, WZ, xs, part, wv, zb, n, c, tx):
@@ -235,10 +185,10 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
                     acc[tt] = acc[tt] + WS[n, kb] * part[tt]
 
     @T.inline
-    def dots_i8(acc, W, WS, WZ, xq, QS, QC, isum, wv, zb, N, n, c, by, tx):
-        """dots with x rounded to int8: per piece, Σ code·q by ``__dp4a`` (low nibbles with
-        the even inputs' word, high ones with the odd), minus z·Σ q, times x's block scale
-        and the weight's."""
+    def dots_i8(acc, W, WS, WZ, xq, xsc, xqc, isum, wv, zb, n, c, tx):
+        """dots with x rounded to int8 (``quantize``'s xq, xsc, xqc): per piece, Σ code·q by
+        ``__dp4a`` (low nibbles with the even inputs' word, high ones with the odd), minus
+        z·Σ q, times x's block scale and the weight's."""
         Ww = T.decl_buffer((F * RW,), "uint32", data=W.data)
         for kk in range(KCP // WARP):
             p = T.meta_var(c * KCP + kk * WARP + tx)
@@ -260,9 +210,9 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
                         isum[tt] = dp4a(hi, xq[tt, 2 * u + 1, kk * WARP + tx],
                                         dp4a(lo, xq[tt, 2 * u, kk * WARP + tx], isum[tt]))
                 for tt in T.unroll(MR):
-                    tok = T.meta_var(T.min(by * MR + tt, N - 1))
                     acc[tt] = acc[tt] + WS[n, kb] * (
-                        T.Cast("float32", isum[tt] - zb[0] * QC[tok, p]) * QS[tok, kb])
+                        T.Cast("float32", isum[tt] - zb[0] * xqc[tt, kk * WARP + tx])
+                        * xsc[tt, (kk * WARP + tx) // PPB])
 
     @T.inline
     def stage(xs, X, N, c, by, ty, tx):
@@ -274,13 +224,47 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
                 xs[e // KCH, e % KCH % PE, e % KCH // PE] = X[T.min(by * MR + e // KCH, N - 1), T.min(c * KCH + e % KCH, D - 1)]
 
     @T.inline
-    def stage_i8(xq, QX, N, c, by, ty, tx):
-        """Chunk c of the block's tokens' QX into shared memory, word j of piece i at
-        xq[token, j, i]."""
-        for i in range(STAGE_I8):
+    def quantize(xs, xq, xpm, xsc, xqc, q, qsum, ty, tx):
+        """The staged chunk rounded to int8 per block (``contract.int4.quantize_x``): a
+        thread per piece takes its max |x| (xpm), then, after a barrier, its block's
+        (``m``): the codes ``round-half-even(x · (127 / m))`` (0 where m is 0) packed four
+        to a word, word 2u of piece j holding inputs 8u, 8u + 2, 8u + 4, 8u + 6 of the piece
+        (the low nibbles of its code word u), word 2u + 1 the odd ones, at xq[token, ·, j];
+        their sum at xqc[token, j]; the block's scale m / 127 at xsc (by its first piece).
+        Ends with a barrier."""
+        for i in range(STAGE_P):
             e = T.meta_var((i * WPB + ty) * WARP + tx)
-            if e < MR * KW:
-                xq[e // KW, e % KW % (2 * PW), e % KW // (2 * PW)] = QX[T.min(by * MR + e // KW, N - 1), T.min(c * KW + e % KW, D // 4 - 1)]
+            if e < MR * KCP:
+                q[NIBBLES] = T.float32(0)
+                for k in range(PE):
+                    q[NIBBLES] = T.max(q[NIBBLES], T.fabs(xs[e // KCP, k, e % KCP]))
+                xpm[e // KCP, e % KCP] = q[NIBBLES]
+        T.tvm_storage_sync("shared")
+        for i in range(STAGE_P):
+            e = T.meta_var((i * WPB + ty) * WARP + tx)
+            tt = T.meta_var(e // KCP)
+            j = T.meta_var(e % KCP)
+            if e < MR * KCP:
+                q[NIBBLES] = T.float32(0)  # the block's max |x|
+                for b in range(PPB):
+                    q[NIBBLES] = T.max(q[NIBBLES], xpm[tt, j // PPB * PPB + b])
+                q[NIBBLES + 1] = T.if_then_else(q[NIBBLES] > T.float32(0),
+                                                T.float32(127) / q[NIBBLES], T.float32(0))
+                if j % PPB == 0:
+                    xsc[tt, j // PPB] = q[NIBBLES] / T.float32(127)
+                qsum[0] = 0
+                for u in T.unroll(PW):
+                    for m in T.unroll(NIBBLES):
+                        q[m] = T.nearbyint(xs[tt, u * NIBBLES + m, j] * q[NIBBLES + 1])
+                        qsum[0] = qsum[0] + T.Cast("int32", q[m])
+                    for h in T.unroll(2):  # even inputs, then odd ones; the top byte by a
+                        # product (no shift into the sign bit)
+                        xq[tt, 2 * u + h, j] = (
+                            (T.Cast("int32", q[h]) & 255) + ((T.Cast("int32", q[h + 2]) & 255) << 8)
+                            + ((T.Cast("int32", q[h + 4]) & 255) << 16)
+                            + T.Cast("int32", q[h + 6]) * (1 << 24))
+                xqc[tt, j] = qsum[0]
+        T.tvm_storage_sync("shared")
 
     @T.inline
     def warp_sum(acc):
@@ -296,16 +280,11 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
                B1: T.Optional(T.Buffer((F,), "float32")),
                WU: T.Optional(T.Buffer((F, KB, BLK // 2), "uint8")),
                WUS: T.Optional(T.Buffer((F, KB), "float32")),
-               WUZ: T.Optional(T.Buffer((F, KZ), "uint8")), qx: T.Optional(T.handle),
-               qs: T.Optional(T.handle), qc: T.Optional(T.handle), h: T.handle):
+               WUZ: T.Optional(T.Buffer((F, KZ), "uint8")), h: T.handle):
         T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
         N = T.int32()
         X = T.match_buffer(x, (N, D), "float32")
         H = T.match_buffer(h, (N, F), "float32")
-        if I8:  # x's int8 codes, scales and piece sums from the quant kernel
-            QX = T.match_buffer(qx, (N, D // 4), "int32")
-            QS = T.match_buffer(qs, (N, KB), "float32")
-            QC = T.match_buffer(qc, (N, D // PE), "int32")
         for bx in T.thread_binding(ceil_div(F, WPB), thread="blockIdx.x"):
             for by in T.thread_binding((N + MR - 1) // MR, thread="blockIdx.y"):
                 for ty in T.thread_binding(WPB, thread="threadIdx.y"):
@@ -316,24 +295,28 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
                         wv = T.alloc_buffer((PW,), "uint32", scope="local")
                         on = T.alloc_buffer((1,), "int32", scope="local")
                         zb = T.alloc_buffer((1,), "int32", scope="local")
+                        xs = T.alloc_buffer((MR, PE, KCP), "float32", scope="shared")
                         if I8:
                             isum = T.alloc_buffer((MR,), "int32", scope="local")
+                            # a piece's rounded x, then its block's max |x| and 127 / max
+                            q = T.alloc_buffer((NIBBLES + 2,), "float32", scope="local")
+                            qsum = T.alloc_buffer((1,), "int32", scope="local")
                             xq = T.alloc_buffer((MR, 2 * PW, KCP), "int32", scope="shared")
-                        else:
-                            xs = T.alloc_buffer((MR, PE, KCP), "float32", scope="shared")
+                            xpm = T.alloc_buffer((MR, KCP), "float32", scope="shared")
+                            xsc = T.alloc_buffer((MR, KCP // PPB), "float32", scope="shared")
+                            xqc = T.alloc_buffer((MR, KCP), "int32", scope="shared")
                         n = T.meta_var(T.min(bx * WPB + ty, F - 1))  # past F: row F - 1,
                         # so that every lane reaches the shuffles; nothing written
 
                         for tt in T.unroll(MR):
                             acc[tt] = T.float32(0)
                         for c in range(NCH):
+                            stage(xs, X, N, c, by, ty, tx)
+                            T.tvm_storage_sync("shared")
                             if I8:
-                                stage_i8(xq, QX, N, c, by, ty, tx)
-                                T.tvm_storage_sync("shared")
-                                dots_i8(acc, W1, W1S, W1Z, xq, QS, QC, isum, wv, zb, N, n, c, by, tx)
+                                quantize(xs, xq, xpm, xsc, xqc, q, qsum, ty, tx)
+                                dots_i8(acc, W1, W1S, W1Z, xq, xsc, xqc, isum, wv, zb, n, c, tx)
                             else:
-                                stage(xs, X, N, c, by, ty, tx)
-                                T.tvm_storage_sync("shared")
                                 dots(acc, W1, W1S, W1Z, xs, part, wv, zb, n, c, tx)
                             if NCH > 1:
                                 T.tvm_storage_sync("shared")
@@ -348,14 +331,13 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
                                 acc[tt] = T.float32(0)
                             for c in range(NCH):
                                 if NCH > 1:
-                                    if I8:
-                                        stage_i8(xq, QX, N, c, by, ty, tx)
-                                    else:
-                                        stage(xs, X, N, c, by, ty, tx)
+                                    stage(xs, X, N, c, by, ty, tx)
                                     T.tvm_storage_sync("shared")
+                                    if I8:
+                                        quantize(xs, xq, xpm, xsc, xqc, q, qsum, ty, tx)
                                 if on[0] != 0:  # warp-uniform: every lane has the sums
                                     if I8:
-                                        dots_i8(acc, WU, WUS, WUZ, xq, QS, QC, isum, wv, zb, N, n, c, by, tx)
+                                        dots_i8(acc, WU, WUS, WUZ, xq, xsc, xqc, isum, wv, zb, n, c, tx)
                                     else:
                                         dots(acc, WU, WUS, WUZ, xs, part, wv, zb, n, c, tx)
                                 if NCH > 1:
@@ -370,8 +352,7 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
                                     else:
                                         H[by * MR + tt, n] = T.max(g[tt], T.float32(0))
 
-    return specialize(kernel, W1Z=ZP, B1=spec.has_b1, WU=gated, WUS=gated, WUZ=gated and ZP,
-                      qx=I8, qs=I8, qc=I8)
+    return specialize(kernel, W1Z=ZP, B1=spec.has_b1, WU=gated, WUS=gated, WUZ=gated and ZP)
 
 
 def down_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
@@ -463,13 +444,9 @@ def down_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
 def exact_q4_cuda_funcs(spec: SparseSpec, fmt: Q4Format, tiling: Q4CudaTiling,
                         prefix: str) -> dict:
     """PrimFuncs of the int4 exact kernels, by global symbol, in launch order; their
-    parameters are named as ``exact_q4.q4_arg_names(spec, fmt)`` and ``workspace(spec,
-    tiling, fmt)``."""
+    parameters are named as ``exact_q4.q4_arg_names(spec, fmt)`` and ``workspace``."""
     check_q4_cuda(spec, fmt, tiling)
-    quant = ({f"{prefix}_quant": quant_kernel(spec, fmt, tiling, f"{prefix}_quant")}
-             if fmt.int8_x else {})
-    return {**quant,
-            f"{prefix}_rows": rows_kernel(spec, fmt, tiling, f"{prefix}_rows"),
+    return {f"{prefix}_rows": rows_kernel(spec, fmt, tiling, f"{prefix}_rows"),
             f"{prefix}_down": down_kernel(spec, fmt, tiling, f"{prefix}_down"),
             f"{prefix}_reduce": reduce_kernel(spec, CudaTiling(splits=tiling.splits),
                                               f"{prefix}_reduce")}

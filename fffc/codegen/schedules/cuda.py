@@ -127,7 +127,7 @@ class Cuda(Family):
     def sparse_variants(self, spec: SparseSpec, target: dict) -> list[Variant]:
         if spec.bits:  # int4 codes: a block of mr tokens reads each weight once; the last
             # tiles every count (the If past the crossover runs ONNX Runtime's MatMulNBits)
-            # (int8_x: x rounded to int8 per block by a first launch, integer gate/up dots)
+            # (int8_x: x rounded to int8 per block in the rows kernel, integer gate/up dots)
             fmt = Int4Weights(spec.block, spec.zero_points, spec.int8_x)
             out, first = [], 1
             for i, m in enumerate(INT4_TOKENS):
