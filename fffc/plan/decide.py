@@ -21,10 +21,10 @@ NOT_SELECTED = "not selected with --sites"
 
 
 def plan(sites: Sequence[Site], only: Sequence[str] = (), int4_target: str = "",
-         int4_int8_x: bool = True, int8_weights: bool = False) -> None:
+         int8_weights: bool = False) -> None:
     """Set ``decision`` and ``reason`` on every site in place; ``int4_target``: the name of
-    the target when its kernels take int4 weights, ``int4_int8_x``: with x rounded to int8
-    (accuracy_level 4) too, ``int8_weights``: its kernels take 8-bit codes too."""
+    the target when its kernels take int4 weights (with x in float32 or rounded to int8 per
+    block, accuracy_level 4), ``int8_weights``: its kernels take 8-bit codes too."""
     for site in sites:
         int4 = site.int4
         if only and site.name not in only and not set(site.matched_nodes) & set(only):
@@ -38,10 +38,6 @@ def plan(sites: Sequence[Site], only: Sequence[str] = (), int4_target: str = "",
         elif site.weight_formats and int4.bits is WeightBits.INT8 and not int8_weights:
             site.decision, site.reason = Decision.DENSE, (
                 f"{site.quantized}: no int8 kernels for this target yet; left as it was")
-        elif site.weight_formats and int4.int8_x and not int4_int8_x:
-            site.decision, site.reason = Decision.DENSE, (
-                f"{site.quantized}: the {int4_target} int4 kernels take x in float32, not "
-                "rounded to int8 as accuracy_level 4 asks; left as it was")
         elif not site.float32:
             site.decision, site.reason = Decision.DENSE, (
                 f"{site.dtype} weights and activations (a {site.dtype} model): fffc's FFN ops "

@@ -103,6 +103,13 @@ static inline nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn
 static inline float __bfloat162float(nv_bfloat16 h) { return static_cast<float>(h); }
 FFFC_VEC(half, half2, half4)
 FFFC_VEC(nv_bfloat16, nv_bfloat162, nv_bfloat164)
+// __dp4a (sm_61+): c + the four products of the signed bytes of a and b
+static inline int __dp4a(int a, int b, int c) {
+  for (int i = 0; i < 4; ++i)
+    c += static_cast<int>(static_cast<int8_t>(a >> (8 * i))) *
+         static_cast<int>(static_cast<int8_t>(b >> (8 * i)));
+  return c;
+}
 // Warp shuffles: every thread of the block must reach the call (the kernels call them in
 // block-uniform control flow); partners are exchanged through memory between two barriers.
 static float fffc_xchg[1024];

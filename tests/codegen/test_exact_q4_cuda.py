@@ -2,7 +2,9 @@
 them for the project's archs, the CPU emulator runs the emitted source. Weights quantized by
 ONNX Runtime's own quantizer, the reference computed in float64 on the matrices ONNX Runtime
 itself dequantizes (a MatMulNBits node run on the identity), and the rows and columns of
-skipped neurons poisoned (the output must not change by a bit)."""
+skipped neurons poisoned (the output must not change by a bit). With ``int8_x``
+(accuracy_level 4) the reference's x is rounded to int8 per block by this file's own NumPy
+rounding (``_round_x``)."""
 
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ class Setup:
     bias: bool
     mr: int = 1
     tiling: dict = dataclasses.field(default_factory=dict)  # overrides of q4_cuda_tiling's
+    int8_x: bool = False  # x rounded to int8 per block (accuracy_level 4)
 
     @property
     def spec(self) -> SparseSpec:
@@ -58,7 +61,7 @@ class Setup:
 
     @property
     def fmt(self) -> ql.Q4Format:
-        return ql.Q4Format(self.block, self.zero_points)
+        return ql.Q4Format(self.block, self.zero_points, self.int8_x)
 
     def tiles(self) -> q4c.Q4CudaTiling:
         t = q4c.q4_cuda_tiling(self.spec, self.fmt, self.mr)
@@ -79,7 +82,35 @@ SETUPS = [
     # 9 blocks a row: the last zero point byte holds one
     # rows of 256 code bytes: the always-off neurons 64..127 fill whole pages of WU, WUS, W2
     Setup("drelu_zp32_pages", (512, 512, 256), "drelu", True, 32, False, mr=2),
+    # x rounded to int8 per block: every token tile of the compile's variants (1, 2, 4, 8),
+    # blocks 16, 32, 128, symmetric and zero points, x staged in chunks
+    Setup("i8_drelu_sym32", (256, 512, 64), "drelu", False, 32, True, int8_x=True),
+    Setup("i8_reglu_zp32_mr2", (256, 512, 96), "reglu", True, 32, False, mr=2,
+          tiling={"now": 8, "splits": 6}, int8_x=True),
+    Setup("i8_drelu_zp128_mr4", (256, 512, 64), "drelu", True, 128, True, mr=4, int8_x=True),
+    Setup("i8_relu_sym128_mr8", (256, 512, 64), "relu", False, 128, True, mr=8, int8_x=True),
+    Setup("i8_reglu_zp32_chunks_mr2", (512, 256, 64), "reglu", True, 32, True, mr=2,
+          tiling={"pw": 1, "x_stage_floats": 512, "wpb": 6}, int8_x=True),
+    Setup("i8_relu_sym16", (144, 256, 32), "relu", False, 16, False, int8_x=True),
 ]
+
+
+def _round_x(x: np.ndarray, block: int) -> np.ndarray:
+    """x rounded to int8 per block and scaled back, as ONNX Runtime's accuracy_level 4
+    defines it: per block, with ``m = max|x|``, ``q = round-half-even(x · float32(127 / m))``
+    (0 where m is 0) and ``x' = q · float32(m / 127)``, every step in float32."""
+    x = np.asarray(x, np.float32)
+    out = np.empty_like(x)
+    for t in range(x.shape[0]):
+        for b0 in range(0, x.shape[1], block):
+            v = x[t, b0:b0 + block]
+            m = np.float32(np.max(np.abs(v)))
+            if m == 0:
+                out[t, b0:b0 + block] = 0
+                continue
+            q = np.round(v * np.float32(np.float32(127) / m))  # numpy rounds half to even
+            out[t, b0:b0 + block] = q * np.float32(m / np.float32(127))
+    return out
 
 
 @dataclass
@@ -97,14 +128,18 @@ class Case:
         return {k: v for k, v in q4_inputs(s, self.w1, ql.columns(self.w2), self.wu,
                                            self.b1, self.b2).items() if v is not None}
 
+    def x_seen(self, x: np.ndarray) -> np.ndarray:
+        """The x the gate and up products take: rounded per block with ``int8_x``."""
+        return _round_x(x, self.setup.block) if self.setup.int8_x else x
+
     def reference(self, x: np.ndarray) -> np.ndarray:
         wu = None if self.wu is None else self.deq["WU"].T
-        return sparse_ffn(x, self.deq["W1"], self.b1, self.deq["W2"], self.b2, wu,
-                          up_activation=self.setup.spec.up_activation)
+        return sparse_ffn(self.x_seen(x), self.deq["W1"], self.b1, self.deq["W2"], self.b2,
+                          wu, up_activation=self.setup.spec.up_activation)
 
     def gates(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """float64 gate pre-activations and up projections [tokens, d_ff]."""
-        xd = x.astype(np.float64)
+        xd = self.x_seen(x).astype(np.float64)
         h = xd @ self.deq["W1"] + (0 if self.b1 is None else self.b1)
         return h, None if self.wu is None else xd @ self.deq["WU"]
 
@@ -133,6 +168,18 @@ def _x(d_in: int, tokens: int, seed: int = 1) -> np.ndarray:
     x = np.random.default_rng(seed).standard_normal((tokens, d_in)).astype(np.float32)
     x[:, 0] = 1.0
     return x
+
+
+def _clear_x(case: Case, tokens: int) -> np.ndarray:
+    """``_x`` with the first seed from ``tokens`` on (steps of 1000) whose gates and up
+    projections are all farther than MARGIN from 0: the poisoned rows are then the same
+    whatever the float32 summation order."""
+    for seed in range(tokens, tokens + 10_000, 1000):
+        x = _x(case.setup.d[0], tokens, seed=seed)
+        h, u = case.gates(x)
+        if np.abs(h).min() > MARGIN and (u is None or np.abs(u).min() > MARGIN):
+            return x
+    raise AssertionError("no x with every gate clear of 0")
 
 
 @dataclass
@@ -192,7 +239,8 @@ def _poisoned(case: Case, x: np.ndarray, rng) -> dict[str, np.ndarray]:
             inp["WUZ"][off] = garbage(inp["WUZ"][off])
     inp["W2"][dead] = garbage(inp["W2"][dead])
     idle = ~active.reshape(-1, case.setup.block).any(axis=1)
-    assert idle.any() and off.mean() > 0.3  # much to poison, whole groups among it
+    assert idle.any() and off.mean() > 0.1  # much to poison (the always-off neurons at
+    # least: 8 tokens turn most others on), whole groups among it
     inp["W2S"][idle] = np.nan
     if "W2Z" in inp:
         inp["W2Z"][idle] = garbage(inp["W2Z"][idle])
@@ -201,18 +249,42 @@ def _poisoned(case: Case, x: np.ndarray, rng) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("name", [st.name for st in SETUPS])
 def test_matches_the_dequantized_reference(built: Built, name: str) -> None:
-    """1 token and mr + 1 (a full and a partial tile of mr tokens), against float64 on
-    ONNX Runtime's dequantized matrices; the skipped neurons' rows and columns poisoned
-    change nothing."""
+    """1 token and mr + 1 (a full and a partial tile of mr tokens; with int8_x mr too: the
+    setups' mr are the compile's 1, 2, 4, 8), against float64 on ONNX Runtime's dequantized
+    matrices; the skipped neurons' rows and columns poisoned change nothing."""
     case = built.cases[name]
-    for tokens in sorted({1, case.setup.mr + 1}):
-        x = _x(case.setup.d[0], tokens, seed=tokens)
+    for tokens in sorted({1, case.setup.mr + 1, *((case.setup.mr,) if case.setup.int8_x else ())}):
+        x = _clear_x(case, tokens)
         clean = _run(built, name, x, case.inputs())
         want = case.reference(x)
         assert np.abs(want).max() > 0.1
         np.testing.assert_allclose(clean, want, rtol=RTOL, atol=ATOL, err_msg=f"{tokens}")
         poisoned = _run(built, name, x, _poisoned(case, x, np.random.default_rng(tokens)))
         np.testing.assert_array_equal(poisoned, clean, err_msg=f"{tokens}")
+
+
+def test_x_rounded_half_to_even_per_block(built: Built) -> None:
+    """x with ties of the rounding (a block whose scale is 1/8: ±k.5 after scaling) and an
+    all-zero block: Y as the reference whose x this file rounds half to even; rounding the
+    ties away from zero would give another Y (the test tells them apart)."""
+    name = "i8_drelu_sym32"
+    case = built.cases[name]
+    d, block = case.setup.d[0], case.setup.block
+    x = _x(d, 2)
+    ties = np.array([2.5, -3.5, 0.5, -0.5, 1.5, -2.5, 126.5, -126.5], np.float32) / 8
+    x[0, block:2 * block] = 0.01
+    x[0, block] = 127 / 8  # the block's max: 127 / max = 8 exactly
+    x[0, block + 1:block + 1 + len(ties)] = ties
+    x[0, 2 * block:3 * block] = 0.0  # codes and scale 0
+    got = _run(built, name, x, case.inputs())
+    want = case.reference(x)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    away = _round_x(x, block)  # the ties rounded away from zero instead (the scale is 1/8)
+    away[0, block + 1:block + 1 + len(ties)] = np.sign(ties) * np.floor(np.abs(ties) * 8 + 0.5) / 8
+    assert (away != _round_x(x, block)).sum() == 6  # 1.5 and −3.5 round alike both ways
+    other = sparse_ffn(away, case.deq["W1"], case.b1, case.deq["W2"], case.b2,
+                       case.deq["WU"].T, up_activation="relu")
+    assert np.abs(other - want).max() > 100 * (ATOL + RTOL * np.abs(want).max())
 
 
 def _fenced(a: np.ndarray, rows: slice, keep: list) -> int:

@@ -86,7 +86,7 @@ def test_merged_path_serves_few_tokens_and_only_those(tmp_path):
             init.CopyFrom(onnx.numpy_helper.from_array(
                 np.zeros(tuple(init.dims), np.float32), init.name))
     onnx.save(model, str(result.artifact / "model.onnx"))
-    with pytest.raises(fffc.runtime.ArtifactError, match="model.onnx"):
+    with pytest.raises(fffc.runtime.ArtifactError, match=r"model\.onnx"):
         fffc.runtime.InferenceSession(result.artifact)
     poisoned = fffc.runtime.InferenceSession(result.artifact, check_files=False)
     for n, x in xs.items():

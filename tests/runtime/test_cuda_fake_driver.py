@@ -142,6 +142,39 @@ def test_int4_cuda_path(tmp_path, fake_libcuda):
 
 
 @pytest.mark.torch
+def test_int4_genai_accuracy_level_4_cuda_path(tmp_path, fake_libcuda):
+    """The GenAI model builder's int4 decoder (made dReLU; every MatMulNBits at
+    accuracy_level 4, x rounded to int8 per block) compiled for --target cuda: each layer's
+    FFN gets the int4 kernels with x rounded (``i8`` in the table's mode), and the logits
+    of a decode step and a short prompt through the stand-in driver equal the builder's
+    decoder with each FFN the float FFN on ONNX Runtime's dequantized weights of x rounded
+    per block (the test's own reference graph)."""
+    pytest.importorskip("onnxruntime_genai", reason="the GenAI model builder is needed")
+    from tests.fixtures.genai_models import build, checkpoint, to_drelu
+    from tests.quant.test_genai_quantized import LAYERS, _float_ffn_reference
+    from tests.quant.test_genai_quantized import _feeds as decoder_feeds
+
+    folder = to_drelu(build(checkpoint(tmp_path / "ckpt"), tmp_path / "int4", "int4"))
+    result = fffc.compile(folder, tmp_path / "out", fffc.CompileOptions(target="cuda"))
+    assert [s.decision for s in result.sites] == ["exact"] * LAYERS
+    (bound,) = {b["max_tokens"] for s in result.manifest["sites"]
+                for b in s["dispatch"]["branches"] if b["branch"] == "kernel"}
+    ref = tmp_path / "reference.onnx"
+    reference = ort.InferenceSession(str(_float_ffn_reference(folder, ref, bound)),
+                                     providers=["CPUExecutionProvider"])
+    feeds = [decoder_feeds(7, 1), decoder_feeds(0, 3)]
+    got, launches = run_on_fake_gpu(result.artifact, feeds, fake_libcuda, tmp_path)
+    for f, g in zip(feeds, got, strict=True):
+        np.testing.assert_allclose(g, reference.run(None, f)[0], rtol=1e-4, atol=1e-4)
+    rows = [ln for ln in launches if "_rows_kernel" in ln]
+    assert {re.search(r"_(int4_\d+)_", ln)[1] for ln in rows} == {"int4_1", "int4_4"}, launches
+    assert len(rows) == 2 * LAYERS, launches
+    entries = result.manifest["kernels"]["entries"]
+    assert entries and all(dict(map(tuple, e["spec"]["extra"])).get("int8_x") == "1"
+                           for e in entries), entries
+
+
+@pytest.mark.torch
 def test_fff_cuda_path(tmp_path, fake_libcuda):
     """FastFeedForward: one block per token (its inputs by the kernel's own names)."""
     import torch

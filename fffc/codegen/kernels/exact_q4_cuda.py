@@ -33,6 +33,21 @@ buffers (float32 per token, from the shim): ``H`` [d_ff], ``P`` [splits · d_out
 3. ``reduce`` (sparse_ffn_cuda's): ``Y = B2 + Σ_s P[s]`` in a fixed order (deterministic,
    no atomics).
 
+With ``int8_x`` (SparseFFN's ``accuracy_level`` 4) x is rounded to int8 per block, as
+``contract.int4.quantize_x`` defines it, and the gate and up dots are integer dot products.
+``rows`` quantizes each staged chunk of x itself (the chunks are whole blocks; no launch
+and no workspace of its own): a thread per piece takes the piece's max |x|; after a
+barrier, with its block's max m, ``q = round-half-even(x · (127 / m))`` (0 where m is 0,
+each step in float32), the codes packed four to a 32-bit word in shared memory — for code
+word u of a piece, word 2u holds inputs 8u, 8u + 2, 8u + 4, 8u + 6 in bytes 0..3 (the
+inputs of its low nibbles), word 2u + 1 the odd ones —, their sum per piece and the block's
+scale ``m / 127``. Per code word the low nibbles (``& 0x0F0F0F0F``: codes 0..15 as bytes)
+meet the even word and the high ones the odd word in ``__dp4a`` (four byte products added
+to an int32; sm_61 and later); per piece ``Σ code·q − z·Σ q`` (exact in int32) is converted
+to float32 and scaled by x's block scale and the weight's. The result is the float FFN on
+the dequantized weights with x replaced by ``q · m / 127``, up to float reassociation (the
+products are exact). The down projection's input H stays float32.
+
 These are decode kernels: with many tokens a block's union of active neurons is nearly
 dense and every row is read anyway. W1 and WU are read 16 bytes at a time: their base
 addresses must be 16-byte aligned (ONNX Runtime's allocations are). The compile builds it
@@ -58,6 +73,7 @@ NIBBLES = 8  # codes per 32-bit word
 WARP = 32
 SHARED_FLOATS = 12 << 10  # static shared memory of a block at most (48 KiB)
 MAX_REGISTER_FLOATS = 128  # a down thread's sums (2 · mr · 8 floats) at most
+LOW_NIBBLES = 0x0F0F0F0F  # the low nibble of each byte of a code word
 
 
 @dataclass(frozen=True)
@@ -91,6 +107,12 @@ def workspace(spec: SparseSpec, t: Q4CudaTiling) -> dict[str, int]:
     return {"H": spec.d_ff, "P": t.splits * spec.d_out}
 
 
+def dp4a(a, b, c):
+    """``c`` + the sum of the four products of the signed bytes of ``a`` and ``b`` (int32):
+    CUDA's ``__dp4a``."""
+    return T.call_pure_extern("int32", "__dp4a", a, b, c)
+
+
 def _stage(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling) -> int:
     """Inputs of x staged per chunk (a multiple of the 32 pieces a warp reads per step)."""
     step = WARP * NIBBLES * t.pw
@@ -111,7 +133,11 @@ def check_q4_cuda(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling) -> None:
     groups = spec.d_ff // fmt.block
     if ceil_div(groups, ceil_div(groups, t.splits)) != t.splits:
         raise CodegenError(f"splits={t.splits} leaves empty chunks of {groups} groups")
-    if t.mr * _stage(spec, fmt, t) > SHARED_FLOATS:
+    kch = _stage(spec, fmt, t)  # x staged, and with int8_x its codes (a quarter of it),
+    # the pieces' max |x| and sums of codes (2 per piece), the blocks' scales
+    pieces = kch // (NIBBLES * t.pw)
+    if t.mr * (kch + (kch // 4 + 2 * pieces + kch // fmt.block if fmt.int8_x else 0)) \
+            > SHARED_FLOATS:
         raise CodegenError(f"int4 CUDA kernel: x stage of {t} exceeds shared memory")
     if t.mr * ceil_div(groups, t.splits) * fmt.block > SHARED_FLOATS:
         raise CodegenError(f"int4 CUDA kernel: H stage of {t} exceeds shared memory")
@@ -128,7 +154,9 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
     NCH = ceil_div(D, KCH)
     STAGE = ceil_div(MR * KCH, WARP * WPB)
     gated, up = spec.gated, activation(spec.up_activation)
-    ZP = fmt.zero_points
+    ZP, I8 = fmt.zero_points, fmt.int8_x
+    PPB = BLK // PE  # pieces per block (a chunk is whole blocks: BLK divides KCH)
+    STAGE_P = ceil_div(MR * KCP, WARP * WPB)  # I8: pieces of the chunk per thread
 
     @T.inline
     def dots(acc, W, WS, WZ, xs, part, wv, zb, n, c, tx):
@@ -157,6 +185,36 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
                     acc[tt] = acc[tt] + WS[n, kb] * part[tt]
 
     @T.inline
+    def dots_i8(acc, W, WS, WZ, xq, xsc, xqc, isum, wv, zb, n, c, tx):
+        """dots with x rounded to int8 (``quantize``'s xq, xsc, xqc): per piece, Σ code·q by
+        ``__dp4a`` (low nibbles with the even inputs' word, high ones with the odd), minus
+        z·Σ q, times x's block scale and the weight's."""
+        Ww = T.decl_buffer((F * RW,), "uint32", data=W.data)
+        for kk in range(KCP // WARP):
+            p = T.meta_var(c * KCP + kk * WARP + tx)
+            if p * PE < D:
+                kb = T.meta_var(p * PE // BLK)
+                if PW == 1:
+                    wv[0] = Ww[n * RW + p]
+                else:
+                    T.buffer_store(wv, Ww.vload([n * RW + p * PW], f"uint32x{PW}"),
+                                   [T.ramp(0, 1, PW)])
+                zb[0] = ((T.Cast("int32", WZ[n, kb // 2]) >> ((kb % 2) * 4)) & 15 if ZP
+                         else T.int32(SYMMETRIC_ZERO_POINT))
+                for tt in T.unroll(MR):
+                    isum[tt] = 0
+                for u in T.unroll(PW):
+                    lo = T.meta_var(T.Cast("int32", wv[u] & T.uint32(LOW_NIBBLES)))
+                    hi = T.meta_var(T.Cast("int32", (wv[u] >> T.uint32(4)) & T.uint32(LOW_NIBBLES)))
+                    for tt in T.unroll(MR):
+                        isum[tt] = dp4a(hi, xq[tt, 2 * u + 1, kk * WARP + tx],
+                                        dp4a(lo, xq[tt, 2 * u, kk * WARP + tx], isum[tt]))
+                for tt in T.unroll(MR):
+                    acc[tt] = acc[tt] + WS[n, kb] * (
+                        T.Cast("float32", isum[tt] - zb[0] * xqc[tt, kk * WARP + tx])
+                        * xsc[tt, (kk * WARP + tx) // PPB])
+
+    @T.inline
     def stage(xs, X, N, c, by, ty, tx):
         """Chunk c of the block's tokens' x into shared memory, element k of piece j at
         xs[token, k, j] (the lanes' reads of a piece position are consecutive)."""
@@ -164,6 +222,49 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
             e = T.meta_var((i * WPB + ty) * WARP + tx)
             if e < MR * KCH:
                 xs[e // KCH, e % KCH % PE, e % KCH // PE] = X[T.min(by * MR + e // KCH, N - 1), T.min(c * KCH + e % KCH, D - 1)]
+
+    @T.inline
+    def quantize(xs, xq, xpm, xsc, xqc, q, qsum, ty, tx):
+        """The staged chunk rounded to int8 per block (``contract.int4.quantize_x``): a
+        thread per piece takes its max |x| (xpm), then, after a barrier, its block's
+        (``m``): the codes ``round-half-even(x · (127 / m))`` (0 where m is 0) packed four
+        to a word, word 2u of piece j holding inputs 8u, 8u + 2, 8u + 4, 8u + 6 of the piece
+        (the low nibbles of its code word u), word 2u + 1 the odd ones, at xq[token, ·, j];
+        their sum at xqc[token, j]; the block's scale m / 127 at xsc (by its first piece).
+        Ends with a barrier."""
+        for i in range(STAGE_P):
+            e = T.meta_var((i * WPB + ty) * WARP + tx)
+            if e < MR * KCP:
+                q[NIBBLES] = T.float32(0)
+                for k in range(PE):
+                    q[NIBBLES] = T.max(q[NIBBLES], T.fabs(xs[e // KCP, k, e % KCP]))
+                xpm[e // KCP, e % KCP] = q[NIBBLES]
+        T.tvm_storage_sync("shared")
+        for i in range(STAGE_P):
+            e = T.meta_var((i * WPB + ty) * WARP + tx)
+            tt = T.meta_var(e // KCP)
+            j = T.meta_var(e % KCP)
+            if e < MR * KCP:
+                q[NIBBLES] = T.float32(0)  # the block's max |x|
+                for b in range(PPB):
+                    q[NIBBLES] = T.max(q[NIBBLES], xpm[tt, j // PPB * PPB + b])
+                q[NIBBLES + 1] = T.if_then_else(q[NIBBLES] > T.float32(0),
+                                                T.float32(127) / q[NIBBLES], T.float32(0))
+                if j % PPB == 0:
+                    xsc[tt, j // PPB] = q[NIBBLES] / T.float32(127)
+                qsum[0] = 0
+                for u in T.unroll(PW):
+                    for m in T.unroll(NIBBLES):
+                        q[m] = T.nearbyint(xs[tt, u * NIBBLES + m, j] * q[NIBBLES + 1])
+                        qsum[0] = qsum[0] + T.Cast("int32", q[m])
+                    for h in T.unroll(2):  # even inputs, then odd ones; the top byte by a
+                        # product (no shift into the sign bit)
+                        xq[tt, 2 * u + h, j] = (
+                            (T.Cast("int32", q[h]) & 255) + ((T.Cast("int32", q[h + 2]) & 255) << 8)
+                            + ((T.Cast("int32", q[h + 4]) & 255) << 16)
+                            + T.Cast("int32", q[h + 6]) * (1 << 24))
+                xqc[tt, j] = qsum[0]
+        T.tvm_storage_sync("shared")
 
     @T.inline
     def warp_sum(acc):
@@ -195,6 +296,15 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
                         on = T.alloc_buffer((1,), "int32", scope="local")
                         zb = T.alloc_buffer((1,), "int32", scope="local")
                         xs = T.alloc_buffer((MR, PE, KCP), "float32", scope="shared")
+                        if I8:
+                            isum = T.alloc_buffer((MR,), "int32", scope="local")
+                            # a piece's rounded x, then its block's max |x| and 127 / max
+                            q = T.alloc_buffer((NIBBLES + 2,), "float32", scope="local")
+                            qsum = T.alloc_buffer((1,), "int32", scope="local")
+                            xq = T.alloc_buffer((MR, 2 * PW, KCP), "int32", scope="shared")
+                            xpm = T.alloc_buffer((MR, KCP), "float32", scope="shared")
+                            xsc = T.alloc_buffer((MR, KCP // PPB), "float32", scope="shared")
+                            xqc = T.alloc_buffer((MR, KCP), "int32", scope="shared")
                         n = T.meta_var(T.min(bx * WPB + ty, F - 1))  # past F: row F - 1,
                         # so that every lane reaches the shuffles; nothing written
 
@@ -203,7 +313,11 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
                         for c in range(NCH):
                             stage(xs, X, N, c, by, ty, tx)
                             T.tvm_storage_sync("shared")
-                            dots(acc, W1, W1S, W1Z, xs, part, wv, zb, n, c, tx)
+                            if I8:
+                                quantize(xs, xq, xpm, xsc, xqc, q, qsum, ty, tx)
+                                dots_i8(acc, W1, W1S, W1Z, xq, xsc, xqc, isum, wv, zb, n, c, tx)
+                            else:
+                                dots(acc, W1, W1S, W1Z, xs, part, wv, zb, n, c, tx)
                             if NCH > 1:
                                 T.tvm_storage_sync("shared")
                         warp_sum(acc)
@@ -219,8 +333,13 @@ def rows_kernel(spec: SparseSpec, fmt: Q4Format, t: Q4CudaTiling, symbol: str):
                                 if NCH > 1:
                                     stage(xs, X, N, c, by, ty, tx)
                                     T.tvm_storage_sync("shared")
+                                    if I8:
+                                        quantize(xs, xq, xpm, xsc, xqc, q, qsum, ty, tx)
                                 if on[0] != 0:  # warp-uniform: every lane has the sums
-                                    dots(acc, WU, WUS, WUZ, xs, part, wv, zb, n, c, tx)
+                                    if I8:
+                                        dots_i8(acc, WU, WUS, WUZ, xq, xsc, xqc, isum, wv, zb, n, c, tx)
+                                    else:
+                                        dots(acc, WU, WUS, WUZ, xs, part, wv, zb, n, c, tx)
                                 if NCH > 1:
                                     T.tvm_storage_sync("shared")
                             warp_sum(acc)

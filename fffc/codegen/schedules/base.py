@@ -44,7 +44,6 @@ class Family:
     name = ""
     narrow_weights = False  # kernels that read 16-bit weight matrices (--weight-dtype)
     int4_weights = False  # SparseFFN exact kernels on int4 codes (SPARSE_FFN's bits 4)
-    int4_int8_x = True  # ... for x rounded to int8 too (accuracy_level 4)
     int8_weights = False  # ... and on int8 codes (SPARSE_FFN's bits 8)
     merged_path = True  # StructuredFFN kernels with a pre-merged dense path for few tokens
     timed_here = False  # its kernels run on this build machine, so crossovers are measured

@@ -78,7 +78,6 @@ class Cuda(Family):
     name = "cuda"
     narrow_weights = True
     int4_weights = True
-    int4_int8_x = False
     merged_path = False
     device = True
     cpu_mcpu = "x86-64-v3"  # the CPU kernels run wherever the GPU server is: any x86-64
@@ -128,9 +127,8 @@ class Cuda(Family):
     def sparse_variants(self, spec: SparseSpec, target: dict) -> list[Variant]:
         if spec.bits:  # int4 codes: a block of mr tokens reads each weight once; the last
             # tiles every count (the If past the crossover runs ONNX Runtime's MatMulNBits)
-            if spec.int8_x:
-                raise CodegenError("int4 CUDA kernels take x in float32 (accuracy_level 0)")
-            fmt = Int4Weights(spec.block, spec.zero_points)
+            # (int8_x: x rounded to int8 per block in the rows kernel, integer gate/up dots)
+            fmt = Int4Weights(spec.block, spec.zero_points, spec.int8_x)
             out, first = [], 1
             for i, m in enumerate(INT4_TOKENS):
                 last = MAX_TOKENS if i == len(INT4_TOKENS) - 1 else m
