@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import tests.fixtures.sanitizers  # noqa: F401  (make test-asan: the preload for Python only)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def crossovers_from_the_table():

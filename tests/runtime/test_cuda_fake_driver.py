@@ -10,7 +10,6 @@ outputs are compared with the original model in ONNX Runtime.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from fffc.contract.kernels import KernelSpec, Row, StructuredSpec, from_row
 from fffc.package.native import build_shim
 from fffc.pipeline import analyze
 from fffc.verify.cuda_emu import Emulator
+from tests.fixtures.sanitizers import python_env
 from tests.fixtures.shim import relu_ffn_model
 
 pytestmark = pytest.mark.slow
@@ -79,8 +79,8 @@ def run_on_fake_gpu(artifact: Path, feeds: list[dict[str, np.ndarray]], fake: Pa
                                    for k, v in f.items()})
     log = tmp / "launches.txt"
     log.unlink(missing_ok=True)
-    env = dict(os.environ, LD_LIBRARY_PATH=str(fake), FFFC_FAKE_CUDA_EMU=str(emu.library_path),
-               FFFC_FAKE_CUDA_LOG=str(log))
+    env = python_env(LD_LIBRARY_PATH=str(fake), FFFC_FAKE_CUDA_EMU=str(emu.library_path),
+                     FFFC_FAKE_CUDA_LOG=str(log))
     proc = subprocess.run([sys.executable, "-c", _RUN, str(artifact / "model.onnx"), str(shim),
                            str(tmp / "feeds.npz"), str(tmp / "out.npz")], env=env,
                           capture_output=True, text=True, timeout=600)
