@@ -8,3 +8,23 @@ TEAL_BAND = 2e-5  # reference slack: |a| this close (relative) to a threshold is
 # float32 rounding, so either side is correct
 PREDICTOR_BAND = 1e-6  # reference slack: |score| within this of 0, relative to the sum of
 # the terms' magnitudes (16 float32 epsilons), may select or not
+
+# A 16-bit model (float16 or bfloat16 weights and activations): its site's op computes in
+# float32 on the model's own 16-bit weights, x widened exactly at its input and y rounded
+# to the model's dtype once at its output. The original subgraph instead rounds every
+# node's output to 16 bits (ONNX Runtime's CPU MatMul accumulates in float32, then rounds):
+# x·W1, + B1, x·WU, the product, ·W2, + B2 — at most 6 roundings, each of at most the unit
+# roundoff u relative to the value rounded. A rounding inside the FFN reaches y through the
+# down projection as about u·|y| (bounded by u·Σ|h||W2|, which exceeds max|y| by the
+# cancellation in the sum), so the two functions differ by a small multiple of u relative
+# to max|y|: measured 0.6-1.3 u on random dense/gated FFNs and a LLaMA decoder's layers.
+# The check allows 8 u: the 6 roundings, and 2 for cancellation.
+UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
+NARROW_ROUNDINGS = 8
+
+
+def for_dtype(dtype: str, rtol: float) -> float:
+    """The relative tolerance of a check of a site (or model) whose activations are
+    ``dtype``: ``rtol`` for float32, at least ``NARROW_ROUNDINGS`` unit roundoffs of a
+    16-bit dtype."""
+    return max(rtol, NARROW_ROUNDINGS * UNIT_ROUNDOFF.get(dtype, 0.0))

@@ -39,10 +39,10 @@ def plan(sites: Sequence[Site], only: Sequence[str] = (), int4_target: str = "",
             site.decision, site.reason = Decision.DENSE, (
                 f"{site.quantized}: the {int4_target} int4 kernels take x in float32, not "
                 "rounded to int8 as accuracy_level 4 asks; left as it was")
-        elif not site.float32:
+        elif not site.float32 and site.kind not in mode(Decision.EXACT).kinds:
             site.decision, site.reason = Decision.DENSE, (
-                f"{site.dtype} weights and activations (a {site.dtype} model): fffc's FFN ops "
-                "take float32; left as it was")
+                f"{site.dtype} weights and activations (a {site.dtype} model): fffc lowers "
+                "the dense and gated FFNs of 16-bit models only; left as it was")
         else:
             site.decision, site.reason = _DEFAULT[site.kind](site)
 
@@ -73,7 +73,7 @@ def _sparse(why_exact: str) -> Callable[[Site], tuple[Decision, str]]:
         q = site.int4
         if site.activation == "relu":  # the only activation with exact zeros
             return Decision.EXACT, why_exact + (f", on its int4 codes (block {q.block})"
-                                                if q else "")
+                                                if q else "") + _narrow(site)
         if q:
             return Decision.DENSE, (f"{site.quantized}: {site.activation} is never exactly "
                                     "zero: no exact skipping (thresholds on int4 weights: not "
@@ -82,6 +82,14 @@ def _sparse(why_exact: str) -> Callable[[Site], tuple[Decision, str]]:
                                 "(calibrate it for TEAL thresholds: fffc calibrate, then "
                                 "fffc compile --calibration); left as it was")
     return decide
+
+
+def _narrow(site: Site) -> str:
+    """How a 16-bit model's site computes (nothing for a float32 one)."""
+    if site.float32:
+        return ""
+    return (f", in float32 on its {site.dtype} weights (a {site.dtype} model: x cast to "
+            f"float32 before the op, y back to {site.dtype} after)")
 
 
 _DEFAULT: dict[SiteKind, Callable[[Site], tuple[Decision, str]]] = {

@@ -31,6 +31,7 @@ from ..contract.kinds import Branch, Decision, SiteKind, WeightDtype
 from ..contract.lowering import SiteLowering
 from ..contract.modes import mode
 from ..contract.sites import Site
+from ..contract.tolerances import for_dtype
 from ..frontend.interface import need_data
 from ..plan.calibration import load_feeds
 from ..plan.decide import leave
@@ -142,6 +143,7 @@ def _int4_roundable(site: Site, detected: dict) -> bool:
     """A float dense or gated site planned exact whose shapes take int4 blocks of
     ``INT4_BLOCK`` (``--weight-dtype int4``)."""
     return (mode(site.decision).kernels and site.decision is Decision.EXACT and not detected
+            and site.float32
             and site.kind in (SiteKind.DENSE, SiteKind.GATED)
             and not (site.d_model % INT4_BLOCK or site.d_ff % INT4_BLOCK or site.d_out % CHUNK))
 
@@ -246,13 +248,14 @@ def _verify(planned: Planned, ctx: Context) -> Verified:
         if not mode(site.decision).rewrites:
             continue
         inputs = v.inputs(site)
-        c = verify_site(site, *v.reference.sites[site.name], inputs, o.rtol)
+        rtol = for_dtype(site.dtype, o.rtol)  # a 16-bit model's: its rounding's
+        c = verify_site(site, *v.reference.sites[site.name], inputs, rtol)
         site.max_abs_err, site.max_rel_err = c.max_abs, c.max_rel
-        if site.name in v.masked or v.rounded:
+        if site.name in v.masked or v.rounded or not site.float32:
             site.deviation = verify_site(site, *v.original.sites[site.name], inputs,
-                                         o.rtol).max_rel
+                                         rtol).max_rel
         if not c.ok:
-            leave(site, f"verification failed: rel err {c.max_rel:.2e} > {o.rtol:g}")
+            leave(site, f"verification failed: rel err {c.max_rel:.2e} > {rtol:g}")
     v = refresh(v, ctx)  # sites left as they were: as they were
     ctx.dump.json("04-verify.json", {"sites": [s.to_json() for s in a.sites]})
     return v
