@@ -234,7 +234,13 @@ def run(planned: Planned, ctx: Context) -> Verified:
 
 def _verify(planned: Planned, ctx: Context) -> Verified:
     a, o = planned.analysis, ctx.options
-    original_session = session(a.proto)
+    try:  # verification runs the original on ONNX Runtime's CPU provider
+        original_session = session(a.proto)
+    except (ort_errors.NotImplemented, ort_errors.Fail) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsupportedModelError(
+            f"ONNX Runtime's CPU provider cannot run the original model, which verification "
+            f"runs ({first[:300]})", path=a.path) from e
     feeds = probes(a, o, original_session)
     want = _run_checked(a, lambda: run_model(original_session, feeds))
     original = capture(a.working, len(a.proto.graph.output), feeds)
