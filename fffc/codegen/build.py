@@ -163,9 +163,9 @@ def build_kernel_library(specs: Sequence[KernelSpec], fam: Family, out_dir: Path
 
 
 def stored(spec: KernelSpec, weight_dtype: str) -> KernelSpec:
-    """``spec`` with the weights the CUDA kernels read: ``--weight-dtype``'s 16-bit
-    rounding, else as the site stores them (a 16-bit model's own dtype)."""
-    return spec.stored_as(weight_dtype) if weight_dtype != FLOAT32 else spec
+    """``spec`` with the weights the CUDA kernels read: a float32 site's at
+    ``--weight-dtype``, a 16-bit model's site's as the model stores them."""
+    return spec.stored_as(weight_dtype) if spec.dtype == FLOAT32 else spec
 
 
 class KernelRunner:

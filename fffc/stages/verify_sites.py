@@ -167,7 +167,9 @@ def refresh(v: Verified, ctx: Context) -> Verified:
     if dtype is WeightDtype.INT4:
         rounded = tuple(sorted(s.name for s in v.sites if _int4_roundable(s, detected[s.name])))
     else:
-        rounded = _with_kernels(v.sites) if dtype is not WeightDtype.FLOAT32 else ()
+        # a 16-bit model's weights stay as they are (its kernels read them so)
+        rounded = (_with_kernels([s for s in v.sites if s.float32])
+                   if dtype is not WeightDtype.FLOAT32 else ())
     working = v.working
     if rounded != v.rounded:
         working = frontend.copy(v.analysis.working)

@@ -180,7 +180,7 @@ def _emulate_one(emu, variants, site: Site, weights: Inputs, captured: Probes, r
     """A site whose op is one kernel: every CUDA variant on the stacked probes (also below
     its token range)."""
     spec = kernel_spec(site)  # --weight-dtype's rounding, or the site's own 16-bit weights
-    spec = spec.stored_as(weight_dtype) if weight_dtype != "float32" else spec
+    spec = spec.stored_as(weight_dtype) if site.float32 else spec
     xs, ys = captured
     x = np.concatenate([v.reshape(-1, spec.d_in) for v in xs]).astype(np.float32)
     y = np.concatenate([v.reshape(-1, spec.d_out) for v in ys])
