@@ -167,3 +167,25 @@ def test_bfloat16_model_is_refused_in_one_line(tmp_path, capsys):
     assert "ONNX Runtime's CPU provider cannot run the original model" in lines[0]
     assert "MatMul" in lines[0]
     assert "Traceback" not in err and "internal error" not in err
+
+
+def test_float16_fff_is_refused_in_one_line(tmp_path, capsys):
+    """A FastFeedForward made float16: found, and the model refused in one line."""
+    torch = pytest.importorskip("torch")
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from fffc.torch import FastFeedForward
+    from tests.fixtures.fff_exports import export_fff
+
+    torch.manual_seed(0)
+    src = export_fff(FastFeedForward(64, 64, depth=2, trees=2).eval(), tmp_path / "fff.onnx",
+                     dynamo=False, opset=17)
+    path = tmp_path / "fff16.onnx"
+    onnx.save(convert_float_to_float16(onnx.load(src)), path)
+    capsys.readouterr()
+    assert main(["compile", str(path), "-o", str(tmp_path / "out.fffc")]) == 5
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("fffc: error")]
+    assert len(lines) == 1 and "(fff)" in lines[0]
+    assert "fffc compiles the dense and gated FFNs of 16-bit models only" in lines[0]
+    assert "Traceback" not in err and "internal error" not in err
