@@ -108,14 +108,26 @@ def test_float16_model_gets_exact_kernels(act, tmp_path, capsys):
     np.testing.assert_array_equal(shim.run(None, {"x": x})[0], _run(path, x))
 
 
-def test_float16_swiglu_is_left_as_it_was(tmp_path, capsys):
-    path = _fp16(tmp_path, "swiglu")
+@pytest.mark.parametrize("act", ["swiglu", "gelu", "gelu_tanh"])
+def test_float16_non_relu_ffn_is_left_as_it_was(act, tmp_path, capsys):
+    """SwiGLU and GELU FFNs made float16 (the GELU forms rebuilt in standard ops with
+    float16 constants): left as they were, the artifact computing the original bit for
+    bit."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from tests.fixtures.graphs import dense_ffn
+
+    if act == "swiglu":
+        path, d, why = _fp16(tmp_path, act), q.D, "silu is never exactly zero"
+    else:
+        path, d, why = tmp_path / f"{act}16.onnx", 16, f"{act} is never exactly zero"
+        onnx.save(convert_float_to_float16(dense_ffn(act)), path)
     out = tmp_path / "out.fffc"
     assert main(["compile", str(path), "-o", str(out), "--target", "x86"]) == 0
     (site,) = json.loads((out / "manifest.json").read_text())["sites"]
     assert (site["decision"], site["dtype"]) == ("dense", "float16")
-    assert "silu is never exactly zero" in site["reason"]
-    x = np.random.default_rng(6).standard_normal((2, 3, q.D)).astype(np.float16)
+    assert why in site["reason"]
+    x = np.random.default_rng(6).standard_normal((2, 3, d)).astype(np.float16)
     np.testing.assert_array_equal(_run(out / "model.onnx", x), _run(path, x))
 
 
