@@ -1,4 +1,5 @@
-"""16-bit weights (``--weight-dtype fp16|bf16``, CUDA): round, store narrow, widen in fallbacks.
+"""16-bit weights (``--weight-dtype fp16|bf16``, CUDA; a 16-bit model's own): round, store
+narrow, widen in fallbacks.
 
 The kernels read each weight matrix in 16 bits and compute in float32. So that what fffc
 verifies is what runs, a site's weights are first *rounded* in the working model
@@ -8,6 +9,11 @@ apart. Lowering stores the rounded weights as 16-bit initializers (lossless by t
 them to the ``ai.fffc`` node, and prepends a ``Cast`` to float32 to the node's fallback
 function (its own overload), so the model still runs in a stock ONNX Runtime. Any other
 reader of such a weight (the dense branch of a token dispatch) reads it through one Cast.
+
+A 16-bit model (float16/bfloat16 weights and activations) needs no rounding: its node
+reads the model's own 16-bit weights with the same widening fallback, between a Cast of X
+(the op's first input) to float32 and one of Y back (``widened_activations``,
+``narrowed_output``); its biases become float32 copies.
 """
 
 from __future__ import annotations
