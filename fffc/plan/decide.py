@@ -78,6 +78,10 @@ def _sparse(why_exact: str) -> Callable[[Site], tuple[Decision, str]]:
             return Decision.DENSE, (f"{site.quantized}: {site.activation} is never exactly "
                                     "zero: no exact skipping (thresholds on int4 weights: not "
                                     "yet); left as it was")
+        if not site.float32:
+            return Decision.DENSE, (f"{site.activation} is never exactly zero: no exact "
+                                    f"skipping (thresholds on a {site.dtype} model: not yet); "
+                                    "left as it was")
         return Decision.DENSE, (f"{site.activation} is never exactly zero: no exact skipping "
                                 "(calibrate it for TEAL thresholds: fffc calibrate, then "
                                 "fffc compile --calibration); left as it was")
