@@ -13,9 +13,20 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+FLOAT32 = np.dtype(np.float32)
 
-def _const(tape: ir.tape.Tape, value: float) -> ir.Value:
-    return tape.op("Constant", [], {"value": ir.tensor(np.array(value, dtype=np.float32))})
+
+def _const(tape: ir.tape.Tape, value: float, dtype: np.dtype = FLOAT32) -> ir.Value:
+    return tape.op("Constant", [], {"value": ir.tensor(np.array(value, dtype=dtype))})
+
+
+def float_dtype(v: ir.Value | None) -> np.dtype:
+    """The numpy dtype of a float value where the graph knows it (a 16-bit model's), else
+    float32."""
+    dt = v.dtype if v is not None else None
+    if dt is None or not dt.is_floating_point():
+        return FLOAT32
+    return np.dtype(dt.numpy())
 
 
 Threshold = float | ir.Value | None  # a constant, a scalar graph input, or none
@@ -38,8 +49,10 @@ def _active(t: Threshold) -> bool:
     return isinstance(t, ir.Value) or (t is not None and t >= 0)
 
 
-def activation(tape: ir.tape.Tape, name: str, x: ir.Value, opset: int) -> ir.Value:
-    """``name`` (relu/gelu/gelu_tanh/silu/none) applied to x with opset-``opset`` ops."""
+def activation(tape: ir.tape.Tape, name: str, x: ir.Value, opset: int,
+               dtype: np.dtype = FLOAT32) -> ir.Value:
+    """``name`` (relu/gelu/gelu_tanh/silu/none) applied to x with opset-``opset`` ops, its
+    constants of x's ``dtype`` (a 16-bit model's)."""
     if name == "none":
         return x
     if name == "relu":
@@ -50,14 +63,14 @@ def activation(tape: ir.tape.Tape, name: str, x: ir.Value, opset: int) -> ir.Val
         if opset >= 20:
             return tape.op("Gelu", [x], {"approximate": "tanh" if name == "gelu_tanh" else "none"})
         if name == "gelu":
-            cdf = tape.op("Erf", [tape.op("Div", [x, _const(tape, math.sqrt(2.0))])])
+            cdf = tape.op("Erf", [tape.op("Div", [x, _const(tape, math.sqrt(2.0), dtype)])])
         else:
             cube = tape.op("Mul", [tape.op("Mul", [x, x]), x])
-            inner = tape.op("Add", [x, tape.op("Mul", [cube, _const(tape, 0.044715)])])
-            scaled = tape.op("Mul", [inner, _const(tape, math.sqrt(2.0 / math.pi))])
+            inner = tape.op("Add", [x, tape.op("Mul", [cube, _const(tape, 0.044715, dtype)])])
+            scaled = tape.op("Mul", [inner, _const(tape, math.sqrt(2.0 / math.pi), dtype)])
             cdf = tape.op("Tanh", [scaled])
-        one_plus = tape.op("Add", [cdf, _const(tape, 1.0)])
-        return tape.op("Mul", [tape.op("Mul", [x, _const(tape, 0.5)]), one_plus])
+        one_plus = tape.op("Add", [cdf, _const(tape, 1.0, dtype)])
+        return tape.op("Mul", [tape.op("Mul", [x, _const(tape, 0.5, dtype)]), one_plus])
     raise ValueError(f"unknown activation {name!r}")
 
 
@@ -107,12 +120,13 @@ def ffn(
     h = tape.op("MatMul", [x, w1])
     if b1 is not None:
         h = tape.op("Add", [h, b1])
-    a = activation(tape, activation_name, h, opset)
+    dtype = float_dtype(w1)  # a 16-bit model's FFN in its own dtype
+    a = activation(tape, activation_name, h, opset, dtype)
     if wu is not None and _active(gate_threshold):
         a = _zero_small(tape, a, gate_threshold)
     if wu is not None:
         wu_in_out = tape.op("Transpose", [wu], {"perm": [1, 0]}) if wu_rows else wu
-        u = activation(tape, up_activation, tape.op("MatMul", [x, wu_in_out]), opset)
+        u = activation(tape, up_activation, tape.op("MatMul", [x, wu_in_out]), opset, dtype)
         a = tape.op("Mul", [a, u])
     if _active(t_hidden):
         a = _zero_small(tape, a, t_hidden, c_hidden, keep_centers)

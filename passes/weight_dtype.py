@@ -1,4 +1,5 @@
-"""16-bit weights (``--weight-dtype fp16|bf16``, CUDA): round, store narrow, widen in fallbacks.
+"""16-bit weights (``--weight-dtype fp16|bf16``, CUDA; a 16-bit model's own): round, store
+narrow, widen in fallbacks.
 
 The kernels read each weight matrix in 16 bits and compute in float32. So that what fffc
 verifies is what runs, a site's weights are first *rounded* in the working model
@@ -8,6 +9,11 @@ apart. Lowering stores the rounded weights as 16-bit initializers (lossless by t
 them to the ``ai.fffc`` node, and prepends a ``Cast`` to float32 to the node's fallback
 function (its own overload), so the model still runs in a stock ONNX Runtime. Any other
 reader of such a weight (the dense branch of a token dispatch) reads it through one Cast.
+
+A 16-bit model (float16/bfloat16 weights and activations) needs no rounding: its node
+reads the model's own 16-bit weights with the same widening fallback, between a Cast of X
+(the op's first input) to float32 and one of Y back (``widened_activations``,
+``narrowed_output``); its biases become float32 copies.
 """
 
 from __future__ import annotations
@@ -72,7 +78,8 @@ def node_dtype(marker: ir.Node) -> str:
 
 def narrow_inputs(graph: ir.Graph, op: str, inputs: list, dtype: str) -> list:
     """``inputs`` of an ai.fffc ``op`` node with its weight matrices as 16-bit initializers
-    (``<name>__f16`` / ``__bf16``, shared by every node reading the same weight)."""
+    (``<name>__f16`` / ``__bf16``, shared by every node reading the same weight; a weight
+    already stored in ``dtype``, a 16-bit model's, is read as it is)."""
     narrow, tag = NARROW[dtype]
     out = list(inputs)
     for i in _weight_positions(op):
@@ -82,8 +89,46 @@ def narrow_inputs(graph: ir.Graph, op: str, inputs: list, dtype: str) -> list:
         arr = const_array(value)
         if arr is None or not value.is_initializer():
             raise ValueError(f"{op}: weight {value.name} is not an initializer")
-        out[i] = initializer(graph, f"{value.name}__{tag}", np.asarray(arr).astype(narrow))
+        if arr.dtype != narrow:
+            out[i] = initializer(graph, f"{value.name}__{tag}", np.asarray(arr).astype(narrow))
     return out
+
+
+def model_dtype(op: str, inputs: list) -> str:
+    """The dtype of an ai.fffc ``op`` node's first weight as the matched subgraph holds it:
+    "float16" or "bfloat16" in a 16-bit model (its activations too), else "float32"."""
+    for i in _weight_positions(op):
+        arr = const_array(inputs[i]) if i < len(inputs) and inputs[i] is not None else None
+        if arr is not None:
+            return next((d for d, (n, _) in NARROW.items() if arr.dtype == n), "float32")
+    return "float32"
+
+
+def widened_activations(graph: ir.Graph, tape: ir.tape.Tape, op: str, inputs: list,
+                        name: str) -> list:
+    """A 16-bit model's op inputs as the op takes them: X cast to float32 on ``tape``
+    (exact), every other 16-bit non-weight input (biases) a float32 initializer
+    ``<name>__f32`` (its values exactly: widening loses nothing); the weights stay 16-bit."""
+    out = list(inputs)
+    weights = set(_weight_positions(op))
+    for i, value in enumerate(out):
+        if value is None or i in weights:
+            continue
+        if i == 0:
+            out[0] = tape.op("Cast", [value], {"to": ir.DataType.FLOAT}, name=f"{name}/widen_x")
+            out[0].name = f"{name}__x_f32"
+            continue
+        arr = const_array(value)
+        if arr is not None and any(arr.dtype == n for n, _ in NARROW.values()):
+            out[i] = initializer(graph, f"{value.name}__f32", arr.astype(np.float32))
+    return out
+
+
+def narrowed_output(tape: ir.tape.Tape, y: ir.Value, dtype: str, name: str) -> ir.Value:
+    """A 16-bit model's op output ``y`` (float32) rounded to the model's ``dtype``."""
+    y.name = f"{name}__y_f32"
+    return tape.op("Cast", [y], {"to": ir.DataType.from_numpy(NARROW[dtype][0])},
+                   name=f"{name}/narrow_y")
 
 
 def widen_function(function: ir.Function, op: str, dtype: str) -> ir.Function:

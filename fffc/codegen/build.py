@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fffc.contract.errors import CodegenError
-from fffc.contract.kernels import KernelSpec
+from fffc.contract.kernels import FLOAT32, KernelSpec
 
 from . import _tvm, registry
 from .cuda_build import DEFAULT_ARCHS, CudaLibrary, build_cuda_library
@@ -147,10 +147,11 @@ def build_kernel_library(specs: Sequence[KernelSpec], fam: Family, out_dir: Path
         # --weight-dtype: the CUDA kernels read the 16-bit weights (the CPU kernels stay
         # float32: on the CPU EP a node with 16-bit weights runs its fallback function)
         return replace(cpu, family=fam.name, cuda=build_cuda_library(
-            [s.stored_as(weight_dtype) for s in specs], fam, out_dir, archs,
-            counted_specs=tuple(s.stored_as(weight_dtype) for s in counted_specs)))
+            [stored(s, weight_dtype) for s in specs], fam, out_dir, archs,
+            counted_specs=tuple(stored(s, weight_dtype) for s in counted_specs)))
     tgt = fam.target(mcpu, tuple(mattr))
-    unique = list(dict.fromkeys(specs))  # equal specs share kernels
+    # the CPU kernels read float32 weights (the shim widens 16-bit ones once per weight)
+    unique = list(dict.fromkeys(s.stored_as(FLOAT32) for s in specs))  # equal specs share
     funcs, table = _funcs(unique, fam, tgt)
     if host_twin:
         tgt = host_target()
@@ -159,6 +160,12 @@ def build_kernel_library(specs: Sequence[KernelSpec], fam: Family, out_dir: Path
     obj = out_dir / OBJECT_NAME
     ex.mod.write_to_file(str(obj))
     return KernelLibrary(obj, tuple(table), tgt, fam.name)
+
+
+def stored(spec: KernelSpec, weight_dtype: str) -> KernelSpec:
+    """``spec`` with the weights the CUDA kernels read: a float32 site's at
+    ``--weight-dtype``, a 16-bit model's site's as the model stores them."""
+    return spec.stored_as(weight_dtype) if spec.dtype == FLOAT32 else spec
 
 
 class KernelRunner:

@@ -38,10 +38,10 @@ def plan(sites: Sequence[Site], only: Sequence[str] = (), int4_target: str = "",
         elif site.weight_formats and int4.bits is WeightBits.INT8 and not int8_weights:
             site.decision, site.reason = Decision.DENSE, (
                 f"{site.quantized}: no int8 kernels for this target yet; left as it was")
-        elif not site.float32:
+        elif not site.float32 and site.kind not in mode(Decision.EXACT).kinds:
             site.decision, site.reason = Decision.DENSE, (
-                f"{site.dtype} weights and activations (a {site.dtype} model): fffc's FFN ops "
-                "take float32; left as it was")
+                f"{site.dtype} weights and activations (a {site.dtype} model): fffc lowers "
+                "the dense and gated FFNs of 16-bit models only; left as it was")
         else:
             site.decision, site.reason = _DEFAULT[site.kind](site)
 
@@ -72,15 +72,27 @@ def _sparse(why_exact: str) -> Callable[[Site], tuple[Decision, str]]:
         q = site.int4
         if site.activation == "relu":  # the only activation with exact zeros
             return Decision.EXACT, why_exact + (f", on its int{q.bits} codes (block {q.block})"
-                                                if q else "")
+                                                if q else "") + _narrow(site)
         if q:
             return Decision.DENSE, (f"{site.quantized}: {site.activation} is never exactly "
                                     "zero: no exact skipping (thresholds on int4 weights: not "
                                     "yet); left as it was")
+        if not site.float32:
+            return Decision.DENSE, (f"{site.activation} is never exactly zero: no exact "
+                                    f"skipping (thresholds on a {site.dtype} model: not yet); "
+                                    "left as it was")
         return Decision.DENSE, (f"{site.activation} is never exactly zero: no exact skipping "
                                 "(calibrate it for TEAL thresholds: fffc calibrate, then "
                                 "fffc compile --calibration); left as it was")
     return decide
+
+
+def _narrow(site: Site) -> str:
+    """How a 16-bit model's site computes (nothing for a float32 one)."""
+    if site.float32:
+        return ""
+    return (f", in float32 on its {site.dtype} weights (a {site.dtype} model: x cast to "
+            f"float32 before the op, y back to {site.dtype} after)")
 
 
 _DEFAULT: dict[SiteKind, Callable[[Site], tuple[Decision, str]]] = {

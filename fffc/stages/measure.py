@@ -48,8 +48,10 @@ def measure(site: Site, v: Verified, artifact: onnx.ModelProto, other: onnx.Mode
     """The site's token dispatch from its timings (where its sides cannot be timed alone:
     the target's table, and why)."""
     try:
-        timings = time_site(single_node_model(artifact, site.name), subgraph(other, *io), shim,
-                            v.original.sites[site.name][0])
+        xs = v.original.sites[site.name][0]
+        elem = onnx.helper.np_dtype_to_tensor_dtype(xs[0].dtype)  # a 16-bit model's X
+        timings = time_site(single_node_model(artifact, site.name),
+                            subgraph(other, *io, elem), shim, xs)
     except Exception as e:  # ORT raises one type for everything; keep its first line
         why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         fam = ctx.family

@@ -31,6 +31,7 @@ from ..contract.kinds import Branch, Decision, SiteKind, WeightBits, WeightDtype
 from ..contract.lowering import SiteLowering
 from ..contract.modes import mode
 from ..contract.sites import Site
+from ..contract.tolerances import for_dtype
 from ..frontend.interface import need_data
 from ..plan.calibration import load_feeds
 from ..plan.decide import leave
@@ -143,6 +144,7 @@ def _int4_roundable(site: Site, detected: dict) -> bool:
     """A float dense or gated site planned exact whose shapes take int4 blocks of
     ``INT4_BLOCK`` (``--weight-dtype int4``)."""
     return (mode(site.decision).kernels and site.decision is Decision.EXACT and not detected
+            and site.float32
             and site.kind in (SiteKind.DENSE, SiteKind.GATED)
             and not (site.d_model % INT4_BLOCK or site.d_ff % INT4_BLOCK or site.d_out % CHUNK))
 
@@ -169,7 +171,9 @@ def refresh(v: Verified, ctx: Context) -> Verified:
     if dtype.bits:
         rounded = tuple(sorted(s.name for s in v.sites if _int4_roundable(s, detected[s.name])))
     else:
-        rounded = _with_kernels(v.sites) if dtype is not WeightDtype.FLOAT32 else ()
+        # a 16-bit model's weights stay as they are (its kernels read them so)
+        rounded = (_with_kernels([s for s in v.sites if s.float32])
+                   if dtype is not WeightDtype.FLOAT32 else ())
     working = v.working
     if rounded != v.rounded:
         working = frontend.copy(v.analysis.working)
@@ -237,7 +241,13 @@ def run(planned: Planned, ctx: Context) -> Verified:
 
 def _verify(planned: Planned, ctx: Context) -> Verified:
     a, o = planned.analysis, ctx.options
-    original_session = session(a.proto)
+    try:  # verification runs the original on ONNX Runtime's CPU provider
+        original_session = session(a.proto)
+    except (ort_errors.NotImplemented, ort_errors.Fail) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsupportedModelError(
+            f"ONNX Runtime's CPU provider cannot run the original model, which verification "
+            f"runs ({first[:300]})", path=a.path) from e
     feeds = probes(a, o, original_session)
     want = _run_checked(a, lambda: run_model(original_session, feeds))
     original = capture(a.working, len(a.proto.graph.output), feeds)
@@ -251,16 +261,17 @@ def _verify(planned: Planned, ctx: Context) -> Verified:
         if not mode(site.decision).rewrites:
             continue
         inputs = v.inputs(site)
-        c = verify_site(site, *v.reference.sites[site.name], inputs, o.rtol)
+        rtol = for_dtype(site.dtype, o.rtol)  # a 16-bit model's: its rounding's
+        c = verify_site(site, *v.reference.sites[site.name], inputs, rtol)
         site.max_abs_err, site.max_rel_err = c.max_abs, c.max_rel
-        if site.name in v.masked or v.rounded:
+        if site.name in v.masked or v.rounded or not site.float32:
             site.deviation = verify_site(site, *v.original.sites[site.name], inputs,
-                                         o.rtol).max_rel
+                                         rtol).max_rel
         if _int4(site) and site.decision is Decision.EXACT:
             site.gate_flips = gate_flips(site.int4, site.weight_formats["W1"],
                                          v.original.sites[site.name][0], inputs)
         if not c.ok:
-            leave(site, f"verification failed: rel err {c.max_rel:.2e} > {o.rtol:g}")
+            leave(site, f"verification failed: rel err {c.max_rel:.2e} > {rtol:g}")
     v = refresh(v, ctx)  # sites left as they were: as they were
     ctx.dump.json("04-verify.json", {"sites": [s.to_json() for s in a.sites]})
     return v

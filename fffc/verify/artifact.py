@@ -100,7 +100,8 @@ def check_artifact(sites: list[Site], final_proto: onnx.ModelProto, model_file: 
             continue
         for sess in sessions:
             for x, y in zip(xs, ys, strict=True):
-                c = worse(c, compare(sess.run(None, {"X": x})[0], y, rtol,
+                # a 16-bit model's x is widened (exactly) before its node, as in the model
+                c = worse(c, compare(sess.run(None, {"X": x.astype(np.float32)})[0], y, rtol,
                                      site_slack(site, x, weights)))
         kernels[site.name] = c.__dict__
         site.max_abs_err = max(site.max_abs_err or 0.0, c.max_abs)
@@ -178,9 +179,10 @@ def _emulate_one(emu, variants, site: Site, weights: Inputs, captured: Probes, r
                  failed: dict[str, str], weight_dtype: str) -> dict:
     """A site whose op is one kernel: every CUDA variant on the stacked probes (also below
     its token range)."""
-    spec = kernel_spec(site).stored_as(weight_dtype)
+    spec = kernel_spec(site)  # --weight-dtype's rounding, or the site's own 16-bit weights
+    spec = spec.stored_as(weight_dtype) if site.float32 else spec
     xs, ys = captured
-    x = np.concatenate([v.reshape(-1, spec.d_in) for v in xs])
+    x = np.concatenate([v.reshape(-1, spec.d_in) for v in xs]).astype(np.float32)
     y = np.concatenate([v.reshape(-1, spec.d_out) for v in ys])
     results = {}
     for v in variants:

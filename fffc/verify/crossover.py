@@ -27,10 +27,12 @@ INNER = 3  # timed calls per block
 SETTLE_S = 0.01  # pause before each block: the other session's workers park
 
 
-def subgraph(proto: onnx.ModelProto, x: str, y: str) -> onnx.ModelProto:
+def subgraph(proto: onnx.ModelProto, x: str, y: str,
+             elem: int = onnx.TensorProto.FLOAT) -> onnx.ModelProto:
     """The nodes of ``proto``'s graph that compute value ``y`` from value ``x`` and the
-    initializers, as a model of their own (input ``X``, output ``Y``). Raises ValueError
-    where ``y`` also needs another graph input."""
+    initializers, as a model of their own (input ``X``, output ``Y``, of element type
+    ``elem``: a 16-bit model's). Raises ValueError where ``y`` also needs another graph
+    input."""
     producers = {o: n for n in proto.graph.node for o in n.output}
     inits = {i.name: i for i in proto.graph.initializer}
     keep: dict[int, onnx.NodeProto] = {}
@@ -57,8 +59,8 @@ def subgraph(proto: onnx.ModelProto, x: str, y: str) -> onnx.ModelProto:
         _rename(n, rename)
     graph = onnx.helper.make_graph(
         nodes, "site",
-        [onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, None)],
-        [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)],
+        [onnx.helper.make_tensor_value_info("X", elem, None)],
+        [onnx.helper.make_tensor_value_info("Y", elem, None)],
         [inits[n] for n in sorted(read) if n in inits])
     out = onnx.helper.make_model(graph, opset_imports=list(proto.opset_import),
                                  functions=list(proto.functions))
@@ -89,6 +91,9 @@ def _rename(node: onnx.NodeProto, names: dict[str, str]) -> None:
                 _rename(n, names)
 
 
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
 def _probe(rows: np.ndarray, tokens: int, rank: int) -> np.ndarray:
     """``tokens`` rows of the site's inputs (repeated), in the rank the site reads."""
     x = rows[np.arange(tokens) % len(rows)]
@@ -105,9 +110,13 @@ def time_site(kernel: onnx.ModelProto, other: onnx.ModelProto, shim: str,
     rank = xs[0].ndim
     sessions = {"kernel": session(kernel, register=shim), "other": session(other)}
     out = []
+    # each side's X as it takes it: a 16-bit model's original subgraph its rows as they
+    # are, the ai.fffc node (float32 activations) the rows widened, as its Cast does
+    dtypes = {k: _NP_TYPES.get(s.get_inputs()[0].type, rows.dtype) for k, s in sessions.items()}
     for n in tokens:
-        feed = {"X": _probe(rows, n, rank)}
-        calls = {k: (lambda s=s, f=feed: s.run(None, f)) for k, s in sessions.items()}
+        x = _probe(rows, n, rank)
+        feeds = {k: {"X": x.astype(dtypes[k])} for k in sessions}
+        calls = {k: (lambda s=s, f=feeds[k]: s.run(None, f)) for k, s in sessions.items()}
         try:
             calls["other"]()
         except Exception:  # ORT raises one type for everything: this count cannot run

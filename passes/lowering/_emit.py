@@ -97,14 +97,18 @@ def fffc_node(ctx: Lowering, tape: ir.tape.Tape, marker: Marker, spec: OpSpec,
     """The ai.fffc ``spec`` node in place of ``marker`` on ``tape`` (``inputs`` by the op's
     input names; trailing absent ones dropped), with its model-local fallback function made
     once per overload; a marker tagged by ``weight_dtype.round_weights`` gets 16-bit weights
-    and a widening fallback."""
+    and a widening fallback, and so does a 16-bit model's, its op between a Cast of X to
+    float32 and one of Y back (the op's contract stays float32 activations)."""
     args = [inputs.get(a.name) for a in spec.inputs]
-    dtype = weight_dtype.node_dtype(marker.node)
-    if dtype != "float32":  # 16-bit weights (CUDA): narrow inputs, a widening fallback
+    model = weight_dtype.model_dtype(spec.name, args)  # a 16-bit model's dtype
+    dtype = model if model != "float32" else weight_dtype.node_dtype(marker.node)
+    if dtype != "float32":  # 16-bit weights: narrow inputs, a widening fallback
         args = weight_dtype.narrow_inputs(ctx.graph, spec.name, args, dtype)
         overload = f"{overload}_{weight_dtype.NARROW[dtype][1]}"
         build = function
         function = lambda: weight_dtype.widen_function(build(), spec.name, dtype)  # noqa: E731
+    if model != "float32":  # a 16-bit model: the op between Casts of X and Y
+        args = weight_dtype.widened_activations(ctx.graph, tape, spec.name, args, marker.name)
     while args and args[-1] is None:
         args.pop()
     out = tape.op(spec.name, args, attrs, domain=DOMAIN, overload=overload, name=marker.name,
@@ -113,6 +117,8 @@ def fffc_node(ctx: Lowering, tape: ir.tape.Tape, marker: Marker, spec: OpSpec,
     if key not in ctx.model.functions:
         ctx.model.functions[key] = function()
     ctx.model.opset_imports[DOMAIN] = OPSET_VERSION
+    if model != "float32":
+        out = weight_dtype.narrowed_output(tape, out, model, marker.name)
     return out
 
 

@@ -37,7 +37,8 @@ def legalize(model: ir.Model) -> None:
             name = "silu"
         else:
             raise ValueError(f"unknown canonical op {node.op_type}")
-        out = standard_forms.activation(tape, name, node.inputs[0], opset)
+        out = standard_forms.activation(tape, name, node.inputs[0], opset,
+                                        standard_forms.float_dtype(node.inputs[0]))
         replace(node, tape, out)
     model.opset_imports.pop(CANON, None)
 

@@ -113,6 +113,43 @@ def test_arm_quantized_artifact_runs_in_aarch64_onnxruntime(bits, sysroot, tmp_p
         np.testing.assert_allclose(got[k], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+def test_arm_float16_artifact_runs_in_aarch64_onnxruntime(sysroot, tmp_path):
+    """A float16 dReLU FFN (``convert_float_to_float16``): its exact kernel (float32 on the
+    model's float16 weights, the shim widening them once) serves 1 and 2 tokens — within
+    one float16 step of the float64 FFN computed in the test — and the original float16
+    subgraph the longer calls (aarch64 ONNX Runtime's, within 8 float16 unit roundoffs of
+    x86's)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from tests.fixtures import quantized as q
+
+    path = tmp_path / "drelu16.onnx"
+    onnx.save(convert_float_to_float16(onnx.load(q.float_ffn(tmp_path / "drelu.onnx",
+                                                             "drelu"))), path)
+    result = fffc.compile(path, tmp_path / "f16.fffc", fffc.CompileOptions(target="arm"))
+    assert [(s.decision, s.dtype) for s in result.sites] == [("exact", "float16")]
+    (kernel,) = [b["max_tokens"] for b in result.sites[0].dispatch.to_json()["branches"]
+                 if b["branch"] == "kernel"]
+    w = {i.name: onnx.numpy_helper.to_array(i).astype(np.float64)
+         for i in onnx.load(str(path)).graph.initializer}
+    rng = np.random.default_rng(8)
+    inputs = {f"t{s}": rng.standard_normal((1, s, q.D)).astype(np.float16)
+              for s in (1, 2, kernel + 5)}
+    got = _run_aarch64(sysroot, result.artifact, inputs, tmp_path)
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for k, x in inputs.items():
+        assert got[k].dtype == np.float16
+        g = got[k].astype(np.float64)
+        if x.shape[1] <= kernel:
+            x64 = x.astype(np.float64)
+            want = (np.maximum(x64 @ w["wg"], 0) * np.maximum(x64 @ w["wu"], 0)) @ w["wd"]
+            step = np.spacing(np.abs(want.astype(np.float16))).astype(np.float64)
+            assert np.all(np.abs(g - want) <= step + 2.0**-20 * np.abs(want).max())
+        else:
+            want = original.run(None, {"x": x})[0].astype(np.float64)
+            assert np.abs(g - want).max() <= 8 * 2.0**-11 * np.abs(want).max()
+
+
 @pytest.mark.torch
 def test_arm_fff_artifact_runs_in_aarch64_onnxruntime(sysroot, tmp_path):
     """The FastFeedForward op family on aarch64 too (an FFF 2x4 layer, TorchScript export)."""

@@ -56,9 +56,16 @@ def test_unsupported_export_is_refused_in_one_line(case, llm_model, tmp_path, ca
     path = llm_model(family, exporter)
     code = main(["compile", str(path), "-o", str(tmp_path / "out.fffc")])
     err = capsys.readouterr().err
-    assert code == 5  # no FFN fffc can lower, with each FFN's reason
     lines = [ln for ln in err.splitlines() if ln.startswith("fffc: error")]
-    why = ("float16 weights and activations (a float16 model)"
-           if exporter is Exporter.GENAI_FP16 else "near misses")
+    if exporter is Exporter.GENAI_FP16:
+        # the builder's CPU fp16 decoder declares a repeat_kv output [batch, sequence_length,
+        # ..] that is [batch, total_sequence_length, ..]: ONNX Runtime itself fails on its
+        # first decode call, so verification cannot run it (tests/llm/test_genai_fp16.py
+        # compiles it with those declarations removed)
+        assert code == 4
+        why = "the original model fails on the verification feeds"
+    else:
+        assert code == 5  # no FFN fffc can lower, with each FFN's reason
+        why = "near misses"
     assert len(lines) == 1 and why in lines[0]
     assert "Traceback" not in err and "internal error" not in err

@@ -54,8 +54,7 @@ def test_canonical_form_computes_what_the_export_computes(case, llm_analysis):
 
 @pytest.mark.parametrize("family", [f for f, e in CASES if e is Exporter.GENAI_FP16])
 def test_fp16_ffns_are_float16_sites(family, llm_analysis):
-    """An fp16 model's FFNs are found, of their family and widths, with their dtype (fffc's
-    FFN ops take float32: compile refuses the model in one line)."""
+    """An fp16 model's FFNs are found, of their family and widths, with their dtype."""
     a = llm_analysis(family, Exporter.GENAI_FP16)
     want = FAMILIES[family].expected_site
     got = [{"kind": s.kind, "activation": s.activation, "up_activation": s.up_activation,

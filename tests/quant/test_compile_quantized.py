@@ -134,20 +134,6 @@ def test_int4_drelu_gets_exact_kernels_on_its_codes(quantized_model, tmp_path, c
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], _outputs(path, x)[0])
 
 
-def test_float16_model_is_refused_in_one_line(tmp_path, capsys):
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    path = tmp_path / "fp16.onnx"
-    onnx.save(convert_float_to_float16(onnx.load(q.float_ffn(tmp_path / "f.onnx", "swiglu"))),
-              path)
-    assert main(["compile", str(path), "-o", str(tmp_path / "out.fffc")]) == 5
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("fffc: error")]
-    assert len(lines) == 1
-    assert "float16 weights and activations (a float16 model)" in lines[0]
-    assert "Traceback" not in err and "internal error" not in err
-
-
 def test_quantized_fff_is_left_as_it_was(quantized_fff, tmp_path):
     out = tmp_path / "out.fffc"
     assert main(["compile", str(quantized_fff), "-o", str(out)]) == 0

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -70,7 +71,12 @@ def run_on_fake_gpu(artifact: Path, feeds: list[dict[str, np.ndarray]], fake: Pa
     """The artifact's model through the shim's CUDA kernels (emulated): one output per feed,
     and the kernels launched (name and grid), in order."""
     manifest = json.loads((artifact / "manifest.json").read_text())
-    library = build_kernel_library(_specs(manifest), family("cuda"), tmp / "lib",
+    # the CPU table's specs (float32 weights) at the weight dtype the CUDA variants read (a
+    # 16-bit model's own): the one whose key the manifest's CUDA variants name
+    cuda_keys = {v["spec_key"] for v in manifest["cuda"]["variants"]}
+    specs = [next((t for t in (s.stored_as(d) for d in ("float32", "float16", "bfloat16"))
+                   if t.key in cuda_keys), s) for s in _specs(manifest)]
+    library = build_kernel_library(specs, family("cuda"), tmp / "lib",
                                    counted_specs=_counted(manifest),
                                    weight_dtype=manifest["options"]["weight_dtype"])
     shim = build_shim(library, tmp, name="libcudaoncpu.so", defines=("FFFC_TEST_CUDA_ON_CPU",))
@@ -139,6 +145,45 @@ def test_int4_cuda_path(tmp_path, fake_libcuda):
                         _feeds(q.D, [(1, 1), (1, 2), (1, 3), (2, 100)]), fake_libcuda, tmp_path)
     variants = {re.search(r"_(int4_\d+)_", ln)[1] for ln in launches}
     assert variants == {"int4_1", "int4_2", "int4_4"}, launches
+
+
+def test_float16_model_cuda_path(tmp_path, fake_libcuda):
+    """A float16 model's dReLU FFN (``convert_float_to_float16``): the CUDA kernels read
+    the model's own float16 weights (``half*``), x cast to float32 before the node and y
+    back after; within one float16 step of the float64 FFN of those weights up to the
+    bound, the original float16 subgraph (ONNX Runtime's, bit for bit) beyond."""
+    from onnx import numpy_helper
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from tests.fixtures import quantized as q
+
+    path = tmp_path / "drelu16.onnx"
+    onnx_model = convert_float_to_float16(onnx.load(q.float_ffn(tmp_path / "d.onnx", "drelu")))
+    onnx.save(onnx_model, path)
+    result = fffc.compile(path, tmp_path / "f16.fffc", fffc.CompileOptions(target="cuda"))
+    assert [(s.decision, s.dtype) for s in result.sites] == [("exact", "float16")]
+    (bound,) = [b["max_tokens"] for b in result.sites[0].dispatch.to_json()["branches"]
+                if b["branch"] == "kernel"]
+    source = next((result.artifact / "kernels").rglob("*.cu")).read_text()
+    assert "half* __restrict__ W1_ptr" in source
+    rng = np.random.default_rng(9)
+    feeds = [{"x": rng.standard_normal((1, s, q.D)).astype(np.float16)}
+             for s in (1, 2, bound, bound + 5)]
+    got, launches = run_on_fake_gpu(result.artifact, feeds, fake_libcuda, tmp_path)
+    # the calls within the bound ran the shim's CUDA kernels (decode variants)
+    assert launches and all("_decode" in ln for ln in launches), launches
+    assert any("_decode1_" in ln for ln in launches), launches
+    w = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in onnx_model.graph.initializer}
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for f, g in zip(feeds, got, strict=True):
+        assert g.dtype == np.float16
+        x = f["x"].astype(np.float64)
+        if x.shape[1] > bound:
+            np.testing.assert_array_equal(g, ref.run(None, f)[0])
+            continue
+        want = (np.maximum(x @ w["wg"], 0) * np.maximum(x @ w["wu"], 0)) @ w["wd"]
+        step = np.spacing(np.abs(want.astype(np.float16))).astype(np.float64)
+        assert np.all(np.abs(g - want) <= step + 2.0**-20 * np.abs(want).max())
 
 
 @pytest.mark.torch
