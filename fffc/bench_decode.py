@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import timing
+from . import runtime, timing
 from .contract.errors import UsageError
 from .package.layout import MANIFEST
 
@@ -153,6 +153,7 @@ def bench_decode(artifact: str | Path, prompt: int = 128, generate: int = 128,
     if prompt + generate > config.get("context_length", prompt + generate):
         raise UsageError(f"prompt + generated tokens ({prompt + generate}) exceed the model's "
                          f"context length {config['context_length']}", path=artifact)
+    runtime.check(artifact)  # onnxruntime_genai loads the shim it names: its files first
     og = _og()
     ids = np.random.default_rng(seed).integers(0, config["vocab_size"], prompt).tolist()
     models = {"original": _model(og, source, threads), "fffc": _model(og, artifact, threads)}
