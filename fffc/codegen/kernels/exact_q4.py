@@ -33,54 +33,36 @@ compile does not choose it yet (the site's weight format from detection is mappe
 # annotations (shapes and dtypes from the generator's closure) as objects.
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 from fffc.contract.errors import CodegenError
 from fffc.contract.kernels import SparseSpec
 
 from .._tvm import T
-from ..q4_layout import CHUNK, SYMMETRIC_ZERO_POINT, Q4Format
-from .pieces import activation, bias, folds, largest_divisor, with_args
+from ..q4_layout import CHUNK, Q4Format
+from .pieces import activation, largest_divisor, with_args
+from .q4_pieces import (
+    I8_LANES,
+    LINE,
+    LUT_LANES,
+    Q4Dot,
+    check_int8_dots,
+    check_q4_shapes,
+    column_pass,
+    concat_lists,
+    neuron_rows,
+    q4_arg_names,
+    q4_inputs,
+    row_dots,
+)
 from .sparse_ffn import check_spec
 
-CODE_LANES = 16  # code bytes widened per vector step (a block of 32 is one step)
-STEP_BYTES = 64  # int8 dots: code bytes per step (one 512-bit register)
-I8_LANES = 16  # int8 dots: int32 lanes per step, each the sum of 4 bytes' products
-VNNI = "llvm.x86.avx512.vpdpbusd.512"  # 16 lanes += 4 (u8 · s8) products each
-PERMUTE = "llvm.x86.avx512.permvar.sf.512"  # (16 floats, 16 indices: low 4 bits)
-LUT_LANES = 16
-VNNI_BYTES = "int8x64"  # the intrinsic's byte operands, as LLVM (22) declares them
-
-
-PREFETCH = "llvm.prefetch.p0"
-LINE = 64  # bytes of a cache line
-
-
-def prefetch(load) -> None:
-    """Emit a read prefetch (into all cache levels) of the address of ``load``."""
-    T.evaluate(T.call_llvm_intrin("void", PREFETCH, T.address_of(load), T.int32(0), T.int32(3),
-                                  T.int32(1)))
-
-
-def vnni(acc, u8, s8):
-    """acc (int32x16) + the sums of 4 adjacent products u8 · s8 (both given as int32x16)."""
-    if VNNI_BYTES != "int32x16":
-        u8, s8 = T.reinterpret(VNNI_BYTES, u8), T.reinterpret(VNNI_BYTES, s8)
-    return T.call_llvm_pure_intrin("int32x16", VNNI, acc, u8, s8)
-
-
-class Q4Dot(StrEnum):
-    """How the gate and up rows' dot products with x are computed."""
-
-    FLOAT32 = "float32"  # x in float32 times (code − zero point) converted: the float FFN
-    # on the dequantized weights, up to reassociation
-    INT8 = "int8"  # x quantized to int8 per block (scale max|x| / 127, ONNX Runtime's
-    # accuracy_level 4), integer dot products (AVX-512 VNNI); symmetric weights only
+__all__ = ["Q4Dot", "Q4Tiling", "check_q4", "exact_q4_primfunc", "q4_arg_names", "q4_inputs",
+           "q4_tiling"]
 
 
 @dataclass(frozen=True)
 class Q4Tiling:
-    """Loop tiling of the int4 exact kernel."""
+    """Loop tiling of the int4 kernels (``exact_q4`` and the modes' kernels)."""
 
     nb: int  # neurons per phase-1 task (divides d_ff, a multiple of rows)
     rows: int  # W1 / WU rows streamed side by side (independent accumulators)
@@ -114,34 +96,20 @@ def q4_tiling(spec: SparseSpec, lanes: int) -> Q4Tiling:
                     parallel=spec.d_in * spec.d_ff >= SERIAL_MAX_MACS, lut=lanes >= LUT_LANES)
 
 
-def q4_arg_names(spec: SparseSpec, fmt: Q4Format) -> list[str]:
-    """The kernel's arguments: each projection as codes, scales (S) and, with zero points, Z."""
-    z = fmt.zero_points
-
-    def proj(name: str) -> list[str]:
-        return [name, f"{name}S", *([f"{name}Z"] if z else [])]
-
-    return ["X", *proj("W1"), *(["B1"] if spec.has_b1 else []), *proj("W2"),
-            *(["B2"] if spec.has_b2 else []), *(proj("WU") if spec.gated else []), "Y"]
+def check_tiling(spec: SparseSpec, tiling: Q4Tiling) -> None:
+    """Raise CodegenError where ``tiling`` does not divide ``spec``'s shapes."""
+    t = tiling
+    if spec.d_ff % t.nb or t.nb % t.rows or t.cw % CHUNK or spec.d_out % (t.parts * t.cw):
+        raise CodegenError(f"int4 kernel: tiling {t} does not divide {spec}")
 
 
 def check_q4(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, dot: Q4Dot) -> None:
     """Raise CodegenError for shapes the int4 exact kernel cannot compute."""
     check_spec(spec)  # exact, ReLU gate, the up activations
-    if spec.d_in % fmt.block or spec.d_ff % fmt.block:
-        raise CodegenError(f"int4 kernel: d_in {spec.d_in} and d_ff {spec.d_ff} must be "
-                           f"multiples of the block {fmt.block}")
-    if spec.d_out % CHUNK:
-        raise CodegenError(f"int4 kernel: d_out {spec.d_out} must be a multiple of {CHUNK}")
-    t = tiling
-    if spec.d_ff % t.nb or t.nb % t.rows or t.cw % CHUNK or spec.d_out % (t.parts * t.cw):
-        raise CodegenError(f"int4 kernel: tiling {t} does not divide {spec}")
+    check_q4_shapes(spec, fmt)
+    check_tiling(spec, tiling)
     if dot is Q4Dot.INT8:
-        if fmt.zero_points:
-            raise CodegenError("int4 kernel, int8 dots: symmetric weights only")
-        if spec.d_in % (2 * STEP_BYTES):
-            raise CodegenError(f"int4 kernel, int8 dots: d_in {spec.d_in} must be a "
-                               f"multiple of {2 * STEP_BYTES}")
+        check_int8_dots(spec, fmt)
 
 
 def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: str,
@@ -154,116 +122,16 @@ def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol:
     D, F, DO, BLK = spec.d_in, spec.d_ff, spec.d_out, fmt.block
     KB, BB = D // BLK, BLK // 2  # blocks of a row, code bytes of a block
     KZ = -(-KB // 2)  # zero point bytes of a row
-    VB = min(BB, CODE_LANES)
-    NCH = BB // VB  # vector steps per block
     G = F // BLK  # groups of neurons sharing the down projection's scales
     NB, NFB, R = t.nb, F // t.nb, t.rows
-    P, CW, DOP, AHEAD = t.parts, t.cw, DO // t.parts, t.ahead
-    SCALES_AHEAD = t.scales_ahead
     UP_AHEAD = min(t.up_ahead, KB * BB // LINE)
-    HALF = CHUNK // 2
     loop = T.parallel if t.parallel else T.serial
     gated, up = spec.gated, activation(spec.up_activation)
-    INT8 = dot is Q4Dot.INT8
-    AL = I8_LANES if INT8 else VB  # accumulator lanes of a row dot
-    NS = KB * BB // STEP_BYTES if INT8 else 1  # int8 steps of a row
-    NXQ, NXF = (KB * BB, 1) if INT8 else (1, KB * BB)  # x's int8 / float copies (1: unused)
-    LUT = t.lut and not fmt.zero_points and VB == LUT_LANES
-
-    def zero_point(WZ, row, kb):
-        """The zero point of block kb of ``row`` (int32)."""
-        if WZ is None:
-            return T.int32(SYMMETRIC_ZERO_POINT)
-        return (T.Cast("int32", WZ[row, kb // 2]) >> ((kb % 2) * 4)) & 15
-
-    def dots_f32(acc, W, WS, WZ, xs, row, nrows):
-        """acc[r, 0] = Σ_k x_k · W[k, row(r)] for r < nrows: per block, the widened codes
-        minus the zero point times XE / XO, summed, times the block's scale."""
-        XE, XO = xs[:2]
-        if LUT:
-            dots_lut(acc, W, WS, XE, XO, row, nrows)
-            return
-        for r in range(nrows):
-            with T.vectorized(VB) as v:
-                T.buffer_store(acc, T.float32(0), [r, v])
-        with T.serial(KB) as kb:
-            for r in range(nrows):
-                n = row(r)
-                z = zero_point(WZ, n, kb)
-                with T.vectorized(VB) as v:
-                    part = None
-                    for ch in range(NCH):
-                        code = T.Cast("int32", W[n, kb, ch * VB + v])
-                        i = kb * BB + ch * VB + v
-                        term = (T.Cast("float32", (code & 15) - z) * XE[i]
-                                + T.Cast("float32", (code >> 4) - z) * XO[i])
-                        part = term if part is None else part + term
-                    T.buffer_store(acc, acc[r, v] + WS[n, kb] * part, [r, v])
-        folds([acc], VB, rows=nrows)
-
-    def dots_lut(acc, W, WS, XE, XO, row, nrows):
-        """``dots_f32`` for symmetric codes, 16 lanes: code − 8 as float by a register
-        permute of the table [−8, …, 7] (the permute reads the index's low 4 bits, so the
-        high nibble needs only a shift)."""
-        lanes = T.ramp(0, 1, LUT_LANES)
-        table = T.Cast("float32x16", T.ramp(-SYMMETRIC_ZERO_POINT, 1, LUT_LANES))
-        for r in range(nrows):
-            T.buffer_store(acc, T.broadcast(T.float32(0), LUT_LANES), [r, lanes])
-        with T.serial(KB) as kb:
-            for r in range(nrows):
-                n = row(r)
-                part = None
-                for ch in range(NCH):
-                    b = T.Cast("int32x16", W.vload([n, kb, ch * LUT_LANES], "uint8x16"))
-                    i = kb * BB + ch * LUT_LANES
-                    term = (T.call_llvm_pure_intrin("float32x16", PERMUTE, table, b)
-                            * XE.vload([i], "float32x16")
-                            + T.call_llvm_pure_intrin("float32x16", PERMUTE, table, b >> 4)
-                            * XO.vload([i], "float32x16"))
-                    part = term if part is None else part + term
-                T.buffer_store(acc, acc[r, lanes] + T.broadcast(WS[n, kb], LUT_LANES) * part,
-                               [r, lanes])
-        folds([acc], LUT_LANES, rows=nrows)
-
-    def dots_i8(acc, W, WS, WZ, xs, row, nrows):
-        """acc[r, 0] ≈ Σ_k x_k · W[k, row(r)] with x quantized per block (XEQ, XOQ: int8,
-        XSC: their scales per lane, XCOR: −8 · Σ of each lane's 8 quantized inputs): per
-        64 code bytes, two VNNI steps (low nibbles · XEQ, high nibbles · XOQ) into 16 int32
-        lanes of 4 bytes each, converted and scaled by the lane's block's weight and input
-        scales."""
-        XEQ, XOQ, XCOR, XSC = xs[2:]
-        lanes = T.ramp(0, 1, I8_LANES)
-        mask = T.broadcast(T.int32(0x0F0F0F0F), I8_LANES)
-        nbv = max(1, STEP_BYTES // BB)  # blocks per step
-        for r in range(nrows):
-            T.buffer_store(acc, T.broadcast(T.float32(0), I8_LANES), [r, lanes])
-        with T.serial(NS) as st:
-            xe = T.reinterpret("int32x16", XEQ.vload([st * STEP_BYTES], "int8x64"))
-            xo = T.reinterpret("int32x16", XOQ.vload([st * STEP_BYTES], "int8x64"))
-            cor = XCOR.vload([st * I8_LANES], "int32x16")
-            xsc = XSC.vload([st * I8_LANES], "float32x16")
-            for r in range(nrows):
-                n = row(r)
-                o = st * STEP_BYTES
-                w = T.reinterpret("int32x16", W.vload([n, o // BB, o % BB], "uint8x64"))
-                d = vnni(vnni(cor, w & mask, xe), (w >> 4) & mask, xo)
-                if nbv > 1:
-                    sv = WS.vload([n, st * nbv], f"float32x{nbv}")
-                    # lane l: block 4l / BB (copies of sv: a shuffle takes as many lanes as
-                    # it gives)
-                    sw = T.Shuffle([sv] * (I8_LANES // nbv), [4 * lane // BB for lane in range(I8_LANES)])
-                else:
-                    sw = T.broadcast(WS[n, o // BB], I8_LANES)
-                T.buffer_store(acc, acc[r, lanes] + T.Cast("float32x16", d) * (sw * xsc),
-                               [r, lanes])
-        folds([acc], I8_LANES, rows=nrows)
-
-    dots = dots_i8 if INT8 else dots_f32
-
-    def down_zero_point(W2Z, g, col):
-        if W2Z is None:
-            return T.int32(SYMMETRIC_ZERO_POINT)
-        return T.Cast("int32", W2Z[g, col])
+    rd = row_dots(D, fmt, dot, t.lut)
+    AL, NS, NXQ, NXF = rd.lanes, rd.ns, rd.nxq, rd.nxf
+    phase1 = neuron_rows(NB, R, UP_AHEAD, rd, fmt)
+    concat = concat_lists(F, NB)
+    down = column_pass(DO, BLK, t.parts, t.cw, t.ahead, t.scales_ahead, t.parallel)
 
     @T.jit
     def kernel(x: T.handle, W1: T.Buffer((F, KB, BB), "uint8", align=4),
@@ -296,70 +164,18 @@ def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol:
         xs = T.meta_var((XE, XO, XEQ, XOQ, XCOR, XSC))
         for tb in range(N):
             c = T.alloc_buffer((1,), "int32", scope="local")
-            if INT8:
-                # x per block: scale max|x| / 127, codes round(x / scale) de-interleaved
-                sx = T.alloc_buffer((KB,), "float32", scope="local")
-                for kb in range(KB):
-                    am = T.alloc_buffer((1,), "float32", scope="local")
-                    am[0] = T.float32(0)
-                    for k in range(BLK):
-                        am[0] = T.max(am[0], T.fabs(X[tb, kb * BLK + k]))
-                    sx[kb] = am[0] / T.float32(127)
-                    inv = T.if_then_else(am[0] > T.float32(0), T.float32(127) / am[0], T.float32(0))
-                    for i in range(BB):
-                        XEQ[kb * BB + i] = T.Cast("int8", T.nearbyint(X[tb, kb * BLK + 2 * i] * inv))
-                        XOQ[kb * BB + i] = T.Cast("int8", T.nearbyint(X[tb, kb * BLK + 2 * i + 1] * inv))
-                for st in range(NS):
-                    for ln in range(I8_LANES):
-                        XSC[st * I8_LANES + ln] = sx[(st * STEP_BYTES + 4 * ln) // BB]
-                        XCOR[st * I8_LANES + ln] = T.int32(0)
-                        for m in range(4):
-                            XCOR[st * I8_LANES + ln] = XCOR[st * I8_LANES + ln] - SYMMETRIC_ZERO_POINT * (
-                                T.Cast("int32", XEQ[st * STEP_BYTES + 4 * ln + m])
-                                + T.Cast("int32", XOQ[st * STEP_BYTES + 4 * ln + m]))
-            else:
-                for kb in range(KB):
-                    for i in range(BB):
-                        XE[kb * BB + i] = X[tb, kb * BLK + 2 * i]
-                        XO[kb * BB + i] = X[tb, kb * BLK + 2 * i + 1]
+            rd.load_x(lambda k: X[tb, k], xs)  # noqa: B023 (called while parsing)
             # Phase 1: gates, then the up rows of the positive ones, listed activations.
             for fb in loop(NFB):
                 acc = T.alloc_buffer((R, AL), "float32", scope="local")
                 gate = T.alloc_buffer((NB,), "float32", scope="local")
                 n = T.alloc_buffer((2,), "int32", scope="local")
-                for r4 in range(NB // R):
-                    dots(acc, W1, W1S, W1Z, xs, lambda r: fb * NB + r4 * R + r, R)  # noqa: B023 (called while parsing)
-                    for r in T.unroll(R):
-                        gate[r4 * R + r] = acc[r, 0] + bias(B1, fb * NB + r4 * R + r)
+                phase1.gates(fb, gate, acc, W1, W1S, W1Z, B1, xs)
                 n[1] = 0
                 if gated:
-                    n[0] = 0
-                    for fl in range(NB):
-                        if gate[fl] > T.float32(0):
-                            CAND[fb * NB + n[0]] = fl
-                            n[0] = n[0] + 1
-                    for q4 in range(n[0] // R):
-                        if UP_AHEAD > 0:
-                            for r in T.unroll(R):
-                                jn = fb * NB + CAND[fb * NB + T.min((q4 + 1) * R + r, n[0] - 1)]
-                                for ln in T.unroll(UP_AHEAD):
-                                    prefetch(WU[jn, ln * LINE // BB, 0])
-                        dots(acc, WU, WUS, WUZ, xs, lambda r: fb * NB + CAND[fb * NB + q4 * R + r], R)  # noqa: B023
-                        for r in range(R):
-                            fl = CAND[fb * NB + q4 * R + r]
-                            a = gate[fl] * up(acc[r, 0])
-                            if a != T.float32(0):
-                                IDX[fb * NB + n[1]] = fb * NB + fl
-                                VAL[fb * NB + n[1]] = a
-                                n[1] = n[1] + 1
-                    for q in range(n[0] // R * R, n[0]):
-                        dots(acc, WU, WUS, WUZ, xs, lambda r: fb * NB + CAND[fb * NB + q], 1)  # noqa: B023
-                        fl = CAND[fb * NB + q]
-                        a = gate[fl] * up(acc[0, 0])
-                        if a != T.float32(0):
-                            IDX[fb * NB + n[1]] = fb * NB + fl
-                            VAL[fb * NB + n[1]] = a
-                            n[1] = n[1] + 1
+                    phase1.listed(fb, n, acc, None, CAND, IDX, VAL, xs, WU, WUS, WUZ, None,
+                                  None, None, lambda fl: gate[fl] > T.float32(0),  # noqa: B023
+                                  lambda fl, r: gate[fl] * up(acc[r, 0]))  # noqa: B023
                 else:
                     for fl in range(NB):
                         if gate[fl] > T.float32(0):
@@ -367,57 +183,8 @@ def exact_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol:
                             VAL[fb * NB + n[1]] = gate[fl]
                             n[1] = n[1] + 1
                 CNT[fb] = n[1]
-            c[0] = 0
-            for fb in range(NFB):
-                for q in range(CNT[fb]):
-                    LIDX[c[0] + q] = IDX[fb * NB + q]
-                    LVAL[c[0] + q] = VAL[fb * NB + q]
-                c[0] = c[0] + CNT[fb]
-            LIDX[c[0]] = F  # a sentinel in no group: the last group's sum is applied
+            concat(IDX, VAL, CNT, LIDX, LVAL, c)
             # Phase 2: per tile of outputs, the listed neurons' columns, summed per group.
-            for p in loop(P):
-                tot = T.alloc_buffer((CW,), "float32", scope="local")
-                grp = T.alloc_buffer((CW,), "float32", scope="local")
-                for cc in range(DOP // CW):
-                    for i in T.vectorized(CW):
-                        tot[i] = T.float32(0)
-                        grp[i] = T.float32(0)
-                    for q in range(c[0]):
-                        j = LIDX[q]
-                        a = LVAL[q]
-                        g = j // BLK
-                        if AHEAD > 0:
-                            jn = LIDX[T.min(q + AHEAD, c[0] - 1)]
-                            for ln in T.unroll(CW // 2 // LINE):
-                                prefetch(W2[jn, (p * DOP + cc * CW) // 2 + ln * LINE])
-                            if SCALES_AHEAD:  # noqa: SIM102 (a parse-time choice around a TIR if)
-                                if jn // BLK != LIDX[T.min(q + AHEAD - 1, c[0] - 1)] // BLK:
-                                    for ln in T.unroll(CW * 4 // LINE):
-                                        prefetch(W2S[jn // BLK, p * DOP + cc * CW + ln * (LINE // 4)])
-                        for h in T.unroll(CW // CHUNK):
-                            for v in T.vectorized(HALF):
-                                # meta_var: no scalar binding inside the vector loop
-                                code = T.meta_var(T.Cast("int32", W2[j, (p * DOP + cc * CW + h * CHUNK) // 2 + v]))
-                                col = T.meta_var(p * DOP + cc * CW + h * CHUNK + v)
-                                grp[h * CHUNK + v] = grp[h * CHUNK + v] + a * T.Cast(
-                                    "float32", (code & 15) - down_zero_point(W2Z, g, col))
-                                grp[h * CHUNK + HALF + v] = grp[h * CHUNK + HALF + v] + a * T.Cast(
-                                    "float32", (code >> 4) - down_zero_point(W2Z, g, col + HALF))
-                        if LIDX[q + 1] // BLK != g:
-                            for i in T.vectorized(CW):
-                                tot[i] = tot[i] + W2S[g, p * DOP + cc * CW + i] * grp[i]
-                                grp[i] = T.float32(0)
-                    for i in T.vectorized(CW):
-                        Y[tb, p * DOP + cc * CW + i] = tot[i] + bias(B2, p * DOP + cc * CW + i)
+            down(Y, tb, LIDX, LVAL, c, W2, W2S, W2Z, B2)
 
     return with_args(kernel, q4_arg_names(spec, fmt))
-
-
-def q4_inputs(spec: SparseSpec, w1, w2, wu=None, b1=None, b2=None) -> dict:
-    """The kernel's inputs by argument name from ``q4_layout`` records: ``w1``, ``wu`` as
-    MatMulNBits holds them (Q4Matrix, N = d_ff), ``w2`` re-laid out (Q4Columns)."""
-    out = {"W1": w1.codes, "W1S": w1.scales, "W1Z": w1.zero_points, "B1": b1,
-           "W2": w2.codes, "W2S": w2.scales, "W2Z": w2.zero_points, "B2": b2}
-    if spec.gated:
-        out.update(WU=wu.codes, WUS=wu.scales, WUZ=wu.zero_points)
-    return out

@@ -1,0 +1,418 @@
+"""Shared pieces of the int4 SparseFFN kernels (``exact_q4``, ``teal_q4``, ``cats_q4``,
+``predictor_q4``) on weights in MatMulNBits' layout (``q4_layout``).
+
+Two ways of reading an int4 projection recur in every mode:
+
+* **row dots** (``row_dots``): the dot products of x with a few rows of a projection kept as
+  MatMulNBits stores it (one row of blocks per neuron: a gate or up projection read per
+  neuron). x is first loaded once per token (``RowDots.load_x``): de-interleaved per block
+  (XE: the inputs of the low nibbles, XO: of the high ones), so a vector of code bytes widens
+  to two vectors that meet XE and XO lane by lane; or, for ``Q4Dot.INT8``, quantized to int8
+  per block as ONNX Runtime's ``accuracy_level`` 4 does (integer products, AVX-512 VNNI);
+* **column passes** (``column_pass``): ``out = Σ_q v_q · W[j_q, :]`` over a list of
+  (row j, value v) pairs sorted by j, on a projection re-laid out per row
+  (``q4_layout.columns``: a down projection per neuron, or a gate / up projection per input
+  channel), split over the outputs. Per register tile of ``cw`` outputs, the listed rows'
+  codes (16 bytes: 32 consecutive outputs) scaled by their value are summed per group of
+  ``block`` rows (which share their scales), and each group's sum is multiplied by the
+  group's scales once: the scales of a group without a listed row are never read.
+
+Every weight is ``(code − zero point) · scale`` as float32 (nothing is requantized), so
+float32 dots equal the float computation on ``q4_layout.dequantize``'s matrices up to float
+reassociation.
+"""
+
+# No ``from __future__ import annotations``: ``T.macro`` reads its closure as objects.
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from fffc.contract.errors import CodegenError
+from fffc.contract.kernels import SparseSpec
+from fffc.contract.kinds import SparseMode
+
+from .._tvm import T
+from ..q4_layout import CHUNK, SYMMETRIC_ZERO_POINT, Q4Format
+from .pieces import bias, folds
+
+CODE_LANES = 16  # code bytes widened per vector step (a block of 32 is one step)
+STEP_BYTES = 64  # int8 dots: code bytes per step (one 512-bit register)
+I8_LANES = 16  # int8 dots: int32 lanes per step, each the sum of 4 bytes' products
+VNNI = "llvm.x86.avx512.vpdpbusd.512"  # 16 lanes += 4 (u8 · s8) products each
+PERMUTE = "llvm.x86.avx512.permvar.sf.512"  # (16 floats, 16 indices: low 4 bits)
+LUT_LANES = 16
+VNNI_BYTES = "int8x64"  # the intrinsic's byte operands, as LLVM (22) declares them
+
+
+PREFETCH = "llvm.prefetch.p0"
+LINE = 64  # bytes of a cache line
+
+
+def prefetch(load) -> None:
+    """Emit a read prefetch (into all cache levels) of the address of ``load``."""
+    T.evaluate(T.call_llvm_intrin("void", PREFETCH, T.address_of(load), T.int32(0), T.int32(3),
+                                  T.int32(1)))
+
+
+def vnni(acc, u8, s8):
+    """acc (int32x16) + the sums of 4 adjacent products u8 · s8 (both given as int32x16)."""
+    if VNNI_BYTES != "int32x16":
+        u8, s8 = T.reinterpret(VNNI_BYTES, u8), T.reinterpret(VNNI_BYTES, s8)
+    return T.call_llvm_pure_intrin("int32x16", VNNI, acc, u8, s8)
+
+
+class Q4Dot(StrEnum):
+    """How the row dots (gate and up rows read per neuron) are computed."""
+
+    FLOAT32 = "float32"  # x in float32 times (code − zero point) converted: the float FFN
+    # on the dequantized weights, up to reassociation
+    INT8 = "int8"  # x quantized to int8 per block (scale max|x| / 127, ONNX Runtime's
+    # accuracy_level 4), integer dot products (AVX-512 VNNI); symmetric weights only
+
+
+def q4_arg_names(spec: SparseSpec, fmt: Q4Format) -> list[str]:
+    """The kernel's arguments: each projection as codes, scales (S) and, with zero points, Z;
+    then the mode's inputs in ``SparseSpec.arg_names``' order (TH; PA, PB, PC)."""
+    z = fmt.zero_points
+
+    def proj(name: str) -> list[str]:
+        return [name, f"{name}S", *([f"{name}Z"] if z else [])]
+
+    extra = (["TH"] if spec.mode in (SparseMode.TEAL, SparseMode.CATS)
+             else ["PA", "PB", "PC"] if spec.mode is SparseMode.PREDICTOR else [])
+    return ["X", *proj("W1"), *(["B1"] if spec.has_b1 else []), *proj("W2"),
+            *(["B2"] if spec.has_b2 else []), *(proj("WU") if spec.gated else []), *extra, "Y"]
+
+
+def q4_inputs(spec: SparseSpec, w1, w2, wu=None, b1=None, b2=None, **extra) -> dict:
+    """The kernel's inputs by argument name from ``q4_layout`` records (``Q4Matrix`` where
+    the kernel reads the projection per neuron, ``Q4Columns`` where it reads it per row);
+    ``extra``: the mode's inputs by name (TH, PA, PB, PC)."""
+    out = {"W1": w1.codes, "W1S": w1.scales, "W1Z": w1.zero_points, "B1": b1,
+           "W2": w2.codes, "W2S": w2.scales, "W2Z": w2.zero_points, "B2": b2}
+    if spec.gated:
+        out.update(WU=wu.codes, WUS=wu.scales, WUZ=wu.zero_points)
+    out.update(extra)
+    return out
+
+
+def check_q4_shapes(spec: SparseSpec, fmt: Q4Format) -> None:
+    """Raise CodegenError for shapes no int4 kernel takes (MatMulNBits' blocks along d_in
+    and d_ff; the re-laid-out down projection's chunks along d_out)."""
+    if spec.d_in % fmt.block or spec.d_ff % fmt.block:
+        raise CodegenError(f"int4 kernel: d_in {spec.d_in} and d_ff {spec.d_ff} must be "
+                           f"multiples of the block {fmt.block}")
+    if spec.d_out % CHUNK:
+        raise CodegenError(f"int4 kernel: d_out {spec.d_out} must be a multiple of {CHUNK}")
+
+
+def check_int8_dots(spec: SparseSpec, fmt: Q4Format) -> None:
+    """Raise CodegenError where ``Q4Dot.INT8`` row dots cannot run."""
+    if fmt.zero_points:
+        raise CodegenError("int4 kernel, int8 dots: symmetric weights only")
+    if spec.d_in % (2 * STEP_BYTES):
+        raise CodegenError(f"int4 kernel, int8 dots: d_in {spec.d_in} must be a "
+                           f"multiple of {2 * STEP_BYTES}")
+
+
+@dataclass(frozen=True)
+class RowDots:
+    """The row dots of one kernel (``row_dots``): ``dots(acc, W, WS, WZ, xs, row, nrows)``
+    emits acc[r, 0] = Σ_k x_k · W[k, row(r)] for r < nrows (acc: [nrows, lanes] local);
+    ``load_x(xval, xs)`` (a macro) loads the token's x (``xval(k)``: its k-th entry) into
+    the buffers ``xs`` = (XE, XO, XEQ, XOQ, XCOR, XSC), allocated by the kernel with the
+    shapes ``nxf``, ``nxq``, ``ns`` give."""
+
+    dots: object
+    load_x: object
+    lanes: int  # accumulator lanes of a row dot
+    nxf: int  # entries of XE and XO (1: unused)
+    nxq: int  # entries of XEQ and XOQ (1: unused)
+    ns: int  # int8 steps of a row (XCOR and XSC hold ns · I8_LANES)
+
+
+def row_dots(d_in: int, fmt: Q4Format, dot: Q4Dot, lut: bool) -> RowDots:
+    """The row dots over rows of ``d_in`` inputs stored as ``fmt``; ``lut``: float32 dots of
+    symmetric codes look code − 8 up by a 16-entry register permute (AVX-512)."""
+    D, BLK = d_in, fmt.block
+    KB, BB = D // BLK, BLK // 2  # blocks of a row, code bytes of a block
+    VB = min(BB, CODE_LANES)
+    NCH = BB // VB  # vector steps per block
+    INT8 = dot is Q4Dot.INT8
+    NS = KB * BB // STEP_BYTES if INT8 else 1  # int8 steps of a row
+    NXQ, NXF = (KB * BB, 1) if INT8 else (1, KB * BB)  # x's int8 / float copies (1: unused)
+    LUT = lut and not fmt.zero_points and VB == LUT_LANES
+
+    def zero_point(WZ, row, kb):
+        """The zero point of block kb of ``row`` (int32)."""
+        if WZ is None:
+            return T.int32(SYMMETRIC_ZERO_POINT)
+        return (T.Cast("int32", WZ[row, kb // 2]) >> ((kb % 2) * 4)) & 15
+
+    def dots_f32(acc, W, WS, WZ, xs, row, nrows):
+        """Per block, the widened codes minus the zero point times XE / XO, summed, times
+        the block's scale."""
+        XE, XO = xs[:2]
+        if LUT:
+            dots_lut(acc, W, WS, XE, XO, row, nrows)
+            return
+        for r in range(nrows):
+            with T.vectorized(VB) as v:
+                T.buffer_store(acc, T.float32(0), [r, v])
+        with T.serial(KB) as kb:
+            for r in range(nrows):
+                n = row(r)
+                z = zero_point(WZ, n, kb)
+                with T.vectorized(VB) as v:
+                    part = None
+                    for ch in range(NCH):
+                        code = T.Cast("int32", W[n, kb, ch * VB + v])
+                        i = kb * BB + ch * VB + v
+                        term = (T.Cast("float32", (code & 15) - z) * XE[i]
+                                + T.Cast("float32", (code >> 4) - z) * XO[i])
+                        part = term if part is None else part + term
+                    T.buffer_store(acc, acc[r, v] + WS[n, kb] * part, [r, v])
+        folds([acc], VB, rows=nrows)
+
+    def dots_lut(acc, W, WS, XE, XO, row, nrows):
+        """``dots_f32`` for symmetric codes, 16 lanes: code − 8 as float by a register
+        permute of the table [−8, …, 7] (the permute reads the index's low 4 bits, so the
+        high nibble needs only a shift)."""
+        lanes = T.ramp(0, 1, LUT_LANES)
+        table = T.Cast("float32x16", T.ramp(-SYMMETRIC_ZERO_POINT, 1, LUT_LANES))
+        for r in range(nrows):
+            T.buffer_store(acc, T.broadcast(T.float32(0), LUT_LANES), [r, lanes])
+        with T.serial(KB) as kb:
+            for r in range(nrows):
+                n = row(r)
+                part = None
+                for ch in range(NCH):
+                    b = T.Cast("int32x16", W.vload([n, kb, ch * LUT_LANES], "uint8x16"))
+                    i = kb * BB + ch * LUT_LANES
+                    term = (T.call_llvm_pure_intrin("float32x16", PERMUTE, table, b)
+                            * XE.vload([i], "float32x16")
+                            + T.call_llvm_pure_intrin("float32x16", PERMUTE, table, b >> 4)
+                            * XO.vload([i], "float32x16"))
+                    part = term if part is None else part + term
+                T.buffer_store(acc, acc[r, lanes] + T.broadcast(WS[n, kb], LUT_LANES) * part,
+                               [r, lanes])
+        folds([acc], LUT_LANES, rows=nrows)
+
+    def dots_i8(acc, W, WS, WZ, xs, row, nrows):
+        """x quantized per block (XEQ, XOQ: int8, XSC: their scales per lane, XCOR: −8 · Σ
+        of each lane's 8 quantized inputs): per 64 code bytes, two VNNI steps (low nibbles ·
+        XEQ, high nibbles · XOQ) into 16 int32 lanes of 4 bytes each, converted and scaled
+        by the lane's block's weight and input scales."""
+        XEQ, XOQ, XCOR, XSC = xs[2:]
+        lanes = T.ramp(0, 1, I8_LANES)
+        mask = T.broadcast(T.int32(0x0F0F0F0F), I8_LANES)
+        nbv = max(1, STEP_BYTES // BB)  # blocks per step
+        for r in range(nrows):
+            T.buffer_store(acc, T.broadcast(T.float32(0), I8_LANES), [r, lanes])
+        with T.serial(NS) as st:
+            xe = T.reinterpret("int32x16", XEQ.vload([st * STEP_BYTES], "int8x64"))
+            xo = T.reinterpret("int32x16", XOQ.vload([st * STEP_BYTES], "int8x64"))
+            cor = XCOR.vload([st * I8_LANES], "int32x16")
+            xsc = XSC.vload([st * I8_LANES], "float32x16")
+            for r in range(nrows):
+                n = row(r)
+                o = st * STEP_BYTES
+                w = T.reinterpret("int32x16", W.vload([n, o // BB, o % BB], "uint8x64"))
+                d = vnni(vnni(cor, w & mask, xe), (w >> 4) & mask, xo)
+                if nbv > 1:
+                    sv = WS.vload([n, st * nbv], f"float32x{nbv}")
+                    # lane l: block 4l / BB (copies of sv: a shuffle takes as many lanes as
+                    # it gives)
+                    sw = T.Shuffle([sv] * (I8_LANES // nbv), [4 * lane // BB for lane in range(I8_LANES)])
+                else:
+                    sw = T.broadcast(WS[n, o // BB], I8_LANES)
+                T.buffer_store(acc, acc[r, lanes] + T.Cast("float32x16", d) * (sw * xsc),
+                               [r, lanes])
+        folds([acc], I8_LANES, rows=nrows)
+
+    @T.macro
+    def load_x(xval, xs):
+        """x into ``xs``: de-interleaved per block, or (int8 dots) per block its scale
+        max|x| / 127 and codes round(x / scale), de-interleaved, with each lane's scale and
+        zero-point correction."""
+        XE, XO, XEQ, XOQ, XCOR, XSC = xs
+        if INT8:
+            sx = T.alloc_buffer((KB,), "float32", scope="local")
+            for kb in range(KB):
+                am = T.alloc_buffer((1,), "float32", scope="local")
+                am[0] = T.float32(0)
+                for k in range(BLK):
+                    am[0] = T.max(am[0], T.fabs(xval(kb * BLK + k)))
+                sx[kb] = am[0] / T.float32(127)
+                inv = T.if_then_else(am[0] > T.float32(0), T.float32(127) / am[0], T.float32(0))
+                for i in range(BB):
+                    XEQ[kb * BB + i] = T.Cast("int8", T.nearbyint(xval(kb * BLK + 2 * i) * inv))
+                    XOQ[kb * BB + i] = T.Cast("int8", T.nearbyint(xval(kb * BLK + 2 * i + 1) * inv))
+            for st in range(NS):
+                for ln in range(I8_LANES):
+                    XSC[st * I8_LANES + ln] = sx[(st * STEP_BYTES + 4 * ln) // BB]
+                    XCOR[st * I8_LANES + ln] = T.int32(0)
+                    for m in range(4):
+                        XCOR[st * I8_LANES + ln] = XCOR[st * I8_LANES + ln] - SYMMETRIC_ZERO_POINT * (
+                            T.Cast("int32", XEQ[st * STEP_BYTES + 4 * ln + m])
+                            + T.Cast("int32", XOQ[st * STEP_BYTES + 4 * ln + m]))
+        else:
+            for kb in range(KB):
+                for i in range(BB):
+                    XE[kb * BB + i] = xval(kb * BLK + 2 * i)
+                    XO[kb * BB + i] = xval(kb * BLK + 2 * i + 1)
+
+    return RowDots(dots=dots_i8 if INT8 else dots_f32, load_x=load_x,
+                   lanes=I8_LANES if INT8 else VB, nxf=NXF, nxq=NXQ, ns=NS)
+
+
+def concat_lists(rows: int, nb: int):
+    """The macro ``concat(IDX, VAL, CNT, LIDX, LVAL, c)``: the per-task lists (task fb's
+    CNT[fb] entries at IDX / VAL[fb · nb ...]) of ``rows // nb`` tasks concatenated into
+    LIDX / LVAL, their length in c[0], and LIDX[c[0]] = ``rows``: a sentinel in no group
+    (``column_pass`` applies the last group's sum on it)."""
+    NB, NFB, F = nb, rows // nb, rows
+
+    @T.macro
+    def concat(IDX, VAL, CNT, LIDX, LVAL, c):
+        c[0] = 0
+        for fb in range(NFB):
+            for q in range(CNT[fb]):
+                LIDX[c[0] + q] = IDX[fb * NB + q]
+                LVAL[c[0] + q] = VAL[fb * NB + q]
+            c[0] = c[0] + CNT[fb]
+        LIDX[c[0]] = F  # a sentinel in no group: the last group's sum is applied
+
+    return concat
+
+
+def column_pass(width: int, block: int, parts: int, cw: int, ahead: int, scales_ahead: bool,
+                parallel: bool):
+    """The macro ``gather(OUT, row, LIDX, LVAL, c, W, WS, WZ, B)``:
+    ``OUT[row, :width] = B + Σ_{q < c[0]} LVAL[q] · W[LIDX[q], :]`` on a projection re-laid
+    out per row (``q4_layout.Q4Columns``: W codes [rows, width/2], WS scales and WZ zero
+    points [rows/block, width]), LIDX sorted with its sentinel at c[0] (``concat_lists``).
+    ``parts`` tasks over the outputs (parallel unless ``parallel`` is False), register tiles
+    of ``cw`` outputs; ``ahead``: the codes of the row listed this far ahead are prefetched
+    (each tile reads one short piece of every listed row: latency-bound), and with
+    ``scales_ahead`` its group's scales where that group starts."""
+    if cw % CHUNK or width % (parts * cw):
+        raise CodegenError(f"int4 column pass: {parts} parts of tiles of {cw} outputs do not "
+                           f"divide {width} outputs in chunks of {CHUNK}")
+    BLK, P, CW, DOP, AHEAD, SCALES_AHEAD = block, parts, cw, width // parts, ahead, scales_ahead
+    HALF = CHUNK // 2
+    loop = T.parallel if parallel else T.serial
+
+    def down_zero_point(WZ, g, col):
+        if WZ is None:
+            return T.int32(SYMMETRIC_ZERO_POINT)
+        return T.Cast("int32", WZ[g, col])
+
+    @T.macro
+    def gather(OUT, row, LIDX, LVAL, c, W2, W2S, W2Z, B2):
+        for p in loop(P):
+            tot = T.alloc_buffer((CW,), "float32", scope="local")
+            grp = T.alloc_buffer((CW,), "float32", scope="local")
+            for cc in range(DOP // CW):
+                for i in T.vectorized(CW):
+                    tot[i] = T.float32(0)
+                    grp[i] = T.float32(0)
+                for q in range(c[0]):
+                    j = LIDX[q]
+                    a = LVAL[q]
+                    g = j // BLK
+                    if AHEAD > 0:
+                        jn = LIDX[T.min(q + AHEAD, c[0] - 1)]
+                        for ln in T.unroll(CW // 2 // LINE):
+                            prefetch(W2[jn, (p * DOP + cc * CW) // 2 + ln * LINE])
+                        if SCALES_AHEAD:  # noqa: SIM102 (a parse-time choice around a TIR if)
+                            if jn // BLK != LIDX[T.min(q + AHEAD - 1, c[0] - 1)] // BLK:
+                                for ln in T.unroll(CW * 4 // LINE):
+                                    prefetch(W2S[jn // BLK, p * DOP + cc * CW + ln * (LINE // 4)])
+                    for h in T.unroll(CW // CHUNK):
+                        for v in T.vectorized(HALF):
+                            # meta_var: no scalar binding inside the vector loop
+                            code = T.meta_var(T.Cast("int32", W2[j, (p * DOP + cc * CW + h * CHUNK) // 2 + v]))
+                            col = T.meta_var(p * DOP + cc * CW + h * CHUNK + v)
+                            grp[h * CHUNK + v] = grp[h * CHUNK + v] + a * T.Cast(
+                                "float32", (code & 15) - down_zero_point(W2Z, g, col))
+                            grp[h * CHUNK + HALF + v] = grp[h * CHUNK + HALF + v] + a * T.Cast(
+                                "float32", (code >> 4) - down_zero_point(W2Z, g, col + HALF))
+                    if LIDX[q + 1] // BLK != g:
+                        for i in T.vectorized(CW):
+                            tot[i] = tot[i] + W2S[g, p * DOP + cc * CW + i] * grp[i]
+                            grp[i] = T.float32(0)
+                for i in T.vectorized(CW):
+                    OUT[row, p * DOP + cc * CW + i] = tot[i] + bias(B2, p * DOP + cc * CW + i)
+
+    return gather
+
+
+@dataclass(frozen=True)
+class NeuronRows:
+    """Phase-1 macros of the kernels that read the gate and up projections per neuron (in a
+    task of ``nb`` neurons fb·nb …, ``rows`` rows per pass; ``neuron_rows``):
+
+    * ``gates(fb, gate, acc, W1, W1S, W1Z, B1, xs)``: gate[fl] = x·W1[fb·nb + fl] + B1 for
+      every neuron of the task;
+    * ``listed(fb, n, acc, accb, CAND, IDX, VAL, xs, WA, WAS, WAZ, WB, WBS, WBZ, keep,
+      value)``: the candidates fl with ``keep(fl)`` (n[0] of them, into CAND), the row dots
+      of WA (and WB where it is not None, into accb) for the candidates only, ``rows`` at a
+      time, and ``value(fl, r)`` (r: the candidate's accumulator row) appended to the task's
+      list IDX / VAL where it is non-zero, counted in n[1] (which the caller zeroes)."""
+
+    gates: object
+    listed: object
+
+
+def neuron_rows(nb: int, rows: int, up_ahead: int, rd: RowDots, fmt: Q4Format) -> NeuronRows:
+    """The phase-1 macros for ``rd``'s row dots on rows stored as ``fmt``; ``up_ahead``: lines
+    prefetched of each of the next candidates' rows (then the hardware prefetcher follows
+    each row)."""
+    NB, R, UP_AHEAD, BB = nb, rows, up_ahead, fmt.block // 2
+    dots = rd.dots
+
+    @T.macro
+    def gates(fb, gate, acc, W1, W1S, W1Z, B1, xs):
+        for r4 in range(NB // R):
+            dots(acc, W1, W1S, W1Z, xs, lambda r: fb * NB + r4 * R + r, R)  # noqa: B023 (called while parsing)
+            for r in T.unroll(R):
+                gate[r4 * R + r] = acc[r, 0] + bias(B1, fb * NB + r4 * R + r)
+
+    @T.macro
+    def listed(fb, n, acc, accb, CAND, IDX, VAL, xs, WA, WAS, WAZ, WB, WBS, WBZ, keep, value):
+        n[0] = 0
+        for fl in range(NB):
+            if keep(fl):
+                CAND[fb * NB + n[0]] = fl
+                n[0] = n[0] + 1
+        for q4 in range(n[0] // R):
+            if UP_AHEAD > 0:
+                for r in T.unroll(R):
+                    jn = fb * NB + CAND[fb * NB + T.min((q4 + 1) * R + r, n[0] - 1)]
+                    for ln in T.unroll(UP_AHEAD):
+                        prefetch(WA[jn, ln * LINE // BB, 0])
+                        if WB is not None:
+                            prefetch(WB[jn, ln * LINE // BB, 0])
+            dots(acc, WA, WAS, WAZ, xs, lambda r: fb * NB + CAND[fb * NB + q4 * R + r], R)  # noqa: B023
+            if WB is not None:
+                dots(accb, WB, WBS, WBZ, xs, lambda r: fb * NB + CAND[fb * NB + q4 * R + r], R)  # noqa: B023
+            for r in range(R):
+                fl = CAND[fb * NB + q4 * R + r]
+                a = value(fl, r)
+                if a != T.float32(0):
+                    IDX[fb * NB + n[1]] = fb * NB + fl
+                    VAL[fb * NB + n[1]] = a
+                    n[1] = n[1] + 1
+        for q in range(n[0] // R * R, n[0]):
+            dots(acc, WA, WAS, WAZ, xs, lambda r: fb * NB + CAND[fb * NB + q], 1)  # noqa: B023
+            if WB is not None:
+                dots(accb, WB, WBS, WBZ, xs, lambda r: fb * NB + CAND[fb * NB + q], 1)  # noqa: B023
+            fl = CAND[fb * NB + q]
+            a = value(fl, 0)
+            if a != T.float32(0):
+                IDX[fb * NB + n[1]] = fb * NB + fl
+                VAL[fb * NB + n[1]] = a
+                n[1] = n[1] + 1
+
+    return NeuronRows(gates=gates, listed=listed)
