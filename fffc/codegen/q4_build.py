@@ -1,6 +1,7 @@
-"""The int4 exact kernel (``kernels/exact_q4.py``) compiled in-process for an x86 CPU and
-called through TVM's runtime: for tests and benchmarks. The artifact build does not
-include it yet (its kernel table and the shim take the float kernels' arguments only)."""
+"""The int4 SparseFFN kernels (``kernels/exact_q4.py``, ``teal_q4.py``, ``cats_q4.py``,
+``predictor_q4.py``) compiled in-process for an x86 CPU and called through TVM's runtime:
+for tests and benchmarks. The artifact build does not include them yet (its kernel table
+and the shim take the float kernels' arguments only)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,23 @@ import numpy as np
 
 from fffc.contract.errors import CodegenError
 from fffc.contract.kernels import SparseSpec
+from fffc.contract.kinds import SparseMode
 
 from . import _tvm
+from .kernels.cats_q4 import cats_q4_primfunc
 from .kernels.exact_q4 import Q4Dot, Q4Tiling, exact_q4_primfunc, q4_arg_names, q4_tiling
+from .kernels.predictor_q4 import predictor_q4_primfunc
+from .kernels.teal_q4 import teal_q4_primfunc
 from .q4_layout import Q4Format
 from .schedules import family
 
-SYMBOL = "fffc_sparse_ffn_exact_q4"
+# The int4 kernel generator of each SparseFFN mode: (spec, fmt, tiling, symbol, dot).
+GENERATORS = {SparseMode.EXACT: exact_q4_primfunc, SparseMode.TEAL: teal_q4_primfunc,
+              SparseMode.CATS: cats_q4_primfunc, SparseMode.PREDICTOR: predictor_q4_primfunc}
+
+
+def symbol(mode: SparseMode) -> str:
+    return f"fffc_sparse_ffn_{mode}_q4"
 
 
 def vector_lanes(target: dict) -> int:
@@ -30,8 +41,8 @@ def has_int8_dots(mcpu: str | None = None) -> bool:
 
 
 class Q4Kernel:
-    """``spec``'s int4 exact kernel for ``fmt``, built for the x86 CPU ``mcpu`` (default:
-    this machine's); ``dot`` INT8 needs AVX-512 VNNI."""
+    """``spec``'s int4 kernel (the generator of ``spec.mode``) for ``fmt``, built for the x86
+    CPU ``mcpu`` (default: this machine's); ``dot`` INT8 needs AVX-512 VNNI."""
 
     def __init__(self, spec: SparseSpec, fmt: Q4Format, mcpu: str | None = None,
                  tiling: Q4Tiling | None = None, dot: Q4Dot = Q4Dot.FLOAT32):
@@ -41,17 +52,20 @@ class Q4Kernel:
             raise CodegenError(f"int8 dots need AVX-512 VNNI, not on {self.target['mcpu']}")
         self.tiling = tiling or q4_tiling(spec, vector_lanes(self.target))
         self.names = q4_arg_names(spec, fmt)
-        func = exact_q4_primfunc(spec, fmt, self.tiling, SYMBOL, self.dot)
-        self._ex = _tvm.compile_module({SYMBOL: func}, self.target)
+        if spec.mode not in GENERATORS:
+            raise CodegenError(f"SparseFFN mode {spec.mode}: no int4 kernel")
+        self.symbol = symbol(spec.mode)
+        func = GENERATORS[spec.mode](spec, fmt, self.tiling, self.symbol, self.dot)
+        self._ex = _tvm.compile_module({self.symbol: func}, self.target)
 
     def args(self, x: np.ndarray, inputs: dict[str, np.ndarray]) -> list:
-        """The call's TVM tensors: X, the inputs by name (``exact_q4.q4_inputs``), Y."""
+        """The call's TVM tensors: X, the inputs by name (``q4_pieces.q4_inputs``), Y."""
         arrays = [np.ascontiguousarray(x, np.float32),
                   *(np.ascontiguousarray(inputs[n]) for n in self.names[1:-1])]
         return [*map(_tvm.tensor, arrays), _tvm.empty((x.shape[0], self.spec.d_out))]
 
     def run(self, args: list) -> None:
-        self._ex[SYMBOL](*args)
+        self._ex[self.symbol](*args)
 
     def __call__(self, x: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
         args = self.args(x, inputs)
@@ -60,4 +74,4 @@ class Q4Kernel:
 
     def time(self, args: list, number: int, repeat: int) -> list[float]:
         """Seconds per call, timed in C++ by TVM's time_evaluator."""
-        return _tvm.time_function(self._ex, SYMBOL, args, number, repeat)
+        return _tvm.time_function(self._ex, self.symbol, args, number, repeat)

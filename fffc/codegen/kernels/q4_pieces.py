@@ -33,7 +33,7 @@ from fffc.contract.kinds import SparseMode
 
 from .._tvm import T
 from ..q4_layout import CHUNK, SYMMETRIC_ZERO_POINT, Q4Format
-from .pieces import bias, folds
+from .pieces import bias, check_activations, folds
 
 CODE_LANES = 16  # code bytes widened per vector step (a block of 32 is one step)
 STEP_BYTES = 64  # int8 dots: code bytes per step (one 512-bit register)
@@ -104,6 +104,20 @@ def check_q4_shapes(spec: SparseSpec, fmt: Q4Format) -> None:
                            f"multiples of the block {fmt.block}")
     if spec.d_out % CHUNK:
         raise CodegenError(f"int4 kernel: d_out {spec.d_out} must be a multiple of {CHUNK}")
+
+
+def check_q4_mode(spec: SparseSpec, mode: SparseMode) -> None:
+    """Raise CodegenError unless ``spec`` is a SparseFFN ``mode`` spec an int4 kernel of
+    that mode takes (activations with kernels, float32 activations, no centers)."""
+    if not isinstance(spec, SparseSpec) or spec.mode is not mode:
+        raise CodegenError(f"not a SparseFFN mode={mode} spec: {spec}")
+    check_activations(f"SparseFFN {mode}", spec.activation, spec.up_activation)
+    if spec.up_activation != "none" and not spec.gated:
+        raise CodegenError("SparseFFN up_activation needs a gated FFN (input WU)")
+    if spec.centers:
+        raise CodegenError(f"int4 {mode} kernel: centered inputs (XC, HC) are not supported")
+    if spec.dtype != "float32":
+        raise CodegenError(f"int4 kernels take float32 activations, got {spec.dtype!r}")
 
 
 def check_int8_dots(spec: SparseSpec, fmt: Q4Format) -> None:
