@@ -15,13 +15,16 @@ from . import _tvm
 from .kernels.cats_q4 import cats_q4_primfunc
 from .kernels.exact_q4 import Q4Dot, Q4Tiling, exact_q4_primfunc, q4_arg_names, q4_tiling
 from .kernels.predictor_q4 import predictor_q4_primfunc
-from .kernels.teal_q4 import teal_q4_primfunc
+from .kernels.teal_q4 import teal_q4_primfunc, teal_q4_tiling
 from .q4_layout import Q4Format
 from .schedules import family
 
-# The int4 kernel generator of each SparseFFN mode: (spec, fmt, tiling, symbol, dot).
-GENERATORS = {SparseMode.EXACT: exact_q4_primfunc, SparseMode.TEAL: teal_q4_primfunc,
-              SparseMode.CATS: cats_q4_primfunc, SparseMode.PREDICTOR: predictor_q4_primfunc}
+# The int4 kernel generator of each SparseFFN mode, (spec, fmt, tiling, symbol, dot), and
+# its default tiling, (spec, float32 lanes of the CPU).
+GENERATORS = {SparseMode.EXACT: (exact_q4_primfunc, q4_tiling),
+              SparseMode.TEAL: (teal_q4_primfunc, teal_q4_tiling),
+              SparseMode.CATS: (cats_q4_primfunc, q4_tiling),
+              SparseMode.PREDICTOR: (predictor_q4_primfunc, q4_tiling)}
 
 
 def symbol(mode: SparseMode) -> str:
@@ -50,12 +53,13 @@ class Q4Kernel:
         self.target = family("x86").target(mcpu)
         if self.dot is Q4Dot.INT8 and not has_int8_dots(mcpu):
             raise CodegenError(f"int8 dots need AVX-512 VNNI, not on {self.target['mcpu']}")
-        self.tiling = tiling or q4_tiling(spec, vector_lanes(self.target))
-        self.names = q4_arg_names(spec, fmt)
         if spec.mode not in GENERATORS:
             raise CodegenError(f"SparseFFN mode {spec.mode}: no int4 kernel")
+        generator, default_tiling = GENERATORS[spec.mode]
+        self.tiling = tiling or default_tiling(spec, vector_lanes(self.target))
+        self.names = q4_arg_names(spec, fmt)
         self.symbol = symbol(spec.mode)
-        func = GENERATORS[spec.mode](spec, fmt, self.tiling, self.symbol, self.dot)
+        func = generator(spec, fmt, self.tiling, self.symbol, self.dot)
         self._ex = _tvm.compile_module({self.symbol: func}, self.target)
 
     def args(self, x: np.ndarray, inputs: dict[str, np.ndarray]) -> list:

@@ -76,6 +76,8 @@ class Q4Tiling:
     # prefetcher follows each row)
     lut: bool = False  # float32 dots of symmetric codes: code − 8 as float looked up by a
     # 16-entry register permute (AVX-512 vpermps) instead of mask, subtract, convert
+    cw_in: int = 0  # TEAL: outputs per register tile of the input-sparse gate pass (over
+    # d_ff; 0: as cw)
 
 
 ROWS = 4

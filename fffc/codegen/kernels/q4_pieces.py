@@ -430,3 +430,111 @@ def neuron_rows(nb: int, rows: int, up_ahead: int, rd: RowDots, fmt: Q4Format) -
                 n[1] = n[1] + 1
 
     return NeuronRows(gates=gates, listed=listed)
+
+
+# --- int8 column passes: the listed values quantized per group, 4 rows per VNNI step ---
+
+
+def quantize_list(rows: int, block: int):
+    """The macro ``quantize(LIDX, LVAL, c, QROW, QX, GS, GC, GM, nq)``: the list of c[0]
+    (row, value) pairs (LIDX sorted, its sentinel at c[0]) quantized per group of ``block``
+    rows as ONNX Runtime's ``accuracy_level`` 4 quantizes an input block (scale GS[g] =
+    max |v| / 127 over the group's listed values, codes round(v / scale)), in quads of 4
+    rows of one group: quad u holds rows QROW[4u .. 4u + 3] and their int8 codes packed in
+    QX[u] (row r of the quad in byte r; a group's last quad is padded with its last row and
+    code 0), nq[0] quads, QROW[4·nq[0]] = ``rows`` (a sentinel in no group). GC[g] = −8 ·
+    Σ codes of group g: the symmetric zero point's share. GM: [groups] scratch."""
+    G, BLK = rows // block, block
+
+    @T.macro
+    def quantize(LIDX, LVAL, c, QROW, QX, GS, GC, GM, nq):
+        m = T.alloc_buffer((1,), "int32", scope="local")
+        for g in range(G):
+            GM[g] = T.float32(0)
+            GC[g] = 0
+        for q in range(c[0]):
+            GM[LIDX[q] // BLK] = T.max(GM[LIDX[q] // BLK], T.fabs(LVAL[q]))
+        nq[0] = 0
+        m[0] = 0
+        for q in range(c[0]):
+            j = LIDX[q]
+            g = j // BLK
+            inv = T.if_then_else(GM[g] > T.float32(0), T.float32(127) / GM[g], T.float32(0))
+            xq = T.Cast("int32", T.nearbyint(LVAL[q] * inv))
+            GS[g] = GM[g] / T.float32(127)
+            GC[g] = GC[g] - SYMMETRIC_ZERO_POINT * xq
+            if m[0] == 0:
+                QX[nq[0]] = 0
+            QROW[4 * nq[0] + m[0]] = j
+            QX[nq[0]] = QX[nq[0]] | T.shift_left(xq & 255, 8 * m[0])
+            m[0] = m[0] + 1
+            if LIDX[q + 1] // BLK != g:
+                for r in range(4):
+                    if r >= m[0]:
+                        QROW[4 * nq[0] + r] = j
+                m[0] = 4
+            if m[0] == 4:
+                nq[0] = nq[0] + 1
+                m[0] = 0
+        QROW[4 * nq[0]] = G * BLK
+
+    return quantize
+
+
+def column_pass_i8(width: int, block: int, parts: int, cw: int, ahead: int, parallel: bool):
+    """The macro ``gather(OUT, row, QROW, QX, GS, GC, nq, W, WS, B)``: ``column_pass`` on the
+    quads of ``quantize_list`` with symmetric codes: per register tile of ``cw`` outputs and
+    quad, the four rows' 16-byte pieces widened and packed into the bytes of 16 int32 lanes
+    (row r in byte r), their low and high nibbles two VNNI steps with the quad's codes
+    (AVX-512 VNNI: 4 products a lane); per group, the int32 sums plus GC[g] converted and
+    scaled by GS[g] and the group's weight scales once. ``ahead``: the rows of the quad this
+    far ahead are prefetched."""
+    if cw % CHUNK or width % (parts * cw):
+        raise CodegenError(f"int4 column pass: {parts} parts of tiles of {cw} outputs do not "
+                           f"divide {width} outputs in chunks of {CHUNK}")
+    BLK, P, CW, DOP, AHEAD = block, parts, cw, width // parts, ahead
+    HALF = CHUNK // 2
+    loop = T.parallel if parallel else T.serial
+    mask = T.broadcast(T.int32(0x0F0F0F0F), HALF)
+
+    def quad_step(acc, W, QROW, u, xq, col0):
+        """acc[h·CHUNK ...] += the quad's products over the tile's chunks (emitted)."""
+        xb = T.broadcast(xq, HALF)
+        for h in range(CW // CHUNK):
+            packed = None
+            for r in range(4):
+                w = T.Cast("int32x16", W.vload([QROW[4 * u + r], (col0 + h * CHUNK) // 2],
+                                               "uint8x16"))
+                w = w if r == 0 else T.shift_left(w, T.broadcast(T.int32(8 * r), HALF))
+                packed = w if packed is None else packed | w
+            lo, hi = T.ramp(h * CHUNK, 1, HALF), T.ramp(h * CHUNK + HALF, 1, HALF)
+            T.buffer_store(acc, vnni(acc[lo], packed & mask, xb), [lo])
+            T.buffer_store(acc, vnni(acc[hi], T.shift_right(packed, T.broadcast(
+                T.int32(4), HALF)) & mask, xb), [hi])
+
+    @T.macro
+    def gather(OUT, row, QROW, QX, GS, GC, nq, W, WS, B):
+        for p in loop(P):
+            tot = T.alloc_buffer((CW,), "float32", scope="local")
+            acc = T.alloc_buffer((CW,), "int32", scope="local")
+            for cc in range(DOP // CW):
+                for i in T.vectorized(CW):
+                    tot[i] = T.float32(0)
+                    acc[i] = 0
+                for u in range(nq[0]):
+                    g = QROW[4 * u] // BLK
+                    if AHEAD > 0:
+                        un = T.min(u + AHEAD, nq[0] - 1)
+                        for r in T.unroll(4):
+                            for ln in T.unroll(CW // 2 // LINE):
+                                prefetch(W[QROW[4 * un + r], (p * DOP + cc * CW) // 2 + ln * LINE])
+                    quad_step(acc, W, QROW, u, QX[u], p * DOP + cc * CW)
+                    if QROW[4 * u + 4] // BLK != g:
+                        for i in T.vectorized(CW):
+                            tot[i] = tot[i] + WS[g, p * DOP + cc * CW + i] * (
+                                GS[g] * T.Cast("float32", acc[i] + GC[g]))
+                            acc[i] = 0
+                for i in T.vectorized(CW):
+                    OUT[row, p * DOP + cc * CW + i] = tot[i] + bias(B, p * DOP + cc * CW + i)
+
+    return gather

@@ -17,12 +17,20 @@ FFN on ``q4_layout.dequantize``'s matrices up to float reassociation, and a neur
    with |a| > t_hidden, concatenated;
 3. the down projection over the listed neurons (``column_pass`` on W2, as ``exact_q4``).
 
-The input-sparse pass scales each channel's row by its float value, so there is no int8-dot
-variant. Centered TEAL (XC, HC) is not taken here.
+The activations use the vectorizable forms (``pieces.activation(vector=True)``: SiLU's
+exp as a polynomial, relative error ~1e-7). With ``Q4Dot.INT8`` (symmetric weights, AVX-512
+VNNI), x' and then a' are quantized to int8 per block of ``block`` channels / neurons (scale
+max |v| / 127 over the block's listed values: as ONNX Runtime's ``accuracy_level`` 4
+quantizes each MatMulNBits input, skipped entries being 0) and both passes are
+``q4_pieces.column_pass_i8`` (four listed rows per VNNI step): the thresholded FFN up to
+the rounding of x' and a' (and a neuron whose |a| is within that rounding of t_hidden may
+be decided otherwise than in float). Centered TEAL (XC, HC) is not taken here.
 """
 
 # No ``from __future__ import annotations``: ``T.jit`` reads the kernel's parameter
 # annotations (shapes and dtypes from the generator's closure) as objects.
+
+from dataclasses import replace
 
 from fffc.contract.errors import CodegenError
 from fffc.contract.kernels import SparseSpec
@@ -30,23 +38,33 @@ from fffc.contract.kinds import SparseMode
 
 from .._tvm import T
 from ..q4_layout import CHUNK, Q4Format
-from .exact_q4 import PARTS, Q4Tiling, check_tiling
+from .exact_q4 import PARTS, Q4Tiling, check_tiling, q4_tiling
 from .pieces import activation, largest_divisor, with_args
 from .q4_pieces import (
     Q4Dot,
     check_q4_mode,
     check_q4_shapes,
     column_pass,
+    column_pass_i8,
     concat_lists,
     q4_arg_names,
+    quantize_list,
 )
+
+
+def teal_q4_tiling(spec: SparseSpec, lanes: int) -> Q4Tiling:
+    """``q4_tiling``'s, with gate-pass tiles twice as wide as the down projection's: the
+    gate pass reads short pieces of long rows (d_ff/2 bytes apart), so a wider piece per
+    visit (accumulators partly spilled to L1) measured faster."""
+    t = q4_tiling(spec, lanes)
+    return replace(t, cw_in=2 * t.cw)
 
 
 def check_teal_q4(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, dot: Q4Dot) -> None:
     """Raise CodegenError for what the int4 TEAL kernel cannot compute."""
     check_q4_mode(spec, SparseMode.TEAL)
-    if dot is not Q4Dot.FLOAT32:
-        raise CodegenError("int4 TEAL kernel: float32 dots only (x scales whole rows)")
+    if dot is Q4Dot.INT8 and fmt.zero_points:
+        raise CodegenError("int4 TEAL kernel, int8 dots: symmetric weights only")
     check_q4_shapes(spec, fmt)
     if spec.d_ff % CHUNK:
         raise CodegenError(f"int4 TEAL kernel: d_ff {spec.d_ff} must be a multiple of {CHUNK}")
@@ -57,8 +75,8 @@ def teal_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: 
                      dot: Q4Dot = Q4Dot.FLOAT32):
     """The PrimFunc of the int4 TEAL kernel; arguments ``q4_arg_names(spec, fmt)``, every
     projection a ``q4_layout.Q4Columns``. Of the tiling: ``nb`` neurons per activation task;
-    ``parts`` and ``cw`` the down projection's tasks and tiles (the gate pass: tiles as wide
-    over d_ff, at most ``PARTS`` tasks)."""
+    ``parts`` and ``cw`` the down projection's tasks and tiles, ``cw_in`` the gate pass's
+    tiles (over d_ff, at most ``PARTS`` tasks). ``dot`` INT8 needs an AVX-512 VNNI target."""
     dot = Q4Dot(dot)
     check_teal_q4(spec, fmt, tiling, dot)
     t = tiling
@@ -67,11 +85,18 @@ def teal_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: 
     NB, NFB = t.nb, F // t.nb
     loop = T.parallel if t.parallel else T.serial
     gated = spec.gated
-    act, up = activation(spec.activation), activation(spec.up_activation)
-    cw1 = CHUNK * largest_divisor(F // CHUNK, t.cw // CHUNK)
-    gate_pass = column_pass(F, BLK, largest_divisor(F // cw1, PARTS), cw1, t.ahead,
-                            t.scales_ahead, t.parallel)
-    down = column_pass(DO, BLK, t.parts, t.cw, t.ahead, t.scales_ahead, t.parallel)
+    act, up = activation(spec.activation, vector=True), activation(spec.up_activation, vector=True)
+    cw1 = CHUNK * largest_divisor(F // CHUNK, (t.cw_in or t.cw) // CHUNK)
+    parts1 = largest_divisor(F // cw1, PARTS)
+    INT8 = dot is Q4Dot.INT8
+    if INT8:
+        gate_pass = column_pass_i8(F, BLK, parts1, cw1, t.ahead, t.parallel)
+        down = column_pass_i8(DO, BLK, t.parts, t.cw, t.ahead, t.parallel)
+        quantize_in, quantize_hidden = quantize_list(D, BLK), quantize_list(F, BLK)
+    else:
+        gate_pass = column_pass(F, BLK, parts1, cw1, t.ahead, t.scales_ahead, t.parallel)
+        down = column_pass(DO, BLK, t.parts, t.cw, t.ahead, t.scales_ahead, t.parallel)
+    QI, QH = D // 4 + GI, F // 4 + G  # quads at most (int8: a group's last one padded)
     concat = concat_lists(F, NB)
     HR = 2 if gated else 1  # rows of H: the gate's pre-activations (and the up projection)
 
@@ -100,8 +125,19 @@ def teal_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: 
         CNT = T.alloc_buffer((NFB,), "int32")
         LIDX = T.alloc_buffer((F + 1,), "int32")
         LVAL = T.alloc_buffer((F,), "float32")
+        QROWI = T.alloc_buffer((4 * QI + 1,), "int32")
+        QXI = T.alloc_buffer((QI,), "int32")
+        GSI = T.alloc_buffer((GI,), "float32")
+        GCI = T.alloc_buffer((GI,), "int32")
+        GMI = T.alloc_buffer((GI,), "float32")
+        QROWH = T.alloc_buffer((4 * QH + 1,), "int32")
+        QXH = T.alloc_buffer((QH,), "int32")
+        GSH = T.alloc_buffer((G,), "float32")
+        GCH = T.alloc_buffer((G,), "int32")
+        GMH = T.alloc_buffer((G,), "float32")
         for tb in range(N):
             c = T.alloc_buffer((1,), "int32", scope="local")
+            nq = T.alloc_buffer((1,), "int32", scope="local")
             # Phase 0: the surviving channels, then a sentinel in no group.
             c[0] = 0
             for k in range(D):
@@ -111,9 +147,15 @@ def teal_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: 
                     c[0] = c[0] + 1
             KIN[c[0]] = D
             # Phase 1: their rows of W1 (and WU), summed per group of channels.
-            gate_pass(H, 0, KIN, XIN, c, W1, W1S, W1Z, B1)
-            if gated:
-                gate_pass(H, 1, KIN, XIN, c, WU, WUS, WUZ, None)
+            if INT8:
+                quantize_in(KIN, XIN, c, QROWI, QXI, GSI, GCI, GMI, nq)
+                gate_pass(H, 0, QROWI, QXI, GSI, GCI, nq, W1, W1S, B1)
+                if gated:
+                    gate_pass(H, 1, QROWI, QXI, GSI, GCI, nq, WU, WUS, None)
+            else:
+                gate_pass(H, 0, KIN, XIN, c, W1, W1S, W1Z, B1)
+                if gated:
+                    gate_pass(H, 1, KIN, XIN, c, WU, WUS, WUZ, None)
             # Phase 2: activations, the neurons above t_hidden listed.
             for fb in loop(NFB):
                 hb = T.alloc_buffer((NB,), "float32", scope="local")
@@ -132,6 +174,10 @@ def teal_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: 
                 CNT[fb] = n[0]
             concat(IDX, VAL, CNT, LIDX, LVAL, c)
             # Phase 3: the listed neurons' columns of W2.
-            down(Y, tb, LIDX, LVAL, c, W2, W2S, W2Z, B2)
+            if INT8:
+                quantize_hidden(LIDX, LVAL, c, QROWH, QXH, GSH, GCH, GMH, nq)
+                down(Y, tb, QROWH, QXH, GSH, GCH, nq, W2, W2S, B2)
+            else:
+                down(Y, tb, LIDX, LVAL, c, W2, W2S, W2Z, B2)
 
     return with_args(kernel, q4_arg_names(spec, fmt))
