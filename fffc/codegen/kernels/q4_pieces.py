@@ -481,6 +481,10 @@ def quantize_list(rows: int, block: int):
     return quantize
 
 
+# byte 4i + r of a quad's packed vector: byte i of row r's 16-byte piece
+INTERLEAVE = [16 * r + i for i in range(CHUNK // 2) for r in range(4)]
+
+
 def column_pass_i8(width: int, block: int, parts: int, cw: int, ahead: int, parallel: bool):
     """The macro ``gather(OUT, row, QROW, QX, GS, GC, nq, W, WS, B)``: ``column_pass`` on the
     quads of ``quantize_list`` with symmetric codes: per register tile of ``cw`` outputs and
@@ -488,7 +492,7 @@ def column_pass_i8(width: int, block: int, parts: int, cw: int, ahead: int, para
     (row r in byte r), their low and high nibbles two VNNI steps with the quad's codes
     (AVX-512 VNNI: 4 products a lane); per group, the int32 sums plus GC[g] converted and
     scaled by GS[g] and the group's weight scales once. ``ahead``: the rows of the quad this
-    far ahead are prefetched."""
+    far ahead are prefetched, and its group's scales where that group starts."""
     if cw % CHUNK or width % (parts * cw):
         raise CodegenError(f"int4 column pass: {parts} parts of tiles of {cw} outputs do not "
                            f"divide {width} outputs in chunks of {CHUNK}")
@@ -501,12 +505,9 @@ def column_pass_i8(width: int, block: int, parts: int, cw: int, ahead: int, para
         """acc[h·CHUNK ...] += the quad's products over the tile's chunks (emitted)."""
         xb = T.broadcast(xq, HALF)
         for h in range(CW // CHUNK):
-            packed = None
-            for r in range(4):
-                w = T.Cast("int32x16", W.vload([QROW[4 * u + r], (col0 + h * CHUNK) // 2],
-                                               "uint8x16"))
-                w = w if r == 0 else T.shift_left(w, T.broadcast(T.int32(8 * r), HALF))
-                packed = w if packed is None else packed | w
+            pieces = [W.vload([QROW[4 * u + r], (col0 + h * CHUNK) // 2], "uint8x16")
+                      for r in range(4)]
+            packed = T.reinterpret("int32x16", T.Shuffle(pieces, INTERLEAVE))
             lo, hi = T.ramp(h * CHUNK, 1, HALF), T.ramp(h * CHUNK + HALF, 1, HALF)
             T.buffer_store(acc, vnni(acc[lo], packed & mask, xb), [lo])
             T.buffer_store(acc, vnni(acc[hi], T.shift_right(packed, T.broadcast(
@@ -518,9 +519,11 @@ def column_pass_i8(width: int, block: int, parts: int, cw: int, ahead: int, para
             tot = T.alloc_buffer((CW,), "float32", scope="local")
             acc = T.alloc_buffer((CW,), "int32", scope="local")
             for cc in range(DOP // CW):
-                for i in T.vectorized(CW):
-                    tot[i] = T.float32(0)
-                    acc[i] = 0
+                # 16-lane steps throughout: acc stays in vector registers
+                for h in T.unroll(CW // HALF):
+                    for v in T.vectorized(HALF):
+                        tot[h * HALF + v] = T.float32(0)
+                        acc[h * HALF + v] = 0
                 for u in range(nq[0]):
                     g = QROW[4 * u] // BLK
                     if AHEAD > 0:
@@ -528,13 +531,20 @@ def column_pass_i8(width: int, block: int, parts: int, cw: int, ahead: int, para
                         for r in T.unroll(4):
                             for ln in T.unroll(CW // 2 // LINE):
                                 prefetch(W[QROW[4 * un + r], (p * DOP + cc * CW) // 2 + ln * LINE])
+                        if QROW[4 * un] // BLK != QROW[4 * T.max(un - 1, 0)] // BLK:
+                            for ln in T.unroll(CW * 4 // LINE):
+                                prefetch(WS[QROW[4 * un] // BLK, p * DOP + cc * CW + ln * (LINE // 4)])
                     quad_step(acc, W, QROW, u, QX[u], p * DOP + cc * CW)
                     if QROW[4 * u + 4] // BLK != g:
-                        for i in T.vectorized(CW):
-                            tot[i] = tot[i] + WS[g, p * DOP + cc * CW + i] * (
-                                GS[g] * T.Cast("float32", acc[i] + GC[g]))
-                            acc[i] = 0
-                for i in T.vectorized(CW):
-                    OUT[row, p * DOP + cc * CW + i] = tot[i] + bias(B, p * DOP + cc * CW + i)
+                        for h in T.unroll(CW // HALF):
+                            for v in T.vectorized(HALF):
+                                tot[h * HALF + v] = tot[h * HALF + v] + WS[
+                                    g, p * DOP + cc * CW + h * HALF + v] * (GS[g] * T.Cast(
+                                        "float32", acc[h * HALF + v] + GC[g]))
+                                acc[h * HALF + v] = 0
+                for h in T.unroll(CW // HALF):
+                    for v in T.vectorized(HALF):
+                        OUT[row, p * DOP + cc * CW + h * HALF + v] = tot[h * HALF + v] + bias(
+                            B, p * DOP + cc * CW + h * HALF + v)
 
     return gather
