@@ -486,10 +486,12 @@ INTERLEAVE = [16 * r + i for i in range(CHUNK // 2) for r in range(4)]
 
 
 def column_pass_i8(width: int, block: int, parts: int, cw: int, ahead: int, parallel: bool):
-    """The macro ``gather(OUT, row, QROW, QX, GS, GC, nq, W, WS, B)``: ``column_pass`` on the
-    quads of ``quantize_list`` with symmetric codes: per register tile of ``cw`` outputs and
-    quad, the four rows' 16-byte pieces widened and packed into the bytes of 16 int32 lanes
-    (row r in byte r), their low and high nibbles two VNNI steps with the quad's codes
+    """The macro ``gather(OUT, row, QROW, QX, GS, GC, nq, W, WS, B, rowb, WB, WSB, BB)``:
+    ``column_pass`` on the quads of ``quantize_list`` with symmetric codes, into
+    OUT[row] from W (and, where WB is not None, into OUT[rowb] from WB in the same pass over
+    the quads: two projections of the same input): per register tile of ``cw`` outputs and
+    quad, the four rows' 16-byte pieces interleaved by a byte shuffle (row r in byte r of
+    each int32 lane), their low and high nibbles two VNNI steps with the quad's codes
     (AVX-512 VNNI: 4 products a lane); per group, the int32 sums plus GC[g] converted and
     scaled by GS[g] and the group's weight scales once. ``ahead``: the rows of the quad this
     far ahead are prefetched, and its group's scales where that group starts."""
@@ -513,38 +515,63 @@ def column_pass_i8(width: int, block: int, parts: int, cw: int, ahead: int, para
             T.buffer_store(acc, vnni(acc[hi], T.shift_right(packed, T.broadcast(
                 T.int32(4), HALF)) & mask, xb), [hi])
 
+    def ahead_rows(W, WS, QROW, un, col0):
+        """Prefetch quad un's pieces of W and, where its group starts, the group's scales."""
+        for r in range(4):
+            for ln in range(CW // 2 // LINE):
+                prefetch(W[QROW[4 * un + r], col0 // 2 + ln * LINE])
+        with T.If(QROW[4 * un] // BLK != QROW[4 * T.max(un - 1, 0)] // BLK), T.Then():
+            for ln in range(CW * 4 // LINE):
+                prefetch(WS[QROW[4 * un] // BLK, col0 + ln * (LINE // 4)])
+
+    def flush(tot, acc, WS, GS, GC, g, col0):
+        for h in range(CW // HALF):
+            i = T.ramp(h * HALF, 1, HALF)
+            T.buffer_store(tot, tot[i] + WS[g, T.ramp(col0 + h * HALF, 1, HALF)] * (
+                T.broadcast(GS[g], HALF) * T.Cast("float32x16", acc[i] + T.broadcast(
+                    GC[g], HALF))), [i])
+            T.buffer_store(acc, T.broadcast(T.int32(0), HALF), [i])
+
+    def zero(tot, acc):
+        for h in range(CW // HALF):
+            i = T.ramp(h * HALF, 1, HALF)
+            T.buffer_store(tot, T.broadcast(T.float32(0), HALF), [i])
+            T.buffer_store(acc, T.broadcast(T.int32(0), HALF), [i])
+
+    def store(OUT, row, tot, B, col0):
+        for h in range(CW // HALF):
+            i = T.ramp(h * HALF, 1, HALF)
+            b = (T.broadcast(T.float32(0), HALF) if B is None
+                 else B[T.ramp(col0 + h * HALF, 1, HALF)])
+            T.buffer_store(OUT, tot[i] + b, [row, T.ramp(col0 + h * HALF, 1, HALF)])
+
     @T.macro
-    def gather(OUT, row, QROW, QX, GS, GC, nq, W, WS, B):
+    def gather(OUT, row, QROW, QX, GS, GC, nq, W, WS, B, rowb, WB, WSB, BB):
         for p in loop(P):
+            # 16-lane steps throughout: the accumulators can stay in vector registers
             tot = T.alloc_buffer((CW,), "float32", scope="local")
             acc = T.alloc_buffer((CW,), "int32", scope="local")
+            totb = T.alloc_buffer((CW,), "float32", scope="local") if WB is not None else T.meta_var(None)
+            accb = T.alloc_buffer((CW,), "int32", scope="local") if WB is not None else T.meta_var(None)
             for cc in range(DOP // CW):
-                # 16-lane steps throughout: acc stays in vector registers
-                for h in T.unroll(CW // HALF):
-                    for v in T.vectorized(HALF):
-                        tot[h * HALF + v] = T.float32(0)
-                        acc[h * HALF + v] = 0
+                zero(tot, acc)
+                if WB is not None:
+                    zero(totb, accb)
                 for u in range(nq[0]):
                     g = QROW[4 * u] // BLK
                     if AHEAD > 0:
-                        un = T.min(u + AHEAD, nq[0] - 1)
-                        for r in T.unroll(4):
-                            for ln in T.unroll(CW // 2 // LINE):
-                                prefetch(W[QROW[4 * un + r], (p * DOP + cc * CW) // 2 + ln * LINE])
-                        if QROW[4 * un] // BLK != QROW[4 * T.max(un - 1, 0)] // BLK:
-                            for ln in T.unroll(CW * 4 // LINE):
-                                prefetch(WS[QROW[4 * un] // BLK, p * DOP + cc * CW + ln * (LINE // 4)])
+                        ahead_rows(W, WS, QROW, T.min(u + AHEAD, nq[0] - 1), p * DOP + cc * CW)
+                        if WB is not None:
+                            ahead_rows(WB, WSB, QROW, T.min(u + AHEAD, nq[0] - 1), p * DOP + cc * CW)
                     quad_step(acc, W, QROW, u, QX[u], p * DOP + cc * CW)
+                    if WB is not None:
+                        quad_step(accb, WB, QROW, u, QX[u], p * DOP + cc * CW)
                     if QROW[4 * u + 4] // BLK != g:
-                        for h in T.unroll(CW // HALF):
-                            for v in T.vectorized(HALF):
-                                tot[h * HALF + v] = tot[h * HALF + v] + WS[
-                                    g, p * DOP + cc * CW + h * HALF + v] * (GS[g] * T.Cast(
-                                        "float32", acc[h * HALF + v] + GC[g]))
-                                acc[h * HALF + v] = 0
-                for h in T.unroll(CW // HALF):
-                    for v in T.vectorized(HALF):
-                        OUT[row, p * DOP + cc * CW + h * HALF + v] = tot[h * HALF + v] + bias(
-                            B, p * DOP + cc * CW + h * HALF + v)
+                        flush(tot, acc, WS, GS, GC, g, p * DOP + cc * CW)
+                        if WB is not None:
+                            flush(totb, accb, WSB, GS, GC, g, p * DOP + cc * CW)
+                store(OUT, row, tot, B, p * DOP + cc * CW)
+                if WB is not None:
+                    store(OUT, rowb, totb, BB, p * DOP + cc * CW)
 
     return gather

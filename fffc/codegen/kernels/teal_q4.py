@@ -22,7 +22,8 @@ exp as a polynomial, relative error ~1e-7). With ``Q4Dot.INT8`` (symmetric weigh
 VNNI), x' and then a' are quantized to int8 per block of ``block`` channels / neurons (scale
 max |v| / 127 over the block's listed values: as ONNX Runtime's ``accuracy_level`` 4
 quantizes each MatMulNBits input, skipped entries being 0) and both passes are
-``q4_pieces.column_pass_i8`` (four listed rows per VNNI step): the thresholded FFN up to
+``q4_pieces.column_pass_i8`` (four listed rows per VNNI step; W1 and WU in one pass over
+the quantized list): the thresholded FFN up to
 the rounding of x' and a' (and a neuron whose |a| is within that rounding of t_hidden may
 be decided otherwise than in float). Centered TEAL (XC, HC) is not taken here.
 """
@@ -149,9 +150,7 @@ def teal_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: 
             # Phase 1: their rows of W1 (and WU), summed per group of channels.
             if INT8:
                 quantize_in(KIN, XIN, c, QROWI, QXI, GSI, GCI, GMI, nq)
-                gate_pass(H, 0, QROWI, QXI, GSI, GCI, nq, W1, W1S, B1)
-                if gated:
-                    gate_pass(H, 1, QROWI, QXI, GSI, GCI, nq, WU, WUS, None)
+                gate_pass(H, 0, QROWI, QXI, GSI, GCI, nq, W1, W1S, B1, 1, WU, WUS, None)
             else:
                 gate_pass(H, 0, KIN, XIN, c, W1, W1S, W1Z, B1)
                 if gated:
@@ -176,7 +175,7 @@ def teal_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: 
             # Phase 3: the listed neurons' columns of W2.
             if INT8:
                 quantize_hidden(LIDX, LVAL, c, QROWH, QXH, GSH, GCH, GMH, nq)
-                down(Y, tb, QROWH, QXH, GSH, GCH, nq, W2, W2S, B2)
+                down(Y, tb, QROWH, QXH, GSH, GCH, nq, W2, W2S, B2, 0, None, None, None)
             else:
                 down(Y, tb, LIDX, LVAL, c, W2, W2S, W2Z, B2)
 
