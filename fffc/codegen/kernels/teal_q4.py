@@ -97,7 +97,8 @@ def teal_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: 
     else:
         gate_pass = column_pass(F, BLK, parts1, cw1, t.ahead, t.scales_ahead, t.parallel)
         down = column_pass(DO, BLK, t.parts, t.cw, t.ahead, t.scales_ahead, t.parallel)
-    QI, QH = D // 4 + GI, F // 4 + G  # quads at most (int8: a group's last one padded)
+    # int8: quads at most (a group's last one padded) and groups of the quantized lists
+    QI, QH, QGI, QG = (D // 4 + GI, F // 4 + G, GI, G) if INT8 else (1, 1, 1, 1)
     concat = concat_lists(F, NB)
     HR = 2 if gated else 1  # rows of H: the gate's pre-activations (and the up projection)
 
@@ -128,14 +129,14 @@ def teal_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: 
         LVAL = T.alloc_buffer((F,), "float32")
         QROWI = T.alloc_buffer((4 * QI + 1,), "int32")
         QXI = T.alloc_buffer((QI,), "int32")
-        GSI = T.alloc_buffer((GI,), "float32")
-        GCI = T.alloc_buffer((GI,), "int32")
-        GMI = T.alloc_buffer((GI,), "float32")
+        GSI = T.alloc_buffer((QGI,), "float32")
+        GCI = T.alloc_buffer((QGI,), "int32")
+        GMI = T.alloc_buffer((QGI,), "float32")
         QROWH = T.alloc_buffer((4 * QH + 1,), "int32")
         QXH = T.alloc_buffer((QH,), "int32")
-        GSH = T.alloc_buffer((G,), "float32")
-        GCH = T.alloc_buffer((G,), "int32")
-        GMH = T.alloc_buffer((G,), "float32")
+        GSH = T.alloc_buffer((QG,), "float32")
+        GCH = T.alloc_buffer((QG,), "int32")
+        GMH = T.alloc_buffer((QG,), "float32")
         for tb in range(N):
             c = T.alloc_buffer((1,), "int32", scope="local")
             nq = T.alloc_buffer((1,), "int32", scope="local")
