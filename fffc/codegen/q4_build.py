@@ -13,18 +13,25 @@ from fffc.contract.kinds import SparseMode
 
 from . import _tvm
 from .kernels.cats_q4 import cats_q4_primfunc
-from .kernels.exact_q4 import Q4Dot, Q4Tiling, exact_q4_primfunc, q4_arg_names, q4_tiling
+from .kernels.exact_q4 import (
+    Q4Dot,
+    Q4Tiling,
+    exact_q4_primfunc,
+    q4_arg_names,
+    q4_tiling,
+    register_tiling,
+)
 from .kernels.predictor_q4 import predictor_q4_primfunc
-from .kernels.teal_q4 import teal_q4_primfunc, teal_q4_tiling
+from .kernels.teal_q4 import teal_q4_primfunc
 from .q4_layout import Q4Format
 from .schedules import family
 
 # The int4 kernel generator of each SparseFFN mode, (spec, fmt, tiling, symbol, dot), and
 # its default tiling, (spec, float32 lanes of the CPU).
 GENERATORS = {SparseMode.EXACT: (exact_q4_primfunc, q4_tiling),
-              SparseMode.TEAL: (teal_q4_primfunc, teal_q4_tiling),
-              SparseMode.CATS: (cats_q4_primfunc, q4_tiling),
-              SparseMode.PREDICTOR: (predictor_q4_primfunc, q4_tiling)}
+              SparseMode.TEAL: (teal_q4_primfunc, register_tiling),
+              SparseMode.CATS: (cats_q4_primfunc, register_tiling),
+              SparseMode.PREDICTOR: (predictor_q4_primfunc, register_tiling)}
 
 
 def symbol(mode: SparseMode) -> str:

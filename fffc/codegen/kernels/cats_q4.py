@@ -74,7 +74,7 @@ def cats_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: 
     AL, NS, NXQ, NXF = rd.lanes, rd.ns, rd.nxq, rd.nxf
     phase1 = neuron_rows(NB, R, min(t.up_ahead, KB * BB // LINE), rd, fmt)
     concat = concat_lists(F, NB)
-    down = column_pass(DO, BLK, t.parts, t.cw, t.ahead, t.scales_ahead, t.parallel)
+    down = column_pass(DO, BLK, t.parts, t.cw, t.ahead, t.scales_ahead, t.parallel, True)
 
     @T.jit
     def kernel(x: T.handle, W1: T.Buffer((F, KB, BB), "uint8", align=4),

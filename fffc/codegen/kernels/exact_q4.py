@@ -32,7 +32,7 @@ compile does not choose it yet (the site's weight format from detection is mappe
 # No ``from __future__ import annotations``: ``T.jit`` reads the kernel's parameter
 # annotations (shapes and dtypes from the generator's closure) as objects.
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fffc.contract.errors import CodegenError
 from fffc.contract.kernels import SparseSpec
@@ -57,7 +57,7 @@ from .q4_pieces import (
 from .sparse_ffn import check_spec
 
 __all__ = ["Q4Dot", "Q4Tiling", "check_q4", "exact_q4_primfunc", "q4_arg_names", "q4_inputs",
-           "q4_tiling"]
+           "q4_tiling", "register_tiling"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,16 @@ def q4_tiling(spec: SparseSpec, lanes: int) -> Q4Tiling:
     nb = largest_divisor(spec.d_ff, max(ROWS, spec.d_ff // TASKS))
     return Q4Tiling(nb=nb, rows=ROWS, parts=largest_divisor(spec.d_out // cw, PARTS), cw=cw,
                     parallel=spec.d_in * spec.d_ff >= SERIAL_MAX_MACS, lut=lanes >= LUT_LANES)
+
+
+def register_tiling(spec: SparseSpec, lanes: int) -> Q4Tiling:
+    """The modes' kernels' tiling: ``q4_tiling``'s, with column-pass tiles of 8 vectors
+    (``cw`` over d_out, ``cw_in`` over d_ff), whose sums (two sets) fit the vector
+    registers: their passes keep them there (``q4_pieces.vector_registers``)."""
+    t = q4_tiling(spec, lanes)
+    cw = CHUNK * largest_divisor(spec.d_out // CHUNK, max(1, 8 * lanes // CHUNK))
+    cw_in = CHUNK * largest_divisor(spec.d_ff // CHUNK, max(1, 8 * lanes // CHUNK))
+    return replace(t, cw=cw, cw_in=cw_in, parts=largest_divisor(spec.d_out // cw, PARTS))
 
 
 def check_tiling(spec: SparseSpec, tiling: Q4Tiling) -> None:

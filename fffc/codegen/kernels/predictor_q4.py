@@ -75,7 +75,7 @@ def predictor_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, sym
     AL, NS, NXQ, NXF = rd.lanes, rd.ns, rd.nxq, rd.nxf
     phase1 = neuron_rows(NB, R, min(t.up_ahead, KB * BB // LINE), rd, fmt)
     concat = concat_lists(F, NB)
-    down = column_pass(DO, BLK, t.parts, t.cw, t.ahead, t.scales_ahead, t.parallel)
+    down = column_pass(DO, BLK, t.parts, t.cw, t.ahead, t.scales_ahead, t.parallel, True)
 
     def activated(acc, accu, B1, j, r):
         """Neuron j's activation from its gate dot acc[r, 0] (and up dot accu[r, 0])."""

@@ -300,8 +300,22 @@ def concat_lists(rows: int, nb: int):
     return concat
 
 
+def vector_registers(count: int, lanes: int, dtype: str) -> list:
+    """``count`` accumulators of ``lanes`` as separate buffers in the default (global) scope:
+    TVM places such a small buffer (under 1 KiB) on the stack, where LLVM keeps it in a
+    vector register; a "local" buffer, or a larger one, lives in a heap workspace, so every
+    update is a load and a store. Called while a kernel is parsed (emits the allocations)."""
+    return [T.alloc_buffer((lanes,), dtype) for _ in range(count)]
+
+
+def memory_vectors(count: int, lanes: int):
+    """A local float32 buffer [count, lanes] (a heap workspace: kept out of the vector
+    registers, for sums updated rarely)."""
+    return T.alloc_buffer((count, lanes), "float32", scope="local")
+
+
 def column_pass(width: int, block: int, parts: int, cw: int, ahead: int, scales_ahead: bool,
-                parallel: bool):
+                parallel: bool, registers: bool = False):
     """The macro ``gather(OUT, row, LIDX, LVAL, c, W, WS, WZ, B)``:
     ``OUT[row, :width] = B + Σ_{q < c[0]} LVAL[q] · W[LIDX[q], :]`` on a projection re-laid
     out per row (``q4_layout.Q4Columns``: W codes [rows, width/2], WS scales and WZ zero
@@ -309,7 +323,9 @@ def column_pass(width: int, block: int, parts: int, cw: int, ahead: int, scales_
     ``parts`` tasks over the outputs (parallel unless ``parallel`` is False), register tiles
     of ``cw`` outputs; ``ahead``: the codes of the row listed this far ahead are prefetched
     (each tile reads one short piece of every listed row: latency-bound), and with
-    ``scales_ahead`` its group's scales where that group starts."""
+    ``scales_ahead`` its group's scales where that group starts. ``registers``: the tile's
+    sums as 16-lane buffers that LLVM keeps in vector registers (``vector_registers``;
+    otherwise one local buffer each, in a heap workspace)."""
     if cw % CHUNK or width % (parts * cw):
         raise CodegenError(f"int4 column pass: {parts} parts of tiles of {cw} outputs do not "
                            f"divide {width} outputs in chunks of {CHUNK}")
@@ -321,6 +337,66 @@ def column_pass(width: int, block: int, parts: int, cw: int, ahead: int, scales_
         if WZ is None:
             return T.int32(SYMMETRIC_ZERO_POINT)
         return T.Cast("int32", WZ[g, col])
+
+    NV = CW // HALF
+    lanes = T.ramp(0, 1, HALF)
+
+    def zero_points(WZ, g, col):
+        if WZ is None:
+            return T.broadcast(T.int32(SYMMETRIC_ZERO_POINT), HALF)
+        return T.Cast("int32x16", WZ.vload([g, col], "uint8x16"))
+
+    def row_step(grp, W, WZ, j, a, g, col0):
+        """grp += a · (code − zero point) over the tile's chunks of row j (emitted)."""
+        av = T.broadcast(a, HALF)
+        for h in range(CW // CHUNK):
+            b = T.Cast("int32x16", W.vload([j, (col0 + h * CHUNK) // 2], "uint8x16"))
+            lo = (b & T.broadcast(T.int32(15), HALF)) - zero_points(WZ, g, col0 + h * CHUNK)
+            hi = T.shift_right(b, T.broadcast(T.int32(4), HALF)) - zero_points(
+                WZ, g, col0 + h * CHUNK + HALF)
+            T.buffer_store(grp[2 * h], grp[2 * h][lanes] + av * T.Cast("float32x16", lo), [lanes])
+            T.buffer_store(grp[2 * h + 1], grp[2 * h + 1][lanes] + av * T.Cast("float32x16", hi),
+                           [lanes])
+
+    def flush(tot, grp, WS, g, col0):
+        for h in range(NV):
+            T.buffer_store(tot, tot[h, lanes] + WS[g, T.ramp(col0 + h * HALF, 1, HALF)]
+                           * grp[h][lanes], [h, lanes])
+            T.buffer_store(grp[h], T.broadcast(T.float32(0), HALF), [lanes])
+
+    def zero(tot, grp):
+        for h in range(NV):
+            T.buffer_store(tot, T.broadcast(T.float32(0), HALF), [h, lanes])
+            T.buffer_store(grp[h], T.broadcast(T.float32(0), HALF), [lanes])
+
+    def store(OUT, row, tot, B, col0):
+        for h in range(NV):
+            b = (T.broadcast(T.float32(0), HALF) if B is None
+                 else B[T.ramp(col0 + h * HALF, 1, HALF)])
+            T.buffer_store(OUT, tot[h, lanes] + b, [row, T.ramp(col0 + h * HALF, 1, HALF)])
+
+    @T.macro
+    def gather_registers(OUT, row, LIDX, LVAL, c, W2, W2S, W2Z, B2):
+        for p in loop(P):
+            tot = T.meta_var(memory_vectors(NV, HALF))
+            grp = T.meta_var(vector_registers(NV, HALF, "float32"))
+            for cc in range(DOP // CW):
+                zero(tot, grp)
+                for q in range(c[0]):
+                    j = LIDX[q]
+                    g = j // BLK
+                    if AHEAD > 0:
+                        jn = LIDX[T.min(q + AHEAD, c[0] - 1)]
+                        for ln in T.unroll(CW // 2 // LINE):
+                            prefetch(W2[jn, (p * DOP + cc * CW) // 2 + ln * LINE])
+                        if SCALES_AHEAD:  # noqa: SIM102 (a parse-time choice around a TIR if)
+                            if jn // BLK != LIDX[T.min(q + AHEAD - 1, c[0] - 1)] // BLK:
+                                for ln in T.unroll(CW * 4 // LINE):
+                                    prefetch(W2S[jn // BLK, p * DOP + cc * CW + ln * (LINE // 4)])
+                    row_step(grp, W2, W2Z, j, LVAL[q], g, p * DOP + cc * CW)
+                    if LIDX[q + 1] // BLK != g:
+                        flush(tot, grp, W2S, g, p * DOP + cc * CW)
+                store(OUT, row, tot, B2, p * DOP + cc * CW)
 
     @T.macro
     def gather(OUT, row, LIDX, LVAL, c, W2, W2S, W2Z, B2):
@@ -359,7 +435,7 @@ def column_pass(width: int, block: int, parts: int, cw: int, ahead: int, scales_
                 for i in T.vectorized(CW):
                     OUT[row, p * DOP + cc * CW + i] = tot[i] + bias(B2, p * DOP + cc * CW + i)
 
-    return gather
+    return gather_registers if registers else gather
 
 
 @dataclass(frozen=True)
@@ -503,17 +579,24 @@ def column_pass_i8(width: int, block: int, parts: int, cw: int, ahead: int, para
     loop = T.parallel if parallel else T.serial
     mask = T.broadcast(T.int32(0x0F0F0F0F), HALF)
 
+    NV = CW // HALF  # 16-lane vectors of a tile
+
+    def registers(dtype):
+        return vector_registers(NV, HALF, dtype)
+
+    lanes = T.ramp(0, 1, HALF)
+
     def quad_step(acc, W, QROW, u, xq, col0):
-        """acc[h·CHUNK ...] += the quad's products over the tile's chunks (emitted)."""
+        """acc += the quad's products over the tile's chunks (emitted)."""
         xb = T.broadcast(xq, HALF)
         for h in range(CW // CHUNK):
             pieces = [W.vload([QROW[4 * u + r], (col0 + h * CHUNK) // 2], "uint8x16")
                       for r in range(4)]
             packed = T.reinterpret("int32x16", T.Shuffle(pieces, INTERLEAVE))
-            lo, hi = T.ramp(h * CHUNK, 1, HALF), T.ramp(h * CHUNK + HALF, 1, HALF)
-            T.buffer_store(acc, vnni(acc[lo], packed & mask, xb), [lo])
-            T.buffer_store(acc, vnni(acc[hi], T.shift_right(packed, T.broadcast(
-                T.int32(4), HALF)) & mask, xb), [hi])
+            lo, hi = acc[2 * h], acc[2 * h + 1]
+            T.buffer_store(lo, vnni(lo[lanes], packed & mask, xb), [lanes])
+            T.buffer_store(hi, vnni(hi[lanes], T.shift_right(packed, T.broadcast(
+                T.int32(4), HALF)) & mask, xb), [lanes])
 
     def ahead_rows(W, WS, QROW, un, col0):
         """Prefetch quad un's pieces of W and, where its group starts, the group's scales."""
@@ -525,34 +608,30 @@ def column_pass_i8(width: int, block: int, parts: int, cw: int, ahead: int, para
                 prefetch(WS[QROW[4 * un] // BLK, col0 + ln * (LINE // 4)])
 
     def flush(tot, acc, WS, GS, GC, g, col0):
-        for h in range(CW // HALF):
-            i = T.ramp(h * HALF, 1, HALF)
-            T.buffer_store(tot, tot[i] + WS[g, T.ramp(col0 + h * HALF, 1, HALF)] * (
-                T.broadcast(GS[g], HALF) * T.Cast("float32x16", acc[i] + T.broadcast(
-                    GC[g], HALF))), [i])
-            T.buffer_store(acc, T.broadcast(T.int32(0), HALF), [i])
+        for h in range(NV):
+            T.buffer_store(tot, tot[h, lanes] + WS[g, T.ramp(col0 + h * HALF, 1, HALF)] * (
+                T.broadcast(GS[g], HALF) * T.Cast("float32x16", acc[h][lanes] + T.broadcast(
+                    GC[g], HALF))), [h, lanes])
+            T.buffer_store(acc[h], T.broadcast(T.int32(0), HALF), [lanes])
 
     def zero(tot, acc):
-        for h in range(CW // HALF):
-            i = T.ramp(h * HALF, 1, HALF)
-            T.buffer_store(tot, T.broadcast(T.float32(0), HALF), [i])
-            T.buffer_store(acc, T.broadcast(T.int32(0), HALF), [i])
+        for h in range(NV):
+            T.buffer_store(tot, T.broadcast(T.float32(0), HALF), [h, lanes])
+            T.buffer_store(acc[h], T.broadcast(T.int32(0), HALF), [lanes])
 
     def store(OUT, row, tot, B, col0):
-        for h in range(CW // HALF):
-            i = T.ramp(h * HALF, 1, HALF)
+        for h in range(NV):
             b = (T.broadcast(T.float32(0), HALF) if B is None
                  else B[T.ramp(col0 + h * HALF, 1, HALF)])
-            T.buffer_store(OUT, tot[i] + b, [row, T.ramp(col0 + h * HALF, 1, HALF)])
+            T.buffer_store(OUT, tot[h, lanes] + b, [row, T.ramp(col0 + h * HALF, 1, HALF)])
 
     @T.macro
     def gather(OUT, row, QROW, QX, GS, GC, nq, W, WS, B, rowb, WB, WSB, BB):
         for p in loop(P):
-            # 16-lane steps throughout: the accumulators can stay in vector registers
-            tot = T.alloc_buffer((CW,), "float32", scope="local")
-            acc = T.alloc_buffer((CW,), "int32", scope="local")
-            totb = T.alloc_buffer((CW,), "float32", scope="local") if WB is not None else T.meta_var(None)
-            accb = T.alloc_buffer((CW,), "int32", scope="local") if WB is not None else T.meta_var(None)
+            tot = T.meta_var(memory_vectors(NV, HALF))
+            acc = T.meta_var(registers("int32"))
+            totb = T.meta_var(memory_vectors(NV, HALF) if WB is not None else None)
+            accb = T.meta_var(registers("int32") if WB is not None else None)
             for cc in range(DOP // CW):
                 zero(tot, acc)
                 if WB is not None:

@@ -31,15 +31,13 @@ be decided otherwise than in float). Centered TEAL (XC, HC) is not taken here.
 # No ``from __future__ import annotations``: ``T.jit`` reads the kernel's parameter
 # annotations (shapes and dtypes from the generator's closure) as objects.
 
-from dataclasses import replace
-
 from fffc.contract.errors import CodegenError
 from fffc.contract.kernels import SparseSpec
 from fffc.contract.kinds import SparseMode
 
 from .._tvm import T
 from ..q4_layout import CHUNK, Q4Format
-from .exact_q4 import PARTS, Q4Tiling, check_tiling, q4_tiling
+from .exact_q4 import PARTS, Q4Tiling, check_tiling
 from .pieces import activation, largest_divisor, with_args
 from .q4_pieces import (
     Q4Dot,
@@ -51,14 +49,6 @@ from .q4_pieces import (
     q4_arg_names,
     quantize_list,
 )
-
-
-def teal_q4_tiling(spec: SparseSpec, lanes: int) -> Q4Tiling:
-    """``q4_tiling``'s, with gate-pass tiles twice as wide as the down projection's: the
-    gate pass reads short pieces of long rows (d_ff/2 bytes apart), so a wider piece per
-    visit (accumulators partly spilled to L1) measured faster."""
-    t = q4_tiling(spec, lanes)
-    return replace(t, cw_in=2 * t.cw)
 
 
 def check_teal_q4(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, dot: Q4Dot) -> None:
@@ -95,8 +85,8 @@ def teal_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: 
         down = column_pass_i8(DO, BLK, t.parts, t.cw, t.ahead, t.parallel)
         quantize_in, quantize_hidden = quantize_list(D, BLK), quantize_list(F, BLK)
     else:
-        gate_pass = column_pass(F, BLK, parts1, cw1, t.ahead, t.scales_ahead, t.parallel)
-        down = column_pass(DO, BLK, t.parts, t.cw, t.ahead, t.scales_ahead, t.parallel)
+        gate_pass = column_pass(F, BLK, parts1, cw1, t.ahead, t.scales_ahead, t.parallel, True)
+        down = column_pass(DO, BLK, t.parts, t.cw, t.ahead, t.scales_ahead, t.parallel, True)
     # int8: quads at most (a group's last one padded) and groups of the quantized lists
     QI, QH, QGI, QG = (D // 4 + GI, F // 4 + G, GI, G) if INT8 else (1, 1, 1, 1)
     concat = concat_lists(F, NB)
