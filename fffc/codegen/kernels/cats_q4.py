@@ -112,9 +112,11 @@ def cats_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: 
                                                T.float32(0)), xs)
             # Phase 1: gates, then the up rows of those above t_gate, listed activations.
             for fb in loop(NFB):
-                acc = T.alloc_buffer((R, AL), "float32", scope="local")
+                # default scope: small buffers on the stack, in registers (a "local" buffer
+                # is a heap workspace)
+                acc = T.alloc_buffer((R, AL), "float32")
                 gate = T.alloc_buffer((NB,), "float32", scope="local")
-                n = T.alloc_buffer((2,), "int32", scope="local")
+                n = T.alloc_buffer((2,), "int32")
                 phase1.gates(fb, gate, acc, W1, W1S, W1Z, B1, xs)
                 for fl in T.vectorized(NB):
                     gate[fl] = act(gate[fl])

@@ -133,10 +133,12 @@ def predictor_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, sym
                     ZS[r] = ZS[r] + Z[p, r]
             # Phase 1: scores, then the rows of the selected neurons, listed activations.
             for fb in loop(NFB):
-                acc = T.alloc_buffer((R, AL), "float32", scope="local")
-                accu = T.alloc_buffer((R, AL), "float32", scope="local") if gated else T.meta_var(None)
+                # default scope: small buffers on the stack, in registers (a "local" buffer
+                # is a heap workspace)
+                acc = T.alloc_buffer((R, AL), "float32")
+                accu = T.alloc_buffer((R, AL), "float32") if gated else T.meta_var(None)
                 sb = T.alloc_buffer((NB,), "float32", scope="local")
-                n = T.alloc_buffer((2,), "int32", scope="local")
+                n = T.alloc_buffer((2,), "int32")
                 for fl in T.vectorized(NB):
                     sb[fl] = PC[fb * NB + fl]
                 for r in range(RANK):

@@ -148,18 +148,18 @@ def teal_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: 
                     gate_pass(H, 1, KIN, XIN, c, WU, WUS, WUZ, None)
             # Phase 2: activations, the neurons above t_hidden listed.
             for fb in loop(NFB):
-                hb = T.alloc_buffer((NB,), "float32", scope="local")
-                n = T.alloc_buffer((1,), "int32", scope="local")
+                # default scope: on the stack (a "local" buffer is a heap workspace)
+                n = T.alloc_buffer((1,), "int32")
                 for fl in T.vectorized(NB):
                     if gated:
-                        hb[fl] = act(H[0, fb * NB + fl]) * up(H[1, fb * NB + fl])
+                        H[0, fb * NB + fl] = act(H[0, fb * NB + fl]) * up(H[1, fb * NB + fl])
                     else:
-                        hb[fl] = act(H[0, fb * NB + fl])
+                        H[0, fb * NB + fl] = act(H[0, fb * NB + fl])
                 n[0] = 0
                 for fl in range(NB):
-                    if T.fabs(hb[fl]) > TH[1]:
+                    if T.fabs(H[0, fb * NB + fl]) > TH[1]:
                         IDX[fb * NB + n[0]] = fb * NB + fl
-                        VAL[fb * NB + n[0]] = hb[fl]
+                        VAL[fb * NB + n[0]] = H[0, fb * NB + fl]
                         n[0] = n[0] + 1
                 CNT[fb] = n[0]
             concat(IDX, VAL, CNT, LIDX, LVAL, c)
