@@ -387,7 +387,7 @@ def column_pass(width: int, block: int, parts: int, cw: int, ahead: int, scales_
                     g = j // BLK
                     if AHEAD > 0:
                         jn = LIDX[T.min(q + AHEAD, c[0] - 1)]
-                        for ln in T.unroll(CW // 2 // LINE):
+                        for ln in T.unroll(max(1, CW // 2 // LINE)):
                             prefetch(W2[jn, (p * DOP + cc * CW) // 2 + ln * LINE])
                         if SCALES_AHEAD:  # noqa: SIM102 (a parse-time choice around a TIR if)
                             if jn // BLK != LIDX[T.min(q + AHEAD - 1, c[0] - 1)] // BLK:
@@ -601,7 +601,7 @@ def column_pass_i8(width: int, block: int, parts: int, cw: int, ahead: int, para
     def ahead_rows(W, WS, QROW, un, col0):
         """Prefetch quad un's pieces of W and, where its group starts, the group's scales."""
         for r in range(4):
-            for ln in range(CW // 2 // LINE):
+            for ln in range(max(1, CW // 2 // LINE)):
                 prefetch(W[QROW[4 * un + r], col0 // 2 + ln * LINE])
         with T.If(QROW[4 * un] // BLK != QROW[4 * T.max(un - 1, 0)] // BLK), T.Then():
             for ln in range(CW * 4 // LINE):
