@@ -15,7 +15,9 @@ Two ways of reading an int4 projection recur in every mode:
   channel), split over the outputs. Per register tile of ``cw`` outputs, the listed rows'
   codes (16 bytes: 32 consecutive outputs) scaled by their value are summed per group of
   ``block`` rows (which share their scales), and each group's sum is multiplied by the
-  group's scales once: the scales of a group without a listed row are never read.
+  group's scales once: the scales of a group without a listed row are never read;
+  ``column_pass_i8`` does the same with the values quantized to int8 per group, four rows
+  per VNNI step.
 
 Every weight is ``(code − zero point) · scale`` as float32 (nothing is requantized), so
 float32 dots equal the float computation on ``q4_layout.dequantize``'s matrices up to float
@@ -62,12 +64,14 @@ def vnni(acc, u8, s8):
 
 
 class Q4Dot(StrEnum):
-    """How the row dots (gate and up rows read per neuron) are computed."""
+    """How an int4 kernel's products of weights and activations are computed."""
 
-    FLOAT32 = "float32"  # x in float32 times (code − zero point) converted: the float FFN
-    # on the dequantized weights, up to reassociation
-    INT8 = "int8"  # x quantized to int8 per block (scale max|x| / 127, ONNX Runtime's
-    # accuracy_level 4), integer dot products (AVX-512 VNNI); symmetric weights only
+    FLOAT32 = "float32"  # activations in float32 times (code − zero point) converted: the
+    # float FFN on the dequantized weights, up to reassociation
+    INT8 = "int8"  # activations quantized to int8 per block (scale max|v| / 127, ONNX
+    # Runtime's accuracy_level 4), integer dot products (AVX-512 VNNI); symmetric weights
+    # only. Which activations is the kernel's to say: x in the row dots (exact, cats,
+    # predictor); x' and a' in both column passes (teal)
 
 
 def q4_arg_names(spec: SparseSpec, fmt: Q4Format) -> list[str]:
