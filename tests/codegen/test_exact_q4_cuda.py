@@ -24,17 +24,12 @@ from fffc.codegen.cuda_build import (
     fatbin_entries,
 )
 from fffc.codegen.kernels import exact_q4_cuda as q4c
-from fffc.codegen.kernels.exact_q4 import q4_arg_names, q4_inputs
+from fffc.codegen.kernels.exact_q4 import q4_arg_names
 from fffc.contract.errors import CodegenError
 from fffc.contract.kernels import SparseSpec
-from fffc.contract.kinds import SparseMode
-from fffc.verify import matmul_nbits as mn
 from fffc.verify.cuda_emu import Emulator
-from fffc.verify.reference import sparse_ffn
+from tests.fixtures.q4_cases import ExactCase, exact_case, exact_spec, exact_x, poisoned_exact
 from tests.fixtures.sparse_kernels import ATOL, RTOL
-
-KINDS = {"relu": None, "reglu": "none", "drelu": "relu"}  # the up activation (None: dense)
-MARGIN = 1e-5  # |gate|, |up| of every neuron: no float32 sum flips a decision
 
 
 @dataclass(frozen=True)
@@ -52,9 +47,7 @@ class Setup:
 
     @property
     def spec(self) -> SparseSpec:
-        up = KINDS[self.kind]
-        return SparseSpec("relu", up or "none", SparseMode.EXACT, *self.d, self.bias,
-                          self.bias, up is not None)
+        return exact_spec(*self.d, self.kind, self.bias)
 
     @property
     def fmt(self) -> ql.Q4Format:
@@ -83,64 +76,12 @@ SETUPS = [
 
 
 @dataclass
-class Case:
-    setup: Setup
-    w1: ql.Q4Matrix  # MatMulNBits records as ONNX Runtime's quantizer wrote them
-    w2: ql.Q4Matrix
-    wu: ql.Q4Matrix | None
-    b1: np.ndarray | None
-    b2: np.ndarray | None
-    deq: dict[str, np.ndarray]  # [K, N] as ONNX Runtime dequantizes them
-
-    def inputs(self) -> dict[str, np.ndarray]:
-        s = self.setup.spec
-        return {k: v for k, v in q4_inputs(s, self.w1, ql.columns(self.w2), self.wu,
-                                           self.b1, self.b2).items() if v is not None}
-
-    def reference(self, x: np.ndarray) -> np.ndarray:
-        wu = None if self.wu is None else self.deq["WU"].T
-        return sparse_ffn(x, self.deq["W1"], self.b1, self.deq["W2"], self.b2, wu,
-                          up_activation=self.setup.spec.up_activation)
-
-    def gates(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """float64 gate pre-activations and up projections [tokens, d_ff]."""
-        xd = x.astype(np.float64)
-        h = xd @ self.deq["W1"] + (0 if self.b1 is None else self.b1)
-        return h, None if self.wu is None else xd @ self.deq["WU"]
-
-
-def _case(setup: Setup, seed: int = 0) -> Case:
-    """Random weights; the gate's pre-activation centred at −0.5 (a third positive), and
-    neurons 2·block .. 4·block − 1 off whatever x (whole groups of the down projection's
-    scales without an active neuron)."""
-    rng = np.random.default_rng(seed)
-    s, block = setup.spec, setup.block
-    d_in, d_ff, d_out = setup.d
-    w1 = rng.standard_normal((d_in, d_ff)) / np.sqrt(d_in)
-    w1[0] -= 0.5  # x[:, 0] is 1: a shift through a constant input
-    w1[0, 2 * block:4 * block] = -40.0
-    w = {"W1": w1, "W2": rng.standard_normal((d_ff, d_out)) / np.sqrt(d_ff),
-         "WU": rng.standard_normal((d_in, d_ff)) / np.sqrt(d_in)}
-    q = {k: mn.quantize(np.asarray(v, np.float32), block, symmetric=not setup.zero_points)
-         for k, v in w.items() if k != "WU" or s.gated}
-    deq = {k: mn.dequantize(m) for k, m in q.items()}
-    b1 = (rng.standard_normal(d_ff) * 0.1).astype(np.float32) if setup.bias else None
-    b2 = rng.standard_normal(d_out).astype(np.float32) if setup.bias else None
-    return Case(setup, q["W1"], q["W2"], q.get("WU"), b1, b2, deq)
-
-
-def _x(d_in: int, tokens: int, seed: int = 1) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((tokens, d_in)).astype(np.float32)
-    x[:, 0] = 1.0
-    return x
-
-
-@dataclass
 class Built:
     source: str
     emulator: Emulator
     variants: dict[str, CudaVariant]
-    cases: dict[str, Case]
+    cases: dict[str, ExactCase]
+    setups: dict[str, Setup]
 
 
 @pytest.fixture(scope="module")
@@ -160,43 +101,13 @@ def built() -> Built:
         variants[st.name] = CudaVariant(st.spec, f"q4decode{st.mr}", 1, st.mr,
                                         tuple(launches[n] for n in names), tuple(ws.items()))
     emu = Emulator(source, list(variants.values()))
-    return Built(source, emu, variants, {st.name: _case(st) for st in SETUPS})
+    cases = {st.name: exact_case(*st.d, st.kind, st.zero_points, st.block, st.bias)
+             for st in SETUPS}
+    return Built(source, emu, variants, cases, {st.name: st for st in SETUPS})
 
 
 def _run(b: Built, name: str, x: np.ndarray, inputs: dict) -> np.ndarray:
     return b.emulator.run(b.variants[name], {"X": x, **inputs}, any_tokens=True)
-
-
-def _poisoned(case: Case, x: np.ndarray, rng) -> dict[str, np.ndarray]:
-    """The kernel inputs with everything a skipped neuron must not read replaced: up rows
-    (codes, NaN scales, zero points) of neurons whose gate is ≤ 0 for every token; the down
-    column codes of neurons whose activation is 0 for every token; the down scales (and
-    zero points) of groups with no active neuron."""
-    h, u = case.gates(x)
-    assert np.abs(h).min() > MARGIN
-    gate_on = (h > 0).any(axis=0)
-    active = gate_on.copy()
-    if u is not None and case.setup.spec.up_activation == "relu":
-        assert np.abs(u[:, gate_on]).min() > MARGIN
-        active &= ((h > 0) & (u > 0)).any(axis=0)
-    inp = {k: v.copy() for k, v in case.inputs().items()}
-    off, dead = ~gate_on, ~active
-
-    def garbage(a: np.ndarray) -> np.ndarray:
-        return rng.integers(0, 256, a.shape, dtype=np.uint8)
-
-    if case.setup.spec.gated:
-        inp["WU"][off] = garbage(inp["WU"][off])
-        inp["WUS"][off] = np.nan
-        if "WUZ" in inp:
-            inp["WUZ"][off] = garbage(inp["WUZ"][off])
-    inp["W2"][dead] = garbage(inp["W2"][dead])
-    idle = ~active.reshape(-1, case.setup.block).any(axis=1)
-    assert idle.any() and off.mean() > 0.3  # much to poison, whole groups among it
-    inp["W2S"][idle] = np.nan
-    if "W2Z" in inp:
-        inp["W2Z"][idle] = garbage(inp["W2Z"][idle])
-    return inp
 
 
 @pytest.mark.parametrize("name", [st.name for st in SETUPS])
@@ -205,13 +116,13 @@ def test_matches_the_dequantized_reference(built: Built, name: str) -> None:
     ONNX Runtime's dequantized matrices; the skipped neurons' rows and columns poisoned
     change nothing."""
     case = built.cases[name]
-    for tokens in sorted({1, case.setup.mr + 1}):
-        x = _x(case.setup.d[0], tokens, seed=tokens)
+    for tokens in sorted({1, built.setups[name].mr + 1}):
+        x = exact_x(case.spec.d_in, tokens, seed=tokens)
         clean = _run(built, name, x, case.inputs())
         want = case.reference(x)
         assert np.abs(want).max() > 0.1
         np.testing.assert_allclose(clean, want, rtol=RTOL, atol=ATOL, err_msg=f"{tokens}")
-        poisoned = _run(built, name, x, _poisoned(case, x, np.random.default_rng(tokens)))
+        poisoned = _run(built, name, x, poisoned_exact(case, x, np.random.default_rng(tokens)))
         np.testing.assert_array_equal(poisoned, clean, err_msg=f"{tokens}")
 
 
@@ -241,9 +152,9 @@ def test_skipped_rows_are_never_read(built: Built) -> None:
     kills it), and Y must still equal the run on the plain inputs."""
     name = "drelu_zp32_pages"
     case = built.cases[name]
-    block = case.setup.block
+    block = case.fmt.block
     off = slice(2 * block, 4 * block)
-    x = _x(case.setup.d[0], 3)
+    x = exact_x(case.spec.d_in, 3)
     h, _ = case.gates(x)
     assert (h[:, off] < -1).all()
     inputs = case.inputs()
@@ -271,15 +182,15 @@ def test_all_neurons_off_leaves_b2(built: Built) -> None:
     inp["B1"] = np.full_like(inp["B1"], -1e4)
     inp["W2"][:] = 0x77
     inp["W2S"][:] = np.nan
-    x = _x(case.setup.d[0], 2)
+    x = exact_x(case.spec.d_in, 2)
     np.testing.assert_array_equal(_run(built, "relu_sym32", x, inp),
-                                  np.broadcast_to(inp["B2"], (2, case.setup.d[2])))
+                                  np.broadcast_to(inp["B2"], (2, case.spec.d_out)))
 
 
 def test_parameters_are_the_ops_arguments(built: Built) -> None:
     """Each launch takes only the op's arguments (codes as bytes) and its workspace."""
     for name, v in built.variants.items():
-        st = built.cases[name].setup
+        st = built.setups[name]
         names = set(q4_arg_names(st.spec, st.fmt))
         params = {p for ln in v.launches for p in ln.params}
         assert names - {"Y"} <= params | {"Y"}, name
