@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..contract.errors import UsageError
-from ..contract.kinds import Decision, SiteKind
+from ..contract.int4 import Int4Weights
+from ..contract.kinds import Decision, SiteKind, SparseMode
 from ..contract.modes import mode
 from ..contract.ops import describe_k
 from ..contract.sites import Site
@@ -76,8 +77,10 @@ def _sparse(why_exact: str) -> Callable[[Site], tuple[Decision, str]]:
                                                 if q else "")
         if q:
             return Decision.DENSE, (f"{site.quantized}: {site.activation} is never exactly "
-                                    "zero: no exact skipping (thresholds on int4 weights: not "
-                                    "yet); left as it was")
+                                    "zero: no exact skipping (calibrate it for TEAL or CATS "
+                                    "thresholds or a predictor on its dequantized weights: "
+                                    "fffc calibrate, then fffc compile --calibration); left "
+                                    "as it was")
         return Decision.DENSE, (f"{site.activation} is never exactly zero: no exact skipping "
                                 "(calibrate it for TEAL thresholds: fffc calibrate, then "
                                 "fffc compile --calibration); left as it was")
@@ -93,24 +96,44 @@ _DEFAULT: dict[SiteKind, Callable[[Site], tuple[Decision, str]]] = {
 }
 
 
-def _open_to_calibration(site: Site) -> bool:
-    """A float32 dense or gated site (float weights) the user did not leave out with
-    --sites."""
-    return (site.kind in mode(Decision.TEAL).kinds and site.float32 and not site.weight_formats
-            and not (site.decision is Decision.DENSE and site.reason == NOT_SELECTED))
+def _open_to_calibration(site: Site, decision: Decision,
+                         int4_modes: frozenset[SparseMode] = frozenset(),
+                         centered: bool = False) -> bool:
+    """A float32 dense or gated site the user did not leave out with --sites, with float
+    weights, or with int4 weights where the target's int4 kernels take ``decision``'s mode
+    (``int4_modes``; x in float32: accuracy_level 0) — uncentered (``centered``: the
+    calibrated thresholds are of |v − center|, which those kernels do not take)."""
+    if (site.kind not in mode(Decision.TEAL).kinds or not site.float32
+            or (site.decision is Decision.DENSE and site.reason == NOT_SELECTED)):
+        return False
+    if not site.weight_formats:
+        return True
+    q = site.int4
+    return (isinstance(q, Int4Weights) and not q.int8_x and not centered
+            and mode(decision).sparse_mode in int4_modes)
 
 
 def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, float]],
                      levels: dict[str, dict[str, float]], calibration: dict | None = None,
                      predictors: dict[str, tuple] | None = None,
-                     shifts: dict[str, float] | None = None) -> None:
+                     shifts: dict[str, float] | None = None,
+                     int4_modes: frozenset[SparseMode] = frozenset()) -> None:
     """A float32 dense/gated site with an allocated threshold becomes ``teal`` (input and
     hidden thresholds, -1 = off), with a gate threshold ``cats`` (input and gate), with its
     predictor switched on ``predictor`` (its cut moved by ``shifts[site]``, the level the
-    search chose); sites the allocation left at 0 keep their plan."""
+    search chose); sites the allocation left at 0 keep their plan. An int4 site only where
+    the target's int4 kernels take the mode (``int4_modes``)."""
     for site in sites:
         t = thresholds.get(site.name)
-        if t is None or not _open_to_calibration(site):
+        if t is None:
+            continue
+        decision = (Decision.PREDICTOR if t.get("predictor", -1.0) > 0
+                    else Decision.CATS if float(t.get("gate", -1.0)) >= 0
+                    and site.kind in mode(Decision.CATS).kinds else Decision.TEAL)
+        centered = decision is Decision.TEAL and bool(site_centers(
+            calibration, site.name, (float(t.get("input", -1.0)) >= 0,
+                                     float(t.get("hidden", -1.0)) >= 0)))
+        if not _open_to_calibration(site, decision, int4_modes, centered):
             continue
         if t.get("predictor", -1.0) > 0 and calibration and predictors:
             info = calibration["sites"][site.name]["predictor"]
@@ -148,7 +171,8 @@ def site_centers(calibration: dict | None, name: str,
     return centers if any(c is not None for c in centers) else None
 
 
-def apply_gate_thresholds(sites: Sequence[Site], calibration: dict, level: float) -> None:
+def apply_gate_thresholds(sites: Sequence[Site], calibration: dict, level: float,
+                          int4_modes: frozenset[SparseMode] = frozenset()) -> None:
     """CATS: every float32 gated site gets the calibrated threshold of |act(gate)| at
     ``level`` (that fraction of gates closed; their up and down rows skipped)."""
     key = f"{level:g}"
@@ -158,7 +182,8 @@ def apply_gate_thresholds(sites: Sequence[Site], calibration: dict, level: float
     for site in sites:
         st = calibration["sites"].get(site.name)
         if (st is None or site.kind not in mode(Decision.CATS).kinds
-                or "gate" not in st["thresholds"] or not _open_to_calibration(site)):
+                or "gate" not in st["thresholds"]
+                or not _open_to_calibration(site, Decision.CATS, int4_modes)):
             continue
         site.decision = Decision.CATS
         site.thresholds = (-1.0, float(st["thresholds"]["gate"][key]))
@@ -167,13 +192,14 @@ def apply_gate_thresholds(sites: Sequence[Site], calibration: dict, level: float
 
 
 def apply_predictors(sites: Sequence[Site], calibration: dict,
-                     arrays: dict[str, tuple]) -> None:
+                     arrays: dict[str, tuple],
+                     int4_modes: frozenset[SparseMode] = frozenset()) -> None:
     """Predictor mode: every float32 dense/gated site with a trained predictor
     (``fffc calibrate --predictor-rank``; ``arrays``: site → A, B, C with the cut folded
     in, ``calibration.load_predictors``) becomes ``predictor``."""
     for site in sites:
         info = calibration["sites"].get(site.name, {}).get("predictor")
-        if info is None or not _open_to_calibration(site):
+        if info is None or not _open_to_calibration(site, Decision.PREDICTOR, int4_modes):
             continue
         _use_predictor(site, info, arrays[site.name])
 
