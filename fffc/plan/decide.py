@@ -22,10 +22,12 @@ NOT_SELECTED = "not selected with --sites"
 
 
 def plan(sites: Sequence[Site], only: Sequence[str] = (), int4_target: str = "",
-         int4_int8_x: bool = True) -> None:
+         int4_int8_x: bool = True,
+         int4_modes: frozenset[SparseMode] = frozenset({SparseMode.EXACT})) -> None:
     """Set ``decision`` and ``reason`` on every site in place; ``int4_target``: the name of
     the target when its kernels take int4 weights, ``int4_int8_x``: with x rounded to int8
-    (accuracy_level 4) too."""
+    (accuracy_level 4) too, ``int4_modes``: the SparseFFN modes of its int4 kernels (the
+    masked ones for x in float32)."""
     for site in sites:
         int4 = site.int4
         if only and site.name not in only and not set(site.matched_nodes) & set(only):
@@ -46,6 +48,8 @@ def plan(sites: Sequence[Site], only: Sequence[str] = (), int4_target: str = "",
                 "take float32; left as it was")
         else:
             site.decision, site.reason = _DEFAULT[site.kind](site)
+            if site.decision is Decision.DENSE and isinstance(int4, Int4Weights):
+                site.reason = _int4_dense(site, int4, int4_target, int4_modes)
 
 
 def _routed(site: Site) -> tuple[Decision, str]:
@@ -75,16 +79,27 @@ def _sparse(why_exact: str) -> Callable[[Site], tuple[Decision, str]]:
         if site.activation == "relu":  # the only activation with exact zeros
             return Decision.EXACT, why_exact + (f", on its int4 codes (block {q.block})"
                                                 if q else "")
-        if q:
-            return Decision.DENSE, (f"{site.quantized}: {site.activation} is never exactly "
-                                    "zero: no exact skipping (calibrate it for TEAL or CATS "
-                                    "thresholds or a predictor on its dequantized weights: "
-                                    "fffc calibrate, then fffc compile --calibration); left "
-                                    "as it was")
+        if q:  # why is the plan's to say (``_int4_dense``: it knows the target)
+            return Decision.DENSE, f"{site.quantized}: {site.activation} is never exactly zero"
         return Decision.DENSE, (f"{site.activation} is never exactly zero: no exact skipping "
                                 "(calibrate it for TEAL thresholds: fffc calibrate, then "
                                 "fffc compile --calibration); left as it was")
     return decide
+
+
+def _int4_dense(site: Site, q: Int4Weights, target: str,
+                modes: frozenset[SparseMode]) -> str:
+    """Why an int4 site the plan leaves dense (no exact zeros) stays so, or how a calibration
+    gives it a masked mode."""
+    never = f"{site.quantized}: {site.activation} is never exactly zero: no exact skipping"
+    if not modes - {SparseMode.EXACT}:
+        return f"{never} (the {target} int4 kernels are for mode exact only); left as it was"
+    if q.int8_x:
+        return (f"{never} (the masked modes' int4 kernels take x in float32, not rounded to "
+                "int8 as accuracy_level 4 asks); left as it was")
+    return (f"{never} (calibrate it for TEAL or CATS thresholds or a predictor on its "
+            "dequantized weights: fffc calibrate --center none, then fffc compile "
+            "--calibration); left as it was")
 
 
 _DEFAULT: dict[SiteKind, Callable[[Site], tuple[Decision, str]]] = {

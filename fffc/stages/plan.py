@@ -36,5 +36,6 @@ def run(analysis: Analysis, ctx: Context) -> Planned:
     fam = ctx.family
     int4 = fam is not None and fam.int4_weights
     decide.plan(analysis.sites, ctx.options.sites, int4_target=fam.name if int4 else "",
-                int4_int8_x=int4 and fam.int4_int8_x)
+                int4_int8_x=int4 and fam.int4_int8_x,
+                int4_modes=fam.int4_modes if int4 else frozenset())
     return Planned(analysis)
