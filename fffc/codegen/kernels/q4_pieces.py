@@ -376,6 +376,28 @@ def memory_vectors(count: int, lanes: int):
     return T.alloc_buffer((count, lanes), "float32", scope="local")
 
 
+def tile_zero(dtype: str):
+    """``zero(tot, acc)``: a register tile's totals (``memory_vectors``) and its sums (16-lane
+    ``vector_registers`` of ``dtype``) set to 0 (emitted while a kernel is parsed)."""
+
+    def zero(tot, acc):
+        lanes = T.ramp(0, 1, CHUNK // 2)
+        for h in range(len(acc)):
+            T.buffer_store(tot, T.broadcast(T.float32(0), CHUNK // 2), [h, lanes])
+            T.buffer_store(acc[h], T.broadcast(getattr(T, dtype)(0), CHUNK // 2), [lanes])
+
+    return zero
+
+
+def tile_store(OUT, row, tot, B, col0):
+    """OUT[row, col0 …] = a register tile's totals (+ B where given), 16 lanes a vector
+    (emitted while a kernel is parsed)."""
+    half = CHUNK // 2
+    for h in range(int(tot.shape[0])):
+        b = T.broadcast(T.float32(0), half) if B is None else B[T.ramp(col0 + h * half, 1, half)]
+        T.buffer_store(OUT, tot[h, T.ramp(0, 1, half)] + b, [row, T.ramp(col0 + h * half, 1, half)])
+
+
 def column_pass(width: int, block: int, parts: int, cw: int, ahead: int, scales_ahead: bool,
                 parallel: bool, registers: bool = False):
     """The macro ``gather(OUT, row, LIDX, LVAL, c, W, WS, WZ, B)``:
@@ -426,16 +448,7 @@ def column_pass(width: int, block: int, parts: int, cw: int, ahead: int, scales_
                            * grp[h][lanes], [h, lanes])
             T.buffer_store(grp[h], T.broadcast(T.float32(0), HALF), [lanes])
 
-    def zero(tot, grp):
-        for h in range(NV):
-            T.buffer_store(tot, T.broadcast(T.float32(0), HALF), [h, lanes])
-            T.buffer_store(grp[h], T.broadcast(T.float32(0), HALF), [lanes])
-
-    def store(OUT, row, tot, B, col0):
-        for h in range(NV):
-            b = (T.broadcast(T.float32(0), HALF) if B is None
-                 else B[T.ramp(col0 + h * HALF, 1, HALF)])
-            T.buffer_store(OUT, tot[h, lanes] + b, [row, T.ramp(col0 + h * HALF, 1, HALF)])
+    zero, store = tile_zero("float32"), tile_store
 
     @T.macro
     def gather_registers(OUT, row, LIDX, LVAL, c, W2, W2S, W2Z, B2):
@@ -685,16 +698,7 @@ def column_pass_i8(width: int, block: int, parts: int, cw: int, ahead: int, para
                     GC[g], HALF))), [h, lanes])
             T.buffer_store(acc[h], T.broadcast(T.int32(0), HALF), [lanes])
 
-    def zero(tot, acc):
-        for h in range(NV):
-            T.buffer_store(tot, T.broadcast(T.float32(0), HALF), [h, lanes])
-            T.buffer_store(acc[h], T.broadcast(T.int32(0), HALF), [lanes])
-
-    def store(OUT, row, tot, B, col0):
-        for h in range(NV):
-            b = (T.broadcast(T.float32(0), HALF) if B is None
-                 else B[T.ramp(col0 + h * HALF, 1, HALF)])
-            T.buffer_store(OUT, tot[h, lanes] + b, [row, T.ramp(col0 + h * HALF, 1, HALF)])
+    zero, store = tile_zero("int32"), tile_store
 
     @T.macro
     def gather(OUT, row, QROW, QX, GS, GC, nq, W, WS, B, rowb, WB, WSB, BB):
