@@ -35,18 +35,21 @@ from .kernels import (
     sparse_ffn_cuda_masked,
     structured_ffn_cuda,
 )
+from .kernels.cats_q4 import cats_q4_primfunc
 from .kernels.exact_decode import exact_decode_primfunc
 from .kernels.exact_q4 import Q4Plan, exact_q4_primfunc
 from .kernels.exact_q8 import q8_from_plan
 from .kernels.exact_screened import SCREENED, screen_inputs, screened_arg_names, screened_primfunc
 from .kernels.fff import walk_primfunc
 from .kernels.fff_cuda import fff_kernel
+from .kernels.predictor_q4 import predictor_q4_primfunc
 from .kernels.routed_ffn import combine_primfunc, route_primfunc, routed_variants
 from .kernels.sparse_ffn import sparse_ffn_primfunc
 from .kernels.sparse_ffn_cats import cats_primfunc
 from .kernels.sparse_ffn_predictor import predictor_primfunc
 from .kernels.sparse_ffn_teal import teal_primfunc
 from .kernels.structured_ffn import structured_ffn_primfunc, structured_variants
+from .kernels.teal_q4 import teal_q4_primfunc
 from .q4_layout import Q4Format
 from .schedules import Family, Variant
 
@@ -107,14 +110,22 @@ def _as_variants(table: list[tuple[str, int, int]]) -> list[Variant]:
     return [Variant(name, lo, hi) for name, lo, hi in table]
 
 
-def _int4_exact(spec: SparseSpec, plan: Q4Plan, symbol: str):
-    """SparseFFN exact on int4 or int8 codes (SPARSE_FFN's bits 4, 8) as the family's
-    ``Q4Plan`` says: float32 dots on the dequantized weights, so it computes the float FFN on
-    them."""
+# The int4 CPU generators ``(spec, fmt, tiling, symbol, dot, isa)`` per SparseFFN mode
+INT4_BY_MODE: dict[SparseMode, Callable] = {
+    SparseMode.EXACT: exact_q4_primfunc, SparseMode.TEAL: teal_q4_primfunc,
+    SparseMode.CATS: cats_q4_primfunc, SparseMode.PREDICTOR: predictor_q4_primfunc}
+
+
+def _int4(spec: SparseSpec, plan: Q4Plan, symbol: str):
+    """SparseFFN on int4 or int8 codes (SPARSE_FFN's bits 4, 8): the kernel of the spec's
+    mode as the family's ``Q4Plan`` says (float32 dots on the dequantized weights, or int8
+    dots on x rounded to int8 where the spec says so); 8-bit codes: mode exact only."""
     if spec.bits is WeightBits.INT8:
+        if spec.mode is not SparseMode.EXACT:
+            raise ValueError(f"int8 SparseFFN kernels are for mode exact, not {spec.mode}")
         return q8_from_plan(spec, plan, symbol)
-    return exact_q4_primfunc(spec, Q4Format(spec.block, spec.zero_points, spec.int8_x),
-                             plan.tiling, symbol, plan.dot, plan.isa)
+    return INT4_BY_MODE[spec.mode](spec, Q4Format(spec.block, spec.zero_points, spec.int8_x),
+                                   plan.tiling, symbol, plan.dot, plan.isa)
 
 
 class SparseKernels(OpKernels):
@@ -131,7 +142,7 @@ class SparseKernels(OpKernels):
 
     def generator(self, spec: SparseSpec, variant: str) -> Callable:
         if spec.bits:
-            return _int4_exact
+            return _int4
         return self.BY_MODE.get(spec.mode) or self.EXACT_BY_VARIANT.get(variant,
                                                                         sparse_ffn_primfunc)
 
@@ -153,9 +164,9 @@ class SparseKernels(OpKernels):
         return {"WS": ws, "W1T": w1t, "E": e, "STAT": np.zeros(1, np.int32)}
 
     def table_mode(self, spec, variant):
-        if spec.bits:  # the shim's TableMode of an int4 call
-            return (f"{spec.mode}/q{int(spec.bits)}b{spec.block}"
-                    + ("z" if spec.zero_points else "")
+        if spec.bits:  # the shim's TableMode of a quantized call (a predictor's rank first)
+            mode = f"{spec.mode}/{spec.rank}" if spec.mode is SparseMode.PREDICTOR else spec.mode
+            return (f"{mode}/q{int(spec.bits)}b{spec.block}" + ("z" if spec.zero_points else "")
                     + ("i8" if spec.int8_x else ""))
         if spec.mode is SparseMode.PREDICTOR:
             return f"{spec.mode}/{spec.rank}"  # rank: PA's width

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import int8
-from .kinds import Granularity, QuantSource, WeightBits
+from .kinds import Granularity, QuantSource, SparseMode, WeightBits
 from .quant import QuantizedWeight, unpack_nibbles
 
 INT4_BLOCK = 32  # --weight-dtype int4: codes per scale (ONNX Runtime's quantizer, symmetric)
@@ -218,6 +218,14 @@ def int4_weights(formats: Mapping[str, QuantizedWeight], names: Sequence[str], d
                        WeightBits(qs[0].bits))
 
 
+def column_projections(mode: SparseMode) -> tuple[str, ...]:
+    """The projections SparseFFN's int4 kernels of ``mode`` read per input row, re-laid out
+    by ``columns``: the down projection always, the gate and up projections in teal (read
+    per surviving input channel); the others stay as MatMulNBits holds them (a row per
+    neuron)."""
+    return ("W1", "W2", "WU") if mode is SparseMode.TEAL else ("W2",)
+
+
 def rows_matrix(codes_: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None) -> Q4Matrix:
     """A row-per-neuron projection from SparseFFN's int4 inputs as stored (W1 or WU with
     their scales and packed zero points, in any shapes of those sizes)."""
@@ -250,6 +258,25 @@ def float_weights(w: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     if w.get("WU") is not None:
         out["WU"] = np.ascontiguousarray(dequantize(rows_matrix(w["WU"], w["WUS"],
                                                                 w.get("WUZ"))).T)
+    return out
+
+
+def float_matrices(w: Mapping[str, np.ndarray], mode: SparseMode) -> dict[str, np.ndarray]:
+    """SparseFFN's int4 weights in the layout of ``mode``'s kernels (``column_projections``)
+    dequantized: W1 and WU [d_in, d_ff], W2 [d_ff, d_out] float32, each value as
+    ``dequantize`` computes it."""
+    d_ff = np.asarray(w["W2"]).shape[0]
+    block = d_ff // np.asarray(w["W2S"]).shape[0]
+    out = {}
+    for name in ("W1", "W2", "WU"):
+        if w.get(name) is None:
+            continue
+        s, z = np.asarray(w[f"{name}S"], np.float32), w.get(f"{name}Z")
+        if name in column_projections(mode):
+            out[name] = dequantize_columns(Q4Columns(np.asarray(w[name]), s,
+                                                     None if z is None else np.asarray(z), block))
+        else:
+            out[name] = dequantize(rows_matrix(np.asarray(w[name]), s, z))
     return out
 
 

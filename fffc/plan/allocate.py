@@ -32,7 +32,7 @@ import onnxruntime as ort
 
 from ..contract.analysis import Analysis
 from ..contract.errors import UsageError
-from ..contract.kinds import Decision, SiteKind
+from ..contract.kinds import Decision, SiteKind, SparseMode
 from ..frontend import sha256_file
 from ..verify.compare import session
 from ..verify.feeds import probe_inputs
@@ -314,12 +314,14 @@ def apply(model: Analysis, calibration: dict, allocation: Allocation,
 
 
 def plan_sites(model: Analysis, calibration_path: Path, budget_text: str | None,
-               data: Path | None, seed: int) -> dict:
+               data: Path | None, seed: int,
+               int4_modes: frozenset[SparseMode] = frozenset()) -> dict:
     """``fffc compile --calibration``: a masked mode (teal, cats, predictor) and its levels per
     site, set on the sites as their decisions — the budget's rule (``cats=S``,
     ``predictor``), the allocation searched on ``data`` (or synthetic feeds), or with no
     ``budget_text`` the allocation ``fffc calibrate --budget`` stored. Returns the manifest's
-    ``calibration`` section."""
+    ``calibration`` section. ``int4_modes``: the masked modes the target's int4 kernels
+    take (an int4 site gets no other)."""
     if budget_text is not None:
         parse_budget(budget_text)  # a bad budget fails before the file is read
     try:
@@ -338,7 +340,7 @@ def plan_sites(model: Analysis, calibration_path: Path, budget_text: str | None,
     kind, level = parse_budget(budget_text)
     record = {"path": str(Path(calibration_path).resolve()), "budget": budget_text}
     if kind is Budget.CATS:
-        decide.apply_gate_thresholds(model.sites, calib, level)
+        decide.apply_gate_thresholds(model.sites, calib, level, int4_modes)
         return record | {"gate_thresholds": {s.name: s.thresholds[1] for s in model.sites
                                              if s.decision is Decision.CATS}}
     predictors = load_predictors(calibration_path, calib)
@@ -346,7 +348,7 @@ def plan_sites(model: Analysis, calibration_path: Path, budget_text: str | None,
         if not predictors:
             raise UsageError("--budget predictor: this calibration has no predictors (run fffc "
                              "calibrate with --predictor-rank R)", path=calibration_path)
-        decide.apply_predictors(model.sites, calib, predictors)
+        decide.apply_predictors(model.sites, calib, predictors, int4_modes)
         return record | {"predictors": {s.name: s.predictor for s in model.sites
                                         if s.predictor}}
     if kept is not None:
@@ -360,5 +362,5 @@ def plan_sites(model: Analysis, calibration_path: Path, budget_text: str | None,
         chosen = choose(model, calib, (kind, level), feeds, predictors or None).to_json()
         feeds_used = str(data) if data else "synthetic x8"
     decide.apply_thresholds(model.sites, chosen["thresholds"], chosen["levels"], calib,
-                            predictors, chosen["predictor_shifts"])
+                            predictors, chosen["predictor_shifts"], int4_modes)
     return record | {"feeds": feeds_used, "allocation": chosen}

@@ -39,9 +39,11 @@ import onnx_ir as ir
 from .. import passes
 from ..contract.analysis import Analysis
 from ..contract.errors import UsageError
+from ..contract.int4 import Int4Weights, float_weights
 from ..contract.kinds import Decision, SiteKind
 from ..contract.lowering import Masks, SiteLowering
 from ..contract.modes import mode
+from ..contract.ops import QUANT_INPUTS, SPARSE_FFN
 from ..contract.sites import Site
 from ..contract.version import VERSION
 from ..frontend import copy, sha256_file
@@ -262,6 +264,18 @@ def load_feeds(data: Path, input_names: list[str]) -> Iterator[dict[str, np.ndar
         yield {k: feed[k] for k in input_names}
 
 
+QUANT_NAMES = {n for pair in QUANT_INPUTS[SPARSE_FFN.name].values() for n in pair}
+
+
+def _float_inputs(site: Site, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A site's exact-mode inputs with float32 weights: an int4 site's dequantized as ONNX
+    Runtime dequantizes them (its statistics are of the function on those weights)."""
+    if not isinstance(site.int4, Int4Weights):
+        return arrays
+    weights = float_weights(arrays)
+    return {n: v for n, v in arrays.items() if n not in QUANT_NAMES} | weights
+
+
 class SiteInputs:
     """The analysed model in ONNX Runtime with the input of every FFN site of ``kinds``
     exposed (all sites without ``kinds``): what calibration (and the benchmarks) feed on."""
@@ -271,7 +285,7 @@ class SiteInputs:
         self.sites = [s for s in model.sites if kinds is None or s.kind in kinds]
         working = copy(model.working)
         io = passes.site_io(working)
-        self.weights = {s.name: passes.site_inputs(working, s, Decision.EXACT)
+        self.weights = {s.name: _float_inputs(s, passes.site_inputs(working, s, Decision.EXACT))
                         for s in self.sites}
         self._outputs = [io[s.name][0] for s in self.sites]
         passes.lower(working, {})

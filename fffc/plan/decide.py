@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..contract.errors import UsageError
-from ..contract.kinds import Decision, SiteKind, WeightBits
+from ..contract.int4 import Int4Weights
+from ..contract.kinds import Decision, SiteKind, SparseMode, WeightBits
 from ..contract.modes import mode
 from ..contract.ops import describe_k
 from ..contract.sites import Site
@@ -21,10 +22,13 @@ NOT_SELECTED = "not selected with --sites"
 
 
 def plan(sites: Sequence[Site], only: Sequence[str] = (), int4_target: str = "",
-         int8_weights: bool = False) -> None:
+         int8_weights: bool = False,
+         int4_modes: frozenset[SparseMode] = frozenset({SparseMode.EXACT})) -> None:
     """Set ``decision`` and ``reason`` on every site in place; ``int4_target``: the name of
     the target when its kernels take int4 weights (with x in float32 or rounded to int8 per
-    block, accuracy_level 4), ``int8_weights``: its kernels take 8-bit codes too."""
+    block, accuracy_level 4), ``int8_weights``: its kernels take 8-bit codes too,
+    ``int4_modes``: the SparseFFN modes of its int4 kernels (the masked ones for x in
+    float32; 8-bit codes: exact only)."""
     for site in sites:
         int4 = site.int4
         if only and site.name not in only and not set(site.matched_nodes) & set(only):
@@ -44,6 +48,8 @@ def plan(sites: Sequence[Site], only: Sequence[str] = (), int4_target: str = "",
                 "the dense and gated FFNs of 16-bit models only; left as it was")
         else:
             site.decision, site.reason = _DEFAULT[site.kind](site)
+            if site.decision is Decision.DENSE and isinstance(int4, Int4Weights):
+                site.reason = _int4_dense(site, int4, int4_target, int4_modes)
 
 
 def _routed(site: Site) -> tuple[Decision, str]:
@@ -73,10 +79,8 @@ def _sparse(why_exact: str) -> Callable[[Site], tuple[Decision, str]]:
         if site.activation == "relu":  # the only activation with exact zeros
             return Decision.EXACT, why_exact + (f", on its int{q.bits} codes (block {q.block})"
                                                 if q else "") + _narrow(site)
-        if q:
-            return Decision.DENSE, (f"{site.quantized}: {site.activation} is never exactly "
-                                    "zero: no exact skipping (thresholds on int4 weights: not "
-                                    "yet); left as it was")
+        if q:  # why is the plan's to say (``_int4_dense``: it knows the target)
+            return Decision.DENSE, f"{site.quantized}: {site.activation} is never exactly zero"
         if not site.float32:
             return Decision.DENSE, (f"{site.activation} is never exactly zero: no exact "
                                     f"skipping (thresholds on a {site.dtype} model: not yet); "
@@ -95,6 +99,23 @@ def _narrow(site: Site) -> str:
             f"float32 before the op, y back to {site.dtype} after)")
 
 
+def _int4_dense(site: Site, q: Int4Weights, target: str,
+                modes: frozenset[SparseMode]) -> str:
+    """Why an int4 site the plan leaves dense (no exact zeros) stays so, or how a calibration
+    gives it a masked mode."""
+    never = f"{site.quantized}: {site.activation} is never exactly zero: no exact skipping"
+    if q.bits is WeightBits.INT8:
+        return f"{never} (the int8 kernels are for mode exact only); left as it was"
+    if not modes - {SparseMode.EXACT}:
+        return f"{never} (the {target} int4 kernels are for mode exact only); left as it was"
+    if q.int8_x:
+        return (f"{never} (the masked modes' int4 kernels take x in float32, not rounded to "
+                "int8 as accuracy_level 4 asks); left as it was")
+    return (f"{never} (calibrate it for TEAL or CATS thresholds or a predictor on its "
+            "dequantized weights: fffc calibrate --center none, then fffc compile "
+            "--calibration); left as it was")
+
+
 _DEFAULT: dict[SiteKind, Callable[[Site], tuple[Decision, str]]] = {
     SiteKind.DENSE: _sparse("ReLU zeros are exact: skip down-projection rows"),
     SiteKind.GATED: _sparse("gate-first: up and down rows only where the ReLU gate is > 0"),
@@ -104,24 +125,45 @@ _DEFAULT: dict[SiteKind, Callable[[Site], tuple[Decision, str]]] = {
 }
 
 
-def _open_to_calibration(site: Site) -> bool:
-    """A float32 dense or gated site (float weights) the user did not leave out with
-    --sites."""
-    return (site.kind in mode(Decision.TEAL).kinds and site.float32 and not site.weight_formats
-            and not (site.decision is Decision.DENSE and site.reason == NOT_SELECTED))
+def _open_to_calibration(site: Site, decision: Decision,
+                         int4_modes: frozenset[SparseMode] = frozenset(),
+                         centered: bool = False) -> bool:
+    """A float32 dense or gated site the user did not leave out with --sites, with float
+    weights, or with int4 weights where the target's int4 kernels take ``decision``'s mode
+    (``int4_modes``; x in float32: accuracy_level 0; 4-bit codes: the int8 kernels are
+    exact only) — uncentered (``centered``: the
+    calibrated thresholds are of |v − center|, which those kernels do not take)."""
+    if (site.kind not in mode(Decision.TEAL).kinds or not site.float32
+            or (site.decision is Decision.DENSE and site.reason == NOT_SELECTED)):
+        return False
+    if not site.weight_formats:
+        return True
+    q = site.int4
+    return (isinstance(q, Int4Weights) and q.bits is WeightBits.INT4 and not q.int8_x
+            and not centered and mode(decision).sparse_mode in int4_modes)
 
 
 def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, float]],
                      levels: dict[str, dict[str, float]], calibration: dict | None = None,
                      predictors: dict[str, tuple] | None = None,
-                     shifts: dict[str, float] | None = None) -> None:
+                     shifts: dict[str, float] | None = None,
+                     int4_modes: frozenset[SparseMode] = frozenset()) -> None:
     """A float32 dense/gated site with an allocated threshold becomes ``teal`` (input and
     hidden thresholds, -1 = off), with a gate threshold ``cats`` (input and gate), with its
     predictor switched on ``predictor`` (its cut moved by ``shifts[site]``, the level the
-    search chose); sites the allocation left at 0 keep their plan."""
+    search chose); sites the allocation left at 0 keep their plan. An int4 site only where
+    the target's int4 kernels take the mode (``int4_modes``)."""
     for site in sites:
         t = thresholds.get(site.name)
-        if t is None or not _open_to_calibration(site):
+        if t is None:
+            continue
+        decision = (Decision.PREDICTOR if t.get("predictor", -1.0) > 0
+                    else Decision.CATS if float(t.get("gate", -1.0)) >= 0
+                    and site.kind in mode(Decision.CATS).kinds else Decision.TEAL)
+        centered = decision is Decision.TEAL and bool(site_centers(
+            calibration, site.name, (float(t.get("input", -1.0)) >= 0,
+                                     float(t.get("hidden", -1.0)) >= 0)))
+        if not _open_to_calibration(site, decision, int4_modes, centered):
             continue
         if t.get("predictor", -1.0) > 0 and calibration and predictors:
             info = calibration["sites"][site.name]["predictor"]
@@ -159,7 +201,8 @@ def site_centers(calibration: dict | None, name: str,
     return centers if any(c is not None for c in centers) else None
 
 
-def apply_gate_thresholds(sites: Sequence[Site], calibration: dict, level: float) -> None:
+def apply_gate_thresholds(sites: Sequence[Site], calibration: dict, level: float,
+                          int4_modes: frozenset[SparseMode] = frozenset()) -> None:
     """CATS: every float32 gated site gets the calibrated threshold of |act(gate)| at
     ``level`` (that fraction of gates closed; their up and down rows skipped)."""
     key = f"{level:g}"
@@ -169,7 +212,8 @@ def apply_gate_thresholds(sites: Sequence[Site], calibration: dict, level: float
     for site in sites:
         st = calibration["sites"].get(site.name)
         if (st is None or site.kind not in mode(Decision.CATS).kinds
-                or "gate" not in st["thresholds"] or not _open_to_calibration(site)):
+                or "gate" not in st["thresholds"]
+                or not _open_to_calibration(site, Decision.CATS, int4_modes)):
             continue
         site.decision = Decision.CATS
         site.thresholds = (-1.0, float(st["thresholds"]["gate"][key]))
@@ -178,13 +222,14 @@ def apply_gate_thresholds(sites: Sequence[Site], calibration: dict, level: float
 
 
 def apply_predictors(sites: Sequence[Site], calibration: dict,
-                     arrays: dict[str, tuple]) -> None:
+                     arrays: dict[str, tuple],
+                     int4_modes: frozenset[SparseMode] = frozenset()) -> None:
     """Predictor mode: every float32 dense/gated site with a trained predictor
     (``fffc calibrate --predictor-rank``; ``arrays``: site → A, B, C with the cut folded
     in, ``calibration.load_predictors``) becomes ``predictor``."""
     for site in sites:
         info = calibration["sites"].get(site.name, {}).get("predictor")
-        if info is None or not _open_to_calibration(site):
+        if info is None or not _open_to_calibration(site, Decision.PREDICTOR, int4_modes):
             continue
         _use_predictor(site, info, arrays[site.name])
 

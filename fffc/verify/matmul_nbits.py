@@ -110,10 +110,12 @@ def _projection(a: str, out: str, prefix: str, w: Projection, accuracy_level: in
 
 def ffn_model(w1: Projection, w2: Projection, wu: Projection | None = None,
               b1: np.ndarray | None = None, b2: np.ndarray | None = None,
-              up_activation: str = "none", accuracy_level: int = 0) -> onnx.ModelProto:
-    """The dense FFN ``y = (relu(x·W1 + B1) [⊙ up(x·WU)])·W2 + B2`` (``wu`` None: ReLU FFN;
-    ``up_activation`` "relu": dReLU, "none": ReGLU), each projection a MatMulNBits node
-    (Q4Matrix, ``accuracy_level``) or a float MatMul ([K, N] array)."""
+              up_activation: str = "none", accuracy_level: int = 0,
+              activation: str = "relu") -> onnx.ModelProto:
+    """The dense FFN ``y = (act(x·W1 + B1) [⊙ up(x·WU)])·W2 + B2`` (``wu`` None: a dense FFN;
+    ``activation`` "relu" or "silu" (x·Sigmoid(x)); ``up_activation`` "relu": dReLU, "none":
+    ReGLU / SwiGLU), each projection a MatMulNBits node (Q4Matrix, ``accuracy_level``) or a
+    float MatMul ([K, N] array)."""
     nodes, inits = [], []
 
     def add(made):
@@ -126,7 +128,12 @@ def ffn_model(w1: Projection, w2: Projection, wu: Projection | None = None,
         inits.append(numpy_helper.from_array(np.asarray(b1, np.float32), "B1"))
         nodes.append(helper.make_node("Add", ["h", "B1"], ["hb"]))
         h = "hb"
-    nodes.append(helper.make_node("Relu", [h], ["a"]))
+    if activation == "silu":
+        nodes += [helper.make_node("Sigmoid", [h], ["sg"]), helper.make_node("Mul", [h, "sg"], ["a"])]
+    elif activation == "relu":
+        nodes.append(helper.make_node("Relu", [h], ["a"]))
+    else:
+        raise ValueError(f"ffn_model: activation {activation!r}: relu or silu")
     a = "a"
     if wu is not None:
         add(_projection("x", "u", "WU", wu, accuracy_level))

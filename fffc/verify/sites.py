@@ -14,9 +14,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..contract.int4 import Int4Weights, float_weights, quantize_x
+from ..contract.int4 import Int4Weights, float_matrices, float_weights, quantize_x
 from ..contract.kinds import Decision
-from ..contract.modes import Behaviour, mode, register
+from ..contract.modes import Behaviour, Layout, mode, register
 from ..contract.sites import Site
 from . import reference
 from .compare import Comparison, compare, worse
@@ -44,10 +44,16 @@ def verify_site(site: Site, xs: list[np.ndarray], ys: list[np.ndarray], inputs: 
     return worst
 
 
-def _ffn(w: Inputs) -> tuple:
-    """W1, B1, W2, B2, WU as float32 (int4 / int8 weights dequantized)."""
+def _ffn(w: Inputs, decision: Decision = Decision.EXACT) -> tuple:
+    """W1, B1, W2, B2, WU as float32 in ``decision``'s float layout (int4 / int8 weights, in
+    its quantized layout, dequantized)."""
     if "W1S" in w:
-        w = {**w, **float_weights(w)}
+        if decision is Decision.EXACT:
+            w = {**w, **float_weights(w)}
+        else:
+            rows = {n for n, lay in mode(decision).layouts.items() if lay is Layout.ROWS}
+            w = {**w, **{n: np.ascontiguousarray(m.T) if n in rows else m
+                         for n, m in float_matrices(w, mode(decision).sparse_mode).items()}}
     return (w["W1"], w.get("B1"), w["W2"], w.get("B2"), w.get("WU"))
 
 
@@ -65,18 +71,18 @@ def _exact(site: Site, x: np.ndarray, w: Inputs):
 
 @register(Decision.TEAL, Behaviour.REFERENCE)
 def _teal(site: Site, x: np.ndarray, w: Inputs):
-    return reference.teal_ffn(x, *_ffn(w), thresholds=w["TH"], **_act(site), xc=w.get("XC"),
+    return reference.teal_ffn(x, *_ffn(w, Decision.TEAL), thresholds=w["TH"], **_act(site), xc=w.get("XC"),
                               hc=w.get("HC"), slack=True)
 
 
 @register(Decision.CATS, Behaviour.REFERENCE)
 def _cats(site: Site, x: np.ndarray, w: Inputs):
-    return reference.cats_ffn(x, *_ffn(w), thresholds=w["TH"], **_act(site), slack=True)
+    return reference.cats_ffn(x, *_ffn(w, Decision.CATS), thresholds=w["TH"], **_act(site), slack=True)
 
 
 @register(Decision.PREDICTOR, Behaviour.REFERENCE)
 def _predictor(site: Site, x: np.ndarray, w: Inputs):
-    return reference.predictor_ffn(x, *_ffn(w), w["PA"], w["PB"], w["PC"], **_act(site),
+    return reference.predictor_ffn(x, *_ffn(w, Decision.PREDICTOR), w["PA"], w["PB"], w["PC"], **_act(site),
                                    slack=True)
 
 

@@ -106,10 +106,13 @@ def site_inputs(model: ir.Model, site: Site,
     entry = mode(decision if decision is not None else site.decision)
     q = int4.layout(marker.inputs) if entry.op is SPARSE_FFN else None
     if q is not None:  # the codes, scales and zero points in the op's int4 layout (no
-        # float32 copy of a weight)
+        # float32 copy of a weight), and the mode's parameters
         arrays = {n: const_array(v) for n, v in marker.inputs.items()
                   if n != "X" and v is not None and not dequantized(v.producer())}
-        arrays |= int4.arrays(marker.inputs, q)
+        arrays |= int4.arrays(marker.inputs, q, entry.sparse_mode)
+        masks = entry.masks(site)
+        for p in entry.params:  # (no centers on int4 sites: the plan gives them none)
+            arrays |= sparse.PARAMS[p].arrays(arrays, masks, entry)
         return {a.name: arrays[a.name] for a in marker.op.inputs if a.name in arrays}
     arrays = {n: const_array(v) for n, v in marker.inputs.items()
               if n != "X" and v is not None}

@@ -16,15 +16,14 @@ import numpy as np
 import onnx_ir as ir
 
 from fffc.contract import int8
-from fffc.contract.int4 import Int4Weights, Q4Matrix, columns, int4_weights
-from fffc.contract.kinds import WeightBits
+from fffc.contract.int4 import Int4Weights, Q4Matrix, column_projections, columns, int4_weights
+from fffc.contract.kinds import SparseMode, WeightBits
 from fffc.contract.ops import QUANT_INPUTS, SPARSE_FFN
 
 from .. import canonical_quant, standard_forms
 from .._common import MS, const_array, const_shape, dequantized, initializer
 
 QUANT = QUANT_INPUTS[SPARSE_FFN.name]  # weight input → (scales input, zero points input)
-ROWS = ("W1", "WU")  # stored as MatMulNBits stores them: a row of blocks per neuron
 NIBBLE = 16
 
 
@@ -68,15 +67,18 @@ def _matrix(value: ir.Value) -> Q4Matrix | int8.Q8Matrix:
                     None if zeros is None else zeros.reshape(q.n, -1), q.k, q.block_size)
 
 
-def arrays(inputs: dict[str, ir.Value | None], q: Int4Weights) -> dict[str, np.ndarray]:
-    """The op's weight inputs as arrays (W1, W1S, [W1Z], W2, ..., by op input name)."""
+def arrays(inputs: dict[str, ir.Value | None], q: Int4Weights,
+           mode: SparseMode = SparseMode.EXACT) -> dict[str, np.ndarray]:
+    """The op's weight inputs as arrays (W1, W1S, [W1Z], W2, ..., by op input name) in the
+    layout of ``mode``'s int4 kernels (``column_projections``)."""
     out: dict[str, np.ndarray] = {}
+    per_row = column_projections(mode)
     for name in ("W1", "W2", "WU"):
         if inputs.get(name) is None:
             continue
         m = _matrix(inputs[name])
         scales, zeros = QUANT[name]
-        if name in ROWS:
+        if name not in per_row:
             out[name], out[scales], z = m.codes, m.scales, m.zero_points
         else:
             c = int8.columns(m) if isinstance(m, int8.Q8Matrix) else columns(m)
@@ -86,19 +88,21 @@ def arrays(inputs: dict[str, ir.Value | None], q: Int4Weights) -> dict[str, np.n
     return out
 
 
-def op_inputs(graph: ir.Graph, inputs: dict[str, ir.Value | None],
-              q: Int4Weights) -> dict[str, ir.Value]:
-    """The op's weight inputs as graph values: the user's MatMulNBits initializers for W1 and
-    WU (a 3-D copy where the codes are stored in another shape), the down projection's
-    columns as new initializers ``<codes>__columns``, ``<scales>__columns``, ...."""
+def op_inputs(graph: ir.Graph, inputs: dict[str, ir.Value | None], q: Int4Weights,
+              mode: SparseMode = SparseMode.EXACT) -> dict[str, ir.Value]:
+    """The op's weight inputs as graph values: the user's MatMulNBits initializers for the
+    projections ``mode``'s kernels read per neuron (a 3-D copy where the codes are stored in
+    another shape), the columns of the others (``column_projections``: the down projection;
+    in teal all three) as new initializers ``<codes>__columns``, ``<scales>__columns``, ...."""
     out: dict[str, ir.Value] = {}
-    made = arrays(inputs, q)
+    made = arrays(inputs, q, mode)
+    per_row = column_projections(mode)
     for name in ("W1", "WU", "W2"):
         if inputs.get(name) is None:
             continue
         scales, zeros = QUANT[name]
         b, s, z = _sources(inputs[name])
-        if name in ROWS:
+        if name not in per_row:
             out[name] = b if tuple(b.shape or ()) == made[name].shape else initializer(
                 graph, f"{b.name}__rows", made[name])
             out[scales] = s
@@ -258,6 +262,26 @@ def exact_ffn(tape: ir.tape.Tape, f: dict[str, ir.Value | None], activation: str
     down = dequantize_columns8 if q.bits is WeightBits.INT8 else dequantize_columns
     y = tape.op("MatMul", [a, down(tape, f["W2"], f["W2S"], f["W2Z"])])
     return y if f["B2"] is None else tape.op("Add", [y, f["B2"]])
+
+
+def dequantized_weights(tape: ir.tape.Tape, f: dict[str, ir.Value | None],
+                        mode: SparseMode) -> tuple[dict[str, ir.Value | None], set[str]]:
+    """The op's int4 weights W1, W2, WU (``f``: the op's inputs by name) in ``mode``'s
+    layout, dequantized to float32 in standard ops as ONNX Runtime dequantizes them; and
+    which of them are stored a row per neuron ([d_ff, d_in]; the others [K, N])."""
+    per_row = column_projections(mode)
+    out: dict[str, ir.Value | None] = {}
+    rows: set[str] = set()
+    for name in ("W1", "W2", "WU"):
+        scales, zeros = QUANT[name]
+        if f[name] is None:
+            out[name] = None
+        elif name in per_row:
+            out[name] = dequantize_columns(tape, f[name], f[scales], f[zeros])
+        else:
+            out[name] = dequantize_rows(tape, f[name], f[scales], f[zeros])
+            rows.add(name)
+    return out, rows
 
 
 def float_down(tape: ir.tape.Tape, w2: ir.Value) -> ir.Value:

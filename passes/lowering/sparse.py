@@ -236,13 +236,18 @@ def int4_function(overload: str, present: dict[str, bool], act: str, up_act: str
 
 
 def sparse_function(overload: str, present: dict[str, bool], act: str, up_act: str,
-                    opset: int, entry: Mode) -> ir.Function:
+                    opset: int, entry: Mode, int4_weights: bool = False) -> ir.Function:
     """SparseFFN's fallback for a mode: its inputs in the mode's layouts, TH read as the
-    mode's ``th_fields``, the centered form (XC, HC subtracted) where given."""
+    mode's ``th_fields``, the centered form (XC, HC subtracted) where given; with
+    ``int4_weights`` (a masked mode's bits 4), the weights dequantized in standard ops from
+    the layout of the mode's int4 kernels first (``int4.dequantized_weights``)."""
     formals = [ir.Value(name=n) for n in INPUT_NAMES]
     f = {v.name: v if present[v.name] else None for v in formals}
     tape = ir.tape.Tape()
     rows = {n for n, layout in entry.layouts.items() if layout is Layout.ROWS}
+    if int4_weights:
+        weights, rows = int4.dequantized_weights(tape, f, entry.sparse_mode)
+        f = f | weights
     masks = Masks()
     if Param.THRESHOLDS in entry.params:  # TH [t0, t1] → two scalars
         t = (tape.op("Gather", [f["TH"], tape.op("Constant", [], {
@@ -264,11 +269,12 @@ def _sparse_node(ctx: Lowering, m: FFNMarker, tape: ir.tape.Tape, entry: Mode, m
     q = int4.layout(m.inputs)
     if q is None:
         inputs = dict.fromkeys(INPUT_NAMES) | laid_out(ctx.graph, m.inputs, entry)
-    elif entry.sparse_mode is SparseMode.EXACT:
-        inputs = dict.fromkeys(INPUT_NAMES) | m.inputs | int4.op_inputs(ctx.graph, m.inputs, q)
+    elif entry.sparse_mode is SparseMode.EXACT or not q.int8_x:
+        inputs = dict.fromkeys(INPUT_NAMES) | m.inputs | int4.op_inputs(ctx.graph, m.inputs, q,
+                                                                       entry.sparse_mode)
     else:
-        raise ValueError(f"site {m.name!r}: int4 weights in mode {entry.sparse_mode}: "
-                         "exact only")
+        raise ValueError(f"site {m.name!r}: int4 weights in mode {entry.sparse_mode} take x "
+                         "in float32 (accuracy_level 0) only")
     for p in entry.params:
         inputs |= PARAMS[p].lower(ctx, m, masks, entry, values)
     present = {n: v is not None for n, v in inputs.items()}
@@ -284,8 +290,12 @@ def _sparse_node(ctx: Lowering, m: FFNMarker, tape: ir.tape.Tape, entry: Mode, m
         if q.int8_x:
             attrs["accuracy_level"] = INT8_ACCURACY
             overload += "i8"
-        build = lambda: int4_function(overload, present, m.activation,  # noqa: E731
-                                      m.up_activation, ctx.opset, q, d_in, d_ff)
+        if entry.sparse_mode is SparseMode.EXACT:
+            build = lambda: int4_function(overload, present, m.activation,  # noqa: E731
+                                          m.up_activation, ctx.opset, q, d_in, d_ff)
+        else:
+            build = lambda: sparse_function(overload, present, m.activation,  # noqa: E731
+                                            m.up_activation, ctx.opset, entry, True)
     return fffc_node(ctx, tape, m, SPARSE_FFN, inputs, attrs, overload, build, provenance(m))
 
 

@@ -312,22 +312,52 @@ int64_t Count(const std::vector<int64_t>& d) {
   return n;
 }
 
-// The shapes of an int4 or int8 call (the op text of fffc/contract/ops.py): d_in, d_ff, d_out
-// and the block from W1's codes and W2's scales; every scale and zero point input sized to
-// them. Codes per byte: 2 with bits 4, 1 with bits 8 (zero points packed the same way in W1Z,
-// WUZ; one a byte in W2Z either way).
-OrtStatus* PrepareQuantized(const OrtApi* api, FfnCall* c, const std::string& mode, int64_t bits) {
+// The int4 shapes of mode teal (fffc.contract.int4.column_projections): W1 and WU per input
+// channel, codes [d_in, d_ff/2], scales and zero points [d_in/block, d_ff] (d_ff and the
+// block from W2 and its scales).
+OrtStatus* PrepareChannels(const OrtApi* api, FfnCall* c) {
   using In = Sparse;
-  if (bits != 4 && bits != 8)
-    return Fail(api, "SparseFFN: bits must be 0, 4 or 8, got " + std::to_string(bits));
-  if (mode != "exact") return Fail(api, "SparseFFN: int4 / int8 weights (bits 4, 8) are for mode exact only");
+  const auto &xd = c->in[In::kX].dims, &w1 = c->in[In::kW1].dims, &w2 = c->in[In::kW2].dims,
+             &w2s = c->in[In::kW2S].dims;
+  if (xd.empty() || w1.size() != 2 || w2.size() != 2 || w2s.size() != 2 || w2s[0] < 1 ||
+      w2[0] < w2s[0] || w2[0] % w2s[0])
+    return Fail(api, "SparseFFN (bits 4, mode teal): expected X [..., d_in], W1 [d_in, d_ff/2], "
+                     "W2 [d_ff, d_out/2], W2S [d_ff/block, d_out]; got W1 " + Dims(w1) + ", W2 " +
+                     Dims(w2) + ", W2S " + Dims(w2s));
+  c->d_in = xd.back();
+  c->d_ff = w2[0];
+  c->d_out = w2s[1];
+  c->block = c->d_ff / w2s[0];
+  const int64_t per_channel = c->d_in % c->block ? -1 : c->d_in / c->block * c->d_ff;
+  const bool z = c->present[In::kW1Z];
+  std::string bad;
+  if (c->d_in % c->block || w1[0] != c->d_in || 2 * w1[1] != c->d_ff)
+    bad = "W1 " + Dims(w1) + " for d_in " + std::to_string(c->d_in) + ", d_ff " + std::to_string(c->d_ff);
+  else if (2 * w2[1] != c->d_out) bad = "W2 " + Dims(w2) + " with W2S " + Dims(w2s);
+  else if (Count(c->in[In::kW1S].dims) != per_channel) bad = "W1S " + Dims(c->in[In::kW1S].dims);
+  else if (z && Count(c->in[In::kW1Z].dims) != per_channel) bad = "W1Z " + Dims(c->in[In::kW1Z].dims);
+  else if (c->present[In::kW2Z] != z || (c->present[In::kWU] && c->present[In::kWUZ] != z))
+    bad = "zero points given for some weights only";
+  else if (z && Count(c->in[In::kW2Z].dims) != w2s[0] * c->d_out) bad = "W2Z " + Dims(c->in[In::kW2Z].dims);
+  else if (c->present[In::kWU] && c->in[In::kWU].dims != w1) bad = "WU " + Dims(c->in[In::kWU].dims);
+  else if (c->present[In::kWU] && Count(c->in[In::kWUS].dims) != per_channel)
+    bad = "WUS " + Dims(c->in[In::kWUS].dims);
+  else if (c->present[In::kWUZ] && Count(c->in[In::kWUZ].dims) != per_channel)
+    bad = "WUZ " + Dims(c->in[In::kWUZ].dims);
+  if (!bad.empty())
+    return Fail(api, "SparseFFN (bits 4, block " + std::to_string(c->block) + ", mode teal): bad int4 weights: " + bad);
+  return nullptr;
+}
+
+// The shapes of the other calls: W1 and WU as MatMulNBits holds them, codes [d_ff, d_in/block,
+// block·bits/8], scales [d_ff, d_in/block], zero points packed like the codes (two a byte with
+// bits 4, one with bits 8); W2 per neuron, codes [d_ff, d_out·bits/8], scales and zero points
+// (one a byte) [d_ff/block, d_out].
+OrtStatus* PrepareRows(const OrtApi* api, FfnCall* c, int64_t bits) {
+  using In = Sparse;
   const int64_t per_byte = bits == 8 ? 1 : 2;
-  c->bits = bits;
-  const auto &xd = c->in[In::kX].dims, &w1 = c->in[In::kW1].dims, &w2 = c->in[In::kW2].dims;
-  if (!c->present[In::kW1S] || !c->present[In::kW2S] || c->present[In::kWU] != c->present[In::kWUS])
-    return Fail(api, "SparseFFN: bits " + std::to_string(bits) +
-                         " needs the scales of each weight (W1S, W2S, WUS with WU)");
-  const auto& w2s = c->in[In::kW2S].dims;
+  const auto &xd = c->in[In::kX].dims, &w1 = c->in[In::kW1].dims, &w2 = c->in[In::kW2].dims,
+             &w2s = c->in[In::kW2S].dims;
   if (xd.empty() || w1.size() != 3 || w2.size() != 2 || w2s.size() != 2 || w1[2] < 1)
     return Fail(api, "SparseFFN (bits " + std::to_string(bits) + "): expected X [..., d_in], W1 "
                      "[d_ff, d_in/block, block·bits/8], W2 [d_ff, d_out·bits/8], W2S [d_ff/block, "
@@ -354,6 +384,26 @@ OrtStatus* PrepareQuantized(const OrtApi* api, FfnCall* c, const std::string& mo
     bad = "WUS " + Dims(c->in[In::kWUS].dims);
   else if (c->present[In::kWUZ] && Count(c->in[In::kWUZ].dims) != c->d_ff * kz)
     bad = "WUZ " + Dims(c->in[In::kWUZ].dims);
+  if (!bad.empty())
+    return Fail(api, "SparseFFN (bits " + std::to_string(bits) + ", block " + std::to_string(c->block) +
+                         "): bad int" + std::to_string(bits) + " weights: " + bad);
+  return nullptr;
+}
+
+// The shapes and types of an int4 or int8 call (the op text of fffc/contract/ops.py); 8-bit
+// codes are for mode exact only.
+OrtStatus* PrepareQuantized(const OrtApi* api, FfnCall* c, const std::string& mode, int64_t bits) {
+  using In = Sparse;
+  if (bits != 4 && bits != 8)
+    return Fail(api, "SparseFFN: bits must be 0, 4 or 8, got " + std::to_string(bits));
+  if (bits == 8 && mode != "exact")
+    return Fail(api, "SparseFFN: int8 weights (bits 8) are for mode exact only, not " + mode);
+  c->bits = bits;
+  if (!c->present[In::kW1S] || !c->present[In::kW2S] || c->present[In::kWU] != c->present[In::kWUS])
+    return Fail(api, "SparseFFN: bits " + std::to_string(bits) +
+                         " needs the scales of each weight (W1S, W2S, WUS with WU)");
+  if (OrtStatus* st = mode == "teal" ? PrepareChannels(api, c) : PrepareRows(api, c, bits)) return st;
+  std::string bad;
   for (int i : {In::kW1S, In::kW2S, In::kWUS})
     if (bad.empty() && c->present[i] && c->in[i].type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
       bad = std::string(In::kInputNames[i]) + " not float32";

@@ -9,23 +9,29 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fffc.codegen.kernels.exact_q4 import Q4Dot, int4_spec
 from fffc.codegen.q4_build import (
-    SYMBOL,
     assembly,
     has_int8_dots,
     q4_build,
-    write_object,
 )
 from fffc.codegen.schedules import family
 from fffc.contract.errors import CodegenError
-from tests.codegen.test_exact_q4 import KINDS, MARGIN, Case, _case, _poisoned, _quantized_x, _x
 from tests.fixtures import aarch64_kernels as aarch64
+from tests.fixtures.q4_cases import (
+    KINDS,
+    MARGIN,
+    ArmQ4,
+    ExactCase,
+    exact_case,
+    exact_x,
+    poisoned_exact,
+    quantized_x,
+)
 from tests.fixtures.sparse_kernels import ATOL, RTOL
 
 MISSING = aarch64.missing_tools()
@@ -33,31 +39,17 @@ needs_qemu = pytest.mark.skipif(MISSING is not None, reason=f"aarch64 under qemu
 DOTPROD = "neoverse-n1"  # ARMv8.2 with dotprod (sdot)
 
 
-class Arm:
-    """The case's kernel built for aarch64 and run under qemu."""
-
-    def __init__(self, case: Case, dot: Q4Dot, mcpu: str | None, tmp: Path):
-        self.case, self.tmp = case, tmp
-        self.build = q4_build(case.spec, case.fmt, "arm", mcpu, dot=dot)
-        self.exe = aarch64.link(write_object(self.build, tmp / "kernel.o"), SYMBOL, tmp / "kernel")
-
-    def __call__(self, x: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        args = [x, *(inputs[n] for n in self.build.names[1:-1])]
-        out = np.full((x.shape[0], self.case.spec.d_out), np.nan, np.float32)
-        return aarch64.run(self.exe, args, out, self.tmp)
+def _arm_case(kind: str, zero_points: bool, block: int) -> ExactCase:
+    return exact_case(256, 1024, 256, kind, zero_points, block=block, bias=kind == "relu")
 
 
-def _arm_case(kind: str, zero_points: bool, block: int) -> Case:
-    return _case(256, 1024, 256, kind, zero_points, block=block, bias=kind == "relu")
-
-
-def _clear_x(case: Case, quantized: bool) -> tuple[np.ndarray, np.ndarray]:
+def _clear_x(case: ExactCase, quantized: bool) -> tuple[np.ndarray, np.ndarray]:
     """One token (and as the gate sees it) whose gates, and ups of open gates, are all
     MARGIN away from 0 (the poisoning reads the decisions off the float64 reference):
     the first of a few seeds."""
     for seed in range(4, 12):
-        x = _x(case, 1, seed=seed)
-        xg = _quantized_x(x, case.fmt.block).astype(np.float32) if quantized else x
+        x = exact_x(case.spec.d_in, 1, seed=seed)
+        xg = quantized_x(x, case.fmt.block).astype(np.float32) if quantized else x
         h, u = case.gates(xg)
         if np.abs(h).min() > MARGIN and (u is None or np.abs(u[h > 0]).min() > MARGIN):
             return x, xg
@@ -72,16 +64,16 @@ def test_float32_dots_under_qemu(kind: str, zero_points: bool, block: int, tmp_p
     """NEON float32 dots (generic ARMv8.2-A): the dequantized float FFN, and bit-identical
     output with every row a skipped neuron must not read poisoned."""
     case = _arm_case(kind, zero_points, block)
-    k = Arm(case, Q4Dot.FLOAT32, None, tmp_path)
+    k = ArmQ4(case.spec, case.fmt, Q4Dot.FLOAT32, None, tmp_path)
     for tokens in (1, 2):
-        x = _x(case, tokens)
+        x = exact_x(case.spec.d_in, tokens)
         want = case.reference(x)
         assert np.abs(want).max() > 0.1
         np.testing.assert_allclose(k(x, case.inputs()), want, rtol=RTOL, atol=ATOL)
     x, _ = _clear_x(case, quantized=False)
     clean = k(x, case.inputs())
     np.testing.assert_allclose(clean, case.reference(x), rtol=RTOL, atol=ATOL)
-    np.testing.assert_array_equal(k(x, _poisoned(case, x, np.random.default_rng(5))), clean)
+    np.testing.assert_array_equal(k(x, poisoned_exact(case, x, np.random.default_rng(5))), clean)
 
 
 SDOT_CASES = [(kind, zp, block) for kind in KINDS for zp in (False, True) for block in (32, 128)]
@@ -95,17 +87,17 @@ def test_sdot_under_qemu(kind: str, zero_points: bool, block: int, tmp_path) -> 
     """Int8 dots by sdot (a dotprod CPU): the float64 FFN whose gate and up projections see
     x quantized per block (ONNX Runtime's accuracy_level 4), and skipped rows never read."""
     case = _arm_case(kind, zero_points, block)
-    k = Arm(case, Q4Dot.INT8, DOTPROD, tmp_path)
+    k = ArmQ4(case.spec, case.fmt, Q4Dot.INT8, DOTPROD, tmp_path)
     for tokens in (1, 2):
-        x = _x(case, tokens)
-        xq = _quantized_x(x, block)
+        x = exact_x(case.spec.d_in, tokens)
+        xq = quantized_x(x, block)
         assert np.abs(case.gates(xq)[0]).min() > MARGIN
         want = case.reference(xq)
         np.testing.assert_allclose(k(x, case.inputs()), want, rtol=RTOL, atol=ATOL)
         assert np.abs(want - case.reference(x)).max() > 1e-4  # the rounding of x matters
     x, xq = _clear_x(case, quantized=True)
     clean = k(x, case.inputs())
-    np.testing.assert_array_equal(k(x, _poisoned(case, xq, np.random.default_rng(5))), clean)
+    np.testing.assert_array_equal(k(x, poisoned_exact(case, xq, np.random.default_rng(5))), clean)
 
 
 @pytest.mark.parametrize("mcpu, dotprod", [(None, False), ("cortex-a53", False),

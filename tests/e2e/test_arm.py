@@ -150,6 +150,39 @@ def test_arm_float16_artifact_runs_in_aarch64_onnxruntime(sysroot, tmp_path):
             assert np.abs(g - want).max() <= 8 * 2.0**-11 * np.abs(want).max()
 
 
+def test_arm_int4_cats_artifact_runs_in_aarch64_onnxruntime(sysroot, tmp_path):
+    """A calibrated SwiGLU FFN of 4-bit MatMulNBits (zero points) in mode cats: its int4
+    kernel (NEON) serves every call, the mode's function on the weights ONNX Runtime
+    dequantizes with the artifact's gate threshold (computed in the test)."""
+    from fffc.cli import main
+    from fffc.contract.kinds import SparseMode
+    from tests.fixtures import quantized as q
+    from tests.quant.test_compile_quantized_modes import MARGIN, _op, _reference
+
+    src = q.float_ffn(tmp_path / "swiglu.onnx", "swiglu")
+    path = q.matmul_nbits(src, tmp_path / "q4.onnx", 4, 32, False)
+    calib = tmp_path / "calib.json"
+    assert main(["calibrate", str(path), "--synthetic", "2", "--center", "none",
+                 "-o", str(calib)]) == 0
+    result = fffc.compile(path, tmp_path / "q4.fffc", fffc.CompileOptions(
+        target="arm", calibration=calib, budget="cats=0.5", max_sparse_tokens=0))
+    assert [s.decision for s in result.sites] == ["cats"]
+    _, op = _op(onnx.load(str(result.artifact / "model.onnx")))
+    model = onnx.load(str(path))
+    w = {n: q.ort_weight(model, q.quantizing_node(model, q.WEIGHTS[k])).astype(np.float64)
+         for n, k in (("W1", "W1"), ("W2", "W2"), ("W2U", "WU"))}
+    inputs, wants = {}, {}
+    for seed in range(8):
+        x = np.random.default_rng(seed).standard_normal((1, 1 + seed % 2, q.D)).astype(np.float32)
+        want, near = _reference(SparseMode.CATS, x, w, op)
+        if near >= MARGIN:
+            inputs[f"s{seed}"], wants[f"s{seed}"] = x, want.reshape(x.shape)
+    assert len(inputs) >= 3
+    got = _run_aarch64(sysroot, result.artifact, inputs, tmp_path)
+    for k, want in wants.items():
+        np.testing.assert_allclose(got[k], want, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.torch
 def test_arm_fff_artifact_runs_in_aarch64_onnxruntime(sysroot, tmp_path):
     """The FastFeedForward op family on aarch64 too (an FFF 2x4 layer, TorchScript export)."""

@@ -44,19 +44,9 @@ from fffc.contract.kinds import WeightBits
 
 from .._tvm import T
 from ..q4_layout import CHUNK
-from .exact_q4 import (
-    I8_LANES,
-    LINE,
-    STEP_BYTES,
-    X86_ISA,
-    Q4Dot,
-    Q4Isa,
-    Q4Plan,
-    Q4Tiling,
-    int8_dot,
-    prefetch,
-)
+from .exact_q4 import Q4Plan, Q4Tiling
 from .pieces import activation, bias, folds, with_args
+from .q4_pieces import I8_LANES, LINE, STEP_BYTES, X86_ISA, Q4Dot, Q4Isa, int8_dot, prefetch
 from .sparse_ffn import check_spec
 
 CODE_LANES = 16  # code bytes per vector step of the float32 dots

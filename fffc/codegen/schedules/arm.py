@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from fffc.contract.errors import UnsupportedTargetError
 from fffc.contract.kernels import SparseSpec
+from fffc.contract.kinds import SparseMode
 
 from .. import _tvm
-from ..kernels.exact_q4 import ARM_ISA, INT4, Q4Plan, plan_dot, q4_tiling
+from ..kernels.exact_q4 import ARM_ISA, INT4, Q4Plan, int4_tiling, plan_dot
 from .base import MAX_TOKENS, Variant
 from .cpu import CpuConfig, CpuFamily, cpu_variants
 
@@ -40,6 +41,7 @@ class Arm(CpuFamily):
     triple = "aarch64-linux-gnu"
     int4_weights = True
     int8_weights = True
+    int4_modes = frozenset(SparseMode)  # exact, teal, cats, predictor (kernels/*_q4.py)
 
     def __init__(self, config: Config | None = None):
         super().__init__(config or Config())
@@ -59,7 +61,7 @@ class Arm(CpuFamily):
         if spec.bits:  # one kernel for every count, a token at a time (the If past the
             # crossover runs ONNX Runtime's MatMulNBits)
             dots = _tvm.target_has_features(target, list(ARM_ISA.dot_features))
-            return [Variant(INT4, 1, MAX_TOKENS, Q4Plan(q4_tiling(spec, self.config.lanes),
+            return [Variant(INT4, 1, MAX_TOKENS, Q4Plan(int4_tiling(spec, self.config.lanes),
                                                         ARM_ISA, plan_dot(spec, dots)))]
         return cpu_variants(spec, self.config, lanes=self.config.lanes,
                             gemm_nr_vectors=self.config.gemm_nr_vectors)

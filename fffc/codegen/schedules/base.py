@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fffc.contract.kernels import FffSpec, KernelSpec, RouteSpec, SparseSpec, StructuredSpec
+from fffc.contract.kinds import SparseMode
 from fffc.contract.modes import sparse
 
 from ..limits import MAX_TOKENS as MAX_TOKENS  # re-exported: the schedules use it
@@ -45,6 +46,9 @@ class Family:
     narrow_weights = False  # kernels that read 16-bit weight matrices (--weight-dtype)
     int4_weights = False  # SparseFFN exact kernels on int4 codes (SPARSE_FFN's bits 4)
     int8_weights = False  # ... and on int8 codes (SPARSE_FFN's bits 8)
+    int4_modes: frozenset[SparseMode] = frozenset({SparseMode.EXACT})  # the SparseFFN modes
+    # of its int4 kernels (the masked ones on x in float32: accuracy_level 0; int8 codes:
+    # exact only)
     merged_path = True  # StructuredFFN kernels with a pre-merged dense path for few tokens
     timed_here = False  # its kernels run on this build machine, so crossovers are measured
     device = False  # its kernels run on an accelerator; the CPU EP's nodes run ``cpu``'s

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fffc.contract.kernels import SparseSpec
+from fffc.contract.kinds import SparseMode
 
 from .. import _tvm
-from ..kernels.exact_q4 import INT4, X86_ISA, Q4Plan, plan_dot, q4_tiling
+from ..kernels.exact_q4 import INT4, X86_ISA, Q4Plan, int4_tiling, plan_dot
 from .base import MAX_TOKENS, Variant
 from .cpu import CpuConfig, CpuFamily, cpu_variants
 
@@ -26,6 +27,7 @@ class X86(CpuFamily):
     timed_here = True
     int4_weights = True
     int8_weights = True
+    int4_modes = frozenset(SparseMode)  # exact, teal, cats, predictor (kernels/*_q4.py)
     triple = "x86_64-linux-gnu"
 
     def __init__(self, config: Config | None = None):
@@ -45,7 +47,7 @@ class X86(CpuFamily):
         if spec.bits:  # one kernel for every count, a token at a time (the If past the
             # crossover runs ONNX Runtime's MatMulNBits)
             dots = _tvm.target_has_features(target, list(X86_ISA.dot_features))
-            return [Variant(INT4, 1, MAX_TOKENS, Q4Plan(q4_tiling(spec, 16 if wide else 8),
+            return [Variant(INT4, 1, MAX_TOKENS, Q4Plan(int4_tiling(spec, 16 if wide else 8),
                                                         X86_ISA, plan_dot(spec, dots)))]
         return cpu_variants(spec, c, lanes=16 if wide else 8,
                             gemm_nr_vectors=c.gemm_nr_vectors_avx512 if wide else c.gemm_nr_vectors,

@@ -13,11 +13,14 @@ namespace fffc::cpu {
 namespace {
 
 // Shapes of an int4 or int8 call's kernel arguments (exact_q4.q4_arg_names,
-// exact_q8.q8_arg_names): codes and scales per neuron row for W1 and WU, per neuron column
-// group for W2; two codes (and W1Z, WUZ zero points) a byte with bits 4, one with bits 8.
+// exact_q8.q8_arg_names): codes and scales per neuron row for W1 and WU (int4 mode teal: per
+// input channel, `cols`), per neuron column group for W2; two codes (and W1Z, WUZ zero
+// points) a byte with bits 4, one with bits 8.
 struct Int4Shapes {
-  int64_t rows[3], scales[2], zeros[2], w2[2], w2s[2];
+  int64_t rows[3], scales[2], zeros[2], w2[2], w2s[2], cols[2], cols_s[2];
   explicit Int4Shapes(const FfnCall& c) {
+    cols[0] = c.d_in, cols[1] = c.d_ff / 2;
+    cols_s[0] = c.d_in / c.block, cols_s[1] = c.d_ff;
     const int64_t kb = c.d_in / c.block, per_byte = c.bits == 8 ? 1 : 2;
     rows[0] = c.d_ff, rows[1] = kb, rows[2] = c.block / per_byte;
     scales[0] = c.d_ff, scales[1] = kb;
@@ -30,10 +33,17 @@ struct Int4Shapes {
 constexpr DLDataType kU8{kDLUInt, 8, 1};
 
 // The int4 kernel's arguments after X: W1, W1S, [W1Z], [B1], W2, W2S, [W2Z], [B2],
-// [WU, WUS, [WUZ]] (their shapes point into `s`, which must outlive the call).
-void Int4Args(const FfnCall& c, const Int4Shapes& s, std::vector<DLTensor>* t) {
+// [WU, WUS, [WUZ]], then the mode's [TH] or [PA, PB, PC] (the shapes point into `s`, which
+// must outlive the call). `channels`: W1 and WU per input channel (mode teal).
+void Int4Args(const FfnCall& c, const Int4Shapes& s, bool channels, std::vector<DLTensor>* t) {
   using In = Sparse;
   auto rows = [&](int w, int sc, int z) {
+    if (channels) {
+      t->push_back(Dl(c.in[w].data, s.cols, 2, kU8));
+      t->push_back(Dl(c.in[sc].data, s.cols_s, 2));
+      if (c.present[z]) t->push_back(Dl(c.in[z].data, s.cols_s, 2, kU8));
+      return;
+    }
     t->push_back(Dl(c.in[w].data, s.rows, 3, kU8));
     t->push_back(Dl(c.in[sc].data, s.scales, 2));
     if (c.present[z]) t->push_back(Dl(c.in[z].data, s.zeros, 2, kU8));
@@ -48,6 +58,9 @@ void Int4Args(const FfnCall& c, const Int4Shapes& s, std::vector<DLTensor>* t) {
   if (c.present[In::kW2Z]) t->push_back(Dl(c.in[In::kW2Z].data, s.w2s, 2, kU8));
   bias(In::kB2);
   if (c.present[In::kWU]) rows(In::kWU, In::kWUS, In::kWUZ);
+  for (int i : {In::kTH, In::kPA, In::kPB, In::kPC})
+    if (c.present[i])
+      t->push_back(Dl(c.in[i].data, c.in[i].dims.data(), static_cast<int>(c.in[i].dims.size())));
 }
 
 struct CpuKernel : KernelBase {
@@ -92,7 +105,7 @@ struct CpuKernel : KernelBase {
     t.push_back(Dl(c.in[In::kX].data, x2, 2));
     if (c.block != 0) {
       const Int4Shapes shapes(c);
-      Int4Args(c, shapes, &t);
+      Int4Args(c, shapes, attrs.mode == "teal", &t);
       t.push_back(Dl(c.y, y2, 2));
       return CallKernel(api, ctx, *entry, t);
     }
