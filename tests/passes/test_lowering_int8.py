@@ -11,7 +11,7 @@ import pytest
 
 from fffc.contract import int8 as q8
 from fffc.verify import matmul_nbits as mn
-from passes.lowering.int4 import dequantize_columns8, dequantize_rows8
+from fffc.passes.lowering.int4 import dequantize_columns8, dequantize_rows8
 
 
 def _run(build, arrays: dict[str, np.ndarray]) -> np.ndarray:
