@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 
 from fffc.contract import int8 as q8
-from fffc.verify import matmul_nbits as mn
 from fffc.passes.lowering.int4 import dequantize_columns8, dequantize_rows8
+from fffc.verify import matmul_nbits as mn
 
 
 def _run(build, arrays: dict[str, np.ndarray]) -> np.ndarray:
