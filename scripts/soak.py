@@ -9,13 +9,16 @@ For each artifact of the catalog (``tests/fixtures/soak_catalog.py``; built into
   the process's RSS after a warm-up against at the end;
 * ``--sessions`` sessions of the artifact in the process, used concurrently by the threads,
   each output compared bit for bit with the same reference;
-* ``--cycles`` session create / run / destroy cycles, RSS after the first 50 against the end.
+* ``--cycles`` session create / run / destroy cycles, RSS after the first 50 against the end;
+  first (before anything runs the artifact's shim) as many create / destroy cycles without
+  a run, where a shim that did not keep itself loaded would be unloaded and loaded again.
 
 Each artifact is soaked in a fresh interpreter (``spawn``): the RSS figures are those of a
 process holding only ONNX Runtime, NumPy and the artifact, not the compiler. Exits 1 on any
 mismatch, error or RSS growth over ``--max-growth`` percent.
 
-Run from the repository root: ``python scripts/soak.py [--artifacts DIR] [--only REGEX]``.
+Run from the repository root: ``python scripts/soak.py [--artifacts DIR] [--only REGEX]``
+(``--help``: the other flags).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import os
 import re
 import resource
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -221,6 +225,10 @@ class Result:
     cycles_before: int = 0
     cycles_after: int = 0
     cycles_growth: float = 0.0
+    bare_cycles: int = 0
+    bare_before: int = 0
+    bare_after: int = 0
+    bare_growth: float = 0.0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
@@ -233,6 +241,8 @@ class Result:
             out.append(f"RSS grew {self.growth:.2f}% over the calls")
         if self.cycles_growth >= max_growth:
             out.append(f"RSS grew {self.cycles_growth:.2f}% over the cycles")
+        if self.bare_growth >= max_growth:
+            out.append(f"RSS grew {self.bare_growth:.2f}% over the cycles without a run")
         return out
 
 
@@ -291,6 +301,22 @@ def cycles(artifact: Path, env: dict[str, str], feeds, refs, count: int,
     result.cycles_growth = growth(result.cycles_before, result.cycles_after)
 
 
+def bare_cycles(artifact: Path, env: dict[str, str], count: int, result: Result) -> None:
+    """``count`` sessions created and destroyed without a run, before anything else runs
+    the artifact's shim in this process (a run's thread-local destructors keep a library
+    loaded): unless the shim keeps itself loaded, ONNX Runtime unloads it with each session
+    and loads it again with the next, and what a load allocates that an unload does not
+    return adds up; RSS after the first cycles against the end."""
+    warmup = min(WARMUP_CYCLES, count // 2)
+    for c in range(count):
+        open_session(artifact, env)  # dropped at once
+        if c + 1 == warmup:
+            result.bare_before = rss()
+    result.bare_after = rss()
+    result.bare_cycles = count
+    result.bare_growth = growth(result.bare_before, result.bare_after)
+
+
 def soak(name: str, artifact: Path, env: dict[str, str], plain_env: dict[str, str] | None,
          calls: int, threads: int, sessions: int, cycle_count: int) -> Result:
     """Everything above for one artifact, in this process."""
@@ -303,6 +329,7 @@ def soak(name: str, artifact: Path, env: dict[str, str], plain_env: dict[str, st
         result.sites = ",".join(site["decision"] for site in manifest["sites"])
         if not manifest.get("kernels"):
             raise ValueError(f"{artifact}: no site has kernels, nothing of fffc's to soak")
+        bare_cycles(artifact, env, cycle_count, result)
         feeds, refs = shared_session(artifact, env, plain_env, calls, threads, result)
         several_sessions(artifact, env, feeds, refs, max(calls // 5, threads), threads,
                          sessions, result)
@@ -331,19 +358,22 @@ def _mb(n: int) -> str:
 LEGEND = """calls: shared-session calls after the warm-up (thr threads); mism: outputs not
 bit-identical to a single-threaded run's (shared session, several sessions, cycles); scr:
 1-token outputs that were the screened kernel's; RSS0/RSS1: after the warm-up / at the end;
-multi: calls across the several sessions; cyc RSS0/RSS1: after the first cycles / at the end"""
+multi: calls across the several sessions; cyc RSS0/RSS1: after the first cycles / at the end;
+bare: as many cycles without a run, first (loads of the shim)"""
 
 
 def table(results: list[Result]) -> str:
     head = ("artifact", "sites", "calls", "thr", "mism", "scr", "RSS0 MB", "RSS1 MB",
-            "grow %", "multi", "cycles", "cyc RSS0", "cyc RSS1", "cyc grow %", "s")
+            "grow %", "multi", "cycles", "cyc RSS0", "cyc RSS1", "cyc grow %", "bare grow %",
+            "s")
     rows = [head]
     for r in results:
         rows.append((r.name, r.sites, str(r.calls), str(r.threads),
                      str(r.mismatches + r.multi_mismatches + r.cycle_mismatches),
                      str(r.screened), _mb(r.rss_before), _mb(r.rss_after), f"{r.growth:+.3f}",
                      str(r.multi_calls), str(r.cycles), _mb(r.cycles_before),
-                     _mb(r.cycles_after), f"{r.cycles_growth:+.3f}", f"{r.seconds:.0f}"))
+                     _mb(r.cycles_after), f"{r.cycles_growth:+.3f}", f"{r.bare_growth:+.3f}",
+                     f"{r.seconds:.0f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
                        for i, (c, w) in enumerate(zip(row, widths, strict=True)))
@@ -353,8 +383,9 @@ def table(results: list[Result]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--artifacts", type=Path, default=Path("soak-artifacts"),
-                   help="catalog folder: artifacts built into it, or reused from it")
+    p.add_argument("--artifacts", type=Path, default=Path(tempfile.gettempdir()) / "fffc-soak",
+                   help="catalog folder: artifacts built into it, or reused from it "
+                        "(default: %(default)s)")
     p.add_argument("--calls", type=int, default=10_000, help="calls per artifact (shared session)")
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--sessions", type=int, default=3, help="sessions used concurrently")
