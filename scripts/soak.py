@@ -10,10 +10,11 @@ For each artifact of the catalog (``tests/fixtures/soak_catalog.py``; built into
 * ``--sessions`` sessions of the artifact in the process, used concurrently by the threads,
   each output compared bit for bit with the same reference;
 * ``--cycles`` session create / run / destroy cycles, RSS after the first 50 against the end;
-  first (before anything runs the artifact's shim) as many create / destroy cycles without
-  a run, where a shim that did not keep itself loaded would be unloaded and loaded again.
+  and, in a process where nothing runs the artifact's shim, as many create / destroy
+  cycles without a run, where a shim that did not keep itself loaded would be unloaded and
+  loaded again.
 
-Each artifact is soaked in a fresh interpreter (``spawn``): the RSS figures are those of a
+Each artifact is soaked in fresh interpreters (``spawn``): the RSS figures are those of a
 process holding only ONNX Runtime, NumPy and the artifact, not the compiler. Exits 1 on any
 mismatch, error or RSS growth over ``--max-growth`` percent.
 
@@ -68,7 +69,8 @@ def rss() -> int:
 
 
 def growth(before: int, after: int) -> float:
-    return 100.0 * (after - before) / before
+    """Percent; 0 where nothing was measured (an error, reported as such)."""
+    return 100.0 * (after - before) / before if before else 0.0
 
 
 @contextmanager
@@ -310,18 +312,24 @@ def bare_cycles(artifact: Path, env: dict[str, str], count: int, result: Result)
     and loads it again with the next, and what a load allocates that an unload does not
     return adds up; RSS after the first cycles against the end."""
     warmup = min(WARMUP_CYCLES, count // 2)
-    for c in range(count):
-        open_session(artifact, env)  # dropped at once
-        if c + 1 == warmup:
-            result.bare_before = rss()
+    start = time.perf_counter()
+    try:
+        for c in range(count):
+            open_session(artifact, env)  # dropped at once
+            if c + 1 == warmup:
+                result.bare_before = rss()
+    except Exception as e:  # reported: exit status 1
+        result.errors.append(f"cycles without a run: {type(e).__name__}: {e}")
     result.bare_after = rss()
     result.bare_cycles = count
     result.bare_growth = growth(result.bare_before, result.bare_after)
+    result.seconds = time.perf_counter() - start
 
 
 def soak(name: str, artifact: Path, env: dict[str, str], plain_env: dict[str, str] | None,
          calls: int, threads: int, sessions: int, cycle_count: int) -> Result:
-    """Everything above for one artifact, in this process."""
+    """Threads on a shared session, several sessions, create/run/destroy cycles: one
+    artifact, in this process (``bare_cycles`` needs one of its own)."""
     import fffc.runtime
 
     result = Result(name)
@@ -331,7 +339,6 @@ def soak(name: str, artifact: Path, env: dict[str, str], plain_env: dict[str, st
         result.sites = ",".join(site["decision"] for site in manifest["sites"])
         if not manifest.get("kernels"):
             raise ValueError(f"{artifact}: no site has kernels, nothing of fffc's to soak")
-        bare_cycles(artifact, env, cycle_count, result)
         feeds, refs = shared_session(artifact, env, plain_env, calls, threads, result)
         several_sessions(artifact, env, feeds, refs, max(calls // 5, threads), threads,
                          sessions, result)
@@ -346,11 +353,28 @@ def _soak_in_child(*args) -> dict:
     return asdict(soak(*args))
 
 
-def soak_isolated(*args) -> Result:
-    """``soak`` in a fresh interpreter (its RSS is the artifact's, not the compiler's)."""
+def _bare_in_child(name: str, artifact: Path, env: dict[str, str], count: int) -> dict:
+    result = Result(name)
+    bare_cycles(artifact, env, count, result)
+    return asdict(result)
+
+
+def soak_isolated(name: str, artifact: Path, env: dict[str, str],
+                  plain_env: dict[str, str] | None, calls: int, threads: int, sessions: int,
+                  cycle_count: int) -> Result:
+    """``soak`` and ``bare_cycles`` each in a fresh interpreter: RSS is the artifact's, not
+    the compiler's, and neither sees what the other left to Python's allocator."""
     ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(1, mp_context=ctx) as ex:
-        return Result(**ex.submit(_soak_in_child, *args).result())
+    with cf.ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1) as ex:
+        bare = Result(**ex.submit(_bare_in_child, name, artifact, env, cycle_count).result())
+    with cf.ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1) as ex:
+        result = Result(**ex.submit(_soak_in_child, name, artifact, env, plain_env, calls,
+                                    threads, sessions, cycle_count).result())
+    result.bare_cycles, result.bare_before = bare.bare_cycles, bare.bare_before
+    result.bare_after, result.bare_growth = bare.bare_after, bare.bare_growth
+    result.errors += bare.errors
+    result.seconds += bare.seconds
+    return result
 
 
 def _mb(n: int) -> str:
@@ -361,7 +385,7 @@ LEGEND = """calls: shared-session calls after the warm-up (thr threads); mism: o
 bit-identical to a single-threaded run's (shared session, several sessions, cycles); scr:
 1-token outputs that were the screened kernel's; RSS0/RSS1: after the warm-up / at the end;
 multi: calls across the several sessions; cyc RSS0/RSS1: after the first cycles / at the end;
-bare: as many cycles without a run, first (loads of the shim)"""
+bare: as many cycles without a run, in a process of their own (loads of the shim)"""
 
 
 def table(results: list[Result]) -> str:
