@@ -1,5 +1,7 @@
 // The shim's only entry point: ONNX Runtime calls RegisterCustomOps when the library is
 // registered on a session (SessionOptions.register_custom_ops_library in Python).
+#include <dlfcn.h>
+
 #include <exception>
 #include <mutex>
 #include <string>
@@ -10,6 +12,25 @@
 #endif
 #include "ort_api.h"
 #include "tvm_backend.h"
+
+namespace {
+
+// Keeps this library loaded until the process exits once it is registered. ONNX Runtime
+// unloads it with the last SessionOptions holding it, and each load runs the static
+// initializers again while an unload returns none of what they allocated (the statically
+// linked libstdc++'s emergency exception pool, ~71 KB; the op domain below): a session
+// created and destroyed without a run grew the process by that much each time.
+void StayLoaded() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    static const char self = 0;  // any address inside this library
+    Dl_info info;
+    if (dladdr(&self, &info) != 0 && info.dli_fname != nullptr)
+      dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);  // never closed
+  });
+}
+
+}  // namespace
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
@@ -23,6 +44,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
                             fffc::contract::kOrtMinRelease + " or newer";
     return v1->CreateStatus(ORT_FAIL, why.c_str());
   }
+  StayLoaded();
   try {
     fffc::InstallTvmBackend();
     static std::mutex m;
