@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.fixtures.sanitizers import PRELOAD, preloaded
 from tests.fixtures.soak_catalog import CATALOG, NO_SCREEN, build
 
 pytestmark = pytest.mark.slow
@@ -43,13 +44,18 @@ def test_artifact_under_threads_sessions_and_cycles(soak, catalog, name) -> None
     artifact = build(entry, catalog)
     # in a fresh interpreter, as the script soaks: RSS growth is measured against a process
     # holding the artifact, not this one's compiler
-    result = soak.soak_isolated(name, artifact, entry.env, NO_SCREEN if entry.screened else None,
-                                CALLS, THREADS, SESSIONS, CYCLES)
+    with preloaded():
+        result = soak.soak_isolated(name, artifact, entry.env,
+                                    NO_SCREEN if entry.screened else None, CALLS, THREADS,
+                                    SESSIONS, CYCLES)
     # the cycles' RSS can step by ~0.55 MB, 0.8% of this process: Python's table of
     # interned strings resizing (pathlib interns the manifest's paths that fffc.runtime
     # checks, and frees them with the session); sessions opened with check_files=False
     # show no step. 100 cycles may hold one such step
-    assert result.failures(1.0, max_cycles_growth=2.0) == [], soak.table([result])
+    # under ASan (make test-asan) RSS holds its quarantine and shadow memory: growth is not
+    # the shim's there, and only the outputs count
+    growth = (1.0, 2.0) if not PRELOAD else (float("inf"), float("inf"))
+    assert result.failures(growth[0], max_cycles_growth=growth[1]) == [], soak.table([result])
     assert result.calls == CALLS and result.multi_calls == CALLS // 5
     assert result.cycles == result.bare_cycles == CYCLES
     assert result.cycles_before > 0 and result.bare_before > 0
