@@ -18,11 +18,7 @@ PREDICTOR_BAND = 1e-6  # reference slack: |score| within this of 0, relative to 
 # one of y, fffc's function, and rounds once). A rounding inside the FFN reaches y through
 # the down projection as about u·|y| (bounded by u·Σ|h||W2|, which exceeds max|y| by the
 # cancellation in the sum), so the two functions differ by a small multiple of u relative
-# to max|y|. Measured here (x86, ONNX Runtime 1.32): 0.6-0.8 u for a site's float64
-# reference against the original's float16 output (its own final rounding), the same for
-# the compiled site against the original (1 output in 450 differs, by one float16 step:
-# float32 summation order), and none at all in a GenAI fp16 LLaMA's logits. The checks
-# allow 8 u: the 6 roundings, and 2 for cancellation.
+# to max|y|. The checks allow 8 u: the 6 roundings, and 2 for cancellation.
 UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
 NARROW_ROUNDINGS = 8
 

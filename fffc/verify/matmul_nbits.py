@@ -85,11 +85,18 @@ def session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
+def projection(m: Q4Matrix | Q8Matrix, accuracy_level: int = 0) -> onnx.ModelProto:
+    """A model of one MatMulNBits node ``y = x · W`` for ``m``, its weights initializers
+    (ONNX Runtime prepacks constant weights; only prepacked ones take accuracy_level 4's
+    integer path)."""
+    n, inits = node("x", "y", "w", m, accuracy_level)
+    return _model([n], inits, m.k, m.n)
+
+
 def dequantize(m: Q4Matrix | Q8Matrix, rows: int = 512) -> np.ndarray:
     """``W [K, N]`` float32 as ONNX Runtime dequantizes ``m``: a MatMulNBits node
     (accuracy_level 0) run on the K×K identity, ``rows`` rows of it per run."""
-    n, inits = node("x", "y", "w", m)
-    sess = session(_model([n], inits, m.k, m.n))
+    sess = session(projection(m))
     out = []
     for k0 in range(0, m.k, rows):
         eye = np.zeros((min(rows, m.k - k0), m.k), np.float32)
