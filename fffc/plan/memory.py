@@ -29,20 +29,28 @@ The stages:
 
 load
     ``LOAD_COPIES · file bytes`` (the file read, the protobuf parsed, the checker's own
-    parse), checked from the file sizes before anything is read.
+    parse) ``+ DEQUANTIZED · code bytes`` (the analysis holds quantized sites' weights as
+    float32, twice: 8 bytes per int4 code's byte, each), from the files' sizes before
+    the model is read (the codes are counted where the file is small enough to be parsed
+    for its external data, ``INLINE_PROBE``; the verification's check, after reading,
+    counts every copy).
 verification (``fffc compile``)
-    ``HELD · W`` (the loaded protobuf and its canonical form) ``+ SESSIONS · W`` (ONNX
+    ``HELD · (W + Q)`` (the loaded protobuf and its canonical form, whose quantized sites
+    hold float32 weights) ``+ SESSIONS · W`` (ONNX
     Runtime's session of the original — its initializers and the prepacked copies of its
     MatMul weights —, and the marker model lowered for a capture: its serialized protobuf,
     that protobuf's bytes, its own session with prepacked weights; a rounded or quantized
-    working copy and its capture) ``+ 3·Q`` (the float32 copies, one float64 gate matrix)
+    working copy and its capture) ``+ 3·Q`` (dequantized copies, one float64 gate matrix)
     ``+ T·a``.
 calibration (``fffc calibrate``)
-    ``HELD · W + SESSIONS · W + Q`` (all dequantized site weights held together)
+    ``HELD · (W + Q) + SESSIONS · W + Q`` (all dequantized site weights held together)
     ``+ 16 · max(d_model · d_ff)`` (the float64 promotion of a site's projections when its
     hidden activations are computed) ``+ Σ samples · d_model · 4`` (the reservoirs)
-    ``+ 8 · samples · max(3F + 2K)`` (a site's centers, in float64) ``+ T · a`` for the
-    largest call ``+`` the synthetic feeds, all made up front.
+    ``+ 8 · samples · max(6F + 2K)`` (a site's centers: its activations over the
+    reservoir rows in float64, their distances from the medians) ``+ T · a`` for the
+    largest call ``+ 8 · T · max(10F + 6K)`` (one site's activations in float64 and the
+    histograms' temporaries: magnitudes, masks, bin positions) ``+`` the synthetic feeds,
+    all made up front.
 
 The default budget is ``DEFAULT_FRACTION`` of the memory available to this process: the
 smaller of ``MemAvailable`` (``/proc/meminfo``) and the cgroup's limit less its usage
@@ -76,6 +84,9 @@ HELD = 2  # the loaded protobuf and the canonical model, while the later stages 
 SESSIONS = 8  # model-sized copies alive at once in verification or calibration
 DECODER_PREFILL = 16  # verification's decoder prefill is at least this many tokens
 INLINE_PROBE = 64 << 20  # a model file larger than this holds its weights inline
+DEQUANTIZED = 16  # bytes held per byte of quantized codes: two float32 copies of int4 values
+CODES = (onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT4,
+         onnx.TensorProto.INT4)
 UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 NO_LIMIT = ("none", "off")
 
@@ -201,21 +212,25 @@ def weight_bytes(proto: onnx.ModelProto) -> int:
     return total
 
 
-def file_bytes(path: str | Path) -> int:
-    """A model file's bytes and its external data files' (read from the file when it is
-    small enough to hold references rather than its weights)."""
+def file_bytes(path: str | Path) -> tuple[int, int]:
+    """(a model file's bytes and its external data files', the bytes of its integer
+    initializers of 8 bits or fewer: quantized weights' codes), the second read from the
+    file's protobuf without its external data when the file is at most ``INLINE_PROBE``
+    bytes (else 0: the file holds its weights inline and is not read for this)."""
     path = Path(path)
-    total = path.stat().st_size
+    total, codes = path.stat().st_size, 0
     if total <= INLINE_PROBE:
         try:
+            proto = onnx.load(str(path), load_external_data=False)
             names = external_data_files(path)
         except Exception:  # an unreadable file is the loader's to report
-            names = ()
+            return total, 0
+        codes = sum(_tensor_bytes(t) for t in proto.graph.initializer if t.data_type in CODES)
         for name in names:
             f = path.parent / name
             if f.is_file():
                 total += f.stat().st_size
-    return total
+    return total, codes
 
 
 def _quantized_floats(site: Site) -> int:
@@ -276,6 +291,10 @@ def feed_tokens(data: str | Path | None) -> list[int]:
     return out
 
 
+def _weights(w: int, q: int) -> str:
+    return f"{size(w)} of weights" + (f", {size(q)} dequantized" if q else "")
+
+
 def _dims(sites: list[Site]) -> str:
     k = max(s.d_model for s in sites)
     f = max(s.d_ff for s in sites)
@@ -289,8 +308,10 @@ def _dims(sites: list[Site]) -> str:
 
 def loading(path: str | Path) -> Estimate:
     """Reading the model at ``path``."""
-    b = file_bytes(path)
-    return Estimate("loading", LOAD_COPIES * b, f"{size(b)} of model files",
+    b, codes = file_bytes(path)
+    return Estimate("loading", LOAD_COPIES * b + DEQUANTIZED * codes,
+                    f"{size(b)} of model files"
+                    + (f", {size(codes)} of quantized weights" if codes else ""),
                     "fffc needs the model in memory several times over")
 
 
@@ -305,9 +326,8 @@ def verification(a: Analysis, o: CompileOptions) -> Estimate:
     w = weight_bytes(a.proto)
     q = sum(_quantized_floats(s) for s in a.sites)
     tokens = probe_tokens(o) + sum(feed_tokens(o.data))
-    total = (HELD + SESSIONS) * w + 3 * q + tokens * per_token(a)
-    detail = (f"{_dims(a.sites)}, {tokens} probe tokens, {size(w)} of weights"
-              if a.sites else f"{size(w)} of weights")
+    total = (HELD + SESSIONS) * w + (HELD + 3) * q + tokens * per_token(a)
+    detail = (f"{_dims(a.sites)}, {tokens} probe tokens, " if a.sites else "") + _weights(w, q)
     return Estimate("verification", total, detail,
                     "fewer or shorter --data feeds lower it; the weights set the rest")
 
@@ -322,13 +342,14 @@ def calibration(a: Analysis, *, tokens: int, samples: int, synthetic: int = 0) -
     if sites:
         site_terms = (16 * max(s.d_model * s.d_ff for s in sites)
                       + 4 * samples * sum(s.d_model for s in sites)
-                      + 8 * samples * max(3 * s.d_ff + 2 * s.d_model for s in sites))
+                      + 8 * samples * max(6 * s.d_ff + 2 * s.d_model for s in sites)
+                      + 8 * tokens * max(10 * s.d_ff + 6 * s.d_model for s in sites))
     g = a.proto.graph
     inits = {t.name for t in g.initializer}
     feeds = synthetic * tokens * _io_per_token(i for i in g.input if i.name not in inits)
-    total = (HELD + SESSIONS) * w + q + site_terms + tokens * per_token(a) + feeds
+    total = (HELD + SESSIONS) * w + (HELD + 1) * q + site_terms + tokens * per_token(a) + feeds
     detail = (f"{_dims(sites)}, {tokens} tokens per call, {samples} samples per site, "
-              f"{size(w)} of weights" if sites else f"{size(w)} of weights")
+              if sites else "") + _weights(w, q)
     return Estimate("calibration", total, detail,
                     "fewer tokens per call (--seq, shorter --data feeds or prompts, "
                     "--generate) or --samples lower it")
