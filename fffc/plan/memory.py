@@ -52,6 +52,10 @@ calibration (``fffc calibrate``)
     histograms' temporaries: magnitudes, masks, bin positions) ``+`` the synthetic feeds,
     all made up front.
 
+Not estimated: the stages after verification (codegen, the shim, the crossover timings,
+the artifact check: their sessions are of the sizes counted here, the shim's kernels in
+place of the subgraphs) and the allocation's search of ``--budget``.
+
 The default budget is ``DEFAULT_FRACTION`` of the memory available to this process: the
 smaller of ``MemAvailable`` (``/proc/meminfo``) and the cgroup's limit less its usage
 (``/sys/fs/cgroup/memory.max``, or cgroup v1's ``memory.limit_in_bytes``).
@@ -177,7 +181,7 @@ def check(estimate: Estimate, limit: int | None, path: str | Path | None) -> Non
         return
     raise MemoryBudgetError(
         f"{estimate.stage} needs ~{size(estimate.bytes)} ({estimate.detail}), over the "
-        f"--max-memory budget of {size(limit)}; {estimate.lower}, or raise --max-memory "
+        f"--max-memory budget of {size(limit)}; {estimate.lower}; or raise --max-memory "
         "(none: no guard)", path=path)
 
 
@@ -312,7 +316,7 @@ def loading(path: str | Path) -> Estimate:
     return Estimate("loading", LOAD_COPIES * b + DEQUANTIZED * codes,
                     f"{size(b)} of model files"
                     + (f", {size(codes)} of quantized weights" if codes else ""),
-                    "fffc needs the model in memory several times over")
+                    "the model's size alone sets it")
 
 
 def probe_tokens(o: CompileOptions) -> int:
@@ -329,7 +333,7 @@ def verification(a: Analysis, o: CompileOptions) -> Estimate:
     total = (HELD + SESSIONS) * w + (HELD + 3) * q + tokens * per_token(a)
     detail = (f"{_dims(a.sites)}, {tokens} probe tokens, " if a.sites else "") + _weights(w, q)
     return Estimate("verification", total, detail,
-                    "fewer or shorter --data feeds lower it; the weights set the rest")
+                    "fewer or shorter --data feeds lower it (the weights set the rest)")
 
 
 def calibration(a: Analysis, *, tokens: int, samples: int, synthetic: int = 0) -> Estimate:
