@@ -203,3 +203,22 @@ def test_estimates_are_upper_bounds_of_what_is_measured(case, tmp_path):
     assert got["measured"] <= got["estimate"] <= 20 * got["measured"], got
     if "load_measured" in got:
         assert got["load_measured"] <= got["load_estimate"] <= 20 * got["load_measured"], got
+
+
+def test_the_budget_changes_no_artifact():
+    assert CompileOptions(max_memory="8G").hash() == CompileOptions().hash()
+
+
+def test_data_feeds_count_their_tokens(model, tmp_path):
+    import numpy as np
+
+    feeds = tmp_path / "feeds"
+    feeds.mkdir()
+    np.savez(feeds / "a.npz", x=np.zeros((2, 25, 64), np.float32))
+    np.savez(feeds / "b.npz", x=np.zeros((1, 7, 64), np.float32), mask=np.ones((1, 7)))
+    assert memory.feed_tokens(feeds) == [50, 7]
+    a = analyze(model)
+    without = memory.verification(a, CompileOptions())
+    with_data = memory.verification(a, CompileOptions(data=feeds))
+    assert with_data.bytes - without.bytes == 57 * memory.per_token(a) > 0
+    assert f"{memory.probe_tokens(CompileOptions()) + 57} probe tokens" in with_data.detail

@@ -189,7 +189,7 @@ def check(estimate: Estimate, limit: int | None, path: str | Path | None) -> Non
 
 
 def _tensor_bytes(t: onnx.TensorProto) -> int:
-    elems = math.prod(t.dims)
+    elems = max(0, math.prod(t.dims))
     try:
         bits = 8 * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
     except (KeyError, TypeError, ValueError):
