@@ -14,10 +14,11 @@ copies that ONNX Runtime or NumPy may avoid are counted anyway):
     4 · (d_model·d_ff · (2 if gated else 1) + d_ff·d_out): what dequantizing them makes
     (verification's int4 reference, gate flips; calibration holds all of them at once).
 ``T``
-    tokens: verification's probes, ``2·B·(S+1) + max(S, 16) + 3`` for ``--probe`` batch B
-    and sequence S (an encoder's two batched probes and a one-token one, or a decoder's
-    prefill, its decode calls and a batched call), plus the tokens of the ``--data`` feeds;
-    calibration's largest single call (its feeds are processed one at a time).
+    tokens: verification's probes, ``2·B·(S+1) + max(S, 16) + 3`` for the probes' batch B
+    and sequence S (``CompileOptions.probe_batch``, ``probe_seq``: an encoder's two
+    batched probes and a one-token one, or a decoder's prefill, its decode calls and a
+    batched call), plus the tokens of the ``--data`` feeds; calibration's largest single
+    call (its feeds are processed one at a time).
 ``a``
     bytes per token: each site's input and output captured in float32 for the original
     and the reference, ``8·Σ(K + D)``; ONNX Runtime's intermediates of every site,
@@ -35,15 +36,16 @@ load
     for its external data, ``INLINE_PROBE``; the verification's check, after reading,
     counts every copy).
 verification (``fffc compile``)
-    ``HELD · (W + Q)`` (the loaded protobuf and its canonical form, whose quantized sites
-    hold float32 weights) ``+ SESSIONS · W`` (ONNX
-    Runtime's session of the original — its initializers and the prepacked copies of its
-    MatMul weights —, and the marker model lowered for a capture: its serialized protobuf,
-    that protobuf's bytes, its own session with prepacked weights; a rounded or quantized
-    working copy and its capture) ``+ 3·Q`` (dequantized copies, one float64 gate matrix)
-    ``+ T·a``.
+    ``BASE`` (what ONNX Runtime's sessions take whatever the model) ``+ HELD · (W + Q)``
+    (the loaded protobuf and its canonical form, whose quantized sites hold float32
+    weights) ``+ SESSIONS · W`` (ONNX Runtime's session of the original — its
+    initializers and the prepacked copies of its MatMul weights —, and the marker model
+    lowered for a capture: its serialized protobuf, that protobuf's bytes, its own session
+    with prepacked weights; a rounded or quantized working copy and its capture)
+    ``+ 3·Q`` (dequantized copies, one float64 gate matrix) ``+ T·a``.
 calibration (``fffc calibrate``)
-    ``HELD · (W + Q) + SESSIONS · W + Q`` (all dequantized site weights held together)
+    ``BASE + HELD · (W + Q) + SESSIONS · W + Q`` (all dequantized site weights held
+    together)
     ``+ 16 · max(d_model · d_ff)`` (the float64 promotion of a site's projections when its
     hidden activations are computed) ``+ Σ samples · d_model · 4`` (the reservoirs)
     ``+ 8 · samples · max(6F + 2K)`` (a site's centers: its activations over the
@@ -86,6 +88,7 @@ DEFAULT_FRACTION = 0.75  # of the available memory, without --max-memory
 LOAD_COPIES = 4  # a model file's bytes while it is read, parsed and checked
 HELD = 2  # the loaded protobuf and the canonical model, while the later stages run
 SESSIONS = 8  # model-sized copies alive at once in verification or calibration
+BASE = 64 << 20  # ONNX Runtime's sessions whatever the model: arenas, thread pools, kernels
 DECODER_PREFILL = 16  # verification's decoder prefill is at least this many tokens
 INLINE_PROBE = 64 << 20  # a model file larger than this holds its weights inline
 DEQUANTIZED = 16  # bytes held per byte of quantized codes: two float32 copies of int4 values
@@ -330,7 +333,7 @@ def verification(a: Analysis, o: CompileOptions) -> Estimate:
     w = weight_bytes(a.proto)
     q = sum(_quantized_floats(s) for s in a.sites)
     tokens = probe_tokens(o) + sum(feed_tokens(o.data))
-    total = (HELD + SESSIONS) * w + (HELD + 3) * q + tokens * per_token(a)
+    total = BASE + (HELD + SESSIONS) * w + (HELD + 3) * q + tokens * per_token(a)
     detail = (f"{_dims(a.sites)}, {tokens} probe tokens, " if a.sites else "") + _weights(w, q)
     return Estimate("verification", total, detail,
                     "fewer or shorter --data feeds lower it (the weights set the rest)")
@@ -351,7 +354,8 @@ def calibration(a: Analysis, *, tokens: int, samples: int, synthetic: int = 0) -
     g = a.proto.graph
     inits = {t.name for t in g.initializer}
     feeds = synthetic * tokens * _io_per_token(i for i in g.input if i.name not in inits)
-    total = (HELD + SESSIONS) * w + (HELD + 1) * q + site_terms + tokens * per_token(a) + feeds
+    total = (BASE + (HELD + SESSIONS) * w + (HELD + 1) * q + site_terms
+             + tokens * per_token(a) + feeds)
     detail = (f"{_dims(sites)}, {tokens} tokens per call, {samples} samples per site, "
               if sites else "") + _weights(w, q)
     return Estimate("calibration", total, detail,
