@@ -53,7 +53,7 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
               predictor_rank: int = 0, center: str = "mode",
               token_mask: str | None = "attention_mask", levels: Sequence[float] | None = None,
               budget: str | None = None, output: str | Path | None = None,
-              force: bool = False, **options) -> dict:
+              force: bool = False, max_memory: str | None = None, **options) -> dict:
     """Per-site activation statistics over ``data`` (see ``fffc calibrate``), and predictors
     when ``predictor_rank`` > 0; thresholds around per-channel centers (``center``: "mode",
     "median", or "none" for TEAL's |v|), padding rows (``token_mask`` 0) left out; written
@@ -67,10 +67,13 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
     of ``rows`` "decode" (the generated tokens' calls, the default), "prefill" (the
     prompts') or "all". ``options``: ``seq`` (tokens per synthetic feed), ``samples``,
     ``predictor_sparsity``, ``progress`` (called with the call count) of
-    ``fffc.plan.calibration.calibrate``."""
+    ``fffc.plan.calibration.calibrate``. ``max_memory``: as ``fffc compile --max-memory``
+    (``fffc.plan.memory.budget``): a model whose loading or calibration would need more is
+    refused (``MemoryBudgetError``) before it is read, or before the calibration runs."""
     from .frontend.genai import model_file
     from .pipeline import analyze
     from .plan import allocate, calibration, generation
+    from .stages.context import Context
 
     if budget is not None:
         allocate.parse_budget(budget)  # a bad budget fails before the passes over the data
@@ -80,7 +83,9 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
         raise UsageError(f"rows must be one of {[r.value for r in generation.Rows]}, "
                          f"got {rows!r}") from e
     path = model_file(model)
-    a = analyze(path)
+    ctx = Context(options=CompileOptions(max_memory=max_memory))
+    limit = ctx.memory_budget()  # a bad max_memory: refused before the model is read
+    a = analyze(path, ctx=ctx)
     given = None
     if prompts is not None:
         generation.decoder_feeds(a)  # an encoder is refused before its tokenizer is sought
@@ -88,7 +93,8 @@ def calibrate(model: str | Path, data: str | Path | None = None, *, synthetic: i
     result = calibration.calibrate(a, data, synthetic=synthetic, prompts=given, rows=used,
                                    predictor_rank=predictor_rank, center=center,
                                    token_mask=token_mask,
-                                   sparsities=levels or calibration.SPARSITIES, **options)
+                                   sparsities=levels or calibration.SPARSITIES,
+                                   max_memory=limit, **options)
     if budget is not None:
         feeds = calibration.calibration_feeds(a, data, synthetic,
                                               options.get("seq", calibration.SEQ), given, used)

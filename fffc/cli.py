@@ -3,7 +3,8 @@
 Exit codes: 0 success; 1 internal error; 2 usage (bad flag, unknown target, output
 exists without --force); 3 model cannot be read; 4 unsupported opset or dtype; 5 no FFN
 found; 6 rewrite failed; 7 verification failed; 8 target not supported yet; 9 codegen
-failed; 10 packaging failed (compiler, headers, disk).
+failed; 10 packaging failed (compiler, headers, disk); 11 an artifact's files do not match
+its manifest; 12 the model needs more memory than --max-memory.
 """
 
 from __future__ import annotations
@@ -26,8 +27,14 @@ from .contract.errors import ArtifactCheckError, FffcError, UsageError
 from .contract.kinds import Crossover, WeightDtype
 from .contract.ops import WEIGHT_DTYPES
 from .contract.tolerances import RTOL
+from .plan.memory import DEFAULT_FRACTION
 from .runtime.integrity import ArtifactError
 
+MAX_MEMORY_HELP = ("refuse a model whose {stages} would need more memory, estimated from its "
+                   "shapes before anything large is allocated (exit 12): a size (8G, 512M, "
+                   "1.5GiB), a share of the available memory (50%%) or none (default: "
+                   f"{DEFAULT_FRACTION * 100:g}%% of the memory available, the cgroup's "
+                   "limit included)")
 err_console = Console(stderr=True, soft_wrap=True)
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -117,7 +124,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         mattr=_mattr(args.mattr),
         calibration=args.calibration, budget=args.budget, data=args.data,
         **({"cuda_archs": _archs(args.arch)} if args.arch else {}),
-        weight_dtype=WEIGHT_DTYPES[args.weight_dtype],
+        weight_dtype=WEIGHT_DTYPES[args.weight_dtype], max_memory=args.max_memory,
     )
     result = compile_model(args.model, args.output, options, _stage, _note)
     console.print(_sites_table(result.sites, f"{len(result.sites)} FFN site(s)"))
@@ -258,7 +265,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             predictor_rank=args.predictor_rank, predictor_sparsity=args.predictor_sparsity,
             center=args.center, token_mask=None if args.token_mask == "none" else args.token_mask,
             levels=calibration.parse_levels(args.levels) if args.levels else None,
-            budget=args.budget,
+            budget=args.budget, max_memory=args.max_memory,
             progress=lambda n: status.update(f"calibrate… {n} call(s)"))
     written = calibration.write(result, out, force=args.force)
     err_console.print(f"[green]✓[/] calibrate ({result['feeds']} call(s))")
@@ -381,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="relative tolerance of every verification (default %(default)g)")
     c.add_argument("--sites", nargs="*", help="only lower these sites (names or node names)")
     c.add_argument("--dump", help="write every stage's artifact into this directory")
+    c.add_argument("--max-memory", metavar="SIZE", help=MAX_MEMORY_HELP.format(
+        stages="loading or verification"))
     c.set_defaults(func=cmd_compile)
 
     i = sub.add_parser("inspect", help="list FFN sites and unmatched FFN-like regions")
@@ -436,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(as fffc compile --budget: sparsity=S, error=E, uniform=S, cats=S or "
                    "predictor), stored in CALIB.json: fffc compile --calibration without "
                    "--budget applies them")
+    k.add_argument("--max-memory", metavar="SIZE", help=MAX_MEMORY_HELP.format(
+        stages="loading or calibration"))
     k.add_argument("-o", "--output", type=Path, help="default MODEL.calib.json (+ .samples.npz)")
     k.add_argument("--force", action="store_true", help="overwrite existing outputs")
     k.set_defaults(func=cmd_calibrate)

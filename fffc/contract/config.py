@@ -41,11 +41,14 @@ class CompileOptions:
     data: Path | None = None  # feeds: verification's (with made-up ones) and the budget
     # search's (default: made up)
     weight_dtype: str = "float32"  # --target cuda: float16 / bfloat16 weight matrices
+    max_memory: str | None = None  # --max-memory (``fffc.plan.memory.budget``): a model whose
+    # loading or verification needs more is refused (None: a share of the available memory)
 
     def hash(self) -> str:
         d = asdict(self)
         d.pop("dump_dir")
         d.pop("force")
+        d.pop("max_memory")  # refuses a compile, never changes what it makes
         return hashlib.sha256(repr(sorted(d.items())).encode()).hexdigest()[:12]
 
 

@@ -98,11 +98,19 @@ class ArtifactCheckError(FffcError):
     stage = "artifact"
 
 
+class MemoryBudgetError(FffcError):
+    """Reading, verifying or calibrating the model would need more memory than the
+    ``--max-memory`` budget (``fffc.plan.memory``): refused before the stage allocates."""
+
+    exit_code = 12
+    stage = "memory"
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
         UsageError, ModelLoadError, UnsupportedModelError, NoSitesError, RewriteError,
         VerificationError, UnsupportedTargetError, CodegenError, PackagingError,
-        ArtifactCheckError,
+        ArtifactCheckError, MemoryBudgetError,
     )
 }

@@ -65,7 +65,7 @@ def manifest(*, source: Path, options: CompileOptions, target: TargetRequest, li
                          "spec": k.spec.row.__dict__ | {"key": k.spec.key}} for k in library.kernels],
         },
         "options": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-                    for k, v in opts.__dict__.items() if k != "dump_dir"},
+                    for k, v in opts.__dict__.items() if k not in ("dump_dir", "max_memory")},
         "canonical_rewrites": canonical_rewrites,
         "sites": [s.to_json() for s in sites],
         "near_misses": [m.to_json() for m in near_misses],

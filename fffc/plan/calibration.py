@@ -49,6 +49,7 @@ from ..contract.version import VERSION
 from ..frontend import copy, sha256_file
 from ..verify import compare as verify
 from ..verify.feeds import probe_inputs, run_by_name
+from . import memory
 from .activations import hidden_activations
 from .decide import site_centers
 from .generation import Call, Phase, Prompts, Rows, calls, decoder_feeds
@@ -339,7 +340,8 @@ def calibrate(model: Analysis, data: str | Path | None = None, *, synthetic: int
               seq: int = SEQ, samples: int = SAMPLES, sparsities: Iterable[float] = SPARSITIES,
               predictor_rank: int = 0, predictor_sparsity: float = 0.9,
               center: str = "mode", token_mask: str | None = TOKEN_MASK,
-              progress: Callable[[int], None] | None = None) -> dict:
+              progress: Callable[[int], None] | None = None,
+              max_memory: int | None = None) -> dict:
     """Statistics of every site of the analysed ``model`` that a masked mode applies to over the
     feeds in ``data``, over ``synthetic`` generated feeds (random floats, in-vocabulary
     token ids) for models without user data, or over a decoder's greedy generations after
@@ -354,7 +356,9 @@ def calibrate(model: Analysis, data: str | Path | None = None, *, synthetic: int
     ``attention_mask``: where a feed has it with the shape of a site input's leading dims,
     padding rows are left out of that site's statistics (padded batches would otherwise
     calibrate on what the model computes for padding; prompts run one at a time, unpadded).
-    ``progress`` is called with the number of calls run. Returns the CALIB.json content
+    ``progress`` is called with the number of calls run. ``max_memory``: bytes the
+    calibration may need (``fffc.plan.memory.calibration``), refused before its sessions
+    are built (None: no guard). Returns the CALIB.json content
     (``fffc.plan.allocate.stored`` adds an allocation searched on the same feeds)."""
     if center not in CENTERS:
         raise UsageError(f"center must be one of {CENTERS}, got {center!r}")
@@ -364,6 +368,12 @@ def calibrate(model: Analysis, data: str | Path | None = None, *, synthetic: int
     if prompts is not None:
         decoder_feeds(model)  # before the session is built: a clear refusal
         token_mask = None
+    tokens = (max(len(p) for p in prompts.ids) + prompts.new_tokens if prompts is not None
+              else max(memory.feed_tokens(data), default=0) if data is not None else seq)
+    memory.check(memory.calibration(model, tokens=tokens, samples=samples,
+                                    synthetic=synthetic if data is None and prompts is None
+                                    else 0),
+                 max_memory, model.path)
     cap = SiteInputs(model, kinds=mode(Decision.TEAL).kinds)
     sites, weights = cap.sites, cap.weights
     if not sites:

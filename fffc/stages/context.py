@@ -20,6 +20,7 @@ from ..contract.errors import UsageError
 from ..contract.kinds import Crossover, WeightDtype
 from ..contract.targets import TargetRequest, normalize
 from ..package.layout import Layout
+from ..plan import memory
 
 Reporter = Callable[[str], contextlib.AbstractContextManager]
 Notifier = Callable[[str], None]  # one line the user should know (not a failure)
@@ -95,6 +96,15 @@ class Context:
     staging: Path | None = None  # the artifact being built, renamed to ``out`` when done
     layout: Layout = field(default_factory=Layout)
     note: Notifier = silent
+    _budget: tuple[int | None] | None = field(default=None, repr=False)
+
+    def memory_budget(self) -> int | None:
+        """``--max-memory`` in bytes (None: no guard), read once: the default share of the
+        available memory is taken before the model is read, so that what the compile holds
+        later is not counted twice."""
+        if self._budget is None:
+            self._budget = (memory.budget(self.options.max_memory),)
+        return self._budget[0]
 
     @property
     def weight_dtype(self) -> WeightDtype:
@@ -128,6 +138,7 @@ class Context:
         if options.max_sparse_tokens is not None and options.max_sparse_tokens < 0:
             raise UsageError(f"--max-sparse-tokens must be >= 0, got {options.max_sparse_tokens}")
         fam = family(target.family)
+        ctx_budget = (memory.budget(options.max_memory),)  # a bad --max-memory: refused now
         if dtype is WeightDtype.INT4 and not fam.int4_weights:
             raise UsageError(f"--weight-dtype int4: no int4 kernels for {target.family}")
         if dtype is WeightDtype.INT8 and not fam.int8_weights:
@@ -139,4 +150,5 @@ class Context:
             raise UsageError(f"--merged-max-tokens: the {target.family.upper()} StructuredFFN kernels "
                              "have no pre-merged path (the structured kernels serve every "
                              "token count)")
-        return cls(options, report, out, target, fam, Dumper(options.dump_dir), note=note)
+        return cls(options, report, out, target, fam, Dumper(options.dump_dir), note=note,
+                   _budget=ctx_budget)

@@ -10,6 +10,7 @@ import onnx
 
 from .. import frontend
 from ..frontend.genai import model_file
+from ..plan import memory
 from .context import Context
 
 NAME = "load"
@@ -23,6 +24,8 @@ class Loaded:
 
 def run(path: str | Path, ctx: Context) -> Loaded:
     path = model_file(path)
+    if Path(path).is_file():  # before it is read (the loader reports any other path)
+        memory.check(memory.loading(path), ctx.memory_budget(), path)
     with ctx.report(NAME):
         proto = frontend.load_proto(path)
     ctx.dump.model("00-loaded.onnx", proto)

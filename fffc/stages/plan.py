@@ -1,6 +1,8 @@
 """Stage: what each site becomes and why (``fffc.plan.decide``); a model without sites is
 refused here, with the near misses that came closest, and so is a 16-bit model with FFF,
-structured or routed sites (found and reported; their forms are float32 only)."""
+structured or routed sites (found and reported; their forms are float32 only). A model
+whose verification would need more memory than ``--max-memory`` (``fffc.plan.memory``) is
+refused here too, before the stages that allocate it."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from ..contract.analysis import Analysis
 from ..contract.errors import NoSitesError
 from ..contract.kinds import Decision
 from ..contract.modes import mode
-from ..plan import decide
+from ..plan import decide, memory
 from .context import Context
 
 NAME = "plan"
@@ -35,6 +37,8 @@ def run(analysis: Analysis, ctx: Context) -> Planned:
                            f"activations (a {other[0].dtype} model): fffc compiles the dense "
                            "and gated FFNs of 16-bit models only (fffc inspect lists these "
                            "sites)", path=analysis.path)
+    memory.check(memory.verification(analysis, ctx.options), ctx.memory_budget(),
+                 analysis.path)
     fam = ctx.family
     int4 = fam is not None and fam.int4_weights
     decide.plan(analysis.sites, ctx.options.sites, int4_target=fam.name if int4 else "",
