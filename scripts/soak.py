@@ -341,7 +341,15 @@ def cycles(artifact: Path, env: dict[str, str], feeds, refs, count: int,
     result.cycles_raw = growth(result.cycles_before, result.cycles_after)
 
 
-def bare_cycles(artifact: Path, env: dict[str, str], count: int, result: Result) -> None:
+def plain_session(model: Path, env: dict[str, str]):
+    """An ONNX Runtime session of a model without fffc (the control)."""
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+
+
+def bare_cycles(artifact: Path, env: dict[str, str], count: int, result: Result,
+                opener=open_session) -> None:
     """``count`` sessions created and destroyed without a run, before anything else runs
     the artifact's shim in this process (a run's thread-local destructors keep a library
     loaded): unless the shim keeps itself loaded, ONNX Runtime unloads it with each session
@@ -353,7 +361,7 @@ def bare_cycles(artifact: Path, env: dict[str, str], count: int, result: Result)
     start = time.perf_counter()
     try:
         for c in range(count):
-            open_session(artifact, env)  # dropped at once
+            opener(artifact, env)  # dropped at once
             if c + 1 in at:
                 samples.append((c + 1, rss()))
     except Exception as e:  # reported: exit status 1
@@ -393,10 +401,20 @@ def _soak_in_child(*args) -> dict:
     return asdict(soak(*args))
 
 
-def _bare_in_child(name: str, artifact: Path, env: dict[str, str], count: int) -> dict:
+def _bare_in_child(name: str, artifact: Path, env: dict[str, str], count: int,
+                   plain: bool = False) -> dict:
     result = Result(name)
-    bare_cycles(artifact, env, count, result)
+    bare_cycles(artifact, env, count, result, plain_session if plain else open_session)
     return asdict(result)
+
+
+def control(model: Path, count: int) -> Result:
+    """``count`` create / destroy cycles of ONNX Runtime sessions of a float model without
+    fffc, in a fresh interpreter: what ONNX Runtime and Python alone leave behind, the
+    baseline of the artifacts' cycles without a run."""
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1) as ex:
+        return Result(**ex.submit(_bare_in_child, "control", model, {}, count, True).result())
 
 
 def soak_isolated(name: str, artifact: Path, env: dict[str, str],
@@ -487,7 +505,17 @@ def main(argv: list[str] | None = None) -> int:
         problems = r.failures(args.max_growth)
         failed += [f"{r.name}: {m}" for m in problems]
         print(f"{r.name}: {'FAIL' if problems else 'ok'} ({r.seconds:.0f} s)", flush=True)
-    print(table(results))
+    try:
+        from tests.fixtures.soak_catalog import control_model
+
+        base = control(control_model(args.artifacts), args.cycles)
+        print(table(results))
+        print(f"control: {base.bare_cycles} cycles of onnxruntime.InferenceSession alone (a "
+              f"float FFN, no fffc): trend {base.bare_growth:+.3f}%, raw {base.bare_raw:+.3f}% "
+              f"of {_mb(base.bare_before)} MB")
+    except Exception as ex:  # the control is a baseline, not a check
+        print(table(results))
+        print(f"control: not run ({type(ex).__name__}: {ex})")
     for f in failed:
         print(f"FAIL {f}")
     return 1 if failed else 0
