@@ -4,7 +4,6 @@ the refusals when none of the asked version is there."""
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import itertools
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ from fffc.codegen import cuda_toolkit
 from fffc.codegen.cuda_build import _fatbin_headers, fatbin_entries, fatbin_ptx_isa
 from fffc.contract.cuda import RELEASES, CudaVersion, driver_requirement, release, release_of_ptx
 from fffc.contract.errors import CodegenError, UsageError
+from tests.fixtures.cuda_toolkit import no_cuda12
 from tests.fixtures.shim import relu_ffn_model
 
 KERNEL = """extern "C" __global__ void __launch_bounds__(64) twice(float* __restrict__ a, int N) {
@@ -74,19 +74,8 @@ def test_arch_the_compiler_lacks(kernel, tmp_path) -> None:
         tk.compile(kernel, tmp_path / "k.fatbin", ["sm_80", missing])
 
 
-def _no_cuda12(monkeypatch) -> None:
-    """A machine with a CUDA 13 nvcc on PATH and no CUDA 12 compiler anywhere."""
-    monkeypatch.delenv("FFFC_NVCC_12", raising=False)
-    monkeypatch.setattr(cuda_toolkit.Nvcc, "version", property(lambda self: (13, 0)))
-
-    def distribution(name):
-        raise md.PackageNotFoundError(name)
-
-    monkeypatch.setattr(cuda_toolkit.md, "distribution", distribution)
-
-
 def test_no_cuda_12_compiler(monkeypatch) -> None:
-    _no_cuda12(monkeypatch)
+    no_cuda12(monkeypatch)
     with pytest.raises(CodegenError, match=r"--cuda-version 12: no CUDA 12 compiler found; "
                        r"tried FFFC_NVCC_12 \(unset\); nvcc 13\.0 .* on PATH; the PyPI wheels "
                        r"\(nvidia-cuda-nvrtc-cu12 .*pip install 'fffc\[cuda12\]'"):
@@ -95,7 +84,7 @@ def test_no_cuda_12_compiler(monkeypatch) -> None:
 
 def test_compile_refuses_before_any_stage(monkeypatch, tmp_path) -> None:
     """fffc compile --cuda-version 12 without a CUDA 12 compiler fails at once, typed."""
-    _no_cuda12(monkeypatch)
+    no_cuda12(monkeypatch)
     path = relu_ffn_model(tmp_path / "m.onnx")
     with pytest.raises(CodegenError, match="no CUDA 12 compiler"):
         fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(target="cuda",
