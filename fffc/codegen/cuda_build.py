@@ -245,7 +245,8 @@ def build_cuda_library(specs: Sequence[KernelSpec], fam: Family, out_dir: Path,
     for arch in archs:
         if not re.fullmatch(r"sm_\d+a?", arch):
             raise CodegenError(f"CUDA arch {arch!r}: expected sm_XX (e.g. sm_80, sm_90)")
-    toolkit = cuda_toolkit.find(cuda_version)  # before the slow emission: a missing one fails fast
+    toolkit = cuda_toolkit.find(cuda_version)  # before the slow emission: refusals come first
+    toolkit.check(archs)
     # One source for every arch: the fp32 schedules do not depend on it, which is checked.
     source, variants = emit(specs, fam, archs[0], counted_specs)
     for arch in archs[1:]:

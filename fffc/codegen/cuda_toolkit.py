@@ -73,14 +73,18 @@ class Toolkit(ABC):
     @abstractmethod
     def _compile(self, source_path: Path, out: Path, archs: Sequence[str]) -> None: ...
 
-    def compile(self, source_path: Path, out: Path, archs: Sequence[str]) -> None:
-        """One cubin per arch plus the PTX of the newest arch, into the fatbin ``out``."""
+    def check(self, archs: Sequence[str]) -> None:
+        """Refuses an arch this compiler cannot build, naming those it can."""
         missing = [a for a in archs if arch_number(a) not in self.archs]
         if missing:
             have = ", ".join(f"sm_{n}" for n in sorted(self.archs))
             raise CodegenError(f"{self.describe()} cannot compile for {', '.join(missing)} "
                                f"(it has {have}): choose other --arch values or a newer "
                                "--cuda-version")
+
+    def compile(self, source_path: Path, out: Path, archs: Sequence[str]) -> None:
+        """One cubin per arch plus the PTX of the newest arch, into the fatbin ``out``."""
+        self.check(archs)
         self._compile(source_path, out, archs)
 
 

@@ -156,7 +156,8 @@ class Context:
             if not fam.device:
                 raise UsageError(f"--cuda-version applies to --target cuda, not {target.family}")
             options = replace(options, cuda_version=int(version))
-            cuda_toolkit.find(version)  # no compiler of that version: refused before any stage
+            # no compiler of that version, or one without an --arch: refused before any stage
+            cuda_toolkit.find(version).check(options.cuda_archs)
         if options.merged_max_tokens and not fam.merged_path:
             raise UsageError(f"--merged-max-tokens: the {target.family.upper()} StructuredFFN kernels "
                              "have no pre-merged path (the structured kernels serve every "

@@ -74,6 +74,17 @@ def test_arch_the_compiler_lacks(kernel, tmp_path) -> None:
         tk.compile(kernel, tmp_path / "k.fatbin", ["sm_80", missing])
 
 
+def test_compile_refuses_an_arch_before_any_stage(tmp_path) -> None:
+    """--arch naming one the CUDA 12 compiler lacks: refused when the options are read."""
+    tk = _cuda12()
+    missing = next(f"sm_{n}" for n in (110, 100, 120) if n not in tk.archs)
+    path = relu_ffn_model(tmp_path / "m.onnx")
+    with pytest.raises(CodegenError, match=f"cannot compile for {missing}"):
+        fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(
+            target="cuda", cuda_version=12, cuda_archs=("sm_80", missing)))
+    assert not (tmp_path / "m.fffc").exists()
+
+
 def test_no_cuda_12_compiler(monkeypatch) -> None:
     no_cuda12(monkeypatch)
     with pytest.raises(CodegenError, match=r"--cuda-version 12: no CUDA 12 compiler found; "
