@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .contract import config
+from .contract.cuda import CudaVersion
 from .contract.errors import ArtifactCheckError, FffcError, UsageError
 from .contract.kinds import Crossover, WeightDtype
 from .contract.ops import WEIGHT_DTYPES
@@ -124,6 +125,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         mattr=_mattr(args.mattr),
         calibration=args.calibration, budget=args.budget, data=args.data,
         **({"cuda_archs": _archs(args.arch)} if args.arch else {}),
+        cuda_version=args.cuda_version,
         weight_dtype=WEIGHT_DTYPES[args.weight_dtype], max_memory=args.max_memory,
     )
     result = compile_model(args.model, args.output, options, _stage, _note)
@@ -344,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "+dotprod,+fullfp16 (arm) or +avx512f (x86)")
     c.add_argument("--arch", help="cuda: GPU architectures, e.g. sm_80,sm_90 (default); a cubin "
                    "for each plus PTX of the newest")
+    c.add_argument("--cuda-version", type=int, choices=[int(v) for v in CudaVersion],
+                   help="cuda: build the fatbin with a CUDA 12 or 13 compiler, for drivers of "
+                   "that CUDA version (default: the nvcc on PATH); 12 uses FFFC_NVCC_12, a "
+                   "CUDA 12 nvcc on PATH, or the PyPI wheels of fffc[cuda12]")
     c.add_argument("--weight-dtype", choices=list(WEIGHT_DTYPES), default="fp32",
                    help="cuda: store the FFN weight matrices in 16 bits (fp16, bf16): half the "
                    "weight bytes, float32 arithmetic; x86/arm: int4 quantizes the float exact "

@@ -148,6 +148,20 @@ def test_weight_dtype_is_for_cuda(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_cuda_version_without_its_compiler(tmp_path, capsys, monkeypatch):
+    """--cuda-version 12 where no CUDA 12 compiler is: exit 9, one line naming what was
+    tried and how to install one, nothing written."""
+    from tests.fixtures.cuda_toolkit import no_cuda12
+
+    no_cuda12(monkeypatch)
+    path = _save(dense_ffn("relu"), tmp_path / "m.onnx")
+    rc, lines = _run(capsys, "compile", str(path), "--target", "cuda", "--cuda-version", "12",
+                     "-o", str(tmp_path / "out"))
+    assert rc == EXIT_CODES["CodegenError"] == 9, lines
+    assert "no CUDA 12 compiler found" in lines[0] and "fffc[cuda12]" in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
 def test_weight_dtype_int8_is_for_cpus(tmp_path, capsys):
     """No int8 kernels for CUDA: --weight-dtype int8 there says so in one line."""
     path = _save(dense_ffn("relu"), tmp_path / "m.onnx")

@@ -129,13 +129,16 @@ def build_kernel_library(specs: Sequence[KernelSpec], fam: Family, out_dir: Path
                          mcpu: str | None = None, archs: Sequence[str] = DEFAULT_ARCHS,
                          host_twin: bool = False, mattr: Sequence[str] = (),
                          counted_specs: Sequence[KernelSpec] = (),
-                         weight_dtype: str = "float32") -> KernelLibrary:
+                         weight_dtype: str = "float32",
+                         cuda_version: int | None = None) -> KernelLibrary:
     """Compile every variant of every spec for the family ``fam`` into ``out_dir`` (CPU
     object; a device family: the CPU kernels of ``fam.cpu`` + the device's).
 
     ``counted_specs`` (cuda): StructuredFFN specs that also get "counted_" variants (rows
     bounded by a device-side count: a RoutedFFN's FFN on its gathered rows).
     ``weight_dtype`` (cuda): the weight matrices the CUDA kernels read (float16, bfloat16).
+    ``cuda_version`` (cuda): the CUDA major version whose compiler builds the fatbin (None:
+    the nvcc on PATH).
 
     ``host_twin``: the same kernels (same variants and tilings, hence the same TIR) compiled
     for this machine instead, so an artifact for another CPU can be checked here.
@@ -148,7 +151,8 @@ def build_kernel_library(specs: Sequence[KernelSpec], fam: Family, out_dir: Path
         # float32: on the CPU EP a node with 16-bit weights runs its fallback function)
         return replace(cpu, family=fam.name, cuda=build_cuda_library(
             [stored(s, weight_dtype) for s in specs], fam, out_dir, archs,
-            counted_specs=tuple(stored(s, weight_dtype) for s in counted_specs)))
+            counted_specs=tuple(stored(s, weight_dtype) for s in counted_specs),
+            cuda_version=cuda_version))
     tgt = fam.target(mcpu, tuple(mattr))
     # the CPU kernels read float32 weights (the shim widens 16-bit ones once per weight)
     unique = list(dict.fromkeys(s.stored_as(FLOAT32) for s in specs))  # equal specs share

@@ -1,4 +1,5 @@
-"""Build the CUDA kernels of an artifact: TVM emits CUDA C++, nvcc compiles it to a fatbin.
+"""Build the CUDA kernels of an artifact: TVM emits CUDA C++, a CUDA compiler of the chosen
+version (``cuda_toolkit``) compiles it to a fatbin.
 
 TVM 0.27 only emits source for a cuda target, and its CUDA runtime would tie the artifact
 to a CUDA-13 driver and Python-registered callbacks; the shim instead loads the fatbin
@@ -11,16 +12,16 @@ parameter order (TVM sorts parameters by name), grid and block. Grid dimensions 
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fffc.contract.cuda import CudaVersion
 from fffc.contract.errors import CodegenError
 from fffc.contract.kernels import KernelSpec
 
-from . import _tvm, registry
+from . import _tvm, cuda_toolkit, registry
+from .cuda_toolkit import Toolkit
 from .schedules import Family
 
 DEFAULT_ARCHS = ("sm_80", "sm_90")
@@ -76,6 +77,8 @@ class CudaLibrary:
     source_path: Path
     archs: tuple[str, ...]
     variants: tuple[CudaVariant, ...]
+    toolkit: str  # the compiler that built the fatbin (``Toolkit.describe``)
+    cuda: tuple[int, int]  # its CUDA release
 
 
 _DIM_FORMS = (
@@ -192,8 +195,8 @@ def emit(specs: Sequence[KernelSpec], fam: Family, arch: str = "sm_90",
     return source, variants
 
 
-def fatbin_entries(path: Path) -> list[tuple[str, str]]:
-    """``[("elf" | "ptx", "sm_XX"), ...]``: what a fatbin holds (for the manifest and tests)."""
+def _fatbin_headers(path: Path) -> list[tuple[str, str, tuple[int, int]]]:
+    """Each fatbin entry's kind, arch and version (a PTX entry's: its PTX ISA version)."""
     import struct
 
     data = Path(path).read_bytes()
@@ -203,55 +206,47 @@ def fatbin_entries(path: Path) -> list[tuple[str, str]]:
     out, off = [], header
     while off < header + size:
         kind, _, entry_header, payload = struct.unpack_from("<HHIQ", data, off)
-        arch = struct.unpack_from("<I", data, off + 28)[0]
-        out.append(({1: "ptx", 2: "elf"}.get(kind, f"kind{kind}"), f"sm_{arch}"))
+        minor, major, arch = struct.unpack_from("<HHI", data, off + 24)
+        out.append(({1: "ptx", 2: "elf"}.get(kind, f"kind{kind}"), f"sm_{arch}", (major, minor)))
         off += entry_header + payload
     return out
 
 
-def nvcc() -> str:
-    path = shutil.which("nvcc")
-    if path is None:
-        raise CodegenError("nvcc not found: install the CUDA toolkit (12 or newer) and put nvcc "
-                           "on PATH to build --target cuda")
-    return path
+def fatbin_entries(path: Path) -> list[tuple[str, str]]:
+    """``[("elf" | "ptx", "sm_XX"), ...]``: what a fatbin holds (for the manifest and tests)."""
+    return [(kind, arch) for kind, arch, _ in _fatbin_headers(path)]
 
 
-def nvcc_version() -> str:
-    """``13.0`` for nvcc 13.0: a driver of that CUDA version or newer loads the cubins."""
-    proc = subprocess.run([nvcc(), "--version"], capture_output=True, text=True)
-    m = re.search(r"release (\d+\.\d+)", proc.stdout)
-    return m.group(1) if m else "unknown"
+def fatbin_ptx_isa(path: Path) -> tuple[int, int]:
+    """The PTX ISA version of the fatbin's PTX (the newest, if several)."""
+    isas = [version for kind, _, version in _fatbin_headers(path) if kind == "ptx"]
+    if not isas:
+        raise CodegenError(f"{path} holds no PTX")
+    return max(isas)
 
 
-def compile_fatbin(source_path: Path, out: Path, archs: Sequence[str]) -> None:
-    """nvcc: one cubin per arch plus PTX of the newest arch (forward compatibility)."""
-    gencode = []
-    for arch in archs:
-        num = arch.removeprefix("sm_")
-        gencode += ["-gencode", f"arch=compute_{num},code=sm_{num}"]
-    newest = max(archs, key=lambda a: int(a.removeprefix("sm_").rstrip("a")))
-    num = newest.removeprefix("sm_")
-    gencode += ["-gencode", f"arch=compute_{num},code=compute_{num}"]
-    # TVM's CSE leaves unused temporaries: silence that one warning (#177), keep the rest
-    cmd = [nvcc(), "-fatbin", "-O3", "-diag-suppress", "177", *gencode, str(source_path),
-           "-o", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "error" in ln.lower()] or lines
-        raise CodegenError("nvcc failed: " + " | ".join(errors[:6]))
+def compile_fatbin(source_path: Path, out: Path, archs: Sequence[str],
+                   toolkit: Toolkit | None = None) -> Toolkit:
+    """One cubin per arch plus PTX of the newest arch (forward compatibility), compiled by
+    ``toolkit`` (default: the nvcc on PATH); returns the toolkit."""
+    toolkit = toolkit or cuda_toolkit.find()
+    toolkit.compile(source_path, out, archs)
+    return toolkit
 
 
 def build_cuda_library(specs: Sequence[KernelSpec], fam: Family, out_dir: Path,
                        archs: Sequence[str] = DEFAULT_ARCHS,
-                       counted_specs: Sequence[KernelSpec] = ()) -> CudaLibrary:
+                       counted_specs: Sequence[KernelSpec] = (),
+                       cuda_version: CudaVersion | None = None) -> CudaLibrary:
     """Emit, check and compile the CUDA kernels of ``specs`` (and the counted variants of
-    ``counted_specs``) for the device family ``fam`` into ``out_dir``."""
+    ``counted_specs``) for the device family ``fam`` into ``out_dir``, with the compiler of
+    ``cuda_version`` (None: the nvcc on PATH)."""
     archs = tuple(archs)
     for arch in archs:
         if not re.fullmatch(r"sm_\d+a?", arch):
             raise CodegenError(f"CUDA arch {arch!r}: expected sm_XX (e.g. sm_80, sm_90)")
+    toolkit = cuda_toolkit.find(cuda_version)  # before the slow emission: refusals come first
+    toolkit.check(archs)
     # One source for every arch: the fp32 schedules do not depend on it, which is checked.
     source, variants = emit(specs, fam, archs[0], counted_specs)
     for arch in archs[1:]:
@@ -263,5 +258,5 @@ def build_cuda_library(specs: Sequence[KernelSpec], fam: Family, out_dir: Path,
     src = out_dir / SOURCE_NAME
     src.write_text(source)
     fatbin = out_dir / FATBIN_NAME
-    compile_fatbin(src, fatbin, archs)
-    return CudaLibrary(fatbin, src, archs, tuple(variants))
+    compile_fatbin(src, fatbin, archs, toolkit)
+    return CudaLibrary(fatbin, src, archs, tuple(variants), toolkit.describe(), toolkit.version)

@@ -25,6 +25,8 @@ class CompileOptions:
     force: bool = False
     sites: tuple[str, ...] = field(default=())  # empty: all sites
     cuda_archs: tuple[str, ...] = ("sm_80", "sm_90")  # --target cuda: cubins (+ PTX of the last)
+    cuda_version: int | None = None  # --cuda-version (``fffc.contract.cuda.CudaVersion``): the
+    # CUDA major version whose compiler builds the fatbin (None: the nvcc on PATH, any version)
     max_sparse_tokens: int | None = None  # SparseFFN sites: the kernel up to N tokens, the
     # original FFN beyond (None: the crossover, see ``crossovers``; 0: the kernel always)
     crossovers: str | None = None  # "measured" | "table" (fffc.contract.kinds.Crossover):
@@ -77,6 +79,13 @@ def crossovers_from_env() -> str | None:
     """``FFFC_CROSSOVERS``: the default of ``CompileOptions.crossovers`` ("table" makes
     compiles reproducible, e.g. in CI)."""
     return os.environ.get("FFFC_CROSSOVERS") or None
+
+
+def nvcc_from_env(major: int) -> Path | None:
+    """``FFFC_NVCC_<major>`` (e.g. ``FFFC_NVCC_12``): the nvcc of a CUDA ``major`` toolkit,
+    preferred to any other compiler of that version."""
+    env = os.environ.get(f"FFFC_NVCC_{major}")
+    return Path(env) if env else None
 
 
 def dump_dir_from_env() -> Path | None:

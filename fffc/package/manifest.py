@@ -7,8 +7,10 @@ import importlib.metadata as md
 from dataclasses import replace
 from pathlib import Path
 
-from ..codegen.cuda_build import fatbin_entries, nvcc_version
+from ..codegen.cuda_build import fatbin_entries, fatbin_ptx_isa
+from ..codegen.cuda_toolkit import newest
 from ..contract.config import CompileOptions
+from ..contract.cuda import driver_requirement
 from ..contract.sites import NearMiss, Site
 from ..contract.targets import TargetRequest
 from ..frontend import sha256_file
@@ -52,9 +54,7 @@ def manifest(*, source: Path, options: CompileOptions, target: TargetRequest, li
             "glibc": glibc_requirement(shim),
             "onnxruntime": f">= 1.17 (C API {ORT_API_VERSION}); built and checked with "
                            f"{versions()['onnxruntime']}",
-            "cuda": None if library.cuda is None else
-            f"NVIDIA driver for CUDA {nvcc_version()}+ (cubins {', '.join(library.cuda.archs)}"
-            f", PTX {max(library.cuda.archs)})",
+            "cuda": None if library.cuda is None else _driver(library.cuda),
         },
         "cuda": None if library is None or library.cuda is None else _cuda(library.cuda,
                                                                            staging),
@@ -78,10 +78,18 @@ def manifest(*, source: Path, options: CompileOptions, target: TargetRequest, li
     return out
 
 
+def _driver(cuda) -> dict:
+    """The NVIDIA driver the fatbin needs: from its compiler's CUDA version (the cubins) and
+    the PTX ISA version of its PTX, read from the fatbin."""
+    return driver_requirement(cuda.cuda, cuda.archs, newest(cuda.archs),
+                              fatbin_ptx_isa(cuda.fatbin_path))
+
+
 def _cuda(cuda, staging: Path) -> dict:
     """Where the GPU code is and how each variant is launched (the shim's table, readable)."""
     return {
         "archs": list(cuda.archs),
+        "toolkit": cuda.toolkit,
         "fatbin_contents": [f"{kind} {arch}" for kind, arch in fatbin_entries(cuda.fatbin_path)],
         "fatbin": str(cuda.fatbin_path.relative_to(staging)),
         "source": str(cuda.source_path.relative_to(staging)),

@@ -45,7 +45,8 @@ def run(lowered: Lowered, ctx: Context) -> Kernels:
         library = build_kernel_library(specs, fam, ctx.staging / KERNELS / fam.name,
                                        mcpu=ctx.target.mcpu, archs=o.cuda_archs,
                                        mattr=o.mattr, counted_specs=counted,
-                                       weight_dtype=o.weight_dtype)
+                                       weight_dtype=o.weight_dtype,
+                                       cuda_version=o.cuda_version)
     if ctx.dump.root:
         for k in library.kernels:
             ctx.dump.text(f"06-kernels/{k.symbol}.py",

@@ -13,9 +13,11 @@ import onnx
 import onnx_ir as ir
 
 from .. import frontend
+from ..codegen import cuda_toolkit
 from ..codegen.schedules import Family, family
 from ..contract import config
 from ..contract.config import CompileOptions
+from ..contract.cuda import CudaVersion
 from ..contract.errors import UsageError
 from ..contract.kinds import Crossover, WeightDtype
 from ..contract.targets import TargetRequest, normalize
@@ -146,6 +148,16 @@ class Context:
         if dtype.floating and dtype is not WeightDtype.FLOAT32 and not fam.narrow_weights:
             raise UsageError(f"--weight-dtype {options.weight_dtype}: 16-bit weights are for "
                              "--target cuda (the CPU kernels read float32 weights)")
+        if options.cuda_version is not None:
+            try:
+                version = CudaVersion.parse(options.cuda_version)
+            except ValueError as e:
+                raise UsageError(f"--cuda-version: {e}") from None
+            if not fam.device:
+                raise UsageError(f"--cuda-version applies to --target cuda, not {target.family}")
+            options = replace(options, cuda_version=int(version))
+            # no compiler of that version, or one without an --arch: refused before any stage
+            cuda_toolkit.find(version).check(options.cuda_archs)
         if options.merged_max_tokens and not fam.merged_path:
             raise UsageError(f"--merged-max-tokens: the {target.family.upper()} StructuredFFN kernels "
                              "have no pre-merged path (the structured kernels serve every "

@@ -36,7 +36,10 @@ int cuCtxGetCurrent(void** ctx) {
   return 0;
 }
 
-int cuModuleLoadData(void** module, const void*) {
+int cuModuleLoadData(void** module, const void* image) {
+  std::uint32_t magic = 0;  // the shim hands over the fatbin it embeds: a fatbin's header
+  std::memcpy(&magic, image, sizeof magic);
+  if (magic != 0xBA55ED50u) return 200;  // CUDA_ERROR_INVALID_IMAGE
   const char* path = std::getenv("FFFC_FAKE_CUDA_EMU");
   if (path == nullptr) return 200;  // CUDA_ERROR_INVALID_IMAGE
   if (g_emu == nullptr) g_emu = dlopen(path, RTLD_NOW | RTLD_LOCAL);

@@ -78,7 +78,8 @@ def run_on_fake_gpu(artifact: Path, feeds: list[dict[str, np.ndarray]], fake: Pa
                    if t.key in cuda_keys), s) for s in _specs(manifest)]
     library = build_kernel_library(specs, family("cuda"), tmp / "lib",
                                    counted_specs=_counted(manifest),
-                                   weight_dtype=manifest["options"]["weight_dtype"])
+                                   weight_dtype=manifest["options"]["weight_dtype"],
+                                   cuda_version=manifest["options"]["cuda_version"])
     shim = build_shim(library, tmp, name="libcudaoncpu.so", defines=("FFFC_TEST_CUDA_ON_CPU",))
     emu = Emulator(library.cuda.source_path.read_text(), library.cuda.variants)
     np.savez(tmp / "feeds.npz", **{f"{i}/{k}": v for i, f in enumerate(feeds)
@@ -129,6 +130,39 @@ def test_sparse_ffn_cuda_path(tmp_path, fake_libcuda):
     variants = {re.search(r"_(decode\d+|gemm)_", ln)[1] for ln in launches}
     # 300 tokens: past the CUDA sparse limit the artifact's If runs ORT's dense FFN
     assert variants == {"decode1", "decode8", "decode16"}, launches
+
+
+def test_cuda_12_artifact(tmp_path, fake_libcuda):
+    """--cuda-version 12: the fatbin built by a CUDA 12 compiler — its cubins of CUDA 12's
+    ELF ABI, its PTX of a CUDA 12 PTX ISA — is the one the artifact's shim embeds; the
+    manifest states the drivers it needs; the shim's CUDA path runs it as a CUDA 13 one."""
+    from fffc.codegen import cuda_toolkit
+    from fffc.contract.errors import CodegenError
+
+    try:
+        cuda_toolkit.find(12)
+    except CodegenError as e:
+        pytest.skip(str(e))
+    path = relu_ffn_model(tmp_path / "m.onnx")
+    result = fffc.compile(path, tmp_path / "m.fffc",
+                          fffc.CompileOptions(target="cuda", cuda_version=12))
+    art, manifest = result.artifact, result.manifest
+    assert manifest["options"]["cuda_version"] == 12
+    fatbin = (art / manifest["cuda"]["fatbin"]).read_bytes()
+    assert fatbin in (art / manifest["shim"]).read_bytes()
+    cubins = [fatbin[i:i + 9] for i in range(len(fatbin)) if fatbin.startswith(b"\x7fELF", i)]
+    # ELF OSABI 0x33 ABI version 7: a CUDA 12 cubin (CUDA 13 writes OSABI 0x41, version 8)
+    assert len(cubins) == 2 and {c[7:9] for c in cubins} == {b"\x33\x07"}, cubins
+    ptx = re.findall(rb"\.version (\d+)\.(\d+)\s+\.target (sm_\d+)", fatbin)
+    assert len(ptx) == 1 and ptx[0][0] == b"8" and ptx[0][2] == b"sm_90", ptx  # CUDA 12: PTX 8.x
+    isa = f"{int(ptx[0][0])}.{int(ptx[0][1])}"
+    req = manifest["requires"]["cuda"]
+    assert req["driver"] == ">= 525.60.13" and req["cubins"] == ["sm_80", "sm_90"], req
+    assert req["ptx"] == "sm_90" and req["ptx_isa"] == isa, req
+    assert manifest["cuda"]["toolkit"].startswith(("NVRTC 12.", "nvcc 12.")), manifest["cuda"]
+    launches = _compare(path, art, _feeds(32, [(1, 1), (2, 8)]), fake_libcuda, tmp_path)
+    assert {re.search(r"_(decode\d+|gemm)_", ln)[1] for ln in launches} == {"decode1",
+                                                                           "decode16"}, launches
 
 
 def test_int4_cuda_path(tmp_path, fake_libcuda):
