@@ -11,6 +11,8 @@ it in several ways; each becomes this one node so the FFN rule matches them all:
 * the same via ``einsum`` (``Reshape → Einsum("bkp,kqp->bkq") → Reshape``), any operand
   letter order of the weight; BlockShuffle (Monarch) via bmm or two einsums →
   ``BlockShuffle(x, A, S)`` (ShuffleBmm, ShuffleEinsum).
+* a reshape whose row count is computed from the input's shape (``reshape(b·s, k, p)``)
+  gets ``-1`` rows, the form the block rules match.
 * the ``Reshape → act → Reshape`` round trip a structured MLP puts around its activation
   (``x.reshape(*batch, -1)`` after fc1, ``reshape(-1, d_ff)`` in fc2) is dropped: an
   elementwise activation commutes with a reshape that is undone.
@@ -61,6 +63,56 @@ def _flat(op, v: ir.Value, width: int, name: str) -> ir.Value:
     """``Reshape(v, [-1, width])``: the tokens flattened, as the exporter's reshape did."""
     shape = op.initializer(ir.tensor(np.array([-1, width], dtype=np.int64)), name=name)
     return op.Reshape(v, shape)
+
+
+
+def _entries(value: ir.Value) -> int | None:
+    """The element count of a 1-D reshape-target piece: a constant's, or a static shape's."""
+    arr = const_array(value)
+    if arr is not None:
+        return int(arr.size)
+    shape = value.shape
+    if shape is None or shape.rank() != 1 or not isinstance(shape[0], int):
+        p = value.producer()  # Unsqueeze of a scalar (its rank from the axes)
+        if p is not None and p.op_type == "Unsqueeze" and p.inputs[0].shape is not None \
+                and p.inputs[0].shape.rank() == 0:
+            return 1
+        return None
+    return shape[0]
+
+
+class ComputedRows(pattern.RewriteRuleClassBase):
+    """Replaces ``Reshape(x, Concat(rows, c_1, .., c_n))``, ``rows`` one computed entry (the
+    token count, e.g. ``Mul`` of ``Shape`` dims) and the c_i positive constants, with
+    ``Reshape(x, [-1, c_1, .., c_n])``: the element count fixes the rows, so both give the
+    same tensor wherever the first does not fail.
+
+    Matches: ``x.reshape(batch * seq, k, p)`` in structured projections (TorchScript spells
+    the product out as ``Shape → Gather → Mul → Unsqueeze → Concat``).
+    """
+
+    def pattern(self, op, x, target):
+        return op.Reshape(x, target, _outputs=["out"])
+
+    def check(self, context, x, target, out, **_):
+        r = pattern.MatchResult()
+        concat = target.producer()
+        if const_array(target) is not None or concat is None or concat.op_type != "Concat":
+            return r.fail("reshape target: not a computed Concat", target)
+        first, *rest = concat.inputs
+        if const_array(first) is not None or _entries(first) != 1:
+            return r.fail("reshape target: expected one computed entry first (the rows)", target)
+        tail = [const_array(v) for v in rest]
+        if any(t is None for t in tail) or any((t <= 0).any() for t in tail):
+            return r.fail("reshape target: expected positive constants after the rows", target)
+        return r
+
+    def rewrite(self, op, x, target, out, **_):
+        tail = [const_array(v).reshape(-1) for v in target.producer().inputs[1:]]
+        shape = np.concatenate([np.array([-1], np.int64), *tail]).astype(np.int64)
+        const = op.Constant(value=ir.tensor(shape))
+        allowzero = out.producer().attributes.get_int("allowzero", 0)
+        return op.Reshape(x, const, allowzero=allowzero)
 
 
 class LowRank(pattern.RewriteRuleClassBase):
@@ -536,6 +588,7 @@ rules = pattern.RewriteRuleSet([
     ShapeOfElementwise.rule("ShapeOfRelu", op_type="Relu", domain=""),
     DimOfReshape.rule("DimOfReshape"),
     BiasBeforeReshape.rule("BiasBeforeReshape"),
+    ComputedRows.rule("ComputedRows"),
     MergeTransposes.rule("MergeTransposes"),
     ShuffleBmm.rule("ShuffleBmm"),
     ShuffleEinsum.rule("ShuffleEinsum"),
