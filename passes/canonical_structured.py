@@ -471,9 +471,10 @@ def _leading_pieces(target: ir.Value, starts: ir.Value, ends: ir.Value, axes: ir
 
 
 class MatMulAfterRows(pattern.RewriteRuleClassBase):
-    """Replaces ``MatMul(Reshape(h, t), U)`` with ``Reshape(MatMul(h, U), t')``, h 2-D
-    [N, n] and t ending in n (or -1): the reshape only regroups h's rows, the product is
-    row-wise, and t' is t ending in U's width m.
+    """Replaces ``MatMul(Reshape(h, t), U)`` with ``Reshape(MatMul(h, U), t')``, h a 2-D
+    block-diagonal product [N, n] and t ending in n (or -1): the reshape only regroups h's
+    rows, the product is row-wise, and t' is t ending in U's width m (other projections
+    stay where the model has them: a dense FFN's rules match them as they are).
 
     Matches: the dense factor of a BlockDense projection after a block product whose
     leading dims were kept (``flatten(-2)`` of [B, S, k, q], then ``U``).
@@ -487,6 +488,10 @@ class MatMulAfterRows(pattern.RewriteRuleClassBase):
         if not res:
             return res
         n = const_array(u).shape[0]
+        block = h.producer()
+        if block is None or block.op_type != "StructuredLinear" or block.domain != CANON \
+                or len(block.inputs) > 2:
+            return res.fail("dense factor input: expected a block-diagonal product", h)
         if not is_2d(h) or _width(h) != n:
             return res.fail(f"dense factor input: expected a 2-D projection of width {n}", h)
         parts = _target_parts(t)
