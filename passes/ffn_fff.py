@@ -3,10 +3,14 @@
 Matches, from the output projection back::
 
     L = MatMul(x, W_in) + b_in                      (canonical linear; Gemm in the export)
-    A = Reshape(Gelu(L), [-1, K, n])                (canonical exact-erf Gelu)
-    M = ScatterElements(... ScatterElements(zeros, j0, 1) ..., j_D, 1)   axis 2, D+1 of them,
-        the indices walked with GatherElements(Reshape(Cast(Greater(L, 0))), j)
+    A = Reshape(Gelu(L), [.., K, n])  or  Gelu(Reshape(L, [.., K, n]))   (exact-erf Gelu)
+    M = ScatterElements(... ScatterElements(zeros, j0, 1) ..., j_D, 1)   last axis, D+1 of
+        them, the indices walked with GatherElements(Cast(Greater(L, 0)) viewed as A, j)
     Y = MatMul(Flatten(A * M), W_out)               ([K·n, H_out])
+
+with the tokens flattened ([T, K, n]) or the leading dims kept ([B, S, K, n]); the views
+(Reshape/Flatten, constant or computed targets) may come before or after the Gelu and the
+comparison, as an elementwise op gives the same values either way.
 
 as exported by torch.onnx's TorchScript (opset 17, 20) and dynamo (opset 18, 20) exporters
 from ``fffc.torch.FastFeedForward`` (the UltraFastBERT layer). K and D come from the
