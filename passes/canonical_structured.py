@@ -516,6 +516,30 @@ class MatMulAfterRows(pattern.RewriteRuleClassBase):
         return op.Reshape(op.MatMul(h, u), target, allowzero=allowzero)
 
 
+
+class IdentityTranspose(pattern.RewriteRuleClassBase):
+    """Replaces ``Transpose(v, perm=[0, 1, .., r-1])`` with v: it moves nothing.
+
+    Matches: dynamo ``optimize=False`` exports of advanced indexing with a multi-dim index
+    (``w[r]``, r [B, S]: ``GatherND`` then an identity Transpose), as in an FFF walk that
+    keeps the leading dims.
+    """
+
+    def pattern(self, op, v):
+        return op.Transpose(v, _outputs=["t"])
+
+    def check(self, context, v, t, **_):
+        perm = t.producer().attributes.get_ints("perm", None)
+        if perm is None or list(perm) != list(range(len(perm))):
+            return pattern.MatchResult().fail("Transpose: not the identity permutation", t)
+        if t in context.graph_or_function.outputs:
+            return pattern.MatchResult().fail("Transpose: its output is a graph output", t)
+        return pattern.MatchResult()
+
+    def rewrite(self, op, v, t, **_):
+        return v
+
+
 class MergeTransposes(pattern.RewriteRuleClassBase):
     """Replaces ``Transpose(Transpose(v, p1), p2)`` with one ``Transpose(v, p1∘p2)``
     (dynamo ``optimize=False`` writes BlockShuffle's (2, 0, 1) as two transposes)."""
@@ -871,6 +895,7 @@ rules = pattern.RewriteRuleSet([
     DimOfReshape.rule("DimOfReshape"),
     *BiasBeforeReshape.rule("BiasBeforeReshape").commute(),
     ComputedRows.rule("ComputedRows"),
+    IdentityTranspose.rule("IdentityTranspose"),
     MergeTransposes.rule("MergeTransposes"),
     ShuffleBmm.rule("ShuffleBmm"),
     ShuffleEinsum.rule("ShuffleEinsum"),
