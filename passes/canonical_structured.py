@@ -11,6 +11,12 @@ it in several ways; each becomes this one node so the FFN rule matches them all:
 * the same via ``einsum`` (``Reshape → Einsum("bkp,kqp->bkq") → Reshape``), any operand
   letter order of the weight; BlockShuffle (Monarch) via bmm or two einsums →
   ``BlockShuffle(x, A, S)`` (ShuffleBmm, ShuffleEinsum).
+* the same with the leading dims kept (``Reshape(x, [B, S, k, p]) → Einsum("...kp,..") →
+  Reshape``; BlockDiagEinsumKept), a dense factor after it moved before the reshape that
+  restores them (MatMulAfterRows); a projection written ``Einsum("...a,ba->...b")`` →
+  ``MatMul`` (EinsumProjection).
+* a reshape whose row count is computed from the input's shape (``reshape(b·s, k, p)``)
+  gets ``-1`` rows, the form the block rules match.
 * the ``Reshape → act → Reshape`` round trip a structured MLP puts around its activation
   (``x.reshape(*batch, -1)`` after fc1, ``reshape(-1, d_ff)`` in fc2) is dropped: an
   elementwise activation commutes with a reshape that is undone.
@@ -25,7 +31,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from ._common import CANON, QUANTIZED, const_array, dequantized
+from ._common import CANON, QUANTIZED, const_array, dequantized, last_dim
 
 
 def _float32(r: pattern.MatchResult, value: ir.Value, rank: int, what: str):
@@ -61,6 +67,69 @@ def _flat(op, v: ir.Value, width: int, name: str) -> ir.Value:
     """``Reshape(v, [-1, width])``: the tokens flattened, as the exporter's reshape did."""
     shape = op.initializer(ir.tensor(np.array([-1, width], dtype=np.int64)), name=name)
     return op.Reshape(v, shape)
+
+
+
+def _pieces(target: ir.Value) -> list[ir.Value] | None:
+    """The inputs of a Concat reshape target, Concats inside it spliced in (rewrites of its
+    pieces may leave nested Concats); None where the target is not a Concat."""
+    concat = target.producer()
+    if concat is None or concat.op_type != "Concat" or concat.domain != "":
+        return None
+    out = []
+    for v in concat.inputs:
+        inner = _pieces(v) if v is not None else None
+        out.extend(inner if inner is not None else [v])
+    return out
+
+
+def _entries(value: ir.Value) -> int | None:
+    """The element count of a 1-D reshape-target piece: a constant's, or a static shape's."""
+    arr = const_array(value)
+    if arr is not None:
+        return int(arr.size)
+    shape = value.shape
+    if shape is None or shape.rank() != 1 or not isinstance(shape[0], int):
+        p = value.producer()  # Unsqueeze of a scalar (its rank from the axes)
+        if p is not None and p.op_type == "Unsqueeze" and p.inputs[0].shape is not None \
+                and p.inputs[0].shape.rank() == 0:
+            return 1
+        return None
+    return shape[0]
+
+
+class ComputedRows(pattern.RewriteRuleClassBase):
+    """Replaces ``Reshape(x, Concat(rows, c_1, .., c_n))``, ``rows`` one computed entry (the
+    token count, e.g. ``Mul`` of ``Shape`` dims) and the c_i positive constants, with
+    ``Reshape(x, [-1, c_1, .., c_n])``: the element count fixes the rows, so both give the
+    same tensor wherever the first does not fail.
+
+    Matches: ``x.reshape(batch * seq, k, p)`` in structured projections (TorchScript spells
+    the product out as ``Shape → Gather → Mul → Unsqueeze → Concat``).
+    """
+
+    def pattern(self, op, x, target):
+        return op.Reshape(x, target, _outputs=["out"])
+
+    def check(self, context, x, target, out, **_):
+        r = pattern.MatchResult()
+        concat = target.producer()
+        if const_array(target) is not None or concat is None or concat.op_type != "Concat":
+            return r.fail("reshape target: not a computed Concat", target)
+        first, *rest = concat.inputs
+        if const_array(first) is not None or _entries(first) != 1:
+            return r.fail("reshape target: expected one computed entry first (the rows)", target)
+        tail = [const_array(v) for v in rest]
+        if any(t is None for t in tail) or any((t <= 0).any() for t in tail):
+            return r.fail("reshape target: expected positive constants after the rows", target)
+        return r
+
+    def rewrite(self, op, x, target, out, **_):
+        tail = [const_array(v).reshape(-1) for v in target.producer().inputs[1:]]
+        shape = np.concatenate([np.array([-1], np.int64), *tail]).astype(np.int64)
+        const = op.Constant(value=ir.tensor(shape))
+        allowzero = out.producer().attributes.get_int("allowzero", 0)
+        return op.Reshape(x, const, allowzero=allowzero)
 
 
 class LowRank(pattern.RewriteRuleClassBase):
@@ -182,6 +251,293 @@ class BlockDiagEinsum(pattern.RewriteRuleClassBase):
         k, p, _ = arr.shape
         return op.StructuredLinear(_flat(op, x, k * p, f"{a.name}__flat"), blocks,
                                    _domain=CANON)
+
+
+
+def _ellipsis_free(equation: str) -> str | None:
+    """``equation`` with its ``...`` (leading dims, in the first operand and the output
+    only) written as one letter of its own, or None where it has no such ``...``."""
+    eq = equation.replace(" ", "")
+    ins, _, out = eq.partition("->")
+    first, _, second = ins.partition(",")
+    if not (first.startswith("...") and out.startswith("...")) or "..." in second:
+        return None
+    free = next(c for c in "ZYXWVUTS" if c not in eq)
+    return eq.replace("...", free)
+
+
+class EinsumProjection(pattern.RewriteRuleClassBase):
+    """Replaces ``Einsum("...a,ba->...b", x, W)`` (or ``"...a,ab->...b"``) with
+    ``MatMul(x, W as [a, b])``: a projection of the last axis written as an einsum.
+
+    Matches: LowRank factors written ``torch.einsum("...d,rd->...r", x, V)`` (both
+    exporters).
+    """
+
+    def pattern(self, op, x, w):
+        return op.Einsum(x, w, _outputs=["e"])
+
+    def check(self, context, x, w, e, **_):
+        r = _float32(pattern.MatchResult(), w, 2, "einsum projection weight")
+        if not r:
+            return r
+        if _projection_transposed(e.producer().attributes.get_string("equation", "")) is None:
+            return r.fail("einsum: expected x[..., a]·W[a, b] -> [..., b] (either W order)",
+                          e.producer())
+        return r
+
+    def rewrite(self, op, x, w, e, **_):
+        eq = e.producer().attributes.get_string("equation", "")
+        if not _projection_transposed(eq):
+            return op.MatMul(x, w)
+        arr = np.ascontiguousarray(const_array(w).T)
+        return op.MatMul(x, op.initializer(ir.tensor(arr), name=f"{w.name}__T"))
+
+
+def _projection_transposed(equation: str) -> bool | None:
+    """For ``...a, W -> ...b``: whether W is written [b, a]; None for any other einsum."""
+    eq = _ellipsis_free(equation)
+    if eq is None:
+        return None
+    ins, out = eq.split("->")
+    xs, ws = ins.split(",")
+    if len(xs) != 2 or len(ws) != 2 or len(out) != 2 or xs[0] != out[0]:
+        return None
+    a, b = xs[1], out[1]
+    if a == b or sorted(ws) != sorted(a + b):
+        return None
+    return ws == b + a
+
+
+class BlockDiagEinsumKept(pattern.RewriteRuleClassBase):
+    """Replaces ``Reshape(Einsum("...kp,kqp->...kq", Reshape(x, [.., k, p]), A), t)`` with
+    ``Reshape(StructuredLinear(Reshape(x, [-1, k·p]), A as [k,p,q]), t)``: the leading dims
+    kept ([B, S, k, p]) instead of flattened. A reshape never reorders elements, so x's rows
+    of k·p values are the split's (k, p) rows and the einsum's (k, q) rows are the flat
+    product's rows, whatever the leading entries of the two targets.
+
+    Matches: ``torch.einsum("...kp,kqp->...kq", x.unflatten(-1, (k, p)), A).flatten(-2)``
+    (both exporters).
+    """
+
+    def __init__(self, name: str):
+        # the split may also feed a Shape (TorchScript reads the leading dims from it): kept
+        # for it, a view without compute; the einsum is dropped by the cleanup
+        super().__init__(name, remove_nodes=False)
+
+    def pattern(self, op, x, s_in, a, t):
+        return op.Reshape(op.Einsum(op.Reshape(x, s_in), a, _outputs=["e"]), t,
+                          _outputs=["out"])
+
+    def check(self, context, x, s_in, a, t, e, out, **_):
+        r = _float32(pattern.MatchResult(), a, 3, "einsum block factor")
+        if not r:
+            return r
+        eq = e.producer().attributes.get_string("equation", "")
+        free = _ellipsis_free(eq)
+        perm = _einsum_perm(free) if free is not None else None
+        if perm is None:
+            return r.fail(f"einsum {eq!r}: expected x[..., k, p]·A -> [..., k, q]", e.producer())
+        k, p, _ = (const_array(a).shape[i] for i in perm)
+        if _split_tail(s_in) != [k, p]:
+            return r.fail(f"einsum input reshape: expected a target ending in [{k}, {p}]", s_in)
+        if last_dim(x) != k * p:
+            return r.fail(f"einsum input: expected last dim {k * p}, got {x.shape}", x)
+        if out.producer().attributes.get_int("allowzero", 0) == 0 and _has_const_zero(t):
+            return r.fail("einsum output reshape: a 0 entry copies the einsum's dims", t)
+        return r
+
+    def rewrite(self, op, x, s_in, a, t, e, out, **_):
+        perm = _einsum_perm(_ellipsis_free(e.producer().attributes.get_string("equation", "")))
+        arr = np.ascontiguousarray(const_array(a).transpose(perm))
+        blocks = op.initializer(ir.tensor(arr), name=f"{a.name}__kpq")
+        k, p, _ = arr.shape
+        allowzero = out.producer().attributes.get_int("allowzero", 0)
+        flat = op.StructuredLinear(_flat(op, x, k * p, f"{a.name}__flat"), blocks, _domain=CANON)
+        return op.Reshape(flat, t, allowzero=allowzero)
+
+
+def _target_parts(target: ir.Value) -> list[np.ndarray | None] | None:
+    """A reshape target as its pieces: one constant, or a Concat's inputs (None where
+    computed)."""
+    arr = const_array(target)
+    if arr is not None:
+        return [arr.reshape(-1)]
+    pieces = _pieces(target)
+    if pieces is None:
+        return None
+    return [None if const_array(v) is None else const_array(v).reshape(-1) for v in pieces]
+
+
+def _split_tail(target: ir.Value) -> list[int] | None:
+    """The last two entries of a reshape target, where they are constants."""
+    parts = _target_parts(target)
+    if parts is None:
+        return None
+    tail: list[int] = []
+    for part in reversed(parts):
+        if part is None:
+            break
+        tail = [int(e) for e in part] + tail
+    return tail[-2:] if len(tail) >= 2 else None
+
+
+def _has_const_zero(target: ir.Value) -> bool:
+    parts = _target_parts(target)
+    return parts is None or any(part is not None and (part == 0).any() for part in parts)
+
+
+
+class LeadingDimsOfEinsum(pattern.RewriteRuleClassBase):
+    """Replaces ``Slice(Shape(Einsum("...kp,..->...kq", r, A)), 0, e)``, e ≤ -2, with
+    ``Slice(Shape(r), 0, e)``: an einsum that keeps the leading dims has its input's.
+    TorchScript reads them this way for ``flatten(-2)``, which would keep the einsum alive
+    beside its canonical form."""
+
+    def __init__(self, name: str):
+        super().__init__(name, remove_nodes=False)
+
+    def pattern(self, op, r, a, starts, ends, axes):
+        shape = op.Shape(op.Einsum(r, a, _outputs=["e"]), _outputs=["s"])
+        return op.Slice(shape, starts, ends, axes)
+
+    def check(self, context, r, a, starts, ends, axes, e, s, **_):
+        res = pattern.MatchResult()
+        eq = _ellipsis_free(e.producer().attributes.get_string("equation", ""))
+        if eq is None or _einsum_perm(eq) is None:
+            return res.fail("einsum: expected x[..., k, p]·A -> [..., k, q]", e.producer())
+        node = s.producer()
+        if node.attributes.get_int("start", 0) != 0 or "end" in node.attributes:
+            return res.fail("Shape with start/end", node)
+        st, en, ax = (const_array(v) for v in (starts, ends, axes))
+        if st is None or en is None or ax is None or st.reshape(-1).tolist() != [0] \
+                or ax.reshape(-1).tolist() != [0] or not -len(eq.split("->")[1]) < int(
+                    en.reshape(-1)[0]) <= -2:
+            return res.fail("Slice: expected the leading dims [0, e) with -rank < e <= -2", s)
+        return res
+
+    def rewrite(self, op, r, a, starts, ends, axes, **_):
+        return op.Slice(op.Shape(r), starts, ends, axes)
+
+
+
+class LeadingDimsOfReshape(pattern.RewriteRuleClassBase):
+    """Replaces ``Slice(Shape(Reshape(h, Concat(d_0, .., d_n))), 0, e)`` with
+    ``Concat(d_0, .., d_{e-1})`` where those pieces are computed dims or positive
+    constants: a reshape's leading dims are its target's entries (DimOfReshape's reasoning
+    for a range). TorchScript reads the leading dims of ``x.view(b, s, k, p)`` this way."""
+
+    def __init__(self, name: str):
+        super().__init__(name, remove_nodes=False)
+
+    def pattern(self, op, h, target, starts, ends, axes):
+        return op.Slice(op.Shape(op.Reshape(h, target), _outputs=["s"]), starts, ends, axes)
+
+    def check(self, context, h, target, starts, ends, axes, s, **_):
+        r = pattern.MatchResult()
+        pieces = _leading_pieces(target, starts, ends, axes, s)
+        if pieces is None:
+            return r.fail("expected a Slice [0, e) of a Concat target's 1-entry pieces", target)
+        return r
+
+    def rewrite(self, op, h, target, starts, ends, axes, s, **_):
+        pieces = _leading_pieces(target, starts, ends, axes, s)
+        return pieces[0] if len(pieces) == 1 else op.Concat(*pieces, axis=0)
+
+
+def _leading_pieces(target: ir.Value, starts: ir.Value, ends: ir.Value, axes: ir.Value,
+                    shape_value: ir.Value) -> list[ir.Value] | None:
+    """The Concat inputs giving entries [0, e) of a reshape target, each one entry: a
+    computed dim or a positive constant; None where the Slice or target is not such."""
+    node, pieces = shape_value.producer(), _pieces(target)
+    if node.attributes.get_int("start", 0) != 0 or "end" in node.attributes or pieces is None:
+        return None
+    st, en, ax = (const_array(v) for v in (starts, ends, axes))
+    if st is None or en is None or ax is None or st.reshape(-1).tolist() != [0] \
+            or ax.reshape(-1).tolist() != [0]:
+        return None
+    sizes = [_entries(v) for v in pieces]
+    if any(n is None for n in sizes):
+        return None
+    rank, end = sum(sizes), int(en.reshape(-1)[0])
+    end = end + rank if end < 0 else min(end, rank)
+    if not 0 < end <= len(sizes) or any(n != 1 for n in sizes[:end]):
+        return None
+    pieces = pieces[:end]
+    if any(const_array(v) is not None and int(const_array(v).reshape(-1)[0]) <= 0
+           for v in pieces):
+        return None
+    return list(pieces)
+
+
+class MatMulAfterRows(pattern.RewriteRuleClassBase):
+    """Replaces ``MatMul(Reshape(h, t), U)`` with ``Reshape(MatMul(h, U), t')``, h a 2-D
+    block-diagonal product [N, n] and t ending in n (or -1): the reshape only regroups h's
+    rows, the product is row-wise, and t' is t ending in U's width m (other projections
+    stay where the model has them: a dense FFN's rules match them as they are).
+
+    Matches: the dense factor of a BlockDense projection after a block product whose
+    leading dims were kept (``flatten(-2)`` of [B, S, k, q], then ``U``).
+    """
+
+    def pattern(self, op, h, t, u):
+        return op.MatMul(op.Reshape(h, t, _outputs=["r"]), u)
+
+    def check(self, context, h, t, u, r, **_):
+        res = _float32(pattern.MatchResult(), u, 2, "dense factor U")
+        if not res:
+            return res
+        n = const_array(u).shape[0]
+        block = h.producer()
+        if block is None or block.op_type != "StructuredLinear" or block.domain != CANON \
+                or len(block.inputs) > 2:
+            return res.fail("dense factor input: expected a block-diagonal product", h)
+        if not is_2d(h) or _width(h) != n:
+            return res.fail(f"dense factor input: expected a 2-D projection of width {n}", h)
+        parts = _target_parts(t)
+        if parts is None or parts[-1] is None or parts[-1].size == 0 \
+                or int(parts[-1][-1]) not in (n, -1):
+            return res.fail(f"reshape target: expected a constant last entry {n} (or -1)", t)
+        if r.producer().attributes.get_int("allowzero", 0) == 0 and _has_const_zero(t):
+            return res.fail("reshape target: a 0 entry copies h's dims", t)
+        return res
+
+    def rewrite(self, op, h, t, u, r, **_):
+        m = const_array(u).shape[1]
+        parts = _target_parts(t)
+        tail = parts[-1].copy()
+        tail[-1] = m
+        allowzero = r.producer().attributes.get_int("allowzero", 0)
+        if const_array(t) is not None:
+            target = op.Constant(value=ir.tensor(tail.astype(np.int64)))
+        else:
+            target = op.Concat(*_pieces(t)[:-1],
+                               op.Constant(value=ir.tensor(tail.astype(np.int64))), axis=0)
+        return op.Reshape(op.MatMul(h, u), target, allowzero=allowzero)
+
+
+
+class IdentityTranspose(pattern.RewriteRuleClassBase):
+    """Replaces ``Transpose(v, perm=[0, 1, .., r-1])`` with v: it moves nothing.
+
+    Matches: dynamo ``optimize=False`` exports of advanced indexing with a multi-dim index
+    (``w[r]``, r [B, S]: ``GatherND`` then an identity Transpose), as in an FFF walk that
+    keeps the leading dims.
+    """
+
+    def pattern(self, op, v):
+        return op.Transpose(v, _outputs=["t"])
+
+    def check(self, context, v, t, **_):
+        perm = t.producer().attributes.get_ints("perm", None)
+        if perm is None or list(perm) != list(range(len(perm))):
+            return pattern.MatchResult().fail("Transpose: not the identity permutation", t)
+        if t in context.graph_or_function.outputs:
+            return pattern.MatchResult().fail("Transpose: its output is a graph output", t)
+        return pattern.MatchResult()
+
+    def rewrite(self, op, v, t, **_):
+        return v
 
 
 class MergeTransposes(pattern.RewriteRuleClassBase):
@@ -516,18 +872,20 @@ class DimOfReshape(pattern.RewriteRuleClassBase):
     def check(self, context, h, target, i, g, **_):
         r = pattern.MatchResult()
         idx = const_array(i)
-        concat = target.producer()
-        if idx is None or idx.ndim != 0 or concat is None or concat.op_type != "Concat":
+        pieces = _pieces(target)
+        if idx is None or idx.ndim != 0 or pieces is None:
             return r.fail("expected a constant scalar index into a Concat target", target)
-        if g.producer().attributes.get_int("axis", 0) != 0 or not 0 <= int(idx) < len(concat.inputs):
+        if g.producer().attributes.get_int("axis", 0) != 0 or not 0 <= int(idx) < len(pieces):
             return r.fail("index out of the target's entries", i)
-        part = concat.inputs[int(idx)].producer()
+        if any(_entries(v) != 1 for v in pieces[:int(idx)]):
+            return r.fail("target entries before the index are not one dim each", target)
+        part = pieces[int(idx)].producer()
         if part is None or part.op_type != "Unsqueeze":
             return r.fail("target entry is not an Unsqueeze of a scalar dim", target)
         return r
 
     def rewrite(self, op, h, target, i, **_):
-        return op.Identity(target.producer().inputs[int(const_array(i))].producer().inputs[0])
+        return op.Identity(_pieces(target)[int(const_array(i))].producer().inputs[0])
 
 
 rules = pattern.RewriteRuleSet([
@@ -535,12 +893,19 @@ rules = pattern.RewriteRuleSet([
     ShapeOfElementwise.rule("ShapeOfSilu", op_type="Silu", domain=CANON),
     ShapeOfElementwise.rule("ShapeOfRelu", op_type="Relu", domain=""),
     DimOfReshape.rule("DimOfReshape"),
-    BiasBeforeReshape.rule("BiasBeforeReshape"),
+    *BiasBeforeReshape.rule("BiasBeforeReshape").commute(),
+    ComputedRows.rule("ComputedRows"),
+    IdentityTranspose.rule("IdentityTranspose"),
     MergeTransposes.rule("MergeTransposes"),
     ShuffleBmm.rule("ShuffleBmm"),
     ShuffleEinsum.rule("ShuffleEinsum"),
     BlockDiagBmm.rule("BlockDiagBmm"),
     BlockDiagEinsum.rule("BlockDiagEinsum"),
+    LeadingDimsOfEinsum.rule("LeadingDimsOfEinsum"),
+    LeadingDimsOfReshape.rule("LeadingDimsOfReshape"),
+    BlockDiagEinsumKept.rule("BlockDiagEinsumKept"),
+    EinsumProjection.rule("EinsumProjection"),
+    MatMulAfterRows.rule("MatMulAfterRows"),
     BlockThenDense.rule("BlockThenDense"),
     LowRank.rule("LowRank"),
     ActReshapeRoundTrip.rule("ReshapeRoundTrip_gelu", op_type="Gelu", domain=CANON),

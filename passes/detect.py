@@ -147,13 +147,15 @@ def near_misses(model: ir.Model) -> list[NearMiss]:
            for node, reason in family.rules.near_misses(model.graph)]
     out += [_structured_near_miss(node) for node in model.graph
             if node.op_type in ("StructuredLinear", "BlockShuffle") and node.domain == CANON]
-    out += [NearMiss(nodes=[node.name or "MatMul"], reason=(
-        f"batched product with a constant {list(const_array(node.inputs[1]).shape)} "
-        "(a block-diagonal factor?) outside any structured projection fffc recognizes: "
-        "expected Reshape([-1,k,p]) → Transpose(1,0,2) → MatMul → Transpose(1,0,2) → "
-        "Reshape([-1,k·q]) (BlockDense) or a BlockShuffle's grid reshape and second MatMul"))
-        for node in model.graph if node.op_type == "MatMul" and node.domain == ""
-        and len(const_shape(node.inputs[1]) or ()) == 3]
+    out += [NearMiss(nodes=[node.name or node.op_type], reason=(
+        f"batched product ({node.op_type}) with a constant "
+        f"{list(const_array(node.inputs[1]).shape)} (a block-diagonal factor?) outside any "
+        "structured projection fffc recognizes: expected Reshape([-1,k,p]) → Transpose(1,0,2) "
+        "→ MatMul → Transpose(1,0,2) → Reshape([-1,k·q]), or Reshape(x, [..., k, p]) → "
+        "Einsum(\"...kp,kqp->...kq\") → Reshape (BlockDense), or a BlockShuffle's grid "
+        "reshape and second product"))
+        for node in model.graph if node.op_type in ("MatMul", "Einsum") and node.domain == ""
+        and len(node.inputs) == 2 and len(const_shape(node.inputs[1]) or ()) == 3]
     fff_roots = set()
     for node in model.graph:
         fff = ffn_fff.rules.near_miss(node)

@@ -3,10 +3,14 @@
 Matches, from the output projection back::
 
     L = MatMul(x, W_in) + b_in                      (canonical linear; Gemm in the export)
-    A = Reshape(Gelu(L), [-1, K, n])                (canonical exact-erf Gelu)
-    M = ScatterElements(... ScatterElements(zeros, j0, 1) ..., j_D, 1)   axis 2, D+1 of them,
-        the indices walked with GatherElements(Reshape(Cast(Greater(L, 0))), j)
+    A = Reshape(Gelu(L), [.., K, n])  or  Gelu(Reshape(L, [.., K, n]))   (exact-erf Gelu)
+    M = ScatterElements(... ScatterElements(zeros, j0, 1) ..., j_D, 1)   last axis, D+1 of
+        them, the indices walked with GatherElements(Cast(Greater(L, 0)) viewed as A, j)
     Y = MatMul(Flatten(A * M), W_out)               ([K·n, H_out])
+
+with the tokens flattened ([T, K, n]) or the leading dims kept ([B, S, K, n]); the views
+(Reshape/Flatten, constant or computed targets) may come before or after the Gelu and the
+comparison, as an elementwise op gives the same values either way.
 
 as exported by torch.onnx's TorchScript (opset 17, 20) and dynamo (opset 18, 20) exporters
 from ``fffc.torch.FastFeedForward`` (the UltraFastBERT layer). K and D come from the
@@ -57,6 +61,40 @@ def _producer(value: ir.Value | None, op_type: str, domain: str = "") -> ir.Node
         got = "an input" if node is None else f"{node.domain + '::' if node.domain else ''}{node.op_type}"
         raise MatchFailure(f"expected {op_type}, got {got}")
     return node
+
+
+
+_VIEWS = ("Reshape", "Flatten")  # ops that change a tensor's shape, never its values' order
+
+
+def _unviewed(value: ir.Value) -> ir.Value:
+    """``value`` with the views (Reshape/Flatten) that produced it stripped: an elementwise
+    op gives the same values before or after a view, so the node axis may be split from the
+    token rows before or after the Gelu and the comparison."""
+    node = value.producer()
+    while node is not None and node.op_type in _VIEWS and node.domain == "":
+        value = node.inputs[0]
+        node = value.producer()
+    return value
+
+
+def _views(value: ir.Value) -> list[ir.Value]:
+    """``value`` and every Reshape/Flatten chain of it."""
+    out, stack = [], [value]
+    while stack:
+        v = stack.pop()
+        out.append(v)
+        stack.extend(u.node.outputs[0] for u in v.uses()
+                     if u.node.op_type in _VIEWS and u.node.domain == "" and u.idx == 0)
+    return out
+
+
+def _last_axis(scatter: ir.Node) -> bool:
+    """A ScatterElements along its data's last axis ([T, K, n] or [B, S, K, n])."""
+    axis = scatter.attributes.get_int("axis", 0)
+    shape = scatter.inputs[0].shape
+    rank = shape.rank() if shape is not None else None
+    return axis == -1 or (axis == rank - 1 if rank is not None else axis == 2)
 
 
 def _linear(value: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
@@ -153,27 +191,27 @@ class MaskedFFF(RegionRule):
         if w_out_arr is None or w_out_arr.ndim != 2:
             raise MatchFailure("the output projection's weight is not a constant matrix", w_out)
         flat = out_mm.inputs[0].producer()
-        if flat is None or flat.op_type not in ("Flatten", "Reshape"):
+        if flat is None or flat.op_type not in _VIEWS:
             raise MatchFailure("expected Flatten/Reshape before the output projection")
         mul = _producer(flat.inputs[0], "Mul")
         for a, m in (mul.inputs, mul.inputs[::-1]):
             try:
-                reshape = _producer(a, "Reshape")
-                gelu = _producer(reshape.inputs[0], "Gelu", CANON)
+                gelu = _producer(_unviewed(a), "Gelu", CANON)
                 scatter = _producer(m, "ScatterElements")
                 break
             except MatchFailure:
                 continue
         else:
-            raise MatchFailure("expected Reshape(Gelu(L)) * ScatterElements-mask", mul)
+            raise MatchFailure("expected Gelu(L) (viewed as [.., K, n] before or after the "
+                               "Gelu) * ScatterElements-mask", mul)
         if gelu.attributes.get_string("approximate", "none") != "none":
             raise MatchFailure("FFF uses the exact erf GELU; got the tanh approximation", gelu)
-        logits = gelu.inputs[0]
+        logits = _unviewed(gelu.inputs[0])
         x, w_in, b_in = _linear(logits)
         w_in_arr = const_array(w_in)
         levels, root, node = 0, scatter, scatter
         while node is not None and node.op_type == "ScatterElements":
-            if node.attributes.get_int("axis", 0) not in (2, -1):
+            if not _last_axis(node):
                 raise MatchFailure("the path mask is not scattered along the node axis", node)
             levels, root = levels + 1, node
             node = node.inputs[0].producer()
@@ -189,14 +227,15 @@ class MaskedFFF(RegionRule):
         if w_out_arr.shape[0] != width:
             raise MatchFailure(f"output projection has {w_out_arr.shape[0]} rows, expected "
                                f"{width}", w_out)
-        compares = [c for c in logits.uses() if c.node.op_type in ("Greater", "GreaterOrEqual")]
+        # the branch compares the logits, or a view of them, with 0
+        compares = [u.node for v in _views(logits) for u in v.uses()
+                    if u.node.op_type in ("Greater", "GreaterOrEqual") and u.idx == 0]
         if len(compares) != 1:
             raise MatchFailure("expected one comparison of the node logits with 0 (the branch)",
                                logits)
-        cmp = compares[0].node
+        cmp = compares[0]
         threshold = const_array(cmp.inputs[1])
-        if cmp.inputs[0] is not logits or threshold is None or threshold.size != 1 \
-                or threshold.item():
+        if threshold is None or threshold.size != 1 or threshold.item():
             raise MatchFailure("the branch must compare the logits with 0", cmp)
         return Tree(x, w_in, b_in, w_out, trees, depth, TIE_BREAK_OF[cmp.op_type])
 

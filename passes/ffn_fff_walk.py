@@ -7,8 +7,8 @@ same per tree and level) is, after canonicalization, a sum of K·(D+1) terms::
     y   = zeros + Σ_t Unsqueeze(Gelu(z_t), -1) * Gather(W_out, i_t)         W_out [K·n, H_out]
 
 (``GatherND(W, Unsqueeze(i_t, -1))`` from the dynamo exporter), where each index i_t is
-integer arithmetic on a zero tensor and on the branch bits ``Cast(Greater(z_s, 0))`` of
-earlier terms. Rather than matching one exporter's spelling of ``2j + 1 + [z > 0]`` (and of
+integer arithmetic (``Add``/``Sub``/``Mul``, or ``Where`` on a branch) on a zero tensor and
+on the branch bits ``Cast(Greater(z_s, 0))`` of earlier terms. Rather than matching one exporter's spelling of ``2j + 1 + [z > 0]`` (and of
 the tree offsets k·n), the index arithmetic is *evaluated*: every term's index is computed
 for all 2^D branch patterns of its tree and compared with the heap walk, so a match is exact
 for every path, not only for the paths some probe inputs take. The numeric check of the
@@ -171,7 +171,8 @@ class _Index:
     """Evaluates the integer index arithmetic with the branch bits as inputs.
 
     Values are arrays over branch patterns (axis 0); zero tensors sized by the tokens become
-    arrays of the pattern count; ``Cast(Greater(z_t, 0))`` is pattern bit ``bits[t]``.
+    arrays of the pattern count; ``Cast(Greater(z_t, 0))`` (or the bare comparison, as a
+    ``Where``'s condition) is pattern bit ``bits[t]``.
     """
 
     def __init__(self, terms: list[_Term]):
@@ -179,10 +180,9 @@ class _Index:
         self.compares: set[str] = set()
 
     def _branch(self, node: ir.Node) -> int | None:
-        """The term whose bit a ``Cast(Greater(z, 0))`` is, else None."""
-        if node.op_type != "Cast":
-            return None
-        cmp = node.inputs[0].producer()
+        """The term whose bit a ``Cast(Greater(z, 0))`` (or the bare comparison) is, else
+        None."""
+        cmp = node.inputs[0].producer() if node.op_type == "Cast" else node
         if cmp is None or cmp.op_type not in ("Greater", "GreaterOrEqual"):
             return None
         zero = const_array(cmp.inputs[1])
@@ -203,7 +203,7 @@ class _Index:
             b = self._branch(node)
             if b is not None:
                 out = frozenset([b])
-            elif node.op_type in (*_INT_OPS, "Cast"):
+            elif node.op_type in (*_INT_OPS, "Cast", "Where"):
                 for v in node.inputs:
                     out |= self.deps(v, memo)
             elif not _is_zeros(value):
@@ -226,6 +226,9 @@ class _Index:
             out = bits.get(b, np.zeros(patterns, np.int64))
         elif node.op_type == "Cast":
             out = self.eval(node.inputs[0], bits, patterns, memo)
+        elif node.op_type == "Where":
+            bit, a, c = (self.eval(v, bits, patterns, memo) for v in node.inputs)
+            out = np.where(bit != 0, a, c)
         else:
             a, c = (self.eval(v, bits, patterns, memo) for v in node.inputs)
             out = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[node.op_type](a, c)

@@ -142,16 +142,30 @@ def ffn(
     return y
 
 
+def _token_rows(tape: ir.tape.Tape, x: ir.Value, w_out: ir.Value):
+    """x [..., H] as token rows [T, H], and how to give a [T, H_out] result x's leading
+    dims back (the op's X is [..., d_in], all leading dims tokens)."""
+    rows = tape.op("Reshape", [x, tape.op("Concat", [_ints(tape, [-1]), _dims(tape, x, -1, 2**62)],
+                                          {"axis": 0})])
+
+    def restore(y: ir.Value) -> ir.Value:
+        shape = tape.op("Concat", [_dims(tape, x, 0, -1), _dims(tape, w_out, 1, 2)], {"axis": 0})
+        return tape.op("Reshape", [y, shape])
+
+    return rows, restore
+
+
 def fff_walk(tape: ir.tape.Tape, x: ir.Value, w_in_rows: ir.Value, b_in: ir.Value,
              w_out: ir.Value, *, trees: int, depth: int, opset: int,
              tie_break: str = "gt") -> ir.Value:
     """FastFeedForward's conditional walk in standard ops (opset ≥ 13), all trees at once.
 
-    ``x`` [T, H], ``w_in_rows`` [K·n, H] (row per node), ``b_in`` [K·n], ``w_out`` [K·n, H_out].
-    Per level: node rows gathered ([T, K, H]), dot with x, + bias, exact GELU, the output
+    ``x`` [..., H] (leading dims: tokens), ``w_in_rows`` [K·n, H] (row per node), ``b_in``
+    [K·n], ``w_out`` [K·n, H_out]. Per level: node rows gathered ([T, K, H]), dot with x, + bias, exact GELU, the output
     rows gathered and summed over the trees, ``j = 2j + 1 + [z > 0]``: D+1 levels.
     """
     n = 2 ** (depth + 1) - 1
+    x, restore = _token_rows(tape, x, w_out)
 
     def const(arr: np.ndarray) -> ir.Value:
         return tape.op("Constant", [], {"value": ir.tensor(arr)})
@@ -180,7 +194,7 @@ def fff_walk(tape: ir.tape.Tape, x: ir.Value, w_in_rows: ir.Value, b_in: ir.Valu
                         {"to": ir.DataType.INT64})
         node = tape.op("Add", [tape.op("Add", [tape.op("Mul", [node, const(np.array(2, np.int64))]),
                                                const(np.array(1, np.int64))]), right])
-    return y
+    return restore(y)
 
 
 # Below this many trained nodes per visited node the fallback computes every node (one GEMM)
@@ -207,9 +221,11 @@ def fff_masked(tape: ir.tape.Tape, x: ir.Value, w_in_rows: ir.Value, b_in: ir.Va
     """FastFeedForward as UltraFastBERT trains it: every node's logit (one Gemm), exact GELU,
     times the 0/1 mask of each tree's path (ScatterElements per level), one MatMul out.
 
-    ``x`` [T, H], ``w_in_rows`` [K·n, H], ``b_in`` [K·n], ``w_out`` [K·n, H_out].
+    ``x`` [..., H] (leading dims: tokens), ``w_in_rows`` [K·n, H], ``b_in`` [K·n], ``w_out``
+    [K·n, H_out].
     """
     n = 2 ** (depth + 1) - 1
+    x, restore = _token_rows(tape, x, w_out)
 
     def const(arr: np.ndarray) -> ir.Value:
         return tape.op("Constant", [], {"value": ir.tensor(arr)})
@@ -235,7 +251,7 @@ def fff_masked(tape: ir.tape.Tape, x: ir.Value, w_in_rows: ir.Value, b_in: ir.Va
         mask = tape.op("ScatterElements", [mask, node, ones], {"axis": 2})
     active = tape.op("Mul", [activation(tape, "gelu", l3, opset), mask])
     flat = tape.op("Reshape", [active, const(np.array([-1, trees * n], np.int64))])
-    return tape.op("MatMul", [flat, w_out])
+    return restore(tape.op("MatMul", [flat, w_out]))
 
 
 def _ints(tape: ir.tape.Tape, values: list[int]) -> ir.Value:
