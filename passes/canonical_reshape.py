@@ -17,7 +17,8 @@ instead of writing a constant. The rewrites here make these forms one:
 * a reshape target computed at run time becomes a constant where the symbolic shapes prove
   it (0 for an axis copied from the input, -1 for the one axis left);
 * ``Flatten`` of the last axis is a ``Reshape(x, [-1, last])``; a two-operand ``Einsum``
-  that is a plain product by a constant 2-D weight is a ``MatMul``.
+  that is a plain product by a constant 2-D weight is a ``MatMul``; a ``Concat`` of
+  constant weights is one initializer.
 
 Every rewrite computes the same tensor for every input the original accepts (the reshapes'
 -1 axis is the one exception: a tensor with no elements, where -1 cannot be inferred).
@@ -628,6 +629,25 @@ class EinsumMatMul(_Rewrite):
         return not node.outputs[0].uses()
 
 
+class ConcatWeights(_Rewrite):
+    """``Concat`` of constant float weights (a packed projection written ``torch.cat([Wg,
+    Wu])``) → one initializer, whatever its size (constant folding stops at a size limit)."""
+
+    name = "ConcatWeights"
+
+    def apply(self, graph, node, shapes, names):
+        if node.op_type != "Concat" or node.domain != "" or len(node.inputs) < 2:
+            return False
+        arrs = [const_array(v) if v is not None and not dequantized(v.producer()) else None
+                for v in node.inputs]
+        if any(a is None or a.dtype.kind != "f" for a in arrs):
+            return False
+        w = np.concatenate(arrs, axis=node.attributes.get_int("axis", 0))
+        value = initializer(graph, f"{node.outputs[0].name}__folded", w)
+        ir.convenience.replace_all_uses_with(node.outputs[0], value)
+        return True
+
+
 class ReshapeRules:
     """The rewrites, applied node by node (in graph order) to a fixpoint; the family's
     ``rules`` (``apply_to_model`` returns the number of rewrites)."""
@@ -655,5 +675,5 @@ class ReshapeRules:
         return count
 
 
-rules = ReshapeRules([EinsumMatMul(), FlattenLastAxis(), ResolveComputedShape(),
+rules = ReshapeRules([ConcatWeights(), EinsumMatMul(), FlattenLastAxis(), ResolveComputedShape(),
                       MergeReshapes(), DropIdentityReshape(), SinkReshape()])
