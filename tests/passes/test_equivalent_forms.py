@@ -17,10 +17,10 @@ from fffc import passes
 from fffc.contract.kinds import Decision
 from fffc.contract.lowering import SiteLowering
 from tests.fixtures.equivalent_forms import (
-    D,
-    S,
     TORCH_FORMS,
+    D,
     Form,
+    S,
     build,
     covering_forms,
     export_torch_form,
