@@ -18,7 +18,8 @@ instead of writing a constant. The rewrites here make these forms one:
   it (0 for an axis copied from the input, -1 for the one axis left);
 * ``Flatten`` of the last axis is a ``Reshape(x, [-1, last])``; a two-operand ``Einsum``
   that is a plain product by a constant 2-D weight is a ``MatMul``; a ``Concat`` of
-  constant weights is one initializer.
+  constant weights is one initializer; a weight ``Expand``-ed over x's batch dims before a
+  ``MatMul`` (``torch.bmm``) is the weight itself.
 
 Every rewrite computes the same tensor for every input the original accepts (the reshapes'
 -1 axis is the one exception: a tensor with no elements, where -1 cannot be inferred).
@@ -257,7 +258,22 @@ class Shapes:
                     or axes not in (None, [0], [-1]) or steps not in (None, [1]):
                 return None
             return data[starts[0]:ends[0]]
-        if op in ("Mul", "Div", "Add", "Sub") and len(ins) == 2:
+        if op == "ConstantOfShape":
+            n, fill = self.values(ins[0]), p.attributes.get("value")
+            fill = fill.as_tensor().numpy().reshape(-1) if fill is not None else np.zeros(1)
+            if n is None or len(n) != 1 or _const(n[0]) is None or fill.dtype.kind not in "iu":
+                return None
+            return [(int(fill[0]), ())] * n[0][0]
+        if op == "Where" and len(ins) == 3:
+            cond, a, b = (self.values(i) for i in ins)
+            if cond is None or a is None or b is None or any(_const(c) is None for c in cond):
+                return None
+            n = max(len(cond), len(a), len(b))
+            if any(len(q) not in (1, n) for q in (cond, a, b)):
+                return None
+            cond, a, b = ((q * n if len(q) == 1 else q) for q in (cond, a, b))
+            return [x if c[0] else y for c, x, y in zip(cond, a, b, strict=True)]
+        if op in ("Mul", "Div", "Add", "Sub", "Equal") and len(ins) == 2:
             a, b = self.values(ins[0]), self.values(ins[1])
             if a is None or b is None or (len(a) != len(b) and 1 not in (len(a), len(b))):
                 return None
@@ -269,6 +285,13 @@ class Shapes:
 
 
 def _arith(op: str, x: Mono, y: Mono) -> Mono | None:
+    if op == "Equal":  # a dim (a positive coefficient) never equals a negative constant
+        if x == y:
+            return 1, ()
+        if _const(x) is not None and _const(y) is not None:
+            return 0, ()
+        c = _const(x) if _const(x) is not None else _const(y)
+        return (0, ()) if c is not None and c < 0 else None
     if op == "Mul":
         return _mul(x, y)
     if op == "Div":
@@ -629,6 +652,51 @@ class EinsumMatMul(_Rewrite):
         return not node.outputs[0].uses()
 
 
+def _unsqueezed_const(v: ir.Value) -> np.ndarray | None:
+    """The float constant behind v, or behind ``Unsqueeze(W, axes)`` of one (dynamo writes
+    ``W.unsqueeze(0)`` as a node where W is above the constant folder's size limit)."""
+    p = v.producer()
+    if dequantized(p):
+        return None
+    if p is not None and p.op_type == "Unsqueeze" and p.domain == "" and len(p.inputs) == 2:
+        w, axes = const_array(p.inputs[0]), _ints(p.inputs[1])
+        if w is None or axes is None or dequantized(p.inputs[0].producer()):
+            return None
+        rank = w.ndim + len(axes)
+        return np.expand_dims(w, tuple(a % rank for a in axes))
+    w = const_array(v)
+    return w if w is not None and w.dtype.kind == "f" else None
+
+
+class ExpandedWeight(_Rewrite):
+    """``MatMul(x, Expand(W, [B, .., k, n]))`` → ``MatMul(x, W [k, n])`` where W's leading
+    dims are 1 and the expanded batch dims are x's (or 1): ``torch.bmm(x, W.expand(B, k,
+    n))``; broadcasting gives the same product."""
+
+    name = "ExpandedWeight"
+
+    def apply(self, graph, node, shapes, names):
+        if node.op_type != "MatMul" or node.domain != "":
+            return False
+        e = node.inputs[1].producer()
+        if e is None or e.op_type != "Expand" or e.domain != "":
+            return False
+        w = _unsqueezed_const(e.inputs[0])
+        sx, target = shapes.shape(node.inputs[0]), shapes.values(e.inputs[1])
+        if w is None or w.ndim < 2 or any(d != 1 for d in w.shape[:-2]) or sx is None \
+                or target is None:
+            return False
+        out = shapes.broadcast([(int(d), ()) for d in w.shape], target)
+        if out is None or len(out) > len(sx) or out[-2:] != [(int(d), ()) for d in w.shape[-2:]]:
+            return False
+        batch = out[:-2]
+        if any(m != ONE and m != sx[len(sx) - 2 - len(batch) + i] for i, m in enumerate(batch)):
+            return False
+        node.replace_input_with(1, initializer(
+            graph, f"{e.inputs[0].name}__2d", w.reshape(w.shape[-2:])))
+        return True
+
+
 class ConcatWeights(_Rewrite):
     """``Concat`` of constant float weights (a packed projection written ``torch.cat([Wg,
     Wu])``) → one initializer, whatever its size (constant folding stops at a size limit)."""
@@ -675,5 +743,5 @@ class ReshapeRules:
         return count
 
 
-rules = ReshapeRules([ConcatWeights(), EinsumMatMul(), FlattenLastAxis(), ResolveComputedShape(),
+rules = ReshapeRules([ConcatWeights(), ExpandedWeight(), EinsumMatMul(), FlattenLastAxis(), ResolveComputedShape(),
                       MergeReshapes(), DropIdentityReshape(), SinkReshape()])

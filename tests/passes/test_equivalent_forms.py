@@ -124,12 +124,9 @@ def test_an_ffn_shaped_form_no_rule_takes_is_a_near_miss():
     assert len(misses) == 1 and misses[0].reason
 
 
-FOUND_TORCH = [n for n in TORCH_FORMS if n != "bmm"]
-
-
 @pytest.mark.torch
 @pytest.mark.parametrize("exporter", ["dynamo18", "torchscript17"])
-@pytest.mark.parametrize("name", FOUND_TORCH)
+@pytest.mark.parametrize("name", list(TORCH_FORMS))
 def test_torch_forms_from_both_exporters(name, exporter):
     pytest.importorskip("torch")
     path = export_torch_form(name, exporter)
@@ -180,3 +177,24 @@ def test_compiled_form_equals_the_original(form, tmp_path):
     for b in (1, 3):
         x = _probe(b)
         np.testing.assert_allclose(sess.run(None, {"x": x})[0], _run(m, x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_weight_expanded_beyond_x_batch_stays():
+    """x [1, S, D] times W expanded to 4 batches is 4 products, not one: left as it is."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((1, D, 8)).astype(np.float32)
+    nodes = [helper.make_node("Expand", ["w", "to"], ["we"]),
+             helper.make_node("MatMul", ["x", "we"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, S, D])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"),
+         numpy_helper.from_array(np.array([4, D, 8], np.int64), "to")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = ir.serde.deserialize_model(m)
+    passes.canonicalize(model)
+    out = ir.serde.serialize_model(model)
+    x = _probe(1)
+    assert _run(out, x).shape == (4, S, 8)
+    np.testing.assert_array_equal(_run(out, x), _run(m, x))
