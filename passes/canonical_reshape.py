@@ -131,9 +131,20 @@ class Shapes:
 
     def _shape(self, v: ir.Value) -> list[Mono] | None:
         p = v.producer()
+        if p is not None and p.op_type == "TopK" and p.domain == "":
+            src, k = self.shape(p.inputs[0]), self.values(p.inputs[1])
+            axis = p.attributes.get_int("axis", -1)
+            if src and k is not None and len(k) == 1 and -len(src) <= axis < len(src):
+                return [k[0] if i == axis % len(src) else m for i, m in enumerate(src)]
+            return self._declared(v)
         if p is None or p.domain not in ("", CANON) or v is not p.outputs[0]:
             return self._declared(v)
         op = p.op_type
+        if op == "GatherElements" and p.domain == "":  # the indices' shape
+            return self.shape(p.inputs[1]) or self._declared(v)
+        if op == "Expand" and p.domain == "":
+            return self.broadcast(self.shape(p.inputs[0]), self.values(p.inputs[1])) \
+                or self._declared(v)
         if op in UNARY:
             return self.shape(p.inputs[0])
         if op in BINARY and len(p.inputs) == 2:

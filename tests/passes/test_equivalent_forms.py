@@ -131,7 +131,10 @@ def test_torch_forms_from_both_exporters(name, exporter):
     pytest.importorskip("torch")
     path = export_torch_form(name, exporter)
     a = passes_analysis(path)
-    assert [_fields(s) for s in a.sites] == [_want(torch_truth(name))]
+    want = torch_truth(name)
+    assert [_fields(s) for s in a.sites] == [_want(want)], [m.reason for m in a.near_misses]
+    if want.routing is not None:
+        assert {k: a.sites[0].routing[k] for k in want.routing} == want.routing
     assert a.near_misses == []
 
 
