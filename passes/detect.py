@@ -20,6 +20,7 @@ from . import (
     canonical_gelu,
     canonical_linear,
     canonical_quant,
+    canonical_reshape,
     canonical_silu,
     canonical_structured,
     ffn_dense,
@@ -40,6 +41,8 @@ CANONICAL_FAMILIES = {
     "gelu": canonical_gelu.rules,
     "silu": canonical_silu.rules,
     "structured": canonical_structured.rules,
+    # last: the reshapes the families above left (they match the exporters' own placement)
+    "reshape": canonical_reshape.rules,
 }
 FFN_FAMILIES = [ffn_gated, ffn_dense]  # the pattern families of plain FFNs, longest first
 SITE_OF = {  # how each kind's marker becomes a Site (owned by its family)

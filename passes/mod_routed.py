@@ -35,6 +35,7 @@ from fffc.contract.kinds import SiteKind
 from fffc.contract.ops import ROUTED_FFN
 from fffc.contract.sites import Site
 
+from . import canonical_reshape
 from ._common import CANON, const_array, initializer
 from ._region import MatchFailure, RegionRule, RegionRuleSet
 from .markers import RoutedMarker, decode, kind_of, marker_inputs
@@ -112,14 +113,25 @@ def _unsqueezed(value: ir.Value, what: str) -> ir.Value:
     return node.inputs[0]
 
 
-def _router(value: ir.Value) -> dict:
-    """The router score behind a TopK/GatherElements input: (x, w_r, b_r, sigmoid?)."""
+def _router(value: ir.Value, unit_axis: bool = False) -> dict:
+    """The router score behind a TopK/GatherElements input: (x, w_r, b_r, sigmoid?). Its
+    unit axis is dropped by a ``Squeeze`` or a ``Reshape`` to the other dims, or, with
+    ``unit_axis`` (a mask broadcast over the features), kept."""
     v = _strip(value)
     sigmoid = v.producer() is not None and v.producer().op_type == "Sigmoid"
     if sigmoid:
         v = v.producer().inputs[0]
-    squeeze = _node(v, "Squeeze", "router score")
-    inner = squeeze.inputs[0]
+    v = _strip(v)
+    p = v.producer() if v is not None else None
+    if p is not None and p.domain == "" and (
+            p.op_type == "Squeeze" or canonical_reshape.drops_last_unit_axis(p)):
+        inner = p.inputs[0]
+    elif unit_axis and p is not None and p.op_type in ("MatMul", "Add") and p.domain == "":
+        inner = v
+    else:
+        got = "a graph input" if p is None else p.op_type
+        raise MatchFailure(f"router score: expected Squeeze (or a Reshape dropping the unit "
+                           f"axis), got {got}")
     bias = None
     if inner.producer() is not None and inner.producer().op_type == "Add":
         add = inner.producer()
@@ -190,10 +202,28 @@ def _ffn_fields(ffn: ir.Node) -> dict:
             "b2": m.inputs["B2"], "activation": m.activation}
 
 
+def _flattened(ffn: ir.Node) -> tuple[ir.Value, ir.Value]:
+    """(what the FFN is applied to, its result): the marker's own input and output, or
+    ``Reshape(FFN(Reshape(t, [-1, d])), t's shape)``'s t and result (a token-wise FFN on the
+    tokens flattened is the FFN of t)."""
+    x, y = ffn.inputs[0], ffn.outputs[0]
+    r_in = x.producer()
+    uses = y.uses()
+    r_out = uses[0].node if len(uses) == 1 else None
+    if r_in is None or r_out is None or not all(
+            r is not None and r.op_type == "Reshape" and r.domain == "" for r in (r_in, r_out)):
+        return x, y
+    shapes = canonical_reshape.Shapes()
+    t, flat, out = (shapes.shape(v) for v in (r_in.inputs[0], x, r_out.outputs[0]))
+    if t and flat and t == out and len(flat) == 2 and flat[-1] == t[-1]:
+        return r_in.inputs[0], r_out.outputs[0]
+    return x, y
+
+
 def _ffn_input(ffn: ir.Node, gathered, what: str) -> tuple | None:
     """The routed FFN reads the selected tokens: directly (None), or through a pre-norm
     ``LayerNormalization(x_sel, scale, bias)`` over the last axis ((scale, bias, epsilon))."""
-    v = ffn.inputs[0]
+    v = _flattened(ffn)[0]
     if gathered(v):
         return None
     ln = v.producer()
@@ -277,7 +307,7 @@ def _read_topk(root: ir.Node) -> Routed:
                     raise MatchFailure("router weight: not the score the tokens were selected by")
                 w_sel = node.outputs[0]
                 sigmoid = weight["sigmoid"]
-    (xa, xb), (da, db) = _affine(updates, gathered, ffn.outputs[0], w_sel)
+    (xa, xb), (da, db) = _affine(updates, gathered, _flattened(ffn)[1], w_sel)
     if reduction == "add":
         xa += 1.0
     if w_sel is None and (xb or db):
@@ -461,7 +491,7 @@ def _read_threshold(root: ir.Node) -> Routed:
             if use.op_type == "Sigmoid":
                 router["sigmoid"], w_sel = True, use.outputs[0]
                 break
-    (xa, xb), (da, db) = _affine(u, gathered, ffn.outputs[0], w_sel)
+    (xa, xb), (da, db) = _affine(u, gathered, _flattened(ffn)[1], w_sel)
     if reduction == "add":
         xa += 1.0
     return Routed(
@@ -491,8 +521,8 @@ def _masked_selection(mask: ir.Value) -> tuple[dict, float]:
     if a.producer() is not None and a.producer().op_type == "Sigmoid":
         if not 0 < t < 1:
             raise MatchFailure(f"mask: sigmoid threshold {t} outside (0, 1)")
-        return _router(a), math.log(t / (1 - t))
-    return _router(a), t
+        return _router(a, unit_axis=True), math.log(t / (1 - t))
+    return _router(a, unit_axis=True), t
 
 
 def _read_masked(root: ir.Node) -> Routed:
@@ -515,7 +545,7 @@ def _read_masked(root: ir.Node) -> Routed:
             ffn = _dense_ffn(term)
             ln = _ffn_input(ffn, lambda v, d=data: _same_source(v, d), "the residual input")
             (xa, xb), (da, db) = _affine(term, lambda v, d=data: _same_source(v, d),
-                                         ffn.outputs[0], None)
+                                         _flattened(ffn)[1], None)
             return Routed(
                 x=data, w_r=selected["w_r"], b_r=None, k=0, router="raw",
                 x_coef=(xa + 1.0, xb), delta_coef=(da, db), selection="threshold",
