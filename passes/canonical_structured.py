@@ -13,8 +13,8 @@ it in several ways; each becomes this one node so the FFN rule matches them all:
   ``BlockShuffle(x, A, S)`` (ShuffleBmm, ShuffleEinsum).
 * the same with the leading dims kept (``Reshape(x, [B, S, k, p]) → Einsum("...kp,..") →
   Reshape``; BlockDiagEinsumKept), a dense factor after it moved before the reshape that
-  restores them (MatMulAfterRows); a projection written ``Einsum("...a,ba->...b")`` →
-  ``MatMul`` (EinsumProjection).
+  restores them (MatMulAfterRows); a projection written ``Einsum("...a,ba->...b")``
+  becomes a ``MatMul`` in canonical_reshape (EinsumMatMul), and these rules see it there.
 * a reshape whose row count is computed from the input's shape (``reshape(b·s, k, p)``)
   gets ``-1`` rows, the form the block rules match.
 * the ``Reshape → act → Reshape`` round trip a structured MLP puts around its activation
@@ -264,49 +264,6 @@ def _ellipsis_free(equation: str) -> str | None:
         return None
     free = next(c for c in "ZYXWVUTS" if c not in eq)
     return eq.replace("...", free)
-
-
-class EinsumProjection(pattern.RewriteRuleClassBase):
-    """Replaces ``Einsum("...a,ba->...b", x, W)`` (or ``"...a,ab->...b"``) with
-    ``MatMul(x, W as [a, b])``: a projection of the last axis written as an einsum.
-
-    Matches: LowRank factors written ``torch.einsum("...d,rd->...r", x, V)`` (both
-    exporters).
-    """
-
-    def pattern(self, op, x, w):
-        return op.Einsum(x, w, _outputs=["e"])
-
-    def check(self, context, x, w, e, **_):
-        r = _float32(pattern.MatchResult(), w, 2, "einsum projection weight")
-        if not r:
-            return r
-        if _projection_transposed(e.producer().attributes.get_string("equation", "")) is None:
-            return r.fail("einsum: expected x[..., a]·W[a, b] -> [..., b] (either W order)",
-                          e.producer())
-        return r
-
-    def rewrite(self, op, x, w, e, **_):
-        eq = e.producer().attributes.get_string("equation", "")
-        if not _projection_transposed(eq):
-            return op.MatMul(x, w)
-        arr = np.ascontiguousarray(const_array(w).T)
-        return op.MatMul(x, op.initializer(ir.tensor(arr), name=f"{w.name}__T"))
-
-
-def _projection_transposed(equation: str) -> bool | None:
-    """For ``...a, W -> ...b``: whether W is written [b, a]; None for any other einsum."""
-    eq = _ellipsis_free(equation)
-    if eq is None:
-        return None
-    ins, out = eq.split("->")
-    xs, ws = ins.split(",")
-    if len(xs) != 2 or len(ws) != 2 or len(out) != 2 or xs[0] != out[0]:
-        return None
-    a, b = xs[1], out[1]
-    if a == b or sorted(ws) != sorted(a + b):
-        return None
-    return ws == b + a
 
 
 class BlockDiagEinsumKept(pattern.RewriteRuleClassBase):
@@ -904,7 +861,6 @@ rules = pattern.RewriteRuleSet([
     LeadingDimsOfEinsum.rule("LeadingDimsOfEinsum"),
     LeadingDimsOfReshape.rule("LeadingDimsOfReshape"),
     BlockDiagEinsumKept.rule("BlockDiagEinsumKept"),
-    EinsumProjection.rule("EinsumProjection"),
     MatMulAfterRows.rule("MatMulAfterRows"),
     BlockThenDense.rule("BlockThenDense"),
     LowRank.rule("LowRank"),
