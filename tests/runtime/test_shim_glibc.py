@@ -21,6 +21,7 @@ import onnxruntime as ort
 import pytest
 
 from fffc.codegen.schedules import family
+from fffc.contract.config import sanitizers
 from fffc.contract.errors import PackagingError
 from fffc.package import toolchain
 from fffc.package.native import build_shim, glibc_requirement
@@ -28,8 +29,8 @@ from tests.fixtures.aarch64_kernels import missing_tools
 from tests.fixtures.shim import D_IN, VARIANTS, make_model, reference, relu_ffn_model, weights
 
 GLIBC = "2.28"  # RHEL 8, Debian 10, Ubuntu 20.04, JetPack 5
-needs_zig = pytest.mark.skipif(toolchain.find_zig() is None,
-                               reason="needs zig: pip install 'fffc[glibc]'")
+needs_zig = pytest.mark.skipif(toolchain.find_zig() is None or bool(sanitizers()),
+                               reason="needs zig (pip install 'fffc[glibc]'), no FFFC_SANITIZE")
 TOKEN_SHAPES = ((0, 4), (1, 1), (1, 3), (2, 65))
 
 
@@ -53,7 +54,7 @@ def x86(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     library = _library("x86", out)
     (out / "gnu").mkdir()
     shims = {"gnu": build_shim(library, out / "gnu")}
-    if toolchain.find_zig() is not None:
+    if toolchain.find_zig() is not None and not sanitizers():
         (out / "zig").mkdir()
         shims["zig"] = build_shim(library, out / "zig", glibc=GLIBC)
     return {**shims, "library": library}
