@@ -100,6 +100,14 @@ def test_x86_errors_reach_ort(x86) -> None:
     sess = _session(x86["zig"], make_model(v, weights(v, d_ff=64)))
     with pytest.raises(Exception, match="no compiled kernel for SparseFFN"):
         sess.run(None, {"X": np.ones((1, 2, D_IN), np.float32)})
+    # a bad attribute: the shim throws std::runtime_error (libc++'s, unwound by its own
+    # libunwind) and catches it before ONNX Runtime's call returns
+    from tests.runtime.test_fff_shim import _model, _weights
+
+    shape = (8, 8, 1, 2, "lt")
+    with pytest.raises(Exception, match="tie_break must be gt or ge, got lt"):
+        _session(x86["zig"], _model(shape, _weights(*shape[:4]))).run(
+            None, {"X": np.ones((1, 2, 8), np.float32)})
 
 
 @needs_zig
