@@ -127,6 +127,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         **({"cuda_archs": _archs(args.arch)} if args.arch else {}),
         cuda_version=args.cuda_version,
         weight_dtype=WEIGHT_DTYPES[args.weight_dtype], max_memory=args.max_memory,
+        glibc=args.glibc,
     )
     result = compile_model(args.model, args.output, options, _stage, _note)
     console.print(_sites_table(result.sites, f"{len(result.sites)} FFN site(s)"))
@@ -392,6 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "--budget, the allocation measures errors on them (default: 8 made-up feeds)")
     c.add_argument("--rtol", type=float, default=RTOL,
                    help="relative tolerance of every verification (default %(default)g)")
+    c.add_argument("--glibc", metavar="X.Y",
+                   help="the oldest glibc the shim must load on, e.g. 2.28 (RHEL 8, Debian 10, "
+                        "Ubuntu 20.04): built with zig (pip install 'fffc[glibc]'); without "
+                        "zig, refused if g++'s shim needs a newer one (default: g++'s, reported "
+                        "as requires.glibc)")
     c.add_argument("--sites", nargs="*", help="only lower these sites (names or node names)")
     c.add_argument("--dump", help="write every stage's artifact into this directory")
     c.add_argument("--max-memory", metavar="SIZE", help=MAX_MEMORY_HELP.format(

@@ -43,6 +43,8 @@ class CompileOptions:
     data: Path | None = None  # feeds: verification's (with made-up ones) and the budget
     # search's (default: made up)
     weight_dtype: str = "float32"  # --target cuda: float16 / bfloat16 weight matrices
+    glibc: str | None = None  # --glibc 2.28: the oldest glibc the shim must load on (built
+    # with zig for it; None: the shim compiler's own glibc, which requires.glibc reports)
     max_memory: str | None = None  # --max-memory (``fffc.plan.memory.budget``): a model whose
     # loading or verification needs more is refused (None: a share of the available memory)
 

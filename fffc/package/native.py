@@ -3,8 +3,10 @@
 The fixed sources in ``runtime/src`` are compiled once per compiler/flags/headers and
 cached, against the contract header generated from ``fffc.contract.ops`` (``contract_header``) into
 that build directory; per artifact only the generated kernel tables (``shim_sources``) are
-compiled, then everything is linked with the kernel object into ``libfffc_ops.so`` — static
-libstdc++, every symbol hidden except ``RegisterCustomOps``, no TVM library, no Python.
+compiled, then everything is linked with the kernel object into ``libfffc_ops.so`` — the C++
+runtime linked statically, every symbol hidden except ``RegisterCustomOps``, no TVM library,
+no Python. The compiler is g++, or zig for an older glibc than this machine's
+(``toolchain.py``); the shim's newest glibc symbol version is measured after linking.
 ``runtime/CMakeLists.txt`` builds the same library from the same pieces without Python.
 """
 
@@ -20,10 +22,11 @@ import tempfile
 from pathlib import Path
 
 from ..codegen.build import KernelLibrary
-from ..contract.config import cache_dir, cxx, sanitizers
+from ..contract.config import cache_dir, sanitizers
 from ..contract.errors import PackagingError
 from . import contract_header
 from .ort_headers import ensure_ort_headers
+from .toolchain import Compiler, Toolchain, glibc_version, toolchain
 
 SHIM_NAME = "libfffc_ops.so"
 CXXFLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-Wall"]
@@ -138,16 +141,17 @@ def shim_sources(library: KernelLibrary) -> dict[str, str]:
             "cuda_table.cc": cuda_table_source(library)}
 
 
-def _compiler_id(compiler: str, triple: str = "x86_64-linux-gnu") -> str:
+def _compiler_id(tc: Toolchain, triple: str = "x86_64-linux-gnu") -> str:
     try:
-        return subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+        return subprocess.run([*tc.command, "--version"], capture_output=True,
+                              text=True).stdout + " ".join(tc.command[1:])
     except FileNotFoundError as e:
         hint = ("apt-get install g++-aarch64-linux-gnu, or set CXX_AARCH64"
                 if triple.startswith("aarch64") else "install g++ or set CXX")
-        raise PackagingError(f"C++ compiler {compiler!r} not found: {hint}") from e
+        raise PackagingError(f"C++ compiler {tc.command[0]!r} not found: {hint}") from e
 
 
-def _fixed_objects(compiler: str, includes: list[str], triple: str) -> tuple[list[Path], Path]:
+def _fixed_objects(tc: Toolchain, includes: list[str], triple: str) -> tuple[list[Path], Path]:
     """The shim's own sources compiled once and cached by content, and the include directory
     they were compiled with first: the contract header generated from ``fffc.contract.ops``."""
     src = _runtime_dir() / "src"
@@ -157,7 +161,7 @@ def _fixed_objects(compiler: str, includes: list[str], triple: str) -> tuple[lis
         if p.is_file() and p.suffix in (".cc", ".h", ".lds"):
             h.update(p.name.encode() + p.read_bytes())
     flags = _cxxflags(triple)
-    h.update(" ".join([*flags, *includes, _compiler_id(compiler, triple)]).encode())
+    h.update(" ".join([*flags, *includes, _compiler_id(tc, triple)]).encode())
     for inc in (i for i in includes if i.startswith("-I")):
         for hdr in sorted(Path(inc[2:]).rglob("*.h"))[:64]:
             h.update(hdr.name.encode())
@@ -170,7 +174,7 @@ def _fixed_objects(compiler: str, includes: list[str], triple: str) -> tuple[lis
     contract_header.write(generated)
     for s, o in zip(sources, objs, strict=True):
         tmp = o.with_suffix(f".{os.getpid()}.tmp.o")  # concurrent builds never share a file
-        _run([compiler, *flags, f"-I{generated}", *includes, "-c", str(s), "-o", str(tmp)],
+        _run([*tc.command, *flags, f"-I{generated}", *includes, "-c", str(s), "-o", str(tmp)],
              f"compiling {s.name}")
         tmp.replace(o)
     return objs, generated
@@ -181,7 +185,8 @@ def glibc_requirement(shim: Path) -> str:
 
     Read from the version-needed strings; static libstdc++ from the build machine's GCC
     pulls in its glibc's newest symbols (Debian 12: _dl_find_object@GLIBC_2.35 once
-    runtime/src/glibc_compat.cc resolves arc4random@GLIBC_2.36)."""
+    runtime/src/glibc_compat.cc resolves arc4random@GLIBC_2.36); zig links against the
+    version it targets (``--glibc``)."""
     import re
 
     found = re.findall(rb"GLIBC_(\d+)\.(\d+)", Path(shim).read_bytes())
@@ -192,18 +197,21 @@ def glibc_requirement(shim: Path) -> str:
 
 
 def build_shim(library: KernelLibrary, out_dir: Path, extra_sources: tuple[Path, ...] = (),
-               name: str = SHIM_NAME, defines: tuple[str, ...] = ()) -> Path:
+               name: str = SHIM_NAME, defines: tuple[str, ...] = (),
+               glibc: str | None = None) -> Path:
     """Link ``out_dir/libfffc_ops.so`` from the shim sources, the tables and the kernels.
 
+    ``glibc`` (``--glibc``): the oldest glibc the shim must load on; built with zig for it
+    when zig is installed, else with g++, and refused if it needs a newer one.
     ``extra_sources`` (tests only) are compiled in and keep their own exported symbols;
     ``defines`` (tests only, e.g. FFFC_TEST_CUDA_ON_CPU) are preprocessor macros.
     """
     triple = library.target.get("mtriple", "x86_64-linux-gnu")
-    compiler = cxx(triple)
+    tc = toolchain(triple, glibc)
     includes = [f"-I{ensure_ort_headers()}", f"-I{_ffi_include()}",
                 f"-I{_runtime_dir() / 'include'}", f"-I{_runtime_dir() / 'src'}",
                 *(f"-D{d}" for d in defines)]
-    objs, generated = _fixed_objects(compiler, includes, triple)
+    objs, generated = _fixed_objects(tc, includes, triple)
     includes = [f"-I{generated}", *includes]
     out = out_dir / name
     flags = _cxxflags(triple)
@@ -213,19 +221,34 @@ def build_shim(library: KernelLibrary, out_dir: Path, extra_sources: tuple[Path,
             src = Path(tmp) / fname
             src.write_text(text)
             table_objs.append(src.with_suffix(".o"))
-            _run([compiler, *flags, *includes, "-c", str(src), "-o", str(table_objs[-1])],
+            _run([*tc.command, *flags, *includes, "-c", str(src), "-o", str(table_objs[-1])],
                  f"compiling the generated {fname}")
         for extra in extra_sources:
             table_objs.append(Path(tmp) / (extra.stem + ".o"))
-            _run([compiler, *flags, "-fvisibility=default", *includes, "-c", str(extra), "-o",
-                  str(table_objs[-1])], f"compiling {extra.name}")
+            _run([*tc.command, *flags, "-fvisibility=default", *includes, "-c", str(extra),
+                  "-o", str(table_objs[-1])], f"compiling {extra.name}")
         exports = [] if extra_sources else [f"-Wl,--version-script={_runtime_dir() / 'exports.lds'}"]
-        _run([compiler, "-shared", *flags[len(CXXFLAGS):], "-o", str(out), *map(str, objs),
+        _run([*tc.command, "-shared", *flags[len(CXXFLAGS):], "-o", str(out), *map(str, objs),
               *map(str, table_objs),
-              str(library.object_path), *exports,
-              "-static-libstdc++", "-static-libgcc", "-Wl,--exclude-libs,ALL", "-Wl,--as-needed",
+              str(library.object_path), *exports, *tc.runtime_flags, "-Wl,--as-needed",
               # an unresolved symbol (a TVM runtime hook the kernels grew) fails here,
               # not at dlopen inside a user's session
               "-Wl,-z,defs",
               "-pthread", "-ldl", "-lm"], "linking the shim")
+    if glibc is not None:
+        _check_glibc(out, glibc, tc)
     return out
+
+
+def _check_glibc(shim: Path, glibc: str, tc: Toolchain) -> None:
+    """Refuse a shim that references a glibc symbol version newer than ``glibc``."""
+    needs = glibc_requirement(shim)
+    if needs == "none" or glibc_version(needs) <= glibc_version(glibc):
+        return
+    if tc.compiler is Compiler.GNU:
+        raise PackagingError(
+            f"--glibc {glibc}: the shim built with {tc.describe()} needs glibc {needs} (this "
+            f"machine's C++ runtime); zig builds it against glibc {glibc}: pip install "
+            "'fffc[glibc]' (PyPI ziglang), or put zig on PATH")
+    raise PackagingError(f"--glibc {glibc}: the shim built with {tc.describe()} still needs "
+                         f"glibc {needs}")

@@ -22,6 +22,7 @@ from ..contract.errors import UsageError
 from ..contract.kinds import Crossover, WeightDtype
 from ..contract.targets import TargetRequest, normalize
 from ..package.layout import Layout
+from ..package.toolchain import glibc_version
 from ..plan import memory
 
 Reporter = Callable[[str], contextlib.AbstractContextManager]
@@ -139,6 +140,11 @@ class Context:
         options = replace(options, crossovers=str(Crossover(given)))
         if options.max_sparse_tokens is not None and options.max_sparse_tokens < 0:
             raise UsageError(f"--max-sparse-tokens must be >= 0, got {options.max_sparse_tokens}")
+        if options.glibc is not None:
+            try:
+                glibc_version(options.glibc)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
         fam = family(target.family)
         ctx_budget = (memory.budget(options.max_memory),)  # a bad --max-memory: refused now
         if dtype is WeightDtype.INT4 and not fam.int4_weights:

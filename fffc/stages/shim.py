@@ -32,7 +32,7 @@ def run(kernels: Kernels, ctx: Context) -> Shim:
     if library is None:
         return Shim(kernels)
     with ctx.report(NAME):
-        shim = build_shim(library, ctx.staging)
+        shim = build_shim(library, ctx.staging, glibc=ctx.options.glibc)
     for name, text in shim_sources(library).items():
         ctx.dump.text(f"07-shim/{name}", text)
     if host_can_run(library.target):

@@ -21,8 +21,10 @@ import fffc
 import fffc.runtime
 from fffc.codegen.build import build_kernel_library
 from fffc.codegen.schedules import family
+from fffc.contract.config import sanitizers
 from fffc.contract.kernels import SparseSpec
 from fffc.package.native import build_shim
+from fffc.package.toolchain import find_zig
 from tests.fixtures.shim import relu_ffn_model
 
 HARNESS = Path(__file__).with_name("cuda_harness.cc")
@@ -39,8 +41,12 @@ def test_cuda_library_keeps_portable_cpu_kernels(library) -> None:
     assert library.object_path.exists() and library.cuda.fatbin_path.exists()
 
 
-def test_shim_links_no_cuda_and_embeds_the_fatbin(library, tmp_path: Path) -> None:
-    shim = build_shim(library, tmp_path)
+@pytest.mark.parametrize("glibc", [None, pytest.param("2.28", marks=pytest.mark.skipif(
+    find_zig() is None or bool(sanitizers()),
+    reason="--glibc builds need zig (pip install 'fffc[glibc]'), no FFFC_SANITIZE"))])
+def test_shim_links_no_cuda_and_embeds_the_fatbin(library, tmp_path: Path, glibc) -> None:
+    """g++'s shim, and zig's for glibc 2.28 (its assembler embeds the fatbin as well)."""
+    shim = build_shim(library, tmp_path, glibc=glibc)
     needed = subprocess.run(["readelf", "-d", str(shim)], capture_output=True, text=True).stdout
     assert "libcuda" not in needed and "libcudart" not in needed
     lines = subprocess.run(["nm", "-D", "--defined-only", str(shim)], capture_output=True,
