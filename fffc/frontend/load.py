@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import onnx
@@ -43,7 +44,40 @@ def load_proto(path: str | Path) -> onnx.ModelProto:
             first = str(e).strip().splitlines()[0] if str(e).strip() else "validation failed"
             raise ModelLoadError(f"invalid ONNX model: {first}", path=path) from e
     _check_opset(proto, path)
+    _check_tensors(proto, path)
     return proto
+
+
+def _check_tensors(proto: onnx.ModelProto, path: Path) -> None:
+    """Every initializer (and Constant node value) of the main graph has a known element type,
+    no negative dim, and as many bytes as its shape needs: the checker reads neither the
+    type's range nor ``raw_data``'s length, and a short tensor fails deep in the passes."""
+    named = [(f"initializer {t.name!r}", t) for t in proto.graph.initializer]
+    named += [(f"node {n.name or n.op_type!r}: tensor attribute {a.name!r}", a.t)
+              for n in proto.graph.node for a in n.attribute
+              if a.type == onnx.AttributeProto.TENSOR]
+    for what, t in named:
+        try:
+            np_dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        except (KeyError, ValueError):
+            raise ModelLoadError(f"{what}: unknown element type {t.data_type}",
+                                 path=path) from None
+        if any(d < 0 for d in t.dims):
+            raise ModelLoadError(f"{what}: negative dim in shape {list(t.dims)}", path=path)
+        if not t.HasField("raw_data") or t.data_type == onnx.TensorProto.STRING:
+            continue
+        count = math.prod(t.dims)
+        bits = 4 if t.data_type in _FOUR_BIT else 8 * np_dtype.itemsize
+        need = (count * bits + 7) // 8
+        if len(t.raw_data) != need:
+            raise ModelLoadError(
+                f"{what}: {len(t.raw_data)} bytes of data, its shape {list(t.dims)} of "
+                f"{onnx.TensorProto.DataType.Name(t.data_type)} needs {need} (truncated or "
+                "a wrong shape)", path=path)
+
+
+_FOUR_BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1")
+             if hasattr(onnx.TensorProto, n)}
 
 
 def _ort_loads(path: Path) -> bool:
@@ -71,13 +105,18 @@ def _check_opset(proto: onnx.ModelProto, path: Path) -> None:
             path=path)
 
 
-def to_ir(proto: onnx.ModelProto) -> ir.Model:
-    return ir.serde.deserialize_model(proto)
+def to_ir(proto: onnx.ModelProto, path: str | Path | None = None) -> ir.Model:
+    """The IR of a checked model; what onnx_ir cannot read is a ModelLoadError."""
+    try:
+        return ir.serde.deserialize_model(proto)
+    except (ir.serde.SerdeError, ValueError) as e:
+        cause = str(e.__cause__ or e).strip().splitlines() or [type(e).__name__]
+        raise ModelLoadError(f"cannot read the model's graph: {cause[0]}", path=path) from e
 
 
 def load(path: str | Path) -> ir.Model:
     """Load and check; the IR model the pipeline works on."""
-    return to_ir(load_proto(path))
+    return to_ir(load_proto(path), path)
 
 
 def external_data_files(path: str | Path) -> tuple[str, ...]:
