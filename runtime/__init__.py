@@ -14,7 +14,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from .integrity import ArtifactError, inside, verify
+from .integrity import ArtifactError, inside, loadable, verify
 
 __all__ = ["ArtifactError", "InferenceSession", "check", "manifest", "model_path",
            "register", "shim_path"]
@@ -45,10 +45,10 @@ def _manifest(artifact: Path) -> dict:
         return {}
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(manifest, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise ArtifactError(f"{path}: expected a JSON object")
     return manifest
 
 
@@ -115,6 +115,7 @@ def register(sess_options: ort.SessionOptions, artifact: str | Path,
     if registered is not None:
         raise ValueError(f"these SessionOptions already hold another fffc shim ({registered}); "
                          "use a fresh SessionOptions per artifact")
+    loadable(shim)
     sess_options.register_custom_ops_library(str(shim))
     sess_options.add_session_config_entry(_REGISTERED_KEY, str(shim))
     return sess_options

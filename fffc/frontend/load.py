@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError
 
 from ..contract.errors import ModelLoadError, UnsupportedModelError
 
+MIN_IR_VERSION = 4
 MIN_OPSET = 13  # MatMul/Add/Gemm semantics fffc relies on are stable from here
 FLOAT_TYPES = {"FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE"}
 
@@ -34,6 +35,8 @@ def load_proto(path: str | Path) -> onnx.ModelProto:
         raise ModelLoadError(f"cannot read model: {e}", path=path) from e
     if not proto.graph.node:
         raise ModelLoadError("not an ONNX model or truncated: the graph has no nodes", path=path)
+    if not proto.graph.output:
+        raise ModelLoadError("the graph has no outputs", path=path)
     try:  # from the file: a model with its weights loaded may exceed protobuf's 2 GiB
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
@@ -108,10 +111,14 @@ def _check_opset(proto: onnx.ModelProto, path: Path) -> None:
 def to_ir(proto: onnx.ModelProto, path: str | Path | None = None) -> ir.Model:
     """The IR of a checked model; what onnx_ir cannot read is a ModelLoadError."""
     try:
-        return ir.serde.deserialize_model(proto)
+        model = ir.serde.deserialize_model(proto)
     except (ir.serde.SerdeError, ValueError) as e:
         cause = str(e.__cause__ or e).strip().splitlines() or [type(e).__name__]
         raise ModelLoadError(f"cannot read the model's graph: {cause[0]}", path=path) from e
+    # before IR 4 every initializer had to be a graph input; the passes add initializers
+    # that are not, so what fffc writes declares at least IR 4 (ONNX Runtime loads older)
+    model.ir_version = max(model.ir_version, MIN_IR_VERSION)
+    return model
 
 
 def load(path: str | Path) -> ir.Model:

@@ -238,8 +238,10 @@ def _limit_memory() -> None:
 class Worker:
     """One worker process; restarted after a crash or a hang."""
 
-    def __init__(self, log: Path, tmp: Path) -> None:
-        self.log, self.tmp = log, tmp
+    COMMAND = ("-c", "from tests.fuzz.harness import worker_main; worker_main()")
+
+    def __init__(self, log: Path, tmp: Path, command: tuple[str, ...] = COMMAND) -> None:
+        self.log, self.tmp, self.command = log, tmp, command
         self.proc: subprocess.Popen | None = None
         self.baseline: set[str] = set()
 
@@ -250,8 +252,7 @@ class Worker:
         env.pop("FFFC_DEBUG", None)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", "from tests.fuzz.harness import worker_main; "
-                 "worker_main()"], stdin=subprocess.PIPE, stdout=log, stderr=log, cwd=ROOT,
+                [sys.executable, *self.command], stdin=subprocess.PIPE, stdout=log, stderr=log, cwd=ROOT,
                 env=env, pass_fds=(w,), preexec_fn=_limit_memory)
         os.close(w)
         self.reply = os.fdopen(r, "r")
