@@ -199,7 +199,7 @@ def loadable(path: Path) -> None:
         tables = [(phoff, phentsize * phnum), (shoff, shentsize * shnum)]
         if phoff + phentsize * phnum <= size and phentsize >= 56:
             f.seek(phoff)
-            for i in range(phnum):
+            for _ in range(phnum):
                 ph = f.read(phentsize)
                 p_type, _, offset = struct.unpack_from(end + "IIQ", ph, 0)
                 filesz = struct.unpack_from(end + "Q", ph, 32)[0]

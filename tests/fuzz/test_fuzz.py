@@ -8,6 +8,7 @@ with ``python scripts/fuzz.py --replay CASE.json``)."""
 from __future__ import annotations
 
 import json
+
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
