@@ -56,7 +56,7 @@ def test_a_truncated_initializer_is_a_load_error(tmp_path, capsys):
 def test_an_initializer_whose_shape_does_not_fit_its_data_is_a_load_error(tmp_path):
     m = gated_ffn("silu", up_relu=False)
     _raw(m, "Wg").dims[:] = [16, 24]  # ONNX's checker refuses too few bytes, not too many
-    with pytest.raises(ModelLoadError, match="initializer 'Wg'.*needs 1536"):
+    with pytest.raises(ModelLoadError, match=r"initializer 'Wg'.*needs 1536"):
         fffc.inspect(_save(m, tmp_path / "m.onnx"))
 
 
