@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 from ..contract.errors import ModelLoadError, UnsupportedModelError
 
 MIN_IR_VERSION = 4
+MAX_DIM = 2**31
 MIN_OPSET = 13  # MatMul/Add/Gemm semantics fffc relies on are stable from here
 FLOAT_TYPES = {"FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE"}
 
@@ -48,7 +49,20 @@ def load_proto(path: str | Path) -> onnx.ModelProto:
             raise ModelLoadError(f"invalid ONNX model: {first}", path=path) from e
     _check_opset(proto, path)
     _check_tensors(proto, path)
+    _check_declared_shapes(proto, path)
     return proto
+
+
+def _check_declared_shapes(proto: onnx.ModelProto, path: Path) -> None:
+    """No declared dim (graph inputs, outputs, value_info) of 2**31 or more: no tensor of a
+    model fffc runs has such an axis, and ONNX's shape inference, which propagates a shape
+    tensor's declared length as a rank, spends hours on one."""
+    for v in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+        for d in v.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value >= MAX_DIM:
+                raise ModelLoadError(f"value {v.name!r} is declared with a dim of "
+                                     f"{d.dim_value} (fffc handles dims below 2**31)",
+                                     path=path)
 
 
 def _check_tensors(proto: onnx.ModelProto, path: Path) -> None:

@@ -166,3 +166,12 @@ def test_a_truncated_shim_is_refused_before_it_is_loaded(artifact):
                            cwd=ROOT)
         assert p.returncode == 42, p.stderr[-2000:]
         assert "truncated shared library" in p.stdout
+
+
+def test_a_declared_dim_of_2_to_the_40_is_a_load_error(tmp_path, capsys):
+    """Declared on a Shape node's output, ONNX's shape inference ran for hours on it."""
+    m = dense_ffn("relu")
+    m.graph.value_info.append(helper.make_tensor_value_info("t1", TensorProto.FLOAT,
+                                                            [2**40, 3]))
+    assert main(["inspect", str(_save(m, tmp_path / "m.onnx"))]) == 3
+    assert "value 't1' is declared with a dim of 1099511627776" in _error_line(capsys)
