@@ -57,6 +57,9 @@ class Run:
         self.cases = 0
         self.slowest = (0.0, None)
         self.seed_names = seeds.names(with_torch=torch)
+        for name in self.seed_names:  # built now: the time per case is the cases' own
+            seeds.model_bytes(name)
+        self.t0 = time.monotonic()
 
     def strategy(self) -> st.SearchStrategy[dict]:
         model = mutations.model_cases(self.seed_names, MODEL_OPS)
@@ -82,8 +85,9 @@ class Run:
             else:
                 n, c, first = self.findings[sig]
                 self.findings[sig] = (n + 1, c, first)
-        if self.cases % 500 == 0:
-            print(f"{self.cases} cases, {len(self.findings)} distinct findings", flush=True)
+        if self.cases % 100 == 0:
+            print(f"{self.cases} cases in {time.monotonic() - self.t0:.0f} s, "
+                  f"{len(self.findings)} distinct finding(s)", flush=True)
 
     def save(self, i: int, case: dict, o: harness.Outcome, d: Path) -> None:
         dest = self.out / "findings" / f"{i:03d}"
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.monotonic()
     try:
         fuzz()
-    except Stop:
+    except (Stop, KeyboardInterrupt):
         pass
     finally:
         r.h.close()

@@ -9,6 +9,7 @@ one small model into an artifact folder, once per cache folder.
 from __future__ import annotations
 
 import functools
+import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +57,13 @@ def _mod(folder: Path) -> Path:
 def _int4(folder: Path) -> Path:
     from tests.fixtures.quantized import float_ffn, matmul_nbits
     src = float_ffn(folder / "float.onnx", "drelu")
-    return matmul_nbits(src, folder / "seed.onnx", bits=4, block=32, symmetric=True)
+    quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # it logs every node it visits
+    try:
+        return matmul_nbits(src, folder / "seed.onnx", bits=4, block=32, symmetric=True)
+    finally:
+        quiet.setLevel(level)
 
 
 def _structured(kind: str) -> SeedBuilder:
