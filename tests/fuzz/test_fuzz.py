@@ -47,7 +47,7 @@ def _check(h: harness.Harness, case: dict) -> None:
 SEEDS = seeds.names(with_torch=False)
 
 
-@_settings(60)
+@_settings(40)
 @given(mutations.model_cases(SEEDS, ("inspect", "inspect-cli", "calibrate", "calibrate-cli")))
 def test_mutated_models_inspect_and_calibrate(models, case):
     _check(models, case)
