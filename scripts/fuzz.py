@@ -5,7 +5,7 @@
 The property: every case ends in success or one of fffc's typed errors with its exit code
 (for ``fffc.runtime``: its ``ArtifactError``/``FileNotFoundError`` or ONNX Runtime's own
 errors); never an uncaught exception, a crash, a case past its time limit (``LIMITS`` of
-``tests/fuzz/harness.py``: 60 s, 240 s for compile), or a file written outside the output.
+``tests/fuzz/harness.py``: 60 s; compile 240 s, a subprocess 120 s), or a file written outside the output.
 
 Prints the count of every outcome and each distinct finding; every finding's case (JSON)
 and its input files are saved under ``--out``/findings/ and replayed with ``--replay

@@ -32,7 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # per-case limits (seconds): compile builds kernels and a shim when a mutant survives loading
-LIMITS = {"compile": 240.0, "default": 60.0}
+# and a subprocess starts an interpreter that imports fffc (tens of seconds on a busy machine)
+LIMITS = {"compile": 240.0, "subprocess": 120.0, "default": 60.0}
 STARTUP = 120.0  # seconds for a worker to import fffc
 MEMORY_LIMIT = 8 << 30  # the worker's address space: a 2**40-element allocation fails fast
 REPLY_FD = "FFFC_FUZZ_REPLY_FD"
@@ -64,7 +65,9 @@ class Outcome:
 
 
 def limit(op: str) -> float:
-    return LIMITS["compile"] if "compile" in op else LIMITS["default"]
+    if "compile" in op:
+        return LIMITS["compile"]
+    return LIMITS["subprocess"] if op.startswith("subprocess-") else LIMITS["default"]
 
 
 def outputs(op: str) -> tuple[str, ...]:
@@ -129,8 +132,12 @@ def _cli_outcome(code: int, err: str) -> dict:
 
 
 def _subprocess(argv: list[str], timeout: float) -> dict:
-    r = subprocess.run([sys.executable, "-m", "fffc.cli", *argv], capture_output=True,
-                       text=True, timeout=timeout, env=os.environ)
+    try:
+        r = subprocess.run([sys.executable, "-m", "fffc.cli", *argv], capture_output=True,
+                           text=True, timeout=timeout, env=os.environ)
+    except subprocess.TimeoutExpired as e:
+        return {"status": "hang", "label": f"hang (subprocess > {timeout:g} s)",
+                "detail": str(e.stderr or "")[-2000:]}
     if r.returncode < 0:
         return {"status": "crash", "label": f"crash: {signal.Signals(-r.returncode).name} "
                 "(subprocess)", "exit": r.returncode, "detail": r.stderr[-2000:]}
