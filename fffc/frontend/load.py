@@ -48,9 +48,26 @@ def load_proto(path: str | Path) -> onnx.ModelProto:
             first = str(e).strip().splitlines()[0] if str(e).strip() else "validation failed"
             raise ModelLoadError(f"invalid ONNX model: {first}", path=path) from e
     _check_opset(proto, path)
+    _check_names(proto, path)
     _check_tensors(proto, path)
     _check_declared_shapes(proto, path)
     return proto
+
+
+def _check_names(proto: onnx.ModelProto, path: Path) -> None:
+    """Every name of the main graph is text: protobuf hands a string field that is not UTF-8
+    back as bytes, which the passes cannot join into names."""
+    g = proto.graph
+    fields = [("graph value", v.name) for v in (*g.input, *g.output, *g.value_info,
+                                                  *g.initializer)]
+    for n in g.node:
+        label = n.name if isinstance(n.name, str) else repr(n.name)
+        fields += [(f"node {label}", f) for f in (n.name, n.op_type, n.domain, *n.input,
+                                                  *n.output)]
+        fields += [(f"node {label}", a.name) for a in n.attribute]
+    for what, name in fields:
+        if not isinstance(name, str):
+            raise ModelLoadError(f"{what}: a name that is not UTF-8 text ({name!r})", path=path)
 
 
 def _check_declared_shapes(proto: onnx.ModelProto, path: Path) -> None:

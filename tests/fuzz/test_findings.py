@@ -175,3 +175,15 @@ def test_a_declared_dim_of_2_to_the_40_is_a_load_error(tmp_path, capsys):
                                                             [2**40, 3]))
     assert main(["inspect", str(_save(m, tmp_path / "m.onnx"))]) == 3
     assert "value 't1' is declared with a dim of 1099511627776" in _error_line(capsys)
+
+
+def test_a_node_name_that_is_not_utf8_is_a_load_error(tmp_path, capsys):
+    """One flipped bit in a node name: protobuf returns the name as bytes, which the FFF
+    rule's matched-nodes list could not join."""
+    m = dense_ffn("relu")
+    m.graph.node[0].name = "n1_MatMul"
+    data = m.SerializeToString().replace(b"n1_MatMul", b"n1_MatMu\xe5", 1)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    assert main(["inspect", str(path)]) == 3
+    assert "a name that is not UTF-8 text (b'n1_MatMu\\xe5')" in _error_line(capsys)
