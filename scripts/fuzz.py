@@ -69,7 +69,12 @@ class Run:
         if time.monotonic() > self.deadline:
             raise Stop
         case = mutations.as_json(case)
-        o, d = self.h.run(case)
+        try:
+            o, d = self.h.run(case)
+        except Exception as e:  # the fuzzer's own bug building the case: counted, not fffc's
+            self.counts[(case["kind"], f"FUZZER ERROR {type(e).__name__}: {e}")] += 1
+            print(f"FUZZER ERROR {type(e).__name__}: {e}\n  {json.dumps(case)}", flush=True)
+            return
         self.cases += 1
         group = case["op"] if case["kind"] == "artifact" else case["op"].split("-")[0]
         self.counts[(f"{case['kind']}:{group}", o.label if not o.finding else

@@ -476,8 +476,10 @@ def mutate_artifact(art: Path, name: str, p, other_shim: Path | None) -> None:
     elif name == "files_entry" and isinstance(m, dict) and isinstance(m.get("files"), dict) \
             and m["files"]:
         rel = sorted(m["files"])[p["i"] % len(m["files"])]
+        entry = m["files"][rel]
         m["files"][rel] = ({"sha256": 5}, {"sha256": "0" * 64}, {"bytes": "7"}, None, [],
-                           {"sha256": m["files"][rel].get("sha256"), "bytes": -1})[p["j"] % 6]
+                           {"sha256": entry.get("sha256") if isinstance(entry, dict) else 1,
+                            "bytes": -1})[p["j"] % 6]
         if p["k"] % 3 == 0:
             m["files"]["../outside.bin"] = {"sha256": "0" * 64, "bytes": 1}
         _save_manifest(art, m)
