@@ -100,9 +100,10 @@ def original_session(proto: onnx.ModelProto, path: str | Path | None,
     first = str(refused).strip().splitlines()[0] if str(refused).strip() else \
         type(refused).__name__
     if isinstance(refused, ort_errors.NotImplemented | ort_errors.Fail):
-        raise UnsupportedModelError(f"ONNX Runtime's CPU provider cannot run the model, which "
-                                    f"fffc runs ({first[:300]})", path=path) from refused
-    raise ModelLoadError(f"ONNX Runtime refuses the model ({first[:300]})",
+        raise UnsupportedModelError(f"ONNX Runtime's CPU provider cannot run the original "
+                                    f"model, which fffc runs to verify and calibrate "
+                                    f"({first[:300]})", path=path) from refused
+    raise ModelLoadError(f"ONNX Runtime refuses the original model ({first[:300]})",
                          path=path) from refused
 
 

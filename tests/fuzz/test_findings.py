@@ -81,7 +81,7 @@ def test_a_model_onnx_runtime_refuses_is_a_load_error(tmp_path, capsys):
     path = _save(m, tmp_path / "m.onnx")
     assert main(["calibrate", str(path), "--synthetic", "1", "-o",
                  str(tmp_path / "c.json")]) == 3
-    assert "ONNX Runtime refuses the model" in _error_line(capsys)
+    assert "ONNX Runtime refuses the original model" in _error_line(capsys)
     assert not (tmp_path / "c.json").exists()
 
 
