@@ -187,3 +187,13 @@ def test_a_node_name_that_is_not_utf8_is_a_load_error(tmp_path, capsys):
     path.write_bytes(data)
     assert main(["inspect", str(path)]) == 3
     assert "a name that is not UTF-8 text (b'n1_MatMu\\xe5')" in _error_line(capsys)
+
+
+def test_an_artifact_whose_model_onnx_runtime_cannot_parse_fails_verify(artifact, capsys):
+    """A truncated model.onnx whose digest was rewritten to match: ONNX Runtime's
+    InvalidProtobuf was not among the errors ``fffc verify`` reports as a failed check."""
+    model = artifact / "model.onnx"
+    model.write_bytes(model.read_bytes()[:100])
+    _redigest(artifact)
+    assert main(["verify", str(artifact)]) == 11
+    assert "INVALID_PROTOBUF" in _error_line(capsys)
