@@ -38,8 +38,13 @@ def load_proto(path: str | Path) -> onnx.ModelProto:
         raise ModelLoadError("not an ONNX model or truncated: the graph has no nodes", path=path)
     if not proto.graph.output:
         raise ModelLoadError("the graph has no outputs", path=path)
+    _check_names(proto, path)
     try:  # from the file: a model with its weights loaded may exceed protobuf's 2 GiB
         onnx.checker.check_model(str(path))
+    except UnicodeDecodeError as e:  # the checker's message quotes a field that is not text
+        raise ModelLoadError(f"invalid ONNX model: a string field that is not UTF-8 text "
+                             f"({e.object[max(e.start - 20, 0):e.end + 20]!r})",
+                             path=path) from e
     except onnx.checker.ValidationError as e:
         # ONNX Runtime's saved optimized models use its own ops in the default domain
         # (e.g. SimplifiedLayerNormalization), which the checker rejects: accept what
@@ -48,7 +53,6 @@ def load_proto(path: str | Path) -> onnx.ModelProto:
             first = str(e).strip().splitlines()[0] if str(e).strip() else "validation failed"
             raise ModelLoadError(f"invalid ONNX model: {first}", path=path) from e
     _check_opset(proto, path)
-    _check_names(proto, path)
     _check_tensors(proto, path)
     _check_declared_shapes(proto, path)
     return proto
@@ -60,6 +64,7 @@ def _check_names(proto: onnx.ModelProto, path: Path) -> None:
     g = proto.graph
     fields = [("graph value", v.name) for v in (*g.input, *g.output, *g.value_info,
                                                   *g.initializer)]
+    fields += [("opset import", o.domain) for o in proto.opset_import]
     for n in g.node:
         label = n.name if isinstance(n.name, str) else repr(n.name)
         fields += [(f"node {label}", f) for f in (n.name, n.op_type, n.domain, *n.input,

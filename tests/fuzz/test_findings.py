@@ -197,3 +197,15 @@ def test_an_artifact_whose_model_onnx_runtime_cannot_parse_fails_verify(artifact
     _redigest(artifact)
     assert main(["verify", str(artifact)]) == 11
     assert "INVALID_PROTOBUF" in _error_line(capsys)
+
+
+def test_an_opset_domain_that_is_not_utf8_is_a_load_error(tmp_path, capsys):
+    """ONNX's checker quoted the domain in its message, and decoding that message raised
+    UnicodeDecodeError out of ``onnx.checker``."""
+    m = dense_ffn("relu")
+    m.opset_import.append(helper.make_opsetid("com.fuzzz", 1))
+    path = tmp_path / "m.onnx"
+    path.write_bytes(m.SerializeToString().replace(b"com.fuzzz", b"com.fuzz\xf2", 1))
+    assert main(["compile", str(path), "-o", str(tmp_path / "out")]) == 3
+    assert "opset import: a name that is not UTF-8 text" in _error_line(capsys)
+    assert not (tmp_path / "out").exists()
