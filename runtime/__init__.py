@@ -139,7 +139,10 @@ class InferenceSession(ort.InferenceSession):
 def default_providers(artifact: str | Path) -> list[str]:
     """CUDA first for a ``--target cuda`` artifact when this onnxruntime has the CUDA EP
     (its fffc kernels run there; the CPU kernels serve whatever stays on the CPU)."""
-    family = (_manifest(_artifact_dir(artifact)).get("target") or {}).get("family")
+    target = _manifest(_artifact_dir(artifact)).get("target") or {}
+    if not isinstance(target, dict):
+        raise ArtifactError(f"{artifact}: manifest key target is {target!r}, not an object")
+    family = target.get("family")
     if family == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]

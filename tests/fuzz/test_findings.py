@@ -209,3 +209,13 @@ def test_an_opset_domain_that_is_not_utf8_is_a_load_error(tmp_path, capsys):
     assert main(["compile", str(path), "-o", str(tmp_path / "out")]) == 3
     assert "opset import: a name that is not UTF-8 text" in _error_line(capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_manifest_target_that_is_not_an_object_is_an_artifact_error(artifact, capsys):
+    m = json.loads((artifact / "manifest.json").read_text())
+    m["target"] = 1.5
+    (artifact / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match=r"manifest key target is 1\.5, not an object"):
+        fffc.runtime.InferenceSession(artifact)
+    assert main(["verify", str(artifact)]) == 11
+    assert "manifest key target is 1.5" in _error_line(capsys)
