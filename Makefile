@@ -6,7 +6,7 @@ PYTHON ?= python3
 # gets a virtual environment of its own, which the LLM tests find (tests/fixtures/llm.py).
 OPTIMUM_VENV ?= .venv-optimum
 
-.PHONY: install optimum demo test lint bench test-asan
+.PHONY: install optimum demo test lint bench test-asan fuzz
 
 $(VENV)/.installed: pyproject.toml scripts/system-deps.sh
 	bash scripts/system-deps.sh
@@ -48,3 +48,10 @@ test-asan: install
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	$(PY) -m pytest -q -p no:cacheprovider $(ASAN_TESTS)
+
+# Mutation fuzzing (scripts/fuzz.py): mutated models through inspect, calibrate and compile,
+# mutated artifacts through fffc.runtime and fffc verify; findings saved under fuzz-out/.
+FUZZ_CASES ?= 100000
+FUZZ_SECONDS ?= 36000
+fuzz: install
+	$(PY) scripts/fuzz.py --cases $(FUZZ_CASES) --seconds $(FUZZ_SECONDS) --out fuzz-out

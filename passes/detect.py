@@ -33,7 +33,7 @@ from . import (
 from ._common import CANON, best_failure, const_array, const_shape
 from ._ffn_common import SUBGRAPH
 from .markers import decode, markers
-from .shapes import infer_shapes
+from .shapes import forget_contradicting_identity_shapes, infer_shapes
 
 CANONICAL_FAMILIES = {
     "conv1d": canonical_linear.conv1d_rules,
@@ -61,6 +61,7 @@ def _cleanup(model: ir.Model) -> None:
 def canonicalize(model: ir.Model, notes: list[str] | None = None) -> dict[str, int]:
     """Fold constants, drop dead nodes, rewrite GELU/SiLU/linear variants; counts per family.
     ``notes``: where to append what the user should know about the model (one line each)."""
+    forget_contradicting_identity_shapes(model)
     common_passes.IdentityEliminationPass()(model)
     note = infer_shapes(model)
     if note is not None and notes is not None:

@@ -62,3 +62,19 @@ def infer_shapes(model: ir.Model) -> str | None:
     kept = ("continuing with the shapes it infers past the errors"
             if _infer(model, strict=False) is None else "continuing without inferred shapes")
     return f"ONNX shape inference failed on this graph ({error}); {kept}"
+
+
+def forget_contradicting_identity_shapes(model: ir.Model) -> None:
+    """Where an Identity's input and output are declared with different ranks (a broken
+    value_info), forget the declaration of the side that is not a graph output: a declared
+    shape is a hint, and onnx_ir's identity elimination refuses to merge the two."""
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type != "Identity" or node.domain != "" or len(node.inputs) != 1 \
+                or len(node.outputs) != 1 or node.inputs[0] is None:
+            continue
+        i, o = node.inputs[0], node.outputs[0]
+        if i.shape is not None and o.shape is not None and len(i.shape) != len(o.shape):
+            if o.is_graph_output():
+                i.shape = None
+            else:
+                o.shape = None

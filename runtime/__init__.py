@@ -14,7 +14,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from .integrity import ArtifactError, inside, verify
+from .integrity import ArtifactError, inside, loadable, verify
 
 __all__ = ["ArtifactError", "InferenceSession", "check", "manifest", "model_path",
            "register", "shim_path"]
@@ -45,10 +45,10 @@ def _manifest(artifact: Path) -> dict:
         return {}
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(manifest, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise ArtifactError(f"{path}: expected a JSON object")
     return manifest
 
 
@@ -115,6 +115,7 @@ def register(sess_options: ort.SessionOptions, artifact: str | Path,
     if registered is not None:
         raise ValueError(f"these SessionOptions already hold another fffc shim ({registered}); "
                          "use a fresh SessionOptions per artifact")
+    loadable(shim)
     sess_options.register_custom_ops_library(str(shim))
     sess_options.add_session_config_entry(_REGISTERED_KEY, str(shim))
     return sess_options
@@ -138,7 +139,10 @@ class InferenceSession(ort.InferenceSession):
 def default_providers(artifact: str | Path) -> list[str]:
     """CUDA first for a ``--target cuda`` artifact when this onnxruntime has the CUDA EP
     (its fffc kernels run there; the CPU kernels serve whatever stays on the CPU)."""
-    family = (_manifest(_artifact_dir(artifact)).get("target") or {}).get("family")
+    target = _manifest(_artifact_dir(artifact)).get("target") or {}
+    if not isinstance(target, dict):
+        raise ArtifactError(f"{artifact}: manifest key target is {target!r}, not an object")
+    family = target.get("family")
     if family == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]

@@ -16,6 +16,7 @@ this process is not hashed again (sessions of one artifact opened many times).
 from __future__ import annotations
 
 import hashlib
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -176,3 +177,35 @@ def verify(artifact: Path, manifest: dict, digests: bool = True) -> None:
     for c in checks(artifact, manifest, digests):
         if not c.ok:
             raise ArtifactError(c.detail)
+
+
+def loadable(path: Path) -> None:
+    """Refuse a shared library whose ELF headers describe more bytes than the file holds:
+    the dynamic loader maps such a file and the process dies of SIGBUS on first touch (a
+    truncated copy whose manifest was rewritten to match it, or a file checked with
+    ``check_files=False``). Not ELF at all is left to the loader, which reports it."""
+    if not path.is_file():
+        raise ArtifactError(f"{path}: the shim library is not a file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF":
+            return
+        if len(head) < 64 or head[4] != 2 or head[5] not in (1, 2):
+            raise ArtifactError(f"{path}: a truncated or non-64-bit ELF file ({size} bytes)")
+        end = "<" if head[5] == 1 else ">"
+        phoff, shoff = struct.unpack_from(end + "QQ", head, 32)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(end + "HHHH", head, 54)
+        tables = [(phoff, phentsize * phnum), (shoff, shentsize * shnum)]
+        if phoff + phentsize * phnum <= size and phentsize >= 56:
+            f.seek(phoff)
+            for _ in range(phnum):
+                ph = f.read(phentsize)
+                p_type, _, offset = struct.unpack_from(end + "IIQ", ph, 0)
+                filesz = struct.unpack_from(end + "Q", ph, 32)[0]
+                if p_type == 1:  # PT_LOAD
+                    tables.append((offset, filesz))
+    for offset, length in tables:
+        if offset + length > size:
+            raise ArtifactError(f"{path}: truncated shared library: its ELF headers need "
+                                f"{offset + length} bytes, the file has {size}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import onnx
@@ -11,6 +12,8 @@ from google.protobuf.message import DecodeError
 
 from ..contract.errors import ModelLoadError, UnsupportedModelError
 
+MIN_IR_VERSION = 4
+MAX_DIM = 2**31
 MIN_OPSET = 13  # MatMul/Add/Gemm semantics fffc relies on are stable from here
 FLOAT_TYPES = {"FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE"}
 
@@ -33,8 +36,15 @@ def load_proto(path: str | Path) -> onnx.ModelProto:
         raise ModelLoadError(f"cannot read model: {e}", path=path) from e
     if not proto.graph.node:
         raise ModelLoadError("not an ONNX model or truncated: the graph has no nodes", path=path)
+    if not proto.graph.output:
+        raise ModelLoadError("the graph has no outputs", path=path)
+    _check_names(proto, path)
     try:  # from the file: a model with its weights loaded may exceed protobuf's 2 GiB
         onnx.checker.check_model(str(path))
+    except UnicodeDecodeError as e:  # the checker's message quotes a field that is not text
+        raise ModelLoadError(f"invalid ONNX model: a string field that is not UTF-8 text "
+                             f"({e.object[max(e.start - 20, 0):e.end + 20]!r})",
+                             path=path) from e
     except onnx.checker.ValidationError as e:
         # ONNX Runtime's saved optimized models use its own ops in the default domain
         # (e.g. SimplifiedLayerNormalization), which the checker rejects: accept what
@@ -43,7 +53,70 @@ def load_proto(path: str | Path) -> onnx.ModelProto:
             first = str(e).strip().splitlines()[0] if str(e).strip() else "validation failed"
             raise ModelLoadError(f"invalid ONNX model: {first}", path=path) from e
     _check_opset(proto, path)
+    _check_tensors(proto, path)
+    _check_declared_shapes(proto, path)
     return proto
+
+
+def _check_names(proto: onnx.ModelProto, path: Path) -> None:
+    """Every name of the main graph is text: protobuf hands a string field that is not UTF-8
+    back as bytes, which the passes cannot join into names."""
+    g = proto.graph
+    fields = [("graph value", v.name) for v in (*g.input, *g.output, *g.value_info,
+                                                  *g.initializer)]
+    fields += [("opset import", o.domain) for o in proto.opset_import]
+    for n in g.node:
+        label = n.name if isinstance(n.name, str) else repr(n.name)
+        fields += [(f"node {label}", f) for f in (n.name, n.op_type, n.domain, *n.input,
+                                                  *n.output)]
+        fields += [(f"node {label}", a.name) for a in n.attribute]
+    for what, name in fields:
+        if not isinstance(name, str):
+            raise ModelLoadError(f"{what}: a name that is not UTF-8 text ({name!r})", path=path)
+
+
+def _check_declared_shapes(proto: onnx.ModelProto, path: Path) -> None:
+    """No declared dim (graph inputs, outputs, value_info) of 2**31 or more: no tensor of a
+    model fffc runs has such an axis, and ONNX's shape inference, which propagates a shape
+    tensor's declared length as a rank, spends hours on one."""
+    for v in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+        for d in v.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value >= MAX_DIM:
+                raise ModelLoadError(f"value {v.name!r} is declared with a dim of "
+                                     f"{d.dim_value} (fffc handles dims below 2**31)",
+                                     path=path)
+
+
+def _check_tensors(proto: onnx.ModelProto, path: Path) -> None:
+    """Every initializer (and Constant node value) of the main graph has a known element type,
+    no negative dim, and as many bytes as its shape needs: the checker reads neither the
+    type's range nor ``raw_data``'s length, and a short tensor fails deep in the passes."""
+    named = [(f"initializer {t.name!r}", t) for t in proto.graph.initializer]
+    named += [(f"node {n.name or n.op_type!r}: tensor attribute {a.name!r}", a.t)
+              for n in proto.graph.node for a in n.attribute
+              if a.type == onnx.AttributeProto.TENSOR]
+    for what, t in named:
+        try:
+            np_dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        except (KeyError, ValueError):
+            raise ModelLoadError(f"{what}: unknown element type {t.data_type}",
+                                 path=path) from None
+        if any(d < 0 for d in t.dims):
+            raise ModelLoadError(f"{what}: negative dim in shape {list(t.dims)}", path=path)
+        if not t.HasField("raw_data") or t.data_type == onnx.TensorProto.STRING:
+            continue
+        count = math.prod(t.dims)
+        bits = 4 if t.data_type in _FOUR_BIT else 8 * np_dtype.itemsize
+        need = (count * bits + 7) // 8
+        if len(t.raw_data) != need:
+            raise ModelLoadError(
+                f"{what}: {len(t.raw_data)} bytes of data, its shape {list(t.dims)} of "
+                f"{onnx.TensorProto.DataType.Name(t.data_type)} needs {need} (truncated or "
+                "a wrong shape)", path=path)
+
+
+_FOUR_BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1")
+             if hasattr(onnx.TensorProto, n)}
 
 
 def _ort_loads(path: Path) -> bool:
@@ -71,13 +144,22 @@ def _check_opset(proto: onnx.ModelProto, path: Path) -> None:
             path=path)
 
 
-def to_ir(proto: onnx.ModelProto) -> ir.Model:
-    return ir.serde.deserialize_model(proto)
+def to_ir(proto: onnx.ModelProto, path: str | Path | None = None) -> ir.Model:
+    """The IR of a checked model; what onnx_ir cannot read is a ModelLoadError."""
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except (ir.serde.SerdeError, ValueError) as e:
+        cause = str(e.__cause__ or e).strip().splitlines() or [type(e).__name__]
+        raise ModelLoadError(f"cannot read the model's graph: {cause[0]}", path=path) from e
+    # before IR 4 every initializer had to be a graph input; the passes add initializers
+    # that are not, so what fffc writes declares at least IR 4 (ONNX Runtime loads older)
+    model.ir_version = max(model.ir_version, MIN_IR_VERSION)
+    return model
 
 
 def load(path: str | Path) -> ir.Model:
     """Load and check; the IR model the pipeline works on."""
-    return to_ir(load_proto(path))
+    return to_ir(load_proto(path), path)
 
 
 def external_data_files(path: str | Path) -> tuple[str, ...]:

@@ -291,7 +291,7 @@ class SiteInputs:
         self._outputs = [io[s.name][0] for s in self.sites]
         passes.lower(working, {})
         passes.expose(working, self._outputs)
-        self.session = verify.session(working)
+        self.session = verify.original_session(model.proto, model.path, working)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self._names = [o.name for o in self.session.get_outputs()]
 
@@ -326,7 +326,7 @@ def calibration_feeds(model: Analysis, data: str | Path | None, synthetic: int,
     original model's greedy generations after ``prompts`` (a decode call's feed holds the
     cache of the call before)."""
     if prompts is not None:
-        run = run_by_name(verify.session(model.proto))
+        run = run_by_name(verify.original_session(model.proto, model.path))
         return (c.feed for c in calls(model, run, prompts) if c.phase in rows.phases)
     if data is not None:
         inputs = [i.name for i in model.proto.graph.input
@@ -390,7 +390,10 @@ def calibrate(model: Analysis, data: str | Path | None = None, *, synthetic: int
             try:
                 got, padded = cap.rows(feed, token_mask)
             except Exception as e:  # ORT's own message says which input and why
-                raise UsageError(f"feed {i}: ONNX Runtime rejected it: {e}", path=data) from e
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                what = f"feed {i}" if data is not None else f"synthetic feed {i}"
+                raise UsageError(f"{what}: ONNX Runtime rejected it: {first[:300]}",
+                                 path=data if data is not None else model.path) from e
             yield None, got, padded
 
     stats = {s.name: SiteStats(s, samples=Reservoir(samples, s.d_model, seed=i))

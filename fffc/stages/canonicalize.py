@@ -28,7 +28,7 @@ class Canonical:
 def run(loaded: Loaded, ctx: Context) -> Canonical:
     notes: list[str] = []
     with ctx.report(NAME):
-        working = frontend.to_ir(loaded.proto)
+        working = frontend.to_ir(loaded.proto, loaded.path)
         rewrites = passes.canonicalize(working, notes)
     for note in notes:
         ctx.note(note)

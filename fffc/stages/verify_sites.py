@@ -37,7 +37,8 @@ from ..plan.calibration import load_feeds
 from ..plan.decide import leave
 from ..verify import matmul_nbits
 from ..verify.capture import Captured, capture
-from ..verify.compare import compare_runs, session
+from ..verify.compare import compare_runs
+from ..verify.compare import original_session as original_session_of
 from ..verify.compare import run as run_model
 from ..verify.decisions import gate_flips
 from ..verify.feeds import Feed, Feeds, probe_inputs, run_by_name
@@ -241,13 +242,7 @@ def run(planned: Planned, ctx: Context) -> Verified:
 
 def _verify(planned: Planned, ctx: Context) -> Verified:
     a, o = planned.analysis, ctx.options
-    try:  # verification runs the original on ONNX Runtime's CPU provider
-        original_session = session(a.proto)
-    except (ort_errors.NotImplemented, ort_errors.Fail) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnsupportedModelError(
-            f"ONNX Runtime's CPU provider cannot run the original model, which verification "
-            f"runs ({first[:300]})", path=a.path) from e
+    original_session = original_session_of(a.proto, a.path)  # on ONNX Runtime's CPU EP
     feeds = probes(a, o, original_session)
     want = _run_checked(a, lambda: run_model(original_session, feeds))
     original = capture(a.working, len(a.proto.graph.output), feeds)

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from .. import runtime
 from ..runtime.integrity import Check, checks
+from .compare import ORT_ERRORS
 
 
 def verify_artifact(artifact: Path, load: bool = True) -> list[Check]:
@@ -27,8 +27,7 @@ def verify_artifact(artifact: Path, load: bool = True) -> list[Check]:
     so.log_severity_level = 3
     try:
         sess = runtime.InferenceSession(artifact, so, check_files=False)
-    except (OSError, ValueError, RuntimeError, ort_errors.Fail, ort_errors.InvalidArgument,
-            ort_errors.InvalidGraph, ort_errors.NoSuchFile, ort_errors.RuntimeException) as e:
+    except (OSError, ValueError, RuntimeError, *ORT_ERRORS) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         return [*out, Check("ONNX Runtime opens it with its shim", False, first[:300])]
     what = f"ONNX Runtime opens it with its shim ({', '.join(sess.get_providers())})"

@@ -15,8 +15,14 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
+from ..contract.errors import ModelLoadError, UnsupportedModelError
 from ..frontend.load import save, too_large
+
+# what ONNX Runtime raises for a model it cannot load or run (its own exception classes)
+ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    v for v in vars(ort_errors).values() if isinstance(v, type) and issubclass(v, Exception))
 
 
 @dataclass
@@ -72,6 +78,33 @@ def session(model: onnx.ModelProto | ir.Model | str, threads: int = 0,
     if isinstance(model, ir.Model):
         model = ir.serde.serialize_model(model)
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def original_session(proto: onnx.ModelProto, path: str | Path | None,
+                     model: onnx.ModelProto | ir.Model | None = None) -> ort.InferenceSession:
+    """A session of ``model`` (the user's ``proto`` or a copy of it fffc exposed outputs of;
+    default ``proto``). Where ONNX Runtime refuses the user's model itself, a typed error:
+    UnsupportedModelError for what its CPU provider does not implement, ModelLoadError for
+    a model it finds invalid; where only fffc's copy is refused, ONNX Runtime's error."""
+    try:
+        return session(proto if model is None else model)
+    except ORT_ERRORS as e:
+        refused = e
+        if model is not None:
+            try:
+                session(proto)
+            except ORT_ERRORS as e2:
+                refused = e2
+            else:
+                raise
+    first = str(refused).strip().splitlines()[0] if str(refused).strip() else \
+        type(refused).__name__
+    if isinstance(refused, ort_errors.NotImplemented | ort_errors.Fail):
+        raise UnsupportedModelError(f"ONNX Runtime's CPU provider cannot run the original "
+                                    f"model, which fffc runs to verify and calibrate "
+                                    f"({first[:300]})", path=path) from refused
+    raise ModelLoadError(f"ONNX Runtime refuses the original model ({first[:300]})",
+                         path=path) from refused
 
 
 def run(sess: ort.InferenceSession, feeds: Sequence[dict[str, np.ndarray]],

@@ -1,0 +1,221 @@
+"""What the fuzzer found, one plain test each: the input that escaped as an untyped error,
+a crash or a multi-line message, and the typed one-line error it now gets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import fffc
+import fffc.runtime
+from fffc.cli import main
+from fffc.contract.errors import ModelLoadError, UsageError
+from fffc.runtime.integrity import ArtifactError, digests
+from tests.fixtures.graphs import dense_ffn, gated_ffn
+from tests.fixtures.mod_graphs import handmade_mod
+from tests.fixtures.quantized import float_ffn, two_drelu_ffns
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _save(m: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(m, str(path))
+    return path
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("fffc: error")]
+    assert len(lines) == 1 and "Traceback" not in err and "internal error" not in err, err
+    return lines[0]
+
+
+def _raw(m: onnx.ModelProto, name: str) -> onnx.TensorProto:
+    t = next(t for t in m.graph.initializer if t.name == name)
+    t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t), t.name))
+    return t
+
+
+def test_a_truncated_initializer_is_a_load_error(tmp_path, capsys):
+    m = dense_ffn("relu")
+    t = _raw(m, "W1")
+    t.raw_data += bytes(8)  # ONNX's checker refuses too few bytes, not too many
+    path = _save(m, tmp_path / "m.onnx")
+    assert main(["inspect", str(path)]) == 3
+    line = _error_line(capsys)
+    assert "initializer 'W1': 3080 bytes of data, its shape [16, 48] of FLOAT needs 3072" in line
+
+
+def test_an_initializer_whose_shape_does_not_fit_its_data_is_a_load_error(tmp_path):
+    m = gated_ffn("silu", up_relu=False)
+    _raw(m, "Wg").dims[:] = [16, 24]  # ONNX's checker refuses too few bytes, not too many
+    with pytest.raises(ModelLoadError, match=r"initializer 'Wg'.*needs 1536"):
+        fffc.inspect(_save(m, tmp_path / "m.onnx"))
+
+
+def test_an_unknown_element_type_is_a_load_error(tmp_path, capsys):
+    m = dense_ffn("relu")
+    _raw(m, "b1").data_type = 999
+    assert main(["calibrate", str(_save(m, tmp_path / "m.onnx")), "--synthetic", "1"]) == 3
+    assert "initializer 'b1': unknown element type 999" in _error_line(capsys)
+
+
+def test_a_graph_without_outputs_is_a_load_error(tmp_path):
+    m = dense_ffn("relu")
+    del m.graph.output[:]
+    with pytest.raises(ModelLoadError, match="the graph has no outputs"):
+        fffc.calibrate(_save(m, tmp_path / "m.onnx"), synthetic=1, seq=4)
+
+
+def test_a_model_onnx_runtime_refuses_is_a_load_error(tmp_path, capsys):
+    """ONNX's checker passes a string-typed input into MatMul; ONNX Runtime does not."""
+    m = gated_ffn("silu", up_relu=False)
+    m.graph.input[0].type.tensor_type.elem_type = TensorProto.STRING
+    path = _save(m, tmp_path / "m.onnx")
+    assert main(["calibrate", str(path), "--synthetic", "1", "-o",
+                 str(tmp_path / "c.json")]) == 3
+    assert "ONNX Runtime refuses the original model" in _error_line(capsys)
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_identity_shapes_that_contradict_are_not_an_internal_error(tmp_path):
+    """A value_info of rank 1 on the input of the Identity whose output is declared rank 3."""
+    m = gated_ffn("silu", up_relu=False)
+    into_out = next(n for n in m.graph.node if n.name == "out").input[0]
+    m.graph.value_info.append(helper.make_tensor_value_info(into_out, TensorProto.FLOAT, [7]))
+    a = fffc.inspect(_save(m, tmp_path / "m.onnx"))
+    assert len(a.sites) == 1
+
+
+def test_a_failing_synthetic_feed_is_one_line_naming_the_model(tmp_path, capsys):
+    """MoD whose first GatherElements lost its axis (default 0): the generated feed drives
+    it out of range."""
+    path = Path(handmade_mod(tmp_path))
+    m = onnx.load(str(path))
+    gather = next(n for n in m.graph.node if n.op_type == "GatherElements")
+    del gather.attribute[:]
+    _save(m, path)
+    with pytest.raises(UsageError) as e:
+        fffc.calibrate(path, synthetic=1, seq=8)
+    assert "\n" not in e.value.one_line() and e.value.path == str(path)
+    assert "synthetic feed 0: ONNX Runtime rejected it" in e.value.reason
+
+
+@pytest.mark.slow
+def test_a_model_of_ir_version_3_compiles(tmp_path):
+    """Before IR 4 initializers had to be graph inputs: the compiled model declared IR 3 with
+    the new initializers fffc adds, and ONNX Runtime refused it in the artifact check."""
+    m = onnx.load(str(two_drelu_ffns(tmp_path / "src.onnx")))
+    m.ir_version = 3
+    path = _save(m, tmp_path / "m.onnx")
+    r = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(target="x86"))
+    assert onnx.load(str(r.artifact / "model.onnx")).ir_version >= 4
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("findings")
+    out = tmp / "ffn.fffc"
+    fffc.compile(float_ffn(tmp / "ffn.onnx", "drelu"), out, fffc.CompileOptions(target="x86"))
+    return out
+
+
+@pytest.fixture
+def artifact(compiled, tmp_path) -> Path:
+    return Path(shutil.copytree(compiled, tmp_path / "a.fffc"))
+
+
+def _redigest(art: Path) -> None:
+    m = json.loads((art / "manifest.json").read_text())
+    m["files"] = digests(art, frozenset({"manifest.json"}))
+    (art / "manifest.json").write_text(json.dumps(m))
+
+
+def test_a_manifest_that_is_not_json_is_an_artifact_error(artifact, capsys):
+    (artifact / "manifest.json").write_text('{"model": ')
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        fffc.runtime.InferenceSession(artifact)
+    assert main(["verify", str(artifact)]) == 11
+    _error_line(capsys)
+
+
+def test_a_truncated_shim_is_refused_before_it_is_loaded(artifact):
+    """A shim cut to 4 KiB, the manifest's digests rewritten to match: the dynamic loader
+    maps the missing pages and the process died of SIGBUS. In a subprocess, so that a
+    regression is a failed test, not a dead test run."""
+    shim = artifact / "libfffc_ops.so"
+    shim.write_bytes(shim.read_bytes()[:4096])
+    _redigest(artifact)
+    code = ("import sys, fffc.runtime as r\n"
+            "try:\n    r.InferenceSession(sys.argv[1])\n"
+            "except r.ArtifactError as e:\n    print(e); sys.exit(42)\n")
+    for check in ("", ", check_files=False"):
+        p = subprocess.run([sys.executable, "-c", code.replace("(sys.argv[1])",
+                                                               f"(sys.argv[1]{check})"),
+                            str(artifact)], capture_output=True, text=True, timeout=120,
+                           cwd=ROOT)
+        assert p.returncode == 42, p.stderr[-2000:]
+        assert "truncated shared library" in p.stdout
+
+
+def test_a_declared_dim_of_2_to_the_40_is_a_load_error(tmp_path, capsys):
+    """Declared on a Shape node's output, ONNX's shape inference ran for hours on it."""
+    m = dense_ffn("relu")
+    m.graph.value_info.append(helper.make_tensor_value_info("t1", TensorProto.FLOAT,
+                                                            [2**40, 3]))
+    assert main(["inspect", str(_save(m, tmp_path / "m.onnx"))]) == 3
+    assert "value 't1' is declared with a dim of 1099511627776" in _error_line(capsys)
+
+
+def test_a_node_name_that_is_not_utf8_is_a_load_error(tmp_path, capsys):
+    """One flipped bit in a node name: protobuf returns the name as bytes, which the FFF
+    rule's matched-nodes list could not join."""
+    m = dense_ffn("relu")
+    m.graph.node[0].name = "n1_MatMul"
+    data = m.SerializeToString().replace(b"n1_MatMul", b"n1_MatMu\xe5", 1)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    assert main(["inspect", str(path)]) == 3
+    assert "a name that is not UTF-8 text (b'n1_MatMu\\xe5')" in _error_line(capsys)
+
+
+def test_an_artifact_whose_model_onnx_runtime_cannot_parse_fails_verify(artifact, capsys):
+    """A truncated model.onnx whose digest was rewritten to match: ONNX Runtime's
+    InvalidProtobuf was not among the errors ``fffc verify`` reports as a failed check."""
+    model = artifact / "model.onnx"
+    model.write_bytes(model.read_bytes()[:100])
+    _redigest(artifact)
+    assert main(["verify", str(artifact)]) == 11
+    assert "INVALID_PROTOBUF" in _error_line(capsys)
+
+
+def test_an_opset_domain_that_is_not_utf8_is_a_load_error(tmp_path, capsys):
+    """ONNX's checker quoted the domain in its message, and decoding that message raised
+    UnicodeDecodeError out of ``onnx.checker``."""
+    m = dense_ffn("relu")
+    m.opset_import.append(helper.make_opsetid("com.fuzzz", 1))
+    path = tmp_path / "m.onnx"
+    path.write_bytes(m.SerializeToString().replace(b"com.fuzzz", b"com.fuzz\xf2", 1))
+    assert main(["compile", str(path), "-o", str(tmp_path / "out")]) == 3
+    assert "opset import: a name that is not UTF-8 text" in _error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_manifest_target_that_is_not_an_object_is_an_artifact_error(artifact, capsys):
+    m = json.loads((artifact / "manifest.json").read_text())
+    m["target"] = 1.5
+    (artifact / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match=r"manifest key target is 1\.5, not an object"):
+        fffc.runtime.InferenceSession(artifact)
+    assert main(["verify", str(artifact)]) == 11
+    assert "manifest key target is 1.5" in _error_line(capsys)
