@@ -20,15 +20,15 @@ using Fff = contract::FastFeedForward;
 using Structured = contract::StructuredFFN;
 using Routed = contract::RoutedFFN;
 
-// Each op's attributes, read when its kernel is created (absent ones: the contract's
-// defaults; a choice outside the contract's throws std::runtime_error naming it).
 using contract::Name;  // a choice enum's or a WeightDtype's name (kernel-table key, messages)
 using contract::WeightDtype;
 
+// Each op's attributes, set by Read when its kernel is created (absent ones: the contract's
+// defaults; a choice outside the contract's throws std::runtime_error naming it).
 struct SparseAttrs {
-  Sparse::Activation activation = Sparse::Activation::kRelu;
-  Sparse::UpActivation up_activation = Sparse::UpActivation::kNone;
-  Sparse::Mode mode = Sparse::Mode::kExact;
+  Sparse::Activation activation{};
+  Sparse::UpActivation up_activation{};
+  Sparse::Mode mode{};
   // whether ONNX Runtime reported W1 / B1 constant (initializers) at kernel creation: what
   // lets the CPU kernel derive per-weight data once (cpu/screen.h)
   bool constant_w1 = false, constant_b1 = false;
@@ -39,8 +39,8 @@ struct SparseAttrs {
 };
 
 struct FffAttrs {
-  Fff::Activation activation = Fff::Activation::kGelu;
-  Fff::TieBreak tie_break = Fff::TieBreak::kGt;
+  Fff::Activation activation{};
+  Fff::TieBreak tie_break{};
   int64_t trees = 1, depth = 0;
   // The kernel table's mode: "<trees>x<depth>", "ge" appended for tie_break ge
   // (fffc.ops.fff_mode); table_mode holds it, composed when the kernel is created.
@@ -50,21 +50,21 @@ struct FffAttrs {
 };
 
 struct StructuredAttrs {
-  Structured::Activation activation = Structured::Activation::kGelu;
+  Structured::Activation activation{};
   int64_t merged_max_tokens = 0;  // calls up to this many tokens use M1/M2
   static StructuredAttrs Read(const OrtApi* api, const OrtKernelInfo* info);
 };
 
 struct RoutedAttrs {
-  Routed::Activation activation = Routed::Activation::kGelu;
-  Routed::Selection selection = Routed::Selection::kTopk;
-  Routed::Router router = Routed::Router::kRaw;
+  Routed::Activation activation{};
+  Routed::Selection selection{};
+  Routed::Router router{};
   int64_t k = 0;
   // k from the sequence length S (an export with a dynamic sequence axis; fffc.ops.capacity_k):
   // round(float(S)·k_scale) (k_round: trunc, floor, ceil) or S / k_divisor, then max(·, k_min)
   float k_scale = 0.f;
   int64_t k_divisor = 0, k_min = 0;
-  Routed::KRound k_round = Routed::KRound::kTrunc;
+  Routed::KRound k_round{};
   bool KFromLength() const { return k_scale > 0.f || k_divisor > 0; }
   int64_t TopK(int64_t seq) const;
   float coef[4] = {};  // the combine's coefficients [x_a, x_b, delta_a, delta_b]
