@@ -406,7 +406,8 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, Sparse:
   const bool thresholds = mode == Sparse::Mode::kTeal || mode == Sparse::Mode::kCats;
   if (thresholds != c->present[In::kTH])
     return Fail(api, std::string("input TH (thresholds) is ") +
-                         (thresholds ? std::string("required by mode ") + Name(mode) : "only for modes teal, cats"));
+                         (thresholds ? std::string("required by mode ") + Name(mode)
+                                     : "only for modes teal, cats"));
   if (thresholds && (c->in[In::kTH].dims.size() != 1 || c->in[In::kTH].dims[0] != 2))
     return Fail(api, "SparseFFN: TH must hold two thresholds (teal: [t_in, t_hidden]; cats: [t_in, t_gate])");
   for (int i : {In::kXC, In::kHC}) {

@@ -28,8 +28,8 @@ struct FffKernel : Kernel<FffAttrs> {
         entry = &e;
     }
     if (entry == nullptr)
-      return Fail(api, "no compiled kernel for FastFeedForward(trees x depth = " + attrs.table_mode +
-                           ", d_in=" + std::to_string(c.d_in) + ", nodes=" +
+      return Fail(api, "no compiled kernel for FastFeedForward(trees x depth = " +
+                           attrs.table_mode + ", d_in=" + std::to_string(c.d_in) + ", nodes=" +
                            std::to_string(c.nodes) + ", d_out=" + std::to_string(c.d_out) +
                            ") (CPU) in this artifact");
     const int64_t x2[2] = {c.tokens, c.d_in}, y2[2] = {c.tokens, c.d_out};

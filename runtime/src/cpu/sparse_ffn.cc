@@ -73,8 +73,8 @@ struct CpuKernel : Kernel<SparseAttrs> {
     for (int32_t i = 0; i < fffc_num_kernels; ++i) {
       const fffc_kernel_entry& e = fffc_kernels[i];
       if (std::strcmp(e.op, Sparse::kName) == 0 &&
-          Matches(attrs, c, mode, e.activation, e.up_activation, e.mode, e.has_b1, e.has_b2, e.gated,
-                  e.d_in, e.d_ff, e.d_out, e.min_tokens, e.max_tokens))
+          Matches(attrs, c, mode, e.activation, e.up_activation, e.mode, e.has_b1, e.has_b2,
+                  e.gated, e.d_in, e.d_ff, e.d_out, e.min_tokens, e.max_tokens))
         return &e;
     }
     return nullptr;
@@ -97,8 +97,8 @@ struct CpuKernel : Kernel<SparseAttrs> {
     const std::string mode = TableMode(attrs, c, SparseTable::kCpu);
     if (!screen) entry = Find(c, mode);
     if (entry == nullptr)
-      return Fail(api, "no compiled kernel for " + Describe(attrs, c, mode) + " (CPU) in this artifact (" +
-                           std::to_string(c.tokens) + " tokens)");
+      return Fail(api, "no compiled kernel for " + Describe(attrs, c, mode) +
+                           " (CPU) in this artifact (" + std::to_string(c.tokens) + " tokens)");
     const int64_t x2[2] = {c.tokens, c.d_in}, y2[2] = {c.tokens, c.d_out};
     std::vector<DLTensor> t;
     t.push_back(Dl(c.in[In::kX].data, x2, 2));

@@ -23,8 +23,8 @@ struct CudaKernel : Kernel<SparseAttrs> {
       const fffc_cuda_entry& e = fffc_cuda_kernels[i];
       if (std::strcmp(e.op, Sparse::kName) == 0 &&
           std::strcmp(e.weight_dtype, Name(c.weight_dtype)) == 0 &&
-          Matches(attrs, c, mode, e.activation, e.up_activation, e.mode, e.has_b1, e.has_b2, e.gated,
-                  e.d_in, e.d_ff, e.d_out, e.min_tokens, e.max_tokens))
+          Matches(attrs, c, mode, e.activation, e.up_activation, e.mode, e.has_b1, e.has_b2,
+                  e.gated, e.d_in, e.d_ff, e.d_out, e.min_tokens, e.max_tokens))
         index = i;
     }
     if (index < 0)
