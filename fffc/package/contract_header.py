@@ -3,7 +3,10 @@
 ``header()`` writes ``fffc/contract.h``: the domain, the opset version, the ONNX Runtime C
 API version the shim asks for, and per op its name, its inputs in order (index constants,
 names, optional and weight flags), its output count and its attributes (names, defaults,
-choices). The shim build generates it into its build directory; a copy is committed in
+choices), and per string attribute with choices an ``enum class`` of them in their order (so a
+value indexes its name: ``Name(value)``) with ``Choices<E>`` naming the attribute it is read
+from; and the weight storages of ``fffc.contract.kinds.WeightDtype`` (the kernel tables'
+``weight_dtype``) as ``enum class WeightDtype``. The shim build generates it into its build directory; a copy is committed in
 ``runtime/include/fffc/`` for C++ builds without Python (``runtime/CMakeLists.txt``), and a
 test keeps that copy equal to ``header()``. Regenerate it with
 ``python -m fffc.package.contract_header --write``.
@@ -17,6 +20,7 @@ import re
 import sys
 from pathlib import Path
 
+from ..contract.kinds import WeightDtype
 from ..contract.ops import CODE_INPUTS, DOMAIN, OPS, OPSET_VERSION, WEIGHT_INPUTS, Attribute, OpSpec
 
 # The ONNX Runtime C API version the shim asks for (and sets as OrtCustomOp::version), the
@@ -49,9 +53,10 @@ def _bools(flags: list[bool]) -> list[str]:
     return ["true" if f else "false" for f in flags]
 
 
-def _member(decl: str, items: list[str]) -> list[str]:
-    """``  <decl> {a, b, ...};``, wrapped at 100 columns."""
-    head = f"  {decl} {{"
+def _member(decl: str, items: list[str], indent: str = "  ") -> list[str]:
+    """``  <decl> {a, b, ...};`` (a member; ``indent=""``: at namespace scope), wrapped at 100
+    columns."""
+    head = f"{indent}{decl} {{"
     lines, line = [], head
     for i, item in enumerate(items):
         piece = item + (", " if i + 1 < len(items) else "};")
@@ -62,11 +67,26 @@ def _member(decl: str, items: list[str]) -> list[str]:
     return [*lines, line]
 
 
+def _enumerator(choice: str) -> str:
+    """``gelu_tanh`` → ``kGeluTanh``."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", choice):
+        raise ValueError(f"choice {choice!r} has no C++ enumerator")
+    return f"k{_ident(choice)}"
+
+
+def _enum(a: Attribute) -> list[str]:
+    """``enum class <Attribute> : int { k<Choice>, ... };`` in the choices' order."""
+    names = [_enumerator(c) for c in a.choices]
+    if len(set(names)) != len(names):
+        raise ValueError(f"attribute {a.name}: choices clash as C++ enumerators: {names}")
+    return _member(f"enum class {_ident(a.name)} : int", names)
+
+
 def _attribute(a: Attribute) -> list[str]:
     k = f"k{_ident(a.name)}"
     if a.type == "string":
-        choices = _member(f"static constexpr const char* const {k}Choices[] =",
-                          [_cstr(c) for c in a.choices]) if a.choices else []
+        choices = [*_enum(a), *_member(f"static constexpr const char* const {k}Choices[] =",
+                                       [_cstr(c) for c in a.choices])] if a.choices else []
         return [*choices, *_member(f"static constexpr StringAttribute {k} =", [
             _cstr(a.name), _cstr(str(a.default)), f"{k}Choices" if a.choices else "nullptr",
             str(len(a.choices))])]
@@ -83,6 +103,19 @@ def _attribute(a: Attribute) -> list[str]:
     raise ValueError(f"attribute {a.name}: type {a.type!r} has no C++ form")
 
 
+def _choice_attributes(spec: OpSpec) -> list[Attribute]:
+    return [a for a in spec.attributes if a.type == "string" and a.choices]
+
+
+def _choices(spec: OpSpec) -> list[str]:
+    """``Choices<E>`` of each of the op's choice enums: the op and the attribute it is read from."""
+    return [line for a in _choice_attributes(spec) for line in [
+        f"template <> struct Choices<{spec.name}::{_ident(a.name)}> {{",
+        f"  static constexpr const char* kOp = {spec.name}::kName;",
+        f"  static constexpr const StringAttribute& kAttribute = {spec.name}::k{_ident(a.name)};",
+        "};"]]
+
+
 def _op(spec: OpSpec) -> list[str]:
     names = [a.name for a in spec.inputs]
     weights = WEIGHT_INPUTS.get(spec.name, ())
@@ -91,9 +124,10 @@ def _op(spec: OpSpec) -> list[str]:
     if unknown:
         raise ValueError(f"WEIGHT_INPUTS/CODE_INPUTS[{spec.name!r}] name no input "
                          f"{sorted(unknown)}")
-    idents = [f"k{_ident(n)}" for n in names] + [f"k{_ident(a.name)}" for a in spec.attributes]
+    idents = ([f"k{_ident(n)}" for n in names] + [f"k{_ident(a.name)}" for a in spec.attributes]
+              + [_ident(a.name) for a in _choice_attributes(spec)])
     taken = {"kName", "kNumInputs", "kNumOutputs", "kInputNames", "kOptional", "kWeight",
-             "kCodes", "kContract"}
+             "kCodes", "kContract", "Input"}
     clash = {i for i in idents if idents.count(i) > 1 or i in taken}
     if clash:
         raise ValueError(f"{spec.name}: C++ names clash: {sorted(clash)}")
@@ -116,6 +150,7 @@ def _op(spec: OpSpec) -> list[str]:
                   "kNumOutputs"]),
         *[line for a in spec.attributes for line in _attribute(a)],
         "};",
+        *_choices(spec),
         "",
     ]
 
@@ -126,8 +161,9 @@ def header() -> str:
         "// Generated from fffc/contract/ops.py by fffc/package/contract_header.py; do not edit.",
         "// The ai.fffc operators as the shim sees them: per op its inputs in order (index",
         "// constants, names, optional and weight flags) and its attributes (names, defaults,",
-        "// choices); weights are the inputs that may be stored as float16 or bfloat16, codes",
-        "// those that may hold uint8 (integer weight codes, zero points).",
+        "// choices, an enum class of each attribute's choices); weights are the inputs that",
+        "// may be stored as float16 or bfloat16, codes those that may hold uint8 (integer",
+        "// weight codes, zero points).",
         f"#ifndef {_GUARD}",
         f"#define {_GUARD}",
         "",
@@ -173,6 +209,26 @@ def header() -> str:
         "  const float* default_value;",
         "  int count;",
         "};",
+        "",
+        "// The op and the attribute that choice enum E (e.g. SparseFFN::Mode) is read from; E's",
+        "// values are its choices in order.",
+        "template <class E>",
+        "struct Choices;",
+        "",
+        "// The choice an enum value stands for (its kernel-table key and its name in messages).",
+        "template <class E>",
+        "constexpr const char* Name(E value) {",
+        "  return Choices<E>::kAttribute.choices[static_cast<int>(value)];",
+        "}",
+        "",
+        "// How an op's weight matrices are stored (fffc.contract.kinds.WeightDtype: float values,",
+        "// or integer codes of SparseFFN's bits); Name gives the kernel tables' weight_dtype.",
+        *_member("enum class WeightDtype : int", [_enumerator(d.value) for d in WeightDtype], ""),
+        *_member("inline constexpr const char* const kWeightDtypeNames[] =",
+                 [_cstr(d.value) for d in WeightDtype], ""),
+        "constexpr const char* Name(WeightDtype value) {",
+        "  return kWeightDtypeNames[static_cast<int>(value)];",
+        "}",
         "",
     ]
     for spec in OPS.values():

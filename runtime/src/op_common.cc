@@ -31,17 +31,21 @@ std::string StringAttr(const OrtApi* api, const OrtKernelInfo* info,
   return out;
 }
 
-// StringAttr of an attribute that must be one of its choices (else an error naming `op`).
-std::string ChoiceAttr(const OrtApi* api, const OrtKernelInfo* info, const char* op,
-                       const contract::StringAttribute& attr) {
-  std::string value = StringAttr(api, info, attr), allowed;
+// The choice enum E's attribute (contract::Choices<E>), or its default when the node has
+// none; a value that is none of its choices throws an error naming the op, the attribute and
+// the choices.
+template <class E>
+E Choice(const OrtApi* api, const OrtKernelInfo* info) {
+  const contract::StringAttribute& attr = contract::Choices<E>::kAttribute;
+  const std::string value = StringAttr(api, info, attr);
+  std::string allowed;
   for (int i = 0; i < attr.num_choices; ++i) {
-    if (value == attr.choices[i]) return value;
+    if (value == attr.choices[i]) return static_cast<E>(i);
     allowed += (i == 0 ? "" : i + 1 == attr.num_choices ? " or " : ", ") +
                std::string(attr.choices[i]);
   }
-  throw std::runtime_error(std::string(op) + ": " + attr.name + " must be " + allowed +
-                           ", got " + value);
+  throw std::runtime_error(std::string(contract::Choices<E>::kOp) + ": " + attr.name +
+                           " must be " + allowed + ", got " + value);
 }
 
 }  // namespace
@@ -93,18 +97,26 @@ void WidenedWeights::Apply(TensorView* in, int n) {
   }
 }
 
-std::string WeightDtype(const TensorView* in, const bool* present, const contract::OpContract& op) {
-  std::string out;
+ONNXTensorElementDataType WeightElementType(const TensorView* in, const bool* present,
+                                            const contract::OpContract& op) {
+  ONNXTensorElementDataType out = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
   for (int i = 0; i < op.num_inputs; ++i) {
     if (!present[i] || !op.weight[i]) continue;
-    const std::string t = in[i].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16    ? "float16"
-                          : in[i].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16 ? "bfloat16"
-                          : in[i].type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8    ? "uint8"
-                                                                                 : "float32";
-    if (!out.empty() && out != t) return "mixed";
-    out = t;
+    if (out != ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED && out != in[i].type)
+      return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+    out = in[i].type;
   }
-  return out.empty() ? "float32" : out;
+  return out == ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : out;
+}
+
+WeightDtype StorageOf(ONNXTensorElementDataType type, int64_t bits) {
+  switch (type) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return WeightDtype::kFloat16;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return WeightDtype::kBfloat16;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8:
+      return bits == 8 ? WeightDtype::kInt8 : WeightDtype::kInt4;
+    default: return WeightDtype::kFloat32;
+  }
 }
 
 OrtStatus* ViewInputs(const OrtApi* api, OrtKernelContext* ctx, const contract::OpContract& op,
@@ -124,15 +136,11 @@ OrtStatus* ViewInputs(const OrtApi* api, OrtKernelContext* ctx, const contract::
 
 namespace {
 
-// Reads an op's attributes for its kernel (throws std::runtime_error on a bad value).
-using AttrReader = Attrs (*)(const OrtApi* api, const OrtKernelInfo* info);
-
 // The OrtCustomOp with what CreateKernelV2 needs to build this EP's kernel.
 struct OpWithFactory {
   OrtCustomOp op;  // first member: the OrtCustomOp* ORT passes back points here
   const char* ep;
   const contract::OpContract* contract;  // name, inputs (optional, weight), outputs
-  AttrReader read;
   KernelFactory factory;
 };
 
@@ -220,61 +228,11 @@ bool IsConstantInput(const OrtApi* api, const OrtKernelInfo* info, size_t i) {
   return constant != 0 && value != nullptr;
 }
 
-Attrs ReadSparseAttrs(const OrtApi* a, const OrtKernelInfo* info) {
-  Attrs attrs = {StringAttr(a, info, Sparse::kActivation),
-                 StringAttr(a, info, Sparse::kUpActivation), StringAttr(a, info, Sparse::kMode)};
-  attrs.bits = IntAttr(a, info, Sparse::kBits);
-  attrs.accuracy_level = IntAttr(a, info, Sparse::kAccuracyLevel);
-  attrs.constant_w1 = IsConstantInput(a, info, Sparse::kW1);
-  attrs.constant_b1 = IsConstantInput(a, info, Sparse::kB1);
-  const char* screen = std::getenv("FFFC_EXACT_SCREEN");
-  attrs.screen = screen == nullptr || std::string(screen) != "0";
-  return attrs;
-}
-
-Attrs ReadFffAttrs(const OrtApi* a, const OrtKernelInfo* info) {
-  // the kernel table's mode: "<trees>x<depth>", "ge" appended for tie_break "ge"
-  // (fffc.ops.fff_mode)
-  const std::string tie = ChoiceAttr(a, info, Fff::kName, Fff::kTieBreak);
-  return {StringAttr(a, info, Fff::kActivation), "none",
-          std::to_string(IntAttr(a, info, Fff::kTrees)) + "x" +
-              std::to_string(IntAttr(a, info, Fff::kDepth)) +
-              (tie == "gt" ? "" : tie)};
-}
-
-Attrs ReadStructuredAttrs(const OrtApi* a, const OrtKernelInfo* info) {
-  Attrs attrs = {StringAttr(a, info, Structured::kActivation), "none", "structured"};
-  attrs.merged_max_tokens = IntAttr(a, info, Structured::kMergedMaxTokens);
-  return attrs;
-}
-
-Attrs ReadRoutedAttrs(const OrtApi* a, const OrtKernelInfo* info) {
-  Attrs attrs = {StringAttr(a, info, Routed::kActivation), "none", "routed"};
-  attrs.k = IntAttr(a, info, Routed::kK);
-  attrs.k_divisor = IntAttr(a, info, Routed::kKDivisor);
-  attrs.k_min = IntAttr(a, info, Routed::kKMin);
-  attrs.k_scale = FloatAttr(a, info, Routed::kKScale);
-  attrs.k_round = ChoiceAttr(a, info, Routed::kName, Routed::kKRound);
-  if (attrs.k_divisor < 0 || !(attrs.k_scale >= 0.f))
-    throw std::runtime_error("RoutedFFN: k_scale and k_divisor must be >= 0");
-  attrs.selection = ChoiceAttr(a, info, Routed::kName, Routed::kSelection);
-  attrs.router = ChoiceAttr(a, info, Routed::kName, Routed::kRouter);
-  if (attrs.selection == "topk" && attrs.k < 1 && !attrs.KFromLength())
-    throw std::runtime_error("RoutedFFN: k must be >= 1");
-  static_assert(Routed::kXCoef.count == 2 && Routed::kDeltaCoef.count == 2);
-  float x[2], d[2];
-  FloatsAttr(a, info, Routed::kXCoef, x);
-  FloatsAttr(a, info, Routed::kDeltaCoef, d);
-  attrs.coef[0] = x[0], attrs.coef[1] = x[1], attrs.coef[2] = d[0], attrs.coef[3] = d[1];
-  attrs.epsilon = FloatAttr(a, info, Routed::kEpsilon);
-  return attrs;
-}
-
 OrtStatusPtr CreateKernelV2(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
                             void** kernel) {
   const OrtApi* a = api ? api : g_api;
   try {
-    *kernel = Holder(op)->factory(a, Holder(op)->read(a, info));
+    *kernel = Holder(op)->factory(a, info);
     return nullptr;
   } catch (const std::exception& e) {
     return a->CreateStatus(ORT_FAIL, e.what());
@@ -392,17 +350,18 @@ OrtStatus* PrepareRows(const OrtApi* api, FfnCall* c, int64_t bits) {
 
 // The shapes and types of an int4 or int8 call (the op text of fffc/contract/ops.py); 8-bit
 // codes are for mode exact only.
-OrtStatus* PrepareQuantized(const OrtApi* api, FfnCall* c, const std::string& mode, int64_t bits) {
+OrtStatus* PrepareQuantized(const OrtApi* api, FfnCall* c, Sparse::Mode mode, int64_t bits) {
   using In = Sparse;
   if (bits != 4 && bits != 8)
     return Fail(api, "SparseFFN: bits must be 0, 4 or 8, got " + std::to_string(bits));
-  if (bits == 8 && mode != "exact")
-    return Fail(api, "SparseFFN: int8 weights (bits 8) are for mode exact only, not " + mode);
+  if (bits == 8 && mode != Sparse::Mode::kExact)
+    return Fail(api, std::string("SparseFFN: int8 weights (bits 8) are for mode exact only, not ") +
+                         Name(mode));
   c->bits = bits;
   if (!c->present[In::kW1S] || !c->present[In::kW2S] || c->present[In::kWU] != c->present[In::kWUS])
     return Fail(api, "SparseFFN: bits " + std::to_string(bits) +
                          " needs the scales of each weight (W1S, W2S, WUS with WU)");
-  if (OrtStatus* st = mode == "teal" ? PrepareChannels(api, c) : PrepareRows(api, c, bits)) return st;
+  if (OrtStatus* st = mode == Sparse::Mode::kTeal ? PrepareChannels(api, c) : PrepareRows(api, c, bits)) return st;
   std::string bad;
   for (int i : {In::kW1S, In::kW2S, In::kWUS})
     if (bad.empty() && c->present[i] && c->in[i].type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
@@ -418,7 +377,7 @@ OrtStatus* PrepareQuantized(const OrtApi* api, FfnCall* c, const std::string& mo
 
 }  // namespace
 
-OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const std::string& mode,
+OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, Sparse::Mode mode,
                    int64_t bits) {
   using In = Sparse;
   if (OrtStatus* st = ViewInputs(api, ctx, Sparse::kContract, c->in, c->present))
@@ -433,7 +392,7 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const s
     return Fail(api, "SparseFFN: scales and zero points (W1S ... WUZ) are only for bits 4, 8");
   } else if (xd.empty() || c->in[In::kW1].dims.size() != 2 || c->in[In::kW2].dims.size() != 2)
     return Fail(api, "SparseFFN: expected X [..., d_in], W1 [d_in, d_ff], W2 [d_ff, d_out]");
-  const bool rows = mode == "predictor";  // W1 [d_ff, d_in], row per neuron
+  const bool rows = mode == Sparse::Mode::kPredictor;  // W1 [d_ff, d_in], row per neuron
   if (bits == 0) {
     c->d_in = xd.back();
     c->d_ff = c->in[In::kW1].dims[rows ? 0 : 1];
@@ -442,17 +401,18 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const s
   if (bits == 0 && (c->in[In::kW1].dims[rows ? 1 : 0] != c->d_in || c->in[In::kW2].dims[0] != c->d_ff))
     return Fail(api, "SparseFFN: weight shapes do not chain: X [..., " + std::to_string(c->d_in) + "], W1 [" +
                          std::to_string(c->in[In::kW1].dims[0]) + ", " +
-                         std::to_string(c->in[In::kW1].dims[1]) + "] (mode " + mode + "), W2 [" +
+                         std::to_string(c->in[In::kW1].dims[1]) + "] (mode " + Name(mode) + "), W2 [" +
                          std::to_string(c->in[In::kW2].dims[0]) + ", " + std::to_string(c->d_out) + "]");
-  const bool thresholds = mode == "teal" || mode == "cats";
+  const bool thresholds = mode == Sparse::Mode::kTeal || mode == Sparse::Mode::kCats;
   if (thresholds != c->present[In::kTH])
     return Fail(api, std::string("input TH (thresholds) is ") +
-                         (thresholds ? "required by mode " + mode : "only for modes teal, cats"));
+                         (thresholds ? std::string("required by mode ") + Name(mode)
+                                     : "only for modes teal, cats"));
   if (thresholds && (c->in[In::kTH].dims.size() != 1 || c->in[In::kTH].dims[0] != 2))
     return Fail(api, "SparseFFN: TH must hold two thresholds (teal: [t_in, t_hidden]; cats: [t_in, t_gate])");
   for (int i : {In::kXC, In::kHC}) {
     if (!c->present[i]) continue;
-    if (mode != "teal")
+    if (mode != Sparse::Mode::kTeal)
       return Fail(api, std::string("input ") + In::kInputNames[i] + " is only for mode teal");
     const int64_t n = i == In::kXC ? c->d_in : c->d_ff;
     if (c->in[i].dims.size() != 1 || c->in[i].dims[0] != n)
@@ -473,11 +433,12 @@ OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* c, const s
         pb[0] != pa[1] || pb[1] != c->d_ff || pc[0] != c->d_ff)
       return Fail(api, "SparseFFN: predictor shapes must be PA [d_in, r], PB [r, d_ff], PC [d_ff]");
   }
-  c->weight_dtype = WeightDtype(c->in, c->present, Sparse::kContract);
-  if (c->weight_dtype == "mixed") return Fail(api, "SparseFFN: W1, W2 and WU differ in type");
-  if ((c->weight_dtype == "uint8") != (bits != 0))
+  const ONNXTensorElementDataType weights = WeightElementType(c->in, c->present, Sparse::kContract);
+  if (weights == ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED)
+    return Fail(api, "SparseFFN: W1, W2 and WU differ in type");
+  if ((weights == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8) != (bits != 0))
     return Fail(api, "SparseFFN: W1, W2 and WU must be uint8 codes exactly when bits is 4 or 8");
-  if (bits != 0) c->weight_dtype = "int" + std::to_string(bits);
+  c->weight_dtype = StorageOf(weights, bits);
   c->tokens = 1;
   for (size_t i = 0; i + 1 < xd.size(); ++i) c->tokens *= xd[i];
   std::vector<int64_t> ydims(xd.begin(), xd.end());
@@ -510,8 +471,10 @@ OrtStatus* PrepareFff(const OrtApi* api, OrtKernelContext* ctx, FffCall* c) {
     return Fail(api, "FastFeedForward: weight shapes do not agree with X and each other");
   bool all[Fff::kNumInputs];
   std::fill(all, all + Fff::kNumInputs, true);  // every input is required
-  c->weight_dtype = WeightDtype(c->in, all, Fff::kContract);
-  if (c->weight_dtype == "mixed") return Fail(api, "FastFeedForward: W_in and W_out differ in type");
+  const ONNXTensorElementDataType weights = WeightElementType(c->in, all, Fff::kContract);
+  if (weights == ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED)
+    return Fail(api, "FastFeedForward: W_in and W_out differ in type");
+  c->weight_dtype = StorageOf(weights);
   c->tokens = 1;
   for (size_t i = 0; i + 1 < xd.size(); ++i) c->tokens *= xd[i];
   std::vector<int64_t> ydims(xd.begin(), xd.end());
@@ -522,9 +485,10 @@ OrtStatus* PrepareFff(const OrtApi* api, OrtKernelContext* ctx, FffCall* c) {
   return api->GetTensorMutableData(y, &c->y);
 }
 
-std::string Describe(const Attrs& a, const FfnCall& c) {
-  return "SparseFFN(activation=" + a.activation + ", up_activation=" + a.up_activation +
-         ", mode=" + TableMode(a, c) + ", d_in=" + std::to_string(c.d_in) + ", d_ff=" +
+std::string Describe(const SparseAttrs& a, const FfnCall& c, const std::string& mode) {
+  return std::string("SparseFFN(activation=") + Name(a.activation) +
+         ", up_activation=" + Name(a.up_activation) + ", mode=" + mode +
+         ", d_in=" + std::to_string(c.d_in) + ", d_ff=" +
          std::to_string(c.d_ff) + ", d_out=" + std::to_string(c.d_out) +
          ", B1=" + (c.present[Sparse::kB1] ? "yes" : "no") +
          ", B2=" + (c.present[Sparse::kB2] ? "yes" : "no") +
@@ -532,19 +496,26 @@ std::string Describe(const Attrs& a, const FfnCall& c) {
          (c.block != 0 ? ", int" + std::to_string(c.bits) + " block " + std::to_string(c.block) : "") + ")";
 }
 
-std::string TableMode(const Attrs& a, const FfnCall& c) {
+std::string TableMode(const SparseAttrs& a, const FfnCall& c, SparseTable table) {
+  std::string mode = Name(a.mode);
+  if (a.mode == Sparse::Mode::kPredictor && table != SparseTable::kCuda)
+    mode += "/" + std::to_string(c.in[Sparse::kPA].dims[1]);  // the rank: PA's width
   if (c.block != 0)
-    return a.mode + "/q" + std::to_string(c.bits) + "b" + std::to_string(c.block) +
+    return mode + "/q" + std::to_string(c.bits) + "b" + std::to_string(c.block) +
            (c.present[Sparse::kW1Z] ? "z" : "") +
            (a.accuracy_level == kInt8Accuracy ? "i8" : "");
-  if (a.mode != "teal" || (!c.present[Sparse::kXC] && !c.present[Sparse::kHC])) return a.mode;
-  return a.mode + "/" + (c.present[Sparse::kXC] ? "x" : "") + (c.present[Sparse::kHC] ? "h" : "");
+  if (table == SparseTable::kCpuScreened) return mode + "/screened";
+  if (a.mode != Sparse::Mode::kTeal || (!c.present[Sparse::kXC] && !c.present[Sparse::kHC]))
+    return mode;
+  return mode + "/" + (c.present[Sparse::kXC] ? "x" : "") + (c.present[Sparse::kHC] ? "h" : "");
 }
 
-bool Matches(const Attrs& a, const FfnCall& c, const char* activation, const char* up_activation,
-             const char* mode, int32_t has_b1, int32_t has_b2, int32_t gated, int64_t d_in,
-             int64_t d_ff, int64_t d_out, int64_t min_tokens, int64_t max_tokens) {
-  return a.activation == activation && a.up_activation == up_activation && TableMode(a, c) == mode &&
+bool Matches(const SparseAttrs& a, const FfnCall& c, const std::string& mode,
+             const char* activation, const char* up_activation, const char* row_mode,
+             int32_t has_b1, int32_t has_b2, int32_t gated, int64_t d_in, int64_t d_ff,
+             int64_t d_out, int64_t min_tokens, int64_t max_tokens) {
+  return std::strcmp(Name(a.activation), activation) == 0 &&
+         std::strcmp(Name(a.up_activation), up_activation) == 0 && mode == row_mode &&
          has_b1 == c.present[Sparse::kB1] && has_b2 == c.present[Sparse::kB2] &&
          gated == c.present[Sparse::kWU] &&
          d_in == c.d_in && d_ff == c.d_ff && d_out == c.d_out && min_tokens <= c.tokens &&
@@ -554,14 +525,13 @@ bool Matches(const Attrs& a, const FfnCall& c, const char* activation, const cha
 namespace {
 
 OrtCustomOp* NewOp(const OrtApi* api, const contract::OpContract& spec, const char* ep,
-                   AttrReader read, KernelFactory factory) {
+                   KernelFactory factory) {
   g_api = api;
   auto* holder = new OpWithFactory;  // must outlive every session: never freed
   OrtCustomOp& op = holder->op;
   std::memset(&op, 0, sizeof(op));
   holder->ep = ep;
   holder->contract = &spec;
-  holder->read = read;
   holder->factory = factory;
   op.version = contract::kOrtApiVersion;
   op.GetName = GetName;
@@ -586,31 +556,93 @@ OrtCustomOp* NewOp(const OrtApi* api, const contract::OpContract& spec, const ch
 }  // namespace
 
 OrtCustomOp* NewSparseFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
-  return NewOp(api, Sparse::kContract, ep, ReadSparseAttrs, factory);
+  return NewOp(api, Sparse::kContract, ep, factory);
 }
 
 OrtCustomOp* NewFastFeedForwardOp(const OrtApi* api, const char* ep, KernelFactory factory) {
-  return NewOp(api, Fff::kContract, ep, ReadFffAttrs, factory);
+  return NewOp(api, Fff::kContract, ep, factory);
 }
 
 OrtCustomOp* NewRoutedFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
-  return NewOp(api, Routed::kContract, ep, ReadRoutedAttrs, factory);
+  return NewOp(api, Routed::kContract, ep, factory);
 }
 
 OrtCustomOp* NewStructuredFfnOp(const OrtApi* api, const char* ep, KernelFactory factory) {
-  return NewOp(api, Structured::kContract, ep, ReadStructuredAttrs, factory);
+  return NewOp(api, Structured::kContract, ep, factory);
 }
 
-int64_t Attrs::TopK(int64_t seq) const {
+SparseAttrs SparseAttrs::Read(const OrtApi* a, const OrtKernelInfo* info) {
+  SparseAttrs attrs;
+  attrs.activation = Choice<Sparse::Activation>(a, info);
+  attrs.up_activation = Choice<Sparse::UpActivation>(a, info);
+  attrs.mode = Choice<Sparse::Mode>(a, info);
+  attrs.bits = IntAttr(a, info, Sparse::kBits);
+  attrs.accuracy_level = IntAttr(a, info, Sparse::kAccuracyLevel);
+  attrs.constant_w1 = IsConstantInput(a, info, Sparse::kW1);
+  attrs.constant_b1 = IsConstantInput(a, info, Sparse::kB1);
+  const char* screen = std::getenv("FFFC_EXACT_SCREEN");
+  attrs.screen = screen == nullptr || std::string(screen) != "0";
+  return attrs;
+}
+
+std::string FffAttrs::TableMode() const {
+  return std::to_string(trees) + "x" + std::to_string(depth) +
+         (tie_break == Fff::TieBreak::kGt ? "" : Name(tie_break));
+}
+
+FffAttrs FffAttrs::Read(const OrtApi* a, const OrtKernelInfo* info) {
+  FffAttrs attrs;
+  attrs.activation = Choice<Fff::Activation>(a, info);
+  attrs.tie_break = Choice<Fff::TieBreak>(a, info);
+  attrs.trees = IntAttr(a, info, Fff::kTrees);
+  attrs.depth = IntAttr(a, info, Fff::kDepth);
+  attrs.table_mode = attrs.TableMode();
+  return attrs;
+}
+
+StructuredAttrs StructuredAttrs::Read(const OrtApi* a, const OrtKernelInfo* info) {
+  StructuredAttrs attrs;
+  attrs.activation = Choice<Structured::Activation>(a, info);
+  attrs.merged_max_tokens = IntAttr(a, info, Structured::kMergedMaxTokens);
+  return attrs;
+}
+
+RoutedAttrs RoutedAttrs::Read(const OrtApi* a, const OrtKernelInfo* info) {
+  RoutedAttrs attrs;
+  attrs.activation = Choice<Routed::Activation>(a, info);
+  attrs.k = IntAttr(a, info, Routed::kK);
+  attrs.k_divisor = IntAttr(a, info, Routed::kKDivisor);
+  attrs.k_min = IntAttr(a, info, Routed::kKMin);
+  attrs.k_scale = FloatAttr(a, info, Routed::kKScale);
+  attrs.k_round = Choice<Routed::KRound>(a, info);
+  if (attrs.k_divisor < 0 || !(attrs.k_scale >= 0.f))
+    throw std::runtime_error("RoutedFFN: k_scale and k_divisor must be >= 0");
+  attrs.selection = Choice<Routed::Selection>(a, info);
+  attrs.router = Choice<Routed::Router>(a, info);
+  if (attrs.selection == Routed::Selection::kTopk && attrs.k < 1 && !attrs.KFromLength())
+    throw std::runtime_error("RoutedFFN: k must be >= 1");
+  static_assert(Routed::kXCoef.count == 2 && Routed::kDeltaCoef.count == 2);
+  float x[2], d[2];
+  FloatsAttr(a, info, Routed::kXCoef, x);
+  FloatsAttr(a, info, Routed::kDeltaCoef, d);
+  attrs.coef[0] = x[0], attrs.coef[1] = x[1], attrs.coef[2] = d[0], attrs.coef[3] = d[1];
+  attrs.epsilon = FloatAttr(a, info, Routed::kEpsilon);
+  return attrs;
+}
+
+int64_t RoutedAttrs::TopK(int64_t seq) const {
   if (!KFromLength()) return k;
-  int64_t v;
+  int64_t v = 0;
   if (k_divisor > 0) {
     v = seq / k_divisor;
   } else {
     // float32 product, as the exported Cast(S, float) · scale computes it
     const float prod = static_cast<float>(seq) * k_scale;
-    v = static_cast<int64_t>(k_round == "ceil" ? std::ceil(prod)
-                             : k_round == "floor" ? std::floor(prod) : prod);
+    switch (k_round) {
+      case Routed::KRound::kCeil: v = static_cast<int64_t>(std::ceil(prod)); break;
+      case Routed::KRound::kFloor: v = static_cast<int64_t>(std::floor(prod)); break;
+      case Routed::KRound::kTrunc: v = static_cast<int64_t>(prod); break;
+    }
   }
   return v > k_min ? v : k_min;
 }

@@ -20,29 +20,56 @@ using Fff = contract::FastFeedForward;
 using Structured = contract::StructuredFFN;
 using Routed = contract::RoutedFFN;
 
-// An op's attributes, read when its kernel is created (absent ones: the contract's defaults).
-struct Attrs {
-  std::string activation, up_activation, mode;
-  int64_t merged_max_tokens = 0;  // StructuredFFN: calls up to this many tokens use M1/M2
-  // RoutedFFN: selection (topk | threshold), k, router (raw | sigmoid), and the combine's
-  // coefficients [x_a, x_b, delta_a, delta_b]
-  std::string selection, router;
+using contract::Name;  // a choice enum's or a WeightDtype's name (kernel-table key, messages)
+using contract::WeightDtype;
+
+// Each op's attributes, set by Read when its kernel is created (absent ones: the contract's
+// defaults; a choice outside the contract's throws std::runtime_error naming it).
+struct SparseAttrs {
+  Sparse::Activation activation{};
+  Sparse::UpActivation up_activation{};
+  Sparse::Mode mode{};
+  // whether ONNX Runtime reported W1 / B1 constant (initializers) at kernel creation: what
+  // lets the CPU kernel derive per-weight data once (cpu/screen.h)
+  bool constant_w1 = false, constant_b1 = false;
+  bool screen = true;  // FFFC_EXACT_SCREEN=0 when the kernel was created: no float16 screen
+  int64_t bits = 0;  // 0 float weights, 4 int4 codes with scales, 8 int8 codes
+  int64_t accuracy_level = 0;  // bits 4: kInt8Accuracy rounds x to int8 per block
+  static SparseAttrs Read(const OrtApi* api, const OrtKernelInfo* info);
+};
+
+struct FffAttrs {
+  Fff::Activation activation{};
+  Fff::TieBreak tie_break{};
+  int64_t trees = 1, depth = 0;
+  // The kernel table's mode: "<trees>x<depth>", "ge" appended for tie_break ge
+  // (fffc.ops.fff_mode); table_mode holds it, composed when the kernel is created.
+  std::string TableMode() const;
+  std::string table_mode;
+  static FffAttrs Read(const OrtApi* api, const OrtKernelInfo* info);
+};
+
+struct StructuredAttrs {
+  Structured::Activation activation{};
+  int64_t merged_max_tokens = 0;  // calls up to this many tokens use M1/M2
+  static StructuredAttrs Read(const OrtApi* api, const OrtKernelInfo* info);
+};
+
+struct RoutedAttrs {
+  Routed::Activation activation{};
+  Routed::Selection selection{};
+  Routed::Router router{};
   int64_t k = 0;
   // k from the sequence length S (an export with a dynamic sequence axis; fffc.ops.capacity_k):
   // round(float(S)·k_scale) (k_round: trunc, floor, ceil) or S / k_divisor, then max(·, k_min)
   float k_scale = 0.f;
   int64_t k_divisor = 0, k_min = 0;
-  std::string k_round;
+  Routed::KRound k_round{};
   bool KFromLength() const { return k_scale > 0.f || k_divisor > 0; }
   int64_t TopK(int64_t seq) const;
-  float coef[4] = {};
-  float epsilon = 0.f;  // RoutedFFN: LayerNorm epsilon of a pre-norm routed block
-  // SparseFFN: whether ONNX Runtime reported W1 / B1 constant (initializers) at kernel
-  // creation: what lets the CPU kernel derive per-weight data once (cpu/screen.h)
-  bool constant_w1 = false, constant_b1 = false;
-  bool screen = true;  // FFFC_EXACT_SCREEN=0 when the kernel was created: no float16 screen
-  int64_t bits = 0;  // SparseFFN: 0 float weights, 4 int4 codes with scales
-  int64_t accuracy_level = 0;  // SparseFFN, bits 4: kInt8Accuracy rounds x to int8 per block
+  float coef[4] = {};  // the combine's coefficients [x_a, x_b, delta_a, delta_b]
+  float epsilon = 0.f;  // LayerNorm epsilon of a pre-norm routed block
+  static RoutedAttrs Read(const OrtApi* api, const OrtKernelInfo* info);
 };
 
 inline constexpr int64_t kInt8Accuracy = 4;  // MatMulNBits' accuracy_level of int8 x
@@ -54,17 +81,22 @@ struct TensorView {
   ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 };
 
-// "float32", "float16", "bfloat16" or "uint8" (integer codes): the storage of the present weight matrices among the
-// inputs of `op` (its weight flags; the CUDA kernels read them as stored, the CPU kernels
-// widen them: WidenedWeights), or "mixed" when they differ.
-std::string WeightDtype(const TensorView* in, const bool* present, const contract::OpContract& op);
+// The element type of the present weight matrices among the inputs of `op` (its weight
+// flags; the CUDA kernels read them as stored, the CPU kernels widen them: WidenedWeights),
+// float32 when there are none; UNDEFINED when they differ.
+ONNXTensorElementDataType WeightElementType(const TensorView* in, const bool* present,
+                                            const contract::OpContract& op);
+
+// The storage of weight matrices of element type `type` (float32, float16 or bfloat16; not
+// UNDEFINED): its float format, or for uint8 codes their width `bits` (4 or 8).
+WeightDtype StorageOf(ONNXTensorElementDataType type, int64_t bits = 0);
 
 // One SparseFFN call: inputs by position, the shape it resolves to, and its output.
 struct FfnCall {
   TensorView in[Sparse::kNumInputs];
   bool present[Sparse::kNumInputs] = {false};
   int64_t d_in = 0, d_ff = 0, d_out = 0, tokens = 0;
-  std::string weight_dtype = "float32";  // of W1, W2, WU (WeightDtype; "int4", "int8" for codes)
+  WeightDtype weight_dtype = WeightDtype::kFloat32;  // of W1, W2, WU (kInt4, kInt8 for codes)
   int64_t block = 0;  // int4 / int8 weights: codes per scale (0: float weights)
   int64_t bits = 0;  // the codes' width: 4 (two a byte) or 8 (one a byte); 0: float weights
   void* y = nullptr;  // output data (tokens × d_out), allocated by Prepare
@@ -74,7 +106,7 @@ struct FfnCall {
 struct FffCall {
   TensorView in[Fff::kNumInputs];
   int64_t d_in = 0, nodes = 0, d_out = 0, tokens = 0;
-  std::string weight_dtype = "float32";  // of W_in, W_out (WeightDtype)
+  WeightDtype weight_dtype = WeightDtype::kFloat32;  // of W_in, W_out
   void* y = nullptr;  // output data (tokens × d_out), allocated by PrepareFff
 };
 
@@ -94,24 +126,31 @@ OrtStatus* ViewInputs(const OrtApi* api, OrtKernelContext* ctx, const contract::
                       TensorView* in, bool* present);
 
 // Reads and checks the inputs, allocates Y; on tokens == 0 leaves y null. ``mode`` decides
-// W1's layout ([d_in, d_ff]; "predictor": [d_ff, d_in]) and which optional inputs it needs;
-// ``bits`` 4: the weights are int4 codes with scales (the op text's layouts).
-OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* call,
-                   const std::string& mode, int64_t bits);
+// W1's layout ([d_in, d_ff]; predictor: [d_ff, d_in]) and which optional inputs it needs;
+// ``bits`` 4 or 8: the weights are integer codes with scales (the op text's layouts).
+OrtStatus* Prepare(const OrtApi* api, OrtKernelContext* ctx, FfnCall* call, Sparse::Mode mode,
+                   int64_t bits);
 
-// "SparseFFN(activation=..., d_in=..., ...)" for error messages.
-std::string Describe(const Attrs& a, const FfnCall& c);
+// Which kernel table a SparseFFN call is looked up in, and for which kernel: the CPU table
+// keys a predictor's kernels by its rank too ("predictor/<rank>"), and holds the screened
+// exact kernel as "exact/screened"; the CUDA table keys neither.
+enum class SparseTable : int { kCpu, kCpuScreened, kCuda };
 
-// The kernel table's mode of a call: a.mode, for a centered teal call "teal/x", "teal/h"
-// or "teal/xh" (which of XC, HC it has; fffc.ops.KernelSpec.centers), for int4 weights
-// "<mode>/q4b<block>" ("q8b" for int8 codes), "z" appended with zero points, "i8" with x
-// rounded to int8.
-std::string TableMode(const Attrs& a, const FfnCall& c);
+// The kernel table's mode of a call: the mode's name; a predictor's rank after it (CPU
+// table); for a centered teal call "teal/x", "teal/h" or "teal/xh" (which of XC, HC it has;
+// fffc.ops.KernelSpec.centers); for int4 weights "<mode>/q4b<block>" ("q8b" for int8 codes),
+// "z" appended with zero points, "i8" with x rounded to int8 (fffc.codegen.registry's
+// table_mode, the one place these names are composed for SparseFFN).
+std::string TableMode(const SparseAttrs& a, const FfnCall& c, SparseTable table);
 
-// True when a kernel table row (spec fields) serves this call (its mode: TableMode).
-bool Matches(const Attrs& a, const FfnCall& c, const char* activation, const char* up_activation,
-             const char* mode, int32_t has_b1, int32_t has_b2, int32_t gated, int64_t d_in,
-             int64_t d_ff, int64_t d_out, int64_t min_tokens, int64_t max_tokens);
+// "SparseFFN(activation=..., d_in=..., ...)" for error messages (mode: TableMode).
+std::string Describe(const SparseAttrs& a, const FfnCall& c, const std::string& mode);
+
+// True when a kernel table row (spec fields) serves this call (`mode`: its TableMode).
+bool Matches(const SparseAttrs& a, const FfnCall& c, const std::string& mode,
+             const char* activation, const char* up_activation, const char* row_mode,
+             int32_t has_b1, int32_t has_b2, int32_t gated, int64_t d_in, int64_t d_ff,
+             int64_t d_out, int64_t min_tokens, int64_t max_tokens);
 
 // Float32 copies of 16-bit weights for the CPU kernels (a --weight-dtype CUDA artifact run
 // on the CPU EP): made once per weight — the weights are initializers, constant for the
@@ -129,17 +168,26 @@ class WidenedWeights {
 // A kernel instance of one op on one execution provider (thread-safe Compute).
 struct KernelBase {
   const OrtApi* api;
-  Attrs attrs;
   WidenedWeights widened;  // CPU kernels only
   virtual ~KernelBase() = default;
   virtual OrtStatus* Compute(OrtKernelContext* ctx) = 0;
 };
-using KernelFactory = KernelBase* (*)(const OrtApi* api, Attrs attrs);
 
-// The KernelFactory of a KernelBase subclass.
-template <class Kernel>
-KernelBase* MakeKernel(const OrtApi* api, Attrs attrs) {
-  auto* k = new Kernel;
+// A kernel of an op whose attributes are A (SparseAttrs, FffAttrs, ...).
+template <class A>
+struct Kernel : KernelBase {
+  using Attributes = A;
+  A attrs;
+};
+
+// Creates a kernel for a node (throws std::runtime_error on a bad attribute).
+using KernelFactory = KernelBase* (*)(const OrtApi* api, const OrtKernelInfo* info);
+
+// The KernelFactory of a Kernel<A> subclass: its attributes read once, by A::Read.
+template <class K>
+KernelBase* MakeKernel(const OrtApi* api, const OrtKernelInfo* info) {
+  typename K::Attributes attrs = K::Attributes::Read(api, info);
+  auto* k = new K;
   k->api = api;
   k->attrs = std::move(attrs);
   return k;
@@ -151,8 +199,6 @@ KernelBase* MakeKernel(const OrtApi* api, Attrs attrs) {
 OrtCustomOp* NewSparseFfnOp(const OrtApi* api, const char* ep, KernelFactory factory);
 OrtCustomOp* NewStructuredFfnOp(const OrtApi* api, const char* ep, KernelFactory factory);
 OrtCustomOp* NewRoutedFfnOp(const OrtApi* api, const char* ep, KernelFactory factory);
-// FastFeedForward: attributes trees, depth and tie_break reach kernels as Attrs::mode =
-// "<trees>x<depth>", "ge" appended for tie_break ge (fffc.ops.fff_mode).
 OrtCustomOp* NewFastFeedForwardOp(const OrtApi* api, const char* ep, KernelFactory factory);
 
 }  // namespace fffc

@@ -22,7 +22,7 @@ std::string Compact(float v) {
 
 }  // namespace
 
-OrtStatus* PrepareStructured(const OrtApi* api, OrtKernelContext* ctx, const Attrs& attrs,
+OrtStatus* PrepareStructured(const OrtApi* api, OrtKernelContext* ctx, const StructuredAttrs& attrs,
                              StructuredCall* call) {
   using In = Structured;
   StructuredCall& c = *call;
@@ -30,8 +30,10 @@ OrtStatus* PrepareStructured(const OrtApi* api, OrtKernelContext* ctx, const Att
   auto& present = c.present;
   if (OrtStatus* st = ViewInputs(api, ctx, Structured::kContract, in, present))
     return st;
-  c.weight_dtype = WeightDtype(in, present, Structured::kContract);
-  if (c.weight_dtype == "mixed") return Fail(api, "StructuredFFN: the weights differ in type");
+  const ONNXTensorElementDataType weights = WeightElementType(in, present, Structured::kContract);
+  if (weights == ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED)
+    return Fail(api, "StructuredFFN: the weights differ in type");
+  c.weight_dtype = StorageOf(weights);
   const auto &xd = in[In::kX].dims, &a1 = in[In::kA1].dims, &a2 = in[In::kA2].dims;
   if (!present[In::kX] || !present[In::kA1] || !present[In::kA2] || xd.empty() || a1.size() != 3 ||
       a2.size() != 3)
@@ -80,21 +82,23 @@ OrtStatus* PrepareStructured(const OrtApi* api, OrtKernelContext* ctx, const Att
   return api->GetTensorMutableData(yv, &c.y);
 }
 
-std::string DescribeStructured(const Attrs& attrs, const StructuredCall& c) {
-  return "StructuredFFN(" + c.mode + ", activation=" + attrs.activation + ", d_in=" +
+std::string DescribeStructured(const StructuredAttrs& attrs, const StructuredCall& c) {
+  return "StructuredFFN(" + c.mode + ", activation=" + Name(attrs.activation) + ", d_in=" +
          std::to_string(c.d_in) + ", d_ff=" + std::to_string(c.d_ff) + ", d_out=" +
          std::to_string(c.d_out) + ")";
 }
 
-OrtStatus* PrepareRouted(const OrtApi* api, OrtKernelContext* ctx, const Attrs& attrs,
+OrtStatus* PrepareRouted(const OrtApi* api, OrtKernelContext* ctx, const RoutedAttrs& attrs,
                          RoutedCall* call) {
   using In = Routed;
   RoutedCall& c = *call;
   auto& in = c.in;
   auto& present = c.present;
   if (OrtStatus* st = ViewInputs(api, ctx, Routed::kContract, in, present)) return st;
-  c.weight_dtype = WeightDtype(in, present, Routed::kContract);
-  if (c.weight_dtype == "mixed") return Fail(api, "RoutedFFN: W1 and W2 differ in type");
+  const ONNXTensorElementDataType weights = WeightElementType(in, present, Routed::kContract);
+  if (weights == ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED)
+    return Fail(api, "RoutedFFN: W1 and W2 differ in type");
+  c.weight_dtype = StorageOf(weights);
   const auto& xd = in[In::kX].dims;
   if (xd.size() != 3)
     return Fail(api, "RoutedFFN: X must be [batch, sequence, d] (routing is over axis 1)");
@@ -113,18 +117,18 @@ OrtStatus* PrepareRouted(const OrtApi* api, OrtKernelContext* ctx, const Attrs& 
     return Fail(api, "RoutedFFN: expected WR [d], BR [1], W1 [d, d_ff], B1 [d_ff], "
                      "W2 [d_ff, d], B2 [d], WA [d], BA [1], LS and LB [d] for X [.., .., " +
                          std::to_string(d) + "]");
-  if (present[In::kWA] && attrs.selection != "threshold")
+  if (present[In::kWA] && attrs.selection != Routed::Selection::kThreshold)
     return Fail(api, "RoutedFFN: a selection score WA is for selection threshold");
   c.batch = b, c.seq = s, c.d = d, c.d_ff = w1[1], c.tokens = b * s;
-  c.topk = attrs.selection == "topk";
+  c.topk = attrs.selection == Routed::Selection::kTopk;
   c.k = c.topk ? attrs.TopK(s) : 0;  // per call when k follows the sequence length
   if (c.topk && (s < c.k || c.k < 0))
     return Fail(api, "RoutedFFN: top-" + std::to_string(c.k) + " of a sequence of " +
                          std::to_string(s) + " tokens");
   // fffc.ops.route_kernel_spec's mode
-  c.route_mode = "route_" + attrs.selection + "_k" +
+  c.route_mode = std::string("route_") + Name(attrs.selection) + "_k" +
                  (!c.topk ? "0" : attrs.KFromLength() ? "var" : std::to_string(attrs.k)) + "_" +
-                 attrs.router + (present[In::kWA] ? (present[In::kBA] ? "_auxb" : "_aux") : "") +
+                 Name(attrs.router) + (present[In::kWA] ? (present[In::kBA] ? "_auxb" : "_aux") : "") +
                  (present[In::kLS] ? "_ln" + Compact(attrs.epsilon) : "");
   c.ffn_mode = "b1r" + std::to_string(c.d_ff) + "_b1r" + std::to_string(d);
   OrtValue* yv = nullptr;

@@ -17,16 +17,16 @@ struct StructuredCall {
   int64_t d_in = 0, d_ff = 0, d_out = 0, tokens = 0;
   bool merged = false;  // the pre-merged dense path (M1/M2) serves this call
   std::string mode;     // fffc.ops.structured_kernel_spec's mode of the path taken
-  std::string weight_dtype = "float32";  // of A1, U1, A2, U2, S1, S2 (WeightDtype)
+  WeightDtype weight_dtype = WeightDtype::kFloat32;  // of A1, U1, A2, U2, S1, S2
   void* y = nullptr;    // output (tokens × d_out); null when tokens == 0
 };
 
 // Reads and checks the inputs (shapes must chain), allocates Y, picks the path.
-OrtStatus* PrepareStructured(const OrtApi* api, OrtKernelContext* ctx, const Attrs& attrs,
+OrtStatus* PrepareStructured(const OrtApi* api, OrtKernelContext* ctx, const StructuredAttrs& attrs,
                              StructuredCall* call);
 
 // "StructuredFFN(b4r256u_b4r64u, activation=gelu, d_in=..., ...)" for error messages.
-std::string DescribeStructured(const Attrs& attrs, const StructuredCall& c);
+std::string DescribeStructured(const StructuredAttrs& attrs, const StructuredCall& c);
 
 struct RoutedCall {
   TensorView in[Routed::kNumInputs];
@@ -36,12 +36,12 @@ struct RoutedCall {
   bool topk = true;
   std::string route_mode;  // fffc.ops.route_kernel_spec's mode
   std::string ffn_mode;    // the dense FFN on the gathered rows (a StructuredFFN spec)
-  std::string weight_dtype = "float32";  // of W1, W2 (WeightDtype)
+  WeightDtype weight_dtype = WeightDtype::kFloat32;  // of W1, W2
   void* y = nullptr;       // output [B, S, d]; null when no tokens
 };
 
 // Reads and checks the inputs, computes k, allocates Y.
-OrtStatus* PrepareRouted(const OrtApi* api, OrtKernelContext* ctx, const Attrs& attrs,
+OrtStatus* PrepareRouted(const OrtApi* api, OrtKernelContext* ctx, const RoutedAttrs& attrs,
                          RoutedCall* call);
 
 }  // namespace fffc

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from fffc.contract import ops
+from fffc.contract.kinds import WeightDtype
 from fffc.package import contract_header
 from fffc.package.native import CXXFLAGS
 
@@ -16,6 +17,16 @@ PROGRAM = r"""
 #include <fffc/contract.h>
 
 using namespace fffc::contract;
+
+// Each value of a choice enum with the attribute it is read from and the name it stands for.
+template <class E>
+void PrintChoices(int count) {
+  for (int i = 0; i < count; ++i) {
+    const E value = static_cast<E>(i);
+    std::printf("choice %s %s %d %s\n", fffc::contract::Choices<E>::kOp,
+                fffc::contract::Choices<E>::kAttribute.name, i, Name(value));
+  }
+}
 
 template <class Op>
 void Print() {
@@ -37,6 +48,20 @@ int main() {
               StructuredFFN::kS2, RoutedFFN::kLB);
   std::printf("attr %s %s %s\n", SparseFFN::kMode.name, SparseFFN::kMode.default_value,
               SparseFFN::kMode.choices[SparseFFN::kMode.num_choices - 1]);
+  PrintChoices<SparseFFN::Activation>(4);
+  PrintChoices<SparseFFN::UpActivation>(2);
+  PrintChoices<SparseFFN::Mode>(4);
+  PrintChoices<FastFeedForward::Activation>(1);
+  PrintChoices<FastFeedForward::TieBreak>(2);
+  PrintChoices<StructuredFFN::Activation>(4);
+  PrintChoices<RoutedFFN::Activation>(4);
+  PrintChoices<RoutedFFN::Selection>(2);
+  PrintChoices<RoutedFFN::KRound>(3);
+  PrintChoices<RoutedFFN::Router>(2);
+  std::printf("enum %s %s %s %s\n", Name(SparseFFN::Mode::kTeal), Name(RoutedFFN::KRound::kCeil),
+              Name(FastFeedForward::TieBreak::kGe), Name(SparseFFN::Activation::kGeluTanh));
+  std::printf("dtype %s %s %s\n", Name(WeightDtype::kFloat32), Name(WeightDtype::kBfloat16),
+              Name(WeightDtype::kInt8));
   std::printf("attr %s %lld\n", FastFeedForward::kDepth.name,
               static_cast<long long>(FastFeedForward::kDepth.default_value));
   std::printf("attr %s %g %s %g %g\n", RoutedFFN::kEpsilon.name,
@@ -79,9 +104,16 @@ def test_compiled_header_says_what_ops_says(printed: list[list[str]]) -> None:
         assert inputs == [[a.name, str(int(a.optional)), str(int(a.name in weights))]
                           for a in spec.inputs]
         assert ["contract", spec.name, str(len(spec.inputs)), "1"] in printed
+        for a in spec.attributes:
+            if a.choices:
+                assert [row[3:] for row in printed if row[:3] == ["choice", spec.name, a.name]] \
+                    == [[str(i), c] for i, c in enumerate(a.choices)], (spec.name, a.name)
     assert ["index", "11", "3", "10", "10"] in printed
     assert ["attr", "mode", "exact", "predictor"] in printed
     assert ["attr", "depth", "11"] in printed
+    assert ["enum", "teal", "ceil", "ge", "gelu_tanh"] in printed
+    assert ["dtype", "float32", "bfloat16", "int8"] in printed
+    assert [d.value for d in WeightDtype] == ["float32", "float16", "bfloat16", "int4", "int8"]
     assert ["attr", "epsilon", "1e-05", "x_coef", "1", "0"] in printed
 
 
@@ -90,3 +122,8 @@ def test_weight_input_that_names_no_input_is_an_error(monkeypatch: pytest.Monkey
     with pytest.raises(ValueError, match="W9"):
         contract_header.header()
 
+
+
+def test_choice_that_is_no_cpp_enumerator_is_an_error() -> None:
+    with pytest.raises(ValueError, match="gelu-tanh"):
+        contract_header._enumerator("gelu-tanh")

@@ -111,6 +111,25 @@ def test_no_compiled_kernel(shim: Path) -> None:
         sess.run(None, {"X": np.ones((1, 2, D_IN), np.float32)})
 
 
+@pytest.mark.parametrize(("attribute", "value", "choices"), [
+    ("mode", "fast", "exact, teal, cats or predictor"),
+    ("activation", "tanh", "relu, gelu, gelu_tanh or silu"),
+    ("up_activation", "silu", "none or relu"),
+])
+def test_attribute_outside_its_choices(shim: Path, attribute: str, value: str,
+                                       choices: str) -> None:
+    """A SparseFFN node whose string attribute is none of the contract's choices is refused
+    when its kernel is created, with the attribute and its choices named."""
+    v = VARIANTS[0]
+    model = make_model(v, weights(v))
+    (node,) = model.graph.node
+    for attr in node.attribute:
+        if attr.name == attribute:
+            attr.s = value.encode()
+    with pytest.raises(Exception, match=f"SparseFFN: {attribute} must be {choices}, got {value}"):
+        session(shim, model).run(None, {"X": np.ones((1, 2, D_IN), np.float32)})
+
+
 def test_kernel_error_reaches_ort(shim: Path) -> None:
     """A kernel's own argument check fails (B1 is 2-D): its message comes back as the error."""
     v = VARIANTS[0]

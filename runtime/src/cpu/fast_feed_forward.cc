@@ -1,4 +1,5 @@
 // ai.fffc::FastFeedForward on the CPU execution provider.
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -11,8 +12,7 @@
 namespace fffc::cpu {
 namespace {
 
-struct FffKernel : KernelBase {
-  // attrs.mode is "<trees>x<depth>[ge]", the kernel table's mode for this op
+struct FffKernel : Kernel<FffAttrs> {
   OrtStatus* Compute(OrtKernelContext* ctx) override {
     FffCall c;
     if (OrtStatus* st = PrepareFff(api, ctx, &c)) return st;
@@ -21,15 +21,15 @@ struct FffKernel : KernelBase {
     const fffc_kernel_entry* entry = nullptr;
     for (int32_t i = 0; i < fffc_num_kernels && entry == nullptr; ++i) {
       const fffc_kernel_entry& e = fffc_kernels[i];
-      if (std::string(e.op) == Fff::kName && attrs.mode == e.mode &&
-          attrs.activation == e.activation && e.d_in == c.d_in &&
+      if (std::strcmp(e.op, Fff::kName) == 0 && attrs.table_mode == e.mode &&
+          std::strcmp(Name(attrs.activation), e.activation) == 0 && e.d_in == c.d_in &&
           e.d_ff == c.nodes && e.d_out == c.d_out && e.min_tokens <= c.tokens &&
           c.tokens <= e.max_tokens)
         entry = &e;
     }
     if (entry == nullptr)
-      return Fail(api, "no compiled kernel for FastFeedForward(trees x depth = " + attrs.mode +
-                           ", d_in=" + std::to_string(c.d_in) + ", nodes=" +
+      return Fail(api, "no compiled kernel for FastFeedForward(trees x depth = " +
+                           attrs.table_mode + ", d_in=" + std::to_string(c.d_in) + ", nodes=" +
                            std::to_string(c.nodes) + ", d_out=" + std::to_string(c.d_out) +
                            ") (CPU) in this artifact");
     const int64_t x2[2] = {c.tokens, c.d_in}, y2[2] = {c.tokens, c.d_out};

@@ -16,7 +16,7 @@ namespace {
 
 // Three kernels per call: routing (scores, selection, gather of the selected rows), the
 // dense FFN on the gathered rows only (the StructuredFFN dense kernel), the combine into Y.
-struct RoutedKernel : KernelBase {
+struct RoutedKernel : Kernel<RoutedAttrs> {
   OrtStatus* Compute(OrtKernelContext* ctx) override {
     using In = Routed;
     RoutedCall c;
@@ -61,13 +61,13 @@ struct RoutedKernel : KernelBase {
     const int64_t selected = cnt[0];
     if (selected < 0 || selected > n) return Fail(api, "RoutedFFN: routing kernel miscounted");
     if (selected > 0) {
-      const fffc_kernel_entry* ffn = FindKernel(Structured::kName, c.ffn_mode, attrs.activation,
-                                                present[In::kB1], present[In::kB2], d, c.d_ff, d,
-                                                selected);
+      const fffc_kernel_entry* ffn =
+          FindKernel(Structured::kName, c.ffn_mode, Name(attrs.activation), present[In::kB1],
+                     present[In::kB2], d, c.d_ff, d, selected);
       if (ffn == nullptr)
-        return Fail(api, "no compiled FFN kernel for RoutedFFN(activation=" + attrs.activation +
-                             ", d=" + std::to_string(d) + ", d_ff=" + std::to_string(c.d_ff) +
-                             ") (CPU) in this artifact");
+        return Fail(api, std::string("no compiled FFN kernel for RoutedFFN(activation=") +
+                             Name(attrs.activation) + ", d=" + std::to_string(d) + ", d_ff=" +
+                             std::to_string(c.d_ff) + ") (CPU) in this artifact");
       const int64_t xs2[2] = {selected, d}, a1[3] = {1, d, c.d_ff}, a2[3] = {1, c.d_ff, d};
       std::vector<DLTensor> f = {Dl(xs.get(), xs2, 2), Dl(in[In::kW1].data, a1, 3)};
       if (present[In::kB1]) f.push_back(Dl(in[In::kB1].data, in[In::kB1].dims.data(), 1));

@@ -1,4 +1,5 @@
 // ai.fffc::SparseFFN on the CPU execution provider.
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -63,16 +64,17 @@ void Int4Args(const FfnCall& c, const Int4Shapes& s, bool channels, std::vector<
       t->push_back(Dl(c.in[i].data, c.in[i].dims.data(), static_cast<int>(c.in[i].dims.size())));
 }
 
-struct CpuKernel : KernelBase {
+struct CpuKernel : Kernel<SparseAttrs> {
   Screens screens;  // mode exact, 1 token: the screened kernel's inputs
   ScreenPolicy policy;  // and when it runs
 
-  const fffc_kernel_entry* Find(const Attrs& want, const FfnCall& c) const {
+  // The kernel table's entry for this call with table mode `mode` (TableMode), or null.
+  const fffc_kernel_entry* Find(const FfnCall& c, const std::string& mode) const {
     for (int32_t i = 0; i < fffc_num_kernels; ++i) {
       const fffc_kernel_entry& e = fffc_kernels[i];
-      if (std::string(e.op) == Sparse::kName &&
-          Matches(want, c, e.activation, e.up_activation, e.mode, e.has_b1, e.has_b2, e.gated,
-                  e.d_in, e.d_ff, e.d_out, e.min_tokens, e.max_tokens))
+      if (std::strcmp(e.op, Sparse::kName) == 0 &&
+          Matches(attrs, c, mode, e.activation, e.up_activation, e.mode, e.has_b1, e.has_b2,
+                  e.gated, e.d_in, e.d_ff, e.d_out, e.min_tokens, e.max_tokens))
         return &e;
     }
     return nullptr;
@@ -84,28 +86,25 @@ struct CpuKernel : KernelBase {
     if (OrtStatus* st = Prepare(api, ctx, &c, attrs.mode, attrs.bits)) return st;
     widened.Apply(c.in, In::kNumInputs);  // 16-bit weights: float32 copies
     if (c.tokens == 0) return nullptr;
-    Attrs want = attrs;  // the table's mode of a predictor kernel carries its rank
-    if (attrs.mode == "predictor") want.mode += "/" + std::to_string(c.in[In::kPA].dims[1]);
     const fffc_kernel_entry* entry = nullptr;
     // the screen is derived once per weight: only from weights that stay as they are
     const bool constant = attrs.constant_w1 && (attrs.constant_b1 || !c.present[In::kB1]) &&
-                          c.weight_dtype == "float32";
-    if (attrs.mode == "exact" && attrs.screen && constant && c.tokens == 1 && policy.Use()) {
-      Attrs screened = attrs;
-      screened.mode = "exact/screened";
-      entry = Find(screened, c);
-    }
+                          c.weight_dtype == WeightDtype::kFloat32;
+    if (attrs.mode == Sparse::Mode::kExact && attrs.screen && constant && c.tokens == 1 &&
+        policy.Use())
+      entry = Find(c, TableMode(attrs, c, SparseTable::kCpuScreened));
     const bool screen = entry != nullptr;
-    if (!screen) entry = Find(want, c);
+    const std::string mode = TableMode(attrs, c, SparseTable::kCpu);
+    if (!screen) entry = Find(c, mode);
     if (entry == nullptr)
-      return Fail(api, "no compiled kernel for " + Describe(want, c) + " (CPU) in this artifact (" +
-                           std::to_string(c.tokens) + " tokens)");
+      return Fail(api, "no compiled kernel for " + Describe(attrs, c, mode) +
+                           " (CPU) in this artifact (" + std::to_string(c.tokens) + " tokens)");
     const int64_t x2[2] = {c.tokens, c.d_in}, y2[2] = {c.tokens, c.d_out};
     std::vector<DLTensor> t;
     t.push_back(Dl(c.in[In::kX].data, x2, 2));
     if (c.block != 0) {
       const Int4Shapes shapes(c);
-      Int4Args(c, shapes, attrs.mode == "teal", &t);
+      Int4Args(c, shapes, attrs.mode == Sparse::Mode::kTeal, &t);
       t.push_back(Dl(c.y, y2, 2));
       return CallKernel(api, ctx, *entry, t);
     }

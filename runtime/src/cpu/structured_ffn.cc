@@ -11,7 +11,7 @@
 namespace fffc::cpu {
 namespace {
 
-struct StructuredKernel : KernelBase {
+struct StructuredKernel : Kernel<StructuredAttrs> {
   OrtStatus* Compute(OrtKernelContext* ctx) override {
     using In = Structured;
     StructuredCall c;
@@ -19,8 +19,8 @@ struct StructuredKernel : KernelBase {
     widened.Apply(c.in, In::kNumInputs);  // 16-bit weights: float32 copies
     if (c.tokens == 0) return nullptr;
     const fffc_kernel_entry* entry =
-        FindKernel(In::kName, c.mode, attrs.activation, c.present[In::kB1], c.present[In::kB2],
-                   c.d_in, c.d_ff, c.d_out, c.tokens);
+        FindKernel(In::kName, c.mode, Name(attrs.activation), c.present[In::kB1],
+                   c.present[In::kB2], c.d_in, c.d_ff, c.d_out, c.tokens);
     if (entry == nullptr)
       return Fail(api, "no compiled kernel for " + DescribeStructured(attrs, c) +
                            " (CPU) in this artifact (" + std::to_string(c.tokens) + " tokens)");

@@ -1,4 +1,5 @@
 // ai.fffc::FastFeedForward on the CUDA execution provider.
+#include <cstring>
 #include <map>
 #include <string>
 
@@ -10,7 +11,7 @@ namespace fffc::cuda {
 namespace {
 
 // FastFeedForward: X, W_in, B_in, W_out on the device; one launch (a block per token).
-struct CudaFffKernel : KernelBase {
+struct CudaFffKernel : Kernel<FffAttrs> {
   Workspace workspace;
 
   OrtStatus* Compute(OrtKernelContext* ctx) override {
@@ -20,16 +21,16 @@ struct CudaFffKernel : KernelBase {
     int32_t index = -1;
     for (int32_t i = 0; i < fffc_num_cuda_kernels && index < 0; ++i) {
       const fffc_cuda_entry& e = fffc_cuda_kernels[i];
-      if (std::string(e.op) == Fff::kName && attrs.mode == e.mode &&
-          e.weight_dtype == c.weight_dtype &&
-          attrs.activation == e.activation && e.d_in == c.d_in &&
+      if (std::strcmp(e.op, Fff::kName) == 0 && attrs.table_mode == e.mode &&
+          std::strcmp(e.weight_dtype, Name(c.weight_dtype)) == 0 &&
+          std::strcmp(Name(attrs.activation), e.activation) == 0 && e.d_in == c.d_in &&
           e.d_ff == c.nodes && e.d_out == c.d_out && e.min_tokens <= c.tokens &&
           c.tokens <= e.max_tokens)
         index = i;
     }
     if (index < 0)
-      return Fail(api, "no compiled kernel for FastFeedForward(" + attrs.mode + ", d_in=" +
-                           std::to_string(c.d_in) + ") (CUDA, " + c.weight_dtype +
+      return Fail(api, "no compiled kernel for FastFeedForward(" + attrs.table_mode + ", d_in=" +
+                           std::to_string(c.d_in) + ") (CUDA, " + Name(c.weight_dtype) +
                            " weights) in this artifact");
     void* stream = nullptr;
     if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream)) return st;

@@ -3,6 +3,7 @@
 #include "launch.h"
 
 #include <climits>
+#include <cstring>
 
 namespace fffc::cuda {
 namespace {
@@ -66,7 +67,7 @@ std::string Workspace::Get(const Driver* d, CUstream stream, size_t bytes, CUdev
 
 int32_t FindEntry(const char* op, const std::string& mode, const char* activation,
                   int32_t has_b1, int32_t has_b2, int64_t d_in, int64_t d_ff, int64_t d_out,
-                  int64_t tokens, bool counted, const std::string& weight_dtype) {
+                  int64_t tokens, bool counted, WeightDtype weight_dtype) {
   for (int32_t i = 0; i < fffc_num_cuda_kernels; ++i) {
     const fffc_cuda_entry& e = fffc_cuda_kernels[i];
     if (std::string(e.op) == op && e.mode == mode &&
@@ -74,7 +75,7 @@ int32_t FindEntry(const char* op, const std::string& mode, const char* activatio
         e.has_b1 == has_b1 && e.has_b2 == has_b2 && e.d_in == d_in && e.d_ff == d_ff &&
         e.d_out == d_out && e.min_tokens <= tokens && tokens <= e.max_tokens &&
         (std::string(e.variant).rfind("counted_", 0) == 0) == counted &&
-        e.weight_dtype == weight_dtype)
+        std::strcmp(e.weight_dtype, Name(weight_dtype)) == 0)
       return i;
   }
   return -1;

@@ -11,6 +11,7 @@
 
 #include <fffc/cuda_table.h>
 
+#include "../op_common.h"
 #include "../ort_api.h"
 #include "driver.h"
 
@@ -59,7 +60,7 @@ std::string Launch(int32_t index, const std::map<std::string, CUdeviceptr>& tens
 int32_t FindEntry(const char* op, const std::string& mode, const char* activation,
                   int32_t has_b1, int32_t has_b2, int64_t d_in, int64_t d_ff, int64_t d_out,
                   int64_t tokens, bool counted = false,
-                  const std::string& weight_dtype = "float32");
+                  WeightDtype weight_dtype = WeightDtype::kFloat32);
 
 // Whether the artifact has CUDA kernels of `op` (`uncounted_only`: other than "counted_"
 // variants, which serve only as a RoutedFFN's FFN). An op is registered for the CUDA EP only

@@ -15,7 +15,7 @@ size_t Round256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 // Routing, the dense FFN on the gathered rows (a "counted_" StructuredFFN variant: it reads
 // the device-side count, so the host never waits for the selection), then the combine.
-struct CudaRoutedKernel : KernelBase {
+struct CudaRoutedKernel : Kernel<RoutedAttrs> {
   Workspace scratch;  // the launches' own scratch (scores, hidden activations)
   Workspace buffers;  // IDX, WT, CNT, XS, POS, D: passed between the three stages
   std::mutex coef_mutex;
@@ -58,13 +58,13 @@ struct CudaRoutedKernel : KernelBase {
     const int32_t combine = FindEntry(In::kName, "combine", nullptr, 0, 0, d, 0, d, n);
     const int32_t ffn =
         rows == 0 ? -1
-                  : FindEntry(Structured::kName, c.ffn_mode, attrs.activation.c_str(),
+                  : FindEntry(Structured::kName, c.ffn_mode, Name(attrs.activation),
                               c.present[In::kB1], c.present[In::kB2], d, c.d_ff, d, rows, true,
                               c.weight_dtype);
     if (route < 0 || combine < 0 || (rows > 0 && ffn < 0))
       return Fail(api, "no compiled kernels for RoutedFFN(" + c.route_mode + ", activation=" +
-                           attrs.activation + ", d=" + std::to_string(d) + ", d_ff=" +
-                           std::to_string(c.d_ff) + ") (CUDA, " + c.weight_dtype +
+                           Name(attrs.activation) + ", d=" + std::to_string(d) + ", d_ff=" +
+                           std::to_string(c.d_ff) + ") (CUDA, " + Name(c.weight_dtype) +
                            " weights) in this artifact");
     std::string why;
     const Driver* drv = GetDriver(&why);

@@ -1,4 +1,5 @@
 // ai.fffc::SparseFFN on the CUDA execution provider.
+#include <cstring>
 #include <map>
 #include <string>
 
@@ -9,24 +10,26 @@
 namespace fffc::cuda {
 namespace {
 
-struct CudaKernel : KernelBase {
+struct CudaKernel : Kernel<SparseAttrs> {
   Workspace workspace;
 
   OrtStatus* Compute(OrtKernelContext* ctx) override {
     FfnCall c;
     if (OrtStatus* st = Prepare(api, ctx, &c, attrs.mode, attrs.bits)) return st;
     if (c.tokens == 0) return nullptr;
+    const std::string mode = TableMode(attrs, c, SparseTable::kCuda);
     int32_t index = -1;
     for (int32_t i = 0; i < fffc_num_cuda_kernels && index < 0; ++i) {
       const fffc_cuda_entry& e = fffc_cuda_kernels[i];
-      if (std::string(e.op) == Sparse::kName && e.weight_dtype == c.weight_dtype &&
-          Matches(attrs, c, e.activation, e.up_activation, e.mode, e.has_b1, e.has_b2, e.gated,
-                  e.d_in, e.d_ff, e.d_out, e.min_tokens, e.max_tokens))
+      if (std::strcmp(e.op, Sparse::kName) == 0 &&
+          std::strcmp(e.weight_dtype, Name(c.weight_dtype)) == 0 &&
+          Matches(attrs, c, mode, e.activation, e.up_activation, e.mode, e.has_b1, e.has_b2,
+                  e.gated, e.d_in, e.d_ff, e.d_out, e.min_tokens, e.max_tokens))
         index = i;
     }
     if (index < 0)
-      return Fail(api, "no compiled kernel for " + Describe(attrs, c) + " (CUDA, " +
-                           c.weight_dtype + " weights) in this artifact (" +
+      return Fail(api, "no compiled kernel for " + Describe(attrs, c, mode) + " (CUDA, " +
+                           Name(c.weight_dtype) + " weights) in this artifact (" +
                            std::to_string(c.tokens) + " tokens)");
     void* stream = nullptr;
     if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream)) return st;

@@ -12,7 +12,7 @@ namespace {
 
 // The structured path on the device (the pre-merged dense path is a CPU-only dispatch: a
 // CUDA artifact has merged_max_tokens 0).
-struct CudaStructuredKernel : KernelBase {
+struct CudaStructuredKernel : Kernel<StructuredAttrs> {
   Workspace workspace;
 
   OrtStatus* Compute(OrtKernelContext* ctx) override {
@@ -23,11 +23,11 @@ struct CudaStructuredKernel : KernelBase {
     if (c.merged) return Fail(api, "StructuredFFN: no pre-merged path on CUDA (merged_max_tokens "
                                    "must be 0 in a CUDA artifact)");
     const int32_t index =
-        FindEntry(In::kName, c.mode, attrs.activation.c_str(), c.present[In::kB1],
+        FindEntry(In::kName, c.mode, Name(attrs.activation), c.present[In::kB1],
                   c.present[In::kB2], c.d_in, c.d_ff, c.d_out, c.tokens, false, c.weight_dtype);
     if (index < 0)
       return Fail(api, "no compiled kernel for " + DescribeStructured(attrs, c) + " (CUDA, " +
-                           c.weight_dtype + " weights) in this artifact (" +
+                           Name(c.weight_dtype) + " weights) in this artifact (" +
                            std::to_string(c.tokens) + " tokens)");
     void* stream = nullptr;
     if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream)) return st;
