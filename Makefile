@@ -31,8 +31,10 @@ demo: install
 lint: install
 	$(PY) -m ruff check .
 
+# the suite, then the shim's own tests again under ASan + UBSan (test-asan's short version)
 test: lint optimum
 	FFFC_OPTIMUM_VENV=$(abspath $(OPTIMUM_VENV)) $(PY) -m pytest -q -p no:cacheprovider
+	$(MAKE) test-asan ASAN_TESTS="$(ASAN_SHORT)"
 
 bench: install
 	$(PY) bench/bench_sparse_ffn.py
@@ -43,6 +45,7 @@ bench: install
 # checking is off: the interpreter and ONNX Runtime keep allocations until exit.
 ASAN_PRELOAD = $(shell $${CXX:-g++} -print-file-name=libasan.so) $(shell $${CXX:-g++} -print-file-name=libstdc++.so)
 ASAN_TESTS ?= tests/runtime tests/codegen
+ASAN_SHORT = tests/runtime/test_shim.py tests/runtime/test_fff_shim.py tests/runtime/test_screen.py tests/runtime/test_integrity.py
 test-asan: install
 	FFFC_SANITIZE=address,undefined LD_PRELOAD="$(ASAN_PRELOAD)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
