@@ -35,10 +35,10 @@ from fffc.contract.kinds import SiteKind
 from fffc.contract.ops import ROUTED_FFN
 from fffc.contract.sites import Site
 
-from . import canonical_reshape
 from ._common import CANON, const_array, initializer
 from ._region import MatchFailure, RegionRule, RegionRuleSet
 from .markers import RoutedMarker, decode, kind_of, marker_inputs
+from .symbolic_shapes import Shapes, drops_last_unit_axis
 
 Affine = tuple[tuple[float, float], tuple[float, float]]  # (x coef, Δ coef), each (a, b): a + b·w
 
@@ -124,7 +124,7 @@ def _router(value: ir.Value, unit_axis: bool = False) -> dict:
     v = _strip(v)
     p = v.producer() if v is not None else None
     if p is not None and p.domain == "" and (
-            p.op_type == "Squeeze" or canonical_reshape.drops_last_unit_axis(p)):
+            p.op_type == "Squeeze" or drops_last_unit_axis(p)):
         inner = p.inputs[0]
     elif unit_axis and p is not None and p.op_type in ("MatMul", "Add") and p.domain == "":
         inner = v
@@ -213,7 +213,7 @@ def _flattened(ffn: ir.Node) -> tuple[ir.Value, ir.Value]:
     if r_in is None or r_out is None or not all(
             r is not None and r.op_type == "Reshape" and r.domain == "" for r in (r_in, r_out)):
         return x, y
-    shapes = canonical_reshape.Shapes()
+    shapes = Shapes()
     t, flat, out = (shapes.shape(v) for v in (r_in.inputs[0], x, r_out.outputs[0]))
     if t and flat and t == out and len(flat) == 2 and flat[-1] == t[-1]:
         return r_in.inputs[0], r_out.outputs[0]
