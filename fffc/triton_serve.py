@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     config = TritonConfig(http_address=args.address, http_port=args.http_port,
                           grpc_address=args.address, grpc_port=args.grpc_port,
-                          metrics_port=args.metrics_port)
+                          metrics_address=args.address, metrics_port=args.metrics_port)
     with Triton(config=config) as triton:
         bind(triton, args.artifact, args.name, args.instances)
         triton.serve()
