@@ -3,7 +3,7 @@
 ``fffc.runtime.InferenceSession``, each request one session call on the arrays as sent
 (no Triton batching, so a decode request keeps the token count fffc's kernels serve).
 
-    python -m fffc.triton_serve model.fffc --http-port 8000 --grpc-port 8001
+    python -m fffc.triton_serve model.fffc --http-port 8000 --grpc-port 8001 [--threads N]
 
 or, in a program that owns a ``pytriton.triton.Triton``: ``bind(triton, "model.fffc")``.
 """
@@ -51,16 +51,22 @@ def infer_function(session: runtime.InferenceSession) -> Callable[[list], list[d
 
 
 def bind(triton, artifact: str | Path, model_name: str | None = None, instances: int = 1,
-         sessions: Sequence[runtime.InferenceSession] | None = None) -> str:
+         threads: int = 0, sessions: Sequence[runtime.InferenceSession] | None = None) -> str:
     """Bind the artifact to ``triton`` (a ``pytriton.triton.Triton``) as ``model_name``
-    (default: the folder's name up to its first dot) with ``instances`` sessions (or the
-    ``sessions`` given); returns the name."""
+    (default: the folder's name up to its first dot) with ``instances`` sessions of
+    ``threads`` intra-op threads each (0: ONNX Runtime's default), or the ``sessions``
+    given; returns the name."""
+    import onnxruntime as ort
     from pytriton.model_config import ModelConfig
+
+    def session() -> runtime.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        return runtime.InferenceSession(artifact, options)
 
     artifact = Path(artifact)
     name = model_name or artifact.name.split(".")[0]
-    sessions = list(sessions) if sessions else [runtime.InferenceSession(artifact)
-                                                for _ in range(instances)]
+    sessions = list(sessions) if sessions else [session() for _ in range(instances)]
     triton.bind(model_name=name, infer_func=[infer_function(s) for s in sessions],
                 inputs=_tensors(sessions[0].get_inputs()),
                 outputs=_tensors(sessions[0].get_outputs()),
@@ -76,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("artifact", type=Path)
     p.add_argument("--name", help="model name (default: the folder's name up to its first dot)")
     p.add_argument("--instances", type=int, default=1, help="sessions (model instances)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="intra-op threads per session (default 0: ONNX Runtime's choice)")
     p.add_argument("--address", default="127.0.0.1",
                    help="address of the HTTP and gRPC endpoints (default %(default)s)")
     p.add_argument("--http-port", type=int, default=8000)
@@ -86,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           grpc_address=args.address, grpc_port=args.grpc_port,
                           metrics_address=args.address, metrics_port=args.metrics_port)
     with Triton(config=config) as triton:
-        bind(triton, args.artifact, args.name, args.instances)
+        bind(triton, args.artifact, args.name, args.instances, args.threads)
         triton.serve()
     return 0
 

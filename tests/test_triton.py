@@ -9,9 +9,11 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
-import sysconfig
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -221,78 +223,99 @@ def test_kernel_tokens_from_the_manifest():
 
 # -- a real server: PyTriton's tritonserver -------------------------------------------------
 
+TRITON_VENV_ENV = "FFFC_TRITON_VENV"
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def _free_port() -> int:
     with contextlib.closing(socket.socket()) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _server_env(monkeypatch) -> None:
-    """The bundled tritonserver finds its libraries in ``nvidia_pytriton.libs`` (PyTriton
-    adds them to LD_LIBRARY_PATH only when it sees itself in a site-packages folder of this
-    interpreter; a venv layered over another one's is not), and its Python backend stub must
-    load this interpreter's libpython, not another build of the same version."""
-    import pytriton
+def _serving_python() -> str:
+    """The Python that runs the server: this one when its NumPy is 1.x and it has PyTriton,
+    else the ``fffc[triton]`` environment (``make triton`` creates ``<repo>/.venv-triton``;
+    ``$FFFC_TRITON_VENV`` points elsewhere). PyTriton's Python backend stub is built against
+    NumPy 1 and returns empty output tensors under NumPy 2."""
+    if int(np.__version__.split(".")[0]) < 2 and importlib.util.find_spec("pytriton"):
+        return sys.executable
+    env = os.environ.get(TRITON_VENV_ENV)
+    python = (Path(env) if env else ROOT / ".venv-triton") / "bin" / "python"
+    if not python.exists():
+        pytest.skip(f"PyTriton's Python backend stub needs NumPy 1 and this environment has "
+                    f"numpy {np.__version__}: make triton (or ${TRITON_VENV_ENV}) gives the "
+                    "server an environment of its own")
+    return str(python)
 
-    libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
-    server = Path(pytriton.__file__).parent / "tritonserver/bin/tritonserver"
-    paths = [sysconfig.get_config_var("LIBDIR"), str(libs),
-             os.environ.get("LD_LIBRARY_PATH", "")]
-    monkeypatch.setenv("LD_LIBRARY_PATH", ":".join(p for p in paths if p))
-    try:
-        r = subprocess.run([str(server), "--help"], capture_output=True, text=True,
-                           timeout=30, env=os.environ.copy())
-    except OSError as e:
-        pytest.skip(f"PyTriton's tritonserver cannot be executed here: {e}")
-    if "Usage" not in r.stdout + r.stderr:
-        pytest.skip(f"PyTriton's tritonserver cannot start here: {(r.stderr or r.stdout)[-300:]}")
+
+def _server_env(python: str) -> dict[str, str]:
+    """The bundled tritonserver finds its libraries in ``nvidia_pytriton.libs`` (PyTriton adds
+    them to LD_LIBRARY_PATH only when it sees itself in a site-packages folder of its
+    interpreter, which a venv layered over another one's is not), and its Python backend stub
+    must load that interpreter's libpython, not a system build of the same version."""
+    probe = ("import pathlib, sysconfig, pytriton; print(sysconfig.get_config_var('LIBDIR')); "
+             "print(pathlib.Path(pytriton.__file__).parent.parent / 'nvidia_pytriton.libs')")
+    r = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60)
+    if r.returncode:
+        pytest.skip(f"{python} cannot import PyTriton: {r.stderr.strip()[-300:]}")
+    env = os.environ.copy()
+    paths = [*r.stdout.split(), env.get("LD_LIBRARY_PATH", "")]
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in paths if p)
+    return env
 
 
 @pytest.mark.slow
-def test_pytriton_serves_the_artifact(artifact, monkeypatch):
-    pytest.importorskip("pytriton", reason="nvidia-pytriton not installed (fffc[triton])")
+def test_pytriton_serves_the_artifact(artifact, tmp_path):
+    """``python -m fffc.triton_serve`` on loopback, free ports; 10 requests over HTTP, each
+    output equal to a local session's; the server stops on SIGINT."""
     httpclient = pytest.importorskip("tritonclient.http",
                                      reason="tritonclient not installed (fffc[triton])")
-    from pytriton.triton import Triton, TritonConfig
-
-    from fffc.triton_serve import bind
-
-    if int(np.__version__.split(".")[0]) >= 2:
-        pytest.skip(f"PyTriton's Python backend stub is built against NumPy 1 (it returns "
-                    f"empty output tensors under NumPy 2) and this environment has numpy "
-                    f"{np.__version__}: run in one where pip install 'fffc[triton]' resolved "
-                    "numpy<2")
-    _server_env(monkeypatch)
-
-    def session():
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        return fffc.runtime.InferenceSession(artifact, so)
-
-    local = session()
-    config = TritonConfig(http_address="127.0.0.1", http_port=_free_port(),
-                          grpc_address="127.0.0.1", grpc_port=_free_port(),
-                          metrics_address="127.0.0.1", metrics_port=_free_port(),
-                          allow_metrics=False, exit_timeout_secs=5)
+    python = _serving_python()
+    env = _server_env(python)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    local = fffc.runtime.InferenceSession(artifact, so)
+    http_port = _free_port()
+    log = tmp_path / "server.log"
     rng = np.random.default_rng(2)
     feeds = [rng.standard_normal((b, t, D)).astype(np.float32)
              for b, t in [(1, 1)] * 6 + [(1, 2), (2, 1), (1, 8), (3, 5)]]
-    with Triton(config=config) as triton:
-        name = bind(triton, artifact, sessions=[session()])
-        triton.run()
-        client = httpclient.InferenceServerClient(f"127.0.0.1:{config.http_port}")
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [python, "-m", "fffc.triton_serve", str(artifact), "--threads", "1",
+             "--address", "127.0.0.1", "--http-port", str(http_port),
+             "--grpc-port", str(_free_port()), "--metrics-port", str(_free_port())],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+    try:
+        deadline = time.monotonic() + 90
+        while not _ready(client, "ffn"):
+            assert server.poll() is None, f"the server exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"not ready in 90 s: {log.read_text()[-2000:]}"
+            time.sleep(0.5)
+        meta = client.get_model_metadata("ffn")
+        assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [
+            ("x", "FP32", [-1, -1, D])]
+        for x in feeds:
+            inp = httpclient.InferInput("x", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            y = client.infer("ffn", [inp]).as_numpy("y")
+            np.testing.assert_array_equal(y, local.run(None, {"x": x})[0])
+    finally:
+        client.close()
+        server.send_signal(signal.SIGINT)
         try:
-            assert client.is_model_ready(name)
-            meta = client.get_model_metadata(name)
-            assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [
-                ("x", "FP32", [-1, -1, D])]
-            for x in feeds:
-                inp = httpclient.InferInput("x", list(x.shape), "FP32")
-                inp.set_data_from_numpy(x)
-                y = client.infer(name, [inp]).as_numpy("y")
-                np.testing.assert_array_equal(y, local.run(None, {"x": x})[0])
-        finally:
-            client.close()
-    # the server is gone: its port refuses connections
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
     with contextlib.closing(socket.socket()) as s:
-        assert s.connect_ex(("127.0.0.1", config.http_port)) != 0
+        assert s.connect_ex(("127.0.0.1", http_port)) != 0  # nothing listens any more
+
+
+def _ready(client, name: str) -> bool:
+    try:
+        return client.is_model_ready(name)
+    except Exception:  # not listening yet
+        return False
