@@ -319,3 +319,18 @@ def _ready(client, name: str) -> bool:
         return client.is_model_ready(name)
     except Exception:  # not listening yet
         return False
+
+
+def test_bad_arguments(tmp_path, capsys):
+    art = _plain_artifact(tmp_path / "p.fffc", "b", external=False)
+    repo = tmp_path / "repo"
+    assert main(["triton-repo", str(tmp_path / "missing.fffc"), "-o",
+                 str(repo)]) == EXIT_CODES["ArtifactCheckError"]
+    assert "not an fffc artifact" in _one_error(capsys)
+    for flags, message in ((["--instances", "0"], "--instances"),
+                           (["--max-batch", "-1"], "--max-batch"),
+                           (["--name", "../x"], "plain folder name")):
+        assert main(["triton-repo", str(art), "-o", str(repo), *flags]) == EXIT_CODES[
+            "UsageError"]
+        assert message in _one_error(capsys)
+    assert not repo.exists()
