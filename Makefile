@@ -5,8 +5,12 @@ PYTHON ?= python3
 # Optimum's exporter pins transformers < 4.58; the suite's GenAI builder needs 5.x: Optimum
 # gets a virtual environment of its own, which the LLM tests find (tests/fixtures/llm.py).
 OPTIMUM_VENV ?= .venv-optimum
+# PyTriton's Python backend stub is built against NumPy 1 (nvidia-pytriton pins numpy<2); the
+# suite runs NumPy 2: the PyTriton test serves from an environment of its own, which needs
+# only fffc's runtime (onnxruntime) besides PyTriton (tests/test_triton.py).
+TRITON_VENV ?= .venv-triton
 
-.PHONY: install optimum demo test lint bench test-asan fuzz
+.PHONY: install optimum triton demo test lint bench test-asan fuzz
 
 $(VENV)/.installed: pyproject.toml scripts/system-deps.sh
 	bash scripts/system-deps.sh
@@ -25,6 +29,15 @@ $(OPTIMUM_VENV)/.installed:
 
 optimum: $(OPTIMUM_VENV)/.installed
 
+$(TRITON_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q onnxruntime 'nvidia-pytriton>=0.5'
+	$(TRITON_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+triton: $(TRITON_VENV)/.installed
+
 demo: install
 	$(PY) examples/quickstart.py
 
@@ -32,8 +45,9 @@ lint: install
 	$(PY) -m ruff check .
 
 # the suite, then the shim's own tests again under ASan + UBSan (test-asan's short version)
-test: lint optimum
-	FFFC_OPTIMUM_VENV=$(abspath $(OPTIMUM_VENV)) $(PY) -m pytest -q -p no:cacheprovider
+test: lint optimum triton
+	FFFC_OPTIMUM_VENV=$(abspath $(OPTIMUM_VENV)) FFFC_TRITON_VENV=$(abspath $(TRITON_VENV)) \
+	$(PY) -m pytest -q -p no:cacheprovider
 	$(MAKE) test-asan ASAN_TESTS="$(ASAN_SHORT)"
 
 bench: install

@@ -330,6 +330,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_triton_repo(args: argparse.Namespace) -> int:
+    from .package.triton import RepositoryOptions, write_repository
+
+    out = write_repository(args.artifact, args.output, RepositoryOptions(
+        name=args.name, instances=args.instances, max_batch=args.max_batch, mount=args.mount,
+        force=args.force))
+    console.print(f"written: [bold]{out}[/] (Triton ONNX Runtime backend; tritonserver "
+                  f"--model-repository={args.mount or args.output.resolve()})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fffc", description=__doc__.split("\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
@@ -489,6 +500,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the files only; do not load the shim and model in ONNX Runtime")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
+
+    t = sub.add_parser("triton-repo", help="write a Triton Inference Server model repository "
+                       "(ONNX Runtime backend) serving an artifact")
+    t.add_argument("artifact", type=Path)
+    t.add_argument("-o", "--output", type=Path, required=True, metavar="REPO",
+                   help="the model repository: REPO/NAME/config.pbtxt and REPO/NAME/1/ (the "
+                   "model, its external data, the shim); other models in REPO are left alone")
+    t.add_argument("--name", help="the model's name in Triton (default: the artifact folder's "
+                   "name up to its first dot)")
+    t.add_argument("--instances", type=int, default=1, metavar="N",
+                   help="ONNX Runtime sessions serving the model (instance_group count; "
+                   "default %(default)s); on the GPU for a --target cuda artifact, else the CPU")
+    t.add_argument("--max-batch", type=int, default=0, metavar="N",
+                   help="let Triton's dynamic batcher merge up to N requests along the first "
+                   "dimension (default 0: off, so each request keeps the token count it was "
+                   "sent with, which is what fffc's few-token kernels serve)")
+    t.add_argument("--mount", metavar="DIR",
+                   help="absolute path of REPO inside the server, for the shim's path in the "
+                   "config (default: REPO's absolute path here; /mnt/models under KServe)")
+    t.add_argument("--force", action="store_true", help="replace an existing REPO/NAME")
+    t.set_defaults(func=cmd_triton_repo)
     return p
 
 
