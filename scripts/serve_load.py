@@ -20,6 +20,7 @@ import argparse
 import http.client
 import io
 import json
+import os
 import socket
 import sys
 import threading
@@ -29,6 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+# every node and the driver on the loopback address (read when ray is imported): Ray
+# otherwise resolves 127.0.0.1 to the machine's own address, which a sandbox may not route
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import fffc.serve
 
