@@ -30,7 +30,7 @@ UNITS = (
     ("package", ("fffc.package",)),
     ("stages", ("fffc.stages",)),
     ("pipeline", ("fffc.pipeline",)),
-    ("api", ("fffc", "fffc.cli", "fffc.bench", "fffc.bench_decode", "fffc.timing")),
+    ("api", ("fffc", "fffc.cli", "fffc.bench", "fffc.bench_decode", "fffc.timing", "fffc.serve")),
 )
 # Libraries a unit must never import, whatever its rank allows.
 FORBIDDEN = {
