@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from fffc.contract.act_quant import unpack
 from fffc.contract.int4 import INT8_ACCURACY, Int4Weights
 from fffc.contract.kinds import Branch, SiteKind, SparseMode
 from fffc.contract.lowering import Masks, SiteLowering
@@ -188,7 +189,8 @@ def masked_ffn(tape: ir.tape.Tape, m: FFNMarker, masks: Masks | None, values: Ma
         tape, v["X"], v["W1"], v["B1"], v["W2"], v["B2"], v["WU"],
         activation_name=m.activation, up_activation=m.up_activation, opset=opset,
         wu_rows=False, thresholds=(masks.input, masks.hidden), predictor=values.predictor,
-        gate_threshold=masks.gate, centers=values.centers)
+        gate_threshold=masks.gate, centers=values.centers,
+        act_quant=unpack(const_array(v["AQ"])))
 
 
 def keep(ctx: Lowering, m: FFNMarker, plan: SiteLowering) -> None:
