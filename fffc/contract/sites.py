@@ -103,7 +103,8 @@ class Site:
         if self.kind not in (SiteKind.DENSE, SiteKind.GATED):
             return f"no int4 kernels for {self.kind} sites yet"
         names = ("W1", "W2", *(("WU",) if self.kind is SiteKind.GATED else ()))
-        return int4_weights(self.weight_formats, names, self.d_model, self.d_ff, self.d_out)
+        return int4_weights(self.weight_formats, names, self.d_model, self.d_ff, self.d_out,
+                            static_activations=bool(self.act_quant))
 
     @property
     def bias(self) -> bool:

@@ -46,7 +46,8 @@ def layout(inputs: dict[str, ir.Value | None]) -> Int4Weights | None:
         return None
     names = [n for n in ("W1", "W2", "WU") if inputs.get(n) is not None]
     w1, w2 = const_shape(inputs["W1"]), const_shape(inputs["W2"])
-    q = int4_weights(formats, names, w1[0], w1[1], w2[1])
+    q = int4_weights(formats, names, w1[0], w1[1], w2[1],
+                     static_activations=inputs.get("AQ") is not None)
     if isinstance(q, str):
         raise ValueError(f"int4 SparseFFN: {q}")
     return q
