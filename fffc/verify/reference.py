@@ -58,7 +58,7 @@ def sparse_ffn(
 # a pre-quantization value within this many steps (plus the relative part) of a rounding
 # boundary may round either way in float32 (the kernels' sums, ONNX Runtime's integer
 # products scaled back): its fake quantization is ambiguous by one step
-FQ_EDGE_STEPS, FQ_EDGE_REL = 2e-3, 1e-5
+FQ_EDGE_STEPS, FQ_EDGE_REL = 2e-4, 2e-6
 
 
 def _fq(v: np.ndarray, fq: FakeQuant | None) -> tuple[np.ndarray, np.ndarray]:
