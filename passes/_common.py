@@ -149,8 +149,11 @@ def node_names(*values: ir.Value | None) -> list[str]:
     """Names of the nodes producing the given values, in order, skipping None."""
     out = []
     for v in values:
-        if v is not None and v.producer() is not None:
-            out.append(v.producer().name or v.producer().op_type)
+        p = v.producer() if v is not None else None
+        if p is not None and p.domain == CANON and "original_names" in p.attributes:
+            out.extend(p.attributes["original_names"].value)  # the user's nodes it stands for
+        elif p is not None:
+            out.append(p.name or p.op_type)
     return out
 
 

@@ -16,6 +16,13 @@ comes back as the user's nodes, codes and scales byte for byte — never as a fl
 ``MatMul``. ``legalize`` calls it; a ``Dequantized`` weight read by anything but a
 ``MatMul``'s B input is an error there.
 
+An activation's ``QuantizeLinear → DequantizeLinear`` pair (``quantize_static``'s QDQ
+format: one constant per-tensor scale and zero point shared by both) becomes one
+``ai.fffc.canon::FakeQuant(v, scale, zero_point)`` (``fffc.contract.act_quant``), a ReLU
+made explicit before it where the zero point is the code type's minimum (the quantizer
+fuses a ReLU so; the function is the same, ``act_quant``); ``restore`` rebuilds the pair
+from the same initializers and names (an explicit ReLU stays, computing nothing new).
+
 Refused (left in their source form, and named in near misses by ``why_not``):
 ``MatMulNBits`` with ``g_idx`` (act order), a bias, float zero points or bits other than
 4 and 8; non-float32 scales; weights that are not constants.
@@ -29,6 +36,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from fffc.contract.act_quant import CODE_RANGES, FakeQuant
 from fffc.contract.kinds import Granularity, QuantSource
 from fffc.contract.quant import QuantizedWeight, nbits_zero_points
 
@@ -228,6 +236,88 @@ class DequantizeLinearWeight(pattern.RewriteRuleClassBase):
         return _weight(op, qdq_record(node), [q, scale, zp], [node.name], node)
 
 
+# --------------------------------------------------------------- QDQ activations
+
+FAKE_QUANT = "FakeQuant"  # an activation's QDQ pair in canonical form
+
+
+def fake_quant_record(node: ir.Node) -> FakeQuant:
+    """The pair of a canonical ``FakeQuant`` node."""
+    s, zp = const_array(node.inputs[1]), const_array(node.inputs[2])
+    qmin, qmax = CODE_RANGES[zp.dtype.name]
+    return FakeQuant(float(s.reshape(())), int(zp.reshape(())), qmin, qmax)
+
+
+def fake_quant(node: ir.Node | None) -> bool:
+    return node is not None and node.domain == CANON and node.op_type == FAKE_QUANT
+
+
+def _non_negative(v: ir.Value, depth: int = 4) -> bool:
+    """``v`` is ≥ 0 by construction: a ReLU, a pair clamping at zero (canonical or not yet),
+    or a product of two such (a ReLU before it would compute nothing)."""
+    p = v.producer()
+    if p is None or depth == 0:
+        return False
+    if p.op_type == "Relu" and p.domain == "":
+        return True
+    if fake_quant(p) or (p.op_type == "DequantizeLinear" and p.domain == ""
+                         and len(p.inputs) > 2 and p.inputs[0].producer() is not None
+                         and p.inputs[0].producer().op_type == "QuantizeLinear"):
+        zp = const_array(p.inputs[2])
+        return (zp is not None and zp.dtype.name in CODE_RANGES and zp.size == 1
+                and int(zp.reshape(())) == CODE_RANGES[zp.dtype.name][0])
+    if p.op_type == "Mul" and p.domain == "" and len(p.inputs) == 2:
+        return all(_non_negative(i, depth - 1) for i in p.inputs)
+    return False
+
+
+class QuantizeDequantizeActivation(pattern.RewriteRuleClassBase):
+    """Replaces ``DequantizeLinear(QuantizeLinear(v, s, z), s, z)`` on a computed activation
+    with ``ai.fffc.canon::FakeQuant(v, s, z)`` (``[Relu]`` first where z is the code type's
+    minimum).
+
+    Matches: ``quantize_static`` in QDQ format (int8 or uint8 activations, per tensor).
+    """
+
+    def pattern(self, op, v, s, zp):
+        q = op.QuantizeLinear(v, s, zp, _outputs=["q"])
+        return op.DequantizeLinear(q, s, zp, _outputs=["dq"])
+
+    def check(self, context, v, s, zp, q, dq, **_):
+        r = pattern.MatchResult()
+        if const_array(v) is not None:
+            return r.fail("QuantizeLinear: expected a computed activation, got a constant", v)
+        for value, what in ((s, "activation scale"), (zp, "activation zero point")):
+            r = r and _constant(r, value, what)
+            if r and const_array(value).size != 1:
+                return r.fail(f"{what}: expected one value (per tensor), got "
+                              f"{list(const_array(value).shape)}", value)
+        if not r:
+            return r
+        if const_array(zp).dtype.name not in CODE_RANGES:
+            return r.fail(f"activation zero point: expected int8 or uint8, got "
+                          f"{const_array(zp).dtype.name}", zp)
+        r = _float32_scales(r, s, "activation scale")
+        if r and not float(const_array(s).reshape(())) > 0:
+            return r.fail("activation scale: expected > 0", s)
+        for node in (q.producer(), dq.producer()):
+            extra = [a for a in node.attributes if a not in ("axis", "saturate")]
+            if r and extra:
+                return r.fail(f"{node.op_type} attributes: expected none of {extra}", node)
+        return r
+
+    def rewrite(self, op, v, s, zp, q, dq, **_):
+        names = [q.producer().name, dq.producer().name]
+        attrs = {f"{_SOURCE}q_{a.name}": a.value for a in q.producer().attributes.values()}
+        attrs |= {f"{_SOURCE}dq_{a.name}": a.value for a in dq.producer().attributes.values()}
+        zero = int(const_array(zp).reshape(()))
+        if zero == CODE_RANGES[const_array(zp).dtype.name][0] and not _non_negative(v):
+            v = op.Relu(v)
+        y = op.FakeQuant(v, s, zp, _domain=CANON, original_names=names, **attrs)
+        y.type, y.shape = dq.type, dq.shape
+        return y
+
+
 # --------------------------------------------------------------- dynamic int8
 
 
@@ -298,6 +388,7 @@ class DynamicInt8ToMatMul(pattern.RewriteRuleClassBase):
 rules = pattern.RewriteRuleSet(
     [
         MatMulNBitsToMatMul.rule("MatMulNBits"),
+        QuantizeDequantizeActivation.rule("QuantizeDequantizeActivation"),
         DequantizeLinearWeight.rule("DequantizeLinearWeight"),
         *DynamicInt8ToMatMul.rule("DynamicInt8").commute(),
     ]
@@ -360,6 +451,8 @@ def restore(graph: ir.Graph) -> None:
     DynamicQuantizeLinear per x and graph)."""
     quantizers: dict[tuple[int, int], ir.Node] = {}
     touched: dict[int, ir.Graph] = {}
+    for node in [n for n in graph if fake_quant(n)]:
+        _restore_pair(graph, node)
     for node in [n for n in graph if dequantized(n)]:
         q = quantized_record(node)
         w = node.outputs[0]
@@ -384,6 +477,20 @@ def restore(graph: ir.Graph) -> None:
     if quantizers:  # a shared DynamicQuantizeLinear went before the first reader rebuilt
         for g in touched.values():
             g.sort()
+
+
+def _restore_pair(graph: ir.Graph, node: ir.Node) -> None:
+    """A canonical FakeQuant back as its QuantizeLinear → DequantizeLinear pair."""
+    v, s, zp = node.inputs
+    attrs = _source_attrs(node)  # q_<name>, dq_<name>
+    qname, dqname = _names(node)
+    q = ir.node("QuantizeLinear", [v, s, zp], name=qname,
+                attributes={n[2:]: a.value for n, a in attrs.items() if n.startswith("q_")})
+    dq = ir.node("DequantizeLinear", [q.outputs[0], s, zp], name=dqname,
+                 attributes={n[3:]: a.value for n, a in attrs.items() if n.startswith("dq_")})
+    graph.insert_before(node, [q, dq])
+    _replace_value(graph, node.outputs[0], dq.outputs[0])
+    graph.remove(node, safe=False)
 
 
 def _replace_value(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:

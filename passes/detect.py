@@ -111,7 +111,8 @@ def detect(model: ir.Model) -> list[Site]:
 
 
 # quantizing nodes between a region's projections: the activations' (fake) quantization
-QUANTIZING_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+QUANTIZING_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                  canonical_quant.FAKE_QUANT}
 
 
 def _projection(node: ir.Node) -> bool:
@@ -232,17 +233,22 @@ def _quantized_failure(model: ir.Model, region: list[ir.Node]) -> str | None:
         for v in node.inputs:
             p = v.producer() if v is not None else None
             if _fake_quantized(p):
-                return (f"activations quantized in the graph (DequantizeLinear {p.name!r} "
-                        "feeds the region): fffc's FFN ops take float32 activations, so a "
-                        "model with static int8 activations (QDQ on activations) is not "
-                        "supported; quantize the weights only (MatMulNBitsQuantizer, "
-                        "quantize_dynamic, or QDQ on weights alone)")
+                name = (p.attributes["original_names"].value[-1]
+                        if canonical_quant.fake_quant(p) else p.name)
+                return (f"activations quantized in the graph (DequantizeLinear {name!r} "
+                        "feeds the region) in a form fffc does not read: static int8 "
+                        "activations (QDQ) are read in ReLU, ReGLU and dReLU FFNs "
+                        "(quantize_static's pairs on the gate, up and hidden activations); "
+                        "quantize the weights only (MatMulNBitsQuantizer, quantize_dynamic, "
+                        "or QDQ on weights alone) otherwise")
     return None
 
 
 def _fake_quantized(node: ir.Node | None) -> bool:
-    """``node`` is the DequantizeLinear of a QuantizeLinear: an activation quantized in the
-    graph (a weight's DequantizeLinear reads constant codes)."""
+    """``node`` is the DequantizeLinear of a QuantizeLinear, or its canonical FakeQuant: an
+    activation quantized in the graph (a weight's DequantizeLinear reads constant codes)."""
+    if canonical_quant.fake_quant(node):
+        return True
     if node is None or node.op_type != "DequantizeLinear" or node.domain != "":
         return False
     q = node.inputs[0].producer() if node.inputs[0] is not None else None

@@ -28,7 +28,7 @@ OP_OF_KIND: dict[SiteKind, OpSpec] = {
     SiteKind.STRUCTURED: STRUCTURED_FFN, SiteKind.ROUTED: ROUTED_FFN,
 }
 # the SparseFFN inputs a dense/gated marker carries (the rest are the plan's parameters)
-FFN_INPUTS = ("X", "W1", "B1", "W2", "B2", "WU")
+FFN_INPUTS = ("X", "W1", "B1", "W2", "B2", "WU", "AQ")
 
 
 def markers(graph: ir.Graph) -> list[ir.Node]:
@@ -77,7 +77,8 @@ class Marker:
 
 @dataclass(frozen=True)
 class FFNMarker(Marker):
-    """A dense or gated FFN: SparseFFN's X, W1, B1, W2, B2, WU (WU as [d_in, d_ff])."""
+    """A dense or gated FFN: SparseFFN's X, W1, B1, W2, B2, WU (WU as [d_in, d_ff]), AQ
+    (the activations' fake quantizations found inside it, ``fffc.contract.act_quant``)."""
 
     up_activation: str
 

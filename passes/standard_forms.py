@@ -9,9 +9,12 @@ chain below.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import onnx_ir as ir
+
+from fffc.contract.act_quant import At, FakeQuant
 
 FLOAT32 = np.dtype(np.float32)
 
@@ -93,6 +96,7 @@ def ffn(
     gate_threshold: Threshold = None,
     centers: tuple[ir.Value | None, ir.Value | None] = (None, None),
     keep_centers: bool = True,
+    act_quant: Mapping[At, FakeQuant] | None = None,
 ) -> ir.Value:
     """``act(x·W1+b1) [⊙ up_act(x·WU)] · W2 + b2``; ``wu_rows``: WU is stored [d_ff, d_in].
 
@@ -107,8 +111,14 @@ def ffn(
     ``centers`` (c_in [d_in], c_hidden [d_ff], either None): centered TEAL — an entry within
     t of its channel's center becomes the center (``keep_centers``, the reference), or the
     centered entries are what is thresholded and projected (the op's form with XC, HC, whose
-    biases hold the centers' share).
+    biases hold the centers' share). ``act_quant``: the activations' fake quantizations by
+    place (``fffc.contract.act_quant``), each a QuantizeLinear → DequantizeLinear pair.
     """
+    fq = dict(act_quant or {})
+
+    def quantized(at: At, v: ir.Value) -> ir.Value:
+        return fake_quant(tape, v, fq[at]) if at in fq else v
+
     c_in, c_hidden = centers
     t_in, t_hidden = thresholds if thresholds is not None else (None, None)
     if _active(t_in):
@@ -117,7 +127,7 @@ def ffn(
         x = tape.op("Sub", [x, c_in])
     if w1_rows:
         w1 = tape.op("Transpose", [w1], {"perm": [1, 0]})
-    h = tape.op("MatMul", [x, w1])
+    h = quantized(At.PRE, tape.op("MatMul", [x, w1]))
     if b1 is not None:
         h = tape.op("Add", [h, b1])
     dtype = float_dtype(w1)  # a 16-bit model's FFN in its own dtype
@@ -127,7 +137,8 @@ def ffn(
     if wu is not None:
         wu_in_out = tape.op("Transpose", [wu], {"perm": [1, 0]}) if wu_rows else wu
         u = activation(tape, up_activation, tape.op("MatMul", [x, wu_in_out]), opset, dtype)
-        a = tape.op("Mul", [a, u])
+        a = tape.op("Mul", [quantized(At.GATE, a), quantized(At.UP, u)])
+    a = quantized(At.HIDDEN, a)
     if _active(t_hidden):
         a = _zero_small(tape, a, t_hidden, c_hidden, keep_centers)
     elif c_hidden is not None and not keep_centers:
@@ -140,6 +151,14 @@ def ffn(
     if b2 is not None:
         y = tape.op("Add", [y, b2])
     return y
+
+
+def fake_quant(tape: ir.tape.Tape, v: ir.Value, fq: FakeQuant) -> ir.Value:
+    """``QuantizeLinear → DequantizeLinear`` of v with fq's scale and zero point (per tensor,
+    of its code type): ``fffc.contract.act_quant.fake_quantize`` in ONNX Runtime."""
+    s = _const(tape, fq.scale)
+    z = _const(tape, fq.zero_point, np.dtype(fq.code_type))
+    return tape.op("DequantizeLinear", [tape.op("QuantizeLinear", [v, s, z]), s, z])
 
 
 def _token_rows(tape: ir.tape.Tape, x: ir.Value, w_out: ir.Value):

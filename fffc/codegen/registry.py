@@ -167,7 +167,7 @@ class SparseKernels(OpKernels):
         if spec.bits:  # the shim's TableMode of a quantized call (a predictor's rank first)
             mode = f"{spec.mode}/{spec.rank}" if spec.mode is SparseMode.PREDICTOR else spec.mode
             return (f"{mode}/q{int(spec.bits)}b{spec.block}" + ("z" if spec.zero_points else "")
-                    + ("i8" if spec.int8_x else ""))
+                    + ("i8" if spec.int8_x else "") + ("aq" if spec.act_quant else ""))
         if spec.mode is SparseMode.PREDICTOR:
             return f"{spec.mode}/{spec.rank}"  # rank: PA's width
         if spec.centers:

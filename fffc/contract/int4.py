@@ -183,15 +183,40 @@ _WHOLE_ROWS = {Granularity.CHANNEL: " (per-channel scales: one block of K codes 
 _RUN_TIME_X = " (MatMulInteger: x quantized to uint8 per tensor at run time)"
 
 
+QDQ_BLOCK = 32  # the block a QDQ int8 weight's per-tensor / per-channel scales are repeated in
+
+
+def _whole_rows_int8(q: QuantizedWeight) -> bool:
+    """A QDQ int8/uint8 weight with one scale per tensor or per output channel: the 8-bit
+    layout holds it exactly (``int8.from_per_channel``)."""
+    return (q.source is QuantSource.QDQ and q.bits == 8
+            and (q.granularity is Granularity.TENSOR
+                 or (q.granularity is Granularity.CHANNEL and q.axis == 1)))
+
+
 def int4_weights(formats: Mapping[str, QuantizedWeight], names: Sequence[str], d_in: int,
-                 d_ff: int, d_out: int) -> Int4Weights | str:
+                 d_ff: int, d_out: int, static_activations: bool = False) -> Int4Weights | str:
     """The int4 or int8 layout of a site's projections ``names`` (op input names: W1, W2[,
-    WU]) with weight formats ``formats``, or why SparseFFN cannot take them as codes."""
+    WU]) with weight formats ``formats``, or why SparseFFN cannot take them as codes.
+    ``static_activations``: the site's activations are fake-quantized (quantize_static's
+    QDQ), whose per-tensor / per-channel int8 weights map onto the 8-bit layout; alone (no
+    activation pairs), ONNX Runtime's optimizer turns such a DequantizeLinear → MatMul into
+    its own int8 arithmetic on x (measured 5e-3 relative from the float function on the toy
+    dReLU FFN), which the kernels do not compute, so those stay as they were."""
     missing = [n for n in names if n not in formats]
     if missing:
         return (f"{', '.join(missing)} float32 beside int4 {next(iter(formats))}: mixed "
                 "float and quantized projections")
     qs = [formats[n] for n in names]
+    if static_activations and all(_whole_rows_int8(q) for q in qs):  # onto the 8-bit layout (int8.from_per_channel)
+        if d_in % QDQ_BLOCK or d_ff % QDQ_BLOCK:
+            return (f"per-channel int8 codes in blocks of {QDQ_BLOCK}: d_in {d_in} and d_ff "
+                    f"{d_ff} must be multiples of {QDQ_BLOCK}")
+        if d_out % CHUNK:
+            return f"d_out {d_out} must be a multiple of {CHUNK}"
+        # zero points where any projection has them (the others' all 128)
+        return Int4Weights(QDQ_BLOCK, not all(q.symmetric for q in qs), False,
+                           WeightBits.INT8)
     if any(q.source is not QuantSource.MATMUL_NBITS for q in qs):
         return "SparseFFN's bits 4 and 8 take MatMulNBits' block-wise codes only" + (
             _WHOLE_ROWS.get(qs[0].granularity, "") if qs[0].source is QuantSource.QDQ

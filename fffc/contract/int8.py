@@ -142,3 +142,39 @@ def float_weights(w) -> dict[str, np.ndarray]:
         out["WU"] = np.ascontiguousarray(dequantize(rows_matrix(w["WU"], w["WUS"],
                                                                 w.get("WUZ"))).T)
     return out
+
+
+def from_per_channel(codes_: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None,
+                     axis: int | None, block: int = 32) -> Q8Matrix | str:
+    """A QDQ weight ``W [K, N]`` quantized per tensor (``axis`` None) or per output channel
+    (``axis`` 1: one scale, zero point per column n), int8 or uint8 codes, in the layout
+    above with ``block``: the same codes (int8 ones moved to uint8 by + 128, their zero
+    points too, so every difference code − zero point is unchanged) and each channel's scale
+    repeated for each of its blocks — every dequantized weight is the same float32 product
+    DequantizeLinear computes, no requantization. Why not where the layout cannot hold it
+    (scales along K: ``axis`` 0; K not a multiple of ``block``)."""
+    codes_ = np.asarray(codes_)
+    if codes_.ndim != 2 or codes_.dtype.name not in ("int8", "uint8"):
+        return f"codes {codes_.dtype.name} {list(codes_.shape)}: expected 2-D int8 or uint8"
+    k, n = codes_.shape
+    if axis == 0 and np.asarray(scale).size > 1:
+        return ("scales per input row (axis 0): a block of the layout shares one scale along "
+                "K")
+    if k % block:
+        return f"K {k} is not a multiple of the block {block}"
+    shift = 128 if codes_.dtype.name == "int8" else 0
+    blocks = k // block
+
+    def per_block(a: np.ndarray, dtype) -> np.ndarray:
+        a = np.broadcast_to(np.asarray(a).reshape(-1), (n,)) if np.asarray(a).size in (1, n) \
+            else None
+        return np.ascontiguousarray(np.repeat(a.astype(dtype)[:, None], blocks, axis=1))
+
+    if np.asarray(scale).size not in (1, n):
+        return f"scales {list(np.asarray(scale).shape)}: expected one or {n}"
+    u = (codes_.astype(np.int16) + shift).astype(np.uint8)
+    zp = (np.zeros((), np.int16) if zero_point is None
+          else np.asarray(zero_point).astype(np.int16)) + shift
+    zeros = None if np.all(zp == SYMMETRIC_ZERO_POINT) else per_block(zp, np.uint8)
+    return Q8Matrix(np.ascontiguousarray(u.T.reshape(n, blocks, block)),
+                    per_block(np.asarray(scale, np.float32), np.float32), zeros, k, block)

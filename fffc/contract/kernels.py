@@ -110,6 +110,7 @@ class SparseSpec(KernelSpec):
     block: int = 0
     zero_points: bool = False  # int4: the weights have zero points (else every one is 8)
     int8_x: bool = False  # int4: x rounded to int8 per block first (accuracy_level 4)
+    act_quant: bool = False  # the AQ input: activations fake-quantized inside the FFN
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", SparseMode(self.mode))
@@ -126,7 +127,8 @@ class SparseSpec(KernelSpec):
         if self.bits:
             dtype = f"int{self.bits}"
             extra += (("block", str(self.block)), ("zero_points", str(int(self.zero_points))),
-                      *((("int8_x", "1"),) if self.int8_x else ()))
+                      *((("int8_x", "1"),) if self.int8_x else ()),
+                      *((("act_quant", "1"),) if self.act_quant else ()))
         return Row(self.op, self.activation, self.up_activation, str(self.mode), self.d_in,
                    self.d_ff, self.d_out, self.has_b1, self.has_b2, self.gated, dtype, extra)
 
@@ -148,7 +150,8 @@ class SparseSpec(KernelSpec):
             names.append("TH")
         if self.mode is SparseMode.PREDICTOR:
             names += ["PA", "PB", "PC"]
-        return [*names, *(f"{p.upper()}C" for p in self.centers), "Y"]
+        return [*names, *(f"{p.upper()}C" for p in self.centers),
+                *(["AQ"] if self.act_quant else []), "Y"]
 
 
 def fff_table_mode(trees: int, depth: int, tie_break: str = "gt") -> str:
@@ -403,7 +406,8 @@ def _sparse_of(r: Row, extra: dict[str, str]) -> KernelSpec:
     int4 = {}
     if "block" in extra:  # int codes: the row's dtype names the bits, the activations float32
         int4 = {"bits": int(r.dtype.removeprefix("int")), "block": int(extra["block"]),
-                "zero_points": extra["zero_points"] == "1", "int8_x": extra.get("int8_x") == "1"}
+                "zero_points": extra["zero_points"] == "1", "int8_x": extra.get("int8_x") == "1",
+                "act_quant": extra.get("act_quant") == "1"}
     return SparseSpec(r.activation, r.up_activation, SparseMode(r.mode), r.d_in, r.d_ff,
                       r.d_out, r.has_b1, r.has_b2, r.gated, FLOAT32 if int4 else r.dtype,
                       rank=int(extra.get("rank", 0)), centers=extra.get("centers", ""), **int4)
@@ -458,8 +462,8 @@ def sparse_specs(site, m) -> list[KernelSpec]:
     site's centers are part of the spec (they change the kernel's inputs)."""
     predictor = m.sparse_mode is SparseMode.PREDICTOR
     q = site.int4
-    int4 = ({"bits": q.bits, "block": q.block, "zero_points": q.zero_points, "int8_x": q.int8_x}
-            if q else {})
+    int4 = ({"bits": q.bits, "block": q.block, "zero_points": q.zero_points, "int8_x": q.int8_x,
+             "act_quant": bool(site.act_quant)} if q else {})
     return [SparseSpec(
         site.activation, site.up_activation, m.sparse_mode, site.d_model, site.d_ff,
         site.d_out,

@@ -122,6 +122,14 @@ SPARSE_FFN = OpSpec(
                          "byte (absent: 8; bits 8: 128)", optional=True),
         TensorArg("WUS", "bits 4, 8: WU's scales, as W1S", optional=True),
         TensorArg("WUZ", "bits 4, 8: WU's zero points, as W1Z", optional=True),
+        TensorArg("AQ", "static activation quantization (quantize_static's QDQ pairs inside "
+                        "the FFN): float32 [4, 4], row r = where (0: X·W1 before B1, 1: the "
+                        "gate's activation, 2: the up activation, 3: the down projection's "
+                        "input), (s, z, qmin, qmax); fq(v) = (clamp(round_half_even(v / s) + "
+                        "z, qmin, qmax) - z)·s applied there, a row of zeros: none (dense: "
+                        "Y = fq3(act(fq0(X·W1) + B1))·W2 + B2; gated: Y = fq3(fq1(act(fq0("
+                        "X·W1) + B1)) ⊙ fq2(up_act(X·WU)))·W2 + B2). fq(0) = 0, so zeros stay "
+                        "zeros", optional=True),
     ),
     outputs=(TensorArg("Y", "[..., d_out]"),),
     attributes=(

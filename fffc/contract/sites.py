@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .act_quant import At, FakeQuant
 from .dispatch import TokenDispatch
 from .int4 import Int4Weights, int4_weights
 from .kinds import Decision, SiteKind, WeightDtype
@@ -67,6 +68,8 @@ class Site:
     # W_out); the weights above are their dequantized float32 values
     weight_formats: dict[str, QuantizedWeight] = field(default_factory=dict)
     gate_flips: GateFlips | None = None  # quantized exact sites (``fffc.verify.decisions``)
+    # static activation quantization inside the FFN (``fffc.contract.act_quant``): by place
+    act_quant: dict[At, FakeQuant] = field(default_factory=dict)
 
     def __setattr__(self, name: str, value) -> None:
         """``kind`` and ``decision`` always hold their enums (a plain value is read as one)."""
@@ -100,7 +103,8 @@ class Site:
         if self.kind not in (SiteKind.DENSE, SiteKind.GATED):
             return f"no int4 kernels for {self.kind} sites yet"
         names = ("W1", "W2", *(("WU",) if self.kind is SiteKind.GATED else ()))
-        return int4_weights(self.weight_formats, names, self.d_model, self.d_ff, self.d_out)
+        return int4_weights(self.weight_formats, names, self.d_model, self.d_ff, self.d_out,
+                            static_activations=bool(self.act_quant))
 
     @property
     def bias(self) -> bool:
@@ -119,6 +123,7 @@ class Site:
         d["family"] = self.family
         d["weight_formats"] = {n: q.to_json() for n, q in self.weight_formats.items()}
         d["gate_flips"] = self.gate_flips.to_json() if self.gate_flips is not None else None
+        d["act_quant"] = {at.name.lower(): fq.row() for at, fq in self.act_quant.items()}
         if self.centered:
             d["centered"] = self.centered
         return d

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..contract import act_quant
 from ..contract.errors import UsageError
 from ..contract.int4 import Int4Weights
 from ..contract.kinds import Decision, SiteKind, SparseMode, WeightBits
@@ -33,6 +34,12 @@ def plan(sites: Sequence[Site], only: Sequence[str] = (), int4_target: str = "",
         int4 = site.int4
         if only and site.name not in only and not set(site.matched_nodes) & set(only):
             site.decision, site.reason = Decision.DENSE, NOT_SELECTED
+        elif site.act_quant and not (isinstance(int4, Int4Weights)
+                                     and int4.bits is WeightBits.INT8):
+            why = int4 if isinstance(int4, str) else "float weights"
+            site.decision, site.reason = Decision.DENSE, (
+                f"{act_quant.describe(site.act_quant)}: fffc applies the activations' fake "
+                f"quantization in its int8 exact kernels only ({why}); left as it was")
         elif site.weight_formats and (int4 is None or isinstance(int4, str)):
             why = int4 or "no fffc kernels for this weight format yet"
             site.decision, site.reason = Decision.DENSE, f"{site.quantized}: {why}; left as it was"

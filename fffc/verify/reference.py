@@ -7,9 +7,11 @@ measured against the exact value, not against another float32 rounding.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
+from ..contract.act_quant import At, FakeQuant
 from ..contract.ops import capacity_k
 from ..contract.structure import projection
 from ..contract.tolerances import PREDICTOR_BAND, TEAL_BAND
@@ -43,24 +45,69 @@ def sparse_ffn(
     *,
     activation_name: str = "relu",
     up_activation: str = "none",
+    act_quant: Mapping[At, FakeQuant] | None = None,
 ) -> np.ndarray:
     """``ai.fffc::SparseFFN`` mode exact: ``act(x·W1+b1) [⊙ up_act(x·WUᵀ)] · W2 + b2`` over
-    the last axis. Exact skipping drops only neurons whose value is exactly zero, so the
-    reference is the dense computation.
+    the last axis, with ``act_quant``'s fake quantizations where the op text puts them
+    (``fffc.contract.act_quant``). Exact skipping drops only neurons whose value is exactly
+    zero, so the reference is the dense computation.
     """
+    return _sparse_ffn(x, w1, b1, w2, b2, wu, activation_name, up_activation, act_quant)[0]
+
+
+# a pre-quantization value within this many steps (plus the relative part) of a rounding
+# boundary may round either way in float32 (the kernels' sums, ONNX Runtime's integer
+# products scaled back): its fake quantization is ambiguous by one step
+FQ_EDGE_STEPS, FQ_EDGE_REL = 2e-4, 2e-6
+
+
+def _fq(v: np.ndarray, fq: FakeQuant | None) -> tuple[np.ndarray, np.ndarray]:
+    """fq(v) in float64 (round half to even) and where v is near a rounding boundary."""
+    if fq is None:
+        return v, np.zeros(v.shape, bool)
+    t = v / fq.scale
+    near = np.abs(np.abs(t - np.floor(t)) - 0.5) <= FQ_EDGE_STEPS + FQ_EDGE_REL * np.abs(t)
+    q = np.clip(np.rint(t) + fq.zero_point, fq.qmin, fq.qmax)
+    return (q - fq.zero_point) * fq.scale, near
+
+
+def _sparse_ffn(x, w1, b1, w2, b2, wu, activation_name, up_activation, act_quant):
+    """(y, the per-neuron bound on |Δh| where a fake quantization is ambiguous, or None)."""
+    fq = dict(act_quant or {})
     xd = np.asarray(x, dtype=np.float64)
-    h = xd @ np.asarray(w1, dtype=np.float64)
-    if b1 is not None:
-        h = h + b1
+    p, near_p = _fq(xd @ np.asarray(w1, dtype=np.float64), fq.get(At.PRE))
+    h = p + b1 if b1 is not None else p
     a = activation(activation_name, h)
+    dh = None
+    step = {at: (fq[at].scale if at in fq else 0.0) for at in At}
     if wu is not None:
-        a = a * activation(up_activation, xd @ np.asarray(wu, dtype=np.float64).T)
+        g, near_g = _fq(a, fq.get(At.GATE))
+        u, near_u = _fq(activation(up_activation, xd @ np.asarray(wu, dtype=np.float64).T),
+                        fq.get(At.UP))
+        a, near_h = _fq(g * u, fq.get(At.HIDDEN))
+        if fq:
+            dg = np.where(near_p | near_g, step[At.PRE] + step[At.GATE], 0.0)
+            du = np.where(near_u, step[At.UP], 0.0)
+            dprod = dg * (np.abs(u) + du) + np.abs(g) * du
+            dh = np.where(near_p | near_g | near_u | near_h, dprod + step[At.HIDDEN], 0.0)
+    else:
+        a, near_h = _fq(a, fq.get(At.HIDDEN))
+        if fq:
+            dh = np.where(near_p | near_h, step[At.PRE] + step[At.HIDDEN], 0.0)
     y = a @ np.asarray(w2, dtype=np.float64)
     if b2 is not None:
         y = y + b2
-    return y
+    return y, dh
 
 
+def fake_quant_slack(x: np.ndarray, w1, b1, w2, wu, *, activation_name: str,
+                     up_activation: str, act_quant: Mapping[At, FakeQuant]) -> np.ndarray:
+    """Σ over the neurons whose fake quantization is ambiguous (within float32 rounding of a
+    boundary: ``FQ_EDGE_STEPS``) of the bound on their |Δh| times |W2|'s row: the error a
+    correct float32 implementation (or ONNX Runtime's integer one) may show beyond rtol —
+    a flip of round() at .5 moves h by one step s."""
+    _, dh = _sparse_ffn(x, w1, b1, w2, None, wu, activation_name, up_activation, act_quant)
+    return dh @ np.abs(np.asarray(w2, dtype=np.float64))
 
 
 def _masked_down(a: np.ndarray, dropped: np.ndarray, ambiguous: np.ndarray, w2: np.ndarray,

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..contract import act_quant
 from ..contract.int4 import Int4Weights, float_matrices, float_weights, quantize_x
 from ..contract.kinds import Decision
 from ..contract.modes import Behaviour, Layout, mode, register
@@ -66,7 +67,12 @@ def _exact(site: Site, x: np.ndarray, w: Inputs):
     q = site.int4
     if isinstance(q, Int4Weights) and q.int8_x:  # accuracy_level 4: x rounded per block
         x = quantize_x(x, q.block)
-    return reference.sparse_ffn(x, *_ffn(w), **_act(site)), None
+    fq = act_quant.unpack(w.get("AQ"))
+    y = reference.sparse_ffn(x, *_ffn(w), **_act(site), act_quant=fq)
+    if not fq:
+        return y, None
+    w1, b1, w2, _, wu = _ffn(w)
+    return y, reference.fake_quant_slack(x, w1, b1, w2, wu, **_act(site), act_quant=fq)
 
 
 @register(Decision.TEAL, Behaviour.REFERENCE)

@@ -12,12 +12,22 @@ weights), not MatMulNBits' own arithmetic (``accuracy_level`` 4 quantizes x to i
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx_ir as ir
 
 from fffc.contract import int8
-from fffc.contract.int4 import Int4Weights, Q4Matrix, column_projections, columns, int4_weights
-from fffc.contract.kinds import SparseMode, WeightBits
+from fffc.contract.act_quant import At
+from fffc.contract.int4 import (
+    QDQ_BLOCK,
+    Int4Weights,
+    Q4Matrix,
+    column_projections,
+    columns,
+    int4_weights,
+)
+from fffc.contract.kinds import QuantSource, SparseMode, WeightBits
 from fffc.contract.ops import QUANT_INPUTS, SPARSE_FFN
 
 from .. import canonical_quant, standard_forms
@@ -36,7 +46,8 @@ def layout(inputs: dict[str, ir.Value | None]) -> Int4Weights | None:
         return None
     names = [n for n in ("W1", "W2", "WU") if inputs.get(n) is not None]
     w1, w2 = const_shape(inputs["W1"]), const_shape(inputs["W2"])
-    q = int4_weights(formats, names, w1[0], w1[1], w2[1])
+    q = int4_weights(formats, names, w1[0], w1[1], w2[1],
+                     static_activations=inputs.get("AQ") is not None)
     if isinstance(q, str):
         raise ValueError(f"int4 SparseFFN: {q}")
     return q
@@ -51,9 +62,21 @@ def _sources(value: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value | None]:
     return b, scales, zp
 
 
-def _matrix(value: ir.Value) -> Q4Matrix | int8.Q8Matrix:
+def _matrix(value: ir.Value, zero_points: bool = False) -> Q4Matrix | int8.Q8Matrix:
+    """A quantized weight in SparseFFN's layout (a row of blocks per output n); a QDQ int8
+    weight per tensor or per channel mapped onto the 8-bit layout (``int8.from_per_channel``),
+    with every zero point 128 spelled out where ``zero_points`` asks and it has none."""
     b, scales, zp = _sources(value)
     q = canonical_quant.format_of(value)
+    if q.source is QuantSource.QDQ:
+        m = int8.from_per_channel(const_array(b), const_array(scales), const_array(zp), q.axis,
+                                  QDQ_BLOCK)
+        if isinstance(m, str):
+            raise ValueError(f"weight {value.name!r}: {m}")
+        if zero_points and m.zero_points is None:
+            m = dataclasses.replace(m, zero_points=np.full(
+                m.scales.shape, int8.SYMMETRIC_ZERO_POINT, np.uint8))
+        return m
     blocks = q.k // q.block_size
     if q.bits == WeightBits.INT8:
         zeros = const_array(zp)
@@ -76,7 +99,7 @@ def arrays(inputs: dict[str, ir.Value | None], q: Int4Weights,
     for name in ("W1", "W2", "WU"):
         if inputs.get(name) is None:
             continue
-        m = _matrix(inputs[name])
+        m = _matrix(inputs[name], q.zero_points)
         scales, zeros = QUANT[name]
         if name not in per_row:
             out[name], out[scales], z = m.codes, m.scales, m.zero_points
@@ -102,7 +125,13 @@ def op_inputs(graph: ir.Graph, inputs: dict[str, ir.Value | None], q: Int4Weight
             continue
         scales, zeros = QUANT[name]
         b, s, z = _sources(inputs[name])
-        if name not in per_row:
+        if canonical_quant.format_of(inputs[name]).source is QuantSource.QDQ:
+            # codes moved to uint8, scales repeated per block: new initializers for all
+            for op_name, source in ((name, b), (scales, s), (zeros, z if z is not None else s)):
+                if op_name in made:
+                    out[op_name] = initializer(graph, f"{source.name}__{op_name}_q8",
+                                               made[op_name])
+        elif name not in per_row:
             out[name] = b if tuple(b.shape or ()) == made[name].shape else initializer(
                 graph, f"{b.name}__rows", made[name])
             out[scales] = s
@@ -244,21 +273,38 @@ def quantize_x(tape: ir.tape.Tape, x: ir.Value, block: int, opset: int) -> ir.Va
     return tape.op("Reshape", [back, tape.op("Shape", [x])])
 
 
+def fake_quant_at(tape: ir.tape.Tape, v: ir.Value, aq: ir.Value, at: At) -> ir.Value:
+    """Place ``at``'s fake quantization of v, its (s, z, qmin, qmax) read from the op's AQ
+    at run time: (Clip(Round(v / s) + z, qmin, qmax) − z)·s in float32 — QuantizeLinear
+    then DequantizeLinear's arithmetic (Round: half to even)."""
+    row = tape.op("Gather", [aq, _const(tape, [int(at)])], {"axis": 0})  # [1, 4]
+    s, z, lo, hi = (tape.op("Squeeze", [tape.op("Gather", [row, _const(tape, [i])],
+                                                {"axis": 1})]) for i in range(4))
+    q = tape.op("Clip", [tape.op("Add", [tape.op("Round", [tape.op("Div", [v, s])]), z]), lo, hi])
+    return tape.op("Mul", [tape.op("Sub", [q, z]), s])
+
+
 def exact_ffn(tape: ir.tape.Tape, f: dict[str, ir.Value | None], activation: str,
               up_activation: str, opset: int, q: Int4Weights, d_in: int,
-              d_ff: int) -> ir.Value:
+              d_ff: int, act_quant: frozenset[At] = frozenset()) -> ir.Value:
     """SparseFFN exact on int4 or int8 weights (the op's inputs ``f`` by name) in standard ops and
     MatMulNBits: its fallback. The gate and up projections by MatMulNBits in float32 on x
     (rounded to int8 per block first with ``q.int8_x``), the down projection's columns
     dequantized (folded once by ONNX Runtime) and multiplied in float32."""
+    def fq(at: At, v: ir.Value) -> ir.Value:  # ``act_quant``: the places AQ fills
+        return fake_quant_at(tape, v, f["AQ"], at) if at in act_quant else v
+
     x = quantize_x(tape, f["X"], q.block, opset) if q.int8_x else f["X"]
-    h = nbits_matmul(tape, x, f["W1"], f["W1S"], f["W1Z"], d_in, d_ff, q.block, q.bits)
+    h = fq(At.PRE, nbits_matmul(tape, x, f["W1"], f["W1S"], f["W1Z"], d_in, d_ff, q.block,
+                                q.bits))
     if f["B1"] is not None:
         h = tape.op("Add", [h, f["B1"]])
     a = standard_forms.activation(tape, activation, h, opset)
     if f["WU"] is not None:
         u = nbits_matmul(tape, x, f["WU"], f["WUS"], f["WUZ"], d_in, d_ff, q.block, q.bits)
-        a = tape.op("Mul", [a, standard_forms.activation(tape, up_activation, u, opset)])
+        a = tape.op("Mul", [fq(At.GATE, a),
+                            fq(At.UP, standard_forms.activation(tape, up_activation, u, opset))])
+    a = fq(At.HIDDEN, a)
     down = dequantize_columns8 if q.bits is WeightBits.INT8 else dequantize_columns
     y = tape.op("MatMul", [a, down(tape, f["W2"], f["W2S"], f["W2Z"])])
     return y if f["B2"] is None else tape.op("Add", [y, f["B2"]])
@@ -288,6 +334,8 @@ def float_down(tape: ir.tape.Tape, w2: ir.Value) -> ir.Value:
     """A quantized down projection ``w2`` (a marker's W2) as float32 ``[d_ff, d_out]``
     dequantized from the user's MatMulNBits constants in standard ops: the values the
     fallback's columns give, in the same float32 product."""
+    if canonical_quant.format_of(w2).source is QuantSource.QDQ:
+        return w2  # restored as its DequantizeLinear: ONNX Runtime's float32 values already
     b, s, z = _sources(w2)
     rows = (dequantize_rows8 if canonical_quant.format_of(w2).bits == WeightBits.INT8
             else dequantize_rows)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from fffc.contract.act_quant import At, unpack
 from fffc.contract.int4 import INT8_ACCURACY, Int4Weights
 from fffc.contract.kinds import Branch, SiteKind, SparseMode
 from fffc.contract.lowering import Masks, SiteLowering
@@ -188,7 +189,8 @@ def masked_ffn(tape: ir.tape.Tape, m: FFNMarker, masks: Masks | None, values: Ma
         tape, v["X"], v["W1"], v["B1"], v["W2"], v["B2"], v["WU"],
         activation_name=m.activation, up_activation=m.up_activation, opset=opset,
         wu_rows=False, thresholds=(masks.input, masks.hidden), predictor=values.predictor,
-        gate_threshold=masks.gate, centers=values.centers)
+        gate_threshold=masks.gate, centers=values.centers,
+        act_quant=unpack(const_array(v["AQ"])))
 
 
 def keep(ctx: Lowering, m: FFNMarker, plan: SiteLowering) -> None:
@@ -226,12 +228,14 @@ def overload_for(activation: str, up_activation: str, present: dict[str, bool],
 
 
 def int4_function(overload: str, present: dict[str, bool], act: str, up_act: str, opset: int,
-                  q: Int4Weights, d_in: int, d_ff: int) -> ir.Function:
-    """SparseFFN's fallback on int4 weights (``int4.exact_ffn``)."""
+                  q: Int4Weights, d_in: int, d_ff: int,
+                  act_quant: frozenset[At] = frozenset()) -> ir.Function:
+    """SparseFFN's fallback on int4 weights (``int4.exact_ffn``; ``act_quant``: the places
+    its AQ fills)."""
     formals = [ir.Value(name=n) for n in INPUT_NAMES]
     f = {v.name: v if present[v.name] else None for v in formals}
     tape = ir.tape.Tape()
-    y = int4.exact_ffn(tape, f, act, up_act, opset, q, d_in, d_ff)
+    y = int4.exact_ffn(tape, f, act, up_act, opset, q, d_in, d_ff, act_quant)
     return fallback(SPARSE_FFN, overload, formals, tape, y, opset, {MS: 1})
 
 
@@ -275,6 +279,9 @@ def _sparse_node(ctx: Lowering, m: FFNMarker, tape: ir.tape.Tape, entry: Mode, m
     else:
         raise ValueError(f"site {m.name!r}: int4 weights in mode {entry.sparse_mode} take x "
                          "in float32 (accuracy_level 0) only")
+    if m.inputs["AQ"] is not None and (q is None or entry.sparse_mode is not SparseMode.EXACT):
+        raise ValueError(f"site {m.name!r}: fake-quantized activations (AQ) are computed by "
+                         "the int8 exact kernels only")
     for p in entry.params:
         inputs |= PARAMS[p].lower(ctx, m, masks, entry, values)
     present = {n: v is not None for n, v in inputs.items()}
@@ -290,9 +297,12 @@ def _sparse_node(ctx: Lowering, m: FFNMarker, tape: ir.tape.Tape, entry: Mode, m
         if q.int8_x:
             attrs["accuracy_level"] = INT8_ACCURACY
             overload += "i8"
+        places = frozenset(unpack(const_array(m.inputs["AQ"])))
+        if places:  # one fallback per set of fake-quantized places
+            overload += "_aq" + "".join(str(int(at)) for at in sorted(places))
         if entry.sparse_mode is SparseMode.EXACT:
             build = lambda: int4_function(overload, present, m.activation,  # noqa: E731
-                                          m.up_activation, ctx.opset, q, d_in, d_ff)
+                                          m.up_activation, ctx.opset, q, d_in, d_ff, places)
         else:
             build = lambda: sparse_function(overload, present, m.activation,  # noqa: E731
                                             m.up_activation, ctx.opset, entry, True)

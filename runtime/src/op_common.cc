@@ -342,6 +342,8 @@ OrtStatus* PrepareRows(const OrtApi* api, FfnCall* c, int64_t bits) {
     bad = "WUS " + Dims(c->in[In::kWUS].dims);
   else if (c->present[In::kWUZ] && Count(c->in[In::kWUZ].dims) != c->d_ff * kz)
     bad = "WUZ " + Dims(c->in[In::kWUZ].dims);
+  else if (c->present[In::kAQ] && Count(c->in[In::kAQ].dims) != 16)  // [4, 4]
+    bad = "AQ " + Dims(c->in[In::kAQ].dims);
   if (!bad.empty())
     return Fail(api, "SparseFFN (bits " + std::to_string(bits) + ", block " + std::to_string(c->block) +
                          "): bad int" + std::to_string(bits) + " weights: " + bad);
@@ -503,7 +505,8 @@ std::string TableMode(const SparseAttrs& a, const FfnCall& c, SparseTable table)
   if (c.block != 0)
     return mode + "/q" + std::to_string(c.bits) + "b" + std::to_string(c.block) +
            (c.present[Sparse::kW1Z] ? "z" : "") +
-           (a.accuracy_level == kInt8Accuracy ? "i8" : "");
+           (a.accuracy_level == kInt8Accuracy ? "i8" : "") +
+           (c.present[Sparse::kAQ] ? "aq" : "");
   if (table == SparseTable::kCpuScreened) return mode + "/screened";
   if (a.mode != Sparse::Mode::kTeal || (!c.present[Sparse::kXC] && !c.present[Sparse::kHC]))
     return mode;

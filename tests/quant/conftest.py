@@ -21,6 +21,9 @@ FORMS: dict[str, tuple[str, Callable[[Path, Path], Path]]] = {
     "dynamic-channel-swiglu": ("swiglu", lambda s, d: q.dynamic(s, d, per_channel=True)),
     "static-qdq-tensor-drelu": ("drelu", lambda s, d: q.static_qdq(s, d, per_channel=False)),
     "static-qdq-channel-drelu": ("drelu", lambda s, d: q.static_qdq(s, d, per_channel=True)),
+    "static-qdq-tensor-relu": ("relu", lambda s, d: q.static_qdq(s, d, per_channel=False)),
+    "static-qdq-channel-relu": ("relu", lambda s, d: q.static_qdq(s, d, per_channel=True)),
+    "static-qdq-channel-reglu": ("reglu", lambda s, d: q.static_qdq(s, d, per_channel=True)),
 }
 
 

@@ -1,6 +1,6 @@
 """fffc finds the FFNs of models quantized by ONNX Runtime's own tools, records each
 projection's weight format, and reads its weights as ONNX Runtime dequantizes them; what it
-cannot read (act-order MatMulNBits, static int8 activations) is a near miss that says why."""
+cannot read (act-order MatMulNBits, a bias on MatMulNBits) is a near miss that says why."""
 
 from __future__ import annotations
 
@@ -91,15 +91,17 @@ def test_unread_nbits_forms_are_near_misses(edit, why, quantized_model, tmp_path
 
 @pytest.mark.parametrize("form,granularity,axis", [("static-qdq-tensor-drelu", TENSOR, None),
                                                    ("static-qdq-channel-drelu", CHANNEL, 1)])
-def test_static_int8_activations_are_a_near_miss(form, granularity, axis, quantized_model):
+def test_static_int8_activations_are_a_site(form, granularity, axis, quantized_model):
     """``quantize_static`` (QDQ) quantizes the activations too: its weights are read (int8,
-    per tensor or per channel, equal to ONNX Runtime's), the FFN is a near miss."""
+    per tensor or per channel, equal to ONNX Runtime's) and the FFN is a site whose
+    fake-quantized activations inside are part of its function (tests/quant/
+    test_static_qdq.py); the pairs on x and y stay outside it."""
     path = quantized_model(form)
     model = onnx.load(path)
     a = fffc.inspect(path)
-    assert a.sites == []
-    assert a.near_misses
-    assert all("activations quantized in the graph" in m.reason for m in a.near_misses)
+    assert a.near_misses == []
+    (site,) = a.sites
+    assert site.act_quant
     weights = [n for n in a.working.graph if n.op_type == "Dequantized"]
     assert len(weights) == 3
     for node in weights:
@@ -109,6 +111,9 @@ def test_static_int8_activations_are_a_near_miss(form, granularity, axis, quanti
                   .value[0])
         np.testing.assert_array_equal(const_array(node.outputs[0]),
                                       q.ort_weight(model, dq))
+    outside = [n for n in a.working.graph if n.op_type == "FakeQuant"]
+    assert sorted(n.attributes["original_names"].value[0] for n in outside) == [
+        "x_QuantizeLinear", "y_QuantizeLinear"]
 
 
 def test_float16_model_sites_are_found(tmp_path):

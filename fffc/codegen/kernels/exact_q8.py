@@ -30,6 +30,14 @@ instead. A format with ``int8_x`` (SparseFFN's ``accuracy_level`` 4) computes th
 with either dots: the float32 ones then read x rounded and scaled back, for CPUs without
 the int8 dot.
 
+With ``act_quant`` (the AQ input, ``fffc.contract.act_quant``: ``quantize_static``'s QDQ
+pairs inside the FFN) each present place's fake quantization is applied where the op text
+puts it, as QuantizeLinear → DequantizeLinear compute it (v / s, round half to even, + z,
+clamped, − z, · s, in float32): on the gate's dot before B1, on the gate's activation, on
+the up activation and on the product. A neuron is a candidate when its fake-quantized gate
+is > 0 and listed when its fake-quantized product is non-zero; fq(0) = 0 keeps every
+skipped neuron's contribution exactly zero, so skipping stays exact.
+
 The tiling, the dots' choice and the instructions come from the family's ``Q4Plan`` and
 ``Q4Isa`` (``exact_q4``), as for the int4 kernel.
 """
@@ -37,6 +45,7 @@ The tiling, the dots' choice and the instructions come from the family's ``Q4Pla
 # No ``from __future__ import annotations``: ``T.jit`` reads the kernel's parameter
 # annotations (shapes and dtypes from the generator's closure) as objects.
 
+from fffc.contract.act_quant import At
 from fffc.contract.errors import CodegenError
 from fffc.contract.int8 import SYMMETRIC_ZERO_POINT
 from fffc.contract.kernels import SparseSpec
@@ -104,6 +113,25 @@ def exact_q8_primfunc(spec: SparseSpec, tiling: Q4Tiling, symbol: str,
     NXQ, NXF = (D, 1) if INT8 else (1, D)  # x's int8 / float copies (1: unused)
     DOTS, DL = STEP_BYTES // isa.dot_bytes, isa.dot_lanes  # int8 dots per step, their lanes
     SIGNED = isa not in UNSIGNED_DOTS  # codes shifted to code − 128 for a signed dot
+    AQ_ON = spec.act_quant
+
+    def fq(AQ, at, v):
+        """Place ``at``'s fake quantization of v (identity where AQ has no scale there)."""
+        if not AQ_ON:
+            return v
+        s, z = AQ[int(at), 0], AQ[int(at), 1]
+        q = T.max(T.min(T.nearbyint(v / s) + z, AQ[int(at), 3]), AQ[int(at), 2])
+        return T.if_then_else(s > T.float32(0), (q - z) * s, v)
+
+    def gate_value(AQ, d, b):
+        """The gate's activation from its dot d and bias b: fq_G(relu(fq_P(d) + b)) gated,
+        fq_H(relu(fq_P(d) + b)) dense (ReLU: the kernel's gate test is > 0)."""
+        g = T.max(fq(AQ, At.PRE, d) + b, T.float32(0))
+        return fq(AQ, At.GATE if gated else At.HIDDEN, g) if AQ_ON else d + b
+
+    def hidden(AQ, g, u):
+        """The down projection's input of a gated neuron: fq_H(g · fq_U(up(u)))."""
+        return fq(AQ, At.HIDDEN, g * fq(AQ, At.UP, up(u)))
 
     def zero_point(WZ, row, kb):
         """The zero point of block kb of ``row`` (int32)."""
@@ -198,7 +226,8 @@ def exact_q8_primfunc(spec: SparseSpec, tiling: Q4Tiling, symbol: str,
                B2: T.Optional(T.Buffer((DO,), "float32", align=4)),
                WU: T.Optional(T.Buffer((F, KB, BLK), "uint8", align=4)),
                WUS: T.Optional(T.Buffer((F, KB), "float32", align=4)),
-               WUZ: T.Optional(T.Buffer((F, KB), "uint8", align=1)), y: T.handle):
+               WUZ: T.Optional(T.Buffer((F, KB), "uint8", align=1)),
+               AQ: T.Optional(T.Buffer((4, 4), "float32", align=4)), y: T.handle):
         T.func_attr({"global_symbol": symbol, "tirx.noalias": True})
         N = T.int32()
         X = T.match_buffer(x, (N, D), "float32", align=4)
@@ -257,7 +286,7 @@ def exact_q8_primfunc(spec: SparseSpec, tiling: Q4Tiling, symbol: str,
                 for r4 in range(NB // R):
                     dots(acc, W1, W1S, W1Z, xs, lambda r: fb * NB + r4 * R + r, R)  # noqa: B023 (called while parsing)
                     for r in T.unroll(R):
-                        gate[r4 * R + r] = acc[r, 0] + bias(B1, fb * NB + r4 * R + r)
+                        gate[r4 * R + r] = gate_value(AQ, acc[r, 0], bias(B1, fb * NB + r4 * R + r))
                 n[1] = 0
                 if gated:
                     n[0] = 0
@@ -274,7 +303,7 @@ def exact_q8_primfunc(spec: SparseSpec, tiling: Q4Tiling, symbol: str,
                         dots(acc, WU, WUS, WUZ, xs, lambda r: fb * NB + CAND[fb * NB + q4 * R + r], R)  # noqa: B023
                         for r in range(R):
                             fl = CAND[fb * NB + q4 * R + r]
-                            a = gate[fl] * up(acc[r, 0])
+                            a = hidden(AQ, gate[fl], acc[r, 0])
                             if a != T.float32(0):
                                 IDX[fb * NB + n[1]] = fb * NB + fl
                                 VAL[fb * NB + n[1]] = a
@@ -282,7 +311,7 @@ def exact_q8_primfunc(spec: SparseSpec, tiling: Q4Tiling, symbol: str,
                     for q in range(n[0] // R * R, n[0]):
                         dots(acc, WU, WUS, WUZ, xs, lambda r: fb * NB + CAND[fb * NB + q], 1)  # noqa: B023
                         fl = CAND[fb * NB + q]
-                        a = gate[fl] * up(acc[0, 0])
+                        a = hidden(AQ, gate[fl], acc[0, 0])
                         if a != T.float32(0):
                             IDX[fb * NB + n[1]] = fb * NB + fl
                             VAL[fb * NB + n[1]] = a

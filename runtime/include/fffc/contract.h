@@ -73,17 +73,17 @@ constexpr const char* Name(WeightDtype value) {
 // ai.fffc::SparseFFN, version 1.
 struct SparseFFN {
   static constexpr const char kName[] = "SparseFFN";
-  enum Input : int { kX, kW1, kB1, kW2, kB2, kWU, kTH, kPA, kPB, kPC, kXC, kHC, kW1S, kW1Z, kW2S, kW2Z, kWUS, kWUZ };
-  static constexpr int kNumInputs = 18;
+  enum Input : int { kX, kW1, kB1, kW2, kB2, kWU, kTH, kPA, kPB, kPC, kXC, kHC, kW1S, kW1Z, kW2S, kW2Z, kWUS, kWUZ, kAQ };
+  static constexpr int kNumInputs = 19;
   static constexpr int kNumOutputs = 1;
   static constexpr const char* const kInputNames[kNumInputs] = {"X", "W1", "B1", "W2", "B2", "WU",
-      "TH", "PA", "PB", "PC", "XC", "HC", "W1S", "W1Z", "W2S", "W2Z", "WUS", "WUZ"};
+      "TH", "PA", "PB", "PC", "XC", "HC", "W1S", "W1Z", "W2S", "W2Z", "WUS", "WUZ", "AQ"};
   static constexpr bool kOptional[kNumInputs] = {false, false, true, false, true, true, true, true,
-      true, true, true, true, true, true, true, true, true, true};
+      true, true, true, true, true, true, true, true, true, true, true};
   static constexpr bool kWeight[kNumInputs] = {false, true, false, true, false, true, false, false,
-      false, false, false, false, false, false, false, false, false, false};
+      false, false, false, false, false, false, false, false, false, false, false};
   static constexpr bool kCodes[kNumInputs] = {false, true, false, true, false, true, false, false,
-      false, false, false, false, false, true, false, true, false, true};
+      false, false, false, false, false, true, false, true, false, true, false};
   static constexpr OpContract kContract = {kName, kNumInputs, kInputNames, kOptional, kWeight,
       kCodes, kNumOutputs};
   enum class Activation : int {kRelu, kGelu, kGeluTanh, kSilu};

@@ -34,7 +34,7 @@ struct Int4Shapes {
 constexpr DLDataType kU8{kDLUInt, 8, 1};
 
 // The int4 kernel's arguments after X: W1, W1S, [W1Z], [B1], W2, W2S, [W2Z], [B2],
-// [WU, WUS, [WUZ]], then the mode's [TH] or [PA, PB, PC] (the shapes point into `s`, which
+// [WU, WUS, [WUZ]], then the mode's [TH] or [PA, PB, PC], then [AQ] (the shapes point into `s`, which
 // must outlive the call). `channels`: W1 and WU per input channel (mode teal).
 void Int4Args(const FfnCall& c, const Int4Shapes& s, bool channels, std::vector<DLTensor>* t) {
   using In = Sparse;
@@ -59,7 +59,7 @@ void Int4Args(const FfnCall& c, const Int4Shapes& s, bool channels, std::vector<
   if (c.present[In::kW2Z]) t->push_back(Dl(c.in[In::kW2Z].data, s.w2s, 2, kU8));
   bias(In::kB2);
   if (c.present[In::kWU]) rows(In::kWU, In::kWUS, In::kWUZ);
-  for (int i : {In::kTH, In::kPA, In::kPB, In::kPC})
+  for (int i : {In::kTH, In::kPA, In::kPB, In::kPC, In::kAQ})
     if (c.present[i])
       t->push_back(Dl(c.in[i].data, c.in[i].dims.data(), static_cast<int>(c.in[i].dims.size())));
 }
