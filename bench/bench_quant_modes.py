@@ -37,7 +37,11 @@ own, below); fractions measured on the dequantized weights and printed.
     of the neurons is not selected.
 Deviation: max |y − ref| / max |ref|, ref the mode's float64 function on the dequantized
 weights. The table at the end: medians, and the goals of the issue (TEAL at 50% ≥ 1.5x and
-the predictor at 90% ≥ 4x over ``ort intB L4``).
+the predictor at 90% ≥ 4x over ``ort intB L4``); "MiB read": the weight bytes (codes, block
+scales, the predictor's float32 PA, PB, PC) the kernel's layout makes it read for this x —
+a count from the masks, not a measurement — and "bound" the dense FFN's bytes over that:
+the ratio a purely bandwidth-bound pair would show. A block's scales are read whenever one
+of its rows is (TEAL's input channels, every listed neuron of the down projection).
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ class Side:
     run: Callable[[], None]
     out: Callable[[], np.ndarray]
     ref: np.ndarray
+    read: int  # bytes of weights the kernel reads (the layout's model, not measured)
     fractions: str
 
 
@@ -146,6 +151,24 @@ class Weights:
         return self._deq[bits, name]
 
 
+def _by_row(bits: int, k: int, n: int, rows: int) -> int:
+    """Bytes of ``rows`` of the N rows of a [K, N] MatMulNBits projection (codes and the
+    scales of each block of K), read per row as the node holds it."""
+    return rows * (k * bits // 8 + k // BLOCK * 4)
+
+
+def _by_column(bits: int, n: int, listed: np.ndarray) -> int:
+    """Bytes of the listed K-rows (``listed``: a mask over K) of a [K, N] projection re-laid
+    out per K-row: their codes, and the scales of every block of K holding one of them."""
+    groups = listed.reshape(-1, BLOCK).any(axis=1).sum()
+    return int(listed.sum()) * n * bits // 8 + int(groups) * n * 4
+
+
+def dense_bytes(s: Shape, bits: int) -> int:
+    """Bytes of the dense FFN's three projections (codes and scales)."""
+    return 2 * _by_row(bits, s.d, s.f, s.f) + _by_row(bits, s.f, s.d, s.d)
+
+
 def _kernel(spec: SparseSpec, dot: Q4Dot, inputs: dict, x: np.ndarray):
     k = (Q8Kernel(spec, dot=dot) if spec.bits == 8
          else Q4Kernel(spec, ql.Q4Format(BLOCK), dot=dot))
@@ -168,7 +191,10 @@ def _exact(wt: Weights, bits: int, s_: float):
     ref = sparse_ffn(x, d1, b1, d2, None, du.T, up_activation=s.up)
     h = x.astype(np.float64) @ d1 + b1
     a = np.maximum(h, 0) * np.maximum(x.astype(np.float64) @ du, 0)
-    return spec, inputs, ref, f"gates <= 0 {np.mean(h <= 0):.1%}, a == 0 {np.mean(a == 0):.1%}"
+    read = (_by_row(bits, s.d, s.f, s.f) + _by_row(bits, s.d, s.f, int((h > 0).sum()))
+            + _by_column(bits, s.d, a[0] != 0))
+    return spec, inputs, ref, read, (f"gates <= 0 {np.mean(h <= 0):.1%}, a == 0 "
+                                     f"{np.mean(a == 0):.1%}")
 
 
 def _teal(wt: Weights, bits: int, s_: float):
@@ -182,8 +208,10 @@ def _teal(wt: Weights, bits: int, s_: float):
     inputs = q4_inputs(spec, *(_columns(wt.q(bits, n)) for n in ("W1", "W2", "WU")), TH=th)
     ref = teal_ffn(x, d1, None, d2, None, du, thresholds=th, activation_name=s.act,
                    up_activation=s.up)
-    return spec, inputs, ref, (f"x skipped {np.mean(np.abs(x) <= th[0]):.1%}, a skipped "
-                               f"{np.mean(np.abs(a) <= th[1]):.1%}")
+    read = (2 * _by_column(bits, s.f, np.abs(x[0]) > th[0])
+            + _by_column(bits, s.d, np.abs(a[0]) > th[1]))
+    return spec, inputs, ref, read, (f"x skipped {np.mean(np.abs(x) <= th[0]):.1%}, a "
+                                     f"skipped {np.mean(np.abs(a) <= th[1]):.1%}")
 
 
 def _cats(wt: Weights, bits: int, s_: float):
@@ -196,7 +224,9 @@ def _cats(wt: Weights, bits: int, s_: float):
                        TH=th)
     ref = cats_ffn(x, d1, None, d2, None, du.T, thresholds=th, activation_name=s.act,
                    up_activation=s.up)
-    return spec, inputs, ref, f"gates skipped {np.mean(g <= th[1]):.1%}"
+    read = (_by_row(bits, s.d, s.f, s.f) + _by_row(bits, s.d, s.f, int((g > th[1]).sum()))
+            + _by_column(bits, s.d, g[0] > th[1]))
+    return spec, inputs, ref, read, f"gates skipped {np.mean(g <= th[1]):.1%}"
 
 
 def _predictor(wt: Weights, bits: int, s_: float):
@@ -212,7 +242,12 @@ def _predictor(wt: Weights, bits: int, s_: float):
                         activation_name=s.act, up_activation=s.up)
     xd = x.astype(np.float64)
     sel = (xd @ wt.pa) @ wt.pb + pred["PC"] > 0
-    return spec, inputs, ref, f"rank {rank}, neurons not selected {np.mean(~sel):.1%}"
+    h = xd @ d1 + (0 if b1 is None else b1)
+    a = activation(s.act, h) * activation(s.up, xd @ du)
+    read = (4 * (wt.pa.size + wt.pb.size + s.f) + 2 * _by_row(bits, s.d, s.f, int(sel.sum()))
+            + _by_column(bits, s.d, (sel & (a != 0))[0]))
+    return spec, inputs, ref, read, (f"rank {rank}, neurons not selected "
+                                     f"{np.mean(~sel):.1%}, predictor {4 * (wt.pa.size + wt.pb.size) / 2**20:.1f} MiB")
 
 
 SETUPS = {SparseMode.EXACT: _exact, SparseMode.TEAL: _teal, SparseMode.CATS: _cats,
@@ -273,12 +308,12 @@ def bench_shape(name: str, s: Shape, a, rng) -> list[tuple]:
             if why:
                 notes.append(f"fffc int{bits} {mode}: {why}")
                 continue
-            spec, inputs, ref, frac = SETUPS[mode](wt, bits, sparsity[mode])
+            spec, inputs, ref, read, frac = SETUPS[mode](wt, bits, sparsity[mode])
             for dot in dots:
                 run, out = _kernel(spec, dot, inputs, wt.x)
                 short = next(k for k, v in DOTS.items() if v is dot)
                 sides.append(Side(f"fffc int{bits} {mode} {short}", mode, bits, run, out, ref,
-                                  frac))
+                                  read, frac))
     ident = _identity_session(s.d)
     calls = {**{k: (lambda sess=sess: sess.run(None, feeds)) for k, sess in ort_sides.items()},
              **{sd.name: sd.run for sd in sides}, "ort overhead": lambda: ident.run(None, feeds)}
@@ -307,11 +342,12 @@ def bench_shape(name: str, s: Shape, a, rng) -> list[tuple]:
             want = GOALS[sd.mode][1]
             goal = f">= {want}x: {'met' if r4 >= want else 'not met'}"
         rows.append((name, sd.name.removeprefix("fffc "), r4, r32,
-                     med[base] * 1e3, med[sd.name] * 1e3, goal))
+                     med[base] * 1e3, med[sd.name] * 1e3, goal,
+                     dense_bytes(s, sd.bits) / sd.read, sd.read))
     for bits in bits_all:
         rows.append((name, f"(ort int{bits} L4 dense)", 1.0,
                      med["ort fp32"] / med[f"ort int{bits} L4"], med[f"ort int{bits} L4"] * 1e3,
-                     med[f"ort int{bits} L4"] * 1e3, ""))
+                     med[f"ort int{bits} L4"] * 1e3, "", 1.0, dense_bytes(s, bits)))
     return rows
 
 
@@ -345,10 +381,10 @@ def main() -> None:
     print(f"\nmedians ({start:%H:%M}–{end:%H:%M} UTC); ratios: ort L4 of the same bits / side, "
           "ort fp32 / side")
     print(f"{'shape':<12} {'side':<22} {'ort L4 ms':>9} {'side ms':>8} {'vs L4':>7} "
-          f"{'vs fp32':>8}  goal")
-    for shape, side, base, t, r4, r32, goal in ((r[0], r[1], r[4], r[5], r[2], r[3], r[6])
-                                                for r in rows):
-        print(f"{shape:<12} {side:<22} {base:9.3f} {t:8.3f} {r4:6.2f}x {r32:7.2f}x  {goal}")
+          f"{'vs fp32':>8} {'MiB read':>8} {'bound':>6}  goal")
+    for shape, side, r4, r32, base, t, goal, bound, read in rows:
+        print(f"{shape:<12} {side:<22} {base:9.3f} {t:8.3f} {r4:6.2f}x {r32:7.2f}x "
+              f"{read / 2**20:8.2f} {bound:5.2f}x  {goal}")
 
 
 if __name__ == "__main__":
