@@ -341,7 +341,9 @@ def bench_shape(name: str, s: Shape, a, rng) -> list[tuple]:
         goal = ""
         if sd.mode in GOALS and abs(sparsity[sd.mode] - GOALS[sd.mode][0]) < 1e-9:
             want = GOALS[sd.mode][1]
-            goal = f">= {want}x: {'met' if r4 >= want else 'not met'}"
+            verdict = {True: "met", False: "not met"}
+            goal = (f">= {want}x: medians {verdict[r4 >= want]}, minima "
+                    f"{verdict[low[base] / low[sd.name] >= want]}")
         rows.append((name, sd.name.removeprefix("fffc "), r4, low[base] / low[sd.name], r32,
                      med[base] * 1e3, med[sd.name] * 1e3, goal,
                      dense_bytes(s, sd.bits) / sd.read, sd.read))
@@ -380,7 +382,7 @@ def main() -> None:
         rows += bench_shape(name, SHAPES[name], a, rng)
     end = datetime.datetime.now(datetime.UTC)
     print(f"\nmedians ({start:%H:%M}–{end:%H:%M} UTC); ratios: ort L4 of the same bits / side "
-          "(of the medians; of the minima), ort fp32 / side (medians); the goal on the medians")
+          "(of the medians; of the minima), ort fp32 / side (medians)")
     print(f"{'shape':<12} {'side':<22} {'ort L4 ms':>9} {'side ms':>8} {'vs L4':>7} "
           f"{'(min)':>7} {'vs fp32':>8} {'MiB read':>8} {'bound':>6}  goal")
     for shape, side, r4, r4min, r32, base, t, goal, bound, read in rows:
