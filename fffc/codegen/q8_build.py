@@ -80,9 +80,16 @@ class Q8Kernel:
         self.names = b.names
         self._ex = _tvm.compile_module({SYMBOL: b.func}, self.target)
 
-    def __call__(self, x: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def args(self, x: np.ndarray, inputs: dict[str, np.ndarray]) -> list:
+        """The call's TVM tensors: X, the inputs by name (``exact_q8.q8_inputs``), Y."""
         arrays = [np.ascontiguousarray(x, np.float32),
                   *(np.ascontiguousarray(inputs[n]) for n in self.names[1:-1])]
-        args = [*map(_tvm.tensor, arrays), _tvm.empty((x.shape[0], self.spec.d_out))]
+        return [*map(_tvm.tensor, arrays), _tvm.empty((x.shape[0], self.spec.d_out))]
+
+    def run(self, args: list) -> None:
         self._ex[SYMBOL](*args)
+
+    def __call__(self, x: np.ndarray, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        args = self.args(x, inputs)
+        self.run(args)
         return args[-1].numpy()
