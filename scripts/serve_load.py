@@ -154,7 +154,7 @@ def feeds_for(session: ort.InferenceSession, tokens: int, seed: int) -> dict[str
         symbolic = [k for k, d in enumerate(i.shape) if not isinstance(d, int)]
         shape = [d if isinstance(d, int) else (tokens if k == symbolic[-1] else 1)
                  for k, d in enumerate(i.shape)]
-        dtype = fffc.serve.DTYPES[i.type]
+        dtype = fffc.serve.NUMPY_TYPES[i.type]
         out[i.name] = rng.standard_normal(shape).astype(dtype)
     return out
 
