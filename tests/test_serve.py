@@ -60,3 +60,12 @@ def test_load_with_a_replica_killed(serve_load, tmp_path, monkeypatch) -> None:
     assert len(set(result.replicas.values())) == 2  # both nodes answered
     assert result.killed is not None and result.killed not in after.replicas
     assert after.errors == [] and after.mismatches == 0 and after.requests == 16
+
+
+def test_proxy_ports_avoid_the_ephemeral_range(serve_load) -> None:
+    """Outgoing connections take their local ports from the kernel's ephemeral range: a
+    port the proxy is to bind later must lie outside it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(20):
+        port = serve_load.free_port()
+        assert serve_load.PROXY_PORTS.start <= port < min(serve_load.PROXY_PORTS.stop, low)
