@@ -439,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
             Row("artifact, a replica killed", [kill]), Row("artifact, after the restart",
                                                             [after])]
     print(table(rows))
+    # each round ran the two back to back: their ratio cancels most of the machine's drift
+    ratios = [a.figures()["requests/s"] / o.figures()["requests/s"]
+              for a, o in zip(runs["artifact"], runs["original"], strict=True)
+              if a.requests and o.requests]
+    print(f"requests/s, artifact / original, per round: "
+          f"{', '.join(f'{r:.2f}x' for r in ratios)} (median {np.median(ratios):.2f}x)")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; killed "
           f"{kill.killed}; failed attempts retried: {kill.failed_attempts}; replicas "
           f"answering after the restart: {sorted(after.replicas)}")
