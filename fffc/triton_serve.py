@@ -14,18 +14,8 @@ import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from . import runtime
-
-# ONNX Runtime's type strings and the NumPy types PyTriton declares tensors with.
-NUMPY_TYPES: dict[str, type] = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int8)": np.int8, "tensor(int16)": np.int16, "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64, "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16,
-    "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
-    "tensor(string)": np.bytes_,
-}
+from .runtime import NUMPY_TYPES
 
 
 def _tensors(args) -> list:

@@ -12,12 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 
 from .integrity import ArtifactError, inside, loadable, verify
 
-__all__ = ["ArtifactError", "InferenceSession", "check", "manifest", "model_path",
-           "register", "shim_path"]
+__all__ = ["NUMPY_TYPES", "ArtifactError", "InferenceSession", "check", "manifest",
+           "model_path", "register", "shim_path"]
 
 DEFAULT_MODEL = "model.onnx"
 DEFAULT_SHIM = "libfffc_ops.so"
@@ -25,6 +26,15 @@ DEFAULT_SHIM = "libfffc_ops.so"
 # same custom-op domain twice fails session creation ("Domain already set in registry"),
 # and ORT cannot be asked which libraries an options object already holds.
 _REGISTERED_KEY = "fffc.shim_library"
+
+# ONNX Runtime's tensor type names (``NodeArg.type``) → the NumPy type of such a tensor
+NUMPY_TYPES: dict[str, type] = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int8)": np.int8, "tensor(int16)": np.int16, "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64, "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
+    "tensor(string)": np.bytes_,
+}
 
 
 def _artifact_dir(artifact: str | Path) -> Path:

@@ -2,16 +2,23 @@
 cluster (``ray.cluster_utils.Cluster``, every node on 127.0.0.1), against the same
 deployment serving the original model.
 
-    python scripts/serve_load.py ARTIFACT ORIGINAL.onnx [--requests 2000] [--clients 8]
+    python scripts/serve_load.py [ARTIFACT ORIGINAL.onnx] [--requests 2000] [--clients 8]
+                                 [--replicas 2] [--nodes 2] [--repeats 3]
 
-Three runs, each ``--requests`` requests from ``--clients`` concurrent clients, half the
-bodies JSON and half ``.npz``: the artifact, the original model, then the artifact again
-with one replica killed (``ray.kill``) once a third of the requests are answered. Every
-answer must equal a local session's outputs bit for bit; a failed request is retried (a
-fresh connection, up to ``--retries`` times) and must then succeed; after the kill, Serve
-must bring the deployment back to its replica count with a new replica. Prints requests/s
-and p50/p99 latency per run; exits 1 on any error or mismatch. The cluster stops when the
-script ends. ``tests/test_serve.py`` runs a short version.
+Without models, it builds the benchmarks' ReLU FFN 768/3072 (90% of its activations zero,
+``bench/bench_sparse_ffn.py``) and its artifact under ``build/serve``. Both deployments
+(``--replicas`` replicas of ``--cpus-per-replica`` CPUs, as many intra-op threads) run at
+once; each timed run is ``--requests`` requests from ``--clients`` concurrent clients, half
+the bodies JSON and half ``.npz``, the two deployments' runs interleaved ``--repeats`` times
+(the order alternating). Then one run on the artifact with one replica killed
+(``ray.kill``) once a third of the requests are answered. Every answer must equal a local
+session's outputs bit for bit (``FFFC_EXACT_SCREEN=0`` unless set: a session's 1-token
+exact kernel otherwise depends on its call history); a failed request is retried (a fresh
+connection, up to ``--retries`` times) and must then succeed; after the kill, Serve must
+bring the deployment back to its replica count with a new replica. Prints the date, load
+average and versions, then a Markdown table of requests/s and p50/p99 latency per
+deployment (median over the runs, and their range); exits 1 on any error or mismatch. The
+cluster stops when the script ends. ``tests/test_serve.py`` runs a short version.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import http.client
 import io
 import json
 import os
+import random
 import socket
 import sys
 import threading
@@ -40,10 +48,35 @@ import fffc.serve
 TOKENS = (1, 1, 1, 4, 16)  # the token counts the requests cycle through (decode-heavy)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# ports the HTTP proxy may take: above Ray's worker ports (10002-19999 by default) and below
+# the kernel's ephemeral range, from which every outgoing connection (Ray opens hundreds while
+# its nodes start) and every "any free port" bind takes its local port
+PROXY_PORTS = range(20000, 32768)
+
+
+def free_port(rng: random.Random | None = None) -> int:
+    """A port of ``PROXY_PORTS`` nothing listens on or holds now (a port the kernel hands
+    out as a free one, by binding port 0, may be taken again by an outgoing connection
+    before the proxy binds it)."""
+    rng = rng or random.Random()
+    low = _ephemeral_low()
+    candidates = range(PROXY_PORTS.start, min(PROXY_PORTS.stop, low))
+    for _ in range(100):
+        port = rng.choice(candidates)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port in {candidates}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return PROXY_PORTS.stop
 
 
 class LocalCluster:
@@ -51,12 +84,13 @@ class LocalCluster:
     started with one HTTP proxy (on the head node: every node shares the address) on
     ``port``; stopped on exit."""
 
+    PORT_TRIES = 3  # proxies started, each on another port, before giving up
+
     def __init__(self, nodes: int = 2, cpus: int = 1, port: int | None = None) -> None:
-        self.nodes, self.cpus, self.port = nodes, cpus, port or free_port()
+        self.nodes, self.cpus, self.port = nodes, cpus, port
 
     def __enter__(self) -> LocalCluster:
         import ray
-        from ray import serve
         from ray.cluster_utils import Cluster
 
         node = {"num_cpus": self.cpus, "node_ip_address": "127.0.0.1",
@@ -68,19 +102,42 @@ class LocalCluster:
                 self.cluster.add_node(**node)
             ray.init(address=self.cluster.address, logging_level="WARNING",
                      log_to_driver=False)
-            serve.start(proxy_location="HeadOnly",
-                        http_options={"host": "127.0.0.1", "port": self.port})
+            self._start_serve()
         except BaseException:
-            self.cluster.shutdown()
+            self.__exit__()
             raise
         return self
 
+    def _start_serve(self) -> None:
+        """Serve with one HTTP proxy, on the head node (every node has the same address: a
+        proxy per node would race for one port), on ``port`` or a free one; a proxy that
+        cannot bind its port (taken between the choice and the bind) is retried on another."""
+        from ray import serve
+        from ray.exceptions import RayTaskError
+
+        for attempt in range(self.PORT_TRIES):
+            port = self.port or free_port()
+            try:
+                serve.start(proxy_location="HeadOnly",
+                            http_options={"host": "127.0.0.1", "port": port})
+            except RayTaskError as e:
+                serve.shutdown()  # the controller, so that the next start takes new options
+                if self.port or attempt + 1 == self.PORT_TRIES:
+                    raise RuntimeError(f"Serve's HTTP proxy did not start on 127.0.0.1:{port}: "
+                                       f"{str(e).strip().splitlines()[-1]}") from None
+                continue
+            self.port = port
+            return
+
     def __exit__(self, *exc) -> None:
+        """Serve, then the driver's connection, then the nodes (the cluster refuses to remove
+        the node a connected driver is attached to)."""
         import ray
         from ray import serve
 
         try:
-            serve.shutdown()
+            if ray.is_initialized():
+                serve.shutdown()
         finally:
             ray.shutdown()
             self.cluster.shutdown()
@@ -97,7 +154,7 @@ def feeds_for(session: ort.InferenceSession, tokens: int, seed: int) -> dict[str
         symbolic = [k for k, d in enumerate(i.shape) if not isinstance(d, int)]
         shape = [d if isinstance(d, int) else (tokens if k == symbolic[-1] else 1)
                  for k, d in enumerate(i.shape)]
-        dtype = fffc.serve.DTYPES[i.type]
+        dtype = fffc.serve.NUMPY_TYPES[i.type]
         out[i.name] = rng.standard_normal(shape).astype(dtype)
     return out
 
@@ -266,52 +323,134 @@ def deploy(model: str | Path, name: str, replicas: int, cpus: float) -> None:
     wait_running(name, replicas)
 
 
-def table(rows: dict[str, Result]) -> str:
-    lines = [f"{'run':<22}{'requests':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-             f"{'errors':>7}{'mismatch':>9}{'retried':>8}{'replicas':>9}"]
-    for name, r in rows.items():
-        f = r.figures() if r.requests else {"requests/s": 0.0, "p50 ms": 0.0, "p99 ms": 0.0}
-        lines.append(f"{name:<22}{r.requests:>9}{f['requests/s']:>9.1f}{f['p50 ms']:>9.2f}"
-                     f"{f['p99 ms']:>9.2f}{len(r.errors):>7}{r.mismatches:>9}{r.retried:>8}"
-                     f"{len(r.replicas):>9}")
+@dataclass
+class Row:
+    """One deployment's runs: requests/s and latency percentiles, their median and range."""
+
+    name: str
+    results: list[Result]
+
+    def cell(self, key: str, digits: int) -> str:
+        values = [r.figures()[key] for r in self.results if r.requests]
+        if not values:
+            return "–"
+        med = float(np.median(values))
+        if len(values) == 1:
+            return f"{med:.{digits}f}"
+        return f"{med:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+
+def table(rows: list[Row]) -> str:
+    """A Markdown table: per deployment, the median over its runs and (min–max)."""
+    lines = ["| deployment | runs | requests | req/s | p50 ms | p99 ms | errors | mismatches "
+             "| retried | replicas |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        replicas = sorted({len(r.replicas) for r in row.results})
+        lines.append(
+            f"| {row.name} | {len(row.results)} | {sum(r.requests for r in row.results)} "
+            f"| {row.cell('requests/s', 1)} | {row.cell('p50 ms', 2)} "
+            f"| {row.cell('p99 ms', 2)} | {sum(len(r.errors) for r in row.results)} "
+            f"| {sum(r.mismatches for r in row.results)} "
+            f"| {sum(r.retried for r in row.results)} | {', '.join(map(str, replicas))} |")
     return "\n".join(lines)
 
 
+def build_default(folder: Path) -> tuple[Path, Path]:
+    """The benchmarks' ReLU FFN 768/3072 with 90% of its activations zero on N(0, 1) inputs
+    (``bench/bench_sparse_ffn.py``) and its artifact, built in ``folder``."""
+    import onnx
+
+    import fffc
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from bench_sparse_ffn import relu_ffn
+
+    folder.mkdir(parents=True, exist_ok=True)
+    original = folder / "relu_768x3072_s90.onnx"
+    artifact = original.with_suffix(".fffc")
+    if not (original.exists() and artifact.is_dir()):
+        onnx.save(relu_ffn(768, 3072, 0.9, np.random.default_rng(0)), original)
+        fffc.compile(original, artifact, fffc.CompileOptions(force=True))
+    return artifact, original
+
+
+def header(argv: list[str]) -> str:
+    import platform
+
+    import onnxruntime
+    import ray
+
+    return (f"date {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; "
+            f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+            f"{os.cpu_count()} CPUs; Python {platform.python_version()}, onnxruntime "
+            f"{onnxruntime.__version__}, ray {ray.__version__}; FFFC_EXACT_SCREEN="
+            f"{os.environ.get('FFFC_EXACT_SCREEN', '')}\n"
+            f"command: python scripts/serve_load.py {' '.join(argv)}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("artifact")
-    p.add_argument("original", help="the model the artifact was compiled from")
+    p.add_argument("artifact", nargs="?", help="default: the ReLU FFN 768/3072 (90%% zeros) "
+                   "artifact, built under build/serve")
+    p.add_argument("original", nargs="?", help="the model the artifact was compiled from")
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--cpus-per-replica", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per deployment")
     p.add_argument("--retries", type=int, default=20)
     args = p.parse_args(argv)
+    if (args.artifact is None) != (args.original is None):
+        p.error("give both ARTIFACT and ORIGINAL, or neither")
+    if args.artifact is None:
+        args.artifact, args.original = build_default(
+            Path(__file__).resolve().parent.parent / "build" / "serve")
+    # read when a session is created, here and in the replicas (which inherit the nodes' env)
+    os.environ.setdefault("FFFC_EXACT_SCREEN", "0")
+    print(header(argv), flush=True)
 
-    runs: dict[str, Result] = {}
-    cpus = args.cpus_per_replica * -(-args.replicas // args.nodes)
+    from ray import serve
+
+    deployments = {"artifact": args.artifact, "original": args.original}
+    work = {name: cases(model, args.requests) for name, model in deployments.items()}
+    runs: dict[str, list[Result]] = {name: [] for name in deployments}
+    # both deployments up at once (the idle one takes no CPU time), so their runs interleave
+    cpus = args.cpus_per_replica * -(-args.replicas // args.nodes) * len(deployments)
     with LocalCluster(args.nodes, cpus) as cluster:
-        for name, model in (("artifact", args.artifact), ("original", args.original)):
-            work = cases(model, args.requests)
+        for name, model in deployments.items():
             deploy(model, name, args.replicas, args.cpus_per_replica)
-            runs[name] = load(cluster.url(f"/{name}"), work, args.clients, args.retries)
-            from ray import serve
-            serve.delete(name)
-        work = cases(args.artifact, args.requests)
-        deploy(args.artifact, "killed", args.replicas, args.cpus_per_replica)
-        kill = load(cluster.url("/killed"), work, args.clients, args.retries,
+            load(cluster.url(f"/{name}"), work[name][: 8 * args.replicas], args.clients)
+        for k in range(args.repeats):
+            order = list(deployments) if k % 2 == 0 else list(reversed(deployments))
+            for name in order:
+                runs[name].append(load(cluster.url(f"/{name}"), work[name], args.clients,
+                                       args.retries))
+        serve.delete("original")
+        kill = load(cluster.url("/artifact"), work["artifact"], args.clients, args.retries,
                     kill_after=args.requests // 3)
-        wait_running("killed", args.replicas)
-        after = load(cluster.url("/killed"), work[: 8 * args.replicas], args.clients)
-        runs["artifact, 1 killed"] = kill
-        runs["after the restart"] = after
-    print(table(runs))
-    print(f"killed {kill.killed}; failed attempts retried: {kill.failed_attempts}; "
-          f"replicas answering after the restart: {sorted(after.replicas)}")
-    bad = [n for n, r in runs.items() if r.errors or r.mismatches]
-    for n in bad:
-        print(f"{n}: {runs[n].errors[:5]} mismatches {runs[n].mismatches}", file=sys.stderr)
+        wait_running("artifact", args.replicas)
+        after = load(cluster.url("/artifact"), work["artifact"][: 8 * args.replicas],
+                     args.clients)
+    rows = [Row("artifact (fffc)", runs["artifact"]), Row("original (ONNX Runtime)",
+                                                          runs["original"]),
+            Row("artifact, a replica killed", [kill]), Row("artifact, after the restart",
+                                                            [after])]
+    print(table(rows))
+    # each round ran the two back to back: their ratio cancels most of the machine's drift
+    ratios = [a.figures()["requests/s"] / o.figures()["requests/s"]
+              for a, o in zip(runs["artifact"], runs["original"], strict=True)
+              if a.requests and o.requests]
+    print(f"requests/s, artifact / original, per round: "
+          f"{', '.join(f'{r:.2f}x' for r in ratios)} (median {np.median(ratios):.2f}x)")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; killed "
+          f"{kill.killed}; failed attempts retried: {kill.failed_attempts}; replicas "
+          f"answering after the restart: {sorted(after.replicas)}")
+    bad = [(row.name, r) for row in rows for r in row.results if r.errors or r.mismatches]
+    for name, r in bad:
+        print(f"{name}: {r.errors[:5]} mismatches {r.mismatches}", file=sys.stderr)
     return 1 if bad or kill.killed is None or kill.killed in after.replicas else 0
 
 
