@@ -357,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", type=Path, help="artifact directory (default MODEL.fffc/)")
     c.add_argument("--force", action="store_true", help="overwrite an existing artifact")
     c.add_argument("--mcpu", help="CPU to compile for (default: this machine's; for cuda "
-                   "artifacts, whose CPU kernels serve the CPU EP, x86-64-v3)")
+                   "artifacts, whose CPU kernels serve the CPU EP, x86-64-v3, or with --host "
+                   "aarch64 a generic ARMv8.2-A)")
     c.add_argument("--mattr", help="extra LLVM CPU features for the CPU kernels, e.g. "
                    "+dotprod,+fullfp16 (arm) or +avx512f (x86)")
     c.add_argument("--arch", help="cuda: GPU architectures, e.g. sm_80,sm_90 (default; with "
