@@ -117,7 +117,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from .pipeline import compile_model
 
     options = CompileOptions(
-        target=args.target, mcpu=args.mcpu, rtol=args.rtol, force=args.force,
+        target=args.target, host=args.host, mcpu=args.mcpu, rtol=args.rtol, force=args.force,
         dump_dir=Path(args.dump) if args.dump else config.dump_dir_from_env(),
         sites=tuple(args.sites or ()),
         max_sparse_tokens=args.max_sparse_tokens, merged_max_tokens=args.merged_max_tokens,
@@ -349,14 +349,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="rewrite FFNs, build kernels and the shim into an artifact")
     c.add_argument("model", type=Path)
-    c.add_argument("--target", default="x86", help="x86 (default), arm, cuda")
+    c.add_argument("--target", default="x86", help="x86 (default), arm, cuda; jetson is "
+                   "cuda --host aarch64")
+    c.add_argument("--host", help="cuda: the CPU of the GPU's machine, x86 (default) or "
+                   "aarch64 (Jetson: cubins for Orin sm_87 and Thor sm_110, NEON kernels for "
+                   "its CPU's nodes, an aarch64 shim)")
     c.add_argument("-o", "--output", type=Path, help="artifact directory (default MODEL.fffc/)")
     c.add_argument("--force", action="store_true", help="overwrite an existing artifact")
     c.add_argument("--mcpu", help="CPU to compile for (default: this machine's; for cuda "
-                   "artifacts, whose CPU kernels serve the CPU EP, x86-64-v3)")
+                   "artifacts, whose CPU kernels serve the CPU EP, x86-64-v3, or with --host "
+                   "aarch64 a generic ARMv8.2-A)")
     c.add_argument("--mattr", help="extra LLVM CPU features for the CPU kernels, e.g. "
                    "+dotprod,+fullfp16 (arm) or +avx512f (x86)")
-    c.add_argument("--arch", help="cuda: GPU architectures, e.g. sm_80,sm_90 (default); a cubin "
+    c.add_argument("--arch", help="cuda: GPU architectures, e.g. sm_80,sm_90 (default; with "
+                   "--host aarch64 sm_87 and sm_110 where the toolkit has it); a cubin "
                    "for each plus PTX of the newest")
     c.add_argument("--cuda-version", type=int, choices=[int(v) for v in CudaVersion],
                    help="cuda: build the fatbin with a CUDA 12 or 13 compiler, for drivers of "

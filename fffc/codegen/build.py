@@ -18,7 +18,7 @@ from fffc.contract.errors import CodegenError
 from fffc.contract.kernels import FLOAT32, KernelSpec
 
 from . import _tvm, registry
-from .cuda_build import DEFAULT_ARCHS, CudaLibrary, build_cuda_library
+from .cuda_build import CudaLibrary, build_cuda_library
 from .schedules import MAX_TOKENS, Family, Variant, family
 
 OBJECT_NAME = "fffc_kernels.o"
@@ -126,7 +126,7 @@ def host_target() -> dict:
 
 
 def build_kernel_library(specs: Sequence[KernelSpec], fam: Family, out_dir: Path,
-                         mcpu: str | None = None, archs: Sequence[str] = DEFAULT_ARCHS,
+                         mcpu: str | None = None, archs: Sequence[str] | None = None,
                          host_twin: bool = False, mattr: Sequence[str] = (),
                          counted_specs: Sequence[KernelSpec] = (),
                          weight_dtype: str = "float32",
@@ -138,7 +138,7 @@ def build_kernel_library(specs: Sequence[KernelSpec], fam: Family, out_dir: Path
     bounded by a device-side count: a RoutedFFN's FFN on its gathered rows).
     ``weight_dtype`` (cuda): the weight matrices the CUDA kernels read (float16, bfloat16).
     ``cuda_version`` (cuda): the CUDA major version whose compiler builds the fatbin (None:
-    the nvcc on PATH).
+    the nvcc on PATH); ``archs`` (cuda): its cubins (None: the family's default).
 
     ``host_twin``: the same kernels (same variants and tilings, hence the same TIR) compiled
     for this machine instead, so an artifact for another CPU can be checked here.

@@ -24,7 +24,7 @@ from . import _tvm, cuda_toolkit, registry
 from .cuda_toolkit import Toolkit
 from .schedules import Family
 
-DEFAULT_ARCHS = ("sm_80", "sm_90")
+DEFAULT_ARCHS = ("sm_80", "sm_90")  # a GPU server's (schedules.cuda.Config.archs)
 FATBIN_NAME = "fffc_kernels.fatbin"
 SOURCE_NAME = "fffc_kernels.cu"
 TOKEN_VAR = "N"
@@ -235,17 +235,18 @@ def compile_fatbin(source_path: Path, out: Path, archs: Sequence[str],
 
 
 def build_cuda_library(specs: Sequence[KernelSpec], fam: Family, out_dir: Path,
-                       archs: Sequence[str] = DEFAULT_ARCHS,
+                       archs: Sequence[str] | None = None,
                        counted_specs: Sequence[KernelSpec] = (),
                        cuda_version: CudaVersion | None = None) -> CudaLibrary:
     """Emit, check and compile the CUDA kernels of ``specs`` (and the counted variants of
     ``counted_specs``) for the device family ``fam`` into ``out_dir``, with the compiler of
-    ``cuda_version`` (None: the nvcc on PATH)."""
-    archs = tuple(archs)
+    ``cuda_version`` (None: the nvcc on PATH), a cubin per arch of ``archs`` (None: the
+    family's default for that compiler)."""
+    toolkit = cuda_toolkit.find(cuda_version)  # before the slow emission: refusals come first
+    archs = tuple(archs) if archs is not None else fam.default_archs(toolkit.archs)
     for arch in archs:
         if not re.fullmatch(r"sm_\d+a?", arch):
             raise CodegenError(f"CUDA arch {arch!r}: expected sm_XX (e.g. sm_80, sm_90)")
-    toolkit = cuda_toolkit.find(cuda_version)  # before the slow emission: refusals come first
     toolkit.check(archs)
     # One source for every arch: the fp32 schedules do not depend on it, which is checked.
     source, variants = emit(specs, fam, archs[0], counted_specs)

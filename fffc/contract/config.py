@@ -24,7 +24,10 @@ class CompileOptions:
     dump_dir: Path | None = None
     force: bool = False
     sites: tuple[str, ...] = field(default=())  # empty: all sites
-    cuda_archs: tuple[str, ...] = ("sm_80", "sm_90")  # --target cuda: cubins (+ PTX of the last)
+    host: str | None = None  # --host: a GPU target's host CPU ("x86", "aarch64"; None: the
+    # target's own, x86 for cuda, aarch64 for jetson)
+    cuda_archs: tuple[str, ...] | None = None  # --arch: cubins (+ PTX of the newest); None:
+    # the target family's (``Cuda.default_archs``)
     cuda_version: int | None = None  # --cuda-version (``fffc.contract.cuda.CudaVersion``): the
     # CUDA major version whose compiler builds the fatbin (None: the nvcc on PATH, any version)
     max_sparse_tokens: int | None = None  # SparseFFN sites: the kernel up to N tokens, the

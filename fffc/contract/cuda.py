@@ -60,6 +60,13 @@ RELEASES = (
 )
 
 
+# Jetson's integrated GPUs by cubin arch (Thor is sm_101 to CUDA 12.9, sm_110 from CUDA 13),
+# and the JetPack whose driver (part of L4T, not a separate R5xx install) runs each CUDA
+# major version's cubins: JetPack 6 (L4T r36) ships CUDA 12's, JetPack 7 (L4T r38) CUDA 13's.
+JETSON_GPUS = {"sm_72": "Xavier", "sm_87": "Orin", "sm_101": "Thor", "sm_110": "Thor"}
+JETPACK = {12: "JetPack 6 (L4T r36)", 13: "JetPack 7 (L4T r38)"}
+
+
 def release(cuda: tuple[int, int]) -> Release:
     """The release of toolkit version ``cuda`` (major, minor)."""
     for r in RELEASES:
@@ -82,9 +89,15 @@ def driver_requirement(toolkit: tuple[int, int], cubins: tuple[str, ...], ptx: s
     """What a fatbin built by CUDA ``toolkit`` needs of the driver: its cubins (``sm_XX``)
     load on drivers of CUDA ``toolkit[0]``.0 or newer; its PTX of arch ``ptx`` (ISA
     ``ptx_isa``), which GPUs without a matching cubin JIT-compile, on the release that
-    introduced that ISA or newer."""
+    introduced that ISA or newer. Cubins of Jetson GPUs add the JetPack whose driver loads
+    them (``jetson``)."""
     cubin_release = release((toolkit[0], 0))
     jit = release_of_ptx(ptx_isa)
+    jetson = [f"{a} ({JETSON_GPUS[a]})" for a in cubins if a in JETSON_GPUS]
+    board = {} if not jetson else {"jetson": {
+        "gpus": jetson,
+        "jetpack": f">= {JETPACK[toolkit[0]]}" if toolkit[0] in JETPACK else "unknown",
+    }}
     return {
         "driver": f">= {cubin_release.driver}",
         "cubins": list(cubins),
@@ -94,4 +107,4 @@ def driver_requirement(toolkit: tuple[int, int], cubins: tuple[str, ...], ptx: s
         "ptx_isa": f"{ptx_isa[0]}.{ptx_isa[1]}",
         "ptx_driver": f">= {jit.driver} (CUDA {jit.name}+, to JIT the PTX on a GPU without "
                       "a matching cubin)",
-    }
+    } | board

@@ -47,6 +47,7 @@ def manifest(*, source: Path, options: CompileOptions, target: TargetRequest, li
         "versions": versions(),
         "source": {"path": str(source.resolve()), "sha256": sha256_file(source)},
         "target": {"family": target.family, "mcpu": target.mcpu,
+                   **({"host": target.host} if target.host else {}),
                    "tvm": library.target if library else None},
         **layout.to_json(shim is not None),
         "requires": None if shim is None else {

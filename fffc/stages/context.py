@@ -118,7 +118,7 @@ class Context:
                     note: Notifier = silent) -> Context:
         """Options checked and the target resolved, before any slow stage runs."""
         try:
-            target = normalize(options.target, options.mcpu)
+            target = normalize(options.target, options.mcpu, options.host)
         except ValueError as e:
             raise UsageError(str(e)) from e
         if options.calibration is None and options.budget is not None:
@@ -145,7 +145,7 @@ class Context:
                 glibc_version(options.glibc)
             except ValueError as e:
                 raise UsageError(str(e)) from None
-        fam = family(target.family)
+        fam = family(target.family, target.host)
         ctx_budget = (memory.budget(options.max_memory),)  # a bad --max-memory: refused now
         if dtype is WeightDtype.INT4 and not fam.int4_weights:
             raise UsageError(f"--weight-dtype int4: no int4 kernels for {target.family}")
@@ -154,19 +154,33 @@ class Context:
         if dtype.floating and dtype is not WeightDtype.FLOAT32 and not fam.narrow_weights:
             raise UsageError(f"--weight-dtype {options.weight_dtype}: 16-bit weights are for "
                              "--target cuda (the CPU kernels read float32 weights)")
-        if options.cuda_version is not None:
-            try:
-                version = CudaVersion.parse(options.cuda_version)
-            except ValueError as e:
-                raise UsageError(f"--cuda-version: {e}") from None
-            if not fam.device:
-                raise UsageError(f"--cuda-version applies to --target cuda, not {target.family}")
-            options = replace(options, cuda_version=int(version))
-            # no compiler of that version, or one without an --arch: refused before any stage
-            cuda_toolkit.find(version).check(options.cuda_archs)
+        if options.cuda_version is not None and not fam.device:
+            raise UsageError(f"--cuda-version applies to --target cuda, not {target.family}")
+        if fam.device:
+            options = _cuda_options(options, fam)
         if options.merged_max_tokens and not fam.merged_path:
             raise UsageError(f"--merged-max-tokens: the {target.family.upper()} StructuredFFN kernels "
                              "have no pre-merged path (the structured kernels serve every "
                              "token count)")
         return cls(options, report, out, target, fam, Dumper(options.dump_dir), note=note,
                    _budget=ctx_budget)
+
+
+def _cuda_options(options: CompileOptions, fam: Family) -> CompileOptions:
+    """A GPU target's CUDA version parsed and its cubins chosen (``--arch``, else the family's
+    default, which may depend on what the toolkit compiles); no compiler of that version,
+    or one without an arch: refused before any stage."""
+    version = None
+    if options.cuda_version is not None:
+        try:
+            version = CudaVersion.parse(options.cuda_version)
+        except ValueError as e:
+            raise UsageError(f"--cuda-version: {e}") from None
+    toolkit = None
+    if version is not None or (options.cuda_archs is None and fam.config.archs_if_compiled):
+        toolkit = cuda_toolkit.find(version)
+    archs = options.cuda_archs or fam.default_archs(toolkit.archs if toolkit else frozenset())
+    if toolkit is not None:
+        toolkit.check(archs)
+    return replace(options, cuda_version=None if version is None else int(version),
+                   cuda_archs=tuple(archs))

@@ -37,12 +37,14 @@ def run(kernels: Kernels, ctx: Context) -> Shim:
         ctx.dump.text(f"07-shim/{name}", text)
     if host_can_run(library.target):
         return Shim(kernels, shim, shim)
-    # The target CPU's code cannot run here: the check runs the same kernels built for this
-    # host instead (same TIR, only the instruction selection differs).
+    # The target CPU's code cannot run here: the check runs the same CPU kernels built for
+    # this host instead (same TIR, only the instruction selection differs); a GPU's kernels
+    # are checked in the emulator (stage check), so the twin carries the CPU ones only.
     with ctx.report("build host twin for the check"):
         twin = ctx.staging.parent / f"{ctx.staging.name}-twin"
-        twin_lib = build_kernel_library(kernels.specs, ctx.family, twin / "kernels",
-                                        mcpu=ctx.target.mcpu, host_twin=True,
+        fam = ctx.family
+        twin_lib = build_kernel_library(kernels.specs, fam.cpu, twin / "kernels",
+                                        mcpu=ctx.target.mcpu or fam.cpu_mcpu, host_twin=True,
                                         mattr=ctx.options.mattr)
         check = build_shim(twin_lib, twin)
     return Shim(kernels, shim, check, f"a host build of the same kernels ({host_cpu()})")

@@ -17,7 +17,7 @@ import hashlib
 import os
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -215,6 +215,16 @@ def _dtype(c_type: str | None, given: np.dtype) -> np.dtype:
     return np.dtype(np.int32) if given == np.int32 else np.dtype(np.float32)
 
 
+def emulation_source(source: str, variants: Sequence[CudaVariant]) -> str:
+    """The C++ that runs ``variants``' kernels of the CUDA ``source`` on a CPU: ``emu_<kernel>``
+    (its parameters, the grid and block) and ``emu_types_<kernel>`` per kernel (any CPU's
+    compiler builds it: tests cross-compile it for aarch64)."""
+    kernels = sorted({ln.kernel for v in variants for ln in v.launches})
+    types = _param_types(source)
+    return (_PRELUDE + _kernels_part(source) + _LAUNCHER
+            + "".join(_wrapper(k, types[k]) for k in kernels))
+
+
 class Emulator:
     """The kernels of one CUDA source, compiled for the host; ``run`` executes a variant."""
 
@@ -223,8 +233,7 @@ class Emulator:
         kernels = {ln.kernel for v in variants for ln in v.launches}
         types = _param_types(source)
         self._types = {k: types[k] for k in kernels}
-        text = (_PRELUDE + _kernels_part(source) + _LAUNCHER
-                + "".join(_wrapper(k, self._types[k]) for k in sorted(kernels)))
+        text = emulation_source(source, variants)
         digest = hashlib.sha256((text + cxx()).encode()).hexdigest()[:16]
         lib = cache_dir() / "cuda-emu" / f"{digest}.so"
         if not lib.exists():

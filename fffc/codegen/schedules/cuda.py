@@ -10,6 +10,7 @@ from fffc.contract.kernels import FffSpec, SparseSpec, StructuredSpec
 from fffc.contract.kinds import SparseMode
 from fffc.contract.modes import sparse
 
+from ..cuda_toolkit import arch_number
 from ..kernels.exact_q4_cuda import q4_cuda_tiling
 from ..kernels.fff_cuda import FffTiling
 from ..kernels.pieces import ceil_div
@@ -47,6 +48,8 @@ class Config(Crossovers):
     up_neurons_per_warp: int = 2  # > 1 token: one staging of X serves 16 neurons
     shared_bytes: int = 32 << 10  # per-block reduction buffers (48 KiB static at most)
     default_arch: str = "sm_90"
+    archs: tuple[str, ...] = ("sm_80", "sm_90")  # cubins without --arch (+ PTX of the newest)
+    archs_if_compiled: tuple[str, ...] = ()  # ... and these where the toolkit compiles them
     gemm: tuple[tuple[str, int], ...] = ()  # dlight Matmul overrides for the many-token GEMMs
     fff_threads: int = 128  # FastFeedForward: threads per block (one block per token) ...
     fff_threads_wide: int = 256  # ... and for d_in of at least fff_wide_d
@@ -74,20 +77,36 @@ class StructuredConfig:
     thread_cols: int = 4  # outputs per thread: thread_cols columns × 2 (tile32) or 4 rows
 
 
+# Jetson (an aarch64 host): Orin is sm_87 (CUDA 11.4+); Thor is sm_110 from CUDA 13 (CUDA
+# 12.8/12.9 called it sm_101, and Thor's JetPack 7 ships a CUDA 13 driver, so a CUDA 12
+# fatbin reaches Thor through its compute_87 PTX instead). AGX Orin has 16 SMs, Thor 20:
+# about 4 blocks per SM, as the H100 figure above (not measured on a Jetson).
+JETSON = Config(default_arch="sm_87", archs=("sm_87",), archs_if_compiled=("sm_110",),
+                target_blocks=80)
+JETSON_STRUCTURED = StructuredConfig(target_blocks=80)
+
+
 class Cuda(Family):
     name = "cuda"
     narrow_weights = True
     int4_weights = True
     merged_path = False
     device = True
-    cpu_mcpu = "x86-64-v3"  # the CPU kernels run wherever the GPU server is: any x86-64
-    # with AVX2/FMA
 
     def __init__(self, cpu: Family, config: Config | None = None,
-                 structured: StructuredConfig | None = None):
-        """``cpu``: the family of the kernels for nodes ONNX Runtime places on the CPU."""
+                 structured: StructuredConfig | None = None, cpu_mcpu: str | None = None):
+        """``cpu``: the family of the kernels for nodes ONNX Runtime places on the CPU;
+        ``cpu_mcpu``: the LLVM CPU they are built for without --mcpu (None: ``cpu``'s
+        default)."""
         super().__init__(config or Config(), cpu)
         self.structured = structured or StructuredConfig()
+        self.cpu_mcpu = cpu_mcpu
+
+    def default_archs(self, compiled: frozenset[int]) -> tuple[str, ...]:
+        """The cubins built without --arch: ``config.archs``, and ``archs_if_compiled`` of
+        them whose number is in ``compiled`` (the toolkit's arch numbers)."""
+        extra = (a for a in self.config.archs_if_compiled if arch_number(a) in compiled)
+        return (*self.config.archs, *extra)
 
     def target(self, mcpu: str | None, mattr: tuple[str, ...] = ()) -> dict:
         return {"kind": "cuda", "arch": mcpu or self.config.default_arch}
