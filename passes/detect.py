@@ -40,6 +40,7 @@ CANONICAL_FAMILIES = {
     "linear": canonical_linear.rules,
     "gelu": canonical_gelu.rules,
     "silu": canonical_silu.rules,
+    "computed_shapes": canonical_reshape.computed_shape_rules,
     "structured": canonical_structured.rules,
     # last: the reshapes the families above left (they match the exporters' own placement)
     "reshape": canonical_reshape.rules,
