@@ -94,9 +94,14 @@ def _is_output(graph: ir.Graph, v: ir.Value) -> bool:
 
 
 class ResolveComputedShape(_Rewrite):
-    """``Reshape(x, Concat(Gather(Shape(x), 0), …))`` → ``Reshape(x, [0, …, -1])``."""
+    """``Reshape(x, Concat(Gather(Shape(x), 0), …))`` → ``Reshape(x, [0, …, -1])``; with
+    ``copy_dims`` False only a target of constants and one computed entry, which becomes
+    -1 (``Reshape(x, Concat(b·s, [k, p]))`` → ``Reshape(x, [-1, k, p])``)."""
 
     name = "ResolveComputedShape"
+
+    def __init__(self, copy_dims: bool = True) -> None:
+        self.copy_dims = copy_dims
 
     def apply(self, graph, node, shapes, names):
         if not _reshape(node) or ints(node.inputs[1]) is not None:
@@ -104,8 +109,8 @@ class ResolveComputedShape(_Rewrite):
         target = shapes.values(node.inputs[1])
         if target is None:
             return False
-        dims = encode(target, shapes.shape(node.inputs[0]),
-                      node.attributes.get_int("allowzero", 0))
+        src = shapes.shape(node.inputs[0]) if self.copy_dims else None
+        dims = encode(target, src, node.attributes.get_int("allowzero", 0))
         if dims is None:
             return False
         node.replace_input_with(1, _shape_const(graph, dims))
@@ -444,3 +449,7 @@ class ReshapeRules:
 
 rules = ReshapeRules([ConcatWeights(), ExpandedWeight(), EinsumMatMul(), FlattenLastAxis(), ResolveComputedShape(),
                       MergeReshapes(), DropIdentityReshape(), SinkReshape()])
+# the computed reshape targets of one computed entry (the rows), proven before the families
+# that match constant targets (the structured projections) and before ``rules`` moves any
+# reshape
+computed_shape_rules = ReshapeRules([ResolveComputedShape(copy_dims=False)])

@@ -16,7 +16,8 @@ it in several ways; each becomes this one node so the FFN rule matches them all:
   restores them (MatMulAfterRows); a projection written ``Einsum("...a,ba->...b")``
   becomes a ``MatMul`` in canonical_reshape (EinsumMatMul), and these rules see it there.
 * a reshape whose row count is computed from the input's shape (``reshape(b·s, k, p)``)
-  gets ``-1`` rows, the form the block rules match.
+  matches once ``canonical_reshape.computed_shape_rules`` (run before these) has proven
+  its target on the symbolic shapes: ``[-1, k, p]``.
 * the ``Reshape → act → Reshape`` round trip a structured MLP puts around its activation
   (``x.reshape(*batch, -1)`` after fc1, ``reshape(-1, d_ff)`` in fc2) is dropped: an
   elementwise activation commutes with a reshape that is undone.
@@ -51,23 +52,24 @@ def _shape_is(value: ir.Value, want: list[int]) -> bool:
     return arr is not None and arr.reshape(-1).tolist() == want
 
 
-def _flattens_to(value: ir.Value, width: int) -> bool:
-    """A reshape target ``[-1, width]``, or ``Concat(<rows>, [width])`` with computed rows
-    (dynamo ``optimize=False`` spells the row count out): the same reshape wherever the
-    model runs, as the element count fixes the rows."""
-    if _shape_is(value, [-1, width]):
-        return True
-    concat = value.producer()
-    if concat is None or concat.op_type != "Concat" or len(concat.inputs) != 2:
-        return False
-    return _shape_is(concat.inputs[1], [width])
+def _rows_then(target: ir.Value, reshape: ir.Node) -> list[int] | None:
+    """The entries after the first of ``reshape``'s constant ``target`` where the first keeps
+    the rows n of its input ``[n, ..]``: ``-1``, or ``0`` (n copied) without ``allowzero``;
+    None for any other target. A target computed at run time is constant once
+    ``canonical_reshape`` has proven it on the symbolic shapes."""
+    arr = const_array(target)
+    if arr is None or arr.ndim != 1 or arr.size < 2:
+        return None
+    first = int(arr[0])
+    if first == -1 or (first == 0 and not reshape.attributes.get_int("allowzero", 0)):
+        return [int(e) for e in arr[1:]]
+    return None
 
 
 def _flat(op, v: ir.Value, width: int, name: str) -> ir.Value:
     """``Reshape(v, [-1, width])``: the tokens flattened, as the exporter's reshape did."""
     shape = op.initializer(ir.tensor(np.array([-1, width], dtype=np.int64)), name=name)
     return op.Reshape(v, shape)
-
 
 
 def _pieces(target: ir.Value) -> list[ir.Value] | None:
@@ -96,40 +98,6 @@ def _entries(value: ir.Value) -> int | None:
             return 1
         return None
     return shape[0]
-
-
-class ComputedRows(pattern.RewriteRuleClassBase):
-    """Replaces ``Reshape(x, Concat(rows, c_1, .., c_n))``, ``rows`` one computed entry (the
-    token count, e.g. ``Mul`` of ``Shape`` dims) and the c_i positive constants, with
-    ``Reshape(x, [-1, c_1, .., c_n])``: the element count fixes the rows, so both give the
-    same tensor wherever the first does not fail.
-
-    Matches: ``x.reshape(batch * seq, k, p)`` in structured projections (TorchScript spells
-    the product out as ``Shape → Gather → Mul → Unsqueeze → Concat``).
-    """
-
-    def pattern(self, op, x, target):
-        return op.Reshape(x, target, _outputs=["out"])
-
-    def check(self, context, x, target, out, **_):
-        r = pattern.MatchResult()
-        concat = target.producer()
-        if const_array(target) is not None or concat is None or concat.op_type != "Concat":
-            return r.fail("reshape target: not a computed Concat", target)
-        first, *rest = concat.inputs
-        if const_array(first) is not None or _entries(first) != 1:
-            return r.fail("reshape target: expected one computed entry first (the rows)", target)
-        tail = [const_array(v) for v in rest]
-        if any(t is None for t in tail) or any((t <= 0).any() for t in tail):
-            return r.fail("reshape target: expected positive constants after the rows", target)
-        return r
-
-    def rewrite(self, op, x, target, out, **_):
-        tail = [const_array(v).reshape(-1) for v in target.producer().inputs[1:]]
-        shape = np.concatenate([np.array([-1], np.int64), *tail]).astype(np.int64)
-        const = op.Constant(value=ir.tensor(shape))
-        allowzero = out.producer().attributes.get_int("allowzero", 0)
-        return op.Reshape(x, const, allowzero=allowzero)
 
 
 class LowRank(pattern.RewriteRuleClassBase):
@@ -171,16 +139,17 @@ class BlockDiagBmm(pattern.RewriteRuleClassBase):
 
     def pattern(self, op, x, s_in, a, s_out):
         t = op.Transpose(op.Reshape(x, s_in), perm=[1, 0, 2])
-        return op.Reshape(op.Transpose(op.MatMul(t, a), perm=[1, 0, 2]), s_out)
+        return op.Reshape(op.Transpose(op.MatMul(t, a), perm=[1, 0, 2]), s_out,
+                          _outputs=["out"])
 
-    def check(self, context, x, s_in, a, s_out, **_):
+    def check(self, context, x, s_in, a, s_out, out, **_):
         r = _float32(pattern.MatchResult(), a, 3, "block-diagonal factor")
         if not r:
             return r
         k, p, q = const_array(a).shape
         if not _shape_is(s_in, [-1, k, p]):
             return r.fail(f"block input reshape: expected [-1, {k}, {p}]", s_in)
-        if not _flattens_to(s_out, k * q):
+        if _rows_then(s_out, out.producer()) != [k * q]:
             return r.fail(f"block output reshape: expected [-1, {k * q}]", s_out)
         return r
 
@@ -226,9 +195,10 @@ class BlockDiagEinsum(pattern.RewriteRuleClassBase):
     """
 
     def pattern(self, op, x, s_in, a, s_out):
-        return op.Reshape(op.Einsum(op.Reshape(x, s_in), a, _outputs=["e"]), s_out)
+        return op.Reshape(op.Einsum(op.Reshape(x, s_in), a, _outputs=["e"]), s_out,
+                          _outputs=["out"])
 
-    def check(self, context, x, s_in, a, s_out, e, **_):
+    def check(self, context, x, s_in, a, s_out, e, out, **_):
         r = _float32(pattern.MatchResult(), a, 3, "einsum block factor")
         if not r:
             return r
@@ -240,7 +210,7 @@ class BlockDiagEinsum(pattern.RewriteRuleClassBase):
         k, p, q = (const_array(a).shape[i] for i in perm)
         if not _shape_is(s_in, [-1, k, p]):
             return r.fail(f"einsum input reshape: expected [-1, {k}, {p}]", s_in)
-        if not _flattens_to(s_out, k * q):
+        if _rows_then(s_out, out.producer()) != [k * q]:
             return r.fail(f"einsum output reshape: expected [-1, {k * q}]", s_out)
         return r
 
@@ -528,15 +498,16 @@ class ShuffleBmm(pattern.RewriteRuleClassBase):
     def pattern(self, op, x, s_in, a, grid, s, t):
         h = op.Transpose(op.Reshape(x, s_in), perm=[1, 0, 2])
         h = op.Transpose(op.MatMul(h, a), perm=[1, 0, 2])
-        g = op.Transpose(op.Reshape(h, grid), perm=[2, 0, 1])
+        g = op.Transpose(op.Reshape(h, grid, _outputs=["regrouped"]), perm=[2, 0, 1])
         return op.Reshape(op.Transpose(op.MatMul(g, s), perm=[1, 2, 0]), t, _outputs=["out"])
 
-    def check(self, context, x, s_in, a, grid, s, t, out, **_):
+    def check(self, context, x, s_in, a, grid, s, t, out, regrouped, **_):
         r = _float32(pattern.MatchResult(), a, 3, "BlockShuffle first factor")
         r = r and _float32(r, s, 3, "BlockShuffle second factor")
         if not r:
             return r
-        return _shuffle_shapes(r, const_array(a).shape, const_array(s).shape, s_in, grid, t, s)
+        return _shuffle_shapes(r, const_array(a).shape, const_array(s).shape, s_in, grid,
+                               regrouped.producer(), t, s)
 
     def rewrite(self, op, x, s_in, a, grid, s, t, out, **_):
         k, p, _ = const_array(a).shape
@@ -546,7 +517,8 @@ class ShuffleBmm(pattern.RewriteRuleClassBase):
 
 
 def _shuffle_shapes(r: pattern.MatchResult, kpq: tuple, mrs: tuple, s_in: ir.Value,
-                    grid: ir.Value, t: ir.Value, second: ir.Value) -> pattern.MatchResult:
+                    grid: ir.Value, regroup: ir.Node, t: ir.Value,
+                    second: ir.Value) -> pattern.MatchResult:
     """A BlockShuffle's reshapes agree with its factors A [k, p, q] and S [m, r, s]: input
     [-1, k, p], the k·q outputs regrouped as a [-1, r, m] grid, output ending in m·s."""
     (k, p, q), (m, rows, cols) = kpq, mrs
@@ -554,23 +526,11 @@ def _shuffle_shapes(r: pattern.MatchResult, kpq: tuple, mrs: tuple, s_in: ir.Val
         return r.fail(f"BlockShuffle input reshape: expected [-1, {k}, {p}]", s_in)
     if k * q != m * rows:
         return r.fail(f"BlockShuffle: {k}x{q} outputs do not regroup into {m}x{rows}", second)
-    if _grid_tail(grid) != [rows, m]:
+    if _rows_then(grid, regroup) != [rows, m]:
         return r.fail(f"BlockShuffle grid reshape: expected [-1, {rows}, {m}]", grid)
     if _last_entry(t) != m * cols:
         return r.fail(f"BlockShuffle output reshape: expected last entry {m * cols}", t)
     return r
-
-
-def _grid_tail(grid: ir.Value) -> list[int] | None:
-    """[r, m] of a ``[-1, r, m]`` reshape target: a constant, or a Concat of -1 and constants."""
-    target = const_array(grid)
-    if target is not None and target.reshape(-1)[0] == -1:
-        return [int(e) for e in target.reshape(-1)[1:]]
-    if target is None and grid.producer() is not None and grid.producer().op_type == "Concat":
-        parts = [const_array(v) for v in grid.producer().inputs[1:]]
-        if all(v is not None for v in parts):
-            return [int(e) for v in parts for e in v.reshape(-1)]
-    return None
 
 
 def _shuffle_einsum_perm(equation: str) -> tuple[int, int, int] | None:
@@ -596,10 +556,10 @@ class ShuffleEinsum(pattern.RewriteRuleClassBase):
 
     def pattern(self, op, x, s_in, a, grid, w, t):
         h = op.Einsum(op.Reshape(x, s_in), a, _outputs=["e1"])
-        g = op.Einsum(op.Reshape(h, grid), w, _outputs=["e2"])
+        g = op.Einsum(op.Reshape(h, grid, _outputs=["regrouped"]), w, _outputs=["e2"])
         return op.Reshape(g, t, _outputs=["out"])
 
-    def check(self, context, x, s_in, a, grid, w, t, e1, e2, out, **_):
+    def check(self, context, x, s_in, a, grid, w, t, e1, e2, out, regrouped, **_):
         r = _float32(pattern.MatchResult(), a, 3, "BlockShuffle first factor")
         r = r and _float32(r, w, 3, "BlockShuffle second factor")
         if not r:
@@ -612,7 +572,7 @@ class ShuffleEinsum(pattern.RewriteRuleClassBase):
                           "h[n,r,m]·W -> [n,s,m]", e2.producer())
         kpq = tuple(const_array(a).shape[i] for i in p1)
         mrs = tuple(const_array(w).shape[i] for i in p2)
-        return _shuffle_shapes(r, kpq, mrs, s_in, grid, t, w)
+        return _shuffle_shapes(r, kpq, mrs, s_in, grid, regrouped.producer(), t, w)
 
     def rewrite(self, op, x, s_in, a, grid, w, t, e1, e2, out, **_):
         p1 = _einsum_perm(e1.producer().attributes.get_string("equation", ""))
@@ -851,7 +811,6 @@ rules = pattern.RewriteRuleSet([
     ShapeOfElementwise.rule("ShapeOfRelu", op_type="Relu", domain=""),
     DimOfReshape.rule("DimOfReshape"),
     *BiasBeforeReshape.rule("BiasBeforeReshape").commute(),
-    ComputedRows.rule("ComputedRows"),
     IdentityTranspose.rule("IdentityTranspose"),
     MergeTransposes.rule("MergeTransposes"),
     ShuffleBmm.rule("ShuffleBmm"),

@@ -40,10 +40,12 @@ CANONICAL_FAMILIES = {
     "linear": canonical_linear.rules,
     "gelu": canonical_gelu.rules,
     "silu": canonical_silu.rules,
+    "computed_shapes": canonical_reshape.computed_shape_rules,
     "structured": canonical_structured.rules,
     # last: the reshapes the families above left (they match the exporters' own placement)
     "reshape": canonical_reshape.rules,
 }
+CANONICAL_ROUNDS = 4  # rounds of CANONICAL_FAMILIES to a fixpoint: one rewrite can expose another
 FFN_FAMILIES = [ffn_gated, ffn_dense]  # the pattern families of plain FFNs, longest first
 SITE_OF = {  # how each kind's marker becomes a Site (owned by its family)
     SiteKind.DENSE: ffn_dense.site, SiteKind.GATED: ffn_gated.site, SiteKind.FFF: ffn_fff.site,
@@ -74,16 +76,29 @@ def canonicalize(model: ir.Model, notes: list[str] | None = None) -> dict[str, i
                                         output_size_limit=8192)(model)
     _cleanup(model)
     counts = {"quantized": quantized, **dict.fromkeys(CANONICAL_FAMILIES, 0)}
-    for _ in range(4):  # to a fixpoint: one rewrite can expose another
-        changed = 0
+    last: dict[str, int] = {}  # the rewrites of the last round, per family that made any
+    for _ in range(CANONICAL_ROUNDS):
+        last = {}
         for family, rules in CANONICAL_FAMILIES.items():
             n = rules.apply_to_model(model)
             counts[family] += n
-            changed += n
+            if n:
+                last[family] = n
             _cleanup(model)
-        if not changed:
+        if not last:
             break
+    else:
+        if notes is not None:
+            notes.append(_unconverged(CANONICAL_ROUNDS, last))
     return counts
+
+
+def _unconverged(rounds: int, last: dict[str, int]) -> str:
+    """The note for a canonicalization that was still rewriting in its last round."""
+    still = ", ".join(f"{family} {n}" for family, n in last.items())
+    rounds_text = f"{rounds} round" + ("s" if rounds != 1 else "")
+    return (f"canonicalization stopped after {rounds_text} while still rewriting (last round: "
+            f"{still}); an FFN in a form it had not finished may be missed or be a near miss")
 
 
 def detect(model: ir.Model) -> list[Site]:

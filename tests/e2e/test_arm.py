@@ -1,16 +1,14 @@
 """``--target arm``: an aarch64 artifact built here, run inside aarch64 ONNX Runtime under
 qemu-aarch64, compared with the x86 run of the original model.
 
-The aarch64 side is a private sysroot (Debian arm64 CPython) plus PyPI's aarch64 wheels of
-the same onnxruntime and numpy versions (scripts/aarch64-sysroot.sh); onnxruntime needs an
-aarch64 /proc/cpuinfo under qemu-user, bind-mounted in a private mount namespace. Needs
-root (unshare -m), qemu-user and g++-aarch64-linux-gnu: scripts/system-deps.sh installs them.
+The aarch64 side is the sysroot of tests/fixtures/aarch64_python.py (aarch64 CPython with
+the onnxruntime and numpy versions installed here). Needs root (unshare -m), qemu-user and
+g++-aarch64-linux-gnu: scripts/system-deps.sh installs them.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,8 +19,8 @@ import pytest
 
 import fffc
 from fffc.pipeline import analyze
+from tests.fixtures.aarch64_python import ROOT, build_sysroot, run_python
 
-ROOT = Path(__file__).resolve().parents[2]
 RUNNER = '''
 import sys, numpy as np, onnxruntime as ort
 art, data = sys.argv[1], np.load(sys.argv[2])
@@ -39,21 +37,13 @@ print("aarch64 onnxruntime", ort.__version__, "ran", len(out), "inputs")
 
 @pytest.fixture(scope="module")
 def sysroot() -> Path:
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "aarch64-sysroot.sh"), sys.executable],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, f"aarch64 sysroot: {out.stderr[-2000:]}"
-    return Path(out.stdout.strip().splitlines()[-1])
+    return build_sysroot()
 
 
 def _run_aarch64(sysroot: Path, artifact: Path, inputs: dict[str, np.ndarray], tmp: Path):
     np.savez(tmp / "in.npz", **inputs)
     (tmp / "runner.py").write_text(RUNNER)
-    cmd = (f"mount --bind {sysroot}/cpuinfo /proc/cpuinfo && qemu-aarch64 -L {sysroot}/root "
-           f"-E PYTHONPATH={sysroot}/site {sysroot}/root/usr/bin/python3.11 {tmp}/runner.py "
-           f"{artifact} {tmp}/in.npz {tmp}/out.npz")
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_python(sysroot, tmp / "runner.py", [artifact, tmp / "in.npz", tmp / "out.npz"])
     assert "aarch64 onnxruntime" in proc.stdout
     return dict(np.load(tmp / "out.npz"))
 

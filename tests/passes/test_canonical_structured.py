@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -57,3 +58,38 @@ def test_einsum_equations(equation, perm):
 ])
 def test_shuffle_einsum_equations(equation, perm):
     assert _shuffle_einsum_perm(equation) == perm
+
+
+def test_block_output_reshape_that_keeps_the_leading_dims_stays(tmp_path):
+    """A bmm block-diagonal product whose output reshape is ``Concat(Shape(x)[:2], [k·q])``
+    (x [B, S, k·p]: the output [B, S, k·q], not the flat [B·S, k·q] a StructuredLinear
+    gives) is left as it is: canonicalization keeps the model's output."""
+    import onnx_ir as ir
+
+    from fffc import passes
+
+    k, p, q = 4, 6, 3
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Reshape", ["x", "s_in"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0, 2]),
+             helper.make_node("MatMul", ["t", "A"], ["m"]),
+             helper.make_node("Transpose", ["m"], ["u"], perm=[1, 0, 2]),
+             helper.make_node("Shape", ["x"], ["lead"], start=0, end=2),
+             helper.make_node("Concat", ["lead", "width"], ["s_out"], axis=0),
+             helper.make_node("Reshape", ["u", "s_out"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([-1, k, p], np.int64), "s_in"),
+             numpy_helper.from_array(np.array([k * q], np.int64), "width"),
+             numpy_helper.from_array(rng.standard_normal((k, p, q)).astype(np.float32), "A")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", k * p])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", k * q])], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = ir.serde.deserialize_model(m)
+    passes.canonicalize(model)
+    assert not any(n.op_type == "StructuredLinear" for n in model.graph)
+    passes.legalize(model)
+    x = rng.standard_normal((2, 3, k * p)).astype(np.float32)
+    run = [ort.InferenceSession(g.SerializeToString(), providers=["CPUExecutionProvider"]
+                                ).run(None, {"x": x})[0] for g in (m, ir.serde.serialize_model(model))]
+    assert run[1].shape == (2, 3, k * q)
+    np.testing.assert_array_equal(run[1], run[0])

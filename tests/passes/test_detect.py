@@ -127,3 +127,28 @@ def test_shape_inference_failure_is_one_note(capfd, caplog):
     assert "\n" not in notes[0]
     out, err = capfd.readouterr()
     assert out + err == "" and caplog.records == []
+
+
+def test_canonicalization_stopped_before_its_fixpoint_is_a_note(monkeypatch, tmp_path):
+    """A packed gated FFN flattened between its projections needs two rounds of the
+    canonical families: held to one, canonicalization stops while still rewriting, the FFN
+    is not found, and ``inspect`` says why in a note; with its rounds it is found, no note."""
+    from tests.fixtures.equivalent_forms import Form, build
+
+    form = Form(SiteKind.GATED, "gelu", proj="einsum", layout="mid", side="after",
+                shape="unsqueeze", packed=True)
+    path = tmp_path / "m.onnx"
+    onnx.save(build(form), str(path))
+    a = fffc.inspect(path)
+    assert [s.kind for s in a.sites] == [SiteKind.GATED] and a.notes == []
+
+    monkeypatch.setattr(importlib.import_module("fffc.passes.detect"), "CANONICAL_ROUNDS", 1)
+    a = fffc.inspect(path)
+    assert a.sites == []
+    assert len(a.notes) == 1, a.notes
+    note = a.notes[0]
+    assert note.startswith("canonicalization stopped after 1 round while still rewriting "
+                           "(last round: "), note
+    assert note.endswith("); an FFN in a form it had not finished may be missed or be a "
+                         "near miss"), note
+    assert "\n" not in note

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from fffc import passes
-from fffc.contract.kinds import Decision
+from fffc.contract.kinds import Decision, SiteKind
 from fffc.contract.lowering import SiteLowering
 from tests.fixtures.equivalent_forms import (
     TORCH_FORMS,
@@ -44,7 +44,7 @@ def _probe(b: int = 3, s: int = S) -> np.ndarray:
 
 
 def _fields(site) -> tuple:
-    return (str(site.kind), site.activation, site.up_activation, site.d_model, site.d_ff,
+    return (site.kind, site.activation, site.up_activation, site.d_model, site.d_ff,
             site.has_b1, site.has_b2)
 
 
@@ -53,7 +53,7 @@ def _want(t) -> tuple:
 
 
 def test_the_covering_set_covers_every_pair_and_stays_small():
-    dense = [f for f in FORMS if f.family == "dense"]
+    dense = [f for f in FORMS if f.family is SiteKind.DENSE]
     for a, b in [("act", "proj"), ("proj", "layout"), ("layout", "side"), ("layout", "shape"),
                  ("proj", "shape"), ("act", "layout")]:
         seen = {(getattr(f, a), getattr(f, b)) for f in dense}
@@ -82,7 +82,7 @@ def test_every_form_is_one_site_with_the_truth(form: Form):
 
 
 def test_computed_reshape_targets_become_constants():
-    form = Form("dense", "relu", layout="roundtrip", side="after", shape="gather")
+    form = Form(SiteKind.DENSE, "relu", layout="roundtrip", side="after", shape="gather")
     model = ir.serde.deserialize_model(build(form))
     passes.canonicalize(model)
     ops = [n.op_type for n in model.graph]
@@ -92,7 +92,7 @@ def test_computed_reshape_targets_become_constants():
 
 
 def test_einsum_with_a_constant_weight_becomes_matmul():
-    model = ir.serde.deserialize_model(build(Form("gated", "silu", proj="einsum_t")))
+    model = ir.serde.deserialize_model(build(Form(SiteKind.GATED, "silu", proj="einsum_t")))
     passes.canonicalize(model)
     ops = [n.op_type for n in model.graph]
     assert "Einsum" not in ops and ops.count("MatMul") == 3, ops
@@ -145,9 +145,9 @@ def passes_analysis(path):
 
 
 @pytest.mark.parametrize("form", [
-    Form("dense", "relu", proj="gemm", layout="split", side="after", shape="unsqueeze"),
-    Form("gated", "drelu", proj="einsum", layout="mid", side="after", shape="slice"),
-    Form("gated", "relu", proj="transpose", layout="flat", shape="gather", packed=True),
+    Form(SiteKind.DENSE, "relu", proj="gemm", layout="split", side="after", shape="unsqueeze"),
+    Form(SiteKind.GATED, "drelu", proj="einsum", layout="mid", side="after", shape="slice"),
+    Form(SiteKind.GATED, "relu", proj="transpose", layout="flat", shape="gather", packed=True),
 ], ids=lambda f: f.id)
 def test_exact_lowering_equals_the_original(form):
     m = build(form)
@@ -163,8 +163,8 @@ def test_exact_lowering_equals_the_original(form):
 
 
 @pytest.mark.parametrize("form", [
-    Form("dense", "relu", proj="einsum_t", layout="roundtrip", shape="gather"),
-    Form("mod", "gelu", proj="gemm", layout="flat", shape="gather", router="view"),
+    Form(SiteKind.DENSE, "relu", proj="einsum_t", layout="roundtrip", shape="gather"),
+    Form(SiteKind.ROUTED, "gelu", proj="gemm", layout="flat", shape="gather", router="view"),
 ], ids=lambda f: f.id)
 def test_compiled_form_equals_the_original(form, tmp_path):
     """x86 compile (crossovers from the table): the artifact with the shim equals the form."""

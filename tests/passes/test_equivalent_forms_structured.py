@@ -11,7 +11,7 @@ import pytest
 
 import fffc
 import fffc.runtime
-from fffc.contract.kinds import Decision
+from fffc.contract.kinds import Decision, SiteKind
 
 pytestmark = [pytest.mark.torch]
 
@@ -58,7 +58,7 @@ def test_spelling_is_one_site_with_its_shapes(form, exported):
         return
     assert len(a.sites) == 1, [m.reason for m in a.near_misses]
     (site,) = a.sites
-    assert (str(site.kind), site.d_model, site.d_ff, site.d_out) == (
+    assert (site.kind, site.d_model, site.d_ff, site.d_out) == (
         truth.kind, truth.d_model, truth.d_ff, truth.d_out)
     if truth.fff is not None:
         assert (site.trees, site.depth, site.rule, site.tie_break) == (*truth.fff, "gt")
@@ -68,11 +68,11 @@ def test_spelling_is_one_site_with_its_shapes(form, exported):
 
 
 E2E = [  # one per family and rewrite kind: (family, exporter, options)
-    forms.Form("fff_masked", "dynamo", act="after", cmp="after", lead="kept"),
-    forms.Form("fff_walk", "dynamo", update="where"),
-    forms.Form("lowrank", "dynamo", product="einsum"),
-    forms.Form("blockdense", lead="kept", shape="computed"),
-    forms.Form("blockshuffle", shape="computed"),
+    forms.Form(forms.Family.FFF_MASKED, "dynamo", act="after", cmp="after", lead="kept"),
+    forms.Form(forms.Family.FFF_WALK, "dynamo", update="where"),
+    forms.Form(forms.Family.LOWRANK, "dynamo", product="einsum"),
+    forms.Form(forms.Family.BLOCKDENSE, lead="kept", shape="computed"),
+    forms.Form(forms.Family.BLOCKSHUFFLE, shape="computed"),
 ]
 
 
@@ -83,7 +83,7 @@ def test_spelling_compiles_to_an_equal_artifact(form, exported, tmp_path, monkey
     _, truth, path = exported(form)
     result = fffc.compile(path, tmp_path / "m.fffc", fffc.CompileOptions(target="x86"))
     (site,) = result.sites
-    want_decision = Decision.TREE if truth.kind == "fff" else Decision.STRUCTURED
+    want_decision = Decision.TREE if truth.kind is SiteKind.FFF else Decision.STRUCTURED
     assert site.decision == want_decision, site.reason  # lowered to the family's op
     with_shim = fffc.runtime.InferenceSession(result.artifact)
     rng = np.random.default_rng(5)

@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from fffc.contract.errors import PackagingError
 from fffc.package import toolchain
 from fffc.package.native import build_shim, glibc_requirement
 from tests.fixtures.aarch64_kernels import missing_tools
+from tests.fixtures.aarch64_python import build_sysroot, run_python
 from tests.fixtures.shim import D_IN, VARIANTS, make_model, reference, relu_ffn_model, weights
 
 GLIBC = "2.28"  # RHEL 8, Debian 10, Ubuntu 20.04, JetPack 5
@@ -185,12 +185,7 @@ np.savez(sys.argv[4], **out)
 def test_aarch64_loads_under_qemu(tmp_path) -> None:
     """The aarch64 shim for glibc 2.28 in aarch64 ONNX Runtime under qemu-aarch64 (the
     sysroot of tests/e2e/test_arm.py): outputs equal to the aarch64 g++ build's."""
-    from tests.e2e.test_arm import ROOT
-
-    root = subprocess.run(["bash", str(ROOT / "scripts" / "aarch64-sysroot.sh"), sys.executable],
-                          capture_output=True, text=True)
-    assert root.returncode == 0, root.stderr[-2000:]
-    sysroot = Path(root.stdout.strip().splitlines()[-1])
+    sysroot = build_sysroot()
     library = _library("arm", tmp_path)
     for shim in ("gnu", "zig"):
         (tmp_path / shim).mkdir()
@@ -208,12 +203,8 @@ def test_aarch64_loads_under_qemu(tmp_path) -> None:
               for b, s in ((1, 1), (1, 3), (2, 65))}
     np.savez(tmp_path / "in.npz", **inputs)
     (tmp_path / "runner.py").write_text(RUNNER)
-    cmd = (f"mount --bind {sysroot}/cpuinfo /proc/cpuinfo && qemu-aarch64 -L {sysroot}/root "
-           f"-E PYTHONPATH={sysroot}/site {sysroot}/root/usr/bin/python3.11 {tmp_path}/runner.py "
-           f"{tmp_path}/in.npz {tmp_path} {len(VARIANTS)} {tmp_path}/out.npz")
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_python(sysroot, tmp_path / "runner.py",
+               [tmp_path / "in.npz", tmp_path, len(VARIANTS), tmp_path / "out.npz"])
     got = dict(np.load(tmp_path / "out.npz"))
     for i, (v, w) in enumerate(zip(VARIANTS, ws, strict=True)):
         for k, x in inputs.items():
