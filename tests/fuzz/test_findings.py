@@ -339,3 +339,31 @@ def test_a_genai_head_size_that_is_no_size_is_refused(tmp_path, capsys, head):
     assert main(["calibrate", str(folder), "--synthetic", "1", "--seq", "4", "-o",
                  str(tmp_path / "c.json")]) == 4
     assert "model.decoder.head_size in genai_config.json is" in _error_line(capsys)
+
+
+@pytest.mark.slow
+def test_bench_of_a_genai_folder_refuses_a_bad_original_in_one_line(tmp_path, capsys):
+    """``fffc bench`` on a compiled GenAI folder with ``--original`` a folder onnxruntime-genai
+    refuses (a RuntimeError out of ``og.Model``, exit 1 before) or one whose config names a
+    native library outside it (GenAI tried to load it)."""
+    pytest.importorskip("onnxruntime_genai")
+    src = genai_seed.folder(tmp_path / "g")
+    out = tmp_path / "g.fffc"
+    fffc.compile(src, out, fffc.CompileOptions(target="x86", crossovers="table"))
+    flags = ["--prompt", "2", "--generate", "2", "--repeat", "1"]
+
+    def original(edit) -> Path:
+        folder = Path(shutil.copytree(src, tmp_path / f"o{len(list(tmp_path.glob('o*')))}"))
+        cfg = json.loads((folder / "genai_config.json").read_text())
+        edit(cfg["model"])
+        (folder / "genai_config.json").write_text(json.dumps(cfg))
+        return folder
+
+    bad = original(lambda m: m.update(context_length=None))
+    assert main(["bench", str(out), "--original", str(bad), *flags]) == 3
+    assert "onnxruntime-genai cannot open the folder" in _error_line(capsys)
+    lib = original(lambda m: m["decoder"]["session_options"].update(
+        custom_ops_library="/usr/lib/libc.so.6"))
+    assert main(["bench", str(out), "--original", str(lib), *flags]) == 2
+    assert "not a path inside the folder" in _error_line(capsys)
+    assert main(["bench", str(out), *flags]) == 0
