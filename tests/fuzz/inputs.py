@@ -339,6 +339,8 @@ def build_genai(case: dict, d: Path, seed_folder: Path) -> Path:
                    "loop", "outlink", "outdir", "model.onnx.data")[p["j"] % 8]
             target = folder / rel
             target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists() or target.is_symlink():
+                continue
             if rel == "loop":
                 os.symlink(folder, target)
             elif rel == "outlink":
