@@ -373,9 +373,9 @@ def document_problem(calib) -> str | None:
     alloc = calib.get("allocation")
     if alloc is not None and not (
             isinstance(alloc, dict) and isinstance(alloc.get("budget"), str)
-            and all(isinstance(alloc.get(k), dict) and all(
+            and all(isinstance(alloc[k], dict) and all(
                 isinstance(v, dict) and all(_number(x) for x in v.values())
-                for v in alloc[k].values()) for k in ("thresholds", "levels"))
+                for v in alloc[k].values()) for k in ("thresholds", "levels") if k in alloc)
             and isinstance(alloc.get("predictor_shifts", {}), dict)
             and all(_number(v) for v in alloc.get("predictor_shifts", {}).values())):
         return f"allocation {alloc!r:.80}"
@@ -428,6 +428,10 @@ def plan_sites(model: Analysis, calibration_path: Path, budget_text: str | None,
         return record | {"predictors": {s.name: s.predictor for s in model.sites
                                         if s.predictor}}
     if kept is not None:
+        if not {"thresholds", "levels", "predictor_shifts"} <= set(kept):
+            raise UsageError(f"not a calibration fffc calibrate writes: its allocation for "
+                             f"{budget_text} lacks thresholds, levels or predictor_shifts",
+                             path=calibration_path)
         chosen = {k: v for k, v in kept.items() if k != "budget"}
         feeds_used = "the calibration's (fffc calibrate --budget)"
     else:
