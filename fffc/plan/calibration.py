@@ -554,6 +554,9 @@ def load_predictors(calibration_path: str | Path, calibration: dict) -> dict[str
     for site, st in calibration["sites"].items():
         if f"{site}/a" not in arrays:
             continue
+        if st.get("predictor") is None:
+            raise UsageError(f"the predictors hold site {site!r}'s, its entry in the "
+                             "calibration has none (predictor)", path=calibration_path)
         try:
             a, b, c, cut = (arrays[f"{site}/{k}"].astype(np.float32) for k in ("a", "b", "c", "cut"))
         except KeyError as e:

@@ -577,13 +577,15 @@ def calibration_cases(ops: tuple[str, ...] = CALIBRATION_OPS) -> st.SearchStrate
         "budget": st.sampled_from(BUDGETS), "op": st.sampled_from(ops)})
 
 
-def bench_cases(ops: tuple[str, ...] = BENCH_OPS,
-                targets: tuple[str, ...] = BENCH_TARGETS) -> st.SearchStrategy[dict]:
+def bench_cases(ops: tuple[str, ...] = BENCH_OPS, targets: tuple[str, ...] = BENCH_TARGETS,
+                flags: dict[str, tuple] | None = None) -> st.SearchStrategy[dict]:
+    """``flags``: choices that replace ``BENCH_FLAGS``' (a short run's: few timed calls)."""
     from tests.fuzz.mutations import ARTIFACT_MUTATIONS
 
+    choices = BENCH_FLAGS | (flags or {})
     return st.fixed_dictionaries({
         "kind": st.just("bench"), "target": st.sampled_from(targets),
-        "flags": st.fixed_dictionaries({k: st.sampled_from(v) for k, v in BENCH_FLAGS.items()}),
+        "flags": st.fixed_dictionaries({k: st.sampled_from(v) for k, v in choices.items()}),
         "art_mutations": st.lists(st.tuples(st.sampled_from(ARTIFACT_MUTATIONS), _param),
                                   max_size=1),
         "redigest": st.booleans(), "genai_mutations": _genai_mutations(2),

@@ -72,7 +72,7 @@ def test_mutated_artifacts(artifacts, case):
     _check(artifacts, case)
 
 
-@_settings(8)
+@_settings(5)
 @given(inputs.data_cases(("calibrate", "calibrate-cli"), ("dense-relu", "drelu", "genai-decoder")))
 def test_mutated_data_feeds(models, case):
     _check(models, case)
@@ -84,14 +84,15 @@ def test_mutated_genai_folders(models, case):
     _check(models, case)
 
 
-@_settings(3)
+@_settings(2)
 @given(inputs.calibration_cases(("compile-cli",)))
 def test_mutated_calibrations(models, case):
     _check(models, case)
 
 
-@_settings(5)
-@given(inputs.bench_cases(("bench-cli",), ("model",)))
+@_settings(4)
+@given(inputs.bench_cases(("bench-cli",), ("model",), {"repeat": ("1", "0", "-1", "x"),
+                                                       "tokens": ("1", "1,2", "-1", "", "a")}))
 def test_mutated_bench_runs(artifacts, case):
     _check(artifacts, case)
 
