@@ -456,6 +456,11 @@ def calibrate(model: Analysis, data: str | Path | None = None, *, synthetic: int
         raise UsageError(f"the generations made no {rows.value} rows (--generate "
                          f"{prompts.new_tokens}; a stop token may end a generation at once): "
                          "calibrate on --rows all or prefill, or generate more")
+    empty = [name for name, st in stats.items() if not st.samples.seen]
+    if empty:
+        raise UsageError(f"the feeds hold no rows for site(s) {empty}: nothing to calibrate "
+                         "on (a feed of 0 tokens, or its padding only)",
+                         path=data if data is not None else model.path)
     sparsities = tuple(sparsities)
     predictors, predictor_json = _train_predictors(sites, stats, weights, predictor_rank,
                                                    predictor_sparsity, sparsities)

@@ -373,3 +373,16 @@ def test_bench_of_a_genai_folder_refuses_a_bad_original_in_one_line(tmp_path, ca
     assert main(["bench", str(out), "--original", str(lib), *flags]) == 2
     assert "not a path inside the folder" in _error_line(capsys)
     assert main(["bench", str(out), *flags]) == 0
+
+
+def test_feeds_without_rows_are_a_usage_error(tmp_path):
+    """A decoder's feed of 0 tokens: the site saw no rows and the centers' quantile raised
+    IndexError on the empty sample."""
+    model = genai_seed.decoder(tmp_path / "m.onnx")
+    feeds = tmp_path / "feeds.npz"
+    np.savez(feeds, input_ids=np.zeros((0, 0), np.int64),
+             attention_mask=np.zeros((1, 0), np.int64),
+             **{f"past_key_values.0.{kv}": np.zeros((1, 2, 0, 8), np.float32)
+                for kv in ("key", "value")})
+    with pytest.raises(UsageError, match=r"the feeds hold no rows for site\(s\) \['fffc_ffn_0'\]"):
+        fffc.calibrate(model, data=feeds, seq=4, samples=32)
