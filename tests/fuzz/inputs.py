@@ -437,13 +437,20 @@ def build_calibration(case: dict, d: Path, seed_calib: Path) -> None:
 BENCH_FLAGS = {
     "tokens": (None, "1", "1,2", "", "0", "-1", "a", "1,,2", "4096", "1099511627776", "2,1,2"),
     "threads": (None, "1", "0", "-1", "64", "1", "2"),
-    "repeat": ("1", "2", None, "0", "-1", "1", "2", "x"),
+    "repeat": ("1", "2", "1", "2", "1", "2", None, "0", "-1", "x"),
     "prompt": (None, None, None, "4", "0", "-3", "100000"),
     "generate": (None, None, None, "4", "1", "0", "100000"),
-    "original": (None, None, None, "missing", "directory", "garbage", "other_model",
-                 "mutated_genai"),
+    "original": (None,) * 6 + ("missing", "directory", "garbage", "other_model",
+                                "mutated_genai", "mutated_genai"),
     "json": (False, True),
     "plot": (None, None, "plot.png", "nodir/plot.png", "adir"),
+}
+BENCH_TARGET_FLAGS = {  # each kind of artifact's own flags drawn mostly valid
+    "model": {"prompt": (None,) * 9 + ("4",), "generate": (None,) * 9 + ("4",),
+              "tokens": ("1", "1,2", None, "8") * 2 + BENCH_FLAGS["tokens"]},
+    "genai": {"tokens": (None,) * 9 + ("1",), "plot": (None,) * 9 + ("plot.png",),
+              "prompt": ("2", "4") * 3 + BENCH_FLAGS["prompt"],
+              "generate": ("2", "4") * 3 + BENCH_FLAGS["generate"]},
 }
 BENCH_OPS = ("bench-cli", "bench-cli", "bench-cli", "subprocess-bench")
 BENCH_TARGETS = ("model", "model", "genai")
@@ -582,12 +589,17 @@ def bench_cases(ops: tuple[str, ...] = BENCH_OPS, targets: tuple[str, ...] = BEN
     """``flags``: choices that replace ``BENCH_FLAGS``' (a short run's: few timed calls)."""
     from tests.fuzz.mutations import ARTIFACT_MUTATIONS
 
-    choices = BENCH_FLAGS | (flags or {})
-    return st.fixed_dictionaries({
-        "kind": st.just("bench"), "target": st.sampled_from(targets),
-        "flags": st.fixed_dictionaries({k: st.sampled_from(v) for k, v in choices.items()}),
-        "art_mutations": st.lists(st.tuples(st.sampled_from(ARTIFACT_MUTATIONS), _param),
-                                  max_size=1),
-        "redigest": st.booleans(), "genai_mutations": _genai_mutations(2),
-        "op": st.sampled_from(ops)})
+    def for_target(target: str) -> st.SearchStrategy[dict]:
+        # the other kind's flags are left out of most cases: a refusal of the mix (exit 2)
+        # would otherwise hide what lies behind it
+        choices = BENCH_FLAGS | BENCH_TARGET_FLAGS[target] | (flags or {})
+        return st.fixed_dictionaries({
+            "kind": st.just("bench"), "target": st.just(target),
+            "flags": st.fixed_dictionaries({k: st.sampled_from(v) for k, v in choices.items()}),
+            "art_mutations": st.lists(st.tuples(st.sampled_from(ARTIFACT_MUTATIONS), _param),
+                                      max_size=1),
+            "redigest": st.booleans(), "genai_mutations": _genai_mutations(2),
+            "op": st.sampled_from(ops)})
+
+    return st.one_of(*(for_target(t) for t in targets))
 
