@@ -165,6 +165,10 @@ def plot(rows: list[BenchRow], path: str | Path, title: str) -> Path:
     ax.legend()
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.savefig(path)
+    except OSError as e:  # a missing folder, a directory, no permission
+        raise UsageError(f"--plot: cannot write the plot ({e.strerror or e})", path=path) from e
+    finally:
+        plt.close(fig)
     return path
