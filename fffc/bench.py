@@ -165,10 +165,11 @@ def plot(rows: list[BenchRow], path: str | Path, title: str) -> Path:
     ax.legend()
     fig.tight_layout()
     path = Path(path)
-    try:
-        fig.savefig(path)
-    except OSError as e:  # a missing folder, a directory, no permission
-        raise UsageError(f"--plot: cannot write the plot ({e.strerror or e})", path=path) from e
+    try:  # the format given: matplotlib would append ".png" to a name without a suffix
+        fig.savefig(path, format=path.suffix.removeprefix(".").lower() or "png")
+    except (OSError, ValueError) as e:  # a missing folder, a directory, no permission
+        raise UsageError(f"--plot: cannot write the plot ({getattr(e, 'strerror', None) or e})",
+                         path=path) from e
     finally:
         plt.close(fig)
     return path

@@ -314,6 +314,7 @@ def test_predictors_of_the_wrong_shape_are_a_usage_error(tmp_path):
     (["--original", "DIR"], 3, "cannot read the original model"),  # IsADirectoryError
     (["--original", "OTHER"], 2, "is it the model the artifact was compiled from"),
     (["--tokens", "1", "--plot", "DIR/no/plot.png"], 2, "--plot: cannot write the plot"),
+    (["--tokens", "1", "--plot", "DIR"], 2, "--plot: cannot write the plot"),  # DIR.png
 ])
 def test_bench_refuses_bad_flags_in_one_line(artifact, tmp_path, capsys, argv, code, reason):
     (tmp_path / "DIR").mkdir()
@@ -321,6 +322,7 @@ def test_bench_refuses_bad_flags_in_one_line(artifact, tmp_path, capsys, argv, c
     argv = [str(tmp_path / a) if a.startswith(("DIR", "OTHER")) else a for a in argv]
     assert main(["bench", str(artifact), "--repeat", "1", *argv]) == code
     assert reason in _error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["DIR", "OTHER", "a.fffc"]
 
 
 def test_a_manifest_without_the_source_is_an_artifact_error_for_bench(artifact, capsys):
