@@ -560,8 +560,8 @@ def load_predictors(calibration_path: str | Path, calibration: dict) -> dict[str
         if f"{site}/a" not in arrays:
             continue
         if st.get("predictor") is None:
-            raise UsageError(f"the predictors hold site {site!r}'s, its entry in the "
-                             "calibration has none (predictor)", path=calibration_path)
+            raise UsageError(f"the predictors file holds a predictor for site {site!r}, "
+                             "whose entry in the calibration has none", path=calibration_path)
         try:
             a, b, c, cut = (arrays[f"{site}/{k}"].astype(np.float32) for k in ("a", "b", "c", "cut"))
         except KeyError as e:

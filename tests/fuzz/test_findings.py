@@ -302,7 +302,7 @@ def test_predictors_of_the_wrong_shape_are_a_usage_error(tmp_path):
     doc = json.loads(calib.read_text())  # the predictors' site without its predictor entry
     del next(iter(doc["sites"].values()))["predictor"]
     calib.write_text(json.dumps(doc))
-    with pytest.raises(UsageError, match=r"its entry in the calibration has none"):
+    with pytest.raises(UsageError, match=r"whose entry in the calibration has none"):
         fffc.compile(model, tmp_path / "out", fffc.CompileOptions(
             target="x86", calibration=calib, budget="sparsity=0.5"))
 
