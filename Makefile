@@ -67,8 +67,10 @@ test-asan: install
 	$(PY) -m pytest -q -p no:cacheprovider $(ASAN_TESTS)
 
 # Mutation fuzzing (scripts/fuzz.py): mutated models through inspect, calibrate and compile,
-# mutated artifacts through fffc.runtime and fffc verify; findings saved under fuzz-out/.
+# mutated artifacts through fffc.runtime and fffc verify, mutated --data feeds, GenAI folders,
+# --calibration files and fffc bench flags; findings saved under fuzz-out/.
 FUZZ_CASES ?= 100000
 FUZZ_SECONDS ?= 36000
+FUZZ_TARGETS ?= model,artifact,data,genai,calibration,bench
 fuzz: install
-	$(PY) scripts/fuzz.py --cases $(FUZZ_CASES) --seconds $(FUZZ_SECONDS) --out fuzz-out
+	$(PY) scripts/fuzz.py --cases $(FUZZ_CASES) --seconds $(FUZZ_SECONDS) --targets $(FUZZ_TARGETS) --out fuzz-out

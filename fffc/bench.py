@@ -8,7 +8,6 @@ the ratio of medians is reported. Outputs are compared on the same feeds.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from google.protobuf.message import DecodeError
 
 from . import timing
-from .contract.errors import UsageError
+from .contract.errors import ModelLoadError, UsageError
 from .verify import compare as verify
+from .verify.compare import ORT_ERRORS
 from .verify.feeds import probe_inputs
 
 
@@ -51,7 +52,13 @@ def source_model(artifact: Path, manifest: dict, original: Path | None) -> Path:
     """The original model the artifact was compiled from, checked against its hash."""
     if original is not None:
         return original
-    src = Path(manifest["source"]["path"])
+    from .runtime import ArtifactError
+
+    source = manifest.get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("path"), str):
+        raise ArtifactError(f"{artifact}: the manifest does not name the original model "
+                            "(source.path); pass --original PATH")
+    src = Path(source["path"])
     if not src.exists():
         raise UsageError(f"original model {src} not found; pass --original PATH", path=artifact)
     return src
@@ -63,27 +70,56 @@ def bench(artifact: str | Path, tokens: Sequence[int] = (1, 8, 128), threads: in
     from . import runtime
 
     artifact = Path(artifact)
-    manifest_path = artifact / "manifest.json"
-    if not manifest_path.exists():
+    if any(n < 1 for n in tokens) or repeat < 1 or threads < 0:
+        raise UsageError(f"expected token counts >= 1, >= 1 timed call and >= 0 threads (0: "
+                         f"ONNX Runtime's default), got {list(tokens)}, {repeat}, {threads}")
+    if not (artifact / "manifest.json").is_file():
         raise UsageError("not an fffc artifact (no manifest.json)", path=artifact)
-    manifest = json.loads(manifest_path.read_text())
+    manifest = runtime.manifest(artifact)
     src = source_model(artifact, manifest, Path(original) if original else None)
-    proto = onnx.load(str(src), load_external_data=False)
+    try:
+        proto = onnx.load(str(src), load_external_data=False)
+    except (OSError, ValueError, DecodeError) as e:
+        raise ModelLoadError(f"cannot read the original model ({e})", path=src) from e
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
-    base = ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    try:
+        base = ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    except ORT_ERRORS as e:
+        raise ModelLoadError(f"ONNX Runtime refuses the original model ({_first(e)})",
+                             path=src) from e
     so2 = ort.SessionOptions()
     so2.intra_op_num_threads = threads
     so2.log_severity_level = 3
-    compiled = runtime.InferenceSession(artifact, so2, providers=["CPUExecutionProvider"])
+    try:
+        compiled = runtime.InferenceSession(artifact, so2, providers=["CPUExecutionProvider"])
+    except ORT_ERRORS as e:  # its files passed the manifest's check
+        raise runtime.ArtifactError(f"{artifact}: ONNX Runtime refuses the artifact's model "
+                                    f"({_first(e)})") from e
 
     rows = []
     for n in tokens:
-        feed = feeds_for_tokens(proto, n)
-        want = base.run(None, feed)
-        got = compiled.run(None, feed)
+        try:
+            feed = feeds_for_tokens(proto, n)
+        except MemoryError as e:
+            raise UsageError(f"a feed of {n} tokens does not fit in memory") from e
+        try:
+            want = base.run(None, feed)
+        except ORT_ERRORS as e:
+            raise UsageError(f"the original model fails on a feed of {n} tokens made for the "
+                             f"artifact ({_first(e)}): is it the model the artifact was "
+                             "compiled from?", path=src) from e
+        try:
+            got = compiled.run(None, feed)
+        except ORT_ERRORS as e:
+            if original is not None:  # the feeds are made for the model the user named
+                raise UsageError(f"the artifact fails on a feed of {n} tokens made for "
+                                 f"{src} ({_first(e)}): is it the model the artifact was "
+                                 "compiled from?", path=artifact) from e
+            raise runtime.ArtifactError(f"{artifact}: the artifact fails on a feed of {n} "
+                                        f"tokens the original model runs ({_first(e)})") from e
         err = verify.compare_runs([got], [want], float("inf")).max_rel
         for _ in range(warmup):
             base.run(None, feed)
@@ -94,6 +130,11 @@ def bench(artifact: str | Path, tokens: Sequence[int] = (1, 8, 128), threads: in
                                 rounds=-(-repeat // inner), inner=inner)
         rows.append(BenchRow(n, med["base"], med["fffc"], med["base"] / med["fffc"], err))
     return rows
+
+
+def _first(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def rows_to_json(rows: Sequence[BenchRow]) -> list[dict]:
@@ -124,6 +165,11 @@ def plot(rows: list[BenchRow], path: str | Path, title: str) -> Path:
     ax.legend()
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
+    try:  # the format given: matplotlib would append ".png" to a name without a suffix
+        fig.savefig(path, format=path.suffix.removeprefix(".").lower() or "png")
+    except (OSError, ValueError) as e:  # a missing folder, a directory, no permission
+        raise UsageError(f"--plot: cannot write the plot ({getattr(e, 'strerror', None) or e})",
+                         path=path) from e
+    finally:
+        plt.close(fig)
     return path

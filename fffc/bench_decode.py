@@ -18,13 +18,15 @@ import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from . import runtime, timing
-from .contract.errors import UsageError
-from .package.layout import MANIFEST
+from .contract.errors import ArtifactCheckError, FffcError, ModelLoadError, UsageError
+from .frontend import genai
+from .frontend.interface import GENAI_CONFIG
+from .package.layout import LIBRARY_KEY, MANIFEST
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,31 @@ def _model(og, folder: Path, threads: int):
     return og.Model(config)
 
 
+def _own_libraries_only(folder: genai.GenAIFolder) -> None:
+    """The original folder may name no native library outside itself (what GenAI itself
+    refuses, and what fffc never loads): a ``custom_ops_library`` is a relative path
+    inside the folder."""
+    options = folder.config["model"]["decoder"].get("session_options")
+    lib = options.get(LIBRARY_KEY) if isinstance(options, dict) else None
+    if lib is None:
+        return
+    rel = PurePosixPath(str(lib).replace("\\", "/"))
+    if not isinstance(lib, str) or not lib or rel.is_absolute() or ".." in rel.parts:
+        raise UsageError(f"the decoder's session_options in {GENAI_CONFIG} name "
+                         f"{LIBRARY_KEY} {lib!r}, not a path inside the folder",
+                         path=folder.folder)
+
+
+def _opened(og, folder: Path, threads: int, error: type[FffcError]):
+    """The folder opened in onnxruntime-genai; its refusal (a RuntimeError, whatever the
+    cause) as ``error`` in one line."""
+    try:
+        return _model(og, folder, threads)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else "RuntimeError"
+        raise error(f"onnxruntime-genai cannot open the folder: {first}", path=folder) from e
+
+
 def _run(og, model, prompt: list[int], generate: int) -> Run:
     params = og.GeneratorParams(model)
     length = len(prompt) + generate
@@ -137,32 +164,49 @@ def bench_decode(artifact: str | Path, prompt: int = 128, generate: int = 128,
     """Time greedy generation in the compiled GenAI folder ``artifact`` and in the folder it
     was compiled from (``original`` if it moved), ``repeat`` runs each after one untimed."""
     artifact = Path(artifact)
-    manifest = json.loads((artifact / MANIFEST).read_text())
-    section = genai_section(manifest)
+    section = genai_section(runtime.manifest(artifact))
     if section is None:
         raise UsageError("not a compiled GenAI folder (its manifest has no genai section)",
                          path=artifact)
+    if not isinstance(section, dict) or not isinstance(section.get("source"), str):
+        raise runtime.ArtifactError(f"{artifact}: the manifest's genai section does not name "
+                                    "the folder it was compiled from (genai.source)")
     source = Path(original) if original is not None else Path(section["source"])
-    if not (source / section["config"]).exists():
+    if not (source / GENAI_CONFIG).exists():
         raise UsageError(f"original GenAI folder {source} not found; pass --original PATH",
                          path=artifact)
-    if prompt < 1 or generate < 2 or repeat < 1:
-        raise UsageError(f"expected a prompt of >= 1 token, >= 2 generated tokens and >= 1 "
-                         f"run, got {prompt}, {generate}, {repeat}")
-    config = json.loads((artifact / section["config"]).read_text())["model"]
-    if prompt + generate > config.get("context_length", prompt + generate):
-        raise UsageError(f"prompt + generated tokens ({prompt + generate}) exceed the model's "
-                         f"context length {config['context_length']}", path=artifact)
+    if prompt < 1 or generate < 2 or repeat < 1 or threads < 0:
+        raise UsageError(f"expected a prompt of >= 1 token, >= 2 generated tokens, >= 1 run "
+                         f"and >= 0 threads, got {prompt}, {generate}, {repeat}, {threads}")
     runtime.check(artifact)  # onnxruntime_genai loads the shim it names: its files first
+    config = genai.read(artifact).config["model"]
+    vocab, context = config.get("vocab_size"), config.get("context_length", prompt + generate)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+               for v in (vocab, context)):
+        raise runtime.ArtifactError(f"{artifact}: {GENAI_CONFIG}'s model.vocab_size "
+                                    f"{vocab!r} and context_length {context!r}: expected "
+                                    "positive integers")
+    if prompt + generate > context:
+        raise UsageError(f"prompt + generated tokens ({prompt + generate}) exceed the model's "
+                         f"context length {context}", path=artifact)
+    _own_libraries_only(genai.read(source))
     og = _og()
-    ids = np.random.default_rng(seed).integers(0, config["vocab_size"], prompt).tolist()
-    models = {"original": _model(og, source, threads), "fffc": _model(og, artifact, threads)}
+    ids = np.random.default_rng(seed).integers(0, vocab, prompt).tolist()
+    models = {"original": _opened(og, source, threads, ModelLoadError),
+              "fffc": _opened(og, artifact, threads, ArtifactCheckError)}
     runs: dict[str, list[Run]] = {k: [] for k in models}
     keys = list(models)
     for r in range(repeat + 1):  # round 0 warms both up, untimed
         for key in keys[r % 2:] + keys[:r % 2]:
             time.sleep(timing.SETTLE_S)
-            run = _run(og, models[key], ids, generate)
+            try:
+                run = _run(og, models[key], ids, generate)
+            except RuntimeError as e:
+                error, folder = ((ModelLoadError, source) if key == "original"
+                                 else (ArtifactCheckError, artifact))
+                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else "?"
+                raise error(f"onnxruntime-genai fails generating from the folder: {first}",
+                            path=folder) from e
             if r:
                 runs[key].append(run)
     return DecodeBench(prompt, generate, threads, tuple(runs["original"]), tuple(runs["fffc"]))

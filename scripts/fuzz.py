@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tests.fuzz import harness, mutations, seeds  # noqa: E402
+from tests.fuzz import harness, inputs, mutations, seeds  # noqa: E402
 
 # the share of each entry point among model cases: compile's survivors cost seconds each
 MODEL_OPS = (("inspect",) * 4 + ("inspect-cli",) * 2 + ("calibrate",) * 3
@@ -39,6 +39,10 @@ MODEL_OPS = (("inspect",) * 4 + ("inspect-cli",) * 2 + ("calibrate",) * 3
              + ("subprocess-inspect", "subprocess-calibrate", "subprocess-compile"))
 ARTIFACT_OPS = (("check", "session", "session", "session-nocheck", "verify-cli", "verify-cli",
                  "verify-noload-cli") * 3 + ("subprocess-verify",))
+
+# what is mutated: models, artifacts (fffc.runtime, verify), --data feeds, GenAI folders,
+# --calibration files with --budget, fffc bench's flags and artifacts
+TARGETS = ("model", "artifact", "data", "genai", "calibration", "bench")
 
 
 class Stop(Exception):
@@ -51,7 +55,7 @@ class Run:
         self.deadline = deadline
         art = out / "artifacts"
         self.h = harness.Harness(out / "work", seeds.artifact(art, "drelu"),
-                                 seeds.artifact(art, "dense-relu") / "libfffc_ops.so")
+                                 seeds.artifact(art, "dense-relu") / "libfffc_ops.so", cache=art)
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self.findings: dict[str, tuple[int, dict, harness.Outcome]] = {}
         self.cases = 0
@@ -61,9 +65,13 @@ class Run:
             seeds.model_bytes(name)
         self.t0 = time.monotonic()
 
-    def strategy(self) -> st.SearchStrategy[dict]:
+    def strategy(self, targets: tuple[str, ...]) -> st.SearchStrategy[dict]:
         model = mutations.model_cases(self.seed_names, MODEL_OPS)
-        return st.one_of(model, model, model, mutations.artifact_cases(ARTIFACT_OPS))
+        weighted = {"model": [model] * 3, "artifact": [mutations.artifact_cases(ARTIFACT_OPS)],
+                    "data": [inputs.data_cases()], "genai": [inputs.genai_cases()],
+                    "calibration": [inputs.calibration_cases()],
+                    "bench": [inputs.bench_cases()]}
+        return st.one_of(*(s for t in targets for s in weighted[t]))
 
     def one(self, case: dict) -> None:
         if time.monotonic() > self.deadline:
@@ -76,7 +84,8 @@ class Run:
             print(f"FUZZER ERROR {type(e).__name__}: {e}\n  {json.dumps(case)}", flush=True)
             return
         self.cases += 1
-        group = case["op"] if case["kind"] == "artifact" else case["op"].split("-")[0]
+        group = case["op"] if case["kind"] in ("artifact", "bench") else \
+            case["op"].split("-")[0]
         self.counts[(f"{case['kind']}:{group}", o.label if not o.finding else
                      f"FINDING {o.label}")] += 1
         if o.seconds > self.slowest[0]:
@@ -117,10 +126,10 @@ def report(r: Run, seconds: float) -> None:
 def replay(path: Path, out: Path) -> int:
     case = json.loads(path.read_text())
     art = out / "artifacts"
-    h = harness.Harness(out / "work", seeds.artifact(art, "drelu") if case["kind"] ==
-                        "artifact" else None,
-                        seeds.artifact(art, "dense-relu") / "libfffc_ops.so"
-                        if case["kind"] == "artifact" else None)
+    needs = case["kind"] in ("artifact", "bench")
+    h = harness.Harness(out / "work", seeds.artifact(art, "drelu") if needs else None,
+                        seeds.artifact(art, "dense-relu") / "libfffc_ops.so" if needs else None,
+                        cache=art)
     try:
         o, _ = h.run(case)
     finally:
@@ -138,11 +147,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="work folder, seed artifacts and findings (default ./fuzz-out)")
     p.add_argument("--no-torch", action="store_true",
                    help="leave out the seeds exported from torch (structured MLPs, FFF)")
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help=f"what is mutated, comma-separated (default all: {','.join(TARGETS)})")
     p.add_argument("--replay", type=Path, metavar="CASE.json", help="run one saved case")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.replay:
         return replay(args.replay, args.out)
+    targets = tuple(t for t in args.targets.split(",") if t)
+    if not targets or set(targets) - set(TARGETS):
+        p.error(f"--targets: expected some of {','.join(TARGETS)}, got {args.targets!r}")
     t0 = time.monotonic()
     r = Run(args.out, t0 + args.seconds, torch=not args.no_torch)
     print(f"seeds: {', '.join(r.seed_names)}; per-case limits {harness.LIMITS}", flush=True)
@@ -150,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     @hypothesis_seed(args.seed)
     @settings(max_examples=args.cases, deadline=None, database=None,
               phases=[Phase.generate], suppress_health_check=list(HealthCheck))
-    @given(r.strategy())
+    @given(r.strategy(targets))
     def fuzz(case: dict) -> None:
         r.one(case)
 

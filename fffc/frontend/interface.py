@@ -127,14 +127,23 @@ def _dims(vi: onnx.ValueInfoProto) -> tuple[Dim, ...]:
     return tuple(out)
 
 
+MAX_HEAD_SIZE = 1 << 16  # a larger head size in a config is an error, not a model
+
+
 def _genai_head_size(path: Path | None) -> int | None:
+    """``model.decoder.head_size`` of the ``genai_config.json`` beside ``path``: None where
+    there is none; a value that is no head size is refused."""
     if path is None:
         return None
     cfg = path.parent / GENAI_CONFIG
     try:
-        return int(json.loads(cfg.read_text())["model"]["decoder"]["head_size"])
+        head = json.loads(cfg.read_text())["model"]["decoder"]["head_size"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if not isinstance(head, int) or isinstance(head, bool) or not 0 < head <= MAX_HEAD_SIZE:
+        raise UnsupportedModelError(f"model.decoder.head_size in {GENAI_CONFIG} is {head!r}, "
+                                    f"expected an integer in 1..{MAX_HEAD_SIZE}", path=path)
+    return head
 
 
 def _is_past_dim(d: Dim) -> bool:

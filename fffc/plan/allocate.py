@@ -313,6 +313,79 @@ def apply(model: Analysis, calibration: dict, allocation: Allocation,
                              predictors_on=on)
 
 
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def _size(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**31
+
+
+def _site_problem(name: str, st, levels: set[str]) -> str | None:
+    if not isinstance(st, dict):
+        return f"site {name!r} is {st!r}, not an object"
+    if st.get("kind") not in {k.value for k in SiteKind}:
+        return f"site {name!r}: kind {st.get('kind')!r}"
+    for key in ("d_model", "d_ff", *(("d_out",) if "d_out" in st else ())):
+        if not _size(st.get(key)):
+            return f"site {name!r}: {key} {st.get(key)!r}, expected a positive integer"
+    th = st.get("thresholds")
+    if not isinstance(th, dict):
+        return f"site {name!r}: thresholds {th!r}, expected an object"
+    for part, by_level in th.items():
+        if not isinstance(by_level, dict) or not levels <= set(by_level) or not all(
+                _number(v) and v >= 0 for v in by_level.values()):
+            return (f"site {name!r}: thresholds.{part} {by_level!r:.80}, expected a "
+                    "threshold >= 0 per calibrated level")
+    centers = st.get("centers", {})
+    if not isinstance(centers, dict) or not all(
+            isinstance(c, list) and len(c) == st[{"input": "d_model"}.get(p, "d_ff")]
+            and all(_number(v) for v in c) for p, c in centers.items()):
+        return f"site {name!r}: centers, expected a list of numbers per part"
+    pred = st.get("predictor")
+    if pred is not None and not (isinstance(pred, dict) and (
+            (isinstance(pred.get("levels"), dict) and pred["levels"] and all(
+                isinstance(v, dict) and _number(v.get("shift")) and _number(v.get("selected"))
+                for v in pred["levels"].values()))
+            or ("levels" not in pred and isinstance(pred.get("held_out"), dict)
+            and _number(pred["held_out"].get("selected"))))):
+        return f"site {name!r}: predictor {pred!r:.80}"
+    return None
+
+
+def document_problem(calib) -> str | None:
+    """What in a CALIB.json ``plan_sites`` cannot use (None: nothing): the keys and types
+    it reads, checked before any is used."""
+    if not isinstance(calib, dict):
+        return f"{type(calib).__name__}, not an object"
+    if not isinstance(calib.get("model"), dict):
+        return "no model section"
+    levels = calib.get("sparsities")
+    if not isinstance(levels, list) or not levels or not all(
+            _number(v) and 0 < v < 1 for v in levels):
+        return f"sparsities {levels!r:.80}, expected levels in (0, 1)"
+    sites = calib.get("sites")
+    if not isinstance(sites, dict):
+        return f"sites {sites!r:.80}, expected an object"
+    for name, st in sites.items():
+        if (problem := _site_problem(name, st, {f"{v:g}" for v in levels})) is not None:
+            return problem
+    alloc = calib.get("allocation")
+    if alloc is not None and not (
+            isinstance(alloc, dict) and isinstance(alloc.get("budget"), str)
+            and all(isinstance(alloc[k], dict) and all(
+                isinstance(v, dict) and all(_number(x) for x in v.values())
+                for v in alloc[k].values()) for k in ("thresholds", "levels") if k in alloc)
+            and isinstance(alloc.get("predictor_shifts", {}), dict)
+            and all(_number(v) for v in alloc.get("predictor_shifts", {}).values())):
+        return f"allocation {alloc!r:.80}"
+    preds = calib.get("predictors")
+    if preds is not None and not (isinstance(preds, str) and preds
+                                  and Path(preds).name == preds and preds not in (".", "..")):
+        return f"predictors {preds!r}, expected a file name beside the calibration"
+    return None
+
+
 def plan_sites(model: Analysis, calibration_path: Path, budget_text: str | None,
                data: Path | None, seed: int,
                int4_modes: frozenset[SparseMode] = frozenset()) -> dict:
@@ -328,7 +401,10 @@ def plan_sites(model: Analysis, calibration_path: Path, budget_text: str | None,
         calib = json.loads(Path(calibration_path).read_text())
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read the calibration ({e})", path=calibration_path) from e
-    if calib.get("model", {}).get("sha256") != sha256_file(model.path):
+    if (problem := document_problem(calib)) is not None:
+        raise UsageError(f"not a calibration fffc calibrate writes: {problem}",
+                         path=calibration_path)
+    if calib["model"].get("sha256") != sha256_file(model.path):
         raise UsageError("the calibration was made for another model (sha256 differs); run "
                          "fffc calibrate on this one", path=calibration_path)
     kept = calib.get("allocation") if budget_text is None else None
@@ -352,6 +428,10 @@ def plan_sites(model: Analysis, calibration_path: Path, budget_text: str | None,
         return record | {"predictors": {s.name: s.predictor for s in model.sites
                                         if s.predictor}}
     if kept is not None:
+        if not {"thresholds", "levels", "predictor_shifts"} <= set(kept):
+            raise UsageError(f"not a calibration fffc calibrate writes: its allocation for "
+                             f"{budget_text} lacks thresholds, levels or predictor_shifts",
+                             path=calibration_path)
         chosen = {k: v for k, v in kept.items() if k != "budget"}
         feeds_used = "the calibration's (fffc calibrate --budget)"
     else:

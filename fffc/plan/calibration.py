@@ -28,6 +28,8 @@ all-MiniLM-L6-v2). Padding rows (``token_mask``) are left out.
 from __future__ import annotations
 
 import json
+import math
+import zipfile
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,16 +255,44 @@ def load_feeds(data: Path, input_names: list[str]) -> Iterator[dict[str, np.ndar
     if not files:
         raise UsageError("no .npz feeds in this folder", path=data)
     for f in files:
-        try:
-            with np.load(f) as z:
-                feed = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise UsageError(f"not a NumPy .npz of input arrays ({e})", path=f) from e
+        feed = read_feed(f)
         missing = sorted(set(input_names) - set(feed))
         if missing:
             raise UsageError(f"feed lacks model input(s) {missing}; it has {sorted(feed)}",
                              path=f)
         yield {k: feed[k] for k in input_names}
+
+
+def read_feed(f: Path) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` ``f`` by name. Each member's ``.npy`` header is checked
+    against the bytes the member holds before its array is allocated (a header may declare
+    any shape); object arrays (pickles) are refused."""
+    feed = {}
+    try:
+        with zipfile.ZipFile(f) as z:
+            for info in z.infolist():
+                if not info.filename.endswith(".npy"):
+                    raise ValueError(f"member {info.filename!r} is not a .npy array")
+                with z.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read = {(1, 0): np.lib.format.read_array_header_1_0,
+                            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if read is None:
+                        raise ValueError(f"member {info.filename!r}: .npy format {version}")
+                    shape, fortran, dtype = read(member)
+                    if dtype.hasobject:
+                        raise ValueError(f"member {info.filename!r} holds Python objects")
+                    need = math.prod(shape) * dtype.itemsize
+                    held = info.file_size - member.tell()
+                    if need != held:
+                        raise ValueError(f"member {info.filename!r} declares {list(shape)} "
+                                         f"of {dtype} ({need} bytes) and holds {held} bytes")
+                    a = np.frombuffer(member.read(need), dtype)
+                feed[info.filename.removesuffix(".npy")] = np.ascontiguousarray(
+                    a.reshape(shape, order="F" if fortran else "C"))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UsageError(f"not a NumPy .npz of input arrays ({e})", path=f) from e
+    return feed
 
 
 QUANT_NAMES = {n for pair in QUANT_INPUTS[SPARSE_FFN.name].values() for n in pair}
@@ -426,6 +456,11 @@ def calibrate(model: Analysis, data: str | Path | None = None, *, synthetic: int
         raise UsageError(f"the generations made no {rows.value} rows (--generate "
                          f"{prompts.new_tokens}; a stop token may end a generation at once): "
                          "calibrate on --rows all or prefill, or generate more")
+    empty = [name for name, st in stats.items() if not st.samples.seen]
+    if empty:
+        raise UsageError(f"the feeds hold no rows for site(s) {empty}: nothing to calibrate "
+                         "on (a feed of 0 tokens, or its padding only)",
+                         path=data if data is not None else model.path)
     sparsities = tuple(sparsities)
     predictors, predictor_json = _train_predictors(sites, stats, weights, predictor_rank,
                                                    predictor_sparsity, sparsities)
@@ -517,13 +552,29 @@ def load_predictors(calibration_path: str | Path, calibration: dict) -> dict[str
     if calibration.get("_predictors"):
         arrays = calibration["_predictors"]
     elif calibration.get("predictors"):
-        with np.load(Path(calibration_path).with_name(calibration["predictors"])) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = read_feed(Path(calibration_path).with_name(calibration["predictors"]))
     else:
         return {}
-    return {site: (arrays[f"{site}/a"], arrays[f"{site}/b"],
-                   arrays[f"{site}/c"] - arrays[f"{site}/cut"])
-            for site in calibration["sites"] if f"{site}/a" in arrays}
+    out = {}
+    for site, st in calibration["sites"].items():
+        if f"{site}/a" not in arrays:
+            continue
+        if st.get("predictor") is None:
+            raise UsageError(f"the predictors file holds a predictor for site {site!r}, "
+                             "whose entry in the calibration has none", path=calibration_path)
+        try:
+            a, b, c, cut = (arrays[f"{site}/{k}"].astype(np.float32) for k in ("a", "b", "c", "cut"))
+        except KeyError as e:
+            raise UsageError(f"the predictors lack {e} of site {site!r}",
+                             path=calibration_path) from e
+        k, f = st["d_model"], st["d_ff"]
+        if not (a.ndim == 2 and a.shape[0] == k and b.shape == (a.shape[1], f)
+                and c.shape == (f,) and cut.shape in ((), (1,), (f,))):
+            raise UsageError(f"the predictor of site {site!r} has shapes A {a.shape}, B "
+                             f"{b.shape}, C {c.shape}, cut {cut.shape}; its site has K={k}, "
+                             f"F={f}", path=calibration_path)
+        out[site] = (a, b, c - cut)
+    return out
 
 
 def threshold_input_name(site: str, part: str) -> str:

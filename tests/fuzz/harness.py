@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -114,10 +115,17 @@ def _cli(argv: list[str]) -> dict:
     return _cli_outcome(code, err.getvalue())
 
 
+ARGPARSE_ERROR = re.compile(r"^fffc( [\w-]+)?: error: ")  # argparse's own refusal, exit 2
+
+
 def _cli_outcome(code: int, err: str) -> dict:
     from fffc.contract.errors import EXIT_CODES
 
     lines = [ln for ln in err.splitlines() if ln.startswith("fffc: error")]
+    if code == 2 and not lines and "Traceback" not in err and err.startswith("usage: ") \
+            and len([ln for ln in err.splitlines() if ARGPARSE_ERROR.match(ln)]) == 1:
+        return {"status": "typed", "label": "exit 2 (argparse)", "exit": 2,
+                "detail": err.strip().splitlines()[-1]}
     if code == 0:
         return {"status": "ok", "label": "ok", "exit": 0}
     if "internal error" in err or code == 1:
@@ -186,8 +194,26 @@ def _exception(e: BaseException, runtime: bool) -> dict:
             "detail": "".join(traceback.format_exception(e))[-4000:]}
 
 
+def _input_case(case: dict, d: Path) -> dict:
+    """A case of ``tests.fuzz.inputs`` (feeds, GenAI folders, calibrations, bench)."""
+    from tests.fuzz import inputs
+
+    op = case["op"]
+    if op.startswith("subprocess-"):
+        return _subprocess(inputs.argv(case, d), limit(op) - 5)
+    if op.endswith("-cli"):
+        return _cli(inputs.argv(case, d))
+    try:
+        inputs.library(case, d)
+    except Exception as e:
+        return _exception(e, runtime=False)
+    return {"status": "ok", "label": "ok", "exit": 0}
+
+
 def run_in_worker(case: dict, d: Path) -> dict:
     op = case["op"]
+    if case["kind"] not in ("model", "artifact"):
+        return _input_case(case, d)
     if case["kind"] == "model":
         model = d / "model" / "model.onnx"
         if op.startswith("subprocess-"):
@@ -323,13 +349,49 @@ class Harness:
     """Builds cases under ``work`` and runs them in a worker."""
 
     def __init__(self, work: Path, seed_artifact: Path | None = None,
-                 other_shim: Path | None = None) -> None:
+                 other_shim: Path | None = None, cache: Path | None = None) -> None:
         self.work = work
         self.work.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix="tmp-", dir=work))
         self.worker = Worker(work / "worker.log", self.tmp)
         self.seed_artifact, self.other_shim = seed_artifact, other_shim
+        self.cache = cache or work / "seeds"  # the input kinds' seeds, built when first needed
         self.n = 0
+
+    def genai_folder(self) -> Path:
+        from tests.fuzz import genai_seed
+
+        folder = self.cache / "genai"
+        if not (folder / genai_seed.CONFIG).exists():
+            genai_seed.folder(folder)
+        return folder
+
+    def genai_artifact(self) -> Path:
+        """The seed GenAI folder compiled (what ``fffc bench`` times by generation)."""
+        import fffc
+
+        out = self.cache / "genai.fffc"
+        if not (out / "manifest.json").exists():
+            fffc.compile(self.genai_folder(), out, fffc.CompileOptions(
+                target="x86", crossovers="table", force=True))
+        return out
+
+    def build_input(self, case: dict, d: Path) -> None:
+        from tests.fuzz import inputs
+
+        kind = case["kind"]
+        if kind == "data":
+            inputs.build_data(case, d)
+        elif kind == "genai":
+            inputs.build_genai(case, d, self.genai_folder())
+        elif kind == "calibration":
+            inputs.build_calibration(case, d, inputs.calibration_seed(self.cache))
+        else:
+            assert self.seed_artifact is not None, "bench cases need a seed artifact"
+            artifacts = {"model": self.seed_artifact}
+            if case["target"] == "genai":
+                artifacts["genai"] = self.genai_artifact()
+            inputs.build_bench(case, d, artifacts, self.genai_folder(), self.other_shim)
 
     def close(self) -> None:
         self.worker.stop()
@@ -344,6 +406,8 @@ class Harness:
         d.mkdir()
         if case["kind"] == "model":
             mutations.build_model(case, d)
+        elif case["kind"] != "artifact":
+            self.build_input(case, d)
         else:
             assert self.seed_artifact is not None, "artifact cases need a seed artifact"
             mutations.build_artifact(case, d, self.seed_artifact, self.other_shim)
@@ -359,7 +423,7 @@ class Harness:
         out = Outcome(res["status"], res["label"], res.get("exit"), res.get("detail", ""),
                       elapsed)
         if not out.finding:
-            wrote = _outside(before, _tree(d), outputs(case["op"]))
+            wrote = _outside(before, _tree(d), _allowed(case))
             left = sorted(p.name for p in self.tmp.iterdir()
                           if p.name not in self.worker.baseline)
             if wrote or left:
@@ -371,6 +435,14 @@ class Harness:
                 continue
             _rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         return out, d
+
+
+def _allowed(case: dict) -> tuple[str, ...]:
+    if case["kind"] in ("model", "artifact"):
+        return outputs(case["op"])
+    from tests.fuzz import inputs
+
+    return inputs.outputs(case)
 
 
 def _rmtree(d: Path) -> None:

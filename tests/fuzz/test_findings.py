@@ -7,8 +7,10 @@ import json
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -21,6 +23,7 @@ from fffc.runtime.integrity import ArtifactError, digests
 from tests.fixtures.graphs import dense_ffn, gated_ffn
 from tests.fixtures.mod_graphs import handmade_mod
 from tests.fixtures.quantized import float_ffn, two_drelu_ffns
+from tests.fuzz import genai_seed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -219,3 +222,170 @@ def test_a_manifest_target_that_is_not_an_object_is_an_artifact_error(artifact, 
         fffc.runtime.InferenceSession(artifact)
     assert main(["verify", str(artifact)]) == 11
     assert "manifest key target is 1.5" in _error_line(capsys)
+
+
+# ------------------------------------------------- --data feeds, calibrations, bench, GenAI
+
+
+def _feed_case(tmp_path: Path) -> tuple[Path, Path]:
+    model = float_ffn(tmp_path / "m.onnx", "drelu")
+    feeds = tmp_path / "feeds.npz"
+    np.savez(feeds, x=np.ones((1, 4, 128), np.float32))
+    return model, feeds
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"", "not a NumPy .npz"),  # np.load: EOFError
+    (b"PK\x03\x04" + bytes(40), "not a NumPy .npz"),  # zipfile.BadZipFile
+    (None, "not a NumPy .npz"),  # a .npy, not an .npz: np.load returns an array
+])
+def test_a_feed_file_that_is_no_npz_is_a_usage_error(tmp_path, capsys, content, reason):
+    model, feeds = _feed_case(tmp_path)
+    if content is None:
+        np.save(tmp_path / "x.npy", np.ones((1, 4, 128), np.float32))
+        (tmp_path / "x.npy").rename(feeds)
+    else:
+        feeds.write_bytes(content)
+    assert main(["calibrate", str(model), "--data", str(feeds), "-o",
+                 str(tmp_path / "c.json")]) == 2
+    assert reason in _error_line(capsys)
+
+
+def test_a_feed_header_declaring_a_huge_shape_is_refused_before_allocating(tmp_path):
+    """The member's .npy header says 2**62 float32s over 2 KiB of data: numpy allocated the
+    declared array first (MemoryError, or an 8 EiB mapping)."""
+    model, feeds = _feed_case(tmp_path)
+    body = np.ones(512, np.float32).tobytes()
+    header = repr({"descr": "<f4", "fortran_order": False, "shape": (2**62,)}).encode()
+    header += b" " * (63 - (len(header) + 10) % 64) + b"\n"
+    with zipfile.ZipFile(feeds, "w") as z:
+        z.writestr("x.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little")
+                   + header + body)
+    with pytest.raises(UsageError, match=r"declares \[4611686018427387904\] of float32"):
+        fffc.calibrate(model, data=feeds, seq=4, samples=32)
+
+
+def test_a_calibration_of_the_wrong_shape_is_a_usage_error(tmp_path, capsys):
+    """CALIB.json whose model section is a number, or a site's thresholds without a level
+    the sparsities list: AttributeError / KeyError in the allocation before."""
+    model = float_ffn(tmp_path / "m.onnx", "relu")
+    calib = tmp_path / "c.json"
+    fffc.calibrate(model, synthetic=1, seq=4, samples=32, output=calib)
+    good = json.loads(calib.read_text())
+    bad_model = {**good, "model": 7}
+    bad_levels = json.loads(calib.read_text())
+    site = next(iter(bad_levels["sites"].values()))
+    del site["thresholds"]["input"]["0.5"]
+    for doc, what in ((bad_model, "no model section"),
+                      (bad_levels, "thresholds.input")):
+        calib.write_text(json.dumps(doc))
+        assert main(["compile", str(model), "--calibration", str(calib), "--budget",
+                     "sparsity=0.5", "-o", str(tmp_path / "out")]) == 2
+        line = _error_line(capsys)
+        assert "not a calibration fffc calibrate writes" in line and what in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_predictors_of_the_wrong_shape_are_a_usage_error(tmp_path):
+    model = float_ffn(tmp_path / "m.onnx", "relu")
+    calib = tmp_path / "c.json"
+    fffc.calibrate(model, synthetic=2, seq=8, samples=64, predictor_rank=4, output=calib)
+    preds = calib.with_suffix(".predictors.npz")
+    with np.load(preds) as z:
+        arrays = {k: z[k] for k in z.files}
+    name = next(k for k in arrays if k.endswith("/b"))
+    arrays[name] = arrays[name][:, :7]
+    np.savez(preds, **arrays)
+    with pytest.raises(UsageError, match=r"predictor of site .* has shapes"):
+        fffc.compile(model, tmp_path / "out", fffc.CompileOptions(
+            target="x86", calibration=calib, budget="predictor"))
+    doc = json.loads(calib.read_text())  # the predictors' site without its predictor entry
+    del next(iter(doc["sites"].values()))["predictor"]
+    calib.write_text(json.dumps(doc))
+    with pytest.raises(UsageError, match=r"whose entry in the calibration has none"):
+        fffc.compile(model, tmp_path / "out", fffc.CompileOptions(
+            target="x86", calibration=calib, budget="sparsity=0.5"))
+
+
+@pytest.mark.parametrize(("argv", "code", "reason"), [
+    (["--tokens", "-1"], 2, "expected token counts >= 1"),  # ValueError in numpy
+    (["--tokens", "1099511627776"], 2, "does not fit in memory"),  # MemoryError
+    (["--repeat", "-1"], 2, ">= 1 timed call"),
+    (["--original", "DIR"], 3, "cannot read the original model"),  # IsADirectoryError
+    (["--original", "OTHER"], 2, "is it the model the artifact was compiled from"),
+    (["--tokens", "1", "--plot", "DIR/no/plot.png"], 2, "--plot: cannot write the plot"),
+    (["--tokens", "1", "--plot", "DIR"], 2, "--plot: cannot write the plot"),  # DIR.png
+])
+def test_bench_refuses_bad_flags_in_one_line(artifact, tmp_path, capsys, argv, code, reason):
+    (tmp_path / "DIR").mkdir()
+    _save(dense_ffn("gelu"), tmp_path / "OTHER")
+    argv = [str(tmp_path / a) if a.startswith(("DIR", "OTHER")) else a for a in argv]
+    assert main(["bench", str(artifact), "--repeat", "1", *argv]) == code
+    assert reason in _error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["DIR", "OTHER", "a.fffc"]
+
+
+def test_a_manifest_without_the_source_is_an_artifact_error_for_bench(artifact, capsys):
+    m = json.loads((artifact / "manifest.json").read_text())
+    m["source"] = 1
+    (artifact / "manifest.json").write_text(json.dumps(m))
+    assert main(["bench", str(artifact), "--tokens", "1", "--repeat", "1"]) == 11
+    assert "does not name the original model" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("head", ["Infinity", "-1", "1e999", "2199023255552"])
+def test_a_genai_head_size_that_is_no_size_is_refused(tmp_path, capsys, head):
+    """A decoder whose cache's head dim is symbolic takes the config's head_size: an infinite
+    one raised OverflowError, a negative or huge one ValueError out of numpy."""
+    folder = genai_seed.folder(tmp_path / "g")
+    dec = onnx.load(str(folder / "model.onnx"))
+    for vi in (*dec.graph.input, *dec.graph.output):
+        if vi.name.startswith(("past", "present")):
+            vi.type.tensor_type.shape.dim[3].dim_param = "head_size"
+    onnx.save(dec, str(folder / "model.onnx"))
+    cfg = (folder / "genai_config.json").read_text()
+    (folder / "genai_config.json").write_text(cfg.replace('"head_size": 8', f'"head_size": {head}'))
+    assert main(["calibrate", str(folder), "--synthetic", "1", "--seq", "4", "-o",
+                 str(tmp_path / "c.json")]) == 4
+    assert "model.decoder.head_size in genai_config.json is" in _error_line(capsys)
+
+
+@pytest.mark.slow
+def test_bench_of_a_genai_folder_refuses_a_bad_original_in_one_line(tmp_path, capsys):
+    """``fffc bench`` on a compiled GenAI folder with ``--original`` a folder onnxruntime-genai
+    refuses (a RuntimeError out of ``og.Model``, exit 1 before) or one whose config names a
+    native library outside it (GenAI tried to load it)."""
+    pytest.importorskip("onnxruntime_genai")
+    src = genai_seed.folder(tmp_path / "g")
+    out = tmp_path / "g.fffc"
+    fffc.compile(src, out, fffc.CompileOptions(target="x86", crossovers="table"))
+    flags = ["--prompt", "2", "--generate", "2", "--repeat", "1"]
+
+    def original(edit) -> Path:
+        folder = Path(shutil.copytree(src, tmp_path / f"o{len(list(tmp_path.glob('o*')))}"))
+        cfg = json.loads((folder / "genai_config.json").read_text())
+        edit(cfg["model"])
+        (folder / "genai_config.json").write_text(json.dumps(cfg))
+        return folder
+
+    bad = original(lambda m: m.update(context_length=None))
+    assert main(["bench", str(out), "--original", str(bad), *flags]) == 3
+    assert "onnxruntime-genai cannot open the folder" in _error_line(capsys)
+    lib = original(lambda m: m["decoder"]["session_options"].update(
+        custom_ops_library="/usr/lib/libc.so.6"))
+    assert main(["bench", str(out), "--original", str(lib), *flags]) == 2
+    assert "not a path inside the folder" in _error_line(capsys)
+    assert main(["bench", str(out), *flags]) == 0
+
+
+def test_feeds_without_rows_are_a_usage_error(tmp_path):
+    """A decoder's feed of 0 tokens: the site saw no rows and the centers' quantile raised
+    IndexError on the empty sample."""
+    model = genai_seed.decoder(tmp_path / "m.onnx")
+    feeds = tmp_path / "feeds.npz"
+    np.savez(feeds, input_ids=np.zeros((0, 0), np.int64),
+             attention_mask=np.zeros((1, 0), np.int64),
+             **{f"past_key_values.0.{kv}": np.zeros((1, 2, 0, 8), np.float32)
+                for kv in ("key", "value")})
+    with pytest.raises(UsageError, match=r"the feeds hold no rows for site\(s\) \['fffc_ffn_0'\]"):
+        fffc.calibrate(model, data=feeds, seq=4, samples=32)

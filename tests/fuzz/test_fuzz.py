@@ -12,7 +12,7 @@ import json
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
-from tests.fuzz import harness, mutations, seeds
+from tests.fuzz import harness, inputs, mutations, seeds
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +72,49 @@ def test_mutated_artifacts(artifacts, case):
     _check(artifacts, case)
 
 
+@_settings(5)
+@given(inputs.data_cases(("calibrate", "calibrate-cli"), ("dense-relu", "drelu", "genai-decoder")))
+def test_mutated_data_feeds(models, case):
+    _check(models, case)
+
+
+@_settings(8)
+@given(inputs.genai_cases(("inspect", "inspect-cli", "calibrate-cli")))
+def test_mutated_genai_folders(models, case):
+    _check(models, case)
+
+
+@_settings(2)
+@given(inputs.calibration_cases(("compile-cli",)))
+def test_mutated_calibrations(models, case):
+    _check(models, case)
+
+
+@_settings(4)
+@given(inputs.bench_cases(("bench-cli",), ("model",), {"repeat": ("1", "0", "-1", "x"),
+                                                       "tokens": ("1", "1,2", "-1", "", "a")}))
+def test_mutated_bench_runs(artifacts, case):
+    _check(artifacts, case)
+
+
+def test_every_input_mutation_applies(tmp_path):
+    """Each feed, GenAI folder and calibration mutation builds its case without raising in
+    the fuzzer itself (the cases are run by the tests above and by scripts/fuzz.py)."""
+    h = harness.Harness(tmp_path / "work", cache=tmp_path / "seeds")
+    p = {"i": 1, "j": 3, "k": 5}
+    try:
+        for kind, names in (("data", inputs.DATA_MUTATIONS), ("genai", inputs.GENAI_MUTATIONS),
+                            ("calibration", inputs.CALIBRATION_MUTATIONS)):
+            for name in dict.fromkeys(names):
+                for j in range(4):
+                    case = {"kind": kind, "seed": "drelu", "op": "compile-cli",
+                            "mutations": [[name, {**p, "j": j, "k": p["k"] + j}]]}
+                    d = h.build(case)
+                    assert inputs.argv(case, d)[1] == str(inputs.model_path(case, d))
+    finally:
+        h.close()
+
+
 def test_a_finding_is_reported(models):
     """The harness is honest: a case that escapes as an untyped error is a finding."""
     o, _ = models.run({"kind": "model", "seed": "dense-relu", "op": "inspect",
@@ -82,6 +125,10 @@ def test_a_finding_is_reported(models):
     assert harness._cli_outcome(1, "fffc: internal error: KeyError: 'x'")["status"] == "uncaught"
     assert harness._cli_outcome(3, "fffc: error: m.onnx: no such file")["status"] == "typed"
     assert harness._cli_outcome(3, "Traceback ...\nfffc: error: x")["status"] == "bad-exit"
+    assert harness._cli_outcome(2, "usage: fffc bench [-h] artifact\nfffc bench: error: "
+                                "argument --threads: invalid int value: 'x'\n")["status"] == "typed"
+    assert harness._cli_outcome(2, "usage: fffc\nTraceback\nfffc bench: error: x")["status"] \
+        == "bad-exit"
     assert harness._outside({"a": (1,)}, {"a": (1,), "b": (2,)}, ()) == ["b"]
     assert harness._outside({}, {"out.fffc/x": (2,)}, ("out.fffc",)) == []
 
