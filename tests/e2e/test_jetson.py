@@ -2,7 +2,7 @@
 launcher, a fatbin for Orin (sm_87) and Thor (sm_110), NEON kernels for the CPU's nodes.
 
 The artifact built here runs inside aarch64 ONNX Runtime under qemu-aarch64 (the private
-sysroot of tests/e2e/test_arm.py) twice: its own shim on the CPU EP (the NEON kernels), and
+sysroot of tests/fixtures/aarch64_python.py) twice: its own shim on the CPU EP (the NEON kernels), and
 the same kernels' shim built with FFFC_TEST_CUDA_ON_CPU over tests/runtime/fake_cuda.cc
 cross-compiled for aarch64 as libcuda.so.1, which runs every launch in fffc's CUDA emulator
 (also cross-compiled): the shim's whole CUDA path on aarch64, only the silicon differs.
@@ -29,7 +29,7 @@ from fffc.contract.kernels import SparseSpec
 from fffc.package.native import build_shim, glibc_requirement
 from fffc.package.toolchain import find_zig, glibc_version
 from fffc.verify.cuda_emu import emulation_source
-from tests.e2e.test_arm import sysroot  # noqa: F401  (the aarch64 sysroot fixture)
+from tests.fixtures.aarch64_python import build_sysroot, run_python
 from tests.fixtures.shim import relu_ffn_model
 from tests.runtime.test_cuda_fake_driver import _specs
 
@@ -154,7 +154,12 @@ def test_host_refusals(tmp_path, capsys, flags, message):
     assert not (tmp_path / "m.fffc").exists()
 
 
-def test_jetson_artifact_runs_its_cuda_path_in_aarch64_onnxruntime(sysroot, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def sysroot() -> Path:
+    return build_sysroot()
+
+
+def test_jetson_artifact_runs_its_cuda_path_in_aarch64_onnxruntime(sysroot, tmp_path):
     path = relu_ffn_model(tmp_path / "m.onnx")
     result = fffc.compile(path, tmp_path / "m.fffc", CompileOptions(target="cuda",
                                                                     host="aarch64"))
@@ -186,15 +191,11 @@ def test_jetson_artifact_runs_its_cuda_path_in_aarch64_onnxruntime(sysroot, tmp_
     np.savez(tmp_path / "in.npz", **inputs)
     (tmp_path / "runner.py").write_text(RUNNER)
     log = tmp_path / "launches.txt"
-    env = (f"-E LD_LIBRARY_PATH={tmp_path}/fake -E FFFC_FAKE_CUDA_EMU={emu} "
-           f"-E FFFC_FAKE_CUDA_LOG={log}")
-    cmd = (f"mount --bind {sysroot}/cpuinfo /proc/cpuinfo && qemu-aarch64 -L {sysroot}/root "
-           f"-E PYTHONPATH={sysroot}/site {env} {sysroot}/root/usr/bin/python3.11 "
-           f"{tmp_path}/runner.py {art}/model.onnx {tmp_path}/in.npz "
-           f"{art / manifest['shim']} {tmp_path}/neon.npz {test_shim} {tmp_path}/cuda.npz")
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_python(sysroot, tmp_path / "runner.py",
+                      [art / "model.onnx", tmp_path / "in.npz", art / manifest["shim"],
+                       tmp_path / "neon.npz", test_shim, tmp_path / "cuda.npz"],
+                      env={"FFFC_FAKE_CUDA_EMU": str(emu), "FFFC_FAKE_CUDA_LOG": str(log)},
+                      ld_paths=[tmp_path / "fake"], timeout=900)
     assert "aarch64 onnxruntime" in proc.stdout and "aarch64" in proc.stdout.split()[-1]
 
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
