@@ -51,14 +51,13 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
-from onnx import TensorProto, helper
 
 from fffc.codegen import q4_layout as ql
 from fffc.codegen.kernels.q4_pieces import Q4Dot, q4_inputs
 from fffc.codegen.q4_build import Q4Kernel, has_int8_dots
 from fffc.contract.kernels import SparseSpec
 from fffc.contract.kinds import SparseMode
-from fffc.timing import blocks
+from fffc.timing import blocks, identity_session, spread_ms
 from fffc.verify import matmul_nbits as mn
 from fffc.verify.reference import activation, predictor_ffn, sparse_ffn, teal_ffn
 
@@ -190,20 +189,6 @@ def _predictor(c: BenchCase, s: float, rank: int, rng) -> Setup:
     return Setup(spec, w, q, inputs, x, ref, frac, _dots())
 
 
-def _identity_session(d: int):
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "id",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", d])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", d])])
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    return mn.session(m, THREADS)
-
-
-def _stats(ts: list[float]) -> str:
-    ms = sorted(t * 1e3 for t in ts)
-    return f"{ms[0]:8.3f} {statistics.median(ms):8.3f} {ms[-1]:8.3f}"
-
 
 def bench(name: str, c: BenchCase, setup: Setup, rounds: int, inner: int) -> None:
     st, w, q = setup, setup.w, setup.q
@@ -227,7 +212,7 @@ def bench(name: str, c: BenchCase, setup: Setup, rounds: int, inner: int) -> Non
         outs[k] = args[k][-1].numpy()
     scale = np.abs(ref).max()
     feeds = {"x": x}
-    ident = _identity_session(d)
+    ident = identity_session(d, THREADS)
     calls = {**{k: (lambda sess=sess: sess.run(None, feeds)) for k, sess in sessions.items()},
              **{k: (lambda kern=kern, a=args[k]: kern.run(a)) for k, kern in kernels.items()},
              "ort overhead": lambda: ident.run(None, feeds)}
@@ -239,7 +224,7 @@ def bench(name: str, c: BenchCase, setup: Setup, rounds: int, inner: int) -> Non
     print(f"{'side':<14} {'min ms':>8} {'med ms':>8} {'max ms':>8} {'rel dev':>9}")
     for k in calls:
         dev = (f"{np.abs(outs[k] - ref).max() / scale:9.2e}" if k in outs else "")
-        print(f"{k:<14} {_stats(times[k])} {dev}")
+        print(f"{k:<14} {spread_ms(times[k])} {dev}")
     over = med["ort overhead"]
     for k in kernels:
         for base in ("ort int4 L4", "ort int4 L0", "ort fp32"):

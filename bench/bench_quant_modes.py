@@ -59,7 +59,6 @@ from statistics import NormalDist
 
 import numpy as np
 import onnxruntime as ort
-from onnx import TensorProto, helper
 
 from fffc.codegen import q4_layout as ql
 from fffc.codegen.kernels.exact_q8 import q8_inputs
@@ -69,7 +68,7 @@ from fffc.codegen.q8_build import Q8Kernel
 from fffc.contract import int8 as q8
 from fffc.contract.kernels import SparseSpec
 from fffc.contract.kinds import SparseMode
-from fffc.timing import blocks
+from fffc.timing import blocks, identity_session, spread_ms
 from fffc.verify import matmul_nbits as mn
 from fffc.verify.reference import activation, cats_ffn, predictor_ffn, sparse_ffn, teal_ffn
 
@@ -265,20 +264,6 @@ def _missing(s: Shape, mode: SparseMode, bits: int) -> str:
     return ""
 
 
-def _identity_session(d: int):
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "id",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", d])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", d])])
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    return mn.session(m, THREADS)
-
-
-def _stats(ts: list[float]) -> str:
-    ms = sorted(t * 1e3 for t in ts)
-    return f"{ms[0]:8.3f} {statistics.median(ms):8.3f} {ms[-1]:8.3f}"
-
 
 def bench_shape(name: str, s: Shape, a, rng) -> list[tuple]:
     """Time one shape's sides; the table rows ``(shape, mode, bits, dot, ratio L4, ratio
@@ -323,7 +308,7 @@ def bench_shape(name: str, s: Shape, a, rng) -> list[tuple]:
                     run, out = _kernel(spec, dot, gate, wt.x)
                     sides.append(Side(f"fffc int{bits} teal-gate {short}", mode, bits, run, out,
                                       np.zeros_like(ref), read, "down projection skipped"))
-    ident = _identity_session(s.d)
+    ident = identity_session(s.d, THREADS)
     calls = {**{k: (lambda sess=sess: sess.run(None, feeds)) for k, sess in ort_sides.items()},
              **{sd.name: sd.run for sd in sides}, "ort overhead": lambda: ident.run(None, feeds)}
     for sd in sides:
@@ -338,11 +323,11 @@ def bench_shape(name: str, s: Shape, a, rng) -> list[tuple]:
         print(f"  {n}")
     print(f"{'side':<26} {'min ms':>8} {'med ms':>8} {'max ms':>8} {'rel dev':>9}  skipped")
     for k in ort_sides:
-        print(f"{k:<26} {_stats(times[k])}")
+        print(f"{k:<26} {spread_ms(times[k])}")
     for sd in sides:
         dev = np.abs(sd.out() - sd.ref).max() / max(np.abs(sd.ref).max(), 1e-30)
-        print(f"{sd.name:<26} {_stats(times[sd.name])} {dev:9.2e}  {sd.fractions}")
-    print(f"{'ort overhead':<26} {_stats(times['ort overhead'])}")
+        print(f"{sd.name:<26} {spread_ms(times[sd.name])} {dev:9.2e}  {sd.fractions}")
+    print(f"{'ort overhead':<26} {spread_ms(times['ort overhead'])}")
     rows = []
     for sd in sides:
         base = f"ort int{sd.bits} L4"

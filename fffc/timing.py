@@ -52,3 +52,26 @@ def session_options(threads: int = 2):
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
     return so
+
+
+def spread_ms(seconds: list[float]) -> str:
+    """``min median max`` of per-call seconds, in milliseconds, as a fixed-width column."""
+    ms = sorted(t * 1e3 for t in seconds)
+    return f"{ms[0]:8.3f} {statistics.median(ms):8.3f} {ms[-1]:8.3f}"
+
+
+def identity_session(d: int, threads: int = 2):
+    """A one-Identity ``[T, d]`` model's session: ONNX Runtime's own per-call cost, timed
+    beside a kernel called outside ONNX Runtime to estimate it inside an artifact."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "id",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", d])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    so = session_options(threads)
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
