@@ -6,28 +6,24 @@ stops with the test."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.scripts import script_module
+
 # every node and the driver on the loopback address (read when ray is first imported)
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 pytest.importorskip("ray.serve")
-ROOT = Path(__file__).resolve().parent.parent
 REQUESTS, CLIENTS, REPLICAS = 200, 8, 2
 
 
 @pytest.fixture(scope="module")
 def serve_load():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        yield importlib.import_module("serve_load")
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    with script_module("serve_load") as module:
+        yield module
 
 
 def test_load_with_a_replica_killed(serve_load, tmp_path, monkeypatch) -> None:

@@ -4,19 +4,17 @@ bit for bit the single-threaded run's, RSS growth under 1%."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.fixtures.sanitizers import PRELOAD, preloaded
+from tests.fixtures.scripts import script_module
 from tests.fixtures.soak_catalog import CATALOG, NO_SCREEN, build
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 CALLS, THREADS, SESSIONS, CYCLES = 300, 4, 3, 100
 ENTRIES = {e.name: e for e in CATALOG}
 
@@ -24,12 +22,8 @@ ENTRIES = {e.name: e for e in CATALOG}
 @pytest.fixture(scope="module")
 def soak():
     """scripts/soak.py as module ``soak`` (on sys.path: its spawned soaks import it)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        yield importlib.import_module("soak")
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
-        sys.modules.pop("soak", None)
+    with script_module("soak") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
