@@ -162,7 +162,7 @@ def from_per_channel(codes_: np.ndarray, scale: np.ndarray, zero_point: np.ndarr
                 "K")
     if k % block:
         return f"K {k} is not a multiple of the block {block}"
-    shift = 128 if codes_.dtype.name == "int8" else 0
+    shift = 128 if codes_.dtype == np.int8 else 0
     blocks = k // block
 
     def per_block(a: np.ndarray, dtype) -> np.ndarray:
