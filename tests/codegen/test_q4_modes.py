@@ -468,3 +468,27 @@ def test_level4_under_qemu(mode: SparseMode, dot: Q4Dot, tmp_path) -> None:
     y = k(x, case.inputs())
     np.testing.assert_allclose(y, want, rtol=RTOL, atol=ATOL + slack)
     np.testing.assert_array_equal(k(x, _poisoned(case, x, a, np.random.default_rng(5))), y)
+
+
+@pytest.mark.parametrize(("mode", "gated", "zero_points"), L4_MODES, ids=lambda v: str(v))
+def test_reference_int8_block(mode: SparseMode, gated: bool, zero_points: bool) -> None:
+    """``fffc.verify.reference``'s ``int8_block`` (what compile checks level-4 sites
+    against) equals the level-4 function above."""
+    case = _case(mode, gated, zero_points, 32, seed=17)
+    x = _x(2, 32, seed=18)
+    _prepare(case, x)
+    want, _, _ = _level4(case, x)
+    d, s = case.deq, case.spec
+    act = {"activation_name": s.activation, "up_activation": s.up_activation}
+    wu = d.get("WU")
+    if mode is SparseMode.TEAL:
+        got = teal_ffn(x, d["W1"], case.b1, d["W2"], case.b2, wu, thresholds=case.th,
+                       int8_block=32, **act)
+    elif mode is SparseMode.CATS:
+        got = cats_ffn(x, d["W1"], case.b1, d["W2"], case.b2, wu.T, thresholds=case.th,
+                       int8_block=32, **act)
+    else:
+        got = predictor_ffn(x, d["W1"].T, case.b1, d["W2"], case.b2,
+                            None if wu is None else wu.T, case.pred["PA"], case.pred["PB"],
+                            case.pred["PC"], int8_block=32, **act)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
