@@ -15,6 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from fffc.contract.act_quant import At, FakeQuant
+from fffc.contract.int4 import Int8Rounding
 
 FLOAT32 = np.dtype(np.float32)
 
@@ -77,6 +78,25 @@ def activation(tape: ir.tape.Tape, name: str, x: ir.Value, opset: int,
     raise ValueError(f"unknown activation {name!r}")
 
 
+def quantize_x(tape: ir.tape.Tape, x: ir.Value, block: int, opset: int) -> ir.Value:
+    """``x [..., K]`` rounded to int8 per block of ``block`` entries and scaled back, as
+    SparseFFN's ``accuracy_level`` 4 says (``fffc.contract.int4.quantize_x``: the same
+    float32 steps; ONNX's Round is half to even)."""
+    shape = tape.op("Constant", [], {"value": ir.tensor(np.array([-1, block], np.int64))})
+    blocks = tape.op("Reshape", [x, shape])
+    magnitude = tape.op("Abs", [blocks])
+    if opset >= 18:  # axes an input from opset 18, an attribute before
+        axes = tape.op("Constant", [], {"value": ir.tensor(np.array([1], np.int64))})
+        am = tape.op("ReduceMax", [magnitude, axes], {"keepdims": 1})
+    else:
+        am = tape.op("ReduceMax", [magnitude], {"axes": [1], "keepdims": 1})
+    inv = tape.op("Where", [tape.op("Greater", [am, _const(tape, 0.0)]),
+                            tape.op("Div", [_const(tape, 127.0), am]), _const(tape, 0.0)])
+    q = tape.op("Round", [tape.op("Mul", [blocks, inv])])
+    back = tape.op("Mul", [q, tape.op("Div", [am, _const(tape, 127.0)])])
+    return tape.op("Reshape", [back, tape.op("Shape", [x])])
+
+
 def ffn(
     tape: ir.tape.Tape,
     x: ir.Value,
@@ -97,6 +117,7 @@ def ffn(
     centers: tuple[ir.Value | None, ir.Value | None] = (None, None),
     keep_centers: bool = True,
     act_quant: Mapping[At, FakeQuant] | None = None,
+    rounding: Int8Rounding | None = None,
 ) -> ir.Value:
     """``act(x·W1+b1) [⊙ up_act(x·WU)] · W2 + b2``; ``wu_rows``: WU is stored [d_ff, d_in].
 
@@ -113,6 +134,10 @@ def ffn(
     centered entries are what is thresholded and projected (the op's form with XC, HC, whose
     biases hold the centers' share). ``act_quant``: the activations' fake quantizations by
     place (``fffc.contract.act_quant``), each a QuantizeLinear → DequantizeLinear pair.
+    ``rounding`` (int4 weights at accuracy_level 4): x' (after the input threshold) rounded
+    to int8 per block before the gate and up products, and with ``rounding.hidden`` a'
+    (after the hidden threshold) before the down projection (``quantize_x``); the
+    predictor's score reads x unrounded.
     """
     fq = dict(act_quant or {})
 
@@ -125,6 +150,9 @@ def ffn(
         x = _zero_small(tape, x, t_in, c_in, keep_centers)
     elif c_in is not None and not keep_centers:
         x = tape.op("Sub", [x, c_in])
+    scored = x  # the predictor's input: x in float32 whatever the weights round
+    if rounding is not None:
+        x = quantize_x(tape, x, rounding.block, opset)
     if w1_rows:
         w1 = tape.op("Transpose", [w1], {"perm": [1, 0]})
     h = quantized(At.PRE, tape.op("MatMul", [x, w1]))
@@ -143,9 +171,11 @@ def ffn(
         a = _zero_small(tape, a, t_hidden, c_hidden, keep_centers)
     elif c_hidden is not None and not keep_centers:
         a = tape.op("Sub", [a, c_hidden])
+    if rounding is not None and rounding.hidden:
+        a = quantize_x(tape, a, rounding.block, opset)
     if predictor is not None:
         pa, pb, pc = predictor
-        score = tape.op("Add", [tape.op("MatMul", [tape.op("MatMul", [x, pa]), pb]), pc])
+        score = tape.op("Add", [tape.op("MatMul", [tape.op("MatMul", [scored, pa]), pb]), pc])
         a = tape.op("Where", [tape.op("Greater", [score, _const(tape, 0.0)]), a, _const(tape, 0.0)])
     y = tape.op("MatMul", [a, w2])
     if b2 is not None:

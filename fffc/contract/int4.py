@@ -20,6 +20,26 @@ byte i holds output ``c·CHUNK + i`` in the low nibble and ``c·CHUNK + CHUNK/2 
 high one, so the two nibbles of a vector of bytes widen to two vectors of consecutive
 outputs.
 
+At ``accuracy_level`` 4 (``Int4Weights.int8_x``) SparseFFN computes on x rounded to int8 per
+block of ``block`` inputs (``quantize_x``: scale max|x_block| / 127, codes round-half-even,
+0 for an all-zero block), as MatMulNBits does; where each mode rounds (``int8_rounding``,
+the one statement the kernels, the fallback function, the masked prefill branch and the
+references follow):
+
+* exact: x before the gate and up products; the down projection takes a in float32;
+* teal: x thresholded first, then x' rounded (skipped entries are 0, so a block's scale is
+  max|x'| over it: ONNX Runtime's level-4 product of the thresholded input); and a' (a after
+  the hidden threshold) rounded per block of ``block`` neurons before the down projection,
+  as the kernel's int8 column pass quantizes its list (``rounds_hidden``);
+* cats: x thresholded, then rounded; the gate and up products on the rounded x', the gate
+  threshold on that gate; the down projection on a in float32;
+* predictor: the scores on float x (PA, PB, PC are float32); the selected neurons' gate and
+  up rows on the rounded x; the down projection on a in float32.
+
+Where the CPU has no int8 dot (no AVX-512 VNNI, no aarch64 dotprod), or for teal with zero
+points (its int8 column passes take symmetric codes), the kernels take float32 dots on the
+same rounded values scaled back (``q · s``): the same function up to float summation order.
+
 The site-level records here (``Int4Weights``, ``int4_weights``, ``float_weights``) cover
 ``bits`` 8 too, whose layout is ``fffc.contract.int8``'s.
 """
@@ -63,6 +83,31 @@ class Int4Weights:
             raise ValueError(f"int{self.bits} block size {self.block}: one of {BLOCKS} only")
         if self.bits not in QUANTIZED_BITS:
             raise ValueError(f"quantized weights: bits {int(self.bits)}, not 4 or 8")
+
+
+@dataclass(frozen=True)
+class Int8Rounding:
+    """Where a SparseFFN mode at ``accuracy_level`` 4 rounds to int8 per block of ``block``
+    entries (``quantize_x``; the module text): x' (x after any input threshold) before the
+    gate and up products always; a' (after the hidden threshold) before the down
+    projection where ``hidden``. The predictor's scores read x unrounded."""
+
+    block: int
+    hidden: bool = False
+
+
+def rounds_hidden(mode: SparseMode) -> bool:
+    """Whether ``mode`` at accuracy_level 4 rounds the down projection's input a' too (teal:
+    its int8 column pass quantizes the listed a'; the others read a row per neuron and
+    take a in float32, as exact does)."""
+    return mode is SparseMode.TEAL
+
+
+def int8_rounding(q: Int4Weights | None, mode: SparseMode) -> Int8Rounding | None:
+    """How a site with weights ``q`` rounds in ``mode`` (None: x in float32, level 0)."""
+    if q is None or not q.int8_x:
+        return None
+    return Int8Rounding(q.block, rounds_hidden(mode))
 
 
 @dataclass(frozen=True)

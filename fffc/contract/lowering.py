@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .kinds import Branch, Decision
+from .kinds import Branch, Decision, SparseMode
 
 # A threshold: a constant (negative = off), a scalar graph input (an ``onnx_ir.Value``,
 # for searching levels), or None (off).
@@ -53,6 +53,7 @@ class SiteLowering:
     # decision's function (its masks) in standard ops
     merged_max_tokens: int = 0  # StructuredFFN: calls of up to this many tokens use the
     # pre-merged dense weights
-    dequantized: bool = False  # left as it was (DENSE), an int4 site in the function its
-    # kernels compute: the FFN on its dequantized weights in float32 (its MatMulNBits at
-    # accuracy_level 0, x rounded to int8 per block where the kernels do so), no float copy
+    dequantized: SparseMode | None = None  # left as it was (DENSE), an int4 site in the
+    # function this mode's kernels compute: the FFN on its dequantized weights in float32
+    # (its MatMulNBits at accuracy_level 0, rounded to int8 per block where the mode's
+    # kernels round: ``fffc.contract.int4.int8_rounding``), no float copy

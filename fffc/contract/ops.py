@@ -142,7 +142,10 @@ SPARSE_FFN = OpSpec(
         Attribute("accuracy_level", "int", 0, doc="bits 4, 8: 4 rounds x to int8 per block of "
                   "`block` entries before the gate and up products, as MatMulNBits' "
                   "accuracy_level 4 (x' = q·s, s = max|x_block|/127, q = round-half-even(x·"
-                  "(127/max|x_block|)), 0 in an all-zero block); 0: x as it is"),
+                  "(127/max|x_block|)), 0 in an all-zero block) — in teal and cats x after its "
+                  "input threshold, in predictor not for the scores, and in teal the hidden "
+                  "activation after its threshold too, per block of neurons "
+                  "(fffc.contract.int4); 0: x as it is"),
     ),
 )
 

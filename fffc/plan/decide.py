@@ -28,8 +28,7 @@ def plan(sites: Sequence[Site], only: Sequence[str] = (), int4_target: str = "",
     """Set ``decision`` and ``reason`` on every site in place; ``int4_target``: the name of
     the target when its kernels take int4 weights (with x in float32 or rounded to int8 per
     block, accuracy_level 4), ``int8_weights``: its kernels take 8-bit codes too,
-    ``int4_modes``: the SparseFFN modes of its int4 kernels (the masked ones for x in
-    float32; 8-bit codes: exact only)."""
+    ``int4_modes``: the SparseFFN modes of its int4 kernels (8-bit codes: exact only)."""
     for site in sites:
         int4 = site.int4
         if only and site.name not in only and not set(site.matched_nodes) & set(only):
@@ -115,12 +114,24 @@ def _int4_dense(site: Site, q: Int4Weights, target: str,
         return f"{never} (the int8 kernels are for mode exact only); left as it was"
     if not modes - {SparseMode.EXACT}:
         return f"{never} (the {target} int4 kernels are for mode exact only); left as it was"
-    if q.int8_x:
-        return (f"{never} (the masked modes' int4 kernels take x in float32, not rounded to "
-                "int8 as accuracy_level 4 asks); left as it was")
-    return (f"{never} (calibrate it for TEAL or CATS thresholds or a predictor on its "
-            "dequantized weights: fffc calibrate --center none, then fffc compile "
-            "--calibration); left as it was")
+    on = ("dequantized weights, x rounded to int8 per block as accuracy_level 4 asks"
+          if q.int8_x else "dequantized weights")
+    return (f"{never} (calibrate it for TEAL or CATS thresholds or a predictor on its {on}: "
+            "fffc calibrate --center none, then fffc compile --calibration); left as it was")
+
+
+def _rounded(site: Site, decision: Decision) -> str:
+    """How a masked mode computes on an int4 site at accuracy_level 4 (nothing otherwise):
+    ``fffc.contract.int4.int8_rounding``'s places."""
+    q = site.int4
+    if not (isinstance(q, Int4Weights) and q.int8_x):
+        return ""
+    where = {Decision.TEAL: "x' and a' rounded to int8 per block",
+             Decision.CATS: "x' rounded to int8 per block",
+             Decision.PREDICTOR: "the selected rows on x rounded to int8 per block (the "
+                                 "predictor on float x)"}[decision]
+    return (f"; on its int4 codes, {where} as accuracy_level 4 asks (int8 dots where the CPU "
+            "has them, else float32 dots on the same rounded values)")
 
 
 _DEFAULT: dict[SiteKind, Callable[[Site], tuple[Decision, str]]] = {
@@ -137,8 +148,8 @@ def _open_to_calibration(site: Site, decision: Decision,
                          centered: bool = False) -> bool:
     """A float32 dense or gated site the user did not leave out with --sites, with float
     weights, or with int4 weights where the target's int4 kernels take ``decision``'s mode
-    (``int4_modes``; x in float32: accuracy_level 0; 4-bit codes: the int8 kernels are
-    exact only) — uncentered (``centered``: the
+    (``int4_modes``; x in float32 at accuracy_level 0, rounded to int8 per block at level
+    4; 4-bit codes: the int8 kernels are exact only) — uncentered (``centered``: the
     calibrated thresholds are of |v − center|, which those kernels do not take)."""
     if (site.kind not in mode(Decision.TEAL).kinds or not site.float32
             or (site.decision is Decision.DENSE and site.reason == NOT_SELECTED)):
@@ -146,7 +157,7 @@ def _open_to_calibration(site: Site, decision: Decision,
     if not site.weight_formats:
         return True
     q = site.int4
-    return (isinstance(q, Int4Weights) and q.bits is WeightBits.INT4 and not q.int8_x
+    return (isinstance(q, Int4Weights) and q.bits is WeightBits.INT4
             and not centered and mode(decision).sparse_mode in int4_modes)
 
 
@@ -186,7 +197,8 @@ def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, floa
             site.decision = Decision.CATS
             site.thresholds = (float(t.get("input", -1.0)), float(t["gate"]))
             site.reason = (f"CATS: {lv.get('gate', 0):.0%} of the gates closed, "
-                           f"{lv.get('input', 0):.0%} of x skipped (calibrated levels)")
+                           f"{lv.get('input', 0):.0%} of x skipped (calibrated levels)"
+                           + _rounded(site, Decision.CATS))
             continue
         pair = (float(t.get("input", -1.0)), float(t.get("hidden", -1.0)))
         if max(pair) < 0:
@@ -195,7 +207,7 @@ def apply_thresholds(sites: Sequence[Site], thresholds: dict[str, dict[str, floa
         site.centers = site_centers(calibration, site.name, (pair[0] >= 0, pair[1] >= 0))
         site.reason = (f"TEAL thresholds: {lv.get('input', 0):.0%} of x and "
                        f"{lv.get('hidden', 0):.0%} of the down projection's input skipped "
-                       "(calibrated levels)")
+                       "(calibrated levels)" + _rounded(site, Decision.TEAL))
 
 
 def site_centers(calibration: dict | None, name: str,
@@ -225,7 +237,8 @@ def apply_gate_thresholds(sites: Sequence[Site], calibration: dict, level: float
         site.decision = Decision.CATS
         site.thresholds = (-1.0, float(st["thresholds"]["gate"][key]))
         site.reason = (f"CATS: gates with |{site.activation}(x·Wg)| in the lowest {level:.0%} "
-                       "closed (calibrated); their up and down rows skipped")
+                       "closed (calibrated); their up and down rows skipped"
+                       + _rounded(site, Decision.CATS))
 
 
 def apply_predictors(sites: Sequence[Site], calibration: dict,
@@ -248,7 +261,8 @@ def _use_predictor(site: Site, info: dict, arrays: tuple) -> None:
     q = info["held_out"]
     site.predictor = {"rank": int(a.shape[1]), **q}
     site.reason = (f"rank-{a.shape[1]} predictor: {q['selected']:.0%} of neurons computed "
-                   f"(held-out recall {q['recall']:.3f} of the {q['active']:.0%} active)")
+                   f"(held-out recall {q['recall']:.3f} of the {q['active']:.0%} active)"
+                   + _rounded(site, Decision.PREDICTOR))
 
 
 def _coef(c) -> str:

@@ -86,7 +86,8 @@ def masks(sites: list[Site]) -> dict[str, SiteLowering]:
     """The functions the sites' kernels compute where they differ from the original, in
     standard ops: a masked site's masked function, an int4 site's FFN on its dequantized
     weights (the original runs ONNX Runtime's MatMulNBits): the reference they must equal."""
-    return {s.name: SiteLowering(masks=mode(s.decision).masks(s), dequantized=_int4(s))
+    return {s.name: SiteLowering(masks=mode(s.decision).masks(s),
+                                 dequantized=mode(s.decision).sparse_mode if _int4(s) else None)
             for s in sites if mode(s.decision).masked or _int4(s)}
 
 

@@ -120,6 +120,40 @@ def _masked_down(a: np.ndarray, dropped: np.ndarray, ambiguous: np.ndarray, w2: 
     return (y, np.where(ambiguous, np.abs(a), 0.0) @ np.abs(w2d)) if slack else y
 
 
+# a code of a rounded activation within this much of a half step (in steps) may round
+# either way: the kernels' a (float32 sums) differs from the reference's by float rounding
+ROUND_BAND = 1e-3
+
+
+def round_int8(v: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """``v [..., K]`` rounded to int8 per block of ``block`` entries of its last axis and
+    scaled back, in float32 as MatMulNBits' ``accuracy_level`` 4 quantizes its input
+    (SparseFFN's level-4 rounding): per block the step s = max|v| / 127, the codes
+    round-half-even(v · (127 / max|v|)), 0 in an all-zero block, then code · s. Also the
+    per-entry step where its code lies within ``ROUND_BAND`` of a half step (0 elsewhere):
+    how far an implementation whose v differs by float rounding may be off."""
+    v = np.asarray(v, np.float32)
+    b = v.reshape(*v.shape[:-1], v.shape[-1] // block, block)
+    top = np.abs(b).max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inv = np.where(top > 0, np.float32(127) / top, np.float32(0)).astype(np.float32)
+    t = (b * inv).astype(np.float32)
+    back = (np.rint(t) * (top / np.float32(127))).astype(np.float32)
+    step = np.broadcast_to(top / np.float32(127), b.shape)
+    near = np.abs(np.abs(t - np.floor(t)) - 0.5) <= ROUND_BAND
+    return back.reshape(v.shape), np.where(near, step, 0.0).reshape(v.shape)
+
+
+def _rounded_x(x: np.ndarray, t_in: float, int8_block: int | None) -> np.ndarray:
+    """x' = x with |x| <= t_in zeroed (as float32, exactly), rounded per ``int8_block``
+    where given; float64."""
+    x32 = np.asarray(x, np.float32)
+    kept = np.where(np.abs(x32) <= np.float32(t_in), np.float32(0), x32) if t_in >= 0 else x32
+    if int8_block:
+        kept = round_int8(kept, int8_block)[0]
+    return kept.astype(np.float64)
+
+
 def _near(mag: np.ndarray, t: float) -> np.ndarray:
     """Magnitudes within float32 rounding (``TEAL_BAND``) of threshold ``t`` (none if off)."""
     if t < 0:
@@ -130,7 +164,7 @@ def _near(mag: np.ndarray, t: float) -> np.ndarray:
 def teal_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarray,
              b2: np.ndarray | None, wu: np.ndarray | None = None, *, thresholds: np.ndarray,
              activation_name: str, up_activation: str = "none", xc: np.ndarray | None = None,
-             hc: np.ndarray | None = None,
+             hc: np.ndarray | None = None, int8_block: int | None = None,
              slack: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """``ai.fffc::SparseFFN`` mode=teal: TEAL's thresholded FFN. ``wu`` is [d_in, d_ff]
     (input-channel-major); ``thresholds`` [t_in, t_hidden] (as float32, like the op's TH),
@@ -138,13 +172,18 @@ def teal_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarra
     threshold). x (minus XC, in float32 as the op) is thresholded as given, so the decision
     is exact; a in float64. With ``slack``, also Σ |a_i|·|W2[i]| over neurons whose |a|
     lies within rounding (``TEAL_BAND``) of t_hidden: how far any float32 implementation
-    may be off because it kept or dropped such a neuron the other way."""
+    may be off because it kept or dropped such a neuron the other way. ``int8_block`` (int4
+    weights at accuracy_level 4): x' rounded to int8 per block of that many channels
+    (``round_int8``) before the products, and a' (after the hidden threshold, as float32)
+    per block of that many neurons before the down projection; the slack then also holds
+    one step times |W2[i]| for each a'_i whose code is within ``ROUND_BAND`` of a half step."""
     t_in, t_h = (float(t) for t in np.asarray(thresholds, dtype=np.float32))
+    if int8_block and (xc is not None or hc is not None):
+        raise ValueError("teal_ffn: centered TEAL has no int8 rounding")
     x = np.asarray(x, dtype=np.float32)
     if xc is not None:
         x = x - np.asarray(xc, dtype=np.float32)
-    xd = np.asarray(x, dtype=np.float64)
-    xd = np.where(np.abs(xd) <= t_in, 0.0, xd)
+    xd = _rounded_x(x, t_in, int8_block)
     h = xd @ np.asarray(w1, dtype=np.float64)
     if b1 is not None:
         h = h + b1
@@ -154,20 +193,25 @@ def teal_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarra
     if hc is not None:
         a = a - np.asarray(hc, dtype=np.float32)
     mag = np.abs(a)
-    return _masked_down(a, mag <= t_h, _near(mag, t_h), w2, b2, slack)
+    if not int8_block:
+        return _masked_down(a, mag <= t_h, _near(mag, t_h), w2, b2, slack)
+    kept, steps = round_int8(np.where(mag <= t_h, 0.0, a), int8_block)
+    y, near = _masked_down(kept.astype(np.float64), mag <= t_h, _near(mag, t_h), w2, b2, True)
+    rounding = steps @ np.abs(np.asarray(w2, np.float64))
+    return (y, near + rounding) if slack else y
 
 
 def cats_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarray,
              b2: np.ndarray | None, wu_rows: np.ndarray, *, thresholds: np.ndarray,
-             activation_name: str, up_activation: str = "none",
+             activation_name: str, up_activation: str = "none", int8_block: int | None = None,
              slack: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """``ai.fffc::SparseFFN`` mode=cats (gated): x' = x with |x| <= t_in zeroed; neurons
     with |act(x'·W1 + b1)| <= t_gate are zero (CATS); ``wu_rows`` [d_ff, d_in];
     ``thresholds`` [t_in, t_gate] as float32, negative = off. ``slack`` as in ``teal_ffn``,
-    for gates within rounding of t_gate."""
+    for gates within rounding of t_gate. ``int8_block`` (accuracy_level 4): x' rounded to
+    int8 per block (``round_int8``) before the gate and up products; a in float."""
     t_in, t_g = (float(t) for t in np.asarray(thresholds, dtype=np.float32))
-    xd = np.asarray(x, dtype=np.float64)
-    xd = np.where(np.abs(xd) <= t_in, 0.0, xd)
+    xd = _rounded_x(x, t_in, int8_block)
     h = xd @ np.asarray(w1, dtype=np.float64)
     if b1 is not None:
         h = h + b1
@@ -182,14 +226,18 @@ def cats_ffn(x: np.ndarray, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarra
 def predictor_ffn(x: np.ndarray, w1_rows: np.ndarray, b1: np.ndarray | None, w2: np.ndarray,
                   b2: np.ndarray | None, wu_rows: np.ndarray | None, pa: np.ndarray,
                   pb: np.ndarray, pc: np.ndarray, *, activation_name: str,
-                  up_activation: str = "none",
+                  up_activation: str = "none", int8_block: int | None = None,
                   slack: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """``ai.fffc::SparseFFN`` mode=predictor: only the neurons with a positive predictor
     score ``(x·PA)·PB + PC`` contribute. ``w1_rows``/``wu_rows`` are [d_ff, d_in] (row per
     neuron). With ``slack``: Σ |a_i|·|W2[i]| over neurons whose score is within rounding of
-    0 (selected by one float32 implementation, not by another)."""
+    0 (selected by one float32 implementation, not by another). ``int8_block``
+    (accuracy_level 4): the scores on x as given, the gate and up rows on x rounded to int8
+    per block (``round_int8``); a in float."""
     xd = np.asarray(x, dtype=np.float64)
     score = (xd @ np.asarray(pa, np.float64)) @ np.asarray(pb, np.float64) + pc
+    if int8_block:
+        xd = _rounded_x(x, -1.0, int8_block)
     h = xd @ np.asarray(w1_rows, dtype=np.float64).T
     if b1 is not None:
         h = h + b1

@@ -75,21 +75,28 @@ def _exact(site: Site, x: np.ndarray, w: Inputs):
     return y, reference.fake_quant_slack(x, w1, b1, w2, wu, **_act(site), act_quant=fq)
 
 
+def _int8_block(site: Site) -> int | None:
+    """The block x (and, teal, a') is rounded to int8 in at accuracy_level 4 (None: not)."""
+    q = site.int4
+    return q.block if isinstance(q, Int4Weights) and q.int8_x else None
+
+
 @register(Decision.TEAL, Behaviour.REFERENCE)
 def _teal(site: Site, x: np.ndarray, w: Inputs):
     return reference.teal_ffn(x, *_ffn(w, Decision.TEAL), thresholds=w["TH"], **_act(site), xc=w.get("XC"),
-                              hc=w.get("HC"), slack=True)
+                              hc=w.get("HC"), int8_block=_int8_block(site), slack=True)
 
 
 @register(Decision.CATS, Behaviour.REFERENCE)
 def _cats(site: Site, x: np.ndarray, w: Inputs):
-    return reference.cats_ffn(x, *_ffn(w, Decision.CATS), thresholds=w["TH"], **_act(site), slack=True)
+    return reference.cats_ffn(x, *_ffn(w, Decision.CATS), thresholds=w["TH"], **_act(site),
+                              int8_block=_int8_block(site), slack=True)
 
 
 @register(Decision.PREDICTOR, Behaviour.REFERENCE)
 def _predictor(site: Site, x: np.ndarray, w: Inputs):
     return reference.predictor_ffn(x, *_ffn(w, Decision.PREDICTOR), w["PA"], w["PB"], w["PC"], **_act(site),
-                                   slack=True)
+                                   int8_block=_int8_block(site), slack=True)
 
 
 def _fff(site: Site, x: np.ndarray, w: Inputs):

@@ -253,26 +253,6 @@ def nbits_matmul(tape: ir.tape.Tape, x: ir.Value, b: ir.Value, s: ir.Value, z: i
                     "accuracy_level": 0}, domain=MS)
 
 
-def quantize_x(tape: ir.tape.Tape, x: ir.Value, block: int, opset: int) -> ir.Value:
-    """``x [..., K]`` rounded to int8 per block of ``block`` entries and scaled back, as
-    SparseFFN's ``accuracy_level`` 4 says (``fffc.contract.int4.quantize_x``)."""
-    blocks = tape.op("Reshape", [x, _const(tape, [-1, block])])
-    magnitude = tape.op("Abs", [blocks])
-    if opset >= 18:  # axes an input from opset 18, an attribute before
-        am = tape.op("ReduceMax", [magnitude, _const(tape, [1])], {"keepdims": 1})
-    else:
-        am = tape.op("ReduceMax", [magnitude], {"axes": [1], "keepdims": 1})
-
-    def f32(v: float) -> ir.Value:
-        return tape.op("Constant", [], {"value": ir.tensor(np.array(v, dtype=np.float32))})
-
-    inv = tape.op("Where", [tape.op("Greater", [am, f32(0.0)]),
-                            tape.op("Div", [f32(127.0), am]), f32(0.0)])
-    q = tape.op("Round", [tape.op("Mul", [blocks, inv])])
-    back = tape.op("Mul", [q, tape.op("Div", [am, f32(127.0)])])
-    return tape.op("Reshape", [back, tape.op("Shape", [x])])
-
-
 def fake_quant_at(tape: ir.tape.Tape, v: ir.Value, aq: ir.Value, at: At) -> ir.Value:
     """Place ``at``'s fake quantization of v, its (s, z, qmin, qmax) read from the op's AQ
     at run time: (Clip(Round(v / s) + z, qmin, qmax) − z)·s in float32 — QuantizeLinear
@@ -294,7 +274,7 @@ def exact_ffn(tape: ir.tape.Tape, f: dict[str, ir.Value | None], activation: str
     def fq(at: At, v: ir.Value) -> ir.Value:  # ``act_quant``: the places AQ fills
         return fake_quant_at(tape, v, f["AQ"], at) if at in act_quant else v
 
-    x = quantize_x(tape, f["X"], q.block, opset) if q.int8_x else f["X"]
+    x = standard_forms.quantize_x(tape, f["X"], q.block, opset) if q.int8_x else f["X"]
     h = fq(At.PRE, nbits_matmul(tape, x, f["W1"], f["W1S"], f["W1Z"], d_in, d_ff, q.block,
                                 q.bits))
     if f["B1"] is not None:

@@ -19,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from fffc.contract.act_quant import At, unpack
-from fffc.contract.int4 import INT8_ACCURACY, Int4Weights
+from fffc.contract.int4 import INT8_ACCURACY, Int4Weights, Int8Rounding, int8_rounding
 from fffc.contract.kinds import Branch, SiteKind, SparseMode
 from fffc.contract.lowering import Masks, SiteLowering
 from fffc.contract.modes import MODES, Behaviour, Layout, Mode, Param, mode, register
@@ -182,35 +182,44 @@ def own_masks(masks: Masks | None, entry: Mode) -> Masks | None:
 
 
 def masked_ffn(tape: ir.tape.Tape, m: FFNMarker, masks: Masks | None, values: MaskValues,
-               opset: int) -> ir.Value:
-    """The marker's FFN in standard ops, the masks applied (the masked modes' reference)."""
+               opset: int, rounding: Int8Rounding | None = None) -> ir.Value:
+    """The marker's FFN in standard ops, the masks applied (the masked modes' reference;
+    ``rounding``: where an int4 site at accuracy_level 4 rounds to int8, ``standard_forms.ffn``)."""
     v, masks = m.inputs, masks or Masks()
     return standard_forms.ffn(
         tape, v["X"], v["W1"], v["B1"], v["W2"], v["B2"], v["WU"],
         activation_name=m.activation, up_activation=m.up_activation, opset=opset,
         wu_rows=False, thresholds=(masks.input, masks.hidden), predictor=values.predictor,
         gate_threshold=masks.gate, centers=values.centers,
-        act_quant=unpack(const_array(v["AQ"])))
+        act_quant=unpack(const_array(v["AQ"])), rounding=rounding)
+
+
+def in_float(m: FFNMarker) -> Int4Weights | None:
+    """The marker's quantized projections restored to compute on their dequantized weights
+    in float32 (MatMulNBits at accuracy_level 0: the int4 kernels' function before any
+    rounding to int8, which ``int8_rounding`` places); its int4 layout (None: float)."""
+    q = int4.layout(m.inputs)
+    for v in m.inputs.values():
+        if v is not None:
+            canonical_quant.in_float(v)
+    return q
 
 
 def keep(ctx: Lowering, m: FFNMarker, plan: SiteLowering) -> None:
     """A site left as it was: the FFN in standard ops, with the plan's masks if any (and
     with ``plan.dequantized``, on its weights' dequantized values in float32: its MatMulNBits
     at accuracy_level 0, x rounded to int8 per block first where the int4 kernels do so;
-    no float32 copy of a weight)."""
+    no float32 copy of a weight; ``plan.dequantized``: the mode whose kernels round)."""
     tape = ir.tape.Tape()
     values = _mask_values(ctx, tape, m, plan.masks)
-    if plan.dequantized:
-        for v in m.inputs.values():
-            if v is not None:
-                canonical_quant.in_float(v)
-        q = int4.layout(m.inputs)
-        if q is not None:  # what the fallback computes, in the same float32 operations
-            given = {"W2": int4.float_down(tape, m.inputs["W2"])}
-            if q.int8_x:
-                given["X"] = int4.quantize_x(tape, m.inputs["X"], q.block, ctx.opset)
-            m = dataclasses.replace(m, inputs=m.inputs | given)
-    replace(m.node, tape, masked_ffn(tape, m, plan.masks, values, ctx.opset))
+    rounding = None
+    if plan.dequantized:  # what the fallback computes, in the same float32 operations
+        q = in_float(m)
+        rounding = int8_rounding(q, plan.dequantized)
+        if q is not None:
+            m = dataclasses.replace(m, inputs=m.inputs | {
+                "W2": int4.float_down(tape, m.inputs["W2"])})
+    replace(m.node, tape, masked_ffn(tape, m, plan.masks, values, ctx.opset, rounding))
 
 
 # --------------------------------------------------------------- SparseFFN
@@ -240,11 +249,13 @@ def int4_function(overload: str, present: dict[str, bool], act: str, up_act: str
 
 
 def sparse_function(overload: str, present: dict[str, bool], act: str, up_act: str,
-                    opset: int, entry: Mode, int4_weights: bool = False) -> ir.Function:
+                    opset: int, entry: Mode, int4_weights: bool = False,
+                    rounding: Int8Rounding | None = None) -> ir.Function:
     """SparseFFN's fallback for a mode: its inputs in the mode's layouts, TH read as the
     mode's ``th_fields``, the centered form (XC, HC subtracted) where given; with
     ``int4_weights`` (a masked mode's bits 4), the weights dequantized in standard ops from
-    the layout of the mode's int4 kernels first (``int4.dequantized_weights``)."""
+    the layout of the mode's int4 kernels first (``int4.dequantized_weights``), rounded to
+    int8 per block as ``rounding`` says (accuracy_level 4: ``int8_rounding``)."""
     formals = [ir.Value(name=n) for n in INPUT_NAMES]
     f = {v.name: v if present[v.name] else None for v in formals}
     tape = ir.tape.Tape()
@@ -262,7 +273,8 @@ def sparse_function(overload: str, present: dict[str, bool], act: str, up_act: s
         up_activation=up_act, opset=opset, wu_rows="WU" in rows,
         thresholds=(masks.input, masks.hidden), w1_rows="W1" in rows,
         predictor=((f["PA"], f["PB"], f["PC"]) if Param.PREDICTOR in entry.params else None),
-        gate_threshold=masks.gate, centers=(f["XC"], f["HC"]), keep_centers=False)
+        gate_threshold=masks.gate, centers=(f["XC"], f["HC"]), keep_centers=False,
+        rounding=rounding)
     return fallback(SPARSE_FFN, overload, formals, tape, y, opset)
 
 
@@ -273,12 +285,9 @@ def _sparse_node(ctx: Lowering, m: FFNMarker, tape: ir.tape.Tape, entry: Mode, m
     q = int4.layout(m.inputs)
     if q is None:
         inputs = dict.fromkeys(INPUT_NAMES) | laid_out(ctx.graph, m.inputs, entry)
-    elif entry.sparse_mode is SparseMode.EXACT or not q.int8_x:
+    else:
         inputs = dict.fromkeys(INPUT_NAMES) | m.inputs | int4.op_inputs(ctx.graph, m.inputs, q,
                                                                        entry.sparse_mode)
-    else:
-        raise ValueError(f"site {m.name!r}: int4 weights in mode {entry.sparse_mode} take x "
-                         "in float32 (accuracy_level 0) only")
     if m.inputs["AQ"] is not None and (q is None or entry.sparse_mode is not SparseMode.EXACT):
         raise ValueError(f"site {m.name!r}: fake-quantized activations (AQ) are computed by "
                          "the int8 exact kernels only")
@@ -305,7 +314,8 @@ def _sparse_node(ctx: Lowering, m: FFNMarker, tape: ir.tape.Tape, entry: Mode, m
                                           m.up_activation, ctx.opset, q, d_in, d_ff, places)
         else:
             build = lambda: sparse_function(overload, present, m.activation,  # noqa: E731
-                                            m.up_activation, ctx.opset, entry, True)
+                                            m.up_activation, ctx.opset, entry, True,
+                                            int8_rounding(q, entry.sparse_mode))
     return fffc_node(ctx, tape, m, SPARSE_FFN, inputs, attrs, overload, build, provenance(m))
 
 
@@ -327,8 +337,11 @@ def lower_sparse(ctx: Lowering, m: FFNMarker, plan: SiteLowering) -> None:
     out = _sparse_node(ctx, m, kernel, entry, masks, values)
     beyond = ir.tape.Tape()
     masked = plan.beyond is Branch.MASKED
+    rounding = None
+    if masked:  # the function the kernels compute (int4: W2 still by MatMulNBits, level 0)
+        rounding = int8_rounding(in_float(m), entry.sparse_mode)
     beyond_out = masked_ffn(beyond, m, masks if masked else None,
-                            values if masked else MaskValues(), ctx.opset)
+                            values if masked else MaskValues(), ctx.opset, rounding)
     d_in = const_shape(m.inputs["W1"])[0]
     replace(m.node, tape, token_dispatch(
         tape, m, d_in, plan.max_tokens, (list(kernel.nodes), out),

@@ -368,3 +368,127 @@ def test_refusals() -> None:
                           True, centers="h")
     with pytest.raises(CodegenError, match="centered"):
         Q4Kernel(centered, fmt)
+
+
+# --------------------------------------------------------------- accuracy_level 4 (int8_x)
+# Sites whose MatMulNBits round x to int8 per block (``Q4Format.int8_x``): every mode
+# computes on the rounded values (``fffc.contract.int4``'s module text) whatever its dots —
+# int8 dots (VNNI here), or float32 dots on the same rounded values (a CPU without them:
+# haswell; or teal with zero points, whose int8 column passes take symmetric codes).
+L4_DOTS = [pytest.param(Q4Dot.INT8, None, id="int8-dots",
+                        marks=pytest.mark.skipif(not VNNI, reason="no AVX-512 VNNI")),
+           pytest.param(Q4Dot.FLOAT32, None, id="float-dots"),
+           pytest.param(Q4Dot.FLOAT32, "haswell", id="float-dots-avx2")]
+L4_MODES = [(SparseMode.TEAL, True, False), (SparseMode.TEAL, False, False),
+            (SparseMode.TEAL, True, True), (SparseMode.CATS, True, True),
+            (SparseMode.PREDICTOR, True, False), (SparseMode.PREDICTOR, False, True)]
+
+
+def _level4(case: Case, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The mode at accuracy_level 4 in float64 NumPy (rounding by ``quantized_x``, not the
+    code under test), its thresholds moved into gaps of the rounded values: (y, the
+    activations the down projection reads, zero where skipped, the slack of a' codes that
+    may round either way: teal, 2 steps of the largest block)."""
+    s, d, blk = case.spec, case.deq, case.fmt.block
+    if case.mode is SparseMode.PREDICTOR:  # scores on float x, rows on rounded x
+        xq = quantized_x(x, blk)
+        sc = case.scores(x)
+        h = xq @ d["W1"] + case.b1
+        a = activation(s.activation, h)
+        if s.gated:
+            u = xq @ d["WU"]
+            assert np.abs(u[sc > 0]).min() > 1e-5
+            a = a * activation(s.up_activation, u)
+        assert np.abs(h[sc > 0]).min() > 1e-5
+        a = np.where(sc > 0, a, 0.0)
+        return a @ d["W2"] + case.b2, a, 0.0
+    xq = quantized_x(case.x_kept(x), blk)  # thresholded first, then rounded
+    g = activation(s.activation, xq @ d["W1"] + case.b1)
+    a = g if not s.gated else g * activation(s.up_activation, xq @ d["WU"])
+    if case.mode is SparseMode.CATS:
+        case.th[1] = _gap_threshold(np.abs(g), 0.5)
+        a = np.where(np.abs(g) > case.th[1], a, 0.0)
+        return a @ d["W2"] + case.b2, a, 0.0
+    case.th[1] = _gap_threshold(np.abs(a), 0.5)
+    a = np.where(np.abs(a) > case.th[1], a, 0.0)
+    slack = 2 * np.abs(a).max() / 127 * np.abs(d["W2"]).max()
+    return quantized_x(a, blk) @ d["W2"] + case.b2, a, slack
+
+
+@pytest.mark.parametrize(("dot", "mcpu"), L4_DOTS)
+@pytest.mark.parametrize(("mode", "gated", "zero_points"), L4_MODES, ids=lambda v: str(v))
+def test_level4_rounds_x(mode: SparseMode, gated: bool, zero_points: bool, dot: Q4Dot,
+                         mcpu: str | None) -> None:
+    """``int8_x``: teal rounds x' and a', cats x' (its gate on the rounded x'), the
+    predictor the selected rows' x (its scores on float x) — with int8 or float32 dots;
+    skipped rows, columns and scales are never read."""
+    if dot is Q4Dot.INT8 and mode is SparseMode.TEAL and zero_points:
+        pytest.skip("teal's int8 column passes take symmetric codes (plan_dot: float32)")
+    case = _case(mode, gated, zero_points, 32, seed=11)
+    case.fmt = ql.Q4Format(32, zero_points, True)
+    k = _kernel(case.spec, case.fmt, dot, mcpu)
+    assert k.dot is dot
+    x = _x(1, 32, seed=12)
+    _prepare(case, x)
+    want, a, slack = _level4(case, x)
+    y = k(x, case.inputs())
+    np.testing.assert_allclose(y, want, rtol=RTOL, atol=ATOL + slack)
+    float_ref = case.reference(x)  # the same thresholds on x in float32: level 0
+    assert np.abs(float_ref - want).max() > 1e-4 * np.abs(want).max()  # the rounding matters
+    poisoned = k(x, _poisoned(case, x, a, np.random.default_rng(5)))
+    np.testing.assert_array_equal(poisoned, y)
+
+
+@pytest.mark.parametrize("mode", [SparseMode.TEAL, SparseMode.CATS])
+def test_level4_int8_and_float_dots_agree(mode: SparseMode) -> None:
+    """The same rounded values through both dots: equal up to float summation order."""
+    if not VNNI:
+        pytest.skip("no AVX-512 VNNI")
+    case = _case(mode, True, False, 32, seed=13)
+    case.fmt = ql.Q4Format(32, False, True)
+    x = _x(2, 32, seed=14)
+    _prepare(case, x)
+    _level4(case, x)
+    y8 = _kernel(case.spec, case.fmt, Q4Dot.INT8)(x, case.inputs())
+    yf = _kernel(case.spec, case.fmt, Q4Dot.FLOAT32)(x, case.inputs())
+    np.testing.assert_allclose(y8, yf, rtol=1e-5, atol=1e-5 * np.abs(yf).max())
+
+
+@pytest.mark.skipif(MISSING is not None, reason=f"aarch64 under qemu: {MISSING}")
+@pytest.mark.parametrize(("mode", "dot"), [(SparseMode.TEAL, Q4Dot.FLOAT32),
+                                           (SparseMode.CATS, Q4Dot.INT8)], ids=str)
+def test_level4_under_qemu(mode: SparseMode, dot: Q4Dot, tmp_path) -> None:
+    """aarch64: teal with float32 dots (generic ARMv8.2-A) and cats with sdot, on x rounded."""
+    case = _case(mode, True, False, 32, seed=15)
+    case.fmt = ql.Q4Format(32, False, True)
+    k = _built(case, dot, "arm", tmp_path)
+    x = _x(1, 32, seed=16)
+    _prepare(case, x)
+    want, a, slack = _level4(case, x)
+    y = k(x, case.inputs())
+    np.testing.assert_allclose(y, want, rtol=RTOL, atol=ATOL + slack)
+    np.testing.assert_array_equal(k(x, _poisoned(case, x, a, np.random.default_rng(5))), y)
+
+
+@pytest.mark.parametrize(("mode", "gated", "zero_points"), L4_MODES, ids=lambda v: str(v))
+def test_reference_int8_block(mode: SparseMode, gated: bool, zero_points: bool) -> None:
+    """``fffc.verify.reference``'s ``int8_block`` (what compile checks level-4 sites
+    against) equals the level-4 function above."""
+    case = _case(mode, gated, zero_points, 32, seed=17)
+    x = _x(2, 32, seed=18)
+    _prepare(case, x)
+    want, _, _ = _level4(case, x)
+    d, s = case.deq, case.spec
+    act = {"activation_name": s.activation, "up_activation": s.up_activation}
+    wu = d.get("WU")
+    if mode is SparseMode.TEAL:
+        got = teal_ffn(x, d["W1"], case.b1, d["W2"], case.b2, wu, thresholds=case.th,
+                       int8_block=32, **act)
+    elif mode is SparseMode.CATS:
+        got = cats_ffn(x, d["W1"], case.b1, d["W2"], case.b2, wu.T, thresholds=case.th,
+                       int8_block=32, **act)
+    else:
+        got = predictor_ffn(x, d["W1"].T, case.b1, d["W2"], case.b2,
+                            None if wu is None else wu.T, case.pred["PA"], case.pred["PB"],
+                            case.pred["PC"], int8_block=32, **act)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())

@@ -108,8 +108,11 @@ SERIAL_MAX_MACS = 1 << 16
 def plan_dot(spec: SparseSpec, int8_dots: bool) -> Q4Dot:
     """The dots of ``spec``'s kernel on a CPU that has the int8 dot or not: int8 where x is
     rounded to int8 anyway (``spec.int8_x``) and the kernel takes them (d_in a multiple of
-    two steps), else float32."""
-    if spec.int8_x and int8_dots and spec.d_in % (2 * STEP_BYTES) == 0:
+    two steps; TEAL's int8 column passes: symmetric codes), else float32 (on x rounded as
+    well: ``Q4Format.int8_x``)."""
+    teal_zero_points = spec.mode is SparseMode.TEAL and spec.zero_points
+    if (spec.int8_x and int8_dots and spec.d_in % (2 * STEP_BYTES) == 0
+            and not teal_zero_points):
         return Q4Dot.INT8
     return Q4Dot.FLOAT32
 

@@ -632,6 +632,28 @@ def quantize_list(rows: int, block: int):
     return quantize
 
 
+def round_list(rows: int, block: int):
+    """The macro ``round(LIDX, LVAL, c, GM)``: the list of c[0] (row, value) pairs (LIDX
+    sorted) rounded to int8 per group of ``block`` rows and scaled back in place, the
+    float32 steps ``quantize_list`` takes (scale max |v| / 127 over the group's listed
+    values, code round-half-even(v · 127 / max |v|)): float32 dots on the values int8 dots
+    see (``Q4Format.int8_x`` without the int8 dot). GM: [groups] scratch."""
+    G, BLK = rows // block, block
+
+    @T.macro
+    def round_(LIDX, LVAL, c, GM):
+        for g in range(G):
+            GM[g] = T.float32(0)
+        for q in range(c[0]):
+            GM[LIDX[q] // BLK] = T.max(GM[LIDX[q] // BLK], T.fabs(LVAL[q]))
+        for q in range(c[0]):
+            g = LIDX[q] // BLK
+            inv = T.if_then_else(GM[g] > T.float32(0), T.float32(127) / GM[g], T.float32(0))
+            LVAL[q] = T.nearbyint(LVAL[q] * inv) * (GM[g] / T.float32(127))
+
+    return round_
+
+
 # byte 4i + r of a quad's packed vector: byte i of row r's 16-byte piece
 INTERLEAVE = [16 * r + i for i in range(CHUNK // 2) for r in range(4)]
 

@@ -25,7 +25,10 @@ ONNX Runtime's ``accuracy_level`` 4 quantizes each MatMulNBits input, skipped en
 being 0) and both passes are ``q4_pieces.column_pass_i8`` (four listed rows per int8 dot
 lane; W1 and WU in one pass over the quantized list): the thresholded FFN up to the
 rounding of x' and a' (and a neuron whose |a| is within that rounding of t_hidden may be
-decided otherwise than in float). Centered TEAL (XC, HC) is not taken here.
+decided otherwise than in float). A format with ``int8_x`` (SparseFFN's ``accuracy_level``
+4) computes that function with either dots: float32 dots then read x' and a' rounded so and
+scaled back (``q4_pieces.round_list``), for CPUs without the int8 dot or weights with zero
+points. Centered TEAL (XC, HC) is not taken here.
 """
 
 # No ``from __future__ import annotations``: ``T.jit`` reads the kernel's parameter
@@ -49,6 +52,7 @@ from .q4_pieces import (
     column_pass_i8,
     concat_lists,
     quantize_list,
+    round_list,
 )
 
 
@@ -89,8 +93,11 @@ def teal_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: 
     else:
         gate_pass = column_pass(F, BLK, parts1, cw1, t.ahead, t.scales_ahead, t.parallel, True)
         down = column_pass(DO, BLK, t.parts, t.cw, t.ahead, t.scales_ahead, t.parallel, True)
+    ROUND = fmt.int8_x and not INT8  # float dots on x', a' rounded as the int8 dots see them
+    round_in, round_hidden = round_list(D, BLK), round_list(F, BLK)
     # int8: quads at most (a group's last one padded) and groups of the quantized lists
-    QI, QH, QGI, QG = (D // 4 + GI, F // 4 + G, GI, G) if INT8 else (1, 1, 1, 1)
+    QI, QH = (D // 4 + GI, F // 4 + G) if INT8 else (1, 1)
+    QGI, QG = (GI, G) if INT8 or ROUND else (1, 1)
     concat = concat_lists(F, NB)
     HR = 2 if gated else 1  # rows of H: the gate's pre-activations (and the up projection)
 
@@ -145,6 +152,8 @@ def teal_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: 
                 quantize_in(KIN, XIN, c, QROWI, QXI, GSI, GCI, GMI, nq)
                 gate_pass(H, 0, QROWI, QXI, GSI, GCI, nq, W1, W1S, B1, 1, WU, WUS, None)
             else:
+                if ROUND:
+                    round_in(KIN, XIN, c, GMI)
                 gate_pass(H, 0, KIN, XIN, c, W1, W1S, W1Z, B1)
                 if gated:
                     gate_pass(H, 1, KIN, XIN, c, WU, WUS, WUZ, None)
@@ -170,6 +179,8 @@ def teal_q4_primfunc(spec: SparseSpec, fmt: Q4Format, tiling: Q4Tiling, symbol: 
                 quantize_hidden(LIDX, LVAL, c, QROWH, QXH, GSH, GCH, GMH, nq)
                 down(Y, tb, QROWH, QXH, GSH, GCH, nq, W2, W2S, B2, 0, None, None, None)
             else:
+                if ROUND:
+                    round_hidden(LIDX, LVAL, c, GMH)
                 down(Y, tb, LIDX, LVAL, c, W2, W2S, W2Z, B2)
 
     return with_args(kernel, q4_arg_names(spec, fmt))

@@ -47,8 +47,8 @@ class Family:
     int4_weights = False  # SparseFFN exact kernels on int4 codes (SPARSE_FFN's bits 4)
     int8_weights = False  # ... and on int8 codes (SPARSE_FFN's bits 8)
     int4_modes: frozenset[SparseMode] = frozenset({SparseMode.EXACT})  # the SparseFFN modes
-    # of its int4 kernels (the masked ones on x in float32: accuracy_level 0; int8 codes:
-    # exact only)
+    # of its int4 kernels (at accuracy_level 0 and 4: ``fffc.contract.int4.int8_rounding``;
+    # int8 codes: exact only)
     merged_path = True  # StructuredFFN kernels with a pre-merged dense path for few tokens
     timed_here = False  # its kernels run on this build machine, so crossovers are measured
     device = False  # its kernels run on an accelerator; the CPU EP's nodes run ``cpu``'s
