@@ -181,13 +181,15 @@ class Row:
         """Compiled with ``--calibration`` (the masked modes)."""
         return self.mode in (Decision.TEAL, Decision.PREDICTOR)
 
-    def tag(self, precision: str) -> str:
+    def tag(self, args) -> str:
         """The compiled folder's name in the cache: what its compile depends on besides the
-        GenAI folder."""
-        args = "".join(a.replace("=", "").replace(".", "") for a in self.compile_args
-                       if not a.startswith("--"))
+        GenAI folder (and the sparsity, in the folder above)."""
+        values = "".join(a.replace("=", "").replace(".", "") for a in self.compile_args
+                         if not a.startswith("--"))
         rank = f"-r{self.predictor_rank}" if self.predictor_rank else ""
-        return "fffc" + args + rank + ("" if precision == "fp32" else f"-{precision}")
+        calib = f"-p{args.teal_prompts}-g{args.teal_generate}" if self.calibrated else ""
+        return ("fffc" + values + rank + calib
+                + ("" if args.precision == "fp32" else f"-{args.precision}"))
 
 
 # ---------------------------------------------------------------------------- the models
@@ -741,7 +743,7 @@ def run_row(row: Row, args, shape: Shape, root: Path) -> Result:
               f"(target {args.sparsity:.0%})", flush=True)
     compile_args = list(row.compile_args)
     detail = ""
-    tag = row.tag(args.precision)
+    tag = row.tag(args)
     if args.quick:  # the kernels at every token count: no crossover decided by noise
         compile_args += ["--max-sparse-tokens", "0"]
         tag += "-k0"
