@@ -1,6 +1,7 @@
 """Greedy decoding of a LLaMA-shaped LLM in ONNX Runtime GenAI: the builder's model vs fffc's.
 
     python bench/bench_llm_decode.py [--layers 16] [--variants drelu,relu] [--teal] [--runs 3]
+        [--predictor [--predictor-rank 128]] [--precision fp32|int4]
     python bench/bench_llm_decode.py --quick     # a tiny model and a few tokens (smoke test)
 
 The model: ``transformers.LlamaForCausalLM`` with random weights (default hidden 2048, FFN
@@ -17,6 +18,19 @@ builder (``python -m onnxruntime_genai.models.builder -p fp32 -e cpu``). Variant
   --prompts FILE`` (FFN inputs of greedy decode steps: ``--teal-prompts`` prompts,
   ``--teal-generate`` tokens each) and compiled with ``--calibration --budget uniform=S``
   for each ``--teal-levels`` S.
+- predictor rows (``--predictor``): the ``relu`` and ``drelu`` checkpoints again, their
+  neurons selected by a trained low-rank predictor (Deja Vu / PowerInfer style: scores
+  (x·A)·B + c, A [hidden, R], B [R, FFN]; the neurons past a cut are computed, the other
+  gate, up and down rows are not read). ``fffc calibrate MODEL_DIR --prompts FILE
+  --predictor-rank R --predictor-sparsity SPARSITY --center none`` trains one per FFN on the
+  FFN inputs of the same decode steps as TEAL's (``--teal-prompts``, ``--teal-generate``;
+  labels: the neurons outside the ``--sparsity`` quantile of |a|, initialized from the
+  gate's truncated SVD), sets its cut on the held-out fifth of those rows to keep 99% of
+  the active neurons, and ``fffc compile --calibration CALIB --budget predictor`` runs every
+  site's predictor at that cut. The row shows the rank, that held-out recall (the cut's
+  target, so about 0.99 by construction; the mean and the smallest over the sites) and the
+  fraction of neurons the predictors then select (the mean); "same tokens" is the check
+  that the approximation keeps greedy decoding of the timed prompt where it was (fp32).
 
 Weights: the initializer's N(0, 0.02), except the token embeddings, scaled to N(0, 1) so
 that greedy decoding of the random model wanders over the vocabulary instead of repeating
@@ -35,7 +49,17 @@ neurons.
 
 The compiled model comes from ``assemble``: ``fffc compile GENAI/model.onnx --target x86``,
 and a copy of the GenAI folder holding the artifact's model and ``libfffc_ops.so``, whose
-``genai_config.json`` names the library in the decoder's ``session_options``.
+``genai_config.json`` names the library in the decoder's ``session_options``. What the
+compile made of each site is read from the artifact's ``manifest.json`` and printed (the
+decision, whether a kernel serves a one-token call, the reason and quantized weights of
+the others; the "fffc's sites at a decode step" column: how many sites run the row's mode
+at a decode step). A row none of whose sites runs its mode's kernel at a decode step is
+not timed: the table says so. (With ``--precision int4`` the builder's MatMulNBits ask for
+accuracy_level 4, whose sites this fffc leaves out of the masked modes: the predictor rows
+then show 0 predictor sites, the sites keeping exact mode.) ``--quick`` compiles with
+``--max-sparse-tokens 0`` (the kernels at every token count: at the tiny shape the
+measured crossover is decided by noise, and the smoke test checks the lowering) and runs
+dReLU exact and predictor (rank 16) at fp32 and int4 alike.
 
 Timed: ``og.Generator``, a prompt of ``--prompt`` token ids (the tokenizer's encoding of
 generated text), ``--generate`` new tokens, greedy, fp32, 2 intra-op threads (the shim
@@ -72,6 +96,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from fffc.contract.kinds import Decision
 
 MODEL = "model.onnx"
 SEED = 0
@@ -145,8 +171,25 @@ class Row:
 
     variant: Variant
     label: str
+    mode: Decision  # what the compile is asked to make of the sites (the manifest's decision)
     compile_args: tuple[str, ...]
     decode_goal: float | None  # tokens/s ratio the issue asks for, None where it sets none
+    predictor_rank: int = 0  # mode predictor: the rank calibration trains
+
+    @property
+    def calibrated(self) -> bool:
+        """Compiled with ``--calibration`` (the masked modes)."""
+        return self.mode in (Decision.TEAL, Decision.PREDICTOR)
+
+    def tag(self, args) -> str:
+        """The compiled folder's name in the cache: what its compile depends on besides the
+        GenAI folder (and the sparsity, in the folder above)."""
+        values = "".join(a.replace("=", "").replace(".", "") for a in self.compile_args
+                         if not a.startswith("--"))
+        rank = f"-r{self.predictor_rank}" if self.predictor_rank else ""
+        calib = f"-p{args.teal_prompts}-g{args.teal_generate}" if self.calibrated else ""
+        return ("fffc" + values + rank + calib
+                + ("" if args.precision == "fp32" else f"-{args.precision}"))
 
 
 # ---------------------------------------------------------------------------- the models
@@ -344,12 +387,124 @@ def teal_available() -> bool:
     return "--prompts" in done.stdout
 
 
-def calibrate(genai: Path, prompts: Path, generate: int, out: Path) -> None:
+def calibrate(genai: Path, prompts: Path, generate: int, out: Path,
+              extra: Sequence[str] = ()) -> None:
     """TEAL statistics of the FFN inputs at the decode steps of greedy generations after
-    each prompt of ``prompts``."""
+    each prompt of ``prompts`` (``extra``: more ``fffc calibrate`` options)."""
     _run([_fffc(), "calibrate", str(genai), "--prompts", str(prompts), "--generate",
-          str(generate), "-o", str(out), "--force"], "fffc calibrate",
+          str(generate), "-o", str(out), "--force", *extra], "fffc calibrate",
          dict(os.environ, FFFC_DEBUG="1"))
+
+
+def calibration(genai: Path, base: Path, args, row: Row) -> Path:
+    """CALIB.json of ``genai`` for ``row`` (built once, kept in ``base``): ``fffc calibrate
+    --prompts`` on ``--teal-prompts`` texts other than the timed prompt's, ``--teal-generate``
+    greedy tokens each; predictor rows also train rank-R predictors whose labels are the
+    neurons outside the ``--sparsity`` quantile of |a|. Thresholds of |v| (``--center
+    none``) where fffc compile takes no centered ones: int4 sites, and predictor mode, which
+    reads no thresholds (it also skips calibrate's second pass)."""
+    prompts = base / "prompts.txt"
+    prompts.write_text("\n".join(" ".join(_text(8, SEED + 100 + i))
+                                 for i in range(args.teal_prompts)))
+    extra: list[str] = []
+    name = f"calib-p{args.teal_prompts}-g{args.teal_generate}"
+    if row.mode is Decision.PREDICTOR:
+        extra += ["--predictor-rank", str(row.predictor_rank),
+                  "--predictor-sparsity", str(args.sparsity)]
+        name += f"-r{row.predictor_rank}-s{args.sparsity}"
+    if row.mode is Decision.PREDICTOR or args.precision != "fp32":
+        extra += ["--center", "none"]
+    if args.precision != "fp32":
+        name += f"-{args.precision}"
+    out = base / f"{name}.json"
+    if not out.exists():
+        t = time.perf_counter()
+        calibrate(genai, prompts, args.teal_generate, out, extra)
+        print(f"[{row.label}] calibrated: {time.perf_counter() - t:.0f}s", flush=True)
+    return out
+
+
+def predictor_quality(calib: Path) -> str:
+    """The trained predictors' held-out quality in CALIB.json, over the sites: recall of the
+    active neurons (mean, min) and the fraction of neurons selected (mean)."""
+    sites = json.loads(calib.read_text())["sites"].values()
+    held = [st["predictor"]["held_out"] for st in sites if st.get("predictor")]
+    if not held:
+        return "no predictor in the calibration"
+    rank = next(st["predictor"]["rank"] for st in sites if st.get("predictor"))
+    recall = [h["recall"] for h in held]
+    return (f"rank {rank}, held-out recall {statistics.mean(recall):.3f} (min {min(recall):.3f}), "
+            f"selects {statistics.mean(h['selected'] for h in held):.0%} of neurons")
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteOutcome:
+    """One site of an artifact's manifest.json."""
+
+    decision: str
+    decode_kernel: bool  # a kernel serves a one-token call (a decode step)
+    reason: str
+    weights: str  # its quantized weights' formats ("" for float weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class Lowering:
+    """What an ``fffc compile`` made of the sites, from its manifest.json."""
+
+    sites: tuple[SiteOutcome, ...]
+    near_misses: int  # FFN-like regions no rule matched
+    predictors: int | None  # predictors the compile applied (None: not calibrated)
+
+    @classmethod
+    def read(cls, artifact: Path) -> Lowering:
+        m = json.loads((artifact / "manifest.json").read_text())
+        sites = []
+        for site in m["sites"]:
+            branches = (site.get("dispatch") or {}).get("branches", [])
+            kernel = site["decision"] != Decision.DENSE and any(
+                b["branch"] == "kernel" and b["min_tokens"] <= 1 for b in branches)
+            weights = " / ".join(dict.fromkeys(
+                w["describe"] for w in (site.get("weight_formats") or {}).values()))
+            sites.append(SiteOutcome(site["decision"], kernel, site["reason"], weights))
+        calib = m.get("calibration")
+        return cls(tuple(sites), len(m["near_misses"]),
+                   None if calib is None else len(calib.get("predictors") or {}))
+
+    def lowered(self, mode: Decision) -> int:
+        """Sites whose ``mode`` kernel serves a decode step."""
+        return sum(s.decode_kernel and s.decision == mode for s in self.sites)
+
+    def _count(self, key: Callable[[SiteOutcome], str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.sites:
+            out[key(s)] = out.get(key(s), 0) + 1
+        return out
+
+    @staticmethod
+    def _decided(s: SiteOutcome) -> str:
+        return s.decision if s.decode_kernel or s.decision == Decision.DENSE else (
+            f"{s.decision} (no kernel at one token)")
+
+    def short(self, mode: Decision) -> str:
+        """e.g. "16/16 predictor"; the other sites' decisions after it."""
+        rest = self._count(self._decided)
+        rest.pop(mode.value, None)
+        return (f"{self.lowered(mode)}/{len(self.sites)} {mode.value}"
+                + "".join(f", {n} {d}" for d, n in rest.items()))
+
+    def describe(self, mode: Decision) -> str:
+        """Every site's outcome at a decode step (one token); the reasons and weights of
+        those not running a ``mode`` kernel."""
+        if not self.sites:
+            return f"no FFN site matched ({self.near_misses} FFN-like region(s) no rule matched)"
+        parts = [f"{self.lowered(mode)} {mode.value} (kernel at one token)"]
+        parts += [f"{n} {key}" for key, n in self._count(
+            lambda s: f"{self._decided(s)}: {s.reason}"
+                      + (f" [{s.weights}]" if s.weights else "")).items()
+            if not key.startswith(f"{mode.value}:")]
+        if self.predictors is not None and mode is Decision.PREDICTOR:
+            parts.append(f"predictors applied: {self.predictors}")
+        return f"{len(self.sites)} site(s): " + "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -496,6 +651,8 @@ class Result:
     stock_split: Split | None
     fffc_split: Split | None
     error: str | None = None
+    lowering: Lowering | None = None
+    detail: str = ""  # predictor rows: the predictors' held-out quality
 
     def tok_s(self, runs: list[Generation]) -> list[float]:
         return [1.0 / g.decode for g in runs]
@@ -541,18 +698,27 @@ DRELU_GOAL = {"fp32": 1.6, "int4": 1.4}  # decode tokens/s ratio asked for dReLU
 
 
 def rows(variants: Sequence[Variant], teal: bool, levels: Sequence[float],
-         precision: str = "fp32") -> list[Row]:
+         precision: str = "fp32", predictor_rank: int = 0) -> list[Row]:
+    """Exact (and with ``predictor_rank``, predictor) rows of the ReLU-gated variants, then
+    TEAL's of SwiGLU."""
     out = []
+    suffix = "" if precision == "fp32" else f", {precision}"
     for v in variants:
         if v is Variant.SWIGLU:
             continue
-        out.append(Row(v, f"{v.value}, exact" + ("" if precision == "fp32" else f", {precision}"),
-                       (), DRELU_GOAL[precision] if v is Variant.DRELU else None))
+        out.append(Row(v, f"{v.value}, exact{suffix}", Decision.EXACT, (),
+                       DRELU_GOAL[precision] if v is Variant.DRELU else None))
+        if predictor_rank:
+            out.append(Row(v, f"{v.value}, predictor{suffix}", Decision.PREDICTOR,
+                           ("--budget", "predictor"), None, predictor_rank))
     if teal:
         for s in levels:
-            out.append(Row(Variant.SWIGLU, f"swiglu, TEAL {s:.0%}",
+            out.append(Row(Variant.SWIGLU, f"swiglu, TEAL {s:.0%}{suffix}", Decision.TEAL,
                            ("--budget", f"uniform={s}"), 1.2 if abs(s - 0.5) < 1e-9 else None))
     return out
+
+
+_GATES: dict[Path, float] = {}  # gate_fraction by GenAI folder: rows of a variant share it
 
 
 def run_row(row: Row, args, shape: Shape, root: Path) -> Result:
@@ -568,35 +734,45 @@ def run_row(row: Row, args, shape: Shape, root: Path) -> Result:
     print(f"[{row.label}] checkpoint and GenAI folder: {time.perf_counter() - t:.0f}s",
           flush=True)
     prompt = _prompt(genai, args.prompt)
-    frac = gate_fraction(genai, prompt, args.generate, args.threads) if v.shaped else None
-    if frac is not None:
+    frac = None
+    if v.shaped:
+        if genai not in _GATES:
+            _GATES[genai] = gate_fraction(genai, prompt, args.generate, args.threads)
+        frac = _GATES[genai]
         print(f"[{row.label}] gate pre-activations ≤ 0 on decode steps: {frac:.1%} "
               f"(target {args.sparsity:.0%})", flush=True)
     compile_args = list(row.compile_args)
-    if v is Variant.SWIGLU:
-        prompts = base / "prompts.txt"
-        prompts.write_text("\n".join(" ".join(_text(8, SEED + 100 + i))
-                                     for i in range(args.teal_prompts)))
-        calib = base / f"calib-p{args.teal_prompts}-g{args.teal_generate}.json"
-        if not calib.exists():
-            calibrate(genai, prompts, args.teal_generate, calib)
-        compile_args = ["--calibration", str(calib), *compile_args]
-    tag = "fffc" + "".join(a.replace("=", "").replace(".", "") for a in row.compile_args
-                           if not a.startswith("--")) + ("" if fp32 else f"-{args.precision}")
-    t = time.perf_counter()
+    detail = ""
+    tag = row.tag(args)
+    if args.quick:  # the kernels at every token count: no crossover decided by noise
+        compile_args += ["--max-sparse-tokens", "0"]
+        tag += "-k0"
     try:
+        if row.calibrated:
+            calib = calibration(genai, base, args, row)
+            compile_args = ["--calibration", str(calib), *compile_args]
+            if row.mode is Decision.PREDICTOR:
+                detail = predictor_quality(calib)
+                print(f"[{row.label}] predictors: {detail}", flush=True)
+        t = time.perf_counter()
         compiled = _cached(base / tag, lambda p: assemble(genai, p, compile_args))
     except BuildError as e:
         print(f"[{row.label}] {e}", flush=True)
-        return Result(row, frac, [], [], None, None, error=_last_line(str(e)))
+        return Result(row, frac, [], [], None, None, error=_last_line(str(e)), detail=detail)
     print(f"[{row.label}] compiled: {time.perf_counter() - t:.0f}s", flush=True)
+    lowering = Lowering.read(compiled)
+    print(f"[{row.label}] fffc compile: {lowering.describe(row.mode)}", flush=True)
+    if not lowering.lowered(row.mode):
+        print(f"[{row.label}] no site runs a {row.mode.value} kernel at a decode step: "
+              "not timed", flush=True)
+        return Result(row, frac, [], [], None, None, lowering=lowering, detail=detail)
     stock, fffc_runs = timed_runs(genai, compiled, prompt, args.generate, args.runs,
                                   args.threads)
     splits: list[Split | None] = [None, None]
     if args.profile:
         splits = [profile(d, prompt, args.generate, args.threads, base / f"profile-{k}")
                   for d, k in ((genai, "stock"), (compiled, tag))]
-    return Result(row, frac, stock, fffc_runs, *splits)
+    return Result(row, frac, stock, fffc_runs, *splits, lowering=lowering, detail=detail)
 
 
 # ---------------------------------------------------------------------------- the table
@@ -641,16 +817,20 @@ def table(results: Sequence[Result], args, shape: Shape) -> str:
            f"the gate's int4 codes and {kept:.0%} of the up's and down's rows")
         + f", {1 / (1 - share):.2f}x with the FFNs free",
         "",
-        "| model | gate ≤ 0 (decode) | decode tok/s stock (min / median / max) | fffc | "
-        "decode ratio (median; runs) | goal | time to first token, ms, stock | fffc | "
-        "prefill ratio | profiled ms per decode step (node medians), FFN + rest: stock → "
-        "fffc (ratio) | same tokens |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | gate ≤ 0 (decode) | fffc's sites at a decode step | decode tok/s stock "
+        "(min / median / max) | fffc | decode ratio (median; runs) | goal | time to first "
+        "token, ms, stock | fffc | prefill ratio | profiled ms per decode step (node medians), "
+        "FFN + rest: stock → fffc (ratio) | same tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         gate = f"{r.gate_le0:.1%}" if r.gate_le0 is not None else "–"
-        if r.error:
-            lines.append(f"| {r.row.label} | {gate} | – | – | fffc compile failed: {r.error} | "
+        label = r.row.label + (f" ({r.detail})" if r.detail else "")
+        sites = r.lowering.short(r.row.mode) if r.lowering is not None else "–"
+        if r.error or not r.fffc:
+            why = (f"fffc compile failed: {r.error}" if r.error else
+                   f"not timed: no site runs a {r.row.mode.value} kernel")
+            lines.append(f"| {label} | {gate} | {sites} | – | – | {why} | "
                          "– | – | – | – | – | – |")
             continue
         s, f = r.tok_s(r.stock), r.tok_s(r.fffc)
@@ -672,7 +852,7 @@ def table(results: Sequence[Result], args, shape: Shape) -> str:
 
         same = all(a.tokens == b.tokens for a, b in zip(r.stock, r.fffc, strict=True))
         lines.append(
-            f"| {r.row.label} | {gate} | {_spread(s)} | {_spread(f)} | {ratio:.2f}x "
+            f"| {label} | {gate} | {sites} | {_spread(s)} | {_spread(f)} | {ratio:.2f}x "
             f"({min(pairs):.2f}–{max(pairs):.2f}) | {goal} | {_spread(ts, '{:.0f}')} | "
             f"{_spread(tf, '{:.0f}')} | {pre:.2f}x (≥ 0.95: {pre_goal}) | "
             f"{split} | {'yes' if same else 'no'} |")
@@ -683,7 +863,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="a tiny model (hidden 128, 2 layers), prompt 16, generate 16, 1 run, "
-                         "dReLU only: a smoke test")
+                         "dReLU only, exact and predictor (rank 16), the kernels at every "
+                         "token count: a smoke test")
     for f in dataclasses.fields(Shape):
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=None,
                         help=f"default {f.default}")
@@ -694,11 +875,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="also SwiGLU with TEAL calibrated on decode steps (needs fffc "
                          "calibrate --prompts)")
     ap.add_argument("--teal-levels", default="0.4,0.5")
+    ap.add_argument("--predictor", action=argparse.BooleanOptionalAction, default=None,
+                    help="also the ReLU-gated variants in predictor mode: fffc calibrate "
+                         "--predictor-rank R --predictor-sparsity SPARSITY on decode steps (the "
+                         "--teal-prompts and --teal-generate texts), fffc compile --budget "
+                         "predictor (default: off, --quick: on)")
+    ap.add_argument("--predictor-rank", type=int, default=None,
+                    help="the predictors' rank (default 128, --quick: 16)")
     ap.add_argument("--teal-prompts", type=int, default=4,
-                    help="calibration prompts (text other than the timed prompt's)")
+                    help="calibration prompts of TEAL and the predictors (text other than "
+                         "the timed prompt's)")
     ap.add_argument("--teal-generate", type=int, default=32,
                     help="greedy tokens per calibration prompt: its decode steps are the "
-                         "statistics' rows")
+                         "statistics' and the predictors' rows")
     ap.add_argument("--sparsity", type=float, default=0.9,
                     help="fraction of gate pre-activations set to be ≤ 0")
     ap.add_argument("--prompt", type=int, default=None, help="prompt tokens (default 128)")
@@ -723,18 +912,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = args.variants or ("drelu" if args.quick else "drelu,relu")
     variants = [Variant(v) for v in names.split(",") if v]
     levels = [float(s) for s in args.teal_levels.split(",") if s]
+    predictor = args.quick if args.predictor is None else args.predictor
+    rank = (args.predictor_rank if args.predictor_rank is not None
+            else 16 if args.quick else 128)
+    if predictor and not 0 < rank <= shape.hidden:
+        ap.error(f"--predictor-rank must be in 1..{shape.hidden} (the hidden size), got {rank}")
     os.environ.setdefault("FFFC_NUM_THREADS", str(args.threads))
 
     teal = args.teal
-    if teal and not teal_available():
-        print("note: SwiGLU/TEAL skipped: this fffc's `fffc calibrate` has no --prompts "
-              "(calibration on decode steps)", flush=True)
-        teal = False
+    if (teal or predictor) and not teal_available():
+        print("note: SwiGLU/TEAL and the predictor rows skipped: this fffc's `fffc calibrate` "
+              "has no --prompts (calibration on decode steps)", flush=True)
+        teal = predictor = False
     elif not teal:
         print("note: SwiGLU/TEAL not run (--teal runs it)", flush=True)
+    if predictor and not any(v.shaped for v in variants):
+        print("note: no predictor row: --predictor takes the relu and drelu variants",
+              flush=True)
 
     results = [run_row(r, args, shape, args.cache)
-               for r in rows(variants, teal, levels, args.precision)]
+               for r in rows(variants, teal, levels, args.precision,
+                             rank if predictor else 0)]
     print()
     print(table(results, args, shape))
     return 1 if any(r.error for r in results) else 0

@@ -1,4 +1,5 @@
-"""bench/bench_llm_decode.py --quick runs end to end and prints its table (no timing checked)."""
+"""bench/bench_llm_decode.py --quick runs end to end and prints its table (no timing checked):
+dReLU exact and predictor, each compile's sites lowered to its mode."""
 
 from __future__ import annotations
 
@@ -22,5 +23,12 @@ def test_quick_run_prints_the_table(tmp_path):
     lines = done.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| model |"))
     assert lines[header + 1].startswith("|---|")
-    assert lines[header + 2].startswith("| drelu, exact |")
+    exact, predictor = (line.split("|")[1:-1] for line in lines[header + 2:header + 4])
+    assert exact[0].strip() == "drelu, exact"
+    assert predictor[0].strip().startswith("drelu, predictor (rank 16, held-out recall ")
+    # the tiny model's 2 layers: both sites run the row's kernel at a decode step
+    assert exact[2].strip() == "2/2 exact"
+    assert predictor[2].strip() == "2/2 predictor"
+    assert predictor[-1].strip() in ("yes", "no")  # same tokens as stock's
     assert "gate pre-activations ≤ 0 on decode steps" in done.stdout
+    assert "[drelu, predictor] fffc compile: 2 site(s): 2 predictor" in done.stdout
