@@ -69,3 +69,22 @@ def test_cut_levels_select_their_fraction_on_held_out_rows() -> None:
         assert lv["recall"] == round(predictor.quality(chosen, active[val]).recall, 5)
         recalls.append(lv["recall"])
     assert recalls == sorted(recalls, reverse=True) and recalls[-1] < q.recall
+
+
+def test_training_never_ends_worse_than_its_start_on_few_rows() -> None:
+    """A gate of rank 8 with a per-neuron offset closing ~90% of it, and only 128 rows (a few
+    hundred decode steps is what a calibration sees): the SVD start at rank 8 predicts the
+    gate exactly, while 100 epochs on 102 training rows overfit (they selected ~90% of the
+    held-out neurons); the kept predictor is the better one."""
+    rng = np.random.default_rng(1)
+    d, f, r, n = 128, 512, 8, 128
+    w1 = rng.standard_normal((d, r)) @ rng.standard_normal((r, f)) / np.sqrt(d * r)
+    x = rng.standard_normal((n, d))
+    b1 = -np.quantile(x @ w1, 0.9, axis=0)  # the 90% quantile of each neuron: ~10% open
+    active = x @ w1 + b1 > 0
+    given = b1.copy()
+    start, q0 = predictor.train(x, active, w1, r, b1=b1, epochs=0)
+    pred, q = predictor.train(x, active, w1, r, b1=b1)
+    assert q0.selected < 0.2  # the start: about the 10% that are open
+    assert q.recall >= 0.98 and q.selected <= q0.selected
+    np.testing.assert_array_equal(b1, given)  # the caller's bias is not trained in place

@@ -507,7 +507,8 @@ def _train_predictors(sites: list[Site], stats: dict[str, SiteStats], weights: d
             x = stats[s.name].samples.sample()
             t = stats[s.name].hidden.quantile(predictor_sparsity)
             active = predictor.labels(s, weights[s.name], x, t)
-            pred, q = predictor.train(x, active, weights[s.name]["W1"], predictor_rank)
+            pred, q = predictor.train(x, active, weights[s.name]["W1"], predictor_rank,
+                                      b1=weights[s.name].get("B1"))
             predictors.update({f"{s.name}/a": pred.a.astype(np.float32),
                                f"{s.name}/b": pred.b.astype(np.float32),
                                f"{s.name}/c": pred.c.astype(np.float32),
