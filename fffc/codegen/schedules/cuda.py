@@ -90,6 +90,7 @@ class Cuda(Family):
     name = "cuda"
     narrow_weights = True
     int4_weights = True
+    int8_weights = True
     merged_path = False
     device = True
 
