@@ -162,15 +162,6 @@ def test_cuda_version_without_its_compiler(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-def test_weight_dtype_int8_is_for_cpus(tmp_path, capsys):
-    """No int8 kernels for CUDA: --weight-dtype int8 there says so in one line."""
-    path = _save(dense_ffn("relu"), tmp_path / "m.onnx")
-    rc, lines = _run(capsys, "compile", str(path), "--target", "cuda", "--weight-dtype", "int8",
-                     "-o", str(tmp_path / "out"))
-    assert rc == EXIT_CODES["UsageError"] and "no int8 kernels for cuda" in lines[0]
-    assert not (tmp_path / "out").exists()
-
-
 @pytest.mark.parametrize("extra, env, message", [
     ([], "sometimes", "FFFC_CROSSOVERS"),
     (["--timings", "missing.json"], None, "--timings: cannot read"),

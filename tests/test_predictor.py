@@ -83,8 +83,8 @@ def test_training_never_ends_worse_than_its_start_on_few_rows() -> None:
     b1 = -np.quantile(x @ w1, 0.9, axis=0)  # the 90% quantile of each neuron: ~10% open
     active = x @ w1 + b1 > 0
     given = b1.copy()
-    start, q0 = predictor.train(x, active, w1, r, b1=b1, epochs=0)
-    pred, q = predictor.train(x, active, w1, r, b1=b1)
+    _, q0 = predictor.train(x, active, w1, r, b1=b1, epochs=0)
+    _, q = predictor.train(x, active, w1, r, b1=b1)
     assert q0.selected < 0.2  # the start: about the 10% that are open
     assert q.recall >= 0.98 and q.selected <= q0.selected
     np.testing.assert_array_equal(b1, given)  # the caller's bias is not trained in place

@@ -181,7 +181,7 @@ class SparseKernels(OpKernels):
         t = v.tiling
         if spec.bits:
             return exact_q4_cuda.exact_q4_cuda_funcs(
-                spec, Q4Format(spec.block, spec.zero_points, spec.int8_x), t, prefix)
+                spec, Q4Format(spec.block, spec.zero_points, spec.int8_x, spec.bits), t, prefix)
         if t.gemm:
             return {name: _tvm.dlight_matmul(f, target, dict(t.gemm_config))
                     for name, f in sparse_ffn_cuda.gemm_funcs(spec, prefix, spec.dtype).items()}

@@ -23,11 +23,12 @@ NOT_SELECTED = "not selected with --sites"
 
 
 def plan(sites: Sequence[Site], only: Sequence[str] = (), int4_target: str = "",
-         int8_weights: bool = False,
+         int8_weights: bool = False, int8_act_quant: bool = False,
          int4_modes: frozenset[SparseMode] = frozenset({SparseMode.EXACT})) -> None:
     """Set ``decision`` and ``reason`` on every site in place; ``int4_target``: the name of
     the target when its kernels take int4 weights (with x in float32 or rounded to int8 per
     block, accuracy_level 4), ``int8_weights``: its kernels take 8-bit codes too,
+    ``int8_act_quant``: its int8 kernels apply the activations' fake quantization (AQ),
     ``int4_modes``: the SparseFFN modes of its int4 kernels (8-bit codes: exact only)."""
     for site in sites:
         int4 = site.int4
@@ -48,6 +49,10 @@ def plan(sites: Sequence[Site], only: Sequence[str] = (), int4_target: str = "",
         elif site.weight_formats and int4.bits is WeightBits.INT8 and not int8_weights:
             site.decision, site.reason = Decision.DENSE, (
                 f"{site.quantized}: no int8 kernels for this target yet; left as it was")
+        elif site.act_quant and not int8_act_quant:
+            site.decision, site.reason = Decision.DENSE, (
+                f"{act_quant.describe(site.act_quant)}: the {int4_target} int8 kernels do not "
+                "apply the activations' fake quantization (the CPU ones do); left as it was")
         elif not site.float32 and site.kind not in mode(Decision.EXACT).kinds:
             site.decision, site.reason = Decision.DENSE, (
                 f"{site.dtype} weights and activations (a {site.dtype} model): fffc lowers "

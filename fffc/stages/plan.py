@@ -43,5 +43,6 @@ def run(analysis: Analysis, ctx: Context) -> Planned:
     int4 = fam is not None and fam.int4_weights
     decide.plan(analysis.sites, ctx.options.sites, int4_target=fam.name if int4 else "",
                 int8_weights=int4 and fam.int8_weights,
+                int8_act_quant=int4 and fam.int8_act_quant,
                 int4_modes=fam.int4_modes if int4 else frozenset())
     return Planned(analysis)

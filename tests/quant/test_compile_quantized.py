@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from fffc.cli import main
 from fffc.verify.in_place import all_nodes
@@ -375,13 +375,41 @@ def test_weight_dtype_int8_quantizes_a_float_model(tmp_path, capsys):
                                    rtol=1e-4, atol=1e-5)
 
 
-def test_int8_site_stays_on_cuda(quantized_model, tmp_path, capsys):
-    """No int8 kernels for CUDA: an 8-bit MatMulNBits site is left as it was on --target
-    cuda, saying why."""
+@pytest.mark.slow
+def test_weight_dtype_int8_on_cuda(tmp_path):
+    """``--weight-dtype int8 --target cuda`` on a float ReLU FFN: 8-bit codes in SparseFFN
+    bits 8, the CUDA int8 variants, each checked by the compile's emulated run."""
+    src = q.float_ffn(tmp_path / "relu.onnx", "relu")
+    out = tmp_path / "out.fffc"
+    assert main(["compile", str(src), "-o", str(out), "--target", "cuda",
+                 "--weight-dtype", "int8"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    (site,) = manifest["sites"]
+    assert site["decision"] == "exact", site["reason"]
+    emulated = manifest["verification"]["cuda_kernels"][site["name"]]
+    assert set(emulated) == {"int8_1", "int8_2", "int8_4", "int8_8"}, emulated
+    assert all(r["ok"] for r in emulated.values()), emulated
+
+
+def test_int8_site_gets_cuda_kernels(quantized_model, tmp_path):
+    """An 8-bit MatMulNBits site (ONNX Runtime's quantizer, block 128, zero points) gets the
+    CUDA exact kernels on its int8 codes on --target cuda: SparseFFN bits 8 in the artifact,
+    a variant per token tile in the kernel table, each checked by the compile's emulated
+    run; the shim builds with nvcc."""
     out = tmp_path / "out.fffc"
     assert main(["compile", str(quantized_model("nbits8-b128-zp-drelu")), "-o", str(out),
                  "--target", "cuda"]) == 0
-    (site,) = json.loads((out / "manifest.json").read_text())["sites"]
-    assert site["decision"] == "dense"
-    assert site["reason"].endswith("no int8 kernels for this target yet; left as it was")
-    assert site["name"] in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    (site,) = manifest["sites"]
+    assert site["decision"] == "exact", site["reason"]
+    assert "int8 codes (block 128)" in site["reason"], site["reason"]
+    emulated = manifest["verification"]["cuda_kernels"][site["name"]]
+    assert set(emulated) == {"int8_1", "int8_2", "int8_4", "int8_8"}, emulated
+    assert all(r["ok"] for r in emulated.values()), emulated
+    artifact = onnx.load(out / "model.onnx")
+    ops = [n for n in all_nodes(artifact.graph) if n.op_type == "SparseFFN"]
+    attrs = [{a.name: helper.get_attribute_value(a) for a in n.attribute} for n in ops]
+    assert [(a["bits"], a["mode"]) for a in attrs] == [(8, b"exact")], attrs
+    shim = (out / manifest["shim"]).read_bytes()  # its CUDA table: the int8 call's mode,
+    assert b"exact/q8b128z\0" in shim  # the int8 kernels in the embedded fatbin
+    assert b"_int8_1_rows_kernel" in shim

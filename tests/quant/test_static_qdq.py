@@ -167,7 +167,7 @@ def _run(path, x: np.ndarray, shim: bool = False) -> np.ndarray:
 
 
 def test_without_int8_kernels_the_site_is_left_with_a_reason(quantized_model):
-    """A target whose kernels take no int8 codes (CUDA: the plan's ``int8_weights``) leaves
+    """A target whose kernels take no int8 codes (the plan's ``int8_weights`` False) leaves
     the site as it was, saying why in one line."""
     from fffc.plan import decide
 
@@ -175,6 +175,26 @@ def test_without_int8_kernels_the_site_is_left_with_a_reason(quantized_model):
     decide.plan([site], int4_target="cuda", int8_weights=False)
     assert site.decision.value == "dense"
     assert site.reason.endswith("no int8 kernels for this target yet; left as it was")
+
+
+def test_without_fake_quantization_in_the_int8_kernels_the_site_is_left(quantized_model):
+    """CUDA's int8 kernels do not apply the AQ input: a static QDQ site stays as it was on
+    --target cuda, saying why; an int8 site without fake quantizations gets them."""
+    from fffc.codegen.schedules import cuda
+    from fffc.plan import decide
+
+    fam = cuda.Cuda
+    assert fam.int8_weights and not fam.int8_act_quant
+    (site,) = fffc.inspect(quantized_model("static-qdq-channel-drelu")).sites
+    decide.plan([site], int4_target="cuda", int8_weights=fam.int8_weights,
+                int8_act_quant=fam.int8_act_quant)
+    assert site.decision.value == "dense"
+    assert site.reason.endswith("the cuda int8 kernels do not apply the activations' fake "
+                                "quantization (the CPU ones do); left as it was"), site.reason
+    (plain,) = fffc.inspect(quantized_model("nbits8-b32-sym-relu")).sites
+    decide.plan([plain], int4_target="cuda", int8_weights=fam.int8_weights,
+                int8_act_quant=fam.int8_act_quant)
+    assert plain.decision.value == "exact", plain.reason
 
 
 # fffc vs ONNX Runtime on the QDQ model: both end in y's QDQ pair, so wherever the FFN's

@@ -41,6 +41,7 @@ class Arm(CpuFamily):
     triple = "aarch64-linux-gnu"
     int4_weights = True
     int8_weights = True
+    int8_act_quant = True
     int4_modes = frozenset(SparseMode)  # exact, teal, cats, predictor (kernels/*_q4.py)
 
     def __init__(self, config: Config | None = None):

@@ -46,6 +46,8 @@ class Family:
     narrow_weights = False  # kernels that read 16-bit weight matrices (--weight-dtype)
     int4_weights = False  # SparseFFN exact kernels on int4 codes (SPARSE_FFN's bits 4)
     int8_weights = False  # ... and on int8 codes (SPARSE_FFN's bits 8)
+    int8_act_quant = False  # its int8 kernels apply the AQ input (static QDQ sites'
+    # activations fake-quantized inside the FFN)
     int4_modes: frozenset[SparseMode] = frozenset({SparseMode.EXACT})  # the SparseFFN modes
     # of its int4 kernels (at accuracy_level 0 and 4: ``fffc.contract.int4.int8_rounding``;
     # int8 codes: exact only)

@@ -90,6 +90,7 @@ class Cuda(Family):
     name = "cuda"
     narrow_weights = True
     int4_weights = True
+    int8_weights = True
     merged_path = False
     device = True
 
@@ -144,14 +145,16 @@ class Cuda(Family):
                           splits=base.splits)
 
     def sparse_variants(self, spec: SparseSpec, target: dict) -> list[Variant]:
-        if spec.bits:  # int4 codes: a block of mr tokens reads each weight once; the last
-            # tiles every count (the If past the crossover runs ONNX Runtime's MatMulNBits)
-            # (int8_x: x rounded to int8 per block in the rows kernel, integer gate/up dots)
-            fmt = Int4Weights(spec.block, spec.zero_points, spec.int8_x)
+        if spec.bits:  # int4 or int8 codes: a block of mr tokens reads each weight once;
+            # the last tiles every count (the If past the crossover runs ONNX Runtime's
+            # MatMulNBits) (int8_x: x rounded to int8 per block in the rows kernel, integer
+            # gate/up dots)
+            fmt = Int4Weights(spec.block, spec.zero_points, spec.int8_x, spec.bits)
             out, first = [], 1
             for i, m in enumerate(INT4_TOKENS):
                 last = MAX_TOKENS if i == len(INT4_TOKENS) - 1 else m
-                out.append(Variant(f"int4_{m}", first, last, q4_cuda_tiling(spec, fmt, m)))
+                out.append(Variant(f"int{int(spec.bits)}_{m}", first, last,
+                                   q4_cuda_tiling(spec, fmt, m)))
                 first = last + 1
             return out
         if sparse(spec.mode).masked:  # grids over tokens: any count is correct; the

@@ -27,6 +27,7 @@ class X86(CpuFamily):
     timed_here = True
     int4_weights = True
     int8_weights = True
+    int8_act_quant = True
     int4_modes = frozenset(SparseMode)  # exact, teal, cats, predictor (kernels/*_q4.py)
     triple = "x86_64-linux-gnu"
 
