@@ -222,3 +222,23 @@ def test_data_feeds_count_their_tokens(model, tmp_path):
     with_data = memory.verification(a, CompileOptions(data=feeds))
     assert with_data.bytes - without.bytes == 57 * memory.per_token(a) > 0
     assert f"{memory.probe_tokens(CompileOptions()) + 57} probe tokens" in with_data.detail
+
+
+def test_verification_counts_one_sites_numpy_copies_not_every_sites(tmp_path):
+    """The analysis holds int4 sites as their codes and verification dequantizes one site at
+    a time in NumPy: two more int4 sites add their codes, what the sessions hold of their
+    float32 values (2 copies) and their tokens' bytes, not 5 float32 copies of theirs (2
+    held by the analysis, 3 by the NumPy checks) on top."""
+    from tests.fixtures.quantized import matmul_nbits
+
+    d, f = 256, 1024
+    est = {}
+    for layers in (2, 4):
+        dense = ffn_stack(tmp_path / f"m{layers}.onnx", "gated", d, f, layers)
+        q4 = matmul_nbits(dense, tmp_path / f"q{layers}.onnx", 4, 32, True)
+        a = analyze(q4)
+        assert len(a.sites) == layers and all(s.weight_formats for s in a.sites)
+        est[layers] = memory.verification(a, CompileOptions()).bytes
+    added_floats = 2 * 4 * 3 * d * f  # the two added sites' gate, up and down in float32
+    # with 5 float32 copies of every site's projections on top it is ~38 MB more here
+    assert 0 < est[4] - est[2] < 5 * added_floats, (est, added_floats)
