@@ -76,6 +76,10 @@ GenAI builder ``-p int4`` LLaMA-shaped models from ``bench/bench_llm_decode.py``
     2       343.9 MiB    783 MiB /  3.8 GiB            1557 MiB (verify 1201) /  2.7 GiB
     4       397.6 MiB    852 MiB /  4.0 GiB            2196 MiB (verify 1826) /  3.5 GiB
     8       505.2 MiB    949 MiB /  4.4 GiB            3507 MiB (verify 3089) /  5.1 GiB
+    16      720.3 MiB   1436 MiB /  5.3 GiB            6150 MiB (verify 5594) /  8.2 GiB
+
+(the 16-layer model's process peaked at 6767 MiB in all, the interpreter and its imports
+included.)
 
 The largest stage after loading is the artifact check (its sessions with and without the
 shim) or verification; before these estimates' constants were set, when the analysis kept
