@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
@@ -52,18 +54,39 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
             attr = producer.attributes.get("value")
             tensor = attr.as_tensor() if attr is not None else None
     if tensor is None and dequantized(value.producer()):
-        # a quantized weight reads as its float32 W [K, N], kept on the value once computed
-        w = dequantize(quantized_record(value.producer()),
-                       [const_array(v) for v in value.producer().inputs])
-        value.const_value = tensor = ir.tensor(w)
+        return _dequantized_array(value.producer())
     if tensor is None:
         return None
     return tensor.numpy()
 
 
+# a quantized weight reads as its float32 W [K, N], computed on demand: only the last few
+# are kept (a site's projections), so that reading every projection of a model (a rule's
+# match, tried at each MatMul) never holds all of them in float32 at once
+_DEQUANTIZED_KEPT = 4
+_dequantized_cache: OrderedDict[int, tuple[ir.Node, np.ndarray]] = OrderedDict()
+
+
+def _dequantized_array(node: ir.Node) -> np.ndarray:
+    """The float32 weight of the canonical ``Dequantized`` ``node`` (read-only: shared by
+    the callers that read it while it is kept). The cache holds the node itself, so its
+    ``id`` is not reused while its entry lives; the node's inputs are never rewritten in
+    place (passes replace values), so an entry stays the node's weight."""
+    hit = _dequantized_cache.get(id(node))
+    if hit is not None and hit[0] is node:
+        _dequantized_cache.move_to_end(id(node))
+        return hit[1]
+    w = dequantize(quantized_record(node), [const_array(v) for v in node.inputs])
+    w.flags.writeable = False
+    _dequantized_cache[id(node)] = (node, w)
+    while len(_dequantized_cache) > _DEQUANTIZED_KEPT:
+        _dequantized_cache.popitem(last=False)
+    return w
+
+
 def const_shape(value: ir.Value | None) -> tuple[int, ...] | None:
     """The shape of the constant behind a value (else None), without dequantizing a
-    quantized weight (``const_array`` keeps every float32 weight it reads in memory)."""
+    quantized weight (``const_array`` makes its float32 copy)."""
     p = value.producer() if value is not None else None
     if dequantized(p):
         q = quantized_record(p)

@@ -34,7 +34,7 @@ from fffc.contract.kinds import SiteKind
 from fffc.contract.ops import FAST_FEED_FORWARD
 from fffc.contract.sites import Site
 
-from ._common import CANON, const_array, transposed_initializer
+from ._common import CANON, const_array, const_shape, transposed_initializer
 from ._region import MatchFailure, RegionRule, RegionRuleSet
 from .markers import FFFMarker, marker_inputs
 
@@ -187,8 +187,8 @@ class MaskedFFF(RegionRule):
 
     def read(self, out_mm: ir.Node) -> Tree:
         w_out = out_mm.inputs[1]
-        w_out_arr = const_array(w_out)
-        if w_out_arr is None or w_out_arr.ndim != 2:
+        w_out_shape = const_shape(w_out)  # a quantized weight is not dequantized to match
+        if w_out_shape is None or len(w_out_shape) != 2:
             raise MatchFailure("the output projection's weight is not a constant matrix", w_out)
         flat = out_mm.inputs[0].producer()
         if flat is None or flat.op_type not in _VIEWS:
@@ -224,8 +224,8 @@ class MaskedFFF(RegionRule):
             raise MatchFailure(f"{levels} scatters give trees of {n} nodes, which do not "
                                f"divide the {width} node projections", w_in)
         trees = width // n
-        if w_out_arr.shape[0] != width:
-            raise MatchFailure(f"output projection has {w_out_arr.shape[0]} rows, expected "
+        if w_out_shape[0] != width:
+            raise MatchFailure(f"output projection has {w_out_shape[0]} rows, expected "
                                f"{width}", w_out)
         # the branch compares the logits, or a view of them, with 0
         compares = [u.node for v in _views(logits) for u in v.uses()

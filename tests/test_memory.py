@@ -222,3 +222,63 @@ def test_data_feeds_count_their_tokens(model, tmp_path):
     with_data = memory.verification(a, CompileOptions(data=feeds))
     assert with_data.bytes - without.bytes == 57 * memory.per_token(a) > 0
     assert f"{memory.probe_tokens(CompileOptions()) + 57} probe tokens" in with_data.detail
+
+
+def test_verification_counts_one_sites_numpy_copies_not_every_sites(tmp_path):
+    """The analysis holds int4 sites as their codes and verification dequantizes one site at
+    a time in NumPy: two more int4 sites add their codes, what the sessions hold of their
+    float32 values (2 copies) and their tokens' bytes, not 5 float32 copies of theirs (2
+    held by the analysis, 3 by the NumPy checks) on top."""
+    from tests.fixtures.quantized import matmul_nbits
+
+    d, f = 256, 1024
+    est = {}
+    for layers in (2, 4):
+        dense = ffn_stack(tmp_path / f"m{layers}.onnx", "gated", d, f, layers)
+        q4 = matmul_nbits(dense, tmp_path / f"q{layers}.onnx", 4, 32, True)
+        a = analyze(q4)
+        assert len(a.sites) == layers and all(s.weight_formats for s in a.sites)
+        est[layers] = memory.verification(a, CompileOptions()).bytes
+    added_floats = 2 * 4 * 3 * d * f  # the two added sites' gate, up and down in float32
+    # with 5 float32 copies of every site's projections on top it is ~38 MB more here
+    assert 0 < est[4] - est[2] < 5 * added_floats, (est, added_floats)
+
+
+def test_a_session_through_files_computes_what_one_from_bytes_does(tmp_path, monkeypatch):
+    """Above ``THROUGH_FILES`` bytes of weights a session reads its model from a temporary
+    file and external data: the same outputs, and the model in memory left as it was."""
+    import numpy as np
+    import onnx
+
+    from fffc.verify import compare
+
+    path = ffn_stack(tmp_path / "m.onnx", "gated", 64, 256, 2)
+    proto = onnx.load(str(path))
+    x = {"x": np.random.default_rng(0).standard_normal((2, 3, 64)).astype(np.float32)}
+    from_bytes = compare.session(proto).run(None, x)[0]
+    monkeypatch.setattr(compare, "THROUGH_FILES", 0)
+    model = frontend.to_ir(proto)
+    for m in (proto, model):
+        got = compare.session(m).run(None, x)[0]
+        np.testing.assert_array_equal(got, from_bytes)
+    assert all(v.const_value is not None and v.const_value.numpy().size
+               for v in model.graph.initializers.values())
+    np.testing.assert_array_equal(compare.session(model).run(None, x)[0], from_bytes)
+
+
+def test_the_analysis_keeps_int4_weights_as_their_codes(tmp_path):
+    """Reading a quantized projection as float32 (a rule's match, a site's shapes) leaves
+    it as its codes in the model: a few float32 copies are kept aside, read-only."""
+    import numpy as np
+
+    from fffc.passes import _common
+    from tests.fixtures.quantized import matmul_nbits
+
+    dense = ffn_stack(tmp_path / "m.onnx", "gated", 64, 256, 3)
+    a = analyze(matmul_nbits(dense, tmp_path / "q.onnx", 4, 32, True))
+    weights = [n.outputs[0] for n in a.working.graph if _common.dequantized(n)]
+    assert len(weights) == 9 and all(w.const_value is None for w in weights)
+    arrays = [_common.const_array(w) for w in weights]
+    assert all(x.dtype == np.float32 and not x.flags.writeable for x in arrays)
+    assert len(_common._dequantized_cache) <= 4
+    assert all(w.const_value is None for w in weights)

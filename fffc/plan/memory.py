@@ -12,7 +12,8 @@ copies that ONNX Runtime or NumPy may avoid are counted anyway):
 ``Q``
     the float32 copies of quantized (int4, int8) site weights: Σ over such sites of
     4 · (d_model·d_ff · (2 if gated else 1) + d_ff·d_out): what dequantizing them makes
-    (verification's int4 reference, gate flips; calibration holds all of them at once).
+    (calibration holds all of them at once); ``Q₁`` the largest one site's (verification
+    checks the sites one at a time in NumPy, dequantizing only the site it checks).
 ``T``
     tokens: verification's probes, ``2·B·(S+1) + max(S, 16) + 3`` for the probes' batch B
     and sequence S (``CompileOptions.probe_batch``, ``probe_seq``: an encoder's two
@@ -30,22 +31,30 @@ The stages:
 
 load
     ``LOAD_COPIES · file bytes`` (the file read, the protobuf parsed, the checker's own
-    parse) ``+ DEQUANTIZED · code bytes`` (the analysis holds quantized sites' weights as
-    float32, twice: 8 bytes per int4 code's byte, each), from the files' sizes before
-    the model is read (the codes are counted where the file is small enough to be parsed
-    for its external data, ``INLINE_PROBE``; the verification's check, after reading,
-    counts every copy).
+    parse) ``+ DEQUANTIZED · code bytes`` of the largest quantized tensor (the analysis
+    reads a quantized projection as float32 on demand and keeps only the last
+    ``passes._common._DEQUANTIZED_KEPT`` of them: 8 bytes per int4 code's byte each, and
+    one dequantization's temporaries, the codes unpacked, widened, converted, scaled and
+    transposed), from the files' sizes before the model is read (the codes are counted
+    where the file is small enough to be parsed for its external data, ``INLINE_PROBE``;
+    the verification's check, after reading, counts every copy).
 verification (``fffc compile``)
-    ``BASE`` (what ONNX Runtime's sessions take whatever the model) ``+ HELD · (W + Q)``
-    (the loaded protobuf and its canonical form, whose quantized sites hold float32
-    weights) ``+ SESSIONS · W`` (ONNX Runtime's session of the original — its
-    initializers and the prepacked copies of its MatMul weights —, and the marker model
-    lowered for a capture: its serialized protobuf, that protobuf's bytes, its own session
-    with prepacked weights; a rounded or quantized working copy and its capture)
-    ``+ 3·Q`` (dequantized copies, one float64 gate matrix) ``+ T·a``.
+    ``BASE`` (what ONNX Runtime's sessions take whatever the model) ``+ HELD · W`` (the
+    loaded protobuf and its canonical form, which hold quantized weights as their codes)
+    ``+ SESSIONS · W`` (one ONNX Runtime session at a time — the original's, then a
+    capture's of the lowered markers, then a rounded or quantized working copy's — each
+    given its model as a file and external data written one tensor at a time, and each
+    gone before the next: its initializers, the prepacked copies of its MatMul weights,
+    the pages of the external data it maps) ``+ SESSION_DEQUANTIZED · Q`` (the int4
+    reference's session, and the artifact check's, compute every int4 site on its
+    dequantized values: its down projection dequantized in standard ops, which ONNX
+    Runtime folds into a float32 constant, and its gate and up projections' MatMulNBits at
+    accuracy_level 0, whose prepacking may hold float32 too; measured, each site adds about
+    1.4 · its Q) ``+ 3·Q₁`` (one site's dequantized copies in NumPy and one float64 gate
+    matrix) ``+ T·a``.
 calibration (``fffc calibrate``)
-    ``BASE + HELD · (W + Q) + SESSIONS · W + Q`` (all dequantized site weights held
-    together)
+    ``BASE + HELD · (W + Q) + CALIBRATION_SESSIONS · W + Q`` (all dequantized site
+    weights held together; not re-measured since the analysis stopped keeping them)
     ``+ 16 · max(d_model · d_ff)`` (the float64 promotion of a site's projections when its
     hidden activations are computed) ``+ Σ samples · d_model · 4`` (the reservoirs)
     ``+ 8 · samples · max(6F + 2K)`` (a site's centers: its activations over the
@@ -55,8 +64,30 @@ calibration (``fffc calibrate``)
     all made up front.
 
 Not estimated: the stages after verification (codegen, the shim, the crossover timings,
-the artifact check: their sessions are of the sizes counted here, the shim's kernels in
-place of the subgraphs) and the allocation's search of ``--budget``.
+the artifact check: their sessions are of the sizes counted here, one at a time, the
+shim's kernels in place of the subgraphs) and the allocation's search of ``--budget``.
+
+Measured (``scripts/compile_memory.py``: each stage's peak resident set above the process's
+before the model was read; 2026-12-07, a shared 2-core x86 VM with 23 GiB, ONNX Runtime
+GenAI builder ``-p int4`` LLaMA-shaped models from ``bench/bench_llm_decode.py``, hidden
+2048, FFN 5632, vocabulary 32000, dReLU, one int4 site per layer, ``--crossovers table``)::
+
+    layers  weights    loading: measured / estimate   after loading: measured / estimate
+    2       343.9 MiB    783 MiB /  3.8 GiB            1557 MiB (verify 1201) /  2.7 GiB
+    4       397.6 MiB    852 MiB /  4.0 GiB            2196 MiB (verify 1826) /  3.5 GiB
+    8       505.2 MiB    949 MiB /  4.4 GiB            3507 MiB (verify 3089) /  5.1 GiB
+    16      720.3 MiB   1436 MiB /  5.3 GiB            6150 MiB (verify 5594) /  8.2 GiB
+
+(the 16-layer model's process peaked at 6767 MiB in all, the interpreter and its imports
+included.)
+
+The largest stage after loading is the artifact check (its sessions with and without the
+shim) or verification; before these estimates' constants were set, when the analysis kept
+every quantized projection in float32 and the sessions were given their models as
+protobuf bytes, the 2-layer model's loading peaked at 2033 MiB and its verification at
+3362 MiB, and the 16-layer model (720.3 MiB of weights) at 13.07 GB in all
+(``/usr/bin/time``), its estimate 17.5 GiB. The loading estimate counts the largest
+quantized tensor (here the LM head's) dequantized, which no rule does here any more.
 
 The default budget is ``DEFAULT_FRACTION`` of the memory available to this process: the
 smaller of ``MemAvailable`` (``/proc/meminfo``) and the cgroup's limit less its usage
@@ -87,11 +118,16 @@ GIB = 1 << 30
 DEFAULT_FRACTION = 0.75  # of the available memory, without --max-memory
 LOAD_COPIES = 4  # a model file's bytes while it is read, parsed and checked
 HELD = 2  # the loaded protobuf and the canonical model, while the later stages run
-SESSIONS = 8  # model-sized copies alive at once in verification or calibration
+SESSIONS = 3  # model-sized copies of one session (initializers, prepacked, mapped pages)
+CALIBRATION_SESSIONS = 8  # model-sized copies alive at once in calibration
+SESSION_DEQUANTIZED = 2  # float32 copies of every int4 site's weights a session holds
 BASE = 64 << 20  # ONNX Runtime's sessions whatever the model: arenas, thread pools, kernels
 DECODER_PREFILL = 16  # verification's decoder prefill is at least this many tokens
 INLINE_PROBE = 64 << 20  # a model file larger than this holds its weights inline
-DEQUANTIZED = 16  # bytes held per byte of quantized codes: two float32 copies of int4 values
+# bytes per byte of the largest quantized tensor's codes while the analysis reads quantized
+# projections: the float32 copies it keeps (8 per int4 code's byte) and one
+# dequantization's temporaries
+DEQUANTIZED = 8 * 4 + 48
 CODES = (onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT4,
          onnx.TensorProto.INT4)
 UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -220,8 +256,8 @@ def weight_bytes(proto: onnx.ModelProto) -> int:
 
 
 def file_bytes(path: str | Path) -> tuple[int, int]:
-    """(a model file's bytes and its external data files', the bytes of its integer
-    initializers of 8 bits or fewer: quantized weights' codes), the second read from the
+    """(a model file's bytes and its external data files', the bytes of its largest integer
+    initializer of 8 bits or fewer: a quantized weight's codes), the second read from the
     file's protobuf without its external data when the file is at most ``INLINE_PROBE``
     bytes (else 0: the file holds its weights inline and is not read for this)."""
     path = Path(path)
@@ -232,7 +268,8 @@ def file_bytes(path: str | Path) -> tuple[int, int]:
             names = external_data_files(path)
         except Exception:  # an unreadable file is the loader's to report
             return total, 0
-        codes = sum(_tensor_bytes(t) for t in proto.graph.initializer if t.data_type in CODES)
+        codes = max((_tensor_bytes(t) for t in proto.graph.initializer
+                     if t.data_type in CODES), default=0)
         for name in names:
             f = path.parent / name
             if f.is_file():
@@ -318,7 +355,7 @@ def loading(path: str | Path) -> Estimate:
     b, codes = file_bytes(path)
     return Estimate("loading", LOAD_COPIES * b + DEQUANTIZED * codes,
                     f"{size(b)} of model files"
-                    + (f", {size(codes)} of quantized weights" if codes else ""),
+                    + (f", {size(codes)} of the largest quantized weight" if codes else ""),
                     "the model's size alone sets it")
 
 
@@ -332,8 +369,10 @@ def verification(a: Analysis, o: CompileOptions) -> Estimate:
     """``fffc compile``'s verification of the analysed model ``a``."""
     w = weight_bytes(a.proto)
     q = sum(_quantized_floats(s) for s in a.sites)
+    one = max((_quantized_floats(s) for s in a.sites), default=0)
     tokens = probe_tokens(o) + sum(feed_tokens(o.data))
-    total = BASE + (HELD + SESSIONS) * w + (HELD + 3) * q + tokens * per_token(a)
+    total = (BASE + (HELD + SESSIONS) * w + SESSION_DEQUANTIZED * q + 3 * one
+             + tokens * per_token(a))
     detail = (f"{_dims(a.sites)}, {tokens} probe tokens, " if a.sites else "") + _weights(w, q)
     return Estimate("verification", total, detail,
                     "fewer or shorter --data feeds lower it (the weights set the rest)")
@@ -354,7 +393,7 @@ def calibration(a: Analysis, *, tokens: int, samples: int, synthetic: int = 0) -
     g = a.proto.graph
     inits = {t.name for t in g.initializer}
     feeds = synthetic * tokens * _io_per_token(i for i in g.input if i.name not in inits)
-    total = (BASE + (HELD + SESSIONS) * w + (HELD + 1) * q + site_terms
+    total = (BASE + (HELD + CALIBRATION_SESSIONS) * w + (HELD + 1) * q + site_terms
              + tokens * per_token(a) + feeds)
     detail = (f"{_dims(sites)}, {tokens} tokens per call, {samples} samples per site, "
               if sites else "") + _weights(w, q)

@@ -241,11 +241,19 @@ def run(planned: Planned, ctx: Context) -> Verified:
         return _verify(planned, ctx)
 
 
+def _original_outputs(a: Analysis, o: CompileOptions) -> tuple[list[Feed],
+                                                                list[list[np.ndarray]]]:
+    """The probes and the original model's outputs on them, from a session of the original
+    (on ONNX Runtime's CPU EP) that is gone when this returns: a model-sized copy that is
+    not kept beside the captures' sessions."""
+    session = original_session_of(a.proto, a.path)
+    feeds = probes(a, o, session)
+    return feeds, _run_checked(a, lambda: run_model(session, feeds))
+
+
 def _verify(planned: Planned, ctx: Context) -> Verified:
     a, o = planned.analysis, ctx.options
-    original_session = original_session_of(a.proto, a.path)  # on ONNX Runtime's CPU EP
-    feeds = probes(a, o, original_session)
-    want = _run_checked(a, lambda: run_model(original_session, feeds))
+    feeds, want = _original_outputs(a, o)
     original = capture(a.working, len(a.proto.graph.output), feeds)
     c = compare_runs(original.outputs, want, o.rtol)
     if not c.ok:

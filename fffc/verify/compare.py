@@ -18,7 +18,12 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from ..contract.errors import ModelLoadError, UnsupportedModelError
-from ..frontend.load import save, too_large
+from ..frontend.load import initializer_bytes
+
+# a model with more initializer bytes reaches ONNX Runtime as a file and its external data,
+# written one tensor at a time: in memory, it would be serialized into a protobuf and that
+# protobuf into bytes, two copies of its weights beside the session's own
+THROUGH_FILES = 64 << 20
 
 # what ONNX Runtime raises for a model it cannot load or run (its own exception classes)
 ORT_ERRORS: tuple[type[Exception], ...] = tuple(
@@ -59,8 +64,8 @@ def session(model: onnx.ModelProto | ir.Model | str, threads: int = 0,
             register: str | None = None,
             options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """A CPU session of a model (a path, or in memory); ``register`` is a custom-op library
-    to load first. A model too large for one protobuf goes through a temporary folder with
-    its weights as external data."""
+    to load first. A model of more than ``THROUGH_FILES`` bytes of weights goes through a
+    temporary folder with its weights as external data."""
     so = options or ort.SessionOptions()
     if options is None:
         so.log_severity_level = 4  # failures arrive as exceptions, which fffc reports in one line
@@ -70,11 +75,13 @@ def session(model: onnx.ModelProto | ir.Model | str, threads: int = 0,
         so.register_custom_ops_library(register)
     if isinstance(model, str):
         return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-    if too_large(model):
+    if initializer_bytes(model) > THROUGH_FILES:
         with tempfile.TemporaryDirectory(prefix="fffc-session-") as tmp:
-            save(model, Path(tmp) / "model.onnx")
-            return ort.InferenceSession(str(Path(tmp) / "model.onnx"), so,
-                                        providers=["CPUExecutionProvider"])
+            path = Path(tmp) / "model.onnx"
+            if isinstance(model, onnx.ModelProto):  # wraps its tensors, copies none
+                model = ir.serde.deserialize_model(model)
+            ir.save(model, str(path), external_data=f"{path.name}.data")
+            return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     if isinstance(model, ir.Model):
         model = ir.serde.serialize_model(model)
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
