@@ -143,6 +143,10 @@ def allocate(model: Analysis, calibration: dict, calib_feeds: Sequence[dict],
     if uniform is not None:
         parts = tuple(p for p in parts if p != GATE)  # uniform TEAL: input and hidden
         predictors = None
+    if not any(w["input"] + w["hidden"] > 0
+               for w in map(_bytes, calibration["sites"].values())):
+        raise UsageError("the calibration holds no site with weights to skip (no sites, or "
+                         "none of any size): nothing to allocate the budget over")
     so = ort.SessionOptions()
     so.log_severity_level = 4
     original = ort.InferenceSession(str(model.path), so, providers=["CPUExecutionProvider"])

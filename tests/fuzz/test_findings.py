@@ -286,6 +286,20 @@ def test_a_calibration_of_the_wrong_shape_is_a_usage_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_calibration_without_sites_is_a_usage_error(tmp_path, capsys):
+    """CALIB.json whose sites object is empty: the budget search divided by the skippable
+    weights of no site (ZeroDivisionError, exit 1)."""
+    model = float_ffn(tmp_path / "m.onnx", "relu")
+    calib = tmp_path / "c.json"
+    fffc.calibrate(model, synthetic=1, seq=4, samples=32, output=calib)
+    calib.write_text(json.dumps({**json.loads(calib.read_text()), "sites": {}}))
+    for budget in ("sparsity=0.5", "error=0.05"):
+        assert main(["compile", str(model), "--calibration", str(calib), "--budget", budget,
+                     "-o", str(tmp_path / "out")]) == 2
+        assert "holds no site with weights to skip" in _error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
 def test_predictors_of_the_wrong_shape_are_a_usage_error(tmp_path):
     model = float_ffn(tmp_path / "m.onnx", "relu")
     calib = tmp_path / "c.json"
