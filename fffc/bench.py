@@ -78,7 +78,7 @@ def bench(artifact: str | Path, tokens: Sequence[int] = (1, 8, 128), threads: in
     manifest = runtime.manifest(artifact)
     src = source_model(artifact, manifest, Path(original) if original else None)
     try:
-        proto = onnx.load(str(src), load_external_data=False)
+        proto = onnx.load(str(src), format="protobuf", load_external_data=False)
     except (OSError, ValueError, DecodeError) as e:
         raise ModelLoadError(f"cannot read the original model ({e})", path=src) from e
 

@@ -29,7 +29,7 @@ def load_proto(path: str | Path) -> onnx.ModelProto:
     if path.stat().st_size == 0:
         raise ModelLoadError("empty file, expected an ONNX model", path=path)
     try:
-        proto = onnx.load(str(path))
+        proto = onnx.load(str(path), format="protobuf")
     except DecodeError as e:
         raise ModelLoadError(f"not an ONNX model or truncated (protobuf: {e})", path=path) from e
     except (OSError, ValueError, onnx.onnx_cpp2py_export.checker.ValidationError) as e:
@@ -165,7 +165,7 @@ def load(path: str | Path) -> ir.Model:
 def external_data_files(path: str | Path) -> tuple[str, ...]:
     """The external data files the model at ``path`` refers to (relative to its folder), in
     the order first met; () for a model whose tensors are all inline."""
-    proto = onnx.load(str(path), load_external_data=False)
+    proto = onnx.load(str(path), format="protobuf", load_external_data=False)
     files: dict[str, None] = {}
 
     def graph(g: onnx.GraphProto) -> None:

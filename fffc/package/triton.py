@@ -202,7 +202,7 @@ def write_repository(artifact: Path, repo: Path, options: RepositoryOptions) -> 
     _refuse_overwrite(repo, out, options.force)
 
     model_file = runtime.model_path(artifact)
-    model = onnx.load(str(model_file), load_external_data=False)
+    model = onnx.load(str(model_file), format="protobuf", load_external_data=False)
     inputs, outputs = tensors(model, model_file)
     if options.max_batch and (bad := [t.name for t in inputs + outputs
                                       if not t.dims or t.dims[0] != DYNAMIC]):

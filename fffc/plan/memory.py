@@ -264,7 +264,7 @@ def file_bytes(path: str | Path) -> tuple[int, int]:
     total, codes = path.stat().st_size, 0
     if total <= INLINE_PROBE:
         try:
-            proto = onnx.load(str(path), load_external_data=False)
+            proto = onnx.load(str(path), format="protobuf", load_external_data=False)
             names = external_data_files(path)
         except Exception:  # an unreadable file is the loader's to report
             return total, 0

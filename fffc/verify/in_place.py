@@ -106,7 +106,7 @@ def run_in_place(sites: Sequence[Site], model_file: Path, shim: Path, feeds,
                  rtol: float) -> InPlace:
     """The compiled model (``model_file``, its external data beside it) with the shim on
     ``feeds``, every site in ``sites`` compared in place where its kernel served the call."""
-    proto = onnx.load(str(model_file), load_external_data=False)
+    proto = onnx.load(str(model_file), format="protobuf", load_external_data=False)
     where = site_values(proto, {s.name for s in sites})
     n_out = len(proto.graph.output)
     names = [o.name for o in proto.graph.output]

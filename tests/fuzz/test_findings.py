@@ -46,6 +46,20 @@ def _raw(m: onnx.ModelProto, name: str) -> onnx.TensorProto:
     return t
 
 
+@pytest.mark.parametrize("suffix", [".json", ".txt", ".textproto"])
+def test_a_model_file_is_read_as_protobuf_whatever_its_name(tmp_path, capsys, suffix):
+    """ONNX's loader picks a text format by the file's suffix (a GenAI config named as the
+    decoder: protobuf's json_format ParseError, exit 1); ONNX Runtime reads binary protobuf
+    whatever the name, and so does fffc."""
+    text = tmp_path / f"m{suffix}"
+    text.write_text('{"model": {"decoder": {"filename": "m.json"}}}')
+    assert main(["inspect", str(text)]) == 3
+    assert "not an ONNX model or truncated" in _error_line(capsys)
+    binary = tmp_path / f"b{suffix}"  # onnx.save would pick the text format by the suffix
+    binary.write_bytes(dense_ffn("relu").SerializeToString())
+    assert main(["inspect", str(binary)]) == 0
+
+
 def test_a_truncated_initializer_is_a_load_error(tmp_path, capsys):
     m = dense_ffn("relu")
     t = _raw(m, "W1")
