@@ -66,6 +66,11 @@ def read(folder: str | Path) -> GenAIFolder:
     if not (folder / rel).is_file():
         raise ModelLoadError(f"the decoder {name!r} named by {GENAI_CONFIG} "
                              "(model.decoder.filename) does not exist", path=folder)
+    options = decoder.get("session_options")
+    if options is not None and not isinstance(options, dict):
+        raise ModelLoadError(f"model.decoder.session_options in {GENAI_CONFIG} is "
+                             f"{type(options).__name__} {options!r:.40}, expected an object "
+                             "(ONNX Runtime GenAI's session options)", path=folder)
     return GenAIFolder(folder, config, str(rel))
 
 

@@ -361,6 +361,20 @@ def test_a_manifest_without_the_source_is_an_artifact_error_for_bench(artifact, 
     assert "does not name the original model" in _error_line(capsys)
 
 
+@pytest.mark.parametrize("options", ['"/etc/passwd"', "[]", "7"])
+def test_genai_session_options_that_are_no_object_are_a_load_error(tmp_path, capsys, options):
+    """The decoder's session_options a string, a list or a number: compile's folder layout
+    called .get on it (AttributeError, exit 1)."""
+    folder = genai_seed.folder(tmp_path / "g")
+    cfg = json.loads((folder / "genai_config.json").read_text())
+    cfg["model"]["decoder"]["session_options"] = json.loads(options)
+    (folder / "genai_config.json").write_text(json.dumps(cfg))
+    for argv in (["compile", str(folder), "-o", str(tmp_path / "out")], ["inspect", str(folder)]):
+        assert main(argv) == 3
+        assert "model.decoder.session_options in genai_config.json is" in _error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("head", ["Infinity", "-1", "1e999", "2199023255552"])
 def test_a_genai_head_size_that_is_no_size_is_refused(tmp_path, capsys, head):
     """A decoder whose cache's head dim is symbolic takes the config's head_size: an infinite
