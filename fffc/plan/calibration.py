@@ -290,7 +290,8 @@ def read_feed(f: Path) -> dict[str, np.ndarray]:
                     a = np.frombuffer(member.read(need), dtype)
                 feed[info.filename.removesuffix(".npy")] = np.ascontiguousarray(
                     a.reshape(shape, order="F" if fortran else "C"))
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile,
+            NotImplementedError) as e:  # zipfile's: a zip version or method it lacks
         raise UsageError(f"not a NumPy .npz of input arrays ({e})", path=f) from e
     return feed
 

@@ -329,7 +329,7 @@ def feed_tokens(data: str | Path | None) -> list[int]:
                         shape, _, _ = read(member)
                     last = shape[-1] if shape and shape[-1] else 1
                     rows = max(rows, math.prod(shape) // last)
-        except (OSError, ValueError, zipfile.BadZipFile):
+        except (OSError, ValueError, zipfile.BadZipFile, NotImplementedError):
             continue  # the feed's loader says what is wrong with it
         out.append(rows)
     return out

@@ -265,6 +265,18 @@ def test_a_feed_file_that_is_no_npz_is_a_usage_error(tmp_path, capsys, content, 
     assert reason in _error_line(capsys)
 
 
+def test_a_zip_of_a_version_zipfile_lacks_is_a_usage_error(tmp_path, capsys):
+    """A feed whose central directory asks for extractor version 10.9 (one flipped bit):
+    zipfile's NotImplementedError out of the memory estimate (exit 1)."""
+    model, feeds = _feed_case(tmp_path)
+    raw = bytearray(feeds.read_bytes())
+    raw[raw.index(b"PK\x01\x02") + 6] = 109  # the central directory's "version needed"
+    feeds.write_bytes(bytes(raw))
+    assert main(["calibrate", str(model), "--data", str(feeds), "-o",
+                 str(tmp_path / "c.json")]) == 2
+    assert "not a NumPy .npz" in _error_line(capsys)
+
+
 def test_a_feed_header_declaring_a_huge_shape_is_refused_before_allocating(tmp_path):
     """The member's .npy header says 2**62 float32s over 2 KiB of data: numpy allocated the
     declared array first (MemoryError, or an 8 EiB mapping)."""
