@@ -328,7 +328,7 @@ def _size(v) -> bool:
 def _site_problem(name: str, st, levels: set[str]) -> str | None:
     if not isinstance(st, dict):
         return f"site {name!r} is {st!r}, not an object"
-    if st.get("kind") not in {k.value for k in SiteKind}:
+    if not isinstance(st.get("kind"), str) or st["kind"] not in {k.value for k in SiteKind}:
         return f"site {name!r}: kind {st.get('kind')!r}"
     for key in ("d_model", "d_ff", *(("d_out",) if "d_out" in st else ())):
         if not _size(st.get(key)):

@@ -299,11 +299,13 @@ def test_a_calibration_of_the_wrong_shape_is_a_usage_error(tmp_path, capsys):
     fffc.calibrate(model, synthetic=1, seq=4, samples=32, output=calib)
     good = json.loads(calib.read_text())
     bad_model = {**good, "model": 7}
+    bad_kind = json.loads(calib.read_text())  # a list: unhashable, TypeError before
+    next(iter(bad_kind["sites"].values()))["kind"] = ["dense"]
     bad_levels = json.loads(calib.read_text())
     site = next(iter(bad_levels["sites"].values()))
     del site["thresholds"]["input"]["0.5"]
     for doc, what in ((bad_model, "no model section"),
-                      (bad_levels, "thresholds.input")):
+                      (bad_levels, "thresholds.input"), (bad_kind, "kind ['dense']")):
         calib.write_text(json.dumps(doc))
         assert main(["compile", str(model), "--calibration", str(calib), "--budget",
                      "sparsity=0.5", "-o", str(tmp_path / "out")]) == 2
