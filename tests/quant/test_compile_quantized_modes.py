@@ -74,6 +74,14 @@ def _reference(mode: SparseMode, x: np.ndarray, w: dict[str, np.ndarray],
     return a @ w["W2"], float(near)
 
 
+def _dequantized(original: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The gate (W1), up (W2U) and down (W2) weights as ONNX Runtime dequantizes them, in
+    float64."""
+    nodes = {"W1": "W1", "W2": "W2", "W2U": "WU"}
+    return {n: q.ort_weight(original, q.quantizing_node(original, q.WEIGHTS[w])).astype(
+        np.float64) for n, w in nodes.items()}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("budget", "mode"), [("uniform=0.5", SparseMode.TEAL),
                                               ("cats=0.5", SparseMode.CATS),
@@ -99,10 +107,7 @@ def test_masked_modes_on_int4_codes(calibrated, budget, mode, tmp_path):
     assert op["W2"].shape == (q.F, q.D // 2)
     assert op["W1"].shape == ((q.D, q.F // 2) if mode is SparseMode.TEAL else (q.F, q.D // 32, 16))
     assert "W1Z" in op  # the quantizer's zero points, kept
-    w = {n: q.ort_weight(original, q.quantizing_node(original, q.WEIGHTS[n])).astype(np.float64)
-         for n in ("W1", "W2")}
-    w["W2U"] = q.ort_weight(original, q.quantizing_node(original, q.WEIGHTS["WU"])).astype(
-        np.float64)
+    w = _dequantized(original)
 
     sess = InferenceSession(str(out))
     plain = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -234,10 +239,7 @@ def test_masked_modes_at_accuracy_level_4(calibrated_l4, budget, mode, mcpu, tmp
     node, op = _op(artifact)
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     assert attrs["bits"] == 4 and attrs["accuracy_level"] == 4
-    w = {n: q.ort_weight(original, q.quantizing_node(original, q.WEIGHTS[n])).astype(np.float64)
-         for n in ("W1", "W2")}
-    w["W2U"] = q.ort_weight(original, q.quantizing_node(original, q.WEIGHTS["WU"])).astype(
-        np.float64)
+    w = _dequantized(original)
 
     sess = InferenceSession(str(out))
     plain = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -262,10 +264,7 @@ def test_level_4_rounding_matters(calibrated_l4):
     tolerance (the rounding is what they check)."""
     model, _ = calibrated_l4
     original = onnx.load(model)
-    w = {n: q.ort_weight(original, q.quantizing_node(original, q.WEIGHTS[n])).astype(np.float64)
-         for n in ("W1", "W2")}
-    w["W2U"] = q.ort_weight(original, q.quantizing_node(original, q.WEIGHTS["WU"])).astype(
-        np.float64)
+    w = _dequantized(original)
     x = np.random.default_rng(0).standard_normal((1, 2, q.D)).astype(np.float32)
     op = {"TH": np.array([0.3, 0.01], np.float32)}
     for mode in (SparseMode.TEAL, SparseMode.CATS):
